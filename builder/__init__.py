@@ -1,0 +1,1 @@
+"""pybuild's image builder: Dockerfile -> instructions -> execution -> changesets -> image."""

@@ -1,0 +1,1 @@
+"""pybuild's OCI registry: the OCI objects, the HTTP server and the client."""
