@@ -90,7 +90,12 @@ class Ingest:
             self._pending_len += len(data)
             self.offset += len(data)
             if self._pending_len >= _BATCH:
-                await self._flush()
+                try:
+                    await self._flush()
+                except BaseException:
+                    # A failed write (full disk, I/O error) ends the ingest: nothing partial stays.
+                    await self._abort_locked()
+                    raise
 
     async def checkpoint(self) -> None:
         """Make everything written so far durable; a restart resumes at :attr:`offset`."""
@@ -107,8 +112,12 @@ class Ingest:
 
         async with self._lock:
             self._check_open()
-            await self._flush()
-            await self._run(self._finish_cut)
+            try:
+                await self._flush()
+                await self._run(self._finish_cut)
+            except BaseException:
+                await self._abort_locked()
+                raise
             actual = Digest(self.algorithm, self._hasher.hexdigest())
             try:
                 if size is not None and size != self.offset:
@@ -281,14 +290,23 @@ class Ingest:
             self._writer = self._store.packs.open_append(pack, pack_size)
         step = self._cutter.max_feed
         emitted = 0
+        self._seq = npieces
+
+        def take(pieces: list[memoryview]) -> None:
+            # The first npieces pieces are the recorded ones; cutting may now release
+            # more (it drains at other moments than before): those are new.
+            nonlocal emitted
+            skip = max(0, min(len(pieces), npieces - emitted))
+            emitted += len(pieces)
+            if pieces[skip:]:
+                self._store_pieces(pieces[skip:])
 
         def refeed(data: bytes) -> None:
-            nonlocal emitted
             self._hasher.update(data)
             for i in range(0, len(data), step):
-                emitted += len(self._cutter.feed(memoryview(data)[i : i + step]))
+                take(self._cutter.feed(memoryview(data)[i : i + step]))
 
-        for seq, loc in rows:
+        for _seq, loc in rows:
             if loc.stored < 0:
                 real = held_locs.get(loc.key)
                 if real is None:
@@ -300,9 +318,9 @@ class Ingest:
                 refeed(self._store._load(loc))
             self._recipe.append((loc.key, loc.length))
         refeed(tail)
-        if emitted != npieces or len(self._cutter.held()) != tail_len:
+        take(self._cutter.flush())
+        if emitted < npieces:
             raise StoreCorrupt(f"ingest {self.id}: re-cutting did not reproduce its pieces")
-        self._seq = npieces
         self.offset = offset
         self._checkpointed = offset
 

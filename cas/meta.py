@@ -99,8 +99,8 @@ class Metadata(Protocol):
     def list_ingests(self) -> list[IngestRow]: ...
     def set_ingest_pack(self, ingest_id: str, pack: str) -> None: ...
     def hold_existing(self, ingest_id: str, entries: list[tuple[int, bytes]]) -> dict[bytes, Location]: ...
-    def checkpoint(self, ingest_id: str, new: list[tuple[int, Location]], offset: int,
-                   npieces: int, pack_size: int, tail_len: int) -> None: ...
+    def checkpoint(self, ingest_id: str, rows: list[tuple[int, bytes, int, Location | None]],
+                   offset: int, npieces: int, pack_size: int, tail_len: int) -> None: ...
     def ingest_recipe(self, ingest_id: str) -> list[tuple[int, Location]]: ...
     def rewind_ingest(self, ingest_id: str) -> None: ...
     def drop_ingest(self, ingest_id: str) -> None: ...
@@ -191,15 +191,18 @@ class SqliteMetadata:
             )
         return found
 
-    def checkpoint(self, ingest_id: str, new: list[tuple[int, Location]], offset: int,
-                   npieces: int, pack_size: int, tail_len: int) -> None:
+    def checkpoint(self, ingest_id: str, rows: list[tuple[int, bytes, int, Location | None]],
+                   offset: int, npieces: int, pack_size: int, tail_len: int) -> None:
+        """Record pieces cut since the last checkpoint: (seq, key, length, location), the
+        location None for a reused committed piece."""
         with self._tx() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO ingest_pieces(ingest, seq, key, length, stored, codec,"
                 " pack, offset, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (ingest_id, seq, l.key, l.length, l.stored, l.codec, l.pack, l.offset, l.data)
-                    for seq, l in new
+                    (ingest_id, seq, key, length)
+                    + ((loc.stored, loc.codec, loc.pack, loc.offset, loc.data) if loc else (None,) * 5)
+                    for seq, key, length, loc in rows
                 ],
             )
             db.execute(
