@@ -55,7 +55,7 @@ from .config import ServerConfig
 from .extensions import discover
 from .metadata import Metadata
 from .routes import WRITE_METHODS, dispatch
-from .state import REGISTRY, BlobStore, ManifestCache, Registry
+from .state import BYTES_RECEIVED, BYTES_SENT, REGISTRY, USER, BlobStore, ManifestCache, Registry
 
 __all__ = ["AUTH", "make_app"]
 
@@ -82,6 +82,7 @@ def _cas_error(exc: CasError) -> RegistryError:
 
 def _error_response(err: RegistryError) -> web.Response:
     headers = {**_API_VERSION, **err.headers}
+    headers.pop("Content-Length", None)  # the body is the error document
     body = b"" if err.status in (304,) else encode_errors(*err.all())
     return web.Response(
         status=err.status, body=body, content_type="application/json", headers=headers
@@ -101,7 +102,7 @@ async def _registry_middleware(request: web.Request, handler: web.Handler) -> we
                 check_raw_path(path)
                 auth = request.app.get(AUTH)
                 if auth is not None:
-                    request["user"] = await auth.authenticate(request.headers.get("Authorization"))
+                    request[USER] = await auth.authenticate(request.headers.get("Authorization"))
                 if reg.config.read_only and request.method in WRITE_METHODS:
                     raise UNSUPPORTED(
                         "this registry is read-only: pushes and deletes are disabled"
@@ -130,11 +131,11 @@ async def _registry_middleware(request: web.Request, handler: web.Handler) -> we
         status = resp.status
         return resp
     finally:
-        sent = request.get("bytes_sent")
+        sent = request.get(BYTES_SENT)
         if sent is None and resp is not None:
             sent = resp.content_length or 0
         reg.metrics.observe(request.method, status, time.perf_counter() - started, sent or 0)
-        reg.metrics.bytes_received += request.get("bytes_received", 0)
+        reg.metrics.bytes_received += request.get(BYTES_RECEIVED, 0)
 
 
 async def _v2(request: web.Request) -> web.Response:

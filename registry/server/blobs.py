@@ -19,7 +19,7 @@ from cas import BlobUnknown, Digest, InvalidRange
 from ..errors import BLOB_UNKNOWN, UNSUPPORTED
 from ..names import parse_digest
 from .httputil import parse_range
-from .state import REGISTRY, Registry, holder
+from .state import BYTES_SENT, REGISTRY, Registry, holder
 
 __all__ = ["delete_blob", "get_blob", "stat_in_repo"]
 
@@ -109,7 +109,7 @@ async def _send_segments(
                 await _copy_file(resp, f, seg.offset, seg.length)
         finally:
             await asyncio.to_thread(f.close)
-        request["bytes_sent"] = request.get("bytes_sent", 0) + seg.length
+        request[BYTES_SENT] = request.get(BYTES_SENT, 0) + seg.length
 
 
 async def _copy_file(resp: web.StreamResponse, f: Any, offset: int, length: int) -> None:

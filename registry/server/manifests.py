@@ -39,7 +39,7 @@ from ..oci import (
     parse_manifest,
 )
 from .metadata import ManifestRecord
-from .state import REGISTRY, CachedManifest, Registry, holder
+from .state import BYTES_RECEIVED, REGISTRY, CachedManifest, Registry, holder
 
 __all__ = ["MAX_MANIFEST_BYTES", "delete_manifest", "get_manifest", "put_manifest"]
 
@@ -139,7 +139,7 @@ async def _read_body(request: web.Request) -> bytes:
         body += chunk
         if len(body) > MAX_MANIFEST_BYTES:
             raise too_big
-    request["bytes_received"] = len(body)
+    request[BYTES_RECEIVED] = len(body)
     return bytes(body)
 
 

@@ -30,6 +30,7 @@ from aiohttp import web
 from ..errors import NAME_INVALID, UNSUPPORTED
 from ..names import MAX_NAME_LENGTH, NAME_PATTERN, check_raw_path
 from . import blobs, extensions, manifests, referrers, tags, uploads
+from .state import ROUTE
 
 __all__ = ["ROUTES", "Route", "WRITE_METHODS", "dispatch"]
 
@@ -124,5 +125,5 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     route, handler, params = match(request.method, path)
     if len(params["name"]) > MAX_NAME_LENGTH:
         raise NAME_INVALID(f"repository name is longer than {MAX_NAME_LENGTH} characters")
-    request["route"] = route.name
+    request[ROUTE] = route.name
     return await handler(request, **params)

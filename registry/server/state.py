@@ -21,7 +21,11 @@ from .metadata import Metadata
 from .metrics import Metrics
 
 __all__ = [
+    "BYTES_RECEIVED",
+    "BYTES_SENT",
     "REGISTRY",
+    "ROUTE",
+    "USER",
     "BlobStore",
     "CachedManifest",
     "ManifestCache",
@@ -149,3 +153,8 @@ class Registry:
 
 
 REGISTRY = web.AppKey("registry", Registry)
+# Per-request facts the middleware reads back after the handler ran.
+USER = web.RequestKey("user", str)
+ROUTE = web.RequestKey("route", str)
+BYTES_SENT = web.RequestKey("bytes_sent", int)
+BYTES_RECEIVED = web.RequestKey("bytes_received", int)

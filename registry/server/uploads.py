@@ -45,7 +45,7 @@ from ..errors import (
 )
 from ..names import is_valid_name, parse_digest
 from .httputil import parse_content_range
-from .state import REGISTRY, Registry, holder
+from .state import BYTES_RECEIVED, REGISTRY, USER, Registry, holder
 
 __all__ = [
     "cancel_upload",
@@ -116,7 +116,7 @@ async def _pump(request: web.Request, ingest: Any) -> int:
             raise
         raise BLOB_UPLOAD_INVALID(f"upload body interrupted after {written} bytes: {exc}") from exc
     finally:
-        request["bytes_received"] = request.get("bytes_received", 0) + written
+        request[BYTES_RECEIVED] = request.get(BYTES_RECEIVED, 0) + written
     return written
 
 
@@ -190,7 +190,7 @@ async def _try_mount(
     reg: Registry, request: web.Request, name: str, digest: Digest, source: str | None
 ) -> web.Response | None:
     """Link ``digest`` into ``name`` if a repository the caller may read holds it."""
-    user = request.get("user")
+    user = request.get(USER)
     readable = set(await reg.readable_holders(digest, user))
     if source is not None:
         if not is_valid_name(source) or source not in readable:
