@@ -3,10 +3,8 @@
 ``make_app(config)`` opens the ``cas`` store and ``registry.db`` in a ``cleanup_ctx``
 (closed on shutdown), runs the upload-expiry loop in the background and serves::
 
-    GET  /v2/                      API version check (200, or 401 with auth on)
-    GET  /v2/_catalog              catalog.catalog
-    GET  /v2/_oci/ext/discover     extensions.discover
-    *    /v2/{tail}                routes.dispatch (repository-scoped endpoints)
+    *    /v2/{tail}                routes.dispatch: the whole Distribution API (``/v2/``
+                                   answers 200, or 401 when auth is on)
     GET  /healthz                  liveness and storage check (no auth)
     GET  /metrics                  Prometheus metrics (no auth)
 
@@ -50,9 +48,7 @@ from ..errors import (
 )
 from ..names import check_raw_path
 from .auth import BasicAuth, load_htpasswd
-from .catalog import catalog
 from .config import ServerConfig
-from .extensions import discover
 from .metadata import Metadata
 from .routes import WRITE_METHODS, dispatch
 from .state import BYTES_RECEIVED, BYTES_SENT, REGISTRY, USER, BlobStore, ManifestCache, Registry
@@ -138,10 +134,6 @@ async def _registry_middleware(request: web.Request, handler: web.Handler) -> we
         reg.metrics.bytes_received += request.get(BYTES_RECEIVED, 0)
 
 
-async def _v2(request: web.Request) -> web.Response:
-    return web.json_response({})
-
-
 async def _healthz(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     try:
@@ -158,8 +150,9 @@ async def _metrics(request: web.Request) -> web.Response:
     except Exception:  # metrics must render even when the store cannot answer
         stats = None
     text = reg.metrics.render(len(reg.ingests), stats)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return web.Response(
+        body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
 
 
 async def _expire_uploads(reg: Registry) -> None:
@@ -231,11 +224,8 @@ def make_app(
                 await opened.close()
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/v2/", _v2)
-    app.router.add_get("/v2", _v2)
-    app.router.add_get("/v2/_catalog", catalog)
-    app.router.add_get("/v2/_oci/ext/discover", discover)
     app.router.add_route("*", "/v2/{tail:.*}", dispatch)
+    app.router.add_route("*", "/v2", dispatch)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     return app

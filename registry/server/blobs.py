@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 from typing import Any
 
 from aiohttp import web
@@ -91,25 +92,72 @@ async def _send_segments(
 ) -> None:
     if length == 0:
         return
-    loop = asyncio.get_running_loop()
     async for seg in reg.store.segments(digest, offset, length):
         if seg.path is None:
             await resp.write(seg.data)
-            continue
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("client went away")
-        f = await asyncio.to_thread(open, seg.path, "rb")
-        try:
-            try:
-                # loop.sendfile waits for the transport's buffer (headers, earlier
-                # segments) to drain, then hands the file range to the kernel.
-                await loop.sendfile(transport, f, seg.offset, seg.length)
-            except NotImplementedError:
-                await _copy_file(resp, f, seg.offset, seg.length)
-        finally:
-            await asyncio.to_thread(f.close)
+        else:
+            await _send_file_range(request, resp, seg.path, seg.offset, seg.length)
         request[BYTES_SENT] = request.get(BYTES_SENT, 0) + seg.length
+
+
+async def _send_file_range(
+    request: web.Request, resp: web.StreamResponse, path: Any, offset: int, length: int
+) -> None:
+    """Send ``path[offset:offset+length]`` on the response's connection, zero-copy if we can.
+
+    - asyncio's own loop: ``loop.sendfile`` (it waits for the transport's buffer, i.e. the
+      headers and earlier segments, to drain first, then uses ``os.sendfile``).
+    - other loops (uvloop) over plain TCP: ``os.sendfile`` in a worker thread on a
+      *duplicate* of the socket descriptor, once the transport's buffer is empty; the
+      duplicate keeps the socket alive even if the loop closes the connection meanwhile.
+    - TLS: read and write through the transport (the kernel cannot encrypt for us).
+    """
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("client went away")
+    loop = asyncio.get_running_loop()
+    f = await asyncio.to_thread(open, path, "rb")
+    try:
+        tls = transport.get_extra_info("sslcontext") is not None
+        if isinstance(loop, asyncio.BaseEventLoop) or tls:
+            try:
+                await loop.sendfile(transport, f, offset, length)
+                return
+            except NotImplementedError:
+                pass
+        sock = None if tls else transport.get_extra_info("socket")
+        if sock is None:
+            await _copy_file(resp, f, offset, length)
+            return
+        while transport.get_write_buffer_size() > 0:
+            await asyncio.sleep(0.0005)
+            if transport.is_closing():
+                raise ConnectionResetError("client went away")
+        await asyncio.to_thread(_sendfile_blocking, sock.fileno(), f.fileno(), offset, length)
+    finally:
+        await asyncio.to_thread(f.close)
+
+
+def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, length: int) -> None:
+    out = os.dup(sock_fd)
+    try:
+        poller = select.poll()
+        poller.register(out, select.POLLOUT)
+        while length > 0:
+            try:
+                sent = os.sendfile(out, file_fd, offset, min(length, 1 << 30))
+            except BlockingIOError:
+                if not poller.poll(30_000):
+                    raise ConnectionResetError("client stopped reading for 30 s") from None
+                continue
+            except (BrokenPipeError, ConnectionError) as exc:
+                raise ConnectionResetError(str(exc)) from exc
+            if sent == 0:
+                raise ConnectionResetError("segment file shorter than its recipe says")
+            offset += sent
+            length -= sent
+    finally:
+        os.close(out)
 
 
 async def _copy_file(resp: web.StreamResponse, f: Any, offset: int, length: int) -> None:

@@ -23,6 +23,8 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
     log:
       access: true                      # PYBUILD_LOG_ACCESS: one JSON line per request
     shutdown_timeout: 60                # PYBUILD_SHUTDOWN_TIMEOUT: grace for in-flight requests
+    event_loop: auto                    # PYBUILD_EVENT_LOOP: auto (uvloop if installed),
+                                        # uvloop or asyncio
 
 Env var names are the key path joined by ``_``, upper-cased, prefixed ``PYBUILD_``.
 Booleans accept true/false/1/0/yes/no/on/off. An unknown key is an error that names it.
@@ -65,6 +67,7 @@ class ServerConfig:
     cache_manifest_bytes: int = 64 * 1024 * 1024
     log_access: bool = True
     shutdown_timeout: float = 60.0
+    event_loop: str = "auto"
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -87,6 +90,7 @@ _TYPES: dict[str, type] = {
     "cache_manifest_bytes": int,
     "log_access": bool,
     "shutdown_timeout": float,
+    "event_loop": str,
 }
 assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
 
@@ -182,6 +186,10 @@ def load_config(
             values[key] = _convert(key, value, f"--{key.replace('_', '-')}")
     config = replace(ServerConfig(), **values)
     config.host_port  # validate now, not at bind time
+    if config.event_loop not in ("auto", "asyncio", "uvloop"):
+        raise ConfigError(
+            f"event_loop must be auto, asyncio or uvloop, got {config.event_loop!r}"
+        )
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
     return config

@@ -1,21 +1,24 @@
 """The URL table of the Distribution API and the dispatcher that applies it.
 
-Repository names contain slashes, so every ``/v2/<name>/...`` path goes through one
-catch-all aiohttp route and is matched here against the *raw* request path, after
-:func:`registry.names.check_raw_path` has refused percent-escapes and dot segments.
+Repository names contain slashes, so every ``/v2/...`` path goes through one catch-all
+aiohttp route and is matched here against the *raw* request path, after
+:func:`registry.names.check_raw_path` has refused percent-escapes and dot segments. A
+route is the fixed tail of the path (``*`` marks a parameter); everything before the tail
+is the repository name::
 
-    path                                         methods             handler
-    /v2/<name>/blobs/uploads/                    POST                uploads.start_upload
-    /v2/<name>/blobs/uploads/<uuid>              GET PATCH PUT DELETE uploads.*
-    /v2/<name>/blobs/<digest>                    GET HEAD DELETE     blobs.*
-    /v2/<name>/manifests/<reference>             GET HEAD PUT DELETE manifests.*
-    /v2/<name>/tags/list                         GET                 tags.list_tags
-    /v2/<name>/referrers/<digest>                GET                 referrers.list_referrers
-    /v2/<name>/_oci/ext/discover                 GET                 extensions.discover_repository
-    /v2/<name>/_pybuild/blob/recipe              GET                 extensions.blob_recipe
+    tail                            methods               handler
+    blobs/uploads/  (or no slash)   POST                  uploads.start_upload
+    blobs/uploads/*                 GET PATCH PUT DELETE  uploads.*   (upload_id)
+    blobs/*                         GET HEAD DELETE       blobs.*     (digest)
+    manifests/*                     GET HEAD PUT DELETE   manifests.* (reference)
+    tags/list                       GET                   tags.list_tags
+    referrers/*                     GET                   referrers.list_referrers (digest)
+    _oci/ext/discover               GET                   extensions.discover_repository
+    _pybuild/blob/recipe            GET                   extensions.blob_recipe
 
-A path that matches no row but has a bad name is NAME_INVALID; a known path with a wrong
-method is UNSUPPORTED (405); anything else is a 404.
+Registry-level paths (``/v2/``, ``/v2/_catalog``, ``/v2/_oci/ext/discover``) are matched
+first. A path matching no row is 404; a known path with another method is UNSUPPORTED
+(405); a bad repository name is NAME_INVALID (400).
 """
 
 from __future__ import annotations
@@ -23,107 +26,150 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
-from ..errors import NAME_INVALID, UNSUPPORTED
-from ..names import MAX_NAME_LENGTH, NAME_PATTERN, check_raw_path
-from . import blobs, extensions, manifests, referrers, tags, uploads
+from ..errors import BLOB_UPLOAD_UNKNOWN, NAME_INVALID, UNSUPPORTED
+from ..names import check_raw_path, is_valid_name
+from . import blobs, catalog, extensions, manifests, referrers, tags, uploads
 from .state import ROUTE
 
-__all__ = ["ROUTES", "Route", "WRITE_METHODS", "dispatch"]
+__all__ = ["ROUTES", "Route", "WRITE_METHODS", "dispatch", "match"]
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_UPLOAD_ID = re.compile(r"^[A-Za-z0-9_=-]{1,128}$")
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """``tail``: the path's last components, ``*`` for the parameter named ``param``."""
+
     name: str
-    pattern: re.Pattern[str]
+    tail: tuple[str, ...]
     handlers: dict[str, Handler]
+    param: str | None = None
 
 
-def _route(name: str, tail: str, handlers: dict[str, Handler]) -> Route:
-    return Route(name, re.compile(rf"^/v2/(?P<name>{NAME_PATTERN})/{tail}$"), handlers)
+async def _base(request: web.Request) -> web.Response:
+    return web.json_response({})
 
 
-_UUID = r"(?P<upload_id>[A-Za-z0-9_=-]{1,128})"
-_REF = r"(?P<reference>[A-Za-z0-9_.:=+-]{1,200})"
-_DIGEST = r"(?P<digest>[A-Za-z0-9_.:=+-]{1,200})"
+REGISTRY_ROUTES: dict[str, Route] = {
+    "": Route("base", (), {"GET": _base, "HEAD": _base}),
+    "_catalog": Route("catalog", ("_catalog",), {"GET": catalog.catalog}),
+    "_oci/ext/discover": Route("discover", ("_oci", "ext", "discover"), {"GET": extensions.discover}),
+}
 
 ROUTES: tuple[Route, ...] = (
-    _route("upload-start", r"blobs/uploads/?", {"POST": uploads.start_upload}),
-    _route(
+    Route("upload-start", ("blobs", "uploads", ""), {"POST": uploads.start_upload}),
+    Route("upload-start", ("blobs", "uploads"), {"POST": uploads.start_upload}),
+    Route(
         "upload",
-        rf"blobs/uploads/{_UUID}",
+        ("blobs", "uploads", "*"),
         {
             "GET": uploads.upload_status,
             "PATCH": uploads.patch_upload,
             "PUT": uploads.finish_upload,
             "DELETE": uploads.cancel_upload,
         },
+        "upload_id",
     ),
-    _route(
+    Route(
         "blob",
-        rf"blobs/{_DIGEST}",
+        ("blobs", "*"),
         {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob},
+        "digest",
     ),
-    _route(
+    Route(
         "manifest",
-        rf"manifests/{_REF}",
+        ("manifests", "*"),
         {
             "GET": manifests.get_manifest,
             "HEAD": manifests.get_manifest,
             "PUT": manifests.put_manifest,
             "DELETE": manifests.delete_manifest,
         },
+        "reference",
     ),
-    _route("tags", r"tags/list", {"GET": tags.list_tags}),
-    _route("referrers", rf"referrers/{_DIGEST}", {"GET": referrers.list_referrers}),
-    _route("discover", r"_oci/ext/discover", {"GET": extensions.discover_repository}),
-    _route("recipe", r"_pybuild/blob/recipe", {"GET": extensions.blob_recipe}),
+    Route("tags", ("tags", "list"), {"GET": tags.list_tags}),
+    Route("referrers", ("referrers", "*"), {"GET": referrers.list_referrers}, "digest"),
+    Route("discover", ("_oci", "ext", "discover"), {"GET": extensions.discover_repository}),
+    Route("recipe", ("_pybuild", "blob", "recipe"), {"GET": extensions.blob_recipe}),
 )
 
-# The name is everything before the last recognised resource segment.
-_NAME_PART = re.compile(
-    r"^/v2/(?P<name>.+?)/(?:blobs|manifests|tags|referrers|_oci|_pybuild)(?:/|$)"
-)
+# Names seen valid recently: the name regex is the costliest step of a hot GET.
+_valid_names: set[str] = set()
 
 
-def match(method: str, path: str) -> tuple[Route, Handler, dict[str, Any]]:
-    """Find the handler for ``method path``; raise the spec's error if there is none."""
+def _check_name(name: str) -> None:
+    if name in _valid_names:
+        return
+    if not is_valid_name(name):
+        raise NAME_INVALID(
+            f"invalid repository name {name!r}: use lowercase path components of "
+            "[a-z0-9] joined by '.', '_', '__' or '-', separated by single '/', "
+            "at most 255 characters",
+            detail={"name": name},
+        )
+    if len(_valid_names) > 10_000:
+        _valid_names.clear()
+    _valid_names.add(name)
+
+
+def _allowed(route: Route, method: str, path: str) -> Handler:
+    handler = route.handlers.get(method)
+    if handler is None:
+        allowed = ", ".join(route.handlers)
+        raise UNSUPPORTED(
+            f"{method} is not supported on {path}; allowed: {allowed}",
+            headers={"Allow": allowed},
+        )
+    return handler
+
+
+def match(method: str, path: str) -> tuple[Route, Handler, dict[str, str]]:
+    """Find the handler for ``method path`` (a raw ``/v2`` path without query).
+
+    Returns the route, its handler and the keyword arguments for it; raises the spec's
+    error when there is none.
+    """
+    rest = path[4:] if path.startswith("/v2/") else ""
+    top = REGISTRY_ROUTES.get(rest)
+    if top is not None:
+        return top, _allowed(top, method, path), {}
+    parts = rest.split("/")
+    n = len(parts)
     for route in ROUTES:
-        m = route.pattern.match(path)
-        if m is None:
+        k = len(route.tail)
+        if n <= k:
             continue
-        handler = route.handlers.get(method)
-        if handler is None:
-            raise UNSUPPORTED(
-                f"{method} is not supported on {path}; allowed: {', '.join(route.handlers)}",
-                headers={"Allow": ", ".join(route.handlers)},
-            )
-        return route, handler, m.groupdict()
-    m = _NAME_PART.match(path)
-    if m is not None:
-        name = m.group("name")
-        if len(name) > MAX_NAME_LENGTH or not re.fullmatch(NAME_PATTERN, name):
-            raise NAME_INVALID(
-                f"invalid repository name {name!r}: use lowercase path components of "
-                "[a-z0-9] joined by '.', '_', '__' or '-', separated by single '/'",
-                detail={"name": name},
-            )
+        value = None
+        for want, got in zip(route.tail, parts[n - k :]):
+            if want == "*":
+                value = got
+            elif want != got:
+                break
+        else:
+            name = "/".join(parts[: n - k])
+            _check_name(name)
+            handler = _allowed(route, method, path)
+            params = {"name": name}
+            if route.param is not None:
+                assert value is not None
+                if not value:
+                    break
+                if route.param == "upload_id" and not _UPLOAD_ID.match(value):
+                    raise BLOB_UPLOAD_UNKNOWN(f"{value!r} is not an upload id")
+                params[route.param] = value
+            return route, handler, params
     raise UNSUPPORTED(f"no registry endpoint at {path}", status=404)
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
-    """The catch-all ``/v2/{tail}`` handler."""
+    """The catch-all ``/v2`` handler."""
     raw = request.raw_path
     check_raw_path(raw)
-    path = raw.split("?", 1)[0]
-    route, handler, params = match(request.method, path)
-    if len(params["name"]) > MAX_NAME_LENGTH:
-        raise NAME_INVALID(f"repository name is longer than {MAX_NAME_LENGTH} characters")
+    route, handler, params = match(request.method, raw.split("?", 1)[0])
     request[ROUTE] = route.name
     return await handler(request, **params)
