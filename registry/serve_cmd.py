@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -13,6 +15,9 @@ from aiohttp import web
 
 from .server import ConfigError, ServerConfig, load_config, make_app
 from .server.accesslog import AccessLogSink, JsonAccessLogger
+from .server.state import REGISTRY
+
+log = logging.getLogger("pybuild.registry")
 
 __all__ = ["run_server", "serve"]
 
@@ -46,7 +51,9 @@ def run_server(config: ServerConfig) -> None:
         ssl_context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
     sink = AccessLogSink(sys.stderr) if config.log_access else None
     JsonAccessLogger.sink = sink
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = make_app(config, storage=storage)
     if sink is not None:
 
@@ -56,8 +63,7 @@ def run_server(config: ServerConfig) -> None:
         app.on_cleanup.append(flush_log)
     scheme = "https" if ssl_context else "http"
 
-    def announce(text: str) -> None:
-        del text  # aiohttp's own banner is replaced by one line that names the storage
+    def announce() -> None:
         click.echo(
             f"pybuild registry listening on {scheme}://{host}:{port} (storage {storage}"
             f"{', read-only' if config.read_only else ''}"
@@ -65,18 +71,56 @@ def run_server(config: ServerConfig) -> None:
             err=True,
         )
 
-    web.run_app(
+    access_log = logging.getLogger("pybuild.registry.access") if sink else None
+    loop = new_event_loop(config.event_loop)
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve(config, app, host, port, ssl_context, access_log, announce))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _serve(
+    config: ServerConfig,
+    app: web.Application,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    access_log: logging.Logger | None,
+    announce: Callable[[], None],
+) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully.
+
+    aiohttp's own shutdown stops reading from connections at once, which would cut off
+    uploads still sending their body; so: close the listening socket first, let the
+    requests in flight finish (up to ``shutdown_timeout``), only then clean up.
+    """
+    runner = web.AppRunner(
         app,
-        loop=new_event_loop(config.event_loop),
-        host=host,
-        port=port,
-        ssl_context=ssl_context,
-        shutdown_timeout=config.shutdown_timeout,
+        handle_signals=False,
         access_log_class=JsonAccessLogger,
-        access_log=logging.getLogger("pybuild.registry.access") if sink else None,
-        print=announce,
-        handle_signals=True,
+        access_log=access_log,
+        shutdown_timeout=config.shutdown_timeout,
     )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        await site.start()
+        announce()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await site.stop()
+        reg = app[REGISTRY]
+        if reg.inflight:
+            log.info("shutting down: waiting for %d request(s) in flight", reg.inflight)
+        if not await reg.drain(config.shutdown_timeout):
+            log.warning("shutdown timeout: cancelling %d request(s)", reg.inflight)
+    finally:
+        await runner.cleanup()
 
 
 @click.command("serve")

@@ -91,6 +91,7 @@ async def _registry_middleware(request: web.Request, handler: web.Handler) -> we
     reg = request.app[REGISTRY]
     status = 500
     resp: web.StreamResponse | None = None
+    reg.request_started()
     try:
         try:
             path = request.raw_path
@@ -104,7 +105,7 @@ async def _registry_middleware(request: web.Request, handler: web.Handler) -> we
                         "this registry is read-only: pushes and deletes are disabled"
                     )
             resp = await handler(request)
-            if path.startswith("/v2"):
+            if path.startswith("/v2") and not resp.prepared:
                 resp.headers.update(_API_VERSION)
         except RegistryError as err:
             if err.status >= 500:
@@ -125,8 +126,11 @@ async def _registry_middleware(request: web.Request, handler: web.Handler) -> we
             log.exception("%s %s failed", request.method, request.path)
             resp = _error_response(UNKNOWN(f"internal error: {type(exc).__name__}: {exc}"))
         status = resp.status
+        if reg.draining and not resp.prepared:
+            resp.force_close()  # shutting down: no keep-alive
         return resp
     finally:
+        reg.request_finished()
         sent = request.get(BYTES_SENT)
         if sent is None and resp is not None:
             sent = resp.content_length or 0

@@ -55,6 +55,7 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
         "Accept-Ranges": "bytes",
         "Content-Type": "application/octet-stream",
         "Cache-Control": "max-age=31536000",
+        "Docker-Distribution-API-Version": "registry/2.0",
     }
     if _not_modified(request, etag):
         return web.Response(status=304, headers=headers)

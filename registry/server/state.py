@@ -135,6 +135,31 @@ class Registry:
     # Open ingests by upload id (resumed from cas on a miss, e.g. after a restart).
     ingests: dict[str, Any] = field(default_factory=dict)
     upload_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Graceful shutdown: requests in flight, and whether we are draining them.
+    inflight: int = 0
+    draining: bool = False
+    _idle: asyncio.Event | None = None
+
+    def request_started(self) -> None:
+        self.inflight += 1
+
+    def request_finished(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop keeping connections alive and wait (up to ``timeout`` s) for the requests
+        in flight to finish; True if they all did."""
+        self.draining = True
+        if self.inflight == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     def upload_lock(self, upload_id: str) -> asyncio.Lock:
         lock = self.upload_locks.get(upload_id)
