@@ -142,7 +142,7 @@ def tar_bytes(files: dict[str, bytes]) -> bytes:
 
 def chunked_frames(tar: bytes, pool: ThreadPoolExecutor) -> bytes:
     """What pybuild's layer writer does: CDC over the tar, one gzip member per chunk."""
-    cdc = FastCDC(avg_size=256 << 10, min_size=64 << 10, max_size=1 << 20)
+    cdc = FastCDC(avg_size=64 << 10, min_size=16 << 10, max_size=256 << 10)
     spans = [(c.offset, c.length) for c in cdc.cut_buf(tar)]
     view = memoryview(tar)
     return b"".join(pool.map(lambda s: gzip_member(view[s[0] : s[0] + s[1]], 6), spans))
