@@ -53,11 +53,10 @@ from .metadata import Metadata
 from .routes import WRITE_METHODS, dispatch
 from .state import BYTES_RECEIVED, BYTES_SENT, REGISTRY, USER, BlobStore, ManifestCache, Registry
 
-__all__ = ["AUTH", "make_app"]
+__all__ = ["make_app"]
 
 log = logging.getLogger("pybuild.registry")
 
-AUTH = web.AppKey("auth", BasicAuth)
 _API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
@@ -97,7 +96,7 @@ async def _registry_middleware(request: web.Request, handler: web.Handler) -> we
             path = request.raw_path
             if path.startswith("/v2"):
                 check_raw_path(path)
-                auth = request.app.get(AUTH)
+                auth = reg.auth
                 if auth is not None:
                     request[USER] = await auth.authenticate(request.headers.get("Authorization"))
                 if reg.config.read_only and request.method in WRITE_METHODS:
@@ -105,7 +104,7 @@ async def _registry_middleware(request: web.Request, handler: web.Handler) -> we
                         "this registry is read-only: pushes and deletes are disabled"
                     )
             resp = await handler(request)
-            if path.startswith("/v2") and not resp.prepared:
+            if not resp.prepared and "Docker-Distribution-API-Version" not in resp.headers:
                 resp.headers.update(_API_VERSION)
         except RegistryError as err:
             if err.status >= 500:
@@ -193,8 +192,9 @@ def make_app(
     and closed on shutdown. ``registry.db`` lives in the same directory.
     """
     app = web.Application(middlewares=[_registry_middleware], client_max_size=1 << 30)
+    auth = None
     if config.auth_htpasswd is not None:
-        app[AUTH] = BasicAuth(load_htpasswd(config.auth_htpasswd), config.auth_realm)
+        auth = BasicAuth(load_htpasswd(config.auth_htpasswd), config.auth_realm)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         from cas.location import default_storage_dir
@@ -211,6 +211,7 @@ def make_app(
             store=store or opened,
             meta=meta,
             cache=ManifestCache(config.cache_manifest_bytes),
+            auth=auth,
         )
         app[REGISTRY] = reg
         expiry = asyncio.create_task(_expiry_loop(reg))
