@@ -51,7 +51,15 @@ from .auth import BasicAuth, load_htpasswd
 from .config import ServerConfig
 from .metadata import Metadata
 from .routes import WRITE_METHODS, dispatch
-from .state import BYTES_RECEIVED, BYTES_SENT, REGISTRY, USER, BlobStore, ManifestCache, Registry
+from .state import (
+    BYTES_RECEIVED,
+    BYTES_SENT,
+    REGISTRY,
+    USER,
+    BlobStore,
+    ManifestCache,
+    Registry,
+)
 
 __all__ = ["make_app"]
 
@@ -141,7 +149,7 @@ async def _healthz(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     try:
         await reg.meta.repository_exists("")
-    except Exception as exc:  # health checks report, never raise
+    except Exception as exc:  # noqa: BLE001 -- health checks report, never raise
         return web.json_response({"status": "unhealthy", "error": str(exc)}, status=503)
     return web.json_response({"status": "ok"})
 
@@ -150,7 +158,7 @@ async def _metrics(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     try:
         stats = await reg.store.stats()
-    except Exception:  # metrics must render even when the store cannot answer
+    except Exception:  # noqa: BLE001 -- metrics render even when the store cannot answer
         stats = None
     text = reg.metrics.render(len(reg.ingests), stats)
     return web.Response(

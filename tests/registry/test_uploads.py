@@ -199,7 +199,7 @@ async def test_upload_session_survives_restart(make_client, tmp_path):
 async def test_client_disconnecting_mid_upload(client):
     location = await _start(client)
     host, port = client.server.host, client.server.port
-    reader, writer = await asyncio.open_connection(host, port)
+    _, writer = await asyncio.open_connection(host, port)
     writer.write(
         f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
         "Content-Type: application/octet-stream\r\n\r\n".encode()
