@@ -306,8 +306,10 @@ async def _drop_session(reg: Registry, upload_id: str) -> None:
 
 async def upload_status(request: web.Request, name: str, upload_id: str) -> web.Response:
     reg = request.app[REGISTRY]
-    ingest = await _session(reg, name, upload_id)
-    return web.Response(status=204, headers=_session_headers(name, upload_id, ingest.offset))
+    # Under the session's lock: the answer reflects the end of any chunk still arriving.
+    async with reg.upload_lock(upload_id):
+        ingest = await _session(reg, name, upload_id)
+        return web.Response(status=204, headers=_session_headers(name, upload_id, ingest.offset))
 
 
 async def cancel_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
