@@ -8,7 +8,8 @@ even after a crash or a SIGKILL.
 
 Usage: ``python3 -I _stage.py PLAN_FD REPORT_FD`` -- the plan is one JSON document read
 from PLAN_FD (secrets travel in it, never through a file). On REPORT_FD this writes JSON
-lines: ``{"stubs": [...]}`` (mount points it had to create, relative to the root), then
+lines: ``{"stubs": [...], "touched": {...}}`` (mount points it had to create, relative to the
+root, and the times of the directories it created them in), then
 either ``{"child-pid": N}`` when the command starts (bwrap writes that one itself through
 ``--json-status-fd``) or ``{"error": ..., "kind": ...}`` when set-up fails (exit 125).
 """
@@ -62,6 +63,11 @@ def mount(source: str, target: str, fstype: str | None, flags: int, data: str = 
         raise SetupError(f"mount {fstype or 'bind'} {source} on {target}: {os.strerror(err)}")
 
 
+# Directories that got a mount point created in them -> their (atime, mtime) before, so
+# the parent can put the times back once the mount point is gone.
+touched: dict[str, list[int]] = {}
+
+
 def resolve(root: str, path: str, create: str | None, created: list[str]) -> str:
     """``path`` inside ``root``, symlinks followed without ever leaving ``root``.
 
@@ -83,6 +89,10 @@ def resolve(root: str, path: str, create: str | None, created: list[str]) -> str
         except FileNotFoundError:
             if create is None:
                 raise SetupError(f"{path} does not exist in the image") from None
+            parent = "/".join(cur)
+            if parent not in touched:
+                pst = os.lstat(os.path.join(root, *cur))
+                touched[parent] = [pst.st_atime_ns, pst.st_mtime_ns]
             if not todo and create == "file":
                 os.close(os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             else:
@@ -179,18 +189,22 @@ def drop_capabilities() -> None:
             raise SetupError(f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}")
 
 
+def setup_sys(plan: dict, root: str, stubs: list[str]) -> None:
+    # A fresh sysfs shows this namespace's network devices (only lo for network=none).
+    sys_dir = resolve(root, "/sys", "dir", stubs)
+    mount("sysfs", sys_dir, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if plan["network_none"]:
+        loopback_up()
+
+
 def run_chroot(plan: dict, root: str, stubs: list[str], report: int) -> None:
     proc = resolve(root, "/proc", "dir", stubs)
     mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    sys_dir = resolve(root, "/sys", "dir", stubs)
-    mount("sysfs", sys_dir, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     setup_dev(root, stubs)
-    if plan["network_none"]:
-        loopback_up()
     socket.sethostname(plan["hostname"])
     created: list[str] = []  # the workdir is real content: it stays in the layer
     resolve(root, plan["workdir"], "dir", created)
-    write(report, {"stubs": stubs})
+    write(report, {"stubs": stubs, "touched": touched})
     os.chroot(root)
     os.chdir(plan["workdir"])
     drop_capabilities()
@@ -209,18 +223,17 @@ def run_chroot(plan: dict, root: str, stubs: list[str], report: int) -> None:
 
 
 def run_bwrap(plan: dict, root: str, stubs: list[str], report: int) -> None:
-    for name in ("/proc", "/dev", "/sys"):
+    for name in ("/proc", "/dev"):
         resolve(root, name, "dir", stubs)
     created: list[str] = []
     resolve(root, plan["workdir"], "dir", created)
-    write(report, {"stubs": stubs})
+    write(report, {"stubs": stubs, "touched": touched})
+    # The network namespace (network=none) and /sys come from the stage: bwrap shares the
+    # former and carries the latter over with its recursive bind of the root.
     args = [plan["bwrap"], "--bind", root, "/", "--proc", "/proc", "--dev", "/dev",
-            "--ro-bind", "/sys", "/sys",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", plan["hostname"],
             "--chdir", plan["workdir"], "--die-with-parent", "--json-status-fd", str(report),
             "--cap-drop", "ALL"]
-    if plan["network_none"]:
-        args.append("--unshare-net")
     for cap in DEFAULT_CAPS:
         args += ["--cap-add", cap]
     args += ["--", *plan["argv"]]
@@ -251,15 +264,16 @@ def main() -> None:
             mount("overlay", root, "overlay", 0, rootfs["data"])
             os.chdir(here)
         setup_mounts(plan, root, stubs)
+        setup_sys(plan, root, stubs)
         if plan["executor"] == "chroot":
             run_chroot(plan, root, stubs, report)
         else:
             run_bwrap(plan, root, stubs, report)
     except SetupError as exc:
-        write(report, {"error": str(exc), "kind": exc.kind, "stubs": stubs})
+        write(report, {"error": str(exc), "kind": exc.kind, "stubs": stubs, "touched": touched})
     except OSError as exc:
         kind = "enospc" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "setup"
-        write(report, {"error": str(exc), "kind": kind, "stubs": stubs})
+        write(report, {"error": str(exc), "kind": kind, "stubs": stubs, "touched": touched})
     sys.exit(125)
 
 

@@ -43,6 +43,8 @@ __all__ = [
     "RootfsMode",
     "overlay_mount_data",
     "overlay_supported",
+    "is_opaque",
+    "lower_stat",
     "read_from_lowers",
 ]
 
@@ -181,6 +183,21 @@ def read_from_lowers(lowers: Sequence[Path], rel: str) -> bytes | None:
     Honours whiteouts and opaque directories of the layers above; used to read
     /etc/passwd and /etc/group before the root is mounted.
     """
+    found = _find_in_lowers(lowers, rel)
+    if found is None or not stat.S_ISREG(found[1].st_mode):
+        return None
+    return found[0].read_bytes()
+
+
+def lower_stat(lowers: Sequence[Path], rel: str) -> os.stat_result | None:
+    """What overlayfs would show at ``rel`` from the lowers alone (lstat), or None."""
+    found = _find_in_lowers(lowers, rel)
+    return None if found is None else found[1]
+
+
+def _find_in_lowers(
+    lowers: Sequence[Path], rel: str
+) -> tuple[Path, os.stat_result] | None:
     parts = [p for p in rel.strip("/").split("/") if p]
     for lower in lowers:
         cur = lower
@@ -196,9 +213,7 @@ def read_from_lowers(lowers: Sequence[Path], rel: str) -> bytes | None:
             if _is_whiteout(st):
                 return None
             if i == len(parts) - 1:
-                if stat.S_ISREG(st.st_mode):
-                    return cur.read_bytes()
-                return None
+                return cur, st
             if not stat.S_ISDIR(st.st_mode):
                 return None
             if is_opaque(cur):

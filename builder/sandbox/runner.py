@@ -58,6 +58,8 @@ from .flatten import flatten_lowers
 from .rootfs import (
     RootfsLayout,
     RootfsMode,
+    is_opaque,
+    lower_stat,
     overlay_mount_data,
     overlay_supported,
     read_from_lowers,
@@ -330,8 +332,8 @@ def _spawn(
     cmd = [unshare, "--mount", "--propagation", "private", "--fork", "--kill-child"]
     if kind is Executor.CHROOT:
         cmd += ["--pid", "--ipc", "--uts"]
-        if network is Network.NONE:
-            cmd.append("--net")
+    if network is Network.NONE:
+        cmd.append("--net")
     plan_r, plan_w = os.pipe()
     report_r, report_w = os.pipe()
     cmd += [sys.executable, "-I", _stage.__file__, str(plan_r), str(report_w)]
@@ -420,14 +422,29 @@ def _pump(
     return list(tail)
 
 
+def _drop_pure_copy_up(layout: RootfsLayout, rel: str) -> None:
+    upper = layout.upper / rel
+    if any(upper.iterdir()) or is_opaque(upper):
+        return
+    below = lower_stat(layout.lowers, rel)
+    st = os.lstat(upper)
+    if below is not None and (below.st_mode, below.st_uid, below.st_gid, below.st_mtime_ns) == (
+        st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns
+    ):
+        upper.rmdir()
+
+
 def _cleanup(
     layout: RootfsLayout, reports: Sequence[dict[str, object]], workdir: str
 ) -> None:
     """Remove scratch dirs and the mount points the sandbox made from the changes."""
     stubs: list[str] = []
+    touched: dict[str, list[int]] = {}
     for report in reports:
         if isinstance(report.get("stubs"), list):
             stubs = [str(s) for s in report["stubs"]]  # type: ignore[union-attr]
+        if isinstance(report.get("touched"), dict):
+            touched = report["touched"]  # type: ignore[assignment]
     keep = {workdir.strip("/")}
     parts = workdir.strip("/").split("/")
     keep |= {"/".join(parts[:i]) for i in range(1, len(parts))}
@@ -439,6 +456,18 @@ def _cleanup(
                 path.rmdir()
             elif path.is_file() and path.stat().st_size == 0:
                 path.unlink()
+    # Making a mount point inside an image directory touched it (and, with overlayfs,
+    # copied it up): put its times back, and drop a copy-up that is now identical to
+    # the directory below, so the mount leaves no trace in the layer.
+    for rel in sorted(touched, key=lambda s: s.count("/"), reverse=True):
+        path = base / rel if rel else base
+        with contextlib.suppress(OSError):
+            if not path.is_dir() or path.is_symlink():
+                continue
+            atime, mtime = touched[rel]
+            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+            if rel and layout.mode is RootfsMode.OVERLAY and rel not in keep:
+                _drop_pure_copy_up(layout, rel)
     for scratch in (layout.work, layout.run, layout.state_dir / "merged"):
         if layout.mode is RootfsMode.COPY and scratch == layout.merged:
             continue
