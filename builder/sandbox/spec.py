@@ -275,7 +275,8 @@ def _bind(text: str, kv: dict[str, str | None]) -> BindMount:
     _take(text, kv, {"target", "source", "from", "ro", "readonly", "rw", "readwrite"})
     target = _target(text, kv)
     assert target is not None
-    rw = _flag(kv.get("rw", kv.get("readwrite"))) if ("rw" in kv or "readwrite" in kv) else False
+    given = {"ro", "readonly", "rw", "readwrite"} & set(kv)
+    rw = not _readonly(kv) if given else False  # bind mounts are read-only by default
     return BindMount(
         target=target,
         source=posixpath.normpath("/" + (kv.get("source") or "")),

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from helpers.rootfs import make_busybox_rootfs, require_tool
+from helpers.sandbox_steps import PATH, Runner, Step, require_root
 
-from builder.sandbox import Executor, RootfsMode, RunSpec, StepResult, run_step
-
-PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def require_root() -> None:
-    if os.geteuid() != 0:
-        message = "sandbox tests need root (mounts and namespaces)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+from builder.sandbox import Executor, RootfsMode, RunSpec, run_step
 
 
 @pytest.fixture(scope="session")
@@ -34,23 +22,6 @@ def executor(request: pytest.FixtureRequest) -> Executor:
     if request.param is Executor.BWRAP:
         require_tool("bwrap", "bubblewrap")
     return request.param
-
-
-@dataclass
-class Step:
-    result: StepResult
-    lines: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def stdout(self) -> list[str]:
-        return [line for stream, line in self.lines if stream == "stdout"]
-
-    @property
-    def changes(self) -> Path:
-        return self.result.changes
-
-
-Runner = Callable[..., Step]
 
 
 @pytest.fixture

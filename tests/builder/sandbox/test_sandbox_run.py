@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import PATH, Runner
+from helpers.sandbox_steps import PATH, Runner
 
 from builder.sandbox import (
     BindMount,
