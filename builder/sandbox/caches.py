@@ -59,8 +59,12 @@ def lease_caches(
     """
     fds: list[int] = []
     paths: list[Path] = []
+    held: dict[str, Path] = {}  # one step mounting a cache twice must not wait on itself
     try:
         for mount in mounts:
+            if mount.cache_id in held and mount.sharing is not Sharing.PRIVATE:
+                paths.append(held[mount.cache_id])
+                continue
             root = cache_dir / hashlib.sha256(mount.cache_id.encode()).hexdigest()[:32]
             root.mkdir(parents=True, exist_ok=True)
             (root / "id").write_text(mount.cache_id + "\n")
@@ -75,6 +79,7 @@ def lease_caches(
                 assert fd is not None  # a blocking flock returns only once it holds the lock
             fds.append(fd)
             paths.append(_instance(root, index, mount))
+            held.setdefault(mount.cache_id, paths[-1])
         yield paths
     finally:
         for fd in fds:

@@ -34,6 +34,7 @@ import base64
 import collections
 import contextlib
 import enum
+import errno
 import json
 import os
 import selectors
@@ -228,50 +229,19 @@ def run_step(
     if any(state_dir.iterdir()):
         raise SandboxSetupError(f"state directory {state_dir} is not empty")
     lowers = tuple(Path(p).absolute() for p in lowers)
+    if not lowers:  # FROM scratch: overlayfs still wants a lower directory
+        (state_dir / "run" / "empty").mkdir(parents=True)
+        lowers = (state_dir / "run" / "empty",)
     layout = RootfsLayout(_choose_rootfs(rootfs, state_dir), lowers, state_dir)
-
-    if layout.mode is RootfsMode.OVERLAY:
-        passwd = read_from_lowers(lowers, "etc/passwd")
-        group = read_from_lowers(lowers, "etc/group")
-    else:
-        flatten_lowers(lowers, layout.merged)
-        passwd = _read(layout.merged / "etc/passwd")
-        group = _read(layout.merged / "etc/group")
-    user = resolve_user(spec.user, _text(passwd), _text(group))
-    kind, bwrap = _choose_executor(executor, user)
-
-    cache_mounts = [m for m in spec.mounts if isinstance(m, CacheMount)]
-    if cache_mounts and cache_dir is None:
-        raise SandboxSetupError("the step has cache mounts but no cache_dir was given")
     reports: list[dict[str, object]] = []
     try:
-        with lease_caches(Path(cache_dir or state_dir), cache_mounts) as cache_paths:
-            layout.run.mkdir()
-            mounts, secret_env = _mount_plans(spec, layout, cache_paths)
-            hosts = layout.run / "hosts"
-            hosts.write_text(_hosts_file(spec))
-            env = [e for e in spec.env if e.split("=", 1)[0] not in secret_env]
-            env += [f"{k}={v}" for k, v in secret_env.items()]
-            plan = {
-                "executor": kind.value,
-                "bwrap": bwrap,
-                "rootfs": _rootfs_plan(layout),
-                "mounts": mounts,
-                "secrets_dir": str(layout.run / "secrets"),
-                "hosts": str(hosts),
-                "resolv": "/etc/resolv.conf"
-                if spec.network is not Network.NONE and Path("/etc/resolv.conf").exists()
-                else None,
-                "network_none": spec.network is Network.NONE,
-                "hostname": spec.hostname,
-                "argv": list(spec.argv),
-                "env": env,
-                "uid": user.uid,
-                "gid": user.gid,
-                "groups": list(user.groups),
-                "workdir": spec.workdir,
-            }
-            code, tail = _spawn(plan, kind, spec.network, on_output, reports)
+        user, kind, code, tail = _prepare_and_spawn(
+            spec, layout, cache_dir, executor, on_output, reports
+        )
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutOfDiskSpace(spec.argv, 125, [str(exc)], state_dir) from exc
+        raise
     finally:
         _cleanup(layout, reports, workdir=spec.workdir)
 
@@ -288,6 +258,58 @@ def run_step(
             raise OutOfDiskSpace(spec.argv, code, tail, state_dir)
         raise RunFailed(spec.argv, code, tail)
     return StepResult(code, layout.mode, kind, layout.changes, user, tuple(tail))
+
+
+def _prepare_and_spawn(
+    spec: RunSpec,
+    layout: RootfsLayout,
+    cache_dir: Path | None,
+    executor: Executor,
+    on_output: OutputCallback | None,
+    reports: list[dict[str, object]],
+) -> tuple[ExecUser, Executor, int, list[str]]:
+    if layout.mode is RootfsMode.OVERLAY:
+        passwd = read_from_lowers(layout.lowers, "etc/passwd")
+        group = read_from_lowers(layout.lowers, "etc/group")
+    else:
+        flatten_lowers(layout.lowers, layout.merged)
+        passwd = _read(layout.merged / "etc/passwd")
+        group = _read(layout.merged / "etc/group")
+    user = resolve_user(spec.user, _text(passwd), _text(group))
+    kind, bwrap = _choose_executor(executor, user)
+
+    cache_mounts = [m for m in spec.mounts if isinstance(m, CacheMount)]
+    if cache_mounts and cache_dir is None:
+        raise SandboxSetupError("the step has cache mounts but no cache_dir was given")
+    with lease_caches(Path(cache_dir or layout.state_dir), cache_mounts) as cache_paths:
+        layout.run.mkdir(exist_ok=True)
+        mounts, secret_env = _mount_plans(spec, layout, cache_paths)
+        hosts = layout.run / "hosts"
+        hosts.write_text(_hosts_file(spec))
+        env = [e for e in spec.env if e.split("=", 1)[0] not in secret_env]
+        env += [f"{k}={v}" for k, v in secret_env.items()]
+        resolv = Path("/etc/resolv.conf")
+        plan = {
+            "executor": kind.value,
+            "bwrap": bwrap,
+            "rootfs": _rootfs_plan(layout),
+            "mounts": mounts,
+            "secrets_dir": str(layout.run / "secrets"),
+            "hosts": str(hosts),
+            "resolv": str(resolv)
+            if spec.network is not Network.NONE and resolv.exists()
+            else None,
+            "network_none": spec.network is Network.NONE,
+            "hostname": spec.hostname,
+            "argv": list(spec.argv),
+            "env": env,
+            "uid": user.uid,
+            "gid": user.gid,
+            "groups": list(user.groups),
+            "workdir": spec.workdir,
+        }
+        code, tail = _spawn(plan, kind, spec.network, on_output, reports)
+    return user, kind, code, tail
 
 
 def _read(path: Path) -> bytes | None:

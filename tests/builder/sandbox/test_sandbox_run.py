@@ -276,3 +276,18 @@ def test_copy_rootfs_fallback(run: Runner, base_root: Path) -> None:
     assert (step.changes / "tmp/x").read_text() == "hi\n"
     assert not (step.changes / "scratch").exists()
     assert (base_root / "etc/group").exists()
+
+
+def test_from_scratch_leaves_only_what_the_step_wrote(run: Runner, base_root: Path) -> None:
+    tools = BindMount(target="/tools", source="/bin").resolved(base_root)
+    step = run(("/tools/busybox", "sh", "-c", "/tools/busybox echo hi > /out"),
+               lowers=[], mounts=(tools,), env=("PATH=/tools",))
+    assert sorted(os.listdir(step.changes)) == ["out"]
+    assert (step.changes / "out").read_text() == "hi\n"
+
+
+def test_one_cache_mounted_twice_in_a_step(run: Runner) -> None:
+    mounts = (parse_mount("type=cache,target=/a,id=same,sharing=locked"),
+              parse_mount("type=cache,target=/b,id=same,sharing=locked"))
+    step = run("echo x > /a/f; cat /b/f", mounts=mounts)
+    assert step.stdout == ["x"]
