@@ -26,6 +26,10 @@ import socket
 import stat
 import struct
 import sys
+from typing import Any
+
+# The JSON plan runner.py writes (see the module docstring).
+Plan = dict[str, Any]
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -113,7 +117,7 @@ def resolve(root: str, path: str, create: str | None, created: list[str]) -> str
     return os.path.join(root, *cur)
 
 
-def setup_mounts(plan: dict, root: str, stubs: list[str]) -> None:
+def setup_mounts(plan: Plan, root: str, stubs: list[str]) -> None:
     secrets_dir = plan["secrets_dir"]
     secrets_ready = False
     for i, m in enumerate(plan["mounts"]):
@@ -144,7 +148,8 @@ def setup_mounts(plan: dict, root: str, stubs: list[str]) -> None:
             mount("none", dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         else:
             raise SetupError(f"unknown mount type {kind!r}")
-    for name, source in (("/etc/hosts", plan.get("hosts")), ("/etc/resolv.conf", plan.get("resolv"))):
+    files = (("/etc/hosts", plan.get("hosts")), ("/etc/resolv.conf", plan.get("resolv")))
+    for name, source in files:
         if source:
             dst = resolve(root, name, "file", stubs)
             mount(source, dst, None, MS_BIND)
@@ -189,7 +194,7 @@ def drop_capabilities() -> None:
             raise SetupError(f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}")
 
 
-def setup_sys(plan: dict, root: str, stubs: list[str]) -> None:
+def setup_sys(plan: Plan, root: str, stubs: list[str]) -> None:
     # A fresh sysfs shows this namespace's network devices (only lo for network=none).
     sys_dir = resolve(root, "/sys", "dir", stubs)
     mount("sysfs", sys_dir, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -197,7 +202,7 @@ def setup_sys(plan: dict, root: str, stubs: list[str]) -> None:
         loopback_up()
 
 
-def run_chroot(plan: dict, root: str, stubs: list[str], report: int) -> None:
+def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     proc = resolve(root, "/proc", "dir", stubs)
     mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     setup_dev(root, stubs)
@@ -222,7 +227,7 @@ def run_chroot(plan: dict, root: str, stubs: list[str], report: int) -> None:
         os._exit(127 if exc.errno == errno.ENOENT else 126)
 
 
-def run_bwrap(plan: dict, root: str, stubs: list[str], report: int) -> None:
+def run_bwrap(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     for name in ("/proc", "/dev"):
         resolve(root, name, "dir", stubs)
     created: list[str] = []
@@ -245,7 +250,7 @@ def run_bwrap(plan: dict, root: str, stubs: list[str], report: int) -> None:
     os.execve(plan["bwrap"], args, env)
 
 
-def write(fd: int, obj: dict) -> None:
+def write(fd: int, obj: dict[str, Any]) -> None:
     os.write(fd, (json.dumps(obj) + "\n").encode())
 
 

@@ -4,7 +4,7 @@
 
     SandboxError
     ├── InvalidMount          a ``--mount`` value that cannot be used (unknown key, bad number, ...)
-    ├── UnknownUser           ``USER`` names a user or group the image's /etc/passwd, /etc/group lack
+    ├── UnknownUser           ``USER`` names a user or group the image does not have
     ├── SecretNotFound        a ``required`` secret the caller did not provide
     ├── SandboxUnavailable    this host cannot run the sandbox (not root, no bwrap, no overlayfs...)
     ├── SandboxSetupError     the sandbox could not be set up (a mount failed, ...)

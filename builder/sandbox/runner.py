@@ -31,23 +31,16 @@ run it in a thread (``asyncio.to_thread``).
 from __future__ import annotations
 
 import base64
-import collections
-import contextlib
 import enum
 import errno
-import json
 import os
-import selectors
 import shutil
-import signal
-import subprocess
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _stage
 from .caches import lease_caches
+from .cleanup import cleanup
 from .errors import (
     OutOfDiskSpace,
     RunFailed,
@@ -56,11 +49,10 @@ from .errors import (
     SecretNotFound,
 )
 from .flatten import flatten_lowers
+from .process import TAIL_LINES, OutputCallback, spawn
 from .rootfs import (
     RootfsLayout,
     RootfsMode,
-    is_opaque,
-    lower_stat,
     overlay_mount_data,
     overlay_supported,
     read_from_lowers,
@@ -70,9 +62,6 @@ from .users import ExecUser, resolve_user
 
 __all__ = ["Executor", "OutputCallback", "StepResult", "TAIL_LINES", "run_step"]
 
-TAIL_LINES = 50
-OutputCallback = Callable[[str, str], None]
-"""Called with ("stdout" | "stderr", line without its newline) as the command prints."""
 
 
 class Executor(enum.Enum):
@@ -243,14 +232,14 @@ def run_step(
             raise OutOfDiskSpace(spec.argv, 125, [str(exc)], state_dir) from exc
         raise
     finally:
-        _cleanup(layout, reports, workdir=spec.workdir)
+        cleanup(layout, reports, workdir=spec.workdir)
 
     errors = [r for r in reports if "error" in r]
     started = any("child-pid" in r for r in reports)
     if errors:
         if errors[0].get("kind") == "enospc":
-            raise OutOfDiskSpace(spec.argv, code, [errors[0]["error"]], state_dir)
-        raise SandboxSetupError(errors[0]["error"], tail)
+            raise OutOfDiskSpace(spec.argv, code, [str(errors[0]["error"])], state_dir)
+        raise SandboxSetupError(str(errors[0]["error"]), tail)
     if not started:
         raise SandboxSetupError(f"the sandbox exited with code {code} before the command ran", tail)
     if code != 0 and check:
@@ -289,7 +278,7 @@ def _prepare_and_spawn(
         env = [e for e in spec.env if e.split("=", 1)[0] not in secret_env]
         env += [f"{k}={v}" for k, v in secret_env.items()]
         resolv = Path("/etc/resolv.conf")
-        plan = {
+        plan: dict[str, object] = {
             "executor": kind.value,
             "bwrap": bwrap,
             "rootfs": _rootfs_plan(layout),
@@ -308,7 +297,7 @@ def _prepare_and_spawn(
             "groups": list(user.groups),
             "workdir": spec.workdir,
         }
-        code, tail = _spawn(plan, kind, spec.network, on_output, reports)
+        code, tail = spawn(plan, kind is Executor.CHROOT, spec.network, on_output, reports)
     return user, kind, code, tail
 
 
@@ -337,160 +326,3 @@ def _disk_full(state_dir: Path, tail: Sequence[str]) -> bool:
         return True
     st = os.statvfs(state_dir)
     return st.f_bavail * st.f_frsize < 1 << 20
-
-
-def _spawn(
-    plan: dict[str, object],
-    kind: Executor,
-    network: Network,
-    on_output: OutputCallback | None,
-    reports: list[dict[str, object]],
-) -> tuple[int, list[str]]:
-    """Start the stage, feed it the plan, stream its output; ``reports`` gets the stage's
-    report lines (also when interrupted, so the caller can still clean up)."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        raise SandboxUnavailable("unshare not found: apt-get install util-linux")
-    cmd = [unshare, "--mount", "--propagation", "private", "--fork", "--kill-child"]
-    if kind is Executor.CHROOT:
-        cmd += ["--pid", "--ipc", "--uts"]
-    if network is Network.NONE:
-        cmd.append("--net")
-    plan_r, plan_w = os.pipe()
-    report_r, report_w = os.pipe()
-    cmd += [sys.executable, "-I", _stage.__file__, str(plan_r), str(report_w)]
-    proc = None
-    report = bytearray()
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(plan_r, report_w),
-            env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-            start_new_session=True,
-        )
-        os.close(plan_r)
-        os.close(report_w)
-        plan_r = report_w = -1
-        with os.fdopen(plan_w, "wb") as f, contextlib.suppress(BrokenPipeError):
-            plan_w = -1
-            # (A stage that died before reading its plan says why on stderr.)
-            f.write(json.dumps(plan).encode())
-        tail = _pump(proc, report_r, report, on_output)
-        return proc.wait(), tail
-    finally:
-        for line in bytes(report).splitlines():
-            with contextlib.suppress(ValueError):
-                reports.append(json.loads(line))
-        for fd in (plan_r, plan_w, report_r, report_w):
-            if fd >= 0:
-                os.close(fd)
-        if proc is not None and proc.poll() is None:
-            # Interrupted (KeyboardInterrupt, ...): the whole session goes, then we wait
-            # so no namespace outlives the call.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if proc is not None:
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-
-
-def _pump(
-    proc: subprocess.Popen[bytes],
-    report_fd: int,
-    report: bytearray,
-    on_output: OutputCallback | None,
-) -> list[str]:
-    """Stream the command's lines to ``on_output`` until every pipe closes; collect the
-    stage's report into ``report``; return the last ``TAIL_LINES`` lines."""
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    partial = {"stdout": b"", "stderr": b""}
-    sel = selectors.DefaultSelector()
-    assert proc.stdout is not None and proc.stderr is not None
-    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
-    sel.register(report_fd, selectors.EVENT_READ, "report")
-
-    def emit(name: str, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace").rstrip("\r")
-        tail.append(line)
-        if on_output is not None:
-            on_output(name, line)
-
-    try:
-        while sel.get_map():
-            for key, _ in sel.select():
-                fd = key.fd
-                chunk = os.read(fd, 65536)
-                name = key.data
-                if not chunk:
-                    sel.unregister(key.fileobj)
-                    if name != "report" and partial[name]:
-                        emit(name, partial[name])
-                        partial[name] = b""
-                    continue
-                if name == "report":
-                    report += chunk
-                    continue
-                *lines, partial[name] = (partial[name] + chunk).split(b"\n")
-                for raw in lines:
-                    emit(name, raw)
-    finally:
-        sel.close()
-    return list(tail)
-
-
-def _drop_pure_copy_up(layout: RootfsLayout, rel: str) -> None:
-    upper = layout.upper / rel
-    if any(upper.iterdir()) or is_opaque(upper):
-        return
-    below = lower_stat(layout.lowers, rel)
-    st = os.lstat(upper)
-    if below is not None and (below.st_mode, below.st_uid, below.st_gid, below.st_mtime_ns) == (
-        st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns
-    ):
-        upper.rmdir()
-
-
-def _cleanup(
-    layout: RootfsLayout, reports: Sequence[dict[str, object]], workdir: str
-) -> None:
-    """Remove scratch dirs and the mount points the sandbox made from the changes."""
-    stubs: list[str] = []
-    touched: dict[str, list[int]] = {}
-    for report in reports:
-        if isinstance(report.get("stubs"), list):
-            stubs = [str(s) for s in report["stubs"]]  # type: ignore[union-attr]
-        if isinstance(report.get("touched"), dict):
-            touched = report["touched"]  # type: ignore[assignment]
-    keep = {workdir.strip("/")}
-    parts = workdir.strip("/").split("/")
-    keep |= {"/".join(parts[:i]) for i in range(1, len(parts))}
-    base = layout.changes
-    for rel in sorted(set(stubs) - keep, key=lambda s: s.count("/"), reverse=True):
-        path = base / rel
-        with contextlib.suppress(OSError):  # not empty any more: the step put content there
-            if path.is_dir() and not path.is_symlink():
-                path.rmdir()
-            elif path.is_file() and path.stat().st_size == 0:
-                path.unlink()
-    # Making a mount point inside an image directory touched it (and, with overlayfs,
-    # copied it up): put its times back, and drop a copy-up that is now identical to
-    # the directory below, so the mount leaves no trace in the layer.
-    for rel in sorted(touched, key=lambda s: s.count("/"), reverse=True):
-        path = base / rel if rel else base
-        with contextlib.suppress(OSError):
-            if not path.is_dir() or path.is_symlink():
-                continue
-            atime, mtime = touched[rel]
-            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
-            if rel and layout.mode is RootfsMode.OVERLAY and rel not in keep:
-                _drop_pure_copy_up(layout, rel)
-    for scratch in (layout.work, layout.run, layout.state_dir / "merged"):
-        if layout.mode is RootfsMode.COPY and scratch == layout.merged:
-            continue
-        shutil.rmtree(scratch, ignore_errors=True)

@@ -26,7 +26,9 @@ def first_layer(run: Runner) -> Path:
     return step.changes
 
 
-def test_lower_lookups_honour_whiteouts_and_opaque_dirs(first_layer: Path, base_root: Path) -> None:
+def test_lower_lookups_honour_whiteouts_and_opaque_dirs(
+    first_layer: Path, base_root: Path
+) -> None:
     lowers = [first_layer, base_root]
     assert read_from_lowers(lowers, "etc/group") is None
     assert b"extra:x:2000" in (read_from_lowers(lowers, "/etc/passwd") or b"")
@@ -49,7 +51,9 @@ def test_second_step_sees_the_first_steps_result(
     assert step.stdout == ["no-group", "new", "2000", "2001"]
 
 
-def test_flatten_applies_layers_bottom_up(first_layer: Path, base_root: Path, tmp_path: Path) -> None:
+def test_flatten_applies_layers_bottom_up(
+    first_layer: Path, base_root: Path, tmp_path: Path
+) -> None:
     dest = tmp_path / "flat"
     flatten_lowers([first_layer, base_root], dest)
     assert not (dest / "etc/group").exists()
