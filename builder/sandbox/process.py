@@ -27,6 +27,7 @@ from .spec import Network
 __all__ = ["TAIL_LINES", "OutputCallback", "spawn"]
 
 TAIL_LINES = 50
+MAX_LINE = 64 * 1024
 OutputCallback = Callable[[str, str], None]
 """Called with ("stdout" | "stderr", line without its newline) as the command prints."""
 
@@ -131,6 +132,9 @@ def _pump(
                 *lines, partial[name] = (partial[name] + chunk).split(b"\n")
                 for raw in lines:
                     emit(name, raw)
+                if len(partial[name]) > MAX_LINE:  # output without newlines: cut it
+                    emit(name, partial[name])
+                    partial[name] = b""
     finally:
         sel.close()
     return list(tail)

@@ -291,3 +291,18 @@ def test_one_cache_mounted_twice_in_a_step(run: Runner) -> None:
               parse_mount("type=cache,target=/b,id=same,sharing=locked"))
     step = run("echo x > /a/f; cat /b/f", mounts=mounts)
     assert step.stdout == ["x"]
+
+
+def test_background_processes_end_with_the_step(run: Runner) -> None:
+    import time
+
+    t0 = time.monotonic()
+    step = run("(sleep 60 &); echo done")  # the orphan still holds stdout open
+    assert step.stdout == ["done"]
+    assert time.monotonic() - t0 < 20
+
+
+def test_long_output_without_newlines_is_cut_into_lines(run: Runner) -> None:
+    step = run("head -c 200000 /dev/zero | tr '\\0' a")
+    assert sum(len(line) for line in step.stdout) == 200000
+    assert max(len(line) for line in step.stdout) <= 64 * 1024 * 2
