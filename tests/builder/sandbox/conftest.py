@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers.rootfs import make_busybox_rootfs, require_tool
-from helpers.sandbox_steps import PATH, Runner, Step, require_root
 
 from builder.sandbox import Executor, RootfsMode, RunSpec, run_step
+from tests.helpers.rootfs import make_busybox_rootfs, require_tool
+from tests.helpers.sandbox_steps import PATH, Runner, Step, require_root
 
 
 @pytest.fixture(scope="session")

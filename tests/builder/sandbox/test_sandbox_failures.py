@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.rootfs import require_tool
-from helpers.sandbox_steps import PATH, Runner, require_root
 
 from builder.sandbox import (
     Executor,
@@ -21,6 +19,8 @@ from builder.sandbox import (
     SandboxUnavailable,
     run_step,
 )
+from tests.helpers.rootfs import require_tool
+from tests.helpers.sandbox_steps import PATH, Runner, require_root
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers.sandbox_steps import Runner
 
 from builder.sandbox import Executor, RootfsMode
 from builder.sandbox.flatten import flatten_lowers
 from builder.sandbox.rootfs import is_opaque, lower_stat, read_from_lowers
+from tests.helpers.sandbox_steps import Runner
 
 FIRST = (
     "rm /etc/group; rm -r /home/tester; mkdir -p /home/tester; touch /home/tester/new; "

@@ -8,7 +8,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers.sandbox_steps import PATH, Runner
 
 from builder.sandbox import (
     BindMount,
@@ -19,8 +18,9 @@ from builder.sandbox import (
     SandboxSetupError,
     parse_mount,
 )
+from tests.helpers.sandbox_steps import PATH, Runner
 
-# Docker's default capability set as a CapBnd mask (see _stage.DEFAULT_CAPS).
+# Docker's default capability set as a capability mask (see _stage.DEFAULT_CAPS).
 DOCKER_CAPS = 0x00000000A80425FB
 
 
