@@ -200,6 +200,7 @@ def run_step(
     executor: Executor = Executor.AUTO,
     on_output: OutputCallback | None = None,
     check: bool = True,
+    set_home: bool = False,
 ) -> StepResult:
     """Run ``spec`` on the root made of ``lowers`` (top first); return how it went.
 
@@ -210,6 +211,9 @@ def run_step(
     :class:`SandboxUnavailable` when the sandbox cannot be made. Scratch directories are
     removed and every process is gone when this returns or raises, KeyboardInterrupt
     included.
+
+    The command's environment is exactly ``spec.env``; with ``set_home`` a missing
+    ``HOME`` is set to the user's home from the image's /etc/passwd, as Docker does.
     """
     if os.geteuid() != 0:
         raise SandboxUnavailable("RUN steps need root (mounts and namespaces): run as root")
@@ -225,7 +229,7 @@ def run_step(
     reports: list[dict[str, object]] = []
     try:
         user, kind, code, tail = _prepare_and_spawn(
-            spec, layout, cache_dir, executor, on_output, reports
+            spec, layout, cache_dir, executor, on_output, reports, set_home
         )
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -256,6 +260,7 @@ def _prepare_and_spawn(
     executor: Executor,
     on_output: OutputCallback | None,
     reports: list[dict[str, object]],
+    set_home: bool,
 ) -> tuple[ExecUser, Executor, int, list[str]]:
     if layout.mode is RootfsMode.OVERLAY:
         passwd = read_from_lowers(layout.lowers, "etc/passwd")
@@ -277,6 +282,8 @@ def _prepare_and_spawn(
         hosts.write_text(_hosts_file(spec))
         env = [e for e in spec.env if e.split("=", 1)[0] not in secret_env]
         env += [f"{k}={v}" for k, v in secret_env.items()]
+        if set_home and not any(e.startswith("HOME=") for e in env):
+            env.append(f"HOME={user.home}")
         resolv = Path("/etc/resolv.conf")
         plan: dict[str, object] = {
             "executor": kind.value,
@@ -298,6 +305,9 @@ def _prepare_and_spawn(
             "workdir": spec.workdir,
         }
         code, tail = spawn(plan, kind is Executor.CHROOT, spec.network, on_output, reports)
+    if kind is Executor.BWRAP and code == 1 and tail and tail[-1].startswith("bwrap: execvp"):
+        # bwrap exits 1 when the command cannot be executed; report it as a shell would.
+        code = 127 if tail[-1].endswith("No such file or directory") else 126
     return user, kind, code, tail
 
 
