@@ -6,6 +6,10 @@ BuildKit does the same -- except the workdir and its parents, which are real con
 Directories a mount point was created in get their times back, and under overlayfs a
 directory that was only copied up for that reason (now empty, not opaque, same metadata
 as below) is dropped from the upper dir. Then the scratch parts of ``state_dir`` go.
+
+Finally the upper dir loses overlayfs' own bookkeeping xattrs (``trusted.overlay.origin``,
+``impure``, ``uuid``, ...): afterwards it holds content, 0/0 whiteouts and the
+``trusted.overlay.opaque`` marks, nothing else -- what a layer writer needs to read.
 """
 
 from __future__ import annotations
@@ -18,6 +22,20 @@ from collections.abc import Sequence
 from .rootfs import RootfsLayout, RootfsMode, is_opaque, lower_stat
 
 __all__ = ["cleanup"]
+
+
+_KEEP = "trusted.overlay.opaque"
+
+
+def strip_overlay_xattrs(upper: os.PathLike[str] | str) -> None:
+    """Remove every ``trusted.overlay.*`` xattr but the opaque mark under ``upper``."""
+    for dirpath, dirnames, filenames in os.walk(upper):
+        for name in ["", *dirnames, *filenames]:
+            path = os.path.join(dirpath, name) if name else dirpath
+            with contextlib.suppress(OSError):
+                for attr in os.listxattr(path, follow_symlinks=False):
+                    if attr.startswith("trusted.overlay.") and attr != _KEEP:
+                        os.removexattr(path, attr, follow_symlinks=False)
 
 
 def _drop_pure_copy_up(layout: RootfsLayout, rel: str) -> None:
@@ -67,6 +85,8 @@ def cleanup(
             os.utime(path, ns=(atime, mtime), follow_symlinks=False)
             if rel and layout.mode is RootfsMode.OVERLAY and rel not in keep:
                 _drop_pure_copy_up(layout, rel)
+    if layout.mode is RootfsMode.OVERLAY and layout.upper.is_dir():
+        strip_overlay_xattrs(layout.upper)
     for scratch in (layout.work, layout.run, layout.state_dir / "merged"):
         if layout.mode is RootfsMode.COPY and scratch == layout.merged:
             continue

@@ -138,6 +138,23 @@ def test_deletions_become_overlay_whiteouts(run: Runner) -> None:
         assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
+def test_copy_ups_are_complete_and_carry_no_overlay_bookkeeping(run: Runner) -> None:
+    step = run("chmod 600 /etc/passwd; mv /home/tester /home/t2; ln /etc/group /etc/g2; "
+               "rm -r /root; mkdir /root; touch /root/new")
+    assert (step.changes / "etc/passwd").stat().st_size > 0  # metacopy=off: data copied up
+    assert (step.changes / "home/t2").is_dir()  # redirect_dir=off: the dir was copied
+    assert os.lstat(step.changes / "etc/g2").st_ino == os.lstat(step.changes / "etc/group").st_ino
+    leftovers = []
+    for dirpath, dirnames, filenames in os.walk(step.changes):
+        for name in ["", *dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            for attr in os.listxattr(path, follow_symlinks=False):
+                if attr.startswith("trusted.overlay.") and attr != "trusted.overlay.opaque":
+                    leftovers.append((path, attr))
+    assert leftovers == []
+    assert os.getxattr(step.changes / "root", "trusted.overlay.opaque") == b"y"
+
+
 def test_cache_mount_persists_and_stays_out_of_the_layer(run: Runner, tmp_path: Path) -> None:
     cache = parse_mount("type=cache,target=/root/.cache/pkg,id=pkg")
     run("echo 1 > /root/.cache/pkg/seen", mounts=(cache,))
