@@ -147,3 +147,34 @@ def test_copy_mode_state_dir_holds_only_the_root(
     step = run("touch /made", rootfs=RootfsMode.COPY)
     assert sorted(p.name for p in step.changes.parent.iterdir()) == ["rootfs"]
     assert (step.changes / "made").exists()
+
+
+@pytest.fixture
+def overlay_disk(tmp_path: Path) -> Iterator[Path]:
+    """A directory on overlayfs, which cannot hold another overlay's upper dir."""
+    require_root()
+    for d in ("l", "u", "w", "m"):
+        (tmp_path / d).mkdir()
+    opts = f"lowerdir={tmp_path}/l,upperdir={tmp_path}/u,workdir={tmp_path}/w"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(tmp_path / "m")],
+                   check=True)
+    try:
+        yield tmp_path / "m"
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "m")], check=True)
+
+
+def test_auto_falls_back_to_copy_where_overlay_cannot_mount(
+    base_root: Path, overlay_disk: Path, executor: Executor
+) -> None:
+    from builder.sandbox.rootfs import overlay_supported
+
+    assert not overlay_supported(overlay_disk)
+    spec = RunSpec(argv=("/bin/sh", "-c", "rm /etc/group; echo ok > /done"), env=(PATH,))
+    result = run_step(spec, lowers=[base_root], state_dir=overlay_disk / "s", executor=executor)
+    assert result.rootfs_mode is RootfsMode.COPY
+    assert (result.changes / "done").read_text() == "ok\n"
+    assert not (result.changes / "etc/group").exists()
+    with pytest.raises(SandboxUnavailable, match="rootfs=copy"):
+        run_step(spec, lowers=[base_root], state_dir=overlay_disk / "t", executor=executor,
+                 rootfs=RootfsMode.OVERLAY)
