@@ -97,31 +97,33 @@ def tar_directory(root: Path, *, mtime: int = 0) -> bytes:
     their permission bits; owners become 0:0 and every mtime becomes ``mtime``.
     """
     root = Path(root)
+    paths: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in dirnames + filenames:
+            paths.append(name if rel_dir == "." else f"{rel_dir}/{name}")
+    # Depth-first in name order: every directory comes right before its contents.
+    paths.sort(key=lambda p: p.split("/"))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, root)
-            names = sorted(dirnames + filenames)
-            for name in names:
-                full = os.path.join(dirpath, name)
-                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-                st = os.lstat(full)
-                info = _tarinfo(rel, mtime)
-                info.mode = stat.S_IMODE(st.st_mode)
-                if stat.S_ISLNK(st.st_mode):
-                    info.type = tarfile.SYMTYPE
-                    info.linkname = os.readlink(full)
-                    tar.addfile(info)
-                elif stat.S_ISDIR(st.st_mode):
-                    info.type = tarfile.DIRTYPE
-                    tar.addfile(info)
-                elif stat.S_ISREG(st.st_mode):
-                    info.size = st.st_size
-                    with open(full, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    raise ValueError(f"{full}: only directories, files and symlinks can be packed")
+        for rel in paths:
+            full = os.path.join(root, rel)
+            st = os.lstat(full)
+            info = _tarinfo(rel, mtime)
+            info.mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                info.type = tarfile.SYMTYPE
+                info.linkname = os.readlink(full)
+                tar.addfile(info)
+            elif stat.S_ISDIR(st.st_mode):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif stat.S_ISREG(st.st_mode):
+                info.size = st.st_size
+                with open(full, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                raise ValueError(f"{full}: only directories, files and symlinks can be packed")
     return buf.getvalue()
 
 
