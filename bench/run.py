@@ -103,8 +103,7 @@ def registry(quick: bool, workdir: Path | None, results: Path, blob_mib: int, cl
                                 "layer_mib": layer_mib, "quick": quick})
     with _workdir(workdir) as work:
         click.echo("measuring the machine ...", err=True)
-        report.machine = measure_machine(work, hash_mib=64 if quick else 256,
-                                         disk_mib=64 if quick else 512)
+        report.machine = _machine(work, quick)
         click.echo("generating data ...", err=True)
         data = prepare_data(work, settings)
         for target in registry_targets(list(external), pybuild=not no_pybuild):
@@ -117,6 +116,81 @@ def registry(quick: bool, workdir: Path | None, results: Path, blob_mib: int, cl
             except RegistryBenchError as exc:
                 report.failed[target.name] = str(exc)
     _finish(report, results)
+
+
+@main.command()
+@_common
+@click.option("--blob-mib", type=int, default=1024, show_default=True,
+              help="Size of the blob ingested and read.")
+def cas(quick: bool, workdir: Path | None, results: Path, blob_mib: int) -> None:
+    """Ingest, read and re-ingest through cas.Store, against the machine's own limits."""
+    from bench.cas import bench_cas
+
+    if quick:
+        blob_mib = min(blob_mib, 32)
+    report = Report(area="cas", peer="machine", parameters={"blob_mib": blob_mib, "quick": quick})
+    with _workdir(workdir) as work:
+        click.echo("measuring the machine ...", err=True)
+        report.machine = _machine(work, quick)
+        click.echo("measuring pybuild's store ...", err=True)
+        try:
+            report.add(bench_cas(work, report.machine, size=blob_mib * MiB))
+        except ImportError as exc:
+            report.skipped["pybuild"] = f"cas.Store is not importable: {exc}"
+    _finish(report, results)
+
+
+@main.command()
+@_common
+@click.option("--files", type=int, default=16, show_default=True,
+              help="Files in the build context.")
+@click.option("--file-mib", type=int, default=4, show_default=True)
+def builder(quick: bool, workdir: Path | None, results: Path, files: int, file_mib: int) -> None:
+    """The same Dockerfile built by docker build (BuildKit), buildah and pybuild."""
+    from bench.builder import BuilderBenchError, bench_builder
+
+    if quick:
+        files, file_mib = min(files, 4), 1
+    report = Report(area="builder", peer="docker",
+                    parameters={"files": files, "file_mib": file_mib, "quick": quick})
+    with _workdir(workdir) as work:
+        click.echo("measuring the machine ...", err=True)
+        report.machine = _machine(work, quick)
+        click.echo("building ...", err=True)
+        try:
+            report.add(bench_builder(work, files=files, file_size=file_mib * MiB,
+                                     report_skip=report.skipped.__setitem__))
+        except BuilderBenchError as exc:
+            report.failed["builder"] = str(exc)
+    _finish(report, results)
+
+
+@main.command()
+@_common
+@click.option("--layers", type=int, default=10, show_default=True)
+@click.option("--layer-mib", type=int, default=8, show_default=True)
+def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_mib: int) -> None:
+    """Pulling an image, cold and after one layer changed: skopeo vs pybuild's client."""
+    from bench.client import ClientBenchError, bench_client
+
+    if quick:
+        layers, layer_mib = min(layers, 3), 1
+    report = Report(area="client", peer="skopeo",
+                    parameters={"layers": layers, "layer_mib": layer_mib, "quick": quick})
+    with _workdir(workdir) as work:
+        click.echo("measuring the machine ...", err=True)
+        report.machine = _machine(work, quick)
+        click.echo("pulling ...", err=True)
+        try:
+            report.add(bench_client(work, layers=layers, layer_size=layer_mib * MiB,
+                                    report_skip=report.skipped.__setitem__))
+        except ClientBenchError as exc:
+            report.failed["client"] = str(exc)
+    _finish(report, results)
+
+
+def _machine(work: Path, quick: bool):  # type: ignore[no-untyped-def]
+    return measure_machine(work, hash_mib=64 if quick else 256, disk_mib=64 if quick else 512)
 
 
 if __name__ == "__main__":
