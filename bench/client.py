@@ -37,7 +37,8 @@ class ClientBenchError(RuntimeError):
 
 def _timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=1800)
+    proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=1800,
+                          check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise ClientBenchError(f"`{' '.join(argv)}` exited {proc.returncode}:\n{proc.stderr[-3000:]}")

@@ -7,13 +7,15 @@ reads; these numbers say how close to the ceiling a result is.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
-import hashlib
 
 from bench.data import pseudo_random
 
@@ -40,7 +42,7 @@ def _best_rate(nbytes: int, seconds: list[float]) -> float:
     return nbytes / min(seconds) / 1e6
 
 
-def _hash_rate(make: type, data: bytes, rounds: int = 3) -> float:
+def _hash_rate(make: Callable[[], Any], data: bytes, rounds: int = 3) -> float:
     view = memoryview(data)
     times = []
     for _ in range(rounds):

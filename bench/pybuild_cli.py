@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["ROOT", "has_command", "pybuild_argv", "pybuild_env", "missing_reason"]
+__all__ = ["ROOT", "has_command", "missing_reason", "pybuild_argv", "pybuild_env"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,8 @@ def has_command(name: str) -> bool:
     """True when ``python3 -m builder <name> --help`` succeeds."""
     try:
         proc = subprocess.run(pybuild_argv(name, "--help"), capture_output=True, timeout=60,
-                              env=pybuild_env(), cwd=ROOT)
+                              env=pybuild_env(), cwd=ROOT,
+                              check=False)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0

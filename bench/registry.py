@@ -31,17 +31,23 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from bench.report import Measurement
-from tests.helpers.images import Image, make_image, make_layer, tar_files, write_oci_layout
 from bench.data import pseudo_random
+from bench.report import Measurement
+from tests.helpers.images import (
+    Image,
+    make_image,
+    make_layer,
+    tar_files,
+    write_oci_layout,
+)
 
 __all__ = [
-    "RegistrySettings",
-    "RegistryData",
     "RegistryBenchError",
-    "prepare_data",
+    "RegistryData",
+    "RegistrySettings",
     "bench_registry",
     "parse_wrk",
+    "prepare_data",
 ]
 
 MiB = 1 << 20
@@ -190,7 +196,7 @@ def _concurrent_pull(url: str, clients: int) -> float:
 
 
 _WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
-_WRK_P99 = re.compile(r"^\s*99%\s+([0-9.]+)(us|ms|s)\s*$", re.M)
+_WRK_P99 = re.compile(r"^\s*99%\s+([0-9.]+)(us|ms|s)\s*$", re.MULTILINE)
 _WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 
 
@@ -217,6 +223,7 @@ def _wrk_manifests(addr: str, settings: RegistrySettings) -> tuple[float, float]
          "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
          f"http://{addr}/v2/bench/manifest/manifests/v1"],
         capture_output=True, text=True, timeout=settings.wrk_seconds + 60,
+        check=False,
     )
     if proc.returncode != 0:
         raise RegistryBenchError(f"wrk exited {proc.returncode}: {proc.stderr}")
@@ -231,6 +238,7 @@ def _skopeo_copy(src: str, dest: str) -> float:
     proc = subprocess.run(
         [skopeo, "copy", "--src-tls-verify=false", "--dest-tls-verify=false", src, dest],
         capture_output=True, text=True, timeout=1800,
+        check=False,
     )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.machine import MachineLimits
 
-__all__ = ["Measurement", "Report", "RESULTS_DIR"]
+__all__ = ["RESULTS_DIR", "Measurement", "Report"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -63,7 +63,7 @@ class Report:
     failed: dict[str, str] = field(default_factory=dict)
     parameters: dict[str, object] = field(default_factory=dict)
     started: str = field(
-        default_factory=lambda: dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     )
 
     def add(self, measurements: Sequence[Measurement]) -> None:

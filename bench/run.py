@@ -21,9 +21,9 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from bench.machine import measure_machine  # noqa: E402
-from bench.report import RESULTS_DIR, Report  # noqa: E402
-from bench.targets import NotAvailable, registry_targets  # noqa: E402
+from bench.machine import measure_machine
+from bench.report import RESULTS_DIR, Report
+from bench.targets import NotAvailable, registry_targets
 
 __all__ = ["main"]
 

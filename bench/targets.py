@@ -20,7 +20,7 @@ from tests.helpers.registries import (
     pybuild_serve_available,
 )
 
-__all__ = ["Target", "NotAvailable", "registry_targets", "PYBUILD_MISSING"]
+__all__ = ["PYBUILD_MISSING", "NotAvailable", "Target", "registry_targets"]
 
 PYBUILD_MISSING = (
     "`python3 -m builder serve` does not exist yet in this checkout; "

@@ -18,9 +18,11 @@ import pytest
 from tests.helpers.clients import ContainerStorage
 from tests.helpers.docker_engine import (
     DockerEngine,
-    docker_engine as running_docker_engine,
     find_running_engine,
     remove_tree,
+)
+from tests.helpers.docker_engine import (
+    docker_engine as running_docker_engine,
 )
 from tests.helpers.images import (
     Image,

@@ -24,7 +24,12 @@ from tests.helpers.images import (
     write_docker_archive,
     write_oci_layout,
 )
-from tests.helpers.registries import RegistryError, RegistryProcess, RunningRegistry, http
+from tests.helpers.registries import (
+    RegistryError,
+    RegistryProcess,
+    RunningRegistry,
+    http,
+)
 from tests.helpers.tools import require_tool
 
 

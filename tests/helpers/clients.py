@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .tools import require_tool
 
-__all__ = ["ToolError", "run", "ContainerStorage", "podman", "buildah", "skopeo", "umoci"]
+__all__ = ["ContainerStorage", "ToolError", "buildah", "podman", "run", "skopeo", "umoci"]
 
 
 class ToolError(AssertionError):
@@ -34,6 +34,7 @@ def run(
     proc = subprocess.run(
         list(argv), capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd,
         stdin=subprocess.DEVNULL,
+        check=False,
     )
     if check and proc.returncode != 0:
         raise ToolError(
@@ -51,7 +52,7 @@ class ContainerStorage:
     runroot: Path
 
     @classmethod
-    def under(cls, base: Path) -> "ContainerStorage":
+    def under(cls, base: Path) -> ContainerStorage:
         """Storage in ``base/root`` and ``base/run`` (directories created)."""
         storage = cls(root=base / "root", runroot=base / "run")
         storage.root.mkdir(parents=True, exist_ok=True)

@@ -35,10 +35,10 @@ __all__ = [
     "DockerEngine",
     "DockerEngineError",
     "docker_client",
-    "find_running_engine",
-    "start_dockerd",
     "docker_engine",
+    "find_running_engine",
     "remove_tree",
+    "start_dockerd",
 ]
 
 DEBIAN_DOCKER = "/usr/bin/docker"
@@ -102,6 +102,7 @@ class DockerEngine:
             capture_output=True,
             text=True,
             timeout=timeout,
+            check=False,
         )
         if check and proc.returncode != 0:
             raise DockerEngineError(
@@ -124,6 +125,7 @@ def _answers(host: str, timeout: float = 10) -> bool:
             env=_engine_env(host),
             capture_output=True,
             timeout=timeout,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired, DockerEngineError):
         return False

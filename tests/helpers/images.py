@@ -23,6 +23,7 @@ docker-archive (what ``docker save`` writes and ``docker load`` reads)::
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import hashlib
 import io
@@ -34,25 +35,26 @@ import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
-    "OCI_MANIFEST",
     "OCI_CONFIG",
-    "OCI_LAYER_GZIP",
     "OCI_INDEX",
+    "OCI_LAYER_GZIP",
+    "OCI_MANIFEST",
     "REF_ANNOTATION",
-    "Layer",
     "Image",
+    "Layer",
     "LayoutImage",
+    "busybox_image",
+    "make_image",
+    "make_layer",
+    "read_oci_layout",
     "sha256_digest",
     "tar_directory",
     "tar_files",
-    "make_layer",
-    "make_image",
-    "busybox_image",
-    "write_oci_layout",
-    "read_oci_layout",
     "write_docker_archive",
+    "write_oci_layout",
 ]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -73,9 +75,7 @@ def _hex(digest: str) -> str:
 
 
 def _epoch_iso(mtime: int) -> str:
-    import datetime as _dt
-
-    return _dt.datetime.fromtimestamp(mtime, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(mtime, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _canonical_json(obj: object) -> bytes:
@@ -270,7 +270,7 @@ def write_oci_layout(image: Image, dest: Path, *, ref: str = "latest") -> Path:
     for data in (*image.blobs().values(), image.manifest):
         _write_blob(dest, data)
     index_path = dest / "index.json"
-    index = (
+    index: dict[str, Any] = (
         json.loads(index_path.read_text())
         if index_path.exists()
         else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}

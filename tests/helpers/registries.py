@@ -29,24 +29,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "RegistryError",
-    "RunningRegistry",
-    "RegistryProcess",
-    "free_port",
-    "wait_for_v2",
-    "distribution_config",
-    "distribution_argv",
-    "pybuild_argv",
-    "pybuild_serve_available",
-    "distribution_registry",
-    "pybuild_registry",
-    "registry_of_kind",
-    "REGISTRY_KINDS",
     "MANIFEST_ACCEPT",
+    "REGISTRY_KINDS",
+    "RegistryError",
+    "RegistryProcess",
     "Response",
-    "http",
+    "RunningRegistry",
+    "distribution_argv",
+    "distribution_config",
+    "distribution_registry",
+    "free_port",
     "get_manifest",
+    "http",
     "list_tags",
+    "pybuild_argv",
+    "pybuild_registry",
+    "pybuild_serve_available",
+    "registry_of_kind",
+    "wait_for_v2",
 ]
 
 REGISTRY_KINDS = ("distribution", "pybuild")
@@ -234,6 +234,7 @@ def pybuild_serve_available(cwd: Path | None = None) -> bool:
         proc = subprocess.run(
             [sys.executable, "-m", "builder", "serve", "--help"],
             capture_output=True, timeout=60, cwd=cwd, env=_python_env(cwd),
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -282,13 +283,11 @@ def registry_of_kind(kind: str, workdir: Path) -> AbstractContextManager[Running
     raise ValueError(f"unknown registry kind {kind!r}; expected one of {REGISTRY_KINDS}")
 
 
-MANIFEST_ACCEPT = ", ".join(
-    (
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    )
+MANIFEST_ACCEPT = (
+    "application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.oci.image.index.v1+json, "
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json"
 )
 
 

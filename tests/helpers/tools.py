@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-__all__ = ["DEBIAN_PACKAGE", "in_ci", "find_tool", "require_tool"]
+__all__ = ["DEBIAN_PACKAGE", "find_tool", "in_ci", "require_tool"]
 
 # Which Debian package provides each tool, so a failure can say what to install.
 DEBIAN_PACKAGE: dict[str, str] = {
