@@ -15,6 +15,7 @@ import pytest
 
 from bench.registry import RegistryBenchError, parse_wrk
 from bench.report import Measurement, Report
+from bench.targets import registry_targets
 from tests.helpers.registries import pybuild_serve_available
 from tests.helpers.tools import require_tool
 
@@ -79,3 +80,51 @@ def test_quick_registry_run_writes_json(tmp_path: Path) -> None:
     # The table names every metric too.
     for name in names:
         assert name in proc.stdout
+
+
+def test_target_specs_are_checked() -> None:
+    targets = registry_targets(["mine=127.0.0.1:5000"], pybuild=False)
+    assert [(t.name, t.kind, t.addr) for t in targets] == [
+        ("distribution", "distribution", ""),
+        ("mine", "external", "127.0.0.1:5000"),
+    ]
+    with pytest.raises(ValueError, match="expected NAME=HOST:PORT"):
+        registry_targets(["127.0.0.1:5000"])
+
+
+AREAS = {
+    # area: (tools the peer side needs, the peer's column, metric names)
+    "cas": ((), "machine", ["ingest 32 MiB (verify + store)", "read 32 MiB",
+                            "re-ingest 32 MiB (all pieces known)"]),
+    "client": (("docker-registry", "skopeo"), "skopeo",
+               ["pull, cold (3 x 1 MiB layers, 3 MB)", "pull, one layer changed", "pull, cold"]),
+    "builder": (("docker-registry", "skopeo", "docker", "dockerd", "buildah"), "docker",
+                ["build, no cache (4 x 1 MiB context)", "rebuild, cached"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("area", sorted(AREAS))
+def test_quick_run_of_each_area_writes_json(area: str, tmp_path: Path) -> None:
+    tools, peer, names = AREAS[area]
+    for tool in tools:
+        require_tool(tool)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", area, "--quick",
+         "--workdir", str(tmp_path / "work"), "--results", str(tmp_path / "results")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = (tmp_path / "results").glob(f"{area}-*.json")
+    data = json.loads(result.read_text())
+    assert data["area"] == area
+    assert data["peer"] == peer
+    assert data["failed"] == {}
+    assert [m["name"] for m in data["measurements"]] == names
+    for m in data["measurements"]:
+        assert m["values"][peer] > 0
+        if "pybuild" in m["values"]:
+            assert m["values"]["pybuild"] > 0
+            assert m["ratio"] is not None
+    if area == "builder":
+        assert all(m["values"]["buildah"] > 0 for m in data["measurements"])
