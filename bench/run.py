@@ -85,7 +85,7 @@ def registry(quick: bool, workdir: Path | None, results: Path, blob_mib: int, cl
              wrk_seconds: int, layers: int, layer_mib: int, external: tuple[str, ...],
              no_pybuild: bool) -> None:
     """Blob push/pull, manifest GETs and skopeo copy: pybuild vs CNCF Distribution."""
-    from bench.registry import (
+    from bench.registry_bench import (
         RegistryBenchError,
         RegistrySettings,
         bench_registry,
@@ -124,7 +124,7 @@ def registry(quick: bool, workdir: Path | None, results: Path, blob_mib: int, cl
               help="Size of the blob ingested and read.")
 def cas(quick: bool, workdir: Path | None, results: Path, blob_mib: int) -> None:
     """Ingest, read and re-ingest through cas.Store, against the machine's own limits."""
-    from bench.cas import bench_cas
+    from bench.store_bench import bench_cas
 
     if quick:
         blob_mib = min(blob_mib, 32)
@@ -147,7 +147,7 @@ def cas(quick: bool, workdir: Path | None, results: Path, blob_mib: int) -> None
 @click.option("--file-mib", type=int, default=4, show_default=True)
 def builder(quick: bool, workdir: Path | None, results: Path, files: int, file_mib: int) -> None:
     """The same Dockerfile built by docker build (BuildKit), buildah and pybuild."""
-    from bench.builder import BuilderBenchError, bench_builder
+    from bench.builder_bench import BuilderBenchError, bench_builder
 
     if quick:
         files, file_mib = min(files, 4), 1
@@ -171,7 +171,7 @@ def builder(quick: bool, workdir: Path | None, results: Path, files: int, file_m
 @click.option("--layer-mib", type=int, default=8, show_default=True)
 def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_mib: int) -> None:
     """Pulling an image, cold and after one layer changed: skopeo vs pybuild's client."""
-    from bench.client import ClientBenchError, bench_client
+    from bench.client_bench import ClientBenchError, bench_client
 
     if quick:
         layers, layer_mib = min(layers, 3), 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.registry import RegistryBenchError, parse_wrk
+from bench.registry_bench import RegistryBenchError, parse_wrk
 from bench.report import Measurement, Report
 from bench.targets import registry_targets
 from tests.helpers.registries import pybuild_serve_available
