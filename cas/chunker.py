@@ -89,6 +89,13 @@ class Cutter:
             return self._drain(final=False)
         return []
 
+    def flush(self) -> list[memoryview]:
+        """Emit every piece that is already final, without waiting for a full gather."""
+        self._compact()
+        if not self._decided:
+            return []
+        return self._drain(final=False)
+
     def finish(self) -> list[memoryview]:
         self._compact()
         if not self._decided:

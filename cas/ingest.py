@@ -77,6 +77,7 @@ class Ingest:
         self._zprobe = zstandard.ZstdCompressor(level=1)
         self._zstd = zstandard.ZstdCompressor(level=3)
         self._checkpointed = 0
+        self._storing: asyncio.Future[None] | None = None
 
     # -- public --------------------------------------------------------------------
 
@@ -90,13 +91,19 @@ class Ingest:
             self._pending_len += len(data)
             self.offset += len(data)
             if self._pending_len >= _BATCH:
-                await self._flush()
+                try:
+                    await self._flush()
+                except BaseException:
+                    # A failed write (full disk, I/O error) ends the ingest: nothing partial stays.
+                    await self._abort_locked()
+                    raise
 
     async def checkpoint(self) -> None:
         """Make everything written so far durable; a restart resumes at :attr:`offset`."""
         async with self._lock:
             self._check_open()
             await self._flush()
+            await self._wait_storing()
             await self._run(self._checkpoint_sync)
 
     async def commit(self, expected: Digest | None = None, *, size: int | None = None,
@@ -107,8 +114,13 @@ class Ingest:
 
         async with self._lock:
             self._check_open()
-            await self._flush()
-            await self._run(self._finish_cut)
+            try:
+                await self._flush()
+                await self._wait_storing()
+                await self._run(self._finish_cut)
+            except BaseException:
+                await self._abort_locked()
+                raise
             actual = Digest(self.algorithm, self._hasher.hexdigest())
             try:
                 if size is not None and size != self.offset:
@@ -139,31 +151,47 @@ class Ingest:
         return await asyncio.get_running_loop().run_in_executor(self._store._pool, fn, *args)
 
     async def _flush(self) -> None:
+        """Hand the gathered bytes to the worker threads.
+
+        Three stages overlap on the worker threads (hashlib, pyfastcdc, blake3, zstd and
+        file writes all release the GIL): the OCI digest and the cut of batch k run side
+        by side while the pieces of batch k-1 are keyed, looked up and written.
+        """
         if not self._pending:
             return
         parts, self._pending, self._pending_len = self._pending, [], 0
-        # The digest and the pieces are computed side by side on two threads (hashlib,
-        # blake3, zstd and file writes release the GIL).
-        await asyncio.gather(self._run(self._hash_parts, parts), self._run(self._cut_parts, parts))
+        _, pieces = await asyncio.gather(
+            self._run(self._hash_parts, parts), self._run(self._cut_parts, parts)
+        )
+        await self._wait_storing()
+        if pieces:
+            self._storing = asyncio.ensure_future(self._run(self._store_pieces, pieces))
+
+    async def _wait_storing(self) -> None:
+        if self._storing is not None:
+            fut, self._storing = self._storing, None
+            await fut
 
     def _hash_parts(self, parts: list[bytes]) -> None:
         for p in parts:
             self._hasher.update(p)
 
-    def _cut_parts(self, parts: list[bytes]) -> None:
+    def _cut_parts(self, parts: list[bytes]) -> list[bytes]:
+        # Copies: the cutter's views die at its next feed, and the pieces are stored
+        # while the next batch is being cut.
+        out: list[bytes] = []
         step = self._cutter.max_feed
         for p in parts:
             for i in range(0, len(p), step):
-                pieces = self._cutter.feed(memoryview(p)[i : i + step])
-                if pieces:
-                    self._store_pieces(pieces)
+                out += [bytes(v) for v in self._cutter.feed(memoryview(p)[i : i + step])]
+        return out
 
     def _finish_cut(self) -> None:
         pieces = self._cutter.finish()
         if pieces:
             self._store_pieces(pieces)
 
-    def _store_pieces(self, pieces: list[memoryview]) -> None:
+    def _store_pieces(self, pieces: list[memoryview] | list[bytes]) -> None:
         keyed = [(v, blake3.blake3(v).digest()) for v in pieces]
         first = self._seq
         unknown = [
@@ -187,7 +215,7 @@ class Ingest:
             self._recipe.append((key, length))
         self._seq += len(keyed)
 
-    def _write_piece(self, key: bytes, view: memoryview, compressible: bool) -> Location:
+    def _write_piece(self, key: bytes, view: memoryview | bytes, compressible: bool) -> Location:
         data: bytes | memoryview = view
         codec = CODEC_RAW
         if compressible and len(view) >= 4096:
@@ -249,6 +277,10 @@ class Ingest:
 
     async def _abort_locked(self) -> None:
         self._closed = True
+        try:
+            await self._wait_storing()  # no thread may still be writing to the pack
+        except Exception:
+            pass  # the failure that brought us here is what the caller reports
         await self._run(self._abort_sync)
 
     def _abort_sync(self) -> None:
@@ -281,14 +313,23 @@ class Ingest:
             self._writer = self._store.packs.open_append(pack, pack_size)
         step = self._cutter.max_feed
         emitted = 0
+        self._seq = npieces
+
+        def take(pieces: list[memoryview]) -> None:
+            # The first npieces pieces are the recorded ones; cutting may now release
+            # more (it drains at other moments than before): those are new.
+            nonlocal emitted
+            skip = max(0, min(len(pieces), npieces - emitted))
+            emitted += len(pieces)
+            if pieces[skip:]:
+                self._store_pieces(pieces[skip:])
 
         def refeed(data: bytes) -> None:
-            nonlocal emitted
             self._hasher.update(data)
             for i in range(0, len(data), step):
-                emitted += len(self._cutter.feed(memoryview(data)[i : i + step]))
+                take(self._cutter.feed(memoryview(data)[i : i + step]))
 
-        for seq, loc in rows:
+        for _seq, loc in rows:
             if loc.stored < 0:
                 real = held_locs.get(loc.key)
                 if real is None:
@@ -300,9 +341,9 @@ class Ingest:
                 refeed(self._store._load(loc))
             self._recipe.append((loc.key, loc.length))
         refeed(tail)
-        if emitted != npieces or len(self._cutter.held()) != tail_len:
+        take(self._cutter.flush())
+        if emitted < npieces:
             raise StoreCorrupt(f"ingest {self.id}: re-cutting did not reproduce its pieces")
-        self._seq = npieces
         self.offset = offset
         self._checkpointed = offset
 

@@ -175,7 +175,6 @@ def check(store: Store, progress: Callable[[str], None] | None = None) -> FsckRe
             report.problems.append(f"blob {digest_text}: content does not match its digest")
         if report.blobs_checked % 100 == 0:
             say(f"checked {report.blobs_checked} blobs")
-    held = {row[0] for row in meta._q("SELECT DISTINCT key FROM ingest_pieces")}
     for key, (loc, r) in pieces.items():
         report.pieces_checked += 1
         if key not in verified:
@@ -187,7 +186,6 @@ def check(store: Store, progress: Callable[[str], None] | None = None) -> FsckRe
             )
         if loc.pack is not None and not meta.is_pack_known(loc.pack):
             report.problems.append(f"piece {key.hex()}: its pack {loc.pack} is not registered")
-    del held
     for holder, digest_text in meta.dangling_links():
         report.problems.append(f"link {holder} -> {digest_text}: the blob does not exist")
     on_disk = set(store.packs.names())

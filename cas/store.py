@@ -37,7 +37,7 @@ __all__ = ["BlobInfo", "Piece", "Recipe", "Segment", "Store"]
 
 T = TypeVar("T")
 
-_READ_CHUNK = 1 << 20
+_READ_CHUNK = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,18 +286,25 @@ class Store:
 
     async def read(self, digest: Digest, offset: int = 0,
                    length: int | None = None) -> AsyncIterator[bytes]:
-        """The blob's bytes, in chunks of at most 1 MiB (BlobUnknown, InvalidRange)."""
+        """The blob's bytes, in chunks of at most 4 MiB (BlobUnknown, InvalidRange)."""
         async for seg in self.segments(digest, offset, length):
             if seg.path is None:
                 assert seg.data is not None
                 yield seg.data
                 continue
-            pos, left = seg.offset, seg.length
-            while left:
-                n = min(left, _READ_CHUNK)
-                yield await self._run(_pread, seg.path, pos, n)
-                pos += n
-                left -= n
+            fd = await self._run(os.open, seg.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                pos, left = seg.offset, seg.length
+                while left:
+                    n = min(left, _READ_CHUNK)
+                    data = await self._run(os.pread, fd, n, pos)
+                    if len(data) != n:
+                        raise StoreCorrupt(f"{seg.path.name} is short at {pos}")
+                    yield data
+                    pos += n
+                    left -= n
+            finally:
+                os.close(fd)
 
     async def read_bytes(self, digest: Digest) -> bytes:
         return b"".join([c async for c in self.read(digest)])
@@ -397,13 +404,3 @@ class Store:
                     self.packs.free(pack, offset, length)
             self.meta.forget_trash([r[0] for r in rows])
 
-
-def _pread(path: Path, offset: int, length: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = os.pread(fd, length, offset)
-    finally:
-        os.close(fd)
-    if len(data) != length:
-        raise StoreCorrupt(f"{path.name} is short at {offset}")
-    return data
