@@ -183,7 +183,10 @@ class RegistryProcess:
 
 
 def distribution_config(storage: Path, addr: str) -> str:
-    """A CNCF Distribution config: filesystem storage in ``storage``, deletes on, HTTP."""
+    """A CNCF Distribution config: filesystem storage in ``storage``, deletes on, HTTP.
+
+    As Debian ships it (in-memory blob descriptor cache), minus auth and access logs.
+    """
     return (
         "version: 0.1\n"
         "log:\n"
@@ -191,6 +194,8 @@ def distribution_config(storage: Path, addr: str) -> str:
         "  accesslog:\n"
         "    disabled: true\n"
         "storage:\n"
+        "  cache:\n"
+        "    blobdescriptor: inmemory\n"
         "  filesystem:\n"
         f"    rootdirectory: {storage}\n"
         "  delete:\n"
