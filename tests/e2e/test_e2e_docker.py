@@ -48,8 +48,7 @@ def test_push_rmi_pull_run(
         ).stdout.split()
         assert f"{registry_under_test.addr}/e2e/docker-{unique}@{digest}" in repo_digests
 
-        hello = docker_engine.run("run", "--rm", "--network", "none", remote, "echo", "hello")
-        assert hello.stdout == "hello\n"
+        assert docker_engine.run_container(remote, "echo", "hello") == "hello\n"
     finally:
         _rmi(docker_engine, remote)
 
@@ -64,9 +63,7 @@ def test_docker_pulls_and_runs_an_oci_image_pushed_by_skopeo(
     try:
         pulled = docker_engine.run("pull", remote).stdout
         assert f"Digest: {busybox.manifest_digest}" in pulled
-        out = docker_engine.run(
-            "run", "--rm", "--network", "none", remote, "sh", "-c", "cat /etc/passwd; ls /bin/sh"
-        ).stdout
+        out = docker_engine.run_container(remote, "sh", "-c", "cat /etc/passwd; ls /bin/sh")
         assert out.startswith("root:x:0:0:")
         assert out.endswith("/bin/sh\n")
     finally:
@@ -91,8 +88,7 @@ def test_buildkit_build_from_the_registry_and_push_back(
         docker_engine.run("push", built)
         _rmi(docker_engine, built, base)
         docker_engine.run("pull", built)
-        out = docker_engine.run("run", "--rm", "--network", "none", built).stdout
-        assert out == "built\n"
+        assert docker_engine.run_container(built) == "built\n"
         # The built image is the base's layer plus one.
         resp = get_manifest(registry_under_test.addr, f"e2e/built-{unique}", "v1")
         assert resp.status == 200

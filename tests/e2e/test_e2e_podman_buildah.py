@@ -85,3 +85,12 @@ def test_umoci_unpacks_what_the_registry_serves(
     assert (rootfs / "etc" / "passwd").read_text().startswith("root:x:0:0:")
     config = json.loads((bundle / "config.json").read_text())
     assert config["process"]["args"] == ["sh"]
+
+
+def test_umoci_unpacks_the_packed_layout_directly(busybox_layout: Path, tmp_path: Path) -> None:
+    """umoci is an independent reader of OCI layouts: it accepts what tests.helpers packs."""
+    bundle = tmp_path / "bundle"
+    rootless = ["--rootless"] if os.geteuid() != 0 else []
+    run(umoci("unpack", *rootless, "--image", f"{busybox_layout}:latest", str(bundle)))
+    assert os.readlink(bundle / "rootfs" / "bin" / "ls") == "busybox"
+    assert oct((bundle / "rootfs" / "tmp").stat().st_mode & 0o7777) == oct(0o1777)

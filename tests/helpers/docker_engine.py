@@ -112,6 +112,16 @@ class DockerEngine:
         return proc
 
 
+    def run_container(self, image: str, *command: str, timeout: float = 300) -> str:
+        """``docker run --rm --network none image command...``; return its stdout.
+
+        Tests never give containers a network: registries are reached by the engine,
+        not from inside containers.
+        """
+        return self.run("run", "--rm", "--network", "none", image, *command,
+                        timeout=timeout).stdout
+
+
 def _engine_env(host: str) -> dict[str, str]:
     env = dict(os.environ)
     env["DOCKER_HOST"] = host
