@@ -1,6 +1,3 @@
-<<<<<<< HEAD
-"""Helpers shared by tests of several packages (import as ``tests.helpers.<module>``)."""
-=======
 """Helpers shared by the test suites and the benchmarks.
 
 Import them as ``tests.helpers.<module>`` (run pytest as ``python3 -m pytest`` from the
@@ -14,4 +11,3 @@ repository root, as ``tests/run`` does). They are test infrastructure: they neve
 - ``registries``: start a registry process on a free port, wait for ``/v2/``, stop it.
 - ``clients``: podman, buildah, skopeo and umoci command lines with private storage.
 """
->>>>>>> e2e
