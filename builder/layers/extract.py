@@ -23,6 +23,7 @@ so a read-only directory can still be filled and its mtime is not disturbed afte
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -46,6 +47,10 @@ __all__ = ["ApplyReport", "apply_layer", "open_layer"]
 
 _READ = 1 << 20
 _XATTR_KEY = "SCHILY.xattr."
+# What a layer whose entries contradict each other or the rootfs causes (a name below a
+# file, ...), as opposed to the machine's own trouble (ENOSPC, EIO), which propagates.
+_LAYOUT_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT,
+                            errno.ELOOP, errno.EINVAL, errno.ENAMETOOLONG, errno.ENOTEMPTY})
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 
 
@@ -163,7 +168,7 @@ class _Applier:
             self._mark(path)
             return
         if member.islnk():
-            src_parts = clean_name(member.linkname)
+            src_parts = clean_name(member.linkname, entry=name)
             src = resolve_in_root(self.root, src_parts, follow_final=False, name=name)
             try:
                 src_st = os.lstat(src)
@@ -255,10 +260,18 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
                 parts = clean_name(member.name)
                 if not parts:
                     continue  # the rootfs itself ("./"): its metadata stays the host's choice
-                if parts[-1].startswith(WHITEOUT_PREFIX):
-                    applier.whiteout(member.name, parts)
-                else:
-                    applier.entry(tf, member, parts)
+                try:
+                    if parts[-1].startswith(WHITEOUT_PREFIX):
+                        applier.whiteout(member.name, parts)
+                    else:
+                        applier.entry(tf, member, parts)
+                except OSError as exc:
+                    if exc.errno not in _LAYOUT_ERRNOS:
+                        raise
+                    raise LayerFormatError(
+                        f"layer entry {member.name!r} cannot be applied: {exc.strerror} "
+                        f"({exc.filename}); the layer does not fit on its lower layers"
+                    ) from exc
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile,
             zstandard.ZstdError) as exc:
         raise LayerFormatError(

@@ -22,18 +22,21 @@ __all__ = ["MAX_SYMLINKS", "clean_name", "resolve_in_root"]
 MAX_SYMLINKS = 40  # as Linux's path walk (ELOOP)
 
 
-def clean_name(name: str) -> list[str]:
-    """The components of an archive entry name, or UnsafeLayerEntry.
+def clean_name(name: str, *, entry: str | None = None) -> list[str]:
+    """The components of an archive entry name (or of the hard link target of the
+    entry ``entry``), or UnsafeLayerEntry naming the entry.
 
     A leading ``/`` or ``./`` is dropped (the name is relative to the rootfs, as Docker
     and containerd read it); a ``..`` component anywhere is refused, since no honest
     layer writer produces one.
     """
+    what = "name" if entry is None else f"hard link target {name!r}"
     if "\0" in name:
-        raise UnsafeLayerEntry(name, "NUL byte in the name")
+        raise UnsafeLayerEntry(entry or name, f"NUL byte in the {what}")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise UnsafeLayerEntry(name, "'..' path component (would climb out of the rootfs)")
+        raise UnsafeLayerEntry(
+            entry or name, f"'..' path component in the {what} (would climb out of the rootfs)")
     return parts
 
 
