@@ -33,7 +33,7 @@ from .errors import (
     UnsafeLayerEntry,
 )
 from .extract import ApplyReport, apply_layer, open_layer
-from .importdir import import_directory
+from .importdir import import_directory, make_busybox_rootfs
 from .overlay import OVERLAY_MOUNT_OPTIONS, changeset_from_upper
 from .snapshot import Snapshot, StatRecord, changeset_of_tree, diff_snapshot, take_snapshot
 from .tarwriter import iter_tar, write_tar
@@ -66,6 +66,7 @@ __all__ = [
     "diff_snapshot",
     "import_directory",
     "iter_tar",
+    "make_busybox_rootfs",
     "open_layer",
     "take_snapshot",
     "write_frames",

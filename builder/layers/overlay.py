@@ -42,13 +42,25 @@ OVERLAY_MOUNT_OPTIONS = "redirect_dir=off,metacopy=off,index=off"
 _PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 
-def _overlay_xattr(path: str, name: str) -> bytes | None:
-    for prefix in _PREFIXES:
+class _OverlayAttrs:
+    """overlayfs's xattrs on one upper entry (one listxattr; values read on demand)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
         try:
-            return os.getxattr(path, prefix + name, follow_symlinks=False)
+            names = os.listxattr(path, follow_symlinks=False)
         except OSError:
-            continue
-    return None
+            names = []
+        self.names = {n.split(".", 2)[2]: n for n in names if n.startswith(_PREFIXES)}
+
+    def get(self, name: str) -> bytes | None:
+        full = self.names.get(name)
+        if full is None:
+            return None
+        try:
+            return os.getxattr(self.path, full, follow_symlinks=False)
+        except OSError:
+            return None
 
 
 def changeset_from_upper(upper: Path | str) -> Changeset:
@@ -68,15 +80,16 @@ def changeset_from_upper(upper: Path | str) -> Changeset:
         if fmt == stat.S_IFCHR and st.st_rdev == 0:
             whiteouts.append(Whiteout(rel))
             continue
-        if fmt == stat.S_IFREG and st.st_size == 0 and _overlay_xattr(abspath, "whiteout") is not None:
+        attrs = _OverlayAttrs(abspath)
+        if fmt == stat.S_IFREG and st.st_size == 0 and "whiteout" in attrs.names:
             whiteouts.append(Whiteout(rel))
             continue
-        if _overlay_xattr(abspath, "redirect") is not None:
+        if "redirect" in attrs.names:
             raise OverlayFeatureUnsupported(
                 rel, "redirect_dir (a renamed lower directory)",
                 f"mount the overlay with -o {OVERLAY_MOUNT_OPTIONS}",
             )
-        if fmt == stat.S_IFREG and _overlay_xattr(abspath, "metacopy") is not None:
+        if fmt == stat.S_IFREG and "metacopy" in attrs.names:
             raise OverlayFeatureUnsupported(
                 rel, "metacopy (metadata-only copy-up)",
                 f"mount the overlay with -o {OVERLAY_MOUNT_OPTIONS}",
@@ -84,7 +97,7 @@ def changeset_from_upper(upper: Path | str) -> Changeset:
         entry = entry_from_stat(rel, abspath, st)
         if entry is None:
             continue
-        if entry.kind is EntryKind.DIR and _overlay_xattr(abspath, "opaque") == b"y":
+        if entry.kind is EntryKind.DIR and attrs.get("opaque") == b"y":
             whiteouts.append(Whiteout(rel, opaque=True))
         if entry.kind is EntryKind.FILE and st.st_nlink > 1:
             files.append((entry, (st.st_dev, st.st_ino)))

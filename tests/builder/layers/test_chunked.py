@@ -150,8 +150,9 @@ def test_two_percent_changed_files_keep_most_frames_shared(tmp_path: Path) -> No
         body = bytearray(f.read_bytes())
         body[len(body) // 2] ^= 0xFF
         f.write_bytes(bytes(body))
-    _, la = layer(a)
-    _, lb = layer(b)
+    # Frame boundaries do not depend on the compression; zstd keeps the test fast.
+    _, la = layer(a, compression="zstd", level=1)
+    _, lb = layer(b, compression="zstd", level=1)
     shared = set(la.frame_digests) & set(lb.frame_digests)
     fraction = sum(d in shared for d in lb.frame_digests) / len(lb.frame_digests)
     assert fraction >= 0.80, f"only {fraction:.0%} of frames shared"

@@ -204,3 +204,40 @@ def test_changeset_entries_are_sorted_and_frozen(tmp_path: Path, overlay: Callab
                                                  else (1, p.encode()) for p in n.split("/")])
     with pytest.raises(dataclasses.FrozenInstanceError):
         cs.entries[0].path = "x"  # type: ignore[misc]
+
+
+def test_userxattr_mounts_are_read(tmp_path: Path, overlay: Callable) -> None:
+    lower = tmp_path / "lower"
+    make_lower(lower)
+    ov = overlay(lower, "userxattr")
+    step(ov.merged)
+    ov.unmount()
+    assert os.getxattr(ov.upper / "opt" / "app", "user.overlay.opaque") == b"y"
+    cs = changeset_from_upper(ov.upper)
+    assert {(w.path, w.opaque) for w in cs.whiteouts if w.opaque} == {("opt/app", True),
+                                                                     ("srv", True)}
+    assert all(not name.startswith("user.overlay.") for e in cs.entries for name, _ in e.xattrs)
+
+
+def test_metacopy_is_refused_with_the_fix(tmp_path: Path, overlay: Callable) -> None:
+    lower = tmp_path / "lower"
+    make_lower(lower)
+    ov = overlay(lower, "metacopy=on,redirect_dir=on")
+    os.chmod(ov.merged / "etc" / "hosts", 0o600)
+    ov.unmount()
+    with pytest.raises(OverlayFeatureUnsupported, match="metacopy.*metacopy=off"):
+        changeset_from_upper(ov.upper)
+
+
+def test_xattr_whiteouts_of_newer_kernels(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("trusted.* xattrs need root")
+    upper = tmp_path / "upper"
+    (upper / "dir").mkdir(parents=True)
+    (upper / "dir" / "gone").write_bytes(b"")
+    os.setxattr(upper / "dir" / "gone", "trusted.overlay.whiteout", b"")
+    os.setxattr(upper / "dir", "trusted.overlay.opaque", b"x")  # "has xattr whiteouts"
+    (upper / "dir" / "kept").write_bytes(b"")
+    cs = changeset_from_upper(upper)
+    assert cs.whiteouts == (Whiteout("dir/gone"),)
+    assert [e.path for e in cs.entries] == ["dir", "dir/kept"]
