@@ -1,12 +1,117 @@
-"""``pybuild storage stats|gc|fsck``."""
+"""``pybuild storage stats|gc|fsck``: inspect and maintain a store directory."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import click
 
-__all__ = ["storage"]
+from .location import default_storage_dir
+from .store import Store
+
+__all__ = ["storage", "storage_option"]
+
+T = TypeVar("T")
+
+
+def storage_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--storage DIR`` (default: $PYBUILD_STORAGE, else the XDG data directory)."""
+    return click.option(
+        "--storage",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Store directory [default: $PYBUILD_STORAGE or ~/.local/share/pybuild].",
+    )(fn)
+
+
+def _with_store(storage: Path | None, job: Callable[[Store], Awaitable[T]]) -> T:
+    root = storage or default_storage_dir()
+
+    async def run() -> T:
+        store = await Store.open(root)
+        try:
+            return await job(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError
 
 
 @click.group()
 def storage() -> None:
     """Inspect and maintain the content-addressed store."""
+
+
+@storage.command()
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def stats(storage: Path | None, as_json: bool) -> None:
+    """Logical and physical bytes, dedup ratio, piece and blob counts."""
+    s = _with_store(storage, lambda st: st.stats())
+    if as_json:
+        click.echo(json.dumps(s.to_json()))
+        return
+    click.echo(f"blobs:          {s.blobs}")
+    click.echo(f"pieces:         {s.pieces}")
+    click.echo(f"logical bytes:  {s.logical_bytes} ({_human(s.logical_bytes)})")
+    click.echo(f"physical bytes: {s.physical_bytes} ({_human(s.physical_bytes)})")
+    click.echo(f"disk bytes:     {s.disk_bytes} ({_human(s.disk_bytes)})")
+    click.echo(f"dedup ratio:    {s.dedup_ratio:.2f}")
+    click.echo(f"open ingests:   {s.open_ingests}")
+
+
+@storage.command()
+@storage_option
+@click.option("--grace", type=float, default=3600.0, show_default=True,
+              help="Keep unlinked blobs younger than this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def gc(storage: Path | None, grace: float, as_json: bool) -> None:
+    """Remove unreferenced blobs and pieces (safe while the store is in use)."""
+    report = _with_store(storage, lambda st: st.gc(grace=grace))
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+        return
+    click.echo(
+        f"removed {report.blobs_removed} blobs and {report.pieces_removed} pieces, "
+        f"freed {_human(report.bytes_freed)}"
+    )
+
+
+@storage.command()
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def fsck(storage: Path | None, as_json: bool) -> None:
+    """Verify every piece's BLAKE3 and every blob's digest. Exit 1 on damage."""
+    quiet = as_json or not sys.stderr.isatty()
+
+    def progress(msg: str) -> None:
+        if not quiet:
+            click.echo(msg, err=True)
+
+    report = _with_store(storage, lambda st: st.fsck(progress=progress))
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        for problem in report.problems:
+            click.echo(f"damaged: {problem}")
+        verdict = "clean" if report.ok else f"{len(report.problems)} problem(s)"
+        click.echo(
+            f"checked {report.blobs_checked} blobs and {report.pieces_checked} pieces: {verdict}"
+        )
+    if not report.ok:
+        sys.exit(1)

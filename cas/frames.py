@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Any
 
 import zstandard
 
 __all__ = [
     "GZIP_MAGIC",
+    "FrameScanner",
+    "stream_kind",
     "ZSTD_MAGIC",
     "gzip_member",
     "zstd_frame",
@@ -54,3 +57,245 @@ def gzip_member(data: bytes | memoryview, level: int = 6) -> bytes:
 def zstd_frame(data: bytes | memoryview, level: int = 3) -> bytes:
     """One zstd frame holding ``data`` (content size recorded, no checksum)."""
     return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+
+
+# --- finding boundaries ----------------------------------------------------------------
+
+# A gzip member without a length field is inflated to find its end; past this many
+# compressed bytes we stop looking (single-stream gzip layers are one huge member, and
+# inflating them only to learn that would cost more than the sharing it could find).
+INFLATE_SCAN_LIMIT = 8 << 20
+
+_ZSTD_SKIPPABLE_LO = 0x184D2A50
+_ZSTD_SKIPPABLE_HI = 0x184D2A5F
+
+
+class FrameScanner:
+    """Finds the end offsets of consecutive gzip members or zstd frames in a byte stream.
+
+    Feed it every byte of the stream in order; :meth:`feed` returns the absolute offsets
+    (from the start of the stream) at which a frame ends. Once the stream stops looking
+    like frames (trailing garbage, a member too long to scan), :attr:`done` turns true and
+    no further boundaries are reported; the stream is still stored exactly, only cut
+    differently.
+    """
+
+    def __init__(self, kind: str) -> None:
+        if kind not in ("gzip", "zstd"):
+            raise ValueError(kind)
+        self.kind = kind
+        self.done = False
+        self._pos = 0  # absolute offset of the next unread byte
+        self._frame_start = 0
+        self._skip = 0  # bytes still to pass over before the next header field
+        self._need = 0  # header bytes wanted in _hdr before we can decide
+        self._hdr = bytearray()
+        self._state = "frame"  # what the bytes in _hdr will be
+        self._zstd_checksum = False
+        self._inflater: Any = None
+        self._scanned = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[int]:
+        if self.done:
+            self._pos += len(data)
+            return []
+        out: list[int] = []
+        mv = memoryview(data)
+        i = 0
+        n = len(mv)
+        while i < n and not self.done:
+            if self._skip:
+                take = min(self._skip, n - i)
+                self._skip -= take
+                i += take
+                if self._skip == 0 and self._state == "end":
+                    out.append(self._pos + i)
+                    self._begin_frame(self._pos + i)
+                continue
+            if self._state == "inflate":
+                i = self._inflate(mv, i, out)
+                continue
+            want = self._want()
+            take = min(want - len(self._hdr), n - i)
+            self._hdr += mv[i : i + take]
+            i += take
+            if len(self._hdr) >= want:
+                self._advance(out, self._pos + i)
+        self._pos += n
+        return out
+
+    def finish(self) -> list[int]:
+        """Call at end of stream: a frame still open there is not a boundary."""
+        self.done = True
+        return []
+
+    # -- internals
+
+    def _begin_frame(self, at: int) -> None:
+        self._frame_start = at
+        self._state = "frame"
+        self._hdr.clear()
+
+    def _want(self) -> int:
+        st = self._state
+        if st == "frame":
+            return 4 if self.kind == "zstd" else 10
+        if st == "zstd_fhd":
+            return 5
+        if st == "zstd_rest":
+            return self._need
+        if st == "zstd_block":
+            return 3
+        if st == "zstd_skip_size":
+            return 8
+        if st == "gzip_xlen":
+            return 12
+        if st == "gzip_extra":
+            return self._need
+        raise AssertionError(st)
+
+    def _advance(self, out: list[int], here: int) -> None:
+        h = self._hdr
+        st = self._state
+        if self.kind == "zstd":
+            if st == "frame":
+                magic = int.from_bytes(h[:4], "little")
+                if h[:4] == ZSTD_MAGIC:
+                    self._state = "zstd_fhd"
+                elif _ZSTD_SKIPPABLE_LO <= magic <= _ZSTD_SKIPPABLE_HI:
+                    self._state = "zstd_skip_size"
+                else:
+                    self.done = True
+                return
+            if st == "zstd_skip_size":
+                self._skip = int.from_bytes(h[4:8], "little")
+                self._state = "end"
+                if self._skip == 0:
+                    out.append(here)
+                    self._begin_frame(here)
+                return
+            if st == "zstd_fhd":
+                fhd = h[4]
+                if fhd & 0x08:  # reserved bit must be zero
+                    self.done = True
+                    return
+                fcs_flag = fhd >> 6
+                single = (fhd >> 5) & 1
+                did = (0, 1, 2, 4)[fhd & 3]
+                fcs = (single, 2, 4, 8)[fcs_flag]
+                self._zstd_checksum = bool(fhd & 0x04)
+                self._need = 5 + (0 if single else 1) + did + fcs
+                self._state = "zstd_rest"
+                if len(h) >= self._need:
+                    self._advance(out, here)
+                return
+            if st == "zstd_rest":
+                self._hdr.clear()
+                self._state = "zstd_block"
+                return
+            if st == "zstd_block":
+                bh = int.from_bytes(h[:3], "little")
+                last = bh & 1
+                btype = (bh >> 1) & 3
+                bsize = bh >> 3
+                self._hdr.clear()
+                if btype == 3:
+                    self.done = True
+                    return
+                body = 1 if btype == 1 else bsize
+                if last:
+                    self._skip = body + (4 if self._zstd_checksum else 0)
+                    self._state = "end"
+                    if self._skip == 0:
+                        out.append(here)
+                        self._begin_frame(here)
+                else:
+                    self._skip = body
+                return
+        else:
+            if st == "frame":
+                if h[:3] != b"\x1f\x8b\x08":
+                    self.done = True
+                    return
+                if h[3] & 0x04:  # FEXTRA: the length may be recorded
+                    self._state = "gzip_xlen"
+                    return
+                self._start_inflate()
+                return
+            if st == "gzip_xlen":
+                self._need = 12 + int.from_bytes(h[10:12], "little")
+                self._state = "gzip_extra"
+                if len(h) >= self._need:
+                    self._advance(out, here)
+                return
+            if st == "gzip_extra":
+                total = _gzip_recorded_length(bytes(h[12 : self._need]))
+                if total is not None and total > len(h):
+                    self._skip = total - len(h)
+                    self._state = "end"
+                    return
+                self._start_inflate()
+                return
+        raise AssertionError(st)
+
+    def _start_inflate(self) -> None:
+        self._inflater = zlib.decompressobj(31)
+        data = bytes(self._hdr)
+        self._hdr.clear()
+        self._state = "inflate"
+        self._scanned = 0
+        self._feed_inflater(data, self._frame_start, [])
+
+    def _inflate(self, mv: memoryview, i: int, out: list[int]) -> int:
+        end = min(len(mv), i + (1 << 20))
+        consumed = self._feed_inflater(bytes(mv[i:end]), self._pos + i, out)
+        return i + consumed
+
+    def _feed_inflater(self, data: bytes, at: int, out: list[int]) -> int:
+        """Inflate ``data`` (starting at absolute offset ``at``); returns bytes consumed."""
+        d = self._inflater
+        assert d is not None
+        try:
+            # Inflate in bounded pieces so a bomb cannot blow up memory.
+            buf = data
+            while buf and not d.eof:
+                d.decompress(buf, 1 << 20)
+                buf = d.unconsumed_tail
+        except zlib.error:
+            self.done = True
+            return len(data)
+        self._scanned += len(data) - len(d.unused_data)
+        if d.eof:
+            used = len(data) - len(d.unused_data)
+            end = at + used
+            out.append(end)
+            self._inflater = None
+            self._begin_frame(end)
+            return used
+        if self._scanned > INFLATE_SCAN_LIMIT:
+            self.done = True
+        return len(data)
+
+
+def _gzip_recorded_length(extra: bytes) -> int | None:
+    """The member length recorded in a gzip FEXTRA field ('PB' or BGZF 'BC'), if any."""
+    i = 0
+    while i + 4 <= len(extra):
+        si = extra[i : i + 2]
+        ln = int.from_bytes(extra[i + 2 : i + 4], "little")
+        val = extra[i + 4 : i + 4 + ln]
+        if si == _GZIP_EXTRA_ID and ln == 4:
+            return int.from_bytes(val, "little")
+        if si == b"BC" and ln == 2:
+            return int.from_bytes(val, "little") + 1
+        i += 4 + ln
+    return None
+
+
+def stream_kind(prefix: bytes) -> str | None:
+    """'gzip' or 'zstd' when ``prefix`` starts a stream of frames pybuild can cut, else None."""
+    if prefix[:3] == b"\x1f\x8b\x08":
+        return "gzip"
+    if prefix[:4] == ZSTD_MAGIC:
+        return "zstd"
+    return None

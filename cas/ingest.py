@@ -1,0 +1,349 @@
+"""Ingest: a stream of bytes becoming a blob, in bounded memory.
+
+Bytes are hashed (the OCI digest) and cut into pieces (BLAKE3 keys) in worker threads,
+in parallel; pieces the store already has are not written again; new ones are appended
+to this ingest's pack. Nothing is visible until :meth:`Ingest.commit` has verified the
+digest (and size) and committed the recipe in one metadata transaction.
+
+:meth:`Ingest.checkpoint` makes the progress durable: after a crash or restart,
+``Store.resume_ingest(id)`` continues at the checkpointed offset. The bytes the cutter
+still holds back (at most a few MiB) are kept in a *tail file* named by the checkpoint's
+offset, ``<storage>/ingests/<id>.<offset>.tail``, written before the metadata that refers
+to it, so a crash between the two leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import blake3
+import zstandard
+
+from .chunker import Cutter
+from .digest import Digest, Hasher, new_hasher
+from .errors import DigestMismatch, IngestUnknown, SizeMismatch, StoreCorrupt
+from .meta import CODEC_RAW, CODEC_ZSTD, Location
+
+if TYPE_CHECKING:
+    from .packs import PackWriter
+    from .store import BlobInfo, Store
+
+__all__ = ["INLINE_MAX", "Ingest", "IngestInfo"]
+
+T = TypeVar("T")
+
+# Pieces this small (after compression) live in the metadata database, not in packs:
+# manifests and configs then cost no file at all.
+INLINE_MAX = 16 << 10
+# Hand bytes to the worker threads in batches this large: a thread hop per network
+# read (64 KiB) would cost more than the hashing.
+_BATCH = 4 << 20
+_PROBE = 16 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class IngestInfo:
+    id: str
+    offset: int
+    algorithm: str
+    created: float
+    updated: float
+
+
+class Ingest:
+    """One open ingest. Use from one task at a time (calls are serialised anyway)."""
+
+    def __init__(self, store: Store, ingest_id: str, algorithm: str) -> None:
+        self._store = store
+        self.id = ingest_id
+        self.algorithm = algorithm
+        self.offset = 0  # bytes received
+        self._hasher: Hasher = new_hasher(algorithm)
+        self._cutter = Cutter(store.chunk_params)
+        self._lock = asyncio.Lock()
+        self._pending: list[bytes] = []
+        self._pending_len = 0
+        self._seq = 0  # pieces cut so far
+        self._recipe: list[tuple[bytes, int]] = []
+        self._new: dict[bytes, Location] = {}  # pieces this ingest wrote
+        self._held: set[bytes] = set()  # committed pieces it reuses
+        self._unsaved: list[tuple[int, bytes, int, Location | None]] = []
+        self._writer: PackWriter | None = None
+        self._closed = False
+        self._zprobe = zstandard.ZstdCompressor(level=1)
+        self._zstd = zstandard.ZstdCompressor(level=3)
+        self._checkpointed = 0
+        self._storing: asyncio.Future[None] | None = None
+
+    # -- public --------------------------------------------------------------------
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``. Hashing, cutting and writing run in worker threads."""
+        async with self._lock:
+            self._check_open()
+            if not data:
+                return
+            self._pending.append(bytes(data) if not isinstance(data, bytes) else data)
+            self._pending_len += len(data)
+            self.offset += len(data)
+            if self._pending_len >= _BATCH:
+                try:
+                    await self._flush()
+                except BaseException:
+                    # A failed write (full disk, I/O error) ends the ingest: nothing partial stays.
+                    await self._abort_locked()
+                    raise
+
+    async def checkpoint(self) -> None:
+        """Make everything written so far durable; a restart resumes at :attr:`offset`."""
+        async with self._lock:
+            self._check_open()
+            await self._flush()
+            await self._wait_storing()
+            await self._run(self._checkpoint_sync)
+
+    async def commit(self, expected: Digest | None = None, *, size: int | None = None,
+                     link: str | None = None) -> BlobInfo:
+        """Verify and make the blob visible. On DigestMismatch or SizeMismatch the ingest
+        is aborted and nothing becomes visible."""
+        from .store import BlobInfo
+
+        async with self._lock:
+            self._check_open()
+            try:
+                await self._flush()
+                await self._wait_storing()
+                await self._run(self._finish_cut)
+            except BaseException:
+                await self._abort_locked()
+                raise
+            actual = Digest(self.algorithm, self._hasher.hexdigest())
+            try:
+                if size is not None and size != self.offset:
+                    raise SizeMismatch(size, self.offset)
+                if expected is not None:
+                    if expected.algorithm != self.algorithm:
+                        actual = await self._run(self._rehash, expected.algorithm)
+                    if actual != expected:
+                        raise DigestMismatch(expected, actual)
+            except (SizeMismatch, DigestMismatch):
+                await self._abort_locked()
+                raise
+            await self._run(self._commit_sync, str(actual), link)
+            return BlobInfo(actual, self.offset)
+
+    async def abort(self) -> None:
+        async with self._lock:
+            if not self._closed:
+                await self._abort_locked()
+
+    # -- internals -----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IngestUnknown(self.id)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._store._pool, fn, *args)
+
+    async def _flush(self) -> None:
+        """Hand the gathered bytes to the worker threads.
+
+        Three stages overlap on the worker threads (hashlib, pyfastcdc, blake3, zstd and
+        file writes all release the GIL): the OCI digest and the cut of batch k run side
+        by side while the pieces of batch k-1 are keyed, looked up and written.
+        """
+        if not self._pending:
+            return
+        parts, self._pending, self._pending_len = self._pending, [], 0
+        _, pieces = await asyncio.gather(
+            self._run(self._hash_parts, parts), self._run(self._cut_parts, parts)
+        )
+        await self._wait_storing()
+        if pieces:
+            self._storing = asyncio.ensure_future(self._run(self._store_pieces, pieces))
+
+    async def _wait_storing(self) -> None:
+        if self._storing is not None:
+            fut, self._storing = self._storing, None
+            await fut
+
+    def _hash_parts(self, parts: list[bytes]) -> None:
+        for p in parts:
+            self._hasher.update(p)
+
+    def _cut_parts(self, parts: list[bytes]) -> list[bytes]:
+        # Copies: the cutter's views die at its next feed, and the pieces are stored
+        # while the next batch is being cut.
+        out: list[bytes] = []
+        step = self._cutter.max_feed
+        for p in parts:
+            for i in range(0, len(p), step):
+                out += [bytes(v) for v in self._cutter.feed(memoryview(p)[i : i + step])]
+        return out
+
+    def _finish_cut(self) -> None:
+        pieces = self._cutter.finish()
+        if pieces:
+            self._store_pieces(pieces)
+
+    def _store_pieces(self, pieces: list[memoryview] | list[bytes]) -> None:
+        keyed = [(v, blake3.blake3(v).digest()) for v in pieces]
+        first = self._seq
+        unknown = [
+            (first + i, k)
+            for i, (_, k) in enumerate(keyed)
+            if k not in self._new and k not in self._held
+        ]
+        found = self._store.meta.hold_existing(self.id, unknown) if unknown else {}
+        compressible = not self._cutter.compressed
+        for i, (view, key) in enumerate(keyed):
+            seq = first + i
+            length = len(view)
+            if key in found:
+                self._held.add(key)
+            elif key in self._new or key in self._held:
+                self._unsaved.append((seq, key, length, self._new.get(key)))
+            else:
+                loc = self._write_piece(key, view, compressible)
+                self._new[key] = loc
+                self._unsaved.append((seq, key, length, loc))
+            self._recipe.append((key, length))
+        self._seq += len(keyed)
+
+    def _write_piece(self, key: bytes, view: memoryview | bytes, compressible: bool) -> Location:
+        data: bytes | memoryview = view
+        codec = CODEC_RAW
+        if compressible and len(view) >= 4096:
+            probe = view[:_PROBE]
+            if len(self._zprobe.compress(probe)) < 0.9 * len(probe):
+                packed = self._zstd.compress(view)
+                if len(packed) < 0.95 * len(view):
+                    data, codec = packed, CODEC_ZSTD
+        if len(data) <= INLINE_MAX:
+            return Location(key, len(view), len(data), codec, None, 0, bytes(data))
+        if self._writer is None:
+            self._writer = self._store._new_pack(self.id)
+        at = self._writer.append(data)
+        return Location(key, len(view), len(data), codec, self._writer.name, at)
+
+    def _checkpoint_sync(self) -> None:
+        if self._writer is not None:
+            self._writer.sync()
+        tail = bytes(self._cutter.held())
+        path = self._store._tail_path(self.id, self.offset)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(tail)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._store.meta.checkpoint(
+            self.id,
+            self._unsaved,
+            self.offset,
+            self._seq,
+            self._writer.size if self._writer else 0,
+            len(tail),
+        )
+        self._unsaved = []
+        self._store._drop_tails(self.id, keep=path)
+        self._checkpointed = self.offset
+
+    def _rehash(self, algorithm: str) -> Digest:
+        h = new_hasher(algorithm)
+        for key, _ in self._recipe:
+            h.update(self._read_own(key))
+        return Digest(algorithm, h.hexdigest())
+
+    def _read_own(self, key: bytes) -> bytes:
+        loc = self._new.get(key)
+        if loc is None:
+            loc = self._store.meta.locations([key])[key]
+        return self._store._load(loc)
+
+    def _commit_sync(self, digest: str, link: str | None) -> None:
+        if self._writer is not None:
+            self._writer.sync()
+            self._writer.close()
+        self._store.meta.commit_blob(self.id, digest, self.offset, self._recipe, self._new, link)
+        self._closed = True
+        self._store._drop_tails(self.id, keep=None)
+        self._store._empty_trash()
+
+    async def _abort_locked(self) -> None:
+        self._closed = True
+        try:
+            await self._wait_storing()  # no thread may still be writing to the pack
+        except Exception:
+            pass  # the failure that brought us here is what the caller reports
+        await self._run(self._abort_sync)
+
+    def _abort_sync(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._store.meta.drop_ingest(self.id)
+        self._store._drop_tails(self.id, keep=None)
+        self._store._empty_trash()
+
+    # -- resume --------------------------------------------------------------------
+
+    def _restore(self, offset: int, npieces: int, pack: str | None, pack_size: int,
+                 tail_len: int) -> None:
+        """Rebuild the state of the last checkpoint (runs in a worker thread)."""
+        meta = self._store.meta
+        meta.rewind_ingest(self.id)
+        rows = meta.ingest_recipe(self.id)
+        if len(rows) != npieces:
+            raise StoreCorrupt(f"ingest {self.id} has {len(rows)} of {npieces} pieces recorded")
+        held_keys = [loc.key for _, loc in rows if loc.stored < 0]
+        held_locs = meta.locations(held_keys)
+        tail_path = self._store._tail_path(self.id, offset)
+        try:
+            tail = tail_path.read_bytes() if tail_len else b""
+        except FileNotFoundError as exc:
+            raise StoreCorrupt(f"ingest {self.id}: its tail file is missing") from exc
+        if len(tail) != tail_len:
+            raise StoreCorrupt(f"ingest {self.id}: tail file has {len(tail)} of {tail_len} bytes")
+        if pack is not None:
+            self._writer = self._store.packs.open_append(pack, pack_size)
+        step = self._cutter.max_feed
+        emitted = 0
+        self._seq = npieces
+
+        def take(pieces: list[memoryview]) -> None:
+            # The first npieces pieces are the recorded ones; cutting may now release
+            # more (it drains at other moments than before): those are new.
+            nonlocal emitted
+            skip = max(0, min(len(pieces), npieces - emitted))
+            emitted += len(pieces)
+            if pieces[skip:]:
+                self._store_pieces(pieces[skip:])
+
+        def refeed(data: bytes) -> None:
+            self._hasher.update(data)
+            for i in range(0, len(data), step):
+                take(self._cutter.feed(memoryview(data)[i : i + step]))
+
+        for _seq, loc in rows:
+            if loc.stored < 0:
+                real = held_locs.get(loc.key)
+                if real is None:
+                    raise StoreCorrupt(f"ingest {self.id}: held piece {loc.key.hex()} is gone")
+                self._held.add(loc.key)
+                refeed(self._store._load(real))
+            else:
+                self._new[loc.key] = loc
+                refeed(self._store._load(loc))
+            self._recipe.append((loc.key, loc.length))
+        refeed(tail)
+        take(self._cutter.flush())
+        if emitted < npieces:
+            raise StoreCorrupt(f"ingest {self.id}: re-cutting did not reproduce its pieces")
+        self.offset = offset
+        self._checkpointed = offset
+

@@ -1,0 +1,204 @@
+"""Garbage collection, consistency checks and statistics (run in a worker thread).
+
+GC is online: it runs in short transactions while ingests continue. It removes blobs no
+holder links (older than a grace period, so a blob just committed without a link is not
+taken from under its writer), then pieces no recipe and no open ingest needs, then frees
+their bytes — always *after* the transaction that stopped referencing them, so a crash can
+leak space (a later GC reclaims it) but never lose a referenced byte.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import blake3
+
+from .digest import Digest, new_hasher
+from .errors import CasError
+from .meta import decode_recipe
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["FsckReport", "GcReport", "Stats", "check", "collect_garbage", "statistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    blobs_removed: int
+    pieces_removed: int
+    bytes_freed: int
+    orphan_packs_removed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    blobs: int
+    pieces: int
+    logical_bytes: int  # sum of blob sizes
+    physical_bytes: int  # stored bytes of live pieces (after dedup and compression)
+    disk_bytes: int  # what the store occupies on disk (packs + metadata)
+    open_ingests: int
+    links: int
+    packs: int
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.logical_bytes / self.physical_bytes if self.physical_bytes else 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "dedup_ratio": round(self.dedup_ratio, 4)}
+
+
+@dataclass(slots=True)
+class FsckReport:
+    blobs_checked: int = 0
+    pieces_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "blobs_checked": self.blobs_checked,
+            "pieces_checked": self.pieces_checked,
+            "problems": self.problems,
+            "notes": self.notes,
+        }
+
+
+def collect_garbage(store: Store, grace: float) -> GcReport:
+    meta = store.meta
+    blobs = 0
+    while n := meta.collect_blobs(time.time() - grace):
+        blobs += n
+    pieces = freed = 0
+    while True:
+        n, b = meta.collect_pieces()
+        if not n:
+            break
+        pieces += n
+        freed += b
+    store._empty_trash()
+    # A pack file with no row is left over from a crash; rows are written first.
+    known = meta.pack_names()
+    orphans = 0
+    for name in store.packs.names():
+        if name not in known and not meta.is_pack_known(name):
+            store.packs.delete(name)
+            orphans += 1
+    return GcReport(blobs, pieces, freed, orphans)
+
+
+def statistics(store: Store) -> Stats:
+    s = store.meta.stats()
+    disk = store.packs.allocated()
+    for name in ("meta.db", "meta.db-wal"):
+        p = store.root / name
+        if p.exists():
+            disk += p.stat().st_size
+    return Stats(
+        blobs=s["blobs"],
+        pieces=s["pieces"],
+        logical_bytes=s["logical_bytes"],
+        physical_bytes=s["physical_bytes"],
+        disk_bytes=disk,
+        open_ingests=s["open_ingests"],
+        links=s["links"],
+        packs=s["packs"],
+    )
+
+
+def check(store: Store, progress: Callable[[str], None] | None = None) -> FsckReport:
+    """Verify every blob's digest and every piece's BLAKE3, and the bookkeeping."""
+    meta = store.meta
+    report = FsckReport()
+    say = progress or (lambda _msg: None)
+    refs: Counter[bytes] = Counter()
+    verified: dict[bytes, bool] = {}
+    pieces = {loc.key: (loc, r) for loc, r in meta.iter_pieces()}
+
+    def piece_bytes(key: bytes) -> bytes | None:
+        entry = pieces.get(key)
+        if entry is None:
+            return None
+        loc = entry[0]
+        try:
+            data = store._load(loc)
+        except (CasError, OSError) as exc:
+            if verified.get(key, True):
+                report.problems.append(f"piece {key.hex()}: unreadable: {exc}")
+            verified[key] = False
+            return None
+        if key not in verified:
+            ok = len(data) == loc.length and blake3.blake3(data).digest() == key
+            verified[key] = ok
+            if not ok:
+                report.problems.append(
+                    f"piece {key.hex()}: its bytes do not match its BLAKE3 key (damaged on disk)"
+                )
+        return data if verified[key] else None
+
+    for digest_text, size, packed in meta.iter_blobs():
+        report.blobs_checked += 1
+        entries = decode_recipe(packed)
+        refs.update(k for k, _ in entries)
+        if sum(n for _, n in entries) != size:
+            report.problems.append(f"blob {digest_text}: recipe length differs from its size {size}")
+            continue
+        digest = Digest.parse(digest_text)
+        h = new_hasher(digest.algorithm)
+        damaged = False
+        for key, _ in entries:
+            if key not in pieces:
+                report.problems.append(f"blob {digest_text}: piece {key.hex()} is missing")
+                damaged = True
+                break
+            data = piece_bytes(key)
+            if data is None:
+                report.problems.append(f"blob {digest_text}: piece {key.hex()} is damaged")
+                damaged = True
+                break
+            h.update(data)
+        if not damaged and h.hexdigest() != digest.encoded:
+            report.problems.append(f"blob {digest_text}: content does not match its digest")
+        if report.blobs_checked % 100 == 0:
+            say(f"checked {report.blobs_checked} blobs")
+    for key, (loc, r) in pieces.items():
+        report.pieces_checked += 1
+        if key not in verified:
+            piece_bytes(key)
+        if r != refs.get(key, 0):
+            # Too high only leaks space; too low could let GC remove a needed piece.
+            report.problems.append(
+                f"piece {key.hex()}: reference count {r}, but {refs.get(key, 0)} recipes use it"
+            )
+        if loc.pack is not None and not meta.is_pack_known(loc.pack):
+            report.problems.append(f"piece {key.hex()}: its pack {loc.pack} is not registered")
+    for holder, digest_text in meta.dangling_links():
+        report.problems.append(f"link {holder} -> {digest_text}: the blob does not exist")
+    on_disk = set(store.packs.names())
+    for name, live in meta.pack_live().items():
+        if name not in on_disk and live > 0:
+            report.problems.append(f"pack {name}: missing, but {live} bytes of pieces live in it")
+    orphans = on_disk - meta.pack_names()
+    if orphans:
+        report.notes.append(f"{len(orphans)} pack file(s) left by an interrupted write; 'pybuild storage gc' removes them")
+    pending = meta.trash(limit=1)
+    if pending:
+        report.notes.append("space of removed pieces is waiting to be freed; 'pybuild storage gc' frees it")
+    ingests = meta.list_ingests()
+    if ingests:
+        report.notes.append(f"{len(ingests)} open ingest(s) (resumable uploads)")
+    return report

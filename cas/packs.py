@@ -1,0 +1,312 @@
+"""Byte storage for pieces: append-only *pack* files.
+
+A pack holds the new pieces of one ingest, written in blob order, so a fresh blob's
+pieces are contiguous and a GET is a few large ``sendfile`` calls (DESIGN.md: millions of
+tiny files are slow to write, list, back up and delete).
+
+Every backend implements :class:`PackBackend`; ``tests/cas/test_packs.py`` is the one
+suite every backend must pass. Methods are synchronous and may block: the store calls
+them from worker threads, never from the event loop.
+
+On-disk layout of :class:`FilesystemPacks` (``root`` is ``<storage>/packs``)::
+
+    packs/
+      3f/
+        3f9a0c...e1.pack     pack named "3f9a0c...e1": pieces, back to back
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from .errors import StorageFull, StoreCorrupt
+
+__all__ = ["FilesystemPacks", "MemoryPacks", "PackBackend", "PackWriter"]
+
+
+class PackWriter(Protocol):
+    """Appends to one pack. Bytes are readable through the backend once written;
+    they are durable only after :meth:`sync`."""
+
+    name: str
+
+    @property
+    def size(self) -> int:
+        """Bytes in the pack (the offset the next append gets)."""
+
+    def append(self, data: bytes | memoryview) -> int:
+        """Append ``data``; return the offset it was written at. StorageFull when full."""
+
+    def sync(self) -> None:
+        """Make every appended byte durable (fsync)."""
+
+    def close(self) -> None:
+        """Release the writer; the pack stays."""
+
+
+class PackBackend(Protocol):
+    """Where pack bytes live. Contracts:
+
+    - ``create(name)`` makes an empty pack and returns its writer; ``open_append(name,
+      size)`` reopens an existing pack for appending after truncating it to ``size`` (used
+      to resume an ingest after a crash: bytes past the last checkpoint are discarded).
+    - ``read(name, offset, length)`` returns exactly ``length`` bytes or raises
+      StoreCorrupt (missing pack, short read).
+    - ``local_path(name)`` is a file path for ``sendfile`` when the pack is a local file,
+      else None.
+    - ``free(name, offset, length)`` releases the space of a dead range (hole punching);
+      reads of that range afterwards are undefined. May be a no-op.
+    - ``delete(name)`` removes the pack; deleting a missing pack is not an error.
+    - ``names()`` lists every pack; ``size(name)`` its length (None when missing).
+    """
+
+    def create(self, name: str) -> PackWriter: ...
+    def open_append(self, name: str, size: int) -> PackWriter: ...
+    def read(self, name: str, offset: int, length: int) -> bytes: ...
+    def local_path(self, name: str) -> Path | None: ...
+    def free(self, name: str, offset: int, length: int) -> None: ...
+    def delete(self, name: str) -> None: ...
+    def names(self) -> list[str]: ...
+    def size(self, name: str) -> int | None: ...
+    def allocated(self) -> int: ...
+
+
+# --- filesystem -------------------------------------------------------------------------
+
+_SYNC_FILE_RANGE_WRITE = 0x2
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_fallocate = getattr(_libc, "fallocate", None)
+if _fallocate is not None:
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    _fallocate.restype = ctypes.c_int
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_uint]
+    _sync_file_range.restype = ctypes.c_int
+
+# Start writeback every this many bytes, so the fsync at commit has little left to do.
+_WRITEBACK_EVERY = 8 << 20
+
+
+def _raise_full(exc: OSError, where: str) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise StorageFull(where) from exc
+    raise exc
+
+
+class _FileWriter:
+    def __init__(self, name: str, path: Path, fd: int, size: int) -> None:
+        self.name = name
+        self._path = path
+        self._fd = fd
+        self._size = size
+        self._flushed = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def append(self, data: bytes | memoryview) -> int:
+        at = self._size
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self._fd, view, self._size)
+                self._size += n
+                view = view[n:]
+        except OSError as exc:
+            # Leave no torn tail: the next append starts where the last good one ended.
+            self._size = at
+            os.ftruncate(self._fd, at)
+            _raise_full(exc, f"pack {self.name}")
+        if _sync_file_range is not None and self._size - self._flushed >= _WRITEBACK_EVERY:
+            _sync_file_range(self._fd, self._flushed, self._size - self._flushed, _SYNC_FILE_RANGE_WRITE)
+            self._flushed = self._size
+        return at
+
+    def sync(self) -> None:
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            _raise_full(exc, f"pack {self.name}")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class FilesystemPacks:
+    """Packs as files under ``root``; frees dead ranges by punching holes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        if not name.isalnum():
+            raise ValueError(f"invalid pack name {name!r}")
+        return self.root / name[:2] / f"{name}.pack"
+
+    def create(self, name: str) -> _FileWriter:
+        p = self.path(name)
+        p.parent.mkdir(exist_ok=True)
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            _raise_full(exc, f"pack {name}")
+            raise
+        # The new directory entry must survive a crash once the pack is referenced.
+        _fsync_dir(p.parent)
+        return _FileWriter(name, p, fd, 0)
+
+    def open_append(self, name: str, size: int) -> _FileWriter:
+        p = self.path(name)
+        if not p.exists():
+            return self.create(name) if size == 0 else self._missing(name)
+        fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
+        os.ftruncate(fd, size)
+        return _FileWriter(name, p, fd, size)
+
+    def _missing(self, name: str) -> _FileWriter:
+        raise StoreCorrupt(f"pack {name} is missing")
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self.path(name), "rb", buffering=0) as f:
+                data = os.pread(f.fileno(), length, offset)
+        except FileNotFoundError as exc:
+            raise StoreCorrupt(f"pack {name} is missing") from exc
+        if len(data) != length:
+            raise StoreCorrupt(
+                f"pack {name} is short: wanted {length} bytes at {offset}, got {len(data)}"
+            )
+        return data
+
+    def local_path(self, name: str) -> Path:
+        return self.path(name)
+
+    def free(self, name: str, offset: int, length: int) -> None:
+        if _fallocate is None or length <= 0:
+            return
+        try:
+            fd = os.open(self.path(name), os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            # Not supported on every filesystem: then the space waits for the pack to die.
+            _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length)
+        finally:
+            os.close(fd)
+
+    def delete(self, name: str) -> None:
+        try:
+            self.path(name).unlink()
+        except FileNotFoundError:
+            pass
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in self.root.glob("*/*.pack"))
+
+    def size(self, name: str) -> int | None:
+        try:
+            return self.path(name).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def allocated(self) -> int:
+        """Bytes the packs occupy on disk (holes excluded)."""
+        return sum(p.stat().st_blocks * 512 for p in self.root.glob("*/*.pack"))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- memory (a test double, and the model of the contract) --------------------------------
+
+
+class _MemoryWriter:
+    def __init__(self, backend: MemoryPacks, name: str) -> None:
+        self.name = name
+        self._backend = backend
+
+    @property
+    def size(self) -> int:
+        return len(self._backend._packs[self.name])
+
+    def append(self, data: bytes | memoryview) -> int:
+        with self._backend._lock:
+            buf = self._backend._packs[self.name]
+            at = len(buf)
+            buf += data
+            return at
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryPacks:
+    """Packs in memory: for unit tests of the layers above."""
+
+    def __init__(self) -> None:
+        self._packs: dict[str, bytearray] = {}
+        self._lock = threading.Lock()
+
+    def create(self, name: str) -> _MemoryWriter:
+        with self._lock:
+            if name in self._packs:
+                raise FileExistsError(name)
+            self._packs[name] = bytearray()
+        return _MemoryWriter(self, name)
+
+    def open_append(self, name: str, size: int) -> _MemoryWriter:
+        with self._lock:
+            buf = self._packs.setdefault(name, bytearray())
+            del buf[size:]
+        return _MemoryWriter(self, name)
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        buf = self._packs.get(name)
+        if buf is None:
+            raise StoreCorrupt(f"pack {name} is missing")
+        data = bytes(buf[offset : offset + length])
+        if len(data) != length:
+            raise StoreCorrupt(f"pack {name} is short")
+        return data
+
+    def local_path(self, name: str) -> None:
+        return None
+
+    def free(self, name: str, offset: int, length: int) -> None:
+        buf = self._packs.get(name)
+        if buf is not None:
+            buf[offset : offset + length] = bytes(len(buf[offset : offset + length]))
+
+    def delete(self, name: str) -> None:
+        self._packs.pop(name, None)
+
+    def names(self) -> list[str]:
+        return sorted(self._packs)
+
+    def size(self, name: str) -> int | None:
+        buf = self._packs.get(name)
+        return None if buf is None else len(buf)
+
+    def allocated(self) -> int:
+        return sum(len(b) for b in self._packs.values())

@@ -1,0 +1,137 @@
+import gzip
+import os
+import random
+import struct
+import zlib
+
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cas.chunker import ChunkParams, Cutter
+from cas.frames import FrameScanner, gzip_member, stream_kind, zstd_frame
+
+SMALL = ChunkParams(min_size=256, avg_size=1024, max_size=4096)
+
+
+def cut(data: bytes, step: int, params: ChunkParams = ChunkParams()) -> list[bytes]:
+    c = Cutter(params)
+    step = min(step, c.max_feed)
+    out: list[bytes] = []
+    for i in range(0, len(data), step):
+        out += [bytes(p) for p in c.feed(data[i : i + step])]
+    return out + [bytes(p) for p in c.finish()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=40000), st.integers(min_value=1, max_value=9000))
+def test_pieces_concatenate_to_the_input_and_ignore_feed_sizes(data: bytes, step: int) -> None:
+    pieces = cut(data, step, SMALL)
+    assert b"".join(pieces) == data
+    assert pieces == cut(data, len(data) + 1, SMALL)
+    assert all(len(p) <= SMALL.max_size for p in pieces)
+
+
+def test_insertion_near_the_start_changes_only_nearby_pieces() -> None:
+    rnd = random.Random(1)
+    data = rnd.randbytes(24 << 20)
+    edited = data[:5000] + b"inserted bytes" + data[5000:]
+    a, b = cut(data, 1 << 20), cut(edited, 1 << 20)
+    assert len(a) > 40
+    changed = set(b) - set(a)
+    assert 1 <= len(changed) <= 2, "only the piece(s) around the insertion may change"
+    assert b[-10:] == a[-10:]
+
+
+def test_default_piece_sizes_are_in_the_chosen_range() -> None:
+    pieces = cut(os.urandom(16 << 20), 4 << 20)
+    avg = sum(map(len, pieces)) / len(pieces)
+    assert 64 << 10 <= avg <= 1 << 20
+
+
+def _ends(frames: list[bytes]) -> list[int]:
+    out, acc = [], 0
+    for f in frames:
+        acc += len(f)
+        out.append(acc)
+    return out
+
+
+@pytest.mark.parametrize("writer", [gzip_member, zstd_frame, gzip.compress], ids=["gzip-pb", "zstd", "gzip-plain"])
+@pytest.mark.parametrize("step", [1, 13, 4096, 1 << 22])
+def test_scanner_finds_every_frame_end(writer, step: int) -> None:  # type: ignore[no-untyped-def]
+    rnd = random.Random(step)
+    frames = [writer(rnd.randbytes(rnd.randint(0, 70000))) for _ in range(12)]
+    blob = b"".join(frames)
+    kind = stream_kind(blob)
+    assert kind is not None
+    scanner = FrameScanner(kind)
+    found: list[int] = []
+    for i in range(0, len(blob), step):
+        found += scanner.feed(blob[i : i + step])
+    assert found == _ends(frames)
+
+
+def test_scanner_reads_bgzf_block_sizes_without_inflating() -> None:
+    def bgzf(data: bytes) -> bytes:
+        comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+        body = comp.compress(data) + comp.flush()
+        bsize = 18 + len(body) + 8 - 1
+        head = b"\x1f\x8b\x08\x04" + b"\0" * 4 + b"\0\xff" + struct.pack("<H2sHH", 6, b"BC", 2, bsize)
+        return head + body + struct.pack("<II", zlib.crc32(data), len(data))
+
+    frames = [bgzf(os.urandom(1000) + b"a" * 5000) for _ in range(5)]
+    assert gzip.decompress(b"".join(frames))  # a valid gzip stream
+    scanner = FrameScanner("gzip")
+    assert scanner.feed(b"".join(frames)) == _ends(frames)
+    assert scanner._inflater is None
+
+
+def test_zstd_multi_block_frames_with_checksums() -> None:
+    comp = zstandard.ZstdCompressor(level=1, write_checksum=True)
+    frames = [comp.compress(os.urandom(300000) + b"x" * 400000) for _ in range(3)]
+    scanner = FrameScanner("zstd")
+    found: list[int] = []
+    blob = b"".join(frames)
+    for i in range(0, len(blob), 777):
+        found += scanner.feed(blob[i : i + 777])
+    assert found == _ends(frames)
+
+
+@pytest.mark.parametrize("writer", [gzip_member, zstd_frame])
+def test_frame_streams_are_cut_at_frame_ends_so_shared_frames_dedup(writer) -> None:  # type: ignore[no-untyped-def]
+    rnd = random.Random(7)
+    chunks = [rnd.randbytes(rnd.randint(30000, 300000)) for _ in range(30)]
+    v1 = [writer(c) for c in chunks]
+    v2 = list(v1)
+    v2[3] = writer(rnd.randbytes(100000))  # one changed frame
+    v2.insert(10, writer(rnd.randbytes(5000)))  # one inserted frame
+    p1, p2 = cut(b"".join(v1), 65536), cut(b"".join(v2), 1 << 20)
+    assert p1 == v1, "each frame up to max_size is exactly one piece"
+    assert len(set(p2) - set(p1)) == 2
+
+
+def test_frames_larger_than_max_size_are_cut_further() -> None:
+    big = zstd_frame(os.urandom(3 << 20))
+    pieces = cut(big + zstd_frame(b"tail"), 1 << 20)
+    assert len(pieces) > 3
+    assert pieces[-1] == zstd_frame(b"tail")
+
+
+def test_gzip_layers_decode_as_one_stream() -> None:
+    parts = [os.urandom(1000), b"", b"abc" * 1000]
+    assert gzip.decompress(b"".join(gzip_member(p) for p in parts)) == b"".join(parts)
+    dctx = zstandard.ZstdDecompressor()
+    blob = b"".join(zstd_frame(p) for p in parts)
+    assert dctx.stream_reader(blob, read_across_frames=True).read() == b"".join(parts)
+
+
+def test_garbage_after_frames_is_still_stored_exactly() -> None:
+    blob = gzip_member(os.urandom(5000)) + b"not a frame at all" * 100
+    assert b"".join(cut(blob, 100)) == blob
+
+
+def test_chunk_params_are_validated() -> None:
+    with pytest.raises(ValueError, match="min <= avg <= max"):
+        ChunkParams(min_size=10, avg_size=5, max_size=1)

@@ -1,0 +1,62 @@
+import asyncio
+import json
+import os
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from builder.cli import main
+from cas import Store
+
+
+def _fill(root: Path) -> bytes:
+    data = os.urandom(2 << 20)
+
+    async def run() -> None:
+        async with await Store.open(root) as s:
+            await s.put(data, link="a")
+            await s.put(data[:100] + b"!" + data[100:], link="b")
+            await s.put(os.urandom(1000))  # unlinked
+
+    asyncio.run(run())
+    return data
+
+
+def test_stats_json_reports_dedup(tmp_path: Path) -> None:
+    _fill(tmp_path)
+    result = CliRunner().invoke(main, ["storage", "stats", "--storage", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert stats["blobs"] == 3
+    assert stats["logical_bytes"] == 2 * (2 << 20) + 1 + 1000
+    assert stats["dedup_ratio"] > 1.5
+    human = CliRunner().invoke(main, ["storage", "stats", "--storage", str(tmp_path)])
+    assert "dedup ratio:" in human.output
+
+
+def test_storage_defaults_to_the_environment(tmp_path: Path) -> None:
+    _fill(tmp_path)
+    result = CliRunner().invoke(main, ["storage", "stats", "--json"], env={"PYBUILD_STORAGE": str(tmp_path)})
+    assert json.loads(result.output)["blobs"] == 3
+
+
+def test_gc_removes_unlinked_blobs(tmp_path: Path) -> None:
+    _fill(tmp_path)
+    result = CliRunner().invoke(main, ["storage", "gc", "--storage", str(tmp_path), "--grace", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["blobs_removed"] == 1
+
+
+def test_fsck_exit_code_and_names_damage(tmp_path: Path) -> None:
+    _fill(tmp_path)
+    ok = CliRunner().invoke(main, ["storage", "fsck", "--storage", str(tmp_path)])
+    assert ok.exit_code == 0 and "clean" in ok.output
+    pack = next((tmp_path / "packs").glob("*/*.pack"))
+    raw = bytearray(pack.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    pack.write_bytes(bytes(raw))
+    bad = CliRunner().invoke(main, ["storage", "fsck", "--storage", str(tmp_path)])
+    assert bad.exit_code == 1
+    assert "damaged: piece" in bad.output
+    js = CliRunner().invoke(main, ["storage", "fsck", "--storage", str(tmp_path), "--json"])
+    assert js.exit_code == 1 and json.loads(js.output)["ok"] is False

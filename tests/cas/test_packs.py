@@ -1,0 +1,78 @@
+"""The suite every pack backend must pass."""
+
+from pathlib import Path
+
+import pytest
+
+from cas.errors import StoreCorrupt
+from cas.packs import FilesystemPacks, MemoryPacks, PackBackend
+
+
+@pytest.fixture(params=["filesystem", "memory"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> PackBackend:
+    if request.param == "filesystem":
+        return FilesystemPacks(tmp_path / "packs")
+    return MemoryPacks()
+
+
+def test_append_returns_offsets_and_reads_back(backend: PackBackend) -> None:
+    w = backend.create("aa11")
+    assert w.append(b"hello") == 0
+    assert w.append(memoryview(b" world")) == 5
+    w.sync()
+    assert w.size == 11
+    assert backend.read("aa11", 6, 5) == b"world"
+    assert backend.size("aa11") == 11
+    w.close()
+
+
+def test_names_list_every_pack(backend: PackBackend) -> None:
+    for n in ("bb22", "aa11"):
+        backend.create(n).close()
+    assert backend.names() == ["aa11", "bb22"]
+
+
+def test_short_or_missing_reads_are_corruption(backend: PackBackend) -> None:
+    backend.create("cc33").append(b"abc")
+    with pytest.raises(StoreCorrupt, match="short"):
+        backend.read("cc33", 1, 10)
+    with pytest.raises(StoreCorrupt, match="missing"):
+        backend.read("dd44", 0, 1)
+
+
+def test_open_append_truncates_to_the_checkpoint(backend: PackBackend) -> None:
+    w = backend.create("ee55")
+    w.append(b"durable")
+    w.append(b"lost-after-crash")
+    w.close()
+    w2 = backend.open_append("ee55", 7)
+    assert w2.append(b"!") == 7
+    assert backend.read("ee55", 0, 8) == b"durable!"
+
+
+def test_free_keeps_other_ranges_and_delete_is_idempotent(backend: PackBackend) -> None:
+    w = backend.create("ff66")
+    w.append(b"a" * 8192)
+    w.append(b"b" * 8192)
+    backend.free("ff66", 0, 8192)
+    assert backend.read("ff66", 8192, 8192) == b"b" * 8192
+    backend.delete("ff66")
+    backend.delete("ff66")
+    assert backend.size("ff66") is None
+    assert "ff66" not in backend.names()
+
+
+def test_filesystem_free_punches_a_hole(tmp_path: Path) -> None:
+    packs = FilesystemPacks(tmp_path)
+    w = packs.create("abcd")
+    w.append(b"x" * (4 << 20))
+    w.sync()
+    before = packs.allocated()
+    packs.free("abcd", 0, 2 << 20)
+    assert packs.allocated() <= before - (1 << 20)
+    assert packs.size("abcd") == 4 << 20
+
+
+def test_pack_names_cannot_escape(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        FilesystemPacks(tmp_path).path("../etc")

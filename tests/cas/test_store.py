@@ -1,0 +1,295 @@
+import asyncio
+import os
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cas import (
+    BlobUnknown,
+    Digest,
+    DigestMismatch,
+    IngestUnknown,
+    InvalidRange,
+    SizeMismatch,
+    Store,
+    UnsupportedDigestAlgorithm,
+)
+from cas.frames import gzip_member
+
+
+async def test_put_read_round_trip_and_digest(store: Store) -> None:
+    data = os.urandom(3 << 20)
+    info = await store.put(data)
+    assert info.digest == Digest.of(data)
+    assert info.size == len(data)
+    assert await store.read_bytes(info.digest) == data
+    assert (await store.stat(info.digest)) == info
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=200000), offset=st.integers(0, 200000), length=st.integers(0, 200000))
+def test_any_range_reads_back_exactly(tmp_path: Path, data: bytes, offset: int, length: int) -> None:
+    async def run() -> None:
+        async with await Store.open(tmp_path / "s") as store:
+            info = await store.put(data)
+            if offset + length <= len(data):
+                got = b"".join([c async for c in store.read(info.digest, offset, length)])
+                assert got == data[offset : offset + length]
+            else:
+                with pytest.raises(InvalidRange):
+                    [c async for c in store.read(info.digest, offset, length)]
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512", "blake3"])
+async def test_every_registered_algorithm(store: Store, algorithm: str) -> None:
+    data = b"payload" * 1000
+    info = await store.put(data, algorithm=algorithm)
+    assert info.digest == Digest.of(data, algorithm)
+    assert await store.read_bytes(info.digest) == data
+
+
+async def test_expected_digest_of_another_algorithm_is_checked(store: Store) -> None:
+    data = os.urandom(100000)
+    ing = await store.begin_ingest()
+    await ing.write(data)
+    info = await ing.commit(Digest.of(data, "sha512"))
+    assert info.digest == Digest.of(data, "sha512")
+
+
+async def test_digest_mismatch_names_both_and_commits_nothing(store: Store) -> None:
+    data = os.urandom(2 << 20)
+    wrong = Digest.of(b"something else")
+    with pytest.raises(DigestMismatch) as err:
+        await store.put(data, expected=wrong)
+    assert str(wrong) in str(err.value) and str(Digest.of(data)) in str(err.value)
+    assert await store.stat(Digest.of(data)) is None
+    assert await store.stat(wrong) is None
+    assert (await store.stats()).pieces == 0
+    assert await store.list_ingests() == []
+
+
+async def test_truncated_stream_is_a_size_mismatch(store: Store) -> None:
+    data = os.urandom(5000)
+    ing = await store.begin_ingest()
+    await ing.write(data[:4000])
+    with pytest.raises(SizeMismatch, match="expected 5000 bytes, received 4000"):
+        await ing.commit(Digest.of(data), size=5000)
+    assert await store.stat(Digest.of(data)) is None
+    with pytest.raises(IngestUnknown):
+        await ing.write(b"more")
+
+
+async def test_unknown_algorithm_is_refused_before_writing(store: Store) -> None:
+    with pytest.raises(UnsupportedDigestAlgorithm):
+        await store.begin_ingest(algorithm="md5")
+
+
+async def test_identical_pieces_are_stored_once_across_blobs(store: Store) -> None:
+    rnd = random.Random(3)
+    base = rnd.randbytes(8 << 20)
+    a = await store.put(base)
+    b = await store.put(base[:100] + b"edit" + base[100:])
+    stats = await store.stats()
+    assert stats.logical_bytes == a.size + b.size
+    assert stats.physical_bytes < 1.2 * len(base)
+    assert stats.dedup_ratio > 1.6
+    ra, rb = await store.recipe(a.digest), await store.recipe(b.digest)
+    assert len({p.key for p in ra.pieces} & {p.key for p in rb.pieces}) >= len(ra.pieces) - 2
+
+
+async def test_compressible_pieces_are_stored_compressed_and_frames_raw(store: Store) -> None:
+    text = b"".join(b"line %d of a very regular log file\n" % i for i in range(200000))
+    info = await store.put(text)
+    assert (await store.stats()).physical_bytes < len(text) / 3
+    assert await store.read_bytes(info.digest) == text
+    frames = b"".join(gzip_member(os.urandom(200000)) for _ in range(4))
+    before = (await store.stats()).physical_bytes
+    finfo = await store.put(frames)
+    assert (await store.stats()).physical_bytes - before == len(frames)
+    segs = [s async for s in store.segments(finfo.digest)]
+    assert len(segs) == 1 and segs[0].path is not None, "raw pieces of one pack are one sendfile run"
+
+
+async def test_small_blobs_are_inline(store: Store) -> None:
+    info = await store.put(b'{"schemaVersion": 2}')
+    segs = [s async for s in store.segments(info.digest)]
+    assert segs[0].data == b'{"schemaVersion": 2}'
+    assert (await store.stats()).packs == 0
+
+
+async def test_empty_blob(store: Store) -> None:
+    info = await store.put(b"")
+    assert info.digest == Digest.of(b"")
+    assert await store.read_bytes(info.digest) == b""
+
+
+async def test_unknown_blob(store: Store) -> None:
+    d = Digest.of(b"never stored")
+    with pytest.raises(BlobUnknown, match="not in the store"):
+        await store.read_bytes(d)
+    assert await store.stat(d) is None
+
+
+async def test_links_and_gc_keep_linked_blobs(store: Store) -> None:
+    kept = await store.put(os.urandom(300000), link="repo:a")
+    gone = await store.put(os.urandom(300000))
+    assert await store.is_linked("repo:a", kept.digest)
+    assert await store.holders(kept.digest) == ["repo:a"]
+    report = await store.gc(grace=0)
+    assert report.blobs_removed == 1
+    assert await store.stat(gone.digest) is None
+    assert await store.read_bytes(kept.digest)
+    assert await store.unlink("repo:a", kept.digest)
+    await store.gc(grace=0)
+    stats = await store.stats()
+    assert (stats.blobs, stats.pieces, stats.packs) == (0, 0, 0)
+    assert (await store.fsck()).ok
+
+
+async def test_gc_grace_protects_fresh_unlinked_blobs(store: Store) -> None:
+    info = await store.put(os.urandom(1000))
+    await store.gc(grace=3600)
+    assert await store.stat(info.digest) is not None
+
+
+async def test_link_to_a_missing_blob_is_refused(store: Store) -> None:
+    with pytest.raises(BlobUnknown):
+        await store.link("repo:x", Digest.of(b"nope"))
+
+
+async def test_gc_never_removes_pieces_an_open_ingest_reuses(store: Store) -> None:
+    data = os.urandom(6 << 20)
+    first = await store.put(data)
+    ing = await store.begin_ingest()
+    await ing.write(data)  # reuses every piece of `first`
+    await ing.checkpoint()
+    assert await store.delete(first.digest)
+    await store.gc(grace=0)
+    info = await ing.commit(first.digest)
+    assert await store.read_bytes(info.digest) == data
+    assert (await store.fsck()).ok
+
+
+async def test_gc_races_concurrent_ingests(store: Store) -> None:
+    rnd = random.Random(11)
+    shared = rnd.randbytes(2 << 20)
+    stop = asyncio.Event()
+
+    async def collector() -> int:
+        runs = 0
+        while not stop.is_set():
+            await store.gc(grace=0)
+            runs += 1
+            await asyncio.sleep(0)
+        return runs
+
+    async def writer(i: int) -> None:
+        for j in range(6):
+            data = shared + rnd.randbytes(100000) + bytes([i, j])
+            info = await store.put(data, link=f"w{i}" if j % 2 else None)
+            if j % 2:
+                assert await store.read_bytes(info.digest) == data
+
+    task = asyncio.create_task(collector())
+    await asyncio.gather(*(writer(i) for i in range(4)))
+    stop.set()
+    assert await task > 0
+    report = await store.fsck()
+    assert report.ok, report.problems
+    assert (await store.stats()).blobs == 12
+
+
+async def test_concurrent_ingests_of_the_same_content(store: Store) -> None:
+    data = os.urandom(5 << 20)
+    infos = await asyncio.gather(*(store.put(data) for _ in range(4)))
+    assert len({i.digest for i in infos}) == 1
+    stats = await store.stats()
+    assert stats.blobs == 1
+    assert stats.physical_bytes == len(data)
+    await store.gc(grace=3600)
+    assert (await store.stats()).packs == 1, "the losers' packs are removed"
+    assert (await store.fsck()).ok
+
+
+async def test_resume_after_restart(tmp_path: Path) -> None:
+    data = os.urandom(9 << 20) + b"tail"
+    store = await Store.open(tmp_path / "s")
+    ing = await store.begin_ingest()
+    await ing.write(data[: 5 << 20])
+    await ing.write(data[5 << 20 : (5 << 20) + 777])
+    await ing.checkpoint()
+    ingest_id, offset = ing.id, ing.offset
+    await ing.write(b"not checkpointed, lost")
+    await store.close()
+
+    store = await Store.open(tmp_path / "s")
+    resumed = await store.resume_ingest(ingest_id)
+    assert resumed.offset == offset == (5 << 20) + 777
+    await resumed.write(data[offset:])
+    info = await resumed.commit(Digest.of(data), size=len(data))
+    assert await store.read_bytes(info.digest) == data
+    assert (await store.fsck()).ok
+    assert not list((tmp_path / "s" / "ingests").iterdir())
+    await store.close()
+
+
+async def test_resume_of_unknown_ingest(store: Store) -> None:
+    with pytest.raises(IngestUnknown):
+        await store.resume_ingest("0123abcd")
+    with pytest.raises(IngestUnknown):
+        await store.resume_ingest("../../etc")
+
+
+async def test_expire_aborts_idle_ingests(store: Store) -> None:
+    ing = await store.begin_ingest()
+    await ing.write(os.urandom(3 << 20))
+    await ing.checkpoint()
+    assert len(await store.list_ingests()) == 1
+    assert await store.expire_ingests(older_than=-1) == 1
+    assert await store.list_ingests() == []
+    assert (await store.stats()).packs == 0
+    assert store.packs.names() == []
+
+
+async def test_fsck_names_a_damaged_piece(store: Store) -> None:
+    data = os.urandom(2 << 20)
+    info = await store.put(data, link="keep")
+    (pack,) = store.packs.names()
+    path = store.packs.local_path(pack)
+    assert path is not None
+    raw = bytearray(path.read_bytes())
+    raw[12345] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    report = await store.fsck()
+    assert not report.ok
+    assert any("do not match its BLAKE3" in p for p in report.problems)
+    assert any(str(info.digest) in p for p in report.problems)
+
+
+async def test_full_disk_is_a_clear_error_and_keeps_committed_blobs(tmp_path: Path) -> None:
+    import subprocess
+
+    from cas import StorageFull
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)]).returncode:
+        if os.environ.get("CI"):
+            pytest.fail("cannot mount a small tmpfs to simulate a full disk (needs root)")
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        store = await Store.open(mnt / "s")
+        kept = await store.put(os.urandom(1 << 20), link="keep")
+        with pytest.raises(StorageFull, match="storage full"):
+            await store.put(os.urandom(8 << 20))
+        assert await store.read_bytes(kept.digest)
+        report = await store.fsck()
+        assert report.ok, report.problems
+        await store.close()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
