@@ -213,3 +213,19 @@ def test_memory_stays_bounded_on_a_large_stream() -> None:
     assert sink.written == blob.size
     # 4 chunks in flight (<= 256 KiB each), FastCDC's buffer, one input block: a few MiB
     assert peak < 12 << 20, f"peak {peak >> 20} MiB for a 48 MiB stream"
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_the_cas_finds_exactly_our_frame_boundaries(big_tree: Path, compression: str) -> None:
+    from itertools import accumulate
+
+    from cas.frames import FrameScanner, stream_kind
+
+    data, blob = layer(big_tree, compression=compression, avg_size=16384)
+    assert stream_kind(data[:16]) == compression
+    scanner = FrameScanner(compression)
+    ends = []
+    for i in range(0, len(data), 7777):  # odd feed sizes: boundaries inside feeds
+        ends += scanner.feed(data[i:i + 7777])
+    ends += scanner.finish()
+    assert ends == list(accumulate(blob.frame_sizes))
