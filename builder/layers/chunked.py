@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import blake3
 import pyfastcdc
 
 from cas.digest import Digest, new_hasher
@@ -76,7 +77,9 @@ class LayerBlob:
     """A written layer: what its descriptor and the image config's ``diff_ids`` need.
 
     ``frame_sizes`` are the compressed sizes of the frames in blob order (their sum is
-    ``size``); ``frame_digests`` are sha256 digests of each frame's bytes, for dedup checks.
+    ``size``); ``frame_keys`` are the BLAKE3 hex digests of each frame's bytes — the keys
+    the CAS gives these frames as pieces (it cuts such a blob at frame ends), so a pusher
+    can ask which pieces a store or registry already holds before sending anything.
     """
 
     digest: Digest
@@ -85,7 +88,7 @@ class LayerBlob:
     uncompressed_size: int
     media_type: str
     frame_sizes: tuple[int, ...]
-    frame_digests: tuple[str, ...]
+    frame_keys: tuple[str, ...]
 
 
 class _IterReader:
@@ -133,14 +136,14 @@ def write_frames(tar_stream: Iterable[bytes], out: BinaryIO, *, compression: str
     diff_hash = new_hasher("sha256")
     blob_hash = new_hasher("sha256")
     sizes: list[int] = []
-    digests: list[str] = []
+    keys: list[str] = []
     total_in = 0
 
     def emit(data: bytes) -> None:
         blob_hash.update(data)
         out.write(data)
         sizes.append(len(data))
-        digests.append(Digest.of(data).encoded)
+        keys.append(blake3.blake3(data).hexdigest())
 
     pool = ThreadPoolExecutor(n_workers, thread_name_prefix="layer-frames") if n_workers else None
     pending: deque[Future[bytes]] = deque()
@@ -169,7 +172,7 @@ def write_frames(tar_stream: Iterable[bytes], out: BinaryIO, *, compression: str
         uncompressed_size=total_in,
         media_type=media_type,
         frame_sizes=tuple(sizes),
-        frame_digests=tuple(digests),
+        frame_keys=tuple(keys),
     )
 
 
