@@ -13,7 +13,14 @@ Everything here is synchronous and streams with bounded memory: call it from a t
 (``asyncio.to_thread``) when an event loop is running.
 """
 
-from .changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, Changeset, Entry, EntryKind, Whiteout
+from .changeset import (
+    OPAQUE_WHITEOUT,
+    WHITEOUT_PREFIX,
+    Changeset,
+    Entry,
+    EntryKind,
+    Whiteout,
+)
 from .chunked import (
     DEFAULT_AVG_CHUNK,
     MEDIA_TYPE_GZIP,
@@ -35,7 +42,13 @@ from .errors import (
 from .extract import ApplyReport, apply_layer, open_layer
 from .importdir import import_directory, make_busybox_rootfs
 from .overlay import OVERLAY_MOUNT_OPTIONS, changeset_from_upper
-from .snapshot import Snapshot, StatRecord, changeset_of_tree, diff_snapshot, take_snapshot
+from .snapshot import (
+    Snapshot,
+    StatRecord,
+    changeset_of_tree,
+    diff_snapshot,
+    take_snapshot,
+)
 from .tarwriter import iter_tar, write_tar
 
 __all__ = [

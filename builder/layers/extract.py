@@ -33,7 +33,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 import zstandard
 
@@ -63,16 +63,17 @@ class ApplyReport:
     skipped: tuple[str, ...]
 
 
-def open_layer(src: BinaryIO) -> BinaryIO:
+def open_layer(src: IO[bytes]) -> IO[bytes]:
     """A readable stream of the tar inside ``src`` (plain, gzip or zstd, by magic)."""
-    buffered = src if isinstance(src, io.BufferedReader) else io.BufferedReader(src)  # type: ignore[arg-type]
+    buffered = src if isinstance(src, io.BufferedReader) else io.BufferedReader(
+        cast("io.RawIOBase", src))
     head = buffered.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=buffered, mode="rb")  # reads every member
+        return cast("IO[bytes]", gzip.GzipFile(fileobj=buffered, mode="rb"))  # every member
     if head.startswith(ZSTD_MAGIC):
-        return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[return-value]
-            buffered, read_across_frames=True)
-    return buffered  # type: ignore[return-value]
+        return cast("IO[bytes]", zstandard.ZstdDecompressor().stream_reader(
+            buffered, read_across_frames=True))
+    return buffered
 
 
 def _remove(path: str) -> None:

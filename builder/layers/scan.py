@@ -53,29 +53,30 @@ def entry_from_stat(rel: str, abspath: str, st: os.stat_result) -> Entry | None:
     """The Entry for ``rel`` whose ``lstat`` is ``st``; None for a socket (tar has no
     socket type and a socket means nothing once its process is gone)."""
     fmt = stat.S_IFMT(st.st_mode)
-    common = {
-        "path": rel,
-        "mode": stat.S_IMODE(st.st_mode),
-        "uid": st.st_uid,
-        "gid": st.st_gid,
-        "mtime_ns": st.st_mtime_ns,
-        "xattrs": read_xattrs(abspath),
-    }
     if fmt == stat.S_IFREG:
-        return Entry(kind=EntryKind.FILE, size=st.st_size, source=abspath, **common)
-    if fmt == stat.S_IFDIR:
-        return Entry(kind=EntryKind.DIR, **common)
-    if fmt == stat.S_IFLNK:
-        return Entry(kind=EntryKind.SYMLINK, link=os.readlink(abspath), **common)
-    if fmt in (stat.S_IFCHR, stat.S_IFBLK):
+        kind, size, source = EntryKind.FILE, st.st_size, abspath
+    elif fmt == stat.S_IFDIR:
+        kind, size, source = EntryKind.DIR, 0, None
+    elif fmt == stat.S_IFLNK:
+        kind, size, source = EntryKind.SYMLINK, 0, None
+    elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
         kind = EntryKind.CHAR if fmt == stat.S_IFCHR else EntryKind.BLOCK
-        return Entry(kind=kind, devmajor=os.major(st.st_rdev), devminor=os.minor(st.st_rdev),
-                     **common)
-    if fmt == stat.S_IFIFO:
-        return Entry(kind=EntryKind.FIFO, **common)
-    if fmt == stat.S_IFSOCK:
+        size, source = 0, None
+    elif fmt == stat.S_IFIFO:
+        kind, size, source = EntryKind.FIFO, 0, None
+    elif fmt == stat.S_IFSOCK:
         return None
-    raise ChangesetError(f"{abspath!r} has an unknown file type {fmt:#o}; remove it")
+    else:
+        raise ChangesetError(f"{abspath!r} has an unknown file type {fmt:#o}; remove it")
+    is_dev = kind in (EntryKind.CHAR, EntryKind.BLOCK)
+    return Entry(
+        path=rel, kind=kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns, size=size, source=source,
+        link=os.readlink(abspath) if kind is EntryKind.SYMLINK else "",
+        devmajor=os.major(st.st_rdev) if is_dev else 0,
+        devminor=os.minor(st.st_rdev) if is_dev else 0,
+        xattrs=read_xattrs(abspath),
+    )
 
 
 def join_hardlinks(files: list[tuple[Entry, InodeKey]]) -> list[Entry]:

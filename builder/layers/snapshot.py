@@ -116,9 +116,7 @@ def diff_snapshot(before: Snapshot, root: Path | str, *, hash_content: bool = Fa
             opaque.add(rel)
             if not under_opaque:
                 whiteouts.append(Whiteout(rel, opaque=True))
-        if old is None or under_opaque or rel in opaque:
-            changed[rel] = (abspath, st)
-        elif old != _record(abspath, st, hash_content and old.content is not None):
+        if old is None or under_opaque or rel in opaque or old != _record(abspath, st, hash_content and old.content is not None):
             changed[rel] = (abspath, st)
         elif is_dir:
             unchanged_dirs[rel] = (abspath, st)

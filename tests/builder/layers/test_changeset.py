@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import builder.layers as layers
+from builder import layers
 from builder.layers import (
     Changeset,
     Entry,

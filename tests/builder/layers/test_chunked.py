@@ -17,6 +17,7 @@ import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from layer_helpers import make_sample_tree, need_tool
 
 from builder.layers import (
     DEFAULT_AVG_CHUNK,
@@ -28,7 +29,6 @@ from builder.layers import (
     write_layer_file,
     write_tar,
 )
-from layer_helpers import make_sample_tree, need_tool
 
 EPOCH = 1_700_000_000
 

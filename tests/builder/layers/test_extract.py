@@ -13,6 +13,7 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from layer_helpers import hardlink_groups, tree_state
 
 from builder.layers import (
     LayerError,
@@ -23,7 +24,6 @@ from builder.layers import (
     write_layer,
     write_tar,
 )
-from layer_helpers import hardlink_groups, tree_state
 
 
 def archive(*members: tuple[str, str, object]) -> bytes:

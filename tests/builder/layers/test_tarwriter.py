@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from layer_helpers import hardlink_groups, make_sample_tree, need_tool, tree_state
 
 from builder.layers import (
     Changeset,
@@ -20,8 +21,6 @@ from builder.layers import (
     write_tar,
 )
 from builder.layers.tarwriter import BLOCK_SIZE, ustar_header
-
-from layer_helpers import hardlink_groups, make_sample_tree, need_tool, tree_state
 
 EPOCH = 1_700_000_000
 
