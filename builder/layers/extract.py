@@ -13,7 +13,8 @@ to it (:func:`.pathres.resolve_in_root`), and the final component is never follo
 existing symlink there is replaced, not written through. Hard link targets resolve the
 same way. So no entry, whatever symlinks earlier entries or lower layers planted, can
 create, modify or remove anything outside the rootfs. Symlink *targets* are stored
-verbatim (they are only followed later, inside the container).
+verbatim (they are only followed later, inside the container). A directory entry over an
+existing symlink replaces the symlink with a directory, as containerd and Docker do.
 
 Ownership and device nodes need root: by default (``same_owner=None``) owners are set and
 devices created when running as root; otherwise they are skipped and listed in
