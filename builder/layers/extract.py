@@ -231,10 +231,16 @@ class _Applier:
         os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
 
     def finish(self) -> None:
+        """Set the deferred directory metadata, deepest first. A later entry may have
+        replaced a directory, or one of its parents by a symlink: the path is re-resolved
+        inside the root and must still name the same directory, or it is left alone."""
         for path, ino, member in reversed(self.dirs):
+            rel = os.path.relpath(path, self.root).split(os.sep)
             try:
+                if resolve_in_root(self.root, rel, name=member.name) != path:
+                    continue
                 st = os.lstat(path)
-            except FileNotFoundError:
+            except (OSError, UnsafeLayerEntry):
                 continue
             if stat.S_ISDIR(st.st_mode) and st.st_ino == ino:
                 self._metadata(path, member, is_link=False)
