@@ -24,11 +24,20 @@ used by the typed stage too.
 from __future__ import annotations
 
 import enum
-import json
 import re
 from dataclasses import dataclass, replace
 
 from .errors import DockerfileError, Problem, unknown_instruction
+from .line_parsers import (
+    LineError,
+    extract_flags,
+    parse_healthcheck,
+    parse_json,
+    parse_maybe_json,
+    parse_name_val,
+    parse_words,
+    split_ws,
+)
 from .shell_lex import Lexer, ShellLexError
 
 __all__ = [
@@ -272,7 +281,7 @@ def parse(text: str, file: str = "Dockerfile") -> SyntaxTree:
             warnings.append(Warning(i, "empty continuation line found in: " + line))
         try:
             node = _node_from_line(line, directives.escape)
-        except _LineError as exc:
+        except LineError as exc:
             raise DockerfileError(exc.problem, file=file, line=start, column=column,
                                   end_line=i) from None
         node = replace(node, start_line=start, column=column, comments=tuple(comments))
@@ -294,12 +303,6 @@ def parse(text: str, file: str = "Dockerfile") -> SyntaxTree:
         )
     return SyntaxTree(tuple(nodes), directives.escape, tuple(directives.found),
                       tuple(warnings), file)
-
-
-class _LineError(Exception):
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(str(problem))
-        self.problem = problem
 
 
 def _can_have_heredocs(node: Node) -> bool:
@@ -377,12 +380,12 @@ def _node_from_line(line: str, escape: str) -> Node:
     flags: list[str] = []
     rest = ""
     if len(parts) == 2:
-        rest, flags = _extract_flags(parts[1], escape)
+        rest, flags = extract_flags(parts[1], escape)
         rest = rest.strip()
     try:
         keyword = Keyword(written.upper())
     except ValueError:
-        raise _LineError(unknown_instruction(written, list(Keyword))) from None
+        raise LineError(unknown_instruction(written, list(Keyword))) from None
     args: tuple[str, ...] = ()
     is_json = legacy = False
     child = None
@@ -390,175 +393,21 @@ def _node_from_line(line: str, escape: str) -> Node:
         if rest:
             child = _node_from_line(rest, escape)
     elif keyword in (Keyword.ENV, Keyword.LABEL):
-        args, legacy = _parse_name_val(rest, keyword, escape)
+        args, legacy = parse_name_val(rest, keyword, escape)
     elif keyword is Keyword.ARG:
-        args = tuple(_parse_words(rest, escape))
+        args = tuple(parse_words(rest, escape))
     elif keyword in (Keyword.FROM, Keyword.EXPOSE):
-        args = _split_ws(rest)
+        args = split_ws(rest)
     elif keyword in (Keyword.ADD, Keyword.COPY, Keyword.VOLUME):
-        parsed = _parse_json(rest)
-        args, is_json = (parsed, True) if parsed is not None else (_split_ws(rest), False)
+        parsed = parse_json(rest)
+        args, is_json = (parsed, True) if parsed is not None else (split_ws(rest), False)
     elif keyword in (Keyword.RUN, Keyword.CMD, Keyword.ENTRYPOINT, Keyword.SHELL):
-        args, is_json = _parse_maybe_json(rest)
+        args, is_json = parse_maybe_json(rest)
     elif keyword is Keyword.HEALTHCHECK:
-        args, is_json = _parse_healthcheck(rest)
+        args, is_json = parse_healthcheck(rest)
     else:  # MAINTAINER, STOPSIGNAL, USER, WORKDIR: the whole rest is one argument
         args = (rest,) if rest else ()
     return Node(
         keyword=keyword, written=written, flags=tuple(flags), args=args, original=line,
         start_line=0, end_line=0, json=is_json, legacy_kv=legacy, child=child,
     )
-
-
-def _extract_flags(text: str, escape: str) -> tuple[str, list[str]]:
-    """Split leading ``--flag[=value]`` words off ``text``; quotes in a flag are removed.
-
-    A bare ``--`` ends the flags.
-    """
-    words: list[str] = []
-    pos, n = 0, len(text)
-    while True:
-        while pos < n and text[pos].isspace():
-            pos += 1
-        if pos >= n:
-            return "", words
-        if not text.startswith("--", pos):
-            return text[pos:], words
-        word: list[str] = []
-        blank_ok = False
-        quote = ""
-        while pos < n:
-            ch = text[pos]
-            if quote:
-                if ch == quote:
-                    quote = ""
-                elif ch == escape:
-                    if pos + 1 == n:
-                        quote = ""
-                    else:
-                        pos += 1
-                        word.append(text[pos])
-                else:
-                    word.append(ch)
-                pos += 1
-                continue
-            if ch.isspace():
-                break
-            if ch in "'\"":
-                quote, blank_ok = ch, True
-            elif ch == escape:
-                if pos + 1 < n:
-                    pos += 1
-                    word.append(text[pos])
-            else:
-                word.append(ch)
-            pos += 1
-        flag = "".join(word)
-        if flag == "--":
-            return text[pos:], words
-        if blank_ok or flag:
-            words.append(flag)
-
-
-def _parse_words(text: str, escape: str) -> list[str]:
-    """Split at unquoted whitespace, keeping quotes and escapes in the words."""
-    words: list[str] = []
-    word: list[str] = []
-    in_word = blank_ok = False
-    quote = ""
-    pos, n = 0, len(text)
-    while pos < n:
-        ch = text[pos]
-        if quote:
-            if ch == quote:
-                quote = ""
-            elif ch == escape and quote != "'":
-                if pos + 1 == n:
-                    quote = ""
-                    pos += 1
-                    continue
-                word.append(ch)
-                pos += 1
-                ch = text[pos]
-            word.append(ch)
-            pos += 1
-            continue
-        if ch.isspace():
-            if in_word and (blank_ok or word):
-                words.append("".join(word))
-            word, in_word, blank_ok = [], False, False
-            pos += 1
-            continue
-        in_word = True
-        if ch in "'\"":
-            quote, blank_ok = ch, True
-        elif ch == escape:
-            if pos + 1 == n:
-                pos += 1
-                continue
-            word.append(ch)
-            pos += 1
-            ch = text[pos]
-        word.append(ch)
-        pos += 1
-    if in_word and (blank_ok or word):
-        words.append("".join(word))
-    return words
-
-
-def _parse_name_val(text: str, keyword: Keyword, escape: str) -> tuple[tuple[str, ...], bool]:
-    words = _parse_words(text, escape)
-    if not words:
-        return (), False
-    if "=" not in words[0]:
-        parts = _WS.split(text, maxsplit=1)
-        if len(parts) < 2:
-            raise _LineError(Problem(
-                f"{keyword} must have two arguments",
-                f"write {keyword} <key>=<value> (or the old form {keyword} <key> <value>)"))
-        return (parts[0], parts[1]), True
-    out: list[str] = []
-    for word in words:
-        if "=" not in word:
-            raise _LineError(Problem(
-                f"syntax error - can't find = in {word!r}", "must be of the form: name=value"))
-        key, _, value = word.partition("=")
-        out += [key, value]
-    return tuple(out), False
-
-
-def _split_ws(text: str) -> tuple[str, ...]:
-    return tuple(_WS.split(text)) if text else ()
-
-
-def _parse_json(text: str) -> tuple[str, ...] | None:
-    """The elements of a JSON string array, None if ``text`` is not a JSON array."""
-    text = text.lstrip()
-    if not text.startswith("["):
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(value, list):
-        return None
-    if not all(isinstance(v, str) for v in value):
-        raise _LineError(Problem(
-            "when using JSON array syntax, arrays must be comprised of strings only",
-            'quote every element, e.g. ["sleep", "10"]'))
-    return tuple(value)
-
-
-def _parse_maybe_json(text: str) -> tuple[tuple[str, ...], bool]:
-    if not text:
-        return (), False
-    parsed = _parse_json(text)
-    return (parsed, True) if parsed is not None else ((text,), False)
-
-
-def _parse_healthcheck(text: str) -> tuple[tuple[str, ...], bool]:
-    parts = re.split(r"\s+", text, maxsplit=1)
-    if not text or not parts[0]:
-        return (), False
-    cmd, is_json = _parse_maybe_json(parts[1] if len(parts) > 1 else "")
-    return (parts[0], *cmd), is_json
