@@ -322,6 +322,11 @@ def parse_duration(text: str) -> int:
     return int(total)
 
 
+def _checked(mount: Mount | None) -> Mount:
+    assert mount is not None  # parse_mount returns a Mount whenever it can expand
+    return mount
+
+
 def _one(node: Node, file: str) -> str:
     if len(node.args) != 1:
         raise node.error(expected_arguments(node.keyword, "exactly one argument",
@@ -411,9 +416,9 @@ def parse_instruction(node: Node, file: str = "Dockerfile") -> Instruction:
         try:
             if any("$" in s for s in specs):
                 for spec in specs:  # check what can be checked before expansion
-                    parse_mount(spec, lambda v: "" if "$" in v else v)
+                    parse_mount(spec, None)
             else:
-                mounts = tuple(parse_mount(s) for s in specs)
+                mounts = tuple(_checked(parse_mount(s)) for s in specs)
         except MountError as exc:
             raise node.error(exc.problem, file=file, near="--mount") from None
         files = tuple(_inline_file(d) for d in node.heredocs)

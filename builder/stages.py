@@ -366,8 +366,9 @@ def _expand_stage(
             out.append(replace(ins, paths=tuple(ex.word(ins, p, scope) for p in ins.paths)))
         elif isinstance(ins, Run):
             try:
-                mounts = tuple(parse_mount(s, lambda v, sc=scope: ex.word(ins, v, sc))
-                               for s in ins.mount_specs)
+                mounts = tuple(
+                    m for s in ins.mount_specs
+                    if (m := parse_mount(s, lambda v, sc=scope: ex.word(ins, v, sc))))
             except (MountError, ShellLexError) as exc:
                 raise ex.fail(ins, exc) from None
             for m in mounts:
