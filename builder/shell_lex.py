@@ -352,7 +352,8 @@ class _Run:
         return value[: m.start()] + replacement + value[m.end() :]
 
     def process_name(self) -> str:
-        scan, name = self.scan, []
+        scan = self.scan
+        name: list[str] = []
         while scan.peek() != _EOF:
             ch = scan.peek()
             if not name and ch.isdecimal():

@@ -365,10 +365,11 @@ def _expand_stage(
         elif isinstance(ins, Volume):
             out.append(replace(ins, paths=tuple(ex.word(ins, p, scope) for p in ins.paths)))
         elif isinstance(ins, Run):
+            def expand(value: str, ins: Instruction = ins, scope: dict[str, str] = scope) -> str:
+                return ex.word(ins, value, scope)
+
             try:
-                mounts = tuple(
-                    m for s in ins.mount_specs
-                    if (m := parse_mount(s, lambda v, sc=scope: ex.word(ins, v, sc))))
+                mounts = tuple(m for s in ins.mount_specs if (m := parse_mount(s, expand)))
             except (MountError, ShellLexError) as exc:
                 raise ex.fail(ins, exc) from None
             for m in mounts:
