@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import click
 
+from .parse_cmd import parse_command
+
 __all__ = ["register"]
 
 
 def register(root: click.Group) -> None:
     """Add this package's commands to the root ``pybuild`` group."""
+    root.add_command(parse_command)
