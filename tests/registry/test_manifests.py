@@ -315,3 +315,11 @@ async def test_catalog_paging(client):
     resp = await client.get("/v2/_catalog?n=2&last=beta")
     assert (await resp.json())["repositories"] == ["mid/dle", "zeta"]
     assert "Link" not in resp.headers
+
+
+async def test_a_manifest_is_not_deleted_through_the_blobs_endpoint(client):
+    digest, body = await push_image(client, "mb", "t", [b"x"])
+    resp = await client.delete(f"/v2/mb/blobs/{digest}")
+    assert resp.status == 405
+    assert "manifests" in (await resp.json())["errors"][0]["message"]
+    assert await (await client.get("/v2/mb/manifests/t")).read() == body
