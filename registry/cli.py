@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import click
 
+from .serve_cmd import serve
+
 __all__ = ["register"]
 
 
 def register(root: click.Group) -> None:
     """Add this package's commands to the root ``pybuild`` group."""
+    root.add_command(serve)

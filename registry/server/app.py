@@ -1,0 +1,235 @@
+"""The registry's aiohttp application: middleware, lifecycle and the fixed routes.
+
+``make_app(config)`` opens the ``cas`` store and ``registry.db`` in a ``cleanup_ctx``
+(closed on shutdown), runs the upload-expiry loop in the background and serves::
+
+    *    /v2/{tail}                routes.dispatch: the whole Distribution API (``/v2/``
+                                   answers 200, or 401 when auth is on)
+    GET  /healthz                  liveness and storage check (no auth)
+    GET  /metrics                  Prometheus metrics (no auth)
+
+One middleware does, in order: refuse path tricks on ``/v2`` paths, authenticate, refuse
+writes in read-only mode, run the handler, render :class:`RegistryError` (and ``cas``
+errors, mapped at this boundary) as the spec's JSON, and count the request in metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from cas import (
+    BlobUnknown,
+    CasError,
+    DigestMismatch,
+    InvalidDigest,
+    InvalidRange,
+    SizeMismatch,
+    StorageFull,
+    UnsupportedDigestAlgorithm,
+)
+
+from ..errors import (
+    BLOB_UNKNOWN,
+    DIGEST_INVALID,
+    RANGE_INVALID,
+    SIZE_INVALID,
+    UNAVAILABLE,
+    UNKNOWN,
+    UNSUPPORTED,
+    RegistryError,
+    encode_errors,
+)
+from ..names import check_raw_path
+from .auth import BasicAuth, load_htpasswd
+from .config import ServerConfig
+from .metadata import Metadata
+from .routes import WRITE_METHODS, dispatch
+from .state import BYTES_RECEIVED, BYTES_SENT, REGISTRY, USER, BlobStore, ManifestCache, Registry
+
+__all__ = ["AUTH", "make_app"]
+
+log = logging.getLogger("pybuild.registry")
+
+AUTH = web.AppKey("auth", BasicAuth)
+_API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
+def _cas_error(exc: CasError) -> RegistryError:
+    """Translate a storage error into the spec's error code (the HTTP boundary)."""
+    if isinstance(exc, BlobUnknown):
+        return BLOB_UNKNOWN(str(exc))
+    if isinstance(exc, (InvalidDigest, UnsupportedDigestAlgorithm, DigestMismatch)):
+        return DIGEST_INVALID(str(exc))
+    if isinstance(exc, SizeMismatch):
+        return SIZE_INVALID(str(exc))
+    if isinstance(exc, InvalidRange):
+        return RANGE_INVALID(str(exc))
+    if isinstance(exc, StorageFull):
+        return UNAVAILABLE(str(exc), status=507)
+    return UNKNOWN(str(exc))
+
+
+def _error_response(err: RegistryError) -> web.Response:
+    headers = {**_API_VERSION, **err.headers}
+    headers.pop("Content-Length", None)  # the body is the error document
+    body = b"" if err.status in (304,) else encode_errors(*err.all())
+    return web.Response(
+        status=err.status, body=body, content_type="application/json", headers=headers
+    )
+
+
+@web.middleware
+async def _registry_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    reg = request.app[REGISTRY]
+    status = 500
+    resp: web.StreamResponse | None = None
+    reg.request_started()
+    try:
+        try:
+            path = request.raw_path
+            if path.startswith("/v2"):
+                check_raw_path(path)
+                auth = request.app.get(AUTH)
+                if auth is not None:
+                    request[USER] = await auth.authenticate(request.headers.get("Authorization"))
+                if reg.config.read_only and request.method in WRITE_METHODS:
+                    raise UNSUPPORTED(
+                        "this registry is read-only: pushes and deletes are disabled"
+                    )
+            resp = await handler(request)
+            if path.startswith("/v2") and not resp.prepared:
+                resp.headers.update(_API_VERSION)
+        except RegistryError as err:
+            if err.status >= 500:
+                log.error("%s %s: %s", request.method, request.path, err)
+            resp = _error_response(err)
+        except CasError as exc:
+            err = _cas_error(exc)
+            if err.status >= 500:
+                log.error("%s %s: storage error: %s", request.method, request.path, exc)
+            resp = _error_response(err)
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except (asyncio.CancelledError, ConnectionError):
+            status = 499  # client closed the connection
+            raise
+        except Exception as exc:
+            log.exception("%s %s failed", request.method, request.path)
+            resp = _error_response(UNKNOWN(f"internal error: {type(exc).__name__}: {exc}"))
+        status = resp.status
+        if reg.draining and not resp.prepared:
+            resp.force_close()  # shutting down: no keep-alive
+        return resp
+    finally:
+        reg.request_finished()
+        sent = request.get(BYTES_SENT)
+        if sent is None and resp is not None:
+            sent = resp.content_length or 0
+        reg.metrics.observe(request.method, status, time.perf_counter() - started, sent or 0)
+        reg.metrics.bytes_received += request.get(BYTES_RECEIVED, 0)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    reg = request.app[REGISTRY]
+    try:
+        await reg.meta.repository_exists("")
+    except Exception as exc:  # health checks report, never raise
+        return web.json_response({"status": "unhealthy", "error": str(exc)}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    reg = request.app[REGISTRY]
+    try:
+        stats = await reg.store.stats()
+    except Exception:  # metrics must render even when the store cannot answer
+        stats = None
+    text = reg.metrics.render(len(reg.ingests), stats)
+    return web.Response(
+        body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
+
+
+async def _expire_uploads(reg: Registry) -> None:
+    """Abort upload sessions idle for longer than ``uploads_ttl`` and forget them."""
+    expired = await reg.store.expire_ingests(reg.config.uploads_ttl)
+    live = {i.id for i in await reg.store.list_ingests()}
+    for upload_id in await reg.meta.uploads():
+        if upload_id not in live:
+            reg.forget_upload(upload_id)
+            await reg.meta.remove_upload(upload_id)
+    if expired:
+        log.info("expired %d idle upload session(s)", expired)
+
+
+async def _expiry_loop(reg: Registry) -> None:
+    while True:
+        try:
+            await _expire_uploads(reg)
+        except Exception:  # keep expiring on the next round
+            log.exception("upload expiry failed")
+        await asyncio.sleep(max(reg.config.uploads_expire_interval, 1.0))
+
+
+def make_app(
+    config: ServerConfig,
+    *,
+    store: BlobStore | None = None,
+    storage: Path | None = None,
+) -> web.Application:
+    """Build the registry application.
+
+    ``store``: an already-open store to serve (the caller closes it), else ``cas.Store`` is
+    opened at ``storage`` (default: ``config.storage``, else the cas default location)
+    and closed on shutdown. ``registry.db`` lives in the same directory.
+    """
+    app = web.Application(middlewares=[_registry_middleware], client_max_size=1 << 30)
+    if config.auth_htpasswd is not None:
+        app[AUTH] = BasicAuth(load_htpasswd(config.auth_htpasswd), config.auth_realm)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        from cas.location import default_storage_dir
+
+        root = storage or config.storage or default_storage_dir()
+        opened = None
+        if store is None:
+            from cas import Store  # type: ignore[attr-defined]
+
+            opened = await Store.open(root)
+        meta = await Metadata.open(root / "registry.db")
+        reg = Registry(
+            config=config,
+            store=store or opened,
+            meta=meta,
+            cache=ManifestCache(config.cache_manifest_bytes),
+        )
+        app[REGISTRY] = reg
+        expiry = asyncio.create_task(_expiry_loop(reg))
+        try:
+            yield
+        finally:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
+            for ingest in list(reg.ingests.values()):
+                with contextlib.suppress(Exception):
+                    await ingest.checkpoint()
+            await meta.close()
+            if opened is not None:
+                await opened.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_route("*", "/v2/{tail:.*}", dispatch)
+    app.router.add_route("*", "/v2", dispatch)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    return app

@@ -1,0 +1,182 @@
+"""Blobs: ``GET``/``HEAD``/``DELETE /v2/<name>/blobs/<digest>`` (spec end-2, end-10).
+
+A blob is readable in a repository only if ``cas`` links it to that repository's holder;
+the bytes are stored once. GET streams ``store.segments()``: raw on-disk segments go out
+with ``sendfile`` (zero-copy), decompressed segments are written; nothing buffers a whole
+blob. Single ``Range`` requests get 206 with ``Content-Range``; unsatisfiable ones 416.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+from typing import Any
+
+from aiohttp import web
+
+from cas import BlobUnknown, Digest, InvalidRange
+
+from ..errors import BLOB_UNKNOWN, UNSUPPORTED
+from ..names import parse_digest
+from .httputil import parse_range
+from .state import BYTES_SENT, REGISTRY, Registry, holder
+
+__all__ = ["delete_blob", "get_blob", "stat_in_repo"]
+
+
+async def stat_in_repo(reg: Registry, name: str, digest: Digest) -> int:
+    """The blob's size if it is readable in ``name``; BLOB_UNKNOWN (404) otherwise."""
+    if not await reg.store.is_linked(holder(name), digest):
+        raise BLOB_UNKNOWN(
+            f"blob {digest} is not in repository {name!r}", detail={"digest": str(digest)}
+        )
+    info = await reg.store.stat(digest)
+    if info is None:
+        raise BLOB_UNKNOWN(f"blob {digest} is not in the store", detail={"digest": str(digest)})
+    return int(info.size)
+
+
+def _not_modified(request: web.Request, etag: str) -> bool:
+    header = request.headers.get("If-None-Match")
+    if not header:
+        return False
+    return any(t.strip() in (etag, etag.strip('"'), "*") for t in header.split(","))
+
+
+async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamResponse:
+    reg = request.app[REGISTRY]
+    d = parse_digest(digest)
+    size = await stat_in_repo(reg, name, d)
+    etag = f'"{d}"'
+    headers = {
+        "Docker-Content-Digest": str(d),
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+        "Cache-Control": "max-age=31536000",
+        "Docker-Distribution-API-Version": "registry/2.0",
+    }
+    if _not_modified(request, etag):
+        return web.Response(status=304, headers=headers)
+    wanted = parse_range(request.headers.get("Range"), size)
+    if wanted is None:
+        offset, length, status = 0, size, 200
+    else:
+        offset, length = wanted
+        status = 206
+        headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
+    resp = web.StreamResponse(status=status, headers=headers)
+    resp.content_length = length
+    if request.method == "HEAD":
+        return resp
+    await resp.prepare(request)
+    try:
+        await _send_segments(request, reg, d, offset, length, resp)
+    except (BlobUnknown, InvalidRange):
+        # Deleted between stat and read: the status line is gone, so cut the connection;
+        # the client sees a short body and retries.
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    await resp.write_eof()
+    return resp
+
+
+async def _send_segments(
+    request: web.Request,
+    reg: Registry,
+    digest: Digest,
+    offset: int,
+    length: int,
+    resp: web.StreamResponse,
+) -> None:
+    if length == 0:
+        return
+    async for seg in reg.store.segments(digest, offset, length):
+        if seg.path is None:
+            await resp.write(seg.data)
+        else:
+            await _send_file_range(request, resp, seg.path, seg.offset, seg.length)
+        request[BYTES_SENT] = request.get(BYTES_SENT, 0) + seg.length
+
+
+async def _send_file_range(
+    request: web.Request, resp: web.StreamResponse, path: Any, offset: int, length: int
+) -> None:
+    """Send ``path[offset:offset+length]`` on the response's connection, zero-copy if we can.
+
+    - asyncio's own loop: ``loop.sendfile`` (it waits for the transport's buffer, i.e. the
+      headers and earlier segments, to drain first, then uses ``os.sendfile``).
+    - other loops (uvloop) over plain TCP: ``os.sendfile`` in a worker thread on a
+      *duplicate* of the socket descriptor, once the transport's buffer is empty; the
+      duplicate keeps the socket alive even if the loop closes the connection meanwhile.
+    - TLS: read and write through the transport (the kernel cannot encrypt for us).
+    """
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("client went away")
+    loop = asyncio.get_running_loop()
+    f = await asyncio.to_thread(open, path, "rb")
+    try:
+        tls = transport.get_extra_info("sslcontext") is not None
+        if isinstance(loop, asyncio.BaseEventLoop) or tls:
+            try:
+                await loop.sendfile(transport, f, offset, length)
+                return
+            except NotImplementedError:
+                pass
+        sock = None if tls else transport.get_extra_info("socket")
+        if sock is None:
+            await _copy_file(resp, f, offset, length)
+            return
+        while transport.get_write_buffer_size() > 0:
+            await asyncio.sleep(0.0005)
+            if transport.is_closing():
+                raise ConnectionResetError("client went away")
+        await asyncio.to_thread(_sendfile_blocking, sock.fileno(), f.fileno(), offset, length)
+    finally:
+        await asyncio.to_thread(f.close)
+
+
+def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, length: int) -> None:
+    out = os.dup(sock_fd)
+    try:
+        poller = select.poll()
+        poller.register(out, select.POLLOUT)
+        while length > 0:
+            try:
+                sent = os.sendfile(out, file_fd, offset, min(length, 1 << 30))
+            except BlockingIOError:
+                if not poller.poll(30_000):
+                    raise ConnectionResetError("client stopped reading for 30 s") from None
+                continue
+            except (BrokenPipeError, ConnectionError) as exc:
+                raise ConnectionResetError(str(exc)) from exc
+            if sent == 0:
+                raise ConnectionResetError("segment file shorter than its recipe says")
+            offset += sent
+            length -= sent
+    finally:
+        os.close(out)
+
+
+async def _copy_file(resp: web.StreamResponse, f: Any, offset: int, length: int) -> None:
+    chunk = 1 << 20
+    while length > 0:
+        data = await asyncio.to_thread(os.pread, f.fileno(), min(chunk, length), offset)
+        if not data:
+            raise ConnectionResetError("segment file shorter than its recipe says")
+        await resp.write(data)
+        offset += len(data)
+        length -= len(data)
+
+
+async def delete_blob(request: web.Request, name: str, digest: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    if not reg.config.delete_blobs:
+        raise UNSUPPORTED("blob deletion is disabled on this registry (delete.blobs: false)")
+    d = parse_digest(digest)
+    if not await reg.store.unlink(holder(name), d):
+        raise BLOB_UNKNOWN(f"blob {d} is not in repository {name!r}", detail={"digest": str(d)})
+    return web.Response(status=202, headers={"Content-Length": "0"})

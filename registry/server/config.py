@@ -1,0 +1,195 @@
+"""``pybuild serve`` configuration: defaults < config file < ``PYBUILD_*`` env < flags.
+
+The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
+
+    addr: 127.0.0.1:5000          # PYBUILD_ADDR
+    storage: /var/lib/pybuild     # PYBUILD_STORAGE
+    read_only: false              # PYBUILD_READ_ONLY
+    auth:
+      htpasswd: /etc/pybuild/htpasswd   # PYBUILD_AUTH_HTPASSWD (bcrypt entries)
+      realm: pybuild-registry           # PYBUILD_AUTH_REALM
+    tls:
+      cert: /etc/pybuild/cert.pem       # PYBUILD_TLS_CERT
+      key: /etc/pybuild/key.pem         # PYBUILD_TLS_KEY
+    delete:
+      blobs: true                       # PYBUILD_DELETE_BLOBS
+      manifests: true                   # PYBUILD_DELETE_MANIFESTS
+      tags: true                        # PYBUILD_DELETE_TAGS
+    uploads:
+      ttl: 86400                        # PYBUILD_UPLOADS_TTL: idle seconds before expiry
+      expire_interval: 600              # PYBUILD_UPLOADS_EXPIRE_INTERVAL
+    cache:
+      manifest_bytes: 67108864          # PYBUILD_CACHE_MANIFEST_BYTES
+    log:
+      access: true                      # PYBUILD_LOG_ACCESS: one JSON line per request
+    shutdown_timeout: 60                # PYBUILD_SHUTDOWN_TIMEOUT: grace for in-flight requests
+    event_loop: auto                    # PYBUILD_EVENT_LOOP: auto (uvloop if installed),
+                                        # uvloop or asyncio
+
+Env var names are the key path joined by ``_``, upper-cased, prefixed ``PYBUILD_``.
+Booleans accept true/false/1/0/yes/no/on/off. An unknown key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ConfigError", "ServerConfig", "load_config", "parse_addr"]
+
+
+class ConfigError(ValueError):
+    """A configuration value or file that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything ``pybuild serve`` needs; attribute names are the flat key paths."""
+
+    addr: str = "127.0.0.1:5000"
+    storage: Path | None = None  # None: cas.location.default_storage_dir()
+    read_only: bool = False
+    auth_htpasswd: Path | None = None
+    auth_realm: str = "pybuild-registry"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    delete_blobs: bool = True
+    delete_manifests: bool = True
+    delete_tags: bool = True
+    uploads_ttl: float = 86400.0
+    uploads_expire_interval: float = 600.0
+    cache_manifest_bytes: int = 64 * 1024 * 1024
+    log_access: bool = True
+    shutdown_timeout: float = 60.0
+    event_loop: str = "auto"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_addr(self.addr)
+
+
+_TYPES: dict[str, type] = {
+    "addr": str,
+    "storage": Path,
+    "read_only": bool,
+    "auth_htpasswd": Path,
+    "auth_realm": str,
+    "tls_cert": Path,
+    "tls_key": Path,
+    "delete_blobs": bool,
+    "delete_manifests": bool,
+    "delete_tags": bool,
+    "uploads_ttl": float,
+    "uploads_expire_interval": float,
+    "cache_manifest_bytes": int,
+    "log_access": bool,
+    "shutdown_timeout": float,
+    "event_loop": str,
+}
+assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); ConfigError if malformed."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"invalid address {addr!r}: expected HOST:PORT, e.g. 127.0.0.1:5000")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _convert(key: str, value: Any, source: str) -> Any:
+    kind = _TYPES[key]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+    if kind in (int, float):
+        try:
+            number = kind(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}") from exc
+        if number < 0:
+            raise ConfigError(f"{source}: {key} must not be negative, got {value!r}")
+        return number
+    if kind is Path:
+        return Path(str(value)).expanduser()
+    return str(value)
+
+
+def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = f"{prefix}{str(key).replace('-', '_')}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "_"))
+        else:
+            out[name] = value
+    return out
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix == ".toml":
+            doc: Any = tomllib.loads(text)
+        else:
+            doc = yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:] or 'YAML'}: {exc}") from exc
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"config file {path}: expected a mapping of settings at the top")
+    flat = _flatten(doc)
+    unknown = sorted(set(flat) - set(_TYPES))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_TYPES))} (nested keys join with '_')"
+        )
+    return {k: _convert(k, v, str(path)) for k, v in flat.items()}
+
+
+def load_config(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Build the effective config: defaults < file < ``PYBUILD_*`` env < ``overrides``.
+
+    ``config_file`` defaults to ``$PYBUILD_CONFIG`` when set. ``overrides`` are the command
+    line flags (None values are ignored, so unset flags do not mask the env or file).
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    file = config_file or (Path(env["PYBUILD_CONFIG"]) if env.get("PYBUILD_CONFIG") else None)
+    if file is not None:
+        values.update(_read_file(file))
+    for key in _TYPES:
+        text = env.get(f"PYBUILD_{key.upper()}")
+        if text:
+            values[key] = _convert(key, text, f"PYBUILD_{key.upper()}")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _convert(key, value, f"--{key.replace('_', '-')}")
+    config = replace(ServerConfig(), **values)
+    config.host_port  # validate now, not at bind time
+    if config.event_loop not in ("auto", "asyncio", "uvloop"):
+        raise ConfigError(
+            f"event_loop must be auto, asyncio or uvloop, got {config.event_loop!r}"
+        )
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
+    return config

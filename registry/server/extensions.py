@@ -1,0 +1,79 @@
+"""pybuild's registry extension: blob recipes, and the spec's extension discovery.
+
+Following the distribution-spec extension rules (``extensions/README.md``: a
+``_<extension>/<component>/<module>`` path, parameters in the query)::
+
+    GET /v2/_oci/ext/discover                           registry-level extensions
+    GET /v2/<name>/_oci/ext/discover                    repository-level extensions
+    GET /v2/<name>/_pybuild/blob/recipe?digest=<d>      the blob's recipe
+
+The recipe is how the blob is cut into content-addressed pieces, so a client that already
+holds some pieces fetches only the missing byte ranges (with ``Range`` on the ordinary
+blob URL) and verifies the reassembled blob against its digest::
+
+    {"digest": "sha256:...", "size": 1234,
+     "pieces": [{"offset": 0, "length": 512, "key": "<blake3 hex of those bytes>"}, ...]}
+
+Only blobs readable in ``<name>`` have a recipe there (BLOB_UNKNOWN otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import DIGEST_INVALID
+from ..names import parse_digest
+from .blobs import stat_in_repo
+from .state import REGISTRY
+
+__all__ = ["RECIPE_MEDIA_TYPE", "blob_recipe", "discover", "discover_repository"]
+
+RECIPE_MEDIA_TYPE = "application/vnd.pybuild.recipe.v1+json"
+
+_OCI = {
+    "name": "_oci",
+    "description": "extension discovery",
+    "url": "https://github.com/opencontainers/distribution-spec/blob/main/extensions/_oci.md",
+    "endpoints": ["_oci/ext/discover"],
+}
+_PYBUILD = {
+    "name": "_pybuild",
+    "description": "blob recipes (piece offsets, lengths and BLAKE3 keys) for incremental pulls",
+    # Where pybuild's documentation describes the extension (relative to the project).
+    "url": "docs/registry.md#piece-index-extension",
+    "endpoints": ["_pybuild/blob/recipe"],
+}
+
+
+def _extensions(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"extensions": list(items)}
+
+
+async def discover(request: web.Request) -> web.Response:
+    return web.json_response(_extensions(_OCI))
+
+
+async def discover_repository(request: web.Request, name: str) -> web.Response:
+    return web.json_response(_extensions(_OCI, _PYBUILD))
+
+
+async def blob_recipe(request: web.Request, name: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    text = request.query.get("digest")
+    if not text:
+        raise DIGEST_INVALID("the recipe endpoint needs ?digest=<blob digest>")
+    digest = parse_digest(text)
+    await stat_in_repo(reg, name, digest)
+    recipe = await reg.store.recipe(digest)
+    body = {
+        "digest": str(recipe.digest),
+        "size": recipe.size,
+        "pieces": [{"offset": p.offset, "length": p.length, "key": p.key} for p in recipe.pieces],
+    }
+    return web.json_response(
+        body,
+        content_type=RECIPE_MEDIA_TYPE,
+        headers={"Docker-Content-Digest": str(digest)},
+    )

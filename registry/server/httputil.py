@@ -1,0 +1,105 @@
+"""Small HTTP helpers shared by the handlers: Range parsing, pagination, body reading."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from aiohttp import web
+
+from ..errors import (
+    PAGINATION_NUMBER_INVALID,
+    RANGE_INVALID,
+    RegistryError,
+)
+
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_PAGE",
+    "next_link",
+    "parse_content_range",
+    "parse_page",
+    "parse_range",
+    "range_not_satisfiable",
+]
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 1000
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Spec "Pushing a blob in chunks": ^[0-9]+-[0-9]+$; "bytes=" and "bytes " are tolerated
+# because some clients send RFC 9110 style.
+_CONTENT_RANGE = re.compile(r"^(?:bytes[= ])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """A ``Range`` header -> ``(offset, length)`` to serve, or None for the whole blob.
+
+    One range only (RFC 9110 allows a server to ignore multi-range requests and send
+    200). Unsatisfiable or malformed single ranges raise RANGE_INVALID (416).
+    """
+    if not header:
+        return None
+    text = header.strip()
+    if "," in text:
+        return None
+    m = _RANGE.match(text.replace(" ", ""))
+    if m is None:
+        raise range_not_satisfiable(f"malformed Range header {header!r}", size)
+    first, last = m.group(1), m.group(2)
+    if first == "" and last == "":
+        raise range_not_satisfiable(f"malformed Range header {header!r}", size)
+    if first == "":
+        suffix = int(last)
+        if suffix == 0:
+            raise range_not_satisfiable("a zero-length suffix range selects nothing", size)
+        start = max(0, size - suffix)
+        return start, size - start
+    start = int(first)
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    if start >= size or (last != "" and int(last) < start):
+        raise range_not_satisfiable(
+            f"range {header!r} is outside a blob of {size} bytes", size
+        )
+    return start, end - start + 1
+
+
+def range_not_satisfiable(message: str, size: int) -> RegistryError:
+    return RANGE_INVALID(
+        message, detail={"size": size}, headers={"Content-Range": f"bytes */{size}"}
+    )
+
+
+def parse_content_range(header: str | None) -> tuple[int, int] | None:
+    """An upload chunk's ``Content-Range: <start>-<end>`` (inclusive) or None if absent."""
+    if header is None:
+        return None
+    m = _CONTENT_RANGE.match(header.strip())
+    if m is None:
+        raise RANGE_INVALID(
+            f"malformed Content-Range {header!r}: expected '<start>-<end>', inclusive",
+        )
+    start, end = int(m.group(1)), int(m.group(2))
+    if end < start:
+        raise RANGE_INVALID(f"Content-Range {header!r} ends before it starts")
+    return start, end
+
+
+def parse_page(request: web.Request) -> tuple[int | None, str | None]:
+    """``n`` and ``last`` query parameters; n None means 'no n given'."""
+    text = request.query.get("n")
+    n: int | None = None
+    if text is not None:
+        if not text.isdigit():
+            raise PAGINATION_NUMBER_INVALID(
+                f"n={text!r}: expected a non-negative integer", detail={"n": text}
+            )
+        n = int(text)
+    return n, request.query.get("last")
+
+
+def next_link(path: str, n: int, last: str, **extra: str) -> str:
+    """An RFC 5988 ``Link`` header value with ``rel="next"``."""
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in (("n", str(n)), ("last", last), *extra.items()))
+    return f'<{path}?{query}>; rel="next"'
+

@@ -1,0 +1,266 @@
+"""Manifests: ``GET``/``HEAD``/``PUT``/``DELETE /v2/<name>/manifests/<reference>``.
+
+Spec end-3, end-7, end-9. Manifests are stored byte-exact as ``cas`` blobs linked to the
+repository; ``registry.db`` records which manifests each repository holds (with their
+media type, subject and artifact type for the referrers API) and the tags. Hot manifests
+and tag resolutions are served from an in-memory cache without touching the database.
+
+PUT validates: size <= 4 MiB (413), JSON and schema (MANIFEST_INVALID), a digest reference
+matches the body (DIGEST_INVALID), config/layers readable in the repository and index
+entries that are manifests of the repository (MANIFEST_BLOB_UNKNOWN, one per missing
+reference). Descriptors carrying their bytes in ``data`` and the well-known empty JSON blob
+are stored on the fly; nondistributable (foreign) layers are not required. A ``subject``
+need not exist yet (spec) and is echoed as ``OCI-Subject``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cas import Digest
+
+from ..errors import (
+    DIGEST_INVALID,
+    MANIFEST_BLOB_UNKNOWN,
+    MANIFEST_INVALID,
+    MANIFEST_UNKNOWN,
+    UNSUPPORTED,
+    RegistryError,
+)
+from ..names import parse_reference, validate_tag
+from ..oci import (
+    EMPTY_JSON,
+    EMPTY_JSON_DIGEST,
+    INDEX_TYPES,
+    Descriptor,
+    Index,
+    InvalidObject,
+    Manifest,
+    parse_manifest,
+)
+from .metadata import ManifestRecord
+from .state import BYTES_RECEIVED, REGISTRY, CachedManifest, Registry, holder
+
+__all__ = ["MAX_MANIFEST_BYTES", "delete_manifest", "get_manifest", "put_manifest"]
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_MAX_TAGS_PER_PUT = 32
+
+
+def _unknown(name: str, reference: str) -> RegistryError:
+    return MANIFEST_UNKNOWN(
+        f"manifest {reference!r} is not in repository {name!r}",
+        detail={"name": name, "reference": reference},
+    )
+
+
+async def _load(reg: Registry, name: str, reference: str) -> CachedManifest:
+    """Resolve ``reference`` in ``name`` to a servable manifest (cache first)."""
+    cache = reg.cache
+    digest = cache.tag(name, reference)
+    if digest is not None:
+        entry = cache.get(name, digest)
+        if entry is not None:
+            return entry
+    ref = parse_reference(reference)
+    if ref.digest is not None:
+        digest = str(ref.digest)
+        entry = cache.get(name, digest)
+        if entry is not None:
+            return entry
+    else:
+        assert ref.tag is not None
+        digest = await reg.meta.resolve_tag(name, ref.tag)
+        if digest is None:
+            raise _unknown(name, reference)
+    record = await reg.meta.get_manifest(name, digest)
+    if record is None:
+        raise _unknown(name, reference)
+    body = await reg.store.read_bytes(Digest.parse(digest))
+    entry = CachedManifest(digest, record.media_type, body, f'"{digest}"')
+    cache.put(name, entry)
+    if ref.tag is not None:
+        cache.set_tag(name, ref.tag, digest)
+    return entry
+
+
+def _accepts(request: web.Request, media_type: str) -> bool:
+    """Content negotiation as Docker clients expect (they send several Accept headers).
+
+    No Accept header, ``*/*`` or ``application/*`` accepts anything; otherwise the stored
+    type must be listed (parameters and q-values are ignored, like CNCF Distribution).
+    """
+    values = request.headers.getall("Accept", ())
+    if not values:
+        return True
+    for value in values:
+        for item in value.split(","):
+            accepted = item.split(";", 1)[0].strip().lower()
+            if accepted in (media_type, "*/*", "application/*", ""):
+                return True
+    return False
+
+
+async def get_manifest(request: web.Request, name: str, reference: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    entry = await _load(reg, name, reference)
+    if not _accepts(request, entry.media_type):
+        kind = "index" if entry.media_type in INDEX_TYPES else "manifest"
+        raise MANIFEST_UNKNOWN(
+            f"{reference!r} is a {kind} of type {entry.media_type}, which the Accept "
+            "header does not list: add it to Accept",
+            detail={"mediaType": entry.media_type},
+        )
+    headers = {
+        "Content-Type": entry.media_type,
+        "Docker-Content-Digest": entry.digest,
+        "ETag": entry.etag,
+    }
+    inm = request.headers.get("If-None-Match")
+    if inm and any(t.strip() in (entry.etag, entry.digest) for t in inm.split(",")):
+        return web.Response(status=304, headers=headers)
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(entry.body))
+        return web.Response(status=200, headers=headers)
+    return web.Response(status=200, body=entry.body, headers=headers)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    length = request.content_length
+    too_big = MANIFEST_INVALID(
+        f"manifest is larger than {MAX_MANIFEST_BYTES} bytes: split it or push it as a blob",
+        detail={"limit": MAX_MANIFEST_BYTES},
+        status=413,
+    )
+    if length is not None and length > MAX_MANIFEST_BYTES:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise too_big
+    request[BYTES_RECEIVED] = len(body)
+    return bytes(body)
+
+
+async def _check_references(reg: Registry, name: str, obj: Manifest | Index) -> None:
+    """Raise MANIFEST_BLOB_UNKNOWN (all of them) for references the repository lacks."""
+    missing: list[RegistryError] = []
+    if isinstance(obj, Index):
+        wanted = [str(d.digest) for d in obj.manifests]
+        present = await reg.meta.manifests_present(name, wanted)
+        for d in obj.manifests:
+            if str(d.digest) not in present:
+                missing.append(_blob_unknown(d, "manifest"))
+    else:
+        for d in obj.references():
+            if d.nondistributable:
+                continue
+            if not await _ensure_blob(reg, name, d):
+                missing.append(_blob_unknown(d, "blob"))
+    if missing:
+        raise RegistryError.many(missing)
+
+
+def _blob_unknown(d: Descriptor, what: str) -> RegistryError:
+    return MANIFEST_BLOB_UNKNOWN(
+        f"the manifest references {what} {d.digest} ({d.media_type}), which is not in this "
+        f"repository: push it first",
+        detail={"digest": str(d.digest), "mediaType": d.media_type},
+    )
+
+
+async def _ensure_blob(reg: Registry, name: str, d: Descriptor) -> bool:
+    """True if ``d`` is readable in ``name`` (storing embedded/empty content on the way)."""
+    h = holder(name)
+    if await reg.store.is_linked(h, d.digest):
+        info = await reg.store.stat(d.digest)
+        if info is not None and info.size != d.size:
+            raise MANIFEST_INVALID(
+                f"descriptor {d.digest} says {d.size} bytes but the blob has {info.size}",
+                detail={"digest": str(d.digest)},
+            )
+        return info is not None
+    content = d.data
+    if content is None and d.digest == EMPTY_JSON_DIGEST and d.size == len(EMPTY_JSON):
+        content = EMPTY_JSON
+    if content is not None:
+        await reg.store.put(content, expected=d.digest, algorithm=d.digest.algorithm, link=h)
+        return True
+    return False
+
+
+async def put_manifest(request: web.Request, name: str, reference: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    ref = parse_reference(reference)
+    extra_tags = tuple(validate_tag(t) for t in request.query.getall("tag", ()))
+    if len(extra_tags) > _MAX_TAGS_PER_PUT:
+        raise UNSUPPORTED(f"at most {_MAX_TAGS_PER_PUT} tags per request", status=414)
+    body = await _read_body(request)
+    if ref.digest is not None:
+        digest = Digest.of(body, ref.digest.algorithm)
+        if digest != ref.digest:
+            raise DIGEST_INVALID(
+                f"the manifest hashes to {digest}, not {ref.digest}",
+                detail={"expected": str(ref.digest), "actual": str(digest)},
+            )
+    else:
+        digest = Digest.of(body)
+    try:
+        media_type, obj = parse_manifest(body, request.headers.get("Content-Type"))
+    except InvalidObject as exc:
+        raise MANIFEST_INVALID(f"invalid manifest: {exc}", detail={"reason": str(exc)}) from exc
+    await _check_references(reg, name, obj)
+    await reg.store.put(body, expected=digest, algorithm=digest.algorithm, link=holder(name))
+    subject = obj.subject
+    artifact_type = obj.effective_artifact_type()
+    tags = (ref.tag, *extra_tags) if ref.tag is not None else extra_tags
+    await reg.meta.put_manifest(
+        ManifestRecord(
+            repo=name,
+            digest=str(digest),
+            media_type=media_type,
+            size=len(body),
+            subject=str(subject.digest) if subject is not None else None,
+            artifact_type=artifact_type,
+            annotations=obj.annotations,
+        ),
+        tags,
+    )
+    entry = CachedManifest(str(digest), media_type, body, f'"{digest}"')
+    reg.cache.put(name, entry)
+    for tag in tags:
+        reg.cache.set_tag(name, tag, str(digest))
+    headers = {
+        "Location": f"/v2/{name}/manifests/{digest}",
+        "Docker-Content-Digest": str(digest),
+        "Content-Length": "0",
+    }
+    if subject is not None:
+        headers["OCI-Subject"] = str(subject.digest)
+    resp = web.Response(status=201, headers=headers)
+    if extra_tags:
+        resp.headers["OCI-Tag"] = ", ".join(extra_tags)
+    return resp
+
+
+async def delete_manifest(request: web.Request, name: str, reference: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    ref = parse_reference(reference)
+    if ref.tag is not None:
+        if not reg.config.delete_tags:
+            raise UNSUPPORTED("tag deletion is disabled on this registry (delete.tags: false)")
+        if not await reg.meta.delete_tag(name, ref.tag):
+            raise _unknown(name, reference)
+        reg.cache.drop_tag(name, ref.tag)
+    else:
+        if not reg.config.delete_manifests:
+            raise UNSUPPORTED(
+                "manifest deletion is disabled on this registry (delete.manifests: false)"
+            )
+        assert ref.digest is not None
+        if await reg.meta.delete_manifest(name, str(ref.digest)) is None:
+            raise _unknown(name, reference)
+        reg.cache.drop(name, str(ref.digest))
+        await reg.store.unlink(holder(name), ref.digest)
+    return web.Response(status=202, headers={"Content-Length": "0"})

@@ -1,0 +1,324 @@
+"""The registry's own metadata: repositories, manifests per repository, tags, referrers,
+upload sessions. One SQLite file (``registry.db`` in the storage directory), WAL mode.
+
+Blob bytes and blob-to-repository links live in ``cas``; this database holds what only
+the registry knows::
+
+    repositories(name PK, created)
+    manifests(repo, digest, media_type, size, subject, artifact_type, annotations, created)
+        PK (repo, digest); index (repo, subject) serves the referrers API
+    tags(repo, tag, digest, updated)            PK (repo, tag); BINARY order = ASCIIbetical
+    uploads(id PK, repo, created)               upload session -> repository
+
+Contract: every method runs its SQL on one dedicated thread (the connection never leaves
+it), so callers on the event loop only ``await``; each method is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["ManifestRecord", "Metadata", "ReferrerRecord"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS repositories (
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS manifests (
+    repo TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    subject TEXT,
+    artifact_type TEXT,
+    annotations TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (repo, digest)
+);
+CREATE INDEX IF NOT EXISTS manifests_subject ON manifests (repo, subject)
+    WHERE subject IS NOT NULL;
+CREATE TABLE IF NOT EXISTS tags (
+    repo TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (repo, tag)
+);
+CREATE INDEX IF NOT EXISTS tags_digest ON tags (repo, digest);
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY,
+    repo TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    """A manifest as this repository holds it (the bytes themselves are a cas blob)."""
+
+    repo: str
+    digest: str
+    media_type: str
+    size: int
+    subject: str | None = None
+    artifact_type: str | None = None
+    annotations: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerRecord:
+    """One row of a referrers response (spec "Listing Referrers")."""
+
+    digest: str
+    media_type: str
+    size: int
+    artifact_type: str | None
+    annotations: dict[str, str] | None
+
+
+class Metadata:
+    """Async facade over the SQLite metadata file; see the module docstring."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-db")
+        self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> Metadata:
+        self = cls(path)
+        await self._run(self._open)
+        return self
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await self._run(close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
+        def run() -> T:
+            db = self._db
+            assert db is not None, "metadata database is closed"
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return run
+
+    def _query(self, sql: str, *args: Any) -> Callable[[], list[tuple[Any, ...]]]:
+        def run() -> list[tuple[Any, ...]]:
+            db = self._db
+            assert db is not None, "metadata database is closed"
+            return db.execute(sql, args).fetchall()
+
+        return run
+
+    # --- repositories ---------------------------------------------------------------------
+    async def ensure_repository(self, name: str) -> None:
+        await self._run(
+            self._tx(
+                lambda db: db.execute(
+                    "INSERT OR IGNORE INTO repositories VALUES (?, ?)", (name, time.time())
+                )
+            )
+        )
+
+    async def repository_exists(self, name: str) -> bool:
+        rows = await self._run(self._query("SELECT 1 FROM repositories WHERE name = ?", name))
+        return bool(rows)
+
+    async def repositories(self, last: str | None, limit: int) -> list[str]:
+        rows = await self._run(
+            self._query(
+                "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
+                last or "",
+                limit,
+            )
+        )
+        return [r[0] for r in rows]
+
+    # --- manifests ------------------------------------------------------------------------
+    async def put_manifest(self, record: ManifestRecord, tags: tuple[str, ...] = ()) -> None:
+        """Record ``record`` in its repository and point ``tags`` at it, atomically."""
+        now = time.time()
+        annotations = json.dumps(record.annotations) if record.annotations else None
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR IGNORE INTO repositories VALUES (?, ?)", (record.repo, now))
+            db.execute(
+                "INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.repo,
+                    record.digest,
+                    record.media_type,
+                    record.size,
+                    record.subject,
+                    record.artifact_type,
+                    annotations,
+                    now,
+                ),
+            )
+            for tag in tags:
+                db.execute(
+                    "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
+                    (record.repo, tag, record.digest, now),
+                )
+
+        await self._run(self._tx(put))
+
+    async def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
+        rows = await self._run(
+            self._query(
+                "SELECT media_type, size, subject, artifact_type, annotations FROM manifests "
+                "WHERE repo = ? AND digest = ?",
+                repo,
+                digest,
+            )
+        )
+        if not rows:
+            return None
+        media_type, size, subject, artifact_type, annotations = rows[0]
+        return ManifestRecord(
+            repo,
+            digest,
+            media_type,
+            size,
+            subject,
+            artifact_type,
+            json.loads(annotations) if annotations else None,
+        )
+
+    async def manifests_present(self, repo: str, digests: list[str]) -> set[str]:
+        """Which of ``digests`` are manifests of ``repo``."""
+        if not digests:
+            return set()
+
+        def run() -> set[str]:
+            db = self._db
+            assert db is not None
+            found: set[str] = set()
+            for i in range(0, len(digests), 500):
+                part = digests[i : i + 500]
+                marks = ",".join("?" * len(part))
+                found.update(
+                    r[0]
+                    for r in db.execute(
+                        f"SELECT digest FROM manifests WHERE repo = ? AND digest IN ({marks})",
+                        (repo, *part),
+                    )
+                )
+            return found
+
+        return await self._run(run)
+
+    async def delete_manifest(self, repo: str, digest: str) -> list[str] | None:
+        """Drop the manifest and every tag pointing at it; the dropped tags, or None if absent."""
+
+        def delete(db: sqlite3.Connection) -> list[str] | None:
+            cur = db.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?", (repo, digest))
+            if cur.rowcount == 0:
+                return None
+            tags = [
+                r[0]
+                for r in db.execute(
+                    "SELECT tag FROM tags WHERE repo = ? AND digest = ?", (repo, digest)
+                )
+            ]
+            db.execute("DELETE FROM tags WHERE repo = ? AND digest = ?", (repo, digest))
+            return tags
+
+        return await self._run(self._tx(delete))
+
+    async def referrers(self, repo: str, subject: str) -> list[ReferrerRecord]:
+        rows = await self._run(
+            self._query(
+                "SELECT digest, media_type, size, artifact_type, annotations FROM manifests "
+                "WHERE repo = ? AND subject = ? ORDER BY created, digest",
+                repo,
+                subject,
+            )
+        )
+        return [
+            ReferrerRecord(d, mt, size, at, json.loads(ann) if ann else None)
+            for d, mt, size, at, ann in rows
+        ]
+
+    # --- tags -----------------------------------------------------------------------------
+    async def resolve_tag(self, repo: str, tag: str) -> str | None:
+        rows = await self._run(
+            self._query("SELECT digest FROM tags WHERE repo = ? AND tag = ?", repo, tag)
+        )
+        return rows[0][0] if rows else None
+
+    async def tags(self, repo: str, last: str | None, limit: int) -> list[str]:
+        rows = await self._run(
+            self._query(
+                "SELECT tag FROM tags WHERE repo = ? AND tag > ? ORDER BY tag LIMIT ?",
+                repo,
+                last or "",
+                limit,
+            )
+        )
+        return [r[0] for r in rows]
+
+    async def delete_tag(self, repo: str, tag: str) -> bool:
+        def delete(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM tags WHERE repo = ? AND tag = ?", (repo, tag)).rowcount > 0
+
+        return await self._run(self._tx(delete))
+
+    # --- upload sessions ------------------------------------------------------------------
+    async def add_upload(self, upload_id: str, repo: str) -> None:
+        now = time.time()
+
+        def add(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR IGNORE INTO repositories VALUES (?, ?)", (repo, now))
+            db.execute("INSERT INTO uploads VALUES (?, ?, ?)", (upload_id, repo, now))
+
+        await self._run(self._tx(add))
+
+    async def upload_repository(self, upload_id: str) -> str | None:
+        rows = await self._run(self._query("SELECT repo FROM uploads WHERE id = ?", upload_id))
+        return rows[0][0] if rows else None
+
+    async def remove_upload(self, upload_id: str) -> None:
+        await self._run(
+            self._tx(lambda db: db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,)))
+        )
+
+    async def uploads(self) -> list[str]:
+        return [r[0] for r in await self._run(self._query("SELECT id FROM uploads"))]

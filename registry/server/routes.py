@@ -1,0 +1,175 @@
+"""The URL table of the Distribution API and the dispatcher that applies it.
+
+Repository names contain slashes, so every ``/v2/...`` path goes through one catch-all
+aiohttp route and is matched here against the *raw* request path, after
+:func:`registry.names.check_raw_path` has refused percent-escapes and dot segments. A
+route is the fixed tail of the path (``*`` marks a parameter); everything before the tail
+is the repository name::
+
+    tail                            methods               handler
+    blobs/uploads/  (or no slash)   POST                  uploads.start_upload
+    blobs/uploads/*                 GET PATCH PUT DELETE  uploads.*   (upload_id)
+    blobs/*                         GET HEAD DELETE       blobs.*     (digest)
+    manifests/*                     GET HEAD PUT DELETE   manifests.* (reference)
+    tags/list                       GET                   tags.list_tags
+    referrers/*                     GET                   referrers.list_referrers (digest)
+    _oci/ext/discover               GET                   extensions.discover_repository
+    _pybuild/blob/recipe            GET                   extensions.blob_recipe
+
+Registry-level paths (``/v2/``, ``/v2/_catalog``, ``/v2/_oci/ext/discover``) are matched
+first. A path matching no row is 404; a known path with another method is UNSUPPORTED
+(405); a bad repository name is NAME_INVALID (400).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..errors import BLOB_UPLOAD_UNKNOWN, NAME_INVALID, UNSUPPORTED
+from ..names import check_raw_path, is_valid_name
+from . import blobs, catalog, extensions, manifests, referrers, tags, uploads
+from .state import ROUTE
+
+__all__ = ["ROUTES", "Route", "WRITE_METHODS", "dispatch", "match"]
+
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_UPLOAD_ID = re.compile(r"^[A-Za-z0-9_=-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """``tail``: the path's last components, ``*`` for the parameter named ``param``."""
+
+    name: str
+    tail: tuple[str, ...]
+    handlers: dict[str, Handler]
+    param: str | None = None
+
+
+async def _base(request: web.Request) -> web.Response:
+    return web.json_response({})
+
+
+REGISTRY_ROUTES: dict[str, Route] = {
+    "": Route("base", (), {"GET": _base, "HEAD": _base}),
+    "_catalog": Route("catalog", ("_catalog",), {"GET": catalog.catalog}),
+    "_oci/ext/discover": Route("discover", ("_oci", "ext", "discover"), {"GET": extensions.discover}),
+}
+
+ROUTES: tuple[Route, ...] = (
+    Route("upload-start", ("blobs", "uploads", ""), {"POST": uploads.start_upload}),
+    Route("upload-start", ("blobs", "uploads"), {"POST": uploads.start_upload}),
+    Route(
+        "upload",
+        ("blobs", "uploads", "*"),
+        {
+            "GET": uploads.upload_status,
+            "PATCH": uploads.patch_upload,
+            "PUT": uploads.finish_upload,
+            "DELETE": uploads.cancel_upload,
+        },
+        "upload_id",
+    ),
+    Route(
+        "blob",
+        ("blobs", "*"),
+        {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob},
+        "digest",
+    ),
+    Route(
+        "manifest",
+        ("manifests", "*"),
+        {
+            "GET": manifests.get_manifest,
+            "HEAD": manifests.get_manifest,
+            "PUT": manifests.put_manifest,
+            "DELETE": manifests.delete_manifest,
+        },
+        "reference",
+    ),
+    Route("tags", ("tags", "list"), {"GET": tags.list_tags}),
+    Route("referrers", ("referrers", "*"), {"GET": referrers.list_referrers}, "digest"),
+    Route("discover", ("_oci", "ext", "discover"), {"GET": extensions.discover_repository}),
+    Route("recipe", ("_pybuild", "blob", "recipe"), {"GET": extensions.blob_recipe}),
+)
+
+# Names seen valid recently: the name regex is the costliest step of a hot GET.
+_valid_names: set[str] = set()
+
+
+def _check_name(name: str) -> None:
+    if name in _valid_names:
+        return
+    if not is_valid_name(name):
+        raise NAME_INVALID(
+            f"invalid repository name {name!r}: use lowercase path components of "
+            "[a-z0-9] joined by '.', '_', '__' or '-', separated by single '/', "
+            "at most 255 characters",
+            detail={"name": name},
+        )
+    if len(_valid_names) > 10_000:
+        _valid_names.clear()
+    _valid_names.add(name)
+
+
+def _allowed(route: Route, method: str, path: str) -> Handler:
+    handler = route.handlers.get(method)
+    if handler is None:
+        allowed = ", ".join(route.handlers)
+        raise UNSUPPORTED(
+            f"{method} is not supported on {path}; allowed: {allowed}",
+            headers={"Allow": allowed},
+        )
+    return handler
+
+
+def match(method: str, path: str) -> tuple[Route, Handler, dict[str, str]]:
+    """Find the handler for ``method path`` (a raw ``/v2`` path without query).
+
+    Returns the route, its handler and the keyword arguments for it; raises the spec's
+    error when there is none.
+    """
+    rest = path[4:] if path.startswith("/v2/") else ""
+    top = REGISTRY_ROUTES.get(rest)
+    if top is not None:
+        return top, _allowed(top, method, path), {}
+    parts = rest.split("/")
+    n = len(parts)
+    for route in ROUTES:
+        k = len(route.tail)
+        if n <= k:
+            continue
+        value = None
+        for want, got in zip(route.tail, parts[n - k :]):
+            if want == "*":
+                value = got
+            elif want != got:
+                break
+        else:
+            name = "/".join(parts[: n - k])
+            _check_name(name)
+            handler = _allowed(route, method, path)
+            params = {"name": name}
+            if route.param is not None:
+                assert value is not None
+                if not value:
+                    break
+                if route.param == "upload_id" and not _UPLOAD_ID.match(value):
+                    raise BLOB_UPLOAD_UNKNOWN(f"{value!r} is not an upload id")
+                params[route.param] = value
+            return route, handler, params
+    raise UNSUPPORTED(f"no registry endpoint at {path}", status=404)
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """The catch-all ``/v2`` handler."""
+    raw = request.raw_path
+    check_raw_path(raw)
+    route, handler, params = match(request.method, raw.split("?", 1)[0])
+    request[ROUTE] = route.name
+    return await handler(request, **params)

@@ -1,0 +1,315 @@
+"""Blob uploads (spec "Pushing blobs"): sessions, chunks, monolithic pushes, mounts.
+
+::
+
+    POST   /v2/<name>/blobs/uploads/                     start a session         202
+    POST   /v2/<name>/blobs/uploads/?digest=<d>          monolithic push         201
+    POST   /v2/<name>/blobs/uploads/?digest-algorithm=a  session hashing with a  202
+    POST   /v2/<name>/blobs/uploads/?mount=<d>[&from=<repo>]  cross-repo mount   201 (202 if not)
+    PATCH  <location>          append a chunk (Content-Range) or a stream (none)  202
+    PUT    <location>?digest=<d>   optional last chunk, then close              201
+    GET    <location>          status: 204 + Range 0-<last byte>
+    DELETE <location>          cancel                                          204
+
+An upload session *is* a ``cas`` ingest: the upload UUID is the ingest id, the bytes go
+straight into the ingest (bounded memory) and the ingest is checkpointed at the end of
+every request, so a session survives a server restart. ``registry.db`` remembers which
+repository a session belongs to; a session used through another repository is unknown.
+A failed commit (digest or size mismatch) aborts the ingest: nothing becomes visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from aiohttp import web
+
+from cas import (
+    ALGORITHMS,
+    BlobUnknown,
+    Digest,
+    DigestMismatch,
+    IngestOffsetMismatch,
+    IngestUnknown,
+    SizeMismatch,
+)
+
+from ..errors import (
+    BLOB_UPLOAD_INVALID,
+    BLOB_UPLOAD_UNKNOWN,
+    DIGEST_INVALID,
+    RANGE_INVALID,
+    SIZE_INVALID,
+    RegistryError,
+)
+from ..names import is_valid_name, parse_digest
+from .httputil import parse_content_range
+from .state import BYTES_RECEIVED, REGISTRY, USER, Registry, holder
+
+__all__ = [
+    "cancel_upload",
+    "finish_upload",
+    "patch_upload",
+    "start_upload",
+    "upload_status",
+]
+
+_READ_CHUNK = 1 << 20
+
+
+def _location(name: str, upload_id: str) -> str:
+    return f"/v2/{name}/blobs/uploads/{upload_id}"
+
+
+def _range(offset: int) -> str:
+    # Spec: "Range: 0-<end-of-range>", the last byte received; an empty session reports 0-0
+    # as CNCF Distribution does (clients treat it as "nothing yet").
+    return f"0-{max(offset - 1, 0)}"
+
+
+def _session_headers(name: str, upload_id: str, offset: int) -> dict[str, str]:
+    return {
+        "Location": _location(name, upload_id),
+        "Range": _range(offset),
+        "Docker-Upload-UUID": upload_id,
+        "Content-Length": "0",
+    }
+
+
+def _created(name: str, digest: Digest) -> web.Response:
+    return web.Response(
+        status=201,
+        headers={
+            "Location": f"/v2/{name}/blobs/{digest}",
+            "Docker-Content-Digest": str(digest),
+            "Content-Length": "0",
+        },
+    )
+
+
+def _commit_error(exc: Exception, digest: Digest) -> RegistryError:
+    if isinstance(exc, DigestMismatch):
+        return DIGEST_INVALID(
+            f"uploaded content hashes to {exc.actual}, not {digest}; nothing was stored",
+            detail={"expected": str(digest), "actual": str(exc.actual)},
+        )
+    if isinstance(exc, SizeMismatch):
+        return SIZE_INVALID(
+            f"received {exc.actual} bytes, expected {exc.expected}; nothing was stored",
+            detail={"expected": exc.expected, "actual": exc.actual},
+        )
+    raise exc
+
+
+async def _pump(request: web.Request, ingest: Any) -> int:
+    """Stream the request body into ``ingest``; the number of bytes written."""
+    written = 0
+    try:
+        async for chunk in request.content.iter_chunked(_READ_CHUNK):
+            await ingest.write(chunk)
+            written += len(chunk)
+    except (ConnectionError, OSError, web.HTTPException) as exc:
+        raise BLOB_UPLOAD_INVALID(f"upload body interrupted after {written} bytes: {exc}") from exc
+    except Exception as exc:  # aiohttp payload errors (truncated body, bad chunking)
+        if isinstance(exc, RegistryError):
+            raise
+        raise BLOB_UPLOAD_INVALID(f"upload body interrupted after {written} bytes: {exc}") from exc
+    finally:
+        request[BYTES_RECEIVED] = request.get(BYTES_RECEIVED, 0) + written
+    return written
+
+
+def _content_length(request: web.Request) -> int | None:
+    text = request.headers.get("Content-Length")
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise SIZE_INVALID(f"Content-Length {text!r} is not a number")
+    return int(text)
+
+
+# --- POST -------------------------------------------------------------------------------
+async def start_upload(request: web.Request, name: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    query = request.query
+    mount = query.get("mount")
+    if mount is not None:
+        mounted = await _try_mount(reg, request, name, parse_digest(mount), query.get("from"))
+        if mounted is not None:
+            return mounted
+    algorithm = query.get("digest-algorithm", "sha256")
+    if algorithm not in ALGORITHMS:
+        raise DIGEST_INVALID(
+            f"unsupported digest algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}",
+            detail={"digest-algorithm": algorithm},
+        )
+    digest_text = query.get("digest")
+    if digest_text is not None:
+        digest = parse_digest(digest_text)
+        length = _content_length(request)
+        has_body = (length or 0) > 0 or request.body_exists
+        if has_body or digest == Digest.of(b"", digest.algorithm):
+            return await _monolithic(reg, request, name, digest, length)
+        algorithm = digest.algorithm  # no body: fall back to a session (spec end-4b 202)
+    ingest = await reg.store.begin_ingest(algorithm=algorithm)
+    try:
+        await ingest.checkpoint()
+        await reg.meta.add_upload(ingest.id, name)
+    except BaseException:
+        await ingest.abort()
+        raise
+    reg.ingests[ingest.id] = ingest
+    return web.Response(status=202, headers=_session_headers(name, ingest.id, 0))
+
+
+async def _monolithic(
+    reg: Registry, request: web.Request, name: str, digest: Digest, length: int | None
+) -> web.Response:
+    ingest = await reg.store.begin_ingest(algorithm=digest.algorithm)
+    try:
+        await _pump(request, ingest)
+        if length is not None and ingest.offset != length:
+            raise SIZE_INVALID(
+                f"received {ingest.offset} bytes but Content-Length said {length}",
+                detail={"expected": length, "actual": ingest.offset},
+            )
+        try:
+            await ingest.commit(digest, link=holder(name))
+        except (DigestMismatch, SizeMismatch) as exc:
+            raise _commit_error(exc, digest) from exc
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await ingest.abort()
+        raise
+    await reg.meta.ensure_repository(name)
+    return _created(name, digest)
+
+
+async def _try_mount(
+    reg: Registry, request: web.Request, name: str, digest: Digest, source: str | None
+) -> web.Response | None:
+    """Link ``digest`` into ``name`` if a repository the caller may read holds it."""
+    user = request.get(USER)
+    readable = set(await reg.readable_holders(digest, user))
+    if source is not None:
+        if not is_valid_name(source) or source not in readable:
+            return None
+    elif not readable:
+        return None
+    try:
+        await reg.store.link(holder(name), digest)
+    except BlobUnknown:
+        return None
+    await reg.meta.ensure_repository(name)
+    return _created(name, digest)
+
+
+# --- sessions ---------------------------------------------------------------------------
+async def _session(reg: Registry, name: str, upload_id: str) -> Any:
+    """The open ingest behind ``upload_id`` in ``name``; BLOB_UPLOAD_UNKNOWN otherwise."""
+    unknown = BLOB_UPLOAD_UNKNOWN(
+        f"upload {upload_id!r} is not open in repository {name!r} "
+        "(finished, cancelled or expired): start a new one with POST",
+        detail={"uuid": upload_id},
+    )
+    if await reg.meta.upload_repository(upload_id) != name:
+        raise unknown
+    ingest = reg.ingests.get(upload_id)
+    if ingest is None:
+        try:
+            ingest = await reg.store.resume_ingest(upload_id)
+        except IngestUnknown:
+            await reg.meta.remove_upload(upload_id)
+            raise unknown from None
+        reg.ingests[upload_id] = ingest
+    return ingest
+
+
+async def _append(request: web.Request, name: str, upload_id: str, ingest: Any) -> None:
+    """Append the request body (a chunk or a stream) to the session, checking its range."""
+    length = _content_length(request)
+    span = parse_content_range(request.headers.get("Content-Range"))
+    if span is not None:
+        start, end = span
+        if start != ingest.offset:
+            raise RANGE_INVALID(
+                f"chunk starts at byte {start} but the upload holds {ingest.offset} bytes: "
+                f"send from byte {ingest.offset}",
+                detail={"offset": ingest.offset},
+                status=416,
+                headers=_session_headers(name, upload_id, ingest.offset),
+            )
+        if length is not None and length != end - start + 1:
+            raise RANGE_INVALID(
+                f"Content-Range {start}-{end} is {end - start + 1} bytes but Content-Length "
+                f"is {length}",
+                headers=_session_headers(name, upload_id, ingest.offset),
+            )
+    before = ingest.offset
+    try:
+        await _pump(request, ingest)
+    finally:
+        # Whatever arrived is a valid prefix: keep it durable so the client can resume.
+        with contextlib.suppress(Exception):
+            await ingest.checkpoint()
+    received = ingest.offset - before
+    expected = (span[1] - span[0] + 1) if span is not None else length
+    if expected is not None and received != expected:
+        raise BLOB_UPLOAD_INVALID(
+            f"chunk was {received} bytes, expected {expected}; the upload holds "
+            f"{ingest.offset} bytes: resume from there",
+            detail={"offset": ingest.offset},
+        )
+
+
+async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    async with reg.upload_lock(upload_id):
+        ingest = await _session(reg, name, upload_id)
+        try:
+            await _append(request, name, upload_id, ingest)
+        except IngestOffsetMismatch as exc:
+            raise RANGE_INVALID(str(exc), headers=_session_headers(name, upload_id, exc.expected)) from exc
+        return web.Response(status=202, headers=_session_headers(name, upload_id, ingest.offset))
+
+
+async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    digest_text = request.query.get("digest")
+    if not digest_text:
+        raise DIGEST_INVALID("closing an upload needs ?digest=<digest of the whole blob>")
+    digest = parse_digest(digest_text)
+    async with reg.upload_lock(upload_id):
+        ingest = await _session(reg, name, upload_id)
+        if (_content_length(request) or 0) > 0 or request.headers.get("Content-Range"):
+            await _append(request, name, upload_id, ingest)
+        try:
+            await ingest.commit(digest, link=holder(name))
+        except (DigestMismatch, SizeMismatch) as exc:
+            await _drop_session(reg, upload_id)
+            raise _commit_error(exc, digest) from exc
+        await _drop_session(reg, upload_id)
+    await reg.meta.ensure_repository(name)
+    return _created(name, digest)
+
+
+async def _drop_session(reg: Registry, upload_id: str) -> None:
+    reg.forget_upload(upload_id)
+    await reg.meta.remove_upload(upload_id)
+
+
+async def upload_status(request: web.Request, name: str, upload_id: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    ingest = await _session(reg, name, upload_id)
+    return web.Response(status=204, headers=_session_headers(name, upload_id, ingest.offset))
+
+
+async def cancel_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    async with reg.upload_lock(upload_id):
+        ingest = await _session(reg, name, upload_id)
+        with contextlib.suppress(IngestUnknown):
+            await ingest.abort()
+        await _drop_session(reg, upload_id)
+    return web.Response(status=204, headers={"Content-Length": "0"})

@@ -1,0 +1,70 @@
+"""Push helpers for the registry tests (they speak plain HTTP, like any client)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from cas import Digest
+from registry import oci
+
+
+async def push_blob(client: TestClient, repo: str, data: bytes, algorithm: str = "sha256") -> Digest:
+    digest = Digest.of(data, algorithm)
+    resp = await client.post(
+        f"/v2/{repo}/blobs/uploads/?digest={digest}",
+        data=io.BytesIO(data),
+        headers={"Content-Length": str(len(data)), "Content-Type": "application/octet-stream"},
+    )
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["Docker-Content-Digest"] == str(digest)
+    return digest
+
+
+def descriptor(media_type: str, data: bytes, digest: Digest | None = None) -> dict[str, Any]:
+    return {
+        "mediaType": media_type,
+        "digest": str(digest or Digest.of(data)),
+        "size": len(data),
+    }
+
+
+async def push_image(
+    client: TestClient,
+    repo: str,
+    tag: str,
+    layers: list[bytes],
+    *,
+    extra: dict[str, Any] | None = None,
+    media_type: str = oci.OCI_MANIFEST,
+) -> tuple[Digest, bytes]:
+    """Push config + layers + manifest; returns the manifest digest and bytes."""
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
+    await push_blob(client, repo, config)
+    for layer in layers:
+        await push_blob(client, repo, layer)
+    config_type = oci.OCI_CONFIG if media_type == oci.OCI_MANIFEST else oci.DOCKER_CONFIG
+    layer_type = oci.OCI_LAYER_GZIP if media_type == oci.OCI_MANIFEST else oci.DOCKER_LAYER
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": descriptor(config_type, config),
+        "layers": [descriptor(layer_type, layer) for layer in layers],
+    }
+    doc.update(extra or {})
+    body = json.dumps(doc).encode()
+    resp = await client.put(
+        f"/v2/{repo}/manifests/{tag}", data=body, headers={"Content-Type": media_type}
+    )
+    assert resp.status == 201, await resp.text()
+    return Digest.of(body), body
+
+
+async def error_codes(resp: Any) -> list[str]:
+    doc = await resp.json(content_type=None)
+    return [e["code"] for e in doc["errors"]]

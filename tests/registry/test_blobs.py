@@ -1,0 +1,129 @@
+"""Blob GET/HEAD/DELETE: digests, ranges, ETags, per-repository visibility."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cas import Digest
+
+from .helpers import error_codes, push_blob
+
+
+async def test_get_and_head_return_the_bytes_and_headers(client):
+    data = os.urandom(300_000)
+    digest = await push_blob(client, "a/b", data)
+    resp = await client.get(f"/v2/a/b/blobs/{digest}")
+    assert resp.status == 200
+    assert await resp.read() == data
+    assert resp.headers["Docker-Content-Digest"] == str(digest)
+    assert resp.headers["Content-Length"] == str(len(data))
+    assert resp.headers["ETag"] == f'"{digest}"'
+    assert resp.headers["Accept-Ranges"] == "bytes"
+    head = await client.head(f"/v2/a/b/blobs/{digest}")
+    assert head.status == 200
+    assert head.headers["Content-Length"] == str(len(data))
+    assert await head.read() == b""
+
+
+async def test_large_blob_streams_intact(client):
+    data = os.urandom(12 * 1024 * 1024) + b"tail"
+    digest = await push_blob(client, "big", data)
+    resp = await client.get(f"/v2/big/blobs/{digest}")
+    got = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 20):
+        got += chunk
+    assert Digest.of(bytes(got)) == digest
+
+
+@pytest.mark.parametrize(
+    ("header", "start", "end"),
+    [("bytes=0-9", 0, 9), ("bytes=100-", 100, 999), ("bytes=-10", 990, 999), ("bytes=995-5000", 995, 999)],
+)
+async def test_range_requests_get_206(client, header, start, end):
+    data = os.urandom(1000)
+    digest = await push_blob(client, "r", data)
+    resp = await client.get(f"/v2/r/blobs/{digest}", headers={"Range": header})
+    assert resp.status == 206
+    assert resp.headers["Content-Range"] == f"bytes {start}-{end}/1000"
+    assert await resp.read() == data[start : end + 1]
+
+
+@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=5-2", "bytes=abc", "items=0-1", "bytes=-0"])
+async def test_unsatisfiable_or_bogus_range_is_416(client, header):
+    digest = await push_blob(client, "r", os.urandom(1000))
+    resp = await client.get(f"/v2/r/blobs/{digest}", headers={"Range": header})
+    assert resp.status == 416
+    assert resp.headers["Content-Range"] == "bytes */1000"
+    assert await error_codes(resp) == ["RANGE_INVALID"]
+
+
+async def test_multi_range_falls_back_to_whole_blob(client):
+    data = os.urandom(100)
+    digest = await push_blob(client, "r", data)
+    resp = await client.get(f"/v2/r/blobs/{digest}", headers={"Range": "bytes=0-1,5-6"})
+    assert resp.status == 200
+    assert await resp.read() == data
+
+
+async def test_if_none_match_gives_304(client):
+    digest = await push_blob(client, "r", b"hello")
+    resp = await client.get(f"/v2/r/blobs/{digest}", headers={"If-None-Match": f'"{digest}"'})
+    assert resp.status == 304
+
+
+async def test_blob_is_visible_only_in_repositories_it_was_pushed_to(client):
+    digest = await push_blob(client, "one", b"private bytes")
+    resp = await client.get(f"/v2/two/blobs/{digest}")
+    assert resp.status == 404
+    assert await error_codes(resp) == ["BLOB_UNKNOWN"]
+    assert (await client.head(f"/v2/two/blobs/{digest}")).status == 404
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha512", "blake3"])
+async def test_digest_algorithms_are_kept(client, algorithm):
+    data = b"algorithm " + algorithm.encode()
+    digest = await push_blob(client, "alg", data, algorithm)
+    assert digest.algorithm == algorithm
+    resp = await client.get(f"/v2/alg/blobs/{digest}")
+    assert resp.headers["Docker-Content-Digest"] == str(digest)
+    assert await resp.read() == data
+
+
+async def test_empty_blob(client):
+    digest = await push_blob(client, "empty", b"")
+    resp = await client.get(f"/v2/empty/blobs/{digest}")
+    assert resp.status == 200
+    assert resp.headers["Content-Length"] == "0"
+    assert await resp.read() == b""
+
+
+async def test_invalid_digest_is_400(client):
+    resp = await client.get("/v2/r/blobs/sha256:nothex")
+    assert resp.status == 400
+    assert await error_codes(resp) == ["DIGEST_INVALID"]
+    resp = await client.get("/v2/r/blobs/md5:" + "0" * 32)
+    assert resp.status == 400
+
+
+async def test_delete_blob_unlinks_from_repository_only(client):
+    data = b"shared layer"
+    digest = await push_blob(client, "x", data)
+    await push_blob(client, "y", data)
+    resp = await client.delete(f"/v2/x/blobs/{digest}")
+    assert resp.status == 202
+    assert (await client.get(f"/v2/x/blobs/{digest}")).status == 404
+    assert (await client.get(f"/v2/y/blobs/{digest}")).status == 200
+    again = await client.delete(f"/v2/x/blobs/{digest}")
+    assert again.status == 404
+    assert await error_codes(again) == ["BLOB_UNKNOWN"]
+
+
+async def test_blob_delete_can_be_disabled(make_client):
+    client = await make_client(delete_blobs=False)
+    digest = await push_blob(client, "x", b"keep")
+    resp = await client.delete(f"/v2/x/blobs/{digest}")
+    assert resp.status == 405
+    assert await error_codes(resp) == ["UNSUPPORTED"]
+    assert (await client.get(f"/v2/x/blobs/{digest}")).status == 200

@@ -1,0 +1,317 @@
+"""Manifests, tags, referrers and the catalog through the HTTP API."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from cas import Digest
+from registry import oci
+
+from .helpers import descriptor, error_codes, push_blob, push_image
+
+TESTFILES = Path(__file__).parent / "testfiles"
+ALL_TYPES = ", ".join([oci.OCI_MANIFEST, oci.OCI_INDEX, oci.DOCKER_MANIFEST, oci.DOCKER_MANIFEST_LIST])
+
+
+async def test_put_get_head_by_tag_and_digest(client):
+    digest, body = await push_image(client, "lib/app", "v1", [b"l1", b"l2"])
+    for ref in ("v1", str(digest)):
+        resp = await client.get(f"/v2/lib/app/manifests/{ref}", headers={"Accept": ALL_TYPES})
+        assert resp.status == 200
+        assert await resp.read() == body
+        assert resp.headers["Content-Type"] == oci.OCI_MANIFEST
+        assert resp.headers["Docker-Content-Digest"] == str(digest)
+        head = await client.head(f"/v2/lib/app/manifests/{ref}")
+        assert head.status == 200
+        assert head.headers["Content-Length"] == str(len(body))
+        assert head.headers["Docker-Content-Digest"] == str(digest)
+    # Manifests are blobs of the repository too.
+    assert await (await client.get(f"/v2/lib/app/blobs/{digest}")).read() == body
+
+
+async def test_manifest_bytes_are_kept_exactly(client):
+    await push_blob(client, "exact", b"{}")
+    body = (
+        b'{ "schemaVersion":2,  "mediaType":"application/vnd.oci.image.manifest.v1+json",\n'
+        b'"config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"'
+        + str(oci.EMPTY_JSON_DIGEST).encode()
+        + b'","size":2},"layers":[] ,"zzz":{"custom":[1,2]}}'
+    )
+    resp = await client.put("/v2/exact/manifests/t", data=body)
+    assert resp.status == 201, await resp.text()
+    assert await (await client.get("/v2/exact/manifests/t")).read() == body
+
+
+async def test_docker_clients_send_several_accept_headers(client):
+    digest, body = await push_image(client, "d", "latest", [b"x"], media_type=oci.DOCKER_MANIFEST)
+    resp = await client.get(
+        "/v2/d/manifests/latest",
+        headers=[("Accept", oci.DOCKER_MANIFEST), ("Accept", oci.DOCKER_MANIFEST_LIST), ("Accept", oci.OCI_MANIFEST)],
+    )
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == oci.DOCKER_MANIFEST
+    assert (await client.get("/v2/d/manifests/latest", headers={"Accept": "*/*"})).status == 200
+
+
+async def test_accept_without_the_stored_type_is_404(client):
+    await push_image(client, "neg", "latest", [b"x"])
+    resp = await client.get("/v2/neg/manifests/latest", headers={"Accept": oci.DOCKER_MANIFEST})
+    assert resp.status == 404
+    assert await error_codes(resp) == ["MANIFEST_UNKNOWN"]
+
+
+async def test_unknown_manifest_and_tag(client):
+    await push_image(client, "known", "v1", [b"x"])
+    resp = await client.get("/v2/known/manifests/nope")
+    assert resp.status == 404
+    assert await error_codes(resp) == ["MANIFEST_UNKNOWN"]
+    resp = await client.get(f"/v2/known/manifests/{Digest.of(b'nothing')}")
+    assert resp.status == 404
+    resp = await client.get("/v2/unknown-repo/manifests/v1")
+    assert resp.status == 404
+
+
+@pytest.mark.parametrize("path", sorted((TESTFILES / "manifests-negative").glob("*.json")), ids=lambda p: p.stem)
+async def test_invalid_manifests_are_manifest_invalid(client, path):
+    resp = await client.put("/v2/bad/manifests/t", data=path.read_bytes())
+    assert resp.status == 400
+    assert await error_codes(resp) == ["MANIFEST_INVALID"]
+    assert (await client.get("/v2/bad/manifests/t")).status == 404
+
+
+async def test_missing_blobs_are_reported_each(client):
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    await push_blob(client, "miss", config)
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "config": descriptor(oci.OCI_CONFIG, config),
+        "layers": [descriptor(oci.OCI_LAYER_GZIP, b"absent-1"), descriptor(oci.OCI_LAYER_GZIP, b"absent-2")],
+    }
+    resp = await client.put("/v2/miss/manifests/t", data=json.dumps(doc).encode())
+    assert resp.status == 400
+    assert await error_codes(resp) == ["MANIFEST_BLOB_UNKNOWN", "MANIFEST_BLOB_UNKNOWN"]
+
+
+async def test_blob_in_another_repository_does_not_count(client):
+    await push_blob(client, "other", b"layer")
+    config = b"{}"
+    await push_blob(client, "mine", config)
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "config": descriptor(oci.OCI_EMPTY, config),
+        "layers": [descriptor(oci.OCI_LAYER, b"layer")],
+    }
+    resp = await client.put("/v2/mine/manifests/t", data=json.dumps(doc).encode())
+    assert await error_codes(resp) == ["MANIFEST_BLOB_UNKNOWN"]
+
+
+async def test_descriptor_size_must_match_blob(client):
+    await push_blob(client, "sz", b"{}")
+    doc = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+           "config": {**descriptor(oci.OCI_EMPTY, b"{}"), "size": 3}, "layers": []}
+    resp = await client.put("/v2/sz/manifests/t", data=json.dumps(doc).encode())
+    assert resp.status == 400
+    assert await error_codes(resp) == ["MANIFEST_INVALID"]
+
+
+async def test_oversized_manifest_is_413(client):
+    body = b'{"schemaVersion":2,"pad":"' + b"x" * (4 * 1024 * 1024) + b'"}'
+    resp = await client.put("/v2/big/manifests/t", data=io.BytesIO(body))
+    assert resp.status == 413
+    assert await error_codes(resp) == ["MANIFEST_INVALID"]
+
+
+async def test_digest_reference_must_match_body(client):
+    digest, body = await push_image(client, "dg", "t", [b"x"])
+    wrong = Digest.of(b"other")
+    resp = await client.put(f"/v2/dg/manifests/{wrong}", data=body)
+    assert resp.status == 400
+    assert await error_codes(resp) == ["DIGEST_INVALID"]
+    ok = await client.put(f"/v2/dg/manifests/{digest}", data=body)
+    assert ok.status == 201
+    sha512 = Digest.of(body, "sha512")
+    resp = await client.put(f"/v2/dg/manifests/{sha512}", data=body)
+    assert resp.status == 201
+    assert resp.headers["Docker-Content-Digest"] == str(sha512)
+    assert await (await client.get(f"/v2/dg/manifests/{sha512}")).read() == body
+
+
+async def test_artifact_with_data_field_subject_and_referrers(client):
+    subject_digest, subject_body = await push_image(client, "art", "image", [b"base"])
+    await push_blob(client, "art", b"hello\n")
+    doc = json.loads((TESTFILES / "oci" / "oci-artifact.json").read_text())
+    doc["subject"] = {"mediaType": oci.OCI_MANIFEST, "digest": str(subject_digest), "size": len(subject_body)}
+    body = json.dumps(doc).encode()
+    resp = await client.put(f"/v2/art/manifests/{Digest.of(body)}", data=body)
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["OCI-Subject"] == str(subject_digest)
+    # The config came in the data field and is now a blob of the repository.
+    assert await (await client.get(f"/v2/art/blobs/{oci.EMPTY_JSON_DIGEST}")).read() == b"{}"
+
+    resp = await client.get(f"/v2/art/referrers/{subject_digest}")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == oci.OCI_INDEX
+    index = await resp.json(content_type=None)
+    assert index["mediaType"] == oci.OCI_INDEX
+    assert index["manifests"] == [
+        {
+            "mediaType": oci.OCI_MANIFEST,
+            "digest": str(Digest.of(body)),
+            "size": len(body),
+            "artifactType": "application/vnd.example.sbom.v1",
+            "annotations": {"org.opencontainers.image.created": "2024-01-01T00:00:00Z"},
+        }
+    ]
+    filtered = await client.get(f"/v2/art/referrers/{subject_digest}?artifactType=application/vnd.other")
+    assert filtered.headers["OCI-Filters-Applied"] == "artifactType"
+    assert (await filtered.json(content_type=None))["manifests"] == []
+    matching = await client.get(
+        f"/v2/art/referrers/{subject_digest}?artifactType=application/vnd.example.sbom.v1"
+    )
+    assert len((await matching.json(content_type=None))["manifests"]) == 1
+    none = await client.get(f"/v2/art/referrers/{Digest.of(b'no subject')}")
+    assert none.status == 200
+    assert (await none.json(content_type=None))["manifests"] == []
+    assert (await client.get("/v2/art/referrers/sha256:bad")).status == 400
+
+
+async def test_referrer_without_artifact_type_uses_config_media_type(client):
+    subject, _ = await push_image(client, "ref2", "base", [b"b"])
+    _, body = await push_image(
+        client, "ref2", "sig", [b"sig"],
+        extra={"subject": {"mediaType": oci.OCI_MANIFEST, "digest": str(subject), "size": 1}},
+    )
+    index = await (await client.get(f"/v2/ref2/referrers/{subject}")).json(content_type=None)
+    assert [m["artifactType"] for m in index["manifests"]] == [oci.OCI_CONFIG]
+
+
+async def test_subject_may_be_pushed_after_its_referrer(client):
+    missing_subject = Digest.of(b"not yet pushed")
+    _, _ = await push_image(
+        client, "early", "sig", [b"s"],
+        extra={"subject": {"mediaType": oci.OCI_MANIFEST, "digest": str(missing_subject), "size": 5}},
+    )
+    index = await (await client.get(f"/v2/early/referrers/{missing_subject}")).json(content_type=None)
+    assert len(index["manifests"]) == 1
+
+
+async def test_index_needs_its_manifests_in_the_repository(client):
+    child, child_body = await push_image(client, "multi", "amd64", [b"a"])
+    index = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_INDEX,
+        "manifests": [
+            {**descriptor(oci.OCI_MANIFEST, child_body), "platform": {"architecture": "amd64", "os": "linux"}},
+        ],
+    }
+    resp = await client.put("/v2/multi/manifests/latest", data=json.dumps(index).encode(),
+                            headers={"Content-Type": oci.OCI_INDEX})
+    assert resp.status == 201
+    got = await client.get("/v2/multi/manifests/latest", headers={"Accept": oci.OCI_INDEX})
+    assert got.headers["Content-Type"] == oci.OCI_INDEX
+    index["manifests"].append(descriptor(oci.OCI_MANIFEST, b"missing child"))
+    resp = await client.put("/v2/multi/manifests/latest", data=json.dumps(index).encode())
+    assert await error_codes(resp) == ["MANIFEST_BLOB_UNKNOWN"]
+
+
+async def test_nondistributable_layers_need_not_be_pushed(client):
+    config = b"{}"
+    await push_blob(client, "nd", config)
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "config": descriptor(oci.OCI_EMPTY, config),
+        "layers": [{**descriptor(oci.OCI_LAYER_NONDISTRIBUTABLE_GZIP, b"windows base"),
+                    "urls": ["https://example.invalid/base"]}],
+    }
+    resp = await client.put("/v2/nd/manifests/t", data=json.dumps(doc).encode())
+    assert resp.status == 201, await resp.text()
+
+
+async def test_tags_in_query_when_pushing_by_digest(client):
+    digest, body = await push_image(client, "qt", "first", [b"x"])
+    resp = await client.put(f"/v2/qt/manifests/{digest}?tag=a&tag=b", data=body)
+    assert resp.status == 201
+    assert resp.headers["OCI-Tag"] == "a, b"
+    tags = await (await client.get("/v2/qt/tags/list")).json()
+    assert tags == {"name": "qt", "tags": ["a", "b", "first"]}
+
+
+async def test_invalid_tag(client):
+    resp = await client.put("/v2/r/manifests/-bad", data=b"{}")
+    assert resp.status == 400
+    assert await error_codes(resp) == ["TAG_INVALID"]
+    resp = await client.put("/v2/r/manifests/" + "a" * 129, data=b"{}")
+    assert resp.status == 400
+
+
+async def test_tag_list_paging(client):
+    digest, body = await push_image(client, "paged", "v0", [b"x"])
+    names = ["B", "a", "c", "v0", "V1", "_x", "z9"]
+    for tag in names:
+        assert (await client.put(f"/v2/paged/manifests/{tag}", data=body)).status == 201
+    expected = sorted(set(names))  # ASCIIbetical: uppercase before '_' before lowercase
+    resp = await client.get("/v2/paged/tags/list")
+    assert (await resp.json())["tags"] == expected
+    seen, url = [], "/v2/paged/tags/list?n=3"
+    while url:
+        resp = await client.get(url)
+        seen += (await resp.json())["tags"]
+        link = resp.headers.get("Link")
+        url = link[1 : link.index(">")] if link else None
+    assert seen == expected
+    resp = await client.get("/v2/paged/tags/list?n=2&last=a")
+    assert (await resp.json())["tags"] == ["c", "v0"]
+    zero = await client.get("/v2/paged/tags/list?n=0")
+    assert (await zero.json())["tags"] == [] and "Link" not in zero.headers
+    bad = await client.get("/v2/paged/tags/list?n=-1")
+    assert bad.status == 400
+    unknown = await client.get("/v2/nobody/tags/list")
+    assert unknown.status == 404
+    assert await error_codes(unknown) == ["NAME_UNKNOWN"]
+
+
+async def test_delete_tag_and_manifest(client):
+    digest, body = await push_image(client, "del", "t1", [b"x"])
+    await client.put("/v2/del/manifests/t2", data=body)
+    resp = await client.delete("/v2/del/manifests/t1")
+    assert resp.status == 202
+    assert (await client.get("/v2/del/manifests/t1")).status == 404
+    assert (await client.get("/v2/del/manifests/t2")).status == 200
+    resp = await client.delete(f"/v2/del/manifests/{digest}")
+    assert resp.status == 202
+    assert (await client.get(f"/v2/del/manifests/{digest}")).status == 404
+    assert (await client.get("/v2/del/manifests/t2")).status == 404
+    assert (await client.get("/v2/del/tags/list")).status == 200
+    again = await client.delete(f"/v2/del/manifests/{digest}")
+    assert again.status == 404
+    assert await error_codes(again) == ["MANIFEST_UNKNOWN"]
+
+
+async def test_deletes_can_be_disabled(make_client):
+    client = await make_client(delete_manifests=False, delete_tags=False)
+    digest, _ = await push_image(client, "keep", "t", [b"x"])
+    for ref in ("t", str(digest)):
+        resp = await client.delete(f"/v2/keep/manifests/{ref}")
+        assert resp.status == 405
+        assert await error_codes(resp) == ["UNSUPPORTED"]
+    assert (await client.get("/v2/keep/manifests/t")).status == 200
+
+
+async def test_catalog_paging(client):
+    for name in ("zeta", "alpha", "mid/dle", "beta"):
+        await push_blob(client, name, b"x")
+    resp = await client.get("/v2/_catalog")
+    assert (await resp.json())["repositories"] == ["alpha", "beta", "mid/dle", "zeta"]
+    resp = await client.get("/v2/_catalog?n=2")
+    assert (await resp.json())["repositories"] == ["alpha", "beta"]
+    assert resp.headers["Link"] == '</v2/_catalog?n=2&last=beta>; rel="next"'
+    resp = await client.get("/v2/_catalog?n=2&last=beta")
+    assert (await resp.json())["repositories"] == ["mid/dle", "zeta"]
+    assert "Link" not in resp.headers

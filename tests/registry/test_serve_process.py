@@ -1,0 +1,178 @@
+"""``pybuild serve`` as a real process: startup, access log, TLS, graceful shutdown,
+upload sessions surviving a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from cas import Digest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, storage: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = _free_port()
+        self.storage = storage
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.stderr = storage.parent / f"serve-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if "--tls-cert" in self.args else "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        with self.stderr.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "builder", "serve", "--addr", f"127.0.0.1:{self.port}",
+                 "--storage", str(self.storage), *self.args],
+                cwd=ROOT, env=self.env, stderr=log, stdout=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.stderr.read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("pybuild serve did not start: " + self.stderr.read_text())
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+    def log_lines(self) -> list[dict]:
+        out = []
+        for line in self.stderr.read_text().splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path / "storage", env={"PYBUILD_EVENT_LOOP": os.environ.get("LOOP", "auto")})
+    srv.start()
+    yield srv
+    if srv.proc is not None and srv.proc.poll() is None:
+        srv.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_serve_push_pull_and_access_log(server, http):
+    data = b"layer bytes" * 1000
+    digest = Digest.of(data)
+    async with http.post(f"{server.url}/v2/p/blobs/uploads/?digest={digest}", data=data) as resp:
+        assert resp.status == 201
+    async with http.get(f"{server.url}/v2/p/blobs/{digest}") as resp:
+        assert await resp.read() == data
+    async with http.get(f"{server.url}/healthz") as resp:
+        assert resp.status == 200
+    assert server.stop() == 0
+    lines = server.log_lines()
+    gets = [line for line in lines if line["method"] == "GET" and line["path"].startswith("/v2/p/blobs/")]
+    assert gets and gets[0]["status"] == 200 and gets[0]["bytes"] == len(data)
+    assert {"ts", "remote", "ms", "user", "agent"} <= set(gets[0])
+
+
+async def test_graceful_shutdown_lets_an_upload_finish(server, http):
+    async with http.post(f"{server.url}/v2/g/blobs/uploads/") as resp:
+        location = resp.headers["Location"]
+    chunk = b"x" * 65536
+    started = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(20):
+            yield chunk
+            if i == 2:
+                started.set()
+            await asyncio.sleep(0.05)
+
+    async def upload() -> int:
+        async with http.patch(f"{server.url}{location}", data=body()) as resp:
+            return resp.status
+
+    task = asyncio.create_task(upload())
+    await started.wait()
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    assert await task == 202
+    assert await asyncio.to_thread(server.proc.wait, 30) == 0
+    # The session and its bytes are still there after a restart.
+    server.start()
+    async with http.get(f"{server.url}{location}") as resp:
+        assert resp.status == 204
+        assert resp.headers["Range"] == f"0-{20 * len(chunk) - 1}"
+    digest = Digest.of(chunk * 20)
+    async with http.put(f"{server.url}{location}?digest={digest}") as resp:
+        assert resp.status == 201
+    async with http.get(f"{server.url}/v2/g/blobs/{digest}") as resp:
+        assert Digest.of(await resp.read()) == digest
+
+
+async def test_tls(tmp_path, http):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    srv = Server(tmp_path / "tls-storage", "--tls-cert", str(cert), "--tls-key", str(key))
+    srv.start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        data = os.urandom(3 * 1024 * 1024)
+        digest = Digest.of(data)
+        async with http.post(f"{srv.url}/v2/t/blobs/uploads/?digest={digest}", data=io.BytesIO(data), ssl=ctx) as resp:
+            assert resp.status == 201
+        async with http.get(f"{srv.url}/v2/t/blobs/{digest}", ssl=ctx) as resp:
+            assert resp.status == 200
+            assert await resp.read() == data
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            async with http.get(f"{srv.url}/v2/", ssl=ssl.create_default_context()):
+                pass
+    finally:
+        srv.stop()
+
+
+def test_bad_config_is_a_usage_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "builder", "serve", "--addr", "nonsense"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYBUILD_STORAGE": str(tmp_path)},
+    )
+    assert result.returncode == 2
+    assert "HOST:PORT" in result.stderr

@@ -1,0 +1,230 @@
+"""Blob uploads: sessions, chunks, streams, monolithic pushes, mounts, cancel, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from cas import Digest
+
+from .helpers import error_codes, push_blob
+
+
+async def _start(client, repo="up/repo", query=""):
+    resp = await client.post(f"/v2/{repo}/blobs/uploads/{query}")
+    assert resp.status == 202, await resp.text()
+    assert resp.headers["Range"] == "0-0"
+    location = resp.headers["Location"]
+    assert location.startswith(f"/v2/{repo}/blobs/uploads/")
+    assert resp.headers["Docker-Upload-UUID"] == location.rsplit("/", 1)[1]
+    return location
+
+
+async def _patch(client, location, data, start=None):
+    headers = {"Content-Type": "application/octet-stream"}
+    if start is not None:
+        headers["Content-Range"] = f"{start}-{start + len(data) - 1}"
+    return await client.patch(location, data=data, headers=headers)
+
+
+async def test_chunked_upload(client):
+    data = os.urandom(250_000)
+    location = await _start(client)
+    for start in range(0, len(data), 100_000):
+        chunk = data[start : start + 100_000]
+        resp = await _patch(client, location, chunk, start)
+        assert resp.status == 202, await resp.text()
+        assert resp.headers["Range"] == f"0-{start + len(chunk) - 1}"
+        location = resp.headers["Location"]
+    status = await client.get(location)
+    assert status.status == 204
+    assert status.headers["Range"] == f"0-{len(data) - 1}"
+    digest = Digest.of(data)
+    resp = await client.put(f"{location}?digest={digest}")
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["Location"] == f"/v2/up/repo/blobs/{digest}"
+    assert resp.headers["Docker-Content-Digest"] == str(digest)
+    assert await (await client.get(f"/v2/up/repo/blobs/{digest}")).read() == data
+    # The session is gone once closed.
+    assert (await client.get(location)).status == 404
+
+
+async def test_streamed_patch_without_content_range(client):
+    data = os.urandom(70_000)
+    location = await _start(client)
+    resp = await _patch(client, location, data[:30_000])
+    resp = await _patch(client, resp.headers["Location"], data[30_000:])
+    assert resp.headers["Range"] == f"0-{len(data) - 1}"
+    resp = await client.put(f"{resp.headers['Location']}?digest={Digest.of(data)}")
+    assert resp.status == 201
+
+
+async def test_final_chunk_in_put(client):
+    data = b"first half|second half"
+    location = await _start(client)
+    await _patch(client, location, data[:11], 0)
+    resp = await client.put(
+        f"{location}?digest={Digest.of(data)}",
+        data=data[11:],
+        headers={"Content-Range": f"11-{len(data) - 1}"},
+    )
+    assert resp.status == 201, await resp.text()
+
+
+async def test_out_of_order_chunk_is_416_and_status_tells_offset(client):
+    location = await _start(client)
+    await _patch(client, location, b"0123456789", 0)
+    resp = await _patch(client, location, b"abc", 20)
+    assert resp.status == 416
+    assert await error_codes(resp) == ["RANGE_INVALID"]
+    status = await client.get(location)
+    assert status.headers["Range"] == "0-9"
+    # Out of order in the closing PUT too.
+    resp = await client.put(
+        f"{location}?digest={Digest.of(b'x')}", data=b"x", headers={"Content-Range": "3-3"}
+    )
+    assert resp.status == 416
+
+
+async def test_bogus_content_range_is_416(client):
+    location = await _start(client)
+    resp = await client.patch(location, data=b"abc", headers={"Content-Range": "zero-two"})
+    assert resp.status == 416
+    resp = await client.patch(location, data=b"abc", headers={"Content-Range": "0-9"})
+    assert resp.status == 416  # says 10 bytes, sends 3
+
+
+async def test_digest_mismatch_stores_nothing(client):
+    location = await _start(client)
+    await _patch(client, location, b"actual content", 0)
+    wrong = Digest.of(b"something else")
+    resp = await client.put(f"{location}?digest={wrong}")
+    assert resp.status == 400
+    assert await error_codes(resp) == ["DIGEST_INVALID"]
+    assert (await client.get(f"/v2/up/repo/blobs/{wrong}")).status == 404
+    assert (await client.get(f"/v2/up/repo/blobs/{Digest.of(b'actual content')}")).status == 404
+    assert (await client.get(location)).status == 404
+
+
+async def test_monolithic_post_digest_mismatch(client):
+    wrong = Digest.of(b"other")
+    resp = await client.post(f"/v2/m/blobs/uploads/?digest={wrong}", data=b"content")
+    assert resp.status == 400
+    assert await error_codes(resp) == ["DIGEST_INVALID"]
+    assert (await client.get(f"/v2/m/blobs/{Digest.of(b'content')}")).status == 404
+
+
+async def test_put_without_digest_is_400(client):
+    location = await _start(client)
+    resp = await client.put(location)
+    assert resp.status == 400
+    assert await error_codes(resp) == ["DIGEST_INVALID"]
+
+
+async def test_digest_algorithm_parameter(client):
+    data = b"sha512 session"
+    location = await _start(client, query="?digest-algorithm=sha512")
+    await _patch(client, location, data, 0)
+    digest = Digest.of(data, "sha512")
+    resp = await client.put(f"{location}?digest={digest}")
+    assert resp.status == 201
+    assert resp.headers["Docker-Content-Digest"] == str(digest)
+    bad = await client.post("/v2/up/repo/blobs/uploads/?digest-algorithm=md5")
+    assert bad.status == 400
+
+
+async def test_cancel_upload(client):
+    location = await _start(client)
+    await _patch(client, location, b"abc", 0)
+    resp = await client.delete(location)
+    assert resp.status == 204
+    assert (await client.get(location)).status == 404
+    again = await client.delete(location)
+    assert again.status == 404
+    assert await error_codes(again) == ["BLOB_UPLOAD_UNKNOWN"]
+
+
+async def test_session_belongs_to_its_repository(client):
+    location = await _start(client, "first")
+    other = location.replace("/v2/first/", "/v2/second/")
+    resp = await client.get(other)
+    assert resp.status == 404
+    assert await error_codes(resp) == ["BLOB_UPLOAD_UNKNOWN"]
+    assert (await client.get("/v2/first/blobs/uploads/doesnotexist")).status == 404
+
+
+async def test_mount_from_repository(client):
+    digest = await push_blob(client, "src", b"mount me")
+    resp = await client.post(f"/v2/dst/blobs/uploads/?mount={digest}&from=src")
+    assert resp.status == 201
+    assert resp.headers["Location"] == f"/v2/dst/blobs/{digest}"
+    assert await (await client.get(f"/v2/dst/blobs/{digest}")).read() == b"mount me"
+
+
+async def test_mount_without_from(client):
+    digest = await push_blob(client, "src", b"anywhere")
+    resp = await client.post(f"/v2/dst2/blobs/uploads/?mount={digest}")
+    assert resp.status == 201
+    assert (await client.get(f"/v2/dst2/blobs/{digest}")).status == 200
+
+
+async def test_mount_from_repository_without_the_blob_starts_an_upload(client):
+    digest = await push_blob(client, "src", b"secret")
+    resp = await client.post(f"/v2/dst/blobs/uploads/?mount={digest}&from=elsewhere")
+    assert resp.status == 202
+    assert "/blobs/uploads/" in resp.headers["Location"]
+    assert (await client.get(f"/v2/dst/blobs/{digest}")).status == 404
+    unknown = Digest.of(b"never pushed")
+    resp = await client.post(f"/v2/dst/blobs/uploads/?mount={unknown}")
+    assert resp.status == 202
+
+
+async def test_upload_session_survives_restart(make_client, tmp_path):
+    storage = tmp_path / "restart"
+    first = await make_client(storage=storage)
+    location = await _start(first)
+    await _patch(first, location, b"before restart|", 0)
+    await first.close()
+    second = await make_client(storage=storage)
+    status = await second.get(location)
+    assert status.status == 204
+    assert status.headers["Range"] == "0-14"
+    await _patch(second, location, b"after", 15)
+    data = b"before restart|after"
+    resp = await second.put(f"{location}?digest={Digest.of(data)}")
+    assert resp.status == 201, await resp.text()
+    assert await (await second.get(f"/v2/up/repo/blobs/{Digest.of(data)}")).read() == data
+
+
+async def test_client_disconnecting_mid_upload(client):
+    location = await _start(client)
+    host, port = client.server.host, client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + b"z" * 5000
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.sleep(0.2)
+    # The server is fine, the session still exists, and what arrived is a valid prefix.
+    status = await client.get(location)
+    assert status.status == 204
+    received = int(status.headers["Range"].split("-")[1]) + 1 if status.headers["Range"] != "0-0" else 0
+    assert received <= 5000
+    rest = b"z" * (5000 - received) + b"end"
+    await _patch(client, location, rest, received if received else None)
+    data = b"z" * 5000 + b"end"
+    resp = await client.put(f"{location}?digest={Digest.of(data)}")
+    assert resp.status == 201, await resp.text()
+    assert (await client.get("/v2/")).status == 200
+
+
+async def test_expired_sessions_are_forgotten(make_client):
+    client = await make_client(uploads_ttl=0.0, uploads_expire_interval=0.2)
+    location = await _start(client)
+    await asyncio.sleep(1.5)
+    assert (await client.get(location)).status == 404
