@@ -1,0 +1,121 @@
+"""What every filesystem step shares: :class:`StepEnv`, :class:`BuildError`, and
+:func:`layer_step` (cache lookup -> produce an upper dir -> layer -> CAS -> cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cas import Digest, Store
+from registry.oci import Descriptor
+
+from ..cache import BuildCache, CachedLayer, step_key
+from ..context import SourceTree
+from ..frontend import Instruction
+from ..image import ImageState, LayerRef
+from ..layers import changeset_from_upper, write_layer_file
+from ..progress import Progress
+from ..snapshots import SnapshotStore
+
+__all__ = ["BuildError", "StepEnv", "layer_step"]
+
+
+class BuildError(Exception):
+    """A build failure located at an instruction: ``file:line: INSTRUCTION: problem``."""
+
+    def __init__(self, where: str, message: str, exit_code: int | None = None) -> None:
+        self.exit_code = exit_code
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class StepEnv:
+    """Everything a step may use; one per build."""
+
+    store: Store
+    cache: BuildCache
+    snapshots: SnapshotStore
+    progress: Progress
+    context: SourceTree
+    work: Path  # this build's scratch directory (removed at the end)
+    cache_mounts: Path
+    dockerfile: str
+    source_date_epoch: int | None = None
+    compression: str = "gzip"
+    no_cache: bool = False
+    explain: bool = False
+    network: str = "default"
+    secrets: Mapping[str, Path] = field(default_factory=dict)
+    created: str = ""
+    # set by the executor: flattened root of a stage or image named by --from / from=
+    stage_root: Callable[[str], Awaitable[Path]] | None = None
+
+    def where(self, ins: Instruction) -> str:
+        return f"{self.dockerfile}:{ins.line}: {ins.keyword}"
+
+    def scratch(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.work))
+
+    async def lowers(self, state: ImageState) -> list[Path]:
+        return await self.snapshots.lowers(
+            [(layer.diff_id, layer.descriptor.digest) for layer in state.layers])
+
+
+def _write(upper: Path, dest: Path, sde: int | None, compression: str) -> Any:
+    changeset = changeset_from_upper(upper)
+    if not changeset.entries and not changeset.whiteouts:
+        return None
+    return write_layer_file(changeset, dest, source_date_epoch=sde, compression=compression)
+
+
+async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: str,
+                     instruction: str, created_by: str, inputs: dict[str, Any],
+                     produce: Callable[[int], Awaitable[Path]]) -> None:
+    """Run (or reuse) one filesystem step and append its layer to ``state``.
+
+    ``produce(step_no)`` returns a directory in overlayfs upper-dir format holding the
+    step's changes; it is only called on a cache miss.
+    """
+    inputs = {**inputs, "compression": env.compression, "sde": env.source_date_epoch}
+    key = step_key(state.key, instruction, inputs)
+    n = env.progress.start(name)
+    cached = None if env.no_cache else env.cache.get(key)
+    if cached is not None and cached.digest and await env.store.stat(
+            Digest.parse(cached.digest)) is None:
+        cached = None
+    if cached is not None:
+        env.progress.cached(n)
+    else:
+        if env.explain and not env.no_cache:
+            env.progress.explain(n, env.cache.explain(state.key, instruction, inputs))
+        try:
+            upper = await produce(n)
+        except BuildError as exc:
+            env.progress.error(n, str(exc).splitlines()[0])
+            raise
+        blob_file = env.work / f"layer-{key[:16]}"
+        blob = await asyncio.to_thread(_write, upper, blob_file, env.source_date_epoch,
+                                       env.compression)
+        if blob is None:
+            cached = CachedLayer("", 0, "", "")
+            await asyncio.to_thread(shutil.rmtree, upper, True)
+        else:
+            await env.store.put_file(blob_file, expected=blob.digest, link=f"cache:{key}")
+            await asyncio.to_thread(os.unlink, blob_file)
+            cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id),
+                                 blob.media_type)
+            await asyncio.to_thread(env.snapshots.adopt, blob.diff_id, upper)
+        env.cache.put(key, state.key, instruction, inputs, cached)
+        env.progress.done(n)
+    state.key = key
+    if cached.digest:
+        state.layers.append(LayerRef(
+            Descriptor(cached.media_type, Digest.parse(cached.digest), cached.size),
+            Digest.parse(cached.diff_id)))
+    state.add_history(created_by, env.created, empty=not cached.digest)

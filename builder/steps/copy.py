@@ -1,0 +1,301 @@
+"""``COPY``, ``ADD`` and ``WORKDIR``'s directory: files written straight into a fresh
+upper dir (no sandbox), which becomes the layer.
+
+Docker's rules: a directory source copies its *contents*; several sources (or a
+wildcard) need a destination ending in ``/``; a destination ending in ``/`` or naming an
+existing directory receives the source by its base name; a relative destination is
+relative to WORKDIR; missing parents are created (0755, root). Parents that exist in the
+stage keep their metadata (they are copied up as overlayfs would). ``--chown`` takes
+ids or names from the stage's /etc/passwd and /etc/group; ``--chmod`` octal; ``--exclude``
+patterns (``.dockerignore`` syntax) relative to the source; ``--link`` is accepted (every
+COPY layer here is already independent of the layers below it). ``ADD`` unpacks a local
+tar archive (plain, gzip, bzip2, xz, zstd) safely and downloads ``http(s)://`` URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bz2
+import lzma
+import os
+import posixpath
+import shutil
+import stat
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from ..context import ContextError, Source, SourceTree, hash_path
+from ..frontend import Instruction
+from ..ignore import IgnoreMatcher
+from ..image import ImageState
+from ..layers import LayerError, apply_layer
+from ..sandbox.rootfs import lower_stat, read_from_lowers
+from ..shellwords import process_word
+from .common import BuildError, StepEnv, layer_step
+from .metadata import resolve_workdir
+
+__all__ = ["copy_instruction", "workdir_instruction"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One path to write: ``dest`` (relative to /), from ``path`` (None: a directory
+    the copy creates), ``archive`` to unpack at ``dest``."""
+
+    dest: str
+    path: Path | None
+    st: os.stat_result | None
+    archive: bool = False
+
+
+_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+
+
+def _is_archive(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    if any(head.startswith(m) for m in _MAGIC):
+        return True
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
+def _open_archive(path: Path) -> IO[bytes]:
+    f = open(path, "rb")
+    head = f.read(6)
+    f.seek(0)
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(f)  # type: ignore[return-value]
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(f)  # type: ignore[return-value]
+    return f  # plain, gzip and zstd are recognised by apply_layer itself
+
+
+def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
+    user, _, group = spec.partition(":")
+
+    def lookup(name: str, db: str) -> int:
+        if name.isdigit():
+            return int(name)
+        data = read_from_lowers(lowers, db)
+        for line in (data or b"").decode(errors="replace").splitlines():
+            fields = line.split(":")
+            if fields[0] == name and len(fields) > 2:
+                return int(fields[2])
+        raise BuildError(where, f"--chown: no {'user' if db == 'etc/passwd' else 'group'} "
+                         f"{name!r} in the image's /{db}")
+
+    uid = lookup(user, "etc/passwd")
+    if group:
+        return uid, lookup(group, "etc/group")
+    if user.isdigit():
+        return uid, uid
+    data = read_from_lowers(lowers, "etc/passwd") or b""
+    for line in data.decode(errors="replace").splitlines():
+        f = line.split(":")
+        if f[0] == user and len(f) > 3:
+            return uid, int(f[3])
+    return uid, uid
+
+
+def _make_parents(upper: Path, rel: str, lowers: list[Path],
+                  owner: tuple[int, int] | None = None) -> None:
+    """Create ``rel``'s directories in ``upper``, copying up existing ones' metadata."""
+    parts = [p for p in rel.split("/") if p]
+    cur = ""
+    for p in parts:
+        cur = f"{cur}/{p}" if cur else p
+        d = upper / cur
+        if d.is_dir():
+            continue
+        st = lower_stat(lowers, cur)
+        d.mkdir()
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            os.chmod(d, stat.S_IMODE(st.st_mode))
+            os.chown(d, st.st_uid, st.st_gid)
+            os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
+        else:
+            os.chmod(d, 0o755)
+            if owner is not None:
+                os.chown(d, *owner)
+
+
+def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int, int] | None,
+           chmod: int | None) -> None:
+    for it in items:
+        target = upper / it.dest
+        _make_parents(upper, posixpath.dirname(it.dest), lowers, owner)
+        if it.archive:
+            assert it.path is not None
+            target.mkdir(exist_ok=True)
+            with _open_archive(it.path) as src:
+                apply_layer(src, target)
+            continue
+        st = it.st
+        if os.path.lexists(target) and not (target.is_dir() and (st is None or stat.S_ISDIR(st.st_mode))):
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        if st is None or stat.S_ISDIR(st.st_mode):
+            target.mkdir(exist_ok=True)
+            mode = stat.S_IMODE(st.st_mode) if st is not None else 0o755
+        elif stat.S_ISLNK(st.st_mode):
+            assert it.path is not None
+            os.symlink(os.readlink(it.path), target)
+            os.lchown(target, *(owner or (0, 0)))
+            continue
+        elif stat.S_ISREG(st.st_mode):
+            assert it.path is not None
+            shutil.copyfile(it.path, target, follow_symlinks=False)
+            mode = stat.S_IMODE(st.st_mode)
+        else:
+            continue  # sockets, devices, fifos are not copied (as BuildKit)
+        os.chown(target, *(owner or (0, 0)))
+        os.chmod(target, chmod if chmod is not None else mode)
+        if st is not None:
+            os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns))
+
+
+def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: bool,
+          excludes: IgnoreMatcher) -> tuple[list[_Item], dict[str, str]]:
+    items: list[_Item] = []
+    hashes: dict[str, str] = {}
+    sources: list[Source] = []
+    for s in srcs:
+        sources.extend(tree.resolve(s))
+    sources = [s for s in sources if not excludes.excluded(s.rel)]
+    if len(sources) > 1 and not dest_is_dir:
+        raise ContextError(f"copying {len(sources)} sources needs a destination ending "
+                           f"with '/' (got {dest!r})")
+    for src in sources:
+        if src.is_dir:
+            base = dest.rstrip("/")
+            if base:
+                items.append(_Item(base, None, None))
+            for rel, path, st in tree.walk(src):
+                if excludes.excluded(rel):
+                    continue
+                items.append(_Item(f"{base}/{rel}" if base else rel, path, st))
+                hashes[f"{src.rel}/{rel}"] = hash_path(path, st)
+            continue
+        st = os.stat(src.path)
+        name = posixpath.basename(src.rel)
+        target = f"{dest.rstrip('/')}/{name}" if dest_is_dir else dest
+        if add and _is_archive(src.path):
+            items.append(_Item(dest.rstrip("/"), src.path, st, archive=True))
+        else:
+            items.append(_Item(target.lstrip("/"), src.path, st))
+        hashes[src.rel] = hash_path(src.path, st)
+    return items, hashes
+
+
+async def _download(env: StepEnv, url: str, where: str) -> Path:
+    import aiohttp
+
+    d = env.scratch("add-")
+    name = posixpath.basename(urllib.parse.urlparse(url).path) or "index.html"
+    path = d / name
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            if resp.status != 200:
+                raise BuildError(where, f"downloading {url}: HTTP {resp.status}")
+            with open(path, "wb") as f:
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    await asyncio.to_thread(f.write, chunk)
+    except aiohttp.ClientError as exc:
+        raise BuildError(where, f"downloading {url}: {exc}") from exc
+    os.chmod(path, 0o600)
+    return path
+
+
+async def copy_instruction(env: StepEnv, state: ImageState, ins: Instruction,
+                           scope: Mapping[str, str], name: str) -> None:
+    """Execute (or reuse from the cache) one COPY or ADD."""
+    where = env.where(ins)
+    add = ins.keyword == "ADD"
+    if ins.heredocs:
+        raise BuildError(where, f"{ins.keyword} with a heredoc is not supported yet")
+    words = [process_word(a, scope) if not ins.json else a for a in ins.args]
+    if len(words) < 2:
+        raise BuildError(where, f"{ins.keyword} needs at least one source and a destination")
+    srcs, dest_raw = words[:-1], words[-1]
+    dest = resolve_workdir(state, dest_raw)
+    lowers = await env.lowers(state)
+    from_ref = ins.flag("from")
+    if from_ref:
+        assert env.stage_root is not None
+        tree = SourceTree(await env.stage_root(process_word(from_ref, scope)), strict=False,
+                          what=f"stage or image {from_ref!r}")
+    else:
+        tree = env.context
+    url_items: list[_Item] = []
+    hashes: dict[str, str] = {}
+    local = []
+    for s in srcs:
+        if add and s.startswith(("http://", "https://")):
+            path = await _download(env, s, where)
+            fname = posixpath.basename(str(path))
+            hashes[s] = await asyncio.to_thread(hash_path, path, os.stat(path))
+            target = f"{dest.rstrip('/')}/{fname}" if dest_raw.endswith("/") else dest
+            url_items.append(_Item(target.lstrip("/"), path, os.stat(path)))
+        else:
+            local.append(s)
+    st = lower_stat(lowers, dest.lstrip("/"))
+    dest_is_dir = dest_raw.endswith("/") or (st is not None and stat.S_ISDIR(st.st_mode))
+    excludes = IgnoreMatcher.from_lines(list(ins.flag_all("exclude")))
+    try:
+        items, more = await asyncio.to_thread(_plan, tree, local, dest.lstrip("/") or "",
+                                              dest_is_dir or dest == "/", add, excludes) \
+            if local else ([], {})
+    except ContextError as exc:
+        raise BuildError(where, str(exc)) from exc
+    items = url_items + items
+    hashes.update(more)
+    chown = ins.flag("chown")
+    owner = _chown_ids(process_word(chown, scope), lowers, where) if chown else None
+    chmod_s = ins.flag("chmod")
+    try:
+        chmod = int(chmod_s, 8) if chmod_s else None
+    except ValueError:
+        raise BuildError(where, f"--chmod={chmod_s}: use an octal mode like 0644") from None
+    inputs: dict[str, Any] = {"files": hashes, "dest": dest, "chown": list(owner or ()),
+                              "chmod": chmod, "from": from_ref or ""}
+    flags = " ".join(f for f in ins.flags)
+    created_by = f"{ins.keyword} {flags + ' ' if flags else ''}{' '.join(words)} # buildkit"
+
+    async def produce(n: int) -> Path:
+        upper = env.scratch("copy-")
+        try:
+            await asyncio.to_thread(_write, upper, items, lowers, owner, chmod)
+        except LayerError as exc:
+            raise BuildError(where, f"unpacking an archive: {exc}") from exc
+        return upper
+
+    await layer_step(env, state, ins, name, f"{ins.keyword} {ins.original}", created_by,
+                     inputs, produce)
+
+
+async def workdir_instruction(env: StepEnv, state: ImageState, ins: Instruction,
+                              scope: Mapping[str, str], name: str) -> None:
+    """WORKDIR: set the config's working dir and create it (a layer, as BuildKit)."""
+    path = resolve_workdir(state, process_word(ins.args[0], scope))
+    state.update(working_dir=path)
+    lowers = await env.lowers(state)
+
+    async def produce(n: int) -> Path:
+        upper = env.scratch("workdir-")
+        await asyncio.to_thread(_make_parents, upper, path.lstrip("/"), lowers)
+        # a directory that already existed is only copied up: no change, no layer
+        if lower_stat(lowers, path.lstrip("/")) is not None:
+            await asyncio.to_thread(shutil.rmtree, upper)
+            upper.mkdir()
+        return upper
+
+    await layer_step(env, state, ins, name, f"WORKDIR {path}", f"WORKDIR {path}",
+                     {"workdir": path}, produce)
