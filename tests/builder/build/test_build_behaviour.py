@@ -66,7 +66,7 @@ def test_dockerignore(context_of, build, tmp_path: Path) -> None:
     out = tmp_path / "out"
     build(context_of("ignore"), local=out)
     got = sorted(str(p.relative_to(out / "ctx")) for p in (out / "ctx").rglob("*"))
-    assert got == ["Dockerfile", "d", "d/f", "keep.log"]
+    assert got == [".dockerignore", "Dockerfile", "d", "d/f", "keep.log"]
 
 
 @pytest.mark.parametrize("case, message", [
