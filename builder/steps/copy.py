@@ -66,14 +66,13 @@ def _is_archive(path: Path) -> bool:
 
 
 def _open_archive(path: Path) -> IO[bytes]:
-    f = open(path, "rb")
-    head = f.read(6)
-    f.seek(0)
+    with open(path, "rb") as f:
+        head = f.read(6)
     if head.startswith(b"BZh"):
-        return bz2.BZ2File(f)  # type: ignore[return-value]
+        return bz2.open(path, "rb")
     if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(f)  # type: ignore[return-value]
-    return f  # plain, gzip and zstd are recognised by apply_layer itself
+        return lzma.open(path, "rb")
+    return open(path, "rb")  # plain, gzip and zstd are recognised by apply_layer itself
 
 
 def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
@@ -277,7 +276,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Instruction,
             raise BuildError(where, f"unpacking an archive: {exc}") from exc
         return upper
 
-    await layer_step(env, state, ins, name, f"{ins.keyword} {ins.original}", created_by,
+    await layer_step(env, state, ins, name, ins.original, created_by,
                      inputs, produce)
 
 

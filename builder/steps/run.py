@@ -116,7 +116,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Instruction,
                              "filesystem; put the storage (--storage) on ext4 or xfs")
         return result.changes
 
-    await layer_step(env, state, ins, name, f"RUN {ins.original}", created_by, inputs,
+    await layer_step(env, state, ins, name, ins.original, created_by, inputs,
                      produce)
 
 
