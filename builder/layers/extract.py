@@ -13,7 +13,8 @@ to it (:func:`.pathres.resolve_in_root`), and the final component is never follo
 existing symlink there is replaced, not written through. Hard link targets resolve the
 same way. So no entry, whatever symlinks earlier entries or lower layers planted, can
 create, modify or remove anything outside the rootfs. Symlink *targets* are stored
-verbatim (they are only followed later, inside the container).
+verbatim (they are only followed later, inside the container). A directory entry over an
+existing symlink replaces the symlink with a directory, as containerd and Docker do.
 
 Ownership and device nodes need root: by default (``same_owner=None``) owners are set and
 devices created when running as root; otherwise they are skipped and listed in
@@ -230,10 +231,16 @@ class _Applier:
         os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
 
     def finish(self) -> None:
+        """Set the deferred directory metadata, deepest first. A later entry may have
+        replaced a directory, or one of its parents by a symlink: the path is re-resolved
+        inside the root and must still name the same directory, or it is left alone."""
         for path, ino, member in reversed(self.dirs):
+            rel = os.path.relpath(path, self.root).split(os.sep)
             try:
+                if resolve_in_root(self.root, rel, name=member.name) != path:
+                    continue
                 st = os.lstat(path)
-            except FileNotFoundError:
+            except (OSError, UnsafeLayerEntry):
                 continue
             if stat.S_ISDIR(st.st_mode) and st.st_ino == ino:
                 self._metadata(path, member, is_link=False)

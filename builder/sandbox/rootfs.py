@@ -127,7 +127,20 @@ def overlay_mount_data(
     return relative, base
 
 
-_probe_cache: dict[int, bool] = {}
+_probe_cache: dict[tuple[int, tuple[str, ...]], bool] = {}
+
+
+def _filesystem_key(path: Path) -> tuple[int, tuple[str, ...]]:
+    # Device numbers of tmpfs, overlayfs, ... are reused after an unmount; the mount ids
+    # in mountinfo are not (soon), so together they name one filesystem instance.
+    dev = path.stat().st_dev
+    majmin = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            ids = tuple(line.split()[0] for line in f if line.split()[2] == majmin)
+    except OSError:
+        ids = ()
+    return dev, ids
 
 
 def overlay_supported(state_dir: Path) -> bool:
@@ -135,9 +148,9 @@ def overlay_supported(state_dir: Path) -> bool:
 
     Tried for real (in a throw-away mount namespace), once per filesystem.
     """
-    dev = state_dir.stat().st_dev
-    if dev in _probe_cache:
-        return _probe_cache[dev]
+    key = _filesystem_key(state_dir)
+    if key in _probe_cache:
+        return _probe_cache[key]
     probe = state_dir / ".overlay-probe"
     dirs = [probe / d for d in ("lower", "upper", "work", "merged")]
     try:
@@ -162,7 +175,7 @@ def overlay_supported(state_dir: Path) -> bool:
         ) from exc
     finally:
         shutil.rmtree(probe, ignore_errors=True)
-    _probe_cache[dev] = ok
+    _probe_cache[key] = ok
     return ok
 
 

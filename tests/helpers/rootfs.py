@@ -20,7 +20,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-__all__ = ["BUSYBOX_CANDIDATES", "busybox_path", "make_busybox_rootfs", "require_tool"]
+__all__ = ["BUSYBOX_CANDIDATES", "busybox_path", "find_busybox", "make_busybox_rootfs", "require_tool"]
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
@@ -49,6 +49,15 @@ def require_tool(name: str, package: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def find_busybox() -> str | None:
+    """The path of a statically linked busybox, or None if there is none."""
+    for candidate in BUSYBOX_CANDIDATES:
+        path = Path(candidate)
+        if path.is_file() and _is_static(path):
+            return candidate
+    return None
 
 
 def busybox_path() -> Path:

@@ -7,11 +7,13 @@ import io
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from layer_helpers import hardlink_groups, tree_state
 
 from builder.layers import (
     apply_layer,
@@ -21,7 +23,6 @@ from builder.layers import (
     take_snapshot,
     write_layer,
 )
-from layer_helpers import hardlink_groups, tree_state
 
 _name = st.sampled_from(["a", "b", "c", "dir", "é"])
 _path = st.lists(_name, min_size=1, max_size=3).map("/".join)
@@ -69,11 +70,9 @@ def run_ops(root: Path, ops: list) -> None:
                 if not p.is_symlink():
                     os.chmod(p, arg)
             elif op == "rename":
-                if not (root / arg).resolve().is_relative_to(p.resolve()):
-                    os.rename(p, root / arg)
-            elif op == "xattr":
-                if not p.is_symlink() and p.exists():
-                    os.setxattr(p, "user.t", arg)
+                os.rename(p, root / arg)  # into its own subtree: EINVAL, skipped
+            elif op == "xattr" and not p.is_symlink() and p.exists():
+                os.setxattr(p, "user.t", arg)
         except OSError:
             continue
 
@@ -90,7 +89,7 @@ _settings = settings(max_examples=60, deadline=None,
 @_settings
 @given(base=_ops, step=_ops)
 def test_snapshot_differ_layer_reproduces_the_step(tmp_path: Path, base: list, step: list) -> None:
-    case = tmp_path / f"c{abs(hash((repr(base), repr(step))))}"
+    case = Path(tempfile.mkdtemp(dir=tmp_path))
     lower, plain, target = case / "lower", case / "plain", case / "target"
     for d in (lower, plain, target):
         d.mkdir(parents=True)
@@ -108,7 +107,7 @@ def test_snapshot_differ_layer_reproduces_the_step(tmp_path: Path, base: list, s
 @_settings
 @given(ops=_ops)
 def test_directory_import_round_trips(tmp_path: Path, ops: list) -> None:
-    case = tmp_path / f"c{abs(hash(repr(ops)))}"
+    case = Path(tempfile.mkdtemp(dir=tmp_path))
     src, out = case / "src", case / "out"
     src.mkdir(parents=True)
     out.mkdir()
@@ -125,7 +124,7 @@ def test_directory_import_round_trips(tmp_path: Path, ops: list) -> None:
 @given(base=_ops, step=_ops)
 def test_overlay_layer_reproduces_the_merged_tree(tmp_path: Path, overlay: Callable,
                                                   base: list, step: list) -> None:
-    case = tmp_path / f"c{abs(hash((repr(base), repr(step))))}"
+    case = Path(tempfile.mkdtemp(dir=tmp_path))
     lower, target = case / "lower", case / "target"
     lower.mkdir(parents=True)
     target.mkdir()
