@@ -111,7 +111,9 @@ def check_raw_path(raw_path: str) -> None:
     dot-segment removal). Refused with NAME_INVALID: any ``%`` escape, ``.`` or ``..``
     components, empty components (``//``) and backslashes.
     """
-    path = raw_path.split("?", 1)[0]
+    path = raw_path.split("?", 1)[0] if "?" in raw_path else raw_path
+    if "%" not in path and "/." not in path and "//" not in path and "\\" not in path:
+        return  # the common case, decided without splitting
     if "%" in path or "\\" in path:
         raise _path_error(path, "percent-encoding and backslashes are not allowed")
     parts = path.split("/")

@@ -111,18 +111,14 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.R
             "header does not list: add it to Accept",
             detail={"mediaType": entry.media_type},
         )
-    headers = {
-        "Content-Type": entry.media_type,
-        "Docker-Content-Digest": entry.digest,
-        "ETag": entry.etag,
-    }
     inm = request.headers.get("If-None-Match")
     if inm and any(t.strip() in (entry.etag, entry.digest) for t in inm.split(",")):
-        return web.Response(status=304, headers=headers)
+        return web.Response(status=304, headers=entry.headers)
     if request.method == "HEAD":
-        headers["Content-Length"] = str(len(entry.body))
-        return web.Response(status=200, headers=headers)
-    return web.Response(status=200, body=entry.body, headers=headers)
+        return web.Response(
+            status=200, headers={**entry.headers, "Content-Length": str(len(entry.body))}
+        )
+    return web.Response(status=200, body=entry.body, headers=entry.headers)
 
 
 async def _read_body(request: web.Request) -> bytes:

@@ -2,7 +2,7 @@
 
 Repository names contain slashes, so every ``/v2/...`` path goes through one catch-all
 aiohttp route and is matched here against the *raw* request path, after
-:func:`registry.names.check_raw_path` has refused percent-escapes and dot segments. A
+:func:`registry.names.check_raw_path` (in the middleware) has refused percent-escapes and dot segments. A
 route is the fixed tail of the path (``*`` marks a parameter); everything before the tail
 is the repository name::
 
@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ..errors import BLOB_UPLOAD_UNKNOWN, NAME_INVALID, UNSUPPORTED
-from ..names import check_raw_path, is_valid_name
+from ..names import is_valid_name
 from . import blobs, catalog, extensions, manifests, referrers, tags, uploads
 from .state import ROUTE
 
-__all__ = ["ROUTES", "Route", "WRITE_METHODS", "dispatch", "match"]
+__all__ = ["ROUTES", "WRITE_METHODS", "Route", "dispatch", "match"]
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -128,11 +128,18 @@ def _allowed(route: Route, method: str, path: str) -> Handler:
     return handler
 
 
+# Lookup tables built from ROUTES: fixed tails, and parameter routes by their fixed prefix.
+_FIXED: dict[tuple[str, ...], Route] = {r.tail: r for r in ROUTES if "*" not in r.tail}
+_PARAM: dict[tuple[str, ...], Route] = {r.tail[:-1]: r for r in ROUTES if r.tail[-1:] == ("*",)}
+_LENGTHS = sorted({len(r.tail) for r in ROUTES}, reverse=True)
+
+
 def match(method: str, path: str) -> tuple[Route, Handler, dict[str, str]]:
     """Find the handler for ``method path`` (a raw ``/v2`` path without query).
 
-    Returns the route, its handler and the keyword arguments for it; raises the spec's
-    error when there is none.
+    The longest matching tail wins, a fixed tail before a parameter. Returns the route,
+    its handler and the keyword arguments for it; raises the spec's error when there is
+    none.
     """
     rest = path[4:] if path.startswith("/v2/") else ""
     top = REGISTRY_ROUTES.get(rest)
@@ -140,36 +147,33 @@ def match(method: str, path: str) -> tuple[Route, Handler, dict[str, str]]:
         return top, _allowed(top, method, path), {}
     parts = rest.split("/")
     n = len(parts)
-    for route in ROUTES:
-        k = len(route.tail)
+    for k in _LENGTHS:
         if n <= k:
             continue
+        tail = tuple(parts[n - k :])
+        route = _FIXED.get(tail)
         value = None
-        for want, got in zip(route.tail, parts[n - k :]):
-            if want == "*":
-                value = got
-            elif want != got:
-                break
-        else:
-            name = "/".join(parts[: n - k])
-            _check_name(name)
-            handler = _allowed(route, method, path)
-            params = {"name": name}
-            if route.param is not None:
-                assert value is not None
-                if not value:
-                    break
-                if route.param == "upload_id" and not _UPLOAD_ID.match(value):
-                    raise BLOB_UPLOAD_UNKNOWN(f"{value!r} is not an upload id")
-                params[route.param] = value
-            return route, handler, params
+        if route is None:
+            route = _PARAM.get(tail[:-1])
+            value = tail[-1]
+            if route is None or not value:
+                continue
+        name = "/".join(parts[: n - k])
+        _check_name(name)
+        handler = _allowed(route, method, path)
+        params = {"name": name}
+        if route.param is not None:
+            assert value is not None
+            if route.param == "upload_id" and not _UPLOAD_ID.match(value):
+                raise BLOB_UPLOAD_UNKNOWN(f"{value!r} is not an upload id")
+            params[route.param] = value
+        return route, handler, params
     raise UNSUPPORTED(f"no registry endpoint at {path}", status=404)
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
-    """The catch-all ``/v2`` handler."""
+    """The catch-all ``/v2`` handler (the middleware has already run check_raw_path)."""
     raw = request.raw_path
-    check_raw_path(raw)
     route, handler, params = match(request.method, raw.split("?", 1)[0])
     request[ROUTE] = route.name
     return await handler(request, **params)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from cas import Digest
 
+from .auth import BasicAuth
 from .config import ServerConfig
 from .metadata import Metadata
 from .metrics import Metrics
@@ -71,6 +72,18 @@ class CachedManifest:
     media_type: str
     body: bytes
     etag: str
+    headers: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        # Built once per cached manifest rather than once per GET.
+        self.headers.update(
+            {
+                "Content-Type": self.media_type,
+                "Docker-Content-Digest": self.digest,
+                "ETag": self.etag,
+                "Docker-Distribution-API-Version": "registry/2.0",
+            }
+        )
 
 
 class ManifestCache:
@@ -131,6 +144,7 @@ class Registry:
     store: BlobStore
     meta: Metadata
     metrics: Metrics = field(default_factory=lambda: Metrics())
+    auth: BasicAuth | None = None  # None: no authentication
     cache: ManifestCache = field(default_factory=lambda: ManifestCache(64 * 1024 * 1024))
     # Open ingests by upload id (resumed from cas on a miss, e.g. after a restart).
     ingests: dict[str, Any] = field(default_factory=dict)
@@ -157,7 +171,7 @@ class Registry:
         self._idle = asyncio.Event()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 

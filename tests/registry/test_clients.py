@@ -70,7 +70,7 @@ def make_oci_layout(root: Path, tag: str, payload: bytes) -> str:
 
 
 def _run(*args: str) -> str:
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(args, check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
