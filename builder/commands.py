@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .parse_cmd import parse_command
+
 __all__ = ["register"]
 
 
@@ -11,4 +13,5 @@ def register(root: click.Group) -> None:
     """Add this package's commands to the root ``pybuild`` group."""
     from .build_cmd import build
 
+    root.add_command(parse_command)
     root.add_command(build)
