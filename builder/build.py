@@ -23,8 +23,8 @@ from cas import Store
 
 from .cache import BuildCache
 from .context import SourceTree
-from .executor import Executor
-from .frontend import read_dockerfile
+from .errors import DockerfileError
+from .executor import Executor, plan
 from .ignore import read_ignore_file
 from .image import BuiltImage, assemble, timestamp
 from .outputs import Output, write_docker_archive, write_oci_layout
@@ -32,6 +32,7 @@ from .progress import Progress
 from .sandbox.flatten import flatten_lowers
 from .snapshots import SnapshotStore
 from .steps.common import StepEnv
+from .syntax import parse
 
 __all__ = ["BuildOptions", "BuildResult", "run_build"]
 
@@ -64,7 +65,12 @@ class BuildResult:
 async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     """Build, write the requested outputs, and return the image."""
     dockerfile = opts.dockerfile or opts.context / "Dockerfile"
-    df = read_dockerfile(dockerfile)
+    try:
+        text = await asyncio.to_thread(dockerfile.read_text)
+    except OSError as exc:
+        raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
+                              file=str(dockerfile)) from exc
+    tree = parse(text, dockerfile.name)
     sde = opts.source_date_epoch
     if sde is None and os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
         sde = int(os.environ["SOURCE_DATE_EPOCH"])
@@ -78,11 +84,15 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         matcher = await asyncio.to_thread(read_ignore_file, opts.context, dockerfile)
         env = StepEnv(store=store, cache=cache, snapshots=SnapshotStore(bdir / "snapshots", store),
                       progress=progress, context=SourceTree(opts.context, matcher),
-                      work=work, cache_mounts=bdir / "cache-mounts", dockerfile=df.path,
+                      work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
                       source_date_epoch=sde, compression=opts.compression,
                       no_cache=opts.no_cache, explain=opts.explain, network=opts.network,
                       secrets=opts.secrets, created=created)
-        executor = Executor(df, env, target=opts.target, build_args=opts.build_args)
+        build_plan, bases = await plan(tree, env, opts.build_args, opts.target)
+        env.proxy_env = dict(build_plan.proxy_env)
+        for name in build_plan.unused_build_args:
+            progress.info(f"WARNING: build argument {name!r} was not consumed by any ARG")
+        executor = Executor(build_plan, bases, env)
         state = await executor.run()
         if opts.labels:
             state.update(labels={**(state.config.labels or {}), **opts.labels})

@@ -13,7 +13,7 @@ from cas.location import default_storage_dir
 
 from .build import BuildOptions, run_build
 from .context import ContextError
-from .frontend import DockerfileError
+from .errors import DockerfileError
 from .outputs import OutputError, parse_output
 from .progress import Progress
 from .steps.common import BuildError

@@ -1,124 +1,104 @@
 """The stage graph scheduler: builds the stages a target needs, concurrently where they
 do not depend on each other.
 
-Every needed stage runs as one asyncio task, started together; a stage that needs
-another (``FROM <stage>``, ``COPY --from=<stage>``, ``RUN --mount=from=<stage>``) awaits
-that stage's task at the point of use, so independent stages overlap and stages the
-target does not need never run. Instructions run in order inside a stage; filesystem
-steps go through :func:`builder.steps.common.layer_step` (cache, layers, snapshots),
-metadata instructions only change the stage's :class:`ImageState`.
-
-Build arguments follow Docker's scoping: ``ARG`` before the first ``FROM`` is visible to
-``FROM`` lines only; a stage sees an ARG after declaring it (a bare ``ARG NAME``
-inherits the global value); ``--build-arg`` overrides defaults; ENV wins over ARG in
-expansion. Base images with ``ONBUILD`` triggers run them first, then drop them.
+The Dockerfile is planned by :func:`builder.stages.plan_build` (ARG/ENV scoping,
+expansion, the stage graph, the stages the target needs). Base images are read first,
+so that the plan expands variables with the environment they bring. Then every needed
+stage runs as one asyncio task, all started together; a stage that needs another
+(``FROM <stage>``, ``COPY --from=<stage>``, ``RUN --mount=from=<stage>``) awaits that
+stage's task at the point of use, so independent stages overlap and stages the target
+does not need never run. Filesystem steps go through
+:func:`builder.steps.common.layer_step` (cache, layers, snapshots); metadata
+instructions only change the stage's :class:`ImageState`. A base image's ``ONBUILD``
+triggers run first in the stage that uses it (unexpanded, as Docker), then are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from .base import BaseImageError, resolve_base
-from .frontend import Dockerfile, DockerfileError, Instruction, Stage, parse_trigger
+from .base import BaseImage, BaseImageError, resolve_base
+from .errors import DockerfileError
 from .image import ImageState
+from .instructions import Add, Arg, Copy, From, Instruction, Run, Workdir, parse_dockerfile
 from .sandbox.flatten import flatten_lowers
-from .shellwords import ExpansionError, process_word
+from .stages import BuildPlan, Stage, plan_build
 from .steps.common import BuildError, StepEnv
 from .steps.copy import copy_instruction, workdir_instruction
 from .steps.metadata import METADATA, apply_metadata
 from .steps.run import run_instruction
+from .syntax import SyntaxTree, parse
 
-__all__ = ["Executor", "needed_stages"]
+__all__ = ["Executor", "plan"]
 
-_FS = {"RUN", "COPY", "ADD", "WORKDIR"}
-
-
-def _arg_decl(ins: Instruction) -> list[tuple[str, str | None]]:
-    out = []
-    for a in ins.args:
-        name, eq, default = a.partition("=")
-        out.append((name, default if eq else None))
-    return out
+_FS = (Run, Copy, Add, Workdir)
 
 
-def _refs(stage: Stage, scope: Mapping[str, str]) -> set[str]:
-    refs = set()
-    for ins in stage.instructions:
-        for f in ins.flag_all("from"):
-            refs.add(process_word(f, scope))
-        for m in ins.flag_all("mount"):
-            for field in m.split(","):
-                k, _, v = field.partition("=")
-                if k.strip() == "from" and v:
-                    refs.add(process_word(v, scope))
-    return refs
+async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
+               target: str | None) -> tuple[BuildPlan, dict[str, BaseImage]]:
+    """Plan the build; read the base images the needed stages start from."""
+    first = plan_build(tree, build_args, target)
+    refs = sorted({first.stages[i].base_image for i in first.needed
+                   if first.stages[i].base_image
+                   and first.stages[i].base_image.lower() != "scratch"})  # type: ignore[union-attr]
+
+    async def load(ref: str) -> BaseImage:
+        try:
+            return await resolve_base(ref, env.store)
+        except BaseImageError as exc:
+            line = next(s.instructions[0].start_line for s in first.stages
+                        if s.base_image == ref)
+            raise BuildError(f"{env.dockerfile}:{line}: FROM", str(exc)) from exc
+
+    loaded = await asyncio.gather(*(load(r) for r in refs))
+    bases = dict(zip(refs, loaded))
+    image_env = {ref: ImageState.from_config(b.config, [], "").env_map()
+                 for ref, b in bases.items()}
+    return plan_build(tree, build_args, target, image_env=image_env), bases
 
 
-def needed_stages(df: Dockerfile, target: Stage, scope: Mapping[str, str]) -> list[Stage]:
-    """The target and every stage it depends on, transitively, in file order."""
-    seen: dict[int, Stage] = {}
-    todo = [target]
-    while todo:
-        s = todo.pop()
-        if s.index in seen:
-            continue
-        seen[s.index] = s
-        base = df.stage(process_word(s.base, scope))
-        if base is not None and base.index < s.index:
-            todo.append(base)
-        for ref in _refs(s, scope):
-            dep = df.stage(ref)
-            if dep is not None:
-                todo.append(dep)
-    return [seen[i] for i in sorted(seen)]
+def _trigger(text: str, where: str) -> Instruction:
+    try:
+        return parse_dockerfile(parse(f"FROM scratch\n{text}\n"))[1]
+    except (DockerfileError, IndexError) as exc:
+        raise BuildError(where, f"ONBUILD trigger {text!r} of the base image: {exc}") from exc
 
 
 class Executor:
-    def __init__(self, df: Dockerfile, env: StepEnv, *, target: str | None = None,
-                 build_args: Mapping[str, str] | None = None) -> None:
-        self.df = df
+    def __init__(self, build: BuildPlan, bases: Mapping[str, BaseImage], env: StepEnv) -> None:
+        self.plan = build
+        self.bases = dict(bases)
         self.env = env
-        self.build_args = dict(build_args or {})
-        self.global_scope: dict[str, str] = {}
-        for ins in df.global_args:
-            for name, default in _arg_decl(ins):
-                value = self.build_args.get(name)
-                if value is None and default is not None:
-                    value = process_word(default, self.global_scope)
-                if value is not None:
-                    self.global_scope[name] = value
-        if target:
-            found = df.stage(target)
-            if found is None:
-                names = ", ".join(s.ref for s in df.stages)
-                raise DockerfileError(df.path, 0, f"target stage {target!r} not found "
-                                      f"(stages: {names})")
-            self.target = found
-        else:
-            self.target = df.stages[-1]
         self._tasks: dict[int, asyncio.Task[ImageState]] = {}
         self._roots: dict[str, asyncio.Task[Path]] = {}
         env.stage_root = self.stage_root
 
     async def run(self) -> ImageState:
         """Build the target stage; return its final state."""
-        for s in needed_stages(self.df, self.target, self.global_scope):
-            self._task(s)
+        for i in self.plan.needed:
+            self._task(i)
         try:
-            return await self._tasks[self.target.index]
+            return await self._tasks[self.plan.target]
         finally:
             for t in self._tasks.values():
                 t.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-    def _task(self, stage: Stage) -> asyncio.Task[ImageState]:
-        if stage.index not in self._tasks:
-            self._tasks[stage.index] = asyncio.create_task(self._stage(stage))
-        return self._tasks[stage.index]
+    def _task(self, index: int) -> asyncio.Task[ImageState]:
+        if index not in self._tasks:
+            self._tasks[index] = asyncio.create_task(self._stage(self.plan.stages[index]))
+        return self._tasks[index]
+
+    def _find(self, ref: str) -> int | None:
+        if ref.isdigit() and int(ref) < len(self.plan.stages):
+            return int(ref)
+        for s in self.plan.stages:
+            if s.name and s.name == ref.lower():
+                return s.index
+        return None
 
     async def stage_root(self, ref: str) -> Path:
         """A flattened copy of a stage's (or an image's) root filesystem (read-only use)."""
@@ -127,14 +107,14 @@ class Executor:
         return await self._roots[ref]
 
     async def _make_root(self, ref: str) -> Path:
-        stage = self.df.stage(ref)
-        if stage is not None:
-            state = await self._task(stage)
+        index = self._find(ref)
+        if index is not None:
+            state = await self._task(index)
         else:
             try:
-                base = await resolve_base(ref, self.env.store)
+                base = self.bases.get(ref) or await resolve_base(ref, self.env.store)
             except BaseImageError as exc:
-                raise BuildError(f"{self.df.path}", str(exc)) from exc
+                raise BuildError(self.env.dockerfile, str(exc)) from exc
             state = ImageState.from_config(base.config, list(base.layers), "")
         lowers = await self.env.lowers(state)
         dest = self.env.scratch("root-") / "rootfs"
@@ -142,68 +122,52 @@ class Executor:
         return dest
 
     async def _base(self, stage: Stage) -> ImageState:
-        ref = process_word(stage.base, self.global_scope)
-        where = f"{self.df.path}:{stage.line}: FROM"
+        if stage.base_stage is not None:
+            return (await self._task(stage.base_stage)).copy()
+        ref = stage.base_image or "scratch"
         if ref.lower() == "scratch":
             state = ImageState.scratch()
             state.key = "scratch"
             return state
-        dep = self.df.stage(ref)
-        if dep is not None and dep.index < stage.index:
-            return (await self._task(dep)).copy()
-        try:
-            base = await resolve_base(ref, self.env.store)
-        except BaseImageError as exc:
-            raise BuildError(where, str(exc)) from exc
+        base = self.bases[ref]
         return ImageState.from_config(base.config, list(base.layers),
                                       f"base:{base.manifest_digest}")
 
     async def _stage(self, stage: Stage) -> ImageState:
         env = self.env
-        label = (stage.name or f"stage-{stage.index}") if len(self.df.stages) > 1 else ""
+        head = stage.instructions[0]
+        assert isinstance(head, From)
         state = await self._base(stage)
-        instructions = list(stage.instructions)
-        triggers = state.config.on_build or ()
-        if triggers:
-            pre = [replace(parse_trigger(t, self.df.path), line=stage.line) for t in triggers]
-            instructions = pre + instructions
+        body = list(stage.instructions[1:])
+        if state.config.on_build:
+            where = f"{env.dockerfile}:{head.start_line}: FROM"
+            body = [replace(_trigger(t, where), start_line=head.start_line)  # type: ignore[call-arg]
+                    for t in state.config.on_build] + body
             state.update(on_build=None)
-        total = 1 + sum(1 for i in instructions if i.keyword in _FS)
-        k = 1
-        prefix = f"[{label} " if label else "["
-        n = env.progress.start(f"{prefix}1/{total}] FROM {process_word(stage.base, self.global_scope)}")
+        total = 1 + sum(1 for i in body if isinstance(i, _FS))
+        label = f"{stage.display_name} " if len(self.plan.stages) > 1 else ""
+        n = env.progress.start(f"[{label}1/{total}] FROM {head.image}")
         env.progress.done(n)
         args: dict[str, str] = {}
         cmd_set = [False]
-        for ins in instructions:
-            where = env.where(ins)
-            scope = {**args, **state.env_map()}
-            try:
-                if ins.keyword == "ARG":
-                    for name, default in _arg_decl(ins):
-                        if name in self.build_args:
-                            args[name] = self.build_args[name]
-                        elif default is not None:
-                            args[name] = process_word(default, scope)
-                        elif name in self.global_scope:
-                            args[name] = self.global_scope[name]
-                        scope = {**args, **state.env_map()}
-                    continue
-                if ins.keyword in METADATA:
-                    apply_metadata(ins, state, scope, where, cmd_set, env.created)
-                    continue
-                k += 1
-                name = f"{prefix}{k}/{total}] {ins.original}"
-                if ins.keyword == "RUN":
-                    await run_instruction(env, state, ins, args, name)
-                elif ins.keyword in ("COPY", "ADD"):
-                    await copy_instruction(env, state, ins, scope, name)
-                elif ins.keyword == "WORKDIR":
-                    await workdir_instruction(env, state, ins, scope, name)
-            except ExpansionError as exc:
-                raise BuildError(where, str(exc)) from exc
+        k = 1
+        for ins in body:
+            if isinstance(ins, Arg):
+                for d in ins.args:
+                    if d.default is not None:
+                        args[d.name] = d.default
+                continue
+            if isinstance(ins, METADATA):
+                apply_metadata(ins, state, env.where(ins), cmd_set, env.created)
+                continue
+            k += 1
+            name = f"[{label}{k}/{total}] {ins.original or ins.keyword}"
+            if isinstance(ins, Run):
+                await run_instruction(env, state, ins, args, name)
+            elif isinstance(ins, (Copy, Add)):
+                await copy_instruction(env, state, ins, name)
+            elif isinstance(ins, Workdir):
+                await workdir_instruction(env, state, ins, name)
+            else:  # pragma: no cover - every instruction type is handled above
+                raise BuildError(env.where(ins), "unsupported instruction")
         return state
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

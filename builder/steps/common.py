@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import tempfile
@@ -17,13 +18,21 @@ from registry.oci import Descriptor
 
 from ..cache import BuildCache, CachedLayer, step_key
 from ..context import SourceTree
-from ..frontend import Instruction
+from ..instructions import Instruction
 from ..image import ImageState, LayerRef
 from ..layers import changeset_from_upper, write_layer_file
 from ..progress import Progress
 from ..snapshots import SnapshotStore
 
-__all__ = ["BuildError", "StepEnv", "layer_step"]
+__all__ = ["BuildError", "StepEnv", "instruction_text", "layer_step"]
+
+
+def instruction_text(ins: Instruction) -> str:
+    """The expanded instruction as the cache sees it (its position in the file is not
+    part of it: moving a step does not invalidate it)."""
+    doc = ins.to_json()
+    doc.pop("lines", None)
+    return json.dumps(doc, sort_keys=True, default=str)
 
 
 class BuildError(Exception):
@@ -46,6 +55,7 @@ class StepEnv:
     work: Path  # this build's scratch directory (removed at the end)
     cache_mounts: Path
     dockerfile: str
+    proxy_env: Mapping[str, str] = field(default_factory=dict)
     source_date_epoch: int | None = None
     compression: str = "gzip"
     no_cache: bool = False
@@ -57,7 +67,7 @@ class StepEnv:
     stage_root: Callable[[str], Awaitable[Path]] | None = None
 
     def where(self, ins: Instruction) -> str:
-        return f"{self.dockerfile}:{ins.line}: {ins.keyword}"
+        return f"{self.dockerfile}:{ins.start_line}: {ins.keyword}"
 
     def scratch(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.work))

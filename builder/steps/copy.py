@@ -22,19 +22,19 @@ import posixpath
 import shutil
 import stat
 import urllib.parse
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import blake3
+
 from ..context import ContextError, Source, SourceTree, hash_path
-from ..frontend import Instruction
 from ..ignore import IgnoreMatcher
 from ..image import ImageState
+from ..instructions import Add, Copy, Workdir
 from ..layers import LayerError, apply_layer
 from ..sandbox.rootfs import lower_stat, read_from_lowers
-from ..shellwords import process_word
-from .common import BuildError, StepEnv, layer_step
+from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import resolve_workdir
 
 __all__ = ["copy_instruction", "workdir_instruction"]
@@ -49,6 +49,7 @@ class _Item:
     path: Path | None
     st: os.stat_result | None
     archive: bool = False
+    data: bytes | None = None
 
 
 _MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
@@ -135,6 +136,11 @@ def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int
             with _open_archive(it.path) as src:
                 apply_layer(src, target)
             continue
+        if it.data is not None:  # a heredoc file: 0644 (or --chmod), root or --chown
+            target.write_bytes(it.data)
+            os.chown(target, *(owner or (0, 0)))
+            os.chmod(target, chmod if chmod is not None else 0o644)
+            continue
         st = it.st
         if os.path.lexists(target) and not (target.is_dir() and (st is None or stat.S_ISDIR(st.st_mode))):
             if target.is_dir() and not target.is_symlink():
@@ -213,60 +219,69 @@ async def _download(env: StepEnv, url: str, where: str) -> Path:
     return path
 
 
-async def copy_instruction(env: StepEnv, state: ImageState, ins: Instruction,
-                           scope: Mapping[str, str], name: str) -> None:
+async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
+                           name: str) -> None:
     """Execute (or reuse from the cache) one COPY or ADD."""
     where = env.where(ins)
-    add = ins.keyword == "ADD"
-    if ins.heredocs:
-        raise BuildError(where, f"{ins.keyword} with a heredoc is not supported yet")
-    words = [process_word(a, scope) if not ins.json else a for a in ins.args]
-    if len(words) < 2:
-        raise BuildError(where, f"{ins.keyword} needs at least one source and a destination")
-    srcs, dest_raw = words[:-1], words[-1]
+    add = isinstance(ins, Add)
+    dest_raw = ins.dest
     dest = resolve_workdir(state, dest_raw)
     lowers = await env.lowers(state)
-    from_ref = ins.flag("from")
+    from_ref = ins.from_ if isinstance(ins, Copy) else ""
     if from_ref:
         assert env.stage_root is not None
-        tree = SourceTree(await env.stage_root(process_word(from_ref, scope)), strict=False,
+        tree = SourceTree(await env.stage_root(from_ref), strict=False,
                           what=f"stage or image {from_ref!r}")
     else:
         tree = env.context
-    url_items: list[_Item] = []
+    n_sources = len(ins.sources) + len(ins.files)
+    dest_is_dir = dest_raw.endswith("/") or dest == "/"
+    st = lower_stat(lowers, dest.lstrip("/"))
+    dest_is_dir = dest_is_dir or (st is not None and stat.S_ISDIR(st.st_mode))
+    if n_sources > 1 and not dest_is_dir:
+        raise BuildError(where, f"copying {n_sources} sources needs a destination ending "
+                         f"with '/' (got {dest_raw!r})")
+    items: list[_Item] = []
     hashes: dict[str, str] = {}
+    for f in ins.files:
+        target = f"{dest.rstrip('/')}/{f.name}" if dest_is_dir else dest
+        items.append(_Item(target.lstrip("/"), None, None, data=f.data.encode()))
+        hashes[f"<<{f.name}"] = blake3.blake3(f.data.encode()).hexdigest()[:32]
     local = []
-    for s in srcs:
+    for s in ins.sources:
         if add and s.startswith(("http://", "https://")):
             path = await _download(env, s, where)
             fname = posixpath.basename(str(path))
             hashes[s] = await asyncio.to_thread(hash_path, path, os.stat(path))
-            target = f"{dest.rstrip('/')}/{fname}" if dest_raw.endswith("/") else dest
-            url_items.append(_Item(target.lstrip("/"), path, os.stat(path)))
+            target = f"{dest.rstrip('/')}/{fname}" if dest_is_dir else dest
+            items.append(_Item(target.lstrip("/"), path, os.stat(path)))
         else:
             local.append(s)
-    st = lower_stat(lowers, dest.lstrip("/"))
-    dest_is_dir = dest_raw.endswith("/") or (st is not None and stat.S_ISDIR(st.st_mode))
-    excludes = IgnoreMatcher.from_lines(list(ins.flag_all("exclude")))
+    excludes = IgnoreMatcher.from_lines(list(ins.exclude))
+    if local:
+        try:
+            more_items, more = await asyncio.to_thread(
+                _plan, tree, local, dest.lstrip("/"), dest_is_dir, add, excludes)
+        except ContextError as exc:
+            raise BuildError(where, str(exc)) from exc
+        items += more_items
+        hashes.update(more)
+    owner = _chown_ids(ins.chown, lowers, where) if ins.chown else None
     try:
-        items, more = await asyncio.to_thread(_plan, tree, local, dest.lstrip("/") or "",
-                                              dest_is_dir or dest == "/", add, excludes) \
-            if local else ([], {})
-    except ContextError as exc:
-        raise BuildError(where, str(exc)) from exc
-    items = url_items + items
-    hashes.update(more)
-    chown = ins.flag("chown")
-    owner = _chown_ids(process_word(chown, scope), lowers, where) if chown else None
-    chmod_s = ins.flag("chmod")
-    try:
-        chmod = int(chmod_s, 8) if chmod_s else None
+        chmod = int(ins.chmod, 8) if ins.chmod else None
     except ValueError:
-        raise BuildError(where, f"--chmod={chmod_s}: use an octal mode like 0644") from None
+        raise BuildError(where, f"--chmod={ins.chmod}: use an octal mode like 0644") from None
     inputs: dict[str, Any] = {"files": hashes, "dest": dest, "chown": list(owner or ()),
-                              "chmod": chmod, "from": from_ref or ""}
-    flags = " ".join(f for f in ins.flags)
-    created_by = f"{ins.keyword} {flags + ' ' if flags else ''}{' '.join(words)} # buildkit"
+                              "chmod": chmod}
+    flags = []
+    if from_ref:
+        flags.append(f"--from={from_ref}")
+    if ins.chown:
+        flags.append(f"--chown={ins.chown}")
+    if ins.chmod:
+        flags.append(f"--chmod={ins.chmod}")
+    words = [*flags, *ins.sources, *(f"<<{f.name}" for f in ins.files), ins.dest]
+    created_by = f"{ins.keyword} {' '.join(words)} # buildkit"
 
     async def produce(n: int) -> Path:
         upper = env.scratch("copy-")
@@ -276,14 +291,14 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Instruction,
             raise BuildError(where, f"unpacking an archive: {exc}") from exc
         return upper
 
-    await layer_step(env, state, ins, name, ins.original, created_by,
-                     inputs, produce)
+    await layer_step(env, state, ins, name, instruction_text(ins), created_by, inputs,
+                     produce)
 
 
-async def workdir_instruction(env: StepEnv, state: ImageState, ins: Instruction,
-                              scope: Mapping[str, str], name: str) -> None:
+async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
+                              name: str) -> None:
     """WORKDIR: set the config's working dir and create it (a layer, as BuildKit)."""
-    path = resolve_workdir(state, process_word(ins.args[0], scope))
+    path = resolve_workdir(state, ins.path)
     state.update(working_dir=path)
     lowers = await env.lowers(state)
 
