@@ -5,7 +5,9 @@
   directly (image-layout.md); the tag is matched against the
   ``org.opencontainers.image.ref.name`` annotation; without one the layout must hold
   exactly one image. Nested indexes pick the build platform's manifest;
-- a registry reference: pulled through :mod:`registry.client` when that module exists.
+- a registry reference: taken from pybuild's local image store (``registry.local``),
+  pulled into it first (``registry.copy``) when it is not there, as ``docker build``
+  uses an image it already has.
 
 Blobs read from a layout are verified and stored in the CAS (holder ``cache:base:<manifest
 digest>``), so later steps and outputs read every layer from one place.
@@ -13,16 +15,24 @@ digest>``), so later steps and outputs read every layer from one place.
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cas import Digest, Store
+from registry.client import ClientOptions, RegistryClient, TransportError
+from registry.copy import CopyOptions, Endpoint, copy_image
+from registry.errors import RegistryError
+from registry.local import ImageNotFound, ImageStore
 from registry.oci import INDEX_TYPES, ImageConfig, Index, Manifest
+from registry.progress import Progress as RegistryProgress
+from registry.refs import InvalidReference, parse_image_ref
+from registry.transfer import BlobError
 
 from .image import LayerRef, default_arch
 
-__all__ = ["BaseImage", "BaseImageError", "load_oci_layout", "resolve_base"]
+__all__ = ["BaseImage", "BaseImageError", "client_options", "load_oci_layout", "pull_base",
+           "resolve_base"]
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -114,15 +124,45 @@ async def load_oci_layout(ref: str, store: Store) -> BaseImage:
     return BaseImage(ref, Digest.of(raw_manifest), config, layers)
 
 
+def client_options() -> ClientOptions:
+    """Registry client settings: ``PYBUILD_INSECURE_REGISTRIES`` (comma-separated hosts)
+    as ``pybuild pull`` reads it; loopback registries are always allowed over HTTP."""
+    insecure = {h for h in os.environ.get("PYBUILD_INSECURE_REGISTRIES", "").split(",") if h}
+    return ClientOptions(insecure=frozenset(insecure))
+
+
+async def pull_base(ref: str, store: Store) -> BaseImage:
+    """A registry image, from pybuild's local image store (pulled into it when absent)."""
+    try:
+        image_ref = parse_image_ref(ref)
+    except InvalidReference as exc:
+        raise BaseImageError(str(exc)) from exc
+    images = await ImageStore.open(store=store)
+    try:
+        if await images.resolve(str(image_ref)) is None:
+            try:
+                async with RegistryClient(client_options()) as client:
+                    await copy_image(Endpoint("registry", image_ref),
+                                     Endpoint("local", image_ref), images, client,
+                                     RegistryProgress("quiet"),
+                                     CopyOptions(platform=f"linux/{default_arch()}"))
+            except (RegistryError, TransportError, BlobError, OSError) as exc:
+                raise BaseImageError(f"pulling {image_ref}: {exc}") from exc
+        try:
+            manifest, config = await images.get(str(image_ref), f"linux/{default_arch()}")
+        except ImageNotFound as exc:
+            raise BaseImageError(str(exc)) from exc
+    finally:
+        await images.close()
+    if len(config.rootfs.diff_ids) != len(manifest.layers):
+        raise BaseImageError(f"{ref}: the config lists {len(config.rootfs.diff_ids)} diff_ids "
+                             f"for {len(manifest.layers)} layers")
+    layers = tuple(LayerRef(d, diff) for d, diff in zip(manifest.layers, config.rootfs.diff_ids))
+    return BaseImage(str(image_ref), Digest.of(manifest.to_bytes()), config, layers)
+
+
 async def resolve_base(ref: str, store: Store) -> BaseImage:
     """A base image by reference (not ``scratch`` and not a stage name)."""
     if ref.startswith("oci-layout://"):
         return await load_oci_layout(ref, store)
-    try:
-        from registry import client  # noqa: F401  (lands with the registry client)
-    except ImportError:
-        raise BaseImageError(
-            f"FROM {ref}: pulling from a registry needs the registry client, which this "
-            "build of pybuild does not have yet; use FROM oci-layout://DIR[:tag]") from None
-    raise BaseImageError(f"FROM {ref}: registry bases are not wired into the builder yet; "
-                         "use FROM oci-layout://DIR[:tag]")
+    return await pull_base(ref, store)

@@ -29,6 +29,7 @@ from .ignore import read_ignore_file
 from .image import BuiltImage, assemble, timestamp
 from .outputs import Output, write_docker_archive, write_oci_layout
 from .progress import Progress
+from .publish import push_images, tag_images
 from .sandbox.flatten import flatten_lowers
 from .snapshots import SnapshotStore
 from .steps.common import StepEnv
@@ -53,6 +54,7 @@ class BuildOptions:
     secrets: dict[str, Path] = field(default_factory=dict)
     compression: str = "gzip"
     source_date_epoch: int | None = None
+    push: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,14 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
                 lowers = await env.lowers(state)
                 await asyncio.to_thread(flatten_lowers, lowers, out.dest)
             progress.done(n)
+        if opts.tags:
+            n = progress.start("naming " + ", ".join(opts.tags))
+            refs = await tag_images(image, store, list(opts.tags))
+            progress.done(n)
+            if opts.push:
+                n = progress.start("pushing " + ", ".join(refs))
+                await push_images(store, refs)
+                progress.done(n)
         progress.result(str(image.digest))
         return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran))
     finally:

@@ -16,6 +16,7 @@ from .context import ContextError
 from .errors import DockerfileError
 from .outputs import OutputError, parse_output
 from .progress import Progress
+from .publish import PublishError
 from .steps.common import BuildError
 
 __all__ = ["build"]
@@ -82,19 +83,18 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         outs = tuple(parse_output(o) for o in outputs)
     except OutputError as exc:
         raise click.BadParameter(str(exc), param_hint="--output") from exc
-    if push:
-        raise click.UsageError("--push needs the registry client, which is not part of this "
-                               "build yet; use --output type=oci,dest=DIR and `pybuild push`")
+    if push and not tags:
+        raise click.UsageError("--push needs at least one -t NAME to push to")
     opts = BuildOptions(
         context=context, storage=storage or default_storage_dir(), dockerfile=dockerfile,
         tags=tags, build_args=_kv(build_args, "--build-arg"), target=target,
         labels=_kv(labels, "--label"), no_cache=no_cache, explain=explain, network=network,
         outputs=outs, secrets=_secrets(secrets), compression=compression,
-        source_date_epoch=source_date_epoch)
+        source_date_epoch=source_date_epoch, push=push)
     progress = Progress(progress_mode)
     try:
         result = asyncio.run(run_build(opts, progress))
-    except (BuildError, DockerfileError, ContextError) as exc:
+    except (BuildError, DockerfileError, ContextError, PublishError) as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
     digest = str(result.image.digest)
