@@ -23,7 +23,16 @@ from pathlib import Path
 from .base import BaseImage, BaseImageError, resolve_base
 from .errors import DockerfileError
 from .image import ImageState
-from .instructions import Add, Arg, Copy, From, Instruction, Run, Workdir, parse_dockerfile
+from .instructions import (
+    Add,
+    Arg,
+    Copy,
+    From,
+    Instruction,
+    Run,
+    Workdir,
+    parse_dockerfile,
+)
 from .sandbox.flatten import flatten_lowers
 from .stages import BuildPlan, Stage, plan_build
 from .steps.common import BuildError, StepEnv
@@ -41,9 +50,8 @@ async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
                target: str | None) -> tuple[BuildPlan, dict[str, BaseImage]]:
     """Plan the build; read the base images the needed stages start from."""
     first = plan_build(tree, build_args, target)
-    refs = sorted({first.stages[i].base_image for i in first.needed
-                   if first.stages[i].base_image
-                   and first.stages[i].base_image.lower() != "scratch"})  # type: ignore[union-attr]
+    refs = sorted({ref for i in first.needed
+                   if (ref := first.stages[i].base_image) and ref.lower() != "scratch"})
 
     async def load(ref: str) -> BaseImage:
         try:
@@ -141,7 +149,7 @@ class Executor:
         body = list(stage.instructions[1:])
         if state.config.on_build:
             where = f"{env.dockerfile}:{head.start_line}: FROM"
-            body = [replace(_trigger(t, where), start_line=head.start_line)  # type: ignore[call-arg]
+            body = [replace(_trigger(t, where), start_line=head.start_line)
                     for t in state.config.on_build] + body
             state.update(on_build=None)
         total = 1 + sum(1 for i in body if isinstance(i, _FS))

@@ -39,7 +39,7 @@ def default_arch() -> str:
 
 def timestamp(epoch: float) -> str:
     """RFC 3339 in UTC, as image configs carry it."""
-    dt = datetime.datetime.fromtimestamp(epoch, tz=datetime.timezone.utc)
+    dt = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + (
         f".{dt.microsecond:06d}".rstrip("0") if dt.microsecond else "") + "Z"
 

@@ -46,7 +46,7 @@ def parse_output(text: str) -> Output:
     if not dest:
         raise OutputError(f"--output {text!r}: dest= is required")
     if fields:
-        raise OutputError(f"--output: unknown option {sorted(fields)[0]!r}")
+        raise OutputError(f"--output: unknown option {min(fields)!r}")
     return Output(kind, Path(dest))
 
 

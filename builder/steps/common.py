@@ -18,8 +18,8 @@ from registry.oci import Descriptor
 
 from ..cache import BuildCache, CachedLayer, step_key
 from ..context import SourceTree
-from ..instructions import Instruction
 from ..image import ImageState, LayerRef
+from ..instructions import Instruction
 from ..layers import changeset_from_upper, write_layer_file
 from ..progress import Progress
 from ..snapshots import SnapshotStore
@@ -95,7 +95,7 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
     inputs = {**inputs, "compression": env.compression, "sde": env.source_date_epoch}
     key = step_key(state.key, instruction, inputs)
     n = env.progress.start(name)
-    cached = None if env.no_cache else env.cache.get(key)
+    cached = None if env.no_cache else await asyncio.to_thread(env.cache.get, key)
     if cached is not None and cached.digest and await env.store.stat(
             Digest.parse(cached.digest)) is None:
         cached = None
@@ -103,7 +103,8 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
         env.progress.cached(n)
     else:
         if env.explain and not env.no_cache:
-            env.progress.explain(n, env.cache.explain(state.key, instruction, inputs))
+            env.progress.explain(n, await asyncio.to_thread(
+                env.cache.explain, state.key, instruction, inputs))
         try:
             upper = await produce(n)
         except BuildError as exc:
@@ -121,7 +122,7 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
             cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id),
                                  blob.media_type)
             await asyncio.to_thread(env.snapshots.adopt, blob.diff_id, upper)
-        env.cache.put(key, state.key, instruction, inputs, cached)
+        await asyncio.to_thread(env.cache.put, key, state.key, instruction, inputs, cached)
         env.progress.done(n)
     state.key = key
     if cached.digest:

@@ -24,7 +24,7 @@ import stat
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import blake3
 
@@ -66,13 +66,13 @@ def _is_archive(path: Path) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
 
-def _open_archive(path: Path) -> IO[bytes]:
+def _open_archive(path: Path) -> BinaryIO:
     with open(path, "rb") as f:
         head = f.read(6)
     if head.startswith(b"BZh"):
-        return bz2.open(path, "rb")
+        return bz2.open(path, "rb")  # type: ignore[return-value]
     if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.open(path, "rb")
+        return lzma.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")  # plain, gzip and zstd are recognised by apply_layer itself
 
 
@@ -210,9 +210,12 @@ async def _download(env: StepEnv, url: str, where: str) -> Path:
         async with aiohttp.ClientSession() as session, session.get(url) as resp:
             if resp.status != 200:
                 raise BuildError(where, f"downloading {url}: HTTP {resp.status}")
-            with open(path, "wb") as f:
+            f = await asyncio.to_thread(open, path, "wb")
+            try:
                 async for chunk in resp.content.iter_chunked(1 << 20):
                     await asyncio.to_thread(f.write, chunk)
+            finally:
+                await asyncio.to_thread(f.close)
     except aiohttp.ClientError as exc:
         raise BuildError(where, f"downloading {url}: {exc}") from exc
     os.chmod(path, 0o600)

@@ -24,7 +24,7 @@ def docker_host() -> Iterator[str]:
     dockerd = require_tool("dockerd", "docker.io")
     work = Path(tempfile.mkdtemp(prefix="pbd-"))  # short: unix socket paths are limited
     host = f"unix://{work}/docker.sock"
-    log = open(work / "dockerd.log", "wb")
+    log = open(work / "dockerd.log", "wb")  # noqa: SIM115 (outlives this block)
     proc = subprocess.Popen(
         [dockerd, "--iptables=false", "--ip6tables=false", "--bridge=none",
          "--storage-driver=vfs", "--data-root", str(work / "data"), "--exec-root",
@@ -32,7 +32,7 @@ def docker_host() -> Iterator[str]:
         stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
-        while subprocess.run(["docker", "-H", host, "version"], capture_output=True).returncode:
+        while subprocess.run(["docker", "-H", host, "version"], check=False, capture_output=True).returncode:
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("dockerd did not start:\n" + (work / "dockerd.log").read_text()[-3000:])
             time.sleep(0.3)
@@ -45,7 +45,7 @@ def docker_host() -> Iterator[str]:
             proc.kill()
             proc.wait()
         log.close()
-        subprocess.run(["umount", "-R", str(work)], capture_output=True)
+        subprocess.run(["umount", "-R", str(work)], check=False, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -56,14 +56,15 @@ def test_docker_loads_and_runs_the_archive(context_of, tmp_path: Path, docker_ho
     built = subprocess.run(
         ["python3", "-m", "builder", "build", "--progress", "plain", "-t",
          "pybuild-test/docker-run:1", "--output", f"type=docker,dest={archive}", str(ctx)],
-        capture_output=True, text=True, env=env, timeout=300)
+        check=False, capture_output=True, text=True, env=env, timeout=300)
     assert built.returncode == 0, built.stderr
     load = subprocess.run(["docker", "-H", docker_host, "load", "-i", str(archive)],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert load.returncode == 0, load.stderr
     assert "pybuild-test/docker-run:1" in load.stdout
     run = subprocess.run(["docker", "-H", docker_host, "run", "--rm", "--network", "none",
-                          "pybuild-test/docker-run:1"], capture_output=True, text=True,
+                          "pybuild-test/docker-run:1"], check=False, capture_output=True,
+                         text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout == "hello from the context\nbuilt-by-pybuild\n"

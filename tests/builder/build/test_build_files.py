@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import http.server
 import os
-import threading
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.builder.build.conftest import write_base_layout
 
 
@@ -18,7 +19,7 @@ from tests.builder.build.conftest import write_base_layout
 def http_server() -> Iterator[int]:
     """A local HTTP server on 127.0.0.1 serving /remote.txt, in a thread."""
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             body = b"remote content\n"
             self.send_response(200 if self.path == "/remote.txt" else 404)
             self.send_header("Content-Length", str(len(body)))
@@ -98,19 +99,20 @@ def test_cli_plain_progress_cached_and_failure(context_of, tmp_path: Path) -> No
     iid = tmp_path / "iid"
     cmd = ["python3", "-m", "builder", "build", "--progress", "plain", "--iidfile", str(iid),
            "--source-date-epoch", "0", str(ctx)]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    first = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "#2 [2/5] WORKDIR $APP_HOME" in first.stderr
     assert "hello from run" not in first.stderr or "#" in first.stderr
     digest = first.stdout.strip()
     assert digest.startswith("sha256:") and iid.read_text() == digest
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    second = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
     assert second.stderr.count("CACHED") == 4
     assert second.stdout.strip() == digest
 
     failing = context_of("failing-run")
     bad = subprocess.run(["python3", "-m", "builder", "build", "--progress", "plain",
-                          "-t", "x/y:z", str(failing)], capture_output=True, text=True,
+                          "-t", "x/y:z", str(failing)], check=False, capture_output=True,
+                         text=True,
                          env=env, timeout=300)
     assert bad.returncode == 1
     assert "exit code 3" in bad.stderr and "before-failure" in bad.stderr
