@@ -9,8 +9,10 @@ Plain mode follows BuildKit's ``--progress=plain``::
     #4 CACHED
 
 JSON mode writes one object per line (``{"event": "start"|"log"|"cached"|"done"|
-"error"|"explain"|"result", "step": N, ...}``). On a terminal (``auto``) the plain lines
-are written with the step's status updated in place.
+"error"|"explain"|"result", "step": N, ...}``). On a terminal (``auto``) finished steps
+scroll up as one line each (``=> [2/4] RUN make  0.4s``, ``=> CACHED [3/4] COPY ...``),
+while the running steps stay at the bottom with their elapsed time and last output line,
+redrawn in place.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Progress:
         self.cached_names: list[str] = []
         self.ran: list[str] = []
         self._names: dict[int, str] = {}
+        self._active: dict[int, str] = {}
+        self._drawn = 0
 
     def _emit(self, event: dict[str, object], line: str) -> None:
         with self._lock:
@@ -45,9 +49,43 @@ class Progress:
                 self.out.write(json.dumps(event) + "\n")
             elif self.mode == "quiet":
                 return
+            elif self.mode == "tty":
+                self._tty(event)
             else:
                 self.out.write(line + "\n")
             self.out.flush()
+
+    # -- the live view (mode "tty") -------------------------------------------------------
+    def _tty(self, event: dict[str, object]) -> None:
+        n = int(event.get("step", 0))  # type: ignore[call-overload]
+        kind = event["event"]
+        name = self._names.get(n, "")
+        done_line = None
+        if kind == "start":
+            self._active[n] = ""
+        elif kind == "log":
+            self._active[n] = str(event["line"])[-100:]
+        elif kind in ("done", "cached", "error"):
+            self._active.pop(n, None)
+            secs = time.monotonic() - self._start.get(n, time.monotonic())
+            done_line = {"done": f"\x1b[34m=> {name}  {secs:.1f}s\x1b[0m",
+                         "cached": f"\x1b[34m=> CACHED {name}\x1b[0m",
+                         "error": f"\x1b[31m=> ERROR {name}: {event.get('message')}\x1b[0m"}[
+                str(kind)]
+        else:
+            done_line = str(event.get("reason") or event.get("message") or event.get("digest"))
+        # erase the running block, print what finished, draw the block again
+        self.out.write("\x1b[1A\x1b[2K" * self._drawn)
+        if done_line is not None:
+            self.out.write(done_line + "\n")
+        lines = []
+        for m, last in self._active.items():
+            secs = time.monotonic() - self._start.get(m, time.monotonic())
+            lines.append(f"=> {self._names.get(m, '')}  {secs:.1f}s")
+            if last:
+                lines.append(f"\x1b[2m   {last}\x1b[0m")
+        self.out.write("".join(line + "\n" for line in lines))
+        self._drawn = len(lines)
 
     def start(self, name: str) -> int:
         with self._lock:
@@ -55,9 +93,7 @@ class Progress:
             n = self._n
             self._start[n] = time.monotonic()
             self._names[n] = name
-        prefix = "\x1b[1m" if self.mode == "tty" else ""
-        suffix = "\x1b[0m" if self.mode == "tty" else ""
-        self._emit({"event": "start", "step": n, "name": name}, f"{prefix}#{n} {name}{suffix}")
+        self._emit({"event": "start", "step": n, "name": name}, f"#{n} {name}")
         return n
 
     def log(self, n: int, line: str) -> None:

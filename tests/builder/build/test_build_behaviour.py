@@ -90,3 +90,14 @@ def test_failing_run_reports_exit_code_and_output(context_of, build) -> None:
     assert "exit code 3" in str(info.value)
     assert "before-failure" in str(info.value)
     assert "Dockerfile:2: RUN" in str(info.value)
+
+
+@pytest.mark.slow
+def test_independent_stages_build_concurrently(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build(context_of("concurrent"), local=out)
+    times = {s: (int((out / s / "start").read_text()), int((out / s / "end").read_text()))
+             for s in ("a", "b")}
+    assert max(t[0] for t in times.values()) < min(t[1] for t in times.values()), times
+    # COPY --from an image (not a stage) reads that image's root
+    assert (out / "from-image/busybox").stat().st_size > 100_000

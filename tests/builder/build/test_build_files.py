@@ -117,6 +117,16 @@ def test_cli_plain_progress_cached_and_failure(context_of, tmp_path: Path) -> No
     assert bad.returncode == 1
     assert "exit code 3" in bad.stderr and "before-failure" in bad.stderr
     assert bad.stdout == ""
+    images = subprocess.run(["python3", "-m", "builder", "images"], check=False,
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert images.returncode == 0 and "x/y" not in images.stdout  # nothing tagged
+
+    (ctx / "dir/a.txt").write_text("changed\n")
+    explained = subprocess.run([*cmd[:-1], "--explain", str(ctx)], check=False,
+                               capture_output=True, text=True, env=env, timeout=300)
+    assert explained.returncode == 0, explained.stderr
+    assert "cache miss: inputs changed: files:dir/a.txt" in explained.stderr
+    assert explained.stderr.count("CACHED") == 2
 
 
 def test_write_base_layout_is_importable() -> None:
