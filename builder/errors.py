@@ -109,8 +109,9 @@ def unknown_flag(instruction: str, flag: str, known: Iterable[str]) -> Problem:
     best = closest(flag, names)
     if best:
         return Problem(message, f"did you mean --{best}?")
-    allowed = ", ".join(f"--{n}" for n in names) if names else "none"
-    return Problem(message, f"{instruction} accepts: {allowed}")
+    if not names:
+        return Problem(message, f"{instruction} takes no flags")
+    return Problem(message, f"{instruction} accepts " + ", ".join(f"--{n}" for n in names))
 
 
 def duplicate_flag(instruction: str, flag: str) -> Problem:

@@ -13,18 +13,11 @@ options, ONBUILD triggers (no ONBUILD, FROM or MAINTAINER), ``--mount`` specs.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from .errors import (
-    DockerfileError,
-    Problem,
-    bad_flag_value,
-    duplicate_flag,
-    expected_arguments,
-    flag_needs_value,
-    unknown_flag,
-)
+from .errors import Problem, bad_flag_value, expected_arguments
+from .flags import Flags, parse_duration
 from .mounts import Mount, MountError, parse_mount
 from .syntax import Heredoc, Keyword, Node, SyntaxTree, parse_heredoc_marker
 
@@ -249,77 +242,13 @@ class Healthcheck(Instruction):
     retries: int = 0
 
 
-# --- flags ----------------------------------------------------------------------------
-
-
-@dataclass
-class _Flags:
-    """Parses ``--name[=value]`` flags against what one instruction accepts.
-
-    ``spec`` maps a flag name to ``bool`` (``--link``, ``--link=false``), ``str`` (one
-    value) or ``list`` (repeatable, e.g. ``--mount``).
-    """
-
-    node: Node
-    file: str
-    spec: dict[str, type]
-    values: dict[str, Any] = field(default_factory=dict)
-
-    def parse(self) -> dict[str, Any]:
-        kw = self.node.keyword
-        for raw in self.node.flags:
-            if raw == "--":
-                break
-            if not raw.startswith("--"):
-                raise self.node.error(f"flag {raw!r} should start with --", file=self.file,
-                                      near=raw)
-            name, has_value, value = raw[2:].partition("=")
-            kind = self.spec.get(name)
-            if kind is None:
-                raise self.node.error(unknown_flag(kw, name, self.spec), file=self.file,
-                                      near=raw)
-            if name in self.values and kind is not list:
-                raise self.node.error(duplicate_flag(kw, name), file=self.file, near=raw)
-            if kind is bool:
-                if has_value and value == "":
-                    raise self.node.error(flag_needs_value(kw, name), file=self.file, near=raw)
-                if value.lower() not in ("", "true", "false"):
-                    raise self.node.error(bad_flag_value(kw, name, value, "true or false"),
-                                          file=self.file, near=raw)
-                self.values[name] = value.lower() != "false"
-            else:
-                if not has_value:
-                    raise self.node.error(flag_needs_value(kw, name), file=self.file, near=raw)
-                if kind is list:
-                    self.values.setdefault(name, []).append(value)
-                else:
-                    self.values[name] = value
-        return self.values
-
-
 # --- the per-keyword parsers ----------------------------------------------------------
 
 
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9\-_.]*$")
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_NS = {"ns": 1, "us": 1000, "µs": 1000, "μs": 1000, "ms": 10**6, "s": 10**9,
-            "m": 60 * 10**9, "h": 3600 * 10**9}
-
-
-def parse_duration(text: str) -> int:
-    """Go duration syntax (``30s``, ``1m30s``, ``1.5h``, ``0``) -> nanoseconds."""
-    if text == "0":
-        return 0
-    pos, total = 0, 0.0
-    while pos < len(text):
-        m = _DURATION.match(text, pos)
-        if not m:
-            raise ValueError(f"invalid duration {text!r}")
-        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
-        pos = m.end()
-    if not text:
-        raise ValueError("empty duration")
-    return int(total)
+def _checked(mount: Mount | None) -> Mount:
+    assert mount is not None  # parse_mount returns a Mount whenever it can expand
+    return mount
 
 
 def _one(node: Node, file: str) -> str:
@@ -379,7 +308,7 @@ def parse_instruction(node: Node, file: str = "Dockerfile") -> Instruction:
                            "column": node.column, "original": node.original}
 
     def flags(**spec: type) -> dict[str, Any]:
-        return _Flags(node, file, dict(spec)).parse()
+        return Flags(node, file, dict(spec)).parse()
 
     if kw is Keyword.FROM:
         f = flags(platform=str)
@@ -411,9 +340,9 @@ def parse_instruction(node: Node, file: str = "Dockerfile") -> Instruction:
         try:
             if any("$" in s for s in specs):
                 for spec in specs:  # check what can be checked before expansion
-                    parse_mount(spec, lambda v: "" if "$" in v else v)
+                    parse_mount(spec, None)
             else:
-                mounts = tuple(parse_mount(s) for s in specs)
+                mounts = tuple(_checked(parse_mount(s)) for s in specs)
         except MountError as exc:
             raise node.error(exc.problem, file=file, near="--mount") from None
         files = tuple(_inline_file(d) for d in node.heredocs)
@@ -512,7 +441,7 @@ def parse_instruction(node: Node, file: str = "Dockerfile") -> Instruction:
 
 def _healthcheck(node: Node, file: str, loc: dict[str, Any]) -> Healthcheck:
     kw = node.keyword
-    f = _Flags(node, file, {"interval": str, "timeout": str, "start-period": str,
+    f = Flags(node, file, {"interval": str, "timeout": str, "start-period": str,
                             "start-interval": str, "retries": str}).parse()
     if not node.args:
         raise node.error(expected_arguments(kw, "at least one argument"), file=file)
@@ -552,7 +481,10 @@ def _healthcheck(node: Node, file: str, loc: dict[str, Any]) -> Healthcheck:
         if retries < 0:
             raise node.error(bad_flag_value(kw, "retries", f["retries"], "0 or more"),
                              file=file, near="--retries")
-    return Healthcheck(test=test, retries=retries, **times, **loc)
+    return Healthcheck(test=test, retries=retries, interval=times.get("interval", 0),
+                       timeout=times.get("timeout", 0),
+                       start_period=times.get("start_period", 0),
+                       start_interval=times.get("start_interval", 0), **loc)
 
 
 def parse_dockerfile(tree: SyntaxTree) -> tuple[Instruction, ...]:

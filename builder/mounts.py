@@ -100,8 +100,12 @@ def _uint(key: str, value: str, base: int) -> int:
     return n
 
 
-def parse_mount(spec: str, expand: Callable[[str], str] = lambda v: v) -> Mount:
-    """Parse one ``--mount`` value; ``expand`` resolves variables in each field value."""
+def parse_mount(spec: str, expand: Callable[[str], str] | None = lambda v: v) -> Mount | None:
+    """Parse one ``--mount`` value; ``expand`` resolves variables in each field value.
+
+    With ``expand=None`` (values not known yet) only the keys and the ``from`` rule are
+    checked and None is returned.
+    """
     try:
         fields = next(csv.reader([spec]), [])
     except csv.Error as exc:
@@ -112,6 +116,14 @@ def parse_mount(spec: str, expand: Callable[[str], str] = lambda v: v) -> Mount:
     for field in fields:
         key, has_value, value = field.partition("=")
         key = key.lower()
+        if expand is None:
+            if key not in _KEYS:
+                raise MountError(with_suggestion(
+                    f"unexpected key {key!r} in {field!r}", key, _KEYS))
+            if key == "from" and "$" in value[:-1]:
+                raise MountError(Problem("'from' doesn't support variable expansion",
+                                         "define an alias stage instead"))
+            continue
         if not has_value:
             if key in ("readonly", "ro"):
                 values["readonly"], ro_auto = True, False
@@ -168,6 +180,8 @@ def parse_mount(spec: str, expand: Callable[[str], str] = lambda v: v) -> Mount:
             values["env"] = value
         else:
             raise MountError(with_suggestion(f"unexpected key {key!r} in {field!r}", key, _KEYS))
+    if expand is None:
+        return None
     if kind not in (MountType.SECRET, MountType.SSH, MountType.CACHE):
         for key in ("mode", "uid", "gid"):
             if key in values:

@@ -21,7 +21,7 @@ from .instructions import Instruction, parse_dockerfile
 from .stages import BuildPlan, plan_build
 from .syntax import Node, SyntaxTree, parse
 
-__all__ = ["parse_command", "tree_to_json"]
+__all__ = ["parse_command", "plan_to_json", "tree_to_json"]
 
 
 def _node_json(node: Node, typed: Instruction) -> dict[str, Any]:
@@ -54,11 +54,13 @@ def tree_to_json(tree: SyntaxTree) -> dict[str, Any]:
     }
 
 
-def _plan_json(plan: BuildPlan) -> dict[str, Any]:
+def plan_to_json(plan: BuildPlan) -> dict[str, Any]:
+    """The document ``pybuild parse --json --expand`` prints."""
     return {
         "target": plan.target,
         "needed": list(plan.needed),
         "global_args": dict(plan.global_args),
+        "proxy_env": dict(plan.proxy_env),
         "unused_build_args": list(plan.unused_build_args),
         "stages": [
             {
@@ -134,7 +136,7 @@ def parse_command(path: str, as_json: bool, build_args: dict[str, str], target: 
         if expand or build_args or target:
             plan = plan_build(tree, build_args, target)
             if as_json:
-                click.echo(json.dumps(_plan_json(plan), indent=2, ensure_ascii=False))
+                click.echo(json.dumps(plan_to_json(plan), indent=2, ensure_ascii=False))
             else:
                 _print_plan(plan)
             return

@@ -20,6 +20,10 @@ Supported parameter forms (the ones BuildKit supports, nothing more):
 Globs know ``*`` and ``?`` (no bracket expressions). Positional and special parameters
 (``$1``, ``$@``, ``$$``...) are never set in a Dockerfile and expand to "".
 
+One deliberate difference: BuildKit's current lexer shares one word buffer between a
+word and the default/alternative text of a ``${VAR:-text}`` inside it, so splitting
+``ab${X:-c}d`` yields ``cd`` there; here it yields ``abcd``, as a shell does.
+
 The escape character is ``\\`` unless the Dockerfile's ``# escape=`` directive chose the
 backtick. Inside single quotes nothing is special; inside double quotes the escape
 character only escapes ``"``, ``$`` and itself.
@@ -352,7 +356,8 @@ class _Run:
         return value[: m.start()] + replacement + value[m.end() :]
 
     def process_name(self) -> str:
-        scan, name = self.scan, []
+        scan = self.scan
+        name: list[str] = []
         while scan.peek() != _EOF:
             ch = scan.peek()
             if not name and ch.isdecimal():

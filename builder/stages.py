@@ -246,8 +246,8 @@ def plan_build(
 
     stages: list[Stage] = []
     for index, section in enumerate(sections):
-        stages.append(_expand_stage(index, section, stages, global_args, build_args,
-                                    consumed, ex, image_env or {}))
+        stages.append(_expand_stage(index, section, stages, len(sections), global_args,
+                                    build_args, consumed, ex, image_env or {}))
     stages = _link_later_stages(stages)
 
     if target:
@@ -278,7 +278,7 @@ def _find_stage(ref: str, stages: list[Stage]) -> int | None:
 
 
 def _expand_stage(
-    index: int, section: list[Instruction], earlier: list[Stage],
+    index: int, section: list[Instruction], earlier: list[Stage], stage_count: int,
     global_args: Mapping[str, str], build_args: Mapping[str, str], consumed: set[str],
     ex: _Expander, image_env: Mapping[str, Mapping[str, str]],
 ) -> Stage:
@@ -346,7 +346,7 @@ def _expand_stage(
             if isinstance(ins, Add):
                 changes["checksum"] = ex.word(ins, ins.checksum, scope)
             else:
-                _source_ref(ins, ins.from_, earlier, deps, images, ex)
+                _source_ref(ins, ins.from_, earlier, stage_count, deps, images, ex)
             out.append(replace(ins, **changes))  # type: ignore[arg-type]
         elif isinstance(ins, Expose):
             ports = tuple(p for w in ins.ports for p in ex.words(ins, w, scope))
@@ -365,14 +365,16 @@ def _expand_stage(
         elif isinstance(ins, Volume):
             out.append(replace(ins, paths=tuple(ex.word(ins, p, scope) for p in ins.paths)))
         elif isinstance(ins, Run):
+            def expand(value: str, ins: Instruction = ins, scope: dict[str, str] = scope) -> str:
+                return ex.word(ins, value, scope)
+
             try:
-                mounts = tuple(parse_mount(s, lambda v, sc=scope: ex.word(ins, v, sc))
-                               for s in ins.mount_specs)
+                mounts = tuple(m for s in ins.mount_specs if (m := parse_mount(s, expand)))
             except (MountError, ShellLexError) as exc:
                 raise ex.fail(ins, exc) from None
             for m in mounts:
                 if m.from_:
-                    _source_ref(ins, m.from_, earlier, deps, images, ex)
+                    _source_ref(ins, m.from_, earlier, stage_count, deps, images, ex)
             out.append(replace(ins, mounts=mounts))
         else:
             out.append(ins)
@@ -381,8 +383,8 @@ def _expand_stage(
                  dict(args), dict(env))
 
 
-def _source_ref(ins: Instruction, ref: str, earlier: list[Stage], deps: set[int],
-                images: list[str], ex: _Expander) -> None:
+def _source_ref(ins: Instruction, ref: str, earlier: list[Stage], stage_count: int,
+                deps: set[int], images: list[str], ex: _Expander) -> None:
     """Record a COPY --from / mount from= reference (later stages are linked after)."""
     if not ref:
         return
@@ -390,6 +392,9 @@ def _source_ref(ins: Instruction, ref: str, earlier: list[Stage], deps: set[int]
         raise ex.fail(ins, ValueError(
             "variable expansion is not supported for --from; define a new stage with "
             "FROM using an ARG from the global scope instead"))
+    if ref.isdigit() and int(ref) >= stage_count:
+        raise ex.fail(ins, ValueError(
+            f"invalid stage index {ref}: this Dockerfile has stages 0 to {stage_count - 1}"))
     found = _find_stage(ref, earlier)
     if found is not None:
         deps.add(found)

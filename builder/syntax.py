@@ -236,8 +236,7 @@ def _split_lines(text: str) -> list[str]:
 
 def parse(text: str, file: str = "Dockerfile") -> SyntaxTree:
     """Parse Dockerfile ``text`` into nodes; raise :class:`DockerfileError` on bad input."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     lines = _split_lines(text)
     directives = _Directives(file)
     nodes: list[Node] = []

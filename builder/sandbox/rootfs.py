@@ -41,10 +41,10 @@ __all__ = [
     "OVERLAY_OPTIONS",
     "RootfsLayout",
     "RootfsMode",
-    "overlay_mount_data",
-    "overlay_supported",
     "is_opaque",
     "lower_stat",
+    "overlay_mount_data",
+    "overlay_supported",
     "read_from_lowers",
 ]
 

@@ -60,7 +60,7 @@ from .rootfs import (
 from .spec import BindMount, CacheMount, Network, RunSpec, SecretMount, TmpfsMount
 from .users import ExecUser, resolve_user
 
-__all__ = ["Executor", "OutputCallback", "StepResult", "TAIL_LINES", "run_step"]
+__all__ = ["TAIL_LINES", "Executor", "OutputCallback", "StepResult", "run_step"]
 
 
 

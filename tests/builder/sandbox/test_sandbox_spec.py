@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import builder.sandbox as sandbox
+from builder import sandbox
 from builder.sandbox import (
     BindMount,
     CacheMount,
