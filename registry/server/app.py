@@ -164,6 +164,7 @@ async def _metrics(request: web.Request) -> web.Response:
     try:
         stats = await reg.store.stats()
     except Exception:  # noqa: BLE001 -- metrics render even when the store cannot answer
+        log.warning("metrics: store statistics unavailable", exc_info=True)
         stats = None
     text = reg.metrics.render(len(reg.ingests), stats)
     return web.Response(

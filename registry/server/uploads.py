@@ -287,7 +287,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
     digest = parse_digest(digest_text)
     async with reg.upload_lock(upload_id):
         ingest = await _session(reg, name, upload_id)
-        if (_content_length(request) or 0) > 0 or request.headers.get("Content-Range"):
+        if request.body_exists or request.headers.get("Content-Range"):
             await _append(request, name, upload_id, ingest)
         try:
             await ingest.commit(digest, link=holder(name))
@@ -306,8 +306,10 @@ async def _drop_session(reg: Registry, upload_id: str) -> None:
 
 async def upload_status(request: web.Request, name: str, upload_id: str) -> web.Response:
     reg = request.app[REGISTRY]
-    ingest = await _session(reg, name, upload_id)
-    return web.Response(status=204, headers=_session_headers(name, upload_id, ingest.offset))
+    # Under the session's lock: the answer reflects the end of any chunk still arriving.
+    async with reg.upload_lock(upload_id):
+        ingest = await _session(reg, name, upload_id)
+        return web.Response(status=204, headers=_session_headers(name, upload_id, ingest.offset))
 
 
 async def cancel_upload(request: web.Request, name: str, upload_id: str) -> web.Response:

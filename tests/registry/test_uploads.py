@@ -236,3 +236,16 @@ async def test_repository_appears_in_catalog_only_after_a_commit(client):
     assert (await client.get("/v2/pending/repo/tags/list")).status == 404
     await client.put(f"{location}?digest={Digest.of(b'')}")
     assert "pending/repo" in (await (await client.get("/v2/_catalog")).json())["repositories"]
+
+
+async def test_final_chunk_streamed_without_content_length(client):
+    location = await _start(client)
+
+    async def body():
+        yield b"streamed "
+        yield b"final chunk"
+
+    data = b"streamed final chunk"
+    resp = await client.put(f"{location}?digest={Digest.of(data)}", data=body())
+    assert resp.status == 201, await resp.text()
+    assert await (await client.get(f"/v2/up/repo/blobs/{Digest.of(data)}")).read() == data
