@@ -29,7 +29,7 @@ def layer_from_chunks(chunks: list[bytes]) -> bytes:
 
 
 @dataclass
-class TestImage:
+class SampleImage:
     manifest: bytes
     config: bytes
     layers: list[bytes]
@@ -43,7 +43,7 @@ class TestImage:
 
 
 def make_image(layer_chunks: list[list[bytes]], *, arch: str = "amd64",
-               media_type: str = oci.OCI_MANIFEST) -> TestImage:
+               media_type: str = oci.OCI_MANIFEST) -> SampleImage:
     layers = [layer_from_chunks(chunks) for chunks in layer_chunks]
     diff_ids = ["sha256:" + hashlib.sha256(b"".join(c)).hexdigest() for c in layer_chunks]
     config = json.dumps({"architecture": arch, "os": "linux",
@@ -57,23 +57,23 @@ def make_image(layer_chunks: list[list[bytes]], *, arch: str = "amd64",
         "layers": [{"mediaType": oci.DOCKER_LAYER if docker else oci.OCI_LAYER_GZIP,
                     "digest": str(Digest.of(layer)), "size": len(layer)} for layer in layers],
     }
-    return TestImage(json.dumps(doc).encode(), config, layers)
+    return SampleImage(json.dumps(doc).encode(), config, layers)
 
 
-def simple_image(seed: int = 0, sizes: tuple[int, ...] = (200_000, 50_000)) -> TestImage:
+def simple_image(seed: int = 0, sizes: tuple[int, ...] = (200_000, 50_000)) -> SampleImage:
     chunks = [[random_bytes(16_384, seed * 1000 + i * 100 + j) for j in range(max(1, s // 16_384))]
               for i, s in enumerate(sizes)]
     return make_image(chunks)
 
 
-async def store_image(images: ImageStore, ref: str, image: TestImage) -> Digest:
+async def store_image(images: ImageStore, ref: str, image: SampleImage) -> Digest:
     """Put the image's blobs into the local store and record ``ref``."""
     for blob in (image.config, *image.layers):
         await images.store.put(blob)
     return await images.put(ref, image.manifest)
 
 
-def make_index(children: list[tuple[TestImage, str]]) -> bytes:
+def make_index(children: list[tuple[SampleImage, str]]) -> bytes:
     return json.dumps({
         "schemaVersion": 2,
         "mediaType": oci.OCI_INDEX,
@@ -92,6 +92,7 @@ class Proxy:
 
     upstream: str
     fault: Callable[[web.Request, int, bytes], bytes | None] | None = None
+    drop_request: Callable[[web.Request], bool] | None = None  # True: cut before forwarding
     blob_bytes: int = 0
     log: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, Range
     session: aiohttp.ClientSession | None = None
@@ -110,7 +111,12 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.session is None:
             self.session = aiohttp.ClientSession(auto_decompress=False)
-        self.log.append((request.method, request.path, request.headers.get("Range", "")))
+        self.log.append((request.method, request.path,
+                         request.headers.get("Range", "") or request.headers.get("Content-Range", "")))
+        if self.drop_request is not None and self.drop_request(request):
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in ("host", "transfer-encoding", "connection")}
         body = await request.read()
