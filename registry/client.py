@@ -339,10 +339,13 @@ class RegistryClient:
         resp, _ = await self._request(
             "GET", host, url, scopes=frozenset({push_scope(name)}), ok=(204, 200)
         )
-        value = resp.headers.get("Range", "")
-        if not value:
+        value = resp.headers.get("Range", "").removeprefix("bytes=")
+        start, _, end = value.partition("-")
+        # "0-0" is what registries report for an empty session too (and Distribution
+        # says "0--1"); sessions here never hold a single byte, so both mean 0.
+        if not value or end in ("0", "-1") or not end.isdigit():
             return 0
-        return int(value.rsplit("-", 1)[1]) + 1
+        return int(end) + 1
 
     async def patch_upload(self, host: str, name: str, url: str, data: bytes, start: int) -> str:
         """Send one chunk at ``start``; returns the URL for the next request."""
