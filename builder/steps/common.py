@@ -65,6 +65,8 @@ class StepEnv:
     created: str = ""
     # set by the executor: flattened root of a stage or image named by --from / from=
     stage_root: Callable[[str], Awaitable[Path]] | None = None
+    # steps running now, by cache key (equal steps in two stages run once)
+    inflight: dict[str, asyncio.Future[CachedLayer]] = field(default_factory=dict)
 
     def where(self, ins: Instruction) -> str:
         return f"{self.dockerfile}:{ins.start_line}: {ins.keyword}"
@@ -95,38 +97,64 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
     inputs = {**inputs, "compression": env.compression, "sde": env.source_date_epoch}
     key = step_key(state.key, instruction, inputs)
     n = env.progress.start(name)
-    cached = None if env.no_cache else await asyncio.to_thread(env.cache.get, key)
-    if cached is not None and cached.digest and await env.store.stat(
-            Digest.parse(cached.digest)) is None:
-        cached = None
-    if cached is not None:
+    running = env.inflight.get(key)
+    if running is not None:
+        # the same step (same parent, instruction and inputs) is running in another
+        # stage of this build: share its result, as BuildKit merges equal vertices
+        cached = await asyncio.shield(running)
         env.progress.cached(n)
     else:
-        if env.explain and not env.no_cache:
-            env.progress.explain(n, await asyncio.to_thread(
-                env.cache.explain, state.key, instruction, inputs))
+        future: asyncio.Future[CachedLayer] = asyncio.get_running_loop().create_future()
+        env.inflight[key] = future
         try:
-            upper = await produce(n)
-        except BuildError as exc:
-            env.progress.error(n, str(exc).splitlines()[0])
+            cached = await _run_or_reuse(env, state, key, instruction, inputs, n, produce)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: only the waiters (if any) re-raise it
             raise
-        blob_file = env.work / f"layer-{key[:16]}"
-        blob = await asyncio.to_thread(_write, upper, blob_file, env.source_date_epoch,
-                                       env.compression)
-        if blob is None:
-            cached = CachedLayer("", 0, "", "")
-            await asyncio.to_thread(shutil.rmtree, upper, True)
-        else:
-            await env.store.put_file(blob_file, expected=blob.digest, link=f"cache:{key}")
-            await asyncio.to_thread(os.unlink, blob_file)
-            cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id),
-                                 blob.media_type)
-            await asyncio.to_thread(env.snapshots.adopt, blob.diff_id, upper)
-        await asyncio.to_thread(env.cache.put, key, state.key, instruction, inputs, cached)
-        env.progress.done(n)
+        finally:
+            env.inflight.pop(key, None)
+        future.set_result(cached)
     state.key = key
     if cached.digest:
         state.layers.append(LayerRef(
             Descriptor(cached.media_type, Digest.parse(cached.digest), cached.size),
             Digest.parse(cached.diff_id)))
     state.add_history(created_by, env.created, empty=not cached.digest)
+
+
+async def _run_or_reuse(env: StepEnv, state: ImageState, key: str, instruction: str,
+                        inputs: dict[str, Any], n: int,
+                        produce: Callable[[int], Awaitable[Path]]) -> CachedLayer:
+    cached = None if env.no_cache else await asyncio.to_thread(env.cache.get, key)
+    if cached is not None and cached.digest and await env.store.stat(
+            Digest.parse(cached.digest)) is None:
+        cached = None
+    if cached is not None:
+        env.progress.cached(n)
+        return cached
+    if env.explain and not env.no_cache:
+        env.progress.explain(n, await asyncio.to_thread(
+            env.cache.explain, state.key, instruction, inputs))
+    try:
+        upper = await produce(n)
+    except BuildError as exc:
+        env.progress.error(n, str(exc).splitlines()[0])
+        raise
+    fd, name = tempfile.mkstemp(prefix="layer-", dir=env.work)
+    os.close(fd)
+    blob_file = Path(name)
+    blob = await asyncio.to_thread(_write, upper, blob_file, env.source_date_epoch,
+                                   env.compression)
+    if blob is None:
+        cached = CachedLayer("", 0, "", "")
+        await asyncio.to_thread(shutil.rmtree, upper, True)
+        await asyncio.to_thread(os.unlink, blob_file)
+    else:
+        await env.store.put_file(blob_file, expected=blob.digest, link=f"cache:{key}")
+        await asyncio.to_thread(os.unlink, blob_file)
+        cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id), blob.media_type)
+        await asyncio.to_thread(env.snapshots.adopt, blob.diff_id, upper)
+    await asyncio.to_thread(env.cache.put, key, state.key, instruction, inputs, cached)
+    env.progress.done(n)
+    return cached

@@ -101,3 +101,11 @@ def test_independent_stages_build_concurrently(context_of, build, tmp_path: Path
     assert max(t[0] for t in times.values()) < min(t[1] for t in times.values()), times
     # COPY --from an image (not a stage) reads that image's root
     assert (out / "from-image/busybox").stat().st_size > 100_000
+
+
+def test_equal_steps_in_two_stages_run_once(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = build(context_of("shared-step"), local=out)
+    assert (out / "x").read_text() == (out / "y").read_text() == "same\n"
+    runs = [s for s in result.ran_steps if "RUN echo same" in s]
+    assert len(runs) == 1 and len([s for s in result.cached_steps if "RUN" in s]) == 1
