@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bz2
+import hashlib
 import lzma
 import os
 import posixpath
@@ -101,6 +102,45 @@ def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
         if f[0] == user and len(f) > 3:
             return uid, int(f[3])
     return uid, uid
+
+
+def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> str:
+    """``path`` (absolute, in the image) with the symlinks the stage's layers have on
+    its way resolved inside the image, as the kernel would in the container: ``/bin/x``
+    is ``/usr/bin/x`` when ``/bin -> usr/bin``. Writing to the resolved path keeps such
+    symlinks intact instead of shadowing them with a directory."""
+    todo = [p for p in path.split("/") if p]
+    done: list[str] = []
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        cur = "/".join([*done, part])
+        st = lower_stat(lowers, cur)
+        if st is not None and stat.S_ISLNK(st.st_mode) and (todo or follow_final):
+            hops += 1
+            if hops > 40:
+                break
+            found = _link_target(lowers, cur)
+            if found.startswith("/"):
+                done = []
+            todo = [p for p in found.split("/") if p] + todo
+            continue
+        done.append(part)
+    return "/" + "/".join(done)
+
+
+def _link_target(lowers: list[Path], rel: str) -> str:
+    for lower in lowers:
+        p = lower / rel
+        if os.path.islink(p):
+            return os.readlink(p)
+    return rel
 
 
 def _make_parents(upper: Path, rel: str, lowers: list[Path],
@@ -200,6 +240,14 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
     return items, hashes
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 async def _download(env: StepEnv, url: str, where: str) -> Path:
     import aiohttp
 
@@ -227,9 +275,16 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     """Execute (or reuse from the cache) one COPY or ADD."""
     where = env.where(ins)
     add = isinstance(ins, Add)
+    if isinstance(ins, Copy) and ins.parents:
+        raise BuildError(where, "COPY --parents is not supported by this builder; copy each "
+                         "directory with its own COPY")
     dest_raw = ins.dest
-    dest = resolve_workdir(state, dest_raw)
     lowers = await env.lowers(state)
+    dest = resolve_in_lowers(lowers, resolve_workdir(state, dest_raw), follow_final=False)
+    followed = resolve_in_lowers(lowers, dest, follow_final=True)
+    st_followed = lower_stat(lowers, followed.lstrip("/"))
+    if st_followed is not None and stat.S_ISDIR(st_followed.st_mode):
+        dest = followed  # a symlink to a directory: copy into the directory it names
     from_ref = ins.from_ if isinstance(ins, Copy) else ""
     if from_ref:
         assert env.stage_root is not None
@@ -255,6 +310,11 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         if add and s.startswith(("http://", "https://")):
             path = await _download(env, s, where)
             fname = posixpath.basename(str(path))
+            if isinstance(ins, Add) and ins.checksum:
+                got = "sha256:" + await asyncio.to_thread(_sha256, path)
+                if got != ins.checksum:
+                    raise BuildError(where, f"{s}: --checksum={ins.checksum} but the download "
+                                     f"is {got}")
             hashes[s] = await asyncio.to_thread(hash_path, path, os.stat(path))
             target = f"{dest.rstrip('/')}/{fname}" if dest_is_dir else dest
             items.append(_Item(target.lstrip("/"), path, os.stat(path)))
@@ -304,12 +364,13 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
     path = resolve_workdir(state, ins.path)
     state.update(working_dir=path)
     lowers = await env.lowers(state)
+    target = resolve_in_lowers(lowers, path, follow_final=True)
 
     async def produce(n: int) -> Path:
         upper = env.scratch("workdir-")
-        await asyncio.to_thread(_make_parents, upper, path.lstrip("/"), lowers)
+        await asyncio.to_thread(_make_parents, upper, target.lstrip("/"), lowers)
         # a directory that already existed is only copied up: no change, no layer
-        if lower_stat(lowers, path.lstrip("/")) is not None:
+        if lower_stat(lowers, target.lstrip("/")) is not None:
             await asyncio.to_thread(shutil.rmtree, upper)
             upper.mkdir()
         return upper

@@ -91,6 +91,9 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                           args: Mapping[str, str], name: str) -> None:
     """Execute (or reuse from the cache) one RUN instruction."""
     where = env.where(ins)
+    if ins.security == "insecure":
+        raise BuildError(where, "RUN --security=insecure is not supported: steps always run "
+                         "with Docker's default capabilities")
     argv = _argv(ins, state, where)
     image_env = list(state.config.env or ())
     names = {e.partition("=")[0] for e in image_env}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,13 @@ def test_equal_steps_in_two_stages_run_once(context_of, build, tmp_path: Path) -
     assert (out / "x").read_text() == (out / "y").read_text() == "same\n"
     runs = [s for s in result.ran_steps if "RUN echo same" in s]
     assert len(runs) == 1 and len([s for s in result.cached_steps if "RUN" in s]) == 1
+
+
+def test_destinations_through_symlinked_directories(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build(context_of("symlinked-dest"), local=out)
+    assert (out / "lib2").is_symlink() and os.readlink(out / "lib2") == "usr/lib2"
+    assert (out / "abs").is_symlink()
+    assert (out / "usr/lib2/greeting.txt").read_text() == "hi\n"
+    assert (out / "usr/lib2/sub/copied.txt").read_text() == "hi\n"
+    assert (out / "usr/lib2/work").is_dir()
