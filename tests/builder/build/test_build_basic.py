@@ -36,3 +36,11 @@ def test_basic_rootfs_and_config(context_of, build, tmp_path: Path) -> None:
     assert any(h.created_by == "WORKDIR /app" for h in history)
     assert any((h.created_by or "").startswith("RUN /bin/sh -c echo") for h in history)
     assert all(h.empty_layer for h in history if (h.created_by or "").startswith("LABEL"))
+
+
+def test_zstd_layers(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = build(context_of("basic"), local=out, compression="zstd", source_date_epoch=0)
+    ours = result.image.manifest.layers[1:]  # the base layer keeps its own compression
+    assert ours and all(d.media_type.endswith("+zstd") for d in ours)
+    assert (out / "app/run.txt").read_text() == "hello from run\n"

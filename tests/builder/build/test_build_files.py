@@ -4,6 +4,7 @@ instructions, ONBUILD, secrets and cache mounts, and the CLI's plain progress.""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import subprocess
 import threading
@@ -64,7 +65,6 @@ def test_copy_add_details_and_config(context_of, build, tmp_path: Path, http_ser
     # the image as a base: its ONBUILD trigger runs, and is not inherited further
     layout = tmp_path / "layout"
     build(files, oci=layout, build_args={"PORT": str(http_server)})
-    import json
     ctx = tmp_path / "child"
     ctx.mkdir()
     tag = json.loads((layout / "index.json").read_text())["manifests"][0]
@@ -97,14 +97,16 @@ def test_cli_plain_progress_cached_and_failure(context_of, tmp_path: Path) -> No
     env = {**os.environ, "PYBUILD_STORAGE": str(tmp_path / "storage")}
     ctx = context_of("basic")
     iid = tmp_path / "iid"
+    meta = tmp_path / "meta.json"
     cmd = ["python3", "-m", "builder", "build", "--progress", "plain", "--iidfile", str(iid),
-           "--source-date-epoch", "0", str(ctx)]
+           "--metadata-file", str(meta), "--source-date-epoch", "0", str(ctx)]
     first = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "#2 [2/5] WORKDIR $APP_HOME" in first.stderr
     assert "hello from run" not in first.stderr or "#" in first.stderr
     digest = first.stdout.strip()
     assert digest.startswith("sha256:") and iid.read_text() == digest
+    assert json.loads(meta.read_text())["containerimage.digest"] == digest
     second = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
     assert second.stderr.count("CACHED") == 4
     assert second.stdout.strip() == digest
