@@ -315,3 +315,20 @@ async def test_catalog_paging(client):
     resp = await client.get("/v2/_catalog?n=2&last=beta")
     assert (await resp.json())["repositories"] == ["mid/dle", "zeta"]
     assert "Link" not in resp.headers
+
+
+async def test_a_manifest_is_not_deleted_through_the_blobs_endpoint(client):
+    digest, body = await push_image(client, "mb", "t", [b"x"])
+    resp = await client.delete(f"/v2/mb/blobs/{digest}")
+    assert resp.status == 405
+    assert "manifests" in (await resp.json())["errors"][0]["message"]
+    assert await (await client.get("/v2/mb/manifests/t")).read() == body
+
+
+async def test_manifest_etag_and_if_none_match(client):
+    digest, _ = await push_image(client, "etag", "t", [b"x"])
+    resp = await client.get("/v2/etag/manifests/t")
+    assert resp.headers["ETag"] == f'"{digest}"'
+    again = await client.get("/v2/etag/manifests/t", headers={"If-None-Match": resp.headers["ETag"]})
+    assert again.status == 304
+    assert await again.read() == b""
