@@ -135,6 +135,15 @@ def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> s
     return "/" + "/".join(done)
 
 
+def _destination(lowers: list[Path], dest: str) -> str:
+    """Where COPY writes: symlinked parents resolved; a final symlink followed only when
+    it names a directory (then the sources go into that directory)."""
+    dest = resolve_in_lowers(lowers, dest, follow_final=False)
+    followed = resolve_in_lowers(lowers, dest, follow_final=True)
+    st = lower_stat(lowers, followed.lstrip("/"))
+    return followed if st is not None and stat.S_ISDIR(st.st_mode) else dest
+
+
 def _link_target(lowers: list[Path], rel: str) -> str:
     for lower in lowers:
         p = lower / rel
@@ -280,11 +289,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
                          "directory with its own COPY")
     dest_raw = ins.dest
     lowers = await env.lowers(state)
-    dest = resolve_in_lowers(lowers, resolve_workdir(state, dest_raw), follow_final=False)
-    followed = resolve_in_lowers(lowers, dest, follow_final=True)
-    st_followed = lower_stat(lowers, followed.lstrip("/"))
-    if st_followed is not None and stat.S_ISDIR(st_followed.st_mode):
-        dest = followed  # a symlink to a directory: copy into the directory it names
+    dest = await asyncio.to_thread(_destination, lowers, resolve_workdir(state, dest_raw))
     from_ref = ins.from_ if isinstance(ins, Copy) else ""
     if from_ref:
         assert env.stage_root is not None
@@ -294,7 +299,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         tree = env.context
     n_sources = len(ins.sources) + len(ins.files)
     dest_is_dir = dest_raw.endswith("/") or dest == "/"
-    st = lower_stat(lowers, dest.lstrip("/"))
+    st = await asyncio.to_thread(lower_stat, lowers, dest.lstrip("/"))
     dest_is_dir = dest_is_dir or (st is not None and stat.S_ISDIR(st.st_mode))
     if n_sources > 1 and not dest_is_dir:
         raise BuildError(where, f"copying {n_sources} sources needs a destination ending "
@@ -329,7 +334,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
             raise BuildError(where, str(exc)) from exc
         items += more_items
         hashes.update(more)
-    owner = _chown_ids(ins.chown, lowers, where) if ins.chown else None
+    owner = await asyncio.to_thread(_chown_ids, ins.chown, lowers, where) if ins.chown else None
     try:
         chmod = int(ins.chmod, 8) if ins.chmod else None
     except ValueError:
@@ -364,7 +369,7 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
     path = resolve_workdir(state, ins.path)
     state.update(working_dir=path)
     lowers = await env.lowers(state)
-    target = resolve_in_lowers(lowers, path, follow_final=True)
+    target = await asyncio.to_thread(resolve_in_lowers, lowers, path, follow_final=True)
 
     async def produce(n: int) -> Path:
         upper = env.scratch("workdir-")
