@@ -73,6 +73,7 @@ def test_dockerignore(context_of, build, tmp_path: Path) -> None:
     ("hostile-parent", "outside the build context"),
     ("hostile-symlink", "outside the build context"),
     ("hostile-archive", "'..'"),
+    ("missing-source", "'nope.txt' not found in the build context"),
 ])
 def test_hostile_contexts_fail_cleanly(context_of, build, tmp_path: Path, case: str,
                                        message: str) -> None:
