@@ -11,4 +11,7 @@ __all__ = ["register"]
 
 def register(root: click.Group) -> None:
     """Add this package's commands to the root ``pybuild`` group."""
+    from .build_cmd import build
+
     root.add_command(parse_command)
+    root.add_command(build)

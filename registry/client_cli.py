@@ -1,0 +1,206 @@
+"""``pybuild pull/push/copy/images/rmi/login/logout``: thin click commands over the client.
+
+Registry access flags shared by the transfer commands: ``--ca-cert FILE`` (trust this CA),
+``--tls-verify=false`` (do not verify certificates), ``--insecure HOST`` (repeatable;
+plain HTTP allowed; also ``PYBUILD_INSECURE_REGISTRIES=host1,host2``). Loopback registries
+are always allowed over plain HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .auth import AuthError, Credentials, erase_credentials, store_credentials
+from .client import ClientOptions, RegistryClient, TransportError
+from .copy import CopyOptions, Endpoint, copy_image, parse_endpoint
+from .errors import RegistryError
+from .layouts import LayoutError
+from .local import ImageNotFound, ImageStore
+from .progress import Progress
+from .refs import InvalidReference, parse_image_ref
+from .transfer import BlobError
+
+__all__ = ["COMMANDS"]
+
+T = TypeVar("T")
+_FAILURES = (AuthError, BlobError, ImageNotFound, InvalidReference, LayoutError, RegistryError,
+             TransportError, ValueError, OSError)
+
+
+def _run(coro: Awaitable[T]) -> T:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except _FAILURES as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _storage_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--storage", type=click.Path(path_type=Path), default=None,
+                        help="Storage directory (default: $PYBUILD_STORAGE or the XDG data dir).")(fn)
+
+
+def _transfer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--jobs", "-j", type=click.IntRange(1, 64), default=6, show_default=True,
+                     help="Blobs transferred at once."),
+        click.option("--platform", default=None, help="os/arch[/variant] to pick from an index."),
+        click.option("--all-platforms", is_flag=True, help="Copy the whole index."),
+        click.option("--json", "json_events", is_flag=True, help="One JSON event per line on stdout."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress output."),
+        click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     default=None, help="CA certificate to trust for registries."),
+        click.option("--tls-verify", type=click.BOOL, default=True, show_default=True,
+                     help="Verify registry certificates (--tls-verify=false to skip)."),
+        click.option("--insecure", multiple=True, metavar="HOST",
+                     help="Allow plain HTTP / unverified TLS for HOST (repeatable)."),
+        _storage_option,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _client_options(kw: dict[str, Any]) -> ClientOptions:
+    insecure = set(kw["insecure"])
+    insecure.update(h for h in os.environ.get("PYBUILD_INSECURE_REGISTRIES", "").split(",") if h)
+    return ClientOptions(ca_cert=kw["ca_cert"], tls_verify=kw["tls_verify"], insecure=frozenset(insecure))
+
+
+async def _copy(src: Endpoint, dst: Endpoint, kw: dict[str, Any]) -> None:
+    progress = Progress.auto(json_events=kw["json_events"], quiet=kw["quiet"])
+    options = CopyOptions(platform=kw["platform"], all_platforms=kw["all_platforms"], jobs=kw["jobs"])
+    async with await ImageStore.open(kw["storage"]) as images, RegistryClient(_client_options(kw)) as client:
+        result = await copy_image(src, dst, images, client, progress, options)
+    summary = progress.close()
+    if kw["json_events"]:
+        print(json.dumps({"event": "result", "source": str(src), "destination": str(dst),
+                          "digest": str(result.digest), "mediaType": result.media_type,
+                          "blobs": result.blobs, **summary}))
+    elif not kw["quiet"]:
+        click.echo(f"{dst}: digest {result.digest}", err=True)
+
+
+@click.command()
+@click.argument("ref")
+@_transfer_options
+def pull(ref: str, **kw: Any) -> None:
+    """Pull image REF from its registry into the local store (only what is missing)."""
+    image = parse_image_ref(ref)
+    _run(_copy(Endpoint("registry", image), Endpoint("local", image), kw))
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("destination", required=False)
+@_transfer_options
+def push(ref: str, destination: str | None, **kw: Any) -> None:
+    """Push local image REF to its registry (or to DESTINATION, any transport)."""
+    image = parse_image_ref(ref)
+    dst = parse_endpoint(destination) if destination else Endpoint("registry", image)
+    _run(_copy(Endpoint("local", image), dst, kw))
+
+
+@click.command()
+@click.argument("source")
+@click.argument("destination")
+@_transfer_options
+def copy(source: str, destination: str, **kw: Any) -> None:
+    """Copy an image: docker://REF (or bare REF), local:REF, oci:DIR[:TAG], docker-archive:FILE[:REF]."""
+    try:
+        src, dst = parse_endpoint(source), parse_endpoint(destination)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    _run(_copy(src, dst, kw))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON array instead of a table.")
+@_storage_option
+def images(as_json: bool, storage: Path | None) -> None:
+    """List local images."""
+
+    async def run() -> list[Any]:
+        async with await ImageStore.open(storage) as store:
+            return await store.list()
+
+    found = _run(run())
+    if as_json:
+        click.echo(json.dumps([{"ref": i.ref, "digest": str(i.digest), "mediaType": i.media_type,
+                                "size": i.size, "created": i.created} for i in found], indent=2))
+        return
+    click.echo(f"{'REFERENCE':<50} {'DIGEST':<19} {'CREATED':<20}")
+    for i in found:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created))
+        click.echo(f"{i.ref:<50} {i.digest.encoded[:12]:<19} {created:<20}")
+
+
+@click.command()
+@click.argument("refs", nargs=-1, required=True)
+@_storage_option
+def rmi(refs: tuple[str, ...], storage: Path | None) -> None:
+    """Remove local images (their blobs are reclaimed by ``pybuild storage gc``)."""
+
+    async def run() -> list[str]:
+        missing = []
+        async with await ImageStore.open(storage) as store:
+            for ref in refs:
+                if not await store.remove(str(parse_image_ref(ref))):
+                    missing.append(ref)
+        return missing
+
+    missing = _run(run())
+    if missing:
+        raise click.ClickException(f"no such local image: {', '.join(missing)} (see pybuild images)")
+
+
+@click.command()
+@click.argument("server")
+@click.option("--username", "-u", default=None)
+@click.option("--password", "-p", default=None)
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--tls-verify", type=click.BOOL, default=True)
+@click.option("--insecure", multiple=True, metavar="HOST")
+def login(server: str, username: str | None, password: str | None, password_stdin: bool, **kw: Any) -> None:
+    """Check credentials against SERVER and save them in Docker's config.json."""
+    if username is None:
+        username = click.prompt("Username")
+    if password_stdin:
+        password = sys.stdin.read().rstrip("\n")
+    elif password is None:
+        password = click.prompt("Password", hide_input=True)
+    creds = Credentials(username, password or "")
+    host = parse_image_ref(f"{server}/x").host
+
+    async def check() -> None:
+        options = _client_options(kw)
+        options = ClientOptions(options.ca_cert, options.tls_verify, options.insecure,
+                                credentials={parse_image_ref(f"{server}/x").api_host: creds})
+        async with RegistryClient(options) as client:
+            await client.ping(parse_image_ref(f"{server}/x").api_host)
+
+    _run(check())
+    path = _run(asyncio.to_thread(store_credentials, host, creds))
+    click.echo(f"Login Succeeded (credentials saved in {path})")
+
+
+@click.command()
+@click.argument("server")
+def logout(server: str) -> None:
+    """Forget the credentials saved for SERVER."""
+    host = parse_image_ref(f"{server}/x").host
+    if not _run(asyncio.to_thread(erase_credentials, host)):
+        raise click.ClickException(f"not logged in to {server}")
+    click.echo(f"Removed login credentials for {server}")
+
+
+COMMANDS = (pull, push, copy, images, rmi, login, logout)

@@ -1,0 +1,245 @@
+"""Copying images between transports: registries, the local store, OCI layouts, archives.
+
+Transports (the ``SRC``/``DST`` syntax of ``pybuild copy``, as skopeo spells them)::
+
+    docker://REF  or a bare REF      a registry ([host[:port]/]name[:tag][@digest])
+    local:REF                        pybuild's local image store (``pybuild images``)
+    oci:DIR[:TAG]                    an OCI image layout directory
+    docker-archive:FILE[:REF]        a ``docker save`` tarball
+
+Every blob passes through the local ``cas.Store`` (where it is verified, and where its
+pieces serve later incremental pulls); blobs the destination already has are skipped,
+and a registry-to-registry copy within one registry mounts instead of transferring.
+``pull`` is ``copy REF local:REF``, ``push`` is ``copy local:REF REF``.
+
+An index is reduced to one platform's manifest (``platform``, default linux/amd64, else
+the first) unless ``all_platforms`` is set, which copies the index and every manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cas import Digest
+
+from .client import RegistryClient
+from .layouts import LayoutError, OciLayout, read_docker_archive, write_docker_archive
+from .local import ImageNotFound, ImageStore, holder, select_platform
+from .oci import Descriptor, Index, Manifest, parse_manifest
+from .progress import Progress
+from .refs import ImageRef, InvalidReference, parse_image_ref
+from .transfer import TransferOptions, pull_blob, push_blob
+
+__all__ = ["CopyOptions", "CopyResult", "Endpoint", "copy_image", "parse_endpoint"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where an image is. ``kind``: registry, local, oci or docker-archive."""
+
+    kind: str
+    ref: ImageRef | None = None
+    path: Path | None = None
+    name: str | None = None  # oci tag or archive reference
+
+    def __str__(self) -> str:
+        if self.kind in ("registry", "local"):
+            return f"{'local:' if self.kind == 'local' else ''}{self.ref}"
+        return f"{self.kind}:{self.path}{':' + self.name if self.name else ''}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse a transport string (see the module docstring); ValueError says what is wrong."""
+    try:
+        if text.startswith("docker://"):
+            return Endpoint("registry", parse_image_ref(text[len("docker://"):]))
+        if text.startswith("local:"):
+            return Endpoint("local", parse_image_ref(text[len("local:"):]))
+        if text.startswith("oci:"):
+            rest = text[len("oci:"):]
+            path, sep, tag = rest.rpartition(":")
+            if not sep or "/" in tag or not tag:
+                return Endpoint("oci", path=Path(rest))
+            return Endpoint("oci", path=Path(path), name=tag)
+        if text.startswith("docker-archive:"):
+            path, _, ref = text[len("docker-archive:"):].partition(":")
+            name = str(parse_image_ref(ref)) if ref else None
+            return Endpoint("docker-archive", path=Path(path), name=name)
+        return Endpoint("registry", parse_image_ref(text))
+    except InvalidReference as exc:
+        raise ValueError(str(exc)) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOptions:
+    platform: str | None = None
+    all_platforms: bool = False
+    jobs: int = 6
+    transfer: TransferOptions = TransferOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    digest: Digest  # of the manifest (or index) written to the destination
+    media_type: str
+    blobs: dict[str, str] = field(default_factory=dict)  # digest -> exists/pulled/pushed/...
+
+
+class _Copy:
+    def __init__(self, src: Endpoint, dst: Endpoint, images: ImageStore, client: RegistryClient,
+                 progress: Progress, options: CopyOptions) -> None:
+        self.src, self.dst, self.images, self.client = src, dst, images, client
+        self.progress, self.options = progress, options
+        self.store = images.store
+        self.sem = asyncio.Semaphore(max(1, options.jobs))
+        self.moves: dict[Digest, asyncio.Task[str]] = {}
+        self.link = holder(str(dst.ref)) if dst.kind == "local" else None
+        self.recipes = False
+        self.statuses: dict[str, str] = {}
+
+    async def read_manifest(self, desc: Descriptor | None) -> tuple[bytes, str]:
+        """The source's top manifest (``desc`` None) or the manifest ``desc`` names."""
+        src = self.src
+        if src.kind == "registry":
+            assert src.ref is not None
+            ref = src.ref if desc is None else src.ref.with_digest(desc.digest)
+            body, media_type, _ = await self.client.get_manifest(ref)
+            return body, media_type
+        if src.kind == "local":
+            digest = desc.digest if desc else None
+            if digest is None:
+                image = await self.images.resolve(str(src.ref))
+                if image is None:
+                    raise ImageNotFound(f"no local image {src.ref}; see pybuild images")
+                digest = image.digest
+            media_type, _, raw = await self.images.manifest(digest)
+            return raw, media_type
+        if src.kind == "oci":
+            assert src.path is not None
+            layout = OciLayout(src.path)
+            desc = desc or await layout.find(src.name)
+            return await layout.read_bytes(desc), desc.media_type
+        assert src.path is not None
+        raw = await read_docker_archive(src.path, src.name, self.store, self.link)
+        return raw, parse_manifest(raw, None)[0]
+
+    async def run(self) -> CopyResult:
+        raw, media_type = await self.read_manifest(None)
+        media_type, obj = parse_manifest(raw, media_type)
+        if self.src.kind == "registry":
+            assert self.src.ref is not None
+            self.recipes = await self.client.has_recipes(self.src.ref.api_host, self.src.ref.name)
+        children: list[tuple[Descriptor, bytes, Manifest]] = []
+        if isinstance(obj, Index):
+            if self.options.all_platforms:
+                for entry in obj.manifests:
+                    child_raw, child_type = await self.read_manifest(entry)
+                    _, child = parse_manifest(child_raw, child_type)
+                    if not isinstance(child, Manifest):
+                        raise LayoutError(f"{self.src}: nested indexes are not supported")
+                    children.append((entry, child_raw, child))
+            else:
+                entry = select_platform(obj, self.options.platform)
+                raw, media_type = await self.read_manifest(entry)
+                media_type, obj = parse_manifest(raw, media_type)
+                if not isinstance(obj, Manifest):
+                    raise LayoutError(f"{self.src}: nested indexes are not supported")
+        manifests = [c[2] for c in children] or [obj]
+        blobs = {d.digest: d for m in manifests for d in m.references()}  # type: ignore[union-attr]
+        tasks = [self._move(d) for d in blobs.values()]
+        await asyncio.gather(*tasks)
+        digest = await self._write_manifests(raw, media_type, obj, children)
+        return CopyResult(digest, media_type, dict(self.statuses))
+
+    async def _move(self, desc: Descriptor) -> None:
+        async with self.sem:
+            self.statuses[str(desc.digest)] = await self._move_one(desc)
+
+    async def _move_one(self, desc: Descriptor) -> str:
+        dst, src = self.dst, self.src
+        if dst.kind == "registry":
+            assert dst.ref is not None
+            if await self.client.head_blob(dst.ref.api_host, dst.ref.name, desc.digest, push=True):
+                return "exists"
+            if src.kind == "registry" and src.ref and src.ref.api_host == dst.ref.api_host:
+                if await self.client.start_upload(dst.ref.api_host, dst.ref.name, mount=desc.digest,
+                                                  source=src.ref.name) is None:
+                    return "mounted"
+        if desc.nondistributable and await self.store.stat(desc.digest) is None and src.kind == "registry":
+            return "skipped"  # foreign layers stay where their urls point
+        status = await self._fetch(desc)
+        if dst.kind == "registry":
+            assert dst.ref is not None
+            status = await push_blob(self.client, self.images, dst.ref, desc, self.progress,
+                                     mount_from=await self._mount_sources(desc),
+                                     options=self.options.transfer)
+        elif dst.kind == "oci":
+            assert dst.path is not None
+            await OciLayout(dst.path).export_blob(self.store, desc.digest)
+        return status
+
+    async def _fetch(self, desc: Descriptor) -> str:
+        src = self.src
+        if src.kind == "registry":
+            assert src.ref is not None
+            return await pull_blob(self.client, self.images, src.ref, desc, self.progress,
+                                   recipes=self.recipes, link=self.link, options=self.options.transfer)
+        if src.kind == "oci":
+            assert src.path is not None
+            await OciLayout(src.path).import_blob(self.store, desc, self.link)
+            return "imported"
+        if await self.store.stat(desc.digest) is None:
+            raise ImageNotFound(f"blob {desc.digest} of {src} is missing from the local store")
+        if self.link:
+            await self.store.link(self.link, desc.digest)
+        return "exists"
+
+    async def _mount_sources(self, desc: Descriptor) -> tuple[str, ...]:
+        """Repositories on the destination registry that local images came from."""
+        assert self.dst.ref is not None
+        out = []
+        for name in await self.store.holders(desc.digest):
+            if name.startswith("image:"):
+                try:
+                    ref = parse_image_ref(name[len("image:"):])
+                except InvalidReference:
+                    continue
+                if ref.api_host == self.dst.ref.api_host and ref.name != self.dst.ref.name:
+                    out.append(ref.name)
+        return tuple(dict.fromkeys(out))
+
+    async def _write_manifests(self, raw: bytes, media_type: str, obj: Manifest | Index,
+                               children: list[tuple[Descriptor, bytes, Manifest]]) -> Digest:
+        dst = self.dst
+        digest = Digest.of(raw)
+        if dst.kind == "registry":
+            assert dst.ref is not None
+            for entry, child_raw, _ in children:
+                await self.client.put_manifest(dst.ref.with_digest(entry.digest), child_raw, entry.media_type)
+            target = dst.ref if dst.ref.digest is None else dst.ref.with_digest(digest)
+            await self.client.put_manifest(target, raw, media_type)
+        elif dst.kind == "local":
+            for entry, child_raw, _ in children:
+                await self.store.put(child_raw, expected=entry.digest, link=self.link)
+            await self.images.put(str(dst.ref), raw, media_type)
+        elif dst.kind == "oci":
+            assert dst.path is not None
+            layout = OciLayout(dst.path)
+            for entry, child_raw, _ in children:
+                await layout.write_bytes(entry.digest, child_raw)
+            await layout.write_bytes(digest, raw)
+            await layout.tag(Descriptor(media_type, digest, len(raw)), dst.name)
+        else:
+            assert dst.path is not None
+            if not isinstance(obj, Manifest):
+                raise LayoutError("a docker archive holds one image: copy one platform, not --all-platforms")
+            await write_docker_archive(dst.path, dst.name, obj, self.store)
+        return digest
+
+
+async def copy_image(src: Endpoint, dst: Endpoint, images: ImageStore, client: RegistryClient,
+                     progress: Progress, options: CopyOptions = CopyOptions()) -> CopyResult:
+    """Copy the image at ``src`` to ``dst`` (see the module docstring)."""
+    return await _Copy(src, dst, images, client, progress, options).run()

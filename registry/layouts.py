@@ -1,0 +1,285 @@
+"""Images on disk: OCI image layouts and ``docker save`` archives, to and from the cas.
+
+OCI image layout (image-layout.md)::
+
+    DIR/oci-layout          {"imageLayoutVersion": "1.0.0"}
+    DIR/index.json          an index; entries tagged by the org.opencontainers.image.ref.name annotation
+    DIR/blobs/<alg>/<hex>   every blob and manifest, named by its digest
+
+Docker archive (``docker save`` / ``docker load``), a tar::
+
+    manifest.json           [{"Config": "<hex>.json", "RepoTags": ["host/name:tag"],
+                              "Layers": ["<hex>/layer.tar", ...]}]
+    <hex>.json              the image config
+    <hex>/layer.tar         each layer as stored (docker load accepts gzip-compressed layers)
+    repositories            {"name": {"tag": "<hex of last layer>"}} for old docker versions
+
+A docker archive holds no manifest: reading one builds a Docker schema 2 manifest (OCI if
+a layer is zstd), so config and layer digests survive a round trip but the manifest
+digest may not. Every blob read from disk is verified against its digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from cas import Digest, DigestMismatch, Store
+
+from .oci import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_MANIFEST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_ZSTD,
+    OCI_MANIFEST,
+    Descriptor,
+    Index,
+    Manifest,
+)
+
+__all__ = [
+    "DOCKER_LAYER_TAR",
+    "LayoutError",
+    "OciLayout",
+    "REF_NAME",
+    "read_docker_archive",
+    "write_docker_archive",
+]
+
+DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
+REF_NAME = "org.opencontainers.image.ref.name"
+_CHUNK = 4 << 20
+
+
+class LayoutError(Exception):
+    """A layout or archive that is missing, malformed or holds the wrong bytes."""
+
+
+class OciLayout:
+    """An OCI image layout directory (created on first write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.path / "blobs" / digest.algorithm / digest.encoded
+
+    def _read_index(self) -> Index:
+        try:
+            return Index.parse((self.path / "index.json").read_bytes())
+        except FileNotFoundError as exc:
+            raise LayoutError(f"{self.path} is not an OCI layout (no index.json)") from exc
+        except ValueError as exc:
+            raise LayoutError(f"{self.path}/index.json: {exc}") from exc
+
+    async def find(self, tag: str | None) -> Descriptor:
+        """The index entry named ``tag`` (or the only entry when ``tag`` is None)."""
+        index = await asyncio.to_thread(self._read_index)
+        if tag is None:
+            if len(index.manifests) != 1:
+                raise LayoutError(f"{self.path} holds {len(index.manifests)} images; name one (oci:DIR:TAG)")
+            return index.manifests[0]
+        for entry in index.manifests:
+            if (entry.annotations or {}).get(REF_NAME) == tag:
+                return entry
+        names = [(e.annotations or {}).get(REF_NAME, "?") for e in index.manifests]
+        raise LayoutError(f"{self.path} has no image {tag!r} (it has: {', '.join(names) or 'none'})")
+
+    async def read_bytes(self, desc: Descriptor) -> bytes:
+        data = await asyncio.to_thread(self.blob_path(desc.digest).read_bytes)
+        if len(data) != desc.size or Digest.of(data, desc.digest.algorithm) != desc.digest:
+            raise LayoutError(f"{self.blob_path(desc.digest)} does not match {desc.digest}")
+        return data
+
+    async def import_blob(self, store: Store, desc: Descriptor, link: str | None = None) -> None:
+        """Copy the blob into ``store``, verified against digest and size."""
+        if await store.stat(desc.digest) is not None:
+            if link:
+                await store.link(link, desc.digest)
+            return
+        path = self.blob_path(desc.digest)
+        if not path.exists():
+            raise LayoutError(f"{self.path} lacks blob {desc.digest} ({path} is missing)")
+        try:
+            info = await store.put_file(path, expected=desc.digest, link=link)
+        except DigestMismatch as exc:
+            raise LayoutError(f"{path} does not match its digest {desc.digest}") from exc
+        if info.size != desc.size:
+            raise LayoutError(f"{path} is {info.size} bytes, its descriptor says {desc.size}")
+
+    async def export_blob(self, store: Store, digest: Digest) -> None:
+        path = self.blob_path(digest)
+        if path.exists():
+            return
+        await _write_from_store(store, digest, path)
+
+    async def write_bytes(self, digest: Digest, data: bytes) -> None:
+        def write() -> None:
+            path = self.blob_path(digest)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+
+        await asyncio.to_thread(write)
+
+    async def tag(self, desc: Descriptor, tag: str | None) -> None:
+        """Add ``desc`` to index.json (replacing the entry that had the same name)."""
+
+        def update() -> None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+            try:
+                entries = list(self._read_index().manifests)
+            except LayoutError:
+                entries = []
+            named = desc
+            if tag is not None:
+                named = Descriptor(desc.media_type, desc.digest, desc.size,
+                                   annotations={**(desc.annotations or {}), REF_NAME: tag},
+                                   platform=desc.platform)
+                entries = [e for e in entries if (e.annotations or {}).get(REF_NAME) != tag]
+            else:
+                entries = [e for e in entries if e.digest != desc.digest]
+            entries.append(named)
+            body = Index(tuple(entries), media_type=OCI_INDEX).to_bytes()
+            tmp = self.path / "index.json.tmp"
+            tmp.write_bytes(body)
+            os.replace(tmp, self.path / "index.json")
+
+        await asyncio.to_thread(update)
+
+
+async def _write_from_store(store: Store, digest: Digest, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    f = await asyncio.to_thread(open, tmp, "wb")
+    try:
+        async for chunk in store.read(digest):
+            await asyncio.to_thread(f.write, chunk)
+    finally:
+        await asyncio.to_thread(f.close)
+    await asyncio.to_thread(os.replace, tmp, path)
+
+
+# --- docker archives ---------------------------------------------------------------------
+def _layer_type(head: bytes) -> str:
+    if head[:2] == b"\x1f\x8b":
+        return DOCKER_LAYER
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        return OCI_LAYER_ZSTD
+    return DOCKER_LAYER_TAR
+
+
+async def read_docker_archive(path: Path, ref: str | None, store: Store, link: str | None = None) -> bytes:
+    """Import the image named ``ref`` (or the only image) from a ``docker save`` tar into
+    ``store``; returns the manifest (bytes) built for it."""
+    try:
+        tar = await asyncio.to_thread(tarfile.open, path, "r:")
+    except (OSError, tarfile.TarError) as exc:
+        raise LayoutError(f"cannot read docker archive {path}: {exc}") from exc
+    try:
+        def member(name: str) -> Any:
+            f = tar.extractfile(name)
+            if f is None:
+                raise LayoutError(f"{path}: {name} is not a file")
+            return f
+
+        try:
+            entries = json.loads(await asyncio.to_thread(lambda: member("manifest.json").read()))
+        except KeyError as exc:
+            raise LayoutError(f"{path} is not a docker archive (no manifest.json)") from exc
+        entry = _pick(entries, ref, path)
+        config = await asyncio.to_thread(lambda: member(entry["Config"]).read())
+        config_info = await store.put(config, link=link)
+        layers = []
+        for name in entry["Layers"]:
+            f = await asyncio.to_thread(member, name)
+            head = b""
+            ing = await store.begin_ingest()
+            try:
+                first = True
+                while True:
+                    block = await asyncio.to_thread(f.read, _CHUNK)
+                    if first:
+                        head, first = block[:4], False
+                    if not block:
+                        break
+                    await ing.write(block)
+                size = ing.offset
+                info = await ing.commit(link=link)
+            except BaseException:
+                await ing.abort()
+                raise
+            layers.append(Descriptor(_layer_type(head), info.digest, size))
+    finally:
+        await asyncio.to_thread(tar.close)
+    oci = any(d.media_type == OCI_LAYER_ZSTD for d in layers)
+    manifest = Manifest(
+        config=Descriptor(OCI_CONFIG if oci else DOCKER_CONFIG, config_info.digest, len(config)),
+        layers=tuple(layers),
+        media_type=OCI_MANIFEST if oci else DOCKER_MANIFEST,
+    )
+    return json.dumps(manifest.to_json(), indent=3).encode()
+
+
+def _pick(entries: Any, ref: str | None, path: Path) -> dict[str, Any]:
+    if not isinstance(entries, list) or not entries:
+        raise LayoutError(f"{path}: manifest.json lists no images")
+    if ref is None:
+        if len(entries) != 1:
+            raise LayoutError(f"{path} holds {len(entries)} images; name one (docker-archive:FILE:REF)")
+        return entries[0]
+    for entry in entries:
+        if ref in (entry.get("RepoTags") or []):
+            return entry
+    tags = [t for e in entries for t in e.get("RepoTags") or []]
+    raise LayoutError(f"{path} has no image {ref} (it has: {', '.join(tags) or 'untagged images'})")
+
+
+async def write_docker_archive(path: Path, ref: str | None, manifest: Manifest, store: Store) -> None:
+    """Write ``manifest``'s image as a ``docker load``-able tar (replacing ``path``)."""
+    config_name = f"{manifest.config.digest.encoded}.json"
+    layer_names = [f"{d.digest.encoded}/layer.tar" for d in manifest.layers]
+    index = [{"Config": config_name, "RepoTags": [ref] if ref else [], "Layers": layer_names}]
+    tmp = path.with_name(path.name + ".tmp")
+    f = await asyncio.to_thread(open, tmp, "wb")
+    try:
+        async def add(name: str, size: int, chunks: Any) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = size, 0o644, 0
+            await asyncio.to_thread(f.write, info.tobuf(format=tarfile.PAX_FORMAT))
+            written = 0
+            async for chunk in chunks:
+                written += len(chunk)
+                await asyncio.to_thread(f.write, chunk)
+            if written != size:
+                raise LayoutError(f"{name}: wrote {written} bytes, expected {size}")
+            if size % 512:
+                await asyncio.to_thread(f.write, b"\0" * (512 - size % 512))
+
+        async def once(data: bytes) -> Any:
+            yield data
+
+        for desc, name in ((manifest.config, config_name), *zip(manifest.layers, layer_names)):
+            info = await store.stat(desc.digest)
+            if info is None:
+                raise LayoutError(f"blob {desc.digest} is not in the local store")
+            await add(name, info.size, store.read(desc.digest))
+        body = json.dumps(index).encode()
+        await add("manifest.json", len(body), once(body))
+        if ref and manifest.layers:
+            name, _, tag = ref.rpartition(":")
+            repos = json.dumps({name: {tag: manifest.layers[-1].digest.encoded}}).encode()
+            await add("repositories", len(repos), once(repos))
+        await asyncio.to_thread(f.write, b"\0" * 1024)
+    finally:
+        await asyncio.to_thread(f.close)
+    await asyncio.to_thread(os.replace, tmp, path)
+

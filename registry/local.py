@@ -1,0 +1,236 @@
+"""The local image store: images in the shared ``cas.Store``, names in ``images.db``.
+
+Every blob of an image (manifest, config, layers; for an index, its child manifests and
+their blobs) is linked in the store with holder ``image:<ref>``, so ``pybuild storage gc``
+keeps it until ``pybuild rmi`` unlinks it. ``images.db`` (SQLite, in the storage dir)::
+
+    images(ref TEXT PRIMARY KEY, digest, media_type, size, created)  ref -> manifest digest
+    pulls(digest TEXT PRIMARY KEY, ingest_id, updated)   open ingests of interrupted pulls
+    pushes(key TEXT PRIMARY KEY, location, updated)      upload sessions of interrupted pushes
+
+``ref`` is the normalised reference (``host/name:tag`` or ``host/name@digest``).
+
+The builder's entry points: :meth:`ImageStore.get` (manifest + config of a local image),
+:meth:`ImageStore.put` (record an image whose blobs are in the store) and
+:meth:`ImageStore.open_blob` (stream a blob).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cas import Digest, Store
+from cas.location import default_storage_dir
+
+from .oci import INDEX_TYPES, ImageConfig, Index, Manifest, Platform, parse_manifest
+
+__all__ = ["ImageNotFound", "ImageStore", "LocalImage", "holder", "select_platform"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    ref TEXT PRIMARY KEY, digest TEXT NOT NULL, media_type TEXT NOT NULL,
+    size INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pulls (
+    digest TEXT PRIMARY KEY, ingest_id TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pushes (
+    key TEXT PRIMARY KEY, location TEXT NOT NULL, updated REAL NOT NULL);
+"""
+
+
+class ImageNotFound(LookupError):
+    """No local image has that reference; the message says how to get one."""
+
+
+def holder(ref: str) -> str:
+    """The cas link holder that keeps image ``ref``'s blobs alive."""
+    return f"image:{ref}"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalImage:
+    ref: str
+    digest: Digest
+    media_type: str
+    size: int
+    created: float
+
+
+def select_platform(index: Index, platform: str | None) -> Any:
+    """The index entry for ``os/arch[/variant]`` (default: the first linux/amd64, else the
+    first entry); raises ImageNotFound listing what the index offers."""
+    want = platform or "linux/amd64"
+    parts = want.split("/")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"platform {want!r}: use os/arch or os/arch/variant")
+
+    def matches(p: Platform | None) -> bool:
+        if p is None or p.os != parts[0] or p.architecture != parts[1]:
+            return False
+        return len(parts) == 2 or p.variant == parts[2]
+
+    for entry in index.manifests:
+        if matches(entry.platform):
+            return entry
+    if platform is None and index.manifests:
+        return index.manifests[0]
+    offered = ", ".join(
+        "/".join(filter(None, (d.platform.os, d.platform.architecture, d.platform.variant)))
+        for d in index.manifests if d.platform is not None
+    )
+    raise ImageNotFound(f"no manifest for platform {want} in the index (it has: {offered or 'none'})")
+
+
+class ImageStore:
+    """Local images over an open ``cas.Store``. Open with :meth:`open`; close when done."""
+
+    def __init__(self, store: Store, db: sqlite3.Connection, owns_store: bool) -> None:
+        self.store = store
+        self._db = db
+        self._lock = threading.Lock()
+        self._owns_store = owns_store
+
+    @classmethod
+    async def open(cls, root: Path | None = None, *, store: Store | None = None) -> ImageStore:
+        """Open (creating) the store at ``root`` (default: the cas default storage dir)."""
+        root = Path(root) if root is not None else (store.root if store else default_storage_dir())
+        owns = store is None
+        if store is None:
+            store = await Store.open(root)
+
+        def connect() -> sqlite3.Connection:
+            db = sqlite3.connect(root / "images.db", check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(_SCHEMA)
+            return db
+
+        return cls(store, await asyncio.to_thread(connect), owns)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._db.close)
+        if self._owns_store:
+            await self.store.close()
+
+    async def __aenter__(self) -> ImageStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            with self._lock:
+                return self._db.execute(query, args).fetchall()
+
+        return await asyncio.to_thread(run)
+
+    # --- images --------------------------------------------------------------------------
+    async def resolve(self, ref: str) -> LocalImage | None:
+        rows = await self._sql("SELECT ref, digest, media_type, size, created FROM images WHERE ref=?", ref)
+        if not rows:
+            return None
+        r = rows[0]
+        return LocalImage(r[0], Digest.parse(r[1]), r[2], r[3], r[4])
+
+    async def list(self) -> list[LocalImage]:
+        rows = await self._sql("SELECT ref, digest, media_type, size, created FROM images ORDER BY ref")
+        return [LocalImage(r[0], Digest.parse(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    async def manifest(self, digest: Digest) -> tuple[str, Manifest | Index, bytes]:
+        """``(media_type, object, raw bytes)`` of a manifest or index in the store."""
+        raw = await self.store.read_bytes(digest)
+        media_type, obj = parse_manifest(raw, None)
+        return media_type, obj, raw
+
+    async def get(self, ref: str, platform: str | None = None) -> tuple[Manifest, ImageConfig]:
+        """The image manifest and config of local image ``ref`` (an index is resolved to
+        ``platform``'s manifest). Raises :class:`ImageNotFound`."""
+        image = await self.resolve(ref)
+        if image is None:
+            raise ImageNotFound(f"no local image {ref}; pull it first (pybuild pull {ref})")
+        _, obj, _ = await self.manifest(image.digest)
+        if isinstance(obj, Index):
+            entry = select_platform(obj, platform)
+            _, obj, _ = await self.manifest(entry.digest)
+            if not isinstance(obj, Manifest):
+                raise ImageNotFound(f"{ref}: nested indexes are not supported")
+        config = ImageConfig.parse(await self.store.read_bytes(obj.config.digest))
+        return obj, config
+
+    async def put(self, ref: str, manifest: bytes, media_type: str | None = None) -> Digest:
+        """Record ``ref`` -> ``manifest`` (storing the manifest bytes). Every blob it needs
+        must already be in the store (nondistributable layers excepted); links them all
+        with holder ``image:<ref>`` and drops the links of the image ``ref`` named before."""
+        kind, obj = parse_manifest(manifest, media_type)
+        info = await self.store.put(manifest)
+        needed = {info.digest} | await self._closure(obj)
+        name = holder(ref)
+        for digest in needed:
+            await self.store.link(name, digest)
+        for digest in set(await self.store.linked(name)) - needed:
+            await self.store.unlink(name, digest)
+        await self._sql(
+            "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?)",
+            ref, str(info.digest), kind, len(manifest), time.time(),
+        )
+        return info.digest
+
+    async def _closure(self, obj: Manifest | Index) -> set[Digest]:
+        out: set[Digest] = set()
+        if isinstance(obj, Index):
+            for entry in obj.manifests:
+                if entry.media_type not in INDEX_TYPES and await self.store.stat(entry.digest) is None:
+                    continue  # a platform that was not copied
+                _, child, _ = await self.manifest(entry.digest)
+                out.add(entry.digest)
+                out |= await self._closure(child)
+            return out
+        for desc in obj.references():
+            if await self.store.stat(desc.digest) is None:
+                if desc.nondistributable:
+                    continue
+                raise ImageNotFound(f"blob {desc.digest} of the image is not in the local store")
+            out.add(desc.digest)
+        return out
+
+    async def remove(self, ref: str) -> bool:
+        """Forget ``ref`` and unlink its blobs (``pybuild storage gc`` reclaims the space)."""
+        if await self.resolve(ref) is None:
+            return False
+        name = holder(ref)
+        for digest in await self.store.linked(name):
+            await self.store.unlink(name, digest)
+        await self._sql("DELETE FROM images WHERE ref=?", ref)
+        return True
+
+    def open_blob(self, digest: Digest, offset: int = 0) -> AsyncIterator[bytes]:
+        """The blob's bytes from ``offset`` (cas ``BlobUnknown`` if absent)."""
+        return self.store.read(digest, offset)
+
+    # --- resumable transfers -------------------------------------------------------------
+    async def pending_pull(self, digest: Digest) -> str | None:
+        rows = await self._sql("SELECT ingest_id FROM pulls WHERE digest=?", str(digest))
+        return rows[0][0] if rows else None
+
+    async def set_pending_pull(self, digest: Digest, ingest_id: str | None) -> None:
+        if ingest_id is None:
+            await self._sql("DELETE FROM pulls WHERE digest=?", str(digest))
+        else:
+            await self._sql("INSERT OR REPLACE INTO pulls VALUES (?, ?, ?)", str(digest), ingest_id, time.time())
+
+    async def pending_push(self, key: str) -> str | None:
+        rows = await self._sql("SELECT location FROM pushes WHERE key=?", key)
+        return rows[0][0] if rows else None
+
+    async def set_pending_push(self, key: str, location: str | None) -> None:
+        if location is None:
+            await self._sql("DELETE FROM pushes WHERE key=?", key)
+        else:
+            await self._sql("INSERT OR REPLACE INTO pushes VALUES (?, ?, ?)", key, location, time.time())

@@ -1,0 +1,175 @@
+"""Progress reporting for long transfers (and builds): bars, plain lines or JSON events.
+
+One :class:`Progress` per operation; tasks are keyed by a short id (e.g. a blob digest)::
+
+    progress.start(key, label, total)      a task begins (total bytes, or 0 if unknown)
+    progress.advance(key, n, reused=False) n bytes done: transferred, or reused locally
+    progress.finish(key, status)           "done", "exists", "mounted", "failed: ..."
+    progress.close()                       final summary; returns it as a dict
+
+Modes: ``tty`` redraws one line per active task plus a totals line (at most 10 times a
+second); ``plain`` prints a line when a task starts and ends (for CI logs); ``json``
+prints one JSON object per line per event (``start``, ``progress`` at most 4 times a second
+per task, ``done``, ``summary``); ``quiet`` prints nothing. Safe to call from one event
+loop only (no locking).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+__all__ = ["Progress", "human_bytes"]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+@dataclass
+class _Task:
+    label: str
+    total: int
+    done: int = 0
+    reused: int = 0
+    status: str = ""
+    last_emit: float = 0.0
+
+
+class Progress:
+    def __init__(self, mode: str = "plain", stream: TextIO | None = None) -> None:
+        if mode not in ("tty", "plain", "json", "quiet"):
+            raise ValueError(f"progress mode {mode!r}: use tty, plain, json or quiet")
+        self.mode = mode
+        self.stream = stream or (sys.stdout if mode == "json" else sys.stderr)
+        self.tasks: dict[str, _Task] = {}
+        self.transferred = 0
+        self.reused = 0
+        self.started = time.monotonic()
+        self._drawn = 0
+        self._last_draw = 0.0
+
+    @classmethod
+    def auto(cls, *, json_events: bool = False, quiet: bool = False, stream: TextIO | None = None) -> Progress:
+        """JSON if asked, bars on a terminal, plain lines otherwise."""
+        if quiet:
+            return cls("quiet")
+        if json_events:
+            return cls("json", stream)
+        out = stream or sys.stderr
+        return cls("tty" if out.isatty() else "plain", out)
+
+    # --- events ----------------------------------------------------------------------------
+    def start(self, key: str, label: str, total: int) -> None:
+        self.tasks[key] = _Task(label, total)
+        if self.mode == "json":
+            self._emit({"event": "start", "id": key, "label": label, "total": total})
+        elif self.mode == "plain":
+            self._line(f"{label}: start ({human_bytes(total)})")
+        self._draw()
+
+    def advance(self, key: str, n: int, *, reused: bool = False) -> None:
+        task = self.tasks.get(key)
+        if task is None or n <= 0:
+            return
+        task.done += n
+        if reused:
+            task.reused += n
+            self.reused += n
+        else:
+            self.transferred += n
+        now = time.monotonic()
+        if self.mode == "json" and now - task.last_emit >= 0.25:
+            task.last_emit = now
+            self._emit({"event": "progress", "id": key, "done": task.done, "total": task.total,
+                        "reused": task.reused})
+        self._draw()
+
+    def finish(self, key: str, status: str = "done") -> None:
+        task = self.tasks.get(key)
+        if task is None:
+            return
+        task.status = status
+        if self.mode == "json":
+            self._emit({"event": "done", "id": key, "status": status, "bytes": task.done,
+                        "reused": task.reused, "total": task.total})
+        elif self.mode == "plain":
+            extra = f", {human_bytes(task.reused)} reused" if task.reused else ""
+            self._line(f"{task.label}: {status} ({human_bytes(task.done - task.reused)} transferred{extra})")
+        self._draw(force=True)
+
+    def message(self, text: str) -> None:
+        """A free-form line (json: a ``message`` event)."""
+        if self.mode == "json":
+            self._emit({"event": "message", "text": text})
+        elif self.mode != "quiet":
+            self._clear()
+            self._line(text)
+            self._draw(force=True)
+
+    def summary(self) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        return {
+            "transferred": self.transferred,
+            "reused": self.reused,
+            "seconds": round(elapsed, 3),
+            "speed": round(self.transferred / elapsed),
+            "tasks": len(self.tasks),
+        }
+
+    def close(self) -> dict[str, Any]:
+        summary = self.summary()
+        if self.mode == "json":
+            self._emit({"event": "summary", **summary})
+        elif self.mode != "quiet":
+            self._clear()
+            self._line(
+                f"{human_bytes(summary['transferred'])} transferred, "
+                f"{human_bytes(summary['reused'])} reused, in {summary['seconds']:.1f}s "
+                f"({human_bytes(summary['speed'])}/s)"
+            )
+        return summary
+
+    # --- output ------------------------------------------------------------------------
+    def _emit(self, doc: dict[str, Any]) -> None:
+        self.stream.write(json.dumps(doc) + "\n")
+        self.stream.flush()
+
+    def _line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _clear(self) -> None:
+        if self.mode == "tty" and self._drawn:
+            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+
+    def _draw(self, force: bool = False) -> None:
+        if self.mode != "tty":
+            return
+        now = time.monotonic()
+        if not force and now - self._last_draw < 0.1:
+            return
+        self._last_draw = now
+        self._clear()
+        lines = []
+        for task in self.tasks.values():
+            frac = task.done / task.total if task.total else 1.0
+            bar = "#" * int(frac * 20)
+            state = task.status or f"{human_bytes(task.done)}/{human_bytes(task.total)}"
+            lines.append(f"{task.label[:40]:<40} [{bar:<20}] {state}")
+        elapsed = max(now - self.started, 1e-6)
+        lines.append(
+            f"total: {human_bytes(self.transferred)} transferred "
+            f"({human_bytes(self.transferred / elapsed)}/s), {human_bytes(self.reused)} reused"
+        )
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+        self._drawn = len(lines)

@@ -1,0 +1,147 @@
+"""Tiny test images built in the test (random gzip-member layers), and a byte-counting,
+fault-injecting HTTP proxy to put between the client and a registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from cas import Digest
+from cas.frames import gzip_member
+from registry import oci
+from registry.local import ImageStore
+
+
+def random_bytes(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def layer_from_chunks(chunks: list[bytes]) -> bytes:
+    """A layer made of one gzip member per chunk (as pybuild writes layers)."""
+    return b"".join(gzip_member(c, level=1) for c in chunks)
+
+
+@dataclass
+class SampleImage:
+    manifest: bytes
+    config: bytes
+    layers: list[bytes]
+
+    @property
+    def digest(self) -> Digest:
+        return Digest.of(self.manifest)
+
+    def blob_digests(self) -> set[str]:
+        return {str(Digest.of(b)) for b in (self.config, *self.layers)}
+
+
+def make_image(layer_chunks: list[list[bytes]], *, arch: str = "amd64",
+               media_type: str = oci.OCI_MANIFEST) -> SampleImage:
+    layers = [layer_from_chunks(chunks) for chunks in layer_chunks]
+    diff_ids = ["sha256:" + hashlib.sha256(b"".join(c)).hexdigest() for c in layer_chunks]
+    config = json.dumps({"architecture": arch, "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    docker = media_type == oci.DOCKER_MANIFEST
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": {"mediaType": oci.DOCKER_CONFIG if docker else oci.OCI_CONFIG,
+                   "digest": str(Digest.of(config)), "size": len(config)},
+        "layers": [{"mediaType": oci.DOCKER_LAYER if docker else oci.OCI_LAYER_GZIP,
+                    "digest": str(Digest.of(layer)), "size": len(layer)} for layer in layers],
+    }
+    return SampleImage(json.dumps(doc).encode(), config, layers)
+
+
+def simple_image(seed: int = 0, sizes: tuple[int, ...] = (200_000, 50_000)) -> SampleImage:
+    chunks = [[random_bytes(16_384, seed * 1000 + i * 100 + j) for j in range(max(1, s // 16_384))]
+              for i, s in enumerate(sizes)]
+    return make_image(chunks)
+
+
+async def store_image(images: ImageStore, ref: str, image: SampleImage) -> Digest:
+    """Put the image's blobs into the local store and record ``ref``."""
+    for blob in (image.config, *image.layers):
+        await images.store.put(blob)
+    return await images.put(ref, image.manifest)
+
+
+def make_index(children: list[tuple[SampleImage, str]]) -> bytes:
+    return json.dumps({
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_INDEX,
+        "manifests": [{"mediaType": oci.OCI_MANIFEST, "digest": str(img.digest),
+                       "size": len(img.manifest), "platform": {"os": "linux", "architecture": arch}}
+                      for img, arch in children],
+    }).encode()
+
+
+@dataclass
+class Proxy:
+    """Forwards everything to ``upstream``; counts blob body bytes; can break or corrupt.
+
+    ``fault(request, body_so_far_len, chunk) -> chunk | None``: None drops the connection.
+    """
+
+    upstream: str
+    fault: Callable[[web.Request, int, bytes], bytes | None] | None = None
+    drop_request: Callable[[web.Request], bool] | None = None  # True: cut before forwarding
+    blob_bytes: int = 0
+    log: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, Range
+    session: aiohttp.ClientSession | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+
+        async def close(_: web.Application) -> None:
+            if self.session is not None:
+                await self.session.close()
+
+        app.on_cleanup.append(close)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(auto_decompress=False)
+        self.log.append((request.method, request.path,
+                         request.headers.get("Range", "") or request.headers.get("Content-Range", "")))
+        if self.drop_request is not None and self.drop_request(request):
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in ("host", "transfer-encoding", "connection")}
+        body = await request.read()
+        async with self.session.request(request.method, self.upstream + request.path_qs,
+                                        headers=headers, data=body or None,
+                                        allow_redirects=False) as up:
+            out_headers = {k: v for k, v in up.headers.items()
+                           if k.lower() not in ("transfer-encoding", "connection", "content-encoding")}
+            if "Location" in out_headers:
+                out_headers["Location"] = out_headers["Location"].replace(self.upstream, "")
+            resp = web.StreamResponse(status=up.status, headers=out_headers)
+            await resp.prepare(request)
+            is_blob = request.method == "GET" and "/blobs/sha" in request.path
+            sent = 0
+            async for chunk in up.content.iter_chunked(16_384):
+                if is_blob and self.fault is not None:
+                    changed = self.fault(request, sent, chunk)
+                    if changed is None:
+                        assert request.transport is not None
+                        request.transport.close()
+                        return resp
+                    chunk = changed
+                if is_blob:
+                    self.blob_bytes += len(chunk)
+                sent += len(chunk)
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp

@@ -1,0 +1,210 @@
+"""Interrupted, corrupted and truncated transfers: resumed or refused, the store stays sound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from cas import Digest
+from registry.client import ClientOptions, RegistryClient, TransportError
+from registry.copy import CopyOptions, copy_image, parse_endpoint
+from registry.local import ImageStore
+from registry.progress import Progress
+from registry.refs import parse_image_ref
+from registry.transfer import BlobError, TransferOptions
+
+from .helpers import SampleImage, make_image, random_bytes, simple_image, store_image
+
+SMALL_PARTS = TransferOptions(part_size=64 << 10, checkpoint_every=64 << 10, retries=2,
+                              upload_chunk=128 << 10)
+
+
+async def copy(src: str, dst: str, images: ImageStore, client: RegistryClient):
+    return await copy_image(parse_endpoint(src), parse_endpoint(dst), images, client,
+                            Progress("quiet"), CopyOptions(transfer=SMALL_PARTS))
+
+
+async def publish(host: str, repo: str, image: SampleImage, tmp_path: Path, client: RegistryClient) -> str:
+    ref = f"{host}/{repo}:v1"
+    async with await ImageStore.open(tmp_path / "publisher") as images:
+        await store_image(images, ref, image)
+        await copy(f"local:{ref}", ref, images, client)
+    return ref
+
+
+def position(request: web.Request, sent: int) -> int:
+    """Where in the blob the byte about to be sent sits (Range requests start later)."""
+    return int(request.headers.get("Range", "bytes=0-").split("=")[1].split("-")[0]) + sent
+
+
+def big_layer(image: SampleImage) -> tuple[Digest, int]:
+    layer = max(image.layers, key=len)
+    return Digest.of(layer), len(layer)
+
+
+async def test_dropped_connection_is_resumed_in_process(
+    registry_host: str, make_proxy: Any, images: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    image = simple_image(20, (1_000_000,))
+    await publish(registry_host, "faults/once", image, tmp_path, client)
+    digest, size = big_layer(image)
+    dropped = []
+
+    def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
+        if digest.encoded in request.path and position(request, sent) >= 400_000 and not dropped:
+            dropped.append(sent)
+            return None
+        return chunk
+
+    proxy, host = await make_proxy(registry_host, fault=fault)
+    result = await copy(f"{host}/faults/once:v1", f"local:{host}/faults/once:v1", images, client)
+    assert dropped and result.digest == image.digest
+    assert await images.store.read_bytes(digest) == max(image.layers, key=len)
+    ranges = [r for m, p, r in proxy.log if m == "GET" and digest.encoded in p and r]
+    assert ranges, "the retry must ask for the rest with Range"
+    # Resumed, not restarted: the retry started where the received bytes ended.
+    starts = [int(r.split("=")[1].split("-")[0]) for r in ranges]
+    assert max(starts) > 0 and len(starts) == len(set(starts)), "no range was asked for twice"
+    assert proxy.blob_bytes < 2 * size
+    assert (await images.store.fsck()).ok
+
+
+async def test_interrupted_pull_resumes_in_a_later_run(
+    registry_host: str, make_proxy: Any, client: RegistryClient, tmp_path: Path
+) -> None:
+    image = simple_image(21, (1_000_000,))
+    await publish(registry_host, "faults/later", image, tmp_path, client)
+    digest, size = big_layer(image)
+
+    def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
+        return None if digest.encoded in request.path and position(request, sent) >= 600_000 else chunk
+
+    broken, host = await make_proxy(registry_host, fault=fault)
+    storage = tmp_path / "local"
+    async with await ImageStore.open(storage) as images:
+        with pytest.raises(BlobError, match=f"{digest}.*resume from byte"):
+            await copy(f"{host}/faults/later:v1", f"local:{host}/faults/later:v1", images, client)
+        assert await images.store.stat(digest) is None
+        pending = await images.pending_pull(digest)
+        assert pending is not None
+    # A new process: reopen the store, pull through a healthy path.
+    healthy, host2 = await make_proxy(registry_host)
+    async with await ImageStore.open(storage) as images:
+        kept = (await images.store.resume_ingest(pending)).offset
+        assert kept >= 100_000
+        result = await copy(f"{host2}/faults/later:v1", f"local:{host2}/faults/later:v1", images, client)
+        assert result.digest == image.digest
+        assert await images.pending_pull(digest) is None
+        assert (await images.store.fsck()).ok
+    starts = [int(r.split("=")[1].split("-")[0]) for m, p, r in healthy.log
+              if m == "GET" and digest.encoded in p and r]
+    assert starts and min(starts) == kept
+    assert healthy.blob_bytes == size - kept  # only the missing bytes crossed the wire
+
+
+async def test_corrupted_bytes_are_refused_and_nothing_kept(
+    registry_host: str, make_proxy: Any, images: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    image = simple_image(22, (300_000,))
+    await publish(registry_host, "faults/corrupt", image, tmp_path, client)
+    digest, _ = big_layer(image)
+
+    def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
+        if digest.encoded in request.path and sent == 0:
+            return bytes([chunk[0] ^ 1]) + chunk[1:]
+        return chunk
+
+    _, host = await make_proxy(registry_host, fault=fault)
+    with pytest.raises(BlobError, match=str(digest)):
+        await copy(f"{host}/faults/corrupt:v1", f"local:{host}/faults/corrupt:v1", images, client)
+    assert await images.store.stat(digest) is None
+    assert await images.pending_pull(digest) is None
+    assert await images.resolve(f"{host}/faults/corrupt:v1") is None
+    assert (await images.store.fsck()).ok
+
+
+def fake_registry(image: SampleImage, mode: str) -> web.Application:
+    """A registry whose blob GETs lie: ``long`` (extra bytes), ``short`` (fewer bytes,
+    honest Content-Length), ``truncated`` (Content-Length says more than is sent)."""
+    blobs = {str(Digest.of(b)): b for b in (image.config, *image.layers)}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path == "/v2/":
+            return web.json_response({})
+        if "/manifests/" in path:
+            return web.Response(body=image.manifest, content_type="application/vnd.oci.image.manifest.v1+json")
+        digest = path.rsplit("/", 1)[1]
+        data = blobs[digest]
+        if request.method == "HEAD" or digest == str(Digest.of(image.config)):
+            return web.Response(body=data if request.method == "GET" else None,
+                                headers={"Content-Length": str(len(data))})
+        if mode == "long":
+            return web.Response(body=data + b"extra")
+        if mode == "short":
+            return web.Response(body=data[:-10])
+        resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await resp.prepare(request)
+        await resp.write(data[: len(data) // 2])
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+@pytest.mark.parametrize("mode", ["long", "short", "truncated"])
+async def test_wrong_length_is_refused(
+    mode: str, aiohttp_server: Any, images: ImageStore, tmp_path: Path
+) -> None:
+    image = simple_image(23, (100_000,))
+    server = await aiohttp_server(fake_registry(image, mode))
+    ref = f"127.0.0.1:{server.port}/fake/img:v1"
+    digest, _ = big_layer(image)
+    async with RegistryClient(ClientOptions(retries=1, backoff=0.01)) as client:
+        with pytest.raises(BlobError, match=str(digest)):
+            await copy(ref, f"local:{ref}", images, client)
+    assert await images.store.stat(digest) is None
+    assert await images.resolve(ref) is None
+    assert (await images.store.fsck()).ok
+
+
+async def test_interrupted_push_resumes_its_upload_session(
+    pybuild_registry: str, make_proxy: Any, images: ImageStore, client: RegistryClient,
+) -> None:
+    image = make_image([[random_bytes(16_384, 500 + i) for i in range(40)]])  # ~650 KB layer
+    digest, size = big_layer(image)
+    state = {"patches": 0, "broken": True}
+
+    def drop(request: web.Request) -> bool:
+        if request.method == "PATCH":
+            state["patches"] += 1
+            return bool(state["broken"]) and state["patches"] > 2
+        return False
+
+    proxy, host = await make_proxy(pybuild_registry, drop_request=drop)
+    ref = f"{host}/faults/push:v1"
+    await store_image(images, ref, image)
+    with pytest.raises(TransportError, match="PATCH"):
+        await copy(f"local:{ref}", ref, images, client)
+    assert await images.pending_push(f"{host}/faults/push@{digest}") is not None
+
+    state["broken"] = False
+    proxy.log.clear()
+    result = await copy(f"local:{ref}", ref, images, client)
+    assert result.digest == image.digest
+    # It asked the session where it stood and went on from there, not from byte 0.
+    status = [e for e in proxy.log if e[0] == "GET" and "/blobs/uploads/" in e[1]]
+    ranges = [e[2] for e in proxy.log if e[0] == "PATCH"]
+    assert status and ranges and not ranges[0].startswith("0-")
+    assert int(ranges[0].split("-")[0]) == 2 * SMALL_PARTS.upload_chunk
+    assert not any(e[0] == "POST" for e in proxy.log)
+    assert await images.pending_push(f"{host}/faults/push@{digest}") is None
+    body, _, _ = await client.get_manifest(parse_image_ref(ref))
+    assert body == image.manifest
+    assert size > 4 * SMALL_PARTS.upload_chunk

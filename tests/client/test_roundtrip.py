@@ -1,0 +1,186 @@
+"""push / pull / copy round trips against pybuild's registry and CNCF Distribution."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cas import Digest
+from registry import oci
+from registry.client import RegistryClient
+from registry.copy import CopyOptions, Endpoint, copy_image, parse_endpoint
+from registry.local import ImageStore
+from registry.progress import Progress
+from registry.refs import parse_image_ref
+
+from .helpers import make_index, simple_image, store_image
+
+
+def unique(host: str, tag: str = "v1") -> str:
+    return f"{host}/test/{uuid.uuid4().hex[:10]}:{tag}"
+
+
+async def copy(src: str, dst: str, images: ImageStore, client: RegistryClient, **kw: object):
+    return await copy_image(parse_endpoint(src), parse_endpoint(dst), images, client,
+                            Progress("quiet"), CopyOptions(**kw))  # type: ignore[arg-type]
+
+
+async def test_push_then_pull_gives_identical_digests(
+    registry_host: str, images: ImageStore, images2: ImageStore, client: RegistryClient
+) -> None:
+    image = simple_image(1)
+    ref = unique(registry_host)
+    local_digest = await store_image(images, ref, image)
+    pushed = await copy(f"local:{ref}", ref, images, client)
+    assert pushed.digest == local_digest == image.digest
+    assert set(pushed.blobs.values()) == {"pushed"}
+    # The registry serves exactly the bytes we pushed.
+    body, media_type, digest = await client.get_manifest(parse_image_ref(ref))
+    assert body == image.manifest and digest == image.digest and media_type == oci.OCI_MANIFEST
+
+    pulled = await copy(ref, f"local:{ref}", images2, client)
+    assert pulled.digest == image.digest
+    manifest, config = await images2.get(ref)
+    assert manifest.to_json() == oci.Manifest.parse(image.manifest).to_json()
+    assert config.architecture == "amd64"
+    for blob in (image.config, *image.layers):
+        assert await images2.store.read_bytes(Digest.of(blob)) == blob
+    assert (await images2.store.fsck()).ok
+
+    # Pushing again transfers nothing: every blob exists.
+    again = await copy(f"local:{ref}", ref, images, client)
+    assert set(again.blobs.values()) == {"exists"}
+
+
+async def test_pull_twice_fetches_nothing_the_second_time(
+    registry_host: str, images: ImageStore, images2: ImageStore, client: RegistryClient
+) -> None:
+    image = simple_image(2)
+    ref = unique(registry_host)
+    await store_image(images, ref, image)
+    await copy(f"local:{ref}", ref, images, client)
+    first = await copy(ref, f"local:{ref}", images2, client)
+    assert set(first.blobs.values()) == {"pulled"}
+    second = await copy(ref, f"local:{ref}", images2, client)
+    assert set(second.blobs.values()) == {"exists"}
+
+
+async def test_copy_within_a_registry_mounts(
+    registry_host: str, images: ImageStore, client: RegistryClient
+) -> None:
+    image = simple_image(3)
+    src = unique(registry_host)
+    await store_image(images, src, image)
+    await copy(f"local:{src}", src, images, client)
+    dst = unique(registry_host, "copied")
+    result = await copy(f"docker://{src}", f"docker://{dst}", images, client)
+    assert set(result.blobs.values()) == {"mounted"}
+    assert (await client.get_manifest(parse_image_ref(dst)))[2] == image.digest
+
+
+async def test_push_mounts_from_the_repository_the_image_was_pulled_from(
+    registry_host: str, images: ImageStore, images2: ImageStore, client: RegistryClient
+) -> None:
+    image = simple_image(4)
+    src = unique(registry_host)
+    await store_image(images, src, image)
+    await copy(f"local:{src}", src, images, client)
+    await copy(src, f"local:{src}", images2, client)
+    other = unique(registry_host, "retagged")
+    await images2.put(other, image.manifest)
+    result = await copy(f"local:{other}", other, images2, client)
+    assert set(result.blobs.values()) == {"mounted"}
+
+
+async def test_oci_layout_round_trip(
+    registry_host: str, images: ImageStore, images2: ImageStore, client: RegistryClient,
+    tmp_path: Path,
+) -> None:
+    image = simple_image(5)
+    ref = unique(registry_host)
+    await store_image(images, ref, image)
+    layout = tmp_path / "layout"
+    out = await copy(f"local:{ref}", f"oci:{layout}:v1", images, client)
+    assert out.digest == image.digest
+    assert (layout / "oci-layout").exists()
+    assert (layout / "blobs" / "sha256" / image.digest.encoded).read_bytes() == image.manifest
+    index = oci.Index.parse((layout / "index.json").read_bytes())
+    assert index.manifests[0].annotations == {"org.opencontainers.image.ref.name": "v1"}
+    # layout -> registry -> another store: same digests all the way.
+    pushed = await copy(f"oci:{layout}:v1", ref, images2, client)
+    assert pushed.digest == image.digest
+    back = await copy(ref, f"local:{ref}", images2, client)
+    assert back.digest == image.digest
+
+
+async def test_oci_layout_with_corrupt_blob_is_refused(
+    images: ImageStore, images2: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    image = simple_image(6)
+    await store_image(images, "localhost/x:1", image)
+    layout = tmp_path / "layout"
+    await copy("local:localhost/x:1", f"oci:{layout}", images, client)
+    victim = layout / "blobs" / "sha256" / Digest.of(image.layers[0]).encoded
+    data = bytearray(victim.read_bytes())
+    data[100] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(Exception, match=Digest.of(image.layers[0]).encoded):
+        await copy(f"oci:{layout}", "local:localhost/y:1", images2, client)
+    assert await images2.store.stat(Digest.of(image.layers[0])) is None
+    assert (await images2.store.fsck()).ok
+
+
+async def test_docker_archive_round_trip(
+    images: ImageStore, images2: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    image = simple_image(7)
+    await store_image(images, "localhost/arch:1", image)
+    archive = tmp_path / "image.tar"
+    await copy("local:localhost/arch:1", f"docker-archive:{archive}:localhost/arch:1", images, client)
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "manifest.json" in names and f"{Digest.of(image.config).encoded}.json" in names
+    back = await copy(f"docker-archive:{archive}", "local:localhost/arch:2", images2, client)
+    manifest, config = await images2.get("localhost/arch:2")
+    original = oci.Manifest.parse(image.manifest)
+    assert manifest.config.digest == original.config.digest
+    assert [d.digest for d in manifest.layers] == [d.digest for d in original.layers]
+    assert all(d.media_type == oci.DOCKER_LAYER for d in manifest.layers)
+    assert back.media_type == oci.DOCKER_MANIFEST
+
+
+async def test_index_one_platform_or_all(
+    registry_host: str, images: ImageStore, images2: ImageStore, client: RegistryClient
+) -> None:
+    amd, arm = simple_image(8, (40_000,)), simple_image(9, (40_000,))
+    index = make_index([(amd, "amd64"), (arm, "arm64")])
+    ref = unique(registry_host)
+    for img in (amd, arm):
+        for blob in (img.config, *img.layers):
+            await images.store.put(blob)
+        await images.store.put(img.manifest)
+    await images.put(ref, index)
+    pushed = await copy(f"local:{ref}", ref, images, client, all_platforms=True)
+    assert pushed.digest == Digest.of(index)
+
+    one = await copy(ref, f"local:{ref}", images2, client, platform="linux/arm64")
+    assert one.digest == arm.digest
+    assert await images2.store.stat(Digest.of(amd.layers[0])) is None
+    every = await copy(ref, f"local:{ref}", images2, client, all_platforms=True)
+    assert every.digest == Digest.of(index)
+    manifest, config = await images2.get(ref, platform="linux/amd64")
+    assert manifest.layers[0].digest == Digest.of(amd.layers[0])
+
+
+def test_parse_endpoint() -> None:
+    assert parse_endpoint("oci:/a/b:tag") == Endpoint("oci", path=Path("/a/b"), name="tag")
+    assert parse_endpoint("oci:/a/b") == Endpoint("oci", path=Path("/a/b"))
+    assert parse_endpoint("docker-archive:x.tar:localhost:5000/a:1").name == "localhost:5000/a:1"
+    assert parse_endpoint("local:alpine").ref == parse_image_ref("docker.io/library/alpine:latest")
+    assert parse_endpoint("docker://localhost:5000/a").kind == "registry"
+    with pytest.raises(ValueError, match="tag"):
+        parse_endpoint("localhost:5000/a:b!c")
