@@ -1,34 +1,54 @@
-"""Pulling an image from a registry: skopeo (the peer) and pybuild's own client.
+"""Pulling an image: pybuild's client against skopeo (the peer) and docker pull.
 
-The image has ``layers`` layers of pseudo-random data, served by a loopback CNCF
-Distribution. Measured for each client:
+The image has ``layers`` layers, each a tar of ``files`` pseudo-random files written as
+pybuild's chunked-frame gzip (one gzip member per content-defined chunk, what ``pybuild
+build`` writes). Version 2 changes one file in every layer (~2 % of the files with the
+defaults), so every layer blob of v2 is new but most of its frames are not. Both
+versions are pushed to a loopback CNCF Distribution and to ``pybuild serve``.
 
-- ``pull, cold``: into an empty destination;
-- ``pull, one layer changed``: a second tag that differs only in its last layer, pulled
-  into the destination that already holds the first (skopeo reuses blobs present in an
-  OCI layout; pybuild reuses its local pieces).
+Measured for each client:
 
-pybuild's side is called as ``python3 -m builder pull --storage DIR REF`` once ``pull``
-exists.
+- ``pull v1, cold``: into an empty destination (time);
+- ``pull v2 over v1``: v2 into the destination that holds v1 (time, and the bytes the
+  registry process wrote while serving it, from ``/proc/PID/io``: its socket writes,
+  ``sendfile`` included).
+
+Clients: ``skopeo copy docker://... oci:DIR`` (reuses blobs already in its OCI layout),
+``docker pull`` (reuses layers by digest) and ``pybuild pull`` - from Distribution (whole
+blobs) and from ``pybuild serve``, whose recipe extension lets the client fetch only the
+pieces it does not have (column ``pybuild+serve``). pybuild's side is called as
+``python3 -m builder pull -q --storage DIR REF``.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.data import pseudo_random
 from bench.pybuild_cli import has_command, missing_reason, pybuild_argv, pybuild_env
 from bench.report import Measurement
-from tests.helpers.images import make_image, make_layer, tar_files, write_oci_layout
-from tests.helpers.registries import distribution_registry
+from builder.layers.chunked import write_frames
+from tests.helpers.docker_engine import docker_engine
+from tests.helpers.images import Layer, make_image, tar_files, write_oci_layout
+from tests.helpers.registries import (
+    RegistryProcess,
+    RunningRegistry,
+    distribution_argv,
+    pybuild_serve_available,
+)
+from tests.helpers.registries import pybuild_argv as serve_argv
 
 __all__ = ["ClientBenchError", "bench_client"]
 
 MiB = 1 << 20
+REPO = "bench/client"
 
 
 class ClientBenchError(RuntimeError):
@@ -38,65 +58,141 @@ class ClientBenchError(RuntimeError):
 def _timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
     proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=1800,
-                          check=False)
+                          stdin=subprocess.DEVNULL, check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise ClientBenchError(f"`{' '.join(argv)}` exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return elapsed
 
 
-def _layout(workdir: Path, layers: int, layer_size: int) -> tuple[Path, int]:
-    def layer(i: int, variant: bytes) -> bytes:
-        return tar_files({f"data/layer{i}.bin": pseudo_random(layer_size, seed=b"client%d" % i + variant)})
+def _chunked_layer(tar: bytes) -> Layer:
+    out = io.BytesIO()
+    write_frames([tar], out)
+    return Layer(tar=tar, blob=out.getvalue())
 
-    common = [make_layer(layer(i, b""), level=1) for i in range(layers - 1)]
-    v1 = make_image([*common, make_layer(layer(layers - 1, b"v1"), level=1)])
-    v2 = make_image([*common, make_layer(layer(layers - 1, b"v2"), level=1)])
+
+def _layout(workdir: Path, layers: int, layer_size: int, files: int) -> tuple[Path, int, int]:
+    """An OCI layout with tags v1 and v2; (layout, v1 layer bytes, v2 layer bytes)."""
+    file_size = max(1, layer_size // files)
+
+    def layer(i: int, changed: bool) -> Layer:
+        content = {}
+        for f in range(files):
+            seed = b"client-%d-%d" % (i, f) + (b"-v2" if changed and f == files // 2 else b"")
+            content[f"data/l{i:02d}/f{f:03d}.bin"] = pseudo_random(file_size, seed=seed)
+        return _chunked_layer(tar_files(content))
+
+    v1 = make_image([layer(i, False) for i in range(layers)])
+    v2 = make_image([layer(i, True) for i in range(layers)])
     layout = write_oci_layout(v1, workdir / "source", ref="v1")
     write_oci_layout(v2, layout, ref="v2")
-    return layout, sum(len(layer.blob) for layer in v1.layers)
+    return layout, sum(len(x.blob) for x in v1.layers), sum(len(x.blob) for x in v2.layers)
 
 
-def bench_client(workdir: Path, *, layers: int, layer_size: int,
+@dataclass(frozen=True)
+class _Served:
+    registry: RunningRegistry
+    pid: int
+
+    def written(self) -> int:
+        """Bytes the registry process has written so far (sockets and files)."""
+        for line in Path(f"/proc/{self.pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+        raise ClientBenchError(f"/proc/{self.pid}/io has no wchar line")
+
+
+@contextmanager
+def _serve(kind: str, workdir: Path) -> Iterator[_Served]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if kind == "distribution":
+        process = RegistryProcess(kind, distribution_argv(workdir), storage=workdir / "storage",
+                                  log=workdir / "registry.log")
+    else:
+        process = RegistryProcess(kind, serve_argv(workdir / "storage"),
+                                  storage=workdir / "storage", log=workdir / "registry.log",
+                                  env=pybuild_env())
+    with process as running:
+        assert process.pid is not None
+        yield _Served(running, process.pid)
+
+
+def _push(layout: Path, served: _Served) -> None:
+    for tag in ("v1", "v2"):
+        subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
+                        f"docker://{served.registry.ref(REPO, tag)}"],
+                       check=True, capture_output=True)
+
+
+def _measure(pull: Callable[[str], None], served: _Served) -> tuple[float, float, int]:
+    """(seconds v1 cold, seconds v2 over v1, bytes the registry wrote for v2)."""
+    start = time.perf_counter()
+    pull("v1")
+    cold = time.perf_counter() - start
+    before = served.written()
+    start = time.perf_counter()
+    pull("v2")
+    incremental = time.perf_counter() - start
+    return cold, incremental, served.written() - before
+
+
+def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
                  report_skip: Callable[[str, str], None]) -> list[Measurement]:
     """Time each available client; ``report_skip(client, why)`` for those that are not."""
-    layout, total = _layout(workdir, layers, layer_size)
-    cold: dict[str, float] = {}
-    incremental: dict[str, float] = {}
-    with distribution_registry(workdir / "registry") as registry:
-        for tag in ("v1", "v2"):
-            subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
-                            f"docker://{registry.ref('bench/client', tag)}"],
-                           check=True, capture_output=True)
+    layout, total_v1, total_v2 = _layout(workdir, layers, layer_size, files)
+    results: dict[str, tuple[float, float, int]] = {}
+    with _serve("distribution", workdir / "distribution") as dist:
+        _push(layout, dist)
 
         dest = workdir / "skopeo-dest"
 
-        def skopeo(tag: str) -> float:
-            return _timed(["skopeo", "copy", "--src-tls-verify=false",
-                           f"docker://{registry.ref('bench/client', tag)}", f"oci:{dest}:{tag}"])
+        def skopeo(tag: str) -> None:
+            _timed(["skopeo", "copy", "--src-tls-verify=false",
+                    f"docker://{dist.registry.ref(REPO, tag)}", f"oci:{dest}:{tag}"])
 
-        cold["skopeo"] = skopeo("v1")
-        incremental["skopeo"] = skopeo("v2")
+        results["skopeo"] = _measure(skopeo, dist)
         shutil.rmtree(dest, ignore_errors=True)
 
+        if shutil.which("dockerd"):
+            with docker_engine() as engine:
+                refs = [dist.registry.ref(REPO, tag) for tag in ("v1", "v2")]
+                engine.run("rmi", "--force", *refs, check=False)
+
+                def docker(tag: str) -> None:
+                    engine.run("pull", "-q", dist.registry.ref(REPO, tag), timeout=1800)
+
+                results["docker"] = _measure(docker, dist)
+                engine.run("rmi", "--force", *refs, check=False)
+        else:
+            report_skip("docker", "docker.io (dockerd) is not installed")
+
         if has_command("pull"):
-            storage = workdir / "pybuild"
+            def pybuild_from(served: _Served, storage: Path) -> Callable[[str], None]:
+                def pull(tag: str) -> None:
+                    _timed(pybuild_argv("pull", "-q", "--storage", str(storage),
+                                        served.registry.ref(REPO, tag)), pybuild_env())
+                return pull
 
-            def pybuild(tag: str) -> float:
-                return _timed(pybuild_argv("pull", "--storage", str(storage),
-                                           registry.ref("bench/client", tag)), pybuild_env())
-
-            cold["pybuild"] = pybuild("v1")
-            incremental["pybuild"] = pybuild("v2")
+            results["pybuild"] = _measure(pybuild_from(dist, workdir / "pybuild-d"), dist)
+            shutil.rmtree(workdir / "pybuild-d", ignore_errors=True)
+            if pybuild_serve_available():
+                with _serve("pybuild", workdir / "serve") as own:
+                    _push(layout, own)
+                    results["pybuild+serve"] = _measure(
+                        pybuild_from(own, workdir / "pybuild-s"), own)
+            else:
+                report_skip("pybuild+serve", "`python3 -m builder serve` does not exist yet")
         else:
             report_skip("pybuild", missing_reason("pull"))
 
-    label = f"{layers} x {layer_size / MiB:.0f} MiB layers, {total / 1e6:.0f} MB"
+    label = (f"{layers} layers x {files} files, {total_v1 / 1e6:.0f} MB compressed")
     return [
-        Measurement(f"pull, cold ({label})", "s", False,
-                    {k: round(v, 3) for k, v in cold.items()}),
-        Measurement("pull, one layer changed", "s", False,
-                    {k: round(v, 3) for k, v in incremental.items()}),
-        Measurement("pull, cold", "MB/s", True,
-                    {k: round(total / v / 1e6, 1) for k, v in cold.items()}),
+        Measurement(f"pull v1, cold ({label})", "s", False,
+                    {k: round(v[0], 3) for k, v in results.items()}),
+        Measurement("pull v1, cold", "MB/s", True,
+                    {k: round(total_v1 / v[0] / 1e6, 1) for k, v in results.items()}),
+        Measurement(f"pull v2 over v1 (1 of {files} files changed per layer)", "s", False,
+                    {k: round(v[1], 3) for k, v in results.items()}),
+        Measurement(f"pull v2 over v1: bytes served (v2 layers {total_v2 / 1e6:.1f} MB)",
+                    "MB", False, {k: round(v[2] / 1e6, 2) for k, v in results.items()}),
     ]

@@ -168,21 +168,25 @@ def builder(quick: bool, workdir: Path | None, results: Path, files: int, file_m
 @main.command()
 @_common
 @click.option("--layers", type=int, default=10, show_default=True)
-@click.option("--layer-mib", type=int, default=8, show_default=True)
-def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_mib: int) -> None:
-    """Pulling an image, cold and after one layer changed: skopeo vs pybuild's client."""
+@click.option("--layer-mib", type=int, default=50, show_default=True)
+@click.option("--files", type=int, default=50, show_default=True,
+              help="Files per layer; version 2 changes one of them in every layer.")
+def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_mib: int,
+           files: int) -> None:
+    """Pulling an image cold, then v2 over v1: pybuild's client vs skopeo and docker pull."""
     from bench.client_bench import ClientBenchError, bench_client
 
     if quick:
         layers, layer_mib = min(layers, 3), 1
     report = Report(area="client", peer="skopeo",
-                    parameters={"layers": layers, "layer_mib": layer_mib, "quick": quick})
+                    parameters={"layers": layers, "layer_mib": layer_mib, "files": files,
+                                "quick": quick})
     with _workdir(workdir) as work:
         click.echo("measuring the machine ...", err=True)
         report.machine = _machine(work, quick)
         click.echo("pulling ...", err=True)
         try:
-            report.add(bench_client(work, layers=layers, layer_size=layer_mib * MiB,
+            report.add(bench_client(work, layers=layers, layer_size=layer_mib * MiB, files=files,
                                     report_skip=report.skipped.__setitem__))
         except ClientBenchError as exc:
             report.failed["client"] = str(exc)
