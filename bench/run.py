@@ -96,7 +96,7 @@ def registry(quick: bool, workdir: Path | None, results: Path, blob_mib: int, cl
         blob_mib, wrk_seconds, layer_mib, layers = min(blob_mib, 32), 1, 1, min(layers, 3)
     settings = RegistrySettings(blob_size=blob_mib * MiB, clients=clients,
                                 wrk_seconds=wrk_seconds, layers=layers,
-                                layer_size=layer_mib * MiB)
+                                layer_size=layer_mib * MiB, pull_repeats=1 if quick else 3)
     report = Report(area="registry", peer="distribution",
                     parameters={"blob_mib": blob_mib, "clients": clients,
                                 "wrk_seconds": wrk_seconds, "layers": layers,

@@ -96,10 +96,13 @@ AREAS = {
     # area: (tools the peer side needs, the peer's column, metric names)
     "cas": ((), "machine", ["ingest 32 MiB (verify + store)", "read 32 MiB",
                             "re-ingest 32 MiB (all pieces known)"]),
-    "client": (("docker-registry", "skopeo"), "skopeo",
-               ["pull, cold (3 x 1 MiB layers, 3 MB)", "pull, one layer changed", "pull, cold"]),
+    "client": (("docker-registry", "skopeo", "docker", "dockerd"), "skopeo",
+               ["pull v1, cold (3 layers x 50 files, 3 MB compressed)", "pull v1, cold",
+                "pull v2 over v1 (1 of 50 files changed per layer)",
+                "pull v2 over v1: bytes served (v2 layers 3.2 MB)"]),
     "builder": (("docker-registry", "skopeo", "docker", "dockerd", "buildah"), "docker",
-                ["build, no cache (4 x 1 MiB context)", "rebuild, cached"]),
+                ["build, cold (4 x 1 MiB context)", "build, no cache", "rebuild, cached",
+                 "rebuild, one file changed"]),
 }
 
 
@@ -128,3 +131,12 @@ def test_quick_run_of_each_area_writes_json(area: str, tmp_path: Path) -> None:
             assert m["ratio"] is not None
     if area == "builder":
         assert all(m["values"]["buildah"] > 0 for m in data["measurements"])
+    if area == "client":
+        assert all(m["values"]["docker"] > 0 for m in data["measurements"])
+        served = data["measurements"][3]["values"]
+        # Whole-blob clients fetch every changed layer: at least the 3 layer blobs.
+        assert served["skopeo"] >= 3.0
+        assert served["docker"] >= 3.0
+        if "pybuild+serve" in served:
+            # Piece-level pulls fetch the changed pieces only.
+            assert served["pybuild+serve"] < served["skopeo"] / 2
