@@ -20,6 +20,7 @@ Policies, in one place (:meth:`RegistryClient._send`):
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -174,8 +175,11 @@ class RegistryClient:
                 if value:
                     send_headers["Authorization"] = value
             try:
+                # A fresh stream per attempt (a retry resends the whole body); aiohttp
+                # would otherwise copy large raw bytes on the event loop.
+                body = io.BytesIO(data) if data else None
                 resp = await self.session.request(
-                    method, url, headers=send_headers, data=data, params=params,
+                    method, url, headers=send_headers, data=body, params=params,
                     allow_redirects=False, ssl=self._ssl_for(url),
                 )
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
