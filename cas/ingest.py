@@ -25,7 +25,7 @@ import zstandard
 
 from .chunker import Cutter
 from .digest import Digest, Hasher, new_hasher
-from .errors import DigestMismatch, IngestUnknown, SizeMismatch, StoreCorrupt
+from .errors import DigestMismatch, IngestUnknown, SizeMismatch, StorageFull, StoreCorrupt
 from .meta import CODEC_RAW, CODEC_ZSTD, Location
 
 if TYPE_CHECKING:
@@ -133,7 +133,11 @@ class Ingest:
             except (SizeMismatch, DigestMismatch):
                 await self._abort_locked()
                 raise
-            await self._run(self._commit_sync, str(actual), link)
+            try:
+                await self._run(self._commit_sync, str(actual), link)
+            except BaseException:
+                await self._abort_locked()
+                raise
             return BlobInfo(actual, self.offset)
 
     async def abort(self) -> None:
@@ -232,6 +236,11 @@ class Ingest:
         return Location(key, len(view), len(data), codec, self._writer.name, at)
 
     def _checkpoint_sync(self) -> None:
+        # Store every piece that is already final, so the tail file stays small (at
+        # most one piece) instead of holding up to a whole gather buffer.
+        final = self._cutter.flush()
+        if final:
+            self._store_pieces(final)
         if self._writer is not None:
             self._writer.sync()
         tail = bytes(self._cutter.held())
@@ -269,9 +278,10 @@ class Ingest:
     def _commit_sync(self, digest: str, link: str | None) -> None:
         if self._writer is not None:
             self._writer.sync()
-            self._writer.close()
         self._store.meta.commit_blob(self.id, digest, self.offset, self._recipe, self._new, link)
         self._closed = True
+        if self._writer is not None:
+            self._writer.close()
         self._store._drop_tails(self.id, keep=None)
         self._store._empty_trash()
 
@@ -286,7 +296,12 @@ class Ingest:
     def _abort_sync(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        self._store.meta.drop_ingest(self.id)
+        try:
+            self._store.meta.drop_ingest(self.id)
+        except StorageFull:
+            # Nothing of it is visible; with the disk full even forgetting it can fail,
+            # so it stays an open ingest until expire_ingests() or gc removes it.
+            return
         self._store._drop_tails(self.id, keep=None)
         self._store._empty_trash()
 

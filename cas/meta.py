@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .errors import StorageFull
+
 __all__ = [
     "CODEC_RAW",
     "CODEC_ZSTD",
@@ -154,13 +156,21 @@ class SqliteMetadata:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc):
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise StorageFull(f"metadata database {self.path.name}") from exc
                 raise
-            self._db.execute("COMMIT")
 
     def _q(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple]:  # type: ignore[type-arg]
         with self._lock:

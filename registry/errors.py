@@ -24,14 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "CODES",
-    "ErrorCode",
-    "RegistryError",
-    "decode_errors",
-    "encode_errors",
     "BLOB_UNKNOWN",
     "BLOB_UPLOAD_INVALID",
     "BLOB_UPLOAD_UNKNOWN",
+    "CODES",
     "DENIED",
     "DIGEST_INVALID",
     "MANIFEST_BLOB_UNKNOWN",
@@ -48,6 +44,10 @@ __all__ = [
     "UNAVAILABLE",
     "UNKNOWN",
     "UNSUPPORTED",
+    "ErrorCode",
+    "RegistryError",
+    "decode_errors",
+    "encode_errors",
 ]
 
 

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from cas import (
     BlobUnknown,
@@ -32,8 +33,10 @@ from cas import (
     InvalidRange,
     SizeMismatch,
     StorageFull,
+    Store,
     UnsupportedDigestAlgorithm,
 )
+from cas.location import default_storage_dir
 
 from ..errors import (
     BLOB_UNKNOWN,
@@ -51,7 +54,15 @@ from .auth import BasicAuth, load_htpasswd
 from .config import ServerConfig
 from .metadata import Metadata
 from .routes import WRITE_METHODS, dispatch
-from .state import BYTES_RECEIVED, BYTES_SENT, REGISTRY, USER, BlobStore, ManifestCache, Registry
+from .state import (
+    BYTES_RECEIVED,
+    BYTES_SENT,
+    REGISTRY,
+    USER,
+    BlobStore,
+    ManifestCache,
+    Registry,
+)
 
 __all__ = ["make_app"]
 
@@ -85,7 +96,9 @@ def _error_response(err: RegistryError) -> web.Response:
 
 
 @web.middleware
-async def _registry_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def _registry_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
     started = time.perf_counter()
     reg = request.app[REGISTRY]
     status = 500
@@ -111,10 +124,10 @@ async def _registry_middleware(request: web.Request, handler: web.Handler) -> we
                 log.error("%s %s: %s", request.method, request.path, err)
             resp = _error_response(err)
         except CasError as exc:
-            err = _cas_error(exc)
-            if err.status >= 500:
+            mapped = _cas_error(exc)
+            if mapped.status >= 500:
                 log.error("%s %s: storage error: %s", request.method, request.path, exc)
-            resp = _error_response(err)
+            resp = _error_response(mapped)
         except web.HTTPException as exc:
             status = exc.status
             raise
@@ -141,7 +154,7 @@ async def _healthz(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     try:
         await reg.meta.repository_exists("")
-    except Exception as exc:  # health checks report, never raise
+    except Exception as exc:  # noqa: BLE001 -- health checks report, never raise
         return web.json_response({"status": "unhealthy", "error": str(exc)}, status=503)
     return web.json_response({"status": "ok"})
 
@@ -150,7 +163,8 @@ async def _metrics(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     try:
         stats = await reg.store.stats()
-    except Exception:  # metrics must render even when the store cannot answer
+    except Exception:  # noqa: BLE001 -- metrics render even when the store cannot answer
+        log.warning("metrics: store statistics unavailable", exc_info=True)
         stats = None
     text = reg.metrics.render(len(reg.ingests), stats)
     return web.Response(
@@ -197,18 +211,15 @@ def make_app(
         auth = BasicAuth(load_htpasswd(config.auth_htpasswd), config.auth_realm)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        from cas.location import default_storage_dir
-
         root = storage or config.storage or default_storage_dir()
-        opened = None
+        opened: Store | None = None
         if store is None:
-            from cas import Store  # type: ignore[attr-defined]
-
             opened = await Store.open(root)
+        serving: BlobStore = store if store is not None else opened  # type: ignore[assignment]
         meta = await Metadata.open(root / "registry.db")
         reg = Registry(
             config=config,
-            store=store or opened,
+            store=serving,
             meta=meta,
             cache=ManifestCache(config.cache_manifest_bytes),
             auth=auth,

@@ -177,6 +177,11 @@ async def delete_blob(request: web.Request, name: str, digest: str) -> web.Respo
     if not reg.config.delete_blobs:
         raise UNSUPPORTED("blob deletion is disabled on this registry (delete.blobs: false)")
     d = parse_digest(digest)
+    if await reg.meta.get_manifest(name, str(d)) is not None:
+        raise UNSUPPORTED(
+            f"{d} is a manifest of {name!r}: delete it with DELETE /v2/{name}/manifests/{d}",
+            detail={"digest": str(d)},
+        )
     if not await reg.store.unlink(holder(name), d):
         raise BLOB_UNKNOWN(f"blob {d} is not in repository {name!r}", detail={"digest": str(d)})
     return web.Response(status=202, headers={"Content-Length": "0"})

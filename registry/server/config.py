@@ -185,7 +185,7 @@ def load_config(
         if value is not None:
             values[key] = _convert(key, value, f"--{key.replace('_', '-')}")
     config = replace(ServerConfig(), **values)
-    config.host_port  # validate now, not at bind time
+    parse_addr(config.addr)  # validate now, not at bind time
     if config.event_loop not in ("auto", "asyncio", "uvloop"):
         raise ConfigError(
             f"event_loop must be auto, asyncio or uvloop, got {config.event_loop!r}"

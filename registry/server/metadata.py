@@ -306,7 +306,7 @@ class Metadata:
         now = time.time()
 
         def add(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR IGNORE INTO repositories VALUES (?, ?)", (repo, now))
+            # The repository itself appears only once something is committed to it.
             db.execute("INSERT INTO uploads VALUES (?, ?, ?)", (upload_id, repo, now))
 
         await self._run(self._tx(add))

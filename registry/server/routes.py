@@ -34,7 +34,7 @@ from ..names import is_valid_name
 from . import blobs, catalog, extensions, manifests, referrers, tags, uploads
 from .state import ROUTE
 
-__all__ = ["ROUTES", "Route", "WRITE_METHODS", "dispatch", "match"]
+__all__ = ["ROUTES", "WRITE_METHODS", "Route", "dispatch", "match"]
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -28,6 +28,7 @@ from aiohttp import web
 from cas import (
     ALGORITHMS,
     BlobUnknown,
+    CasError,
     Digest,
     DigestMismatch,
     IngestOffsetMismatch,
@@ -103,18 +104,22 @@ def _commit_error(exc: Exception, digest: Digest) -> RegistryError:
 
 
 async def _pump(request: web.Request, ingest: Any) -> int:
-    """Stream the request body into ``ingest``; the number of bytes written."""
+    """Stream the request body into ``ingest``; the number of bytes written.
+
+    A body that breaks off (client gone, truncated, bad chunking) is BLOB_UPLOAD_INVALID;
+    storage errors propagate unchanged (they are not the client's fault).
+    """
     written = 0
     try:
         async for chunk in request.content.iter_chunked(_READ_CHUNK):
             await ingest.write(chunk)
             written += len(chunk)
-    except (ConnectionError, OSError, web.HTTPException) as exc:
-        raise BLOB_UPLOAD_INVALID(f"upload body interrupted after {written} bytes: {exc}") from exc
-    except Exception as exc:  # aiohttp payload errors (truncated body, bad chunking)
-        if isinstance(exc, RegistryError):
-            raise
-        raise BLOB_UPLOAD_INVALID(f"upload body interrupted after {written} bytes: {exc}") from exc
+    except (CasError, RegistryError):
+        raise
+    except Exception as exc:  # ConnectionResetError, aiohttp payload errors
+        raise BLOB_UPLOAD_INVALID(
+            f"upload body interrupted after {written} bytes: {exc}"
+        ) from exc
     finally:
         request[BYTES_RECEIVED] = request.get(BYTES_RECEIVED, 0) + written
     return written
@@ -282,7 +287,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
     digest = parse_digest(digest_text)
     async with reg.upload_lock(upload_id):
         ingest = await _session(reg, name, upload_id)
-        if (_content_length(request) or 0) > 0 or request.headers.get("Content-Range"):
+        if request.body_exists or request.headers.get("Content-Range"):
             await _append(request, name, upload_id, ingest)
         try:
             await ingest.commit(digest, link=holder(name))
@@ -301,8 +306,10 @@ async def _drop_session(reg: Registry, upload_id: str) -> None:
 
 async def upload_status(request: web.Request, name: str, upload_id: str) -> web.Response:
     reg = request.app[REGISTRY]
-    ingest = await _session(reg, name, upload_id)
-    return web.Response(status=204, headers=_session_headers(name, upload_id, ingest.offset))
+    # Under the session's lock: the answer reflects the end of any chunk still arriving.
+    async with reg.upload_lock(upload_id):
+        ingest = await _session(reg, name, upload_id)
+        return web.Response(status=204, headers=_session_headers(name, upload_id, ingest.offset))
 
 
 async def cancel_upload(request: web.Request, name: str, upload_id: str) -> web.Response:

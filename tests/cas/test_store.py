@@ -282,14 +282,27 @@ async def test_full_disk_is_a_clear_error_and_keeps_committed_blobs(tmp_path: Pa
         if os.environ.get("CI"):
             pytest.fail("cannot mount a small tmpfs to simulate a full disk (needs root)")
         pytest.skip("needs root to mount a small tmpfs")
+    store = await Store.open(mnt / "s")
     try:
-        store = await Store.open(mnt / "s")
         kept = await store.put(os.urandom(1 << 20), link="keep")
         with pytest.raises(StorageFull, match="storage full"):
             await store.put(os.urandom(8 << 20))
         assert await store.read_bytes(kept.digest)
         report = await store.fsck()
         assert report.ok, report.problems
-        await store.close()
+        assert (await store.stats()).blobs == 1, "nothing of the failed upload is visible"
     finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+        await store.close()
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+async def test_checkpoint_keeps_only_a_small_tail(store: Store) -> None:
+    data = os.urandom(3 << 20)
+    ing = await store.begin_ingest()
+    await ing.write(data)
+    await ing.checkpoint()
+    tails = list((store.root / "ingests").iterdir())
+    assert len(tails) == 1
+    assert tails[0].stat().st_size <= store.chunk_params.max_size
+    info = await ing.commit(Digest.of(data))
+    assert await store.read_bytes(info.digest) == data

@@ -14,7 +14,7 @@ from registry import oci
 from .helpers import descriptor, error_codes, push_blob, push_image
 
 TESTFILES = Path(__file__).parent / "testfiles"
-ALL_TYPES = ", ".join([oci.OCI_MANIFEST, oci.OCI_INDEX, oci.DOCKER_MANIFEST, oci.DOCKER_MANIFEST_LIST])
+ALL_TYPES = f"{oci.OCI_MANIFEST}, {oci.OCI_INDEX}, {oci.DOCKER_MANIFEST}, {oci.DOCKER_MANIFEST_LIST}"
 
 
 async def test_put_get_head_by_tag_and_digest(client):
@@ -47,7 +47,7 @@ async def test_manifest_bytes_are_kept_exactly(client):
 
 
 async def test_docker_clients_send_several_accept_headers(client):
-    digest, body = await push_image(client, "d", "latest", [b"x"], media_type=oci.DOCKER_MANIFEST)
+    await push_image(client, "d", "latest", [b"x"], media_type=oci.DOCKER_MANIFEST)
     resp = await client.get(
         "/v2/d/manifests/latest",
         headers=[("Accept", oci.DOCKER_MANIFEST), ("Accept", oci.DOCKER_MANIFEST_LIST), ("Accept", oci.OCI_MANIFEST)],
@@ -183,7 +183,7 @@ async def test_artifact_with_data_field_subject_and_referrers(client):
 
 async def test_referrer_without_artifact_type_uses_config_media_type(client):
     subject, _ = await push_image(client, "ref2", "base", [b"b"])
-    _, body = await push_image(
+    await push_image(
         client, "ref2", "sig", [b"sig"],
         extra={"subject": {"mediaType": oci.OCI_MANIFEST, "digest": str(subject), "size": 1}},
     )
@@ -193,7 +193,7 @@ async def test_referrer_without_artifact_type_uses_config_media_type(client):
 
 async def test_subject_may_be_pushed_after_its_referrer(client):
     missing_subject = Digest.of(b"not yet pushed")
-    _, _ = await push_image(
+    await push_image(
         client, "early", "sig", [b"s"],
         extra={"subject": {"mediaType": oci.OCI_MANIFEST, "digest": str(missing_subject), "size": 5}},
     )
@@ -202,7 +202,7 @@ async def test_subject_may_be_pushed_after_its_referrer(client):
 
 
 async def test_index_needs_its_manifests_in_the_repository(client):
-    child, child_body = await push_image(client, "multi", "amd64", [b"a"])
+    _, child_body = await push_image(client, "multi", "amd64", [b"a"])
     index = {
         "schemaVersion": 2,
         "mediaType": oci.OCI_INDEX,
@@ -252,7 +252,7 @@ async def test_invalid_tag(client):
 
 
 async def test_tag_list_paging(client):
-    digest, body = await push_image(client, "paged", "v0", [b"x"])
+    _, body = await push_image(client, "paged", "v0", [b"x"])
     names = ["B", "a", "c", "v0", "V1", "_x", "z9"]
     for tag in names:
         assert (await client.put(f"/v2/paged/manifests/{tag}", data=body)).status == 201
@@ -315,3 +315,20 @@ async def test_catalog_paging(client):
     resp = await client.get("/v2/_catalog?n=2&last=beta")
     assert (await resp.json())["repositories"] == ["mid/dle", "zeta"]
     assert "Link" not in resp.headers
+
+
+async def test_a_manifest_is_not_deleted_through_the_blobs_endpoint(client):
+    digest, body = await push_image(client, "mb", "t", [b"x"])
+    resp = await client.delete(f"/v2/mb/blobs/{digest}")
+    assert resp.status == 405
+    assert "manifests" in (await resp.json())["errors"][0]["message"]
+    assert await (await client.get("/v2/mb/manifests/t")).read() == body
+
+
+async def test_manifest_etag_and_if_none_match(client):
+    digest, _ = await push_image(client, "etag", "t", [b"x"])
+    resp = await client.get("/v2/etag/manifests/t")
+    assert resp.headers["ETag"] == f'"{digest}"'
+    again = await client.get("/v2/etag/manifests/t", headers={"If-None-Match": resp.headers["ETag"]})
+    assert again.status == 304
+    assert await again.read() == b""

@@ -199,7 +199,7 @@ async def test_upload_session_survives_restart(make_client, tmp_path):
 async def test_client_disconnecting_mid_upload(client):
     location = await _start(client)
     host, port = client.server.host, client.server.port
-    reader, writer = await asyncio.open_connection(host, port)
+    _, writer = await asyncio.open_connection(host, port)
     writer.write(
         f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
         "Content-Type: application/octet-stream\r\n\r\n".encode()
@@ -228,3 +228,24 @@ async def test_expired_sessions_are_forgotten(make_client):
     location = await _start(client)
     await asyncio.sleep(1.5)
     assert (await client.get(location)).status == 404
+
+
+async def test_repository_appears_in_catalog_only_after_a_commit(client):
+    location = await _start(client, "pending/repo")
+    assert "pending/repo" not in (await (await client.get("/v2/_catalog")).json())["repositories"]
+    assert (await client.get("/v2/pending/repo/tags/list")).status == 404
+    await client.put(f"{location}?digest={Digest.of(b'')}")
+    assert "pending/repo" in (await (await client.get("/v2/_catalog")).json())["repositories"]
+
+
+async def test_final_chunk_streamed_without_content_length(client):
+    location = await _start(client)
+
+    async def body():
+        yield b"streamed "
+        yield b"final chunk"
+
+    data = b"streamed final chunk"
+    resp = await client.put(f"{location}?digest={Digest.of(data)}", data=body())
+    assert resp.status == 201, await resp.text()
+    assert await (await client.get(f"/v2/up/repo/blobs/{Digest.of(data)}")).read() == data

@@ -1,0 +1,44 @@
+"""Which pybuild commands exist yet, and how the benchmarks call them.
+
+A benchmark runs pybuild's side only once the command it needs answers ``--help``;
+until then the side is reported as not measured, with this reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["ROOT", "has_command", "missing_reason", "pybuild_argv", "pybuild_env"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pybuild_env() -> dict[str, str]:
+    """The environment that runs this checkout's packages."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def pybuild_argv(*args: str) -> list[str]:
+    """``python3 -m builder args...``."""
+    return [sys.executable, "-m", "builder", *args]
+
+
+def has_command(name: str) -> bool:
+    """True when ``python3 -m builder <name> --help`` succeeds."""
+    try:
+        proc = subprocess.run(pybuild_argv(name, "--help"), capture_output=True, timeout=60,
+                              env=pybuild_env(), cwd=ROOT,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def missing_reason(name: str) -> str:
+    return (f"`python3 -m builder {name}` does not exist yet in this checkout; "
+            "pybuild's side runs as soon as it does")

@@ -1,0 +1,288 @@
+"""Registry throughput, written against a registry *address* so it measures any registry.
+
+Measured for each registry (the peer, CNCF Distribution, and pybuild's ``serve``):
+
+- blob push: one blob (default 1 GiB) uploaded monolithically, ``POST`` then one ``PUT``
+  with the whole body and ``?digest=``; MB/s from the POST to the 201;
+- blob pull, one client: ``GET`` of that blob, body read and discarded, MB/s;
+- blob pull, N concurrent clients (default 4, separate processes so the client is not
+  one Python thread): aggregate MB/s = all bytes / (last end - first start);
+- manifest GETs/s and p99 latency: ``wrk`` against ``GET /v2/<name>/manifests/<tag>``;
+- skopeo copy of a generated 10-layer image, push (OCI layout -> registry) and pull
+  (registry -> a fresh OCI layout): seconds and MB/s of layer bytes.
+
+The aiohttp client discards pulled bytes without hashing them: hashing would cap every
+registry at the client's SHA-256 speed (see the machine limits) and hide the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from urllib.parse import urljoin
+
+import aiohttp
+
+from bench.data import pseudo_random
+from bench.report import Measurement
+from tests.helpers.images import (
+    Image,
+    make_image,
+    make_layer,
+    tar_files,
+    write_oci_layout,
+)
+
+__all__ = [
+    "RegistryBenchError",
+    "RegistryData",
+    "RegistrySettings",
+    "bench_registry",
+    "parse_wrk",
+    "prepare_data",
+]
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class RegistryBenchError(RuntimeError):
+    """A registry answered something unexpected during a benchmark."""
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Sizes and durations of the registry benchmark (``--quick`` shrinks them)."""
+
+    blob_size: int = GiB
+    clients: int = 4
+    wrk_seconds: int = 10
+    wrk_connections: int = 16
+    wrk_threads: int = 2
+    layers: int = 10
+    layer_size: int = 8 * MiB
+
+
+@dataclass(frozen=True)
+class RegistryData:
+    """Data generated once per run and pushed to every registry."""
+
+    blob: bytes
+    blob_digest: str
+    small_image: Image
+    layout: Path
+    layout_bytes: int
+
+
+def prepare_data(workdir: Path, settings: RegistrySettings) -> RegistryData:
+    """Generate the big blob, a small image (for manifest GETs) and the 10-layer layout."""
+    import hashlib
+
+    blob = pseudo_random(settings.blob_size, seed=b"registry-blob")
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    small = make_image([make_layer(tar_files({"hello.txt": b"hello\n"}))])
+    layers = [
+        make_layer(
+            tar_files({f"data/layer{i}.bin": pseudo_random(settings.layer_size, seed=b"layer%d" % i)}),
+            level=1,
+        )
+        for i in range(settings.layers)
+    ]
+    image = make_image(layers)
+    layout = write_oci_layout(image, workdir / "ten-layers", ref="latest")
+    return RegistryData(
+        blob=blob,
+        blob_digest=digest,
+        small_image=small,
+        layout=layout,
+        layout_bytes=sum(len(layer.blob) for layer in layers),
+    )
+
+
+async def _push_blob(
+    session: aiohttp.ClientSession, base: str, repo: str, data: bytes, digest: str
+) -> None:
+    async with session.post(f"{base}/v2/{repo}/blobs/uploads/") as resp:
+        if resp.status != 202:
+            raise RegistryBenchError(f"POST upload answered {resp.status}: {await resp.text()}")
+        location = urljoin(base + "/", resp.headers["Location"])
+    sep = "&" if "?" in location else "?"
+    async with session.put(
+        f"{location}{sep}digest={digest}",
+        data=data,
+        headers={"Content-Type": "application/octet-stream"},
+    ) as resp:
+        if resp.status != 201:
+            raise RegistryBenchError(f"PUT upload answered {resp.status}: {await resp.text()}")
+
+
+async def _put_manifest(session: aiohttp.ClientSession, base: str, repo: str, tag: str,
+                        image: Image) -> None:
+    for digest, data in image.blobs().items():
+        await _push_blob(session, base, repo, data, digest)
+    async with session.put(
+        f"{base}/v2/{repo}/manifests/{tag}",
+        data=image.manifest,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    ) as resp:
+        if resp.status != 201:
+            raise RegistryBenchError(f"PUT manifest answered {resp.status}: {await resp.text()}")
+
+
+async def _pull_blob(session: aiohttp.ClientSession, url: str) -> int:
+    received = 0
+    async with session.get(url) as resp:
+        if resp.status != 200:
+            raise RegistryBenchError(f"GET {url} answered {resp.status}")
+        while True:
+            chunk = await resp.content.readany()
+            if not chunk:
+                break
+            received += len(chunk)
+    return received
+
+
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None, sock_read=300)
+    )
+
+
+async def _push_and_pull(base: str, data: RegistryData) -> tuple[float, float]:
+    async with _session() as session:
+        start = time.perf_counter()
+        await _push_blob(session, base, "bench/blob", data.blob, data.blob_digest)
+        push = time.perf_counter() - start
+        url = f"{base}/v2/bench/blob/blobs/{data.blob_digest}"
+        await _pull_blob(session, url)  # warm: the first read may come from disk
+        start = time.perf_counter()
+        received = await _pull_blob(session, url)
+        pull = time.perf_counter() - start
+        if received != len(data.blob):
+            raise RegistryBenchError(f"pulled {received} bytes of {len(data.blob)}")
+        await _put_manifest(session, base, "bench/manifest", "v1", data.small_image)
+    return push, pull
+
+
+def _pull_in_process(url: str, start_at: float) -> tuple[float, float, int]:
+    """One concurrent client (runs in its own process): wait for ``start_at``, pull once."""
+
+    async def go() -> tuple[float, float, int]:
+        async with _session() as session:
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            start = time.time()
+            received = await _pull_blob(session, url)
+            return start, time.time(), received
+
+    return asyncio.run(go())
+
+
+def _concurrent_pull(url: str, clients: int) -> float:
+    """Aggregate MB/s of ``clients`` processes pulling ``url`` at once."""
+    with ProcessPoolExecutor(max_workers=clients, mp_context=get_context("spawn")) as pool:
+        start_at = time.time() + 1.5  # after every worker process has started
+        results = list(pool.map(_pull_in_process, [url] * clients, [start_at] * clients))
+    first = min(r[0] for r in results)
+    last = max(r[1] for r in results)
+    return sum(r[2] for r in results) / (last - first) / 1e6
+
+
+_WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
+_WRK_P99 = re.compile(r"^\s*99%\s+([0-9.]+)(us|ms|s)\s*$", re.MULTILINE)
+_WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+
+
+def parse_wrk(output: str) -> tuple[float, float]:
+    """(requests/s, p99 latency in ms) from ``wrk --latency`` output."""
+    rate = _WRK_RATE.search(output)
+    p99 = _WRK_P99.search(output)
+    if rate is None or p99 is None:
+        raise RegistryBenchError(f"cannot read wrk's output:\n{output}")
+    errors = _WRK_ERRORS.search(output)
+    if errors:
+        raise RegistryBenchError(f"wrk saw {errors.group(1)} error responses:\n{output}")
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+    return float(rate.group(1)), float(p99.group(1)) * scale
+
+
+def _wrk_manifests(addr: str, settings: RegistrySettings) -> tuple[float, float]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RegistryBenchError("wrk is not installed; install wrk")
+    proc = subprocess.run(
+        [wrk, f"-t{settings.wrk_threads}", f"-c{settings.wrk_connections}",
+         f"-d{settings.wrk_seconds}s", "--latency",
+         "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
+         f"http://{addr}/v2/bench/manifest/manifests/v1"],
+        capture_output=True, text=True, timeout=settings.wrk_seconds + 60,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RegistryBenchError(f"wrk exited {proc.returncode}: {proc.stderr}")
+    return parse_wrk(proc.stdout)
+
+
+def _skopeo_copy(src: str, dest: str) -> float:
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        raise RegistryBenchError("skopeo is not installed; install skopeo")
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [skopeo, "copy", "--src-tls-verify=false", "--dest-tls-verify=false", src, dest],
+        capture_output=True, text=True, timeout=1800,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RegistryBenchError(f"skopeo copy {src} {dest} failed:\n{proc.stderr}")
+    return elapsed
+
+
+def bench_registry(
+    target: str, addr: str, data: RegistryData, settings: RegistrySettings, workdir: Path
+) -> list[Measurement]:
+    """Measure the registry at ``addr`` (``host:port``, plain HTTP); label values ``target``."""
+    base = f"http://{addr}"
+    mb = len(data.blob) / 1e6
+    push, pull = asyncio.run(_push_and_pull(base, data))
+    concurrent = _concurrent_pull(f"{base}/v2/bench/blob/blobs/{data.blob_digest}",
+                                  settings.clients)
+    rate, p99 = _wrk_manifests(addr, settings)
+    ref = f"docker://{addr}/bench/ten-layers:latest"
+    skopeo_push = _skopeo_copy(f"oci:{data.layout}:latest", ref)
+    pulled = workdir / f"pulled-{target}"
+    shutil.rmtree(pulled, ignore_errors=True)
+    skopeo_pull = _skopeo_copy(ref, f"oci:{pulled}:latest")
+    pulled_manifest = json.loads((pulled / "index.json").read_text())["manifests"][0]["digest"]
+    pushed_manifest = json.loads((data.layout / "index.json").read_text())["manifests"][0]["digest"]
+    if pulled_manifest != pushed_manifest:
+        raise RegistryBenchError(f"skopeo pulled {pulled_manifest}, pushed {pushed_manifest}")
+    shutil.rmtree(pulled, ignore_errors=True)
+    size = f"{len(data.blob) / MiB:.0f} MiB"
+    layers = f"{settings.layers} x {settings.layer_size / MiB:.0f} MiB layers"
+    lmb = data.layout_bytes / 1e6
+
+    def one(name: str, unit: str, value: float, higher: bool = True, notes: str = "") -> Measurement:
+        return Measurement(name, unit, higher, {target: round(value, 3)}, notes)
+
+    return [
+        one(f"blob push {size} (POST+PUT)", "MB/s", mb / push),
+        one(f"blob pull {size}, 1 client", "MB/s", mb / pull),
+        one(f"blob pull {size}, {settings.clients} clients", "MB/s", concurrent,
+            notes="aggregate over all clients"),
+        one("manifest GET", "req/s", rate,
+            notes=f"wrk -t{settings.wrk_threads} -c{settings.wrk_connections} -d{settings.wrk_seconds}s"),
+        one("manifest GET p99", "ms", p99, higher=False),
+        one(f"skopeo copy push ({layers})", "s", skopeo_push, higher=False),
+        one(f"skopeo copy pull ({layers})", "s", skopeo_pull, higher=False),
+        one("skopeo copy push", "MB/s", lmb / skopeo_push),
+        one("skopeo copy pull", "MB/s", lmb / skopeo_pull),
+    ]

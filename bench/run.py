@@ -1,0 +1,197 @@
+"""``python3 -m bench <area>``: measure pybuild against its peer, report a table and JSON.
+
+Areas: ``registry`` (vs CNCF Distribution), ``cas`` (vs the machine's own limits),
+``builder`` (vs buildah and docker build), ``client`` (vs skopeo). Every run first
+measures the machine's limits. See bench/README.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+# Run from a checkout: `tests.helpers` and the packages import from its root.
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from bench.machine import measure_machine
+from bench.report import RESULTS_DIR, Report
+from bench.targets import NotAvailable, registry_targets
+
+__all__ = ["main"]
+
+MiB = 1 << 20
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Benchmarks of pybuild against its peers, with the machine's limits measured alongside."""
+
+
+def _common(f):  # type: ignore[no-untyped-def]
+    f = click.option("--quick", is_flag=True,
+                     help="Small sizes and short runs: checks the harness, not the speed.")(f)
+    f = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Scratch directory (default: a new one under /var/tmp); "
+                          "it should be on the disk the stores use.")(f)
+    f = click.option("--results", type=click.Path(file_okay=False, path_type=Path),
+                     default=RESULTS_DIR, show_default=True,
+                     help="Where the JSON result goes.")(f)
+    return f
+
+
+@contextmanager
+def _workdir(given: Path | None) -> Iterator[Path]:
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    path = Path(tempfile.mkdtemp(prefix="pybuild-bench-", dir="/var/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _finish(report: Report, results: Path) -> None:
+    click.echo(report.table())
+    path = report.save(results)
+    click.echo(f"results: {path}")
+    if report.failed:
+        raise SystemExit(1)
+
+
+@main.command()
+@_common
+@click.option("--blob-mib", type=int, default=1024, show_default=True,
+              help="Size of the blob pushed and pulled.")
+@click.option("--clients", type=int, default=4, show_default=True,
+              help="Concurrent pull clients (processes).")
+@click.option("--wrk-seconds", type=int, default=10, show_default=True)
+@click.option("--layers", type=int, default=10, show_default=True,
+              help="Layers of the image skopeo copies.")
+@click.option("--layer-mib", type=int, default=8, show_default=True)
+@click.option("--target", "external", multiple=True, metavar="NAME=HOST:PORT",
+              help="Also measure a registry that is already running (plain HTTP).")
+@click.option("--no-pybuild", is_flag=True, help="Measure the peer only.")
+def registry(quick: bool, workdir: Path | None, results: Path, blob_mib: int, clients: int,
+             wrk_seconds: int, layers: int, layer_mib: int, external: tuple[str, ...],
+             no_pybuild: bool) -> None:
+    """Blob push/pull, manifest GETs and skopeo copy: pybuild vs CNCF Distribution."""
+    from bench.registry_bench import (
+        RegistryBenchError,
+        RegistrySettings,
+        bench_registry,
+        prepare_data,
+    )
+
+    if quick:
+        blob_mib, wrk_seconds, layer_mib, layers = min(blob_mib, 32), 1, 1, min(layers, 3)
+    settings = RegistrySettings(blob_size=blob_mib * MiB, clients=clients,
+                                wrk_seconds=wrk_seconds, layers=layers,
+                                layer_size=layer_mib * MiB)
+    report = Report(area="registry", peer="distribution",
+                    parameters={"blob_mib": blob_mib, "clients": clients,
+                                "wrk_seconds": wrk_seconds, "layers": layers,
+                                "layer_mib": layer_mib, "quick": quick})
+    with _workdir(workdir) as work:
+        click.echo("measuring the machine ...", err=True)
+        report.machine = _machine(work, quick)
+        click.echo("generating data ...", err=True)
+        data = prepare_data(work, settings)
+        for target in registry_targets(list(external), pybuild=not no_pybuild):
+            click.echo(f"measuring {target.name} ...", err=True)
+            try:
+                with target.running(work / target.name) as addr:
+                    report.add(bench_registry(target.name, addr, data, settings, work))
+            except NotAvailable as exc:
+                report.skipped[target.name] = str(exc)
+            except RegistryBenchError as exc:
+                report.failed[target.name] = str(exc)
+    _finish(report, results)
+
+
+@main.command()
+@_common
+@click.option("--blob-mib", type=int, default=1024, show_default=True,
+              help="Size of the blob ingested and read.")
+def cas(quick: bool, workdir: Path | None, results: Path, blob_mib: int) -> None:
+    """Ingest, read and re-ingest through cas.Store, against the machine's own limits."""
+    from bench.store_bench import bench_cas
+
+    if quick:
+        blob_mib = min(blob_mib, 32)
+    report = Report(area="cas", peer="machine", parameters={"blob_mib": blob_mib, "quick": quick})
+    with _workdir(workdir) as work:
+        click.echo("measuring the machine ...", err=True)
+        report.machine = _machine(work, quick)
+        click.echo("measuring pybuild's store ...", err=True)
+        try:
+            report.add(bench_cas(work, report.machine, size=blob_mib * MiB))
+        except ImportError as exc:
+            report.skipped["pybuild"] = f"cas.Store is not importable: {exc}"
+    _finish(report, results)
+
+
+@main.command()
+@_common
+@click.option("--files", type=int, default=16, show_default=True,
+              help="Files in the build context.")
+@click.option("--file-mib", type=int, default=4, show_default=True)
+def builder(quick: bool, workdir: Path | None, results: Path, files: int, file_mib: int) -> None:
+    """The same Dockerfile built by docker build (BuildKit), buildah and pybuild."""
+    from bench.builder_bench import BuilderBenchError, bench_builder
+
+    if quick:
+        files, file_mib = min(files, 4), 1
+    report = Report(area="builder", peer="docker",
+                    parameters={"files": files, "file_mib": file_mib, "quick": quick})
+    with _workdir(workdir) as work:
+        click.echo("measuring the machine ...", err=True)
+        report.machine = _machine(work, quick)
+        click.echo("building ...", err=True)
+        try:
+            report.add(bench_builder(work, files=files, file_size=file_mib * MiB,
+                                     report_skip=report.skipped.__setitem__))
+        except BuilderBenchError as exc:
+            report.failed["builder"] = str(exc)
+    _finish(report, results)
+
+
+@main.command()
+@_common
+@click.option("--layers", type=int, default=10, show_default=True)
+@click.option("--layer-mib", type=int, default=8, show_default=True)
+def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_mib: int) -> None:
+    """Pulling an image, cold and after one layer changed: skopeo vs pybuild's client."""
+    from bench.client_bench import ClientBenchError, bench_client
+
+    if quick:
+        layers, layer_mib = min(layers, 3), 1
+    report = Report(area="client", peer="skopeo",
+                    parameters={"layers": layers, "layer_mib": layer_mib, "quick": quick})
+    with _workdir(workdir) as work:
+        click.echo("measuring the machine ...", err=True)
+        report.machine = _machine(work, quick)
+        click.echo("pulling ...", err=True)
+        try:
+            report.add(bench_client(work, layers=layers, layer_size=layer_mib * MiB,
+                                    report_skip=report.skipped.__setitem__))
+        except ClientBenchError as exc:
+            report.failed["client"] = str(exc)
+    _finish(report, results)
+
+
+def _machine(work: Path, quick: bool):  # type: ignore[no-untyped-def]
+    return measure_machine(work, hash_mib=64 if quick else 256, disk_mib=64 if quick else 512)
+
+
+if __name__ == "__main__":
+    main()

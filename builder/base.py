@@ -1,0 +1,168 @@
+"""``FROM``: where a stage's base image comes from.
+
+- ``scratch``: nothing;
+- ``oci-layout://DIR[:tag]`` (also ``@sha256:...``): an OCI image layout on disk, read
+  directly (image-layout.md); the tag is matched against the
+  ``org.opencontainers.image.ref.name`` annotation; without one the layout must hold
+  exactly one image. Nested indexes pick the build platform's manifest;
+- a registry reference: taken from pybuild's local image store (``registry.local``),
+  pulled into it first (``registry.copy``) when it is not there, as ``docker build``
+  uses an image it already has.
+
+Blobs read from a layout are verified and stored in the CAS (holder ``cache:base:<manifest
+digest>``), so later steps and outputs read every layer from one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cas import Digest, Store
+from registry.client import ClientOptions, RegistryClient, TransportError
+from registry.copy import CopyOptions, Endpoint, copy_image
+from registry.errors import RegistryError
+from registry.local import ImageNotFound, ImageStore
+from registry.oci import INDEX_TYPES, ImageConfig, Index, Manifest
+from registry.progress import Progress as RegistryProgress
+from registry.refs import InvalidReference, parse_image_ref
+from registry.transfer import BlobError
+
+from .image import LayerRef, default_arch
+
+__all__ = ["BaseImage", "BaseImageError", "client_options", "load_oci_layout", "pull_base",
+           "resolve_base"]
+
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+class BaseImageError(ValueError):
+    """A base image that cannot be found or read (says what to check)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BaseImage:
+    name: str
+    manifest_digest: Digest
+    config: ImageConfig
+    layers: tuple[LayerRef, ...]
+
+
+def _split_layout(ref: str) -> tuple[Path, str | None, str | None]:
+    rest = ref[len("oci-layout://"):]
+    digest = None
+    if "@" in rest:
+        rest, digest = rest.rsplit("@", 1)
+    tag = None
+    head, sep, tail = rest.rpartition(":")
+    if sep and "/" not in tail and head:
+        rest, tag = head, tail
+    return Path(rest), tag, digest
+
+
+def _blob(layout: Path, digest: Digest) -> Path:
+    return layout / "blobs" / digest.algorithm / digest.encoded
+
+
+def _pick(layout: Path, index: Index, tag: str | None, digest: str | None,
+          where: str) -> Manifest:
+    cands = list(index.manifests)
+    if digest is not None:
+        cands = [d for d in cands if str(d.digest) == digest]
+    elif tag is not None:
+        cands = [d for d in cands if (d.annotations or {}).get(REF_NAME) == tag]
+    if not cands:
+        raise BaseImageError(f"{where}: no image {'tagged ' + tag if tag else digest or ''} "
+                             "in the layout's index.json")
+    if len(cands) > 1 and tag is None and digest is None:
+        arch = [d for d in cands if d.platform and d.platform.architecture == default_arch()]
+        if len(arch) != 1:
+            raise BaseImageError(f"{where}: the layout holds {len(cands)} images; name one "
+                                 "as oci-layout://DIR:TAG")
+        cands = arch
+    desc = cands[0]
+    raw = _blob(layout, desc.digest).read_bytes()
+    if Digest.of(raw, desc.digest.algorithm) != desc.digest:
+        raise BaseImageError(f"{where}: blob {desc.digest} does not match its digest")
+    if desc.media_type in INDEX_TYPES:
+        nested = Index.parse(raw)
+        return _pick(layout, Index(tuple(
+            d for d in nested.manifests
+            if d.platform is None or d.platform.architecture == default_arch()) or
+            nested.manifests), None, None, where)
+    return Manifest.parse(raw)
+
+
+async def load_oci_layout(ref: str, store: Store) -> BaseImage:
+    """Read the image ``oci-layout://DIR[:tag]`` into the CAS."""
+    layout, tag, digest = _split_layout(ref)
+    try:
+        index = Index.parse((layout / "index.json").read_bytes())
+    except OSError as exc:
+        raise BaseImageError(f"{ref}: cannot read {layout}/index.json ({exc.strerror}); "
+                             "is it an OCI image layout?") from exc
+    manifest = _pick(layout, index, tag, digest, ref)
+    raw_manifest = manifest.to_bytes()
+    holder = f"cache:base:{Digest.of(raw_manifest)}"
+    try:
+        config_raw = _blob(layout, manifest.config.digest).read_bytes()
+        if Digest.of(config_raw, manifest.config.digest.algorithm) != manifest.config.digest:
+            raise BaseImageError(f"{ref}: config blob does not match its digest")
+        config = ImageConfig.parse(config_raw)
+        for d in manifest.layers:
+            if await store.stat(d.digest) is None:
+                await store.put_file(_blob(layout, d.digest), expected=d.digest, link=holder)
+            else:
+                await store.link(holder, d.digest)
+    except FileNotFoundError as exc:
+        raise BaseImageError(f"{ref}: blob {exc.filename} is missing from the layout") from exc
+    if len(config.rootfs.diff_ids) != len(manifest.layers):
+        raise BaseImageError(f"{ref}: the config lists {len(config.rootfs.diff_ids)} diff_ids "
+                             f"for {len(manifest.layers)} layers")
+    layers = tuple(LayerRef(d, diff) for d, diff in zip(manifest.layers, config.rootfs.diff_ids))
+    return BaseImage(ref, Digest.of(raw_manifest), config, layers)
+
+
+def client_options() -> ClientOptions:
+    """Registry client settings: ``PYBUILD_INSECURE_REGISTRIES`` (comma-separated hosts)
+    as ``pybuild pull`` reads it; loopback registries are always allowed over HTTP."""
+    insecure = {h for h in os.environ.get("PYBUILD_INSECURE_REGISTRIES", "").split(",") if h}
+    return ClientOptions(insecure=frozenset(insecure))
+
+
+async def pull_base(ref: str, store: Store) -> BaseImage:
+    """A registry image, from pybuild's local image store (pulled into it when absent)."""
+    try:
+        image_ref = parse_image_ref(ref)
+    except InvalidReference as exc:
+        raise BaseImageError(str(exc)) from exc
+    images = await ImageStore.open(store=store)
+    try:
+        if await images.resolve(str(image_ref)) is None:
+            try:
+                async with RegistryClient(client_options()) as client:
+                    await copy_image(Endpoint("registry", image_ref),
+                                     Endpoint("local", image_ref), images, client,
+                                     RegistryProgress("quiet"),
+                                     CopyOptions(platform=f"linux/{default_arch()}"))
+            except (RegistryError, TransportError, BlobError, OSError) as exc:
+                raise BaseImageError(f"pulling {image_ref}: {exc}") from exc
+        try:
+            manifest, config = await images.get(str(image_ref), f"linux/{default_arch()}")
+        except ImageNotFound as exc:
+            raise BaseImageError(str(exc)) from exc
+    finally:
+        await images.close()
+    if len(config.rootfs.diff_ids) != len(manifest.layers):
+        raise BaseImageError(f"{ref}: the config lists {len(config.rootfs.diff_ids)} diff_ids "
+                             f"for {len(manifest.layers)} layers")
+    layers = tuple(LayerRef(d, diff) for d, diff in zip(manifest.layers, config.rootfs.diff_ids))
+    return BaseImage(str(image_ref), Digest.of(manifest.to_bytes()), config, layers)
+
+
+async def resolve_base(ref: str, store: Store) -> BaseImage:
+    """A base image by reference (not ``scratch`` and not a stage name)."""
+    if ref.startswith("oci-layout://"):
+        return await load_oci_layout(ref, store)
+    return await pull_base(ref, store)

@@ -1,0 +1,125 @@
+"""One build, end to end: :func:`run_build` (options in, :class:`BuildResult` out).
+
+Storage (``storage_dir``, shared with the CAS)::
+
+    <storage>/                the CAS (cas.Store) — layer blobs, holder cache:<key>
+    <storage>/builder/cache.db        the build cache (builder.cache)
+    <storage>/builder/snapshots/      extracted layers (builder.snapshots)
+    <storage>/builder/cache-mounts/   RUN --mount=type=cache directories
+    <storage>/builder/tmp/<build>/    this build's scratch space, removed at the end
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cas import Store
+
+from .cache import BuildCache
+from .context import SourceTree
+from .errors import DockerfileError
+from .executor import Executor, plan
+from .ignore import read_ignore_file
+from .image import BuiltImage, assemble, timestamp
+from .outputs import Output, write_docker_archive, write_oci_layout
+from .progress import Progress
+from .publish import push_images, tag_images
+from .sandbox.flatten import flatten_lowers
+from .snapshots import SnapshotStore
+from .steps.common import StepEnv
+from .syntax import parse
+
+__all__ = ["BuildOptions", "BuildResult", "run_build"]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    context: Path
+    storage: Path
+    dockerfile: Path | None = None
+    tags: tuple[str, ...] = ()
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    no_cache: bool = False
+    explain: bool = False
+    network: str = "default"
+    outputs: tuple[Output, ...] = ()
+    secrets: dict[str, Path] = field(default_factory=dict)
+    compression: str = "gzip"
+    source_date_epoch: int | None = None
+    push: bool = False
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image: BuiltImage
+    cached_steps: tuple[str, ...]
+    ran_steps: tuple[str, ...]
+
+
+async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
+    """Build, write the requested outputs, and return the image."""
+    dockerfile = opts.dockerfile or opts.context / "Dockerfile"
+    try:
+        text = await asyncio.to_thread(dockerfile.read_text)
+    except OSError as exc:
+        raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
+                              file=str(dockerfile)) from exc
+    tree = parse(text, dockerfile.name)
+    sde = opts.source_date_epoch
+    if sde is None and os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
+        sde = int(os.environ["SOURCE_DATE_EPOCH"])
+    created = timestamp(sde if sde is not None else time.time())
+    bdir = opts.storage / "builder"
+    (bdir / "tmp").mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
+    store = await Store.open(opts.storage)
+    cache = BuildCache(bdir / "cache.db")
+    try:
+        matcher = await asyncio.to_thread(read_ignore_file, opts.context, dockerfile)
+        env = StepEnv(store=store, cache=cache, snapshots=SnapshotStore(bdir / "snapshots", store),
+                      progress=progress, context=SourceTree(opts.context, matcher),
+                      work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
+                      source_date_epoch=sde, compression=opts.compression,
+                      no_cache=opts.no_cache, explain=opts.explain, network=opts.network,
+                      secrets=opts.secrets, created=created)
+        build_plan, bases = await plan(tree, env, opts.build_args, opts.target)
+        env.proxy_env = dict(build_plan.proxy_env)
+        for name in build_plan.unused_build_args:
+            progress.info(f"WARNING: build argument {name!r} was not consumed by any ARG")
+        executor = Executor(build_plan, bases, env)
+        state = await executor.run()
+        if opts.labels:
+            state.update(labels={**(state.config.labels or {}), **opts.labels})
+        image = assemble(state, created)
+        for out in opts.outputs:
+            n = progress.start(f"exporting to {out.type}:{out.dest}")
+            if out.type == "oci":
+                await write_oci_layout(image, store, out.dest, list(opts.tags))
+            elif out.type == "docker":
+                await write_docker_archive(image, store, out.dest, list(opts.tags), work)
+            else:
+                lowers = await env.lowers(state)
+                await asyncio.to_thread(flatten_lowers, lowers, out.dest)
+            progress.done(n)
+        if opts.tags:
+            n = progress.start("naming " + ", ".join(opts.tags))
+            refs = await tag_images(image, store, list(opts.tags))
+            progress.done(n)
+            if opts.push:
+                n = progress.start("pushing " + ", ".join(refs))
+                await push_images(store, refs)
+                progress.done(n)
+        progress.result(str(image.digest))
+        return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran))
+    finally:
+        cache.close()
+        await store.close()
+        await asyncio.to_thread(shutil.rmtree, work, True)

@@ -1,0 +1,109 @@
+"""``pybuild build``: docker build's words over :func:`builder.build.run_build`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cas.location import default_storage_dir
+
+from .build import BuildOptions, run_build
+from .context import ContextError
+from .errors import DockerfileError
+from .outputs import OutputError, parse_output
+from .progress import Progress
+from .publish import PublishError
+from .steps.common import BuildError
+
+__all__ = ["build"]
+
+
+def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        k, eq, val = v.partition("=")
+        if not k:
+            raise click.BadParameter(f"{v!r}: expected KEY=VALUE", param_hint=what)
+        out[k] = val if eq else ""
+    return out
+
+
+def _secrets(values: tuple[str, ...]) -> dict[str, Path]:
+    out = {}
+    for v in values:
+        fields = dict(f.partition("=")[::2] for f in v.split(","))
+        sid, src = fields.get("id"), fields.get("src") or fields.get("source")
+        if not sid or not src:
+            raise click.BadParameter(f"{v!r}: use id=NAME,src=FILE", param_hint="--secret")
+        if not Path(src).is_file():
+            raise click.BadParameter(f"{src}: no such file", param_hint="--secret")
+        out[sid] = Path(src)
+    return out
+
+
+@click.command("build")
+@click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-f", "--file", "dockerfile", type=click.Path(dir_okay=False, path_type=Path),
+              help="The Dockerfile [default: CONTEXT/Dockerfile].")
+@click.option("-t", "--tag", "tags", multiple=True, help="Name the image (repeatable).")
+@click.option("--build-arg", "build_args", multiple=True, help="KEY=VALUE (repeatable).")
+@click.option("--target", help="Build this stage (and what it needs) only.")
+@click.option("--label", "labels", multiple=True, help="KEY=VALUE label (repeatable).")
+@click.option("--no-cache", is_flag=True, help="Run every step; do not reuse cached layers.")
+@click.option("--explain", is_flag=True, help="Say why each step missed the cache.")
+@click.option("--network", type=click.Choice(["default", "none", "host"]), default="default",
+              help="RUN steps' network unless RUN --network says otherwise.")
+@click.option("--push", is_flag=True, help="Push the -t names to their registries.")
+@click.option("-o", "--output", "outputs", multiple=True,
+              help="type=oci,dest=DIR | type=docker,dest=FILE | type=local,dest=DIR")
+@click.option("--secret", "secrets", multiple=True, help="id=NAME,src=FILE (repeatable).")
+@click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "json", "quiet"]),
+              default="auto")
+@click.option("--iidfile", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the image digest to this file.")
+@click.option("--metadata-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write build metadata (JSON) to this file.")
+@click.option("--compression", type=click.Choice(["gzip", "zstd"]), default="gzip")
+@click.option("--source-date-epoch", type=int, default=None,
+              help="Timestamps in the image [default: $SOURCE_DATE_EPOCH].")
+@click.option("--storage", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Storage directory [default: $PYBUILD_STORAGE or ~/.local/share/pybuild].")
+def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
+          build_args: tuple[str, ...], target: str | None, labels: tuple[str, ...],
+          no_cache: bool, explain: bool, network: str, push: bool, outputs: tuple[str, ...],
+          secrets: tuple[str, ...], progress_mode: str, iidfile: Path | None,
+          metadata_file: Path | None, compression: str, source_date_epoch: int | None,
+          storage: Path | None) -> None:
+    """Build an image from a Dockerfile and a context directory."""
+    try:
+        outs = tuple(parse_output(o) for o in outputs)
+    except OutputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--output") from exc
+    if push and not tags:
+        raise click.UsageError("--push needs at least one -t NAME to push to")
+    opts = BuildOptions(
+        context=context, storage=storage or default_storage_dir(), dockerfile=dockerfile,
+        tags=tags, build_args=_kv(build_args, "--build-arg"), target=target,
+        labels=_kv(labels, "--label"), no_cache=no_cache, explain=explain, network=network,
+        outputs=outs, secrets=_secrets(secrets), compression=compression,
+        source_date_epoch=source_date_epoch, push=push)
+    progress = Progress(progress_mode)
+    try:
+        result = asyncio.run(run_build(opts, progress))
+    except (BuildError, DockerfileError, ContextError, PublishError) as exc:
+        click.echo(f"ERROR: {exc}", err=True)
+        sys.exit(1)
+    digest = str(result.image.digest)
+    if iidfile:
+        iidfile.write_text(digest)
+    if metadata_file:
+        metadata_file.write_text(json.dumps({
+            "containerimage.digest": digest,
+            "containerimage.config.digest": str(result.image.manifest.config.digest),
+            "image.name": ",".join(tags),
+        }, indent=2))
+    click.echo(digest)

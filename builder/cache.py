@@ -1,0 +1,125 @@
+"""The build cache: step key -> the layer that step produced (SQLite in the storage dir).
+
+A step's key is ``sha256(parent key, expanded instruction, inputs)`` where ``inputs`` maps
+each thing the step reads to a content hash (a copied file's path -> hash, ``env`` ->
+the environment, ``user``, ``workdir``, ``args`` ...). The layer blob itself lives in the
+CAS, linked by holder ``cache:<key>``; a row whose blob vanished counts as a miss.
+
+Every stored step also records ``(parent, instruction) -> inputs``, so a miss can be
+explained: :meth:`BuildCache.explain` names the inputs that differ from the last build
+of the same instruction on the same parent (or says the instruction or parent changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BuildCache", "CachedLayer", "step_key"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS steps (
+    key TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
+    instruction TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    layer TEXT NOT NULL,
+    created REAL NOT NULL DEFAULT (julianday('now'))
+);
+CREATE INDEX IF NOT EXISTS steps_parent ON steps(parent, instruction);
+"""
+
+
+def step_key(parent: str, instruction: str, inputs: dict[str, Any]) -> str:
+    """The cache key of a step (hex sha256)."""
+    doc = json.dumps([parent, instruction, inputs], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CachedLayer:
+    """What a step produced: the layer blob's descriptor fields and its diff_id."""
+
+    digest: str
+    size: int
+    diff_id: str
+    media_type: str
+
+    def to_json(self) -> str:
+        return json.dumps({"digest": self.digest, "size": self.size, "diff_id": self.diff_id,
+                           "media_type": self.media_type}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CachedLayer:
+        d = json.loads(text)
+        return cls(d["digest"], int(d["size"]), d["diff_id"], d["media_type"])
+
+
+class BuildCache:
+    """Thread-safe (one connection, one lock); calls are short, callers may use threads."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def get(self, key: str) -> CachedLayer | None:
+        with self._lock:
+            row = self._db.execute("SELECT layer FROM steps WHERE key=?", (key,)).fetchone()
+        return None if row is None else CachedLayer.from_json(row[0])
+
+    def put(self, key: str, parent: str, instruction: str, inputs: dict[str, Any],
+            layer: CachedLayer) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO steps(key, parent, instruction, inputs, layer) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, parent, instruction, json.dumps(inputs, sort_keys=True), layer.to_json()))
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM steps WHERE key=?", (key,))
+
+    def explain(self, parent: str, instruction: str, inputs: dict[str, Any]) -> str:
+        """Why ``(parent, instruction, inputs)`` has no cache entry, in one sentence."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT inputs FROM steps WHERE parent=? AND instruction=? "
+                "ORDER BY created DESC LIMIT 1", (parent, instruction)).fetchone()
+            same_parent = self._db.execute(
+                "SELECT 1 FROM steps WHERE parent=? LIMIT 1", (parent,)).fetchone()
+        if row is None:
+            if same_parent is not None:
+                return "the instruction changed (no earlier build ran it on this parent)"
+            return "the previous step changed (or this step never ran before)"
+        old = json.loads(row[0])
+        changed = _diff(old, inputs)
+        return ("inputs changed: " + ", ".join(changed)) if changed else \
+            "its cached layer is no longer stored"
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        name = f"{prefix}{k}"
+        if k not in old:
+            out.append(f"{name} (new)")
+        elif k not in new:
+            out.append(f"{name} (gone)")
+        elif isinstance(old[k], dict) and isinstance(new[k], dict):
+            out.extend(_diff(old[k], new[k], name + ":"))
+        elif old[k] != new[k]:
+            out.append(name)
+    return out

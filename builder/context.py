@@ -1,0 +1,151 @@
+"""Where COPY/ADD read from: the build context (with ``.dockerignore``) or a stage's root.
+
+A :class:`SourceTree` resolves a COPY source (``src``, wildcards allowed) to the paths it
+names and walks them. Two flavours:
+
+- the build context (``strict``): a source that leaves the context (``../x``) or passes
+  through a symlink pointing outside it is refused with :class:`ContextError`; paths the
+  ``.dockerignore`` excludes do not exist;
+- a stage's or image's root filesystem: symlinks resolve inside that root (chroot
+  semantics), as they would in a container.
+
+Symlinks *inside* a copied directory are copied as symlinks, never followed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from .ignore import IgnoreMatcher
+from .layers.pathres import resolve_in_root
+
+__all__ = ["ContextError", "Source", "SourceTree", "hash_path"]
+
+_GLOB = set("*?[")
+
+
+class ContextError(ValueError):
+    """A COPY/ADD source that is missing or not allowed (names the source and why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One resolved source: ``rel`` inside the tree, ``path`` on disk (symlinks followed
+    for the source itself), and whether it is a directory."""
+
+    rel: str
+    path: Path
+    is_dir: bool
+
+
+class SourceTree:
+    def __init__(self, root: Path, matcher: IgnoreMatcher | None = None, *,
+                 strict: bool = True, what: str = "build context") -> None:
+        self.root = Path(os.path.realpath(root))
+        self.matcher = matcher or IgnoreMatcher([])
+        self.strict = strict
+        self.what = what
+
+    # -- resolution -------------------------------------------------------------------
+    def _clean(self, src: str) -> str:
+        rel = posixpath.normpath(src.lstrip("/") if not self.strict else src)
+        if self.strict and (rel == ".." or rel.startswith("../") or src.startswith("/..")):
+            raise ContextError(f"{src!r} is outside the {self.what}: COPY and ADD can only "
+                               "read files inside it (move the file into the context)")
+        rel = rel.lstrip("/")
+        return "" if rel == "." else rel
+
+    def _real(self, rel: str, src: str) -> Path:
+        if not self.strict:
+            return Path(resolve_in_root(str(self.root), rel.split("/") if rel else [],
+                                        follow_final=True))
+        real = os.path.realpath(self.root / rel)
+        if real != str(self.root) and not real.startswith(str(self.root) + os.sep):
+            raise ContextError(f"{src!r} resolves through a symlink to {real!r}, outside the "
+                               f"{self.what}: replace the symlink by the file itself")
+        return Path(real)
+
+    def excluded(self, rel: str) -> bool:
+        return bool(rel) and self.matcher.excluded(rel)
+
+    def resolve(self, src: str) -> list[Source]:
+        """The sources ``src`` names, sorted; ContextError when none exists."""
+        rel = self._clean(src)
+        parts = rel.split("/") if rel else []
+        if any(set(p) & _GLOB for p in parts):
+            rels = self._glob(parts)
+        else:
+            rels = [rel] if not self.excluded(rel) and (
+                os.path.lexists(self.root / rel) or not self.strict) else []
+        out = []
+        for r in rels:
+            real = self._real(r, src)
+            try:
+                st = os.stat(real)
+            except OSError:
+                continue
+            out.append(Source(r, real, stat.S_ISDIR(st.st_mode)))
+        if not out:
+            hint = " (or it is excluded by .dockerignore)" if self.strict else ""
+            raise ContextError(f"{src!r} not found in the {self.what}{hint}")
+        return out
+
+    def _glob(self, parts: list[str]) -> list[str]:
+        found = [""]
+        for part in parts:
+            nxt = []
+            for base in found:
+                d = self._real(base, base) if base else self.root
+                try:
+                    names = sorted(os.listdir(d))
+                except (NotADirectoryError, FileNotFoundError):
+                    continue
+                for n in names:
+                    if fnmatch.fnmatchcase(n, part):
+                        r = f"{base}/{n}" if base else n
+                        if not self.excluded(r):
+                            nxt.append(r)
+            found = nxt
+        return found
+
+    # -- walking ----------------------------------------------------------------------
+    def walk(self, source: Source) -> Iterator[tuple[str, Path, os.stat_result]]:
+        """Every path under a directory source, parents first, as (path relative to the
+        source, disk path, lstat); ignored paths (and their children) are left out."""
+        def rec(rel_ctx: str, rel_src: str, disk: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+            with os.scandir(disk) as it:
+                names = sorted(e.name for e in it)
+            for name in names:
+                r_ctx = f"{rel_ctx}/{name}" if rel_ctx else name
+                r_src = f"{rel_src}/{name}" if rel_src else name
+                p = disk / name
+                st = os.lstat(p)
+                if self.strict and self.excluded(r_ctx):
+                    if stat.S_ISDIR(st.st_mode) and self.matcher.may_reinclude_below(r_ctx):
+                        yield from (x for x in rec(r_ctx, r_src, p))
+                    continue
+                yield r_src, p, st
+                if stat.S_ISDIR(st.st_mode):
+                    yield from rec(r_ctx, r_src, p)
+        yield from rec(source.rel, "", source.path)
+
+
+def hash_path(path: Path, st: os.stat_result) -> str:
+    """A content key of one path: kind, permission bits and content (or link target)."""
+    h = blake3.blake3()
+    h.update(f"{stat.S_IFMT(st.st_mode)}:{stat.S_IMODE(st.st_mode):o}:".encode())
+    if stat.S_ISLNK(st.st_mode):
+        h.update(os.fsencode(os.readlink(path)))
+    elif stat.S_ISREG(st.st_mode):
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()[:32]

@@ -1,0 +1,181 @@
+"""The stage graph scheduler: builds the stages a target needs, concurrently where they
+do not depend on each other.
+
+The Dockerfile is planned by :func:`builder.stages.plan_build` (ARG/ENV scoping,
+expansion, the stage graph, the stages the target needs). Base images are read first,
+so that the plan expands variables with the environment they bring. Then every needed
+stage runs as one asyncio task, all started together; a stage that needs another
+(``FROM <stage>``, ``COPY --from=<stage>``, ``RUN --mount=from=<stage>``) awaits that
+stage's task at the point of use, so independent stages overlap and stages the target
+does not need never run. Filesystem steps go through
+:func:`builder.steps.common.layer_step` (cache, layers, snapshots); metadata
+instructions only change the stage's :class:`ImageState`. A base image's ``ONBUILD``
+triggers run first in the stage that uses it (unexpanded, as Docker), then are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from .base import BaseImage, BaseImageError, resolve_base
+from .errors import DockerfileError
+from .image import ImageState
+from .instructions import (
+    Add,
+    Arg,
+    Copy,
+    From,
+    Instruction,
+    Run,
+    Workdir,
+    parse_dockerfile,
+)
+from .sandbox.flatten import flatten_lowers
+from .stages import BuildPlan, Stage, plan_build
+from .steps.common import BuildError, StepEnv
+from .steps.copy import copy_instruction, workdir_instruction
+from .steps.metadata import METADATA, apply_metadata
+from .steps.run import run_instruction
+from .syntax import SyntaxTree, parse
+
+__all__ = ["Executor", "plan"]
+
+_FS = (Run, Copy, Add, Workdir)
+
+
+async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
+               target: str | None) -> tuple[BuildPlan, dict[str, BaseImage]]:
+    """Plan the build; read the base images the needed stages start from."""
+    first = plan_build(tree, build_args, target)
+    refs = sorted({ref for i in first.needed
+                   if (ref := first.stages[i].base_image) and ref.lower() != "scratch"})
+
+    async def load(ref: str) -> BaseImage:
+        try:
+            return await resolve_base(ref, env.store)
+        except BaseImageError as exc:
+            line = next(s.instructions[0].start_line for s in first.stages
+                        if s.base_image == ref)
+            raise BuildError(f"{env.dockerfile}:{line}: FROM", str(exc)) from exc
+
+    loaded = await asyncio.gather(*(load(r) for r in refs))
+    bases = dict(zip(refs, loaded))
+    image_env = {ref: ImageState.from_config(b.config, [], "").env_map()
+                 for ref, b in bases.items()}
+    return plan_build(tree, build_args, target, image_env=image_env), bases
+
+
+def _trigger(text: str, where: str) -> Instruction:
+    try:
+        return parse_dockerfile(parse(f"FROM scratch\n{text}\n"))[1]
+    except (DockerfileError, IndexError) as exc:
+        raise BuildError(where, f"ONBUILD trigger {text!r} of the base image: {exc}") from exc
+
+
+class Executor:
+    def __init__(self, build: BuildPlan, bases: Mapping[str, BaseImage], env: StepEnv) -> None:
+        self.plan = build
+        self.bases = dict(bases)
+        self.env = env
+        self._tasks: dict[int, asyncio.Task[ImageState]] = {}
+        self._roots: dict[str, asyncio.Task[Path]] = {}
+        env.stage_root = self.stage_root
+
+    async def run(self) -> ImageState:
+        """Build the target stage; return its final state."""
+        for i in self.plan.needed:
+            self._task(i)
+        try:
+            return await self._tasks[self.plan.target]
+        finally:
+            for t in self._tasks.values():
+                t.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _task(self, index: int) -> asyncio.Task[ImageState]:
+        if index not in self._tasks:
+            self._tasks[index] = asyncio.create_task(self._stage(self.plan.stages[index]))
+        return self._tasks[index]
+
+    def _find(self, ref: str) -> int | None:
+        if ref.isdigit() and int(ref) < len(self.plan.stages):
+            return int(ref)
+        for s in self.plan.stages:
+            if s.name and s.name == ref.lower():
+                return s.index
+        return None
+
+    async def stage_root(self, ref: str) -> Path:
+        """A flattened copy of a stage's (or an image's) root filesystem (read-only use)."""
+        if ref not in self._roots:
+            self._roots[ref] = asyncio.create_task(self._make_root(ref))
+        return await self._roots[ref]
+
+    async def _make_root(self, ref: str) -> Path:
+        index = self._find(ref)
+        if index is not None:
+            state = await self._task(index)
+        else:
+            try:
+                base = self.bases.get(ref) or await resolve_base(ref, self.env.store)
+            except BaseImageError as exc:
+                raise BuildError(self.env.dockerfile, str(exc)) from exc
+            state = ImageState.from_config(base.config, list(base.layers), "")
+        lowers = await self.env.lowers(state)
+        dest = self.env.scratch("root-") / "rootfs"
+        await asyncio.to_thread(flatten_lowers, lowers, dest)
+        return dest
+
+    async def _base(self, stage: Stage) -> ImageState:
+        if stage.base_stage is not None:
+            return (await self._task(stage.base_stage)).copy()
+        ref = stage.base_image or "scratch"
+        if ref.lower() == "scratch":
+            state = ImageState.scratch()
+            state.key = "scratch"
+            return state
+        base = self.bases[ref]
+        return ImageState.from_config(base.config, list(base.layers),
+                                      f"base:{base.manifest_digest}")
+
+    async def _stage(self, stage: Stage) -> ImageState:
+        env = self.env
+        head = stage.instructions[0]
+        assert isinstance(head, From)
+        state = await self._base(stage)
+        body = list(stage.instructions[1:])
+        if state.config.on_build:
+            where = f"{env.dockerfile}:{head.start_line}: FROM"
+            body = [replace(_trigger(t, where), start_line=head.start_line)
+                    for t in state.config.on_build] + body
+            state.update(on_build=None)
+        total = 1 + sum(1 for i in body if isinstance(i, _FS))
+        label = f"{stage.display_name} " if len(self.plan.stages) > 1 else ""
+        n = env.progress.start(f"[{label}1/{total}] FROM {head.image}")
+        env.progress.done(n)
+        args: dict[str, str] = {}
+        cmd_set = [False]
+        k = 1
+        for ins in body:
+            if isinstance(ins, Arg):
+                for d in ins.args:
+                    if d.default is not None:
+                        args[d.name] = d.default
+                continue
+            if isinstance(ins, METADATA):
+                apply_metadata(ins, state, env.where(ins), cmd_set, env.created)
+                continue
+            k += 1
+            name = f"[{label}{k}/{total}] {ins.original or ins.keyword}"
+            if isinstance(ins, Run):
+                await run_instruction(env, state, ins, args, name)
+            elif isinstance(ins, (Copy, Add)):
+                await copy_instruction(env, state, ins, name)
+            elif isinstance(ins, Workdir):
+                await workdir_instruction(env, state, ins, name)
+            else:  # pragma: no cover - every instruction type is handled above
+                raise BuildError(env.where(ins), "unsupported instruction")
+        return state

@@ -1,0 +1,111 @@
+"""``.dockerignore`` patterns with Docker's rules (moby ``patternmatcher``).
+
+Differences from gitignore that matter: every pattern is anchored at the context root
+(``foo`` does not match ``a/foo``; write ``**/foo``); a pattern matches a path when it
+matches the path or any of its parent directories; ``*`` and ``?`` never cross ``/``;
+``**`` matches any number of directories (zero included); patterns are cleaned
+(``./a//b/`` is ``a/b``; a leading ``/`` is dropped); ``!pattern`` re-includes; the last
+matching pattern decides; ``#`` starts a comment line.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["IgnoreMatcher", "Pattern", "read_ignore_file"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    text: str
+    exclusion: bool
+    parts: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, line: str) -> Pattern | None:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            return None
+        exclusion = line.startswith("!")
+        if exclusion:
+            line = line[1:].strip()
+        clean = posixpath.normpath(line).lstrip("/") if line else ""
+        if clean in ("", "."):
+            return None
+        return cls(line, exclusion, tuple(clean.split("/")))
+
+    def matches(self, parts: tuple[str, ...]) -> bool:
+        """Does the pattern match this path or one of its parents?"""
+        return any(_match(self.parts, parts[:n]) for n in range(1, len(parts) + 1))
+
+
+_cache: dict[str, re.Pattern[str]] = {}
+
+
+def _segment(pat: str, name: str) -> bool:
+    rx = _cache.get(pat)
+    if rx is None:
+        rx = _cache[pat] = re.compile(fnmatch.translate(pat).replace("(?s:", "(?:", 1))
+    return rx.match(name) is not None
+
+
+def _match(pat: tuple[str, ...], path: tuple[str, ...]) -> bool:
+    if not pat:
+        return not path
+    if pat[0] == "**":
+        return any(_match(pat[1:], path[i:]) for i in range(len(path) + 1))
+    return bool(path) and _segment(pat[0], path[0]) and _match(pat[1:], path[1:])
+
+
+class IgnoreMatcher:
+    """Decides whether a context path (``/``-separated, relative) is excluded."""
+
+    def __init__(self, patterns: list[Pattern]) -> None:
+        self.patterns = patterns
+        self.has_exclusions = any(p.exclusion for p in patterns)
+
+    @classmethod
+    def from_lines(cls, lines: list[str]) -> IgnoreMatcher:
+        return cls([p for p in (Pattern.parse(line) for line in lines) if p is not None])
+
+    def excluded(self, rel: str) -> bool:
+        parts = tuple(p for p in rel.split("/") if p)
+        result = False
+        for p in self.patterns:
+            if p.matches(parts):
+                result = not p.exclusion
+        return result
+
+    def may_reinclude_below(self, rel_dir: str) -> bool:
+        """Could an exception pattern re-include something inside the excluded ``rel_dir``?
+
+        Conservative (true unless no ``!`` pattern could reach below it), so a walk may
+        skip an excluded directory only when this is false, as moby's walker does.
+        """
+        if not self.has_exclusions:
+            return False
+        parts = tuple(p for p in rel_dir.split("/") if p)
+        for p in self.patterns:
+            if not p.exclusion:
+                continue
+            prefix = p.parts[: len(parts)]
+            if "**" in p.parts or all(_segment(a, b) for a, b in zip(prefix, parts)):
+                return True
+        return False
+
+
+def read_ignore_file(context: Path, dockerfile: Path | None) -> IgnoreMatcher:
+    """``<Dockerfile>.dockerignore`` next to the Dockerfile if present, else the context's
+    ``.dockerignore`` (BuildKit's order); an empty matcher when neither exists."""
+    candidates = []
+    if dockerfile is not None:
+        candidates.append(dockerfile.parent / (dockerfile.name + ".dockerignore"))
+    candidates.append(context / ".dockerignore")
+    for c in candidates:
+        if c.is_file():
+            return IgnoreMatcher.from_lines(c.read_text().splitlines())
+    return IgnoreMatcher([])

@@ -1,0 +1,144 @@
+"""A stage's image as it is being built, and its final config and manifest.
+
+:class:`ImageState` is the executor's working state of one stage: the container config
+(``registry.oci.ContainerConfig``, replaced as instructions change it), the layers so far,
+the history, and the cache key chain. :func:`assemble` turns it into the
+``ImageConfig`` and ``Manifest`` bytes that outputs write: history entries carry
+``created_by`` as BuildKit writes it and ``empty_layer`` for metadata-only steps;
+``rootfs.diff_ids`` lists every layer in order.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from dataclasses import dataclass, field, replace
+
+from cas import Digest
+from registry.oci import (
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    ContainerConfig,
+    Descriptor,
+    History,
+    ImageConfig,
+    Manifest,
+    RootFS,
+)
+
+__all__ = ["BuiltImage", "ImageState", "LayerRef", "assemble", "default_arch",
+           "timestamp"]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def default_arch() -> str:
+    m = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(m, m)
+
+
+def timestamp(epoch: float) -> str:
+    """RFC 3339 in UTC, as image configs carry it."""
+    dt = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + (
+        f".{dt.microsecond:06d}".rstrip("0") if dt.microsecond else "") + "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRef:
+    """A layer of the image: its descriptor (the compressed blob) and diff_id."""
+
+    descriptor: Descriptor
+    diff_id: Digest
+
+
+@dataclass
+class ImageState:
+    """Mutable working state of one stage (never leaves the executor)."""
+
+    config: ContainerConfig
+    architecture: str = field(default_factory=default_arch)
+    os: str = "linux"
+    variant: str | None = None
+    layers: list[LayerRef] = field(default_factory=list)
+    history: list[History] = field(default_factory=list)
+    key: str = ""
+
+    @classmethod
+    def scratch(cls) -> ImageState:
+        return cls(ContainerConfig(env=(f"PATH={DEFAULT_PATH}",)))
+
+    @classmethod
+    def from_config(cls, cfg: ImageConfig, layers: list[LayerRef], key: str) -> ImageState:
+        config = cfg.config or ContainerConfig()
+        if not config.env:
+            config = replace(config, env=(f"PATH={DEFAULT_PATH}",))
+        return cls(config=config, architecture=cfg.architecture, os=cfg.os,
+                   variant=cfg.variant, layers=list(layers),
+                   history=list(cfg.history or ()), key=key)
+
+    def copy(self) -> ImageState:
+        return ImageState(self.config, self.architecture, self.os, self.variant,
+                          list(self.layers), list(self.history), self.key)
+
+    # -- config helpers -----------------------------------------------------------------
+    def env_map(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for e in self.config.env or ():
+            k, _, v = e.partition("=")
+            out[k] = v
+        return out
+
+    def set_env(self, pairs: list[tuple[str, str]]) -> None:
+        env = self.env_map()
+        order = [e.partition("=")[0] for e in self.config.env or ()]
+        for k, v in pairs:
+            if k not in env:
+                order.append(k)
+            env[k] = v
+        self.config = replace(self.config, env=tuple(f"{k}={env[k]}" for k in order))
+
+    def update(self, **changes: object) -> None:
+        self.config = replace(self.config, **changes)  # type: ignore[arg-type]
+
+    def add_history(self, created_by: str, created: str, empty: bool) -> None:
+        self.history.append(History(created=created, created_by=created_by,
+                                    comment="buildkit.dockerfile.v0",
+                                    empty_layer=True if empty else None))
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltImage:
+    """A finished image: manifest, config and their serialised bytes."""
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    config: ImageConfig
+    config_bytes: bytes
+
+    @property
+    def digest(self) -> Digest:
+        return Digest.of(self.manifest_bytes)
+
+    @property
+    def manifest_descriptor(self) -> Descriptor:
+        return Descriptor(OCI_MANIFEST, self.digest, len(self.manifest_bytes))
+
+
+def assemble(state: ImageState, created: str) -> BuiltImage:
+    """The OCI config and manifest of ``state``."""
+    cfg = ImageConfig(
+        architecture=state.architecture,
+        os=state.os,
+        variant=state.variant,
+        rootfs=RootFS(tuple(layer.diff_id for layer in state.layers)),
+        created=created,
+        config=state.config,
+        history=tuple(state.history),
+    )
+    config_bytes = cfg.to_bytes()
+    manifest = Manifest(
+        config=Descriptor(OCI_CONFIG, Digest.of(config_bytes), len(config_bytes)),
+        layers=tuple(layer.descriptor for layer in state.layers),
+    )
+    return BuiltImage(manifest, manifest.to_bytes(), cfg, config_bytes)

@@ -1,0 +1,290 @@
+"""Safe layer extraction: apply an untrusted layer blob to a rootfs directory.
+
+The blob may be a plain tar, gzip (one or many members) or zstd (one or many frames);
+the kind is detected from its first bytes, not from a media type. Whiteouts follow the
+OCI image spec's layer.md: ``.wh.<name>`` removes ``<name>`` from the lower layers,
+``.wh..wh..opq`` hides everything the lower layers had in its directory. Neither hides
+what this same layer creates, whatever the entry order (paths written by the layer are
+remembered, as containerd does). Other ``.wh..wh.*`` names (aufs bookkeeping) are skipped.
+
+Safety: every entry name is cleaned (:func:`.pathres.clean_name`: a leading ``/`` is
+dropped, ``..`` is refused), its parent resolved inside the rootfs with symlinks scoped
+to it (:func:`.pathres.resolve_in_root`), and the final component is never followed: an
+existing symlink there is replaced, not written through. Hard link targets resolve the
+same way. So no entry, whatever symlinks earlier entries or lower layers planted, can
+create, modify or remove anything outside the rootfs. Symlink *targets* are stored
+verbatim (they are only followed later, inside the container). A directory entry over an
+existing symlink replaces the symlink with a directory, as containerd and Docker do.
+
+Ownership and device nodes need root: by default (``same_owner=None``) owners are set and
+devices created when running as root; otherwise they are skipped and listed in
+:attr:`ApplyReport.skipped`. Directory modes and mtimes are applied last, deepest first,
+so a read-only directory can still be filled and its mtime is not disturbed afterwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import io
+import os
+import shutil
+import stat
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO, cast
+
+import zstandard
+
+from cas.frames import GZIP_MAGIC, ZSTD_MAGIC
+
+from .changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
+from .errors import LayerFormatError, UnsafeLayerEntry
+from .pathres import clean_name, resolve_in_root
+
+__all__ = ["ApplyReport", "apply_layer", "open_layer"]
+
+_READ = 1 << 20
+_XATTR_KEY = "SCHILY.xattr."
+# What a layer whose entries contradict each other or the rootfs causes (a name below a
+# file, ...), as opposed to the machine's own trouble (ENOSPC, EIO), which propagates.
+_LAYOUT_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT,
+                            errno.ELOOP, errno.EINVAL, errno.ENAMETOOLONG, errno.ENOTEMPTY})
+_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReport:
+    """What :func:`apply_layer` did: counts, and what it could not do (and why)."""
+
+    entries: int
+    whiteouts: int
+    skipped: tuple[str, ...]
+
+
+def open_layer(src: IO[bytes]) -> IO[bytes]:
+    """A readable stream of the tar inside ``src`` (plain, gzip or zstd, by magic)."""
+    buffered = src if isinstance(src, io.BufferedReader) else io.BufferedReader(
+        cast("io.RawIOBase", src))
+    head = buffered.peek(4)[:4]
+    if head.startswith(GZIP_MAGIC):
+        return cast("IO[bytes]", gzip.GzipFile(fileobj=buffered, mode="rb"))  # every member
+    if head.startswith(ZSTD_MAGIC):
+        return cast("IO[bytes]", zstandard.ZstdDecompressor().stream_reader(
+            buffered, read_across_frames=True))
+    return buffered
+
+
+def _remove(path: str) -> None:
+    """Remove whatever is at ``path`` (a directory recursively), never following symlinks."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+class _Applier:
+    def __init__(self, root: str, same_owner: bool) -> None:
+        self.root = root
+        self.same_owner = same_owner
+        self.is_root = os.geteuid() == 0
+        self.written: set[str] = set()
+        self.written_parents: set[str] = set()
+        self.dirs: list[tuple[str, int, tarfile.TarInfo]] = []
+        self.skipped: list[str] = []
+        self.entries = 0
+        self.whiteouts = 0
+
+    # -- paths -------------------------------------------------------------------------
+    def _parent_dir(self, name: str, parts: list[str]) -> str:
+        parent = resolve_in_root(self.root, parts[:-1], follow_final=True, name=name)
+        try:
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise LayerFormatError(
+                f"layer entry {name!r}: a parent is not a directory in the rootfs "
+                f"({exc.strerror}); the layer does not fit on its lower layers"
+            ) from exc
+        return parent
+
+    def _mark(self, path: str) -> None:
+        self.written.add(path)
+        parent = os.path.dirname(path)
+        while parent not in self.written_parents and len(parent) > len(self.root):
+            self.written_parents.add(parent)
+            parent = os.path.dirname(parent)
+
+    # -- whiteouts ---------------------------------------------------------------------
+    def _clear_lower(self, directory: str) -> None:
+        """Opaque whiteout: remove what lower layers left in ``directory``."""
+        try:
+            children = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for child in children:
+            if child.path in self.written or child.path in self.written_parents:
+                if child.is_dir(follow_symlinks=False):
+                    self._clear_lower(child.path)
+            else:
+                _remove(child.path)
+
+    def whiteout(self, name: str, parts: list[str]) -> None:
+        base = parts[-1]
+        self.whiteouts += 1
+        parent = resolve_in_root(self.root, parts[:-1], follow_final=True, name=name)
+        if base == OPAQUE_WHITEOUT:
+            self._clear_lower(parent)
+            return
+        if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
+            self.skipped.append(f"{name}: aufs metadata, ignored")
+            return
+        target_name = base[len(WHITEOUT_PREFIX):]
+        if target_name in ("", ".", ".."):
+            raise UnsafeLayerEntry(name, "whiteout of an empty, '.' or '..' name")
+        target = os.path.join(parent, target_name)
+        if target not in self.written and target not in self.written_parents:
+            _remove(target)
+
+    # -- entries -----------------------------------------------------------------------
+    def entry(self, tf: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str]) -> None:
+        name = member.name
+        parent = self._parent_dir(name, parts)
+        path = os.path.join(parent, parts[-1])
+        self.entries += 1
+        existing = None
+        try:
+            existing = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        if member.isdir():
+            if existing is None or not stat.S_ISDIR(existing.st_mode):
+                _remove(path)
+                os.mkdir(path, 0o700)
+            self.dirs.append((path, os.lstat(path).st_ino, member))
+            self._mark(path)
+            return
+        if member.islnk():
+            src_parts = clean_name(member.linkname, entry=name)
+            src = resolve_in_root(self.root, src_parts, follow_final=False, name=name)
+            try:
+                src_st = os.lstat(src)
+            except FileNotFoundError:
+                raise LayerFormatError(
+                    f"layer entry {name!r}: hard link target {member.linkname!r} does not "
+                    "exist (it must come earlier in the layer or from a lower layer)"
+                ) from None
+            if stat.S_ISDIR(src_st.st_mode):
+                raise UnsafeLayerEntry(name, f"hard link to a directory ({member.linkname!r})")
+            if existing is not None and (existing.st_ino, existing.st_dev) == (src_st.st_ino, src_st.st_dev):
+                self._mark(path)
+                return
+            _remove(path)
+            os.link(src, path, follow_symlinks=False)
+            self._mark(path)
+            return
+        _remove(path)
+        if member.type in _FILE_TYPES:
+            self._write_file(tf, member, path)
+        elif member.issym():
+            os.symlink(member.linkname, path)
+        elif member.ischr() or member.isblk() or member.isfifo():
+            if (member.ischr() or member.isblk()) and not self.is_root:
+                self.skipped.append(f"{name}: device node needs root, not created")
+                return
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK if member.isblk() else stat.S_IFIFO
+            os.mknod(path, 0o600 | kind, os.makedev(member.devmajor, member.devminor))
+        else:
+            raise LayerFormatError(
+                f"layer entry {name!r} has tar type {member.type!r}, which a layer cannot "
+                "use (regular, link, symlink, char, block, dir and fifo are allowed)")
+        self._metadata(path, member, is_link=member.issym())
+        self._mark(path)
+
+    def _write_file(self, tf: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            data = tf.extractfile(member)
+            assert data is not None
+            while chunk := data.read(_READ):
+                out.write(chunk)
+
+    def _metadata(self, path: str, member: tarfile.TarInfo, *, is_link: bool) -> None:
+        if self.same_owner:
+            os.chown(path, member.uid, member.gid, follow_symlinks=False)
+        if not is_link:
+            os.chmod(path, member.mode & 0o7777)  # after chown, which clears setuid
+        for key, value in sorted(member.pax_headers.items()):
+            if key.startswith(_XATTR_KEY):
+                xname = key[len(_XATTR_KEY):]
+                try:
+                    os.setxattr(path, xname, value.encode("utf-8", "surrogateescape"),
+                                follow_symlinks=False)
+                except OSError as exc:
+                    self.skipped.append(f"{member.name}: xattr {xname} not set ({exc.strerror})")
+        mtime_ns = int(member.mtime * 1_000_000_000)
+        os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+    def finish(self) -> None:
+        """Set the deferred directory metadata, deepest first. A later entry may have
+        replaced a directory, or one of its parents by a symlink: the path is re-resolved
+        inside the root and must still name the same directory, or it is left alone."""
+        for path, ino, member in reversed(self.dirs):
+            rel = os.path.relpath(path, self.root).split(os.sep)
+            try:
+                if resolve_in_root(self.root, rel, name=member.name) != path:
+                    continue
+                st = os.lstat(path)
+            except (OSError, UnsafeLayerEntry):
+                continue
+            if stat.S_ISDIR(st.st_mode) and st.st_ino == ino:
+                self._metadata(path, member, is_link=False)
+
+
+def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
+                same_owner: bool | None = None) -> ApplyReport:
+    """Apply the layer ``src`` (a path or a readable binary stream) on top of ``rootfs``.
+
+    Raises UnsafeLayerEntry for an entry that could reach outside ``rootfs`` (nothing
+    outside is touched; entries before it have been applied), LayerFormatError for a blob
+    that is not a readable (compressed) tar.
+    """
+    root = os.path.realpath(rootfs)
+    if not os.path.isdir(root):
+        raise LayerFormatError(f"rootfs {root!r} is not a directory; create it first")
+    if isinstance(src, (str, Path)):
+        with open(src, "rb") as f:
+            return apply_layer(f, root, same_owner=same_owner)
+    applier = _Applier(root, os.geteuid() == 0 if same_owner is None else same_owner)
+    try:
+        with tarfile.open(fileobj=open_layer(src), mode="r|",
+                          errors="surrogateescape") as tf:
+            for member in tf:
+                parts = clean_name(member.name)
+                if not parts:
+                    continue  # the rootfs itself ("./"): its metadata stays the host's choice
+                try:
+                    if parts[-1].startswith(WHITEOUT_PREFIX):
+                        applier.whiteout(member.name, parts)
+                    else:
+                        applier.entry(tf, member, parts)
+                except OSError as exc:
+                    if exc.errno not in _LAYOUT_ERRNOS:
+                        raise
+                    raise LayerFormatError(
+                        f"layer entry {member.name!r} cannot be applied: {exc.strerror} "
+                        f"({exc.filename}); the layer does not fit on its lower layers"
+                    ) from exc
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile,
+            zstandard.ZstdError) as exc:
+        raise LayerFormatError(
+            f"layer is not a readable tar (plain, gzip or zstd): {exc}; check that the "
+            "blob is complete and its digest verified"
+        ) from exc
+    applier.finish()
+    return ApplyReport(applier.entries, applier.whiteouts, tuple(applier.skipped))

@@ -1,0 +1,56 @@
+"""``-t`` and ``--push``: a built image into pybuild's local image store, and from there
+to registries (through ``registry.local`` and ``registry.copy``, as ``pybuild push``)."""
+
+from __future__ import annotations
+
+from cas import Store
+from registry.client import RegistryClient, TransportError
+from registry.copy import Endpoint, copy_image
+from registry.errors import RegistryError
+from registry.local import ImageStore
+from registry.progress import Progress as RegistryProgress
+from registry.refs import InvalidReference, parse_image_ref
+from registry.transfer import BlobError
+
+from .base import client_options
+from .image import BuiltImage
+
+__all__ = ["PublishError", "push_images", "tag_images"]
+
+
+class PublishError(Exception):
+    """Tagging or pushing failed (names the reference and why)."""
+
+
+async def tag_images(image: BuiltImage, store: Store, tags: list[str]) -> list[str]:
+    """Store the image under every tag (normalised refs are returned)."""
+    refs = []
+    for t in tags:
+        try:
+            refs.append(str(parse_image_ref(t)))
+        except InvalidReference as exc:
+            raise PublishError(f"-t {t}: {exc}") from exc
+    await store.put(image.config_bytes, expected=image.manifest.config.digest)
+    images = await ImageStore.open(store=store)
+    try:
+        for ref in refs:
+            await images.put(ref, image.manifest_bytes, image.manifest.media_type)
+    finally:
+        await images.close()
+    return refs
+
+
+async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet") -> None:
+    """Push each locally stored ref to its registry."""
+    images = await ImageStore.open(store=store)
+    try:
+        async with RegistryClient(client_options()) as client:
+            for ref in refs:
+                r = parse_image_ref(ref)
+                try:
+                    await copy_image(Endpoint("local", r), Endpoint("registry", r), images,
+                                     client, RegistryProgress(progress_mode))
+                except (RegistryError, TransportError, BlobError, OSError) as exc:
+                    raise PublishError(f"pushing {ref}: {exc}") from exc
+    finally:
+        await images.close()

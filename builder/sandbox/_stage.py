@@ -1,0 +1,286 @@
+"""The process that sets up one step's sandbox, then becomes the sandbox.
+
+Run as a script (stdlib only, nothing imported from pybuild) by ``runner.py``, already
+inside a private mount namespace made by ``unshare(1)`` -- and, for the chroot executor,
+inside fresh PID/IPC/UTS (and network) namespaces too, as their PID 1. Every mount made
+here lives in that namespace and disappears with it: nothing needs unmounting afterwards,
+even after a crash or a SIGKILL.
+
+Usage: ``python3 -I _stage.py PLAN_FD REPORT_FD`` -- the plan is one JSON document read
+from PLAN_FD (secrets travel in it, never through a file). On REPORT_FD this writes JSON
+lines: ``{"stubs": [...], "touched": {...}}`` (mount points it had to create, relative to the
+root, and the times of the directories it created them in), then
+either ``{"child-pid": N}`` when the command starts (bwrap writes that one itself through
+``--json-status-fd``) or ``{"error": ..., "kind": ...}`` when set-up fails (exit 125).
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import socket
+import stat
+import struct
+import sys
+from typing import Any
+
+# The JSON plan runner.py writes (see the module docstring).
+Plan = dict[str, Any]
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+
+# Docker's default capability set (moby oci/caps/defaults.go), which BuildKit's RUN gets.
+DEFAULT_CAPS = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4,
+    "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8,
+    "CAP_NET_BIND_SERVICE": 10, "CAP_NET_RAW": 13, "CAP_SYS_CHROOT": 18,
+    "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
+}
+PR_CAPBSET_DROP = 24
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SetupError(Exception):
+    def __init__(self, message: str, kind: str = "setup") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    res = _libc.mount(
+        source.encode(), target.encode(), fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags), data.encode() if data else None,
+    )
+    if res != 0:
+        err = ctypes.get_errno()
+        raise SetupError(f"mount {fstype or 'bind'} {source} on {target}: {os.strerror(err)}")
+
+
+# Directories that got a mount point created in them -> their (atime, mtime) before, so
+# the parent can put the times back once the mount point is gone.
+touched: dict[str, list[int]] = {}
+
+
+def resolve(root: str, path: str, create: str | None, created: list[str]) -> str:
+    """``path`` inside ``root``, symlinks followed without ever leaving ``root``.
+
+    Missing components are made (directories; the last one a file if ``create`` is
+    ``"file"``) and recorded in ``created``, relative to root, parents first.
+    """
+    todo = [p for p in path.split("/") if p not in ("", ".")]
+    cur: list[str] = []
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if cur:
+                cur.pop()
+            continue
+        full = os.path.join(root, *cur, part)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            if create is None:
+                raise SetupError(f"{path} does not exist in the image") from None
+            parent = "/".join(cur)
+            if parent not in touched:
+                pst = os.lstat(os.path.join(root, *cur))
+                touched[parent] = [pst.st_atime_ns, pst.st_mtime_ns]
+            if not todo and create == "file":
+                os.close(os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            else:
+                os.mkdir(full, 0o755)
+            cur.append(part)
+            created.append("/".join(cur))
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > 40:
+                raise SetupError(f"{path}: too many levels of symbolic links")
+            target = os.readlink(full)
+            if target.startswith("/"):
+                cur = []
+            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+            continue
+        cur.append(part)
+    return os.path.join(root, *cur)
+
+
+def setup_mounts(plan: Plan, root: str, stubs: list[str]) -> None:
+    secrets_dir = plan["secrets_dir"]
+    secrets_ready = False
+    for i, m in enumerate(plan["mounts"]):
+        kind = m["type"]
+        dst = resolve(root, m["target"], "file" if kind == "secret" else "dir", stubs)
+        if kind == "bind":
+            mount(m["source"], dst, None, MS_BIND | MS_REC)
+            if m["readonly"]:
+                mount("none", dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        elif kind == "overlay":
+            mount("overlay", dst, "overlay", 0, m["data"])
+        elif kind == "tmpfs":
+            size = f"size={m['size']}" if m.get("size") else ""
+            mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, size)
+        elif kind == "secret":
+            if not secrets_ready:
+                # The secret's bytes only ever touch memory.
+                os.makedirs(secrets_dir, mode=0o700, exist_ok=True)
+                mount("tmpfs", secrets_dir, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=700")
+                secrets_ready = True
+            path = os.path.join(secrets_dir, str(i))
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, base64.b64decode(m["data"]))
+            os.close(fd)
+            os.chown(path, m["uid"], m["gid"])
+            os.chmod(path, m["mode"])
+            mount(path, dst, None, MS_BIND)
+            mount("none", dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        else:
+            raise SetupError(f"unknown mount type {kind!r}")
+    files = (("/etc/hosts", plan.get("hosts")), ("/etc/resolv.conf", plan.get("resolv")))
+    for name, source in files:
+        if source:
+            dst = resolve(root, name, "file", stubs)
+            mount(source, dst, None, MS_BIND)
+            mount("none", dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def setup_dev(root: str, stubs: list[str]) -> None:
+    dev = resolve(root, "/dev", "dir", stubs)
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
+    for name in ("null", "zero", "full", "random", "urandom", "tty"):
+        node = os.path.join(dev, name)
+        os.close(os.open(node, os.O_WRONLY | os.O_CREAT, 0o666))
+        mount(f"/dev/{name}", node, None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                         ("ptmx", "pts/ptmx")):
+        os.symlink(target, os.path.join(dev, name))
+    os.mkdir(os.path.join(dev, "shm"))
+    mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    os.mkdir(os.path.join(dev, "pts"))
+    try:
+        mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=620")
+    except SetupError:
+        pass  # no pseudo-terminals: builds rarely need them
+
+
+def loopback_up() -> None:
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s, siocgifflags, req))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+
+
+def drop_capabilities() -> None:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    keep = set(DEFAULT_CAPS.values())
+    for cap in range(last + 1):
+        if cap not in keep and _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise SetupError(f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}")
+
+
+def setup_sys(plan: Plan, root: str, stubs: list[str]) -> None:
+    # A fresh sysfs shows this namespace's network devices (only lo for network=none).
+    sys_dir = resolve(root, "/sys", "dir", stubs)
+    mount("sysfs", sys_dir, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if plan["network_none"]:
+        loopback_up()
+
+
+def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
+    proc = resolve(root, "/proc", "dir", stubs)
+    mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    setup_dev(root, stubs)
+    socket.sethostname(plan["hostname"])
+    created: list[str] = []  # the workdir is real content: it stays in the layer
+    resolve(root, plan["workdir"], "dir", created)
+    write(report, {"stubs": stubs, "touched": touched})
+    os.chroot(root)
+    os.chdir(plan["workdir"])
+    drop_capabilities()
+    os.setgroups(plan["groups"])
+    os.setgid(plan["gid"])
+    os.setuid(plan["uid"])
+    env = dict(e.split("=", 1) for e in plan["env"])
+    write(report, {"child-pid": os.getpid()})
+    os.close(report)
+    argv = plan["argv"]
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        sys.stderr.write(f"exec {argv[0]!r} failed: {exc.strerror}\n")
+        os._exit(127 if exc.errno == errno.ENOENT else 126)
+
+
+def run_bwrap(plan: Plan, root: str, stubs: list[str], report: int) -> None:
+    for name in ("/proc", "/dev"):
+        resolve(root, name, "dir", stubs)
+    created: list[str] = []
+    resolve(root, plan["workdir"], "dir", created)
+    write(report, {"stubs": stubs, "touched": touched})
+    # The network namespace (network=none) and /sys come from the stage: bwrap shares the
+    # former and carries the latter over with its recursive bind of the root.
+    args = [plan["bwrap"], "--bind", root, "/", "--proc", "/proc", "--dev", "/dev",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", plan["hostname"],
+            "--chdir", plan["workdir"], "--die-with-parent", "--json-status-fd", str(report),
+            "--cap-drop", "ALL"]
+    for cap in DEFAULT_CAPS:
+        args += ["--cap-add", cap]
+    args += ["--", *plan["argv"]]
+    # bwrap keeps real root's uid (no user namespace, so files keep their real owners);
+    # the group and supplementary groups are set here and bwrap inherits them.
+    os.setgroups(plan["groups"])
+    os.setgid(plan["gid"])
+    env = dict(e.split("=", 1) for e in plan["env"])
+    os.execve(plan["bwrap"], args, env)
+
+
+def write(fd: int, obj: dict[str, Any]) -> None:
+    os.write(fd, (json.dumps(obj) + "\n").encode())
+
+
+def main() -> None:
+    plan_fd, report = int(sys.argv[1]), int(sys.argv[2])
+    with os.fdopen(plan_fd, "rb") as f:
+        plan = json.load(f)
+    stubs: list[str] = []
+    try:
+        rootfs = plan["rootfs"]
+        root = rootfs["merged"]
+        if rootfs["mode"] == "overlay":
+            here = os.getcwd()
+            if rootfs["cwd"]:
+                os.chdir(rootfs["cwd"])
+            mount("overlay", root, "overlay", 0, rootfs["data"])
+            os.chdir(here)
+        setup_mounts(plan, root, stubs)
+        setup_sys(plan, root, stubs)
+        if plan["executor"] == "chroot":
+            run_chroot(plan, root, stubs, report)
+        else:
+            run_bwrap(plan, root, stubs, report)
+    except SetupError as exc:
+        write(report, {"error": str(exc), "kind": exc.kind, "stubs": stubs, "touched": touched})
+    except OSError as exc:
+        kind = "enospc" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "setup"
+        write(report, {"error": str(exc), "kind": kind, "stubs": stubs, "touched": touched})
+    sys.exit(125)
+
+
+if __name__ == "__main__":
+    main()

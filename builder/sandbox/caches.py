@@ -1,0 +1,86 @@
+"""Host directories behind ``--mount=type=cache``, shared between steps and builds.
+
+Layout under the caller's cache directory::
+
+    cache_dir/
+        <sha256(id)[:32]>/
+            id          the cache id, for people reading the directory
+            0/          the cache's first instance: what shared/locked mounts use
+            0.lock      flock: shared (LOCK_SH) by `shared`, exclusive by `locked`/`private`
+            1/ 1.lock   more instances, made when `private` finds the others busy
+
+A new instance directory is created owned by the mount's ``uid``/``gid`` with its ``mode``
+(BuildKit does the same on first use); later mounts leave ownership alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .spec import CacheMount, Sharing
+
+__all__ = ["lease_caches"]
+
+
+def _instance(root: Path, index: int, mount: CacheMount) -> Path:
+    path = root / str(index)
+    if not path.is_dir():
+        path.mkdir(mode=0o700)
+        os.chown(path, mount.uid, mount.gid)
+        os.chmod(path, mount.mode)
+    return path
+
+
+def _lock(path: Path, flags: int) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, flags)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def lease_caches(
+    cache_dir: Path, mounts: Sequence[CacheMount]
+) -> Iterator[list[Path]]:
+    """Lock and yield one host directory per cache mount, in order; unlock on exit.
+
+    ``locked`` mounts wait for other users of the same cache (blocking the calling thread).
+    """
+    fds: list[int] = []
+    paths: list[Path] = []
+    held: dict[str, Path] = {}  # one step mounting a cache twice must not wait on itself
+    try:
+        for mount in mounts:
+            if mount.cache_id in held and mount.sharing is not Sharing.PRIVATE:
+                paths.append(held[mount.cache_id])
+                continue
+            root = cache_dir / hashlib.sha256(mount.cache_id.encode()).hexdigest()[:32]
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "id").write_text(mount.cache_id + "\n")
+            if mount.sharing is Sharing.PRIVATE:
+                index = 0
+                while (fd := _lock(root / f"{index}.lock", fcntl.LOCK_EX | fcntl.LOCK_NB)) is None:
+                    index += 1
+            else:
+                index = 0
+                flags = fcntl.LOCK_SH if mount.sharing is Sharing.SHARED else fcntl.LOCK_EX
+                fd = _lock(root / "0.lock", flags)
+                assert fd is not None  # a blocking flock returns only once it holds the lock
+            fds.append(fd)
+            paths.append(_instance(root, index, mount))
+            held.setdefault(mount.cache_id, paths[-1])
+        yield paths
+    finally:
+        for fd in fds:
+            os.close(fd)  # closing releases the flock

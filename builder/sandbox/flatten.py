@@ -1,0 +1,98 @@
+"""Flatten overlayfs-format lower directories into one plain directory (``rootfs=copy``).
+
+Used where overlayfs cannot be mounted. Layers are applied bottom to top, with overlayfs
+semantics: a 0/0 character device deletes what lies below it, a directory with the
+``trusted.overlay.opaque=y`` xattr hides everything below it, an entry of a different type
+replaces the one below. Owners, modes, times, xattrs, hard links (within a layer), device
+nodes and fifos are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from .rootfs import is_opaque
+
+__all__ = ["flatten_lowers"]
+
+
+def flatten_lowers(lowers: Sequence[Path], dest: Path) -> None:
+    """Write the union of ``lowers`` (top first) into the empty or new directory ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for layer in reversed(lowers):
+        _apply(layer, dest, {})
+        _copy_meta(layer, dest)
+
+
+def _remove(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _apply(src_dir: Path, dst_dir: Path, links: dict[tuple[int, int], Path]) -> None:
+    with os.scandir(src_dir) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        src = Path(entry.path)
+        dst = dst_dir / entry.name
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            _remove(dst)
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+                _remove(dst)
+            elif is_opaque(src) and dst.is_dir():
+                shutil.rmtree(dst)
+            if not dst.is_dir():
+                dst.mkdir()
+            _apply(src, dst, links)
+            _copy_meta(src, dst)
+            continue
+        _remove(dst)
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in links:
+            os.link(links[key], dst)
+            continue
+        if stat.S_ISREG(st.st_mode):
+            shutil.copyfile(src, dst, follow_symlinks=False)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src), dst)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+            os.mknod(dst, st.st_mode, st.st_rdev)
+        else:
+            continue  # sockets do not belong in an image
+        if st.st_nlink > 1:
+            links[key] = dst
+        _copy_meta(src, dst, st)
+
+
+def _copy_meta(src: Path, dst: Path, st: os.stat_result | None = None) -> None:
+    st = st or os.lstat(src)
+    link = stat.S_ISLNK(st.st_mode)
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not link:
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        names = []
+    for name in names:
+        if name.startswith("trusted.overlay."):
+            continue
+        try:
+            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False),
+                        follow_symlinks=False)
+        except OSError:
+            pass  # a filesystem without that xattr namespace: the content still counts
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)

@@ -1,0 +1,236 @@
+"""Compose a step's root filesystem: overlayfs where the kernel allows it, else a copy.
+
+``RootfsMode.OVERLAY``: the lower directories (top first; extracted layers in overlayfs
+format, whiteouts as 0/0 character devices and opaque directories marked with the
+``trusted.overlay.opaque`` xattr, or one snapshot directory) are stacked read-only under a
+fresh, empty *upper* directory. After the step the upper directory holds exactly the
+step's changes, deletions as overlayfs whiteouts; the caller turns it into a layer.
+
+``RootfsMode.COPY``: the lowers are flattened into a fresh directory (whiteouts applied)
+and the step runs there; the caller diffs it against its snapshot.
+
+The mount itself happens inside the step's private mount namespace (see ``_stage.py``);
+this module decides the mode, lays out the directories and reads files from the lowers
+before anything is mounted.
+
+Layout inside the caller's ``state_dir``::
+
+    state_dir/
+        upper/      the step's changes (OVERLAY)       -- kept for the caller
+        rootfs/     the flattened root (COPY)          -- kept for the caller
+        work/       overlayfs work dir                 -- removed after the step
+        merged/     mount point of the composed root   -- removed after the step
+        run/        hosts file, rw-bind layers         -- removed after the step
+        .overlay-probe/   a test mount, once per filesystem -- removed at once
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SandboxSetupError, SandboxUnavailable
+
+__all__ = [
+    "OVERLAY_OPTIONS",
+    "RootfsLayout",
+    "RootfsMode",
+    "is_opaque",
+    "lower_stat",
+    "overlay_mount_data",
+    "overlay_supported",
+    "read_from_lowers",
+]
+
+# metacopy=off and redirect_dir=off keep the upper directory self-contained: without them
+# a chmod copies up only metadata, and a directory rename leaves a pointer into a lower;
+# neither makes sense in a layer. index=off: no hard-link index across mounts.
+OVERLAY_OPTIONS = "redirect_dir=off,metacopy=off,index=off"
+# The kernel takes at most one page of mount options.
+_MAX_MOUNT_DATA = 4000
+
+
+class RootfsMode(enum.Enum):
+    AUTO = "auto"
+    OVERLAY = "overlay"
+    COPY = "copy"
+
+
+@dataclass(frozen=True)
+class RootfsLayout:
+    """Where a step's root lives; ``changes`` is what the caller keeps."""
+
+    mode: RootfsMode
+    lowers: tuple[Path, ...]
+    state_dir: Path
+
+    @property
+    def upper(self) -> Path:
+        return self.state_dir / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.state_dir / "work"
+
+    @property
+    def merged(self) -> Path:
+        return self.state_dir / ("merged" if self.mode is RootfsMode.OVERLAY else "rootfs")
+
+    @property
+    def run(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def changes(self) -> Path:
+        """OVERLAY: the upper dir (the step's changes). COPY: the whole resulting root."""
+        return self.upper if self.mode is RootfsMode.OVERLAY else self.merged
+
+
+def _escape(path: str) -> str:
+    # overlayfs splits options on "," and lowerdir on ":"; both accept "\" escapes.
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def overlay_mount_data(
+    lowers: Sequence[Path], upper: Path, work: Path
+) -> tuple[str, str | None]:
+    """The overlay mount option string, and the directory to mount from (or None).
+
+    Long layer lists exceed the one page of mount data the kernel accepts; as containerd
+    does, the paths are then made relative to their common parent, mounted from there.
+    """
+
+    def data(paths: Sequence[str], up: str, wk: str) -> str:
+        low = ":".join(_escape(p) for p in paths)
+        return f"lowerdir={low},upperdir={_escape(up)},workdir={_escape(wk)},{OVERLAY_OPTIONS}"
+
+    absolute = data([str(p) for p in lowers], str(upper), str(work))
+    if len(absolute) <= _MAX_MOUNT_DATA:
+        return absolute, None
+    base = os.path.commonpath([str(p) for p in (*lowers, upper, work)])
+    relative = data(
+        [os.path.relpath(p, base) for p in lowers],
+        os.path.relpath(upper, base),
+        os.path.relpath(work, base),
+    )
+    if len(relative) > _MAX_MOUNT_DATA:
+        raise SandboxSetupError(
+            f"{len(lowers)} layers do not fit in one overlay mount; "
+            "squash the base image or use rootfs=copy"
+        )
+    return relative, base
+
+
+_probe_cache: dict[tuple[int, tuple[str, ...]], bool] = {}
+
+
+def _filesystem_key(path: Path) -> tuple[int, tuple[str, ...]]:
+    # Device numbers of tmpfs, overlayfs, ... are reused after an unmount; the mount ids
+    # in mountinfo are not (soon), so together they name one filesystem instance.
+    dev = path.stat().st_dev
+    majmin = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            ids = tuple(line.split()[0] for line in f if line.split()[2] == majmin)
+    except OSError:
+        ids = ()
+    return dev, ids
+
+
+def overlay_supported(state_dir: Path) -> bool:
+    """Can an overlay with its upper dir on ``state_dir``'s filesystem be mounted?
+
+    Tried for real (in a throw-away mount namespace), once per filesystem.
+    """
+    key = _filesystem_key(state_dir)
+    if key in _probe_cache:
+        return _probe_cache[key]
+    probe = state_dir / ".overlay-probe"
+    dirs = [probe / d for d in ("lower", "upper", "work", "merged")]
+    try:
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        opts, _ = overlay_mount_data([dirs[0]], dirs[1], dirs[2])
+        unshare = shutil.which("unshare") or "/usr/bin/unshare"
+        ok = (
+            subprocess.run(
+                [unshare, "--mount", "--propagation", "private",
+                 "mount", "-t", "overlay", "overlay", "-o", opts, str(dirs[3])],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            ).returncode
+            == 0
+        )
+    except FileNotFoundError as exc:
+        raise SandboxUnavailable(
+            f"{exc.filename} not found: install util-linux (unshare, mount)"
+        ) from exc
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    _probe_cache[key] = ok
+    return ok
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def is_opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def read_from_lowers(lowers: Sequence[Path], rel: str) -> bytes | None:
+    """The bytes overlayfs would show at ``rel`` (relative, no symlinks followed), or None.
+
+    Honours whiteouts and opaque directories of the layers above; used to read
+    /etc/passwd and /etc/group before the root is mounted.
+    """
+    found = _find_in_lowers(lowers, rel)
+    if found is None or not stat.S_ISREG(found[1].st_mode):
+        return None
+    return found[0].read_bytes()
+
+
+def lower_stat(lowers: Sequence[Path], rel: str) -> os.stat_result | None:
+    """What overlayfs would show at ``rel`` from the lowers alone (lstat), or None."""
+    found = _find_in_lowers(lowers, rel)
+    return None if found is None else found[1]
+
+
+def _find_in_lowers(
+    lowers: Sequence[Path], rel: str
+) -> tuple[Path, os.stat_result] | None:
+    parts = [p for p in rel.strip("/").split("/") if p]
+    for lower in lowers:
+        cur = lower
+        hidden_below = False
+        for i, part in enumerate(parts):
+            cur = cur / part
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                break
+            except NotADirectoryError:
+                return None  # a file in this layer shadows the directory below
+            if _is_whiteout(st):
+                return None
+            if i == len(parts) - 1:
+                return cur, st
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            if is_opaque(cur):
+                hidden_below = True
+        if hidden_below:
+            return None
+    return None

@@ -1,0 +1,338 @@
+"""Run one ``RUN`` step in a sandbox: :func:`run_step`.
+
+How a step runs (all as real root; rootless building is not supported):
+
+1. ``state_dir`` gets the layout drawn in ``rootfs.py``; cache mounts are leased
+   (``caches.py``); secrets are read into memory.
+2. ``unshare --mount --propagation private`` (plus ``--pid --ipc --uts [--net] --fork``
+   for the chroot executor) starts ``_stage.py``, which mounts the overlay (or uses the
+   flattened copy), the step's mounts, /etc/hosts and /etc/resolv.conf read-only, then
+   becomes the sandbox:
+
+   - ``Executor.BWRAP``: bubblewrap with the composed root as /, fresh /proc and a minimal
+     /dev, PID/IPC/UTS namespaces (and a network namespace for ``network=none``),
+     Docker's default capabilities. /tmp is part of the root, so /tmp writes stay in the
+     layer, as with Docker. bwrap keeps real root's uid: without a user namespace files
+     keep their real owners, and bwrap cannot switch to another uid without one (which
+     would remap every owner), so a non-root ``USER`` runs under the chroot executor.
+   - ``Executor.CHROOT``: the same namespaces from ``unshare(1)``; the stage mounts /proc,
+     /sys, a minimal /dev, chroots, drops to Docker's capabilities, sets groups, gid and
+     uid, and execs the command.
+
+3. Every mount lives only in that namespace and goes away with it. Mount points the
+   sandbox had to create are removed from the step's changes afterwards (BuildKit does
+   the same), so mounts leave nothing in the layer; ``state_dir``'s scratch parts are
+   removed; the changes (upper dir or flattened copy) stay for the caller.
+
+Nothing is written outside ``state_dir`` and ``cache_dir``. The call blocks; from asyncio
+run it in a thread (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import errno
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .caches import lease_caches
+from .cleanup import cleanup
+from .errors import (
+    OutOfDiskSpace,
+    RunFailed,
+    SandboxSetupError,
+    SandboxUnavailable,
+    SecretNotFound,
+)
+from .flatten import flatten_lowers
+from .process import TAIL_LINES, OutputCallback, spawn
+from .rootfs import (
+    RootfsLayout,
+    RootfsMode,
+    overlay_mount_data,
+    overlay_supported,
+    read_from_lowers,
+)
+from .spec import BindMount, CacheMount, Network, RunSpec, SecretMount, TmpfsMount
+from .users import ExecUser, resolve_user
+
+__all__ = ["TAIL_LINES", "Executor", "OutputCallback", "StepResult", "run_step"]
+
+
+
+class Executor(enum.Enum):
+    AUTO = "auto"
+    BWRAP = "bwrap"
+    CHROOT = "chroot"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """How a step ran. ``changes``: the overlay upper dir (OVERLAY) or the whole resulting
+    root (COPY) -- left in ``state_dir`` for the caller to turn into a layer."""
+
+    exit_code: int
+    rootfs_mode: RootfsMode
+    executor: Executor
+    changes: Path
+    user: ExecUser
+    output_tail: tuple[str, ...]
+
+
+def _choose_executor(wanted: Executor, user: ExecUser) -> tuple[Executor, str | None]:
+    bwrap = shutil.which("bwrap")
+    if wanted is Executor.CHROOT:
+        return wanted, None
+    if wanted is Executor.BWRAP:
+        if bwrap is None:
+            raise SandboxUnavailable(
+                "executor=bwrap but bwrap is not installed: apt-get install bubblewrap"
+            )
+        if user.uid != 0:
+            raise SandboxUnavailable(
+                f"executor=bwrap cannot run as uid {user.uid}: bwrap switches uid only "
+                "inside a user namespace, which would change every file's owner; "
+                "use executor=auto or executor=chroot"
+            )
+        return wanted, bwrap
+    if bwrap is not None and user.uid == 0:
+        return Executor.BWRAP, bwrap
+    return Executor.CHROOT, None
+
+
+def _choose_rootfs(wanted: RootfsMode, state_dir: Path) -> RootfsMode:
+    if wanted is RootfsMode.AUTO:
+        return RootfsMode.OVERLAY if overlay_supported(state_dir) else RootfsMode.COPY
+    if wanted is RootfsMode.OVERLAY and not overlay_supported(state_dir):
+        raise SandboxUnavailable(
+            f"rootfs=overlay but overlayfs cannot be mounted with its upper dir in "
+            f"{state_dir} (no overlay support in this kernel, or that filesystem cannot "
+            "hold an upper dir): use rootfs=auto or rootfs=copy"
+        )
+    return wanted
+
+
+def _hosts_file(spec: RunSpec) -> str:
+    try:
+        base = Path("/etc/hosts").read_text()
+    except OSError:
+        base = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    lines = [base.rstrip("\n"), f"127.0.0.1\t{spec.hostname}"]
+    lines += [f"{ip}\t{name}" for name, ip in spec.extra_hosts]
+    return "\n".join(lines) + "\n"
+
+
+def _mount_plans(
+    spec: RunSpec, layout: RootfsLayout, cache_paths: Sequence[Path]
+) -> tuple[list[dict[str, object]], dict[str, str]]:
+    """The stage's mount list (parents before children) and the env the secrets add."""
+    plans: list[tuple[str, dict[str, object]]] = []
+    secret_env: dict[str, str] = {}
+    caches = iter(cache_paths)
+    for index, m in enumerate(spec.mounts):
+        if isinstance(m, CacheMount):
+            plans.append((m.target, {"type": "bind", "source": str(next(caches)),
+                                     "readonly": m.readonly}))
+        elif isinstance(m, TmpfsMount):
+            plans.append((m.target, {"type": "tmpfs", "size": m.size}))
+        elif isinstance(m, BindMount):
+            plans.append((m.target, _bind_plan(m, layout, index)))
+        elif isinstance(m, SecretMount):
+            source = spec.secrets.get(m.id)
+            if source is None:
+                if m.required:
+                    raise SecretNotFound(m.id)
+                continue  # BuildKit skips an optional secret nobody provided
+            data = source.read_bytes()
+            if m.env:
+                secret_env[m.env] = data.decode("utf-8", "replace")
+            if m.file_target:
+                plans.append((m.file_target, {
+                    "type": "secret", "data": base64.b64encode(data).decode(),
+                    "mode": m.mode, "uid": m.uid, "gid": m.gid}))
+    plans.sort(key=lambda p: p[0].rstrip("/").count("/"))
+    return [{"target": target, **plan} for target, plan in plans], secret_env
+
+
+def _bind_plan(m: BindMount, layout: RootfsLayout, index: int) -> dict[str, object]:
+    if m.root is None:
+        raise SandboxSetupError(
+            f"bind mount at {m.target}: from={m.from_ref or 'context'} was not resolved "
+            "to a directory (BindMount.resolved)"
+        )
+    root = m.root.resolve()
+    source = (root / m.source.lstrip("/")).resolve()
+    if source != root and root not in source.parents:
+        raise SandboxSetupError(
+            f"bind mount at {m.target}: source {m.source!r} leaves its root {m.root}"
+        )
+    if not source.exists():
+        raise SandboxSetupError(f"bind mount at {m.target}: source {m.source!r} not found")
+    if not m.rw:
+        return {"type": "bind", "source": str(source), "readonly": True}
+    # rw: writes go to a throw-away copy, never back to the source (BuildKit semantics).
+    scratch = layout.run / f"bind{index}"
+    if layout.mode is RootfsMode.OVERLAY and source.is_dir():
+        (scratch / "upper").mkdir(parents=True)
+        (scratch / "work").mkdir()
+        data, _ = overlay_mount_data([source], scratch / "upper", scratch / "work")
+        return {"type": "overlay", "data": data}
+    scratch.mkdir(parents=True)
+    copy = scratch / "copy"
+    if source.is_dir():
+        flatten_lowers([source], copy)
+    else:
+        shutil.copy2(source, copy)
+    return {"type": "bind", "source": str(copy), "readonly": False}
+
+
+def run_step(
+    spec: RunSpec,
+    *,
+    lowers: Sequence[Path],
+    state_dir: Path,
+    cache_dir: Path | None = None,
+    rootfs: RootfsMode = RootfsMode.AUTO,
+    executor: Executor = Executor.AUTO,
+    on_output: OutputCallback | None = None,
+    check: bool = True,
+    set_home: bool = False,
+) -> StepResult:
+    """Run ``spec`` on the root made of ``lowers`` (top first); return how it went.
+
+    ``state_dir`` must be empty or absent; afterwards it holds only the changes
+    (``StepResult.changes``). ``cache_dir`` holds cache mounts (required if the spec has
+    any). Raises :class:`RunFailed` (:class:`OutOfDiskSpace` when the disk filled up) if
+    the command exits non-zero and ``check`` is true; :class:`SandboxSetupError` /
+    :class:`SandboxUnavailable` when the sandbox cannot be made. Scratch directories are
+    removed and every process is gone when this returns or raises, KeyboardInterrupt
+    included.
+
+    The command's environment is exactly ``spec.env``; with ``set_home`` a missing
+    ``HOME`` is set to the user's home from the image's /etc/passwd, as Docker does.
+    """
+    if os.geteuid() != 0:
+        raise SandboxUnavailable("RUN steps need root (mounts and namespaces): run as root")
+    state_dir = Path(state_dir).absolute()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if any(state_dir.iterdir()):
+        raise SandboxSetupError(f"state directory {state_dir} is not empty")
+    lowers = tuple(Path(p).absolute() for p in lowers)
+    if not lowers:  # FROM scratch: overlayfs still wants a lower directory
+        (state_dir / "run" / "empty").mkdir(parents=True)
+        lowers = (state_dir / "run" / "empty",)
+    layout = RootfsLayout(_choose_rootfs(rootfs, state_dir), lowers, state_dir)
+    reports: list[dict[str, object]] = []
+    try:
+        user, kind, code, tail = _prepare_and_spawn(
+            spec, layout, cache_dir, executor, on_output, reports, set_home
+        )
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutOfDiskSpace(spec.argv, 125, [str(exc)], state_dir) from exc
+        raise
+    finally:
+        cleanup(layout, reports, workdir=spec.workdir)
+
+    errors = [r for r in reports if "error" in r]
+    started = any("child-pid" in r for r in reports)
+    if errors:
+        if errors[0].get("kind") == "enospc":
+            raise OutOfDiskSpace(spec.argv, code, [str(errors[0]["error"])], state_dir)
+        raise SandboxSetupError(str(errors[0]["error"]), tail)
+    if not started:
+        raise SandboxSetupError(f"the sandbox exited with code {code} before the command ran", tail)
+    if code != 0 and check:
+        if _disk_full(state_dir, tail):
+            raise OutOfDiskSpace(spec.argv, code, tail, state_dir)
+        raise RunFailed(spec.argv, code, tail)
+    return StepResult(code, layout.mode, kind, layout.changes, user, tuple(tail))
+
+
+def _prepare_and_spawn(
+    spec: RunSpec,
+    layout: RootfsLayout,
+    cache_dir: Path | None,
+    executor: Executor,
+    on_output: OutputCallback | None,
+    reports: list[dict[str, object]],
+    set_home: bool,
+) -> tuple[ExecUser, Executor, int, list[str]]:
+    if layout.mode is RootfsMode.OVERLAY:
+        passwd = read_from_lowers(layout.lowers, "etc/passwd")
+        group = read_from_lowers(layout.lowers, "etc/group")
+    else:
+        flatten_lowers(layout.lowers, layout.merged)
+        passwd = _read(layout.merged / "etc/passwd")
+        group = _read(layout.merged / "etc/group")
+    user = resolve_user(spec.user, _text(passwd), _text(group))
+    kind, bwrap = _choose_executor(executor, user)
+
+    cache_mounts = [m for m in spec.mounts if isinstance(m, CacheMount)]
+    if cache_mounts and cache_dir is None:
+        raise SandboxSetupError("the step has cache mounts but no cache_dir was given")
+    with lease_caches(Path(cache_dir or layout.state_dir), cache_mounts) as cache_paths:
+        layout.run.mkdir(exist_ok=True)
+        mounts, secret_env = _mount_plans(spec, layout, cache_paths)
+        hosts = layout.run / "hosts"
+        hosts.write_text(_hosts_file(spec))
+        env = [e for e in spec.env if e.split("=", 1)[0] not in secret_env]
+        env += [f"{k}={v}" for k, v in secret_env.items()]
+        if set_home and not any(e.startswith("HOME=") for e in env):
+            env.append(f"HOME={user.home}")
+        resolv = Path("/etc/resolv.conf")
+        plan: dict[str, object] = {
+            "executor": kind.value,
+            "bwrap": bwrap,
+            "rootfs": _rootfs_plan(layout),
+            "mounts": mounts,
+            "secrets_dir": str(layout.run / "secrets"),
+            "hosts": str(hosts),
+            "resolv": str(resolv)
+            if spec.network is not Network.NONE and resolv.exists()
+            else None,
+            "network_none": spec.network is Network.NONE,
+            "hostname": spec.hostname,
+            "argv": list(spec.argv),
+            "env": env,
+            "uid": user.uid,
+            "gid": user.gid,
+            "groups": list(user.groups),
+            "workdir": spec.workdir,
+        }
+        code, tail = spawn(plan, kind is Executor.CHROOT, spec.network, on_output, reports)
+    if kind is Executor.BWRAP and code == 1 and tail and tail[-1].startswith("bwrap: execvp"):
+        # bwrap exits 1 when the command cannot be executed; report it as a shell would.
+        code = 127 if tail[-1].endswith("No such file or directory") else 126
+    return user, kind, code, tail
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    except OSError:
+        return None
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", "replace")
+
+
+def _rootfs_plan(layout: RootfsLayout) -> dict[str, object]:
+    if layout.mode is RootfsMode.COPY:
+        return {"mode": "copy", "merged": str(layout.merged)}
+    for d in (layout.upper, layout.work, layout.merged):
+        d.mkdir()
+    data, cwd = overlay_mount_data(layout.lowers, layout.upper, layout.work)
+    return {"mode": "overlay", "merged": str(layout.merged), "data": data, "cwd": cwd}
+
+
+def _disk_full(state_dir: Path, tail: Sequence[str]) -> bool:
+    if any("No space left on device" in line for line in tail):
+        return True
+    st = os.statvfs(state_dir)
+    return st.f_bavail * st.f_frsize < 1 << 20

@@ -1,0 +1,115 @@
+"""Extracted layers, one directory per diff_id, in overlayfs lower-dir format.
+
+Layout (inside the build storage directory)::
+
+    snapshots/<diff_id hex>/     the layer's files; whiteouts as 0/0 character devices,
+                                 opaque directories marked trusted.overlay.opaque=y
+    snapshots/.tmp-*/            extractions in progress (renamed into place when done)
+
+A stage's root filesystem is the stack of its layers' snapshot directories (top first),
+mounted as overlay lower dirs by the sandbox or flattened for COPY --from and the local
+output. A layer is extracted at most once per storage directory, whichever build or
+stage needs it; a step's freshly written upper directory is adopted as its snapshot
+without extracting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from cas import Digest, Store
+
+from .layers import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, apply_layer, open_layer
+from .layers.pathres import clean_name
+
+__all__ = ["SnapshotStore"]
+
+
+def _whiteouts(blob: Path) -> list[tuple[list[str], bool]]:
+    out = []
+    with open(blob, "rb") as f, tarfile.open(fileobj=open_layer(f), mode="r|",
+                                             errors="surrogateescape") as tf:
+        for member in tf:
+            parts = clean_name(member.name)
+            if parts and parts[-1] == OPAQUE_WHITEOUT:
+                out.append((parts[:-1], True))
+            elif parts and parts[-1].startswith(WHITEOUT_PREFIX) \
+                    and not parts[-1].startswith(WHITEOUT_PREFIX * 2):
+                out.append((parts[:-1] + [parts[-1][len(WHITEOUT_PREFIX):]], False))
+    return out
+
+
+def _extract(blob: Path, dest: Path) -> None:
+    dest.mkdir()
+    apply_layer(blob, dest)
+    for parts, opaque in _whiteouts(blob):
+        target = dest.joinpath(*parts)
+        if opaque:
+            target.mkdir(parents=True, exist_ok=True)
+            os.setxattr(target, "trusted.overlay.opaque", b"y", follow_symlinks=False)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not os.path.lexists(target):
+                os.mknod(target, 0o600 | 0o020000, os.makedev(0, 0))
+
+
+class SnapshotStore:
+    def __init__(self, root: Path, store: Store) -> None:
+        self.root = root
+        self.store = store
+        root.mkdir(parents=True, exist_ok=True)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def path(self, diff_id: Digest) -> Path:
+        return self.root / diff_id.encoded
+
+    def adopt(self, diff_id: Digest, directory: Path) -> Path:
+        """Make ``directory`` (a step's upper dir) the snapshot of ``diff_id`` (blocking)."""
+        target = self.path(diff_id)
+        if target.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            try:
+                os.rename(directory, target)
+            except OSError:  # someone else adopted it meanwhile
+                shutil.rmtree(directory, ignore_errors=True)
+        return target
+
+    async def ensure(self, diff_id: Digest, blob: Digest) -> Path:
+        """The snapshot of the layer ``blob`` (uncompressed digest ``diff_id``)."""
+        target = self.path(diff_id)
+        if target.exists():
+            return target
+        lock = self._locks.setdefault(diff_id.encoded, asyncio.Lock())
+        async with lock:
+            if target.exists():
+                return target
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+            try:
+                blob_file = tmp / "blob"
+                await self.export_blob(blob, blob_file)
+                await asyncio.to_thread(_extract, blob_file, tmp / "root")
+                await asyncio.to_thread(os.rename, tmp / "root", target)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, tmp, True)
+        return target
+
+    async def export_blob(self, blob: Digest, dest: Path) -> None:
+        """Copy a CAS blob into the file ``dest``."""
+        f = await asyncio.to_thread(open, dest, "wb")
+        try:
+            async for chunk in self.store.read(blob):
+                await asyncio.to_thread(f.write, chunk)
+        finally:
+            await asyncio.to_thread(f.close)
+
+    async def lowers(self, layers: Sequence[tuple[Digest, Digest]]) -> list[Path]:
+        """Snapshot dirs for ``(diff_id, blob)`` pairs bottom first, returned top first."""
+        paths = await asyncio.gather(*(self.ensure(d, b) for d, b in layers))
+        return list(reversed(paths))

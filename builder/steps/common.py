@@ -1,0 +1,160 @@
+"""What every filesystem step shares: :class:`StepEnv`, :class:`BuildError`, and
+:func:`layer_step` (cache lookup -> produce an upper dir -> layer -> CAS -> cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cas import Digest, Store
+from registry.oci import Descriptor
+
+from ..cache import BuildCache, CachedLayer, step_key
+from ..context import SourceTree
+from ..image import ImageState, LayerRef
+from ..instructions import Instruction
+from ..layers import changeset_from_upper, write_layer_file
+from ..progress import Progress
+from ..snapshots import SnapshotStore
+
+__all__ = ["BuildError", "StepEnv", "instruction_text", "layer_step"]
+
+
+def instruction_text(ins: Instruction) -> str:
+    """The expanded instruction as the cache sees it (its position in the file is not
+    part of it: moving a step does not invalidate it)."""
+    doc = ins.to_json()
+    doc.pop("lines", None)
+    return json.dumps(doc, sort_keys=True, default=str)
+
+
+class BuildError(Exception):
+    """A build failure located at an instruction: ``file:line: INSTRUCTION: problem``."""
+
+    def __init__(self, where: str, message: str, exit_code: int | None = None) -> None:
+        self.exit_code = exit_code
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class StepEnv:
+    """Everything a step may use; one per build."""
+
+    store: Store
+    cache: BuildCache
+    snapshots: SnapshotStore
+    progress: Progress
+    context: SourceTree
+    work: Path  # this build's scratch directory (removed at the end)
+    cache_mounts: Path
+    dockerfile: str
+    proxy_env: Mapping[str, str] = field(default_factory=dict)
+    source_date_epoch: int | None = None
+    compression: str = "gzip"
+    no_cache: bool = False
+    explain: bool = False
+    network: str = "default"
+    secrets: Mapping[str, Path] = field(default_factory=dict)
+    created: str = ""
+    # set by the executor: flattened root of a stage or image named by --from / from=
+    stage_root: Callable[[str], Awaitable[Path]] | None = None
+    # steps running now, by cache key (equal steps in two stages run once)
+    inflight: dict[str, asyncio.Future[CachedLayer]] = field(default_factory=dict)
+
+    def where(self, ins: Instruction) -> str:
+        return f"{self.dockerfile}:{ins.start_line}: {ins.keyword}"
+
+    def scratch(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.work))
+
+    async def lowers(self, state: ImageState) -> list[Path]:
+        return await self.snapshots.lowers(
+            [(layer.diff_id, layer.descriptor.digest) for layer in state.layers])
+
+
+def _write(upper: Path, dest: Path, sde: int | None, compression: str) -> Any:
+    changeset = changeset_from_upper(upper)
+    if not changeset.entries and not changeset.whiteouts:
+        return None
+    return write_layer_file(changeset, dest, source_date_epoch=sde, compression=compression)
+
+
+async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: str,
+                     instruction: str, created_by: str, inputs: dict[str, Any],
+                     produce: Callable[[int], Awaitable[Path]]) -> None:
+    """Run (or reuse) one filesystem step and append its layer to ``state``.
+
+    ``produce(step_no)`` returns a directory in overlayfs upper-dir format holding the
+    step's changes; it is only called on a cache miss.
+    """
+    inputs = {**inputs, "compression": env.compression, "sde": env.source_date_epoch}
+    key = step_key(state.key, instruction, inputs)
+    n = env.progress.start(name)
+    running = env.inflight.get(key)
+    if running is not None:
+        # the same step (same parent, instruction and inputs) is running in another
+        # stage of this build: share its result, as BuildKit merges equal vertices
+        cached = await asyncio.shield(running)
+        env.progress.cached(n)
+    else:
+        future: asyncio.Future[CachedLayer] = asyncio.get_running_loop().create_future()
+        env.inflight[key] = future
+        try:
+            cached = await _run_or_reuse(env, state, key, instruction, inputs, n, produce)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: only the waiters (if any) re-raise it
+            raise
+        finally:
+            env.inflight.pop(key, None)
+        future.set_result(cached)
+    state.key = key
+    if cached.digest:
+        state.layers.append(LayerRef(
+            Descriptor(cached.media_type, Digest.parse(cached.digest), cached.size),
+            Digest.parse(cached.diff_id)))
+    state.add_history(created_by, env.created, empty=not cached.digest)
+
+
+async def _run_or_reuse(env: StepEnv, state: ImageState, key: str, instruction: str,
+                        inputs: dict[str, Any], n: int,
+                        produce: Callable[[int], Awaitable[Path]]) -> CachedLayer:
+    cached = None if env.no_cache else await asyncio.to_thread(env.cache.get, key)
+    if cached is not None and cached.digest and await env.store.stat(
+            Digest.parse(cached.digest)) is None:
+        cached = None
+    if cached is not None:
+        env.progress.cached(n)
+        return cached
+    if env.explain and not env.no_cache:
+        env.progress.explain(n, await asyncio.to_thread(
+            env.cache.explain, state.key, instruction, inputs))
+    try:
+        upper = await produce(n)
+    except BuildError as exc:
+        env.progress.error(n, str(exc).splitlines()[0])
+        raise
+    fd, name = tempfile.mkstemp(prefix="layer-", dir=env.work)
+    os.close(fd)
+    blob_file = Path(name)
+    blob = await asyncio.to_thread(_write, upper, blob_file, env.source_date_epoch,
+                                   env.compression)
+    if blob is None:
+        cached = CachedLayer("", 0, "", "")
+        await asyncio.to_thread(shutil.rmtree, upper, True)
+        await asyncio.to_thread(os.unlink, blob_file)
+    else:
+        await env.store.put_file(blob_file, expected=blob.digest, link=f"cache:{key}")
+        await asyncio.to_thread(os.unlink, blob_file)
+        cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id), blob.media_type)
+        await asyncio.to_thread(env.snapshots.adopt, blob.diff_id, upper)
+    await asyncio.to_thread(env.cache.put, key, state.key, instruction, inputs, cached)
+    env.progress.done(n)
+    return cached

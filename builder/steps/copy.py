@@ -1,0 +1,384 @@
+"""``COPY``, ``ADD`` and ``WORKDIR``'s directory: files written straight into a fresh
+upper dir (no sandbox), which becomes the layer.
+
+Docker's rules: a directory source copies its *contents*; several sources (or a
+wildcard) need a destination ending in ``/``; a destination ending in ``/`` or naming an
+existing directory receives the source by its base name; a relative destination is
+relative to WORKDIR; missing parents are created (0755, root). Parents that exist in the
+stage keep their metadata (they are copied up as overlayfs would). ``--chown`` takes
+ids or names from the stage's /etc/passwd and /etc/group; ``--chmod`` octal; ``--exclude``
+patterns (``.dockerignore`` syntax) relative to the source; ``--link`` is accepted (every
+COPY layer here is already independent of the layers below it). ``ADD`` unpacks a local
+tar archive (plain, gzip, bzip2, xz, zstd) safely and downloads ``http(s)://`` URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bz2
+import hashlib
+import lzma
+import os
+import posixpath
+import shutil
+import stat
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import blake3
+
+from ..context import ContextError, Source, SourceTree, hash_path
+from ..ignore import IgnoreMatcher
+from ..image import ImageState
+from ..instructions import Add, Copy, Workdir
+from ..layers import LayerError, apply_layer
+from ..sandbox.rootfs import lower_stat, read_from_lowers
+from .common import BuildError, StepEnv, instruction_text, layer_step
+from .metadata import resolve_workdir
+
+__all__ = ["copy_instruction", "workdir_instruction"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One path to write: ``dest`` (relative to /), from ``path`` (None: a directory
+    the copy creates), ``archive`` to unpack at ``dest``."""
+
+    dest: str
+    path: Path | None
+    st: os.stat_result | None
+    archive: bool = False
+    data: bytes | None = None
+
+
+_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+
+
+def _is_archive(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    if any(head.startswith(m) for m in _MAGIC):
+        return True
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
+def _open_archive(path: Path) -> BinaryIO:
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"BZh"):
+        return bz2.open(path, "rb")  # type: ignore[return-value]
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")  # plain, gzip and zstd are recognised by apply_layer itself
+
+
+def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
+    user, _, group = spec.partition(":")
+
+    def lookup(name: str, db: str) -> int:
+        if name.isdigit():
+            return int(name)
+        data = read_from_lowers(lowers, db)
+        for line in (data or b"").decode(errors="replace").splitlines():
+            fields = line.split(":")
+            if fields[0] == name and len(fields) > 2:
+                return int(fields[2])
+        raise BuildError(where, f"--chown: no {'user' if db == 'etc/passwd' else 'group'} "
+                         f"{name!r} in the image's /{db}")
+
+    uid = lookup(user, "etc/passwd")
+    if group:
+        return uid, lookup(group, "etc/group")
+    if user.isdigit():
+        return uid, uid
+    data = read_from_lowers(lowers, "etc/passwd") or b""
+    for line in data.decode(errors="replace").splitlines():
+        f = line.split(":")
+        if f[0] == user and len(f) > 3:
+            return uid, int(f[3])
+    return uid, uid
+
+
+def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> str:
+    """``path`` (absolute, in the image) with the symlinks the stage's layers have on
+    its way resolved inside the image, as the kernel would in the container: ``/bin/x``
+    is ``/usr/bin/x`` when ``/bin -> usr/bin``. Writing to the resolved path keeps such
+    symlinks intact instead of shadowing them with a directory."""
+    todo = [p for p in path.split("/") if p]
+    done: list[str] = []
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        cur = "/".join([*done, part])
+        st = lower_stat(lowers, cur)
+        if st is not None and stat.S_ISLNK(st.st_mode) and (todo or follow_final):
+            hops += 1
+            if hops > 40:
+                break
+            found = _link_target(lowers, cur)
+            if found.startswith("/"):
+                done = []
+            todo = [p for p in found.split("/") if p] + todo
+            continue
+        done.append(part)
+    return "/" + "/".join(done)
+
+
+def _destination(lowers: list[Path], dest: str) -> str:
+    """Where COPY writes: symlinked parents resolved; a final symlink followed only when
+    it names a directory (then the sources go into that directory)."""
+    dest = resolve_in_lowers(lowers, dest, follow_final=False)
+    followed = resolve_in_lowers(lowers, dest, follow_final=True)
+    st = lower_stat(lowers, followed.lstrip("/"))
+    return followed if st is not None and stat.S_ISDIR(st.st_mode) else dest
+
+
+def _link_target(lowers: list[Path], rel: str) -> str:
+    for lower in lowers:
+        p = lower / rel
+        if os.path.islink(p):
+            return os.readlink(p)
+    return rel
+
+
+def _make_parents(upper: Path, rel: str, lowers: list[Path],
+                  owner: tuple[int, int] | None = None) -> None:
+    """Create ``rel``'s directories in ``upper``, copying up existing ones' metadata."""
+    parts = [p for p in rel.split("/") if p]
+    cur = ""
+    for p in parts:
+        cur = f"{cur}/{p}" if cur else p
+        d = upper / cur
+        if d.is_dir():
+            continue
+        st = lower_stat(lowers, cur)
+        d.mkdir()
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            os.chmod(d, stat.S_IMODE(st.st_mode))
+            os.chown(d, st.st_uid, st.st_gid)
+            os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
+        else:
+            os.chmod(d, 0o755)
+            if owner is not None:
+                os.chown(d, *owner)
+
+
+def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int, int] | None,
+           chmod: int | None) -> None:
+    for it in items:
+        target = upper / it.dest
+        _make_parents(upper, posixpath.dirname(it.dest), lowers, owner)
+        if it.archive:
+            assert it.path is not None
+            target.mkdir(exist_ok=True)
+            with _open_archive(it.path) as src:
+                apply_layer(src, target)
+            continue
+        if it.data is not None:  # a heredoc file: 0644 (or --chmod), root or --chown
+            target.write_bytes(it.data)
+            os.chown(target, *(owner or (0, 0)))
+            os.chmod(target, chmod if chmod is not None else 0o644)
+            continue
+        st = it.st
+        if os.path.lexists(target) and not (target.is_dir() and (st is None or stat.S_ISDIR(st.st_mode))):
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        if st is None or stat.S_ISDIR(st.st_mode):
+            target.mkdir(exist_ok=True)
+            mode = stat.S_IMODE(st.st_mode) if st is not None else 0o755
+        elif stat.S_ISLNK(st.st_mode):
+            assert it.path is not None
+            os.symlink(os.readlink(it.path), target)
+            os.lchown(target, *(owner or (0, 0)))
+            continue
+        elif stat.S_ISREG(st.st_mode):
+            assert it.path is not None
+            shutil.copyfile(it.path, target, follow_symlinks=False)
+            mode = stat.S_IMODE(st.st_mode)
+        else:
+            continue  # sockets, devices, fifos are not copied (as BuildKit)
+        os.chown(target, *(owner or (0, 0)))
+        os.chmod(target, chmod if chmod is not None else mode)
+        if st is not None:
+            os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns))
+
+
+def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: bool,
+          excludes: IgnoreMatcher) -> tuple[list[_Item], dict[str, str]]:
+    items: list[_Item] = []
+    hashes: dict[str, str] = {}
+    sources: list[Source] = []
+    for s in srcs:
+        sources.extend(tree.resolve(s))
+    sources = [s for s in sources if not excludes.excluded(s.rel)]
+    if len(sources) > 1 and not dest_is_dir:
+        raise ContextError(f"copying {len(sources)} sources needs a destination ending "
+                           f"with '/' (got {dest!r})")
+    for src in sources:
+        if src.is_dir:
+            base = dest.rstrip("/")
+            if base:
+                items.append(_Item(base, None, None))
+            for rel, path, st in tree.walk(src):
+                if excludes.excluded(rel):
+                    continue
+                items.append(_Item(f"{base}/{rel}" if base else rel, path, st))
+                hashes[f"{src.rel}/{rel}"] = hash_path(path, st)
+            continue
+        st = os.stat(src.path)
+        name = posixpath.basename(src.rel)
+        target = f"{dest.rstrip('/')}/{name}" if dest_is_dir else dest
+        if add and _is_archive(src.path):
+            items.append(_Item(dest.rstrip("/"), src.path, st, archive=True))
+        else:
+            items.append(_Item(target.lstrip("/"), src.path, st))
+        hashes[src.rel] = hash_path(src.path, st)
+    return items, hashes
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+async def _download(env: StepEnv, url: str, where: str) -> Path:
+    import aiohttp
+
+    d = env.scratch("add-")
+    name = posixpath.basename(urllib.parse.urlparse(url).path) or "index.html"
+    path = d / name
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            if resp.status != 200:
+                raise BuildError(where, f"downloading {url}: HTTP {resp.status}")
+            f = await asyncio.to_thread(open, path, "wb")
+            try:
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    await asyncio.to_thread(f.write, chunk)
+            finally:
+                await asyncio.to_thread(f.close)
+    except aiohttp.ClientError as exc:
+        raise BuildError(where, f"downloading {url}: {exc}") from exc
+    os.chmod(path, 0o600)
+    return path
+
+
+async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
+                           name: str) -> None:
+    """Execute (or reuse from the cache) one COPY or ADD."""
+    where = env.where(ins)
+    add = isinstance(ins, Add)
+    if isinstance(ins, Copy) and ins.parents:
+        raise BuildError(where, "COPY --parents is not supported by this builder; copy each "
+                         "directory with its own COPY")
+    dest_raw = ins.dest
+    lowers = await env.lowers(state)
+    dest = await asyncio.to_thread(_destination, lowers, resolve_workdir(state, dest_raw))
+    from_ref = ins.from_ if isinstance(ins, Copy) else ""
+    if from_ref:
+        assert env.stage_root is not None
+        tree = SourceTree(await env.stage_root(from_ref), strict=False,
+                          what=f"stage or image {from_ref!r}")
+    else:
+        tree = env.context
+    n_sources = len(ins.sources) + len(ins.files)
+    dest_is_dir = dest_raw.endswith("/") or dest == "/"
+    st = await asyncio.to_thread(lower_stat, lowers, dest.lstrip("/"))
+    dest_is_dir = dest_is_dir or (st is not None and stat.S_ISDIR(st.st_mode))
+    if n_sources > 1 and not dest_is_dir:
+        raise BuildError(where, f"copying {n_sources} sources needs a destination ending "
+                         f"with '/' (got {dest_raw!r})")
+    items: list[_Item] = []
+    hashes: dict[str, str] = {}
+    for f in ins.files:
+        target = f"{dest.rstrip('/')}/{f.name}" if dest_is_dir else dest
+        items.append(_Item(target.lstrip("/"), None, None, data=f.data.encode()))
+        hashes[f"<<{f.name}"] = blake3.blake3(f.data.encode()).hexdigest()[:32]
+    local = []
+    for s in ins.sources:
+        if add and s.startswith(("http://", "https://")):
+            path = await _download(env, s, where)
+            fname = posixpath.basename(str(path))
+            if isinstance(ins, Add) and ins.checksum:
+                got = "sha256:" + await asyncio.to_thread(_sha256, path)
+                if got != ins.checksum:
+                    raise BuildError(where, f"{s}: --checksum={ins.checksum} but the download "
+                                     f"is {got}")
+            hashes[s] = await asyncio.to_thread(hash_path, path, os.stat(path))
+            target = f"{dest.rstrip('/')}/{fname}" if dest_is_dir else dest
+            items.append(_Item(target.lstrip("/"), path, os.stat(path)))
+        else:
+            local.append(s)
+    excludes = IgnoreMatcher.from_lines(list(ins.exclude))
+    if local:
+        try:
+            more_items, more = await asyncio.to_thread(
+                _plan, tree, local, dest.lstrip("/"), dest_is_dir, add, excludes)
+        except ContextError as exc:
+            raise BuildError(where, str(exc)) from exc
+        items += more_items
+        hashes.update(more)
+    owner = await asyncio.to_thread(_chown_ids, ins.chown, lowers, where) if ins.chown else None
+    try:
+        chmod = int(ins.chmod, 8) if ins.chmod else None
+    except ValueError:
+        raise BuildError(where, f"--chmod={ins.chmod}: use an octal mode like 0644") from None
+    inputs: dict[str, Any] = {"files": hashes, "dest": dest, "chown": list(owner or ()),
+                              "chmod": chmod}
+    flags = []
+    if from_ref:
+        flags.append(f"--from={from_ref}")
+    if ins.chown:
+        flags.append(f"--chown={ins.chown}")
+    if ins.chmod:
+        flags.append(f"--chmod={ins.chmod}")
+    words = [*flags, *ins.sources, *(f"<<{f.name}" for f in ins.files), ins.dest]
+    created_by = f"{ins.keyword} {' '.join(words)} # buildkit"
+
+    async def produce(n: int) -> Path:
+        upper = env.scratch("copy-")
+        try:
+            await asyncio.to_thread(_write, upper, items, lowers, owner, chmod)
+        except LayerError as exc:
+            raise BuildError(where, f"unpacking an archive: {exc}") from exc
+        return upper
+
+    await layer_step(env, state, ins, name, instruction_text(ins), created_by, inputs,
+                     produce)
+
+
+async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
+                              name: str) -> None:
+    """WORKDIR: set the config's working dir and create it (a layer, as BuildKit)."""
+    path = resolve_workdir(state, ins.path)
+    state.update(working_dir=path)
+    lowers = await env.lowers(state)
+    target = await asyncio.to_thread(resolve_in_lowers, lowers, path, follow_final=True)
+
+    async def produce(n: int) -> Path:
+        upper = env.scratch("workdir-")
+        await asyncio.to_thread(_make_parents, upper, target.lstrip("/"), lowers)
+        # a directory that already existed is only copied up: no change, no layer
+        if lower_stat(lowers, target.lstrip("/")) is not None:
+            await asyncio.to_thread(shutil.rmtree, upper)
+            upper.mkdir()
+        return upper
+
+    await layer_step(env, state, ins, name, f"WORKDIR {path}", f"WORKDIR {path}",
+                     {"workdir": path}, produce)

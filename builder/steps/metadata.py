@@ -1,0 +1,127 @@
+"""Instructions that only change the image config: ENV, LABEL, EXPOSE, VOLUME, USER,
+CMD, ENTRYPOINT, STOPSIGNAL, HEALTHCHECK, SHELL, ONBUILD, MAINTAINER. Each updates
+:class:`ImageState` exactly as Docker does and records a history entry with
+``empty_layer: true`` and BuildKit's ``created_by``. Instructions arrive expanded
+(:func:`builder.stages.plan_build`).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+from ..image import ImageState
+from ..instructions import (
+    Cmd,
+    Entrypoint,
+    Env,
+    Expose,
+    Healthcheck,
+    Instruction,
+    Label,
+    Maintainer,
+    Onbuild,
+    Shell,
+    StopSignal,
+    User,
+    Volume,
+)
+from ..stages import parse_ports
+from .common import BuildError
+
+__all__ = ["METADATA", "apply_metadata", "command_form", "resolve_workdir"]
+
+METADATA = (Env, Label, Expose, Volume, User, Cmd, Entrypoint, StopSignal, Healthcheck,
+            Shell, Onbuild, Maintainer)
+DEFAULT_SHELL = ("/bin/sh", "-c")
+
+
+def command_form(command: tuple[str, ...], shell_form: bool,
+                 state: ImageState) -> tuple[str, ...]:
+    """Exec form as written; shell form wrapped in the stage's SHELL."""
+    if not shell_form:
+        return tuple(command)
+    return (*(state.config.shell or DEFAULT_SHELL), " ".join(command))
+
+
+def resolve_workdir(state: ImageState, path: str) -> str:
+    base = state.config.working_dir or "/"
+    return posixpath.normpath(posixpath.join(base, path))
+
+
+def _healthcheck(ins: Healthcheck) -> dict[str, object]:
+    out: dict[str, object] = {"Test": list(ins.test)}
+    for attr, key in (("interval", "Interval"), ("timeout", "Timeout"),
+                      ("start_period", "StartPeriod"), ("start_interval", "StartInterval"),
+                      ("retries", "Retries")):
+        value = getattr(ins, attr)
+        if value:
+            out[key] = value
+    return out
+
+
+def apply_metadata(ins: Instruction, state: ImageState, where: str, cmd_set: list[bool],
+                   created: str) -> None:
+    """Apply one metadata instruction; ``cmd_set[0]`` tracks whether this stage set CMD
+    itself (an inherited CMD is reset by ENTRYPOINT, a CMD of this stage is not)."""
+    cfg = state.config
+    if isinstance(ins, Env):
+        pairs = [(kv.key, kv.value) for kv in ins.env]
+        state.set_env(pairs)
+        created_by = "ENV " + " ".join(f"{a}={b}" for a, b in pairs)
+    elif isinstance(ins, Label):
+        pairs = [(kv.key, kv.value) for kv in ins.labels]
+        state.update(labels={**(cfg.labels or {}), **dict(pairs)})
+        created_by = "LABEL " + " ".join(f"{a}={b}" for a, b in pairs)
+    elif isinstance(ins, Expose):
+        ports = dict(cfg.exposed_ports or {})
+        try:
+            for spec in ins.ports:
+                for p in parse_ports(spec):
+                    ports[p] = {}
+        except ValueError as exc:
+            raise BuildError(where, str(exc)) from exc
+        state.update(exposed_ports=dict(sorted(ports.items())))
+        created_by = "EXPOSE map[" + " ".join(f"{p}:{{}}" for p in sorted(ports)) + "]"
+    elif isinstance(ins, Volume):
+        vols = dict(cfg.volumes or {})
+        for v in ins.paths:
+            if not v:
+                raise BuildError(where, "VOLUME specified can not be an empty string")
+            vols[v] = {}
+        state.update(volumes=vols)
+        created_by = "VOLUME [" + " ".join(ins.paths) + "]"
+    elif isinstance(ins, User):
+        state.update(user=ins.user)
+        created_by = f"USER {ins.user}"
+    elif isinstance(ins, (Cmd, Entrypoint)):
+        value = command_form(ins.command, ins.shell_form, state)
+        if isinstance(ins, Cmd):
+            state.update(cmd=value)
+            cmd_set[0] = True
+            created_by = f"CMD {json.dumps(list(value))}"
+        else:
+            state.update(entrypoint=value)
+            if not cmd_set[0]:
+                state.update(cmd=None)  # Docker: ENTRYPOINT resets an inherited CMD
+            created_by = f"ENTRYPOINT {json.dumps(list(value))}"
+        if ins.shell_form:
+            state.update(args_escaped=True)
+    elif isinstance(ins, StopSignal):
+        state.update(stop_signal=ins.signal)
+        created_by = f"STOPSIGNAL {ins.signal}"
+    elif isinstance(ins, Healthcheck):
+        hc = _healthcheck(ins)
+        state.update(healthcheck=hc)
+        created_by = f"HEALTHCHECK {json.dumps(hc)}"
+    elif isinstance(ins, Shell):
+        state.update(shell=tuple(ins.shell))
+        created_by = f"SHELL {json.dumps(list(ins.shell))}"
+    elif isinstance(ins, Onbuild):
+        state.update(on_build=(*(cfg.on_build or ()), ins.expression))
+        created_by = f"ONBUILD {ins.expression}"
+    elif isinstance(ins, Maintainer):
+        created_by = f"MAINTAINER {ins.maintainer}"
+    else:  # pragma: no cover - the executor dispatches only METADATA types here
+        raise BuildError(where, f"{ins.keyword} is not a metadata instruction")
+    state.add_history(created_by, created, empty=True)

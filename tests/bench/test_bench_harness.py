@@ -1,0 +1,130 @@
+"""The benchmark harness: its parsers, its report and one quick run against the peer.
+
+No timing is asserted anywhere: numbers depend on the machine. The tests check that the
+harness measures what it says and writes what bench/README.md describes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.registry_bench import RegistryBenchError, parse_wrk
+from bench.report import Measurement, Report
+from bench.targets import registry_targets
+from tests.helpers.registries import pybuild_serve_available
+from tests.helpers.tools import require_tool
+
+TESTFILES = Path(__file__).resolve().parent / "testfiles"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_parse_wrk_reads_rate_and_p99_in_ms() -> None:
+    rate, p99 = parse_wrk((TESTFILES / "wrk-latency.txt").read_text())
+    assert rate == 594.87
+    assert p99 == 133.5
+
+
+def test_parse_wrk_rejects_error_responses() -> None:
+    with pytest.raises(RegistryBenchError, match="19000 error responses"):
+        parse_wrk((TESTFILES / "wrk-errors.txt").read_text())
+
+
+def test_ratio_is_above_one_when_pybuild_is_better() -> None:
+    rate = Measurement("GET", "MB/s", True, {"distribution": 100.0, "pybuild": 150.0})
+    latency = Measurement("p99", "ms", False, {"distribution": 4.0, "pybuild": 2.0})
+    missing = Measurement("push", "MB/s", True, {"distribution": 100.0})
+    assert rate.ratio("pybuild", "distribution") == 1.5
+    assert latency.ratio("pybuild", "distribution") == 2.0
+    assert missing.ratio("pybuild", "distribution") is None
+
+    report = Report(area="registry", peer="distribution")
+    report.add([rate, missing])
+    report.add([Measurement("push", "MB/s", True, {"pybuild": 50.0})])
+    assert report.measurements[1].values == {"distribution": 100.0, "pybuild": 50.0}
+    table = report.table().splitlines()
+    assert table[0].split() == ["metric", "unit", "distribution", "pybuild", "pybuild/distribution"]
+    assert table[2].split()[-1] == "1.50x"
+    assert table[3].split()[-1] == "0.50x"
+
+
+@pytest.mark.slow
+def test_quick_registry_run_writes_json(tmp_path: Path) -> None:
+    for tool in ("docker-registry", "wrk", "skopeo"):
+        require_tool(tool)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "registry", "--quick", "--clients", "2",
+         "--workdir", str(tmp_path / "work"), "--results", str(tmp_path / "results")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (result,) = (tmp_path / "results").glob("registry-*.json")
+    data = json.loads(result.read_text())
+    assert data["peer"] == "distribution"
+    assert data["machine"]["sha256_mb_s"] > 0
+    assert data["machine"]["page_cache_read_mb_s"] > 0
+    names = [m["name"] for m in data["measurements"]]
+    assert names[0] == "blob push 32 MiB (POST+PUT)"
+    assert "manifest GET p99" in names
+    assert len(names) == 9
+    assert all(m["values"]["distribution"] > 0 for m in data["measurements"])
+    if pybuild_serve_available(ROOT):
+        assert "pybuild" not in data["skipped"]
+    else:
+        assert "builder serve" in data["skipped"]["pybuild"]
+    # The table names every metric too.
+    for name in names:
+        assert name in proc.stdout
+
+
+def test_target_specs_are_checked() -> None:
+    targets = registry_targets(["mine=127.0.0.1:5000"], pybuild=False)
+    assert [(t.name, t.kind, t.addr) for t in targets] == [
+        ("distribution", "distribution", ""),
+        ("mine", "external", "127.0.0.1:5000"),
+    ]
+    with pytest.raises(ValueError, match="expected NAME=HOST:PORT"):
+        registry_targets(["127.0.0.1:5000"])
+
+
+AREAS = {
+    # area: (tools the peer side needs, the peer's column, metric names)
+    "cas": ((), "machine", ["ingest 32 MiB (verify + store)", "read 32 MiB",
+                            "re-ingest 32 MiB (all pieces known)"]),
+    "client": (("docker-registry", "skopeo"), "skopeo",
+               ["pull, cold (3 x 1 MiB layers, 3 MB)", "pull, one layer changed", "pull, cold"]),
+    "builder": (("docker-registry", "skopeo", "docker", "dockerd", "buildah"), "docker",
+                ["build, no cache (4 x 1 MiB context)", "rebuild, cached"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("area", sorted(AREAS))
+def test_quick_run_of_each_area_writes_json(area: str, tmp_path: Path) -> None:
+    tools, peer, names = AREAS[area]
+    for tool in tools:
+        require_tool(tool)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", area, "--quick",
+         "--workdir", str(tmp_path / "work"), "--results", str(tmp_path / "results")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = (tmp_path / "results").glob(f"{area}-*.json")
+    data = json.loads(result.read_text())
+    assert data["area"] == area
+    assert data["peer"] == peer
+    assert data["failed"] == {}
+    assert [m["name"] for m in data["measurements"]] == names
+    for m in data["measurements"]:
+        assert m["values"][peer] > 0
+        if "pybuild" in m["values"]:
+            assert m["values"]["pybuild"] > 0
+            assert m["ratio"] is not None
+    if area == "builder":
+        assert all(m["values"]["buildah"] > 0 for m in data["measurements"])

@@ -1,0 +1,123 @@
+"""Cache, reproducibility, multi-stage, .dockerignore, hostile contexts, failing RUN."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from builder.steps.common import BuildError
+
+
+def test_rebuild_is_fully_cached_and_one_change_rebuilds_from_there(context_of, build,
+                                                                    tmp_path: Path) -> None:
+    ctx = context_of("basic")
+    storage = tmp_path / "s"
+    first = build(ctx, storage=storage, source_date_epoch=0)
+    assert first.cached_steps == ()
+    second = build(ctx, storage=storage, source_date_epoch=0)
+    assert second.image.digest == first.image.digest
+    assert len(second.cached_steps) == 4 and second.ran_steps[1:] == ()
+    (ctx / "dir/a.txt").write_text("changed\n")
+    third = build(ctx, storage=storage, source_date_epoch=0, explain=True)
+    ran = [s for s in third.ran_steps if "FROM" not in s]
+    assert [s.split("] ", 1)[1] for s in ran] == [
+        "COPY dir/ /opt/dir/",
+        'RUN echo "$GREETING from run" > /app/run.txt && rm -f /etc/hostname']
+    assert third.image.digest != first.image.digest
+    fourth = build(ctx, storage=storage, source_date_epoch=0, no_cache=True)
+    assert fourth.cached_steps == ()
+    assert fourth.image.digest == third.image.digest
+
+
+def test_reproducible_digest_with_fresh_storage(context_of, build, tmp_path: Path) -> None:
+    ctx = context_of("basic")
+    a = build(ctx, storage=tmp_path / "a", source_date_epoch=1234)
+    b = build(ctx, storage=tmp_path / "b", source_date_epoch=1234)
+    assert a.image.digest == b.image.digest
+    assert a.image.config_bytes == b.image.config_bytes
+
+
+def test_build_arg_changes_run_key(context_of, build, tmp_path: Path) -> None:
+    ctx = context_of("basic")
+    out = tmp_path / "out"
+    build(ctx, storage=tmp_path / "s", build_args={"GREETING": "howdy"}, local=out)
+    assert (out / "app/run.txt").read_text() == "howdy from run\n"
+
+
+def test_multistage_skips_unneeded_stage(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = build(context_of("multistage"), local=out)
+    assert (out / "one.txt").read_text() == "one\n"
+    assert (out / "two/two.txt").read_text() == "two\n"
+    assert (out / "bin/busybox").is_file()
+    assert not any("exit 7" in s for s in result.ran_steps)
+    assert result.image.config.rootfs.diff_ids and len(result.image.manifest.layers) == 3
+
+
+def test_target_builds_only_that_stage(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build(context_of("multistage"), local=out, target="two")
+    assert (out / "two.txt").exists() and not (out / "one.txt").exists()
+
+
+def test_dockerignore(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build(context_of("ignore"), local=out)
+    got = sorted(str(p.relative_to(out / "ctx")) for p in (out / "ctx").rglob("*"))
+    assert got == [".dockerignore", "Dockerfile", "d", "d/f", "keep.log"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("hostile-parent", "outside the build context"),
+    ("hostile-symlink", "outside the build context"),
+    ("hostile-archive", "'..'"),
+    ("missing-source", "'nope.txt' not found in the build context"),
+])
+def test_hostile_contexts_fail_cleanly(context_of, build, tmp_path: Path, case: str,
+                                       message: str) -> None:
+    with pytest.raises(BuildError) as info:
+        build(context_of(case))
+    assert "Dockerfile:2:" in str(info.value)
+    assert message in str(info.value)
+    assert not Path("/escaped.txt").exists()
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_failing_run_reports_exit_code_and_output(context_of, build) -> None:
+    with pytest.raises(BuildError) as info:
+        build(context_of("failing-run"))
+    assert info.value.exit_code == 3
+    assert "exit code 3" in str(info.value)
+    assert "before-failure" in str(info.value)
+    assert "Dockerfile:2: RUN" in str(info.value)
+
+
+@pytest.mark.slow
+def test_independent_stages_build_concurrently(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build(context_of("concurrent"), local=out)
+    times = {s: (int((out / s / "start").read_text()), int((out / s / "end").read_text()))
+             for s in ("a", "b")}
+    assert max(t[0] for t in times.values()) < min(t[1] for t in times.values()), times
+    # COPY --from an image (not a stage) reads that image's root
+    assert (out / "from-image/busybox").stat().st_size > 100_000
+
+
+def test_equal_steps_in_two_stages_run_once(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = build(context_of("shared-step"), local=out)
+    assert (out / "x").read_text() == (out / "y").read_text() == "same\n"
+    runs = [s for s in result.ran_steps if "RUN echo same" in s]
+    assert len(runs) == 1 and len([s for s in result.cached_steps if "RUN" in s]) == 1
+
+
+def test_destinations_through_symlinked_directories(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build(context_of("symlinked-dest"), local=out)
+    assert (out / "lib2").is_symlink() and os.readlink(out / "lib2") == "usr/lib2"
+    assert (out / "abs").is_symlink()
+    assert (out / "usr/lib2/greeting.txt").read_text() == "hi\n"
+    assert (out / "usr/lib2/sub/copied.txt").read_text() == "hi\n"
+    assert (out / "usr/lib2/work").is_dir()

@@ -1,0 +1,135 @@
+"""COPY/ADD details (chown by name, chmod, wildcards, --exclude, archives, URLs), config
+instructions, ONBUILD, secrets and cache mounts, and the CLI's plain progress."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.builder.build.conftest import write_base_layout
+
+
+@pytest.fixture
+def http_server() -> Iterator[int]:
+    """A local HTTP server on 127.0.0.1 serving /remote.txt, in a thread."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"remote content\n"
+            self.send_response(200 if self.path == "/remote.txt" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_copy_add_details_and_config(context_of, build, tmp_path: Path, http_server: int) -> None:
+    out = tmp_path / "out"
+    files = context_of("files")
+    result = build(files, local=out, build_args={"PORT": str(http_server)})
+    owned = out / "home/tester/owned.txt"
+    st = owned.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 50, 0o640)
+    assert (out / "etc/app/a.cfg").stat().st_uid == 1000
+    assert (out / "etc/app/b.cfg").read_text() == "b\n"
+    assert (out / "tree/sub/keep.txt").exists() and not (out / "tree/sub/x.skip").exists()
+    assert (out / "unpacked/pkg/file.txt").read_text() == "inside\n"
+    assert (out / "unpacked-xz/pkg/file.txt").read_text() == "inside\n"
+    assert (out / "downloads/remote.txt").read_text() == "remote content\n"
+    cfg = result.image.config.config
+    assert cfg.entrypoint == ("/bin/sh", "-e", "-c", "echo hi")
+    assert cfg.cmd is None  # ENTRYPOINT resets the base's CMD
+    assert cfg.healthcheck == {"Test": ["CMD-SHELL", "wget -q localhost || exit 1"],
+                               "Interval": 30_000_000_000, "Retries": 2}
+    assert cfg.stop_signal == "SIGTERM" and cfg.volumes == {"/data": {}}
+    assert cfg.on_build == ("RUN echo triggered > /onbuild.txt",)
+
+    # the image as a base: its ONBUILD trigger runs, and is not inherited further
+    layout = tmp_path / "layout"
+    build(files, oci=layout, build_args={"PORT": str(http_server)})
+    ctx = tmp_path / "child"
+    ctx.mkdir()
+    tag = json.loads((layout / "index.json").read_text())["manifests"][0]
+    assert tag
+    (ctx / "Dockerfile").write_text(f"FROM oci-layout://{layout}\nRUN test -f /onbuild.txt\n")
+    child = build(ctx, local=tmp_path / "child-out")
+    assert (tmp_path / "child-out/onbuild.txt").read_text() == "triggered\n"
+    assert child.image.config.config.on_build is None
+
+
+def test_secret_cache_mount_and_network(context_of, build, tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("s3cret")
+    out = tmp_path / "out"
+    storage = tmp_path / "s"
+    result = build(context_of("secret"), local=out, storage=storage, secrets={"token": secret})
+    assert (out / "seen.txt").read_text().strip() == "6"
+    assert not (out / "run/secrets/token").exists()
+    assert (out / "count.txt").read_text().strip() == "1"
+    assert (out / "links.txt").read_text().strip() == "1"  # only lo
+    assert not (out / "cache").exists() or not any((out / "cache").iterdir())
+    # the secret's value is in no layer blob
+    for blob in (storage).rglob("*"):
+        if blob.is_file() and blob.stat().st_size < 50_000_000:
+            assert b"s3cret" not in blob.read_bytes(), blob
+    assert result.image.manifest.layers
+
+
+def test_cli_plain_progress_cached_and_failure(context_of, tmp_path: Path) -> None:
+    env = {**os.environ, "PYBUILD_STORAGE": str(tmp_path / "storage")}
+    ctx = context_of("basic")
+    iid = tmp_path / "iid"
+    meta = tmp_path / "meta.json"
+    cmd = ["python3", "-m", "builder", "build", "--progress", "plain", "--iidfile", str(iid),
+           "--metadata-file", str(meta), "--source-date-epoch", "0", str(ctx)]
+    first = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "#2 [2/5] WORKDIR $APP_HOME" in first.stderr
+    assert "hello from run" not in first.stderr or "#" in first.stderr
+    digest = first.stdout.strip()
+    assert digest.startswith("sha256:") and iid.read_text() == digest
+    assert json.loads(meta.read_text())["containerimage.digest"] == digest
+    second = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert second.stderr.count("CACHED") == 4
+    assert second.stdout.strip() == digest
+
+    failing = context_of("failing-run")
+    bad = subprocess.run(["python3", "-m", "builder", "build", "--progress", "plain",
+                          "-t", "x/y:z", str(failing)], check=False, capture_output=True,
+                         text=True,
+                         env=env, timeout=300)
+    assert bad.returncode == 1
+    assert "exit code 3" in bad.stderr and "before-failure" in bad.stderr
+    assert bad.stdout == ""
+    images = subprocess.run(["python3", "-m", "builder", "images"], check=False,
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert images.returncode == 0 and "x/y" not in images.stdout  # nothing tagged
+
+    (ctx / "dir/a.txt").write_text("changed\n")
+    explained = subprocess.run([*cmd[:-1], "--explain", str(ctx)], check=False,
+                               capture_output=True, text=True, env=env, timeout=300)
+    assert explained.returncode == 0, explained.stderr
+    assert "cache miss: inputs changed: files:dir/a.txt" in explained.stderr
+    assert explained.stderr.count("CACHED") == 2
+
+
+def test_write_base_layout_is_importable() -> None:
+    assert callable(write_base_layout)

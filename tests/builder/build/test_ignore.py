@@ -1,0 +1,58 @@
+"""``.dockerignore`` matching with moby's patternmatcher rules (table-driven)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builder.context import ContextError, SourceTree
+from builder.ignore import IgnoreMatcher, read_ignore_file
+
+CASES = [
+    # patterns, path, excluded
+    (["*.md"], "README.md", True),
+    (["*.md"], "docs/a.md", False),  # anchored at the root, unlike gitignore
+    (["**/*.md"], "docs/a.md", True),
+    (["**/*.md"], "a.md", True),  # ** matches zero directories too
+    (["docs"], "docs/deep/file", True),  # a parent match excludes the children
+    (["/docs/"], "docs/x", True),  # cleaned: leading / and trailing / dropped
+    (["./a//b"], "a/b", True),
+    (["a?c"], "abc", True),
+    (["a?c"], "a/c", False),  # ? never matches /
+    (["*"], "x/y", True),
+    (["*", "!keep"], "keep", False),
+    (["*", "!keep"], "other", True),
+    (["!keep", "*"], "keep", True),  # the last matching pattern decides
+    (["*.log", "!important.log"], "important.log", False),
+    (["# comment", "", "tmp"], "tmp", True),
+    (["[ab].txt"], "b.txt", True),
+]
+
+
+@pytest.mark.parametrize("patterns, path, excluded", CASES)
+def test_patterns(patterns: list[str], path: str, excluded: bool) -> None:
+    assert IgnoreMatcher.from_lines(patterns).excluded(path) is excluded
+
+
+def test_exception_inside_an_excluded_directory(tmp_path: Path) -> None:
+    (tmp_path / "vendor/keep").mkdir(parents=True)
+    (tmp_path / "vendor/drop.txt").write_text("x")
+    (tmp_path / "vendor/keep/k.txt").write_text("k")
+    tree = SourceTree(tmp_path, IgnoreMatcher.from_lines(["vendor", "!vendor/keep"]))
+    [root] = tree.resolve(".")
+    got = sorted(rel for rel, _, _ in tree.walk(root))
+    assert got == ["vendor/keep", "vendor/keep/k.txt"]
+    with pytest.raises(ContextError, match="excluded by .dockerignore"):
+        tree.resolve("vendor/drop.txt")
+
+
+def test_dockerfile_specific_ignore_file_wins(tmp_path: Path) -> None:
+    (tmp_path / ".dockerignore").write_text("a\n")
+    (tmp_path / "sub").mkdir()
+    df = tmp_path / "sub/app.Dockerfile"
+    df.write_text("FROM scratch\n")
+    (tmp_path / "sub/app.Dockerfile.dockerignore").write_text("b\n")
+    m = read_ignore_file(tmp_path, df)
+    assert m.excluded("b") and not m.excluded("a")
+    assert read_ignore_file(tmp_path, tmp_path / "Dockerfile").excluded("a")

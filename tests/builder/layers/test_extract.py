@@ -1,0 +1,316 @@
+"""Applying layers: round trips, whiteouts, and hostile archives that must stay inside."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import stat
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from layer_helpers import hardlink_groups, tree_state
+
+from builder.layers import (
+    LayerError,
+    LayerFormatError,
+    UnsafeLayerEntry,
+    apply_layer,
+    changeset_of_tree,
+    write_layer,
+    write_tar,
+)
+
+
+def archive(*members: tuple[str, str, object]) -> bytes:
+    """A tar from (type, name, arg): ('file', name, bytes), ('dir', name, None),
+    ('sym', name, target), ('hard', name, target)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for kind, name, arg in members:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1000
+            if kind == "file":
+                data = arg if isinstance(arg, bytes) else b""
+                info.size = len(data)
+                info.mode = 0o644
+                tf.addfile(info, io.BytesIO(data))
+                continue
+            if kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            elif kind == "sym":
+                info.type, info.linkname = tarfile.SYMTYPE, str(arg)
+            elif kind == "hard":
+                info.type, info.linkname = tarfile.LNKTYPE, str(arg)
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def jail(tmp_path: Path) -> tuple[Path, Path]:
+    """(rootfs, outside): outside holds a secret that no layer may touch."""
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("keep me")
+    return root, outside
+
+
+def outside_untouched(outside: Path) -> bool:
+    return (sorted(p.name for p in outside.iterdir()) == ["secret"]
+            and (outside / "secret").read_text() == "keep me"
+            and os.lstat(outside / "secret").st_nlink == 1)
+
+
+# -- round trips -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", None])
+def test_round_trip_preserves_everything(sample_tree: Path, tmp_path: Path,
+                                         compression: str | None) -> None:
+    buf = io.BytesIO()
+    if compression is None:
+        write_tar(changeset_of_tree(sample_tree), buf)
+    else:
+        write_layer(changeset_of_tree(sample_tree), buf, compression=compression)
+    out = tmp_path / "out"
+    out.mkdir()
+    report = apply_layer(io.BytesIO(buf.getvalue()), out)
+    assert report.skipped == ()
+    assert tree_state(out, mtimes=True) == tree_state(sample_tree, mtimes=True)
+    assert hardlink_groups(out) == {frozenset({"bin/tool", "bin/tool-link"})}
+
+
+def test_apply_from_a_path(sample_tree: Path, tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    with open(blob, "wb") as f:
+        write_layer(changeset_of_tree(sample_tree), f)
+    out = tmp_path / "out"
+    out.mkdir()
+    apply_layer(blob, out)
+    assert tree_state(out) == tree_state(sample_tree)
+
+
+def test_multi_member_gzip_and_multi_frame_zstd_from_other_writers(tmp_path: Path) -> None:
+    tar = archive(("file", "a", b"A" * 1000), ("file", "b", b"B" * 1000))
+    half = len(tar) // 2
+    gz = gzip.compress(tar[:half]) + gzip.compress(tar[half:])
+    zs = zstandard.ZstdCompressor().compress(tar[:half]) + zstandard.ZstdCompressor().compress(tar[half:])
+    for i, blob in enumerate((gz, zs)):
+        out = tmp_path / f"o{i}"
+        out.mkdir()
+        apply_layer(io.BytesIO(blob), out)
+        assert (out / "a").read_bytes() == b"A" * 1000 and (out / "b").read_bytes() == b"B" * 1000
+
+
+# -- whiteouts ---------------------------------------------------------------------------
+
+def lower(root: Path) -> None:
+    (root / "keep").write_text("k")
+    (root / "gone").write_text("g")
+    (root / "dir" / "sub").mkdir(parents=True)
+    (root / "dir" / "old").write_text("o")
+    (root / "dir" / "sub" / "deep").write_text("d")
+    (root / "gonedir" / "x").mkdir(parents=True)
+
+
+def test_whiteouts_remove_lower_paths(jail: tuple[Path, Path]) -> None:
+    root, _ = jail
+    lower(root)
+    report = apply_layer(io.BytesIO(archive(
+        ("file", ".wh.gone", b""), ("file", ".wh.gonedir", b""), ("file", ".wh.missing", b""),
+    )), root)
+    assert report.whiteouts == 3
+    assert sorted(p.name for p in root.iterdir()) == ["dir", "keep"]
+
+
+def test_opaque_whiteout_hides_lower_but_not_same_layer_in_any_order(jail: tuple[Path, Path]) -> None:
+    root, _ = jail
+    lower(root)
+    # marker after the layer's own entries: they must survive
+    apply_layer(io.BytesIO(archive(
+        ("dir", "dir", None), ("dir", "dir/sub", None), ("file", "dir/sub/new", b"n"),
+        ("file", "dir/mine", b"m"), ("file", "dir/.wh..wh..opq", b""),
+    )), root)
+    assert tree_state(root).keys() == {"keep", "gone", "gonedir", "gonedir/x", "dir",
+                                       "dir/sub", "dir/sub/new", "dir/mine"}
+
+
+def test_whiteout_does_not_hide_same_layer_file(jail: tuple[Path, Path]) -> None:
+    root, _ = jail
+    apply_layer(io.BytesIO(archive(("file", "f", b"new"), ("file", ".wh.f", b""))), root)
+    assert (root / "f").read_text() == "new"
+
+
+def test_type_changes_replace_lower_entries(jail: tuple[Path, Path]) -> None:
+    root, _ = jail
+    lower(root)
+    apply_layer(io.BytesIO(archive(("file", "dir", b"now a file"), ("dir", "keep", None),
+                                   ("sym", "gonedir", "keep"))), root)
+    assert (root / "dir").read_text() == "now a file"
+    assert (root / "keep").is_dir()
+    assert os.readlink(root / "gonedir") == "keep"
+
+
+# -- hostile archives --------------------------------------------------------------------
+
+def test_dotdot_is_refused(jail: tuple[Path, Path]) -> None:
+    root, outside = jail
+    with pytest.raises(UnsafeLayerEntry, match=r"'\.\./outside/evil'.*'\.\.' path component"):
+        apply_layer(io.BytesIO(archive(("file", "../outside/evil", b"x"))), root)
+    with pytest.raises(UnsafeLayerEntry, match="a/../../x"):
+        apply_layer(io.BytesIO(archive(("file", "a/../../x", b"x"))), root)
+    assert outside_untouched(outside)
+
+
+def test_absolute_names_land_inside(jail: tuple[Path, Path]) -> None:
+    root, outside = jail
+    apply_layer(io.BytesIO(archive(("file", f"{outside}/evil", b"x"))), root)
+    assert outside_untouched(outside)
+    assert (root / str(outside).lstrip("/") / "evil").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("target", ["ABS", "../../../../../../../../ABS", "/../../ABS"])
+def test_writes_through_escaping_symlinks_stay_inside(jail: tuple[Path, Path], target: str) -> None:
+    root, outside = jail
+    target = target.replace("ABS", str(outside).lstrip("/") if not target.startswith("ABS")
+                            else str(outside))
+    apply_layer(io.BytesIO(archive(
+        ("sym", "esc", target),
+        ("file", "esc/pwned", b"x"),
+        ("dir", "esc/newdir", None),
+        ("file", "esc/.wh.secret", b""),
+        ("file", "esc/.wh..wh..opq", b""),
+    )), root)
+    assert outside_untouched(outside)
+    # resolved as if chrooted: the writes happened at <root>/<outside path>
+    assert (root / str(outside).lstrip("/") / "pwned").read_bytes() == b"x"
+
+
+def test_a_file_over_a_symlink_replaces_the_symlink(jail: tuple[Path, Path]) -> None:
+    root, outside = jail
+    apply_layer(io.BytesIO(archive(("sym", "s", str(outside / "secret")),
+                                   ("file", "s", b"overwrite"),
+                                   ("sym", "d", str(outside)), ("dir", "d", None))), root)
+    assert outside_untouched(outside)
+    assert (root / "s").read_bytes() == b"overwrite" and not (root / "s").is_symlink()
+    assert (root / "d").is_dir() and not (root / "d").is_symlink()
+
+
+def test_hard_links_cannot_reach_outside(jail: tuple[Path, Path]) -> None:
+    root, outside = jail
+    with pytest.raises(UnsafeLayerEntry, match="'h'"):
+        apply_layer(io.BytesIO(archive(("hard", "h", "../outside/secret"))), root)
+    with pytest.raises(LayerFormatError, match="hard link target .* does not exist"):
+        apply_layer(io.BytesIO(archive(("sym", "s", str(outside)),
+                                       ("hard", "h2", "s/secret"))), root)
+    with pytest.raises(LayerFormatError, match="does not exist"):
+        apply_layer(io.BytesIO(archive(("hard", "h3", str(outside / "secret")))), root)
+    assert outside_untouched(outside)
+    with pytest.raises(UnsafeLayerEntry, match="hard link to a directory"):
+        apply_layer(io.BytesIO(archive(("dir", "dd", None), ("hard", "h4", "dd"))), root)
+
+
+def test_hard_link_to_a_symlink_links_the_symlink_itself(jail: tuple[Path, Path]) -> None:
+    root, outside = jail
+    apply_layer(io.BytesIO(archive(("sym", "s", str(outside / "secret")), ("hard", "h", "s"))), root)
+    assert os.path.samestat(os.lstat(root / "h"), os.lstat(root / "s"))
+    assert outside_untouched(outside)
+
+
+def test_symlink_loops_are_refused(jail: tuple[Path, Path]) -> None:
+    root, _ = jail
+    with pytest.raises(UnsafeLayerEntry, match="symlinks on its path"):
+        apply_layer(io.BytesIO(archive(("sym", "a", "b"), ("sym", "b", "a"),
+                                       ("file", "a/x", b""))), root)
+
+
+def test_bad_whiteout_names_are_refused(jail: tuple[Path, Path]) -> None:
+    root, outside = jail
+    with pytest.raises(UnsafeLayerEntry, match=r"\.wh\.\."):
+        apply_layer(io.BytesIO(archive(("file", "sub/.wh...", b""))), root)
+    assert outside_untouched(outside)
+
+
+@pytest.mark.parametrize("blob", [b"not a layer at all" * 100, gzip.compress(b"x" * 10000)[:-20],
+                                  b"\x28\xb5\x2f\xfd" + b"\0" * 50])
+def test_garbage_is_a_format_error(jail: tuple[Path, Path], blob: bytes) -> None:
+    root, _ = jail
+    with pytest.raises(LayerFormatError):
+        apply_layer(io.BytesIO(blob), root)
+
+
+@pytest.mark.parametrize("last", [("sym", "b", "b"), ("file", "b", b"a"),
+                                  ("sym", "b", "../outside")])
+def test_a_parent_replaced_after_a_directory_entry(jail: tuple[Path, Path], last: tuple) -> None:
+    """Directory metadata is set at the end: by then the path may run through a symlink."""
+    root, outside = jail
+    (outside / "a").mkdir()
+    before = os.stat(outside / "a")
+    apply_layer(io.BytesIO(archive(("dir", "b/a", None), last)), root)
+    assert sorted(p.name for p in outside.iterdir()) == ["a", "secret"]
+    after = os.stat(outside / "a")
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    assert os.path.islink(root / "b") or (root / "b").is_file()
+
+
+_names = st.lists(st.sampled_from(["a", "b", "..", ".", "", "c", ".wh.a", ".wh..wh..opq",
+                                   "OUT"]), min_size=1, max_size=4).map("/".join)
+_members = st.lists(st.tuples(st.sampled_from(["file", "dir", "sym", "hard"]), _names, _names),
+                    max_size=8)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(members=_members, absolute=st.booleans())
+def test_no_archive_writes_outside_the_root(tmp_path: Path, members: list, absolute: bool) -> None:
+    base = Path(tempfile.mkdtemp(dir=tmp_path))
+    root, outside = base / "rootfs", base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_text("keep me")
+    out_path = str(outside) if absolute else "../outside"
+    spec = []
+    for kind, name, arg in members:
+        name = name.replace("OUT", out_path)
+        arg = arg.replace("OUT", out_path)
+        spec.append((kind, name, arg.encode() if kind == "file" else arg))
+    try:
+        apply_layer(io.BytesIO(archive(*spec)), root)
+    except LayerError:
+        pass
+    assert outside_untouched(outside)
+    assert sorted(p.name for p in base.iterdir()) == ["outside", "rootfs"]
+
+
+def test_devices_fifos_owners_and_modes(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, typ, mode in (("null", tarfile.CHRTYPE, 0o666), ("loop", tarfile.BLKTYPE, 0o660),
+                                ("pipe", tarfile.FIFOTYPE, 0o600)):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.devmajor, info.devminor = typ, mode, 7, 9
+            info.uid, info.gid = 4321, 8765
+            tf.addfile(info)
+        info = tarfile.TarInfo("suid")
+        info.mode, info.uid, info.gid, info.size = 0o4755, 4321, 8765, 2
+        tf.addfile(info, io.BytesIO(b"#!"))
+    root = tmp_path / "r"
+    root.mkdir()
+    report = apply_layer(io.BytesIO(buf.getvalue()), root)
+    st_pipe = os.lstat(root / "pipe")
+    assert stat.S_ISFIFO(st_pipe.st_mode)
+    st_suid = os.lstat(root / "suid")
+    if os.geteuid() == 0:
+        assert report.skipped == ()
+        st_null = os.lstat(root / "null")
+        assert stat.S_ISCHR(st_null.st_mode) and os.major(st_null.st_rdev) == 7
+        assert stat.S_ISBLK(os.lstat(root / "loop").st_mode)
+        assert (st_suid.st_uid, st_suid.st_gid) == (4321, 8765)
+        assert stat.S_IMODE(st_suid.st_mode) == 0o4755
+    else:
+        assert len(report.skipped) == 2

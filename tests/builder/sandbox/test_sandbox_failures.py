@@ -1,0 +1,180 @@
+"""Failures: a full disk, an interrupted step, impossible requests; cleanup after each."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.sandbox import (
+    Executor,
+    OutOfDiskSpace,
+    RootfsMode,
+    RunSpec,
+    SandboxSetupError,
+    SandboxUnavailable,
+    run_step,
+)
+from tests.helpers.rootfs import require_tool
+from tests.helpers.sandbox_steps import PATH, Runner, require_root
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB filesystem (tmpfs) to hold the step's state."""
+    require_root()
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_out_of_disk_space_is_named(
+    base_root: Path, small_disk: Path, executor: Executor
+) -> None:
+    spec = RunSpec(argv=("/bin/sh", "-c", "dd if=/dev/zero of=/big bs=1024 count=16384"),
+                   env=(PATH,))
+    with pytest.raises(OutOfDiskSpace) as info:
+        run_step(spec, lowers=[base_root], state_dir=small_disk / "state", executor=executor)
+    message = str(info.value)
+    assert "ran out of disk space" in message and str(small_disk / "state") in message
+    assert info.value.exit_code != 0
+    assert sorted(p.name for p in (small_disk / "state").iterdir()) == ["upper"]
+
+
+def _sandbox_pids(marker: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def test_interrupt_kills_the_step_and_cleans_up(
+    base_root: Path, tmp_path: Path, executor: Executor
+) -> None:
+    marker = "sleep 317.25"
+    spec = RunSpec(argv=("/bin/sh", "-c", f"echo started; {marker}"), env=(PATH,))
+
+    def on_output(stream: str, line: str) -> None:
+        raise KeyboardInterrupt
+
+    state = tmp_path / "state"
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_step(spec, lowers=[base_root], state_dir=state, executor=executor,
+                 on_output=on_output)
+    assert time.monotonic() - t0 < 10
+    assert _sandbox_pids(marker) == []
+    assert sorted(p.name for p in state.iterdir()) == ["upper"]
+    with open("/proc/self/mountinfo") as f:
+        assert str(state) not in f.read()
+
+
+def test_setup_failure_is_reported_and_cleaned(
+    base_root: Path, tmp_path: Path, executor: Executor
+) -> None:
+    # /etc/passwd is a file: nothing can be mounted below it.
+    from builder.sandbox import parse_mount
+
+    spec = RunSpec(argv=("/bin/true",), env=(PATH,),
+                   mounts=(parse_mount("type=tmpfs,target=/etc/passwd/x"),))
+    state = tmp_path / "state"
+    with pytest.raises(SandboxSetupError, match="could not set up the sandbox"):
+        run_step(spec, lowers=[base_root], state_dir=state, executor=executor)
+    assert sorted(p.name for p in state.iterdir()) == ["upper"]
+
+
+def test_state_dir_must_be_empty(base_root: Path, tmp_path: Path) -> None:
+    require_root()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "junk").touch()
+    with pytest.raises(SandboxSetupError, match="not empty"):
+        run_step(RunSpec(argv=("/bin/true",)), lowers=[base_root], state_dir=tmp_path / "state")
+
+
+def test_bwrap_cannot_be_forced_for_another_user(base_root: Path, tmp_path: Path) -> None:
+    require_root()
+    require_tool("bwrap", "bubblewrap")
+    with pytest.raises(SandboxUnavailable, match="executor=chroot"):
+        run_step(RunSpec(argv=("/bin/true",), user="tester"), lowers=[base_root],
+                 state_dir=tmp_path / "s", executor=Executor.BWRAP)
+
+
+def test_auto_picks_bwrap_for_root_when_installed(base_root: Path, tmp_path: Path) -> None:
+    require_root()
+    require_tool("bwrap", "bubblewrap")
+    result = run_step(RunSpec(argv=("/bin/true",)), lowers=[base_root], state_dir=tmp_path / "s")
+    assert result.executor is Executor.BWRAP
+    assert result.rootfs_mode is RootfsMode.OVERLAY
+
+
+def test_forcing_bwrap_without_bwrap_says_what_to_install(
+    base_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_root()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no bwrap to be found
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
+        run_step(RunSpec(argv=("/bin/true",)), lowers=[base_root], state_dir=tmp_path / "s",
+                 executor=Executor.BWRAP, rootfs=RootfsMode.COPY)
+
+
+def test_missing_tool_fails_under_ci(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install bubblewrap"):
+        require_tool("bwrap", "bubblewrap")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        require_tool("bwrap", "bubblewrap")
+
+
+def test_copy_mode_state_dir_holds_only_the_root(
+    run: Runner, executor: Executor
+) -> None:
+    step = run("touch /made", rootfs=RootfsMode.COPY)
+    assert sorted(p.name for p in step.changes.parent.iterdir()) == ["rootfs"]
+    assert (step.changes / "made").exists()
+
+
+@pytest.fixture
+def overlay_disk(tmp_path: Path) -> Iterator[Path]:
+    """A directory on overlayfs, which cannot hold another overlay's upper dir."""
+    require_root()
+    for d in ("l", "u", "w", "m"):
+        (tmp_path / d).mkdir()
+    opts = f"lowerdir={tmp_path}/l,upperdir={tmp_path}/u,workdir={tmp_path}/w"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(tmp_path / "m")],
+                   check=True)
+    try:
+        yield tmp_path / "m"
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "m")], check=True)
+
+
+def test_auto_falls_back_to_copy_where_overlay_cannot_mount(
+    base_root: Path, overlay_disk: Path, executor: Executor
+) -> None:
+    from builder.sandbox.rootfs import overlay_supported
+
+    assert not overlay_supported(overlay_disk)
+    spec = RunSpec(argv=("/bin/sh", "-c", "rm /etc/group; echo ok > /done"), env=(PATH,))
+    result = run_step(spec, lowers=[base_root], state_dir=overlay_disk / "s", executor=executor)
+    assert result.rootfs_mode is RootfsMode.COPY
+    assert (result.changes / "done").read_text() == "ok\n"
+    assert not (result.changes / "etc/group").exists()
+    with pytest.raises(SandboxUnavailable, match="rootfs=copy"):
+        run_step(spec, lowers=[base_root], state_dir=overlay_disk / "t", executor=executor,
+                 rootfs=RootfsMode.OVERLAY)

@@ -1,0 +1,99 @@
+"""RunSpec validation and ``--mount`` parsing (BuildKit's syntax)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builder import sandbox
+from builder.sandbox import (
+    BindMount,
+    CacheMount,
+    InvalidMount,
+    RunSpec,
+    SecretMount,
+    Sharing,
+    TmpfsMount,
+    parse_mount,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("type=cache,target=/root/.cache",
+         CacheMount("/root/.cache")),
+        ("type=cache,target=/c,id=pip,sharing=locked,ro,uid=1000,gid=50,mode=0700",
+         CacheMount("/c", "pip", Sharing.LOCKED, True, 1000, 50, 0o700)),
+        ("type=cache,dst=var/cache/apt,sharing=private,readonly=false",
+         CacheMount("/var/cache/apt", sharing=Sharing.PRIVATE)),
+        ("target=/src",
+         BindMount("/src")),
+        ("type=bind,source=app/,target=/app,from=builder,rw",
+         BindMount("/app", "/app", "builder", None, True)),
+        ("type=bind,src=x,dst=/x,readwrite=true",
+         BindMount("/x", "/x", rw=True)),
+        ("type=secret,id=aws",
+         SecretMount("aws")),
+        ("type=secret,target=/root/.npmrc",
+         SecretMount(".npmrc", "/root/.npmrc")),
+        ("type=secret,id=tok,env=TOKEN,required=true,mode=0440,uid=1,gid=2",
+         SecretMount("tok", None, "TOKEN", True, 0o440, 1, 2)),
+        ('"type=tmpfs","target=/t","size=64m"',
+         TmpfsMount("/t", 64 * 1024 * 1024)),
+        ("type=tmpfs,target=/t,size=1024",
+         TmpfsMount("/t", 1024)),
+    ],
+)
+def test_parse_mount(text: str, expected: object) -> None:
+    assert parse_mount(text) == expected
+
+
+def test_secret_targets() -> None:
+    assert parse_mount("type=secret,id=a").file_target == "/run/secrets/a"  # type: ignore[union-attr]
+    assert parse_mount("type=secret,id=a,env=A").file_target is None  # type: ignore[union-attr]
+    both = parse_mount("type=secret,id=a,env=A,target=/a")
+    assert both.file_target == "/a"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("type=volume,target=/v", "unknown type 'volume'"),
+        ("type=cache", "target= is required"),
+        ("type=cache,target=/c,sharing=sometimes", "sharing=sometimes"),
+        ("type=cache,target=/c,uid=abc", "invalid literal"),
+        ("type=tmpfs,target=/t,size=lots", "not a size"),
+        ("type=tmpfs,target=/t,from=x", "unexpected key 'from'"),
+        ("type=secret", "id= is required"),
+        ("type=bind,target=/x,ro=maybe", "not a boolean"),
+        ("type=cache,,target=/c", "empty field"),
+    ],
+)
+def test_parse_mount_errors(text: str, message: str) -> None:
+    with pytest.raises(InvalidMount, match=message) as info:
+        parse_mount(text)
+    assert "docs.docker.com" in str(info.value)
+
+
+def test_runspec_validates_and_freezes(tmp_path: Path) -> None:
+    spec = RunSpec(argv=["/bin/sh", "-c", "true"], env=["A=1"],  # type: ignore[arg-type]
+                   secrets={"s": str(tmp_path)})  # type: ignore[dict-item]
+    assert spec.argv == ("/bin/sh", "-c", "true") and spec.env == ("A=1",)
+    assert spec.secrets == {"s": tmp_path}
+    with pytest.raises(AttributeError):
+        spec.user = "x"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="empty"):
+        RunSpec(argv=())
+    with pytest.raises(ValueError, match="absolute"):
+        RunSpec(argv=("x",), workdir="rel")
+    with pytest.raises(ValueError, match="NAME=value"):
+        RunSpec(argv=("x",), env=("NOEQUALS",))
+
+
+def test_package_exports_match_all() -> None:
+    for name in sandbox.__all__:
+        assert hasattr(sandbox, name), name
+    public = {n for n in dir(sandbox) if not n.startswith("_") and n[0].isupper()}
+    assert public - set(sandbox.__all__) <= {"Path"}

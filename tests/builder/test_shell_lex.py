@@ -1,0 +1,90 @@
+"""Variable expansion against data tables that follow BuildKit's shell lexer tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from builder.shell_lex import Lexer, ShellLexError
+
+DATA = Path(__file__).parent / "testfiles-shell"
+
+
+def _expand_cases() -> list[tuple[str, str, dict[str, str], str, int]]:
+    cases = []
+    env: dict[str, str] = {}
+    escape = "\\"
+    lines = (DATA / "expand.tsv").read_text(encoding="utf-8").split("\n")
+    for lineno, line in enumerate(lines, 1):
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@env "):
+            env = json.loads(line[5:])
+            continue
+        if line.startswith("@escape "):
+            escape = line[8:]
+            continue
+        word, expected = line.split("\t")
+        cases.append((word, escape, dict(env), expected, lineno))
+    return cases
+
+
+def _words_cases() -> list[tuple[str, dict[str, str], str, int]]:
+    cases = []
+    env: dict[str, str] = {}
+    lines = (DATA / "words.tsv").read_text(encoding="utf-8").split("\n")
+    for lineno, line in enumerate(lines, 1):
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@set "):
+            name, _, value = line[5:].partition("=")
+            env[name] = value
+            continue
+        word, expected = line.split("\t")
+        cases.append((word, dict(env), expected, lineno))
+    return cases
+
+
+@pytest.mark.parametrize(
+    "word,escape,env,expected,lineno", _expand_cases())
+def test_expand_table(word: str, escape: str, env: dict[str, str], expected: str,
+                      lineno: int) -> None:
+    lex = Lexer(escape)
+    if expected.startswith("!error"):
+        with pytest.raises(ShellLexError) as info:
+            lex.process_word(word, env)
+        wanted = expected[len("!error:"):] if expected.startswith("!error:") else ""
+        assert wanted in str(info.value), f"expand.tsv:{lineno}"
+    else:
+        assert lex.process_word(word, env) == expected, f"expand.tsv:{lineno}"
+
+
+@pytest.mark.parametrize("word,env,expected,lineno", _words_cases())
+def test_words_table(word: str, env: dict[str, str], expected: str, lineno: int) -> None:
+    lex = Lexer()
+    if expected == "!error":
+        with pytest.raises(ShellLexError):
+            lex.process_words(word, env)
+    else:
+        assert lex.process_words(word, env) == json.loads(expected), f"words.tsv:{lineno}"
+
+
+def test_matches_reports_found_and_missing_names() -> None:
+    res = Lexer().expand("${FOO-aaa} ${BAR-bbb} ${BAZ-ccc}", {"FOO": "xxx", "BAR": ""})
+    assert res.result == "xxx  ccc"
+    assert res.matched == {"FOO", "BAR"}
+    assert res.unmatched == {"BAZ"}
+
+
+def test_skip_unset_env_keeps_references() -> None:
+    lex = Lexer(skip_unset_env=True)
+    assert lex.process_word("$A ${B} ${C:-x} ${D/a/b} $E", {"E": "e"}) == (
+        "$A ${B} ${C:-x} ${D/a/b} e"
+    )
+
+
+def test_error_names_the_word() -> None:
+    with pytest.raises(ShellLexError, match=r'failed to process "he\$\{\}"'):
+        Lexer().process_word("he${}", {})

@@ -1,0 +1,61 @@
+"""Find the external tools the end-to-end tests drive.
+
+A missing tool skips the test on a developer's machine, but fails it when the ``CI``
+environment variable is set: CI must run every end-to-end test, and a tool that silently
+went missing would turn the suite into a list of skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+__all__ = ["DEBIAN_PACKAGE", "find_tool", "in_ci", "require_tool"]
+
+# Which Debian package provides each tool, so a failure can say what to install.
+DEBIAN_PACKAGE: dict[str, str] = {
+    "docker": "docker.io",
+    "dockerd": "docker.io",
+    "containerd": "containerd",
+    "runc": "runc",
+    "skopeo": "skopeo",
+    "podman": "podman",
+    "buildah": "buildah",
+    "umoci": "umoci",
+    "docker-registry": "docker-registry",
+    "busybox": "busybox-static",
+    "wrk": "wrk",
+    "bwrap": "bubblewrap",
+}
+
+
+def in_ci() -> bool:
+    """True when the ``CI`` environment variable is set to anything but empty/0/false."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def find_tool(name: str) -> str | None:
+    """The absolute path of ``name`` on ``PATH`` (or an absolute path that exists), else None."""
+    if os.path.isabs(name):
+        return name if os.access(name, os.X_OK) else None
+    return shutil.which(name)
+
+
+def require_tool(name: str) -> str:
+    """Return the path of tool ``name``; skip the test if it is missing, or fail under CI.
+
+    ``name`` may be a command name looked up on ``PATH`` or an absolute path.
+    """
+    path = find_tool(name)
+    if path is not None:
+        return path
+    package = DEBIAN_PACKAGE.get(os.path.basename(name), "the package that provides it")
+    message = (
+        f"{name} is not installed; install {package} "
+        f"(`bash tests/run` installs every package the tests need)"
+    )
+    if in_ci():
+        pytest.fail(f"{message}. CI is set, so a missing tool is an error, not a skip.")
+    pytest.skip(message)
