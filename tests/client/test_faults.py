@@ -83,7 +83,7 @@ async def test_interrupted_pull_resumes_in_a_later_run(
     def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
         return None if digest.encoded in request.path and position(request, sent) >= 600_000 else chunk
 
-    broken, host = await make_proxy(registry_host, fault=fault)
+    _broken, host = await make_proxy(registry_host, fault=fault)
     storage = tmp_path / "local"
     async with await ImageStore.open(storage) as images:
         with pytest.raises(BlobError, match=f"{digest}.*resume from byte"):
