@@ -264,6 +264,8 @@ class Ingest:
         self._checkpointed = self.offset
 
     def _rehash(self, algorithm: str) -> Digest:
+        if self._writer is not None:
+            self._writer.sync()  # our pieces are readable once synced
         h = new_hasher(algorithm)
         for key, _ in self._recipe:
             h.update(self._read_own(key))
