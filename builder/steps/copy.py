@@ -365,15 +365,25 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
 
 async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
                               name: str) -> None:
-    """WORKDIR: set the config's working dir and create it (a layer, as BuildKit)."""
+    """WORKDIR: set the config's working dir and create it (a layer, as BuildKit).
+
+    Directories it creates belong to the stage's USER, as BuildKit makes them (a user
+    the image's /etc/passwd does not name: root)."""
     path = resolve_workdir(state, ins.path)
     state.update(working_dir=path)
     lowers = await env.lowers(state)
     target = await asyncio.to_thread(resolve_in_lowers, lowers, path, follow_final=True)
+    owner = None
+    if state.config.user:
+        try:
+            owner = await asyncio.to_thread(_chown_ids, state.config.user, lowers,
+                                            env.where(ins))
+        except BuildError:
+            owner = None
 
     async def produce(n: int) -> Path:
         upper = env.scratch("workdir-")
-        await asyncio.to_thread(_make_parents, upper, target.lstrip("/"), lowers)
+        await asyncio.to_thread(_make_parents, upper, target.lstrip("/"), lowers, owner)
         # a directory that already existed is only copied up: no change, no layer
         if lower_stat(lowers, target.lstrip("/")) is not None:
             await asyncio.to_thread(shutil.rmtree, upper)
@@ -381,4 +391,4 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
         return upper
 
     await layer_step(env, state, ins, name, f"WORKDIR {path}", f"WORKDIR {path}",
-                     {"workdir": path}, produce)
+                     {"workdir": path, "owner": list(owner or ())}, produce)

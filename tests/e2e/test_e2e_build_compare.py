@@ -60,7 +60,8 @@ class Case:
 
 CASES = (
     Case("files", {"GREETING": "howdy"},
-         expect="howdy from tester\nexec-form\nnotes, added as a plain file\n"),
+         expect="howdy from tester\nexec-form\n1000\nnotes, added as a plain file\n"
+                "notes, added as a plain file\nfresh\nhello from a script\n"),
     Case("config", {"VERSION": "1.2.3"}, expect="entry: one two\nversion=1.2.3 unused=unset\n"),
     Case("entrypoint-shell", expect="shell-form entrypoint, 0 arguments\n"),
     Case("multistage", expect="generated in the build stage\ndeep\n"),
