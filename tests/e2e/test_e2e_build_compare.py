@@ -64,6 +64,7 @@ CASES = (
                 "notes, added as a plain file\nfresh\nhello from a script\n"),
     Case("config", {"VERSION": "1.2.3"}, expect="entry: one two\nversion=1.2.3 unused=unset\n"),
     Case("entrypoint-shell", expect="shell-form entrypoint, 0 arguments\n"),
+    Case("entrypoint-exec", expect="exec-form entrypoint: set in this stage\n"),
     Case("multistage", expect="generated in the build stage\ndeep\n"),
     Case("onbuild-base", command=("ls", "/app"), expect=""),
     Case("onbuild-child", expect="copied by an ONBUILD trigger\ntrigger ran\nTRIGGERED=yes\n"),
