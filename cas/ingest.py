@@ -236,6 +236,11 @@ class Ingest:
         return Location(key, len(view), len(data), codec, self._writer.name, at)
 
     def _checkpoint_sync(self) -> None:
+        # Store every piece that is already final, so the tail file stays small (at
+        # most one piece) instead of holding up to a whole gather buffer.
+        final = self._cutter.flush()
+        if final:
+            self._store_pieces(final)
         if self._writer is not None:
             self._writer.sync()
         tail = bytes(self._cutter.held())
@@ -259,6 +264,8 @@ class Ingest:
         self._checkpointed = self.offset
 
     def _rehash(self, algorithm: str) -> Digest:
+        if self._writer is not None:
+            self._writer.sync()  # our pieces are readable once synced
         h = new_hasher(algorithm)
         for key, _ in self._recipe:
             h.update(self._read_own(key))

@@ -8,10 +8,12 @@ from cas.errors import StoreCorrupt
 from cas.packs import FilesystemPacks, MemoryPacks, PackBackend
 
 
-@pytest.fixture(params=["filesystem", "memory"])
+@pytest.fixture(params=["filesystem-direct", "filesystem-buffered", "memory"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> PackBackend:
-    if request.param == "filesystem":
+    if request.param == "filesystem-direct":
         return FilesystemPacks(tmp_path / "packs")
+    if request.param == "filesystem-buffered":
+        return FilesystemPacks(tmp_path / "packs", direct=False)
     return MemoryPacks()
 
 
@@ -33,7 +35,9 @@ def test_names_list_every_pack(backend: PackBackend) -> None:
 
 
 def test_short_or_missing_reads_are_corruption(backend: PackBackend) -> None:
-    backend.create("cc33").append(b"abc")
+    w = backend.create("cc33")
+    w.append(b"abc")
+    w.sync()
     with pytest.raises(StoreCorrupt, match="short"):
         backend.read("cc33", 1, 10)
     with pytest.raises(StoreCorrupt, match="missing"):
@@ -44,16 +48,43 @@ def test_open_append_truncates_to_the_checkpoint(backend: PackBackend) -> None:
     w = backend.create("ee55")
     w.append(b"durable")
     w.append(b"lost-after-crash")
+    w.sync()
     w.close()
     w2 = backend.open_append("ee55", 7)
     assert w2.append(b"!") == 7
+    w2.sync()
     assert backend.read("ee55", 0, 8) == b"durable!"
+    assert backend.size("ee55") == 8
+
+
+def test_appends_of_every_size_read_back_after_sync(backend: PackBackend) -> None:
+    import random
+
+    rnd = random.Random(5)
+    w = backend.create("ab12")
+    written = bytearray()
+    for n in [0, 1, 4095, 4096, 4097, (2 << 20) - 3, 5 << 20, 17, 100000]:
+        data = rnd.randbytes(n)
+        assert w.append(data) == len(written)
+        written += data
+        if n % 2:
+            w.sync()
+    w.sync()
+    assert w.size == len(written) == backend.size("ab12")
+    assert backend.read("ab12", 0, len(written)) == bytes(written)
+    # Reopened mid-block, appending continues exactly where the pack ends.
+    w.close()
+    w2 = backend.open_append("ab12", len(written) - 10)
+    w2.append(b"0123456789abc")
+    w2.sync()
+    assert backend.read("ab12", len(written) - 12, 15) == bytes(written[-12:-10]) + b"0123456789abc"
 
 
 def test_free_keeps_other_ranges_and_delete_is_idempotent(backend: PackBackend) -> None:
     w = backend.create("ff66")
     w.append(b"a" * 8192)
     w.append(b"b" * 8192)
+    w.sync()
     backend.free("ff66", 0, 8192)
     assert backend.read("ff66", 8192, 8192) == b"b" * 8192
     backend.delete("ff66")

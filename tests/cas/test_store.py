@@ -294,3 +294,15 @@ async def test_full_disk_is_a_clear_error_and_keeps_committed_blobs(tmp_path: Pa
     finally:
         await store.close()
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+async def test_checkpoint_keeps_only_a_small_tail(store: Store) -> None:
+    data = os.urandom(3 << 20)
+    ing = await store.begin_ingest()
+    await ing.write(data)
+    await ing.checkpoint()
+    tails = list((store.root / "ingests").iterdir())
+    assert len(tails) == 1
+    assert tails[0].stat().st_size <= store.chunk_params.max_size
+    info = await ing.commit(Digest.of(data))
+    assert await store.read_bytes(info.digest) == data
