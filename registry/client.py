@@ -20,13 +20,14 @@ Policies, in one place (:meth:`RegistryClient._send`):
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -47,7 +48,7 @@ __all__ = [
     "push_scope",
 ]
 
-MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST))
+MANIFEST_ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}"
 RECIPE_ENDPOINT = "_pybuild/blob/recipe"
 _MAX_MANIFEST = 4 << 20
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
@@ -76,6 +77,9 @@ class ClientOptions:
     backoff: float = 0.25
     connections: int = 16
     credentials: dict[str, Credentials] = field(default_factory=dict)
+    # Loopback registries are insecure registries (Docker's default); False treats them
+    # like any other host (certificates verified, no plain HTTP).
+    loopback_insecure: bool = True
 
 
 class RegistryClient:
@@ -94,7 +98,7 @@ class RegistryClient:
             verify = ssl.create_default_context(cafile=str(self.options.ca_cert))
         self._ssl = verify
 
-    async def __aenter__(self) -> RegistryClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -122,7 +126,7 @@ class RegistryClient:
 
     # --- scheme and transport -------------------------------------------------------------
     def _insecure(self, host: str) -> bool:
-        return is_loopback(host) or host in self.options.insecure
+        return (self.options.loopback_insecure and is_loopback(host)) or host in self.options.insecure
 
     async def base_url(self, host: str) -> str:
         """``https://host`` or, for insecure hosts that do not speak TLS, ``http://host``."""
@@ -134,7 +138,7 @@ class RegistryClient:
                 try:
                     async with self.session.get(f"{base}/v2/", ssl=False) as resp:
                         await resp.read()
-                except (aiohttp.ClientError, asyncio.TimeoutError, ssl.SSLError):
+                except (TimeoutError, aiohttp.ClientError, ssl.SSLError):
                     base = f"http://{host}"
             self._bases[host] = base
             return base
@@ -174,11 +178,14 @@ class RegistryClient:
                 if value:
                     send_headers["Authorization"] = value
             try:
+                # A fresh stream per attempt (a retry resends the whole body); aiohttp
+                # would otherwise copy large raw bytes on the event loop.
+                body = io.BytesIO(data) if data else None
                 resp = await self.session.request(
-                    method, url, headers=send_headers, data=data, params=params,
+                    method, url, headers=send_headers, data=body, params=params,
                     allow_redirects=False, ssl=self._ssl_for(url),
                 )
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 if attempt >= self.options.retries:
                     raise TransportError(
                         f"{method} {url}: {exc or type(exc).__name__} (after {attempt + 1} "
@@ -265,7 +272,7 @@ class RegistryClient:
         return Digest.parse(value) if value else None
 
     async def put_manifest(self, ref: ImageRef, body: bytes, media_type: str) -> Digest:
-        resp, _ = await self._request(
+        _resp, _ = await self._request(
             "PUT", ref.api_host, f"/v2/{ref.name}/manifests/{ref.reference}",
             scopes=frozenset({push_scope(ref.name)}), headers={"Content-Type": media_type},
             data=body, ok=(200, 201),
@@ -340,7 +347,7 @@ class RegistryClient:
             "GET", host, url, scopes=frozenset({push_scope(name)}), ok=(204, 200)
         )
         value = resp.headers.get("Range", "").removeprefix("bytes=")
-        start, _, end = value.partition("-")
+        _start, _, end = value.partition("-")
         # "0-0" is what registries report for an empty session too (and Distribution
         # says "0--1"); sessions here never hold a single byte, so both mean 0.
         if not value or end in ("0", "-1") or not end.isdigit():

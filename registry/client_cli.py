@@ -43,6 +43,13 @@ def _run(coro: Awaitable[T]) -> T:
         raise click.ClickException(str(exc)) from exc
 
 
+def _ref(text: str) -> Any:
+    try:
+        return parse_image_ref(text)
+    except InvalidReference as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 def _storage_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--storage", type=click.Path(path_type=Path), default=None,
                         help="Storage directory (default: $PYBUILD_STORAGE or the XDG data dir).")(fn)
@@ -94,7 +101,7 @@ async def _copy(src: Endpoint, dst: Endpoint, kw: dict[str, Any]) -> None:
 @_transfer_options
 def pull(ref: str, **kw: Any) -> None:
     """Pull image REF from its registry into the local store (only what is missing)."""
-    image = parse_image_ref(ref)
+    image = _ref(ref)
     _run(_copy(Endpoint("registry", image), Endpoint("local", image), kw))
 
 
@@ -104,7 +111,7 @@ def pull(ref: str, **kw: Any) -> None:
 @_transfer_options
 def push(ref: str, destination: str | None, **kw: Any) -> None:
     """Push local image REF to its registry (or to DESTINATION, any transport)."""
-    image = parse_image_ref(ref)
+    image = _ref(ref)
     dst = parse_endpoint(destination) if destination else Endpoint("registry", image)
     _run(_copy(Endpoint("local", image), dst, kw))
 
@@ -117,7 +124,7 @@ def copy(source: str, destination: str, **kw: Any) -> None:
     """Copy an image: docker://REF (or bare REF), local:REF, oci:DIR[:TAG], docker-archive:FILE[:REF]."""
     try:
         src, dst = parse_endpoint(source), parse_endpoint(destination)
-    except ValueError as exc:
+    except ValueError as exc:  # InvalidReference is a ValueError
         raise click.BadParameter(str(exc)) from exc
     _run(_copy(src, dst, kw))
 
@@ -153,7 +160,7 @@ def rmi(refs: tuple[str, ...], storage: Path | None) -> None:
         missing = []
         async with await ImageStore.open(storage) as store:
             for ref in refs:
-                if not await store.remove(str(parse_image_ref(ref))):
+                if not await store.remove(str(_ref(ref))):
                     missing.append(ref)
         return missing
 
@@ -179,14 +186,14 @@ def login(server: str, username: str | None, password: str | None, password_stdi
     elif password is None:
         password = click.prompt("Password", hide_input=True)
     creds = Credentials(username, password or "")
-    host = parse_image_ref(f"{server}/x").host
+    host = _ref(f"{server}/x").host
 
     async def check() -> None:
         options = _client_options(kw)
         options = ClientOptions(options.ca_cert, options.tls_verify, options.insecure,
-                                credentials={parse_image_ref(f"{server}/x").api_host: creds})
+                                credentials={_ref(f"{server}/x").api_host: creds})
         async with RegistryClient(options) as client:
-            await client.ping(parse_image_ref(f"{server}/x").api_host)
+            await client.ping(_ref(f"{server}/x").api_host)
 
     _run(check())
     path = _run(asyncio.to_thread(store_credentials, host, creds))
@@ -197,7 +204,7 @@ def login(server: str, username: str | None, password: str | None, password_stdi
 @click.argument("server")
 def logout(server: str) -> None:
     """Forget the credentials saved for SERVER."""
-    host = parse_image_ref(f"{server}/x").host
+    host = _ref(f"{server}/x").host
     if not _run(asyncio.to_thread(erase_credentials, host)):
         raise click.ClickException(f"not logged in to {server}")
     click.echo(f"Removed login credentials for {server}")

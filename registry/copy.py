@@ -77,7 +77,7 @@ class CopyOptions:
     platform: str | None = None
     all_platforms: bool = False
     jobs: int = 6
-    transfer: TransferOptions = TransferOptions()
+    transfer: TransferOptions = field(default_factory=TransferOptions)
 
 
 @dataclass(frozen=True, slots=True)

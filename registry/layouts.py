@@ -45,9 +45,9 @@ from .oci import (
 
 __all__ = [
     "DOCKER_LAYER_TAR",
+    "REF_NAME",
     "LayoutError",
     "OciLayout",
-    "REF_NAME",
     "read_docker_archive",
     "write_docker_archive",
 ]

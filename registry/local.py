@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from cas import Digest, Store
 from cas.location import default_storage_dir
@@ -118,7 +118,7 @@ class ImageStore:
         if self._owns_store:
             await self.store.close()
 
-    async def __aenter__(self) -> ImageStore:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

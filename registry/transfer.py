@@ -175,8 +175,13 @@ async def _fill(
     start = sink.offset
     if start >= desc.size:
         return
+    pieces = None
     if recipes:
-        pieces = await client.recipe(host, name, digest)
+        try:
+            pieces = await client.recipe(host, name, digest)
+        except (RegistryError, TransportError, ValueError, KeyError):
+            pieces = None  # no recipe for this blob: fall back to whole-blob transfer
+    if pieces is not None:
         have = await images.store.has_pieces(k for _, _, k in pieces)
         parts = _plan_pieces(pieces, have, start, options.part_size)
     else:
@@ -282,7 +287,7 @@ async def _get_range(
                         raise BlobError(f"blob {desc.digest}: the registry sent more bytes than asked for")
             if len(buf) == end - start:
                 return bytes(buf)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
             if attempt == options.retries:
                 raise
         await asyncio.sleep(0.1 * 2**attempt)
@@ -302,7 +307,7 @@ async def _stream(
                     await sink.write(chunk)
             if sink.offset >= desc.size:
                 return
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
             if attempt == options.retries:
                 raise
         await sink.ing.checkpoint()

@@ -145,7 +145,7 @@ async def test_docker_archive_round_trip(
         names = tar.getnames()
     assert "manifest.json" in names and f"{Digest.of(image.config).encoded}.json" in names
     back = await copy(f"docker-archive:{archive}", "local:localhost/arch:2", images2, client)
-    manifest, config = await images2.get("localhost/arch:2")
+    manifest, _config = await images2.get("localhost/arch:2")
     original = oci.Manifest.parse(image.manifest)
     assert manifest.config.digest == original.config.digest
     assert [d.digest for d in manifest.layers] == [d.digest for d in original.layers]
@@ -172,7 +172,7 @@ async def test_index_one_platform_or_all(
     assert await images2.store.stat(Digest.of(amd.layers[0])) is None
     every = await copy(ref, f"local:{ref}", images2, client, all_platforms=True)
     assert every.digest == Digest.of(index)
-    manifest, config = await images2.get(ref, platform="linux/amd64")
+    manifest, _config = await images2.get(ref, platform="linux/amd64")
     assert manifest.layers[0].digest == Digest.of(amd.layers[0])
 
 

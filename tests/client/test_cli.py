@@ -1,0 +1,94 @@
+"""The CLI over the client: pull, push, copy, images, rmi, login, logout (CliRunner)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from builder.cli import main
+from registry.local import ImageStore
+
+from .helpers import simple_image, store_image
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    monkeypatch.setenv("PYBUILD_STORAGE", str(tmp_path / "default-storage"))
+    return CliRunner()
+
+
+def seed(storage: Path, ref: str) -> str:
+    async def run() -> str:
+        async with await ImageStore.open(storage) as images:
+            return str(await store_image(images, ref, simple_image(60, (60_000,))))
+
+    return asyncio.run(run())
+
+
+def test_push_pull_images_rmi(runner: CliRunner, distribution: str, tmp_path: Path) -> None:
+    ref = f"{distribution}/cli/{uuid.uuid4().hex[:8]}:v1"
+    digest = seed(tmp_path / "a", ref)
+    out = runner.invoke(main, ["push", ref, "--storage", str(tmp_path / "a"), "--json"])
+    assert out.exit_code == 0, out.output
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    kinds = {e["event"] for e in events}
+    assert {"start", "done", "summary", "result"} <= kinds
+    result = events[-1]
+    assert result["digest"] == digest and result["transferred"] > 40_000
+
+    out = runner.invoke(main, ["pull", ref, "--storage", str(tmp_path / "b"), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout.splitlines()[-1])["digest"] == digest
+
+    out = runner.invoke(main, ["images", "--storage", str(tmp_path / "b"), "--json"])
+    listed = json.loads(out.stdout)
+    assert [(i["ref"], i["digest"]) for i in listed] == [(ref, digest)]
+    table = runner.invoke(main, ["images", "--storage", str(tmp_path / "b")]).output
+    assert ref in table and digest.split(":")[1][:12] in table
+
+    out = runner.invoke(main, ["rmi", ref, "--storage", str(tmp_path / "b")])
+    assert out.exit_code == 0, out.output
+    assert json.loads(runner.invoke(main, ["images", "--storage", str(tmp_path / "b"), "--json"]).stdout) == []
+    out = runner.invoke(main, ["rmi", ref, "--storage", str(tmp_path / "b")])
+    assert out.exit_code != 0 and "no such local image" in out.output
+    gc = runner.invoke(main, ["storage", "gc", "--storage", str(tmp_path / "b"), "--grace", "0"])
+    assert gc.exit_code == 0, gc.output
+
+
+def test_plain_progress_and_copy_to_oci(runner: CliRunner, distribution: str, tmp_path: Path) -> None:
+    ref = f"{distribution}/cli/{uuid.uuid4().hex[:8]}:v1"
+    seed(tmp_path / "a", ref)
+    assert runner.invoke(main, ["push", ref, "--storage", str(tmp_path / "a"), "-q"]).exit_code == 0
+    out = runner.invoke(main, ["copy", f"docker://{ref}", f"oci:{tmp_path / 'layout'}:v1",
+                               "--storage", str(tmp_path / "c")])
+    assert out.exit_code == 0, out.output
+    assert "pulled" in out.stderr and "transferred" in out.stderr
+    assert (tmp_path / "layout" / "index.json").exists()
+
+
+def test_errors_are_one_clear_line(runner: CliRunner, distribution: str, tmp_path: Path) -> None:
+    out = runner.invoke(main, ["pull", f"{distribution}/cli/absent:v1", "--storage", str(tmp_path / "s")])
+    assert out.exit_code == 1
+    assert "MANIFEST_UNKNOWN" in out.output or "NAME_UNKNOWN" in out.output
+    assert "Traceback" not in out.output
+    out = runner.invoke(main, ["copy", "oci:/nonexistent/x", "local:a", "--storage", str(tmp_path / "s")])
+    assert out.exit_code == 1 and "not an OCI layout" in out.output
+    out = runner.invoke(main, ["pull", "x/UPPER:y"])
+    assert out.exit_code != 0 and "invalid image reference" in out.output
+
+
+def test_login_and_logout(runner: CliRunner, distribution: str, tmp_path: Path) -> None:
+    out = runner.invoke(main, ["login", distribution, "-u", "me", "--password-stdin"], input="pw\n")
+    assert out.exit_code == 0, out.output
+    config = json.loads((tmp_path / "docker" / "config.json").read_text())
+    assert distribution in config["auths"]
+    out = runner.invoke(main, ["logout", distribution])
+    assert out.exit_code == 0, out.output
+    assert distribution not in json.loads((tmp_path / "docker" / "config.json").read_text())["auths"]
+    assert runner.invoke(main, ["logout", distribution]).exit_code != 0

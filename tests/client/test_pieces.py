@@ -1,0 +1,65 @@
+"""Piece-level pulls: v2 after v1 fetches only the pieces v1 did not have."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cas import Digest
+from cas.frames import gzip_member
+from registry.client import RegistryClient
+from registry.copy import CopyOptions, copy_image, parse_endpoint
+from registry.local import ImageStore
+from registry.progress import Progress
+
+from .helpers import make_image, random_bytes, store_image
+
+
+async def copy(src: str, dst: str, images: ImageStore, client: RegistryClient):
+    return await copy_image(parse_endpoint(src), parse_endpoint(dst), images, client,
+                            Progress("quiet"), CopyOptions())
+
+
+async def test_pull_of_v2_fetches_only_changed_pieces(
+    pybuild_registry: str, make_proxy: Any, images: ImageStore, client: RegistryClient,
+    tmp_path: Path,
+) -> None:
+    chunks = [random_bytes(65_536, 900 + i) for i in range(40)]
+    v1 = make_image([chunks])
+    changed = list(chunks)
+    changed[5] = random_bytes(65_536, 5000)
+    changed[30] = random_bytes(65_536, 5001)
+    v2 = make_image([changed])
+    async with await ImageStore.open(tmp_path / "publisher") as publisher:
+        for tag, image in (("v1", v1), ("v2", v2)):
+            ref = f"{pybuild_registry}/pieces/app:{tag}"
+            await store_image(publisher, ref, image)
+            await copy(f"local:{ref}", ref, publisher, client)
+
+    proxy, host = await make_proxy(pybuild_registry)
+    await copy(f"{host}/pieces/app:v1", f"local:{host}/pieces/app:v1", images, client)
+    layer1 = v1.layers[0]
+    assert proxy.blob_bytes >= len(layer1)
+
+    proxy.blob_bytes = 0
+    proxy.log.clear()
+    progress = Progress("quiet")
+    result = await copy_image(parse_endpoint(f"{host}/pieces/app:v2"),
+                              parse_endpoint(f"local:{host}/pieces/app:v2"), images, client,
+                              progress, CopyOptions())
+    assert result.digest == v2.digest
+    layer2 = v2.layers[0]
+    assert await images.store.read_bytes(Digest.of(layer2)) == layer2
+    # Two of forty frames changed: the server sent those two (plus the tiny config).
+    old = set(_members(chunks))
+    changed_bytes = sum(len(m) for m in _members(changed) if m not in old)
+    assert 0 < changed_bytes < len(layer2) // 10
+    assert proxy.blob_bytes <= changed_bytes + len(v2.config)
+    assert progress.reused >= len(layer2) - changed_bytes
+    assert any(m == "GET" and "_pybuild/blob/recipe" in p for m, p, _ in proxy.log)
+    assert (await images.store.fsck()).ok
+
+
+
+def _members(chunks: list[bytes]) -> list[bytes]:
+    return [gzip_member(c, level=1) for c in chunks]

@@ -1,0 +1,102 @@
+"""Transport policies: parallel Range parts, retries on 5xx only, progress output."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from registry.client import ClientOptions, RegistryClient
+from registry.copy import CopyOptions, copy_image, parse_endpoint
+from registry.errors import RegistryError
+from registry.local import ImageStore
+from registry.progress import Progress
+from registry.refs import parse_image_ref
+from registry.transfer import TransferOptions
+
+from .helpers import simple_image, store_image
+
+
+async def test_large_blobs_come_in_parallel_range_parts(
+    distribution: str, make_proxy: Any, images: ImageStore, images2: ImageStore,
+    client: RegistryClient,
+) -> None:
+    image = simple_image(70, (600_000,))
+    ref = f"{distribution}/transport/parts:v1"
+    await store_image(images, ref, image)
+    await copy_image(parse_endpoint(f"local:{ref}"), parse_endpoint(ref), images, client,
+                     Progress("quiet"), CopyOptions())
+    proxy, host = await make_proxy(distribution)
+    options = CopyOptions(transfer=TransferOptions(part_size=100_000, parallel_threshold=200_000))
+    result = await copy_image(parse_endpoint(f"{host}/transport/parts:v1"),
+                              parse_endpoint(f"local:{host}/transport/parts:v1"), images2, client,
+                              Progress("quiet"), options)
+    assert result.digest == image.digest
+    layer = max(image.layers, key=len)
+    ranges = sorted(r for m, p, r in proxy.log if m == "GET" and "/blobs/" in p and r)
+    assert len(ranges) == -(-len(layer) // 100_000)
+    assert "bytes=0-99999" in ranges
+    assert proxy.blob_bytes == len(layer) + len(image.config)
+
+
+@pytest.mark.parametrize(("status", "attempts"), [(503, 3), (500, 3), (404, 1), (400, 1)])
+async def test_retries_on_5xx_never_on_4xx(status: int, attempts: int, aiohttp_server: Any) -> None:
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        body = {"errors": [{"code": "UNKNOWN" if status >= 500 else "MANIFEST_UNKNOWN",
+                            "message": "nope"}]}
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    ref = parse_image_ref(f"127.0.0.1:{server.port}/a/b:1")
+    async with RegistryClient(ClientOptions(retries=2, backoff=0.001)) as client:
+        await client.base_url(ref.host)
+        seen.clear()
+        with pytest.raises(RegistryError) as err:
+            await client.get_manifest(ref)
+    assert err.value.status == status
+    assert len(seen) == attempts
+
+
+def test_progress_modes() -> None:
+    out = io.StringIO()
+    p = Progress("json", out)
+    p.start("sha256:aa", "aa", 100)
+    p.advance("sha256:aa", 60, reused=True)
+    p.advance("sha256:aa", 40)
+    p.finish("sha256:aa", "pulled")
+    summary = p.close()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "summary"
+    done = next(e for e in events if e["event"] == "done")
+    assert done == {"event": "done", "id": "sha256:aa", "status": "pulled", "bytes": 100,
+                    "reused": 60, "total": 100}
+    assert summary["transferred"] == 40 and summary["reused"] == 60
+
+    out = io.StringIO()
+    p = Progress("plain", out)
+    p.start("k", "layer", 2048)
+    p.advance("k", 2048)
+    p.finish("k", "pulled")
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "layer: start (2.0 KiB)"
+    assert lines[1] == "layer: pulled (2.0 KiB transferred)"
+    assert lines[2].startswith("2.0 KiB transferred, 0 B reused")
+
+    out = io.StringIO()
+    p = Progress("tty", out)
+    p.start("k", "layer", 100)
+    p.finish("k", "pulled")
+    assert "[" in out.getvalue() and "total:" in out.getvalue()
+    with pytest.raises(ValueError, match="progress mode"):
+        Progress("fancy")
+
+
