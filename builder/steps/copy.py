@@ -43,8 +43,9 @@ __all__ = ["copy_instruction", "workdir_instruction"]
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    """One path to write: ``dest`` (relative to /), from ``path`` (None: a directory
-    the copy creates), ``archive`` to unpack at ``dest``."""
+    """One path to write: ``dest`` (relative to /), from ``path`` (None with ``st``
+    None: the directory a directory's contents are copied into), ``archive`` to unpack
+    at ``dest``."""
 
     dest: str
     path: Path | None
@@ -181,7 +182,7 @@ def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int
         _make_parents(upper, posixpath.dirname(it.dest), lowers, owner)
         if it.archive:
             assert it.path is not None
-            target.mkdir(exist_ok=True)
+            _make_parents(upper, it.dest, lowers, owner)
             with _open_archive(it.path) as src:
                 apply_layer(src, target)
             continue
@@ -189,6 +190,12 @@ def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int
             target.write_bytes(it.data)
             os.chown(target, *(owner or (0, 0)))
             os.chmod(target, chmod if chmod is not None else 0o644)
+            continue
+        if it.path is None and it.st is None:
+            # The destination of a directory's contents, as BuildKit makes it: an existing
+            # directory keeps its mode and owner; a new one is 0755, --chown'ed, and
+            # --chmod applies only to what is copied into it.
+            _make_parents(upper, it.dest, lowers, owner)
             continue
         st = it.st
         if os.path.lexists(target) and not (target.is_dir() and (st is None or stat.S_ISDIR(st.st_mode))):
