@@ -105,6 +105,23 @@ def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
     return uid, uid
 
 
+def _workdir_owner(spec: str, lowers: list[Path]) -> tuple[int, int]:
+    """The owner BuildKit gives directories WORKDIR creates under ``USER spec``: names
+    looked up as for ``--chown``, but leniently (a user /etc/passwd lacks is root, a
+    group /etc/group lacks leaves the user's group), since USER need not exist."""
+    user, _, group = spec.partition(":")
+    try:
+        uid, gid = _chown_ids(user, lowers, "WORKDIR")
+    except BuildError:
+        uid, gid = 0, 0
+    if group:
+        try:
+            gid = _chown_ids(f"0:{group}", lowers, "WORKDIR")[1]
+        except BuildError:
+            pass
+    return uid, gid
+
+
 def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> str:
     """``path`` (absolute, in the image) with the symlinks the stage's layers have on
     its way resolved inside the image, as the kernel would in the container: ``/bin/x``
@@ -374,19 +391,14 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
                               name: str) -> None:
     """WORKDIR: set the config's working dir and create it (a layer, as BuildKit).
 
-    Directories it creates belong to the stage's USER, as BuildKit makes them (a user
-    the image's /etc/passwd does not name: root)."""
+    Directories it creates belong to the stage's USER, as BuildKit makes them."""
     path = resolve_workdir(state, ins.path)
     state.update(working_dir=path)
     lowers = await env.lowers(state)
     target = await asyncio.to_thread(resolve_in_lowers, lowers, path, follow_final=True)
     owner = None
     if state.config.user:
-        try:
-            owner = await asyncio.to_thread(_chown_ids, state.config.user, lowers,
-                                            env.where(ins))
-        except BuildError:
-            owner = None
+        owner = await asyncio.to_thread(_workdir_owner, state.config.user, lowers)
 
     async def produce(n: int) -> Path:
         upper = env.scratch("workdir-")

@@ -66,8 +66,9 @@ CASES = (
     Case("entrypoint-shell", expect="shell-form entrypoint, 0 arguments\n"),
     Case("entrypoint-exec", expect="exec-form entrypoint: set in this stage\n"),
     Case("multistage", expect="generated in the build stage\ndeep\n"),
-    Case("onbuild-base", command=("ls", "/app"), expect=""),
+    Case("onbuild-base", command=("stat", "-c", "%n %a %u", "/app"), expect="/app 755 0\n"),
     Case("onbuild-child", expect="copied by an ONBUILD trigger\ntrigger ran\nTRIGGERED=yes\n"),
+    Case("workdir-users", expect="unknown 0:0 755\nuid 1000:1000 755\n"),
 )
 
 

@@ -143,6 +143,9 @@ def test_docker_parity_details(context_of, build, tmp_path: Path) -> None:
     for made in ("srv/made", "srv/made/by-tester"):
         st = (out / made).stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 50, 0o755)
+    # leniently: an unknown user is root, an unknown group the user's own
+    assert (out / "srv/unknown").stat().st_uid == 0
+    assert ((out / "srv/uid").stat().st_uid, (out / "srv/uid").stat().st_gid) == (1000, 1000)
     # a directory copied into an existing directory leaves its mode and owner alone...
     st = (out / "etc").stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o755)
