@@ -194,6 +194,9 @@ def _make_parents(upper: Path, rel: str, lowers: list[Path],
 
 def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int, int] | None,
            chmod: int | None) -> None:
+    # Files hard-linked to each other among the sources stay hard-linked in the layer,
+    # as BuildKit copies them: (st_dev, st_ino) -> the first copy written.
+    linked: dict[tuple[int, int], Path] = {}
     for it in items:
         target = upper / it.dest
         _make_parents(upper, posixpath.dirname(it.dest), lowers, owner)
@@ -230,6 +233,12 @@ def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int
             continue
         elif stat.S_ISREG(st.st_mode):
             assert it.path is not None
+            inode = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and inode in linked:
+                os.link(linked[inode], target)
+                continue
+            if st.st_nlink > 1:
+                linked[inode] = target
             shutil.copyfile(it.path, target, follow_symlinks=False)
             mode = stat.S_IMODE(st.st_mode)
         else:

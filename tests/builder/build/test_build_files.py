@@ -137,7 +137,9 @@ def test_write_base_layout_is_importable() -> None:
 
 def test_docker_parity_details(context_of, build, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = build(context_of("docker-parity"), local=out, source_date_epoch=0)
+    context = context_of("docker-parity")
+    os.link(context / "one.txt", context / "one.hard")
+    result = build(context, local=out, source_date_epoch=0)
     assert result.image.config.author == "Jane Doe <jane@example.com>"
     # WORKDIR creates missing directories as the stage's USER
     for made in ("srv/made", "srv/made/by-tester"):
@@ -156,5 +158,7 @@ def test_docker_parity_details(context_of, build, tmp_path: Path) -> None:
     assert (out / "locked/app.conf").stat().st_mode & 0o7777 == 0o700
     # two identical layers in a row still mount (overlayfs refuses a lowerdir twice)
     diff_ids = result.image.config.rootfs.diff_ids
-    assert diff_ids[-3] == diff_ids[-2]
+    assert diff_ids[-4] == diff_ids[-3]
     assert (out / "ran.txt").read_text() == "ran\n"
+    # files hard-linked in the context stay hard-linked
+    assert (out / "linked/one.txt").stat().st_ino == (out / "linked/one.hard").stat().st_ino
