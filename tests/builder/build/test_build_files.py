@@ -162,3 +162,15 @@ def test_docker_parity_details(context_of, build, tmp_path: Path) -> None:
     assert (out / "ran.txt").read_text() == "ran\n"
     # files hard-linked in the context stay hard-linked
     assert (out / "linked/one.txt").stat().st_ino == (out / "linked/one.hard").stat().st_ino
+
+
+def test_hard_links_in_the_context_are_part_of_the_cache_key(context_of, build,
+                                                             tmp_path: Path) -> None:
+    context = context_of("docker-parity")
+    (context / "one.hard").write_text("one\n")  # the same content, not linked
+    storage = tmp_path / "storage"
+    separate = build(context, storage=storage, source_date_epoch=0)
+    (context / "one.hard").unlink()
+    os.link(context / "one.txt", context / "one.hard")
+    linked = build(context, storage=storage, source_date_epoch=0)
+    assert linked.image.config.rootfs.diff_ids[-1] != separate.image.config.rootfs.diff_ids[-1]
