@@ -30,8 +30,11 @@ __all__ = ["ChunkParams", "Cutter"]
 class ChunkParams:
     """FastCDC sizes. The defaults were chosen with ``bench/`` (see bench/README.md)."""
 
-    min_size: int = 64 << 10
-    avg_size: int = 256 << 10
+    # pyfastcdc's pieces average about avg_size + min_size (~300 KiB here); a large
+    # minimum lets it skip hashing the first half of each piece: 2.7 GB/s against
+    # 1.9 GB/s for min 64 KiB / avg 256 KiB at the same mean piece size.
+    min_size: int = 128 << 10
+    avg_size: int = 192 << 10
     max_size: int = 1 << 20
 
     def __post_init__(self) -> None:
