@@ -63,6 +63,7 @@ class ImageState:
     layers: list[LayerRef] = field(default_factory=list)
     history: list[History] = field(default_factory=list)
     key: str = ""
+    author: str | None = None  # MAINTAINER; inherited from the base, as BuildKit does
 
     @classmethod
     def scratch(cls) -> ImageState:
@@ -75,11 +76,11 @@ class ImageState:
             config = replace(config, env=(f"PATH={DEFAULT_PATH}",))
         return cls(config=config, architecture=cfg.architecture, os=cfg.os,
                    variant=cfg.variant, layers=list(layers),
-                   history=list(cfg.history or ()), key=key)
+                   history=list(cfg.history or ()), key=key, author=cfg.author)
 
     def copy(self) -> ImageState:
         return ImageState(self.config, self.architecture, self.os, self.variant,
-                          list(self.layers), list(self.history), self.key)
+                          list(self.layers), list(self.history), self.key, self.author)
 
     # -- config helpers -----------------------------------------------------------------
     def env_map(self) -> dict[str, str]:
@@ -133,6 +134,7 @@ def assemble(state: ImageState, created: str) -> BuiltImage:
         variant=state.variant,
         rootfs=RootFS(tuple(layer.diff_id for layer in state.layers)),
         created=created,
+        author=state.author,
         config=state.config,
         history=tuple(state.history),
     )

@@ -104,7 +104,13 @@ def overlay_mount_data(
 
     Long layer lists exceed the one page of mount data the kernel accepts; as containerd
     does, the paths are then made relative to their common parent, mounted from there.
+    A directory listed twice (an image with two identical layers) is kept only at its
+    topmost place.
     """
+    # overlayfs refuses a lowerdir given twice ("conflicting lowerdir path", ELOOP). The
+    # lower copy of a repeated layer is invisible anyway: every entry, whiteout and opaque
+    # marker it holds is repeated by the copy above it, which shadows everything below.
+    lowers = list(dict.fromkeys(lowers))
 
     def data(paths: Sequence[str], up: str, wk: str) -> str:
         low = ":".join(_escape(p) for p in paths)

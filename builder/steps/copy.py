@@ -43,8 +43,9 @@ __all__ = ["copy_instruction", "workdir_instruction"]
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    """One path to write: ``dest`` (relative to /), from ``path`` (None: a directory
-    the copy creates), ``archive`` to unpack at ``dest``."""
+    """One path to write: ``dest`` (relative to /), from ``path`` (None with ``st``
+    None: the directory a directory's contents are copied into), ``archive`` to unpack
+    at ``dest``."""
 
     dest: str
     path: Path | None
@@ -102,6 +103,23 @@ def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
         if f[0] == user and len(f) > 3:
             return uid, int(f[3])
     return uid, uid
+
+
+def _workdir_owner(spec: str, lowers: list[Path]) -> tuple[int, int]:
+    """The owner BuildKit gives directories WORKDIR creates under ``USER spec``: names
+    looked up as for ``--chown``, but leniently (a user /etc/passwd lacks is root, a
+    group /etc/group lacks leaves the user's group), since USER need not exist."""
+    user, _, group = spec.partition(":")
+    try:
+        uid, gid = _chown_ids(user, lowers, "WORKDIR")
+    except BuildError:
+        uid, gid = 0, 0
+    if group:
+        try:
+            gid = _chown_ids(f"0:{group}", lowers, "WORKDIR")[1]
+        except BuildError:
+            pass
+    return uid, gid
 
 
 def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> str:
@@ -176,12 +194,15 @@ def _make_parents(upper: Path, rel: str, lowers: list[Path],
 
 def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int, int] | None,
            chmod: int | None) -> None:
+    # Files hard-linked to each other among the sources stay hard-linked in the layer,
+    # as BuildKit copies them: (st_dev, st_ino) -> the first copy written.
+    linked: dict[tuple[int, int], Path] = {}
     for it in items:
         target = upper / it.dest
         _make_parents(upper, posixpath.dirname(it.dest), lowers, owner)
         if it.archive:
             assert it.path is not None
-            target.mkdir(exist_ok=True)
+            _make_parents(upper, it.dest, lowers, owner)
             with _open_archive(it.path) as src:
                 apply_layer(src, target)
             continue
@@ -189,6 +210,12 @@ def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int
             target.write_bytes(it.data)
             os.chown(target, *(owner or (0, 0)))
             os.chmod(target, chmod if chmod is not None else 0o644)
+            continue
+        if it.path is None and it.st is None:
+            # The destination of a directory's contents, as BuildKit makes it: an existing
+            # directory keeps its mode and owner; a new one is 0755, --chown'ed, and
+            # --chmod applies only to what is copied into it.
+            _make_parents(upper, it.dest, lowers, owner)
             continue
         st = it.st
         if os.path.lexists(target) and not (target.is_dir() and (st is None or stat.S_ISDIR(st.st_mode))):
@@ -206,6 +233,12 @@ def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int
             continue
         elif stat.S_ISREG(st.st_mode):
             assert it.path is not None
+            inode = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and inode in linked:
+                os.link(linked[inode], target)
+                continue
+            if st.st_nlink > 1:
+                linked[inode] = target
             shutil.copyfile(it.path, target, follow_symlinks=False)
             mode = stat.S_IMODE(st.st_mode)
         else:
@@ -227,6 +260,18 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
     if len(sources) > 1 and not dest_is_dir:
         raise ContextError(f"copying {len(sources)} sources needs a destination ending "
                            f"with '/' (got {dest!r})")
+    # Which files are hard links of one another is part of the result (see _write), so
+    # part of the cache key: inode -> the first source path that has it.
+    inodes: dict[tuple[int, int], str] = {}
+
+    def file_hash(rel: str, path: Path, st: os.stat_result) -> str:
+        digest = hash_path(path, st)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            first = inodes.setdefault((st.st_dev, st.st_ino), rel)
+            if first != rel:
+                digest += f" link:{first}"
+        return digest
+
     for src in sources:
         if src.is_dir:
             base = dest.rstrip("/")
@@ -236,7 +281,7 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
                 if excludes.excluded(rel):
                     continue
                 items.append(_Item(f"{base}/{rel}" if base else rel, path, st))
-                hashes[f"{src.rel}/{rel}"] = hash_path(path, st)
+                hashes[f"{src.rel}/{rel}"] = file_hash(f"{src.rel}/{rel}", path, st)
             continue
         st = os.stat(src.path)
         name = posixpath.basename(src.rel)
@@ -245,7 +290,7 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
             items.append(_Item(dest.rstrip("/"), src.path, st, archive=True))
         else:
             items.append(_Item(target.lstrip("/"), src.path, st))
-        hashes[src.rel] = hash_path(src.path, st)
+        hashes[src.rel] = file_hash(src.rel, src.path, st)
     return items, hashes
 
 
@@ -365,15 +410,20 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
 
 async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
                               name: str) -> None:
-    """WORKDIR: set the config's working dir and create it (a layer, as BuildKit)."""
+    """WORKDIR: set the config's working dir and create it (a layer, as BuildKit).
+
+    Directories it creates belong to the stage's USER, as BuildKit makes them."""
     path = resolve_workdir(state, ins.path)
     state.update(working_dir=path)
     lowers = await env.lowers(state)
     target = await asyncio.to_thread(resolve_in_lowers, lowers, path, follow_final=True)
+    owner = None
+    if state.config.user:
+        owner = await asyncio.to_thread(_workdir_owner, state.config.user, lowers)
 
     async def produce(n: int) -> Path:
         upper = env.scratch("workdir-")
-        await asyncio.to_thread(_make_parents, upper, target.lstrip("/"), lowers)
+        await asyncio.to_thread(_make_parents, upper, target.lstrip("/"), lowers, owner)
         # a directory that already existed is only copied up: no change, no layer
         if lower_stat(lowers, target.lstrip("/")) is not None:
             await asyncio.to_thread(shutil.rmtree, upper)
@@ -381,4 +431,4 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
         return upper
 
     await layer_step(env, state, ins, name, f"WORKDIR {path}", f"WORKDIR {path}",
-                     {"workdir": path}, produce)
+                     {"workdir": path, "owner": list(owner or ())}, produce)

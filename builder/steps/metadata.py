@@ -121,6 +121,7 @@ def apply_metadata(ins: Instruction, state: ImageState, where: str, cmd_set: lis
         state.update(on_build=(*(cfg.on_build or ()), ins.expression))
         created_by = f"ONBUILD {ins.expression}"
     elif isinstance(ins, Maintainer):
+        state.author = ins.maintainer
         created_by = f"MAINTAINER {ins.maintainer}"
     else:  # pragma: no cover - the executor dispatches only METADATA types here
         raise BuildError(where, f"{ins.keyword} is not a metadata instruction")

@@ -133,3 +133,44 @@ def test_cli_plain_progress_cached_and_failure(context_of, tmp_path: Path) -> No
 
 def test_write_base_layout_is_importable() -> None:
     assert callable(write_base_layout)
+
+
+def test_docker_parity_details(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    context = context_of("docker-parity")
+    os.link(context / "one.txt", context / "one.hard")
+    result = build(context, local=out, source_date_epoch=0)
+    assert result.image.config.author == "Jane Doe <jane@example.com>"
+    # WORKDIR creates missing directories as the stage's USER
+    for made in ("srv/made", "srv/made/by-tester"):
+        st = (out / made).stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 50, 0o755)
+    # leniently: an unknown user is root, an unknown group the user's own
+    assert (out / "srv/unknown").stat().st_uid == 0
+    assert ((out / "srv/uid").stat().st_uid, (out / "srv/uid").stat().st_gid) == (1000, 1000)
+    # a directory copied into an existing directory leaves its mode and owner alone...
+    st = (out / "etc").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o755)
+    st = (out / "etc/app.conf").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 1000, 0o700)
+    # ...and makes a new one 0755: --chmod is for what is copied into it
+    assert (out / "locked").stat().st_mode & 0o7777 == 0o755
+    assert (out / "locked/app.conf").stat().st_mode & 0o7777 == 0o700
+    # two identical layers in a row still mount (overlayfs refuses a lowerdir twice)
+    diff_ids = result.image.config.rootfs.diff_ids
+    assert diff_ids[-4] == diff_ids[-3]
+    assert (out / "ran.txt").read_text() == "ran\n"
+    # files hard-linked in the context stay hard-linked
+    assert (out / "linked/one.txt").stat().st_ino == (out / "linked/one.hard").stat().st_ino
+
+
+def test_hard_links_in_the_context_are_part_of_the_cache_key(context_of, build,
+                                                             tmp_path: Path) -> None:
+    context = context_of("docker-parity")
+    (context / "one.hard").write_text("one\n")  # the same content, not linked
+    storage = tmp_path / "storage"
+    separate = build(context, storage=storage, source_date_epoch=0)
+    (context / "one.hard").unlink()
+    os.link(context / "one.txt", context / "one.hard")
+    linked = build(context, storage=storage, source_date_epoch=0)
+    assert linked.image.config.rootfs.diff_ids[-1] != separate.image.config.rootfs.diff_ids[-1]

@@ -1,0 +1,292 @@
+"""pybuild build against docker build (BuildKit): the same Dockerfiles give the same images.
+
+Each case in ``testfiles/build-compare/<case>/`` is built twice, FROM a busybox base pushed
+to a ``pybuild serve`` started here: by Debian's docker client with ``DOCKER_BUILDKIT=1``
+against the test engine, and by ``python3 -m builder build --output type=docker,dest=...``
+whose archive is then ``docker load``ed. Both images are run (``--network none``) and
+their outputs compared; their root filesystems (``docker create`` + ``docker export``) are
+compared entry by entry (path, type, mode, owner, size, content hash, link target, but not
+mtimes), and so are their configs as ``docker image inspect`` reports them.
+
+Together the cases use every Dockerfile instruction (see each Dockerfile's header).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.docker_engine import DockerEngine
+from tests.helpers.registries import RunningRegistry, pybuild_registry
+from tests.helpers.tools import in_ci, require_tool
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES_DIR = Path(__file__).resolve().parent / "testfiles" / "build-compare"
+
+# Paths the engine itself puts into every container (not part of either image).
+ENGINE_PATHS = frozenset({".dockerenv", "etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab"})
+# Directories whose contents the engine provides (their own entries are still compared).
+ENGINE_DIRS = ("dev/", "proc/", "sys/")
+
+# The config fields compared (``docker image inspect``'s ``.Config``).
+CONFIG_KEYS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Volumes",
+               "Labels", "StopSignal", "Healthcheck", "OnBuild", "Shell")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One Dockerfile directory, its extra build args and the command its containers run."""
+
+    name: str
+    build_args: dict[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] = ()
+    # Text the run output must contain (so a case that prints nothing cannot pass).
+    expect: str = ""
+
+
+CASES = (
+    Case("files", {"GREETING": "howdy"},
+         expect="howdy from tester\nexec-form\n1000\nnotes, added as a plain file\n"
+                "notes, added as a plain file\nfresh\nhello from a script\n"),
+    Case("config", {"VERSION": "1.2.3"}, expect="entry: one two\nversion=1.2.3 unused=unset\n"),
+    Case("entrypoint-shell", expect="shell-form entrypoint, 0 arguments\n"),
+    Case("entrypoint-exec", expect="exec-form entrypoint: set in this stage\n"),
+    Case("multistage", expect="generated in the build stage\ndeep\n"),
+    Case("onbuild-base", command=("stat", "-c", "%n %a %u", "/app"), expect="/app 755 0\n"),
+    Case("onbuild-child", expect="copied by an ONBUILD trigger\ntrigger ran\nTRIGGERED=yes\n"),
+    Case("workdir-users", expect="unknown 0:0 755\nuid 1000:1000 755\n"),
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Fixtures: one registry holding the busybox base, the docker-built ONBUILD base
+
+
+def _pybuild(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "builder", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, (
+        f"pybuild {' '.join(args)} exited {proc.returncode}\n"
+        f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def builds_as_root() -> None:
+    """pybuild's RUN steps need root and bubblewrap."""
+    if os.geteuid() != 0:
+        message = "pybuild build needs root (RUN steps use mounts and namespaces)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    require_tool("bwrap")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """A ``pybuild serve`` on a free loopback port for this module."""
+    with pybuild_registry(tmp_path_factory.mktemp("compare-registry")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def base_ref(registry: RunningRegistry, busybox_layout: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The busybox image, pushed to the registry by pybuild's client."""
+    ref = registry.ref("compare/busybox", "1")
+    seed = tmp_path_factory.mktemp("compare-seed")
+    _pybuild("copy", "--storage", str(seed), f"oci:{busybox_layout}:latest", ref)
+    return ref
+
+
+@pytest.fixture(scope="module")
+def tag_suffix() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="module")
+def onbuild_base_ref(docker_engine: DockerEngine, registry: RunningRegistry, base_ref: str,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """onbuild-base as docker build makes it, pushed to the registry: the base both
+    builders use for onbuild-child (so that case compares the triggers' effects only;
+    the base itself is compared as its own case)."""
+    ref = registry.ref("compare/onbuild-base", "docker")
+    context = _context(CASES_DIR / "onbuild-base", tmp_path_factory.mktemp("onbuild-base"))
+    docker_engine.run("build", "--network", "none", "--build-arg", f"BASE={base_ref}",
+                      "-t", ref, str(context), build=True)
+    docker_engine.run("push", ref)
+    try:
+        yield ref
+    finally:
+        docker_engine.run("rmi", "--force", ref, check=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Building, running and reading both images
+
+
+def _context(case_dir: Path, dest: Path) -> Path:
+    context = dest / "context"
+    shutil.copytree(case_dir, context, symlinks=True)
+    return context
+
+
+def _docker_build(engine: DockerEngine, context: Path, tag: str, args: dict[str, str]) -> None:
+    argv = ["build", "--network", "none", "-t", tag]
+    for key, value in args.items():
+        argv += ["--build-arg", f"{key}={value}"]
+    engine.run(*argv, str(context), build=True)
+
+
+def _pybuild_build(context: Path, storage: Path, tag: str, args: dict[str, str],
+                   *extra: str) -> str:
+    """``pybuild build`` with ``extra`` options; returns the digest it prints."""
+    argv = ["build", "--progress", "plain", "--storage", str(storage), "-t", tag, *extra]
+    for key, value in args.items():
+        argv += ["--build-arg", f"{key}={value}"]
+    return _pybuild(*argv, str(context)).stdout.strip()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of an exported root filesystem, without its mtime."""
+
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    sha256: str
+    link: str
+
+
+def _type(member: tarfile.TarInfo) -> str:
+    if member.islnk():
+        return "hardlink"
+    if member.issym():
+        return "symlink"
+    if member.isdir():
+        return "dir"
+    if member.isfile():
+        return "file"
+    return f"special:{member.type!r}"
+
+
+def _filesystem(engine: DockerEngine, image: str, dest: Path) -> dict[str, Entry]:
+    """The root filesystem of a container of ``image`` (``docker export``), by path."""
+    container = engine.run("create", "--network", "none", image).stdout.strip()
+    archive = dest / f"{container}.tar"
+    try:
+        engine.run("export", "-o", str(archive), container)
+    finally:
+        engine.run("rm", "--force", container, check=False)
+    entries: dict[str, Entry] = {}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            path = member.name.strip("/").removeprefix("./")
+            if not path or path in ENGINE_PATHS or path.startswith(ENGINE_DIRS):
+                continue
+            digest = ""
+            if member.isfile():
+                data = tar.extractfile(member)
+                assert data is not None
+                digest = hashlib.sha256(data.read()).hexdigest()
+            entries[path] = Entry(type=_type(member), mode=member.mode, uid=member.uid,
+                                  gid=member.gid, size=member.size, sha256=digest,
+                                  link=member.linkname)
+    archive.unlink()
+    return entries
+
+
+def _inspect(engine: DockerEngine, image: str) -> dict[str, Any]:
+    info = json.loads(engine.run("image", "inspect", image).stdout)[0]
+    config = info["Config"] or {}
+    picked = {key: config.get(key) for key in CONFIG_KEYS}
+    picked["Author"] = info.get("Author") or ""
+    return picked
+
+
+def _diff(docker: dict[str, Entry], pybuild: dict[str, Entry]) -> list[str]:
+    lines = []
+    for path in sorted(docker.keys() | pybuild.keys()):
+        left, right = docker.get(path), pybuild.get(path)
+        if left != right:
+            lines.append(f"{path}:\n  docker:  {left}\n  pybuild: {right}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------
+# The tests
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_pybuild_and_docker_build_agree(
+    case: Case, docker_engine: DockerEngine, builds_as_root: None, base_ref: str,
+    request: pytest.FixtureRequest, tag_suffix: str, tmp_path: Path,
+) -> None:
+    args = {"BASE": base_ref, **case.build_args}
+    if case.name == "onbuild-child":
+        args["ONBUILD_BASE"] = request.getfixturevalue("onbuild_base_ref")
+    context = _context(CASES_DIR / case.name, tmp_path)
+    docker_tag = f"compare-docker/{case.name}:{tag_suffix}"
+    pybuild_tag = f"compare-pybuild/{case.name}:{tag_suffix}"
+    archive = tmp_path / "image.tar"
+    try:
+        _docker_build(docker_engine, context, docker_tag, args)
+        _pybuild_build(context, tmp_path / "storage", pybuild_tag, args,
+                       "--output", f"type=docker,dest={archive}")
+        loaded = docker_engine.run("load", "-i", str(archive)).stdout
+        assert f"Loaded image: {pybuild_tag}" in loaded
+
+        # The same output when run...
+        docker_out = docker_engine.run_container(docker_tag, *case.command)
+        pybuild_out = docker_engine.run_container(pybuild_tag, *case.command)
+        assert pybuild_out == docker_out
+        assert case.expect in docker_out
+
+        # ...the same files...
+        docker_fs = _filesystem(docker_engine, docker_tag, tmp_path)
+        pybuild_fs = _filesystem(docker_engine, pybuild_tag, tmp_path)
+        assert "bin/busybox" in docker_fs
+        differences = _diff(docker_fs, pybuild_fs)
+        assert not differences, "root filesystems differ:\n" + "\n".join(differences)
+
+        # ...and the same config.
+        assert _inspect(docker_engine, pybuild_tag) == _inspect(docker_engine, docker_tag)
+    finally:
+        docker_engine.run("rmi", "--force", docker_tag, pybuild_tag, check=False)
+
+
+def test_fresh_storages_build_the_same_digest(
+    builds_as_root: None, base_ref: str, tmp_path: Path,
+) -> None:
+    """Two builds of the same context, each with a fresh --storage (so each pulls the base
+    from the registry and runs every step), give the same image digest."""
+    context = _context(CASES_DIR / "files", tmp_path)
+    args = {"BASE": base_ref, "GREETING": "howdy"}
+    digests = []
+    for run in ("a", "b"):
+        oci = tmp_path / f"oci-{run}"
+        digest = _pybuild_build(
+            context, tmp_path / f"storage-{run}", "compare/repro:1", args,
+            "--output", f"type=oci,dest={oci}", "--source-date-epoch", "1700000000",
+        )
+        digests.append(digest)
+        index = json.loads((oci / "index.json").read_text())
+        assert index["manifests"][0]["digest"] == digest
+    assert digests[0].startswith("sha256:")
+    assert digests[0] == digests[1]
