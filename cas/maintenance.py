@@ -121,8 +121,13 @@ def statistics(store: Store) -> Stats:
 
 
 def check(store: Store, progress: Callable[[str], None] | None = None) -> FsckReport:
-    """Verify every blob's digest and every piece's BLAKE3, and the bookkeeping."""
-    meta = store.meta
+    """Verify every blob's digest and every piece's BLAKE3, and the bookkeeping, as of one
+    consistent moment: uploads and commits may go on meanwhile."""
+    with store.meta.snapshot() as meta:
+        return _check(store, meta, progress)
+
+
+def _check(store: Store, meta: Any, progress: Callable[[str], None] | None) -> FsckReport:
     report = FsckReport()
     say = progress or (lambda _msg: None)
     refs: Counter[bytes] = Counter()

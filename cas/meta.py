@@ -128,6 +128,24 @@ class Metadata(Protocol):
     def pack_names(self) -> set[str]: ...
     def pack_live(self) -> dict[str, int]: ...
     def stats(self) -> dict[str, int]: ...
+    @contextmanager
+    def snapshot(self) -> Iterator[SqliteMetadata]:
+        """A read-only view of one consistent moment (WAL snapshot) on its own
+        connection, for long readers such as fsck while the store keeps changing."""
+        view = SqliteMetadata.__new__(SqliteMetadata)
+        view.path = self.path
+        view._lock = threading.RLock()
+        view._db = sqlite3.connect(
+            f"file:{self.path}?mode=ro", uri=True, timeout=60.0, isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            view._db.execute("BEGIN")
+            view._db.execute("SELECT COUNT(*) FROM blobs").fetchone()  # pins the snapshot
+            yield view
+        finally:
+            view._db.close()
+
     def iter_blobs(self) -> Iterator[tuple[str, int, bytes]]: ...
     def iter_pieces(self) -> Iterator[tuple[Location, int]]: ...
     def dangling_links(self) -> list[tuple[str, str]]: ...
@@ -461,6 +479,24 @@ class SqliteMetadata:
             "links": links,
             "packs": packs,
         }
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SqliteMetadata]:
+        """A read-only view of one consistent moment (WAL snapshot) on its own
+        connection, for long readers such as fsck while the store keeps changing."""
+        view = SqliteMetadata.__new__(SqliteMetadata)
+        view.path = self.path
+        view._lock = threading.RLock()
+        view._db = sqlite3.connect(
+            f"file:{self.path}?mode=ro", uri=True, timeout=60.0, isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            view._db.execute("BEGIN")
+            view._db.execute("SELECT COUNT(*) FROM blobs").fetchone()  # pins the snapshot
+            yield view
+        finally:
+            view._db.close()
 
     def iter_blobs(self) -> Iterator[tuple[str, int, bytes]]:
         last = ""
