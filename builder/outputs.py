@@ -51,16 +51,8 @@ def parse_output(text: str) -> Output:
 
 
 async def _blob_to(store: Store, digest: Digest, path: Path) -> None:
-    if path.exists():
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    f = await asyncio.to_thread(open, tmp, "wb")
-    try:
-        async for chunk in store.read(digest):
-            await asyncio.to_thread(f.write, chunk)
-    finally:
-        await asyncio.to_thread(f.close)
-    await asyncio.to_thread(os.replace, tmp, path)
+    if not path.exists():
+        await store.export(digest, path)
 
 
 async def write_oci_layout(image: BuiltImage, store: Store, dest: Path,

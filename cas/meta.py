@@ -135,10 +135,7 @@ class Metadata(Protocol):
         view = SqliteMetadata.__new__(SqliteMetadata)
         view.path = self.path
         view._lock = threading.RLock()
-        view._db = sqlite3.connect(
-            f"file:{self.path}?mode=ro", uri=True, timeout=60.0, isolation_level=None,
-            check_same_thread=False,
-        )
+        view._db = _connect(f"file:{self.path}?mode=ro", uri=True)
         try:
             view._db.execute("BEGIN")
             view._db.execute("SELECT COUNT(*) FROM blobs").fetchone()  # pins the snapshot
@@ -157,9 +154,7 @@ class SqliteMetadata:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            path, timeout=60.0, isolation_level=None, check_same_thread=False
-        )
+        self._db = _connect(str(path))
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a process crash loses nothing committed; pack bytes are
         # fsynced before the transaction that references them.
@@ -487,10 +482,7 @@ class SqliteMetadata:
         view = SqliteMetadata.__new__(SqliteMetadata)
         view.path = self.path
         view._lock = threading.RLock()
-        view._db = sqlite3.connect(
-            f"file:{self.path}?mode=ro", uri=True, timeout=60.0, isolation_level=None,
-            check_same_thread=False,
-        )
+        view._db = _connect(f"file:{self.path}?mode=ro", uri=True)
         try:
             view._db.execute("BEGIN")
             view._db.execute("SELECT COUNT(*) FROM blobs").fetchone()  # pins the snapshot
@@ -531,6 +523,11 @@ class SqliteMetadata:
 
     def pack_live(self) -> dict[str, int]:
         return dict(self._q("SELECT name, live FROM packs"))
+
+
+def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
+    # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE in _tx).
+    return sqlite3.connect(target, uri=uri, timeout=60.0, isolation_level=None, check_same_thread=False)
 
 
 _INGEST_COLS = "id, algorithm, offset, npieces, pack, pack_size, tail_len, created, updated"

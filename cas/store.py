@@ -306,6 +306,25 @@ class Store:
             finally:
                 os.close(fd)
 
+    async def export(self, digest: Digest, path: Path) -> None:
+        """Write the blob to ``path`` atomically (a temporary file renamed into place)."""
+        tmp = path.with_name(path.name + ".tmp")
+
+        def open_tmp() -> Any:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return open(tmp, "wb")
+
+        f = await self._run(open_tmp)
+        try:
+            async for chunk in self.read(digest):
+                await self._run(f.write, chunk)
+        except BaseException:
+            await self._run(f.close)
+            await self._run(tmp.unlink)
+            raise
+        await self._run(f.close)
+        await self._run(os.replace, tmp, path)
+
     async def read_bytes(self, digest: Digest) -> bytes:
         return b"".join([c async for c in self.read(digest)])
 

@@ -157,15 +157,7 @@ class OciLayout:
 
 
 async def _write_from_store(store: Store, digest: Digest, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    f = await asyncio.to_thread(open, tmp, "wb")
-    try:
-        async for chunk in store.read(digest):
-            await asyncio.to_thread(f.write, chunk)
-    finally:
-        await asyncio.to_thread(f.close)
-    await asyncio.to_thread(os.replace, tmp, path)
+    await store.export(digest, path)
 
 
 # --- docker archives ---------------------------------------------------------------------
