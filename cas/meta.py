@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -128,21 +128,7 @@ class Metadata(Protocol):
     def pack_names(self) -> set[str]: ...
     def pack_live(self) -> dict[str, int]: ...
     def stats(self) -> dict[str, int]: ...
-    @contextmanager
-    def snapshot(self) -> Iterator[SqliteMetadata]:
-        """A read-only view of one consistent moment (WAL snapshot) on its own
-        connection, for long readers such as fsck while the store keeps changing."""
-        view = SqliteMetadata.__new__(SqliteMetadata)
-        view.path = self.path
-        view._lock = threading.RLock()
-        view._db = _connect(f"file:{self.path}?mode=ro", uri=True)
-        try:
-            view._db.execute("BEGIN")
-            view._db.execute("SELECT COUNT(*) FROM blobs").fetchone()  # pins the snapshot
-            yield view
-        finally:
-            view._db.close()
-
+    def snapshot(self) -> AbstractContextManager[Metadata]: ...
     def iter_blobs(self) -> Iterator[tuple[str, int, bytes]]: ...
     def iter_pieces(self) -> Iterator[tuple[Location, int]]: ...
     def dangling_links(self) -> list[tuple[str, str]]: ...
