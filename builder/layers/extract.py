@@ -44,7 +44,7 @@ from .changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from .errors import LayerFormatError, UnsafeLayerEntry
 from .pathres import clean_name, resolve_in_root
 
-__all__ = ["ApplyReport", "apply_layer", "open_layer"]
+__all__ = ["ApplyReport", "apply_layer", "open_layer", "remove_path"]
 
 _READ = 1 << 20
 _XATTR_KEY = "SCHILY.xattr."
@@ -77,7 +77,7 @@ def open_layer(src: IO[bytes]) -> IO[bytes]:
     return buffered
 
 
-def _remove(path: str) -> None:
+def remove_path(path: str | os.PathLike[str]) -> None:
     """Remove whatever is at ``path`` (a directory recursively), never following symlinks."""
     try:
         st = os.lstat(path)
@@ -132,7 +132,7 @@ class _Applier:
                 if child.is_dir(follow_symlinks=False):
                     self._clear_lower(child.path)
             else:
-                _remove(child.path)
+                remove_path(child.path)
 
     def whiteout(self, name: str, parts: list[str]) -> None:
         base = parts[-1]
@@ -149,7 +149,7 @@ class _Applier:
             raise UnsafeLayerEntry(name, "whiteout of an empty, '.' or '..' name")
         target = os.path.join(parent, target_name)
         if target not in self.written and target not in self.written_parents:
-            _remove(target)
+            remove_path(target)
 
     # -- entries -----------------------------------------------------------------------
     def entry(self, tf: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str]) -> None:
@@ -164,7 +164,7 @@ class _Applier:
             pass
         if member.isdir():
             if existing is None or not stat.S_ISDIR(existing.st_mode):
-                _remove(path)
+                remove_path(path)
                 os.mkdir(path, 0o700)
             self.dirs.append((path, os.lstat(path).st_ino, member))
             self._mark(path)
@@ -184,11 +184,11 @@ class _Applier:
             if existing is not None and (existing.st_ino, existing.st_dev) == (src_st.st_ino, src_st.st_dev):
                 self._mark(path)
                 return
-            _remove(path)
+            remove_path(path)
             os.link(src, path, follow_symlinks=False)
             self._mark(path)
             return
-        _remove(path)
+        remove_path(path)
         if member.type in _FILE_TYPES:
             self._write_file(tf, member, path)
         elif member.issym():

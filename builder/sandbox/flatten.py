@@ -15,6 +15,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..layers.extract import remove_path
 from .rootfs import is_opaque
 
 __all__ = ["flatten_lowers"]
@@ -28,17 +29,6 @@ def flatten_lowers(lowers: Sequence[Path], dest: Path) -> None:
         _copy_meta(layer, dest)
 
 
-def _remove(path: Path) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
 def _apply(src_dir: Path, dst_dir: Path, links: dict[tuple[int, int], Path]) -> None:
     with os.scandir(src_dir) as it:
         entries = sorted(it, key=lambda e: e.name)
@@ -47,11 +37,11 @@ def _apply(src_dir: Path, dst_dir: Path, links: dict[tuple[int, int], Path]) -> 
         dst = dst_dir / entry.name
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-            _remove(dst)
+            remove_path(dst)
             continue
         if stat.S_ISDIR(st.st_mode):
             if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
-                _remove(dst)
+                remove_path(dst)
             elif is_opaque(src) and dst.is_dir():
                 shutil.rmtree(dst)
             if not dst.is_dir():
@@ -59,7 +49,7 @@ def _apply(src_dir: Path, dst_dir: Path, links: dict[tuple[int, int], Path]) -> 
             _apply(src, dst, links)
             _copy_meta(src, dst)
             continue
-        _remove(dst)
+        remove_path(dst)
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in links:
             os.link(links[key], dst)

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-__all__ = ["BUSYBOX_CANDIDATES", "busybox_path", "find_busybox", "make_busybox_rootfs", "require_tool"]
+__all__ = ["BUSYBOX_CANDIDATES", "busybox_path", "find_busybox", "make_busybox_rootfs"]
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
@@ -36,19 +36,6 @@ staff:x:50:tester
 nogroup:x:65534:
 tester:x:1000:
 """
-
-
-def require_tool(name: str, package: str) -> str:
-    """Path of ``name``; a missing tool fails the test under CI and skips it elsewhere."""
-    import pytest
-
-    found = shutil.which(name)
-    if found:
-        return found
-    message = f"{name} is not installed (apt-get install {package})"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def find_busybox() -> str | None:

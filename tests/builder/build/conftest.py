@@ -16,7 +16,8 @@ from builder.layers import import_directory
 from builder.outputs import Output
 from builder.progress import Progress
 from cas import Digest
-from tests.helpers.rootfs import make_busybox_rootfs, require_tool
+from tests.helpers.rootfs import make_busybox_rootfs
+from tests.helpers.tools import require_tool
 
 TESTFILES = Path(__file__).parent / "testfiles"
 
@@ -59,7 +60,7 @@ def busybox_ref(tmp_path_factory: pytest.TempPathFactory) -> str:
     if os.geteuid() != 0:
         pytest.skip("building needs root (mounts and namespaces)") if not os.environ.get(
             "CI") else pytest.fail("building needs root")
-    require_tool("bwrap", "bubblewrap")
+    require_tool("bwrap")
     base = tmp_path_factory.mktemp("busybox")
     rootfs = make_busybox_rootfs(base / "rootfs")
     return write_base_layout(rootfs, base / "layout")

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.rootfs import require_tool
+from tests.helpers.tools import require_tool
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def docker_host() -> Iterator[str]:
-    require_tool("docker", "docker.io")
-    dockerd = require_tool("dockerd", "docker.io")
+    require_tool("docker")
+    dockerd = require_tool("dockerd")
     work = Path(tempfile.mkdtemp(prefix="pbd-"))  # short: unix socket paths are limited
     host = f"unix://{work}/docker.sock"
     log = open(work / "dockerd.log", "wb")  # noqa: SIM115 (outlives this block)

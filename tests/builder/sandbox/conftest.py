@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from builder.sandbox import Executor, RootfsMode, RunSpec, run_step
-from tests.helpers.rootfs import make_busybox_rootfs, require_tool
+from tests.helpers.rootfs import make_busybox_rootfs
+from tests.helpers.tools import require_tool
 from tests.helpers.sandbox_steps import PATH, Runner, Step, require_root
 
 
@@ -20,7 +21,7 @@ def base_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def executor(request: pytest.FixtureRequest) -> Executor:
     require_root()
     if request.param is Executor.BWRAP:
-        require_tool("bwrap", "bubblewrap")
+        require_tool("bwrap")
     return request.param
 
 

@@ -19,7 +19,7 @@ from builder.sandbox import (
     SandboxUnavailable,
     run_step,
 )
-from tests.helpers.rootfs import require_tool
+from tests.helpers.tools import require_tool
 from tests.helpers.sandbox_steps import PATH, Runner, require_root
 
 
@@ -107,7 +107,7 @@ def test_state_dir_must_be_empty(base_root: Path, tmp_path: Path) -> None:
 
 def test_bwrap_cannot_be_forced_for_another_user(base_root: Path, tmp_path: Path) -> None:
     require_root()
-    require_tool("bwrap", "bubblewrap")
+    require_tool("bwrap")
     with pytest.raises(SandboxUnavailable, match="executor=chroot"):
         run_step(RunSpec(argv=("/bin/true",), user="tester"), lowers=[base_root],
                  state_dir=tmp_path / "s", executor=Executor.BWRAP)
@@ -115,7 +115,7 @@ def test_bwrap_cannot_be_forced_for_another_user(base_root: Path, tmp_path: Path
 
 def test_auto_picks_bwrap_for_root_when_installed(base_root: Path, tmp_path: Path) -> None:
     require_root()
-    require_tool("bwrap", "bubblewrap")
+    require_tool("bwrap")
     result = run_step(RunSpec(argv=("/bin/true",)), lowers=[base_root], state_dir=tmp_path / "s")
     assert result.executor is Executor.BWRAP
     assert result.rootfs_mode is RootfsMode.OVERLAY
@@ -134,11 +134,11 @@ def test_forcing_bwrap_without_bwrap_says_what_to_install(
 def test_missing_tool_fails_under_ci(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="apt-get install bubblewrap"):
-        require_tool("bwrap", "bubblewrap")
+    with pytest.raises(pytest.fail.Exception, match="install bubblewrap"):
+        require_tool("bwrap")
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
-        require_tool("bwrap", "bubblewrap")
+        require_tool("bwrap")
 
 
 def test_copy_mode_state_dir_holds_only_the_root(
