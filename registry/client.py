@@ -161,9 +161,16 @@ class RegistryClient:
         params: dict[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
         redirects: bool = False,
+        retries: int | None = None,
     ) -> aiohttp.ClientResponse:
         """Send one request with auth, retries and (optionally) redirects; the caller
-        releases the returned response. Statuses outside ``ok`` raise RegistryError."""
+        releases the returned response. Statuses outside ``ok`` raise RegistryError.
+
+        ``retries`` (default: the client's) bounds re-sends after a connection error or a
+        5xx; upload requests that carry bytes pass 0, because the registry may have kept
+        part of the body (the caller asks the session where it stands instead)."""
+        if retries is None:
+            retries = self.options.retries
         if not url.startswith(("http://", "https://")):
             url = await self.base_url(host) + url
         auth = self.auth(host)
@@ -186,7 +193,7 @@ class RegistryClient:
                     allow_redirects=False, ssl=self._ssl_for(url),
                 )
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                if attempt >= self.options.retries:
+                if attempt >= retries:
                     raise TransportError(
                         f"{method} {url}: {exc or type(exc).__name__} (after {attempt + 1} "
                         "attempts); check that the registry is running and reachable"
@@ -214,7 +221,7 @@ class RegistryClient:
                     continue
             body = await resp.read()
             resp.release()
-            if resp.status in _RETRY_STATUS and attempt < self.options.retries:
+            if resp.status in _RETRY_STATUS and attempt < retries:
                 await asyncio.sleep(self.options.backoff * 2**attempt)
                 attempt += 1
                 continue
@@ -358,7 +365,7 @@ class RegistryClient:
         """Send one chunk at ``start``; returns the URL for the next request."""
         resp, _ = await self._request(
             "PATCH", host, url, scopes=frozenset({push_scope(name)}), data=data, ok=(202, 204),
-            headers={
+            retries=0, headers={
                 "Content-Type": "application/octet-stream",
                 "Content-Range": f"{start}-{start + len(data) - 1}",
                 "Content-Length": str(len(data)),
@@ -369,11 +376,13 @@ class RegistryClient:
     async def finish_upload(
         self, host: str, name: str, url: str, digest: Digest, data: bytes = b""
     ) -> None:
-        """PUT ``?digest=``, with the remaining bytes (all of them for a monolithic upload)."""
+        """PUT ``?digest=``, with the remaining bytes (all of them for a monolithic upload).
+
+        Not re-sent after a broken connection when it carries bytes (see :meth:`_send`)."""
         sep = "&" if "?" in url else "?"
         await self._request(
             "PUT", host, f"{url}{sep}digest={digest}", scopes=frozenset({push_scope(name)}),
-            data=data, ok=(201, 204),
+            data=data, ok=(201, 204), retries=0 if data else None,
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
         )
 

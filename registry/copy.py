@@ -30,7 +30,8 @@ from .local import ImageNotFound, ImageStore, holder, select_platform
 from .oci import Descriptor, Index, Manifest, parse_manifest
 from .progress import Progress
 from .refs import ImageRef, InvalidReference, parse_image_ref
-from .transfer import TransferOptions, pull_blob, push_blob
+from .transfer import TransferOptions, pull_blob
+from .upload import push_blob
 
 __all__ = ["CopyOptions", "CopyResult", "Endpoint", "copy_image", "parse_endpoint"]
 

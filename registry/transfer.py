@@ -1,30 +1,35 @@
-"""Moving one blob between a registry and the local ``cas.Store``, verified and resumable.
+"""Pulling one blob from a registry into the local ``cas.Store``, verified and resumable.
 
-Pull (:func:`pull_blob`): nothing is fetched for a blob the store has. Otherwise the
-bytes go into a cas ingest that is remembered in ``images.db`` (``pulls``) and
-checkpointed as it grows, so an interrupted pull - in this process (connection dropped)
-or in a later one - continues from the checkpoint with a ``Range`` request.
+Nothing is fetched for a blob the store has. Otherwise the bytes go straight from the
+HTTP response into a cas ingest (which computes the OCI digest and the piece keys on its
+worker threads: the client hashes nothing itself and copies no body bytes). The ingest is
+checkpointed at most every ``checkpoint_every`` bytes *and* ``checkpoint_interval``
+seconds (each checkpoint costs an ``fsync``; a pull that takes a second costs none), and
+always when a transfer breaks off. Its id is remembered in ``images.db`` (``pulls``) from
+its first checkpoint, so an interrupted pull - in this process (connection dropped) or in
+a later one - continues from the checkpoint with a ``Range`` request.
 
-- With pybuild's recipe extension the blob is planned piece by piece: pieces the store
-  has (``has_pieces``) are copied locally (``read_piece``), missing pieces are fetched by
-  Range (adjacent ones coalesced, each checked against its BLAKE3 key);
-- otherwise large blobs are fetched as parallel Range parts when the server accepts
-  ranges, small ones as one stream.
+- With pybuild's recipe extension, when the store already holds some of the blob's
+  pieces, the blob is planned piece by piece: pieces the store has (``has_pieces``) are
+  copied locally (``read_piece``), runs of missing pieces are fetched by Range (adjacent
+  ones coalesced up to ``part_size``, ``window`` runs in flight, each piece checked
+  against its BLAKE3 key on a worker thread);
+- otherwise (no recipe, or none of its pieces local) the blob is one streamed GET, or,
+  from ``parallel_threshold`` bytes up and when the server accepts ranges, ``window``
+  parallel Range parts of ``part_size``.
 
 Parts are fetched concurrently but written in order. The ingest commits with the
 expected digest and size: wrong bytes, a wrong length or a truncated body raise
 :class:`BlobError` naming the blob, and nothing becomes visible.
 
-Push (:func:`push_blob`): skipped when the destination has the blob (HEAD); mounted when
-another repository of the same registry has it; else uploaded - monolithic (POST + PUT)
-when small, else in PATCH chunks whose session URL is remembered (``pushes``) so that an
-interrupted push resumes from the offset the registry reports.
+Pushing is :mod:`registry.upload`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -40,7 +45,9 @@ from .oci import Descriptor
 from .progress import Progress
 from .refs import ImageRef
 
-__all__ = ["BlobError", "TransferOptions", "pull_blob", "push_blob"]
+__all__ = ["BlobError", "TransferOptions", "pull_blob"]
+
+Chunks = list[bytes]
 
 
 class BlobError(Exception):
@@ -49,13 +56,22 @@ class BlobError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TransferOptions:
+    """How blobs move. The defaults were chosen with ``python3 -m bench client``."""
+
     part_size: int = 4 << 20  # one Range request (piece runs are cut at piece boundaries)
-    parallel_threshold: int = 16 << 20  # whole-blob transfers above this use Range parts
-    window: int = 4  # parts of one blob in flight
-    checkpoint_every: int = 8 << 20
-    upload_chunk: int = 16 << 20  # push: monolithic below, PATCH chunks of this size above
+    # Whole-blob pulls at least this large use parallel Range parts; below, one stream
+    # per blob (several blobs already transfer at once, see CopyOptions.jobs).
+    parallel_threshold: int = 64 << 20
+    window: int = 8  # Range requests of one blob in flight (parts or missing-piece runs)
+    checkpoint_every: int = 32 << 20  # pull: bytes between checkpoints, at least ...
+    checkpoint_interval: float = 2.0  # ... and seconds between them
+    upload_chunk: int = 16 << 20  # push: one PUT below, PATCH chunks of this size above
     retries: int = 3  # re-requests of a part whose body broke off
     recipes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.part_size < 1 or self.upload_chunk < 1:
+            raise ValueError("window, part_size and upload_chunk must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +85,15 @@ class _Part:
 class _Sink:
     """Appends to the ingest in order, checkpoints, reports progress, refuses overruns."""
 
-    def __init__(self, ing: Ingest, size: int, desc: Descriptor, progress: Progress, every: int) -> None:
-        self.ing, self.size, self.desc, self.progress = ing, size, desc, progress
-        self.every = every
+    def __init__(self, images: ImageStore, ing: Ingest, desc: Descriptor, progress: Progress,
+                 options: TransferOptions, recorded: bool) -> None:
+        self.images, self.ing, self.desc, self.progress = images, ing, desc, progress
+        self.size = desc.size
+        self.key = str(desc.digest)
+        self.every, self.interval = options.checkpoint_every, options.checkpoint_interval
         self.since = 0
+        self.last = time.monotonic()
+        self.recorded = recorded  # images.db names this ingest (pending pull)
 
     @property
     def offset(self) -> int:
@@ -85,11 +106,19 @@ class _Sink:
                 "the manifest declares; nothing was kept"
             )
         await self.ing.write(data)
-        self.progress.advance(str(self.desc.digest), len(data), reused=reused)
+        self.progress.advance(self.key, len(data), reused=reused)
         self.since += len(data)
-        if self.since >= self.every:
-            self.since = 0
-            await self.ing.checkpoint()
+        if self.since >= self.every and time.monotonic() - self.last >= self.interval:
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Make what arrived durable and resumable (also by a later process)."""
+        self.since = 0
+        self.last = time.monotonic()
+        await self.ing.checkpoint()
+        if not self.recorded:
+            await self.images.set_pending_pull(self.desc.digest, self.ing.id)
+            self.recorded = True
 
 
 async def pull_blob(
@@ -112,8 +141,8 @@ async def pull_blob(
             await store.link(link, desc.digest)
         progress.finish(key, "exists")
         return "exists"
-    ing = await _open_ingest(images, desc)
-    sink = _Sink(ing, desc.size, desc, progress, options.checkpoint_every)
+    ing, resumed = await _open_ingest(images, desc)
+    sink = _Sink(images, ing, desc, progress, options, recorded=resumed)
     if ing.offset:
         progress.advance(key, ing.offset, reused=True)
     try:
@@ -122,20 +151,21 @@ async def pull_blob(
             raise BlobError(f"blob {desc.digest}: the body ended at byte {ing.offset} of {desc.size}")
         await ing.commit(desc.digest, size=desc.size, link=link)
     except (DigestMismatch, SizeMismatch) as exc:
-        await images.set_pending_pull(desc.digest, None)
+        if sink.recorded:
+            await images.set_pending_pull(desc.digest, None)
         progress.finish(key, "failed")
         raise BlobError(
             f"blob {desc.digest} from {src.repository} does not match its digest ({exc}); "
             "nothing was kept - the registry serves corrupt data, tell its operator"
         ) from exc
     except BlobError:
-        await _drop(images, ing, desc)
+        await _drop(images, sink)
         progress.finish(key, "failed")
         raise
     except BaseException as exc:
         # Keep what arrived for the next attempt (resume), unless the ingest is unusable.
         with contextlib.suppress(Exception):
-            await asyncio.shield(ing.checkpoint())
+            await asyncio.shield(sink.checkpoint())
         progress.finish(key, "interrupted")
         if isinstance(exc, (TransportError, RegistryError, aiohttp.ClientError, asyncio.TimeoutError)):
             raise BlobError(
@@ -143,28 +173,32 @@ async def pull_blob(
                 f"resume from byte {ing.offset}"
             ) from exc
         raise
-    await images.set_pending_pull(desc.digest, None)
+    if sink.recorded:
+        await images.set_pending_pull(desc.digest, None)
     progress.finish(key, "pulled")
     return "pulled"
 
 
-async def _open_ingest(images: ImageStore, desc: Descriptor) -> Ingest:
+async def _open_ingest(images: ImageStore, desc: Descriptor) -> tuple[Ingest, bool]:
+    """The interrupted ingest of an earlier pull of this blob (True), or a new one."""
     pending = await images.pending_pull(desc.digest)
     if pending is not None:
         with contextlib.suppress(IngestUnknown):
             ing = await images.store.resume_ingest(pending)
             if ing.offset <= desc.size:
-                return ing
+                return ing, True
             await ing.abort()
-    ing = await images.store.begin_ingest(algorithm=desc.digest.algorithm)
-    await images.set_pending_pull(desc.digest, ing.id)
-    return ing
+        await images.set_pending_pull(desc.digest, None)
+    # Not recorded in images.db yet: an ingest that never reached a checkpoint holds
+    # nothing worth resuming (cas expires it).
+    return await images.store.begin_ingest(algorithm=desc.digest.algorithm), False
 
 
-async def _drop(images: ImageStore, ing: Ingest, desc: Descriptor) -> None:
+async def _drop(images: ImageStore, sink: _Sink) -> None:
     with contextlib.suppress(Exception):
-        await ing.abort()
-    await images.set_pending_pull(desc.digest, None)
+        await sink.ing.abort()
+    if sink.recorded:
+        await images.set_pending_pull(sink.desc.digest, None)
 
 
 async def _fill(
@@ -175,16 +209,17 @@ async def _fill(
     start = sink.offset
     if start >= desc.size:
         return
-    pieces = None
+    parts = None
     if recipes:
         try:
             pieces = await client.recipe(host, name, digest)
         except (RegistryError, TransportError, ValueError, KeyError):
             pieces = None  # no recipe for this blob: fall back to whole-blob transfer
-    if pieces is not None:
-        have = await images.store.has_pieces(k for _, _, k in pieces)
-        parts = _plan_pieces(pieces, have, start, options.part_size)
-    else:
+        if pieces is not None:
+            have = await images.store.has_pieces(k for _, _, k in pieces)
+            if have:  # with nothing local, one stream beats many small Range requests
+                parts = _plan_pieces(pieces, have, start, options.part_size)
+    if parts is None:
         remaining = desc.size - start
         ranges = False
         if start > 0 or remaining >= options.parallel_threshold:
@@ -193,13 +228,14 @@ async def _fill(
         if start > 0 and not ranges:
             raise BlobError(f"blob {digest}: the registry does not accept Range; cannot resume")
         if remaining < options.parallel_threshold or not ranges:
-            await _stream(client, src, desc, sink, start, None, options)
+            await _stream(client, src, desc, sink, options)
             return
         parts = [
             _Part(p, min(p + options.part_size, desc.size))
             for p in range(start, desc.size, options.part_size)
         ]
-    await _run_parts(parts, sink, lambda part: _fetch_part(client, images, src, desc, part, options), options.window)
+    await _run_parts(parts, sink, lambda part: _fetch_part(client, images, src, desc, part, options),
+                     options.window)
 
 
 def _plan_pieces(
@@ -232,61 +268,99 @@ def _plan_pieces(
 
 
 async def _run_parts(
-    parts: list[_Part], sink: _Sink, fetch: Callable[[_Part], Awaitable[bytes]], window: int
+    parts: list[_Part], sink: _Sink, fetch: Callable[[_Part], Awaitable[Chunks]], window: int
 ) -> None:
-    """Fetch up to ``window`` parts ahead, write them strictly in order."""
-    tasks: list[asyncio.Task[bytes]] = []
+    """Write ``parts`` strictly in order while fetching ahead: up to ``window`` remote
+    parts (Range requests) and up to ``4 * window`` local ones (store reads) in flight."""
+    tasks: dict[int, asyncio.Task[Chunks]] = {}
+    remote = local = 0  # started and not yet written
+    nxt = 0
     try:
-        nxt = 0
         for i, part in enumerate(parts):
-            while nxt < len(parts) and nxt < i + window:
-                tasks.append(asyncio.create_task(fetch(parts[nxt])))
+            while nxt < len(parts):
+                ahead = parts[nxt]
+                if (local >= 4 * window) if ahead.local else (remote >= window):
+                    break
+                tasks[nxt] = asyncio.create_task(fetch(ahead))
+                if ahead.local:
+                    local += 1
+                else:
+                    remote += 1
                 nxt += 1
-            data = await tasks[i]
-            tasks[i] = None  # type: ignore[call-overload]  # free the buffer early
-            await sink.write(data, reused=part.local)
+            chunks = await tasks.pop(i)  # dropping the task frees its buffers early
+            if part.local:
+                local -= 1
+            else:
+                remote -= 1
+            for chunk in chunks:
+                await sink.write(chunk, reused=part.local)
     finally:
-        for task in tasks:
-            if task is not None and not task.done():
-                task.cancel()
-        pending = [t for t in tasks if t is not None]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        for task in tasks.values():
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
 async def _fetch_part(
     client: RegistryClient, images: ImageStore, src: ImageRef, desc: Descriptor,
     part: _Part, options: TransferOptions,
-) -> bytes:
+) -> Chunks:
     if part.local:
         offset, _, key = part.keys[0]
         data = await images.store.read_piece(key)
-        return data[part.start - offset :]
-    data = await _get_range(client, src, desc, part.start, part.end, options)
+        return [data[part.start - offset :] if part.start > offset else data]
+    chunks = await _get_range(client, src, desc, part.start, part.end, options)
+    if part.keys and not await asyncio.to_thread(_pieces_match, chunks, part):
+        raise BlobError(
+            f"blob {desc.digest}: bytes {part.start}-{part.end - 1} do not match the "
+            "recipe's piece keys; the registry serves corrupt data, nothing was kept"
+        )
+    return chunks
+
+
+def _pieces_match(chunks: Chunks, part: _Part) -> bool:
+    """Whether every piece of ``part`` inside ``chunks`` (its bytes, in order) has its key.
+
+    Hashes slices of the received chunks: the part is never joined into one buffer."""
+    views = [memoryview(c) for c in chunks]
+    ci, cpos = 0, part.start  # chunk index and the blob offset it starts at
     for offset, length, key in part.keys:
-        piece = data[offset - part.start : offset - part.start + length]
-        if blake3.blake3(piece).hexdigest() != key:
-            raise BlobError(
-                f"blob {desc.digest}: bytes {offset}-{offset + length - 1} do not match the "
-                "recipe's piece key; the registry serves corrupt data, nothing was kept"
-            )
-    return data
+        while ci < len(views) and cpos + len(views[ci]) <= offset:
+            cpos += len(views[ci])
+            ci += 1
+        hasher = blake3.blake3()
+        pos, end, j, jpos = offset, offset + length, ci, cpos
+        while pos < end and j < len(views):
+            view = views[j]
+            take = view[pos - jpos : min(end - jpos, len(view))]
+            hasher.update(take)
+            pos += len(take)
+            if pos - jpos >= len(view):
+                jpos += len(view)
+                j += 1
+        if pos != end or hasher.hexdigest() != key:
+            return False
+    return True
 
 
 async def _get_range(
     client: RegistryClient, src: ImageRef, desc: Descriptor, start: int, end: int,
     options: TransferOptions,
-) -> bytes:
-    buf = bytearray()
+) -> Chunks:
+    """Bytes ``[start, end)`` as the chunks they arrived in, re-requesting what is
+    missing when the body breaks off."""
+    chunks: Chunks = []
+    got = 0
     for attempt in range(options.retries + 1):
         try:
-            async with client.open_blob(src.api_host, src.name, desc.digest, start + len(buf), end - 1) as resp:
-                async for chunk in resp.content.iter_chunked(1 << 20):
-                    buf += chunk
-                    if len(buf) > end - start:
+            async with client.open_blob(src.api_host, src.name, desc.digest, start + got, end - 1) as resp:
+                async for chunk, _ in resp.content.iter_chunks():
+                    chunks.append(chunk)
+                    got += len(chunk)
+                    if got > end - start:
                         raise BlobError(f"blob {desc.digest}: the registry sent more bytes than asked for")
-            if len(buf) == end - start:
-                return bytes(buf)
+            if got == end - start:
+                return chunks
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
             if attempt == options.retries:
                 raise
@@ -295,86 +369,19 @@ async def _get_range(
 
 
 async def _stream(
-    client: RegistryClient, src: ImageRef, desc: Descriptor, sink: _Sink, start: int,
-    end: int | None, options: TransferOptions,
+    client: RegistryClient, src: ImageRef, desc: Descriptor, sink: _Sink, options: TransferOptions,
 ) -> None:
-    """One GET, re-requested from where it broke off (a Range) when the body is cut."""
+    """One GET from the sink's offset, re-requested from where it broke off (a Range)
+    when the body is cut. Chunks go to the ingest as they arrive (no joins, no copies)."""
     for attempt in range(options.retries + 1):
         try:
-            offset = sink.offset
-            async with client.open_blob(src.api_host, src.name, desc.digest, offset) as resp:
-                async for chunk in resp.content.iter_chunked(1 << 20):
+            async with client.open_blob(src.api_host, src.name, desc.digest, sink.offset) as resp:
+                async for chunk, _ in resp.content.iter_chunks():
                     await sink.write(chunk)
             if sink.offset >= desc.size:
                 return
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
             if attempt == options.retries:
                 raise
-        await sink.ing.checkpoint()
+        await sink.checkpoint()
         await asyncio.sleep(0.1 * 2**attempt)
-
-
-async def push_blob(
-    client: RegistryClient,
-    images: ImageStore,
-    dst: ImageRef,
-    desc: Descriptor,
-    progress: Progress,
-    *,
-    mount_from: tuple[str, ...] = (),
-    options: TransferOptions = TransferOptions(),
-) -> str:
-    """Make ``dst``'s repository hold the blob; returns "exists", "mounted" or "pushed"."""
-    host, name, digest = dst.api_host, dst.name, desc.digest
-    key = str(digest)
-    progress.start(key, digest.encoded[:12], desc.size)
-    if await client.head_blob(host, name, digest, push=True) is not None:
-        progress.finish(key, "exists")
-        return "exists"
-    info = await images.store.stat(digest)
-    if info is None:
-        raise BlobError(f"blob {digest} is not in the local store; pull the image again")
-    location = None
-    for source in mount_from:
-        if source != name:
-            location = await client.start_upload(host, name, mount=digest, source=source)
-            if location is None:
-                progress.finish(key, "mounted")
-                return "mounted"
-            break
-    session_key = f"{host}/{name}@{digest}"
-    offset = 0
-    pending = await images.pending_push(session_key)
-    if pending is not None and info.size > options.upload_chunk:
-        try:
-            offset = await client.upload_offset(host, name, pending)
-            location = pending  # resume the interrupted session
-        except RegistryError:
-            offset = 0  # expired or unknown: start over
-    if location is None:
-        location = await client.start_upload(host, name)
-    assert location is not None
-    if info.size <= options.upload_chunk:
-        data = await images.store.read_bytes(digest)
-        await client.finish_upload(host, name, location, digest, data)
-        progress.advance(key, len(data))
-    else:
-        progress.advance(key, offset, reused=True)
-        await images.set_pending_push(session_key, location)
-        buf = bytearray()
-        async for chunk in images.store.read(digest, offset):
-            buf += chunk
-            while len(buf) >= options.upload_chunk:
-                piece = bytes(buf[: options.upload_chunk])
-                del buf[: options.upload_chunk]
-                location = await client.patch_upload(host, name, location, piece, offset)
-                offset += len(piece)
-                await images.set_pending_push(session_key, location)
-                progress.advance(key, len(piece))
-        if buf:
-            location = await client.patch_upload(host, name, location, bytes(buf), offset)
-            progress.advance(key, len(buf))
-        await client.finish_upload(host, name, location, digest)
-        await images.set_pending_push(session_key, None)
-    progress.finish(key, "pushed")
-    return "pushed"

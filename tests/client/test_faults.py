@@ -19,7 +19,8 @@ from registry.transfer import BlobError, TransferOptions
 
 from .helpers import SampleImage, make_image, random_bytes, simple_image, store_image
 
-SMALL_PARTS = TransferOptions(part_size=64 << 10, checkpoint_every=64 << 10, retries=2,
+SMALL_PARTS = TransferOptions(part_size=64 << 10, checkpoint_every=64 << 10, checkpoint_interval=0,
+                              retries=2,
                               upload_chunk=128 << 10)
 
 

@@ -1,0 +1,155 @@
+"""Pushing one blob from the local ``cas.Store`` to a registry, resumable at any size.
+
+:func:`push_blob` skips a blob the destination has (HEAD), mounts it when another
+repository of the same registry has it, and otherwise uploads it into an upload session
+whose URL is remembered in ``images.db`` (``pushes``, keyed ``host/name@digest``) before
+the first byte is sent:
+
+- a blob of at most ``upload_chunk`` bytes goes in one ``PUT ?digest=`` (POST + PUT, the
+  spec's monolithic-after-POST form), a larger one in ``PATCH`` chunks of
+  ``upload_chunk`` and a closing ``PUT``;
+- a request whose connection breaks is never re-sent blindly (the registry may have kept
+  part of its body, and re-sending from the old offset would be refused or, for a PUT,
+  stored twice): the client asks the session how many bytes it holds (``GET`` upload
+  status, ``Range``) and sends the rest with ``PATCH`` from there, up to ``retries``
+  times. A session the registry no longer knows is replaced by a new one from byte 0 -
+  re-sending a content-addressed blob is idempotent;
+- when every retry fails the session stays remembered, and the next push of the blob (in
+  any later process) asks it for its offset and continues from there, without a POST.
+
+pybuild's registry keeps the received prefix of a broken request (it checkpoints the
+session whatever happens), so a push cut half-way resumes half-way; a registry that drops
+the partial request resumes from the last complete chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from cas import Digest
+
+from .client import RegistryClient, TransportError
+from .errors import RegistryError
+from .local import ImageStore
+from .oci import Descriptor
+from .progress import Progress
+from .refs import ImageRef
+from .transfer import BlobError, TransferOptions
+
+__all__ = ["push_blob"]
+
+_BROKEN = (TransportError, aiohttp.ClientError, asyncio.TimeoutError)
+
+
+class _Session:
+    """Where one upload stands: its URL (which may change with every answer) and offset."""
+
+    def __init__(self, location: str, offset: int) -> None:
+        self.location = location
+        self.offset = offset
+
+
+async def push_blob(
+    client: RegistryClient,
+    images: ImageStore,
+    dst: ImageRef,
+    desc: Descriptor,
+    progress: Progress,
+    *,
+    mount_from: tuple[str, ...] = (),
+    options: TransferOptions = TransferOptions(),
+) -> str:
+    """Make ``dst``'s repository hold the blob; returns "exists", "mounted" or "pushed"."""
+    host, name, digest = dst.api_host, dst.name, desc.digest
+    key = str(digest)
+    progress.start(key, digest.encoded[:12], desc.size)
+    if await client.head_blob(host, name, digest, push=True) is not None:
+        progress.finish(key, "exists")
+        return "exists"
+    info = await images.store.stat(digest)
+    if info is None:
+        raise BlobError(f"blob {digest} is not in the local store; pull the image again")
+    location = None
+    for source in mount_from:
+        if source != name:
+            location = await client.start_upload(host, name, mount=digest, source=source)
+            if location is None:
+                progress.finish(key, "mounted")
+                return "mounted"
+            break
+    session_key = f"{host}/{name}@{digest}"
+    session = None
+    pending = await images.pending_push(session_key)
+    if pending is not None:
+        try:
+            session = _Session(pending, await client.upload_offset(host, name, pending))
+        except (RegistryError, *_BROKEN):
+            session = None  # expired or unknown: start over
+    if session is None:
+        session = _Session(location or await _start(client, host, name), 0)
+        await images.set_pending_push(session_key, session.location)
+    progress.advance(key, session.offset, reused=True)
+    for attempt in range(options.retries + 1):
+        try:
+            await _send(client, images, host, name, digest, info.size, session, session_key,
+                        progress, options)
+            break
+        except (RegistryError, *_BROKEN) as exc:
+            if attempt == options.retries or (isinstance(exc, RegistryError) and exc.status < 500):
+                progress.finish(key, "interrupted")
+                raise
+        await asyncio.sleep(0.1 * 2**attempt)
+        before = session.offset
+        try:
+            session.offset = await client.upload_offset(host, name, session.location)
+        except RegistryError:  # the registry dropped the session with the broken request
+            session = _Session(await _start(client, host, name), 0)
+            await images.set_pending_push(session_key, session.location)
+        if session.offset > before:
+            progress.advance(key, session.offset - before)
+    await images.set_pending_push(session_key, None)
+    progress.finish(key, "pushed")
+    return "pushed"
+
+
+async def _start(client: RegistryClient, host: str, name: str) -> str:
+    location = await client.start_upload(host, name)
+    assert location is not None  # no mount was asked for
+    return location
+
+
+async def _send(
+    client: RegistryClient, images: ImageStore, host: str, name: str, digest: Digest,
+    size: int, session: _Session, session_key: str, progress: Progress, options: TransferOptions,
+) -> None:
+    """Send the blob from ``session.offset`` and close the session with its digest."""
+    key = str(digest)
+    if session.offset == 0 and size <= options.upload_chunk:
+        data = await images.store.read_bytes(digest)
+        await client.finish_upload(host, name, session.location, digest, data)
+        session.offset = len(data)
+        progress.advance(key, len(data))
+        return
+    async for piece in _chunks(images, digest, session.offset, options.upload_chunk):
+        session.location = await client.patch_upload(host, name, session.location, piece,
+                                                     session.offset)
+        session.offset += len(piece)
+        progress.advance(key, len(piece))
+        if session.offset < size:
+            await images.set_pending_push(session_key, session.location)
+    await client.finish_upload(host, name, session.location, digest)
+
+
+async def _chunks(images: ImageStore, digest: Digest, offset: int, size: int) -> AsyncIterator[bytes]:
+    """The blob from ``offset`` in pieces of ``size`` bytes (the last one shorter)."""
+    buf = bytearray()
+    async for chunk in images.store.read(digest, offset):
+        buf += chunk
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
