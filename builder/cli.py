@@ -4,27 +4,58 @@
 ``push``, ``pull``, ``copy`` and friends, ``builder`` contributes ``build`` and ``parse``.
 The root lives here because ``builder`` is the top of the one-way dependency chain
 (builder -> registry -> cas) and so is the one package allowed to import the others.
+
+Each package names its commands as ``"module:attribute"`` strings (``COMMANDS`` in
+``registry.cli`` and ``builder.commands``); a command's module is imported only when the
+command runs (or when ``pybuild --help`` lists it), so ``pybuild pull`` does not pay for
+importing the builder and the server (about half a second).
 """
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from cas.cli import storage
-from registry.cli import register as register_registry
+from registry.cli import COMMANDS as REGISTRY_COMMANDS
 
-from .commands import register as register_builder
+from .commands import COMMANDS as BUILDER_COMMANDS
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "LazyGroup", "main"]
+
+COMMANDS: dict[str, str] = {
+    "storage": "cas.cli:storage",
+    **REGISTRY_COMMANDS,
+    **BUILDER_COMMANDS,
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use.
+
+    ``lazy`` maps a command name to ``"module:attribute"``; the attribute must be a
+    ``click.Command`` of that name (checked on import, so a wrong table fails loudly)."""
+
+    def __init__(self, *args: object, lazy: dict[str, str], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in self.lazy:
+            return command
+        module, _, attr = self.lazy[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        if not isinstance(command, click.Command) or command.name != cmd_name:
+            raise RuntimeError(f"{self.lazy[cmd_name]} is not the click command {cmd_name!r}")
+        self.add_command(command)
+        return command
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pybuild", prog_name="pybuild")
 def main() -> None:
     """pybuild: a daemonless image builder and a layer-deduplicating OCI registry."""
-
-
-main.add_command(storage)
-
-register_registry(main)
-register_builder(main)

@@ -1,17 +1,13 @@
-"""``pybuild build`` and ``pybuild parse``: the builder package's commands."""
+"""``pybuild build`` and ``pybuild parse``: the builder package's commands.
+
+Named, not imported: the root group (:mod:`builder.cli`) imports a command's module
+only when that command runs."""
 
 from __future__ import annotations
 
-import click
+__all__ = ["COMMANDS"]
 
-from .parse_cmd import parse_command
-
-__all__ = ["register"]
-
-
-def register(root: click.Group) -> None:
-    """Add this package's commands to the root ``pybuild`` group."""
-    from .build_cmd import build
-
-    root.add_command(parse_command)
-    root.add_command(build)
+COMMANDS: dict[str, str] = {
+    "build": "builder.build_cmd:build",
+    "parse": "builder.parse_cmd:parse_command",
+}

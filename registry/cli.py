@@ -1,17 +1,14 @@
-"""``pybuild serve``, ``push``, ``pull``, ``copy``: the registry package's commands."""
+"""``pybuild serve``, ``push``, ``pull``, ``copy``: the registry package's commands.
+
+Named, not imported: the root group imports a command's module only when that command
+runs, so ``pybuild pull`` does not import the server."""
 
 from __future__ import annotations
 
-import click
+__all__ = ["COMMANDS"]
 
-from .client_cli import COMMANDS
-from .serve_cmd import serve
-
-__all__ = ["register"]
-
-
-def register(root: click.Group) -> None:
-    """Add this package's commands to the root ``pybuild`` group."""
-    root.add_command(serve)
-    for command in COMMANDS:
-        root.add_command(command)
+COMMANDS: dict[str, str] = {
+    "serve": "registry.serve_cmd:serve",
+    **{name: f"registry.client_cli:{name}"
+       for name in ("pull", "push", "copy", "images", "rmi", "login", "logout")},
+}

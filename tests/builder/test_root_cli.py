@@ -1,0 +1,46 @@
+"""The root ``pybuild`` group: every package's commands are listed, and a command's
+module is imported only when that command runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from builder.cli import COMMANDS, LazyGroup, main
+
+EVERY_COMMAND = {"build", "parse", "serve", "pull", "push", "copy", "images", "rmi", "login",
+                 "logout", "storage"}
+
+
+def test_help_lists_every_command() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0, result.output
+    listed = {line.split()[0] for line in result.output.split("Commands:")[1].splitlines()
+              if line.strip()}
+    assert listed == EVERY_COMMAND == set(COMMANDS)
+
+
+def test_every_lazy_entry_is_the_command_it_names() -> None:
+    ctx = click.Context(main)
+    for name in COMMANDS:
+        command = main.get_command(ctx, name)
+        assert isinstance(command, click.Command) and command.name == name
+
+
+def test_pull_does_not_import_the_builder_or_the_server() -> None:
+    code = ("import sys\nfrom builder.cli import main\n"
+            "try:\n    main(['pull', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('builder.', 'registry.server'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own printed list
+    assert loaded == ["builder.cli", "builder.commands"], loaded
+
+
+def test_a_wrong_table_entry_fails_loudly() -> None:
+    group = LazyGroup(name="x", lazy={"pull": "registry.client_cli:push"})
+    with pytest.raises(RuntimeError, match="registry.client_cli:push"):
+        group.get_command(click.Context(group), "pull")
