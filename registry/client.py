@@ -117,6 +117,12 @@ class RegistryClient:
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120),
             )
+            # aiohttp silently re-sends an "idempotent" request (PUT included) once when a
+            # reused connection breaks. A closing upload PUT with bytes is not idempotent
+            # (the registry keeps the prefix it got, so the re-sent body lands after it);
+            # _send retries everything else itself. (aiohttp's own test client does this.)
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
         return self._session
 
     def auth(self, host: str) -> HostAuth:

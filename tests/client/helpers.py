@@ -3,11 +3,14 @@ fault-injecting HTTP proxy to put between the client and a registry."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -87,11 +90,14 @@ class Proxy:
     """Forwards everything to ``upstream``; counts blob body bytes; can break or corrupt.
 
     ``fault(request, body_so_far_len, chunk) -> chunk | None``: None drops the connection.
+    ``cut_body(request) -> n | None``: forward only the first ``n`` bytes of the request's
+    body, then break the connections both ways (an upload killed half-way).
     """
 
     upstream: str
     fault: Callable[[web.Request, int, bytes], bytes | None] | None = None
     drop_request: Callable[[web.Request], bool] | None = None  # True: cut before forwarding
+    cut_body: Callable[[web.Request], int | None] | None = None
     blob_bytes: int = 0
     log: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, Range
     session: aiohttp.ClientSession | None = None
@@ -119,6 +125,10 @@ class Proxy:
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in ("host", "transfer-encoding", "connection")}
         body = await request.read()
+        cut = self.cut_body(request) if self.cut_body is not None else None
+        if cut is not None:
+            await self._forward_cut(request, headers, body[:cut])
+            return web.Response(status=500)  # never sent: the connection is gone
         async with self.session.request(request.method, self.upstream + request.path_qs,
                                         headers=headers, data=body or None,
                                         allow_redirects=False) as up:
@@ -144,3 +154,20 @@ class Proxy:
                 await resp.write(chunk)
             await resp.write_eof()
             return resp
+
+    async def _forward_cut(self, request: web.Request, headers: dict[str, str], head: bytes) -> None:
+        """Send ``head`` upstream under the full Content-Length, then abort both sides."""
+        assert self.session is not None
+
+        async def body() -> Any:
+            yield head
+            await asyncio.sleep(0.05)  # let the registry take in what arrived
+            raise ConnectionAbortedError("upload killed half-way")
+
+        with contextlib.suppress(aiohttp.ClientError, ConnectionAbortedError):
+            async with self.session.request(request.method, self.upstream + request.path_qs,
+                                            headers=headers, data=body(),
+                                            allow_redirects=False) as up:
+                await up.read()
+        assert request.transport is not None
+        request.transport.close()
