@@ -27,7 +27,7 @@ from .layouts import LayoutError
 from .local import ImageNotFound, ImageStore
 from .progress import Progress
 from .refs import InvalidReference, parse_image_ref
-from .transfer import BlobError
+from .transfer import BlobError, TransferOptions
 
 __all__ = ["COMMANDS"]
 
@@ -59,6 +59,10 @@ def _transfer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--jobs", "-j", type=click.IntRange(1, 64), default=6, show_default=True,
                      help="Blobs transferred at once."),
+        click.option("--ranges", type=click.IntRange(1, 64), default=TransferOptions().window,
+                     show_default=True,
+                     help="Range requests in flight per blob (runs of missing pieces, or "
+                          "parts of a blob over 64 MiB)."),
         click.option("--platform", default=None, help="os/arch[/variant] to pick from an index."),
         click.option("--all-platforms", is_flag=True, help="Copy the whole index."),
         click.option("--json", "json_events", is_flag=True, help="One JSON event per line on stdout."),
@@ -84,7 +88,8 @@ def _client_options(kw: dict[str, Any]) -> ClientOptions:
 
 async def _copy(src: Endpoint, dst: Endpoint, kw: dict[str, Any]) -> None:
     progress = Progress.auto(json_events=kw["json_events"], quiet=kw["quiet"])
-    options = CopyOptions(platform=kw["platform"], all_platforms=kw["all_platforms"], jobs=kw["jobs"])
+    options = CopyOptions(platform=kw["platform"], all_platforms=kw["all_platforms"], jobs=kw["jobs"],
+                          transfer=TransferOptions(window=kw["ranges"]))
     async with await ImageStore.open(kw["storage"]) as images, RegistryClient(_client_options(kw)) as client:
         result = await copy_image(src, dst, images, client, progress, options)
     summary = progress.close()

@@ -235,7 +235,7 @@ async def _fill(
             for p in range(start, desc.size, options.part_size)
         ]
     await _run_parts(parts, sink, lambda part: _fetch_part(client, images, src, desc, part, options),
-                     options.window)
+                     options.window, options.window * options.part_size)
 
 
 def _plan_pieces(
@@ -268,28 +268,31 @@ def _plan_pieces(
 
 
 async def _run_parts(
-    parts: list[_Part], sink: _Sink, fetch: Callable[[_Part], Awaitable[Chunks]], window: int
+    parts: list[_Part], sink: _Sink, fetch: Callable[[_Part], Awaitable[Chunks]],
+    window: int, local_bytes: int,
 ) -> None:
     """Write ``parts`` strictly in order while fetching ahead: up to ``window`` remote
-    parts (Range requests) and up to ``4 * window`` local ones (store reads) in flight."""
+    parts (Range requests) and local ones (store reads) up to ``local_bytes`` in flight,
+    so a long stretch of local pieces does not hold back the next Range requests."""
     tasks: dict[int, asyncio.Task[Chunks]] = {}
-    remote = local = 0  # started and not yet written
+    remote = local = 0  # remote parts / local bytes started and not yet written
     nxt = 0
     try:
         for i, part in enumerate(parts):
             while nxt < len(parts):
                 ahead = parts[nxt]
-                if (local >= 4 * window) if ahead.local else (remote >= window):
+                size = ahead.end - ahead.start
+                if (local and local + size > local_bytes) if ahead.local else (remote >= window):
                     break
                 tasks[nxt] = asyncio.create_task(fetch(ahead))
                 if ahead.local:
-                    local += 1
+                    local += size
                 else:
                     remote += 1
                 nxt += 1
             chunks = await tasks.pop(i)  # dropping the task frees its buffers early
             if part.local:
-                local -= 1
+                local -= part.end - part.start
             else:
                 remote -= 1
             for chunk in chunks:

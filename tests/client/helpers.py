@@ -98,6 +98,9 @@ class Proxy:
     fault: Callable[[web.Request, int, bytes], bytes | None] | None = None
     drop_request: Callable[[web.Request], bool] | None = None  # True: cut before forwarding
     cut_body: Callable[[web.Request], int | None] | None = None
+    blob_delay: float = 0.0  # seconds each blob GET waits before it is forwarded (latency)
+    blob_gets_in_flight: int = 0
+    max_blob_gets_in_flight: int = 0
     blob_bytes: int = 0
     log: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, Range
     session: aiohttp.ClientSession | None = None
@@ -124,6 +127,19 @@ class Proxy:
             return web.Response(status=500)
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in ("host", "transfer-encoding", "connection")}
+        if request.method == "GET" and "/blobs/sha" in request.path:
+            self.blob_gets_in_flight += 1
+            self.max_blob_gets_in_flight = max(self.max_blob_gets_in_flight,
+                                               self.blob_gets_in_flight)
+            try:
+                await asyncio.sleep(self.blob_delay)
+                return await self._forward(request, headers)
+            finally:
+                self.blob_gets_in_flight -= 1
+        return await self._forward(request, headers)
+
+    async def _forward(self, request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+        assert self.session is not None
         body = await request.read()
         cut = self.cut_body(request) if self.cut_body is not None else None
         if cut is not None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cas import Digest
 from cas.frames import gzip_member
 from registry.client import RegistryClient
 from registry.copy import CopyOptions, copy_image, parse_endpoint
 from registry.local import ImageStore
 from registry.progress import Progress
+from registry.transfer import TransferOptions
 
 from .helpers import make_image, random_bytes, store_image
 
@@ -60,6 +63,39 @@ async def test_pull_of_v2_fetches_only_changed_pieces(
     assert (await images.store.fsck()).ok
 
 
-
 def _members(chunks: list[bytes]) -> list[bytes]:
     return [gzip_member(c, level=1) for c in chunks]
+
+
+@pytest.mark.parametrize("ranges", [1, 8])
+async def test_missing_pieces_are_fetched_concurrently(
+    ranges: int, pybuild_registry: str, make_proxy: Any, images: ImageStore,
+    client: RegistryClient, tmp_path: Path,
+) -> None:
+    """Eight separate runs of changed pieces, 50 ms of latency per request: the pull keeps
+    ``window`` Range requests in flight (so it takes about one latency, not eight)."""
+    chunks = [random_bytes(65_536, 1200 + i) for i in range(48)]
+    changed = list(chunks)
+    for i in range(2, 48, 6):  # 8 runs, each between unchanged pieces
+        changed[i] = random_bytes(65_536, 7000 + i)
+    v1, v2 = make_image([chunks]), make_image([changed])
+    async with await ImageStore.open(tmp_path / "publisher") as publisher:
+        for tag, image in (("v1", v1), ("v2", v2)):
+            ref = f"{pybuild_registry}/pieces/lat:{tag}"
+            await store_image(publisher, ref, image)
+            await copy(f"local:{ref}", ref, publisher, client)
+    proxy, host = await make_proxy(pybuild_registry)
+    await copy(f"{host}/pieces/lat:v1", f"local:{host}/pieces/lat:v1", images, client)
+
+    proxy.blob_delay, proxy.max_blob_gets_in_flight = 0.05, 0
+    options = CopyOptions(transfer=TransferOptions(window=ranges))
+    result = await copy_image(parse_endpoint(f"{host}/pieces/lat:v2"),
+                              parse_endpoint(f"local:{host}/pieces/lat:v2"), images, client,
+                              Progress("quiet"), options)
+    assert result.digest == v2.digest
+    layer = v2.layers[0]
+    assert await images.store.read_bytes(Digest.of(layer)) == layer
+    runs = [e for e in proxy.log if e[0] == "GET" and Digest.of(layer).encoded in e[1]]
+    assert len(runs) == 8  # one Range request per run of changed pieces
+    # The config blob's GET may overlap too: at most one more.
+    assert ranges <= proxy.max_blob_gets_in_flight <= ranges + 1
