@@ -30,7 +30,7 @@ from .local import ImageNotFound, ImageStore, holder, select_platform
 from .oci import Descriptor, Index, Manifest, parse_manifest
 from .progress import Progress
 from .refs import ImageRef, InvalidReference, parse_image_ref
-from .transfer import TransferOptions, pull_blob
+from .transfer import PieceSources, TransferOptions, local_piece_sources, pull_blob
 from .upload import push_blob
 
 __all__ = ["CopyOptions", "CopyResult", "Endpoint", "copy_image", "parse_endpoint"]
@@ -98,6 +98,7 @@ class _Copy:
         self.moves: dict[Digest, asyncio.Task[str]] = {}
         self.link = holder(str(dst.ref)) if dst.kind == "local" else None
         self.recipes = False
+        self.sources: PieceSources = {}
         self.statuses: dict[str, str] = {}
 
     async def read_manifest(self, desc: Descriptor | None) -> tuple[bytes, str]:
@@ -132,6 +133,8 @@ class _Copy:
         if self.src.kind == "registry":
             assert self.src.ref is not None
             self.recipes = await self.client.has_recipes(self.src.ref.api_host, self.src.ref.name)
+            if self.recipes:
+                self.sources = await local_piece_sources(self.images, self.src.ref)
         children: list[tuple[Descriptor, bytes, Manifest]] = []
         if isinstance(obj, Index):
             if self.options.all_platforms:
@@ -186,7 +189,8 @@ class _Copy:
         if src.kind == "registry":
             assert src.ref is not None
             return await pull_blob(self.client, self.images, src.ref, desc, self.progress,
-                                   recipes=self.recipes, link=self.link, options=self.options.transfer)
+                                   recipes=self.recipes, link=self.link, options=self.options.transfer,
+                                   sources=self.sources)
         if src.kind == "oci":
             assert src.path is not None
             await OciLayout(src.path).import_blob(self.store, desc, self.link)

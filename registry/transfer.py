@@ -36,16 +36,16 @@ from dataclasses import dataclass
 import aiohttp
 import blake3
 
-from cas import DigestMismatch, Ingest, IngestUnknown, SizeMismatch
+from cas import BlobUnknown, Digest, DigestMismatch, Ingest, IngestUnknown, SizeMismatch
 
 from .client import RegistryClient, TransportError
 from .errors import RegistryError
-from .local import ImageStore
+from .local import ImageNotFound, ImageStore
 from .oci import Descriptor
 from .progress import Progress
-from .refs import ImageRef
+from .refs import ImageRef, InvalidReference, parse_image_ref
 
-__all__ = ["BlobError", "TransferOptions", "pull_blob"]
+__all__ = ["BlobError", "PieceSources", "TransferOptions", "local_piece_sources", "pull_blob"]
 
 Chunks = list[bytes]
 
@@ -80,6 +80,37 @@ class _Part:
     end: int  # exclusive
     local: bool = False
     keys: tuple[tuple[int, int, str], ...] = ()  # pieces inside, to verify (offset, len, key)
+    # A local run: the same bytes sit at this offset of this local blob (one store read
+    # instead of one lookup and one read per piece).
+    source: tuple[Digest, int] | None = None
+
+
+PieceSources = dict[str, tuple[Digest, int]]  # piece key -> (local blob, offset in it)
+
+
+async def local_piece_sources(images: ImageStore, src: ImageRef) -> PieceSources:
+    """Where the layers of local images of ``src``'s repository hold each of their pieces.
+
+    An update of an image mostly reuses its previous version's pieces in the same
+    order: reading them as runs of the old layer costs one store read per run."""
+    out: PieceSources = {}
+    for image in await images.list():
+        try:
+            ref = parse_image_ref(image.ref)
+        except InvalidReference:
+            continue
+        if (ref.api_host, ref.name) != (src.api_host, src.name):
+            continue
+        try:
+            manifest, _ = await images.get(image.ref)
+        except (ImageNotFound, ValueError, KeyError):
+            continue  # an index without a matching platform, a damaged record: skip it
+        for layer in manifest.layers:
+            with contextlib.suppress(BlobUnknown):
+                recipe = await images.store.recipe(layer.digest)
+                for piece in recipe.pieces:
+                    out.setdefault(piece.key, (layer.digest, piece.offset))
+    return out
 
 
 class _Sink:
@@ -131,8 +162,11 @@ async def pull_blob(
     recipes: bool = False,
     link: str | None = None,
     options: TransferOptions = TransferOptions(),
+    sources: PieceSources | None = None,
 ) -> str:
-    """Make ``desc``'s blob present in the store; returns "exists" or "pulled"."""
+    """Make ``desc``'s blob present in the store; returns "exists" or "pulled".
+
+    ``sources`` (see :func:`local_piece_sources`) lets local pieces be read in runs."""
     store = images.store
     key = str(desc.digest)
     progress.start(key, f"{desc.digest.encoded[:12]}", desc.size)
@@ -146,7 +180,8 @@ async def pull_blob(
     if ing.offset:
         progress.advance(key, ing.offset, reused=True)
     try:
-        await _fill(client, images, src, desc, sink, recipes and options.recipes, options)
+        await _fill(client, images, src, desc, sink, recipes and options.recipes, options,
+                    sources or {})
         if ing.offset < desc.size:
             raise BlobError(f"blob {desc.digest}: the body ended at byte {ing.offset} of {desc.size}")
         await ing.commit(desc.digest, size=desc.size, link=link)
@@ -203,7 +238,7 @@ async def _drop(images: ImageStore, sink: _Sink) -> None:
 
 async def _fill(
     client: RegistryClient, images: ImageStore, src: ImageRef, desc: Descriptor,
-    sink: _Sink, recipes: bool, options: TransferOptions,
+    sink: _Sink, recipes: bool, options: TransferOptions, sources: PieceSources,
 ) -> None:
     host, name, digest = src.api_host, src.name, desc.digest
     start = sink.offset
@@ -218,7 +253,7 @@ async def _fill(
         if pieces is not None:
             have = await images.store.has_pieces(k for _, _, k in pieces)
             if have:  # with nothing local, one stream beats many small Range requests
-                parts = _plan_pieces(pieces, have, start, options.part_size)
+                parts = _plan_pieces(pieces, have, start, options.part_size, sources)
     if parts is None:
         remaining = desc.size - start
         ranges = False
@@ -239,9 +274,12 @@ async def _fill(
 
 
 def _plan_pieces(
-    pieces: list[tuple[int, int, str]], have: set[str], start: int, part_size: int
+    pieces: list[tuple[int, int, str]], have: set[str], start: int, part_size: int,
+    sources: PieceSources,
 ) -> list[_Part]:
-    """Local pieces one part each; missing pieces coalesced into runs of <= part_size."""
+    """Missing pieces coalesced into runs of <= part_size (one Range request each); local
+    pieces one part each, or, where ``sources`` places consecutive ones consecutively in
+    one local blob, runs of <= part_size read from that blob."""
     parts: list[_Part] = []
     run: list[tuple[int, int, str]] = []
 
@@ -258,7 +296,17 @@ def _plan_pieces(
             continue
         if key in have:
             flush()
-            parts.append(_Part(max(offset, start), offset + length, True, (piece,)))
+            lo = max(offset, start)
+            found = sources.get(key)
+            source = None if found is None else (found[0], found[1] + lo - offset)
+            prev = parts[-1] if parts else None
+            if (source is not None and prev is not None and prev.source is not None
+                    and prev.source[0] == source[0]
+                    and prev.source[1] + (prev.end - prev.start) == source[1]
+                    and offset + length - prev.start <= part_size):
+                parts[-1] = _Part(prev.start, offset + length, True, (*prev.keys, piece), prev.source)
+            else:
+                parts.append(_Part(lo, offset + length, True, (piece,), source))
             continue
         if run and offset + length - max(run[0][0], start) > part_size:
             flush()
@@ -308,10 +356,16 @@ async def _fetch_part(
     client: RegistryClient, images: ImageStore, src: ImageRef, desc: Descriptor,
     part: _Part, options: TransferOptions,
 ) -> Chunks:
+    if part.local and part.source is not None:
+        blob, at = part.source
+        with contextlib.suppress(BlobUnknown):  # removed meanwhile: read piece by piece
+            return [c async for c in images.store.read(blob, at, part.end - part.start)]
     if part.local:
-        offset, _, key = part.keys[0]
-        data = await images.store.read_piece(key)
-        return [data[part.start - offset :] if part.start > offset else data]
+        out = []
+        for offset, _, key in part.keys:
+            data = await images.store.read_piece(key)
+            out.append(data[part.start - offset :] if part.start > offset else data)
+        return out
     chunks = await _get_range(client, src, desc, part.start, part.end, options)
     if part.keys and not await asyncio.to_thread(_pieces_match, chunks, part):
         raise BlobError(

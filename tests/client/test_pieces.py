@@ -46,6 +46,14 @@ async def test_pull_of_v2_fetches_only_changed_pieces(
 
     proxy.blob_bytes = 0
     proxy.log.clear()
+    piece_reads = []
+    read_piece = images.store.read_piece
+
+    async def counted(key: str) -> bytes:
+        piece_reads.append(key)
+        return await read_piece(key)
+
+    images.store.read_piece = counted  # type: ignore[method-assign]
     progress = Progress("quiet")
     result = await copy_image(parse_endpoint(f"{host}/pieces/app:v2"),
                               parse_endpoint(f"local:{host}/pieces/app:v2"), images, client,
@@ -60,6 +68,8 @@ async def test_pull_of_v2_fetches_only_changed_pieces(
     assert proxy.blob_bytes <= changed_bytes + len(v2.config)
     assert progress.reused >= len(layer2) - changed_bytes
     assert any(m == "GET" and "_pybuild/blob/recipe" in p for m, p, _ in proxy.log)
+    # The unchanged pieces were read as runs of v1's layer, not looked up one by one.
+    assert piece_reads == []
     assert (await images.store.fsck()).ok
 
 
@@ -99,3 +109,22 @@ async def test_missing_pieces_are_fetched_concurrently(
     assert len(runs) == 8  # one Range request per run of changed pieces
     # The config blob's GET may overlap too: at most one more.
     assert ranges <= proxy.max_blob_gets_in_flight <= ranges + 1
+
+
+def test_plan_reads_consecutive_local_pieces_as_one_run() -> None:
+    from registry.transfer import _Part, _plan_pieces
+
+    x, y = Digest.of(b"x"), Digest.of(b"y")
+    pieces = [(0, 10, "a"), (10, 10, "b"), (20, 10, "c"), (30, 10, "d"), (40, 10, "e")]
+    sources = {"a": (x, 100), "b": (x, 110), "d": (y, 0), "e": (x, 120)}
+    # Resuming at byte 5: the run starts mid-piece, at the matching offset of x.
+    parts = _plan_pieces(pieces, {"a", "b", "d", "e"}, 5, 100, sources)
+    assert parts == [
+        _Part(5, 20, True, ((0, 10, "a"), (10, 10, "b")), (x, 105)),
+        _Part(20, 30, False, ((20, 10, "c"),)),
+        _Part(30, 40, True, ((30, 10, "d"),), (y, 0)),
+        _Part(40, 50, True, ((40, 10, "e"),), (x, 120)),  # not right after d in y
+    ]
+    # Runs are cut at part_size; without sources every local piece is its own part.
+    assert [p.start for p in _plan_pieces(pieces, {"a", "b"}, 0, 15, sources) if p.local] == [0, 10]
+    assert [p.source for p in _plan_pieces(pieces, {"a", "b"}, 0, 100, {})] == [None, None, None]
