@@ -270,6 +270,7 @@ async def _fill(
             for p in range(start, desc.size, options.part_size)
         ]
     await _run_parts(parts, sink, lambda part: _fetch_part(client, images, src, desc, part, options),
+                     lambda part: _stream_local_run(images, sink, part),
                      options.window, options.window * options.part_size)
 
 
@@ -279,7 +280,7 @@ def _plan_pieces(
 ) -> list[_Part]:
     """Missing pieces coalesced into runs of <= part_size (one Range request each); local
     pieces one part each, or, where ``sources`` places consecutive ones consecutively in
-    one local blob, runs of <= part_size read from that blob."""
+    one local blob, one run (of any length) streamed from that blob."""
     parts: list[_Part] = []
     run: list[tuple[int, int, str]] = []
 
@@ -302,8 +303,7 @@ def _plan_pieces(
             prev = parts[-1] if parts else None
             if (source is not None and prev is not None and prev.source is not None
                     and prev.source[0] == source[0]
-                    and prev.source[1] + (prev.end - prev.start) == source[1]
-                    and offset + length - prev.start <= part_size):
+                    and prev.source[1] + (prev.end - prev.start) == source[1]):
                 parts[-1] = _Part(prev.start, offset + length, True, (*prev.keys, piece), prev.source)
             else:
                 parts.append(_Part(lo, offset + length, True, (piece,), source))
@@ -317,11 +317,13 @@ def _plan_pieces(
 
 async def _run_parts(
     parts: list[_Part], sink: _Sink, fetch: Callable[[_Part], Awaitable[Chunks]],
-    window: int, local_bytes: int,
+    stream: Callable[[_Part], Awaitable[bool]], window: int, local_bytes: int,
 ) -> None:
     """Write ``parts`` strictly in order while fetching ahead: up to ``window`` remote
-    parts (Range requests) and local ones (store reads) up to ``local_bytes`` in flight,
-    so a long stretch of local pieces does not hold back the next Range requests."""
+    parts (Range requests) and single local pieces up to ``local_bytes`` in flight. Runs
+    of a local blob (``source``) are not fetched ahead but streamed into the sink when
+    their turn comes (``stream``; False: the blob is gone, fetch piece by piece), while
+    the Range requests after them are already under way."""
     tasks: dict[int, asyncio.Task[Chunks]] = {}
     remote = local = 0  # remote parts / local bytes started and not yet written
     nxt = 0
@@ -330,6 +332,9 @@ async def _run_parts(
             while nxt < len(parts):
                 ahead = parts[nxt]
                 size = ahead.end - ahead.start
+                if ahead.source is not None:
+                    nxt += 1
+                    continue
                 if (local and local + size > local_bytes) if ahead.local else (remote >= window):
                     break
                 tasks[nxt] = asyncio.create_task(fetch(ahead))
@@ -338,11 +343,16 @@ async def _run_parts(
                 else:
                     remote += 1
                 nxt += 1
-            chunks = await tasks.pop(i)  # dropping the task frees its buffers early
-            if part.local:
-                local -= part.end - part.start
+            if part.source is not None:
+                if await stream(part):
+                    continue
+                chunks = await fetch(part)
             else:
-                remote -= 1
+                chunks = await tasks.pop(i)  # dropping the task frees its buffers early
+                if part.local:
+                    local -= part.end - part.start
+                else:
+                    remote -= 1
             for chunk in chunks:
                 await sink.write(chunk, reused=part.local)
     finally:
@@ -352,14 +362,29 @@ async def _run_parts(
             await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
+async def _stream_local_run(images: ImageStore, sink: _Sink, part: _Part) -> bool:
+    """Copy a local run from its source blob into the sink; False if that blob is gone."""
+    assert part.source is not None
+    blob, at = part.source
+    written = 0
+    try:
+        async for chunk in images.store.read(blob, at, part.end - part.start):
+            await sink.write(chunk, reused=True)
+            written += len(chunk)
+    except BlobUnknown:
+        if written:
+            raise BlobError(
+                f"blob {sink.desc.digest}: local blob {blob}, which holds some of its pieces, "
+                "was removed during the pull; run the command again (it resumes)"
+            ) from None
+        return False
+    return True
+
+
 async def _fetch_part(
     client: RegistryClient, images: ImageStore, src: ImageRef, desc: Descriptor,
     part: _Part, options: TransferOptions,
 ) -> Chunks:
-    if part.local and part.source is not None:
-        blob, at = part.source
-        with contextlib.suppress(BlobUnknown):  # removed meanwhile: read piece by piece
-            return [c async for c in images.store.read(blob, at, part.end - part.start)]
     if part.local:
         out = []
         for offset, _, key in part.keys:

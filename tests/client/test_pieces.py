@@ -125,6 +125,45 @@ def test_plan_reads_consecutive_local_pieces_as_one_run() -> None:
         _Part(30, 40, True, ((30, 10, "d"),), (y, 0)),
         _Part(40, 50, True, ((40, 10, "e"),), (x, 120)),  # not right after d in y
     ]
-    # Runs are cut at part_size; without sources every local piece is its own part.
-    assert [p.start for p in _plan_pieces(pieces, {"a", "b"}, 0, 15, sources) if p.local] == [0, 10]
+    # Missing runs are cut at part_size, local runs are not; without sources every local
+    # piece is its own part.
+    parts = _plan_pieces(pieces, {"a", "b"}, 0, 15, sources)
+    assert [(p.start, p.end) for p in parts] == [(0, 20), (20, 30), (30, 40), (40, 50)]
     assert [p.source for p in _plan_pieces(pieces, {"a", "b"}, 0, 100, {})] == [None, None, None]
+
+
+async def test_local_run_of_a_removed_blob_falls_back_to_single_pieces(
+    pybuild_registry: str, images: ImageStore, client: RegistryClient, tmp_path: Path,
+) -> None:
+    from registry.oci import Descriptor
+    from registry.refs import parse_image_ref
+    from registry.transfer import pull_blob
+
+    chunks = [random_bytes(65_536, 1500 + i) for i in range(12)]
+    changed = [*chunks[:6], random_bytes(65_536, 9999), *chunks[7:]]
+    v1, v2 = make_image([chunks]), make_image([changed])
+    for tag, image in (("v1", v1), ("v2", v2)):
+        ref = f"{pybuild_registry}/pieces/gone:{tag}"
+        async with await ImageStore.open(tmp_path / f"publisher-{tag}") as publisher:
+            await store_image(publisher, ref, image)
+            await copy(f"local:{ref}", ref, publisher, client)
+    await copy(f"{pybuild_registry}/pieces/gone:v1", f"local:{pybuild_registry}/pieces/gone:v1",
+               images, client)
+    recipe = await images.store.recipe(Digest.of(v1.layers[0]))
+    gone = Digest.of(b"a layer that is no longer here")
+    sources = {p.key: (gone, p.offset) for p in recipe.pieces}
+    reads = []
+    read_piece = images.store.read_piece
+
+    async def counted(key: str) -> bytes:
+        reads.append(key)
+        return await read_piece(key)
+
+    images.store.read_piece = counted  # type: ignore[method-assign]
+    layer = v2.layers[0]
+    desc = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", Digest.of(layer), len(layer))
+    status = await pull_blob(client, images, parse_image_ref(f"{pybuild_registry}/pieces/gone:v2"),
+                             desc, Progress("quiet"), recipes=True, sources=sources)
+    assert status == "pulled"
+    assert await images.store.read_bytes(desc.digest) == layer
+    assert len(reads) == 11  # every unchanged piece, one by one
