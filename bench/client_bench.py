@@ -23,6 +23,7 @@ pieces it does not have (column ``pybuild+serve``). pybuild's side is called as
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import time
@@ -125,7 +126,11 @@ def _push(layout: Path, served: _Served) -> None:
 
 
 def _measure(pull: Callable[[str], None], served: _Served) -> tuple[float, float, int]:
-    """(seconds v1 cold, seconds v2 over v1, bytes the registry wrote for v2)."""
+    """(seconds v1 cold, seconds v2 over v1, bytes the registry wrote for v2).
+
+    Each client starts with nothing left to write back: the previous one (docker's vfs
+    storage copies gigabytes) would otherwise be flushed to disk during its timing."""
+    os.sync()
     start = time.perf_counter()
     pull("v1")
     cold = time.perf_counter() - start
