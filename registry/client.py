@@ -52,6 +52,7 @@ MANIFEST_ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANI
 RECIPE_ENDPOINT = "_pybuild/blob/recipe"
 _MAX_MANIFEST = 4 << 20
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
+_READ_BUFSIZE = 4 << 20
 
 
 class TransportError(Exception):
@@ -116,6 +117,9 @@ class RegistryClient:
                 connector=aiohttp.TCPConnector(limit=self.options.connections),
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120),
+                # A body may run this far ahead of its reader (default 64 KiB: the socket
+                # was paused after every read, and stalled while the store ingested).
+                read_bufsize=_READ_BUFSIZE,
             )
             # aiohttp silently re-sends an "idempotent" request (PUT included) once when a
             # reused connection breaks. A closing upload PUT with bytes is not idempotent
