@@ -62,6 +62,12 @@ class StepEnv:
     explain: bool = False
     network: str = "default"
     secrets: Mapping[str, Path] = field(default_factory=dict)
+    # --ssh: agent id -> the host socket RUN --mount=type=ssh forwards to
+    ssh: Mapping[str, Path] = field(default_factory=dict)
+    # --allow: entitlements granted (security.insecure)
+    allow: frozenset[str] = frozenset()
+    # --differ: auto (overlayfs where it mounts, else snapshot), overlay or snapshot
+    differ: str = "auto"
     created: str = ""
     # set by the executor: flattened root of a stage or image named by --from / from=
     stage_root: Callable[[str], Awaitable[Path]] | None = None
