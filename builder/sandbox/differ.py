@@ -11,20 +11,57 @@ the same layer.
 
 Changed files are *moved* out of the copy (it is scratch and is removed afterwards), so
 this costs a walk of the tree, not a second copy of its data.
+
+A directory removed and made again (``rm -r d && mkdir d``) must be seen as replaced
+(opaque, as overlayfs marks it), but a filesystem may give the new directory the old
+one's inode number. :func:`hold_directories` keeps every directory of the snapshot open
+(``O_PATH``) while the command runs, so no inode number of the snapshot can be reused
+and a replaced directory always shows a new one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import shutil
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from ..layers import Changeset, EntryKind, Snapshot, diff_snapshot, take_snapshot
 
-__all__ = ["forgive_touched", "take_snapshot", "upper_from_copy", "write_upper"]
+__all__ = ["forgive_touched", "hold_directories", "take_snapshot", "upper_from_copy",
+           "write_upper"]
+
+
+@contextlib.contextmanager
+def hold_directories(before: Snapshot, root: Path) -> Iterator[int]:
+    """Keep the snapshot's directories open (see the module docstring); yields how many.
+
+    The soft open-file limit is raised towards the hard one as needed (and left raised:
+    steps in other threads may hold descriptors of their own meanwhile). Best effort:
+    past the hard limit the remaining directories are not held.
+    """
+    dirs = [rel for rel, rec in before.items() if rec.is_dir]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = len(dirs) + 256
+    if want > soft:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    fds: list[int] = []
+    try:
+        for rel in dirs:
+            try:
+                fds.append(os.open(root / rel, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW))
+            except OSError:
+                break  # out of descriptors: hold what we have
+        yield len(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def forgive_touched(before: Snapshot, root: Path, touched: Mapping[str, object]) -> Snapshot:

@@ -50,7 +50,7 @@ from .errors import (
     SandboxUnavailable,
     SecretNotFound,
 )
-from .differ import forgive_touched, take_snapshot, upper_from_copy
+from .differ import forgive_touched, hold_directories, take_snapshot, upper_from_copy
 from .flatten import flatten_lowers
 from .process import TAIL_LINES, OutputCallback, spawn
 from .rootfs import (
@@ -325,6 +325,8 @@ def _prepare_and_spawn(
         raise SandboxSetupError("the step has cache mounts but no cache_dir was given")
     with lease_caches(Path(cache_dir or layout.state_dir), cache_mounts) as cache_paths, \
             contextlib.ExitStack() as relays:
+        if before:
+            relays.enter_context(hold_directories(before[0], layout.merged))
         layout.run.mkdir(exist_ok=True)
         mounts, secret_env = _mount_plans(spec, layout, cache_paths, relays)
         pipes = []
