@@ -7,9 +7,15 @@ existing directory receives the source by its base name; a relative destination 
 relative to WORKDIR; missing parents are created (0755, root). Parents that exist in the
 stage keep their metadata (they are copied up as overlayfs would). ``--chown`` takes
 ids or names from the stage's /etc/passwd and /etc/group; ``--chmod`` octal; ``--exclude``
-patterns (``.dockerignore`` syntax) relative to the source; ``--link`` is accepted (every
-COPY layer here is already independent of the layers below it). ``ADD`` unpacks a local
+patterns (``.dockerignore`` syntax) relative to the source. ``ADD`` unpacks a local
 tar archive (plain, gzip, bzip2, xz, zstd) safely and downloads ``http(s)://`` URLs.
+
+``--link`` (as BuildKit, which then copies onto an empty layer and merges it): the layer
+is made without looking at the stage's files -- the destination is taken literally (no
+symlinked parents followed; a directory only when it ends in ``/``), its parents are
+created fresh (0755, root or ``--chown``) -- so its cache entry holds whatever the
+earlier steps were. ``--chown`` names are still looked up in the stage's /etc/passwd and
+/etc/group. With ``--chmod`` BuildKit does not link, and neither does this.
 """
 
 from __future__ import annotations
@@ -333,7 +339,9 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         raise BuildError(where, "COPY --parents is not supported by this builder; copy each "
                          "directory with its own COPY")
     dest_raw = ins.dest
-    lowers = await env.lowers(state)
+    link = ins.link and not ins.chmod
+    stage_lowers = await env.lowers(state)
+    lowers = [] if link else stage_lowers  # a linked layer never sees the stage's files
     dest = await asyncio.to_thread(_destination, lowers, resolve_workdir(state, dest_raw))
     from_ref = ins.from_ if isinstance(ins, Copy) else ""
     if from_ref:
@@ -379,7 +387,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
             raise BuildError(where, str(exc)) from exc
         items += more_items
         hashes.update(more)
-    owner = await asyncio.to_thread(_chown_ids, ins.chown, lowers, where) if ins.chown else None
+    owner = await asyncio.to_thread(_chown_ids, ins.chown, stage_lowers, where) \
+        if ins.chown else None
     try:
         chmod = int(ins.chmod, 8) if ins.chmod else None
     except ValueError:
@@ -405,7 +414,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         return upper
 
     await layer_step(env, state, ins, name, instruction_text(ins), created_by, inputs,
-                     produce)
+                     produce, independent=link)
 
 
 async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
