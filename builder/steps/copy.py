@@ -40,9 +40,11 @@ from ..ignore import IgnoreMatcher
 from ..image import ImageState
 from ..instructions import Add, Copy, Workdir
 from ..layers import LayerError, apply_layer
+from ..layers.changeset import path_sort_key
 from ..sandbox.rootfs import lower_stat, read_from_lowers
 from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import resolve_workdir
+from .parents import resolve_parents
 
 __all__ = ["copy_instruction", "workdir_instruction"]
 
@@ -300,6 +302,23 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
     return items, hashes
 
 
+def _plan_parents(tree: SourceTree, srcs: list[str], dest: str,
+                  excludes: IgnoreMatcher) -> tuple[list[_Item], dict[str, str]]:
+    """``COPY --parents`` (see :mod:`.parents`): each source keeps its parents under
+    ``dest``, a directory."""
+    items: dict[str, _Item] = {}
+    hashes: dict[str, str] = {}
+    base = dest.rstrip("/")
+    for src in srcs:
+        for rel, path, st in resolve_parents(tree, src, excludes):
+            target = f"{base}/{rel}" if base else rel
+            items[target] = _Item(target, path, st)
+            hashes[f"{src}:{rel}"] = hash_path(path, st)
+    if base:
+        items.setdefault(base, _Item(base, None, None))
+    return [items[k] for k in sorted(items, key=path_sort_key)], hashes
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -335,9 +354,6 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     """Execute (or reuse from the cache) one COPY or ADD."""
     where = env.where(ins)
     add = isinstance(ins, Add)
-    if isinstance(ins, Copy) and ins.parents:
-        raise BuildError(where, "COPY --parents is not supported by this builder; copy each "
-                         "directory with its own COPY")
     dest_raw = ins.dest
     link = ins.link and not ins.chmod
     stage_lowers = await env.lowers(state)
@@ -351,7 +367,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     else:
         tree = env.context
     n_sources = len(ins.sources) + len(ins.files)
-    dest_is_dir = dest_raw.endswith("/") or dest == "/"
+    parents = isinstance(ins, Copy) and ins.parents
+    dest_is_dir = dest_raw.endswith("/") or dest == "/" or parents
     st = await asyncio.to_thread(lower_stat, lowers, dest.lstrip("/"))
     dest_is_dir = dest_is_dir or (st is not None and stat.S_ISDIR(st.st_mode))
     if n_sources > 1 and not dest_is_dir:
@@ -379,7 +396,15 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         else:
             local.append(s)
     excludes = IgnoreMatcher.from_lines(list(ins.exclude))
-    if local:
+    if local and isinstance(ins, Copy) and ins.parents:
+        try:
+            more_items, more = await asyncio.to_thread(
+                _plan_parents, tree, local, dest.lstrip("/"), excludes)
+        except ContextError as exc:
+            raise BuildError(where, str(exc)) from exc
+        items += more_items
+        hashes.update(more)
+    elif local:
         try:
             more_items, more = await asyncio.to_thread(
                 _plan, tree, local, dest.lstrip("/"), dest_is_dir, add, excludes)
@@ -396,6 +421,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     inputs: dict[str, Any] = {"files": hashes, "dest": dest, "chown": list(owner or ()),
                               "chmod": chmod}
     flags = []
+    if parents:
+        flags.append("--parents")
     if from_ref:
         flags.append(f"--from={from_ref}")
     if ins.chown:
