@@ -25,6 +25,7 @@ starts (no emulation).
 from __future__ import annotations
 
 import asyncio
+import csv
 import os
 import posixpath
 from collections.abc import Mapping
@@ -124,6 +125,18 @@ def _argv(ins: Run, state: ImageState, where: str) -> tuple[tuple[str, ...], dic
     return (*shell, script), {}
 
 
+def _optional(spec: str) -> bool:
+    """Does a ``--mount`` spec say ``required=false`` in so many words? (An ssh mount
+    without an agent is an error unless it does: BuildKit would skip it silently and
+    leave the command to fail on a missing agent.)"""
+    for field in next(csv.reader([spec]), []):
+        key, _, value = field.partition("=")
+        if key.strip().lower() == "required" and value.strip().lower() in (
+                "false", "0", "f"):
+            return True
+    return False
+
+
 def _check_platform(state: ImageState, where: str) -> None:
     host = Platform.host()
     arch = state.architecture or host.architecture
@@ -177,7 +190,8 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
             m = m.resolved(root)
         elif isinstance(m, SshMount):
             m = m.resolved(env.ssh.get(m.id))
-            if m.socket is None and m.required:
+            specs = ins.mount_specs
+            if m.socket is None and not (i < len(specs) and _optional(specs[i])):
                 raise BuildError(where, f"--mount=type=ssh: no SSH agent {m.id!r} was "
                                  f"forwarded; pass --ssh {m.id}[=SOCKET] to pybuild build "
                                  "(or make the mount optional: required=false)")
