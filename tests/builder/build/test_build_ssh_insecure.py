@@ -45,7 +45,7 @@ def ssh_base(busybox_ref: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """A running ssh-agent holding one fresh ed25519 key: (socket, key fingerprint)."""
     agent_bin, keygen = require_tool("ssh-agent"), require_tool("ssh-keygen")
-    work = Path(tempfile_dir := str(tmp_path_factory.mktemp("agent")))
+    work = tmp_path_factory.mktemp("agent")
     sock = Path("/tmp") / f"pybuild-test-agent-{os.getpid()}.sock"
     proc = subprocess.Popen([agent_bin, "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
     try:
@@ -61,7 +61,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
                        capture_output=True)
         listed = subprocess.run([require_tool("ssh-add"), "-l"], check=True, env=env,
                                 capture_output=True, text=True).stdout
-        assert "pybuild-test" in listed, tempfile_dir
+        assert "pybuild-test" in listed
         yield sock, listed
     finally:
         proc.terminate()
