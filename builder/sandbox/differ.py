@@ -103,6 +103,7 @@ def write_upper(changes: Changeset, upper: Path) -> None:
     anew with the entry's owner, mode, xattrs and mtime.
     """
     upper.mkdir()
+    os.chmod(upper, 0o755)  # as the runner's upper dir: a flattened copy's root gets it
     dirs: list[tuple[Path, int]] = []
     for entry in changes.entries:
         dst = upper / entry.path

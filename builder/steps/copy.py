@@ -319,6 +319,15 @@ def _plan_parents(tree: SourceTree, srcs: list[str], dest: str,
     return [items[k] for k in sorted(items, key=path_sort_key)], hashes
 
 
+def _upper_dir(env: StepEnv) -> Path:
+    """A fresh upper dir for a step's changes. Its own mode is the root's in a flattened
+    copy of the layers (the last layer's root wins there), so it is 0755 like a RUN
+    step's upper dir, not a private scratch dir's 0700."""
+    upper = env.scratch("upper-")
+    os.chmod(upper, 0o755)
+    return upper
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -433,7 +442,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     created_by = f"{ins.keyword} {' '.join(words)} # buildkit"
 
     async def produce(n: int) -> Path:
-        upper = env.scratch("copy-")
+        upper = _upper_dir(env)
         try:
             await asyncio.to_thread(_write, upper, items, lowers, owner, chmod)
         except LayerError as exc:
@@ -458,7 +467,7 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
         owner = await asyncio.to_thread(_workdir_owner, state.config.user, lowers)
 
     async def produce(n: int) -> Path:
-        upper = env.scratch("workdir-")
+        upper = _upper_dir(env)
         await asyncio.to_thread(_make_parents, upper, target.lstrip("/"), lowers, owner)
         # a directory that already existed is only copied up: no change, no layer
         if lower_stat(lowers, target.lstrip("/")) is not None:

@@ -82,9 +82,9 @@ def _tree_hash(root: Path) -> str:
 
 
 def _convert(m: SpecMount, where: str) -> SandboxMount:
-    target = posixpath.normpath("/" + m.target) if m.target else ""
+    target = posixpath.normpath("/" + m.target.lstrip("/")) if m.target else ""
     if m.type is MountType.BIND:
-        return BindMount(target=target, source=posixpath.normpath("/" + m.source),
+        return BindMount(target=target, source=posixpath.normpath("/" + m.source.lstrip("/")),
                          from_ref=m.from_ or None, rw=not m.readonly)
     if m.type is MountType.CACHE:
         return CacheMount(target=target, id=m.id, sharing=Sharing(m.sharing or "shared"),

@@ -29,6 +29,8 @@ def test_overlay_and_snapshot_give_the_same_image(context_of, build, tmp_path: P
         assert not (out / "bin/vi").exists() and not (out / "srv/old").exists()
         assert (out / "srv/data/sub").read_text() == "file\n"
         assert os.listdir(out / "home/tester") == ["new"]
+        assert (out / "tmp/uid.txt").read_text() == "1000\n"
+        assert out.stat().st_mode & 0o777 == 0o755
     assert digests["overlay"] == digests["snapshot"]
 
 
@@ -45,7 +47,7 @@ def test_auto_uses_the_snapshot_differ_where_overlayfs_cannot_mount(
     out = tmp_path / "out"
     ctx = context_of("differ")
     build(ctx, local=out, differ="auto")
-    assert len(diffs) == 3  # every RUN went through the snapshot differ
+    assert len(diffs) == 4  # every RUN went through the snapshot differ
     assert (out / "opt/work/here/made.txt").read_text() == "in-workdir\n"
     assert not (out / "bin/vi").exists()
     with pytest.raises(BuildError, match="--differ auto or --differ snapshot"):
