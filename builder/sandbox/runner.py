@@ -43,6 +43,7 @@ from typing import Any
 
 from .caches import lease_caches
 from .cleanup import cleanup
+from .differ import forgive_touched, hold_directories, take_snapshot, upper_from_copy
 from .errors import (
     OutOfDiskSpace,
     RunFailed,
@@ -50,7 +51,6 @@ from .errors import (
     SandboxUnavailable,
     SecretNotFound,
 )
-from .differ import forgive_touched, hold_directories, take_snapshot, upper_from_copy
 from .flatten import flatten_lowers
 from .process import TAIL_LINES, OutputCallback, spawn
 from .rootfs import (
@@ -60,7 +60,15 @@ from .rootfs import (
     overlay_supported,
     read_from_lowers,
 )
-from .spec import BindMount, CacheMount, Network, RunSpec, SecretMount, SshMount, TmpfsMount
+from .spec import (
+    BindMount,
+    CacheMount,
+    Network,
+    RunSpec,
+    SecretMount,
+    SshMount,
+    TmpfsMount,
+)
 from .ssh import AgentRelay
 from .users import ExecUser, resolve_user
 

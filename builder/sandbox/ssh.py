@@ -18,6 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 __all__ = ["AgentRelay"]
 
@@ -43,7 +44,7 @@ class AgentRelay:
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> AgentRelay:
+    def __enter__(self) -> Self:
         try:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(str(self.path))

@@ -41,7 +41,6 @@ from ..mounts import Mount as SpecMount
 from ..mounts import MountType
 from ..sandbox import (
     BindMount,
-    SshMount,
     CacheMount,
     Network,
     RootfsMode,
@@ -51,6 +50,7 @@ from ..sandbox import (
     SandboxUnavailable,
     SecretMount,
     Sharing,
+    SshMount,
     TmpfsMount,
     run_step,
 )

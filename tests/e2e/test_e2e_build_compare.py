@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import os
+import platform
 import shutil
 import subprocess
 import sys

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from builder.layers import changeset_from_upper
-from builder.sandbox import Executor, RootfsMode, RunSpec, run_step
-from builder.sandbox import runner
+from builder.sandbox import Executor, RootfsMode, RunSpec, run_step, runner
 from builder.sandbox.differ import upper_from_copy
 from builder.steps.common import BuildError
 from tests.helpers.rootfs import make_busybox_rootfs

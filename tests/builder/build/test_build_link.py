@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import stat
@@ -12,7 +13,7 @@ from cas import Store
 
 
 def _members(storage: Path, digest: object) -> dict[str, tarfile.TarInfo]:
-    blob = storage / "blob.tmp"
+    """The tar members of a layer blob in the build's CAS."""
 
     async def read() -> bytes:
         store = await Store.open(storage)
@@ -20,8 +21,6 @@ def _members(storage: Path, digest: object) -> dict[str, tarfile.TarInfo]:
             return b"".join([chunk async for chunk in store.read(digest)])  # type: ignore[arg-type]
         finally:
             await store.close()
-
-    import asyncio
 
     data = gzip.decompress(asyncio.run(read()))
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
