@@ -14,21 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.disks import small_filesystem
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
 def small_storage(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root") if not os.environ.get("CI") else pytest.fail(
-            "mounting a tmpfs needs root")
-    storage = tmp_path / "storage"
-    storage.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(storage)], check=True)
-    try:
+    with small_filesystem(tmp_path / "storage", "12m") as storage:
         yield storage
-    finally:
-        subprocess.run(["umount", "-l", str(storage)], check=False)
 
 
 def _pybuild(*args: str) -> subprocess.CompletedProcess[str]:
