@@ -31,6 +31,8 @@ def test_heredoc_forms_end_to_end(context_of, build, tmp_path: Path) -> None:
     assert (out / "piped.txt").read_text() == "piped to sh as sh\n"
     # COPY heredocs are files (expanded by the builder: the marker is unquoted)
     assert (out / "copied.txt").read_text() == "copied for builder\n"
+    assert (out / "literal.txt").read_text() == "kept ${WHO}\n"  # quoted: not expanded
+    assert (out / "chomped.txt").read_text() == "no tabs for builder\n"
     assert (out / "files/ONE").read_text() == "one\n"
     assert (out / "files/TWO").read_text() == "two\n"
     assert (out / "files/ONE").stat().st_mode & 0o777 == 0o644
