@@ -25,7 +25,6 @@ starts (no emulation).
 from __future__ import annotations
 
 import asyncio
-import csv
 import os
 import posixpath
 from collections.abc import Mapping
@@ -125,18 +124,6 @@ def _argv(ins: Run, state: ImageState, where: str) -> tuple[tuple[str, ...], dic
     return (*shell, script), {}
 
 
-def _optional(spec: str) -> bool:
-    """Does a ``--mount`` spec say ``required=false`` in so many words? (An ssh mount
-    without an agent is an error unless it does: BuildKit would skip it silently and
-    leave the command to fail on a missing agent.)"""
-    for field in next(csv.reader([spec]), []):
-        key, _, value = field.partition("=")
-        if key.strip().lower() == "required" and value.strip().lower() in (
-                "false", "0", "f"):
-            return True
-    return False
-
-
 def _check_platform(state: ImageState, where: str) -> None:
     host = Platform.host()
     arch = state.architecture or host.architecture
@@ -190,11 +177,15 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
             m = m.resolved(root)
         elif isinstance(m, SshMount):
             m = m.resolved(env.ssh.get(m.id))
-            specs = ins.mount_specs
-            if m.socket is None and not (i < len(specs) and _optional(specs[i])):
-                raise BuildError(where, f"--mount=type=ssh: no SSH agent {m.id!r} was "
-                                 f"forwarded; pass --ssh {m.id}[=SOCKET] to pybuild build "
-                                 "(or make the mount optional: required=false)")
+            # As BuildKit: a missing agent fails only a mount marked required=true; any
+            # other such mount is left out (and pybuild says so, BuildKit does not).
+            if m.socket is None and m.required:
+                raise BuildError(where, f"--mount=type=ssh,required=true: no SSH agent "
+                                 f"{m.id!r} was forwarded; pass --ssh {m.id}[=SOCKET] to "
+                                 "pybuild build")
+            if m.socket is None:
+                env.progress.info(f"WARNING: {where}: --mount=type=ssh left out: no SSH "
+                                  f"agent {m.id!r} was forwarded (pass --ssh {m.id}[=SOCKET])")
             inputs[f"ssh{i}"] = m.id  # the agent's keys are not part of the cache key
         resolved.append(m)
     if pipes:

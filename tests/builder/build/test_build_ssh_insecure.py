@@ -92,14 +92,18 @@ def test_ssh_agent_is_forwarded(ssh_base: str, agent: tuple[Path, str], build,
     assert not (out / "run/buildkit").exists()
 
 
-def test_ssh_without_an_agent_names_the_fix(ssh_base: str, build, tmp_path: Path) -> None:
+def test_ssh_without_an_agent(ssh_base: str, build, tmp_path: Path) -> None:
     ctx = _ctx(tmp_path, "ssh", ssh_base)
-    with pytest.raises(BuildError, match=r"Dockerfile:3: RUN: --mount=type=ssh: no SSH agent "
-                                         r"'default' was forwarded; pass --ssh default"):
-        build(ctx)
-    out = tmp_path / "out"
-    build(ctx, dockerfile=ctx / "Dockerfile.optional", local=out)
-    assert (out / "optional.txt").read_text() == "optional: /run/buildkit/ssh_agent.0\n"
+    with pytest.raises(BuildError, match=r"Dockerfile.required:3: RUN: --mount=type=ssh,required=true: "
+                                         r"no SSH agent 'default' was forwarded; "
+                                         r"pass --ssh default"):
+        build(ctx, dockerfile=ctx / "Dockerfile.required")
+    # Not required (the default, or said): the mount is left out, as BuildKit does.
+    for name, text in (("optional", "optional: /run/buildkit/ssh_agent.0\n"),
+                       ("default", "default: /run/buildkit/ssh_agent.0\nabsent\n")):
+        out = tmp_path / f"out-{name}"
+        build(ctx, dockerfile=ctx / f"Dockerfile.{name}", local=out)
+        assert (out / f"{name}.txt").read_text() == text
 
 
 def test_insecure_needs_the_entitlement(busybox_ref: str, build, tmp_path: Path) -> None:
