@@ -152,8 +152,16 @@ class _Copy:
                     raise LayoutError(f"{self.src}: nested indexes are not supported")
         manifests = [c[2] for c in children] or [obj]
         blobs = {d.digest: d for m in manifests for d in m.references()}  # type: ignore[union-attr]
-        tasks = [self._move(d) for d in blobs.values()]
-        await asyncio.gather(*tasks)
+        tasks = [asyncio.create_task(self._move(d)) for d in blobs.values()]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # One blob failed: stop the others (they keep what they have for a resume)
+            # before the caller closes the store under them.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         digest = await self._write_manifests(raw, media_type, obj, children)
         return CopyResult(digest, media_type, dict(self.statuses))
 

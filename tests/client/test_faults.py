@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -307,3 +308,32 @@ async def test_push_killed_every_time_resumes_in_a_later_run(
     assert await images.pending_push(key) is None
     body, _, _ = await client.get_manifest(parse_image_ref(ref))
     assert body == image.manifest
+
+
+async def test_a_failed_blob_stops_the_others_before_copy_returns(
+    registry_host: str, make_proxy: Any, images: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    """One layer is corrupt, another still arriving: the copy raises for the corrupt one
+    only after the other transfer has stopped (and kept its bytes for a resume), so the
+    caller may close the store at once."""
+    image = simple_image(24, (100_000, 2_000_000))
+    await publish(registry_host, "faults/stop", image, tmp_path, client)
+    bad, good = Digest.of(image.layers[0]), Digest.of(image.layers[1])
+
+    def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
+        if bad.encoded in request.path and sent == 0:
+            return bytes([chunk[0] ^ 1]) + chunk[1:]
+        return chunk
+
+    proxy, host = await make_proxy(registry_host, fault=fault)
+    slow = dataclasses.replace(SMALL_PARTS, window=1)
+    with pytest.raises(BlobError, match=str(bad)):
+        await copy_image(parse_endpoint(f"{host}/faults/stop:v1"),
+                         parse_endpoint(f"local:{host}/faults/stop:v1"), images, client,
+                         Progress("quiet"), CopyOptions(transfer=slow))
+    current = asyncio.current_task()
+    assert [t for t in asyncio.all_tasks() if t is not current and "_move" in repr(t)] == []
+    assert await images.store.stat(bad) is None
+    if await images.store.stat(good) is None:  # stopped mid-way: what arrived is resumable
+        assert await images.pending_pull(good) is not None
+    assert (await images.store.fsck()).ok
