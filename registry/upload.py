@@ -41,6 +41,7 @@ from .transfer import BlobError, TransferOptions
 
 __all__ = ["push_blob"]
 
+_DEFAULTS = TransferOptions()
 _BROKEN = (TransportError, aiohttp.ClientError, asyncio.TimeoutError)
 
 
@@ -60,7 +61,7 @@ async def push_blob(
     progress: Progress,
     *,
     mount_from: tuple[str, ...] = (),
-    options: TransferOptions = TransferOptions(),
+    options: TransferOptions = _DEFAULTS,
 ) -> str:
     """Make ``dst``'s repository hold the blob; returns "exists", "mounted" or "pushed"."""
     host, name, digest = dst.api_host, dst.name, desc.digest

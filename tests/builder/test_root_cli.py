@@ -3,6 +3,7 @@ module is imported only when that command runs."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -34,9 +35,10 @@ def test_every_lazy_entry_is_the_command_it_names() -> None:
 def test_pull_does_not_import_the_builder_or_the_server() -> None:
     code = ("import sys\nfrom builder.cli import main\n"
             "try:\n    main(['pull', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('builder.', 'registry.server'))))")
+            "import json\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('builder.', 'registry.server')))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own printed list
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded == ["builder.cli", "builder.commands"], loaded
 
 

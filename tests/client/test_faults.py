@@ -259,7 +259,7 @@ async def test_push_killed_half_way_resumes_in_process(
     assert result.digest == image.digest and len(cuts) == 1
     session, kept = cuts[0]
     after = proxy.log[[e[1] for e in proxy.log].index(session) + 1:]
-    assert [e[0] for e in after if e[1] == session][0] == "GET", \
+    assert next(e[0] for e in after if e[1] == session) == "GET", \
         "first the client asks the session how much it holds"
     patches = [e[2] for e in after if e[1] == session and e[0] == "PATCH"]
     posts = sum(1 for e in proxy.log if e[0] == "POST")
@@ -325,7 +325,7 @@ async def test_a_failed_blob_stops_the_others_before_copy_returns(
             return bytes([chunk[0] ^ 1]) + chunk[1:]
         return chunk
 
-    proxy, host = await make_proxy(registry_host, fault=fault)
+    _, host = await make_proxy(registry_host, fault=fault)
     slow = dataclasses.replace(SMALL_PARTS, window=1)
     with pytest.raises(BlobError, match=str(bad)):
         await copy_image(parse_endpoint(f"{host}/faults/stop:v1"),
