@@ -229,13 +229,13 @@ class RegistryClient:
                     hops += 1
                     params = None
                     continue
-            body = await resp.read()
+            answer = await resp.read()
             resp.release()
             if resp.status in _RETRY_STATUS and attempt < retries:
                 await asyncio.sleep(self.options.backoff * 2**attempt)
                 attempt += 1
                 continue
-            raise _error(resp, body, f"{method} {url}")
+            raise _error(resp, answer, f"{method} {url}")
 
     async def _request(self, method: str, host: str, url: str, **kw: Any) -> tuple[aiohttp.ClientResponse, bytes]:
         resp = await self._send(method, host, url, **kw)

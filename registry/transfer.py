@@ -30,8 +30,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import blake3
@@ -316,7 +317,7 @@ def _plan_pieces(
 
 
 async def _run_parts(
-    parts: list[_Part], sink: _Sink, fetch: Callable[[_Part], Awaitable[Chunks]],
+    parts: list[_Part], sink: _Sink, fetch: Callable[[_Part], Coroutine[Any, Any, Chunks]],
     stream: Callable[[_Part], Awaitable[bool]], window: int, local_bytes: int,
 ) -> None:
     """Write ``parts`` strictly in order while fetching ahead: up to ``window`` remote
