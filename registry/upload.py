@@ -15,7 +15,10 @@ the first byte is sent:
   times. A session the registry no longer knows is replaced by a new one from byte 0 -
   re-sending a content-addressed blob is idempotent;
 - when every retry fails the session stays remembered, and the next push of the blob (in
-  any later process) asks it for its offset and continues from there, without a POST.
+  any later process) asks it for its offset and continues from there, without a POST;
+- if the registry refuses a continued session (a wrong offset, or a digest that does not
+  match what the session holds), the blob is sent once more, from byte 0, into a new
+  session.
 
 pybuild's registry keeps the received prefix of a broken request (it checkpoints the
 session whatever happens), so a push cut half-way resumes half-way; a registry that drops
@@ -83,29 +86,42 @@ async def push_blob(
             break
     session_key = f"{host}/{name}@{digest}"
     session = None
+    resumed = False  # the session holds bytes this run did not send
     pending = await images.pending_push(session_key)
     if pending is not None:
         try:
             session = _Session(pending, await client.upload_offset(host, name, pending))
+            resumed = True
         except (RegistryError, *_BROKEN):
             session = None  # expired or unknown: start over
     if session is None:
         session = _Session(location or await _start(client, host, name), 0)
         await images.set_pending_push(session_key, session.location)
     progress.advance(key, session.offset, reused=True)
-    for attempt in range(options.retries + 1):
+    attempt = 0
+    while True:
         try:
             await _send(client, images, host, name, digest, info.size, session, session_key,
                         progress, options)
             break
         except (RegistryError, *_BROKEN) as exc:
-            if attempt == options.retries or (isinstance(exc, RegistryError) and exc.status < 500):
+            refused = isinstance(exc, RegistryError) and exc.status < 500
+            if refused and resumed:
+                # What the session held does not fit (a wrong offset, or bytes that do not
+                # make the digest): once, start over from byte 0 in a new session.
+                resumed = False
+                session = _Session(await _start(client, host, name), 0)
+                await images.set_pending_push(session_key, session.location)
+                continue
+            if attempt == options.retries or refused:
                 progress.finish(key, "interrupted")
                 raise
         await asyncio.sleep(0.1 * 2**attempt)
+        attempt += 1
         before = session.offset
         try:
             session.offset = await client.upload_offset(host, name, session.location)
+            resumed = resumed or session.offset > 0
         except RegistryError:  # the registry dropped the session with the broken request
             session = _Session(await _start(client, host, name), 0)
             await images.set_pending_push(session_key, session.location)

@@ -337,3 +337,31 @@ async def test_a_failed_blob_stops_the_others_before_copy_returns(
     if await images.store.stat(good) is None:  # stopped mid-way: what arrived is resumable
         assert await images.pending_pull(good) is not None
     assert (await images.store.fsck()).ok
+
+
+async def test_a_remembered_session_holding_wrong_bytes_is_replaced(
+    pybuild_registry: str, make_proxy: Any, images: ImageStore, client: RegistryClient,
+) -> None:
+    """The remembered session holds bytes that are not the blob's: the closing PUT is
+    refused (digest), and the blob goes again from byte 0 into a new session."""
+    image = simple_image(25, (100_000,))
+    digest, _ = big_layer(image)
+    proxy, host = await make_proxy(pybuild_registry)
+    ref = f"{host}/faults/stale:v1"
+    await store_image(images, ref, image)
+    stale = await client.start_upload(host, "faults/stale")
+    assert stale is not None
+    stale = await client.patch_upload(host, "faults/stale", stale, b"\0" * 1000, 0)
+    await images.set_pending_push(f"{host}/faults/stale@{digest}", stale)
+    proxy.log.clear()
+
+    result = await copy(f"local:{ref}", ref, images, client)
+
+    assert result.digest == image.digest
+    layer_puts = [e for e in proxy.log if e[0] == "PUT" and "/blobs/uploads/" in e[1]]
+    assert len(layer_puts) == 3  # config, refused stale session, new session
+    patches = [e for e in proxy.log if e[0] == "PATCH"]
+    assert patches and patches[0][2].startswith("1000-")  # it did continue the stale session first
+    assert await images.pending_push(f"{host}/faults/stale@{digest}") is None
+    body, _, _ = await client.get_manifest(parse_image_ref(ref))
+    assert body == image.manifest
