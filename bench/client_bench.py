@@ -150,19 +150,6 @@ def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
         results["skopeo"] = _measure(skopeo, dist)
         shutil.rmtree(dest, ignore_errors=True)
 
-        if shutil.which("dockerd"):
-            with docker_engine() as engine:
-                refs = [dist.registry.ref(REPO, tag) for tag in ("v1", "v2")]
-                engine.run("rmi", "--force", *refs, check=False)
-
-                def docker(tag: str) -> None:
-                    engine.run("pull", "-q", dist.registry.ref(REPO, tag), timeout=1800)
-
-                results["docker"] = _measure(docker, dist)
-                engine.run("rmi", "--force", *refs, check=False)
-        else:
-            report_skip("docker", "docker.io (dockerd) is not installed")
-
         if has_command("pull"):
             def pybuild_from(served: _Served, storage: Path) -> Callable[[str], None]:
                 def pull(tag: str) -> None:
@@ -181,6 +168,21 @@ def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
                 report_skip("pybuild+serve", "`python3 -m builder serve` does not exist yet")
         else:
             report_skip("pybuild", missing_reason("pull"))
+
+        # Docker last: its engine's start, vfs copies and shutdown would otherwise weigh on
+        # the clients measured after it.
+        if shutil.which("dockerd"):
+            with docker_engine() as engine:
+                refs = [dist.registry.ref(REPO, tag) for tag in ("v1", "v2")]
+                engine.run("rmi", "--force", *refs, check=False)
+
+                def docker(tag: str) -> None:
+                    engine.run("pull", "-q", dist.registry.ref(REPO, tag), timeout=1800)
+
+                results["docker"] = _measure(docker, dist)
+                engine.run("rmi", "--force", *refs, check=False)
+        else:
+            report_skip("docker", "docker.io (dockerd) is not installed")
 
     label = (f"{layers} layers x {files} files, {total_v1 / 1e6:.0f} MB compressed")
     return [
