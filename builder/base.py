@@ -19,15 +19,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from cas import Digest, Store
-from registry.client import ClientOptions, RegistryClient, TransportError
-from registry.copy import CopyOptions, Endpoint, copy_image
-from registry.errors import RegistryError
 from registry.local import ImageNotFound, ImageStore
 from registry.oci import INDEX_TYPES, ImageConfig, Index, Manifest
-from registry.progress import Progress as RegistryProgress
 from registry.refs import InvalidReference, parse_image_ref
-from registry.transfer import BlobError
+
+if TYPE_CHECKING:
+    from registry.client import ClientOptions
 
 from .image import LayerRef, default_arch
 
@@ -127,6 +127,8 @@ async def load_oci_layout(ref: str, store: Store) -> BaseImage:
 def client_options() -> ClientOptions:
     """Registry client settings: ``PYBUILD_INSECURE_REGISTRIES`` (comma-separated hosts)
     as ``pybuild pull`` reads it; loopback registries are always allowed over HTTP."""
+    from registry.client import ClientOptions
+
     insecure = {h for h in os.environ.get("PYBUILD_INSECURE_REGISTRIES", "").split(",") if h}
     return ClientOptions(insecure=frozenset(insecure))
 
@@ -140,6 +142,14 @@ async def pull_base(ref: str, store: Store) -> BaseImage:
     images = await ImageStore.open(store=store)
     try:
         if await images.resolve(str(image_ref)) is None:
+            # The HTTP client (aiohttp) is imported only when a pull is needed: a
+            # cached rebuild must not pay its start-up cost.
+            from registry.client import RegistryClient, TransportError
+            from registry.copy import CopyOptions, Endpoint, copy_image
+            from registry.errors import RegistryError
+            from registry.progress import Progress as RegistryProgress
+            from registry.transfer import BlobError
+
             try:
                 async with RegistryClient(client_options()) as client:
                     await copy_image(Endpoint("registry", image_ref),

@@ -30,7 +30,6 @@ from .image import BuiltImage, assemble, timestamp
 from .outputs import Output, write_docker_archive, write_oci_layout
 from .progress import Progress
 from .publish import push_images, tag_images
-from .sandbox.flatten import flatten_lowers
 from .snapshots import SnapshotStore
 from .steps.common import StepEnv
 from .syntax import parse
@@ -106,6 +105,8 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
             elif out.type == "docker":
                 await write_docker_archive(image, store, out.dest, list(opts.tags), work)
             else:
+                from .sandbox.flatten import flatten_lowers
+
                 lowers = await env.lowers(state)
                 await asyncio.to_thread(flatten_lowers, lowers, out.dest)
             progress.done(n)

@@ -33,7 +33,6 @@ from .instructions import (
     Workdir,
     parse_dockerfile,
 )
-from .sandbox.flatten import flatten_lowers
 from .stages import BuildPlan, Stage, plan_build
 from .steps.common import BuildError, StepEnv
 from .steps.copy import copy_instruction, workdir_instruction
@@ -124,6 +123,8 @@ class Executor:
             except BaseImageError as exc:
                 raise BuildError(self.env.dockerfile, str(exc)) from exc
             state = ImageState.from_config(base.config, list(base.layers), "")
+        from .sandbox.flatten import flatten_lowers
+
         lowers = await self.env.lowers(state)
         dest = self.env.scratch("root-") / "rootfs"
         await asyncio.to_thread(flatten_lowers, lowers, dest)

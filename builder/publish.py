@@ -4,13 +4,8 @@ to registries (through ``registry.local`` and ``registry.copy``, as ``pybuild pu
 from __future__ import annotations
 
 from cas import Store
-from registry.client import RegistryClient, TransportError
-from registry.copy import Endpoint, copy_image
-from registry.errors import RegistryError
 from registry.local import ImageStore
-from registry.progress import Progress as RegistryProgress
 from registry.refs import InvalidReference, parse_image_ref
-from registry.transfer import BlobError
 
 from .base import client_options
 from .image import BuiltImage
@@ -42,6 +37,13 @@ async def tag_images(image: BuiltImage, store: Store, tags: list[str]) -> list[s
 
 async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet") -> None:
     """Push each locally stored ref to its registry."""
+    # The HTTP client (aiohttp) only when pushing: tagging alone must start fast.
+    from registry.client import RegistryClient, TransportError
+    from registry.copy import Endpoint, copy_image
+    from registry.errors import RegistryError
+    from registry.progress import Progress as RegistryProgress
+    from registry.transfer import BlobError
+
     images = await ImageStore.open(store=store)
     try:
         async with RegistryClient(client_options()) as client:

@@ -20,7 +20,6 @@ from ..cache import BuildCache, CachedLayer, step_key
 from ..context import SourceTree
 from ..image import ImageState, LayerRef
 from ..instructions import Instruction
-from ..layers import changeset_from_upper, write_layer_file
 from ..progress import Progress
 from ..snapshots import SnapshotStore
 
@@ -80,6 +79,10 @@ class StepEnv:
 
 
 def _write(upper: Path, dest: Path, sde: int | None, compression: str) -> Any:
+    # The layer writer (FastCDC, compressors) only on a cache miss.
+    from ..layers.chunked import write_layer_file
+    from ..layers.overlay import changeset_from_upper
+
     changeset = changeset_from_upper(upper)
     if not changeset.entries and not changeset.whiteouts:
         return None

@@ -33,7 +33,7 @@ from ..context import ContextError, Source, SourceTree, hash_path
 from ..ignore import IgnoreMatcher
 from ..image import ImageState
 from ..instructions import Add, Copy, Workdir
-from ..layers import LayerError, apply_layer
+from ..layers.errors import LayerError
 from ..sandbox.rootfs import lower_stat, read_from_lowers
 from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import resolve_workdir
@@ -203,6 +203,8 @@ def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int
         if it.archive:
             assert it.path is not None
             _make_parents(upper, it.dest, lowers, owner)
+            from ..layers.extract import apply_layer
+
             with _open_archive(it.path) as src:
                 apply_layer(src, target)
             continue

@@ -24,20 +24,16 @@ from ..image import ImageState
 from ..instructions import Run
 from ..mounts import Mount as SpecMount
 from ..mounts import MountType
-from ..sandbox import (
+from ..sandbox.spec import (
     BindMount,
     CacheMount,
     Network,
-    RootfsMode,
-    RunFailed,
     RunSpec,
-    SandboxError,
     SecretMount,
     Sharing,
     TmpfsMount,
-    run_step,
 )
-from ..sandbox import Mount as SandboxMount
+from ..sandbox.spec import Mount as SandboxMount
 from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import command_form
 
@@ -128,6 +124,11 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
     created_by = "RUN " + " ".join(argv) + " # buildkit"
 
     async def produce(n: int) -> Path:
+        # The sandbox's runner only when the step runs: a cached RUN never loads it.
+        from ..sandbox.errors import RunFailed, SandboxError
+        from ..sandbox.rootfs import RootfsMode
+        from ..sandbox.runner import run_step
+
         lowers = await env.lowers(state)
         state_dir = env.scratch("run-")
         spec = RunSpec(argv=argv, env=tuple(run_env), user=state.config.user or "",
