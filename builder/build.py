@@ -83,8 +83,9 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     cache = BuildCache(bdir / "cache.db")
     try:
         matcher = await asyncio.to_thread(read_ignore_file, opts.context, dockerfile)
+        context = SourceTree(opts.context, matcher, hash_store=cache)
         env = StepEnv(store=store, cache=cache, snapshots=SnapshotStore(bdir / "snapshots", store),
-                      progress=progress, context=SourceTree(opts.context, matcher),
+                      progress=progress, context=context,
                       work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
                       source_date_epoch=sde, compression=opts.compression,
                       no_cache=opts.no_cache, explain=opts.explain, network=opts.network,

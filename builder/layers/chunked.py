@@ -61,10 +61,10 @@ from .tarwriter import iter_tar
 __all__ = [
     "COMPRESSIONS",
     "DEFAULT_AVG_CHUNK",
+    "INCOMPRESSIBLE_RATIO",
     "MEDIA_TYPE_GZIP",
     "MEDIA_TYPE_TAR",
     "MEDIA_TYPE_ZSTD",
-    "INCOMPRESSIBLE_RATIO",
     "LayerBlob",
     "gzip_frame",
     "looks_incompressible",

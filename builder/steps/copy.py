@@ -265,14 +265,7 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
     # Which files are hard links of one another is part of the result (see _write), so
     # part of the cache key: inode -> the first source path that has it.
     inodes: dict[tuple[int, int], str] = {}
-
-    def file_hash(rel: str, path: Path, st: os.stat_result) -> str:
-        digest = hash_path(path, st)
-        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            first = inodes.setdefault((st.st_dev, st.st_ino), rel)
-            if first != rel:
-                digest += f" link:{first}"
-        return digest
+    to_hash: list[tuple[str, Path, os.stat_result]] = []  # hashed together, below
 
     for src in sources:
         if src.is_dir:
@@ -283,7 +276,7 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
                 if excludes.excluded(rel):
                     continue
                 items.append(_Item(f"{base}/{rel}" if base else rel, path, st))
-                hashes[f"{src.rel}/{rel}"] = file_hash(f"{src.rel}/{rel}", path, st)
+                to_hash.append((f"{src.rel}/{rel}", path, st))
             continue
         st = os.stat(src.path)
         name = posixpath.basename(src.rel)
@@ -292,7 +285,14 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
             items.append(_Item(dest.rstrip("/"), src.path, st, archive=True))
         else:
             items.append(_Item(target.lstrip("/"), src.path, st))
-        hashes[src.rel] = file_hash(src.rel, src.path, st)
+        to_hash.append((src.rel, src.path, st))
+    digests = tree.hash_files([(path, st) for _, path, st in to_hash])
+    for (rel, path, st), digest in zip(to_hash, digests):
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            first = inodes.setdefault((st.st_dev, st.st_ino), rel)
+            if first != rel:
+                digest += f" link:{first}"
+        hashes[rel] = digest
     return items, hashes
 
 
