@@ -85,18 +85,24 @@ class _IngestSink:
     def __init__(self, ingest: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._ingest = ingest
         self._loop = loop
-        self._buf = bytearray()
+        self._parts: list[bytes] = []  # handed over as they are: no copying
+        self._size = 0
 
     def write(self, data: bytes) -> int:
-        self._buf += data
-        if len(self._buf) >= _SINK_BLOCK:
+        self._parts.append(bytes(data))
+        self._size += len(data)
+        if self._size >= _SINK_BLOCK:
             self.flush()
         return len(data)
 
     def flush(self) -> None:
-        if self._buf:
-            block, self._buf = bytes(self._buf), bytearray()
-            asyncio.run_coroutine_threadsafe(self._ingest.write(block), self._loop).result()
+        if self._parts:
+            parts, self._parts, self._size = self._parts, [], 0
+            asyncio.run_coroutine_threadsafe(self._put(parts), self._loop).result()
+
+    async def _put(self, parts: list[bytes]) -> None:
+        for p in parts:
+            await self._ingest.write(p)
 
 
 _SINK_BLOCK = 4 << 20
