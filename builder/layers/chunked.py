@@ -22,7 +22,7 @@ tests/builder/layers/test_chunked.py checks the dedup claim.
 **Incompressible chunks.** deflate gains nothing on data that is already compressed or
 random (archives, images, binaries' packed sections) yet runs at ~30 MB/s there, against
 ~300 MB/s for copying it into stored blocks. Before compressing a gzip frame, eight
-512-byte samples spread over the chunk are deflated at level 1; when they do not shrink
+256-byte samples spread over the chunk are deflated at level 1; when they do not shrink
 (:data:`INCOMPRESSIBLE_RATIO`) the frame is written with stored blocks (level 0), which
 every gzip reader reads. The choice depends only on the chunk's bytes, so layers stay
 deterministic; a chunk mixing random and compressible bytes may be stored when the
@@ -89,7 +89,7 @@ _BATCH_BYTES = 1 << 20
 # of their size (random bytes give ~1.01, English text ~0.5, tar headers far less).
 INCOMPRESSIBLE_RATIO = 0.97
 _SAMPLES = 8
-_SAMPLE_SIZE = 512
+_SAMPLE_SIZE = 256
 
 
 def looks_incompressible(data: bytes) -> bool:
