@@ -16,6 +16,7 @@ triggers run first in the stage that uses it (unexpanded, as Docker), then are d
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -171,12 +172,25 @@ class Executor:
                 continue
             k += 1
             name = f"[{label}{k}/{total}] {ins.original or ins.keyword}"
-            if isinstance(ins, Run):
-                await run_instruction(env, state, ins, args, name)
-            elif isinstance(ins, (Copy, Add)):
-                await copy_instruction(env, state, ins, name)
-            elif isinstance(ins, Workdir):
-                await workdir_instruction(env, state, ins, name)
-            else:  # pragma: no cover - every instruction type is handled above
-                raise BuildError(env.where(ins), "unsupported instruction")
+            try:
+                if isinstance(ins, Run):
+                    await run_instruction(env, state, ins, args, name)
+                elif isinstance(ins, (Copy, Add)):
+                    await copy_instruction(env, state, ins, name)
+                elif isinstance(ins, Workdir):
+                    await workdir_instruction(env, state, ins, name)
+                else:  # pragma: no cover - every instruction type is handled above
+                    raise BuildError(env.where(ins), "unsupported instruction")
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise BuildError(env.where(ins), _out_of_space_message(exc, env.work)) from exc
         return state
+
+
+def _out_of_space_message(exc: OSError, work: Path) -> str:
+    """What to say when a step ran out of disk space (or quota) while writing."""
+    what = "quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
+    return (f"{what} while writing this step's files (under {work.parent}); free space on "
+            "that filesystem or give --storage a directory on a larger one. Nothing was "
+            "tagged and nothing partial was kept.")
