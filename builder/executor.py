@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from cas.errors import StorageFull
+
 from .base import BaseImage, BaseImageError, resolve_base
 from .errors import DockerfileError
 from .image import ImageState
@@ -182,7 +184,9 @@ class Executor:
                 else:  # pragma: no cover - every instruction type is handled above
                     raise BuildError(env.where(ins), "unsupported instruction")
             except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                # StorageFull: the store filled up while taking the step's layer in.
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) \
+                        and not isinstance(exc, StorageFull):
                     raise
                 raise BuildError(env.where(ins), _out_of_space_message(exc, env.work)) from exc
         return state
