@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import blake3
 import pyfastcdc
@@ -84,6 +84,7 @@ DEFAULT_AVG_CHUNK = 64 * 1024
 # this many bytes: every hand-over and every hash update releases and retakes the GIL,
 # and per 64 KiB chunk those waits cost more than the hashing itself.
 _BATCH_BYTES = 1 << 20
+_HASH_BACKLOG = 2
 
 # A gzip frame is stored uncompressed when its samples deflate to at least this share
 # of their size (random bytes give ~1.01, English text ~0.5, tar headers far less).
@@ -168,8 +169,9 @@ def write_frames(tar_stream: Iterable[bytes], out: BinaryIO, *, compression: str
     """Chunk, compress and write the tar stream ``tar_stream`` to ``out``.
 
     ``compression`` is ``"gzip"`` or ``"zstd"``; ``level`` defaults to 6 / 3. ``workers``
-    threads compress (default: the CPU count, at most 8; 0 compresses inline). The bytes
-    written do not depend on ``workers``.
+    threads compress (default: the CPU count, at most 8; 0 compresses inline); one more
+    thread computes the two SHA-256 digests. The bytes written do not depend on
+    ``workers``.
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}: use one of {sorted(COMPRESSIONS)}")
@@ -190,9 +192,19 @@ def write_frames(tar_stream: Iterable[bytes], out: BinaryIO, *, compression: str
         return (b"".join(frames), [len(f) for f in frames],
                 [blake3.blake3(f).hexdigest() for f in frames])
 
+    # Both SHA-256 digests are updated on one more thread, in submission order (one
+    # worker), beside the chunking loop; at most _HASH_BACKLOG updates wait.
+    lane = ThreadPoolExecutor(1, thread_name_prefix="layer-hash")
+    hashing: deque[Future[None]] = deque()
+
+    def hash_later(hasher: Any, data: bytes) -> None:
+        hashing.append(lane.submit(hasher.update, data))
+        while len(hashing) > _HASH_BACKLOG:
+            hashing.popleft().result()
+
     def emit(made: tuple[bytes, list[int], list[str]]) -> None:
         data, frame_sizes, frame_keys = made
-        blob_hash.update(data)
+        hash_later(blob_hash, data)
         out.write(data)
         sizes.extend(frame_sizes)
         keys.extend(frame_keys)
@@ -214,7 +226,7 @@ def write_frames(tar_stream: Iterable[bytes], out: BinaryIO, *, compression: str
     try:
         for batch in batched():
             joined = b"".join(batch)
-            diff_hash.update(joined)
+            hash_later(diff_hash, joined)
             total_in += len(joined)
             if pool is None:
                 emit(make(batch))
@@ -224,11 +236,14 @@ def write_frames(tar_stream: Iterable[bytes], out: BinaryIO, *, compression: str
                 emit(pending.popleft().result())
         while pending:
             emit(pending.popleft().result())
+        while hashing:
+            hashing.popleft().result()
     finally:
         for fut in pending:
             fut.cancel()
         if pool is not None:
             pool.shutdown(wait=True)
+        lane.shutdown(wait=True)
     return LayerBlob(
         digest=Digest("sha256", blob_hash.hexdigest()),
         size=sum(sizes),
