@@ -98,7 +98,7 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         state = await executor.run()
         if opts.labels:
             state.update(labels={**(state.config.labels or {}), **opts.labels})
-        image = assemble(state, created)
+        image = assemble(state, created, pinned=sde is not None)
         for out in opts.outputs:
             n = progress.start(f"exporting to {out.type}:{out.dest}")
             if out.type == "oci":

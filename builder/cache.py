@@ -52,21 +52,28 @@ def step_key(parent: str, instruction: str, inputs: dict[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CachedLayer:
-    """What a step produced: the layer blob's descriptor fields and its diff_id."""
+    """What a step produced: the layer blob's descriptor fields and its diff_id, and
+    ``created``, when the step ran (the history time a cache hit reuses, so that a
+    rebuild from the cache gives the same image; "" in entries written before)."""
 
     digest: str
     size: int
     diff_id: str
     media_type: str
+    created: str = ""
 
     def to_json(self) -> str:
-        return json.dumps({"digest": self.digest, "size": self.size, "diff_id": self.diff_id,
-                           "media_type": self.media_type}, sort_keys=True)
+        doc: dict[str, Any] = {"digest": self.digest, "size": self.size,
+                               "diff_id": self.diff_id, "media_type": self.media_type}
+        if self.created:
+            doc["created"] = self.created
+        return json.dumps(doc, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> CachedLayer:
         d = json.loads(text)
-        return cls(d["digest"], int(d["size"]), d["diff_id"], d["media_type"])
+        return cls(d["digest"], int(d["size"]), d["diff_id"], d["media_type"],
+                   d.get("created", ""))
 
 
 class BuildCache:

@@ -170,7 +170,8 @@ class Executor:
                         args[d.name] = d.default
                 continue
             if isinstance(ins, METADATA):
-                apply_metadata(ins, state, env.where(ins), cmd_set, env.created)
+                # "": timed from the filesystem steps around it when assembled
+                apply_metadata(ins, state, env.where(ins), cmd_set, "")
                 continue
             k += 1
             name = f"[{label}{k}/{total}] {ins.original or ins.keyword}"

@@ -25,10 +25,17 @@ async def tag_images(image: BuiltImage, store: Store, tags: list[str]) -> list[s
             refs.append(str(parse_image_ref(t)))
         except InvalidReference as exc:
             raise PublishError(f"-t {t}: {exc}") from exc
-    await store.put(image.config_bytes, expected=image.manifest.config.digest)
+    # A rebuild that changed nothing made the same image: its blobs are stored and its
+    # tags already name it, so nothing is written (and nothing synced to disk).
+    if await store.stat(image.manifest.config.digest) is None:
+        await store.put(image.config_bytes, expected=image.manifest.config.digest)
     images = await ImageStore.open(store=store)
     try:
         for ref in refs:
+            known = await images.resolve(ref)
+            if known is not None and known.digest == image.digest \
+                    and await store.stat(image.digest) is not None:
+                continue
             await images.put(ref, image.manifest_bytes, image.manifest.media_type)
     finally:
         await images.close()

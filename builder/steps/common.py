@@ -156,7 +156,9 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
         state.layers.append(LayerRef(
             Descriptor(cached.media_type, Digest.parse(cached.digest), cached.size),
             Digest.parse(cached.diff_id)))
-    state.add_history(created_by, env.created, empty=not cached.digest)
+    # The time the step first ran: a step from the cache keeps its time (as BuildKit
+    # does), so a rebuild that changed nothing gives the same image digest.
+    state.add_history(created_by, cached.created or env.created, empty=not cached.digest)
 
 
 async def _run_or_reuse(env: StepEnv, state: ImageState, key: str, instruction: str,
@@ -189,10 +191,11 @@ async def _run_or_reuse(env: StepEnv, state: ImageState, key: str, instruction: 
     finally:
         await ingest.abort()  # a no-op once committed
     if blob is None:
-        cached = CachedLayer("", 0, "", "")
+        cached = CachedLayer("", 0, "", "", env.created)
         await asyncio.to_thread(shutil.rmtree, upper, True)
     else:
-        cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id), blob.media_type)
+        cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id), blob.media_type,
+                             env.created)
         await asyncio.to_thread(env.snapshots.adopt, blob.diff_id, upper)
     await asyncio.to_thread(env.cache.put, key, state.key, instruction, inputs, cached)
     env.progress.done(n)
