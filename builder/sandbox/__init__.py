@@ -33,6 +33,7 @@ if _typing.TYPE_CHECKING:
         RunSpec,
         SecretMount,
         Sharing,
+        SshMount,
         TmpfsMount,
         parse_mount,
     )
@@ -60,6 +61,7 @@ _WHERE = {
     "RunSpec": "spec",
     "SecretMount": "spec",
     "Sharing": "spec",
+    "SshMount": "spec",
     "TmpfsMount": "spec",
     "parse_mount": "spec",
     "ExecUser": "users",
@@ -86,6 +88,7 @@ __all__ = [
     "SecretMount",
     "SecretNotFound",
     "Sharing",
+    "SshMount",
     "StepResult",
     "TmpfsMount",
     "UnknownUser",
