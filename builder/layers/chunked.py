@@ -30,11 +30,11 @@ samples only hit the random part (a few per cent of size, never of correctness).
 detects incompressible blocks itself.
 
 **Parallelism and determinism.** Frames are compressed in a thread pool (zlib and zstd
-release the GIL), in batches of about 1 MiB of chunks, and written in chunk order, so the
-output bytes do not depend on the number of threads or on scheduling. At most
-``2 * workers`` batches are in flight, so memory stays bounded by
-``2 * workers * (1 MiB + max_chunk)`` plus FastCDC's buffer. Compressed
-bytes are as reproducible as the compression libraries: the same zlib / zstd versions
+release the GIL), in batches of about 512 KiB of chunks, and written in chunk order, so
+the output bytes do not depend on the number of threads or on scheduling. At most
+``2 * workers`` batches are in flight, so memory stays bounded by about
+``4 * workers * (512 KiB + max_chunk)`` (chunks and their frames) plus FastCDC's buffer.
+Compressed bytes are as reproducible as the compression libraries: the same zlib / zstd versions
 and levels give the same digest on every machine; the ``diff_id`` never depends on them.
 """
 
@@ -83,7 +83,7 @@ DEFAULT_AVG_CHUNK = 64 * 1024
 # Chunks travel to the compressing threads, and frames come back, in batches of about
 # this many bytes: every hand-over and every hash update releases and retakes the GIL,
 # and per 64 KiB chunk those waits cost more than the hashing itself.
-_BATCH_BYTES = 1 << 20
+_BATCH_BYTES = 512 << 10
 _HASH_BACKLOG = 2
 
 # A gzip frame is stored uncompressed when its samples deflate to at least this share

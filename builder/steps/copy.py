@@ -21,9 +21,7 @@ earlier steps were. ``--chown`` names are still looked up in the stage's /etc/pa
 from __future__ import annotations
 
 import asyncio
-import bz2
 import hashlib
-import lzma
 import os
 import posixpath
 import shutil
@@ -80,8 +78,12 @@ def _open_archive(path: Path) -> BinaryIO:
     with open(path, "rb") as f:
         head = f.read(6)
     if head.startswith(b"BZh"):
+        import bz2  # here: only ADD of such an archive needs it
+
         return bz2.open(path, "rb")  # type: ignore[return-value]
     if head.startswith(b"\xfd7zXZ\x00"):
+        import lzma
+
         return lzma.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")  # plain, gzip and zstd are recognised by apply_layer itself
 

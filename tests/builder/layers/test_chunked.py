@@ -212,8 +212,8 @@ def test_memory_stays_bounded_on_a_large_stream() -> None:
         tracemalloc.stop()
     assert blob.uncompressed_size == 48 << 20
     assert sink.written == blob.size
-    # 4 batches in flight (~1 MiB each), 2 waiting hash updates, FastCDC's buffer, one
-    # input block: a few MiB
+    # 4 batches in flight (~512 KiB each, and their frames), 2 waiting hash updates,
+    # FastCDC's buffer, one input block: a few MiB
     assert peak < 12 << 20, f"peak {peak >> 20} MiB for a 48 MiB stream"
 
 
