@@ -49,6 +49,7 @@ from .httputil import parse_content_range
 from .state import BYTES_RECEIVED, REGISTRY, USER, Registry, holder
 
 __all__ = [
+    "UPLOAD_READ_BUFFER",
     "cancel_upload",
     "finish_upload",
     "patch_upload",
@@ -56,7 +57,8 @@ __all__ = [
     "upload_status",
 ]
 
-_READ_CHUNK = 1 << 20
+# aiohttp's read_bufsize for the server (set in app.py): see there.
+UPLOAD_READ_BUFFER = 1 << 20
 
 
 def _location(name: str, upload_id: str) -> str:
@@ -110,8 +112,14 @@ async def _pump(request: web.Request, ingest: Any) -> int:
     storage errors propagate unchanged (they are not the client's fault).
     """
     written = 0
+    content = request.content
     try:
-        async for chunk in request.content.iter_chunked(_READ_CHUNK):
+        while True:
+            # Each chunk as the connection delivered it (up to 256 KiB): no join into
+            # larger buffers, the ingest batches them for its worker threads itself.
+            chunk, _ = await content.readchunk()
+            if not chunk:
+                break
             await ingest.write(chunk)
             written += len(chunk)
     except (CasError, RegistryError):
