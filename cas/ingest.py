@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import blake3
 import zstandard
 
+from .chain import JobChain
 from .chunker import Cutter
 from .digest import Digest, Hasher, new_hasher
 from .errors import DigestMismatch, IngestUnknown, SizeMismatch, StorageFull, StoreCorrupt
@@ -81,9 +82,10 @@ class Ingest:
         self._zprobe = zstandard.ZstdCompressor(level=1)
         self._zstd = zstandard.ZstdCompressor(level=3)
         self._checkpointed = 0
-        # The last job of each chain (see _flush) and every job not yet waited for.
-        self._hashing: asyncio.Future[None] | None = None
-        self._cutting: asyncio.Future[None] | None = None
+        # The two chains of worker-thread jobs (see _flush) and the jobs of each batch
+        # not yet waited for.
+        self._hashing = JobChain(store._pool)
+        self._cutting = JobChain(store._pool)
         self._inflight: deque[tuple[asyncio.Future[None], asyncio.Future[None]]] = deque()
 
     # -- public --------------------------------------------------------------------
@@ -174,21 +176,11 @@ class Ingest:
         """
         if self._pending:
             parts, self._pending, self._pending_len = self._pending, [], 0
-            self._hashing = self._chain(self._hashing, self._hash_parts, parts)
-            self._cutting = self._chain(self._cutting, self._cut_parts, parts)
-            self._inflight.append((self._hashing, self._cutting))
+            self._inflight.append((
+                self._hashing.submit(self._hash_parts, parts),
+                self._cutting.submit(self._cut_parts, parts),
+            ))
         await self._settle(len(self._inflight) - _DEPTH)
-
-    def _chain(self, prev: asyncio.Future[None] | None, fn: Callable[[list[bytes]], None],
-               parts: list[bytes]) -> asyncio.Future[None]:
-        async def job() -> None:
-            if prev is not None:
-                await asyncio.shield(prev)  # a failed batch fails every later one
-            await self._run(fn, parts)
-
-        # Only ever awaited through asyncio.shield: a cancelled caller must not end a job
-        # whose thread is still running (abort waits for the threads before closing).
-        return asyncio.ensure_future(job())
 
     async def _settle(self, n: int) -> None:
         """Wait for the oldest ``n`` batches; raise the first failure among them."""
@@ -206,10 +198,11 @@ class Ingest:
     async def _quiesce(self) -> None:
         """Wait until no thread works for this ingest any more; failures are ignored.
 
-        The last job of a chain ends after every earlier one (it waits for them), so
-        waiting for the last of each chain is enough, whatever a cancelled caller left.
+        A chain's last job ends after every earlier one, so waiting for the last of each
+        chain is enough, whatever a cancelled caller left behind.
         """
-        jobs = [j for j in (self._hashing, self._cutting) if j is not None]
+        jobs = [j for batch in self._inflight for j in batch]
+        jobs += [j for j in (self._hashing.last, self._cutting.last) if j is not None]
         if jobs:
             await asyncio.shield(asyncio.gather(*jobs, return_exceptions=True))
         self._inflight.clear()
