@@ -2,8 +2,9 @@
 
 Bytes are hashed (the OCI digest) and cut into pieces (BLAKE3 keys) in worker threads,
 in parallel with each other and with the caller's next writes; pieces the store already
-has are not written again; new ones are appended to this ingest's pack. Nothing is visible until :meth:`Ingest.commit` has verified the
-digest (and size) and committed the recipe in one metadata transaction.
+has are not written again; new ones are appended to this ingest's pack. Nothing is
+visible until :meth:`Ingest.commit` has verified the digest (and size) and committed
+the recipe in one metadata transaction.
 
 :meth:`Ingest.checkpoint` makes the progress durable: after a crash or restart,
 ``Store.resume_ingest(id)`` continues at the checkpointed offset. The bytes the cutter

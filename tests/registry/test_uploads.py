@@ -249,3 +249,35 @@ async def test_final_chunk_streamed_without_content_length(client):
     resp = await client.put(f"{location}?digest={Digest.of(data)}", data=body())
     assert resp.status == 201, await resp.text()
     assert await (await client.get(f"/v2/up/repo/blobs/{Digest.of(data)}")).read() == data
+
+
+async def test_put_breaking_off_keeps_what_arrived_across_a_restart(make_client, tmp_path):
+    # A PUT that completes is committed without a checkpoint first; one whose body
+    # breaks off must still leave a durable prefix to resume from.
+    storage = tmp_path / "put-restart"
+    first = await make_client(storage=storage)
+    location = await _start(first)
+    data = b"p" * 5000 + b"end"
+    _, writer = await asyncio.open_connection(first.server.host, first.server.port)
+    writer.write(
+        f"PUT {location}?digest={Digest.of(data)} HTTP/1.1\r\nHost: x\r\n"
+        "Content-Length: 100000\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+        + data[:5000]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+    await writer.wait_closed()
+    before = await first.get(location)
+    assert before.status == 204
+    assert before.headers["Range"] != "0-0", "the server read part of the body"
+    await first.close()
+    second = await make_client(storage=storage)
+    after = await second.get(location)
+    assert after.status == 204
+    assert after.headers["Range"] == before.headers["Range"]
+    received = int(after.headers["Range"].split("-")[1]) + 1
+    resp = await second.put(f"{location}?digest={Digest.of(data)}", data=data[received:],
+                            headers={"Content-Range": f"{received}-{len(data) - 1}"})
+    assert resp.status == 201, await resp.text()
+    assert await (await second.get(f"/v2/up/repo/blobs/{Digest.of(data)}")).read() == data
