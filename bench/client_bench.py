@@ -22,7 +22,6 @@ pieces it does not have (column ``pybuild+serve``). pybuild's side is called as
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
 import time
@@ -31,10 +30,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.data import pseudo_random
+from bench.data import chunked_layer, pseudo_random
 from bench.pybuild_cli import has_command, missing_reason, pybuild_argv, pybuild_env
 from bench.report import Measurement
-from builder.layers.chunked import write_frames
 from tests.helpers.docker_engine import docker_engine
 from tests.helpers.images import Layer, make_image, tar_files, write_oci_layout
 from tests.helpers.registries import (
@@ -65,12 +63,6 @@ def _timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
-def _chunked_layer(tar: bytes) -> Layer:
-    out = io.BytesIO()
-    write_frames([tar], out)
-    return Layer(tar=tar, blob=out.getvalue())
-
-
 def _layout(workdir: Path, layers: int, layer_size: int, files: int) -> tuple[Path, int, int]:
     """An OCI layout with tags v1 and v2; (layout, v1 layer bytes, v2 layer bytes)."""
     file_size = max(1, layer_size // files)
@@ -80,7 +72,7 @@ def _layout(workdir: Path, layers: int, layer_size: int, files: int) -> tuple[Pa
         for f in range(files):
             seed = b"client-%d-%d" % (i, f) + (b"-v2" if changed and f == files // 2 else b"")
             content[f"data/l{i:02d}/f{f:03d}.bin"] = pseudo_random(file_size, seed=seed)
-        return _chunked_layer(tar_files(content))
+        return chunked_layer(tar_files(content))
 
     v1 = make_image([layer(i, False) for i in range(layers)])
     v2 = make_image([layer(i, True) for i in range(layers)])

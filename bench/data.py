@@ -8,11 +8,12 @@ gives a deduplicating store nothing to share, so pybuild and the peer store the 
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import blake3
 
-__all__ = ["pseudo_random", "write_pseudo_random"]
+__all__ = ["chunked_layer", "pseudo_random", "write_pseudo_random"]
 
 MiB = 1 << 20
 
@@ -31,3 +32,14 @@ def write_pseudo_random(path: Path, size: int, *, seed: bytes) -> str:
             sha.update(chunk)
             f.write(chunk)
     return "sha256:" + sha.hexdigest()
+
+
+def chunked_layer(tar: bytes):  # type: ignore[no-untyped-def]
+    """``tar`` as pybuild's chunked-frame gzip layer (one gzip member per content-defined
+    chunk, what ``pybuild build`` writes), as a ``tests.helpers.images.Layer``."""
+    from builder.layers.chunked import write_frames
+    from tests.helpers.images import Layer
+
+    out = io.BytesIO()
+    write_frames([tar], out)
+    return Layer(tar=tar, blob=out.getvalue())

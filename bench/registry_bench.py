@@ -9,7 +9,11 @@ Measured for each registry (the peer, CNCF Distribution, and pybuild's ``serve``
   one Python thread): aggregate MB/s = all bytes / (last end - first start);
 - manifest GETs/s and p99 latency: ``wrk`` against ``GET /v2/<name>/manifests/<tag>``;
 - skopeo copy of a generated 10-layer image, push (OCI layout -> registry) and pull
-  (registry -> a fresh OCI layout, median of 3): seconds and MB/s of layer bytes.
+  (registry -> a fresh OCI layout, median of 3): seconds and MB/s of layer bytes;
+- storage: ten versions of an image made of chunked-frame layers (pybuild's layer
+  format), each version changing ~2 % of the files of every layer, pushed one after the
+  other; the growth of the storage directory's allocated bytes (``st_blocks``), next to
+  the sum of the pushed blobs. Only for registries this harness starts.
 
 The aiohttp client discards pulled bytes without hashing them: hashing would cap every
 registry at the client's SHA-256 speed (see the machine limits) and hide the server.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import statistics
@@ -33,7 +38,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from bench.data import pseudo_random
+from bench.data import chunked_layer, pseudo_random
 from bench.report import Measurement
 from tests.helpers.images import (
     Image,
@@ -73,6 +78,10 @@ class RegistrySettings:
     layers: int = 10
     layer_size: int = 8 * MiB
     pull_repeats: int = 3  # skopeo pulls into a fresh layout; the median is reported
+    versions: int = 10  # image versions pushed for the storage metric
+    version_layers: int = 4
+    version_files: int = 50  # files per layer; each version rewrites one per layer (2 %)
+    version_layer_size: int = 10 * MiB
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,36 @@ class RegistryData:
     small_image: Image
     layout: Path
     layout_bytes: int
+    versions: tuple[Image, ...] = ()
+
+    @property
+    def versions_bytes(self) -> int:
+        """The sum of the sizes of every blob of every version (what a plain store keeps)."""
+        return sum(len(b) for image in self.versions for b in image.blobs().values())
+
+
+def _versions(settings: RegistrySettings) -> tuple[Image, ...]:
+    """``settings.versions`` images; version v rewrites file (v * 7) % files of each layer.
+
+    A file's content depends on the last version that rewrote it, so the changes add up
+    as they do when an application is rebuilt again and again.
+    """
+    files = settings.version_files
+    file_size = max(1, settings.version_layer_size // files)
+    changed = [(v * 7) % files for v in range(settings.versions)]
+    images = []
+    for v in range(settings.versions):
+        layers = []
+        for i in range(settings.version_layers):
+            content = {}
+            for f in range(files):
+                last = max((u for u in range(1, v + 1) if changed[u] == f), default=0)
+                seed = b"version-%d-%d-%d" % (i, f, last)
+                content[f"app/l{i}/f{f:03d}.bin"] = pseudo_random(file_size, seed=seed)
+            layers.append(chunked_layer(tar_files(content)))
+        images.append(make_image(layers, created_by=[f"version {v + 1}, layer {i}"
+                                                     for i in range(len(layers))]))
+    return tuple(images)
 
 
 def prepare_data(workdir: Path, settings: RegistrySettings) -> RegistryData:
@@ -108,6 +147,7 @@ def prepare_data(workdir: Path, settings: RegistrySettings) -> RegistryData:
         small_image=small,
         layout=layout,
         layout_bytes=sum(len(layer.blob) for layer in layers),
+        versions=_versions(settings),
     )
 
 
@@ -121,6 +161,28 @@ async def _chunks(data: bytes) -> AsyncIterator[memoryview]:
     view = memoryview(data)
     for start in range(0, len(view), _BODY_CHUNK):
         yield view[start : start + _BODY_CHUNK]
+
+
+def allocated_bytes(root: Path) -> int:
+    """Bytes allocated on disk under ``root`` (``st_blocks``; hard links counted once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+async def _push_versions(base: str, versions: tuple[Image, ...]) -> None:
+    async with _session() as session:
+        for v, image in enumerate(versions, 1):
+            await _put_manifest(session, base, "bench/versions", f"v{v}", image)
 
 
 async def _push_blob(
@@ -263,9 +325,14 @@ def _skopeo_copy(src: str, dest: str) -> float:
 
 
 def bench_registry(
-    target: str, addr: str, data: RegistryData, settings: RegistrySettings, workdir: Path
+    target: str, addr: str, data: RegistryData, settings: RegistrySettings, workdir: Path,
+    storage: Path | None = None,
 ) -> list[Measurement]:
-    """Measure the registry at ``addr`` (``host:port``, plain HTTP); label values ``target``."""
+    """Measure the registry at ``addr`` (``host:port``, plain HTTP); label values ``target``.
+
+    ``storage`` is the registry's storage directory when the harness started it: then the
+    storage growth of pushing ``data.versions`` is measured too.
+    """
     base = f"http://{addr}"
     mb = len(data.blob) / 1e6
     push, pull = asyncio.run(_push_and_pull(base, data))
@@ -293,6 +360,18 @@ def bench_registry(
     def one(name: str, unit: str, value: float, higher: bool = True, notes: str = "") -> Measurement:
         return Measurement(name, unit, higher, {target: round(value, 3)}, notes)
 
+    stored: list[Measurement] = []
+    if storage is not None and data.versions:
+        before = allocated_bytes(storage)
+        asyncio.run(_push_versions(base, data.versions))
+        grown = allocated_bytes(storage) - before
+        vlabel = (f"{len(data.versions)} versions x {settings.version_layers} chunked-frame "
+                  f"layers, {data.versions_bytes / 1e6:.0f} MB pushed")
+        stored = [
+            one(f"storage after {vlabel}", "MB", grown / 1e6, higher=False,
+                notes="growth of allocated bytes in the storage directory"),
+            one("storage / bytes pushed", "ratio", grown / data.versions_bytes, higher=False),
+        ]
     return [
         one(f"blob push {size} (POST+PUT)", "MB/s", mb / push),
         one(f"blob pull {size}, 1 client", "MB/s", mb / pull),
@@ -305,4 +384,5 @@ def bench_registry(
         one(f"skopeo copy pull ({layers})", "s", skopeo_pull, higher=False),
         one("skopeo copy push", "MB/s", lmb / skopeo_push),
         one("skopeo copy pull", "MB/s", lmb / skopeo_pull),
+        *stored,
     ]

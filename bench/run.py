@@ -12,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -97,6 +98,8 @@ def registry(quick: bool, workdir: Path | None, results: Path, blob_mib: int, cl
     settings = RegistrySettings(blob_size=blob_mib * MiB, clients=clients,
                                 wrk_seconds=wrk_seconds, layers=layers,
                                 layer_size=layer_mib * MiB, pull_repeats=1 if quick else 3)
+    if quick:
+        settings = replace(settings, versions=3, version_layers=2, version_layer_size=MiB)
     report = Report(area="registry", peer="distribution",
                     parameters={"blob_mib": blob_mib, "clients": clients,
                                 "wrk_seconds": wrk_seconds, "layers": layers,
@@ -109,8 +112,9 @@ def registry(quick: bool, workdir: Path | None, results: Path, blob_mib: int, cl
         for target in registry_targets(list(external), pybuild=not no_pybuild):
             click.echo(f"measuring {target.name} ...", err=True)
             try:
+                storage = None if target.kind == "external" else work / target.name / "storage"
                 with target.running(work / target.name) as addr:
-                    report.add(bench_registry(target.name, addr, data, settings, work))
+                    report.add(bench_registry(target.name, addr, data, settings, work, storage))
             except NotAvailable as exc:
                 report.skipped[target.name] = str(exc)
             except RegistryBenchError as exc:

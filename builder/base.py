@@ -4,10 +4,14 @@
 - ``oci-layout://DIR[:tag]`` (also ``@sha256:...``): an OCI image layout on disk, read
   directly (image-layout.md); the tag is matched against the
   ``org.opencontainers.image.ref.name`` annotation; without one the layout must hold
-  exactly one image. Nested indexes pick the build platform's manifest;
+  exactly one image. An index (top-level or nested) gives the wanted platform's manifest;
 - a registry reference: taken from pybuild's local image store (``registry.local``),
-  pulled into it first (``registry.copy``) when it is not there, as ``docker build``
-  uses an image it already has.
+  pulled into it first (``registry.copy``) when it is not there (or holds another
+  platform), as ``docker build`` uses an image it already has.
+
+``platform`` (``os/arch[/variant]``, default the host's) picks the manifest of an index;
+an index without it is an error that lists the platforms it has. A plain manifest is
+used whatever its config says (as BuildKit, which only warns).
 
 Blobs read from a layout are verified and stored in the CAS (holder ``cache:base:<manifest
 digest>``), so later steps and outputs read every layer from one place.
@@ -24,7 +28,7 @@ from registry.client import ClientOptions, RegistryClient, TransportError
 from registry.copy import CopyOptions, Endpoint, copy_image
 from registry.errors import RegistryError
 from registry.local import ImageNotFound, ImageStore
-from registry.oci import INDEX_TYPES, ImageConfig, Index, Manifest
+from registry.oci import INDEX_TYPES, Descriptor, ImageConfig, Index, Manifest
 from registry.progress import Progress as RegistryProgress
 from registry.refs import InvalidReference, parse_image_ref
 from registry.transfer import BlobError
@@ -65,8 +69,27 @@ def _blob(layout: Path, digest: Digest) -> Path:
     return layout / "blobs" / digest.algorithm / digest.encoded
 
 
+def _platform_of(p: object) -> str:
+    parts = (getattr(p, "os", ""), getattr(p, "architecture", ""), getattr(p, "variant", ""))
+    return "/".join(x for x in parts if x)
+
+
+def _by_platform(index: Index, platform: str, where: str) -> list[Descriptor]:
+    os_, _, rest = platform.partition("/")
+    arch, _, variant = rest.partition("/")
+    found = [d for d in index.manifests if d.platform is not None
+             and d.platform.os == os_ and d.platform.architecture == arch
+             and (not variant or (d.platform.variant or "") == variant)]
+    if not found:
+        offered = sorted({_platform_of(d.platform) for d in index.manifests if d.platform})
+        raise BaseImageError(f"{where}: no image for platform {platform} (the index has: "
+                             f"{', '.join(offered) or 'no platforms'}); pick one with "
+                             "FROM --platform=... or pybuild build --platform")
+    return found
+
+
 def _pick(layout: Path, index: Index, tag: str | None, digest: str | None,
-          where: str) -> Manifest:
+          where: str, platform: str) -> Manifest:
     cands = list(index.manifests)
     if digest is not None:
         cands = [d for d in cands if str(d.digest) == digest]
@@ -76,33 +99,32 @@ def _pick(layout: Path, index: Index, tag: str | None, digest: str | None,
         raise BaseImageError(f"{where}: no image {'tagged ' + tag if tag else digest or ''} "
                              "in the layout's index.json")
     if len(cands) > 1 and tag is None and digest is None:
-        arch = [d for d in cands if d.platform and d.platform.architecture == default_arch()]
-        if len(arch) != 1:
+        if all(d.platform is not None for d in cands):
+            cands = _by_platform(Index(tuple(cands)), platform, where)
+        if len(cands) != 1:
             raise BaseImageError(f"{where}: the layout holds {len(cands)} images; name one "
                                  "as oci-layout://DIR:TAG")
-        cands = arch
     desc = cands[0]
     raw = _blob(layout, desc.digest).read_bytes()
     if Digest.of(raw, desc.digest.algorithm) != desc.digest:
         raise BaseImageError(f"{where}: blob {desc.digest} does not match its digest")
     if desc.media_type in INDEX_TYPES:
         nested = Index.parse(raw)
-        return _pick(layout, Index(tuple(
-            d for d in nested.manifests
-            if d.platform is None or d.platform.architecture == default_arch()) or
-            nested.manifests), None, None, where)
+        return _pick(layout, Index(tuple(_by_platform(nested, platform, where))), None, None,
+                     where, platform)
     return Manifest.parse(raw)
 
 
-async def load_oci_layout(ref: str, store: Store) -> BaseImage:
-    """Read the image ``oci-layout://DIR[:tag]`` into the CAS."""
+async def load_oci_layout(ref: str, store: Store, platform: str | None = None) -> BaseImage:
+    """Read the image ``oci-layout://DIR[:tag]`` (``platform``'s, from an index) into the
+    CAS."""
     layout, tag, digest = _split_layout(ref)
     try:
         index = Index.parse((layout / "index.json").read_bytes())
     except OSError as exc:
         raise BaseImageError(f"{ref}: cannot read {layout}/index.json ({exc.strerror}); "
                              "is it an OCI image layout?") from exc
-    manifest = _pick(layout, index, tag, digest, ref)
+    manifest = _pick(layout, index, tag, digest, ref, platform or _host())
     raw_manifest = manifest.to_bytes()
     holder = f"cache:base:{Digest.of(raw_manifest)}"
     try:
@@ -131,27 +153,45 @@ def client_options() -> ClientOptions:
     return ClientOptions(insecure=frozenset(insecure))
 
 
-async def pull_base(ref: str, store: Store) -> BaseImage:
-    """A registry image, from pybuild's local image store (pulled into it when absent)."""
+def _host() -> str:
+    return f"linux/{default_arch()}"
+
+
+async def pull_base(ref: str, store: Store, platform: str | None = None) -> BaseImage:
+    """A registry image for ``platform`` (default the host's), from pybuild's local image
+    store; pulled into it when absent, or when the local copy is of another platform."""
     try:
         image_ref = parse_image_ref(ref)
     except InvalidReference as exc:
         raise BaseImageError(str(exc)) from exc
+    platform = platform or _host()
     images = await ImageStore.open(store=store)
+
+    async def pull() -> None:
+        try:
+            async with RegistryClient(client_options()) as client:
+                await copy_image(Endpoint("registry", image_ref),
+                                 Endpoint("local", image_ref), images, client,
+                                 RegistryProgress("quiet"), CopyOptions(platform=platform))
+        except ImageNotFound as exc:
+            raise BaseImageError(f"{image_ref}: {exc}") from exc
+        except (RegistryError, TransportError, BlobError, OSError) as exc:
+            raise BaseImageError(f"pulling {image_ref}: {exc}") from exc
+
+    async def local() -> tuple[Manifest, ImageConfig]:
+        try:
+            return await images.get(str(image_ref), platform)
+        except ImageNotFound as exc:
+            raise BaseImageError(f"{image_ref}: {exc}") from exc
+
     try:
         if await images.resolve(str(image_ref)) is None:
-            try:
-                async with RegistryClient(client_options()) as client:
-                    await copy_image(Endpoint("registry", image_ref),
-                                     Endpoint("local", image_ref), images, client,
-                                     RegistryProgress("quiet"),
-                                     CopyOptions(platform=f"linux/{default_arch()}"))
-            except (RegistryError, TransportError, BlobError, OSError) as exc:
-                raise BaseImageError(f"pulling {image_ref}: {exc}") from exc
-        try:
-            manifest, config = await images.get(str(image_ref), f"linux/{default_arch()}")
-        except ImageNotFound as exc:
-            raise BaseImageError(str(exc)) from exc
+            await pull()
+        manifest, config = await local()
+        if [config.os, config.architecture] != platform.split("/")[:2]:
+            # the local copy is another platform's (pulls keep one): fetch this one
+            await pull()
+            manifest, config = await local()
     finally:
         await images.close()
     if len(config.rootfs.diff_ids) != len(manifest.layers):
@@ -161,8 +201,9 @@ async def pull_base(ref: str, store: Store) -> BaseImage:
     return BaseImage(str(image_ref), Digest.of(manifest.to_bytes()), config, layers)
 
 
-async def resolve_base(ref: str, store: Store) -> BaseImage:
-    """A base image by reference (not ``scratch`` and not a stage name)."""
+async def resolve_base(ref: str, store: Store, platform: str | None = None) -> BaseImage:
+    """A base image by reference (not ``scratch`` and not a stage name), for ``platform``
+    (``os/arch[/variant]``; default the host's)."""
     if ref.startswith("oci-layout://"):
-        return await load_oci_layout(ref, store)
-    return await pull_base(ref, store)
+        return await load_oci_layout(ref, store, platform)
+    return await pull_base(ref, store, platform)

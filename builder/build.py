@@ -32,7 +32,8 @@ from .progress import Progress
 from .publish import push_images, tag_images
 from .sandbox.flatten import flatten_lowers
 from .snapshots import SnapshotStore
-from .steps.common import StepEnv
+from .stages import Platform
+from .steps.common import BuildError, StepEnv
 from .syntax import parse
 
 __all__ = ["BuildOptions", "BuildResult", "run_build"]
@@ -55,6 +56,10 @@ class BuildOptions:
     compression: str = "gzip"
     source_date_epoch: int | None = None
     push: bool = False
+    platform: str | None = None  # the target platform, os/arch[/variant]; None: the host's
+    differ: str = "auto"  # auto | overlay | snapshot
+    ssh: dict[str, Path] = field(default_factory=dict)  # --ssh id -> agent socket
+    allow: frozenset[str] = frozenset()  # --allow entitlements
 
 
 @dataclass(frozen=True)
@@ -89,12 +94,17 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
                       work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
                       source_date_epoch=sde, compression=opts.compression,
                       no_cache=opts.no_cache, explain=opts.explain, network=opts.network,
-                      secrets=opts.secrets, created=created)
-        build_plan, bases = await plan(tree, env, opts.build_args, opts.target)
+                      secrets=opts.secrets, created=created, ssh=opts.ssh,
+                      allow=opts.allow, differ=opts.differ)
+        try:
+            platform = Platform.parse(opts.platform) if opts.platform else None
+        except ValueError as exc:
+            raise BuildError("--platform", str(exc)) from exc
+        build_plan, bases = await plan(tree, env, opts.build_args, opts.target, platform)
         env.proxy_env = dict(build_plan.proxy_env)
         for name in build_plan.unused_build_args:
             progress.info(f"WARNING: build argument {name!r} was not consumed by any ARG")
-        executor = Executor(build_plan, bases, env)
+        executor = Executor(build_plan, bases, env, platform)
         state = await executor.run()
         if opts.labels:
             state.update(labels={**(state.config.labels or {}), **opts.labels})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from .errors import DockerfileError
 from .outputs import OutputError, parse_output
 from .progress import Progress
 from .publish import PublishError
+from .stages import Platform
 from .steps.common import BuildError
 
 __all__ = ["build"]
@@ -43,6 +46,34 @@ def _secrets(values: tuple[str, ...]) -> dict[str, Path]:
             raise click.BadParameter(f"{src}: no such file", param_hint="--secret")
         out[sid] = Path(src)
     return out
+
+
+def _ssh(values: tuple[str, ...]) -> dict[str, Path]:
+    """``--ssh default`` ($SSH_AUTH_SOCK) or ``--ssh ID=SOCKET`` -> id -> agent socket."""
+    out = {}
+    for v in values:
+        sid, eq, src = v.partition("=")
+        if not sid:
+            raise click.BadParameter(f"{v!r}: use default[=SOCKET] or ID=SOCKET",
+                                     param_hint="--ssh")
+        if not eq:
+            src = os.environ.get("SSH_AUTH_SOCK", "")
+            if not src:
+                raise click.BadParameter(f"{v!r}: SSH_AUTH_SOCK is not set; start an agent "
+                                         f"(ssh-agent) or give its socket: {sid}=SOCKET",
+                                         param_hint="--ssh")
+        try:
+            is_socket = stat.S_ISSOCK(os.stat(src).st_mode)
+        except OSError:
+            raise click.BadParameter(f"{src}: no such agent socket", param_hint="--ssh") from None
+        if not is_socket:
+            raise click.BadParameter(f"{src} is not a socket: give an SSH agent's socket "
+                                     "(key files are not supported)", param_hint="--ssh")
+        out[sid] = Path(src)
+    return out
+
+
+_ENTITLEMENTS = ("security.insecure",)
 
 
 @click.command("build")
@@ -72,12 +103,22 @@ def _secrets(values: tuple[str, ...]) -> dict[str, Path]:
               help="Timestamps in the image [default: $SOURCE_DATE_EPOCH].")
 @click.option("--storage", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Storage directory [default: $PYBUILD_STORAGE or ~/.local/share/pybuild].")
+@click.option("--platform", default=None,
+              help="Target platform os/arch[/variant] [default: this host's].")
+@click.option("--differ", type=click.Choice(["auto", "overlay", "snapshot"]), default="auto",
+              help="How RUN changes are captured: overlayfs, a snapshot diff, or overlayfs "
+                   "where the kernel allows it (auto).")
+@click.option("--ssh", "ssh", multiple=True,
+              help="default[=SOCKET] or ID=SOCKET: an SSH agent for RUN --mount=type=ssh.")
+@click.option("--allow", "allow", multiple=True, type=click.Choice(_ENTITLEMENTS),
+              help="Grant an entitlement (security.insecure for RUN --security=insecure).")
 def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
           build_args: tuple[str, ...], target: str | None, labels: tuple[str, ...],
           no_cache: bool, explain: bool, network: str, push: bool, outputs: tuple[str, ...],
           secrets: tuple[str, ...], progress_mode: str, iidfile: Path | None,
           metadata_file: Path | None, compression: str, source_date_epoch: int | None,
-          storage: Path | None) -> None:
+          storage: Path | None, platform: str | None, differ: str, ssh: tuple[str, ...],
+          allow: tuple[str, ...]) -> None:
     """Build an image from a Dockerfile and a context directory."""
     try:
         outs = tuple(parse_output(o) for o in outputs)
@@ -85,12 +126,21 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         raise click.BadParameter(str(exc), param_hint="--output") from exc
     if push and not tags:
         raise click.UsageError("--push needs at least one -t NAME to push to")
+    if platform is not None:
+        if "," in platform:
+            raise click.BadParameter("one platform per build (multi-platform images are not "
+                                     "built here)", param_hint="--platform")
+        try:
+            Platform.parse(platform)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--platform") from exc
     opts = BuildOptions(
         context=context, storage=storage or default_storage_dir(), dockerfile=dockerfile,
         tags=tags, build_args=_kv(build_args, "--build-arg"), target=target,
         labels=_kv(labels, "--label"), no_cache=no_cache, explain=explain, network=network,
         outputs=outs, secrets=_secrets(secrets), compression=compression,
-        source_date_epoch=source_date_epoch, push=push)
+        source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
+        ssh=_ssh(ssh), allow=frozenset(allow))
     progress = Progress(progress_mode)
     try:
         result = asyncio.run(run_build(opts, progress))

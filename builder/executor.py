@@ -16,6 +16,7 @@ triggers run first in the stage that uses it (unexpanded, as Docker), then are d
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from .instructions import (
     parse_dockerfile,
 )
 from .sandbox.flatten import flatten_lowers
-from .stages import BuildPlan, Stage, plan_build
+from .stages import BuildPlan, Platform, Stage, plan_build
 from .steps.common import BuildError, StepEnv
 from .steps.copy import copy_instruction, workdir_instruction
 from .steps.metadata import METADATA, apply_metadata
@@ -46,26 +47,42 @@ __all__ = ["Executor", "plan"]
 _FS = (Run, Copy, Add, Workdir)
 
 
-async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
-               target: str | None) -> tuple[BuildPlan, dict[str, BaseImage]]:
-    """Plan the build; read the base images the needed stages start from."""
-    first = plan_build(tree, build_args, target)
-    refs = sorted({ref for i in first.needed
-                   if (ref := first.stages[i].base_image) and ref.lower() != "scratch"})
+def stage_platform(stage: Stage, target: Platform, dockerfile: str) -> Platform:
+    """A stage's platform: its ``FROM --platform`` (expanded), else the target's."""
+    if not stage.platform:
+        return target
+    try:
+        return Platform.parse(stage.platform)
+    except ValueError as exc:
+        head = stage.instructions[0]
+        raise BuildError(f"{dockerfile}:{head.start_line}: FROM", str(exc)) from exc
 
-    async def load(ref: str) -> BaseImage:
+
+async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
+               target: str | None, platform: Platform | None = None,
+               ) -> tuple[BuildPlan, dict[tuple[str, str], BaseImage]]:
+    """Plan the build for the target ``platform`` (default: the host's); read the base
+    images the needed stages start from, each for its stage's platform."""
+    target_p = platform or Platform.host()
+    first = plan_build(tree, build_args, target, target_platform=target_p)
+    wanted = sorted({(ref, str(stage_platform(s, target_p, env.dockerfile)))
+                     for i in first.needed
+                     if (ref := (s := first.stages[i]).base_image) and ref.lower() != "scratch"})
+
+    async def load(ref: str, plat: str) -> BaseImage:
         try:
-            return await resolve_base(ref, env.store)
+            return await resolve_base(ref, env.store, plat)
         except BaseImageError as exc:
             line = next(s.instructions[0].start_line for s in first.stages
                         if s.base_image == ref)
             raise BuildError(f"{env.dockerfile}:{line}: FROM", str(exc)) from exc
 
-    loaded = await asyncio.gather(*(load(r) for r in refs))
-    bases = dict(zip(refs, loaded))
+    loaded = await asyncio.gather(*(load(r, p) for r, p in wanted))
+    bases = dict(zip(wanted, loaded))
     image_env = {ref: ImageState.from_config(b.config, [], "").env_map()
-                 for ref, b in bases.items()}
-    return plan_build(tree, build_args, target, image_env=image_env), bases
+                 for (ref, _), b in bases.items()}
+    return plan_build(tree, build_args, target, target_platform=target_p,
+                      image_env=image_env), bases
 
 
 def _trigger(text: str, where: str) -> Instruction:
@@ -76,9 +93,11 @@ def _trigger(text: str, where: str) -> Instruction:
 
 
 class Executor:
-    def __init__(self, build: BuildPlan, bases: Mapping[str, BaseImage], env: StepEnv) -> None:
+    def __init__(self, build: BuildPlan, bases: Mapping[tuple[str, str], BaseImage],
+                 env: StepEnv, platform: Platform | None = None) -> None:
         self.plan = build
         self.bases = dict(bases)
+        self.platform = platform or Platform.host()
         self.env = env
         self._tasks: dict[int, asyncio.Task[ImageState]] = {}
         self._roots: dict[str, asyncio.Task[Path]] = {}
@@ -119,8 +138,10 @@ class Executor:
         if index is not None:
             state = await self._task(index)
         else:
+            plat = str(self.platform)
             try:
-                base = self.bases.get(ref) or await resolve_base(ref, self.env.store)
+                base = self.bases.get((ref, plat)) or await resolve_base(
+                    ref, self.env.store, plat)
             except BaseImageError as exc:
                 raise BuildError(self.env.dockerfile, str(exc)) from exc
             state = ImageState.from_config(base.config, list(base.layers), "")
@@ -133,11 +154,14 @@ class Executor:
         if stage.base_stage is not None:
             return (await self._task(stage.base_stage)).copy()
         ref = stage.base_image or "scratch"
+        plat = stage_platform(stage, self.platform, self.env.dockerfile)
         if ref.lower() == "scratch":
             state = ImageState.scratch()
-            state.key = "scratch"
+            state.os, state.architecture = plat.os, plat.architecture
+            state.variant = plat.variant or None
+            state.key = f"scratch:{plat}"
             return state
-        base = self.bases[ref]
+        base = self.bases[(ref, str(plat))]
         return ImageState.from_config(base.config, list(base.layers),
                                       f"base:{base.manifest_digest}")
 
@@ -170,12 +194,25 @@ class Executor:
                 continue
             k += 1
             name = f"[{label}{k}/{total}] {ins.original or ins.keyword}"
-            if isinstance(ins, Run):
-                await run_instruction(env, state, ins, args, name)
-            elif isinstance(ins, (Copy, Add)):
-                await copy_instruction(env, state, ins, name)
-            elif isinstance(ins, Workdir):
-                await workdir_instruction(env, state, ins, name)
-            else:  # pragma: no cover - every instruction type is handled above
-                raise BuildError(env.where(ins), "unsupported instruction")
+            try:
+                if isinstance(ins, Run):
+                    await run_instruction(env, state, ins, args, name)
+                elif isinstance(ins, (Copy, Add)):
+                    await copy_instruction(env, state, ins, name)
+                elif isinstance(ins, Workdir):
+                    await workdir_instruction(env, state, ins, name)
+                else:  # pragma: no cover - every instruction type is handled above
+                    raise BuildError(env.where(ins), "unsupported instruction")
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise BuildError(env.where(ins), _out_of_space_message(exc, env.work)) from exc
         return state
+
+
+def _out_of_space_message(exc: OSError, work: Path) -> str:
+    """What to say when a step ran out of disk space (or quota) while writing."""
+    what = "quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
+    return (f"{what} while writing this step's files (under {work.parent}); free space on "
+            "that filesystem or give --storage a directory on a larger one. Nothing was "
+            "tagged and nothing partial was kept.")

@@ -26,6 +26,7 @@ from .spec import (
     RunSpec,
     SecretMount,
     Sharing,
+    SshMount,
     TmpfsMount,
     parse_mount,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "SecretMount",
     "SecretNotFound",
     "Sharing",
+    "SshMount",
     "StepResult",
     "TmpfsMount",
     "UnknownUser",

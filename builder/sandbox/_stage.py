@@ -122,7 +122,8 @@ def setup_mounts(plan: Plan, root: str, stubs: list[str]) -> None:
     secrets_ready = False
     for i, m in enumerate(plan["mounts"]):
         kind = m["type"]
-        dst = resolve(root, m["target"], "file" if kind == "secret" else "dir", stubs)
+        as_file = kind == "secret" or m.get("file")
+        dst = resolve(root, m["target"], "file" if as_file else "dir", stubs)
         if kind == "bind":
             mount(m["source"], dst, None, MS_BIND | MS_REC)
             if m["readonly"]:
@@ -177,6 +178,19 @@ def setup_dev(root: str, stubs: list[str]) -> None:
         pass  # no pseudo-terminals: builds rarely need them
 
 
+def setup_pipes(plan: Plan, root: str) -> None:
+    """Read-only files at /dev/pipes/<name> (the chroot executor; bwrap binds them)."""
+    if not plan["pipes"]:
+        return
+    pipes = os.path.join(root, "dev", "pipes")
+    os.mkdir(pipes, 0o755)
+    for p in plan["pipes"]:
+        dst = os.path.join(pipes, p["name"])
+        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755))
+        mount(p["source"], dst, None, MS_BIND)
+        mount("none", dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
 def loopback_up() -> None:
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -206,13 +220,15 @@ def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     proc = resolve(root, "/proc", "dir", stubs)
     mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     setup_dev(root, stubs)
+    setup_pipes(plan, root)
     socket.sethostname(plan["hostname"])
     created: list[str] = []  # the workdir is real content: it stays in the layer
     resolve(root, plan["workdir"], "dir", created)
     write(report, {"stubs": stubs, "touched": touched})
     os.chroot(root)
     os.chdir(plan["workdir"])
-    drop_capabilities()
+    if not plan["insecure"]:
+        drop_capabilities()
     os.setgroups(plan["groups"])
     os.setgid(plan["gid"])
     os.setuid(plan["uid"])
@@ -239,8 +255,10 @@ def run_bwrap(plan: Plan, root: str, stubs: list[str], report: int) -> None:
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", plan["hostname"],
             "--chdir", plan["workdir"], "--die-with-parent", "--json-status-fd", str(report),
             "--cap-drop", "ALL"]
-    for cap in DEFAULT_CAPS:
+    for cap in ["ALL"] if plan["insecure"] else DEFAULT_CAPS:
         args += ["--cap-add", cap]
+    for p in plan["pipes"]:
+        args += ["--ro-bind", p["source"], f"/dev/pipes/{p['name']}"]
     args += ["--", *plan["argv"]]
     # bwrap keeps real root's uid (no user namespace, so files keep their real owners);
     # the group and supplementary groups are set here and bwrap inherits them.

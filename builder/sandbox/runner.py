@@ -31,6 +31,7 @@ run it in a thread (``asyncio.to_thread``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import enum
 import errno
 import os
@@ -38,9 +39,11 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .caches import lease_caches
 from .cleanup import cleanup
+from .differ import forgive_touched, hold_directories, take_snapshot, upper_from_copy
 from .errors import (
     OutOfDiskSpace,
     RunFailed,
@@ -57,7 +60,16 @@ from .rootfs import (
     overlay_supported,
     read_from_lowers,
 )
-from .spec import BindMount, CacheMount, Network, RunSpec, SecretMount, TmpfsMount
+from .spec import (
+    BindMount,
+    CacheMount,
+    Network,
+    RunSpec,
+    SecretMount,
+    SshMount,
+    TmpfsMount,
+)
+from .ssh import AgentRelay
 from .users import ExecUser, resolve_user
 
 __all__ = ["TAIL_LINES", "Executor", "OutputCallback", "StepResult", "run_step"]
@@ -72,8 +84,9 @@ class Executor(enum.Enum):
 
 @dataclass(frozen=True)
 class StepResult:
-    """How a step ran. ``changes``: the overlay upper dir (OVERLAY) or the whole resulting
-    root (COPY) -- left in ``state_dir`` for the caller to turn into a layer."""
+    """How a step ran. ``changes``: the overlay upper dir (OVERLAY), the whole resulting
+    root (COPY), or with ``as_upper`` in both modes an upper dir -- left in ``state_dir``
+    for the caller to turn into a layer."""
 
     exit_code: int
     rootfs_mode: RootfsMode
@@ -126,13 +139,27 @@ def _hosts_file(spec: RunSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ssh_target(spec: RunSpec, mount: SshMount) -> str:
+    """Where an ssh mount's socket appears: its target, else BuildKit's default
+    ``/run/buildkit/ssh_agent.<N>`` (N counts the step's ssh mounts from 0)."""
+    if mount.target:
+        return mount.target
+    n = [m for m in spec.mounts if isinstance(m, SshMount)].index(mount)
+    return f"/run/buildkit/ssh_agent.{n}"
+
+
 def _mount_plans(
-    spec: RunSpec, layout: RootfsLayout, cache_paths: Sequence[Path]
+    spec: RunSpec, layout: RootfsLayout, cache_paths: Sequence[Path],
+    relays: contextlib.ExitStack,
 ) -> tuple[list[dict[str, object]], dict[str, str]]:
-    """The stage's mount list (parents before children) and the env the secrets add."""
+    """The stage's mount list (parents before children) and the env the mounts add
+    (secrets as variables; ``SSH_AUTH_SOCK`` for the first ssh mount, as BuildKit)."""
     plans: list[tuple[str, dict[str, object]]] = []
     secret_env: dict[str, str] = {}
     caches = iter(cache_paths)
+    ssh = [m for m in spec.mounts if isinstance(m, SshMount)]
+    if ssh and not any(e.startswith("SSH_AUTH_SOCK=") for e in spec.env):
+        secret_env["SSH_AUTH_SOCK"] = ssh_target(spec, ssh[0])
     for index, m in enumerate(spec.mounts):
         if isinstance(m, CacheMount):
             plans.append((m.target, {"type": "bind", "source": str(next(caches)),
@@ -154,6 +181,16 @@ def _mount_plans(
                 plans.append((m.file_target, {
                     "type": "secret", "data": base64.b64encode(data).decode(),
                     "mode": m.mode, "uid": m.uid, "gid": m.gid}))
+        elif isinstance(m, SshMount):
+            if m.socket is None:
+                if m.required:
+                    raise SandboxSetupError(
+                        f"ssh mount {m.id!r} is required but no agent socket was given for it")
+                continue  # BuildKit skips an optional agent nobody forwarded
+            relay = relays.enter_context(
+                AgentRelay(m.socket, mode=m.mode, uid=m.uid, gid=m.gid))
+            plans.append((ssh_target(spec, m), {"type": "bind", "source": str(relay.path),
+                                                "readonly": False, "file": True}))
     plans.sort(key=lambda p: p[0].rstrip("/").count("/"))
     return [{"target": target, **plan} for target, plan in plans], secret_env
 
@@ -201,6 +238,7 @@ def run_step(
     on_output: OutputCallback | None = None,
     check: bool = True,
     set_home: bool = False,
+    as_upper: bool = False,
 ) -> StepResult:
     """Run ``spec`` on the root made of ``lowers`` (top first); return how it went.
 
@@ -214,6 +252,10 @@ def run_step(
 
     The command's environment is exactly ``spec.env``; with ``set_home`` a missing
     ``HOME`` is set to the user's home from the image's /etc/passwd, as Docker does.
+
+    ``as_upper``: in COPY mode, snapshot the flattened root before the command and return
+    the changes as an overlayfs upper dir (``builder.sandbox.differ``), so that callers
+    get the same thing whichever mode ran.
     """
     if os.geteuid() != 0:
         raise SandboxUnavailable("RUN steps need root (mounts and namespaces): run as root")
@@ -227,9 +269,11 @@ def run_step(
         lowers = (state_dir / "run" / "empty",)
     layout = RootfsLayout(_choose_rootfs(rootfs, state_dir), lowers, state_dir)
     reports: list[dict[str, object]] = []
+    before: list[Any] = []  # the COPY-mode snapshot, when as_upper
     try:
         user, kind, code, tail = _prepare_and_spawn(
-            spec, layout, cache_dir, executor, on_output, reports, set_home
+            spec, layout, cache_dir, executor, on_output, reports, set_home,
+            before if as_upper else None,
         )
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -250,7 +294,16 @@ def run_step(
         if _disk_full(state_dir, tail):
             raise OutOfDiskSpace(spec.argv, code, tail, state_dir)
         raise RunFailed(spec.argv, code, tail)
-    return StepResult(code, layout.mode, kind, layout.changes, user, tuple(tail))
+    changes = layout.changes
+    if before and layout.mode is RootfsMode.COPY:
+        touched: dict[str, object] = {}
+        for report in reports:
+            if isinstance(report.get("touched"), dict):
+                touched = report["touched"]  # type: ignore[assignment]
+        snapshot = forgive_touched(before[0], layout.merged, touched)  # type: ignore[arg-type]
+        upper_from_copy(snapshot, layout.merged, layout.upper)
+        changes = layout.upper
+    return StepResult(code, layout.mode, kind, changes, user, tuple(tail))
 
 
 def _prepare_and_spawn(
@@ -261,12 +314,15 @@ def _prepare_and_spawn(
     on_output: OutputCallback | None,
     reports: list[dict[str, object]],
     set_home: bool,
+    before: list[Any] | None,
 ) -> tuple[ExecUser, Executor, int, list[str]]:
     if layout.mode is RootfsMode.OVERLAY:
         passwd = read_from_lowers(layout.lowers, "etc/passwd")
         group = read_from_lowers(layout.lowers, "etc/group")
     else:
         flatten_lowers(layout.lowers, layout.merged)
+        if before is not None:
+            before.append(take_snapshot(layout.merged))
         passwd = _read(layout.merged / "etc/passwd")
         group = _read(layout.merged / "etc/group")
     user = resolve_user(spec.user, _text(passwd), _text(group))
@@ -275,9 +331,20 @@ def _prepare_and_spawn(
     cache_mounts = [m for m in spec.mounts if isinstance(m, CacheMount)]
     if cache_mounts and cache_dir is None:
         raise SandboxSetupError("the step has cache mounts but no cache_dir was given")
-    with lease_caches(Path(cache_dir or layout.state_dir), cache_mounts) as cache_paths:
+    with lease_caches(Path(cache_dir or layout.state_dir), cache_mounts) as cache_paths, \
+            contextlib.ExitStack() as relays:
+        if before:
+            relays.enter_context(hold_directories(before[0], layout.merged))
         layout.run.mkdir(exist_ok=True)
-        mounts, secret_env = _mount_plans(spec, layout, cache_paths)
+        mounts, secret_env = _mount_plans(spec, layout, cache_paths, relays)
+        pipes = []
+        if spec.pipes:
+            (layout.run / "pipes").mkdir()
+            for name, data in sorted(spec.pipes.items()):
+                path = layout.run / "pipes" / name
+                path.write_bytes(data)
+                os.chmod(path, 0o755)
+                pipes.append({"name": name, "source": str(path)})
         hosts = layout.run / "hosts"
         hosts.write_text(_hosts_file(spec))
         env = [e for e in spec.env if e.split("=", 1)[0] not in secret_env]
@@ -303,6 +370,8 @@ def _prepare_and_spawn(
             "gid": user.gid,
             "groups": list(user.groups),
             "workdir": spec.workdir,
+            "pipes": pipes,
+            "insecure": spec.insecure,
         }
         code, tail = spawn(plan, kind is Executor.CHROOT, spec.network, on_output, reports)
     if kind is Executor.BWRAP and code == 1 and tail and tail[-1].startswith("bwrap: execvp"):

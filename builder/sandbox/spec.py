@@ -28,6 +28,7 @@ __all__ = [
     "RunSpec",
     "SecretMount",
     "Sharing",
+    "SshMount",
     "TmpfsMount",
     "parse_mount",
 ]
@@ -124,7 +125,28 @@ class TmpfsMount:
     size: int | None = None
 
 
-Mount = CacheMount | BindMount | SecretMount | TmpfsMount
+@dataclass(frozen=True)
+class SshMount:
+    """``type=ssh``: an SSH agent socket at ``target``, forwarded to the host agent
+    ``socket`` (the caller resolves ``id`` to it; None: no agent was given).
+
+    The container sees a socket of its own (owner ``uid:gid``, ``mode``), not the host's:
+    every connection to it is relayed to the host agent for the step's duration only.
+    """
+
+    id: str = "default"
+    target: str = ""  # "" -> /run/buildkit/ssh_agent.<N> (N counts the step's ssh mounts)
+    required: bool = False
+    mode: int = 0o600
+    uid: int = 0
+    gid: int = 0
+    socket: Path | None = None
+
+    def resolved(self, socket: Path | None) -> SshMount:
+        return replace(self, socket=socket)
+
+
+Mount = CacheMount | BindMount | SecretMount | TmpfsMount | SshMount
 
 
 @dataclass(frozen=True)
@@ -139,6 +161,10 @@ class RunSpec:
     - ``secrets``: secret id -> host file holding its value.
     - ``hostname`` is the step's UTS hostname (BuildKit's default name); it and
       ``extra_hosts`` (``(name, ip)`` pairs) are added to the generated /etc/hosts.
+    - ``pipes``: name -> content of read-only executable files at ``/dev/pipes/<name>``
+      (where BuildKit puts a heredoc script that starts with ``#!``).
+    - ``insecure`` (``RUN --security=insecure``): every capability, as ``docker run
+      --privileged``; the default is Docker's default capability set.
     """
 
     argv: tuple[str, ...]
@@ -150,6 +176,8 @@ class RunSpec:
     secrets: Mapping[str, Path] = field(default_factory=dict)
     hostname: str = "buildkitsandbox"
     extra_hosts: tuple[tuple[str, str], ...] = ()
+    pipes: Mapping[str, bytes] = field(default_factory=dict)
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "argv", tuple(self.argv))
@@ -159,15 +187,19 @@ class RunSpec:
         object.__setattr__(
             self, "secrets", {k: Path(v) for k, v in dict(self.secrets).items()}
         )
+        object.__setattr__(self, "pipes", dict(self.pipes))
         if not self.argv:
             raise ValueError("RunSpec.argv is empty: RUN needs a command")
+        for name in self.pipes:
+            if not name or "/" in name or name in (".", ".."):
+                raise ValueError(f"RunSpec.pipes name {name!r} must be a plain file name")
         if not posixpath.isabs(self.workdir):
             raise ValueError(f"RunSpec.workdir {self.workdir!r} must be absolute")
         for entry in self.env:
             if "=" not in entry:
                 raise ValueError(f"RunSpec.env entry {entry!r} is not NAME=value")
 
-    __hash__ = None  # type: ignore[assignment]  # secrets is a dict
+    __hash__ = None  # type: ignore[assignment]  # secrets and pipes are dicts
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
@@ -208,11 +240,13 @@ def parse_mount(text: str) -> Mount:
             return _secret(text, kv)
         if kind == "tmpfs":
             return _tmpfs(text, kv)
+        if kind == "ssh":
+            return _ssh(text, kv)
     except ValueError as exc:
         if isinstance(exc, InvalidMount):
             raise
         raise InvalidMount(text, str(exc)) from exc
-    raise InvalidMount(text, f"unknown type {kind!r} (use bind, cache, tmpfs or secret)")
+    raise InvalidMount(text, f"unknown type {kind!r} (use bind, cache, tmpfs, secret or ssh)")
 
 
 def _flag(value: str | None) -> bool:
@@ -308,3 +342,15 @@ def _tmpfs(text: str, kv: dict[str, str | None]) -> TmpfsMount:
     assert target is not None
     size = kv.get("size")
     return TmpfsMount(target=target, size=parse_size(size) if size else None)
+
+
+def _ssh(text: str, kv: dict[str, str | None]) -> SshMount:
+    _take(text, kv, {"target", "id", "required", "mode", "uid", "gid"})
+    return SshMount(
+        id=kv.get("id") or "default",
+        target=_target(text, kv, required=False) or "",
+        required=_flag(kv["required"]) if "required" in kv else False,
+        mode=int(kv.get("mode") or "600", 8),
+        uid=int(kv.get("uid") or 0),
+        gid=int(kv.get("gid") or 0),
+    )

@@ -62,6 +62,12 @@ class StepEnv:
     explain: bool = False
     network: str = "default"
     secrets: Mapping[str, Path] = field(default_factory=dict)
+    # --ssh: agent id -> the host socket RUN --mount=type=ssh forwards to
+    ssh: Mapping[str, Path] = field(default_factory=dict)
+    # --allow: entitlements granted (security.insecure)
+    allow: frozenset[str] = frozenset()
+    # --differ: auto (overlayfs where it mounts, else snapshot), overlay or snapshot
+    differ: str = "auto"
     created: str = ""
     # set by the executor: flattened root of a stage or image named by --from / from=
     stage_root: Callable[[str], Awaitable[Path]] | None = None
@@ -86,16 +92,27 @@ def _write(upper: Path, dest: Path, sde: int | None, compression: str) -> Any:
     return write_layer_file(changeset, dest, source_date_epoch=sde, compression=compression)
 
 
+# The parent of every independent (``--link``) layer's cache key.
+LINK_PARENT = "link"
+
+
 async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: str,
                      instruction: str, created_by: str, inputs: dict[str, Any],
-                     produce: Callable[[int], Awaitable[Path]]) -> None:
+                     produce: Callable[[int], Awaitable[Path]], *,
+                     independent: bool = False) -> None:
     """Run (or reuse) one filesystem step and append its layer to ``state``.
 
     ``produce(step_no)`` returns a directory in overlayfs upper-dir format holding the
     step's changes; it is only called on a cache miss.
+
+    ``independent`` (``COPY --link``): the layer does not depend on the layers below
+    (``produce`` must not read them), so its cache key leaves the parent out and the
+    cached layer is reused whatever the earlier steps were, as BuildKit rebases a
+    linked layer. The stage's key chain still covers both, for the steps after it.
     """
     inputs = {**inputs, "compression": env.compression, "sde": env.source_date_epoch}
-    key = step_key(state.key, instruction, inputs)
+    parent = LINK_PARENT if independent else state.key
+    key = step_key(parent, instruction, inputs)
     n = env.progress.start(name)
     running = env.inflight.get(key)
     if running is not None:
@@ -107,7 +124,7 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
         future: asyncio.Future[CachedLayer] = asyncio.get_running_loop().create_future()
         env.inflight[key] = future
         try:
-            cached = await _run_or_reuse(env, state, key, instruction, inputs, n, produce)
+            cached = await _run_or_reuse(env, parent, key, instruction, inputs, n, produce)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: only the waiters (if any) re-raise it
@@ -115,7 +132,7 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
         finally:
             env.inflight.pop(key, None)
         future.set_result(cached)
-    state.key = key
+    state.key = step_key(state.key, LINK_PARENT, {"layer": key}) if independent else key
     if cached.digest:
         state.layers.append(LayerRef(
             Descriptor(cached.media_type, Digest.parse(cached.digest), cached.size),
@@ -123,7 +140,7 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
     state.add_history(created_by, env.created, empty=not cached.digest)
 
 
-async def _run_or_reuse(env: StepEnv, state: ImageState, key: str, instruction: str,
+async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
                         inputs: dict[str, Any], n: int,
                         produce: Callable[[int], Awaitable[Path]]) -> CachedLayer:
     cached = None if env.no_cache else await asyncio.to_thread(env.cache.get, key)
@@ -135,7 +152,7 @@ async def _run_or_reuse(env: StepEnv, state: ImageState, key: str, instruction: 
         return cached
     if env.explain and not env.no_cache:
         env.progress.explain(n, await asyncio.to_thread(
-            env.cache.explain, state.key, instruction, inputs))
+            env.cache.explain, parent, instruction, inputs))
     try:
         upper = await produce(n)
     except BuildError as exc:
@@ -155,6 +172,6 @@ async def _run_or_reuse(env: StepEnv, state: ImageState, key: str, instruction: 
         await asyncio.to_thread(os.unlink, blob_file)
         cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id), blob.media_type)
         await asyncio.to_thread(env.snapshots.adopt, blob.diff_id, upper)
-    await asyncio.to_thread(env.cache.put, key, state.key, instruction, inputs, cached)
+    await asyncio.to_thread(env.cache.put, key, parent, instruction, inputs, cached)
     env.progress.done(n)
     return cached

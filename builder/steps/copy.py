@@ -7,9 +7,15 @@ existing directory receives the source by its base name; a relative destination 
 relative to WORKDIR; missing parents are created (0755, root). Parents that exist in the
 stage keep their metadata (they are copied up as overlayfs would). ``--chown`` takes
 ids or names from the stage's /etc/passwd and /etc/group; ``--chmod`` octal; ``--exclude``
-patterns (``.dockerignore`` syntax) relative to the source; ``--link`` is accepted (every
-COPY layer here is already independent of the layers below it). ``ADD`` unpacks a local
+patterns (``.dockerignore`` syntax) relative to the source. ``ADD`` unpacks a local
 tar archive (plain, gzip, bzip2, xz, zstd) safely and downloads ``http(s)://`` URLs.
+
+``--link`` (as BuildKit, which then copies onto an empty layer and merges it): the layer
+is made without looking at the stage's files -- the destination is taken literally (no
+symlinked parents followed; a directory only when it ends in ``/``), its parents are
+created fresh (0755, root or ``--chown``) -- so its cache entry holds whatever the
+earlier steps were. ``--chown`` names are still looked up in the stage's /etc/passwd and
+/etc/group. With ``--chmod`` BuildKit does not link, and neither does this.
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ from ..ignore import IgnoreMatcher
 from ..image import ImageState
 from ..instructions import Add, Copy, Workdir
 from ..layers import LayerError, apply_layer
+from ..layers.changeset import path_sort_key
 from ..sandbox.rootfs import lower_stat, read_from_lowers
 from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import resolve_workdir
+from .parents import resolve_parents
 
 __all__ = ["copy_instruction", "workdir_instruction"]
 
@@ -294,6 +302,32 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
     return items, hashes
 
 
+def _plan_parents(tree: SourceTree, srcs: list[str], dest: str,
+                  excludes: IgnoreMatcher) -> tuple[list[_Item], dict[str, str]]:
+    """``COPY --parents`` (see :mod:`.parents`): each source keeps its parents under
+    ``dest``, a directory."""
+    items: dict[str, _Item] = {}
+    hashes: dict[str, str] = {}
+    base = dest.rstrip("/")
+    for src in srcs:
+        for rel, path, st in resolve_parents(tree, src, excludes):
+            target = f"{base}/{rel}" if base else rel
+            items[target] = _Item(target, path, st)
+            hashes[f"{src}:{rel}"] = hash_path(path, st)
+    if base:
+        items.setdefault(base, _Item(base, None, None))
+    return [items[k] for k in sorted(items, key=path_sort_key)], hashes
+
+
+def _upper_dir(env: StepEnv) -> Path:
+    """A fresh upper dir for a step's changes. Its own mode is the root's in a flattened
+    copy of the layers (the last layer's root wins there), so it is 0755 like a RUN
+    step's upper dir, not a private scratch dir's 0700."""
+    upper = env.scratch("upper-")
+    os.chmod(upper, 0o755)
+    return upper
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -329,11 +363,10 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     """Execute (or reuse from the cache) one COPY or ADD."""
     where = env.where(ins)
     add = isinstance(ins, Add)
-    if isinstance(ins, Copy) and ins.parents:
-        raise BuildError(where, "COPY --parents is not supported by this builder; copy each "
-                         "directory with its own COPY")
     dest_raw = ins.dest
-    lowers = await env.lowers(state)
+    link = ins.link and not ins.chmod
+    stage_lowers = await env.lowers(state)
+    lowers = [] if link else stage_lowers  # a linked layer never sees the stage's files
     dest = await asyncio.to_thread(_destination, lowers, resolve_workdir(state, dest_raw))
     from_ref = ins.from_ if isinstance(ins, Copy) else ""
     if from_ref:
@@ -343,7 +376,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     else:
         tree = env.context
     n_sources = len(ins.sources) + len(ins.files)
-    dest_is_dir = dest_raw.endswith("/") or dest == "/"
+    parents = isinstance(ins, Copy) and ins.parents
+    dest_is_dir = dest_raw.endswith("/") or dest == "/" or parents
     st = await asyncio.to_thread(lower_stat, lowers, dest.lstrip("/"))
     dest_is_dir = dest_is_dir or (st is not None and stat.S_ISDIR(st.st_mode))
     if n_sources > 1 and not dest_is_dir:
@@ -371,7 +405,15 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         else:
             local.append(s)
     excludes = IgnoreMatcher.from_lines(list(ins.exclude))
-    if local:
+    if local and isinstance(ins, Copy) and ins.parents:
+        try:
+            more_items, more = await asyncio.to_thread(
+                _plan_parents, tree, local, dest.lstrip("/"), excludes)
+        except ContextError as exc:
+            raise BuildError(where, str(exc)) from exc
+        items += more_items
+        hashes.update(more)
+    elif local:
         try:
             more_items, more = await asyncio.to_thread(
                 _plan, tree, local, dest.lstrip("/"), dest_is_dir, add, excludes)
@@ -379,7 +421,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
             raise BuildError(where, str(exc)) from exc
         items += more_items
         hashes.update(more)
-    owner = await asyncio.to_thread(_chown_ids, ins.chown, lowers, where) if ins.chown else None
+    owner = await asyncio.to_thread(_chown_ids, ins.chown, stage_lowers, where) \
+        if ins.chown else None
     try:
         chmod = int(ins.chmod, 8) if ins.chmod else None
     except ValueError:
@@ -387,6 +430,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     inputs: dict[str, Any] = {"files": hashes, "dest": dest, "chown": list(owner or ()),
                               "chmod": chmod}
     flags = []
+    if parents:
+        flags.append("--parents")
     if from_ref:
         flags.append(f"--from={from_ref}")
     if ins.chown:
@@ -397,7 +442,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     created_by = f"{ins.keyword} {' '.join(words)} # buildkit"
 
     async def produce(n: int) -> Path:
-        upper = env.scratch("copy-")
+        upper = _upper_dir(env)
         try:
             await asyncio.to_thread(_write, upper, items, lowers, owner, chmod)
         except LayerError as exc:
@@ -405,7 +450,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         return upper
 
     await layer_step(env, state, ins, name, instruction_text(ins), created_by, inputs,
-                     produce)
+                     produce, independent=link)
 
 
 async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
@@ -422,7 +467,7 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
         owner = await asyncio.to_thread(_workdir_owner, state.config.user, lowers)
 
     async def produce(n: int) -> Path:
-        upper = env.scratch("workdir-")
+        upper = _upper_dir(env)
         await asyncio.to_thread(_make_parents, upper, target.lstrip("/"), lowers, owner)
         # a directory that already existed is only copied up: no change, no layer
         if lower_stat(lowers, target.lstrip("/")) is not None:

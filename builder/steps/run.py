@@ -4,8 +4,22 @@ The process gets the image's env plus the stage's build args and proxy args (ENV
 the image's USER and WORKDIR, ``--network`` (else the CLI's default) and ``--mount``s:
 bind mounts of the context or of another stage or image (``from=``), caches (kept under
 the build storage, never in a layer), tmpfs and secrets (``--secret id=..,src=..`` on
-the CLI; never on disk inside the sandbox, never in a layer). A heredoc that is the whole
-command (``RUN <<EOF``) is the shell's script, as in BuildKit.
+the CLI; never on disk inside the sandbox, never in a layer) and SSH agents (``--ssh`` on
+the CLI). Heredocs as BuildKit's dockerfile2llb runs them:
+
+- the command is a heredoc and nothing else (``RUN <<EOF``): its body is the script. A
+  body starting with ``#!`` becomes the read-only executable ``/dev/pipes/<name>``, run
+  by the SHELL (so the kernel honours the shebang); any other body is the SHELL's
+  command string. Either way the body is not expanded here;
+- anything else (``RUN python3 <<EOF``, ``RUN cat <<A > a && cat <<B > b``): the command
+  line, each heredoc's body and its terminator go to the SHELL as one string, and the
+  shell does the redirections, the ``<<-`` tab stripping and (unquoted markers) the
+  expansion.
+
+``--security=insecure`` needs the ``security.insecure`` entitlement (``--allow``) and
+runs with every capability. The changes are captured by overlayfs or by the snapshot
+differ (``--differ``); a step for a platform this host cannot execute fails before it
+starts (no emulation).
 """
 
 from __future__ import annotations
@@ -32,14 +46,22 @@ from ..sandbox import (
     RunFailed,
     RunSpec,
     SandboxError,
+    SandboxUnavailable,
     SecretMount,
     Sharing,
+    SshMount,
     TmpfsMount,
     run_step,
 )
 from ..sandbox import Mount as SandboxMount
+from ..stages import Platform
+from ..syntax import parse_heredoc_marker
 from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import command_form
+
+# Architectures a host runs natively besides its own (BuildKit's default emulator-free set).
+_NATIVE_EXTRA = {"amd64": {"386"}}
+_DIFFERS = {"auto": RootfsMode.AUTO, "overlay": RootfsMode.OVERLAY, "snapshot": RootfsMode.COPY}
 
 __all__ = ["run_instruction"]
 
@@ -59,9 +81,9 @@ def _tree_hash(root: Path) -> str:
 
 
 def _convert(m: SpecMount, where: str) -> SandboxMount:
-    target = posixpath.normpath("/" + m.target) if m.target else ""
+    target = posixpath.normpath("/" + m.target.lstrip("/")) if m.target else ""
     if m.type is MountType.BIND:
-        return BindMount(target=target, source=posixpath.normpath("/" + m.source),
+        return BindMount(target=target, source=posixpath.normpath("/" + m.source.lstrip("/")),
                          from_ref=m.from_ or None, rw=not m.readonly)
     if m.type is MountType.CACHE:
         return CacheMount(target=target, id=m.id, sharing=Sharing(m.sharing or "shared"),
@@ -74,27 +96,56 @@ def _convert(m: SpecMount, where: str) -> SandboxMount:
                            env=m.env, required=m.required,
                            mode=0o400 if m.mode is None else m.mode, uid=m.uid or 0,
                            gid=m.gid or 0)
+    if m.type is MountType.SSH:
+        return SshMount(id=m.id or "default", target=target, required=m.required,
+                        mode=0o600 if m.mode is None else m.mode, uid=m.uid or 0,
+                        gid=m.gid or 0)
     raise BuildError(where, f"--mount=type={m.type} is not supported by this builder")
 
 
-def _argv(ins: Run, state: ImageState, where: str) -> tuple[str, ...]:
-    if ins.files:
-        command = " ".join(ins.command).strip()
-        if ins.shell_form and len(ins.files) == 1 and command.startswith("<<"):
-            return (*command_form(("",), True, state)[:-1], ins.files[0].data)
-        raise BuildError(where, "RUN with heredocs as extra files is not supported; "
-                         "put the heredoc first (RUN <<EOF) or COPY a script")
-    return command_form(ins.command, ins.shell_form, state)
+def _argv(ins: Run, state: ImageState, where: str) -> tuple[tuple[str, ...], dict[str, bytes]]:
+    """The command to run, and the ``/dev/pipes`` files it needs (see the docstring)."""
+    if not ins.files:
+        return command_form(ins.command, ins.shell_form, state), {}
+    if not ins.shell_form or len(ins.command) != 1:
+        raise BuildError(where, "heredocs need the shell form of RUN")
+    command = ins.command[0]
+    shell = command_form(("",), True, state)[:-1]
+    try:
+        only = parse_heredoc_marker(command)
+    except ValueError:
+        only = None
+    if only is not None:
+        body = ins.files[0]
+        if state.os != "windows" and body.data.startswith("#!"):
+            return (*shell, f"/dev/pipes/{body.name}"), {body.name: body.data.encode()}
+        return (*shell, body.data), {}
+    script = command + "".join(f"\n{f.data}{f.name}" for f in ins.files)
+    return (*shell, script), {}
+
+
+def _check_platform(state: ImageState, where: str) -> None:
+    host = Platform.host()
+    arch = state.architecture or host.architecture
+    if (state.os or "linux") == host.os and (
+            arch == host.architecture or arch in _NATIVE_EXTRA.get(host.architecture, ())):
+        return
+    wanted = "/".join(filter(None, (state.os or "linux", arch, state.variant or "")))
+    raise BuildError(where, f"cannot run a {wanted} command on this {host} host: pybuild "
+                     "does not emulate other platforms; build RUN steps for "
+                     f"{host} (--platform {host}) or on a {wanted} machine")
 
 
 async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                           args: Mapping[str, str], name: str) -> None:
     """Execute (or reuse from the cache) one RUN instruction."""
     where = env.where(ins)
-    if ins.security == "insecure":
-        raise BuildError(where, "RUN --security=insecure is not supported: steps always run "
-                         "with Docker's default capabilities")
-    argv = _argv(ins, state, where)
+    insecure = ins.security == "insecure"
+    if insecure and "security.insecure" not in env.allow:
+        raise BuildError(where, "RUN --security=insecure: entitlement security.insecure is "
+                         "not allowed; grant it with --allow security.insecure")
+    _check_platform(state, where)
+    argv, pipes = _argv(ins, state, where)
     image_env = list(state.config.env or ())
     names = {e.partition("=")[0] for e in image_env}
     extra = {**env.proxy_env, **args}
@@ -124,7 +175,27 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                 inputs[f"bind{i}"] = await asyncio.to_thread(
                     _tree_hash, Path(root, m.source.lstrip("/")))
             m = m.resolved(root)
+        elif isinstance(m, SshMount):
+            m = m.resolved(env.ssh.get(m.id))
+            # As BuildKit: a missing agent fails only a mount marked required=true; any
+            # other such mount is left out (and pybuild says so, BuildKit does not).
+            if m.socket is None and m.required:
+                raise BuildError(where, f"--mount=type=ssh,required=true: no SSH agent "
+                                 f"{m.id!r} was forwarded; pass --ssh {m.id}[=SOCKET] to "
+                                 "pybuild build")
+            if m.socket is None:
+                env.progress.info(f"WARNING: {where}: --mount=type=ssh left out: no SSH "
+                                  f"agent {m.id!r} was forwarded (pass --ssh {m.id}[=SOCKET])")
+            inputs[f"ssh{i}"] = m.id  # the agent's keys are not part of the cache key
         resolved.append(m)
+    if pipes:
+        inputs["pipes"] = {k: blake3.blake3(v).hexdigest()[:32] for k, v in pipes.items()}
+    if insecure:
+        inputs["security"] = "insecure"
+    try:
+        rootfs = _DIFFERS[env.differ]
+    except KeyError:
+        raise BuildError(where, f"--differ={env.differ}: use auto, overlay or snapshot") from None
     created_by = "RUN " + " ".join(argv) + " # buildkit"
 
     async def produce(n: int) -> Path:
@@ -132,7 +203,8 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         state_dir = env.scratch("run-")
         spec = RunSpec(argv=argv, env=tuple(run_env), user=state.config.user or "",
                        workdir=state.config.working_dir or "/", network=net,
-                       mounts=tuple(resolved), secrets=dict(env.secrets))
+                       mounts=tuple(resolved), secrets=dict(env.secrets), pipes=pipes,
+                       insecure=insecure)
         loop = asyncio.get_running_loop()
 
         def on_output(stream: str, line: str) -> None:
@@ -140,18 +212,22 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
 
         try:
             result = await asyncio.to_thread(
-                run_step, spec, lowers=lowers, state_dir=state_dir,
-                cache_dir=env.cache_mounts, on_output=on_output, set_home=True)
+                run_step, spec, lowers=lowers, state_dir=state_dir, rootfs=rootfs,
+                cache_dir=env.cache_mounts, on_output=on_output, set_home=True,
+                as_upper=True)
         except RunFailed as exc:
             tail = "\n".join(exc.output_tail[-20:])
             raise BuildError(where, f"{' '.join(argv)!r} did not complete successfully: "
                              f"exit code {exc.exit_code}" + (f"\n{tail}" if tail else ""),
                              exit_code=exc.exit_code) from exc
+        except SandboxUnavailable as exc:
+            if rootfs is RootfsMode.OVERLAY and "overlay" in str(exc):
+                raise BuildError(where, "--differ overlay: overlayfs cannot be mounted on the "
+                                 "storage directory's filesystem; use --differ auto or "
+                                 "--differ snapshot (or put --storage on ext4 or xfs)") from exc
+            raise BuildError(where, str(exc)) from exc
         except SandboxError as exc:
             raise BuildError(where, str(exc)) from exc
-        if result.rootfs_mode is not RootfsMode.OVERLAY:
-            raise BuildError(where, "overlayfs could not be mounted on the storage directory's "
-                             "filesystem; put the storage (--storage) on ext4 or xfs")
         return result.changes
 
     await layer_step(env, state, ins, name, instruction_text(ins), created_by, inputs,

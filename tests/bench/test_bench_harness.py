@@ -71,8 +71,12 @@ def test_quick_registry_run_writes_json(tmp_path: Path) -> None:
     names = [m["name"] for m in data["measurements"]]
     assert names[0] == "blob push 32 MiB (POST+PUT)"
     assert "manifest GET p99" in names
-    assert len(names) == 9
+    assert len(names) == 11
+    assert "storage / bytes pushed" in names
     assert all(m["values"]["distribution"] > 0 for m in data["measurements"])
+    # Distribution keeps every version's blobs whole: about what was pushed.
+    ratio = next(m for m in data["measurements"] if m["name"] == "storage / bytes pushed")
+    assert ratio["values"]["distribution"] > 0.9
     if pybuild_serve_available(ROOT):
         assert "pybuild" not in data["skipped"]
     else:

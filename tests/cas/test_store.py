@@ -20,6 +20,7 @@ from cas import (
 )
 from cas.frames import gzip_member
 from cas.packs import MemoryPacks
+from tests.helpers.disks import small_filesystem
 
 
 async def test_put_read_round_trip_and_digest(store: Store) -> None:
@@ -274,28 +275,20 @@ async def test_fsck_names_a_damaged_piece(store: Store) -> None:
 
 
 async def test_full_disk_is_a_clear_error_and_keeps_committed_blobs(tmp_path: Path) -> None:
-    import subprocess
-
     from cas import StorageFull
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)]).returncode:
-        if os.environ.get("CI"):
-            pytest.fail("cannot mount a small tmpfs to simulate a full disk (needs root)")
-        pytest.skip("needs root to mount a small tmpfs")
-    store = await Store.open(mnt / "s")
-    try:
-        kept = await store.put(os.urandom(1 << 20), link="keep")
-        with pytest.raises(StorageFull, match="storage full"):
-            await store.put(os.urandom(8 << 20))
-        assert await store.read_bytes(kept.digest)
-        report = await store.fsck()
-        assert report.ok, report.problems
-        assert (await store.stats()).blobs == 1, "nothing of the failed upload is visible"
-    finally:
-        await store.close()
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+    with small_filesystem(tmp_path / "small", "4m") as mnt:
+        store = await Store.open(mnt / "s")
+        try:
+            kept = await store.put(os.urandom(1 << 20), link="keep")
+            with pytest.raises(StorageFull, match="storage full"):
+                await store.put(os.urandom(8 << 20))
+            assert await store.read_bytes(kept.digest)
+            report = await store.fsck()
+            assert report.ok, report.problems
+            assert (await store.stats()).blobs == 1, "nothing of the failed upload is visible"
+        finally:
+            await store.close()
 
 
 async def test_checkpoint_keeps_only_a_small_tail(store: Store) -> None:

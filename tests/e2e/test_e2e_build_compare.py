@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ ENGINE_PATHS = frozenset({".dockerenv", "etc/hostname", "etc/hosts", "etc/resolv
 # Directories whose contents the engine provides (their own entries are still compared).
 ENGINE_DIRS = ("dev/", "proc/", "sys/")
 
+_HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
 # The config fields compared (``docker image inspect``'s ``.Config``).
 CONFIG_KEYS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Volumes",
                "Labels", "StopSignal", "Healthcheck", "OnBuild", "Shell")
@@ -56,6 +60,14 @@ class Case:
     command: tuple[str, ...] = ()
     # Text the run output must contain (so a case that prints nothing cannot pass).
     expect: str = ""
+    # Options for pybuild build only (the same Dockerfile, another way of building it).
+    pybuild_flags: tuple[str, ...] = ()
+    # Both builders get an SSH agent: --ssh default=<a test ssh-agent's socket>.
+    ssh: bool = False
+
+    @property
+    def id(self) -> str:
+        return "-".join([self.name, *(f.lstrip("-") for f in self.pybuild_flags)])
 
 
 CASES = (
@@ -69,6 +81,14 @@ CASES = (
     Case("onbuild-base", command=("stat", "-c", "%n %a %u", "/app"), expect="/app 755 0\n"),
     Case("onbuild-child", expect="copied by an ONBUILD trigger\ntrigger ran\nTRIGGERED=yes\n"),
     Case("workdir-users", expect="unknown 0:0 755\nuid 1000:1000 755\n"),
+    # the snapshot differ (where overlayfs cannot be mounted) against the richest case
+    Case("files", {"GREETING": "howdy"}, expect="howdy from tester\nexec-form\n1000\n",
+         pybuild_flags=("--differ", "snapshot")),
+    Case("platform-args", expect=f" -> linux/{_HOST_ARCH} linux {_HOST_ARCH} []\n"
+                                 f"arch={_HOST_ARCH}\n"),
+    Case("ssh-mount", ssh=True,
+         expect="/run/buildkit/ssh_agent.0 600 0 0 socket\n/tmp/agent.sock 660 1000 50\n"
+                "sock=/tmp/agent.sock\n"),
 )
 
 
@@ -145,8 +165,9 @@ def _context(case_dir: Path, dest: Path) -> Path:
     return context
 
 
-def _docker_build(engine: DockerEngine, context: Path, tag: str, args: dict[str, str]) -> None:
-    argv = ["build", "--network", "none", "-t", tag]
+def _docker_build(engine: DockerEngine, context: Path, tag: str, args: dict[str, str],
+                  *extra: str) -> None:
+    argv = ["build", "--network", "none", "-t", tag, *extra]
     for key, value in args.items():
         argv += ["--build-arg", f"{key}={value}"]
     engine.run(*argv, str(context), build=True)
@@ -233,7 +254,26 @@ def _diff(docker: dict[str, Entry], pybuild: dict[str, Entry]) -> list[str]:
 # The tests
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.fixture(scope="module")
+def ssh_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A running ssh-agent (no keys needed: the cases look at the socket) on a short path."""
+    agent = require_tool("ssh-agent")
+    sock = Path("/tmp") / f"pybuild-compare-{os.getpid()}.sock"
+    proc = subprocess.Popen([agent, "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            proc.wait(0.05) if proc.poll() is not None else time.sleep(0.05)
+        assert sock.exists(), "ssh-agent did not start"
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        sock.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_pybuild_and_docker_build_agree(
     case: Case, docker_engine: DockerEngine, builds_as_root: None, base_ref: str,
     request: pytest.FixtureRequest, tag_suffix: str, tmp_path: Path,
@@ -242,13 +282,16 @@ def test_pybuild_and_docker_build_agree(
     if case.name == "onbuild-child":
         args["ONBUILD_BASE"] = request.getfixturevalue("onbuild_base_ref")
     context = _context(CASES_DIR / case.name, tmp_path)
-    docker_tag = f"compare-docker/{case.name}:{tag_suffix}"
-    pybuild_tag = f"compare-pybuild/{case.name}:{tag_suffix}"
+    docker_tag = f"compare-docker/{case.id}:{tag_suffix}"
+    pybuild_tag = f"compare-pybuild/{case.id}:{tag_suffix}"
     archive = tmp_path / "image.tar"
+    both: tuple[str, ...] = ()
+    if case.ssh:
+        both = ("--ssh", f"default={request.getfixturevalue('ssh_agent')}")
     try:
-        _docker_build(docker_engine, context, docker_tag, args)
-        _pybuild_build(context, tmp_path / "storage", pybuild_tag, args,
-                       "--output", f"type=docker,dest={archive}")
+        _docker_build(docker_engine, context, docker_tag, args, *both)
+        _pybuild_build(context, tmp_path / "storage", pybuild_tag, args, *both,
+                       *case.pybuild_flags, "--output", f"type=docker,dest={archive}")
         loaded = docker_engine.run("load", "-i", str(archive)).stdout
         assert f"Loaded image: {pybuild_tag}" in loaded
 

@@ -28,6 +28,9 @@ DEBIAN_PACKAGE: dict[str, str] = {
     "busybox": "busybox-static",
     "wrk": "wrk",
     "bwrap": "bubblewrap",
+    "ssh-agent": "openssh-client",
+    "ssh-add": "openssh-client",
+    "ssh-keygen": "openssh-client",
 }
 
 

@@ -19,6 +19,7 @@ from builder.sandbox import (
     SandboxUnavailable,
     run_step,
 )
+from tests.helpers.disks import small_filesystem
 from tests.helpers.tools import require_tool
 from tests.helpers.sandbox_steps import PATH, Runner, require_root
 
@@ -26,14 +27,8 @@ from tests.helpers.sandbox_steps import PATH, Runner, require_root
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB filesystem (tmpfs) to hold the step's state."""
-    require_root()
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
-    try:
+    with small_filesystem(tmp_path / "disk", "4m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 def test_out_of_disk_space_is_named(

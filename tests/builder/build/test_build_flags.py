@@ -1,0 +1,52 @@
+"""``pybuild build``'s --platform, --differ, --ssh and --allow flags (CLI checks that need
+no build), and the sandbox's reading of ``type=ssh`` mounts."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from builder.build_cmd import build
+from builder.sandbox import InvalidMount, SshMount, parse_mount
+
+
+def _invoke(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    result = CliRunner().invoke(build, [*args, "--storage", str(tmp_path / "s"),
+                                        str(tmp_path)], env=env)
+    assert result.exit_code == 2, result.output
+    return result.output
+
+
+def test_flag_values_are_checked(tmp_path: Path) -> None:
+    assert "one platform per build" in _invoke(tmp_path, "--platform", "linux/amd64,linux/arm64")
+    assert "invalid platform" in _invoke(tmp_path, "--platform", "linux//x")
+    assert "'btrfs' is not one of" in _invoke(tmp_path, "--differ", "btrfs")
+    assert "'network.host' is not 'security.insecure'" in _invoke(tmp_path, "--allow", "network.host")
+    assert "no such agent socket" in _invoke(tmp_path, "--ssh", f"default={tmp_path}/none")
+    assert "is not a socket" in _invoke(tmp_path, "--ssh", f"deploy={tmp_path}/Dockerfile")
+    assert "SSH_AUTH_SOCK is not set" in _invoke(tmp_path, "--ssh", "default",
+                                                 env={"SSH_AUTH_SOCK": ""})
+
+
+def test_ssh_flag_takes_the_agent_from_the_environment(tmp_path: Path) -> None:
+    sock_path = tmp_path / "agent.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(sock_path))
+        (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+        result = CliRunner().invoke(build, ["--ssh", "default", "--progress", "quiet",
+                                            "--storage", str(tmp_path / "s"), str(tmp_path)],
+                                    env={"SSH_AUTH_SOCK": str(sock_path)})
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().startswith("sha256:")
+
+
+def test_sandbox_reads_ssh_mounts() -> None:
+    assert parse_mount("type=ssh") == SshMount()
+    assert parse_mount("type=ssh,id=deploy,target=/a.sock,mode=0644,uid=1,gid=2,required") \
+        == SshMount(id="deploy", target="/a.sock", required=True, mode=0o644, uid=1, gid=2)
+    with pytest.raises(InvalidMount, match="unexpected key 'source'"):
+        parse_mount("type=ssh,source=/x")

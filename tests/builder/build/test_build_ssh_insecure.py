@@ -1,0 +1,122 @@
+"""``RUN --mount=type=ssh`` with ``--ssh`` and ``RUN --security=insecure`` with ``--allow``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.steps.common import BuildError
+from tests.builder.build.conftest import TESTFILES, write_base_layout
+from tests.helpers.rootfs import make_busybox_rootfs
+from tests.helpers.tools import require_tool
+
+
+def _with_program(rootfs: Path, program: str) -> None:
+    """Copy a host program and the shared libraries it loads into ``rootfs``."""
+    libs = subprocess.run(["ldd", program], check=True, capture_output=True, text=True).stdout
+    paths = [program] + [w for line in libs.splitlines() for w in line.split()
+                         if w.startswith("/")]
+    for p in paths:
+        dest = rootfs / os.path.realpath(p).lstrip("/")
+        for name in {p, os.path.realpath(p)}:
+            target = rootfs / name.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                shutil.copy2(os.path.realpath(p), target)
+        assert dest.exists()
+
+
+@pytest.fixture(scope="module")
+def ssh_base(busybox_ref: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    ssh_add = require_tool("ssh-add")
+    base = tmp_path_factory.mktemp("ssh-base")
+    rootfs = make_busybox_rootfs(base / "rootfs")
+    _with_program(rootfs, ssh_add)
+    return write_base_layout(rootfs, base / "layout")
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A running ssh-agent holding one fresh ed25519 key: (socket, key fingerprint)."""
+    agent_bin, keygen = require_tool("ssh-agent"), require_tool("ssh-keygen")
+    work = tmp_path_factory.mktemp("agent")
+    sock = Path("/tmp") / f"pybuild-test-agent-{os.getpid()}.sock"
+    proc = subprocess.Popen([agent_bin, "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        key = work / "key"
+        subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", "pybuild-test",
+                        "-f", str(key)], check=True)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run([require_tool("ssh-add"), "-q", str(key)], check=True, env=env,
+                       capture_output=True)
+        listed = subprocess.run([require_tool("ssh-add"), "-l"], check=True, env=env,
+                                capture_output=True, text=True).stdout
+        assert "pybuild-test" in listed
+        yield sock, listed
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        sock.unlink(missing_ok=True)
+
+
+def _ctx(tmp_path: Path, case: str, ref: str) -> Path:
+    ctx = tmp_path / case
+    shutil.copytree(TESTFILES / case, ctx)
+    for df in ctx.glob("Dockerfile*"):
+        df.write_text(df.read_text().replace("BASE", ref))
+    return ctx
+
+
+def test_ssh_agent_is_forwarded(ssh_base: str, agent: tuple[Path, str], build,
+                                tmp_path: Path) -> None:
+    sock, listed = agent
+    ctx = _ctx(tmp_path, "ssh", ssh_base)
+    out = tmp_path / "out"
+    build(ctx, local=out, ssh={"default": sock, "deploy": sock})
+    assert (out / "default.txt").read_text() == listed
+    assert (out / "deploy.txt").read_text() == listed
+    assert (out / "sock.txt").read_text() == "/run/buildkit/ssh_agent.0\n"
+    assert (out / "stat.txt").read_text() == "600 0 0 socket\n"
+    assert (out / "deploy-stat.txt").read_text() == "660 1000 50\n"
+    assert (out / "after.txt").read_text() == "gone\n"
+    assert not (out / "run/buildkit").exists()
+
+
+def test_ssh_without_an_agent(ssh_base: str, build, tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, "ssh", ssh_base)
+    with pytest.raises(BuildError, match=r"Dockerfile.required:3: RUN: --mount=type=ssh,required=true: "
+                                         r"no SSH agent 'default' was forwarded; "
+                                         r"pass --ssh default"):
+        build(ctx, dockerfile=ctx / "Dockerfile.required")
+    # Not required (the default, or said): the mount is left out, as BuildKit does.
+    for name, text in (("optional", "optional: /run/buildkit/ssh_agent.0\n"),
+                       ("default", "default: /run/buildkit/ssh_agent.0\nabsent\n")):
+        out = tmp_path / f"out-{name}"
+        build(ctx, dockerfile=ctx / f"Dockerfile.{name}", local=out)
+        assert (out / f"{name}.txt").read_text() == text
+
+
+def test_insecure_needs_the_entitlement(busybox_ref: str, build, tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, "insecure", busybox_ref)
+    with pytest.raises(BuildError, match="Dockerfile:4: RUN: RUN --security=insecure: "
+                                         "entitlement security.insecure is not allowed; "
+                                         "grant it with --allow security.insecure"):
+        build(ctx)
+    out = tmp_path / "out"
+    build(ctx, local=out, allow=frozenset({"security.insecure"}))
+    default = int((out / "default.txt").read_text().split()[1], 16)
+    insecure = int((out / "insecure.txt").read_text().split()[1], 16)
+    ours = next(line for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("CapEff:"))
+    assert insecure == int(ours.split()[1], 16)  # every capability the builder has
+    assert default != insecure and default & (1 << 21) == 0  # no CAP_SYS_ADMIN by default

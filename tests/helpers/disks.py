@@ -1,0 +1,32 @@
+"""A really small filesystem, to test what happens when the disk fills up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+__all__ = ["small_filesystem"]
+
+
+@contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` (``"4m"``) on ``path`` (created); yield it; unmount it.
+
+    Needs root: skipped without it, a failure when ``CI`` is set.
+    """
+    if os.geteuid() != 0:
+        message = "mounting a small tmpfs to fill the disk needs root"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
