@@ -117,8 +117,10 @@ async def _pump(request: web.Request, ingest: Any) -> int:
         while True:
             # Each chunk as the connection delivered it (up to 256 KiB): no join into
             # larger buffers, the ingest batches them for its worker threads itself.
-            chunk, _ = await content.readchunk()
+            chunk, end_of_http_chunk = await content.readchunk()
             if not chunk:
+                if end_of_http_chunk:
+                    continue  # the end of one chunk of a chunked body, not of the body
                 break
             await ingest.write(chunk)
             written += len(chunk)
