@@ -11,12 +11,16 @@ steps. For each builder, in this order:
 - ``rebuild, one file changed``: one context file rewritten (same size, new bytes), so
   the COPY and both RUN steps run again.
 
+Before each timed build the page cache's dirty data is written back (``sync``, untimed),
+so that no build pays for the writeback of the one before it.
+
 pybuild's side is called as ``python3 -m builder build --storage DIR --build-arg
 BASE=... -t TAG -f Dockerfile CONTEXT`` once ``build`` exists.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -43,6 +47,9 @@ class BuilderBenchError(RuntimeError):
 
 
 def _timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
+    # Untimed: write back what earlier builds (of any builder) left dirty, so that no
+    # build pays for another's writeback (buildah's vfs storage leaves gigabytes).
+    os.sync()
     start = time.perf_counter()
     proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=1800,
                           check=False)

@@ -22,16 +22,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cas import Digest, Store
-from registry.client import ClientOptions, RegistryClient, TransportError
-from registry.copy import CopyOptions, Endpoint, copy_image
-from registry.errors import RegistryError
 from registry.local import ImageNotFound, ImageStore
 from registry.oci import INDEX_TYPES, Descriptor, ImageConfig, Index, Manifest
-from registry.progress import Progress as RegistryProgress
 from registry.refs import InvalidReference, parse_image_ref
-from registry.transfer import BlobError
+
+if TYPE_CHECKING:
+    from registry.client import ClientOptions
 
 from .image import LayerRef, default_arch
 
@@ -149,6 +148,8 @@ async def load_oci_layout(ref: str, store: Store, platform: str | None = None) -
 def client_options() -> ClientOptions:
     """Registry client settings: ``PYBUILD_INSECURE_REGISTRIES`` (comma-separated hosts)
     as ``pybuild pull`` reads it; loopback registries are always allowed over HTTP."""
+    from registry.client import ClientOptions
+
     insecure = {h for h in os.environ.get("PYBUILD_INSECURE_REGISTRIES", "").split(",") if h}
     return ClientOptions(insecure=frozenset(insecure))
 
@@ -168,6 +169,14 @@ async def pull_base(ref: str, store: Store, platform: str | None = None) -> Base
     images = await ImageStore.open(store=store)
 
     async def pull() -> None:
+        # The HTTP client (aiohttp) is imported only when a pull is needed: a cached
+        # rebuild must not pay its start-up cost.
+        from registry.client import RegistryClient, TransportError
+        from registry.copy import CopyOptions, Endpoint, copy_image
+        from registry.errors import RegistryError
+        from registry.progress import Progress as RegistryProgress
+        from registry.transfer import BlobError
+
         try:
             async with RegistryClient(client_options()) as client:
                 await copy_image(Endpoint("registry", image_ref),

@@ -30,7 +30,6 @@ from .image import BuiltImage, assemble, timestamp
 from .outputs import Output, write_docker_archive, write_oci_layout
 from .progress import Progress
 from .publish import push_images, tag_images
-from .sandbox.flatten import flatten_lowers
 from .snapshots import SnapshotStore
 from .stages import Platform
 from .steps.common import BuildError, StepEnv
@@ -89,8 +88,9 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     cache = BuildCache(bdir / "cache.db")
     try:
         matcher = await asyncio.to_thread(read_ignore_file, opts.context, dockerfile)
+        context = SourceTree(opts.context, matcher, hash_store=cache)
         env = StepEnv(store=store, cache=cache, snapshots=SnapshotStore(bdir / "snapshots", store),
-                      progress=progress, context=SourceTree(opts.context, matcher),
+                      progress=progress, context=context,
                       work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
                       source_date_epoch=sde, compression=opts.compression,
                       no_cache=opts.no_cache, explain=opts.explain, network=opts.network,
@@ -108,7 +108,7 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         state = await executor.run()
         if opts.labels:
             state.update(labels={**(state.config.labels or {}), **opts.labels})
-        image = assemble(state, created)
+        image = assemble(state, created, pinned=sde is not None)
         for out in opts.outputs:
             n = progress.start(f"exporting to {out.type}:{out.dest}")
             if out.type == "oci":
@@ -116,6 +116,8 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
             elif out.type == "docker":
                 await write_docker_archive(image, store, out.dest, list(opts.tags), work)
             else:
+                from .sandbox.flatten import flatten_lowers
+
                 lowers = await env.lowers(state)
                 await asyncio.to_thread(flatten_lowers, lowers, out.dest)
             progress.done(n)

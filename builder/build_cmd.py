@@ -22,7 +22,11 @@ from .publish import PublishError
 from .stages import Platform
 from .steps.common import BuildError
 
-__all__ = ["build"]
+__all__ = ["build", "finished"]
+
+# True once a build has finished and closed everything: ``python -m builder`` then exits
+# without the interpreter's teardown (builder/__main__.py).
+finished = False
 
 
 def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -157,3 +161,5 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
             "image.name": ",".join(tags),
         }, indent=2))
     click.echo(digest)
+    global finished
+    finished = True

@@ -8,6 +8,10 @@ CAS, linked by holder ``cache:<key>``; a row whose blob vanished counts as a mis
 Every stored step also records ``(parent, instruction) -> inputs``, so a miss can be
 explained: :meth:`BuildCache.explain` names the inputs that differ from the last build
 of the same instruction on the same parent (or says the instruction or parent changed).
+
+It also remembers the content hash of build-context files by their ``lstat`` (table
+``file_hashes``: path -> size, mtime, ctime, inode, device, mode -> hash, as BuildKit's
+contenthash does), so an unchanged context costs one ``lstat`` per file, not a read.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ CREATE TABLE IF NOT EXISTS steps (
     created REAL NOT NULL DEFAULT (julianday('now'))
 );
 CREATE INDEX IF NOT EXISTS steps_parent ON steps(parent, instruction);
+CREATE TABLE IF NOT EXISTS file_hashes (
+    path TEXT PRIMARY KEY,
+    stat TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
 """
 
 
@@ -43,21 +52,28 @@ def step_key(parent: str, instruction: str, inputs: dict[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CachedLayer:
-    """What a step produced: the layer blob's descriptor fields and its diff_id."""
+    """What a step produced: the layer blob's descriptor fields and its diff_id, and
+    ``created``, when the step ran (the history time a cache hit reuses, so that a
+    rebuild from the cache gives the same image; "" in entries written before)."""
 
     digest: str
     size: int
     diff_id: str
     media_type: str
+    created: str = ""
 
     def to_json(self) -> str:
-        return json.dumps({"digest": self.digest, "size": self.size, "diff_id": self.diff_id,
-                           "media_type": self.media_type}, sort_keys=True)
+        doc: dict[str, Any] = {"digest": self.digest, "size": self.size,
+                               "diff_id": self.diff_id, "media_type": self.media_type}
+        if self.created:
+            doc["created"] = self.created
+        return json.dumps(doc, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> CachedLayer:
         d = json.loads(text)
-        return cls(d["digest"], int(d["size"]), d["diff_id"], d["media_type"])
+        return cls(d["digest"], int(d["size"]), d["diff_id"], d["media_type"],
+                   d.get("created", ""))
 
 
 class BuildCache:
@@ -87,6 +103,32 @@ class BuildCache:
                 "INSERT OR REPLACE INTO steps(key, parent, instruction, inputs, layer) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (key, parent, instruction, json.dumps(inputs, sort_keys=True), layer.to_json()))
+
+    def file_hashes(self, paths: list[str]) -> dict[str, tuple[str, str]]:
+        """path -> (stat signature, hash) for the paths that have an entry."""
+        out: dict[str, tuple[str, str]] = {}
+        with self._lock:
+            for i in range(0, len(paths), 500):
+                batch = paths[i:i + 500]
+                out.update((p, (s, h)) for p, s, h in self._db.execute(
+                    "SELECT path, stat, hash FROM file_hashes WHERE path IN "
+                    f"({','.join('?' * len(batch))})", batch))
+        return out
+
+    def put_file_hashes(self, rows: list[tuple[str, str, str]]) -> None:
+        """Record (path, stat signature, hash) rows, replacing older ones."""
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO file_hashes(path, stat, hash) VALUES (?, ?, ?)",
+                    rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def forget(self, key: str) -> None:
         with self._lock:

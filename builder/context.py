@@ -10,6 +10,10 @@ names and walks them. Two flavours:
   semantics), as they would in a container.
 
 Symlinks *inside* a copied directory are copied as symlinks, never followed.
+
+:meth:`SourceTree.hash_files` gives the content keys the build cache uses; for the build
+context it reuses the hash recorded for a file whose ``lstat`` (size, mtime, ctime,
+inode, device, mode) has not changed, and hashes the others in threads.
 """
 
 from __future__ import annotations
@@ -18,18 +22,40 @@ import fnmatch
 import os
 import posixpath
 import stat
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import blake3
 
 from .ignore import IgnoreMatcher
 from .layers.pathres import resolve_in_root
 
-__all__ = ["ContextError", "Source", "SourceTree", "hash_path"]
+__all__ = ["ContextError", "FileHashStore", "Source", "SourceTree", "hash_path"]
 
 _GLOB = set("*?[")
+
+# A file changed less than this long ago may change again within the same timestamp
+# tick without its lstat changing ("racily clean", as git calls it): its hash is not
+# remembered, so the next build reads it again.
+RACY_NS = 2_000_000_000
+_HASH_THREADS = 4
+
+
+class FileHashStore(Protocol):
+    """Where remembered file hashes live (:class:`builder.cache.BuildCache`)."""
+
+    def file_hashes(self, paths: list[str]) -> dict[str, tuple[str, str]]: ...
+
+    def put_file_hashes(self, rows: list[tuple[str, str, str]]) -> None: ...
+
+
+def _signature(st: os.stat_result) -> str:
+    return (f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}:"
+            f"{st.st_mode}")
 
 
 class ContextError(ValueError):
@@ -48,11 +74,49 @@ class Source:
 
 class SourceTree:
     def __init__(self, root: Path, matcher: IgnoreMatcher | None = None, *,
-                 strict: bool = True, what: str = "build context") -> None:
+                 strict: bool = True, what: str = "build context",
+                 hash_store: FileHashStore | None = None) -> None:
         self.root = Path(os.path.realpath(root))
         self.matcher = matcher or IgnoreMatcher([])
         self.strict = strict
         self.what = what
+        self.hash_store = hash_store
+
+    # -- content keys -----------------------------------------------------------------
+    def hash_files(self, files: list[tuple[Path, os.stat_result]]) -> list[str]:
+        """:func:`hash_path` of each (path, lstat), in order. Blocking: call it from a
+        thread. Regular files whose lstat matches a remembered one reuse its hash; the
+        rest are read in a few threads (BLAKE3 releases the GIL) and remembered unless
+        changed within the last :data:`RACY_NS`."""
+        out: list[str | None] = [None] * len(files)
+        known: dict[str, tuple[str, str]] = {}
+        store = self.hash_store
+        if store is not None:
+            known = store.file_hashes(
+                [str(p) for p, st in files if stat.S_ISREG(st.st_mode)])
+        todo: list[int] = []
+        for i, (p, st) in enumerate(files):
+            hit = known.get(str(p))
+            if hit is not None and hit[0] == _signature(st):
+                out[i] = hit[1]
+            else:
+                todo.append(i)
+        big = [i for i in todo if files[i][1].st_size >= 1 << 16]
+        if len(big) > 1:
+            with ThreadPoolExecutor(min(_HASH_THREADS, len(big)),
+                                    thread_name_prefix="context-hash") as pool:
+                for i, h in zip(big, pool.map(lambda i: hash_path(*files[i]), big)):
+                    out[i] = h
+        for i in todo:
+            if out[i] is None:
+                out[i] = hash_path(*files[i])
+        if store is not None:
+            fresh = time.time_ns() - RACY_NS
+            store.put_file_hashes([
+                (str(files[i][0]), _signature(files[i][1]), out[i] or "") for i in todo
+                if stat.S_ISREG(files[i][1].st_mode)
+                and max(files[i][1].st_mtime_ns, files[i][1].st_ctime_ns) < fresh])
+        return [h or "" for h in out]
 
     # -- resolution -------------------------------------------------------------------
     def _clean(self, src: str) -> str:

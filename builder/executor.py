@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+from cas.errors import StorageFull
+
 from .base import BaseImage, BaseImageError, resolve_base
 from .errors import DockerfileError
 from .image import ImageState
@@ -34,7 +36,6 @@ from .instructions import (
     Workdir,
     parse_dockerfile,
 )
-from .sandbox.flatten import flatten_lowers
 from .stages import BuildPlan, Platform, Stage, plan_build
 from .steps.common import BuildError, StepEnv
 from .steps.copy import copy_instruction, workdir_instruction
@@ -145,6 +146,8 @@ class Executor:
             except BaseImageError as exc:
                 raise BuildError(self.env.dockerfile, str(exc)) from exc
             state = ImageState.from_config(base.config, list(base.layers), "")
+        from .sandbox.flatten import flatten_lowers
+
         lowers = await self.env.lowers(state)
         dest = self.env.scratch("root-") / "rootfs"
         await asyncio.to_thread(flatten_lowers, lowers, dest)
@@ -190,7 +193,8 @@ class Executor:
                         args[d.name] = d.default
                 continue
             if isinstance(ins, METADATA):
-                apply_metadata(ins, state, env.where(ins), cmd_set, env.created)
+                # "": timed from the filesystem steps around it when assembled
+                apply_metadata(ins, state, env.where(ins), cmd_set, "")
                 continue
             k += 1
             name = f"[{label}{k}/{total}] {ins.original or ins.keyword}"
@@ -204,7 +208,9 @@ class Executor:
                 else:  # pragma: no cover - every instruction type is handled above
                     raise BuildError(env.where(ins), "unsupported instruction")
             except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                # StorageFull: the store filled up while taking the step's layer in.
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) \
+                        and not isinstance(exc, StorageFull):
                     raise
                 raise BuildError(env.where(ins), _out_of_space_message(exc, env.work)) from exc
         return state

@@ -6,6 +6,13 @@ the history, and the cache key chain. :func:`assemble` turns it into the
 ``ImageConfig`` and ``Manifest`` bytes that outputs write: history entries carry
 ``created_by`` as BuildKit writes it and ``empty_layer`` for metadata-only steps;
 ``rootfs.diff_ids`` lists every layer in order.
+
+Times, as BuildKit sets them: a filesystem step's entry carries the time the step first
+ran (a step taken from the cache keeps it); a metadata step's entry is added with
+``created=""`` and takes, when the image is assembled, the time of the next timed entry
+after it (else of the last one before it); the image's ``created`` is its last entry's
+time. So a rebuild in which every step comes from the cache writes the same config and
+manifest again: the same image digest, and nothing new to store.
 """
 
 from __future__ import annotations
@@ -126,17 +133,37 @@ class BuiltImage:
         return Descriptor(OCI_MANIFEST, self.digest, len(self.manifest_bytes))
 
 
-def assemble(state: ImageState, created: str) -> BuiltImage:
-    """The OCI config and manifest of ``state``."""
+def _timed(history: list[History], fallback: str, pinned: bool) -> tuple[History, ...]:
+    """Metadata entries (``created == ""``) timed from their neighbours (module doc), or
+    at ``fallback`` when ``pinned``."""
+    times = [h.created for h in history]
+    out = []
+    for i, h in enumerate(history):
+        if h.created == "" and pinned:
+            h = replace(h, created=fallback)
+        elif h.created == "":
+            after = next((t for t in times[i + 1:] if t), None)
+            before = next((t for t in reversed(times[:i]) if t), None)
+            h = replace(h, created=after or before or fallback)
+        out.append(h)
+    return tuple(out)
+
+
+def assemble(state: ImageState, created: str, *, pinned: bool = False) -> BuiltImage:
+    """The OCI config and manifest of ``state``. ``created`` is the time of a build with
+    no timed history entry at all; ``pinned`` (SOURCE_DATE_EPOCH) makes it the time of
+    the image and of every metadata entry."""
+    history = _timed(state.history, created, pinned)
     cfg = ImageConfig(
         architecture=state.architecture,
         os=state.os,
         variant=state.variant,
         rootfs=RootFS(tuple(layer.diff_id for layer in state.layers)),
-        created=created,
+        created=created if pinned else next(
+            (h.created for h in reversed(history) if h.created), created),
         author=state.author,
         config=state.config,
-        history=tuple(state.history),
+        history=history,
     )
     config_bytes = cfg.to_bytes()
     manifest = Manifest(

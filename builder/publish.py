@@ -4,13 +4,8 @@ to registries (through ``registry.local`` and ``registry.copy``, as ``pybuild pu
 from __future__ import annotations
 
 from cas import Store
-from registry.client import RegistryClient, TransportError
-from registry.copy import Endpoint, copy_image
-from registry.errors import RegistryError
 from registry.local import ImageStore
-from registry.progress import Progress as RegistryProgress
 from registry.refs import InvalidReference, parse_image_ref
-from registry.transfer import BlobError
 
 from .base import client_options
 from .image import BuiltImage
@@ -30,10 +25,17 @@ async def tag_images(image: BuiltImage, store: Store, tags: list[str]) -> list[s
             refs.append(str(parse_image_ref(t)))
         except InvalidReference as exc:
             raise PublishError(f"-t {t}: {exc}") from exc
-    await store.put(image.config_bytes, expected=image.manifest.config.digest)
+    # A rebuild that changed nothing made the same image: its blobs are stored and its
+    # tags already name it, so nothing is written (and nothing synced to disk).
+    if await store.stat(image.manifest.config.digest) is None:
+        await store.put(image.config_bytes, expected=image.manifest.config.digest)
     images = await ImageStore.open(store=store)
     try:
         for ref in refs:
+            known = await images.resolve(ref)
+            if known is not None and known.digest == image.digest \
+                    and await store.stat(image.digest) is not None:
+                continue
             await images.put(ref, image.manifest_bytes, image.manifest.media_type)
     finally:
         await images.close()
@@ -42,6 +44,13 @@ async def tag_images(image: BuiltImage, store: Store, tags: list[str]) -> list[s
 
 async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet") -> None:
     """Push each locally stored ref to its registry."""
+    # The HTTP client (aiohttp) only when pushing: tagging alone must start fast.
+    from registry.client import RegistryClient, TransportError
+    from registry.copy import Endpoint, copy_image
+    from registry.errors import RegistryError
+    from registry.progress import Progress as RegistryProgress
+    from registry.transfer import BlobError
+
     images = await ImageStore.open(store=store)
     try:
         async with RegistryClient(client_options()) as client:

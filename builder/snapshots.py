@@ -25,13 +25,15 @@ from pathlib import Path
 
 from cas import Digest, Store
 
-from .layers import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, apply_layer, open_layer
+from .layers.changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from .layers.pathres import clean_name
 
 __all__ = ["SnapshotStore"]
 
 
 def _whiteouts(blob: Path) -> list[tuple[list[str], bool]]:
+    from .layers.extract import open_layer
+
     out = []
     with open(blob, "rb") as f, tarfile.open(fileobj=open_layer(f), mode="r|",
                                              errors="surrogateescape") as tf:
@@ -46,6 +48,8 @@ def _whiteouts(blob: Path) -> list[tuple[list[str], bool]]:
 
 
 def _extract(blob: Path, dest: Path) -> None:
+    from .layers.extract import apply_layer  # only when a layer must be extracted
+
     dest.mkdir()
     apply_layer(blob, dest)
     for parts, opaque in _whiteouts(blob):

@@ -1,23 +1,59 @@
 """pybuild's content-addressed store: digests, chunking, the piece store, GC and fsck."""
 
-from .chunker import ChunkParams
-from .digest import ALGORITHMS, DEFAULT_ALGORITHM, Digest, new_hasher
-from .errors import (
-    BlobUnknown,
-    CasError,
-    DigestMismatch,
-    IngestOffsetMismatch,
-    IngestUnknown,
-    InvalidDigest,
-    InvalidRange,
-    SizeMismatch,
-    StorageFull,
-    StoreCorrupt,
-    UnsupportedDigestAlgorithm,
-)
-from .ingest import Ingest, IngestInfo
-from .maintenance import FsckReport, GcReport, Stats
-from .store import BlobInfo, Piece, Recipe, Segment, Store
+# Names are imported from their modules on first use (PEP 562), so a program that
+# needs only digests or the store does not load GC, fsck and the chunker with them.
+
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from .chunker import ChunkParams
+    from .digest import ALGORITHMS, DEFAULT_ALGORITHM, Digest, new_hasher
+    from .errors import (
+        BlobUnknown,
+        CasError,
+        DigestMismatch,
+        IngestOffsetMismatch,
+        IngestUnknown,
+        InvalidDigest,
+        InvalidRange,
+        SizeMismatch,
+        StorageFull,
+        StoreCorrupt,
+        UnsupportedDigestAlgorithm,
+    )
+    from .ingest import Ingest, IngestInfo
+    from .maintenance import FsckReport, GcReport, Stats
+    from .store import BlobInfo, Piece, Recipe, Segment, Store
+
+_WHERE = {
+    "ChunkParams": "chunker",
+    "ALGORITHMS": "digest",
+    "DEFAULT_ALGORITHM": "digest",
+    "Digest": "digest",
+    "new_hasher": "digest",
+    "BlobUnknown": "errors",
+    "CasError": "errors",
+    "DigestMismatch": "errors",
+    "IngestOffsetMismatch": "errors",
+    "IngestUnknown": "errors",
+    "InvalidDigest": "errors",
+    "InvalidRange": "errors",
+    "SizeMismatch": "errors",
+    "StorageFull": "errors",
+    "StoreCorrupt": "errors",
+    "UnsupportedDigestAlgorithm": "errors",
+    "Ingest": "ingest",
+    "IngestInfo": "ingest",
+    "FsckReport": "maintenance",
+    "GcReport": "maintenance",
+    "Stats": "maintenance",
+    "BlobInfo": "store",
+    "Piece": "store",
+    "Recipe": "store",
+    "Segment": "store",
+    "Store": "store",
+}
 
 __all__ = [
     "ALGORITHMS",
@@ -47,3 +83,12 @@ __all__ = [
     "UnsupportedDigestAlgorithm",
     "new_hasher",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -44,14 +44,36 @@ def gzip_member(data: bytes | memoryview, level: int = 6) -> bytes:
     """One gzip member holding ``data``, with its total length in FEXTRA ('PB').
 
     Deterministic: MTIME is 0, OS is 255, no file name; the same bytes and level give
-    the same member on any machine.
+    the same member on any machine. Level 0 writes deflate stored blocks directly (zlib's
+    level 0 still runs its compressor's machinery, at a third of the speed), so those
+    members do not even depend on the zlib version.
     """
-    comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
-    body = comp.compress(data) + comp.flush()
-    total = _GZIP_HEADER_LEN + len(body) + 8
+    if level == 0:
+        body = _stored_blocks(data)
+    else:
+        comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
+        body = [comp.compress(data) + comp.flush()]
+    total = _GZIP_HEADER_LEN + sum(len(b) for b in body) + 8
     header = _GZIP_HEADER.pack(GZIP_MAGIC, 8, 4, 0, 0, 255, 8, _GZIP_EXTRA_ID, 4, total)
     trailer = struct.pack("<II", zlib.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
-    return header + body + trailer
+    return b"".join([header, *body, trailer])
+
+
+def _stored_blocks(data: bytes | memoryview) -> list[bytes | memoryview]:
+    """``data`` as raw deflate stored blocks (RFC 1951 §3.2.4): BFINAL/BTYPE=00, LEN,
+    NLEN, then the bytes; at most 65535 bytes per block, the last one final."""
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    for start in range(0, max(len(view), 1), _MAX_STORED):
+        block = view[start:start + _MAX_STORED]
+        final = start + _MAX_STORED >= len(view)
+        parts.append(_STORED_HEADER.pack(1 if final else 0, len(block), len(block) ^ 0xFFFF))
+        parts.append(block)
+    return parts
+
+
+_MAX_STORED = 0xFFFF
+_STORED_HEADER = struct.Struct("<BHH")
 
 
 def zstd_frame(data: bytes | memoryview, level: int = 3) -> bytes:

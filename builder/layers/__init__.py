@@ -13,43 +13,87 @@ Everything here is synchronous and streams with bounded memory: call it from a t
 (``asyncio.to_thread``) when an event loop is running.
 """
 
-from .changeset import (
-    OPAQUE_WHITEOUT,
-    WHITEOUT_PREFIX,
-    Changeset,
-    Entry,
-    EntryKind,
-    Whiteout,
-)
-from .chunked import (
-    DEFAULT_AVG_CHUNK,
-    MEDIA_TYPE_GZIP,
-    MEDIA_TYPE_TAR,
-    MEDIA_TYPE_ZSTD,
-    LayerBlob,
-    write_frames,
-    write_layer,
-    write_layer_file,
-)
-from .errors import (
-    ChangesetError,
-    LayerError,
-    LayerFormatError,
-    OverlayFeatureUnsupported,
-    SourceChanged,
-    UnsafeLayerEntry,
-)
-from .extract import ApplyReport, apply_layer, open_layer
-from .importdir import import_directory, make_busybox_rootfs
-from .overlay import OVERLAY_MOUNT_OPTIONS, changeset_from_upper
-from .snapshot import (
-    Snapshot,
-    StatRecord,
-    changeset_of_tree,
-    diff_snapshot,
-    take_snapshot,
-)
-from .tarwriter import iter_tar, write_tar
+# Names are imported from their modules on first use (PEP 562): a cached build needs
+# few of them, and the compressors (pyfastcdc, zstandard) cost start-up time.
+
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from .changeset import (
+        OPAQUE_WHITEOUT,
+        WHITEOUT_PREFIX,
+        Changeset,
+        Entry,
+        EntryKind,
+        Whiteout,
+    )
+    from .chunked import (
+        DEFAULT_AVG_CHUNK,
+        MEDIA_TYPE_GZIP,
+        MEDIA_TYPE_TAR,
+        MEDIA_TYPE_ZSTD,
+        LayerBlob,
+        write_frames,
+        write_layer,
+        write_layer_file,
+    )
+    from .errors import (
+        ChangesetError,
+        LayerError,
+        LayerFormatError,
+        OverlayFeatureUnsupported,
+        SourceChanged,
+        UnsafeLayerEntry,
+    )
+    from .extract import ApplyReport, apply_layer, open_layer
+    from .importdir import import_directory, make_busybox_rootfs
+    from .overlay import OVERLAY_MOUNT_OPTIONS, changeset_from_upper
+    from .snapshot import (
+        Snapshot,
+        StatRecord,
+        changeset_of_tree,
+        diff_snapshot,
+        take_snapshot,
+    )
+    from .tarwriter import iter_tar, write_tar
+
+_WHERE = {
+    "OPAQUE_WHITEOUT": "changeset",
+    "WHITEOUT_PREFIX": "changeset",
+    "Changeset": "changeset",
+    "Entry": "changeset",
+    "EntryKind": "changeset",
+    "Whiteout": "changeset",
+    "DEFAULT_AVG_CHUNK": "chunked",
+    "MEDIA_TYPE_GZIP": "chunked",
+    "MEDIA_TYPE_TAR": "chunked",
+    "MEDIA_TYPE_ZSTD": "chunked",
+    "LayerBlob": "chunked",
+    "write_frames": "chunked",
+    "write_layer": "chunked",
+    "write_layer_file": "chunked",
+    "ChangesetError": "errors",
+    "LayerError": "errors",
+    "LayerFormatError": "errors",
+    "OverlayFeatureUnsupported": "errors",
+    "SourceChanged": "errors",
+    "UnsafeLayerEntry": "errors",
+    "ApplyReport": "extract",
+    "apply_layer": "extract",
+    "open_layer": "extract",
+    "import_directory": "importdir",
+    "make_busybox_rootfs": "importdir",
+    "OVERLAY_MOUNT_OPTIONS": "overlay",
+    "changeset_from_upper": "overlay",
+    "Snapshot": "snapshot",
+    "StatRecord": "snapshot",
+    "changeset_of_tree": "snapshot",
+    "diff_snapshot": "snapshot",
+    "take_snapshot": "snapshot",
+    "iter_tar": "tarwriter",
+    "write_tar": "tarwriter",
+}
 
 __all__ = [
     "DEFAULT_AVG_CHUNK",
@@ -87,3 +131,12 @@ __all__ = [
     "write_layer_file",
     "write_tar",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -6,31 +6,67 @@ Modules: ``spec`` (what to run: :class:`RunSpec`, mounts, ``parse_mount``), ``us
 set-up process), ``errors``.
 """
 
-from .errors import (
-    InvalidMount,
-    OutOfDiskSpace,
-    RunFailed,
-    SandboxError,
-    SandboxSetupError,
-    SandboxUnavailable,
-    SecretNotFound,
-    UnknownUser,
-)
-from .rootfs import RootfsMode
-from .runner import TAIL_LINES, Executor, OutputCallback, StepResult, run_step
-from .spec import (
-    BindMount,
-    CacheMount,
-    Mount,
-    Network,
-    RunSpec,
-    SecretMount,
-    Sharing,
-    SshMount,
-    TmpfsMount,
-    parse_mount,
-)
-from .users import ExecUser, resolve_user
+# Names are imported from their modules on first use (PEP 562): a build whose RUN
+# steps all come from the cache never loads the sandbox.
+
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from .errors import (
+        InvalidMount,
+        OutOfDiskSpace,
+        RunFailed,
+        SandboxError,
+        SandboxSetupError,
+        SandboxUnavailable,
+        SecretNotFound,
+        UnknownUser,
+    )
+    from .rootfs import RootfsMode
+    from .runner import TAIL_LINES, Executor, OutputCallback, StepResult, run_step
+    from .spec import (
+        BindMount,
+        CacheMount,
+        Mount,
+        Network,
+        RunSpec,
+        SecretMount,
+        Sharing,
+        SshMount,
+        TmpfsMount,
+        parse_mount,
+    )
+    from .users import ExecUser, resolve_user
+
+_WHERE = {
+    "InvalidMount": "errors",
+    "OutOfDiskSpace": "errors",
+    "RunFailed": "errors",
+    "SandboxError": "errors",
+    "SandboxSetupError": "errors",
+    "SandboxUnavailable": "errors",
+    "SecretNotFound": "errors",
+    "UnknownUser": "errors",
+    "RootfsMode": "rootfs",
+    "TAIL_LINES": "runner",
+    "Executor": "runner",
+    "OutputCallback": "runner",
+    "StepResult": "runner",
+    "run_step": "runner",
+    "BindMount": "spec",
+    "CacheMount": "spec",
+    "Mount": "spec",
+    "Network": "spec",
+    "RunSpec": "spec",
+    "SecretMount": "spec",
+    "Sharing": "spec",
+    "SshMount": "spec",
+    "TmpfsMount": "spec",
+    "parse_mount": "spec",
+    "ExecUser": "users",
+    "resolve_user": "users",
+}
 
 __all__ = [
     "TAIL_LINES",
@@ -60,3 +96,12 @@ __all__ = [
     "resolve_user",
     "run_step",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

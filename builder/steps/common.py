@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,7 +19,6 @@ from ..cache import BuildCache, CachedLayer, step_key
 from ..context import SourceTree
 from ..image import ImageState, LayerRef
 from ..instructions import Instruction
-from ..layers import changeset_from_upper, write_layer_file
 from ..progress import Progress
 from ..snapshots import SnapshotStore
 
@@ -85,11 +83,49 @@ class StepEnv:
             [(layer.diff_id, layer.descriptor.digest) for layer in state.layers])
 
 
-def _write(upper: Path, dest: Path, sde: int | None, compression: str) -> Any:
+class _IngestSink:
+    """A write-only file, for a worker thread, whose bytes go into a CAS ingest on the
+    event loop ``loop`` (gathered into blocks of :data:`_SINK_BLOCK`; each block is
+    written before the next is taken, so memory stays bounded)."""
+
+    def __init__(self, ingest: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._ingest = ingest
+        self._loop = loop
+        self._parts: list[bytes] = []  # handed over as they are: no copying
+        self._size = 0
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        self._size += len(data)
+        if self._size >= _SINK_BLOCK:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._parts:
+            parts, self._parts, self._size = self._parts, [], 0
+            asyncio.run_coroutine_threadsafe(self._put(parts), self._loop).result()
+
+    async def _put(self, parts: list[bytes]) -> None:
+        for p in parts:
+            await self._ingest.write(p)
+
+
+_SINK_BLOCK = 4 << 20
+
+
+def _write(upper: Path, sink: _IngestSink, sde: int | None, compression: str) -> Any:
+    # The layer writer (FastCDC, compressors) only on a cache miss.
+    from ..layers.chunked import write_layer
+    from ..layers.overlay import changeset_from_upper
+
     changeset = changeset_from_upper(upper)
     if not changeset.entries and not changeset.whiteouts:
         return None
-    return write_layer_file(changeset, dest, source_date_epoch=sde, compression=compression)
+    blob = write_layer(changeset, sink, source_date_epoch=sde,  # type: ignore[arg-type]
+                       compression=compression)
+    sink.flush()
+    return blob
 
 
 # The parent of every independent (``--link``) layer's cache key.
@@ -137,7 +173,9 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
         state.layers.append(LayerRef(
             Descriptor(cached.media_type, Digest.parse(cached.digest), cached.size),
             Digest.parse(cached.diff_id)))
-    state.add_history(created_by, env.created, empty=not cached.digest)
+    # The time the step first ran: a step from the cache keeps its time (as BuildKit
+    # does), so a rebuild that changed nothing gives the same image digest.
+    state.add_history(created_by, cached.created or env.created, empty=not cached.digest)
 
 
 async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
@@ -158,19 +196,23 @@ async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
     except BuildError as exc:
         env.progress.error(n, str(exc).splitlines()[0])
         raise
-    fd, name = tempfile.mkstemp(prefix="layer-", dir=env.work)
-    os.close(fd)
-    blob_file = Path(name)
-    blob = await asyncio.to_thread(_write, upper, blob_file, env.source_date_epoch,
-                                   env.compression)
+    # The layer goes straight into the store as it is written: no temporary file to
+    # write and read back; the store verifies the writer's digest at commit.
+    ingest = await env.store.begin_ingest(algorithm="sha256")
+    try:
+        sink = _IngestSink(ingest, asyncio.get_running_loop())
+        blob = await asyncio.to_thread(_write, upper, sink, env.source_date_epoch,
+                                       env.compression)
+        if blob is not None:
+            await ingest.commit(blob.digest, link=f"cache:{key}")
+    finally:
+        await ingest.abort()  # a no-op once committed
     if blob is None:
-        cached = CachedLayer("", 0, "", "")
+        cached = CachedLayer("", 0, "", "", env.created)
         await asyncio.to_thread(shutil.rmtree, upper, True)
-        await asyncio.to_thread(os.unlink, blob_file)
     else:
-        await env.store.put_file(blob_file, expected=blob.digest, link=f"cache:{key}")
-        await asyncio.to_thread(os.unlink, blob_file)
-        cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id), blob.media_type)
+        cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id), blob.media_type,
+                             env.created)
         await asyncio.to_thread(env.snapshots.adopt, blob.diff_id, upper)
     await asyncio.to_thread(env.cache.put, key, parent, instruction, inputs, cached)
     env.progress.done(n)

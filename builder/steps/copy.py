@@ -21,9 +21,7 @@ earlier steps were. ``--chown`` names are still looked up in the stage's /etc/pa
 from __future__ import annotations
 
 import asyncio
-import bz2
 import hashlib
-import lzma
 import os
 import posixpath
 import shutil
@@ -39,8 +37,8 @@ from ..context import ContextError, Source, SourceTree, hash_path
 from ..ignore import IgnoreMatcher
 from ..image import ImageState
 from ..instructions import Add, Copy, Workdir
-from ..layers import LayerError, apply_layer
 from ..layers.changeset import path_sort_key
+from ..layers.errors import LayerError
 from ..sandbox.rootfs import lower_stat, read_from_lowers
 from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import resolve_workdir
@@ -80,8 +78,12 @@ def _open_archive(path: Path) -> BinaryIO:
     with open(path, "rb") as f:
         head = f.read(6)
     if head.startswith(b"BZh"):
+        import bz2  # here: only ADD of such an archive needs it
+
         return bz2.open(path, "rb")  # type: ignore[return-value]
     if head.startswith(b"\xfd7zXZ\x00"):
+        import lzma
+
         return lzma.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")  # plain, gzip and zstd are recognised by apply_layer itself
 
@@ -211,6 +213,8 @@ def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int
         if it.archive:
             assert it.path is not None
             _make_parents(upper, it.dest, lowers, owner)
+            from ..layers.extract import apply_layer
+
             with _open_archive(it.path) as src:
                 apply_layer(src, target)
             continue
@@ -271,14 +275,7 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
     # Which files are hard links of one another is part of the result (see _write), so
     # part of the cache key: inode -> the first source path that has it.
     inodes: dict[tuple[int, int], str] = {}
-
-    def file_hash(rel: str, path: Path, st: os.stat_result) -> str:
-        digest = hash_path(path, st)
-        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            first = inodes.setdefault((st.st_dev, st.st_ino), rel)
-            if first != rel:
-                digest += f" link:{first}"
-        return digest
+    to_hash: list[tuple[str, Path, os.stat_result]] = []  # hashed together, below
 
     for src in sources:
         if src.is_dir:
@@ -289,7 +286,7 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
                 if excludes.excluded(rel):
                     continue
                 items.append(_Item(f"{base}/{rel}" if base else rel, path, st))
-                hashes[f"{src.rel}/{rel}"] = file_hash(f"{src.rel}/{rel}", path, st)
+                to_hash.append((f"{src.rel}/{rel}", path, st))
             continue
         st = os.stat(src.path)
         name = posixpath.basename(src.rel)
@@ -298,7 +295,14 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
             items.append(_Item(dest.rstrip("/"), src.path, st, archive=True))
         else:
             items.append(_Item(target.lstrip("/"), src.path, st))
-        hashes[src.rel] = file_hash(src.rel, src.path, st)
+        to_hash.append((src.rel, src.path, st))
+    digests = tree.hash_files([(path, st) for _, path, st in to_hash])
+    for (rel, path, st), digest in zip(to_hash, digests):
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            first = inodes.setdefault((st.st_dev, st.st_ino), rel)
+            if first != rel:
+                digest += f" link:{first}"
+        hashes[rel] = digest
     return items, hashes
 
 
@@ -309,11 +313,14 @@ def _plan_parents(tree: SourceTree, srcs: list[str], dest: str,
     items: dict[str, _Item] = {}
     hashes: dict[str, str] = {}
     base = dest.rstrip("/")
+    found: list[tuple[str, Path, os.stat_result]] = []
     for src in srcs:
         for rel, path, st in resolve_parents(tree, src, excludes):
             target = f"{base}/{rel}" if base else rel
             items[target] = _Item(target, path, st)
-            hashes[f"{src}:{rel}"] = hash_path(path, st)
+            found.append((f"{src}:{rel}", path, st))
+    for (key, _, _), digest in zip(found, tree.hash_files([(p, st) for _, p, st in found])):
+        hashes[key] = digest
     if base:
         items.setdefault(base, _Item(base, None, None))
     return [items[k] for k in sorted(items, key=path_sort_key)], hashes

@@ -38,22 +38,18 @@ from ..image import ImageState
 from ..instructions import Run
 from ..mounts import Mount as SpecMount
 from ..mounts import MountType
-from ..sandbox import (
+from ..sandbox.rootfs import RootfsMode
+from ..sandbox.spec import (
     BindMount,
     CacheMount,
     Network,
-    RootfsMode,
-    RunFailed,
     RunSpec,
-    SandboxError,
-    SandboxUnavailable,
     SecretMount,
     Sharing,
     SshMount,
     TmpfsMount,
-    run_step,
 )
-from ..sandbox import Mount as SandboxMount
+from ..sandbox.spec import Mount as SandboxMount
 from ..stages import Platform
 from ..syntax import parse_heredoc_marker
 from .common import BuildError, StepEnv, instruction_text, layer_step
@@ -199,6 +195,10 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
     created_by = "RUN " + " ".join(argv) + " # buildkit"
 
     async def produce(n: int) -> Path:
+        # The sandbox's runner only when the step runs: a cached RUN never loads it.
+        from ..sandbox.errors import RunFailed, SandboxError, SandboxUnavailable
+        from ..sandbox.runner import run_step
+
         lowers = await env.lowers(state)
         state_dir = env.scratch("run-")
         spec = RunSpec(argv=argv, env=tuple(run_env), user=state.config.user or "",

@@ -121,3 +121,42 @@ def test_destinations_through_symlinked_directories(context_of, build, tmp_path:
     assert (out / "usr/lib2/greeting.txt").read_text() == "hi\n"
     assert (out / "usr/lib2/sub/copied.txt").read_text() == "hi\n"
     assert (out / "usr/lib2/work").is_dir()
+
+
+def test_cached_rebuild_without_epoch_is_the_same_image(context_of, build, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from cas import Store
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    ctx = context_of("basic")
+    storage = tmp_path / "s"
+    first = build(ctx, storage=storage, tags=("local/same:1",))
+    time.sleep(1.1)  # a later build time must not leak into the image
+    puts: list[object] = []
+    real_put = Store.put
+
+    async def counted(self: Store, data: bytes, **kw: object) -> object:
+        puts.append(data)
+        return await real_put(self, data, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "put", counted)
+    second = build(ctx, storage=storage, tags=("local/same:1",))
+    assert len(second.cached_steps) == 4
+    assert second.image.digest == first.image.digest
+    assert second.image.config_bytes == first.image.config_bytes
+    assert puts == []  # config, manifest and tag were all there already
+
+    history = first.image.config.history or ()
+    ours = [h for h in history if h.comment == "buildkit.dockerfile.v0"]
+    assert ours and all(h.created for h in ours)
+    # metadata steps take the times of the filesystem steps around them
+    layer_times = {h.created for h in ours if not h.empty_layer}
+    assert {h.created for h in ours} <= layer_times
+    assert first.image.config.created == ours[-1].created
+
+    (ctx / "dir/a.txt").write_text("changed\n")
+    third = build(ctx, storage=storage, tags=("local/same:1",))
+    assert third.image.digest != first.image.digest
+    assert puts  # the new image was stored

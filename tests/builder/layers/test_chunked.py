@@ -212,7 +212,8 @@ def test_memory_stays_bounded_on_a_large_stream() -> None:
         tracemalloc.stop()
     assert blob.uncompressed_size == 48 << 20
     assert sink.written == blob.size
-    # 4 chunks in flight (<= 256 KiB each), FastCDC's buffer, one input block: a few MiB
+    # 4 batches in flight (~512 KiB each, and their frames), 2 waiting hash updates,
+    # FastCDC's buffer, one input block: a few MiB
     assert peak < 12 << 20, f"peak {peak >> 20} MiB for a 48 MiB stream"
 
 
@@ -230,3 +231,28 @@ def test_the_cas_finds_exactly_our_frame_boundaries(big_tree: Path, compression:
         ends += scanner.feed(data[i:i + 7777])
     ends += scanner.finish()
     assert ends == list(accumulate(blob.frame_sizes))
+
+
+def test_incompressible_chunks_are_stored_and_still_one_gzip_stream(tmp_path: Path) -> None:
+    from builder.layers.chunked import gzip_frame, looks_incompressible
+
+    rnd = random.Random(7).randbytes(200_000)
+    text = b"".join(b"line %d of a very compressible file\n" % i for i in range(6000))
+    assert looks_incompressible(rnd[:65536]) and not looks_incompressible(text[:65536])
+    assert not looks_incompressible(rnd[:8000])  # too small to guess: compressed as usual
+    stored = gzip_frame(rnd[:65536], 6)
+    assert len(stored) > 65536  # stored blocks: the bytes plus framing
+    assert zlib.decompress(stored, 31) == rnd[:65536]
+    assert len(gzip_frame(text[:65536], 6)) < 65536 // 10
+    assert gzip_frame(rnd[:65536], 6) == stored  # deterministic
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "random.bin").write_bytes(rnd)
+    (tmp_path / "t" / "text.txt").write_bytes(text)
+    data, blob = layer(tmp_path / "t")
+    again, _ = layer(tmp_path / "t")
+    assert data == again
+    tar = gzip.decompress(data)
+    assert hashlib.sha256(tar).hexdigest() == blob.diff_id.encoded  # type: ignore[attr-defined]
+    # the random file is stored (no gain), the text still compressed
+    assert len(rnd) < len(data) < len(rnd) + len(text) // 4
