@@ -1,9 +1,10 @@
 """Ingest: a stream of bytes becoming a blob, in bounded memory.
 
 Bytes are hashed (the OCI digest) and cut into pieces (BLAKE3 keys) in worker threads,
-in parallel; pieces the store already has are not written again; new ones are appended
-to this ingest's pack. Nothing is visible until :meth:`Ingest.commit` has verified the
-digest (and size) and committed the recipe in one metadata transaction.
+in parallel with each other and with the caller's next writes; pieces the store already
+has are not written again; new ones are appended to this ingest's pack. Nothing is
+visible until :meth:`Ingest.commit` has verified the digest (and size) and committed
+the recipe in one metadata transaction.
 
 :meth:`Ingest.checkpoint` makes the progress durable: after a crash or restart,
 ``Store.resume_ingest(id)`` continues at the checkpointed offset. The bytes the cutter
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import blake3
 import zstandard
 
+from .chain import JobChain
 from .chunker import Cutter
 from .digest import Digest, Hasher, new_hasher
 from .errors import DigestMismatch, IngestUnknown, SizeMismatch, StorageFull, StoreCorrupt
@@ -42,6 +45,9 @@ INLINE_MAX = 16 << 10
 # Hand bytes to the worker threads in batches this large: a thread hop per network
 # read (64 KiB) would cost more than the hashing.
 _BATCH = 4 << 20
+# Batches handed over but not yet hashed and stored. write() waits beyond this, which
+# bounds an ingest's memory to about (_DEPTH + 1) * _BATCH plus the cutter's buffer.
+_DEPTH = 2
 _PROBE = 16 << 10
 
 
@@ -77,7 +83,11 @@ class Ingest:
         self._zprobe = zstandard.ZstdCompressor(level=1)
         self._zstd = zstandard.ZstdCompressor(level=3)
         self._checkpointed = 0
-        self._storing: asyncio.Future[None] | None = None
+        # The two chains of worker-thread jobs (see _flush) and the jobs of each batch
+        # not yet waited for.
+        self._hashing = JobChain(store._pool)
+        self._cutting = JobChain(store._pool)
+        self._inflight: deque[tuple[asyncio.Future[None], asyncio.Future[None]]] = deque()
 
     # -- public --------------------------------------------------------------------
 
@@ -103,7 +113,7 @@ class Ingest:
         async with self._lock:
             self._check_open()
             await self._flush()
-            await self._wait_storing()
+            await self._settle(len(self._inflight))
             await self._run(self._checkpoint_sync)
 
     async def commit(self, expected: Digest | None = None, *, size: int | None = None,
@@ -116,7 +126,7 @@ class Ingest:
             self._check_open()
             try:
                 await self._flush()
-                await self._wait_storing()
+                await self._settle(len(self._inflight))
                 await self._run(self._finish_cut)
             except BaseException:
                 await self._abort_locked()
@@ -155,40 +165,63 @@ class Ingest:
         return await asyncio.get_running_loop().run_in_executor(self._store._pool, fn, *args)
 
     async def _flush(self) -> None:
-        """Hand the gathered bytes to the worker threads.
+        """Hand the gathered bytes to the worker threads as one batch.
 
-        Three stages overlap on the worker threads (hashlib, pyfastcdc, blake3, zstd and
-        file writes all release the GIL): the OCI digest and the cut of batch k run side
-        by side while the pieces of batch k-1 are keyed, looked up and written.
+        Two chains of jobs run on the worker threads, each job after the previous one of
+        its chain: the OCI digest (hashlib), and the cut, keying and storing of pieces
+        (pyfastcdc, blake3, zstd, pack writes). All of them release the GIL, so the two
+        chains keep two cores busy while the event loop goes on receiving bytes; the
+        pieces are keyed and written straight from the cutter's buffer, before its next
+        feed, so no piece is copied on the way to the pack. At most _DEPTH batches are
+        in flight: past that this waits for the oldest.
         """
-        if not self._pending:
-            return
-        parts, self._pending, self._pending_len = self._pending, [], 0
-        _, pieces = await asyncio.gather(
-            self._run(self._hash_parts, parts), self._run(self._cut_parts, parts)
-        )
-        await self._wait_storing()
-        if pieces:
-            self._storing = asyncio.ensure_future(self._run(self._store_pieces, pieces))
+        if self._pending:
+            parts, self._pending, self._pending_len = self._pending, [], 0
+            self._inflight.append((
+                self._hashing.submit(self._hash_parts, parts),
+                self._cutting.submit(self._cut_parts, parts),
+            ))
+        await self._settle(len(self._inflight) - _DEPTH)
 
-    async def _wait_storing(self) -> None:
-        if self._storing is not None:
-            fut, self._storing = self._storing, None
-            await fut
+    async def _settle(self, n: int) -> None:
+        """Wait for the oldest ``n`` batches; raise the first failure among them."""
+        failure: BaseException | None = None
+        while n > 0 and self._inflight:
+            n -= 1
+            jobs = self._inflight[0]
+            results = await asyncio.shield(asyncio.gather(*jobs, return_exceptions=True))
+            if self._inflight and self._inflight[0] is jobs:
+                self._inflight.popleft()
+            failure = failure or next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            raise failure
+
+    async def _quiesce(self) -> None:
+        """Wait until no thread works for this ingest any more; failures are ignored.
+
+        A chain's last job ends after every earlier one, so waiting for the last of each
+        chain is enough, whatever a cancelled caller left behind.
+        """
+        jobs = [j for batch in self._inflight for j in batch]
+        jobs += [j for j in (self._hashing.last, self._cutting.last) if j is not None]
+        if jobs:
+            await asyncio.shield(asyncio.gather(*jobs, return_exceptions=True))
+        self._inflight.clear()
 
     def _hash_parts(self, parts: list[bytes]) -> None:
         for p in parts:
             self._hasher.update(p)
 
-    def _cut_parts(self, parts: list[bytes]) -> list[bytes]:
-        # Copies: the cutter's views die at its next feed, and the pieces are stored
-        # while the next batch is being cut.
-        out: list[bytes] = []
+    def _cut_parts(self, parts: list[bytes]) -> None:
         step = self._cutter.max_feed
         for p in parts:
+            view = memoryview(p)
             for i in range(0, len(p), step):
-                out += [bytes(v) for v in self._cutter.feed(memoryview(p)[i : i + step])]
-        return out
+                # The cutter's pieces are views of its buffer, valid until its next feed:
+                # store them now.
+                pieces = self._cutter.feed(view[i : i + step])
+                if pieces:
+                    self._store_pieces(pieces)
 
     def _finish_cut(self) -> None:
         pieces = self._cutter.finish()
@@ -289,10 +322,9 @@ class Ingest:
 
     async def _abort_locked(self) -> None:
         self._closed = True
-        try:
-            await self._wait_storing()  # no thread may still be writing to the pack
-        except Exception:
-            pass  # the failure that brought us here is what the caller reports
+        # No thread may still write to the pack; the failure that brought us here (if
+        # any) is what the caller reports.
+        await self._quiesce()
         await self._run(self._abort_sync)
 
     def _abort_sync(self) -> None:

@@ -147,6 +147,10 @@ class _FileWriter:
 
 _ALIGN = 4096
 _STAGE = 2 << 20
+# Staging buffers per writer: while one fills, the others may be on their way to the
+# device. Two left the appending thread waiting whenever one device write was slow
+# (they vary from 1 to 10 ms here when other work shares the disk).
+_BUFFERS = 4
 
 
 class _DirectWriter:
@@ -155,8 +159,9 @@ class _DirectWriter:
     next to no CPU, against ~0.7 GB/s for buffered writes plus fsync). The pack's bytes
     enter the page cache on their first read instead.
 
-    Two staging buffers alternate: while one is being written (on a writer thread, so
-    the device's time is off the caller's path), appends fill the other.
+    The staging buffers are used in turn: while appends fill one, the full ones are
+    written on writer threads (so the device's time is off the caller's path), at most
+    ``_BUFFERS - 1`` of them at once.
 
     ``sync`` writes the partial last block padded to the alignment, truncates the file
     to its logical size and keeps the block staged, so later appends rewrite it whole.
@@ -168,10 +173,11 @@ class _DirectWriter:
         self.name = name
         self._fd = fd
         # Page-aligned, as O_DIRECT needs.
-        self._bufs = [mmap.mmap(-1, _STAGE), mmap.mmap(-1, _STAGE)]
+        self._bufs = [mmap.mmap(-1, _STAGE) for _ in range(_BUFFERS)]
         self._views = [memoryview(b) for b in self._bufs]
         self._cur = 0
-        self._pending: Future[None] | None = None
+        # The write in flight from each buffer, if any.
+        self._pending: list[Future[None] | None] = [None] * _BUFFERS
         self._disk = size - len(tail)  # file offset of the current buffer, aligned
         self._staged = len(tail)
         self._views[0][: len(tail)] = tail
@@ -190,17 +196,28 @@ class _DirectWriter:
             self._staged += n
             src = src[n:]
             if self._staged == _STAGE:
-                self._wait()
-                self._pending = _WRITERS.submit(self._write, view, _STAGE, self._disk)
-                self._cur ^= 1
+                self._pending[self._cur] = _WRITERS.submit(self._write, view, _STAGE, self._disk)
+                self._cur = (self._cur + 1) % _BUFFERS
                 self._disk += _STAGE
                 self._staged = 0
+                self._wait(self._cur)  # the next buffer must be on the device before reuse
         return at
 
-    def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
+    def _wait(self, i: int) -> None:
+        pending = self._pending[i]
+        if pending is not None:
+            self._pending[i] = None
             pending.result()
+
+    def _wait_all(self) -> None:
+        failure: BaseException | None = None
+        for i in range(_BUFFERS):
+            try:
+                self._wait(i)
+            except BaseException as exc:  # wait for every write before reporting
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def _write(self, view: memoryview, n: int, at: int) -> None:
         try:
@@ -211,7 +228,7 @@ class _DirectWriter:
             _raise_full(exc, f"pack {self.name}")
 
     def sync(self) -> None:
-        self._wait()
+        self._wait_all()
         if self._staged:
             self._write(self._views[self._cur], -(-self._staged // _ALIGN) * _ALIGN, self._disk)
         try:
@@ -223,7 +240,7 @@ class _DirectWriter:
     def close(self) -> None:
         if self._fd >= 0:
             try:
-                self._wait()
+                self._wait_all()
             except OSError:
                 pass  # closing after a failed write: the failure was reported already
             os.close(self._fd)

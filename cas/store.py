@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import os
 import secrets
 import time
@@ -293,18 +294,35 @@ class Store:
                 yield seg.data
                 continue
             fd = await self._run(os.open, seg.path, os.O_RDONLY | os.O_CLOEXEC)
+            reads: list[asyncio.Future[bytes]] = []
             try:
+                # One read ahead: the next chunk is read while the caller uses this one.
                 pos, left = seg.offset, seg.length
-                while left:
-                    n = min(left, _READ_CHUNK)
-                    data = await self._run(os.pread, fd, n, pos)
-                    if len(data) != n:
-                        raise StoreCorrupt(f"{seg.path.name} is short at {pos}")
-                    yield data
-                    pos += n
-                    left -= n
+                while left or reads:
+                    if left:
+                        n = min(left, _READ_CHUNK)
+                        reads.append(self._read_ahead(fd, n, pos, seg.path.name))
+                        pos += n
+                        left -= n
+                    if len(reads) == 2 or not left:
+                        data = await asyncio.shield(reads[0])
+                        reads.pop(0)
+                        yield data
             finally:
+                # The descriptor must outlive every read in flight.
+                for r in reads:
+                    with contextlib.suppress(BaseException):
+                        await asyncio.shield(r)
                 os.close(fd)
+
+    def _read_ahead(self, fd: int, n: int, pos: int, name: str) -> asyncio.Future[bytes]:
+        def read() -> bytes:
+            data = os.pread(fd, n, pos)
+            if len(data) != n:
+                raise StoreCorrupt(f"{name} is short at {pos}: wanted {n} bytes, got {len(data)}")
+            return data
+
+        return asyncio.get_running_loop().run_in_executor(self._pool, read)
 
     async def export(self, digest: Digest, path: Path) -> None:
         """Write the blob to ``path`` atomically (a temporary file renamed into place)."""

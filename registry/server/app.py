@@ -54,6 +54,7 @@ from .auth import BasicAuth, load_htpasswd
 from .config import ServerConfig
 from .metadata import Metadata
 from .routes import WRITE_METHODS, dispatch
+from .uploads import UPLOAD_READ_BUFFER
 from .state import (
     BYTES_RECEIVED,
     BYTES_SENT,
@@ -205,7 +206,14 @@ def make_app(
     opened at ``storage`` (default: ``config.storage``, else the cas default location)
     and closed on shutdown. ``registry.db`` lives in the same directory.
     """
-    app = web.Application(middlewares=[_registry_middleware], client_max_size=1 << 30)
+    app = web.Application(
+        middlewares=[_registry_middleware],
+        client_max_size=1 << 30,
+        # A request body may queue this much before aiohttp stops reading the socket
+        # (twice it, then resumes at it). The default, 64 KiB, paused and resumed the
+        # socket for every read of a pushed blob: a pair of system calls per 256 KiB.
+        handler_args={"read_bufsize": UPLOAD_READ_BUFFER},
+    )
     auth = None
     if config.auth_htpasswd is not None:
         auth = BasicAuth(load_htpasswd(config.auth_htpasswd), config.auth_realm)

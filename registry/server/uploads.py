@@ -49,6 +49,7 @@ from .httputil import parse_content_range
 from .state import BYTES_RECEIVED, REGISTRY, USER, Registry, holder
 
 __all__ = [
+    "UPLOAD_READ_BUFFER",
     "cancel_upload",
     "finish_upload",
     "patch_upload",
@@ -56,7 +57,8 @@ __all__ = [
     "upload_status",
 ]
 
-_READ_CHUNK = 1 << 20
+# aiohttp's read_bufsize for the server (set in app.py): see there.
+UPLOAD_READ_BUFFER = 1 << 20
 
 
 def _location(name: str, upload_id: str) -> str:
@@ -110,8 +112,16 @@ async def _pump(request: web.Request, ingest: Any) -> int:
     storage errors propagate unchanged (they are not the client's fault).
     """
     written = 0
+    content = request.content
     try:
-        async for chunk in request.content.iter_chunked(_READ_CHUNK):
+        while True:
+            # Each chunk as the connection delivered it (up to 256 KiB): no join into
+            # larger buffers, the ingest batches them for its worker threads itself.
+            chunk, end_of_http_chunk = await content.readchunk()
+            if not chunk:
+                if end_of_http_chunk:
+                    continue  # the end of one chunk of a chunked body, not of the body
+                break
             await ingest.write(chunk)
             written += len(chunk)
     except (CasError, RegistryError):
@@ -231,8 +241,15 @@ async def _session(reg: Registry, name: str, upload_id: str) -> Any:
     return ingest
 
 
-async def _append(request: web.Request, name: str, upload_id: str, ingest: Any) -> None:
-    """Append the request body (a chunk or a stream) to the session, checking its range."""
+async def _append(request: web.Request, name: str, upload_id: str, ingest: Any, *,
+                  durable: bool = True) -> None:
+    """Append the request body (a chunk or a stream) to the session, checking its range.
+
+    The session is checkpointed when the body breaks off or has the wrong size (so the
+    client can resume from what arrived) and, if ``durable``, also after a complete
+    body. A PUT passes False: its commit follows at once and makes everything durable
+    itself, and a checkpoint of a whole blob's pieces would cost as much again.
+    """
     length = _content_length(request)
     span = parse_content_range(request.headers.get("Content-Range"))
     if span is not None:
@@ -254,18 +271,26 @@ async def _append(request: web.Request, name: str, upload_id: str, ingest: Any) 
     before = ingest.offset
     try:
         await _pump(request, ingest)
-    finally:
-        # Whatever arrived is a valid prefix: keep it durable so the client can resume.
-        with contextlib.suppress(Exception):
-            await ingest.checkpoint()
+    except BaseException:
+        await _keep_prefix(ingest)
+        raise
     received = ingest.offset - before
     expected = (span[1] - span[0] + 1) if span is not None else length
-    if expected is not None and received != expected:
+    complete = expected is None or received == expected
+    if durable or not complete:
+        await _keep_prefix(ingest)
+    if not complete:
         raise BLOB_UPLOAD_INVALID(
             f"chunk was {received} bytes, expected {expected}; the upload holds "
             f"{ingest.offset} bytes: resume from there",
             detail={"offset": ingest.offset},
         )
+
+
+async def _keep_prefix(ingest: Any) -> None:
+    # Whatever arrived is a valid prefix: keep it durable so the client can resume.
+    with contextlib.suppress(Exception):
+        await ingest.checkpoint()
 
 
 async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
@@ -288,7 +313,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
     async with reg.upload_lock(upload_id):
         ingest = await _session(reg, name, upload_id)
         if request.body_exists or request.headers.get("Content-Range"):
-            await _append(request, name, upload_id, ingest)
+            await _append(request, name, upload_id, ingest, durable=False)
         try:
             await ingest.commit(digest, link=holder(name))
         except (DigestMismatch, SizeMismatch) as exc:

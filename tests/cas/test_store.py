@@ -1,6 +1,7 @@
 import asyncio
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from cas import (
     UnsupportedDigestAlgorithm,
 )
 from cas.frames import gzip_member
+from cas.packs import MemoryPacks
 from tests.helpers.disks import small_filesystem
 
 
@@ -299,3 +301,59 @@ async def test_checkpoint_keeps_only_a_small_tail(store: Store) -> None:
     assert tails[0].stat().st_size <= store.chunk_params.max_size
     info = await ing.commit(Digest.of(data))
     assert await store.read_bytes(info.digest) == data
+
+
+class _GatedPacks(MemoryPacks):
+    """Memory packs whose appends wait until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def create(self, name: str):  # type: ignore[no-untyped-def]
+        writer = super().create(name)
+        append = writer.append
+
+        def gated(data):  # type: ignore[no-untyped-def]
+            if not self.gate.wait(10):
+                raise TimeoutError("the test never opened the gate")
+            return append(data)
+
+        writer.append = gated  # type: ignore[method-assign]
+        return writer
+
+
+async def test_writes_return_while_earlier_batches_are_still_being_stored(tmp_path: Path) -> None:
+    packs = _GatedPacks()
+    store = await Store.open(tmp_path / "s", packs=packs)
+    try:
+        data = os.urandom(8 << 20)
+        ing = await store.begin_ingest()
+        # Two 4 MiB batches are handed to the worker threads; neither can reach the pack
+        # yet, and still the caller is not held up.
+        await asyncio.wait_for(ing.write(data[: 4 << 20]), 5)
+        await asyncio.wait_for(ing.write(data[4 << 20 :]), 5)
+        assert ing.offset == len(data)
+        packs.gate.set()
+        info = await ing.commit(Digest.of(data))
+        assert await store.read_bytes(info.digest) == data
+        assert (await store.fsck()).ok
+    finally:
+        packs.gate.set()
+        await store.close()
+
+
+async def test_a_read_stopped_early_closes_its_file(store: Store) -> None:
+    info = await store.put(os.urandom(20 << 20))
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_fds()
+    for _ in range(3):
+        chunks = store.read(info.digest)
+        first = await chunks.__anext__()
+        assert len(first) == 4 << 20
+        await chunks.aclose()
+    assert open_fds() == before
+    assert len(await store.read_bytes(info.digest)) == 20 << 20

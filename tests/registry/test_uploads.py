@@ -249,3 +249,64 @@ async def test_final_chunk_streamed_without_content_length(client):
     resp = await client.put(f"{location}?digest={Digest.of(data)}", data=body())
     assert resp.status == 201, await resp.text()
     assert await (await client.get(f"/v2/up/repo/blobs/{Digest.of(data)}")).read() == data
+
+
+async def test_put_breaking_off_keeps_what_arrived_across_a_restart(make_client, tmp_path):
+    # A PUT that completes is committed without a checkpoint first; one whose body
+    # breaks off must still leave a durable prefix to resume from.
+    storage = tmp_path / "put-restart"
+    first = await make_client(storage=storage)
+    location = await _start(first)
+    data = b"p" * 5000 + b"end"
+    _, writer = await asyncio.open_connection(first.server.host, first.server.port)
+    writer.write(
+        f"PUT {location}?digest={Digest.of(data)} HTTP/1.1\r\nHost: x\r\n"
+        "Content-Length: 100000\r\nContent-Type: application/octet-stream\r\n\r\n".encode()
+        + data[:5000]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+    await writer.wait_closed()
+    before = await first.get(location)
+    assert before.status == 204
+    assert before.headers["Range"] != "0-0", "the server read part of the body"
+    await first.close()
+    second = await make_client(storage=storage)
+    after = await second.get(location)
+    assert after.status == 204
+    assert after.headers["Range"] == before.headers["Range"]
+    received = int(after.headers["Range"].split("-")[1]) + 1
+    resp = await second.put(f"{location}?digest={Digest.of(data)}", data=data[received:],
+                            headers={"Content-Range": f"{received}-{len(data) - 1}"})
+    assert resp.status == 201, await resp.text()
+    assert await (await second.get(f"/v2/up/repo/blobs/{Digest.of(data)}")).read() == data
+
+
+async def test_chunked_transfer_encoding_with_many_http_chunks(client):
+    # Docker streams layers with Transfer-Encoding: chunked; the body reader reports the
+    # end of every HTTP chunk as an empty read, which is not the end of the body.
+    location = await _start(client)
+    parts = [os.urandom(1000 + 37 * i) for i in range(40)]
+    data = b"".join(parts)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+    )
+    for part in parts:
+        # The chunk's bytes first, its closing CRLF later: the server reads the bytes
+        # before it learns that the chunk has ended.
+        writer.write(b"%x\r\n" % len(part) + part)
+        await writer.drain()
+        await asyncio.sleep(0.005)
+        writer.write(b"\r\n")
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    status_line = await reader.readline()
+    assert b" 202 " in status_line, status_line
+    writer.close()
+    await writer.wait_closed()
+    resp = await client.put(f"{location}?digest={Digest.of(data)}")
+    assert resp.status == 201, await resp.text()
+    assert await (await client.get(f"/v2/up/repo/blobs/{Digest.of(data)}")).read() == data
