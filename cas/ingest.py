@@ -88,6 +88,7 @@ class Ingest:
         self._hashing = JobChain(store._pool)
         self._cutting = JobChain(store._pool)
         self._inflight: deque[tuple[asyncio.Future[None], asyncio.Future[None]]] = deque()
+        self._jobs: set[asyncio.Future[Any]] = set()  # _run jobs not yet ended
 
     # -- public --------------------------------------------------------------------
 
@@ -162,7 +163,15 @@ class Ingest:
             raise IngestUnknown(self.id)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._store._pool, fn, *args)
+        """Run ``fn`` on a worker thread. A cancelled caller does not stop the job: it is
+        kept in ``_jobs`` until it ends, and :meth:`_quiesce` waits for it, so an abort
+        never runs beside a commit or checkpoint that is still under way (an abort that
+        forgot the ingest while its commit went on would leave a visible blob whose
+        pieces live in a pack sent to the trash)."""
+        fut = asyncio.get_running_loop().run_in_executor(self._store._pool, fn, *args)
+        self._jobs.add(fut)
+        fut.add_done_callback(self._jobs.discard)
+        return await asyncio.shield(fut)
 
     async def _flush(self) -> None:
         """Hand the gathered bytes to the worker threads as one batch.
@@ -204,6 +213,7 @@ class Ingest:
         """
         jobs = [j for batch in self._inflight for j in batch]
         jobs += [j for j in (self._hashing.last, self._cutting.last) if j is not None]
+        jobs += self._jobs
         if jobs:
             await asyncio.shield(asyncio.gather(*jobs, return_exceptions=True))
         self._inflight.clear()

@@ -1,4 +1,5 @@
 import asyncio
+import contextlib
 import os
 import random
 import threading
@@ -357,3 +358,38 @@ async def test_a_read_stopped_early_closes_its_file(store: Store) -> None:
         await chunks.aclose()
     assert open_fds() == before
     assert len(await store.read_bytes(info.digest)) == 20 << 20
+
+
+@pytest.mark.parametrize("cancel_after", [0.0, 0.05, 0.3])
+async def test_a_cancelled_commit_leaves_a_consistent_store(
+    store: Store, monkeypatch: pytest.MonkeyPatch, cancel_after: float
+) -> None:
+    # The commit's database work runs on a thread that cancelling its caller cannot stop;
+    # the abort that follows the cancellation must wait for it, not run beside it.
+    import time
+
+    data = os.urandom(6 << 20)
+    real = store.meta.commit_blob
+
+    def slow_commit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.15)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store.meta, "commit_blob", slow_commit)
+    ingest = await store.begin_ingest()
+    await ingest.write(data)
+    task = asyncio.ensure_future(ingest.commit(Digest.of(data)))
+    await asyncio.sleep(cancel_after)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.3)  # whatever still ran on a thread has ended
+    report = await store.fsck()
+    assert report.ok, report.problems
+    info = await store.stat(Digest.of(data))
+    if info is not None:  # the commit had gone through: the whole blob reads back
+        assert await store.read_bytes(Digest.of(data)) == data
+    await store.gc()
+    assert (await store.fsck()).ok
+    if info is not None:
+        assert await store.read_bytes(Digest.of(data)) == data
