@@ -32,6 +32,7 @@ from registry.refs import InvalidReference, parse_image_ref
 if TYPE_CHECKING:
     from registry.client import ClientOptions
 
+from .fastpath import LAYOUTS_READ
 from .image import LayerRef, default_arch
 
 __all__ = ["BaseImage", "BaseImageError", "client_options", "load_oci_layout", "pull_base",
@@ -118,6 +119,7 @@ async def load_oci_layout(ref: str, store: Store, platform: str | None = None) -
     """Read the image ``oci-layout://DIR[:tag]`` (``platform``'s, from an index) into the
     CAS."""
     layout, tag, digest = _split_layout(ref)
+    LAYOUTS_READ.append(os.path.abspath(layout))
     try:
         index = Index.parse((layout / "index.json").read_bytes())
     except OSError as exc:

@@ -16,6 +16,7 @@ from cas.location import default_storage_dir
 from .build import BuildOptions, run_build
 from .context import ContextError
 from .errors import DockerfileError
+from .fastpath import Recorder, progress_events
 from .outputs import OutputError, parse_output
 from .progress import Progress
 from .publish import PublishError
@@ -146,6 +147,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
         ssh=_ssh(ssh), allow=frozenset(allow))
     progress = Progress(progress_mode)
+    recorder = None if outs or push or secrets or ssh else Recorder.start()
     try:
         result = asyncio.run(run_build(opts, progress))
     except (BuildError, DockerfileError, ContextError, PublishError) as exc:
@@ -160,6 +162,9 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
             "containerimage.config.digest": str(result.image.manifest.config.digest),
             "image.name": ",".join(tags),
         }, indent=2))
+    if recorder is not None:
+        recorder.finish(progress_events(progress), digest,
+                        str(result.image.manifest.config.digest))
     click.echo(digest)
     global finished
     finished = True

@@ -42,6 +42,8 @@ class Progress:
         self._names: dict[int, str] = {}
         self._active: dict[int, str] = {}
         self._drawn = 0
+        # (kind, text) of each start/info/error, in order: what a fast path replays
+        self.events: list[tuple[str, str]] = []
 
     def _emit(self, event: dict[str, object], line: str) -> None:
         with self._lock:
@@ -93,6 +95,7 @@ class Progress:
             n = self._n
             self._start[n] = time.monotonic()
             self._names[n] = name
+            self.events.append(("start", name))
         self._emit({"event": "start", "step": n, "name": name}, f"#{n} {name}")
         return n
 
@@ -111,6 +114,7 @@ class Progress:
                    f"#{n} DONE {secs:.1f}s")
 
     def error(self, n: int, message: str) -> None:
+        self.events.append(("error", message))
         self._emit({"event": "error", "step": n, "message": message}, f"#{n} ERROR: {message}")
 
     def explain(self, n: int, reason: str) -> None:
@@ -118,6 +122,7 @@ class Progress:
                    f"#{n} cache miss: {reason}")
 
     def info(self, text: str) -> None:
+        self.events.append(("info", text))
         self._emit({"event": "info", "message": text}, text)
 
     def result(self, digest: str) -> None:
