@@ -308,7 +308,7 @@ def try_fast_path(argv: list[str]) -> bool:
         return False
     try:
         inv = parse_argv(argv)
-        if inv is None:
+        if inv is None or "no-cache" in inv.opts:  # it records, but always runs every step
             return False
         with open(_record_path(inv)) as f:
             rec = json.load(f)

@@ -1,0 +1,216 @@
+"""The "nothing changed" fast path of ``pybuild build`` (builder.fastpath).
+
+Each build runs as its own ``python -m builder`` process, as a user runs it: the fast path
+only exists before the CLI is imported. ``PYBUILD_FASTPATH_DEBUG`` makes it say ``hit`` or
+``miss``; ``PYBUILD_NO_FASTPATH`` gives the normal cached path to compare against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from builder.fastpath import parse_argv
+from tests.helpers.rootfs import make_busybox_rootfs
+
+from .conftest import write_base_layout
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+class Run:
+    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
+        assert proc.returncode == 0, proc.stderr
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.digest = (proc.stdout.strip().splitlines() or [""])[-1]
+
+    @property
+    def hit(self) -> bool:
+        return "fastpath: hit" in self.stderr
+
+    @property
+    def progress(self) -> str:
+        """stderr without the debug line and with timings blanked."""
+        lines = [line for line in self.stderr.splitlines() if not line.startswith("fastpath:")]
+        text = "\n".join(lines)
+        text = re.sub(r"DONE \d+\.\ds", "DONE", text)
+        return re.sub(r'"seconds": [0-9.]+', '"seconds": 0', text)
+
+
+@pytest.fixture
+def pybuild(tmp_path: Path) -> Callable[..., Run]:
+    storage = tmp_path / "storage"
+
+    def run(*args: str, normal: bool = False, env: dict[str, str] | None = None) -> Run:
+        full = dict(os.environ, PYTHONPATH=str(ROOT), PYBUILD_FASTPATH_DEBUG="1", **(env or {}))
+        if normal:
+            full["PYBUILD_NO_FASTPATH"] = "1"
+        argv = [sys.executable, "-m", "builder", args[0], "--storage", str(storage), *args[1:]]
+        return Run(subprocess.run(argv, capture_output=True, text=True, env=full,
+                                  cwd=tmp_path, timeout=120, check=False))
+    return run
+
+
+DOCKERFILE = "FROM BASE\nCOPY a /a\nRUN date +%N > /t\n"
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, busybox_ref: str) -> Path:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(DOCKERFILE.replace("BASE", busybox_ref))
+    (ctx / "a").write_text("one\n")
+    (ctx / "sub").mkdir()
+    (ctx / "sub" / "b").write_text("two\n")
+    time.sleep(0.2)  # older than the fast path's racy window
+    return ctx
+
+
+@pytest.mark.parametrize("mode", ["plain", "json", "quiet"])
+def test_rebuild_takes_fast_path_with_identical_output(
+        pybuild: Callable[..., Run], ctx: Path, tmp_path: Path, mode: str) -> None:
+    args = ("build", "-t", "fp/img", "--progress", mode, "--iidfile", str(tmp_path / "iid"),
+            "--metadata-file", str(tmp_path / "meta.json"), str(ctx))
+    first = pybuild(*args)
+    assert not first.hit
+    normal = pybuild(*args, normal=True)
+    normal_meta = (tmp_path / "meta.json").read_text()
+    (tmp_path / "iid").unlink()
+    (tmp_path / "meta.json").unlink()
+    fast = pybuild(*args)
+    assert fast.hit
+    assert fast.digest == normal.digest == first.digest
+    assert fast.stdout == normal.stdout
+    assert fast.progress == normal.progress
+    assert (tmp_path / "iid").read_text() == fast.digest
+    assert (tmp_path / "meta.json").read_text() == normal_meta
+    if mode == "plain":
+        assert "#3 CACHED" in fast.progress and "#4 naming fp/img" in fast.progress
+
+
+def test_fast_path_imports_no_cli(pybuild: Callable[..., Run], ctx: Path) -> None:
+    pybuild("build", "-t", "fp/img", str(ctx))
+    code = ("import sys, runpy; sys.argv = ['pybuild', *sys.argv[1:]]\n"
+            "import builder.fastpath as f\n"
+            "f.ARGV = sys.argv[1:]\n"
+            "ok = f.try_fast_path(f.ARGV)\n"
+            "print('HIT' if ok else 'MISS', 'click' in sys.modules, "
+            "'builder.build' in sys.modules, file=sys.stderr)\n")
+    storage = ctx.parent / "storage"
+    proc = subprocess.run([sys.executable, "-c", code, "build", "--storage", str(storage),
+                           "-t", "fp/img", str(ctx)], capture_output=True, text=True,
+                          cwd=ctx.parent, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          check=False)
+    assert "HIT False False" in proc.stderr, proc.stderr
+
+
+def test_changes_fall_back_to_the_normal_path(pybuild: Callable[..., Run], ctx: Path) -> None:
+    args = ("build", "-t", "fp/img", "--progress", "plain", str(ctx))
+    base = pybuild(*args)
+    assert pybuild(*args).hit
+
+    # touching a file (same bytes): a miss, the same image, then hits again
+    os.utime(ctx / "sub" / "b")
+    time.sleep(0.2)
+    touched = pybuild(*args)
+    assert not touched.hit and touched.digest == base.digest
+    assert pybuild(*args).hit
+
+    # changed bytes: a new image, as the normal path says
+    (ctx / "a").write_text("three\n")
+    time.sleep(0.2)
+    changed = pybuild(*args)
+    assert not changed.hit and changed.digest != base.digest
+    again = pybuild(*args)
+    assert again.hit and again.digest == changed.digest
+    assert pybuild(*args, normal=True).digest == changed.digest
+
+    # the Dockerfile
+    with open(ctx / "Dockerfile", "a") as f:
+        f.write("ENV X=1\n")
+    time.sleep(0.2)
+    df = pybuild(*args)
+    assert not df.hit and df.digest != changed.digest
+
+    # a build argument (another command line) and an environment variable
+    assert not pybuild("build", "-t", "fp/img", "--build-arg", "A=1", str(ctx)).hit
+    assert not pybuild(*args, env={"SOURCE_DATE_EPOCH": "0"}).hit
+    # that build filed its own fingerprint under this command line: back to a miss, then hits
+    back = pybuild(*args)
+    assert not back.hit and back.digest == df.digest
+    assert pybuild(*args).hit
+
+
+def test_removed_tag_falls_back_and_retags(pybuild: Callable[..., Run], ctx: Path) -> None:
+    args = ("build", "-t", "fp/img", str(ctx))
+    first = pybuild(*args)
+    assert pybuild(*args).hit
+    pybuild("rmi", "fp/img")
+    after = pybuild(*args)
+    assert not after.hit and after.digest == first.digest
+    images = pybuild("images")
+    assert "fp/img" in images.stdout
+
+
+def test_changed_base_image_falls_back(pybuild: Callable[..., Run], tmp_path: Path) -> None:
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    ref = write_base_layout(rootfs, tmp_path / "layout")
+    ctx = tmp_path / "ctx2"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {ref}\nRUN echo hi > /hi\n")
+    time.sleep(0.2)
+    args = ("build", "-t", "fp/base", str(ctx))
+    first = pybuild(*args)
+    assert pybuild(*args).hit
+    # the layout's tag now names another image
+    (rootfs / "extra").write_text("new base\n")
+    os.rename(tmp_path / "layout", tmp_path / "old-layout")
+    write_base_layout(rootfs, tmp_path / "layout")
+    changed = pybuild(*args)
+    assert not changed.hit and changed.digest != first.digest
+
+
+def test_no_cache_build_records_for_the_cached_command(
+        pybuild: Callable[..., Run], ctx: Path) -> None:
+    args = ("build", "-t", "fp/img", str(ctx))
+    first = pybuild(*args)
+    rebuilt = pybuild("build", "--no-cache", "-t", "fp/img", str(ctx))
+    assert not rebuilt.hit and rebuilt.digest != first.digest  # RUN date +%N differs
+    fast = pybuild(*args)
+    assert fast.hit and fast.digest == rebuilt.digest
+    assert pybuild(*args, normal=True).digest == rebuilt.digest
+
+
+@pytest.mark.parametrize("argv", [
+    ["build", "--push", "-t", "x", "ctx"],
+    ["build", "-o", "type=oci,dest=x", "ctx"],
+    ["build", "--output=type=oci,dest=x", "ctx"],
+    ["build", "--secret", "id=a,src=b", "ctx"],
+    ["build", "--ssh", "default", "ctx"],
+    ["build", "-"],
+    ["build", "https://example.invalid/repo.git"],
+    ["build", "-tx", "ctx"],
+    ["build", "ctx", "other"],
+    ["build", "--help"],
+    ["build", "-t"],
+    ["pull", "x"],
+])
+def test_unusual_commands_take_no_fast_path(argv: list[str]) -> None:
+    assert parse_argv(argv) is None
+
+
+def test_parse_argv_understands_build_options() -> None:
+    inv = parse_argv(["build", "-t", "a", "--tag=b", "--no-cache", "-f", "D", "ctx"])
+    assert inv is not None
+    assert inv.opts["tag"] == ["a", "b"] and inv.context == "ctx"
+    assert inv.key_argv == ["build", "-t", "a", "--tag=b", "-f", "D", "ctx"]
+    assert inv.dockerfile == os.path.abspath("D")
