@@ -60,7 +60,10 @@ _RACY_NS = 100_000_000
 
 
 class Invocation:
-    """A ``build`` argv understood well enough for the fast path."""
+    """A ``build`` argv understood well enough for the fast path.
+
+    A plain class, not a frozen dataclass: ``dataclasses`` imports ``inspect`` (~5 ms),
+    an eighth of the whole fast path."""
 
     def __init__(self, argv: list[str], opts: dict[str, list[str]], context: str) -> None:
         self.argv = argv
