@@ -3,8 +3,9 @@
 # Names are imported from their modules on first use (PEP 562), so a program that
 # needs only digests or the store does not load GC, fsck and the chunker with them.
 
-import importlib as _importlib
 import typing as _typing
+
+from .lazy import lazy_attributes as _lazy_attributes
 
 if _typing.TYPE_CHECKING:
     from .chunker import ChunkParams
@@ -85,10 +86,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_attributes(__name__, _WHERE)

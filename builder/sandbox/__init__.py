@@ -9,8 +9,9 @@ set-up process), ``errors``.
 # Names are imported from their modules on first use (PEP 562): a build whose RUN
 # steps all come from the cache never loads the sandbox.
 
-import importlib as _importlib
 import typing as _typing
+
+from cas.lazy import lazy_attributes as _lazy_attributes
 
 if _typing.TYPE_CHECKING:
     from .errors import (
@@ -98,10 +99,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_attributes(__name__, _WHERE)
