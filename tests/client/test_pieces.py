@@ -23,6 +23,19 @@ async def copy(src: str, dst: str, images: ImageStore, client: RegistryClient):
                             Progress("quiet"), CopyOptions())
 
 
+
+def _count_piece_reads(images) -> list[str]:  # type: ignore[no-untyped-def]
+    """Record the key of every ``read_piece`` call on ``images``' store from now on."""
+    reads: list[str] = []
+    read_piece = images.store.read_piece
+
+    async def counted(key: str) -> bytes:
+        reads.append(key)
+        return await read_piece(key)
+
+    images.store.read_piece = counted
+    return reads
+
 async def test_pull_of_v2_fetches_only_changed_pieces(
     pybuild_registry: str, make_proxy: Any, images: ImageStore, client: RegistryClient,
     tmp_path: Path,
@@ -46,14 +59,7 @@ async def test_pull_of_v2_fetches_only_changed_pieces(
 
     proxy.blob_bytes = 0
     proxy.log.clear()
-    piece_reads = []
-    read_piece = images.store.read_piece
-
-    async def counted(key: str) -> bytes:
-        piece_reads.append(key)
-        return await read_piece(key)
-
-    images.store.read_piece = counted  # type: ignore[method-assign]
+    piece_reads = _count_piece_reads(images)
     progress = Progress("quiet")
     result = await copy_image(parse_endpoint(f"{host}/pieces/app:v2"),
                               parse_endpoint(f"local:{host}/pieces/app:v2"), images, client,
@@ -152,14 +158,7 @@ async def test_local_run_of_a_removed_blob_falls_back_to_single_pieces(
     recipe = await images.store.recipe(Digest.of(v1.layers[0]))
     gone = Digest.of(b"a layer that is no longer here")
     sources = {p.key: (gone, p.offset) for p in recipe.pieces}
-    reads = []
-    read_piece = images.store.read_piece
-
-    async def counted(key: str) -> bytes:
-        reads.append(key)
-        return await read_piece(key)
-
-    images.store.read_piece = counted  # type: ignore[method-assign]
+    reads = _count_piece_reads(images)
     layer = v2.layers[0]
     desc = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", Digest.of(layer), len(layer))
     status = await pull_blob(client, images, parse_image_ref(f"{pybuild_registry}/pieces/gone:v2"),
