@@ -88,7 +88,6 @@ class Ingest:
         self._hashing = JobChain(store._pool)
         self._cutting = JobChain(store._pool)
         self._inflight: deque[tuple[asyncio.Future[None], asyncio.Future[None]]] = deque()
-        self._jobs: set[asyncio.Future[Any]] = set()  # _run jobs not yet ended
 
     # -- public --------------------------------------------------------------------
 
@@ -104,6 +103,10 @@ class Ingest:
             if self._pending_len >= _BATCH:
                 try:
                     await self._flush()
+                except asyncio.CancelledError:
+                    # Not a failure: the batch is in the chains and the ingest stays usable
+                    # (a caller that stops a transfer may still checkpoint it for a resume).
+                    raise
                 except BaseException:
                     # A failed write (full disk, I/O error) ends the ingest: nothing partial stays.
                     await self._abort_locked()
@@ -163,15 +166,25 @@ class Ingest:
             raise IngestUnknown(self.id)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on a worker thread. A cancelled caller does not stop the job: it is
-        kept in ``_jobs`` until it ends, and :meth:`_quiesce` waits for it, so an abort
-        never runs beside a commit or checkpoint that is still under way (an abort that
-        forgot the ingest while its commit went on would leave a visible blob whose
-        pieces live in a pack sent to the trash)."""
+        """Run ``fn`` on a worker thread and wait for it to end, even when the caller is
+        cancelled meanwhile (the cancellation is raised once the job has ended). The
+        caller holds the ingest's lock, so no other job of this ingest (a second
+        checkpoint, an abort beside a commit) can start while this one still runs: an
+        abort that forgot the ingest while its commit went on would leave a visible blob
+        whose pieces live in a pack sent to the trash."""
         fut = asyncio.get_running_loop().run_in_executor(self._store._pool, fn, *args)
-        self._jobs.add(fut)
-        fut.add_done_callback(self._jobs.discard)
-        return await asyncio.shield(fut)
+        cancelled: asyncio.CancelledError | None = None
+        while True:
+            try:
+                result = await asyncio.shield(fut)
+            except asyncio.CancelledError as exc:
+                if fut.done():  # the job has ended (or never started): nothing runs any more
+                    raise (cancelled or exc) from None
+                cancelled = cancelled or exc
+                continue
+            if cancelled is not None:
+                raise cancelled
+            return result
 
     async def _flush(self) -> None:
         """Hand the gathered bytes to the worker threads as one batch.
@@ -213,7 +226,6 @@ class Ingest:
         """
         jobs = [j for batch in self._inflight for j in batch]
         jobs += [j for j in (self._hashing.last, self._cutting.last) if j is not None]
-        jobs += self._jobs
         if jobs:
             await asyncio.shield(asyncio.gather(*jobs, return_exceptions=True))
         self._inflight.clear()

@@ -393,3 +393,20 @@ async def test_a_cancelled_commit_leaves_a_consistent_store(
     assert (await store.fsck()).ok
     if info is not None:
         assert await store.read_bytes(Digest.of(data)) == data
+
+
+async def test_a_cancelled_write_keeps_the_ingest_usable(store: Store) -> None:
+    # A transfer that is stopped while a write waits for its batch checkpoints what it has.
+    data = os.urandom(24 << 20)
+    ingest = await store.begin_ingest()
+    task = asyncio.ensure_future(ingest.write(data[: 16 << 20]))
+    await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await ingest.checkpoint()
+    assert ingest.offset == 16 << 20
+    await ingest.write(data[16 << 20 :])
+    info = await ingest.commit(Digest.of(data))
+    assert await store.read_bytes(info.digest) == data
+    assert (await store.fsck()).ok
