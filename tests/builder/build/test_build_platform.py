@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from builder.layers import import_directory
 from builder.stages import Platform
 from builder.steps.common import BuildError
 from cas import Digest
+from tests.builder.build.conftest import write_rootfs_layer
 from tests.helpers.rootfs import make_busybox_rootfs
 
 HOST = Platform.host()
@@ -29,12 +28,7 @@ def _blob(blobs: Path, data: bytes) -> dict[str, object]:
 def _multi_platform_layout(rootfs: Path, dest: Path, platforms: list[str]) -> str:
     """An OCI layout whose tag ``multi`` is an image index with one manifest per platform
     (all of them the same busybox layer: only the labels differ)."""
-    blobs = dest / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-    tmp = dest / "layer.tmp"
-    with open(tmp, "wb") as f:
-        layer = import_directory(rootfs, f, source_date_epoch=0, owner=(0, 0))
-    os.rename(tmp, blobs / layer.digest.encoded)
+    blobs, layer = write_rootfs_layer(rootfs, dest)
     entries = []
     for plat in platforms:
         os_, arch, *variant = plat.split("/")
