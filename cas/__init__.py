@@ -23,7 +23,7 @@ if _typing.TYPE_CHECKING:
         StoreCorrupt,
         UnsupportedDigestAlgorithm,
     )
-    from .ingest import Ingest, IngestInfo
+    from .ingest import Ingest, IngestInfo, SourceFailed
     from .maintenance import FsckReport, GcReport, Stats
     from .store import BlobInfo, Piece, Recipe, Segment, Store
 
@@ -46,6 +46,7 @@ _WHERE = {
     "UnsupportedDigestAlgorithm": "errors",
     "Ingest": "ingest",
     "IngestInfo": "ingest",
+    "SourceFailed": "ingest",
     "FsckReport": "maintenance",
     "GcReport": "maintenance",
     "Stats": "maintenance",
@@ -69,6 +70,7 @@ __all__ = [
     "Piece",
     "Recipe",
     "Segment",
+    "SourceFailed",
     "Stats",
     "Store",
     "CasError",

@@ -19,6 +19,7 @@ import asyncio
 import os
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from .packs import PackWriter
     from .store import BlobInfo, Store
 
-__all__ = ["INLINE_MAX", "Ingest", "IngestInfo"]
+__all__ = ["INLINE_MAX", "Ingest", "IngestInfo", "SourceFailed"]
 
 T = TypeVar("T")
 
@@ -49,6 +50,13 @@ _BATCH = 4 << 20
 # bounds an ingest's memory to about (_DEPTH + 1) * _BATCH plus the cutter's buffer.
 _DEPTH = 2
 _PROBE = 16 << 10
+# Ingest.receive asks its source for at most this much at a time.
+_RECEIVE = 1 << 20
+
+
+class SourceFailed(Exception):
+    """What the source of :meth:`Ingest.receive` raised (``__cause__``); the ingest holds
+    every byte before the failure and stays usable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +120,34 @@ class Ingest:
                     await self._abort_locked()
                     raise
 
+    async def receive(self, fill: Callable[[memoryview], int], limit: int,
+                      interrupt: Callable[[], None] | None = None) -> int:
+        """Let a thread fill the ingest from a blocking source: ``fill(view)`` writes up
+        to ``len(view)`` bytes into ``view`` and returns how many (0: the source ended).
+        Stops after ``limit`` bytes; returns the bytes taken.
+
+        The views are the cutter's own buffer, so a socket's ``recv_into`` puts a body
+        where it is cut, with no copy in between; the same thread hashes, cuts and
+        stores each read while it is in the CPU's cache, and holds the GIL only between
+        those calls, so receives of several blobs run on several cores.
+
+        A failure of ``fill`` raises :class:`SourceFailed` (from it) and keeps the
+        ingest usable, as a cancellation does; ``interrupt`` (if given) is called from
+        the event loop when the caller is cancelled, to wake a ``fill`` blocked on its
+        source (shut its socket down). A failure of the store ends the ingest."""
+        async with self._lock:
+            self._check_open()
+            try:
+                await self._flush()
+                await self._settle(len(self._inflight))
+                return await self._run(self._receive_sync, fill, limit,
+                                       pool=self._store._receiver_pool(), interrupt=interrupt)
+            except (asyncio.CancelledError, SourceFailed):
+                raise
+            except BaseException:
+                await self._abort_locked()
+                raise
+
     async def checkpoint(self) -> None:
         """Make everything written so far durable; a restart resumes at :attr:`offset`."""
         async with self._lock:
@@ -165,14 +201,16 @@ class Ingest:
         if self._closed:
             raise IngestUnknown(self.id)
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, pool: Executor | None = None,
+                   interrupt: Callable[[], None] | None = None) -> T:
         """Run ``fn`` on a worker thread and wait for it to end, even when the caller is
         cancelled meanwhile (the cancellation is raised once the job has ended). The
         caller holds the ingest's lock, so no other job of this ingest (a second
         checkpoint, an abort beside a commit) can start while this one still runs: an
         abort that forgot the ingest while its commit went on would leave a visible blob
-        whose pieces live in a pack sent to the trash."""
-        fut = asyncio.get_running_loop().run_in_executor(self._store._pool, fn, *args)
+        whose pieces live in a pack sent to the trash. ``interrupt`` is called at the
+        first cancellation, to make a job that waits on something end sooner."""
+        fut = asyncio.get_running_loop().run_in_executor(pool or self._store._pool, fn, *args)
         cancelled: asyncio.CancelledError | None = None
         while True:
             try:
@@ -180,6 +218,8 @@ class Ingest:
             except asyncio.CancelledError as exc:
                 if fut.done():  # the job has ended (or never started): nothing runs any more
                     raise (cancelled or exc) from None
+                if cancelled is None and interrupt is not None:
+                    interrupt()
                 cancelled = cancelled or exc
                 continue
             if cancelled is not None:
@@ -244,6 +284,27 @@ class Ingest:
                 pieces = self._cutter.feed(view[i : i + step])
                 if pieces:
                     self._store_pieces(pieces)
+
+    def _receive_sync(self, fill: Callable[[memoryview], int], limit: int) -> int:
+        got = 0
+        cutter = self._cutter
+        while got < limit:
+            view = cutter.reserve(min(_RECEIVE, limit - got))
+            try:
+                n = fill(view)
+            except BaseException as exc:
+                raise SourceFailed(str(exc)) from exc
+            if not n:
+                break
+            if not 0 < n <= len(view):
+                raise ValueError(f"the source reported {n} bytes read into {len(view)}")
+            self._hasher.update(view[:n])
+            pieces = cutter.commit(n)
+            if pieces:
+                self._store_pieces(pieces)
+            got += n
+            self.offset += n
+        return got
 
     def _finish_cut(self) -> None:
         pieces = self._cutter.finish()
@@ -337,6 +398,7 @@ class Ingest:
             self._writer.sync()
         self._store.meta.commit_blob(self.id, digest, self.offset, self._recipe, self._new, link)
         self._closed = True
+        self._cutter.release()
         if self._writer is not None:
             self._writer.close()
         self._store._drop_tails(self.id, keep=None)
@@ -350,6 +412,7 @@ class Ingest:
         await self._run(self._abort_sync)
 
     def _abort_sync(self) -> None:
+        self._cutter.release()
         if self._writer is not None:
             self._writer.close()
         try:

@@ -147,8 +147,16 @@ class SqliteMetadata:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=OFF")
         self._db.executescript(_SCHEMA)
+        # Lookups of pieces and blobs go through a second connection: in WAL mode a
+        # reader sees the last commit without waiting for the writer, so a GET or an
+        # ingest looking for known pieces never waits behind another ingest's commit
+        # (and its fsync).
+        self._reader_lock: threading.Lock | threading.RLock = threading.Lock()
+        self._reader = _connect(str(path))
 
     def close(self) -> None:
+        with self._reader_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
 
@@ -202,6 +210,9 @@ class SqliteMetadata:
     def hold_existing(self, ingest_id: str, entries: list[tuple[int, bytes]]) -> dict[bytes, Location]:
         """For (seq, key) entries: the committed pieces among them, now held by the ingest."""
         keys = list({k for _, k in entries})
+        with self._reader_lock:
+            if not self._locations(self._reader, keys):
+                return {}  # none is known: nothing to hold, no write transaction
         with self._tx() as db:
             found = self._locations(db, keys)
             rows = [
@@ -324,12 +335,14 @@ class SqliteMetadata:
     # -- reads -----------------------------------------------------------------------
 
     def blob(self, digest: str) -> tuple[int, bytes] | None:
-        rows = self._q("SELECT size, recipe FROM blobs WHERE digest = ?", (digest,))
+        with self._reader_lock:
+            rows = self._reader.execute(
+                "SELECT size, recipe FROM blobs WHERE digest = ?", (digest,)).fetchall()
         return (rows[0][0], rows[0][1]) if rows else None
 
     def locations(self, keys: Iterable[bytes]) -> dict[bytes, Location]:
-        with self._lock:
-            return self._locations(self._db, list(set(keys)))
+        with self._reader_lock:
+            return self._locations(self._reader, list(set(keys)))
 
     @staticmethod
     def _locations(db: sqlite3.Connection, keys: list[bytes]) -> dict[bytes, Location]:
@@ -469,6 +482,7 @@ class SqliteMetadata:
         view.path = self.path
         view._lock = threading.RLock()
         view._db = _connect(f"file:{self.path}?mode=ro", uri=True)
+        view._reader, view._reader_lock = view._db, view._lock  # lookups see the snapshot too
         try:
             view._db.execute("BEGIN")
             view._db.execute("SELECT COUNT(*) FROM blobs").fetchone()  # pins the snapshot

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import StorageFull, StoreCorrupt
+from .buffers import copy_into
 
 __all__ = ["FilesystemPacks", "MemoryPacks", "PackBackend", "PackWriter"]
 
@@ -180,7 +181,7 @@ class _DirectWriter:
         self._pending: list[Future[None] | None] = [None] * _BUFFERS
         self._disk = size - len(tail)  # file offset of the current buffer, aligned
         self._staged = len(tail)
-        self._views[0][: len(tail)] = tail
+        copy_into(self._views[0][: len(tail)], tail)
 
     @property
     def size(self) -> int:
@@ -192,7 +193,7 @@ class _DirectWriter:
         while src:
             view = self._views[self._cur]
             n = min(len(src), _STAGE - self._staged)
-            view[self._staged : self._staged + n] = src[:n]
+            copy_into(view[self._staged : self._staged + n], src[:n])
             self._staged += n
             src = src[n:]
             if self._staged == _STAGE:

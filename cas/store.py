@@ -91,6 +91,9 @@ class Store:
         self.packs = packs
         self.chunk_params = chunk_params
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cas")
+        # Threads that fill ingests from a source (Ingest.receive); a receive waits on
+        # its source, so it must not take one of the store's own workers.
+        self._receivers: ThreadPoolExecutor | None = None
         self._ingests_dir = root / "ingests"
         self._dctx = zstandard.ZstdDecompressor()
 
@@ -111,6 +114,8 @@ class Store:
     async def close(self) -> None:
         await self._run(self.meta.close)
         self._pool.shutdown(wait=True)
+        if self._receivers is not None:
+            self._receivers.shutdown(wait=True)
 
     async def __aenter__(self) -> Store:
         return self
@@ -422,6 +427,11 @@ class Store:
         return await self._run(statistics, self)
 
     # -- helpers for Ingest and maintenance ----------------------------------------
+
+    def _receiver_pool(self) -> ThreadPoolExecutor:
+        if self._receivers is None:
+            self._receivers = ThreadPoolExecutor(max_workers=32, thread_name_prefix="cas-receive")
+        return self._receivers
 
     def _new_pack(self, ingest_id: str) -> PackWriter:
         name = secrets.token_hex(16)

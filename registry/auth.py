@@ -25,11 +25,14 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+# GET ``url`` with ``params`` and ``headers``: (status, body). Raises OSError when the
+# server cannot be reached.
+Fetch = Callable[[str, list[tuple[str, str]], dict[str, str]], Awaitable[tuple[int, bytes]]]
 
 __all__ = [
     "AuthError",
@@ -218,10 +221,9 @@ class HostAuth:
             return self._creds.basic()
         return None
 
-    async def answer(
-        self, session: aiohttp.ClientSession, header: str, scopes: frozenset[str], ssl: Any
-    ) -> bool:
-        """React to a 401's ``WWW-Authenticate``; True if a retry can now succeed."""
+    async def answer(self, fetch: Fetch, header: str, scopes: frozenset[str]) -> bool:
+        """React to a 401's ``WWW-Authenticate``; True if a retry can now succeed.
+        ``fetch`` asks the token server."""
         challenge = parse_challenge(header)
         creds = await self.credentials()
         if challenge.scheme == "basic":
@@ -238,19 +240,14 @@ class HostAuth:
         async with self._lock:
             if key in self._tokens and self.header(scopes) is not None and scopes != key:
                 return True
-            token = await self._fetch_token(session, challenge, key, creds, ssl)
+            token = await self._fetch_token(fetch, challenge, key, creds)
             self._tokens[key] = token
             if key != scopes:
                 self._tokens[scopes] = token
         return True
 
     async def _fetch_token(
-        self,
-        session: aiohttp.ClientSession,
-        challenge: Challenge,
-        scopes: frozenset[str],
-        creds: Credentials | None,
-        ssl: Any,
+        self, fetch: Fetch, challenge: Challenge, scopes: frozenset[str], creds: Credentials | None
     ) -> str:
         params: list[tuple[str, str]] = []
         if challenge.params.get("service"):
@@ -259,16 +256,15 @@ class HostAuth:
         headers = {"Authorization": creds.basic()} if creds is not None else {}
         realm = challenge.params["realm"]
         try:
-            async with session.get(realm, params=params, headers=headers, ssl=ssl) as resp:
-                body = await resp.read()
-                if resp.status != 200:
-                    hint = "check the credentials (pybuild login)" if resp.status in (401, 403) else ""
-                    raise AuthError(
-                        f"token server {realm} refused {self.host} (HTTP {resp.status}): "
-                        f"{body[:200].decode('utf-8', 'replace')} {hint}".strip()
-                    )
-        except aiohttp.ClientError as exc:
+            status, body = await fetch(realm, params, headers)
+        except OSError as exc:
             raise AuthError(f"cannot reach token server {realm} for {self.host}: {exc}") from exc
+        if status != 200:
+            hint = "check the credentials (pybuild login)" if status in (401, 403) else ""
+            raise AuthError(
+                f"token server {realm} refused {self.host} (HTTP {status}): "
+                f"{body[:200].decode('utf-8', 'replace')} {hint}".strip()
+            )
         try:
             doc = json.loads(body)
             token = doc.get("token") or doc.get("access_token")

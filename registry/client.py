@@ -1,4 +1,6 @@
-"""An OCI Distribution client over one aiohttp ``ClientSession`` (connections are reused).
+"""An OCI Distribution client: requests without a body on pooled blocking connections
+(:mod:`registry.wire`, whose bodies worker threads read), uploads over one aiohttp
+``ClientSession`` (imported only when something is pushed). Connections are reused.
 
 Covers the spec's pull, push and content-discovery endpoints: ``/v2/`` ping, manifests
 GET/HEAD/PUT, blobs HEAD/GET (with ``Range``), uploads (POST, PATCH, PUT, status GET,
@@ -23,14 +25,13 @@ import asyncio
 import io
 import json
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urljoin, urlsplit
-
-import aiohttp
 
 from cas import Digest
 
@@ -38,6 +39,10 @@ from .auth import Credentials, HostAuth
 from .errors import RegistryError, decode_errors
 from .oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Index
 from .refs import ImageRef, is_loopback
+from .wire import Wire, WireError, WireResponse
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = [
     "MANIFEST_ACCEPT",
@@ -89,6 +94,7 @@ class RegistryClient:
     def __init__(self, options: ClientOptions | None = None) -> None:
         self.options = options or ClientOptions()
         self._session: aiohttp.ClientSession | None = None
+        self._wire: Wire | None = None
         self._bases: dict[str, str] = {}
         self._auth: dict[str, HostAuth] = {}
         self._base_lock = asyncio.Lock()
@@ -109,10 +115,16 @@ class RegistryClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._wire is not None:
+            self._wire.close()
+            self._wire = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session for requests with a body (uploads)."""
         if self._session is None:
+            import aiohttp
+
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.options.connections),
                 auto_decompress=False,
@@ -128,6 +140,13 @@ class RegistryClient:
             if hasattr(self._session, "_retry_connection"):
                 self._session._retry_connection = False
         return self._session
+
+    @property
+    def wire(self) -> Wire:
+        """Blocking connections for requests without a body (see :meth:`_send`)."""
+        if self._wire is None:
+            self._wire = Wire(connect_timeout=30, read_timeout=120)
+        return self._wire
 
     def auth(self, host: str) -> HostAuth:
         if host not in self._auth:
@@ -146,9 +165,13 @@ class RegistryClient:
             base = f"https://{host}"
             if self._insecure(host):
                 try:
-                    async with self.session.get(f"{base}/v2/", ssl=False) as resp:
+                    resp = await self.wire.call(self.wire.request, "GET", f"{base}/v2/", {},
+                                                None, False)
+                    try:
                         await resp.read()
-                except (TimeoutError, aiohttp.ClientError, ssl.SSLError):
+                    finally:
+                        resp.release()
+                except (TimeoutError, WireError, ssl.SSLError):
                     base = f"http://{host}"
             self._bases[host] = base
             return base
@@ -172,9 +195,15 @@ class RegistryClient:
         ok: tuple[int, ...] = (200,),
         redirects: bool = False,
         retries: int | None = None,
-    ) -> aiohttp.ClientResponse:
+    ) -> Any:
         """Send one request with auth, retries and (optionally) redirects; the caller
         releases the returned response. Statuses outside ``ok`` raise RegistryError.
+
+        A request without a body goes on a blocking connection (:mod:`registry.wire`,
+        sent from a worker thread) and returns a :class:`registry.wire.WireResponse`,
+        whose body may be read by a worker thread straight into the store; one with a
+        body goes through aiohttp and returns its ``ClientResponse``. Both answer
+        ``status``, ``headers``, ``url``, ``await read()`` and ``release()``.
 
         ``retries`` (default: the client's) bounds re-sends after a connection error or a
         5xx; upload requests that carry bytes pass 0, because the registry may have kept
@@ -195,14 +224,18 @@ class RegistryClient:
                 if value:
                     send_headers["Authorization"] = value
             try:
-                # A fresh stream per attempt (a retry resends the whole body); aiohttp
-                # would otherwise copy large raw bytes on the event loop.
-                body = io.BytesIO(data) if data else None
-                resp = await self.session.request(
-                    method, url, headers=send_headers, data=body, params=params,
-                    allow_redirects=False, ssl=self._ssl_for(url),
-                )
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                if data is None:
+                    resp = await self.wire.call(self.wire.request, method, url, send_headers,
+                                                params, self._ssl_for(url))
+                else:
+                    # A fresh stream per attempt (a retry resends the whole body); aiohttp
+                    # would otherwise copy large raw bytes on the event loop.
+                    body = io.BytesIO(data) if data else None
+                    resp = await self.session.request(
+                        method, url, headers=send_headers, data=body, params=params,
+                        allow_redirects=False, ssl=self._ssl_for(url),
+                    )
+            except (TimeoutError, WireError, *_aiohttp_connection_errors()) as exc:
                 if attempt >= retries:
                     raise TransportError(
                         f"{method} {url}: {exc or type(exc).__name__} (after {attempt + 1} "
@@ -218,7 +251,7 @@ class RegistryClient:
                 await resp.read()
                 resp.release()
                 answered = True
-                if challenge and await auth.answer(self.session, challenge, scopes, self._ssl):
+                if challenge and await auth.answer(self._fetch, challenge, scopes):
                     continue
                 raise _error(resp, b"", f"{method} {url}")
             if redirects and resp.status in (301, 302, 303, 307, 308) and hops < 5:
@@ -237,7 +270,16 @@ class RegistryClient:
                 continue
             raise _error(resp, answer, f"{method} {url}")
 
-    async def _request(self, method: str, host: str, url: str, **kw: Any) -> tuple[aiohttp.ClientResponse, bytes]:
+    async def _fetch(self, url: str, params: list[tuple[str, str]],
+                     headers: dict[str, str]) -> tuple[int, bytes]:
+        """A plain GET (no auth, retries or redirects): for token servers."""
+        resp = await self.wire.call(self.wire.request, "GET", url, headers, params, self._ssl)
+        try:
+            return resp.status, await resp.read()
+        finally:
+            resp.release()
+
+    async def _request(self, method: str, host: str, url: str, **kw: Any) -> tuple[Any, bytes]:
         resp = await self._send(method, host, url, **kw)
         try:
             body = await resp.read()
@@ -313,8 +355,9 @@ class RegistryClient:
     @asynccontextmanager
     async def open_blob(
         self, host: str, name: str, digest: Digest, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A blob GET, from ``start`` to ``end`` (inclusive) when given, following redirects.
+    ) -> AsyncIterator[WireResponse]:
+        """A blob GET, from ``start`` to ``end`` (inclusive) when given, following redirects;
+        a worker thread reads the body (:meth:`registry.wire.WireResponse.readinto`).
 
         A ranged request that gets a whole-blob 200 instead of 206 raises TransportError
         (the caller then knows the server ignores ranges)."""
@@ -329,7 +372,6 @@ class RegistryClient:
         try:
             if ranged and resp.status != 206:
                 raise TransportError(f"blob {digest}: the registry ignored Range {headers['Range']}")
-            _read_large(resp)
             yield resp
         finally:
             resp.release()
@@ -353,7 +395,7 @@ class RegistryClient:
             return None
         return self._location(resp, host)
 
-    def _location(self, resp: aiohttp.ClientResponse, host: str) -> str:
+    def _location(self, resp: Any, host: str) -> str:
         location = resp.headers.get("Location")
         if not location:
             raise TransportError(f"{host} answered an upload request without a Location")
@@ -448,19 +490,13 @@ class RegistryClient:
         return pieces
 
 
-def _read_large(resp: aiohttp.ClientResponse) -> None:
-    """Let the socket under a blob body be read in reads of up to ``_READ_BUFSIZE``.
-
-    asyncio's selector transport reads at most 256 KiB per ``recv`` (its ``max_size``);
-    a blob body then costs a wake-up, a parse and a chunk per 256 KiB. Reads of up to
-    4 MiB took ~5 % less CPU and ~10 % less time for a pull of 10 x 50 MiB (other event
-    loops, which have no such attribute, are left alone)."""
-    transport = resp.connection.transport if resp.connection is not None else None
-    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
-        transport.max_size = _READ_BUFSIZE  # type: ignore[attr-defined]
+def _aiohttp_connection_errors() -> tuple[type[BaseException], ...]:
+    """aiohttp's connection errors, once aiohttp is in use (before, none can be raised)."""
+    aiohttp = sys.modules.get("aiohttp")
+    return (aiohttp.ClientConnectionError,) if aiohttp is not None else ()
 
 
-def _error(resp: aiohttp.ClientResponse, body: bytes, what: str) -> RegistryError:
+def _error(resp: Any, body: bytes, what: str) -> RegistryError:
     errors = decode_errors(resp.status, body)
     err = RegistryError.many(errors)
     err.args = (f"{what}: HTTP {resp.status} {err.args[0]}",)

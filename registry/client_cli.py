@@ -29,7 +29,11 @@ from .progress import Progress
 from .refs import InvalidReference, parse_image_ref
 from .transfer import BlobError, TransferOptions
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "finished"]
+
+# True once a command's event loop has ended and closed everything it opened: the
+# ``pybuild`` command then exits without the interpreter's teardown (builder.fastpath).
+finished = False
 
 T = TypeVar("T")
 _FAILURES = (AuthError, BlobError, ImageNotFound, InvalidReference, LayoutError, RegistryError,
@@ -37,10 +41,13 @@ _FAILURES = (AuthError, BlobError, ImageNotFound, InvalidReference, LayoutError,
 
 
 def _run(coro: Awaitable[T]) -> T:
+    global finished
     try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        result = asyncio.run(coro)  # type: ignore[arg-type]
     except _FAILURES as exc:
         raise click.ClickException(str(exc)) from exc
+    finished = True
+    return result
 
 
 def _ref(text: str) -> Any:

@@ -31,7 +31,6 @@ from .oci import Descriptor, Index, Manifest, parse_manifest
 from .progress import Progress
 from .refs import ImageRef, InvalidReference, parse_image_ref
 from .transfer import PieceSources, TransferOptions, local_piece_sources, pull_blob
-from .upload import push_blob
 
 __all__ = ["CopyOptions", "CopyResult", "Endpoint", "copy_image", "parse_endpoint"]
 
@@ -184,6 +183,8 @@ class _Copy:
         status = await self._fetch(desc)
         if dst.kind == "registry":
             assert dst.ref is not None
+            from .upload import push_blob  # imports aiohttp: only when pushing
+
             status = await push_blob(self.client, self.images, dst.ref, desc, self.progress,
                                      mount_from=await self._mount_sources(desc),
                                      options=self.options.transfer)

@@ -34,10 +34,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import blake3
 
-from cas import BlobUnknown, Digest, DigestMismatch, Ingest, IngestUnknown, SizeMismatch
+from cas import BlobUnknown, Digest, DigestMismatch, Ingest, IngestUnknown, SizeMismatch, SourceFailed
 
 from .client import RegistryClient, TransportError
 from .errors import RegistryError
@@ -45,10 +44,14 @@ from .local import ImageNotFound, ImageStore
 from .oci import Descriptor
 from .progress import Progress
 from .refs import ImageRef, InvalidReference, parse_image_ref
+from .wire import WireError, WireResponse
 
 __all__ = ["BlobError", "PieceSources", "TransferOptions", "local_piece_sources", "pull_blob"]
 
-Chunks = list[bytes]
+Chunks = list[bytes] | list[bytearray]
+# A streamed body goes into the ingest in slices of this many bytes (progress is
+# reported, and a checkpoint may be made, between two slices).
+_SLICE = 8 << 20
 
 
 class BlobError(Exception):
@@ -143,6 +146,34 @@ class _Sink:
         if self.since >= self.every and time.monotonic() - self.last >= self.interval:
             await self.checkpoint()
 
+    async def receive(self, resp: WireResponse) -> None:
+        """Read ``resp``'s body into the ingest on a worker thread (:meth:`Ingest.receive`),
+        up to the blob's end. A body longer than the rest of the blob is refused."""
+        if resp.length is not None and self.ing.offset + resp.length > self.size:
+            raise BlobError(
+                f"blob {self.desc.digest}: the registry sends {resp.length} bytes from byte "
+                f"{self.ing.offset} of a blob the manifest declares {self.size} bytes long; "
+                "nothing was kept"
+            )
+        while self.ing.offset < self.size:
+            before = self.ing.offset
+            try:
+                await self.ing.receive(resp.readinto, min(_SLICE, self.size - before),
+                                       interrupt=resp.abort)
+            finally:
+                got = self.ing.offset - before
+                self.progress.advance(self.key, got)
+                self.since += got
+            if not got:
+                return  # the body ended (early, if the blob is not complete)
+            if self.since >= self.every and time.monotonic() - self.last >= self.interval:
+                await self.checkpoint()
+        if await resp.run(resp.readinto, memoryview(bytearray(1))):
+            raise BlobError(
+                f"blob {self.desc.digest}: the registry sent more than the {self.size} bytes "
+                "the manifest declares; nothing was kept"
+            )
+
     async def checkpoint(self) -> None:
         """Make what arrived durable and resumable (also by a later process)."""
         self.since = 0
@@ -203,7 +234,8 @@ async def pull_blob(
         with contextlib.suppress(Exception):
             await asyncio.shield(sink.checkpoint())
         progress.finish(key, "interrupted")
-        if isinstance(exc, (TransportError, RegistryError, aiohttp.ClientError, asyncio.TimeoutError)):
+        if isinstance(exc, (TransportError, RegistryError, WireError, asyncio.TimeoutError,
+                            SourceFailed)):
             raise BlobError(
                 f"blob {desc.digest} from {src.repository}: {exc}; run the command again to "
                 f"resume from byte {ing.offset}"
@@ -430,40 +462,60 @@ async def _get_range(
     client: RegistryClient, src: ImageRef, desc: Descriptor, start: int, end: int,
     options: TransferOptions,
 ) -> Chunks:
-    """Bytes ``[start, end)`` as the chunks they arrived in, re-requesting what is
-    missing when the body breaks off."""
-    chunks: Chunks = []
+    """Bytes ``[start, end)``, read by a worker thread into one buffer, re-requesting
+    what is missing when the body breaks off."""
+    buf = bytearray(end - start)
+    view = memoryview(buf)
     got = 0
     for attempt in range(options.retries + 1):
+        failure: WireError | None = None
         try:
             async with client.open_blob(src.api_host, src.name, desc.digest, start + got, end - 1) as resp:
-                async for chunk, _ in resp.content.iter_chunks():
-                    chunks.append(chunk)
-                    got += len(chunk)
-                    if got > end - start:
-                        raise BlobError(f"blob {desc.digest}: the registry sent more bytes than asked for")
+                if resp.length is not None and resp.length > end - start - got:
+                    raise BlobError(f"blob {desc.digest}: the registry sent more bytes than asked for")
+                n, failure = await resp.run(_read_into, resp, view[got:])
+                got += n
+                if got == end - start and failure is None and await resp.run(
+                        _read_into, resp, memoryview(bytearray(1))) != (0, None):
+                    raise BlobError(f"blob {desc.digest}: the registry sent more bytes than asked for")
             if got == end - start:
-                return chunks
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+                return [buf]
+            if failure is not None:
+                raise failure
+        except (TimeoutError, WireError):
             if attempt == options.retries:
                 raise
         await asyncio.sleep(0.1 * 2**attempt)
     raise BlobError(f"blob {desc.digest}: bytes {start}-{end - 1} kept arriving short")
 
 
+def _read_into(resp: WireResponse, view: memoryview) -> tuple[int, WireError | None]:
+    """Fill ``view`` from ``resp`` (blocking): the bytes read, and what stopped it early."""
+    n = 0
+    try:
+        while n < len(view):
+            k = resp.readinto(view[n:])
+            if not k:
+                break
+            n += k
+    except WireError as exc:
+        return n, exc
+    return n, None
+
+
 async def _stream(
     client: RegistryClient, src: ImageRef, desc: Descriptor, sink: _Sink, options: TransferOptions,
 ) -> None:
     """One GET from the sink's offset, re-requested from where it broke off (a Range)
-    when the body is cut. Chunks go to the ingest as they arrive (no joins, no copies)."""
+    when the body is cut. The body is read on a worker thread straight into the ingest
+    (:meth:`_Sink.receive`)."""
     for attempt in range(options.retries + 1):
         try:
             async with client.open_blob(src.api_host, src.name, desc.digest, sink.offset) as resp:
-                async for chunk, _ in resp.content.iter_chunks():
-                    await sink.write(chunk)
+                await sink.receive(resp)
             if sink.offset >= desc.size:
                 return
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        except (TimeoutError, SourceFailed, WireError):
             if attempt == options.retries:
                 raise
         await sink.checkpoint()

@@ -135,3 +135,64 @@ def test_garbage_after_frames_is_still_stored_exactly() -> None:
 def test_chunk_params_are_validated() -> None:
     with pytest.raises(ValueError, match="min <= avg <= max"):
         ChunkParams(min_size=10, avg_size=5, max_size=1)
+
+
+def received(data: bytes, reads: list[int], params: ChunkParams) -> list[bytes]:
+    """Cut ``data`` filled in place through reserve/commit, each read taking the next size
+    from ``reads`` (cycled) but never filling the whole reserved view."""
+    c = Cutter(params)
+    out: list[bytes] = []
+    pos = i = 0
+    while pos < len(data):
+        view = c.reserve(min(c.max_feed, len(data) - pos))
+        n = min(len(view), reads[i % len(reads)])
+        i += 1
+        view[:n] = data[pos : pos + n]
+        pos += n
+        out += [bytes(p) for p in c.commit(n)]
+    out += [bytes(p) for p in c.finish()]
+    c.release()
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=40000), st.lists(st.integers(min_value=1, max_value=9000), min_size=1, max_size=5))
+def test_filling_in_place_cuts_as_feeding_does(data: bytes, reads: list[int]) -> None:
+    assert received(data, reads, SMALL) == cut(data, len(data) + 1, SMALL)
+
+
+def test_filling_in_place_cuts_frame_streams_as_feeding_does() -> None:
+    rnd = random.Random(7)
+    stream = b"".join(gzip_member(rnd.randbytes(rnd.randrange(1, 300_000)), level=0) for _ in range(40))
+    assert received(stream, [1 << 20, 70_001, 3], ChunkParams()) == cut(stream, 1 << 20)
+
+
+def test_a_commit_larger_than_the_reservation_is_refused() -> None:
+    c = Cutter(SMALL)
+    c.reserve(c.max_feed)
+    with pytest.raises(ValueError, match="more than was reserved"):
+        c.commit(10 * c.max_feed)
+    with pytest.raises(ValueError, match="at most"):
+        c.reserve(c.max_feed + 1)
+
+
+def test_released_buffers_are_reused_and_large_streams_use_them() -> None:
+    from cas.buffers import POOL
+
+    data = random.Random(3).randbytes(3 << 20)
+    first = Cutter()
+    first.feed(data[: first.max_feed])
+    buf = first._buf
+    assert len(buf) == 2 * first.max_feed  # a large stream takes a full-size buffer
+    first.release()
+    second = Cutter()
+    pieces = [bytes(p) for p in second.feed(data[: second.max_feed])]
+    assert second._buf is buf  # the pool gave the released one back
+    pieces += [bytes(p) for p in second.feed(data[second.max_feed :])] + [bytes(p) for p in second.finish()]
+    assert b"".join(pieces) == data
+    second.release()
+    small = Cutter()
+    small.feed(b"x" * 1000)
+    assert len(small._buf) < 2 * small.max_feed  # small streams do not take one
+    small.release()
+    POOL.give(bytearray(0))  # harmless

@@ -16,6 +16,7 @@ from cas import (
     IngestUnknown,
     InvalidRange,
     SizeMismatch,
+    SourceFailed,
     Store,
     UnsupportedDigestAlgorithm,
 )
@@ -410,3 +411,97 @@ async def test_a_cancelled_write_keeps_the_ingest_usable(store: Store) -> None:
     info = await ingest.commit(Digest.of(data))
     assert await store.read_bytes(info.digest) == data
     assert (await store.fsck()).ok
+
+
+def source(data: bytes, read: int = 300_000, fail_at: int | None = None):  # type: ignore[no-untyped-def]
+    """A blocking source for Ingest.receive: fills views from ``data``, ``read`` bytes at
+    most per call; raises ConnectionResetError once it reaches ``fail_at``."""
+    pos = 0
+
+    def fill(view: memoryview) -> int:
+        nonlocal pos
+        if fail_at is not None and pos >= fail_at:
+            raise ConnectionResetError("connection reset by peer")
+        n = min(len(view), read, len(data) - pos, (fail_at - pos) if fail_at is not None else len(data))
+        view[:n] = data[pos : pos + n]
+        pos += n
+        return n
+
+    return fill
+
+
+async def test_receive_fills_an_ingest_in_place_like_writes(store: Store) -> None:
+    data = b"".join(gzip_member(os.urandom(random.Random(i).randrange(1, 400_000)), level=0)
+                    for i in range(30))
+    ingest = await store.begin_ingest()
+    got = await ingest.receive(source(data), 5 << 20)
+    assert got == ingest.offset == min(5 << 20, len(data))
+    got += await ingest.receive(source(data[got:]), 1 << 40)
+    assert got == len(data)
+    assert await ingest.receive(source(b""), 1 << 20) == 0  # the source ended
+    info = await ingest.commit(Digest.of(data), size=len(data))
+    assert await store.read_bytes(info.digest) == data
+    # The same pieces as writing the same bytes.
+    written = await store.begin_ingest()
+    await written.write(data)
+    assert (await written.commit()).digest == info.digest
+    assert (await store.recipe(info.digest)).pieces == (await store.recipe(Digest.of(data))).pieces
+    assert (await store.fsck()).ok
+
+
+async def test_a_failing_source_keeps_what_arrived_and_the_ingest_usable(store: Store) -> None:
+    data = os.urandom(6 << 20)
+    ingest = await store.begin_ingest()
+    with pytest.raises(SourceFailed) as failed:
+        await ingest.receive(source(data, fail_at=2_500_000), 1 << 40)
+    assert isinstance(failed.value.__cause__, ConnectionResetError)
+    assert ingest.offset == 2_500_000
+    await ingest.checkpoint()
+    await ingest.receive(source(data[ingest.offset :]), 1 << 40)
+    info = await ingest.commit(Digest.of(data))
+    assert await store.read_bytes(info.digest) == data
+    assert (await store.fsck()).ok
+
+
+async def test_a_cancelled_receive_interrupts_its_source_and_keeps_the_ingest(store: Store) -> None:
+    data = os.urandom(4 << 20)
+    woken = threading.Event()
+    started = threading.Event()
+    first = source(data[: 1 << 20])
+
+    def blocking(view: memoryview) -> int:
+        n = first(view)
+        if n:
+            return n
+        started.set()
+        woken.wait(30)  # a socket read that only a shutdown ends
+        return 0
+
+    ingest = await store.begin_ingest()
+    task = asyncio.ensure_future(ingest.receive(blocking, 1 << 40, interrupt=woken.set))
+    await asyncio.to_thread(started.wait, 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert woken.is_set() and ingest.offset == 1 << 20
+    await ingest.receive(source(data[1 << 20 :]), 1 << 40)
+    info = await ingest.commit(Digest.of(data))
+    assert await store.read_bytes(info.digest) == data
+
+
+async def test_lookups_do_not_wait_for_a_commit_in_progress(store: Store) -> None:
+    """Finding out that pieces are unknown, and reading a blob's locations, use their own
+    connection: they do not queue behind another ingest's transaction."""
+    data = os.urandom(1 << 20)
+    info = await store.put(data)
+    meta = store.meta
+    with meta._lock:  # another ingest's commit holds the writer
+        result: list[object] = []
+        reader = threading.Thread(target=lambda: result.extend([
+            meta.hold_existing("nobody", [(0, b"\x01" * 32)]),
+            meta.blob(str(info.digest)),
+        ]))
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive()
+    assert result[0] == {} and result[1] is not None

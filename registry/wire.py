@@ -1,0 +1,228 @@
+"""Blocking HTTP/1.1 connections for blob bodies, read by worker threads.
+
+aiohttp delivers a body on the event loop as a new ``bytes`` object per socket read; a
+pull then pays for fresh memory, a copy into the store's cutter and a thread hop per
+read, all while holding the GIL. A blob GET sent with ``wire=True`` (see
+:meth:`registry.client.RegistryClient._send`, which keeps every policy: auth, retries,
+redirects) goes through this module instead: a pooled :mod:`http.client` connection
+whose body a worker thread reads with ``recv_into`` straight into the ingest's buffer
+(:meth:`cas.Ingest.receive`).
+
+Connections are kept per origin (scheme, host, TLS settings) and reused once their
+response has been read to the end; a response given up half-way closes its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.client
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit
+
+__all__ = ["Wire", "WireError", "WireResponse"]
+
+_IDLE_PER_ORIGIN = 16
+T = TypeVar("T")
+_MAX_SMALL_BODY = 4 << 20
+
+
+class WireError(ConnectionError):
+    """The request could not be sent or its answer could not be read."""
+
+
+class WireResponse:
+    """One response; its body is read with :meth:`readinto` (blocking) or :meth:`read`."""
+
+    def __init__(self, wire: Wire, origin: tuple[Any, ...], conn: http.client.HTTPConnection,
+                 resp: http.client.HTTPResponse, url: str) -> None:
+        self._wire = wire
+        self._origin = origin
+        self._conn: http.client.HTTPConnection | None = conn
+        self._resp = resp
+        self._sock = conn.sock
+        self.status = resp.status
+        self.headers = resp.headers  # case-insensitive get(), like aiohttp's
+        self.url = url
+
+    @property
+    def length(self) -> int | None:
+        """The body's declared length (None for a chunked body)."""
+        return self._resp.length if not self._resp.chunked else None
+
+    def readinto(self, view: memoryview) -> int:
+        """Read up to ``len(view)`` body bytes into ``view``; 0 at the end of the body.
+        A body that ends before its declared length raises WireError."""
+        try:
+            n = self._resp.readinto(view)
+        except (OSError, http.client.HTTPException) as exc:
+            raise WireError(f"reading the body of {self.url}: {exc or type(exc).__name__}") from exc
+        if not n and len(view) and self._resp.length:
+            raise WireError(f"{self.url}: the connection closed {self._resp.length} bytes before "
+                            "the end of the body")
+        return n
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (which reads this body) on the wire's threads. A cancelled caller
+        aborts the response, which makes a blocked read return, and waits for ``fn`` to
+        end: nothing reads the response after its release."""
+        job = asyncio.ensure_future(self._wire.call(fn, *args))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            self.abort()
+            while not job.done():
+                try:
+                    await asyncio.wait([job])
+                except asyncio.CancelledError:
+                    continue
+            raise
+
+    async def read(self) -> bytes:
+        """The whole (small) body: error documents, manifests."""
+        return await self._wire.call(self._read_small)
+
+    def _read_small(self) -> bytes:
+        try:
+            data = self._resp.read(_MAX_SMALL_BODY + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise WireError(f"reading the body of {self.url}: {exc or type(exc).__name__}") from exc
+        if len(data) > _MAX_SMALL_BODY:
+            raise WireError(f"{self.url} answered with a body over {_MAX_SMALL_BODY} bytes")
+        return data
+
+    def abort(self) -> None:
+        """Wake a thread blocked in :meth:`readinto` (it then sees the body end); safe to
+        call from any thread."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        """Done with the response: its connection is reused if the body was read to the
+        end, else closed."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if not self._resp.isclosed() and not self._resp.chunked and self._resp.length == 0:
+            self._resp.read()  # an empty body (HEAD, 204): nothing to wait for
+        if self._resp.isclosed() and not self._resp.will_close and conn.sock is not None:
+            self._wire._put(self._origin, conn)
+        else:
+            self._resp.close()
+            conn.close()
+
+
+class Wire:
+    """A pool of blocking connections; :meth:`request` may be called from any thread, and
+    :meth:`call` runs blocking work on the wire's own threads (up to ``threads`` at once:
+    asyncio's default executor has only ``cpu_count + 4``, fewer than the Range requests
+    a pull keeps in flight)."""
+
+    def __init__(self, connect_timeout: float = 30, read_timeout: float = 120,
+                 threads: int = 32) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._threads = threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._idle: dict[tuple[Any, ...], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._default_tls: ssl.SSLContext | None = None
+        self._unverified_tls: ssl.SSLContext | None = None
+
+    def request(self, method: str, url: str, headers: dict[str, str],
+                params: dict[str, str] | list[tuple[str, str]] | None = None, tls: Any = None) -> WireResponse:
+        """Send a request without a body and read the status and headers (blocking).
+
+        ``tls`` as aiohttp's ``ssl``: None verifies with the system's CAs, False does not
+        verify, an ``ssl.SSLContext`` is used as it is."""
+        parts = urlsplit(url)
+        target = parts.path or "/"
+        query = "&".join(q for q in (parts.query, urlencode(params) if params else "") if q)
+        if query:
+            target += "?" + query
+        origin = (parts.scheme, parts.netloc, id(tls) if isinstance(tls, ssl.SSLContext) else tls)
+        conn = self._take(origin)
+        fresh = conn is None
+        for attempt in range(2):
+            if conn is None:
+                conn = self._connect(parts.scheme, parts.netloc, tls)
+                fresh = True
+            try:
+                if conn.sock is None:
+                    conn.connect()
+                    assert conn.sock is not None
+                    conn.sock.settimeout(self.read_timeout)
+                conn.request(method, target, headers=headers)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                conn = None
+                # An idle connection the server closed meanwhile: one more try on a new
+                # one (nothing was read, the request had no body).
+                if not fresh and attempt == 0:
+                    continue
+                raise WireError(f"{method} {url}: {exc or type(exc).__name__}") from exc
+            return WireResponse(self, origin, conn, resp, url)
+        raise AssertionError("unreachable")
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on one of the wire's threads."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="wire")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+    def _connect(self, scheme: str, netloc: str, tls: Any) -> http.client.HTTPConnection:
+        if scheme == "https":
+            return http.client.HTTPSConnection(netloc, timeout=self.connect_timeout,
+                                               context=self._tls_context(tls))
+        if scheme != "http":
+            raise WireError(f"unsupported URL scheme {scheme!r}")
+        return http.client.HTTPConnection(netloc, timeout=self.connect_timeout)
+
+    def _tls_context(self, tls: Any) -> ssl.SSLContext:
+        if isinstance(tls, ssl.SSLContext):
+            return tls
+        with self._lock:
+            if tls is False:
+                if self._unverified_tls is None:
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                    self._unverified_tls = ctx
+                return self._unverified_tls
+            if self._default_tls is None:
+                self._default_tls = ssl.create_default_context()
+            return self._default_tls
+
+    def _take(self, origin: tuple[Any, ...]) -> http.client.HTTPConnection | None:
+        with self._lock:
+            conns = self._idle.get(origin)
+            return conns.pop() if conns else None
+
+    def _put(self, origin: tuple[Any, ...], conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            conns = self._idle.setdefault(origin, [])
+            if len(conns) < _IDLE_PER_ORIGIN:
+                conns.append(conn)
+                return
+        conn.close()
