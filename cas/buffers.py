@@ -10,11 +10,18 @@ by ``ctypes``, which releases the GIL for the call.
 given back to the system when freed. Cutters take their full-size buffer from
 :data:`POOL` and give it back when their ingest ends, so a pull of many layers faults in
 a few buffers, not one per layer.
+
+**malloc.** For the same reason, glibc is told (once, at import) to serve allocations up
+to 32 MiB from its heap and to keep up to 64 MiB free there: by default a 4 MiB ``bytes``
+(a chunk read from a pack, a piece run) is a fresh ``mmap`` every time, faulted in page by
+page and unmapped when freed (``Store.read`` ran at ~5.5 GB/s instead of ~7 GB/s).
+``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment still win.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 
 __all__ = ["POOL", "BufferPool", "copy_into"]
@@ -69,3 +76,17 @@ class BufferPool:
 
 
 POOL = BufferPool()
+
+
+def _tune_malloc() -> None:
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc; other C libraries go without
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+    mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+
+
+_tune_malloc()

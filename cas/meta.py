@@ -295,21 +295,26 @@ class SqliteMetadata:
                 row = db.execute("SELECT pack FROM ingests WHERE id = ?", (ingest_id,)).fetchone()
                 pack = row[0] if row else None
             if not exists:
+                locs = list(new.values())
+                # Another ingest may have committed some of the same pieces first: those
+                # copies of ours are dead space.
+                taken = self._existing(db, [loc.key for loc in locs])
+                fresh = [loc for loc in locs if loc.key not in taken]
+                db.executemany(
+                    "INSERT INTO pieces(key, length, stored, codec, pack, offset, data, refs)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                    [(loc.key, loc.length, loc.stored, loc.codec, loc.pack, loc.offset, loc.data)
+                     for loc in fresh],
+                )
+                db.executemany(
+                    "INSERT INTO trash(pack, offset, length) VALUES (?, ?, ?)",
+                    [(loc.pack, loc.offset, loc.stored)
+                     for loc in locs if loc.key in taken and loc.pack is not None],
+                )
                 live: Counter[str] = Counter()
-                for loc in new.values():
-                    cur = db.execute(
-                        "INSERT OR IGNORE INTO pieces(key, length, stored, codec, pack, offset,"
-                        " data, refs) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                        (loc.key, loc.length, loc.stored, loc.codec, loc.pack, loc.offset, loc.data),
-                    )
-                    if cur.rowcount and loc.pack is not None:
+                for loc in fresh:
+                    if loc.pack is not None:
                         live[loc.pack] += loc.stored
-                    elif not cur.rowcount and loc.pack is not None:
-                        # Another ingest committed the same piece first: ours is dead space.
-                        db.execute(
-                            "INSERT INTO trash(pack, offset, length) VALUES (?, ?, ?)",
-                            (loc.pack, loc.offset, loc.stored),
-                        )
                 for p, n in live.items():
                     db.execute("UPDATE packs SET live = live + ? WHERE name = ?", (n, p))
                 counts = Counter(k for k, _ in recipe)
@@ -343,6 +348,15 @@ class SqliteMetadata:
     def locations(self, keys: Iterable[bytes]) -> dict[bytes, Location]:
         with self._reader_lock:
             return self._locations(self._reader, list(set(keys)))
+
+    @staticmethod
+    def _existing(db: sqlite3.Connection, keys: list[bytes]) -> set[bytes]:
+        out: set[bytes] = set()
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            out.update(k for (k,) in db.execute(f"SELECT key FROM pieces WHERE key IN ({marks})", part))
+        return out
 
     @staticmethod
     def _locations(db: sqlite3.Connection, keys: list[bytes]) -> dict[bytes, Location]:

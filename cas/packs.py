@@ -45,6 +45,10 @@ class PackWriter(Protocol):
     def append(self, data: bytes | memoryview) -> int:
         """Append ``data``; return the offset it was written at. StorageFull when full."""
 
+    def append_many(self, parts: list[bytes] | list[memoryview]) -> list[int]:
+        """Append each of ``parts`` in order (one system call where the backend can);
+        return their offsets. On failure none of them counts as appended."""
+
     def sync(self) -> None:
         """Make every appended byte durable (fsync)."""
 
@@ -96,6 +100,8 @@ if _sync_file_range is not None:
 
 # Start writeback every this many bytes, so the fsync at commit has little left to do.
 _WRITEBACK_EVERY = 8 << 20
+# Buffers per pwritev (the kernel's IOV_MAX).
+_IOV_MAX = 1024
 
 
 def _raise_full(exc: OSError, where: str) -> None:
@@ -129,10 +135,38 @@ class _FileWriter:
             self._size = at
             os.ftruncate(self._fd, at)
             _raise_full(exc, f"pack {self.name}")
+        self._write_back()
+        return at
+
+    def append_many(self, parts: list[bytes] | list[memoryview]) -> list[int]:
+        at = self._size
+        views = [memoryview(p).cast("B") for p in parts]
+        offsets = []
+        for v in views:
+            offsets.append(self._size)
+            self._size += len(v)
+        try:
+            pos = at
+            while views:
+                # At most _IOV_MAX buffers per call; a short write resumes mid-buffer.
+                n = os.pwritev(self._fd, views[:_IOV_MAX], pos)
+                pos += n
+                while views and n >= len(views[0]):
+                    n -= len(views[0])
+                    views.pop(0)
+                if n:
+                    views[0] = views[0][n:]
+        except OSError as exc:
+            self._size = at
+            os.ftruncate(self._fd, at)
+            _raise_full(exc, f"pack {self.name}")
+        self._write_back()
+        return offsets
+
+    def _write_back(self) -> None:
         if _sync_file_range is not None and self._size - self._flushed >= _WRITEBACK_EVERY:
             _sync_file_range(self._fd, self._flushed, self._size - self._flushed, _SYNC_FILE_RANGE_WRITE)
             self._flushed = self._size
-        return at
 
     def sync(self) -> None:
         try:
@@ -203,6 +237,9 @@ class _DirectWriter:
                 self._staged = 0
                 self._wait(self._cur)  # the next buffer must be on the device before reuse
         return at
+
+    def append_many(self, parts: list[bytes] | list[memoryview]) -> list[int]:
+        return [self.append(p) for p in parts]  # staged: no system call per part anyway
 
     def _wait(self, i: int) -> None:
         pending = self._pending[i]
@@ -390,6 +427,9 @@ class _MemoryWriter:
             at = len(buf)
             buf += data
             return at
+
+    def append_many(self, parts: list[bytes] | list[memoryview]) -> list[int]:
+        return [self.append(p) for p in parts]
 
     def sync(self) -> None:
         pass

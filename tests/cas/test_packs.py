@@ -28,6 +28,23 @@ def test_append_returns_offsets_and_reads_back(backend: PackBackend) -> None:
     w.close()
 
 
+def test_append_many_appends_in_order_and_returns_each_offset(backend: PackBackend) -> None:
+    import os
+
+    w = backend.create("ab12")
+    w.append(b"head")
+    big = os.urandom(3 << 20)
+    parts = [memoryview(big)[: 1 << 20], b"x" * 10, memoryview(bytearray(big))[1 << 20 :]]
+    parts += [bytes([i % 256]) * (i % 7 + 1) for i in range(1500)]  # more than one pwritev takes
+    offsets = w.append_many(parts)
+    assert offsets[0] == 4 and offsets[1] == 4 + (1 << 20) and offsets[2] == offsets[1] + 10
+    assert w.size == offsets[-1] + len(parts[-1])
+    w.sync()
+    for part, at in zip(parts, offsets):
+        assert backend.read("ab12", at, len(part)) == bytes(part)
+    w.close()
+
+
 def test_names_list_every_pack(backend: PackBackend) -> None:
     for n in ("bb22", "aa11"):
         backend.create(n).close()
