@@ -7,10 +7,13 @@ Transports (the ``SRC``/``DST`` syntax of ``pybuild copy``, as skopeo spells the
     oci:DIR[:TAG]                    an OCI image layout directory
     docker-archive:FILE[:REF]        a ``docker save`` tarball
 
-Every blob passes through the local ``cas.Store`` (where it is verified, and where its
-pieces serve later incremental pulls); blobs the destination already has are skipped,
-and a registry-to-registry copy within one registry mounts instead of transferring.
-``pull`` is ``copy REF local:REF``, ``push`` is ``copy local:REF REF``.
+Blobs the destination already has are skipped, and a registry-to-registry copy within one
+registry mounts instead of transferring. A blob copied to a registry from another
+registry or an OCI layout, and not in the local store, is streamed: read from its source
+(by Range from the offset a retried upload continues at) and hashed as it is sent, with
+no local copy. Every other blob passes through the local ``cas.Store`` (where it is
+verified, and where its pieces serve later incremental pulls). ``pull`` is
+``copy REF local:REF``, ``push`` is ``copy local:REF REF``.
 
 An index is reduced to one platform's manifest (``platform``, default linux/amd64, else
 the first) unless ``all_platforms`` is set, which copies the index and every manifest.
@@ -19,6 +22,7 @@ the first) unless ``all_platforms`` is set, which copies the index and every man
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +35,9 @@ from .oci import Descriptor, Index, Manifest, parse_manifest
 from .progress import Progress
 from .refs import ImageRef, InvalidReference, parse_image_ref
 from .transfer import PieceSources, TransferOptions, local_piece_sources, pull_blob
+
+# A streamed blob is read from its source this much at a time.
+_STREAM_READ = 4 << 20
 
 __all__ = ["CopyOptions", "CopyResult", "Endpoint", "copy_image", "parse_endpoint"]
 
@@ -93,7 +100,11 @@ class _Copy:
         self.src, self.dst, self.images, self.client = src, dst, images, client
         self.progress, self.options = progress, options
         self.store = images.store
+        # Blobs being fetched (into the local store) and blobs being sent to a registry are
+        # limited separately: a blob fetched waits for a free upload, not the other blobs'
+        # fetches for the uploads before them (the two overlap, as in a streaming copy).
         self.sem = asyncio.Semaphore(max(1, options.jobs))
+        self.push_sem = asyncio.Semaphore(max(1, options.jobs))
         self.moves: dict[Digest, asyncio.Task[str]] = {}
         self.link = holder(str(dst.ref)) if dst.kind == "local" else None
         self.recipes = False
@@ -165,33 +176,82 @@ class _Copy:
         return CopyResult(digest, media_type, dict(self.statuses))
 
     async def _move(self, desc: Descriptor) -> None:
-        async with self.sem:
-            self.statuses[str(desc.digest)] = await self._move_one(desc)
+        self.statuses[str(desc.digest)] = await self._move_one(desc)
 
     async def _move_one(self, desc: Descriptor) -> str:
         dst, src = self.dst, self.src
         if dst.kind == "registry":
             assert dst.ref is not None
-            if await self.client.head_blob(dst.ref.api_host, dst.ref.name, desc.digest, push=True):
-                return "exists"
-            if src.kind == "registry" and src.ref and src.ref.api_host == dst.ref.api_host:
-                if await self.client.start_upload(dst.ref.api_host, dst.ref.name, mount=desc.digest,
-                                                  source=src.ref.name) is None:
-                    return "mounted"
+            async with self.push_sem:
+                if await self.client.head_blob(dst.ref.api_host, dst.ref.name, desc.digest, push=True):
+                    return "exists"
+                if src.kind == "registry" and src.ref and src.ref.api_host == dst.ref.api_host:
+                    if await self.client.start_upload(dst.ref.api_host, dst.ref.name, mount=desc.digest,
+                                                      source=src.ref.name) is None:
+                        return "mounted"
         if desc.nondistributable and await self.store.stat(desc.digest) is None and src.kind == "registry":
             return "skipped"  # foreign layers stay where their urls point
-        status = await self._fetch(desc)
+        if dst.kind == "registry" and src.kind in ("registry", "oci") \
+                and await self.store.stat(desc.digest) is None:
+            assert dst.ref is not None
+            from .upload import push_blob
+
+            async with self.push_sem:
+                return await push_blob(self.client, self.images, dst.ref, desc, self.progress,
+                                       options=self.options.transfer, source=self._stream(desc))
+        async with self.sem:
+            status = await self._fetch(desc)
+            if dst.kind == "oci":
+                assert dst.path is not None
+                await OciLayout(dst.path).export_blob(self.store, desc.digest)
         if dst.kind == "registry":
             assert dst.ref is not None
             from .upload import push_blob  # imports aiohttp: only when pushing
 
-            status = await push_blob(self.client, self.images, dst.ref, desc, self.progress,
-                                     mount_from=await self._mount_sources(desc),
-                                     options=self.options.transfer)
-        elif dst.kind == "oci":
-            assert dst.path is not None
-            await OciLayout(dst.path).export_blob(self.store, desc.digest)
+            async with self.push_sem:
+                status = await push_blob(self.client, self.images, dst.ref, desc, self.progress,
+                                         mount_from=await self._mount_sources(desc),
+                                         options=self.options.transfer)
         return status
+
+    def _stream(self, desc: Descriptor) -> Callable[[int], AsyncIterator[bytes]]:
+        """The blob's bytes from an offset, straight from the source (no local copy)."""
+        src = self.src
+        if src.kind == "oci":
+            assert src.path is not None
+            path = OciLayout(src.path).blob_path(desc.digest)
+
+            async def from_file(offset: int) -> AsyncIterator[bytes]:
+                try:
+                    f = await asyncio.to_thread(open, path, "rb")
+                except FileNotFoundError:
+                    raise LayoutError(f"{src.path} lacks blob {desc.digest} ({path} is missing)") from None
+                try:
+                    await asyncio.to_thread(f.seek, offset)
+                    while data := await asyncio.to_thread(f.read, _STREAM_READ):
+                        yield data
+                finally:
+                    f.close()
+
+            return from_file
+        ref = src.ref
+        assert ref is not None
+
+        async def from_registry(offset: int) -> AsyncIterator[bytes]:
+            if offset >= desc.size:
+                return
+            async with self.client.open_blob(ref.api_host, ref.name, desc.digest, offset) as resp:
+                while True:
+                    buf = bytearray(_STREAM_READ)
+                    n, failure = await resp.run(resp.fill, memoryview(buf))
+                    if n:
+                        yield memoryview(buf)[:n]
+                    if failure is not None:
+                        raise failure
+                    if n < len(buf):
+                        return
+
+        return from_registry
 
     async def _fetch(self, desc: Descriptor) -> str:
         src = self.src

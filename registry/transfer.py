@@ -473,10 +473,10 @@ async def _get_range(
             async with client.open_blob(src.api_host, src.name, desc.digest, start + got, end - 1) as resp:
                 if resp.length is not None and resp.length > end - start - got:
                     raise BlobError(f"blob {desc.digest}: the registry sent more bytes than asked for")
-                n, failure = await resp.run(_read_into, resp, view[got:])
+                n, failure = await resp.run(resp.fill, view[got:])
                 got += n
                 if got == end - start and failure is None and await resp.run(
-                        _read_into, resp, memoryview(bytearray(1))) != (0, None):
+                        resp.fill, memoryview(bytearray(1))) != (0, None):
                     raise BlobError(f"blob {desc.digest}: the registry sent more bytes than asked for")
             if got == end - start:
                 return [buf]
@@ -487,20 +487,6 @@ async def _get_range(
                 raise
         await asyncio.sleep(0.1 * 2**attempt)
     raise BlobError(f"blob {desc.digest}: bytes {start}-{end - 1} kept arriving short")
-
-
-def _read_into(resp: WireResponse, view: memoryview) -> tuple[int, WireError | None]:
-    """Fill ``view`` from ``resp`` (blocking): the bytes read, and what stopped it early."""
-    n = 0
-    try:
-        while n < len(view):
-            k = resp.readinto(view[n:])
-            if not k:
-                break
-            n += k
-    except WireError as exc:
-        return n, exc
-    return n, None
 
 
 async def _stream(

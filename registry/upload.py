@@ -1,4 +1,5 @@
-"""Pushing one blob from the local ``cas.Store`` to a registry, resumable at any size.
+"""Pushing one blob to a registry, resumable at any size: from the local ``cas.Store``, or
+streamed from another source (an OCI layout's file, another registry) by ``pybuild copy``.
 
 :func:`push_blob` skips a blob the destination has (HEAD), mounts it when another
 repository of the same registry has it, and otherwise uploads it into an upload session
@@ -23,12 +24,18 @@ the first byte is sent:
 pybuild's registry keeps the received prefix of a broken request (it checkpoints the
 session whatever happens), so a push cut half-way resumes half-way; a registry that drops
 the partial request resumes from the last complete chunk.
+
+A streamed blob (``source``) is read again from the session's offset when a request is
+retried (a Range request to a source registry). Its bytes are hashed as they are sent:
+when they do not match the digest the closing ``PUT`` is not sent (the session is
+forgotten), and the error names the blob.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
@@ -41,11 +48,15 @@ from .oci import Descriptor
 from .progress import Progress
 from .refs import ImageRef
 from .transfer import BlobError, TransferOptions
+from .wire import WireError
 
 __all__ = ["push_blob"]
 
 _DEFAULTS = TransferOptions()
-_BROKEN = (TransportError, aiohttp.ClientError, asyncio.TimeoutError)
+_BROKEN = (TransportError, aiohttp.ClientError, asyncio.TimeoutError, WireError)
+
+# The blob's bytes from an offset, for a push that does not read the local store.
+ChunkSource = Callable[[int], AsyncIterator[bytes]]
 
 
 class _Session:
@@ -65,17 +76,26 @@ async def push_blob(
     *,
     mount_from: tuple[str, ...] = (),
     options: TransferOptions = _DEFAULTS,
+    source: ChunkSource | None = None,
 ) -> str:
-    """Make ``dst``'s repository hold the blob; returns "exists", "mounted" or "pushed"."""
+    """Make ``dst``'s repository hold the blob; returns "exists", "mounted" or "pushed".
+
+    The bytes come from the local store, or from ``source`` (``desc.size`` of them,
+    checked against the digest as they are sent)."""
     host, name, digest = dst.api_host, dst.name, desc.digest
     key = str(digest)
     progress.start(key, digest.encoded[:12], desc.size)
     if await client.head_blob(host, name, digest, push=True) is not None:
         progress.finish(key, "exists")
         return "exists"
-    info = await images.store.stat(digest)
-    if info is None:
-        raise BlobError(f"blob {digest} is not in the local store; pull the image again")
+    if source is None:
+        info = await images.store.stat(digest)
+        if info is None:
+            raise BlobError(f"blob {digest} is not in the local store; pull the image again")
+        size = info.size
+        read: ChunkSource = lambda offset: images.store.read(digest, offset)  # noqa: E731
+    else:
+        size, read = desc.size, source
     location = None
     for source in mount_from:
         if source != name:
@@ -101,9 +121,14 @@ async def push_blob(
     attempt = 0
     while True:
         try:
-            await _send(client, images, host, name, digest, info.size, session, session_key,
-                        progress, options)
+            await _send(client, images, host, name, digest, size, session, session_key,
+                        progress, options, read, verify=source is not None)
             break
+        except BlobError:
+            # The source is wrong (not the transfer): nothing to resume.
+            await images.set_pending_push(session_key, None)
+            progress.finish(key, "failed")
+            raise
         except (RegistryError, *_BROKEN) as exc:
             refused = isinstance(exc, RegistryError) and exc.status < 500
             if refused and resumed:
@@ -141,29 +166,54 @@ async def _start(client: RegistryClient, host: str, name: str) -> str:
 async def _send(
     client: RegistryClient, images: ImageStore, host: str, name: str, digest: Digest,
     size: int, session: _Session, session_key: str, progress: Progress, options: TransferOptions,
+    read: ChunkSource, *, verify: bool,
 ) -> None:
-    """Send the blob from ``session.offset`` and close the session with its digest."""
+    """Send the blob from ``session.offset`` and close the session with its digest.
+
+    ``verify``: hash what is sent and close the session only if it makes the digest (a
+    session resumed past byte 0 is left to the registry's own check)."""
     key = str(digest)
+    hasher = hashlib.new(digest.algorithm) if verify and session.offset == 0 else None
+
+    async def check(data: bytes) -> None:
+        if hasher is not None:
+            await asyncio.to_thread(hasher.update, data)
+
+    def checked() -> None:
+        if hasher is not None and hasher.hexdigest() != digest.encoded:
+            raise BlobError(f"blob {digest}: the source's bytes do not match its digest "
+                            f"(sha {hasher.hexdigest()[:12]}...); nothing was pushed")
+
     if session.offset == 0 and size <= options.upload_chunk:
-        data = await images.store.read_bytes(digest)
+        data = b"".join([chunk async for chunk in read(0)])
+        if len(data) != size:
+            raise BlobError(f"blob {digest}: the source has {len(data)} of its {size} bytes")
+        await check(data)
+        checked()
         await client.finish_upload(host, name, session.location, digest, data)
         session.offset = len(data)
         progress.advance(key, len(data))
         return
-    async for piece in _chunks(images, digest, session.offset, options.upload_chunk):
+    async for piece in _chunks(read(session.offset), options.upload_chunk):
+        if session.offset + len(piece) > size:
+            raise BlobError(f"blob {digest}: the source has more than its {size} bytes")
+        await check(piece)
         session.location = await client.patch_upload(host, name, session.location, piece,
                                                      session.offset)
         session.offset += len(piece)
         progress.advance(key, len(piece))
         if session.offset < size:
             await images.set_pending_push(session_key, session.location)
+    if session.offset != size:
+        raise BlobError(f"blob {digest}: the source ended at byte {session.offset} of {size}")
+    checked()
     await client.finish_upload(host, name, session.location, digest)
 
 
-async def _chunks(images: ImageStore, digest: Digest, offset: int, size: int) -> AsyncIterator[bytes]:
-    """The blob from ``offset`` in pieces of ``size`` bytes (the last one shorter)."""
+async def _chunks(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """``chunks`` regrouped in pieces of ``size`` bytes (the last one shorter)."""
     buf = bytearray()
-    async for chunk in images.store.read(digest, offset):
+    async for chunk in chunks:
         buf += chunk
         while len(buf) >= size:
             yield bytes(buf[:size])

@@ -67,6 +67,20 @@ class WireResponse:
                             "the end of the body")
         return n
 
+    def fill(self, view: memoryview) -> tuple[int, WireError | None]:
+        """Read until ``view`` is full or the body ends (blocking): the bytes read, and the
+        failure that stopped it early, if any."""
+        n = 0
+        try:
+            while n < len(view):
+                k = self.readinto(view[n:])
+                if not k:
+                    break
+                n += k
+        except WireError as exc:
+            return n, exc
+        return n, None
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` (which reads this body) on the wire's threads. A cancelled caller
         aborts the response, which makes a blocked read return, and waits for ``fn`` to
