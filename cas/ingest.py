@@ -222,6 +222,11 @@ class Ingest:
                     interrupt()
                 cancelled = cancelled or exc
                 continue
+            except BaseException:
+                # An interrupted job fails (its source was shut): the caller was cancelled.
+                if cancelled is not None:
+                    raise cancelled from None
+                raise
             if cancelled is not None:
                 raise cancelled
             return result

@@ -22,12 +22,13 @@ import ctypes.util
 import errno
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from .errors import StorageFull, StoreCorrupt
 from .buffers import copy_into
+from .errors import StorageFull, StoreCorrupt
 
 __all__ = ["FilesystemPacks", "MemoryPacks", "PackBackend", "PackWriter"]
 
@@ -45,7 +46,7 @@ class PackWriter(Protocol):
     def append(self, data: bytes | memoryview) -> int:
         """Append ``data``; return the offset it was written at. StorageFull when full."""
 
-    def append_many(self, parts: list[bytes] | list[memoryview]) -> list[int]:
+    def append_many(self, parts: Sequence[bytes | memoryview]) -> list[int]:
         """Append each of ``parts`` in order (one system call where the backend can);
         return their offsets. On failure none of them counts as appended."""
 
@@ -138,7 +139,7 @@ class _FileWriter:
         self._write_back()
         return at
 
-    def append_many(self, parts: list[bytes] | list[memoryview]) -> list[int]:
+    def append_many(self, parts: Sequence[bytes | memoryview]) -> list[int]:
         at = self._size
         views = [memoryview(p).cast("B") for p in parts]
         offsets = []
@@ -238,7 +239,7 @@ class _DirectWriter:
                 self._wait(self._cur)  # the next buffer must be on the device before reuse
         return at
 
-    def append_many(self, parts: list[bytes] | list[memoryview]) -> list[int]:
+    def append_many(self, parts: Sequence[bytes | memoryview]) -> list[int]:
         return [self.append(p) for p in parts]  # staged: no system call per part anyway
 
     def _wait(self, i: int) -> None:
@@ -428,7 +429,7 @@ class _MemoryWriter:
             buf += data
             return at
 
-    def append_many(self, parts: list[bytes] | list[memoryview]) -> list[int]:
+    def append_many(self, parts: Sequence[bytes | memoryview]) -> list[int]:
         return [self.append(p) for p in parts]
 
     def sync(self) -> None:

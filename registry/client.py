@@ -223,6 +223,7 @@ class RegistryClient:
                 value = auth.header(scopes)
                 if value:
                     send_headers["Authorization"] = value
+            resp: Any
             try:
                 if data is None:
                     resp = await self.wire.call(self.wire.request, method, url, send_headers,
@@ -235,7 +236,7 @@ class RegistryClient:
                         method, url, headers=send_headers, data=body, params=params,
                         allow_redirects=False, ssl=self._ssl_for(url),
                     )
-            except (TimeoutError, WireError, *_aiohttp_connection_errors()) as exc:
+            except (TimeoutError, WireError, *_aiohttp_connection_errors()) as exc:  # type: ignore[misc]
                 if attempt >= retries:
                     raise TransportError(
                         f"{method} {url}: {exc or type(exc).__name__} (after {attempt + 1} "

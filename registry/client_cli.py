@@ -43,7 +43,7 @@ _FAILURES = (AuthError, BlobError, ImageNotFound, InvalidReference, LayoutError,
 def _run(coro: Awaitable[T]) -> T:
     global finished
     try:
-        result = asyncio.run(coro)  # type: ignore[arg-type]
+        result: T = asyncio.run(coro)  # type: ignore[arg-type]
     except _FAILURES as exc:
         raise click.ClickException(str(exc)) from exc
     finished = True
@@ -63,7 +63,7 @@ def _storage_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _transfer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
+    options: list[Callable[[Any], Any]] = [
         click.option("--jobs", "-j", type=click.IntRange(1, 64), default=6, show_default=True,
                      help="Blobs transferred at once."),
         click.option("--ranges", type=click.IntRange(1, 64), default=TransferOptions().window,

@@ -25,6 +25,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cas import Digest
 
@@ -160,8 +161,8 @@ class _Copy:
                 media_type, obj = parse_manifest(raw, media_type)
                 if not isinstance(obj, Manifest):
                     raise LayoutError(f"{self.src}: nested indexes are not supported")
-        manifests = [c[2] for c in children] or [obj]
-        blobs = {d.digest: d for m in manifests for d in m.references()}  # type: ignore[union-attr]
+        manifests: list[Any] = [c[2] for c in children] or [obj]
+        blobs = {d.digest: d for m in manifests for d in m.references()}
         tasks = [asyncio.create_task(self._move(d)) for d in blobs.values()]
         try:
             await asyncio.gather(*tasks)
@@ -214,14 +215,14 @@ class _Copy:
                                          options=self.options.transfer)
         return status
 
-    def _stream(self, desc: Descriptor) -> Callable[[int], AsyncIterator[bytes]]:
+    def _stream(self, desc: Descriptor) -> Callable[[int], AsyncIterator[bytes | memoryview]]:
         """The blob's bytes from an offset, straight from the source (no local copy)."""
         src = self.src
         if src.kind == "oci":
             assert src.path is not None
             path = OciLayout(src.path).blob_path(desc.digest)
 
-            async def from_file(offset: int) -> AsyncIterator[bytes]:
+            async def from_file(offset: int) -> AsyncIterator[bytes | memoryview]:
                 try:
                     f = await asyncio.to_thread(open, path, "rb")
                 except FileNotFoundError:
@@ -237,7 +238,7 @@ class _Copy:
         ref = src.ref
         assert ref is not None
 
-        async def from_registry(offset: int) -> AsyncIterator[bytes]:
+        async def from_registry(offset: int) -> AsyncIterator[bytes | memoryview]:
             if offset >= desc.size:
                 return
             async with self.client.open_blob(ref.api_host, ref.name, desc.digest, offset) as resp:

@@ -134,7 +134,7 @@ class _Sink:
     def offset(self) -> int:
         return self.ing.offset
 
-    async def write(self, data: bytes, *, reused: bool = False) -> None:
+    async def write(self, data: bytes | bytearray, *, reused: bool = False) -> None:
         if self.ing.offset + len(data) > self.size:
             raise BlobError(
                 f"blob {self.desc.digest}: the registry sent more than the {self.size} bytes "

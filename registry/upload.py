@@ -56,7 +56,7 @@ _DEFAULTS = TransferOptions()
 _BROKEN = (TransportError, aiohttp.ClientError, asyncio.TimeoutError, WireError)
 
 # The blob's bytes from an offset, for a push that does not read the local store.
-ChunkSource = Callable[[int], AsyncIterator[bytes]]
+ChunkSource = Callable[[int], AsyncIterator[bytes | memoryview]]
 
 
 class _Session:
@@ -97,9 +97,9 @@ async def push_blob(
     else:
         size, read = desc.size, source
     location = None
-    for source in mount_from:
-        if source != name:
-            location = await client.start_upload(host, name, mount=digest, source=source)
+    for other in mount_from:
+        if other != name:
+            location = await client.start_upload(host, name, mount=digest, source=other)
             if location is None:
                 progress.finish(key, "mounted")
                 return "mounted"
@@ -175,7 +175,7 @@ async def _send(
     key = str(digest)
     hasher = hashlib.new(digest.algorithm) if verify and session.offset == 0 else None
 
-    async def check(data: bytes) -> None:
+    async def check(data: bytes | memoryview) -> None:
         if hasher is not None:
             await asyncio.to_thread(hasher.update, data)
 
@@ -210,7 +210,7 @@ async def _send(
     await client.finish_upload(host, name, session.location, digest)
 
 
-async def _chunks(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+async def _chunks(chunks: AsyncIterator[bytes | memoryview], size: int) -> AsyncIterator[bytes]:
     """``chunks`` regrouped in pieces of ``size`` bytes (the last one shorter)."""
     buf = bytearray()
     async for chunk in chunks:

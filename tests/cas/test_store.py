@@ -463,7 +463,12 @@ async def test_a_failing_source_keeps_what_arrived_and_the_ingest_usable(store: 
     assert (await store.fsck()).ok
 
 
-async def test_a_cancelled_receive_interrupts_its_source_and_keeps_the_ingest(store: Store) -> None:
+@pytest.mark.parametrize("woken_source", ["ends", "fails"])
+async def test_a_cancelled_receive_interrupts_its_source_and_keeps_the_ingest(
+    store: Store, woken_source: str,
+) -> None:
+    """Cancelled while its source blocks: the source is woken (a socket shut down ends or
+    fails the read), the caller sees the cancellation, the ingest keeps what arrived."""
     data = os.urandom(4 << 20)
     woken = threading.Event()
     started = threading.Event()
@@ -475,6 +480,8 @@ async def test_a_cancelled_receive_interrupts_its_source_and_keeps_the_ingest(st
             return n
         started.set()
         woken.wait(30)  # a socket read that only a shutdown ends
+        if woken_source == "fails":
+            raise ConnectionResetError("shut down")
         return 0
 
     ingest = await store.begin_ingest()
