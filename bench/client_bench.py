@@ -11,7 +11,9 @@ Measured for each client:
 - ``pull v1, cold``: into an empty destination (time);
 - ``pull v2 over v1``: v2 into the destination that holds v1 (time, and the bytes the
   registry process wrote while serving it, from ``/proc/PID/io``: its socket writes,
-  ``sendfile`` included).
+  ``sendfile`` included);
+- ``copy``: v1 into an empty Distribution, from the Distribution and from the OCI layout
+  (``skopeo copy`` against ``pybuild copy``).
 
 Clients: ``skopeo copy docker://... oci:DIR`` (reuses blobs already in its OCI layout),
 ``docker pull`` (reuses layers by digest) and ``pybuild pull`` - from Distribution (whole
@@ -133,6 +135,31 @@ def _measure(pull: Callable[[str], None], served: _Served) -> tuple[float, float
     return cold, incremental, served.written() - before
 
 
+def _copies(workdir: Path, layout: Path, dist: _Served) -> dict[str, dict[str, float]]:
+    """Seconds to copy v1 into an empty Distribution (a new one per copy: nothing to mount,
+    nothing known), from the Distribution holding it and from the OCI layout, with
+    ``skopeo copy`` and ``pybuild copy`` (which streams such copies: no local store)."""
+    sources = {"registry -> registry": f"docker://{dist.registry.ref(REPO, 'v1')}",
+               "OCI layout -> registry": f"oci:{layout}:v1"}
+    out: dict[str, dict[str, float]] = {}
+    for what, src in sources.items():
+        out[what] = {}
+        for tool in ("skopeo", "pybuild"):
+            name = f"copy-{tool}-{what.split()[0].lower()}"
+            with _serve("distribution", workdir / name) as fresh:
+                dst = fresh.registry.ref(REPO, "v1")
+                if tool == "skopeo":
+                    argv = ["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                            src, f"docker://{dst}"]
+                else:
+                    argv = pybuild_argv("copy", "-q", "--storage", str(workdir / f"{name}-store"),
+                                        src, dst)
+                os.sync()
+                out[what][tool] = round(_timed(argv, pybuild_env()), 3)
+            shutil.rmtree(workdir / name, ignore_errors=True)
+    return out
+
+
 def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
                  report_skip: Callable[[str, str], None]) -> list[Measurement]:
     """Time each available client; ``report_skip(client, why)`` for those that are not."""
@@ -169,6 +196,8 @@ def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
         else:
             report_skip("pybuild", missing_reason("pull"))
 
+        copies = _copies(workdir, layout, dist) if has_command("copy") else {}
+
         # Docker last: its engine's start, vfs copies and shutdown would otherwise weigh on
         # the clients measured after it.
         if shutil.which("dockerd"):
@@ -185,7 +214,9 @@ def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
             report_skip("docker", "docker.io (dockerd) is not installed")
 
     label = (f"{layers} layers x {files} files, {total_v1 / 1e6:.0f} MB compressed")
-    return [
+    copied = [Measurement(f"copy {what} (an empty Distribution)", "s", False, values)
+              for what, values in copies.items()]
+    return copied + [
         Measurement(f"pull v1, cold ({label})", "s", False,
                     {k: round(v[0], 3) for k, v in results.items()}),
         Measurement("pull v1, cold", "MB/s", True,

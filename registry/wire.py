@@ -1,12 +1,12 @@
-"""Blocking HTTP/1.1 connections for blob bodies, read by worker threads.
+"""Blocking HTTP/1.1 connections for requests without a body, read by worker threads.
 
 aiohttp delivers a body on the event loop as a new ``bytes`` object per socket read; a
 pull then pays for fresh memory, a copy into the store's cutter and a thread hop per
-read, all while holding the GIL. A blob GET sent with ``wire=True`` (see
+read, all while holding the GIL. Every request without a body (blob and manifest GETs,
+HEADs, tag lists, tokens) goes through this module instead - sent by
 :meth:`registry.client.RegistryClient._send`, which keeps every policy: auth, retries,
-redirects) goes through this module instead: a pooled :mod:`http.client` connection
-whose body a worker thread reads with ``recv_into`` straight into the ingest's buffer
-(:meth:`cas.Ingest.receive`).
+redirects - on a pooled :mod:`http.client` connection, whose body a worker thread reads
+with ``recv_into`` straight into the ingest's buffer (:meth:`cas.Ingest.receive`).
 
 Connections are kept per origin (scheme, host, TLS settings) and reused once their
 response has been read to the end; a response given up half-way closes its connection.
