@@ -1,6 +1,5 @@
-"""An OCI Distribution client: requests without a body on pooled blocking connections
-(:mod:`registry.wire`, whose bodies worker threads read), uploads over one aiohttp
-``ClientSession`` (imported only when something is pushed). Connections are reused.
+"""An OCI Distribution client over pooled blocking connections driven by worker threads
+(:mod:`registry.wire`; connections are reused).
 
 Covers the spec's pull, push and content-discovery endpoints: ``/v2/`` ping, manifests
 GET/HEAD/PUT, blobs HEAD/GET (with ``Range``), uploads (POST, PATCH, PUT, status GET,
@@ -22,15 +21,13 @@ Policies, in one place (:meth:`RegistryClient._send`):
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import ssl
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 from cas import Digest
@@ -40,9 +37,6 @@ from .errors import RegistryError, decode_errors
 from .oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Index
 from .refs import ImageRef, is_loopback
 from .wire import Wire, WireError, WireResponse
-
-if TYPE_CHECKING:
-    import aiohttp
 
 __all__ = [
     "MANIFEST_ACCEPT",
@@ -57,7 +51,6 @@ MANIFEST_ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANI
 RECIPE_ENDPOINT = "_pybuild/blob/recipe"
 _MAX_MANIFEST = 4 << 20
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
-_READ_BUFSIZE = 4 << 20
 
 
 class TransportError(Exception):
@@ -93,7 +86,6 @@ class RegistryClient:
 
     def __init__(self, options: ClientOptions | None = None) -> None:
         self.options = options or ClientOptions()
-        self._session: aiohttp.ClientSession | None = None
         self._wire: Wire | None = None
         self._bases: dict[str, str] = {}
         self._auth: dict[str, HostAuth] = {}
@@ -112,40 +104,15 @@ class RegistryClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
         if self._wire is not None:
             self._wire.close()
             self._wire = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        """The aiohttp session for requests with a body (uploads)."""
-        if self._session is None:
-            import aiohttp
-
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.options.connections),
-                auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120),
-                # A body may run this far ahead of its reader (default 64 KiB: the socket
-                # was paused after every read, and stalled while the store ingested).
-                read_bufsize=_READ_BUFSIZE,
-            )
-            # aiohttp silently re-sends an "idempotent" request (PUT included) once when a
-            # reused connection breaks. A closing upload PUT with bytes is not idempotent
-            # (the registry keeps the prefix it got, so the re-sent body lands after it);
-            # _send retries everything else itself. (aiohttp's own test client does this.)
-            if hasattr(self._session, "_retry_connection"):
-                self._session._retry_connection = False
-        return self._session
-
-    @property
     def wire(self) -> Wire:
-        """Blocking connections for requests without a body (see :meth:`_send`)."""
+        """The connections every request goes on (see :meth:`_send`)."""
         if self._wire is None:
-            self._wire = Wire(connect_timeout=30, read_timeout=120)
+            self._wire = Wire(connect_timeout=30, read_timeout=120, idle=self.options.connections)
         return self._wire
 
     def auth(self, host: str) -> HostAuth:
@@ -195,19 +162,14 @@ class RegistryClient:
         ok: tuple[int, ...] = (200,),
         redirects: bool = False,
         retries: int | None = None,
-    ) -> Any:
+    ) -> WireResponse:
         """Send one request with auth, retries and (optionally) redirects; the caller
         releases the returned response. Statuses outside ``ok`` raise RegistryError.
 
-        A request without a body goes on a blocking connection (:mod:`registry.wire`,
-        sent from a worker thread) and returns a :class:`registry.wire.WireResponse`,
-        whose body may be read by a worker thread straight into the store; one with a
-        body goes through aiohttp and returns its ``ClientResponse``. Both answer
-        ``status``, ``headers``, ``url``, ``await read()`` and ``release()``.
-
-        ``retries`` (default: the client's) bounds re-sends after a connection error or a
-        5xx; upload requests that carry bytes pass 0, because the registry may have kept
-        part of the body (the caller asks the session where it stands instead)."""
+        The request goes on a pooled blocking connection (:mod:`registry.wire`), sent from
+        a worker thread; the answer is a :class:`registry.wire.WireResponse`, whose body
+        may be read by a worker thread straight into the store.
+        """
         if retries is None:
             retries = self.options.retries
         if not url.startswith(("http://", "https://")):
@@ -223,20 +185,10 @@ class RegistryClient:
                 value = auth.header(scopes)
                 if value:
                     send_headers["Authorization"] = value
-            resp: Any
             try:
-                if data is None:
-                    resp = await self.wire.call(self.wire.request, method, url, send_headers,
-                                                params, self._ssl_for(url))
-                else:
-                    # A fresh stream per attempt (a retry resends the whole body); aiohttp
-                    # would otherwise copy large raw bytes on the event loop.
-                    body = io.BytesIO(data) if data else None
-                    resp = await self.session.request(
-                        method, url, headers=send_headers, data=body, params=params,
-                        allow_redirects=False, ssl=self._ssl_for(url),
-                    )
-            except (TimeoutError, WireError, *_aiohttp_connection_errors()) as exc:  # type: ignore[misc]
+                resp = await self.wire.call(self.wire.request, method, url, send_headers, params,
+                                            self._ssl_for(url), data)
+            except (TimeoutError, WireError) as exc:
                 if attempt >= retries:
                     raise TransportError(
                         f"{method} {url}: {exc or type(exc).__name__} (after {attempt + 1} "
@@ -280,7 +232,7 @@ class RegistryClient:
         finally:
             resp.release()
 
-    async def _request(self, method: str, host: str, url: str, **kw: Any) -> tuple[Any, bytes]:
+    async def _request(self, method: str, host: str, url: str, **kw: Any) -> tuple[WireResponse, bytes]:
         resp = await self._send(method, host, url, **kw)
         try:
             body = await resp.read()
@@ -396,7 +348,7 @@ class RegistryClient:
             return None
         return self._location(resp, host)
 
-    def _location(self, resp: Any, host: str) -> str:
+    def _location(self, resp: WireResponse, host: str) -> str:
         location = resp.headers.get("Location")
         if not location:
             raise TransportError(f"{host} answered an upload request without a Location")
@@ -491,13 +443,7 @@ class RegistryClient:
         return pieces
 
 
-def _aiohttp_connection_errors() -> tuple[type[BaseException], ...]:
-    """aiohttp's connection errors, once aiohttp is in use (before, none can be raised)."""
-    aiohttp = sys.modules.get("aiohttp")
-    return (aiohttp.ClientConnectionError,) if aiohttp is not None else ()
-
-
-def _error(resp: Any, body: bytes, what: str) -> RegistryError:
+def _error(resp: WireResponse, body: bytes, what: str) -> RegistryError:
     errors = decode_errors(resp.status, body)
     err = RegistryError.many(errors)
     err.args = (f"{what}: HTTP {resp.status} {err.args[0]}",)

@@ -36,6 +36,7 @@ from .oci import Descriptor, Index, Manifest, parse_manifest
 from .progress import Progress
 from .refs import ImageRef, InvalidReference, parse_image_ref
 from .transfer import PieceSources, TransferOptions, local_piece_sources, pull_blob
+from .upload import push_blob
 
 # A streamed blob is read from its source this much at a time.
 _STREAM_READ = 4 << 20
@@ -195,8 +196,6 @@ class _Copy:
         if dst.kind == "registry" and src.kind in ("registry", "oci") \
                 and await self.store.stat(desc.digest) is None:
             assert dst.ref is not None
-            from .upload import push_blob
-
             async with self.push_sem:
                 return await push_blob(self.client, self.images, dst.ref, desc, self.progress,
                                        options=self.options.transfer, source=self._stream(desc))
@@ -207,8 +206,6 @@ class _Copy:
                 await OciLayout(dst.path).export_blob(self.store, desc.digest)
         if dst.kind == "registry":
             assert dst.ref is not None
-            from .upload import push_blob  # imports aiohttp: only when pushing
-
             async with self.push_sem:
                 status = await push_blob(self.client, self.images, dst.ref, desc, self.progress,
                                          mount_from=await self._mount_sources(desc),

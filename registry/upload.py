@@ -37,8 +37,6 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
-
 from cas import Digest
 
 from .client import RegistryClient, TransportError
@@ -53,7 +51,7 @@ from .wire import WireError
 __all__ = ["push_blob"]
 
 _DEFAULTS = TransferOptions()
-_BROKEN = (TransportError, aiohttp.ClientError, asyncio.TimeoutError, WireError)
+_BROKEN = (TransportError, asyncio.TimeoutError, WireError)
 
 # The blob's bytes from an offset, for a push that does not read the local store.
 ChunkSource = Callable[[int], AsyncIterator[bytes | memoryview]]

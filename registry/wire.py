@@ -1,12 +1,12 @@
-"""Blocking HTTP/1.1 connections for requests without a body, read by worker threads.
+"""The client's HTTP/1.1 transport: pooled blocking connections used from worker threads.
 
-aiohttp delivers a body on the event loop as a new ``bytes`` object per socket read; a
-pull then pays for fresh memory, a copy into the store's cutter and a thread hop per
-read, all while holding the GIL. Every request without a body (blob and manifest GETs,
-HEADs, tag lists, tokens) goes through this module instead - sent by
-:meth:`registry.client.RegistryClient._send`, which keeps every policy: auth, retries,
-redirects - on a pooled :mod:`http.client` connection, whose body a worker thread reads
-with ``recv_into`` straight into the ingest's buffer (:meth:`cas.Ingest.receive`).
+Every request of :class:`registry.client.RegistryClient` goes through this module (its
+``_send`` keeps every policy: auth, retries, redirects), on a :mod:`http.client`
+connection driven by a worker thread: a blob body is read with ``recv_into`` straight
+into the ingest's buffer (:meth:`cas.Ingest.receive`) and an upload is sent with
+``sendall`` from the caller's buffer, without copies in user space, a thread hop per
+socket read or the GIL held meanwhile (an asyncio client delivers each read on the event
+loop as a new ``bytes`` object). The client never imports aiohttp.
 
 Connections are kept per origin (scheme, host, TLS settings) and reused once their
 response has been read to the end; a response given up half-way closes its connection.
@@ -27,7 +27,6 @@ from urllib.parse import urlencode, urlsplit
 
 __all__ = ["Wire", "WireError", "WireResponse"]
 
-_IDLE_PER_ORIGIN = 16
 T = TypeVar("T")
 _MAX_SMALL_BODY = 4 << 20
 
@@ -47,7 +46,7 @@ class WireResponse:
         self._resp = resp
         self._sock = conn.sock
         self.status = resp.status
-        self.headers = resp.headers  # case-insensitive get(), like aiohttp's
+        self.headers = resp.headers  # an email.message.Message: get() ignores case
         self.url = url
 
     @property
@@ -142,9 +141,10 @@ class Wire:
     a pull keeps in flight)."""
 
     def __init__(self, connect_timeout: float = 30, read_timeout: float = 120,
-                 threads: int = 32) -> None:
+                 threads: int = 32, idle: int = 16) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self._keep = idle  # idle connections kept per origin
         self._threads = threads
         self._executor: ThreadPoolExecutor | None = None
         self._idle: dict[tuple[Any, ...], list[http.client.HTTPConnection]] = {}
@@ -153,11 +153,14 @@ class Wire:
         self._unverified_tls: ssl.SSLContext | None = None
 
     def request(self, method: str, url: str, headers: dict[str, str],
-                params: dict[str, str] | list[tuple[str, str]] | None = None, tls: Any = None) -> WireResponse:
-        """Send a request without a body and read the status and headers (blocking).
+                params: dict[str, str] | list[tuple[str, str]] | None = None, tls: Any = None,
+                body: bytes | bytearray | memoryview | None = None) -> WireResponse:
+        """Send a request and read the status and headers of its answer (blocking).
 
-        ``tls`` as aiohttp's ``ssl``: None verifies with the system's CAs, False does not
-        verify, an ``ssl.SSLContext`` is used as it is."""
+        ``tls``: None verifies with the system's CAs, False does not verify, an
+        ``ssl.SSLContext`` is used as it is. A request on an idle pooled connection that
+        the server closed meanwhile is sent once more on a new one, unless it carries a
+        body (the server may have kept part of it: the caller decides)."""
         parts = urlsplit(url)
         target = parts.path or "/"
         query = "&".join(q for q in (parts.query, urlencode(params) if params else "") if q)
@@ -175,14 +178,14 @@ class Wire:
                     conn.connect()
                     assert conn.sock is not None
                     conn.sock.settimeout(self.read_timeout)
-                conn.request(method, target, headers=headers)
+                conn.request(method, target, body=body, headers=headers)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 conn = None
                 # An idle connection the server closed meanwhile: one more try on a new
-                # one (nothing was read, the request had no body).
-                if not fresh and attempt == 0:
+                # one (nothing was read, and the request had no body).
+                if not fresh and attempt == 0 and body is None:
                     continue
                 raise WireError(f"{method} {url}: {exc or type(exc).__name__}") from exc
             return WireResponse(self, origin, conn, resp, url)
@@ -238,7 +241,7 @@ class Wire:
     def _put(self, origin: tuple[Any, ...], conn: http.client.HTTPConnection) -> None:
         with self._lock:
             conns = self._idle.setdefault(origin, [])
-            if len(conns) < _IDLE_PER_ORIGIN:
+            if len(conns) < self._keep:
                 conns.append(conn)
                 return
         conn.close()
