@@ -124,20 +124,7 @@ class _FileWriter:
         return self._size
 
     def append(self, data: bytes | memoryview) -> int:
-        at = self._size
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.pwrite(self._fd, view, self._size)
-                self._size += n
-                view = view[n:]
-        except OSError as exc:
-            # Leave no torn tail: the next append starts where the last good one ended.
-            self._size = at
-            os.ftruncate(self._fd, at)
-            _raise_full(exc, f"pack {self.name}")
-        self._write_back()
-        return at
+        return self.append_many([data])[0]
 
     def append_many(self, parts: Sequence[bytes | memoryview]) -> list[int]:
         at = self._size
@@ -147,17 +134,18 @@ class _FileWriter:
             offsets.append(self._size)
             self._size += len(v)
         try:
-            pos = at
-            while views:
+            pos, first = at, 0
+            while first < len(views):
                 # At most _IOV_MAX buffers per call; a short write resumes mid-buffer.
-                n = os.pwritev(self._fd, views[:_IOV_MAX], pos)
+                n = os.pwritev(self._fd, views[first : first + _IOV_MAX], pos)
                 pos += n
-                while views and n >= len(views[0]):
-                    n -= len(views[0])
-                    views.pop(0)
+                while first < len(views) and n >= len(views[first]):
+                    n -= len(views[first])
+                    first += 1
                 if n:
-                    views[0] = views[0][n:]
+                    views[first] = views[first][n:]
         except OSError as exc:
+            # Leave no torn tail: the next append starts where the last good one ended.
             self._size = at
             os.ftruncate(self._fd, at)
             _raise_full(exc, f"pack {self.name}")
