@@ -85,6 +85,26 @@ async def test_a_connection_read_to_the_end_is_reused_and_query_strings_are_kept
     assert seen == ["/v2/?a=1"] * 3 + ["/token?scope=x%3Apull&scope=y%3Apush"]
 
 
+async def test_a_chunked_body_is_read_to_its_end_and_its_connection_reused() -> None:
+    async def handle(line: str, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async with raw_server(handle) as (origin, connections):
+        wire = Wire()
+        try:
+            resp = await asyncio.to_thread(wire.request, "GET", f"{origin}/blob", {})
+            assert resp.length is None
+            resp.release()  # unread: its connection is closed, not reused
+            for _ in range(2):
+                assert await asyncio.to_thread(read_all, wire, f"{origin}/blob") == b"hello world"
+        finally:
+            wire.close()
+    assert len(connections) == 2
+
+
 async def test_a_body_given_up_half_way_closes_its_connection() -> None:
     async def handle(line: str, writer: asyncio.StreamWriter) -> bool:
         writer.write(ok(b"x" * 100_000))
