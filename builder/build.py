@@ -30,6 +30,7 @@ from .image import BuiltImage, assemble, timestamp
 from .outputs import Output, write_docker_archive, write_oci_layout
 from .progress import Progress
 from .publish import push_images, tag_images
+from .prune import BuildLock
 from .snapshots import SnapshotStore
 from .stages import Platform
 from .steps.common import BuildError, StepEnv
@@ -83,6 +84,10 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     created = timestamp(sde if sde is not None else time.time())
     bdir = opts.storage / "builder"
     (bdir / "tmp").mkdir(parents=True, exist_ok=True)
+    # Shared with other builds, exclusive for `pybuild builder prune`: no snapshot this
+    # build uses goes away under it.
+    lock = BuildLock(bdir)
+    await asyncio.to_thread(lock.acquire, exclusive=False)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
     store = await Store.open(opts.storage)
     cache = BuildCache(bdir / "cache.db")
@@ -135,3 +140,4 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         cache.close()
         await store.close()
         await asyncio.to_thread(shutil.rmtree, work, True)
+        lock.release()

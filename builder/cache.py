@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -129,6 +130,40 @@ class BuildCache:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def prune_steps(self, before: float | None) -> list[tuple[str, CachedLayer]]:
+        """Remove the step entries created before ``before`` (a Unix time; None: all);
+        returns what they held."""
+        where, args = ("", ()) if before is None else \
+            ("WHERE created < julianday(?, 'unixepoch')", (before,))
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                rows = self._db.execute(f"SELECT key, layer FROM steps {where}", args).fetchall()
+                self._db.execute(f"DELETE FROM steps {where}", args)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return [(key, CachedLayer.from_json(layer)) for key, layer in rows]
+
+    def layers(self) -> list[CachedLayer]:
+        """Every layer the remaining entries hold."""
+        with self._lock:
+            rows = self._db.execute("SELECT layer FROM steps").fetchall()
+        return [CachedLayer.from_json(r[0]) for r in rows]
+
+    def prune_file_hashes(self, everything: bool) -> int:
+        """Forget the hashes of context files that no longer exist (``everything``: all);
+        returns how many."""
+        with self._lock:
+            paths = [r[0] for r in self._db.execute("SELECT path FROM file_hashes")]
+        gone = paths if everything else [p for p in paths if not os.path.lexists(p)]
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM file_hashes WHERE path = ?", [(p,) for p in gone])
+            self._db.execute("COMMIT")
+        return len(gone)
 
     def forget(self, key: str) -> None:
         with self._lock:

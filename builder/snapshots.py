@@ -63,6 +63,14 @@ def _extract(blob: Path, dest: Path) -> None:
                 os.mknod(target, 0o600 | 0o020000, os.makedev(0, 0))
 
 
+def _touch(path: Path) -> None:
+    """Mark a snapshot as used now (`pybuild builder prune` keeps recently used ones)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # removed meanwhile, or on a read-only storage: nothing to keep track of
+
+
 class SnapshotStore:
     def __init__(self, root: Path, store: Store) -> None:
         self.root = root
@@ -89,6 +97,7 @@ class SnapshotStore:
         """The snapshot of the layer ``blob`` (uncompressed digest ``diff_id``)."""
         target = self.path(diff_id)
         if target.exists():
+            await asyncio.to_thread(_touch, target)
             return target
         lock = self._locks.setdefault(diff_id.encoded, asyncio.Lock())
         async with lock:

@@ -1,0 +1,152 @@
+"""``pybuild builder prune``: forget old build-cache entries and what only they kept.
+
+What goes:
+
+- step entries of the build cache (``builder/cache.db``, table ``steps``) created before
+  ``older_than`` seconds ago (all with ``--all``); their layer blobs lose the holder
+  ``cache:<key>``, so ``pybuild storage gc`` reclaims those that nothing else links;
+- extracted layers (``builder/snapshots/<diff_id>``) that no build used since then (all
+  with ``--all``) and that no remaining entry and no local image (``pybuild images``)
+  holds - a later build extracts again what it needs;
+- remembered context-file hashes (table ``file_hashes``) of files that no longer exist
+  (all of them with ``--all``).
+
+A build holds ``builder/lock`` shared while it runs; prune takes it exclusively, so it
+never removes a snapshot under a running build (it waits up to ``wait`` seconds, then
+says that a build is running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cas import Digest, Store
+
+from .cache import BuildCache
+
+__all__ = ["BuildLock", "PruneError", "PruneReport", "prune"]
+
+
+class PruneError(Exception):
+    """The cache cannot be pruned now; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    entries: int  # build-cache step entries removed
+    snapshots: int  # extracted layers removed
+    snapshot_bytes: int  # their allocated bytes
+    file_hashes: int  # remembered context-file hashes removed
+
+
+class BuildLock:
+    """``builder/lock``: held shared by every running build, exclusively by a prune.
+    ``acquire`` blocks: call it from a worker thread."""
+
+    def __init__(self, builder_dir: Path) -> None:
+        self._dir = builder_dir
+        self._fd = -1
+
+    def acquire(self, *, exclusive: bool, wait: float | None = None) -> None:
+        """Take the lock; ``wait`` (seconds, None: as long as it takes) bounds the wait,
+        then PruneError says that a build is running."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            if wait is None:
+                fcntl.flock(fd, mode)
+            else:
+                deadline = time.monotonic() + wait
+                while True:
+                    try:
+                        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise PruneError(
+                                "a build is running on this storage; prune when it has "
+                                "finished (or let the prune wait: --wait SECONDS)"
+                            ) from None
+                        time.sleep(0.1)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = -1
+
+
+async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0) -> PruneReport:
+    """Prune the build cache under ``storage``; ``older_than`` None removes every entry."""
+    bdir = storage / "builder"
+    lock = BuildLock(bdir)
+    await asyncio.to_thread(lock.acquire, exclusive=True, wait=wait)
+    try:
+        cache = BuildCache(bdir / "cache.db")
+        try:
+            cutoff = None if older_than is None else time.time() - older_than
+            removed = await asyncio.to_thread(cache.prune_steps, cutoff)
+            keep = {layer.diff_id for layer in await asyncio.to_thread(cache.layers)}
+            hashes = await asyncio.to_thread(cache.prune_file_hashes, older_than is None)
+        finally:
+            cache.close()
+        async with await Store.open(storage) as store:
+            for key, layer in removed:
+                await store.unlink(f"cache:{key}", Digest.parse(layer.digest))
+            keep |= await _image_diff_ids(storage, store)
+        count, size = await asyncio.to_thread(_drop_snapshots, bdir / "snapshots", keep, cutoff)
+        return PruneReport(len(removed), count, size, hashes)
+    finally:
+        lock.release()
+
+
+async def _image_diff_ids(storage: Path, store: Store) -> set[str]:
+    """The diff_ids of every local image's layers (their snapshots stay)."""
+    from registry.local import ImageNotFound, ImageStore
+
+    out: set[str] = set()
+    images = await ImageStore.open(storage, store=store)
+    try:
+        for image in await images.list():
+            with contextlib.suppress(ImageNotFound, ValueError, KeyError):
+                _, config = await images.get(image.ref)
+                out.update(str(d) for d in config.rootfs.diff_ids)
+    finally:
+        await images.close()
+    return out
+
+
+def _drop_snapshots(root: Path, keep: set[str], before: float | None) -> tuple[int, int]:
+    """Remove snapshots not in ``keep`` and last used (their mtime: builds touch what they
+    use) before ``before`` (None: whenever)."""
+    count = size = 0
+    if not root.is_dir():
+        return 0, 0
+    for entry in root.iterdir():
+        # No build runs (the lock): a .tmp- directory is what a killed build left.
+        stale = before is None or entry.lstat().st_mtime < before
+        if entry.name.startswith(".tmp-") or (stale and f"sha256:{entry.name}" not in keep):
+            size += _allocated(entry)
+            shutil.rmtree(entry, ignore_errors=True)
+            count += not entry.name.startswith(".tmp-")
+    return count, size
+
+
+def _allocated(path: Path) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total

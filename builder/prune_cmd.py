@@ -1,0 +1,60 @@
+"""``pybuild builder prune``: the command line of :mod:`builder.prune`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import click
+
+from cas.location import default_storage_dir
+
+from .prune import PruneError, prune
+
+__all__ = ["builder"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``48h``, ``7d``, or seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if m is None:
+        raise click.BadParameter(f"{text!r} is not a duration such as 30m, 48h or 7d")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+@click.group()
+def builder() -> None:
+    """The build cache: extracted layers, cached steps, context-file hashes."""
+
+
+@builder.command("prune")
+@click.option("--storage", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Storage directory (default: $PYBUILD_STORAGE or the XDG data dir).")
+@click.option("--older-than", "older_than", default="48h", show_default=True,
+              help="Remove cache entries created longer ago than this (30m, 48h, 7d).")
+@click.option("--all", "everything", is_flag=True, help="Remove every cache entry.")
+@click.option("--wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for running builds to finish.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def prune_command(storage: Path | None, older_than: str, everything: bool, wait: float,
+                  as_json: bool) -> None:
+    """Remove old build-cache entries, the extracted layers only they used, and the
+    remembered hashes of context files that are gone. `pybuild storage gc` then
+    reclaims the layer blobs nothing else links."""
+    age = None if everything else parse_duration(older_than)
+    try:
+        report = asyncio.run(prune(storage or default_storage_dir(), older_than=age, wait=wait))
+    except PruneError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"entries": report.entries, "snapshots": report.snapshots,
+                               "snapshot_bytes": report.snapshot_bytes,
+                               "file_hashes": report.file_hashes}))
+        return
+    click.echo(f"removed {report.entries} cache entries, {report.snapshots} extracted layers "
+               f"({report.snapshot_bytes / 1e6:.1f} MB) and {report.file_hashes} file hashes; "
+               "`pybuild storage gc` reclaims the blobs")

@@ -1,0 +1,116 @@
+"""``pybuild builder prune``: old cache entries, the snapshots only they used and stale
+context hashes go; a running build's snapshots never do."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builder import context as context_mod
+from builder.cache import BuildCache
+from builder.prune import BuildLock, PruneError, prune
+from cas import Digest, Store
+
+from .conftest import Builder
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def make_context(tmp_path: Path, base: str) -> Path:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a.txt").write_text("copied\n")
+    (ctx / "Dockerfile").write_text(f"FROM {base}\nCOPY . /ctx/\nRUN echo ran > /b.txt\n")
+    return ctx
+
+
+def snapshots(storage: Path) -> set[str]:
+    return {p.name for p in (storage / "builder" / "snapshots").iterdir()}
+
+
+def cache_state(storage: Path) -> tuple[int, int]:
+    cache = BuildCache(storage / "builder" / "cache.db")
+    try:
+        return len(cache.layers()), len(cache.file_hashes([str(p) for p in storage.parent.rglob("*")]))
+    finally:
+        cache.close()
+
+
+async def holders(storage: Path, digest: str) -> list[str]:
+    async with await Store.open(storage) as store:
+        return await store.holders(Digest.parse(digest))
+
+
+def test_prune_keeps_fresh_entries_and_removes_old_ones(
+    tmp_path: Path, busybox_ref: str, build: Builder, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(context_mod, "RACY_NS", 0)  # remember the hashes of files just written
+    storage = tmp_path / "storage"
+    ctx = make_context(tmp_path, busybox_ref)
+    first = build(ctx, storage=storage, source_date_epoch=0)
+    assert first.ran_steps
+    entries, _ = cache_state(storage)
+    assert entries >= 2 and len(snapshots(storage)) >= 2  # the base layer and the RUN's
+
+    report = asyncio.run(prune(storage, older_than=3600))
+    assert (report.entries, report.snapshots) == (0, 0)
+    assert cache_state(storage)[0] == entries
+
+    # A context file that is gone: its remembered hash goes, the rest stays.
+    (ctx / "gone.txt").write_text("x")
+    build(ctx, storage=storage, source_date_epoch=0)
+    (ctx / "gone.txt").unlink()
+    assert asyncio.run(prune(storage, older_than=3600)).file_hashes == 1
+    entries = cache_state(storage)[0]  # the second build's steps too
+
+    layers = BuildCache(storage / "builder" / "cache.db").layers()
+    report = asyncio.run(prune(storage, older_than=None))
+    assert report.entries == entries and report.snapshots >= 2 and report.snapshot_bytes > 0
+    assert report.file_hashes >= 1
+    assert cache_state(storage)[0] == 0 and snapshots(storage) == set()
+    for layer in layers:  # the blobs are no longer held by the cache: gc may take them
+        assert not [h for h in asyncio.run(holders(storage, layer.digest)) if h.startswith("cache:")]
+
+    again = build(ctx, storage=storage, source_date_epoch=0)
+    assert again.ran_steps and again.image.digest == first.image.digest
+
+
+def test_prune_keeps_the_snapshots_of_local_images(
+    tmp_path: Path, busybox_ref: str, build: Builder,
+) -> None:
+    storage = tmp_path / "storage"
+    build(make_context(tmp_path, busybox_ref), storage=storage, tags=("prune/app:1",))
+    before = snapshots(storage)
+    report = asyncio.run(prune(storage, older_than=None))
+    assert report.entries >= 2
+    # Every layer of the tagged image (base included) is still extracted.
+    assert report.snapshots == 0 and snapshots(storage) == before
+
+
+def test_prune_waits_for_running_builds(tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    running = BuildLock(storage / "builder")
+    running.acquire(exclusive=False)
+    try:
+        with pytest.raises(PruneError, match="a build is running"):
+            asyncio.run(prune(storage, older_than=None, wait=0.2))
+    finally:
+        running.release()
+    assert asyncio.run(prune(storage, older_than=None)).entries == 0
+
+
+def test_prune_command_prints_json_and_refuses_bad_durations(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "builder", "builder", "prune", "--storage", str(tmp_path / "s")]
+    done = subprocess.run([*argv, "--all", "--json"], cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"entries": 0, "snapshots": 0, "snapshot_bytes": 0,
+                                       "file_hashes": 0}
+    bad = subprocess.run([*argv, "--older-than", "soon"], cwd=ROOT, capture_output=True,
+                         text=True, check=False)
+    assert bad.returncode == 2 and "not a duration such as 30m, 48h or 7d" in bad.stderr
