@@ -23,6 +23,15 @@ async def copy(src: str, dst: str, images: ImageStore, client: RegistryClient):
                             Progress("quiet"), CopyOptions())
 
 
+async def publish(repo: str, versions: dict[str, Any], tmp_path: Path,
+                  client: RegistryClient) -> None:
+    """Push each ``tag: image`` of ``versions`` to ``repo`` (host included)."""
+    async with await ImageStore.open(tmp_path / "publisher") as publisher:
+        for tag, image in versions.items():
+            ref = f"{repo}:{tag}"
+            await store_image(publisher, ref, image)
+            await copy(f"local:{ref}", ref, publisher, client)
+
 
 def _count_piece_reads(images) -> list[str]:  # type: ignore[no-untyped-def]
     """Record the key of every ``read_piece`` call on ``images``' store from now on."""
@@ -46,11 +55,7 @@ async def test_pull_of_v2_fetches_only_changed_pieces(
     changed[5] = random_bytes(65_536, 5000)
     changed[30] = random_bytes(65_536, 5001)
     v2 = make_image([changed])
-    async with await ImageStore.open(tmp_path / "publisher") as publisher:
-        for tag, image in (("v1", v1), ("v2", v2)):
-            ref = f"{pybuild_registry}/pieces/app:{tag}"
-            await store_image(publisher, ref, image)
-            await copy(f"local:{ref}", ref, publisher, client)
+    await publish(f"{pybuild_registry}/pieces/app", {"v1": v1, "v2": v2}, tmp_path, client)
 
     proxy, host = await make_proxy(pybuild_registry)
     await copy(f"{host}/pieces/app:v1", f"local:{host}/pieces/app:v1", images, client)
@@ -95,11 +100,7 @@ async def test_missing_pieces_are_fetched_concurrently(
     for i in range(2, 48, 6):  # 8 runs, each between unchanged pieces
         changed[i] = random_bytes(65_536, 7000 + i)
     v1, v2 = make_image([chunks]), make_image([changed])
-    async with await ImageStore.open(tmp_path / "publisher") as publisher:
-        for tag, image in (("v1", v1), ("v2", v2)):
-            ref = f"{pybuild_registry}/pieces/lat:{tag}"
-            await store_image(publisher, ref, image)
-            await copy(f"local:{ref}", ref, publisher, client)
+    await publish(f"{pybuild_registry}/pieces/lat", {"v1": v1, "v2": v2}, tmp_path, client)
     proxy, host = await make_proxy(pybuild_registry)
     await copy(f"{host}/pieces/lat:v1", f"local:{host}/pieces/lat:v1", images, client)
 

@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import pytest
 
 from tests.helpers.docker_engine import DockerEngine
 from tests.helpers.registries import RunningRegistry, pybuild_registry
-from tests.helpers.tools import in_ci, require_tool
+from tests.helpers.tools import in_ci, require_tool, running_ssh_agent
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -257,20 +256,8 @@ def _diff(docker: dict[str, Entry], pybuild: dict[str, Entry]) -> list[str]:
 @pytest.fixture(scope="module")
 def ssh_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A running ssh-agent (no keys needed: the cases look at the socket) on a short path."""
-    agent = require_tool("ssh-agent")
-    sock = Path("/tmp") / f"pybuild-compare-{os.getpid()}.sock"
-    proc = subprocess.Popen([agent, "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            if sock.exists():
-                break
-            proc.wait(0.05) if proc.poll() is not None else time.sleep(0.05)
-        assert sock.exists(), "ssh-agent did not start"
+    with running_ssh_agent("pybuild-compare") as sock:
         yield sock
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        sock.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -7,12 +7,17 @@ went missing would turn the suite into a list of skips.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-__all__ = ["DEBIAN_PACKAGE", "find_tool", "in_ci", "require_tool"]
+__all__ = ["DEBIAN_PACKAGE", "find_tool", "in_ci", "require_tool", "running_ssh_agent"]
 
 # Which Debian package provides each tool, so a failure can say what to install.
 DEBIAN_PACKAGE: dict[str, str] = {
@@ -62,3 +67,23 @@ def require_tool(name: str) -> str:
     if in_ci():
         pytest.fail(f"{message}. CI is set, so a missing tool is an error, not a skip.")
     pytest.skip(message)
+
+
+@contextlib.contextmanager
+def running_ssh_agent(name: str) -> Iterator[Path]:
+    """An ssh-agent listening on ``/tmp/<name>-<pid>.sock`` (short: socket paths are
+    limited to 108 bytes); stopped and its socket removed afterwards."""
+    sock = Path("/tmp") / f"{name}-{os.getpid()}.sock"
+    proc = subprocess.Popen([require_tool("ssh-agent"), "-D", "-a", str(sock)],
+                            stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if sock.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert sock.exists(), "ssh-agent did not start"
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        sock.unlink(missing_ok=True)

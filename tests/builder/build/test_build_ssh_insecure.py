@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from builder.steps.common import BuildError
 from tests.builder.build.conftest import TESTFILES, write_base_layout
 from tests.helpers.rootfs import make_busybox_rootfs
-from tests.helpers.tools import require_tool
+from tests.helpers.tools import require_tool, running_ssh_agent
 
 
 def _with_program(rootfs: Path, program: str) -> None:
@@ -44,15 +43,9 @@ def ssh_base(busybox_ref: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """A running ssh-agent holding one fresh ed25519 key: (socket, key fingerprint)."""
-    agent_bin, keygen = require_tool("ssh-agent"), require_tool("ssh-keygen")
+    keygen = require_tool("ssh-keygen")
     work = tmp_path_factory.mktemp("agent")
-    sock = Path("/tmp") / f"pybuild-test-agent-{os.getpid()}.sock"
-    proc = subprocess.Popen([agent_bin, "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            if sock.exists():
-                break
-            time.sleep(0.05)
+    with running_ssh_agent("pybuild-test-agent") as sock:
         key = work / "key"
         subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-C", "pybuild-test",
                         "-f", str(key)], check=True)
@@ -63,10 +56,6 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
                                 capture_output=True, text=True).stdout
         assert "pybuild-test" in listed
         yield sock, listed
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        sock.unlink(missing_ok=True)
 
 
 def _ctx(tmp_path: Path, case: str, ref: str) -> Path:
