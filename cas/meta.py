@@ -209,12 +209,14 @@ class SqliteMetadata:
 
     def hold_existing(self, ingest_id: str, entries: list[tuple[int, bytes]]) -> dict[bytes, Location]:
         """For (seq, key) entries: the committed pieces among them, now held by the ingest."""
-        keys = list({k for _, k in entries})
         with self._reader_lock:
-            if not self._locations(self._reader, keys):
-                return {}  # none is known: nothing to hold, no write transaction
+            known = self._locations(self._reader, list({k for _, k in entries}))
+        if not known:
+            return {}  # none is known: nothing to hold, no write transaction
         with self._tx() as db:
-            found = self._locations(db, keys)
+            # Known a moment ago; still there (GC may have taken one since)? A piece that
+            # became known meanwhile is just stored again (commit_blob trashes the copy).
+            found = self._locations(db, list(known))
             rows = [
                 (ingest_id, seq, k, found[k].length) for seq, k in entries if k in found
             ]
