@@ -177,7 +177,6 @@ def test_a_commit_larger_than_the_reservation_is_refused() -> None:
 
 
 def test_released_buffers_are_reused_and_large_streams_use_them() -> None:
-    from cas.buffers import POOL
 
     data = random.Random(3).randbytes(3 << 20)
     first = Cutter()
@@ -195,4 +194,3 @@ def test_released_buffers_are_reused_and_large_streams_use_them() -> None:
     small.feed(b"x" * 1000)
     assert len(small._buf) < 2 * small.max_feed  # small streams do not take one
     small.release()
-    POOL.give(bytearray(0))  # harmless
