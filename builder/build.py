@@ -23,18 +23,18 @@ from cas import Store
 
 from .cache import BuildCache
 from .context import SourceTree
-from .errors import DockerfileError
+from .dockerfile.errors import DockerfileError
+from .dockerfile.stages import Platform
+from .dockerfile.syntax import parse
 from .executor import Executor, plan
 from .ignore import read_ignore_file
 from .image import BuiltImage, assemble, timestamp
 from .outputs import Output, write_docker_archive, write_oci_layout
 from .progress import Progress
-from .publish import push_images, tag_images
 from .prune import BuildLock
+from .publish import push_images, tag_images
 from .snapshots import SnapshotStore
-from .stages import Platform
 from .steps.common import BuildError, StepEnv
-from .syntax import parse
 
 __all__ = ["BuildOptions", "BuildResult", "run_build"]
 

@@ -15,12 +15,12 @@ from cas.location import default_storage_dir
 
 from .build import BuildOptions, run_build
 from .context import ContextError
-from .errors import DockerfileError
+from .dockerfile.errors import DockerfileError
+from .dockerfile.stages import Platform
 from .fastpath import Recorder, progress_events
 from .outputs import OutputError, parse_output
 from .progress import Progress
 from .publish import PublishError
-from .stages import Platform
 from .steps.common import BuildError
 
 __all__ = ["build", "finished"]

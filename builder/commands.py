@@ -10,5 +10,5 @@ __all__ = ["COMMANDS"]
 COMMANDS: dict[str, str] = {
     "build": "builder.build_cmd:build",
     "builder": "builder.prune_cmd:builder",
-    "parse": "builder.parse_cmd:parse_command",
+    "parse": "builder.dockerfile.parse_cmd:parse_command",
 }

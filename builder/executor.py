@@ -1,7 +1,7 @@
 """The stage graph scheduler: builds the stages a target needs, concurrently where they
 do not depend on each other.
 
-The Dockerfile is planned by :func:`builder.stages.plan_build` (ARG/ENV scoping,
+The Dockerfile is planned by :func:`builder.dockerfile.stages.plan_build` (ARG/ENV scoping,
 expansion, the stage graph, the stages the target needs). Base images are read first,
 so that the plan expands variables with the environment they bring. Then every needed
 stage runs as one asyncio task, all started together; a stage that needs another
@@ -24,9 +24,9 @@ from pathlib import Path
 from cas.errors import StorageFull
 
 from .base import BaseImage, BaseImageError, resolve_base
-from .errors import DockerfileError
-from .image import ImageState
-from .instructions import (
+from .dockerfile.errors import DockerfileError
+from .dockerfile.instruction_parsers import parse_dockerfile
+from .dockerfile.instructions import (
     Add,
     Arg,
     Copy,
@@ -34,14 +34,14 @@ from .instructions import (
     Instruction,
     Run,
     Workdir,
-    parse_dockerfile,
 )
-from .stages import BuildPlan, Platform, Stage, plan_build
+from .dockerfile.stages import BuildPlan, Platform, Stage, plan_build
+from .dockerfile.syntax import SyntaxTree, parse
+from .image import ImageState
 from .steps.common import BuildError, StepEnv
 from .steps.copy import copy_instruction, workdir_instruction
 from .steps.metadata import METADATA, apply_metadata
 from .steps.run import run_instruction
-from .syntax import SyntaxTree, parse
 
 __all__ = ["Executor", "plan"]
 

@@ -17,8 +17,8 @@ from registry.oci import Descriptor
 
 from ..cache import BuildCache, CachedLayer, step_key
 from ..context import SourceTree
+from ..dockerfile.instructions import Instruction
 from ..image import ImageState, LayerRef
-from ..instructions import Instruction
 from ..progress import Progress
 from ..snapshots import SnapshotStore
 

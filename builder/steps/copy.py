@@ -34,9 +34,9 @@ from typing import Any, BinaryIO
 import blake3
 
 from ..context import ContextError, Source, SourceTree, hash_path
+from ..dockerfile.instructions import Add, Copy, Workdir
 from ..ignore import IgnoreMatcher
 from ..image import ImageState
-from ..instructions import Add, Copy, Workdir
 from ..layers.changeset import path_sort_key
 from ..layers.errors import LayerError
 from ..sandbox.rootfs import lower_stat, read_from_lowers

@@ -2,7 +2,7 @@
 CMD, ENTRYPOINT, STOPSIGNAL, HEALTHCHECK, SHELL, ONBUILD, MAINTAINER. Each updates
 :class:`ImageState` exactly as Docker does and records a history entry with
 ``empty_layer: true`` and BuildKit's ``created_by``. Instructions arrive expanded
-(:func:`builder.stages.plan_build`).
+(:func:`builder.dockerfile.stages.plan_build`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import posixpath
 
-from ..image import ImageState
-from ..instructions import (
+from ..dockerfile.instructions import (
     Cmd,
     Entrypoint,
     Env,
@@ -26,7 +25,8 @@ from ..instructions import (
     User,
     Volume,
 )
-from ..stages import parse_ports
+from ..dockerfile.stages import parse_ports
+from ..image import ImageState
 from .common import BuildError
 
 __all__ = ["METADATA", "apply_metadata", "command_form", "resolve_workdir"]

@@ -34,10 +34,12 @@ from typing import Any
 import blake3
 
 from ..context import hash_path
+from ..dockerfile.instructions import Run
+from ..dockerfile.mounts import Mount as SpecMount
+from ..dockerfile.mounts import MountType
+from ..dockerfile.stages import Platform
+from ..dockerfile.syntax import parse_heredoc_marker
 from ..image import ImageState
-from ..instructions import Run
-from ..mounts import Mount as SpecMount
-from ..mounts import MountType
 from ..sandbox.rootfs import RootfsMode
 from ..sandbox.spec import (
     BindMount,
@@ -50,8 +52,6 @@ from ..sandbox.spec import (
     TmpfsMount,
 )
 from ..sandbox.spec import Mount as SandboxMount
-from ..stages import Platform
-from ..syntax import parse_heredoc_marker
 from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import command_form
 

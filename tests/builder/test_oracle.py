@@ -25,8 +25,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder.errors import DockerfileError
-from builder.syntax import parse
+from builder.dockerfile.errors import DockerfileError
+from builder.dockerfile.syntax import parse
 
 from .test_testfiles import NEGATIVE, POSITIVE, read_dockerfile
 

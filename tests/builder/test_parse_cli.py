@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from builder.cli import main
-from builder.errors import DockerfileError, unknown_flag, unknown_instruction
-from builder.instructions import Instruction, parse_instruction
-from builder.syntax import Keyword, parse
+from builder.dockerfile.errors import DockerfileError, unknown_flag, unknown_instruction
+from builder.dockerfile.instruction_parsers import PARSERS, parse_instruction
+from builder.dockerfile.instructions import Instruction
+from builder.dockerfile.syntax import Keyword, parse
 
 HERE = Path(__file__).parent
 MULTI = HERE / "testfiles-stages" / "multi-stage-graph" / "Dockerfile"
@@ -119,11 +120,15 @@ def test_every_keyword_has_a_typed_instruction(keyword: Keyword) -> None:
     assert lower.keyword is keyword
 
 
+def test_the_parser_table_covers_every_keyword() -> None:
+    assert set(PARSERS) == set(Keyword)
+
+
 @pytest.mark.parametrize("module", [
-    "builder.errors", "builder.syntax", "builder.line_parsers", "builder.shell_lex",
-    "builder.instructions", "builder.flags", "builder.mounts", "builder.stages",
-    "builder.parse_cmd",
-])
+    f"builder.dockerfile.{name}" for name in (
+        "errors", "syntax", "line_parsers", "shell_lex", "instructions", "instruction_parsers",
+        "flags", "mounts", "stages", "parse_cmd")
+] + ["builder.dockerfile"])
 def test_exports_exist(module: str) -> None:
     mod = importlib.import_module(module)
     for name in mod.__all__:
@@ -132,9 +137,10 @@ def test_exports_exist(module: str) -> None:
 
 def test_stages_import_only_the_stage_before() -> None:
     # syntax knows nothing of typed instructions; instructions nothing of expansion
-    for module, forbidden in [("syntax", ("instructions", "stages")),
-                              ("instructions", ("stages", "parse_cmd")),
+    for module, forbidden in [("syntax", ("instructions", "instruction_parsers", "stages")),
+                              ("instructions", ("instruction_parsers", "stages", "parse_cmd")),
+                              ("instruction_parsers", ("stages", "parse_cmd")),
                               ("shell_lex", ("syntax", "instructions", "stages"))]:
-        text = (HERE.parent.parent / "builder" / f"{module}.py").read_text()
+        text = (HERE.parent.parent / "builder" / "dockerfile" / f"{module}.py").read_text()
         for other in forbidden:
             assert f"from .{other} import" not in text, (module, other)

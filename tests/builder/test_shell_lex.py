@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.shell_lex import Lexer, ShellLexError
+from builder.dockerfile.shell_lex import Lexer, ShellLexError
 
 DATA = Path(__file__).parent / "testfiles-shell"
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from builder.errors import DockerfileError
-from builder.parse_cmd import plan_to_json
-from builder.stages import BuildPlan, Platform, parse_ports, plan_build
-from builder.syntax import parse
+from builder.dockerfile.errors import DockerfileError
+from builder.dockerfile.parse_cmd import plan_to_json
+from builder.dockerfile.stages import BuildPlan, Platform, parse_ports, plan_build
+from builder.dockerfile.syntax import parse
 
 HERE = Path(__file__).parent
 POSITIVE = sorted(p.name for p in (HERE / "testfiles-stages").iterdir() if p.is_dir())

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import DockerfileError
-from builder.instructions import parse_dockerfile
-from builder.parse_cmd import tree_to_json
-from builder.syntax import parse
+from builder.dockerfile.errors import DockerfileError
+from builder.dockerfile.instruction_parsers import parse_dockerfile
+from builder.dockerfile.parse_cmd import tree_to_json
+from builder.dockerfile.syntax import parse
 
 HERE = Path(__file__).parent
 POSITIVE = sorted(p.name for p in (HERE / "testfiles").iterdir() if p.is_dir())

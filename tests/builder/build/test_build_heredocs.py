@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.dockerfile.instructions import InlineFile, Run
 from builder.image import ImageState
-from builder.instructions import InlineFile, Run
 from builder.steps.common import BuildError
 from builder.steps.run import _argv
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.stages import Platform
+from builder.dockerfile.stages import Platform
 from builder.steps.common import BuildError
 from cas import Digest
 from tests.builder.build.conftest import write_rootfs_layer

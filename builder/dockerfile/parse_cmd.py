@@ -17,7 +17,8 @@ from typing import Any
 import click
 
 from .errors import DockerfileError
-from .instructions import Instruction, parse_dockerfile
+from .instruction_parsers import parse_dockerfile
+from .instructions import Instruction
 from .stages import BuildPlan, plan_build
 from .syntax import Node, SyntaxTree, parse
 

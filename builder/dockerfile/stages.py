@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from .errors import DockerfileError, Problem, with_suggestion
+from .instruction_parsers import parse_dockerfile
 from .instructions import (
     Add,
     Arg,
@@ -49,7 +50,6 @@ from .instructions import (
     User,
     Volume,
     Workdir,
-    parse_dockerfile,
 )
 from .mounts import MountError, parse_mount
 from .shell_lex import Lexer, ShellLexError

@@ -1,4 +1,4 @@
-"""Argument splitters for one logical Dockerfile line (used by :mod:`builder.syntax`).
+"""Argument splitters for one logical Dockerfile line (used by :mod:`.syntax`).
 
 Each function takes the text after the keyword (and after its flags) and splits it the
 way one family of instructions needs; none expands variables or removes quotes, except

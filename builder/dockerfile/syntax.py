@@ -16,7 +16,7 @@ This stage knows the *shape* of a Dockerfile, not what instructions mean:
   and RUN (also behind ONBUILD), unless the instruction uses the JSON form.
 
 Nothing is expanded here: ``$VAR`` and quotes stay as written (ENV/LABEL values keep their
-quotes) and are resolved by :mod:`builder.stages` with :mod:`builder.shell_lex`.
+quotes) and are resolved by :mod:`.stages` with :mod:`.shell_lex`.
 Line numbers are 1-based. The keyword table (:class:`Keyword`) is defined here once and
 used by the typed stage too.
 """
@@ -45,8 +45,8 @@ __all__ = [
     "Heredoc",
     "Keyword",
     "Node",
+    "ParseWarning",
     "SyntaxTree",
-    "Warning",
     "parse",
     "parse_heredoc_marker",
 ]
@@ -105,7 +105,7 @@ class Heredoc:
 
 
 @dataclass(frozen=True)
-class Warning:
+class ParseWarning:
     line: int
     message: str
 
@@ -155,7 +155,7 @@ class SyntaxTree:
     nodes: tuple[Node, ...]
     escape: str = "\\"
     directives: tuple[Directive, ...] = ()
-    warnings: tuple[Warning, ...] = ()
+    warnings: tuple[ParseWarning, ...] = ()
     file: str = "Dockerfile"
 
     def directive(self, name: str) -> str | None:
@@ -240,7 +240,7 @@ def parse(text: str, file: str = "Dockerfile") -> SyntaxTree:
     lines = _split_lines(text)
     directives = _Directives(file)
     nodes: list[Node] = []
-    warnings: list[Warning] = []
+    warnings: list[ParseWarning] = []
     comments: list[str] = []
     i = 0
     while i < len(lines):
@@ -277,7 +277,7 @@ def parse(text: str, file: str = "Dockerfile") -> SyntaxTree:
             buf.append(part)
         line = "".join(buf)
         if empty_continuation:
-            warnings.append(Warning(i, "empty continuation line found in: " + line))
+            warnings.append(ParseWarning(i, "empty continuation line found in: " + line))
         try:
             node = _node_from_line(line, directives.escape)
         except LineError as exc:
