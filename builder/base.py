@@ -5,8 +5,8 @@
   directly (image-layout.md); the tag is matched against the
   ``org.opencontainers.image.ref.name`` annotation; without one the layout must hold
   exactly one image. An index (top-level or nested) gives the wanted platform's manifest;
-- a registry reference: taken from pybuild's local image store (``registry.local``),
-  pulled into it first (``registry.copy``) when it is not there (or holds another
+- a registry reference: taken from pybuild's local image store (``registry.client.image_store``),
+  pulled into it first (``registry.client.copy``) when it is not there (or holds another
   platform), as ``docker build`` uses an image it already has.
 
 ``platform`` (``os/arch[/variant]``, default the host's) picks the manifest of an index;
@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cas import Digest, Store
-from registry.local import ImageNotFound, ImageStore
+from registry.client.image_store import ImageNotFound, ImageStore
 from registry.oci import INDEX_TYPES, Descriptor, ImageConfig, Index, Manifest
-from registry.refs import InvalidReference, parse_image_ref
+from registry.client.refs import InvalidReference, parse_image_ref
 
 if TYPE_CHECKING:
-    from registry.client import ClientOptions
+    from registry.client.remote import ClientOptions
 
 from .fastpath import LAYOUTS_READ
 from .image import LayerRef, default_arch
@@ -150,7 +150,7 @@ async def load_oci_layout(ref: str, store: Store, platform: str | None = None) -
 def client_options() -> ClientOptions:
     """Registry client settings: ``PYBUILD_INSECURE_REGISTRIES`` (comma-separated hosts)
     as ``pybuild pull`` reads it; loopback registries are always allowed over HTTP."""
-    from registry.client import ClientOptions
+    from registry.client.remote import ClientOptions
 
     insecure = {h for h in os.environ.get("PYBUILD_INSECURE_REGISTRIES", "").split(",") if h}
     return ClientOptions(insecure=frozenset(insecure))
@@ -173,11 +173,11 @@ async def pull_base(ref: str, store: Store, platform: str | None = None) -> Base
     async def pull() -> None:
         # The HTTP client (aiohttp) is imported only when a pull is needed: a cached
         # rebuild must not pay its start-up cost.
-        from registry.client import RegistryClient, TransportError
-        from registry.copy import CopyOptions, Endpoint, copy_image
+        from registry.client.remote import RegistryClient, TransportError
+        from registry.client.copy import CopyOptions, Endpoint, copy_image
         from registry.errors import RegistryError
-        from registry.progress import Progress as RegistryProgress
-        from registry.transfer import BlobError
+        from registry.client.progress import Progress as RegistryProgress
+        from registry.client.pull import BlobError
 
         try:
             async with RegistryClient(client_options()) as client:

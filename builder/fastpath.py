@@ -343,7 +343,7 @@ def main() -> None:
         # copy) leaves nothing for the interpreter's teardown to do.
         if exc.code in (None, 0) and any(
             getattr(sys.modules.get(name), "finished", False)
-            for name in ("builder.build_cmd", "registry.client_cli")
+            for name in ("builder.build_cmd", "registry.client.cli")
         ):
             _exit_now()
         raise

@@ -113,7 +113,7 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0) -
 
 async def _image_diff_ids(storage: Path, store: Store) -> set[str]:
     """The diff_ids of every local image's layers (their snapshots stay)."""
-    from registry.local import ImageNotFound, ImageStore
+    from registry.client.image_store import ImageNotFound, ImageStore
 
     out: set[str] = set()
     images = await ImageStore.open(storage, store=store)

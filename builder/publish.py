@@ -1,11 +1,11 @@
 """``-t`` and ``--push``: a built image into pybuild's local image store, and from there
-to registries (through ``registry.local`` and ``registry.copy``, as ``pybuild push``)."""
+to registries (through ``registry.client.image_store`` and ``registry.client.copy``, as ``pybuild push``)."""
 
 from __future__ import annotations
 
 from cas import Store
-from registry.local import ImageStore
-from registry.refs import InvalidReference, parse_image_ref
+from registry.client.image_store import ImageStore
+from registry.client.refs import InvalidReference, parse_image_ref
 
 from .base import client_options
 from .image import BuiltImage
@@ -45,11 +45,11 @@ async def tag_images(image: BuiltImage, store: Store, tags: list[str]) -> list[s
 async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet") -> None:
     """Push each locally stored ref to its registry."""
     # The HTTP client (aiohttp) only when pushing: tagging alone must start fast.
-    from registry.client import RegistryClient, TransportError
-    from registry.copy import Endpoint, copy_image
+    from registry.client.remote import RegistryClient, TransportError
+    from registry.client.copy import Endpoint, copy_image
     from registry.errors import RegistryError
-    from registry.progress import Progress as RegistryProgress
-    from registry.transfer import BlobError
+    from registry.client.progress import Progress as RegistryProgress
+    from registry.client.pull import BlobError
 
     images = await ImageStore.open(store=store)
     try:

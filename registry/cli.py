@@ -9,6 +9,6 @@ __all__ = ["COMMANDS"]
 
 COMMANDS: dict[str, str] = {
     "serve": "registry.serve_cmd:serve",
-    **{name: f"registry.client_cli:{name}"
+    **{name: f"registry.client.cli:{name}"
        for name in ("pull", "push", "copy", "images", "rmi", "login", "logout")},
 }

@@ -43,6 +43,6 @@ def test_pull_does_not_import_the_builder_or_the_server() -> None:
 
 
 def test_a_wrong_table_entry_fails_loudly() -> None:
-    group = LazyGroup(name="x", lazy={"pull": "registry.client_cli:push"})
-    with pytest.raises(RuntimeError, match="registry.client_cli:push"):
+    group = LazyGroup(name="x", lazy={"pull": "registry.client.cli:push"})
+    with pytest.raises(RuntimeError, match="registry.client.cli:push"):
         group.get_command(click.Context(group), "pull")

@@ -18,7 +18,7 @@ from aiohttp import web
 from cas import Digest
 from cas.frames import gzip_member
 from registry import oci
-from registry.local import ImageStore
+from registry.client.image_store import ImageStore
 
 
 def random_bytes(n: int, seed: int) -> bytes:

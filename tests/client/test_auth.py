@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from registry.auth import (
+from registry.client.auth import (
     AuthError,
     Credentials,
     erase_credentials,
@@ -20,10 +20,10 @@ from registry.auth import (
     parse_challenge,
     store_credentials,
 )
-from registry.client import ClientOptions, RegistryClient
-from registry.copy import CopyOptions, copy_image, parse_endpoint
-from registry.local import ImageStore
-from registry.progress import Progress
+from registry.client.remote import ClientOptions, RegistryClient
+from registry.client.copy import CopyOptions, copy_image, parse_endpoint
+from registry.client.image_store import ImageStore
+from registry.client.progress import Progress
 
 from .helpers import Proxy, simple_image, store_image
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from builder.cli import main
-from registry.local import ImageStore
+from registry.client.image_store import ImageStore
 
 from .helpers import simple_image, store_image
 

@@ -9,11 +9,11 @@ import pytest
 
 from cas import Digest
 from cas.frames import gzip_member
-from registry.client import RegistryClient
-from registry.copy import CopyOptions, copy_image, parse_endpoint
-from registry.local import ImageStore
-from registry.progress import Progress
-from registry.transfer import TransferOptions
+from registry.client.remote import RegistryClient
+from registry.client.copy import CopyOptions, copy_image, parse_endpoint
+from registry.client.image_store import ImageStore
+from registry.client.progress import Progress
+from registry.client.pull import TransferOptions
 
 from .helpers import make_image, random_bytes, store_image
 
@@ -119,7 +119,7 @@ async def test_missing_pieces_are_fetched_concurrently(
 
 
 def test_plan_reads_consecutive_local_pieces_as_one_run() -> None:
-    from registry.transfer import _Part, _plan_pieces
+    from registry.client.pull import _Part, _plan_pieces
 
     x, y = Digest.of(b"x"), Digest.of(b"y")
     pieces = [(0, 10, "a"), (10, 10, "b"), (20, 10, "c"), (30, 10, "d"), (40, 10, "e")]
@@ -143,8 +143,8 @@ async def test_local_run_of_a_removed_blob_falls_back_to_single_pieces(
     pybuild_registry: str, images: ImageStore, client: RegistryClient, tmp_path: Path,
 ) -> None:
     from registry.oci import Descriptor
-    from registry.refs import parse_image_ref
-    from registry.transfer import pull_blob
+    from registry.client.refs import parse_image_ref
+    from registry.client.pull import pull_blob
 
     chunks = [random_bytes(65_536, 1500 + i) for i in range(12)]
     changed = [*chunks[:6], random_bytes(65_536, 9999), *chunks[7:]]

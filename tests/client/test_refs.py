@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry.refs import InvalidReference, is_loopback, parse_image_ref
+from registry.client.refs import InvalidReference, is_loopback, parse_image_ref
 
 D = "sha256:" + "ab" * 32
 

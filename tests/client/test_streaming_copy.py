@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from cas import Digest
-from registry.client import RegistryClient
-from registry.local import ImageStore
-from registry.refs import parse_image_ref
-from registry.transfer import BlobError
+from registry.client.remote import RegistryClient
+from registry.client.image_store import ImageStore
+from registry.client.refs import parse_image_ref
+from registry.client.pull import BlobError
 
 from .helpers import make_image, random_bytes
 from .test_faults import SMALL_PARTS, big_layer, copy, cut_first_big_upload, publish

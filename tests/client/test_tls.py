@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from registry.client import ClientOptions, RegistryClient, TransportError
+from registry.client.remote import ClientOptions, RegistryClient, TransportError
 from registry.server import ServerConfig, make_app
 
 

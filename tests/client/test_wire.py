@@ -1,4 +1,4 @@
-"""The blocking connections that carry requests without a body (registry.wire)."""
+"""The blocking connections that carry requests without a body (registry.client.connections)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.wire import Wire, WireError
+from registry.client.connections import Wire, WireError
 
 Handler = Callable[[str, asyncio.StreamWriter], Awaitable[bool]]
 
@@ -205,8 +205,8 @@ async def test_an_unreachable_host_is_a_wire_error() -> None:
 
 def test_the_client_does_not_import_aiohttp() -> None:
     """aiohttp (~0.1 s to import) is the server's; pull, push and copy do without it."""
-    code = ("import sys, registry.copy, registry.transfer, registry.upload, registry.client, "
-            "registry.client_cli; "
+    code = ("import sys, registry.client.copy, registry.client.pull, registry.client.push, registry.client.remote, "
+            "registry.client.cli; "
             "assert 'aiohttp' not in sys.modules, 'aiohttp was imported'")
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,

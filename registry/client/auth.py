@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ClientError
+
 # GET ``url`` with ``params`` and ``headers``: (status, body). Raises OSError when the
 # server cannot be reached.
 Fetch = Callable[[str, list[tuple[str, str]], dict[str, str]], Awaitable[tuple[int, bytes]]]
@@ -49,7 +51,7 @@ __all__ = [
 _HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
 
 
-class AuthError(Exception):
+class AuthError(ClientError):
     """Credentials were missing, refused, or a helper failed; the message says which."""
 
 

@@ -1,5 +1,5 @@
 """An OCI Distribution client over pooled blocking connections driven by worker threads
-(:mod:`registry.wire`; connections are reused).
+(:mod:`registry.client.connections`; connections are reused).
 
 Covers the spec's pull, push and content-discovery endpoints: ``/v2/`` ping, manifests
 GET/HEAD/PUT, blobs HEAD/GET (with ``Range``), uploads (POST, PATCH, PUT, status GET,
@@ -10,7 +10,7 @@ Policies, in one place (:meth:`RegistryClient._send`):
 - Scheme: HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and hosts in
   ``insecure`` are tried over HTTPS without verification first, then plain HTTP, as
   Docker does for insecure registries.
-- Auth: a 401 is answered once per request through :class:`registry.auth.HostAuth`
+- Auth: a 401 is answered once per request through :class:`registry.client.auth.HostAuth`
   (Basic, or the Bearer token flow with the request's scopes).
 - Retries with exponential backoff on connection errors and 5xx; never on 4xx.
 - Redirects are followed by hand (blob GETs are redirected to storage); the
@@ -32,11 +32,12 @@ from urllib.parse import urljoin, urlsplit
 
 from cas import Digest
 
+from ..errors import RegistryError, decode_errors
+from ..oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Index
 from .auth import Credentials, HostAuth
-from .errors import RegistryError, decode_errors
-from .oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Index
+from .connections import Wire, WireError, WireResponse
+from .errors import ClientError
 from .refs import ImageRef, is_loopback
-from .wire import Wire, WireError, WireResponse
 
 __all__ = [
     "MANIFEST_ACCEPT",
@@ -53,7 +54,7 @@ _MAX_MANIFEST = 4 << 20
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
 
 
-class TransportError(Exception):
+class TransportError(ClientError):
     """The registry could not be reached (after retries) or answered nonsense."""
 
 
@@ -166,8 +167,8 @@ class RegistryClient:
         """Send one request with auth, retries and (optionally) redirects; the caller
         releases the returned response. Statuses outside ``ok`` raise RegistryError.
 
-        The request goes on a pooled blocking connection (:mod:`registry.wire`), sent from
-        a worker thread; the answer is a :class:`registry.wire.WireResponse`, whose body
+        The request goes on a pooled blocking connection (:mod:`registry.client.connections`), sent from
+        a worker thread; the answer is a :class:`registry.client.connections.WireResponse`, whose body
         may be read by a worker thread straight into the store.
         """
         if retries is None:
@@ -310,7 +311,7 @@ class RegistryClient:
         self, host: str, name: str, digest: Digest, start: int = 0, end: int | None = None
     ) -> AsyncIterator[WireResponse]:
         """A blob GET, from ``start`` to ``end`` (inclusive) when given, following redirects;
-        a worker thread reads the body (:meth:`registry.wire.WireResponse.readinto`).
+        a worker thread reads the body (:meth:`registry.client.connections.WireResponse.readinto`).
 
         A ranged request that gets a whole-blob 200 instead of 206 raises TransportError
         (the caller then knows the server ignores ranges)."""

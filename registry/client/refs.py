@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from cas import Digest, InvalidDigest, UnsupportedDigestAlgorithm
 
-from .names import MAX_NAME_LENGTH, is_valid_name, is_valid_tag
+from ..names import MAX_NAME_LENGTH, is_valid_name, is_valid_tag
+from .errors import ClientError
 
 __all__ = [
     "DEFAULT_HOST",
@@ -38,7 +39,7 @@ _HOST_RE = re.compile(
 )
 
 
-class InvalidReference(ValueError):
+class InvalidReference(ClientError, ValueError):
     """An image reference that does not parse; the message says what is wrong."""
 
 

@@ -1,6 +1,6 @@
 """The client's HTTP/1.1 transport: pooled blocking connections used from worker threads.
 
-Every request of :class:`registry.client.RegistryClient` goes through this module (its
+Every request of :class:`registry.client.remote.RegistryClient` goes through this module (its
 ``_send`` keeps every policy: auth, retries, redirects), on a :mod:`http.client`
 connection driven by a worker thread: a blob body is read with ``recv_into`` straight
 into the ingest's buffer (:meth:`cas.Ingest.receive`) and an upload is sent with
@@ -25,13 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
+from .errors import ClientError
+
 __all__ = ["Wire", "WireError", "WireResponse"]
 
 T = TypeVar("T")
 _MAX_SMALL_BODY = 4 << 20
 
 
-class WireError(ConnectionError):
+class WireError(ClientError, ConnectionError):
     """The request could not be sent or its answer could not be read."""
 
 

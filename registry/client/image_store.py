@@ -31,7 +31,8 @@ from cas import Digest, Store
 from cas.location import default_storage_dir
 from cas.packs import FilesystemPacks
 
-from .oci import INDEX_TYPES, ImageConfig, Index, Manifest, Platform, parse_manifest
+from ..oci import INDEX_TYPES, ImageConfig, Index, Manifest, Platform, parse_manifest
+from .errors import ClientError
 
 __all__ = ["ImageNotFound", "ImageStore", "LocalImage", "holder", "select_platform"]
 
@@ -57,7 +58,7 @@ CREATE TABLE IF NOT EXISTS pushes (
 _WORKERS = min(8, (os.cpu_count() or 2) + 1)
 
 
-class ImageNotFound(LookupError):
+class ImageNotFound(ClientError, LookupError):
     """No local image has that reference; the message says how to get one."""
 
 

@@ -19,15 +19,15 @@ from typing import Any, TypeVar
 
 import click
 
+from ..errors import RegistryError
 from .auth import AuthError, Credentials, erase_credentials, store_credentials
-from .client import ClientOptions, RegistryClient, TransportError
 from .copy import CopyOptions, Endpoint, copy_image, parse_endpoint
-from .errors import RegistryError
+from .image_store import ImageNotFound, ImageStore
 from .layouts import LayoutError
-from .local import ImageNotFound, ImageStore
 from .progress import Progress
+from .pull import BlobError, TransferOptions
 from .refs import InvalidReference, parse_image_ref
-from .transfer import BlobError, TransferOptions
+from .remote import ClientOptions, RegistryClient, TransportError
 
 __all__ = ["COMMANDS", "finished"]
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from cas import Digest, DigestMismatch, Store
 
-from .oci import (
+from ..oci import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
     DOCKER_MANIFEST,
@@ -42,6 +42,7 @@ from .oci import (
     Index,
     Manifest,
 )
+from .errors import ClientError
 
 __all__ = [
     "DOCKER_LAYER_TAR",
@@ -57,7 +58,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 _CHUNK = 4 << 20
 
 
-class LayoutError(Exception):
+class LayoutError(ClientError):
     """A layout or archive that is missing, malformed or holds the wrong bytes."""
 
 

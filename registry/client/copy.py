@@ -29,14 +29,14 @@ from typing import Any
 
 from cas import Digest
 
-from .client import RegistryClient
+from ..oci import Descriptor, Index, Manifest, parse_manifest
+from .image_store import ImageNotFound, ImageStore, holder, select_platform
 from .layouts import LayoutError, OciLayout, read_docker_archive, write_docker_archive
-from .local import ImageNotFound, ImageStore, holder, select_platform
-from .oci import Descriptor, Index, Manifest, parse_manifest
 from .progress import Progress
+from .pull import PieceSources, TransferOptions, local_piece_sources, pull_blob
+from .push import push_blob
 from .refs import ImageRef, InvalidReference, parse_image_ref
-from .transfer import PieceSources, TransferOptions, local_piece_sources, pull_blob
-from .upload import push_blob
+from .remote import RegistryClient
 
 # A streamed blob is read from its source this much at a time.
 _STREAM_READ = 4 << 20

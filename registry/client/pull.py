@@ -22,7 +22,7 @@ Parts are fetched concurrently but written in order. The ingest commits with the
 expected digest and size: wrong bytes, a wrong length or a truncated body raise
 :class:`BlobError` naming the blob, and nothing becomes visible.
 
-Pushing is :mod:`registry.upload`.
+Pushing is :mod:`registry.client.push`.
 """
 
 from __future__ import annotations
@@ -36,15 +36,24 @@ from typing import Any
 
 import blake3
 
-from cas import BlobUnknown, Digest, DigestMismatch, Ingest, IngestUnknown, SizeMismatch, SourceFailed
+from cas import (
+    BlobUnknown,
+    Digest,
+    DigestMismatch,
+    Ingest,
+    IngestUnknown,
+    SizeMismatch,
+    SourceFailed,
+)
 
-from .client import RegistryClient, TransportError
-from .errors import RegistryError
-from .local import ImageNotFound, ImageStore
-from .oci import Descriptor
+from ..errors import RegistryError
+from ..oci import Descriptor
+from .connections import WireError, WireResponse
+from .errors import ClientError
+from .image_store import ImageNotFound, ImageStore
 from .progress import Progress
 from .refs import ImageRef, InvalidReference, parse_image_ref
-from .wire import WireError, WireResponse
+from .remote import RegistryClient, TransportError
 
 __all__ = ["BlobError", "PieceSources", "TransferOptions", "local_piece_sources", "pull_blob"]
 
@@ -54,7 +63,7 @@ Chunks = list[bytes] | list[bytearray]
 _SLICE = 8 << 20
 
 
-class BlobError(Exception):
+class BlobError(ClientError):
     """A blob could not be transferred; the message names it and says what to do."""
 
 

@@ -39,14 +39,14 @@ from collections.abc import AsyncIterator, Callable
 
 from cas import Digest
 
-from .client import RegistryClient, TransportError
-from .errors import RegistryError
-from .local import ImageStore
-from .oci import Descriptor
+from ..errors import RegistryError
+from ..oci import Descriptor
+from .connections import WireError
+from .image_store import ImageStore
 from .progress import Progress
+from .pull import BlobError, TransferOptions
 from .refs import ImageRef
-from .transfer import BlobError, TransferOptions
-from .wire import WireError
+from .remote import RegistryClient, TransportError
 
 __all__ = ["push_blob"]
 
