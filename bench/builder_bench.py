@@ -30,11 +30,11 @@ from pathlib import Path
 from bench.data import pseudo_random
 from bench.pybuild_cli import has_command, missing_reason, pybuild_argv, pybuild_env
 from bench.report import Measurement
-from tests.helpers.clients import ContainerStorage
-from tests.helpers.docker_engine import docker_client, docker_engine
-from tests.helpers.images import busybox_image, write_oci_layout
-from tests.helpers.registries import distribution_registry
-from tests.helpers.rootfs import make_busybox_rootfs
+from testkit.clients import ContainerStorage
+from testkit.docker_engine import docker_client, docker_engine
+from testkit.images import busybox_image, write_oci_layout
+from testkit.registries import distribution_registry
+from testkit.rootfs import make_busybox_rootfs
 
 __all__ = ["BuilderBenchError", "bench_builder"]
 

@@ -36,15 +36,15 @@ from pathlib import Path
 from bench.data import chunked_layer, pseudo_random
 from bench.pybuild_cli import has_command, missing_reason, pybuild_argv, pybuild_env
 from bench.report import Measurement
-from tests.helpers.docker_engine import docker_engine
-from tests.helpers.images import Layer, make_image, tar_files, write_oci_layout
-from tests.helpers.registries import (
+from testkit.docker_engine import docker_engine
+from testkit.images import Layer, make_image, tar_files, write_oci_layout
+from testkit.registries import (
     RegistryProcess,
     RunningRegistry,
     distribution_argv,
     pybuild_serve_available,
 )
-from tests.helpers.registries import pybuild_argv as serve_argv
+from testkit.registries import pybuild_argv as serve_argv
 
 __all__ = ["ClientBenchError", "bench_client"]
 

@@ -36,9 +36,9 @@ def write_pseudo_random(path: Path, size: int, *, seed: bytes) -> str:
 
 def chunked_layer(tar: bytes):  # type: ignore[no-untyped-def]
     """``tar`` as pybuild's chunked-frame gzip layer (one gzip member per content-defined
-    chunk, what ``pybuild build`` writes), as a ``tests.helpers.images.Layer``."""
+    chunk, what ``pybuild build`` writes), as a ``testkit.images.Layer``."""
     from builder.layers.chunked import write_frames
-    from tests.helpers.images import Layer
+    from testkit.images import Layer
 
     out = io.BytesIO()
     write_frames([tar], out)

@@ -40,7 +40,7 @@ import aiohttp
 
 from bench.data import chunked_layer, pseudo_random
 from bench.report import Measurement
-from tests.helpers.images import (
+from testkit.images import (
     Image,
     make_image,
     make_layer,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-# Run from a checkout: `tests.helpers` and the packages import from its root.
+# Run from a checkout: `testkit` and the packages import from its root.
 _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers.registries import (
+from testkit.registries import (
     RegistryError,
     distribution_registry,
     pybuild_registry,

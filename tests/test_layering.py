@@ -176,3 +176,32 @@ def test_no_import_cycles() -> None:
 
 def test_cycle_finder_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _imported_roots(folder: str) -> dict[str, set[str]]:
+    """file -> the top-level names it imports (absolute imports only)."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        roots: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                roots.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = roots
+    return found
+
+
+def test_the_benchmarks_do_not_import_the_tests() -> None:
+    offenders = sorted(f for f, roots in _imported_roots("bench").items() if "tests" in roots)
+    assert offenders == []
+
+
+def test_testkit_needs_neither_pytest_nor_pybuild() -> None:
+    # It checks pybuild's output independently, and the benchmarks run without pytest.
+    offenders = sorted(
+        f"{f}: {sorted(roots & {'pytest', 'tests', *PACKAGES})}"
+        for f, roots in _imported_roots("testkit").items()
+        if roots & {"pytest", "tests", *PACKAGES}
+    )
+    assert offenders == []

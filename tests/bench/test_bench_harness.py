@@ -16,8 +16,8 @@ import pytest
 from bench.registry_bench import RegistryBenchError, parse_wrk
 from bench.report import Measurement, Report
 from bench.targets import registry_targets
-from tests.helpers.registries import pybuild_serve_available
-from tests.helpers.tools import require_tool
+from testkit.registries import pybuild_serve_available
+from testkit.tools import require_tool
 
 TESTFILES = Path(__file__).resolve().parent / "testfiles"
 ROOT = Path(__file__).resolve().parents[2]

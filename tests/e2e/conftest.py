@@ -15,29 +15,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.clients import ContainerStorage
-from tests.helpers.docker_engine import (
+from testkit.clients import ContainerStorage
+from testkit.docker_engine import (
     DockerEngine,
     find_running_engine,
     remove_tree,
 )
-from tests.helpers.docker_engine import (
+from testkit.docker_engine import (
     docker_engine as running_docker_engine,
 )
-from tests.helpers.images import (
+from testkit.images import (
     Image,
     busybox_image,
     write_docker_archive,
     write_oci_layout,
 )
-from tests.helpers.registries import (
+from testkit.registries import (
     RunningRegistry,
     distribution_registry,
     pybuild_serve_available,
     registry_of_kind,
 )
-from tests.helpers.rootfs import find_busybox, make_busybox_rootfs
-from tests.helpers.tools import require_tool
+from testkit.rootfs import find_busybox, make_busybox_rootfs
+from testkit.tools import require_tool
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -76,7 +76,7 @@ def docker_engine() -> Iterator[DockerEngine]:
 
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A busybox-static root filesystem (see tests.helpers.rootfs)."""
+    """A busybox-static root filesystem (see testkit.rootfs)."""
     if find_busybox() is None:
         require_tool("/bin/busybox")
     return make_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")

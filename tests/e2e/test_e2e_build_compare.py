@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.docker_engine import DockerEngine
-from tests.helpers.registries import RunningRegistry, pybuild_registry
-from tests.helpers.tools import in_ci, require_tool, running_ssh_agent
+from testkit.docker_engine import DockerEngine
+from testkit.registries import RunningRegistry, pybuild_registry
+from testkit.tools import in_ci, require_tool, running_ssh_agent
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.clients import run, skopeo
-from tests.helpers.docker_engine import DockerEngine
-from tests.helpers.images import Image
-from tests.helpers.registries import RunningRegistry, get_manifest, http
+from testkit.clients import run, skopeo
+from testkit.docker_engine import DockerEngine
+from testkit.images import Image
+from testkit.registries import RunningRegistry, get_manifest, http
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.images import (
+from testkit.images import (
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
     Image,
@@ -24,13 +24,13 @@ from tests.helpers.images import (
     write_docker_archive,
     write_oci_layout,
 )
-from tests.helpers.registries import (
+from testkit.registries import (
     RegistryError,
     RegistryProcess,
     RunningRegistry,
     http,
 )
-from tests.helpers.tools import require_tool
+from testkit.tools import require_tool
 
 
 def test_busybox_image_is_deterministic(busybox: Image, busybox_rootfs: Path) -> None:

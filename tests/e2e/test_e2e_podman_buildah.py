@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.clients import ContainerStorage, buildah, podman, run, skopeo, umoci
-from tests.helpers.images import Image, read_oci_layout
-from tests.helpers.registries import RunningRegistry, get_manifest
-from tests.helpers.rootfs import find_busybox
+from testkit.clients import ContainerStorage, buildah, podman, run, skopeo, umoci
+from testkit.images import Image, read_oci_layout
+from testkit.registries import RunningRegistry, get_manifest
+from testkit.rootfs import find_busybox
 
 
 def push_layout(layout: Path, registry: RunningRegistry, repository: str, tag: str) -> str:
@@ -88,7 +88,7 @@ def test_umoci_unpacks_what_the_registry_serves(
 
 
 def test_umoci_unpacks_the_packed_layout_directly(busybox_layout: Path, tmp_path: Path) -> None:
-    """umoci is an independent reader of OCI layouts: it accepts what tests.helpers packs."""
+    """umoci is an independent reader of OCI layouts: it accepts what testkit packs."""
     bundle = tmp_path / "bundle"
     rootless = ["--rootless"] if os.geteuid() != 0 else []
     run(umoci("unpack", *rootless, "--image", f"{busybox_layout}:latest", str(bundle)))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.docker_engine import DockerEngine
-from tests.helpers.images import Image
-from tests.helpers.registries import RunningRegistry
+from testkit.docker_engine import DockerEngine
+from testkit.images import Image
+from testkit.registries import RunningRegistry
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.helpers.docker_engine import DockerEngine
-from tests.helpers.registries import (
+from testkit.docker_engine import DockerEngine
+from testkit.registries import (
     RegistryProcess,
     RunningRegistry,
     get_manifest,

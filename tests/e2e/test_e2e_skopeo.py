@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers.clients import run, skopeo
-from tests.helpers.images import Image, read_oci_layout
-from tests.helpers.registries import RunningRegistry, get_manifest, list_tags
+from testkit.clients import run, skopeo
+from testkit.images import Image, read_oci_layout
+from testkit.registries import RunningRegistry, get_manifest, list_tags
 
 
 def push_layout(layout: Path, registry: RunningRegistry, repository: str, tag: str) -> None:

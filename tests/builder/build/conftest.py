@@ -16,8 +16,8 @@ from builder.layers import import_directory
 from builder.outputs import Output
 from builder.progress import Progress
 from cas import Digest
-from tests.helpers.rootfs import make_busybox_rootfs
-from tests.helpers.tools import require_tool
+from testkit.rootfs import make_busybox_rootfs
+from testkit.tools import require_tool
 
 TESTFILES = Path(__file__).parent / "testfiles"
 

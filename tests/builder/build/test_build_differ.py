@@ -11,7 +11,7 @@ from builder.layers import changeset_from_upper
 from builder.sandbox import Executor, RootfsMode, RunSpec, run_step, runner
 from builder.sandbox.differ import upper_from_copy
 from builder.steps.common import BuildError
-from tests.helpers.rootfs import make_busybox_rootfs
+from testkit.rootfs import make_busybox_rootfs
 from tests.helpers.sandbox_steps import PATH, require_root
 
 

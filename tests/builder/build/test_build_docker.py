@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.tools import require_tool
+from testkit.tools import require_tool
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from builder.dockerfile.stages import Platform
 from builder.steps.common import BuildError
 from cas import Digest
 from tests.builder.build.conftest import write_rootfs_layer
-from tests.helpers.rootfs import make_busybox_rootfs
+from testkit.rootfs import make_busybox_rootfs
 
 HOST = Platform.host()
 OTHER = "linux/arm64" if HOST.architecture != "arm64" else "linux/amd64"

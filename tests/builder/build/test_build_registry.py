@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.registries import pybuild_registry
+from testkit.registries import pybuild_registry
 
 pytestmark = pytest.mark.slow
 

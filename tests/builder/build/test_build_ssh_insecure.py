@@ -12,8 +12,8 @@ import pytest
 
 from builder.steps.common import BuildError
 from tests.builder.build.conftest import TESTFILES, write_base_layout
-from tests.helpers.rootfs import make_busybox_rootfs
-from tests.helpers.tools import require_tool, running_ssh_agent
+from testkit.rootfs import make_busybox_rootfs
+from testkit.tools import require_tool, running_ssh_agent
 
 
 def _with_program(rootfs: Path, program: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from builder.fastpath import parse_argv
-from tests.helpers.rootfs import make_busybox_rootfs
+from testkit.rootfs import make_busybox_rootfs
 
 from .conftest import write_base_layout
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from builder.sandbox import Executor, RootfsMode, RunSpec, run_step
-from tests.helpers.rootfs import make_busybox_rootfs
-from tests.helpers.tools import require_tool
+from testkit.rootfs import make_busybox_rootfs
+from testkit.tools import require_tool
 from tests.helpers.sandbox_steps import PATH, Runner, Step, require_root
 
 

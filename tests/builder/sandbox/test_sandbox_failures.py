@@ -20,7 +20,7 @@ from builder.sandbox import (
     run_step,
 )
 from tests.helpers.disks import small_filesystem
-from tests.helpers.tools import require_tool
+from testkit.tools import require_tool
 from tests.helpers.sandbox_steps import PATH, Runner, require_root
 
 

@@ -20,6 +20,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .tools import missing
+
 __all__ = ["BUSYBOX_CANDIDATES", "busybox_path", "find_busybox", "make_busybox_rootfs"]
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
@@ -49,16 +51,11 @@ def find_busybox() -> str | None:
 
 def busybox_path() -> Path:
     """The host's busybox, if it is statically linked (it must run in an empty root)."""
-    import pytest
-
     for candidate in BUSYBOX_CANDIDATES:
         path = Path(candidate)
         if path.is_file() and _is_static(path):
             return path
-    message = "a static busybox is not installed (apt-get install busybox-static)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    missing("a static busybox is not installed (apt-get install busybox-static)")
 
 
 def _is_static(path: Path) -> bool:

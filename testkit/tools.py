@@ -1,8 +1,10 @@
-"""Find the external tools the end-to-end tests drive.
+"""Find the external tools the end-to-end tests and the benchmarks drive.
 
-A missing tool skips the test on a developer's machine, but fails it when the ``CI``
-environment variable is set: CI must run every end-to-end test, and a tool that silently
-went missing would turn the suite into a list of skips.
+A missing tool calls :data:`on_missing` with a message that says what to install. By
+default that raises :class:`ToolMissing`; the test suite replaces it (``tests/conftest.py``)
+so that a missing tool skips the test on a developer's machine but fails it when the
+``CI`` environment variable is set: CI must run every end-to-end test, and a tool that
+silently went missing would turn the suite into a list of skips.
 """
 
 from __future__ import annotations
@@ -12,12 +14,37 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
-import pytest
+__all__ = [
+    "DEBIAN_PACKAGE",
+    "ToolMissing",
+    "find_tool",
+    "in_ci",
+    "missing",
+    "on_missing",
+    "require_tool",
+    "running_ssh_agent",
+]
 
-__all__ = ["DEBIAN_PACKAGE", "find_tool", "in_ci", "require_tool", "running_ssh_agent"]
+
+class ToolMissing(RuntimeError):
+    """A tool the caller needs is not installed; the message says what to install."""
+
+
+def _raise(message: str) -> NoReturn:
+    raise ToolMissing(message)
+
+
+# What a missing tool does: raise ToolMissing (the default), or skip/fail a test.
+on_missing: Callable[[str], NoReturn] = _raise
+
+
+def missing(message: str) -> NoReturn:
+    """Report a missing tool through :data:`on_missing` (looked up at call time)."""
+    on_missing(message)
 
 # Which Debian package provides each tool, so a failure can say what to install.
 DEBIAN_PACKAGE: dict[str, str] = {
@@ -52,7 +79,7 @@ def find_tool(name: str) -> str | None:
 
 
 def require_tool(name: str) -> str:
-    """Return the path of tool ``name``; skip the test if it is missing, or fail under CI.
+    """Return the path of tool ``name``; :func:`missing` when it is not installed.
 
     ``name`` may be a command name looked up on ``PATH`` or an absolute path.
     """
@@ -64,9 +91,7 @@ def require_tool(name: str) -> str:
         f"{name} is not installed; install {package} "
         f"(`bash tests/run` installs every package the tests need)"
     )
-    if in_ci():
-        pytest.fail(f"{message}. CI is set, so a missing tool is an error, not a skip.")
-    pytest.skip(message)
+    missing(message)
 
 
 @contextlib.contextmanager
