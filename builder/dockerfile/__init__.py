@@ -52,6 +52,26 @@ _WHERE = {
     "parse": "syntax",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "BuildPlan",
+    "DockerfileError",
+    "Instruction",
+    "Keyword",
+    "Lexer",
+    "Mount",
+    "MountError",
+    "MountType",
+    "Node",
+    "Platform",
+    "Problem",
+    "ShellLexError",
+    "Stage",
+    "SyntaxTree",
+    "parse",
+    "parse_dockerfile",
+    "parse_instruction",
+    "parse_mount",
+    "plan_build",
+]
 
 __getattr__ = _lazy_attributes(__name__, _WHERE)

@@ -70,6 +70,28 @@ _WHERE = {
     "TransportError": "remote",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "AuthError",
+    "BlobError",
+    "ClientError",
+    "ClientOptions",
+    "CopyOptions",
+    "CopyResult",
+    "Credentials",
+    "Endpoint",
+    "ImageNotFound",
+    "ImageRef",
+    "ImageStore",
+    "InvalidReference",
+    "LayoutError",
+    "Progress",
+    "RegistryClient",
+    "TransferOptions",
+    "TransportError",
+    "WireError",
+    "copy_image",
+    "parse_endpoint",
+    "parse_image_ref",
+]
 
 __getattr__ = _lazy_attributes(__name__, _WHERE)
