@@ -50,7 +50,7 @@ from ..errors import (
     encode_errors,
 )
 from ..names import check_raw_path
-from .auth import BasicAuth, load_htpasswd
+from .auth import BasicAuth, Htpasswd
 from .config import ServerConfig
 from .metadata import Metadata
 from .routes import WRITE_METHODS, dispatch
@@ -227,7 +227,7 @@ def make_app(
     )
     auth = None
     if config.auth_htpasswd is not None:
-        auth = BasicAuth(load_htpasswd(config.auth_htpasswd), config.auth_realm)
+        auth = BasicAuth(Htpasswd.load(config.auth_htpasswd), config.auth_realm)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         root = storage or config.storage or default_storage_dir()
