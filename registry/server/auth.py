@@ -230,13 +230,8 @@ class BasicAuth:
                 self._ok.move_to_end(key)
                 return user
             del self._ok[key]
-        generation = self._generation
         if not await self._check(key, password, self.users.get(user)):
             raise self.challenge("invalid username or password")
-        if generation == self._generation:  # the users did not change meanwhile
-            self._ok[key] = now + CACHE_SECONDS
-            while len(self._ok) > CACHE_ENTRIES:
-                self._ok.popitem(last=False)
         return user
 
     async def _check(self, key: bytes, password: bytes, hashed: bytes | None) -> bool:
@@ -249,13 +244,23 @@ class BasicAuth:
             else:
                 pending = loop.run_in_executor(_bcrypt_pool, _verify, password, hashed)
             self._pending[key] = pending
-            pending.add_done_callback(lambda done: self._forget(key, done))
+            generation = self._generation
+            pending.add_done_callback(lambda done: self._settle(key, done, generation))
         # Shielded: a client that hangs up does not cancel the check others wait for.
         return await asyncio.shield(pending)
 
-    def _forget(self, key: bytes, done: asyncio.Future[bool]) -> None:
+    def _settle(self, key: bytes, done: asyncio.Future[bool], generation: int) -> None:
+        """A check finished: it is no longer pending and, if it succeeded against the
+        users still in use, it is remembered (before any waiter resumes, so a request
+        arriving meanwhile finds one or the other)."""
         if self._pending.get(key) is done:
             del self._pending[key]
+        if done.cancelled() or done.exception() is not None or not done.result():
+            return
+        if generation == self._generation:
+            self._ok[key] = time.monotonic() + CACHE_SECONDS
+            while len(self._ok) > CACHE_ENTRIES:
+                self._ok.popitem(last=False)
 
 
 def _verify(password: bytes, hashed: bytes) -> bool:
