@@ -166,8 +166,12 @@ async def _healthz(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     try:
         await reg.meta.repository_exists("")
-    except Exception as exc:  # noqa: BLE001 -- health checks report, never raise
-        return web.json_response({"status": "unhealthy", "error": str(exc)}, status=503)
+    except Exception:  # noqa: BLE001 -- health checks report, never raise
+        log.exception("health check: the metadata database does not answer")
+        return web.json_response(
+            {"status": "unhealthy", "error": "the metadata database does not answer"},
+            status=503,
+        )
     return web.json_response({"status": "ok"})
 
 

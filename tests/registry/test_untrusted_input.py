@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from cas import Digest
 from registry.server import ServerConfig, make_app
+from registry.server.state import REGISTRY
 
 from .fakes import FakeStore
 from .helpers import error_codes, push_blob
@@ -107,6 +108,21 @@ async def test_internal_errors_are_generic_and_logged(aiohttp_client, tmp_path, 
     assert "haunted" not in body and "RuntimeError" not in body and "/srv" not in body
     assert await error_codes(resp) == ["UNKNOWN"]
     assert "haunted" in caplog.text  # the details stay in the server's log
+
+
+async def test_an_unhealthy_store_is_reported_without_its_error_text(client, caplog):
+    reg = client.server.app[REGISTRY]
+
+    async def broken(name: str) -> bool:
+        raise OSError("disk /srv/secret/registry.db is haunted")
+
+    reg.meta.repository_exists = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="pybuild.registry"):
+        resp = await client.get("/healthz")
+    assert resp.status == 503
+    assert (await resp.json())["status"] == "unhealthy"
+    assert "haunted" not in await resp.text()
+    assert "haunted" in caplog.text
 
 
 # --- a live server for raw requests ---------------------------------------------------------
