@@ -239,15 +239,17 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.R
     if len(extra_tags) > _MAX_TAGS_PER_PUT:
         raise UNSUPPORTED(f"at most {_MAX_TAGS_PER_PUT} tags per request", status=414)
     body = await _read_body(request)
+    algorithm = ref.digest.algorithm if ref.digest is not None else "sha256"
+    if len(body) > _PARSE_INLINE_BYTES:
+        digest = await asyncio.to_thread(Digest.of, body, algorithm)
+    else:
+        digest = Digest.of(body, algorithm)
     if ref.digest is not None:
-        digest = Digest.of(body, ref.digest.algorithm)
         if digest != ref.digest:
             raise DIGEST_INVALID(
                 f"the manifest hashes to {digest}, not {ref.digest}",
                 detail={"expected": str(ref.digest), "actual": str(digest)},
             )
-    else:
-        digest = Digest.of(body)
     media_type, obj = await _parse(body, request.headers.get("Content-Type"))
     # Everything is checked before anything changes: a refused PUT leaves no trace.
     carried = await _plan_references(reg, name, obj)
