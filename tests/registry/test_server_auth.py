@@ -12,6 +12,8 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from registry.errors import RegistryError
 from registry.server import auth as auth_module
@@ -129,3 +131,29 @@ def test_htpasswd_cost_is_checked(tmp_path: Path):
     path.write_text("eve:$2b$99$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234\n")
     with pytest.raises(ValueError, match="bcrypt"):
         auth_module.load_htpasswd(path)
+
+
+_TABLE = auth_module.Htpasswd.of({"alice": bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4))})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    header=st.one_of(
+        st.text(max_size=80),
+        st.binary(max_size=80).map(lambda b: "Basic " + base64.b64encode(b).decode()),
+        st.binary(max_size=80).map(lambda b: "Basic " + b.decode("latin-1")),
+        st.builds(
+            lambda u, p: "basic " + base64.b64encode(u.encode() + b":" + p).decode(),
+            st.text(max_size=20), st.binary(max_size=100),
+        ),
+    )
+)
+def test_any_authorization_header_is_a_401_or_a_user(header):
+    async def check() -> None:
+        basic = auth_module.BasicAuth(_TABLE, "r")
+        try:
+            assert await basic.authenticate(header) == "alice"
+        except RegistryError as exc:
+            assert exc.status == 401 and exc.headers["WWW-Authenticate"] == 'Basic realm="r"'
+
+    asyncio.run(check())
