@@ -114,6 +114,7 @@ class Metadata(Protocol):
     def locations(self, keys: Iterable[bytes]) -> dict[bytes, Location]: ...
     # links
     def link(self, holder: str, digest: str) -> bool: ...
+    def link_all(self, holder: str, digests: list[str]) -> list[str] | None: ...
     def unlink(self, holder: str, digest: str) -> bool: ...
     def is_linked(self, holder: str, digest: str) -> bool: ...
     def holders(self, digest: str) -> list[str]: ...
@@ -382,6 +383,24 @@ class SqliteMetadata:
                 return False
             db.execute("INSERT OR IGNORE INTO links(holder, digest) VALUES (?, ?)", (holder, digest))
             return True
+
+    def link_all(self, holder: str, digests: list[str]) -> list[str] | None:
+        """Link every one of ``digests`` in one transaction: the ones that were not linked
+        before, or None (and nothing linked) if any blob is not in the store."""
+        added: list[str] = []
+        try:
+            with self._tx() as db:
+                for digest in dict.fromkeys(digests):
+                    if not db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone():
+                        raise LookupError(digest)  # rolls the transaction back
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO links(holder, digest) VALUES (?, ?)", (holder, digest)
+                    )
+                    if cur.rowcount:
+                        added.append(digest)
+        except LookupError:
+            return None
+        return added
 
     def unlink(self, holder: str, digest: str) -> bool:
         with self._tx() as db:

@@ -393,6 +393,15 @@ class Store:
         if not await self._run(self.meta.link, holder, str(digest)):
             raise BlobUnknown(digest)
 
+    async def link_all(self, holder: str, digests: list[Digest]) -> list[Digest]:
+        """Link all of ``digests`` to ``holder`` at once, or none of them (BlobUnknown).
+        Returns the digests that were not linked before."""
+        added = await self._run(self.meta.link_all, holder, [str(d) for d in digests])
+        if added is None:
+            missing = [d for d in digests if await self.stat(d) is None]
+            raise BlobUnknown(missing[0] if missing else digests[0])
+        return [Digest.parse(d) for d in added]
+
     async def unlink(self, holder: str, digest: Digest) -> bool:
         return await self._run(self.meta.unlink, holder, str(digest))
 

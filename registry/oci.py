@@ -40,6 +40,7 @@ __all__ = [
     "EMPTY_JSON_DIGEST",
     "INDEX_TYPES",
     "MANIFEST_TYPES",
+    "MAX_SIZE",
     "OCI_CONFIG",
     "OCI_EMPTY",
     "OCI_INDEX",
@@ -88,6 +89,9 @@ INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 EMPTY_JSON = b"{}"
 EMPTY_JSON_DIGEST = Digest.of(EMPTY_JSON)
 ARTIFACT_EMPTY_JSON = OCI_EMPTY
+
+# The largest size a descriptor may state: Go clients (and the spec's int64) read no more.
+MAX_SIZE = (1 << 63) - 1
 
 # RFC 6838 media type (type "/" subtype, restricted-name characters), parameters refused.
 _MEDIA_TYPE = re.compile(
@@ -185,11 +189,38 @@ def _put(out: dict[str, Any], key: str, value: Any) -> None:
         out[key] = list(value) if isinstance(value, tuple) else value
 
 
-def _load(raw: bytes | str, what: str) -> Any:
+def _load(raw: bytes | str, what: str, *, unique_keys: bool = False) -> Any:
+    """Decode strict JSON (RFC 8259): ``NaN``, ``Infinity`` and ``-Infinity`` are refused
+    (Python's json reads them, Go's cannot), and so is nesting too deep to decode.
+    ``unique_keys`` also refuses an object that repeats a key: parsers disagree on which
+    value wins (Go's encoding/json and Python's take the last, others the first or fail).
+    """
+    def constant(name: str) -> Any:
+        raise InvalidObject(what, f"{name} is not valid JSON (numbers must be finite)")
+
     try:
-        return json.loads(raw)
+        return json.loads(
+            raw,
+            parse_constant=constant,
+            object_pairs_hook=(lambda pairs: _unique(pairs, what)) if unique_keys else None,
+        )
+    except InvalidObject:
+        raise
+    except RecursionError:
+        raise InvalidObject(what, "nested too deeply to be a manifest") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidObject(what, f"not valid JSON: {exc}") from exc
+
+
+def _unique(pairs: list[tuple[str, Any]], what: str) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidObject(what, f"key {key[:64]!r} appears twice in one object")
+            seen.add(key)
+    return doc
 
 
 # --- descriptors --------------------------------------------------------------------------
@@ -262,8 +293,8 @@ class Descriptor:
         digest = _digest(d, "digest", where)
         size = _int(d, "size", where, required=True)
         assert media_type is not None and size is not None
-        if size < 0:
-            raise InvalidObject(f"{where}.size", f"must not be negative, got {size}")
+        if not 0 <= size <= MAX_SIZE:
+            raise InvalidObject(f"{where}.size", f"must be between 0 and {MAX_SIZE}, got {size}")
         data = None
         data_text = _str(d, "data", where)
         if data_text is not None:
@@ -453,9 +484,10 @@ def parse_manifest(raw: bytes, content_type: str | None) -> tuple[str, Manifest 
     ignored), else guessed from the shape (``manifests`` -> OCI index, else OCI manifest).
     A body ``mediaType`` that disagrees with a manifest ``content_type`` is refused, as are
     Docker schema 1 manifests (deprecated and unsigned-unverifiable) and unknown types.
+    The JSON must be strict: no ``NaN``/``Infinity`` and no key repeated in an object.
     Returns ``(media_type, object)``; raises :class:`InvalidObject`.
     """
-    doc = _obj(_load(raw, "manifest"), "manifest")
+    doc = _obj(_load(raw, "manifest", unique_keys=True), "manifest")
     header = (content_type or "").split(";", 1)[0].strip().lower() or None
     body_type = doc.get("mediaType")
     if body_type is not None and not isinstance(body_type, str):

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from .server import ConfigError, ServerConfig, load_config, make_app
 from .server.accesslog import AccessLogSink, JsonAccessLogger
-from .server.state import REGISTRY
+from .server.reload import reload_config
+from .server.state import REGISTRY, Registry
 
 log = logging.getLogger("pybuild.registry")
 
@@ -39,8 +40,9 @@ def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run_server(config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests get ``shutdown_timeout`` to finish."""
+def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests get ``shutdown_timeout`` to finish.
+    On SIGHUP the configuration ``reload()`` returns is applied (see server.reload)."""
     from cas.location import default_storage_dir
 
     storage = config.storage or default_storage_dir()
@@ -75,7 +77,9 @@ def run_server(config: ServerConfig) -> None:
     loop = new_event_loop(config.event_loop)
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(config, app, host, port, ssl_context, access_log, announce))
+        loop.run_until_complete(
+            _serve(config, app, host, port, ssl_context, access_log, announce, reload)
+        )
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
@@ -89,6 +93,7 @@ async def _serve(
     ssl_context: ssl.SSLContext | None,
     access_log: logging.Logger | None,
     announce: Callable[[], None],
+    reload: Callable[[], ServerConfig] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully.
 
@@ -105,6 +110,7 @@ async def _serve(
     )
     await runner.setup()
     try:
+        _on_sighup(app[REGISTRY], reload)
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         announce()
@@ -121,6 +127,23 @@ async def _serve(
             log.warning("shutdown timeout: cancelling %d request(s)", reg.inflight)
     finally:
         await runner.cleanup()
+
+
+def _on_sighup(reg: Registry, reload: Callable[[], ServerConfig] | None) -> None:
+    """Reload the configuration on SIGHUP (installed before the socket opens, so a
+    SIGHUP never meets the default action, which is to exit)."""
+    loop = asyncio.get_running_loop()
+    running: set[asyncio.Task[bool]] = set()
+
+    def hangup() -> None:
+        if reload is None:
+            log.info("SIGHUP: no configuration to reload")
+            return
+        task = loop.create_task(reload_config(reg, reload))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
 
 
 @click.command("serve")
@@ -164,25 +187,24 @@ def serve(
     """Run the OCI registry.
 
     Settings come from (later wins): defaults, the config file, PYBUILD_* environment
-    variables, these flags.
+    variables, these flags. SIGHUP reloads them (and the htpasswd file) without a
+    restart; a changed htpasswd file is also picked up by itself.
     """
+    flags = {
+        "addr": addr,
+        "storage": storage,
+        "auth_htpasswd": htpasswd,
+        "auth_realm": realm,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "read_only": read_only,
+        "event_loop": event_loop,
+    }
     try:
-        config = load_config(
-            config_file,
-            {
-                "addr": addr,
-                "storage": storage,
-                "auth_htpasswd": htpasswd,
-                "auth_realm": realm,
-                "tls_cert": tls_cert,
-                "tls_key": tls_key,
-                "read_only": read_only,
-                "event_loop": event_loop,
-            },
-        )
+        config = load_config(config_file, flags)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
-        run_server(config)
+        run_server(config, reload=lambda: load_config(config_file, flags))
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"cannot serve: {exc}") from exc

@@ -50,7 +50,7 @@ from ..errors import (
     encode_errors,
 )
 from ..names import check_raw_path
-from .auth import BasicAuth, load_htpasswd
+from .auth import BasicAuth, Htpasswd
 from .config import ServerConfig
 from .metadata import Metadata
 from .routes import WRITE_METHODS, dispatch
@@ -70,6 +70,8 @@ __all__ = ["make_app"]
 log = logging.getLogger("pybuild.registry")
 
 _API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+# What a client learns of an unexpected failure; the details go to the server's log only.
+INTERNAL_ERROR = "internal error: the registry's log has the details"
 
 
 def _cas_error(exc: CasError) -> RegistryError:
@@ -84,7 +86,7 @@ def _cas_error(exc: CasError) -> RegistryError:
         return RANGE_INVALID(str(exc))
     if isinstance(exc, StorageFull):
         return UNAVAILABLE(str(exc), status=507)
-    return UNKNOWN(str(exc))
+    return UNKNOWN(INTERNAL_ERROR)
 
 
 def _error_response(err: RegistryError) -> web.Response:
@@ -108,8 +110,17 @@ async def _registry_middleware(
     try:
         try:
             path = request.raw_path
+            # Routing matches the decoded, normalised path; everything here reads the raw
+            # one. They agree only for an origin-form target without escapes or dot
+            # segments, so anything else is refused before it can reach a handler.
+            if not path.startswith("/"):
+                raise UNSUPPORTED(
+                    f"request target {path[:64]!r} is not a path: send the path only "
+                    "(origin form, e.g. 'GET /v2/ HTTP/1.1')",
+                    status=400,
+                )
+            check_raw_path(path)
             if path.startswith("/v2"):
-                check_raw_path(path)
                 auth = reg.auth
                 if auth is not None:
                     request[USER] = await auth.authenticate(request.headers.get("Authorization"))
@@ -127,7 +138,7 @@ async def _registry_middleware(
         except CasError as exc:
             mapped = _cas_error(exc)
             if mapped.status >= 500:
-                log.error("%s %s: storage error: %s", request.method, request.path, exc)
+                log.error("%s %s: storage error: %r", request.method, request.path, exc)
             resp = _error_response(mapped)
         except web.HTTPException as exc:
             status = exc.status
@@ -137,7 +148,7 @@ async def _registry_middleware(
             raise
         except Exception as exc:
             log.exception("%s %s failed", request.method, request.path)
-            resp = _error_response(UNKNOWN(f"internal error: {type(exc).__name__}: {exc}"))
+            resp = _error_response(UNKNOWN(INTERNAL_ERROR))
         status = resp.status
         if reg.draining and not resp.prepared:
             resp.force_close()  # shutting down: no keep-alive
@@ -155,8 +166,12 @@ async def _healthz(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     try:
         await reg.meta.repository_exists("")
-    except Exception as exc:  # noqa: BLE001 -- health checks report, never raise
-        return web.json_response({"status": "unhealthy", "error": str(exc)}, status=503)
+    except Exception:  # noqa: BLE001 -- health checks report, never raise
+        log.exception("health check: the metadata database does not answer")
+        return web.json_response(
+            {"status": "unhealthy", "error": "the metadata database does not answer"},
+            status=503,
+        )
     return web.json_response({"status": "ok"})
 
 
@@ -216,7 +231,7 @@ def make_app(
     )
     auth = None
     if config.auth_htpasswd is not None:
-        auth = BasicAuth(load_htpasswd(config.auth_htpasswd), config.auth_realm)
+        auth = BasicAuth(Htpasswd.load(config.auth_htpasswd), config.auth_realm)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         root = storage or config.storage or default_storage_dir()

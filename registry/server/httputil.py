@@ -15,6 +15,7 @@ from ..errors import (
 
 __all__ = [
     "DEFAULT_PAGE",
+    "MAX_POSITION",
     "MAX_PAGE",
     "next_link",
     "parse_content_range",
@@ -26,10 +27,15 @@ __all__ = [
 MAX_PAGE = 1000
 DEFAULT_PAGE = 1000
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Byte positions are ASCII digits only (``\d`` would admit "٣"), at most 19 of them: like
+# Go's ParseInt in CNCF Distribution, anything past int64 is not a position.
+_POS = r"[0-9]{0,19}"
+_RANGE = re.compile(rf"^bytes=({_POS})-({_POS})$")
 # Spec "Pushing a blob in chunks": ^[0-9]+-[0-9]+$; "bytes=" and "bytes " are tolerated
 # because some clients send RFC 9110 style.
-_CONTENT_RANGE = re.compile(r"^(?:bytes[= ])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_CONTENT_RANGE = re.compile(rf"^(?:bytes[= ])?({_POS})-({_POS})(?:/(?:[0-9]{{1,19}}|\*))?$")
+_PAGE_SIZE = re.compile(r"^[0-9]{1,19}$")
+MAX_POSITION = (1 << 63) - 1
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -45,10 +51,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     m = _RANGE.match(text.replace(" ", ""))
     if m is None:
-        raise range_not_satisfiable(f"malformed Range header {header!r}", size)
+        raise range_not_satisfiable(f"malformed Range header {_clip(header)!r}", size)
     first, last = m.group(1), m.group(2)
-    if first == "" and last == "":
-        raise range_not_satisfiable(f"malformed Range header {header!r}", size)
+    if (first == "" and last == "") or max(int(first or 0), int(last or 0)) > MAX_POSITION:
+        raise range_not_satisfiable(f"malformed Range header {_clip(header)!r}", size)
     if first == "":
         suffix = int(last)
         if suffix == 0:
@@ -75,9 +81,9 @@ def parse_content_range(header: str | None) -> tuple[int, int] | None:
     if header is None:
         return None
     m = _CONTENT_RANGE.match(header.strip())
-    if m is None:
+    if m is None or not m.group(1) or not m.group(2) or int(m.group(2)) > MAX_POSITION:
         raise RANGE_INVALID(
-            f"malformed Content-Range {header!r}: expected '<start>-<end>', inclusive",
+            f"malformed Content-Range {_clip(header)!r}: expected '<start>-<end>', inclusive",
         )
     start, end = int(m.group(1)), int(m.group(2))
     if end < start:
@@ -90,12 +96,18 @@ def parse_page(request: web.Request) -> tuple[int | None, str | None]:
     text = request.query.get("n")
     n: int | None = None
     if text is not None:
-        if not text.isdigit():
+        if not _PAGE_SIZE.match(text) or int(text) > MAX_POSITION:
             raise PAGINATION_NUMBER_INVALID(
-                f"n={text!r}: expected a non-negative integer", detail={"n": text}
+                f"n={_clip(text)!r}: expected a non-negative integer (ASCII digits)",
+                detail={"n": _clip(text)},
             )
         n = int(text)
     return n, request.query.get("last")
+
+
+def _clip(text: str, limit: int = 64) -> str:
+    """``text`` shortened for an error message (a client's header can be 8 KiB)."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def next_link(path: str, n: int, last: str, **extra: str) -> str:

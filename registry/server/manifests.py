@@ -10,10 +10,14 @@ matches the body (DIGEST_INVALID), config/layers readable in the repository and 
 entries that are manifests of the repository (MANIFEST_BLOB_UNKNOWN, one per missing
 reference). Descriptors carrying their bytes in ``data`` and the well-known empty JSON blob
 are stored on the fly; nondistributable (foreign) layers are not required. A ``subject``
-need not exist yet (spec) and is echoed as ``OCI-Subject``.
+need not exist yet (spec) and is echoed as ``OCI-Subject``. Every check runs before
+anything is written, so a refused PUT changes no link, tag or referrer.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 from aiohttp import web
 
@@ -45,6 +49,7 @@ __all__ = ["MAX_MANIFEST_BYTES", "delete_manifest", "get_manifest", "put_manifes
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _MAX_TAGS_PER_PUT = 32
+_PARSE_INLINE_BYTES = 64 * 1024
 
 
 def _unknown(name: str, reference: str) -> RegistryError:
@@ -139,9 +144,17 @@ async def _read_body(request: web.Request) -> bytes:
     return bytes(body)
 
 
-async def _check_references(reg: Registry, name: str, obj: Manifest | Index) -> None:
-    """Raise MANIFEST_BLOB_UNKNOWN (all of them) for references the repository lacks."""
+async def _plan_references(
+    reg: Registry, name: str, obj: Manifest | Index
+) -> list[tuple[Descriptor, bytes]]:
+    """Check every reference of ``obj`` in ``name`` without changing anything.
+
+    Returns the contents the manifest carries itself (``data`` fields, the empty JSON
+    blob) that are not yet in the repository. Raises MANIFEST_BLOB_UNKNOWN, one per
+    missing reference, or MANIFEST_INVALID for a size that disagrees with the blob.
+    """
     missing: list[RegistryError] = []
+    carried: list[tuple[Descriptor, bytes]] = []
     if isinstance(obj, Index):
         wanted = [str(d.digest) for d in obj.manifests]
         present = await reg.meta.manifests_present(name, wanted)
@@ -149,13 +162,30 @@ async def _check_references(reg: Registry, name: str, obj: Manifest | Index) -> 
             if str(d.digest) not in present:
                 missing.append(_blob_unknown(d, "manifest"))
     else:
+        h = holder(name)
         for d in obj.references():
             if d.nondistributable:
                 continue
-            if not await _ensure_blob(reg, name, d):
+            if await reg.store.is_linked(h, d.digest):
+                info = await reg.store.stat(d.digest)
+                if info is None:
+                    missing.append(_blob_unknown(d, "blob"))
+                elif info.size != d.size:
+                    raise MANIFEST_INVALID(
+                        f"descriptor {d.digest} says {d.size} bytes but the blob has {info.size}",
+                        detail={"digest": str(d.digest)},
+                    )
+                continue
+            content = d.data
+            if content is None and d.digest == EMPTY_JSON_DIGEST and d.size == len(EMPTY_JSON):
+                content = EMPTY_JSON
+            if content is None:
                 missing.append(_blob_unknown(d, "blob"))
+            else:
+                carried.append((d, content))
     if missing:
         raise RegistryError.many(missing)
+    return carried
 
 
 def _blob_unknown(d: Descriptor, what: str) -> RegistryError:
@@ -166,24 +196,40 @@ def _blob_unknown(d: Descriptor, what: str) -> RegistryError:
     )
 
 
-async def _ensure_blob(reg: Registry, name: str, d: Descriptor) -> bool:
-    """True if ``d`` is readable in ``name`` (storing embedded/empty content on the way)."""
+async def _commit(
+    reg: Registry,
+    name: str,
+    body: bytes,
+    digest: Digest,
+    carried: list[tuple[Descriptor, bytes]],
+    record: ManifestRecord,
+    tags: tuple[str, ...],
+) -> None:
+    """Make a validated manifest visible: its bytes and carried blobs linked into the
+    repository in one cas transaction, then its record and tags in one metadata
+    transaction; if the second fails, the links the first added are taken back."""
     h = holder(name)
-    if await reg.store.is_linked(h, d.digest):
-        info = await reg.store.stat(d.digest)
-        if info is not None and info.size != d.size:
-            raise MANIFEST_INVALID(
-                f"descriptor {d.digest} says {d.size} bytes but the blob has {info.size}",
-                detail={"digest": str(d.digest)},
-            )
-        return info is not None
-    content = d.data
-    if content is None and d.digest == EMPTY_JSON_DIGEST and d.size == len(EMPTY_JSON):
-        content = EMPTY_JSON
-    if content is not None:
-        await reg.store.put(content, expected=d.digest, algorithm=d.digest.algorithm, link=h)
-        return True
-    return False
+    # Stored unlinked first: invisible until linked, and collected by GC if we stop here.
+    for d, content in carried:
+        await reg.store.put(content, expected=d.digest, algorithm=d.digest.algorithm)
+    await reg.store.put(body, expected=digest, algorithm=digest.algorithm)
+    added = await reg.store.link_all(h, [*(d.digest for d, _ in carried), digest])
+    try:
+        await reg.meta.put_manifest(record, tags)
+    except BaseException:
+        for d in added:
+            with contextlib.suppress(Exception):
+                await reg.store.unlink(h, d)
+        raise
+
+
+async def _parse(body: bytes, content_type: str | None) -> tuple[str, Manifest | Index]:
+    try:
+        if len(body) > _PARSE_INLINE_BYTES:  # a few ms of CPU: not on the event loop
+            return await asyncio.to_thread(parse_manifest, body, content_type)
+        return parse_manifest(body, content_type)
+    except InvalidObject as exc:
+        raise MANIFEST_INVALID(f"invalid manifest: {exc}", detail={"reason": str(exc)}) from exc
 
 
 async def put_manifest(request: web.Request, name: str, reference: str) -> web.Response:
@@ -193,36 +239,32 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.R
     if len(extra_tags) > _MAX_TAGS_PER_PUT:
         raise UNSUPPORTED(f"at most {_MAX_TAGS_PER_PUT} tags per request", status=414)
     body = await _read_body(request)
+    algorithm = ref.digest.algorithm if ref.digest is not None else "sha256"
+    if len(body) > _PARSE_INLINE_BYTES:
+        digest = await asyncio.to_thread(Digest.of, body, algorithm)
+    else:
+        digest = Digest.of(body, algorithm)
     if ref.digest is not None:
-        digest = Digest.of(body, ref.digest.algorithm)
         if digest != ref.digest:
             raise DIGEST_INVALID(
                 f"the manifest hashes to {digest}, not {ref.digest}",
                 detail={"expected": str(ref.digest), "actual": str(digest)},
             )
-    else:
-        digest = Digest.of(body)
-    try:
-        media_type, obj = parse_manifest(body, request.headers.get("Content-Type"))
-    except InvalidObject as exc:
-        raise MANIFEST_INVALID(f"invalid manifest: {exc}", detail={"reason": str(exc)}) from exc
-    await _check_references(reg, name, obj)
-    await reg.store.put(body, expected=digest, algorithm=digest.algorithm, link=holder(name))
+    media_type, obj = await _parse(body, request.headers.get("Content-Type"))
+    # Everything is checked before anything changes: a refused PUT leaves no trace.
+    carried = await _plan_references(reg, name, obj)
     subject = obj.subject
-    artifact_type = obj.effective_artifact_type()
     tags = (ref.tag, *extra_tags) if ref.tag is not None else extra_tags
-    await reg.meta.put_manifest(
-        ManifestRecord(
-            repo=name,
-            digest=str(digest),
-            media_type=media_type,
-            size=len(body),
-            subject=str(subject.digest) if subject is not None else None,
-            artifact_type=artifact_type,
-            annotations=obj.annotations,
-        ),
-        tags,
+    record = ManifestRecord(
+        repo=name,
+        digest=str(digest),
+        media_type=media_type,
+        size=len(body),
+        subject=str(subject.digest) if subject is not None else None,
+        artifact_type=obj.effective_artifact_type(),
+        annotations=obj.annotations,
     )
+    await _commit(reg, name, body, digest, carried, record, tags)
     entry = CachedManifest(str(digest), media_type, body, f'"{digest}"')
     reg.cache.put(name, entry)
     for tag in tags:

@@ -139,8 +139,10 @@ def _content_length(request: web.Request) -> int | None:
     text = request.headers.get("Content-Length")
     if text is None:
         return None
-    if not text.isdigit():
-        raise SIZE_INVALID(f"Content-Length {text!r} is not a number")
+    # aiohttp has parsed it already; still, "²".isdigit() is true and int() of 5,000 digits
+    # raises, so accept ASCII digits up to int64 only.
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        raise SIZE_INVALID(f"Content-Length {text[:64]!r} is not a number of bytes")
     return int(text)
 
 

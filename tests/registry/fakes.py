@@ -129,6 +129,15 @@ class FakeStore:
             raise BlobUnknown(digest)
         self.links.setdefault(digest, set()).add(holder)
 
+    async def link_all(self, holder: str, digests: list[Digest]) -> list[Digest]:
+        for digest in digests:
+            if digest not in self.blobs:
+                raise BlobUnknown(digest)
+        added = [d for d in dict.fromkeys(digests) if holder not in self.links.get(d, set())]
+        for digest in added:
+            self.links.setdefault(digest, set()).add(holder)
+        return added
+
     async def unlink(self, holder: str, digest: Digest) -> bool:
         held = self.links.get(digest, set())
         if holder in held:

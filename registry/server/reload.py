@@ -1,0 +1,59 @@
+"""Reloading a running registry's configuration (``pybuild serve`` on SIGHUP).
+
+The new configuration is read and checked completely (config file, environment, flags,
+the htpasswd file it names) before anything changes; if any of it is unusable the error is
+logged and the running configuration stays, whole. Settings bound at start-up (listen
+address, storage, TLS, event loop, access log, shutdown timeout) keep their running value
+and a warning says that they need a restart. Reloading never stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from .auth import BasicAuth, Htpasswd, read_htpasswd
+from .config import ConfigError, ServerConfig
+from .state import Registry
+
+__all__ = ["RESTART_ONLY", "reload_config"]
+
+log = logging.getLogger("pybuild.registry")
+
+RESTART_ONLY = (
+    "addr", "storage", "tls_cert", "tls_key", "event_loop", "log_access", "shutdown_timeout",
+)
+
+
+async def reload_config(reg: Registry, load: Callable[[], ServerConfig]) -> bool:
+    """Apply the configuration ``load()`` returns to ``reg``; True if it was applied."""
+    try:
+        new = await asyncio.to_thread(load)
+        table: Htpasswd | None = None
+        if new.auth_htpasswd is not None:
+            table = await read_htpasswd(new.auth_htpasswd)
+    except (ConfigError, OSError, ValueError) as exc:
+        log.error("configuration not reloaded, the running one stays: %s", exc)
+        return False
+    old = reg.config
+    fixed = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
+    if fixed:
+        log.warning("reload: %s changed; restart the server to apply it", ", ".join(fixed))
+        new = dataclasses.replace(new, **{k: getattr(old, k) for k in fixed})
+    if table is None:
+        if reg.auth is not None:
+            log.warning("reload: authentication is now off (no htpasswd configured)")
+        reg.auth = None
+    elif reg.auth is not None and reg.auth.source == table.path:
+        reg.auth.realm = new.auth_realm
+        reg.auth.use(table)
+    else:
+        reg.auth = BasicAuth(table, new.auth_realm)
+    reg.cache.max_bytes = new.cache_manifest_bytes
+    reg.config = new
+    log.info(
+        "configuration reloaded%s", f" ({len(table.users)} htpasswd user(s))" if table else ""
+    )
+    return True
