@@ -36,7 +36,10 @@ from .stages import Platform
 from .steps.common import BuildError, StepEnv
 from .syntax import parse
 
-__all__ = ["BuildOptions", "BuildResult", "run_build"]
+__all__ = ["BuildOptions", "BuildResult", "run_build", "source_date_epoch"]
+
+# datetime's last second (9999-12-31T23:59:59Z): config times must be RFC 3339.
+_MAX_EPOCH = 253402300799
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,25 @@ class BuildResult:
     ran_steps: tuple[str, ...]
 
 
+def source_date_epoch(flag: int | None, build_args: dict[str, str]) -> int | None:
+    """The build's epoch, as BuildKit takes it: ``--source-date-epoch``, else the
+    ``SOURCE_DATE_EPOCH`` build arg, else the environment variable (which buildx passes on
+    as that build arg); None when none is given (an empty value counts as not given)."""
+    if flag is not None:
+        where, value = "--source-date-epoch", str(flag)
+    elif build_args.get("SOURCE_DATE_EPOCH"):
+        where, value = "--build-arg", build_args["SOURCE_DATE_EPOCH"]
+    elif os.environ.get("SOURCE_DATE_EPOCH"):
+        where, value = "environment variable", os.environ["SOURCE_DATE_EPOCH"]
+    else:
+        return None
+    if not (value.isascii() and value.isdigit()) or int(value) > _MAX_EPOCH:
+        raise BuildError(f"{where} SOURCE_DATE_EPOCH={value}",
+                         "expected a whole number of seconds since 1970-01-01 UTC (such "
+                         "as `git log -1 --format=%ct`), at most 253402300799")
+    return int(value)
+
+
 async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     """Build, write the requested outputs, and return the image."""
     dockerfile = opts.dockerfile or opts.context / "Dockerfile"
@@ -78,9 +100,7 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
                               file=str(dockerfile)) from exc
     tree = parse(text, dockerfile.name)
-    sde = opts.source_date_epoch
-    if sde is None and os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
-        sde = int(os.environ["SOURCE_DATE_EPOCH"])
+    sde = source_date_epoch(opts.source_date_epoch, opts.build_args)
     created = timestamp(sde if sde is not None else time.time())
     bdir = opts.storage / "builder"
     (bdir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -108,6 +128,8 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         build_plan, bases = await plan(tree, env, opts.build_args, opts.target, platform)
         env.proxy_env = dict(build_plan.proxy_env)
         for name in build_plan.unused_build_args:
+            if name == "SOURCE_DATE_EPOCH":  # read by the build itself, as BuildKit does
+                continue
             progress.info(f"WARNING: build argument {name!r} was not consumed by any ARG")
         executor = Executor(build_plan, bases, env, platform)
         state = await executor.run()
