@@ -27,7 +27,7 @@ from .errors import DockerfileError
 from .executor import Executor, plan
 from .ignore import read_ignore_file
 from .image import BuiltImage, assemble, timestamp
-from .outputs import Output, write_docker_archive, write_oci_layout
+from .outputs import Output, export, export_name
 from .progress import Progress
 from .publish import push_images, tag_images
 from .prune import BuildLock
@@ -100,6 +100,10 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
                               file=str(dockerfile)) from exc
     tree = parse(text, dockerfile.name)
+    if any(out.loads for out in opts.outputs):
+        from .engine import ping
+
+        await ping()  # an engine that is not there fails the build before it starts
     sde = source_date_epoch(opts.source_date_epoch, opts.build_args)
     created = timestamp(sde if sde is not None else time.time())
     bdir = opts.storage / "builder"
@@ -136,23 +140,28 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         if opts.labels:
             state.update(labels={**(state.config.labels or {}), **opts.labels})
         image = assemble(state, created, pinned=sde is not None)
-        for out in opts.outputs:
-            n = progress.start(f"exporting to {out.type}:{out.dest}")
-            if out.type == "oci":
-                await write_oci_layout(image, store, out.dest, list(opts.tags))
-            elif out.type == "docker":
-                await write_docker_archive(image, store, out.dest, list(opts.tags), work)
-            else:
-                from .sandbox.flatten import flatten_lowers
 
-                lowers = await env.lowers(state)
-                await asyncio.to_thread(flatten_lowers, lowers, out.dest)
+        async def rootfs(dest: Path) -> None:
+            from .sandbox.flatten import flatten_lowers
+
+            lowers = await env.lowers(state)
+            await asyncio.to_thread(flatten_lowers, lowers, dest)
+
+        # -t names; else those of a type=image/registry output (buildx: -t wins over name=)
+        images = [o for o in opts.outputs if o.type in ("image", "registry")]
+        tags = list(opts.tags) or [n for o in images for n in o.names]
+        push = opts.push or any(o.push for o in images)
+        for out in opts.outputs:
+            if out.type in ("image", "registry", "cacheonly"):
+                continue
+            n = progress.start(export_name(out))
+            await export(out, image, store, list(opts.tags) or list(out.names), rootfs, work)
             progress.done(n)
-        if opts.tags:
-            n = progress.start("naming " + ", ".join(opts.tags))
-            refs = await tag_images(image, store, list(opts.tags))
+        if tags:
+            n = progress.start("naming " + ", ".join(tags))
+            refs = await tag_images(image, store, tags)
             progress.done(n)
-            if opts.push:
+            if push:
                 n = progress.start("pushing " + ", ".join(refs))
                 await push_images(store, refs)
                 progress.done(n)

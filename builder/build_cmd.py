@@ -17,7 +17,7 @@ from .build import BuildOptions, run_build
 from .context import ContextError
 from .errors import DockerfileError
 from .fastpath import Recorder, progress_events
-from .outputs import OutputError, parse_output
+from .outputs import ExportError, Output, OutputError, parse_output
 from .progress import Progress
 from .publish import PublishError
 from .stages import Platform
@@ -78,6 +78,36 @@ def _ssh(values: tuple[str, ...]) -> dict[str, Path]:
     return out
 
 
+def _outputs(values: tuple[str, ...], load: bool, tags: tuple[str, ...]) -> tuple[Output, ...]:
+    """``--output`` values (and ``--load``), checked before anything is built."""
+    try:
+        outs = [parse_output(o) for o in values if o != ""]  # buildx skips empty ones
+    except OutputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--output") from exc
+    if load and not any(o.loads for o in outs):
+        outs.append(Output("docker"))
+    to_stdout = [o for o in outs if o.stdout]
+    if len(to_stdout) > 1:
+        raise click.BadParameter("only one output can go to stdout (dest=-)",
+                                 param_hint="--output")
+    if to_stdout and sys.stdout.isatty():
+        raise click.BadParameter(f"refusing to write type={to_stdout[0].type} to the terminal: "
+                                 "redirect stdout (> FILE) or give dest=FILE",
+                                 param_hint="--output")
+    for o in outs:
+        if o.push and not (tags or o.names):
+            raise click.BadParameter(f"type={o.type} pushes the image: name it with -t NAME "
+                                     "or name=NAME", param_hint="--output")
+    if any(o.loads for o in outs):
+        from .engine import EngineError, engine_address
+
+        try:
+            engine_address()
+        except EngineError as exc:
+            raise click.BadParameter(str(exc), param_hint="--load") from exc
+    return tuple(outs)
+
+
 _ENTITLEMENTS = ("security.insecure",)
 
 
@@ -95,7 +125,11 @@ _ENTITLEMENTS = ("security.insecure",)
               help="RUN steps' network unless RUN --network says otherwise.")
 @click.option("--push", is_flag=True, help="Push the -t names to their registries.")
 @click.option("-o", "--output", "outputs", multiple=True,
-              help="type=oci,dest=DIR | type=docker,dest=FILE | type=local,dest=DIR")
+              help="DIR | - | type=local,dest=DIR | type=tar[,dest=FILE] | "
+                   "type=oci[,dest=FILE][,tar=false] | type=docker[,dest=FILE][,tar=false] | "
+                   "type=image[,push=true] | type=registry (repeatable; as buildx).")
+@click.option("--load", is_flag=True,
+              help="Load the image into the Docker engine ($DOCKER_HOST); -o type=docker.")
 @click.option("--secret", "secrets", multiple=True, help="id=NAME,src=FILE (repeatable).")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "json", "quiet"]),
               default="auto")
@@ -123,12 +157,9 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
           secrets: tuple[str, ...], progress_mode: str, iidfile: Path | None,
           metadata_file: Path | None, compression: str, source_date_epoch: int | None,
           storage: Path | None, platform: str | None, differ: str, ssh: tuple[str, ...],
-          allow: tuple[str, ...]) -> None:
+          allow: tuple[str, ...], load: bool) -> None:
     """Build an image from a Dockerfile and a context directory."""
-    try:
-        outs = tuple(parse_output(o) for o in outputs)
-    except OutputError as exc:
-        raise click.BadParameter(str(exc), param_hint="--output") from exc
+    outs = _outputs(outputs, load, tags)
     if push and not tags:
         raise click.UsageError("--push needs at least one -t NAME to push to")
     if platform is not None:
@@ -150,7 +181,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
     recorder = None if outs or push or secrets or ssh else Recorder.start()
     try:
         result = asyncio.run(run_build(opts, progress))
-    except (BuildError, DockerfileError, ContextError, PublishError) as exc:
+    except (BuildError, DockerfileError, ContextError, PublishError, ExportError) as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
     digest = str(result.image.digest)
@@ -165,6 +196,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
     if recorder is not None:
         recorder.finish(progress_events(progress), digest,
                         str(result.image.manifest.config.digest))
-    click.echo(digest)
+    if not any(o.stdout for o in outs):  # else stdout holds the archive and nothing else
+        click.echo(digest)
     global finished
     finished = True

@@ -58,7 +58,7 @@ BUILD_ENVIRONMENT = frozenset({
     "PYBUILD_STORAGE", "XDG_DATA_HOME",  # where the storage is (cas.location, Invocation)
     "HOME",  # the storage's default place, and ~/.docker/config.json (registry.auth)
     "DOCKER_CONFIG",  # registry credentials for pulling bases (registry.auth)
-    "DOCKER_HOST",  # the engine --load and type=docker load into (builder.engine)
+    "DOCKER_HOST", "DOCKER_TLS_VERIFY",  # the engine --load loads into (builder.engine)
     "SSH_AUTH_SOCK",  # --ssh default (builder.build_cmd)
     "TMPDIR",  # tempfile's directory: the ssh relay's sockets (builder.sandbox.ssh)
 })
