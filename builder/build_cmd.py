@@ -40,6 +40,21 @@ def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
+def _build_args(values: tuple[str, ...]) -> dict[str, str]:
+    """``--build-arg K=V``; a bare ``K`` takes $K, and is left out when $K is unset (so the
+    Dockerfile's default stays), as docker build does."""
+    out = {}
+    for v in values:
+        k, eq, val = v.partition("=")
+        if not k:
+            raise click.BadParameter(f"{v!r}: expected KEY=VALUE", param_hint="--build-arg")
+        if eq:
+            out[k] = val
+        elif (env := os.environ.get(k)) is not None:
+            out[k] = env
+    return out
+
+
 def _secrets(values: tuple[str, ...]) -> dict[str, Path]:
     out = {}
     for v in values:
@@ -172,7 +187,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
             raise click.BadParameter(str(exc), param_hint="--platform") from exc
     opts = BuildOptions(
         context=context, storage=storage or default_storage_dir(), dockerfile=dockerfile,
-        tags=tags, build_args=_kv(build_args, "--build-arg"), target=target,
+        tags=tags, build_args=_build_args(build_args), target=target,
         labels=_kv(labels, "--label"), no_cache=no_cache, explain=explain, network=network,
         outputs=outs, secrets=_secrets(secrets), compression=compression,
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,

@@ -6,7 +6,8 @@ the OCI models...). After every successful ``build`` whose only outputs are tags
 can change the result to ``<storage>/builder/fastpath/<sha256 of cwd and argv>.json``:
 
 - the argv and cwd, the environment variables a build reads (:data:`BUILD_ENVIRONMENT`;
-  not the rest: CI sets variables such as ``GITHUB_RUN_ID`` that change every run), the
+  not the rest: CI sets variables such as ``GITHUB_RUN_ID`` that change every run) and
+  those a bare ``--build-arg NAME`` reads, the
   Python executable and the stat of pybuild's own source files;
 - the Dockerfile's bytes (hash), the stat of the Dockerfile and of the ``.dockerignore``
   files, and the lstat (size, mtime_ns, ctime_ns, inode, mode) of every entry in the
@@ -67,8 +68,10 @@ BUILD_ENVIRONMENT = frozenset({
 # args reach a build as --build-arg (in the argv), as BuildKit's predefined args.
 _BUILD_PREFIX = "PYBUILD_"
 COMMAND_ENVIRONMENT = frozenset({"PYBUILD_FASTPATH_DEBUG", "PYBUILD_NO_FASTPATH"})
-# Modules allowed to read variables by a name that is not a literal (they read the above).
-ENVIRONMENT_READERS = frozenset({"builder/fastpath.py"})
+# Modules allowed to read variables by a name that is not a literal: this one (the above),
+# and build_cmd, which gives a bare `--build-arg NAME` the value of $NAME (the fingerprint
+# holds those variables too, by the names in the argv).
+ENVIRONMENT_READERS = frozenset({"builder/fastpath.py", "builder/build_cmd.py"})
 _FROM_STEP = re.compile(r"\[([^\]]* )?1/\d+\] FROM ")
 # Files written within this many ns before the build started could change again
 # without changing their stat (file timestamps come from a coarse clock): not recorded.
@@ -201,6 +204,7 @@ def fingerprint(inv: Invocation) -> dict[str, object]:
         "argv": inv.key_argv,
         "executable": sys.executable,
         "env": {k: v for k, v in sorted(os.environ.items()) if covers(k)},
+        "arg_env": {k: os.environ.get(k) for k in inv.opts.get("build-arg", []) if "=" not in k},
         "dockerfile": [dockerfile, hashlib.sha256(text).hexdigest(), _stat(dockerfile)],
         "ignore": [_stat(dockerfile + ".dockerignore"),
                    _stat(os.path.join(context, ".dockerignore"))],

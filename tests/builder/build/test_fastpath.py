@@ -228,6 +228,16 @@ def test_ci_run_variables_keep_the_fast_path(pybuild: Callable[..., Run], ctx: P
     assert pybuild(*args, env={"GITHUB_RUN_ID": "1004", "SOURCE_DATE_EPOCH": "86400"}).hit
 
 
+def test_build_arg_taken_from_the_environment_is_fingerprinted(
+        pybuild: Callable[..., Run], ctx: Path) -> None:
+    """``--build-arg NAME`` reads $NAME: the fast path compares it, though NAME is not in
+    the list of variables every build reads."""
+    args = ("build", "-t", "fp/img", "--build-arg", "FLAVOUR", str(ctx))
+    pybuild(*args, env={"FLAVOUR": "a"})
+    assert pybuild(*args, env={"FLAVOUR": "a", "GITHUB_RUN_ID": "9"}).hit
+    assert not pybuild(*args, env={"FLAVOUR": "b"}).hit
+
+
 def _environment_reads(path: Path) -> list[tuple[int, str | None]]:
     """(line, variable name or None when not a literal) of each environment read in a file."""
     import ast
