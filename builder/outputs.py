@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas import Store
+from cas import Digest, Store
 from registry.oci import Descriptor, Index
 
 from .image import BuiltImage
@@ -190,11 +190,16 @@ def _index(image: BuiltImage, names: Sequence[str]) -> bytes:
     return Index(tuple(entries)).to_bytes()
 
 
+def _blob(digest: Digest) -> str:
+    """A blob's path in an image layout (image-spec image-layout.md)."""
+    return f"blobs/{digest.algorithm}/{digest.encoded}"
+
+
 def _docker_manifest(image: BuiltImage, names: Sequence[str]) -> bytes:
     return json.dumps([{
-        "Config": f"blobs/sha256/{image.manifest.config.digest.encoded}",
+        "Config": _blob(image.manifest.config.digest),
         "RepoTags": _repo_tags(names) or None,
-        "Layers": [f"blobs/sha256/{d.digest.encoded}" for d in image.manifest.layers],
+        "Layers": [_blob(d.digest) for d in image.manifest.layers],
     }]).encode()
 
 
@@ -206,7 +211,7 @@ def _header(name: str, size: int, directory: bool = False) -> bytes:
     info.size, info.mtime, info.uid, info.gid = size, 0, 0, 0
     info.mode = 0o755 if directory else 0o644
     info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
-    return info.tobuf(format=tarfile.USTAR_FORMAT)
+    return info.tobuf(format=tarfile.PAX_FORMAT)  # long (sha512) names need PAX
 
 
 def _pad(size: int) -> bytes:
@@ -217,12 +222,15 @@ async def image_archive(image: BuiltImage, store: Store, names: Sequence[str],
                         docker: bool) -> AsyncIterator[bytes]:
     """The image as a tar stream: an OCI image layout, plus ``manifest.json`` for
     ``docker load`` when ``docker`` (as Docker 25's ``docker save`` writes it)."""
-    yield _header("blobs/", 0, True) + _header("blobs/sha256/", 0, True)
+    algorithms = sorted({d.digest.algorithm for d in image.manifest.layers}
+                        | {image.manifest.config.digest.algorithm, image.digest.algorithm})
+    yield _header("blobs/", 0, True) + b"".join(_header(f"blobs/{a}/", 0, True)
+                                                 for a in algorithms)
     for layer in image.manifest.layers:
         info = await store.stat(layer.digest)
         if info is None:
             raise ExportError(f"layer {layer.digest} is not in the store; build again")
-        yield _header(f"blobs/sha256/{layer.digest.encoded}", info.size)
+        yield _header(_blob(layer.digest), info.size)
         written = 0
         async for chunk in store.read(layer.digest):
             written += len(chunk)
@@ -230,8 +238,8 @@ async def image_archive(image: BuiltImage, store: Store, names: Sequence[str],
         if written != info.size:
             raise ExportError(f"layer {layer.digest}: read {written} of {info.size} bytes")
         yield _pad(info.size)
-    files = [(f"blobs/sha256/{image.manifest.config.digest.encoded}", image.config_bytes),
-             (f"blobs/sha256/{image.digest.encoded}", image.manifest_bytes),
+    files = [(_blob(image.manifest.config.digest), image.config_bytes),
+             (_blob(image.digest), image.manifest_bytes),
              ("oci-layout", _LAYOUT), ("index.json", _index(image, names))]
     if docker:
         files.append(("manifest.json", _docker_manifest(image, names)))
@@ -244,13 +252,15 @@ async def write_oci_layout(image: BuiltImage, store: Store, dest: Path,
                            names: Sequence[str], docker: bool = False) -> None:
     """An image layout directory at ``dest`` (created; an existing layout gains the blobs
     and its ``index.json`` is replaced last, atomically)."""
-    blobs = dest / "blobs" / "sha256"
-    await asyncio.to_thread(blobs.mkdir, parents=True, exist_ok=True)
     for layer in image.manifest.layers:
-        if not await asyncio.to_thread((blobs / layer.digest.encoded).exists):
-            await store.export(layer.digest, blobs / layer.digest.encoded)
-    files = [(blobs / image.manifest.config.digest.encoded, image.config_bytes),
-             (blobs / image.digest.encoded, image.manifest_bytes),
+        path = dest / _blob(layer.digest)
+        if not await asyncio.to_thread(path.exists):
+            await store.export(layer.digest, path)  # creates the directories
+    for digest in (image.manifest.config.digest, image.digest):
+        await asyncio.to_thread((dest / _blob(digest)).parent.mkdir, parents=True,
+                                exist_ok=True)
+    files = [(dest / _blob(image.manifest.config.digest), image.config_bytes),
+             (dest / _blob(image.digest), image.manifest_bytes),
              (dest / "oci-layout", _LAYOUT)]
     if docker:
         files.append((dest / "manifest.json", _docker_manifest(image, names)))

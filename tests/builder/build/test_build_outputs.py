@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from builder.outputs import Output, OutputError, parse_output
+from tests.helpers.disks import small_filesystem
 from tests.helpers.docker_engine import DockerEngine, find_running_engine
 from tests.helpers.docker_engine import docker_engine as running_docker_engine
 from tests.helpers.tools import require_tool
@@ -236,18 +237,23 @@ def test_bad_output_is_a_usage_error_before_building(context_of, pybuild) -> Non
 
 def test_archive_to_a_directory_leaves_it_alone(context_of, pybuild, tmp_path: Path) -> None:
     (tmp_path / "taken").mkdir()
-    built = pybuild("-o", f"type=oci,dest={tmp_path / 'taken'}", str(context_of("docker-run")))
-    assert built.returncode == 1 and "Traceback" not in built.stderr
+    ctx = context_of("docker-run")
+    built = pybuild("-o", f"type=oci,dest={tmp_path / 'taken'}", str(ctx))
+    assert built.returncode == 2 and "Traceback" not in built.stderr
     assert "is a directory: give a file name for the archive (or tar=false" in built.stderr
     assert list((tmp_path / "taken").iterdir()) == []
+    missing = pybuild("-o", f"type=docker,dest={tmp_path / 'no' / 'x.tar'}", str(ctx))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert f"{tmp_path / 'no'} is not a directory; create it first" in missing.stderr
 
 
-def test_type_image_names_the_image_in_the_local_store(context_of, pybuild,
-                                                       tmp_path: Path) -> None:
-    built = pybuild("-o", "type=image,name=local/outputs:3", str(context_of("docker-run")))
-    images = subprocess.run([sys.executable, "-m", "builder", "images", "--storage",
-                             str(tmp_path / "storage")], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60,
-                            check=False)
-    assert images.returncode == 0, images.stderr
-    assert "local/outputs" in images.stdout and built.digest[7:19] in images.stdout
+def test_failed_export_leaves_no_file(context_of, pybuild, tmp_path: Path) -> None:
+    """The archive does not fit on its filesystem: one error line, and nothing at dest
+    (the temporary file is removed too)."""
+    with small_filesystem(tmp_path / "small", "64k") as small:
+        built = pybuild("-o", f"type=oci,dest={small / 'img.tar'}",
+                        str(context_of("docker-run")))
+        assert built.returncode == 1 and "Traceback" not in built.stderr
+        errors = [line for line in built.stderr.splitlines() if "ERROR" in line]
+        assert errors == [f"ERROR: cannot write {small / 'img.tar'}: No space left on device"]
+        assert list(small.iterdir()) == []
