@@ -61,7 +61,9 @@ BUILD_ENVIRONMENT = frozenset({
     "DOCKER_CONFIG",  # registry credentials for pulling bases (registry.auth)
     "DOCKER_HOST", "DOCKER_TLS_VERIFY",  # the engine --load loads into (builder.engine)
     "SSH_AUTH_SOCK",  # --ssh default (builder.build_cmd)
-    "TMPDIR",  # tempfile's directory: the ssh relay's sockets (builder.sandbox.ssh)
+    "TMPDIR", "TEMP", "TMP",  # tempfile's directory: the ssh relay's sockets (sandbox.ssh)
+    # the locale: the encoding text files (Dockerfile, .dockerignore) are read with
+    "LANG", "LC_ALL", "LC_CTYPE", "PYTHONUTF8",
 })
 # ...and every PYBUILD_* one (PYBUILD_INSECURE_REGISTRIES, PYBUILD_REGISTRY_USER...), but
 # these two, which only say how this command runs. Proxy variables are not read: proxy
