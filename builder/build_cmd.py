@@ -110,13 +110,13 @@ def _outputs(values: tuple[str, ...], load: bool, tags: tuple[str, ...]) -> tupl
                                  "redirect stdout (> FILE) or give dest=FILE",
                                  param_hint="--output")
     for o in outs:
-        archive = o.type in ("tar", "oci", "docker") and o.tar and o.dest is not None
-        if archive and o.dest.is_dir():  # type: ignore[union-attr]
-            raise click.BadParameter(f"dest={o.dest} is a directory: give a file name for "
+        archive = o.dest if o.type in ("tar", "oci", "docker") and o.tar else None
+        if archive is not None and archive.is_dir():
+            raise click.BadParameter(f"dest={archive} is a directory: give a file name for "
                                      "the archive (or tar=false to write a layout directory)",
                                      param_hint="--output")
-        if archive and not o.dest.absolute().parent.is_dir():  # type: ignore[union-attr]
-            raise click.BadParameter(f"dest={o.dest}: {o.dest.absolute().parent} is not a "  # type: ignore[union-attr]
+        if archive is not None and not archive.absolute().parent.is_dir():
+            raise click.BadParameter(f"dest={archive}: {archive.absolute().parent} is not a "
                                      "directory; create it first", param_hint="--output")
         if o.push and not (tags or o.names):
             raise click.BadParameter(f"type={o.type} pushes the image: name it with -t NAME "
