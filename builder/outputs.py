@@ -289,6 +289,8 @@ async def _to_file(chunks: AsyncIterator[bytes], dest: Path) -> None:
         with os.fdopen(fd, "wb") as f:
             async for chunk in chunks:
                 await asyncio.to_thread(f.write, chunk)
+            await asyncio.to_thread(f.flush)
+            await asyncio.to_thread(os.fsync, f.fileno())  # complete before it is visible
         await asyncio.to_thread(os.chmod, tmp, 0o644)
         await asyncio.to_thread(os.replace, tmp, dest)
     except BaseException:
@@ -317,6 +319,8 @@ async def _sink(out: Output, chunks: AsyncIterator[bytes]) -> None:
     except OSError as exc:
         raise ExportError(f"cannot write {out.dest or 'stdout'}: {exc.strerror or exc}") \
             from exc
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def _tar_tree(root: Path, f: object) -> None:
