@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tarfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -257,3 +257,21 @@ def test_failed_export_leaves_no_file(context_of, pybuild, tmp_path: Path) -> No
         errors = [line for line in built.stderr.splitlines() if "ERROR" in line]
         assert errors == [f"ERROR: cannot write {small / 'img.tar'}: No space left on device"]
         assert list(small.iterdir()) == []
+
+
+def test_engine_refusing_an_archive_is_one_clear_error(engine: DockerEngine,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the engine says about an archive it cannot load comes back as one line."""
+    import asyncio
+
+    from builder.engine import EngineError, load_image
+
+    async def garbage() -> AsyncIterator[bytes]:
+        yield b"this is not a tar archive" * 100
+
+    monkeypatch.setenv("DOCKER_HOST", engine.host)
+    with pytest.raises(EngineError) as info:
+        asyncio.run(load_image(garbage()))
+    message = str(info.value)
+    assert message.startswith(f"the Docker engine at {engine.host} ")
+    assert "\n" not in message
