@@ -194,6 +194,8 @@ def test_no_cache_build_records_for_the_cached_command(
     ["build", "--push", "-t", "x", "ctx"],
     ["build", "-o", "type=oci,dest=x", "ctx"],
     ["build", "--output=type=oci,dest=x", "ctx"],
+    ["build", "--load", "-t", "x", "ctx"],
+    ["build", "-o", "-", "ctx"],
     ["build", "--secret", "id=a,src=b", "ctx"],
     ["build", "--ssh", "default", "ctx"],
     ["build", "-"],
