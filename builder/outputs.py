@@ -37,6 +37,7 @@ from pathlib import Path
 
 from cas import Digest, Store
 from registry.oci import Descriptor, Index
+from registry.refs import InvalidReference, parse_image_ref
 
 from .image import BuiltImage
 
@@ -44,6 +45,7 @@ __all__ = ["ExportError", "Output", "OutputError", "export", "export_name", "ima
            "parse_output", "write_oci_layout"]
 
 REF_NAME = "org.opencontainers.image.ref.name"
+IMAGE_NAME = "io.containerd.image.name"
 TYPES = ("local", "tar", "oci", "docker", "image", "registry", "cacheonly")
 _KEYS = {"local": ("dest",), "tar": ("dest",), "oci": ("dest", "tar", "name"),
          "docker": ("dest", "tar", "name"), "image": ("name", "push"),
@@ -183,11 +185,21 @@ def _repo_tags(names: Sequence[str]) -> list[str]:
 
 
 def _index(image: BuiltImage, names: Sequence[str]) -> bytes:
+    """One entry per name, annotated as ``docker save`` (containerd's exporter) does: the
+    tag as ``org.opencontainers.image.ref.name``, the full reference as
+    ``io.containerd.image.name``; one plain entry without names."""
     desc = image.manifest_descriptor
-    tags = [t.rsplit(":", 1)[-1] if ":" in t.rsplit("/", 1)[-1] else "latest" for t in names]
-    entries = [Descriptor(desc.media_type, desc.digest, desc.size,
-                          annotations={REF_NAME: t}) for t in tags] or [desc]
-    return Index(tuple(entries)).to_bytes()
+    entries = []
+    for name in names:
+        try:
+            ref = parse_image_ref(name)
+        except InvalidReference:
+            raise ExportError(f"-t {name}: not an image name (such as registry/repo:tag)") \
+                from None
+        annotations = {REF_NAME: ref.tag or "latest", IMAGE_NAME: str(ref)}
+        entries.append(Descriptor(desc.media_type, desc.digest, desc.size,
+                                  annotations=annotations))
+    return Index(tuple(entries) or (desc,)).to_bytes()
 
 
 def _blob(digest: Digest) -> str:

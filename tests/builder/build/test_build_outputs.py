@@ -149,7 +149,9 @@ def test_oci_archive_and_layout(context_of, pybuild, tmp_path: Path) -> None:
         index = json.loads(tf.extractfile("index.json").read())  # type: ignore[union-attr]
         names = set(tf.getnames())
     assert index["manifests"][0]["digest"] == built.digest
-    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "2"
+    assert index["manifests"][0]["annotations"] == {
+        "org.opencontainers.image.ref.name": "2",
+        "io.containerd.image.name": "docker.io/example/app:2"}
     assert "oci-layout" in names and "manifest.json" not in names
     assert json.loads((layout / "index.json").read_text()) == index
     assert not list(tmp_path.glob(".img.tar.*"))  # no temporary file left
