@@ -277,3 +277,17 @@ def test_engine_refusing_an_archive_is_one_clear_error(engine: DockerEngine,
     message = str(info.value)
     assert message.startswith(f"the Docker engine at {engine.host} ")
     assert "\n" not in message
+
+
+def test_docker_archive_on_stdout_pipes_into_docker_load(context_of, pybuild,
+                                                         engine: DockerEngine,
+                                                         image_name: str) -> None:
+    from tests.helpers.docker_engine import docker_client
+
+    built = pybuild("-t", image_name, "-o", "type=docker,dest=-", str(context_of("docker-run")))
+    assert built.returncode == 0, built.stderr
+    load = subprocess.run([docker_client("run"), "load"], input=built.stdout, env=engine.env,
+                          capture_output=True, timeout=120, check=False)
+    assert load.returncode == 0, load.stderr
+    assert f"Loaded image: {image_name}" in load.stdout.decode()
+    assert engine.run_container(image_name) == EXPECTED_RUN
