@@ -29,14 +29,17 @@ from .dockerfile.syntax import parse
 from .executor import Executor, plan
 from .ignore import read_ignore_file
 from .image import BuiltImage, assemble, timestamp
-from .outputs import Output, write_docker_archive, write_oci_layout
+from .outputs import Output, export, export_name
 from .progress import Progress
 from .prune import BuildLock
 from .publish import push_images, tag_images
 from .snapshots import SnapshotStore
 from .steps.common import BuildError, StepEnv
 
-__all__ = ["BuildOptions", "BuildResult", "run_build"]
+__all__ = ["BuildOptions", "BuildResult", "run_build", "source_date_epoch"]
+
+# datetime's last second (9999-12-31T23:59:59Z): config times must be RFC 3339.
+_MAX_EPOCH = 253402300799
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,25 @@ class BuildResult:
     ran_steps: tuple[str, ...]
 
 
+def source_date_epoch(flag: int | None, build_args: dict[str, str]) -> int | None:
+    """The build's epoch, as BuildKit takes it: ``--source-date-epoch``, else the
+    ``SOURCE_DATE_EPOCH`` build arg, else the environment variable (which buildx passes on
+    as that build arg); None when none is given (an empty value counts as not given)."""
+    if flag is not None:
+        where, value = "--source-date-epoch", str(flag)
+    elif build_args.get("SOURCE_DATE_EPOCH"):
+        where, value = "--build-arg", build_args["SOURCE_DATE_EPOCH"]
+    elif os.environ.get("SOURCE_DATE_EPOCH"):
+        where, value = "environment variable", os.environ["SOURCE_DATE_EPOCH"]
+    else:
+        return None
+    if not (value.isascii() and value.isdigit()) or int(value) > _MAX_EPOCH:
+        raise BuildError(f"{where} SOURCE_DATE_EPOCH={value}",
+                         "expected a whole number of seconds since 1970-01-01 UTC (such "
+                         "as `git log -1 --format=%ct`), at most 253402300799")
+    return int(value)
+
+
 async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     """Build, write the requested outputs, and return the image."""
     dockerfile = opts.dockerfile or opts.context / "Dockerfile"
@@ -78,9 +100,11 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
                               file=str(dockerfile)) from exc
     tree = parse(text, dockerfile.name)
-    sde = opts.source_date_epoch
-    if sde is None and os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
-        sde = int(os.environ["SOURCE_DATE_EPOCH"])
+    if any(out.loads for out in opts.outputs):
+        from .engine import ping
+
+        await ping()  # an engine that is not there fails the build before it starts
+    sde = source_date_epoch(opts.source_date_epoch, opts.build_args)
     created = timestamp(sde if sde is not None else time.time())
     bdir = opts.storage / "builder"
     (bdir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -108,29 +132,36 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         build_plan, bases = await plan(tree, env, opts.build_args, opts.target, platform)
         env.proxy_env = dict(build_plan.proxy_env)
         for name in build_plan.unused_build_args:
+            if name == "SOURCE_DATE_EPOCH":  # read by the build itself, as BuildKit does
+                continue
             progress.info(f"WARNING: build argument {name!r} was not consumed by any ARG")
         executor = Executor(build_plan, bases, env, platform)
         state = await executor.run()
         if opts.labels:
             state.update(labels={**(state.config.labels or {}), **opts.labels})
         image = assemble(state, created, pinned=sde is not None)
-        for out in opts.outputs:
-            n = progress.start(f"exporting to {out.type}:{out.dest}")
-            if out.type == "oci":
-                await write_oci_layout(image, store, out.dest, list(opts.tags))
-            elif out.type == "docker":
-                await write_docker_archive(image, store, out.dest, list(opts.tags), work)
-            else:
-                from .sandbox.flatten import flatten_lowers
 
-                lowers = await env.lowers(state)
-                await asyncio.to_thread(flatten_lowers, lowers, out.dest)
+        async def rootfs(dest: Path) -> None:
+            from .sandbox.flatten import flatten_lowers
+
+            lowers = await env.lowers(state)
+            await asyncio.to_thread(flatten_lowers, lowers, dest)
+
+        # -t names; else those of a type=image/registry output (buildx: -t wins over name=)
+        images = [o for o in opts.outputs if o.type in ("image", "registry")]
+        tags = list(opts.tags) or [n for o in images for n in o.names]
+        push = opts.push or any(o.push for o in images)
+        for out in opts.outputs:
+            if out.type in ("image", "registry", "cacheonly"):
+                continue
+            n = progress.start(export_name(out))
+            await export(out, image, store, list(opts.tags) or list(out.names), rootfs, work)
             progress.done(n)
-        if opts.tags:
-            n = progress.start("naming " + ", ".join(opts.tags))
-            refs = await tag_images(image, store, list(opts.tags))
+        if tags:
+            n = progress.start("naming " + ", ".join(tags))
+            refs = await tag_images(image, store, tags)
             progress.done(n)
-            if opts.push:
+            if push:
                 n = progress.start("pushing " + ", ".join(refs))
                 await push_images(store, refs)
                 progress.done(n)

@@ -18,7 +18,7 @@ from .context import ContextError
 from .dockerfile.errors import DockerfileError
 from .dockerfile.stages import Platform
 from .fastpath import Recorder, progress_events
-from .outputs import OutputError, parse_output
+from .outputs import ExportError, Output, OutputError, parse_output
 from .progress import Progress
 from .publish import PublishError
 from .steps.common import BuildError
@@ -37,6 +37,21 @@ def _kv(values: tuple[str, ...], what: str) -> dict[str, str]:
         if not k:
             raise click.BadParameter(f"{v!r}: expected KEY=VALUE", param_hint=what)
         out[k] = val if eq else ""
+    return out
+
+
+def _build_args(values: tuple[str, ...]) -> dict[str, str]:
+    """``--build-arg K=V``; a bare ``K`` takes $K, and is left out when $K is unset (so the
+    Dockerfile's default stays), as docker build does."""
+    out = {}
+    for v in values:
+        k, eq, val = v.partition("=")
+        if not k:
+            raise click.BadParameter(f"{v!r}: expected KEY=VALUE", param_hint="--build-arg")
+        if eq:
+            out[k] = val
+        elif (env := os.environ.get(k)) is not None:
+            out[k] = env
     return out
 
 
@@ -78,6 +93,44 @@ def _ssh(values: tuple[str, ...]) -> dict[str, Path]:
     return out
 
 
+def _outputs(values: tuple[str, ...], load: bool, tags: tuple[str, ...]) -> tuple[Output, ...]:
+    """``--output`` values (and ``--load``), checked before anything is built."""
+    try:
+        outs = [parse_output(o) for o in values if o != ""]  # buildx skips empty ones
+    except OutputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--output") from exc
+    if load and not any(o.loads for o in outs):
+        outs.append(Output("docker"))
+    to_stdout = [o for o in outs if o.stdout]
+    if len(to_stdout) > 1:
+        raise click.BadParameter("only one output can go to stdout (dest=-)",
+                                 param_hint="--output")
+    if to_stdout and sys.stdout.isatty():
+        raise click.BadParameter(f"refusing to write type={to_stdout[0].type} to the terminal: "
+                                 "redirect stdout (> FILE) or give dest=FILE",
+                                 param_hint="--output")
+    for o in outs:
+        archive = o.dest if o.type in ("tar", "oci", "docker") and o.tar else None
+        if archive is not None and archive.is_dir():
+            raise click.BadParameter(f"dest={archive} is a directory: give a file name for "
+                                     "the archive (or tar=false to write a layout directory)",
+                                     param_hint="--output")
+        if archive is not None and not archive.absolute().parent.is_dir():
+            raise click.BadParameter(f"dest={archive}: {archive.absolute().parent} is not a "
+                                     "directory; create it first", param_hint="--output")
+        if o.push and not (tags or o.names):
+            raise click.BadParameter(f"type={o.type} pushes the image: name it with -t NAME "
+                                     "or name=NAME", param_hint="--output")
+    if any(o.loads for o in outs):
+        from .engine import EngineError, engine_address
+
+        try:
+            engine_address()
+        except EngineError as exc:
+            raise click.BadParameter(str(exc), param_hint="--load") from exc
+    return tuple(outs)
+
+
 _ENTITLEMENTS = ("security.insecure",)
 
 
@@ -95,7 +148,11 @@ _ENTITLEMENTS = ("security.insecure",)
               help="RUN steps' network unless RUN --network says otherwise.")
 @click.option("--push", is_flag=True, help="Push the -t names to their registries.")
 @click.option("-o", "--output", "outputs", multiple=True,
-              help="type=oci,dest=DIR | type=docker,dest=FILE | type=local,dest=DIR")
+              help="DIR | - | type=local,dest=DIR | type=tar[,dest=FILE] | "
+                   "type=oci[,dest=FILE][,tar=false] | type=docker[,dest=FILE][,tar=false] | "
+                   "type=image[,push=true] | type=registry (repeatable; as buildx).")
+@click.option("--load", is_flag=True,
+              help="Load the image into the Docker engine ($DOCKER_HOST); -o type=docker.")
 @click.option("--secret", "secrets", multiple=True, help="id=NAME,src=FILE (repeatable).")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "json", "quiet"]),
               default="auto")
@@ -123,12 +180,9 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
           secrets: tuple[str, ...], progress_mode: str, iidfile: Path | None,
           metadata_file: Path | None, compression: str, source_date_epoch: int | None,
           storage: Path | None, platform: str | None, differ: str, ssh: tuple[str, ...],
-          allow: tuple[str, ...]) -> None:
+          allow: tuple[str, ...], load: bool) -> None:
     """Build an image from a Dockerfile and a context directory."""
-    try:
-        outs = tuple(parse_output(o) for o in outputs)
-    except OutputError as exc:
-        raise click.BadParameter(str(exc), param_hint="--output") from exc
+    outs = _outputs(outputs, load, tags)
     if push and not tags:
         raise click.UsageError("--push needs at least one -t NAME to push to")
     if platform is not None:
@@ -141,7 +195,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
             raise click.BadParameter(str(exc), param_hint="--platform") from exc
     opts = BuildOptions(
         context=context, storage=storage or default_storage_dir(), dockerfile=dockerfile,
-        tags=tags, build_args=_kv(build_args, "--build-arg"), target=target,
+        tags=tags, build_args=_build_args(build_args), target=target,
         labels=_kv(labels, "--label"), no_cache=no_cache, explain=explain, network=network,
         outputs=outs, secrets=_secrets(secrets), compression=compression,
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
@@ -150,7 +204,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
     recorder = None if outs or push or secrets or ssh else Recorder.start()
     try:
         result = asyncio.run(run_build(opts, progress))
-    except (BuildError, DockerfileError, ContextError, PublishError) as exc:
+    except (BuildError, DockerfileError, ContextError, PublishError, ExportError) as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
     digest = str(result.image.digest)
@@ -165,6 +219,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
     if recorder is not None:
         recorder.finish(progress_events(progress), digest,
                         str(result.image.manifest.config.digest))
-    click.echo(digest)
+    if not any(o.stdout for o in outs):  # else stdout holds the archive and nothing else
+        click.echo(digest)
     global finished
     finished = True

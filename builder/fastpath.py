@@ -5,7 +5,9 @@ the OCI models...). After every successful ``build`` whose only outputs are tags
 ``--iidfile``/``--metadata-file``), :func:`record` writes a *fingerprint* of everything that
 can change the result to ``<storage>/builder/fastpath/<sha256 of cwd and argv>.json``:
 
-- the argv and cwd, every environment variable (but a few shell bookkeeping ones), the
+- the argv and cwd, the environment variables a build reads (:data:`BUILD_ENVIRONMENT`;
+  not the rest: CI sets variables such as ``GITHUB_RUN_ID`` that change every run) and
+  those a bare ``--build-arg NAME`` reads, the
   Python executable and the stat of pybuild's own source files;
 - the Dockerfile's bytes (hash), the stat of the Dockerfile and of the ``.dockerignore``
   files, and the lstat (size, mtime_ns, ctime_ns, inode, mode) of every entry in the
@@ -34,8 +36,8 @@ import re
 import sys
 import time
 
-__all__ = ["ARGV", "LAYOUTS_READ", "Invocation", "Recorder", "fingerprint", "main", "parse_argv",
-           "progress_events",
+__all__ = ["ARGV", "BUILD_ENVIRONMENT", "COMMAND_ENVIRONMENT", "ENVIRONMENT_READERS", "LAYOUTS_READ", "Invocation",
+           "Recorder", "covers", "fingerprint", "main", "parse_argv", "progress_events",
            "try_fast_path"]
 
 # Set by ``python -m builder`` to its argv: only a real process records fingerprints.
@@ -50,9 +52,28 @@ _VALUED = {"-f": "file", "--file": "file", "-t": "tag", "--tag": "tag",
            "--source-date-epoch": "source-date-epoch", "--storage": "storage",
            "--platform": "platform", "--differ": "differ", "--allow": "allow"}
 _FLAGS = {"--no-cache": "no-cache", "--explain": "explain"}
-# Environment variables a shell changes between commands that cannot change a build.
-_ENV_NOISE = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "PYBUILD_FASTPATH_DEBUG",
-                        "PYBUILD_NO_FASTPATH", "PYTEST_CURRENT_TEST"})
+# Every environment variable a build reads, and so the only ones the fingerprint compares
+# (a test checks that each read in builder/ is covered). Who reads them:
+BUILD_ENVIRONMENT = frozenset({
+    "SOURCE_DATE_EPOCH",  # layer and config timestamps (builder.build)
+    "PYBUILD_STORAGE", "XDG_DATA_HOME",  # where the storage is (cas.location, Invocation)
+    "HOME",  # the storage's default place, and ~/.docker/config.json (registry.client.auth)
+    "DOCKER_CONFIG",  # registry credentials for pulling bases (registry.client.auth)
+    "DOCKER_HOST", "DOCKER_TLS_VERIFY",  # the engine --load loads into (builder.engine)
+    "SSH_AUTH_SOCK",  # --ssh default (builder.build_cmd)
+    "TMPDIR", "TEMP", "TMP",  # tempfile's directory: the ssh relay's sockets (sandbox.ssh)
+    # the locale: the encoding text files (Dockerfile, .dockerignore) are read with
+    "LANG", "LC_ALL", "LC_CTYPE", "PYTHONUTF8",
+})
+# ...and every PYBUILD_* one (PYBUILD_INSECURE_REGISTRIES, PYBUILD_REGISTRY_USER...), but
+# these two, which only say how this command runs. Proxy variables are not read: proxy
+# args reach a build as --build-arg (in the argv), as BuildKit's predefined args.
+_BUILD_PREFIX = "PYBUILD_"
+COMMAND_ENVIRONMENT = frozenset({"PYBUILD_FASTPATH_DEBUG", "PYBUILD_NO_FASTPATH"})
+# Modules allowed to read variables by a name that is not a literal: this one (the above),
+# and build_cmd, which gives a bare `--build-arg NAME` the value of $NAME (the fingerprint
+# holds those variables too, by the names in the argv).
+ENVIRONMENT_READERS = frozenset({"builder/fastpath.py", "builder/build_cmd.py"})
 _FROM_STEP = re.compile(r"\[([^\]]* )?1/\d+\] FROM ")
 # Files written within this many ns before the build started could change again
 # without changing their stat (file timestamps come from a coarse clock): not recorded.
@@ -162,6 +183,12 @@ def _source_stats() -> dict[str, list[int]]:
     return out
 
 
+def covers(name: str) -> bool:
+    """Whether the environment variable ``name`` is part of the fingerprint."""
+    return name in BUILD_ENVIRONMENT or (name.startswith(_BUILD_PREFIX)
+                                         and name not in COMMAND_ENVIRONMENT)
+
+
 def fingerprint(inv: Invocation) -> dict[str, object]:
     """Everything but the storage's state that a build's result depends on."""
     context = os.path.abspath(inv.context)
@@ -174,11 +201,12 @@ def fingerprint(inv: Invocation) -> dict[str, object]:
     ctx: dict[str, list[int]] = {}
     _tree(context, ctx)
     return {
-        "version": 1,
+        "version": 2,
         "cwd": os.getcwd(),
         "argv": inv.key_argv,
         "executable": sys.executable,
-        "env": {k: v for k, v in os.environ.items() if k not in _ENV_NOISE},
+        "env": {k: v for k, v in sorted(os.environ.items()) if covers(k)},
+        "arg_env": {k: os.environ.get(k) for k in inv.opts.get("build-arg", []) if "=" not in k},
         "dockerfile": [dockerfile, hashlib.sha256(text).hexdigest(), _stat(dockerfile)],
         "ignore": [_stat(dockerfile + ".dockerignore"),
                    _stat(os.path.join(context, ".dockerignore"))],

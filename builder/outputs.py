@@ -1,103 +1,415 @@
-"""Where a built image goes: ``type=oci`` (an OCI image layout directory),
-``type=docker`` (a ``docker load`` archive), ``type=local`` (the final root filesystem).
+"""Where a built image goes: ``--output`` / ``-o`` in buildx's words.
 
-``--output`` values are parsed as BuildKit's (``type=oci,dest=DIR``); ``-t`` names go into
-the OCI index (``org.opencontainers.image.ref.name``) and the archive's ``RepoTags``.
-Blobs are read from the CAS; files are written under ``dest`` only.
+========================================  ============================================
+``-o DIR`` / ``type=local,dest=DIR``      the final root filesystem, as files
+``-o -`` / ``type=tar[,dest=FILE|-]``     the root filesystem as a tar (default: stdout)
+``type=oci[,dest=FILE|-]``                an OCI image layout as a tar (default: stdout)
+``type=oci,dest=DIR,tar=false``           an OCI image layout directory
+``type=docker,dest=FILE|-``               a ``docker load`` archive
+``type=docker,dest=DIR,tar=false``        the same files, as a directory
+``type=docker`` (or ``--load``)           loaded into the Docker engine (builder.engine)
+``type=image[,name=N][,push=true]``       the local image store (as ``-t``), pushed
+``type=registry[,name=N]``                pushed (as ``--push``)
+``type=cacheonly``                        nothing but the build cache
+========================================  ============================================
+
+Fields are CSV (``"name=a,b"`` quotes a comma), keys are case-insensitive, as buildx parses
+them. ``-t`` names (else ``name=``) go into an OCI index (``org.opencontainers.image.ref.name``,
+the tag) and a docker archive's ``RepoTags``. Archives are streamed from the CAS: no layer is
+copied twice. A file is written under a temporary name and renamed into place, so a failed
+build leaves no half-written archive behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
+import csv
 import json
 import os
+import shutil
+import sys
 import tarfile
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cas import Digest, Store
 from registry.oci import Descriptor, Index
+from registry.client.refs import InvalidReference, parse_image_ref
 
 from .image import BuiltImage
 
-__all__ = ["Output", "OutputError", "parse_output", "write_docker_archive", "write_oci_layout"]
+__all__ = ["ExportError", "Output", "OutputError", "export", "export_name", "image_archive",
+           "parse_output", "write_oci_layout"]
 
 REF_NAME = "org.opencontainers.image.ref.name"
+IMAGE_NAME = "io.containerd.image.name"
+TYPES = ("local", "tar", "oci", "docker", "image", "registry", "cacheonly")
+_KEYS = {"local": ("dest",), "tar": ("dest",), "oci": ("dest", "tar", "name"),
+         "docker": ("dest", "tar", "name"), "image": ("name", "push"),
+         "registry": ("name",), "cacheonly": ()}
+# Keys buildx knows that pybuild does not take, and what to do instead.
+_INSTEAD = {
+    "compression": "layers are compressed as --compression says",
+    "compression-level": "layers are compressed as --compression says",
+    "force-compression": "layers are compressed as --compression says",
+    "rewrite-timestamp": "file times are always clamped to SOURCE_DATE_EPOCH when one is given",
+    "oci-mediatypes": "images use OCI media types",
+    "buildinfo": "no build info is written",
+}
+_TRUE = ("1", "t", "true")
+_FALSE = ("0", "f", "false")
 
 
 class OutputError(ValueError):
-    pass
+    """An ``--output`` value that cannot be used (says what to write instead)."""
+
+
+class ExportError(Exception):
+    """Writing an output failed (names the output and why)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Output:
+    """One ``--output``. ``dest`` None: stdout when ``stdout``, else (``docker``) the engine."""
+
     type: str
-    dest: Path
+    dest: Path | None = None
+    tar: bool = True
+    names: tuple[str, ...] = ()
+    push: bool = False
+    stdout: bool = False
+
+    @property
+    def loads(self) -> bool:
+        """Whether this output loads the image into the Docker engine."""
+        return self.type == "docker" and self.dest is None and not self.stdout
+
+
+def _bool(kind: str, key: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise OutputError(f"type={kind}: {key}={value}: use {key}=true or {key}=false")
 
 
 def parse_output(text: str) -> Output:
-    """``type=oci,dest=DIR`` (also ``type=local,dest=DIR``, ``type=docker,dest=FILE``)."""
-    fields = dict(f.partition("=")[::2] for f in text.split(",") if f)
-    kind = fields.pop("type", "local")
-    dest = fields.pop("dest", None)
-    if kind not in ("oci", "docker", "local"):
-        raise OutputError(f"--output type={kind}: use oci, docker or local")
-    if not dest:
-        raise OutputError(f"--output {text!r}: dest= is required")
-    if fields:
-        raise OutputError(f"--output: unknown option {min(fields)!r}")
-    return Output(kind, Path(dest))
+    """One ``--output`` value, as buildx reads it (``OutputError`` says what to write)."""
+    if not text.strip():
+        raise OutputError("an empty value: write type=TYPE,dest=PATH, or -o DIR for the files")
+    try:
+        fields = next(csv.reader([text], strict=True))
+    except (csv.Error, StopIteration) as exc:
+        raise OutputError(f"{text!r}: {exc}: quote a value with commas as \"name=a,b\"") \
+            from None
+    attrs: dict[str, str] = {}
+    if len(fields) == 1 and fields[0] == text and not text.startswith("type="):
+        key = text.partition("=")[0].strip().lower()
+        if "=" in text and (key in _INSTEAD or any(key in k for k in _KEYS.values())):
+            raise OutputError(f"{text}: type= is missing: write type=TYPE,{text} "
+                              f"(TYPE one of {', '.join(TYPES)})")
+        if text != "-":
+            return Output("local", Path(text))
+        kind = "tar"
+        attrs["dest"] = "-"
+    else:
+        kind = ""
+        for f in fields:
+            key, eq, value = f.partition("=")
+            key = key.strip().lower()
+            if not eq or not key:
+                raise OutputError(f"{f!r} is not KEY=VALUE: write type=TYPE,dest=PATH")
+            if key == "type":
+                kind = value
+            else:
+                attrs[key] = value
+        if not kind:
+            raise OutputError(f"{text}: type= is missing: write type=TYPE,... "
+                              f"(TYPE one of {', '.join(TYPES)})")
+    if kind not in _KEYS:
+        raise OutputError(f"type={kind} is not an output type: use one of {', '.join(TYPES)} "
+                          "(or -o DIR for type=local,dest=DIR)")
+    for key in sorted(attrs):
+        if key not in _KEYS[kind]:
+            takes = ", ".join(_KEYS[kind]) or "no keys"
+            instead = f" ({_INSTEAD[key]})" if key in _INSTEAD else ""
+            raise OutputError(f"type={kind} does not take {key}={attrs[key]}{instead}; "
+                              f"it takes {takes}")
+    names = tuple(n.strip() for n in attrs.get("name", "").split(",") if n.strip())
+    dest = attrs.get("dest")
+    if kind == "local":
+        if not dest:
+            raise OutputError("type=local needs dest=DIR, the directory to write the files to")
+        if dest == "-":
+            raise OutputError("type=local writes a directory; for a tar on stdout write -o - "
+                              "(type=tar,dest=-)")
+        return Output("local", Path(dest))
+    if kind in ("image", "registry", "cacheonly"):
+        push = kind == "registry" or _bool(kind, "push", attrs.get("push", "false"))
+        return Output(kind, None, names=names, push=push)
+    tar = _bool(kind, "tar", attrs.get("tar", "true"))
+    if dest is None and kind != "docker":
+        dest = "-"  # as buildx: oci and tar go to stdout without a dest
+    if not tar and (dest is None or dest in ("", "-")):
+        raise OutputError(f"type={kind},tar=false writes a directory: give dest=DIR")
+    if dest == "-":
+        return Output(kind, None, tar, names, stdout=True)
+    if dest == "":
+        raise OutputError(f"type={kind}: dest= is empty: give dest=FILE (or dest=- for stdout)")
+    return Output(kind, Path(dest) if dest is not None else None, tar, names)
 
 
-async def _blob_to(store: Store, digest: Digest, path: Path) -> None:
-    if not path.exists():
-        await store.export(digest, path)
+def export_name(out: Output) -> str:
+    """What the progress line says (BuildKit's words)."""
+    where = "stdout" if out.stdout else str(out.dest)
+    if out.type == "local":
+        return f"exporting to client directory {where}"
+    if out.type == "tar":
+        return f"exporting to client tarball {where}"
+    if out.loads:
+        from .engine import engine_address
+
+        return f"loading the image into the Docker engine at {engine_address()[0]}"
+    return f"exporting to {out.type} image format {where}"
+
+
+# ---------------------------------------------------------------------------------------
+# Image layouts and archives
+
+
+def _repo_tags(names: Sequence[str]) -> list[str]:
+    return [t if ":" in t.rsplit("/", 1)[-1] else f"{t}:latest" for t in names]
+
+
+def _index(image: BuiltImage, names: Sequence[str]) -> bytes:
+    """One entry per name, annotated as ``docker save`` (containerd's exporter) does: the
+    tag as ``org.opencontainers.image.ref.name``, the full reference as
+    ``io.containerd.image.name``; one plain entry without names."""
+    desc = image.manifest_descriptor
+    entries = []
+    for name in names:
+        try:
+            ref = parse_image_ref(name)
+        except InvalidReference:
+            raise ExportError(f"-t {name}: not an image name (such as registry/repo:tag)") \
+                from None
+        annotations = {REF_NAME: ref.tag or "latest", IMAGE_NAME: str(ref)}
+        entries.append(Descriptor(desc.media_type, desc.digest, desc.size,
+                                  annotations=annotations))
+    return Index(tuple(entries) or (desc,)).to_bytes()
+
+
+def _blob(digest: Digest) -> str:
+    """A blob's path in an image layout (image-spec image-layout.md)."""
+    return f"blobs/{digest.algorithm}/{digest.encoded}"
+
+
+def _docker_manifest(image: BuiltImage, names: Sequence[str]) -> bytes:
+    return json.dumps([{
+        "Config": _blob(image.manifest.config.digest),
+        "RepoTags": _repo_tags(names) or None,
+        "Layers": [_blob(d.digest) for d in image.manifest.layers],
+    }]).encode()
+
+
+_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+def _header(name: str, size: int, directory: bool = False) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.uid, info.gid = size, 0, 0, 0
+    info.mode = 0o755 if directory else 0o644
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    return info.tobuf(format=tarfile.PAX_FORMAT)  # long (sha512) names need PAX
+
+
+def _pad(size: int) -> bytes:
+    return b"\0" * (-size % 512)
+
+
+async def image_archive(image: BuiltImage, store: Store, names: Sequence[str],
+                        docker: bool) -> AsyncIterator[bytes]:
+    """The image as a tar stream: an OCI image layout, plus ``manifest.json`` for
+    ``docker load`` when ``docker`` (as Docker 25's ``docker save`` writes it)."""
+    algorithms = sorted({d.digest.algorithm for d in image.manifest.layers}
+                        | {image.manifest.config.digest.algorithm, image.digest.algorithm})
+    yield _header("blobs/", 0, True) + b"".join(_header(f"blobs/{a}/", 0, True)
+                                                 for a in algorithms)
+    for layer in image.manifest.layers:
+        info = await store.stat(layer.digest)
+        if info is None:
+            raise ExportError(f"layer {layer.digest} is not in the store; build again")
+        yield _header(_blob(layer.digest), info.size)
+        written = 0
+        async for chunk in store.read(layer.digest):
+            written += len(chunk)
+            yield chunk
+        if written != info.size:
+            raise ExportError(f"layer {layer.digest}: read {written} of {info.size} bytes")
+        yield _pad(info.size)
+    files = [(_blob(image.manifest.config.digest), image.config_bytes),
+             (_blob(image.digest), image.manifest_bytes),
+             ("oci-layout", _LAYOUT), ("index.json", _index(image, names))]
+    if docker:
+        files.append(("manifest.json", _docker_manifest(image, names)))
+    for name, data in files:
+        yield _header(name, len(data)) + data + _pad(len(data))
+    yield b"\0" * 1024
 
 
 async def write_oci_layout(image: BuiltImage, store: Store, dest: Path,
-                           tags: list[str]) -> None:
-    """An OCI image layout at ``dest`` (created; an existing layout gains the image)."""
-    blobs = dest / "blobs" / "sha256"
-    await asyncio.to_thread(blobs.mkdir, parents=True, exist_ok=True)
-    (dest / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+                           names: Sequence[str], docker: bool = False) -> None:
+    """An image layout directory at ``dest`` (created; an existing layout gains the blobs
+    and its ``index.json`` is replaced last, atomically)."""
     for layer in image.manifest.layers:
-        await _blob_to(store, layer.digest, blobs / layer.digest.encoded)
-    (blobs / image.manifest.config.digest.encoded).write_bytes(image.config_bytes)
-    (blobs / image.digest.encoded).write_bytes(image.manifest_bytes)
-    desc = image.manifest_descriptor
-    names = [t.rsplit(":", 1)[-1] if ":" in t.rsplit("/", 1)[-1] else "latest" for t in tags]
-    entries = [Descriptor(desc.media_type, desc.digest, desc.size,
-                          annotations={REF_NAME: n}) for n in names] or [desc]
-    (dest / "index.json").write_bytes(Index(tuple(entries)).to_bytes())
+        path = dest / _blob(layer.digest)
+        if not await asyncio.to_thread(path.exists):
+            await store.export(layer.digest, path)  # creates the directories
+    for digest in (image.manifest.config.digest, image.digest):
+        await asyncio.to_thread((dest / _blob(digest)).parent.mkdir, parents=True,
+                                exist_ok=True)
+    files = [(dest / _blob(image.manifest.config.digest), image.config_bytes),
+             (dest / _blob(image.digest), image.manifest_bytes),
+             (dest / "oci-layout", _LAYOUT)]
+    if docker:
+        files.append((dest / "manifest.json", _docker_manifest(image, names)))
+    files.append((dest / "index.json", _index(image, names)))
+    for path, data in files:
+        await asyncio.to_thread(_replace_file, path, data)
 
 
-async def write_docker_archive(image: BuiltImage, store: Store, dest: Path,
-                               tags: list[str], work: Path) -> None:
-    """A tar that ``docker load`` accepts: manifest.json + config + layer blobs (also an
-    OCI layout inside, as Docker 25 writes)."""
-    layout = work / "docker-archive"
-    await write_oci_layout(image, store, layout, [])
-    repo_tags = [t if ":" in t.rsplit("/", 1)[-1] else f"{t}:latest" for t in tags]
-    manifest = [{
-        "Config": f"blobs/sha256/{image.manifest.config.digest.encoded}",
-        "RepoTags": repo_tags or None,
-        "Layers": [f"blobs/sha256/{d.digest.encoded}" for d in image.manifest.layers],
-    }]
+def _replace_file(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
-    def write() -> None:
-        tmp = dest.with_name(dest.name + ".tmp")
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
-            def add_bytes(name: str, data: bytes) -> None:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mode = 0o644
-                tf.addfile(info, io.BytesIO(data))
-            for root, _dirs, files in sorted(os.walk(layout)):
-                for fname in sorted(files):
-                    p = Path(root, fname)
-                    tf.add(p, arcname=str(p.relative_to(layout)), recursive=False)
-            add_bytes("manifest.json", json.dumps(manifest).encode())
-        os.replace(tmp, dest)
 
-    await asyncio.to_thread(write)
+# ---------------------------------------------------------------------------------------
+# Sinks: a file (renamed into place when complete) or stdout
+
+
+async def _to_file(chunks: AsyncIterator[bytes], dest: Path) -> None:
+    if await asyncio.to_thread(dest.is_dir):
+        raise ExportError(f"dest={dest} is a directory: give a file name for the archive "
+                          "(or tar=false to write a layout directory)")
+    fd, tmp = await asyncio.to_thread(tempfile.mkstemp, prefix=f".{dest.name}.",
+                                      suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            async for chunk in chunks:
+                await asyncio.to_thread(f.write, chunk)
+            await asyncio.to_thread(f.flush)
+            await asyncio.to_thread(os.fsync, f.fileno())  # complete before it is visible
+        await asyncio.to_thread(os.chmod, tmp, 0o644)
+        await asyncio.to_thread(os.replace, tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+async def _to_stdout(chunks: AsyncIterator[bytes]) -> None:
+    out = sys.stdout.buffer
+    try:
+        async for chunk in chunks:
+            await asyncio.to_thread(out.write, chunk)
+        await asyncio.to_thread(out.flush)
+    except BrokenPipeError:
+        raise ExportError("stdout was closed before the archive was written") from None
+
+
+async def _sink(out: Output, chunks: AsyncIterator[bytes]) -> None:
+    try:
+        if out.stdout:
+            await _to_stdout(chunks)
+        else:
+            assert out.dest is not None
+            await _to_file(chunks, out.dest)
+    except OSError as exc:
+        raise ExportError(f"cannot write {out.dest or 'stdout'}: {exc.strerror or exc}") \
+            from exc
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _tar_tree(root: Path, f: object) -> None:
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uname = info.gname = ""  # numeric owners, not this host's names
+        return info
+
+    with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
+        for entry in sorted(os.listdir(root)):
+            tf.add(root / entry, arcname=entry, filter=clean)
+
+
+async def _tree_chunks(root: Path) -> AsyncIterator[bytes]:
+    """``root`` as a tar stream (written by a thread into a pipe, read here)."""
+    r, w = os.pipe()
+    writer = os.fdopen(w, "wb")
+
+    def produce() -> None:
+        try:
+            _tar_tree(root, writer)
+        finally:
+            with contextlib.suppress(OSError):
+                writer.close()
+
+    task = asyncio.ensure_future(asyncio.to_thread(produce))
+    try:
+        while True:
+            chunk = await asyncio.to_thread(os.read, r, 1 << 20)
+            if not chunk:
+                break
+            yield chunk
+    finally:
+        os.close(r)  # a writer still writing gets EPIPE and stops
+        with contextlib.suppress(BrokenPipeError):
+            await task
+
+
+async def export(out: Output, image: BuiltImage, store: Store, names: Sequence[str],
+                 rootfs: Callable[[Path], Awaitable[None]], work: Path) -> None:
+    """Write one output. ``rootfs(dir)`` writes the image's root filesystem into ``dir``."""
+    if out.type == "local":
+        assert out.dest is not None
+        await _export_local(out.dest, rootfs)
+    elif out.type == "tar":
+        root = work / "export-rootfs"
+        await rootfs(root)
+        await _sink(out, _tree_chunks(root))
+        await asyncio.to_thread(shutil.rmtree, root, True)
+    elif out.loads:
+        from .engine import load_image
+
+        await load_image(image_archive(image, store, names, docker=True))
+    elif out.type in ("oci", "docker"):
+        if out.tar:
+            await _sink(out, image_archive(image, store, names, docker=out.type == "docker"))
+        else:
+            assert out.dest is not None
+            try:
+                await write_oci_layout(image, store, out.dest, names, out.type == "docker")
+            except OSError as exc:
+                raise ExportError(f"cannot write {out.dest}: {exc.strerror or exc}") from exc
+
+
+async def _export_local(dest: Path, rootfs: Callable[[Path], Awaitable[None]]) -> None:
+    """Into an existing directory as buildx does; a new one appears only when complete."""
+    try:
+        if await asyncio.to_thread(dest.exists):
+            await rootfs(dest)
+            return
+        await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+        tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f".{dest.name}.",
+                                           dir=dest.parent))
+        try:
+            await rootfs(tmp)  # also gives it the image root's owner and mode
+            await asyncio.to_thread(os.rename, tmp, dest)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+            raise
+    except OSError as exc:
+        raise ExportError(f"cannot write {dest}: {exc.strerror or exc}") from exc

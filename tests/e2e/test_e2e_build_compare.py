@@ -313,7 +313,7 @@ def test_fresh_storages_build_the_same_digest(
         oci = tmp_path / f"oci-{run}"
         digest = _pybuild_build(
             context, tmp_path / f"storage-{run}", "compare/repro:1", args,
-            "--output", f"type=oci,dest={oci}", "--source-date-epoch", "1700000000",
+            "--output", f"type=oci,dest={oci},tar=false", "--source-date-epoch", "1700000000",
         )
         digests.append(digest)
         index = json.loads((oci / "index.json").read_text())

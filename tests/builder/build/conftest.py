@@ -98,7 +98,7 @@ def build(tmp_path: Path) -> Builder:
         if local is not None:
             outs.append(Output("local", local))
         if oci is not None:
-            outs.append(Output("oci", oci))
+            outs.append(Output("oci", oci, tar=False))
         if docker is not None:
             outs.append(Output("docker", docker))
         opts = BuildOptions(context=context, storage=storage or tmp_path / "storage",

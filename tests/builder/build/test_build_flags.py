@@ -50,3 +50,17 @@ def test_sandbox_reads_ssh_mounts() -> None:
         == SshMount(id="deploy", target="/a.sock", required=True, mode=0o644, uid=1, gid=2)
     with pytest.raises(InvalidMount, match="unexpected key 'source'"):
         parse_mount("type=ssh,source=/x")
+
+
+def test_build_arg_without_value_comes_from_the_environment(context_of,
+                                                             tmp_path: Path) -> None:
+    """As docker build: ``--build-arg NAME`` takes $NAME; unset, the Dockerfile's default."""
+    ctx = context_of("basic")  # ARG GREETING=hello; RUN echo "$GREETING from run" > ...
+    for env, expected in (({"GREETING": "howdy"}, "howdy from run\n"), ({}, "hello from run\n")):
+        out = tmp_path / f"out-{len(env)}"
+        environ = {**env} if env else {"GREETING": None}
+        result = CliRunner().invoke(build, ["--build-arg", "GREETING", "--progress", "quiet",
+                                            "--storage", str(tmp_path / "s"), "-o", str(out),
+                                            str(ctx)], env=environ)
+        assert result.exit_code == 0, result.output
+        assert (out / "app/run.txt").read_text() == expected

@@ -194,6 +194,8 @@ def test_no_cache_build_records_for_the_cached_command(
     ["build", "--push", "-t", "x", "ctx"],
     ["build", "-o", "type=oci,dest=x", "ctx"],
     ["build", "--output=type=oci,dest=x", "ctx"],
+    ["build", "--load", "-t", "x", "ctx"],
+    ["build", "-o", "-", "ctx"],
     ["build", "--secret", "id=a,src=b", "ctx"],
     ["build", "--ssh", "default", "ctx"],
     ["build", "-"],
@@ -214,3 +216,86 @@ def test_parse_argv_understands_build_options() -> None:
     assert inv.opts["tag"] == ["a", "b"] and inv.context == "ctx"
     assert inv.key_argv == ["build", "-t", "a", "--tag=b", "-f", "D", "ctx"]
     assert inv.dockerfile == os.path.abspath("D")
+
+
+def test_ci_run_variables_keep_the_fast_path(pybuild: Callable[..., Run], ctx: Path) -> None:
+    """CI sets variables that change every run (GITHUB_RUN_ID, CI_JOB_ID...): no build reads
+    them, so a rebuild still hits; SOURCE_DATE_EPOCH changes the image, so it misses."""
+    args = ("build", "-t", "fp/img", str(ctx))
+    first = pybuild(*args, env={"GITHUB_RUN_ID": "1001", "CI_JOB_ID": "7"})
+    hit = pybuild(*args, env={"GITHUB_RUN_ID": "1002", "CI_JOB_ID": "8", "RANDOM_NOISE": "x"})
+    assert hit.hit and hit.digest == first.digest
+    pinned = pybuild(*args, env={"GITHUB_RUN_ID": "1003", "SOURCE_DATE_EPOCH": "86400"})
+    assert not pinned.hit and pinned.digest != first.digest
+    assert pybuild(*args, env={"GITHUB_RUN_ID": "1004", "SOURCE_DATE_EPOCH": "86400"}).hit
+
+
+def test_build_arg_taken_from_the_environment_is_fingerprinted(
+        pybuild: Callable[..., Run], ctx: Path) -> None:
+    """``--build-arg NAME`` reads $NAME: the fast path compares it, though NAME is not in
+    the list of variables every build reads."""
+    args = ("build", "-t", "fp/img", "--build-arg", "FLAVOUR", str(ctx))
+    pybuild(*args, env={"FLAVOUR": "a"})
+    assert pybuild(*args, env={"FLAVOUR": "a", "GITHUB_RUN_ID": "9"}).hit
+    assert not pybuild(*args, env={"FLAVOUR": "b"}).hit
+
+
+def _environment_reads(path: Path) -> list[tuple[int, str | None]]:
+    """(line, variable name or None when not a literal) of each environment read in a file."""
+    import ast
+
+    tree = ast.parse(path.read_text(), str(path))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    reads: list[tuple[int, str | None]] = []
+
+    def literal(node: ast.AST | None) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        return None
+
+    for node in ast.walk(tree):
+        is_environ = (isinstance(node, ast.Attribute) and node.attr in ("environ", "environb")
+                      and isinstance(node.value, ast.Name) and node.value.id == "os")
+        is_getenv = (isinstance(node, ast.Attribute) and node.attr == "getenv"
+                     and isinstance(node.value, ast.Name) and node.value.id == "os")
+        if not (is_environ or is_getenv):
+            continue
+        parent = parents.get(node)
+        name: str | None = None
+        if is_getenv and isinstance(parent, ast.Call):
+            name = literal(parent.args[0] if parent.args else None)
+        elif isinstance(parent, ast.Subscript):
+            name = literal(parent.slice)
+        elif isinstance(parent, ast.Attribute) and parent.attr == "get":
+            call = parents.get(parent)
+            if isinstance(call, ast.Call) and call.args:
+                name = literal(call.args[0])
+        elif isinstance(parent, ast.Compare) and isinstance(parent.ops[0], (ast.In, ast.NotIn)):
+            name = literal(parent.left)
+        reads.append((node.lineno, name))
+    return reads
+
+
+def test_every_environment_read_of_the_builder_is_fingerprinted() -> None:
+    """A variable the builder reads can change a build: the fast path must compare it.
+    Add a new one to ``builder.fastpath.BUILD_ENVIRONMENT`` (or say there why not)."""
+    from builder.fastpath import (
+        BUILD_ENVIRONMENT,
+        COMMAND_ENVIRONMENT,
+        ENVIRONMENT_READERS,
+        covers,
+    )
+
+    unlisted = []
+    for path in sorted((ROOT / "builder").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        for line, name in _environment_reads(path):
+            if name is None:
+                if rel not in ENVIRONMENT_READERS:
+                    unlisted.append(f"{rel}:{line}: reads a variable whose name is not a literal")
+            elif not covers(name) and name not in COMMAND_ENVIRONMENT:
+                unlisted.append(f"{rel}:{line}: reads ${name}")
+    assert not unlisted, "\n".join(unlisted)
+    assert covers("SOURCE_DATE_EPOCH") and covers("PYBUILD_INSECURE_REGISTRIES")
+    assert not covers("GITHUB_RUN_ID") and not covers("PYBUILD_FASTPATH_DEBUG")
+    assert "DOCKER_CONFIG" in BUILD_ENVIRONMENT  # credentials (registry.client.auth) for base pulls
