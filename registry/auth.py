@@ -60,6 +60,7 @@ _HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "reg
 
 
 ENV_SOURCE = "PYBUILD_REGISTRY_USER/PYBUILD_REGISTRY_PASSWORD"
+HELPER_TIMEOUT = 60.0  # seconds a credential helper may take (it may wait for a keyring)
 
 
 class AuthError(RegistryError):
@@ -118,7 +119,14 @@ def _read_config(path: Path) -> dict[str, Any]:
         return {}
     except (OSError, ValueError) as exc:
         raise AuthError(f"cannot read {path}: {exc}; fix or remove the file") from exc
-    return doc if isinstance(doc, dict) else {}
+    if not isinstance(doc, dict):
+        raise AuthError(f"{path} is not a JSON object; fix or remove the file")
+    for section in ("auths", "credHelpers"):
+        if not isinstance(doc.get(section) or {}, dict):
+            raise AuthError(f"{section} in {path} is not a JSON object; fix the file")
+    if not isinstance(doc.get("credsStore") or "", str):
+        raise AuthError(f"credsStore in {path} is not a string; fix the file")
+    return doc
 
 
 def _keys(host: str) -> tuple[str, ...]:
@@ -127,22 +135,41 @@ def _keys(host: str) -> tuple[str, ...]:
     return (host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/")
 
 
-def _helper(name: str, action: str, payload: str) -> str:
+def _helper_for(config: dict[str, Any], host: str, path: Path) -> tuple[str, str] | None:
+    """The credential helper config.json names for ``host``, and where it names it."""
+    named = (config.get("credHelpers") or {}).get(host)
+    if named:
+        return str(named), f"credHelpers in {path}"
+    if config.get("credsStore"):
+        return str(config["credsStore"]), f"credsStore in {path}"
+    return None
+
+
+def _helper(name: str, action: str, payload: str, origin: str) -> str:
+    """Run ``docker-credential-NAME ACTION`` with ``payload`` on stdin; its stdout, or ""
+    when it has no credentials. ``origin`` (where config.json names it) is in every error."""
+    program = f"docker-credential-{name}"
     try:
         proc = subprocess.run(
-            [f"docker-credential-{name}", action],
-            input=payload, capture_output=True, text=True, timeout=60, check=False,
+            [program, action],
+            input=payload, capture_output=True, text=True, timeout=HELPER_TIMEOUT, check=False,
         )
     except FileNotFoundError as exc:
-        raise AuthError(
-            f"credential helper docker-credential-{name} is not installed; install it or "
-            "remove it from config.json"
-        ) from exc
+        raise AuthError(f"credential helper {program} is not installed ({origin}); install "
+                        "it, or remove it from the file") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise AuthError(f"{program} {action} did not answer within {HELPER_TIMEOUT:g} s "
+                        f"({origin}); unlock or fix the helper, or remove it from the "
+                        "file") from exc
+    except OSError as exc:
+        raise AuthError(f"cannot run {program} ({origin}): {exc.strerror or exc}; fix the "
+                        "helper, or remove it from the file") from exc
     if proc.returncode != 0:
-        message = (proc.stdout + proc.stderr).strip()
+        message = " ".join((proc.stdout + proc.stderr).split())
         if "credentials not found" in message.lower():
             return ""
-        raise AuthError(f"docker-credential-{name} {action} failed: {message}")
+        raise AuthError(f"{program} {action} failed: {message[:300]} ({origin}); fix the "
+                        "helper, or remove it from the file")
     return proc.stdout
 
 
@@ -156,21 +183,20 @@ def lookup_credentials(host: str) -> Credentials | None:
         return Credentials(user, password, ENV_SOURCE)
     path = docker_config_path()
     config = _read_config(path)
-    helpers = config.get("credHelpers") or {}
-    helper = helpers.get(host) or config.get("credsStore")
-    if helper:
-        where = "credHelpers" if helpers.get(host) else "credsStore"
+    helper = _helper_for(config, host, path)
+    if helper is not None:
+        name, origin = helper
         for key in _keys(host):
-            out = _helper(helper, "get", key)
+            out = _helper(name, "get", key, origin)
             if out:
                 try:
                     doc = json.loads(out)
-                    found = Credentials(doc.get("Username", ""), doc.get("Secret", ""),
-                                        f"credential helper docker-credential-{helper} "
-                                        f"({where} in {path})")
+                    found = Credentials(str(doc.get("Username", "")), str(doc.get("Secret", "")),
+                                        f"credential helper docker-credential-{name} ({origin})")
                 except (ValueError, AttributeError) as exc:
-                    raise AuthError(f"docker-credential-{helper} get {key} answered something "
-                                    "that is not its JSON; fix or reinstall the helper") from exc
+                    raise AuthError(f"docker-credential-{name} get {key} answered something "
+                                    f"that is not its JSON ({origin}); fix or reinstall the "
+                                    "helper") from exc
                 return found
     auths = config.get("auths") or {}
     for key in _keys(host):
@@ -178,7 +204,7 @@ def lookup_credentials(host: str) -> Credentials | None:
         if isinstance(entry, dict) and entry.get("auth"):
             try:
                 user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, TypeError, UnicodeDecodeError) as exc:
                 raise AuthError(f"auths[{key!r}].auth in {path} is not base64 user:password; "
                                 f"run `pybuild login {login_name(host)}` again") from exc
             return Credentials(user, password, f"auths[{key!r}] in {path}")
@@ -195,11 +221,11 @@ def store_credentials(host: str, creds: Credentials) -> Path:
     path = docker_config_path()
     config = _read_config(path)
     key = _HUB_KEYS[0] if host in _HUB_KEYS else host
-    helper = (config.get("credHelpers") or {}).get(host) or config.get("credsStore")
+    helper = _helper_for(config, host, path)
     auths = config.setdefault("auths", {})
-    if helper:
+    if helper is not None:
         payload = json.dumps({"ServerURL": key, "Username": creds.username, "Secret": creds.password})
-        _helper(helper, "store", payload)
+        _helper(helper[0], "store", payload, helper[1])
         auths[key] = {}
     else:
         auths[key] = {"auth": base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()}
@@ -213,10 +239,10 @@ def erase_credentials(host: str) -> bool:
     config = _read_config(path)
     auths = config.get("auths") or {}
     found = [k for k in _keys(host) if k in auths]
-    helper = (config.get("credHelpers") or {}).get(host) or config.get("credsStore")
-    if helper:
+    helper = _helper_for(config, host, path)
+    if helper is not None:
         for key in found or [_keys(host)[0]]:
-            _helper(helper, "erase", key)
+            _helper(helper[0], "erase", key, helper[1])
     for key in found:
         del auths[key]
     if found:

@@ -383,3 +383,48 @@ def test_login_with_a_wrong_password_says_the_given_password_was_refused(
         assert f"pybuild login {running.addr}" in lines[0]
         out = CliRunner().invoke(main, ["login", running.addr, "-u", "alice", "-p", "wonderland"])
         assert out.exit_code == 0, out.output
+
+
+# --- credential sources that fail ------------------------------------------------------------
+
+def install_broken_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_config: Path) -> None:
+    bin_dir = tmp_path / "broken-bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-broken"
+    helper.write_text((Path(__file__).parent / "testfiles" / "docker-credential-broken").read_text())
+    helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    docker_config.parent.mkdir(parents=True, exist_ok=True)
+    docker_config.write_text(json.dumps({"credHelpers": {"reg.example": "broken"}}))
+
+
+def test_a_failing_credential_helper_is_named_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_config: Path,
+) -> None:
+    install_broken_helper(tmp_path, monkeypatch, docker_config)
+    with pytest.raises(AuthError) as info:
+        lookup_credentials("reg.example")
+    message = str(info.value)
+    assert "docker-credential-broken get failed" in message and "keyring is locked" in message
+    assert f"credHelpers in {docker_config}" in message and "\n" not in message
+
+
+def test_a_hanging_credential_helper_times_out_with_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_config: Path,
+) -> None:
+    install_broken_helper(tmp_path, monkeypatch, docker_config)
+    monkeypatch.setenv("BROKEN_HELPER_MODE", "hang")
+    monkeypatch.setattr("registry.auth.HELPER_TIMEOUT", 0.5)
+    with pytest.raises(AuthError, match=r"docker-credential-broken get did not answer within "
+                                        r"0\.5 s"):
+        lookup_credentials("reg.example")
+
+
+@pytest.mark.parametrize("doc", [{"credHelpers": ["reg.example"]}, {"auths": "reg.example"},
+                                 {"auths": {"reg.example": {"auth": 42}}}, ["not", "an", "object"]])
+def test_a_malformed_config_json_names_the_file(docker_config: Path, doc: Any) -> None:
+    docker_config.parent.mkdir(parents=True)
+    docker_config.write_text(json.dumps(doc))
+    with pytest.raises(AuthError, match=f"{docker_config}.*(fix|pybuild login)") as info:
+        lookup_credentials("reg.example")
+    assert "\n" not in str(info.value)
