@@ -126,3 +126,41 @@ def test_docker_login_then_pybuild_push_and_pull_at_any_concurrency(
         assert pulled.returncode == 0, pulled.stderr
     finally:
         engine.run("rmi", "--force", docker_ref, *pulled_back, check=False)
+
+
+def test_pybuild_login_then_build_from_and_push_to_a_basic_auth_registry(
+    docker_engine: DockerEngine, auth_registry: RunningRegistry, busybox: Image,
+    tmp_path: Path, unique: str,
+) -> None:
+    """``build`` pulls its base and ``--push``es its result with the same client: both
+    authenticate, with every layer pushed at once."""
+    config = tmp_path / "docker-config"
+    engine = dataclasses.replace(docker_engine, env={**docker_engine.env, "DOCKER_CONFIG": str(config)})
+    addr = auth_registry.addr
+    login = subprocess.run(
+        [sys.executable, "-m", "builder", "login", addr, "-u", "alice", "--password-stdin"],
+        input="wonderland\n", env={**os.environ, "DOCKER_CONFIG": str(config)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert login.returncode == 0, login.stderr
+    base = auth_registry.ref(f"e2e/base-{unique}", "v1")
+    layout = write_oci_layout(busybox, tmp_path / "layout")
+    seeded = pybuild(config, "copy", f"oci:{layout}:latest", base, "--storage", str(tmp_path / "seed"))
+    assert seeded.returncode == 0, seeded.stderr
+    context = tmp_path / "context"
+    context.mkdir()
+    copies = []
+    for i in range(LAYERS):
+        (context / f"f{i}").write_text(f"{i}\n")
+        copies.append(f"COPY f{i} /layers/{i}\n")
+    (context / "Dockerfile").write_text(f"FROM {base}\n" + "".join(copies))
+    target = auth_registry.ref(f"e2e/built-{unique}", "v1")
+    built = pybuild(config, "build", "--progress", "plain", "-t", target, "--push", str(context),
+                    "--storage", str(tmp_path / "store"))
+    assert built.returncode == 0, built.stderr
+    try:
+        engine.run("login", "-u", "alice", "--password-stdin", addr, input=b"wonderland\n")
+        engine.run("pull", target)
+        assert engine.run_container(target, "cat", f"/layers/{LAYERS - 1}") == f"{LAYERS - 1}\n"
+    finally:
+        engine.run("rmi", "--force", target, check=False)
