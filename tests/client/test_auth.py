@@ -219,6 +219,13 @@ async def test_concurrent_requests_share_one_token_per_scope(
     asked = Counter(frozenset(r["scope"]) for r in gate.token_requests)
     assert asked and set(asked.values()) == {1}, asked
 
+    # A refusal is shared too: one token request, not one per waiting request.
+    gate.token_requests.clear()
+    monkeypatch.setenv("PYBUILD_REGISTRY_PASSWORD", "wrong")
+    message = await push_error(tmp_path, host)
+    assert "refused the credentials of user 'alice'" in message
+    assert len(gate.token_requests) == 1, gate.token_requests
+
 
 async def test_credentials_never_follow_a_redirect_to_another_host(aiohttp_server: Any) -> None:
     seen: list[str] = []
