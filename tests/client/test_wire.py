@@ -230,6 +230,23 @@ async def test_a_response_that_arrives_for_a_cancelled_caller_gives_its_connecti
     assert len(connections) == 1
 
 
+async def test_a_response_released_after_close_closes_its_connection() -> None:
+    async def handle(line: str, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async with raw_server(handle) as (origin, connections):
+        wire = Wire()
+        resp = await wire.send("HEAD", f"{origin}/v2/", {})
+        sock = resp._sock
+        wire.close()
+        resp.release()  # read to the end, but the pool is closed: not kept
+        assert not any(wire._idle.values())
+        assert sock is not None and sock.fileno() == -1
+    assert len(connections) == 1
+
+
 async def test_an_unreachable_host_is_a_wire_error() -> None:
     wire = Wire(connect_timeout=5)
     try:
