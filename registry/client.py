@@ -80,7 +80,7 @@ def _unreachable(exc: _NoConnection) -> Unreachable:
     if isinstance(exc, UnknownHost):
         name = urlsplit(f"//{host}").hostname or host
         return Unreachable(host, f"registry host {name} is unknown ({exc.reason}); check the "
-                                 "host name in the image reference, and the DNS set-up")
+                                 "registry's host name, and the DNS set-up")
     return Unreachable(host, f"cannot connect to registry {host} ({exc.reason}): is the "
                              f"registry running, and is {host} its address and port?")
 

@@ -86,6 +86,6 @@ def test_a_name_that_does_not_resolve_is_not_retried(
 ) -> None:
     line, took = run_cli(runner, tmp_path, command, f"{UNRESOLVABLE}{port}/app:v1")
     assert line.startswith(f"Error: registry host {UNRESOLVABLE} is unknown (")
-    assert line.endswith("check the host name in the image reference, and the DNS set-up")
+    assert line.endswith("check the registry's host name, and the DNS set-up")
     assert connects[UNRESOLVABLE] == 1, connects
     assert took < 10
