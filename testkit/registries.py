@@ -182,12 +182,19 @@ class RegistryProcess:
         self.stop()
 
 
-def distribution_config(storage: Path, addr: str) -> str:
+def distribution_config(storage: Path, addr: str, htpasswd: Path | None = None) -> str:
     """A CNCF Distribution config: filesystem storage in ``storage``, deletes on, HTTP.
 
-    As Debian ships it (in-memory blob descriptor cache), minus auth and access logs.
+    As Debian ships it (in-memory blob descriptor cache), minus access logs; with
+    ``htpasswd`` (bcrypt entries) every request needs basic auth (``auth.htpasswd``).
     """
-    return (
+    auth = (
+        "auth:\n"
+        "  htpasswd:\n"
+        "    realm: basic-realm\n"
+        f"    path: {htpasswd}\n"
+    ) if htpasswd is not None else ""
+    return auth + (
         "version: 0.1\n"
         "log:\n"
         "  level: warn\n"
@@ -210,25 +217,29 @@ def distribution_config(storage: Path, addr: str) -> str:
     )
 
 
-def distribution_argv(workdir: Path) -> Callable[[str], list[str]]:
-    """``argv(addr)`` for Debian's ``docker-registry`` storing under ``workdir/storage``."""
+def distribution_argv(workdir: Path, htpasswd: Path | None = None) -> Callable[[str], list[str]]:
+    """``argv(addr)`` for Debian's ``docker-registry`` storing under ``workdir/storage``
+    (basic auth against ``htpasswd`` when given)."""
     binary = shutil.which("docker-registry")
     if binary is None:
         raise RegistryError("docker-registry is not installed; install docker-registry")
 
     def argv(addr: str) -> list[str]:
         config = workdir / "config.yml"
-        config.write_text(distribution_config(workdir / "storage", addr))
+        config.write_text(distribution_config(workdir / "storage", addr, htpasswd))
         return [binary, "serve", str(config)]
 
     return argv
 
 
-def pybuild_argv(storage: Path, python: str = sys.executable) -> Callable[[str], list[str]]:
-    """``argv(addr)`` for ``python -m builder serve --addr ADDR --storage STORAGE``."""
+def pybuild_argv(storage: Path, python: str = sys.executable,
+                 htpasswd: Path | None = None) -> Callable[[str], list[str]]:
+    """``argv(addr)`` for ``python -m builder serve --addr ADDR --storage STORAGE``
+    (``--htpasswd FILE`` when given)."""
 
     def argv(addr: str) -> list[str]:
-        return [python, "-m", "builder", "serve", "--addr", addr, "--storage", str(storage)]
+        auth = ["--htpasswd", str(htpasswd)] if htpasswd is not None else []
+        return [python, "-m", "builder", "serve", "--addr", addr, "--storage", str(storage), *auth]
 
     return argv
 
@@ -255,11 +266,12 @@ def _python_env(root: Path | None) -> dict[str, str]:
 
 
 @contextmanager
-def distribution_registry(workdir: Path) -> Iterator[RunningRegistry]:
-    """Run CNCF Distribution with its storage under ``workdir``; yield it; stop it."""
+def distribution_registry(workdir: Path, htpasswd: Path | None = None) -> Iterator[RunningRegistry]:
+    """Run CNCF Distribution with its storage under ``workdir`` (basic auth against
+    ``htpasswd`` when given); yield it; stop it."""
     workdir.mkdir(parents=True, exist_ok=True)
     process = RegistryProcess(
-        "distribution", distribution_argv(workdir),
+        "distribution", distribution_argv(workdir, htpasswd),
         storage=workdir / "storage", log=workdir / "registry.log",
     )
     with process as running:
@@ -267,24 +279,27 @@ def distribution_registry(workdir: Path) -> Iterator[RunningRegistry]:
 
 
 @contextmanager
-def pybuild_registry(workdir: Path) -> Iterator[RunningRegistry]:
-    """Run ``python3 -m builder serve`` with ``--storage workdir/storage``; yield it; stop it."""
+def pybuild_registry(workdir: Path, htpasswd: Path | None = None) -> Iterator[RunningRegistry]:
+    """Run ``python3 -m builder serve`` with ``--storage workdir/storage`` (and
+    ``--htpasswd`` when given); yield it; stop it."""
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "storage"
     process = RegistryProcess(
-        "pybuild", pybuild_argv(storage),
+        "pybuild", pybuild_argv(storage, htpasswd=htpasswd),
         storage=storage, log=workdir / "registry.log", env=_python_env(None),
     )
     with process as running:
         yield running
 
 
-def registry_of_kind(kind: str, workdir: Path) -> AbstractContextManager[RunningRegistry]:
-    """The context manager that runs a registry of ``kind`` (one of ``REGISTRY_KINDS``)."""
+def registry_of_kind(kind: str, workdir: Path,
+                     htpasswd: Path | None = None) -> AbstractContextManager[RunningRegistry]:
+    """The context manager that runs a registry of ``kind`` (one of ``REGISTRY_KINDS``),
+    requiring basic auth against ``htpasswd`` when given."""
     if kind == "distribution":
-        return distribution_registry(workdir)
+        return distribution_registry(workdir, htpasswd)
     if kind == "pybuild":
-        return pybuild_registry(workdir)
+        return pybuild_registry(workdir, htpasswd)
     raise ValueError(f"unknown registry kind {kind!r}; expected one of {REGISTRY_KINDS}")
 
 

@@ -15,6 +15,12 @@ The token flow (Docker "Token Authentication Specification"): a 401 carrying
 ``WWW-Authenticate: Bearer realm="...",service="...",scope="..."`` makes the client GET
 ``realm?service=...&scope=...`` (with Basic credentials when it has any) and retry with
 ``Authorization: Bearer <token>``. Tokens are cached per scope set.
+
+Concurrent requests share one answer: the requests that meet the first 401 together all
+wait for the one credential lookup (a credential helper runs once) and the one token
+fetch per scope set, then retry with the result. A request is refused for good only when
+it already carried the credentials (or the current token) it would retry with; the
+:class:`AuthError` then says where the credentials came from and what to do.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import os
 import re
 import subprocess
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import DENIED, UNAUTHORIZED, RegistryError
 from .errors import ClientError
 
 # GET ``url`` with ``params`` and ``headers``: (status, body). Raises OSError when the
@@ -37,12 +44,14 @@ from .errors import ClientError
 Fetch = Callable[[str, list[tuple[str, str]], dict[str, str]], Awaitable[tuple[int, bytes]]]
 
 __all__ = [
+    "ENV_SOURCE",
     "AuthError",
     "Challenge",
     "Credentials",
     "HostAuth",
     "docker_config_path",
     "erase_credentials",
+    "login_name",
     "lookup_credentials",
     "parse_challenge",
     "store_credentials",
@@ -51,14 +60,29 @@ __all__ = [
 _HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io")
 
 
-class AuthError(ClientError):
-    """Credentials were missing, refused, or a helper failed; the message says which."""
+ENV_SOURCE = "PYBUILD_REGISTRY_USER/PYBUILD_REGISTRY_PASSWORD"
+HELPER_TIMEOUT = 60.0  # seconds a credential helper may take (it may wait for a keyring)
+
+
+class AuthError(ClientError, RegistryError):
+    """Credentials were missing, refused, or a helper failed; the message says which, where
+    the credentials came from and what to do. A :class:`RegistryError` (UNAUTHORIZED, or
+    DENIED for 403) so that every caller that handles registry refusals handles it."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(DENIED if status == 403 else UNAUTHORIZED, message, status=status)
+        self.args = (message,)
 
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
+    """A user name and password, and where they came from (``source``, for messages:
+    ``PYBUILD_REGISTRY_USER/PYBUILD_REGISTRY_PASSWORD``, a credential helper, an
+    ``auths`` entry of config.json, or the flags of ``pybuild login``)."""
+
     username: str
-    password: str
+    password: str = field(repr=False)
+    source: str = field(default="", compare=False)
 
     def basic(self) -> str:
         raw = f"{self.username}:{self.password}".encode()
@@ -96,7 +120,14 @@ def _read_config(path: Path) -> dict[str, Any]:
         return {}
     except (OSError, ValueError) as exc:
         raise AuthError(f"cannot read {path}: {exc}; fix or remove the file") from exc
-    return doc if isinstance(doc, dict) else {}
+    if not isinstance(doc, dict):
+        raise AuthError(f"{path} is not a JSON object; fix or remove the file")
+    for section in ("auths", "credHelpers"):
+        if not isinstance(doc.get(section) or {}, dict):
+            raise AuthError(f"{section} in {path} is not a JSON object; fix the file")
+    if not isinstance(doc.get("credsStore") or "", str):
+        raise AuthError(f"credsStore in {path} is not a string; fix the file")
+    return doc
 
 
 def _keys(host: str) -> tuple[str, ...]:
@@ -105,50 +136,85 @@ def _keys(host: str) -> tuple[str, ...]:
     return (host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/")
 
 
-def _helper(name: str, action: str, payload: str) -> str:
+def _helper_for(config: dict[str, Any], host: str, path: Path) -> tuple[str, str] | None:
+    """The credential helper config.json names for ``host``, and where it names it."""
+    named = (config.get("credHelpers") or {}).get(host)
+    if named:
+        return str(named), f"credHelpers in {path}"
+    if config.get("credsStore"):
+        return str(config["credsStore"]), f"credsStore in {path}"
+    return None
+
+
+def _helper(name: str, action: str, payload: str, origin: str) -> str:
+    """Run ``docker-credential-NAME ACTION`` with ``payload`` on stdin; its stdout, or ""
+    when it has no credentials. ``origin`` (where config.json names it) is in every error."""
+    program = f"docker-credential-{name}"
     try:
         proc = subprocess.run(
-            [f"docker-credential-{name}", action],
-            input=payload, capture_output=True, text=True, timeout=60, check=False,
+            [program, action],
+            input=payload, capture_output=True, text=True, timeout=HELPER_TIMEOUT, check=False,
         )
     except FileNotFoundError as exc:
-        raise AuthError(
-            f"credential helper docker-credential-{name} is not installed; install it or "
-            "remove it from config.json"
-        ) from exc
+        raise AuthError(f"credential helper {program} is not installed ({origin}); install "
+                        "it, or remove it from the file") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise AuthError(f"{program} {action} did not answer within {HELPER_TIMEOUT:g} s "
+                        f"({origin}); unlock or fix the helper, or remove it from the "
+                        "file") from exc
+    except OSError as exc:
+        raise AuthError(f"cannot run {program} ({origin}): {exc.strerror or exc}; fix the "
+                        "helper, or remove it from the file") from exc
     if proc.returncode != 0:
-        message = (proc.stdout + proc.stderr).strip()
+        message = " ".join((proc.stdout + proc.stderr).split())
         if "credentials not found" in message.lower():
             return ""
-        raise AuthError(f"docker-credential-{name} {action} failed: {message}")
+        raise AuthError(f"{program} {action} failed: {message[:300]} ({origin}); fix the "
+                        "helper, or remove it from the file")
     return proc.stdout
 
 
 def lookup_credentials(host: str) -> Credentials | None:
-    """Credentials for ``host`` (blocking: may run a helper; call in a thread)."""
+    """Credentials for ``host`` (blocking: may run a helper; call in a thread), with the
+    place they were found in ``source``."""
     user = os.environ.get("PYBUILD_REGISTRY_USER")
     password = os.environ.get("PYBUILD_REGISTRY_PASSWORD")
     only = os.environ.get("PYBUILD_REGISTRY_HOST")
     if user and password is not None and (not only or only == host):
-        return Credentials(user, password)
-    config = _read_config(docker_config_path())
-    helper = (config.get("credHelpers") or {}).get(host) or config.get("credsStore")
-    if helper:
+        return Credentials(user, password, ENV_SOURCE)
+    path = docker_config_path()
+    config = _read_config(path)
+    helper = _helper_for(config, host, path)
+    if helper is not None:
+        name, origin = helper
         for key in _keys(host):
-            out = _helper(helper, "get", key)
+            out = _helper(name, "get", key, origin)
             if out:
-                doc = json.loads(out)
-                return Credentials(doc.get("Username", ""), doc.get("Secret", ""))
+                try:
+                    doc = json.loads(out)
+                    found = Credentials(str(doc.get("Username", "")), str(doc.get("Secret", "")),
+                                        f"credential helper docker-credential-{name} ({origin})")
+                except (ValueError, AttributeError) as exc:
+                    raise AuthError(f"docker-credential-{name} get {key} answered something "
+                                    f"that is not its JSON ({origin}); fix or reinstall the "
+                                    "helper") from exc
+                return found
     auths = config.get("auths") or {}
     for key in _keys(host):
         entry = auths.get(key)
         if isinstance(entry, dict) and entry.get("auth"):
             try:
                 user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise AuthError(f"auths[{key!r}].auth in config.json is not base64 user:password") from exc
-            return Credentials(user, password)
+            except (ValueError, TypeError, UnicodeDecodeError) as exc:
+                raise AuthError(f"auths[{key!r}].auth in {path} is not base64 user:password; "
+                                f"run `pybuild login {login_name(host)}` again") from exc
+            return Credentials(user, password, f"auths[{key!r}] in {path}")
     return None
+
+
+def login_name(host: str) -> str:
+    """The name to give ``pybuild login`` for ``host`` (Docker Hub's API host is docker.io)."""
+    return "docker.io" if host in _HUB_KEYS else host
 
 
 def store_credentials(host: str, creds: Credentials) -> Path:
@@ -156,11 +222,11 @@ def store_credentials(host: str, creds: Credentials) -> Path:
     path = docker_config_path()
     config = _read_config(path)
     key = _HUB_KEYS[0] if host in _HUB_KEYS else host
-    helper = (config.get("credHelpers") or {}).get(host) or config.get("credsStore")
+    helper = _helper_for(config, host, path)
     auths = config.setdefault("auths", {})
-    if helper:
+    if helper is not None:
         payload = json.dumps({"ServerURL": key, "Username": creds.username, "Secret": creds.password})
-        _helper(helper, "store", payload)
+        _helper(helper[0], "store", payload, helper[1])
         auths[key] = {}
     else:
         auths[key] = {"auth": base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()}
@@ -174,10 +240,10 @@ def erase_credentials(host: str) -> bool:
     config = _read_config(path)
     auths = config.get("auths") or {}
     found = [k for k in _keys(host) if k in auths]
-    helper = (config.get("credHelpers") or {}).get(host) or config.get("credsStore")
-    if helper:
+    helper = _helper_for(config, host, path)
+    if helper is not None:
         for key in found or [_keys(host)[0]]:
-            _helper(helper, "erase", key)
+            _helper(helper[0], "erase", key, helper[1])
     for key in found:
         del auths[key]
     if found:
@@ -195,20 +261,34 @@ def _write_config(path: Path, config: dict[str, Any]) -> None:
 
 
 class HostAuth:
-    """Authorization state for one registry host: credentials, scheme and cached tokens."""
+    """Authorization state for one registry host: credentials, scheme and cached tokens.
+
+    Shared by every request to the host; see the module docstring for how concurrent
+    requests share one credential lookup and one token fetch per scope set."""
 
     def __init__(self, host: str, credentials: Credentials | None = None, *, lookup: bool = True) -> None:
         self.host = host
         self._creds = credentials
         self._looked_up = credentials is not None or not lookup
+        self._lookup_error: AuthError | None = None
+        self._lookup_lock = asyncio.Lock()
         self._basic = False  # the registry asked for Basic: send it up front
         self._tokens: dict[frozenset[str], str] = {}
-        self._lock = asyncio.Lock()
+        self._token_locks: dict[frozenset[str], asyncio.Lock] = {}
 
     async def credentials(self) -> Credentials | None:
+        """The host's credentials, looked up once however many requests ask at once."""
         if not self._looked_up:
-            self._creds = await asyncio.to_thread(lookup_credentials, self.host)
-            self._looked_up = True
+            async with self._lookup_lock:
+                if self._lookup_error is not None:
+                    raise self._lookup_error
+                if not self._looked_up:
+                    try:
+                        self._creds = await asyncio.to_thread(lookup_credentials, self.host)
+                    except AuthError as exc:
+                        self._lookup_error = exc
+                        raise
+                    self._looked_up = True
         return self._creds
 
     def header(self, scopes: frozenset[str]) -> str | None:
@@ -223,13 +303,19 @@ class HostAuth:
             return self._creds.basic()
         return None
 
-    async def answer(self, fetch: Fetch, header: str, scopes: frozenset[str]) -> bool:
+    async def answer(self, fetch: Fetch, header: str, scopes: frozenset[str],
+                     sent: str | None = None) -> bool:
         """React to a 401's ``WWW-Authenticate``; True if a retry can now succeed.
-        ``fetch`` asks the token server."""
+
+        ``sent`` is the ``Authorization`` the refused request carried: when another
+        request has meanwhile found what to send (Basic credentials, a fresh token), the
+        answer is True at once; when the request already carried it, Basic is refused
+        for good (False) and a token is fetched anew (it may have expired). ``fetch``
+        asks the token server."""
         challenge = parse_challenge(header)
         creds = await self.credentials()
         if challenge.scheme == "basic":
-            if creds is None or self._basic:
+            if creds is None or sent == creds.basic():
                 return False
             self._basic = True
             return True
@@ -239,14 +325,47 @@ class HostAuth:
         if challenge.params.get("scope"):
             wanted.update(challenge.params["scope"].split(" "))
         key = frozenset(wanted)
-        async with self._lock:
-            if key in self._tokens and self.header(scopes) is not None and scopes != key:
-                return True
+        lock = self._token_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            current = self._tokens.get(key)
+            if current is not None and f"Bearer {current}" != sent:
+                self._tokens.setdefault(scopes, current)
+                return True  # fetched by another request meanwhile
             token = await self._fetch_token(fetch, challenge, key, creds)
             self._tokens[key] = token
             if key != scopes:
                 self._tokens[scopes] = token
         return True
+
+    def refused(self, challenge: str, sent: str | None, scopes: frozenset[str],
+                reason: str = "", status: int = 401) -> AuthError:
+        """The error for a request the registry refused for good: what was sent, where the
+        credentials came from, and what to do. ``reason``: the registry's own words."""
+        creds = self._creds
+        login = f"`pybuild login {login_name(self.host)}`"
+        said = f" ({reason})" if reason else ""
+        scheme = parse_challenge(challenge).scheme if challenge else ""
+        if scheme and scheme not in ("basic", "bearer"):
+            return AuthError(f"{self.host} asks for {scheme!r} authentication{said}, which "
+                             "pybuild does not speak; use a registry account with Basic or "
+                             f"token authentication and {login}", status)
+        if creds is None:
+            return AuthError(f"{self.host} asks for credentials{said} and there are no "
+                             f"credentials for it (none in {ENV_SOURCE}, nor in "
+                             f"{docker_config_path()}); run {login}", status)
+        who = f"user {creds.username!r} (credentials from {creds.source or 'the caller'})"
+        if sent is not None and sent.startswith("Bearer "):
+            what = ", ".join(sorted(scopes)) or "this request"
+            return AuthError(f"{self.host} refused {who} access to {what}{said}: the "
+                             "repository may not exist, or the user may not use it; check "
+                             f"the name, or run {login} as a user who may", status)
+        if creds.source == ENV_SOURCE:
+            fix = (f"set {ENV_SOURCE} right, or unset them and run {login}")
+        elif creds.source.startswith("the password given"):
+            fix = f"check the user name and password given to {login}"
+        else:
+            fix = f"run {login} with the right user name and password"
+        return AuthError(f"{self.host} refused the credentials of {who}{said}; {fix}", status)
 
     async def _fetch_token(
         self, fetch: Fetch, challenge: Challenge, scopes: frozenset[str], creds: Credentials | None
@@ -260,12 +379,17 @@ class HostAuth:
         try:
             status, body = await fetch(realm, params, headers)
         except OSError as exc:
-            raise AuthError(f"cannot reach token server {realm} for {self.host}: {exc}") from exc
+            raise AuthError(f"cannot reach token server {realm} for {self.host}: {exc}; check "
+                            "that it is running and reachable") from exc
+        if status in (401, 403):
+            said = body[:200].decode("utf-8", "replace").strip()
+            error = self.refused("", None, scopes, said, status)
+            error.args = (f"token server {realm}: {error.args[0]}",)
+            raise error
         if status != 200:
-            hint = "check the credentials (pybuild login)" if status in (401, 403) else ""
             raise AuthError(
-                f"token server {realm} refused {self.host} (HTTP {status}): "
-                f"{body[:200].decode('utf-8', 'replace')} {hint}".strip()
+                f"token server {realm} for {self.host} answered HTTP {status}: "
+                f"{body[:200].decode('utf-8', 'replace')}; try again later".strip()
             )
         try:
             doc = json.loads(body)

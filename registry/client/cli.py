@@ -197,7 +197,7 @@ def login(server: str, username: str | None, password: str | None, password_stdi
         password = sys.stdin.read().rstrip("\n")
     elif password is None:
         password = click.prompt("Password", hide_input=True)
-    creds = Credentials(username, password or "")
+    creds = Credentials(username, password or "", "the password given to pybuild login")
     host = _ref(f"{server}/x").host
 
     async def check() -> None:

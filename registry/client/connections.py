@@ -9,7 +9,13 @@ socket read or the GIL held meanwhile (an asyncio client delivers each read on t
 loop as a new ``bytes`` object). The client never imports aiohttp.
 
 Connections are kept per origin (scheme, host, TLS settings) and reused once their
-response has been read to the end; a response given up half-way closes its connection.
+response has been read to the end; a response given up half-way closes its connection,
+and so does one that arrives for a caller that was cancelled meanwhile (:meth:`Wire.send`).
+
+Errors: :class:`WireError` for anything that broke a request; its subclasses
+:class:`UnknownHost` (the name does not resolve) and :class:`Unreachable` (no TCP
+connection: refused, timed out, no route) say that nothing reached the server, so the
+client can tell a registry that is down from one that broke off a transfer.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from urllib.parse import urlencode, urlsplit
 
 from .errors import ClientError
 
-__all__ = ["Wire", "WireError", "WireResponse"]
+__all__ = ["UnknownHost", "Unreachable", "Wire", "WireError", "WireResponse"]
 
 T = TypeVar("T")
 _MAX_SMALL_BODY = 4 << 20
@@ -35,6 +41,20 @@ _MAX_SMALL_BODY = 4 << 20
 
 class WireError(ClientError, ConnectionError):
     """The request could not be sent or its answer could not be read."""
+
+
+class Unreachable(WireError):
+    """No connection to ``netloc`` could be opened (refused, timed out, no route): nothing
+    of the request reached the server. ``reason`` is the system's word for it."""
+
+    def __init__(self, netloc: str, reason: str) -> None:
+        super().__init__(f"cannot connect to {netloc}: {reason}")
+        self.netloc = netloc
+        self.reason = reason
+
+
+class UnknownHost(Unreachable):
+    """The host name of ``netloc`` does not resolve (no retry helps)."""
 
 
 class WireResponse:
@@ -99,8 +119,8 @@ class WireResponse:
             raise
 
     async def read(self) -> bytes:
-        """The whole (small) body: error documents, manifests."""
-        return await self._wire.call(self._read_small)
+        """The whole (small) body: error documents, manifests (cancellable as :meth:`run`)."""
+        return await self.run(self._read_small)
 
     def _read_small(self) -> bytes:
         try:
@@ -153,6 +173,7 @@ class Wire:
         self._lock = threading.Lock()
         self._default_tls: ssl.SSLContext | None = None
         self._unverified_tls: ssl.SSLContext | None = None
+        self._closed = False  # connections released after close() are closed, not pooled
 
     def request(self, method: str, url: str, headers: dict[str, str],
                 params: dict[str, str] | list[tuple[str, str]] | None = None, tls: Any = None,
@@ -177,11 +198,14 @@ class Wire:
                 fresh = True
             try:
                 if conn.sock is None:
-                    conn.connect()
+                    _open(conn, parts.netloc)
                     assert conn.sock is not None
                     conn.sock.settimeout(self.read_timeout)
                 conn.request(method, target, body=body, headers=headers)
                 resp = conn.getresponse()
+            except Unreachable:
+                conn.close()
+                raise
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 conn = None
@@ -193,6 +217,23 @@ class Wire:
             return WireResponse(self, origin, conn, resp, url)
         raise AssertionError("unreachable")
 
+    async def send(self, method: str, url: str, headers: dict[str, str],
+                   params: dict[str, str] | list[tuple[str, str]] | None = None, tls: Any = None,
+                   body: bytes | bytearray | memoryview | None = None) -> WireResponse:
+        """:meth:`request` on the wire's threads. A caller cancelled while the request is
+        under way never gets the response, so it is released (its connection closed, or
+        pooled when nothing is left to read) as soon as it arrives."""
+        handoff = _Handoff()
+        job = self.call(self._request_for, handoff, method, url, headers, params, tls, body)
+        try:
+            return await job
+        except asyncio.CancelledError:
+            handoff.abandon()
+            raise
+
+    def _request_for(self, handoff: _Handoff, *args: Any) -> WireResponse:
+        return handoff.deliver(self.request(*args))
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on one of the wire's threads."""
         if self._executor is None:
@@ -201,6 +242,7 @@ class Wire:
             self._executor, functools.partial(fn, *args))
 
     def close(self) -> None:
+        self._closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -243,7 +285,51 @@ class Wire:
     def _put(self, origin: tuple[Any, ...], conn: http.client.HTTPConnection) -> None:
         with self._lock:
             conns = self._idle.setdefault(origin, [])
-            if len(conns) < self._keep:
+            if len(conns) < self._keep and not self._closed:
                 conns.append(conn)
                 return
         conn.close()
+
+
+def _open(conn: http.client.HTTPConnection, netloc: str) -> None:
+    """``conn.connect()``, with the failures to open a TCP connection told apart (TLS
+    failures after it stay plain WireErrors: the server was reached)."""
+    try:
+        conn.connect()
+    except socket.gaierror as exc:
+        raise UnknownHost(netloc, exc.strerror or str(exc)) from exc
+    except ssl.SSLError:
+        raise
+    except OSError as exc:
+        if conn.sock is not None:  # connected; the TLS handshake failed
+            raise
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer within {conn.timeout} s"
+        else:
+            reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+        raise Unreachable(netloc, reason) from exc
+
+
+class _Handoff:
+    """Hands a response from a worker thread to a caller that may have been cancelled
+    meanwhile; an abandoned response is released by whichever side comes last."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._resp: WireResponse | None = None
+
+    def deliver(self, resp: WireResponse) -> WireResponse:
+        with self._lock:
+            if not self._abandoned:
+                self._resp = resp
+                return resp
+        resp.release()
+        return resp
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.release()

@@ -11,8 +11,13 @@ Policies, in one place (:meth:`RegistryClient._send`):
   ``insecure`` are tried over HTTPS without verification first, then plain HTTP, as
   Docker does for insecure registries.
 - Auth: a 401 is answered once per request through :class:`registry.client.auth.HostAuth`
-  (Basic, or the Bearer token flow with the request's scopes).
-- Retries with exponential backoff on connection errors and 5xx; never on 4xx.
+  (Basic, or the Bearer token flow with the request's scopes); requests that meet the
+  first 401 together share one answer, and a request refused although it carried the
+  credentials raises :class:`registry.client.auth.AuthError`.
+- Retries with exponential backoff on connection errors and 5xx; never on 4xx. A host
+  that does not resolve is not retried; a refused connection is retried twice, quickly.
+  Either raises :class:`Unreachable`, one line naming the host and what to check, and
+  the host is then known to be down: every later request to it fails at once.
 - Redirects are followed by hand (blob GETs are redirected to storage); the
   ``Authorization`` header only ever goes to the registry's own host.
 - Error responses become :class:`registry.errors.RegistryError` via ``decode_errors``.
@@ -35,7 +40,8 @@ from cas import Digest
 from ..errors import RegistryError, decode_errors
 from ..oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Index
 from .auth import Credentials, HostAuth
-from .connections import Wire, WireError, WireResponse
+from .connections import UnknownHost, Wire, WireError, WireResponse
+from .connections import Unreachable as _NoConnection
 from .errors import ClientError
 from .refs import ImageRef, is_loopback
 
@@ -44,6 +50,7 @@ __all__ = [
     "ClientOptions",
     "RegistryClient",
     "TransportError",
+    "Unreachable",
     "pull_scope",
     "push_scope",
 ]
@@ -52,10 +59,31 @@ MANIFEST_ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANI
 RECIPE_ENDPOINT = "_pybuild/blob/recipe"
 _MAX_MANIFEST = 4 << 20
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
+# A refused connection is tried this many more times (a registry restarting), no more.
+_REFUSED_RETRIES = 2
 
 
 class TransportError(ClientError):
     """The registry could not be reached (after retries) or answered nonsense."""
+
+
+class Unreachable(TransportError):
+    """No connection to the host could be opened: it does not resolve, refused, or did
+    not answer. ``host`` is the ``host[:port]`` that could not be reached."""
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(message)
+        self.host = host
+
+
+def _unreachable(exc: _NoConnection) -> Unreachable:
+    host = exc.netloc
+    if isinstance(exc, UnknownHost):
+        name = urlsplit(f"//{host}").hostname or host
+        return Unreachable(host, f"registry host {name} is unknown ({exc.reason}); check the "
+                                 "registry's host name, and the DNS set-up")
+    return Unreachable(host, f"cannot connect to registry {host} ({exc.reason}): is the "
+                             f"registry running, and is {host} its address and port?")
 
 
 def pull_scope(name: str) -> str:
@@ -90,6 +118,9 @@ class RegistryClient:
         self._wire: Wire | None = None
         self._bases: dict[str, str] = {}
         self._auth: dict[str, HostAuth] = {}
+        self._down: dict[str, Unreachable] = {}  # host[:port] -> why it could not be reached
+        self._reached: set[str] = set()  # hosts that have answered a request
+        self._gates: dict[str, asyncio.Lock] = {}  # one request at a time until then
         self._base_lock = asyncio.Lock()
         verify: Any = None
         if not self.options.tls_verify:
@@ -130,15 +161,13 @@ class RegistryClient:
         async with self._base_lock:
             if host in self._bases:
                 return self._bases[host]
+            if host in self._down:
+                raise self._down[host]
             base = f"https://{host}"
             if self._insecure(host):
                 try:
-                    resp = await self.wire.call(self.wire.request, "GET", f"{base}/v2/", {},
-                                                None, False)
-                    try:
-                        await resp.read()
-                    finally:
-                        resp.release()
+                    # Unreachable (a TransportError) goes up: nothing answers either way.
+                    await _drain(await self._transmit("GET", f"{base}/v2/", {}, None, None))
                 except (TimeoutError, WireError, ssl.SSLError):
                     base = f"http://{host}"
             self._bases[host] = base
@@ -182,13 +211,11 @@ class RegistryClient:
         while True:
             send_headers = dict(headers or {})
             same_host = urlsplit(url).netloc == host
-            if same_host:
-                value = auth.header(scopes)
-                if value:
-                    send_headers["Authorization"] = value
+            sent = auth.header(scopes) if same_host else None
+            if sent:
+                send_headers["Authorization"] = sent
             try:
-                resp = await self.wire.call(self.wire.request, method, url, send_headers, params,
-                                            self._ssl_for(url), data)
+                resp = await self._transmit(method, url, send_headers, params, data)
             except (TimeoutError, WireError) as exc:
                 if attempt >= retries:
                     raise TransportError(
@@ -200,14 +227,15 @@ class RegistryClient:
                 continue
             if resp.status in ok:
                 return resp
-            if resp.status == 401 and same_host and not answered:
+            if resp.status == 401 and same_host:
                 challenge = resp.headers.get("WWW-Authenticate", "")
-                await resp.read()
-                resp.release()
-                answered = True
-                if challenge and await auth.answer(self._fetch, challenge, scopes):
+                answer = await _drain(resp)
+                if (not answered and challenge
+                        and await auth.answer(self._fetch, challenge, scopes, sent)):
+                    answered = True
                     continue
-                raise _error(resp, b"", f"{method} {url}")
+                reason = "; ".join(e.message for e in decode_errors(401, answer))
+                raise auth.refused(challenge, sent, scopes, reason)
             if redirects and resp.status in (301, 302, 303, 307, 308) and hops < 5:
                 location = resp.headers.get("Location")
                 resp.release()
@@ -216,18 +244,52 @@ class RegistryClient:
                     hops += 1
                     params = None
                     continue
-            answer = await resp.read()
-            resp.release()
+            answer = await _drain(resp)
             if resp.status in _RETRY_STATUS and attempt < retries:
                 await asyncio.sleep(self.options.backoff * 2**attempt)
                 attempt += 1
                 continue
             raise _error(resp, answer, f"{method} {url}")
 
+    async def _transmit(self, method: str, url: str, headers: dict[str, str],
+                        params: dict[str, str] | None, data: bytes | None) -> WireResponse:
+        """One request on the wire, with the policy for hosts that cannot be reached.
+
+        Until a host has answered once, its requests go one at a time: when it is down,
+        the first one finds out (a name that does not resolve at once; a refused
+        connection after ``_REFUSED_RETRIES`` quick retries) and the others fail with the
+        same :class:`Unreachable` without trying, instead of each retrying on its own."""
+        netloc = urlsplit(url).netloc
+        gate = None
+        if netloc not in self._reached:
+            gate = self._gates.setdefault(netloc, asyncio.Lock())
+            await gate.acquire()
+        try:
+            attempt = 0
+            while True:
+                if netloc in self._down:
+                    raise self._down[netloc]
+                try:
+                    resp = await self.wire.send(method, url, headers, params, self._ssl_for(url),
+                                                data)
+                except _NoConnection as exc:
+                    refused = isinstance(exc.__cause__, ConnectionRefusedError)
+                    if refused and attempt < _REFUSED_RETRIES:  # nothing was sent: safe
+                        await asyncio.sleep(self.options.backoff * 2**attempt)
+                        attempt += 1
+                        continue
+                    self._down[netloc] = _unreachable(exc)
+                    raise self._down[netloc] from exc
+                self._reached.add(netloc)
+                return resp
+        finally:
+            if gate is not None:
+                gate.release()
+
     async def _fetch(self, url: str, params: list[tuple[str, str]],
                      headers: dict[str, str]) -> tuple[int, bytes]:
         """A plain GET (no auth, retries or redirects): for token servers."""
-        resp = await self.wire.call(self.wire.request, "GET", url, headers, params, self._ssl)
+        resp = await self.wire.send("GET", url, headers, params, self._ssl)
         try:
             return resp.status, await resp.read()
         finally:
@@ -442,6 +504,14 @@ class RegistryClient:
         if pos != int(doc["size"]):
             raise TransportError(f"recipe of {digest} covers {pos} bytes, not {doc['size']}")
         return pieces
+
+
+async def _drain(resp: WireResponse) -> bytes:
+    """The (small) body of a response that is not returned to the caller, then released."""
+    try:
+        return await resp.read()
+    finally:
+        resp.release()
 
 
 def _error(resp: WireResponse, body: bytes, what: str) -> RegistryError:

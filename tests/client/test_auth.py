@@ -1,17 +1,24 @@
-"""Credentials (env, config.json auths, credential helpers) and the Bearer token flow."""
+"""Credentials (env, config.json auths, credential helpers), Basic auth against real
+registries at any concurrency, the Bearer token flow, and what an auth failure says."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import stat
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 from aiohttp import web
+from click.testing import CliRunner
 
+from cas import Digest
 from registry.client.auth import (
     AuthError,
     Credentials,
@@ -20,12 +27,14 @@ from registry.client.auth import (
     parse_challenge,
     store_credentials,
 )
-from registry.client.remote import ClientOptions, RegistryClient
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
+from registry.client.remote import ClientOptions, RegistryClient
+from testkit.registries import registry_of_kind
+from testkit.tools import require_tool
 
-from .helpers import Proxy, simple_image, store_image
+from .helpers import Proxy, SampleImage, simple_image, store_image
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +67,8 @@ def test_credentials_from_env_then_config(docker_config: Path, monkeypatch: pyte
     assert lookup_credentials("reg.example") == Credentials("bob", "pw:with:colons")
 
 
-def test_credential_helper(docker_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def install_fake_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``docker-credential-fake`` (testfiles) on PATH, logging to tmp_path/helper.log."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     helper = bin_dir / "docker-credential-fake"
@@ -66,6 +76,10 @@ def test_credential_helper(docker_config: Path, tmp_path: Path, monkeypatch: pyt
     helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_HELPER_LOG", str(tmp_path / "helper.log"))
+
+
+def test_credential_helper(docker_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_helper(tmp_path, monkeypatch)
     docker_config.parent.mkdir(parents=True)
     docker_config.write_text(json.dumps({"credHelpers": {"helped.example": "fake"}}))
     assert lookup_credentials("helped.example") == Credentials("helper-user", "helper-secret")
@@ -99,6 +113,7 @@ class TokenGate:
         self.proxy = Proxy(f"http://{upstream}")
         self.token_requests: list[dict[str, Any]] = []
         self.realm = ""
+        self.scope_in_challenge = True  # False: challenges name no scope (only the realm)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -113,6 +128,7 @@ class TokenGate:
         return app
 
     async def token(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(0.05)  # a token server takes a moment: requests pile up meanwhile
         self.token_requests.append({"service": request.query.get("service"),
                                     "scope": request.query.getall("scope", []),
                                     "auth": request.headers.get("Authorization", "")})
@@ -136,13 +152,20 @@ class TokenGate:
         granted: list[str] = []
         if header.startswith("Bearer "):
             granted = json.loads(base64.b64decode(header[7:]))
-        if header.startswith("Bearer ") and (need is None or need in granted):
+        if header.startswith("Bearer ") and (need is None or _grants(granted, need)):
             return await self.proxy.handle(request)
         challenge = f'Bearer realm="{self.realm}",service="test"'
-        if need:
+        if need and self.scope_in_challenge:
             challenge += f',scope="{need}"'
         return web.json_response({"errors": [{"code": "UNAUTHORIZED", "message": "token needed"}]},
                                  status=401, headers={"WWW-Authenticate": challenge})
+
+
+def _grants(granted: list[str], need: str) -> bool:
+    """Whether scopes ``granted`` cover ``need`` (``repository:NAME:pull,push`` grants pull)."""
+    name, _, actions = need.rpartition(":")
+    return any(g.rpartition(":")[0] == name and set(actions.split(",")) <= set(g.rpartition(":")[2].split(","))
+               for g in granted)
 
 
 async def test_bearer_token_flow_with_scopes(
@@ -174,9 +197,34 @@ async def test_bearer_token_flow_with_scopes(
 
     monkeypatch.setenv("PYBUILD_REGISTRY_PASSWORD", "wrong")
     async with await ImageStore.open(tmp_path / "c") as images, RegistryClient() as client:
-        with pytest.raises(AuthError, match="refused.*pybuild login"):
+        with pytest.raises(AuthError, match="refused.*pybuild login") as info:
             await copy_image(parse_endpoint(ref), parse_endpoint(f"local:{ref}"), images,
                              client, Progress("quiet"), CopyOptions())
+    assert "'alice'" in str(info.value) and "PYBUILD_REGISTRY_USER" in str(info.value)
+
+
+@pytest.mark.parametrize("scope_in_challenge", [True, False])
+async def test_concurrent_requests_share_one_token_per_scope(
+    pybuild_registry: str, aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    scope_in_challenge: bool,
+) -> None:
+    gate = TokenGate(pybuild_registry)
+    gate.scope_in_challenge = scope_in_challenge
+    server = await aiohttp_server(gate.app())
+    host = f"127.0.0.1:{server.port}"
+    gate.realm = f"http://{host}/token"
+    monkeypatch.setenv("PYBUILD_REGISTRY_USER", "alice")
+    monkeypatch.setenv("PYBUILD_REGISTRY_PASSWORD", "secret")
+    await push_then_pull(tmp_path, f"{host}/auth/many:v1", many_layers(), 16)
+    asked = Counter(frozenset(r["scope"]) for r in gate.token_requests)
+    assert asked and set(asked.values()) == {1}, asked
+
+    # A refusal is shared too: one token request, not one per waiting request.
+    gate.token_requests.clear()
+    monkeypatch.setenv("PYBUILD_REGISTRY_PASSWORD", "wrong")
+    message = await push_error(tmp_path, host)
+    assert "refused the credentials of user 'alice'" in message
+    assert len(gate.token_requests) == 1, gate.token_requests
 
 
 async def test_credentials_never_follow_a_redirect_to_another_host(aiohttp_server: Any) -> None:
@@ -200,10 +248,190 @@ async def test_credentials_never_follow_a_redirect_to_another_host(aiohttp_serve
     app.router.add_route("*", "/{tail:.*}", registry)
     server = await aiohttp_server(app)
     host = f"127.0.0.1:{server.port}"
-    from cas import Digest
-
     digest = Digest.of(b"blob-bytes")
     async with RegistryClient(ClientOptions(credentials={host: Credentials("u", "p")})) as client:
         async with client.open_blob(host, "x/y", digest) as resp:
             assert await resp.read() == b"blob-bytes"
     assert seen == [""]
+
+
+# --- Basic auth against real registries -----------------------------------------------------
+
+@pytest.fixture
+def htpasswd(tmp_path: Path) -> Path:
+    path = tmp_path / "htpasswd"
+    path.write_text("alice:" + bcrypt.hashpw(b"wonderland", bcrypt.gensalt(rounds=4)).decode() + "\n")
+    return path
+
+
+@pytest.fixture(params=["pybuild", "distribution"])
+def basic_registry(request: pytest.FixtureRequest, tmp_path: Path, htpasswd: Path) -> Iterator[str]:
+    """host:port of a registry process that requires basic auth (alice / wonderland):
+    ``pybuild serve --htpasswd`` and CNCF Distribution with ``auth.htpasswd``."""
+    if request.param == "distribution":
+        require_tool("docker-registry")
+    with registry_of_kind(request.param, tmp_path / request.param, htpasswd) as running:
+        yield running.addr
+
+
+def many_layers() -> SampleImage:
+    # Enough blobs that a push at -j 16 has many requests in flight at its first 401.
+    return simple_image(77, (20_000,) * 24)
+
+
+async def push_then_pull(tmp_path: Path, ref: str, image: SampleImage, jobs: int) -> None:
+    options = CopyOptions(jobs=jobs)
+    async with await ImageStore.open(tmp_path / f"push-{jobs}") as images, RegistryClient() as client:
+        await store_image(images, ref, image)
+        pushed = await copy_image(parse_endpoint(f"local:{ref}"), parse_endpoint(ref), images,
+                                  client, Progress("quiet"), options)
+    assert pushed.digest == image.digest
+    assert set(pushed.blobs.values()) == {"pushed"}
+    async with await ImageStore.open(tmp_path / f"pull-{jobs}") as images, RegistryClient() as client:
+        pulled = await copy_image(parse_endpoint(ref), parse_endpoint(f"local:{ref}"), images,
+                                  client, Progress("quiet"), options)
+        assert pulled.digest == image.digest
+        for blob in (image.config, *image.layers):
+            assert await images.store.read_bytes(Digest.of(blob)) == blob
+
+
+@pytest.mark.parametrize("jobs", [1, 16])
+async def test_basic_auth_push_and_pull_at_any_concurrency(
+    basic_registry: str, jobs: int, tmp_path: Path,
+) -> None:
+    """Every request that met the first 401 together retries with the credentials."""
+    store_credentials(basic_registry, Credentials("alice", "wonderland"))  # as pybuild login does
+    await push_then_pull(tmp_path, f"{basic_registry}/auth/many:j{jobs}", many_layers(), jobs)
+
+
+async def test_concurrent_requests_share_one_credential_lookup(
+    pybuild_auth_registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_config: Path,
+) -> None:
+    install_fake_helper(tmp_path, monkeypatch)
+    monkeypatch.setenv("FAKE_HELPER_SERVER", pybuild_auth_registry)
+    monkeypatch.setenv("FAKE_HELPER_USER", "alice")
+    monkeypatch.setenv("FAKE_HELPER_SECRET", "wonderland")
+    docker_config.parent.mkdir(parents=True)
+    docker_config.write_text(json.dumps({"credHelpers": {pybuild_auth_registry: "fake"}}))
+    await push_then_pull(tmp_path, f"{pybuild_auth_registry}/auth/helped:v1", many_layers(), 16)
+    gets = [line for line in (tmp_path / "helper.log").read_text().splitlines()
+            if line.startswith("get ")]
+    assert gets == [f"get {pybuild_auth_registry}"] * 2  # one per client (push, pull)
+
+
+@pytest.fixture
+async def pybuild_auth_registry(aiohttp_server: Any, tmp_path: Path, htpasswd: Path) -> str:
+    """host:port of an in-process pybuild registry that requires basic auth (alice /
+    wonderland)."""
+    from registry.server import ServerConfig, make_app
+
+    server = await aiohttp_server(make_app(ServerConfig(auth_htpasswd=htpasswd),
+                                           storage=tmp_path / "auth-registry"))
+    return f"127.0.0.1:{server.port}"
+
+
+# --- what an auth failure says ---------------------------------------------------------------
+
+async def push_error(tmp_path: Path, host: str, jobs: int = 16) -> str:
+    ref = f"{host}/auth/denied:v1"
+    async with await ImageStore.open(tmp_path / "denied") as images, RegistryClient() as client:
+        await store_image(images, ref, many_layers())
+        with pytest.raises(AuthError) as info:
+            await copy_image(parse_endpoint(f"local:{ref}"), parse_endpoint(ref), images,
+                             client, Progress("quiet"), CopyOptions(jobs=jobs))
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"pybuild login {host}" in message
+    return message
+
+
+async def test_no_credentials_says_none_were_found_and_to_log_in(
+    pybuild_auth_registry: str, tmp_path: Path, docker_config: Path,
+) -> None:
+    message = await push_error(tmp_path, pybuild_auth_registry)
+    assert "no credentials" in message
+    assert str(docker_config) in message and "PYBUILD_REGISTRY_USER" in message
+
+
+async def test_refused_credentials_name_their_source(
+    pybuild_auth_registry: str, tmp_path: Path, docker_config: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = pybuild_auth_registry
+    store_credentials(host, Credentials("alice", "wrong"))
+    message = await push_error(tmp_path, host)
+    assert "'alice'" in message and str(docker_config) in message and "refused" in message
+
+    monkeypatch.setenv("PYBUILD_REGISTRY_USER", "carol")
+    monkeypatch.setenv("PYBUILD_REGISTRY_PASSWORD", "nope")
+    message = await push_error(tmp_path, host)
+    assert "'carol'" in message and "PYBUILD_REGISTRY_USER" in message
+    assert str(docker_config) not in message
+    monkeypatch.delenv("PYBUILD_REGISTRY_USER")
+
+    install_fake_helper(tmp_path, monkeypatch)
+    monkeypatch.setenv("FAKE_HELPER_SERVER", host)  # answers helper-user, unknown there
+    docker_config.write_text(json.dumps({"credHelpers": {host: "fake"}}))
+    message = await push_error(tmp_path, host)
+    assert "'helper-user'" in message and "docker-credential-fake" in message
+
+
+def test_login_with_a_wrong_password_says_the_given_password_was_refused(
+    tmp_path: Path, htpasswd: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with registry_of_kind("pybuild", tmp_path / "pybuild", htpasswd) as running:
+        from builder.cli import main
+
+        out = CliRunner().invoke(main, ["login", running.addr, "-u", "alice", "-p", "queen"])
+        assert out.exit_code == 1
+        assert "Traceback" not in out.output
+        lines = out.output.strip().splitlines()
+        assert len(lines) == 1, out.output
+        assert "'alice'" in lines[0] and "password given" in lines[0]
+        assert f"pybuild login {running.addr}" in lines[0]
+        out = CliRunner().invoke(main, ["login", running.addr, "-u", "alice", "-p", "wonderland"])
+        assert out.exit_code == 0, out.output
+
+
+# --- credential sources that fail ------------------------------------------------------------
+
+def install_broken_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_config: Path) -> None:
+    bin_dir = tmp_path / "broken-bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-broken"
+    helper.write_text((Path(__file__).parent / "testfiles" / "docker-credential-broken").read_text())
+    helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    docker_config.parent.mkdir(parents=True, exist_ok=True)
+    docker_config.write_text(json.dumps({"credHelpers": {"reg.example": "broken"}}))
+
+
+def test_a_failing_credential_helper_is_named_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_config: Path,
+) -> None:
+    install_broken_helper(tmp_path, monkeypatch, docker_config)
+    with pytest.raises(AuthError) as info:
+        lookup_credentials("reg.example")
+    message = str(info.value)
+    assert "docker-credential-broken get failed" in message and "keyring is locked" in message
+    assert f"credHelpers in {docker_config}" in message and "\n" not in message
+
+
+def test_a_hanging_credential_helper_times_out_with_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_config: Path,
+) -> None:
+    install_broken_helper(tmp_path, monkeypatch, docker_config)
+    monkeypatch.setenv("BROKEN_HELPER_MODE", "hang")
+    monkeypatch.setattr("registry.client.auth.HELPER_TIMEOUT", 0.5)
+    with pytest.raises(AuthError, match=r"docker-credential-broken get did not answer within "
+                                        r"0\.5 s"):
+        lookup_credentials("reg.example")
+
+
+@pytest.mark.parametrize("doc", [{"credHelpers": ["reg.example"]}, {"auths": "reg.example"},
+                                 {"auths": {"reg.example": {"auth": 42}}}, ["not", "an", "object"]])
+def test_a_malformed_config_json_names_the_file(docker_config: Path, doc: Any) -> None:
+    docker_config.parent.mkdir(parents=True)
+    docker_config.write_text(json.dumps(doc))
+    with pytest.raises(AuthError, match=f"{docker_config}.*(fix|pybuild login)") as info:
+        lookup_credentials("reg.example")
+    assert "\n" not in str(info.value)

@@ -194,6 +194,59 @@ async def test_abort_wakes_a_reader_blocked_on_the_body() -> None:
             wire.close()
 
 
+async def test_a_response_that_arrives_for_a_cancelled_caller_gives_its_connection_back() -> None:
+    """A request cancelled while under way (another blob of the copy failed): the answer
+    that comes later is released, so its connection is reused, not left open."""
+    answer = asyncio.Event()
+
+    async def handle(line: str, writer: asyncio.StreamWriter) -> bool:
+        if line.split()[1] == "/slow":
+            await answer.wait()
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async with raw_server(handle) as (origin, connections):
+        wire = Wire()
+        try:
+            slow = asyncio.ensure_future(wire.send("HEAD", f"{origin}/slow", {}))
+            for _ in range(200):  # until the request is under way
+                if connections:
+                    break
+                await asyncio.sleep(0.01)
+            slow.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await slow
+            answer.set()
+            for _ in range(200):  # until the worker thread has had the answer
+                if sum(len(c) for c in wire._idle.values()):
+                    break
+                await asyncio.sleep(0.01)
+            resp = await wire.send("HEAD", f"{origin}/next", {})
+            assert resp.status == 204
+            resp.release()
+        finally:
+            wire.close()
+    assert len(connections) == 1
+
+
+async def test_a_response_released_after_close_closes_its_connection() -> None:
+    async def handle(line: str, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async with raw_server(handle) as (origin, connections):
+        wire = Wire()
+        resp = await wire.send("HEAD", f"{origin}/v2/", {})
+        sock = resp._sock
+        wire.close()
+        resp.release()  # read to the end, but the pool is closed: not kept
+        assert not any(wire._idle.values())
+        assert sock is not None and sock.fileno() == -1
+    assert len(connections) == 1
+
+
 async def test_an_unreachable_host_is_a_wire_error() -> None:
     wire = Wire(connect_timeout=5)
     try:
