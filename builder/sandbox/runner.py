@@ -52,10 +52,12 @@ from .errors import (
     SecretNotFound,
 )
 from .flatten import flatten_lowers
+from .linkgroups import relink_copied_up
 from .process import TAIL_LINES, OutputCallback, spawn
 from .rootfs import (
     RootfsLayout,
     RootfsMode,
+    overlay_index_supported,
     overlay_mount_data,
     overlay_supported,
     read_from_lowers,
@@ -267,7 +269,9 @@ def run_step(
     if not lowers:  # FROM scratch: overlayfs still wants a lower directory
         (state_dir / "run" / "empty").mkdir(parents=True)
         lowers = (state_dir / "run" / "empty",)
-    layout = RootfsLayout(_choose_rootfs(rootfs, state_dir), lowers, state_dir)
+    mode = _choose_rootfs(rootfs, state_dir)
+    layout = RootfsLayout(mode, lowers, state_dir,
+                          index=mode is RootfsMode.OVERLAY and overlay_index_supported(state_dir))
     reports: list[dict[str, object]] = []
     before: list[Any] = []  # the COPY-mode snapshot, when as_upper
     try:
@@ -275,6 +279,9 @@ def run_step(
             spec, layout, cache_dir, executor, on_output, reports, set_home,
             before if as_upper else None,
         )
+        if layout.index and any("child-pid" in r for r in reports):
+            # Before cleanup: the copied-up files' origin xattrs are needed.
+            relink_copied_up(layout.upper, layout.lowers)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutOfDiskSpace(spec.argv, 125, [str(exc)], state_dir) from exc
@@ -396,7 +403,8 @@ def _rootfs_plan(layout: RootfsLayout) -> dict[str, object]:
         return {"mode": "copy", "merged": str(layout.merged)}
     for d in (layout.upper, layout.work, layout.merged):
         d.mkdir()
-    data, cwd = overlay_mount_data(layout.lowers, layout.upper, layout.work)
+    data, cwd = overlay_mount_data(layout.lowers, layout.upper, layout.work,
+                                   index=layout.index)
     return {"mode": "overlay", "merged": str(layout.merged), "data": data, "cwd": cwd}
 
 

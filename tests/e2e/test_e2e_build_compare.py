@@ -69,6 +69,12 @@ class Case:
         return "-".join([self.name, *(f.lstrip("-") for f in self.pybuild_flags)])
 
 
+# What hardlinks-later prints: each change seen under every name of its link group.
+HARDLINKS_OUT = ("a\nb\na\nb\none\ntwo\none\ntwo\nm\nn\ncopied into the image\nvia-link\n"
+                 "/data/f1 2 644 1\n/data/sub/f2 2 644 1\n/data/h1 2 600 0\n"
+                 "/data/h2 2 600 0\n/data/g1 2 644 0\n/data/m2 2 640 0\n"
+                 "/data/copied.txt 2 644 0\n")
+
 CASES = (
     Case("files", {"GREETING": "howdy"},
          expect="howdy from tester\nexec-form\n1000\nnotes, added as a plain file\n"
@@ -88,6 +94,8 @@ CASES = (
     Case("ssh-mount", ssh=True,
          expect="/run/buildkit/ssh_agent.0 600 0 0 socket\n/tmp/agent.sock 660 1000 50\n"
                 "sock=/tmp/agent.sock\n"),
+    Case("hardlinks-later", expect=HARDLINKS_OUT),
+    Case("hardlinks-later", expect=HARDLINKS_OUT, pybuild_flags=("--differ", "snapshot")),
 )
 
 
