@@ -211,8 +211,11 @@ def _bind_plan(m: BindMount, layout: RootfsLayout, index: int) -> dict[str, obje
         )
     if not source.exists():
         raise SandboxSetupError(f"bind mount at {m.target}: source {m.source!r} not found")
+    # A file is mounted on a file: the stage makes the mount point as a file (and any
+    # missing parents as directories), all removed from the changes afterwards.
+    is_file = not source.is_dir()
     if not m.rw:
-        return {"type": "bind", "source": str(source), "readonly": True}
+        return {"type": "bind", "source": str(source), "readonly": True, "file": is_file}
     # rw: writes go to a throw-away copy, never back to the source (BuildKit semantics).
     scratch = layout.run / f"bind{index}"
     if layout.mode is RootfsMode.OVERLAY and source.is_dir():
@@ -226,7 +229,7 @@ def _bind_plan(m: BindMount, layout: RootfsLayout, index: int) -> dict[str, obje
         flatten_lowers([source], copy)
     else:
         shutil.copy2(source, copy)
-    return {"type": "bind", "source": str(copy), "readonly": False}
+    return {"type": "bind", "source": str(copy), "readonly": False, "file": is_file}
 
 
 def run_step(
