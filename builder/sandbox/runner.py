@@ -284,7 +284,13 @@ def run_step(
         )
         if layout.index and any("child-pid" in r for r in reports):
             # Before cleanup: the copied-up files' origin xattrs are needed.
-            relink_copied_up(layout.upper, layout.lowers)
+            try:
+                relink_copied_up(layout.upper, layout.lowers)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise SandboxSetupError(
+                    f"could not keep the step's hard-linked files linked: {exc}") from exc
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutOfDiskSpace(spec.argv, 125, [str(exc)], state_dir) from exc

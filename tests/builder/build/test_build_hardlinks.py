@@ -68,3 +68,30 @@ def test_overlay_and_snapshot_differs_give_the_same_image(
         for differ in ("overlay", "snapshot")
     }
     assert digests["overlay"] == digests["snapshot"]
+
+
+@pytest.mark.parametrize("differ", ["overlay", "snapshot"])
+def test_a_base_images_link_group_changed_by_a_step(
+        build, tmp_path: Path, differ: str) -> None:  # type: ignore[no-untyped-def]
+    """Links in a pulled base layer: extracted as one inode, changed through one name."""
+    from tests.builder.build.conftest import write_base_layout
+    from tests.helpers.rootfs import make_busybox_rootfs
+
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    (rootfs / "opt/lib").mkdir(parents=True)
+    (rootfs / "opt/lib/libx.so.1").write_text("v1\n")
+    os.link(rootfs / "opt/lib/libx.so.1", rootfs / "opt/libx-copy")
+    base = write_base_layout(rootfs, tmp_path / "layout")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base}\nRUN echo v2 >> /opt/libx-copy\n")
+    out, oci = tmp_path / "out", tmp_path / "oci"
+    result = build(ctx, local=out, oci=oci, differ=differ)
+    assert (out / "opt/lib/libx.so.1").read_text() == "v1\nv2\n"
+    assert len(_group(out, "opt/lib/libx.so.1", "opt/libx-copy")) == 1
+    base_layer, run_layer = _layers(oci, str(result.image.digest))
+    assert {m.name: m.type for m in base_layer}["opt/libx-copy"] == tarfile.LNKTYPE
+    entries = {m.name: m for m in run_layer}
+    assert entries["opt/lib/libx.so.1"].isfile()
+    assert entries["opt/libx-copy"].type == tarfile.LNKTYPE
+    assert entries["opt/libx-copy"].linkname == "opt/lib/libx.so.1"
