@@ -296,7 +296,16 @@ def main() -> None:
             here = os.getcwd()
             if rootfs["cwd"]:
                 os.chdir(rootfs["cwd"])
-            mount("overlay", root, "overlay", 0, rootfs["data"])
+            try:
+                mount("overlay", root, "overlay", 0, rootfs["data"])
+            except SetupError:
+                # index=on refuses a lower dir still in use as another overlay's upper
+                # dir (EBUSY) where index=off only warns: fall back rather than fail;
+                # only hard links broken by copy-up are then not repaired.
+                if ",index=on" not in rootfs["data"]:
+                    raise
+                mount("overlay", root, "overlay", 0,
+                      rootfs["data"].replace(",index=on", ",index=off"))
             os.chdir(here)
         setup_mounts(plan, root, stubs)
         setup_sys(plan, root, stubs)

@@ -8,13 +8,14 @@ copied-up group repaired by ``builder.sandbox.linkgroups``, or the snapshot diff
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from builder.layers import Changeset, EntryKind, changeset_from_upper
 from builder.sandbox import Executor, RootfsMode, RunSpec, run_step
-from tests.helpers.sandbox_steps import PATH
+from tests.helpers.sandbox_steps import PATH, Runner
 
 MODES = [RootfsMode.OVERLAY, RootfsMode.COPY]
 
@@ -126,3 +127,29 @@ def test_overlay_parents_of_a_relinked_name_keep_the_lower_metadata(
         assert (now.st_mode, now.st_uid, now.st_gid, now.st_mtime_ns) == (
             below.st_mode, below.st_uid, below.st_gid, below.st_mtime_ns), name
     assert sorted(os.listdir(upper / "data")) == ["f1", "sub"]
+
+
+def test_a_lower_still_used_as_an_upper_elsewhere_falls_back_to_index_off(
+        run: Runner, base_root: Path, tmp_path: Path) -> None:
+    """overlayfs refuses (EBUSY) an index=on mount whose lower dir is another mounted
+    overlay's upper dir; the step then runs with index=off instead of failing."""
+    layer, work, merged = tmp_path / "layer", tmp_path / "work", tmp_path / "merged"
+    for d in (layer, work, merged, tmp_path / "empty"):
+        d.mkdir()
+    (layer / "from-layer.txt").write_text("here\n")
+    opts = f"lowerdir={tmp_path / 'empty'},upperdir={layer},workdir={work}"
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount -t overlay overlay -o {opts} {merged} && echo mounted && exec sleep 60"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "mounted\n"
+        step = run("cat /from-layer.txt && echo b >> /etc/passwd", lowers=[layer, base_root],
+                   rootfs=RootfsMode.OVERLAY)
+        assert step.stdout == ["here"]
+        assert (step.changes / "etc/passwd").read_text().endswith("b\n")
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        if holder.stdout is not None:
+            holder.stdout.close()
