@@ -18,10 +18,13 @@ as overlayfs does (owner, mode, xattrs and times of the lower directory), and up
 directories that get a new name keep their times. The layer then holds the group as one
 file plus hard-link entries.
 
-A file the step replaced rather than changed (``sed -i`` writes a new file and renames it
-over the old name) has no origin: its link is broken, as in Docker. A copied-up file the
-step renamed is not followed (its origin no longer matches the lower file at its path).
-Without ``index=on`` overlayfs records no origin here and nothing is repaired.
+A copied-up file the step renamed (``mv``) keeps its group too: its origin no longer
+matches the lower file at its new path, but its inode is still linked into overlayfs'
+index (an extra link count), which ``index=on`` makes only for lower files with several
+names; the lowers' hard-linked files are then searched for that origin. A file the step
+replaced rather than changed (``sed -i`` writes a new file and renames it over the old
+name) has no origin: its link is broken, as in Docker. Without ``index=on`` overlayfs
+records no origin here and nothing is repaired.
 """
 
 from __future__ import annotations
@@ -141,19 +144,37 @@ def relink_copied_up(upper: Path, lowers: Sequence[Path]) -> int:
     """Link the untouched names of copied-up link groups into ``upper`` (see the module
     docstring); returns how many names were linked. The overlay must be unmounted."""
     copied: list[tuple[str, Path, Path, os.stat_result]] = []
+    upper_names: dict[tuple[int, int], int] = {}
+    with_origin: list[tuple[str, str, os.stat_result, tuple[int, bytes]]] = []
     for rel, abspath, st in walk(os.fspath(upper)):
         if not stat.S_ISREG(st.st_mode):
             continue
+        key = (st.st_dev, st.st_ino)
+        upper_names[key] = upper_names.get(key, 0) + 1
         origin = _origin(abspath)
-        if origin is None:
-            continue
+        if origin is not None:
+            with_origin.append((rel, abspath, st, origin))
+    renamed: dict[tuple[int, bytes], tuple[str, Path]] = {}
+    for rel, abspath, st, origin in with_origin:
         found = find_in_lowers(lowers, rel)
-        if found is None:
-            continue
-        lower, path, below = found
-        if stat.S_ISREG(below.st_mode) and below.st_nlink > 1 and _handle(path) == origin:
-            copied.append((rel, Path(abspath), lower, below))
+        if found is not None:
+            lower, path, below = found
+            if stat.S_ISREG(below.st_mode) and below.st_nlink > 1 and _handle(path) == origin:
+                copied.append((rel, Path(abspath), lower, below))
+                continue
+        if st.st_nlink > upper_names[(st.st_dev, st.st_ino)]:
+            renamed.setdefault(origin, (rel, Path(abspath)))  # linked into the index
     groups: dict[Path, dict[tuple[int, int], list[str]]] = {}
+    for lower in lowers if renamed else ():
+        groups[lower] = _linked_names(lower)
+        for names in groups[lower].values():
+            path = lower / names[0]
+            handle = _handle(path)
+            if handle in renamed:
+                rel, source = renamed.pop(handle)
+                copied.append((rel, source, lower, os.lstat(path)))
+        if not renamed:
+            break
     times = _Times()
     linked = 0
     for rel, source, lower, below in copied:

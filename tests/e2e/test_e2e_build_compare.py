@@ -75,8 +75,8 @@ class Case:
 
 # What hardlinks-later prints: each change seen under every name of its link group.
 HARDLINKS_OUT = ("a\nb\na\nb\none\ntwo\none\ntwo\nm\nn\ncopied into the image\nvia-link\n"
-                 "/data/f1 2 644 1\n/data/sub/f2 2 644 1\n/data/h1 2 600 0\n"
-                 "/data/h2 2 600 0\n/data/g1 2 644 0\n/data/m2 2 640 0\n"
+                 "x\ny\n/data/f1 2 644 1\n/data/sub/f2 2 644 1\n/data/h1 2 600 0\n"
+                 "/data/h-renamed 2 600 0\n/data/g1 2 644 0\n/data/m2 2 640 0\n"
                  "/data/copied.txt 2 644 0\n")
 
 # What bind-file-mounts prints, and the directories old BuildKit leaves for its mounts.

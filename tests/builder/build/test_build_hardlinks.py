@@ -39,8 +39,8 @@ def test_changes_through_one_name_show_under_every_name(
     assert (data / "sub/f2").read_text() == "a\nb\n"
     assert len(_group(data, "f1", "sub/f2")) == 1
     assert (os.lstat(data / "f1").st_uid, os.lstat(data / "f1").st_gid) == (1, 2)
-    assert len(_group(data, "g1", "g3")) == 1 and not (data / "g2").exists()
-    assert (data / "g1").read_text() == "one\ntwo\n"
+    assert len(_group(data, "g1", "g-renamed")) == 1 and not (data / "g2").exists()
+    assert (data / "g1").read_text() == "one\ntwo\nthree\n"
     assert os.lstat(data / "g1").st_mode & 0o777 == 0o600
     assert (data / "copied.txt").read_text() == "copied\nvia-link\n"
     assert len(_group(data, "copied.txt", "copied-link")) == 1
@@ -57,6 +57,10 @@ def test_changes_through_one_name_show_under_every_name(
     assert spanning["data/copied-link"].isfile()
     assert spanning["data/copied.txt"].type == tarfile.LNKTYPE
     assert spanning["data/copied.txt"].linkname == "data/copied-link"
+    renamed = {m.name: m for m in layers[8]}  # RUN mv /data/g3 /data/g-renamed && ...
+    assert renamed["data/g-renamed"].isfile() and "data/.wh.g3" in renamed
+    assert renamed["data/g1"].type == tarfile.LNKTYPE
+    assert renamed["data/g1"].linkname == "data/g-renamed"
 
 
 def test_overlay_and_snapshot_differs_give_the_same_image(

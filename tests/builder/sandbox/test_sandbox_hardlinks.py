@@ -153,3 +153,14 @@ def test_a_lower_still_used_as_an_upper_elsewhere_falls_back_to_index_off(
         holder.wait(timeout=10)
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+def test_a_renamed_name_keeps_its_group(steps: Steps) -> None:
+    upper = steps.run("mv /data/f1 /data/f9 && echo b >> /data/f9 && cat /data/sub/f2")
+    assert steps.output == ["a", "b"]
+    cs = changeset_from_upper(upper)
+    kinds = _kinds(cs)
+    assert kinds["data/f9"] == (EntryKind.FILE, "")
+    assert kinds["data/sub/f2"] == (EntryKind.HARDLINK, "data/f9")
+    assert "data/f1" in {w.path for w in cs.whiteouts}
+    assert (upper / "data/sub/f2").read_text() == "a\nb\n"
