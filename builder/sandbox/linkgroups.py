@@ -115,9 +115,10 @@ class _Times:
             os.utime(path, ns=ns, follow_symlinks=False)
 
 
-def _copy_up_parents(upper: Path, lowers: Sequence[Path], name: str, times: _Times) -> Path:
+def _copy_up_parents(upper: Path, lowers: Sequence[Path], name: str,
+                     times: _Times) -> Path | None:
     """Make the missing parent directories of ``name`` in ``upper`` as overlayfs copies
-    them up; returns the parent directory."""
+    them up; returns the parent directory (None if a lower one is not a directory)."""
     cur, rel = upper, ""
     for part in name.split("/")[:-1]:
         parent, cur = cur, cur / part
@@ -125,7 +126,8 @@ def _copy_up_parents(upper: Path, lowers: Sequence[Path], name: str, times: _Tim
         if os.path.lexists(cur):
             continue
         found = find_in_lowers(lowers, rel)
-        assert found is not None and stat.S_ISDIR(found[2].st_mode), rel
+        if found is None or not stat.S_ISDIR(found[2].st_mode):
+            return None  # cannot be: the name was found below it
         below = found[2]
         times.keep(parent)
         os.mkdir(cur)
@@ -188,6 +190,8 @@ def relink_copied_up(upper: Path, lowers: Sequence[Path]) -> int:
                     visible[2].st_dev, visible[2].st_ino) != (below.st_dev, below.st_ino):
                 continue  # a higher layer removed or replaced this name
             parent = _copy_up_parents(upper, lowers, name, times)
+            if parent is None:
+                continue
             times.keep(parent)
             os.link(source, upper / name)
             linked += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,18 @@ def test_file_bind_onto_an_image_directory_names_the_problem(
     with pytest.raises(BuildError, match="cannot mount a file at /etc: the image has a "
                                          "directory there; choose another target"):
         build(ctx)
+
+
+def test_bind_mount_points_leave_the_same_layers_with_both_differs(
+        context_of, build, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ctx = context_of("bind-file")
+    oci = {d: tmp_path / f"oci-{d}" for d in ("overlay", "snapshot")}
+    digests = {d: build(ctx, storage=tmp_path / f"storage-{d}", oci=oci[d], differ=d,
+                        source_date_epoch=1700000000).image.digest
+               for d in ("overlay", "snapshot")}
+    assert digests["overlay"] == digests["snapshot"]
+    manifest = json.loads((oci["overlay"] / "blobs/sha256" / digests["overlay"].encoded)
+                          .read_bytes())
+    first_run = manifest["layers"][1]["digest"].split(":", 1)[1]
+    with tarfile.open(oci["overlay"] / "blobs/sha256" / first_run) as tar:
+        assert sorted(tar.getnames()) == ["reqs-copy.txt", "ro.txt"]
