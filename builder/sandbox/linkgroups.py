@@ -149,7 +149,9 @@ def relink_copied_up(upper: Path, lowers: Sequence[Path]) -> int:
     upper_names: dict[tuple[int, int], int] = {}
     with_origin: list[tuple[str, str, os.stat_result, tuple[int, bytes]]] = []
     for rel, abspath, st in walk(os.fspath(upper)):
-        if not stat.S_ISREG(st.st_mode):
+        # A copy-up of a lower file with several names is also linked into the index,
+        # so only files with two links or more need a look at their xattrs.
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
             continue
         key = (st.st_dev, st.st_ino)
         upper_names[key] = upper_names.get(key, 0) + 1
