@@ -14,7 +14,9 @@ same :class:`Changeset` an overlay upper directory would have given for the same
 - every ancestor directory of a change is an entry (overlayfs copies ancestors up).
 
 Comparing inode and ctime as well as mtime and size catches a file replaced by a rename
-or rewritten with its mtime restored. Content hashing (BLAKE3, ``hash_content=True``)
+or rewritten with its mtime restored. A file whose only change is a lower link count (and
+the ctime that goes with it: another name of it was removed) is not a change, as
+overlayfs, which never copies up a file for the removal of another of its names. Content hashing (BLAKE3, ``hash_content=True``)
 also catches a write that keeps size, mtime and ctime — only possible by setting the
 clock; it reads every file twice and is off by default.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import blake3
@@ -52,6 +54,12 @@ class StatRecord:
     link: str
     xattrs: tuple[tuple[str, bytes], ...]
     content: str | None = None
+    nlink: int = 0  # regular files only
+
+    def only_lost_links(self, now: StatRecord) -> bool:
+        """``now`` differs from this record only by fewer links and a new ctime."""
+        return (stat.S_ISREG(self.mode) and now.nlink < self.nlink
+                and replace(now, nlink=self.nlink, ctime_ns=self.ctime_ns) == self)
 
     @property
     def is_dir(self) -> bool:
@@ -78,6 +86,7 @@ def _record(abspath: str, st: os.stat_result, hash_content: bool) -> StatRecord:
         rdev=st.st_rdev, link=os.readlink(abspath) if is_link else "",
         xattrs=read_xattrs(abspath),
         content=_hash_file(abspath) if hash_content and stat.S_ISREG(st.st_mode) else None,
+        nlink=st.st_nlink if stat.S_ISREG(st.st_mode) else 0,
     )
 
 
@@ -116,7 +125,10 @@ def diff_snapshot(before: Snapshot, root: Path | str, *, hash_content: bool = Fa
             opaque.add(rel)
             if not under_opaque:
                 whiteouts.append(Whiteout(rel, opaque=True))
-        if old is None or under_opaque or rel in opaque or old != _record(abspath, st, hash_content and old.content is not None):
+        if old is None or under_opaque or rel in opaque:
+            changed[rel] = (abspath, st)
+        elif old != (now := _record(abspath, st, hash_content and old.content is not None)) \
+                and not old.only_lost_links(now):
             changed[rel] = (abspath, st)
         elif is_dir:
             unchanged_dirs[rel] = (abspath, st)

@@ -97,10 +97,17 @@ def resolve(root: str, path: str, create: str | None, created: list[str]) -> str
             if parent not in touched:
                 pst = os.lstat(os.path.join(root, *cur))
                 touched[parent] = [pst.st_atime_ns, pst.st_mtime_ns]
-            if not todo and create == "file":
-                os.close(os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            else:
-                os.mkdir(full, 0o755)
+            try:
+                if not todo and create == "file":
+                    os.close(os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                else:
+                    os.mkdir(full, 0o755)
+            except OSError as exc:
+                if exc.errno != errno.EROFS:
+                    raise
+                raise SetupError(f"cannot make the mount point {path}: it would be inside a "
+                                 "read-only mount; choose a target that exists there, or "
+                                 "mount the outer one rw") from None
             cur.append(part)
             created.append("/".join(cur))
             continue
@@ -124,6 +131,11 @@ def setup_mounts(plan: Plan, root: str, stubs: list[str]) -> None:
         kind = m["type"]
         as_file = kind == "secret" or m.get("file")
         dst = resolve(root, m["target"], "file" if as_file else "dir", stubs)
+        if os.path.isdir(dst) != (not as_file):
+            what = "a file" if as_file else "a directory"
+            there = "directory" if os.path.isdir(dst) else "file"
+            raise SetupError(f"cannot mount {what} at {m['target']}: the image has a "
+                             f"{there} there; choose another target")
         if kind == "bind":
             mount(m["source"], dst, None, MS_BIND | MS_REC)
             if m["readonly"]:
@@ -284,7 +296,16 @@ def main() -> None:
             here = os.getcwd()
             if rootfs["cwd"]:
                 os.chdir(rootfs["cwd"])
-            mount("overlay", root, "overlay", 0, rootfs["data"])
+            try:
+                mount("overlay", root, "overlay", 0, rootfs["data"])
+            except SetupError:
+                # index=on refuses a lower dir still in use as another overlay's upper
+                # dir (EBUSY) where index=off only warns: fall back rather than fail;
+                # only hard links broken by copy-up are then not repaired.
+                if ",index=on" not in rootfs["data"]:
+                    raise
+                mount("overlay", root, "overlay", 0,
+                      rootfs["data"].replace(",index=on", ",index=off"))
             os.chdir(here)
         setup_mounts(plan, root, stubs)
         setup_sys(plan, root, stubs)

@@ -9,7 +9,10 @@ as below) is dropped from the upper dir. Then the scratch parts of ``state_dir``
 
 Finally the upper dir loses overlayfs' own bookkeeping xattrs (``trusted.overlay.origin``,
 ``impure``, ``uuid``, ...): afterwards it holds content, 0/0 whiteouts and the
-``trusted.overlay.opaque`` marks, nothing else -- what a layer writer needs to read.
+``trusted.overlay.opaque`` marks, nothing else -- what a layer writer needs to read. An
+opaque mark on a directory with nothing below it in the lowers is dropped too: with
+``index=on`` overlayfs marks every directory made in a merged directory opaque, which
+hides nothing and would only add a ``.wh..wh..opq`` entry to the layer.
 """
 
 from __future__ import annotations
@@ -27,14 +30,20 @@ __all__ = ["cleanup"]
 _KEEP = "trusted.overlay.opaque"
 
 
-def strip_overlay_xattrs(upper: os.PathLike[str] | str) -> None:
-    """Remove every ``trusted.overlay.*`` xattr but the opaque mark under ``upper``."""
+def strip_overlay_xattrs(upper: os.PathLike[str] | str,
+                         lowers: Sequence[os.PathLike[str]] | None = None) -> None:
+    """Remove every ``trusted.overlay.*`` xattr but the opaque mark under ``upper``; with
+    ``lowers``, also the opaque mark of a directory that hides nothing in them."""
     for dirpath, dirnames, filenames in os.walk(upper):
         for name in ["", *dirnames, *filenames]:
             path = os.path.join(dirpath, name) if name else dirpath
             with contextlib.suppress(OSError):
                 for attr in os.listxattr(path, follow_symlinks=False):
-                    if attr.startswith("trusted.overlay.") and attr != _KEEP:
+                    if attr == _KEEP and name in dirnames and lowers is not None:
+                        rel = os.path.relpath(path, upper)
+                        if lower_stat(lowers, rel) is None:
+                            os.removexattr(path, attr, follow_symlinks=False)
+                    elif attr.startswith("trusted.overlay.") and attr != _KEEP:
                         os.removexattr(path, attr, follow_symlinks=False)
 
 
@@ -86,7 +95,7 @@ def cleanup(
             if rel and layout.mode is RootfsMode.OVERLAY and rel not in keep:
                 _drop_pure_copy_up(layout, rel)
     if layout.mode is RootfsMode.OVERLAY and layout.upper.is_dir():
-        strip_overlay_xattrs(layout.upper)
+        strip_overlay_xattrs(layout.upper, layout.lowers)
     for scratch in (layout.work, layout.run, layout.state_dir / "merged"):
         if layout.mode is RootfsMode.COPY and scratch == layout.merged:
             continue

@@ -41,8 +41,10 @@ __all__ = [
     "OVERLAY_OPTIONS",
     "RootfsLayout",
     "RootfsMode",
+    "find_in_lowers",
     "is_opaque",
     "lower_stat",
+    "overlay_index_supported",
     "overlay_mount_data",
     "overlay_supported",
     "read_from_lowers",
@@ -50,8 +52,11 @@ __all__ = [
 
 # metacopy=off and redirect_dir=off keep the upper directory self-contained: without them
 # a chmod copies up only metadata, and a directory rename leaves a pointer into a lower;
-# neither makes sense in a layer. index=off: no hard-link index across mounts.
-OVERLAY_OPTIONS = "redirect_dir=off,metacopy=off,index=off"
+# neither makes sense in a layer. The step's root adds index=on where the kernel and the
+# filesystem allow it: a lower file with several names (hard links) is then copied up
+# once, and every name the step touches stays on that one upper inode (the index lives
+# in the work dir, which is removed after the step). Other mounts use index=off.
+OVERLAY_OPTIONS = "redirect_dir=off,metacopy=off"
 # The kernel takes at most one page of mount options.
 _MAX_MOUNT_DATA = 4000
 
@@ -64,11 +69,13 @@ class RootfsMode(enum.Enum):
 
 @dataclass(frozen=True)
 class RootfsLayout:
-    """Where a step's root lives; ``changes`` is what the caller keeps."""
+    """Where a step's root lives; ``changes`` is what the caller keeps. ``index``: the
+    overlay is mounted with ``index=on`` (hard links survive copy-up)."""
 
     mode: RootfsMode
     lowers: tuple[Path, ...]
     state_dir: Path
+    index: bool = False
 
     @property
     def upper(self) -> Path:
@@ -98,7 +105,7 @@ def _escape(path: str) -> str:
 
 
 def overlay_mount_data(
-    lowers: Sequence[Path], upper: Path, work: Path
+    lowers: Sequence[Path], upper: Path, work: Path, *, index: bool = False
 ) -> tuple[str, str | None]:
     """The overlay mount option string, and the directory to mount from (or None).
 
@@ -114,7 +121,8 @@ def overlay_mount_data(
 
     def data(paths: Sequence[str], up: str, wk: str) -> str:
         low = ":".join(_escape(p) for p in paths)
-        return f"lowerdir={low},upperdir={_escape(up)},workdir={_escape(wk)},{OVERLAY_OPTIONS}"
+        return (f"lowerdir={low},upperdir={_escape(up)},workdir={_escape(wk)},"
+                f"{OVERLAY_OPTIONS},index={'on' if index else 'off'}")
 
     absolute = data([str(p) for p in lowers], str(upper), str(work))
     if len(absolute) <= _MAX_MOUNT_DATA:
@@ -133,7 +141,8 @@ def overlay_mount_data(
     return relative, base
 
 
-_probe_cache: dict[tuple[int, tuple[str, ...]], bool] = {}
+# filesystem -> (overlay mounts, overlay mounts with index=on)
+_probe_cache: dict[tuple[int, tuple[str, ...]], tuple[bool, bool]] = {}
 
 
 def _filesystem_key(path: Path) -> tuple[int, tuple[str, ...]]:
@@ -154,35 +163,47 @@ def overlay_supported(state_dir: Path) -> bool:
 
     Tried for real (in a throw-away mount namespace), once per filesystem.
     """
+    return _probe(state_dir)[0]
+
+
+def overlay_index_supported(state_dir: Path) -> bool:
+    """Can that overlay be mounted with ``index=on`` (tried with the same probe)?"""
+    return _probe(state_dir)[1]
+
+
+def _probe(state_dir: Path) -> tuple[bool, bool]:
     key = _filesystem_key(state_dir)
     if key in _probe_cache:
         return _probe_cache[key]
     probe = state_dir / ".overlay-probe"
     dirs = [probe / d for d in ("lower", "upper", "work", "merged")]
+    unshare = shutil.which("unshare") or "/usr/bin/unshare"
+    results = []
     try:
-        for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
-        opts, _ = overlay_mount_data([dirs[0]], dirs[1], dirs[2])
-        unshare = shutil.which("unshare") or "/usr/bin/unshare"
-        ok = (
-            subprocess.run(
+        for index in (True, False):
+            shutil.rmtree(probe, ignore_errors=True)
+            for d in dirs:
+                d.mkdir(parents=True, exist_ok=True)
+            opts, _ = overlay_mount_data([dirs[0]], dirs[1], dirs[2], index=index)
+            results.append(subprocess.run(
                 [unshare, "--mount", "--propagation", "private",
                  "mount", "-t", "overlay", "overlay", "-o", opts, str(dirs[3])],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 check=False,
-            ).returncode
-            == 0
-        )
+            ).returncode == 0)
+            if results[-1]:
+                break
     except FileNotFoundError as exc:
         raise SandboxUnavailable(
             f"{exc.filename} not found: install util-linux (unshare, mount)"
         ) from exc
     finally:
         shutil.rmtree(probe, ignore_errors=True)
-    _probe_cache[key] = ok
-    return ok
+    found = (results[-1], results[0])
+    _probe_cache[key] = found
+    return found
 
 
 def _is_whiteout(st: os.stat_result) -> bool:
@@ -202,21 +223,23 @@ def read_from_lowers(lowers: Sequence[Path], rel: str) -> bytes | None:
     Honours whiteouts and opaque directories of the layers above; used to read
     /etc/passwd and /etc/group before the root is mounted.
     """
-    found = _find_in_lowers(lowers, rel)
-    if found is None or not stat.S_ISREG(found[1].st_mode):
+    found = find_in_lowers(lowers, rel)
+    if found is None or not stat.S_ISREG(found[2].st_mode):
         return None
-    return found[0].read_bytes()
+    return found[1].read_bytes()
 
 
 def lower_stat(lowers: Sequence[Path], rel: str) -> os.stat_result | None:
     """What overlayfs would show at ``rel`` from the lowers alone (lstat), or None."""
-    found = _find_in_lowers(lowers, rel)
-    return None if found is None else found[1]
+    found = find_in_lowers(lowers, rel)
+    return None if found is None else found[2]
 
 
-def _find_in_lowers(
+def find_in_lowers(
     lowers: Sequence[Path], rel: str
-) -> tuple[Path, os.stat_result] | None:
+) -> tuple[Path, Path, os.stat_result] | None:
+    """``(lower, path, lstat)`` of what overlayfs would show at ``rel`` from the lowers
+    alone: the lower directory it comes from, its path there and its lstat; or None."""
     parts = [p for p in rel.strip("/").split("/") if p]
     for lower in lowers:
         cur = lower
@@ -232,7 +255,7 @@ def _find_in_lowers(
             if _is_whiteout(st):
                 return None
             if i == len(parts) - 1:
-                return cur, st
+                return lower, cur, st
             if not stat.S_ISDIR(st.st_mode):
                 return None
             if is_opaque(cur):

@@ -52,10 +52,12 @@ from .errors import (
     SecretNotFound,
 )
 from .flatten import flatten_lowers
+from .linkgroups import relink_copied_up
 from .process import TAIL_LINES, OutputCallback, spawn
 from .rootfs import (
     RootfsLayout,
     RootfsMode,
+    overlay_index_supported,
     overlay_mount_data,
     overlay_supported,
     read_from_lowers,
@@ -209,8 +211,11 @@ def _bind_plan(m: BindMount, layout: RootfsLayout, index: int) -> dict[str, obje
         )
     if not source.exists():
         raise SandboxSetupError(f"bind mount at {m.target}: source {m.source!r} not found")
+    # A file is mounted on a file: the stage makes the mount point as a file (and any
+    # missing parents as directories), all removed from the changes afterwards.
+    is_file = not source.is_dir()
     if not m.rw:
-        return {"type": "bind", "source": str(source), "readonly": True}
+        return {"type": "bind", "source": str(source), "readonly": True, "file": is_file}
     # rw: writes go to a throw-away copy, never back to the source (BuildKit semantics).
     scratch = layout.run / f"bind{index}"
     if layout.mode is RootfsMode.OVERLAY and source.is_dir():
@@ -224,7 +229,7 @@ def _bind_plan(m: BindMount, layout: RootfsLayout, index: int) -> dict[str, obje
         flatten_lowers([source], copy)
     else:
         shutil.copy2(source, copy)
-    return {"type": "bind", "source": str(copy), "readonly": False}
+    return {"type": "bind", "source": str(copy), "readonly": False, "file": is_file}
 
 
 def run_step(
@@ -267,7 +272,9 @@ def run_step(
     if not lowers:  # FROM scratch: overlayfs still wants a lower directory
         (state_dir / "run" / "empty").mkdir(parents=True)
         lowers = (state_dir / "run" / "empty",)
-    layout = RootfsLayout(_choose_rootfs(rootfs, state_dir), lowers, state_dir)
+    mode = _choose_rootfs(rootfs, state_dir)
+    layout = RootfsLayout(mode, lowers, state_dir,
+                          index=mode is RootfsMode.OVERLAY and overlay_index_supported(state_dir))
     reports: list[dict[str, object]] = []
     before: list[Any] = []  # the COPY-mode snapshot, when as_upper
     try:
@@ -275,6 +282,15 @@ def run_step(
             spec, layout, cache_dir, executor, on_output, reports, set_home,
             before if as_upper else None,
         )
+        if layout.index and any("child-pid" in r for r in reports):
+            # Before cleanup: the copied-up files' origin xattrs are needed.
+            try:
+                relink_copied_up(layout.upper, layout.lowers)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise SandboxSetupError(
+                    f"could not keep the step's hard-linked files linked: {exc}") from exc
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutOfDiskSpace(spec.argv, 125, [str(exc)], state_dir) from exc
@@ -396,7 +412,8 @@ def _rootfs_plan(layout: RootfsLayout) -> dict[str, object]:
         return {"mode": "copy", "merged": str(layout.merged)}
     for d in (layout.upper, layout.work, layout.merged):
         d.mkdir()
-    data, cwd = overlay_mount_data(layout.lowers, layout.upper, layout.work)
+    data, cwd = overlay_mount_data(layout.lowers, layout.upper, layout.work,
+                                   index=layout.index)
     return {"mode": "overlay", "merged": str(layout.merged), "data": data, "cwd": cwd}
 
 

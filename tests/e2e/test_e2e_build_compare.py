@@ -63,11 +63,26 @@ class Case:
     pybuild_flags: tuple[str, ...] = ()
     # Both builders get an SSH agent: --ssh default=<a test ssh-agent's socket>.
     ssh: bool = False
+    # Mount points (and the parents made for them) that BuildKit before 0.11, as in
+    # Docker 20.10, leaves in the image as empty directories; BuildKit 0.11 and later
+    # (dockerfile frontend 1.5) remove them, and so does pybuild.
+    stub_dirs: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
         return "-".join([self.name, *(f.lstrip("-") for f in self.pybuild_flags)])
 
+
+# What hardlinks-later prints: each change seen under every name of its link group.
+HARDLINKS_OUT = ("a\nb\na\nb\none\ntwo\none\ntwo\nm\nn\ncopied into the image\nvia-link\n"
+                 "x\ny\n/data/f1 2 644 1\n/data/sub/f2 2 644 1\n/data/h1 2 600 0\n"
+                 "/data/h-renamed 2 600 0\n/data/g1 2 644 0\n/data/m2 2 640 0\n"
+                 "/data/copied.txt 2 644 0\n")
+
+# What bind-file-mounts prints, and the directories old BuildKit leaves for its mounts.
+BIND_FILE_OUT = ("flask==3.0\nrequests==2.31\nread-only\nbuilt by a stage\nflask==3.0\n"
+                 "requests==2.31\nsetting=1\nflask==3.0\nrequests==2.31\nmore\n1\n")
+BIND_FILE_STUBS = ("opt", "opt/new", "opt/new/deeper", "srv", "srv/conf", "var/lib")
 
 CASES = (
     Case("files", {"GREETING": "howdy"},
@@ -88,6 +103,11 @@ CASES = (
     Case("ssh-mount", ssh=True,
          expect="/run/buildkit/ssh_agent.0 600 0 0 socket\n/tmp/agent.sock 660 1000 50\n"
                 "sock=/tmp/agent.sock\n"),
+    Case("hardlinks-later", expect=HARDLINKS_OUT),
+    Case("hardlinks-later", expect=HARDLINKS_OUT, pybuild_flags=("--differ", "snapshot")),
+    Case("bind-file-mounts", expect=BIND_FILE_OUT, stub_dirs=BIND_FILE_STUBS),
+    Case("bind-file-mounts", expect=BIND_FILE_OUT, stub_dirs=BIND_FILE_STUBS,
+         pybuild_flags=("--differ", "snapshot")),
 )
 
 
@@ -292,6 +312,11 @@ def test_pybuild_and_docker_build_agree(
         docker_fs = _filesystem(docker_engine, docker_tag, tmp_path)
         pybuild_fs = _filesystem(docker_engine, pybuild_tag, tmp_path)
         assert "bin/busybox" in docker_fs
+        for path in sorted(case.stub_dirs, key=lambda p: p.count("/"), reverse=True):
+            stub = docker_fs.pop(path, None)
+            assert stub is None or stub.type == "dir", (path, stub)
+            assert not any(p.startswith(path + "/") for p in docker_fs), path
+            assert path not in pybuild_fs, path
         differences = _diff(docker_fs, pybuild_fs)
         assert not differences, "root filesystems differ:\n" + "\n".join(differences)
 

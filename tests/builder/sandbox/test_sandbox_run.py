@@ -337,3 +337,62 @@ def test_long_output_without_newlines_is_cut_into_lines(run: Runner) -> None:
     step = run("head -c 200000 /dev/zero | tr '\\0' a")
     assert sum(len(line) for line in step.stdout) == 200000
     assert max(len(line) for line in step.stdout) <= 64 * 1024 * 2
+
+
+@pytest.mark.parametrize("mode", [RootfsMode.OVERLAY, RootfsMode.COPY], ids=lambda m: m.value)
+def test_bind_mount_of_a_single_file(run: Runner, tmp_path: Path, mode: RootfsMode) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "sub").mkdir(parents=True)
+    (ctx / "requirements.txt").write_text("flask==3.0\n")
+    (ctx / "sub/tool.sh").write_text("echo tool\n")
+    mounts = (
+        # onto a new name in an existing directory (the usual pattern)
+        BindMount(target="/tmp/requirements.txt", source="requirements.txt").resolved(ctx),
+        # onto a file the image has
+        BindMount(target="/etc/group", source="/requirements.txt").resolved(ctx),
+        # below directories that do not exist yet
+        BindMount(target="/opt/new/deeper/tool.sh", source="sub/tool.sh").resolved(ctx),
+    )
+    step = run("cat /tmp/requirements.txt /etc/group; sh /opt/new/deeper/tool.sh; "
+               "echo x > /tmp/requirements.txt 2>/dev/null || echo read-only; "
+               "touch /opt/new/made", mounts=mounts, rootfs=mode)
+    assert step.stdout == ["flask==3.0", "flask==3.0", "tool", "read-only"]
+    changes = step.changes
+    assert not (changes / "tmp/requirements.txt").exists()
+    assert (changes / "opt/new/made").exists()  # the step's own file stays...
+    assert not (changes / "opt/new/deeper").exists()  # ...the mount point and its new parent go
+    if mode is RootfsMode.OVERLAY:
+        assert not (changes / "etc/group").exists()  # mounting over a file changes nothing
+    else:
+        assert (changes / "etc/group").read_text().startswith("root:")
+
+
+@pytest.mark.parametrize("mode", [RootfsMode.OVERLAY, RootfsMode.COPY], ids=lambda m: m.value)
+def test_rw_bind_mount_of_a_single_file_discards_writes(
+        run: Runner, tmp_path: Path, mode: RootfsMode) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "conf").write_text("one\n")
+    rw = BindMount(target="/srv/conf", source="conf", rw=True).resolved(ctx)
+    step = run("echo two >> /srv/conf && cat /srv/conf", mounts=(rw,), rootfs=mode)
+    assert step.stdout == ["one", "two"]
+    assert (ctx / "conf").read_text() == "one\n"
+    assert not (step.changes / "srv").exists()
+
+
+def test_bind_mount_type_mismatches_and_read_only_parents_name_the_problem(
+        run: Runner, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "dir").mkdir(parents=True)
+    (ctx / "file").write_text("x\n")
+    with pytest.raises(SandboxSetupError, match="cannot mount a file at /etc: the image has "
+                                                "a directory there"):
+        run("true", mounts=(BindMount(target="/etc", source="file").resolved(ctx),))
+    with pytest.raises(SandboxSetupError, match="cannot mount a directory at /etc/passwd: the "
+                                                "image has a file there"):
+        run("true", mounts=(BindMount(target="/etc/passwd", source="dir").resolved(ctx),))
+    nested = (BindMount(target="/in", source="dir").resolved(ctx),
+              BindMount(target="/in/file", source="file").resolved(ctx))
+    with pytest.raises(SandboxSetupError, match="cannot make the mount point /in/file: it "
+                                                "would be inside a read-only mount"):
+        run("true", mounts=nested)

@@ -1,0 +1,54 @@
+"""``RUN --mount=type=bind`` of files and directories (testfiles/bind-file)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from builder.steps.common import BuildError
+
+
+@pytest.mark.parametrize("differ", ["overlay", "snapshot"])
+def test_single_file_bind_mounts(context_of, build, tmp_path: Path,
+                                 differ: str) -> None:  # type: ignore[no-untyped-def]
+    ctx = context_of("bind-file")
+    out = tmp_path / "out"
+    build(ctx, local=out, differ=differ)
+    assert (out / "reqs-copy.txt").read_text() == "flask==3.0\nrequests==2.31\n"
+    assert (out / "ro.txt").read_text() == "read-only\n"
+    assert (out / "tool-out.txt").read_text() == "built by a stage\n"
+    assert (out / "both.txt").read_text() == "setting=1\nflask==3.0\nrequests==2.31\nmore\n"
+    assert (ctx / "requirements.txt").read_text() == "flask==3.0\nrequests==2.31\n"
+    # mount points (and the directories made for them) stay out of the image
+    assert not (out / "tmp/requirements.txt").exists()
+    assert not (out / "opt").exists()
+    assert not (out / "etc/app").exists() and not (out / "srv/extra.txt").exists()
+
+
+def test_file_bind_onto_an_image_directory_names_the_problem(
+        context_of, build, busybox_ref: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ctx = context_of("bind-file")
+    (ctx / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\n"
+        "RUN --mount=type=bind,source=requirements.txt,target=/etc true\n")
+    with pytest.raises(BuildError, match="cannot mount a file at /etc: the image has a "
+                                         "directory there; choose another target"):
+        build(ctx)
+
+
+def test_bind_mount_points_leave_the_same_layers_with_both_differs(
+        context_of, build, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ctx = context_of("bind-file")
+    oci = {d: tmp_path / f"oci-{d}" for d in ("overlay", "snapshot")}
+    digests = {d: build(ctx, storage=tmp_path / f"storage-{d}", oci=oci[d], differ=d,
+                        source_date_epoch=1700000000).image.digest
+               for d in ("overlay", "snapshot")}
+    assert digests["overlay"] == digests["snapshot"]
+    manifest = json.loads((oci["overlay"] / "blobs/sha256" / digests["overlay"].encoded)
+                          .read_bytes())
+    first_run = manifest["layers"][1]["digest"].split(":", 1)[1]
+    with tarfile.open(oci["overlay"] / "blobs/sha256" / first_run) as tar:
+        assert sorted(tar.getnames()) == ["reqs-copy.txt", "ro.txt"]
