@@ -36,6 +36,7 @@ import enum
 import errno
 import os
 import shutil
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +51,10 @@ from .errors import (
     SandboxSetupError,
     SandboxUnavailable,
     SecretNotFound,
+    StepInterrupted,
 )
 from .flatten import flatten_lowers
-from .process import TAIL_LINES, OutputCallback, spawn
+from .process import TAIL_LINES, OutputCallback, StepInterrupt, spawn
 from .rootfs import (
     RootfsLayout,
     RootfsMode,
@@ -239,6 +241,7 @@ def run_step(
     check: bool = True,
     set_home: bool = False,
     as_upper: bool = False,
+    interrupt: StepInterrupt | None = None,
 ) -> StepResult:
     """Run ``spec`` on the root made of ``lowers`` (top first); return how it went.
 
@@ -256,6 +259,13 @@ def run_step(
     ``as_upper``: in COPY mode, snapshot the flattened root before the command and return
     the changes as an overlayfs upper dir (``builder.sandbox.differ``), so that callers
     get the same thing whichever mode ran.
+
+    ``interrupt``: another thread may call its ``interrupt()`` to stop the step; every
+    process of the step is killed, the same cleanup runs, and :class:`StepInterrupted`
+    is raised.
+
+    The command starts as runc starts a container's process: every signal at its default
+    disposition, none blocked, no file descriptors but 0-2, umask 022.
     """
     if os.geteuid() != 0:
         raise SandboxUnavailable("RUN steps need root (mounts and namespaces): run as root")
@@ -270,10 +280,11 @@ def run_step(
     layout = RootfsLayout(_choose_rootfs(rootfs, state_dir), lowers, state_dir)
     reports: list[dict[str, object]] = []
     before: list[Any] = []  # the COPY-mode snapshot, when as_upper
+    interrupt = interrupt or StepInterrupt()
     try:
         user, kind, code, tail = _prepare_and_spawn(
             spec, layout, cache_dir, executor, on_output, reports, set_home,
-            before if as_upper else None,
+            before if as_upper else None, interrupt,
         )
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -282,6 +293,8 @@ def run_step(
     finally:
         cleanup(layout, reports, workdir=spec.workdir)
 
+    if interrupt.interrupted:
+        raise StepInterrupted(spec.argv)
     errors = [r for r in reports if "error" in r]
     started = any("child-pid" in r for r in reports)
     if errors:
@@ -315,6 +328,7 @@ def _prepare_and_spawn(
     reports: list[dict[str, object]],
     set_home: bool,
     before: list[Any] | None,
+    interrupt: StepInterrupt,
 ) -> tuple[ExecUser, Executor, int, list[str]]:
     if layout.mode is RootfsMode.OVERLAY:
         passwd = read_from_lowers(layout.lowers, "etc/passwd")
@@ -373,7 +387,10 @@ def _prepare_and_spawn(
             "pipes": pipes,
             "insecure": spec.insecure,
         }
-        code, tail = spawn(plan, kind is Executor.CHROOT, spec.network, on_output, reports)
+        if interrupt.interrupted:
+            return user, kind, -signal.SIGKILL, []
+        code, tail = spawn(plan, kind is Executor.CHROOT, spec.network, on_output, reports,
+                           interrupt)
     if kind is Executor.BWRAP and code == 1 and tail and tail[-1].startswith("bwrap: execvp"):
         # bwrap exits 1 when the command cannot be executed; report it as a shell would.
         code = 127 if tail[-1].endswith("No such file or directory") else 126
