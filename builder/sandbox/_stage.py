@@ -57,6 +57,7 @@ DEFAULT_CAPS = {
     "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
 }
 PR_CAPBSET_DROP = 24
+PR_SET_PDEATHSIG = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -242,6 +243,10 @@ def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     os.setgroups(plan["groups"])
     os.setgid(plan["gid"])
     os.setuid(plan["uid"])
+    # A change of uid or gid clears the parent-death signal ``unshare --kill-child`` set:
+    # set it again. (If the runner is gone already, the report below fails: EPIPE.)
+    if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise SetupError(f"cannot set the parent-death signal: {os.strerror(ctypes.get_errno())}")
     env = dict(e.split("=", 1) for e in plan["env"])
     write(report, {"child-pid": os.getpid()})
     os.close(report)
