@@ -4,14 +4,15 @@ How a step runs (all as real root; rootless building is not supported):
 
 1. ``state_dir`` gets the layout drawn in ``rootfs.py``; cache mounts are leased
    (``caches.py``); secrets are read into memory.
-2. ``unshare --mount --propagation private`` (plus ``--pid --ipc --uts [--net] --fork``
-   for the chroot executor) starts ``_stage.py``, which mounts the overlay (or uses the
-   flattened copy), the step's mounts, /etc/hosts and /etc/resolv.conf read-only, then
-   becomes the sandbox:
+2. ``setpriv --pdeathsig KILL unshare --mount --propagation private --fork --kill-child``
+   (plus ``--pid --ipc --uts [--net]`` for the chroot executor) starts ``_stage.py``
+   (``process.py`` says how the step's processes end, whatever happens), which mounts
+   the overlay (or uses the flattened copy), the step's mounts, /etc/hosts and
+   /etc/resolv.conf read-only, then becomes the sandbox:
 
    - ``Executor.BWRAP``: bubblewrap with the composed root as /, fresh /proc and a minimal
-     /dev, PID/IPC/UTS namespaces (and a network namespace for ``network=none``),
-     Docker's default capabilities. /tmp is part of the root, so /tmp writes stay in the
+     /dev, PID/IPC/UTS namespaces (the command is PID 1, as under runc; a network
+     namespace too for ``network=none``), Docker's default capabilities. /tmp is part of the root, so /tmp writes stay in the
      layer, as with Docker. bwrap keeps real root's uid: without a user namespace files
      keep their real owners, and bwrap cannot switch to another uid without one (which
      would remap every owner), so a non-root ``USER`` runs under the chroot executor.
