@@ -110,8 +110,13 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
                 received.append(signum)
                 task.cancel()
 
+        handled = []
         for signum in _STOP_SIGNALS:
-            loop.add_signal_handler(signum, stop, signum)
+            try:
+                loop.add_signal_handler(signum, stop, signum)
+            except (ValueError, RuntimeError):  # not the main thread: leave signals be
+                continue
+            handled.append(signum)
         try:
             return await build
         except BaseException:
@@ -119,7 +124,7 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
                 raise Interrupted(received[0]) from None
             raise
         finally:
-            for signum in _STOP_SIGNALS:
+            for signum in handled:
                 loop.remove_signal_handler(signum)
 
     try:
