@@ -99,11 +99,12 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
     """Run ``build``; SIGINT or SIGTERM cancels it -- every running step is killed and
     cleaned up on the way out (``builder.steps.run``) -- and raises :class:`Interrupted`."""
 
+    received: list[int] = []
+
     async def main() -> T:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        received: list[int] = []
 
         def stop(signum: int) -> None:
             if not received:
@@ -131,6 +132,10 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(main())
     except KeyboardInterrupt:  # before the event loop took SIGINT over
         raise Interrupted(signal.SIGINT) from None
+    except asyncio.CancelledError:  # the signal came as the build returned
+        if received:
+            raise Interrupted(received[0]) from None
+        raise
 
 
 @click.command("build")
