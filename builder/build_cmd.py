@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import stat
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -132,6 +135,60 @@ def _outputs(values: tuple[str, ...], load: bool, tags: tuple[str, ...]) -> tupl
 
 
 _ENTITLEMENTS = ("security.insecure",)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """The build was stopped by a signal (SIGINT: Ctrl-C, SIGTERM: a CI runner)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}: the build stopped "
+                         "and its running steps were killed")
+
+
+def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
+    """Run ``build``; SIGINT or SIGTERM cancels it -- every running step is killed and
+    cleaned up on the way out (``builder.steps.run``) -- and raises :class:`Interrupted`."""
+
+    received: list[int] = []
+
+    async def main() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop(signum: int) -> None:
+            if not received:
+                received.append(signum)
+                task.cancel()
+
+        handled = []
+        for signum in _STOP_SIGNALS:
+            try:
+                loop.add_signal_handler(signum, stop, signum)
+            except (ValueError, RuntimeError):  # not the main thread: leave signals be
+                continue
+            handled.append(signum)
+        try:
+            return await build
+        except BaseException:
+            if received:
+                raise Interrupted(received[0]) from None
+            raise
+        finally:
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:  # before the event loop took SIGINT over
+        raise Interrupted(signal.SIGINT) from None
+    except asyncio.CancelledError:  # the signal came as the build returned
+        if received:
+            raise Interrupted(received[0]) from None
+        raise
 
 
 @click.command("build")
@@ -203,10 +260,13 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
     progress = Progress(progress_mode)
     recorder = None if outs or push or secrets or ssh else Recorder.start()
     try:
-        result = asyncio.run(run_build(opts, progress))
+        result = _run_until_signal(run_build(opts, progress))
     except (BuildError, DockerfileError, ContextError, PublishError, ExportError) as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
+    except Interrupted as exc:
+        click.echo(f"ERROR: {exc}", err=True)
+        sys.exit(128 + exc.signum)
     digest = str(result.image.digest)
     if iidfile:
         iidfile.write_text(digest)

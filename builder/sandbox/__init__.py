@@ -22,8 +22,10 @@ if _typing.TYPE_CHECKING:
         SandboxSetupError,
         SandboxUnavailable,
         SecretNotFound,
+        StepInterrupted,
         UnknownUser,
     )
+    from .process import StepInterrupt
     from .rootfs import RootfsMode
     from .runner import TAIL_LINES, Executor, OutputCallback, StepResult, run_step
     from .spec import (
@@ -48,6 +50,8 @@ _WHERE = {
     "SandboxSetupError": "errors",
     "SandboxUnavailable": "errors",
     "SecretNotFound": "errors",
+    "StepInterrupted": "errors",
+    "StepInterrupt": "process",
     "UnknownUser": "errors",
     "RootfsMode": "rootfs",
     "TAIL_LINES": "runner",
@@ -90,6 +94,8 @@ __all__ = [
     "SecretNotFound",
     "Sharing",
     "SshMount",
+    "StepInterrupt",
+    "StepInterrupted",
     "StepResult",
     "TmpfsMount",
     "UnknownUser",

@@ -8,10 +8,19 @@ even after a crash or a SIGKILL.
 
 Usage: ``python3 -I _stage.py PLAN_FD REPORT_FD`` -- the plan is one JSON document read
 from PLAN_FD (secrets travel in it, never through a file). On REPORT_FD this writes JSON
-lines: ``{"stubs": [...], "touched": {...}}`` (mount points it had to create, relative to the
+lines: for the chroot executor first ``{"ns-init": N}`` (its own pid as the host sees it:
+the init of the step's PID namespace, which the runner kills to interrupt the step), then
+``{"stubs": [...], "touched": {...}}`` (mount points it had to create, relative to the
 root, and the times of the directories it created them in), then
 either ``{"child-pid": N}`` when the command starts (bwrap writes that one itself through
-``--json-status-fd``) or ``{"error": ..., "kind": ...}`` when set-up fails (exit 125).
+``--json-status-fd``: the host pid of the namespace's init, the command itself with
+``--as-pid-1``) or ``{"error": ..., "kind": ...}`` when set-up fails (exit 125).
+
+The command starts as runc starts a container's process: the Python interpreter ignores
+SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across ``exec`` -- a
+``yes | head`` pipeline would then never end -- so every disposition goes back to its
+default, the signal mask is emptied, every descriptor but 0-2 is closed (bwrap's status
+descriptor excepted, which bwrap does not pass on) and the umask is 022.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import socket
 import stat
 import struct
@@ -47,6 +57,7 @@ DEFAULT_CAPS = {
     "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
 }
 PR_CAPBSET_DROP = 24
+PR_SET_PDEATHSIG = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -244,10 +255,15 @@ def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     os.setgroups(plan["groups"])
     os.setgid(plan["gid"])
     os.setuid(plan["uid"])
+    # A change of uid or gid clears the parent-death signal ``unshare --kill-child`` set:
+    # set it again. (If the runner is gone already, the report below fails: EPIPE.)
+    if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise SetupError(f"cannot set the parent-death signal: {os.strerror(ctypes.get_errno())}")
     env = dict(e.split("=", 1) for e in plan["env"])
     write(report, {"child-pid": os.getpid()})
     os.close(report)
     argv = plan["argv"]
+    reset_process_state()
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as exc:
@@ -264,8 +280,9 @@ def run_bwrap(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     # The network namespace (network=none) and /sys come from the stage: bwrap shares the
     # former and carries the latter over with its recursive bind of the root.
     args = [plan["bwrap"], "--bind", root, "/", "--proc", "/proc", "--dev", "/dev",
-            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", plan["hostname"],
-            "--chdir", plan["workdir"], "--die-with-parent", "--json-status-fd", str(report),
+            "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts",
+            "--hostname", plan["hostname"], "--chdir", plan["workdir"], "--die-with-parent",
+            "--json-status-fd", str(report),
             "--cap-drop", "ALL"]
     for cap in ["ALL"] if plan["insecure"] else DEFAULT_CAPS:
         args += ["--cap-add", cap]
@@ -277,7 +294,26 @@ def run_bwrap(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     os.setgroups(plan["groups"])
     os.setgid(plan["gid"])
     env = dict(e.split("=", 1) for e in plan["env"])
+    reset_process_state(keep=(report,))
     os.execve(plan["bwrap"], args, env)
+
+
+def reset_process_state(keep: tuple[int, ...] = ()) -> None:
+    """Default dispositions for every signal, an empty mask, no descriptor but 0-2 and
+    ``keep``: what the command gets from runc (see the module docstring)."""
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # the C library's own real-time signals
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def write(fd: int, obj: dict[str, Any]) -> None:
@@ -286,8 +322,12 @@ def write(fd: int, obj: dict[str, Any]) -> None:
 
 def main() -> None:
     plan_fd, report = int(sys.argv[1]), int(sys.argv[2])
+    os.umask(0o022)  # mount points, the workdir and the command: as under runc
     with os.fdopen(plan_fd, "rb") as f:
         plan = json.load(f)
+    if plan["executor"] == "chroot":
+        # /proc is still the host's here: "self" names this process's host pid.
+        write(report, {"ns-init": int(os.readlink("/proc/self"))})
     stubs: list[str] = []
     try:
         rootfs = plan["rootfs"]

@@ -8,6 +8,7 @@
     ├── SecretNotFound        a ``required`` secret the caller did not provide
     ├── SandboxUnavailable    this host cannot run the sandbox (not root, no bwrap, no overlayfs...)
     ├── SandboxSetupError     the sandbox could not be set up (a mount failed, ...)
+    ├── StepInterrupted       the caller interrupted the step (``StepInterrupt``)
     └── RunFailed             the command ran and exited non-zero
         └── OutOfDiskSpace    ... because the disk holding the step's changes filled up
 
@@ -27,6 +28,7 @@ __all__ = [
     "SandboxSetupError",
     "SandboxUnavailable",
     "SecretNotFound",
+    "StepInterrupted",
     "UnknownUser",
 ]
 
@@ -74,6 +76,12 @@ class SandboxSetupError(SandboxError):
             + (f"\n{tail}" if tail else "")
         )
         self.output_tail = tuple(output_tail)
+
+
+class StepInterrupted(SandboxError):
+    def __init__(self, argv: Sequence[str]) -> None:
+        super().__init__(f"RUN {_show(argv)} was interrupted: its processes were killed")
+        self.argv = tuple(argv)
 
 
 class RunFailed(SandboxError):

@@ -4,14 +4,15 @@ How a step runs (all as real root; rootless building is not supported):
 
 1. ``state_dir`` gets the layout drawn in ``rootfs.py``; cache mounts are leased
    (``caches.py``); secrets are read into memory.
-2. ``unshare --mount --propagation private`` (plus ``--pid --ipc --uts [--net] --fork``
-   for the chroot executor) starts ``_stage.py``, which mounts the overlay (or uses the
-   flattened copy), the step's mounts, /etc/hosts and /etc/resolv.conf read-only, then
-   becomes the sandbox:
+2. ``setpriv --pdeathsig KILL unshare --mount --propagation private --fork --kill-child``
+   (plus ``--pid --ipc --uts [--net]`` for the chroot executor) starts ``_stage.py``
+   (``process.py`` says how the step's processes end, whatever happens), which mounts
+   the overlay (or uses the flattened copy), the step's mounts, /etc/hosts and
+   /etc/resolv.conf read-only, then becomes the sandbox:
 
    - ``Executor.BWRAP``: bubblewrap with the composed root as /, fresh /proc and a minimal
-     /dev, PID/IPC/UTS namespaces (and a network namespace for ``network=none``),
-     Docker's default capabilities. /tmp is part of the root, so /tmp writes stay in the
+     /dev, PID/IPC/UTS namespaces (the command is PID 1, as under runc; a network
+     namespace too for ``network=none``), Docker's default capabilities. /tmp is part of the root, so /tmp writes stay in the
      layer, as with Docker. bwrap keeps real root's uid: without a user namespace files
      keep their real owners, and bwrap cannot switch to another uid without one (which
      would remap every owner), so a non-root ``USER`` runs under the chroot executor.
@@ -36,6 +37,7 @@ import enum
 import errno
 import os
 import shutil
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +52,11 @@ from .errors import (
     SandboxSetupError,
     SandboxUnavailable,
     SecretNotFound,
+    StepInterrupted,
 )
 from .flatten import flatten_lowers
 from .linkgroups import relink_copied_up
-from .process import TAIL_LINES, OutputCallback, spawn
+from .process import TAIL_LINES, OutputCallback, StepInterrupt, spawn
 from .rootfs import (
     RootfsLayout,
     RootfsMode,
@@ -244,6 +247,7 @@ def run_step(
     check: bool = True,
     set_home: bool = False,
     as_upper: bool = False,
+    interrupt: StepInterrupt | None = None,
 ) -> StepResult:
     """Run ``spec`` on the root made of ``lowers`` (top first); return how it went.
 
@@ -261,6 +265,13 @@ def run_step(
     ``as_upper``: in COPY mode, snapshot the flattened root before the command and return
     the changes as an overlayfs upper dir (``builder.sandbox.differ``), so that callers
     get the same thing whichever mode ran.
+
+    ``interrupt``: another thread may call its ``interrupt()`` to stop the step; every
+    process of the step is killed, the same cleanup runs, and :class:`StepInterrupted`
+    is raised.
+
+    The command starts as runc starts a container's process: every signal at its default
+    disposition, none blocked, no file descriptors but 0-2, umask 022.
     """
     if os.geteuid() != 0:
         raise SandboxUnavailable("RUN steps need root (mounts and namespaces): run as root")
@@ -277,10 +288,11 @@ def run_step(
                           index=mode is RootfsMode.OVERLAY and overlay_index_supported(state_dir))
     reports: list[dict[str, object]] = []
     before: list[Any] = []  # the COPY-mode snapshot, when as_upper
+    interrupt = interrupt or StepInterrupt()
     try:
         user, kind, code, tail = _prepare_and_spawn(
             spec, layout, cache_dir, executor, on_output, reports, set_home,
-            before if as_upper else None,
+            before if as_upper else None, interrupt,
         )
         if layout.index and any("child-pid" in r for r in reports):
             # Before cleanup: the copied-up files' origin xattrs are needed.
@@ -298,6 +310,8 @@ def run_step(
     finally:
         cleanup(layout, reports, workdir=spec.workdir)
 
+    if interrupt.interrupted:
+        raise StepInterrupted(spec.argv)
     errors = [r for r in reports if "error" in r]
     started = any("child-pid" in r for r in reports)
     if errors:
@@ -331,6 +345,7 @@ def _prepare_and_spawn(
     reports: list[dict[str, object]],
     set_home: bool,
     before: list[Any] | None,
+    interrupt: StepInterrupt,
 ) -> tuple[ExecUser, Executor, int, list[str]]:
     if layout.mode is RootfsMode.OVERLAY:
         passwd = read_from_lowers(layout.lowers, "etc/passwd")
@@ -389,7 +404,10 @@ def _prepare_and_spawn(
             "pipes": pipes,
             "insecure": spec.insecure,
         }
-        code, tail = spawn(plan, kind is Executor.CHROOT, spec.network, on_output, reports)
+        if interrupt.interrupted:
+            return user, kind, -signal.SIGKILL, []
+        code, tail = spawn(plan, kind is Executor.CHROOT, spec.network, on_output, reports,
+                           interrupt)
     if kind is Executor.BWRAP and code == 1 and tail and tail[-1].startswith("bwrap: execvp"):
         # bwrap exits 1 when the command cannot be executed; report it as a shell would.
         code = 127 if tail[-1].endswith("No such file or directory") else 126

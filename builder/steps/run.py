@@ -132,6 +132,18 @@ def _check_platform(state: ImageState, where: str) -> None:
                      f"{host} (--platform {host}) or on a {wanted} machine")
 
 
+async def _settle(job: asyncio.Future[Any]) -> None:
+    """Wait until ``job`` is done, through further cancellations (the build cancels every
+    stage when it stops); its outcome is dropped."""
+    while not job.done():
+        try:
+            await asyncio.wait([job])
+        except asyncio.CancelledError:
+            continue
+    if not job.cancelled():
+        job.exception()
+
+
 async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                           args: Mapping[str, str], name: str) -> None:
     """Execute (or reuse from the cache) one RUN instruction."""
@@ -197,6 +209,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
     async def produce(n: int) -> Path:
         # The sandbox's runner only when the step runs: a cached RUN never loads it.
         from ..sandbox.errors import RunFailed, SandboxError, SandboxUnavailable
+        from ..sandbox.process import StepInterrupt
         from ..sandbox.runner import run_step
 
         lowers = await env.lowers(state)
@@ -210,11 +223,19 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         def on_output(stream: str, line: str) -> None:
             loop.call_soon_threadsafe(env.progress.log, n, line)
 
+        stop = StepInterrupt()
+        job = asyncio.ensure_future(asyncio.to_thread(
+            run_step, spec, lowers=lowers, state_dir=state_dir, rootfs=rootfs,
+            cache_dir=env.cache_mounts, on_output=on_output, set_home=True,
+            as_upper=True, interrupt=stop))
         try:
-            result = await asyncio.to_thread(
-                run_step, spec, lowers=lowers, state_dir=state_dir, rootfs=rootfs,
-                cache_dir=env.cache_mounts, on_output=on_output, set_home=True,
-                as_upper=True)
+            result = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # A thread cannot be cancelled: kill the step's processes, and let run_step
+            # clean up its mounts and scratch before the build removes its work dir.
+            stop.interrupt()
+            await _settle(job)
+            raise
         except RunFailed as exc:
             tail = "\n".join(exc.output_tail[-20:])
             raise BuildError(where, f"{' '.join(argv)!r} did not complete successfully: "

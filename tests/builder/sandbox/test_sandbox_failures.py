@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +177,78 @@ def test_auto_falls_back_to_copy_where_overlay_cannot_mount(
     with pytest.raises(SandboxUnavailable, match="rootfs=copy"):
         run_step(spec, lowers=[base_root], state_dir=overlay_disk / "t", executor=executor,
                  rootfs=RootfsMode.OVERLAY)
+
+
+def _wait_for_pids(marker: str, count: int, timeout: float) -> list[int]:
+    """The processes whose command line holds ``marker``, once there are ``count`` of
+    them or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    pids = _sandbox_pids(marker)
+    while len(pids) != count and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pids = _sandbox_pids(marker)
+    return pids
+
+
+def _kill_leftovers(marker: str) -> None:
+    for pid in _sandbox_pids(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_interrupt_from_another_thread_kills_the_whole_tree(
+    base_root: Path, tmp_path: Path, executor: Executor
+) -> None:
+    """``StepInterrupt.interrupt()`` (what a build does on Ctrl-C) kills every process of
+    the step, a daemon that left the session included, and cleans up as run_step does."""
+    from builder.sandbox import StepInterrupt, StepInterrupted
+
+    # The marker: only the two sleeps have it in their command lines (not the shell).
+    marker = nap = f"{random.randrange(1000, 9999)}.{os.getpid()}"
+    spec = RunSpec(argv=("/bin/sh", "-c", "(setsid sleep $NAP >/dev/null 2>&1 &); "
+                         "echo started; sleep $NAP"), env=(PATH, f"NAP={nap}"))
+    stop = StepInterrupt()
+    outcome: list[BaseException] = []
+    state = tmp_path / "state"
+
+    def step() -> None:
+        try:
+            run_step(spec, lowers=[base_root], state_dir=state, executor=executor,
+                     interrupt=stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=step)
+    thread.start()
+    try:
+        assert len(_wait_for_pids(marker, 2, 30)) == 2, "the step did not start"
+        t0 = time.monotonic()
+        stop.interrupt()
+        thread.join(20)
+        assert not thread.is_alive()
+        assert time.monotonic() - t0 < 10
+        assert len(outcome) == 1 and isinstance(outcome[0], StepInterrupted)
+        assert "interrupted" in str(outcome[0])
+        assert _wait_for_pids(marker, 0, 10) == []
+        assert sorted(p.name for p in state.iterdir()) == ["upper"]
+        with open("/proc/self/mountinfo") as f:
+            assert str(state) not in f.read()
+    finally:
+        stop.interrupt()
+        thread.join(30)
+        _kill_leftovers(marker)
+
+
+def test_an_interrupt_before_the_start_runs_nothing(
+    base_root: Path, tmp_path: Path, executor: Executor
+) -> None:
+    from builder.sandbox import StepInterrupt, StepInterrupted
+
+    stop = StepInterrupt()
+    stop.interrupt()
+    spec = RunSpec(argv=("/bin/sh", "-c", "touch /ran"), env=(PATH,))
+    state = tmp_path / "state"
+    with pytest.raises(StepInterrupted):
+        run_step(spec, lowers=[base_root], state_dir=state, executor=executor, interrupt=stop)
+    assert not (state / "upper" / "ran").exists()
+    assert sorted(p.name for p in state.iterdir()) == ["upper"]

@@ -396,3 +396,28 @@ def test_bind_mount_type_mismatches_and_read_only_parents_name_the_problem(
     with pytest.raises(SandboxSetupError, match="cannot make the mount point /in/file: it "
                                                 "would be inside a read-only mount"):
         run("true", mounts=nested)
+
+
+def test_process_starts_as_runc_starts_it(run: Runner) -> None:
+    """Default signal dispositions, an empty signal mask, only fds 0-2 and umask 022,
+    whatever the calling Python process had (it ignores SIGPIPE and SIGXFSZ)."""
+    old_umask = os.umask(0o077)
+    try:
+        step = run("grep -E '^Sig(Blk|Ign|Cgt):' /proc/self/status; ls /proc/$$/fd; umask")
+    finally:
+        os.umask(old_umask)
+    assert step.stdout == ["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000",
+                           "SigCgt:\t0000000000000000", "0", "1", "2", "0022"]
+
+
+def test_a_pipeline_writer_dies_when_its_reader_exits(run: Runner) -> None:
+    """The writer of a pipeline gets SIGPIPE: a shell loop that ignores write errors ends
+    (with SIGPIPE ignored it spins until the ``timeout`` kills it), and ``yes`` exits 141."""
+    import time
+
+    t0 = time.monotonic()
+    step = run("timeout -s KILL 15 sh -c 'while :; do echo y; done 2>/dev/null | head -n 3';"
+               " echo loop=$?; yes | head -c 1000 | wc -c;"
+               " (yes; echo yes=$? >&2) 2>/tmp/status | head -c 1 >/dev/null; cat /tmp/status")
+    assert step.stdout == ["y", "y", "y", "loop=0", "1000", "yes=141"]
+    assert time.monotonic() - t0 < 15
