@@ -234,7 +234,12 @@ class Cutter:
             if self._len > start:
                 self._cut(view, start, self._len, out, closed=True)
             start = self._len
-        elif self._len - start > self.params.max_size:
+        elif self._split or self._len - start > self.params.max_size:
+            # The open segment is (now known to be) longer than max_size: FastCDC cuts
+            # it, and every cut before the last is final whatever follows, so emit them
+            # however little is buffered. Waiting for max_size more bytes made when
+            # pieces come out depend on how the stream was fed: a resumed ingest, fed
+            # piece by piece, then failed to re-emit the pieces it had checkpointed.
             self._split = True
             start = self._cut(view, start, self._len, out, closed=False)
         self._start = start
