@@ -169,16 +169,22 @@ class Ingest:
         ingest stays open and any later call takes them again. Cheap when parked."""
         async with self._lock:
             self._check_open()
-            if self._parked:
+            if self._parked and not self._pending:
                 return
             await self._flush()
             await self._settle(len(self._inflight))
             await self._run(self._park_sync)
 
     @property
+    def closed(self) -> bool:
+        """True once committed or aborted (a failed write aborts): every call then raises
+        IngestUnknown."""
+        return self._closed
+
+    @property
     def parked(self) -> bool:
         """True while the ingest holds no buffers (between park() and the next call)."""
-        return self._parked
+        return self._parked and not self._pending
 
     async def commit(self, expected: Digest | None = None, *, size: int | None = None,
                      link: str | None = None) -> BlobInfo:
