@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .server import ConfigError, ServerConfig, load_config, make_app
 from .server.accesslog import AccessLogSink, JsonAccessLogger
+from .server.limits import ConnectionGuard, raise_open_files_limit
 from .server.state import REGISTRY
 
 log = logging.getLogger("pybuild.registry")
@@ -54,6 +55,7 @@ def run_server(config: ServerConfig) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    raise_open_files_limit()  # every connection is a descriptor
     app = make_app(config, storage=storage)
     if sink is not None:
 
@@ -102,8 +104,18 @@ async def _serve(
         access_log_class=JsonAccessLogger,
         access_log=access_log,
         shutdown_timeout=config.shutdown_timeout,
+        # Idle kept-alive connections are closed after this; it also bounds the time a
+        # kept-alive connection takes to send its next request head.
+        keepalive_timeout=config.http_idle_timeout or float(1 << 31),  # 0: none
     )
     await runner.setup()
+    assert runner.server is not None
+    ConnectionGuard(
+        max_connections=config.http_max_connections,
+        max_per_client=config.http_max_connections_per_client,
+        header_timeout=config.http_header_timeout,
+        log=app[REGISTRY].limit_log,
+    ).install(runner.server)
     try:
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()

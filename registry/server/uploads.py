@@ -12,15 +12,23 @@
     DELETE <location>          cancel                                          204
 
 An upload session *is* a ``cas`` ingest: the upload UUID is the ingest id, the bytes go
-straight into the ingest (bounded memory) and the ingest is checkpointed at the end of
-every request, so a session survives a server restart. ``registry.db`` remembers which
+straight into the ingest (bounded memory) and the ingest is checkpointed and *parked* at
+the end of every request (it gives back every buffer until the next request), so a
+session survives a server restart and an idle one holds no memory. How many sessions,
+and how many bytes in them, a client may hold is bounded (``limits.UploadLimits``: 429
+``TOOMANYREQUESTS``); an upload body that sends nothing for ``http.body_timeout``
+seconds ends its request. A session whose ingest failed (a full disk aborts it) is
+forgotten at once: afterwards it is ``BLOB_UPLOAD_UNKNOWN``, never a session claiming
+bytes it lost. ``registry.db`` remembers which
 repository a session belongs to; a session used through another repository is unknown.
 A failed commit (digest or size mismatch) aborts the ingest: nothing becomes visible.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from typing import Any
 
 from aiohttp import web
@@ -35,6 +43,7 @@ from cas import (
     IngestUnknown,
     SizeMismatch,
 )
+from cas.buffers import trim_heap
 
 from ..errors import (
     BLOB_UPLOAD_INVALID,
@@ -105,27 +114,47 @@ def _commit_error(exc: Exception, digest: Digest) -> RegistryError:
     raise exc
 
 
-async def _pump(request: web.Request, ingest: Any) -> int:
+async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
+                on_excess: Any = None) -> int:
     """Stream the request body into ``ingest``; the number of bytes written.
 
-    A body that breaks off (client gone, truncated, bad chunking) is BLOB_UPLOAD_INVALID;
-    storage errors propagate unchanged (they are not the client's fault).
+    A body that breaks off (client gone, truncated, bad chunking) or sends nothing for
+    ``http.body_timeout`` seconds is BLOB_UPLOAD_INVALID; storage errors propagate
+    unchanged (they are not the client's fault). Past ``allowance`` bytes,
+    ``on_excess(written)`` is called (it raises).
     """
+    reg = request.app[REGISTRY]
+    stall = reg.config.http_body_timeout or None
+    loop = asyncio.get_running_loop()
     written = 0
     content = request.content
     try:
-        while True:
-            # Each chunk as the connection delivered it (up to 256 KiB): no join into
-            # larger buffers, the ingest batches them for its worker threads itself.
-            chunk, end_of_http_chunk = await content.readchunk()
-            if not chunk:
-                if end_of_http_chunk:
-                    continue  # the end of one chunk of a chunked body, not of the body
-                break
-            await ingest.write(chunk)
-            written += len(chunk)
+        # One timer for the whole body, pushed back at every chunk (a wait_for per
+        # chunk would cost a task per 256 KiB).
+        async with asyncio.timeout_at(loop.time() + stall if stall else None) as timer:
+            while True:
+                # Each chunk as the connection delivered it (up to 256 KiB): no join into
+                # larger buffers, the ingest batches them for its worker threads itself.
+                chunk, end_of_http_chunk = await content.readchunk()
+                if not chunk:
+                    if end_of_http_chunk:
+                        continue  # the end of one chunk of a chunked body, not of the body
+                    break
+                if allowance is not None and written + len(chunk) > allowance:
+                    on_excess(written + len(chunk))
+                timer.reschedule(None)  # not while the ingest waits for its threads
+                await ingest.write(chunk)
+                written += len(chunk)
+                if stall:
+                    timer.reschedule(loop.time() + stall)
     except (CasError, RegistryError):
         raise
+    except TimeoutError as exc:
+        reg.limit_log.hit("body_timeout", request.remote, seconds=stall, received=written)
+        raise BLOB_UPLOAD_INVALID(
+            f"upload body sent nothing for {stall:g} s after {written} bytes; the upload "
+            "holds what arrived: ask its status (GET) and resume from there",
+        ) from exc
     except Exception as exc:  # ConnectionResetError, aiohttp payload errors
         raise BLOB_UPLOAD_INVALID(
             f"upload body interrupted after {written} bytes: {exc}"
@@ -133,6 +162,19 @@ async def _pump(request: web.Request, ingest: Any) -> int:
     finally:
         request[BYTES_RECEIVED] = request.get(BYTES_RECEIVED, 0) + written
     return written
+
+
+_trim_due = 0.0
+
+
+def _release_memory() -> None:
+    """Give freed heap pages back to the system, at most once a second, off the loop:
+    ingests that parked or ended freed megabytes that glibc would otherwise keep."""
+    global _trim_due
+    now = time.monotonic()
+    if now >= _trim_due:
+        _trim_due = now + 1.0
+        asyncio.get_running_loop().run_in_executor(None, trim_heap)
 
 
 def _content_length(request: web.Request) -> int | None:
@@ -167,14 +209,17 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
         if has_body or digest == Digest.of(b"", digest.algorithm):
             return await _monolithic(reg, request, name, digest, length)
         algorithm = digest.algorithm  # no body: fall back to a session (spec end-4b 202)
+    client = request.remote or ""
+    reg.upload_limits.admit(client)
     ingest = await reg.store.begin_ingest(algorithm=algorithm)
     try:
-        await ingest.checkpoint()
+        await ingest.park()
         await reg.meta.add_upload(ingest.id, name)
     except BaseException:
         await ingest.abort()
         raise
     reg.ingests[ingest.id] = ingest
+    reg.upload_limits.add(ingest.id, client)
     return web.Response(status=202, headers=_session_headers(name, ingest.id, 0))
 
 
@@ -197,6 +242,8 @@ async def _monolithic(
         with contextlib.suppress(Exception):
             await ingest.abort()
         raise
+    finally:
+        _release_memory()
     await reg.meta.ensure_repository(name)
     return _created(name, digest)
 
@@ -231,13 +278,19 @@ async def _session(reg: Registry, name: str, upload_id: str) -> Any:
     if await reg.meta.upload_repository(upload_id) != name:
         raise unknown
     ingest = reg.ingests.get(upload_id)
+    if ingest is not None and getattr(ingest, "closed", False):
+        # Its ingest failed (a full disk aborts it): the bytes it claimed are gone.
+        await _drop_session(reg, upload_id)
+        raise unknown
     if ingest is None:
         try:
             ingest = await reg.store.resume_ingest(upload_id)
+            await _park(reg, upload_id, ingest)
         except IngestUnknown:
-            await reg.meta.remove_upload(upload_id)
+            await _drop_session(reg, upload_id)
             raise unknown from None
         reg.ingests[upload_id] = ingest
+        reg.upload_limits.update(upload_id, ingest.offset)
     return ingest
 
 
@@ -268,17 +321,25 @@ async def _append(request: web.Request, name: str, upload_id: str, ingest: Any, 
                 f"is {length}",
                 headers=_session_headers(name, upload_id, ingest.offset),
             )
+    reg = request.app[REGISTRY]
+    allowance = reg.upload_limits.allowance(upload_id)
+    expected = (span[1] - span[0] + 1) if span is not None else length
+    if allowance is not None and expected is not None and expected > allowance:
+        reg.upload_limits.refuse_bytes(upload_id, expected)
+
+    def excess(wanted: int) -> None:
+        reg.upload_limits.refuse_bytes(upload_id, wanted)
+
     before = ingest.offset
     try:
-        await _pump(request, ingest)
+        await _pump(request, ingest, allowance, excess)
     except BaseException:
-        await _keep_prefix(ingest)
+        await _keep_prefix(reg, upload_id, ingest)
         raise
     received = ingest.offset - before
-    expected = (span[1] - span[0] + 1) if span is not None else length
     complete = expected is None or received == expected
     if durable or not complete:
-        await _keep_prefix(ingest)
+        await _park(reg, upload_id, ingest)
     if not complete:
         raise BLOB_UPLOAD_INVALID(
             f"chunk was {received} bytes, expected {expected}; the upload holds "
@@ -287,10 +348,32 @@ async def _append(request: web.Request, name: str, upload_id: str, ingest: Any, 
         )
 
 
-async def _keep_prefix(ingest: Any) -> None:
-    # Whatever arrived is a valid prefix: keep it durable so the client can resume.
+async def _park(reg: Registry, upload_id: str, ingest: Any) -> None:
+    """Checkpoint the session and let its ingest give back its buffers until the next
+    request. If that fails (a full disk), the session cannot hold what it claims: it is
+    aborted and forgotten, and the error propagates."""
+    try:
+        await ingest.park()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await ingest.abort()
+        await _drop_session(reg, upload_id)
+        raise
+    else:
+        reg.upload_limits.update(upload_id, ingest.offset)
+    finally:
+        _release_memory()
+
+
+async def _keep_prefix(reg: Registry, upload_id: str, ingest: Any) -> None:
+    # A body broke off or failed: whatever arrived is a valid prefix, kept durable so
+    # the client can resume; a session that cannot keep it is forgotten.
+    if getattr(ingest, "closed", False):
+        await _drop_session(reg, upload_id)
+        _release_memory()
+        return
     with contextlib.suppress(Exception):
-        await ingest.checkpoint()
+        await _park(reg, upload_id, ingest)
 
 
 async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
@@ -319,6 +402,12 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         except (DigestMismatch, SizeMismatch) as exc:
             await _drop_session(reg, upload_id)
             raise _commit_error(exc, digest) from exc
+        except BaseException:
+            if ingest.closed:  # a failed commit aborted it (e.g. the disk is full)
+                await _drop_session(reg, upload_id)
+            raise
+        finally:
+            _release_memory()
         await _drop_session(reg, upload_id)
     await reg.meta.ensure_repository(name)
     return _created(name, digest)
@@ -326,7 +415,10 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
 
 async def _drop_session(reg: Registry, upload_id: str) -> None:
     reg.forget_upload(upload_id)
-    await reg.meta.remove_upload(upload_id)
+    # On a full disk even this may fail: the session is then unknown to this process and
+    # the next request finds its cas ingest gone (or at its last checkpoint).
+    with contextlib.suppress(Exception):
+        await reg.meta.remove_upload(upload_id)
 
 
 async def upload_status(request: web.Request, name: str, upload_id: str) -> web.Response:
