@@ -153,6 +153,7 @@ class Registry:
     # What clients hold (see limits.py); made from the config in __post_init__.
     limit_log: LimitLog = field(default_factory=LimitLog)
     upload_limits: UploadLimits = field(init=False)
+    upload_slots: asyncio.Semaphore | None = field(init=False)  # None: no bound
     # Graceful shutdown: requests in flight, and whether we are draining them.
     inflight: int = 0
     draining: bool = False
@@ -167,6 +168,7 @@ class Registry:
             max_bytes_per_client=c.uploads_max_bytes_per_client,
             log=self.limit_log,
         )
+        self.upload_slots = asyncio.Semaphore(c.uploads_max_active) if c.uploads_max_active else None
 
     def request_started(self) -> None:
         self.inflight += 1

@@ -164,6 +164,22 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
     return written
 
 
+# A body announced at most this large skips the queue for upload slots: its ingest
+# never takes full-size buffers (manifests, configs, small layers).
+_SMALL_BODY = 1 << 20
+
+
+def _slot(reg: Registry, request: web.Request) -> Any:
+    """One of the ``uploads.max_active`` slots for a request that streams a body into an
+    ingest: an ingest at work holds ~12-24 MiB of buffers (batches, cutter, pack
+    staging), so their number bounds the server's memory; the others wait, their bodies
+    held back by TCP (and at most aiohttp's read buffer each)."""
+    length = request.content_length
+    if reg.upload_slots is None or (length is not None and length <= _SMALL_BODY):
+        return contextlib.nullcontext()
+    return reg.upload_slots
+
+
 _trim_due = 0.0
 
 
@@ -224,6 +240,13 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
 
 
 async def _monolithic(
+    reg: Registry, request: web.Request, name: str, digest: Digest, length: int | None
+) -> web.Response:
+    async with _slot(reg, request):
+        return await _monolithic_in_slot(reg, request, name, digest, length)
+
+
+async def _monolithic_in_slot(
     reg: Registry, request: web.Request, name: str, digest: Digest, length: int | None
 ) -> web.Response:
     ingest = await reg.store.begin_ingest(algorithm=digest.algorithm)
@@ -378,7 +401,7 @@ async def _keep_prefix(reg: Registry, upload_id: str, ingest: Any) -> None:
 
 async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
     reg = request.app[REGISTRY]
-    async with reg.upload_lock(upload_id):
+    async with reg.upload_lock(upload_id), _slot(reg, request):
         ingest = await _session(reg, name, upload_id)
         try:
             await _append(request, name, upload_id, ingest)
@@ -393,7 +416,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
     if not digest_text:
         raise DIGEST_INVALID("closing an upload needs ?digest=<digest of the whole blob>")
     digest = parse_digest(digest_text)
-    async with reg.upload_lock(upload_id):
+    async with reg.upload_lock(upload_id), _slot(reg, request):
         ingest = await _session(reg, name, upload_id)
         if request.body_exists or request.headers.get("Content-Range"):
             await _append(request, name, upload_id, ingest, durable=False)

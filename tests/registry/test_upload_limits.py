@@ -4,6 +4,7 @@ failed on a full disk is unknown afterwards, never a session claiming lost bytes
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 from pathlib import Path
@@ -125,3 +126,36 @@ async def test_a_patch_failing_on_a_full_disk_leaves_no_session_claiming_bytes(
         assert resp.status == 200 and Digest.of(await resp.read()) == kept
         await push_blob(client, "full/repo", os.urandom(4 << 20))
         await client.close()
+
+
+async def test_bodies_streamed_into_ingests_at_once_are_bounded(make_client):
+    client = await make_client(uploads_max_active=1)
+    first = (await _start(client)).headers["Location"]
+    second = (await _start(client)).headers["Location"]
+    gate = asyncio.Event()
+
+    async def held_back():
+        yield os.urandom(2 << 20)
+        await gate.wait()
+        yield os.urandom(100_000)
+
+    async def quick():
+        yield os.urandom(2 << 20)
+
+    slots = client.app[REGISTRY].upload_slots
+    one = asyncio.create_task(client.patch(first, data=held_back()))
+    for _ in range(100):
+        if slots.locked():
+            break
+        await asyncio.sleep(0.02)
+    assert slots.locked()
+    two = asyncio.create_task(client.patch(second, data=quick()))
+    await asyncio.sleep(0.5)
+    assert not two.done(), "the second body waits for the only slot"
+    gate.set()
+    assert (await asyncio.wait_for(one, 10)).status == 202
+    assert (await asyncio.wait_for(two, 10)).status == 202
+    # A small body (announced length) does not wait for a slot.
+    async with slots:
+        resp = await asyncio.wait_for(client.patch(second, data=b"small"), 10)
+        assert resp.status == 202
