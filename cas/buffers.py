@@ -82,6 +82,12 @@ class BufferPool:
                 return free.pop()
         return bytearray(size)
 
+    def clear(self) -> None:
+        """Free every pooled buffer (a process going idle gives the memory back)."""
+        with self._lock:
+            self._free.clear()
+            self._bytes = 0
+
     def give(self, buf: bytearray) -> None:
         with self._lock:
             free = self._free.setdefault(len(buf), [])

@@ -90,6 +90,7 @@ class UploadLimits:
         self._count: Counter[str] = Counter()
         self._bytes: Counter[str] = Counter()
         self.total_bytes = 0
+        self._reservations = 0
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -104,6 +105,19 @@ class UploadLimits:
             self._refuse("sessions", client, len(self._sessions), self.max_sessions,
                          "the registry holds too many open upload sessions: retry later")
         self._admit_bytes(client, 0)
+
+    def reserve(self, client: str) -> str:
+        """:meth:`admit` and count the session at once (before the awaits that open it);
+        returns a key to :meth:`claim` with the session's id, or to :meth:`remove`."""
+        self.admit(client)
+        self._reservations += 1
+        key = f"reserved:{self._reservations}"
+        self.add(key, client)
+        return key
+
+    def claim(self, key: str, upload_id: str) -> None:
+        client, size = self._sessions.pop(key)
+        self._sessions[upload_id] = (client, size)
 
     def allowance(self, upload_id: str) -> int | None:
         """How many more bytes session ``upload_id`` may take (None: no bound); raises

@@ -43,7 +43,7 @@ from cas import (
     IngestUnknown,
     SizeMismatch,
 )
-from cas.buffers import trim_heap
+from cas.buffers import POOL, trim_heap
 
 from ..errors import (
     BLOB_UPLOAD_INVALID,
@@ -128,6 +128,7 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
     loop = asyncio.get_running_loop()
     written = 0
     content = request.content
+    _streaming[0] += 1
     try:
         # One timer for the whole body, pushed back at every chunk (a wait_for per
         # chunk would cost a task per 256 KiB).
@@ -156,10 +157,14 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
             "holds what arrived: ask its status (GET) and resume from there",
         ) from exc
     except Exception as exc:  # ConnectionResetError, aiohttp payload errors
+        # aiohttp's StreamReader keeps the exception it raised, whose traceback holds the
+        # reader's frame: a cycle that kept each broken body's buffered bytes (up to
+        # 2 MiB) until a full garbage collection. Without the traceback, they go now.
         raise BLOB_UPLOAD_INVALID(
             f"upload body interrupted after {written} bytes: {exc}"
-        ) from exc
+        ) from exc.with_traceback(None)
     finally:
+        _streaming[0] -= 1
         request[BYTES_RECEIVED] = request.get(BYTES_RECEIVED, 0) + written
     return written
 
@@ -180,17 +185,32 @@ def _slot(reg: Registry, request: web.Request) -> Any:
     return reg.upload_slots
 
 
-_trim_due = 0.0
+_trim: dict[str, Any] = {"at": 0.0, "pending": False}
+# Bodies being streamed into ingests now (the buffer pool is emptied when none is).
+_streaming = [0]
 
 
 def _release_memory() -> None:
-    """Give freed heap pages back to the system, at most once a second, off the loop:
-    ingests that parked or ended freed megabytes that glibc would otherwise keep."""
-    global _trim_due
-    now = time.monotonic()
-    if now >= _trim_due:
-        _trim_due = now + 1.0
-        asyncio.get_running_loop().run_in_executor(None, trim_heap)
+    """Give freed heap pages back to the system soon, off the event loop: ingests that
+    parked or ended freed megabytes that glibc would otherwise keep. At most once a
+    second, and always once after the last release. When no upload is streaming, the
+    pooled buffers go too."""
+    if _trim["pending"]:
+        return
+    loop = asyncio.get_running_loop()
+    _trim["pending"] = True
+
+    def release() -> None:
+        if not _streaming[0]:
+            POOL.clear()
+        trim_heap(force=True)
+
+    def run() -> None:
+        _trim["pending"] = False
+        _trim["at"] = time.monotonic()
+        loop.run_in_executor(None, release)
+
+    loop.call_later(max(0.0, _trim["at"] + 1.0 - time.monotonic()), run)
 
 
 def _content_length(request: web.Request) -> int | None:
@@ -225,17 +245,20 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
         if has_body or digest == Digest.of(b"", digest.algorithm):
             return await _monolithic(reg, request, name, digest, length)
         algorithm = digest.algorithm  # no body: fall back to a session (spec end-4b 202)
-    client = request.remote or ""
-    reg.upload_limits.admit(client)
-    ingest = await reg.store.begin_ingest(algorithm=algorithm)
+    reservation = reg.upload_limits.reserve(request.remote or "")
     try:
-        await ingest.park()
-        await reg.meta.add_upload(ingest.id, name)
+        ingest = await reg.store.begin_ingest(algorithm=algorithm)
+        try:
+            await ingest.park()
+            await reg.meta.add_upload(ingest.id, name)
+        except BaseException:
+            await ingest.abort()
+            raise
     except BaseException:
-        await ingest.abort()
+        reg.upload_limits.remove(reservation)
         raise
     reg.ingests[ingest.id] = ingest
-    reg.upload_limits.add(ingest.id, client)
+    reg.upload_limits.claim(reservation, ingest.id)
     return web.Response(status=202, headers=_session_headers(name, ingest.id, 0))
 
 
@@ -438,6 +461,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
 
 async def _drop_session(reg: Registry, upload_id: str) -> None:
     reg.forget_upload(upload_id)
+    _release_memory()
     # On a full disk even this may fail: the session is then unknown to this process and
     # the next request finds its cas ingest gone (or at its last checkpoint).
     with contextlib.suppress(Exception):

@@ -112,3 +112,11 @@ async def test_every_checkpoint_resumes(store: Store) -> None:
         await resumed.write(b"more")
         info = await resumed.commit(Digest.of(data + b"more"))
         assert await store.read_bytes(info.digest) == data + b"more"
+
+
+def test_the_pool_can_be_emptied() -> None:
+    pool = BufferPool()
+    pool.give(pool.take(100))
+    assert pool.pooled_bytes == 100
+    pool.clear()
+    assert pool.pooled_bytes == 0

@@ -159,3 +159,9 @@ async def test_bodies_streamed_into_ingests_at_once_are_bounded(make_client):
     async with slots:
         resp = await asyncio.wait_for(client.patch(second, data=b"small"), 10)
         assert resp.status == 202
+
+
+async def test_sessions_started_at_once_do_not_overshoot_the_bound(make_client):
+    client = await make_client(uploads_max_sessions_per_client=5)
+    answers = await asyncio.gather(*(_start(client) for _ in range(20)))
+    assert sorted(r.status for r in answers) == [202] * 5 + [429] * 15
