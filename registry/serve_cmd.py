@@ -55,7 +55,6 @@ def run_server(config: ServerConfig) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    raise_open_files_limit()  # every connection is a descriptor
     app = make_app(config, storage=storage)
     if sink is not None:
 
@@ -111,7 +110,7 @@ async def _serve(
     await runner.setup()
     assert runner.server is not None
     ConnectionGuard(
-        max_connections=config.http_max_connections,
+        max_connections=_connection_bound(config.http_max_connections),
         max_per_client=config.http_max_connections_per_client,
         header_timeout=config.http_header_timeout,
         log=app[REGISTRY].limit_log,
@@ -133,6 +132,26 @@ async def _serve(
             log.warning("shutdown timeout: cancelling %d request(s)", reg.inflight)
     finally:
         await runner.cleanup()
+
+
+# Descriptors kept for the store, its packs and the logs, beside the connections.
+_SPARE_FILES = 256
+
+
+def _connection_bound(configured: int) -> int:
+    """Raise the open-files soft limit to the hard limit (every connection is a
+    descriptor), and keep the connection bound below it: a server out of descriptors
+    cannot even accept, and every request fails without a word."""
+    soft, _ = raise_open_files_limit()
+    room = max(soft - _SPARE_FILES, 1)
+    if not configured or configured > room:
+        log.warning(
+            "open files limit is %d: serving at most %d connections (http.max_connections "
+            "is %s); raise the limit (ulimit -n, LimitNOFILE=) to serve more",
+            soft, room, configured or "unbounded",
+        )
+        return room
+    return configured
 
 
 @click.command("serve")

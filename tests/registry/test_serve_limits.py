@@ -171,3 +171,20 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path, servers):
     limits = Path(f"/proc/{srv.proc.pid}/limits").read_text()
     row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
     assert row.split()[3:5] == [str(hard), str(hard)], row
+
+
+def test_connections_stay_below_the_open_files_limit(tmp_path, servers):
+    def tiny_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+
+    srv = Server(tmp_path / "storage", env={"PYBUILD_LOG_ACCESS": "false"})
+    srv.preexec = tiny_limit
+    srv.start()
+    servers.append(srv)
+    held = [_connect(srv.port, "127.0.0.2") for _ in range(44)]
+    time.sleep(0.2)
+    refused = _request(srv.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.3")
+    assert refused.startswith(b"HTTP/1.1 429"), refused
+    for s in held:
+        s.close()
+    assert "open files limit is 300: serving at most 44 connections" in srv.stderr.read_text()
