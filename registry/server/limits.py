@@ -164,10 +164,11 @@ class UploadLimits:
     def update(self, upload_id: str, size: int) -> None:
         """Session ``upload_id`` now holds ``size`` bytes (sessions not counted yet, e.g.
         resumed after a restart, are counted under the client ``""``)."""
-        client, old = self._sessions.get(upload_id, ("", None))  # type: ignore[assignment]
-        if old is None:
-            self.add(upload_id, client, size)
+        entry = self._sessions.get(upload_id)
+        if entry is None:
+            self.add(upload_id, "", size)
             return
+        client, old = entry
         self._sessions[upload_id] = (client, size)
         self._bytes[client] += size - old
         self.total_bytes += size - old
@@ -257,7 +258,8 @@ class ConnectionGuard:
 
     def _check_header(self, handler: Any, transport: Any, client: str) -> None:
         self._timers.pop(handler, None)
-        if handler not in self._clients or getattr(handler, "_request_count", 1):
+        # RequestHandler counts the request heads it parsed.
+        if handler not in self._clients or getattr(handler, "_request_count", 1) > 0:
             return  # a request head arrived (or the connection is gone)
         self._log.hit("header_timeout", client, seconds=self.header_timeout)
         handler.force_close()

@@ -160,9 +160,10 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
         # aiohttp's StreamReader keeps the exception it raised, whose traceback holds the
         # reader's frame: a cycle that kept each broken body's buffered bytes (up to
         # 2 MiB) until a full garbage collection. Without the traceback, they go now.
+        exc.__traceback__ = None
         raise BLOB_UPLOAD_INVALID(
             f"upload body interrupted after {written} bytes: {exc}"
-        ) from exc.with_traceback(None)
+        ) from exc
     finally:
         _streaming[0] -= 1
         request[BYTES_RECEIVED] = request.get(BYTES_RECEIVED, 0) + written

@@ -156,7 +156,7 @@ def test_a_stalled_upload_body_ends_its_request_and_keeps_what_arrived(tmp_path,
 
 
 def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path, servers):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < 512:
         pytest.skip(f"the hard limit of open files here is only {hard}")
 
