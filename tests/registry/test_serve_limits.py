@@ -188,3 +188,17 @@ def test_connections_stay_below_the_open_files_limit(tmp_path, servers):
     for s in held:
         s.close()
     assert "open files limit is 300: serving at most 44 connections" in srv.stderr.read_text()
+
+
+def test_a_stalled_manifest_body_ends_its_request(tmp_path, servers):
+    srv = _start(tmp_path, PYBUILD_HTTP_BODY_TIMEOUT="1")
+    servers.append(srv)
+    with _connect(srv.port) as s:
+        s.sendall(b"PUT /v2/s/manifests/latest HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+                  b"Content-Length: 1000\r\n\r\n{\"schemaVersion\"")
+        started = time.monotonic()
+        s.settimeout(6)
+        answer = s.recv(65536)
+    assert time.monotonic() - started < 6
+    assert answer.startswith(b"HTTP/1.1 400") and b"MANIFEST_INVALID" in answer, answer
