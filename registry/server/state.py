@@ -154,6 +154,10 @@ class Registry:
     limit_log: LimitLog = field(default_factory=LimitLog)
     upload_limits: UploadLimits = field(init=False)
     upload_slots: asyncio.Semaphore | None = field(init=False)  # None: no bound
+    streaming: int = 0  # upload bodies being streamed into ingests now
+    # Heap trimming after ingests give memory back (uploads._release_memory).
+    trim_pending: bool = False
+    trimmed_at: float = 0.0
     # Graceful shutdown: requests in flight, and whether we are draining them.
     inflight: int = 0
     draining: bool = False

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -115,7 +116,7 @@ def _commit_error(exc: Exception, digest: Digest) -> RegistryError:
 
 
 async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
-                on_excess: Any = None) -> int:
+                on_excess: Callable[[int], None] | None = None) -> int:
     """Stream the request body into ``ingest``; the number of bytes written.
 
     A body that breaks off (client gone, truncated, bad chunking) or sends nothing for
@@ -128,7 +129,7 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
     loop = asyncio.get_running_loop()
     written = 0
     content = request.content
-    _streaming[0] += 1
+    reg.streaming += 1
     try:
         # One timer for the whole body, pushed back at every chunk (a wait_for per
         # chunk would cost a task per 256 KiB).
@@ -141,7 +142,7 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
                     if end_of_http_chunk:
                         continue  # the end of one chunk of a chunked body, not of the body
                     break
-                if allowance is not None and written + len(chunk) > allowance:
+                if on_excess and allowance is not None and written + len(chunk) > allowance:
                     on_excess(written + len(chunk))
                 timer.reschedule(None)  # not while the ingest waits for its threads
                 await ingest.write(chunk)
@@ -165,7 +166,7 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
             f"upload body interrupted after {written} bytes: {exc}"
         ) from exc
     finally:
-        _streaming[0] -= 1
+        reg.streaming -= 1
         request[BYTES_RECEIVED] = request.get(BYTES_RECEIVED, 0) + written
     return written
 
@@ -186,32 +187,27 @@ def _slot(reg: Registry, request: web.Request) -> Any:
     return reg.upload_slots
 
 
-_trim: dict[str, Any] = {"at": 0.0, "pending": False}
-# Bodies being streamed into ingests now (the buffer pool is emptied when none is).
-_streaming = [0]
-
-
-def _release_memory() -> None:
+def _release_memory(reg: Registry) -> None:
     """Give freed heap pages back to the system soon, off the event loop: ingests that
     parked or ended freed megabytes that glibc would otherwise keep. At most once a
     second, and always once after the last release. When no upload is streaming, the
     pooled buffers go too."""
-    if _trim["pending"]:
+    if reg.trim_pending:
         return
     loop = asyncio.get_running_loop()
-    _trim["pending"] = True
+    reg.trim_pending = True
 
     def release() -> None:
-        if not _streaming[0]:
+        if not reg.streaming:
             POOL.clear()
         trim_heap(force=True)
 
     def run() -> None:
-        _trim["pending"] = False
-        _trim["at"] = time.monotonic()
+        reg.trim_pending = False
+        reg.trimmed_at = time.monotonic()
         loop.run_in_executor(None, release)
 
-    loop.call_later(max(0.0, _trim["at"] + 1.0 - time.monotonic()), run)
+    loop.call_later(max(0.0, reg.trimmed_at + 1.0 - time.monotonic()), run)
 
 
 def _content_length(request: web.Request) -> int | None:
@@ -290,7 +286,7 @@ async def _monolithic_in_slot(
             await ingest.abort()
         raise
     finally:
-        _release_memory()
+        _release_memory(reg)
     await reg.meta.ensure_repository(name)
     return _created(name, digest)
 
@@ -325,7 +321,7 @@ async def _session(reg: Registry, name: str, upload_id: str) -> Any:
     if await reg.meta.upload_repository(upload_id) != name:
         raise unknown
     ingest = reg.ingests.get(upload_id)
-    if ingest is not None and getattr(ingest, "closed", False):
+    if ingest is not None and ingest.closed:
         # Its ingest failed (a full disk aborts it): the bytes it claimed are gone.
         await _drop_session(reg, upload_id)
         raise unknown
@@ -409,15 +405,14 @@ async def _park(reg: Registry, upload_id: str, ingest: Any) -> None:
     else:
         reg.upload_limits.update(upload_id, ingest.offset)
     finally:
-        _release_memory()
+        _release_memory(reg)
 
 
 async def _keep_prefix(reg: Registry, upload_id: str, ingest: Any) -> None:
     # A body broke off or failed: whatever arrived is a valid prefix, kept durable so
     # the client can resume; a session that cannot keep it is forgotten.
-    if getattr(ingest, "closed", False):
+    if ingest.closed:
         await _drop_session(reg, upload_id)
-        _release_memory()
         return
     with contextlib.suppress(Exception):
         await _park(reg, upload_id, ingest)
@@ -454,7 +449,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
                 await _drop_session(reg, upload_id)
             raise
         finally:
-            _release_memory()
+            _release_memory(reg)
         await _drop_session(reg, upload_id)
     await reg.meta.ensure_repository(name)
     return _created(name, digest)
@@ -462,7 +457,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
 
 async def _drop_session(reg: Registry, upload_id: str) -> None:
     reg.forget_upload(upload_id)
-    _release_memory()
+    _release_memory(reg)
     # On a full disk even this may fail: the session is then unknown to this process and
     # the next request finds its cas ingest gone (or at its last checkpoint).
     with contextlib.suppress(Exception):
