@@ -27,7 +27,7 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
       header_timeout: 20                # seconds a new connection has to send its headers
       idle_timeout: 120                 # seconds a keep-alive connection may stay idle
                                         # (and has to send the next request's headers)
-      body_timeout: 60                  # seconds an upload body may send nothing
+      body_timeout: 60                  # seconds an upload body may go without 64 KiB
       max_connections: 4096             # open connections in all (0: no limit)
       max_connections_per_client: 256   # ... per client (remote address)
     cache:

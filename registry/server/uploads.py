@@ -115,6 +115,10 @@ def _commit_error(exc: Exception, digest: Digest) -> RegistryError:
     raise exc
 
 
+# Bytes an upload body must deliver per http.body_timeout seconds.
+_PROGRESS = 64 << 10
+
+
 async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
                 on_excess: Callable[[int], None] | None = None) -> int:
     """Stream the request body into ``ingest``; the number of bytes written.
@@ -131,9 +135,12 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
     content = request.content
     reg.streaming += 1
     try:
-        # One timer for the whole body, pushed back at every chunk (a wait_for per
-        # chunk would cost a task per 256 KiB).
-        async with asyncio.timeout_at(loop.time() + stall if stall else None) as timer:
+        # One timer for the whole body (a wait_for per chunk would cost a task per
+        # 256 KiB), pushed back whenever _PROGRESS more bytes came: a body trickling a
+        # byte now and then is as stalled as a silent one.
+        deadline = loop.time() + stall if stall else None
+        mark = 0
+        async with asyncio.timeout_at(deadline) as timer:
             while True:
                 # Each chunk as the connection delivered it (up to 256 KiB): no join into
                 # larger buffers, the ingest batches them for its worker threads itself.
@@ -145,10 +152,15 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
                 if on_excess and allowance is not None and written + len(chunk) > allowance:
                     on_excess(written + len(chunk))
                 timer.reschedule(None)  # not while the ingest waits for its threads
+                paused = loop.time()
                 await ingest.write(chunk)
                 written += len(chunk)
-                if stall:
-                    timer.reschedule(loop.time() + stall)
+                if deadline is not None and stall:
+                    now = loop.time()
+                    deadline += now - paused
+                    if written - mark >= _PROGRESS:
+                        mark, deadline = written, now + stall
+                    timer.reschedule(deadline)
     except (CasError, RegistryError):
         raise
     except TimeoutError as exc:

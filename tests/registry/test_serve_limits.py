@@ -206,3 +206,26 @@ def test_a_stalled_manifest_body_ends_its_request(tmp_path, servers):
         answer = s.recv(65536)
     assert time.monotonic() - started < 6
     assert answer.startswith(b"HTTP/1.1 400") and b"MANIFEST_INVALID" in answer, answer
+
+
+def test_a_trickling_upload_body_is_as_stalled_as_a_silent_one(tmp_path, servers):
+    srv = _start(tmp_path, PYBUILD_HTTP_BODY_TIMEOUT="1")
+    servers.append(srv)
+    answer = _request(srv.port, b"POST /v2/s/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n"
+                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    location = next(line.split(b": ", 1)[1] for line in answer.split(b"\r\n")
+                    if line.lower().startswith(b"location:"))
+    with _connect(srv.port) as s:
+        s.sendall(b"PATCH " + location + b" HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 1048576\r\n\r\n" + os.urandom(100_000))
+        started = time.monotonic()
+        answer = b""
+        s.settimeout(0.2)
+        while not answer and time.monotonic() - started < 8:
+            try:
+                s.sendall(b"x")  # one byte every 0.2 s: never silent for a second
+                answer = s.recv(65536)
+            except TimeoutError:
+                continue
+    assert answer.startswith(b"HTTP/1.1 400") and b"BLOB_UPLOAD_INVALID" in answer, answer
+    assert time.monotonic() - started < 5
