@@ -23,6 +23,7 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
       max_bytes: 274877906944           # bytes open sessions hold, in all (256 GiB)
       max_bytes_per_client: 68719476736 # ... per client (64 GiB)
       max_active: 16                    # bodies streamed into ingests at once; more wait
+      max_active_per_client: 8          # ... per client
     http:
       header_timeout: 20                # seconds a new connection has to send its headers
       idle_timeout: 120                 # seconds a keep-alive connection may stay idle
@@ -81,6 +82,7 @@ class ServerConfig:
     uploads_max_bytes: int = 256 << 30
     uploads_max_bytes_per_client: int = 64 << 30
     uploads_max_active: int = 16
+    uploads_max_active_per_client: int = 8
     http_header_timeout: float = 20.0
     http_idle_timeout: float = 120.0
     http_body_timeout: float = 60.0
@@ -114,6 +116,7 @@ _TYPES: dict[str, type] = {
     "uploads_max_bytes": int,
     "uploads_max_bytes_per_client": int,
     "uploads_max_active": int,
+    "uploads_max_active_per_client": int,
     "http_header_timeout": float,
     "http_idle_timeout": float,
     "http_body_timeout": float,

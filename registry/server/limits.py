@@ -5,6 +5,7 @@ client can make the server hold has a bound, per client (its remote address) and
 (``uploads.*`` and ``http.*`` in the configuration)::
 
     upload sessions     count and bytes held      UploadLimits      429 TOOMANYREQUESTS
+    upload bodies       streamed at once          UploadSlots       wait for a slot
     connections         count                     ConnectionGuard   429, then closed
     a new connection    time to send its headers  ConnectionGuard   closed
     a kept-alive one    idle time                 aiohttp's keepalive_timeout: closed
@@ -22,18 +23,26 @@ and that state bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import resource
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from ..errors import TOOMANYREQUESTS
 
-__all__ = ["ConnectionGuard", "LimitLog", "UploadLimits", "raise_open_files_limit"]
+__all__ = [
+    "ConnectionGuard",
+    "LimitLog",
+    "UploadLimits",
+    "UploadSlots",
+    "raise_open_files_limit",
+]
 
 log = logging.getLogger("pybuild.registry")
 
@@ -184,6 +193,49 @@ class UploadLimits:
         if not self._count[client]:
             del self._count[client]
             del self._bytes[client]
+
+
+class UploadSlots:
+    """Bounds the upload bodies streamed into ingests at once, in all and per client:
+    an ingest at work holds ~12-24 MiB of buffers, so their number bounds the server's
+    memory. A request over either bound waits (its body held back by TCP); a client's
+    own bound keeps one client from taking every slot (0: no bound)."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.active = 0
+        self._by_client: Counter[str] = Counter()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def _free(self, client: str) -> bool:
+        return ((not self.total or self.active < self.total)
+                and (not self.per_client or self._by_client[client] < self.per_client))
+
+    @contextlib.asynccontextmanager
+    async def hold(self, client: str) -> AsyncIterator[None]:
+        while not self._free(client):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.active += 1
+        self._by_client[client] += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self._by_client[client] -= 1
+            if not self._by_client[client]:
+                del self._by_client[client]
+            # Every waiter looks again (the one of another client may fit now).
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
 
 class ConnectionGuard:

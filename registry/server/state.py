@@ -18,7 +18,7 @@ from cas import Digest
 
 from .auth import BasicAuth
 from .config import ServerConfig
-from .limits import LimitLog, UploadLimits
+from .limits import LimitLog, UploadLimits, UploadSlots
 from .metadata import Metadata
 from .metrics import Metrics
 
@@ -153,7 +153,7 @@ class Registry:
     # What clients hold (see limits.py); made from the config in __post_init__.
     limit_log: LimitLog = field(default_factory=LimitLog)
     upload_limits: UploadLimits = field(init=False)
-    upload_slots: asyncio.Semaphore | None = field(init=False)  # None: no bound
+    upload_slots: UploadSlots = field(init=False)
     streaming: int = 0  # upload bodies being streamed into ingests now
     # Heap trimming after ingests give memory back (uploads._release_memory).
     trim_pending: bool = False
@@ -172,7 +172,7 @@ class Registry:
             max_bytes_per_client=c.uploads_max_bytes_per_client,
             log=self.limit_log,
         )
-        self.upload_slots = asyncio.Semaphore(c.uploads_max_active) if c.uploads_max_active else None
+        self.upload_slots = UploadSlots(c.uploads_max_active, c.uploads_max_active_per_client)
 
     def request_started(self) -> None:
         self.inflight += 1

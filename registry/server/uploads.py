@@ -189,14 +189,13 @@ _SMALL_BODY = 1 << 20
 
 
 def _slot(reg: Registry, request: web.Request) -> Any:
-    """One of the ``uploads.max_active`` slots for a request that streams a body into an
-    ingest: an ingest at work holds ~12-24 MiB of buffers (batches, cutter, pack
-    staging), so their number bounds the server's memory; the others wait, their bodies
-    held back by TCP (and at most aiohttp's read buffer each)."""
+    """A slot (``limits.UploadSlots``) for a request that streams a body into an
+    ingest; the others wait, their bodies held back by TCP (and at most aiohttp's read
+    buffer each)."""
     length = request.content_length
-    if reg.upload_slots is None or (length is not None and length <= _SMALL_BODY):
+    if length is not None and length <= _SMALL_BODY:
         return contextlib.nullcontext()
-    return reg.upload_slots
+    return reg.upload_slots.hold(request.remote or "")
 
 
 def _release_memory(reg: Registry) -> None:

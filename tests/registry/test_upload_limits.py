@@ -9,7 +9,10 @@ import io
 import os
 from pathlib import Path
 
+import pytest
+
 from cas import Digest
+from registry.server.limits import UploadSlots
 from registry.server.state import REGISTRY
 from tests.helpers.disks import small_filesystem
 
@@ -128,8 +131,12 @@ async def test_a_patch_failing_on_a_full_disk_leaves_no_session_claiming_bytes(
         await client.close()
 
 
-async def test_bodies_streamed_into_ingests_at_once_are_bounded(make_client):
-    client = await make_client(uploads_max_active=1)
+@pytest.mark.parametrize("bounds", [
+    {"uploads_max_active": 1, "uploads_max_active_per_client": 0},
+    {"uploads_max_active": 0, "uploads_max_active_per_client": 1},
+])
+async def test_bodies_streamed_into_ingests_at_once_are_bounded(make_client, bounds):
+    client = await make_client(**bounds)
     first = (await _start(client)).headers["Location"]
     second = (await _start(client)).headers["Location"]
     gate = asyncio.Event()
@@ -145,10 +152,10 @@ async def test_bodies_streamed_into_ingests_at_once_are_bounded(make_client):
     slots = client.app[REGISTRY].upload_slots
     one = asyncio.create_task(client.patch(first, data=held_back()))
     for _ in range(100):
-        if slots.locked():
+        if slots.active:
             break
         await asyncio.sleep(0.02)
-    assert slots.locked()
+    assert slots.active == 1
     two = asyncio.create_task(client.patch(second, data=quick()))
     await asyncio.sleep(0.5)
     assert not two.done(), "the second body waits for the only slot"
@@ -156,7 +163,7 @@ async def test_bodies_streamed_into_ingests_at_once_are_bounded(make_client):
     assert (await asyncio.wait_for(one, 10)).status == 202
     assert (await asyncio.wait_for(two, 10)).status == 202
     # A small body (announced length) does not wait for a slot.
-    async with slots:
+    async with slots.hold("127.0.0.1"):
         resp = await asyncio.wait_for(client.patch(second, data=b"small"), 10)
         assert resp.status == 202
 
@@ -187,3 +194,26 @@ async def test_a_put_failing_on_a_full_disk_leaves_no_session_claiming_bytes(
         resp = await client.patch(location, data=b"x")
         assert resp.status in (202, 404), await resp.text()
         await client.close()
+
+
+async def test_one_client_cannot_take_every_upload_slot():
+    slots = UploadSlots(total=3, per_client=1)
+    order = []
+
+    async def body(client: str, gate: asyncio.Event) -> None:
+        async with slots.hold(client):
+            order.append(client)
+            await gate.wait()
+
+    first, second, other = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    tasks = [asyncio.create_task(body("a", first)), asyncio.create_task(body("a", second)),
+             asyncio.create_task(body("b", other))]
+    await asyncio.sleep(0.1)
+    assert order == ["a", "b"] and slots.active == 2  # a's second body waits
+    first.set()
+    await asyncio.sleep(0.1)
+    assert order == ["a", "b", "a"]
+    second.set()
+    other.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert slots.active == 0
