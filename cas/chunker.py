@@ -141,6 +141,33 @@ class Cutter:
         self._view = memoryview(self._buf)
         self._len = self._start = 0
 
+    def suspend(self) -> int:
+        """Give the buffer back, keeping the cutter's state; returns how many bytes it
+        held (:meth:`held`), which the caller must keep (e.g. in a file) and hand to
+        :meth:`resume` before the next call. An idle stream then holds no buffer."""
+        self._compact()
+        kept = self._len
+        if self._pooled:
+            POOL.give(self._buf)
+            self._pooled = False
+        self._buf = bytearray()
+        self._view = memoryview(self._buf)
+        self._len = 0
+        return kept
+
+    def resume(self, held: bytes | bytearray | memoryview) -> None:
+        """Take a buffer again and put back the bytes :meth:`suspend` reported held."""
+        n = len(held)
+        if 2 * n > _SMALL:
+            self._buf = POOL.take(2 * self._gather)
+            self._pooled = True
+        else:  # small, as a fresh cutter's; reserve() grows it when a stream goes on
+            self._buf = bytearray(max(64 << 10, 2 * n))
+        self._view = memoryview(self._buf)
+        copy_into(self._view[:n], held)
+        self._len = n
+        self._start = 0
+
     def flush(self) -> list[memoryview]:
         """Emit every piece that is already final, without waiting for a full gather."""
         self._compact()
@@ -207,7 +234,12 @@ class Cutter:
             if self._len > start:
                 self._cut(view, start, self._len, out, closed=True)
             start = self._len
-        elif self._len - start > self.params.max_size:
+        elif self._split or self._len - start > self.params.max_size:
+            # The open segment is (now known to be) longer than max_size: FastCDC cuts
+            # it, and every cut before the last is final whatever follows, so emit them
+            # however little is buffered. Waiting for max_size more bytes made when
+            # pieces come out depend on how the stream was fed: a resumed ingest, fed
+            # piece by piece, then failed to re-emit the pieces it had checkpointed.
             self._split = True
             start = self._cut(view, start, self._len, out, closed=False)
         self._start = start

@@ -7,7 +7,11 @@ visible until :meth:`Ingest.commit` has verified the digest (and size) and commi
 the recipe in one metadata transaction.
 
 :meth:`Ingest.checkpoint` makes the progress durable: after a crash or restart,
-``Store.resume_ingest(id)`` continues at the checkpointed offset. The bytes the cutter
+``Store.resume_ingest(id)`` continues at the checkpointed offset. :meth:`Ingest.park`
+checkpoints and then gives back every buffer the ingest holds (cutter buffer, pack
+writer and its staging buffers, compression contexts): an ingest that waits for more
+bytes (an idle upload session) holds only its hash state and piece list; the next call
+takes the buffers again and reloads the held-back bytes from the tail file. The bytes the cutter
 still holds back (at most a few MiB) are kept in a *tail file* named by the checkpoint's
 offset, ``<storage>/ingests/<id>.<offset>.tail``, written before the metadata that refers
 to it, so a crash between the two leaves the previous checkpoint intact.
@@ -88,9 +92,13 @@ class Ingest:
         self._unsaved: list[tuple[int, bytes, int, Location | None]] = []
         self._writer: PackWriter | None = None
         self._closed = False
-        self._zprobe = zstandard.ZstdCompressor(level=1)
-        self._zstd = zstandard.ZstdCompressor(level=3)
-        self._checkpointed = 0
+        # Compression contexts (~1.2 MiB once used): made on first use, dropped by park().
+        self._zprobe: zstandard.ZstdCompressor | None = None
+        self._zstd: zstandard.ZstdCompressor | None = None
+        self._checkpointed = -1  # the offset of the last checkpoint (-1: none yet)
+        # Parked (see park()): no buffers; the pack to reopen and its size, if any.
+        self._parked = False
+        self._parked_pack: tuple[str, int] | None = None
         # The two chains of worker-thread jobs (see _flush) and the jobs of each batch
         # not yet waited for.
         self._hashing = JobChain(store._pool)
@@ -155,6 +163,28 @@ class Ingest:
             await self._flush()
             await self._settle(len(self._inflight))
             await self._run(self._checkpoint_sync)
+
+    async def park(self) -> None:
+        """Checkpoint, then give back every buffer (see the module docstring); the
+        ingest stays open and any later call takes them again. Cheap when parked."""
+        async with self._lock:
+            self._check_open()
+            if self._parked and not self._pending:
+                return
+            await self._flush()
+            await self._settle(len(self._inflight))
+            await self._run(self._park_sync)
+
+    @property
+    def closed(self) -> bool:
+        """True once committed or aborted (a failed write aborts): every call then raises
+        IngestUnknown."""
+        return self._closed
+
+    @property
+    def parked(self) -> bool:
+        """True while the ingest holds no buffers (between park() and the next call)."""
+        return self._parked and not self._pending
 
     async def commit(self, expected: Digest | None = None, *, size: int | None = None,
                      link: str | None = None) -> BlobInfo:
@@ -242,6 +272,8 @@ class Ingest:
         feed, so no piece is copied on the way to the pack. At most _DEPTH batches are
         in flight: past that this waits for the oldest.
         """
+        if self._parked:
+            await self._run(self._unpark_sync)
         if self._pending:
             parts, self._pending, self._pending_len = self._pending, [], 0
             self._inflight.append((
@@ -358,6 +390,9 @@ class Ingest:
     def _encode(self, view: memoryview | bytes, compressible: bool) -> tuple[bytes | memoryview, int]:
         """The bytes to store for a piece and their codec: zstd where it saves 5 %."""
         if compressible and len(view) >= 4096:
+            if self._zprobe is None or self._zstd is None:
+                self._zprobe = zstandard.ZstdCompressor(level=1)
+                self._zstd = zstandard.ZstdCompressor(level=3)
             probe = view[:_PROBE]
             if len(self._zprobe.compress(probe)) < 0.9 * len(probe):
                 packed = self._zstd.compress(view)
@@ -392,6 +427,30 @@ class Ingest:
         self._unsaved = []
         self._store._drop_tails(self.id, keep=path)
         self._checkpointed = self.offset
+
+    def _park_sync(self) -> None:
+        if self._checkpointed != self.offset or self._unsaved:
+            self._checkpoint_sync()
+        # The bytes the cutter holds back are those of the tail file just written.
+        self._cutter.suspend()
+        if self._writer is not None:
+            self._parked_pack = (self._writer.name, self._writer.size)
+            self._writer.close()
+            self._writer = None
+        self._zprobe = self._zstd = None
+        self._parked = True
+
+    def _unpark_sync(self) -> None:
+        tail_path = self._store._tail_path(self.id, self._checkpointed)
+        try:
+            tail = tail_path.read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreCorrupt(f"ingest {self.id}: its tail file is missing") from exc
+        if self._parked_pack is not None:
+            self._writer = self._store.packs.open_append(*self._parked_pack)
+            self._parked_pack = None
+        self._cutter.resume(tail)
+        self._parked = False
 
     def _rehash(self, algorithm: str) -> Digest:
         if self._writer is not None:

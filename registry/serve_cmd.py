@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .server import ConfigError, ServerConfig, load_config, make_app
 from .server.accesslog import AccessLogSink, JsonAccessLogger
+from .server.limits import ConnectionGuard, raise_open_files_limit
 from .server.reload import reload_config
 from .server.state import REGISTRY, Registry
 
@@ -107,8 +108,18 @@ async def _serve(
         access_log_class=JsonAccessLogger,
         access_log=access_log,
         shutdown_timeout=config.shutdown_timeout,
+        # Idle kept-alive connections are closed after this; it also bounds the time a
+        # kept-alive connection takes to send its next request head.
+        keepalive_timeout=config.http_idle_timeout or float(1 << 31),  # 0: none
     )
     await runner.setup()
+    assert runner.server is not None
+    ConnectionGuard(
+        max_connections=_connection_bound(config.http_max_connections),
+        max_per_client=config.http_max_connections_per_client,
+        header_timeout=config.http_header_timeout,
+        log=app[REGISTRY].limit_log,
+    ).install(runner.server)
     try:
         _on_sighup(app[REGISTRY], reload)
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
@@ -144,6 +155,26 @@ def _on_sighup(reg: Registry, reload: Callable[[], ServerConfig] | None) -> None
         task.add_done_callback(running.discard)
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
+
+
+# Descriptors kept for the store, its packs and the logs, beside the connections.
+_SPARE_FILES = 256
+
+
+def _connection_bound(configured: int) -> int:
+    """Raise the open-files soft limit to the hard limit (every connection is a
+    descriptor), and keep the connection bound below it: a server out of descriptors
+    cannot even accept, and every request fails without a word."""
+    soft, _ = raise_open_files_limit()
+    room = max(soft - _SPARE_FILES, 1)
+    if not configured or configured > room:
+        log.warning(
+            "open files limit is %d: serving at most %d connections (http.max_connections "
+            "is %s); raise the limit (ulimit -n, LimitNOFILE=) to serve more",
+            soft, room, configured or "unbounded",
+        )
+        return room
+    return configured
 
 
 @click.command("serve")

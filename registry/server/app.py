@@ -248,6 +248,11 @@ def make_app(
             auth=auth,
         )
         app[REGISTRY] = reg
+        # Sessions left open before a restart count against the totals (client unknown).
+        open_ingests = {i.id: i.offset for i in await serving.list_ingests()}
+        for upload_id in await meta.uploads():
+            if upload_id in open_ingests:
+                reg.upload_limits.update(upload_id, open_ingests[upload_id])
         expiry = asyncio.create_task(_expiry_loop(reg))
         try:
             yield
@@ -257,7 +262,7 @@ def make_app(
                 await expiry
             for ingest in list(reg.ingests.values()):
                 with contextlib.suppress(Exception):
-                    await ingest.checkpoint()
+                    await ingest.park()  # a no-op for the idle ones
             await meta.close()
             if opened is not None:
                 await opened.close()

@@ -18,6 +18,19 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
     uploads:
       ttl: 86400                        # PYBUILD_UPLOADS_TTL: idle seconds before expiry
       expire_interval: 600              # PYBUILD_UPLOADS_EXPIRE_INTERVAL
+      max_sessions: 10000               # open sessions in all (0: no limit); past it 429
+      max_sessions_per_client: 1000     # ... per client (remote address)
+      max_bytes: 274877906944           # bytes open sessions hold, in all (256 GiB)
+      max_bytes_per_client: 68719476736 # ... per client (64 GiB)
+      max_active: 16                    # bodies streamed into ingests at once; more wait
+      max_active_per_client: 8          # ... per client
+    http:
+      header_timeout: 20                # seconds a new connection has to send its headers
+      idle_timeout: 120                 # seconds a keep-alive connection may stay idle
+                                        # (and has to send the next request's headers)
+      body_timeout: 60                  # seconds an upload body may go without 64 KiB
+      max_connections: 4096             # open connections in all (0: no limit)
+      max_connections_per_client: 256   # ... per client (remote address)
     cache:
       manifest_bytes: 67108864          # PYBUILD_CACHE_MANIFEST_BYTES
     log:
@@ -64,6 +77,17 @@ class ServerConfig:
     delete_tags: bool = True
     uploads_ttl: float = 86400.0
     uploads_expire_interval: float = 600.0
+    uploads_max_sessions: int = 10_000
+    uploads_max_sessions_per_client: int = 1_000
+    uploads_max_bytes: int = 256 << 30
+    uploads_max_bytes_per_client: int = 64 << 30
+    uploads_max_active: int = 16
+    uploads_max_active_per_client: int = 8
+    http_header_timeout: float = 20.0
+    http_idle_timeout: float = 120.0
+    http_body_timeout: float = 60.0
+    http_max_connections: int = 4096
+    http_max_connections_per_client: int = 256
     cache_manifest_bytes: int = 64 * 1024 * 1024
     log_access: bool = True
     shutdown_timeout: float = 60.0
@@ -87,6 +111,17 @@ _TYPES: dict[str, type] = {
     "delete_tags": bool,
     "uploads_ttl": float,
     "uploads_expire_interval": float,
+    "uploads_max_sessions": int,
+    "uploads_max_sessions_per_client": int,
+    "uploads_max_bytes": int,
+    "uploads_max_bytes_per_client": int,
+    "uploads_max_active": int,
+    "uploads_max_active_per_client": int,
+    "http_header_timeout": float,
+    "http_idle_timeout": float,
+    "http_body_timeout": float,
+    "http_max_connections": int,
+    "http_max_connections_per_client": int,
     "cache_manifest_bytes": int,
     "log_access": bool,
     "shutdown_timeout": float,

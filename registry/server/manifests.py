@@ -136,10 +136,20 @@ async def _read_body(request: web.Request) -> bytes:
     if length is not None and length > MAX_MANIFEST_BYTES:
         raise too_big
     body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > MAX_MANIFEST_BYTES:
-            raise too_big
+    # A manifest (at most 4 MiB) has http.body_timeout to arrive whole.
+    stall = request.app[REGISTRY].config.http_body_timeout or None
+    try:
+        async with asyncio.timeout(stall):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > MAX_MANIFEST_BYTES:
+                    raise too_big
+    except TimeoutError:
+        request.app[REGISTRY].limit_log.hit("body_timeout", request.remote, seconds=stall)
+        raise MANIFEST_INVALID(
+            f"manifest body not received within {stall:g} s ({len(body)} bytes came): "
+            "send it again"
+        ) from None
     request[BYTES_RECEIVED] = len(body)
     return bytes(body)
 

@@ -18,6 +18,7 @@ from cas import Digest
 
 from .auth import BasicAuth
 from .config import ServerConfig
+from .limits import LimitLog, UploadLimits, UploadSlots
 from .metadata import Metadata
 from .metrics import Metrics
 
@@ -150,10 +151,29 @@ class Registry:
     # Open ingests by upload id (resumed from cas on a miss, e.g. after a restart).
     ingests: dict[str, Any] = field(default_factory=dict)
     upload_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # What clients hold (see limits.py); made from the config in __post_init__.
+    limit_log: LimitLog = field(default_factory=LimitLog)
+    upload_limits: UploadLimits = field(init=False)
+    upload_slots: UploadSlots = field(init=False)
+    streaming: int = 0  # upload bodies being streamed into ingests now
+    # Heap trimming after ingests give memory back (uploads._release_memory).
+    trim_pending: bool = False
+    trimmed_at: float = 0.0
     # Graceful shutdown: requests in flight, and whether we are draining them.
     inflight: int = 0
     draining: bool = False
     _idle: asyncio.Event | None = None
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.upload_limits = UploadLimits(
+            max_sessions=c.uploads_max_sessions,
+            max_sessions_per_client=c.uploads_max_sessions_per_client,
+            max_bytes=c.uploads_max_bytes,
+            max_bytes_per_client=c.uploads_max_bytes_per_client,
+            log=self.limit_log,
+        )
+        self.upload_slots = UploadSlots(c.uploads_max_active, c.uploads_max_active_per_client)
 
     def request_started(self) -> None:
         self.inflight += 1
@@ -185,6 +205,7 @@ class Registry:
     def forget_upload(self, upload_id: str) -> None:
         self.ingests.pop(upload_id, None)
         self.upload_locks.pop(upload_id, None)
+        self.upload_limits.remove(upload_id)
 
     async def readable_holders(self, digest: Digest, user: str | None) -> Iterable[str]:
         """Repositories holding ``digest`` that ``user`` may read (all, in this access model:

@@ -12,15 +12,24 @@
     DELETE <location>          cancel                                          204
 
 An upload session *is* a ``cas`` ingest: the upload UUID is the ingest id, the bytes go
-straight into the ingest (bounded memory) and the ingest is checkpointed at the end of
-every request, so a session survives a server restart. ``registry.db`` remembers which
+straight into the ingest (bounded memory) and the ingest is checkpointed and *parked* at
+the end of every request (it gives back every buffer until the next request), so a
+session survives a server restart and an idle one holds no memory. How many sessions,
+and how many bytes in them, a client may hold is bounded (``limits.UploadLimits``: 429
+``TOOMANYREQUESTS``); an upload body that sends nothing for ``http.body_timeout``
+seconds ends its request. A session whose ingest failed (a full disk aborts it) is
+forgotten at once: afterwards it is ``BLOB_UPLOAD_UNKNOWN``, never a session claiming
+bytes it lost. ``registry.db`` remembers which
 repository a session belongs to; a session used through another repository is unknown.
 A failed commit (digest or size mismatch) aborts the ingest: nothing becomes visible.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -35,6 +44,7 @@ from cas import (
     IngestUnknown,
     SizeMismatch,
 )
+from cas.buffers import POOL, trim_heap
 
 from ..errors import (
     BLOB_UPLOAD_INVALID,
@@ -105,34 +115,110 @@ def _commit_error(exc: Exception, digest: Digest) -> RegistryError:
     raise exc
 
 
-async def _pump(request: web.Request, ingest: Any) -> int:
+# Bytes an upload body must deliver per http.body_timeout seconds.
+_PROGRESS = 64 << 10
+
+
+async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
+                on_excess: Callable[[int], None] | None = None) -> int:
     """Stream the request body into ``ingest``; the number of bytes written.
 
-    A body that breaks off (client gone, truncated, bad chunking) is BLOB_UPLOAD_INVALID;
-    storage errors propagate unchanged (they are not the client's fault).
+    A body that breaks off (client gone, truncated, bad chunking) or sends nothing for
+    ``http.body_timeout`` seconds is BLOB_UPLOAD_INVALID; storage errors propagate
+    unchanged (they are not the client's fault). Past ``allowance`` bytes,
+    ``on_excess(written)`` is called (it raises).
     """
+    reg = request.app[REGISTRY]
+    stall = reg.config.http_body_timeout or None
+    loop = asyncio.get_running_loop()
     written = 0
     content = request.content
+    reg.streaming += 1
     try:
-        while True:
-            # Each chunk as the connection delivered it (up to 256 KiB): no join into
-            # larger buffers, the ingest batches them for its worker threads itself.
-            chunk, end_of_http_chunk = await content.readchunk()
-            if not chunk:
-                if end_of_http_chunk:
-                    continue  # the end of one chunk of a chunked body, not of the body
-                break
-            await ingest.write(chunk)
-            written += len(chunk)
+        # One timer for the whole body (a wait_for per chunk would cost a task per
+        # 256 KiB), pushed back whenever _PROGRESS more bytes came: a body trickling a
+        # byte now and then is as stalled as a silent one.
+        deadline = loop.time() + stall if stall else None
+        mark = 0
+        async with asyncio.timeout_at(deadline) as timer:
+            while True:
+                # Each chunk as the connection delivered it (up to 256 KiB): no join into
+                # larger buffers, the ingest batches them for its worker threads itself.
+                chunk, end_of_http_chunk = await content.readchunk()
+                if not chunk:
+                    if end_of_http_chunk:
+                        continue  # the end of one chunk of a chunked body, not of the body
+                    break
+                if on_excess and allowance is not None and written + len(chunk) > allowance:
+                    on_excess(written + len(chunk))
+                timer.reschedule(None)  # not while the ingest waits for its threads
+                paused = loop.time()
+                await ingest.write(chunk)
+                written += len(chunk)
+                if deadline is not None and stall:
+                    now = loop.time()
+                    deadline += now - paused
+                    if written - mark >= _PROGRESS:
+                        mark, deadline = written, now + stall
+                    timer.reschedule(deadline)
     except (CasError, RegistryError):
         raise
+    except TimeoutError as exc:
+        reg.limit_log.hit("body_timeout", request.remote, seconds=stall, received=written)
+        raise BLOB_UPLOAD_INVALID(
+            f"upload body sent nothing for {stall:g} s after {written} bytes; the upload "
+            "holds what arrived: ask its status (GET) and resume from there",
+        ) from exc
     except Exception as exc:  # ConnectionResetError, aiohttp payload errors
+        # aiohttp's StreamReader keeps the exception it raised, whose traceback holds the
+        # reader's frame: a cycle that kept each broken body's buffered bytes (up to
+        # 2 MiB) until a full garbage collection. Without the traceback, they go now.
+        exc.__traceback__ = None
         raise BLOB_UPLOAD_INVALID(
             f"upload body interrupted after {written} bytes: {exc}"
         ) from exc
     finally:
+        reg.streaming -= 1
         request[BYTES_RECEIVED] = request.get(BYTES_RECEIVED, 0) + written
     return written
+
+
+# A body announced at most this large skips the queue for upload slots: its ingest
+# never takes full-size buffers (manifests, configs, small layers).
+_SMALL_BODY = 1 << 20
+
+
+def _slot(reg: Registry, request: web.Request) -> Any:
+    """A slot (``limits.UploadSlots``) for a request that streams a body into an
+    ingest; the others wait, their bodies held back by TCP (and at most aiohttp's read
+    buffer each)."""
+    length = request.content_length
+    if length is not None and length <= _SMALL_BODY:
+        return contextlib.nullcontext()
+    return reg.upload_slots.hold(request.remote or "")
+
+
+def _release_memory(reg: Registry) -> None:
+    """Give freed heap pages back to the system soon, off the event loop: ingests that
+    parked or ended freed megabytes that glibc would otherwise keep. At most once a
+    second, and always once after the last release. When no upload is streaming, the
+    pooled buffers go too."""
+    if reg.trim_pending:
+        return
+    loop = asyncio.get_running_loop()
+    reg.trim_pending = True
+
+    def release() -> None:
+        if not reg.streaming:
+            POOL.clear()
+        trim_heap(force=True)
+
+    def run() -> None:
+        reg.trim_pending = False
+        reg.trimmed_at = time.monotonic()
+        loop.run_in_executor(None, release)
+
+    loop.call_later(max(0.0, reg.trimmed_at + 1.0 - time.monotonic()), run)
 
 
 def _content_length(request: web.Request) -> int | None:
@@ -169,18 +255,31 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
         if has_body or digest == Digest.of(b"", digest.algorithm):
             return await _monolithic(reg, request, name, digest, length)
         algorithm = digest.algorithm  # no body: fall back to a session (spec end-4b 202)
-    ingest = await reg.store.begin_ingest(algorithm=algorithm)
+    reservation = reg.upload_limits.reserve(request.remote or "")
     try:
-        await ingest.checkpoint()
-        await reg.meta.add_upload(ingest.id, name)
+        ingest = await reg.store.begin_ingest(algorithm=algorithm)
+        try:
+            await ingest.park()
+            await reg.meta.add_upload(ingest.id, name)
+        except BaseException:
+            await ingest.abort()
+            raise
     except BaseException:
-        await ingest.abort()
+        reg.upload_limits.remove(reservation)
         raise
     reg.ingests[ingest.id] = ingest
+    reg.upload_limits.claim(reservation, ingest.id)
     return web.Response(status=202, headers=_session_headers(name, ingest.id, 0))
 
 
 async def _monolithic(
+    reg: Registry, request: web.Request, name: str, digest: Digest, length: int | None
+) -> web.Response:
+    async with _slot(reg, request):
+        return await _monolithic_in_slot(reg, request, name, digest, length)
+
+
+async def _monolithic_in_slot(
     reg: Registry, request: web.Request, name: str, digest: Digest, length: int | None
 ) -> web.Response:
     ingest = await reg.store.begin_ingest(algorithm=digest.algorithm)
@@ -199,6 +298,8 @@ async def _monolithic(
         with contextlib.suppress(Exception):
             await ingest.abort()
         raise
+    finally:
+        _release_memory(reg)
     await reg.meta.ensure_repository(name)
     return _created(name, digest)
 
@@ -233,13 +334,19 @@ async def _session(reg: Registry, name: str, upload_id: str) -> Any:
     if await reg.meta.upload_repository(upload_id) != name:
         raise unknown
     ingest = reg.ingests.get(upload_id)
+    if ingest is not None and ingest.closed:
+        # Its ingest failed (a full disk aborts it): the bytes it claimed are gone.
+        await _drop_session(reg, upload_id)
+        raise unknown
     if ingest is None:
         try:
             ingest = await reg.store.resume_ingest(upload_id)
+            await _park(reg, upload_id, ingest)
         except IngestUnknown:
-            await reg.meta.remove_upload(upload_id)
+            await _drop_session(reg, upload_id)
             raise unknown from None
         reg.ingests[upload_id] = ingest
+        reg.upload_limits.update(upload_id, ingest.offset)
     return ingest
 
 
@@ -270,17 +377,25 @@ async def _append(request: web.Request, name: str, upload_id: str, ingest: Any, 
                 f"is {length}",
                 headers=_session_headers(name, upload_id, ingest.offset),
             )
+    reg = request.app[REGISTRY]
+    allowance = reg.upload_limits.allowance(upload_id)
+    expected = (span[1] - span[0] + 1) if span is not None else length
+    if allowance is not None and expected is not None and expected > allowance:
+        reg.upload_limits.refuse_bytes(upload_id, expected)
+
+    def excess(wanted: int) -> None:
+        reg.upload_limits.refuse_bytes(upload_id, wanted)
+
     before = ingest.offset
     try:
-        await _pump(request, ingest)
+        await _pump(request, ingest, allowance, excess)
     except BaseException:
-        await _keep_prefix(ingest)
+        await _keep_prefix(reg, upload_id, ingest)
         raise
     received = ingest.offset - before
-    expected = (span[1] - span[0] + 1) if span is not None else length
     complete = expected is None or received == expected
     if durable or not complete:
-        await _keep_prefix(ingest)
+        await _park(reg, upload_id, ingest)
     if not complete:
         raise BLOB_UPLOAD_INVALID(
             f"chunk was {received} bytes, expected {expected}; the upload holds "
@@ -289,15 +404,36 @@ async def _append(request: web.Request, name: str, upload_id: str, ingest: Any, 
         )
 
 
-async def _keep_prefix(ingest: Any) -> None:
-    # Whatever arrived is a valid prefix: keep it durable so the client can resume.
+async def _park(reg: Registry, upload_id: str, ingest: Any) -> None:
+    """Checkpoint the session and let its ingest give back its buffers until the next
+    request. If that fails (a full disk), the session cannot hold what it claims: it is
+    aborted and forgotten, and the error propagates."""
+    try:
+        await ingest.park()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await ingest.abort()
+        await _drop_session(reg, upload_id)
+        raise
+    else:
+        reg.upload_limits.update(upload_id, ingest.offset)
+    finally:
+        _release_memory(reg)
+
+
+async def _keep_prefix(reg: Registry, upload_id: str, ingest: Any) -> None:
+    # A body broke off or failed: whatever arrived is a valid prefix, kept durable so
+    # the client can resume; a session that cannot keep it is forgotten.
+    if ingest.closed:
+        await _drop_session(reg, upload_id)
+        return
     with contextlib.suppress(Exception):
-        await ingest.checkpoint()
+        await _park(reg, upload_id, ingest)
 
 
 async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
     reg = request.app[REGISTRY]
-    async with reg.upload_lock(upload_id):
+    async with reg.upload_lock(upload_id), _slot(reg, request):
         ingest = await _session(reg, name, upload_id)
         try:
             await _append(request, name, upload_id, ingest)
@@ -312,7 +448,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
     if not digest_text:
         raise DIGEST_INVALID("closing an upload needs ?digest=<digest of the whole blob>")
     digest = parse_digest(digest_text)
-    async with reg.upload_lock(upload_id):
+    async with reg.upload_lock(upload_id), _slot(reg, request):
         ingest = await _session(reg, name, upload_id)
         if request.body_exists or request.headers.get("Content-Range"):
             await _append(request, name, upload_id, ingest, durable=False)
@@ -321,6 +457,12 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         except (DigestMismatch, SizeMismatch) as exc:
             await _drop_session(reg, upload_id)
             raise _commit_error(exc, digest) from exc
+        except BaseException:
+            if ingest.closed:  # a failed commit aborted it (e.g. the disk is full)
+                await _drop_session(reg, upload_id)
+            raise
+        finally:
+            _release_memory(reg)
         await _drop_session(reg, upload_id)
     await reg.meta.ensure_repository(name)
     return _created(name, digest)
@@ -328,7 +470,11 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
 
 async def _drop_session(reg: Registry, upload_id: str) -> None:
     reg.forget_upload(upload_id)
-    await reg.meta.remove_upload(upload_id)
+    _release_memory(reg)
+    # On a full disk even this may fail: the session is then unknown to this process and
+    # the next request finds its cas ingest gone (or at its last checkpoint).
+    with contextlib.suppress(Exception):
+        await reg.meta.remove_upload(upload_id)
 
 
 async def upload_status(request: web.Request, name: str, upload_id: str) -> web.Response:

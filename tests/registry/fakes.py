@@ -32,6 +32,7 @@ class FakeIngest:
     algorithm: str
     data: bytearray = field(default_factory=bytearray)
     checkpointed: int = 0
+    closed: bool = False
 
     @property
     def offset(self) -> int:
@@ -39,11 +40,15 @@ class FakeIngest:
 
     async def write(self, data: bytes) -> None:
         if self.store.fail_writes:
+            await self.abort()  # as cas does: a failed write ends the ingest
             raise StorageFull(f"ingest {self.id}")
         self.data += data
 
     async def checkpoint(self) -> None:
         self.checkpointed = len(self.data)
+
+    async def park(self) -> None:
+        await self.checkpoint()
 
     async def commit(self, expected: Digest | None = None, *, size: int | None = None,
                      link: str | None = None) -> BlobInfo:
@@ -55,6 +60,7 @@ class FakeIngest:
                                     link=link)
 
     async def abort(self) -> None:
+        self.closed = True
         self.store.ingests.pop(self.id, None)
 
 

@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -38,6 +38,7 @@ class Server:
         self.env = {**os.environ, **(env or {})}
         self.stderr = storage.parent / f"serve-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.preexec: Callable[[], None] | None = None  # run in the child before exec
 
     @property
     def scheme(self) -> str:
@@ -53,6 +54,7 @@ class Server:
                 [sys.executable, "-m", "builder", "serve", "--addr", f"127.0.0.1:{self.port}",
                  "--storage", str(self.storage), *self.args],
                 cwd=ROOT, env=self.env, stderr=log, stdout=subprocess.DEVNULL,
+                preexec_fn=self.preexec,
             )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

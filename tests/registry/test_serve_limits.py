@@ -1,0 +1,231 @@
+"""What a careless or hostile client can make ``pybuild serve`` hold: connections that
+never send a request, idle keep-alive, stalled bodies, too many connections. Raw
+sockets against a real server process, all on loopback (hostile clients bind a source
+address of their own in 127.0.0.0/8, so that the limits per client can be told apart
+from a well-behaved client on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .test_serve_process import Server
+
+
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket()
+    s.bind((source, 0))
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bytes | None:
+    """What the server sent before closing ``sock`` within ``seconds``; None if the
+    connection is still open then."""
+    got = b""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return None
+        except ConnectionResetError:
+            return got
+        if not data:
+            return got
+        got += data
+
+
+def _request(port: int, raw: bytes, source: str = "127.0.0.1") -> bytes:
+    with _connect(port, source) as s:
+        s.sendall(raw)
+        return _closed_within(s, 10) or b""
+
+
+def _limit_lines(server: Server) -> list[dict]:
+    out = []
+    for line in server.stderr.read_text().splitlines():
+        start = line.find('{"event":"limit"')
+        if start >= 0:
+            out.append(json.loads(line[start:]))
+    return out
+
+
+def _start(tmp_path: Path, **env: str) -> Server:
+    srv = Server(tmp_path / "storage", env={"PYBUILD_LOG_ACCESS": "false", **env})
+    srv.start()
+    return srv
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for srv in started:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.stop()
+
+
+def test_silent_half_sent_and_idle_connections_are_closed(tmp_path, servers):
+    srv = _start(tmp_path, PYBUILD_HTTP_HEADER_TIMEOUT="1", PYBUILD_HTTP_IDLE_TIMEOUT="2")
+    servers.append(srv)
+    silent = _connect(srv.port)
+    half = _connect(srv.port)
+    half.sendall(b"GET /v2/ HT")
+    idle = _connect(srv.port)
+    idle.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    started = time.monotonic()
+    assert _closed_within(silent, 5) == b""
+    assert _closed_within(half, 5) == b""
+    assert time.monotonic() - started < 4
+    # The kept-alive one answered, then closed once idle for the idle timeout.
+    answer = _closed_within(idle, 6)
+    assert answer is not None and answer.startswith(b"HTTP/1.1 200")
+    for s in (silent, half, idle):
+        s.close()
+    lines = _limit_lines(srv)
+    assert any(line["limit"] == "header_timeout" and line["remote"] == "127.0.0.1"
+               for line in lines), lines
+
+
+def test_connections_are_bounded_per_client_and_in_all(tmp_path, servers):
+    srv = _start(tmp_path, PYBUILD_HTTP_MAX_CONNECTIONS_PER_CLIENT="5",
+                 PYBUILD_HTTP_MAX_CONNECTIONS="8")
+    servers.append(srv)
+    hostile = [_connect(srv.port, "127.0.0.2") for _ in range(5)]
+    # One more from the same address: told why, and closed.
+    refused = _request(srv.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.2")
+    assert refused.startswith(b"HTTP/1.1 429"), refused
+    assert b"TOOMANYREQUESTS" in refused
+    # Another client is still served.
+    ok = _request(srv.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200"), ok
+    # Up to the total: three more from elsewhere fit, the next does not.
+    others = [_connect(srv.port, "127.0.0.3") for _ in range(3)]
+    time.sleep(0.2)  # let the server account for them
+    refused = _request(srv.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.4")
+    assert refused.startswith(b"HTTP/1.1 429"), refused
+    for s in hostile + others:
+        s.close()
+    # Closed connections give their places back.
+    deadline = time.monotonic() + 5
+    while True:
+        ok = _request(srv.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                      "127.0.0.2")
+        if ok.startswith(b"HTTP/1.1 200") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert ok.startswith(b"HTTP/1.1 200"), ok
+    limits = {line["limit"] for line in _limit_lines(srv)}
+    assert {"connections_per_client", "connections"} <= limits
+
+
+def test_a_stalled_upload_body_ends_its_request_and_keeps_what_arrived(tmp_path, servers):
+    srv = _start(tmp_path, PYBUILD_HTTP_BODY_TIMEOUT="1")
+    servers.append(srv)
+    answer = _request(srv.port, b"POST /v2/s/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n"
+                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    location = next(line.split(b": ", 1)[1] for line in answer.split(b"\r\n")
+                    if line.lower().startswith(b"location:"))
+    with _connect(srv.port) as s:
+        s.sendall(b"PATCH " + location + b" HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 1048576\r\n\r\n" + os.urandom(100_000))
+        started = time.monotonic()
+        s.settimeout(6)
+        answer = s.recv(65536)
+        assert time.monotonic() - started < 6
+        assert answer.startswith(b"HTTP/1.1 400") and b"BLOB_UPLOAD_INVALID" in answer, answer
+        # Then closed, once aiohttp's lingering read of the rest (10 s) gave up.
+        assert _closed_within(s, 15) is not None, "the stalled upload is still held"
+    status = _request(srv.port, b"GET " + location + b" HTTP/1.1\r\nHost: x\r\n"
+                                b"Connection: close\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 204") and b"Range: 0-99999\r\n" in status, status
+    assert any(line["limit"] == "body_timeout" for line in _limit_lines(srv))
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path, servers):
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 512:
+        pytest.skip(f"the hard limit of open files here is only {hard}")
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    srv = Server(tmp_path / "storage")
+    srv.preexec = low_limit
+    srv.start()
+    servers.append(srv)
+    assert srv.proc is not None
+    limits = Path(f"/proc/{srv.proc.pid}/limits").read_text()
+    row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert row.split()[3:5] == [str(hard), str(hard)], row
+
+
+def test_connections_stay_below_the_open_files_limit(tmp_path, servers):
+    def tiny_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+
+    srv = Server(tmp_path / "storage", env={"PYBUILD_LOG_ACCESS": "false"})
+    srv.preexec = tiny_limit
+    srv.start()
+    servers.append(srv)
+    # The start-up probe's connection must be gone before the count matters.
+    time.sleep(0.3)
+    ok = _request(srv.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200"), ok
+    held = [_connect(srv.port, "127.0.0.2") for _ in range(44)]
+    time.sleep(0.2)
+    refused = _request(srv.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.3")
+    assert refused.startswith(b"HTTP/1.1 429"), refused
+    for s in held:
+        s.close()
+    assert "open files limit is 300: serving at most 44 connections" in srv.stderr.read_text()
+
+
+def test_a_stalled_manifest_body_ends_its_request(tmp_path, servers):
+    srv = _start(tmp_path, PYBUILD_HTTP_BODY_TIMEOUT="1")
+    servers.append(srv)
+    with _connect(srv.port) as s:
+        s.sendall(b"PUT /v2/s/manifests/latest HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+                  b"Content-Length: 1000\r\n\r\n{\"schemaVersion\"")
+        started = time.monotonic()
+        s.settimeout(6)
+        answer = s.recv(65536)
+    assert time.monotonic() - started < 6
+    assert answer.startswith(b"HTTP/1.1 400") and b"MANIFEST_INVALID" in answer, answer
+
+
+def test_a_trickling_upload_body_is_as_stalled_as_a_silent_one(tmp_path, servers):
+    srv = _start(tmp_path, PYBUILD_HTTP_BODY_TIMEOUT="1")
+    servers.append(srv)
+    answer = _request(srv.port, b"POST /v2/s/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n"
+                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    location = next(line.split(b": ", 1)[1] for line in answer.split(b"\r\n")
+                    if line.lower().startswith(b"location:"))
+    with _connect(srv.port) as s:
+        s.sendall(b"PATCH " + location + b" HTTP/1.1\r\nHost: x\r\n"
+                  b"Content-Length: 1048576\r\n\r\n" + os.urandom(100_000))
+        started = time.monotonic()
+        answer = b""
+        s.settimeout(0.2)
+        while not answer and time.monotonic() - started < 8:
+            try:
+                s.sendall(b"x")  # one byte every 0.2 s: never silent for a second
+                answer = s.recv(65536)
+            except TimeoutError:
+                continue
+    assert answer.startswith(b"HTTP/1.1 400") and b"BLOB_UPLOAD_INVALID" in answer, answer
+    assert time.monotonic() - started < 5
