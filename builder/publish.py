@@ -9,6 +9,7 @@ from registry.refs import InvalidReference, parse_image_ref
 
 from .base import client_options
 from .image import BuiltImage
+from .progress import Progress
 
 __all__ = ["PublishError", "push_images", "tag_images"]
 
@@ -42,8 +43,10 @@ async def tag_images(image: BuiltImage, store: Store, tags: list[str]) -> list[s
     return refs
 
 
-async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet") -> None:
-    """Push each locally stored ref to its registry."""
+async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet", *,
+                      progress: Progress | None = None, step: int = 0) -> None:
+    """Push each locally stored ref to its registry; with ``progress``, the bytes of
+    each blob are shown under build step ``step``."""
     # The HTTP client (aiohttp) only when pushing: tagging alone must start fast.
     from registry.client import RegistryClient, TransportError
     from registry.copy import Endpoint, copy_image
@@ -56,9 +59,14 @@ async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet
         async with RegistryClient(client_options()) as client:
             for ref in refs:
                 r = parse_image_ref(ref)
+                view = RegistryProgress(progress_mode)
+                if progress is not None:
+                    from .transfer_view import TransferView
+
+                    view = TransferView(progress, step)
                 try:
                     await copy_image(Endpoint("local", r), Endpoint("registry", r), images,
-                                     client, RegistryProgress(progress_mode))
+                                     client, view)
                 except (RegistryError, TransportError, BlobError, OSError) as exc:
                     raise PublishError(f"pushing {ref}: {exc}") from exc
     finally:
