@@ -203,6 +203,11 @@ async def pull_base(ref: str, store: Store, platform: str | None = None, *,
             raise BaseImageError(f"{image_ref}: {exc}") from exc
         except (RegistryError, TransportError, BlobError, OSError) as exc:
             raise BaseImageError(f"pulling {image_ref}: {exc}") from exc
+        else:
+            if step is not None and progress is not None:
+                from .publish import transfer_totals
+
+                progress.log(step, transfer_totals(str(image_ref), view.summary()))
         finally:
             if step is not None and progress is not None:
                 progress.done(step)

@@ -75,6 +75,11 @@ def test_pull_uses_the_base_that_changed_in_the_registry(tmp_path: Path) -> None
         assert "using local image" not in log
         assert "pulling " + base in log
 
+        # --pull again, nothing changed: the manifest is read, no blob fetched again
+        marker, log = _built_marker(base, tmp_path, storage, "--pull")
+        assert marker == "two"
+        assert f"{base}: 0 B transferred, " in log and " B reused" in log
+
         # and it is now the local copy
         marker, _ = _built_marker(base, tmp_path, storage)
         assert marker == "two"
