@@ -85,6 +85,7 @@ CASES = (
          pybuild_flags=("--differ", "snapshot")),
     Case("platform-args", expect=f" -> linux/{_HOST_ARCH} linux {_HOST_ARCH} []\n"
                                  f"arch={_HOST_ARCH}\n"),
+    Case("expansion-nesting", expect="nested=ok quoted=a-b long=ok-ok\n"),
     Case("ssh-mount", ssh=True,
          expect="/run/buildkit/ssh_agent.0 600 0 0 socket\n/tmp/agent.sock 660 1000 50\n"
                 "sock=/tmp/agent.sock\n"),
