@@ -194,23 +194,26 @@ async def pull_base(ref: str, store: Store, platform: str | None = None, *,
 
             step = progress.start(f"pulling {image_ref}", record=False)
             view = TransferView(progress, step)
+        failed = True
         try:
             async with RegistryClient(client_options()) as client:
                 await copy_image(Endpoint("registry", image_ref),
                                  Endpoint("local", image_ref), images, client,
                                  view, CopyOptions(platform=platform))
+            failed = False
         except ImageNotFound as exc:
             raise BaseImageError(f"{image_ref}: {exc}") from exc
         except (RegistryError, TransportError, BlobError, OSError) as exc:
             raise BaseImageError(f"pulling {image_ref}: {exc}") from exc
-        else:
-            if step is not None and progress is not None:
-                from .publish import transfer_totals
-
-                progress.log(step, transfer_totals(str(image_ref), view.summary()))
         finally:
             if step is not None and progress is not None:
-                progress.done(step)
+                if failed:
+                    progress.error(step, f"pulling {image_ref} failed")
+                else:
+                    from .publish import transfer_totals
+
+                    progress.log(step, transfer_totals(str(image_ref), view.summary()))
+                    progress.done(step)
 
     async def local() -> tuple[Manifest, ImageConfig]:
         try:

@@ -143,3 +143,22 @@ def test_build_push_shows_bytes_per_blob(tmp_path: Path) -> None:
             and e["status"]]
     assert len(ends) == 3  # two layers and the config
     assert all(e["status"] == "pushed" and e["done"] == e["total"] > 0 for e in ends)
+
+
+def test_pull_from_a_registry_that_is_gone_fails_with_one_line(tmp_path: Path) -> None:
+    v1 = _layout(tmp_path / "v1", "one")
+    storage = tmp_path / "storage"
+    with pybuild_registry(tmp_path / "registry") as registry:
+        base = registry.ref("test/base", "1")
+        assert _cli("copy", f"oci:{v1}:latest", base, storage=tmp_path / "seed").returncode == 0
+        assert _built_marker(base, tmp_path, storage)[0] == "one"
+    # the registry is stopped: the local copy still builds, --pull does not fall back to
+    # it (as docker build --pull)
+    assert _built_marker(base, tmp_path, storage)[0] == "one"
+    ctx = tmp_path / "ctx"
+    failed = _cli("build", "--pull", "--progress", "plain", str(ctx), storage=storage)
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr
+    errors = [x for x in failed.stderr.splitlines() if x.startswith("ERROR: ")]
+    assert len(errors) == 1 and f"pulling {base}" in errors[0], failed.stderr
+    assert f"ERROR: pulling {base} failed" in failed.stderr  # the step, not DONE
