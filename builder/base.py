@@ -192,7 +192,7 @@ async def pull_base(ref: str, store: Store, platform: str | None = None, *,
         if progress is not None:
             from .transfer_view import TransferView
 
-            step = progress.start(f"pulling {image_ref}", record=False)
+            step = progress.start(f"pulling {image_ref}", replayable=False)
             view = TransferView(progress, step)
         failed = True
         try:

@@ -264,14 +264,14 @@ def progress_events(progress: object) -> list[list[str]]:
 
     Steps that ran are replayed as cached (the next build takes them from the cache); a
     stage's ``FROM`` and the naming step stay done (the normal path reports them done
-    even when nothing ran). An ``error`` event is kept so that :meth:`Recorder.finish`
-    refuses to record."""
+    even when nothing ran). An ``error`` or ``unreplayable`` event is kept so that
+    :meth:`Recorder.finish` refuses to record."""
     out: list[list[str]] = []
     for kind, text in getattr(progress, "events", []):
         if kind == "start":
             fixed = text.startswith("naming ") or _FROM_STEP.match(text) is not None
             out.append(["done" if fixed else "step", text])
-        elif kind in ("info", "error", "base"):
+        elif kind in ("info", "error", "base", "unreplayable"):
             out.append([kind, text])
     return out
 

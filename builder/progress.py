@@ -73,7 +73,8 @@ class Progress:
         self._transfers: dict[int, dict[str, list[object]]] = {}
         self._drawn = 0
         self._ticker: threading.Thread | None = None
-        # (kind, text) of each start/info/error/base, in order: what a fast path replays
+        # (kind, text) of each start/unreplayable/info/error/base, in order: what a fast
+        # path replays
         self.events: list[tuple[str, str]] = []
 
     def _emit(self, event: dict[str, object], line: str | None) -> None:
@@ -151,15 +152,16 @@ class Progress:
                     return
 
     # -- events ---------------------------------------------------------------------------
-    def start(self, name: str, *, record: bool = True) -> int:
-        """A step begins; ``record=False``: one a replayed build does not repeat (a pull)."""
+    def start(self, name: str, *, replayable: bool = True) -> int:
+        """A step begins. ``replayable=False``: a step a fast-path replay of this build
+        would wrongly repeat (a pull): the build is not recorded for the fast path, so
+        the next one runs in full and reports what it finds then (the local base)."""
         with self._lock:
             self._n += 1
             n = self._n
             self._start[n] = time.monotonic()
             self._names[n] = name
-            if record:
-                self.events.append(("start", name))
+            self.events.append(("start" if replayable else "unreplayable", name))
         self._emit({"event": "start", "step": n, "name": name}, f"#{n} {name}")
         return n
 

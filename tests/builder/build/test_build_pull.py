@@ -19,8 +19,11 @@ from .conftest import write_base_layout
 pytestmark = pytest.mark.slow
 
 
-def _cli(*args: str, storage: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYBUILD_STORAGE": str(storage), "PYBUILD_NO_FASTPATH": "1"}
+def _cli(*args: str, storage: Path, fast_path: bool = False,
+         ) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYBUILD_STORAGE": str(storage)}
+    env.pop("PYBUILD_NO_FASTPATH", None)
+    env["PYBUILD_FASTPATH_DEBUG" if fast_path else "PYBUILD_NO_FASTPATH"] = "1"
     return subprocess.run([sys.executable, "-m", "builder", *args], check=False,
                           capture_output=True, text=True, env=env, timeout=300)
 
@@ -162,3 +165,25 @@ def test_pull_from_a_registry_that_is_gone_fails_with_one_line(tmp_path: Path) -
     errors = [x for x in failed.stderr.splitlines() if x.startswith("ERROR: ")]
     assert len(errors) == 1 and f"pulling {base}" in errors[0], failed.stderr
     assert f"ERROR: pulling {base} failed" in failed.stderr  # the step, not DONE
+
+
+def test_fast_path_replays_the_local_base_line(tmp_path: Path) -> None:
+    v1 = _layout(tmp_path / "v1", "one")
+    storage = tmp_path / "storage"
+    with pybuild_registry(tmp_path / "registry") as registry:
+        base = registry.ref("test/base", "1")
+        assert _cli("copy", f"oci:{v1}:latest", base, storage=tmp_path / "seed").returncode == 0
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM {base}\nLABEL a=b\n")
+        logs = []
+        for _ in range(3):
+            built = _cli("build", "--progress", "plain", "-t", "app:1", str(ctx),
+                         storage=storage, fast_path=True)
+            assert built.returncode == 0, built.stderr
+            logs.append(built.stderr)
+    # the first build pulled (a build that pulled is not replayed: it would not say
+    # which local image the next one uses); the second says it; the third, a replay, too
+    assert "pulling " in logs[0] and "using local image" not in logs[0]
+    assert "fastpath: hit" not in logs[1] and f"using local image {base}" in logs[1]
+    assert "fastpath: hit" in logs[2] and f"using local image {base}" in logs[2]

@@ -117,7 +117,7 @@ def test_transfers_in_each_mode() -> None:
     plain, js, tty = io.StringIO(), io.StringIO(), io.StringIO()
     for mode, out in (("plain", plain), ("json", js), ("tty", tty)):
         p = Progress(mode, out)
-        n = p.start("pulling reg/base:1", record=False)
+        n = p.start("pulling reg/base:1", replayable=False)
         p.transfer(n, "sha256:aa", "aa", 0, 2048)
         p.transfer(n, "sha256:aa", "aa", 1024, 2048)
         if mode == "tty":
@@ -125,7 +125,8 @@ def test_transfers_in_each_mode() -> None:
                 p._redraw(None)  # what the next tick draws
         p.transfer(n, "sha256:aa", "aa", 2048, 2048, "pulled")
         p.done(n)
-        assert p.events == []  # a pull is not replayed by the fast path
+        # a build that pulled is not recorded for the fast path
+        assert p.events == [("unreplayable", "pulling reg/base:1")]
     assert "#1 aa 2.0 KiB / 2.0 KiB pulled" in plain.getvalue().splitlines()
     events = [json.loads(x) for x in js.getvalue().splitlines()]
     ends = [e for e in events if e["event"] == "transfer" and e["status"]]
