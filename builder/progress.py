@@ -196,7 +196,8 @@ class Progress:
     def done(self, n: int) -> None:
         secs = time.monotonic() - self._start.get(n, time.monotonic())
         self.ran.append(self._names.get(n, ""))
-        self._transfers.pop(n, None)
+        with self._lock:
+            self._transfers.pop(n, None)
         self._emit({"event": "done", "step": n, "seconds": round(secs, 3)},
                    f"#{n} DONE {secs:.1f}s")
 

@@ -18,6 +18,8 @@ from builder.shell_lex import Lexer
 from builder.stages import plan_build
 from builder.steps.metadata import METADATA, apply_metadata
 
+pytestmark = pytest.mark.slow
+
 RUNS = 3
 LIMIT = 8.0
 
