@@ -7,7 +7,10 @@
   exactly one image. An index (top-level or nested) gives the wanted platform's manifest;
 - a registry reference: taken from pybuild's local image store (``registry.client.image_store``),
   pulled into it first (``registry.client.copy``) when it is not there (or holds another
-  platform), as ``docker build`` uses an image it already has.
+  platform), as ``docker build`` uses an image it already has. With ``pull`` (``pybuild
+  build --pull``, as ``docker build --pull``) the registry is always asked for the
+  reference's current manifest and whatever changed is pulled; without it, the progress
+  says which local image was used and when it was pulled, so that a stale base is seen.
 
 ``platform`` (``os/arch[/variant]``, default the host's) picks the manifest of an index;
 an index without it is an error that lists the platforms it has. A plain manifest is
@@ -26,11 +29,13 @@ from typing import TYPE_CHECKING
 
 from cas import Digest, Store
 from registry.client.image_store import ImageNotFound, ImageStore
-from registry.oci import INDEX_TYPES, Descriptor, ImageConfig, Index, Manifest
 from registry.client.refs import InvalidReference, parse_image_ref
+from registry.oci import INDEX_TYPES, Descriptor, ImageConfig, Index, Manifest
 
 if TYPE_CHECKING:
     from registry.client.remote import ClientOptions
+
+    from .progress import Progress
 
 from .fastpath import LAYOUTS_READ
 from .image import LayerRef, default_arch
@@ -160,9 +165,12 @@ def _host() -> str:
     return f"linux/{default_arch()}"
 
 
-async def pull_base(ref: str, store: Store, platform: str | None = None) -> BaseImage:
+async def pull_base(ref: str, store: Store, platform: str | None = None, *,
+                    pull: bool = False, progress: Progress | None = None) -> BaseImage:
     """A registry image for ``platform`` (default the host's), from pybuild's local image
-    store; pulled into it when absent, or when the local copy is of another platform."""
+    store; pulled into it when absent, when the local copy is of another platform, or
+    (``pull``) whenever the registry's manifest differs from the local one. ``progress``
+    shows the pull (bytes per layer), or which local image was used and its age."""
     try:
         image_ref = parse_image_ref(ref)
     except InvalidReference as exc:
@@ -170,24 +178,42 @@ async def pull_base(ref: str, store: Store, platform: str | None = None) -> Base
     platform = platform or _host()
     images = await ImageStore.open(store=store)
 
-    async def pull() -> None:
+    async def fetch() -> None:
         # The HTTP client (aiohttp) is imported only when a pull is needed: a cached
         # rebuild must not pay its start-up cost.
-        from registry.client.remote import RegistryClient, TransportError
         from registry.client.copy import CopyOptions, Endpoint, copy_image
-        from registry.errors import RegistryError
         from registry.client.progress import Progress as RegistryProgress
         from registry.client.pull import BlobError
+        from registry.client.remote import RegistryClient, TransportError
+        from registry.errors import RegistryError
 
+        step = None
+        view: RegistryProgress = RegistryProgress("quiet")
+        if progress is not None:
+            from .transfer_view import TransferView
+
+            step = progress.start(f"pulling {image_ref}", replayable=False)
+            view = TransferView(progress, step)
+        failed = True
         try:
             async with RegistryClient(client_options()) as client:
                 await copy_image(Endpoint("registry", image_ref),
                                  Endpoint("local", image_ref), images, client,
-                                 RegistryProgress("quiet"), CopyOptions(platform=platform))
+                                 view, CopyOptions(platform=platform))
+            failed = False
         except ImageNotFound as exc:
             raise BaseImageError(f"{image_ref}: {exc}") from exc
         except (RegistryError, TransportError, BlobError, OSError) as exc:
             raise BaseImageError(f"pulling {image_ref}: {exc}") from exc
+        finally:
+            if step is not None and progress is not None:
+                if failed:
+                    progress.error(step, f"pulling {image_ref} failed")
+                else:
+                    from .publish import transfer_totals
+
+                    progress.log(step, transfer_totals(str(image_ref), view.summary()))
+                    progress.done(step)
 
     async def local() -> tuple[Manifest, ImageConfig]:
         try:
@@ -196,15 +222,22 @@ async def pull_base(ref: str, store: Store, platform: str | None = None) -> Base
             raise BaseImageError(f"{image_ref}: {exc}") from exc
 
     try:
-        if await images.resolve(str(image_ref)) is None:
-            await pull()
+        pulled = pull or await images.resolve(str(image_ref)) is None
+        if pulled:
+            # --pull: the registry's current manifest is read every time; blobs the
+            # store already has are not fetched again
+            await fetch()
         manifest, config = await local()
         if [config.os, config.architecture] != platform.split("/")[:2]:
             # the local copy is another platform's (pulls keep one): fetch this one
-            await pull()
+            pulled = True
+            await fetch()
             manifest, config = await local()
+        used = await images.resolve(str(image_ref))
     finally:
         await images.close()
+    if not pulled and progress is not None and used is not None:
+        progress.base_image(str(image_ref), str(used.digest), used.created)
     if len(config.rootfs.diff_ids) != len(manifest.layers):
         raise BaseImageError(f"{ref}: the config lists {len(config.rootfs.diff_ids)} diff_ids "
                              f"for {len(manifest.layers)} layers")
@@ -212,9 +245,11 @@ async def pull_base(ref: str, store: Store, platform: str | None = None) -> Base
     return BaseImage(str(image_ref), Digest.of(manifest.to_bytes()), config, layers)
 
 
-async def resolve_base(ref: str, store: Store, platform: str | None = None) -> BaseImage:
+async def resolve_base(ref: str, store: Store, platform: str | None = None, *,
+                       pull: bool = False, progress: Progress | None = None) -> BaseImage:
     """A base image by reference (not ``scratch`` and not a stage name), for ``platform``
-    (``os/arch[/variant]``; default the host's)."""
+    (``os/arch[/variant]``; default the host's); ``pull`` and ``progress``: see
+    :func:`pull_base`."""
     if ref.startswith("oci-layout://"):
         return await load_oci_layout(ref, store, platform)
-    return await pull_base(ref, store, platform)
+    return await pull_base(ref, store, platform, pull=pull, progress=progress)

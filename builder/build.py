@@ -63,6 +63,7 @@ class BuildOptions:
     differ: str = "auto"  # auto | overlay | snapshot
     ssh: dict[str, Path] = field(default_factory=dict)  # --ssh id -> agent socket
     allow: frozenset[str] = frozenset()  # --allow entitlements
+    pull: bool = False  # --pull: check the registry for newer base images
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
                       source_date_epoch=sde, compression=opts.compression,
                       no_cache=opts.no_cache, explain=opts.explain, network=opts.network,
                       secrets=opts.secrets, created=created, ssh=opts.ssh,
-                      allow=opts.allow, differ=opts.differ)
+                      allow=opts.allow, differ=opts.differ, pull=opts.pull)
         try:
             platform = Platform.parse(opts.platform) if opts.platform else None
         except ValueError as exc:
@@ -163,7 +164,7 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
             progress.done(n)
             if push:
                 n = progress.start("pushing " + ", ".join(refs))
-                await push_images(store, refs)
+                await push_images(store, refs, progress=progress, step=n)
                 progress.done(n)
         progress.result(str(image.digest))
         return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran))

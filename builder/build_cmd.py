@@ -204,6 +204,8 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
 @click.option("--network", type=click.Choice(["default", "none", "host"]), default="default",
               help="RUN steps' network unless RUN --network says otherwise.")
 @click.option("--push", is_flag=True, help="Push the -t names to their registries.")
+@click.option("--pull", is_flag=True,
+              help="Always ask the registry for a newer version of each base image.")
 @click.option("-o", "--output", "outputs", multiple=True,
               help="DIR | - | type=local,dest=DIR | type=tar[,dest=FILE] | "
                    "type=oci[,dest=FILE][,tar=false] | type=docker[,dest=FILE][,tar=false] | "
@@ -233,7 +235,8 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
               help="Grant an entitlement (security.insecure for RUN --security=insecure).")
 def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
           build_args: tuple[str, ...], target: str | None, labels: tuple[str, ...],
-          no_cache: bool, explain: bool, network: str, push: bool, outputs: tuple[str, ...],
+          no_cache: bool, explain: bool, network: str, push: bool, pull: bool,
+          outputs: tuple[str, ...],
           secrets: tuple[str, ...], progress_mode: str, iidfile: Path | None,
           metadata_file: Path | None, compression: str, source_date_epoch: int | None,
           storage: Path | None, platform: str | None, differ: str, ssh: tuple[str, ...],
@@ -256,7 +259,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         labels=_kv(labels, "--label"), no_cache=no_cache, explain=explain, network=network,
         outputs=outs, secrets=_secrets(secrets), compression=compression,
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
-        ssh=_ssh(ssh), allow=frozenset(allow))
+        ssh=_ssh(ssh), allow=frozenset(allow), pull=pull)
     progress = Progress(progress_mode)
     recorder = None if outs or push or secrets or ssh else Recorder.start()
     try:

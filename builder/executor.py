@@ -72,7 +72,8 @@ async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
 
     async def load(ref: str, plat: str) -> BaseImage:
         try:
-            return await resolve_base(ref, env.store, plat)
+            return await resolve_base(ref, env.store, plat, pull=env.pull,
+                                      progress=env.progress)
         except BaseImageError as exc:
             line = next(s.instructions[0].start_line for s in first.stages
                         if s.base_image == ref)
@@ -142,7 +143,8 @@ class Executor:
             plat = str(self.platform)
             try:
                 base = self.bases.get((ref, plat)) or await resolve_base(
-                    ref, self.env.store, plat)
+                    ref, self.env.store, plat, pull=self.env.pull,
+                    progress=self.env.progress)
             except BaseImageError as exc:
                 raise BuildError(self.env.dockerfile, str(exc)) from exc
             state = ImageState.from_config(base.config, list(base.layers), "")

@@ -268,7 +268,7 @@ class Recorder:
     def finish(self, events: list[list[str]], digest: str, config_digest: str) -> None:
         """Write the fingerprint if nothing changed while building; errors are ignored."""
         try:
-            if any(e[0] not in ("step", "done", "info") for e in events):
+            if any(e[0] not in ("step", "done", "info", "base") for e in events):
                 return
             if self._racy() or fingerprint(self.inv) != self.before:
                 _debug("not recorded: the context changed while building")
@@ -292,14 +292,14 @@ def progress_events(progress: object) -> list[list[str]]:
 
     Steps that ran are replayed as cached (the next build takes them from the cache); a
     stage's ``FROM`` and the naming step stay done (the normal path reports them done
-    even when nothing ran). An ``error`` event is kept so that :meth:`Recorder.finish`
-    refuses to record."""
+    even when nothing ran). An ``error`` or ``unreplayable`` event is kept so that
+    :meth:`Recorder.finish` refuses to record."""
     out: list[list[str]] = []
     for kind, text in getattr(progress, "events", []):
         if kind == "start":
             fixed = text.startswith("naming ") or _FROM_STEP.match(text) is not None
             out.append(["done" if fixed else "step", text])
-        elif kind in ("info", "error"):
+        elif kind in ("info", "error", "base", "unreplayable"):
             out.append([kind, text])
     return out
 
@@ -311,6 +311,10 @@ def _replay(rec: dict, inv: Invocation) -> None:
     for kind, text in rec["events"]:
         if kind == "info":
             progress.info(text)
+            continue
+        if kind == "base":  # the local base image used, with its age as of now
+            ref, digest, pulled = json.loads(text)
+            progress.base_image(ref, digest, pulled)
             continue
         n = progress.start(text)
         if kind == "done":

@@ -61,9 +61,14 @@ class LayerRef:
 
 @dataclass
 class ImageState:
-    """Mutable working state of one stage (never leaves the executor)."""
+    """Mutable working state of one stage (never leaves the executor).
 
-    config: ContainerConfig
+    ENV and LABEL changes are kept in dicts of this state and written into
+    :attr:`config` when it is next read, so that a stage of many ENV or LABEL lines
+    costs time linear in their number (a new config per line copied every earlier
+    entry)."""
+
+    _config: ContainerConfig
     architecture: str = field(default_factory=default_arch)
     os: str = "linux"
     variant: str | None = None
@@ -71,6 +76,27 @@ class ImageState:
     history: list[History] = field(default_factory=list)
     key: str = ""
     author: str | None = None  # MAINTAINER; inherited from the base, as BuildKit does
+    # name -> value of the env and the labels, in order, once ENV / LABEL changed them;
+    # None: config holds them. Private to this state (never shared with a config).
+    _env: dict[str, str] | None = field(default=None, repr=False, compare=False)
+    _labels: dict[str, str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def config(self) -> ContainerConfig:
+        if self._env is not None or self._labels is not None:
+            changes: dict[str, object] = {}
+            if self._env is not None:
+                changes["env"] = tuple(f"{k}={v}" for k, v in self._env.items())
+            if self._labels is not None:
+                changes["labels"] = dict(self._labels)
+            self._config = replace(self._config, **changes)  # type: ignore[arg-type]
+            self._env = self._labels = None
+        return self._config
+
+    @config.setter
+    def config(self, value: ContainerConfig) -> None:
+        self._env = self._labels = None
+        self._config = value
 
     @classmethod
     def scratch(cls) -> ImageState:
@@ -81,7 +107,7 @@ class ImageState:
         config = cfg.config or ContainerConfig()
         if not config.env:
             config = replace(config, env=(f"PATH={DEFAULT_PATH}",))
-        return cls(config=config, architecture=cfg.architecture, os=cfg.os,
+        return cls(config, architecture=cfg.architecture, os=cfg.os,
                    variant=cfg.variant, layers=list(layers),
                    history=list(cfg.history or ()), key=key, author=cfg.author)
 
@@ -91,20 +117,25 @@ class ImageState:
 
     # -- config helpers -----------------------------------------------------------------
     def env_map(self) -> dict[str, str]:
+        if self._env is not None:
+            return dict(self._env)
         out: dict[str, str] = {}
-        for e in self.config.env or ():
+        for e in self._config.env or ():
             k, _, v = e.partition("=")
             out[k] = v
         return out
 
     def set_env(self, pairs: list[tuple[str, str]]) -> None:
-        env = self.env_map()
-        order = [e.partition("=")[0] for e in self.config.env or ()]
-        for k, v in pairs:
-            if k not in env:
-                order.append(k)
-            env[k] = v
-        self.config = replace(self.config, env=tuple(f"{k}={env[k]}" for k in order))
+        """ENV: set each name (a new name goes last, a known one keeps its place)."""
+        if self._env is None:
+            self._env = self.env_map()
+        self._env.update(pairs)
+
+    def set_labels(self, pairs: list[tuple[str, str]]) -> None:
+        """LABEL: set each label."""
+        if self._labels is None:
+            self._labels = dict(self._config.labels or {})
+        self._labels.update(pairs)
 
     def update(self, **changes: object) -> None:
         self.config = replace(self.config, **changes)  # type: ignore[arg-type]
@@ -136,15 +167,22 @@ class BuiltImage:
 def _timed(history: list[History], fallback: str, pinned: bool) -> tuple[History, ...]:
     """Metadata entries (``created == ""``) timed from their neighbours (module doc), or
     at ``fallback`` when ``pinned``."""
-    times = [h.created for h in history]
+    # the time of the first timed entry after each one (one pass from the end, so that
+    # many metadata entries in a row cost linear time)
+    after: list[str] = [""] * len(history)
+    nxt = ""
+    for i in range(len(history) - 1, -1, -1):
+        after[i] = nxt
+        nxt = history[i].created or nxt
     out = []
+    before = ""
     for i, h in enumerate(history):
         if h.created == "" and pinned:
             h = replace(h, created=fallback)
         elif h.created == "":
-            after = next((t for t in times[i + 1:] if t), None)
-            before = next((t for t in reversed(times[:i]) if t), None)
-            h = replace(h, created=after or before or fallback)
+            h = replace(h, created=after[i] or before or fallback)
+        else:
+            before = h.created
         out.append(h)
     return tuple(out)
 

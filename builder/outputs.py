@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cas import Digest, Store
-from registry.oci import Descriptor, Index
 from registry.client.refs import InvalidReference, parse_image_ref
+from registry.oci import Descriptor, Index
 
 from .image import BuiltImage
 

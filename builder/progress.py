@@ -7,12 +7,19 @@ Plain mode follows BuildKit's ``--progress=plain``::
     #3 DONE 0.4s
     #4 [build 3/4] COPY . /src
     #4 CACHED
+    #5 pulling localhost:5000/base:1
+    #5 sha256:4f1a6c2e9b3d 2.1 MiB / 2.1 MiB pulled
+    #5 DONE 0.3s
 
 JSON mode writes one object per line (``{"event": "start"|"log"|"cached"|"done"|
-"error"|"explain"|"result", "step": N, ...}``). On a terminal (``auto``) finished steps
-scroll up as one line each (``=> [2/4] RUN make  0.4s``, ``=> CACHED [3/4] COPY ...``),
-while the running steps stay at the bottom with their elapsed time and last output line,
-redrawn in place.
+"error"|"explain"|"info"|"base"|"transfer"|"result", "step": N, ...}``; ``transfer``:
+``id``, ``label``, ``done``, ``total`` bytes and ``status`` of one blob of a pull or
+push, at most 4 a second per blob and always at its end; ``base``: ``ref``, ``digest``,
+``pulled`` (RFC 3339) and ``age_seconds`` of a local base image used without
+``--pull``). On a terminal (``auto``) finished steps scroll up as one line each
+(``=> [2/4] RUN make  0.4s``, ``=> CACHED [3/4] COPY ...``), while the running steps stay
+at the bottom with their elapsed time, their last output line and the bytes of each
+blob they move, redrawn in place every 0.2 s while a step runs.
 """
 
 from __future__ import annotations
@@ -23,7 +30,28 @@ import threading
 import time
 from typing import TextIO
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "age", "human_bytes"]
+
+TICK = 0.2  # seconds between two redraws of the live view while steps run
+_TRANSFER_EVERY = 0.25  # JSON: seconds between two transfer events of one blob
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def age(seconds: float) -> str:
+    """``45 seconds``, ``12 minutes``, ``5 hours``, ``3 days``."""
+    seconds = max(0, int(seconds))
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
 class Progress:
@@ -41,11 +69,15 @@ class Progress:
         self.ran: list[str] = []
         self._names: dict[int, str] = {}
         self._active: dict[int, str] = {}
+        # step -> blob id -> [label, done, total, status, time of the last JSON event]
+        self._transfers: dict[int, dict[str, list[object]]] = {}
         self._drawn = 0
-        # (kind, text) of each start/info/error, in order: what a fast path replays
+        self._ticker: threading.Thread | None = None
+        # (kind, text) of each start/unreplayable/info/error/base, in order: what a fast
+        # path replays
         self.events: list[tuple[str, str]] = []
 
-    def _emit(self, event: dict[str, object], line: str) -> None:
+    def _emit(self, event: dict[str, object], line: str | None) -> None:
         with self._lock:
             if self.mode == "json":
                 self.out.write(json.dumps(event) + "\n")
@@ -53,7 +85,7 @@ class Progress:
                 return
             elif self.mode == "tty":
                 self._tty(event)
-            else:
+            elif line is not None:
                 self.out.write(line + "\n")
             self.out.flush()
 
@@ -65,8 +97,14 @@ class Progress:
         done_line = None
         if kind == "start":
             self._active[n] = ""
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick, name="progress",
+                                                daemon=True)
+                self._ticker.start()
         elif kind == "log":
             self._active[n] = str(event["line"])[-100:]
+        elif kind == "transfer":
+            pass  # drawn with the running block below
         elif kind in ("done", "cached", "error"):
             self._active.pop(n, None)
             secs = time.monotonic() - self._start.get(n, time.monotonic())
@@ -74,34 +112,82 @@ class Progress:
                          "cached": f"\x1b[34m=> CACHED {name}\x1b[0m",
                          "error": f"\x1b[31m=> ERROR {name}: {event.get('message')}\x1b[0m"}[
                 str(kind)]
+        elif kind == "base":
+            done_line = self._base_line(event)
         else:
             done_line = str(event.get("reason") or event.get("message") or event.get("digest"))
-        # erase the running block, print what finished, draw the block again
+        self._redraw(done_line)
+
+    def _redraw(self, done_line: str | None) -> None:
+        """Erase the running block, print what finished, draw the block again."""
         self.out.write("\x1b[1A\x1b[2K" * self._drawn)
         if done_line is not None:
             self.out.write(done_line + "\n")
         lines = []
+        now = time.monotonic()
         for m, last in self._active.items():
-            secs = time.monotonic() - self._start.get(m, time.monotonic())
+            secs = now - self._start.get(m, now)
             lines.append(f"=> {self._names.get(m, '')}  {secs:.1f}s")
+            for label, done, total, status, _ in self._transfers.get(m, {}).values():
+                lines.append(f"   {label}  {human_bytes(done)} / "  # type: ignore[arg-type]
+                             f"{human_bytes(total)}{'  ' + status if status else ''}")  # type: ignore[arg-type]
             if last:
                 lines.append(f"\x1b[2m   {last}\x1b[0m")
         self.out.write("".join(line + "\n" for line in lines))
         self._drawn = len(lines)
 
-    def start(self, name: str) -> int:
+    def _tick(self) -> None:
+        """Redraws the running steps (their timers) until none runs."""
+        while True:
+            time.sleep(TICK)
+            with self._lock:
+                if not self._active:
+                    self._ticker = None
+                    return
+                try:
+                    self._redraw(None)
+                    self.out.flush()
+                except (OSError, ValueError):  # the terminal went away
+                    self._ticker = None
+                    return
+
+    # -- events ---------------------------------------------------------------------------
+    def start(self, name: str, *, replayable: bool = True) -> int:
+        """A step begins. ``replayable=False``: a step a fast-path replay of this build
+        would wrongly repeat (a pull): the build is not recorded for the fast path, so
+        the next one runs in full and reports what it finds then (the local base)."""
         with self._lock:
             self._n += 1
             n = self._n
             self._start[n] = time.monotonic()
             self._names[n] = name
-            self.events.append(("start", name))
+            self.events.append(("start" if replayable else "unreplayable", name))
         self._emit({"event": "start", "step": n, "name": name}, f"#{n} {name}")
         return n
 
     def log(self, n: int, line: str) -> None:
         elapsed = time.monotonic() - self._start.get(n, time.monotonic())
         self._emit({"event": "log", "step": n, "line": line}, f"#{n} {elapsed:.3f} {line}")
+
+    def transfer(self, n: int, key: str, label: str, done: int, total: int,
+                 status: str = "") -> None:
+        """Bytes of one blob that step ``n`` pulls or pushes; ``status`` set at its end
+        (pulled, pushed, exists, mounted, failed...)."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._transfers.setdefault(n, {}).get(key)
+            last = float(entry[4]) if entry else 0.0  # type: ignore[arg-type]
+            if status:
+                self._transfers[n].pop(key, None)
+            else:
+                self._transfers[n][key] = [label, done, total, status, last]
+            if not status and (self.mode != "json" or now - last < _TRANSFER_EVERY):
+                return  # the live view draws it at the next tick; plain lines at the end
+            if not status:
+                self._transfers[n][key][4] = now
+        self._emit({"event": "transfer", "step": n, "id": key, "label": label, "done": done,
+                    "total": total, "status": status},
+                   f"#{n} {label} {human_bytes(done)} / {human_bytes(total)} {status}")
 
     def cached(self, n: int) -> None:
         self.cached_names.append(self._names.get(n, ""))
@@ -110,6 +196,8 @@ class Progress:
     def done(self, n: int) -> None:
         secs = time.monotonic() - self._start.get(n, time.monotonic())
         self.ran.append(self._names.get(n, ""))
+        with self._lock:
+            self._transfers.pop(n, None)
         self._emit({"event": "done", "step": n, "seconds": round(secs, 3)},
                    f"#{n} DONE {secs:.1f}s")
 
@@ -124,6 +212,22 @@ class Progress:
     def info(self, text: str) -> None:
         self.events.append(("info", text))
         self._emit({"event": "info", "message": text}, text)
+
+    def base_image(self, ref: str, digest: str, pulled: float) -> None:
+        """A base image was taken from the local store without asking its registry
+        (no ``--pull``): which one, and when it was pulled (epoch seconds)."""
+        self.events.append(("base", json.dumps([ref, digest, pulled])))
+        event: dict[str, object] = {
+            "event": "base", "ref": ref, "digest": digest,
+            "pulled": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(pulled)),
+            "age_seconds": max(0, int(time.time() - pulled))}
+        self._emit(event, self._base_line(event))
+
+    @staticmethod
+    def _base_line(event: dict[str, object]) -> str:
+        return (f"using local image {event['ref']} ({event['digest']}), pulled "
+                f"{age(float(event['age_seconds']))} ago ({event['pulled']}); "  # type: ignore[arg-type]
+                "build with --pull to check the registry for a newer one")
 
     def result(self, digest: str) -> None:
         self._emit({"event": "result", "digest": digest}, f"writing image {digest} done")

@@ -9,8 +9,9 @@ from registry.client.refs import InvalidReference, parse_image_ref
 
 from .base import client_options
 from .image import BuiltImage
+from .progress import Progress
 
-__all__ = ["PublishError", "push_images", "tag_images"]
+__all__ = ["PublishError", "push_images", "tag_images", "transfer_totals"]
 
 
 class PublishError(Exception):
@@ -42,24 +43,41 @@ async def tag_images(image: BuiltImage, store: Store, tags: list[str]) -> list[s
     return refs
 
 
-async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet") -> None:
-    """Push each locally stored ref to its registry."""
+async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet", *,
+                      progress: Progress | None = None, step: int = 0) -> None:
+    """Push each locally stored ref to its registry; with ``progress``, the bytes of
+    each blob are shown under build step ``step``."""
     # The HTTP client (aiohttp) only when pushing: tagging alone must start fast.
-    from registry.client.remote import RegistryClient, TransportError
     from registry.client.copy import Endpoint, copy_image
-    from registry.errors import RegistryError
     from registry.client.progress import Progress as RegistryProgress
     from registry.client.pull import BlobError
+    from registry.client.remote import RegistryClient, TransportError
+    from registry.errors import RegistryError
 
     images = await ImageStore.open(store=store)
     try:
         async with RegistryClient(client_options()) as client:
             for ref in refs:
                 r = parse_image_ref(ref)
+                view = RegistryProgress(progress_mode)
+                if progress is not None:
+                    from .transfer_view import TransferView
+
+                    view = TransferView(progress, step)
                 try:
                     await copy_image(Endpoint("local", r), Endpoint("registry", r), images,
-                                     client, RegistryProgress(progress_mode))
+                                     client, view)
                 except (RegistryError, TransportError, BlobError, OSError) as exc:
                     raise PublishError(f"pushing {ref}: {exc}") from exc
+                if progress is not None:
+                    progress.log(step, transfer_totals(ref, view.summary()))
     finally:
         await images.close()
+
+
+def transfer_totals(ref: str, summary: dict[str, int]) -> str:
+    """``REF: 1.2 MiB transferred, 3.4 MiB reused`` (reused: blobs the destination had)."""
+    from registry.client.progress import human_bytes
+
+    return (f"{ref}: {human_bytes(summary['transferred'])} transferred, "
+            f"{human_bytes(summary['reused'])} reused")

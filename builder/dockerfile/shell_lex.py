@@ -31,11 +31,14 @@ character only escapes ``"``, ``$`` and itself.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["ExpansionResult", "Lexer", "ShellLexError", "process_word", "process_words"]
+__all__ = ["MAX_NESTING", "ExpansionResult", "Lexer", "ShellLexError", "process_word",
+           "process_words"]
 
 _EOF = ""  # the scanner returns this past the end; real characters are never empty
 
@@ -54,37 +57,60 @@ class ExpansionResult:
     unmatched: frozenset[str] = field(default_factory=frozenset)
 
 
+# ``${...}`` nested deeper than this is refused with an error. BuildKit's lexer recurses
+# without a limit of its own (Go's stack grows to 1 GB); here expansion runs on an
+# explicit stack, so the limit only bounds memory, far above what a Dockerfile needs.
+MAX_NESTING = 10_000
+
+# A word quoted in an error message is cut to this many characters.
+_QUOTED_MAX = 200
+
+_SPACES_OR_NOT = re.compile(r"\s+|\S+")
+
+
 class _Words:
     """Accumulates split words; whitespace from plain text or variables ends a word."""
 
+    __slots__ = ("buf", "in_word", "words")
+
     def __init__(self) -> None:
-        self.buf = ""
+        self.buf: list[str] = []  # pieces of the current word, never empty strings
         self.words: list[str] = []
         self.in_word = False
 
+    def _space(self) -> None:
+        # An empty quoted string ("") marks in_word but leaves buf empty: it
+        # contributes no word of its own, exactly as BuildKit does.
+        if self.in_word and self.buf:
+            self.words.append("".join(self.buf))
+            self.buf = []
+            self.in_word = False
+
     def add_char(self, ch: str) -> None:
         if ch.isspace():
-            # An empty quoted string ("") marks in_word but leaves buf empty: it
-            # contributes no word of its own, exactly as BuildKit does.
-            if self.in_word and self.buf:
-                self.words.append(self.buf)
-                self.buf = ""
-                self.in_word = False
+            self._space()
         else:
-            self.add_raw(ch)
+            self.buf.append(ch)
+            self.in_word = True
 
     def add_raw(self, text: str) -> None:
-        self.buf += text
+        if text:
+            self.buf.append(text)
         self.in_word = True
 
     def add_string(self, text: str) -> None:
-        for ch in text:
-            self.add_char(ch)
+        """``add_char`` for every character of ``text``, a run at a time."""
+        for run in _SPACES_OR_NOT.findall(text):
+            if run[0].isspace():
+                self._space()
+            else:
+                self.buf.append(run)
+                self.in_word = True
 
     def result(self) -> list[str]:
         if self.buf:
-            self.words.append(self.buf)
-            self.buf = ""
+            self.words.append("".join(self.buf))
+            self.buf = []
             self.in_word = False
         return self.words
 
@@ -109,6 +135,51 @@ _SPECIAL_PARAMS = frozenset("@*#?-$!0")
 _REGEX_SPECIAL = frozenset("[]{}.+()|^$")
 
 
+@functools.lru_cache(maxsize=32)
+def _plain_run(specials: str) -> re.Pattern[str]:
+    """A run of characters that are neither whitespace nor one of ``specials``."""
+    return re.compile("[^" + re.escape(specials) + r"\s]+")
+
+
+@functools.lru_cache(maxsize=8)
+def _quoted_run(escape: str) -> re.Pattern[str]:
+    """A run of characters inside double quotes with no meaning of their own."""
+    return re.compile('[^"$' + re.escape(escape) + "]+")
+
+
+# A step of the expansion: a generator that yields the sub-steps it needs (a nested
+# ``${...}`` or quoted string) and receives their results; :func:`_drive` runs them on an
+# explicit stack, so nesting depth is not limited by Python's recursion limit.
+_Step = Generator["_Step", Any, Any]
+
+
+def _drive(step: _Step) -> Any:
+    stack = [step]
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        top = stack[-1]
+        try:
+            if error is not None:
+                sub = top.throw(error)
+            else:
+                sub = top.send(value)
+        except StopIteration as done:
+            stack.pop()
+            if not stack:
+                return done.value
+            value, error = done.value, None
+            continue
+        except BaseException as exc:
+            stack.pop()
+            if not stack:
+                raise
+            value, error = None, exc
+            continue
+        stack.append(sub)
+        value, error = None, None
+
+
 class Lexer:
     """Expands Dockerfile words.
 
@@ -116,6 +187,8 @@ class Lexer:
     keeps quote characters in the output, ``raw_escapes`` keeps escape characters,
     ``skip_process_quotes`` treats quotes as plain characters, ``skip_unset_env`` leaves
     references to unset variables as written.
+
+    Expansion takes time and memory linear in the length of the word and its result.
     """
 
     def __init__(
@@ -134,6 +207,7 @@ class Lexer:
         self.raw_escapes = raw_escapes
         self.skip_process_quotes = skip_process_quotes
         self.skip_unset_env = skip_unset_env
+        self._special = re.compile("[" + re.escape("$<'\"" + escape) + "]")
 
     def process_word(self, word: str, env: Mapping[str, str]) -> str:
         """Expand ``word`` with ``env``; raise :class:`ShellLexError` on a bad word."""
@@ -145,9 +219,11 @@ class Lexer:
 
     def expand(self, word: str, env: Mapping[str, str]) -> ExpansionResult:
         """Expand ``word``; also report which variable names were found and which not."""
+        if self._special.search(word) is None:  # nothing to expand: the common case
+            return ExpansionResult(word, tuple(word.split()))
         run = _Run(self, word, env)
         try:
-            result, words = run.process_stop_on(_EOF, self.raw_escapes)
+            result, words = _drive(run.process_stop_on(_EOF, self.raw_escapes))
         except ShellLexError as exc:
             raise ShellLexError(f"failed to process {_go_quote(word)}: {exc}") from None
         return ExpansionResult(
@@ -160,124 +236,164 @@ class _Run:
 
     def __init__(self, lex: Lexer, word: str, env: Mapping[str, str]) -> None:
         self.lex = lex
-        self.scan = _Scan(word)
+        self.text = word
+        self.pos = 0
         self.env = env
         self.raw_escapes = lex.raw_escapes
+        self.depth = 0  # ${...} being expanded, one inside the other
         self.matched: set[str] = set()
         self.unmatched: set[str] = set()
 
-    def process_stop_on(self, stop: str, raw_escapes: bool) -> tuple[str, list[str]]:
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else _EOF
+
+    def next(self) -> str:
+        if self.pos >= len(self.text):
+            return _EOF
+        ch = self.text[self.pos]
+        self.pos += 1
+        return ch
+
+    def process_stop_on(self, stop: str, raw_escapes: bool) -> _Step:
+        """Expand up to the unquoted ``stop`` character (consumed; ``_EOF``: the end)."""
         saved, self.raw_escapes = self.raw_escapes, raw_escapes
         try:
-            return self._process_stop_on(stop)
+            lex, text = self.lex, self.text
+            end = len(text)
+            result: list[str] = []
+            words = _Words()
+            quotes = not lex.skip_process_quotes
+            plain = _plain_run("$<" + ("'\"" if quotes else "") + lex.escape + stop)
+            while self.pos < end:
+                m = plain.match(text, self.pos)
+                if m is not None:
+                    run = m.group()
+                    self.pos = m.end()
+                    result.append(run)
+                    words.add_raw(run)
+                    continue
+                ch = text[self.pos]
+                if stop != _EOF and ch == stop:
+                    self.pos += 1
+                    return "".join(result), words.result()
+                if ch == "$":
+                    if text.startswith("${", self.pos):
+                        value = yield self.process_braces()
+                    else:
+                        value = self.process_dollar()
+                    result.append(value)
+                    words.add_string(value)
+                elif ch == "<":
+                    value = self.process_possible_heredoc()
+                    result.append(value)
+                    words.add_raw(value)
+                elif quotes and ch in "'\"":
+                    if ch == "'":
+                        value = self.process_single_quote()
+                    else:
+                        value = yield self.process_double_quote()
+                    result.append(value)
+                    words.add_raw(value)
+                else:
+                    self.pos += 1
+                    if ch == lex.escape:
+                        if self.raw_escapes:
+                            words.add_raw(ch)
+                            result.append(ch)
+                        ch = self.next()
+                        if ch == _EOF:  # an escape at the very end escapes nothing
+                            break
+                        words.add_raw(ch)
+                    else:
+                        words.add_char(ch)
+                    result.append(ch)
+            if stop != _EOF:
+                raise ShellLexError(
+                    f"unexpected end of statement while looking for matching {stop}")
+            return "".join(result), words.result()
         finally:
             self.raw_escapes = saved
 
-    def _process_stop_on(self, stop: str) -> tuple[str, list[str]]:
-        lex, scan = self.lex, self.scan
-        result: list[str] = []
-        words = _Words()
-        quotes = not lex.skip_process_quotes
-        while scan.peek() != _EOF:
-            ch = scan.peek()
-            if stop != _EOF and ch == stop:
-                scan.next()
-                return "".join(result), words.result()
-            if ch == "$":
-                text = self.process_dollar()
-                result.append(text)
-                words.add_string(text)
-            elif ch == "<":
-                text = self.process_possible_heredoc()
-                result.append(text)
-                words.add_raw(text)
-            elif quotes and ch in "'\"":
-                text = self.process_single_quote() if ch == "'" else self.process_double_quote()
-                result.append(text)
-                words.add_raw(text)
-            else:
-                ch = scan.next()
-                if ch == lex.escape:
-                    if self.raw_escapes:
-                        words.add_raw(ch)
-                        result.append(ch)
-                    ch = scan.next()
-                    if ch == _EOF:  # an escape at the very end escapes nothing
-                        break
-                    words.add_raw(ch)
-                else:
-                    words.add_char(ch)
-                result.append(ch)
-        if stop != _EOF:
-            raise ShellLexError(f"unexpected end of statement while looking for matching {stop}")
-        return "".join(result), words.result()
-
     def process_single_quote(self) -> str:
-        scan, out = self.scan, []
-        ch = scan.next()
-        if self.lex.raw_quotes:
-            out.append(ch)
-        while True:
-            ch = scan.next()
-            if ch == _EOF:
-                raise ShellLexError(
-                    "unexpected end of statement while looking for matching single-quote"
-                )
-            if ch == "'":
-                if self.lex.raw_quotes:
-                    out.append(ch)
-                return "".join(out)
-            out.append(ch)
+        start = self.pos + 1
+        close = self.text.find("'", start)
+        if close < 0:
+            self.pos = len(self.text)
+            raise ShellLexError(
+                "unexpected end of statement while looking for matching single-quote")
+        self.pos = close + 1
+        body = self.text[start:close]
+        return f"'{body}'" if self.lex.raw_quotes else body
 
-    def process_double_quote(self) -> str:
-        scan, esc, out = self.scan, self.lex.escape, []
-        ch = scan.next()
-        if self.lex.raw_quotes:
-            out.append(ch)
+    def process_double_quote(self) -> _Step:
+        text, esc = self.text, self.lex.escape
+        end = len(text)
+        plain = _quoted_run(esc)
+        out = ['"'] if self.lex.raw_quotes else []
+        self.pos += 1
         while True:
-            peek = scan.peek()
-            if peek == _EOF:
+            m = plain.match(text, self.pos)
+            if m is not None:
+                out.append(m.group())
+                self.pos = m.end()
+                continue
+            if self.pos >= end:
                 raise ShellLexError(
                     "unexpected end of statement while looking for matching double-quote"
                 )
-            if peek == '"':
-                ch = scan.next()
+            ch = text[self.pos]
+            if ch == '"':
+                self.pos += 1
                 if self.lex.raw_quotes:
                     out.append(ch)
                 return "".join(out)
-            if peek == "$":
-                out.append(self.process_dollar())
+            if ch == "$":
+                if text.startswith("${", self.pos):
+                    out.append((yield self.process_braces()))
+                else:
+                    out.append(self.process_dollar())
                 continue
-            ch = scan.next()
-            if ch == esc:
-                if self.raw_escapes:
-                    out.append(ch)
-                nxt = scan.peek()
-                if nxt == _EOF:
-                    continue  # the missing closing quote is reported next round
-                if nxt in ('"', "$", esc):
-                    ch = scan.next()
+            self.pos += 1  # the escape character
+            if self.raw_escapes:
+                out.append(ch)
+            nxt = self.peek()
+            if nxt == _EOF:
+                continue  # the missing closing quote is reported next round
+            if nxt in ('"', "$", esc):
+                ch = self.next()
             out.append(ch)
 
     def process_dollar(self) -> str:
-        scan = self.scan
-        scan.next()
-        if scan.peek() != "{":
-            name = self.process_name()
-            if not name:
-                return "$"
-            value, found = self.get_env(name)
-            if not found and self.lex.skip_unset_env:
-                return "$" + name
-            return value
-        scan.next()
-        peek = scan.peek()
+        """``$NAME`` (or a lone ``$``); the caller sends ``${`` to :meth:`process_braces`."""
+        self.pos += 1
+        name = self.process_name()
+        if not name:
+            return "$"
+        value, found = self.get_env(name)
+        if not found and self.lex.skip_unset_env:
+            return "$" + name
+        return value
+
+    def process_braces(self) -> _Step:
+        self.pos += 2
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise ShellLexError(
+                    f"variable references nested more than {MAX_NESTING} deep "
+                    "(${...} inside ${...}): nest fewer of them")
+            return (yield from self._process_braces())
+        finally:
+            self.depth -= 1
+
+    def _process_braces(self) -> _Step:
+        peek = self.peek()
         if peek == _EOF:
             raise ShellLexError("syntax error: missing '}'")
         if peek in "{}:":
             raise ShellLexError("syntax error: bad substitution")
         name = self.process_name()
-        ch = scan.next()
+        ch = self.next()
         if ch == _EOF:
             raise ShellLexError("syntax error: missing '}'")
         modifier = ch
@@ -287,11 +403,11 @@ class _Run:
                 return "${" + name + "}"
             return value
         if ch == "/":
-            return self._replace(name)
+            return (yield self._replace(name))
         null_is_unset = False
         if ch == ":":
             null_is_unset = True
-            ch = scan.next()
+            ch = self.next()
             modifier += ch
         elif ch not in ("+", "-", "?", "#", "%"):
             raise ShellLexError(f"unsupported modifier ({modifier}) in substitution")
@@ -299,9 +415,9 @@ class _Run:
         if null_is_unset and pattern_like:
             raise ShellLexError(f"unsupported modifier ({modifier}) in substitution")
         try:
-            word, _ = self.process_stop_on("}", pattern_like)
+            word, _ = yield self.process_stop_on("}", pattern_like)
         except ShellLexError:
-            if scan.peek() == _EOF:
+            if self.peek() == _EOF:
                 raise ShellLexError("syntax error: missing '}'") from None
             raise
         value, found = self.get_env(name)
@@ -327,21 +443,20 @@ class _Run:
             return _trim_prefix(word, value, greedy)
         raise ShellLexError(f"unsupported modifier ({modifier}) in substitution")
 
-    def _replace(self, name: str) -> str:
-        scan = self.scan
-        replace_all = scan.peek() == "/"
+    def _replace(self, name: str) -> _Step:
+        replace_all = self.peek() == "/"
         if replace_all:
-            scan.next()
+            self.pos += 1
         try:
-            pattern, _ = self.process_stop_on("/", True)
+            pattern, _ = yield self.process_stop_on("/", True)
         except ShellLexError:
-            if scan.peek() == _EOF:
+            if self.peek() == _EOF:
                 raise ShellLexError("syntax error: missing '/' in ${}") from None
             raise
         try:
-            replacement, _ = self.process_stop_on("}", True)
+            replacement, _ = yield self.process_stop_on("}", True)
         except ShellLexError:
-            if scan.peek() == _EOF:
+            if self.peek() == _EOF:
                 raise ShellLexError("syntax error: missing '}'") from None
             raise
         value, found = self.get_env(name)
@@ -356,32 +471,33 @@ class _Run:
         return value[: m.start()] + replacement + value[m.end() :]
 
     def process_name(self) -> str:
-        scan = self.scan
-        name: list[str] = []
-        while scan.peek() != _EOF:
-            ch = scan.peek()
-            if not name and ch.isdecimal():
-                while scan.peek() != _EOF and scan.peek().isdecimal():
-                    name.append(scan.next())
-                return "".join(name)
-            if not name and ch in _SPECIAL_PARAMS:
-                return scan.next()
-            if not (ch.isalpha() or ch.isdecimal() or ch == "_"):
-                break
-            name.append(scan.next())
-        return "".join(name)
+        text, start = self.text, self.pos
+        end = len(text)
+        if start >= end:
+            return ""
+        ch = text[start]
+        i = start
+        if ch.isdecimal():
+            while i < end and text[i].isdecimal():
+                i += 1
+        elif ch in _SPECIAL_PARAMS:
+            i += 1
+        else:
+            while i < end and ((c := text[i]).isalpha() or c.isdecimal() or c == "_"):
+                i += 1
+        self.pos = i
+        return text[start:i]
 
     def process_possible_heredoc(self) -> str:
-        scan = self.scan
-        scan.next()
-        if scan.peek() != "<":
+        self.pos += 1
+        if self.peek() != "<":
             return "<"
-        scan.next()
+        self.pos += 1
         # keep the blanks of "<< EOF" inside the same word as the marker
-        spaces = []
-        while scan.peek() in ("\t", "\r", " ") and scan.peek() != _EOF:
-            spaces.append(scan.next())
-        return "<<" + "".join(spaces)
+        start = self.pos
+        while self.peek() in ("\t", "\r", " ") and self.peek() != _EOF:
+            self.pos += 1
+        return "<<" + self.text[start:self.pos]
 
     def get_env(self, name: str) -> tuple[str, bool]:
         if name in self.env:
@@ -392,6 +508,8 @@ class _Run:
 
 
 def _go_quote(text: str) -> str:
+    if len(text) > _QUOTED_MAX:
+        text = text[:_QUOTED_MAX] + "..."
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -305,8 +305,10 @@ def _expand_stage(
     images: list[str] = []
     out: list[Instruction] = [replace(head, image=image, platform=plat)]
 
+    # What a word of the next instruction sees: ENV wins over ARG of the same name.
+    # Kept up to date in place (copying it per instruction made long files quadratic).
+    scope = {**args, **env}
     for ins in section[1:]:
-        scope = {**args, **env}  # ENV wins over ARG of the same name
         if isinstance(ins, Arg):
             defs = []
             for d in ins.args:
@@ -328,6 +330,7 @@ def _expand_stage(
             pairs = tuple(KeyValue(ex.word(ins, kv.key, scope), ex.word(ins, kv.value, scope))
                           for kv in ins.env)
             env.update((kv.key, kv.value) for kv in pairs)
+            scope.update((kv.key, kv.value) for kv in pairs)
             out.append(replace(ins, env=pairs))
             continue
         if isinstance(ins, Label):

@@ -66,6 +66,8 @@ class StepEnv:
     allow: frozenset[str] = frozenset()
     # --differ: auto (overlayfs where it mounts, else snapshot), overlay or snapshot
     differ: str = "auto"
+    # --pull: ask the registry for every base image's current manifest
+    pull: bool = False
     created: str = ""
     # set by the executor: flattened root of a stage or image named by --from / from=
     stage_root: Callable[[str], Awaitable[Path]] | None = None

@@ -64,16 +64,16 @@ def apply_metadata(ins: Instruction, state: ImageState, where: str, cmd_set: lis
                    created: str) -> None:
     """Apply one metadata instruction; ``cmd_set[0]`` tracks whether this stage set CMD
     itself (an inherited CMD is reset by ENTRYPOINT, a CMD of this stage is not)."""
-    cfg = state.config
     if isinstance(ins, Env):
         pairs = [(kv.key, kv.value) for kv in ins.env]
         state.set_env(pairs)
         created_by = "ENV " + " ".join(f"{a}={b}" for a, b in pairs)
     elif isinstance(ins, Label):
         pairs = [(kv.key, kv.value) for kv in ins.labels]
-        state.update(labels={**(cfg.labels or {}), **dict(pairs)})
+        state.set_labels(pairs)
         created_by = "LABEL " + " ".join(f"{a}={b}" for a, b in pairs)
     elif isinstance(ins, Expose):
+        cfg = state.config
         ports = dict(cfg.exposed_ports or {})
         try:
             for spec in ins.ports:
@@ -84,7 +84,7 @@ def apply_metadata(ins: Instruction, state: ImageState, where: str, cmd_set: lis
         state.update(exposed_ports=dict(sorted(ports.items())))
         created_by = "EXPOSE map[" + " ".join(f"{p}:{{}}" for p in sorted(ports)) + "]"
     elif isinstance(ins, Volume):
-        vols = dict(cfg.volumes or {})
+        vols = dict(state.config.volumes or {})
         for v in ins.paths:
             if not v:
                 raise BuildError(where, "VOLUME specified can not be an empty string")
@@ -118,7 +118,7 @@ def apply_metadata(ins: Instruction, state: ImageState, where: str, cmd_set: lis
         state.update(shell=tuple(ins.shell))
         created_by = f"SHELL {json.dumps(list(ins.shell))}"
     elif isinstance(ins, Onbuild):
-        state.update(on_build=(*(cfg.on_build or ()), ins.expression))
+        state.update(on_build=(*(state.config.on_build or ()), ins.expression))
         created_by = f"ONBUILD {ins.expression}"
     elif isinstance(ins, Maintainer):
         state.author = ins.maintainer

@@ -184,12 +184,17 @@ class _Copy:
         dst, src = self.dst, self.src
         if dst.kind == "registry":
             assert dst.ref is not None
+            key = str(desc.digest)
             async with self.push_sem:
                 if await self.client.head_blob(dst.ref.api_host, dst.ref.name, desc.digest, push=True):
+                    self.progress.start(key, desc.digest.encoded[:12], desc.size)
+                    self.progress.finish(key, "exists")
                     return "exists"
                 if src.kind == "registry" and src.ref and src.ref.api_host == dst.ref.api_host:
                     if await self.client.start_upload(dst.ref.api_host, dst.ref.name, mount=desc.digest,
                                                       source=src.ref.name) is None:
+                        self.progress.start(key, desc.digest.encoded[:12], desc.size)
+                        self.progress.finish(key, "mounted")
                         return "mounted"
         if desc.nondistributable and await self.store.stat(desc.digest) is None and src.kind == "registry":
             return "skipped"  # foreign layers stay where their urls point

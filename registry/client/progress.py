@@ -5,6 +5,8 @@ One :class:`Progress` per operation; tasks are keyed by a short id (e.g. a blob 
     progress.start(key, label, total)      a task begins (total bytes, or 0 if unknown)
     progress.advance(key, n, reused=False) n bytes done: transferred, or reused locally
     progress.finish(key, status)           "done", "exists", "mounted", "failed: ..."
+                                           ("exists"/"mounted": the destination had the
+                                           blob; its bytes count as reused)
     progress.close()                       final summary; returns it as a dict
 
 Modes: ``tty`` redraws one line per active task plus a totals line (at most 10 times a
@@ -97,6 +99,13 @@ class Progress:
         if task is None:
             return
         task.status = status
+        if status in ("exists", "mounted") and task.done < task.total:
+            # nothing was sent: the whole blob was already there (or mounted from a
+            # repository of the same registry)
+            rest = task.total - task.done
+            task.done += rest
+            task.reused += rest
+            self.reused += rest
         if self.mode == "json":
             self._emit({"event": "done", "id": key, "status": status, "bytes": task.done,
                         "reused": task.reused, "total": task.total})

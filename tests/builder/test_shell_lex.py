@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.dockerfile.shell_lex import Lexer, ShellLexError
+from builder.dockerfile.errors import DockerfileError
+from builder.dockerfile.shell_lex import MAX_NESTING, Lexer, ShellLexError
+from builder.dockerfile.stages import plan_build
 
 DATA = Path(__file__).parent / "testfiles-shell"
 
@@ -88,3 +90,31 @@ def test_skip_unset_env_keeps_references() -> None:
 def test_error_names_the_word() -> None:
     with pytest.raises(ShellLexError, match=r'failed to process "he\$\{\}"'):
         Lexer().process_word("he${}", {})
+
+
+def _nested(depth: int, inner: str = "x") -> str:
+    return "${A:-" * depth + inner + "}" * depth
+
+
+@pytest.mark.parametrize("depth", [400, 1000, MAX_NESTING])
+def test_deep_nesting_expands(depth: int) -> None:
+    # Python's default recursion limit (1000 frames) allowed ~330 levels before.
+    assert Lexer().process_word(_nested(depth), {}) == "x"
+    assert Lexer().process_word('"' + _nested(depth, '"y"') + '"', {"A": ""}) == "y"
+
+
+def test_nesting_past_the_limit_is_one_clear_error() -> None:
+    with pytest.raises(ShellLexError) as info:
+        Lexer().process_word(_nested(MAX_NESTING + 1), {})
+    message = str(info.value)
+    assert f"nested more than {MAX_NESTING} deep" in message
+    assert len(message) < 500  # the word is named, not copied whole
+    assert "\n" not in message
+
+
+def test_nesting_past_the_limit_names_the_dockerfile_line() -> None:
+    text = "FROM scratch\nLABEL a=" + _nested(MAX_NESTING + 1) + "\n"
+    with pytest.raises(DockerfileError) as info:
+        plan_build(text)
+    assert str(info.value).endswith(" at Dockerfile:2:1")
+    assert f"nested more than {MAX_NESTING} deep" in str(info.value)

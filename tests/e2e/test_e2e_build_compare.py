@@ -103,6 +103,7 @@ CASES = (
     Case("sigpipe", expect="1000\ny\ny\ny\ny\ny\nyes exited with 141\nxxxxxxxxxx"
                             "cat exited with 141\nline 0\nline 1\nline 2\nloop exited with 0\n"
                             "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"),
+    Case("expansion-nesting", expect="nested=ok quoted=a-b long=ok-ok\n"),
     Case("ssh-mount", ssh=True,
          expect="/run/buildkit/ssh_agent.0 600 0 0 socket\n/tmp/agent.sock 660 1000 50\n"
                 "sock=/tmp/agent.sock\n"),

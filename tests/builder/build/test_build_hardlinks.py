@@ -78,8 +78,8 @@ def test_overlay_and_snapshot_differs_give_the_same_image(
 def test_a_base_images_link_group_changed_by_a_step(
         build, tmp_path: Path, differ: str) -> None:  # type: ignore[no-untyped-def]
     """Links in a pulled base layer: extracted as one inode, changed through one name."""
-    from tests.builder.build.conftest import write_base_layout
     from testkit.rootfs import make_busybox_rootfs
+    from tests.builder.build.conftest import write_base_layout
 
     rootfs = make_busybox_rootfs(tmp_path / "rootfs")
     (rootfs / "opt/lib").mkdir(parents=True)

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from builder.outputs import Output, OutputError, parse_output
-from tests.helpers.disks import small_filesystem
 from testkit.docker_engine import DockerEngine, find_running_engine
 from testkit.docker_engine import docker_engine as running_docker_engine
 from testkit.tools import require_tool
+from tests.helpers.disks import small_filesystem
 
 ROOT = Path(__file__).resolve().parents[3]
 EXPECTED_RUN = "hello from the context\nbuilt-by-pybuild\n"

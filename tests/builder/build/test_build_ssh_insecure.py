@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from builder.steps.common import BuildError
-from tests.builder.build.conftest import TESTFILES, write_base_layout
 from testkit.rootfs import make_busybox_rootfs
 from testkit.tools import require_tool, running_ssh_agent
+from tests.builder.build.conftest import TESTFILES, write_base_layout
 
 
 def _with_program(rootfs: Path, program: str) -> None:

@@ -7,7 +7,6 @@ only exists before the CLI is imported. ``PYBUILD_FASTPATH_DEBUG`` makes it say 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pty
+import re
+import select
+import signal
+import sys
+import time
+from pathlib import Path
 
 from builder.progress import Progress
 
@@ -54,3 +62,88 @@ def test_terminal_view_redraws_running_steps_in_place() -> None:
     final = out.getvalue()[len(text):]
     assert final.startswith("\x1b[1A\x1b[2K" * 2)  # the two running lines are erased
     assert "=> [2/3] RUN make  0.0s" in final
+
+
+def _run_under_terminal(argv: list[str], env: dict[str, str], timeout: float) -> str:
+    """Run ``argv`` with a pseudo-terminal as its stdin/stdout/stderr; its output."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec, never return into pytest
+        try:
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(fd)
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+    return text
+
+
+def test_terminal_view_ticks_the_timer_of_a_running_step(busybox_ref: str,
+                                                         tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nRUN sleep 2\n")
+    env = {**os.environ, "PYBUILD_NO_FASTPATH": "1", "TERM": "xterm"}
+    text = _run_under_terminal(
+        [sys.executable, "-m", "builder", "build", "--no-cache", "--storage",
+         str(tmp_path / "storage"), str(ctx)], env, timeout=240)
+    # the running line (the finished one is coloured: "\x1b[34m=> ...")
+    shown = re.findall(r"(?<!\x1b\[34m)=> \[2/2\] RUN sleep 2  (\d+\.\d)s", text)
+    seconds = sorted({float(s) for s in shown})
+    assert len(seconds) >= 4, shown  # redrawn every 0.2 s: ~10 values over 2 s
+    assert seconds[-1] >= 1.0
+    assert "\x1b[34m=> [2/2] RUN sleep 2  " in text  # then the step finished
+
+
+def test_transfers_in_each_mode() -> None:
+    plain, js, tty = io.StringIO(), io.StringIO(), io.StringIO()
+    for mode, out in (("plain", plain), ("json", js), ("tty", tty)):
+        p = Progress(mode, out)
+        n = p.start("pulling reg/base:1", replayable=False)
+        p.transfer(n, "sha256:aa", "aa", 0, 2048)
+        p.transfer(n, "sha256:aa", "aa", 1024, 2048)
+        if mode == "tty":
+            with p._lock:
+                p._redraw(None)  # what the next tick draws
+        p.transfer(n, "sha256:aa", "aa", 2048, 2048, "pulled")
+        p.done(n)
+        # a build that pulled is not recorded for the fast path
+        assert p.events == [("unreplayable", "pulling reg/base:1")]
+    assert "#1 aa 2.0 KiB / 2.0 KiB pulled" in plain.getvalue().splitlines()
+    events = [json.loads(x) for x in js.getvalue().splitlines()]
+    ends = [e for e in events if e["event"] == "transfer" and e["status"]]
+    assert ends == [{"event": "transfer", "step": 1, "id": "sha256:aa", "label": "aa",
+                     "done": 2048, "total": 2048, "status": "pulled"}]
+    assert "   aa  1.0 KiB / 2.0 KiB" in tty.getvalue()
+
+
+def test_local_base_line_says_how_old_it_is() -> None:
+    out, js = io.StringIO(), io.StringIO()
+    Progress("plain", out).base_image("reg/base:1", "sha256:" + "b" * 64,
+                                      time.time() - 3 * 86400 - 60)
+    line = out.getvalue().strip()
+    assert line.startswith("using local image reg/base:1 (sha256:bbbb")
+    assert "pulled 3 days ago" in line and "--pull" in line
+    p = Progress("json", js)
+    p.base_image("reg/base:1", "sha256:" + "b" * 64, 0.0)
+    event = json.loads(js.getvalue())
+    assert event["event"] == "base" and event["pulled"] == "1970-01-01T00:00:00Z"
+    assert p.events and p.events[0][0] == "base"

@@ -23,8 +23,8 @@ from builder.sandbox import (
     SandboxUnavailable,
     run_step,
 )
-from tests.helpers.disks import small_filesystem
 from testkit.tools import require_tool
+from tests.helpers.disks import small_filesystem
 from tests.helpers.sandbox_steps import PATH, Runner, require_root
 
 

@@ -1,0 +1,36 @@
+"""A registry transfer (a base image pull, ``--push``) shown as one step of the build's
+progress: the registry client reports to a :class:`registry.client.progress.Progress`; this one
+forwards every blob's bytes to :meth:`builder.progress.Progress.transfer`. Its totals
+(``summary()``) count as reused the blobs the destination already had, whole."""
+
+from __future__ import annotations
+
+from registry.client.progress import Progress as RegistryProgress
+
+from .progress import Progress
+
+__all__ = ["TransferView"]
+
+
+class TransferView(RegistryProgress):
+    def __init__(self, progress: Progress, step: int) -> None:
+        super().__init__("quiet")
+        self.build = progress
+        self.step = step
+
+    def _forward(self, key: str, status: str = "") -> None:
+        task = self.tasks.get(key)
+        if task is not None:
+            self.build.transfer(self.step, key, task.label, task.done, task.total, status)
+
+    def start(self, key: str, label: str, total: int) -> None:
+        super().start(key, label, total)
+        self._forward(key)
+
+    def advance(self, key: str, n: int, *, reused: bool = False) -> None:
+        super().advance(key, n, reused=reused)
+        self._forward(key)
+
+    def finish(self, key: str, status: str = "done") -> None:
+        super().finish(key, status)
+        self._forward(key, status)
