@@ -231,28 +231,17 @@ class Lexer:
         )
 
 
-class _Run:
+class _Run(_Scan):
     """State of one expansion (the lexer itself stays reusable and thread-safe)."""
 
     def __init__(self, lex: Lexer, word: str, env: Mapping[str, str]) -> None:
+        super().__init__(word)
         self.lex = lex
-        self.text = word
-        self.pos = 0
         self.env = env
         self.raw_escapes = lex.raw_escapes
         self.depth = 0  # ${...} being expanded, one inside the other
         self.matched: set[str] = set()
         self.unmatched: set[str] = set()
-
-    def peek(self) -> str:
-        return self.text[self.pos] if self.pos < len(self.text) else _EOF
-
-    def next(self) -> str:
-        if self.pos >= len(self.text):
-            return _EOF
-        ch = self.text[self.pos]
-        self.pos += 1
-        return ch
 
     def process_stop_on(self, stop: str, raw_escapes: bool) -> _Step:
         """Expand up to the unquoted ``stop`` character (consumed; ``_EOF``: the end)."""
