@@ -7,6 +7,7 @@
                                    answers 200, or 401 when auth is on)
     GET  /healthz                  liveness and storage check (no auth)
     GET  /metrics                  Prometheus metrics (no auth)
+    GET, POST /token               the built-in token server (auth.token.issue), else 404
 
 One middleware does, in order: refuse path tricks on ``/v2`` paths, authenticate, refuse
 writes in read-only mode, run the handler, render :class:`RegistryError` (and ``cas``
@@ -50,11 +51,10 @@ from ..errors import (
     encode_errors,
 )
 from ..names import check_raw_path
-from .auth import BasicAuth, Htpasswd
+from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
 from .metadata import Metadata
 from .routes import WRITE_METHODS, dispatch
-from .uploads import UPLOAD_READ_BUFFER
 from .state import (
     BYTES_RECEIVED,
     BYTES_SENT,
@@ -64,6 +64,9 @@ from .state import (
     ManifestCache,
     Registry,
 )
+from .token_server import build_token_auth, token_endpoint
+from .tokens import token_auth_configured
+from .uploads import UPLOAD_READ_BUFFER
 
 __all__ = ["make_app"]
 
@@ -123,7 +126,7 @@ async def _registry_middleware(
             if path.startswith("/v2"):
                 auth = reg.auth
                 if auth is not None:
-                    request[USER] = await auth.authenticate(request.headers.get("Authorization"))
+                    request[USER] = await auth.authorize(request)
                 if reg.config.read_only and request.method in WRITE_METHODS:
                     raise UNSUPPORTED(
                         "this registry is read-only: pushes and deletes are disabled"
@@ -146,7 +149,7 @@ async def _registry_middleware(
         except (asyncio.CancelledError, ConnectionError):
             status = 499  # client closed the connection
             raise
-        except Exception as exc:
+        except Exception:
             log.exception("%s %s failed", request.method, request.path)
             resp = _error_response(UNKNOWN(INTERNAL_ERROR))
         status = resp.status
@@ -166,7 +169,7 @@ async def _healthz(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     try:
         await reg.meta.repository_exists("")
-    except Exception:  # noqa: BLE001 -- health checks report, never raise
+    except Exception:
         log.exception("health check: the metadata database does not answer")
         return web.json_response(
             {"status": "unhealthy", "error": "the metadata database does not answer"},
@@ -179,7 +182,7 @@ async def _metrics(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     try:
         stats = await reg.store.stats()
-    except Exception:  # noqa: BLE001 -- metrics render even when the store cannot answer
+    except Exception:
         log.warning("metrics: store statistics unavailable", exc_info=True)
         stats = None
     text = reg.metrics.render(len(reg.ingests), stats)
@@ -229,12 +232,16 @@ def make_app(
         # socket for every read of a pushed blob: a pair of system calls per 256 KiB.
         handler_args={"read_bufsize": UPLOAD_READ_BUFFER},
     )
-    auth = None
+    auth: Authorizer | None = None
+    basic = None
     if config.auth_htpasswd is not None:
-        auth = BasicAuth(Htpasswd.load(config.auth_htpasswd), config.auth_realm)
+        auth = basic = BasicAuth(Htpasswd.load(config.auth_htpasswd), config.auth_realm)
+    root = storage or config.storage or default_storage_dir()
+    if token_auth_configured(config):
+        # Bearer tokens; the htpasswd users (if any) log in at the token endpoint.
+        auth = build_token_auth(config, basic, root)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        root = storage or config.storage or default_storage_dir()
         opened: Store | None = None
         if store is None:
             opened = await Store.open(root)
@@ -267,4 +274,5 @@ def make_app(
     app.router.add_route("*", "/v2", dispatch)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_route("*", "/token", token_endpoint)
     return app

@@ -1,0 +1,252 @@
+"""Bearer tokens from an external token server (Distribution's ``auth.token``): keys found
+by kid, JWKS and x5c; expiry, audience, issuer; every action allowed and denied; mounts;
+the catalog. A refused request changes nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from cas import Digest
+from registry.server.config import ConfigError
+from registry.server.tokens import key_id, libtrust_key_id
+
+from .helpers import error_codes, push_blob, push_image
+from .token_helpers import REALM, SERVICE, Keys, bearer, make_keys, sign, x5c
+
+REPO = "team/app"
+OTHER = "team/other"
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return make_keys(tmp_path)
+
+
+def kid_token(keys: Keys, *scopes: str, **claims: object) -> str:
+    """Signed by the bundle's CA key, named by its RFC 7638 thumbprint."""
+    return sign(keys.ca_key, scopes, headers={"kid": key_id(keys.ca_key.public_key())}, **claims)
+
+
+ALL = (f"repository:{REPO}:*", f"repository:{OTHER}:*", "repository:src/repo:*", "registry:catalog:*")
+
+
+@pytest.fixture
+async def client(make_client, keys: Keys) -> TestClient:
+    c = await make_client(**keys.config())
+    c.session.headers["Authorization"] = f"Bearer {kid_token(keys, *ALL)}"
+    return c
+
+
+def _challenge(resp) -> dict[str, str]:
+    header = resp.headers["WWW-Authenticate"]
+    assert header.startswith("Bearer ")
+    out = {}
+    for part in header[len("Bearer "):].split('",'):
+        k, _, v = part.partition("=")
+        out[k.strip()] = v.strip('"')
+    return out
+
+
+async def test_without_a_token_the_challenge_names_realm_service_and_scope(client, keys):
+    resp = await client.get(f"/v2/{REPO}/tags/list", headers={"Authorization": ""})
+    assert resp.status == 401
+    assert _challenge(resp) == {"realm": REALM, "service": SERVICE, "scope": f"repository:{REPO}:pull"}
+    body = await resp.json()
+    assert body["errors"][0]["code"] == "UNAUTHORIZED"
+    assert body["errors"][0]["detail"] == [{"Type": "repository", "Name": REPO, "Action": "pull"}]
+    base = await client.get("/v2/", headers={"Authorization": ""})
+    assert base.status == 401 and "scope" not in _challenge(base)
+    push = await client.post(f"/v2/{REPO}/blobs/uploads/", headers={"Authorization": ""})
+    assert _challenge(push)["scope"] == f"repository:{REPO}:pull,push"
+
+
+async def test_basic_credentials_are_not_a_token(client):
+    resp = await client.get("/v2/", headers={"Authorization": "Basic YWxpY2U6cHc="})
+    assert resp.status == 401 and "error" not in _challenge(resp)
+
+
+async def test_any_valid_token_opens_the_base_endpoint(client, keys):
+    resp = await client.get("/v2/", headers=bearer(kid_token(keys)))
+    assert resp.status == 200
+
+
+# --- every action, allowed and denied ---------------------------------------------------
+async def _seed(client: TestClient) -> tuple[Digest, Digest]:
+    manifest, _ = await push_image(client, REPO, "v1", [b"layer one"])
+    return manifest, Digest.of(b"layer one")
+
+
+async def _state(client: TestClient) -> tuple[int, list[str], int]:
+    tags = await client.get(f"/v2/{REPO}/tags/list")
+    blob = await client.head(f"/v2/{REPO}/blobs/{Digest.of(b'new layer')}")
+    manifest = await client.get(f"/v2/{REPO}/manifests/v1")
+    return manifest.status, (await tags.json())["tags"], blob.status
+
+
+OPERATIONS = {
+    # name: (method, path, needed action(s), expected status when allowed)
+    "pull-manifest": ("GET", f"/v2/{REPO}/manifests/v1", "pull", 200),
+    "pull-tags": ("GET", f"/v2/{REPO}/tags/list", "pull", 200),
+    "push-blob": ("POST", f"/v2/{REPO}/blobs/uploads/?digest={Digest.of(b'new layer')}", "pull,push", 201),
+    "delete-manifest": ("DELETE", f"/v2/{REPO}/manifests/v1", "delete", 202),
+}
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+@pytest.mark.parametrize("granted", ["exact", "star", "other-actions", "other-repo", "none"])
+async def test_every_action_allowed_and_denied(client, keys, operation, granted):
+    await _seed(client)
+    before = await _state(client)
+    method, path, needed, ok = OPERATIONS[operation]
+    scopes = {
+        "exact": (f"repository:{REPO}:{needed}",),
+        "star": (f"repository:{REPO}:*",),
+        "other-actions": (f"repository:{REPO}:{'push' if needed == 'pull' else 'pull'}",),
+        "other-repo": (f"repository:{OTHER}:*",),
+        "none": (),
+    }[granted]
+    body = b"new layer" if method == "POST" else None
+    resp = await client.request(method, path, data=body, headers=bearer(kid_token(keys, *scopes)))
+    if granted in ("exact", "star"):
+        assert resp.status == ok, await resp.text()
+        return
+    assert resp.status == 401, await resp.text()
+    assert await error_codes(resp) == ["UNAUTHORIZED"]
+    challenge = _challenge(resp)
+    assert challenge["error"] == "insufficient_scope"
+    assert challenge["scope"] == f"repository:{REPO}:{needed}"
+    assert await _state(client) == before  # nothing changed
+
+
+async def test_a_push_needs_pull_too_as_in_distribution(client, keys):
+    resp = await client.post(
+        f"/v2/{REPO}/blobs/uploads/", headers=bearer(kid_token(keys, f"repository:{REPO}:push"))
+    )
+    assert resp.status == 401 and _challenge(resp)["error"] == "insufficient_scope"
+
+
+# --- mounts -----------------------------------------------------------------------------
+async def test_mount_needs_pull_on_the_source(client, keys):
+    digest = await push_blob(client, "src/repo", b"shared layer")
+    target = f"/v2/{REPO}/blobs/uploads/?mount={digest}&from=src/repo"
+    no_source = bearer(kid_token(keys, f"repository:{REPO}:pull,push"))
+    resp = await client.post(target, headers=no_source)
+    assert resp.status == 202  # an ordinary upload session, not a mount
+    assert (await client.head(f"/v2/{REPO}/blobs/{digest}")).status == 404
+    # Without from=, the blob is not found in a repository the caller may read either.
+    resp = await client.post(f"/v2/{REPO}/blobs/uploads/?mount={digest}", headers=no_source)
+    assert resp.status == 202
+    assert (await client.head(f"/v2/{REPO}/blobs/{digest}")).status == 404
+
+    with_source = bearer(kid_token(keys, f"repository:{REPO}:pull,push", "repository:src/repo:pull"))
+    resp = await client.post(target, headers=with_source)
+    assert resp.status == 201
+    assert (await client.head(f"/v2/{REPO}/blobs/{digest}")).status == 200
+
+
+async def test_mount_into_a_repository_without_push_is_refused(client, keys):
+    digest = await push_blob(client, "src/repo", b"shared layer")
+    token = kid_token(keys, f"repository:{REPO}:pull", "repository:src/repo:pull")
+    resp = await client.post(f"/v2/{REPO}/blobs/uploads/?mount={digest}&from=src/repo", headers=bearer(token))
+    assert resp.status == 401
+    assert (await client.head(f"/v2/{REPO}/blobs/{digest}")).status == 404
+
+
+# --- token validity ---------------------------------------------------------------------
+def _invalid_tokens(keys: Keys) -> dict[str, str]:
+    now = int(time.time())
+    scope = (f"repository:{REPO}:pull",)
+    kid = {"kid": key_id(keys.ca_key.public_key())}
+    return {
+        "expired": kid_token(keys, *scope, exp=now - 120),
+        "no-exp": kid_token(keys, *scope, exp=None),
+        "not-yet": kid_token(keys, *scope, nbf=now + 600),
+        "wrong-audience": kid_token(keys, *scope, aud="elsewhere"),
+        "wrong-issuer": kid_token(keys, *scope, iss="someone"),
+        "badly-signed": sign(keys.stranger, scope, headers=kid),
+        "unknown-kid": sign(keys.stranger, scope, headers={"kid": "nobody"}),
+        "no-key-named": sign(keys.ca_key, scope),
+        "untrusted-x5c": sign(keys.stranger, scope, headers={"x5c": x5c(keys.ca_cert)}),
+        "hmac": sign("secret-secret-secret-secret-secret!", scope, alg="HS256", headers=kid),
+        "malformed": "not.a.token",
+        "garbage": "%%%",
+        "tampered": kid_token(keys, *scope)[:-4] + "AAAA",
+        "access-not-a-list": kid_token(keys, access={"type": "repository"}),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["expired", "no-exp", "not-yet", "wrong-audience", "wrong-issuer", "badly-signed",
+     "unknown-kid", "no-key-named", "untrusted-x5c", "hmac", "malformed", "garbage",
+     "tampered", "access-not-a-list"],
+)
+async def test_invalid_tokens_are_401_invalid_token(client, keys, case):
+    token = _invalid_tokens(keys)[case]
+    resp = await client.get(f"/v2/{REPO}/tags/list", headers=bearer(token))
+    assert resp.status == 401, await resp.text()
+    assert await error_codes(resp) == ["UNAUTHORIZED"]
+    assert _challenge(resp)["error"] == "invalid_token"
+
+
+async def test_expiry_and_not_before_allow_a_minute_of_clock_skew(client, keys):
+    await _seed(client)
+    now = int(time.time())
+    scope = f"repository:{REPO}:pull"
+    for token in (kid_token(keys, scope, exp=now - 30), kid_token(keys, scope, nbf=now + 30)):
+        assert (await client.get(f"/v2/{REPO}/tags/list", headers=bearer(token))).status == 200
+
+
+@pytest.mark.parametrize("how", ["thumbprint", "libtrust", "jwks", "x5c", "audience-list"])
+async def test_every_way_of_naming_the_key(client, keys, how):
+    await _seed(client)
+    scope = (f"repository:{REPO}:pull",)
+    token = {
+        "thumbprint": lambda: kid_token(keys, *scope),
+        "libtrust": lambda: sign(keys.ca_key, scope, headers={"kid": libtrust_key_id(keys.ca_key.public_key())}),
+        "jwks": lambda: sign(keys.jwks_key, scope, headers={"kid": "jwks-1"}),
+        "x5c": lambda: sign(keys.leaf_key, scope, alg="RS256", headers={"x5c": x5c(keys.leaf_cert, keys.ca_cert)}),
+        "audience-list": lambda: kid_token(keys, *scope, aud=["other", SERVICE]),
+    }[how]()
+    resp = await client.get(f"/v2/{REPO}/tags/list", headers=bearer(token))
+    assert resp.status == 200, await resp.text()
+
+
+async def test_x5c_leaf_alone_chains_to_the_bundle(client, keys):
+    await _seed(client)
+    token = sign(keys.leaf_key, (f"repository:{REPO}:pull",), alg="RS256", headers={"x5c": x5c(keys.leaf_cert)})
+    assert (await client.get(f"/v2/{REPO}/tags/list", headers=bearer(token))).status == 200
+
+
+# --- catalog ----------------------------------------------------------------------------
+async def test_catalog_needs_the_registry_catalog_scope(client, keys):
+    await _seed(client)
+    resp = await client.get("/v2/_catalog", headers=bearer(kid_token(keys, f"repository:{REPO}:*")))
+    assert resp.status == 401
+    assert _challenge(resp)["scope"] == "registry:catalog:*"
+    resp = await client.get("/v2/_catalog", headers=bearer(kid_token(keys, "registry:catalog:*")))
+    assert resp.status == 200
+    assert (await resp.json())["repositories"] == [REPO]
+
+
+# --- configuration ----------------------------------------------------------------------
+async def test_token_config_must_name_keys_and_parties(make_client, keys, tmp_path):
+    config = keys.config()
+    for missing in ("auth_token_realm", "auth_token_service", "auth_token_issuer"):
+        with pytest.raises(ConfigError, match=missing.replace("auth_token_", "auth.token.")):
+            await make_client(**{**config, missing: None})
+    with pytest.raises(ConfigError, match="rootcertbundle or auth.token.jwks"):
+        await make_client(**{**config, "auth_token_rootcertbundle": None, "auth_token_jwks": None})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"keys": [{"kty": "nope"}]}))
+    with pytest.raises(ConfigError, match="jwks"):
+        await make_client(**{**config, "auth_token_jwks": bad})
+    with pytest.raises(ConfigError, match="rootcertbundle"):
+        await make_client(**{**config, "auth_token_rootcertbundle": bad})
+
+
