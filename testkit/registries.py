@@ -5,7 +5,8 @@
 
 - CNCF Distribution, Debian's ``docker-registry`` (``distribution_registry``): filesystem
   storage under a directory, deletes enabled, plain HTTP on 127.0.0.1;
-- pybuild's own (``pybuild_registry``): ``python3 -m builder serve --addr ADDR --storage DIR``.
+- pybuild's own (``pybuild_registry``): ``python3 -m builder serve --addr ADDR --storage DIR``;
+  ``pybuild_token_registry`` runs it with its built-in token server (``auth.token.issue``).
 
 Everything listens on 127.0.0.1 only, in plain HTTP: Docker, podman (``--tls-verify=false``)
 and skopeo (``--*-tls-verify=false``) accept that for loopback registries.
@@ -45,6 +46,7 @@ __all__ = [
     "pybuild_argv",
     "pybuild_registry",
     "pybuild_serve_available",
+    "pybuild_token_registry",
     "registry_of_kind",
     "wait_for_v2",
 ]
@@ -287,6 +289,30 @@ def pybuild_registry(workdir: Path, htpasswd: Path | None = None) -> Iterator[Ru
     process = RegistryProcess(
         "pybuild", pybuild_argv(storage, htpasswd=htpasswd),
         storage=storage, log=workdir / "registry.log", env=_python_env(None),
+    )
+    with process as running:
+        yield running
+
+
+@contextmanager
+def pybuild_token_registry(
+    workdir: Path, htpasswd: Path, policy: Path | None = None
+) -> Iterator[RunningRegistry]:
+    """Run ``python3 -m builder serve`` with bearer-token auth from its own token server:
+    ``htpasswd`` users log in at ``/token``, ``policy`` (when given) says what they and
+    anonymous callers may do; the signing key is made in ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    storage = workdir / "storage"
+    config = workdir / "registry.yaml"
+    issue = {"key": str(workdir / "token-key.pem"), **({"policy": str(policy)} if policy else {})}
+    config.write_text(json.dumps({"auth": {"htpasswd": str(htpasswd), "token": {"issue": issue}}}))
+
+    def argv(addr: str) -> list[str]:
+        return [sys.executable, "-m", "builder", "serve", "--addr", addr, "--storage", str(storage),
+                "--config", str(config)]
+
+    process = RegistryProcess(
+        "pybuild", argv, storage=storage, log=workdir / "registry.log", env=_python_env(None),
     )
     with process as running:
         yield running
