@@ -19,8 +19,8 @@ caller may pull.
 
 Tokens are ES256 JWTs (RS256 for an RSA key, EdDSA for Ed25519) signed with the key at
 ``auth.token.issue.key``, created (P-256, mode 0600) when missing; ``kid`` is the key's
-RFC 7638 thumbprint, so a Distribution registry given the matching certificate (or JWKS)
-accepts them too.
+RFC 7638 thumbprint (what CNCF Distribution 3 looks up for a certificate of its
+``rootcertbundle``; a JWKS holding the public key under that ``kid`` works with any version).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from .auth import BasicAuth
 from .config import ConfigError, ServerConfig
 from .policy import Policy, PolicyError, WatchedFile, parse_policy
 from .robots import PREFIX, Robot, RobotError, RobotTable, parse_robots, robots_path
-from .state import REGISTRY
+from .state import REGISTRY, USER
 from .tokens import TokenAuth, TokenVerifier, load_trusted_keys
 
 __all__ = [
@@ -289,6 +289,8 @@ async def token_endpoint(request: web.Request) -> web.Response:
         wanted = parse_scopes(v for k, v in params if k == "scope")
     except ScopeError as exc:
         raise UNSUPPORTED(str(exc), status=400) from None
+    if subject:
+        request[USER] = subject  # for the access log
     now = time.time()
     grant = issuer.grant(subject, wanted)
     token, expires_in = issuer.sign(subject or "", grant, now)

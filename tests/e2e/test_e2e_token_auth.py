@@ -1,5 +1,6 @@
 """``pybuild serve`` with its built-in token server, driven by real clients: ``docker
-login``/``push``/``pull``/``run``, skopeo, podman and pybuild's own client get tokens at
+login``/``push``/``pull``/``run``, skopeo, podman, containerd's ``ctr`` (which asks for
+tokens with the OAuth2 POST form) and pybuild's own client get tokens at
 ``/token`` and use them; a robot account pushes from "CI"; what the policy denies fails
 and leaves the registry unchanged."""
 
@@ -19,6 +20,7 @@ import bcrypt
 import pytest
 
 from testkit.clients import ContainerStorage, podman, run, skopeo
+from testkit.containerd import running_containerd
 from testkit.docker_engine import DockerEngine
 from testkit.images import Image, write_oci_layout
 from testkit.registries import RunningRegistry, http, pybuild_serve_available, pybuild_token_registry
@@ -153,3 +155,21 @@ def test_skopeo_podman_and_pybuild_through_tokens(
                     "--storage", str(tmp_path / "store"), env=as_robot)
     assert again.returncode != 0
     assert tags(registry, "alice", "team/ci") == ["build-1"]
+
+
+def test_containerd_ctr_pull_through_tokens(busybox: Image, registry: RunningRegistry, tmp_path: Path) -> None:
+    layout = write_oci_layout(busybox, tmp_path / "layout")
+    ref = registry.ref("team/app", "v1")
+    run(skopeo("copy", "--dest-tls-verify=false", "--dest-creds", "alice:wonderland",
+               f"oci:{layout}:latest", f"docker://{ref}"))
+    with running_containerd() as containerd:
+        pull = ["image", "pull", "--plain-http", "--snapshotter", "native"]
+        wrong = run(containerd.ctr(*pull, "--user", "bob:wrong", ref), check=False)
+        assert wrong.returncode != 0 and "401" in wrong.stderr
+        anonymous = run(containerd.ctr(*pull, ref), check=False)
+        assert anonymous.returncode != 0 and "insufficient_scope" in anonymous.stderr
+        run(containerd.ctr(*pull, "--user", "bob:builder", ref))
+        listed = run(containerd.ctr("image", "ls", "-q")).stdout.split()
+        assert ref in listed
+        digest = run(containerd.ctr("image", "ls")).stdout
+        assert busybox.manifest_digest in digest
