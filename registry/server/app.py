@@ -253,6 +253,7 @@ def make_app(
             meta=meta,
             cache=ManifestCache(config.cache_manifest_bytes),
             auth=auth,
+            root=root,
         )
         app[REGISTRY] = reg
         expiry = asyncio.create_task(_expiry_loop(reg))

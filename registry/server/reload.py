@@ -48,9 +48,9 @@ async def reload_config(reg: Registry, load: Callable[[], ServerConfig]) -> bool
     if token_auth_configured(new):
         # Keys, policy and issuer are re-read whole; the htpasswd users log in at /token.
         basic = BasicAuth(table, new.auth_realm) if table is not None else None
-        storage = old.storage
+        storage = reg.root or old.storage or _storage()
         try:
-            token_auth = await asyncio.to_thread(build_token_auth, new, basic, storage or _storage())
+            token_auth = await asyncio.to_thread(build_token_auth, new, basic, storage)
         except (ConfigError, OSError, ValueError) as exc:
             log.error("configuration not reloaded, the running one stays: %s", exc)
             return False

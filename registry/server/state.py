@@ -10,6 +10,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -150,6 +151,7 @@ class Registry:
     metrics: Metrics = field(default_factory=lambda: Metrics())
     auth: Authorizer | None = None  # None: no authentication
     cache: ManifestCache = field(default_factory=lambda: ManifestCache(64 * 1024 * 1024))
+    root: Path | None = None  # the storage directory (registry.db, robots.json)
     # Open ingests by upload id (resumed from cas on a miss, e.g. after a restart).
     ingests: dict[str, Any] = field(default_factory=dict)
     upload_locks: dict[str, asyncio.Lock] = field(default_factory=dict)

@@ -30,6 +30,7 @@ import binascii
 import os
 import secrets
 import time
+import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +63,7 @@ DEFAULT_SERVICE = "pybuild-registry"
 DEFAULT_ISSUER = "pybuild-token-server"
 MIN_TTL = 60.0  # the spec: never less than 60 s to live
 MAX_TTL = 86400.0
+_MAX_FORM = 64 * 1024
 
 
 def load_signing_key(path: Path) -> Any:
@@ -263,10 +265,13 @@ async def token_endpoint(request: web.Request) -> web.Response:
     user: str | None = None
     password: str | None = None
     if request.method == "POST":
-        if request.content_length is not None and request.content_length > 64 * 1024:
+        body = await request.content.read(_MAX_FORM + 1)
+        if len(body) > _MAX_FORM:
             raise UNSUPPORTED("token request form too large", status=413)
-        form = await request.post()
-        params += [(k, v) for k, v in form.items() if isinstance(v, str)]
+        try:
+            params += urllib.parse.parse_qsl(body.decode(), max_num_fields=256)
+        except (UnicodeDecodeError, ValueError):
+            raise UNSUPPORTED("token request form is not application/x-www-form-urlencoded", status=400) from None
         fields = dict(params)
         grant_type = fields.get("grant_type", "password")
         if grant_type != "password":

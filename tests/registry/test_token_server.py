@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import shutil
 import stat
@@ -18,7 +19,11 @@ from click.testing import CliRunner
 
 from cas import Digest
 from registry.robot_cmd import robot as robot_cli
+from registry.server.auth import BasicAuth
+from registry.server.reload import reload_config
 from registry.server.robots import create_robot, revoke_robot, robots_path
+from registry.server.state import REGISTRY
+from registry.server.tokens import TokenAuth
 
 from .helpers import error_codes, push_image
 
@@ -257,3 +262,30 @@ def test_robot_command_line(setup):
     assert runner.invoke(robot_cli, ["revoke", "ci", "--storage", storage]).exit_code == 0
     gone = runner.invoke(robot_cli, ["revoke", "ci", "--storage", storage])
     assert gone.exit_code == 1 and "no robot named 'ci'" in gone.output
+
+
+async def test_reload_turns_tokens_on_and_a_broken_token_config_changes_nothing(make_client, setup):
+    plain = await make_client(storage=setup["storage"], auth_htpasswd=setup["htpasswd"])
+    reg = plain.server.app[REGISTRY]
+    assert isinstance(reg.auth, BasicAuth)
+    tokens = dataclasses.replace(
+        reg.config, auth_token_issue_key=setup["key"], auth_token_issue_policy=setup["policy"]
+    )
+    assert await reload_config(reg, lambda: tokens)
+    assert isinstance(reg.auth, TokenAuth)
+    assert (await plain.get("/v2/", headers=_basic("alice", "pw-alice"))).status == 401
+    tok = await token(plain, "alice", "repository:team/app:pull")
+    assert (await plain.get("/v2/", headers=bearer(tok))).status == 200
+
+    broken = dataclasses.replace(tokens, auth_token_issue_policy=setup["policy"].with_name("missing.yaml"))
+    running = reg.auth
+    assert not await reload_config(reg, lambda: broken)
+    assert reg.auth is running
+
+
+async def test_token_request_bodies_are_bounded(client):
+    resp = await client.post("/token", data=b"a=" + b"x" * 70000,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status == 413
+    resp = await client.post("/token", data=b"\xff\xfe", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status == 400
