@@ -8,8 +8,10 @@ import json
 import time
 from pathlib import Path
 
+import jwt
 import pytest
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from cas import Digest
 from registry.server.config import ConfigError
@@ -250,3 +252,44 @@ async def test_token_config_must_name_keys_and_parties(make_client, keys, tmp_pa
         await make_client(**{**config, "auth_token_rootcertbundle": bad})
 
 
+
+
+def _jwk(public_key, **extra) -> dict:
+    algorithm = jwt.algorithms.RSAAlgorithm if isinstance(public_key, rsa.RSAPublicKey) else jwt.algorithms.ECAlgorithm
+    return {**json.loads(algorithm.to_jwk(public_key)), **extra}
+
+
+@pytest.mark.parametrize("case", ["chain", "trusted-kid", "chain-of-another-key", "untrusted"])
+async def test_jwk_header(client, keys, case):
+    await _seed(client)
+    scope = (f"repository:{REPO}:pull",)
+    leaf_jwk = _jwk(keys.leaf_key.public_key(), x5c=x5c(keys.leaf_cert, keys.ca_cert))
+    token, ok = {
+        "chain": (sign(keys.leaf_key, scope, alg="RS256", headers={"jwk": leaf_jwk}), True),
+        "trusted-kid": (sign(keys.jwks_key, scope, headers={"jwk": _jwk(keys.jwks_key.public_key(), kid="jwks-1")}),
+                        True),
+        "chain-of-another-key": (
+            sign(keys.stranger, scope, headers={"jwk": _jwk(keys.stranger.public_key(), x5c=leaf_jwk["x5c"])}),
+            False),
+        "untrusted": (sign(keys.stranger, scope, headers={"jwk": _jwk(keys.stranger.public_key(), kid="x")}), False),
+    }[case]
+    resp = await client.get(f"/v2/{REPO}/tags/list", headers=bearer(token))
+    assert resp.status == (200 if ok else 401), await resp.text()
+
+
+async def test_eddsa_and_es384_keys_from_a_jwks(make_client, keys, tmp_path):
+    ed = ed25519.Ed25519PrivateKey.generate()
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    jwks = tmp_path / "more.json"
+    jwks.write_text(json.dumps({"keys": [
+        {**json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(ed.public_key())), "kid": "ed-1"},
+        {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(p384.public_key())), "kid": "p384"},
+    ]}))
+    client = await make_client(**{**keys.config(), "auth_token_jwks": jwks})
+    scope = ("registry:catalog:*",)
+    for token in (sign(ed, scope, alg="EdDSA", headers={"kid": "ed-1"}),
+                  sign(p384, scope, alg="ES384", headers={"kid": "p384"})):
+        assert (await client.get("/v2/_catalog", headers=bearer(token))).status == 200
+    # The algorithm must suit the key: an EdDSA key named for ES256 is refused.
+    wrong = sign(ed, scope, alg="EdDSA", headers={"kid": "p384"})
+    assert (await client.get("/v2/_catalog", headers=bearer(wrong))).status == 401
