@@ -74,6 +74,7 @@ _MAX_TOKEN = 16 * 1024
 _MAX_CHAIN = 8
 
 PublicKey = Any  # rsa/ec/ed25519 public key objects of cryptography
+_PUBLIC_KEYS = (rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey)
 
 
 class TokenError(Exception):
@@ -165,6 +166,8 @@ def _load_jwks(path: Path) -> dict[str, PublicKey]:
     out: dict[str, PublicKey] = {}
     for key in keys:
         public = key.key.public_key() if hasattr(key.key, "public_key") else key.key
+        if not isinstance(public, _PUBLIC_KEYS):
+            raise ConfigError(f"auth.token.jwks {path}: key {key.key_id!r} is not an RSA, EC or Ed25519 key")
         if key.key_id:
             out[key.key_id] = public
     return out
@@ -269,7 +272,7 @@ class TokenVerifier:
                 leaf = self._chain_key(jwk["x5c"], now)
                 try:
                     own = jwt.PyJWK.from_dict(jwk).key
-                except (jwt.PyJWTError, ValueError, TypeError) as exc:
+                except (jwt.PyJWTError, ValueError, TypeError, KeyError, AttributeError) as exc:
                     raise TokenError(f"jwk header is not a key: {exc}") from None
                 if key_id(own) != key_id(leaf):
                     raise TokenError("the jwk header's key is not its certificate's key")

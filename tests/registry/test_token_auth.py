@@ -4,6 +4,7 @@ the catalog. A refused request changes nothing."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -12,13 +13,15 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cas import Digest
 from registry.server.config import ConfigError
-from registry.server.tokens import key_id, libtrust_key_id
+from registry.server.tokens import TokenError, TokenVerifier, key_id, libtrust_key_id
 
 from .helpers import error_codes, push_blob, push_image
-from .token_helpers import REALM, SERVICE, Keys, bearer, make_keys, sign, x5c
+from .token_helpers import ISSUER, REALM, SERVICE, Keys, bearer, make_keys, sign, x5c
 
 REPO = "team/app"
 OTHER = "team/other"
@@ -293,3 +296,44 @@ async def test_eddsa_and_es384_keys_from_a_jwks(make_client, keys, tmp_path):
     # The algorithm must suit the key: an EdDSA key named for ES256 is refused.
     wrong = sign(ed, scope, alg="EdDSA", headers={"kid": "p384"})
     assert (await client.get("/v2/_catalog", headers=bearer(wrong))).status == 401
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=10,
+)
+_HEADER_KEYS = st.sampled_from(["alg", "kid", "x5c", "jwk", "typ"])
+_CLAIM_KEYS = st.sampled_from(["iss", "aud", "exp", "nbf", "iat", "sub", "access"])
+
+
+def _segment(doc: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    token=st.one_of(
+        st.text(max_size=200),
+        st.builds(
+            lambda h, c, sig: f"{_segment(h)}.{_segment(c)}.{sig}",
+            st.dictionaries(_HEADER_KEYS, _json, max_size=4).map(lambda h: {"alg": "ES256", **h})
+            | st.fixed_dictionaries({"alg": st.just("ES256"), "x5c": st.lists(st.text(max_size=20) | _json)})
+            | st.fixed_dictionaries({"alg": st.just("ES256"), "jwk": _json | st.dictionaries(
+                st.sampled_from(["kty", "crv", "x", "y", "kid", "x5c"]), _json)})
+            | _json,
+            st.dictionaries(_CLAIM_KEYS, _json, max_size=6) | _json,
+            st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", max_size=40),
+        ),
+    )
+)
+def test_any_token_is_verified_or_refused_never_an_error(token: str) -> None:
+    try:
+        verified = _FUZZ_VERIFIER.verify(token)
+    except TokenError:
+        return
+    raise AssertionError(f"an unsigned token was accepted: {verified}")
+
+
+_FUZZ_KEY = ec.generate_private_key(ec.SECP256R1())
+_FUZZ_VERIFIER = TokenVerifier(ISSUER, SERVICE, [], {"k": _FUZZ_KEY.public_key(), "": _FUZZ_KEY.public_key()})
