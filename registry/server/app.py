@@ -55,6 +55,7 @@ from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
 from .metadata import Metadata
 from .routes import WRITE_METHODS, dispatch
+from .uploads import UPLOAD_READ_BUFFER
 from .state import (
     BYTES_RECEIVED,
     BYTES_SENT,
@@ -66,7 +67,6 @@ from .state import (
 )
 from .token_server import build_token_auth, token_endpoint
 from .tokens import token_auth_configured
-from .uploads import UPLOAD_READ_BUFFER
 
 __all__ = ["make_app"]
 
@@ -149,7 +149,7 @@ async def _registry_middleware(
         except (asyncio.CancelledError, ConnectionError):
             status = 499  # client closed the connection
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("%s %s failed", request.method, request.path)
             resp = _error_response(UNKNOWN(INTERNAL_ERROR))
         status = resp.status
@@ -169,7 +169,7 @@ async def _healthz(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     try:
         await reg.meta.repository_exists("")
-    except Exception:
+    except Exception:  # noqa: BLE001 -- health checks report, never raise
         log.exception("health check: the metadata database does not answer")
         return web.json_response(
             {"status": "unhealthy", "error": "the metadata database does not answer"},
@@ -182,7 +182,7 @@ async def _metrics(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     try:
         stats = await reg.store.stats()
-    except Exception:
+    except Exception:  # noqa: BLE001 -- metrics render even when the store cannot answer
         log.warning("metrics: store statistics unavailable", exc_info=True)
         stats = None
     text = reg.metrics.render(len(reg.ingests), stats)
