@@ -81,33 +81,38 @@ async def test_any_valid_token_opens_the_base_endpoint(client, keys):
 
 
 # --- every action, allowed and denied ---------------------------------------------------
-async def _seed(client: TestClient) -> tuple[Digest, Digest]:
-    manifest, _ = await push_image(client, REPO, "v1", [b"layer one"])
-    return manifest, Digest.of(b"layer one")
+async def _seed(client: TestClient) -> tuple[Digest, bytes]:
+    return await push_image(client, REPO, "v1", [b"layer one"])
 
 
-async def _state(client: TestClient) -> tuple[int, list[str], int]:
+async def _state(client: TestClient) -> tuple[int, list[str], int, int]:
     tags = await client.get(f"/v2/{REPO}/tags/list")
-    blob = await client.head(f"/v2/{REPO}/blobs/{Digest.of(b'new layer')}")
+    new_blob = await client.head(f"/v2/{REPO}/blobs/{Digest.of(b'new layer')}")
+    old_blob = await client.head(f"/v2/{REPO}/blobs/{Digest.of(b'layer one')}")
     manifest = await client.get(f"/v2/{REPO}/manifests/v1")
-    return manifest.status, (await tags.json())["tags"], blob.status
+    return manifest.status, (await tags.json())["tags"], new_blob.status, old_blob.status
 
 
+LAYER = Digest.of(b"layer one")
 OPERATIONS = {
-    # name: (method, path, needed action(s), expected status when allowed)
-    "pull-manifest": ("GET", f"/v2/{REPO}/manifests/v1", "pull", 200),
-    "pull-tags": ("GET", f"/v2/{REPO}/tags/list", "pull", 200),
-    "push-blob": ("POST", f"/v2/{REPO}/blobs/uploads/?digest={Digest.of(b'new layer')}", "pull,push", 201),
-    "delete-manifest": ("DELETE", f"/v2/{REPO}/manifests/v1", "delete", 202),
+    # name: (method, path, needed action(s), expected status when allowed, body)
+    "pull-manifest": ("GET", f"/v2/{REPO}/manifests/v1", "pull", 200, None),
+    "pull-blob": ("GET", f"/v2/{REPO}/blobs/{LAYER}", "pull", 200, None),
+    "pull-tags": ("GET", f"/v2/{REPO}/tags/list", "pull", 200, None),
+    "push-blob": ("POST", f"/v2/{REPO}/blobs/uploads/?digest={Digest.of(b'new layer')}", "pull,push", 201,
+                  b"new layer"),
+    "push-manifest": ("PUT", f"/v2/{REPO}/manifests/v2", "pull,push", 201, "manifest"),
+    "delete-manifest": ("DELETE", f"/v2/{REPO}/manifests/v1", "delete", 202, None),
+    "delete-blob": ("DELETE", f"/v2/{REPO}/blobs/{LAYER}", "delete", 202, None),
 }
 
 
 @pytest.mark.parametrize("operation", sorted(OPERATIONS))
 @pytest.mark.parametrize("granted", ["exact", "star", "other-actions", "other-repo", "none"])
 async def test_every_action_allowed_and_denied(client, keys, operation, granted):
-    await _seed(client)
+    _, manifest = await _seed(client)
     before = await _state(client)
-    method, path, needed, ok = OPERATIONS[operation]
+    method, path, needed, ok, body = OPERATIONS[operation]
     scopes = {
         "exact": (f"repository:{REPO}:{needed}",),
         "star": (f"repository:{REPO}:*",),
@@ -115,8 +120,11 @@ async def test_every_action_allowed_and_denied(client, keys, operation, granted)
         "other-repo": (f"repository:{OTHER}:*",),
         "none": (),
     }[granted]
-    body = b"new layer" if method == "POST" else None
-    resp = await client.request(method, path, data=body, headers=bearer(kid_token(keys, *scopes)))
+    headers = bearer(kid_token(keys, *scopes))
+    if body == "manifest":
+        body = manifest
+        headers["Content-Type"] = "application/vnd.oci.image.manifest.v1+json"
+    resp = await client.request(method, path, data=body, headers=headers)
     if granted in ("exact", "star"):
         assert resp.status == ok, await resp.text()
         return
