@@ -76,6 +76,7 @@ def test_docker_login_push_pull_run_and_a_denied_push(
     ref = registry.ref(f"team/app-{unique}", "v1")
     public = registry.ref(f"lib/public/base-{unique}", "v1")
     denied = registry.ref(f"team/app-{unique}", "bob")
+    from_ci = registry.ref(f"team/app-{unique}", "ci")
     try:
         # Anonymous callers get a token too, without the right to push.
         docker_engine.run("tag", loaded_busybox, ref)
@@ -102,8 +103,18 @@ def test_docker_login_push_pull_run_and_a_denied_push(
 
         anonymous.run("pull", public)  # the policy lets everyone pull */public/**
         assert anonymous.run("pull", ref, check=False).returncode != 0
+
+        # A robot account logs in with its secret as password, as a CI job does.
+        made = pybuild("robot", "create", "ci", "--scope", "repository:team/**:pull,push", "--expires", "1h",
+                       "--storage", str(registry.storage))
+        assert made.returncode == 0, made.stderr
+        robot = engine_as("robot")
+        robot.run("login", "-u", "robot+ci", "--password-stdin", registry.addr, input=made.stdout.encode())
+        docker_engine.run("tag", loaded_busybox, from_ci)
+        robot.run("push", from_ci)
+        assert tags(registry, "alice", f"team/app-{unique}") == ["ci", "v1"]
     finally:
-        docker_engine.run("rmi", "--force", ref, public, denied, check=False)
+        docker_engine.run("rmi", "--force", ref, public, denied, from_ci, check=False)
 
 
 def test_skopeo_podman_and_pybuild_through_tokens(
