@@ -13,10 +13,11 @@ What a request needs follows CNCF Distribution (``registry/handlers/app.go``):
     GET /v2/_catalog                     registry:catalog:*
     GET /v2/ and extension discovery     a valid token, no scope
 
-The action ``*`` grants every action on its resource. Unlike Distribution, a cross-repository
-mount (``POST ...?mount=<d>&from=<repo>``) does not need pull on ``from`` to be let in:
-without it the mount is not done and the client gets an ordinary upload session (the
-spec's 202 answer), so a client without rights on the source still pushes.
+The action ``*`` grants every action on its resource. A request naming another repository
+in ``from`` (a cross-repository mount, ``POST ...?mount=<d>&from=<repo>``) also asks for
+``repository:<from>:pull``, so the challenge names it and clients fetch a token with it;
+unlike Distribution it is not required: without it the mount is not done and the client
+gets an ordinary upload session (the spec's 202 answer), so it still pushes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "Grant",
     "PullFilter",
     "ScopeError",
+    "mount_source_access",
     "parse_scope",
     "parse_scopes",
     "required_access",
@@ -58,7 +60,7 @@ class Access:
 
     def detail(self) -> dict[str, str]:
         """As Distribution reports it in an UNAUTHORIZED error's ``detail``."""
-        return {"Type": self.type, "Name": self.name, "Action": self.action}
+        return {"Type": self.type, "Class": "", "Name": self.name, "Action": self.action}
 
 
 def parse_scope(text: str) -> list[Access]:
@@ -141,6 +143,11 @@ class Grant(PullFilter):
 
 
 CATALOG = Access("registry", "catalog", "*")
+
+
+def mount_source_access(source: str) -> Access:
+    """What a mount from ``source`` asks for (not required, see the module docstring)."""
+    return Access("repository", source, "pull")
 
 
 def required_access(method: str, route: str, repo: str | None) -> list[Access]:

@@ -48,7 +48,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import UNAUTHORIZED, RegistryError
-from .access import Access, Grant, PullFilter, required_access, scope_param
+from ..names import is_valid_name
+from .access import Access, Grant, PullFilter, mount_source_access, required_access, scope_param
 from .config import ConfigError, ServerConfig
 from .routes import match
 from .state import GRANT, VISIBLE
@@ -389,7 +390,11 @@ class TokenAuth:
         """The token's subject if it allows the request; raises UNAUTHORIZED otherwise."""
         path = request.raw_path.split("?", 1)[0]
         route, _, params = match(request.method, path)
-        wanted = required_access(request.method, route.name, params.get("name"))
+        needed = required_access(request.method, route.name, params.get("name"))
+        wanted = list(needed)
+        source = request.query.get("from") if "name" in params else None
+        if source is not None and is_valid_name(source):
+            wanted.append(mount_source_access(source))  # asked for, not required
         header = request.headers.get("Authorization") or ""
         scheme, _, raw = header.partition(" ")
         raw = raw.strip()
@@ -402,7 +407,7 @@ class TokenAuth:
         except TokenError as exc:
             log.info("bearer token refused: %s", exc)
             raise self.challenge(request, wanted, "invalid_token", "invalid token") from None
-        missing = verified.grant.missing(wanted)
+        missing = verified.grant.missing(needed)
         if missing:
             raise self.challenge(
                 request, wanted, "insufficient_scope",

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from cas import Digest
 from registry.server.config import ConfigError
 from registry.server.tokens import TokenError, TokenVerifier, key_id, libtrust_key_id
+from testkit.tokens import ISSUER, REALM, SERVICE, Keys, bearer, make_keys, sign, x5c
 
 from .helpers import error_codes, push_blob, push_image
-from .token_helpers import ISSUER, REALM, SERVICE, Keys, bearer, make_keys, sign, x5c
 
 REPO = "team/app"
 OTHER = "team/other"
@@ -63,11 +63,18 @@ async def test_without_a_token_the_challenge_names_realm_service_and_scope(clien
     assert _challenge(resp) == {"realm": REALM, "service": SERVICE, "scope": f"repository:{REPO}:pull"}
     body = await resp.json()
     assert body["errors"][0]["code"] == "UNAUTHORIZED"
-    assert body["errors"][0]["detail"] == [{"Type": "repository", "Name": REPO, "Action": "pull"}]
+    assert body["errors"][0]["detail"] == [{"Type": "repository", "Class": "", "Name": REPO, "Action": "pull"}]
     base = await client.get("/v2/", headers={"Authorization": ""})
     assert base.status == 401 and "scope" not in _challenge(base)
     push = await client.post(f"/v2/{REPO}/blobs/uploads/", headers={"Authorization": ""})
     assert _challenge(push)["scope"] == f"repository:{REPO}:pull,push"
+    # A mount also asks for pull on its source, so that clients fetch a token with it.
+    mount = await client.post(f"/v2/{REPO}/blobs/uploads/?mount=sha256:{'a' * 64}&from=src/repo",
+                              headers={"Authorization": ""})
+    assert _challenge(mount)["scope"] == f"repository:{REPO}:pull,push repository:src/repo:pull"
+    odd = await client.post(f'/v2/{REPO}/blobs/uploads/?mount=sha256:{"a" * 64}&from=a"b',
+                            headers={"Authorization": ""})
+    assert _challenge(odd)["scope"] == f"repository:{REPO}:pull,push"  # not a name: not echoed
 
 
 async def test_basic_credentials_are_not_a_token(client):

@@ -1,5 +1,5 @@
-"""A test token server's key material: a root CA, a leaf certificate it signed, a JWKS,
-and a function that signs JWTs the way a token server does."""
+"""A test token server's key material, shared by the token tests: a root CA, a leaf
+certificate it signed, a JWKS, and a function that signs JWTs the way a token server does."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+
+__all__ = ["ISSUER", "REALM", "SERVICE", "Keys", "access", "bearer", "make_keys", "sign", "x5c"]
 
 ISSUER = "auth.test"
 SERVICE = "registry.test"
