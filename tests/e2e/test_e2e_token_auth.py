@@ -146,7 +146,20 @@ def test_skopeo_podman_and_pybuild_through_tokens(
     digest = run(podman(container_storage, "image", "inspect", "--format", "{{.Digest}}", ref)).stdout.strip()
     assert digest == busybox.manifest_digest
 
-    # pybuild's client, with a user's credentials and with a robot's.
+    # pybuild's client: login (wrong, then right), pull with what login saved ...
+    saved = {"DOCKER_CONFIG": str(tmp_path / "pybuild-docker-config")}
+    wrong = subprocess.run([sys.executable, "-m", "builder", "login", registry.addr, "-u", "bob", "--password-stdin"],
+                           input="nope\n", env={**os.environ, **saved}, capture_output=True, text=True, timeout=120,
+                           check=False)
+    assert wrong.returncode != 0
+    login = subprocess.run([sys.executable, "-m", "builder", "login", registry.addr, "-u", "bob", "--password-stdin"],
+                           input="builder\n", env={**os.environ, **saved}, capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert login.returncode == 0, login.stderr
+    pulled = pybuild("pull", ref, "--storage", str(tmp_path / "saved-store"), env=saved)
+    assert pulled.returncode == 0, pulled.stderr
+
+    # ... and with a user's credentials and a robot's from the environment.
     as_bob = {"PYBUILD_REGISTRY_USER": "bob", "PYBUILD_REGISTRY_PASSWORD": "builder",
               "DOCKER_CONFIG": str(tmp_path / "no-docker-config")}
     pulled = pybuild("pull", ref, "--storage", str(tmp_path / "store"), "--json", env=as_bob)
