@@ -18,8 +18,8 @@ A YAML file (``auth.token.issue.policy``)::
 A caller's actions on a repository are the union of the rules that name the caller (as a
 user, through a group, ``*`` or ``anonymous``) and match the repository. Patterns: ``*``
 matches within one path component, ``**`` across components (``team/**`` also matches
-``team``); anything else matches itself. Robot accounts (:mod:`.robots`) are named
-``robot+NAME`` and may also be listed here.
+``team``); anything else matches itself. Robot accounts (:mod:`.robots`) are not
+governed by the policy: their own scopes say what they may do.
 
 Without a policy file every authenticated user may do everything and anonymous callers
 nothing (basic auth's model). The file is re-read when it changes (mtime, size, inode,
