@@ -1,4 +1,4 @@
-"""``pybuild serve``, ``push``, ``pull``, ``copy``: the registry package's commands.
+"""``pybuild serve``, ``robot``, ``push``, ``pull``, ``copy``: the registry package's commands.
 
 Named, not imported: the root group imports a command's module only when that command
 runs, so ``pybuild pull`` does not import the server."""
@@ -9,6 +9,7 @@ __all__ = ["COMMANDS"]
 
 COMMANDS: dict[str, str] = {
     "serve": "registry.serve_cmd:serve",
+    "robot": "registry.robot_cmd:robot",
     **{name: f"registry.client.cli:{name}"
        for name in ("pull", "push", "copy", "images", "rmi", "login", "logout")},
 }

@@ -5,7 +5,8 @@
 
 - CNCF Distribution, Debian's ``docker-registry`` (``distribution_registry``): filesystem
   storage under a directory, deletes enabled, plain HTTP on 127.0.0.1;
-- pybuild's own (``pybuild_registry``): ``python3 -m builder serve --addr ADDR --storage DIR``.
+- pybuild's own (``pybuild_registry``): ``python3 -m builder serve --addr ADDR --storage DIR``;
+  ``pybuild_token_registry`` runs it with its built-in token server (``auth.token.issue``).
 
 Everything listens on 127.0.0.1 only, in plain HTTP: Docker, podman (``--tls-verify=false``)
 and skopeo (``--*-tls-verify=false``) accept that for loopback registries.
@@ -43,8 +44,10 @@ __all__ = [
     "http",
     "list_tags",
     "pybuild_argv",
+    "pybuild_configured_registry",
     "pybuild_registry",
     "pybuild_serve_available",
+    "pybuild_token_registry",
     "registry_of_kind",
     "wait_for_v2",
 ]
@@ -217,16 +220,21 @@ def distribution_config(storage: Path, addr: str, htpasswd: Path | None = None) 
     )
 
 
-def distribution_argv(workdir: Path, htpasswd: Path | None = None) -> Callable[[str], list[str]]:
+def distribution_argv(workdir: Path, htpasswd: Path | None = None,
+                      token: dict[str, str] | None = None) -> Callable[[str], list[str]]:
     """``argv(addr)`` for Debian's ``docker-registry`` storing under ``workdir/storage``
-    (basic auth against ``htpasswd`` when given)."""
+    (basic auth against ``htpasswd`` when given; bearer tokens with ``token``, the keys of
+    Distribution's ``auth.token``)."""
     binary = shutil.which("docker-registry")
     if binary is None:
         raise RegistryError("docker-registry is not installed; install docker-registry")
 
     def argv(addr: str) -> list[str]:
         config = workdir / "config.yml"
-        config.write_text(distribution_config(workdir / "storage", addr, htpasswd))
+        text = distribution_config(workdir / "storage", addr, htpasswd)
+        if token is not None:
+            text = "auth:\n  token:\n" + "".join(f"    {k}: {v}\n" for k, v in token.items()) + text
+        config.write_text(text)
         return [binary, "serve", str(config)]
 
     return argv
@@ -266,12 +274,14 @@ def _python_env(root: Path | None) -> dict[str, str]:
 
 
 @contextmanager
-def distribution_registry(workdir: Path, htpasswd: Path | None = None) -> Iterator[RunningRegistry]:
+def distribution_registry(workdir: Path, htpasswd: Path | None = None,
+                          token: dict[str, str] | None = None) -> Iterator[RunningRegistry]:
     """Run CNCF Distribution with its storage under ``workdir`` (basic auth against
-    ``htpasswd`` when given); yield it; stop it."""
+    ``htpasswd``, or bearer tokens with ``token``'s ``auth.token`` keys, when given);
+    yield it; stop it."""
     workdir.mkdir(parents=True, exist_ok=True)
     process = RegistryProcess(
-        "distribution", distribution_argv(workdir, htpasswd),
+        "distribution", distribution_argv(workdir, htpasswd, token),
         storage=workdir / "storage", log=workdir / "registry.log",
     )
     with process as running:
@@ -287,6 +297,40 @@ def pybuild_registry(workdir: Path, htpasswd: Path | None = None) -> Iterator[Ru
     process = RegistryProcess(
         "pybuild", pybuild_argv(storage, htpasswd=htpasswd),
         storage=storage, log=workdir / "registry.log", env=_python_env(None),
+    )
+    with process as running:
+        yield running
+
+
+@contextmanager
+def pybuild_token_registry(
+    workdir: Path, htpasswd: Path, policy: Path | None = None
+) -> Iterator[RunningRegistry]:
+    """Run ``python3 -m builder serve`` with bearer-token auth from its own token server:
+    ``htpasswd`` users log in at ``/token``, ``policy`` (when given) says what they and
+    anonymous callers may do; the signing key is made in ``workdir``."""
+    issue = {"key": str(workdir / "token-key.pem"), **({"policy": str(policy)} if policy else {})}
+    with pybuild_configured_registry(
+        workdir, {"auth": {"htpasswd": str(htpasswd), "token": {"issue": issue}}}
+    ) as running:
+        yield running
+
+
+@contextmanager
+def pybuild_configured_registry(workdir: Path, settings: dict[str, object]) -> Iterator[RunningRegistry]:
+    """Run ``python3 -m builder serve --config FILE`` with ``settings`` (the config file's
+    document) and ``--storage workdir/storage``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    storage = workdir / "storage"
+    config = workdir / "registry.yaml"
+    config.write_text(json.dumps(settings))  # JSON is YAML
+
+    def argv(addr: str) -> list[str]:
+        return [sys.executable, "-m", "builder", "serve", "--addr", addr, "--storage", str(storage),
+                "--config", str(config)]
+
+    process = RegistryProcess(
+        "pybuild", argv, storage=storage, log=workdir / "registry.log", env=_python_env(None),
     )
     with process as running:
         yield running

@@ -51,6 +51,7 @@ DEBIAN_PACKAGE: dict[str, str] = {
     "docker": "docker.io",
     "dockerd": "docker.io",
     "containerd": "containerd",
+    "ctr": "containerd",
     "runc": "runc",
     "skopeo": "skopeo",
     "podman": "podman",

@@ -7,6 +7,7 @@
                                    answers 200, or 401 when auth is on)
     GET  /healthz                  liveness and storage check (no auth)
     GET  /metrics                  Prometheus metrics (no auth)
+    GET, POST /token               the built-in token server (auth.token.issue), else 404
 
 One middleware does, in order: refuse path tricks on ``/v2`` paths, authenticate, refuse
 writes in read-only mode, run the handler, render :class:`RegistryError` (and ``cas``
@@ -50,7 +51,7 @@ from ..errors import (
     encode_errors,
 )
 from ..names import check_raw_path
-from .auth import BasicAuth, Htpasswd
+from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
 from .metadata import Metadata
 from .routes import WRITE_METHODS, dispatch
@@ -64,6 +65,8 @@ from .state import (
     ManifestCache,
     Registry,
 )
+from .token_server import build_token_auth, token_endpoint
+from .tokens import token_auth_configured
 
 __all__ = ["make_app"]
 
@@ -123,7 +126,7 @@ async def _registry_middleware(
             if path.startswith("/v2"):
                 auth = reg.auth
                 if auth is not None:
-                    request[USER] = await auth.authenticate(request.headers.get("Authorization"))
+                    request[USER] = await auth.authorize(request)
                 if reg.config.read_only and request.method in WRITE_METHODS:
                     raise UNSUPPORTED(
                         "this registry is read-only: pushes and deletes are disabled"
@@ -229,12 +232,16 @@ def make_app(
         # socket for every read of a pushed blob: a pair of system calls per 256 KiB.
         handler_args={"read_bufsize": UPLOAD_READ_BUFFER},
     )
-    auth = None
+    auth: Authorizer | None = None
+    basic = None
     if config.auth_htpasswd is not None:
-        auth = BasicAuth(Htpasswd.load(config.auth_htpasswd), config.auth_realm)
+        auth = basic = BasicAuth(Htpasswd.load(config.auth_htpasswd), config.auth_realm)
+    root = storage or config.storage or default_storage_dir()
+    if token_auth_configured(config):
+        # Bearer tokens; the htpasswd users (if any) log in at the token endpoint.
+        auth = build_token_auth(config, basic, root)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        root = storage or config.storage or default_storage_dir()
         opened: Store | None = None
         if store is None:
             opened = await Store.open(root)
@@ -246,6 +253,7 @@ def make_app(
             meta=meta,
             cache=ManifestCache(config.cache_manifest_bytes),
             auth=auth,
+            root=root,
         )
         app[REGISTRY] = reg
         # Sessions left open before a restart count against the totals (client unknown).
@@ -272,4 +280,5 @@ def make_app(
     app.router.add_route("*", "/v2", dispatch)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_route("*", "/token", token_endpoint)
     return app

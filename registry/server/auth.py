@@ -35,10 +35,12 @@ from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import aiofiles
 import aiofiles.os
 import bcrypt
+from aiohttp import web
 
 from ..errors import UNAUTHORIZED, RegistryError
 
@@ -46,6 +48,7 @@ __all__ = [
     "CACHE_ENTRIES",
     "CACHE_SECONDS",
     "RELOAD_INTERVAL",
+    "Authorizer",
     "BasicAuth",
     "Htpasswd",
     "load_htpasswd",
@@ -147,6 +150,16 @@ async def read_htpasswd(path: Path) -> Htpasswd:
     return Htpasswd(path, users, dummy, signature)
 
 
+class Authorizer(Protocol):
+    """What the middleware asks of an authentication scheme (basic here, bearer tokens in
+    :mod:`.tokens`)."""
+
+    async def authorize(self, request: web.Request) -> str:
+        """The caller's user name if the request may proceed; raises UNAUTHORIZED (401)
+        with the scheme's challenge otherwise."""
+        ...
+
+
 class BasicAuth:
     """Checks ``Authorization: Basic`` headers; see the module docstring."""
 
@@ -203,6 +216,9 @@ class BasicAuth:
         return UNAUTHORIZED(
             message, headers={"WWW-Authenticate": f'Basic realm="{self.realm}"'}
         )
+
+    async def authorize(self, request: web.Request) -> str:
+        return await self.authenticate(request.headers.get("Authorization"))
 
     async def authenticate(self, header: str | None) -> str:
         """The user name for a valid header; raises UNAUTHORIZED (401) otherwise."""

@@ -8,6 +8,16 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
     auth:
       htpasswd: /etc/pybuild/htpasswd   # PYBUILD_AUTH_HTPASSWD (bcrypt entries)
       realm: pybuild-registry           # PYBUILD_AUTH_REALM
+      token:                            # bearer tokens (Distribution's auth.token keys)
+        realm: https://auth.example/token   # PYBUILD_AUTH_TOKEN_REALM: the token server
+        service: registry.example           # PYBUILD_AUTH_TOKEN_SERVICE: expected aud
+        issuer: auth.example                # PYBUILD_AUTH_TOKEN_ISSUER: expected iss
+        rootcertbundle: /etc/pybuild/token-ca.pem   # PYBUILD_AUTH_TOKEN_ROOTCERTBUNDLE
+        jwks: /etc/pybuild/jwks.json                # PYBUILD_AUTH_TOKEN_JWKS
+        issue:                          # the built-in token server (docs/registry.md)
+          key: /etc/pybuild/token-key.pem   # PYBUILD_AUTH_TOKEN_ISSUE_KEY (made if missing)
+          policy: /etc/pybuild/access.yaml  # PYBUILD_AUTH_TOKEN_ISSUE_POLICY
+          ttl: 300                          # PYBUILD_AUTH_TOKEN_ISSUE_TTL: token seconds
     tls:
       cert: /etc/pybuild/cert.pem       # PYBUILD_TLS_CERT
       key: /etc/pybuild/key.pem         # PYBUILD_TLS_KEY
@@ -70,6 +80,14 @@ class ServerConfig:
     read_only: bool = False
     auth_htpasswd: Path | None = None
     auth_realm: str = "pybuild-registry"
+    auth_token_realm: str | None = None
+    auth_token_service: str | None = None
+    auth_token_issuer: str | None = None
+    auth_token_rootcertbundle: Path | None = None
+    auth_token_jwks: Path | None = None
+    auth_token_issue_key: Path | None = None
+    auth_token_issue_policy: Path | None = None
+    auth_token_issue_ttl: float = 300.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     delete_blobs: bool = True
@@ -104,6 +122,14 @@ _TYPES: dict[str, type] = {
     "read_only": bool,
     "auth_htpasswd": Path,
     "auth_realm": str,
+    "auth_token_realm": str,
+    "auth_token_service": str,
+    "auth_token_issuer": str,
+    "auth_token_rootcertbundle": Path,
+    "auth_token_jwks": Path,
+    "auth_token_issue_key": Path,
+    "auth_token_issue_policy": Path,
+    "auth_token_issue_ttl": float,
     "tls_cert": Path,
     "tls_key": Path,
     "delete_blobs": bool,

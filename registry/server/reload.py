@@ -13,10 +13,13 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from .auth import BasicAuth, Htpasswd, read_htpasswd
 from .config import ConfigError, ServerConfig
 from .state import Registry
+from .token_server import build_token_auth
+from .tokens import token_auth_configured
 
 __all__ = ["RESTART_ONLY", "reload_config"]
 
@@ -42,11 +45,21 @@ async def reload_config(reg: Registry, load: Callable[[], ServerConfig]) -> bool
     if fixed:
         log.warning("reload: %s changed; restart the server to apply it", ", ".join(fixed))
         new = dataclasses.replace(new, **{k: getattr(old, k) for k in fixed})
-    if table is None:
+    if token_auth_configured(new):
+        # Keys, policy and issuer are re-read whole; the htpasswd users log in at /token.
+        basic = BasicAuth(table, new.auth_realm) if table is not None else None
+        storage = reg.root or old.storage or _storage()
+        try:
+            token_auth = await asyncio.to_thread(build_token_auth, new, basic, storage)
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("configuration not reloaded, the running one stays: %s", exc)
+            return False
+        reg.auth = token_auth
+    elif table is None:
         if reg.auth is not None:
             log.warning("reload: authentication is now off (no htpasswd configured)")
         reg.auth = None
-    elif reg.auth is not None and reg.auth.source == table.path:
+    elif isinstance(reg.auth, BasicAuth) and reg.auth.source == table.path:
         reg.auth.realm = new.auth_realm
         reg.auth.use(table)
     else:
@@ -57,3 +70,9 @@ async def reload_config(reg: Registry, load: Callable[[], ServerConfig]) -> bool
         "configuration reloaded%s", f" ({len(table.users)} htpasswd user(s))" if table else ""
     )
     return True
+
+
+def _storage() -> Path:
+    from cas.location import default_storage_dir
+
+    return default_storage_dir()

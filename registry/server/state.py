@@ -10,13 +10,15 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from cas import Digest
 
-from .auth import BasicAuth
+from .access import Grant, PullFilter
+from .auth import Authorizer
 from .config import ServerConfig
 from .limits import LimitLog, UploadLimits, UploadSlots
 from .metadata import Metadata
@@ -25,9 +27,11 @@ from .metrics import Metrics
 __all__ = [
     "BYTES_RECEIVED",
     "BYTES_SENT",
+    "GRANT",
     "REGISTRY",
     "ROUTE",
     "USER",
+    "VISIBLE",
     "BlobStore",
     "CachedManifest",
     "ManifestCache",
@@ -146,8 +150,9 @@ class Registry:
     store: BlobStore
     meta: Metadata
     metrics: Metrics = field(default_factory=lambda: Metrics())
-    auth: BasicAuth | None = None  # None: no authentication
+    auth: Authorizer | None = None  # None: no authentication
     cache: ManifestCache = field(default_factory=lambda: ManifestCache(64 * 1024 * 1024))
+    root: Path | None = None  # the storage directory (registry.db, robots.json)
     # Open ingests by upload id (resumed from cas on a miss, e.g. after a restart).
     ingests: dict[str, Any] = field(default_factory=dict)
     upload_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -207,15 +212,25 @@ class Registry:
         self.upload_locks.pop(upload_id, None)
         self.upload_limits.remove(upload_id)
 
-    async def readable_holders(self, digest: Digest, user: str | None) -> Iterable[str]:
-        """Repositories holding ``digest`` that ``user`` may read (all, in this access model:
-        anonymous when auth is off, any authenticated user when it is on)."""
-        return [h[5:] for h in await self.store.holders(digest) if h.startswith("repo:")]
+    async def readable_holders(
+        self, digest: Digest, user: str | None, grant: Grant | None = None
+    ) -> Iterable[str]:
+        """Repositories holding ``digest`` that ``user`` may read: those ``grant`` (the
+        request's bearer token) allows pulling; all without tokens (anonymous when auth is
+        off, any authenticated user with basic auth)."""
+        names = [h[5:] for h in await self.store.holders(digest) if h.startswith("repo:")]
+        if grant is None:
+            return names
+        return [n for n in names if grant.may_pull(n)]
 
 
 REGISTRY = web.AppKey("registry", Registry)
 # Per-request facts the middleware reads back after the handler ran.
 USER = web.RequestKey("user", str)
 ROUTE = web.RequestKey("route", str)
+# What the request's bearer token grants (token auth only).
+GRANT = web.RequestKey("grant", Grant)
+# The catalog lists only what this lets pull (set when this server issues the tokens).
+VISIBLE = web.RequestKey("visible", PullFilter)
 BYTES_SENT = web.RequestKey("bytes_sent", int)
 BYTES_RECEIVED = web.RequestKey("bytes_received", int)

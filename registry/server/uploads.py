@@ -56,7 +56,7 @@ from ..errors import (
 )
 from ..names import is_valid_name, parse_digest
 from .httputil import parse_content_range
-from .state import BYTES_RECEIVED, REGISTRY, USER, Registry, holder
+from .state import BYTES_RECEIVED, GRANT, REGISTRY, USER, Registry, holder
 
 __all__ = [
     "UPLOAD_READ_BUFFER",
@@ -309,7 +309,7 @@ async def _try_mount(
 ) -> web.Response | None:
     """Link ``digest`` into ``name`` if a repository the caller may read holds it."""
     user = request.get(USER)
-    readable = set(await reg.readable_holders(digest, user))
+    readable = set(await reg.readable_holders(digest, user, request.get(GRANT)))
     if source is not None:
         if not is_valid_name(source) or source not in readable:
             return None
