@@ -210,7 +210,7 @@ async def pull_base(ref: str, store: Store, platform: str | None = None, *,
                 if failed:
                     progress.error(step, f"pulling {image_ref} failed")
                 else:
-                    from .publish import transfer_totals
+                    from .transfer_view import transfer_totals
 
                     progress.log(step, transfer_totals(str(image_ref), view.summary()))
                     progress.done(step)

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 
-from .outputs import ExportError
+from .output_errors import ExportError
 
 __all__ = ["DEFAULT_HOST", "EngineError", "engine_address", "load_image", "ping"]
 

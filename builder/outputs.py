@@ -40,6 +40,7 @@ from registry.client.refs import InvalidReference, parse_image_ref
 from registry.oci import Descriptor, Index
 
 from .image import BuiltImage
+from .output_errors import ExportError, OutputError
 
 __all__ = ["ExportError", "Output", "OutputError", "export", "export_name", "image_archive",
            "parse_output", "write_oci_layout"]
@@ -61,14 +62,6 @@ _INSTEAD = {
 }
 _TRUE = ("1", "t", "true")
 _FALSE = ("0", "f", "false")
-
-
-class OutputError(ValueError):
-    """An ``--output`` value that cannot be used (says what to write instead)."""
-
-
-class ExportError(Exception):
-    """Writing an output failed (names the output and why)."""
 
 
 @dataclass(frozen=True, slots=True)

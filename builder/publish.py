@@ -10,8 +10,9 @@ from registry.client.refs import InvalidReference, parse_image_ref
 from .base import client_options
 from .image import BuiltImage
 from .progress import Progress
+from .transfer_view import transfer_totals
 
-__all__ = ["PublishError", "push_images", "tag_images", "transfer_totals"]
+__all__ = ["PublishError", "push_images", "tag_images"]
 
 
 class PublishError(Exception):
@@ -73,11 +74,3 @@ async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet
                     progress.log(step, transfer_totals(ref, view.summary()))
     finally:
         await images.close()
-
-
-def transfer_totals(ref: str, summary: dict[str, int]) -> str:
-    """``REF: 1.2 MiB transferred, 3.4 MiB reused`` (reused: blobs the destination had)."""
-    from registry.client.progress import human_bytes
-
-    return (f"{ref}: {human_bytes(summary['transferred'])} transferred, "
-            f"{human_bytes(summary['reused'])} reused")

@@ -9,7 +9,7 @@ from registry.client.progress import Progress as RegistryProgress
 
 from .progress import Progress
 
-__all__ = ["TransferView"]
+__all__ = ["TransferView", "transfer_totals"]
 
 
 class TransferView(RegistryProgress):
@@ -34,3 +34,11 @@ class TransferView(RegistryProgress):
     def finish(self, key: str, status: str = "done") -> None:
         super().finish(key, status)
         self._forward(key, status)
+
+
+def transfer_totals(ref: str, summary: dict[str, int]) -> str:
+    """``REF: 1.2 MiB transferred, 3.4 MiB reused`` (reused: blobs the destination had)."""
+    from registry.client.progress import human_bytes
+
+    return (f"{ref}: {human_bytes(summary['transferred'])} transferred, "
+            f"{human_bytes(summary['reused'])} reused")
