@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cas import Store
+from cas import CasError, Store
 
 from .cache import BuildCache
 from .context import SourceTree
@@ -88,10 +88,13 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     # build uses goes away under it.
     lock = BuildLock(bdir)
     await asyncio.to_thread(lock.acquire, exclusive=False)
-    work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
-    store = await Store.open(opts.storage)
-    cache = BuildCache(bdir / "cache.db")
+    work: Path | None = None
+    store: Store | None = None
+    cache: BuildCache | None = None
     try:
+        work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
+        store = await Store.open(opts.storage)
+        cache = await asyncio.to_thread(BuildCache, bdir / "cache.db")
         matcher = await asyncio.to_thread(read_ignore_file, opts.context, dockerfile)
         context = SourceTree(opts.context, matcher, hash_store=cache)
         env = StepEnv(store=store, cache=cache, snapshots=SnapshotStore(bdir / "snapshots", store),
@@ -116,15 +119,28 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         image = assemble(state, created, pinned=sde is not None)
         for out in opts.outputs:
             n = progress.start(f"exporting to {out.type}:{out.dest}")
-            if out.type == "oci":
-                await write_oci_layout(image, store, out.dest, list(opts.tags))
-            elif out.type == "docker":
-                await write_docker_archive(image, store, out.dest, list(opts.tags), work)
-            else:
-                from .sandbox.flatten import flatten_lowers
+            existed = await asyncio.to_thread(os.path.lexists, out.dest)
+            try:
+                if out.type == "oci":
+                    await write_oci_layout(image, store, out.dest, list(opts.tags))
+                elif out.type == "docker":
+                    await write_docker_archive(image, store, out.dest, list(opts.tags), work)
+                else:
+                    from .sandbox.flatten import flatten_lowers
 
-                lowers = await env.lowers(state)
-                await asyncio.to_thread(flatten_lowers, lowers, out.dest)
+                    lowers = await env.lowers(state)
+                    await asyncio.to_thread(flatten_lowers, lowers, out.dest)
+            except BaseException as exc:
+                if not existed and out.type != "docker":  # nothing half-written stays
+                    await asyncio.to_thread(shutil.rmtree, out.dest, True)
+                if not isinstance(exc, OSError) or isinstance(exc, CasError):
+                    raise  # CasError: the storage directory's own trouble
+                # The destination's trouble (full, read-only, not allowed): the error may
+                # name the file read from, so name the destination.
+                raise BuildError(f"--output type={out.type},dest={out.dest}",
+                                 f"cannot write there: {(exc.strerror or str(exc)).lower()}; "
+                                 "choose a destination on a writable file system with "
+                                 "free space") from exc
             progress.done(n)
         if opts.tags:
             n = progress.start("naming " + ", ".join(opts.tags))
@@ -137,7 +153,10 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         progress.result(str(image.digest))
         return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran))
     finally:
-        cache.close()
-        await store.close()
-        await asyncio.to_thread(shutil.rmtree, work, True)
+        if cache is not None:
+            cache.close()
+        if store is not None:
+            await store.close()
+        if work is not None:
+            await asyncio.to_thread(shutil.rmtree, work, True)
         lock.release()

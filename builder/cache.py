@@ -103,7 +103,7 @@ class BuildCache:
         except (sqlite3.Error, OSError) as exc:
             if db is not None:
                 db.close()
-            raise mapped_error(exc, path) from exc
+            raise mapped_error(exc, path, path.parent) from exc
         self._db = db
 
     def close(self) -> None:
@@ -125,7 +125,7 @@ class BuildCache:
                 if self._db.in_transaction:  # a COMMIT that failed (a full disk)
                     with contextlib.suppress(sqlite3.Error):
                         self._db.execute("ROLLBACK")
-                mapped = mapped_error(exc, self.path)
+                mapped = mapped_error(exc, self.path, self.path.parent)
                 if mapped is exc:
                     raise
                 raise mapped from exc

@@ -9,6 +9,9 @@ Each package names its commands as ``"module:attribute"`` strings (``COMMANDS`` 
 ``registry.cli`` and ``builder.commands``); a command's module is imported only when the
 command runs (or when ``pybuild --help`` lists it), so ``pybuild pull`` does not pay for
 importing the builder and the server (about half a second).
+
+The root group is also the last error boundary (:mod:`builder.cli_errors`): an error no
+command worded itself is printed as one ``Error: ...`` line, exit status 1.
 """
 
 from __future__ import annotations
@@ -42,6 +45,19 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            from .cli_errors import describe
+
+            text = describe(exc)
+            if text is None:
+                raise
+            raise click.ClickException(text) from exc
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)

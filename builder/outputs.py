@@ -87,6 +87,14 @@ async def write_docker_archive(image: BuiltImage, store: Store, dest: Path,
 
     def write() -> None:
         tmp = dest.with_name(dest.name + ".tmp")
+        try:
+            write_tar(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # nothing half-written stays (a full disk)
+            raise
+        os.replace(tmp, dest)
+
+    def write_tar(tmp: Path) -> None:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
             def add_bytes(name: str, data: bytes) -> None:
                 info = tarfile.TarInfo(name)
@@ -98,6 +106,5 @@ async def write_docker_archive(image: BuiltImage, store: Store, dest: Path,
                     p = Path(root, fname)
                     tf.add(p, arcname=str(p.relative_to(layout)), recursive=False)
             add_bytes("manifest.json", json.dumps(manifest).encode())
-        os.replace(tmp, dest)
 
     await asyncio.to_thread(write)

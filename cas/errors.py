@@ -191,6 +191,8 @@ def storage_error(exc: BaseException, path: Path | str) -> StorageError | None:
         return None
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            code &= 0xFF  # the primary code of an extended one (SQLITE_IOERR_SHMSIZE...)
         if code == sqlite3.SQLITE_FULL:
             return StorageFull(str(path), None, "no space left on device")
         if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR,
@@ -199,9 +201,17 @@ def storage_error(exc: BaseException, path: Path | str) -> StorageError | None:
     return None
 
 
-def mapped_error(exc: BaseException, path: Path | str) -> BaseException:
-    """``exc`` as the store reports it: a full or unwritable file system (at ``path``)
-    as a typed StorageError, anything else unchanged."""
+def mapped_error(exc: BaseException, path: Path | str,
+                 scope: Path | str | None = None) -> BaseException:
+    """``exc`` as the store reports it: a full or unwritable file system at ``path``
+    (the store's directory, or its database file) as a typed StorageError, anything else
+    unchanged - also an OSError about a file outside ``scope`` (default ``path``; the
+    directory of a database file), such as an export's destination."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        name = os.path.abspath(os.fsdecode(exc.filename))
+        root = os.path.abspath(path if scope is None else scope)
+        if name != root and not name.startswith(root.rstrip("/") + "/"):
+            return exc
     if isinstance(exc, (OSError, sqlite3.Error)):
         return storage_error(exc, path) or exc
     return exc

@@ -161,6 +161,11 @@ class Store:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _run_outside(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run file work outside the store (an export's destination) on a worker: its
+        errors are the destination's, not the store's."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -390,16 +395,17 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             return open(tmp, "wb")
 
-        f = await self._run(open_tmp)
+        f = await self._run_outside(open_tmp)
         try:
             async for chunk in self.read(digest):
-                await self._run(f.write, chunk)
+                await self._run_outside(f.write, chunk)
+            await self._run_outside(f.close)  # its last flush may fail too (a full disk)
         except BaseException:
-            await self._run(f.close)
-            await self._run(tmp.unlink)
+            with contextlib.suppress(OSError):
+                await self._run_outside(f.close)
+            await self._run_outside(tmp.unlink, True)
             raise
-        await self._run(f.close)
-        await self._run(os.replace, tmp, path)
+        await self._run_outside(os.replace, tmp, path)
 
     async def read_bytes(self, digest: Digest) -> bytes:
         return b"".join([c async for c in self.read(digest)])

@@ -124,8 +124,11 @@ class ImageStore:
         root = Path(root) if root is not None else (store.root if store else default_storage_dir())
         owns = store is None
         if store is None:
-            store = await Store.open(root, workers=_WORKERS,
-                                     packs=FilesystemPacks(root / "packs", direct=False))
+            try:
+                packs = await asyncio.to_thread(FilesystemPacks, root / "packs", direct=False)
+            except OSError as exc:
+                raise mapped_error(exc, root / "packs") from exc
+            store = await Store.open(root, workers=_WORKERS, packs=packs)
 
         path = root / "images.db"
 
@@ -139,7 +142,7 @@ class ImageStore:
             except (sqlite3.Error, OSError) as exc:
                 if db is not None:
                     db.close()
-                raise mapped_error(exc, path) from exc
+                raise mapped_error(exc, path, root) from exc
             return db
 
         try:
@@ -179,7 +182,7 @@ class ImageStore:
                 try:
                     return self._db.execute(query, args).fetchall()
                 except (sqlite3.Error, OSError) as exc:
-                    mapped = mapped_error(exc, self._path)
+                    mapped = mapped_error(exc, self._path, self._path.parent)
                     if mapped is exc:
                         raise
                     raise mapped from exc

@@ -122,7 +122,7 @@ class Metadata:
         except (sqlite3.Error, OSError) as exc:
             if db is not None:
                 db.close()
-            raise mapped_error(exc, self._path) from exc
+            raise mapped_error(exc, self._path, self._path.parent) from exc
         self._db = db
 
     async def close(self) -> None:
@@ -152,7 +152,7 @@ class Metadata:
         try:
             return await job
         except (sqlite3.Error, OSError) as exc:
-            mapped = mapped_error(exc, self._path)
+            mapped = mapped_error(exc, self._path, self._path.parent)
             if mapped is exc:
                 raise
             raise mapped from exc

@@ -10,4 +10,5 @@ repository root, as ``tests/run`` does). They are test infrastructure: they neve
 - ``images``: pack a root filesystem as an OCI image layout or a docker-archive.
 - ``registries``: start a registry process on a free port, wait for ``/v2/``, stop it.
 - ``clients``: podman, buildah, skopeo and umoci command lines with private storage.
+- ``cli``: run ``pybuild`` as a process; check that it fails with one clean line.
 """
