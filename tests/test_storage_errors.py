@@ -211,3 +211,21 @@ def test_serve_on_a_full_disk_answers_507_and_keeps_every_blob(tmp_path: Path) -
             assert _post_blob(running.addr, os.urandom(12 << 20)) == 507
             for blob in kept:
                 assert _get_blob(running.addr, blob) == blob
+
+
+def test_serve_on_read_only_packs_answers_503_and_keeps_every_blob(tmp_path: Path) -> None:
+    _need_root()
+    kept = os.urandom(1 << 20)
+    storage = tmp_path / "storage"
+    with RegistryProcess("pybuild", pybuild_argv(storage), storage=storage,
+                         log=tmp_path / "registry.log") as running:
+        assert _post_blob(running.addr, kept) == 201
+        # The pack directory turns read-only under the running registry (no pack is
+        # open for writing between uploads, so the remount is allowed).
+        mount_read_only(storage / "packs", storage / "packs")
+        try:
+            for _ in range(2):
+                assert _post_blob(running.addr, os.urandom(6 << 20)) == 503
+                assert _get_blob(running.addr, kept) == kept
+        finally:
+            subprocess.run(["umount", "-l", str(storage / "packs")], check=False)

@@ -33,7 +33,9 @@ from cas import (
     InvalidRange,
     SizeMismatch,
     StorageFull,
+    StorageNotWritable,
     Store,
+    StoreClosed,
     UnsupportedDigestAlgorithm,
 )
 from cas.location import default_storage_dir
@@ -84,6 +86,8 @@ def _cas_error(exc: CasError) -> RegistryError:
         return RANGE_INVALID(str(exc))
     if isinstance(exc, StorageFull):
         return UNAVAILABLE(str(exc), status=507)
+    if isinstance(exc, (StorageNotWritable, StoreClosed)):  # read-only disk; shutting down
+        return UNAVAILABLE(str(exc), status=503)
     return UNKNOWN(str(exc))
 
 
