@@ -149,6 +149,10 @@ CASES: dict[str, Args] = {
     "rmi on read-only storage": lambda w: ["rmi", LOCAL, "--storage", str(w.read_only)],
     "storage stats on read-only storage": lambda w: ["storage", "stats", "--storage", str(w.read_only)],
     "storage fsck on read-only storage": lambda w: ["storage", "fsck", "--storage", str(w.read_only)],
+    "serve on read-only storage": lambda w: ["serve", "--addr", f"127.0.0.1:{free_port()}",
+                                             "--storage", str(w.read_only)],
+    "serve on a port in use": lambda w: ["serve", "--addr", w.registry.addr,
+                                         "--storage", str(w.tmp / "serve-storage")],
 }
 
 REGISTRY_CASES: dict[str, Args] = {
