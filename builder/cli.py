@@ -55,8 +55,8 @@ class LazyGroup(click.Group):
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        """click's main, but a usage error is one line too (click prints the usage and a
-        hint around it), and an interrupt exits 130 after one line."""
+        """click's main, but every error is one line: a usage error too (click prints
+        the usage and a hint around it); an interrupt exits 130 after ``Aborted!``."""
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
@@ -70,7 +70,7 @@ class LazyGroup(click.Group):
                        f"(see '{where} --help')", err=True)
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
-            exc.show()
+            click.echo(f"Error: {' '.join(exc.format_message().split())}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("Aborted!", err=True)
