@@ -74,7 +74,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     built = pybuild("build", "--storage", str(storage), "--progress", "quiet", "-t", LOCAL, str(ctx))
     assert built.returncode == 0, built.stderr
     read_only = tmp / "ro"
-    mount_read_only(storage, read_only)
     layout = tmp / "busybox"
     write_oci_layout(busybox_image(make_busybox_rootfs(tmp / "rootfs")), layout)
     htpasswd = tmp / "htpasswd"
@@ -86,6 +85,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
     try:
+        mount_read_only(storage, read_only)
         with distribution_registry(tmp / "distribution") as registry, auth_proc as auth:
             yield World(tmp, storage, read_only, ctx, registry, auth,
                         f"127.0.0.1:{free_port()}", f"127.0.0.1:{silent.getsockname()[1]}",

@@ -29,7 +29,7 @@ from registry.local import ImageStore
 from registry.server.metadata import Metadata
 
 THREADS = 4
-ROUNDS = 5
+ROUNDS = 10
 # Calls each thread makes before the close at most, and how long a round may take.
 CALLS = 5000
 ROUND_SECONDS = 20.0
