@@ -53,11 +53,16 @@ def describe(exc: BaseException, argv: list[str] | None = None) -> str | None:
             text = str(typed)
         elif isinstance(exc, OSError) and exc.strerror:
             cause = exc.strerror.lower()
-            text = f"{where}: {cause}" if where is not None else cause
-            if typed is not None:
-                text += ("; free space on (or make writable) the file system it writes to: "
-                         f"the storage directory {storage} (--storage DIR or PYBUILD_STORAGE) "
-                         "or the destination")
+            if where is not None:
+                text = f"{where}: {cause}"
+                if typed is not None:
+                    text += "; make room there (or make it writable), or write somewhere else"
+            else:
+                text = cause
+                if typed is not None:  # nothing says where: the storage or a destination
+                    text += (f" (in the storage directory {storage} or a destination); free "
+                             "space there (or make it writable), or use another storage "
+                             "directory (--storage DIR or PYBUILD_STORAGE)")
         else:
             text = f"storage database in {storage}: {exc}"
     elif os.environ.get("PYBUILD_DEBUG"):

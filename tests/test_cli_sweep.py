@@ -223,3 +223,10 @@ def test_interrupted_build_is_one_clean_line(world: World) -> None:
     assert_one_line_error(proc)
     # Nothing of the interrupted build stays behind.
     assert list((world.storage / "builder" / "tmp").iterdir()) == []
+
+
+def test_login_with_a_read_only_docker_config_is_one_clean_line(world: World) -> None:
+    config = world.read_only / "docker-config"
+    proc = pybuild("login", world.registry.addr, "-u", "a", "-p", "b",
+                   env={"DOCKER_CONFIG": str(config)})
+    assert_one_line_error(proc, str(config), "read-only file system")
