@@ -113,10 +113,13 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     # build uses goes away under it.
     lock = BuildLock(bdir)
     await asyncio.to_thread(lock.acquire, exclusive=False)
-    work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
-    store = await Store.open(opts.storage)
-    cache = BuildCache(bdir / "cache.db")
+    work: Path | None = None
+    store: Store | None = None
+    cache: BuildCache | None = None
     try:
+        work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
+        store = await Store.open(opts.storage)
+        cache = await asyncio.to_thread(BuildCache, bdir / "cache.db")
         matcher = await asyncio.to_thread(read_ignore_file, opts.context, dockerfile)
         context = SourceTree(opts.context, matcher, hash_store=cache)
         env = StepEnv(store=store, cache=cache, snapshots=SnapshotStore(bdir / "snapshots", store),
@@ -169,7 +172,10 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         progress.result(str(image.digest))
         return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran))
     finally:
-        cache.close()
-        await store.close()
-        await asyncio.to_thread(shutil.rmtree, work, True)
+        if cache is not None:
+            cache.close()
+        if store is not None:
+            await store.close()
+        if work is not None:
+            await asyncio.to_thread(shutil.rmtree, work, True)
         lock.release()

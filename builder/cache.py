@@ -16,14 +16,19 @@ contenthash does), so an unchanged context costs one ``lstat`` per file, not a r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cas.errors import StoreClosed, mapped_error
 
 __all__ = ["BuildCache", "CachedLayer", "step_key"]
 
@@ -78,28 +83,61 @@ class CachedLayer:
 
 
 class BuildCache:
-    """Thread-safe (one connection, one lock); calls are short, callers may use threads."""
+    """Thread-safe (one connection, one lock); calls are short, callers may use threads.
+
+    :meth:`close` takes the lock every call holds: it waits for the call in flight, and
+    a call after it raises ``cas.StoreClosed``. A full or unwritable storage directory
+    is ``cas.StorageFull`` / ``cas.StorageNotWritable``, naming the path."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
+        self.path = path
         self._lock = threading.Lock()
+        self._closed = False
+        db = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            if db is not None:
+                db.close()
+            raise mapped_error(exc, path, path.parent) from exc
+        self._db = db
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    @contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held for the block: StoreClosed after close, storage errors
+        typed."""
+        with self._lock:
+            if self._closed:
+                raise StoreClosed(f"build cache {self.path}")
+            try:
+                yield self._db
+            except (sqlite3.Error, OSError) as exc:
+                if self._db.in_transaction:  # a COMMIT that failed (a full disk)
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                mapped = mapped_error(exc, self.path, self.path.parent)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
 
     def get(self, key: str) -> CachedLayer | None:
-        with self._lock:
+        with self._using():
             row = self._db.execute("SELECT layer FROM steps WHERE key=?", (key,)).fetchone()
         return None if row is None else CachedLayer.from_json(row[0])
 
     def put(self, key: str, parent: str, instruction: str, inputs: dict[str, Any],
             layer: CachedLayer) -> None:
-        with self._lock:
+        with self._using():
             self._db.execute(
                 "INSERT OR REPLACE INTO steps(key, parent, instruction, inputs, layer) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -108,7 +146,7 @@ class BuildCache:
     def file_hashes(self, paths: list[str]) -> dict[str, tuple[str, str]]:
         """path -> (stat signature, hash) for the paths that have an entry."""
         out: dict[str, tuple[str, str]] = {}
-        with self._lock:
+        with self._using():
             for i in range(0, len(paths), 500):
                 batch = paths[i:i + 500]
                 out.update((p, (s, h)) for p, s, h in self._db.execute(
@@ -120,7 +158,7 @@ class BuildCache:
         """Record (path, stat signature, hash) rows, replacing older ones."""
         if not rows:
             return
-        with self._lock:
+        with self._using():
             self._db.execute("BEGIN")
             try:
                 self._db.executemany(
@@ -136,7 +174,7 @@ class BuildCache:
         returns what they held."""
         where, args = ("", ()) if before is None else \
             ("WHERE created < julianday(?, 'unixepoch')", (before,))
-        with self._lock:
+        with self._using():
             self._db.execute("BEGIN")
             try:
                 rows = self._db.execute(f"SELECT key, layer FROM steps {where}", args).fetchall()
@@ -149,29 +187,29 @@ class BuildCache:
 
     def layers(self) -> list[CachedLayer]:
         """Every layer the remaining entries hold."""
-        with self._lock:
+        with self._using():
             rows = self._db.execute("SELECT layer FROM steps").fetchall()
         return [CachedLayer.from_json(r[0]) for r in rows]
 
     def prune_file_hashes(self, everything: bool) -> int:
         """Forget the hashes of context files that no longer exist (``everything``: all);
         returns how many."""
-        with self._lock:
+        with self._using():
             paths = [r[0] for r in self._db.execute("SELECT path FROM file_hashes")]
         gone = paths if everything else [p for p in paths if not os.path.lexists(p)]
-        with self._lock:
+        with self._using():
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM file_hashes WHERE path = ?", [(p,) for p in gone])
             self._db.execute("COMMIT")
         return len(gone)
 
     def forget(self, key: str) -> None:
-        with self._lock:
+        with self._using():
             self._db.execute("DELETE FROM steps WHERE key=?", (key,))
 
     def explain(self, parent: str, instruction: str, inputs: dict[str, Any]) -> str:
         """Why ``(parent, instruction, inputs)`` has no cache entry, in one sentence."""
-        with self._lock:
+        with self._using():
             row = self._db.execute(
                 "SELECT inputs FROM steps WHERE parent=? AND instruction=? "
                 "ORDER BY created DESC LIMIT 1", (parent, instruction)).fetchone()

@@ -9,11 +9,17 @@ Each package names its commands as ``"module:attribute"`` strings (``COMMANDS`` 
 ``registry.cli`` and ``builder.commands``); a command's module is imported only when the
 command runs (or when ``pybuild --help`` lists it), so ``pybuild pull`` does not pay for
 importing the builder and the server (about half a second).
+
+The root group is also the last error boundary (:mod:`builder.cli_errors`): an error no
+command worded itself is printed as one ``Error: ...`` line, exit status 1.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
+import sys
+from typing import Any
 
 import click
 
@@ -30,6 +36,11 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# click >= 8.2 raises this for a group run without a command (its help is the answer).
+_NO_ARGS_IS_HELP: type[click.UsageError] = getattr(
+    click.exceptions, "NoArgsIsHelpError", type("_Never", (click.UsageError,), {}))
+
+
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use.
 
@@ -42,6 +53,47 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """click's main, but every error is one line: a usage error too (click prints
+        the usage and a hint around it); an interrupt exits 130 after ``Aborted!``."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            super().main(*args, standalone_mode=False, **kwargs)
+        except _NO_ARGS_IS_HELP as exc:  # a bare group: its help, as click prints it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "pybuild"
+            click.echo(f"Error: {' '.join(exc.format_message().split())} "
+                       f"(see '{where} --help')", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"Error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(130)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # stdout closed early (| head): as click does
+                sys.stdout = click.utils.PacifyFlushWrapper(sys.stdout)  # type: ignore[assignment]
+                sys.exit(1)
+            raise
+        sys.exit(0)
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            from .cli_errors import describe
+
+            text = describe(exc)
+            if text is None:
+                raise
+            raise click.ClickException(text) from exc
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)

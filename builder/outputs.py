@@ -322,7 +322,7 @@ async def _sink(out: Output, chunks: AsyncIterator[bytes]) -> None:
             assert out.dest is not None
             await _to_file(chunks, out.dest)
     except OSError as exc:
-        raise ExportError(f"cannot write {out.dest or 'stdout'}: {exc.strerror or exc}") \
+        raise ExportError(_cannot_write(out.dest or "stdout", exc)) \
             from exc
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
@@ -386,7 +386,7 @@ async def export(out: Output, image: BuiltImage, store: Store, names: Sequence[s
             try:
                 await write_oci_layout(image, store, out.dest, names, out.type == "docker")
             except OSError as exc:
-                raise ExportError(f"cannot write {out.dest}: {exc.strerror or exc}") from exc
+                raise ExportError(_cannot_write(out.dest, exc)) from exc
 
 
 async def _export_local(dest: Path, rootfs: Callable[[Path], Awaitable[None]]) -> None:
@@ -405,4 +405,11 @@ async def _export_local(dest: Path, rootfs: Callable[[Path], Awaitable[None]]) -
             await asyncio.to_thread(shutil.rmtree, tmp, True)
             raise
     except OSError as exc:
-        raise ExportError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+        raise ExportError(_cannot_write(dest, exc)) from exc
+
+
+def _cannot_write(dest: object, exc: OSError) -> str:
+    """One line naming the destination, why it cannot be written and what to do."""
+    why = (exc.strerror or str(exc)).lower()
+    return (f"cannot write {dest}: {why}; choose a destination on a writable file system "
+            "with free space")

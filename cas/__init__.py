@@ -19,9 +19,13 @@ if _typing.TYPE_CHECKING:
         InvalidDigest,
         InvalidRange,
         SizeMismatch,
+        StorageError,
         StorageFull,
+        StorageNotWritable,
+        StoreClosed,
         StoreCorrupt,
         UnsupportedDigestAlgorithm,
+        storage_error,
     )
     from .ingest import Ingest, IngestInfo, SourceFailed
     from .maintenance import FsckReport, GcReport, Stats
@@ -41,7 +45,11 @@ _WHERE = {
     "InvalidDigest": "errors",
     "InvalidRange": "errors",
     "SizeMismatch": "errors",
+    "StorageError": "errors",
     "StorageFull": "errors",
+    "StorageNotWritable": "errors",
+    "StoreClosed": "errors",
+    "storage_error": "errors",
     "StoreCorrupt": "errors",
     "UnsupportedDigestAlgorithm": "errors",
     "Ingest": "ingest",
@@ -81,10 +89,14 @@ __all__ = [
     "InvalidDigest",
     "InvalidRange",
     "SizeMismatch",
+    "StorageError",
     "StorageFull",
+    "StorageNotWritable",
+    "StoreClosed",
     "StoreCorrupt",
     "UnsupportedDigestAlgorithm",
     "new_hasher",
+    "storage_error",
 ]
 
 

@@ -51,10 +51,15 @@ class JobChain:
             self._running = True
         try:
             self._pool.submit(self._drain, loop)
-        except BaseException:
+        except BaseException as exc:
+            # The pool refused (it was shut down): the jobs will never run, so their
+            # futures fail now - a caller waiting for the chain's last job must not hang.
             with self._lock:
                 self._running = False
+                dropped = [f for _, _, f in self._queue]
                 self._queue.clear()
+            for f in dropped:
+                _resolve(f, exc)
             raise
         return fut
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from pyfastcdc import FastCDC
 
-from .frames import FrameScanner, stream_kind
 from .buffers import POOL, copy_into
+from .frames import FrameScanner, stream_kind
 
 __all__ = ["ChunkParams", "Cutter"]
 

@@ -11,14 +11,24 @@
     ├── IngestUnknown                 no open ingest with that id (expired, committed or aborted)
     ├── IngestOffsetMismatch          a resumed write does not start where the ingest stands
     ├── InvalidRange                  a byte range outside the blob
-    ├── StorageFull                   the backend ran out of space (ENOSPC, quota)
+    ├── StorageError                  the store's directory cannot take a write (also OSError)
+    │   ├── StorageFull               no space left (ENOSPC, EDQUOT, SQLite "disk is full")
+    │   └── StorageNotWritable        read-only file system or no permission (EROFS, EACCES, EPERM)
+    ├── StoreClosed                   a store (or its metadata, a pack writer...) used after close()
     └── StoreCorrupt                  bytes on disk do not match their recorded key
 
 Every message names the problem and, where there is one, the fix. Errors from lower
-layers (``OSError``, ``sqlite3.Error``) are mapped here and re-raised ``from`` the cause.
+layers (``OSError``, ``sqlite3.Error``) are mapped by :func:`storage_error` and re-raised
+``from`` the cause; a ``StorageError`` names the path, the cause and what to do (free
+space, or point ``--storage`` / ``PYBUILD_STORAGE`` elsewhere).
 """
 
 from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from pathlib import Path
 
 __all__ = [
     "BlobUnknown",
@@ -29,9 +39,14 @@ __all__ = [
     "InvalidDigest",
     "InvalidRange",
     "SizeMismatch",
+    "StorageError",
     "StorageFull",
+    "StorageNotWritable",
+    "StoreClosed",
     "StoreCorrupt",
     "UnsupportedDigestAlgorithm",
+    "mapped_error",
+    "storage_error",
 ]
 
 
@@ -115,12 +130,112 @@ class InvalidRange(CasError, ValueError):
         self.size = size
 
 
-class StorageFull(CasError, OSError):
-    def __init__(self, where: str) -> None:
+_MOVE = "or use another storage directory (--storage DIR or PYBUILD_STORAGE)"
+
+
+class StorageError(CasError, OSError):
+    """The store's directory cannot take a write. ``path`` is where, ``cause`` the
+    operating system's (or SQLite's) words for why; the message says what to do."""
+
+    def __init__(self, message: str, path: Path | str | None = None, cause: str = "") -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class StorageFull(StorageError):
+    def __init__(self, where: str, path: Path | str | None = None, cause: str = "") -> None:
+        at = f" ({path})" if path is not None else ""
         super().__init__(
-            f"storage full while writing {where}: free space or move the store "
-            "(--storage / PYBUILD_STORAGE); nothing partial was committed"
+            f"storage full while writing {where}{at}: {cause or 'no space left on device'}; "
+            f"free space there, {_MOVE}; nothing partial was committed",
+            path, cause or "no space left on device",
         )
+
+
+class StorageNotWritable(StorageError):
+    def __init__(self, path: Path | str, cause: str) -> None:
+        fix = ("remount it read-write" if "read-only" in cause
+               else "give this user write access to it")
+        super().__init__(f"storage not writable: {path}: {cause}; {fix}, {_MOVE}", path, cause)
+
+
+class StoreClosed(CasError):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} is closed: it was used after close(); open it again")
+        self.what = what
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(exc: BaseException, path: Path | str) -> StorageError | None:
+    """The typed error for ``exc`` (an ``OSError`` or ``sqlite3.Error`` met while using
+    the store file or directory ``path``), or None when it is not a storage problem.
+
+    SQLite reports a read-only or full file system only vaguely ("unable to open
+    database file", "attempt to write a readonly database", "disk I/O error"): the
+    directory is then probed for the cause."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, OSError) and not isinstance(exc, CasError):
+        where = exc.filename if exc.filename is not None else path
+        if exc.errno in _FULL:
+            return StorageFull(str(where), None, os.strerror(exc.errno).lower())
+        if exc.errno in _NOT_WRITABLE:
+            return StorageNotWritable(where, os.strerror(exc.errno).lower())
+        return None
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            code &= 0xFF  # the primary code of an extended one (SQLITE_IOERR_SHMSIZE...)
+        if code == sqlite3.SQLITE_FULL:
+            return StorageFull(str(path), None, "no space left on device")
+        if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR,
+                    sqlite3.SQLITE_PERM) or code is None and "readonly" in str(exc):
+            return _probe(Path(path))
+    return None
+
+
+def mapped_error(exc: BaseException, path: Path | str,
+                 scope: Path | str | None = None) -> BaseException:
+    """``exc`` as the store reports it: a full or unwritable file system at ``path``
+    (the store's directory, or its database file) as a typed StorageError, anything else
+    unchanged - also an OSError about a file outside ``scope`` (default ``path``; the
+    directory of a database file), such as an export's destination."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        name = os.path.abspath(os.fsdecode(exc.filename))
+        root = os.path.abspath(path if scope is None else scope)
+        if name != root and not name.startswith(root.rstrip("/") + "/"):
+            return exc
+    if isinstance(exc, (OSError, sqlite3.Error)):
+        return storage_error(exc, path) or exc
+    return exc
+
+
+def _probe(path: Path) -> StorageError | None:
+    """Why nothing can be written at ``path`` (a file or directory), if the file
+    system says so."""
+    for d in (path, *path.parents):
+        if d.is_dir():
+            break
+    else:
+        return None
+    try:
+        fs = os.statvfs(d)
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return StorageNotWritable(path, "read-only file system")
+    if not os.access(d, os.W_OK):
+        return StorageNotWritable(path, "permission denied")
+    if fs.f_bavail * fs.f_frsize < (256 << 10):
+        return StorageFull(str(path), None, "no space left on device")
+    return None
 
 
 class StoreCorrupt(CasError):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -33,7 +34,14 @@ import zstandard
 from .chain import JobChain
 from .chunker import Cutter
 from .digest import Digest, Hasher, new_hasher
-from .errors import DigestMismatch, IngestUnknown, SizeMismatch, StorageFull, StoreCorrupt
+from .errors import (
+    DigestMismatch,
+    IngestUnknown,
+    SizeMismatch,
+    StorageError,
+    StoreCorrupt,
+    mapped_error,
+)
 from .meta import CODEC_RAW, CODEC_ZSTD, Location
 
 if TYPE_CHECKING:
@@ -233,6 +241,18 @@ class Ingest:
 
     async def _run(self, fn: Callable[..., T], *args: Any, pool: Executor | None = None,
                    interrupt: Callable[[], None] | None = None) -> T:
+        """:meth:`_run_job`, with a full or unwritable file system reported as the
+        store's typed StorageError."""
+        try:
+            return await self._run_job(fn, *args, pool=pool, interrupt=interrupt)
+        except (OSError, sqlite3.Error) as exc:
+            mapped = mapped_error(exc, self._store.root)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    async def _run_job(self, fn: Callable[..., T], *args: Any, pool: Executor | None = None,
+                       interrupt: Callable[[], None] | None = None) -> T:
         """Run ``fn`` on a worker thread and wait for it to end, even when the caller is
         cancelled meanwhile (the cancellation is raised once the job has ended). The
         caller holds the ingest's lock, so no other job of this ingest (a second
@@ -293,7 +313,10 @@ class Ingest:
                 self._inflight.popleft()
             failure = failure or next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
-            raise failure
+            mapped = mapped_error(failure, self._store.root)
+            if mapped is failure:
+                raise failure
+            raise mapped from failure
 
     async def _quiesce(self) -> None:
         """Wait until no thread works for this ingest any more; failures are ignored.
@@ -490,8 +513,8 @@ class Ingest:
             self._writer.close()
         try:
             self._store.meta.drop_ingest(self.id)
-        except StorageFull:
-            # Nothing of it is visible; with the disk full even forgetting it can fail,
+        except StorageError:
+            # Nothing of it is visible; with the disk full (or read-only) even forgetting it can fail,
             # so it stays an open ingest until expire_ingests() or gc removes it.
             return
         self._store._drop_tails(self.id, keep=None)

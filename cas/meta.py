@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .errors import StorageFull
+from .errors import StoreClosed, storage_error
 
 __all__ = [
     "CODEC_RAW",
@@ -136,34 +136,70 @@ class Metadata(Protocol):
 
 
 class SqliteMetadata:
-    """:class:`Metadata` on SQLite. Thread-safe: one connection behind a lock."""
+    """:class:`Metadata` on SQLite. Thread-safe: one connection behind a lock.
+
+    Every use of a connection holds that connection's lock, and :meth:`close` takes both
+    locks: it waits for the calls in flight, and a call after it raises
+    :class:`StoreClosed` (closing a connection another thread is using can crash the
+    interpreter). SQLite and OS errors of a full or read-only file system become
+    :class:`StorageFull` / :class:`StorageNotWritable` naming the database file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
-        self._db = _connect(str(path))
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a process crash loses nothing committed; pack bytes are
-        # fsynced before the transaction that references them.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=OFF")
-        self._db.executescript(_SCHEMA)
+        self._closed = False
         # Lookups of pieces and blobs go through a second connection: in WAL mode a
         # reader sees the last commit without waiting for the writer, so a GET or an
         # ingest looking for known pieces never waits behind another ingest's commit
         # (and its fsync).
         self._reader_lock: threading.Lock | threading.RLock = threading.Lock()
-        self._reader = _connect(str(path))
+        db = reader = None
+        try:
+            db = _connect(str(path))
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a process crash loses nothing committed; pack bytes are
+            # fsynced before the transaction that references them.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=OFF")
+            db.executescript(_SCHEMA)
+            reader = _connect(str(path))
+        except (sqlite3.Error, OSError) as exc:
+            for conn in (db, reader):
+                if conn is not None:
+                    conn.close()
+            raise (storage_error(exc, path) or exc) from exc
+        self._db, self._reader = db, reader
 
     def close(self) -> None:
-        with self._reader_lock:
+        """Wait for the calls in flight, then close; later calls raise StoreClosed."""
+        with self._lock, self._reader_lock:
+            if self._closed:
+                return
+            self._closed = True
             self._reader.close()
-        with self._lock:
             self._db.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"metadata database {self.path}")
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The reader connection, held for the block (StoreClosed once closed)."""
+        with self._reader_lock:
+            self._check_open()
+            try:
+                yield self._reader
+            except (sqlite3.Error, OSError) as exc:
+                mapped = storage_error(exc, self.path)
+                if mapped is None or mapped is exc:
+                    raise
+                raise mapped from exc
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            self._check_open()
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -173,16 +209,26 @@ class SqliteMetadata:
                         self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if "full" in str(exc):
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise StorageFull(f"metadata database {self.path.name}") from exc
-                raise
+            except (sqlite3.Error, OSError) as exc:
+                mapped = storage_error(exc, self.path)
+                if mapped is None:
+                    raise
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if mapped is exc:
+                    raise
+                raise mapped from exc
 
     def _q(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple]:  # type: ignore[type-arg]
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            self._check_open()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                mapped = storage_error(exc, self.path)
+                if mapped is None or mapped is exc:
+                    raise
+                raise mapped from exc
 
     # -- ingests ----------------------------------------------------------------------
 
@@ -210,8 +256,8 @@ class SqliteMetadata:
 
     def hold_existing(self, ingest_id: str, entries: list[tuple[int, bytes]]) -> dict[bytes, Location]:
         """For (seq, key) entries: the committed pieces among them, now held by the ingest."""
-        with self._reader_lock:
-            known = self._locations(self._reader, list({k for _, k in entries}))
+        with self._reading() as reader:
+            known = self._locations(reader, list({k for _, k in entries}))
         if not known:
             return {}  # none is known: nothing to hold, no write transaction
         with self._tx() as db:
@@ -343,14 +389,14 @@ class SqliteMetadata:
     # -- reads -----------------------------------------------------------------------
 
     def blob(self, digest: str) -> tuple[int, bytes] | None:
-        with self._reader_lock:
-            rows = self._reader.execute(
+        with self._reading() as reader:
+            rows = reader.execute(
                 "SELECT size, recipe FROM blobs WHERE digest = ?", (digest,)).fetchall()
         return (rows[0][0], rows[0][1]) if rows else None
 
     def locations(self, keys: Iterable[bytes]) -> dict[bytes, Location]:
-        with self._reader_lock:
-            return self._locations(self._reader, list(set(keys)))
+        with self._reading() as reader:
+            return self._locations(reader, list(set(keys)))
 
     @staticmethod
     def _existing(db: sqlite3.Connection, keys: list[bytes]) -> set[bytes]:
@@ -490,6 +536,7 @@ class SqliteMetadata:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
+            self._check_open()
             db = self._db
             blobs, logical = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs").fetchone()
             pieces, stored, raw = db.execute(
@@ -516,6 +563,8 @@ class SqliteMetadata:
         view = SqliteMetadata.__new__(SqliteMetadata)
         view.path = self.path
         view._lock = threading.RLock()
+        view._closed = False
+        self._check_open()
         view._db = _connect(f"file:{self.path}?mode=ro", uri=True)
         view._reader, view._reader_lock = view._db, view._lock  # lookups see the snapshot too
         try:
@@ -523,7 +572,9 @@ class SqliteMetadata:
             view._db.execute("SELECT COUNT(*) FROM blobs").fetchone()  # pins the snapshot
             yield view
         finally:
-            view._db.close()
+            with view._lock:
+                view._closed = True
+                view._db.close()
 
     def iter_blobs(self) -> Iterator[tuple[str, int, bytes]]:
         last = ""

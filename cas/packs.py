@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .buffers import copy_into
-from .errors import StorageFull, StoreCorrupt
+from .errors import StoreClosed, StoreCorrupt, storage_error
 
 __all__ = ["FilesystemPacks", "MemoryPacks", "PackBackend", "PackWriter"]
 
@@ -105,19 +105,30 @@ _WRITEBACK_EVERY = 8 << 20
 _IOV_MAX = 1024
 
 
-def _raise_full(exc: OSError, where: str) -> None:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise StorageFull(where) from exc
+def _raise_full(exc: OSError, where: str | Path) -> None:
+    """Raise ``exc`` as StorageFull / StorageNotWritable when it is one of those."""
+    mapped = storage_error(exc, where)
+    if mapped is not None and mapped is not exc:
+        raise mapped from exc
     raise exc
 
 
 class _FileWriter:
+    """Appends through the page cache. Thread-safe: each call holds the writer's lock,
+    so :meth:`close` waits for an append in flight and no write ever reaches a closed
+    (and perhaps reused) descriptor; a call after close raises StoreClosed."""
+
     def __init__(self, name: str, path: Path, fd: int, size: int) -> None:
         self.name = name
         self._path = path
         self._fd = fd
         self._size = size
         self._flushed = size
+        self._lock = threading.Lock()
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise StoreClosed(f"pack writer {self.name}")
 
     @property
     def size(self) -> int:
@@ -127,6 +138,11 @@ class _FileWriter:
         return self.append_many([data])[0]
 
     def append_many(self, parts: Sequence[bytes | memoryview]) -> list[int]:
+        with self._lock:
+            self._check_open()
+            return self._append_many(parts)
+
+    def _append_many(self, parts: Sequence[bytes | memoryview]) -> list[int]:
         at = self._size
         views = [memoryview(p).cast("B") for p in parts]
         offsets = []
@@ -148,7 +164,7 @@ class _FileWriter:
             # Leave no torn tail: the next append starts where the last good one ended.
             self._size = at
             os.ftruncate(self._fd, at)
-            _raise_full(exc, f"pack {self.name}")
+            _raise_full(exc, self._path)
         self._write_back()
         return offsets
 
@@ -158,15 +174,18 @@ class _FileWriter:
             self._flushed = self._size
 
     def sync(self) -> None:
-        try:
-            os.fdatasync(self._fd)
-        except OSError as exc:
-            _raise_full(exc, f"pack {self.name}")
+        with self._lock:
+            self._check_open()
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                _raise_full(exc, self._path)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 _ALIGN = 4096
@@ -189,12 +208,17 @@ class _DirectWriter:
 
     ``sync`` writes the partial last block padded to the alignment, truncates the file
     to its logical size and keeps the block staged, so later appends rewrite it whole.
+
+    Thread-safe as :class:`_FileWriter` is: :meth:`close` waits for an append in flight
+    before it unmaps the buffers (a copy into an unmapped buffer would crash).
     """
 
-    def __init__(self, name: str, fd: int, size: int, tail: bytes) -> None:
+    def __init__(self, name: str, fd: int, size: int, tail: bytes, path: Path | None = None) -> None:
         import mmap
 
         self.name = name
+        self._path: Path | str = path if path is not None else f"pack {name}"
+        self._lock = threading.Lock()
         self._fd = fd
         # Page-aligned, as O_DIRECT needs.
         self._bufs = [mmap.mmap(-1, _STAGE) for _ in range(_BUFFERS)]
@@ -210,7 +234,16 @@ class _DirectWriter:
     def size(self) -> int:
         return self._disk + self._staged
 
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise StoreClosed(f"pack writer {self.name}")
+
     def append(self, data: bytes | memoryview) -> int:
+        with self._lock:
+            self._check_open()
+            return self._append(data)
+
+    def _append(self, data: bytes | memoryview) -> int:
         at = self.size
         src = memoryview(data).cast("B")
         while src:
@@ -228,7 +261,9 @@ class _DirectWriter:
         return at
 
     def append_many(self, parts: Sequence[bytes | memoryview]) -> list[int]:
-        return [self.append(p) for p in parts]  # staged: no system call per part anyway
+        with self._lock:
+            self._check_open()
+            return [self._append(p) for p in parts]  # staged: no system call per part anyway
 
     def _wait(self, i: int) -> None:
         pending = self._pending[i]
@@ -252,20 +287,24 @@ class _DirectWriter:
             while done < n:
                 done += os.pwrite(self._fd, view[done:n], at + done)
         except OSError as exc:
-            _raise_full(exc, f"pack {self.name}")
+            _raise_full(exc, self._path)
 
     def sync(self) -> None:
-        self._wait_all()
-        if self._staged:
-            self._write(self._views[self._cur], -(-self._staged // _ALIGN) * _ALIGN, self._disk)
-        try:
-            os.ftruncate(self._fd, self.size)
-            os.fdatasync(self._fd)
-        except OSError as exc:
-            _raise_full(exc, f"pack {self.name}")
+        with self._lock:
+            self._check_open()
+            self._wait_all()
+            if self._staged:
+                self._write(self._views[self._cur], -(-self._staged // _ALIGN) * _ALIGN, self._disk)
+            try:
+                os.ftruncate(self._fd, self.size)
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                _raise_full(exc, self._path)
 
     def close(self) -> None:
-        if self._fd >= 0:
+        with self._lock:
+            if self._fd < 0:
+                return
             try:
                 self._wait_all()
             except OSError:
@@ -309,17 +348,17 @@ class FilesystemPacks:
 
     def create(self, name: str) -> _FileWriter | _DirectWriter:
         p = self.path(name)
-        p.parent.mkdir(exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
+            p.parent.mkdir(exist_ok=True)
             fd = _open_direct(p, flags) if self.direct else None
             writer: _FileWriter | _DirectWriter
             if fd is not None:
-                writer = _DirectWriter(name, fd, 0, b"")
+                writer = _DirectWriter(name, fd, 0, b"", p)
             else:
                 writer = _FileWriter(name, p, os.open(p, flags, 0o644), 0)
         except OSError as exc:
-            _raise_full(exc, f"pack {name}")
+            _raise_full(exc, p)
             raise
         # The new directory entry must survive a crash once the pack is referenced.
         _fsync_dir(p.parent)
@@ -334,7 +373,7 @@ class FilesystemPacks:
             start = size - size % _ALIGN
             tail = self.read(name, start, size - start) if size > start else b""
             os.ftruncate(fd, size)
-            return _DirectWriter(name, fd, size, tail)
+            return _DirectWriter(name, fd, size, tail, p)
         fd = os.open(p, os.O_WRONLY | os.O_CLOEXEC)
         os.ftruncate(fd, size)
         return _FileWriter(name, p, fd, size)

@@ -9,6 +9,11 @@ On-disk layout of a store directory (``--storage DIR``)::
 
 Every public method is a coroutine; file, CPU and database work runs on the store's
 worker threads, never on the event loop.
+
+Errors of the file system under the store (full, read-only, no permission) leave every
+method as :class:`StorageFull` / :class:`StorageNotWritable`, naming the path. After
+:meth:`Store.close` (which waits for the work in flight) every method raises
+:class:`StoreClosed`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import bisect
 import contextlib
 import os
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +35,7 @@ import zstandard
 
 from .chunker import ChunkParams
 from .digest import DEFAULT_ALGORITHM, Digest, new_hasher
-from .errors import BlobUnknown, IngestUnknown, InvalidRange, StoreCorrupt
+from .errors import BlobUnknown, IngestUnknown, InvalidRange, StoreClosed, StoreCorrupt, mapped_error
 from .ingest import Ingest, IngestInfo
 from .meta import CODEC_ZSTD, Location, SqliteMetadata, decode_recipe
 from .packs import FilesystemPacks, PackBackend, PackWriter
@@ -39,6 +45,20 @@ __all__ = ["BlobInfo", "Piece", "Recipe", "Segment", "Store"]
 T = TypeVar("T")
 
 _READ_CHUNK = 4 << 20
+
+
+class _Pool(ThreadPoolExecutor):
+    """A thread pool that, once shut down, refuses work with StoreClosed."""
+
+    def __init__(self, what: str, *, max_workers: int, thread_name_prefix: str) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self.what = what
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().submit(fn, *args, **kwargs)
+        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+            raise StoreClosed(self.what) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +110,12 @@ class Store:
         self.meta = meta
         self.packs = packs
         self.chunk_params = chunk_params
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cas")
+        self._what = f"store {root}"
+        self._closed = False
+        self._pool = _Pool(self._what, max_workers=workers, thread_name_prefix="cas")
         # Threads that fill ingests from a source (Ingest.receive); a receive waits on
         # its source, so it must not take one of the store's own workers.
-        self._receivers: ThreadPoolExecutor | None = None
+        self._receivers: _Pool | None = None
         self._ingests_dir = root / "ingests"
         self._dctx = zstandard.ZstdDecompressor()
 
@@ -103,19 +125,35 @@ class Store:
         root = Path(root)
 
         def setup() -> Store:
-            root.mkdir(parents=True, exist_ok=True)
-            (root / "ingests").mkdir(exist_ok=True)
-            meta = SqliteMetadata(root / "meta.db")
-            backend = packs if packs is not None else FilesystemPacks(root / "packs")
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                (root / "ingests").mkdir(exist_ok=True)
+                meta = SqliteMetadata(root / "meta.db")
+            except (OSError, sqlite3.Error) as exc:
+                raise mapped_error(exc, root) from exc
+            try:
+                backend = packs if packs is not None else FilesystemPacks(root / "packs")
+            except OSError as exc:
+                meta.close()
+                raise mapped_error(exc, root) from exc
             return cls(root, meta, backend, chunk_params or ChunkParams(), workers)
 
         return await asyncio.get_running_loop().run_in_executor(None, setup)
 
     async def close(self) -> None:
-        await self._run(self.meta.close)
-        self._pool.shutdown(wait=True)
-        if self._receivers is not None:
-            self._receivers.shutdown(wait=True)
+        """Refuse new work (StoreClosed), wait for the work in flight, close the
+        metadata. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        pools = [self._pool] + ([self._receivers] if self._receivers is not None else [])
+
+        def shut_down() -> None:
+            for pool in pools:
+                pool.shutdown(wait=True)
+            self.meta.close()
+
+        await asyncio.get_running_loop().run_in_executor(None, shut_down)
 
     async def __aenter__(self) -> Store:
         return self
@@ -123,8 +161,19 @@ class Store:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run_outside(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run file work outside the store (an export's destination) on a worker: its
+        errors are the destination's, not the store's."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except (OSError, sqlite3.Error) as exc:
+            mapped = mapped_error(exc, self.root)
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     # -- ingest --------------------------------------------------------------------
 
@@ -346,16 +395,17 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             return open(tmp, "wb")
 
-        f = await self._run(open_tmp)
+        f = await self._run_outside(open_tmp)
         try:
             async for chunk in self.read(digest):
-                await self._run(f.write, chunk)
+                await self._run_outside(f.write, chunk)
+            await self._run_outside(f.close)  # its last flush may fail too (a full disk)
         except BaseException:
-            await self._run(f.close)
-            await self._run(tmp.unlink)
+            with contextlib.suppress(OSError):
+                await self._run_outside(f.close)
+            await self._run_outside(tmp.unlink, True)
             raise
-        await self._run(f.close)
-        await self._run(os.replace, tmp, path)
+        await self._run_outside(os.replace, tmp, path)
 
     async def read_bytes(self, digest: Digest) -> bytes:
         return b"".join([c async for c in self.read(digest)])
@@ -438,8 +488,10 @@ class Store:
     # -- helpers for Ingest and maintenance ----------------------------------------
 
     def _receiver_pool(self) -> ThreadPoolExecutor:
+        if self._closed:
+            raise StoreClosed(self._what)
         if self._receivers is None:
-            self._receivers = ThreadPoolExecutor(max_workers=32, thread_name_prefix="cas-receive")
+            self._receivers = _Pool(self._what, max_workers=32, thread_name_prefix="cas-receive")
         return self._receivers
 
     def _new_pack(self, ingest_id: str) -> PackWriter:

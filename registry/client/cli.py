@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import click
 
+from cas.errors import CasError, storage_error
+
 from ..errors import RegistryError
 from .auth import AuthError, Credentials, erase_credentials, store_credentials
 from .copy import CopyOptions, Endpoint, copy_image, parse_endpoint
@@ -45,7 +47,12 @@ def _run(coro: Awaitable[T]) -> T:
     try:
         result: T = asyncio.run(coro)  # type: ignore[arg-type]
     except _FAILURES as exc:
-        raise click.ClickException(str(exc)) from exc
+        if isinstance(exc, OSError) and not isinstance(exc, CasError) \
+                and storage_error(exc, exc.filename or "") is not None:
+            # A full or read-only file system: the root command says whether it is the
+            # storage directory or a destination, and what to do.
+            raise
+        raise click.ClickException(" ".join(str(exc).split())) from exc
     finished = True
     return result
 

@@ -10,6 +10,11 @@ keeps it until ``pybuild rmi`` unlinks it. ``images.db`` (SQLite, in the storage
 
 ``ref`` is the normalised reference (``host/name:tag`` or ``host/name@digest``).
 
+Every use of the ``images.db`` connection holds the store's lock, and :meth:`ImageStore.close`
+takes it too: close waits for the query in flight, and a call after it raises
+``cas.StoreClosed``. A full or unwritable storage directory is ``cas.StorageFull`` /
+``cas.StorageNotWritable``, naming the path.
+
 The builder's entry points: :meth:`ImageStore.get` (manifest + config of a local image),
 :meth:`ImageStore.put` (record an image whose blobs are in the store) and
 :meth:`ImageStore.open_blob` (stream a blob).
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from cas import Digest, Store
+from cas.errors import StoreClosed, mapped_error
 from cas.location import default_storage_dir
 from cas.packs import FilesystemPacks
 
@@ -104,10 +110,13 @@ def select_platform(index: Index, platform: str | None) -> Any:
 class ImageStore:
     """Local images over an open ``cas.Store``. Open with :meth:`open`; close when done."""
 
-    def __init__(self, store: Store, db: sqlite3.Connection, owns_store: bool) -> None:
+    def __init__(self, store: Store, db: sqlite3.Connection, owns_store: bool,
+                 path: Path | None = None) -> None:
         self.store = store
         self._db = db
+        self._path = path if path is not None else store.root / "images.db"
         self._lock = threading.Lock()
+        self._closed = False
         self._owns_store = owns_store
 
     @classmethod
@@ -116,21 +125,48 @@ class ImageStore:
         root = Path(root) if root is not None else (store.root if store else default_storage_dir())
         owns = store is None
         if store is None:
-            store = await Store.open(root, workers=_WORKERS,
-                                     packs=FilesystemPacks(root / "packs", direct=False))
+            try:
+                packs = await asyncio.to_thread(FilesystemPacks, root / "packs", direct=False)
+            except OSError as exc:
+                raise mapped_error(exc, root / "packs") from exc
+            store = await Store.open(root, workers=_WORKERS, packs=packs)
+
+        path = root / "images.db"
 
         def connect() -> sqlite3.Connection:
-            db = sqlite3.connect(root / "images.db", check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=10000")
-            db.executescript(_SCHEMA)
+            db = None
+            try:
+                db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA busy_timeout=10000")
+                db.executescript(_SCHEMA)
+            except (sqlite3.Error, OSError) as exc:
+                if db is not None:
+                    db.close()
+                raise mapped_error(exc, path, root) from exc
             return db
 
-        return cls(store, await asyncio.to_thread(connect), owns)
+        try:
+            db = await asyncio.to_thread(connect)
+        except BaseException:
+            if owns:
+                await store.close()
+            raise
+        return cls(store, db, owns, path)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._db.close)
-        if self._owns_store:
+        """Wait for the query in flight, close ``images.db`` (and the store, if this
+        opened it). Later calls raise StoreClosed; closing twice is harmless."""
+
+        def close() -> bool:
+            with self._lock:
+                if self._closed:
+                    return False
+                self._closed = True
+                self._db.close()
+                return True
+
+        if await asyncio.to_thread(close) and self._owns_store:
             await self.store.close()
 
     async def __aenter__(self) -> Self:
@@ -142,7 +178,15 @@ class ImageStore:
     async def _sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
         def run() -> list[tuple[Any, ...]]:
             with self._lock:
-                return self._db.execute(query, args).fetchall()
+                if self._closed:
+                    raise StoreClosed(f"image store {self._path}")
+                try:
+                    return self._db.execute(query, args).fetchall()
+                except (sqlite3.Error, OSError) as exc:
+                    mapped = mapped_error(exc, self._path, self._path.parent)
+                    if mapped is exc:
+                        raise
+                    raise mapped from exc
 
         return await asyncio.to_thread(run)
 

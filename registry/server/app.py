@@ -34,7 +34,9 @@ from cas import (
     InvalidRange,
     SizeMismatch,
     StorageFull,
+    StorageNotWritable,
     Store,
+    StoreClosed,
     UnsupportedDigestAlgorithm,
 )
 from cas.location import default_storage_dir
@@ -55,7 +57,6 @@ from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
 from .metadata import Metadata
 from .routes import WRITE_METHODS, dispatch
-from .uploads import UPLOAD_READ_BUFFER
 from .state import (
     BYTES_RECEIVED,
     BYTES_SENT,
@@ -67,6 +68,7 @@ from .state import (
 )
 from .token_server import build_token_auth, token_endpoint
 from .tokens import token_auth_configured
+from .uploads import UPLOAD_READ_BUFFER
 
 __all__ = ["make_app"]
 
@@ -89,6 +91,8 @@ def _cas_error(exc: CasError) -> RegistryError:
         return RANGE_INVALID(str(exc))
     if isinstance(exc, StorageFull):
         return UNAVAILABLE(str(exc), status=507)
+    if isinstance(exc, (StorageNotWritable, StoreClosed)):  # read-only disk; shutting down
+        return UNAVAILABLE(str(exc), status=503)
     return UNKNOWN(INTERNAL_ERROR)
 
 
@@ -149,7 +153,7 @@ async def _registry_middleware(
         except (asyncio.CancelledError, ConnectionError):
             status = 499  # client closed the connection
             raise
-        except Exception as exc:
+        except Exception:
             log.exception("%s %s failed", request.method, request.path)
             resp = _error_response(UNKNOWN(INTERNAL_ERROR))
         status = resp.status

@@ -12,6 +12,9 @@ the registry knows::
 
 Contract: every method runs its SQL on one dedicated thread (the connection never leaves
 it), so callers on the event loop only ``await``; each method is one transaction.
+:meth:`Metadata.close` runs on that thread too, after the calls queued before it; a call
+after it raises ``cas.StoreClosed``. A full or read-only disk is ``cas.StorageFull`` /
+``cas.StorageNotWritable``, naming the file.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from cas.errors import StoreClosed, mapped_error
 
 __all__ = ["ManifestRecord", "Metadata", "ReferrerRecord"]
 
@@ -95,6 +101,8 @@ class Metadata:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-db")
         self._db: sqlite3.Connection | None = None
+        self._closed = False
+        self._submit_lock = threading.Lock()  # a submit and the executor's shutdown
 
     @classmethod
     async def open(cls, path: Path) -> Metadata:
@@ -103,47 +111,76 @@ class Metadata:
         return self
 
     def _open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=10000")
-        db.executescript(_SCHEMA)
+        db = None
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            if db is not None:
+                db.close()
+            raise mapped_error(exc, self._path, self._path.parent) from exc
         self._db = db
 
     async def close(self) -> None:
-        def close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        """Close after the calls queued before; later calls raise StoreClosed."""
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
 
-        await self._run(close)
-        self._executor.shutdown(wait=True)
+            def close() -> None:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+            done = asyncio.get_running_loop().run_in_executor(self._executor, close)
+            self._executor.shutdown(wait=False)
+        await done
+
+    def _closed_error(self) -> StoreClosed:
+        return StoreClosed(f"registry metadata {self._path}")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        with self._submit_lock:
+            if self._closed:
+                raise self._closed_error()
+            job = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await job
+        except (sqlite3.Error, OSError) as exc:
+            mapped = mapped_error(exc, self._path, self._path.parent)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        db = self._db
+        if db is None:
+            raise self._closed_error()
+        return db
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
         def run() -> T:
-            db = self._db
-            assert db is not None, "metadata database is closed"
+            db = self._conn()
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
             return result
 
         return run
 
     def _query(self, sql: str, *args: Any) -> Callable[[], list[tuple[Any, ...]]]:
         def run() -> list[tuple[Any, ...]]:
-            db = self._db
-            assert db is not None, "metadata database is closed"
-            return db.execute(sql, args).fetchall()
+            return self._conn().execute(sql, args).fetchall()
 
         return run
 
@@ -228,8 +265,7 @@ class Metadata:
             return set()
 
         def run() -> set[str]:
-            db = self._db
-            assert db is not None
+            db = self._conn()
             found: set[str] = set()
             for i in range(0, len(digests), 500):
                 part = digests[i : i + 500]

@@ -82,3 +82,15 @@ async def test_an_idle_chain_starts_again(pool: ThreadPoolExecutor) -> None:
     for i in range(3):
         await chain.submit(seen.append, i)  # the chain drains and stops between jobs
     assert seen == [0, 1, 2]
+
+
+async def test_a_refused_job_fails_its_future_instead_of_leaving_it_pending() -> None:
+    pool = ThreadPoolExecutor(max_workers=1)
+    pool.shutdown()
+    chain = JobChain(pool)
+    with pytest.raises(RuntimeError):
+        chain.submit(lambda _: None, None)
+    # Whoever waits for the chain's last job (an ingest that quiesces) must not hang.
+    assert chain.last is not None
+    results = await asyncio.wait_for(asyncio.gather(chain.last, return_exceptions=True), 5)
+    assert isinstance(results[0], RuntimeError)

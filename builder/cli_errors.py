@@ -1,0 +1,73 @@
+"""The ``pybuild`` command's last error boundary: whatever a command did not word itself
+becomes one line on stderr and exit status 1, never a traceback.
+
+- ``cas`` errors (``StorageFull``, ``StorageNotWritable``, ``StoreClosed``,
+  ``StoreCorrupt``, ...) carry their own words: the path, the cause and the fix.
+- An ``OSError`` or ``sqlite3.Error`` of a full, read-only or forbidden file system under
+  the storage directory becomes the same typed storage error (``cas.storage_error``);
+  elsewhere (an ``--output`` or ``--iidfile`` destination) it names the path and the cause.
+- Anything else is a bug: one line naming it, and ``PYBUILD_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+from cas.errors import CasError, storage_error
+from cas.location import default_storage_dir
+
+__all__ = ["describe", "storage_dir_of"]
+
+
+def storage_dir_of(argv: list[str]) -> Path:
+    """The storage directory a command line names (``--storage DIR``), else the default."""
+    for i, arg in enumerate(argv):
+        if arg == "--storage" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--storage="):
+            return Path(arg.partition("=")[2])
+    return default_storage_dir()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
+    except ValueError:
+        return False
+    return True
+
+
+def describe(exc: BaseException, argv: list[str] | None = None) -> str | None:
+    """One line for ``exc``; None when it is a bug that ``PYBUILD_DEBUG`` asks to see."""
+    if isinstance(exc, CasError):
+        text = str(exc)
+    elif isinstance(exc, (OSError, sqlite3.Error)):
+        storage = storage_dir_of(sys.argv[1:] if argv is None else argv)
+        filename = getattr(exc, "filename", None)
+        where = Path(os.fsdecode(filename)) if filename is not None else None
+        typed = storage_error(exc, where or storage)
+        if typed is not None and where is not None and _inside(where, storage):
+            text = str(typed)
+        elif isinstance(exc, OSError) and exc.strerror:
+            cause = exc.strerror.lower()
+            if where is not None:
+                text = f"{where}: {cause}"
+                if typed is not None:
+                    text += "; make room there (or make it writable), or write somewhere else"
+            else:
+                text = cause
+                if typed is not None:  # nothing says where: the storage or a destination
+                    text += (f" (in the storage directory {storage} or a destination); free "
+                             "space there (or make it writable), or use another storage "
+                             "directory (--storage DIR or PYBUILD_STORAGE)")
+        else:
+            text = f"storage database in {storage}: {exc}"
+    elif os.environ.get("PYBUILD_DEBUG"):
+        return None
+    else:
+        text = (f"internal error: {type(exc).__name__}: {exc} "
+                "(run again with PYBUILD_DEBUG=1 to see where; please report it)")
+    return " ".join(text.split())  # one line

@@ -1,0 +1,231 @@
+"""A read-only or full storage directory: every command says so in one line, twice.
+
+Real file systems: a read-only bind mount of a store, and small tmpfs mounts that fill
+up. Each command runs twice; both runs print one line naming the path, the cause and
+the fix (``--storage`` / ``PYBUILD_STORAGE``, free space), exit non-zero, and leave
+nothing half-written: ``pybuild storage fsck`` stays clean and no image appears.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testkit.images import make_image, make_layer, tar_files, write_oci_layout
+from testkit.registries import (
+    RegistryProcess,
+    RunningRegistry,
+    distribution_registry,
+    pybuild_argv,
+)
+from testkit.tools import in_ci, require_tool
+from tests.helpers.cli import assert_one_line_error, mount_read_only, pybuild
+from tests.helpers.disks import small_filesystem
+
+FIX = "--storage DIR or PYBUILD_STORAGE"
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        message = "mounting file systems needs root"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    require_tool("docker-registry")
+    with distribution_registry(tmp_path_factory.mktemp("distribution")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def image_ref(registry: RunningRegistry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An image of three 3 MiB layers in the registry (9 MiB that do not compress)."""
+    tmp = tmp_path_factory.mktemp("image")
+    layers = [make_layer(tar_files({f"f{i}": os.urandom(3 << 20)}), level=1) for i in range(3)]
+    write_oci_layout(make_image(layers), tmp / "layout")
+    ref = registry.ref("storage/errors", "1")
+    proc = pybuild("copy", f"oci:{tmp / 'layout'}:latest", f"docker://{ref}",
+                   "--storage", str(tmp / "storage"), "-q")
+    assert proc.returncode == 0, proc.stderr
+    return ref
+
+
+def _context(tmp: Path, size: int = 1024) -> Path:
+    ctx = tmp / "ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "data").write_bytes(os.urandom(size))
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY data /data\n")
+    return ctx
+
+
+def _assert_store_whole(storage: Path) -> None:
+    images = pybuild("images", "--storage", str(storage))
+    assert images.returncode == 0, images.stderr
+    assert "storage/errors" not in images.stdout and "local/full" not in images.stdout
+    fsck = pybuild("storage", "fsck", "--storage", str(storage))
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def _twice(args: list[str], *needles: str) -> None:
+    """Run twice: the same one-line error (paths aside: the file that filled up may
+    differ) both times."""
+    lines = [assert_one_line_error(pybuild(*args), *needles) for _ in range(2)]
+    same = [re.sub(r"/\S*", "<path>", line) for line in lines]
+    assert same[0] == same[1], f"the second try behaved differently: {lines}"
+
+
+@pytest.fixture
+def read_only_storage(tmp_path: Path, image_ref: str) -> Iterator[Path]:
+    """A store that holds the pulled image and a build, mounted read-only."""
+    _need_root()
+    storage = tmp_path / "storage"
+    pull = pybuild("pull", image_ref, "--storage", str(storage), "-q")
+    assert pull.returncode == 0, pull.stderr
+    build = pybuild("build", "--storage", str(storage), "--progress", "quiet",
+                    str(_context(tmp_path)))
+    assert build.returncode == 0, build.stderr
+    ro = tmp_path / "ro"
+    mount_read_only(storage, ro)
+    try:
+        yield ro
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+@pytest.mark.parametrize("command", ["build", "pull", "push", "builder prune", "storage gc"])
+def test_read_only_storage_is_one_clear_line(read_only_storage: Path, image_ref: str,
+                                             tmp_path: Path, command: str) -> None:
+    args = {
+        "build": ["build", "--progress", "quiet", str(_context(tmp_path))],
+        "pull": ["pull", image_ref, "-q"],
+        "push": ["push", image_ref, "-q"],
+        "builder prune": ["builder", "prune", "--all"],
+        "storage gc": ["storage", "gc", "--grace", "0"],
+    }[command]
+    _twice([*args, "--storage", str(read_only_storage)],
+           str(read_only_storage), "read-only file system", FIX)
+
+
+@pytest.mark.parametrize("size", ["200k", "6m"])
+def test_pull_into_full_storage_is_one_clear_line(tmp_path: Path, image_ref: str,
+                                                  size: str) -> None:
+    # 200k: not even the metadata databases fit; 6m: the layers do not.
+    with small_filesystem(tmp_path / "small", size) as mnt:
+        _twice(["pull", image_ref, "-q", "--storage", str(mnt)],
+               "storage full", str(mnt), "no space left on device", FIX)
+        if size != "200k":
+            _assert_store_whole(mnt)
+
+
+def test_build_into_full_storage_is_one_clear_line(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, 20 << 20)
+    with small_filesystem(tmp_path / "small", "12m") as mnt:
+        _twice(["build", "--progress", "quiet", "-t", "local/full:1", "--storage", str(mnt),
+                str(ctx)], "no space left on device", "--storage")
+        _assert_store_whole(mnt)
+
+
+@pytest.mark.parametrize("command", ["builder prune", "storage gc", "images"])
+def test_commands_on_a_full_disk_are_one_clear_line(tmp_path: Path, image_ref: str,
+                                                    command: str) -> None:
+    with small_filesystem(tmp_path / "small", "16m") as mnt:
+        pull = pybuild("pull", image_ref, "--storage", str(mnt), "-q")
+        assert pull.returncode == 0, pull.stderr
+        with open(mnt / "filler", "wb") as f:  # fill what is left
+            try:
+                while True:
+                    f.write(bytes(1 << 20))
+                    f.flush()
+            except OSError:
+                pass
+        _twice([*command.split(), "--storage", str(mnt)],
+               "storage full", str(mnt), "no space left on device", FIX)
+
+
+@pytest.mark.parametrize("kind", ["local", "oci", "docker"])
+def test_output_to_a_read_only_place_is_one_clear_line(tmp_path: Path, kind: str) -> None:
+    _need_root()
+    ro = tmp_path / "ro"
+    (tmp_path / "empty").mkdir()
+    mount_read_only(tmp_path / "empty", ro)
+    try:
+        dest = ro / "out"
+        _twice(["build", "--progress", "quiet", "--storage", str(tmp_path / "storage"),
+                "-o", f"type={kind},dest={dest}", str(_context(tmp_path))],
+               str(dest), "read-only file system", "choose a destination")
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+@pytest.mark.parametrize("kind", ["local", "oci", "docker"])
+def test_output_to_a_full_disk_leaves_nothing(tmp_path: Path, kind: str) -> None:
+    ctx = _context(tmp_path, 3 << 20)
+    with small_filesystem(tmp_path / "small", "1m") as mnt:
+        dest = mnt / "out"
+        _twice(["build", "--progress", "quiet", "--storage", str(tmp_path / "storage"),
+                "-o", f"type={kind},dest={dest}", str(ctx)],
+               str(dest), "no space left on device", "choose a destination")
+        assert list(mnt.iterdir()) == [], "a half-written output stayed"
+
+
+def _post_blob(addr: str, data: bytes) -> int:
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    req = urllib.request.Request(f"http://{addr}/v2/full/blobs/uploads/?digest={digest}",
+                                 data=data, method="POST",
+                                 headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _get_blob(addr: str, data: bytes) -> bytes:
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with urllib.request.urlopen(f"http://{addr}/v2/full/blobs/{digest}", timeout=60) as resp:
+        return resp.read()
+
+
+def test_serve_on_a_full_disk_answers_507_and_keeps_every_blob(tmp_path: Path) -> None:
+    kept = [os.urandom(1 << 20) for _ in range(2)]
+    with small_filesystem(tmp_path / "small", "8m") as mnt, \
+            RegistryProcess("pybuild", pybuild_argv(mnt / "storage"), storage=mnt / "storage",
+                            log=tmp_path / "registry.log") as running:
+        for blob in kept:
+            assert _post_blob(running.addr, blob) == 201
+        for _ in range(2):
+            assert _post_blob(running.addr, os.urandom(12 << 20)) == 507
+            for blob in kept:
+                assert _get_blob(running.addr, blob) == blob
+
+
+def test_serve_on_read_only_packs_answers_503_and_keeps_every_blob(tmp_path: Path) -> None:
+    _need_root()
+    kept = os.urandom(1 << 20)
+    storage = tmp_path / "storage"
+    with RegistryProcess("pybuild", pybuild_argv(storage), storage=storage,
+                         log=tmp_path / "registry.log") as running:
+        assert _post_blob(running.addr, kept) == 201
+        # The pack directory turns read-only under the running registry (no pack is
+        # open for writing between uploads, so the remount is allowed).
+        mount_read_only(storage / "packs", storage / "packs")
+        try:
+            for _ in range(2):
+                assert _post_blob(running.addr, os.urandom(6 << 20)) == 503
+                assert _get_blob(running.addr, kept) == kept
+        finally:
+            subprocess.run(["umount", "-l", str(storage / "packs")], check=False)
