@@ -257,7 +257,8 @@ def test_failed_export_leaves_no_file(context_of, pybuild, tmp_path: Path) -> No
                         str(context_of("docker-run")))
         assert built.returncode == 1 and "Traceback" not in built.stderr
         errors = [line for line in built.stderr.splitlines() if "ERROR" in line]
-        assert errors == [f"ERROR: cannot write {small / 'img.tar'}: No space left on device"]
+        assert errors == [f"ERROR: cannot write {small / 'img.tar'}: no space left on device; "
+                          "choose a destination on a writable file system with free space"]
         assert list(small.iterdir()) == []
 
 
