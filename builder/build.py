@@ -26,13 +26,13 @@ from .context import SourceTree
 from .dockerfile.errors import DockerfileError
 from .dockerfile.stages import Platform
 from .dockerfile.syntax import parse
-from .executor import Executor, plan
 from .ignore import read_ignore_file
 from .image import BuiltImage, assemble, timestamp
 from .outputs import Output, write_docker_archive, write_oci_layout
 from .progress import Progress
 from .prune import BuildLock
 from .publish import push_images, tag_images
+from .scheduler import StageScheduler, plan
 from .snapshots import SnapshotStore
 from .steps.common import BuildError, StepEnv
 
@@ -109,8 +109,8 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         env.proxy_env = dict(build_plan.proxy_env)
         for name in build_plan.unused_build_args:
             progress.info(f"WARNING: build argument {name!r} was not consumed by any ARG")
-        executor = Executor(build_plan, bases, env, platform)
-        state = await executor.run()
+        scheduler = StageScheduler(build_plan, bases, env, platform)
+        state = await scheduler.run()
         if opts.labels:
             state.update(labels={**(state.config.labels or {}), **opts.labels})
         image = assemble(state, created, pinned=sde is not None)

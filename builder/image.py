@@ -1,6 +1,6 @@
 """A stage's image as it is being built, and its final config and manifest.
 
-:class:`ImageState` is the executor's working state of one stage: the container config
+:class:`ImageState` is the stage scheduler's working state of one stage: the container config
 (``registry.oci.ContainerConfig``, replaced as instructions change it), the layers so far,
 the history, and the cache key chain. :func:`assemble` turns it into the
 ``ImageConfig`` and ``Manifest`` bytes that outputs write: history entries carry
@@ -61,7 +61,7 @@ class LayerRef:
 
 @dataclass
 class ImageState:
-    """Mutable working state of one stage (never leaves the executor)."""
+    """Mutable working state of one stage (never leaves the stage scheduler)."""
 
     config: ContainerConfig
     architecture: str = field(default_factory=default_arch)

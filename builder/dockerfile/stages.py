@@ -1,6 +1,6 @@
 """Typed instructions + build arguments + target -> expanded stages and their graph.
 
-A pure function layer (no I/O) that the executor runs before building:
+A pure function layer (no I/O) that the stage scheduler runs before building:
 
 - **Global ARGs** (those before the first FROM) and the automatic platform args
   (``BUILDPLATFORM BUILDOS BUILDARCH BUILDVARIANT TARGETPLATFORM TARGETOS TARGETARCH
@@ -24,7 +24,7 @@ A pure function layer (no I/O) that the executor runs before building:
   (by name or index) or else an image. ``RUN --mount=from=`` likewise.
 
 The environment a base *image* brings is not known here; pass it as ``image_env`` when
-known (the executor does, after pulling the image config).
+known (the stage scheduler does, after pulling the image config).
 """
 
 from __future__ import annotations

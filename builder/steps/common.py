@@ -67,7 +67,7 @@ class StepEnv:
     # --differ: auto (overlayfs where it mounts, else snapshot), overlay or snapshot
     differ: str = "auto"
     created: str = ""
-    # set by the executor: flattened root of a stage or image named by --from / from=
+    # set by the stage scheduler: flattened root of a stage or image named by --from / from=
     stage_root: Callable[[str], Awaitable[Path]] | None = None
     # steps running now, by cache key (equal steps in two stages run once)
     inflight: dict[str, asyncio.Future[CachedLayer]] = field(default_factory=dict)

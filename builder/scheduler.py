@@ -43,7 +43,7 @@ from .steps.copy import copy_instruction, workdir_instruction
 from .steps.metadata import METADATA, apply_metadata
 from .steps.run import run_instruction
 
-__all__ = ["Executor", "plan"]
+__all__ = ["StageScheduler", "plan"]
 
 _FS = (Run, Copy, Add, Workdir)
 
@@ -93,7 +93,7 @@ def _trigger(text: str, where: str) -> Instruction:
         raise BuildError(where, f"ONBUILD trigger {text!r} of the base image: {exc}") from exc
 
 
-class Executor:
+class StageScheduler:
     def __init__(self, build: BuildPlan, bases: Mapping[tuple[str, str], BaseImage],
                  env: StepEnv, platform: Platform | None = None) -> None:
         self.plan = build
