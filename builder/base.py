@@ -69,11 +69,6 @@ def _blob(layout: Path, digest: Digest) -> Path:
     return layout / "blobs" / digest.algorithm / digest.encoded
 
 
-def _platform_of(p: object) -> str:
-    parts = (getattr(p, "os", ""), getattr(p, "architecture", ""), getattr(p, "variant", ""))
-    return "/".join(x for x in parts if x)
-
-
 def _by_platform(index: Index, platform: str, where: str) -> list[Descriptor]:
     os_, _, rest = platform.partition("/")
     arch, _, variant = rest.partition("/")
@@ -81,7 +76,7 @@ def _by_platform(index: Index, platform: str, where: str) -> list[Descriptor]:
              and d.platform.os == os_ and d.platform.architecture == arch
              and (not variant or (d.platform.variant or "") == variant)]
     if not found:
-        offered = sorted({_platform_of(d.platform) for d in index.manifests if d.platform})
+        offered = sorted({str(d.platform) for d in index.manifests if d.platform})
         raise BaseImageError(f"{where}: no image for platform {platform} (the index has: "
                              f"{', '.join(offered) or 'no platforms'}); pick one with "
                              "FROM --platform=... or pybuild build --platform")

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cas import Store
+from registry.oci import Platform
 
 from .cache import BuildCache
 from .context import SourceTree
 from .dockerfile.errors import DockerfileError
-from .dockerfile.stages import Platform
 from .dockerfile.syntax import parse
 from .ignore import read_ignore_file
 from .image import BuiltImage, assemble, timestamp

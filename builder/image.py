@@ -18,7 +18,6 @@ manifest again: the same image digest, and nothing new to store.
 from __future__ import annotations
 
 import datetime
-import platform
 from dataclasses import dataclass, field, replace
 
 from cas import Digest
@@ -30,6 +29,7 @@ from registry.oci import (
     History,
     ImageConfig,
     Manifest,
+    Platform,
     RootFS,
 )
 
@@ -40,8 +40,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def default_arch() -> str:
-    m = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(m, m)
+    """This machine's architecture, by its OCI name (``amd64``, ``arm64``)."""
+    return Platform.host().architecture
 
 
 def timestamp(epoch: float) -> str:

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cas.errors import StorageFull
+from registry.oci import Platform
 
 from .base import BaseImage, BaseImageError, resolve_base
 from .dockerfile.errors import DockerfileError
@@ -35,7 +36,7 @@ from .dockerfile.instructions import (
     Run,
     Workdir,
 )
-from .dockerfile.stages import BuildPlan, Platform, Stage, plan_build
+from .dockerfile.stages import BuildPlan, Stage, plan_build
 from .dockerfile.syntax import SyntaxTree, parse
 from .image import ImageState
 from .steps.common import BuildError, StepEnv

@@ -33,11 +33,12 @@ from typing import Any
 
 import blake3
 
+from registry.oci import Platform
+
 from ..context import hash_path
 from ..dockerfile.instructions import Run
 from ..dockerfile.mounts import Mount as SpecMount
 from ..dockerfile.mounts import MountType
-from ..dockerfile.stages import Platform
 from ..dockerfile.syntax import parse_heredoc_marker
 from ..image import ImageState
 from ..sandbox.rootfs import RootfsMode
@@ -126,7 +127,7 @@ def _check_platform(state: ImageState, where: str) -> None:
     if (state.os or "linux") == host.os and (
             arch == host.architecture or arch in _NATIVE_EXTRA.get(host.architecture, ())):
         return
-    wanted = "/".join(filter(None, (state.os or "linux", arch, state.variant or "")))
+    wanted = str(Platform(arch, state.os or "linux", variant=state.variant))
     raise BuildError(where, f"cannot run a {wanted} command on this {host} host: pybuild "
                      "does not emulate other platforms; build RUN steps for "
                      f"{host} (--platform {host}) or on a {wanted} machine")

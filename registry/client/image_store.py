@@ -94,10 +94,7 @@ def select_platform(index: Index, platform: str | None) -> Any:
             return entry
     if platform is None and index.manifests:
         return index.manifests[0]
-    offered = ", ".join(
-        "/".join(filter(None, (d.platform.os, d.platform.architecture, d.platform.variant)))
-        for d in index.manifests if d.platform is not None
-    )
+    offered = ", ".join(str(d.platform) for d in index.manifests if d.platform is not None)
     raise ImageNotFound(f"no manifest for platform {want} in the index (it has: {offered or 'none'})")
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.dockerfile.stages import Platform
 from builder.steps.common import BuildError
 from cas import Digest
-from tests.builder.build.conftest import write_rootfs_layer
+from registry.oci import Platform
 from testkit.rootfs import make_busybox_rootfs
+from tests.builder.build.conftest import write_rootfs_layer
 
 HOST = Platform.host()
 OTHER = "linux/arm64" if HOST.architecture != "arm64" else "linux/amd64"
