@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cas import Digest, Store
+from cas.holders import cache_holder
 from registry.client.image_store import ImageNotFound, ImageStore
 from registry.oci import INDEX_TYPES, Descriptor, ImageConfig, Index, Manifest
 from registry.client.refs import InvalidReference, parse_image_ref
@@ -122,7 +123,7 @@ async def load_oci_layout(ref: str, store: Store, platform: str | None = None) -
                              "is it an OCI image layout?") from exc
     manifest = _pick(layout, index, tag, digest, ref, platform or _host())
     raw_manifest = manifest.to_bytes()
-    holder = f"cache:base:{Digest.of(raw_manifest)}"
+    holder = cache_holder(f"base:{Digest.of(raw_manifest)}")
     try:
         config_raw = _blob(layout, manifest.config.digest).read_bytes()
         if Digest.of(config_raw, manifest.config.digest.algorithm) != manifest.config.digest:

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any, Self
 
 from cas import Digest, Store
+from cas.holders import image_holder
 from cas.location import default_storage_dir
 from cas.packs import FilesystemPacks
 
 from ..oci import INDEX_TYPES, ImageConfig, Index, Manifest, Platform, parse_manifest
 from .errors import ClientError
 
-__all__ = ["ImageNotFound", "ImageStore", "LocalImage", "holder", "select_platform"]
+__all__ = ["ImageNotFound", "ImageStore", "LocalImage", "select_platform"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -60,11 +61,6 @@ _WORKERS = min(8, (os.cpu_count() or 2) + 1)
 
 class ImageNotFound(ClientError, LookupError):
     """No local image has that reference; the message says how to get one."""
-
-
-def holder(ref: str) -> str:
-    """The cas link holder that keeps image ``ref``'s blobs alive."""
-    return f"image:{ref}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +179,7 @@ class ImageStore:
         kind, obj = parse_manifest(manifest, media_type)
         info = await self.store.put(manifest)
         needed = {info.digest} | await self._closure(obj)
-        name = holder(ref)
+        name = image_holder(ref)
         for digest in needed:
             await self.store.link(name, digest)
         for digest in set(await self.store.linked(name)) - needed:
@@ -216,7 +212,7 @@ class ImageStore:
         """Forget ``ref`` and unlink its blobs (``pybuild storage gc`` reclaims the space)."""
         if await self.resolve(ref) is None:
             return False
-        name = holder(ref)
+        name = image_holder(ref)
         for digest in await self.store.linked(name):
             await self.store.unlink(name, digest)
         await self._sql("DELETE FROM images WHERE ref=?", ref)

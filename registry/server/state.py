@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from cas import Digest
+from cas.holders import HolderKind, parse_holder, repository_holder
 
 from .auth import BasicAuth
 from .config import ServerConfig
@@ -35,9 +36,9 @@ __all__ = [
 ]
 
 
-def holder(repo: str) -> str:
-    """The cas link holder that makes a blob readable in repository ``repo``."""
-    return f"repo:{repo}"
+# A repository's holder under its older name here; new code uses
+# cas.holders.repository_holder.
+holder = repository_holder
 
 
 class BlobStore(Protocol):
@@ -189,7 +190,8 @@ class Registry:
     async def readable_holders(self, digest: Digest, user: str | None) -> Iterable[str]:
         """Repositories holding ``digest`` that ``user`` may read (all, in this access model:
         anonymous when auth is off, any authenticated user when it is on)."""
-        return [h[5:] for h in await self.store.holders(digest) if h.startswith("repo:")]
+        return [h.name for h in map(parse_holder, await self.store.holders(digest))
+                if h is not None and h.kind is HolderKind.REPOSITORY]
 
 
 REGISTRY = web.AppKey("registry", Registry)
