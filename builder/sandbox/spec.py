@@ -13,10 +13,11 @@ from __future__ import annotations
 import csv
 import enum
 import posixpath
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from cas.units import parse_size
 
 from .errors import InvalidMount
 
@@ -200,19 +201,6 @@ class RunSpec:
                 raise ValueError(f"RunSpec.env entry {entry!r} is not NAME=value")
 
     __hash__ = None  # type: ignore[assignment]  # secrets and pipes are dicts
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``64m``, ``1g``, ``1024`` -> bytes (binary units, as Docker's RAMInBytes)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise ValueError(f"not a size: {text!r}")
-    unit = m.group(2).lower()
-    scale = 1024 ** ("kmgtp".find(unit) + 1) if unit else 1
-    return int(float(m.group(1)) * scale)
 
 
 def parse_mount(text: str) -> Mount:
