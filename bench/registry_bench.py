@@ -40,6 +40,7 @@ import aiohttp
 
 from bench.data import chunked_layer, pseudo_random
 from bench.report import Measurement
+from cas.units import parse_duration
 from testkit.images import (
     Image,
     make_image,
@@ -287,8 +288,7 @@ def parse_wrk(output: str) -> tuple[float, float]:
     errors = _WRK_ERRORS.search(output)
     if errors:
         raise RegistryBenchError(f"wrk saw {errors.group(1)} error responses:\n{output}")
-    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
-    return float(rate.group(1)), float(p99.group(1)) * scale
+    return float(rate.group(1)), parse_duration(p99.group(1) + p99.group(2)) / 1e6
 
 
 def _wrk_manifests(addr: str, settings: RegistrySettings) -> tuple[float, float]:

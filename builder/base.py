@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cas import Digest, Store
+from cas.holders import cache_holder
 from registry.client.image_store import ImageNotFound, ImageStore
 from registry.client.refs import InvalidReference, parse_image_ref
 from registry.oci import INDEX_TYPES, Descriptor, ImageConfig, Index, Manifest
@@ -74,11 +75,6 @@ def _blob(layout: Path, digest: Digest) -> Path:
     return layout / "blobs" / digest.algorithm / digest.encoded
 
 
-def _platform_of(p: object) -> str:
-    parts = (getattr(p, "os", ""), getattr(p, "architecture", ""), getattr(p, "variant", ""))
-    return "/".join(x for x in parts if x)
-
-
 def _by_platform(index: Index, platform: str, where: str) -> list[Descriptor]:
     os_, _, rest = platform.partition("/")
     arch, _, variant = rest.partition("/")
@@ -86,7 +82,7 @@ def _by_platform(index: Index, platform: str, where: str) -> list[Descriptor]:
              and d.platform.os == os_ and d.platform.architecture == arch
              and (not variant or (d.platform.variant or "") == variant)]
     if not found:
-        offered = sorted({_platform_of(d.platform) for d in index.manifests if d.platform})
+        offered = sorted({str(d.platform) for d in index.manifests if d.platform})
         raise BaseImageError(f"{where}: no image for platform {platform} (the index has: "
                              f"{', '.join(offered) or 'no platforms'}); pick one with "
                              "FROM --platform=... or pybuild build --platform")
@@ -132,7 +128,7 @@ async def load_oci_layout(ref: str, store: Store, platform: str | None = None) -
                              "is it an OCI image layout?") from exc
     manifest = _pick(layout, index, tag, digest, ref, platform or _host())
     raw_manifest = manifest.to_bytes()
-    holder = f"cache:base:{Digest.of(raw_manifest)}"
+    holder = cache_holder(f"base:{Digest.of(raw_manifest)}")
     try:
         config_raw = _blob(layout, manifest.config.digest).read_bytes()
         if Digest.of(config_raw, manifest.config.digest.algorithm) != manifest.config.digest:

@@ -20,19 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cas import Store
+from registry.oci import Platform
 
 from .cache import BuildCache
 from .context import SourceTree
 from .dockerfile.errors import DockerfileError
-from .dockerfile.stages import Platform
 from .dockerfile.syntax import parse
-from .executor import Executor, plan
 from .ignore import read_ignore_file
 from .image import BuiltImage, assemble, timestamp
 from .outputs import Output, export, export_name
 from .progress import Progress
 from .prune import BuildLock
 from .publish import push_images, tag_images
+from .scheduler import StageScheduler, plan
 from .snapshots import SnapshotStore
 from .steps.common import BuildError, StepEnv
 
@@ -139,8 +139,8 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
             if name == "SOURCE_DATE_EPOCH":  # read by the build itself, as BuildKit does
                 continue
             progress.info(f"WARNING: build argument {name!r} was not consumed by any ARG")
-        executor = Executor(build_plan, bases, env, platform)
-        state = await executor.run()
+        scheduler = StageScheduler(build_plan, bases, env, platform)
+        state = await scheduler.run()
         if opts.labels:
             state.update(labels={**(state.config.labels or {}), **opts.labels})
         image = assemble(state, created, pinned=sde is not None)

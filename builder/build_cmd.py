@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 import click
 
 from cas.location import default_storage_dir
+from registry.oci import Platform
 
 from .build import BuildOptions, run_build
 from .context import ContextError
 from .dockerfile.errors import DockerfileError
-from .dockerfile.stages import Platform
 from .fastpath import Recorder, progress_events
 from .outputs import ExportError, Output, OutputError, parse_output
 from .progress import Progress

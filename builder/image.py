@@ -1,6 +1,6 @@
 """A stage's image as it is being built, and its final config and manifest.
 
-:class:`ImageState` is the executor's working state of one stage: the container config
+:class:`ImageState` is the stage scheduler's working state of one stage: the container config
 (``registry.oci.ContainerConfig``, replaced as instructions change it), the layers so far,
 the history, and the cache key chain. :func:`assemble` turns it into the
 ``ImageConfig`` and ``Manifest`` bytes that outputs write: history entries carry
@@ -18,7 +18,6 @@ manifest again: the same image digest, and nothing new to store.
 from __future__ import annotations
 
 import datetime
-import platform
 from dataclasses import dataclass, field, replace
 
 from cas import Digest
@@ -30,6 +29,7 @@ from registry.oci import (
     History,
     ImageConfig,
     Manifest,
+    Platform,
     RootFS,
 )
 
@@ -40,8 +40,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def default_arch() -> str:
-    m = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(m, m)
+    """This machine's architecture, by its OCI name (``amd64``, ``arm64``)."""
+    return Platform.host().architecture
 
 
 def timestamp(epoch: float) -> str:
@@ -61,7 +61,7 @@ class LayerRef:
 
 @dataclass
 class ImageState:
-    """Mutable working state of one stage (never leaves the executor).
+    """Mutable working state of one stage (never leaves the stage scheduler).
 
     ENV and LABEL changes are kept in dicts of this state and written into
     :attr:`config` when it is next read, so that a stage of many ENV or LABEL lines

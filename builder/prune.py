@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cas import Digest, Store
+from cas.holders import cache_holder
 
 from .cache import BuildCache
 
@@ -103,7 +104,7 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0) -
             cache.close()
         async with await Store.open(storage) as store:
             for key, layer in removed:
-                await store.unlink(f"cache:{key}", Digest.parse(layer.digest))
+                await store.unlink(cache_holder(key), Digest.parse(layer.digest))
             keep |= await _image_diff_ids(storage, store)
         count, size = await asyncio.to_thread(_drop_snapshots, bdir / "snapshots", keep, cutoff)
         return PruneReport(len(removed), count, size, hashes)

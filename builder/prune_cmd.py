@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from pathlib import Path
 
 import click
 
 from cas.location import default_storage_dir
+from cas.units import parse_duration
 
 from .prune import PruneError, prune
 
 __all__ = ["builder"]
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``30m``, ``48h``, ``7d``, or seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if m is None:
-        raise click.BadParameter(f"{text!r} is not a duration such as 30m, 48h or 7d")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+def older_than_seconds(text: str) -> float:
+    """``--older-than``: ``90s``, ``30m``, ``48h``, ``7d`` (any duration
+    :func:`cas.units.parse_duration` reads), or a number of seconds."""
+    try:
+        return parse_duration(text, bare_unit="s") / 1e9
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration such as 30m, 48h or 7d") from None
 
 
 @click.group()
@@ -45,7 +44,7 @@ def prune_command(storage: Path | None, older_than: str, everything: bool, wait:
     """Remove old build-cache entries, the extracted layers only they used, and the
     remembered hashes of context files that are gone. `pybuild storage gc` then
     reclaims the layer blobs nothing else links."""
-    age = None if everything else parse_duration(older_than)
+    age = None if everything else older_than_seconds(older_than)
     try:
         report = asyncio.run(prune(storage or default_storage_dir(), older_than=age, wait=wait))
     except PruneError as exc:

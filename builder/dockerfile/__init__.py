@@ -27,7 +27,7 @@ if _typing.TYPE_CHECKING:
     from .instructions import Instruction
     from .mounts import Mount, MountError, MountType, parse_mount
     from .shell_lex import Lexer, ShellLexError
-    from .stages import BuildPlan, Platform, Stage, plan_build
+    from .stages import BuildPlan, Stage, plan_build
     from .syntax import Keyword, Node, SyntaxTree, parse
 
 _WHERE = {
@@ -43,7 +43,6 @@ _WHERE = {
     "Lexer": "shell_lex",
     "ShellLexError": "shell_lex",
     "BuildPlan": "stages",
-    "Platform": "stages",
     "Stage": "stages",
     "plan_build": "stages",
     "Keyword": "syntax",
@@ -62,7 +61,6 @@ __all__ = [
     "MountError",
     "MountType",
     "Node",
-    "Platform",
     "Problem",
     "ShellLexError",
     "Stage",

@@ -1,4 +1,4 @@
-"""``--flag[=value]`` parsing for instructions, and Go-style durations (HEALTHCHECK).
+"""``--flag[=value]`` parsing for instructions.
 
 An instruction declares the flags it accepts; anything else is an error that suggests the
 nearest accepted flag. Flag names and values follow BuildKit: booleans accept ``--link``,
@@ -8,14 +8,13 @@ nearest accepted flag. Flag names and values follow BuildKit: booleans accept ``
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import bad_flag_value, duplicate_flag, flag_needs_value, unknown_flag
 from .syntax import Node
 
-__all__ = ["Flags", "parse_duration"]
+__all__ = ["Flags"]
 
 
 @dataclass
@@ -61,26 +60,3 @@ class Flags:
                 else:
                     self.values[name] = value
         return self.values
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_NS = {"ns": 1, "us": 1000, "µs": 1000, "μs": 1000, "ms": 10**6, "s": 10**9,
-            "m": 60 * 10**9, "h": 3600 * 10**9}
-
-
-def parse_duration(text: str) -> int:
-    """Go duration syntax (``30s``, ``1m30s``, ``1.5h``, ``0``) -> nanoseconds."""
-    if text == "0":
-        return 0
-    pos, total = 0, 0.0
-    while pos < len(text):
-        m = _DURATION.match(text, pos)
-        if not m:
-            raise ValueError(f"invalid duration {text!r}")
-        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
-        pos = m.end()
-    if not text:
-        raise ValueError("empty duration")
-    return int(total)
-
-

@@ -13,8 +13,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from cas.units import parse_duration
+
 from .errors import Problem, bad_flag_value, expected_arguments
-from .flags import Flags, parse_duration
+from .flags import Flags
 from .instructions import (
     Add,
     Arg,

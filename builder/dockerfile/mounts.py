@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import csv
 import enum
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from cas.units import parse_size
 
 from .errors import Problem, with_suggestion
 
@@ -78,16 +79,12 @@ def _bool(key: str, value: str) -> bool:
     raise MountError(f"invalid value for {key}: {value}")
 
 
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgGtTpP]?)[iI]?[bB]?$")
-
-
 def _ram_bytes(value: str) -> int:
     """``64m``, ``1g``, ``512``: binary units, as Docker's --tmpfs size."""
-    m = _SIZE.match(value.strip())
-    if not m:
-        raise MountError(f"invalid value for size: {value}")
-    power = " kmgtp".index(m.group(2).lower() or " ")
-    return int(float(m.group(1)) * 1024**power)
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise MountError(f"invalid value for size: {value}") from None
 
 
 def _uint(key: str, value: str, base: int) -> int:

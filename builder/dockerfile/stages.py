@@ -1,6 +1,6 @@
 """Typed instructions + build arguments + target -> expanded stages and their graph.
 
-A pure function layer (no I/O) that the executor runs before building:
+A pure function layer (no I/O) that the stage scheduler runs before building:
 
 - **Global ARGs** (those before the first FROM) and the automatic platform args
   (``BUILDPLATFORM BUILDOS BUILDARCH BUILDVARIANT TARGETPLATFORM TARGETOS TARGETARCH
@@ -24,14 +24,15 @@ A pure function layer (no I/O) that the executor runs before building:
   (by name or index) or else an image. ``RUN --mount=from=`` likewise.
 
 The environment a base *image* brings is not known here; pass it as ``image_env`` when
-known (the executor does, after pulling the image config).
+known (the stage scheduler does, after pulling the image config).
 """
 
 from __future__ import annotations
 
-import platform as _platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+
+from registry.oci import Platform
 
 from .errors import DockerfileError, Problem, with_suggestion
 from .instruction_parsers import parse_dockerfile
@@ -58,7 +59,6 @@ from .syntax import SyntaxTree, parse
 __all__ = [
     "PREDEFINED_ARGS",
     "BuildPlan",
-    "Platform",
     "Stage",
     "parse_ports",
     "plan_build",
@@ -68,47 +68,6 @@ PREDEFINED_ARGS = frozenset(
     name for base in ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
     for name in (base, base.lower())
 )
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386",
-                 "i686": "386", "armhf": "arm", "armel": "arm", "armv7l": "arm",
-                 "armv6l": "arm"}
-_OSES = frozenset({"linux", "windows", "darwin", "freebsd"})
-
-
-@dataclass(frozen=True)
-class Platform:
-    """An OCI platform: ``linux/amd64``, ``linux/arm/v7``."""
-
-    os: str
-    architecture: str
-    variant: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> Platform:
-        """Parse ``os[/arch[/variant]]`` or a bare ``arch`` (then the OS is linux)."""
-        parts = text.strip().lower().split("/")
-        if not parts[0] or len(parts) > 3 or any(not p for p in parts):
-            raise ValueError(f"invalid platform {text!r}: expected os/arch[/variant]")
-        if len(parts) == 1:
-            if parts[0] in _OSES:
-                host = cls.host()
-                return cls(parts[0], host.architecture, host.variant)
-            parts = ["linux", parts[0]]
-        arch = _ARCH_ALIASES.get(parts[1], parts[1])
-        variant = parts[2] if len(parts) == 3 else ""
-        if arch == "arm" and not variant:
-            variant = "v6" if parts[1] in ("armel", "armv6l") else "v7"
-        if arch == "arm64" and variant == "v8":
-            variant = ""  # the normal form, as containerd normalises it
-        return cls(parts[0], arch, variant)
-
-    @classmethod
-    def host(cls) -> Platform:
-        machine = _platform.machine().lower()
-        return cls.parse(f"linux/{machine or 'amd64'}")
-
-    def __str__(self) -> str:
-        base = f"{self.os}/{self.architecture}"
-        return f"{base}/{self.variant}" if self.variant else base
 
 
 @dataclass(frozen=True)
@@ -154,9 +113,9 @@ class BuildPlan:
 def _platform_args(build: Platform, target: Platform, stage: str) -> dict[str, str]:
     return {
         "BUILDPLATFORM": str(build), "BUILDOS": build.os, "BUILDOSVERSION": "",
-        "BUILDARCH": build.architecture, "BUILDVARIANT": build.variant,
+        "BUILDARCH": build.architecture, "BUILDVARIANT": build.variant or "",
         "TARGETPLATFORM": str(target), "TARGETOS": target.os, "TARGETOSVERSION": "",
-        "TARGETARCH": target.architecture, "TARGETVARIANT": target.variant,
+        "TARGETARCH": target.architecture, "TARGETVARIANT": target.variant or "",
         "TARGETSTAGE": stage,
     }
 

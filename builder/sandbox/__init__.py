@@ -1,6 +1,6 @@
 """Run a Dockerfile ``RUN`` step in a sandbox; the step's changes land in one directory.
 
-Modules: ``spec`` (what to run: :class:`RunSpec`, mounts, ``parse_mount``), ``users``
+Modules: ``spec`` (what to run: :class:`RunSpec`, mounts, ``sandbox_mount``), ``users``
 (``USER`` resolution), ``rootfs`` (overlayfs or copy), ``flatten`` (the copy), ``caches``
 (cache mount directories), ``runner`` (:func:`run_step`), ``_stage`` (the in-namespace
 set-up process), ``errors``.
@@ -38,7 +38,7 @@ if _typing.TYPE_CHECKING:
         Sharing,
         SshMount,
         TmpfsMount,
-        parse_mount,
+        sandbox_mount,
     )
     from .users import ExecUser, resolve_user
 
@@ -68,7 +68,7 @@ _WHERE = {
     "Sharing": "spec",
     "SshMount": "spec",
     "TmpfsMount": "spec",
-    "parse_mount": "spec",
+    "sandbox_mount": "spec",
     "ExecUser": "users",
     "resolve_user": "users",
 }
@@ -99,9 +99,9 @@ __all__ = [
     "StepResult",
     "TmpfsMount",
     "UnknownUser",
-    "parse_mount",
     "resolve_user",
     "run_step",
+    "sandbox_mount",
 ]
 
 

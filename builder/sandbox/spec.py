@@ -3,21 +3,22 @@
 The spec is pure data; it names paths *inside* the container. Host paths appear only where
 the caller resolved them (a bind mount's ``root``, the secrets map).
 
-``parse_mount`` reads one ``--mount=`` flag value the way BuildKit does
-(https://docs.docker.com/reference/dockerfile/#run---mount): comma-separated ``key=value``
-fields (CSV quoting allowed), ``type`` defaulting to ``bind``.
+A ``--mount=`` flag is read by the Dockerfile front end
+(:func:`builder.dockerfile.mounts.parse_mount`, BuildKit's rules);
+:func:`sandbox_mount` turns what it gives into the mount type the sandbox runs, with
+BuildKit's defaults filled in (absolute targets, a secret's id from its target, modes).
 """
 
 from __future__ import annotations
 
-import csv
 import enum
 import posixpath
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..dockerfile.mounts import Mount as MountFlag
+from ..dockerfile.mounts import MountType
 from .errors import InvalidMount
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
     "Sharing",
     "SshMount",
     "TmpfsMount",
-    "parse_mount",
+    "sandbox_mount",
 ]
 
 
@@ -149,6 +150,31 @@ class SshMount:
 Mount = CacheMount | BindMount | SecretMount | TmpfsMount | SshMount
 
 
+def sandbox_mount(flag: MountFlag) -> Mount:
+    """The sandbox mount for one parsed ``RUN --mount`` flag (a bind mount's ``root`` and an
+    ssh mount's ``socket`` are left for the caller to resolve)."""
+    target = posixpath.normpath("/" + flag.target.lstrip("/")) if flag.target else ""
+    if flag.type is MountType.BIND:
+        return BindMount(target=target, source=posixpath.normpath("/" + flag.source.lstrip("/")),
+                         from_ref=flag.from_ or None, rw=not flag.readonly)
+    if flag.type is MountType.CACHE:
+        return CacheMount(target=target, id=flag.id, sharing=Sharing(flag.sharing or "shared"),
+                          readonly=flag.readonly, uid=flag.uid or 0, gid=flag.gid or 0,
+                          mode=0o755 if flag.mode is None else flag.mode)
+    if flag.type is MountType.TMPFS:
+        return TmpfsMount(target=target, size=flag.size)
+    if flag.type is MountType.SECRET:
+        return SecretMount(id=flag.id or posixpath.basename(target), target=target or None,
+                           env=flag.env, required=flag.required,
+                           mode=0o400 if flag.mode is None else flag.mode, uid=flag.uid or 0,
+                           gid=flag.gid or 0)
+    if flag.type is MountType.SSH:
+        return SshMount(id=flag.id or "default", target=target, required=flag.required,
+                        mode=0o600 if flag.mode is None else flag.mode, uid=flag.uid or 0,
+                        gid=flag.gid or 0)
+    raise InvalidMount(f"type={flag.type}", "this sandbox does not run this type of mount")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One ``RUN`` step, ready to execute.
@@ -201,156 +227,3 @@ class RunSpec:
 
     __hash__ = None  # type: ignore[assignment]  # secrets and pipes are dicts
 
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``64m``, ``1g``, ``1024`` -> bytes (binary units, as Docker's RAMInBytes)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise ValueError(f"not a size: {text!r}")
-    unit = m.group(2).lower()
-    scale = 1024 ** ("kmgtp".find(unit) + 1) if unit else 1
-    return int(float(m.group(1)) * scale)
-
-
-def parse_mount(text: str) -> Mount:
-    """Parse one ``--mount=`` value into a mount; raises :class:`InvalidMount`."""
-    fields = next(csv.reader([text]), [])
-    kv: dict[str, str | None] = {}
-    for item in fields:
-        key, eq, value = item.partition("=")
-        key = key.strip().lower()
-        if not key:
-            raise InvalidMount(text, "empty field")
-        kv[key] = value if eq else None
-    kind = (kv.pop("type", None) or "bind").lower()
-    for alias in ("dst", "destination"):
-        if alias in kv:
-            kv["target"] = kv.pop(alias)
-    if "src" in kv:
-        kv["source"] = kv.pop("src")
-    try:
-        if kind == "cache":
-            return _cache(text, kv)
-        if kind == "bind":
-            return _bind(text, kv)
-        if kind == "secret":
-            return _secret(text, kv)
-        if kind == "tmpfs":
-            return _tmpfs(text, kv)
-        if kind == "ssh":
-            return _ssh(text, kv)
-    except ValueError as exc:
-        if isinstance(exc, InvalidMount):
-            raise
-        raise InvalidMount(text, str(exc)) from exc
-    raise InvalidMount(text, f"unknown type {kind!r} (use bind, cache, tmpfs, secret or ssh)")
-
-
-def _flag(value: str | None) -> bool:
-    if value is None or value.lower() in ("true", "1", ""):
-        return True
-    if value.lower() in ("false", "0"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def _take(text: str, kv: dict[str, str | None], allowed: set[str]) -> None:
-    unknown = sorted(set(kv) - allowed)
-    if unknown:
-        raise InvalidMount(
-            text, f"unexpected key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
-        )
-
-
-def _target(text: str, kv: dict[str, str | None], *, required: bool = True) -> str | None:
-    target = kv.get("target")
-    if not target:
-        if required:
-            raise InvalidMount(text, "target= is required")
-        return None
-    if not target.startswith("/"):
-        target = "/" + target  # BuildKit resolves relative targets against /
-    return posixpath.normpath(target)
-
-
-def _readonly(kv: dict[str, str | None]) -> bool:
-    if "ro" in kv or "readonly" in kv:
-        return _flag(kv.get("ro", kv.get("readonly")))
-    if "rw" in kv or "readwrite" in kv:
-        return not _flag(kv.get("rw", kv.get("readwrite")))
-    return False
-
-
-def _cache(text: str, kv: dict[str, str | None]) -> CacheMount:
-    _take(text, kv, {"target", "id", "sharing", "ro", "readonly", "rw", "readwrite",
-                     "uid", "gid", "mode"})
-    target = _target(text, kv)
-    assert target is not None
-    sharing = (kv.get("sharing") or "shared").lower()
-    try:
-        share = Sharing(sharing)
-    except ValueError:
-        raise InvalidMount(text, f"sharing={sharing} (use shared, private or locked)") from None
-    return CacheMount(
-        target=target,
-        id=kv.get("id") or "",
-        sharing=share,
-        readonly=_readonly(kv),
-        uid=int(kv.get("uid") or 0),
-        gid=int(kv.get("gid") or 0),
-        mode=int(kv.get("mode") or "755", 8),
-    )
-
-
-def _bind(text: str, kv: dict[str, str | None]) -> BindMount:
-    _take(text, kv, {"target", "source", "from", "ro", "readonly", "rw", "readwrite"})
-    target = _target(text, kv)
-    assert target is not None
-    given = {"ro", "readonly", "rw", "readwrite"} & set(kv)
-    rw = not _readonly(kv) if given else False  # bind mounts are read-only by default
-    return BindMount(
-        target=target,
-        source=posixpath.normpath("/" + (kv.get("source") or "")),
-        from_ref=kv.get("from") or None,
-        rw=rw,
-    )
-
-
-def _secret(text: str, kv: dict[str, str | None]) -> SecretMount:
-    _take(text, kv, {"target", "id", "env", "required", "mode", "uid", "gid"})
-    target = _target(text, kv, required=False)
-    secret_id = kv.get("id") or (posixpath.basename(target) if target else "")
-    if not secret_id:
-        raise InvalidMount(text, "id= is required (or a target= to take it from)")
-    return SecretMount(
-        id=secret_id,
-        target=target,
-        env=kv.get("env") or None,
-        required=_flag(kv["required"]) if "required" in kv else False,
-        mode=int(kv.get("mode") or "400", 8),
-        uid=int(kv.get("uid") or 0),
-        gid=int(kv.get("gid") or 0),
-    )
-
-
-def _tmpfs(text: str, kv: dict[str, str | None]) -> TmpfsMount:
-    _take(text, kv, {"target", "size"})
-    target = _target(text, kv)
-    assert target is not None
-    size = kv.get("size")
-    return TmpfsMount(target=target, size=parse_size(size) if size else None)
-
-
-def _ssh(text: str, kv: dict[str, str | None]) -> SshMount:
-    _take(text, kv, {"target", "id", "required", "mode", "uid", "gid"})
-    return SshMount(
-        id=kv.get("id") or "default",
-        target=_target(text, kv, required=False) or "",
-        required=_flag(kv["required"]) if "required" in kv else False,
-        mode=int(kv.get("mode") or "600", 8),
-        uid=int(kv.get("uid") or 0),
-        gid=int(kv.get("gid") or 0),
-    )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cas import Digest, Store
+from cas.holders import cache_holder
 from registry.oci import Descriptor
 
 from ..cache import BuildCache, CachedLayer, step_key
@@ -69,7 +70,7 @@ class StepEnv:
     # --pull: ask the registry for every base image's current manifest
     pull: bool = False
     created: str = ""
-    # set by the executor: flattened root of a stage or image named by --from / from=
+    # set by the stage scheduler: flattened root of a stage or image named by --from / from=
     stage_root: Callable[[str], Awaitable[Path]] | None = None
     # steps running now, by cache key (equal steps in two stages run once)
     inflight: dict[str, asyncio.Future[CachedLayer]] = field(default_factory=dict)
@@ -206,7 +207,7 @@ async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
         blob = await asyncio.to_thread(_write, upper, sink, env.source_date_epoch,
                                        env.compression)
         if blob is not None:
-            await ingest.commit(blob.digest, link=f"cache:{key}")
+            await ingest.commit(blob.digest, link=cache_holder(key))
     finally:
         await ingest.abort()  # a no-op once committed
     if blob is None:

@@ -123,6 +123,6 @@ def apply_metadata(ins: Instruction, state: ImageState, where: str, cmd_set: lis
     elif isinstance(ins, Maintainer):
         state.author = ins.maintainer
         created_by = f"MAINTAINER {ins.maintainer}"
-    else:  # pragma: no cover - the executor dispatches only METADATA types here
+    else:  # pragma: no cover - the stage scheduler dispatches only METADATA types here
         raise BuildError(where, f"{ins.keyword} is not a metadata instruction")
     state.add_history(created_by, created, empty=True)

@@ -26,31 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import posixpath
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import blake3
 
+from registry.oci import Platform
+
 from ..context import hash_path
 from ..dockerfile.instructions import Run
-from ..dockerfile.mounts import Mount as SpecMount
-from ..dockerfile.mounts import MountType
-from ..dockerfile.stages import Platform
 from ..dockerfile.syntax import parse_heredoc_marker
 from ..image import ImageState
 from ..sandbox.rootfs import RootfsMode
-from ..sandbox.spec import (
-    BindMount,
-    CacheMount,
-    Network,
-    RunSpec,
-    SecretMount,
-    Sharing,
-    SshMount,
-    TmpfsMount,
-)
+from ..sandbox.spec import BindMount, Network, RunSpec, SshMount, sandbox_mount
 from ..sandbox.spec import Mount as SandboxMount
 from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import command_form
@@ -74,29 +63,6 @@ def _tree_hash(root: Path) -> str:
             h.update(os.fsencode(os.path.relpath(p, root)) + b"\0")
             h.update(hash_path(p, os.lstat(p)).encode())
     return h.hexdigest()[:32]
-
-
-def _convert(m: SpecMount, where: str) -> SandboxMount:
-    target = posixpath.normpath("/" + m.target.lstrip("/")) if m.target else ""
-    if m.type is MountType.BIND:
-        return BindMount(target=target, source=posixpath.normpath("/" + m.source.lstrip("/")),
-                         from_ref=m.from_ or None, rw=not m.readonly)
-    if m.type is MountType.CACHE:
-        return CacheMount(target=target, id=m.id, sharing=Sharing(m.sharing or "shared"),
-                          readonly=m.readonly, uid=m.uid or 0, gid=m.gid or 0,
-                          mode=0o755 if m.mode is None else m.mode)
-    if m.type is MountType.TMPFS:
-        return TmpfsMount(target=target, size=m.size)
-    if m.type is MountType.SECRET:
-        return SecretMount(id=m.id or posixpath.basename(target), target=target or None,
-                           env=m.env, required=m.required,
-                           mode=0o400 if m.mode is None else m.mode, uid=m.uid or 0,
-                           gid=m.gid or 0)
-    if m.type is MountType.SSH:
-        return SshMount(id=m.id or "default", target=target, required=m.required,
-                        mode=0o600 if m.mode is None else m.mode, uid=m.uid or 0,
-                        gid=m.gid or 0)
-    raise BuildError(where, f"--mount=type={m.type} is not supported by this builder")
 
 
 def _argv(ins: Run, state: ImageState, where: str) -> tuple[tuple[str, ...], dict[str, bytes]]:
@@ -126,7 +92,7 @@ def _check_platform(state: ImageState, where: str) -> None:
     if (state.os or "linux") == host.os and (
             arch == host.architecture or arch in _NATIVE_EXTRA.get(host.architecture, ())):
         return
-    wanted = "/".join(filter(None, (state.os or "linux", arch, state.variant or "")))
+    wanted = str(Platform(arch, state.os or "linux", variant=state.variant))
     raise BuildError(where, f"cannot run a {wanted} command on this {host} host: pybuild "
                      "does not emulate other platforms; build RUN steps for "
                      f"{host} (--platform {host}) or on a {wanted} machine")
@@ -168,7 +134,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                               "network": net.value}
     resolved: list[SandboxMount] = []
     for i, spec in enumerate(ins.mounts or ()):
-        m = _convert(spec, where)
+        m = sandbox_mount(spec)
         if isinstance(m, BindMount):
             if m.from_ref is None:
                 try:

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from cas import Digest
+from cas.holders import HolderKind, image_holder, parse_holder
 
 from ..oci import Descriptor, Index, Manifest, parse_manifest
-from .image_store import ImageNotFound, ImageStore, holder, select_platform
+from .image_store import ImageNotFound, ImageStore, select_platform
 from .layouts import LayoutError, OciLayout, read_docker_archive, write_docker_archive
 from .progress import Progress
 from .pull import PieceSources, TransferOptions, local_piece_sources, pull_blob
@@ -108,7 +109,7 @@ class _Copy:
         self.sem = asyncio.Semaphore(max(1, options.jobs))
         self.push_sem = asyncio.Semaphore(max(1, options.jobs))
         self.moves: dict[Digest, asyncio.Task[str]] = {}
-        self.link = holder(str(dst.ref)) if dst.kind == "local" else None
+        self.link = image_holder(str(dst.ref)) if dst.kind == "local" else None
         self.recipes = False
         self.sources: PieceSources = {}
         self.statuses: dict[str, str] = {}
@@ -277,10 +278,10 @@ class _Copy:
         """Repositories on the destination registry that local images came from."""
         assert self.dst.ref is not None
         out = []
-        for name in await self.store.holders(desc.digest):
-            if name.startswith("image:"):
+        for holder in map(parse_holder, await self.store.holders(desc.digest)):
+            if holder is not None and holder.kind is HolderKind.IMAGE:
                 try:
-                    ref = parse_image_ref(name[len("image:"):])
+                    ref = parse_image_ref(holder.name)
                 except InvalidReference:
                     continue
                 if ref.api_host == self.dst.ref.api_host and ref.name != self.dst.ref.name:

@@ -34,13 +34,14 @@ from typing import Any, Self
 
 from cas import Digest, Store
 from cas.errors import StoreClosed, mapped_error
+from cas.holders import image_holder
 from cas.location import default_storage_dir
 from cas.packs import FilesystemPacks
 
 from ..oci import INDEX_TYPES, ImageConfig, Index, Manifest, Platform, parse_manifest
 from .errors import ClientError
 
-__all__ = ["ImageNotFound", "ImageStore", "LocalImage", "holder", "select_platform"]
+__all__ = ["ImageNotFound", "ImageStore", "LocalImage", "select_platform"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -66,11 +67,6 @@ _WORKERS = min(8, (os.cpu_count() or 2) + 1)
 
 class ImageNotFound(ClientError, LookupError):
     """No local image has that reference; the message says how to get one."""
-
-
-def holder(ref: str) -> str:
-    """The cas link holder that keeps image ``ref``'s blobs alive."""
-    return f"image:{ref}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +96,7 @@ def select_platform(index: Index, platform: str | None) -> Any:
             return entry
     if platform is None and index.manifests:
         return index.manifests[0]
-    offered = ", ".join(
-        "/".join(filter(None, (d.platform.os, d.platform.architecture, d.platform.variant)))
-        for d in index.manifests if d.platform is not None
-    )
+    offered = ", ".join(str(d.platform) for d in index.manifests if d.platform is not None)
     raise ImageNotFound(f"no manifest for platform {want} in the index (it has: {offered or 'none'})")
 
 
@@ -230,7 +223,7 @@ class ImageStore:
         kind, obj = parse_manifest(manifest, media_type)
         info = await self.store.put(manifest)
         needed = {info.digest} | await self._closure(obj)
-        name = holder(ref)
+        name = image_holder(ref)
         for digest in needed:
             await self.store.link(name, digest)
         for digest in set(await self.store.linked(name)) - needed:
@@ -263,7 +256,7 @@ class ImageStore:
         """Forget ``ref`` and unlink its blobs (``pybuild storage gc`` reclaims the space)."""
         if await self.resolve(ref) is None:
             return False
-        name = holder(ref)
+        name = image_holder(ref)
         for digest in await self.store.linked(name):
             await self.store.unlink(name, digest)
         await self._sql("DELETE FROM images WHERE ref=?", ref)

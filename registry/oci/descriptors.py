@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import platform as _host_platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +35,20 @@ __all__ = [
 ]
 
 
+# Names that uname, Debian and others give an architecture, to the OCI (GOARCH) name.
+_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386",
+                 "i686": "386", "armhf": "arm", "armel": "arm", "armv7l": "arm",
+                 "armv6l": "arm"}
+_OSES = frozenset({"linux", "windows", "darwin", "freebsd"})
+
+
 @dataclass(frozen=True, slots=True)
 class Platform:
-    """``platform`` of an index entry (image-index.md)."""
+    """``platform`` of an index entry (image-index.md), and the platform a build targets.
+
+    Written as ``os/arch[/variant]`` (``linux/amd64``, ``linux/arm/v7``): :meth:`parse`
+    reads that form, :meth:`host` gives this machine's, ``str()`` writes it.
+    """
 
     architecture: str
     os: str
@@ -72,6 +84,40 @@ class Platform:
         _put(out, "features", self.features)
         out.update(self.extra)
         return out
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        """Parse ``os[/arch[/variant]]`` or a bare ``arch`` (then the OS is linux), as
+        ``--platform`` takes it: lower-cased, architecture aliases normalised
+        (``x86_64`` -> ``amd64``, ``aarch64`` -> ``arm64``), ``arm`` given its default
+        variant (``v7``; ``v6`` for armel/armv6l) and ``arm64/v8`` written without its
+        variant, as containerd normalises them. A bare OS takes the host's architecture.
+        Raises ``ValueError``."""
+        parts = text.strip().lower().split("/")
+        if not parts[0] or len(parts) > 3 or any(not p for p in parts):
+            raise ValueError(f"invalid platform {text!r}: expected os/arch[/variant]")
+        if len(parts) == 1:
+            if parts[0] in _OSES:
+                host = cls.host()
+                return cls(host.architecture, parts[0], variant=host.variant)
+            parts = ["linux", parts[0]]
+        arch = _ARCH_ALIASES.get(parts[1], parts[1])
+        variant = parts[2] if len(parts) == 3 else None
+        if arch == "arm" and not variant:
+            variant = "v6" if parts[1] in ("armel", "armv6l") else "v7"
+        if arch == "arm64" and variant == "v8":
+            variant = None  # the normal form, as containerd normalises it
+        return cls(arch, parts[0], variant=variant)
+
+    @classmethod
+    def host(cls) -> Platform:
+        """This machine's platform (linux, its normalised architecture)."""
+        machine = _host_platform.machine().lower()
+        return cls.parse(f"linux/{machine or 'amd64'}")
+
+    def __str__(self) -> str:
+        """``os/arch[/variant]``, leaving out what is empty."""
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,18 +16,19 @@ from typing import Any
 from aiohttp import web
 
 from cas import BlobUnknown, Digest, InvalidRange
+from cas.holders import repository_holder
 
 from ..errors import BLOB_UNKNOWN, UNSUPPORTED
 from ..names import parse_digest
 from .httputil import parse_range
-from .state import BYTES_SENT, REGISTRY, Registry, holder
+from .state import BYTES_SENT, REGISTRY, Registry
 
 __all__ = ["delete_blob", "get_blob", "stat_in_repo"]
 
 
 async def stat_in_repo(reg: Registry, name: str, digest: Digest) -> int:
     """The blob's size if it is readable in ``name``; BLOB_UNKNOWN (404) otherwise."""
-    if not await reg.store.is_linked(holder(name), digest):
+    if not await reg.store.is_linked(repository_holder(name), digest):
         raise BLOB_UNKNOWN(
             f"blob {digest} is not in repository {name!r}", detail={"digest": str(digest)}
         )
@@ -184,6 +185,6 @@ async def delete_blob(request: web.Request, name: str, digest: str) -> web.Respo
             f"{d} is a manifest of {name!r}: delete it with DELETE /v2/{name}/manifests/{d}",
             detail={"digest": str(d)},
         )
-    if not await reg.store.unlink(holder(name), d):
+    if not await reg.store.unlink(repository_holder(name), d):
         raise BLOB_UNKNOWN(f"blob {d} is not in repository {name!r}", detail={"digest": str(d)})
     return web.Response(status=202, headers={"Content-Length": "0"})

@@ -22,6 +22,7 @@ import contextlib
 from aiohttp import web
 
 from cas import Digest
+from cas.holders import repository_holder
 
 from ..errors import (
     DIGEST_INVALID,
@@ -43,7 +44,7 @@ from ..oci import (
     parse_manifest,
 )
 from .metadata import ManifestRecord
-from .state import BYTES_RECEIVED, REGISTRY, CachedManifest, Registry, holder
+from .state import BYTES_RECEIVED, REGISTRY, CachedManifest, Registry
 
 __all__ = ["MAX_MANIFEST_BYTES", "delete_manifest", "get_manifest", "put_manifest"]
 
@@ -172,7 +173,7 @@ async def _plan_references(
             if str(d.digest) not in present:
                 missing.append(_blob_unknown(d, "manifest"))
     else:
-        h = holder(name)
+        h = repository_holder(name)
         for d in obj.references():
             if d.nondistributable:
                 continue
@@ -218,7 +219,7 @@ async def _commit(
     """Make a validated manifest visible: its bytes and carried blobs linked into the
     repository in one cas transaction, then its record and tags in one metadata
     transaction; if the second fails, the links the first added are taken back."""
-    h = holder(name)
+    h = repository_holder(name)
     # Stored unlinked first: invisible until linked, and collected by GC if we stop here.
     for d, content in carried:
         await reg.store.put(content, expected=d.digest, algorithm=d.digest.algorithm)
@@ -310,5 +311,5 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
         if await reg.meta.delete_manifest(name, str(ref.digest)) is None:
             raise _unknown(name, reference)
         reg.cache.drop(name, str(ref.digest))
-        await reg.store.unlink(holder(name), ref.digest)
+        await reg.store.unlink(repository_holder(name), ref.digest)
     return web.Response(status=202, headers={"Content-Length": "0"})

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from cas import Digest
+from cas.holders import HolderKind, parse_holder, repository_holder
 
 from .access import Grant, PullFilter
 from .auth import Authorizer
@@ -40,9 +41,9 @@ __all__ = [
 ]
 
 
-def holder(repo: str) -> str:
-    """The cas link holder that makes a blob readable in repository ``repo``."""
-    return f"repo:{repo}"
+# A repository's holder under its older name here; new code uses
+# cas.holders.repository_holder.
+holder = repository_holder
 
 
 class BlobStore(Protocol):
@@ -218,7 +219,8 @@ class Registry:
         """Repositories holding ``digest`` that ``user`` may read: those ``grant`` (the
         request's bearer token) allows pulling; all without tokens (anonymous when auth is
         off, any authenticated user with basic auth)."""
-        names = [h[5:] for h in await self.store.holders(digest) if h.startswith("repo:")]
+        names = [h.name for h in map(parse_holder, await self.store.holders(digest))
+                 if h is not None and h.kind is HolderKind.REPOSITORY]
         if grant is None:
             return names
         return [n for n in names if grant.may_pull(n)]

@@ -12,8 +12,9 @@ import pytest
 
 from builder.dockerfile.errors import DockerfileError
 from builder.dockerfile.parse_cmd import plan_to_json
-from builder.dockerfile.stages import BuildPlan, Platform, parse_ports, plan_build
+from builder.dockerfile.stages import BuildPlan, parse_ports, plan_build
 from builder.dockerfile.syntax import parse
+from registry.oci import Platform
 
 HERE = Path(__file__).parent
 POSITIVE = sorted(p.name for p in (HERE / "testfiles-stages").iterdir() if p.is_dir())
@@ -68,11 +69,3 @@ def test_parse_ports(spec: str, ports: list[str]) -> None:
 def test_parse_ports_rejects(spec: str) -> None:
     with pytest.raises(ValueError):
         parse_ports(spec)
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("linux/amd64", "linux/amd64"), ("linux/arm64/v8", "linux/arm64"),
-    ("linux/arm", "linux/arm/v7"), ("arm64", "linux/arm64"), ("linux/x86_64", "linux/amd64"),
-])
-def test_platform_parse(text: str, expected: str) -> None:
-    assert str(Platform.parse(text)) == expected

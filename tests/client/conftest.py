@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from registry.client.remote import ClientOptions, RegistryClient
 from registry.client.image_store import ImageStore
+from registry.client.remote import ClientOptions, RegistryClient
 from registry.server import ServerConfig, make_app
 
 from .helpers import Proxy

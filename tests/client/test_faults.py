@@ -11,12 +11,12 @@ import pytest
 from aiohttp import web
 
 from cas import Digest
-from registry.client.remote import ClientOptions, RegistryClient, TransportError
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
-from registry.client.refs import parse_image_ref
 from registry.client.pull import BlobError, TransferOptions
+from registry.client.refs import parse_image_ref
+from registry.client.remote import ClientOptions, RegistryClient, TransportError
 
 from .helpers import SampleImage, make_image, random_bytes, simple_image, store_image
 

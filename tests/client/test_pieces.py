@@ -9,11 +9,11 @@ import pytest
 
 from cas import Digest
 from cas.frames import gzip_member
-from registry.client.remote import RegistryClient
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
 from registry.client.pull import TransferOptions
+from registry.client.remote import RegistryClient
 
 from .helpers import make_image, random_bytes, store_image
 
@@ -142,9 +142,9 @@ def test_plan_reads_consecutive_local_pieces_as_one_run() -> None:
 async def test_local_run_of_a_removed_blob_falls_back_to_single_pieces(
     pybuild_registry: str, images: ImageStore, client: RegistryClient, tmp_path: Path,
 ) -> None:
-    from registry.oci import Descriptor
-    from registry.client.refs import parse_image_ref
     from registry.client.pull import pull_blob
+    from registry.client.refs import parse_image_ref
+    from registry.oci import Descriptor
 
     chunks = [random_bytes(65_536, 1500 + i) for i in range(12)]
     changed = [*chunks[:6], random_bytes(65_536, 9999), *chunks[7:]]

@@ -9,11 +9,11 @@ import pytest
 
 from cas import Digest
 from registry import oci
-from registry.client.remote import RegistryClient
 from registry.client.copy import CopyOptions, Endpoint, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
 from registry.client.refs import parse_image_ref
+from registry.client.remote import RegistryClient
 
 from .helpers import make_index, simple_image, store_image
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from cas import Digest
-from registry.client.remote import RegistryClient
 from registry.client.image_store import ImageStore
-from registry.client.refs import parse_image_ref
 from registry.client.pull import BlobError
+from registry.client.refs import parse_image_ref
+from registry.client.remote import RegistryClient
 
 from .helpers import make_image, random_bytes
 from .test_faults import SMALL_PARTS, big_layer, copy, cut_first_big_upload, publish

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from registry.client.remote import ClientOptions, RegistryClient
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
-from registry.errors import RegistryError
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
-from registry.client.refs import parse_image_ref
 from registry.client.pull import TransferOptions
+from registry.client.refs import parse_image_ref
+from registry.client.remote import ClientOptions, RegistryClient
+from registry.errors import RegistryError
 
 from .helpers import simple_image, store_image
 

@@ -1,4 +1,5 @@
-"""Shared pieces of the sandbox tests: the standard PATH, a step's record, root check."""
+"""Shared pieces of the sandbox tests: the standard PATH, a step's record, root check, and
+``--mount`` values read as a build reads them."""
 
 from __future__ import annotations
 
@@ -9,11 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from builder.sandbox import StepResult
+from builder.dockerfile.mounts import parse_mount
+from builder.sandbox import Mount, StepResult, sandbox_mount
 
-__all__ = ["PATH", "Runner", "Step", "require_root"]
+__all__ = ["PATH", "Runner", "Step", "require_root", "run_mount"]
 
 PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def run_mount(text: str) -> Mount:
+    """The sandbox mount for one ``RUN --mount=`` value, read by the Dockerfile parser."""
+    flag = parse_mount(text)
+    assert flag is not None
+    return sandbox_mount(flag)
 
 
 def require_root() -> None:

@@ -81,6 +81,31 @@ def test_media_type_resolution():
         oci.parse_manifest(json.dumps(doc).encode(), oci.DOCKER_MANIFEST)
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("linux/amd64", "linux/amd64"), ("linux/arm64/v8", "linux/arm64"),
+    ("linux/arm", "linux/arm/v7"), ("arm64", "linux/arm64"), ("linux/x86_64", "linux/amd64"),
+    ("Linux/AArch64", "linux/arm64"), ("linux/armel", "linux/arm/v6"),
+    ("linux/arm/v5", "linux/arm/v5"), ("linux/i686", "linux/386"),
+])
+def test_platform_parse_normalises(text, expected):
+    assert str(oci.Platform.parse(text)) == expected
+
+
+@pytest.mark.parametrize("text", ["", "/amd64", "linux/", "linux//v7", "linux/arm/v7/x"])
+def test_platform_parse_refuses(text):
+    with pytest.raises(ValueError, match="expected os/arch"):
+        oci.Platform.parse(text)
+
+
+def test_platform_parse_gives_the_index_entry_type():
+    host = oci.Platform.host()
+    assert oci.Platform.parse("windows") == oci.Platform(host.architecture, "windows", variant=host.variant)
+    assert oci.Platform.parse("linux/arm64") == oci.Platform("arm64", "linux")
+    assert oci.Platform.parse(str(host)) == host
+    entry = oci.Platform.from_json({"architecture": "arm", "os": "linux", "variant": "v7"})
+    assert entry == oci.Platform.parse("linux/arm/v7") and str(entry) == "linux/arm/v7"
+
+
 def test_exports():
     for name in oci.__all__:
         assert hasattr(oci, name), name

@@ -1,16 +1,14 @@
 """``pybuild build``'s --platform, --differ, --ssh and --allow flags (CLI checks that need
-no build), and the sandbox's reading of ``type=ssh`` mounts."""
+no build)."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from builder.build_cmd import build
-from builder.sandbox import InvalidMount, SshMount, parse_mount
 
 
 def _invoke(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -43,13 +41,6 @@ def test_ssh_flag_takes_the_agent_from_the_environment(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.strip().startswith("sha256:")
 
-
-def test_sandbox_reads_ssh_mounts() -> None:
-    assert parse_mount("type=ssh") == SshMount()
-    assert parse_mount("type=ssh,id=deploy,target=/a.sock,mode=0644,uid=1,gid=2,required") \
-        == SshMount(id="deploy", target="/a.sock", required=True, mode=0o644, uid=1, gid=2)
-    with pytest.raises(InvalidMount, match="unexpected key 'source'"):
-        parse_mount("type=ssh,source=/x")
 
 
 def test_build_arg_without_value_comes_from_the_environment(context_of,

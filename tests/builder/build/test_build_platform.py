@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.dockerfile.stages import Platform
 from builder.steps.common import BuildError
 from cas import Digest
+from registry.oci import Platform
 from testkit.rootfs import make_busybox_rootfs
 from tests.builder.build.conftest import write_rootfs_layer
 

@@ -25,7 +25,7 @@ from builder.sandbox import (
 )
 from testkit.tools import require_tool
 from tests.helpers.disks import small_filesystem
-from tests.helpers.sandbox_steps import PATH, Runner, require_root
+from tests.helpers.sandbox_steps import PATH, Runner, require_root, run_mount
 
 
 @pytest.fixture
@@ -86,10 +86,8 @@ def test_setup_failure_is_reported_and_cleaned(
     base_root: Path, tmp_path: Path, executor: Executor
 ) -> None:
     # /etc/passwd is a file: nothing can be mounted below it.
-    from builder.sandbox import parse_mount
-
     spec = RunSpec(argv=("/bin/true",), env=(PATH,),
-                   mounts=(parse_mount("type=tmpfs,target=/etc/passwd/x"),))
+                   mounts=(run_mount("type=tmpfs,target=/etc/passwd/x"),))
     state = tmp_path / "state"
     with pytest.raises(SandboxSetupError, match="could not set up the sandbox"):
         run_step(spec, lowers=[base_root], state_dir=state, executor=executor)

@@ -16,9 +16,8 @@ from builder.sandbox import (
     RootfsMode,
     RunFailed,
     SandboxSetupError,
-    parse_mount,
 )
-from tests.helpers.sandbox_steps import PATH, Runner
+from tests.helpers.sandbox_steps import PATH, Runner, run_mount
 
 # Docker's default capability set as a capability mask (see _stage.DEFAULT_CAPS).
 DOCKER_CAPS = 0x00000000A80425FB
@@ -156,7 +155,7 @@ def test_copy_ups_are_complete_and_carry_no_overlay_bookkeeping(run: Runner) -> 
 
 
 def test_cache_mount_persists_and_stays_out_of_the_layer(run: Runner, tmp_path: Path) -> None:
-    cache = parse_mount("type=cache,target=/root/.cache/pkg,id=pkg")
+    cache = run_mount("type=cache,target=/root/.cache/pkg,id=pkg")
     run("echo 1 > /root/.cache/pkg/seen", mounts=(cache,))
     step = run("cat /root/.cache/pkg/seen", mounts=(cache,))
     assert step.stdout == ["1"]
@@ -166,10 +165,10 @@ def test_cache_mount_persists_and_stays_out_of_the_layer(run: Runner, tmp_path: 
 
 
 def test_cache_mount_uid_gid_mode_and_readonly(run: Runner) -> None:
-    cache = parse_mount("type=cache,target=/c,uid=1000,gid=50,mode=0750")
+    cache = run_mount("type=cache,target=/c,uid=1000,gid=50,mode=0750")
     step = run("stat -c '%u %g %a' /c", mounts=(cache,))
     assert step.stdout == ["1000 50 750"]
-    ro = parse_mount("type=cache,target=/c,ro")
+    ro = run_mount("type=cache,target=/c,ro")
     with pytest.raises(RunFailed):
         run("touch /c/x", mounts=(ro,))
 
@@ -177,7 +176,7 @@ def test_cache_mount_uid_gid_mode_and_readonly(run: Runner) -> None:
 def test_private_caches_in_use_get_their_own_directory(run: Runner, tmp_path: Path) -> None:
     from builder.sandbox.caches import lease_caches
 
-    cache = parse_mount("type=cache,target=/c,id=p,sharing=private")
+    cache = run_mount("type=cache,target=/c,id=p,sharing=private")
     with lease_caches(tmp_path / "cache", [cache]) as held:
         step = run("touch /c/second", mounts=(cache,))
     assert not (held[0] / "second").exists()
@@ -192,9 +191,9 @@ def test_secret_is_readable_inside_and_never_in_the_layer(
     secret.write_text("s3cr3t")
     os.chmod(secret, 0o644)
     mounts = (
-        parse_mount("type=secret,id=token"),
-        parse_mount("type=secret,id=token,target=/etc/app/key,mode=0440,uid=1000"),
-        parse_mount("type=secret,id=token,env=TOKEN"),
+        run_mount("type=secret,id=token"),
+        run_mount("type=secret,id=token,target=/etc/app/key,mode=0440,uid=1000"),
+        run_mount("type=secret,id=token,env=TOKEN"),
     )
     step = run(
         'cat /run/secrets/token; echo; stat -c "%a %u" /run/secrets/token /etc/app/key; '
@@ -213,17 +212,17 @@ def test_missing_optional_secret_is_skipped_required_fails(run: Runner) -> None:
     from builder.sandbox import SecretNotFound
 
     step = run("test -e /run/secrets/none && echo there || echo absent",
-               mounts=(parse_mount("type=secret,id=none"),))
+               mounts=(run_mount("type=secret,id=none"),))
     assert step.stdout == ["absent"]
     with pytest.raises(SecretNotFound, match="none"):
-        run("true", mounts=(parse_mount("type=secret,id=none,required"),))
+        run("true", mounts=(run_mount("type=secret,id=none,required"),))
 
 
 def test_tmpfs_mount_is_memory_and_sized(run: Runner) -> None:
     step = run(
         "grep ' /scratch ' /proc/mounts | cut -d' ' -f3; echo x > /scratch/f; "
         "dd if=/dev/zero of=/scratch/big bs=1024 count=2048 2>/dev/null || echo full",
-        mounts=(parse_mount("type=tmpfs,target=/scratch,size=1m"),),
+        mounts=(run_mount("type=tmpfs,target=/scratch,size=1m"),),
     )
     assert step.stdout == ["tmpfs", "full"]
     assert not (step.changes / "scratch").exists()
@@ -290,7 +289,7 @@ def test_lowers_are_untouched_and_state_dir_holds_only_changes(
 ) -> None:
     before = _tree_digest(base_root)
     step = run("rm -rf /etc /home; echo x > /bin/new; chmod 700 /bin",
-               mounts=(parse_mount("type=tmpfs,target=/mnt/t"),))
+               mounts=(run_mount("type=tmpfs,target=/mnt/t"),))
     assert _tree_digest(base_root) == before
     assert [p.name for p in step.changes.parent.iterdir()] == ["upper"]
     with open("/proc/self/mountinfo") as f:
@@ -299,7 +298,7 @@ def test_lowers_are_untouched_and_state_dir_holds_only_changes(
 
 def test_copy_rootfs_fallback(run: Runner, base_root: Path) -> None:
     step = run("rm /etc/group; echo hi > /tmp/x; id -u", rootfs=RootfsMode.COPY,
-               mounts=(parse_mount("type=tmpfs,target=/scratch"),))
+               mounts=(run_mount("type=tmpfs,target=/scratch"),))
     assert step.result.rootfs_mode is RootfsMode.COPY
     assert step.stdout == ["0"]
     assert not (step.changes / "etc/group").exists()
@@ -318,8 +317,8 @@ def test_from_scratch_leaves_only_what_the_step_wrote(run: Runner, base_root: Pa
 
 
 def test_one_cache_mounted_twice_in_a_step(run: Runner) -> None:
-    mounts = (parse_mount("type=cache,target=/a,id=same,sharing=locked"),
-              parse_mount("type=cache,target=/b,id=same,sharing=locked"))
+    mounts = (run_mount("type=cache,target=/a,id=same,sharing=locked"),
+              run_mount("type=cache,target=/b,id=same,sharing=locked"))
     step = run("echo x > /a/f; cat /b/f", mounts=mounts)
     assert step.stdout == ["x"]
 

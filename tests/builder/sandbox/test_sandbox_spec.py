@@ -1,4 +1,5 @@
-"""RunSpec validation and ``--mount`` parsing (BuildKit's syntax)."""
+"""RunSpec validation, and the sandbox mounts that ``--mount`` values become (read by the
+Dockerfile front end's parser, whose refusals ``tests/builder/testfiles-negative`` holds)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from builder import sandbox
+from builder.dockerfile.mounts import Mount as MountFlag
+from builder.dockerfile.mounts import MountType
 from builder.sandbox import (
     BindMount,
     CacheMount,
@@ -14,9 +17,11 @@ from builder.sandbox import (
     RunSpec,
     SecretMount,
     Sharing,
+    SshMount,
     TmpfsMount,
-    parse_mount,
+    sandbox_mount,
 )
+from tests.helpers.sandbox_steps import run_mount
 
 
 @pytest.mark.parametrize(
@@ -46,35 +51,29 @@ from builder.sandbox import (
          TmpfsMount("/t", 1024)),
     ],
 )
-def test_parse_mount(text: str, expected: object) -> None:
-    assert parse_mount(text) == expected
+def test_sandbox_mount(text: str, expected: object) -> None:
+    assert run_mount(text) == expected
 
 
 def test_secret_targets() -> None:
-    assert parse_mount("type=secret,id=a").file_target == "/run/secrets/a"  # type: ignore[union-attr]
-    assert parse_mount("type=secret,id=a,env=A").file_target is None  # type: ignore[union-attr]
-    both = parse_mount("type=secret,id=a,env=A,target=/a")
+    assert run_mount("type=secret,id=a").file_target == "/run/secrets/a"  # type: ignore[union-attr]
+    assert run_mount("type=secret,id=a,env=A").file_target is None  # type: ignore[union-attr]
+    both = run_mount("type=secret,id=a,env=A,target=/a")
     assert both.file_target == "/a"  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("type=volume,target=/v", "unknown type 'volume'"),
-        ("type=cache", "target= is required"),
-        ("type=cache,target=/c,sharing=sometimes", "sharing=sometimes"),
-        ("type=cache,target=/c,uid=abc", "invalid literal"),
-        ("type=tmpfs,target=/t,size=lots", "not a size"),
-        ("type=tmpfs,target=/t,from=x", "unexpected key 'from'"),
-        ("type=secret", "id= is required"),
-        ("type=bind,target=/x,ro=maybe", "not a boolean"),
-        ("type=cache,,target=/c", "empty field"),
-    ],
-)
-def test_parse_mount_errors(text: str, message: str) -> None:
-    with pytest.raises(InvalidMount, match=message) as info:
-        parse_mount(text)
+def test_ssh_mounts() -> None:
+    assert run_mount("type=ssh") == SshMount()
+    assert run_mount("type=ssh,id=deploy,target=/a.sock,mode=0644,uid=1,gid=2,required") \
+        == SshMount(id="deploy", target="/a.sock", required=True, mode=0o644, uid=1, gid=2)
+
+
+def test_a_type_the_sandbox_does_not_run_is_refused() -> None:
+    flag = MountFlag(type="volume", target="/v")  # type: ignore[arg-type]
+    with pytest.raises(InvalidMount, match="type=volume") as info:
+        sandbox_mount(flag)
     assert "docs.docker.com" in str(info.value)
+    assert sandbox_mount(MountFlag(type=MountType.TMPFS, target="t")) == TmpfsMount("/t")
 
 
 def test_runspec_validates_and_freezes(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cas.errors import StorageFull
+from registry.oci import Platform
 
 from .base import BaseImage, BaseImageError, resolve_base
 from .dockerfile.errors import DockerfileError
@@ -35,7 +36,7 @@ from .dockerfile.instructions import (
     Run,
     Workdir,
 )
-from .dockerfile.stages import BuildPlan, Platform, Stage, plan_build
+from .dockerfile.stages import BuildPlan, Stage, plan_build
 from .dockerfile.syntax import SyntaxTree, parse
 from .image import ImageState
 from .steps.common import BuildError, StepEnv
@@ -43,7 +44,7 @@ from .steps.copy import copy_instruction, workdir_instruction
 from .steps.metadata import METADATA, apply_metadata
 from .steps.run import run_instruction
 
-__all__ = ["Executor", "plan"]
+__all__ = ["StageScheduler", "plan"]
 
 _FS = (Run, Copy, Add, Workdir)
 
@@ -94,7 +95,7 @@ def _trigger(text: str, where: str) -> Instruction:
         raise BuildError(where, f"ONBUILD trigger {text!r} of the base image: {exc}") from exc
 
 
-class Executor:
+class StageScheduler:
     def __init__(self, build: BuildPlan, bases: Mapping[tuple[str, str], BaseImage],
                  env: StepEnv, platform: Platform | None = None) -> None:
         self.plan = build

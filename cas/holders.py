@@ -1,0 +1,78 @@
+"""Names of link holders: who keeps a blob alive.
+
+A blob stays in the store while some *holder* links it (:meth:`cas.Store.link`); GC takes
+the blobs no holder links. The store treats a holder as an opaque string; the packages
+above it name their holders here, one kind each, written ``<kind>:<name>``:
+
+=============  ===================================  =======================================
+kind           name                                 who links
+=============  ===================================  =======================================
+``repo:``      a repository (``library/alpine``)    the registry: the blob is readable in
+                                                    that repository (blob PUT, mount,
+                                                    manifest PUT)
+``image:``     an image reference                   the client's local image store: the
+               (``registry.example/app:1``)         blobs of an image it pulled or copied
+``cache:``     a build cache key (``<key>``, or     the builder: a cached step's layer, a
+               ``base:<manifest digest>``)          base image read from an OCI layout
+=============  ===================================  =======================================
+
+:func:`parse_holder` reads a holder back; a holder of any other form is not one of these
+(``None``), so other users of the store can keep their own names. Holders are stored in
+the store's metadata (``links``): these spellings are part of the on-disk format.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+__all__ = [
+    "Holder",
+    "HolderKind",
+    "cache_holder",
+    "image_holder",
+    "parse_holder",
+    "repository_holder",
+]
+
+
+class HolderKind(enum.Enum):
+    """The kinds of holder; the value is the prefix before the ``:``."""
+
+    REPOSITORY = "repo"
+    IMAGE = "image"
+    CACHE = "cache"
+
+
+class Holder(NamedTuple):
+    kind: HolderKind
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.name}"
+
+
+def repository_holder(name: str) -> str:
+    """The holder that makes a blob readable in registry repository ``name``."""
+    return str(Holder(HolderKind.REPOSITORY, name))
+
+
+def image_holder(ref: str) -> str:
+    """The holder that keeps the blobs of local image ``ref`` alive."""
+    return str(Holder(HolderKind.IMAGE, ref))
+
+
+def cache_holder(key: str) -> str:
+    """The holder that keeps the layer of build cache entry ``key`` alive."""
+    return str(Holder(HolderKind.CACHE, key))
+
+
+def parse_holder(text: str) -> Holder | None:
+    """The kind and name of holder ``text``; ``None`` when it is of no kind above."""
+    prefix, sep, name = text.partition(":")
+    if not sep:
+        return None
+    try:
+        return Holder(HolderKind(prefix), name)
+    except ValueError:
+        return None

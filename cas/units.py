@@ -1,0 +1,65 @@
+"""Durations and sizes as people write them in flags and configuration.
+
+One parser of each, for every package above (``cas`` is the lowest, so all can import it):
+
+- :func:`parse_duration`: Go's ``time.ParseDuration`` syntax (``HEALTHCHECK --interval``,
+  BuildKit and Distribution write durations so) and days (``pybuild builder prune
+  --older-than 7d``).
+- :func:`parse_size`: Docker's ``RAMInBytes`` syntax (``--mount=type=tmpfs,size=64m``,
+  ``docker run --tmpfs``): binary units.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+__all__ = ["parse_duration", "parse_size"]
+
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_DURATION_PART = re.compile(_NUMBER + r"\s*(ns|us|µs|μs|ms|s|m|h|d)")
+_BARE = re.compile(_NUMBER)
+_NS_PER_UNIT = {"ns": 1, "us": 1000, "µs": 1000, "μs": 1000, "ms": 10**6, "s": 10**9,
+                "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
+
+
+def parse_duration(text: str, *, bare_unit: str | None = None) -> int:
+    """A duration in nanoseconds; raises ``ValueError``.
+
+    Accepts the union of what pybuild's callers take: Go's duration syntax without a sign
+    (``0``, or one or more ``<number><unit>``: ``30s``, ``1m30s``, ``1.5h``, ``.5ms``; units
+    ``ns``, ``us`` (``µs``), ``ms``, ``s``, ``m``, ``h``), plus the unit ``d`` (24 h), blanks
+    around the value and between a number and its unit. A number without a unit is an error
+    (as in Go, ``0`` excepted) unless ``bare_unit`` names the unit to read it in
+    (``--older-than 3600`` is seconds). Numbers are read exactly, as Go does (``512.3us``
+    is 512300 ns), and a fraction of a nanosecond is dropped.
+    """
+    value = text.strip()
+    if not value:
+        raise ValueError(f"invalid duration {text!r}: empty")
+    if value == "0":
+        return 0
+    if bare_unit is not None and _BARE.fullmatch(value):
+        return int(Decimal(value) * _NS_PER_UNIT[bare_unit])
+    pos, total = 0, Decimal(0)
+    while pos < len(value):
+        m = _DURATION_PART.match(value, pos)
+        if not m:
+            raise ValueError(f"invalid duration {text!r}")
+        total += Decimal(m.group(1)) * _NS_PER_UNIT[m.group(2)]
+        pos = m.end()
+    return int(total)
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes: ``64m``, ``1g``, ``1.5GiB``, ``512``, ``512b``; units ``k`` to ``p``
+    are binary (``64m`` is 64 MiB), with or without ``i``/``b``, any case, blanks around the
+    value and before the unit. Raises ``ValueError``."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"not a size: {text!r}")
+    power = " kmgtp".index(m.group(2).lower() or " ")
+    return int(float(m.group(1)) * 1024**power)
