@@ -53,6 +53,7 @@ from ..names import check_raw_path
 from .auth import BasicAuth, Htpasswd
 from .config import ServerConfig
 from .metadata import Metadata
+from .proxy import proxy_context
 from .routes import WRITE_METHODS, dispatch
 from .uploads import UPLOAD_READ_BUFFER
 from .state import (
@@ -263,6 +264,7 @@ def make_app(
                 await opened.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(proxy_context(config))
     app.router.add_route("*", "/v2/{tail:.*}", dispatch)
     app.router.add_route("*", "/v2", dispatch)
     app.router.add_get("/healthz", _healthz)

@@ -1,0 +1,312 @@
+"""The pull-through cache (``proxy``), in process: a real pybuild registry as the
+upstream (its requests counted), a second one configured to mirror it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from cas import Digest
+from registry.server import ConfigError, ServerConfig, load_config, make_app
+from registry.server.proxy_config import parse_duration, parse_upstreams
+
+from .helpers import error_codes, push_image
+
+MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json"
+
+
+class Upstream:
+    """A pybuild registry on a loopback port that counts the requests it gets."""
+
+    def __init__(self, server: Any, client: Any, counts: Counter[str]) -> None:
+        self.server = server
+        self.client = client  # for pushing to it
+        self.counts = counts
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    def gets(self, path_end: str) -> int:
+        return sum(n for k, n in self.counts.items() if k.startswith("GET ") and
+                   k.endswith(path_end))
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path) -> Upstream:
+    counts: Counter[str] = Counter()
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        counts[f"{request.method} {request.path}"] += 1
+        return await handler(request)
+
+    app = make_app(ServerConfig(log_access=False), storage=tmp_path / "upstream")
+    app.middlewares.append(count)
+    server = await aiohttp_server(app)
+    return Upstream(server, await aiohttp_client(server), counts)
+
+
+@pytest.fixture
+def mirror(aiohttp_client: Any, tmp_path: Path, upstream: Upstream) -> Any:
+    async def make(**overrides: Any) -> Any:
+        settings: dict[str, Any] = {"proxy_remoteurl": upstream.url, **overrides}
+        config = dataclasses.replace(ServerConfig(log_access=False), **settings)
+        return await aiohttp_client(make_app(config, storage=tmp_path / "mirror"))
+
+    return make
+
+
+def _layers() -> list[bytes]:
+    return [os.urandom(300_000), os.urandom(70_000)]
+
+
+async def _get(client: Any, path: str) -> tuple[int, bytes, Any]:
+    resp = await client.get(path, headers={"Accept": MANIFEST_ACCEPT})
+    return resp.status, await resp.read(), resp.headers
+
+
+async def test_pull_through_stores_and_serves(upstream: Upstream, mirror: Any) -> None:
+    layers = _layers()
+    digest, body = await push_image(upstream.client, "lib/app", "v1", layers)
+    proxy = await mirror()
+    status, got, headers = await _get(proxy, "/v2/lib/app/manifests/v1")
+    assert status == 200, got
+    assert got == body
+    assert headers["Docker-Content-Digest"] == str(digest)
+    head = await proxy.head("/v2/lib/app/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert head.status == 200
+    for layer in layers:
+        d = Digest.of(layer)
+        status, got, _ = await _get(proxy, f"/v2/lib/app/blobs/{d}")
+        assert status == 200
+        assert got == layer
+        # Served from the store from now on.
+        status, got, _ = await _get(proxy, f"/v2/lib/app/blobs/{d}")
+        assert (status, got == layer) == (200, True)
+        assert upstream.gets(f"/blobs/{d}") == 1
+    config_digest = json.loads(body)["config"]["digest"]
+    assert (await _get(proxy, f"/v2/lib/app/blobs/{config_digest}"))[0] == 200
+    # By digest, from the store: the upstream is not asked for it.
+    before = upstream.gets(f"/manifests/{digest}")
+    assert (await _get(proxy, f"/v2/lib/app/manifests/{digest}"))[0] == 200
+    assert upstream.gets(f"/manifests/{digest}") == before
+    # The mirror lists what it holds.
+    resp = await proxy.get("/v2/lib/app/tags/list")
+    assert (await resp.json())["tags"] == ["v1"]
+
+
+async def test_unknown_upstream_content_is_a_404(upstream: Upstream, mirror: Any) -> None:
+    proxy = await mirror()
+    resp = await proxy.get("/v2/lib/none/manifests/v1")
+    assert resp.status == 404
+    assert await error_codes(resp) == ["MANIFEST_UNKNOWN"]
+    missing = Digest.of(b"not there")
+    resp = await proxy.get(f"/v2/lib/none/blobs/{missing}")
+    assert resp.status == 404
+    assert await error_codes(resp) == ["BLOB_UNKNOWN"]
+
+
+async def test_concurrent_pulls_fetch_each_blob_once(upstream: Upstream, mirror: Any) -> None:
+    layers = _layers()
+    digest, body = await push_image(upstream.client, "lib/app", "v1", layers)
+    proxy = await mirror(proxy_ttl=3600.0)
+    config_digest = json.loads(body)["config"]["digest"]
+    blob_paths = [f"/v2/lib/app/blobs/{Digest.of(x)}" for x in layers]
+    blob_paths.append(f"/v2/lib/app/blobs/{config_digest}")
+
+    async def pull() -> list[tuple[int, bytes]]:
+        status, got, _ = await _get(proxy, "/v2/lib/app/manifests/v1")
+        out = [(status, got)]
+        results = await asyncio.gather(*(_get(proxy, p) for p in blob_paths))
+        return out + [(s, b) for s, b, _ in results]
+
+    pulls = await asyncio.gather(*(pull() for _ in range(20)))
+    for result in pulls:
+        assert result[0] == (200, body)
+        assert [b for _, b in result[1:3]] == layers
+        assert all(s == 200 for s, _ in result)
+    for path in blob_paths:
+        assert upstream.gets(path.removeprefix("/v2/lib/app")) == 1, upstream.counts
+    assert upstream.gets("/manifests/v1") == 1, upstream.counts
+
+
+async def test_upstream_down_cached_content_still_served(
+    upstream: Upstream, mirror: Any
+) -> None:
+    layers = _layers()
+    digest, body = await push_image(upstream.client, "lib/app", "v1", layers)
+    proxy = await mirror(proxy_ttl=0.0)  # every tag GET asks upstream
+    assert (await _get(proxy, "/v2/lib/app/manifests/v1"))[0] == 200
+    for layer in layers:
+        assert (await _get(proxy, f"/v2/lib/app/blobs/{Digest.of(layer)}"))[0] == 200
+    url = upstream.url
+    await upstream.client.close()
+    await upstream.server.close()
+    status, got, _ = await _get(proxy, "/v2/lib/app/manifests/v1")
+    assert (status, got) == (200, body)
+    assert (await _get(proxy, f"/v2/lib/app/manifests/{digest}"))[1] == body
+    for layer in layers:
+        assert (await _get(proxy, f"/v2/lib/app/blobs/{Digest.of(layer)}"))[1] == layer
+    # What was never cached says which upstream failed.
+    resp = await proxy.get("/v2/lib/other/manifests/v1")
+    assert resp.status == 502
+    doc = await resp.json()
+    assert doc["errors"][0]["code"] == "UNAVAILABLE"
+    assert url in doc["errors"][0]["message"]
+
+
+async def test_changed_tag_seen_after_ttl_not_before(upstream: Upstream, mirror: Any) -> None:
+    first, _ = await push_image(upstream.client, "lib/app", "v1", [b"one"])
+    proxy = await mirror(proxy_ttl=1.5)
+    resp = await proxy.get("/v2/lib/app/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.headers["Docker-Content-Digest"] == str(first)
+    second, _ = await push_image(upstream.client, "lib/app", "v1", [b"two"])
+    assert second != first
+    resp = await proxy.get("/v2/lib/app/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.headers["Docker-Content-Digest"] == str(first)
+    await asyncio.sleep(1.6)
+    resp = await proxy.get("/v2/lib/app/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.headers["Docker-Content-Digest"] == str(second)
+    assert (await _get(proxy, f"/v2/lib/app/blobs/{Digest.of(b'two')}"))[1] == b"two"
+
+
+async def test_push_to_a_proxy_is_refused_and_changes_nothing(
+    upstream: Upstream, mirror: Any
+) -> None:
+    digest, _ = await push_image(upstream.client, "lib/app", "v1", [b"layer"])
+    proxy = await mirror()
+    assert (await _get(proxy, "/v2/lib/app/manifests/v1"))[0] == 200
+    attempts = [
+        proxy.post("/v2/lib/app/blobs/uploads/"),
+        proxy.post(f"/v2/lib/new/blobs/uploads/?digest={Digest.of(b'x')}", data=b"x"),
+        proxy.put("/v2/lib/app/manifests/v2", data=b"{}",
+                  headers={"Content-Type": MANIFEST_ACCEPT}),
+        proxy.delete(f"/v2/lib/app/manifests/{digest}"),
+        proxy.delete("/v2/lib/app/manifests/v1"),
+    ]
+    for attempt in attempts:
+        resp = await attempt
+        assert resp.status == 405
+        assert await error_codes(resp) == ["UNSUPPORTED"]
+    resp = await proxy.get("/v2/_catalog")
+    assert (await resp.json())["repositories"] == ["lib/app"]
+    resp = await proxy.get("/v2/lib/app/tags/list")
+    assert (await resp.json())["tags"] == ["v1"]
+
+
+async def test_mixed_registry_accepts_pushes_and_keeps_them(
+    upstream: Upstream, mirror: Any
+) -> None:
+    await push_image(upstream.client, "lib/app", "v1", [b"upstream"])
+    proxy = await mirror(proxy_mixed=True, proxy_ttl=0.0)
+    local, _ = await push_image(proxy, "lib/app", "v1", [b"local"])
+    resp = await proxy.get("/v2/lib/app/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.headers["Docker-Content-Digest"] == str(local)
+    assert upstream.gets("/manifests/v1") == 0
+
+
+async def test_ns_and_host_prefix_choose_the_upstream(
+    upstream: Upstream, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    digest, body = await push_image(upstream.client, "org/app", "v1", [b"layer"])
+    config = dataclasses.replace(
+        ServerConfig(log_access=False),
+        proxy_upstreams=parse_upstreams([
+            {"host": "127.0.0.1:9", "remoteurl": "http://127.0.0.1:9"},
+            {"host": "mirror.test", "remoteurl": upstream.url},
+        ]),
+    )
+    proxy = await aiohttp_client(make_app(config, storage=tmp_path / "mirror"))
+    status, got, _ = await _get(proxy, "/v2/org/app/manifests/v1?ns=mirror.test")
+    assert (status, got) == (200, body)
+    # Kept as <host>/<name>, where the host-prefixed form finds it too.
+    status, got, _ = await _get(proxy, "/v2/mirror.test/org/app/manifests/v1")
+    assert (status, got) == (200, body)
+    layer = Digest.of(b"layer")
+    assert (await _get(proxy, f"/v2/mirror.test/org/app/blobs/{layer}"))[1] == b"layer"
+    assert upstream.gets(f"/blobs/{layer}") == 1
+    resp = await proxy.get("/v2/org/app/manifests/v1?ns=elsewhere.io")
+    assert resp.status == 400
+    assert await error_codes(resp) == ["NAME_INVALID"]
+    # No upstream for plain names: local content only.
+    resp = await proxy.get("/v2/org/app/manifests/v1")
+    assert resp.status == 404
+
+
+async def test_blob_that_does_not_match_its_digest_is_not_kept(
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    good = b"the real layer"
+    d = Digest.of(good)
+
+    async def liar(request: web.Request) -> web.Response:
+        if request.path == "/v2/":
+            return web.json_response({})
+        return web.Response(body=b"something else", content_type="application/octet-stream")
+
+    bad = web.Application()
+    bad.router.add_get("/{tail:.*}", liar)
+    server = await aiohttp_server(bad)
+    config = dataclasses.replace(ServerConfig(log_access=False),
+                                 proxy_remoteurl=f"http://127.0.0.1:{server.port}")
+    proxy = await aiohttp_client(make_app(config, storage=tmp_path / "mirror"))
+    for _ in range(2):
+        resp = await proxy.get(f"/v2/lib/app/blobs/{d}")
+        assert resp.status == 502
+        doc = await resp.json()
+        assert doc["errors"][0]["code"] == "UNAVAILABLE"
+        assert "not kept" in doc["errors"][0]["message"]
+
+
+def test_proxy_configuration(tmp_path: Path) -> None:
+    file = tmp_path / "config.yaml"
+    file.write_text(
+        "proxy:\n"
+        "  remoteurl: https://registry-1.docker.io/\n"
+        "  username: alice\n"
+        "  password: secret\n"
+        "  ttl: 1h30m\n"
+        "  upstreams:\n"
+        "    - {host: ghcr.io, remoteurl: 'https://ghcr.io', ttl: 10s}\n"
+    )
+    config = load_config(file, environ={})
+    assert config.proxy_remoteurl == "https://registry-1.docker.io/"
+    assert config.proxy_ttl == 5400.0
+    assert config.proxy_upstreams[0].host == "ghcr.io"
+    assert config.proxy_upstreams[0].ttl == 10.0
+    assert "secret" not in repr(config)
+    config = load_config(file, environ={"PYBUILD_PROXY_TTL": "168h", "PYBUILD_PROXY_MIXED": "1"})
+    assert (config.proxy_ttl, config.proxy_mixed) == (168 * 3600.0, True)
+    assert parse_duration(30) == 30.0
+    assert parse_duration("1.5s") == 1.5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("proxy: {ttl: soon}", "duration"),
+        ("proxy: {ttl: -5}", "zero or more"),
+        ("proxy: {remoteurl: registry-1.docker.io}", "http(s)://host"),
+        ("proxy: {upstreams: [{host: a.io}]}", "host and remoteurl are required"),
+        ("proxy: {upstreams: [{host: a.io, remoteurl: 'http://a', colour: red}]}", "colour"),
+        ("proxy: {upstreams: [{host: a.io, remoteurl: 'http://a'}, "
+         "{host: A.io, remoteurl: 'http://b'}]}", "twice"),
+        ("proxy: {upstreams: {host: a.io}}", "list"),
+        ("proxy: {upstreams: [{host: 'a b', remoteurl: 'http://a'}]}", "host name"),
+    ],
+)
+def test_bad_proxy_configuration_is_named(tmp_path: Path, text: str, message: str) -> None:
+    file = tmp_path / "config.yaml"
+    file.write_text(text + "\n")
+    with pytest.raises(ConfigError, match="proxy") as info:
+        load_config(file, environ={})
+    assert message in str(info.value)
