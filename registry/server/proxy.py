@@ -15,11 +15,11 @@ Configured by ``proxy`` (:mod:`registry.server.proxy_config`). Per request:
 - **Manifest by digest**: from the store, else fetched once and stored.
 - **Blob GET/HEAD**: from the store when the repository holds it; when the store holds the
   same bytes for another repository they are linked (no transfer); otherwise the blob is
-  fetched from upstream straight into a ``cas`` ingest (stored as pieces, so similar
-  images cost only their differences), committed only if its digest and length match,
-  linked into the repository, and then served from the store. The first client waits for
-  that verified store (it does not stream while storing): clients never see unverified
-  bytes, and a mirror never serves what it could not keep.
+  read from upstream once, into a ``cas`` ingest (stored as pieces, so similar images
+  cost only their differences) that commits only if digest and length match and links
+  the blob into the repository. Plain GETs meanwhile stream it as it arrives
+  (:mod:`registry.server.proxy_blobs`: the last byte only after the verified commit);
+  HEAD, ``Range`` and conditional requests wait for the store.
 - **Single flight**: concurrent requests for the same tag, manifest or blob share one
   upstream request (keyed by local repository and reference); it runs in its own task,
   so a client that goes away does not cancel it for the others.
@@ -54,6 +54,7 @@ from ..oci import InvalidObject, parse_manifest
 from . import blobs, manifests
 from .config import ServerConfig
 from .metadata import ManifestRecord
+from .proxy_blobs import BlobFlight, stream_flight, streamable
 from .proxy_config import Upstream, upstream_from_remoteurl
 from .state import REGISTRY, CachedManifest, Registry, holder
 
@@ -63,7 +64,7 @@ log = logging.getLogger("pybuild.registry.proxy")
 T = TypeVar("T")
 
 _DOWN_SECONDS = 5.0  # an unreachable upstream is left alone this long
-_BLOB_SLICE = 8 << 20  # bytes per ingest.receive call
+_BLOB_SLICE = 1 << 20  # bytes read from upstream at a time
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -104,6 +105,7 @@ class Proxy:
         self._flights: dict[tuple[str, ...], asyncio.Task[Any]] = {}
         # (repo, tag) -> (digest, time.time() of the last upstream check)
         self._checked: dict[tuple[str, str], tuple[str, float]] = {}
+        self._blob_flights: dict[tuple[str, ...], BlobFlight] = {}
 
     # --- routing ---------------------------------------------------------------------
     def route(self, request: web.Request, name: str) -> ProxyRoute | None:
@@ -198,8 +200,8 @@ class Proxy:
         self._clients.clear()
 
     # --- single flight ---------------------------------------------------------------
-    async def _once(self, key: tuple[str, ...], make: Callable[[], Awaitable[T]]) -> T:
-        """Run ``make()`` once for everyone who asks for ``key`` while it runs."""
+    def _start(self, key: tuple[str, ...], make: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+        """The task running ``make()`` for ``key``: the one under way, else a new one."""
         task = self._flights.get(key)
         if task is None:
             task = asyncio.ensure_future(make())
@@ -212,7 +214,12 @@ class Proxy:
                     t.exception()  # retrieved: waiters that went away do not leave it unread
 
             task.add_done_callback(done)
-        return await asyncio.shield(task)
+        return task
+
+    async def _once(self, key: tuple[str, ...], make: Callable[[], Awaitable[T]]) -> T:
+        """Run ``make()`` once for everyone who asks for ``key`` while it runs; a waiter
+        that goes away does not cancel it for the others."""
+        return await asyncio.shield(self._start(key, make))
 
     # --- manifests -------------------------------------------------------------------
     async def ensure_manifest(self, reg: Registry, route: ProxyRoute, reference: str) -> None:
@@ -309,29 +316,51 @@ class Proxy:
             await self._mark(reg, route.local, tag, str(actual))
 
     # --- blobs -----------------------------------------------------------------------
-    async def ensure_blob(self, reg: Registry, route: ProxyRoute, digest: Digest) -> None:
+    async def blob_flight(
+        self, reg: Registry, route: ProxyRoute, digest: Digest
+    ) -> tuple[asyncio.Task[None], BlobFlight] | None:
+        """None when ``route.local`` holds the blob (now); else the transfer bringing it."""
         h = holder(route.local)
         if await reg.store.is_linked(h, digest):
-            return
+            return None
         if await reg.store.stat(digest) is not None:
             await reg.store.link(h, digest)  # same bytes, already here: no transfer
-            return
-        await self._once(("b", route.local, str(digest)),
-                         lambda: self._fetch_blob(reg, route, digest))
+            return None
+        key = ("b", route.local, str(digest))
+        flight = self._blob_flights.get(key)
+        task = self._flights.get(key)
+        if task is None or flight is None:
+            flight = BlobFlight(getattr(reg.store, "root", None))
+            new = flight
+            task = self._start(key, lambda: self._fetch_blob(reg, route, digest, new))
+            self._blob_flights[key] = flight
 
-    async def _fetch_blob(self, reg: Registry, route: ProxyRoute, digest: Digest) -> None:
+            def forget(t: asyncio.Task[Any]) -> None:
+                if self._blob_flights.get(key) is new:
+                    del self._blob_flights[key]
+
+            task.add_done_callback(forget)
+        return task, flight
+
+    async def _fetch_blob(
+        self, reg: Registry, route: ProxyRoute, digest: Digest, flight: BlobFlight
+    ) -> None:
         upstream = route.upstream
 
         async def fetch(client: RegistryClient) -> None:
             async with client.open_blob(upstream.netloc, route.remote, digest) as resp:
+                size = resp.length
+                flight.open_spool(size)
                 ingest = await reg.store.begin_ingest(algorithm=digest.algorithm)
                 try:
-                    size = resp.length
-                    limit = size if size is not None else 1 << 40
-                    while ingest.offset <= limit:  # ends with the body (got == 0)
-                        got = await ingest.receive(resp.readinto, _BLOB_SLICE,
-                                                   interrupt=resp.abort)
-                        if not got:
+                    buf = memoryview(bytearray(_BLOB_SLICE))
+                    while True:  # ends with the body (or past its declared length)
+                        n = await resp.run(_read_and_spool, resp, flight, buf, ingest.offset)
+                        if not n:
+                            break
+                        await ingest.write(bytes(buf[:n]))
+                        flight.advanced(n)
+                        if size is not None and ingest.offset > size:
                             break
                     await ingest.commit(digest, size=size, link=holder(route.local))
                 except BaseException:
@@ -339,8 +368,10 @@ class Proxy:
                         await ingest.abort()
                     raise
 
+        ok = False
         try:
             await self._ask(upstream, f"GET of blob {digest} in {route.remote}", fetch)
+            ok = True
         except RegistryError as exc:
             raise BLOB_UNKNOWN(
                 f"blob {digest} is not in upstream {upstream.remoteurl} repository "
@@ -353,6 +384,17 @@ class Proxy:
                 f"blob {digest} from upstream {upstream.remoteurl} was not kept: {exc}",
                 status=502,
             ) from exc
+        finally:
+            flight.finish(ok)
+
+
+def _read_and_spool(resp: Any, flight: BlobFlight, buf: memoryview, offset: int) -> int:
+    """Read what has arrived of the body (up to ``len(buf)``) and spool it; 0 at its end.
+    Runs on a worker thread."""
+    n: int = resp.readinto(buf)
+    if n:
+        flight.spool_write(buf[:n], offset)
+    return n
 
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -399,5 +441,13 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
     route = proxy.route(request, name) if proxy is not None else None
     if proxy is None or route is None:
         return await blobs.get_blob(request, name, digest)
-    await proxy.ensure_blob(request.app[REGISTRY], route, parse_digest(digest))
+    d = parse_digest(digest)
+    transfer = await proxy.blob_flight(request.app[REGISTRY], route, d)
+    if transfer is not None:
+        task, flight = transfer
+        if streamable(request):
+            await flight.started.wait()
+            if flight.join():
+                return await stream_flight(request, flight, d)
+        await asyncio.shield(task)  # the verified store; raises what the transfer met
     return await blobs.get_blob(request, route.local, digest)

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -117,7 +118,7 @@ async def test_unknown_upstream_content_is_a_404(upstream: Upstream, mirror: Any
 
 async def test_concurrent_pulls_fetch_each_blob_once(upstream: Upstream, mirror: Any) -> None:
     layers = _layers()
-    digest, body = await push_image(upstream.client, "lib/app", "v1", layers)
+    _, body = await push_image(upstream.client, "lib/app", "v1", layers)
     proxy = await mirror(proxy_ttl=3600.0)
     config_digest = json.loads(body)["config"]["digest"]
     blob_paths = [f"/v2/lib/app/blobs/{Digest.of(x)}" for x in layers]
@@ -217,7 +218,7 @@ async def test_mixed_registry_accepts_pushes_and_keeps_them(
 async def test_ns_and_host_prefix_choose_the_upstream(
     upstream: Upstream, aiohttp_client: Any, tmp_path: Path
 ) -> None:
-    digest, body = await push_image(upstream.client, "org/app", "v1", [b"layer"])
+    _, body = await push_image(upstream.client, "org/app", "v1", [b"layer"])
     config = dataclasses.replace(
         ServerConfig(log_access=False),
         proxy_upstreams=parse_upstreams([
@@ -242,29 +243,94 @@ async def test_ns_and_host_prefix_choose_the_upstream(
     assert resp.status == 404
 
 
+class SlowUpstream:
+    """A fake upstream serving one blob: ``first`` bytes at once, the rest (or, when
+    ``lie``, other bytes of the same length) once ``go`` is set."""
+
+    def __init__(self, data: bytes, first: int, *, lie: bool = False) -> None:
+        self.data = data
+        self.first = first
+        self.lie = lie
+        self.go = asyncio.Event()
+        self.gets = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/v2/":
+            return web.json_response({})
+        self.gets += 1
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = len(self.data)
+        await resp.prepare(request)
+        await resp.write(self.data[: self.first])
+        await self.go.wait()
+        rest = self.data[self.first :]
+        await resp.write(bytes(len(rest)) if self.lie else rest)
+        await resp.write_eof()
+        return resp
+
+
+async def _mirror_of(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path,
+                     fake: SlowUpstream) -> Any:
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", fake.handle)
+    server = await aiohttp_server(app)
+    config = dataclasses.replace(ServerConfig(log_access=False),
+                                 proxy_remoteurl=f"http://127.0.0.1:{server.port}")
+    return await aiohttp_client(make_app(config, storage=tmp_path / "mirror"))
+
+
+async def test_blob_streams_to_clients_while_it_is_stored(
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    data = os.urandom(3 << 20)
+    fake = SlowUpstream(data, 1 << 20)
+    proxy = await _mirror_of(aiohttp_server, aiohttp_client, tmp_path, fake)
+    d = Digest.of(data)
+    clients = [await proxy.get(f"/v2/lib/app/blobs/{d}") for _ in range(3)]
+    for resp in clients:
+        assert resp.status == 200
+        assert resp.headers["Docker-Content-Digest"] == str(d)
+        # The upstream has sent only its first MiB: the clients already have it.
+        assert await asyncio.wait_for(resp.content.readexactly(1 << 20), 10) == data[: 1 << 20]
+    # A Range request waits for the verified store.
+    pending = asyncio.ensure_future(
+        proxy.get(f"/v2/lib/app/blobs/{d}", headers={"Range": "bytes=0-9"}))
+    await asyncio.sleep(0.2)
+    assert not pending.done()
+    fake.go.set()
+    for resp in clients:
+        assert await resp.content.read() == data[1 << 20 :]
+    late = await pending
+    assert late.status == 206
+    assert await late.read() == data[:10]
+    assert (await _get(proxy, f"/v2/lib/app/blobs/{d}"))[1] == data
+    assert fake.gets == 1
+
+
 async def test_blob_that_does_not_match_its_digest_is_not_kept(
     aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
 ) -> None:
-    good = b"the real layer"
-    d = Digest.of(good)
-
-    async def liar(request: web.Request) -> web.Response:
-        if request.path == "/v2/":
-            return web.json_response({})
-        return web.Response(body=b"something else", content_type="application/octet-stream")
-
-    bad = web.Application()
-    bad.router.add_get("/{tail:.*}", liar)
-    server = await aiohttp_server(bad)
-    config = dataclasses.replace(ServerConfig(log_access=False),
-                                 proxy_remoteurl=f"http://127.0.0.1:{server.port}")
-    proxy = await aiohttp_client(make_app(config, storage=tmp_path / "mirror"))
-    for _ in range(2):
-        resp = await proxy.get(f"/v2/lib/app/blobs/{d}")
-        assert resp.status == 502
-        doc = await resp.json()
-        assert doc["errors"][0]["code"] == "UNAVAILABLE"
-        assert "not kept" in doc["errors"][0]["message"]
+    data = os.urandom(100_000)
+    fake = SlowUpstream(data, 50_000, lie=True)
+    proxy = await _mirror_of(aiohttp_server, aiohttp_client, tmp_path, fake)
+    d = Digest.of(data)
+    streaming = await proxy.get(f"/v2/lib/app/blobs/{d}")
+    assert streaming.status == 200
+    waiting = asyncio.ensure_future(proxy.head(f"/v2/lib/app/blobs/{d}"))
+    await asyncio.sleep(0.2)
+    fake.go.set()
+    # The client streaming it never gets the whole (wrong) body ...
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await streaming.read()
+    # ... one waiting for the store is told why, and nothing was kept.
+    resp = await waiting
+    assert resp.status == 502
+    resp = await proxy.get(f"/v2/lib/app/blobs/{d}", headers={"Range": "bytes=0-1"})
+    assert resp.status == 502
+    doc = await resp.json()
+    assert doc["errors"][0]["code"] == "UNAVAILABLE"
+    assert "not kept" in doc["errors"][0]["message"]
+    assert fake.gets == 2
 
 
 def test_proxy_configuration(tmp_path: Path) -> None:
