@@ -66,6 +66,8 @@ T = TypeVar("T")
 _DOWN_SECONDS = 5.0  # an unreachable upstream is left alone this long
 _BLOB_SLICE = 1 << 20  # bytes read from upstream at a time
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "docker.io"})
+_MAX_CHECKED = 100_000  # tag check times remembered in memory (the database has them all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +115,11 @@ class Proxy:
         upstream: Upstream | None = None
         remote = name
         if ns:
-            upstream = self.by_host.get(ns.lower())
-            if upstream is None and self.default is not None and not self.by_host:
-                upstream = self.default  # one upstream: every ns is it (Docker Hub's names)
+            upstream = self._for_ns(ns.lower())
             if upstream is None:
                 raise NAME_INVALID(
                     f"this registry mirrors no registry named {ns!r} (?ns=); it mirrors: "
-                    f"{', '.join(sorted(self.by_host)) or 'the remoteurl upstream only'}",
+                    f"{', '.join(self._names()) or 'none'}",
                     detail={"ns": ns},
                 )
         else:
@@ -134,6 +134,25 @@ class Proxy:
         if len(local) > 255 or not is_valid_name(local):
             raise NAME_INVALID(f"{local!r} is too long to keep as a repository name")
         return ProxyRoute(upstream, remote, local, self._ttl(upstream))
+
+    def _for_ns(self, ns: str) -> Upstream | None:
+        """The upstream ``?ns=`` names. With ``remoteurl`` alone, every ``ns`` is it (as
+        in Distribution, which has one upstream and ignores ``ns``); with ``upstreams``,
+        the one of that host, else ``remoteurl`` if it is that host."""
+        upstream = self.by_host.get(ns)
+        if upstream is not None or self.default is None:
+            return upstream
+        netloc = self.default.netloc.lower()
+        if not self.by_host or ns == netloc or (
+                ns == "docker.io" and netloc in _DOCKER_HUB_HOSTS):
+            return self.default
+        return None
+
+    def _names(self) -> list[str]:
+        names = sorted(self.by_host)
+        if self.default is not None:
+            names.append(self.default.netloc)
+        return names
 
     def _ttl(self, upstream: Upstream) -> float:
         return self.ttl if upstream.ttl is None else upstream.ttl
@@ -247,6 +266,8 @@ class Proxy:
             return  # the local tag wins
         if (local is not None and fetched is not None and fetched[0] == local
                 and time.time() - fetched[1] < route.ttl):
+            if len(self._checked) >= _MAX_CHECKED:
+                self._checked.clear()
             self._checked[(route.local, tag)] = fetched
             reg.cache.set_tag(route.local, tag, local)
             return
@@ -273,6 +294,8 @@ class Proxy:
     async def _mark(self, reg: Registry, repo: str, tag: str, digest: str) -> None:
         now = time.time()
         await reg.meta.set_proxy_tag(repo, tag, digest, now)
+        if len(self._checked) >= _MAX_CHECKED:
+            self._checked.clear()
         self._checked[(repo, tag)] = (digest, now)
         reg.cache.set_tag(repo, tag, digest)
 

@@ -243,6 +243,24 @@ async def test_ns_and_host_prefix_choose_the_upstream(
     assert resp.status == 404
 
 
+async def test_ns_names_the_remoteurl_upstream_by_its_host(
+    upstream: Upstream, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    _, body = await push_image(upstream.client, "org/app", "v1", [b"layer"])
+    netloc = upstream.url.removeprefix("http://")
+    config = dataclasses.replace(
+        ServerConfig(log_access=False), proxy_remoteurl=upstream.url,
+        proxy_upstreams=parse_upstreams([{"host": "other.io", "remoteurl": "http://127.0.0.1:9"}]),
+    )
+    proxy = await aiohttp_client(make_app(config, storage=tmp_path / "mirror"))
+    status, got, _ = await _get(proxy, f"/v2/org/app/manifests/v1?ns={netloc}")
+    assert (status, got) == (200, body)
+    assert (await _get(proxy, "/v2/org/app/manifests/v1"))[1] == body
+    resp = await proxy.get("/v2/org/app/manifests/v1?ns=quay.io")
+    assert resp.status == 400
+    assert "other.io" in (await resp.json())["errors"][0]["message"]
+
+
 class SlowUpstream:
     """A fake upstream serving one blob: ``first`` bytes at once, the rest (or, when
     ``lie``, other bytes of the same length) once ``go`` is set."""
