@@ -4,6 +4,7 @@ upstream (its requests counted), a second one configured to mirror it."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import bcrypt
 import pytest
 from aiohttp import web
 
@@ -394,3 +396,35 @@ def test_bad_proxy_configuration_is_named(tmp_path: Path, text: str, message: st
     with pytest.raises(ConfigError, match="proxy") as info:
         load_config(file, environ={})
     assert message in str(info.value)
+
+
+async def test_upstream_credentials_from_the_configuration(
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    htpasswd.write_text(f"alice:{hashed}\n")
+    guarded = make_app(ServerConfig(log_access=False, auth_htpasswd=htpasswd),
+                       storage=tmp_path / "upstream")
+    server = await aiohttp_server(guarded)
+    token = base64.b64encode(b"alice:s3cret").decode()
+    pusher = await aiohttp_client(server, headers={"Authorization": f"Basic {token}"})
+    _, body = await push_image(pusher, "lib/app", "v1", [b"private layer"])
+    url = f"http://127.0.0.1:{server.port}"
+
+    async def mirror_with(password: str, where: str) -> Any:
+        config = dataclasses.replace(
+            ServerConfig(log_access=False), proxy_remoteurl=url, proxy_username="alice",
+            proxy_password=password)
+        return await aiohttp_client(make_app(config, storage=tmp_path / where))
+
+    proxy = await mirror_with("s3cret", "good")
+    assert (await _get(proxy, "/v2/lib/app/manifests/v1"))[1] == body
+    layer = Digest.of(b"private layer")
+    assert (await _get(proxy, f"/v2/lib/app/blobs/{layer}"))[1] == b"private layer"
+    proxy = await mirror_with("wrong", "bad")
+    resp = await proxy.get("/v2/lib/app/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.status == 502
+    message = (await resp.json())["errors"][0]["message"]
+    assert url in message
+    assert "wrong" not in message
