@@ -7,9 +7,11 @@ from __future__ import annotations
 import re
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +19,17 @@ import pytest
 
 from testkit.clients import run, skopeo
 from testkit.docker_engine import start_dockerd, stop_dockerd
-from testkit.images import Image, read_oci_layout
+from testkit.images import (
+    Image,
+    make_image,
+    make_layer,
+    read_oci_layout,
+    tar_files,
+    write_oci_layout,
+)
 from testkit.registries import (
     RegistryProcess,
     RunningRegistry,
-    _python_env,
     distribution_argv,
     get_manifest,
     http,
@@ -41,24 +49,31 @@ class Setup:
 
 @pytest.fixture
 def proxied(tmp_path: Path) -> Iterator[Setup]:
-    """Distribution (access log on) and ``pybuild serve --config`` mirroring it."""
+    """Distribution (access log on) and ``pybuild serve --config`` mirroring it (ttl 0)."""
+    with _proxied(tmp_path, "0") as setup:
+        yield setup
+
+
+@contextmanager
+def _proxied(tmp_path: Path, ttl: str) -> Iterator[Setup]:
     require_tool("docker-registry")
     upstream_process = RegistryProcess(
         "distribution", distribution_argv(tmp_path / "upstream", access_log=True),
         storage=tmp_path / "upstream" / "storage", log=tmp_path / "upstream" / "registry.log",
     )
-    (tmp_path / "upstream").mkdir()
+    (tmp_path / "upstream").mkdir(parents=True)
     upstream = upstream_process.start()
     config = tmp_path / "mirror.yaml"
-    config.write_text(f"proxy:\n  remoteurl: http://{upstream.addr}\n  ttl: 0\n")
+    config.write_text(f"proxy:\n  remoteurl: http://{upstream.addr}\n  ttl: {ttl}\n")
     storage = tmp_path / "mirror"
 
     def argv(addr: str) -> list[str]:
         return [sys.executable, "-m", "builder", "serve", "--addr", addr,
                 "--storage", str(storage), "--config", str(config)]
 
+    # tests/conftest.py puts this checkout on PYTHONPATH: the process runs its code.
     mirror_process = RegistryProcess("pybuild", argv, storage=storage,
-                                     log=tmp_path / "mirror.log", env=_python_env(None))
+                                     log=tmp_path / "mirror.log")
     try:
         mirror = mirror_process.start()
         yield Setup(upstream, upstream_process, mirror)
@@ -151,3 +166,22 @@ def test_twenty_concurrent_pulls_fetch_each_blob_once(
     before = _upstream_gets(log, f"/v2/{repository}/blobs/{blobs[-1]}")
     pull(0)
     assert _upstream_gets(log, f"/v2/{repository}/blobs/{blobs[-1]}") == before
+
+
+def test_a_tag_changed_upstream_is_seen_after_ttl_and_not_before(
+    tmp_path: Path, busybox: Image, busybox_layout: Path
+) -> None:
+    other = make_image([make_layer(tar_files({"hello.txt": b"a new version\n"}))])
+    other_layout = write_oci_layout(other, tmp_path / "other")
+    with _proxied(tmp_path / "run", "3s") as setup:
+        _push(busybox_layout, setup.upstream, "e2e/app", "v1")
+        first = get_manifest(setup.mirror.addr, "e2e/app", "v1")
+        assert first.headers["docker-content-digest"] == busybox.manifest_digest
+        _push(other_layout, setup.upstream, "e2e/app", "v1")
+        assert get_manifest(setup.upstream.addr, "e2e/app", "v1").body == other.manifest
+        again = get_manifest(setup.mirror.addr, "e2e/app", "v1")
+        assert again.headers["docker-content-digest"] == busybox.manifest_digest
+        time.sleep(3.2)
+        later = get_manifest(setup.mirror.addr, "e2e/app", "v1")
+        assert later.headers["docker-content-digest"] == other.manifest_digest
+        _check_skopeo(setup.mirror, "e2e/app", other, tmp_path / "pulled")

@@ -20,6 +20,7 @@ from aiohttp import web
 from cas import Digest
 from registry.server import ConfigError, ServerConfig, load_config, make_app
 from registry.server.proxy_config import parse_duration, parse_upstreams
+from registry.server.state import REGISTRY
 
 from .helpers import error_codes, push_image
 
@@ -428,3 +429,22 @@ async def test_upstream_credentials_from_the_configuration(
     message = (await resp.json())["errors"][0]["message"]
     assert url in message
     assert "wrong" not in message
+
+
+async def test_mirrored_images_share_blobs_and_pieces(upstream: Upstream, mirror: Any) -> None:
+    base = os.urandom(4 << 20)
+    grown = base + os.urandom(100_000)  # the same bytes, and some more
+    await push_image(upstream.client, "lib/a", "v1", [base])
+    await push_image(upstream.client, "lib/b", "v1", [base, grown])
+    proxy = await mirror()
+    store = proxy.server.app[REGISTRY].store
+    assert (await _get(proxy, f"/v2/lib/a/blobs/{Digest.of(base)}"))[1] == base
+    before = await store.stats()
+    # The blob another repository holds is linked, not fetched again.
+    assert (await _get(proxy, f"/v2/lib/b/blobs/{Digest.of(base)}"))[1] == base
+    assert upstream.gets(f"/v2/lib/b/blobs/{Digest.of(base)}") == 0
+    # A new blob that shares most of its bytes costs about its difference.
+    assert (await _get(proxy, f"/v2/lib/b/blobs/{Digest.of(grown)}"))[1] == grown
+    after = await store.stats()
+    assert after.logical_bytes - before.logical_bytes == len(grown)
+    assert after.physical_bytes - before.physical_bytes < len(grown) // 2
