@@ -47,7 +47,7 @@ from cas import Digest, DigestMismatch, SizeMismatch, SourceFailed
 from ..client.auth import Credentials
 from ..client.errors import ClientError
 from ..client.refs import ImageRef
-from ..client.remote import ClientOptions, RegistryClient, TransportError
+from ..client.remote import ClientOptions, RegistryClient, Unreachable
 from ..errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, NAME_INVALID, UNAVAILABLE, UNSUPPORTED, RegistryError
 from ..names import is_valid_name, parse_digest, parse_reference
 from ..oci import InvalidObject, parse_manifest
@@ -102,7 +102,9 @@ class Proxy:
             )
         self.by_host = {u.host: u for u in config.proxy_upstreams}
         self.by_prefix = {u.prefix[:-1]: u for u in config.proxy_upstreams}
-        self._clients: dict[str, RegistryClient] = {}
+        self._clients: dict[Upstream, RegistryClient] = {}
+        self._busy: dict[RegistryClient, int] = {}  # requests under way, per client
+        self._retired: set[RegistryClient] = set()  # replaced; closed once idle
         self._down_until: dict[str, float] = {}
         self._flights: dict[tuple[str, ...], asyncio.Task[Any]] = {}
         # (repo, tag) -> (digest, time.time() of the last upstream check)
@@ -165,7 +167,7 @@ class Proxy:
                 f"upstream {upstream.remoteurl} was unreachable moments ago; "
                 "it is tried again in a few seconds", status=502,
             ))
-        client = self._clients.get(netloc)
+        client = self._clients.get(upstream)
         if client is None:
             creds = {}
             if upstream.username is not None:
@@ -179,7 +181,7 @@ class Proxy:
                 retries=2,
                 backoff=0.2,
             )
-            client = self._clients[netloc] = RegistryClient(options)
+            client = self._clients[upstream] = RegistryClient(options)
             # The configured scheme is the one to use: no probing of https first.
             client._bases[netloc] = upstream.remoteurl
         return client
@@ -189,6 +191,7 @@ class Proxy:
         """``call(client)``; failures become :class:`_UpstreamFailed` (404s stay
         RegistryErrors: the upstream answered)."""
         client = self._client(upstream)
+        self._busy[client] = self._busy.get(client, 0) + 1
         try:
             return await call(client)
         except RegistryError as exc:
@@ -198,15 +201,23 @@ class Proxy:
                 f"upstream {upstream.remoteurl} refused {what}: {exc}", status=502
             )) from exc
         except (ClientError, OSError, TimeoutError) as exc:
-            if isinstance(exc, TransportError):  # unreachable, or no answer after retries
+            if isinstance(exc, Unreachable):
                 self._down_until[upstream.netloc] = time.monotonic() + _DOWN_SECONDS
-                # The client remembers a host as down for good: start afresh later.
-                old = self._clients.pop(upstream.netloc, None)
-                if old is not None:
-                    await old.close()
+                # The client remembers a host as down for good: the next request after
+                # the pause gets a new one; this one is closed once nothing uses it.
+                if self._clients.get(upstream) is client:
+                    del self._clients[upstream]
+                    self._retired.add(client)
             raise _UpstreamFailed(UNAVAILABLE(
-                f"upstream {upstream.remoteurl} did not answer {what}: {exc}", status=502
+                f"upstream {upstream.remoteurl}: {what} failed: {exc}", status=502
             )) from exc
+        finally:
+            self._busy[client] -= 1
+            if not self._busy[client]:
+                del self._busy[client]
+                if client in self._retired:
+                    self._retired.discard(client)
+                    await client.close()
 
     async def close(self) -> None:
         for task in list(self._flights.values()):
@@ -214,9 +225,10 @@ class Proxy:
         for task in list(self._flights.values()):
             with contextlib.suppress(BaseException):
                 await task
-        for client in self._clients.values():
+        for client in [*self._clients.values(), *self._retired]:
             await client.close()
         self._clients.clear()
+        self._retired.clear()
 
     # --- single flight ---------------------------------------------------------------
     def _start(self, key: tuple[str, ...], make: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:

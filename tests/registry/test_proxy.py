@@ -448,3 +448,25 @@ async def test_mirrored_images_share_blobs_and_pieces(upstream: Upstream, mirror
     after = await store.stats()
     assert after.logical_bytes - before.logical_bytes == len(grown)
     assert after.physical_bytes - before.physical_bytes < len(grown) // 2
+
+
+async def test_an_upstream_back_up_is_used_again(
+    upstream: Upstream, mirror: Any, aiohttp_server: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("registry.server.proxy._DOWN_SECONDS", 0.3)
+    _, body = await push_image(upstream.client, "lib/app", "v1", [b"layer"])
+    proxy = await mirror(proxy_ttl=0.0)
+    port = upstream.server.port
+    await upstream.client.close()
+    await upstream.server.close()
+    resp = await proxy.get("/v2/lib/app/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.status == 502
+    # Within the pause the upstream is not tried again: the answer is immediate.
+    resp = await proxy.get("/v2/lib/app/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert "moments ago" in (await resp.json())["errors"][0]["message"]
+    await asyncio.sleep(0.4)
+    again = make_app(ServerConfig(log_access=False), storage=tmp_path / "upstream")
+    await aiohttp_server(again, port=port)
+    status, got, _ = await _get(proxy, "/v2/lib/app/manifests/v1")
+    assert (status, got) == (200, body)
