@@ -11,14 +11,14 @@ is the repository name::
     blobs/uploads/*                 GET PATCH PUT DELETE  uploads.*   (upload_id)
     blobs/*                         GET HEAD DELETE       blobs.*     (digest)
     manifests/*                     GET HEAD PUT DELETE   manifests.* (reference)
-
-GET and HEAD of blobs and manifests go through :mod:`proxy` (the pull-through cache,
-when ``proxy`` is configured: it fetches what is missing, then the handlers above
-serve it); on a pull-through cache, writes are refused there too.
     tags/list                       GET                   tags.list_tags
     referrers/*                     GET                   referrers.list_referrers (digest)
     _oci/ext/discover               GET                   extensions.discover_repository
     _pybuild/blob/recipe            GET                   extensions.blob_recipe
+
+GET and HEAD of blobs and manifests go through :mod:`proxy` (the pull-through cache,
+when ``proxy`` is configured: it fetches what is missing, then the handlers above serve
+it); on a pull-through cache, writes are refused there too.
 
 Registry-level paths (``/v2/``, ``/v2/_catalog``, ``/v2/_oci/ext/discover``) are matched
 first. A path matching no row is 404; a known path with another method is UNSUPPORTED
