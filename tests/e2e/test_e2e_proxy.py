@@ -5,11 +5,12 @@ counted in the upstream's access log."""
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from testkit.clients import run, skopeo
-from testkit.docker_engine import start_dockerd, stop_dockerd
+from testkit.docker_engine import remove_tree, start_dockerd, stop_dockerd
 from testkit.images import (
     Image,
     make_image,
@@ -50,12 +51,14 @@ class Setup:
 @pytest.fixture
 def proxied(tmp_path: Path) -> Iterator[Setup]:
     """Distribution (access log on) and ``pybuild serve --config`` mirroring it (ttl 0)."""
-    with _proxied(tmp_path, "0") as setup:
+    with _proxied(tmp_path, lambda addr: f"proxy:\n  remoteurl: http://{addr}\n  ttl: 0\n") \
+            as setup:
         yield setup
 
 
 @contextmanager
-def _proxied(tmp_path: Path, ttl: str) -> Iterator[Setup]:
+def _proxied(tmp_path: Path, proxy_yaml: Callable[[str], str]) -> Iterator[Setup]:
+    """Distribution, and pybuild serve configured by ``proxy_yaml(its address)``."""
     require_tool("docker-registry")
     upstream_process = RegistryProcess(
         "distribution", distribution_argv(tmp_path / "upstream", access_log=True),
@@ -64,7 +67,7 @@ def _proxied(tmp_path: Path, ttl: str) -> Iterator[Setup]:
     (tmp_path / "upstream").mkdir(parents=True)
     upstream = upstream_process.start()
     config = tmp_path / "mirror.yaml"
-    config.write_text(f"proxy:\n  remoteurl: http://{upstream.addr}\n  ttl: {ttl}\n")
+    config.write_text(proxy_yaml(upstream.addr))
     storage = tmp_path / "mirror"
 
     def argv(addr: str) -> list[str]:
@@ -173,7 +176,8 @@ def test_a_tag_changed_upstream_is_seen_after_ttl_and_not_before(
 ) -> None:
     other = make_image([make_layer(tar_files({"hello.txt": b"a new version\n"}))])
     other_layout = write_oci_layout(other, tmp_path / "other")
-    with _proxied(tmp_path / "run", "3s") as setup:
+    with _proxied(tmp_path / "run",
+                  lambda addr: f"proxy:\n  remoteurl: http://{addr}\n  ttl: 3s\n") as setup:
         _push(busybox_layout, setup.upstream, "e2e/app", "v1")
         first = get_manifest(setup.mirror.addr, "e2e/app", "v1")
         assert first.headers["docker-content-digest"] == busybox.manifest_digest
@@ -185,3 +189,62 @@ def test_a_tag_changed_upstream_is_seen_after_ttl_and_not_before(
         later = get_manifest(setup.mirror.addr, "e2e/app", "v1")
         assert later.headers["docker-content-digest"] == other.manifest_digest
         _check_skopeo(setup.mirror, "e2e/app", other, tmp_path / "pulled")
+
+
+@contextmanager
+def _containerd() -> Iterator[Path]:
+    """A private containerd (its own root, state and socket under a short directory)."""
+    require_tool("containerd")
+    workdir = Path(tempfile.mkdtemp(prefix="pbc", dir="/tmp"))
+    sock = workdir / "c.sock"
+    with open(workdir / "log", "wb") as log:
+        proc = subprocess.Popen(
+            ["containerd", "-c", "/dev/null", "--root", str(workdir / "root"),
+             "--state", str(workdir / "state"), "--address", str(sock)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert proc.poll() is None, (workdir / "log").read_text()
+            assert time.monotonic() < deadline, "containerd did not start"
+            time.sleep(0.05)
+        yield sock
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        remove_tree(workdir)
+
+
+def test_containerd_mirror_names_its_upstream_with_ns(
+    tmp_path: Path, busybox: Image, busybox_layout: Path
+) -> None:
+    require_tool("ctr")
+
+    def config(addr: str) -> str:
+        return (f"proxy:\n  upstreams:\n    - host: registry.example\n"
+                f"      remoteurl: http://{addr}\n")
+
+    with _proxied(tmp_path / "run", config) as setup, _containerd() as sock:
+        _push(busybox_layout, setup.upstream, "org/app", "v1")
+        hosts = tmp_path / "hosts" / "registry.example"
+        hosts.mkdir(parents=True)
+        (hosts / "hosts.toml").write_text(
+            'server = "https://registry.example"\n\n'
+            f'[host."http://{setup.mirror.addr}"]\n  capabilities = ["pull", "resolve"]\n'
+        )
+        # registry.example does not exist: containerd reaches it only through the mirror,
+        # which it tells the registry it means with ?ns=registry.example.
+        run(["ctr", "--address", str(sock), "--namespace", "pbtest", "content", "fetch",
+             "--hosts-dir", str(tmp_path / "hosts"), "registry.example/org/app:v1"])
+        listed = run(["ctr", "--address", str(sock), "--namespace", "pbtest", "images", "ls"])
+        assert busybox.manifest_digest in listed.stdout
+        assert list_tags(setup.mirror.addr, "registry.example/org/app") == ["v1"]
+        layer = busybox.layers[0].digest
+        got = http(setup.mirror.addr, "GET", f"/v2/registry.example/org/app/blobs/{layer}")
+        assert got.body == busybox.layers[0].blob
