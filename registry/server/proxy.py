@@ -42,7 +42,14 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from cas import Digest, DigestMismatch, SizeMismatch, SourceFailed
+from cas import (
+    Digest,
+    DigestMismatch,
+    InvalidDigest,
+    SizeMismatch,
+    SourceFailed,
+    UnsupportedDigestAlgorithm,
+)
 
 from ..client.auth import Credentials
 from ..client.errors import ClientError
@@ -200,7 +207,8 @@ class Proxy:
             raise _UpstreamFailed(UNAVAILABLE(
                 f"upstream {upstream.remoteurl} refused {what}: {exc}", status=502
             )) from exc
-        except (ClientError, OSError, TimeoutError) as exc:
+        except (ClientError, OSError, TimeoutError, InvalidDigest,
+                UnsupportedDigestAlgorithm) as exc:  # the last two: a bad digest header
             if isinstance(exc, Unreachable):
                 self._down_until[upstream.netloc] = time.monotonic() + _DOWN_SECONDS
                 # The client remembers a host as down for good: the next request after
@@ -293,14 +301,12 @@ class Proxy:
             else:
                 await self._mark(reg, route.local, tag, local)
         except (RegistryError, _UpstreamFailed) as exc:
+            # Not cached: the client learns what went wrong upstream (_fetch_manifest has
+            # made an upstream 404 a MANIFEST_UNKNOWN). Cached: it gets what is cached.
             if local is None:
                 if isinstance(exc, _UpstreamFailed):
                     raise exc.error from exc
-                raise MANIFEST_UNKNOWN(
-                    f"manifest {tag!r} is neither cached nor in upstream "
-                    f"{route.upstream.remoteurl} repository {route.remote!r}",
-                    detail={"name": route.remote, "reference": tag},
-                ) from exc
+                raise
             log.warning("serving cached %s:%s: %s", route.local, tag, exc)
 
     async def _mark(self, reg: Registry, repo: str, tag: str, digest: str) -> None:

@@ -470,3 +470,32 @@ async def test_an_upstream_back_up_is_used_again(
     await aiohttp_server(again, port=port)
     status, got, _ = await _get(proxy, "/v2/lib/app/manifests/v1")
     assert (status, got) == (200, body)
+
+
+async def test_an_upstream_answering_nonsense_is_a_502(
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    async def nonsense(request: web.Request) -> web.Response:
+        if request.path == "/v2/":
+            return web.json_response({})
+        if "/manifests/" in request.path:
+            name = request.path.split("/")[3]
+            headers = {"Docker-Content-Digest": "sha256:zzz"} if name == "baddigest" else {}
+            body = b"[1, 2" if name == "notjson" else b'{"schemaVersion": 1}'
+            return web.Response(body=body, headers=headers,
+                                content_type="application/vnd.oci.image.manifest.v1+json")
+        return web.Response(status=500, text="boom")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", nonsense)
+    server = await aiohttp_server(app)
+    config = dataclasses.replace(ServerConfig(log_access=False),
+                                 proxy_remoteurl=f"http://127.0.0.1:{server.port}")
+    proxy = await aiohttp_client(make_app(config, storage=tmp_path / "mirror"))
+    for name in ("baddigest", "notjson", "schema1"):
+        resp = await proxy.get(f"/v2/{name}/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+        assert resp.status == 502, (name, await resp.text())
+        assert await error_codes(resp) == ["UNAVAILABLE"]
+    resp = await proxy.get(f"/v2/lib/app/blobs/{Digest.of(b'x')}")
+    assert resp.status == 502
+    assert await error_codes(resp) == ["UNAVAILABLE"]
