@@ -265,6 +265,8 @@ class Proxy:
         """Make ``reference`` servable from ``route.local`` (see the module docstring)."""
         ref = parse_reference(reference)
         if ref.digest is not None:
+            if reg.cache.get(route.local, str(ref.digest)) is not None:
+                return
             if await reg.meta.get_manifest(route.local, str(ref.digest)) is not None:
                 return
             await self._once(("m", route.local, str(ref.digest)),
