@@ -24,7 +24,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,7 @@ __all__ = [
     "find_running_engine",
     "remove_tree",
     "start_dockerd",
+    "stop_dockerd",
 ]
 
 DEBIAN_DOCKER = "/usr/bin/docker"
@@ -155,8 +156,13 @@ def find_running_engine() -> DockerEngine | None:
     return None
 
 
-def start_dockerd(workdir: Path, *, timeout: float = 60) -> tuple[DockerEngine, subprocess.Popen[bytes]]:
+def start_dockerd(
+    workdir: Path, *, timeout: float = 60, extra_args: Sequence[str] = ()
+) -> tuple[DockerEngine, subprocess.Popen[bytes]]:
     """Start a private ``dockerd`` whose state lives under ``workdir``; wait until it answers.
+
+    ``extra_args`` go on its command line (e.g. ``--registry-mirror=http://127.0.0.1:PORT``);
+    stop the daemon with :func:`stop_dockerd`.
 
     ``workdir`` must be a short path: the daemon's and containerd's unix sockets live
     under it, and a unix socket path is limited to 108 bytes.
@@ -181,6 +187,7 @@ def start_dockerd(workdir: Path, *, timeout: float = 60) -> tuple[DockerEngine, 
         "--exec-root", str(workdir / "x"),
         "--pidfile", str(workdir / "d.pid"),
         "-H", host,
+        *extra_args,
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -207,6 +214,12 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError as exc:
         return f"(no log: {exc})"
+
+
+def stop_dockerd(proc: subprocess.Popen[bytes], workdir: Path) -> None:
+    """Stop a daemon :func:`start_dockerd` started and remove its directory."""
+    _stop(proc)
+    remove_tree(workdir)
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -185,11 +185,13 @@ class RegistryProcess:
         self.stop()
 
 
-def distribution_config(storage: Path, addr: str, htpasswd: Path | None = None) -> str:
+def distribution_config(storage: Path, addr: str, htpasswd: Path | None = None,
+                        *, access_log: bool = False) -> str:
     """A CNCF Distribution config: filesystem storage in ``storage``, deletes on, HTTP.
 
-    As Debian ships it (in-memory blob descriptor cache), minus access logs; with
-    ``htpasswd`` (bcrypt entries) every request needs basic auth (``auth.htpasswd``).
+    As Debian ships it (in-memory blob descriptor cache), minus access logs (unless
+    ``access_log``: one line per request in the process's output); with ``htpasswd``
+    (bcrypt entries) every request needs basic auth (``auth.htpasswd``).
     """
     auth = (
         "auth:\n"
@@ -202,7 +204,7 @@ def distribution_config(storage: Path, addr: str, htpasswd: Path | None = None) 
         "log:\n"
         "  level: warn\n"
         "  accesslog:\n"
-        "    disabled: true\n"
+        f"    disabled: {'false' if access_log else 'true'}\n"
         "storage:\n"
         "  cache:\n"
         "    blobdescriptor: inmemory\n"
@@ -221,17 +223,18 @@ def distribution_config(storage: Path, addr: str, htpasswd: Path | None = None) 
 
 
 def distribution_argv(workdir: Path, htpasswd: Path | None = None,
-                      token: dict[str, str] | None = None) -> Callable[[str], list[str]]:
+                      token: dict[str, str] | None = None, *,
+                      access_log: bool = False) -> Callable[[str], list[str]]:
     """``argv(addr)`` for Debian's ``docker-registry`` storing under ``workdir/storage``
     (basic auth against ``htpasswd`` when given; bearer tokens with ``token``, the keys of
-    Distribution's ``auth.token``)."""
+    Distribution's ``auth.token``; an access log with ``access_log``)."""
     binary = shutil.which("docker-registry")
     if binary is None:
         raise RegistryError("docker-registry is not installed; install docker-registry")
 
     def argv(addr: str) -> list[str]:
         config = workdir / "config.yml"
-        text = distribution_config(workdir / "storage", addr, htpasswd)
+        text = distribution_config(workdir / "storage", addr, htpasswd, access_log=access_log)
         if token is not None:
             text = "auth:\n  token:\n" + "".join(f"    {k}: {v}\n" for k, v in token.items()) + text
         config.write_text(text)

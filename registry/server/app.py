@@ -56,6 +56,7 @@ from ..names import check_raw_path
 from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
 from .metadata import Metadata
+from .proxy import proxy_context
 from .routes import WRITE_METHODS, dispatch
 from .state import (
     BYTES_RECEIVED,
@@ -280,6 +281,7 @@ def make_app(
                 await opened.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(proxy_context(config))
     app.router.add_route("*", "/v2/{tail:.*}", dispatch)
     app.router.add_route("*", "/v2", dispatch)
     app.router.add_get("/healthz", _healthz)

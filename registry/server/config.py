@@ -48,6 +48,13 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
     shutdown_timeout: 60                # PYBUILD_SHUTDOWN_TIMEOUT: grace for in-flight requests
     event_loop: auto                    # PYBUILD_EVENT_LOOP: auto (uvloop if installed),
                                         # uvloop or asyncio
+    proxy:                              # a pull-through cache (see proxy_config.py)
+      remoteurl: https://registry-1.docker.io  # PYBUILD_PROXY_REMOTEURL
+      username: alice                   # PYBUILD_PROXY_USERNAME
+      password: secret                  # PYBUILD_PROXY_PASSWORD
+      ttl: 0                            # PYBUILD_PROXY_TTL: seconds or 30s/5m/168h
+      mixed: false                      # PYBUILD_PROXY_MIXED: accept pushes too
+      upstreams: []                     # PYBUILD_PROXY_UPSTREAMS: [{host, remoteurl, ...}]
 
 Env var names are the key path joined by ``_``, upper-cased, prefixed ``PYBUILD_``.
 Booleans accept true/false/1/0/yes/no/on/off. An unknown key is an error that names it.
@@ -58,11 +65,13 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]
+
+from .proxy_config import Upstream, parse_duration, parse_upstreams, upstream_from_remoteurl
 
 __all__ = ["ConfigError", "ServerConfig", "load_config", "parse_addr"]
 
@@ -110,6 +119,12 @@ class ServerConfig:
     log_access: bool = True
     shutdown_timeout: float = 60.0
     event_loop: str = "auto"
+    proxy_remoteurl: str | None = None
+    proxy_username: str | None = None
+    proxy_password: str | None = field(default=None, repr=False)
+    proxy_ttl: float = 0.0
+    proxy_mixed: bool = False
+    proxy_upstreams: tuple[Upstream, ...] = ()
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -152,7 +167,15 @@ _TYPES: dict[str, type] = {
     "log_access": bool,
     "shutdown_timeout": float,
     "event_loop": str,
+    "proxy_remoteurl": str,
+    "proxy_username": str,
+    "proxy_password": str,
+    "proxy_ttl": float,
+    "proxy_mixed": bool,
+    "proxy_upstreams": tuple,
 }
+# Settings with their own parser (ValueError when the value does not parse).
+_PARSERS = {"proxy_ttl": parse_duration, "proxy_upstreams": parse_upstreams}
 assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
 
 
@@ -166,6 +189,12 @@ def parse_addr(addr: str) -> tuple[str, int]:
 
 def _convert(key: str, value: Any, source: str) -> Any:
     kind = _TYPES[key]
+    parse = _PARSERS.get(key)
+    if parse is not None:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {key}: {exc}") from exc
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -192,7 +221,7 @@ def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in doc.items():
         name = f"{prefix}{str(key).replace('-', '_')}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and name != "proxy_upstreams":
             out.update(_flatten(value, name + "_"))
         else:
             out[name] = value
@@ -251,6 +280,11 @@ def load_config(
         raise ConfigError(
             f"event_loop must be auto, asyncio or uvloop, got {config.event_loop!r}"
         )
+    if config.proxy_remoteurl is not None:
+        try:
+            upstream_from_remoteurl(config.proxy_remoteurl, None, None, 0)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
     return config

@@ -9,6 +9,8 @@ the registry knows::
         PK (repo, digest); index (repo, subject) serves the referrers API
     tags(repo, tag, digest, updated)            PK (repo, tag); BINARY order = ASCIIbetical
     uploads(id PK, repo, created)               upload session -> repository
+    proxy_tags(repo, tag, digest, checked)      PK (repo, tag): tags a pull-through cache
+                                                fetched from upstream, and when it last asked
 
 Contract: every method runs its SQL on one dedicated thread (the connection never leaves
 it), so callers on the event loop only ``await``; each method is one transaction.
@@ -62,6 +64,13 @@ CREATE TABLE IF NOT EXISTS tags (
     PRIMARY KEY (repo, tag)
 );
 CREATE INDEX IF NOT EXISTS tags_digest ON tags (repo, digest);
+CREATE TABLE IF NOT EXISTS proxy_tags (
+    repo TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    checked REAL NOT NULL,
+    PRIMARY KEY (repo, tag)
+);
 CREATE TABLE IF NOT EXISTS uploads (
     id TEXT PRIMARY KEY,
     repo TEXT NOT NULL,
@@ -358,3 +367,23 @@ class Metadata:
 
     async def uploads(self) -> list[str]:
         return [r[0] for r in await self._run(self._query("SELECT id FROM uploads"))]
+
+    # --- pull-through cache ---------------------------------------------------------------
+    async def proxy_tag(self, repo: str, tag: str) -> tuple[str, float] | None:
+        """The digest ``tag`` had upstream and when (``time.time()``) that was checked."""
+        rows = await self._run(
+            self._query(
+                "SELECT digest, checked FROM proxy_tags WHERE repo = ? AND tag = ?", repo, tag
+            )
+        )
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    async def set_proxy_tag(self, repo: str, tag: str, digest: str, checked: float) -> None:
+        await self._run(
+            self._tx(
+                lambda db: db.execute(
+                    "INSERT OR REPLACE INTO proxy_tags VALUES (?, ?, ?, ?)",
+                    (repo, tag, digest, checked),
+                )
+            )
+        )

@@ -3,7 +3,8 @@
 The new configuration is read and checked completely (config file, environment, flags,
 the htpasswd file it names) before anything changes; if any of it is unusable the error is
 logged and the running configuration stays, whole. Settings bound at start-up (listen
-address, storage, TLS, event loop, access log, shutdown timeout) keep their running value
+address, storage, TLS, event loop, access log, shutdown timeout, the
+pull-through cache's ``proxy`` settings) keep their running value
 and a warning says that they need a restart. Reloading never stops the server.
 """
 
@@ -27,6 +28,8 @@ log = logging.getLogger("pybuild.registry")
 
 RESTART_ONLY = (
     "addr", "storage", "tls_cert", "tls_key", "event_loop", "log_access", "shutdown_timeout",
+    "proxy_remoteurl", "proxy_username", "proxy_password", "proxy_ttl", "proxy_mixed",
+    "proxy_upstreams",
 )
 
 

@@ -16,6 +16,10 @@ is the repository name::
     _oci/ext/discover               GET                   extensions.discover_repository
     _pybuild/blob/recipe            GET                   extensions.blob_recipe
 
+GET and HEAD of blobs and manifests go through :mod:`proxy` (the pull-through cache,
+when ``proxy`` is configured: it fetches what is missing, then the handlers above serve
+it); on a pull-through cache, writes are refused there too.
+
 Registry-level paths (``/v2/``, ``/v2/_catalog``, ``/v2/_oci/ext/discover``) are matched
 first. A path matching no row is 404; a known path with another method is UNSUPPORTED
 (405); a bad repository name is NAME_INVALID (400).
@@ -31,7 +35,7 @@ from aiohttp import web
 
 from ..errors import BLOB_UPLOAD_UNKNOWN, NAME_INVALID, UNSUPPORTED
 from ..names import is_valid_name
-from . import blobs, catalog, extensions, manifests, referrers, tags, uploads
+from . import blobs, catalog, extensions, manifests, proxy, referrers, tags, uploads
 from .state import ROUTE
 
 __all__ = ["ROUTES", "WRITE_METHODS", "Route", "dispatch", "match"]
@@ -78,15 +82,15 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "blob",
         ("blobs", "*"),
-        {"GET": blobs.get_blob, "HEAD": blobs.get_blob, "DELETE": blobs.delete_blob},
+        {"GET": proxy.get_blob, "HEAD": proxy.get_blob, "DELETE": blobs.delete_blob},
         "digest",
     ),
     Route(
         "manifest",
         ("manifests", "*"),
         {
-            "GET": manifests.get_manifest,
-            "HEAD": manifests.get_manifest,
+            "GET": proxy.get_manifest,
+            "HEAD": proxy.get_manifest,
             "PUT": manifests.put_manifest,
             "DELETE": manifests.delete_manifest,
         },
@@ -176,4 +180,5 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     raw = request.raw_path
     route, handler, params = match(request.method, raw.split("?", 1)[0])
     request[ROUTE] = route.name
+    proxy.refuse_write(request)
     return await handler(request, **params)
