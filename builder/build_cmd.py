@@ -134,6 +134,17 @@ def _outputs(values: tuple[str, ...], load: bool, tags: tuple[str, ...]) -> tupl
     return tuple(outs)
 
 
+def _enter_user_namespace() -> None:
+    """A non-root build runs as root of a user namespace (docs/rootless.md)."""
+    from .sandbox.userns import UserNamespaceUnavailable, enter_user_namespace
+
+    try:
+        enter_user_namespace()
+    except UserNamespaceUnavailable as exc:
+        click.echo(f"ERROR: {exc}", err=True)
+        sys.exit(1)
+
+
 _ENTITLEMENTS = ("security.insecure",)
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 T = TypeVar("T")
@@ -257,6 +268,8 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         outputs=outs, secrets=_secrets(secrets), compression=compression,
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
         ssh=_ssh(ssh), allow=frozenset(allow))
+    if os.geteuid() != 0:
+        _enter_user_namespace()
     progress = Progress(progress_mode)
     recorder = None if outs or push or secrets or ssh else Recorder.start()
     try:
