@@ -24,6 +24,7 @@ from .fastpath import Recorder, progress_events
 from .outputs import ExportError, Output, OutputError, parse_output
 from .progress import Progress
 from .publish import PublishError
+from .sandbox.userns import become_root
 from .steps.common import BuildError
 
 __all__ = ["build", "finished"]
@@ -132,17 +133,6 @@ def _outputs(values: tuple[str, ...], load: bool, tags: tuple[str, ...]) -> tupl
         except EngineError as exc:
             raise click.BadParameter(str(exc), param_hint="--load") from exc
     return tuple(outs)
-
-
-def _enter_user_namespace() -> None:
-    """A non-root build runs as root of a user namespace (docs/rootless.md)."""
-    from .sandbox.userns import UserNamespaceUnavailable, enter_user_namespace
-
-    try:
-        enter_user_namespace()
-    except UserNamespaceUnavailable as exc:
-        click.echo(f"ERROR: {exc}", err=True)
-        sys.exit(1)
 
 
 _ENTITLEMENTS = ("security.insecure",)
@@ -268,8 +258,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         outputs=outs, secrets=_secrets(secrets), compression=compression,
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
         ssh=_ssh(ssh), allow=frozenset(allow))
-    if os.geteuid() != 0:
-        _enter_user_namespace()
+    become_root()  # as a non-root user: root of a user namespace (docs/rootless.md)
     progress = Progress(progress_mode)
     recorder = None if outs or push or secrets or ssh else Recorder.start()
     try:

@@ -33,6 +33,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from .errors import SandboxUnavailable
 
 __all__ = [
     "IdRange",
+    "become_root",
     "UserNamespaceUnavailable",
     "check_user_namespaces",
     "enter_user_namespace",
@@ -225,3 +227,16 @@ def enter_user_namespace() -> None:
             "newuidmap and newgidmap are setuid root (or have the setuid/setgid file "
             "capabilities)")
     in_user_namespace.cache_clear()
+
+
+def become_root() -> None:
+    """For a command that must run as root: nothing for root; anyone else enters a user
+    namespace (:func:`enter_user_namespace`) or gets its error as one ``ERROR:`` line on
+    stderr and exit code 1."""
+    if os.geteuid() == 0:
+        return
+    try:
+        enter_user_namespace()
+    except UserNamespaceUnavailable as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        sys.exit(1)
