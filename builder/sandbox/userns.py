@@ -43,8 +43,8 @@ from .errors import SandboxUnavailable
 
 __all__ = [
     "IdRange",
-    "become_root",
     "UserNamespaceUnavailable",
+    "become_root",
     "check_user_namespaces",
     "enter_user_namespace",
     "id_map",
