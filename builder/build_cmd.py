@@ -21,6 +21,7 @@ from .context import ContextError
 from .dockerfile.errors import DockerfileError
 from .dockerfile.stages import Platform
 from .fastpath import Recorder, progress_events
+from .layers.errors import LayerError
 from .outputs import ExportError, Output, OutputError, parse_output
 from .progress import Progress
 from .publish import PublishError
@@ -263,7 +264,8 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
     recorder = None if outs or push or secrets or ssh else Recorder.start()
     try:
         result = _run_until_signal(run_build(opts, progress))
-    except (BuildError, DockerfileError, ContextError, PublishError, ExportError) as exc:
+    except (BuildError, DockerfileError, ContextError, PublishError, ExportError,
+            LayerError) as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
     except Interrupted as exc:

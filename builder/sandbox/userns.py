@@ -51,6 +51,7 @@ __all__ = [
     "in_user_namespace",
     "overlay_xattr",
     "subordinate_ranges",
+    "unmapped_owner",
 ]
 
 _CLONE_NEWUSER = 0x10000000
@@ -86,6 +87,36 @@ def overlay_xattr(name: str) -> str:
     process's overlay mounts use it: ``user.overlay.<name>`` inside a user namespace
     (mounted with ``userxattr``), else ``trusted.overlay.<name>``."""
     return f"{'user' if in_user_namespace() else 'trusted'}.overlay.{name}"
+
+
+def _mapped_ranges(kind: str) -> list[tuple[int, int]]:
+    try:
+        text = (_PROC / f"self/{kind}_map").read_text()
+    except OSError:
+        return []
+    return [(int(f[0]), int(f[2])) for f in (line.split() for line in text.splitlines())
+            if len(f) == 3]
+
+
+def unmapped_owner(uid: int, gid: int) -> str | None:
+    """None if this process's user namespace maps ``uid`` and ``gid`` (always so outside
+    one); else one line saying which is not mapped and how to fix that."""
+    if not in_user_namespace():
+        return None
+    for kind, value in (("uid", uid), ("gid", gid)):
+        ranges = _mapped_ranges(kind)
+        if ranges and not any(start <= value < start + count for start, count in ranges):
+            merged: list[list[int]] = []
+            for start, count in sorted(ranges):
+                if merged and merged[-1][1] + 1 == start:
+                    merged[-1][1] = start + count - 1
+                else:
+                    merged.append([start, start + count - 1])
+            have = ", ".join(f"{s}-{e}" for s, e in merged)
+            return (f"{kind} {value} is not mapped in this non-root build's user namespace "
+                    f"(it has {kind}s {have}); give the user a subordinate range that "
+                    "covers it (usermod --add-subuids, --add-subgids) or build as root")
+    return None
 
 
 def subordinate_ranges(

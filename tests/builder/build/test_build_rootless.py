@@ -135,6 +135,39 @@ def test_missing_newuidmap_is_named_with_its_package(
     assert "apt-get install uidmap" in lines[0]
 
 
+def test_ids_beyond_the_subordinate_range_fail_naming_the_fix(
+        workspace: Path, user: SystemUser, contexts: dict[str, Path]) -> None:
+    ctx = workspace / "cases" / "rootless-unmapped"
+    shutil.copytree(TESTFILES / "rootless-unmapped", ctx)
+    base_ref = contexts["basic"].joinpath("Dockerfile").read_text().split()[1]
+    (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace("BASE", base_ref))
+    # A base layer with a file of such an owner.
+    rootfs = workspace / "unmapped-base" / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "far").write_text("far away\n")
+    os.chown(rootfs / "etc" / "far", 70000, 70000)
+    far_ref = write_base_layout(rootfs, workspace / "unmapped-base" / "layout", owner=None)
+    base_ctx = workspace / "cases" / "rootless-unmapped-base"
+    shutil.copytree(TESTFILES / "rootless-unmapped-base", base_ctx)
+    (base_ctx / "Dockerfile").write_text(
+        (base_ctx / "Dockerfile").read_text().replace("BASE", far_ref))
+    subprocess.run(["chmod", "-R", "a+rX", str(workspace)], check=True)
+
+    fix = "give the user a subordinate range that covers it (usermod --add-subuids"
+    done = _pybuild(user, ["build", "--progress", "quiet", str(ctx)])
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "ERROR: Dockerfile:3: COPY: --chown=70000:70000: uid 70000 is not mapped in this "
+        f"non-root build's user namespace (it has uids 0-65536); {fix}, --add-subgids) or "
+        "build as root"]
+    done = _pybuild(user, ["build", "--progress", "quiet", str(base_ctx)])
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("ERROR: layer entry 'etc/far' is owned by 70000:70000, an id "
+                               "this user namespace does not map"), lines[0]
+
+
 # -- the pieces, without a user -----------------------------------------------------------
 
 @pytest.mark.parametrize(("name", "value", "fix"), [
