@@ -252,6 +252,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
             Platform.parse(platform)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--platform") from exc
+    become_root()  # as a non-root user: root of a user namespace (docs/rootless.md)
     opts = BuildOptions(
         context=context, storage=storage or default_storage_dir(), dockerfile=dockerfile,
         tags=tags, build_args=_build_args(build_args), target=target,
@@ -259,7 +260,6 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         outputs=outs, secrets=_secrets(secrets), compression=compression,
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
         ssh=_ssh(ssh), allow=frozenset(allow))
-    become_root()  # as a non-root user: root of a user namespace (docs/rootless.md)
     progress = Progress(progress_mode)
     recorder = None if outs or push or secrets or ssh else Recorder.start()
     try:
