@@ -198,3 +198,18 @@ def test_subordinate_ranges_by_name_or_uid(tmp_path: Path) -> None:
 def test_id_map_puts_the_user_at_0_and_the_ranges_after_it() -> None:
     assert id_map(1000, [IdRange(100000, 65536), IdRange(300000, 10)]) == [
         0, 1000, 1, 1, 100000, 65536, 65537, 300000, 10]
+
+
+def test_the_overlay_probe_reads_whether_index_took_from_the_mount_table() -> None:
+    from builder.sandbox.rootfs import _index_took
+
+    merged = Path("/s p/merged")
+    line = (b"82 52 0:45 / /s\\040p/merged rw,relatime - overlay overlay "
+            b"rw,lowerdir=l,upperdir=u,workdir=w,redirect_dir=nofollow,uuid=on,userxattr%s\n")
+    other = b"22 1 8:1 / / rw,relatime - ext4 /dev/vda rw,index=on\n"
+    assert _index_took(other + line % b",index=on", merged)
+    assert not _index_took(other + line % b",index=off", merged)
+    # Not shown: the kernel's default for index, which the module parameter tells.
+    default = Path("/sys/module/overlay/parameters/index")
+    if default.exists():
+        assert _index_took(other + line % b"", merged) == (default.read_text().strip() == "Y")
