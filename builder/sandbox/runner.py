@@ -82,6 +82,13 @@ __all__ = ["TAIL_LINES", "Executor", "OutputCallback", "StepResult", "run_step"]
 
 
 
+# Why a user namespace cannot mount /proc inside most containers, and the fix.
+MASKED_PROC = ("a user namespace cannot mount a fresh /proc where this one has masked paths "
+               "(inside a container): run the container with an unmasked /proc (docker run "
+               "--security-opt systempaths=unconfined; Kubernetes: securityContext.procMount: "
+               "Unmasked), see docs/rootless.md")
+
+
 class Executor(enum.Enum):
     AUTO = "auto"
     BWRAP = "bwrap"
@@ -331,6 +338,8 @@ def run_step(
         raise SandboxSetupError(str(errors[0]["error"]), tail)
     if not started:
         raise SandboxSetupError(f"the sandbox exited with code {code} before the command ran", tail)
+    if kind is Executor.BWRAP and code == 1 and tail and tail[-1].startswith("bwrap: Can't mount proc"):
+        raise SandboxSetupError(f"{tail[-1]}: {MASKED_PROC}")
     if code != 0 and check:
         if _disk_full(state_dir, tail):
             raise OutOfDiskSpace(spec.argv, code, tail, state_dir)

@@ -255,8 +255,9 @@ def enter_user_namespace() -> None:
             f"could not map the subordinate ids of user {name} "
             f"(newuidmap {pid} {uid_args}; newgidmap {pid} {gid_args}): "
             f"{error or 'no output'}; check /etc/subuid and /etc/subgid, and that "
-            "newuidmap and newgidmap are setuid root (or have the setuid/setgid file "
-            "capabilities)")
+            "newuidmap and newgidmap are setuid root -- inside a container, where a setuid "
+            "helper lacks CAP_SYS_ADMIN, give them file capabilities instead: chmod 0755 "
+            "and setcap cap_setuid=ep /usr/bin/newuidmap, cap_setgid=ep /usr/bin/newgidmap")
     in_user_namespace.cache_clear()
 
 
