@@ -21,9 +21,11 @@ from .build import BuildOptions, run_build
 from .context import ContextError
 from .dockerfile.errors import DockerfileError
 from .fastpath import Recorder, progress_events
+from .layers.errors import LayerError
 from .outputs import ExportError, Output, OutputError, parse_output
 from .progress import Progress
 from .publish import PublishError
+from .sandbox.userns import become_root
 from .steps.common import BuildError
 
 __all__ = ["build", "finished"]
@@ -253,6 +255,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
             Platform.parse(platform)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--platform") from exc
+    become_root()  # as a non-root user: root of a user namespace (docs/rootless.md)
     opts = BuildOptions(
         context=context, storage=storage or default_storage_dir(), dockerfile=dockerfile,
         tags=tags, build_args=_build_args(build_args), target=target,
@@ -264,7 +267,8 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
     recorder = None if outs or push or secrets or ssh else Recorder.start()
     try:
         result = _run_until_signal(run_build(opts, progress))
-    except (BuildError, DockerfileError, ContextError, PublishError, ExportError) as exc:
+    except (BuildError, DockerfileError, ContextError, PublishError, ExportError,
+            LayerError) as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
     except Interrupted as exc:

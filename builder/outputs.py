@@ -28,6 +28,7 @@ import csv
 import json
 import os
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
@@ -389,17 +390,42 @@ async def export(out: Output, image: BuiltImage, store: Store, names: Sequence[s
                 raise ExportError(_cannot_write(out.dest, exc)) from exc
 
 
+def _give_to_user(root: Path) -> None:
+    """Inside a non-root build's user namespace, make the user (its uid 0) own the tree
+    ``root``: buildx writes a rootless BuildKit's local output as the user, and the user
+    can then change and remove it. Modes are kept (chown clears setuid and setgid bits);
+    what belongs to an id the namespace does not map (not the build's) is left alone."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for path in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+            st = os.lstat(path)
+            if (st.st_uid, st.st_gid) == (0, 0):
+                continue
+            try:
+                os.lchown(path, 0, 0)
+            except PermissionError:
+                continue
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(path, stat.S_IMODE(st.st_mode))
+
+
 async def _export_local(dest: Path, rootfs: Callable[[Path], Awaitable[None]]) -> None:
     """Into an existing directory as buildx does; a new one appears only when complete."""
+    from .sandbox.userns import in_user_namespace
+
+    async def write(root: Path) -> None:
+        await rootfs(root)
+        if in_user_namespace():
+            await asyncio.to_thread(_give_to_user, root)
+
     try:
         if await asyncio.to_thread(dest.exists):
-            await rootfs(dest)
+            await write(dest)
             return
         await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
         tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f".{dest.name}.",
                                            dir=dest.parent))
         try:
-            await rootfs(tmp)  # also gives it the image root's owner and mode
+            await write(tmp)  # also gives it the image root's owner and mode
             await asyncio.to_thread(os.rename, tmp, dest)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, tmp, True)

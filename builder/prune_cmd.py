@@ -12,6 +12,7 @@ from cas.location import default_storage_dir
 from cas.units import parse_duration
 
 from .prune import PruneError, prune
+from .sandbox.userns import become_root
 
 __all__ = ["builder"]
 
@@ -45,6 +46,7 @@ def prune_command(storage: Path | None, older_than: str, everything: bool, wait:
     remembered hashes of context files that are gone. `pybuild storage gc` then
     reclaims the layer blobs nothing else links."""
     age = None if everything else older_than_seconds(older_than)
+    become_root()  # snapshots hold files of the user namespace's other ids
     try:
         report = asyncio.run(prune(storage or default_storage_dir(), older_than=age, wait=wait))
     except PruneError as exc:

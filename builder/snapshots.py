@@ -4,6 +4,8 @@ Layout (inside the build storage directory)::
 
     snapshots/<diff_id hex>/     the layer's files; whiteouts as 0/0 character devices,
                                  opaque directories marked trusted.overlay.opaque=y
+                                 (user.overlay.opaque=y in a non-root build's user
+                                 namespace, as its overlay mounts read them)
     snapshots/.tmp-*/            extractions in progress (renamed into place when done)
 
 A stage's root filesystem is the stack of its layers' snapshot directories (top first),
@@ -27,6 +29,7 @@ from cas import Digest, Store
 
 from .layers.changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from .layers.pathres import clean_name
+from .sandbox.userns import overlay_xattr
 
 __all__ = ["SnapshotStore"]
 
@@ -56,7 +59,7 @@ def _extract(blob: Path, dest: Path) -> None:
         target = dest.joinpath(*parts)
         if opaque:
             target.mkdir(parents=True, exist_ok=True)
-            os.setxattr(target, "trusted.overlay.opaque", b"y", follow_symlinks=False)
+            os.setxattr(target, overlay_xattr("opaque"), b"y", follow_symlinks=False)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             if not os.path.lexists(target):

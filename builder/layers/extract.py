@@ -18,8 +18,10 @@ existing symlink replaces the symlink with a directory, as containerd and Docker
 
 Ownership and device nodes need root: by default (``same_owner=None``) owners are set and
 devices created when running as root; otherwise they are skipped and listed in
-:attr:`ApplyReport.skipped`. Directory modes and mtimes are applied last, deepest first,
-so a read-only directory can still be filled and its mtime is not disturbed afterwards.
+:attr:`ApplyReport.skipped`. As root of a user namespace, device nodes are skipped (the
+kernel refuses them) and an owner the namespace does not map is an error. Directory
+modes and mtimes are applied last, deepest first, so a read-only directory can still be
+filled and its mtime is not disturbed afterwards.
 """
 
 from __future__ import annotations
@@ -198,7 +200,16 @@ class _Applier:
                 self.skipped.append(f"{name}: device node needs root, not created")
                 return
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK if member.isblk() else stat.S_IFIFO
-            os.mknod(path, 0o600 | kind, os.makedev(member.devmajor, member.devminor))
+            try:
+                os.mknod(path, 0o600 | kind, os.makedev(member.devmajor, member.devminor))
+            except PermissionError:
+                if kind == stat.S_IFIFO:
+                    raise
+                # Root of a user namespace has no CAP_MKNOD outside it (containerd
+                # skips device nodes there too).
+                self.skipped.append(f"{name}: device node not permitted here (a user "
+                                    "namespace), not created")
+                return
         else:
             raise LayerFormatError(
                 f"layer entry {name!r} has tar type {member.type!r}, which a layer cannot "
@@ -216,7 +227,17 @@ class _Applier:
 
     def _metadata(self, path: str, member: tarfile.TarInfo, *, is_link: bool) -> None:
         if self.same_owner:
-            os.chown(path, member.uid, member.gid, follow_symlinks=False)
+            try:
+                os.chown(path, member.uid, member.gid, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                raise LayerFormatError(
+                    f"layer entry {member.name!r} is owned by {member.uid}:{member.gid}, "
+                    "an id this user namespace does not map: a non-root build maps the "
+                    "user's subordinate ids (/etc/subuid, /etc/subgid); give the user a "
+                    "range that covers it (usermod --add-subuids, --add-subgids) or build "
+                    "as root") from exc
         if not is_link:
             os.chmod(path, member.mode & 0o7777)  # after chown, which clears setuid
         for key, value in sorted(member.pax_headers.items()):

@@ -46,8 +46,15 @@ MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
 MS_BIND = 4096
 MS_REC = 16384
+MS_RELATIME = 1 << 21
+# statvfs flags -> the mount flags a read-only remount must keep (see remount_readonly)
+_KEPT_FLAGS = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+               (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME),
+               (os.ST_RELATIME, MS_RELATIME))
 
 # Docker's default capability set (moby oci/caps/defaults.go), which BuildKit's RUN gets.
 DEFAULT_CAPS = {
@@ -63,9 +70,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class SetupError(Exception):
-    def __init__(self, message: str, kind: str = "setup") -> None:
+    def __init__(self, message: str, kind: str = "setup", err: int = 0) -> None:
         super().__init__(message)
         self.kind = kind
+        self.errno = err
 
 
 def mount(source: str, target: str, fstype: str | None, flags: int, data: str = "") -> None:
@@ -75,7 +83,19 @@ def mount(source: str, target: str, fstype: str | None, flags: int, data: str = 
     )
     if res != 0:
         err = ctypes.get_errno()
-        raise SetupError(f"mount {fstype or 'bind'} {source} on {target}: {os.strerror(err)}")
+        raise SetupError(f"mount {fstype or 'bind'} {source} on {target}: {os.strerror(err)}",
+                         err=err)
+
+
+def remount_readonly(target: str, flags: int = 0) -> None:
+    """Make the bind mount at ``target`` read-only, keeping the flags it has: in a user
+    namespace the kernel refuses a remount that would clear a flag locked on a mount
+    from outside it (nosuid, nodev, noexec, the atime flags)."""
+    have = os.statvfs(target).f_flag
+    for st_flag, ms_flag in _KEPT_FLAGS:
+        if have & st_flag:
+            flags |= ms_flag
+    mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
 
 
 # Directories that got a mount point created in them -> their (atime, mtime) before, so
@@ -150,7 +170,7 @@ def setup_mounts(plan: Plan, root: str, stubs: list[str]) -> None:
         if kind == "bind":
             mount(m["source"], dst, None, MS_BIND | MS_REC)
             if m["readonly"]:
-                mount("none", dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+                remount_readonly(dst)
         elif kind == "overlay":
             mount("overlay", dst, "overlay", 0, m["data"])
         elif kind == "tmpfs":
@@ -169,7 +189,7 @@ def setup_mounts(plan: Plan, root: str, stubs: list[str]) -> None:
             os.chown(path, m["uid"], m["gid"])
             os.chmod(path, m["mode"])
             mount(path, dst, None, MS_BIND)
-            mount("none", dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            remount_readonly(dst, MS_NOSUID | MS_NODEV)
         else:
             raise SetupError(f"unknown mount type {kind!r}")
     files = (("/etc/hosts", plan.get("hosts")), ("/etc/resolv.conf", plan.get("resolv")))
@@ -177,7 +197,7 @@ def setup_mounts(plan: Plan, root: str, stubs: list[str]) -> None:
         if source:
             dst = resolve(root, name, "file", stubs)
             mount(source, dst, None, MS_BIND)
-            mount("none", dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+            remount_readonly(dst)
 
 
 def setup_dev(root: str, stubs: list[str]) -> None:
@@ -211,7 +231,7 @@ def setup_pipes(plan: Plan, root: str) -> None:
         dst = os.path.join(pipes, p["name"])
         os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755))
         mount(p["source"], dst, None, MS_BIND)
-        mount("none", dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        remount_readonly(dst)
 
 
 def loopback_up() -> None:
@@ -234,14 +254,32 @@ def drop_capabilities() -> None:
 def setup_sys(plan: Plan, root: str, stubs: list[str]) -> None:
     # A fresh sysfs shows this namespace's network devices (only lo for network=none).
     sys_dir = resolve(root, "/sys", "dir", stubs)
-    mount("sysfs", sys_dir, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    try:
+        mount("sysfs", sys_dir, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except SetupError as exc:
+        # A user namespace may mount sysfs only in a network namespace of its own; with
+        # the host's network the host's /sys is bound read-only instead (as rootless
+        # runc does).
+        if exc.errno != errno.EPERM:
+            raise
+        mount("/sys", sys_dir, None, MS_BIND | MS_REC)
+        remount_readonly(sys_dir, MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if plan["network_none"]:
         loopback_up()
 
 
 def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     proc = resolve(root, "/proc", "dir", stubs)
-    mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    try:
+        mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except SetupError as exc:
+        if exc.errno != errno.EPERM:
+            raise
+        raise SetupError(f"{exc}: a user namespace cannot mount a fresh /proc where this "
+                         "one has masked paths (inside a container): run the container "
+                         "with an unmasked /proc (docker run --security-opt "
+                         "systempaths=unconfined; Kubernetes: securityContext.procMount: "
+                         "Unmasked), see docs/rootless.md") from None
     setup_dev(root, stubs)
     setup_pipes(plan, root)
     socket.sethostname(plan["hostname"])

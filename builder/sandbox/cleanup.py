@@ -8,11 +8,11 @@ directory that was only copied up for that reason (now empty, not opaque, same m
 as below) is dropped from the upper dir. Then the scratch parts of ``state_dir`` go.
 
 Finally the upper dir loses overlayfs' own bookkeeping xattrs (``trusted.overlay.origin``,
-``impure``, ``uuid``, ...): afterwards it holds content, 0/0 whiteouts and the
-``trusted.overlay.opaque`` marks, nothing else -- what a layer writer needs to read. An
-opaque mark on a directory with nothing below it in the lowers is dropped too: with
-``index=on`` overlayfs marks every directory made in a merged directory opaque, which
-hides nothing and would only add a ``.wh..wh..opq`` entry to the layer.
+``impure``, ``uuid``, ...; ``user.overlay.*`` in a user namespace): afterwards it holds
+content, 0/0 whiteouts and the opaque marks, nothing else -- what a layer writer needs to
+read. An opaque mark on a directory with nothing below it in the lowers is dropped too:
+with ``index=on`` overlayfs marks every directory made in a merged directory opaque,
+which hides nothing and would only add a ``.wh..wh..opq`` entry to the layer.
 """
 
 from __future__ import annotations
@@ -23,27 +23,28 @@ import shutil
 from collections.abc import Sequence
 
 from .rootfs import RootfsLayout, RootfsMode, is_opaque, lower_stat
+from .userns import overlay_xattr
 
 __all__ = ["cleanup"]
 
 
-_KEEP = "trusted.overlay.opaque"
-
-
 def strip_overlay_xattrs(upper: os.PathLike[str] | str,
                          lowers: Sequence[os.PathLike[str]] | None = None) -> None:
-    """Remove every ``trusted.overlay.*`` xattr but the opaque mark under ``upper``; with
-    ``lowers``, also the opaque mark of a directory that hides nothing in them."""
+    """Remove every ``trusted.overlay.*`` xattr (``user.overlay.*`` in a user namespace)
+    but the opaque mark under ``upper``; with ``lowers``, also the opaque mark of a
+    directory that hides nothing in them."""
+    keep = overlay_xattr("opaque")
+    prefix = overlay_xattr("")
     for dirpath, dirnames, filenames in os.walk(upper):
         for name in ["", *dirnames, *filenames]:
             path = os.path.join(dirpath, name) if name else dirpath
             with contextlib.suppress(OSError):
                 for attr in os.listxattr(path, follow_symlinks=False):
-                    if attr == _KEEP and name in dirnames and lowers is not None:
+                    if attr == keep and name in dirnames and lowers is not None:
                         rel = os.path.relpath(path, upper)
                         if lower_stat(lowers, rel) is None:
                             os.removexattr(path, attr, follow_symlinks=False)
-                    elif attr.startswith("trusted.overlay.") and attr != _KEEP:
+                    elif attr.startswith(prefix) and attr != keep:
                         os.removexattr(path, attr, follow_symlinks=False)
 
 

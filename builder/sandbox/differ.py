@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..layers import Changeset, EntryKind, Snapshot, diff_snapshot, take_snapshot
+from .userns import overlay_xattr
 
 __all__ = ["forgive_touched", "hold_directories", "take_snapshot", "upper_from_copy",
            "write_upper"]
@@ -131,7 +132,7 @@ def write_upper(changes: Changeset, upper: Path) -> None:
     for whiteout in changes.whiteouts:
         dst = upper / whiteout.path
         if whiteout.opaque:
-            os.setxattr(dst, "trusted.overlay.opaque", b"y", follow_symlinks=False)
+            os.setxattr(dst, overlay_xattr("opaque"), b"y", follow_symlinks=False)
         else:
             os.mknod(dst, stat.S_IFCHR | 0o600, os.makedev(0, 0))
     # directory times last: making their children changed them

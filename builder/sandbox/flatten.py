@@ -58,8 +58,13 @@ def _apply(src_dir: Path, dst_dir: Path, links: dict[tuple[int, int], Path]) -> 
             shutil.copyfile(src, dst, follow_symlinks=False)
         elif stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), dst)
-        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        elif stat.S_ISFIFO(st.st_mode):
             os.mknod(dst, st.st_mode, st.st_rdev)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            try:
+                os.mknod(dst, st.st_mode, st.st_rdev)
+            except PermissionError:
+                continue  # root of a user namespace cannot make devices: left out
         else:
             continue  # sockets do not belong in an image
         if st.st_nlink > 1:
@@ -78,7 +83,7 @@ def _copy_meta(src: Path, dst: Path, st: os.stat_result | None = None) -> None:
     except OSError:
         names = []
     for name in names:
-        if name.startswith("trusted.overlay."):
+        if name.startswith(("trusted.overlay.", "user.overlay.")):
             continue
         try:
             os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False),

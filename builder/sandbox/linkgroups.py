@@ -37,10 +37,13 @@ from pathlib import Path
 
 from ..layers.scan import read_xattrs, walk
 from .rootfs import find_in_lowers, is_opaque
+from .userns import overlay_xattr
 
-__all__ = ["relink_copied_up"]
+__all__ = ["has_link_groups", "relink_copied_up"]
 
-_ORIGIN = "trusted.overlay.origin"
+# lower dir -> (its inode, ctime) and whether it holds a hard-linked regular file
+_link_groups: dict[str, tuple[tuple[int, int], bool]] = {}
+
 _MAX_HANDLE = 128  # MAX_HANDLE_SZ
 
 
@@ -67,7 +70,7 @@ def _origin(path: str) -> tuple[int, bytes] | None:
     """The lower file handle in an upper entry's origin xattr (overlayfs' ``struct
     ovl_fb``: version, magic 0xfb, length, flags, handle type, fs uuid[16], handle)."""
     try:
-        fb = os.getxattr(path, _ORIGIN, follow_symlinks=False)
+        fb = os.getxattr(path, overlay_xattr("origin"), follow_symlinks=False)
     except OSError:
         return None
     if len(fb) < 21 or fb[1] != 0xFB or fb[2] > len(fb):
@@ -82,6 +85,19 @@ def _linked_names(lower: Path) -> dict[tuple[int, int], list[str]]:
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             names.setdefault((st.st_dev, st.st_ino), []).append(rel)
     return names
+
+
+def has_link_groups(lower: Path) -> bool:
+    """Does the layer ``lower`` hold a regular file with more than one name? (Walked
+    once per directory: layer snapshots do not change.)"""
+    st = os.stat(lower)
+    key, known = os.fspath(lower), _link_groups.get(os.fspath(lower))
+    if known is not None and known[0] == (st.st_ino, st.st_ctime_ns):
+        return known[1]
+    found = any(stat.S_ISREG(s.st_mode) and s.st_nlink > 1
+                for _rel, _abspath, s in walk(os.fspath(lower)))
+    _link_groups[key] = ((st.st_ino, st.st_ctime_ns), found)
+    return found
 
 
 def _left_alone(upper: Path, name: str) -> bool:

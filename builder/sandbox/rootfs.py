@@ -36,9 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SandboxSetupError, SandboxUnavailable
+from .userns import in_user_namespace, overlay_xattr
 
 __all__ = [
     "OVERLAY_OPTIONS",
+    "USERNS_OVERLAY_OPTIONS",
     "RootfsLayout",
     "RootfsMode",
     "find_in_lowers",
@@ -57,6 +59,9 @@ __all__ = [
 # once, and every name the step touches stays on that one upper inode (the index lives
 # in the work dir, which is removed after the step). Other mounts use index=off.
 OVERLAY_OPTIONS = "redirect_dir=off,metacopy=off"
+# Inside a user namespace overlayfs keeps its xattrs in user.overlay.* (``userxattr``)
+# and takes redirect_dir=nofollow (not created, not followed) instead of off.
+USERNS_OVERLAY_OPTIONS = "redirect_dir=nofollow,metacopy=off,userxattr"
 # The kernel takes at most one page of mount options.
 _MAX_MOUNT_DATA = 4000
 
@@ -121,8 +126,9 @@ def overlay_mount_data(
 
     def data(paths: Sequence[str], up: str, wk: str) -> str:
         low = ":".join(_escape(p) for p in paths)
+        options = USERNS_OVERLAY_OPTIONS if in_user_namespace() else OVERLAY_OPTIONS
         return (f"lowerdir={low},upperdir={_escape(up)},workdir={_escape(wk)},"
-                f"{OVERLAY_OPTIONS},index={'on' if index else 'off'}")
+                f"{options},index={'on' if index else 'off'}")
 
     absolute = data([str(p) for p in lowers], str(upper), str(work))
     if len(absolute) <= _MAX_MOUNT_DATA:
@@ -179,21 +185,27 @@ def _probe(state_dir: Path) -> tuple[bool, bool]:
     dirs = [probe / d for d in ("lower", "upper", "work", "merged")]
     unshare = shutil.which("unshare") or "/usr/bin/unshare"
     results = []
+    # The mount table says whether index=on took: overlayfs falls back to index=off
+    # with only a kernel log line where it cannot use file handles (always, inside a
+    # user namespace).
+    script = 'mount -t overlay overlay -o "$1" "$2" && cat /proc/self/mountinfo'
     try:
         for index in (True, False):
             shutil.rmtree(probe, ignore_errors=True)
             for d in dirs:
                 d.mkdir(parents=True, exist_ok=True)
             opts, _ = overlay_mount_data([dirs[0]], dirs[1], dirs[2], index=index)
-            results.append(subprocess.run(
+            done = subprocess.run(
                 [unshare, "--mount", "--propagation", "private",
-                 "mount", "-t", "overlay", "overlay", "-o", opts, str(dirs[3])],
+                 "/bin/sh", "-c", script, "sh", opts, str(dirs[3])],
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 check=False,
-            ).returncode == 0)
-            if results[-1]:
+            )
+            mounted = done.returncode == 0
+            results.append(mounted and (not index or _index_took(done.stdout, dirs[3])))
+            if mounted:
                 break
     except FileNotFoundError as exc:
         raise SandboxUnavailable(
@@ -201,9 +213,27 @@ def _probe(state_dir: Path) -> tuple[bool, bool]:
         ) from exc
     finally:
         shutil.rmtree(probe, ignore_errors=True)
-    found = (results[-1], results[0])
+    found = (mounted, results[0])
     _probe_cache[key] = found
     return found
+
+
+def _index_took(mountinfo: bytes, merged: Path) -> bool:
+    """Does the overlay mounted at ``merged`` (per ``mountinfo``) use ``index=on``?"""
+    where = os.fsencode(merged)
+    for c in b"\\ \t\n":  # mountinfo escapes these as octal
+        where = where.replace(bytes([c]), b"\\%03o" % c)
+    for line in mountinfo.splitlines():
+        fields = line.split(b" ")
+        if len(fields) > 4 and fields[4] == where:
+            options = line.rpartition(b" ")[2].split(b",")
+            if b"index=on" in options or b"index=off" in options:
+                return b"index=on" in options
+            break
+    try:  # not shown: the kernel's default
+        return Path("/sys/module/overlay/parameters/index").read_text().strip() == "Y"
+    except OSError:
+        return True
 
 
 def _is_whiteout(st: os.stat_result) -> bool:
@@ -212,7 +242,7 @@ def _is_whiteout(st: os.stat_result) -> bool:
 
 def is_opaque(path: Path) -> bool:
     try:
-        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+        return os.getxattr(path, overlay_xattr("opaque"), follow_symlinks=False) == b"y"
     except OSError:
         return False
 

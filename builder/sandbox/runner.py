@@ -1,6 +1,7 @@
 """Run one ``RUN`` step in a sandbox: :func:`run_step`.
 
-How a step runs (all as real root; rootless building is not supported):
+How a step runs (as root: real root, or root of the user namespace a non-root build
+runs in, ``userns.py``):
 
 1. ``state_dir`` gets the layout drawn in ``rootfs.py``; cache mounts are leased
    (``caches.py``); secrets are read into memory.
@@ -55,7 +56,7 @@ from .errors import (
     StepInterrupted,
 )
 from .flatten import flatten_lowers
-from .linkgroups import relink_copied_up
+from .linkgroups import has_link_groups, relink_copied_up
 from .process import TAIL_LINES, OutputCallback, StepInterrupt, spawn
 from .rootfs import (
     RootfsLayout,
@@ -79,6 +80,13 @@ from .users import ExecUser, resolve_user
 
 __all__ = ["TAIL_LINES", "Executor", "OutputCallback", "StepResult", "run_step"]
 
+
+
+# Why a user namespace cannot mount /proc inside most containers, and the fix.
+MASKED_PROC = ("a user namespace cannot mount a fresh /proc where this one has masked paths "
+               "(inside a container): run the container with an unmasked /proc (docker run "
+               "--security-opt systempaths=unconfined; Kubernetes: securityContext.procMount: "
+               "Unmasked), see docs/rootless.md")
 
 
 class Executor(enum.Enum):
@@ -122,9 +130,16 @@ def _choose_executor(wanted: Executor, user: ExecUser) -> tuple[Executor, str | 
     return Executor.CHROOT, None
 
 
-def _choose_rootfs(wanted: RootfsMode, state_dir: Path) -> RootfsMode:
+def _choose_rootfs(wanted: RootfsMode, state_dir: Path, lowers: Sequence[Path]) -> RootfsMode:
     if wanted is RootfsMode.AUTO:
-        return RootfsMode.OVERLAY if overlay_supported(state_dir) else RootfsMode.COPY
+        if not overlay_supported(state_dir):
+            return RootfsMode.COPY
+        # Without index=on (always so inside a user namespace) a copy-up breaks a hard
+        # link: where the lowers have link groups, the copy keeps them, as a root build
+        # with index=on does -- the same layers on every machine.
+        if not overlay_index_supported(state_dir) and any(map(has_link_groups, lowers)):
+            return RootfsMode.COPY
+        return RootfsMode.OVERLAY
     if wanted is RootfsMode.OVERLAY and not overlay_supported(state_dir):
         raise SandboxUnavailable(
             f"rootfs=overlay but overlayfs cannot be mounted with its upper dir in "
@@ -274,7 +289,10 @@ def run_step(
     disposition, none blocked, no file descriptors but 0-2, umask 022.
     """
     if os.geteuid() != 0:
-        raise SandboxUnavailable("RUN steps need root (mounts and namespaces): run as root")
+        raise SandboxUnavailable(
+            "RUN steps need root (mounts and namespaces): run as root, or enter a user "
+            "namespace first (builder.sandbox.userns.enter_user_namespace, as a non-root "
+            "`pybuild build` does)")
     state_dir = Path(state_dir).absolute()
     state_dir.mkdir(parents=True, exist_ok=True)
     if any(state_dir.iterdir()):
@@ -283,7 +301,7 @@ def run_step(
     if not lowers:  # FROM scratch: overlayfs still wants a lower directory
         (state_dir / "run" / "empty").mkdir(parents=True)
         lowers = (state_dir / "run" / "empty",)
-    mode = _choose_rootfs(rootfs, state_dir)
+    mode = _choose_rootfs(rootfs, state_dir, lowers)
     layout = RootfsLayout(mode, lowers, state_dir,
                           index=mode is RootfsMode.OVERLAY and overlay_index_supported(state_dir))
     reports: list[dict[str, object]] = []
@@ -320,6 +338,8 @@ def run_step(
         raise SandboxSetupError(str(errors[0]["error"]), tail)
     if not started:
         raise SandboxSetupError(f"the sandbox exited with code {code} before the command ran", tail)
+    if kind is Executor.BWRAP and code == 1 and tail and tail[-1].startswith("bwrap: Can't mount proc"):
+        raise SandboxSetupError(f"{tail[-1]}: {MASKED_PROC}")
     if code != 0 and check:
         if _disk_full(state_dir, tail):
             raise OutOfDiskSpace(spec.argv, code, tail, state_dir)

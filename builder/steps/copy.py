@@ -40,6 +40,7 @@ from ..image import ImageState
 from ..layers.changeset import path_sort_key
 from ..layers.errors import LayerError
 from ..sandbox.rootfs import lower_stat, read_from_lowers
+from ..sandbox.userns import unmapped_owner
 from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import resolve_workdir
 from .parents import resolve_parents
@@ -113,6 +114,12 @@ def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
         if f[0] == user and len(f) > 3:
             return uid, int(f[3])
     return uid, uid
+
+
+def _check_mapped(owner: tuple[int, int] | None, where: str, what: str) -> None:
+    """A non-root build can give files only the ids its user namespace maps."""
+    if owner is not None and (problem := unmapped_owner(*owner)) is not None:
+        raise BuildError(where, f"{what}: {problem}")
 
 
 def _workdir_owner(spec: str, lowers: list[Path]) -> tuple[int, int]:
@@ -430,6 +437,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         hashes.update(more)
     owner = await asyncio.to_thread(_chown_ids, ins.chown, stage_lowers, where) \
         if ins.chown else None
+    _check_mapped(owner, where, f"--chown={ins.chown}")
     try:
         chmod = int(ins.chmod, 8) if ins.chmod else None
     except ValueError:
@@ -472,6 +480,7 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
     owner = None
     if state.config.user:
         owner = await asyncio.to_thread(_workdir_owner, state.config.user, lowers)
+        _check_mapped(owner, env.where(ins), f"USER {state.config.user}")
 
     async def produce(n: int) -> Path:
         upper = _upper_dir(env)

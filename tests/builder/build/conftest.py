@@ -22,21 +22,24 @@ from testkit.tools import require_tool
 TESTFILES = Path(__file__).parent / "testfiles"
 
 
-def write_rootfs_layer(rootfs: Path, dest: Path):  # type: ignore[no-untyped-def]
-    """The tree ``rootfs`` as one layer blob in the new OCI layout ``dest``; returns
-    ``(blobs directory, layer)``."""
+def write_rootfs_layer(rootfs: Path, dest: Path,  # type: ignore[no-untyped-def]
+                       owner: tuple[int, int] | None = (0, 0)):
+    """The tree ``rootfs`` as one layer blob in the new OCI layout ``dest``, every entry
+    owned by ``owner`` (None: the owners on disk); returns ``(blobs directory, layer)``."""
     blobs = dest / "blobs" / "sha256"
     blobs.mkdir(parents=True)
     tmp = dest / "layer.tmp"
     with open(tmp, "wb") as f:
-        layer = import_directory(rootfs, f, source_date_epoch=0, owner=(0, 0))
+        layer = import_directory(rootfs, f, source_date_epoch=0, owner=owner)
     os.rename(tmp, blobs / layer.digest.encoded)
     return blobs, layer
 
 
-def write_base_layout(rootfs: Path, dest: Path) -> str:
-    """The tree ``rootfs`` as a one-layer image in the OCI layout ``dest`` (tag ``latest``)."""
-    blobs, layer = write_rootfs_layer(rootfs, dest)
+def write_base_layout(rootfs: Path, dest: Path,
+                      owner: tuple[int, int] | None = (0, 0)) -> str:
+    """The tree ``rootfs`` as a one-layer image in the OCI layout ``dest`` (tag ``latest``;
+    ``owner`` as for :func:`write_rootfs_layer`)."""
+    blobs, layer = write_rootfs_layer(rootfs, dest, owner)
     config = json.dumps({
         "architecture": "amd64", "os": "linux",
         "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},

@@ -1,0 +1,215 @@
+"""Unprivileged builds: ``pybuild build`` run by a non-root user (docs/rootless.md).
+
+The build suite's core cases are built twice with the same ``--source-date-epoch``: as
+root, and as a throw-away user with a subordinate id range (``testkit.users``), whose build
+enters a user namespace. The image digests must be equal: every layer records the same
+owners, modes, whiteouts, opaque directories and hard links. The cases cover COPY
+(``--chown``, ``--chmod``, hard links), RUN under both executors (bwrap as root, chroot for
+a non-root USER), whiteouts and opaque directories, chown to image ids, multi-stage
+``COPY --from``, and hard links changed across steps (the copy differ, as the user
+namespace has no overlay ``index=on``).
+
+Missing prerequisites fail with one line that names the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.sandbox.userns import (
+    IdRange,
+    UserNamespaceUnavailable,
+    check_user_namespaces,
+    id_map,
+    subordinate_ranges,
+)
+from testkit.rootfs import make_busybox_rootfs
+from testkit.tools import require_tool
+from testkit.users import SystemUser, python_for, temporary_user
+from tests.builder.build.conftest import TESTFILES, write_base_layout
+
+CASES = ["basic", "differ", "docker-parity", "hardlinks", "multistage"]
+EPOCH = "1700000000"
+
+
+@pytest.fixture(scope="module")
+def workspace() -> Iterator[Path]:
+    """A directory both root and the test user can read (pytest's tmp dirs are 0700)."""
+    if os.geteuid() != 0:
+        pytest.skip("creates a user: run as root") if not os.environ.get("CI") else \
+            pytest.fail("the rootless tests create a user: CI runs as root")
+    ws = Path(tempfile.mkdtemp(prefix="pybuild-rootless-"))
+    os.chmod(ws, 0o755)
+    try:
+        yield ws
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def user() -> Iterator[SystemUser]:
+    for tool in ("newuidmap", "newgidmap", "bwrap"):
+        require_tool(tool)
+    with temporary_user("pybuild-rl") as u:
+        yield u
+
+
+@pytest.fixture(scope="module")
+def contexts(workspace: Path) -> dict[str, Path]:
+    base = workspace / "base"
+    ref = write_base_layout(make_busybox_rootfs(base / "rootfs"), base / "layout")
+    out = {}
+    for case in CASES:
+        ctx = workspace / "cases" / case
+        shutil.copytree(TESTFILES / case, ctx, symlinks=True)
+        dockerfile = ctx / "Dockerfile"
+        dockerfile.write_text(dockerfile.read_text().replace("BASE", ref))
+        out[case] = ctx
+    os.link(out["docker-parity"] / "one.txt", out["docker-parity"] / "one.hard")
+    subprocess.run(["chmod", "-R", "a+rX", str(workspace)], check=True)
+    return out
+
+
+def _pybuild(user: SystemUser, args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    python, base_env = python_for(user)
+    return user.run(*python, "-m", "builder", *args, env={**base_env, **env})
+
+
+@pytest.mark.slow
+def test_non_root_builds_give_the_root_builds_digests(
+        workspace: Path, user: SystemUser, contexts: dict[str, Path]) -> None:
+    data = workspace / "user-data"
+    data.mkdir()
+    os.chown(data, user.uid, user.gid)
+    for case, ctx in contexts.items():
+        root = subprocess.run(
+            [sys.executable, "-m", "builder", "build", "--progress", "quiet",
+             "--source-date-epoch", EPOCH, "--storage", str(workspace / "root-storage"),
+             str(ctx)], capture_output=True, text=True, check=False)
+        assert root.returncode == 0, root.stderr
+        # The storage is the XDG data dir's (no --storage).
+        rootless = _pybuild(user, ["build", "--progress", "plain", "--source-date-epoch",
+                                   EPOCH, str(ctx)], XDG_DATA_HOME=str(data))
+        assert rootless.returncode == 0, f"{case}:\n{rootless.stderr}"
+        assert rootless.stdout.strip() == root.stdout.strip(), case
+    # Inside the namespace the image's ids are real ids: the differ case chowns a file
+    # to 1000:1000, which on the host is the 1000th id of the user's range.
+    snapshots = data / "pybuild" / "builder" / "snapshots"
+    assert user.subid_start is not None
+    owners = {(st.st_uid, st.st_gid) for st in map(os.lstat, snapshots.rglob("keep.txt"))}
+    assert (user.subid_start + 999, user.subid_start + 999) in owners
+    # The namespace's other ids are removable by the user only through pybuild.
+    pruned = _pybuild(user, ["builder", "prune", "--all"], XDG_DATA_HOME=str(data))
+    assert pruned.returncode == 0, pruned.stderr
+    assert not any(snapshots.iterdir())
+
+
+def test_a_user_without_a_subordinate_range_is_told_how_to_add_one(
+        workspace: Path, contexts: dict[str, Path]) -> None:
+    require_tool("newuidmap")
+    with temporary_user("pybuild-nosub", subids=False) as u:
+        done = _pybuild(u, ["build", "--progress", "plain", str(contexts["basic"])])
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"ERROR: user {u.name} (uid {u.uid}) has no subordinate uid range in /etc/subuid, "
+        "which a non-root build needs to give image files their owners; add one as root: "
+        f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {u.name}"]
+
+
+def test_missing_newuidmap_is_named_with_its_package(
+        workspace: Path, user: SystemUser, contexts: dict[str, Path]) -> None:
+    empty = workspace / "empty-path"
+    empty.mkdir(exist_ok=True)
+    done = _pybuild(user, ["build", str(contexts["basic"])], PATH=str(empty))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR: newuidmap not found"), done.stderr
+    assert "apt-get install uidmap" in lines[0]
+
+
+def test_ids_beyond_the_subordinate_range_fail_naming_the_fix(
+        workspace: Path, user: SystemUser, contexts: dict[str, Path]) -> None:
+    ctx = workspace / "cases" / "rootless-unmapped"
+    shutil.copytree(TESTFILES / "rootless-unmapped", ctx)
+    base_ref = contexts["basic"].joinpath("Dockerfile").read_text().split()[1]
+    (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace("BASE", base_ref))
+    # A base layer with a file of such an owner.
+    rootfs = workspace / "unmapped-base" / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "far").write_text("far away\n")
+    os.chown(rootfs / "etc" / "far", 70000, 70000)
+    far_ref = write_base_layout(rootfs, workspace / "unmapped-base" / "layout", owner=None)
+    base_ctx = workspace / "cases" / "rootless-unmapped-base"
+    shutil.copytree(TESTFILES / "rootless-unmapped-base", base_ctx)
+    (base_ctx / "Dockerfile").write_text(
+        (base_ctx / "Dockerfile").read_text().replace("BASE", far_ref))
+    subprocess.run(["chmod", "-R", "a+rX", str(workspace)], check=True)
+
+    fix = "give the user a subordinate range that covers it (usermod --add-subuids"
+    done = _pybuild(user, ["build", "--progress", "quiet", str(ctx)])
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "ERROR: Dockerfile:3: COPY: --chown=70000:70000: uid 70000 is not mapped in this "
+        f"non-root build's user namespace (it has uids 0-65536); {fix}, --add-subgids) or "
+        "build as root"]
+    done = _pybuild(user, ["build", "--progress", "quiet", str(base_ctx)])
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("ERROR: layer entry 'etc/far' is owned by 70000:70000, an id "
+                               "this user namespace does not map"), lines[0]
+
+
+# -- the pieces, without a user -----------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "value", "fix"), [
+    ("user/max_user_namespaces", "0", "sysctl -w user.max_user_namespaces=28633"),
+    ("kernel/unprivileged_userns_clone", "0", "sysctl -w kernel.unprivileged_userns_clone=1"),
+    ("kernel/apparmor_restrict_unprivileged_userns", "1",
+     "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
+])
+def test_disabled_user_namespaces_name_the_sysctl(tmp_path: Path, name: str, value: str,
+                                                  fix: str) -> None:
+    check_user_namespaces(tmp_path)  # nothing set: allowed
+    (tmp_path / "sys" / name).parent.mkdir(parents=True)
+    (tmp_path / "sys" / name).write_text(value + "\n")
+    with pytest.raises(UserNamespaceUnavailable, match=fix):
+        check_user_namespaces(tmp_path)
+
+
+def test_subordinate_ranges_by_name_or_uid(tmp_path: Path) -> None:
+    subuid = tmp_path / "subuid"
+    subuid.write_text("alice:100000:65536\nbob:165536:65536\n1001:300000:1000\n"
+                      "alice:400000:0\nbroken line\n")
+    assert subordinate_ranges("alice", 1001, subuid, None) == [
+        IdRange(100000, 65536), IdRange(300000, 1000)]
+    assert subordinate_ranges("carol", 1002, subuid, None) == []
+    assert subordinate_ranges("alice", 1001, tmp_path / "missing", None) == []
+
+
+def test_id_map_puts_the_user_at_0_and_the_ranges_after_it() -> None:
+    assert id_map(1000, [IdRange(100000, 65536), IdRange(300000, 10)]) == [
+        0, 1000, 1, 1, 100000, 65536, 65537, 300000, 10]
+
+
+def test_the_overlay_probe_reads_whether_index_took_from_the_mount_table() -> None:
+    from builder.sandbox.rootfs import _index_took
+
+    merged = Path("/s p/merged")
+    line = (b"82 52 0:45 / /s\\040p/merged rw,relatime - overlay overlay "
+            b"rw,lowerdir=l,upperdir=u,workdir=w,redirect_dir=nofollow,uuid=on,userxattr%s\n")
+    other = b"22 1 8:1 / / rw,relatime - ext4 /dev/vda rw,index=on\n"
+    assert _index_took(other + line % b",index=on", merged)
+    assert not _index_took(other + line % b",index=off", merged)
+    # Not shown: the kernel's default for index, which the module parameter tells.
+    default = Path("/sys/module/overlay/parameters/index")
+    if default.exists():
+        assert _index_took(other + line % b"", merged) == (default.read_text().strip() == "Y")
