@@ -6,11 +6,14 @@
     *    /v2/{tail}                routes.dispatch: the whole Distribution API (``/v2/``
                                    answers 200, or 401 when auth is on)
     GET  /healthz                  liveness and storage check (no auth)
-    GET  /metrics                  Prometheus metrics (no auth)
+    GET  /metrics                  Prometheus metrics (no auth), only with
+                                   http.debug.prometheus.on_registry_port: they belong
+                                   on the debug server (debug.py)
 
 One middleware does, in order: refuse path tricks on ``/v2`` paths, authenticate, refuse
 writes in read-only mode, run the handler, render :class:`RegistryError` (and ``cas``
-errors, mapped at this boundary) as the spec's JSON, and count the request in metrics.
+errors, mapped at this boundary) as the spec's JSON, and hand the finished request to
+operations.after_request (metrics, notification events, audit log).
 """
 
 from __future__ import annotations
@@ -52,11 +55,12 @@ from ..errors import (
 from ..names import check_raw_path
 from .auth import BasicAuth, Htpasswd
 from .config import ServerConfig
+from .debug import metrics_response
 from .metadata import Metadata
+from .operations import after_request, notifications_lifecycle
 from .routes import WRITE_METHODS, dispatch
 from .uploads import UPLOAD_READ_BUFFER
 from .state import (
-    BYTES_RECEIVED,
     BYTES_SENT,
     REGISTRY,
     USER,
@@ -158,8 +162,7 @@ async def _registry_middleware(
         sent = request.get(BYTES_SENT)
         if sent is None and resp is not None:
             sent = resp.content_length or 0
-        reg.metrics.observe(request.method, status, time.perf_counter() - started, sent or 0)
-        reg.metrics.bytes_received += request.get(BYTES_RECEIVED, 0)
+        after_request(reg, request, resp, status, time.perf_counter() - started, sent or 0)
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -176,16 +179,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    reg = request.app[REGISTRY]
-    try:
-        stats = await reg.store.stats()
-    except Exception:  # noqa: BLE001 -- metrics render even when the store cannot answer
-        log.warning("metrics: store statistics unavailable", exc_info=True)
-        stats = None
-    text = reg.metrics.render(len(reg.ingests), stats)
-    return web.Response(
-        body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
-    )
+    return await metrics_response(request.app[REGISTRY])
 
 
 async def _expire_uploads(reg: Registry) -> None:
@@ -246,6 +240,7 @@ def make_app(
             meta=meta,
             cache=ManifestCache(config.cache_manifest_bytes),
             auth=auth,
+            root=root,
         )
         app[REGISTRY] = reg
         # Sessions left open before a restart count against the totals (client unknown).
@@ -268,8 +263,10 @@ def make_app(
                 await opened.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(notifications_lifecycle)
     app.router.add_route("*", "/v2/{tail:.*}", dispatch)
     app.router.add_route("*", "/v2", dispatch)
     app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/metrics", _metrics)
+    if config.http_debug_prometheus_on_registry_port:
+        app.router.add_get("/metrics", _metrics)
     return app

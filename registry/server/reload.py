@@ -24,6 +24,8 @@ log = logging.getLogger("pybuild.registry")
 
 RESTART_ONLY = (
     "addr", "storage", "tls_cert", "tls_key", "event_loop", "log_access", "shutdown_timeout",
+    "http_debug_addr", "http_debug_prometheus_enabled", "http_debug_prometheus_path",
+    "http_debug_prometheus_on_registry_port", "notifications_endpoints", "notifications_queue_size",
 )
 
 

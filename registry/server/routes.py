@@ -32,7 +32,7 @@ from aiohttp import web
 from ..errors import BLOB_UPLOAD_UNKNOWN, NAME_INVALID, UNSUPPORTED
 from ..names import is_valid_name
 from . import blobs, catalog, extensions, manifests, referrers, tags, uploads
-from .state import ROUTE
+from .state import PARAMS, ROUTE
 
 __all__ = ["ROUTES", "WRITE_METHODS", "Route", "dispatch", "match"]
 
@@ -176,4 +176,5 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     raw = request.raw_path
     route, handler, params = match(request.method, raw.split("?", 1)[0])
     request[ROUTE] = route.name
+    request[PARAMS] = params
     return await handler(request, **params)

@@ -10,6 +10,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -21,10 +22,12 @@ from .config import ServerConfig
 from .limits import LimitLog, UploadLimits, UploadSlots
 from .metadata import Metadata
 from .metrics import Metrics
+from .notifications import Notifier
 
 __all__ = [
     "BYTES_RECEIVED",
     "BYTES_SENT",
+    "PARAMS",
     "REGISTRY",
     "ROUTE",
     "USER",
@@ -163,6 +166,9 @@ class Registry:
     inflight: int = 0
     draining: bool = False
     _idle: asyncio.Event | None = None
+    # Operations (operations.py): the storage directory, webhooks (None: no endpoints).
+    root: Path | None = None
+    notifier: Notifier | None = None
 
     def __post_init__(self) -> None:
         c = self.config
@@ -217,5 +223,6 @@ REGISTRY = web.AppKey("registry", Registry)
 # Per-request facts the middleware reads back after the handler ran.
 USER = web.RequestKey("user", str)
 ROUTE = web.RequestKey("route", str)
+PARAMS = web.RequestKey("params", dict)  # the route's parameters: name, reference, digest...
 BYTES_SENT = web.RequestKey("bytes_sent", int)
 BYTES_RECEIVED = web.RequestKey("bytes_received", int)
