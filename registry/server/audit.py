@@ -13,7 +13,8 @@ Audited, whatever the outcome (a refused or failed attempt is logged with its st
              (a blob upload's commit), POST blobs/uploads/?digest= (monolithic upload)
     mount    POST blobs/uploads/?mount=<digest>[&from=<repo>] (``from``; a 202 means the
              blob was not mountable and an upload session started instead)
-    delete   DELETE manifests/<tag|digest>, DELETE blobs/<digest>
+    delete   DELETE manifests/<tag|digest> (``tags``: the tags a digest's delete dropped),
+             DELETE blobs/<digest>
 
 Lines go to the ``pybuild.registry.audit`` logger; ``pybuild serve`` writes them bare (no
 log prefix) to stderr, beside the access log. ``log.audit: false`` turns them off.
@@ -30,7 +31,7 @@ from aiohttp import web
 
 from ..errors import RegistryError
 from .notifications import timestamp
-from .state import PARAMS, ROUTE, USER
+from .state import DELETED_TAGS, PARAMS, ROUTE, USER
 
 __all__ = ["AUDIT_LOGGER", "audit_record", "install_audit_handler"]
 
@@ -89,6 +90,8 @@ def audit_record(request: web.Request, status: int, resp: web.StreamResponse | N
         record["tags"] = tags + query.getall("tag", [])
     if action == "mount":
         record["from"] = query.get("from")
+    if route == "manifest" and action == "delete" and request.get(DELETED_TAGS):
+        record["tags"] = request.get(DELETED_TAGS)
     record.update(
         user=request.get(USER),
         remote=request.remote,

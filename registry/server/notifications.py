@@ -11,7 +11,7 @@ endpoint gets it POSTed as an envelope of media type :data:`EVENTS_MEDIA_TYPE`::
                             "tag": "latest"},
                  "request": {"id": "...", "addr": "127.0.0.1:53211", "host": "host:5000",
                              "method": "PUT", "useragent": "docker/28.2.2"},
-                 "actor": {"name": "alice"},
+                 "actor": {"name": "alice"},   (``{}`` when anonymous)
                  "source": {"addr": "hostname:5000", "instanceID": "..."}}]}
 
 Delivery never slows a request: the middleware hands the event to :meth:`Notifier.publish`
@@ -30,7 +30,8 @@ blob GET, which the parallel clients send by the dozen for one blob):
 
     manifest GET            pull    (tag when fetched by tag)
     manifest PUT            push    (one per tag: the reference and each ``?tag=``)
-    manifest DELETE         delete  (by digest, or by tag: target.tag)
+    manifest DELETE         delete  (by digest: target.digest, then one per tag it dropped;
+                                     by tag: target.tag)
     blob GET (200)          pull
     blob upload commit      push    (``PUT`` of a session, or monolithic ``POST ?digest=``)
     blob mount (201)        mount   (target.fromRepository)

@@ -20,7 +20,7 @@ from cas import Digest
 
 from .audit import audit
 from .notifications import BLOB_MEDIA_TYPE, Notifier
-from .state import BYTES_RECEIVED, PARAMS, REGISTRY, ROUTE, USER, Registry
+from .state import BYTES_RECEIVED, DELETED_TAGS, PARAMS, REGISTRY, ROUTE, USER, Registry
 
 __all__ = ["after_request", "notifications_lifecycle", "request_events"]
 
@@ -59,6 +59,7 @@ def request_events(
     params = request.get(PARAMS) or {}
     name = params.get("name", "")
     headers = resp.headers
+    user = request.get(USER)
     events: list[dict[str, Any]] = []
 
     def event(action: str, target: dict[str, Any], size_of: str | None = None) -> None:
@@ -67,7 +68,7 @@ def request_events(
             "action": action,
             "target": target,
             "request": _request_info(request),
-            "actor": {"name": request.get(USER) or ""},
+            "actor": {"name": user} if user else {},  # Distribution omits an anonymous name
         }
         if size_of is not None:
             e["_size_of"] = size_of
@@ -95,7 +96,13 @@ def request_events(
                     target["tag"] = tag
                 event("push", target)
         elif method == "DELETE":
-            event("delete", {"digest": reference} if _is_digest(reference) else {"tag": reference})
+            if _is_digest(reference):
+                event("delete", {"digest": reference})
+                # As Distribution: one more event for each tag that went with the manifest.
+                for tag in request.get(DELETED_TAGS) or []:
+                    event("delete", {"tag": tag})
+            else:
+                event("delete", {"tag": reference})
     elif route == "blob":
         digest = params.get("digest", "")
         if method == "GET" and status == 200:

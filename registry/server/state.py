@@ -27,6 +27,7 @@ from .notifications import Notifier
 __all__ = [
     "BYTES_RECEIVED",
     "BYTES_SENT",
+    "DELETED_TAGS",
     "PARAMS",
     "REGISTRY",
     "ROUTE",
@@ -223,6 +224,7 @@ REGISTRY = web.AppKey("registry", Registry)
 # Per-request facts the middleware reads back after the handler ran.
 USER = web.RequestKey("user", str)
 ROUTE = web.RequestKey("route", str)
+DELETED_TAGS = web.RequestKey("deleted_tags", list)  # tags a manifest DELETE dropped
 PARAMS = web.RequestKey("params", dict)  # the route's parameters: name, reference, digest...
 BYTES_SENT = web.RequestKey("bytes_sent", int)
 BYTES_RECEIVED = web.RequestKey("bytes_received", int)

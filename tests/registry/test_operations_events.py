@@ -5,11 +5,13 @@ queue bound, and a slow endpoint that never slows a push."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import logging
 from pathlib import Path
 
+import bcrypt
 import pytest
 
 from cas import Digest
@@ -69,7 +71,7 @@ async def test_push_pull_delete_mount_events_in_distribution_format(registry, si
     assert push["request"]["addr"].startswith("127.0.0.1:")
     assert push["request"]["host"] == f"{client.server.host}:{client.server.port}"
     assert push["request"]["id"]
-    assert push["actor"] == {"name": ""}
+    assert push["actor"] == {}  # anonymous, as Distribution writes it
     assert push["source"]["instanceID"] and push["source"]["addr"]
     assert push["timestamp"].endswith("Z")
     # The blobs' pushes come with their sizes (filled in from the store).
@@ -100,11 +102,25 @@ async def test_push_pull_delete_mount_events_in_distribution_format(registry, si
     assert mount["target"]["repository"] == "ev/other"
     assert mount["target"]["fromRepository"] == "ev/app"
     assert mount["target"]["size"] == len(layer)
-    (delete,) = [e for e in events if e["action"] == "delete"]
+    events = await sink.wait_for_async(lambda ev: len([e for e in ev if e["action"] == "delete"]) == 2)
+    delete, tag_delete = [e for e in events if e["action"] == "delete"]
     assert delete["target"] == {"digest": str(digest), "repository": "ev/app"}
+    assert tag_delete["target"] == {"tag": "v1", "repository": "ev/app"}  # dropped with it
     # Sent in the order they happened, each once.
-    assert [e["action"] for e in events][-3:] == ["pull", "mount", "delete"]
+    assert [e["action"] for e in events][-4:] == ["pull", "mount", "delete", "delete"]
     assert len({e["id"] for e in events}) == len(events)
+
+
+async def test_actor_is_the_authenticated_user(registry, sink, tmp_path):
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode() + "\n")
+    client = await registry(endpoint(sink), auth_htpasswd=htpasswd)
+    token = base64.b64encode(b"alice:pw").decode()
+    resp = await client.post(f"/v2/who/app/blobs/uploads/?digest={Digest.of(b'a')}", data=b"a",
+                             headers={"Authorization": f"Basic {token}"})
+    assert resp.status == 201
+    (event,) = await sink.wait_for_async(lambda ev: len(ev) == 1)
+    assert event["actor"] == {"name": "alice"}
 
 
 async def test_ignored_media_types_and_actions_are_not_sent(registry, sink):
