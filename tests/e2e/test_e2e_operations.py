@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from testkit.clients import run, skopeo
+from testkit.docker_engine import DockerEngine
 from testkit.event_sink import EventSink
 from testkit.images import Image
 from testkit.registries import (
@@ -28,6 +30,7 @@ from testkit.registries import (
 from testkit.tools import require_tool
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 REPO = "e2e/events"
 
 
@@ -76,8 +79,8 @@ def push(layout: Path, registry: RunningRegistry, tag: str = "v1") -> None:
     run(skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:latest", f"docker://{registry.ref(REPO, tag)}"))
 
 
-def manifest_events(events: list[dict], action: str) -> list[dict]:
-    return [e for e in events if e["action"] == action and e["target"].get("mediaType") == OCI_MANIFEST]
+def manifest_events(events: list[dict], action: str, media_type: str = OCI_MANIFEST) -> list[dict]:
+    return [e for e in events if e["action"] == action and e["target"].get("mediaType") == media_type]
 
 
 @pytest.mark.parametrize("kind", ["pybuild", "distribution"])
@@ -184,3 +187,37 @@ def test_metrics_on_the_debug_address_and_audit_lines(busybox: Image, busybox_la
     assert manifest[0]["outcome"] == "success" and manifest[0]["user"] is None
     (deleted,) = [a for a in audit if a["action"] == "delete"]
     assert deleted["digest"] == busybox.manifest_digest and deleted["status"] == 202
+
+
+@pytest.mark.slow
+def test_docker_push_and_pull_send_one_manifest_event_each(
+    docker_engine: DockerEngine, loaded_busybox: str, tmp_path: Path, unique: str
+) -> None:
+    require_tool("skopeo")
+    with EventSink() as sink, registry_with_sink("pybuild", tmp_path / "pybuild", sink) as registry:
+        repo = f"e2e/docker-events-{unique}"
+        remote, converted = registry.ref(repo, "v1"), registry.ref(repo, "oci")
+        try:
+            docker_engine.run("tag", loaded_busybox, remote)
+            docker_engine.run("push", remote)
+            events = sink.wait_for(lambda ev: manifest_events(ev, "push", DOCKER_MANIFEST))
+            (pushed,) = manifest_events(events, "push", DOCKER_MANIFEST)
+            assert pushed["target"]["tag"] == "v1"
+            assert pushed["request"]["useragent"].startswith("docker/")
+            # An OCI copy has a manifest the engine has never seen, so its pull fetches it.
+            run(skopeo("copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--format", "oci",
+                       f"docker://{remote}", f"docker://{converted}"))
+            events = sink.wait_for(lambda ev: manifest_events(ev, "push"))
+            digest = manifest_events(events, "push")[0]["target"]["digest"]
+            before = len(manifest_events(events, "pull"))
+            docker_engine.run("pull", converted)
+            sink.wait_for(lambda ev: len(manifest_events(ev, "pull")) > before)
+            time.sleep(0.5)  # a second event, if any, has arrived by now
+            events = sink.events
+            pulls = manifest_events(events, "pull")[before:]
+            # The engine resolves the tag with a HEAD (no event) and GETs the manifest by
+            # digest: one pull event, naming the digest.
+            assert [(e["target"]["digest"], e["target"].get("tag")) for e in pulls] == [(digest, None)]
+            assert pulls[0]["request"]["useragent"].startswith("docker/")
+        finally:
+            docker_engine.run("rmi", "--force", remote, converted, check=False)
