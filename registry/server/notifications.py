@@ -74,6 +74,7 @@ EVENTS_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
 BLOB_MEDIA_TYPE = "application/octet-stream"
 ACTIONS = ("push", "pull", "mount", "delete")
 MAX_BACKOFF = 60.0
+CLOSE_TIMEOUT = 5.0  # seconds the writer gets at shutdown to write what is in memory
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -271,6 +272,7 @@ class Notifier:
         self._queue: _Queue | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._closing = False
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -293,14 +295,24 @@ class Notifier:
             log.info("notifications: %d event(s) from before the restart to send", sum(self.pending.values()))
 
     async def close(self) -> None:
-        for task in self._tasks:
+        """Stop sending; write what is still in memory (the writer finishes its round, so
+        an insert cut off by a cancellation is not repeated), within a few seconds."""
+        writer, senders = self._tasks[:1], self._tasks[1:]
+        for task in senders:
             task.cancel()
+        self._closing = True
+        self._wake_writer.set()
+        for task in writer:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.error("notifications: %d event(s) could not be written to %s at shutdown",
+                          len(self._incoming), self.path)
+                task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        with contextlib.suppress(Exception):
-            await self._persist()  # what arrived since the writer last ran
         if self._session is not None:
             await self._session.close()
         if self._queue is not None:
@@ -346,6 +358,9 @@ class Notifier:
                 log.exception("notifications: cannot write events.db; retrying in 1 s")
                 await asyncio.sleep(1.0)
                 self._wake_writer.set()
+                continue
+            if self._closing and not self._incoming:
+                return
 
     async def _persist(self) -> None:
         if not self._incoming or self._queue is None:

@@ -158,6 +158,20 @@ async def test_endpoint_down_across_a_restart_loses_no_event(registry, tmp_path)
         assert len([e for e in events if e["action"] == "push"]) == 3
 
 
+async def test_events_queued_at_shutdown_are_written_before_it(registry, tmp_path):
+    storage = tmp_path / "storage"
+    down = EventSink()
+    client = await registry(endpoint(down), storage=storage)
+    for i in range(20):
+        await push_blob(client, "late/app", b"late %d" % i)
+    await client.close()  # at once: the writer may not have run since the last pushes
+    with down:
+        await registry(endpoint(down), storage=storage)
+        await down.wait_for_async(lambda ev: len(ev) >= 20)
+        await asyncio.sleep(0.3)
+        assert [e["target"]["digest"] for e in down.events] == [str(Digest.of(b"late %d" % i)) for i in range(20)]
+
+
 async def test_failing_endpoint_is_retried(registry, sink):
     sink.failing = True
     client = await registry(endpoint(sink))
