@@ -18,6 +18,7 @@ from cas import Digest
 from registry import oci
 from registry.server import ConfigError, ServerConfig, load_config, make_app
 from registry.server.notifications import EVENTS_MEDIA_TYPE, Endpoint, parse_duration, parse_endpoints
+from registry.server.state import REGISTRY
 from testkit.event_sink import EventSink
 
 from .helpers import push_blob, push_image
@@ -193,6 +194,10 @@ async def test_full_queue_drops_events_with_a_log_line(registry, caplog, tmp_pat
     await asyncio.sleep(0.3)
     dropped = [json.loads(r.getMessage()) for r in caplog.records if "notifications_dropped" in r.getMessage()]
     assert dropped and dropped[0]["endpoint"] == "sink" and dropped[0]["queue_size"] == 3
+    text = client.server.app[REGISTRY].metrics.render(0, None).decode()
+    assert 'pybuild_registry_notifications_total{endpoint="sink",outcome="dropped"} 3.0' in text
+    assert 'pybuild_registry_notifications_pending{endpoint="sink"} 3.0' in text
+    assert 'pybuild_registry_notifications_total{endpoint="sink",outcome="failed"}' in text
     await client.close()
     with down:
         client = await registry(endpoint(down), storage=storage, notifications_queue_size=3)
