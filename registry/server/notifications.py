@@ -413,9 +413,9 @@ class Notifier:
         headers = {"Content-Type": EVENTS_MEDIA_TYPE}
         headers.update(endpoint.headers)
         while True:
+            wake.clear()  # before the read: an insert after it sets it again
             head = await self._db(self._queue.head, endpoint.name)
             if head is None:
-                wake.clear()
                 await wake.wait()
                 continue
             seq, body = head
