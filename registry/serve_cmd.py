@@ -15,6 +15,8 @@ from aiohttp import web
 
 from .server import ConfigError, ServerConfig, load_config, make_app
 from .server.accesslog import AccessLogSink, JsonAccessLogger
+from .server.audit import install_audit_handler
+from .server.debug import start_debug_server
 from .server.limits import ConnectionGuard, raise_open_files_limit
 from .server.reload import reload_config
 from .server.state import REGISTRY, Registry
@@ -57,6 +59,8 @@ def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None =
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if config.log_audit:
+        install_audit_handler(sys.stderr)
     app = make_app(config, storage=storage)
     if sink is not None:
 
@@ -113,6 +117,7 @@ async def _serve(
         keepalive_timeout=config.http_idle_timeout or float(1 << 31),  # 0: none
     )
     await runner.setup()
+    debug_runner: web.AppRunner | None = None
     assert runner.server is not None
     ConnectionGuard(
         max_connections=_connection_bound(config.http_max_connections),
@@ -124,6 +129,7 @@ async def _serve(
         _on_sighup(app[REGISTRY], reload)
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
+        debug_runner = await start_debug_server(app, config)
         announce()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -137,6 +143,8 @@ async def _serve(
         if not await reg.drain(config.shutdown_timeout):
             log.warning("shutdown timeout: cancelling %d request(s)", reg.inflight)
     finally:
+        if debug_runner is not None:
+            await debug_runner.cleanup()
         await runner.cleanup()
 
 

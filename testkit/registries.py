@@ -244,13 +244,14 @@ def distribution_argv(workdir: Path, htpasswd: Path | None = None,
 
 
 def pybuild_argv(storage: Path, python: str = sys.executable,
-                 htpasswd: Path | None = None) -> Callable[[str], list[str]]:
+                 htpasswd: Path | None = None, config: Path | None = None) -> Callable[[str], list[str]]:
     """``argv(addr)`` for ``python -m builder serve --addr ADDR --storage STORAGE``
-    (``--htpasswd FILE`` when given)."""
+    (``--htpasswd FILE``, ``--config FILE`` when given)."""
 
     def argv(addr: str) -> list[str]:
         auth = ["--htpasswd", str(htpasswd)] if htpasswd is not None else []
-        return [python, "-m", "builder", "serve", "--addr", addr, "--storage", str(storage), *auth]
+        extra = ["--config", str(config)] if config is not None else []
+        return [python, "-m", "builder", "serve", "--addr", addr, "--storage", str(storage), *auth, *extra]
 
     return argv
 
@@ -292,13 +293,14 @@ def distribution_registry(workdir: Path, htpasswd: Path | None = None,
 
 
 @contextmanager
-def pybuild_registry(workdir: Path, htpasswd: Path | None = None) -> Iterator[RunningRegistry]:
+def pybuild_registry(workdir: Path, htpasswd: Path | None = None,
+                     config: Path | None = None) -> Iterator[RunningRegistry]:
     """Run ``python3 -m builder serve`` with ``--storage workdir/storage`` (and
-    ``--htpasswd`` when given); yield it; stop it."""
+    ``--htpasswd``, ``--config`` when given); yield it; stop it."""
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "storage"
     process = RegistryProcess(
-        "pybuild", pybuild_argv(storage, htpasswd=htpasswd),
+        "pybuild", pybuild_argv(storage, htpasswd=htpasswd, config=config),
         storage=storage, log=workdir / "registry.log", env=_python_env(None),
     )
     with process as running:

@@ -6,12 +6,15 @@
     *    /v2/{tail}                routes.dispatch: the whole Distribution API (``/v2/``
                                    answers 200, or 401 when auth is on)
     GET  /healthz                  liveness and storage check (no auth)
-    GET  /metrics                  Prometheus metrics (no auth)
+    GET  /metrics                  Prometheus metrics (no auth), only with
+                                   http.debug.prometheus.on_registry_port: they belong
+                                   on the debug server (debug.py)
     GET, POST /token               the built-in token server (auth.token.issue), else 404
 
 One middleware does, in order: refuse path tricks on ``/v2`` paths, authenticate, refuse
 writes in read-only mode, run the handler, render :class:`RegistryError` (and ``cas``
-errors, mapped at this boundary) as the spec's JSON, and count the request in metrics.
+errors, mapped at this boundary) as the spec's JSON, and hand the finished request to
+operations.after_request (metrics, notification events, audit log).
 """
 
 from __future__ import annotations
@@ -55,11 +58,12 @@ from ..errors import (
 from ..names import check_raw_path
 from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
+from .debug import metrics_response
 from .metadata import Metadata
+from .operations import after_request, notifications_lifecycle
 from .proxy import proxy_context
 from .routes import WRITE_METHODS, dispatch
 from .state import (
-    BYTES_RECEIVED,
     BYTES_SENT,
     REGISTRY,
     USER,
@@ -166,8 +170,7 @@ async def _registry_middleware(
         sent = request.get(BYTES_SENT)
         if sent is None and resp is not None:
             sent = resp.content_length or 0
-        reg.metrics.observe(request.method, status, time.perf_counter() - started, sent or 0)
-        reg.metrics.bytes_received += request.get(BYTES_RECEIVED, 0)
+        after_request(reg, request, resp, status, time.perf_counter() - started, sent or 0)
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -184,16 +187,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    reg = request.app[REGISTRY]
-    try:
-        stats = await reg.store.stats()
-    except Exception:  # noqa: BLE001 -- metrics render even when the store cannot answer
-        log.warning("metrics: store statistics unavailable", exc_info=True)
-        stats = None
-    text = reg.metrics.render(len(reg.ingests), stats)
-    return web.Response(
-        body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
-    )
+    return await metrics_response(request.app[REGISTRY])
 
 
 async def _expire_uploads(reg: Registry) -> None:
@@ -282,9 +276,11 @@ def make_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(proxy_context(config))
+    app.cleanup_ctx.append(notifications_lifecycle)
     app.router.add_route("*", "/v2/{tail:.*}", dispatch)
     app.router.add_route("*", "/v2", dispatch)
     app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/metrics", _metrics)
+    if config.http_debug_prometheus_on_registry_port:
+        app.router.add_get("/metrics", _metrics)
     app.router.add_route("*", "/token", token_endpoint)
     return app

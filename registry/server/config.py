@@ -41,10 +41,29 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
       body_timeout: 60                  # seconds an upload body may go without 64 KiB
       max_connections: 4096             # open connections in all (0: no limit)
       max_connections_per_client: 256   # ... per client (remote address)
+      debug:
+        addr: 127.0.0.1:5001            # PYBUILD_HTTP_DEBUG_ADDR: the debug server (metrics); off when empty
+        prometheus:
+          enabled: true                 # serve the metrics on the debug server
+          path: /metrics
+          on_registry_port: false       # also GET /metrics on the registry's port (as before)
+    notifications:                      # webhooks in CNCF Distribution's format (notifications.py)
+      endpoints:
+        - name: ci
+          url: http://127.0.0.1:8080/events
+          headers: {Authorization: [Bearer token]}
+          timeout: 1s
+          threshold: 5
+          backoff: 1s
+          ignoredmediatypes: [application/octet-stream]
+          ignore: {mediatypes: [], actions: [pull]}
+          disabled: false
+      queue_size: 10000                 # undelivered events kept per endpoint; more are dropped
     cache:
       manifest_bytes: 67108864          # PYBUILD_CACHE_MANIFEST_BYTES
     log:
       access: true                      # PYBUILD_LOG_ACCESS: one JSON line per request
+      audit: true                       # PYBUILD_LOG_AUDIT: one JSON line per write (audit.py)
     shutdown_timeout: 60                # PYBUILD_SHUTDOWN_TIMEOUT: grace for in-flight requests
     event_loop: auto                    # PYBUILD_EVENT_LOOP: auto (uvloop if installed),
                                         # uvloop or asyncio
@@ -71,6 +90,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
+from .notifications import Endpoint, parse_endpoints
 from .proxy_config import Upstream, parse_duration, parse_upstreams, upstream_from_remoteurl
 
 __all__ = ["ConfigError", "ServerConfig", "load_config", "parse_addr"]
@@ -115,8 +135,15 @@ class ServerConfig:
     http_body_timeout: float = 60.0
     http_max_connections: int = 4096
     http_max_connections_per_client: int = 256
+    http_debug_addr: str = ""  # "": no debug server
+    http_debug_prometheus_enabled: bool = True
+    http_debug_prometheus_path: str = "/metrics"
+    http_debug_prometheus_on_registry_port: bool = False
+    notifications_endpoints: tuple[Endpoint, ...] = ()
+    notifications_queue_size: int = 10_000
     cache_manifest_bytes: int = 64 * 1024 * 1024
     log_access: bool = True
+    log_audit: bool = True
     shutdown_timeout: float = 60.0
     event_loop: str = "auto"
     proxy_remoteurl: str | None = None
@@ -163,8 +190,15 @@ _TYPES: dict[str, type] = {
     "http_body_timeout": float,
     "http_max_connections": int,
     "http_max_connections_per_client": int,
+    "http_debug_addr": str,
+    "http_debug_prometheus_enabled": bool,
+    "http_debug_prometheus_path": str,
+    "http_debug_prometheus_on_registry_port": bool,
+    "notifications_endpoints": tuple,
+    "notifications_queue_size": int,
     "cache_manifest_bytes": int,
     "log_access": bool,
+    "log_audit": bool,
     "shutdown_timeout": float,
     "event_loop": str,
     "proxy_remoteurl": str,
@@ -212,6 +246,11 @@ def _convert(key: str, value: Any, source: str) -> Any:
         if number < 0:
             raise ConfigError(f"{source}: {key} must not be negative, got {value!r}")
         return number
+    if kind is tuple:  # notifications.endpoints: a list of mappings (YAML/JSON in the env)
+        try:
+            return parse_endpoints(value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
     if kind is Path:
         return Path(str(value)).expanduser()
     return str(value)
@@ -285,6 +324,12 @@ def load_config(
             upstream_from_remoteurl(config.proxy_remoteurl, None, None, 0)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+    if config.http_debug_addr:
+        parse_addr(config.http_debug_addr)
+    if not config.http_debug_prometheus_path.startswith("/"):
+        raise ConfigError(
+            f"http.debug.prometheus.path must start with '/', got {config.http_debug_prometheus_path!r}"
+        )
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
     return config

@@ -44,7 +44,7 @@ from ..oci import (
     parse_manifest,
 )
 from .metadata import ManifestRecord
-from .state import BYTES_RECEIVED, REGISTRY, CachedManifest, Registry
+from .state import BYTES_RECEIVED, DELETED_TAGS, REGISTRY, CachedManifest, Registry
 
 __all__ = ["MAX_MANIFEST_BYTES", "delete_manifest", "get_manifest", "put_manifest"]
 
@@ -308,8 +308,10 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
                 "manifest deletion is disabled on this registry (delete.manifests: false)"
             )
         assert ref.digest is not None
-        if await reg.meta.delete_manifest(name, str(ref.digest)) is None:
+        dropped = await reg.meta.delete_manifest(name, str(ref.digest))
+        if dropped is None:
             raise _unknown(name, reference)
+        request[DELETED_TAGS] = dropped  # for the notification events
         reg.cache.drop(name, str(ref.digest))
         await reg.store.unlink(repository_holder(name), ref.digest)
     return web.Response(status=202, headers={"Content-Length": "0"})

@@ -30,6 +30,8 @@ RESTART_ONLY = (
     "addr", "storage", "tls_cert", "tls_key", "event_loop", "log_access", "shutdown_timeout",
     "proxy_remoteurl", "proxy_username", "proxy_password", "proxy_ttl", "proxy_mixed",
     "proxy_upstreams",
+    "http_debug_addr", "http_debug_prometheus_enabled", "http_debug_prometheus_path",
+    "http_debug_prometheus_on_registry_port", "notifications_endpoints", "notifications_queue_size",
 )
 
 

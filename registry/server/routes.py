@@ -36,7 +36,7 @@ from aiohttp import web
 from ..errors import BLOB_UPLOAD_UNKNOWN, NAME_INVALID, UNSUPPORTED
 from ..names import is_valid_name
 from . import blobs, catalog, extensions, manifests, proxy, referrers, tags, uploads
-from .state import ROUTE
+from .state import PARAMS, ROUTE
 
 __all__ = ["ROUTES", "WRITE_METHODS", "Route", "dispatch", "match"]
 
@@ -180,5 +180,6 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     raw = request.raw_path
     route, handler, params = match(request.method, raw.split("?", 1)[0])
     request[ROUTE] = route.name
+    request[PARAMS] = params
     proxy.refuse_write(request)
     return await handler(request, **params)

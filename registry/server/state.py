@@ -24,11 +24,14 @@ from .config import ServerConfig
 from .limits import LimitLog, UploadLimits, UploadSlots
 from .metadata import Metadata
 from .metrics import Metrics
+from .notifications import Notifier
 
 __all__ = [
     "BYTES_RECEIVED",
     "BYTES_SENT",
     "GRANT",
+    "DELETED_TAGS",
+    "PARAMS",
     "REGISTRY",
     "ROUTE",
     "USER",
@@ -169,6 +172,9 @@ class Registry:
     inflight: int = 0
     draining: bool = False
     _idle: asyncio.Event | None = None
+    # Operations (operations.py): the storage directory, webhooks (None: no endpoints).
+    root: Path | None = None
+    notifier: Notifier | None = None
 
     def __post_init__(self) -> None:
         c = self.config
@@ -234,5 +240,7 @@ ROUTE = web.RequestKey("route", str)
 GRANT = web.RequestKey("grant", Grant)
 # The catalog lists only what this lets pull (set when this server issues the tokens).
 VISIBLE = web.RequestKey("visible", PullFilter)
+DELETED_TAGS = web.RequestKey("deleted_tags", list)  # tags a manifest DELETE dropped
+PARAMS = web.RequestKey("params", dict)  # the route's parameters: name, reference, digest...
 BYTES_SENT = web.RequestKey("bytes_sent", int)
 BYTES_RECEIVED = web.RequestKey("bytes_received", int)

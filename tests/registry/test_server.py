@@ -41,7 +41,9 @@ def _basic(user: str, password: str) -> dict[str, str]:
 
 
 async def test_basic_auth(make_client, htpasswd):
-    client = await make_client(auth_htpasswd=htpasswd, auth_realm="test-realm")
+    client = await make_client(
+        auth_htpasswd=htpasswd, auth_realm="test-realm", http_debug_prometheus_on_registry_port=True
+    )
     resp = await client.get("/v2/")
     assert resp.status == 401
     assert resp.headers["WWW-Authenticate"] == 'Basic realm="test-realm"'
@@ -57,7 +59,7 @@ async def test_basic_auth(make_client, htpasswd):
     )
     assert resp.status == 201
     assert (await client.get(f"/v2/a/blobs/{Digest.of(b'x')}")).status == 401
-    # Health and metrics stay open for probes and scrapers.
+    # Health and (with the compatibility switch) metrics stay open for probes and scrapers.
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/metrics")).status == 200
 
@@ -90,7 +92,10 @@ async def test_read_only_mode(make_client, tmp_path):
     assert (await client.get("/v2/ro/app/manifests/v1")).status == 200
 
 
-async def test_metrics_count_requests_bytes_and_dedup(client):
+async def test_metrics_count_requests_bytes_and_dedup(make_client):
+    # The registry port's /metrics, kept behind http.debug.prometheus.on_registry_port
+    # (the debug server's are in test_operations_metrics.py).
+    client = await make_client(http_debug_prometheus_on_registry_port=True)
     layer = b"same layer in two repositories" * 1000
     await push_image(client, "m/one", "t", [layer])
     await push_image(client, "m/two", "t", [layer])
