@@ -26,7 +26,7 @@ from cas import Digest, Store, StoreClosed
 from cas.meta import SqliteMetadata
 from cas.packs import FilesystemPacks, _DirectWriter, _FileWriter
 from registry.client.image_store import ImageStore
-from registry.server.metadata import Metadata
+from registry.server.metadata_sqlite import SqliteMetadata as Metadata
 
 THREADS = 4
 ROUNDS = 10

@@ -59,7 +59,7 @@ from ..names import check_raw_path
 from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
 from .debug import metrics_response
-from .metadata import Metadata
+from .metadata import Metadata, open_metadata
 from .operations import after_request, notifications_lifecycle
 from .proxy import proxy_context
 from .routes import WRITE_METHODS, dispatch
@@ -73,6 +73,7 @@ from .state import (
 )
 from .token_server import build_token_auth, token_endpoint
 from .tokens import token_auth_configured
+from .upload_locks import InProcessUploadLocks, UploadLocks
 from .uploads import UPLOAD_READ_BUFFER
 
 __all__ = ["make_app"]
@@ -216,12 +217,17 @@ def make_app(
     *,
     store: BlobStore | None = None,
     storage: Path | None = None,
+    metadata: Metadata | None = None,
+    upload_locks: UploadLocks | None = None,
 ) -> web.Application:
     """Build the registry application.
 
     ``store``: an already-open store to serve (the caller closes it), else ``cas.Store`` is
     opened at ``storage`` (default: ``config.storage``, else the cas default location)
-    and closed on shutdown. ``registry.db`` lives in the same directory.
+    and closed on shutdown. ``metadata``: an open metadata backend (the caller closes
+    it), else :func:`~registry.server.metadata.open_metadata` opens the default for the
+    same directory (``registry.db``) and it is closed on shutdown. ``upload_locks``: the
+    session locks (default: in-process; upload_locks.py says when to pass another).
     """
     app = web.Application(
         middlewares=[_registry_middleware],
@@ -245,7 +251,7 @@ def make_app(
         if store is None:
             opened = await Store.open(root)
         serving: BlobStore = store if store is not None else opened  # type: ignore[assignment]
-        meta = await Metadata.open(root / "registry.db")
+        meta = metadata if metadata is not None else await open_metadata(root)
         reg = Registry(
             config=config,
             store=serving,
@@ -253,6 +259,7 @@ def make_app(
             cache=ManifestCache(config.cache_manifest_bytes),
             auth=auth,
             root=root,
+            upload_locks=upload_locks if upload_locks is not None else InProcessUploadLocks(),
         )
         app[REGISTRY] = reg
         # Sessions left open before a restart count against the totals (client unknown).
@@ -270,7 +277,8 @@ def make_app(
             for ingest in list(reg.ingests.values()):
                 with contextlib.suppress(Exception):
                     await ingest.park()  # a no-op for the idle ones
-            await meta.close()
+            if metadata is None:
+                await meta.close()
             if opened is not None:
                 await opened.close()
 

@@ -61,8 +61,10 @@ def _unknown(name: str, reference: str) -> RegistryError:
 
 
 async def _load(reg: Registry, name: str, reference: str) -> CachedManifest:
-    """Resolve ``reference`` in ``name`` to a servable manifest (cache first)."""
+    """Resolve ``reference`` in ``name`` to a servable manifest: from the cache while the
+    metadata's generation has not moved, else asked again (manifest_cache.py)."""
     cache = reg.cache
+    seen = cache.sync()
     digest = cache.tag(name, reference)
     if digest is not None:
         entry = cache.get(name, digest)
@@ -82,11 +84,13 @@ async def _load(reg: Registry, name: str, reference: str) -> CachedManifest:
     record = await reg.meta.get_manifest(name, digest)
     if record is None:
         raise _unknown(name, reference)
-    body = await reg.store.read_bytes(Digest.parse(digest))
-    entry = CachedManifest(digest, record.media_type, body, f'"{digest}"')
-    cache.put(name, entry)
+    entry = cache.body(name, digest)
+    if entry is None or entry.media_type != record.media_type:
+        body = await reg.store.read_bytes(Digest.parse(digest))
+        entry = CachedManifest(digest, record.media_type, body, f'"{digest}"')
+    cache.put(name, entry, seen)
     if ref.tag is not None:
-        cache.set_tag(name, ref.tag, digest)
+        cache.set_tag(name, ref.tag, digest, seen)
     return entry
 
 
@@ -276,10 +280,9 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.R
         annotations=obj.annotations,
     )
     await _commit(reg, name, body, digest, carried, record, tags)
-    entry = CachedManifest(str(digest), media_type, body, f'"{digest}"')
-    reg.cache.put(name, entry)
-    for tag in tags:
-        reg.cache.set_tag(name, tag, str(digest))
+    # The bytes only: this commit moved the metadata's generation, so the next GET
+    # confirms the manifest and its tags there (manifest_cache.py).
+    reg.cache.put(name, CachedManifest(str(digest), media_type, body, f'"{digest}"'))
     headers = {
         "Location": f"/v2/{name}/manifests/{digest}",
         "Docker-Content-Digest": str(digest),

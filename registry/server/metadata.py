@@ -1,82 +1,39 @@
-"""The registry's own metadata: repositories, manifests per repository, tags, referrers,
-upload sessions. One SQLite file (``registry.db`` in the storage directory), WAL mode.
+"""The registry's own metadata: the :class:`Metadata` protocol every backend implements,
+the records it returns, and :func:`open_metadata`, the one place that builds the backend
+a server runs on.
 
-Blob bytes and blob-to-repository links live in ``cas``; this database holds what only
-the registry knows::
+Blob bytes and blob-to-repository links live in ``cas``; the metadata holds what only the
+registry knows: repositories, manifests per repository (with their subject, for the
+referrers API), tags, upload sessions (id -> repository) and the tags a pull-through
+cache fetched from upstream.
 
-    repositories(name PK, created)
-    manifests(repo, digest, media_type, size, subject, artifact_type, annotations, created)
-        PK (repo, digest); index (repo, subject) serves the referrers API
-    tags(repo, tag, digest, updated)            PK (repo, tag); BINARY order = ASCIIbetical
-    uploads(id PK, repo, created)               upload session -> repository
-    proxy_tags(repo, tag, digest, checked)      PK (repo, tag): tags a pull-through cache
-                                                fetched from upstream, and when it last asked
+Backends: :class:`~registry.server.metadata_sqlite.SqliteMetadata`, one SQLite file in the
+storage directory, is the embedded default. A networked database shared by several
+replicas (PostgreSQL) is the next one: it implements this protocol, is built by
+:func:`open_metadata` from the configuration, and adds itself as one more parameter of the
+suite every backend passes (``tests/registry/test_metadata_contract.py``).
 
-Contract: every method runs its SQL on one dedicated thread (the connection never leaves
-it), so callers on the event loop only ``await``; each method is one transaction.
-:meth:`Metadata.close` runs on that thread too, after the calls queued before it; a call
-after it raises ``cas.StoreClosed``. A full or read-only disk is ``cas.StorageFull`` /
-``cas.StorageNotWritable``, naming the file.
+Rules every backend keeps (each method's docstring adds its own):
+
+- **Atomic.** Each method is one transaction: a reader sees all of a write or none of it.
+- **Shared.** Several instances may be open on the same database at once: processes on
+  one machine, replicas on many. When a write's ``await`` returns, it is committed, and
+  every later call on *any* instance sees it (read-your-writes across replicas: a tag
+  pushed through one replica resolves through another at once).
+- **Async, loop-safe.** Every coroutine may be awaited from the event loop and never
+  blocks it; :meth:`Metadata.generation` is the one synchronous method and is cheap.
+- **Closed.** :meth:`Metadata.close` waits for the calls already started; any call after
+  it raises ``cas.StoreClosed``. Storage failures are ``cas.StorageFull`` /
+  ``cas.StorageNotWritable`` naming what is full or read-only.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sqlite3
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Protocol
 
-from cas.errors import StoreClosed, mapped_error
-
-__all__ = ["ManifestRecord", "Metadata", "ReferrerRecord"]
-
-T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS repositories (
-    name TEXT PRIMARY KEY,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS manifests (
-    repo TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    media_type TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    subject TEXT,
-    artifact_type TEXT,
-    annotations TEXT,
-    created REAL NOT NULL,
-    PRIMARY KEY (repo, digest)
-);
-CREATE INDEX IF NOT EXISTS manifests_subject ON manifests (repo, subject)
-    WHERE subject IS NOT NULL;
-CREATE TABLE IF NOT EXISTS tags (
-    repo TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    updated REAL NOT NULL,
-    PRIMARY KEY (repo, tag)
-);
-CREATE INDEX IF NOT EXISTS tags_digest ON tags (repo, digest);
-CREATE TABLE IF NOT EXISTS proxy_tags (
-    repo TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    checked REAL NOT NULL,
-    PRIMARY KEY (repo, tag)
-);
-CREATE TABLE IF NOT EXISTS uploads (
-    id TEXT PRIMARY KEY,
-    repo TEXT NOT NULL,
-    created REAL NOT NULL
-);
-"""
+__all__ = ["ManifestRecord", "Metadata", "ReferrerRecord", "open_metadata"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,287 +60,116 @@ class ReferrerRecord:
     annotations: dict[str, str] | None
 
 
-class Metadata:
-    """Async facade over the SQLite metadata file; see the module docstring."""
+class Metadata(Protocol):
+    """The registry's metadata store; the module docstring states the rules all methods
+    keep (atomic, shared by every instance on the same database, loop-safe)."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-db")
-        self._db: sqlite3.Connection | None = None
-        self._closed = False
-        self._submit_lock = threading.Lock()  # a submit and the executor's shutdown
+    def generation(self) -> int:
+        """A token that changes whenever a write to this database has committed, through
+        any instance, since the token was last read.
 
-    @classmethod
-    async def open(cls, path: Path) -> Metadata:
-        self = cls(path)
-        await self._run(self._open)
-        return self
-
-    def _open(self) -> None:
-        db = None
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=10000")
-            db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            if db is not None:
-                db.close()
-            raise mapped_error(exc, self._path, self._path.parent) from exc
-        self._db = db
+        Synchronous and cheap (called on the event loop for every cached manifest GET; no
+        network round trip, no waiting on locks). Caches compare it to decide whether what
+        they read before is still current: equal tokens mean no commit happened in
+        between, so results read after the first token are still the database's state.
+        It may change more often than needed (any commit, or "cannot tell": a value never
+        returned before) -- that only costs a revalidation. A backend that cannot tell
+        cheaply returns a new value on every call (always revalidate)."""
+        ...
 
     async def close(self) -> None:
-        """Close after the calls queued before; later calls raise StoreClosed."""
-        with self._submit_lock:
-            if self._closed:
-                return
-            self._closed = True
-
-            def close() -> None:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-
-            done = asyncio.get_running_loop().run_in_executor(self._executor, close)
-            self._executor.shutdown(wait=False)
-        await done
-
-    def _closed_error(self) -> StoreClosed:
-        return StoreClosed(f"registry metadata {self._path}")
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        with self._submit_lock:
-            if self._closed:
-                raise self._closed_error()
-            job = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        try:
-            return await job
-        except (sqlite3.Error, OSError) as exc:
-            mapped = mapped_error(exc, self._path, self._path.parent)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-
-    def _conn(self) -> sqlite3.Connection:
-        db = self._db
-        if db is None:
-            raise self._closed_error()
-        return db
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
-        def run() -> T:
-            db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            return result
-
-        return run
-
-    def _query(self, sql: str, *args: Any) -> Callable[[], list[tuple[Any, ...]]]:
-        def run() -> list[tuple[Any, ...]]:
-            return self._conn().execute(sql, args).fetchall()
-
-        return run
+        """Release the backend after the calls already started; later calls raise
+        ``cas.StoreClosed``. Closing twice is a no-op. Other instances are unaffected."""
+        ...
 
     # --- repositories ---------------------------------------------------------------------
     async def ensure_repository(self, name: str) -> None:
-        await self._run(
-            self._tx(
-                lambda db: db.execute(
-                    "INSERT OR IGNORE INTO repositories VALUES (?, ?)", (name, time.time())
-                )
-            )
-        )
+        """After it, ``name`` exists (idempotent; a repository is never dropped)."""
+        ...
 
     async def repository_exists(self, name: str) -> bool:
-        rows = await self._run(self._query("SELECT 1 FROM repositories WHERE name = ?", name))
-        return bool(rows)
+        """Whether ``name`` was ever created (by :meth:`ensure_repository` or
+        :meth:`put_manifest`). Health checks call it with ``""``."""
+        ...
 
     async def repositories(self, last: str | None, limit: int) -> list[str]:
-        rows = await self._run(
-            self._query(
-                "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
-                last or "",
-                limit,
-            )
-        )
-        return [r[0] for r in rows]
+        """Up to ``limit`` repository names after ``last`` (exclusive; None: from the
+        start), in byte order (ASCIIbetical, as the catalog API pages them)."""
+        ...
 
     # --- manifests ------------------------------------------------------------------------
     async def put_manifest(self, record: ManifestRecord, tags: tuple[str, ...] = ()) -> None:
-        """Record ``record`` in its repository and point ``tags`` at it, atomically."""
-        now = time.time()
-        annotations = json.dumps(record.annotations) if record.annotations else None
-
-        def put(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR IGNORE INTO repositories VALUES (?, ?)", (record.repo, now))
-            db.execute(
-                "INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.repo,
-                    record.digest,
-                    record.media_type,
-                    record.size,
-                    record.subject,
-                    record.artifact_type,
-                    annotations,
-                    now,
-                ),
-            )
-            for tag in tags:
-                db.execute(
-                    "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
-                    (record.repo, tag, record.digest, now),
-                )
-
-        await self._run(self._tx(put))
+        """One transaction: ``record.repo`` exists, ``record`` is its manifest at
+        ``record.digest`` (replacing an earlier record of that digest), and every tag in
+        ``tags`` points at it (moved from wherever it pointed). No reader sees the
+        manifest without its tags or a tag without its manifest."""
+        ...
 
     async def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
-        rows = await self._run(
-            self._query(
-                "SELECT media_type, size, subject, artifact_type, annotations FROM manifests "
-                "WHERE repo = ? AND digest = ?",
-                repo,
-                digest,
-            )
-        )
-        if not rows:
-            return None
-        media_type, size, subject, artifact_type, annotations = rows[0]
-        return ManifestRecord(
-            repo,
-            digest,
-            media_type,
-            size,
-            subject,
-            artifact_type,
-            json.loads(annotations) if annotations else None,
-        )
+        """The record :meth:`put_manifest` stored (annotations as given), or None."""
+        ...
 
     async def manifests_present(self, repo: str, digests: list[str]) -> set[str]:
-        """Which of ``digests`` are manifests of ``repo``."""
-        if not digests:
-            return set()
-
-        def run() -> set[str]:
-            db = self._conn()
-            found: set[str] = set()
-            for i in range(0, len(digests), 500):
-                part = digests[i : i + 500]
-                marks = ",".join("?" * len(part))
-                found.update(
-                    r[0]
-                    for r in db.execute(
-                        f"SELECT digest FROM manifests WHERE repo = ? AND digest IN ({marks})",
-                        (repo, *part),
-                    )
-                )
-            return found
-
-        return await self._run(run)
+        """Which of ``digests`` (any number) are manifests of ``repo``, in one snapshot."""
+        ...
 
     async def delete_manifest(self, repo: str, digest: str) -> list[str] | None:
-        """Drop the manifest and every tag pointing at it; the dropped tags, or None if absent."""
-
-        def delete(db: sqlite3.Connection) -> list[str] | None:
-            cur = db.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?", (repo, digest))
-            if cur.rowcount == 0:
-                return None
-            tags = [
-                r[0]
-                for r in db.execute(
-                    "SELECT tag FROM tags WHERE repo = ? AND digest = ?", (repo, digest)
-                )
-            ]
-            db.execute("DELETE FROM tags WHERE repo = ? AND digest = ?", (repo, digest))
-            return tags
-
-        return await self._run(self._tx(delete))
+        """One transaction: drop the manifest and every tag of ``repo`` pointing at it;
+        the tags dropped, or None (nothing changed) if it was not there."""
+        ...
 
     async def referrers(self, repo: str, subject: str) -> list[ReferrerRecord]:
-        rows = await self._run(
-            self._query(
-                "SELECT digest, media_type, size, artifact_type, annotations FROM manifests "
-                "WHERE repo = ? AND subject = ? ORDER BY created, digest",
-                repo,
-                subject,
-            )
-        )
-        return [
-            ReferrerRecord(d, mt, size, at, json.loads(ann) if ann else None)
-            for d, mt, size, at, ann in rows
-        ]
+        """The manifests of ``repo`` whose subject is ``subject``, oldest first (ties by
+        digest): spec "Listing Referrers"."""
+        ...
 
     # --- tags -----------------------------------------------------------------------------
     async def resolve_tag(self, repo: str, tag: str) -> str | None:
-        rows = await self._run(
-            self._query("SELECT digest FROM tags WHERE repo = ? AND tag = ?", repo, tag)
-        )
-        return rows[0][0] if rows else None
+        """The digest ``tag`` points at now (the last committed write wins), or None."""
+        ...
 
     async def tags(self, repo: str, last: str | None, limit: int) -> list[str]:
-        rows = await self._run(
-            self._query(
-                "SELECT tag FROM tags WHERE repo = ? AND tag > ? ORDER BY tag LIMIT ?",
-                repo,
-                last or "",
-                limit,
-            )
-        )
-        return [r[0] for r in rows]
+        """Up to ``limit`` tags of ``repo`` after ``last`` (exclusive), in byte order."""
+        ...
 
     async def delete_tag(self, repo: str, tag: str) -> bool:
-        def delete(db: sqlite3.Connection) -> bool:
-            return db.execute("DELETE FROM tags WHERE repo = ? AND tag = ?", (repo, tag)).rowcount > 0
-
-        return await self._run(self._tx(delete))
+        """Drop the tag (its manifest stays); whether it existed."""
+        ...
 
     # --- upload sessions ------------------------------------------------------------------
     async def add_upload(self, upload_id: str, repo: str) -> None:
-        now = time.time()
-
-        def add(db: sqlite3.Connection) -> None:
-            # The repository itself appears only once something is committed to it.
-            db.execute("INSERT INTO uploads VALUES (?, ?, ?)", (upload_id, repo, now))
-
-        await self._run(self._tx(add))
+        """Record an open upload session for ``repo``; the repository itself is not
+        created (it appears once something is committed to it). An id already recorded
+        is an error (ids are unique)."""
+        ...
 
     async def upload_repository(self, upload_id: str) -> str | None:
-        rows = await self._run(self._query("SELECT repo FROM uploads WHERE id = ?", upload_id))
-        return rows[0][0] if rows else None
+        """The repository the session was opened for, or None if unknown or removed."""
+        ...
 
     async def remove_upload(self, upload_id: str) -> None:
-        await self._run(
-            self._tx(lambda db: db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,)))
-        )
+        """Forget the session (idempotent)."""
+        ...
 
     async def uploads(self) -> list[str]:
-        return [r[0] for r in await self._run(self._query("SELECT id FROM uploads"))]
+        """The ids of every recorded session, whichever instance opened it."""
+        ...
 
     # --- pull-through cache ---------------------------------------------------------------
     async def proxy_tag(self, repo: str, tag: str) -> tuple[str, float] | None:
         """The digest ``tag`` had upstream and when (``time.time()``) that was checked."""
-        rows = await self._run(
-            self._query(
-                "SELECT digest, checked FROM proxy_tags WHERE repo = ? AND tag = ?", repo, tag
-            )
-        )
-        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+        ...
 
     async def set_proxy_tag(self, repo: str, tag: str, digest: str, checked: float) -> None:
-        await self._run(
-            self._tx(
-                lambda db: db.execute(
-                    "INSERT OR REPLACE INTO proxy_tags VALUES (?, ?, ?, ?)",
-                    (repo, tag, digest, checked),
-                )
-            )
-        )
+        """Remember (replacing) what upstream said ``tag`` was at ``checked``. Independent
+        of :meth:`resolve_tag`: the local tag is set by :meth:`put_manifest`."""
+        ...
+
+
+async def open_metadata(root: Path) -> Metadata:
+    """The metadata backend a server with storage directory ``root`` runs on: today the
+    embedded SQLite file ``root/registry.db``. A networked backend is chosen here, from the
+    configuration, when one exists."""
+    from .metadata_sqlite import SqliteMetadata  # the backend depends on the records here
+
+    return await SqliteMetadata.open(root / "registry.db")

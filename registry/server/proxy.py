@@ -281,6 +281,7 @@ class Proxy:
         await self._once(("t", route.local, tag), lambda: self._refresh_tag(reg, route, tag))
 
     async def _refresh_tag(self, reg: Registry, route: ProxyRoute, tag: str) -> None:
+        generation = reg.cache.sync()  # before asking: see manifest_cache.py
         local = await reg.meta.resolve_tag(route.local, tag)
         fetched = await reg.meta.proxy_tag(route.local, tag)
         pushed_here = local is not None and (fetched is None or fetched[0] != local)
@@ -291,7 +292,7 @@ class Proxy:
             if len(self._checked) >= _MAX_CHECKED:
                 self._checked.clear()
             self._checked[(route.local, tag)] = fetched
-            reg.cache.set_tag(route.local, tag, local)
+            reg.cache.set_tag(route.local, tag, local, generation)
             return
         ref = ImageRef(route.upstream.netloc, route.remote, tag=tag)
         try:
@@ -317,7 +318,6 @@ class Proxy:
         if len(self._checked) >= _MAX_CHECKED:
             self._checked.clear()
         self._checked[(repo, tag)] = (digest, now)
-        reg.cache.set_tag(repo, tag, digest)
 
     async def _fetch_manifest(self, reg: Registry, route: ProxyRoute,
                               digest: Digest | None, tag: str | None) -> None:

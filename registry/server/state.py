@@ -1,14 +1,26 @@
-"""Typed application state: the store, the metadata database, caches, live uploads.
+"""Typed application state: the store, the metadata, caches, live uploads.
 
 Everything a handler needs hangs off one :class:`Registry` object stored under
 :data:`REGISTRY` (a ``web.AppKey``), so handlers are plain functions of the request.
+
+Several processes may serve one store and one metadata database. What a ``Registry``
+shares with them: the store and the metadata (each a backend behind a protocol:
+:class:`BlobStore`, :class:`~registry.server.metadata.Metadata`). What it keeps for
+itself, and how that stays correct:
+
+- ``cache`` (:class:`~registry.server.manifest_cache.ManifestCache`) follows the
+  metadata's generation token, so a write through any process is seen at once;
+- ``upload_locks`` (:class:`~registry.server.upload_locks.UploadLocks`) is in-process
+  today, and ``ingests`` keeps sessions open between requests: an upload session must be
+  served by one process until a shared lock plugs in there (see ``upload_locks``);
+- limits, metrics and the drain state are per process by design.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,9 +34,11 @@ from .access import Grant, PullFilter
 from .auth import Authorizer
 from .config import ServerConfig
 from .limits import LimitLog, UploadLimits, UploadSlots
+from .manifest_cache import CachedManifest, ManifestCache
 from .metadata import Metadata
 from .metrics import Metrics
 from .notifications import Notifier
+from .upload_locks import InProcessUploadLocks, UploadLocks
 
 __all__ = [
     "BYTES_RECEIVED",
@@ -74,81 +88,10 @@ class BlobStore(Protocol):
     async def stats(self) -> Any: ...
 
 
-@dataclass(frozen=True, slots=True)
-class CachedManifest:
-    """A manifest ready to serve: its exact bytes and the headers that describe it."""
-
-    digest: str
-    media_type: str
-    body: bytes
-    etag: str
-    headers: dict[str, str] = field(default_factory=dict, compare=False)
-
-    def __post_init__(self) -> None:
-        # Built once per cached manifest rather than once per GET.
-        self.headers.update(
-            {
-                "Content-Type": self.media_type,
-                "Docker-Content-Digest": self.digest,
-                "ETag": self.etag,
-                "Docker-Distribution-API-Version": "registry/2.0",
-            }
-        )
-
-
-class ManifestCache:
-    """LRU of hot manifests and tag resolutions, bounded by total manifest bytes.
-
-    Entries are only ever inserted from the metadata database's state after a write has
-    committed, and invalidated by the write paths of this process (the only writer).
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._bytes = 0
-        self._manifests: OrderedDict[tuple[str, str], CachedManifest] = OrderedDict()
-        self._tags: dict[tuple[str, str], str] = {}
-
-    def get(self, repo: str, digest: str) -> CachedManifest | None:
-        entry = self._manifests.get((repo, digest))
-        if entry is not None:
-            self._manifests.move_to_end((repo, digest))
-        return entry
-
-    def put(self, repo: str, entry: CachedManifest) -> None:
-        if len(entry.body) > self.max_bytes:
-            return
-        old = self._manifests.pop((repo, entry.digest), None)
-        if old is not None:
-            self._bytes -= len(old.body)
-        self._manifests[(repo, entry.digest)] = entry
-        self._bytes += len(entry.body)
-        while self._bytes > self.max_bytes:
-            _, evicted = self._manifests.popitem(last=False)
-            self._bytes -= len(evicted.body)
-
-    def drop(self, repo: str, digest: str) -> None:
-        old = self._manifests.pop((repo, digest), None)
-        if old is not None:
-            self._bytes -= len(old.body)
-        for key in [k for k, v in self._tags.items() if k[0] == repo and v == digest]:
-            del self._tags[key]
-
-    def tag(self, repo: str, tag: str) -> str | None:
-        return self._tags.get((repo, tag))
-
-    def set_tag(self, repo: str, tag: str, digest: str) -> None:
-        if len(self._tags) > 100_000:
-            self._tags.clear()
-        self._tags[(repo, tag)] = digest
-
-    def drop_tag(self, repo: str, tag: str) -> None:
-        self._tags.pop((repo, tag), None)
-
-
 @dataclass
 class Registry:
-    """The running registry: configuration, storage, metadata and per-process caches."""
+    """The running registry: configuration, storage, metadata (any implementation of the
+    protocol) and per-process caches; the module docstring says what is shared."""
 
     config: ServerConfig
     store: BlobStore
@@ -159,7 +102,7 @@ class Registry:
     root: Path | None = None  # the storage directory (registry.db, robots.json)
     # Open ingests by upload id (resumed from cas on a miss, e.g. after a restart).
     ingests: dict[str, Any] = field(default_factory=dict)
-    upload_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    upload_locks: UploadLocks = field(default_factory=InProcessUploadLocks)
     # What clients hold (see limits.py); made from the config in __post_init__.
     limit_log: LimitLog = field(default_factory=LimitLog)
     upload_limits: UploadLimits = field(init=False)
@@ -177,6 +120,7 @@ class Registry:
     notifier: Notifier | None = None
 
     def __post_init__(self) -> None:
+        self.cache.follow(self.meta.generation)
         c = self.config
         self.upload_limits = UploadLimits(
             max_sessions=c.uploads_max_sessions,
@@ -208,15 +152,12 @@ class Registry:
             return False
         return True
 
-    def upload_lock(self, upload_id: str) -> asyncio.Lock:
-        lock = self.upload_locks.get(upload_id)
-        if lock is None:
-            lock = self.upload_locks[upload_id] = asyncio.Lock()
-        return lock
+    def upload_lock(self, upload_id: str) -> AbstractAsyncContextManager[None]:
+        return self.upload_locks.hold(upload_id)
 
     def forget_upload(self, upload_id: str) -> None:
         self.ingests.pop(upload_id, None)
-        self.upload_locks.pop(upload_id, None)
+        self.upload_locks.forget(upload_id)
         self.upload_limits.remove(upload_id)
 
     async def readable_holders(

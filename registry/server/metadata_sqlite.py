@@ -1,0 +1,401 @@
+"""The embedded default :class:`~registry.server.metadata.Metadata`: one SQLite file
+(``registry.db`` in the storage directory), WAL mode. The contract is the protocol's;
+this docstring says how SQLite keeps it.
+
+::
+
+    repositories(name PK, created)
+    manifests(repo, digest, media_type, size, subject, artifact_type, annotations, created)
+        PK (repo, digest); index (repo, subject) serves the referrers API
+    tags(repo, tag, digest, updated)            PK (repo, tag); BINARY order = ASCIIbetical
+    uploads(id PK, repo, created)               upload session -> repository
+    proxy_tags(repo, tag, digest, checked)      PK (repo, tag): tags a pull-through cache
+                                                fetched from upstream, and when it last asked
+
+- Every method runs its SQL on one dedicated thread (the connection never leaves it), so
+  callers on the event loop only ``await``; each write is one ``BEGIN IMMEDIATE``
+  transaction, each read one statement (one snapshot).
+- Several processes may open the same file (replicas on one machine): SQLite's file
+  locks serialise the writers (``busy_timeout`` 10 s), and WAL lets every reader see the
+  last commit at the start of its statement, so what one instance committed the next
+  call of any other instance reads.
+- :meth:`SqliteMetadata.generation` runs ``PRAGMA data_version`` on a second, read-only
+  connection kept for the event loop: it changes when *any* connection (this instance's
+  writer included, other processes too) commits. It reads the WAL index in shared memory
+  (a few microseconds, no waiting: ``busy_timeout`` 0; when SQLite answers busy, a value
+  never returned before is, which only costs the caller a revalidation).
+- :meth:`SqliteMetadata.close` runs on the worker thread too, after the calls queued
+  before it; a call after it raises ``cas.StoreClosed``. A full or read-only disk is
+  ``cas.StorageFull`` / ``cas.StorageNotWritable``, naming the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cas.errors import StoreClosed, mapped_error
+
+from .metadata import ManifestRecord, ReferrerRecord
+
+__all__ = ["SqliteMetadata"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS repositories (
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS manifests (
+    repo TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    subject TEXT,
+    artifact_type TEXT,
+    annotations TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (repo, digest)
+);
+CREATE INDEX IF NOT EXISTS manifests_subject ON manifests (repo, subject)
+    WHERE subject IS NOT NULL;
+CREATE TABLE IF NOT EXISTS tags (
+    repo TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (repo, tag)
+);
+CREATE INDEX IF NOT EXISTS tags_digest ON tags (repo, digest);
+CREATE TABLE IF NOT EXISTS proxy_tags (
+    repo TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    checked REAL NOT NULL,
+    PRIMARY KEY (repo, tag)
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY,
+    repo TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+class SqliteMetadata:
+    """:class:`~registry.server.metadata.Metadata` over one SQLite file; see the module
+    docstring."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-db")
+        self._db: sqlite3.Connection | None = None
+        self._closed = False
+        self._submit_lock = threading.Lock()  # a submit and the executor's shutdown
+        # generation(): used only on the event loop's thread once open.
+        self._watch: sqlite3.Connection | None = None
+        self._unknown = itertools.count(-1, -1)
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteMetadata:
+        self = cls(path)
+        await self._run(self._open)
+        return self
+
+    def _open(self) -> None:
+        db = None
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(_SCHEMA)
+            watch = sqlite3.connect(
+                f"{self._path.as_uri()}?mode=ro", uri=True, isolation_level=None,
+                check_same_thread=False,
+            )
+            watch.execute("PRAGMA busy_timeout=0")
+        except (sqlite3.Error, OSError) as exc:
+            if db is not None:
+                db.close()
+            raise mapped_error(exc, self._path, self._path.parent) from exc
+        self._db = db
+        self._watch = watch
+
+    def generation(self) -> int:
+        """See the protocol; ``PRAGMA data_version`` (module docstring)."""
+        watch = self._watch
+        if watch is None:
+            raise self._closed_error()
+        try:
+            version = int(watch.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return next(self._unknown)  # busy: say "changed", never block the loop
+        return version
+
+    async def close(self) -> None:
+        """Close after the calls queued before; later calls raise StoreClosed."""
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            watch, self._watch = self._watch, None  # no generation() past this point
+
+            def close() -> None:
+                if watch is not None:
+                    watch.close()
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+            done = asyncio.get_running_loop().run_in_executor(self._executor, close)
+            self._executor.shutdown(wait=False)
+        await done
+
+    def _closed_error(self) -> StoreClosed:
+        return StoreClosed(f"registry metadata {self._path}")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._submit_lock:
+            if self._closed:
+                raise self._closed_error()
+            job = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await job
+        except (sqlite3.Error, OSError) as exc:
+            mapped = mapped_error(exc, self._path, self._path.parent)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        db = self._db
+        if db is None:
+            raise self._closed_error()
+        return db
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
+        def run() -> T:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return result
+
+        return run
+
+    def _query(self, sql: str, *args: Any) -> Callable[[], list[tuple[Any, ...]]]:
+        def run() -> list[tuple[Any, ...]]:
+            return self._conn().execute(sql, args).fetchall()
+
+        return run
+
+    # --- repositories ---------------------------------------------------------------------
+    async def ensure_repository(self, name: str) -> None:
+        await self._run(
+            self._tx(
+                lambda db: db.execute(
+                    "INSERT OR IGNORE INTO repositories VALUES (?, ?)", (name, time.time())
+                )
+            )
+        )
+
+    async def repository_exists(self, name: str) -> bool:
+        rows = await self._run(self._query("SELECT 1 FROM repositories WHERE name = ?", name))
+        return bool(rows)
+
+    async def repositories(self, last: str | None, limit: int) -> list[str]:
+        rows = await self._run(
+            self._query(
+                "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
+                last or "",
+                limit,
+            )
+        )
+        return [r[0] for r in rows]
+
+    # --- manifests ------------------------------------------------------------------------
+    async def put_manifest(self, record: ManifestRecord, tags: tuple[str, ...] = ()) -> None:
+        """Record ``record`` in its repository and point ``tags`` at it, atomically."""
+        now = time.time()
+        annotations = json.dumps(record.annotations) if record.annotations else None
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR IGNORE INTO repositories VALUES (?, ?)", (record.repo, now))
+            db.execute(
+                "INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.repo,
+                    record.digest,
+                    record.media_type,
+                    record.size,
+                    record.subject,
+                    record.artifact_type,
+                    annotations,
+                    now,
+                ),
+            )
+            for tag in tags:
+                db.execute(
+                    "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
+                    (record.repo, tag, record.digest, now),
+                )
+
+        await self._run(self._tx(put))
+
+    async def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
+        rows = await self._run(
+            self._query(
+                "SELECT media_type, size, subject, artifact_type, annotations FROM manifests "
+                "WHERE repo = ? AND digest = ?",
+                repo,
+                digest,
+            )
+        )
+        if not rows:
+            return None
+        media_type, size, subject, artifact_type, annotations = rows[0]
+        return ManifestRecord(
+            repo,
+            digest,
+            media_type,
+            size,
+            subject,
+            artifact_type,
+            json.loads(annotations) if annotations else None,
+        )
+
+    async def manifests_present(self, repo: str, digests: list[str]) -> set[str]:
+        """Which of ``digests`` are manifests of ``repo``."""
+        if not digests:
+            return set()
+
+        def run() -> set[str]:
+            db = self._conn()
+            found: set[str] = set()
+            for i in range(0, len(digests), 500):
+                part = digests[i : i + 500]
+                marks = ",".join("?" * len(part))
+                found.update(
+                    r[0]
+                    for r in db.execute(
+                        f"SELECT digest FROM manifests WHERE repo = ? AND digest IN ({marks})",
+                        (repo, *part),
+                    )
+                )
+            return found
+
+        return await self._run(run)
+
+    async def delete_manifest(self, repo: str, digest: str) -> list[str] | None:
+        """Drop the manifest and every tag pointing at it; the dropped tags, or None if absent."""
+
+        def delete(db: sqlite3.Connection) -> list[str] | None:
+            cur = db.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?", (repo, digest))
+            if cur.rowcount == 0:
+                return None
+            tags = [
+                r[0]
+                for r in db.execute(
+                    "SELECT tag FROM tags WHERE repo = ? AND digest = ?", (repo, digest)
+                )
+            ]
+            db.execute("DELETE FROM tags WHERE repo = ? AND digest = ?", (repo, digest))
+            return tags
+
+        return await self._run(self._tx(delete))
+
+    async def referrers(self, repo: str, subject: str) -> list[ReferrerRecord]:
+        rows = await self._run(
+            self._query(
+                "SELECT digest, media_type, size, artifact_type, annotations FROM manifests "
+                "WHERE repo = ? AND subject = ? ORDER BY created, digest",
+                repo,
+                subject,
+            )
+        )
+        return [
+            ReferrerRecord(d, mt, size, at, json.loads(ann) if ann else None)
+            for d, mt, size, at, ann in rows
+        ]
+
+    # --- tags -----------------------------------------------------------------------------
+    async def resolve_tag(self, repo: str, tag: str) -> str | None:
+        rows = await self._run(
+            self._query("SELECT digest FROM tags WHERE repo = ? AND tag = ?", repo, tag)
+        )
+        return rows[0][0] if rows else None
+
+    async def tags(self, repo: str, last: str | None, limit: int) -> list[str]:
+        rows = await self._run(
+            self._query(
+                "SELECT tag FROM tags WHERE repo = ? AND tag > ? ORDER BY tag LIMIT ?",
+                repo,
+                last or "",
+                limit,
+            )
+        )
+        return [r[0] for r in rows]
+
+    async def delete_tag(self, repo: str, tag: str) -> bool:
+        def delete(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM tags WHERE repo = ? AND tag = ?", (repo, tag)).rowcount > 0
+
+        return await self._run(self._tx(delete))
+
+    # --- upload sessions ------------------------------------------------------------------
+    async def add_upload(self, upload_id: str, repo: str) -> None:
+        now = time.time()
+
+        def add(db: sqlite3.Connection) -> None:
+            # The repository itself appears only once something is committed to it.
+            db.execute("INSERT INTO uploads VALUES (?, ?, ?)", (upload_id, repo, now))
+
+        await self._run(self._tx(add))
+
+    async def upload_repository(self, upload_id: str) -> str | None:
+        rows = await self._run(self._query("SELECT repo FROM uploads WHERE id = ?", upload_id))
+        return rows[0][0] if rows else None
+
+    async def remove_upload(self, upload_id: str) -> None:
+        await self._run(
+            self._tx(lambda db: db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,)))
+        )
+
+    async def uploads(self) -> list[str]:
+        return [r[0] for r in await self._run(self._query("SELECT id FROM uploads"))]
+
+    # --- pull-through cache ---------------------------------------------------------------
+    async def proxy_tag(self, repo: str, tag: str) -> tuple[str, float] | None:
+        """The digest ``tag`` had upstream and when (``time.time()``) that was checked."""
+        rows = await self._run(
+            self._query(
+                "SELECT digest, checked FROM proxy_tags WHERE repo = ? AND tag = ?", repo, tag
+            )
+        )
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    async def set_proxy_tag(self, repo: str, tag: str, digest: str, checked: float) -> None:
+        await self._run(
+            self._tx(
+                lambda db: db.execute(
+                    "INSERT OR REPLACE INTO proxy_tags VALUES (?, ?, ?, ?)",
+                    (repo, tag, digest, checked),
+                )
+            )
+        )

@@ -1,0 +1,274 @@
+"""The suite every registry metadata backend must pass (registry/server/metadata.py).
+
+``opener`` opens one more instance on the same database each time it is called: two
+instances stand for two processes or replicas sharing it. A backend joins the suite by
+adding a parameter to the ``opener`` fixture (PostgreSQL: open from a DSN on a fresh
+schema).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from cas.errors import StoreClosed
+from registry.server.metadata import ManifestRecord, Metadata
+from registry.server.metadata_sqlite import SqliteMetadata
+
+Opener = Callable[[], Awaitable[Metadata]]
+
+
+@pytest.fixture(params=["sqlite"])
+async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    opened: list[Metadata] = []
+
+    async def open_one() -> Metadata:
+        meta: Metadata
+        if request.param == "sqlite":
+            meta = await SqliteMetadata.open(tmp_path / "registry.db")
+        else:  # pragma: no cover - a new backend adds its branch here
+            raise AssertionError(request.param)
+        opened.append(meta)
+        return meta
+
+    yield open_one
+    for meta in opened:
+        await meta.close()
+
+
+@pytest.fixture
+async def a(opener: Opener) -> Metadata:
+    return await opener()
+
+
+@pytest.fixture
+async def b(opener: Opener) -> Metadata:
+    return await opener()
+
+
+def _digest(i: int) -> str:
+    return f"sha256:{i:064x}"
+
+
+def _record(repo: str, i: int, **kw: object) -> ManifestRecord:
+    return ManifestRecord(repo, _digest(i), "application/vnd.oci.image.manifest.v1+json",
+                          100 + i, **kw)  # type: ignore[arg-type]
+
+
+# --- repositories -------------------------------------------------------------------------
+async def test_repositories_exist_once_created_and_page_in_byte_order(a: Metadata, b: Metadata):
+    assert not await a.repository_exists("lib/app")
+    for name in ["lib/app", "Zed", "alpha", "lib/app"]:
+        await a.ensure_repository(name)
+    assert await b.repository_exists("lib/app")
+    assert await b.repositories(None, 10) == ["Zed", "alpha", "lib/app"]
+    assert await b.repositories("Zed", 1) == ["alpha"]
+    assert await b.repositories("lib/app", 10) == []
+    assert await b.repository_exists("") is False
+
+
+# --- manifests ----------------------------------------------------------------------------
+async def test_put_manifest_records_it_and_its_tags_for_every_instance(a: Metadata, b: Metadata):
+    rec = _record("app", 1, subject=_digest(9), artifact_type="x/sbom",
+                  annotations={"k": "v"})
+    await a.put_manifest(rec, ("v1", "latest"))
+    assert await b.repository_exists("app")
+    assert await b.get_manifest("app", _digest(1)) == rec
+    assert await b.get_manifest("other", _digest(1)) is None
+    assert await b.resolve_tag("app", "v1") == _digest(1)
+    assert await b.resolve_tag("app", "latest") == _digest(1)
+    # A tag moves; the manifest it left stays.
+    await b.put_manifest(_record("app", 2), ("latest",))
+    assert await a.resolve_tag("app", "latest") == _digest(2)
+    assert await a.resolve_tag("app", "v1") == _digest(1)
+    assert await a.get_manifest("app", _digest(1)) == rec
+
+
+async def test_put_manifest_again_replaces_the_record(a: Metadata, b: Metadata):
+    await a.put_manifest(_record("app", 1, annotations={"k": "1"}))
+    replaced = _record("app", 1, annotations={"k": "2"})
+    await b.put_manifest(replaced)
+    assert await a.get_manifest("app", _digest(1)) == replaced
+
+
+async def test_a_tag_never_resolves_to_a_manifest_not_yet_there(a: Metadata, b: Metadata):
+    stop = asyncio.Event()
+    missing: list[str] = []
+
+    async def read() -> None:
+        while not stop.is_set():
+            digest = await b.resolve_tag("race", "latest")
+            if digest is not None and await b.get_manifest("race", digest) is None:
+                missing.append(digest)
+
+    reader = asyncio.create_task(read())
+    for i in range(60):
+        await a.put_manifest(_record("race", i), ("latest",))
+    stop.set()
+    await reader
+    assert missing == []
+
+
+async def test_manifests_present_answers_for_any_number(a: Metadata, b: Metadata):
+    assert await b.manifests_present("app", []) == set()
+    for i in range(0, 1200, 3):
+        await a.put_manifest(_record("app", i))
+    await a.put_manifest(_record("elsewhere", 1))
+    wanted = [_digest(i) for i in range(1200)]
+    assert await b.manifests_present("app", wanted) == {_digest(i) for i in range(0, 1200, 3)}
+
+
+async def test_delete_manifest_drops_it_and_only_its_tags(a: Metadata, b: Metadata):
+    await a.put_manifest(_record("app", 1), ("v1", "stable"))
+    await a.put_manifest(_record("app", 2), ("v2",))
+    await a.put_manifest(_record("other", 1), ("v1",))
+    assert sorted(await b.delete_manifest("app", _digest(1)) or []) == ["stable", "v1"]
+    assert await a.get_manifest("app", _digest(1)) is None
+    assert await a.resolve_tag("app", "v1") is None
+    assert await a.tags("app", None, 10) == ["v2"]
+    assert await a.resolve_tag("other", "v1") == _digest(1)
+    assert await b.delete_manifest("app", _digest(1)) is None
+    assert await b.delete_manifest("app", _digest(7)) is None
+    assert await a.tags("app", None, 10) == ["v2"]
+
+
+async def test_referrers_are_a_repositorys_manifests_with_that_subject_oldest_first(
+    a: Metadata, b: Metadata
+):
+    subject = _digest(100)
+    await a.put_manifest(_record("app", 3, subject=subject, artifact_type="x/sig",
+                                 annotations={"n": "1"}))
+    await a.put_manifest(_record("app", 1, subject=subject))
+    await a.put_manifest(_record("app", 2))
+    await a.put_manifest(_record("other", 4, subject=subject))
+    found = await b.referrers("app", subject)
+    assert [r.digest for r in found] == [_digest(3), _digest(1)]
+    assert (found[0].media_type, found[0].size, found[0].artifact_type, found[0].annotations) == (
+        "application/vnd.oci.image.manifest.v1+json", 103, "x/sig", {"n": "1"})
+    assert found[1].artifact_type is None and found[1].annotations is None
+    assert await b.referrers("app", _digest(101)) == []
+
+
+# --- tags ---------------------------------------------------------------------------------
+async def test_tags_page_in_byte_order_and_delete(a: Metadata, b: Metadata):
+    await a.put_manifest(_record("app", 1), ("b", "B", "a", "1"))
+    assert await b.tags("app", None, 10) == ["1", "B", "a", "b"]
+    assert await b.tags("app", "B", 2) == ["a", "b"]
+    assert await b.tags("none", None, 10) == []
+    assert await b.delete_tag("app", "a") is True
+    assert await b.delete_tag("app", "a") is False
+    assert await a.resolve_tag("app", "a") is None
+    assert await a.get_manifest("app", _digest(1)) is not None  # the manifest stays
+
+
+# --- upload sessions ----------------------------------------------------------------------
+async def test_upload_sessions_are_shared_and_do_not_create_the_repository(
+    a: Metadata, b: Metadata
+):
+    await a.add_upload("u1", "app")
+    await b.add_upload("u2", "lib/other")
+    assert not await b.repository_exists("app")
+    assert await b.upload_repository("u1") == "app"
+    assert sorted(await a.uploads()) == ["u1", "u2"]
+    with pytest.raises(Exception):  # noqa: B017 -- the backend's own duplicate-key error
+        await b.add_upload("u1", "elsewhere")
+    assert await a.upload_repository("u1") == "app"
+    await b.remove_upload("u1")
+    await b.remove_upload("u1")
+    assert await a.upload_repository("u1") is None
+    assert await a.uploads() == ["u2"]
+
+
+# --- pull-through cache -------------------------------------------------------------------
+async def test_proxy_tags_are_remembered_apart_from_local_tags(a: Metadata, b: Metadata):
+    assert await b.proxy_tag("cache/app", "latest") is None
+    await a.set_proxy_tag("cache/app", "latest", _digest(1), 1000.5)
+    assert await b.proxy_tag("cache/app", "latest") == (_digest(1), 1000.5)
+    assert await b.resolve_tag("cache/app", "latest") is None
+    await b.set_proxy_tag("cache/app", "latest", _digest(2), 2000.0)
+    assert await a.proxy_tag("cache/app", "latest") == (_digest(2), 2000.0)
+
+
+# --- generation ---------------------------------------------------------------------------
+async def test_generation_moves_with_every_commit_through_any_instance(
+    a: Metadata, b: Metadata
+):
+    before_a, before_b = a.generation(), b.generation()
+    assert a.generation() == before_a  # nothing committed: equal tokens
+    await a.put_manifest(_record("app", 1), ("latest",))
+    after_a, after_b = a.generation(), b.generation()
+    assert after_a != before_a  # its own writes too
+    assert after_b != before_b
+    await b.delete_tag("app", "latest")
+    assert a.generation() != after_a
+    assert b.generation() != after_b
+
+
+# --- concurrency and lifetime -------------------------------------------------------------
+async def test_writes_from_two_instances_at_once_all_land(a: Metadata, b: Metadata):
+    await asyncio.gather(
+        *(m.put_manifest(_record("busy", i), (f"t{i}",)) for i in range(40)
+          for m in [(a, b)[i % 2]]),
+        *(m.ensure_repository(f"r{i}") for i in range(20) for m in [(b, a)[i % 2]]),
+    )
+    assert len(await a.tags("busy", None, 100)) == 40
+    assert len(await b.repositories(None, 100)) == 21
+
+
+async def test_close_refuses_later_calls_and_leaves_other_instances_working(
+    a: Metadata, b: Metadata
+):
+    await a.ensure_repository("app")
+    pending = a.repository_exists("app")
+    closing = asyncio.ensure_future(a.close())
+    await closing
+    with pytest.raises(StoreClosed):
+        await pending
+    with pytest.raises(StoreClosed):
+        await a.resolve_tag("app", "latest")
+    with pytest.raises(StoreClosed):
+        a.generation()
+    await a.close()
+    assert await b.repository_exists("app")
+
+
+async def test_calls_started_before_close_finish(a: Metadata):
+    calls = [asyncio.ensure_future(a.ensure_repository(f"r{i}")) for i in range(10)]
+    await asyncio.sleep(0)  # started
+    await a.close()
+    await asyncio.gather(*calls)
+
+
+async def test_sqlite_a_write_by_another_process_is_read_at_once(tmp_path: Path):
+    """Two real processes on one SQLite file (the suite's instances share a process)."""
+    a = await SqliteMetadata.open(tmp_path / "registry.db")
+    generation = a.generation()
+    script = textwrap.dedent(f"""
+        import asyncio
+        from pathlib import Path
+        from registry.server.metadata import ManifestRecord
+        from registry.server.metadata_sqlite import SqliteMetadata
+
+        async def main():
+            meta = await SqliteMetadata.open(Path({str(tmp_path / "registry.db")!r}))
+            await meta.put_manifest(
+                ManifestRecord("app", {_digest(5)!r}, "application/x", 5), ("latest",))
+            await meta.close()
+
+        asyncio.run(main())
+    """)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script,
+                                                stderr=subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert a.generation() != generation
+    assert await a.resolve_tag("app", "latest") == _digest(5)
+    assert (await a.get_manifest("app", _digest(5))) == ManifestRecord(
+        "app", _digest(5), "application/x", 5)
+    await a.close()

@@ -1,0 +1,117 @@
+"""The suite every upload-session lock implementation must pass (upload_locks.py).
+
+``locks`` gives two handles on one implementation's scope (for the in-process one the same
+object; a cross-process one opens two handles on the shared database): what one holds,
+the other must wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from registry.server.upload_locks import InProcessUploadLocks, UploadLocks
+
+
+@pytest.fixture(params=["in-process"])
+async def locks(request: pytest.FixtureRequest) -> AsyncIterator[tuple[UploadLocks, UploadLocks]]:
+    shared = InProcessUploadLocks()
+    yield shared, shared
+
+
+async def _held_by_other(locks: UploadLocks, upload_id: str) -> bool:
+    """Whether ``upload_id`` is held: a try to take it does not succeed within 50 ms."""
+    async def take() -> None:
+        async with locks.hold(upload_id):
+            pass
+
+    try:
+        await asyncio.wait_for(take(), 0.05)
+    except TimeoutError:
+        return True
+    return False
+
+
+async def test_one_holder_per_session_and_sessions_are_independent(locks):
+    a, b = locks
+    async with a.hold("u1"):
+        assert await _held_by_other(b, "u1")
+        assert not await _held_by_other(b, "u2")
+    assert not await _held_by_other(b, "u1")
+
+
+async def test_holders_never_overlap(locks):
+    a, b = locks
+    inside = 0
+    most = 0
+
+    async def work(handle: UploadLocks) -> None:
+        nonlocal inside, most
+        async with handle.hold("u1"):
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0.001)
+            inside -= 1
+
+    await asyncio.gather(*(work((a, b)[i % 2]) for i in range(20)))
+    assert most == 1
+
+
+async def test_released_on_exception_and_on_cancellation(locks):
+    a, b = locks
+    with pytest.raises(RuntimeError):
+        async with a.hold("u1"):
+            raise RuntimeError("the request failed")
+    assert not await _held_by_other(b, "u1")
+
+    entered = asyncio.Event()
+
+    async def hold_forever() -> None:
+        async with a.hold("u1"):
+            entered.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(hold_forever())
+    await entered.wait()
+    assert await _held_by_other(b, "u1")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not await _held_by_other(b, "u1")
+
+
+async def test_a_waiter_cancelled_before_acquiring_never_holds(locks):
+    a, b = locks
+    acquired = False
+
+    async def wait_then_hold() -> None:
+        nonlocal acquired
+        async with b.hold("u1"):
+            acquired = True
+
+    async with a.hold("u1"):
+        waiter = asyncio.create_task(wait_then_hold())
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    assert not acquired
+    assert not await _held_by_other(a, "u1")
+
+
+async def test_forget_keeps_the_session_exclusive_while_it_is_held(locks):
+    a, b = locks
+    async with a.hold("u1"):
+        a.forget("u1")  # the session ended inside its own request, as a commit does
+        assert await _held_by_other(b, "u1")
+    assert not await _held_by_other(b, "u1")
+
+
+async def test_in_process_locks_keep_nothing_for_idle_sessions():
+    locks = InProcessUploadLocks()
+    async with locks.hold("u1"), locks.hold("u2"):
+        assert len(locks) == 2
+    await asyncio.gather(*(_held_by_other(locks, f"u{i}") for i in range(10)))
+    assert len(locks) == 0
