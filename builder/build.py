@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cas import Store
 
+from .annotations import AnnotationError, parse_annotations
 from .cache import BuildCache
 from .context import SourceTree
 from .dockerfile.errors import DockerfileError
@@ -55,7 +56,7 @@ class BuildOptions:
     explain: bool = False
     network: str = "default"
     outputs: tuple[Output, ...] = ()
-    secrets: dict[str, Path] = field(default_factory=dict)
+    secrets: dict[str, Path | bytes] = field(default_factory=dict)  # id -> file or value
     compression: str = "gzip"
     source_date_epoch: int | None = None
     push: bool = False
@@ -63,6 +64,9 @@ class BuildOptions:
     differ: str = "auto"  # auto | overlay | snapshot
     ssh: dict[str, Path] = field(default_factory=dict)  # --ssh id -> agent socket
     allow: frozenset[str] = frozenset()  # --allow entitlements
+    # -f -: the Dockerfile's text (read from stdin); ``dockerfile`` is then not read
+    dockerfile_text: str | None = None
+    annotations: tuple[str, ...] = ()  # --annotation values (builder.annotations)
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,16 @@ def source_date_epoch(flag: int | None, build_args: dict[str, str]) -> int | Non
 async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     """Build, write the requested outputs, and return the image."""
     dockerfile = opts.dockerfile or opts.context / "Dockerfile"
-    try:
-        text = await asyncio.to_thread(dockerfile.read_text)
-    except OSError as exc:
-        raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
-                              file=str(dockerfile)) from exc
+    if opts.dockerfile_text is not None:
+        # named "Dockerfile" in messages, as BuildKit does; only the context's
+        # .dockerignore applies (there is no Dockerfile.dockerignore beside stdin)
+        text, dockerfile = opts.dockerfile_text, opts.context / "Dockerfile"
+    else:
+        try:
+            text = await asyncio.to_thread(dockerfile.read_text)
+        except OSError as exc:
+            raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
+                                  file=str(dockerfile)) from exc
     tree = parse(text, dockerfile.name)
     if any(out.loads for out in opts.outputs):
         from .engine import ping
@@ -116,7 +125,9 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     store = await Store.open(opts.storage)
     cache = BuildCache(bdir / "cache.db")
     try:
-        matcher = await asyncio.to_thread(read_ignore_file, opts.context, dockerfile)
+        matcher = await asyncio.to_thread(
+            read_ignore_file, opts.context,
+            None if opts.dockerfile_text is not None else dockerfile)
         context = SourceTree(opts.context, matcher, hash_store=cache)
         env = StepEnv(store=store, cache=cache, snapshots=SnapshotStore(bdir / "snapshots", store),
                       progress=progress, context=context,
@@ -129,6 +140,10 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
             platform = Platform.parse(opts.platform) if opts.platform else None
         except ValueError as exc:
             raise BuildError("--platform", str(exc)) from exc
+        try:
+            notes = parse_annotations(opts.annotations, str(platform or Platform.host()))
+        except AnnotationError as exc:
+            raise BuildError("--annotation", str(exc)) from exc
         build_plan, bases = await plan(tree, env, opts.build_args, opts.target, platform)
         env.proxy_env = dict(build_plan.proxy_env)
         for name in build_plan.unused_build_args:
@@ -139,7 +154,8 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         state = await executor.run()
         if opts.labels:
             state.update(labels={**(state.config.labels or {}), **opts.labels})
-        image = assemble(state, created, pinned=sde is not None)
+        image = assemble(state, created, pinned=sde is not None,
+                         annotations=notes.manifest, descriptor_annotations=notes.descriptor)
 
         async def rootfs(dest: Path) -> None:
             from .sandbox.flatten import flatten_lowers

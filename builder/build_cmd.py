@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import click
 
 from cas.location import default_storage_dir
 
+from .annotations import AnnotationError, parse_annotations
 from .build import BuildOptions, run_build
 from .context import ContextError
 from .dockerfile.errors import DockerfileError
@@ -58,13 +60,51 @@ def _build_args(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _secrets(values: tuple[str, ...]) -> dict[str, Path]:
-    out = {}
+def _secrets(values: tuple[str, ...]) -> dict[str, Path | bytes]:
+    """``--secret`` as buildx reads it: ``id=NAME`` plus ``src=FILE`` (``type=file``) or
+    ``env=VAR`` (``type=env``; ``type=env,src=VAR`` too). With neither, the variable
+    named NAME if it is set, else the file NAME (BuildKit's secrets provider). A
+    variable's value is held in memory: secret id -> file path, or the value itself."""
+    out: dict[str, Path | bytes] = {}
     for v in values:
-        fields = dict(f.partition("=")[::2] for f in v.split(","))
-        sid, src = fields.get("id"), fields.get("src") or fields.get("source")
-        if not sid or not src:
-            raise click.BadParameter(f"{v!r}: use id=NAME,src=FILE", param_hint="--secret")
+        try:
+            fields = next(csv.reader([v], strict=True))
+        except (csv.Error, StopIteration):
+            raise click.BadParameter(f"{v!r}: use id=NAME,src=FILE or id=NAME,env=VAR",
+                                     param_hint="--secret") from None
+        attrs: dict[str, str] = {}
+        for f in fields:
+            key, eq, value = f.partition("=")
+            key = key.strip().lower()
+            if not eq:
+                raise click.BadParameter(f"{f!r} is not KEY=VALUE: use id=NAME,src=FILE or "
+                                         "id=NAME,env=VAR", param_hint="--secret")
+            if key not in ("type", "id", "src", "source", "env"):
+                raise click.BadParameter(f"unexpected key {key!r} in {f!r}: use id, src, env "
+                                         "or type", param_hint="--secret")
+            attrs["src" if key == "source" else key] = value
+        kind, sid = attrs.get("type", ""), attrs.get("id", "")
+        src, env = attrs.get("src", ""), attrs.get("env", "")
+        if kind not in ("", "file", "env"):
+            raise click.BadParameter(f"type={kind}: use type=file or type=env",
+                                     param_hint="--secret")
+        if kind == "env" and not env:
+            env, src = src, ""
+        if not sid:
+            raise click.BadParameter(f"{v!r}: id= is missing: use id=NAME,src=FILE or "
+                                     "id=NAME,env=VAR", param_hint="--secret")
+        if not src and not env:
+            if sid in os.environ:
+                env = sid
+            else:
+                src = sid
+        if env:
+            found = os.environ.get(env)
+            if found is None:
+                raise click.BadParameter(f"id={sid}: environment variable {env} is not set",
+                                         param_hint="--secret")
+            out[sid] = found.encode()
+            continue
         if not Path(src).is_file():
             raise click.BadParameter(f"{src}: no such file", param_hint="--secret")
         out[sid] = Path(src)
@@ -210,7 +250,8 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
                    "type=image[,push=true] | type=registry (repeatable; as buildx).")
 @click.option("--load", is_flag=True,
               help="Load the image into the Docker engine ($DOCKER_HOST); -o type=docker.")
-@click.option("--secret", "secrets", multiple=True, help="id=NAME,src=FILE (repeatable).")
+@click.option("--secret", "secrets", multiple=True,
+              help="id=NAME,src=FILE or id=NAME,env=VAR (repeatable).")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "json", "quiet"]),
               default="auto")
 @click.option("--iidfile", type=click.Path(dir_okay=False, path_type=Path),
@@ -231,14 +272,28 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
               help="default[=SOCKET] or ID=SOCKET: an SSH agent for RUN --mount=type=ssh.")
 @click.option("--allow", "allow", multiple=True, type=click.Choice(_ENTITLEMENTS),
               help="Grant an entitlement (security.insecure for RUN --security=insecure).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print nothing but the image digest (and errors).")
+@click.option("--annotation", "annotations", multiple=True,
+              help="[manifest|manifest-descriptor[PLATFORM]:]KEY=VALUE (repeatable).")
 def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
           build_args: tuple[str, ...], target: str | None, labels: tuple[str, ...],
           no_cache: bool, explain: bool, network: str, push: bool, outputs: tuple[str, ...],
           secrets: tuple[str, ...], progress_mode: str, iidfile: Path | None,
           metadata_file: Path | None, compression: str, source_date_epoch: int | None,
           storage: Path | None, platform: str | None, differ: str, ssh: tuple[str, ...],
-          allow: tuple[str, ...], load: bool) -> None:
+          allow: tuple[str, ...], load: bool, quiet: bool,
+          annotations: tuple[str, ...]) -> None:
     """Build an image from a Dockerfile and a context directory."""
+    if quiet:
+        if progress_mode not in ("auto", "quiet"):
+            raise click.UsageError(f"--progress {progress_mode} and --quiet cannot be used "
+                                   "together")
+        progress_mode = "quiet"
+    dockerfile_text: str | None = None
+    if dockerfile == Path("-"):
+        # buildx reads the Dockerfile from stdin; a build from it is never fast-pathed
+        dockerfile, dockerfile_text = None, sys.stdin.read()
     outs = _outputs(outputs, load, tags)
     if push and not tags:
         raise click.UsageError("--push needs at least one -t NAME to push to")
@@ -250,15 +305,21 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
             Platform.parse(platform)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--platform") from exc
+    try:
+        parse_annotations(annotations, platform or str(Platform.host()))
+    except AnnotationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--annotation") from exc
     opts = BuildOptions(
         context=context, storage=storage or default_storage_dir(), dockerfile=dockerfile,
         tags=tags, build_args=_build_args(build_args), target=target,
         labels=_kv(labels, "--label"), no_cache=no_cache, explain=explain, network=network,
         outputs=outs, secrets=_secrets(secrets), compression=compression,
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
-        ssh=_ssh(ssh), allow=frozenset(allow))
+        ssh=_ssh(ssh), allow=frozenset(allow), dockerfile_text=dockerfile_text,
+        annotations=annotations)
     progress = Progress(progress_mode)
-    recorder = None if outs or push or secrets or ssh else Recorder.start()
+    recorder = None if outs or push or secrets or ssh or dockerfile_text is not None \
+        else Recorder.start()
     try:
         result = _run_until_signal(run_build(opts, progress))
     except (BuildError, DockerfileError, ContextError, PublishError, ExportError) as exc:

@@ -179,7 +179,7 @@ def _mount_plans(
                 if m.required:
                     raise SecretNotFound(m.id)
                 continue  # BuildKit skips an optional secret nobody provided
-            data = source.read_bytes()
+            data = source if isinstance(source, bytes) else source.read_bytes()
             if m.env:
                 secret_env[m.env] = data.decode("utf-8", "replace")
             if m.file_target:

@@ -59,7 +59,7 @@ class StepEnv:
     no_cache: bool = False
     explain: bool = False
     network: str = "default"
-    secrets: Mapping[str, Path] = field(default_factory=dict)
+    secrets: Mapping[str, Path | bytes] = field(default_factory=dict)
     # --ssh: agent id -> the host socket RUN --mount=type=ssh forwards to
     ssh: Mapping[str, Path] = field(default_factory=dict)
     # --allow: entitlements granted (security.insecure)
