@@ -67,6 +67,9 @@ class BuildOptions:
     # -f -: the Dockerfile's text (read from stdin); ``dockerfile`` is then not read
     dockerfile_text: str | None = None
     annotations: tuple[str, ...] = ()  # --annotation values (builder.annotations)
+    add_hosts: tuple[tuple[str, str], ...] = ()  # --add-host (name, ip)
+    shm_size: int | None = None  # --shm-size, bytes
+    ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit (name, soft, hard)
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,8 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
                       source_date_epoch=sde, compression=opts.compression,
                       no_cache=opts.no_cache, explain=opts.explain, network=opts.network,
                       secrets=opts.secrets, created=created, ssh=opts.ssh,
-                      allow=opts.allow, differ=opts.differ)
+                      allow=opts.allow, differ=opts.differ, extra_hosts=opts.add_hosts,
+                      shm_size=opts.shm_size, ulimits=opts.ulimits)
         try:
             platform = Platform.parse(opts.platform) if opts.platform else None
         except ValueError as exc:

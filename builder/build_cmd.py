@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import ipaddress
 import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -134,6 +136,72 @@ def _ssh(values: tuple[str, ...]) -> dict[str, Path]:
                                      "(key files are not supported)", param_hint="--ssh")
         out[sid] = Path(src)
     return out
+
+
+def _add_hosts(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``--add-host NAME:IP`` (or ``NAME=IP``) -> (name, ip) pairs for /etc/hosts."""
+    out = []
+    for v in values:
+        sep = "=" if "=" in v else ":"
+        name, _, ip = v.partition(sep)
+        ip = ip.removeprefix("[").removesuffix("]")
+        if ip == "host-gateway":
+            raise click.BadParameter(f"{v!r}: host-gateway is not supported (RUN steps use the "
+                                     "host's network): give the address", param_hint="--add-host")
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise click.BadParameter(f"{v!r}: expected NAME:IP, such as db.internal:10.0.0.5",
+                                     param_hint="--add-host") from None
+        if not name or any(c.isspace() for c in name):
+            raise click.BadParameter(f"{v!r}: expected NAME:IP, such as db.internal:10.0.0.5",
+                                     param_hint="--add-host")
+        out.append((name, ip))
+    return tuple(out)
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$", re.IGNORECASE)
+
+
+def _shm_size(value: str | None) -> int | None:
+    """``--shm-size 64m``: bytes, binary units, as Docker's RAMInBytes reads it."""
+    if value is None:
+        return None
+    m = _SIZE.match(value.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise click.BadParameter(f"{value!r}: expected a size such as 64m, 1g or 67108864",
+                                 param_hint="--shm-size")
+    unit = (m.group(2) or "").lower()
+    return int(float(m.group(1)) * 1024 ** ("kmgtp".find(unit) + 1 if unit else 0))
+
+
+_ULIMITS = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+            "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+
+
+def _ulimits(values: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
+    """``--ulimit NAME=SOFT[:HARD]`` (-1: unlimited), as Docker's ParseUlimit reads it."""
+    out: dict[str, tuple[str, int, int]] = {}
+    for v in values:
+        name, eq, limits = v.partition("=")
+        if not eq or name not in _ULIMITS:
+            raise click.BadParameter(f"{v!r}: expected NAME=SOFT[:HARD] with NAME one of "
+                                     f"{', '.join(_ULIMITS)}", param_hint="--ulimit")
+        soft_text, colon, hard_text = limits.partition(":")
+        try:
+            soft = int(soft_text)
+            hard = int(hard_text) if colon else soft
+        except ValueError:
+            raise click.BadParameter(f"{v!r}: limits are whole numbers (-1: unlimited), such "
+                                     "as nofile=1024:2048", param_hint="--ulimit") from None
+        if soft < -1 or hard < -1:
+            raise click.BadParameter(f"{v!r}: a limit is -1 (unlimited) or at least 0",
+                                     param_hint="--ulimit")
+        if hard != -1 and (soft == -1 or soft > hard):
+            raise click.BadParameter(f"{v!r}: the soft limit must not be above the hard limit",
+                                     param_hint="--ulimit")
+        out[name] = (name, soft, hard)
+    return tuple(out[k] for k in sorted(out))
 
 
 def _outputs(values: tuple[str, ...], load: bool, tags: tuple[str, ...]) -> tuple[Output, ...]:
@@ -272,6 +340,11 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
               help="default[=SOCKET] or ID=SOCKET: an SSH agent for RUN --mount=type=ssh.")
 @click.option("--allow", "allow", multiple=True, type=click.Choice(_ENTITLEMENTS),
               help="Grant an entitlement (security.insecure for RUN --security=insecure).")
+@click.option("--add-host", "add_hosts", multiple=True,
+              help="NAME:IP: a line of RUN steps' /etc/hosts (repeatable).")
+@click.option("--shm-size", help="Size of /dev/shm in RUN steps (64m, 1g, bytes).")
+@click.option("--ulimit", "ulimits", multiple=True,
+              help="NAME=SOFT[:HARD]: a resource limit of RUN steps (repeatable).")
 @click.option("-q", "--quiet", is_flag=True,
               help="Print nothing but the image digest (and errors).")
 @click.option("--annotation", "annotations", multiple=True,
@@ -283,7 +356,8 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
           metadata_file: Path | None, compression: str, source_date_epoch: int | None,
           storage: Path | None, platform: str | None, differ: str, ssh: tuple[str, ...],
           allow: tuple[str, ...], load: bool, quiet: bool,
-          annotations: tuple[str, ...]) -> None:
+          annotations: tuple[str, ...], add_hosts: tuple[str, ...], shm_size: str | None,
+          ulimits: tuple[str, ...]) -> None:
     """Build an image from a Dockerfile and a context directory."""
     if quiet:
         if progress_mode not in ("auto", "quiet"):
@@ -316,7 +390,8 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         outputs=outs, secrets=_secrets(secrets), compression=compression,
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
         ssh=_ssh(ssh), allow=frozenset(allow), dockerfile_text=dockerfile_text,
-        annotations=annotations)
+        annotations=annotations, add_hosts=_add_hosts(add_hosts),
+        shm_size=_shm_size(shm_size), ulimits=_ulimits(ulimits))
     progress = Progress(progress_mode)
     recorder = None if outs or push or secrets or ssh or dockerfile_text is not None \
         else Recorder.start()

@@ -31,6 +31,7 @@ import errno
 import fcntl
 import json
 import os
+import resource
 import signal
 import socket
 import stat
@@ -180,7 +181,7 @@ def setup_mounts(plan: Plan, root: str, stubs: list[str]) -> None:
             mount("none", dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
-def setup_dev(root: str, stubs: list[str]) -> None:
+def setup_dev(plan: Plan, root: str, stubs: list[str]) -> None:
     dev = resolve(root, "/dev", "dir", stubs)
     mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     for name in ("null", "zero", "full", "random", "urandom", "tty"):
@@ -192,7 +193,8 @@ def setup_dev(root: str, stubs: list[str]) -> None:
                          ("ptmx", "pts/ptmx")):
         os.symlink(target, os.path.join(dev, name))
     os.mkdir(os.path.join(dev, "shm"))
-    mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    shm = f"mode=1777,size={plan['shm_size']}" if plan.get("shm_size") else "mode=1777"
+    mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV, shm)
     os.mkdir(os.path.join(dev, "pts"))
     try:
         mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
@@ -212,6 +214,19 @@ def setup_pipes(plan: Plan, root: str) -> None:
         os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755))
         mount(p["source"], dst, None, MS_BIND)
         mount("none", dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def set_rlimits(plan: Plan) -> None:
+    """``--ulimit``: the command's resource limits (set while still privileged, so a hard
+    limit may also be raised; the command and its children inherit them)."""
+    for name, soft, hard in plan.get("rlimits") or ():
+        which = getattr(resource, f"RLIMIT_{name.upper()}")
+        soft = resource.RLIM_INFINITY if soft < 0 else soft
+        hard = resource.RLIM_INFINITY if hard < 0 else hard
+        try:
+            resource.setrlimit(which, (soft, hard))
+        except (ValueError, OSError) as exc:
+            raise SetupError(f"--ulimit {name}={soft}:{hard}: {exc}") from exc
 
 
 def loopback_up() -> None:
@@ -242,7 +257,7 @@ def setup_sys(plan: Plan, root: str, stubs: list[str]) -> None:
 def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     proc = resolve(root, "/proc", "dir", stubs)
     mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    setup_dev(root, stubs)
+    setup_dev(plan, root, stubs)
     setup_pipes(plan, root)
     socket.sethostname(plan["hostname"])
     created: list[str] = []  # the workdir is real content: it stays in the layer
@@ -252,6 +267,7 @@ def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     os.chdir(plan["workdir"])
     if not plan["insecure"]:
         drop_capabilities()
+    set_rlimits(plan)
     os.setgroups(plan["groups"])
     os.setgid(plan["gid"])
     os.setuid(plan["uid"])
@@ -286,9 +302,12 @@ def run_bwrap(plan: Plan, root: str, stubs: list[str], report: int) -> None:
             "--cap-drop", "ALL"]
     for cap in ["ALL"] if plan["insecure"] else DEFAULT_CAPS:
         args += ["--cap-add", cap]
+    if plan.get("shm_size"):
+        args += ["--perms", "1777", "--size", str(plan["shm_size"]), "--tmpfs", "/dev/shm"]
     for p in plan["pipes"]:
         args += ["--ro-bind", p["source"], f"/dev/pipes/{p['name']}"]
     args += ["--", *plan["argv"]]
+    set_rlimits(plan)
     # bwrap keeps real root's uid (no user namespace, so files keep their real owners);
     # the group and supplementary groups are set here and bwrap inherits them.
     os.setgroups(plan["groups"])

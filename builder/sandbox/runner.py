@@ -248,6 +248,8 @@ def run_step(
     set_home: bool = False,
     as_upper: bool = False,
     interrupt: StepInterrupt | None = None,
+    shm_size: int | None = None,
+    rlimits: Sequence[tuple[str, int, int]] = (),
 ) -> StepResult:
     """Run ``spec`` on the root made of ``lowers`` (top first); return how it went.
 
@@ -272,6 +274,10 @@ def run_step(
 
     The command starts as runc starts a container's process: every signal at its default
     disposition, none blocked, no file descriptors but 0-2, umask 022.
+
+    ``shm_size`` (bytes) sizes the tmpfs at /dev/shm (default: the kernel's); ``rlimits``
+    are ``(name, soft, hard)`` resource limits for the command (``nofile``, ``nproc``...,
+    -1 for unlimited), as ``docker build --shm-size`` / ``--ulimit`` give them.
     """
     if os.geteuid() != 0:
         raise SandboxUnavailable("RUN steps need root (mounts and namespaces): run as root")
@@ -292,7 +298,7 @@ def run_step(
     try:
         user, kind, code, tail = _prepare_and_spawn(
             spec, layout, cache_dir, executor, on_output, reports, set_home,
-            before if as_upper else None, interrupt,
+            before if as_upper else None, interrupt, shm_size, rlimits,
         )
         if layout.index and any("child-pid" in r for r in reports):
             # Before cleanup: the copied-up files' origin xattrs are needed.
@@ -346,6 +352,8 @@ def _prepare_and_spawn(
     set_home: bool,
     before: list[Any] | None,
     interrupt: StepInterrupt,
+    shm_size: int | None = None,
+    rlimits: Sequence[tuple[str, int, int]] = (),
 ) -> tuple[ExecUser, Executor, int, list[str]]:
     if layout.mode is RootfsMode.OVERLAY:
         passwd = read_from_lowers(layout.lowers, "etc/passwd")
@@ -403,6 +411,8 @@ def _prepare_and_spawn(
             "workdir": spec.workdir,
             "pipes": pipes,
             "insecure": spec.insecure,
+            "shm_size": shm_size,
+            "rlimits": [list(r) for r in rlimits],
         }
         if interrupt.interrupted:
             return user, kind, -signal.SIGKILL, []

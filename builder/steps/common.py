@@ -66,6 +66,10 @@ class StepEnv:
     allow: frozenset[str] = frozenset()
     # --differ: auto (overlayfs where it mounts, else snapshot), overlay or snapshot
     differ: str = "auto"
+    # --add-host (name, ip) pairs, --shm-size bytes, --ulimit (name, soft, hard): RUN's
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+    shm_size: int | None = None
+    ulimits: tuple[tuple[str, int, int], ...] = ()
     created: str = ""
     # set by the executor: flattened root of a stage or image named by --from / from=
     stage_root: Callable[[str], Awaitable[Path]] | None = None

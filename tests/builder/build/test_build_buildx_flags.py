@@ -111,3 +111,35 @@ def test_annotations_on_the_manifest_and_its_descriptor(context_of, tmp_path: Pa
                            ("novalue", "expected KEY=VALUE")):
         bad = _cli(ctx, tmp_path, "--annotation", value)
         assert bad.exit_code == 2 and message in bad.output, bad.output
+
+
+def test_add_host_shm_size_and_ulimit_reach_run_steps(context_of, tmp_path: Path) -> None:
+    """Both executors: root's RUN (bubblewrap) and a USER's (chroot)."""
+    ctx = context_of("run-limits")
+    out = tmp_path / "out"
+    flags = ("--add-host", "db.internal:10.1.2.3", "--add-host", "cache.internal=fd00::7",
+             "--shm-size", "8m", "--ulimit", "nofile=1024:2048", "--ulimit", "nproc=300")
+    result = _cli(ctx, tmp_path, *flags, "--progress", "quiet", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    for suffix in ("", "-nobody"):
+        hosts = (out / f"out/hosts{suffix}.txt").read_text().splitlines()
+        assert hosts == ["10.1.2.3\tdb.internal", "fd00::7\tcache.internal"]
+        assert (out / f"out/shm{suffix}.txt").read_text().splitlines()[0] == "8192"
+        assert (out / f"out/nofile{suffix}.txt").read_text().split() == ["1024", "2048"]
+    assert (out / "out/shm.txt").read_text().splitlines()[1] == "1777"
+    assert (out / "out/nproc-nobody.txt").read_text().split() == ["300"]
+    # part of the steps' keys, as in BuildKit: another value runs them again
+    again = tmp_path / "again"
+    result = _cli(ctx, tmp_path, *flags[:-2], "--ulimit", "nofile=512", "--progress",
+                  "quiet", "-o", str(again))
+    assert result.exit_code == 0, result.output
+    assert (again / "out/nofile-nobody.txt").read_text().split() == ["512", "512"]
+    for flag, value, message in (
+            ("--add-host", "db.internal", "expected NAME:IP"),
+            ("--add-host", "db:host-gateway", "host-gateway is not supported"),
+            ("--shm-size", "lots", "expected a size"),
+            ("--ulimit", "files=1", "expected NAME=SOFT[:HARD]"),
+            ("--ulimit", "nofile=2048:1024", "soft limit must not be above"),
+            ("--ulimit", "nofile=x", "whole numbers")):
+        bad = _cli(ctx, tmp_path, flag, value)
+        assert bad.exit_code == 2 and message in bad.output, bad.output
