@@ -12,6 +12,7 @@ Storage (``storage_dir``, shared with the CAS)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from .progress import Progress
 from .prune import BuildLock
 from .publish import push_images, tag_images
 from .snapshots import SnapshotStore
+from .ssh_keys import key_agents
 from .steps.common import BuildError, StepEnv
 
 __all__ = ["BuildOptions", "BuildResult", "run_build", "source_date_epoch"]
@@ -63,6 +65,8 @@ class BuildOptions:
     platform: str | None = None  # the target platform, os/arch[/variant]; None: the host's
     differ: str = "auto"  # auto | overlay | snapshot
     ssh: dict[str, Path] = field(default_factory=dict)  # --ssh id -> agent socket
+    # --ssh id -> private key files, served by an agent started for the build
+    ssh_keys: dict[str, tuple[Path, ...]] = field(default_factory=dict)
     allow: frozenset[str] = frozenset()  # --allow entitlements
     # -f -: the Dockerfile's text (read from stdin); ``dockerfile`` is then not read
     dockerfile_text: str | None = None
@@ -127,7 +131,9 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
     store = await Store.open(opts.storage)
     cache = BuildCache(bdir / "cache.db")
+    agents = contextlib.ExitStack()
     try:
+        ssh = {**opts.ssh, **await asyncio.to_thread(key_agents, opts.ssh_keys, agents)}
         matcher = await asyncio.to_thread(
             read_ignore_file, opts.context,
             None if opts.dockerfile_text is not None else dockerfile)
@@ -137,7 +143,7 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
                       work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
                       source_date_epoch=sde, compression=opts.compression,
                       no_cache=opts.no_cache, explain=opts.explain, network=opts.network,
-                      secrets=opts.secrets, created=created, ssh=opts.ssh,
+                      secrets=opts.secrets, created=created, ssh=ssh,
                       allow=opts.allow, differ=opts.differ, extra_hosts=opts.add_hosts,
                       shm_size=opts.shm_size, ulimits=opts.ulimits)
         try:
@@ -188,6 +194,7 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         progress.result(str(image.digest))
         return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran))
     finally:
+        await asyncio.to_thread(agents.close)
         cache.close()
         await store.close()
         await asyncio.to_thread(shutil.rmtree, work, True)

@@ -28,6 +28,7 @@ from .fastpath import Recorder, progress_events
 from .outputs import ExportError, Output, OutputError, parse_output
 from .progress import Progress
 from .publish import PublishError
+from .ssh_keys import KeyAgentError, is_private_key
 from .steps.common import BuildError
 
 __all__ = ["build", "finished"]
@@ -113,29 +114,41 @@ def _secrets(values: tuple[str, ...]) -> dict[str, Path | bytes]:
     return out
 
 
-def _ssh(values: tuple[str, ...]) -> dict[str, Path]:
-    """``--ssh default`` ($SSH_AUTH_SOCK) or ``--ssh ID=SOCKET`` -> id -> agent socket."""
-    out = {}
+def _ssh(values: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, tuple[Path, ...]]]:
+    """``--ssh default`` ($SSH_AUTH_SOCK), ``--ssh ID=SOCKET`` or ``--ssh ID=KEY[,KEY...]``
+    (private key files, served by an agent of the build's own, as BuildKit does) ->
+    (id -> agent socket, id -> key files)."""
+    sockets: dict[str, Path] = {}
+    keys: dict[str, tuple[Path, ...]] = {}
     for v in values:
         sid, eq, src = v.partition("=")
         if not sid:
-            raise click.BadParameter(f"{v!r}: use default[=SOCKET] or ID=SOCKET",
+            raise click.BadParameter(f"{v!r}: use default[=SOCKET|KEY] or ID=SOCKET|KEY[,KEY]",
                                      param_hint="--ssh")
         if not eq:
             src = os.environ.get("SSH_AUTH_SOCK", "")
             if not src:
                 raise click.BadParameter(f"{v!r}: SSH_AUTH_SOCK is not set; start an agent "
-                                         f"(ssh-agent) or give its socket: {sid}=SOCKET",
-                                         param_hint="--ssh")
-        try:
-            is_socket = stat.S_ISSOCK(os.stat(src).st_mode)
-        except OSError:
-            raise click.BadParameter(f"{src}: no such agent socket", param_hint="--ssh") from None
-        if not is_socket:
-            raise click.BadParameter(f"{src} is not a socket: give an SSH agent's socket "
-                                     "(key files are not supported)", param_hint="--ssh")
-        out[sid] = Path(src)
-    return out
+                                         f"(ssh-agent), or give its socket or a key file: "
+                                         f"{sid}=SOCKET|KEY", param_hint="--ssh")
+        paths = src.split(",") if eq else [src]
+        files = []
+        for path in paths:
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                raise click.BadParameter(f"{path}: no such agent socket or key file",
+                                         param_hint="--ssh") from None
+            if stat.S_ISSOCK(mode) and len(paths) == 1:
+                sockets[sid] = Path(path)
+                break
+            if not stat.S_ISREG(mode) or not is_private_key(Path(path)):
+                raise click.BadParameter(f"{path} is neither an SSH agent's socket nor a "
+                                         "private key file", param_hint="--ssh")
+            files.append(Path(path))
+        if files:
+            keys[sid] = tuple(files)
+    return sockets, keys
 
 
 def _add_hosts(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -337,7 +350,8 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
               help="How RUN changes are captured: overlayfs, a snapshot diff, or overlayfs "
                    "where the kernel allows it (auto).")
 @click.option("--ssh", "ssh", multiple=True,
-              help="default[=SOCKET] or ID=SOCKET: an SSH agent for RUN --mount=type=ssh.")
+              help="default[=SOCKET|KEY] or ID=SOCKET|KEY[,KEY]: an SSH agent (or key "
+                   "files) for RUN --mount=type=ssh.")
 @click.option("--allow", "allow", multiple=True, type=click.Choice(_ENTITLEMENTS),
               help="Grant an entitlement (security.insecure for RUN --security=insecure).")
 @click.option("--add-host", "add_hosts", multiple=True,
@@ -383,13 +397,14 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         parse_annotations(annotations, platform or str(Platform.host()))
     except AnnotationError as exc:
         raise click.BadParameter(str(exc), param_hint="--annotation") from exc
+    ssh_sockets, ssh_keys = _ssh(ssh)
     opts = BuildOptions(
         context=context, storage=storage or default_storage_dir(), dockerfile=dockerfile,
         tags=tags, build_args=_build_args(build_args), target=target,
         labels=_kv(labels, "--label"), no_cache=no_cache, explain=explain, network=network,
         outputs=outs, secrets=_secrets(secrets), compression=compression,
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
-        ssh=_ssh(ssh), allow=frozenset(allow), dockerfile_text=dockerfile_text,
+        ssh=ssh_sockets, ssh_keys=ssh_keys, allow=frozenset(allow), dockerfile_text=dockerfile_text,
         annotations=annotations, add_hosts=_add_hosts(add_hosts),
         shm_size=_shm_size(shm_size), ulimits=_ulimits(ulimits))
     progress = Progress(progress_mode)
@@ -397,7 +412,8 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         else Recorder.start()
     try:
         result = _run_until_signal(run_build(opts, progress))
-    except (BuildError, DockerfileError, ContextError, PublishError, ExportError) as exc:
+    except (BuildError, DockerfileError, ContextError, PublishError, ExportError,
+            KeyAgentError) as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
     except Interrupted as exc:

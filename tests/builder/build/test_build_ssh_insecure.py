@@ -109,3 +109,62 @@ def test_insecure_needs_the_entitlement(busybox_ref: str, build, tmp_path: Path)
                 if line.startswith("CapEff:"))
     assert insecure == int(ours.split()[1], 16)  # every capability the builder has
     assert default != insecure and default & (1 << 21) == 0  # no CAP_SYS_ADMIN by default
+
+
+def _fingerprint(key: Path) -> str:
+    out = subprocess.run([require_tool("ssh-keygen"), "-l", "-f", str(key)], check=True,
+                         capture_output=True, text=True).stdout
+    return out.split()[1]
+
+
+def _key_agents_running() -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "ssh-agent" in cmdline and "pybuild-ssh-" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_ssh_key_files_are_served_by_an_agent_for_the_build(ssh_base: str,
+                                                            tmp_path: Path) -> None:
+    """``--ssh ID=KEY[,KEY]``, as BuildKit takes key files: any file mode, several keys."""
+    from click.testing import CliRunner
+
+    from builder.build_cmd import build as build_command
+
+    keygen = require_tool("ssh-keygen")
+    keys = []
+    for name, kind in (("one", "ed25519"), ("two", "ecdsa")):
+        key = tmp_path / name
+        subprocess.run([keygen, "-q", "-t", kind, "-N", "", "-C", f"key-{name}", "-f",
+                        str(key)], check=True)
+        key.chmod(0o644)  # ssh-add refuses such a file by name; BuildKit does not care
+        keys.append(key)
+    ctx = _ctx(tmp_path, "ssh", ssh_base)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(build_command, [
+        "--ssh", f"default={keys[0]}", "--ssh", f"deploy={keys[0]},{keys[1]}",
+        "--progress", "quiet", "--storage", str(tmp_path / "s"), "-o", str(out), str(ctx)])
+    assert result.exit_code == 0, result.output
+    listed = (out / "default.txt").read_text().splitlines()
+    assert [line.split()[1] for line in listed] == [_fingerprint(keys[0])]
+    deploy = (out / "deploy.txt").read_text().splitlines()
+    assert sorted(line.split()[1] for line in deploy) == sorted(map(_fingerprint, keys))
+    assert (out / "after.txt").read_text() == "gone\n"
+    assert _key_agents_running() == []  # stopped with the build
+    assert not list(Path("/tmp").glob("pybuild-ssh-*/agent.sock"))
+
+    locked = tmp_path / "locked"
+    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "secret", "-f", str(locked)],
+                   check=True)
+    failed = CliRunner().invoke(build_command, [
+        "--ssh", f"default={locked}", "--progress", "quiet", "--storage",
+        str(tmp_path / "s"), str(ctx)])
+    assert failed.exit_code == 1
+    assert f"--ssh default={locked}: the key cannot be loaded" in failed.output
+    assert "passphrase" in failed.output and "Traceback" not in failed.output
+    assert _key_agents_running() == []
