@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from builder.build_cmd import build as build_command
 from builder.steps.common import BuildError
 from tests.builder.build.conftest import TESTFILES, write_base_layout
 from testkit.rootfs import make_busybox_rootfs
@@ -132,10 +134,6 @@ def _key_agents_running() -> list[str]:
 def test_ssh_key_files_are_served_by_an_agent_for_the_build(ssh_base: str,
                                                             tmp_path: Path) -> None:
     """``--ssh ID=KEY[,KEY]``, as BuildKit takes key files: any file mode, several keys."""
-    from click.testing import CliRunner
-
-    from builder.build_cmd import build as build_command
-
     keygen = require_tool("ssh-keygen")
     keys = []
     for name, kind in (("one", "ed25519"), ("two", "ecdsa")):
