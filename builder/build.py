@@ -25,6 +25,7 @@ from cas import Store
 from .annotations import AnnotationError, parse_annotations
 from .cache import BuildCache
 from .context import SourceTree
+from .contexts import NamedContext, NamedContexts
 from .dockerfile.errors import DockerfileError
 from .dockerfile.stages import Platform
 from .dockerfile.syntax import parse
@@ -74,6 +75,7 @@ class BuildOptions:
     add_hosts: tuple[tuple[str, str], ...] = ()  # --add-host (name, ip)
     shm_size: int | None = None  # --shm-size, bytes
     ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit (name, soft, hard)
+    build_contexts: tuple[NamedContext, ...] = ()  # --build-context
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,8 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
                       no_cache=opts.no_cache, explain=opts.explain, network=opts.network,
                       secrets=opts.secrets, created=created, ssh=ssh,
                       allow=opts.allow, differ=opts.differ, extra_hosts=opts.add_hosts,
-                      shm_size=opts.shm_size, ulimits=opts.ulimits)
+                      shm_size=opts.shm_size, ulimits=opts.ulimits,
+                      contexts=NamedContexts(opts.build_contexts))
         try:
             platform = Platform.parse(opts.platform) if opts.platform else None
         except ValueError as exc:

@@ -22,6 +22,7 @@ from cas.location import default_storage_dir
 from .annotations import AnnotationError, parse_annotations
 from .build import BuildOptions, run_build
 from .context import ContextError
+from .contexts import BuildContextError, NamedContext, context_key, parse_build_context
 from .dockerfile.errors import DockerfileError
 from .dockerfile.stages import Platform
 from .fastpath import Recorder, progress_events
@@ -217,6 +218,17 @@ def _ulimits(values: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
     return tuple(out[k] for k in sorted(out))
 
 
+def _build_contexts(values: tuple[str, ...]) -> tuple[NamedContext, ...]:
+    out: dict[str, NamedContext] = {}
+    for v in values:
+        try:
+            ctx = parse_build_context(v)
+        except BuildContextError as exc:
+            raise click.BadParameter(str(exc), param_hint="--build-context") from exc
+        out[context_key(ctx.name)] = ctx  # the last one of a name wins, as in buildx
+    return tuple(out.values())
+
+
 def _outputs(values: tuple[str, ...], load: bool, tags: tuple[str, ...]) -> tuple[Output, ...]:
     """``--output`` values (and ``--load``), checked before anything is built."""
     try:
@@ -359,6 +371,9 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
 @click.option("--shm-size", help="Size of /dev/shm in RUN steps (64m, 1g, bytes).")
 @click.option("--ulimit", "ulimits", multiple=True,
               help="NAME=SOFT[:HARD]: a resource limit of RUN steps (repeatable).")
+@click.option("--build-context", "build_contexts", multiple=True,
+              help="NAME=DIR|docker-image://REF|oci-layout://DIR[@DIGEST]: stands in for the "
+                   "stage or image NAME (repeatable).")
 @click.option("-q", "--quiet", is_flag=True,
               help="Print nothing but the image digest (and errors).")
 @click.option("--annotation", "annotations", multiple=True,
@@ -371,7 +386,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
           storage: Path | None, platform: str | None, differ: str, ssh: tuple[str, ...],
           allow: tuple[str, ...], load: bool, quiet: bool,
           annotations: tuple[str, ...], add_hosts: tuple[str, ...], shm_size: str | None,
-          ulimits: tuple[str, ...]) -> None:
+          ulimits: tuple[str, ...], build_contexts: tuple[str, ...]) -> None:
     """Build an image from a Dockerfile and a context directory."""
     if quiet:
         if progress_mode not in ("auto", "quiet"):
@@ -406,7 +421,8 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
         ssh=ssh_sockets, ssh_keys=ssh_keys, allow=frozenset(allow), dockerfile_text=dockerfile_text,
         annotations=annotations, add_hosts=_add_hosts(add_hosts),
-        shm_size=_shm_size(shm_size), ulimits=_ulimits(ulimits))
+        shm_size=_shm_size(shm_size), ulimits=_ulimits(ulimits),
+        build_contexts=_build_contexts(build_contexts))
     progress = Progress(progress_mode)
     recorder = None if outs or push or secrets or ssh or dockerfile_text is not None \
         else Recorder.start()

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cas import Digest, Store
 from registry.oci import Descriptor
@@ -21,6 +21,9 @@ from ..dockerfile.instructions import Instruction
 from ..image import ImageState, LayerRef
 from ..progress import Progress
 from ..snapshots import SnapshotStore
+
+if TYPE_CHECKING:
+    from ..contexts import NamedContexts
 
 __all__ = ["BuildError", "StepEnv", "instruction_text", "layer_step"]
 
@@ -71,6 +74,8 @@ class StepEnv:
     shm_size: int | None = None
     ulimits: tuple[tuple[str, int, int], ...] = ()
     created: str = ""
+    # --build-context: named contexts (builder.contexts.NamedContexts)
+    contexts: NamedContexts | None = None
     # set by the executor: flattened root of a stage or image named by --from / from=
     stage_root: Callable[[str], Awaitable[Path]] | None = None
     # steps running now, by cache key (equal steps in two stages run once)
