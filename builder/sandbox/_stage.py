@@ -193,8 +193,8 @@ def setup_dev(plan: Plan, root: str, stubs: list[str]) -> None:
                          ("ptmx", "pts/ptmx")):
         os.symlink(target, os.path.join(dev, name))
     os.mkdir(os.path.join(dev, "shm"))
-    shm = f"mode=1777,size={plan['shm_size']}" if plan.get("shm_size") else "mode=1777"
-    mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV, shm)
+    mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV,
+          f"mode=1777,size={plan['shm_size']}")
     os.mkdir(os.path.join(dev, "pts"))
     try:
         mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
@@ -302,8 +302,7 @@ def run_bwrap(plan: Plan, root: str, stubs: list[str], report: int) -> None:
             "--cap-drop", "ALL"]
     for cap in ["ALL"] if plan["insecure"] else DEFAULT_CAPS:
         args += ["--cap-add", cap]
-    if plan.get("shm_size"):
-        args += ["--perms", "1777", "--size", str(plan["shm_size"]), "--tmpfs", "/dev/shm"]
+    args += ["--perms", "1777", "--size", str(plan["shm_size"]), "--tmpfs", "/dev/shm"]
     for p in plan["pipes"]:
         args += ["--ro-bind", p["source"], f"/dev/pipes/{p['name']}"]
     args += ["--", *plan["argv"]]

@@ -77,7 +77,11 @@ from .spec import (
 from .ssh import AgentRelay
 from .users import ExecUser, resolve_user
 
-__all__ = ["TAIL_LINES", "Executor", "OutputCallback", "StepResult", "run_step"]
+__all__ = ["DEFAULT_SHM_SIZE", "TAIL_LINES", "Executor", "OutputCallback", "StepResult",
+           "run_step"]
+
+# /dev/shm of a RUN step without --shm-size: BuildKit's (runc spec) 64 MiB tmpfs
+DEFAULT_SHM_SIZE = 64 << 20
 
 
 
@@ -275,7 +279,7 @@ def run_step(
     The command starts as runc starts a container's process: every signal at its default
     disposition, none blocked, no file descriptors but 0-2, umask 022.
 
-    ``shm_size`` (bytes) sizes the tmpfs at /dev/shm (default: the kernel's); ``rlimits``
+    ``shm_size`` (bytes) sizes the tmpfs at /dev/shm (default 64 MiB, BuildKit's); ``rlimits``
     are ``(name, soft, hard)`` resource limits for the command (``nofile``, ``nproc``...,
     -1 for unlimited), as ``docker build --shm-size`` / ``--ulimit`` give them.
     """
@@ -411,7 +415,7 @@ def _prepare_and_spawn(
             "workdir": spec.workdir,
             "pipes": pipes,
             "insecure": spec.insecure,
-            "shm_size": shm_size,
+            "shm_size": shm_size or DEFAULT_SHM_SIZE,
             "rlimits": [list(r) for r in rlimits],
         }
         if interrupt.interrupted:

@@ -121,7 +121,7 @@ CASES = (
                 "--secret", "id=token,env=PYBUILD_COMPARE_TOKEN"),
          env={"PYBUILD_COMPARE_TOKEN": "from-the-environment"},
          expect="10.1.2.3\tdb.internal\n10.1.2.4\tcache.internal\nfrom-the-environment"
-                "kept.txt\n"),
+                "kept.txt\n65536\n1777\n"),
 )
 
 

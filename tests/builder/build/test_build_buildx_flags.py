@@ -134,6 +134,12 @@ def test_add_host_shm_size_and_ulimit_reach_run_steps(context_of, tmp_path: Path
                   "quiet", "-o", str(again))
     assert result.exit_code == 0, result.output
     assert (again / "out/nofile-nobody.txt").read_text().split() == ["512", "512"]
+    # without --shm-size: BuildKit's 64 MiB, under both executors
+    plain = tmp_path / "plain"
+    result = _cli(ctx, tmp_path, "--progress", "quiet", "-o", str(plain))
+    assert result.exit_code == 0, result.output
+    for suffix in ("", "-nobody"):
+        assert (plain / f"out/shm{suffix}.txt").read_text().splitlines()[0] == "65536"
     for flag, value, message in (
             ("--add-host", "db.internal", "expected NAME:IP"),
             ("--add-host", "db:host-gateway", "host-gateway is not supported"),
