@@ -5,7 +5,9 @@ an agent of its own for the build. pybuild does the same with OpenSSH's tools: o
 private ``ssh-agent`` per id, on a socket in a fresh 0700 directory, holding that id's
 keys (read here and handed to ``ssh-add`` on its stdin, so a key's file mode does not
 matter, as with BuildKit); the agent is stopped and its directory removed when the
-build ends. Keys with a passphrase cannot be loaded (BuildKit refuses them too).
+build ends, and is killed with pybuild if pybuild is killed. Keys with a passphrase are
+not supported (BuildKit asks for the passphrase on a terminal; pybuild does not): load
+such a key into an agent and pass the agent's socket.
 """
 
 from __future__ import annotations
@@ -14,14 +16,12 @@ import contextlib
 import os
 import shutil
 import subprocess
+import signal
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["KeyAgentError", "is_private_key", "key_agents"]
-
-_START_TIMEOUT = 10.0
 
 
 class KeyAgentError(Exception):
@@ -42,14 +42,23 @@ def is_private_key(path: Path) -> bool:
 def _agent(tool: str, keys: Sequence[Path], sid: str) -> Iterator[Path]:
     home = Path(tempfile.mkdtemp(prefix="pybuild-ssh-"))  # short: socket paths are limited
     sock = home / "agent.sock"
-    proc = subprocess.Popen([tool, "-D", "-a", str(sock)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The agent holds private keys: it must not outlive a killed build. Started with a
+    # command, ssh-agent forks, runs the agent in the child and the command in the parent,
+    # and the agent exits once that process is gone (it checks every 10 s). The command
+    # waits for EOF on a pipe only this process writes to, so it ends when pybuild does,
+    # however pybuild ends. (A parent-death signal would not do: ssh-agent is setgid,
+    # and exec'ing it clears that signal.)
+    proc = subprocess.Popen([tool, "-a", str(sock), "/bin/sh", "-c",
+                             'echo "$SSH_AGENT_PID"; exec cat > /dev/null'],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    agent_pid = None
     try:
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise KeyAgentError(f"--ssh {sid}: ssh-agent did not start")
-            time.sleep(0.02)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()  # "" when ssh-agent failed and exited
+        if not line.isdigit() or not sock.exists():
+            raise KeyAgentError(f"--ssh {sid}: ssh-agent did not start")
+        agent_pid = int(line)
         add = shutil.which("ssh-add") or "ssh-add"
         env = {"SSH_AUTH_SOCK": str(sock), "PATH": os.environ.get("PATH", ""),
                "SSH_ASKPASS_REQUIRE": "never"}
@@ -70,12 +79,18 @@ def _agent(tool: str, keys: Sequence[Path], sid: str) -> Iterator[Path]:
                     f"its socket (--ssh {sid}=$SSH_AUTH_SOCK)")
         yield sock
     finally:
-        proc.terminate()
+        if agent_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(agent_pid, signal.SIGTERM)
+        if proc.stdin is not None:
+            proc.stdin.close()  # the command ends
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
         shutil.rmtree(home, ignore_errors=True)
 
 

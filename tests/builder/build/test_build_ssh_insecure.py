@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +168,31 @@ def test_ssh_key_files_are_served_by_an_agent_for_the_build(ssh_base: str,
     assert f"--ssh default={locked}: the key cannot be loaded" in failed.output
     assert "passphrase" in failed.output and "Traceback" not in failed.output
     assert _key_agents_running() == []
+
+
+def test_a_killed_build_takes_its_key_agent_with_it(busybox_ref: str, tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    subprocess.run([require_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f",
+                    str(key)], check=True)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\n"
+                                    "RUN --mount=type=ssh touch /started && sleep 60\n")
+    env = {**os.environ, "PYBUILD_STORAGE": str(tmp_path / "s")}
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "build", "--progress", "plain",
+                             "--ssh", f"default={key}", str(ctx)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not _key_agents_running():
+            assert proc.poll() is None and time.monotonic() < deadline, "no agent started"
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30  # the agent looks for its parent every 10 s
+    while _key_agents_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _key_agents_running() == []
+    for sock_dir in Path("/tmp").glob("pybuild-ssh-*"):  # what a SIGKILL leaves behind
+        shutil.rmtree(sock_dir, ignore_errors=True)
