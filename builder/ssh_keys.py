@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import signal
+import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
