@@ -5,7 +5,8 @@
   ``MediaType``, ``Manifest`` and ``Config`` (the documents as stored, the config's
   ``history`` included) and ``Index`` when the name is an image index (``Manifest`` and
   ``Config`` are then ``--platform``'s).
-- ``history REF``: ``docker history``'s table, newest step first.
+- ``history REF``: ``docker history``'s table, newest step first (``--format 'table
+  {{.ID}}\t{{.CreatedBy}}'`` for other columns, aligned as Docker aligns them).
 
 ``--format`` takes the part of Go templates these outputs need: ``{{.Field.Sub}}`` (a
 string as it is, anything else as JSON), ``{{json .Field}}``, ``{{json .}}``, text between;
@@ -168,6 +169,30 @@ def _parse_time(text: str | None) -> datetime.datetime | None:
         return None
 
 
+# docker history's default table, and the headers of its fields
+_HISTORY_TABLE = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
+_HEADERS = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT",
+            "CreatedBy": "CREATED BY", "Size": "SIZE", "Comment": "COMMENT"}
+
+
+def render_rows(template: str, rows: list[dict[str, str]]) -> list[str]:
+    """Rows through ``template``; a ``table`` template gets a header line and its
+    tab-separated cells aligned as Docker's tabwriter aligns them (each column as wide as
+    its widest cell plus 3, at least 10; the last cell as it is)."""
+    # as Docker's formatter: a typed \t or \n is a tab or a newline
+    template = template.replace("\\t", "\t").replace("\\n", "\n")
+    if not template.startswith("table"):
+        return [render(template, row) for row in rows]
+    body = template[len("table"):].strip() or _HISTORY_TABLE[len("table "):]
+    header = _FIELD.sub(lambda m: _HEADERS.get(m.group(2), m.group(2).upper()), body)
+    lines = [header.split("\t")] + [render(body, row).split("\t") for row in rows]
+    columns = max(len(cells) for cells in lines)
+    widths = [max([len(cells[i]) + 3 for cells in lines if i < len(cells) - 1] + [10])
+              for i in range(columns - 1)]
+    return ["".join(cell.ljust(widths[i]) if i < len(cells) - 1 else cell
+                    for i, cell in enumerate(cells)) for cells in lines]
+
+
 def history_rows(manifest: dict[str, Any], config: dict[str, Any], image_id: str,
                  now: float, human: bool, trunc: bool) -> list[dict[str, str]]:
     """One row per history entry, newest first, with ``docker history``'s fields."""
@@ -183,7 +208,8 @@ def history_rows(manifest: dict[str, Any], config: dict[str, Any], image_id: str
             since = at = "N/A"
         else:
             at = created.astimezone().isoformat(timespec="seconds").replace("+00:00", "Z")
-            since = human_duration(now - created.timestamp()) + " ago"
+            # as docker's CreatedSince: the RFC 3339 time when not --human
+            since = human_duration(now - created.timestamp()) + " ago" if human else at
         by = (h.get("created_by") or "").replace("\t", " ")
         if trunc and len(by) > 45:
             by = by[:44] + "…"
@@ -202,7 +228,7 @@ def history_rows(manifest: dict[str, Any], config: dict[str, Any], image_id: str
 @click.option("--quiet", "-q", is_flag=True, help="Only the image ID.")
 @click.option("--format", "template", default=None,
               help="Go-template subset over ID, CreatedSince, CreatedAt, CreatedBy, Size, "
-                   "Comment ({{.CreatedBy}}), or json.")
+                   "Comment ({{.CreatedBy}}; 'table ...' for aligned columns), or json.")
 @click.option("--platform", default=None, help="os/arch[/variant] to pick from an index.")
 @_storage_option
 def history(ref: str, human: bool, no_trunc: bool, quiet: bool, template: str | None,
@@ -224,14 +250,5 @@ def history(ref: str, human: bool, no_trunc: bool, quiet: bool, template: str | 
         for row in rows:
             click.echo(row["ID"])
         return
-    if template is not None:
-        for row in rows:
-            click.echo(render(template, row))
-        return
-    since = "CreatedSince" if human else "CreatedAt"
-    width = max([len(r["ID"]) for r in rows] + [len("IMAGE")]) + 3
-    by_width = max([len(r["CreatedBy"]) for r in rows] + [len("CREATED BY")]) + 3
-    click.echo(f"{'IMAGE':<{width}}{'CREATED':<20}{'CREATED BY':<{by_width}}{'SIZE':<10}COMMENT")
-    for r in rows:
-        click.echo(f"{r['ID']:<{width}}{r[since]:<20}{r['CreatedBy']:<{by_width}}"
-                   f"{r['Size']:<10}{r['Comment']}".rstrip())
+    for line in render_rows(template or _HISTORY_TABLE, rows):
+        click.echo(line)

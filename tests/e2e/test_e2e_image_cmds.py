@@ -58,6 +58,14 @@ def test_history_matches_docker_history(built, docker_engine: DockerEngine) -> N
             ours = _pybuild(storage, "history", *extra, "--format", fmt, tag).stdout
             theirs = docker_engine.run("history", *extra, "--format", fmt, tag).stdout
             assert ours == theirs
+    # docker's table, column for column (SIZE aside: docker shows the unpacked size)
+    # (CreatedSince only where it is a fixed time: "3 seconds ago" moves on)
+    columns = r"table {{.ID}}\t{{.CreatedAt}}\t{{.CreatedBy}}\t{{.Comment}}"
+    for extra, fmt in (((), columns), (("--no-trunc",), columns),
+                       (("--human=false",), columns),
+                       (("--human=false",), r"table {{.CreatedSince}}\t{{.ID}}")):
+        ours = _pybuild(storage, "history", *extra, "--format", fmt, tag).stdout
+        assert ours == docker_engine.run("history", *extra, "--format", fmt, tag).stdout
     table = _pybuild(storage, "history", tag).stdout.splitlines()
     assert table[0].split() == ["IMAGE", "CREATED", "CREATED", "BY", "SIZE", "COMMENT"]
     assert len(table) == len(docker_engine.run("history", tag).stdout.splitlines())
