@@ -60,8 +60,7 @@ def _agent(tool: str, keys: Sequence[Path], sid: str) -> Iterator[Path]:
             raise KeyAgentError(f"--ssh {sid}: ssh-agent did not start")
         agent_pid = int(line)
         add = shutil.which("ssh-add") or "ssh-add"
-        env = {"SSH_AUTH_SOCK": str(sock), "PATH": os.environ.get("PATH", ""),
-               "SSH_ASKPASS_REQUIRE": "never"}
+        env = {"SSH_AUTH_SOCK": str(sock), "SSH_ASKPASS_REQUIRE": "never"}
         for key in keys:
             try:
                 data = key.read_bytes()
