@@ -221,12 +221,13 @@ def set_rlimits(plan: Plan) -> None:
     limit may also be raised; the command and its children inherit them)."""
     for name, soft, hard in plan.get("rlimits") or ():
         which = getattr(resource, f"RLIMIT_{name.upper()}")
-        soft = resource.RLIM_INFINITY if soft < 0 else soft
-        hard = resource.RLIM_INFINITY if hard < 0 else hard
+        infinite = resource.RLIM_INFINITY
         try:
-            resource.setrlimit(which, (soft, hard))
+            resource.setrlimit(which, (infinite if soft < 0 else soft,
+                                       infinite if hard < 0 else hard))
         except (ValueError, OSError) as exc:
-            raise SetupError(f"--ulimit {name}={soft}:{hard}: {exc}") from exc
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SetupError(f"--ulimit {name}={soft}:{hard} cannot be set: {why}") from exc
 
 
 def loopback_up() -> None:

@@ -140,6 +140,14 @@ def test_add_host_shm_size_and_ulimit_reach_run_steps(context_of, tmp_path: Path
     assert result.exit_code == 0, result.output
     for suffix in ("", "-nobody"):
         assert (plain / f"out/shm{suffix}.txt").read_text().splitlines()[0] == "65536"
+    # a limit the kernel refuses (more open files than fs.nr_open allows): one line
+    refused = _cli(ctx, tmp_path, "--ulimit", "nofile=-1", "--no-cache", "--progress",
+                   "quiet")
+    assert refused.exit_code == 1
+    assert refused.output.strip().splitlines() == [
+        "ERROR: Dockerfile:2: RUN: could not set up the sandbox for RUN: --ulimit "
+        "nofile=-1:-1 cannot be set: not allowed to raise maximum limit"]
+    assert "Traceback" not in refused.output
     for flag, value, message in (
             ("--add-host", "db.internal", "expected NAME:IP"),
             ("--add-host", "db:host-gateway", "host-gateway is not supported"),
