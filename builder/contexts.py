@@ -72,7 +72,7 @@ def parse_build_context(text: str) -> NamedContext:
     name, eq, value = text.partition("=")
     if not eq or not name or not value:
         raise BuildContextError(f"{text!r}: expected NAME=DIR, NAME=docker-image://REF or "
-                           "NAME=oci-layout://DIR[@DIGEST]")
+                                "NAME=oci-layout://DIR[@DIGEST]")
     if value.startswith("docker-image://"):
         image = value[len("docker-image://"):]
         try:
@@ -87,7 +87,7 @@ def parse_build_context(text: str) -> NamedContext:
         return NamedContext(name, image=value)
     if "://" in value or value.startswith("git@") or value.startswith("target:"):
         raise BuildContextError(f"{text!r}: only a local directory, docker-image://REF and "
-                           "oci-layout://DIR are supported as named contexts")
+                                "oci-layout://DIR are supported as named contexts")
     directory = Path(value)
     if not directory.is_dir():
         raise BuildContextError(f"{text!r}: {value} is not a directory")
@@ -99,8 +99,9 @@ class NamedContexts:
     """The build's named contexts, and what each became (read once per build)."""
 
     contexts: tuple[NamedContext, ...] = ()
-    _by_key: dict[str, NamedContext] = field(default_factory=dict)
-    _bases: dict[tuple[str, str], asyncio.Task[BaseImage]] = field(default_factory=dict)
+    _by_key: dict[str, NamedContext] = field(default_factory=dict, init=False)
+    _bases: dict[tuple[str, str], asyncio.Task[BaseImage]] = field(default_factory=dict,
+                                                                   init=False)
 
     def __post_init__(self) -> None:
         self._by_key = {context_key(c.name): c for c in self.contexts}
