@@ -89,6 +89,19 @@ def test_a_context_replaces_a_stage(context_of, busybox_ref: str, tmp_path: Path
     assert f"[context base] {layout_ref}" in done.output
 
 
+def test_a_context_stands_in_for_a_base_image(context_of, busybox_ref: str,
+                                              tmp_path: Path) -> None:
+    ctx = context_of("build-context")
+    storage = tmp_path / "s"
+    _tools(ctx, storage, busybox_ref, tmp_path)
+    out = tmp_path / "out"
+    done = _cli(ctx, storage, "-f", str(ctx / "Dockerfile.from-image"), "--build-context",
+                "alpine:3.19=docker-image://example.com/tools:1", "-o", str(out))
+    assert done.exit_code == 0, done.output
+    assert (out / "seen.txt").read_text() == "from-the-tools-image\n"
+    assert (out / "mounted.txt").read_text() == "from-the-tools-image\n"
+
+
 def test_from_a_directory_context(context_of, tmp_path: Path) -> None:
     ctx = context_of("build-context")
     out = tmp_path / "out"
