@@ -61,8 +61,11 @@ class Case:
     expect: str = ""
     # Options for pybuild build only (the same Dockerfile, another way of building it).
     pybuild_flags: tuple[str, ...] = ()
-    # Both builders get an SSH agent: --ssh default=<a test ssh-agent's socket>.
+    # Both builders get an SSH agent: --ssh default=<a test ssh-agent's socket>, or with
+    # ssh_key a private key file (--ssh default=<key>), which each serves from an agent
+    # of its own.
     ssh: bool = False
+    ssh_key: bool = False
     # Mount points (and the parents made for them) that BuildKit before 0.11, as in
     # Docker 20.10, leaves in the image as empty directories; BuildKit 0.11 and later
     # (dockerfile frontend 1.5) remove them, and so does pybuild.
@@ -75,7 +78,8 @@ class Case:
 
     @property
     def id(self) -> str:
-        return "-".join([self.name, *(f.lstrip("-") for f in self.pybuild_flags)])
+        return "-".join([self.name, *(f.lstrip("-") for f in self.pybuild_flags),
+                         *(["keyfile"] if self.ssh_key else [])])
 
 
 # What hardlinks-later prints: each change seen under every name of its link group.
@@ -109,6 +113,9 @@ CASES = (
                             "cat exited with 141\nline 0\nline 1\nline 2\nloop exited with 0\n"
                             "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"),
     Case("ssh-mount", ssh=True,
+         expect="/run/buildkit/ssh_agent.0 600 0 0 socket\n/tmp/agent.sock 660 1000 50\n"
+                "sock=/tmp/agent.sock\n"),
+    Case("ssh-mount", ssh_key=True,
          expect="/run/buildkit/ssh_agent.0 600 0 0 socket\n/tmp/agent.sock 660 1000 50\n"
                 "sock=/tmp/agent.sock\n"),
     Case("hardlinks-later", expect=HARDLINKS_OUT),
@@ -317,6 +324,11 @@ def test_pybuild_and_docker_build_agree(
     both: tuple[str, ...] = case.flags
     if case.ssh:
         both += ("--ssh", f"default={request.getfixturevalue('ssh_agent')}")
+    if case.ssh_key:
+        key = tmp_path / "deploy_key"
+        subprocess.run([require_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(key)], check=True)
+        both += ("--ssh", f"default={key}")
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
         monkeypatch.setitem(docker_engine.env, key, value)
