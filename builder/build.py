@@ -12,6 +12,7 @@ Storage (``storage_dir``, shared with the CAS)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -22,8 +23,10 @@ from pathlib import Path
 from cas import Store
 from registry.oci import Platform
 
+from .annotations import AnnotationError, parse_annotations
 from .cache import BuildCache
 from .context import SourceTree
+from .contexts import NamedContext, NamedContexts
 from .dockerfile.errors import DockerfileError
 from .dockerfile.syntax import parse
 from .ignore import read_ignore_file
@@ -34,6 +37,7 @@ from .prune import BuildLock
 from .publish import push_images, tag_images
 from .scheduler import StageScheduler, plan
 from .snapshots import SnapshotStore
+from .ssh_keys import key_agents
 from .steps.common import BuildError, StepEnv
 
 __all__ = ["BuildOptions", "BuildResult", "run_build", "source_date_epoch"]
@@ -55,15 +59,24 @@ class BuildOptions:
     explain: bool = False
     network: str = "default"
     outputs: tuple[Output, ...] = ()
-    secrets: dict[str, Path] = field(default_factory=dict)
+    secrets: dict[str, Path | bytes] = field(default_factory=dict)  # id -> file or value
     compression: str = "gzip"
     source_date_epoch: int | None = None
     push: bool = False
     platform: str | None = None  # the target platform, os/arch[/variant]; None: the host's
     differ: str = "auto"  # auto | overlay | snapshot
     ssh: dict[str, Path] = field(default_factory=dict)  # --ssh id -> agent socket
+    # --ssh id -> private key files, served by an agent started for the build
+    ssh_keys: dict[str, tuple[Path, ...]] = field(default_factory=dict)
     allow: frozenset[str] = frozenset()  # --allow entitlements
     pull: bool = False  # --pull: check the registry for newer base images
+    # -f -: the Dockerfile's text (read from stdin); ``dockerfile`` is then not read
+    dockerfile_text: str | None = None
+    annotations: tuple[str, ...] = ()  # --annotation values (builder.annotations)
+    add_hosts: tuple[tuple[str, str], ...] = ()  # --add-host (name, ip)
+    shm_size: int | None = None  # --shm-size, bytes
+    ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit (name, soft, hard)
+    build_contexts: tuple[NamedContext, ...] = ()  # --build-context
 
 
 @dataclass(frozen=True)
@@ -95,11 +108,16 @@ def source_date_epoch(flag: int | None, build_args: dict[str, str]) -> int | Non
 async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     """Build, write the requested outputs, and return the image."""
     dockerfile = opts.dockerfile or opts.context / "Dockerfile"
-    try:
-        text = await asyncio.to_thread(dockerfile.read_text)
-    except OSError as exc:
-        raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
-                              file=str(dockerfile)) from exc
+    if opts.dockerfile_text is not None:
+        # named "Dockerfile" in messages, as BuildKit does; only the context's
+        # .dockerignore applies (there is no Dockerfile.dockerignore beside stdin)
+        text, dockerfile = opts.dockerfile_text, opts.context / "Dockerfile"
+    else:
+        try:
+            text = await asyncio.to_thread(dockerfile.read_text)
+        except OSError as exc:
+            raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
+                                  file=str(dockerfile)) from exc
     tree = parse(text, dockerfile.name)
     if any(out.loads for out in opts.outputs):
         from .engine import ping
@@ -116,23 +134,33 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     work: Path | None = None
     store: Store | None = None
     cache: BuildCache | None = None
+    agents = contextlib.ExitStack()
     try:
         work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
         store = await Store.open(opts.storage)
         cache = await asyncio.to_thread(BuildCache, bdir / "cache.db")
-        matcher = await asyncio.to_thread(read_ignore_file, opts.context, dockerfile)
+        ssh = {**opts.ssh, **await asyncio.to_thread(key_agents, opts.ssh_keys, agents)}
+        matcher = await asyncio.to_thread(
+            read_ignore_file, opts.context,
+            None if opts.dockerfile_text is not None else dockerfile)
         context = SourceTree(opts.context, matcher, hash_store=cache)
         env = StepEnv(store=store, cache=cache, snapshots=SnapshotStore(bdir / "snapshots", store),
                       progress=progress, context=context,
                       work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
                       source_date_epoch=sde, compression=opts.compression,
                       no_cache=opts.no_cache, explain=opts.explain, network=opts.network,
-                      secrets=opts.secrets, created=created, ssh=opts.ssh,
-                      allow=opts.allow, differ=opts.differ, pull=opts.pull)
+                      secrets=opts.secrets, created=created, ssh=ssh,
+                      allow=opts.allow, differ=opts.differ, pull=opts.pull,
+                      extra_hosts=opts.add_hosts, shm_size=opts.shm_size, ulimits=opts.ulimits,
+                      contexts=NamedContexts(opts.build_contexts))
         try:
             platform = Platform.parse(opts.platform) if opts.platform else None
         except ValueError as exc:
             raise BuildError("--platform", str(exc)) from exc
+        try:
+            notes = parse_annotations(opts.annotations, str(platform or Platform.host()))
+        except AnnotationError as exc:
+            raise BuildError("--annotation", str(exc)) from exc
         build_plan, bases = await plan(tree, env, opts.build_args, opts.target, platform)
         env.proxy_env = dict(build_plan.proxy_env)
         for name in build_plan.unused_build_args:
@@ -143,7 +171,8 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         state = await scheduler.run()
         if opts.labels:
             state.update(labels={**(state.config.labels or {}), **opts.labels})
-        image = assemble(state, created, pinned=sde is not None)
+        image = assemble(state, created, pinned=sde is not None,
+                         annotations=notes.manifest, descriptor_annotations=notes.descriptor)
 
         async def rootfs(dest: Path) -> None:
             from .sandbox.flatten import flatten_lowers
@@ -172,6 +201,7 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         progress.result(str(image.digest))
         return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran))
     finally:
+        await asyncio.to_thread(agents.close)
         if cache is not None:
             cache.close()
         if store is not None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import ipaddress
 import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -17,8 +20,10 @@ import click
 from cas.location import default_storage_dir
 from registry.oci import Platform
 
+from .annotations import AnnotationError, parse_annotations
 from .build import BuildOptions, run_build
 from .context import ContextError
+from .contexts import BuildContextError, NamedContext, context_key, parse_build_context
 from .dockerfile.errors import DockerfileError
 from .fastpath import Recorder, progress_events
 from .layers.errors import LayerError
@@ -26,6 +31,7 @@ from .outputs import ExportError, Output, OutputError, parse_output
 from .progress import Progress
 from .publish import PublishError
 from .sandbox.userns import become_root
+from .ssh_keys import KeyAgentError, is_private_key
 from .steps.common import BuildError
 
 __all__ = ["build", "finished"]
@@ -60,42 +66,169 @@ def _build_args(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _secrets(values: tuple[str, ...]) -> dict[str, Path]:
-    out = {}
+def _secrets(values: tuple[str, ...]) -> dict[str, Path | bytes]:
+    """``--secret`` as buildx reads it: ``id=NAME`` plus ``src=FILE`` (``type=file``) or
+    ``env=VAR`` (``type=env``; ``type=env,src=VAR`` too). With neither, the variable
+    named NAME if it is set, else the file NAME (BuildKit's secrets provider). A
+    variable's value is held in memory: secret id -> file path, or the value itself."""
+    out: dict[str, Path | bytes] = {}
     for v in values:
-        fields = dict(f.partition("=")[::2] for f in v.split(","))
-        sid, src = fields.get("id"), fields.get("src") or fields.get("source")
-        if not sid or not src:
-            raise click.BadParameter(f"{v!r}: use id=NAME,src=FILE", param_hint="--secret")
+        try:
+            fields = next(csv.reader([v], strict=True))
+        except (csv.Error, StopIteration):
+            raise click.BadParameter(f"{v!r}: use id=NAME,src=FILE or id=NAME,env=VAR",
+                                     param_hint="--secret") from None
+        attrs: dict[str, str] = {}
+        for f in fields:
+            key, eq, value = f.partition("=")
+            key = key.strip().lower()
+            if not eq:
+                raise click.BadParameter(f"{f!r} is not KEY=VALUE: use id=NAME,src=FILE or "
+                                         "id=NAME,env=VAR", param_hint="--secret")
+            if key not in ("type", "id", "src", "source", "env"):
+                raise click.BadParameter(f"unexpected key {key!r} in {f!r}: use id, src, env "
+                                         "or type", param_hint="--secret")
+            attrs["src" if key == "source" else key] = value
+        kind, sid = attrs.get("type", ""), attrs.get("id", "")
+        src, env = attrs.get("src", ""), attrs.get("env", "")
+        if kind not in ("", "file", "env"):
+            raise click.BadParameter(f"type={kind}: use type=file or type=env",
+                                     param_hint="--secret")
+        if kind == "env" and not env:
+            env, src = src, ""
+        if not sid:
+            raise click.BadParameter(f"{v!r}: id= is missing: use id=NAME,src=FILE or "
+                                     "id=NAME,env=VAR", param_hint="--secret")
+        if not src and not env:
+            if sid in os.environ:
+                env = sid
+            else:
+                src = sid
+        if env:
+            found = os.environ.get(env)
+            if found is None:
+                raise click.BadParameter(f"id={sid}: environment variable {env} is not set",
+                                         param_hint="--secret")
+            out[sid] = found.encode()
+            continue
         if not Path(src).is_file():
             raise click.BadParameter(f"{src}: no such file", param_hint="--secret")
         out[sid] = Path(src)
     return out
 
 
-def _ssh(values: tuple[str, ...]) -> dict[str, Path]:
-    """``--ssh default`` ($SSH_AUTH_SOCK) or ``--ssh ID=SOCKET`` -> id -> agent socket."""
-    out = {}
+def _ssh(values: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, tuple[Path, ...]]]:
+    """``--ssh default`` ($SSH_AUTH_SOCK), ``--ssh ID=SOCKET`` or ``--ssh ID=KEY[,KEY...]``
+    (private key files, served by an agent of the build's own, as BuildKit does) ->
+    (id -> agent socket, id -> key files)."""
+    sockets: dict[str, Path] = {}
+    keys: dict[str, tuple[Path, ...]] = {}
     for v in values:
         sid, eq, src = v.partition("=")
         if not sid:
-            raise click.BadParameter(f"{v!r}: use default[=SOCKET] or ID=SOCKET",
+            raise click.BadParameter(f"{v!r}: use default[=SOCKET|KEY] or ID=SOCKET|KEY[,KEY]",
                                      param_hint="--ssh")
         if not eq:
             src = os.environ.get("SSH_AUTH_SOCK", "")
             if not src:
                 raise click.BadParameter(f"{v!r}: SSH_AUTH_SOCK is not set; start an agent "
-                                         f"(ssh-agent) or give its socket: {sid}=SOCKET",
-                                         param_hint="--ssh")
+                                         f"(ssh-agent), or give its socket or a key file: "
+                                         f"{sid}=SOCKET|KEY", param_hint="--ssh")
+        paths = src.split(",") if eq else [src]
+        files = []
+        for path in paths:
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                raise click.BadParameter(f"{path}: no such agent socket or key file",
+                                         param_hint="--ssh") from None
+            if stat.S_ISSOCK(mode) and len(paths) == 1:
+                sockets[sid] = Path(path)
+                break
+            if not stat.S_ISREG(mode) or not is_private_key(Path(path)):
+                raise click.BadParameter(f"{path} is neither an SSH agent's socket nor a "
+                                         "private key file", param_hint="--ssh")
+            files.append(Path(path))
+        if files:
+            keys[sid] = tuple(files)
+    return sockets, keys
+
+
+def _add_hosts(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``--add-host NAME:IP`` (or ``NAME=IP``) -> (name, ip) pairs for /etc/hosts."""
+    out = []
+    for v in values:
+        sep = "=" if "=" in v else ":"
+        name, _, ip = v.partition(sep)
+        ip = ip.removeprefix("[").removesuffix("]")
+        if ip == "host-gateway":
+            raise click.BadParameter(f"{v!r}: host-gateway is not supported (RUN steps use the "
+                                     "host's network): give the address", param_hint="--add-host")
         try:
-            is_socket = stat.S_ISSOCK(os.stat(src).st_mode)
-        except OSError:
-            raise click.BadParameter(f"{src}: no such agent socket", param_hint="--ssh") from None
-        if not is_socket:
-            raise click.BadParameter(f"{src} is not a socket: give an SSH agent's socket "
-                                     "(key files are not supported)", param_hint="--ssh")
-        out[sid] = Path(src)
-    return out
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise click.BadParameter(f"{v!r}: expected NAME:IP, such as db.internal:10.0.0.5",
+                                     param_hint="--add-host") from None
+        if not name or any(c.isspace() for c in name):
+            raise click.BadParameter(f"{v!r}: expected NAME:IP, such as db.internal:10.0.0.5",
+                                     param_hint="--add-host")
+        out.append((name, ip))
+    return tuple(out)
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$", re.IGNORECASE)
+
+
+def _shm_size(value: str | None) -> int | None:
+    """``--shm-size 64m``: bytes, binary units, as Docker's RAMInBytes reads it."""
+    if value is None:
+        return None
+    m = _SIZE.match(value.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise click.BadParameter(f"{value!r}: expected a size such as 64m, 1g or 67108864",
+                                 param_hint="--shm-size")
+    unit = (m.group(2) or "").lower()
+    return int(float(m.group(1)) * 1024 ** ("kmgtp".find(unit) + 1 if unit else 0))
+
+
+_ULIMITS = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+            "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+
+
+def _ulimits(values: tuple[str, ...]) -> tuple[tuple[str, int, int], ...]:
+    """``--ulimit NAME=SOFT[:HARD]`` (-1: unlimited), as Docker's ParseUlimit reads it."""
+    out: dict[str, tuple[str, int, int]] = {}
+    for v in values:
+        name, eq, limits = v.partition("=")
+        if not eq or name not in _ULIMITS:
+            raise click.BadParameter(f"{v!r}: expected NAME=SOFT[:HARD] with NAME one of "
+                                     f"{', '.join(_ULIMITS)}", param_hint="--ulimit")
+        soft_text, colon, hard_text = limits.partition(":")
+        try:
+            soft = int(soft_text)
+            hard = int(hard_text) if colon else soft
+        except ValueError:
+            raise click.BadParameter(f"{v!r}: limits are whole numbers (-1: unlimited), such "
+                                     "as nofile=1024:2048", param_hint="--ulimit") from None
+        if soft < -1 or hard < -1:
+            raise click.BadParameter(f"{v!r}: a limit is -1 (unlimited) or at least 0",
+                                     param_hint="--ulimit")
+        if hard != -1 and (soft == -1 or soft > hard):
+            raise click.BadParameter(f"{v!r}: the soft limit must not be above the hard limit",
+                                     param_hint="--ulimit")
+        out[name] = (name, soft, hard)
+    return tuple(out[k] for k in sorted(out))
+
+
+def _build_contexts(values: tuple[str, ...]) -> tuple[NamedContext, ...]:
+    out: dict[str, NamedContext] = {}
+    for v in values:
+        try:
+            ctx = parse_build_context(v)
+        except BuildContextError as exc:
+            raise click.BadParameter(str(exc), param_hint="--build-context") from exc
+        out[context_key(ctx.name)] = ctx  # the last one of a name wins, as in buildx
+    return tuple(out.values())
 
 
 def _outputs(values: tuple[str, ...], load: bool, tags: tuple[str, ...]) -> tuple[Output, ...]:
@@ -214,7 +347,8 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
                    "type=image[,push=true] | type=registry (repeatable; as buildx).")
 @click.option("--load", is_flag=True,
               help="Load the image into the Docker engine ($DOCKER_HOST); -o type=docker.")
-@click.option("--secret", "secrets", multiple=True, help="id=NAME,src=FILE (repeatable).")
+@click.option("--secret", "secrets", multiple=True,
+              help="id=NAME,src=FILE or id=NAME,env=VAR (repeatable).")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "json", "quiet"]),
               default="auto")
 @click.option("--iidfile", type=click.Path(dir_okay=False, path_type=Path),
@@ -232,9 +366,22 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
               help="How RUN changes are captured: overlayfs, a snapshot diff, or overlayfs "
                    "where the kernel allows it (auto).")
 @click.option("--ssh", "ssh", multiple=True,
-              help="default[=SOCKET] or ID=SOCKET: an SSH agent for RUN --mount=type=ssh.")
+              help="default[=SOCKET|KEY] or ID=SOCKET|KEY[,KEY]: an SSH agent (or key "
+                   "files) for RUN --mount=type=ssh.")
 @click.option("--allow", "allow", multiple=True, type=click.Choice(_ENTITLEMENTS),
               help="Grant an entitlement (security.insecure for RUN --security=insecure).")
+@click.option("--add-host", "add_hosts", multiple=True,
+              help="NAME:IP: a line of RUN steps' /etc/hosts (repeatable).")
+@click.option("--shm-size", help="Size of /dev/shm in RUN steps (64m, 1g, bytes).")
+@click.option("--ulimit", "ulimits", multiple=True,
+              help="NAME=SOFT[:HARD]: a resource limit of RUN steps (repeatable).")
+@click.option("--build-context", "build_contexts", multiple=True,
+              help="NAME=DIR|docker-image://REF|oci-layout://DIR[@DIGEST]: stands in for the "
+                   "stage or image NAME (repeatable).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print nothing but the image digest (and errors).")
+@click.option("--annotation", "annotations", multiple=True,
+              help="[manifest|manifest-descriptor[PLATFORM]:]KEY=VALUE (repeatable).")
 def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
           build_args: tuple[str, ...], target: str | None, labels: tuple[str, ...],
           no_cache: bool, explain: bool, network: str, push: bool, pull: bool,
@@ -242,8 +389,19 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
           secrets: tuple[str, ...], progress_mode: str, iidfile: Path | None,
           metadata_file: Path | None, compression: str, source_date_epoch: int | None,
           storage: Path | None, platform: str | None, differ: str, ssh: tuple[str, ...],
-          allow: tuple[str, ...], load: bool) -> None:
+          allow: tuple[str, ...], load: bool, quiet: bool,
+          annotations: tuple[str, ...], add_hosts: tuple[str, ...], shm_size: str | None,
+          ulimits: tuple[str, ...], build_contexts: tuple[str, ...]) -> None:
     """Build an image from a Dockerfile and a context directory."""
+    if quiet:
+        if progress_mode not in ("auto", "quiet"):
+            raise click.UsageError(f"--progress {progress_mode} and --quiet cannot be used "
+                                   "together")
+        progress_mode = "quiet"
+    dockerfile_text: str | None = None
+    if dockerfile == Path("-"):
+        # buildx reads the Dockerfile from stdin; a build from it is never fast-pathed
+        dockerfile, dockerfile_text = None, sys.stdin.read()
     outs = _outputs(outputs, load, tags)
     if push and not tags:
         raise click.UsageError("--push needs at least one -t NAME to push to")
@@ -256,19 +414,28 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--platform") from exc
     become_root()  # as a non-root user: root of a user namespace (docs/rootless.md)
+    try:
+        parse_annotations(annotations, platform or str(Platform.host()))
+    except AnnotationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--annotation") from exc
+    ssh_sockets, ssh_keys = _ssh(ssh)
     opts = BuildOptions(
         context=context, storage=storage or default_storage_dir(), dockerfile=dockerfile,
         tags=tags, build_args=_build_args(build_args), target=target,
         labels=_kv(labels, "--label"), no_cache=no_cache, explain=explain, network=network,
         outputs=outs, secrets=_secrets(secrets), compression=compression,
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
-        ssh=_ssh(ssh), allow=frozenset(allow), pull=pull)
+        ssh=ssh_sockets, ssh_keys=ssh_keys, allow=frozenset(allow), pull=pull,
+        dockerfile_text=dockerfile_text, annotations=annotations, add_hosts=_add_hosts(add_hosts),
+        shm_size=_shm_size(shm_size), ulimits=_ulimits(ulimits),
+        build_contexts=_build_contexts(build_contexts))
     progress = Progress(progress_mode)
-    recorder = None if outs or push or secrets or ssh else Recorder.start()
+    recorder = None if outs or push or secrets or ssh or dockerfile_text is not None \
+        else Recorder.start()
     try:
         result = _run_until_signal(run_build(opts, progress))
     except (BuildError, DockerfileError, ContextError, PublishError, ExportError,
-            LayerError) as exc:
+            LayerError, KeyAgentError) as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
     except Interrupted as exc:

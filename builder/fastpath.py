@@ -138,8 +138,8 @@ def parse_argv(argv: list[str]) -> Invocation | None:
         else:
             positional.append(a)
         i += 1
-    if len(positional) != 1 or "://" in positional[0]:
-        return None
+    if len(positional) != 1 or "://" in positional[0] or "-" in opts.get("file", []):
+        return None  # a URL context, or a Dockerfile on stdin
     if opts.get("progress", ["auto"])[-1] not in ("auto", "plain", "json", "quiet"):
         return None
     return Invocation(list(argv), opts, positional[0])

@@ -154,6 +154,8 @@ class BuiltImage:
     manifest_bytes: bytes
     config: ImageConfig
     config_bytes: bytes
+    # --annotation manifest-descriptor:K=V, for the descriptor in an index.json
+    descriptor_annotations: dict[str, str] | None = None
 
     @property
     def digest(self) -> Digest:
@@ -161,7 +163,9 @@ class BuiltImage:
 
     @property
     def manifest_descriptor(self) -> Descriptor:
-        return Descriptor(OCI_MANIFEST, self.digest, len(self.manifest_bytes))
+        return Descriptor(OCI_MANIFEST, self.digest, len(self.manifest_bytes),
+                          annotations=dict(self.descriptor_annotations)
+                          if self.descriptor_annotations else None)
 
 
 def _timed(history: list[History], fallback: str, pinned: bool) -> tuple[History, ...]:
@@ -187,10 +191,13 @@ def _timed(history: list[History], fallback: str, pinned: bool) -> tuple[History
     return tuple(out)
 
 
-def assemble(state: ImageState, created: str, *, pinned: bool = False) -> BuiltImage:
+def assemble(state: ImageState, created: str, *, pinned: bool = False,
+             annotations: dict[str, str] | None = None,
+             descriptor_annotations: dict[str, str] | None = None) -> BuiltImage:
     """The OCI config and manifest of ``state``. ``created`` is the time of a build with
     no timed history entry at all; ``pinned`` (SOURCE_DATE_EPOCH) makes it the time of
-    the image and of every metadata entry."""
+    the image and of every metadata entry. ``annotations`` go into the manifest,
+    ``descriptor_annotations`` onto its descriptor in the index.json of outputs."""
     history = _timed(state.history, created, pinned)
     cfg = ImageConfig(
         architecture=state.architecture,
@@ -207,5 +214,7 @@ def assemble(state: ImageState, created: str, *, pinned: bool = False) -> BuiltI
     manifest = Manifest(
         config=Descriptor(OCI_CONFIG, Digest.of(config_bytes), len(config_bytes)),
         layers=tuple(layer.descriptor for layer in state.layers),
+        annotations=dict(sorted(annotations.items())) if annotations else None,
     )
-    return BuiltImage(manifest, manifest.to_bytes(), cfg, config_bytes)
+    return BuiltImage(manifest, manifest.to_bytes(), cfg, config_bytes,
+                      dict(descriptor_annotations) if descriptor_annotations else None)

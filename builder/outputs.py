@@ -190,7 +190,8 @@ def _index(image: BuiltImage, names: Sequence[str]) -> bytes:
         except InvalidReference:
             raise ExportError(f"-t {name}: not an image name (such as registry/repo:tag)") \
                 from None
-        annotations = {REF_NAME: ref.tag or "latest", IMAGE_NAME: str(ref)}
+        annotations = {**(desc.annotations or {}), REF_NAME: ref.tag or "latest",
+                       IMAGE_NAME: str(ref)}
         entries.append(Descriptor(desc.media_type, desc.digest, desc.size,
                                   annotations=annotations))
     return Index(tuple(entries) or (desc,)).to_bytes()

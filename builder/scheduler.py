@@ -66,13 +66,19 @@ async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
     """Plan the build for the target ``platform`` (default: the host's); read the base
     images the needed stages start from, each for its stage's platform."""
     target_p = platform or Platform.host()
+    named = env.contexts
     first = plan_build(tree, build_args, target, target_platform=target_p)
+    if named:  # --build-context: a replaced stage needs nothing of its own
+        first = named.prune(first)
     wanted = sorted({(ref, str(stage_platform(s, target_p, env.dockerfile)))
                      for i in first.needed
-                     if (ref := (s := first.stages[i]).base_image) and ref.lower() != "scratch"})
+                     if (ref := (s := first.stages[i]).base_image) and ref.lower() != "scratch"
+                     and not (named and named.replaces(s))})
 
     async def load(ref: str, plat: str) -> BaseImage:
         try:
+            if named and (ctx := named.find(ref)) is not None:
+                return await named.base(ctx, env.store, plat, env.work)
             return await resolve_base(ref, env.store, plat, pull=env.pull,
                                       progress=env.progress)
         except BaseImageError as exc:
@@ -84,8 +90,9 @@ async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
     bases = dict(zip(wanted, loaded))
     image_env = {ref: ImageState.from_config(b.config, [], "").env_map()
                  for (ref, _), b in bases.items()}
-    return plan_build(tree, build_args, target, target_platform=target_p,
-                      image_env=image_env), bases
+    second = plan_build(tree, build_args, target, target_platform=target_p,
+                        image_env=image_env)
+    return (named.prune(second) if named else second), bases
 
 
 def _trigger(text: str, where: str) -> Instruction:
@@ -137,18 +144,25 @@ class StageScheduler:
         return await self._roots[ref]
 
     async def _make_root(self, ref: str) -> Path:
+        contexts = self.env.contexts
+        named = contexts.find(ref) if contexts else None
+        if named is not None and named.directory is not None:
+            return named.directory  # --build-context NAME=DIR: read in place
         index = self._find(ref)
-        if index is not None:
-            state = await self._task(index)
-        else:
-            plat = str(self.platform)
-            try:
+        plat = str(self.platform)
+        try:
+            if contexts and named is not None:  # a context named like a stage replaces it
+                base = await contexts.base(named, self.env.store, plat, self.env.work)
+                state = ImageState.from_config(base.config, list(base.layers), "")
+            elif index is not None:
+                state = await self._task(index)
+            else:
                 base = self.bases.get((ref, plat)) or await resolve_base(
                     ref, self.env.store, plat, pull=self.env.pull,
                     progress=self.env.progress)
-            except BaseImageError as exc:
-                raise BuildError(self.env.dockerfile, str(exc)) from exc
-            state = ImageState.from_config(base.config, list(base.layers), "")
+                state = ImageState.from_config(base.config, list(base.layers), "")
+        except BaseImageError as exc:
+            raise BuildError(self.env.dockerfile, str(exc)) from exc
         from .sandbox.flatten import flatten_lowers
 
         lowers = await self.env.lowers(state)
@@ -157,6 +171,19 @@ class StageScheduler:
         return dest
 
     async def _base(self, stage: Stage) -> ImageState:
+        contexts = self.env.contexts
+        named = contexts.replaces(stage) if contexts else None
+        if contexts and named is not None:  # --build-context NAME=... replaces stage NAME
+            plat = stage_platform(stage, self.platform, self.env.dockerfile)
+            n = self.env.progress.start(f"[context {named.name}] {named.describe()}")
+            try:
+                base = await contexts.base(named, self.env.store, str(plat), self.env.work)
+            except BaseImageError as exc:
+                raise BuildError(f"{self.env.dockerfile}:{stage.instructions[0].start_line}: "
+                                 "FROM", str(exc)) from exc
+            self.env.progress.done(n)
+            return ImageState.from_config(base.config, list(base.layers),
+                                          f"base:{base.manifest_digest}")
         if stage.base_stage is not None:
             return (await self._task(stage.base_stage)).copy()
         ref = stage.base_image or "scratch"
@@ -176,6 +203,8 @@ class StageScheduler:
         head = stage.instructions[0]
         assert isinstance(head, From)
         state = await self._base(stage)
+        if env.contexts and env.contexts.replaces(stage):
+            return state
         body = list(stage.instructions[1:])
         if state.config.on_build:
             where = f"{env.dockerfile}:{head.start_line}: FROM"

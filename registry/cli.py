@@ -1,4 +1,5 @@
-"""``pybuild serve``, ``robot``, ``push``, ``pull``, ``copy``: the registry package's commands.
+"""``pybuild serve``, ``robot``, ``push``, ``pull``, ``copy``, ``tag``, ``inspect``,
+``history``...: the registry package's commands.
 
 Named, not imported: the root group imports a command's module only when that command
 runs, so ``pybuild pull`` does not import the server."""
@@ -12,4 +13,5 @@ COMMANDS: dict[str, str] = {
     "robot": "registry.robot_cmd:robot",
     **{name: f"registry.client.cli:{name}"
        for name in ("pull", "push", "copy", "images", "rmi", "login", "logout")},
+    **{name: f"registry.client.image_cmds:{name}" for name in ("tag", "inspect", "history")},
 }

@@ -31,6 +31,7 @@ import errno
 import fcntl
 import json
 import os
+import resource
 import signal
 import socket
 import stat
@@ -200,7 +201,7 @@ def setup_mounts(plan: Plan, root: str, stubs: list[str]) -> None:
             remount_readonly(dst)
 
 
-def setup_dev(root: str, stubs: list[str]) -> None:
+def setup_dev(plan: Plan, root: str, stubs: list[str]) -> None:
     dev = resolve(root, "/dev", "dir", stubs)
     mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     for name in ("null", "zero", "full", "random", "urandom", "tty"):
@@ -212,7 +213,8 @@ def setup_dev(root: str, stubs: list[str]) -> None:
                          ("ptmx", "pts/ptmx")):
         os.symlink(target, os.path.join(dev, name))
     os.mkdir(os.path.join(dev, "shm"))
-    mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV,
+          f"mode=1777,size={plan['shm_size']}")
     os.mkdir(os.path.join(dev, "pts"))
     try:
         mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
@@ -232,6 +234,20 @@ def setup_pipes(plan: Plan, root: str) -> None:
         os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755))
         mount(p["source"], dst, None, MS_BIND)
         remount_readonly(dst)
+
+
+def set_rlimits(plan: Plan) -> None:
+    """``--ulimit``: the command's resource limits (set while still privileged, so a hard
+    limit may also be raised; the command and its children inherit them)."""
+    for name, soft, hard in plan.get("rlimits") or ():
+        which = getattr(resource, f"RLIMIT_{name.upper()}")
+        infinite = resource.RLIM_INFINITY
+        try:
+            resource.setrlimit(which, (infinite if soft < 0 else soft,
+                                       infinite if hard < 0 else hard))
+        except (ValueError, OSError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SetupError(f"--ulimit {name}={soft}:{hard} cannot be set: {why}") from exc
 
 
 def loopback_up() -> None:
@@ -280,7 +296,7 @@ def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
                          "with an unmasked /proc (docker run --security-opt "
                          "systempaths=unconfined; Kubernetes: securityContext.procMount: "
                          "Unmasked), see docs/rootless.md") from None
-    setup_dev(root, stubs)
+    setup_dev(plan, root, stubs)
     setup_pipes(plan, root)
     socket.sethostname(plan["hostname"])
     created: list[str] = []  # the workdir is real content: it stays in the layer
@@ -290,6 +306,7 @@ def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     os.chdir(plan["workdir"])
     if not plan["insecure"]:
         drop_capabilities()
+    set_rlimits(plan)
     os.setgroups(plan["groups"])
     os.setgid(plan["gid"])
     os.setuid(plan["uid"])
@@ -324,9 +341,11 @@ def run_bwrap(plan: Plan, root: str, stubs: list[str], report: int) -> None:
             "--cap-drop", "ALL"]
     for cap in ["ALL"] if plan["insecure"] else DEFAULT_CAPS:
         args += ["--cap-add", cap]
+    args += ["--perms", "1777", "--size", str(plan["shm_size"]), "--tmpfs", "/dev/shm"]
     for p in plan["pipes"]:
         args += ["--ro-bind", p["source"], f"/dev/pipes/{p['name']}"]
     args += ["--", *plan["argv"]]
+    set_rlimits(plan)
     # bwrap keeps real root's uid (no user namespace, so files keep their real owners);
     # the group and supplementary groups are set here and bwrap inherits them.
     os.setgroups(plan["groups"])

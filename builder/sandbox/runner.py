@@ -78,7 +78,11 @@ from .spec import (
 from .ssh import AgentRelay
 from .users import ExecUser, resolve_user
 
-__all__ = ["TAIL_LINES", "Executor", "OutputCallback", "StepResult", "run_step"]
+__all__ = ["DEFAULT_SHM_SIZE", "TAIL_LINES", "Executor", "OutputCallback", "StepResult",
+           "run_step"]
+
+# /dev/shm of a RUN step without --shm-size: BuildKit's (runc spec) 64 MiB tmpfs
+DEFAULT_SHM_SIZE = 64 << 20
 
 
 
@@ -194,7 +198,7 @@ def _mount_plans(
                 if m.required:
                     raise SecretNotFound(m.id)
                 continue  # BuildKit skips an optional secret nobody provided
-            data = source.read_bytes()
+            data = source if isinstance(source, bytes) else source.read_bytes()
             if m.env:
                 secret_env[m.env] = data.decode("utf-8", "replace")
             if m.file_target:
@@ -263,6 +267,8 @@ def run_step(
     set_home: bool = False,
     as_upper: bool = False,
     interrupt: StepInterrupt | None = None,
+    shm_size: int | None = None,
+    rlimits: Sequence[tuple[str, int, int]] = (),
 ) -> StepResult:
     """Run ``spec`` on the root made of ``lowers`` (top first); return how it went.
 
@@ -287,6 +293,10 @@ def run_step(
 
     The command starts as runc starts a container's process: every signal at its default
     disposition, none blocked, no file descriptors but 0-2, umask 022.
+
+    ``shm_size`` (bytes) sizes the tmpfs at /dev/shm (default 64 MiB, BuildKit's); ``rlimits``
+    are ``(name, soft, hard)`` resource limits for the command (``nofile``, ``nproc``...,
+    -1 for unlimited), as ``docker build --shm-size`` / ``--ulimit`` give them.
     """
     if os.geteuid() != 0:
         raise SandboxUnavailable(
@@ -310,7 +320,7 @@ def run_step(
     try:
         user, kind, code, tail = _prepare_and_spawn(
             spec, layout, cache_dir, executor, on_output, reports, set_home,
-            before if as_upper else None, interrupt,
+            before if as_upper else None, interrupt, shm_size, rlimits,
         )
         if layout.index and any("child-pid" in r for r in reports):
             # Before cleanup: the copied-up files' origin xattrs are needed.
@@ -366,6 +376,8 @@ def _prepare_and_spawn(
     set_home: bool,
     before: list[Any] | None,
     interrupt: StepInterrupt,
+    shm_size: int | None = None,
+    rlimits: Sequence[tuple[str, int, int]] = (),
 ) -> tuple[ExecUser, Executor, int, list[str]]:
     if layout.mode is RootfsMode.OVERLAY:
         passwd = read_from_lowers(layout.lowers, "etc/passwd")
@@ -423,6 +435,8 @@ def _prepare_and_spawn(
             "workdir": spec.workdir,
             "pipes": pipes,
             "insecure": spec.insecure,
+            "shm_size": shm_size or DEFAULT_SHM_SIZE,
+            "rlimits": [list(r) for r in rlimits],
         }
         if interrupt.interrupted:
             return user, kind, -signal.SIGKILL, []

@@ -184,7 +184,7 @@ class RunSpec:
     - ``user``: ``name``, ``uid``, ``uid:gid``, ``name:group`` ...; empty means root.
     - ``workdir``: absolute; created (owned by root, 0755) if missing, and that stays in
       the step's changes, as Docker does.
-    - ``secrets``: secret id -> host file holding its value.
+    - ``secrets``: secret id -> host file holding its value, or the value itself.
     - ``hostname`` is the step's UTS hostname (BuildKit's default name); it and
       ``extra_hosts`` (``(name, ip)`` pairs) are added to the generated /etc/hosts.
     - ``pipes``: name -> content of read-only executable files at ``/dev/pipes/<name>``
@@ -199,7 +199,7 @@ class RunSpec:
     workdir: str = "/"
     network: Network = Network.DEFAULT
     mounts: tuple[Mount, ...] = ()
-    secrets: Mapping[str, Path] = field(default_factory=dict)
+    secrets: Mapping[str, Path | bytes] = field(default_factory=dict)
     hostname: str = "buildkitsandbox"
     extra_hosts: tuple[tuple[str, str], ...] = ()
     pipes: Mapping[str, bytes] = field(default_factory=dict)
@@ -211,7 +211,8 @@ class RunSpec:
         object.__setattr__(self, "mounts", tuple(self.mounts))
         object.__setattr__(self, "extra_hosts", tuple(self.extra_hosts))
         object.__setattr__(
-            self, "secrets", {k: Path(v) for k, v in dict(self.secrets).items()}
+            self, "secrets",
+            {k: v if isinstance(v, bytes) else Path(v) for k, v in dict(self.secrets).items()}
         )
         object.__setattr__(self, "pipes", dict(self.pipes))
         if not self.argv:

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cas import Digest, Store
 from cas.holders import cache_holder
@@ -22,6 +22,9 @@ from ..dockerfile.instructions import Instruction
 from ..image import ImageState, LayerRef
 from ..progress import Progress
 from ..snapshots import SnapshotStore
+
+if TYPE_CHECKING:
+    from ..contexts import NamedContexts
 
 __all__ = ["BuildError", "StepEnv", "instruction_text", "layer_step"]
 
@@ -60,7 +63,7 @@ class StepEnv:
     no_cache: bool = False
     explain: bool = False
     network: str = "default"
-    secrets: Mapping[str, Path] = field(default_factory=dict)
+    secrets: Mapping[str, Path | bytes] = field(default_factory=dict)
     # --ssh: agent id -> the host socket RUN --mount=type=ssh forwards to
     ssh: Mapping[str, Path] = field(default_factory=dict)
     # --allow: entitlements granted (security.insecure)
@@ -69,7 +72,13 @@ class StepEnv:
     differ: str = "auto"
     # --pull: ask the registry for every base image's current manifest
     pull: bool = False
+    # --add-host (name, ip) pairs, --shm-size bytes, --ulimit (name, soft, hard): RUN's
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+    shm_size: int | None = None
+    ulimits: tuple[tuple[str, int, int], ...] = ()
     created: str = ""
+    # --build-context: named contexts (builder.contexts.NamedContexts)
+    contexts: NamedContexts | None = None
     # set by the stage scheduler: flattened root of a stage or image named by --from / from=
     stage_root: Callable[[str], Awaitable[Path]] | None = None
     # steps running now, by cache key (equal steps in two stages run once)

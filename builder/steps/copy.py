@@ -383,7 +383,10 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     lowers = [] if link else stage_lowers  # a linked layer never sees the stage's files
     dest = await asyncio.to_thread(_destination, lowers, resolve_workdir(state, dest_raw))
     from_ref = ins.from_ if isinstance(ins, Copy) else ""
-    if from_ref:
+    named = env.contexts.find(from_ref) if from_ref and env.contexts else None
+    if env.contexts and named is not None and named.directory is not None:
+        tree = env.contexts.tree(named, env.context.hash_store)  # --build-context NAME=DIR
+    elif from_ref:
         assert env.stage_root is not None
         tree = SourceTree(await env.stage_root(from_ref), strict=False,
                           what=f"stage or image {from_ref!r}")

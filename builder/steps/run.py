@@ -166,6 +166,13 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         inputs["pipes"] = {k: blake3.blake3(v).hexdigest()[:32] for k, v in pipes.items()}
     if insecure:
         inputs["security"] = "insecure"
+    # as BuildKit's ExecOp meta: part of the step's key, only when given
+    if env.extra_hosts:
+        inputs["hosts"] = [list(h) for h in env.extra_hosts]
+    if env.shm_size:
+        inputs["shm"] = env.shm_size
+    if env.ulimits:
+        inputs["ulimits"] = [list(u) for u in env.ulimits]
     try:
         rootfs = _DIFFERS[env.differ]
     except KeyError:
@@ -183,7 +190,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         spec = RunSpec(argv=argv, env=tuple(run_env), user=state.config.user or "",
                        workdir=state.config.working_dir or "/", network=net,
                        mounts=tuple(resolved), secrets=dict(env.secrets), pipes=pipes,
-                       insecure=insecure)
+                       insecure=insecure, extra_hosts=env.extra_hosts)
         loop = asyncio.get_running_loop()
 
         def on_output(stream: str, line: str) -> None:
@@ -193,7 +200,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         job = asyncio.ensure_future(asyncio.to_thread(
             run_step, spec, lowers=lowers, state_dir=state_dir, rootfs=rootfs,
             cache_dir=env.cache_mounts, on_output=on_output, set_home=True,
-            as_upper=True, interrupt=stop))
+            as_upper=True, interrupt=stop, shm_size=env.shm_size, rlimits=env.ulimits))
         try:
             result = await asyncio.shield(job)
         except asyncio.CancelledError:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from builder.cli import COMMANDS, LazyGroup, main
 
 EVERY_COMMAND = {"build", "parse", "serve", "pull", "push", "copy", "images", "rmi", "login",
-                 "logout", "storage", "builder", "robot"}
+                 "logout", "storage", "builder", "robot", "tag", "inspect", "history"}
 
 
 def test_help_lists_every_command() -> None:

@@ -61,16 +61,25 @@ class Case:
     expect: str = ""
     # Options for pybuild build only (the same Dockerfile, another way of building it).
     pybuild_flags: tuple[str, ...] = ()
-    # Both builders get an SSH agent: --ssh default=<a test ssh-agent's socket>.
+    # Both builders get an SSH agent: --ssh default=<a test ssh-agent's socket>, or with
+    # ssh_key a private key file (--ssh default=<key>), which each serves from an agent
+    # of its own.
     ssh: bool = False
+    ssh_key: bool = False
     # Mount points (and the parents made for them) that BuildKit before 0.11, as in
     # Docker 20.10, leaves in the image as empty directories; BuildKit 0.11 and later
     # (dockerfile frontend 1.5) remove them, and so does pybuild.
     stub_dirs: tuple[str, ...] = ()
+    # Options for both builders, the environment both get, and whether both read the
+    # Dockerfile from stdin (-f -).
+    flags: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    stdin: bool = False
 
     @property
     def id(self) -> str:
-        return "-".join([self.name, *(f.lstrip("-") for f in self.pybuild_flags)])
+        return "-".join([self.name, *(f.lstrip("-") for f in self.pybuild_flags),
+                         *(["keyfile"] if self.ssh_key else [])])
 
 
 # What hardlinks-later prints: each change seen under every name of its link group.
@@ -107,11 +116,20 @@ CASES = (
     Case("ssh-mount", ssh=True,
          expect="/run/buildkit/ssh_agent.0 600 0 0 socket\n/tmp/agent.sock 660 1000 50\n"
                 "sock=/tmp/agent.sock\n"),
+    Case("ssh-mount", ssh_key=True,
+         expect="/run/buildkit/ssh_agent.0 600 0 0 socket\n/tmp/agent.sock 660 1000 50\n"
+                "sock=/tmp/agent.sock\n"),
     Case("hardlinks-later", expect=HARDLINKS_OUT),
     Case("hardlinks-later", expect=HARDLINKS_OUT, pybuild_flags=("--differ", "snapshot")),
     Case("bind-file-mounts", expect=BIND_FILE_OUT, stub_dirs=BIND_FILE_STUBS),
     Case("bind-file-mounts", expect=BIND_FILE_OUT, stub_dirs=BIND_FILE_STUBS,
          pybuild_flags=("--differ", "snapshot")),
+    Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),
+         flags=("--add-host", "db.internal:10.1.2.3", "--add-host", "cache.internal:10.1.2.4",
+                "--secret", "id=token,env=PYBUILD_COMPARE_TOKEN"),
+         env={"PYBUILD_COMPARE_TOKEN": "from-the-environment"},
+         expect="10.1.2.3\tdb.internal\n10.1.2.4\tcache.internal\nfrom-the-environment"
+                "kept.txt\n65536\n1777\n"),
 )
 
 
@@ -119,8 +137,9 @@ CASES = (
 # Fixtures: one registry holding the busybox base, the docker-built ONBUILD base
 
 
-def _pybuild(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "builder", *args], cwd=ROOT,
+def _pybuild(*args: str, timeout: float = 300,
+             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "builder", *args], cwd=ROOT, input=stdin,
                           capture_output=True, text=True, timeout=timeout, check=False)
     assert proc.returncode == 0, (
         f"pybuild {' '.join(args)} exited {proc.returncode}\n"
@@ -189,20 +208,26 @@ def _context(case_dir: Path, dest: Path) -> Path:
 
 
 def _docker_build(engine: DockerEngine, context: Path, tag: str, args: dict[str, str],
-                  *extra: str) -> None:
+                  *extra: str, stdin: str | None = None) -> None:
     argv = ["build", "--network", "none", "-t", tag, *extra]
     for key, value in args.items():
         argv += ["--build-arg", f"{key}={value}"]
-    engine.run(*argv, str(context), build=True)
+    if stdin is not None:
+        argv += ["-f", "-"]
+    engine.run(*argv, str(context), build=True,
+               input=stdin.encode() if stdin is not None else None)
 
 
 def _pybuild_build(context: Path, storage: Path, tag: str, args: dict[str, str],
-                   *extra: str) -> str:
-    """``pybuild build`` with ``extra`` options; returns the digest it prints."""
+                   *extra: str, stdin: str | None = None) -> str:
+    """``pybuild build`` with ``extra`` options (the Dockerfile from ``stdin`` if given);
+    returns the digest it prints."""
     argv = ["build", "--progress", "plain", "--storage", str(storage), "-t", tag, *extra]
     for key, value in args.items():
         argv += ["--build-arg", f"{key}={value}"]
-    return _pybuild(*argv, str(context)).stdout.strip()
+    if stdin is not None:
+        argv += ["-f", "-"]
+    return _pybuild(*argv, str(context), stdin=stdin).stdout.strip()
 
 
 @dataclass(frozen=True)
@@ -288,6 +313,7 @@ def ssh_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_pybuild_and_docker_build_agree(
     case: Case, docker_engine: DockerEngine, builds_as_root: None, base_ref: str,
     request: pytest.FixtureRequest, tag_suffix: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     args = {"BASE": base_ref, **case.build_args}
     if case.name == "onbuild-child":
@@ -296,13 +322,26 @@ def test_pybuild_and_docker_build_agree(
     docker_tag = f"compare-docker/{case.id}:{tag_suffix}"
     pybuild_tag = f"compare-pybuild/{case.id}:{tag_suffix}"
     archive = tmp_path / "image.tar"
-    both: tuple[str, ...] = ()
+    both: tuple[str, ...] = case.flags
     if case.ssh:
-        both = ("--ssh", f"default={request.getfixturevalue('ssh_agent')}")
+        both += ("--ssh", f"default={request.getfixturevalue('ssh_agent')}")
+    if case.ssh_key:
+        key = tmp_path / "deploy_key"
+        subprocess.run([require_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(key)], check=True)
+        both += ("--ssh", f"default={key}")
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
+        monkeypatch.setitem(docker_engine.env, key, value)
+    stdin = None
+    if case.stdin:  # the Dockerfile goes on stdin and is not in the context
+        stdin = (context / "Dockerfile").read_text()
+        (context / "Dockerfile").unlink()
     try:
-        _docker_build(docker_engine, context, docker_tag, args, *both)
+        _docker_build(docker_engine, context, docker_tag, args, *both, stdin=stdin)
         _pybuild_build(context, tmp_path / "storage", pybuild_tag, args, *both,
-                       *case.pybuild_flags, "--output", f"type=docker,dest={archive}")
+                       *case.pybuild_flags, "--output", f"type=docker,dest={archive}",
+                       stdin=stdin)
         loaded = docker_engine.run("load", "-i", str(archive)).stdout
         assert f"Loaded image: {pybuild_tag}" in loaded
 

@@ -24,8 +24,10 @@ def test_flag_values_are_checked(tmp_path: Path) -> None:
     assert "invalid platform" in _invoke(tmp_path, "--platform", "linux//x")
     assert "'btrfs' is not one of" in _invoke(tmp_path, "--differ", "btrfs")
     assert "'network.host' is not 'security.insecure'" in _invoke(tmp_path, "--allow", "network.host")
-    assert "no such agent socket" in _invoke(tmp_path, "--ssh", f"default={tmp_path}/none")
-    assert "is not a socket" in _invoke(tmp_path, "--ssh", f"deploy={tmp_path}/Dockerfile")
+    assert "no such agent socket or key file" in _invoke(tmp_path, "--ssh",
+                                                         f"default={tmp_path}/none")
+    assert "is neither an SSH agent's socket nor a private key file" in _invoke(
+        tmp_path, "--ssh", f"deploy={tmp_path}/Dockerfile")
     assert "SSH_AUTH_SOCK is not set" in _invoke(tmp_path, "--ssh", "default",
                                                  env={"SSH_AUTH_SOCK": ""})
 

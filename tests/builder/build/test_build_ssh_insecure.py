@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from builder.build_cmd import build as build_command
 from builder.steps.common import BuildError
 from testkit.rootfs import make_busybox_rootfs
 from testkit.tools import require_tool, running_ssh_agent
@@ -109,3 +113,86 @@ def test_insecure_needs_the_entitlement(busybox_ref: str, build, tmp_path: Path)
                 if line.startswith("CapEff:"))
     assert insecure == int(ours.split()[1], 16)  # every capability the builder has
     assert default != insecure and default & (1 << 21) == 0  # no CAP_SYS_ADMIN by default
+
+
+def _fingerprint(key: Path) -> str:
+    out = subprocess.run([require_tool("ssh-keygen"), "-l", "-f", str(key)], check=True,
+                         capture_output=True, text=True).stdout
+    return out.split()[1]
+
+
+def _key_agents_running() -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "ssh-agent" in cmdline and "pybuild-ssh-" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_ssh_key_files_are_served_by_an_agent_for_the_build(ssh_base: str,
+                                                            tmp_path: Path) -> None:
+    """``--ssh ID=KEY[,KEY]``, as BuildKit takes key files: any file mode, several keys."""
+    keygen = require_tool("ssh-keygen")
+    keys = []
+    for name, kind in (("one", "ed25519"), ("two", "ecdsa")):
+        key = tmp_path / name
+        subprocess.run([keygen, "-q", "-t", kind, "-N", "", "-C", f"key-{name}", "-f",
+                        str(key)], check=True)
+        key.chmod(0o644)  # ssh-add refuses such a file by name; BuildKit does not care
+        keys.append(key)
+    ctx = _ctx(tmp_path, "ssh", ssh_base)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(build_command, [
+        "--ssh", f"default={keys[0]}", "--ssh", f"deploy={keys[0]},{keys[1]}",
+        "--progress", "quiet", "--storage", str(tmp_path / "s"), "-o", str(out), str(ctx)])
+    assert result.exit_code == 0, result.output
+    listed = (out / "default.txt").read_text().splitlines()
+    assert [line.split()[1] for line in listed] == [_fingerprint(keys[0])]
+    deploy = (out / "deploy.txt").read_text().splitlines()
+    assert sorted(line.split()[1] for line in deploy) == sorted(map(_fingerprint, keys))
+    assert (out / "after.txt").read_text() == "gone\n"
+    assert _key_agents_running() == []  # stopped with the build
+    assert not list(Path("/tmp").glob("pybuild-ssh-*/agent.sock"))
+
+    locked = tmp_path / "locked"
+    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "secret", "-f", str(locked)],
+                   check=True)
+    failed = CliRunner().invoke(build_command, [
+        "--ssh", f"default={locked}", "--progress", "quiet", "--storage",
+        str(tmp_path / "s"), str(ctx)])
+    assert failed.exit_code == 1
+    assert f"--ssh default={locked}: the key cannot be loaded" in failed.output
+    assert "passphrase" in failed.output and "Traceback" not in failed.output
+    assert _key_agents_running() == []
+
+
+def test_a_killed_build_takes_its_key_agent_with_it(busybox_ref: str, tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    subprocess.run([require_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f",
+                    str(key)], check=True)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\n"
+                                    "RUN --mount=type=ssh touch /started && sleep 60\n")
+    env = {**os.environ, "PYBUILD_STORAGE": str(tmp_path / "s")}
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "build", "--progress", "plain",
+                             "--ssh", f"default={key}", str(ctx)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not _key_agents_running():
+            assert proc.poll() is None and time.monotonic() < deadline, "no agent started"
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30  # the agent looks for its parent every 10 s
+    while _key_agents_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _key_agents_running() == []
+    for sock_dir in Path("/tmp").glob("pybuild-ssh-*"):  # what a SIGKILL leaves behind
+        shutil.rmtree(sock_dir, ignore_errors=True)

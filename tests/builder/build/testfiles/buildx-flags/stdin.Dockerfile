@@ -1,0 +1,3 @@
+FROM BASE
+COPY . /ctx/
+RUN ls /ctx > /listing.txt

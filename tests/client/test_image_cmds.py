@@ -1,0 +1,66 @@
+"""``pybuild tag``, ``inspect`` and ``history`` over the local store (CliRunner); against
+Docker in ``tests/e2e/test_e2e_image_cmds.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from builder.cli import main
+from registry.client.image_store import ImageStore
+
+from .helpers import make_image, make_index, random_bytes, store_image
+
+
+def _seed_index(storage: Path, ref: str) -> tuple[str, str, str]:
+    """An index of an amd64 and an arm64 image under ``ref``; returns the three digests."""
+    amd = make_image([[random_bytes(20_000, 1)]], arch="amd64")
+    arm = make_image([[random_bytes(20_000, 2)]], arch="arm64")
+    index = make_index([(amd, "amd64"), (arm, "arm64")])
+
+    async def run() -> str:
+        async with await ImageStore.open(storage) as images:
+            for image in (amd, arm):
+                await store_image(images, "example.com/tmp:x", image)
+            await images.remove("example.com/tmp:x")
+            return str(await images.put(ref, index))
+
+    return asyncio.run(run()), str(amd.digest), str(arm.digest)
+
+
+def test_inspect_an_index_tag_it_and_read_its_history(tmp_path: Path) -> None:
+    storage = str(tmp_path / "s")
+    index, amd, arm = _seed_index(tmp_path / "s", "example.com/multi:1")
+    runner = CliRunner()
+    got = runner.invoke(main, ["inspect", "--storage", storage, "--platform", "linux/arm64",
+                               "example.com/multi:1"])
+    assert got.exit_code == 0, got.output
+    doc = json.loads(got.output)[0]
+    assert doc["Name"] == "example.com/multi:1" and doc["Digest"] == index
+    assert [m["digest"] for m in doc["Index"]["manifests"]] == [amd, arm]
+    assert doc["Config"]["architecture"] == "arm64"
+    amd_doc = json.loads(runner.invoke(main, ["inspect", "--storage", storage, "--platform",
+                                              "linux/amd64", "example.com/multi:1"]).output)[0]
+    assert amd_doc["Config"]["architecture"] == "amd64"
+    assert amd_doc["Manifest"]["config"] != doc["Manifest"]["config"]
+
+    tagged = runner.invoke(main, ["tag", "--storage", storage, "example.com/multi:1",
+                                  "example.com/multi:latest"])
+    assert tagged.exit_code == 0, tagged.output
+    again = runner.invoke(main, ["inspect", "--storage", storage, "--format", "{{.Digest}}",
+                                 "example.com/multi"])
+    assert again.output.strip() == index
+
+    # no history entries: only the header
+    history = runner.invoke(main, ["history", "--storage", storage, "example.com/multi:1"])
+    assert history.exit_code == 0, history.output
+    assert history.output.split() == ["IMAGE", "CREATED", "CREATED", "BY", "SIZE", "COMMENT"]
+    bad = runner.invoke(main, ["inspect", "--storage", storage, "--format", "{{if .X}}",
+                               "example.com/multi:1"])
+    assert bad.exit_code == 2 and "only {{.Field}}" in bad.output
+    wrong = runner.invoke(main, ["tag", "--storage", storage, "example.com/multi:1",
+                                 "Not A Name"])
+    assert wrong.exit_code == 2 and "Traceback" not in wrong.output
