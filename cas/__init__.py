@@ -8,6 +8,7 @@ import typing as _typing
 from .lazy import lazy_attributes as _lazy_attributes
 
 if _typing.TYPE_CHECKING:
+    from .blobs import BlobInfo, IngestInfo, Piece, Recipe, Segment
     from .chunker import ChunkParams
     from .digest import ALGORITHMS, DEFAULT_ALGORITHM, Digest, new_hasher
     from .errors import (
@@ -27,9 +28,9 @@ if _typing.TYPE_CHECKING:
         UnsupportedDigestAlgorithm,
         storage_error,
     )
-    from .ingest import Ingest, IngestInfo, SourceFailed
+    from .ingest import Ingest, SourceFailed
     from .maintenance import FsckReport, GcReport, Stats
-    from .store import BlobInfo, Piece, Recipe, Segment, Store
+    from .store import Store
 
 _WHERE = {
     "ChunkParams": "chunker",
@@ -53,15 +54,15 @@ _WHERE = {
     "StoreCorrupt": "errors",
     "UnsupportedDigestAlgorithm": "errors",
     "Ingest": "ingest",
-    "IngestInfo": "ingest",
+    "IngestInfo": "blobs",
     "SourceFailed": "ingest",
     "FsckReport": "maintenance",
     "GcReport": "maintenance",
     "Stats": "maintenance",
-    "BlobInfo": "store",
-    "Piece": "store",
-    "Recipe": "store",
-    "Segment": "store",
+    "BlobInfo": "blobs",
+    "Piece": "blobs",
+    "Recipe": "blobs",
+    "Segment": "blobs",
     "Store": "store",
 }
 
@@ -70,28 +71,28 @@ __all__ = [
     "DEFAULT_ALGORITHM",
     "BlobInfo",
     "BlobUnknown",
+    "CasError",
     "ChunkParams",
+    "Digest",
+    "DigestMismatch",
     "FsckReport",
     "GcReport",
     "Ingest",
     "IngestInfo",
-    "Piece",
-    "Recipe",
-    "Segment",
-    "SourceFailed",
-    "Stats",
-    "Store",
-    "CasError",
-    "Digest",
-    "DigestMismatch",
     "IngestOffsetMismatch",
     "IngestUnknown",
     "InvalidDigest",
     "InvalidRange",
+    "Piece",
+    "Recipe",
+    "Segment",
     "SizeMismatch",
+    "SourceFailed",
+    "Stats",
     "StorageError",
     "StorageFull",
     "StorageNotWritable",
+    "Store",
     "StoreClosed",
     "StoreCorrupt",
     "UnsupportedDigestAlgorithm",
