@@ -103,11 +103,7 @@ def collect_garbage(core: StoreCore, grace: float) -> GcReport:
 
 def statistics(core: StoreCore) -> Stats:
     s = core.meta.stats()
-    disk = core.packs.allocated()
-    for name in ("meta.db", "meta.db-wal"):
-        p = core.root / name
-        if p.exists():
-            disk += p.stat().st_size
+    disk = core.packs.allocated() + core.meta.disk_bytes()
     return Stats(
         blobs=s["blobs"],
         pieces=s["pieces"],

@@ -5,15 +5,7 @@ Every method is one transaction (``BEGIN IMMEDIATE`` for writes); lookups of pie
 blobs go through a second connection, which in WAL mode sees the last commit without
 waiting for the writer.
 
-Schema (``meta.db``)::
-
-    pieces(key BLOB PRIMARY KEY, length, stored, codec, pack, offset, data, refs)
-    blobs(digest TEXT PRIMARY KEY, size, recipe BLOB, created)     recipe: (key, length)*
-    links(holder, digest)                                         who holds a blob
-    ingests(id PRIMARY KEY, algorithm, offset, npieces, pack, pack_size, tail_len, created, updated)
-    ingest_pieces(ingest, seq, key, length, stored, codec, pack, offset, data)
-    packs(name PRIMARY KEY, live, created)                        live: bytes of live pieces
-    trash(id, pack, offset, length)                               ranges to free (offset NULL: whole pack)
+The schema is drawn in :mod:`cas.sqlite_db`.
 """
 
 from __future__ import annotations
@@ -24,108 +16,19 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-from .errors import StoreClosed, storage_error
 from .meta import IngestRow, Location, decode_recipe, encode_recipe
+from .sqlite_db import SqliteDatabase, connect
 
 __all__ = ["SqliteMetadata"]
 
+_INGEST_COLS = "id, algorithm, offset, npieces, pack, pack_size, tail_len, created, updated"
 
-class SqliteMetadata:
-    """:class:`Metadata` on SQLite. Thread-safe: one connection behind a lock.
 
-    Every use of a connection holds that connection's lock, and :meth:`close` takes both
-    locks: it waits for the calls in flight, and a call after it raises
-    :class:`StoreClosed` (closing a connection another thread is using can crash the
-    interpreter). SQLite and OS errors of a full or read-only file system become
-    :class:`StorageFull` / :class:`StorageNotWritable` naming the database file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.RLock()
-        self._closed = False
-        # Lookups of pieces and blobs go through a second connection: in WAL mode a
-        # reader sees the last commit without waiting for the writer, so a GET or an
-        # ingest looking for known pieces never waits behind another ingest's commit
-        # (and its fsync).
-        self._reader_lock: threading.Lock | threading.RLock = threading.Lock()
-        db = reader = None
-        try:
-            db = _connect(str(path))
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a process crash loses nothing committed; pack bytes are
-            # fsynced before the transaction that references them.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=OFF")
-            db.executescript(_SCHEMA)
-            reader = _connect(str(path))
-        except (sqlite3.Error, OSError) as exc:
-            for conn in (db, reader):
-                if conn is not None:
-                    conn.close()
-            raise (storage_error(exc, path) or exc) from exc
-        self._db, self._reader = db, reader
-
-    def close(self) -> None:
-        """Wait for the calls in flight, then close; later calls raise StoreClosed."""
-        with self._lock, self._reader_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._reader.close()
-            self._db.close()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreClosed(f"metadata database {self.path}")
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """The reader connection, held for the block (StoreClosed once closed)."""
-        with self._reader_lock:
-            self._check_open()
-            try:
-                yield self._reader
-            except (sqlite3.Error, OSError) as exc:
-                mapped = storage_error(exc, self.path)
-                if mapped is None or mapped is exc:
-                    raise
-                raise mapped from exc
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._check_open()
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except (sqlite3.Error, OSError) as exc:
-                mapped = storage_error(exc, self.path)
-                if mapped is None:
-                    raise
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if mapped is exc:
-                    raise
-                raise mapped from exc
-
-    def _q(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple]:  # type: ignore[type-arg]
-        with self._lock:
-            self._check_open()
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except (sqlite3.Error, OSError) as exc:
-                mapped = storage_error(exc, self.path)
-                if mapped is None or mapped is exc:
-                    raise
-                raise mapped from exc
+class SqliteMetadata(SqliteDatabase):
+    """:class:`~cas.meta.Metadata` on SQLite (see :class:`~cas.sqlite_db.SqliteDatabase`
+    for its connections and their locks): ``SqliteMetadata(path)`` opens or creates the
+    database file."""
 
     # -- ingests ----------------------------------------------------------------------
 
@@ -462,7 +365,7 @@ class SqliteMetadata:
         view._lock = threading.RLock()
         view._closed = False
         self._check_open()
-        view._db = _connect(f"file:{self.path}?mode=ro", uri=True)
+        view._db = connect(f"file:{self.path}?mode=ro", uri=True)
         view._reader, view._reader_lock = view._db, view._lock  # lookups see the snapshot too
         try:
             view._db.execute("BEGIN")
@@ -506,37 +409,3 @@ class SqliteMetadata:
 
     def pack_live(self) -> dict[str, int]:
         return dict(self._q("SELECT name, live FROM packs"))
-
-
-def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
-    # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE in _tx).
-    return sqlite3.connect(target, uri=uri, timeout=60.0, isolation_level=None, check_same_thread=False)
-
-
-_INGEST_COLS = "id, algorithm, offset, npieces, pack, pack_size, tail_len, created, updated"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS pieces(
-    key BLOB PRIMARY KEY, length INTEGER NOT NULL, stored INTEGER NOT NULL,
-    codec INTEGER NOT NULL, pack TEXT, offset INTEGER, data BLOB, refs INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS pieces_refs ON pieces(refs) WHERE refs <= 0;
-CREATE TABLE IF NOT EXISTS blobs(
-    digest TEXT PRIMARY KEY, size INTEGER NOT NULL, recipe BLOB NOT NULL,
-    created REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS links(
-    holder TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY(holder, digest)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS links_digest ON links(digest);
-CREATE TABLE IF NOT EXISTS ingests(
-    id TEXT PRIMARY KEY, algorithm TEXT NOT NULL, offset INTEGER NOT NULL,
-    npieces INTEGER NOT NULL, pack TEXT, pack_size INTEGER NOT NULL,
-    tail_len INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS ingest_pieces(
-    ingest TEXT NOT NULL, seq INTEGER NOT NULL, key BLOB NOT NULL, length INTEGER NOT NULL,
-    stored INTEGER, codec INTEGER, pack TEXT, offset INTEGER, data BLOB,
-    PRIMARY KEY(ingest, seq));
-CREATE INDEX IF NOT EXISTS ingest_pieces_key ON ingest_pieces(key);
-CREATE TABLE IF NOT EXISTS packs(
-    name TEXT PRIMARY KEY, live INTEGER NOT NULL, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS trash(
-    id INTEGER PRIMARY KEY AUTOINCREMENT, pack TEXT NOT NULL, offset INTEGER, length INTEGER);
-"""
