@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cas import Store
+from cas import Store, StoreConfig, open_store
 from registry.oci import Platform
 
 from .cache import BuildCache
@@ -118,7 +118,7 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     cache: BuildCache | None = None
     try:
         work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
-        store = await Store.open(opts.storage)
+        store = await open_store(StoreConfig(opts.storage))
         cache = await asyncio.to_thread(BuildCache, bdir / "cache.db")
         matcher = await asyncio.to_thread(read_ignore_file, opts.context, dockerfile)
         context = SourceTree(opts.context, matcher, hash_store=cache)

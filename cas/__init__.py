@@ -10,6 +10,7 @@ from .lazy import lazy_attributes as _lazy_attributes
 if _typing.TYPE_CHECKING:
     from .blobs import BlobInfo, IngestInfo, Piece, Recipe, Segment
     from .chunker import ChunkParams
+    from .core import StoreCore
     from .digest import ALGORITHMS, DEFAULT_ALGORITHM, Digest, new_hasher
     from .errors import (
         BlobUnknown,
@@ -29,7 +30,9 @@ if _typing.TYPE_CHECKING:
         storage_error,
     )
     from .ingest import Ingest, SourceFailed
+    from .location import StoreConfig
     from .maintenance import FsckReport, GcReport, Stats
+    from .open import open_store
     from .store import Store
 
 _WHERE = {
@@ -64,6 +67,9 @@ _WHERE = {
     "Recipe": "blobs",
     "Segment": "blobs",
     "Store": "store",
+    "StoreConfig": "location",
+    "StoreCore": "core",
+    "open_store": "open",
 }
 
 __all__ = [
@@ -94,9 +100,12 @@ __all__ = [
     "StorageNotWritable",
     "Store",
     "StoreClosed",
+    "StoreConfig",
+    "StoreCore",
     "StoreCorrupt",
     "UnsupportedDigestAlgorithm",
     "new_hasher",
+    "open_store",
     "storage_error",
 ]
 

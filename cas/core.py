@@ -22,8 +22,10 @@ import zstandard
 
 from .chunker import ChunkParams
 from .errors import StoreClosed, StoreCorrupt, mapped_error
+from .location import StoreConfig
 from .meta import CODEC_ZSTD, Location, Metadata
-from .packs import PackBackend, PackWriter
+from .packs import FilesystemPacks, PackBackend, PackWriter
+from .sqlite_meta import SqliteMetadata
 
 __all__ = ["RECEIVERS", "StoreCore", "WorkerPool"]
 
@@ -68,6 +70,32 @@ class StoreCore:
         self._closed = False
         self._ingests_dir = root / "ingests"
         self._dctx = zstandard.ZstdDecompressor()
+
+    @classmethod
+    async def open(cls, config: StoreConfig) -> StoreCore:
+        """Open (creating) the store ``config`` describes: its directory, then its
+        metadata and its packs (on a worker thread). A full or read-only file system is
+        the store's typed StorageError; nothing stays open when opening fails."""
+        root = config.root
+
+        def setup() -> StoreCore:
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                (root / "ingests").mkdir(exist_ok=True)
+                meta = (config.metadata or _sqlite_metadata)(root)
+            except (OSError, sqlite3.Error) as exc:
+                raise mapped_error(exc, root) from exc
+            try:
+                packs = (config.packs(root) if config.packs is not None
+                         else FilesystemPacks(root / "packs", direct=config.direct_io))
+            except BaseException as exc:
+                meta.close()
+                if isinstance(exc, OSError):
+                    raise mapped_error(exc, root) from exc
+                raise
+            return cls(root, meta, packs, config.chunk_params or ChunkParams(), config.workers)
+
+        return await asyncio.get_running_loop().run_in_executor(None, setup)
 
     @property
     def closed(self) -> bool:
@@ -171,3 +199,7 @@ class StoreCore:
             except zstandard.ZstdError as exc:
                 raise StoreCorrupt(f"piece {loc.key.hex()} does not decompress: {exc}") from exc
         return stored
+
+
+def _sqlite_metadata(root: Path) -> Metadata:
+    return SqliteMetadata(root / "meta.db")

@@ -23,7 +23,6 @@ import bisect
 import contextlib
 import os
 import secrets
-import sqlite3
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -33,11 +32,11 @@ from .blobs import BlobInfo, IngestInfo, Piece, Recipe, Segment
 from .chunker import ChunkParams
 from .core import StoreCore
 from .digest import DEFAULT_ALGORITHM, Digest, new_hasher
-from .errors import BlobUnknown, IngestUnknown, InvalidRange, StoreCorrupt, mapped_error
+from .errors import BlobUnknown, IngestUnknown, InvalidRange, StoreCorrupt
 from .ingest import Ingest
+from .location import StoreConfig
 from .meta import CODEC_ZSTD, Metadata, decode_recipe
-from .packs import FilesystemPacks, PackBackend
-from .sqlite_meta import SqliteMetadata
+from .packs import PackBackend
 
 if TYPE_CHECKING:
     from .maintenance import FsckReport, GcReport, Stats
@@ -66,26 +65,16 @@ class Store:
     async def open(cls, root: Path | str, *, chunk_params: ChunkParams | None = None,
                    packs: PackBackend | None = None, meta: Metadata | None = None,
                    workers: int = 8) -> Store:
-        """Open (creating) the store directory ``root``: its metadata is ``meta`` (else
-        SQLite in ``root/meta.db``), its packs ``packs`` (else files in ``root/packs``).
-        The store owns ``meta`` from here on and closes it."""
-        root = Path(root)
-
-        def setup() -> Store:
-            try:
-                root.mkdir(parents=True, exist_ok=True)
-                (root / "ingests").mkdir(exist_ok=True)
-                metadata: Metadata = meta if meta is not None else SqliteMetadata(root / "meta.db")
-            except (OSError, sqlite3.Error) as exc:
-                raise mapped_error(exc, root) from exc
-            try:
-                backend = packs if packs is not None else FilesystemPacks(root / "packs")
-            except OSError as exc:
-                metadata.close()
-                raise mapped_error(exc, root) from exc
-            return cls(StoreCore(root, metadata, backend, chunk_params or ChunkParams(), workers))
-
-        return await asyncio.get_running_loop().run_in_executor(None, setup)
+        """Open (creating) the store directory ``root`` with these backends (commands
+        use :func:`cas.open.open_store` and a :class:`~cas.location.StoreConfig`): its
+        metadata is ``meta`` (else SQLite in ``root/meta.db``), its packs ``packs`` (else
+        files in ``root/packs``). The store owns ``meta`` from here on and closes it."""
+        config = StoreConfig(
+            Path(root), workers=workers, chunk_params=chunk_params,
+            metadata=None if meta is None else (lambda _root: meta),
+            packs=None if packs is None else (lambda _root: packs),
+        )
+        return cls(await StoreCore.open(config))
 
     async def close(self) -> None:
         """Refuse new work (StoreClosed), wait for the work in flight, close the
