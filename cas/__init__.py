@@ -1,4 +1,27 @@
-"""pybuild's content-addressed store: digests, chunking, the piece store, GC and fsck."""
+"""pybuild's content-addressed store: digests, chunking, the piece store, GC and fsck.
+
+Layering of the store's modules (an arrow is "imports"; nothing imports back up)::
+
+    cas.cli ──> cas.open ──> cas.store ──┬──> cas.ingest ───────┐
+                open_store   Store       ├──> cas.maintenance ──┤  gc, fsck, stats
+                                         └──────────────────────┤
+                                                                v
+                                   cas.core  StoreCore: metadata, packs, chunk params,
+                                      │      worker pools, the operations they share
+         ┌──────────────┬─────────────┼───────────────┬──────────────┐
+         v              v             v               v              v
+    cas.location    cas.meta     cas.sqlite_meta   cas.packs     cas.chunker
+    StoreConfig     Metadata     SqliteMetadata    PackBackend
+                    (protocol)   -> cas.sqlite_db
+
+    leaves: cas.blobs (BlobInfo, Piece, Recipe, Segment, IngestInfo), cas.digest,
+            cas.errors, cas.units, cas.holders
+
+Open a store with ``await open_store(StoreConfig.at(storage))``. ``Store``, ``Ingest`` and
+maintenance share one ``StoreCore``; none of them reaches into another. The metadata
+and the packs are protocols with a contract per method (``cas.meta.Metadata``,
+``cas.packs.PackBackend``), each checked by one suite every implementation passes.
+"""
 
 # Names are imported from their modules on first use (PEP 562), so a program that
 # needs only digests or the store does not load GC, fsck and the chunker with them.

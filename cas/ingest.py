@@ -15,6 +15,9 @@ takes the buffers again and reloads the held-back bytes from the tail file. The 
 still holds back (at most a few MiB) are kept in a *tail file* named by the checkpoint's
 offset, ``<storage>/ingests/<id>.<offset>.tail``, written before the metadata that refers
 to it, so a crash between the two leaves the previous checkpoint intact.
+
+An ingest works on the store's :class:`~cas.core.StoreCore` (its metadata, packs, worker
+threads and tail files), not on the :class:`~cas.store.Store` that made it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Garbage collection, consistency checks and statistics (run in a worker thread).
 
+Each takes the store's :class:`~cas.core.StoreCore` and uses only its public operations
+and its metadata's :class:`~cas.meta.Metadata` contract; ``Store.gc/fsck/stats`` run them.
+
 GC is online: it runs in short transactions while ingests continue. It removes blobs no
 holder links (older than a grace period, so a blob just committed without a link is not
 taken from under its writer), then pieces no recipe and no open ingest needs, then frees

@@ -3,9 +3,14 @@
 On-disk layout of a store directory (``--storage DIR``)::
 
     DIR/
-      meta.db, meta.db-wal       metadata (cas.meta): pieces, recipes, links, ingests
+      meta.db, meta.db-wal       metadata (cas.sqlite_meta): pieces, recipes, links, ingests
       packs/<xx>/<name>.pack     piece bytes (cas.packs), one pack per ingest
       ingests/<id>.<offset>.tail bytes an open ingest holds back at its last checkpoint
+
+(the default backends; a :class:`~cas.location.StoreConfig` may name others). Open a
+store with :func:`cas.open.open_store`. A :class:`Store` is the async face of its
+:class:`~cas.core.StoreCore`, which :class:`~cas.ingest.Ingest` and :mod:`cas.maintenance`
+share with it.
 
 Every public method is a coroutine; file, CPU and database work runs on the store's
 worker threads, never on the event loop.
