@@ -3,15 +3,19 @@
 Each backend is a fixture param giving a way to open *handles* on one metadata store.
 Two handles on the same store stand for two processes sharing it (registry replicas,
 ``pybuild storage gc`` beside a server): what one writes, the other must see, and no
-contract may rest on what one handle remembers. A new backend (PostgreSQL) adds a param
-to ``opener``.
+contract may rest on what one handle remembers; one test runs a real second process.
+A new backend (PostgreSQL) adds an entry to ``_OPENERS``: a picklable callable that
+opens a handle, given the test's temporary directory.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
@@ -23,6 +27,16 @@ from cas.sqlite_meta import SqliteMetadata
 
 Opener = Callable[[], Metadata]
 
+
+@dataclass(frozen=True)
+class SqliteOpener:
+    """Opens handles on one SQLite metadata file; picklable, so another process can."""
+
+    path: Path
+
+    def __call__(self) -> Metadata:
+        return SqliteMetadata(self.path)
+
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 
@@ -30,16 +44,22 @@ D2 = "sha256:" + "2" * 64
 @pytest.fixture(params=["sqlite"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens a new handle on one metadata store per call; all are closed at the end."""
+    yield from _tracked(_OPENERS[request.param](tmp_path))
+
+
+_OPENERS: dict[str, Callable[[Path], Opener]] = {
+    "sqlite": lambda tmp: SqliteOpener(tmp / "meta.db"),
+}
+
+
+def _tracked(make: Opener) -> Iterator[Opener]:
     handles: list[Metadata] = []
 
     def open_handle() -> Metadata:
-        if request.param == "sqlite":
-            handle: Metadata = SqliteMetadata(tmp_path / "meta.db")
-        else:  # pragma: no cover - one branch per backend
-            raise AssertionError(request.param)
-        handles.append(handle)
-        return handle
+        handles.append(make())
+        return handles[-1]
 
+    open_handle.make = make  # type: ignore[attr-defined]  # for other processes
     yield open_handle
     for h in handles:
         h.close()
@@ -91,6 +111,30 @@ def test_a_write_is_seen_by_another_handle_as_soon_as_it_returns(opener: Opener)
     assert b.holders(D1) == ["repo/a"]
     a.create_ingest("open1", "sha256")
     assert b.get_ingest("open1") is not None
+
+
+def _gc_elsewhere(make: Opener) -> tuple[int, int]:
+    """In another process: commit and link a blob, delete D1, collect pieces."""
+    meta = make()
+    try:
+        commit(meta, D2, [key(2)], link="repo/b")
+        meta.delete_blob(D1)
+        return meta.collect_pieces()
+    finally:
+        meta.close()
+
+
+def test_another_process_sees_our_writes_and_we_see_its(opener: Opener) -> None:
+    a = opener()
+    commit(a, D1, [key(1)], link="repo/a")
+    a.create_ingest("ing", "sha256")
+    assert a.hold_existing("ing", [(0, key(1))]).keys() == {key(1)}
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        collected = pool.submit(_gc_elsewhere, opener.make).result(timeout=120)  # type: ignore[attr-defined]
+    assert collected == (0, 0)  # our ingest holds D1's only piece
+    assert a.blob(D1) is None and a.holders(D1) == []
+    assert a.blob(D2) is not None and a.is_linked("repo/b", D2)
+    assert a.locations([key(1), key(2)]).keys() == {key(1), key(2)}
 
 
 def test_what_returned_survives_closing_and_reopening(opener: Opener) -> None:
