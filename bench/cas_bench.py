@@ -28,7 +28,7 @@ from typing import Any
 import blake3
 from pyfastcdc import FastCDC
 
-from cas import Store
+from cas import StoreConfig, open_store
 from cas.frames import gzip_member
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -79,7 +79,7 @@ def machine_limits(data: bytes, directory: Path) -> dict[str, float]:
 
 async def store_throughput(data: bytes, directory: Path) -> dict[str, float]:
     root = directory / "store-throughput"
-    async with await Store.open(root) as store:
+    async with await open_store(StoreConfig(root)) as store:
         # As from a network: the bytes arrive as 1 MiB chunks.
         chunks = [data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
         t = time.perf_counter()
@@ -168,7 +168,7 @@ async def dedup(directory: Path, total: int, versions: int) -> dict[str, object]
             root = directory / f"dedup-{name}"
             sum_layers = 0
             t0 = time.perf_counter()
-            async with await Store.open(root) as store:
+            async with await open_store(StoreConfig(root)) as store:
                 for layer_set in sets:
                     blobs = await asyncio.get_running_loop().run_in_executor(
                         None, lambda ls=layer_set: [compress(tar_bytes(f)) for f in ls]

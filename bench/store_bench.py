@@ -33,11 +33,11 @@ async def _ingest(store, data: bytes, expected) -> float:  # type: ignore[no-unt
 
 
 async def _run(root: Path, size: int) -> tuple[float, float, float]:
-    from cas import Digest, Store
+    from cas import Digest, StoreConfig, open_store
 
     data = pseudo_random(size, seed=b"cas-blob")
     expected = Digest.of(data)
-    store = await Store.open(root)
+    store = await open_store(StoreConfig(root))
     try:
         ingest = await _ingest(store, data, expected)
         # Packs are written with O_DIRECT: one untimed read brings the blob into the page

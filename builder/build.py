@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cas import Store
+from cas import Store, StoreConfig, open_store
 from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
@@ -137,7 +137,7 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     agents = contextlib.ExitStack()
     try:
         work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
-        store = await Store.open(opts.storage)
+        store = await open_store(StoreConfig(opts.storage))
         cache = await asyncio.to_thread(BuildCache, bdir / "cache.db")
         ssh = {**opts.ssh, **await asyncio.to_thread(key_agents, opts.ssh_keys, agents)}
         matcher = await asyncio.to_thread(

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas import Digest, Store
+from cas import Digest, Store, StoreConfig, open_store
 from cas.holders import cache_holder
 
 from .cache import BuildCache
@@ -102,7 +102,7 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0) -
             hashes = await asyncio.to_thread(cache.prune_file_hashes, older_than is None)
         finally:
             cache.close()
-        async with await Store.open(storage) as store:
+        async with await open_store(StoreConfig(storage)) as store:
             for key, layer in removed:
                 await store.unlink(cache_holder(key), Digest.parse(layer.digest))
             keep |= await _image_diff_ids(storage, store)

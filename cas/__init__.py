@@ -1,4 +1,27 @@
-"""pybuild's content-addressed store: digests, chunking, the piece store, GC and fsck."""
+"""pybuild's content-addressed store: digests, chunking, the piece store, GC and fsck.
+
+Layering of the store's modules (an arrow is "imports"; nothing imports back up)::
+
+    cas.cli ──> cas.open ──> cas.store ──┬──> cas.ingest ───────┐
+                open_store   Store       ├──> cas.maintenance ──┤  gc, fsck, stats
+                                         └──────────────────────┤
+                                                                v
+                                   cas.core  StoreCore: metadata, packs, chunk params,
+                                      │      worker pools, the operations they share
+         ┌──────────────┬─────────────┼───────────────┬──────────────┐
+         v              v             v               v              v
+    cas.location    cas.meta     cas.sqlite_meta   cas.packs     cas.chunker
+    StoreConfig     Metadata     SqliteMetadata    PackBackend
+                    (protocol)   -> cas.sqlite_db
+
+    leaves: cas.blobs (BlobInfo, Piece, Recipe, Segment, IngestInfo), cas.digest,
+            cas.errors, cas.units, cas.holders
+
+Open a store with ``await open_store(StoreConfig.at(storage))``. ``Store``, ``Ingest`` and
+maintenance share one ``StoreCore``; none of them reaches into another. The metadata
+and the packs are protocols with a contract per method (``cas.meta.Metadata``,
+``cas.packs.PackBackend``), each checked by one suite every implementation passes.
+"""
 
 # Names are imported from their modules on first use (PEP 562), so a program that
 # needs only digests or the store does not load GC, fsck and the chunker with them.
@@ -8,7 +31,9 @@ import typing as _typing
 from .lazy import lazy_attributes as _lazy_attributes
 
 if _typing.TYPE_CHECKING:
+    from .blobs import BlobInfo, IngestInfo, Piece, Recipe, Segment
     from .chunker import ChunkParams
+    from .core import StoreCore
     from .digest import ALGORITHMS, DEFAULT_ALGORITHM, Digest, new_hasher
     from .errors import (
         BlobUnknown,
@@ -27,9 +52,11 @@ if _typing.TYPE_CHECKING:
         UnsupportedDigestAlgorithm,
         storage_error,
     )
-    from .ingest import Ingest, IngestInfo, SourceFailed
+    from .ingest import Ingest, SourceFailed
+    from .location import StoreConfig
     from .maintenance import FsckReport, GcReport, Stats
-    from .store import BlobInfo, Piece, Recipe, Segment, Store
+    from .open import open_store
+    from .store import Store
 
 _WHERE = {
     "ChunkParams": "chunker",
@@ -53,16 +80,19 @@ _WHERE = {
     "StoreCorrupt": "errors",
     "UnsupportedDigestAlgorithm": "errors",
     "Ingest": "ingest",
-    "IngestInfo": "ingest",
+    "IngestInfo": "blobs",
     "SourceFailed": "ingest",
     "FsckReport": "maintenance",
     "GcReport": "maintenance",
     "Stats": "maintenance",
-    "BlobInfo": "store",
-    "Piece": "store",
-    "Recipe": "store",
-    "Segment": "store",
+    "BlobInfo": "blobs",
+    "Piece": "blobs",
+    "Recipe": "blobs",
+    "Segment": "blobs",
     "Store": "store",
+    "StoreConfig": "location",
+    "StoreCore": "core",
+    "open_store": "open",
 }
 
 __all__ = [
@@ -70,32 +100,35 @@ __all__ = [
     "DEFAULT_ALGORITHM",
     "BlobInfo",
     "BlobUnknown",
+    "CasError",
     "ChunkParams",
+    "Digest",
+    "DigestMismatch",
     "FsckReport",
     "GcReport",
     "Ingest",
     "IngestInfo",
-    "Piece",
-    "Recipe",
-    "Segment",
-    "SourceFailed",
-    "Stats",
-    "Store",
-    "CasError",
-    "Digest",
-    "DigestMismatch",
     "IngestOffsetMismatch",
     "IngestUnknown",
     "InvalidDigest",
     "InvalidRange",
+    "Piece",
+    "Recipe",
+    "Segment",
     "SizeMismatch",
+    "SourceFailed",
+    "Stats",
     "StorageError",
     "StorageFull",
     "StorageNotWritable",
+    "Store",
     "StoreClosed",
+    "StoreConfig",
+    "StoreCore",
     "StoreCorrupt",
     "UnsupportedDigestAlgorithm",
     "new_hasher",
+    "open_store",
     "storage_error",
 ]
 

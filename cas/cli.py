@@ -7,12 +7,14 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .location import default_storage_dir
-from .store import Store
+from .location import StoreConfig
+
+if TYPE_CHECKING:
+    from .store import Store
 
 __all__ = ["storage", "storage_option"]
 
@@ -30,10 +32,10 @@ def storage_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _with_store(storage: Path | None, job: Callable[[Store], Awaitable[T]]) -> T:
-    root = storage or default_storage_dir()
+    from .open import open_store  # the store loads only when a command runs
 
     async def run() -> T:
-        store = await Store.open(root)
+        store = await open_store(StoreConfig.at(storage))
         try:
             return await job(store)
         finally:

@@ -15,6 +15,9 @@ takes the buffers again and reloads the held-back bytes from the tail file. The 
 still holds back (at most a few MiB) are kept in a *tail file* named by the checkpoint's
 offset, ``<storage>/ingests/<id>.<offset>.tail``, written before the metadata that refers
 to it, so a crash between the two leaves the previous checkpoint intact.
+
+An ingest works on the store's :class:`~cas.core.StoreCore` (its metadata, packs, worker
+threads and tail files), not on the :class:`~cas.store.Store` that made it.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import sqlite3
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import blake3
 import zstandard
 
+from .blobs import BlobInfo, IngestInfo
 from .chain import JobChain
 from .chunker import Cutter
 from .digest import Digest, Hasher, new_hasher
@@ -42,11 +45,11 @@ from .errors import (
     StoreCorrupt,
     mapped_error,
 )
-from .meta import CODEC_RAW, CODEC_ZSTD, Location
+from .meta import CODEC_RAW, CODEC_ZSTD, IngestRow, Location
 
 if TYPE_CHECKING:
+    from .core import StoreCore
     from .packs import PackWriter
-    from .store import BlobInfo, Store
 
 __all__ = ["INLINE_MAX", "Ingest", "IngestInfo", "SourceFailed"]
 
@@ -71,25 +74,18 @@ class SourceFailed(Exception):
     every byte before the failure and stays usable."""
 
 
-@dataclass(frozen=True, slots=True)
-class IngestInfo:
-    id: str
-    offset: int
-    algorithm: str
-    created: float
-    updated: float
-
-
 class Ingest:
     """One open ingest. Use from one task at a time (calls are serialised anyway)."""
 
-    def __init__(self, store: Store, ingest_id: str, algorithm: str) -> None:
-        self._store = store
+    def __init__(self, core: StoreCore, ingest_id: str, algorithm: str) -> None:
+        """A new ingest on ``core`` (its metadata row made by the caller, see
+        ``Store.begin_ingest``); :meth:`resume` reopens one at its checkpoint."""
+        self._core = core
         self.id = ingest_id
         self.algorithm = algorithm
         self.offset = 0  # bytes received
         self._hasher: Hasher = new_hasher(algorithm)
-        self._cutter = Cutter(store.chunk_params)
+        self._cutter = Cutter(core.chunk_params)
         self._lock = asyncio.Lock()
         self._pending: list[bytes] = []
         self._pending_len = 0
@@ -109,9 +105,17 @@ class Ingest:
         self._parked_pack: tuple[str, int] | None = None
         # The two chains of worker-thread jobs (see _flush) and the jobs of each batch
         # not yet waited for.
-        self._hashing = JobChain(store._pool)
-        self._cutting = JobChain(store._pool)
+        self._hashing = JobChain(core.pool)
+        self._cutting = JobChain(core.pool)
         self._inflight: deque[tuple[asyncio.Future[None], asyncio.Future[None]]] = deque()
+
+    @classmethod
+    async def resume(cls, core: StoreCore, row: IngestRow) -> Ingest:
+        """The ingest of ``row`` as of its last checkpoint (also after a restart or a
+        crash): its pieces re-read and re-cut on a worker thread."""
+        ing = cls(core, row.id, row.algorithm)
+        await core.run(ing._restore, row.offset, row.npieces, row.pack, row.pack_size, row.tail_len)
+        return ing
 
     # -- public --------------------------------------------------------------------
 
@@ -157,7 +161,7 @@ class Ingest:
                 await self._flush()
                 await self._settle(len(self._inflight))
                 return await self._run(self._receive_sync, fill, limit,
-                                       pool=self._store._receiver_pool(), interrupt=interrupt)
+                                       pool=self._core.receiver_pool(), interrupt=interrupt)
             except (asyncio.CancelledError, SourceFailed):
                 raise
             except BaseException:
@@ -198,8 +202,6 @@ class Ingest:
                      link: str | None = None) -> BlobInfo:
         """Verify and make the blob visible. On DigestMismatch or SizeMismatch the ingest
         is aborted and nothing becomes visible."""
-        from .store import BlobInfo
-
         async with self._lock:
             self._check_open()
             try:
@@ -246,7 +248,7 @@ class Ingest:
         try:
             return await self._run_job(fn, *args, pool=pool, interrupt=interrupt)
         except (OSError, sqlite3.Error) as exc:
-            mapped = mapped_error(exc, self._store.root)
+            mapped = mapped_error(exc, self._core.root)
             if mapped is exc:
                 raise
             raise mapped from exc
@@ -260,7 +262,7 @@ class Ingest:
         abort that forgot the ingest while its commit went on would leave a visible blob
         whose pieces live in a pack sent to the trash. ``interrupt`` is called at the
         first cancellation, to make a job that waits on something end sooner."""
-        fut = asyncio.get_running_loop().run_in_executor(pool or self._store._pool, fn, *args)
+        fut = asyncio.get_running_loop().run_in_executor(pool or self._core.pool, fn, *args)
         cancelled: asyncio.CancelledError | None = None
         while True:
             try:
@@ -313,7 +315,7 @@ class Ingest:
                 self._inflight.popleft()
             failure = failure or next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
-            mapped = mapped_error(failure, self._store.root)
+            mapped = mapped_error(failure, self._core.root)
             if mapped is failure:
                 raise failure
             raise mapped from failure
@@ -379,7 +381,7 @@ class Ingest:
             for i, (_, k) in enumerate(keyed)
             if k not in self._new and k not in self._held
         ]
-        found = self._store.meta.hold_existing(self.id, unknown) if unknown else {}
+        found = self._core.meta.hold_existing(self.id, unknown) if unknown else {}
         # The new pieces of this batch (each once): small ones inline, the others
         # appended to the pack together, in one system call.
         compressible = not self._cutter.compressed
@@ -396,7 +398,7 @@ class Ingest:
                 packed.append((key, len(view), data, codec))
         if packed:
             if self._writer is None:
-                self._writer = self._store._new_pack(self.id)
+                self._writer = self._core.new_pack(self.id)
             offsets = self._writer.append_many([data for _, _, data, _ in packed])
             for (key, length, data, codec), at in zip(packed, offsets):
                 fresh[key] = Location(key, length, len(data), codec, self._writer.name, at)
@@ -432,14 +434,14 @@ class Ingest:
         if self._writer is not None:
             self._writer.sync()
         tail = bytes(self._cutter.held())
-        path = self._store._tail_path(self.id, self.offset)
+        path = self._core.tail_path(self.id, self.offset)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(tail)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        self._store.meta.checkpoint(
+        self._core.meta.checkpoint(
             self.id,
             self._unsaved,
             self.offset,
@@ -448,7 +450,7 @@ class Ingest:
             len(tail),
         )
         self._unsaved = []
-        self._store._drop_tails(self.id, keep=path)
+        self._core.drop_tails(self.id, keep=path)
         self._checkpointed = self.offset
 
     def _park_sync(self) -> None:
@@ -464,13 +466,13 @@ class Ingest:
         self._parked = True
 
     def _unpark_sync(self) -> None:
-        tail_path = self._store._tail_path(self.id, self._checkpointed)
+        tail_path = self._core.tail_path(self.id, self._checkpointed)
         try:
             tail = tail_path.read_bytes()
         except FileNotFoundError as exc:
             raise StoreCorrupt(f"ingest {self.id}: its tail file is missing") from exc
         if self._parked_pack is not None:
-            self._writer = self._store.packs.open_append(*self._parked_pack)
+            self._writer = self._core.packs.open_append(*self._parked_pack)
             self._parked_pack = None
         self._cutter.resume(tail)
         self._parked = False
@@ -486,19 +488,19 @@ class Ingest:
     def _read_own(self, key: bytes) -> bytes:
         loc = self._new.get(key)
         if loc is None:
-            loc = self._store.meta.locations([key])[key]
-        return self._store._load(loc)
+            loc = self._core.meta.locations([key])[key]
+        return self._core.load(loc)
 
     def _commit_sync(self, digest: str, link: str | None) -> None:
         if self._writer is not None:
             self._writer.sync()
-        self._store.meta.commit_blob(self.id, digest, self.offset, self._recipe, self._new, link)
+        self._core.meta.commit_blob(self.id, digest, self.offset, self._recipe, self._new, link)
         self._closed = True
         self._cutter.release()
         if self._writer is not None:
             self._writer.close()
-        self._store._drop_tails(self.id, keep=None)
-        self._store._empty_trash()
+        self._core.drop_tails(self.id, keep=None)
+        self._core.empty_trash()
 
     async def _abort_locked(self) -> None:
         self._closed = True
@@ -512,27 +514,27 @@ class Ingest:
         if self._writer is not None:
             self._writer.close()
         try:
-            self._store.meta.drop_ingest(self.id)
+            self._core.meta.drop_ingest(self.id)
         except StorageError:
             # Nothing of it is visible; with the disk full (or read-only) even forgetting it can fail,
             # so it stays an open ingest until expire_ingests() or gc removes it.
             return
-        self._store._drop_tails(self.id, keep=None)
-        self._store._empty_trash()
+        self._core.drop_tails(self.id, keep=None)
+        self._core.empty_trash()
 
     # -- resume --------------------------------------------------------------------
 
     def _restore(self, offset: int, npieces: int, pack: str | None, pack_size: int,
                  tail_len: int) -> None:
         """Rebuild the state of the last checkpoint (runs in a worker thread)."""
-        meta = self._store.meta
+        meta = self._core.meta
         meta.rewind_ingest(self.id)
         rows = meta.ingest_recipe(self.id)
         if len(rows) != npieces:
             raise StoreCorrupt(f"ingest {self.id} has {len(rows)} of {npieces} pieces recorded")
         held_keys = [loc.key for _, loc in rows if loc.stored < 0]
         held_locs = meta.locations(held_keys)
-        tail_path = self._store._tail_path(self.id, offset)
+        tail_path = self._core.tail_path(self.id, offset)
         try:
             tail = tail_path.read_bytes() if tail_len else b""
         except FileNotFoundError as exc:
@@ -540,7 +542,7 @@ class Ingest:
         if len(tail) != tail_len:
             raise StoreCorrupt(f"ingest {self.id}: tail file has {len(tail)} of {tail_len} bytes")
         if pack is not None:
-            self._writer = self._store.packs.open_append(pack, pack_size)
+            self._writer = self._core.packs.open_append(pack, pack_size)
         step = self._cutter.max_feed
         emitted = 0
         self._seq = npieces
@@ -565,10 +567,10 @@ class Ingest:
                 if real is None:
                     raise StoreCorrupt(f"ingest {self.id}: held piece {loc.key.hex()} is gone")
                 self._held.add(loc.key)
-                refeed(self._store._load(real))
+                refeed(self._core.load(real))
             else:
                 self._new[loc.key] = loc
-                refeed(self._store._load(loc))
+                refeed(self._core.load(loc))
             self._recipe.append((loc.key, loc.length))
         refeed(tail)
         take(self._cutter.flush())

@@ -1,11 +1,24 @@
-"""Where the store lives when nobody says: ``PYBUILD_STORAGE``, else the XDG data dir."""
+"""Where the store lives and what it is made of: :class:`StoreConfig`.
+
+When nobody says where: ``PYBUILD_STORAGE``, else the XDG data dir
+(:func:`default_storage_dir`). Every command opens its store from a config with
+:func:`cas.open.open_store`.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["default_storage_dir"]
+if TYPE_CHECKING:
+    from .chunker import ChunkParams
+    from .meta import Metadata
+    from .packs import PackBackend
+
+__all__ = ["StoreConfig", "default_storage_dir"]
 
 
 def default_storage_dir() -> Path:
@@ -16,3 +29,32 @@ def default_storage_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
     return base / "pybuild"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """How to open a store.
+
+    - ``root``: the storage directory (``--storage DIR``); it holds the ingests' tail
+      files, and the default backends' files.
+    - ``metadata``: makes the metadata backend, given ``root`` (default: SQLite in
+      ``root/meta.db``). ``packs``: makes the pack backend, given ``root`` (default:
+      files under ``root/packs``, written with O_DIRECT when ``direct_io`` and the file
+      system allow). Both are called on a worker thread, once per open; the store owns
+      and closes what they return.
+    - ``workers``: the store's worker threads; ``chunk_params``: how pieces are cut.
+    """
+
+    root: Path
+    workers: int = 8
+    direct_io: bool = True
+    metadata: Callable[[Path], Metadata] | None = None
+    packs: Callable[[Path], PackBackend] | None = None
+    chunk_params: ChunkParams | None = None
+
+    @classmethod
+    def at(cls, storage: Path | str | None, *, workers: int = 8,
+           direct_io: bool = True) -> StoreConfig:
+        """The config of the storage directory ``storage`` (None: the default one)."""
+        return cls(Path(storage) if storage is not None else default_storage_dir(),
+                   workers=workers, direct_io=direct_io)

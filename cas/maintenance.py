@@ -1,5 +1,8 @@
 """Garbage collection, consistency checks and statistics (run in a worker thread).
 
+Each takes the store's :class:`~cas.core.StoreCore` and uses only its public operations
+and its metadata's :class:`~cas.meta.Metadata` contract; ``Store.gc/fsck/stats`` run them.
+
 GC is online: it runs in short transactions while ingests continue. It removes blobs no
 holder links (older than a grace period, so a blob just committed without a link is not
 taken from under its writer), then pieces no recipe and no open ingest needs, then frees
@@ -19,10 +22,10 @@ import blake3
 
 from .digest import Digest, new_hasher
 from .errors import CasError
-from .meta import decode_recipe
+from .meta import Metadata, decode_recipe
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .core import StoreCore
 
 __all__ = ["FsckReport", "GcReport", "Stats", "check", "collect_garbage", "statistics"]
 
@@ -78,8 +81,8 @@ class FsckReport:
         }
 
 
-def collect_garbage(store: Store, grace: float) -> GcReport:
-    meta = store.meta
+def collect_garbage(core: StoreCore, grace: float) -> GcReport:
+    meta = core.meta
     blobs = 0
     while n := meta.collect_blobs(time.time() - grace):
         blobs += n
@@ -90,24 +93,20 @@ def collect_garbage(store: Store, grace: float) -> GcReport:
             break
         pieces += n
         freed += b
-    store._empty_trash()
+    core.empty_trash()
     # A pack file with no row is left over from a crash; rows are written first.
     known = meta.pack_names()
     orphans = 0
-    for name in store.packs.names():
+    for name in core.packs.names():
         if name not in known and not meta.is_pack_known(name):
-            store.packs.delete(name)
+            core.packs.delete(name)
             orphans += 1
     return GcReport(blobs, pieces, freed, orphans)
 
 
-def statistics(store: Store) -> Stats:
-    s = store.meta.stats()
-    disk = store.packs.allocated()
-    for name in ("meta.db", "meta.db-wal"):
-        p = store.root / name
-        if p.exists():
-            disk += p.stat().st_size
+def statistics(core: StoreCore) -> Stats:
+    s = core.meta.stats()
+    disk = core.packs.allocated() + core.meta.disk_bytes()
     return Stats(
         blobs=s["blobs"],
         pieces=s["pieces"],
@@ -120,14 +119,14 @@ def statistics(store: Store) -> Stats:
     )
 
 
-def check(store: Store, progress: Callable[[str], None] | None = None) -> FsckReport:
+def check(core: StoreCore, progress: Callable[[str], None] | None = None) -> FsckReport:
     """Verify every blob's digest and every piece's BLAKE3, and the bookkeeping, as of one
     consistent moment: uploads and commits may go on meanwhile."""
-    with store.meta.snapshot() as meta:
-        return _check(store, meta, progress)
+    with core.meta.snapshot() as meta:
+        return _check(core, meta, progress)
 
 
-def _check(store: Store, meta: Any, progress: Callable[[str], None] | None) -> FsckReport:
+def _check(core: StoreCore, meta: Metadata, progress: Callable[[str], None] | None) -> FsckReport:
     report = FsckReport()
     say = progress or (lambda _msg: None)
     refs: Counter[bytes] = Counter()
@@ -140,7 +139,7 @@ def _check(store: Store, meta: Any, progress: Callable[[str], None] | None) -> F
             return None
         loc = entry[0]
         try:
-            data = store._load(loc)
+            data = core.load(loc)
         except (CasError, OSError) as exc:
             if verified.get(key, True):
                 report.problems.append(f"piece {key.hex()}: unreadable: {exc}")
@@ -193,13 +192,15 @@ def _check(store: Store, meta: Any, progress: Callable[[str], None] | None) -> F
             report.problems.append(f"piece {key.hex()}: its pack {loc.pack} is not registered")
     for holder, digest_text in meta.dangling_links():
         report.problems.append(f"link {holder} -> {digest_text}: the blob does not exist")
-    on_disk = set(store.packs.names())
+    on_disk = set(core.packs.names())
     for name, live in meta.pack_live().items():
         if name not in on_disk and live > 0:
             report.problems.append(f"pack {name}: missing, but {live} bytes of pieces live in it")
     orphans = on_disk - meta.pack_names()
     if orphans:
-        report.notes.append(f"{len(orphans)} pack file(s) left by an interrupted write; 'pybuild storage gc' removes them")
+        report.notes.append(
+            f"{len(orphans)} pack file(s) left by an interrupted write; 'pybuild storage gc' removes them"
+        )
     pending = meta.trash(limit=1)
     if pending:
         report.notes.append("space of removed pieces is waiting to be freed; 'pybuild storage gc' frees it")

@@ -1,44 +1,33 @@
 """The store's metadata: pieces, recipes, blobs, links, open ingests, packs, trash.
 
-:class:`Metadata` is the interface; :class:`SqliteMetadata` implements it on an embedded
-SQLite database in WAL mode (a networked database can implement the same methods). Every
-method is one transaction: either all of it happens or none of it does, which is what makes
-a ``kill -9`` at any point leave a consistent store.
+:class:`Metadata` is the interface, with a contract per method; its row types
+(:class:`Location`, :class:`IngestRow`) and the recipe encoding live here too.
+:class:`cas.sqlite_meta.SqliteMetadata` is the embedded default (SQLite in WAL mode in
+the store directory); a networked database (PostgreSQL, shared by registry replicas)
+implements the same protocol and passes the same suite,
+``tests/cas/test_metadata_contract.py``. Every method is one transaction: either all of
+it happens or none of it does, which is what makes a ``kill -9`` at any point leave a
+consistent store.
 
 Invariants the methods keep:
 
-- ``pieces.refs`` is the number of times committed recipes name the piece.
-- A piece is removed only when ``refs = 0`` and no open ingest holds it
-  (``ingest_pieces``); the lookup that lets an ingest reuse a piece and the row that holds
-  it are written in one transaction, so GC cannot remove a piece between the two.
+- A piece's reference count is the number of times committed recipes name it.
+- A piece is removed only when its count is 0 and no open ingest holds it; the lookup
+  that lets an ingest reuse a piece and the hold are one transaction, so GC (in any
+  process) cannot remove a piece between the two.
 - Pack bytes are released only after the transaction that stopped referencing them has
   committed (via ``trash``), so a crash can leak space but never lose referenced bytes.
 
-Schema (``meta.db``)::
-
-    pieces(key BLOB PRIMARY KEY, length, stored, codec, pack, offset, data, refs)
-    blobs(digest TEXT PRIMARY KEY, size, recipe BLOB, created)     recipe: (key, length)*
-    links(holder, digest)                                         who holds a blob
-    ingests(id PRIMARY KEY, algorithm, offset, npieces, pack, pack_size, tail_len, created, updated)
-    ingest_pieces(ingest, seq, key, length, stored, codec, pack, offset, data)
-    packs(name PRIMARY KEY, live, created)                        live: bytes of live pieces
-    trash(id, pack, offset, length)                               ranges to free (offset NULL: whole pack)
+The SQLite schema is drawn in :mod:`cas.sqlite_meta`.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import struct
-import threading
-import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
-
-from .errors import StoreClosed, storage_error
 
 __all__ = [
     "CODEC_RAW",
@@ -46,7 +35,6 @@ __all__ = [
     "IngestRow",
     "Location",
     "Metadata",
-    "SqliteMetadata",
     "decode_recipe",
     "encode_recipe",
 ]
@@ -67,7 +55,9 @@ def decode_recipe(blob: bytes) -> list[tuple[bytes, int]]:
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """Where a piece's stored bytes are: a pack range, or inline ``data``."""
+    """Where a piece's stored bytes are: ``stored`` bytes at ``offset`` in ``pack``, or
+    inline in ``data`` (pack None); ``codec`` says how they encode its ``length`` raw
+    bytes."""
 
     key: bytes
     length: int  # raw (logical) length
@@ -80,6 +70,10 @@ class Location:
 
 @dataclass(frozen=True, slots=True)
 class IngestRow:
+    """An open ingest as of its last checkpoint: bytes received (``offset``), pieces
+    recorded (``npieces``), its pack and that pack's size, the length of its tail file,
+    and when it began and last checkpointed (seconds since the epoch)."""
+
     id: str
     algorithm: str
     offset: int
@@ -92,554 +86,183 @@ class IngestRow:
 
 
 class Metadata(Protocol):
-    """What the store needs from its metadata database (see the module docstring)."""
+    """What the store needs from its metadata database. Contracts that hold for every
+    method (``tests/cas/test_metadata_contract.py`` checks them for every implementation):
 
-    def close(self) -> None: ...
-    # ingests
-    def create_ingest(self, ingest_id: str, algorithm: str) -> IngestRow: ...
-    def get_ingest(self, ingest_id: str) -> IngestRow | None: ...
-    def list_ingests(self) -> list[IngestRow]: ...
-    def set_ingest_pack(self, ingest_id: str, pack: str) -> None: ...
-    def hold_existing(self, ingest_id: str, entries: list[tuple[int, bytes]]) -> dict[bytes, Location]: ...
-    def checkpoint(self, ingest_id: str, rows: list[tuple[int, bytes, int, Location | None]],
-                   offset: int, npieces: int, pack_size: int, tail_len: int) -> None: ...
-    def ingest_recipe(self, ingest_id: str) -> list[tuple[int, Location]]: ...
-    def rewind_ingest(self, ingest_id: str) -> None: ...
-    def drop_ingest(self, ingest_id: str) -> None: ...
-    def commit_blob(self, ingest_id: str | None, digest: str, size: int,
-                    recipe: list[tuple[bytes, int]], new: dict[bytes, Location],
-                    link: str | None) -> bool: ...
-    # reads
-    def blob(self, digest: str) -> tuple[int, bytes] | None: ...
-    def locations(self, keys: Iterable[bytes]) -> dict[bytes, Location]: ...
-    # links
-    def link(self, holder: str, digest: str) -> bool: ...
-    def link_all(self, holder: str, digests: list[str]) -> list[str] | None: ...
-    def unlink(self, holder: str, digest: str) -> bool: ...
-    def is_linked(self, holder: str, digest: str) -> bool: ...
-    def holders(self, digest: str) -> list[str]: ...
-    def linked(self, holder: str) -> list[str]: ...
-    def delete_blob(self, digest: str) -> bool: ...
-    # maintenance
-    def collect_blobs(self, older_than: float, batch: int = 500) -> int: ...
-    def collect_pieces(self, batch: int = 5000) -> tuple[int, int]: ...
-    def trash(self, limit: int = 1000) -> list[tuple[int, str, int | None, int | None]]: ...
-    def forget_trash(self, ids: list[int]) -> None: ...
-    def is_pack_known(self, pack: str) -> bool: ...
-    def pack_names(self) -> set[str]: ...
-    def pack_live(self) -> dict[str, int]: ...
-    def stats(self) -> dict[str, int]: ...
-    def snapshot(self) -> AbstractContextManager[Metadata]: ...
-    def iter_blobs(self) -> Iterator[tuple[str, int, bytes]]: ...
-    def iter_pieces(self) -> Iterator[tuple[Location, int]]: ...
-    def dangling_links(self) -> list[tuple[str, str]]: ...
+    - **Atomic.** Each call is one transaction: all of it happens or none of it does,
+      also when the process dies in the middle.
+    - **Durable and visible on return.** Once a call that writes has returned, its
+      effect survives a crash of the calling process, and every later call — through
+      this handle, another handle, or another process sharing the store — sees it.
+    - **Shared.** Several processes (registry replicas, a ``pybuild storage gc`` beside
+      a running server) may each hold a handle on the same metadata at once; no
+      contract relies on state kept in one process. Writers that conflict are
+      serialised by the database (they may wait, never interleave).
+    - **Thread-safe.** One handle is called from many worker threads at once; methods
+      may block and are never called from the event loop.
+    - **Errors.** A full or read-only disk under the database raises
+      :class:`~cas.errors.StorageFull` / :class:`~cas.errors.StorageNotWritable`;
+      any call after :meth:`close` raises :class:`~cas.errors.StoreClosed`.
 
-
-class SqliteMetadata:
-    """:class:`Metadata` on SQLite. Thread-safe: one connection behind a lock.
-
-    Every use of a connection holds that connection's lock, and :meth:`close` takes both
-    locks: it waits for the calls in flight, and a call after it raises
-    :class:`StoreClosed` (closing a connection another thread is using can crash the
-    interpreter). SQLite and OS errors of a full or read-only file system become
-    :class:`StorageFull` / :class:`StorageNotWritable` naming the database file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.RLock()
-        self._closed = False
-        # Lookups of pieces and blobs go through a second connection: in WAL mode a
-        # reader sees the last commit without waiting for the writer, so a GET or an
-        # ingest looking for known pieces never waits behind another ingest's commit
-        # (and its fsync).
-        self._reader_lock: threading.Lock | threading.RLock = threading.Lock()
-        db = reader = None
-        try:
-            db = _connect(str(path))
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a process crash loses nothing committed; pack bytes are
-            # fsynced before the transaction that references them.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=OFF")
-            db.executescript(_SCHEMA)
-            reader = _connect(str(path))
-        except (sqlite3.Error, OSError) as exc:
-            for conn in (db, reader):
-                if conn is not None:
-                    conn.close()
-            raise (storage_error(exc, path) or exc) from exc
-        self._db, self._reader = db, reader
+    Keys are BLAKE3 digests (32 bytes); digests are OCI digest strings; recipes are
+    lists of (key, length) in blob order (:func:`encode_recipe` stores them).
+    """
 
     def close(self) -> None:
-        """Wait for the calls in flight, then close; later calls raise StoreClosed."""
-        with self._lock, self._reader_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._reader.close()
-            self._db.close()
+        """Wait for this handle's calls in flight, then release it; later calls on it
+        raise StoreClosed. Closing twice is harmless; other handles are unaffected."""
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreClosed(f"metadata database {self.path}")
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """The reader connection, held for the block (StoreClosed once closed)."""
-        with self._reader_lock:
-            self._check_open()
-            try:
-                yield self._reader
-            except (sqlite3.Error, OSError) as exc:
-                mapped = storage_error(exc, self.path)
-                if mapped is None or mapped is exc:
-                    raise
-                raise mapped from exc
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._check_open()
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except (sqlite3.Error, OSError) as exc:
-                mapped = storage_error(exc, self.path)
-                if mapped is None:
-                    raise
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if mapped is exc:
-                    raise
-                raise mapped from exc
-
-    def _q(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple]:  # type: ignore[type-arg]
-        with self._lock:
-            self._check_open()
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except (sqlite3.Error, OSError) as exc:
-                mapped = storage_error(exc, self.path)
-                if mapped is None or mapped is exc:
-                    raise
-                raise mapped from exc
-
-    # -- ingests ----------------------------------------------------------------------
+    # -- ingests -------------------------------------------------------------------------
 
     def create_ingest(self, ingest_id: str, algorithm: str) -> IngestRow:
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO ingests(id, algorithm, offset, npieces, pack, pack_size, tail_len,"
-                " created, updated) VALUES (?, ?, 0, 0, NULL, 0, 0, ?, ?)",
-                (ingest_id, algorithm, now, now),
-            )
-        return IngestRow(ingest_id, algorithm, 0, 0, None, 0, 0, now, now)
+        """Record a new open ingest (offset 0, no pieces, no pack; ``created`` and
+        ``updated`` now) and return its row. Ids are unique (callers make them random)."""
 
     def get_ingest(self, ingest_id: str) -> IngestRow | None:
-        rows = self._q(f"SELECT {_INGEST_COLS} FROM ingests WHERE id = ?", (ingest_id,))
-        return IngestRow(*rows[0]) if rows else None
+        """The open ingest's row as of its last checkpoint, or None (unknown, committed
+        or dropped)."""
 
     def list_ingests(self) -> list[IngestRow]:
-        return [IngestRow(*r) for r in self._q(f"SELECT {_INGEST_COLS} FROM ingests ORDER BY created")]
+        """Every open ingest, oldest (``created``) first."""
 
     def set_ingest_pack(self, ingest_id: str, pack: str) -> None:
-        with self._tx() as db:
-            db.execute("INSERT INTO packs(name, live, created) VALUES (?, 0, ?)", (pack, time.time()))
-            db.execute("UPDATE ingests SET pack = ? WHERE id = ?", (pack, ingest_id))
+        """Register ``pack`` (no live bytes yet) and make it the ingest's pack, in one
+        transaction. From then on the pack is known (:meth:`is_pack_known`), so GC does
+        not take its file for an orphan, and it is not trashed while the ingest is open.
+        Called before the pack's file is created."""
 
     def hold_existing(self, ingest_id: str, entries: list[tuple[int, bytes]]) -> dict[bytes, Location]:
-        """For (seq, key) entries: the committed pieces among them, now held by the ingest."""
-        with self._reading() as reader:
-            known = self._locations(reader, list({k for _, k in entries}))
-        if not known:
-            return {}  # none is known: nothing to hold, no write transaction
-        with self._tx() as db:
-            # Known a moment ago; still there (GC may have taken one since)? A piece that
-            # became known meanwhile is just stored again (commit_blob trashes the copy).
-            found = self._locations(db, list(known))
-            rows = [
-                (ingest_id, seq, k, found[k].length) for seq, k in entries if k in found
-            ]
-            db.executemany(
-                "INSERT OR REPLACE INTO ingest_pieces(ingest, seq, key, length) VALUES (?, ?, ?, ?)",
-                rows,
-            )
-        return found
+        """For (seq, key) entries: the committed pieces among the keys, with their
+        locations, each now *held* by the ingest at that seq. The lookup and the hold
+        are one transaction, so :meth:`collect_pieces` (in any process) cannot remove a
+        returned piece until the ingest is committed or dropped. Keys not committed are
+        left out: the caller stores those pieces itself."""
 
     def checkpoint(self, ingest_id: str, rows: list[tuple[int, bytes, int, Location | None]],
                    offset: int, npieces: int, pack_size: int, tail_len: int) -> None:
-        """Record pieces cut since the last checkpoint: (seq, key, length, location), the
-        location None for a reused committed piece."""
-        with self._tx() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO ingest_pieces(ingest, seq, key, length, stored, codec,"
-                " pack, offset, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (ingest_id, seq, key, length)
-                    + ((loc.stored, loc.codec, loc.pack, loc.offset, loc.data) if loc else (None,) * 5)
-                    for seq, key, length, loc in rows
-                ],
-            )
-            db.execute(
-                "UPDATE ingests SET offset = ?, npieces = ?, pack_size = ?, tail_len = ?,"
-                " updated = ? WHERE id = ?",
-                (offset, npieces, pack_size, tail_len, time.time(), ingest_id),
-            )
+        """Record the pieces cut since the last checkpoint — (seq, key, length,
+        location), location None for a held committed piece — and the ingest's new
+        ``offset``, ``npieces``, ``pack_size`` and ``tail_len`` (``updated`` now), in one
+        transaction. A crash before it returns leaves the previous checkpoint whole."""
 
     def ingest_recipe(self, ingest_id: str) -> list[tuple[int, Location]]:
-        """The checkpointed pieces of an ingest, in order (new ones with their location)."""
-        rows = self._q(
-            "SELECT seq, key, length, stored, codec, pack, offset, data FROM ingest_pieces"
-            " WHERE ingest = ? AND seq < (SELECT npieces FROM ingests WHERE id = ?) ORDER BY seq",
-            (ingest_id, ingest_id),
-        )
-        out = []
-        for seq, key, length, stored, codec, pack, offset, data in rows:
-            if stored is None:  # held existing piece: not ours to locate here
-                out.append((seq, Location(key, length, -1, -1, None, -1)))
-            else:
-                out.append((seq, Location(key, length, stored, codec, pack, offset, data)))
-        return out
+        """The checkpointed pieces (seq < ``npieces``) of an open ingest, in seq order:
+        the ones it stored with their location, the held committed ones with
+        ``stored == -1`` (look them up with :meth:`locations`)."""
 
     def rewind_ingest(self, ingest_id: str) -> None:
-        """Forget whatever an ingest recorded after its last checkpoint (after a crash)."""
-        with self._tx() as db:
-            db.execute(
-                "DELETE FROM ingest_pieces WHERE ingest = ? AND seq >="
-                " (SELECT npieces FROM ingests WHERE id = ?)",
-                (ingest_id, ingest_id),
-            )
+        """Forget whatever the ingest recorded after its last checkpoint (seq >=
+        ``npieces``): what a resume after a crash starts from."""
 
     def drop_ingest(self, ingest_id: str) -> None:
-        """Abort: forget the ingest; its pack (holding only uncommitted pieces) goes to trash."""
-        with self._tx() as db:
-            row = db.execute("SELECT pack FROM ingests WHERE id = ?", (ingest_id,)).fetchone()
-            db.execute("DELETE FROM ingest_pieces WHERE ingest = ?", (ingest_id,))
-            db.execute("DELETE FROM ingests WHERE id = ?", (ingest_id,))
-            if row and row[0]:
-                self._trash_pack_if_dead(db, row[0])
-
-    def _trash_pack_if_dead(self, db: sqlite3.Connection, pack: str) -> None:
-        live = db.execute("SELECT live FROM packs WHERE name = ?", (pack,)).fetchone()
-        if live is not None and live[0] <= 0:
-            db.execute("DELETE FROM packs WHERE name = ?", (pack,))
-            db.execute("INSERT INTO trash(pack, offset, length) VALUES (?, NULL, NULL)", (pack,))
+        """Forget the open ingest and its pieces, in one transaction; its pack, which
+        then holds no live bytes, goes to the trash whole. Unknown ids are a no-op."""
 
     def commit_blob(self, ingest_id: str | None, digest: str, size: int,
                     recipe: list[tuple[bytes, int]], new: dict[bytes, Location],
                     link: str | None) -> bool:
-        """Make a blob visible. Returns False when it already existed (then nothing of
-        this ingest is kept). The ingest, if any, is closed either way."""
-        with self._tx() as db:
-            exists = db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone()
-            pack = None
-            if ingest_id is not None:
-                row = db.execute("SELECT pack FROM ingests WHERE id = ?", (ingest_id,)).fetchone()
-                pack = row[0] if row else None
-            if not exists:
-                locs = list(new.values())
-                # Another ingest may have committed some of the same pieces first: those
-                # copies of ours are dead space.
-                taken = self._existing(db, [loc.key for loc in locs])
-                fresh = [loc for loc in locs if loc.key not in taken]
-                db.executemany(
-                    "INSERT INTO pieces(key, length, stored, codec, pack, offset, data, refs)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                    [(loc.key, loc.length, loc.stored, loc.codec, loc.pack, loc.offset, loc.data)
-                     for loc in fresh],
-                )
-                db.executemany(
-                    "INSERT INTO trash(pack, offset, length) VALUES (?, ?, ?)",
-                    [(loc.pack, loc.offset, loc.stored)
-                     for loc in locs if loc.key in taken and loc.pack is not None],
-                )
-                live: Counter[str] = Counter()
-                for loc in fresh:
-                    if loc.pack is not None:
-                        live[loc.pack] += loc.stored
-                for p, n in live.items():
-                    db.execute("UPDATE packs SET live = live + ? WHERE name = ?", (n, p))
-                counts = Counter(k for k, _ in recipe)
-                db.executemany(
-                    "UPDATE pieces SET refs = refs + ? WHERE key = ?",
-                    [(n, k) for k, n in counts.items()],
-                )
-                db.execute(
-                    "INSERT INTO blobs(digest, size, recipe, created) VALUES (?, ?, ?, ?)",
-                    (digest, size, encode_recipe(recipe), time.time()),
-                )
-            if link is not None:
-                db.execute(
-                    "INSERT OR IGNORE INTO links(holder, digest) VALUES (?, ?)", (link, digest)
-                )
-            if ingest_id is not None:
-                db.execute("DELETE FROM ingest_pieces WHERE ingest = ?", (ingest_id,))
-                db.execute("DELETE FROM ingests WHERE id = ?", (ingest_id,))
-                if pack is not None:
-                    self._trash_pack_if_dead(db, pack)
-            return not exists
+        """Make a blob visible, in one transaction: the ``new`` pieces the ingest stored
+        become committed (where another commit got the same key in first, the copy's
+        pack range goes to the trash), every piece's reference count grows by the times
+        ``recipe`` names it, and the blob row is written (``created`` now). Links
+        ``link`` to it if given, and closes the ingest (as :meth:`drop_ingest` would,
+        its pack trashed if nothing in it stayed live).
 
-    # -- reads -----------------------------------------------------------------------
+        Returns False when the blob already existed: then none of the ingest's pieces is
+        kept, the link is still made. Of concurrent commits of one digest (any
+        processes) exactly one returns True."""
+
+    # -- reads ---------------------------------------------------------------------------
 
     def blob(self, digest: str) -> tuple[int, bytes] | None:
-        with self._reading() as reader:
-            rows = reader.execute(
-                "SELECT size, recipe FROM blobs WHERE digest = ?", (digest,)).fetchall()
-        return (rows[0][0], rows[0][1]) if rows else None
+        """(size, encoded recipe) of a committed blob, or None. Never waits for a writer:
+        it may read a snapshot, but one that includes every commit returned before the
+        call began."""
 
     def locations(self, keys: Iterable[bytes]) -> dict[bytes, Location]:
-        with self._reading() as reader:
-            return self._locations(reader, list(set(keys)))
+        """The committed pieces among ``keys`` with their locations (duplicates are
+        fine; unknown keys are left out). Never waits for a writer, as :meth:`blob`."""
 
-    @staticmethod
-    def _existing(db: sqlite3.Connection, keys: list[bytes]) -> set[bytes]:
-        out: set[bytes] = set()
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            marks = ",".join("?" * len(part))
-            out.update(k for (k,) in db.execute(f"SELECT key FROM pieces WHERE key IN ({marks})", part))
-        return out
-
-    @staticmethod
-    def _locations(db: sqlite3.Connection, keys: list[bytes]) -> dict[bytes, Location]:
-        out: dict[bytes, Location] = {}
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            marks = ",".join("?" * len(part))
-            for key, length, stored, codec, pack, offset, data in db.execute(
-                "SELECT key, length, stored, codec, pack, offset, data FROM pieces"
-                f" WHERE key IN ({marks})",
-                part,
-            ):
-                out[key] = Location(key, length, stored, codec, pack, offset, data)
-        return out
-
-    # -- links -----------------------------------------------------------------------
+    # -- links ---------------------------------------------------------------------------
 
     def link(self, holder: str, digest: str) -> bool:
-        with self._tx() as db:
-            if not db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone():
-                return False
-            db.execute("INSERT OR IGNORE INTO links(holder, digest) VALUES (?, ?)", (holder, digest))
-            return True
+        """Record that ``holder`` (a repository, an image, a build-cache entry) keeps
+        the blob; False (nothing recorded) when the blob does not exist. Idempotent.
+        Atomic with :meth:`collect_blobs`: a link never points at a removed blob."""
 
     def link_all(self, holder: str, digests: list[str]) -> list[str] | None:
-        """Link every one of ``digests`` in one transaction: the ones that were not linked
-        before, or None (and nothing linked) if any blob is not in the store."""
-        added: list[str] = []
-        try:
-            with self._tx() as db:
-                for digest in dict.fromkeys(digests):
-                    if not db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone():
-                        raise LookupError(digest)  # rolls the transaction back
-                    cur = db.execute(
-                        "INSERT OR IGNORE INTO links(holder, digest) VALUES (?, ?)", (holder, digest)
-                    )
-                    if cur.rowcount:
-                        added.append(digest)
-        except LookupError:
-            return None
-        return added
+        """Link every one of ``digests`` in one transaction and return those not linked
+        before (in order, each once); or None, with nothing linked, when any of the
+        blobs does not exist."""
 
     def unlink(self, holder: str, digest: str) -> bool:
-        with self._tx() as db:
-            cur = db.execute("DELETE FROM links WHERE holder = ? AND digest = ?", (holder, digest))
-            return cur.rowcount > 0
+        """Remove the link; True when there was one. The blob stays (GC may take it)."""
 
     def is_linked(self, holder: str, digest: str) -> bool:
-        return bool(self._q("SELECT 1 FROM links WHERE holder = ? AND digest = ?", (holder, digest)))
+        """Whether ``holder`` links the blob."""
 
     def holders(self, digest: str) -> list[str]:
-        return [r[0] for r in self._q("SELECT holder FROM links WHERE digest = ? ORDER BY holder", (digest,))]
+        """Every holder linking the blob, sorted."""
 
     def linked(self, holder: str) -> list[str]:
-        return [r[0] for r in self._q("SELECT digest FROM links WHERE holder = ? ORDER BY digest", (holder,))]
+        """Every digest ``holder`` links, sorted."""
 
     def delete_blob(self, digest: str) -> bool:
-        with self._tx() as db:
-            return self._delete_blob(db, digest)
+        """Remove the blob and every link to it, and take its recipe's references off
+        its pieces, in one transaction; the pieces go at the next
+        :meth:`collect_pieces`. False when there was no such blob."""
 
-    @staticmethod
-    def _delete_blob(db: sqlite3.Connection, digest: str) -> bool:
-        row = db.execute("SELECT recipe FROM blobs WHERE digest = ?", (digest,)).fetchone()
-        if row is None:
-            return False
-        counts = Counter(k for k, _ in decode_recipe(row[0]))
-        db.executemany(
-            "UPDATE pieces SET refs = refs - ? WHERE key = ?", [(n, k) for k, n in counts.items()]
-        )
-        db.execute("DELETE FROM links WHERE digest = ?", (digest,))
-        db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
-        return True
-
-    # -- maintenance -----------------------------------------------------------------
+    # -- maintenance ---------------------------------------------------------------------
 
     def collect_blobs(self, older_than: float, batch: int = 500) -> int:
-        """Delete up to ``batch`` blobs that no holder links and that are older than the
-        given time; returns how many."""
-        with self._tx() as db:
-            digests = [
-                r[0]
-                for r in db.execute(
-                    "SELECT digest FROM blobs WHERE created < ? AND NOT EXISTS"
-                    " (SELECT 1 FROM links WHERE links.digest = blobs.digest) LIMIT ?",
-                    (older_than, batch),
-                )
-            ]
-            for d in digests:
-                self._delete_blob(db, d)
-            return len(digests)
+        """Delete (as :meth:`delete_blob`) up to ``batch`` blobs that no holder links
+        and that were committed before ``older_than`` (seconds since the epoch), in one
+        transaction; return how many. Call until it returns 0."""
 
     def collect_pieces(self, batch: int = 5000) -> tuple[int, int]:
-        """Delete up to ``batch`` pieces no recipe and no open ingest needs; their bytes go
-        to trash. Returns (pieces, stored bytes)."""
-        with self._tx() as db:
-            dead = db.execute(
-                "SELECT key, stored, pack, offset FROM pieces WHERE refs <= 0 AND key NOT IN"
-                " (SELECT key FROM ingest_pieces) LIMIT ?",
-                (batch,),
-            ).fetchall()
-            live: Counter[str] = Counter()
-            for key, stored, pack, offset in dead:
-                db.execute("DELETE FROM pieces WHERE key = ?", (key,))
-                if pack is not None:
-                    live[pack] += stored
-                    db.execute(
-                        "INSERT INTO trash(pack, offset, length) VALUES (?, ?, ?)",
-                        (pack, offset, stored),
-                    )
-            for pack, n in live.items():
-                db.execute("UPDATE packs SET live = live - ? WHERE name = ?", (n, pack))
-                if not db.execute("SELECT 1 FROM ingests WHERE pack = ?", (pack,)).fetchone():
-                    self._trash_pack_if_dead(db, pack)
-            return len(dead), sum(r[1] for r in dead)
+        """Delete up to ``batch`` pieces that no recipe names (reference count 0) and no
+        open ingest holds, in one transaction; their pack ranges go to the trash, and a
+        pack left with no live bytes and no open ingest writing it goes whole. Returns
+        (pieces, their stored bytes). Call until it returns (0, 0)."""
 
     def trash(self, limit: int = 1000) -> list[tuple[int, str, int | None, int | None]]:
-        return self._q("SELECT id, pack, offset, length FROM trash ORDER BY id LIMIT ?", (limit,))
+        """Up to ``limit`` entries of pack space to release, oldest first: (id, pack,
+        offset, length) for a range, (id, pack, None, None) for a whole pack. An entry
+        is added only by the transaction that stopped referencing its bytes, and stays
+        until :meth:`forget_trash`: a crash in between releases it again (releasing is
+        idempotent)."""
 
     def forget_trash(self, ids: list[int]) -> None:
-        with self._tx() as db:
-            db.executemany("DELETE FROM trash WHERE id = ?", [(i,) for i in ids])
+        """Remove trash entries (released by the caller). Unknown ids are a no-op."""
 
     def is_pack_known(self, pack: str) -> bool:
-        return bool(self._q("SELECT 1 FROM packs WHERE name = ?", (pack,)))
+        """Whether the pack is registered (:meth:`set_ingest_pack`) and not trashed."""
 
     def pack_names(self) -> set[str]:
-        return {r[0] for r in self._q("SELECT name FROM packs")}
-
-    def stats(self) -> dict[str, int]:
-        with self._lock:
-            self._check_open()
-            db = self._db
-            blobs, logical = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs").fetchone()
-            pieces, stored, raw = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(stored), 0), COALESCE(SUM(length), 0) FROM pieces"
-            ).fetchone()
-            ingests = db.execute("SELECT COUNT(*) FROM ingests").fetchone()[0]
-            links = db.execute("SELECT COUNT(*) FROM links").fetchone()[0]
-            packs = db.execute("SELECT COUNT(*) FROM packs").fetchone()[0]
-        return {
-            "blobs": blobs,
-            "logical_bytes": logical,
-            "pieces": pieces,
-            "physical_bytes": stored,
-            "unique_bytes": raw,
-            "open_ingests": ingests,
-            "links": links,
-            "packs": packs,
-        }
-
-    @contextmanager
-    def snapshot(self) -> Iterator[SqliteMetadata]:
-        """A read-only view of one consistent moment (WAL snapshot) on its own
-        connection, for long readers such as fsck while the store keeps changing."""
-        view = SqliteMetadata.__new__(SqliteMetadata)
-        view.path = self.path
-        view._lock = threading.RLock()
-        view._closed = False
-        self._check_open()
-        view._db = _connect(f"file:{self.path}?mode=ro", uri=True)
-        view._reader, view._reader_lock = view._db, view._lock  # lookups see the snapshot too
-        try:
-            view._db.execute("BEGIN")
-            view._db.execute("SELECT COUNT(*) FROM blobs").fetchone()  # pins the snapshot
-            yield view
-        finally:
-            with view._lock:
-                view._closed = True
-                view._db.close()
-
-    def iter_blobs(self) -> Iterator[tuple[str, int, bytes]]:
-        last = ""
-        while True:
-            rows = self._q(
-                "SELECT digest, size, recipe FROM blobs WHERE digest > ? ORDER BY digest LIMIT 200",
-                (last,),
-            )
-            if not rows:
-                return
-            yield from rows
-            last = rows[-1][0]
-
-    def iter_pieces(self) -> Iterator[tuple[Location, int]]:
-        last = b""
-        while True:
-            rows = self._q(
-                "SELECT key, length, stored, codec, pack, offset, data, refs FROM pieces"
-                " WHERE key > ? ORDER BY key LIMIT 500",
-                (last,),
-            )
-            if not rows:
-                return
-            for key, length, stored, codec, pack, offset, data, refs in rows:
-                yield Location(key, length, stored, codec, pack, offset, data), refs
-            last = rows[-1][0]
-
-    def dangling_links(self) -> list[tuple[str, str]]:
-        return self._q(
-            "SELECT holder, digest FROM links WHERE digest NOT IN (SELECT digest FROM blobs)"
-        )
+        """Every registered pack."""
 
     def pack_live(self) -> dict[str, int]:
-        return dict(self._q("SELECT name, live FROM packs"))
+        """Every registered pack with its live bytes (stored bytes of committed pieces)."""
 
+    def stats(self) -> dict[str, int]:
+        """Counts as of one moment: ``blobs``, ``logical_bytes`` (sum of blob sizes),
+        ``pieces``, ``physical_bytes`` (their stored bytes), ``unique_bytes`` (their raw
+        bytes), ``open_ingests``, ``links``, ``packs``."""
 
-def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
-    # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE in _tx).
-    return sqlite3.connect(target, uri=uri, timeout=60.0, isolation_level=None, check_same_thread=False)
+    def disk_bytes(self) -> int:
+        """Bytes the metadata occupies on the store's own disk (0 when it lives
+        elsewhere, as in a networked database)."""
 
+    def snapshot(self) -> AbstractContextManager[Metadata]:
+        """A read-only view of one consistent moment, for long readers (fsck) while
+        writers in any process go on: the view sees none of their later commits.
+        Only reads may be called on it; it ends with the ``with`` block."""
 
-_INGEST_COLS = "id, algorithm, offset, npieces, pack, pack_size, tail_len, created, updated"
+    def iter_blobs(self) -> Iterator[tuple[str, int, bytes]]:
+        """Every blob as (digest, size, encoded recipe), by digest, in batches."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS pieces(
-    key BLOB PRIMARY KEY, length INTEGER NOT NULL, stored INTEGER NOT NULL,
-    codec INTEGER NOT NULL, pack TEXT, offset INTEGER, data BLOB, refs INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS pieces_refs ON pieces(refs) WHERE refs <= 0;
-CREATE TABLE IF NOT EXISTS blobs(
-    digest TEXT PRIMARY KEY, size INTEGER NOT NULL, recipe BLOB NOT NULL,
-    created REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS links(
-    holder TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY(holder, digest)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS links_digest ON links(digest);
-CREATE TABLE IF NOT EXISTS ingests(
-    id TEXT PRIMARY KEY, algorithm TEXT NOT NULL, offset INTEGER NOT NULL,
-    npieces INTEGER NOT NULL, pack TEXT, pack_size INTEGER NOT NULL,
-    tail_len INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS ingest_pieces(
-    ingest TEXT NOT NULL, seq INTEGER NOT NULL, key BLOB NOT NULL, length INTEGER NOT NULL,
-    stored INTEGER, codec INTEGER, pack TEXT, offset INTEGER, data BLOB,
-    PRIMARY KEY(ingest, seq));
-CREATE INDEX IF NOT EXISTS ingest_pieces_key ON ingest_pieces(key);
-CREATE TABLE IF NOT EXISTS packs(
-    name TEXT PRIMARY KEY, live INTEGER NOT NULL, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS trash(
-    id INTEGER PRIMARY KEY AUTOINCREMENT, pack TEXT NOT NULL, offset INTEGER, length INTEGER);
-"""
+    def iter_pieces(self) -> Iterator[tuple[Location, int]]:
+        """Every committed piece with its reference count, by key, in batches."""
+
+    def dangling_links(self) -> list[tuple[str, str]]:
+        """(holder, digest) of every link whose blob does not exist (fsck: none should)."""

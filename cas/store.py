@@ -3,9 +3,14 @@
 On-disk layout of a store directory (``--storage DIR``)::
 
     DIR/
-      meta.db, meta.db-wal       metadata (cas.meta): pieces, recipes, links, ingests
+      meta.db, meta.db-wal       metadata (cas.sqlite_meta): pieces, recipes, links, ingests
       packs/<xx>/<name>.pack     piece bytes (cas.packs), one pack per ingest
       ingests/<id>.<offset>.tail bytes an open ingest holds back at its last checkpoint
+
+(the default backends; a :class:`~cas.location.StoreConfig` may name others). Open a
+store with :func:`cas.open.open_store`. A :class:`Store` is the async face of its
+:class:`~cas.core.StoreCore`, which :class:`~cas.ingest.Ingest` and :mod:`cas.maintenance`
+share with it.
 
 Every public method is a coroutine; file, CPU and database work runs on the store's
 worker threads, never on the event loop.
@@ -23,22 +28,23 @@ import bisect
 import contextlib
 import os
 import secrets
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import zstandard
-
+from .blobs import BlobInfo, IngestInfo, Piece, Recipe, Segment
 from .chunker import ChunkParams
+from .core import StoreCore
 from .digest import DEFAULT_ALGORITHM, Digest, new_hasher
-from .errors import BlobUnknown, IngestUnknown, InvalidRange, StoreClosed, StoreCorrupt, mapped_error
-from .ingest import Ingest, IngestInfo
-from .meta import CODEC_ZSTD, Location, SqliteMetadata, decode_recipe
-from .packs import FilesystemPacks, PackBackend, PackWriter
+from .errors import BlobUnknown, IngestUnknown, InvalidRange, StoreCorrupt
+from .ingest import Ingest
+from .location import StoreConfig
+from .meta import CODEC_ZSTD, Metadata, decode_recipe
+from .packs import PackBackend
+
+if TYPE_CHECKING:
+    from .maintenance import FsckReport, GcReport, Stats
 
 __all__ = ["BlobInfo", "Piece", "Recipe", "Segment", "Store"]
 
@@ -47,113 +53,38 @@ T = TypeVar("T")
 _READ_CHUNK = 4 << 20
 
 
-class _Pool(ThreadPoolExecutor):
-    """A thread pool that, once shut down, refuses work with StoreClosed."""
-
-    def __init__(self, what: str, *, max_workers: int, thread_name_prefix: str) -> None:
-        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
-        self.what = what
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().submit(fn, *args, **kwargs)
-        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
-            raise StoreClosed(self.what) from exc
-
-
-@dataclass(frozen=True, slots=True)
-class BlobInfo:
-    digest: Digest
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Piece:
-    """One piece of a blob: its BLAKE3 key (hex) and where it sits in the blob."""
-
-    key: str
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class Recipe:
-    digest: Digest
-    size: int
-    pieces: tuple[Piece, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "digest": str(self.digest),
-            "size": self.size,
-            "pieces": [{"key": p.key, "offset": p.offset, "length": p.length} for p in self.pieces],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """A run of a blob's bytes: ``path[offset:offset+length]`` on disk (raw, sendfile-able),
-    or the bytes themselves in ``data`` when ``path`` is None."""
-
-    path: Path | None
-    offset: int
-    length: int
-    data: bytes | None = None
-
-
 class Store:
-    """A store directory. Open with :meth:`open`, close with :meth:`close`."""
+    """A store directory. Open with :meth:`open` (or :func:`cas.open.open_store`), close
+    with :meth:`close`. All its state is its :class:`~cas.core.StoreCore`."""
 
-    def __init__(self, root: Path, meta: SqliteMetadata, packs: PackBackend,
-                 chunk_params: ChunkParams, workers: int) -> None:
-        self.root = root
-        self.meta = meta
-        self.packs = packs
-        self.chunk_params = chunk_params
-        self._what = f"store {root}"
-        self._closed = False
-        self._pool = _Pool(self._what, max_workers=workers, thread_name_prefix="cas")
-        # Threads that fill ingests from a source (Ingest.receive); a receive waits on
-        # its source, so it must not take one of the store's own workers.
-        self._receivers: _Pool | None = None
-        self._ingests_dir = root / "ingests"
-        self._dctx = zstandard.ZstdDecompressor()
+    def __init__(self, core: StoreCore) -> None:
+        self.core = core
+        self.root = core.root
+        self.meta = core.meta
+        self.packs = core.packs
+        self.chunk_params = core.chunk_params
+        self._pool = core.pool
+        self._run = core.run
 
     @classmethod
     async def open(cls, root: Path | str, *, chunk_params: ChunkParams | None = None,
-                   packs: PackBackend | None = None, workers: int = 8) -> Store:
-        root = Path(root)
-
-        def setup() -> Store:
-            try:
-                root.mkdir(parents=True, exist_ok=True)
-                (root / "ingests").mkdir(exist_ok=True)
-                meta = SqliteMetadata(root / "meta.db")
-            except (OSError, sqlite3.Error) as exc:
-                raise mapped_error(exc, root) from exc
-            try:
-                backend = packs if packs is not None else FilesystemPacks(root / "packs")
-            except OSError as exc:
-                meta.close()
-                raise mapped_error(exc, root) from exc
-            return cls(root, meta, backend, chunk_params or ChunkParams(), workers)
-
-        return await asyncio.get_running_loop().run_in_executor(None, setup)
+                   packs: PackBackend | None = None, meta: Metadata | None = None,
+                   workers: int = 8) -> Store:
+        """Open (creating) the store directory ``root`` with these backends (commands
+        use :func:`cas.open.open_store` and a :class:`~cas.location.StoreConfig`): its
+        metadata is ``meta`` (else SQLite in ``root/meta.db``), its packs ``packs`` (else
+        files in ``root/packs``). The store owns ``meta`` from here on and closes it."""
+        config = StoreConfig(
+            Path(root), workers=workers, chunk_params=chunk_params,
+            metadata=None if meta is None else (lambda _root: meta),
+            packs=None if packs is None else (lambda _root: packs),
+        )
+        return cls(await StoreCore.open(config))
 
     async def close(self) -> None:
         """Refuse new work (StoreClosed), wait for the work in flight, close the
         metadata. Closing twice is harmless."""
-        if self._closed:
-            return
-        self._closed = True
-        pools = [self._pool] + ([self._receivers] if self._receivers is not None else [])
-
-        def shut_down() -> None:
-            for pool in pools:
-                pool.shutdown(wait=True)
-            self.meta.close()
-
-        await asyncio.get_running_loop().run_in_executor(None, shut_down)
+        await self.core.close()
 
     async def __aenter__(self) -> Store:
         return self
@@ -166,22 +97,13 @@ class Store:
         errors are the destination's, not the store's."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-        except (OSError, sqlite3.Error) as exc:
-            mapped = mapped_error(exc, self.root)
-            if mapped is exc:
-                raise
-            raise mapped from exc
-
     # -- ingest --------------------------------------------------------------------
 
     async def begin_ingest(self, *, algorithm: str = DEFAULT_ALGORITHM) -> Ingest:
         new_hasher(algorithm)  # refuse unknown algorithms before anything is written
         ingest_id = secrets.token_hex(16)
         await self._run(self.meta.create_ingest, ingest_id, algorithm)
-        return Ingest(self, ingest_id, algorithm)
+        return Ingest(self.core, ingest_id, algorithm)
 
     async def resume_ingest(self, ingest_id: str) -> Ingest:
         """Reopen an ingest at its last checkpoint (also after a restart or a crash)."""
@@ -190,9 +112,7 @@ class Store:
         row = await self._run(self.meta.get_ingest, ingest_id)
         if row is None:
             raise IngestUnknown(ingest_id)
-        ing = Ingest(self, ingest_id, row.algorithm)
-        await self._run(ing._restore, row.offset, row.npieces, row.pack, row.pack_size, row.tail_len)
-        return ing
+        return await Ingest.resume(self.core, row)
 
     async def list_ingests(self) -> list[IngestInfo]:
         rows = await self._run(self.meta.list_ingests)
@@ -204,14 +124,9 @@ class Store:
         n = 0
         for row in await self._run(self.meta.list_ingests):
             if row.updated < cutoff:
-                await self._run(self._drop_ingest, row.id)
+                await self._run(self.core.drop_ingest, row.id)
                 n += 1
         return n
-
-    def _drop_ingest(self, ingest_id: str) -> None:
-        self.meta.drop_ingest(ingest_id)
-        self._drop_tails(ingest_id, keep=None)
-        self._empty_trash()
 
     async def put(self, data: bytes, *, expected: Digest | None = None,
                   algorithm: str | None = None, link: str | None = None) -> BlobInfo:
@@ -233,11 +148,11 @@ class Store:
             algorithm=algorithm or (expected.algorithm if expected else DEFAULT_ALGORITHM)
         )
         try:
-            if hasattr(chunks, "__aiter__"):
-                async for c in chunks:  # type: ignore[union-attr]
+            if isinstance(chunks, AsyncIterable):  # has __aiter__
+                async for c in chunks:
                     await ing.write(c)
             else:
-                for c in chunks:  # type: ignore[union-attr]
+                for c in chunks:
                     await ing.write(c)
         except BaseException:
             await ing.abort()
@@ -250,12 +165,15 @@ class Store:
             algorithm=algorithm or (expected.algorithm if expected else DEFAULT_ALGORITHM)
         )
         try:
-            with open(path, "rb") as f:
+            f = await self._run_outside(lambda: open(path, "rb"))  # noqa: SIM115 - closed below
+            try:
                 while True:
                     block = await self._run(f.read, 4 << 20)
                     if not block:
                         break
                     await ing.write(block)
+            finally:
+                f.close()
         except BaseException:
             await ing.abort()
             raise
@@ -289,7 +207,7 @@ class Store:
                 yield item
             else:
                 loc, lo, hi = item
-                data = await self._run(self._load, loc)
+                data = await self._run(self.core.load, loc)
                 yield Segment(None, 0, hi - lo, data[lo:hi])
 
     def _plan(self, digest: Digest, offset: int, length: int | None) -> list[Any]:
@@ -420,22 +338,7 @@ class Store:
         found = await self._run(self.meta.locations, [raw])
         if raw not in found:
             raise KeyError(f"piece {key} is not in the store")
-        return await self._run(self._load, found[raw])
-
-    def _load(self, loc: Location) -> bytes:
-        """A piece's raw bytes (decompressed)."""
-        if loc.data is not None:
-            stored = loc.data
-        elif loc.pack is not None:
-            stored = self.packs.read(loc.pack, loc.offset, loc.stored)
-        else:
-            raise StoreCorrupt(f"piece {loc.key.hex()} has no bytes")
-        if loc.codec == CODEC_ZSTD:
-            try:
-                return self._dctx.decompress(stored, max_output_size=loc.length)
-            except zstandard.ZstdError as exc:
-                raise StoreCorrupt(f"piece {loc.key.hex()} does not decompress: {exc}") from exc
-        return stored
+        return await self._run(self.core.load, found[raw])
 
     # -- links ---------------------------------------------------------------------
 
@@ -470,54 +373,20 @@ class Store:
 
     # -- maintenance (cas.maintenance) ---------------------------------------------
 
-    async def gc(self, *, grace: float = 3600.0) -> Any:
+    async def gc(self, *, grace: float = 3600.0) -> GcReport:
+        """Remove blobs no holder links (older than ``grace`` seconds), then pieces no
+        blob and no open ingest needs; online (see :mod:`cas.maintenance`)."""
         from .maintenance import collect_garbage
 
-        return await self._run(collect_garbage, self, grace)
+        return await self._run(collect_garbage, self.core, grace)
 
-    async def fsck(self, *, progress: Callable[[str], None] | None = None) -> Any:
+    async def fsck(self, *, progress: Callable[[str], None] | None = None) -> FsckReport:
+        """Verify every blob's digest, every piece's BLAKE3 and the bookkeeping."""
         from .maintenance import check
 
-        return await self._run(check, self, progress)
+        return await self._run(check, self.core, progress)
 
-    async def stats(self) -> Any:
+    async def stats(self) -> Stats:
         from .maintenance import statistics
 
-        return await self._run(statistics, self)
-
-    # -- helpers for Ingest and maintenance ----------------------------------------
-
-    def _receiver_pool(self) -> ThreadPoolExecutor:
-        if self._closed:
-            raise StoreClosed(self._what)
-        if self._receivers is None:
-            self._receivers = _Pool(self._what, max_workers=32, thread_name_prefix="cas-receive")
-        return self._receivers
-
-    def _new_pack(self, ingest_id: str) -> PackWriter:
-        name = secrets.token_hex(16)
-        # Registered before the file exists: a pack file without a row is garbage.
-        self.meta.set_ingest_pack(ingest_id, name)
-        return self.packs.create(name)
-
-    def _tail_path(self, ingest_id: str, offset: int) -> Path:
-        return self._ingests_dir / f"{ingest_id}.{offset}.tail"
-
-    def _drop_tails(self, ingest_id: str, keep: Path | None) -> None:
-        for p in self._ingests_dir.glob(f"{ingest_id}.*"):
-            if p != keep:
-                p.unlink(missing_ok=True)
-
-    def _empty_trash(self) -> None:
-        while True:
-            rows = self.meta.trash()
-            if not rows:
-                return
-            for _, pack, offset, length in rows:
-                if offset is None:
-                    self.packs.delete(pack)
-                else:
-                    assert length is not None
-                    self.packs.free(pack, offset, length)
-            self.meta.forget_trash([r[0] for r in rows])
-
+        return await self._run(statistics, self.core)

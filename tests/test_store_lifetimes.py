@@ -23,8 +23,8 @@ import pytest
 
 from builder.cache import BuildCache, CachedLayer
 from cas import Digest, Store, StoreClosed
-from cas.meta import SqliteMetadata
 from cas.packs import FilesystemPacks, _DirectWriter, _FileWriter
+from cas.sqlite_meta import SqliteMetadata
 from registry.client.image_store import ImageStore
 from registry.server.metadata_sqlite import SqliteMetadata as Metadata
 
@@ -172,7 +172,7 @@ def test_close_while_threads_use_the_store(kind: str, tmp_path: Path) -> None:
                     subject.use(n * CALLS + i)
                 except StoreClosed:
                     return
-                except BaseException as exc:  # noqa: BLE001 - reported below
+                except BaseException as exc:
                     failures.append(exc)
                     return
                 calls[n] += 1

@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from cas import Digest, Store
+from cas import Digest, Store, StoreConfig, open_store
 from cas.errors import StoreClosed, mapped_error
 from cas.holders import image_holder
 from cas.location import default_storage_dir
-from cas.packs import FilesystemPacks
 
 from ..oci import INDEX_TYPES, ImageConfig, Index, Manifest, Platform, parse_manifest
 from .errors import ClientError
@@ -118,11 +117,7 @@ class ImageStore:
         root = Path(root) if root is not None else (store.root if store else default_storage_dir())
         owns = store is None
         if store is None:
-            try:
-                packs = await asyncio.to_thread(FilesystemPacks, root / "packs", direct=False)
-            except OSError as exc:
-                raise mapped_error(exc, root / "packs") from exc
-            store = await Store.open(root, workers=_WORKERS, packs=packs)
+            store = await open_store(StoreConfig(root, workers=_WORKERS, direct_io=False))
 
         path = root / "images.db"
 

@@ -40,7 +40,9 @@ from cas import (
     StorageNotWritable,
     Store,
     StoreClosed,
+    StoreConfig,
     UnsupportedDigestAlgorithm,
+    open_store,
 )
 from cas.location import default_storage_dir
 
@@ -249,7 +251,7 @@ def make_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         opened: Store | None = None
         if store is None:
-            opened = await Store.open(root)
+            opened = await open_store(StoreConfig(root))
         serving: BlobStore = store if store is not None else opened  # type: ignore[assignment]
         meta = metadata if metadata is not None else await open_metadata(root)
         reg = Registry(

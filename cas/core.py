@@ -1,0 +1,205 @@
+"""The store's core: what :class:`~cas.store.Store`, :class:`~cas.ingest.Ingest` and
+maintenance (:mod:`cas.maintenance`) share, so none of them reaches into another.
+
+A :class:`StoreCore` holds the metadata (any :class:`~cas.meta.Metadata`), the packs (any
+:class:`~cas.packs.PackBackend`), the chunking parameters and the worker threads, and
+offers the few operations on them that more than one of those modules needs. Its
+synchronous methods may block (files, database): call them from a worker thread (through
+:meth:`StoreCore.run`), never from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import zstandard
+
+from .chunker import ChunkParams
+from .errors import StoreClosed, StoreCorrupt, mapped_error
+from .location import StoreConfig
+from .meta import CODEC_ZSTD, Location, Metadata
+from .packs import FilesystemPacks, PackBackend, PackWriter
+from .sqlite_meta import SqliteMetadata
+
+__all__ = ["RECEIVERS", "StoreCore", "WorkerPool"]
+
+T = TypeVar("T")
+
+# Threads for Ingest.receive: a receive waits on its source, so it has threads of its own.
+RECEIVERS = 32
+
+
+class WorkerPool(ThreadPoolExecutor):
+    """A thread pool that, once shut down, refuses work with StoreClosed."""
+
+    def __init__(self, what: str, *, max_workers: int, thread_name_prefix: str) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self.what = what
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().submit(fn, *args, **kwargs)
+        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+            raise StoreClosed(self.what) from exc
+
+
+class StoreCore:
+    """The metadata, the packs, the chunk parameters and the worker pools of one store.
+
+    ``root`` is the store directory; ``root / "ingests"`` must exist (tail files live
+    there). The core owns ``meta`` and closes it in :meth:`close`; the packs need no
+    closing.
+    """
+
+    def __init__(self, root: Path, meta: Metadata, packs: PackBackend,
+                 chunk_params: ChunkParams, workers: int) -> None:
+        self.root = root
+        self.meta = meta
+        self.packs = packs
+        self.chunk_params = chunk_params
+        self.what = f"store {root}"
+        #: The store's worker threads: file, CPU and database work of every call.
+        self.pool = WorkerPool(self.what, max_workers=workers, thread_name_prefix="cas")
+        self._receivers: WorkerPool | None = None
+        self._closed = False
+        self._ingests_dir = root / "ingests"
+        self._dctx = zstandard.ZstdDecompressor()
+
+    @classmethod
+    async def open(cls, config: StoreConfig) -> StoreCore:
+        """Open (creating) the store ``config`` describes: its directory, then its
+        metadata and its packs (on a worker thread). A full or read-only file system is
+        the store's typed StorageError; nothing stays open when opening fails."""
+        root = config.root
+
+        def setup() -> StoreCore:
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                (root / "ingests").mkdir(exist_ok=True)
+                meta = (config.metadata or _sqlite_metadata)(root)
+            except (OSError, sqlite3.Error) as exc:
+                raise mapped_error(exc, root) from exc
+            try:
+                packs = (config.packs(root) if config.packs is not None
+                         else FilesystemPacks(root / "packs", direct=config.direct_io))
+            except BaseException as exc:
+                meta.close()
+                if isinstance(exc, OSError):
+                    raise mapped_error(exc, root) from exc
+                raise
+            return cls(root, meta, packs, config.chunk_params or ChunkParams(), config.workers)
+
+        return await asyncio.get_running_loop().run_in_executor(None, setup)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has begun: every pool then refuses work (StoreClosed)."""
+        return self._closed
+
+    async def close(self) -> None:
+        """Refuse new work (StoreClosed), wait for the work in flight, close the
+        metadata. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        pools = [self.pool] + ([self._receivers] if self._receivers is not None else [])
+
+        def shut_down() -> None:
+            for pool in pools:
+                pool.shutdown(wait=True)
+            self.meta.close()
+
+        await asyncio.get_running_loop().run_in_executor(None, shut_down)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a worker thread. A full, read-only or unwritable file system
+        (or database) under the store is raised as the store's typed StorageError
+        (:func:`cas.errors.mapped_error`, naming the path); other errors pass unchanged.
+        StoreClosed after :meth:`close`."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        except (OSError, sqlite3.Error) as exc:
+            mapped = mapped_error(exc, self.root)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def receiver_pool(self) -> ThreadPoolExecutor:
+        """The threads that fill ingests from blocking sources (made on first use, up to
+        :data:`RECEIVERS` of them). StoreClosed after :meth:`close`."""
+        if self._closed:
+            raise StoreClosed(self.what)
+        if self._receivers is None:
+            self._receivers = WorkerPool(self.what, max_workers=RECEIVERS,
+                                         thread_name_prefix="cas-receive")
+        return self._receivers
+
+    # -- blocking operations (worker threads) ------------------------------------------
+
+    def new_pack(self, ingest_id: str) -> PackWriter:
+        """A new, empty pack for the ingest's new pieces. The pack is registered in the
+        metadata (``set_ingest_pack``) before its file exists, so a pack without a row
+        is garbage that GC may remove."""
+        name = secrets.token_hex(16)
+        self.meta.set_ingest_pack(ingest_id, name)
+        return self.packs.create(name)
+
+    def tail_path(self, ingest_id: str, offset: int) -> Path:
+        """The tail file of the ingest's checkpoint at ``offset``: the bytes its cutter
+        held back then (``<root>/ingests/<id>.<offset>.tail``)."""
+        return self._ingests_dir / f"{ingest_id}.{offset}.tail"
+
+    def drop_tails(self, ingest_id: str, keep: Path | None) -> None:
+        """Remove the ingest's tail files (and temporary files), all but ``keep``."""
+        for p in self._ingests_dir.glob(f"{ingest_id}.*"):
+            if p != keep:
+                p.unlink(missing_ok=True)
+
+    def empty_trash(self) -> None:
+        """Free every pack range and delete every pack that the metadata has put in the
+        trash, then forget them. Safe to run concurrently and again after a crash: a
+        range freed twice stays free, a pack deleted twice stays gone."""
+        while True:
+            rows = self.meta.trash()
+            if not rows:
+                return
+            for _, pack, offset, length in rows:
+                if offset is None:
+                    self.packs.delete(pack)
+                else:
+                    assert length is not None
+                    self.packs.free(pack, offset, length)
+            self.meta.forget_trash([r[0] for r in rows])
+
+    def drop_ingest(self, ingest_id: str) -> None:
+        """Forget an open ingest: its metadata, its tail files, its pack (when it holds
+        nothing committed)."""
+        self.meta.drop_ingest(ingest_id)
+        self.drop_tails(ingest_id, keep=None)
+        self.empty_trash()
+
+    def load(self, loc: Location) -> bytes:
+        """A piece's raw bytes (decompressed). StoreCorrupt when its bytes are missing
+        or do not decompress."""
+        if loc.data is not None:
+            stored = loc.data
+        elif loc.pack is not None:
+            stored = self.packs.read(loc.pack, loc.offset, loc.stored)
+        else:
+            raise StoreCorrupt(f"piece {loc.key.hex()} has no bytes")
+        if loc.codec == CODEC_ZSTD:
+            try:
+                return self._dctx.decompress(stored, max_output_size=loc.length)
+            except zstandard.ZstdError as exc:
+                raise StoreCorrupt(f"piece {loc.key.hex()} does not decompress: {exc}") from exc
+        return stored
+
+
+def _sqlite_metadata(root: Path) -> Metadata:
+    return SqliteMetadata(root / "meta.db")

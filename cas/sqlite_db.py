@@ -1,0 +1,165 @@
+"""The SQLite database under :class:`~cas.sqlite_meta.SqliteMetadata`: its schema, its
+connections and its transactions (one writer connection, one reader connection).
+
+Schema (``meta.db``)::
+
+    pieces(key BLOB PRIMARY KEY, length, stored, codec, pack, offset, data, refs)
+    blobs(digest TEXT PRIMARY KEY, size, recipe BLOB, created)     recipe: (key, length)*
+    links(holder, digest)                                         who holds a blob
+    ingests(id PRIMARY KEY, algorithm, offset, npieces, pack, pack_size, tail_len, created, updated)
+    ingest_pieces(ingest, seq, key, length, stored, codec, pack, offset, data)
+    packs(name PRIMARY KEY, live, created)                        live: bytes of live pieces
+    trash(id, pack, offset, length)                               ranges to free (offset NULL: whole pack)
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import StoreClosed, storage_error
+
+__all__ = ["SCHEMA", "SqliteDatabase", "connect"]
+
+
+class SqliteDatabase:
+    """The connections to one SQLite metadata database, and its transactions.
+
+    Thread-safe: one writer connection behind a lock, one reader connection behind another.
+
+    Every use of a connection holds that connection's lock, and :meth:`close` takes both
+    locks: it waits for the calls in flight, and a call after it raises
+    :class:`StoreClosed` (closing a connection another thread is using can crash the
+    interpreter). SQLite and OS errors of a full or read-only file system become
+    :class:`StorageFull` / :class:`StorageNotWritable` naming the database file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._closed = False
+        # Lookups of pieces and blobs go through a second connection: in WAL mode a
+        # reader sees the last commit without waiting for the writer, so a GET or an
+        # ingest looking for known pieces never waits behind another ingest's commit
+        # (and its fsync).
+        self._reader_lock: threading.Lock | threading.RLock = threading.Lock()
+        db = reader = None
+        try:
+            db = connect(str(path))
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a process crash loses nothing committed; pack bytes are
+            # fsynced before the transaction that references them.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=OFF")
+            db.executescript(SCHEMA)
+            reader = connect(str(path))
+        except (sqlite3.Error, OSError) as exc:
+            for conn in (db, reader):
+                if conn is not None:
+                    conn.close()
+            raise (storage_error(exc, path) or exc) from exc
+        self._db, self._reader = db, reader
+
+    def close(self) -> None:
+        """Wait for the calls in flight, then close; later calls raise StoreClosed."""
+        with self._lock, self._reader_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._reader.close()
+            self._db.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed(f"metadata database {self.path}")
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The reader connection, held for the block (StoreClosed once closed)."""
+        with self._reader_lock:
+            self._check_open()
+            try:
+                yield self._reader
+            except (sqlite3.Error, OSError) as exc:
+                mapped = storage_error(exc, self.path)
+                if mapped is None or mapped is exc:
+                    raise
+                raise mapped from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except (sqlite3.Error, OSError) as exc:
+                mapped = storage_error(exc, self.path)
+                if mapped is None:
+                    raise
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+
+    def _q(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple]:  # type: ignore[type-arg]
+        with self._lock:
+            self._check_open()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                mapped = storage_error(exc, self.path)
+                if mapped is None or mapped is exc:
+                    raise
+                raise mapped from exc
+
+    def disk_bytes(self) -> int:
+        """The database file and its write-ahead log."""
+        total = 0
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+
+def connect(target: str, uri: bool = False) -> sqlite3.Connection:
+    # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE in _tx).
+    return sqlite3.connect(target, uri=uri, timeout=60.0, isolation_level=None, check_same_thread=False)
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pieces(
+    key BLOB PRIMARY KEY, length INTEGER NOT NULL, stored INTEGER NOT NULL,
+    codec INTEGER NOT NULL, pack TEXT, offset INTEGER, data BLOB, refs INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS pieces_refs ON pieces(refs) WHERE refs <= 0;
+CREATE TABLE IF NOT EXISTS blobs(
+    digest TEXT PRIMARY KEY, size INTEGER NOT NULL, recipe BLOB NOT NULL,
+    created REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS links(
+    holder TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY(holder, digest)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS links_digest ON links(digest);
+CREATE TABLE IF NOT EXISTS ingests(
+    id TEXT PRIMARY KEY, algorithm TEXT NOT NULL, offset INTEGER NOT NULL,
+    npieces INTEGER NOT NULL, pack TEXT, pack_size INTEGER NOT NULL,
+    tail_len INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS ingest_pieces(
+    ingest TEXT NOT NULL, seq INTEGER NOT NULL, key BLOB NOT NULL, length INTEGER NOT NULL,
+    stored INTEGER, codec INTEGER, pack TEXT, offset INTEGER, data BLOB,
+    PRIMARY KEY(ingest, seq));
+CREATE INDEX IF NOT EXISTS ingest_pieces_key ON ingest_pieces(key);
+CREATE TABLE IF NOT EXISTS packs(
+    name TEXT PRIMARY KEY, live INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS trash(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, pack TEXT NOT NULL, offset INTEGER, length INTEGER);
+"""
