@@ -61,7 +61,8 @@ from ..names import check_raw_path
 from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
 from .debug import metrics_response
-from .metadata import Metadata, open_metadata
+from .metadata import Metadata
+from .metadata_open import open_metadata
 from .operations import after_request, notifications_lifecycle
 from .proxy import proxy_context
 from .routes import WRITE_METHODS, dispatch
@@ -227,7 +228,7 @@ def make_app(
     ``store``: an already-open store to serve (the caller closes it), else ``cas.Store`` is
     opened at ``storage`` (default: ``config.storage``, else the cas default location)
     and closed on shutdown. ``metadata``: an open metadata backend (the caller closes
-    it), else :func:`~registry.server.metadata.open_metadata` opens the default for the
+    it), else :func:`~registry.server.metadata_open.open_metadata` opens the default for the
     same directory (``registry.db``) and it is closed on shutdown. ``upload_locks``: the
     session locks (default: in-process; upload_locks.py says when to pass another).
     """

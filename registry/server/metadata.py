@@ -1,5 +1,5 @@
 """The registry's own metadata: the :class:`Metadata` protocol every backend implements,
-the records it returns, and :func:`open_metadata`, the one place that builds the backend
+the records it returns, and :func:`~registry.server.metadata_open.open_metadata`, the one place that builds the backend
 a server runs on.
 
 Blob bytes and blob-to-repository links live in ``cas``; the metadata holds what only the
@@ -10,7 +10,7 @@ cache fetched from upstream.
 Backends: :class:`~registry.server.metadata_sqlite.SqliteMetadata`, one SQLite file in the
 storage directory, is the embedded default. A networked database shared by several
 replicas (PostgreSQL) is the next one: it implements this protocol, is built by
-:func:`open_metadata` from the configuration, and adds itself as one more parameter of the
+:func:`~registry.server.metadata_open.open_metadata` from the configuration, and adds itself as one more parameter of the
 suite every backend passes (``tests/registry/test_metadata_contract.py``).
 
 Rules every backend keeps (each method's docstring adds its own):
@@ -30,10 +30,9 @@ Rules every backend keeps (each method's docstring adds its own):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-__all__ = ["ManifestRecord", "Metadata", "ReferrerRecord", "open_metadata"]
+__all__ = ["ManifestRecord", "Metadata", "ReferrerRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,12 +163,3 @@ class Metadata(Protocol):
         """Remember (replacing) what upstream said ``tag`` was at ``checked``. Independent
         of :meth:`resolve_tag`: the local tag is set by :meth:`put_manifest`."""
         ...
-
-
-async def open_metadata(root: Path) -> Metadata:
-    """The metadata backend a server with storage directory ``root`` runs on: today the
-    embedded SQLite file ``root/registry.db``. A networked backend is chosen here, from the
-    configuration, when one exists."""
-    from .metadata_sqlite import SqliteMetadata  # the backend depends on the records here
-
-    return await SqliteMetadata.open(root / "registry.db")
