@@ -16,7 +16,7 @@ from cas import Digest, Store
 from cas.holders import cache_holder
 from registry.oci import Descriptor
 
-from ..cache import BuildCache, CachedLayer, step_key
+from ..cache import BuildCacheBackend, CachedLayer, step_key
 from ..context import SourceTree
 from ..dockerfile.instructions import Instruction
 from ..image import ImageState, LayerRef
@@ -47,7 +47,7 @@ class StepEnv:
     """Everything a step may use; one per build."""
 
     store: Store
-    cache: BuildCache
+    cache: BuildCacheBackend
     snapshots: SnapshotStore
     progress: Progress
     context: SourceTree
@@ -184,7 +184,7 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
 async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
                         inputs: dict[str, Any], n: int,
                         produce: Callable[[int], Awaitable[Path]]) -> CachedLayer:
-    cached = None if env.no_cache else await asyncio.to_thread(env.cache.get, key)
+    cached = None if env.no_cache else await asyncio.to_thread(env.cache.lookup, key)
     if cached is not None and cached.digest and await env.store.stat(
             Digest.parse(cached.digest)) is None:
         cached = None
@@ -217,6 +217,6 @@ async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
         cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id), blob.media_type,
                              env.created)
         await asyncio.to_thread(env.snapshots.adopt, blob.diff_id, upper)
-    await asyncio.to_thread(env.cache.put, key, parent, instruction, inputs, cached)
+    await asyncio.to_thread(env.cache.record, key, parent, instruction, inputs, cached)
     env.progress.done(n)
     return cached
