@@ -4,7 +4,7 @@ Storage (``storage_dir``, shared with the CAS)::
 
     <storage>/                the CAS (cas.Store) — layer blobs, holder cache:<key>
     <storage>/builder/cache.db        the build cache (builder.cache)
-    <storage>/builder/snapshots/      extracted layers (builder.snapshots)
+    <storage>/builder/snapshots/      extracted layers (builder.extracted)
     <storage>/builder/cache-mounts/   RUN --mount=type=cache directories
     <storage>/builder/tmp/<build>/    this build's scratch space, removed at the end
 """
@@ -26,6 +26,7 @@ from .cache import BuildCache
 from .context import SourceTree
 from .dockerfile.errors import DockerfileError
 from .dockerfile.syntax import parse
+from .extracted import EXTRACTED_DIR, ExtractedLayers
 from .ignore import read_ignore_file
 from .image import BuiltImage, assemble, timestamp
 from .outputs import Output, export, export_name
@@ -33,7 +34,6 @@ from .progress import Progress
 from .prune import BuildLock
 from .publish import push_images, tag_images
 from .scheduler import StageScheduler, plan
-from .snapshots import SnapshotStore
 from .steps.common import BuildError, StepEnv
 
 __all__ = ["BuildOptions", "BuildResult", "run_build", "source_date_epoch"]
@@ -109,8 +109,8 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     created = timestamp(sde if sde is not None else time.time())
     bdir = opts.storage / "builder"
     (bdir / "tmp").mkdir(parents=True, exist_ok=True)
-    # Shared with other builds, exclusive for `pybuild builder prune`: no snapshot this
-    # build uses goes away under it.
+    # Shared with other builds, exclusive for `pybuild builder prune`: no extracted layer
+    # this build uses goes away under it.
     lock = BuildLock(bdir)
     await asyncio.to_thread(lock.acquire, exclusive=False)
     work: Path | None = None
@@ -122,7 +122,7 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
         cache = await asyncio.to_thread(BuildCache, bdir / "cache.db")
         matcher = await asyncio.to_thread(read_ignore_file, opts.context, dockerfile)
         context = SourceTree(opts.context, matcher, hash_store=cache)
-        env = StepEnv(store=store, cache=cache, snapshots=SnapshotStore(bdir / "snapshots", store),
+        env = StepEnv(store=store, cache=cache, extracted=ExtractedLayers(bdir / EXTRACTED_DIR, store),
                       progress=progress, context=context,
                       work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
                       source_date_epoch=sde, compression=opts.compression,

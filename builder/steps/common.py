@@ -19,9 +19,9 @@ from registry.oci import Descriptor
 from ..cache import BuildCacheBackend, CachedLayer, step_key
 from ..context import SourceTree
 from ..dockerfile.instructions import Instruction
+from ..extracted import ExtractedLayers
 from ..image import ImageState, LayerRef
 from ..progress import Progress
-from ..snapshots import SnapshotStore
 
 __all__ = ["BuildError", "StepEnv", "instruction_text", "layer_step"]
 
@@ -48,7 +48,7 @@ class StepEnv:
 
     store: Store
     cache: BuildCacheBackend
-    snapshots: SnapshotStore
+    extracted: ExtractedLayers
     progress: Progress
     context: SourceTree
     work: Path  # this build's scratch directory (removed at the end)
@@ -82,7 +82,7 @@ class StepEnv:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.work))
 
     async def lowers(self, state: ImageState) -> list[Path]:
-        return await self.snapshots.lowers(
+        return await self.extracted.lowers(
             [(layer.diff_id, layer.descriptor.digest) for layer in state.layers])
 
 
@@ -216,7 +216,7 @@ async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
     else:
         cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id), blob.media_type,
                              env.created)
-        await asyncio.to_thread(env.snapshots.adopt, blob.diff_id, upper)
+        await asyncio.to_thread(env.extracted.adopt, blob.diff_id, upper)
     await asyncio.to_thread(env.cache.record, key, parent, instruction, inputs, cached)
     env.progress.done(n)
     return cached
