@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 
 import blake3
 
+from ..accounts import find_group, find_user, read_group, read_passwd
 from ..context import ContextError, Source, SourceTree, hash_path
 from ..dockerfile.instructions import Add, Copy, Workdir
 from ..ignore import IgnoreMatcher
@@ -89,30 +90,26 @@ def _open_archive(path: Path) -> BinaryIO:
 
 
 def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
+    """``--chown=user[:group]`` as ids: a number is used as is, a name is looked up in
+    the stage's /etc/passwd or /etc/group (BuildError when it is not there); without a
+    group, a named user's primary group, else the uid."""
     user, _, group = spec.partition(":")
-
-    def lookup(name: str, db: str) -> int:
-        if name.isdigit():
-            return int(name)
-        data = read_from_lowers(lowers, db)
-        for line in (data or b"").decode(errors="replace").splitlines():
-            fields = line.split(":")
-            if fields[0] == name and len(fields) > 2:
-                return int(fields[2])
-        raise BuildError(where, f"--chown: no {'user' if db == 'etc/passwd' else 'group'} "
-                         f"{name!r} in the image's /{db}")
-
-    uid = lookup(user, "etc/passwd")
+    found = None
+    if not user.isdigit():
+        found = find_user(read_passwd(read_from_lowers(lowers, "etc/passwd")), user)
+        if found is None:
+            raise BuildError(where, f"--chown: no user {user!r} in the image's /etc/passwd")
+    uid = int(user) if found is None else found.uid
     if group:
-        return uid, lookup(group, "etc/group")
-    if user.isdigit():
+        if group.isdigit():
+            return uid, int(group)
+        entry = find_group(read_group(read_from_lowers(lowers, "etc/group")), group)
+        if entry is None:
+            raise BuildError(where, f"--chown: no group {group!r} in the image's /etc/group")
+        return uid, entry.gid
+    if found is None or found.gid is None:
         return uid, uid
-    data = read_from_lowers(lowers, "etc/passwd") or b""
-    for line in data.decode(errors="replace").splitlines():
-        f = line.split(":")
-        if f[0] == user and len(f) > 3:
-            return uid, int(f[3])
-    return uid, uid
+    return uid, found.gid
 
 
 def _workdir_owner(spec: str, lowers: list[Path]) -> tuple[int, int]:
@@ -297,7 +294,7 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
             items.append(_Item(target.lstrip("/"), src.path, st))
         to_hash.append((src.rel, src.path, st))
     digests = tree.hash_files([(path, st) for _, path, st in to_hash])
-    for (rel, path, st), digest in zip(to_hash, digests):
+    for (rel, _path, st), digest in zip(to_hash, digests):
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             first = inodes.setdefault((st.st_dev, st.st_ino), rel)
             if first != rel:
