@@ -40,6 +40,7 @@ from ..ignore import IgnoreMatcher
 from ..image import ImageState
 from ..layers.changeset import path_sort_key
 from ..layers.errors import LayerError
+from ..layers.rootwalk import SymlinkLoop, walk_in_root
 from ..sandbox.rootfs import lower_stat, read_from_lowers
 from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import resolve_workdir
@@ -134,29 +135,12 @@ def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> s
     its way resolved inside the image, as the kernel would in the container: ``/bin/x``
     is ``/usr/bin/x`` when ``/bin -> usr/bin``. Writing to the resolved path keeps such
     symlinks intact instead of shadowing them with a directory."""
-    todo = [p for p in path.split("/") if p]
-    done: list[str] = []
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        cur = "/".join([*done, part])
-        st = lower_stat(lowers, cur)
-        if st is not None and stat.S_ISLNK(st.st_mode) and (todo or follow_final):
-            hops += 1
-            if hops > 40:
-                break
-            found = _link_target(lowers, cur)
-            if found.startswith("/"):
-                done = []
-            todo = [p for p in found.split("/") if p] + todo
-            continue
-        done.append(part)
+    try:
+        done = walk_in_root(path.split("/"), follow_final=follow_final,
+                            lstat=lambda c: lower_stat(lowers, "/".join(c)),
+                            readlink=lambda c: _link_target(lowers, "/".join(c)))
+    except SymlinkLoop as exc:
+        done = exc.resolved  # the kernel would fail (ELOOP): keep what resolved
     return "/" + "/".join(done)
 
 
