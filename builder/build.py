@@ -4,7 +4,7 @@ Storage (``storage_dir``, shared with the CAS)::
 
     <storage>/                the CAS (cas.Store) — layer blobs, holder cache:<key>
     <storage>/builder/cache.db        the build cache (builder.cache)
-    <storage>/builder/snapshots/      extracted layers (builder.snapshots)
+    <storage>/builder/snapshots/      extracted layers (builder.extracted)
     <storage>/builder/cache-mounts/   RUN --mount=type=cache directories
     <storage>/builder/tmp/<build>/    this build's scratch space, removed at the end
 """
@@ -29,6 +29,7 @@ from .context import SourceTree
 from .contexts import NamedContext, NamedContexts
 from .dockerfile.errors import DockerfileError
 from .dockerfile.syntax import parse
+from .extracted import EXTRACTED_DIR, ExtractedLayers
 from .ignore import read_ignore_file
 from .image import BuiltImage, assemble, timestamp
 from .outputs import Output, export, export_name
@@ -36,7 +37,6 @@ from .progress import Progress
 from .prune import BuildLock
 from .publish import push_images, tag_images
 from .scheduler import StageScheduler, plan
-from .snapshots import SnapshotStore
 from .ssh_keys import key_agents
 from .steps.common import BuildError, StepEnv
 
@@ -127,8 +127,8 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
     created = timestamp(sde if sde is not None else time.time())
     bdir = opts.storage / "builder"
     (bdir / "tmp").mkdir(parents=True, exist_ok=True)
-    # Shared with other builds, exclusive for `pybuild builder prune`: no snapshot this
-    # build uses goes away under it.
+    # Shared with other builds, exclusive for `pybuild builder prune`: no extracted layer
+    # this build uses goes away under it.
     lock = BuildLock(bdir)
     await asyncio.to_thread(lock.acquire, exclusive=False)
     work: Path | None = None
@@ -144,7 +144,7 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
             read_ignore_file, opts.context,
             None if opts.dockerfile_text is not None else dockerfile)
         context = SourceTree(opts.context, matcher, hash_store=cache)
-        env = StepEnv(store=store, cache=cache, snapshots=SnapshotStore(bdir / "snapshots", store),
+        env = StepEnv(store=store, cache=cache, extracted=ExtractedLayers(bdir / EXTRACTED_DIR, store),
                       progress=progress, context=context,
                       work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
                       source_date_epoch=sde, compression=opts.compression,

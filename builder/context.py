@@ -46,7 +46,9 @@ _HASH_THREADS = 4
 
 
 class FileHashStore(Protocol):
-    """Where remembered file hashes live (:class:`builder.cache.BuildCache`)."""
+    """Where remembered file hashes live (the local :class:`builder.cache.BuildCache`;
+    not part of :class:`builder.cache.BuildCacheBackend`: they describe this machine's
+    files)."""
 
     def file_hashes(self, paths: list[str]) -> dict[str, tuple[str, str]]: ...
 

@@ -12,7 +12,7 @@ What goes:
   (all of them with ``--all``).
 
 A build holds ``builder/lock`` shared while it runs; prune takes it exclusively, so it
-never removes a snapshot under a running build (it waits up to ``wait`` seconds, then
+never removes an extracted layer under a running build (it waits up to ``wait`` seconds, then
 says that a build is running).
 """
 
@@ -31,6 +31,7 @@ from cas import Digest, Store, StoreConfig, open_store
 from cas.holders import cache_holder
 
 from .cache import BuildCache
+from .extracted import EXTRACTED_DIR
 
 __all__ = ["BuildLock", "PruneError", "PruneReport", "prune"]
 
@@ -42,8 +43,8 @@ class PruneError(Exception):
 @dataclass(frozen=True)
 class PruneReport:
     entries: int  # build-cache step entries removed
-    snapshots: int  # extracted layers removed
-    snapshot_bytes: int  # their allocated bytes
+    extracted: int  # extracted layers removed
+    extracted_bytes: int  # their allocated bytes
     file_hashes: int  # remembered context-file hashes removed
 
 
@@ -106,14 +107,15 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0) -
             for key, layer in removed:
                 await store.unlink(cache_holder(key), Digest.parse(layer.digest))
             keep |= await _image_diff_ids(storage, store)
-        count, size = await asyncio.to_thread(_drop_snapshots, bdir / "snapshots", keep, cutoff)
+        count, size = await asyncio.to_thread(_drop_extracted, bdir / EXTRACTED_DIR, keep,
+                                              cutoff)
         return PruneReport(len(removed), count, size, hashes)
     finally:
         lock.release()
 
 
 async def _image_diff_ids(storage: Path, store: Store) -> set[str]:
-    """The diff_ids of every local image's layers (their snapshots stay)."""
+    """The diff_ids of every local image's layers (their extracted layers stay)."""
     from registry.client.image_store import ImageNotFound, ImageStore
 
     out: set[str] = set()
@@ -128,8 +130,8 @@ async def _image_diff_ids(storage: Path, store: Store) -> set[str]:
     return out
 
 
-def _drop_snapshots(root: Path, keep: set[str], before: float | None) -> tuple[int, int]:
-    """Remove snapshots not in ``keep`` and last used (their mtime: builds touch what they
+def _drop_extracted(root: Path, keep: set[str], before: float | None) -> tuple[int, int]:
+    """Remove the extracted layers not in ``keep`` and last used (their mtime: builds touch what they
     use) before ``before`` (None: whenever)."""
     count = size = 0
     if not root.is_dir():

@@ -52,10 +52,11 @@ def prune_command(storage: Path | None, older_than: str, everything: bool, wait:
     except PruneError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
-        click.echo(json.dumps({"entries": report.entries, "snapshots": report.snapshots,
-                               "snapshot_bytes": report.snapshot_bytes,
+        # "snapshots": the extracted layers' name before (the output keeps its keys)
+        click.echo(json.dumps({"entries": report.entries, "snapshots": report.extracted,
+                               "snapshot_bytes": report.extracted_bytes,
                                "file_hashes": report.file_hashes}))
         return
-    click.echo(f"removed {report.entries} cache entries, {report.snapshots} extracted layers "
-               f"({report.snapshot_bytes / 1e6:.1f} MB) and {report.file_hashes} file hashes; "
+    click.echo(f"removed {report.entries} cache entries, {report.extracted} extracted layers "
+               f"({report.extracted_bytes / 1e6:.1f} MB) and {report.file_hashes} file hashes; "
                "`pybuild storage gc` reclaims the blobs")

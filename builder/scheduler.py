@@ -8,7 +8,7 @@ stage runs as one asyncio task, all started together; a stage that needs another
 (``FROM <stage>``, ``COPY --from=<stage>``, ``RUN --mount=from=<stage>``) awaits that
 stage's task at the point of use, so independent stages overlap and stages the target
 does not need never run. Filesystem steps go through
-:func:`builder.steps.common.layer_step` (cache, layers, snapshots); metadata
+:func:`builder.steps.common.layer_step` (cache, layers, extracted layers); metadata
 instructions only change the stage's :class:`ImageState`. A base image's ``ONBUILD``
 triggers run first in the stage that uses it (unexpanded, as Docker), then are dropped.
 """

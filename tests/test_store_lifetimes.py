@@ -111,9 +111,9 @@ async def _build_cache(tmp: Path) -> Subject:
 
     def use(i: int) -> None:
         if i % 2:
-            cache.put(f"k{i}", "p", "RUN x", {"i": i}, layer)
+            cache.record(f"k{i}", "p", "RUN x", {"i": i}, layer)
         else:
-            cache.get(f"k{i - 1}")
+            cache.lookup(f"k{i - 1}")
 
     return Subject(use, cache.close)
 

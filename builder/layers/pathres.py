@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
-from collections import deque
 
 from .errors import UnsafeLayerEntry
+from .rootwalk import MAX_SYMLINKS, SymlinkLoop, walk_in_root
 
 __all__ = ["MAX_SYMLINKS", "clean_name", "resolve_in_root"]
-
-MAX_SYMLINKS = 40  # as Linux's path walk (ELOOP)
 
 
 def clean_name(name: str, *, entry: str | None = None) -> list[str]:
@@ -43,36 +40,22 @@ def clean_name(name: str, *, entry: str | None = None) -> list[str]:
 def resolve_in_root(root: str, parts: list[str], *, follow_final: bool = False,
                     name: str = "") -> str:
     """The absolute path that ``parts`` names inside ``root``, symlinks resolved scoped to
-    ``root`` (the final component only with ``follow_final``). Components that do not
-    exist are taken literally. Raises UnsafeLayerEntry (naming ``name``) on a symlink loop.
+    ``root`` (the final component only with ``follow_final``; :mod:`.rootwalk`).
+    Components that do not exist are taken literally. Raises UnsafeLayerEntry (naming
+    ``name``) on a symlink loop.
     """
-    todo = deque(parts)
-    current: list[str] = []
-    links = 0
-    while todo:
-        part = todo.popleft()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if current:
-                current.pop()
-            continue
-        candidate = os.path.join(root, *current, part)
+
+    def lstat(components: list[str]) -> os.stat_result | None:
         try:
-            st = os.lstat(candidate)
+            return os.lstat(os.path.join(root, *components))
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
                 raise
-            current.append(part)
-            continue
-        if stat.S_ISLNK(st.st_mode) and (todo or follow_final):
-            links += 1
-            if links > MAX_SYMLINKS:
-                raise UnsafeLayerEntry(name, f"more than {MAX_SYMLINKS} symlinks on its path")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                current = []
-            todo.extendleft(reversed(target.split("/")))
-            continue
-        current.append(part)
-    return os.path.join(root, *current)
+            return None
+
+    try:
+        resolved = walk_in_root(parts, lstat=lstat, follow_final=follow_final,
+                                readlink=lambda c: os.readlink(os.path.join(root, *c)))
+    except SymlinkLoop as exc:
+        raise UnsafeLayerEntry(name, str(exc)) from None
+    return os.path.join(root, *resolved)

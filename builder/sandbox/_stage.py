@@ -1,6 +1,7 @@
 """The process that sets up one step's sandbox, then becomes the sandbox.
 
-Run as a script (stdlib only, nothing imported from pybuild) by ``runner.py``, already
+Run as a script (stdlib only; of pybuild only ``builder/layers/rootwalk.py``, the in-root
+path walk, loaded by its path) by ``runner.py``, already
 inside a private mount namespace made by ``unshare(1)`` -- and, for the chroot executor,
 inside fresh PID/IPC/UTS (and network) namespaces too, as their PID 1. Every mount made
 here lives in that namespace and disappears with it: nothing needs unmounting afterwards,
@@ -34,7 +35,6 @@ import os
 import resource
 import signal
 import socket
-import stat
 import struct
 import sys
 from typing import Any
@@ -104,56 +104,67 @@ def remount_readonly(target: str, flags: int = 0) -> None:
 touched: dict[str, list[int]] = {}
 
 
+def _load_rootwalk() -> Any:
+    """builder.layers.rootwalk, the one in-root path walk (stdlib only): imported as a
+    module when this file is, loaded from its path when this runs as a script."""
+    try:
+        from ..layers import rootwalk
+    except ImportError:  # a script under -I: nothing of pybuild is importable
+        import importlib.util
+
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                            "layers", "rootwalk.py")
+        spec = importlib.util.spec_from_file_location("_pybuild_rootwalk", path)
+        assert spec is not None and spec.loader is not None
+        rootwalk = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(rootwalk)
+    return rootwalk
+
+
+_rootwalk = _load_rootwalk()
+
+
 def resolve(root: str, path: str, create: str | None, created: list[str]) -> str:
     """``path`` inside ``root``, symlinks followed without ever leaving ``root``.
 
     Missing components are made (directories; the last one a file if ``create`` is
     ``"file"``) and recorded in ``created``, relative to root, parents first.
     """
-    todo = [p for p in path.split("/") if p not in ("", ".")]
-    cur: list[str] = []
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part == "..":
-            if cur:
-                cur.pop()
-            continue
-        full = os.path.join(root, *cur, part)
+
+    def lstat(components: list[str]) -> os.stat_result | None:
         try:
-            st = os.lstat(full)
+            return os.lstat(os.path.join(root, *components))
         except FileNotFoundError:
-            if create is None:
-                raise SetupError(f"{path} does not exist in the image") from None
-            parent = "/".join(cur)
-            if parent not in touched:
-                pst = os.lstat(os.path.join(root, *cur))
-                touched[parent] = [pst.st_atime_ns, pst.st_mtime_ns]
-            try:
-                if not todo and create == "file":
-                    os.close(os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-                else:
-                    os.mkdir(full, 0o755)
-            except OSError as exc:
-                if exc.errno != errno.EROFS:
-                    raise
-                raise SetupError(f"cannot make the mount point {path}: it would be inside a "
-                                 "read-only mount; choose a target that exists there, or "
-                                 "mount the outer one rw") from None
-            cur.append(part)
-            created.append("/".join(cur))
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > 40:
-                raise SetupError(f"{path}: too many levels of symbolic links")
-            target = os.readlink(full)
-            if target.startswith("/"):
-                cur = []
-            todo = [p for p in target.split("/") if p not in ("", ".")] + todo
-            continue
-        cur.append(part)
-    return os.path.join(root, *cur)
+            return None
+
+    def make(components: list[str], last: bool) -> None:
+        if create is None:
+            raise SetupError(f"{path} does not exist in the image")
+        parent = "/".join(components[:-1])
+        if parent not in touched:
+            pst = os.lstat(os.path.join(root, *components[:-1]))
+            touched[parent] = [pst.st_atime_ns, pst.st_mtime_ns]
+        full = os.path.join(root, *components)
+        try:
+            if last and create == "file":
+                os.close(os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            else:
+                os.mkdir(full, 0o755)
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            raise SetupError(f"cannot make the mount point {path}: it would be inside a "
+                             "read-only mount; choose a target that exists there, or "
+                             "mount the outer one rw") from None
+        created.append("/".join(components))
+
+    try:
+        resolved = _rootwalk.walk_in_root(
+            path.split("/"), lstat=lstat, missing=make, follow_final=True,
+            readlink=lambda c: os.readlink(os.path.join(root, *c)))
+    except _rootwalk.SymlinkLoop:
+        raise SetupError(f"{path}: too many levels of symbolic links") from None
+    return os.path.join(root, *resolved)
 
 
 def setup_mounts(plan: Plan, root: str, stubs: list[str]) -> None:

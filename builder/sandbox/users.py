@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..accounts import find_group, find_user, parse_id, read_group, read_passwd
 from .errors import UnknownUser
 
 __all__ = ["ExecUser", "resolve_user"]
-
-_MAX_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -33,27 +32,6 @@ class ExecUser:
     name: str = ""
 
 
-def _entries(text: str | None, fields: int) -> list[list[str]]:
-    rows = []
-    for line in (text or "").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(":")
-        if len(parts) < 3:
-            continue
-        parts += [""] * (fields - len(parts))
-        rows.append(parts)
-    return rows
-
-
-def _number(text: str) -> int | None:
-    if text.isdigit():
-        value = int(text)
-        return value if value <= _MAX_ID else None
-    return None
-
-
 def resolve_user(user: str, passwd: str | None, group: str | None) -> ExecUser:
     """Resolve ``user`` (``name``, ``uid``, ``uid:gid``, ``name:group``...) to ids.
 
@@ -63,20 +41,13 @@ def resolve_user(user: str, passwd: str | None, group: str | None) -> ExecUser:
     user_arg, _, group_arg = user.partition(":")
     if user_arg == "" and user:
         raise UnknownUser(user, "the user part is empty")
-    uid_num = _number(user_arg) if user_arg else 0
+    uid_num = parse_id(user_arg) if user_arg else 0
     if user_arg and uid_num is None and user_arg.isdigit():
         raise UnknownUser(user, f"uid {user_arg} is out of range")
 
-    entry = None
-    for row in _entries(passwd, 7):
-        row_uid = _number(row[2])
-        if (uid_num is not None and row_uid == uid_num) or (
-            uid_num is None and row[0] == user_arg
-        ):
-            entry = row
-            break
+    entry = find_user(read_passwd(passwd), user_arg or "0")
     if entry is not None:
-        name, uid, gid, home = entry[0], int(entry[2]), _number(entry[3]) or 0, entry[5] or "/"
+        name, uid, gid, home = entry.name, entry.uid, entry.gid or 0, entry.home or "/"
     elif uid_num is not None:
         name, uid, gid, home = "", uid_num, 0, "/"
     else:
@@ -84,24 +55,14 @@ def resolve_user(user: str, passwd: str | None, group: str | None) -> ExecUser:
 
     groups: tuple[int, ...] = ()
     if group_arg:
-        gid_num = _number(group_arg)
-        found = None
-        for row in _entries(group, 4):
-            if (gid_num is not None and _number(row[2]) == gid_num) or (
-                gid_num is None and row[0] == group_arg
-            ):
-                found = row
-                break
+        found = find_group(read_group(group), group_arg)
+        gid_num = parse_id(group_arg)
         if found is not None:
-            gid = int(found[2])
+            gid = found.gid
         elif gid_num is not None:
             gid = gid_num
         else:
             raise UnknownUser(user, f"no group named {group_arg!r} in the image's /etc/group")
     elif name:
-        groups = tuple(
-            int(row[2])
-            for row in _entries(group, 4)
-            if _number(row[2]) is not None and name in row[3].split(",")
-        )
+        groups = tuple(g.gid for g in read_group(group) if name in g.members)
     return ExecUser(uid=uid, gid=gid, groups=groups, home=home, name=name)

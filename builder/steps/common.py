@@ -16,12 +16,12 @@ from cas import Digest, Store
 from cas.holders import cache_holder
 from registry.oci import Descriptor
 
-from ..cache import BuildCache, CachedLayer, step_key
+from ..cache import BuildCacheBackend, CachedLayer, step_key
 from ..context import SourceTree
 from ..dockerfile.instructions import Instruction
+from ..extracted import ExtractedLayers
 from ..image import ImageState, LayerRef
 from ..progress import Progress
-from ..snapshots import SnapshotStore
 
 if TYPE_CHECKING:
     from ..contexts import NamedContexts
@@ -50,8 +50,8 @@ class StepEnv:
     """Everything a step may use; one per build."""
 
     store: Store
-    cache: BuildCache
-    snapshots: SnapshotStore
+    cache: BuildCacheBackend
+    extracted: ExtractedLayers
     progress: Progress
     context: SourceTree
     work: Path  # this build's scratch directory (removed at the end)
@@ -91,7 +91,7 @@ class StepEnv:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.work))
 
     async def lowers(self, state: ImageState) -> list[Path]:
-        return await self.snapshots.lowers(
+        return await self.extracted.lowers(
             [(layer.diff_id, layer.descriptor.digest) for layer in state.layers])
 
 
@@ -193,7 +193,7 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
 async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
                         inputs: dict[str, Any], n: int,
                         produce: Callable[[int], Awaitable[Path]]) -> CachedLayer:
-    cached = None if env.no_cache else await asyncio.to_thread(env.cache.get, key)
+    cached = None if env.no_cache else await asyncio.to_thread(env.cache.lookup, key)
     if cached is not None and cached.digest and await env.store.stat(
             Digest.parse(cached.digest)) is None:
         cached = None
@@ -225,7 +225,7 @@ async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
     else:
         cached = CachedLayer(str(blob.digest), blob.size, str(blob.diff_id), blob.media_type,
                              env.created)
-        await asyncio.to_thread(env.snapshots.adopt, blob.diff_id, upper)
-    await asyncio.to_thread(env.cache.put, key, parent, instruction, inputs, cached)
+        await asyncio.to_thread(env.extracted.adopt, blob.diff_id, upper)
+    await asyncio.to_thread(env.cache.record, key, parent, instruction, inputs, cached)
     env.progress.done(n)
     return cached

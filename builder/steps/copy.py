@@ -33,12 +33,14 @@ from typing import Any, BinaryIO
 
 import blake3
 
+from ..accounts import find_group, find_user, read_group, read_passwd
 from ..context import ContextError, Source, SourceTree, hash_path
 from ..dockerfile.instructions import Add, Copy, Workdir
 from ..ignore import IgnoreMatcher
 from ..image import ImageState
 from ..layers.changeset import path_sort_key
 from ..layers.errors import LayerError
+from ..layers.rootwalk import SymlinkLoop, walk_in_root
 from ..sandbox.rootfs import lower_stat, read_from_lowers
 from ..sandbox.userns import unmapped_owner
 from .common import BuildError, StepEnv, instruction_text, layer_step
@@ -90,30 +92,26 @@ def _open_archive(path: Path) -> BinaryIO:
 
 
 def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
+    """``--chown=user[:group]`` as ids: a number is used as is, a name is looked up in
+    the stage's /etc/passwd or /etc/group (BuildError when it is not there); without a
+    group, a named user's primary group, else the uid."""
     user, _, group = spec.partition(":")
-
-    def lookup(name: str, db: str) -> int:
-        if name.isdigit():
-            return int(name)
-        data = read_from_lowers(lowers, db)
-        for line in (data or b"").decode(errors="replace").splitlines():
-            fields = line.split(":")
-            if fields[0] == name and len(fields) > 2:
-                return int(fields[2])
-        raise BuildError(where, f"--chown: no {'user' if db == 'etc/passwd' else 'group'} "
-                         f"{name!r} in the image's /{db}")
-
-    uid = lookup(user, "etc/passwd")
+    found = None
+    if not user.isdigit():
+        found = find_user(read_passwd(read_from_lowers(lowers, "etc/passwd")), user)
+        if found is None:
+            raise BuildError(where, f"--chown: no user {user!r} in the image's /etc/passwd")
+    uid = int(user) if found is None else found.uid
     if group:
-        return uid, lookup(group, "etc/group")
-    if user.isdigit():
+        if group.isdigit():
+            return uid, int(group)
+        entry = find_group(read_group(read_from_lowers(lowers, "etc/group")), group)
+        if entry is None:
+            raise BuildError(where, f"--chown: no group {group!r} in the image's /etc/group")
+        return uid, entry.gid
+    if found is None or found.gid is None:
         return uid, uid
-    data = read_from_lowers(lowers, "etc/passwd") or b""
-    for line in data.decode(errors="replace").splitlines():
-        f = line.split(":")
-        if f[0] == user and len(f) > 3:
-            return uid, int(f[3])
-    return uid, uid
+    return uid, found.gid
 
 
 def _check_mapped(owner: tuple[int, int] | None, where: str, what: str) -> None:
@@ -144,29 +142,12 @@ def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> s
     its way resolved inside the image, as the kernel would in the container: ``/bin/x``
     is ``/usr/bin/x`` when ``/bin -> usr/bin``. Writing to the resolved path keeps such
     symlinks intact instead of shadowing them with a directory."""
-    todo = [p for p in path.split("/") if p]
-    done: list[str] = []
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        cur = "/".join([*done, part])
-        st = lower_stat(lowers, cur)
-        if st is not None and stat.S_ISLNK(st.st_mode) and (todo or follow_final):
-            hops += 1
-            if hops > 40:
-                break
-            found = _link_target(lowers, cur)
-            if found.startswith("/"):
-                done = []
-            todo = [p for p in found.split("/") if p] + todo
-            continue
-        done.append(part)
+    try:
+        done = walk_in_root(path.split("/"), follow_final=follow_final,
+                            lstat=lambda c: lower_stat(lowers, "/".join(c)),
+                            readlink=lambda c: _link_target(lowers, "/".join(c)))
+    except SymlinkLoop as exc:
+        done = exc.resolved  # the kernel would fail (ELOOP): keep what resolved
     return "/" + "/".join(done)
 
 
@@ -304,7 +285,7 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
             items.append(_Item(target.lstrip("/"), src.path, st))
         to_hash.append((src.rel, src.path, st))
     digests = tree.hash_files([(path, st) for _, path, st in to_hash])
-    for (rel, path, st), digest in zip(to_hash, digests):
+    for (rel, _path, st), digest in zip(to_hash, digests):
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             first = inodes.setdefault((st.st_dev, st.st_ino), rel)
             if first != rel:

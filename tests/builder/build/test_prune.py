@@ -1,5 +1,5 @@
-"""``pybuild builder prune``: old cache entries, the snapshots only they used and stale
-context hashes go; a running build's snapshots never do."""
+"""``pybuild builder prune``: old cache entries, the extracted layers only they used and
+stale context hashes go; a running build's extracted layers never do."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def make_context(tmp_path: Path, base: str) -> Path:
     return ctx
 
 
-def snapshots(storage: Path) -> set[str]:
+def extracted(storage: Path) -> set[str]:
     return {p.name for p in (storage / "builder" / "snapshots").iterdir()}
 
 
@@ -55,10 +55,10 @@ def test_prune_keeps_fresh_entries_and_removes_old_ones(
     first = build(ctx, storage=storage, source_date_epoch=0)
     assert first.ran_steps
     entries, _ = cache_state(storage)
-    assert entries >= 2 and len(snapshots(storage)) >= 2  # the base layer and the RUN's
+    assert entries >= 2 and len(extracted(storage)) >= 2  # the base layer and the RUN's
 
     report = asyncio.run(prune(storage, older_than=3600))
-    assert (report.entries, report.snapshots) == (0, 0)
+    assert (report.entries, report.extracted) == (0, 0)
     assert cache_state(storage)[0] == entries
 
     # A context file that is gone: its remembered hash goes, the rest stays.
@@ -70,9 +70,9 @@ def test_prune_keeps_fresh_entries_and_removes_old_ones(
 
     layers = BuildCache(storage / "builder" / "cache.db").layers()
     report = asyncio.run(prune(storage, older_than=None))
-    assert report.entries == entries and report.snapshots >= 2 and report.snapshot_bytes > 0
+    assert report.entries == entries and report.extracted >= 2 and report.extracted_bytes > 0
     assert report.file_hashes >= 1
-    assert cache_state(storage)[0] == 0 and snapshots(storage) == set()
+    assert cache_state(storage)[0] == 0 and extracted(storage) == set()
     for layer in layers:  # the blobs are no longer held by the cache: gc may take them
         assert not [h for h in asyncio.run(holders(storage, layer.digest)) if h.startswith("cache:")]
 
@@ -80,16 +80,16 @@ def test_prune_keeps_fresh_entries_and_removes_old_ones(
     assert again.ran_steps and again.image.digest == first.image.digest
 
 
-def test_prune_keeps_the_snapshots_of_local_images(
+def test_prune_keeps_the_extracted_layers_of_local_images(
     tmp_path: Path, busybox_ref: str, build: Builder,
 ) -> None:
     storage = tmp_path / "storage"
     build(make_context(tmp_path, busybox_ref), storage=storage, tags=("prune/app:1",))
-    before = snapshots(storage)
+    before = extracted(storage)
     report = asyncio.run(prune(storage, older_than=None))
     assert report.entries >= 2
     # Every layer of the tagged image (base included) is still extracted.
-    assert report.snapshots == 0 and snapshots(storage) == before
+    assert report.extracted == 0 and extracted(storage) == before
 
 
 def test_prune_waits_for_running_builds(tmp_path: Path) -> None:

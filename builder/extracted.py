@@ -1,6 +1,8 @@
 """Extracted layers, one directory per diff_id, in overlayfs lower-dir format.
 
-Layout (inside the build storage directory)::
+Layout (inside the build storage directory; the directory keeps the name ``snapshots``
+it had before this module was called "extracted layers", so existing storage stays
+valid)::
 
     snapshots/<diff_id hex>/     the layer's files; whiteouts as 0/0 character devices,
                                  opaque directories marked trusted.overlay.opaque=y
@@ -8,11 +10,11 @@ Layout (inside the build storage directory)::
                                  namespace, as its overlay mounts read them)
     snapshots/.tmp-*/            extractions in progress (renamed into place when done)
 
-A stage's root filesystem is the stack of its layers' snapshot directories (top first),
+A stage's root filesystem is the stack of its extracted layers (top first),
 mounted as overlay lower dirs by the sandbox or flattened for COPY --from and the local
 output. A layer is extracted at most once per storage directory, whichever build or
-stage needs it; a step's freshly written upper directory is adopted as its snapshot
-without extracting anything.
+stage needs it; a step's freshly written upper directory is adopted as its extracted
+layer without extracting anything.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from .layers.changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from .layers.pathres import clean_name
 from .sandbox.userns import overlay_xattr
 
-__all__ = ["SnapshotStore"]
+__all__ = ["EXTRACTED_DIR", "ExtractedLayers"]
+
+# The directory under <storage>/builder (its name from before: see above).
+EXTRACTED_DIR = "snapshots"
 
 
 def _whiteouts(blob: Path) -> list[tuple[list[str], bool]]:
@@ -46,7 +51,7 @@ def _whiteouts(blob: Path) -> list[tuple[list[str], bool]]:
                 out.append((parts[:-1], True))
             elif parts and parts[-1].startswith(WHITEOUT_PREFIX) \
                     and not parts[-1].startswith(WHITEOUT_PREFIX * 2):
-                out.append((parts[:-1] + [parts[-1][len(WHITEOUT_PREFIX):]], False))
+                out.append(([*parts[:-1], parts[-1][len(WHITEOUT_PREFIX):]], False))
     return out
 
 
@@ -67,14 +72,17 @@ def _extract(blob: Path, dest: Path) -> None:
 
 
 def _touch(path: Path) -> None:
-    """Mark a snapshot as used now (`pybuild builder prune` keeps recently used ones)."""
+    """Mark an extracted layer as used now (`pybuild builder prune` keeps recently used
+    ones)."""
     try:
         os.utime(path)
     except OSError:
         pass  # removed meanwhile, or on a read-only storage: nothing to keep track of
 
 
-class SnapshotStore:
+class ExtractedLayers:
+    """The extracted layers under ``root`` (``<storage>/builder/snapshots``)."""
+
     def __init__(self, root: Path, store: Store) -> None:
         self.root = root
         self.store = store
@@ -85,7 +93,8 @@ class SnapshotStore:
         return self.root / diff_id.encoded
 
     def adopt(self, diff_id: Digest, directory: Path) -> Path:
-        """Make ``directory`` (a step's upper dir) the snapshot of ``diff_id`` (blocking)."""
+        """Make ``directory`` (a step's upper dir) the extracted layer of ``diff_id``
+        (blocking)."""
         target = self.path(diff_id)
         if target.exists():
             shutil.rmtree(directory, ignore_errors=True)
@@ -97,7 +106,8 @@ class SnapshotStore:
         return target
 
     async def ensure(self, diff_id: Digest, blob: Digest) -> Path:
-        """The snapshot of the layer ``blob`` (uncompressed digest ``diff_id``)."""
+        """The extracted layer ``blob`` (uncompressed digest ``diff_id``), extracting it
+        if no build did yet."""
         target = self.path(diff_id)
         if target.exists():
             await asyncio.to_thread(_touch, target)
@@ -126,6 +136,7 @@ class SnapshotStore:
             await asyncio.to_thread(f.close)
 
     async def lowers(self, layers: Sequence[tuple[Digest, Digest]]) -> list[Path]:
-        """Snapshot dirs for ``(diff_id, blob)`` pairs bottom first, returned top first."""
+        """Extracted-layer dirs for ``(diff_id, blob)`` pairs bottom first, returned top
+        first (overlay lower dirs)."""
         paths = await asyncio.gather(*(self.ensure(d, b) for d, b in layers))
         return list(reversed(paths))

@@ -1,36 +1,41 @@
-"""The build cache: step key -> the layer that step produced (SQLite in the storage dir).
+"""The local build cache: :class:`BuildCache`, SQLite in ``<storage>/builder/cache.db``.
 
-A step's key is ``sha256(parent key, expanded instruction, inputs)`` where ``inputs`` maps
-each thing the step reads to a content hash (a copied file's path -> hash, ``env`` ->
-the environment, ``user``, ``workdir``, ``args`` ...). The layer blob itself lives in the
-CAS, linked by holder ``cache:<key>``; a row whose blob vanished counts as a miss.
+The default :class:`builder.cache.BuildCacheBackend`. A step's key is ``sha256(parent
+key, expanded instruction, inputs)`` where ``inputs`` maps each thing the step reads to a
+content hash (a copied file's path -> hash, ``env`` -> the environment, ``user``,
+``workdir``, ``args`` ...). The layer blob itself lives in the CAS, linked by holder
+``cache:<key>``; a row whose blob vanished counts as a miss.
 
 Every stored step also records ``(parent, instruction) -> inputs``, so a miss can be
 explained: :meth:`BuildCache.explain` names the inputs that differ from the last build
 of the same instruction on the same parent (or says the instruction or parent changed).
+An imported entry (:meth:`BuildCache.import_manifest`) has ``inputs`` ``null``.
 
 It also remembers the content hash of build-context files by their ``lstat`` (table
 ``file_hashes``: path -> size, mtime, ctime, inode, device, mode -> hash, as BuildKit's
-contenthash does), so an unchanged context costs one ``lstat`` per file, not a read.
+contenthash does), so an unchanged context costs one ``lstat`` per file, not a read
+(``builder.context.FileHashStore``); and ``pybuild builder prune`` removes old entries
+(:meth:`BuildCache.prune_steps`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cas.errors import StoreClosed, mapped_error
 
-__all__ = ["BuildCache", "CachedLayer", "step_key"]
+from .entries import CachedLayer, miss_reason
+from .manifest import CacheEntry, CacheManifest
+
+__all__ = ["BuildCache"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS steps (
@@ -48,38 +53,6 @@ CREATE TABLE IF NOT EXISTS file_hashes (
     hash TEXT NOT NULL
 );
 """
-
-
-def step_key(parent: str, instruction: str, inputs: dict[str, Any]) -> str:
-    """The cache key of a step (hex sha256)."""
-    doc = json.dumps([parent, instruction, inputs], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(doc.encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class CachedLayer:
-    """What a step produced: the layer blob's descriptor fields and its diff_id, and
-    ``created``, when the step ran (the history time a cache hit reuses, so that a
-    rebuild from the cache gives the same image; "" in entries written before)."""
-
-    digest: str
-    size: int
-    diff_id: str
-    media_type: str
-    created: str = ""
-
-    def to_json(self) -> str:
-        doc: dict[str, Any] = {"digest": self.digest, "size": self.size,
-                               "diff_id": self.diff_id, "media_type": self.media_type}
-        if self.created:
-            doc["created"] = self.created
-        return json.dumps(doc, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> CachedLayer:
-        d = json.loads(text)
-        return cls(d["digest"], int(d["size"]), d["diff_id"], d["media_type"],
-                   d.get("created", ""))
 
 
 class BuildCache:
@@ -130,13 +103,13 @@ class BuildCache:
                     raise
                 raise mapped from exc
 
-    def get(self, key: str) -> CachedLayer | None:
+    def lookup(self, key: str) -> CachedLayer | None:
         with self._using():
             row = self._db.execute("SELECT layer FROM steps WHERE key=?", (key,)).fetchone()
         return None if row is None else CachedLayer.from_json(row[0])
 
-    def put(self, key: str, parent: str, instruction: str, inputs: dict[str, Any],
-            layer: CachedLayer) -> None:
+    def record(self, key: str, parent: str, instruction: str, inputs: dict[str, Any],
+               layer: CachedLayer) -> None:
         with self._using():
             self._db.execute(
                 "INSERT OR REPLACE INTO steps(key, parent, instruction, inputs, layer) "
@@ -203,38 +176,50 @@ class BuildCache:
             self._db.execute("COMMIT")
         return len(gone)
 
-    def forget(self, key: str) -> None:
-        with self._using():
-            self._db.execute("DELETE FROM steps WHERE key=?", (key,))
-
     def explain(self, parent: str, instruction: str, inputs: dict[str, Any]) -> str:
         """Why ``(parent, instruction, inputs)`` has no cache entry, in one sentence."""
         with self._using():
             row = self._db.execute(
                 "SELECT inputs FROM steps WHERE parent=? AND instruction=? "
-                "ORDER BY created DESC LIMIT 1", (parent, instruction)).fetchone()
+                "AND inputs != 'null' ORDER BY created DESC, rowid DESC LIMIT 1",
+                (parent, instruction)).fetchone()
             same_parent = self._db.execute(
                 "SELECT 1 FROM steps WHERE parent=? LIMIT 1", (parent,)).fetchone()
-        if row is None:
-            if same_parent is not None:
-                return "the instruction changed (no earlier build ran it on this parent)"
-            return "the previous step changed (or this step never ran before)"
-        old = json.loads(row[0])
-        changed = _diff(old, inputs)
-        return ("inputs changed: " + ", ".join(changed)) if changed else \
-            "its cached layer is no longer stored"
+            imported = None if row is not None else self._db.execute(
+                "SELECT 1 FROM steps WHERE parent=? AND instruction=? AND inputs = 'null' "
+                "LIMIT 1", (parent, instruction)).fetchone()
+        return miss_reason(None if row is None else json.loads(row[0]),
+                           same_parent is not None, inputs, imported=imported is not None)
 
+    def export_manifest(self, keys: Collection[str] | None = None) -> CacheManifest:
+        with self._using():
+            if keys is None:
+                rows = self._db.execute(
+                    "SELECT key, parent, instruction, layer FROM steps").fetchall()
+            else:
+                wanted = list(keys)
+                rows = []
+                for i in range(0, len(wanted), 500):
+                    batch = wanted[i:i + 500]
+                    rows += self._db.execute(
+                        "SELECT key, parent, instruction, layer FROM steps WHERE key IN "
+                        f"({','.join('?' * len(batch))})", batch).fetchall()
+        return CacheManifest.of(CacheEntry(key, parent, instruction, CachedLayer.from_json(layer))
+                                for key, parent, instruction, layer in rows)
 
-def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        name = f"{prefix}{k}"
-        if k not in old:
-            out.append(f"{name} (new)")
-        elif k not in new:
-            out.append(f"{name} (gone)")
-        elif isinstance(old[k], dict) and isinstance(new[k], dict):
-            out.extend(_diff(old[k], new[k], name + ":"))
-        elif old[k] != new[k]:
-            out.append(name)
-    return out
+    def import_manifest(self, manifest: CacheManifest) -> int:
+        with self._using():
+            self._db.execute("BEGIN")
+            try:
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO steps(key, parent, instruction, inputs, layer) "
+                    "VALUES (?, ?, ?, 'null', ?)",
+                    [(e.key, e.parent, e.instruction, e.layer.to_json())
+                     for e in manifest.entries])
+                added = self._db.total_changes - before
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return added

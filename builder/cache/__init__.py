@@ -1,0 +1,18 @@
+"""The build cache: step key -> the layer that step produced.
+
+- :mod:`.protocol`: :class:`BuildCacheBackend`, the seam the steps use (lookup, record,
+  explain, and the import/export pair a remote cache moves);
+- :mod:`.entries`: :class:`CachedLayer`, :func:`step_key`, :func:`miss_reason`;
+- :mod:`.manifest`: :class:`CacheManifest`, the entries as one portable document;
+- :mod:`.sqlite`: :class:`BuildCache`, the local default (``<storage>/builder/cache.db``);
+- :mod:`.memory`: :class:`MemoryBuildCache`.
+"""
+
+from .entries import CachedLayer, miss_reason, step_key
+from .manifest import CacheEntry, CacheManifest
+from .memory import MemoryBuildCache
+from .protocol import BuildCacheBackend
+from .sqlite import BuildCache
+
+__all__ = ["BuildCache", "BuildCacheBackend", "CacheEntry", "CacheManifest", "CachedLayer",
+           "MemoryBuildCache", "miss_reason", "step_key"]

@@ -1,0 +1,89 @@
+"""What every build-cache backend stores and answers with: :class:`CachedLayer`, the
+step key (:func:`step_key`) and the one-sentence reason for a miss (:func:`miss_reason`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["IMPORTED_MISS", "CachedLayer", "miss_reason", "step_key"]
+
+
+def step_key(parent: str, instruction: str, inputs: dict[str, Any]) -> str:
+    """The cache key of a step (hex sha256)."""
+    doc = json.dumps([parent, instruction, inputs], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CachedLayer:
+    """What a step produced: the layer blob's descriptor fields and its diff_id, and
+    ``created``, when the step ran (the history time a cache hit reuses, so that a
+    rebuild from the cache gives the same image; "" in entries written before).
+
+    A step that changed nothing has ``digest`` "" (and size 0, no diff_id, no media
+    type): it is cached all the same, and adds an empty history entry."""
+
+    digest: str
+    size: int
+    diff_id: str
+    media_type: str
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"digest": self.digest, "size": self.size,
+                               "diff_id": self.diff_id, "media_type": self.media_type}
+        if self.created:
+            doc["created"] = self.created
+        return doc
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CachedLayer:
+        return cls(str(d["digest"]), int(d["size"]), str(d["diff_id"]), str(d["media_type"]),
+                   str(d.get("created", "")))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CachedLayer:
+        return cls.from_dict(json.loads(text))
+
+
+IMPORTED_MISS = ("an imported cache ran this instruction on this parent: its inputs "
+                 "differ, or its layer is not stored here")
+
+
+def miss_reason(previous_inputs: dict[str, Any] | None, same_parent: bool,
+                inputs: dict[str, Any], *, imported: bool = False) -> str:
+    """Why a step missed, in one sentence: ``previous_inputs`` are those of the latest
+    recorded entry for the same parent and instruction (None: there is none),
+    ``same_parent`` whether any entry has that parent, ``imported`` whether an imported
+    entry (whose inputs are not known) has the same parent and instruction."""
+    if previous_inputs is None:
+        if imported:
+            return IMPORTED_MISS
+        if same_parent:
+            return "the instruction changed (no earlier build ran it on this parent)"
+        return "the previous step changed (or this step never ran before)"
+    changed = _diff(previous_inputs, inputs)
+    return ("inputs changed: " + ", ".join(changed)) if changed else \
+        "its cached layer is no longer stored"
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        name = f"{prefix}{k}"
+        if k not in old:
+            out.append(f"{name} (new)")
+        elif k not in new:
+            out.append(f"{name} (gone)")
+        elif isinstance(old[k], dict) and isinstance(new[k], dict):
+            out.extend(_diff(old[k], new[k], name + ":"))
+        elif old[k] != new[k]:
+            out.append(name)
+    return out
