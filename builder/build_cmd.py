@@ -15,9 +15,8 @@ from typing import Any, TypeVar
 import click
 
 from cas.location import default_storage_dir
-from registry.oci import Platform
 
-from .build import BuildOptions, run_build
+from .build import BuildOptions, run_build, target_platforms
 from .context import ContextError
 from .dockerfile.errors import DockerfileError
 from .fastpath import Recorder, progress_events
@@ -227,7 +226,8 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
 @click.option("--storage", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Storage directory [default: $PYBUILD_STORAGE or ~/.local/share/pybuild].")
 @click.option("--platform", default=None,
-              help="Target platform os/arch[/variant] [default: this host's].")
+              help="Target platform(s) os/arch[/variant], comma-separated (two or more: an "
+                   "image index) [default: this host's].")
 @click.option("--differ", type=click.Choice(["auto", "overlay", "snapshot"]), default="auto",
               help="How RUN changes are captured: overlayfs, a snapshot diff, or overlayfs "
                    "where the kernel allows it (auto).")
@@ -248,13 +248,11 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
     if push and not tags:
         raise click.UsageError("--push needs at least one -t NAME to push to")
     if platform is not None:
-        if "," in platform:
-            raise click.BadParameter("one platform per build (multi-platform images are not "
-                                     "built here)", param_hint="--platform")
         try:
-            Platform.parse(platform)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--platform") from exc
+            target_platforms(platform)
+        except BuildError as exc:
+            raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--platform") \
+                from exc
     become_root()  # as a non-root user: root of a user namespace (docs/rootless.md)
     opts = BuildOptions(
         context=context, storage=storage or default_storage_dir(), dockerfile=dockerfile,
@@ -264,7 +262,8 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         source_date_epoch=source_date_epoch, push=push, platform=platform, differ=differ,
         ssh=_ssh(ssh), allow=frozenset(allow), pull=pull)
     progress = Progress(progress_mode)
-    recorder = None if outs or push or secrets or ssh else Recorder.start()
+    recorder = None if outs or push or secrets or ssh or "," in (platform or "") \
+        else Recorder.start()
     try:
         result = _run_until_signal(run_build(opts, progress))
     except (BuildError, DockerfileError, ContextError, PublishError, ExportError,
@@ -274,14 +273,14 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
     except Interrupted as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(128 + exc.signum)
-    digest = str(result.image.digest)
+    digest = str(result.digest)
     if iidfile:
         iidfile.write_text(digest)
     if metadata_file:
+        config = {} if result.index else {  # an index has no config (as buildx)
+            "containerimage.config.digest": str(result.image.manifest.config.digest)}
         metadata_file.write_text(json.dumps({
-            "containerimage.digest": digest,
-            "containerimage.config.digest": str(result.image.manifest.config.digest),
-            "image.name": ",".join(tags),
+            "containerimage.digest": digest, **config, "image.name": ",".join(tags),
         }, indent=2))
     if recorder is not None:
         recorder.finish(progress_events(progress), digest,

@@ -97,8 +97,9 @@ def _trigger(text: str, where: str) -> Instruction:
 
 class StageScheduler:
     def __init__(self, build: BuildPlan, bases: Mapping[tuple[str, str], BaseImage],
-                 env: StepEnv, platform: Platform | None = None) -> None:
+                 env: StepEnv, platform: Platform | None = None, prefix: str = "") -> None:
         self.plan = build
+        self.prefix = prefix  # a multi-platform build's step names start with the platform
         self.bases = dict(bases)
         self.platform = platform or Platform.host()
         self.env = env
@@ -183,7 +184,7 @@ class StageScheduler:
                     for t in state.config.on_build] + body
             state.update(on_build=None)
         total = 1 + sum(1 for i in body if isinstance(i, _FS))
-        label = f"{stage.display_name} " if len(self.plan.stages) > 1 else ""
+        label = self.prefix + (f"{stage.display_name} " if len(self.plan.stages) > 1 else "")
         n = env.progress.start(f"[{label}1/{total}] FROM {head.image}")
         env.progress.done(n)
         args: dict[str, str] = {}
