@@ -17,7 +17,10 @@ Fields are CSV (``"name=a,b"`` quotes a comma), keys are case-insensitive, as bu
 them. ``-t`` names (else ``name=``) go into an OCI index (``org.opencontainers.image.ref.name``,
 the tag) and a docker archive's ``RepoTags``. Archives are streamed from the CAS: no layer is
 copied twice. A file is written under a temporary name and renamed into place, so a failed
-build leaves no half-written archive behind.
+build leaves no half-written archive behind. A multi-platform build's image index goes
+into ``oci`` layouts and the image store as it is (``index.json`` names the index); the
+``local`` and ``tar`` outputs hold one directory per platform (``linux_arm64/``, as buildx);
+``docker`` archives and engines take one platform's image only.
 """
 
 from __future__ import annotations
