@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from builder.outputs import Output
 from builder.steps.common import BuildError
 from registry.oci import Platform
 from testkit.docker_engine import find_running_engine
@@ -188,3 +187,11 @@ def test_an_entry_without_the_fix_binary_flag_is_named(
         check_emulator("linux/arm64", "arm64")
     (where / "status").write_text("disabled\n")
     assert find_emulator("arm64") is None
+
+
+def test_platforms_build_at_the_same_time(multiarch_ref: str, build, tmp_path: Path) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("two platforms run at once only with two cores")
+    ctx = _context(tmp_path, multiarch_ref)
+    result = build(ctx, dockerfile=ctx / "Dockerfile.meet", platform=PLATFORMS)
+    assert result.index is not None and len(result.index.images) == 2
