@@ -163,6 +163,12 @@ def test_a_missing_emulator_is_one_clear_line(multiarch_ref: str, tmp_path: Path
                                f"is registered with binfmt_misc ({empty})")
     assert "apt-get install qemu-user-static" in lines[0]
     assert "update-binfmts --enable qemu-aarch64" in lines[0]
+    # in a multi-platform build the failing platform stops the others: still one line
+    both = _cli("build", "--progress", "quiet", "--platform", PLATFORMS, "-f",
+                str(ctx / "Dockerfile.run"), str(ctx), storage=tmp_path / "storage",
+                PYBUILD_BINFMT_MISC=str(empty))
+    assert both.returncode == 1
+    assert both.stderr.strip().splitlines() == lines, both.stderr
     # the host platform needs no emulator
     native = _cli("build", "--progress", "quiet", "-f", str(ctx / "Dockerfile.run"),
                   str(ctx), storage=tmp_path / "storage", PYBUILD_BINFMT_MISC=str(empty))
