@@ -80,8 +80,18 @@ async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
                         if s.base_image == ref)
             raise BuildError(f"{env.dockerfile}:{line}: FROM", str(exc)) from exc
 
-    loaded = await asyncio.gather(*(load(r, p) for r, p in wanted))
-    bases = dict(zip(wanted, loaded))
+    # One platform of a reference at a time: the local image store keeps one platform
+    # of a registry reference, so two pulls of it at once could read each other's.
+    by_ref: dict[str, list[str]] = {}
+    for r, p in wanted:
+        by_ref.setdefault(r, []).append(p)
+
+    async def load_platforms(ref: str, plats: list[str]) -> list[BaseImage]:
+        return [await load(ref, p) for p in plats]
+
+    loaded = await asyncio.gather(*(load_platforms(r, ps) for r, ps in by_ref.items()))
+    bases = {(r, p): b for (r, ps), got in zip(by_ref.items(), loaded)
+             for p, b in zip(ps, got)}
     image_env = {ref: ImageState.from_config(b.config, [], "").env_map()
                  for (ref, _), b in bases.items()}
     return plan_build(tree, build_args, target, target_platform=target_p,

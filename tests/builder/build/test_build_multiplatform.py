@@ -201,3 +201,23 @@ def test_platforms_build_at_the_same_time(multiarch_ref: str, build, tmp_path: P
     ctx = _context(tmp_path, multiarch_ref)
     result = build(ctx, dockerfile=ctx / "Dockerfile.meet", platform=PLATFORMS)
     assert result.index is not None and len(result.index.images) == 2
+
+
+def test_a_registry_index_gives_each_platform_its_base(multiarch_ref: str,
+                                                       tmp_path: Path) -> None:
+    layout = multiarch_ref[len("oci-layout://"):].rsplit(":", 1)[0]
+    with pybuild_registry(tmp_path / "registry") as registry:
+        base = registry.ref("test/busybox", "multi")
+        copied = _cli("copy", "--all-platforms", f"oci:{layout}:latest", base,
+                      storage=tmp_path / "seed")
+        assert copied.returncode == 0, copied.stderr
+        ctx = _context(tmp_path, base)
+        out = tmp_path / "out"
+        for attempt in ("pulled", "again"):
+            built = _cli("build", "--progress", "plain", "--platform", PLATFORMS, "-o",
+                         f"type=local,dest={out}-{attempt}", str(ctx),
+                         storage=tmp_path / "storage")
+            assert built.returncode == 0, built.stderr
+            for plat, machine in (("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")):
+                assert (Path(f"{out}-{attempt}") / plat / "uname").read_text() == \
+                    f"{machine}\n"
