@@ -136,16 +136,18 @@ def test_pushed_index_runs_in_docker_as_each_platform(multiarch_ref: str,
         assert "sha256:" + hashlib.sha256(got.body).hexdigest() == digest
         assert sorted(m["platform"]["architecture"] for m in index["manifests"]) == \
             ["amd64", "arm64"]
+        pulled = []  # image ids: a pull for another platform takes the tag away
         try:
             for plat, machine in (("linux/arm64", "aarch64"), ("linux/amd64", "x86_64")):
                 engine.run("pull", "--platform", plat, ref)
+                pulled.append(engine.run("image", "inspect", "-f", "{{.Id}}", ref).stdout.strip())
                 ran = engine.run("run", "--rm", "--network", "none", "--platform", plat, ref)
                 assert ran.stdout.strip() == machine
                 uname = engine.run("run", "--rm", "--network", "none", "--platform", plat,
                                    ref, "cat", "/uname")
                 assert uname.stdout.strip() == machine
         finally:
-            engine.run("rmi", "-f", ref, check=False)
+            engine.run("rmi", "-f", ref, *pulled, check=False)
 
 
 def test_a_missing_emulator_is_one_clear_line(multiarch_ref: str, tmp_path: Path) -> None:
