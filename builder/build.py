@@ -17,10 +17,12 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
-from cas import Store, StoreConfig, open_store
+from cas import Digest, Store, StoreConfig, open_store
 from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
@@ -31,7 +33,7 @@ from .dockerfile.errors import DockerfileError
 from .dockerfile.syntax import parse
 from .extracted import EXTRACTED_DIR, ExtractedLayers
 from .ignore import read_ignore_file
-from .image import BuiltImage, assemble, timestamp
+from .image import BuiltImage, BuiltIndex, ImageState, assemble, assemble_index, timestamp
 from .outputs import Output, export, export_name
 from .progress import Progress
 from .prune import BuildLock
@@ -40,7 +42,13 @@ from .scheduler import StageScheduler, plan
 from .ssh_keys import key_agents
 from .steps.common import BuildError, StepEnv
 
-__all__ = ["BuildOptions", "BuildResult", "run_build", "source_date_epoch"]
+__all__ = ["BuildOptions", "BuildResult", "platform_dir", "run_build", "source_date_epoch",
+           "target_platforms"]
+
+T = TypeVar("T")
+_ONE_PLATFORM = ("a Docker engine (--load) and a type=docker archive hold one platform's "
+                 "image, not an index: build one platform for them, or write type=oci, "
+                 "or push with --push")
 
 # datetime's last second (9999-12-31T23:59:59Z): config times must be RFC 3339.
 _MAX_EPOCH = 253402300799
@@ -63,7 +71,9 @@ class BuildOptions:
     compression: str = "gzip"
     source_date_epoch: int | None = None
     push: bool = False
-    platform: str | None = None  # the target platform, os/arch[/variant]; None: the host's
+    # the target platforms, os/arch[/variant] separated by commas (two or more: an image
+    # index); None: the host's
+    platform: str | None = None
     differ: str = "auto"  # auto | overlay | snapshot
     ssh: dict[str, Path] = field(default_factory=dict)  # --ssh id -> agent socket
     # --ssh id -> private key files, served by an agent started for the build
@@ -81,9 +91,56 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class BuildResult:
-    image: BuiltImage
+    image: BuiltImage  # a multi-platform build: the first platform's image
     cached_steps: tuple[str, ...]
     ran_steps: tuple[str, ...]
+    index: BuiltIndex | None = None  # a multi-platform build's image index
+
+    @property
+    def digest(self) -> Digest:
+        """What the build made: the index's digest, else the image manifest's."""
+        return self.index.digest if self.index is not None else self.image.digest
+
+
+def target_platforms(text: str | None) -> list[Platform | None]:
+    """``--platform`` as buildx reads it: platforms separated by commas, each parsed and
+    normalised, duplicates dropped; ``[None]`` (the host's) when none is given."""
+    if not text:
+        return [None]
+    out: list[Platform | None] = []
+    for part in text.split(","):
+        try:
+            platform = Platform.parse(part)
+        except ValueError as exc:
+            raise BuildError("--platform", str(exc)) from exc
+        if platform not in out:
+            out.append(platform)
+    return out
+
+
+async def _all(jobs: Iterable[Awaitable[T]]) -> list[T]:
+    """Run ``jobs`` concurrently; the first failure cancels the others and is raised
+    (as one error, not a group: the CLI prints it as one line)."""
+    tasks = [asyncio.ensure_future(j) for j in jobs]
+    failed: BaseException | None = None
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        failed = next((t.exception() for t in tasks
+                       if t in done and not t.cancelled() and t.exception()), None)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if failed is not None:
+        raise failed
+    return [t.result() for t in tasks]
+
+
+def platform_dir(platform: Platform) -> str:
+    """A platform's directory in a multi-platform ``type=local``/``tar`` output, as buildx
+    names it (``linux_arm64``, ``linux_arm_v7``)."""
+    return str(platform).replace("/", "_")
 
 
 def source_date_epoch(flag: int | None, build_args: dict[str, str]) -> int | None:
@@ -119,6 +176,11 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
             raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
                                   file=str(dockerfile)) from exc
     tree = parse(text, dockerfile.name)
+    platforms = target_platforms(opts.platform)
+    if len(platforms) > 1:
+        for out in opts.outputs:
+            if out.type == "docker":
+                raise BuildError("--platform", f"{opts.platform}: {_ONE_PLATFORM}")
     if any(out.loads for out in opts.outputs):
         from .engine import ping
 
@@ -153,32 +215,56 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
                       allow=opts.allow, differ=opts.differ, pull=opts.pull,
                       extra_hosts=opts.add_hosts, shm_size=opts.shm_size, ulimits=opts.ulimits,
                       contexts=NamedContexts(opts.build_contexts))
-        try:
-            platform = Platform.parse(opts.platform) if opts.platform else None
-        except ValueError as exc:
-            raise BuildError("--platform", str(exc)) from exc
-        try:
-            notes = parse_annotations(opts.annotations, str(platform or Platform.host()))
-        except AnnotationError as exc:
-            raise BuildError("--annotation", str(exc)) from exc
-        build_plan, bases = await plan(tree, env, opts.build_args, opts.target, platform)
-        env.proxy_env = dict(build_plan.proxy_env)
-        for name in build_plan.unused_build_args:
+        notes = []
+        for platform in platforms:
+            try:
+                notes.append(parse_annotations(opts.annotations, str(platform or Platform.host())))
+            except AnnotationError as exc:
+                raise BuildError("--annotation", str(exc)) from exc
+        multi = len(platforms) > 1
+        if multi:
+            # Emulated steps are CPU-bound: one running process per core across platforms.
+            env.run_slots = asyncio.Semaphore(max(1, len(os.sched_getaffinity(0))))
+
+        # The plans one after another: a registry base is kept in the local image store
+        # for one platform at a time, so each platform reads its own before the next.
+        plans = []
+        for platform in platforms:
+            # One env per platform (its stage roots and proxy args), sharing the steps
+            # in flight: a step the same in two platforms (same parent and expanded
+            # instruction, as in a FROM --platform=$BUILDPLATFORM stage) runs once.
+            penv = replace(env) if multi else env
+            build_plan, bases = await plan(tree, penv, opts.build_args, opts.target, platform)
+            penv.proxy_env = dict(build_plan.proxy_env)
+            prefix = f"{platform} " if multi else ""
+            plans.append((StageScheduler(build_plan, bases, penv, platform, prefix), penv))
+        for name in plans[0][0].plan.unused_build_args:
             if name == "SOURCE_DATE_EPOCH":  # read by the build itself, as BuildKit does
                 continue
             progress.info(f"WARNING: build argument {name!r} was not consumed by any ARG")
-        scheduler = StageScheduler(build_plan, bases, env, platform)
-        state = await scheduler.run()
-        if opts.labels:
-            state.update(labels={**(state.config.labels or {}), **opts.labels})
-        image = assemble(state, created, pinned=sde is not None,
-                         annotations=notes.manifest, descriptor_annotations=notes.descriptor)
+
+        async def build_for(scheduler: StageScheduler, penv: StepEnv) -> tuple[ImageState,
+                                                                             StepEnv]:
+            state = await scheduler.run()
+            if opts.labels:
+                state.update(labels={**(state.config.labels or {}), **opts.labels})
+            return state, penv
+
+        built = await _all(build_for(sch, penv) for sch, penv in plans)
+        made = [assemble(state, created, pinned=sde is not None, annotations=note.manifest,
+                         descriptor_annotations=note.descriptor)
+                for (state, _), note in zip(built, notes)]
+        image = made[0]
+        index = assemble_index(made) if multi else None
+        result: BuiltImage | BuiltIndex = index or image
 
         async def rootfs(dest: Path) -> None:
             from .sandbox.flatten import flatten_lowers
 
-            lowers = await env.lowers(state)
-            await asyncio.to_thread(flatten_lowers, lowers, dest)
+            for platform, (state, penv) in zip(platforms, built):
+                lowers = await penv.lowers(state)
+                where = dest / platform_dir(platform) if multi and platform else dest
+                await asyncio.to_thread(flatten_lowers, lowers, where)
 
         # -t names; else those of a type=image/registry output (buildx: -t wins over name=)
         images = [o for o in opts.outputs if o.type in ("image", "registry")]
@@ -188,18 +274,18 @@ async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
             if out.type in ("image", "registry", "cacheonly"):
                 continue
             n = progress.start(export_name(out))
-            await export(out, image, store, list(opts.tags) or list(out.names), rootfs, work)
+            await export(out, result, store, list(opts.tags) or list(out.names), rootfs, work)
             progress.done(n)
         if tags:
             n = progress.start("naming " + ", ".join(tags))
-            refs = await tag_images(image, store, tags)
+            refs = await tag_images(result, store, tags)
             progress.done(n)
             if push:
                 n = progress.start("pushing " + ", ".join(refs))
                 await push_images(store, refs, progress=progress, step=n)
                 progress.done(n)
-        progress.result(str(image.digest))
-        return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran))
+        progress.result(str(result.digest))
+        return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran), index)
     finally:
         await asyncio.to_thread(agents.close)
         if cache is not None:

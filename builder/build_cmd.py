@@ -21,7 +21,7 @@ from cas.location import default_storage_dir
 from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
-from .build import BuildOptions, run_build
+from .build import BuildOptions, run_build, target_platforms
 from .context import ContextError
 from .contexts import BuildContextError, NamedContext, context_key, parse_build_context
 from .dockerfile.errors import DockerfileError
@@ -361,7 +361,8 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
 @click.option("--storage", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Storage directory [default: $PYBUILD_STORAGE or ~/.local/share/pybuild].")
 @click.option("--platform", default=None,
-              help="Target platform os/arch[/variant] [default: this host's].")
+              help="Target platform(s) os/arch[/variant], comma-separated (two or more: an "
+                   "image index) [default: this host's].")
 @click.option("--differ", type=click.Choice(["auto", "overlay", "snapshot"]), default="auto",
               help="How RUN changes are captured: overlayfs, a snapshot diff, or overlayfs "
                    "where the kernel allows it (auto).")
@@ -406,16 +407,15 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
     if push and not tags:
         raise click.UsageError("--push needs at least one -t NAME to push to")
     if platform is not None:
-        if "," in platform:
-            raise click.BadParameter("one platform per build (multi-platform images are not "
-                                     "built here)", param_hint="--platform")
         try:
-            Platform.parse(platform)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--platform") from exc
+            target_platforms(platform)
+        except BuildError as exc:
+            raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--platform") \
+                from exc
     become_root()  # as a non-root user: root of a user namespace (docs/rootless.md)
     try:
-        parse_annotations(annotations, platform or str(Platform.host()))
+        # each platform is checked again by the build; here the first, before anything runs
+        parse_annotations(annotations, (platform or str(Platform.host())).split(",")[0])
     except AnnotationError as exc:
         raise click.BadParameter(str(exc), param_hint="--annotation") from exc
     ssh_sockets, ssh_keys = _ssh(ssh)
@@ -431,6 +431,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         build_contexts=_build_contexts(build_contexts))
     progress = Progress(progress_mode)
     recorder = None if outs or push or secrets or ssh or dockerfile_text is not None \
+        or "," in (platform or "") \
         else Recorder.start()
     try:
         result = _run_until_signal(run_build(opts, progress))
@@ -441,14 +442,14 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
     except Interrupted as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(128 + exc.signum)
-    digest = str(result.image.digest)
+    digest = str(result.digest)
     if iidfile:
         iidfile.write_text(digest)
     if metadata_file:
+        config = {} if result.index else {  # an index has no config (as buildx)
+            "containerimage.config.digest": str(result.image.manifest.config.digest)}
         metadata_file.write_text(json.dumps({
-            "containerimage.digest": digest,
-            "containerimage.config.digest": str(result.image.manifest.config.digest),
-            "image.name": ",".join(tags),
+            "containerimage.digest": digest, **config, "image.name": ",".join(tags),
         }, indent=2))
     if recorder is not None:
         recorder.finish(progress_events(progress), digest,

@@ -61,6 +61,7 @@ BUILD_ENVIRONMENT = frozenset({
     "DOCKER_CONFIG",  # registry credentials for pulling bases (registry.client.auth)
     "DOCKER_HOST", "DOCKER_TLS_VERIFY",  # the engine --load loads into (builder.engine)
     "SSH_AUTH_SOCK",  # --ssh default (builder.build_cmd)
+    "PYBUILD_BINFMT_MISC",  # where emulators for foreign RUN steps are registered
     "TMPDIR", "TEMP", "TMP",  # tempfile's directory: the ssh relay's sockets (sandbox.ssh)
     # the locale: the encoding text files (Dockerfile, .dockerignore) are read with
     "LANG", "LC_ALL", "LC_CTYPE", "PYTHONUTF8",

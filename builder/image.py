@@ -23,18 +23,20 @@ from dataclasses import dataclass, field, replace
 from cas import Digest
 from registry.oci import (
     OCI_CONFIG,
+    OCI_INDEX,
     OCI_MANIFEST,
     ContainerConfig,
     Descriptor,
     History,
     ImageConfig,
+    Index,
     Manifest,
     Platform,
     RootFS,
 )
 
-__all__ = ["BuiltImage", "ImageState", "LayerRef", "assemble", "default_arch",
-           "timestamp"]
+__all__ = ["BuiltImage", "BuiltIndex", "ImageState", "LayerRef", "assemble", "assemble_index",
+           "default_arch", "timestamp"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -166,6 +168,36 @@ class BuiltImage:
         return Descriptor(OCI_MANIFEST, self.digest, len(self.manifest_bytes),
                           annotations=dict(self.descriptor_annotations)
                           if self.descriptor_annotations else None)
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltIndex:
+    """A multi-platform build's result: an OCI image index over one image per platform
+    (in the order of ``--platform``)."""
+
+    index: Index
+    index_bytes: bytes
+    images: tuple[BuiltImage, ...]
+
+    @property
+    def digest(self) -> Digest:
+        return Digest.of(self.index_bytes)
+
+    @property
+    def descriptor(self) -> Descriptor:
+        return Descriptor(OCI_INDEX, self.digest, len(self.index_bytes))
+
+
+def assemble_index(images: list[BuiltImage]) -> BuiltIndex:
+    """The image index of ``images``: one entry per image, with the platform its config
+    names (as BuildKit writes a multi-platform result)."""
+    entries = tuple(
+        Descriptor(OCI_MANIFEST, image.digest, len(image.manifest_bytes),
+                   platform=Platform(image.config.architecture, image.config.os,
+                                     variant=image.config.variant))
+        for image in images)
+    index = Index(entries)
+    return BuiltIndex(index, index.to_bytes(), tuple(images))
 
 
 def _timed(history: list[History], fallback: str, pinned: bool) -> tuple[History, ...]:

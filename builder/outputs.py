@@ -17,7 +17,10 @@ Fields are CSV (``"name=a,b"`` quotes a comma), keys are case-insensitive, as bu
 them. ``-t`` names (else ``name=``) go into an OCI index (``org.opencontainers.image.ref.name``,
 the tag) and a docker archive's ``RepoTags``. Archives are streamed from the CAS: no layer is
 copied twice. A file is written under a temporary name and renamed into place, so a failed
-build leaves no half-written archive behind.
+build leaves no half-written archive behind. A multi-platform build's image index goes
+into ``oci`` layouts and the image store as it is (``index.json`` names the index); the
+``local`` and ``tar`` outputs hold one directory per platform (``linux_arm64/``, as buildx);
+``docker`` archives and engines take one platform's image only.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from cas import Digest, Store
 from registry.client.refs import InvalidReference, parse_image_ref
 from registry.oci import Descriptor, Index
 
-from .image import BuiltImage
+from .image import BuiltImage, BuiltIndex
 from .output_errors import ExportError, OutputError
 
 __all__ = ["ExportError", "Output", "OutputError", "export", "export_name", "image_archive",
@@ -178,11 +181,15 @@ def _repo_tags(names: Sequence[str]) -> list[str]:
     return [t if ":" in t.rsplit("/", 1)[-1] else f"{t}:latest" for t in names]
 
 
-def _index(image: BuiltImage, names: Sequence[str]) -> bytes:
+Built = BuiltImage | BuiltIndex
+
+
+def _index(image: Built, names: Sequence[str]) -> bytes:
     """One entry per name, annotated as ``docker save`` (containerd's exporter) does: the
     tag as ``org.opencontainers.image.ref.name``, the full reference as
-    ``io.containerd.image.name``; one plain entry without names."""
-    desc = image.manifest_descriptor
+    ``io.containerd.image.name``; one plain entry without names. A multi-platform build's
+    entries name its image index (as buildx writes it)."""
+    desc = image.descriptor if isinstance(image, BuiltIndex) else image.manifest_descriptor
     entries = []
     for name in names:
         try:
@@ -225,15 +232,19 @@ def _pad(size: int) -> bytes:
     return b"\0" * (-size % 512)
 
 
-async def image_archive(image: BuiltImage, store: Store, names: Sequence[str],
+async def image_archive(image: Built, store: Store, names: Sequence[str],
                         docker: bool) -> AsyncIterator[bytes]:
     """The image as a tar stream: an OCI image layout, plus ``manifest.json`` for
     ``docker load`` when ``docker`` (as Docker 25's ``docker save`` writes it)."""
-    algorithms = sorted({d.digest.algorithm for d in image.manifest.layers}
-                        | {image.manifest.config.digest.algorithm, image.digest.algorithm})
+    if docker and isinstance(image, BuiltIndex):
+        raise ExportError("a docker archive holds one platform's image: build one platform "
+                          "for type=docker (or write type=oci)")
+    layers, files = _layout_parts(image)
+    algorithms = sorted({d.digest.algorithm for d in layers}
+                        | {d.algorithm for d, _ in files})
     yield _header("blobs/", 0, True) + b"".join(_header(f"blobs/{a}/", 0, True)
                                                  for a in algorithms)
-    for layer in image.manifest.layers:
+    for layer in layers:
         info = await store.stat(layer.digest)
         if info is None:
             raise ExportError(f"layer {layer.digest} is not in the store; build again")
@@ -245,31 +256,48 @@ async def image_archive(image: BuiltImage, store: Store, names: Sequence[str],
         if written != info.size:
             raise ExportError(f"layer {layer.digest}: read {written} of {info.size} bytes")
         yield _pad(info.size)
-    files = [(_blob(image.manifest.config.digest), image.config_bytes),
-             (_blob(image.digest), image.manifest_bytes),
-             ("oci-layout", _LAYOUT), ("index.json", _index(image, names))]
+    named = [(_blob(d), data) for d, data in files]
+    named += [("oci-layout", _LAYOUT), ("index.json", _index(image, names))]
     if docker:
-        files.append(("manifest.json", _docker_manifest(image, names)))
-    for name, data in files:
+        assert isinstance(image, BuiltImage)
+        named.append(("manifest.json", _docker_manifest(image, names)))
+    for name, data in named:
         yield _header(name, len(data)) + data + _pad(len(data))
     yield b"\0" * 1024
 
 
-async def write_oci_layout(image: BuiltImage, store: Store, dest: Path,
+def _layout_parts(image: Built) -> tuple[list[Descriptor], list[tuple[Digest, bytes]]]:
+    """The layers (each once) and the other blobs (configs, manifests, the index) of an
+    image layout holding ``image``."""
+    members = image.images if isinstance(image, BuiltIndex) else (image,)
+    layers = list({d.digest: d for m in members for d in m.manifest.layers}.values())
+    files: dict[Digest, bytes] = {}
+    for m in members:
+        files[m.manifest.config.digest] = m.config_bytes
+        files[m.digest] = m.manifest_bytes
+    if isinstance(image, BuiltIndex):
+        files[image.digest] = image.index_bytes
+    return layers, list(files.items())
+
+
+async def write_oci_layout(image: Built, store: Store, dest: Path,
                            names: Sequence[str], docker: bool = False) -> None:
     """An image layout directory at ``dest`` (created; an existing layout gains the blobs
     and its ``index.json`` is replaced last, atomically)."""
-    for layer in image.manifest.layers:
+    if docker and isinstance(image, BuiltIndex):
+        raise ExportError("a docker archive holds one platform's image: build one platform "
+                          "for type=docker (or write type=oci)")
+    layers, blobs = _layout_parts(image)
+    for layer in layers:
         path = dest / _blob(layer.digest)
         if not await asyncio.to_thread(path.exists):
             await store.export(layer.digest, path)  # creates the directories
-    for digest in (image.manifest.config.digest, image.digest):
+    for digest, _ in blobs:
         await asyncio.to_thread((dest / _blob(digest)).parent.mkdir, parents=True,
                                 exist_ok=True)
-    files = [(dest / _blob(image.manifest.config.digest), image.config_bytes),
-             (dest / _blob(image.digest), image.manifest_bytes),
-             (dest / "oci-layout", _LAYOUT)]
+    files = [(dest / _blob(d), data) for d, data in blobs] + [(dest / "oci-layout", _LAYOUT)]
     if docker:
+        assert isinstance(image, BuiltImage)
         files.append((dest / "manifest.json", _docker_manifest(image, names)))
     files.append((dest / "index.json", _index(image, names)))
     for path, data in files:
@@ -365,7 +393,7 @@ async def _tree_chunks(root: Path) -> AsyncIterator[bytes]:
             await task
 
 
-async def export(out: Output, image: BuiltImage, store: Store, names: Sequence[str],
+async def export(out: Output, image: Built, store: Store, names: Sequence[str],
                  rootfs: Callable[[Path], Awaitable[None]], work: Path) -> None:
     """Write one output. ``rootfs(dir)`` writes the image's root filesystem into ``dir``."""
     if out.type == "local":
@@ -379,6 +407,9 @@ async def export(out: Output, image: BuiltImage, store: Store, names: Sequence[s
     elif out.loads:
         from .engine import load_image
 
+        if isinstance(image, BuiltIndex):
+            raise ExportError("a Docker engine loads one platform's image: build one "
+                              "platform for --load (or push the index with --push)")
         await load_image(image_archive(image, store, names, docker=True))
     elif out.type in ("oci", "docker"):
         if out.tar:

@@ -8,7 +8,7 @@ from registry.client.image_store import ImageStore
 from registry.client.refs import InvalidReference, parse_image_ref
 
 from .base import client_options
-from .image import BuiltImage
+from .image import BuiltImage, BuiltIndex
 from .progress import Progress
 from .transfer_view import transfer_totals
 
@@ -19,8 +19,9 @@ class PublishError(Exception):
     """Tagging or pushing failed (names the reference and why)."""
 
 
-async def tag_images(image: BuiltImage, store: Store, tags: list[str]) -> list[str]:
-    """Store the image under every tag (normalised refs are returned)."""
+async def tag_images(image: BuiltImage | BuiltIndex, store: Store, tags: list[str]) -> list[str]:
+    """Store the image (or a multi-platform build's index, with every platform's image)
+    under every tag (normalised refs are returned)."""
     refs = []
     for t in tags:
         try:
@@ -29,8 +30,15 @@ async def tag_images(image: BuiltImage, store: Store, tags: list[str]) -> list[s
             raise PublishError(f"-t {t}: {exc}") from exc
     # A rebuild that changed nothing made the same image: its blobs are stored and its
     # tags already name it, so nothing is written (and nothing synced to disk).
-    if await store.stat(image.manifest.config.digest) is None:
-        await store.put(image.config_bytes, expected=image.manifest.config.digest)
+    members = image.images if isinstance(image, BuiltIndex) else (image,)
+    for member in members:
+        if await store.stat(member.manifest.config.digest) is None:
+            await store.put(member.config_bytes, expected=member.manifest.config.digest)
+        if isinstance(image, BuiltIndex) and await store.stat(member.digest) is None:
+            await store.put(member.manifest_bytes, expected=member.digest)
+    raw, media_type = ((image.index_bytes, image.descriptor.media_type)
+                       if isinstance(image, BuiltIndex)
+                       else (image.manifest_bytes, image.manifest.media_type))
     images = await ImageStore.open(store=store)
     try:
         for ref in refs:
@@ -38,7 +46,7 @@ async def tag_images(image: BuiltImage, store: Store, tags: list[str]) -> list[s
             if known is not None and known.digest == image.digest \
                     and await store.stat(image.digest) is not None:
                 continue
-            await images.put(ref, image.manifest_bytes, image.manifest.media_type)
+            await images.put(ref, raw, media_type)
     finally:
         await images.close()
     return refs
@@ -49,7 +57,7 @@ async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet
     """Push each locally stored ref to its registry; with ``progress``, the bytes of
     each blob are shown under build step ``step``."""
     # The HTTP client (aiohttp) only when pushing: tagging alone must start fast.
-    from registry.client.copy import Endpoint, copy_image
+    from registry.client.copy import CopyOptions, Endpoint, copy_image
     from registry.client.progress import Progress as RegistryProgress
     from registry.client.pull import BlobError
     from registry.client.remote import RegistryClient, TransportError
@@ -66,8 +74,9 @@ async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet
 
                     view = TransferView(progress, step)
                 try:
+                    # every platform of an index (a multi-platform build)
                     await copy_image(Endpoint("local", r), Endpoint("registry", r), images,
-                                     client, view)
+                                     client, view, CopyOptions(all_platforms=True))
                 except (RegistryError, TransportError, BlobError, OSError) as exc:
                     raise PublishError(f"pushing {ref}: {exc}") from exc
                 if progress is not None:

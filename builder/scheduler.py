@@ -86,8 +86,18 @@ async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
                         if s.base_image == ref)
             raise BuildError(f"{env.dockerfile}:{line}: FROM", str(exc)) from exc
 
-    loaded = await asyncio.gather(*(load(r, p) for r, p in wanted))
-    bases = dict(zip(wanted, loaded))
+    # One platform of a reference at a time: the local image store keeps one platform
+    # of a registry reference, so two pulls of it at once could read each other's.
+    by_ref: dict[str, list[str]] = {}
+    for r, p in wanted:
+        by_ref.setdefault(r, []).append(p)
+
+    async def load_platforms(ref: str, plats: list[str]) -> list[BaseImage]:
+        return [await load(ref, p) for p in plats]
+
+    loaded = await asyncio.gather(*(load_platforms(r, ps) for r, ps in by_ref.items()))
+    bases = {(r, p): b for (r, ps), got in zip(by_ref.items(), loaded)
+             for p, b in zip(ps, got)}
     image_env = {ref: ImageState.from_config(b.config, [], "").env_map()
                  for (ref, _), b in bases.items()}
     second = plan_build(tree, build_args, target, target_platform=target_p,
@@ -104,8 +114,9 @@ def _trigger(text: str, where: str) -> Instruction:
 
 class StageScheduler:
     def __init__(self, build: BuildPlan, bases: Mapping[tuple[str, str], BaseImage],
-                 env: StepEnv, platform: Platform | None = None) -> None:
+                 env: StepEnv, platform: Platform | None = None, prefix: str = "") -> None:
         self.plan = build
+        self.prefix = prefix  # a multi-platform build's step names start with the platform
         self.bases = dict(bases)
         self.platform = platform or Platform.host()
         self.env = env
@@ -212,7 +223,7 @@ class StageScheduler:
                     for t in state.config.on_build] + body
             state.update(on_build=None)
         total = 1 + sum(1 for i in body if isinstance(i, _FS))
-        label = f"{stage.display_name} " if len(self.plan.stages) > 1 else ""
+        label = self.prefix + (f"{stage.display_name} " if len(self.plan.stages) > 1 else "")
         n = env.progress.start(f"[{label}1/{total}] FROM {head.image}")
         env.progress.done(n)
         args: dict[str, str] = {}

@@ -54,6 +54,7 @@ __all__ = [
     "tar_directory",
     "tar_files",
     "write_docker_archive",
+    "write_oci_index_layout",
     "write_oci_layout",
 ]
 
@@ -287,6 +288,30 @@ def write_oci_layout(image: Image, dest: Path, *, ref: str = "latest") -> Path:
         }
     )
     index_path.write_bytes(_canonical_json(index))
+    return dest
+
+
+def write_oci_index_layout(images: Mapping[str, Image], dest: Path, *,
+                           ref: str = "latest") -> Path:
+    """Write a new OCI image layout ``dest`` whose tag ``ref`` is an image index with one
+    entry per ``os/arch[/variant]`` of ``images``; return ``dest``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    entries = []
+    for plat, image in images.items():
+        for data in (*image.blobs().values(), image.manifest):
+            _write_blob(dest, data)
+        os_, arch, *variant = plat.split("/")
+        platform_doc = {"architecture": arch, "os": os_, **({"variant": variant[0]} if variant else {})}
+        entries.append({"mediaType": OCI_MANIFEST, "digest": image.manifest_digest,
+                        "size": len(image.manifest), "platform": platform_doc})
+    index = _canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries})
+    digest = _write_blob(dest, index)
+    (dest / "index.json").write_bytes(_canonical_json({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_INDEX, "digest": digest, "size": len(index),
+                       "annotations": {REF_ANNOTATION: ref}}]}))
     return dest
 
 

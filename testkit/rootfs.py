@@ -64,15 +64,18 @@ def _is_static(path: Path) -> bool:
     return head.startswith(b"\x7fELF") and b"ld-linux" not in head
 
 
-def make_busybox_rootfs(dest: Path, busybox: Path | None = None) -> Path:
-    """Create a busybox root filesystem in ``dest`` (created if needed); return ``dest``."""
+def make_busybox_rootfs(dest: Path, busybox: Path | None = None,
+                        applets_of: Path | None = None) -> Path:
+    """Create a busybox root filesystem in ``dest`` (created if needed); return ``dest``.
+    ``applets_of``: the busybox that lists the applets (another architecture's ``busybox``
+    cannot run here without an emulator; the same Debian version has the same applets)."""
     busybox = busybox or busybox_path()
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "bin").mkdir(exist_ok=True)
     shutil.copy2(busybox, dest / "bin" / "busybox")
     os.chmod(dest / "bin" / "busybox", 0o755)
     applets = subprocess.run(
-        [str(busybox), "--list-full"], check=True, capture_output=True, text=True
+        [str(applets_of or busybox), "--list-full"], check=True, capture_output=True, text=True
     ).stdout.split()
     for applet in applets:
         link = dest / applet

@@ -109,7 +109,9 @@ CASES: dict[str, Args] = {
     # bad flag values
     "unknown command": lambda w: ["nosuchcommand"],
     "build --progress": lambda w: ["build", "--progress", "loud", str(w.ctx)],
-    "build --platform": lambda w: ["build", "--platform", "linux/amd64,linux/arm64", str(w.ctx)],
+    "build --platform": lambda w: ["build", "--platform", "linux/amd64,linux//arm64", str(w.ctx)],
+    "build --platform --load": lambda w: ["build", "--platform", "linux/amd64,linux/arm64",
+                                          "-o", "type=docker,dest=x.tar", str(w.ctx)],
     "build --output": lambda w: ["build", "-o", "type=floppy,dest=x", str(w.ctx)],
     "build --build-arg": lambda w: ["build", "--build-arg", "=x", str(w.ctx)],
     "build --network": lambda w: ["build", "--network", "mesh", str(w.ctx)],

@@ -81,6 +81,8 @@ class StepEnv:
     contexts: NamedContexts | None = None
     # set by the stage scheduler: flattened root of a stage or image named by --from / from=
     stage_root: Callable[[str], Awaitable[Path]] | None = None
+    # a multi-platform build: how many RUN processes may run at once (one per core)
+    run_slots: asyncio.Semaphore | None = None
     # steps running now, by cache key (equal steps in two stages run once)
     inflight: dict[str, asyncio.Future[CachedLayer]] = field(default_factory=dict)
 

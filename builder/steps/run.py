@@ -18,15 +18,17 @@ the CLI). Heredocs as BuildKit's dockerfile2llb runs them:
 
 ``--security=insecure`` needs the ``security.insecure`` entitlement (``--allow``) and
 runs with every capability. The changes are captured by overlayfs or by the snapshot
-differ (``--differ``); a step for a platform this host cannot execute fails before it
-starts (no emulation).
+differ (``--differ``). A step for another architecture runs under the emulator registered
+for it with binfmt_misc (qemu-user-static, see :mod:`builder.sandbox.emulation`); when it
+has to run and none is registered, it fails saying how to install and register one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +88,32 @@ def _argv(ins: Run, state: ImageState, where: str) -> tuple[tuple[str, ...], dic
     return (*shell, script), {}
 
 
-def _check_platform(state: ImageState, where: str) -> None:
+def _foreign(state: ImageState) -> tuple[str, str] | None:
+    """``(platform, architecture)`` of a step this host cannot run natively, else None."""
     host = Platform.host()
     arch = state.architecture or host.architecture
     if (state.os or "linux") == host.os and (
             arch == host.architecture or arch in _NATIVE_EXTRA.get(host.architecture, ())):
+        return None
+    return str(Platform(arch, state.os or "linux", variant=state.variant)), arch
+
+
+def _check_emulator(state: ImageState, where: str) -> None:
+    """A foreign step runs under an emulator registered with binfmt_misc (qemu-user);
+    without one it fails, saying how to install and register it."""
+    foreign = _foreign(state)
+    if foreign is None:
         return
-    wanted = str(Platform(arch, state.os or "linux", variant=state.variant))
-    raise BuildError(where, f"cannot run a {wanted} command on this {host} host: pybuild "
-                     "does not emulate other platforms; build RUN steps for "
-                     f"{host} (--platform {host}) or on a {wanted} machine")
+    from ..sandbox.emulation import EmulatorMissing, check_emulator
+
+    platform, arch = foreign
+    if platform.split("/")[0] != Platform.host().os:
+        raise BuildError(where, f"cannot run a {platform} command on this "
+                         f"{Platform.host()} host")
+    try:
+        check_emulator(platform, arch)
+    except EmulatorMissing as exc:
+        raise BuildError(where, str(exc)) from None
 
 
 async def _settle(job: asyncio.Future[Any]) -> None:
@@ -118,7 +136,6 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
     if insecure and "security.insecure" not in env.allow:
         raise BuildError(where, "RUN --security=insecure: entitlement security.insecure is "
                          "not allowed; grant it with --allow security.insecure")
-    _check_platform(state, where)
     argv, pipes = _argv(ins, state, where)
     image_env = list(state.config.env or ())
     names = {e.partition("=")[0] for e in image_env}
@@ -180,11 +197,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
     created_by = "RUN " + " ".join(argv) + " # buildkit"
 
     async def produce(n: int) -> Path:
-        # The sandbox's runner only when the step runs: a cached RUN never loads it.
-        from ..sandbox.errors import RunFailed, SandboxError, SandboxUnavailable
-        from ..sandbox.process import StepInterrupt
-        from ..sandbox.runner import run_step
-
+        _check_emulator(state, where)
         lowers = await env.lowers(state)
         state_dir = env.scratch("run-")
         spec = RunSpec(argv=argv, env=tuple(run_env), user=state.config.user or "",
@@ -195,6 +208,16 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
 
         def on_output(stream: str, line: str) -> None:
             loop.call_soon_threadsafe(env.progress.log, n, line)
+
+        async with env.run_slots or contextlib.nullcontext():
+            return await run(n, lowers, state_dir, spec, on_output)
+
+    async def run(n: int, lowers: list[Path], state_dir: Path, spec: RunSpec,
+                  on_output: Callable[[str, str], None]) -> Path:
+        # The sandbox's runner only when the step runs: a cached RUN never loads it.
+        from ..sandbox.errors import RunFailed, SandboxError, SandboxUnavailable
+        from ..sandbox.process import StepInterrupt
+        from ..sandbox.runner import run_step
 
         stop = StepInterrupt()
         job = asyncio.ensure_future(asyncio.to_thread(

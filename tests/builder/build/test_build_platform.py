@@ -99,10 +99,15 @@ def test_a_platform_the_index_lacks_is_named(multi_ref: str, build, tmp_path: Pa
     assert str(HOST) in message and OTHER in message
 
 
-def test_run_for_a_foreign_platform_fails_clearly(multi_ref: str, build, tmp_path: Path) -> None:
+def test_run_for_a_foreign_platform_needs_an_emulator(
+        multi_ref: str, build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = _context(tmp_path, multi_ref)
-    with pytest.raises(BuildError, match=rf"Dockerfile.run:2: RUN: cannot run a {OTHER} "
-                                         rf"command on this {HOST} host.*does not emulate"):
+    empty = tmp_path / "binfmt_misc"  # binfmt_misc with no entry registered
+    empty.mkdir()
+    (empty / "status").write_text("enabled\n")
+    monkeypatch.setenv("PYBUILD_BINFMT_MISC", str(empty))
+    with pytest.raises(BuildError, match=rf"Dockerfile.run:2: RUN: no emulator for {OTHER} "
+                                         r"is registered with binfmt_misc"):
         build(ctx, dockerfile=ctx / "Dockerfile.run", platform=OTHER)
 
 
