@@ -171,7 +171,7 @@ async def dedup(directory: Path, total: int, versions: int) -> dict[str, object]
             async with await open_store(StoreConfig(root)) as store:
                 for layer_set in sets:
                     blobs = await asyncio.get_running_loop().run_in_executor(
-                        None, lambda ls=layer_set: [compress(tar_bytes(f)) for f in ls]
+                        None, lambda ls=layer_set, c=compress: [c(tar_bytes(f)) for f in ls]
                     )
                     for b in blobs:
                         sum_layers += len(b)
@@ -217,11 +217,14 @@ async def main() -> None:
     print(f"{'machine: BLAKE3':40} {limits['blake3_MBps']:8.0f} MB/s")
     print(f"{'machine: disk write + fsync':40} {limits['disk_write_fsync_MBps']:8.0f} MB/s")
     print(f"{'machine: page-cache read':40} {limits['page_cache_read_MBps']:8.0f} MB/s")
-    print(f"{'store: ingest (incompressible)':40} {thr['ingest_MBps']:8.0f} MB/s  = {ratios['ingest_over_sha256']:.2f}x SHA-256 (goal >= 0.5)")
-    print(f"{'store: whole-blob read':40} {thr['read_MBps']:8.0f} MB/s  = {ratios['read_over_page_cache']:.2f}x page cache (goal >= 0.5)")
+    print(f"{'store: ingest (incompressible)':40} {thr['ingest_MBps']:8.0f} MB/s  = "
+          f"{ratios['ingest_over_sha256']:.2f}x SHA-256 (goal >= 0.5)")
+    print(f"{'store: whole-blob read':40} {thr['read_MBps']:8.0f} MB/s  = "
+          f"{ratios['read_over_page_cache']:.2f}x page cache (goal >= 0.5)")
     for name, r in dd.items():
         assert isinstance(r, dict)
-        print(f"{'dedup: ' + name:40} {r['physical_over_sum']:8.3f} x sum of layers ({r['physical_bytes'] / 1e6:.0f} of {r['sum_of_layer_sizes'] / 1e6:.0f} MB)")
+        print(f"{'dedup: ' + name:40} {r['physical_over_sum']:8.3f} x sum of layers "
+              f"({r['physical_bytes'] / 1e6:.0f} of {r['sum_of_layer_sizes'] / 1e6:.0f} MB)")
 
 
 if __name__ == "__main__":

@@ -225,4 +225,5 @@ def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
                     {k: round(v[1], 3) for k, v in results.items()}),
         Measurement(f"pull v2 over v1: bytes served (v2 layers {total_v2 / 1e6:.1f} MB)",
                     "MB", False, {k: round(v[2] / 1e6, 2) for k, v in results.items()}),
-    ] + copied
+        *copied,
+    ]

@@ -120,7 +120,7 @@ async def load_oci_layout(ref: str, store: Store, platform: str | None = None) -
     """Read the image ``oci-layout://DIR[:tag]`` (``platform``'s, from an index) into the
     CAS."""
     layout, tag, digest = _split_layout(ref)
-    LAYOUTS_READ.append(os.path.abspath(layout))
+    LAYOUTS_READ.append(os.path.abspath(layout))  # noqa: ASYNC240 - a getcwd at most
     try:
         index = Index.parse((layout / "index.json").read_bytes())
     except OSError as exc:

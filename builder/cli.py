@@ -57,10 +57,11 @@ class LazyGroup(click.Group):
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         """click's main, but every error is one line: a usage error too (click prints
         the usage and a hint around it); an interrupt exits 130 after ``Aborted!``."""
+        main: Any = super().main  # click's overloads do not take *args
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return main(*args, standalone_mode=False, **kwargs)
         try:
-            super().main(*args, standalone_mode=False, **kwargs)
+            main(*args, standalone_mode=False, **kwargs)
         except _NO_ARGS_IS_HELP as exc:  # a bare group: its help, as click prints it
             exc.show()
             sys.exit(exc.exit_code)
@@ -77,7 +78,7 @@ class LazyGroup(click.Group):
             sys.exit(130)
         except OSError as exc:
             if exc.errno == errno.EPIPE:  # stdout closed early (| head): as click does
-                sys.stdout = click.utils.PacifyFlushWrapper(sys.stdout)  # type: ignore[assignment]
+                sys.stdout = click.utils.PacifyFlushWrapper(sys.stdout)  # type: ignore[operator]
                 sys.exit(1)
             raise
         sys.exit(0)

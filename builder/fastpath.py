@@ -260,7 +260,7 @@ class Recorder:
 
     def _racy(self) -> bool:
         limit = self.started_ns - _RACY_NS
-        stats = [s for s in self.before["context"][2].values()]  # type: ignore[index]
+        stats = list(self.before["context"][2].values())  # type: ignore[index]
         stats.append(self.before["context"][1])  # type: ignore[index]
         stats.append(self.before["dockerfile"][2])  # type: ignore[index]
         stats.extend(self.before["ignore"])  # type: ignore[arg-type]
@@ -305,7 +305,7 @@ def progress_events(progress: object) -> list[list[str]]:
     return out
 
 
-def _replay(rec: dict, inv: Invocation) -> None:
+def _replay(rec: dict, inv: Invocation) -> None:  # type: ignore[type-arg]  # no typing import: ~3 ms
     from .progress import Progress
 
     progress = Progress(inv.one("progress") or "auto")
@@ -354,7 +354,7 @@ def try_fast_path(argv: list[str]) -> bool:
         if rec["storage"] != _storage_state(inv.storage, rec["layouts"]):
             _debug("miss: the storage or a base image changed")
             return False
-    except Exception:  # noqa: BLE001 - any doubt: the normal path decides
+    except Exception:
         return False
     _debug("hit")
     _replay(rec, inv)

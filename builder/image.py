@@ -211,7 +211,7 @@ def _timed(history: list[History], fallback: str, pinned: bool) -> tuple[History
         after[i] = nxt
         nxt = history[i].created or nxt
     out = []
-    before = ""
+    before: str | None = ""
     for i, h in enumerate(history):
         if h.created == "" and pinned:
             h = replace(h, created=fallback)

@@ -130,7 +130,7 @@ class Progress:
             lines.append(f"=> {self._names.get(m, '')}  {secs:.1f}s")
             for label, done, total, status, _ in self._transfers.get(m, {}).values():
                 lines.append(f"   {label}  {human_bytes(done)} / "  # type: ignore[arg-type]
-                             f"{human_bytes(total)}{'  ' + status if status else ''}")  # type: ignore[arg-type]
+                             f"{human_bytes(total)}{'  ' + str(status) if status else ''}")  # type: ignore[arg-type]
             if last:
                 lines.append(f"\x1b[2m   {last}\x1b[0m")
         self.out.write("".join(line + "\n" for line in lines))

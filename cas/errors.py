@@ -196,7 +196,7 @@ def storage_error(exc: BaseException, path: Path | str) -> StorageError | None:
         if code == sqlite3.SQLITE_FULL:
             return StorageFull(str(path), None, "no space left on device")
         if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR,
-                    sqlite3.SQLITE_PERM) or code is None and "readonly" in str(exc):
+                    sqlite3.SQLITE_PERM) or (code is None and "readonly" in str(exc)):
             return _probe(Path(path))
     return None
 

@@ -24,10 +24,10 @@ import zstandard
 
 __all__ = [
     "GZIP_MAGIC",
-    "FrameScanner",
-    "stream_kind",
     "ZSTD_MAGIC",
+    "FrameScanner",
     "gzip_member",
+    "stream_kind",
     "zstd_frame",
 ]
 

@@ -160,10 +160,7 @@ def _drive(step: _Step) -> Any:
     while True:
         top = stack[-1]
         try:
-            if error is not None:
-                sub = top.throw(error)
-            else:
-                sub = top.send(value)
+            sub = top.throw(error) if error is not None else top.send(value)
         except StopIteration as done:
             stack.pop()
             if not stack:

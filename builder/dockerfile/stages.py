@@ -393,7 +393,7 @@ def _needed(stages: list[Stage], target: int, file: str) -> tuple[int, ...]:
                 "remove the COPY --from or mount that points back"), file=file)
         state[i] = "active"
         for dep in stages[i].depends_on:
-            visit(dep, path + (i,))
+            visit(dep, (*path, i))
         state[i] = "done"
         order.append(i)
 

@@ -251,7 +251,7 @@ def parse(text: str, file: str = "Dockerfile") -> SyntaxTree:
         body = stripped_nl.lstrip()
         if _is_comment(body):
             comment = body[1:].strip()
-            comments = comments + [comment] if comment else []
+            comments = [*comments, comment] if comment else []
         if directives.feed(body, lineno):
             comments = comments[:-1]
             continue

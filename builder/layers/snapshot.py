@@ -16,7 +16,8 @@ same :class:`Changeset` an overlay upper directory would have given for the same
 Comparing inode and ctime as well as mtime and size catches a file replaced by a rename
 or rewritten with its mtime restored. A file whose only change is a lower link count (and
 the ctime that goes with it: another name of it was removed) is not a change, as
-overlayfs, which never copies up a file for the removal of another of its names. Content hashing (BLAKE3, ``hash_content=True``)
+overlayfs, which never copies up a file for the removal of another of its names. Content
+hashing (BLAKE3, ``hash_content=True``)
 also catches a write that keeps size, mtime and ctime — only possible by setting the
 clock; it reads every file twice and is off by default.
 """
@@ -125,10 +126,9 @@ def diff_snapshot(before: Snapshot, root: Path | str, *, hash_content: bool = Fa
             opaque.add(rel)
             if not under_opaque:
                 whiteouts.append(Whiteout(rel, opaque=True))
-        if old is None or under_opaque or rel in opaque:
-            changed[rel] = (abspath, st)
-        elif old != (now := _record(abspath, st, hash_content and old.content is not None)) \
-                and not old.only_lost_links(now):
+        if old is None or under_opaque or rel in opaque or (
+                old != (now := _record(abspath, st, hash_content and old.content is not None))
+                and not old.only_lost_links(now)):
             changed[rel] = (abspath, st)
         elif is_dir:
             unchanged_dirs[rel] = (abspath, st)

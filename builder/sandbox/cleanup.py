@@ -21,6 +21,7 @@ import contextlib
 import os
 import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 from .rootfs import RootfsLayout, RootfsMode, is_opaque, lower_stat
 from .userns import overlay_xattr
@@ -42,7 +43,7 @@ def strip_overlay_xattrs(upper: os.PathLike[str] | str,
                 for attr in os.listxattr(path, follow_symlinks=False):
                     if attr == keep and name in dirnames and lowers is not None:
                         rel = os.path.relpath(path, upper)
-                        if lower_stat(lowers, rel) is None:
+                        if lower_stat([Path(p) for p in lowers], rel) is None:
                             os.removexattr(path, attr, follow_symlinks=False)
                     elif attr.startswith(prefix) and attr != keep:
                         os.removexattr(path, attr, follow_symlinks=False)

@@ -171,8 +171,7 @@ def spawn(
             f.write(json.dumps(plan).encode())
         init_key = "ns-init" if chroot else "child-pid"  # bwrap's report names it so
         tail = _pump(proc, report_r, report, on_output,
-                     lambda r: isinstance(r.get(init_key), int)
-                     and interrupt._found_init(r[init_key]))  # type: ignore[arg-type]
+                     lambda r: _note_init(interrupt, r.get(init_key)))
         # Wait without reaping, so that the group cannot be a reused pid when signalled.
         os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         interrupt._finished()
@@ -289,3 +288,9 @@ def _pump(
     return list(tail)
 
 
+def _note_init(interrupt: StepInterrupt, pid: object) -> bool:
+    """Tell ``interrupt`` the step's first process once the report names it."""
+    if not isinstance(pid, int):
+        return False
+    interrupt._found_init(pid)
+    return True

@@ -13,7 +13,8 @@ runs in, ``userns.py``):
 
    - ``Executor.BWRAP``: bubblewrap with the composed root as /, fresh /proc and a minimal
      /dev, PID/IPC/UTS namespaces (the command is PID 1, as under runc; a network
-     namespace too for ``network=none``), Docker's default capabilities. /tmp is part of the root, so /tmp writes stay in the
+     namespace too for ``network=none``), Docker's default capabilities. /tmp is part of the
+     root, so /tmp writes stay in the
      layer, as with Docker. bwrap keeps real root's uid: without a user namespace files
      keep their real owners, and bwrap cannot switch to another uid without one (which
      would remap every owner), so a non-root ``USER`` runs under the chroot executor.
@@ -360,7 +361,7 @@ def run_step(
         for report in reports:
             if isinstance(report.get("touched"), dict):
                 touched = report["touched"]  # type: ignore[assignment]
-        snapshot = forgive_touched(before[0], layout.merged, touched)  # type: ignore[arg-type]
+        snapshot = forgive_touched(before[0], layout.merged, touched)
         upper_from_copy(snapshot, layout.merged, layout.upper)
         changes = layout.upper
     return StepResult(code, layout.mode, kind, changes, user, tuple(tail))

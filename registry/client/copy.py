@@ -191,12 +191,14 @@ class _Copy:
                     self.progress.start(key, desc.digest.encoded[:12], desc.size)
                     self.progress.finish(key, "exists")
                     return "exists"
-                if src.kind == "registry" and src.ref and src.ref.api_host == dst.ref.api_host:
-                    if await self.client.start_upload(dst.ref.api_host, dst.ref.name, mount=desc.digest,
-                                                      source=src.ref.name) is None:
-                        self.progress.start(key, desc.digest.encoded[:12], desc.size)
-                        self.progress.finish(key, "mounted")
-                        return "mounted"
+                same_registry = (src.kind == "registry" and src.ref is not None
+                                 and src.ref.api_host == dst.ref.api_host)
+                if same_registry and src.ref is not None and await self.client.start_upload(
+                        dst.ref.api_host, dst.ref.name, mount=desc.digest,
+                        source=src.ref.name) is None:
+                    self.progress.start(key, desc.digest.encoded[:12], desc.size)
+                    self.progress.finish(key, "mounted")
+                    return "mounted"
         if desc.nondistributable and await self.store.stat(desc.digest) is None and src.kind == "registry":
             return "skipped"  # foreign layers stay where their urls point
         if dst.kind == "registry" and src.kind in ("registry", "oci") \

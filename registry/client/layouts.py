@@ -228,10 +228,10 @@ def _pick(entries: Any, ref: str | None, path: Path) -> dict[str, Any]:
     if ref is None:
         if len(entries) != 1:
             raise LayoutError(f"{path} holds {len(entries)} images; name one (docker-archive:FILE:REF)")
-        return entries[0]
+        return dict(entries[0])
     for entry in entries:
         if ref in (entry.get("RepoTags") or []):
-            return entry
+            return dict(entry)
     tags = [t for e in entries for t in e.get("RepoTags") or []]
     raise LayoutError(f"{path} has no image {ref} (it has: {', '.join(tags) or 'untagged images'})")
 

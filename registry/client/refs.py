@@ -48,10 +48,7 @@ def is_loopback(host: str) -> bool:
 
     Docker talks plain HTTP to these without being told (they never leave the machine).
     """
-    if host.startswith("["):
-        name = host[1:].split("]", 1)[0]
-    else:
-        name = host.split(":", 1)[0]
+    name = host[1:].split("]", 1)[0] if host.startswith("[") else host.split(":", 1)[0]
     return name == "localhost" or name.startswith("127.") or name == "::1"
 
 

@@ -15,8 +15,8 @@ from ..errors import (
 
 __all__ = [
     "DEFAULT_PAGE",
-    "MAX_POSITION",
     "MAX_PAGE",
+    "MAX_POSITION",
     "next_link",
     "parse_content_range",
     "parse_page",

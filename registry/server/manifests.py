@@ -232,9 +232,9 @@ async def _commit(
     try:
         await reg.meta.put_manifest(record, tags)
     except BaseException:
-        for d in added:
+        for linked in added:
             with contextlib.suppress(Exception):
-                await reg.store.unlink(h, d)
+                await reg.store.unlink(h, linked)
         raise
 
 
@@ -259,12 +259,11 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.R
         digest = await asyncio.to_thread(Digest.of, body, algorithm)
     else:
         digest = Digest.of(body, algorithm)
-    if ref.digest is not None:
-        if digest != ref.digest:
-            raise DIGEST_INVALID(
-                f"the manifest hashes to {digest}, not {ref.digest}",
-                detail={"expected": str(ref.digest), "actual": str(digest)},
-            )
+    if ref.digest is not None and digest != ref.digest:
+        raise DIGEST_INVALID(
+            f"the manifest hashes to {digest}, not {ref.digest}",
+            detail={"expected": str(ref.digest), "actual": str(digest)},
+        )
     media_type, obj = await _parse(body, request.headers.get("Content-Type"))
     # Everything is checked before anything changes: a refused PUT leaves no trace.
     carried = await _plan_references(reg, name, obj)

@@ -10,7 +10,8 @@ cache fetched from upstream.
 Backends: :class:`~registry.server.metadata_sqlite.SqliteMetadata`, one SQLite file in the
 storage directory, is the embedded default. A networked database shared by several
 replicas (PostgreSQL) is the next one: it implements this protocol, is built by
-:func:`~registry.server.metadata_open.open_metadata` from the configuration, and adds itself as one more parameter of the
+:func:`~registry.server.metadata_open.open_metadata` from the configuration, and adds
+itself as one more parameter of the
 suite every backend passes (``tests/registry/test_metadata_contract.py``).
 
 Rules every backend keeps (each method's docstring adds its own):

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from .access import ACTIONS
 

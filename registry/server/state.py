@@ -43,8 +43,8 @@ from .upload_locks import InProcessUploadLocks, UploadLocks
 __all__ = [
     "BYTES_RECEIVED",
     "BYTES_SENT",
-    "GRANT",
     "DELETED_TAGS",
+    "GRANT",
     "PARAMS",
     "REGISTRY",
     "ROUTE",
@@ -99,7 +99,7 @@ class Registry:
     metrics: Metrics = field(default_factory=lambda: Metrics())
     auth: Authorizer | None = None  # None: no authentication
     cache: ManifestCache = field(default_factory=lambda: ManifestCache(64 * 1024 * 1024))
-    root: Path | None = None  # the storage directory (registry.db, robots.json)
+    root: Path | None = None  # the storage directory (registry.db, robots.json, events.db)
     # Open ingests by upload id (resumed from cas on a miss, e.g. after a restart).
     ingests: dict[str, Any] = field(default_factory=dict)
     upload_locks: UploadLocks = field(default_factory=InProcessUploadLocks)
@@ -115,8 +115,7 @@ class Registry:
     inflight: int = 0
     draining: bool = False
     _idle: asyncio.Event | None = None
-    # Operations (operations.py): the storage directory, webhooks (None: no endpoints).
-    root: Path | None = None
+    # Operations (operations.py): webhooks (None: no endpoints).
     notifier: Notifier | None = None
 
     def __post_init__(self) -> None:
@@ -139,7 +138,7 @@ class Registry:
         if self.inflight == 0 and self._idle is not None:
             self._idle.set()
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a grace period, not a cancel scope
         """Stop keeping connections alive and wait (up to ``timeout`` s) for the requests
         in flight to finish; True if they all did."""
         self.draining = True

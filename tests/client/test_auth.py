@@ -141,7 +141,8 @@ class TokenGate:
         parts = request.path.split("/")
         if request.path == "/v2/":
             return None
-        marker = next(i for i, p in enumerate(parts) if p in ("manifests", "blobs", "tags", "_oci", "_pybuild", "referrers"))
+        marker = next(i for i, p in enumerate(parts)
+                      if p in ("manifests", "blobs", "tags", "_oci", "_pybuild", "referrers"))
         name = "/".join(parts[2:marker])
         action = "pull" if request.method in ("GET", "HEAD") else "pull,push"
         return f"repository:{name}:{action}"
@@ -249,9 +250,9 @@ async def test_credentials_never_follow_a_redirect_to_another_host(aiohttp_serve
     server = await aiohttp_server(app)
     host = f"127.0.0.1:{server.port}"
     digest = Digest.of(b"blob-bytes")
-    async with RegistryClient(ClientOptions(credentials={host: Credentials("u", "p")})) as client:
-        async with client.open_blob(host, "x/y", digest) as resp:
-            assert await resp.read() == b"blob-bytes"
+    options = ClientOptions(credentials={host: Credentials("u", "p")})
+    async with RegistryClient(options) as client, client.open_blob(host, "x/y", digest) as resp:
+        assert await resp.read() == b"blob-bytes"
     assert seen == [""]
 
 

@@ -31,7 +31,7 @@ async def test_a_copy_between_registries_keeps_no_local_copy(
     assert set(result.blobs.values()) == {"pushed"}
     for blob in (image.config, *image.layers):
         assert await images.store.stat(Digest.of(blob)) is None  # nothing kept locally
-    layer, size = big_layer(image)
+    _layer, size = big_layer(image)
     patched = sum(int(r.split("-")[1]) - int(r.split("-")[0]) + 1
                   for m, p, r in proxy.log if m == "PATCH" and r)
     assert patched == size  # the layer went up in PATCH chunks, once

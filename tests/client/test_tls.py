@@ -34,7 +34,7 @@ async def test_ca_cert_is_trusted_and_unknown_ca_refused(aiohttp_server: Any, tm
     server = await aiohttp_server(make_app(ServerConfig(), storage=tmp_path / "reg"), ssl=ctx)
     host = f"127.0.0.1:{server.port}"
 
-    strict = dict(loopback_insecure=False, retries=0)
+    strict = {"loopback_insecure": False, "retries": 0}
     async with RegistryClient(ClientOptions(ca_cert=cert, **strict)) as client:  # type: ignore[arg-type]
         await client.ping(host)
         assert await client.base_url(host) == f"https://{host}"

@@ -74,7 +74,7 @@ def test_progress_modes() -> None:
     p.finish("sha256:aa", "pulled")
     summary = p.close()
     events = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "summary"
+    assert next(e["event"] for e in events) == "start" and events[-1]["event"] == "summary"
     done = next(e for e in events if e["event"] == "done")
     assert done == {"event": "done", "id": "sha256:aa", "status": "pulled", "bytes": 100,
                     "reused": 60, "total": 100}

@@ -47,7 +47,7 @@ def test_busybox_layer_holds_every_applet_as_a_relative_symlink(busybox: Image) 
     assert members["tmp"].isdir() and members["tmp"].mode == 0o1777
     assert {m.uid for m in members.values()} == {0}
     assert {m.mtime for m in members.values()} == {0}
-    names = [m for m in members]
+    names = list(members)
     assert names == sorted(names, key=lambda n: n.split("/"))
 
 

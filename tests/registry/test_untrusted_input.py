@@ -161,9 +161,8 @@ def _request(
         conn.putrequest(method, target, skip_accept_encoding=True)
         for key, value in (headers or {}).items():
             conn.putheader(key, value.encode("latin-1"))
-        if body or method in ("PUT", "PATCH", "POST"):
-            if "Content-Length" not in (headers or {}):
-                conn.putheader("Content-Length", str(len(body)))
+        if (body or method in ("PUT", "PATCH", "POST")) and "Content-Length" not in (headers or {}):
+            conn.putheader("Content-Length", str(len(body)))
         conn.endheaders(body or None)
         resp = conn.getresponse()
         return resp.status, resp.read()

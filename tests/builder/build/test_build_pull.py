@@ -120,7 +120,7 @@ def test_push_counts_blobs_the_registry_has_as_reused(tmp_path: Path) -> None:
     events = [json.loads(x) for x in first.stdout.splitlines()]
     size = sum(e["total"] for e in events if e["event"] == "start")
     assert size > 0
-    summary = [json.loads(x) for x in again.stdout.splitlines() if '"summary"' in x][0]
+    summary = next(json.loads(x) for x in again.stdout.splitlines() if '"summary"' in x)
     assert summary["transferred"] == 0
     assert summary["reused"] == size  # the config and the layer, whole
     done = [json.loads(x) for x in again.stdout.splitlines() if '"done"' in x]

@@ -138,10 +138,7 @@ def test_two_percent_changed_files_keep_most_frames_shared(tmp_path: Path) -> No
     words = [rnd.randbytes(rnd.randint(2, 9)).hex().encode() for _ in range(3000)]
     for i in range(600):
         n = int(rnd.expovariate(1 / 16000)) + 100
-        if i % 3:
-            body = b" ".join(rnd.choice(words) for _ in range(n // 8))[:n]
-        else:
-            body = rnd.randbytes(n)
+        body = b" ".join(rnd.choice(words) for _ in range(n // 8))[:n] if i % 3 else rnd.randbytes(n)
         for root in (a, b):
             d = root / f"dir{i % 20:02d}"
             d.mkdir(parents=True, exist_ok=True)

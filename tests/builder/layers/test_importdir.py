@@ -97,7 +97,7 @@ def write_oci_layout(layout: Path, layers: list[tuple[LayerBlob, bytes]]) -> Non
                    **_blob(layout, json.dumps(config).encode())},
         "layers": [{"mediaType": b.media_type, **_blob(layout, data)} for b, data in layers],
     }
-    for (b, data), desc in zip(layers, manifest["layers"]):
+    for (b, _data), desc in zip(layers, manifest["layers"]):
         assert desc["digest"] == str(b.digest) and desc["size"] == b.size
     index = {
         "schemaVersion": 2,

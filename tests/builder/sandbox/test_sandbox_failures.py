@@ -213,7 +213,7 @@ def test_interrupt_from_another_thread_kills_the_whole_tree(
         try:
             run_step(spec, lowers=[base_root], state_dir=state, executor=executor,
                      interrupt=stop)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        except BaseException as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=step)
