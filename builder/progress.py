@@ -30,18 +30,12 @@ import threading
 import time
 from typing import TextIO
 
-__all__ = ["Progress", "age", "human_bytes"]
+from cas.units import human_bytes
+
+__all__ = ["Progress", "age"]
 
 TICK = 0.2  # seconds between two redraws of the live view while steps run
 _TRANSFER_EVERY = 0.25  # JSON: seconds between two transfer events of one blob
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def age(seconds: float) -> str:

@@ -38,7 +38,7 @@ class TransferView(RegistryProgress):
 
 def transfer_totals(ref: str, summary: dict[str, int]) -> str:
     """``REF: 1.2 MiB transferred, 3.4 MiB reused`` (reused: blobs the destination had)."""
-    from registry.client.progress import human_bytes
+    from cas.units import human_bytes
 
     return (f"{ref}: {human_bytes(summary['transferred'])} transferred, "
             f"{human_bytes(summary['reused'])} reused")

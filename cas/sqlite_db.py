@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import StoreClosed, storage_error
+from .errors import StoreClosed, mapped_error, storage_error
 
-__all__ = ["SCHEMA", "SqliteDatabase", "connect"]
+__all__ = ["SCHEMA", "SqliteDatabase", "connect", "open_wal_database"]
 
 
 class SqliteDatabase:
@@ -136,6 +136,24 @@ class SqliteDatabase:
 def connect(target: str, uri: bool = False) -> sqlite3.Connection:
     # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE in _tx).
     return sqlite3.connect(target, uri=uri, timeout=60.0, isolation_level=None, check_same_thread=False)
+
+
+def open_wal_database(path: Path, schema: str, scope: Path) -> sqlite3.Connection:
+    """A connection to the SQLite file ``path`` in WAL mode (waiting up to 10 s for a
+    writer), with ``schema`` applied; a full or unwritable file system is the store's typed
+    error naming ``scope``. For the small databases beside the store (images, build cache)."""
+    db = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        db.executescript(schema)
+    except (sqlite3.Error, OSError) as exc:
+        if db is not None:
+            db.close()
+        raise mapped_error(exc, path, scope) from exc
+    return db
 
 
 SCHEMA = """

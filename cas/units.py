@@ -12,9 +12,8 @@ One parser of each, for every package above (``cas`` is the lowest, so all can i
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 
-__all__ = ["parse_duration", "parse_size"]
+__all__ = ["human_bytes", "parse_duration", "parse_size"]
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _DURATION_PART = re.compile(_NUMBER + r"\s*(ns|us|µs|μs|ms|s|m|h|d)")
@@ -34,6 +33,8 @@ def parse_duration(text: str, *, bare_unit: str | None = None) -> int:
     (``--older-than 3600`` is seconds). Numbers are read exactly, as Go does (``512.3us``
     is 512300 ns), and a fraction of a nanosecond is dropped.
     """
+    from decimal import Decimal  # exact, as Go reads durations; imported when used
+
     value = text.strip()
     if not value:
         raise ValueError(f"invalid duration {text!r}: empty")
@@ -63,3 +64,13 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r}")
     power = " kmgtp".index(m.group(2).lower() or " ")
     return int(float(m.group(1)) * 1024**power)
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes as people read them: ``512 B``, ``1.5 KiB``, ``3.2 GiB`` (binary units,
+    the ones :func:`parse_size` reads)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cas.errors import StoreClosed, mapped_error
+from cas.sqlite_db import open_wal_database
 
 from .entries import CachedLayer, miss_reason
 from .manifest import CacheEntry, CacheManifest
@@ -66,18 +67,7 @@ class BuildCache:
         self.path = path
         self._lock = threading.Lock()
         self._closed = False
-        db = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=10000")
-            db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            if db is not None:
-                db.close()
-            raise mapped_error(exc, path, path.parent) from exc
-        self._db = db
+        self._db = open_wal_database(path, _SCHEMA, path.parent)
 
     def close(self) -> None:
         with self._lock:

@@ -36,6 +36,7 @@ from cas import Digest, Store, StoreConfig, open_store
 from cas.errors import StoreClosed, mapped_error
 from cas.holders import image_holder
 from cas.location import default_storage_dir
+from cas.sqlite_db import open_wal_database
 
 from ..oci import INDEX_TYPES, ImageConfig, Index, Manifest, Platform, parse_manifest
 from .errors import ClientError
@@ -122,17 +123,7 @@ class ImageStore:
         path = root / "images.db"
 
         def connect() -> sqlite3.Connection:
-            db = None
-            try:
-                db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA busy_timeout=10000")
-                db.executescript(_SCHEMA)
-            except (sqlite3.Error, OSError) as exc:
-                if db is not None:
-                    db.close()
-                raise mapped_error(exc, path, root) from exc
-            return db
+            return open_wal_database(path, _SCHEMA, root)
 
         try:
             db = await asyncio.to_thread(connect)

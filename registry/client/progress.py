@@ -24,15 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-__all__ = ["Progress", "human_bytes"]
+from cas.units import human_bytes
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+__all__ = ["Progress"]
 
 
 @dataclass
