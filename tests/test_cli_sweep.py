@@ -221,9 +221,6 @@ def test_interrupted_pull_is_one_clean_line(world: World) -> None:
     assert_one_line_error(proc)
 
 
-@pytest.mark.xfail(strict=False, reason="SIGINT does not stop a RUN step's processes yet: the "
-                   "build runs the step to its end (stopping step process trees belongs to "
-                   "the RUN sandbox)")
 def test_interrupted_build_is_one_clean_line(world: World) -> None:
     ctx = _context(world, f"FROM {world.busybox}\nRUN sleep 60\n", "sleep")
     proc = _interrupted(["build", "--progress", "quiet", "--storage", str(world.storage), ctx],
