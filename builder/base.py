@@ -36,7 +36,7 @@ from registry.oci import INDEX_TYPES, Descriptor, ImageConfig, Index, Manifest
 if TYPE_CHECKING:
     from registry.client.remote import ClientOptions
 
-    from .progress import Progress
+    from .progress import BuildProgress
 
 from .fastpath import LAYOUTS_READ
 from .image import LayerRef, default_arch
@@ -162,7 +162,7 @@ def _host() -> str:
 
 
 async def pull_base(ref: str, store: Store, platform: str | None = None, *,
-                    pull: bool = False, progress: Progress | None = None) -> BaseImage:
+                    pull: bool = False, progress: BuildProgress | None = None) -> BaseImage:
     """A registry image for ``platform`` (default the host's), from pybuild's local image
     store; pulled into it when absent, when the local copy is of another platform, or
     (``pull``) whenever the registry's manifest differs from the local one. ``progress``
@@ -242,7 +242,7 @@ async def pull_base(ref: str, store: Store, platform: str | None = None, *,
 
 
 async def resolve_base(ref: str, store: Store, platform: str | None = None, *,
-                       pull: bool = False, progress: Progress | None = None) -> BaseImage:
+                       pull: bool = False, progress: BuildProgress | None = None) -> BaseImage:
     """A base image by reference (not ``scratch`` and not a stage name), for ``platform``
     (``os/arch[/variant]``; default the host's); ``pull`` and ``progress``: see
     :func:`pull_base`."""

@@ -35,7 +35,7 @@ from .extracted import EXTRACTED_DIR, ExtractedLayers
 from .ignore import read_ignore_file
 from .image import BuiltImage, BuiltIndex, ImageState, assemble, assemble_index, timestamp
 from .outputs import Output, export, export_name
-from .progress import Progress
+from .progress import BuildProgress
 from .prune import BuildLock
 from .publish import push_images, tag_images
 from .scheduler import StageScheduler, plan
@@ -162,7 +162,7 @@ def source_date_epoch(flag: int | None, build_args: dict[str, str]) -> int | Non
     return int(value)
 
 
-async def run_build(opts: BuildOptions, progress: Progress) -> BuildResult:
+async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
     """Build, write the requested outputs, and return the image."""
     dockerfile = opts.dockerfile or opts.context / "Dockerfile"
     if opts.dockerfile_text is not None:

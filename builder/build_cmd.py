@@ -28,7 +28,7 @@ from .dockerfile.errors import DockerfileError
 from .fastpath import Recorder, progress_events
 from .layers.errors import LayerError
 from .outputs import ExportError, Output, OutputError, parse_output
-from .progress import Progress
+from .progress import BuildProgress
 from .publish import PublishError
 from .sandbox.userns import become_root
 from .ssh_keys import KeyAgentError, is_private_key
@@ -429,7 +429,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         dockerfile_text=dockerfile_text, annotations=annotations, add_hosts=_add_hosts(add_hosts),
         shm_size=_shm_size(shm_size), ulimits=_ulimits(ulimits),
         build_contexts=_build_contexts(build_contexts))
-    progress = Progress(progress_mode)
+    progress = BuildProgress(progress_mode)
     recorder = None if outs or push or secrets or ssh or dockerfile_text is not None \
         or "," in (platform or "") \
         else Recorder.start()

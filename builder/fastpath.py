@@ -289,7 +289,7 @@ class Recorder:
 
 
 def progress_events(progress: object) -> list[list[str]]:
-    """The replayable events of a finished build's progress (see ``Progress.events``).
+    """The replayable events of a finished build's progress (see ``BuildProgress.events``).
 
     Steps that ran are replayed as cached (the next build takes them from the cache); a
     stage's ``FROM`` and the naming step stay done (the normal path reports them done
@@ -306,9 +306,9 @@ def progress_events(progress: object) -> list[list[str]]:
 
 
 def _replay(rec: dict, inv: Invocation) -> None:  # type: ignore[type-arg]  # no typing import: ~3 ms
-    from .progress import Progress
+    from .progress import BuildProgress
 
-    progress = Progress(inv.one("progress") or "auto")
+    progress = BuildProgress(inv.one("progress") or "auto")
     for kind, text in rec["events"]:
         if kind == "info":
             progress.info(text)

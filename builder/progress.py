@@ -32,7 +32,7 @@ from typing import TextIO
 
 from cas.units import human_bytes
 
-__all__ = ["Progress", "age"]
+__all__ = ["BuildProgress", "age"]
 
 TICK = 0.2  # seconds between two redraws of the live view while steps run
 _TRANSFER_EVERY = 0.25  # JSON: seconds between two transfer events of one blob
@@ -48,7 +48,7 @@ def age(seconds: float) -> str:
     return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
-class Progress:
+class BuildProgress:
     """Thread-safe: steps running in worker threads report their output lines here."""
 
     def __init__(self, mode: str = "plain", out: TextIO | None = None) -> None:

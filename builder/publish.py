@@ -9,7 +9,7 @@ from registry.client.refs import InvalidReference, parse_image_ref
 
 from .base import client_options
 from .image import BuiltImage, BuiltIndex
-from .progress import Progress
+from .progress import BuildProgress
 from .transfer_view import transfer_totals
 
 __all__ = ["PublishError", "push_images", "tag_images"]
@@ -53,7 +53,7 @@ async def tag_images(image: BuiltImage | BuiltIndex, store: Store, tags: list[st
 
 
 async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet", *,
-                      progress: Progress | None = None, step: int = 0) -> None:
+                      progress: BuildProgress | None = None, step: int = 0) -> None:
     """Push each locally stored ref to its registry; with ``progress``, the bytes of
     each blob are shown under build step ``step``."""
     # The HTTP client (aiohttp) only when pushing: tagging alone must start fast.

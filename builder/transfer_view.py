@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from registry.client.progress import Progress as RegistryProgress
 
-from .progress import Progress
+from .progress import BuildProgress
 
 __all__ = ["TransferView", "transfer_totals"]
 
 
 class TransferView(RegistryProgress):
-    def __init__(self, progress: Progress, step: int) -> None:
+    def __init__(self, progress: BuildProgress, step: int) -> None:
         super().__init__("quiet")
         self.build = progress
         self.step = step

@@ -24,9 +24,9 @@ from .errors import InvalidMount
 __all__ = [
     "BindMount",
     "CacheMount",
-    "Mount",
     "Network",
     "RunSpec",
+    "SandboxMount",
     "SecretMount",
     "Sharing",
     "SshMount",
@@ -147,10 +147,10 @@ class SshMount:
         return replace(self, socket=socket)
 
 
-Mount = CacheMount | BindMount | SecretMount | TmpfsMount | SshMount
+SandboxMount = CacheMount | BindMount | SecretMount | TmpfsMount | SshMount
 
 
-def sandbox_mount(flag: MountFlag) -> Mount:
+def sandbox_mount(flag: MountFlag) -> SandboxMount:
     """The sandbox mount for one parsed ``RUN --mount`` flag (a bind mount's ``root`` and an
     ssh mount's ``socket`` are left for the caller to resolve)."""
     target = posixpath.normpath("/" + flag.target.lstrip("/")) if flag.target else ""
@@ -198,7 +198,7 @@ class RunSpec:
     user: str = ""
     workdir: str = "/"
     network: Network = Network.DEFAULT
-    mounts: tuple[Mount, ...] = ()
+    mounts: tuple[SandboxMount, ...] = ()
     secrets: Mapping[str, Path | bytes] = field(default_factory=dict)
     hostname: str = "buildkitsandbox"
     extra_hosts: tuple[tuple[str, str], ...] = ()

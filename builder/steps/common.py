@@ -21,7 +21,7 @@ from ..context import SourceTree
 from ..dockerfile.instructions import Instruction
 from ..extracted import ExtractedLayers
 from ..image import ImageState, LayerRef
-from ..progress import Progress
+from ..progress import BuildProgress
 
 if TYPE_CHECKING:
     from ..contexts import NamedContexts
@@ -52,7 +52,7 @@ class StepEnv:
     store: Store
     cache: BuildCacheBackend
     extracted: ExtractedLayers
-    progress: Progress
+    progress: BuildProgress
     context: SourceTree
     work: Path  # this build's scratch directory (removed at the end)
     cache_mounts: Path

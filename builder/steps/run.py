@@ -41,8 +41,7 @@ from ..dockerfile.instructions import Run
 from ..dockerfile.syntax import parse_heredoc_marker
 from ..image import ImageState
 from ..sandbox.rootfs import RootfsMode
-from ..sandbox.spec import BindMount, Network, RunSpec, SshMount, sandbox_mount
-from ..sandbox.spec import Mount as SandboxMount
+from ..sandbox.spec import BindMount, Network, RunSpec, SandboxMount, SshMount, sandbox_mount
 from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import command_form
 

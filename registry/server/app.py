@@ -61,7 +61,7 @@ from ..names import check_raw_path
 from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
 from .debug import metrics_response
-from .metadata import Metadata
+from .metadata import RegistryMetadata
 from .metadata_open import open_metadata
 from .operations import after_request, notifications_lifecycle
 from .proxy import proxy_context
@@ -220,7 +220,7 @@ def make_app(
     *,
     store: BlobStore | None = None,
     storage: Path | None = None,
-    metadata: Metadata | None = None,
+    metadata: RegistryMetadata | None = None,
     upload_locks: UploadLocks | None = None,
 ) -> web.Application:
     """Build the registry application.

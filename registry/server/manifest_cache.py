@@ -72,7 +72,7 @@ class ManifestCache:
         self._at: int | None = None
 
     def follow(self, generation: Callable[[], int]) -> None:
-        """Take coherence tokens from ``generation`` (a ``Metadata.generation``)."""
+        """Take coherence tokens from ``generation`` (a ``RegistryMetadata.generation``)."""
         self._generation = generation
         self._at = None
 

@@ -1,4 +1,4 @@
-"""The registry's own metadata: the :class:`Metadata` protocol every backend implements,
+"""The registry's own metadata: the :class:`RegistryMetadata` protocol every backend implements,
 the records it returns, and :func:`~registry.server.metadata_open.open_metadata`, the one place that builds the backend
 a server runs on.
 
@@ -22,8 +22,8 @@ Rules every backend keeps (each method's docstring adds its own):
   every later call on *any* instance sees it (read-your-writes across replicas: a tag
   pushed through one replica resolves through another at once).
 - **Async, loop-safe.** Every coroutine may be awaited from the event loop and never
-  blocks it; :meth:`Metadata.generation` is the one synchronous method and is cheap.
-- **Closed.** :meth:`Metadata.close` waits for the calls already started; any call after
+  blocks it; :meth:`RegistryMetadata.generation` is the one synchronous method and is cheap.
+- **Closed.** :meth:`RegistryMetadata.close` waits for the calls already started; any call after
   it raises ``cas.StoreClosed``. Storage failures are ``cas.StorageFull`` /
   ``cas.StorageNotWritable`` naming what is full or read-only.
 """
@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["ManifestRecord", "Metadata", "ReferrerRecord"]
+__all__ = ["ManifestRecord", "ReferrerRecord", "RegistryMetadata"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ class ReferrerRecord:
     annotations: dict[str, str] | None
 
 
-class Metadata(Protocol):
+class RegistryMetadata(Protocol):
     """The registry's metadata store; the module docstring states the rules all methods
     keep (atomic, shared by every instance on the same database, loop-safe)."""
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .metadata import Metadata
+from .metadata import RegistryMetadata
 from .metadata_sqlite import SqliteMetadata
 
 __all__ = ["open_metadata"]
 
 
-async def open_metadata(root: Path) -> Metadata:
+async def open_metadata(root: Path) -> RegistryMetadata:
     """The metadata backend a server with storage directory ``root`` runs on: today the
     embedded SQLite file ``root/registry.db``. A networked backend is chosen here, from the
     configuration, when one exists."""

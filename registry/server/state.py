@@ -35,7 +35,7 @@ from .auth import Authorizer
 from .config import ServerConfig
 from .limits import LimitLog, UploadLimits, UploadSlots
 from .manifest_cache import CachedManifest, ManifestCache
-from .metadata import Metadata
+from .metadata import RegistryMetadata
 from .metrics import Metrics
 from .notifications import Notifier
 from .upload_locks import InProcessUploadLocks, UploadLocks
@@ -95,7 +95,7 @@ class Registry:
 
     config: ServerConfig
     store: BlobStore
-    meta: Metadata
+    meta: RegistryMetadata
     metrics: Metrics = field(default_factory=lambda: Metrics())
     auth: Authorizer | None = None  # None: no authentication
     cache: ManifestCache = field(default_factory=lambda: ManifestCache(64 * 1024 * 1024))

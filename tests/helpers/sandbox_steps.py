@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from builder.dockerfile.mounts import parse_mount
-from builder.sandbox import Mount, StepResult, sandbox_mount
+from builder.sandbox import SandboxMount, StepResult, sandbox_mount
 
 __all__ = ["PATH", "Runner", "Step", "require_root", "run_mount"]
 
 PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def run_mount(text: str) -> Mount:
+def run_mount(text: str) -> SandboxMount:
     """The sandbox mount for one ``RUN --mount=`` value, read by the Dockerfile parser."""
     flag = parse_mount(text)
     assert flag is not None

@@ -18,18 +18,18 @@ from pathlib import Path
 import pytest
 
 from cas.errors import StoreClosed
-from registry.server.metadata import ManifestRecord, Metadata
+from registry.server.metadata import ManifestRecord, RegistryMetadata
 from registry.server.metadata_sqlite import SqliteMetadata
 
-Opener = Callable[[], Awaitable[Metadata]]
+Opener = Callable[[], Awaitable[RegistryMetadata]]
 
 
 @pytest.fixture(params=["sqlite"])
 async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
-    opened: list[Metadata] = []
+    opened: list[RegistryMetadata] = []
 
-    async def open_one() -> Metadata:
-        meta: Metadata
+    async def open_one() -> RegistryMetadata:
+        meta: RegistryMetadata
         if request.param == "sqlite":
             meta = await SqliteMetadata.open(tmp_path / "registry.db")
         else:  # pragma: no cover - a new backend adds its branch here
@@ -43,12 +43,12 @@ async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 @pytest.fixture
-async def a(opener: Opener) -> Metadata:
+async def a(opener: Opener) -> RegistryMetadata:
     return await opener()
 
 
 @pytest.fixture
-async def b(opener: Opener) -> Metadata:
+async def b(opener: Opener) -> RegistryMetadata:
     return await opener()
 
 
@@ -62,7 +62,7 @@ def _record(repo: str, i: int, **kw: object) -> ManifestRecord:
 
 
 # --- repositories -------------------------------------------------------------------------
-async def test_repositories_exist_once_created_and_page_in_byte_order(a: Metadata, b: Metadata):
+async def test_repositories_exist_once_created_and_page_in_byte_order(a: RegistryMetadata, b: RegistryMetadata):
     assert not await a.repository_exists("lib/app")
     for name in ["lib/app", "Zed", "alpha", "lib/app"]:
         await a.ensure_repository(name)
@@ -74,7 +74,7 @@ async def test_repositories_exist_once_created_and_page_in_byte_order(a: Metadat
 
 
 # --- manifests ----------------------------------------------------------------------------
-async def test_put_manifest_records_it_and_its_tags_for_every_instance(a: Metadata, b: Metadata):
+async def test_put_manifest_records_it_and_its_tags_for_every_instance(a: RegistryMetadata, b: RegistryMetadata):
     rec = _record("app", 1, subject=_digest(9), artifact_type="x/sbom",
                   annotations={"k": "v"})
     await a.put_manifest(rec, ("v1", "latest"))
@@ -90,14 +90,14 @@ async def test_put_manifest_records_it_and_its_tags_for_every_instance(a: Metada
     assert await a.get_manifest("app", _digest(1)) == rec
 
 
-async def test_put_manifest_again_replaces_the_record(a: Metadata, b: Metadata):
+async def test_put_manifest_again_replaces_the_record(a: RegistryMetadata, b: RegistryMetadata):
     await a.put_manifest(_record("app", 1, annotations={"k": "1"}))
     replaced = _record("app", 1, annotations={"k": "2"})
     await b.put_manifest(replaced)
     assert await a.get_manifest("app", _digest(1)) == replaced
 
 
-async def test_a_tag_never_resolves_to_a_manifest_not_yet_there(a: Metadata, b: Metadata):
+async def test_a_tag_never_resolves_to_a_manifest_not_yet_there(a: RegistryMetadata, b: RegistryMetadata):
     stop = asyncio.Event()
     missing: list[str] = []
 
@@ -115,7 +115,7 @@ async def test_a_tag_never_resolves_to_a_manifest_not_yet_there(a: Metadata, b: 
     assert missing == []
 
 
-async def test_manifests_present_answers_for_any_number(a: Metadata, b: Metadata):
+async def test_manifests_present_answers_for_any_number(a: RegistryMetadata, b: RegistryMetadata):
     assert await b.manifests_present("app", []) == set()
     for i in range(0, 1200, 3):
         await a.put_manifest(_record("app", i))
@@ -124,7 +124,7 @@ async def test_manifests_present_answers_for_any_number(a: Metadata, b: Metadata
     assert await b.manifests_present("app", wanted) == {_digest(i) for i in range(0, 1200, 3)}
 
 
-async def test_delete_manifest_drops_it_and_only_its_tags(a: Metadata, b: Metadata):
+async def test_delete_manifest_drops_it_and_only_its_tags(a: RegistryMetadata, b: RegistryMetadata):
     await a.put_manifest(_record("app", 1), ("v1", "stable"))
     await a.put_manifest(_record("app", 2), ("v2",))
     await a.put_manifest(_record("other", 1), ("v1",))
@@ -139,7 +139,7 @@ async def test_delete_manifest_drops_it_and_only_its_tags(a: Metadata, b: Metada
 
 
 async def test_referrers_are_a_repositorys_manifests_with_that_subject_oldest_first(
-    a: Metadata, b: Metadata
+    a: RegistryMetadata, b: RegistryMetadata
 ):
     subject = _digest(100)
     await a.put_manifest(_record("app", 3, subject=subject, artifact_type="x/sig",
@@ -156,7 +156,7 @@ async def test_referrers_are_a_repositorys_manifests_with_that_subject_oldest_fi
 
 
 # --- tags ---------------------------------------------------------------------------------
-async def test_tags_page_in_byte_order_and_delete(a: Metadata, b: Metadata):
+async def test_tags_page_in_byte_order_and_delete(a: RegistryMetadata, b: RegistryMetadata):
     await a.put_manifest(_record("app", 1), ("b", "B", "a", "1"))
     assert await b.tags("app", None, 10) == ["1", "B", "a", "b"]
     assert await b.tags("app", "B", 2) == ["a", "b"]
@@ -169,7 +169,7 @@ async def test_tags_page_in_byte_order_and_delete(a: Metadata, b: Metadata):
 
 # --- upload sessions ----------------------------------------------------------------------
 async def test_upload_sessions_are_shared_and_do_not_create_the_repository(
-    a: Metadata, b: Metadata
+    a: RegistryMetadata, b: RegistryMetadata
 ):
     await a.add_upload("u1", "app")
     await b.add_upload("u2", "lib/other")
@@ -186,7 +186,7 @@ async def test_upload_sessions_are_shared_and_do_not_create_the_repository(
 
 
 # --- pull-through cache -------------------------------------------------------------------
-async def test_proxy_tags_are_remembered_apart_from_local_tags(a: Metadata, b: Metadata):
+async def test_proxy_tags_are_remembered_apart_from_local_tags(a: RegistryMetadata, b: RegistryMetadata):
     assert await b.proxy_tag("cache/app", "latest") is None
     await a.set_proxy_tag("cache/app", "latest", _digest(1), 1000.5)
     assert await b.proxy_tag("cache/app", "latest") == (_digest(1), 1000.5)
@@ -197,7 +197,7 @@ async def test_proxy_tags_are_remembered_apart_from_local_tags(a: Metadata, b: M
 
 # --- generation ---------------------------------------------------------------------------
 async def test_generation_moves_with_every_commit_through_any_instance(
-    a: Metadata, b: Metadata
+    a: RegistryMetadata, b: RegistryMetadata
 ):
     before_a, before_b = a.generation(), b.generation()
     assert a.generation() == before_a  # nothing committed: equal tokens
@@ -211,7 +211,7 @@ async def test_generation_moves_with_every_commit_through_any_instance(
 
 
 # --- concurrency and lifetime -------------------------------------------------------------
-async def test_writes_from_two_instances_at_once_all_land(a: Metadata, b: Metadata):
+async def test_writes_from_two_instances_at_once_all_land(a: RegistryMetadata, b: RegistryMetadata):
     await asyncio.gather(
         *(m.put_manifest(_record("busy", i), (f"t{i}",)) for i in range(40)
           for m in [(a, b)[i % 2]]),
@@ -222,7 +222,7 @@ async def test_writes_from_two_instances_at_once_all_land(a: Metadata, b: Metada
 
 
 async def test_close_refuses_later_calls_and_leaves_other_instances_working(
-    a: Metadata, b: Metadata
+    a: RegistryMetadata, b: RegistryMetadata
 ):
     await a.ensure_repository("app")
     pending = a.repository_exists("app")
@@ -238,7 +238,7 @@ async def test_close_refuses_later_calls_and_leaves_other_instances_working(
     assert await b.repository_exists("app")
 
 
-async def test_calls_started_before_close_finish(a: Metadata):
+async def test_calls_started_before_close_finish(a: RegistryMetadata):
     calls = [asyncio.ensure_future(a.ensure_repository(f"r{i}")) for i in range(10)]
     await asyncio.sleep(0)  # started
     await a.close()

@@ -14,7 +14,7 @@ import pytest
 from builder.build import BuildOptions, BuildResult, run_build
 from builder.layers import import_directory
 from builder.outputs import Output
-from builder.progress import Progress
+from builder.progress import BuildProgress
 from cas import Digest
 from testkit.rootfs import make_busybox_rootfs
 from testkit.tools import require_tool
@@ -106,5 +106,5 @@ def build(tmp_path: Path) -> Builder:
             outs.append(Output("docker", docker))
         opts = BuildOptions(context=context, storage=storage or tmp_path / "storage",
                             outputs=tuple(outs), **kw)  # type: ignore[arg-type]
-        return asyncio.run(run_build(opts, Progress("quiet")))
+        return asyncio.run(run_build(opts, BuildProgress("quiet")))
     return run

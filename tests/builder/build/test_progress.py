@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from builder.progress import Progress
+from builder.progress import BuildProgress
 
 
-def _drive(p: Progress) -> None:
+def _drive(p: BuildProgress) -> None:
     a = p.start("[1/3] FROM base")
     p.done(a)
     b = p.start("[2/3] RUN make")
@@ -29,7 +29,7 @@ def _drive(p: Progress) -> None:
 
 def test_plain_lines_look_like_buildkit() -> None:
     out = io.StringIO()
-    p = Progress("plain", out)
+    p = BuildProgress("plain", out)
     _drive(p)
     lines = out.getvalue().splitlines()
     assert lines[0] == "#1 [1/3] FROM base"
@@ -43,7 +43,7 @@ def test_plain_lines_look_like_buildkit() -> None:
 
 def test_json_events() -> None:
     out = io.StringIO()
-    _drive(Progress("json", out))
+    _drive(BuildProgress("json", out))
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [e["event"] for e in events] == ["start", "done", "start", "log", "done", "start",
                                             "cached", "result"]
@@ -53,7 +53,7 @@ def test_json_events() -> None:
 
 def test_terminal_view_redraws_running_steps_in_place() -> None:
     out = io.StringIO()
-    p = Progress("tty", out)
+    p = BuildProgress("tty", out)
     b = p.start("[2/3] RUN make")
     p.log(b, "compiling")
     text = out.getvalue()
@@ -116,7 +116,7 @@ def test_terminal_view_ticks_the_timer_of_a_running_step(busybox_ref: str,
 def test_transfers_in_each_mode() -> None:
     plain, js, tty = io.StringIO(), io.StringIO(), io.StringIO()
     for mode, out in (("plain", plain), ("json", js), ("tty", tty)):
-        p = Progress(mode, out)
+        p = BuildProgress(mode, out)
         n = p.start("pulling reg/base:1", replayable=False)
         p.transfer(n, "sha256:aa", "aa", 0, 2048)
         p.transfer(n, "sha256:aa", "aa", 1024, 2048)
@@ -137,12 +137,12 @@ def test_transfers_in_each_mode() -> None:
 
 def test_local_base_line_says_how_old_it_is() -> None:
     out, js = io.StringIO(), io.StringIO()
-    Progress("plain", out).base_image("reg/base:1", "sha256:" + "b" * 64,
+    BuildProgress("plain", out).base_image("reg/base:1", "sha256:" + "b" * 64,
                                       time.time() - 3 * 86400 - 60)
     line = out.getvalue().strip()
     assert line.startswith("using local image reg/base:1 (sha256:bbbb")
     assert "pulled 3 days ago" in line and "--pull" in line
-    p = Progress("json", js)
+    p = BuildProgress("json", js)
     p.base_image("reg/base:1", "sha256:" + "b" * 64, 0.0)
     event = json.loads(js.getvalue())
     assert event["event"] == "base" and event["pulled"] == "1970-01-01T00:00:00Z"
