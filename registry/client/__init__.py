@@ -4,12 +4,16 @@ Modules, mirroring ``registry/server/``:
 
 ===================  ==================================================================
 ``connections``      pooled HTTP/1.1 connections driven by worker threads (no aiohttp)
-``remote``           :class:`RegistryClient`: the Distribution API with one policy for
-                     auth challenges, retries and redirects
+``remote``           :class:`RegistryClient`: the Distribution API's endpoints
+``session``          the one request policy under them (auth challenges, retries,
+                     redirects, unreachable hosts); client options, errors and scopes
 ``auth``             credentials (flags, env, Docker's config.json, helpers) and the
                      ``WWW-Authenticate`` flows
-``pull``             one blob from a registry into the local store, verified, resumable,
-                     piece by piece where the registry offers its recipes
+``pull``             one blob from a registry into the local store, verified, resumable
+``pull_parts``       a blob pulled in Range parts, piece by piece where the registry
+                     offers its recipes
+``pull_sink``        the ingest a pulled blob is written into: in order, checkpointed
+``transfer``         transfer options and :class:`BlobError`, shared by pull and push
 ``push``             one blob to a registry, resumable, mounted where possible
 ``copy``             whole images between registries, the local store, OCI layouts and
                      docker archives

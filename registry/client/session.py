@@ -1,0 +1,309 @@
+"""The request policy every Distribution call goes through: :class:`RegistrySession`
+over pooled blocking connections driven by worker threads
+(:mod:`registry.client.connections`; connections are reused), with the options, errors
+and token scopes it works with. The endpoints themselves are
+:class:`registry.client.remote.RegistryClient`.
+
+Policies, in one place (:meth:`RegistrySession._send`):
+
+- Scheme: HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and hosts in
+  ``insecure`` are tried over HTTPS without verification first, then plain HTTP, as
+  Docker does for insecure registries.
+- Auth: a 401 is answered once per request through :class:`registry.client.auth.HostAuth`
+  (Basic, or the Bearer token flow with the request's scopes); requests that meet the
+  first 401 together share one answer, and a request refused although it carried the
+  credentials raises :class:`registry.client.auth.AuthError`.
+- Retries with exponential backoff on connection errors and 5xx; never on 4xx. A host
+  that does not resolve is not retried; a refused connection is retried twice, quickly.
+  Either raises :class:`Unreachable`, one line naming the host and what to check, and
+  the host is then known to be down: every later request to it fails at once.
+- Redirects are followed by hand (blob GETs are redirected to storage); the
+  ``Authorization`` header only ever goes to the registry's own host.
+- Error responses become :class:`registry.errors.RegistryError` via ``decode_errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urljoin, urlsplit
+
+from ..errors import RegistryError, decode_errors
+from .auth import Credentials, HostAuth
+from .connections import UnknownHost, Wire, WireError, WireResponse
+from .connections import Unreachable as _NoConnection
+from .errors import ClientError
+from .refs import is_loopback
+
+__all__ = [
+    "ClientOptions",
+    "RegistrySession",
+    "TransportError",
+    "Unreachable",
+    "pull_scope",
+    "push_scope",
+]
+
+_RETRY_STATUS = frozenset({500, 502, 503, 504})
+# A refused connection is tried this many more times (a registry restarting), no more.
+_REFUSED_RETRIES = 2
+
+
+class TransportError(ClientError):
+    """The registry could not be reached (after retries) or answered nonsense."""
+
+
+class Unreachable(TransportError):
+    """No connection to the host could be opened: it does not resolve, refused, or did
+    not answer. ``host`` is the ``host[:port]`` that could not be reached."""
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(message)
+        self.host = host
+
+
+def _unreachable(exc: _NoConnection) -> Unreachable:
+    host = exc.netloc
+    if isinstance(exc, UnknownHost):
+        name = urlsplit(f"//{host}").hostname or host
+        return Unreachable(host, f"registry host {name} is unknown ({exc.reason}); check the "
+                                 "registry's host name, and the DNS set-up")
+    return Unreachable(host, f"cannot connect to registry {host} ({exc.reason}): is the "
+                             f"registry running, and is {host} its address and port?")
+
+
+def pull_scope(name: str) -> str:
+    return f"repository:{name}:pull"
+
+
+def push_scope(name: str) -> str:
+    return f"repository:{name}:pull,push"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """How to reach registries. ``insecure``: hosts allowed over plain HTTP / unverified TLS."""
+
+    ca_cert: Path | None = None
+    tls_verify: bool = True
+    insecure: frozenset[str] = frozenset()
+    retries: int = 4
+    backoff: float = 0.25
+    connections: int = 16
+    credentials: dict[str, Credentials] = field(default_factory=dict)
+    # Loopback registries are insecure registries (Docker's default); False treats them
+    # like any other host (certificates verified, no plain HTTP).
+    loopback_insecure: bool = True
+
+
+class RegistrySession:
+    """Connections, auth and the request policy for every registry an operation touches;
+    :class:`registry.client.remote.RegistryClient` adds the endpoints. Use as ``async with``."""
+
+    def __init__(self, options: ClientOptions | None = None) -> None:
+        self.options = options or ClientOptions()
+        self._wire: Wire | None = None
+        self._bases: dict[str, str] = {}
+        self._auth: dict[str, HostAuth] = {}
+        self._down: dict[str, Unreachable] = {}  # host[:port] -> why it could not be reached
+        self._reached: set[str] = set()  # hosts that have answered a request
+        self._gates: dict[str, asyncio.Lock] = {}  # one request at a time until then
+        self._base_lock = asyncio.Lock()
+        verify: Any = None
+        if not self.options.tls_verify:
+            verify = False
+        elif self.options.ca_cert is not None:
+            verify = ssl.create_default_context(cafile=str(self.options.ca_cert))
+        self._ssl = verify
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._wire is not None:
+            self._wire.close()
+            self._wire = None
+
+    @property
+    def wire(self) -> Wire:
+        """The connections every request goes on (see :meth:`_send`)."""
+        if self._wire is None:
+            self._wire = Wire(connect_timeout=30, read_timeout=120, idle=self.options.connections)
+        return self._wire
+
+    def auth(self, host: str) -> HostAuth:
+        if host not in self._auth:
+            self._auth[host] = HostAuth(host, self.options.credentials.get(host))
+        return self._auth[host]
+
+    # --- scheme and transport -------------------------------------------------------------
+    def _insecure(self, host: str) -> bool:
+        return (self.options.loopback_insecure and is_loopback(host)) or host in self.options.insecure
+
+    async def base_url(self, host: str) -> str:
+        """``https://host`` or, for insecure hosts that do not speak TLS, ``http://host``."""
+        async with self._base_lock:
+            if host in self._bases:
+                return self._bases[host]
+            if host in self._down:
+                raise self._down[host]
+            base = f"https://{host}"
+            if self._insecure(host):
+                try:
+                    # Unreachable (a TransportError) goes up: nothing answers either way.
+                    await _drain(await self._transmit("GET", f"{base}/v2/", {}, None, None))
+                except (TimeoutError, WireError, ssl.SSLError):
+                    base = f"http://{host}"
+            self._bases[host] = base
+            return base
+
+    def _ssl_for(self, url: str) -> Any:
+        host = urlsplit(url).netloc
+        if url.startswith("https://") and self._insecure(host):
+            return False
+        return self._ssl
+
+    async def _send(
+        self,
+        method: str,
+        host: str,
+        url: str,
+        *,
+        scopes: frozenset[str] = frozenset(),
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+        params: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (200,),
+        redirects: bool = False,
+        retries: int | None = None,
+    ) -> WireResponse:
+        """Send one request with auth, retries and (optionally) redirects; the caller
+        releases the returned response. Statuses outside ``ok`` raise RegistryError.
+
+        The request goes on a pooled blocking connection (:mod:`registry.client.connections`), sent from
+        a worker thread; the answer is a :class:`registry.client.connections.WireResponse`, whose body
+        may be read by a worker thread straight into the store.
+        """
+        if retries is None:
+            retries = self.options.retries
+        if not url.startswith(("http://", "https://")):
+            url = await self.base_url(host) + url
+        auth = self.auth(host)
+        answered = False
+        attempt = 0
+        hops = 0
+        while True:
+            send_headers = dict(headers or {})
+            same_host = urlsplit(url).netloc == host
+            sent = auth.header(scopes) if same_host else None
+            if sent:
+                send_headers["Authorization"] = sent
+            try:
+                resp = await self._transmit(method, url, send_headers, params, data)
+            except (TimeoutError, WireError) as exc:
+                if attempt >= retries:
+                    raise TransportError(
+                        f"{method} {url}: {exc or type(exc).__name__} (after {attempt + 1} "
+                        "attempts); check that the registry is running and reachable"
+                    ) from exc
+                await asyncio.sleep(self.options.backoff * 2**attempt)
+                attempt += 1
+                continue
+            if resp.status in ok:
+                return resp
+            if resp.status == 401 and same_host:
+                challenge = resp.headers.get("WWW-Authenticate", "")
+                answer = await _drain(resp)
+                if (not answered and challenge
+                        and await auth.answer(self._fetch, challenge, scopes, sent)):
+                    answered = True
+                    continue
+                reason = "; ".join(e.message for e in decode_errors(401, answer))
+                raise auth.refused(challenge, sent, scopes, reason)
+            if redirects and resp.status in (301, 302, 303, 307, 308) and hops < 5:
+                location = resp.headers.get("Location")
+                resp.release()
+                if location:
+                    url = urljoin(url, location)
+                    hops += 1
+                    params = None
+                    continue
+            answer = await _drain(resp)
+            if resp.status in _RETRY_STATUS and attempt < retries:
+                await asyncio.sleep(self.options.backoff * 2**attempt)
+                attempt += 1
+                continue
+            raise _error(resp, answer, f"{method} {url}")
+
+    async def _transmit(self, method: str, url: str, headers: dict[str, str],
+                        params: dict[str, str] | None, data: bytes | None) -> WireResponse:
+        """One request on the wire, with the policy for hosts that cannot be reached.
+
+        Until a host has answered once, its requests go one at a time: when it is down,
+        the first one finds out (a name that does not resolve at once; a refused
+        connection after ``_REFUSED_RETRIES`` quick retries) and the others fail with the
+        same :class:`Unreachable` without trying, instead of each retrying on its own."""
+        netloc = urlsplit(url).netloc
+        gate = None
+        if netloc not in self._reached:
+            gate = self._gates.setdefault(netloc, asyncio.Lock())
+            await gate.acquire()
+        try:
+            attempt = 0
+            while True:
+                if netloc in self._down:
+                    raise self._down[netloc]
+                try:
+                    resp = await self.wire.send(method, url, headers, params, self._ssl_for(url),
+                                                data)
+                except _NoConnection as exc:
+                    refused = isinstance(exc.__cause__, ConnectionRefusedError)
+                    if refused and attempt < _REFUSED_RETRIES:  # nothing was sent: safe
+                        await asyncio.sleep(self.options.backoff * 2**attempt)
+                        attempt += 1
+                        continue
+                    self._down[netloc] = _unreachable(exc)
+                    raise self._down[netloc] from exc
+                self._reached.add(netloc)
+                return resp
+        finally:
+            if gate is not None:
+                gate.release()
+
+    async def _fetch(self, url: str, params: list[tuple[str, str]],
+                     headers: dict[str, str]) -> tuple[int, bytes]:
+        """A plain GET (no auth, retries or redirects): for token servers."""
+        resp = await self.wire.send("GET", url, headers, params, self._ssl)
+        try:
+            return resp.status, await resp.read()
+        finally:
+            resp.release()
+
+    async def _request(self, method: str, host: str, url: str, **kw: Any) -> tuple[WireResponse, bytes]:
+        resp = await self._send(method, host, url, **kw)
+        try:
+            body = await resp.read()
+        finally:
+            resp.release()
+        return resp, body
+
+
+async def _drain(resp: WireResponse) -> bytes:
+    """The (small) body of a response that is not returned to the caller, then released."""
+    try:
+        return await resp.read()
+    finally:
+        resp.release()
+
+
+def _error(resp: WireResponse, body: bytes, what: str) -> RegistryError:
+    errors = decode_errors(resp.status, body)
+    err = RegistryError.many(errors)
+    err.args = (f"{what}: HTTP {resp.status} {err.args[0]}",)
+    return err

@@ -1,0 +1,37 @@
+"""What every blob transfer shares, pull and push: :class:`TransferOptions` (part sizes,
+windows, checkpoints, retries) and :class:`BlobError`. Both are re-exported by
+:mod:`registry.client.pull`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import ClientError
+
+__all__ = ["BlobError", "TransferOptions"]
+
+
+class BlobError(ClientError):
+    """A blob could not be transferred; the message names it and says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferOptions:
+    """How blobs move. The defaults were chosen with ``python3 -m bench client``."""
+
+    part_size: int = 4 << 20  # one Range request (piece runs are cut at piece boundaries)
+    # Whole-blob pulls at least this large use parallel Range parts; below, one stream
+    # per blob (several blobs already transfer at once, see CopyOptions.jobs).
+    parallel_threshold: int = 64 << 20
+    window: int = 8  # Range requests of one blob in flight (parts or missing-piece runs)
+    checkpoint_every: int = 32 << 20  # pull: bytes between checkpoints, at least ...
+    checkpoint_interval: float = 2.0  # ... and seconds between them
+    upload_chunk: int = 16 << 20  # push: one PUT below, PATCH chunks of this size above
+    retries: int = 3  # re-requests of a part whose body broke off
+    recipes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.part_size < 1 or self.upload_chunk < 1:
+            raise ValueError("window, part_size and upload_chunk must be at least 1")
+
