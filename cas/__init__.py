@@ -12,7 +12,11 @@ Layering of the store's modules (an arrow is "imports"; nothing imports back up)
          v              v             v               v              v
     cas.location    cas.meta     cas.sqlite_meta   cas.packs     cas.chunker
     StoreConfig     Metadata     SqliteMetadata    PackBackend
-                    (protocol)   -> cas.sqlite_db
+                    (protocol)   -> cas.sqlite_db  (protocol)
+                                                   -> cas.pack_files, cas.pack_memory
+
+    cas.ingest (Ingest's calls) builds on cas.ingest_checkpoints (checkpoint, park,
+    resume), which builds on cas.ingest_pieces (storing the pieces).
 
     leaves: cas.blobs (BlobInfo, Piece, Recipe, Segment, IngestInfo), cas.digest,
             cas.errors, cas.units, cas.holders

@@ -18,19 +18,22 @@ to it, so a crash between the two leaves the previous checkpoint intact.
 
 An ingest works on the store's :class:`~cas.core.StoreCore` (its metadata, packs, worker
 threads and tail files), not on the :class:`~cas.store.Store` that made it.
+
+This module holds :class:`Ingest`'s calls and the worker-thread jobs that feed its
+bytes to the hash and the cutter; its base classes hold the rest, one concern each:
+storing the pieces (``cas.ingest_pieces``: keying, deduplication, compression, inline
+or packed) and checkpoints, parking and resuming (``cas.ingest_checkpoints``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import blake3
 import zstandard
 
 from .blobs import BlobInfo, IngestInfo
@@ -42,10 +45,11 @@ from .errors import (
     IngestUnknown,
     SizeMismatch,
     StorageError,
-    StoreCorrupt,
     mapped_error,
 )
-from .meta import CODEC_RAW, CODEC_ZSTD, IngestRow, Location
+from .ingest_checkpoints import IngestCheckpoints
+from .ingest_pieces import INLINE_MAX
+from .meta import IngestRow, Location
 
 if TYPE_CHECKING:
     from .core import StoreCore
@@ -55,16 +59,12 @@ __all__ = ["INLINE_MAX", "Ingest", "IngestInfo", "SourceFailed"]
 
 T = TypeVar("T")
 
-# Pieces this small (after compression) live in the metadata database, not in packs:
-# manifests and configs then cost no file at all.
-INLINE_MAX = 16 << 10
 # Hand bytes to the worker threads in batches this large: a thread hop per network
 # read (64 KiB) would cost more than the hashing.
 _BATCH = 4 << 20
 # Batches handed over but not yet hashed and stored. write() waits beyond this, which
 # bounds an ingest's memory to about (_DEPTH + 1) * _BATCH plus the cutter's buffer.
 _DEPTH = 2
-_PROBE = 16 << 10
 # Ingest.receive asks its source for at most this much at a time.
 _RECEIVE = 1 << 20
 
@@ -74,7 +74,7 @@ class SourceFailed(Exception):
     every byte before the failure and stays usable."""
 
 
-class Ingest:
+class Ingest(IngestCheckpoints):
     """One open ingest. Use from one task at a time (calls are serialised anyway)."""
 
     def __init__(self, core: StoreCore, ingest_id: str, algorithm: str) -> None:
@@ -373,109 +373,6 @@ class Ingest:
         if pieces:
             self._store_pieces(pieces)
 
-    def _store_pieces(self, pieces: list[memoryview] | list[bytes]) -> None:
-        keyed = [(v, blake3.blake3(v).digest()) for v in pieces]
-        first = self._seq
-        unknown = [
-            (first + i, k)
-            for i, (_, k) in enumerate(keyed)
-            if k not in self._new and k not in self._held
-        ]
-        found = self._core.meta.hold_existing(self.id, unknown) if unknown else {}
-        # The new pieces of this batch (each once): small ones inline, the others
-        # appended to the pack together, in one system call.
-        compressible = not self._cutter.compressed
-        fresh: dict[bytes, Location | None] = {}  # None: to be appended to the pack
-        packed: list[tuple[bytes, int, bytes | memoryview, int]] = []
-        for view, key in keyed:
-            if key in found or key in self._new or key in self._held or key in fresh:
-                continue
-            data, codec = self._encode(view, compressible)
-            if len(data) <= INLINE_MAX:
-                fresh[key] = Location(key, len(view), len(data), codec, None, 0, bytes(data))
-            else:
-                fresh[key] = None
-                packed.append((key, len(view), data, codec))
-        if packed:
-            if self._writer is None:
-                self._writer = self._core.new_pack(self.id)
-            offsets = self._writer.append_many([data for _, _, data, _ in packed])
-            for (key, length, data, codec), at in zip(packed, offsets):
-                fresh[key] = Location(key, length, len(data), codec, self._writer.name, at)
-        self._new.update(fresh)  # type: ignore[arg-type]  # every None was replaced
-        for i, (view, key) in enumerate(keyed):
-            length = len(view)
-            if key in found:
-                self._held.add(key)
-            else:
-                self._unsaved.append((first + i, key, length, self._new.get(key)))
-            self._recipe.append((key, length))
-        self._seq += len(keyed)
-
-    def _encode(self, view: memoryview | bytes, compressible: bool) -> tuple[bytes | memoryview, int]:
-        """The bytes to store for a piece and their codec: zstd where it saves 5 %."""
-        if compressible and len(view) >= 4096:
-            if self._zprobe is None or self._zstd is None:
-                self._zprobe = zstandard.ZstdCompressor(level=1)
-                self._zstd = zstandard.ZstdCompressor(level=3)
-            probe = view[:_PROBE]
-            if len(self._zprobe.compress(probe)) < 0.9 * len(probe):
-                packed = self._zstd.compress(view)
-                if len(packed) < 0.95 * len(view):
-                    return packed, CODEC_ZSTD
-        return view, CODEC_RAW
-
-    def _checkpoint_sync(self) -> None:
-        # Store every piece that is already final, so the tail file stays small (at
-        # most one piece) instead of holding up to a whole gather buffer.
-        final = self._cutter.flush()
-        if final:
-            self._store_pieces(final)
-        if self._writer is not None:
-            self._writer.sync()
-        tail = bytes(self._cutter.held())
-        path = self._core.tail_path(self.id, self.offset)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(tail)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._core.meta.checkpoint(
-            self.id,
-            self._unsaved,
-            self.offset,
-            self._seq,
-            self._writer.size if self._writer else 0,
-            len(tail),
-        )
-        self._unsaved = []
-        self._core.drop_tails(self.id, keep=path)
-        self._checkpointed = self.offset
-
-    def _park_sync(self) -> None:
-        if self._checkpointed != self.offset or self._unsaved:
-            self._checkpoint_sync()
-        # The bytes the cutter holds back are those of the tail file just written.
-        self._cutter.suspend()
-        if self._writer is not None:
-            self._parked_pack = (self._writer.name, self._writer.size)
-            self._writer.close()
-            self._writer = None
-        self._zprobe = self._zstd = None
-        self._parked = True
-
-    def _unpark_sync(self) -> None:
-        tail_path = self._core.tail_path(self.id, self._checkpointed)
-        try:
-            tail = tail_path.read_bytes()
-        except FileNotFoundError as exc:
-            raise StoreCorrupt(f"ingest {self.id}: its tail file is missing") from exc
-        if self._parked_pack is not None:
-            self._writer = self._core.packs.open_append(*self._parked_pack)
-            self._parked_pack = None
-        self._cutter.resume(tail)
-        self._parked = False
 
     def _rehash(self, algorithm: str) -> Digest:
         if self._writer is not None:
@@ -521,61 +418,3 @@ class Ingest:
             return
         self._core.drop_tails(self.id, keep=None)
         self._core.empty_trash()
-
-    # -- resume --------------------------------------------------------------------
-
-    def _restore(self, offset: int, npieces: int, pack: str | None, pack_size: int,
-                 tail_len: int) -> None:
-        """Rebuild the state of the last checkpoint (runs in a worker thread)."""
-        meta = self._core.meta
-        meta.rewind_ingest(self.id)
-        rows = meta.ingest_recipe(self.id)
-        if len(rows) != npieces:
-            raise StoreCorrupt(f"ingest {self.id} has {len(rows)} of {npieces} pieces recorded")
-        held_keys = [loc.key for _, loc in rows if loc.stored < 0]
-        held_locs = meta.locations(held_keys)
-        tail_path = self._core.tail_path(self.id, offset)
-        try:
-            tail = tail_path.read_bytes() if tail_len else b""
-        except FileNotFoundError as exc:
-            raise StoreCorrupt(f"ingest {self.id}: its tail file is missing") from exc
-        if len(tail) != tail_len:
-            raise StoreCorrupt(f"ingest {self.id}: tail file has {len(tail)} of {tail_len} bytes")
-        if pack is not None:
-            self._writer = self._core.packs.open_append(pack, pack_size)
-        step = self._cutter.max_feed
-        emitted = 0
-        self._seq = npieces
-
-        def take(pieces: list[memoryview]) -> None:
-            # The first npieces pieces are the recorded ones; cutting may now release
-            # more (it drains at other moments than before): those are new.
-            nonlocal emitted
-            skip = max(0, min(len(pieces), npieces - emitted))
-            emitted += len(pieces)
-            if pieces[skip:]:
-                self._store_pieces(pieces[skip:])
-
-        def refeed(data: bytes) -> None:
-            self._hasher.update(data)
-            for i in range(0, len(data), step):
-                take(self._cutter.feed(memoryview(data)[i : i + step]))
-
-        for _seq, loc in rows:
-            if loc.stored < 0:
-                real = held_locs.get(loc.key)
-                if real is None:
-                    raise StoreCorrupt(f"ingest {self.id}: held piece {loc.key.hex()} is gone")
-                self._held.add(loc.key)
-                refeed(self._core.load(real))
-            else:
-                self._new[loc.key] = loc
-                refeed(self._core.load(loc))
-            self._recipe.append((loc.key, loc.length))
-        refeed(tail)
-        take(self._cutter.flush())
-        if emitted < npieces:
-            raise StoreCorrupt(f"ingest {self.id}: re-cutting did not reproduce its pieces")
-        self.offset = offset
-        self._checkpointed = offset
-

@@ -23,7 +23,7 @@ import pytest
 
 from builder.cache import BuildCache, CachedLayer
 from cas import Digest, Store, StoreClosed
-from cas.packs import FilesystemPacks, _DirectWriter, _FileWriter
+from cas.pack_files import FilesystemPacks, _DirectWriter, _FileWriter
 from cas.sqlite_meta import SqliteMetadata
 from registry.client.image_store import ImageStore
 from registry.server.metadata_sqlite import SqliteMetadata as Metadata

@@ -1,0 +1,146 @@
+"""Ingest: checkpoints, parking and resuming.
+
+A checkpoint makes an ingest's progress durable: its pack is synced, the bytes the
+cutter still holds back (at most a few MiB) are written to a *tail file* named by the
+checkpoint's offset, ``<storage>/ingests/<id>.<offset>.tail``, and then the metadata
+records the new pieces and the offset, so a crash between the two leaves the previous
+checkpoint intact. Parking checkpoints and then gives back every buffer (the next call
+reloads the held-back bytes from the tail file). Resuming rebuilds an ingest's state
+from its last checkpoint, also after a restart or a crash: its pieces are re-read and
+re-cut, so the hash and the cutter continue where they were.
+
+:class:`IngestCheckpoints` is this part of :class:`~cas.ingest.Ingest` (its base class);
+its methods run on worker threads.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .errors import StoreCorrupt
+from .ingest_pieces import IngestPieces
+
+if TYPE_CHECKING:
+    from .digest import Hasher
+
+__all__ = ["IngestCheckpoints"]
+
+
+class IngestCheckpoints(IngestPieces):
+    """Checkpoint, park, unpark and restore of an :class:`~cas.ingest.Ingest`, which sets
+    these attributes."""
+
+    offset: int  # bytes received
+    _hasher: Hasher
+    _checkpointed: int  # the offset of the last checkpoint (-1: none yet)
+    _parked: bool
+    _parked_pack: tuple[str, int] | None  # the pack to reopen and its size, if any
+
+    def _checkpoint_sync(self) -> None:
+        # Store every piece that is already final, so the tail file stays small (at
+        # most one piece) instead of holding up to a whole gather buffer.
+        final = self._cutter.flush()
+        if final:
+            self._store_pieces(final)
+        if self._writer is not None:
+            self._writer.sync()
+        tail = bytes(self._cutter.held())
+        path = self._core.tail_path(self.id, self.offset)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(tail)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._core.meta.checkpoint(
+            self.id,
+            self._unsaved,
+            self.offset,
+            self._seq,
+            self._writer.size if self._writer else 0,
+            len(tail),
+        )
+        self._unsaved = []
+        self._core.drop_tails(self.id, keep=path)
+        self._checkpointed = self.offset
+
+    def _park_sync(self) -> None:
+        if self._checkpointed != self.offset or self._unsaved:
+            self._checkpoint_sync()
+        # The bytes the cutter holds back are those of the tail file just written.
+        self._cutter.suspend()
+        if self._writer is not None:
+            self._parked_pack = (self._writer.name, self._writer.size)
+            self._writer.close()
+            self._writer = None
+        self._zprobe = self._zstd = None
+        self._parked = True
+
+    def _unpark_sync(self) -> None:
+        tail_path = self._core.tail_path(self.id, self._checkpointed)
+        try:
+            tail = tail_path.read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreCorrupt(f"ingest {self.id}: its tail file is missing") from exc
+        if self._parked_pack is not None:
+            self._writer = self._core.packs.open_append(*self._parked_pack)
+            self._parked_pack = None
+        self._cutter.resume(tail)
+        self._parked = False
+
+    def _restore(self, offset: int, npieces: int, pack: str | None, pack_size: int,
+                 tail_len: int) -> None:
+        """Rebuild the state of the last checkpoint (runs in a worker thread)."""
+        meta = self._core.meta
+        meta.rewind_ingest(self.id)
+        rows = meta.ingest_recipe(self.id)
+        if len(rows) != npieces:
+            raise StoreCorrupt(f"ingest {self.id} has {len(rows)} of {npieces} pieces recorded")
+        held_keys = [loc.key for _, loc in rows if loc.stored < 0]
+        held_locs = meta.locations(held_keys)
+        tail_path = self._core.tail_path(self.id, offset)
+        try:
+            tail = tail_path.read_bytes() if tail_len else b""
+        except FileNotFoundError as exc:
+            raise StoreCorrupt(f"ingest {self.id}: its tail file is missing") from exc
+        if len(tail) != tail_len:
+            raise StoreCorrupt(f"ingest {self.id}: tail file has {len(tail)} of {tail_len} bytes")
+        if pack is not None:
+            self._writer = self._core.packs.open_append(pack, pack_size)
+        step = self._cutter.max_feed
+        emitted = 0
+        self._seq = npieces
+
+        def take(pieces: list[memoryview]) -> None:
+            # The first npieces pieces are the recorded ones; cutting may now release
+            # more (it drains at other moments than before): those are new.
+            nonlocal emitted
+            skip = max(0, min(len(pieces), npieces - emitted))
+            emitted += len(pieces)
+            if pieces[skip:]:
+                self._store_pieces(pieces[skip:])
+
+        def refeed(data: bytes) -> None:
+            self._hasher.update(data)
+            for i in range(0, len(data), step):
+                take(self._cutter.feed(memoryview(data)[i : i + step]))
+
+        for _seq, loc in rows:
+            if loc.stored < 0:
+                real = held_locs.get(loc.key)
+                if real is None:
+                    raise StoreCorrupt(f"ingest {self.id}: held piece {loc.key.hex()} is gone")
+                self._held.add(loc.key)
+                refeed(self._core.load(real))
+            else:
+                self._new[loc.key] = loc
+                refeed(self._core.load(loc))
+            self._recipe.append((loc.key, loc.length))
+        refeed(tail)
+        take(self._cutter.flush())
+        if emitted < npieces:
+            raise StoreCorrupt(f"ingest {self.id}: re-cutting did not reproduce its pieces")
+        self.offset = offset
+        self._checkpointed = offset
+

@@ -1,0 +1,99 @@
+"""Ingest: how the pieces cut from an ingest's bytes are stored.
+
+Each piece is keyed (BLAKE3); pieces the store already has are held, not written again
+(one metadata lookup per batch); new ones are compressed (zstd, where it saves 5 %)
+and either kept inline in the metadata (when at most :data:`INLINE_MAX` bytes) or
+appended to the ingest's pack, all of one batch in one system call.
+
+:class:`IngestPieces` is this part of :class:`~cas.ingest.Ingest` (its base class); its
+methods run on worker threads.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import blake3
+import zstandard
+
+from .meta import CODEC_RAW, CODEC_ZSTD, Location
+
+if TYPE_CHECKING:
+    from .chunker import Cutter
+    from .core import StoreCore
+    from .packs import PackWriter
+
+__all__ = ["INLINE_MAX", "IngestPieces"]
+
+# Pieces this small (after compression) live in the metadata database, not in packs:
+# manifests and configs then cost no file at all.
+INLINE_MAX = 16 << 10
+_PROBE = 16 << 10
+
+
+class IngestPieces:
+    """The piece store of an :class:`~cas.ingest.Ingest`, which sets these attributes."""
+
+    id: str
+    _core: StoreCore
+    _cutter: Cutter
+    _seq: int  # pieces cut so far
+    _recipe: list[tuple[bytes, int]]
+    _new: dict[bytes, Location]  # pieces this ingest wrote
+    _held: set[bytes]  # committed pieces it reuses
+    _unsaved: list[tuple[int, bytes, int, Location | None]]
+    _writer: PackWriter | None
+    _zprobe: zstandard.ZstdCompressor | None
+    _zstd: zstandard.ZstdCompressor | None
+
+    def _store_pieces(self, pieces: list[memoryview] | list[bytes]) -> None:
+        keyed = [(v, blake3.blake3(v).digest()) for v in pieces]
+        first = self._seq
+        unknown = [
+            (first + i, k)
+            for i, (_, k) in enumerate(keyed)
+            if k not in self._new and k not in self._held
+        ]
+        found = self._core.meta.hold_existing(self.id, unknown) if unknown else {}
+        # The new pieces of this batch (each once): small ones inline, the others
+        # appended to the pack together, in one system call.
+        compressible = not self._cutter.compressed
+        fresh: dict[bytes, Location | None] = {}  # None: to be appended to the pack
+        packed: list[tuple[bytes, int, bytes | memoryview, int]] = []
+        for view, key in keyed:
+            if key in found or key in self._new or key in self._held or key in fresh:
+                continue
+            data, codec = self._encode(view, compressible)
+            if len(data) <= INLINE_MAX:
+                fresh[key] = Location(key, len(view), len(data), codec, None, 0, bytes(data))
+            else:
+                fresh[key] = None
+                packed.append((key, len(view), data, codec))
+        if packed:
+            if self._writer is None:
+                self._writer = self._core.new_pack(self.id)
+            offsets = self._writer.append_many([data for _, _, data, _ in packed])
+            for (key, length, data, codec), at in zip(packed, offsets):
+                fresh[key] = Location(key, length, len(data), codec, self._writer.name, at)
+        self._new.update(fresh)  # type: ignore[arg-type]  # every None was replaced
+        for i, (view, key) in enumerate(keyed):
+            length = len(view)
+            if key in found:
+                self._held.add(key)
+            else:
+                self._unsaved.append((first + i, key, length, self._new.get(key)))
+            self._recipe.append((key, length))
+        self._seq += len(keyed)
+
+    def _encode(self, view: memoryview | bytes, compressible: bool) -> tuple[bytes | memoryview, int]:
+        """The bytes to store for a piece and their codec: zstd where it saves 5 %."""
+        if compressible and len(view) >= 4096:
+            if self._zprobe is None or self._zstd is None:
+                self._zprobe = zstandard.ZstdCompressor(level=1)
+                self._zstd = zstandard.ZstdCompressor(level=3)
+            probe = view[:_PROBE]
+            if len(self._zprobe.compress(probe)) < 0.9 * len(probe):
+                packed = self._zstd.compress(view)
+                if len(packed) < 0.95 * len(view):
+                    return packed, CODEC_ZSTD
+        return view, CODEC_RAW
