@@ -27,24 +27,27 @@ word and the default/alternative text of a ``${VAR:-text}`` inside it, so splitt
 The escape character is ``\\`` unless the Dockerfile's ``# escape=`` directive chose the
 backtick. Inside single quotes nothing is special; inside double quotes the escape
 character only escapes ``"``, ``$`` and itself.
+
+This module holds the lexer and the state of one expansion; its parts live beside it:
+:mod:`.shell_scan` (the cursor and :class:`ShellLexError`), :mod:`.shell_words` (word
+splitting), :mod:`.shell_steps` (nested steps on an explicit stack) and
+:mod:`.shell_patterns` (the globs of ``#``, ``%`` and ``/``).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+from .shell_patterns import glob_regex, go_template, trim_prefix, trim_suffix
+from .shell_scan import EOF, Scanner, ShellLexError
+from .shell_steps import Step, drive
+from .shell_words import Words
 
 __all__ = ["MAX_NESTING", "ExpansionResult", "Lexer", "ShellLexError", "process_word",
            "process_words"]
-
-_EOF = ""  # the scanner returns this past the end; real characters are never empty
-
-
-class ShellLexError(ValueError):
-    """A word could not be expanded; the message says which word and why."""
 
 
 @dataclass(frozen=True)
@@ -65,74 +68,7 @@ MAX_NESTING = 10_000
 # A word quoted in an error message is cut to this many characters.
 _QUOTED_MAX = 200
 
-_SPACES_OR_NOT = re.compile(r"\s+|\S+")
-
-
-class _Words:
-    """Accumulates split words; whitespace from plain text or variables ends a word."""
-
-    __slots__ = ("buf", "in_word", "words")
-
-    def __init__(self) -> None:
-        self.buf: list[str] = []  # pieces of the current word, never empty strings
-        self.words: list[str] = []
-        self.in_word = False
-
-    def _space(self) -> None:
-        # An empty quoted string ("") marks in_word but leaves buf empty: it
-        # contributes no word of its own, exactly as BuildKit does.
-        if self.in_word and self.buf:
-            self.words.append("".join(self.buf))
-            self.buf = []
-            self.in_word = False
-
-    def add_char(self, ch: str) -> None:
-        if ch.isspace():
-            self._space()
-        else:
-            self.buf.append(ch)
-            self.in_word = True
-
-    def add_raw(self, text: str) -> None:
-        if text:
-            self.buf.append(text)
-        self.in_word = True
-
-    def add_string(self, text: str) -> None:
-        """``add_char`` for every character of ``text``, a run at a time."""
-        for run in _SPACES_OR_NOT.findall(text):
-            if run[0].isspace():
-                self._space()
-            else:
-                self.buf.append(run)
-                self.in_word = True
-
-    def result(self) -> list[str]:
-        if self.buf:
-            self.words.append("".join(self.buf))
-            self.buf = []
-            self.in_word = False
-        return self.words
-
-
-class _Scan:
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-
-    def peek(self) -> str:
-        return self.text[self.pos] if self.pos < len(self.text) else _EOF
-
-    def next(self) -> str:
-        if self.pos >= len(self.text):
-            return _EOF
-        ch = self.text[self.pos]
-        self.pos += 1
-        return ch
-
-
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")
-_REGEX_SPECIAL = frozenset("[]{}.+()|^$")
 
 
 @functools.lru_cache(maxsize=32)
@@ -145,36 +81,6 @@ def _plain_run(specials: str) -> re.Pattern[str]:
 def _quoted_run(escape: str) -> re.Pattern[str]:
     """A run of characters inside double quotes with no meaning of their own."""
     return re.compile('[^"$' + re.escape(escape) + "]+")
-
-
-# A step of the expansion: a generator that yields the sub-steps it needs (a nested
-# ``${...}`` or quoted string) and receives their results; :func:`_drive` runs them on an
-# explicit stack, so nesting depth is not limited by Python's recursion limit.
-_Step = Generator["_Step", Any, Any]
-
-
-def _drive(step: _Step) -> Any:
-    stack = [step]
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        top = stack[-1]
-        try:
-            sub = top.throw(error) if error is not None else top.send(value)
-        except StopIteration as done:
-            stack.pop()
-            if not stack:
-                return done.value
-            value, error = done.value, None
-            continue
-        except BaseException as exc:
-            stack.pop()
-            if not stack:
-                raise
-            value, error = None, exc
-            continue
-        stack.append(sub)
-        value, error = None, None
 
 
 class Lexer:
@@ -220,7 +126,7 @@ class Lexer:
             return ExpansionResult(word, tuple(word.split()))
         run = _Run(self, word, env)
         try:
-            result, words = _drive(run.process_stop_on(_EOF, self.raw_escapes))
+            result, words = drive(run.process_stop_on(EOF, self.raw_escapes))
         except ShellLexError as exc:
             raise ShellLexError(f"failed to process {_go_quote(word)}: {exc}") from None
         return ExpansionResult(
@@ -228,7 +134,7 @@ class Lexer:
         )
 
 
-class _Run(_Scan):
+class _Run(Scanner):
     """State of one expansion (the lexer itself stays reusable and thread-safe)."""
 
     def __init__(self, lex: Lexer, word: str, env: Mapping[str, str]) -> None:
@@ -240,14 +146,14 @@ class _Run(_Scan):
         self.matched: set[str] = set()
         self.unmatched: set[str] = set()
 
-    def process_stop_on(self, stop: str, raw_escapes: bool) -> _Step:
-        """Expand up to the unquoted ``stop`` character (consumed; ``_EOF``: the end)."""
+    def process_stop_on(self, stop: str, raw_escapes: bool) -> Step:
+        """Expand up to the unquoted ``stop`` character (consumed; ``EOF``: the end)."""
         saved, self.raw_escapes = self.raw_escapes, raw_escapes
         try:
             lex, text = self.lex, self.text
             end = len(text)
             result: list[str] = []
-            words = _Words()
+            words = Words()
             quotes = not lex.skip_process_quotes
             plain = _plain_run("$<" + ("'\"" if quotes else "") + lex.escape + stop)
             while self.pos < end:
@@ -259,7 +165,7 @@ class _Run(_Scan):
                     words.add_raw(run)
                     continue
                 ch = text[self.pos]
-                if stop != _EOF and ch == stop:
+                if stop != EOF and ch == stop:
                     self.pos += 1
                     return "".join(result), words.result()
                 if ch == "$":
@@ -287,13 +193,13 @@ class _Run(_Scan):
                             words.add_raw(ch)
                             result.append(ch)
                         ch = self.next()
-                        if ch == _EOF:  # an escape at the very end escapes nothing
+                        if ch == EOF:  # an escape at the very end escapes nothing
                             break
                         words.add_raw(ch)
                     else:
                         words.add_char(ch)
                     result.append(ch)
-            if stop != _EOF:
+            if stop != EOF:
                 raise ShellLexError(
                     f"unexpected end of statement while looking for matching {stop}")
             return "".join(result), words.result()
@@ -311,7 +217,7 @@ class _Run(_Scan):
         body = self.text[start:close]
         return f"'{body}'" if self.lex.raw_quotes else body
 
-    def process_double_quote(self) -> _Step:
+    def process_double_quote(self) -> Step:
         text, esc = self.text, self.lex.escape
         end = len(text)
         plain = _quoted_run(esc)
@@ -343,7 +249,7 @@ class _Run(_Scan):
             if self.raw_escapes:
                 out.append(ch)
             nxt = self.peek()
-            if nxt == _EOF:
+            if nxt == EOF:
                 continue  # the missing closing quote is reported next round
             if nxt in ('"', "$", esc):
                 ch = self.next()
@@ -360,7 +266,7 @@ class _Run(_Scan):
             return "$" + name
         return value
 
-    def process_braces(self) -> _Step:
+    def process_braces(self) -> Step:
         self.pos += 2
         self.depth += 1
         try:
@@ -372,15 +278,15 @@ class _Run(_Scan):
         finally:
             self.depth -= 1
 
-    def _process_braces(self) -> _Step:
+    def _process_braces(self) -> Step:
         peek = self.peek()
-        if peek == _EOF:
+        if peek == EOF:
             raise ShellLexError("syntax error: missing '}'")
         if peek in "{}:":
             raise ShellLexError("syntax error: bad substitution")
         name = self.process_name()
         ch = self.next()
-        if ch == _EOF:
+        if ch == EOF:
             raise ShellLexError("syntax error: missing '}'")
         modifier = ch
         if ch == "}":
@@ -403,7 +309,7 @@ class _Run(_Scan):
         try:
             word, _ = yield self.process_stop_on("}", pattern_like)
         except ShellLexError:
-            if self.peek() == _EOF:
+            if self.peek() == EOF:
                 raise ShellLexError("syntax error: missing '}'") from None
             raise
         value, found = self.get_env(name)
@@ -425,32 +331,32 @@ class _Run(_Scan):
             if greedy:
                 word = word[1:]
             if ch == "%":
-                return _trim_suffix(word, value, greedy)
-            return _trim_prefix(word, value, greedy)
+                return trim_suffix(word, value, greedy)
+            return trim_prefix(word, value, greedy)
         raise ShellLexError(f"unsupported modifier ({modifier}) in substitution")
 
-    def _replace(self, name: str) -> _Step:
+    def _replace(self, name: str) -> Step:
         replace_all = self.peek() == "/"
         if replace_all:
             self.pos += 1
         try:
             pattern, _ = yield self.process_stop_on("/", True)
         except ShellLexError:
-            if self.peek() == _EOF:
+            if self.peek() == EOF:
                 raise ShellLexError("syntax error: missing '/' in ${}") from None
             raise
         try:
             replacement, _ = yield self.process_stop_on("}", True)
         except ShellLexError:
-            if self.peek() == _EOF:
+            if self.peek() == EOF:
                 raise ShellLexError("syntax error: missing '}'") from None
             raise
         value, found = self.get_env(name)
         if self.lex.skip_unset_env and not found:
             return "${" + name + "/" + pattern + "/" + replacement + "}"
-        regex = _glob_regex(pattern, greedy=True, anchored=False)
+        regex = glob_regex(pattern, greedy=True, anchored=False)
         if replace_all:
-            return regex.sub(lambda m: _go_template(replacement, m), value)
+            return regex.sub(lambda m: go_template(replacement, m), value)
         m = regex.search(value)
         if m is None:
             return value
@@ -481,7 +387,7 @@ class _Run(_Scan):
         self.pos += 1
         # keep the blanks of "<< EOF" inside the same word as the marker
         start = self.pos
-        while self.peek() in ("\t", "\r", " ") and self.peek() != _EOF:
+        while self.peek() in ("\t", "\r", " ") and self.peek() != EOF:
             self.pos += 1
         return "<<" + self.text[start:self.pos]
 
@@ -497,72 +403,6 @@ def _go_quote(text: str) -> str:
     if len(text) > _QUOTED_MAX:
         text = text[:_QUOTED_MAX] + "..."
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _glob_regex(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
-    """Compile a shell glob (``*``, ``?``, ``\\`` escapes) into a regular expression."""
-    out = ["^"] if anchored else []
-    star = ".*" if greedy else ".*?"
-    scan = _Scan(pattern)
-    while (tok := scan.next()) != _EOF:
-        if tok == "*":
-            out.append(star)
-        elif tok == "?":
-            out.append(".")
-        elif tok == "\\":
-            if scan.peek() in ("}", "/") and scan.peek() != _EOF:
-                continue  # escaped only to get past the ${...} syntax
-            tok = scan.next()
-            if tok not in ("*", "?", "\\"):
-                shown = tok if tok else "\\"
-                raise ShellLexError(f"invalid pattern ({pattern}) in substitution: "
-                                    f"invalid escape '\\{shown}'")
-            out.append("\\" + tok)
-        elif tok in _REGEX_SPECIAL:
-            out.append("\\" + tok)
-        else:
-            out.append(re.escape(tok))
-    return re.compile("".join(out))
-
-
-def _trim_prefix(pattern: str, value: str, greedy: bool) -> str:
-    m = _glob_regex(pattern, greedy=greedy, anchored=True).search(value)
-    return value[m.end() :] if m else value
-
-
-def _reverse_pattern(pattern: str) -> str:
-    """Reverse a glob but keep each ``\\x`` escape pair in order."""
-    tokens: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern[i] == "\\" and i != len(pattern) - 1:
-            tokens.append(pattern[i : i + 2])
-            i += 2
-        else:
-            tokens.append(pattern[i])
-            i += 1
-    return "".join(reversed(tokens))
-
-
-def _trim_suffix(pattern: str, value: str, greedy: bool) -> str:
-    # Regular expressions find the leftmost match, not the shortest rightmost one, so
-    # reverse both the value and the pattern and strip a prefix instead.
-    return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy)[::-1]
-
-
-_TEMPLATE = re.compile(r"\$(\$|\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
-
-
-def _go_template(template: str, m: re.Match[str]) -> str:
-    """Expand ``$0``/``${0}``/``$$`` in a replace-all replacement as Go's regexp does."""
-
-    def ref(t: re.Match[str]) -> str:
-        if t.group(1) == "$":
-            return "$"
-        name = t.group(2) or t.group(3)
-        return m.group(0) if name.isdigit() and int(name) == 0 else ""
-
-    return _TEMPLATE.sub(ref, template)
 
 
 def process_word(word: str, env: Mapping[str, str], escape: str = "\\") -> str:
