@@ -205,3 +205,10 @@ def test_testkit_needs_neither_pytest_nor_pybuild() -> None:
         if roots & {"pytest", "tests", *PACKAGES}
     )
     assert offenders == []
+
+
+def test_no_module_is_over_500_lines() -> None:
+    # One concern per module (house style): a longer one is asking to be split.
+    long = sorted(f"{name} ({n})" for name, path in MODULES.items()
+                  if (n := len(path.read_text().splitlines())) > 500)
+    assert long == []
