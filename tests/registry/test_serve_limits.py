@@ -132,13 +132,18 @@ def test_connections_are_bounded_per_client_and_in_all(tmp_path, servers):
     assert {"connections_per_client", "connections"} <= limits
 
 
+def _start_upload(port: int) -> bytes:
+    """A new upload session's location (POST, no body)."""
+    answer = _request(port, b"POST /v2/s/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n"
+                            b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    return next(line.split(b": ", 1)[1] for line in answer.split(b"\r\n")
+                if line.lower().startswith(b"location:"))
+
+
 def test_a_stalled_upload_body_ends_its_request_and_keeps_what_arrived(tmp_path, servers):
     srv = _start(tmp_path, PYBUILD_HTTP_BODY_TIMEOUT="1")
     servers.append(srv)
-    answer = _request(srv.port, b"POST /v2/s/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n"
-                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-    location = next(line.split(b": ", 1)[1] for line in answer.split(b"\r\n")
-                    if line.lower().startswith(b"location:"))
+    location = _start_upload(srv.port)
     with _connect(srv.port) as s:
         s.sendall(b"PATCH " + location + b" HTTP/1.1\r\nHost: x\r\n"
                   b"Content-Length: 1048576\r\n\r\n" + os.urandom(100_000))
@@ -211,10 +216,7 @@ def test_a_stalled_manifest_body_ends_its_request(tmp_path, servers):
 def test_a_trickling_upload_body_is_as_stalled_as_a_silent_one(tmp_path, servers):
     srv = _start(tmp_path, PYBUILD_HTTP_BODY_TIMEOUT="1")
     servers.append(srv)
-    answer = _request(srv.port, b"POST /v2/s/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n"
-                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-    location = next(line.split(b": ", 1)[1] for line in answer.split(b"\r\n")
-                    if line.lower().startswith(b"location:"))
+    location = _start_upload(srv.port)
     with _connect(srv.port) as s:
         s.sendall(b"PATCH " + location + b" HTTP/1.1\r\nHost: x\r\n"
                   b"Content-Length: 1048576\r\n\r\n" + os.urandom(100_000))

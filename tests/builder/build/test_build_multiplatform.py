@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from testkit.images import make_image, make_layer, tar_directory, write_oci_inde
 from testkit.registries import get_manifest, pybuild_registry
 from testkit.rootfs import busybox_path, make_busybox_rootfs
 from testkit.tools import missing, require_tool
+from tests.helpers.contexts import context_with_base
 
 TESTFILES = Path(__file__).parent / "testfiles" / "multiplatform"
 PLATFORMS = "linux/amd64,linux/arm64"
@@ -52,11 +52,7 @@ def multiarch_ref(busybox_ref: str, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _context(tmp_path: Path, ref: str) -> Path:
-    ctx = tmp_path / "ctx"
-    shutil.copytree(TESTFILES, ctx)
-    for df in ctx.glob("Dockerfile*"):
-        df.write_text(df.read_text().replace("BASE", ref))
-    return ctx
+    return context_with_base(TESTFILES, tmp_path, ref)
 
 
 def _cli(*args: str, storage: Path, **env: str) -> subprocess.CompletedProcess[str]:

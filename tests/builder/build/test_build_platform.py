@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from cas import Digest
 from registry.oci import Platform
 from testkit.rootfs import make_busybox_rootfs
 from tests.builder.build.conftest import write_rootfs_layer
+from tests.helpers.contexts import context_with_base
 
 HOST = Platform.host()
 OTHER = "linux/arm64" if HOST.architecture != "arm64" else "linux/amd64"
@@ -67,11 +67,7 @@ def multi_ref(busybox_ref: str, tmp_path_factory: pytest.TempPathFactory) -> str
 
 
 def _context(tmp_path: Path, ref: str) -> Path:
-    ctx = tmp_path / "ctx"
-    shutil.copytree(TESTFILES, ctx)
-    for df in ctx.glob("Dockerfile*"):
-        df.write_text(df.read_text().replace("BASE", ref))
-    return ctx
+    return context_with_base(TESTFILES, tmp_path, ref)
 
 
 def test_cross_build_selects_the_target_platform(multi_ref: str, build, tmp_path: Path) -> None:
