@@ -27,6 +27,7 @@ from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
 from .cache import BuildCache
+from .cache.remote import CacheSpec, CacheSpecError, TrackingCache, export_all, import_all
 from .context import SourceTree
 from .contexts import NamedContext, NamedContexts
 from .dockerfile.errors import DockerfileError
@@ -87,6 +88,8 @@ class BuildOptions:
     shm_size: int | None = None  # --shm-size, bytes
     ulimits: tuple[tuple[str, int, int], ...] = ()  # --ulimit (name, soft, hard)
     build_contexts: tuple[NamedContext, ...] = ()  # --build-context
+    cache_to: tuple[CacheSpec, ...] = ()  # --cache-to (builder.cache.remote)
+    cache_from: tuple[CacheSpec, ...] = ()  # --cache-from
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,9 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             read_ignore_file, opts.context,
             None if opts.dockerfile_text is not None else dockerfile)
         context = SourceTree(opts.context, matcher, hash_store=cache)
-        env = StepEnv(store=store, cache=cache, extracted=ExtractedLayers(bdir / EXTRACTED_DIR, store),
+        tracking = TrackingCache(cache)
+        await import_all(opts.cache_from, cache, store, progress)
+        env = StepEnv(store=store, cache=tracking, extracted=ExtractedLayers(bdir / EXTRACTED_DIR, store),
                       progress=progress, context=context,
                       work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
                       source_date_epoch=sde, compression=opts.compression,
@@ -266,6 +271,11 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
                 where = dest / platform_dir(platform) if multi and platform else dest
                 await asyncio.to_thread(flatten_lowers, lowers, where)
 
+        try:
+            await export_all(opts.cache_to, tracking, [state.key for state, _ in built], store,
+                             progress)
+        except CacheSpecError as exc:
+            raise BuildError("--cache-to", str(exc)) from exc
         # -t names; else those of a type=image/registry output (buildx: -t wins over name=)
         images = [o for o in opts.outputs if o.type in ("image", "registry")]
         tags = list(opts.tags) or [n for o in images for n in o.names]

@@ -22,6 +22,7 @@ from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
 from .build import BuildOptions, run_build, target_platforms
+from .cache.remote import CacheSpec, CacheSpecError, parse_cache_spec
 from .context import ContextError
 from .contexts import BuildContextError, NamedContext, context_key, parse_build_context
 from .dockerfile.errors import DockerfileError
@@ -283,6 +284,14 @@ class Interrupted(Exception):
                          "and its running steps were killed")
 
 
+def _cache_specs(values: tuple[str, ...], *, export: bool) -> tuple[CacheSpec, ...]:
+    try:
+        return tuple(parse_cache_spec(v, export=export) for v in values)
+    except CacheSpecError as exc:
+        raise click.BadParameter(str(exc).partition(": ")[2],
+                                 param_hint="--cache-to" if export else "--cache-from") from exc
+
+
 def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
     """Run ``build``; SIGINT or SIGTERM cancels it -- every running step is killed and
     cleaned up on the way out (``builder.steps.run``) -- and raises :class:`Interrupted`."""
@@ -383,6 +392,10 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
               help="Print nothing but the image digest (and errors).")
 @click.option("--annotation", "annotations", multiple=True,
               help="[manifest|manifest-descriptor[PLATFORM]:]KEY=VALUE (repeatable).")
+@click.option("--cache-to", "cache_to", multiple=True,
+              help="Export the build cache: type=local,dest=DIR[,mode=min|max] (repeatable).")
+@click.option("--cache-from", "cache_from", multiple=True,
+              help="Import a build cache: type=local,src=DIR (repeatable).")
 def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
           build_args: tuple[str, ...], target: str | None, labels: tuple[str, ...],
           no_cache: bool, explain: bool, network: str, push: bool, pull: bool,
@@ -392,7 +405,8 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
           storage: Path | None, platform: str | None, differ: str, ssh: tuple[str, ...],
           allow: tuple[str, ...], load: bool, quiet: bool,
           annotations: tuple[str, ...], add_hosts: tuple[str, ...], shm_size: str | None,
-          ulimits: tuple[str, ...], build_contexts: tuple[str, ...]) -> None:
+          ulimits: tuple[str, ...], build_contexts: tuple[str, ...],
+          cache_to: tuple[str, ...], cache_from: tuple[str, ...]) -> None:
     """Build an image from a Dockerfile and a context directory."""
     if quiet:
         if progress_mode not in ("auto", "quiet"):
@@ -428,9 +442,11 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         ssh=ssh_sockets, ssh_keys=ssh_keys, allow=frozenset(allow), pull=pull,
         dockerfile_text=dockerfile_text, annotations=annotations, add_hosts=_add_hosts(add_hosts),
         shm_size=_shm_size(shm_size), ulimits=_ulimits(ulimits),
-        build_contexts=_build_contexts(build_contexts))
+        build_contexts=_build_contexts(build_contexts),
+        cache_to=_cache_specs(cache_to, export=True),
+        cache_from=_cache_specs(cache_from, export=False))
     progress = BuildProgress(progress_mode)
-    recorder = None if outs or push or secrets or ssh or dockerfile_text is not None \
+    recorder = None if outs or push or secrets or cache_to or cache_from or ssh or dockerfile_text is not None \
         or "," in (platform or "") \
         else Recorder.start()
     try:

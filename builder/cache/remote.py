@@ -1,0 +1,207 @@
+"""Moving the build cache between machines: ``--cache-to`` / ``--cache-from``.
+
+BuildKit's syntax: ``type=local,dest=DIR[,mode=min|max]`` / ``type=local,src=DIR``.
+The cache travels as an OCI artifact in an OCI image layout: a manifest whose config is
+the :class:`CacheManifest` document (:data:`CONFIG_MEDIA_TYPE`) and whose layers are the
+entries' layer blobs (:meth:`CacheManifest.descriptors`).
+
+Import reads the manifest and its config, adds the entries to the local cache
+(``import_manifest``), then copies into the store the layer blobs of the imported entries
+that are not there yet (linked ``cache:<key>``). ``mode=min`` exports the steps of the
+final stage's key chain, ``mode=max`` every step this build looked up or ran.
+
+A failing ``--cache-from`` is a warning, as in BuildKit; a failing ``--cache-to`` fails
+the build unless ``ignore-error=true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cas import Digest, Store
+from cas.holders import cache_holder
+from registry.client.errors import ClientError
+from registry.client.layouts import LayoutError, OciLayout
+from registry.oci import OCI_MANIFEST, Descriptor, Manifest
+
+from .entries import CachedLayer
+from .manifest import CacheEntry, CacheManifest
+from .protocol import BuildCacheBackend
+
+__all__ = ["ARTIFACT_TYPE", "CONFIG_MEDIA_TYPE", "CacheSpec", "CacheSpecError",
+           "TrackingCache", "export_all", "export_cache", "import_all", "import_cache",
+           "parse_cache_spec"]
+
+CONFIG_MEDIA_TYPE = "application/vnd.pybuild.buildcache.config.v1+json"
+ARTIFACT_TYPE = "application/vnd.pybuild.buildcache.v1"
+_TAG = "latest"
+
+
+class CacheSpecError(ValueError):
+    """A ``--cache-to`` / ``--cache-from`` value that cannot be read."""
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    type: str  # local
+    where: str  # local: the directory
+    mode: str = "min"
+    ignore_error: bool = False
+    attrs: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"type={self.type},{'dest' if self.attrs.get('dest') else 'src'}={self.where}"
+
+
+def parse_cache_spec(text: str, *, export: bool) -> CacheSpec:
+    """One ``--cache-to`` (``export``) or ``--cache-from`` value, as buildx reads it."""
+    flag = "--cache-to" if export else "--cache-from"
+    attrs: dict[str, str] = {}
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise CacheSpecError(f"{flag} {text}: {part!r} is not key=value")
+        attrs[key.strip()] = value.strip()
+    kind = attrs.get("type", "")
+    if kind != "local":
+        raise CacheSpecError(f"{flag} {text}: type must be local, not {kind!r}")
+    where = attrs.get("dest" if export else "src", "")
+    if not where:
+        raise CacheSpecError(f"{flag} {text}: type=local needs "
+                             f"{'dest' if export else 'src'}=DIR")
+    mode = attrs.get("mode", "min")
+    if mode not in ("min", "max"):
+        raise CacheSpecError(f"{flag} {text}: mode must be min or max, not {mode!r}")
+    ignore = attrs.get("ignore-error", "false").lower()
+    if ignore not in ("true", "false"):
+        raise CacheSpecError(f"{flag} {text}: ignore-error must be true or false")
+    return CacheSpec(kind, where, mode, ignore == "true", attrs)
+
+
+class TrackingCache:
+    """A :class:`BuildCacheBackend` over another that notes the keys this build looked up
+    or recorded (what ``mode=max`` exports)."""
+
+    def __init__(self, inner: BuildCacheBackend) -> None:
+        self.inner = inner
+        self._lock = threading.Lock()
+        self.keys: set[str] = set()
+
+    def _note(self, key: str) -> None:
+        with self._lock:
+            self.keys.add(key)
+
+    def lookup(self, key: str) -> CachedLayer | None:
+        self._note(key)
+        return self.inner.lookup(key)
+
+    def record(self, key: str, parent: str, instruction: str, inputs: dict[str, Any],
+               layer: CachedLayer) -> None:
+        self._note(key)
+        self.inner.record(key, parent, instruction, inputs, layer)
+
+    def explain(self, parent: str, instruction: str, inputs: dict[str, Any]) -> str:
+        return self.inner.explain(parent, instruction, inputs)
+
+    def export_manifest(self, keys: Collection[str] | None = None) -> CacheManifest:
+        return self.inner.export_manifest(keys)
+
+    def import_manifest(self, manifest: CacheManifest) -> int:
+        return self.inner.import_manifest(manifest)
+
+    def wanted(self, final_key: str, mode: str) -> CacheManifest:
+        """The entries ``mode`` exports: every key this build used (max), or the chain of
+        parents from the final stage's key (min)."""
+        used = self.inner.export_manifest(sorted(self.keys))
+        if mode == "max":
+            return used
+        by_key = {e.key: e for e in used.entries}
+        chain: list[CacheEntry] = []
+        key = final_key
+        while key in by_key and len(chain) <= len(by_key):
+            chain.append(by_key[key])
+            key = by_key[key].parent
+        return CacheManifest.of(chain)
+
+
+def _artifact(manifest: CacheManifest) -> tuple[bytes, Manifest]:
+    config = manifest.to_json()
+    desc = Descriptor(CONFIG_MEDIA_TYPE, Digest.of(config), len(config))
+    return config, Manifest(desc, tuple(manifest.descriptors()), media_type=OCI_MANIFEST,
+                            artifact_type=ARTIFACT_TYPE)
+
+
+async def export_cache(spec: CacheSpec, manifest: CacheManifest, store: Store) -> int:
+    """Write ``manifest`` and its blobs where ``spec`` says; returns the blob count."""
+    config, art = _artifact(manifest)
+    layout = OciLayout(Path(spec.where))
+    for desc in art.layers:
+        await layout.export_blob(store, desc.digest)
+    await layout.write_bytes(art.config.digest, config)
+    body = art.to_bytes()
+    digest = Digest.of(body)
+    await layout.write_bytes(digest, body)
+    await layout.tag(Descriptor(OCI_MANIFEST, digest, len(body), artifact_type=ARTIFACT_TYPE),
+                     _TAG)
+    return len(art.layers)
+
+
+async def import_cache(spec: CacheSpec, cache: BuildCacheBackend, store: Store) -> CacheManifest:
+    """Read the cache ``spec`` names into ``cache`` and the blobs its entries need into
+    ``store``; returns the manifest read. LayoutError / ValueError: it cannot be read."""
+    layout = OciLayout(Path(spec.where))
+    entry = await layout.find(_TAG)
+    try:
+        art = Manifest.parse(await layout.read_bytes(entry))
+        if art.config.media_type != CONFIG_MEDIA_TYPE:
+            raise ValueError(f"its config is {art.config.media_type}, "
+                             f"not a build cache ({CONFIG_MEDIA_TYPE})")
+        manifest = CacheManifest.from_json(await layout.read_bytes(art.config))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise LayoutError(f"{spec.where}: {exc}") from exc
+    await asyncio.to_thread(cache.import_manifest, manifest)
+    for e in manifest.entries:
+        if not e.layer.digest:
+            continue
+        desc = Descriptor(e.layer.media_type, Digest.parse(e.layer.digest), e.layer.size)
+        await layout.import_blob(store, desc, link=cache_holder(e.key))
+    return manifest
+
+
+class _Progress(Protocol):
+    def info(self, text: str) -> None: ...
+
+
+async def import_all(specs: Collection[CacheSpec], cache: BuildCacheBackend, store: Store,
+                     progress: _Progress) -> None:
+    """Import every ``--cache-from``; one that cannot be read is a warning line."""
+    for spec in specs:
+        try:
+            manifest = await import_cache(spec, cache, store)
+        except (OSError, ClientError) as exc:
+            progress.info(f"WARNING: --cache-from {spec}: cannot import the cache: {exc}")
+            continue
+        progress.info(f"importing cache from {spec}: {len(manifest.entries)} steps")
+
+
+async def export_all(specs: Collection[CacheSpec], cache: TrackingCache,
+                     final_keys: Collection[str], store: Store, progress: _Progress) -> None:
+    """Export to every ``--cache-to``; a failure fails the build unless ignore-error."""
+    for spec in specs:
+        manifests = [cache.wanted(k, spec.mode) for k in final_keys]
+        manifest = CacheManifest.of(e for m in manifests for e in m.entries)
+        try:
+            await export_cache(spec, manifest, store)
+        except (OSError, ClientError) as exc:
+            if not spec.ignore_error:
+                raise CacheSpecError(f"--cache-to {spec}: cannot export the cache: {exc}") \
+                    from exc
+            progress.info(f"WARNING: --cache-to {spec}: cannot export the cache: {exc}")
+            continue
+        progress.info(f"exported cache to {spec}: {len(manifest.entries)} steps")

@@ -1,0 +1,100 @@
+"""``--cache-to`` / ``--cache-from``: two runners (two storage directories) sharing a
+build cache, as CI jobs on fresh machines do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from builder.cache.remote import CacheSpecError, parse_cache_spec
+from tests.helpers.cli import pybuild
+
+DOCKERFILE = """FROM {base}
+COPY a.txt /a.txt
+RUN cat /a.txt > /from-a.txt
+COPY b.txt /b.txt
+RUN cat /b.txt > /from-b.txt
+"""
+
+
+def _context(tmp_path: Path, base: str) -> Path:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(DOCKERFILE.format(base=base))
+    (ctx / "a.txt").write_text("a\n")
+    (ctx / "b.txt").write_text("b\n")
+    return ctx
+
+
+def _build(storage: Path, ctx: Path, *args: str) -> tuple[dict[str, str], list[dict]]:
+    """Build; returns step name -> "cached" | "ran", and the JSON events."""
+    proc = pybuild("build", "--progress", "json", "--storage", str(storage), *args, str(ctx),
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(x) for x in proc.stderr.splitlines() if x.startswith("{")]
+    names = {e["step"]: e["name"] for e in events if e["event"] == "start"}
+    status = {}
+    for e in events:
+        if e["event"] in ("cached", "done") and e["step"] in names:
+            status[names[e["step"]]] = "cached" if e["event"] == "cached" else "ran"
+    return status, events
+
+
+def _steps(status: dict[str, str], word: str) -> dict[str, str]:
+    return {k: v for k, v in status.items() if word in k}
+
+
+def test_parse_cache_spec() -> None:
+    spec = parse_cache_spec("type=local,dest=/c,mode=max", export=True)
+    assert (spec.type, spec.where, spec.mode) == ("local", "/c", "max")
+    assert parse_cache_spec("type=local,src=/c", export=False).mode == "min"
+    for bad in ("type=local", "type=nope,dest=/c", "type=local,dest=/c,mode=all", "dest"):
+        with pytest.raises(CacheSpecError):
+            parse_cache_spec(bad, export=True)
+
+
+def test_local_cache_between_two_runners(busybox_ref: str, tmp_path: Path) -> None:
+    ctx = _context(tmp_path, busybox_ref)
+    cache = tmp_path / "cache"
+    first, _ = _build(tmp_path / "runner-a", ctx, "--cache-to", f"type=local,dest={cache}")
+    assert "cached" not in first.values()
+    index = json.loads((cache / "index.json").read_text())
+    manifest = json.loads((cache / "blobs/sha256" /
+                           index["manifests"][0]["digest"].split(":")[1]).read_text())
+    assert manifest["config"]["mediaType"] == "application/vnd.pybuild.buildcache.config.v1+json"
+    assert len(manifest["layers"]) == 4
+    (ctx / "b.txt").write_text("b changed\n")
+    second, events = _build(tmp_path / "runner-b", ctx, "--cache-from",
+                            f"type=local,src={cache}")
+    assert set(_steps(second, "a.txt").values()) == {"cached"}, second
+    assert set(_steps(second, "b.txt").values()) == {"ran"}, second
+    infos = [e["message"] for e in events if e["event"] == "info"]
+    assert any(str(cache) in m and "importing cache" in m for m in infos), infos
+
+
+def test_missing_cache_source_is_a_warning(busybox_ref: str, tmp_path: Path) -> None:
+    ctx = _context(tmp_path, busybox_ref)
+    status, events = _build(tmp_path / "s", ctx, "--cache-from",
+                            f"type=local,src={tmp_path / 'nothing'}")
+    assert "cached" not in status.values()
+    assert any(e["event"] == "info" and e["message"].startswith("WARNING: --cache-from")
+               for e in events)
+
+
+def test_keys_do_not_depend_on_the_storage(busybox_ref: str, tmp_path: Path) -> None:
+    """The same Dockerfile and context built in two storage directories export the same
+    cache keys (mode=max), so one machine's cache serves another."""
+    ctx = _context(tmp_path, busybox_ref)
+    keys = []
+    for name in ("one", "two"):
+        dest = tmp_path / f"cache-{name}"
+        _build(tmp_path / name, ctx, "--cache-to", f"type=local,dest={dest},mode=max")
+        index = json.loads((dest / "index.json").read_text())
+        manifest = json.loads((dest / "blobs/sha256" /
+                               index["manifests"][0]["digest"].split(":")[1]).read_text())
+        config = json.loads((dest / "blobs/sha256" /
+                             manifest["config"]["digest"].split(":")[1]).read_text())
+        keys.append(sorted(e["key"] for e in config["entries"]))
+    assert keys[0] == keys[1] and len(keys[0]) == 4
