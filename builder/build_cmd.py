@@ -393,9 +393,11 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
 @click.option("--annotation", "annotations", multiple=True,
               help="[manifest|manifest-descriptor[PLATFORM]:]KEY=VALUE (repeatable).")
 @click.option("--cache-to", "cache_to", multiple=True,
-              help="Export the build cache: type=local,dest=DIR[,mode=min|max] (repeatable).")
+              help="Export the build cache: type=local,dest=DIR or type=registry,ref=REF "
+                   "[,mode=min|max][,ignore-error=true] (repeatable).")
 @click.option("--cache-from", "cache_from", multiple=True,
-              help="Import a build cache: type=local,src=DIR (repeatable).")
+              help="Import a build cache: type=local,src=DIR or type=registry,ref=REF "
+                   "(repeatable).")
 def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
           build_args: tuple[str, ...], target: str | None, labels: tuple[str, ...],
           no_cache: bool, explain: bool, network: str, push: bool, pull: bool,

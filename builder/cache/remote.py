@@ -1,7 +1,8 @@
 """Moving the build cache between machines: ``--cache-to`` / ``--cache-from``.
 
-BuildKit's syntax: ``type=local,dest=DIR[,mode=min|max]`` / ``type=local,src=DIR``.
-The cache travels as an OCI artifact in an OCI image layout: a manifest whose config is
+BuildKit's syntax: ``type=local,dest=DIR[,mode=min|max]`` / ``type=local,src=DIR`` and
+``type=registry,ref=HOST/REPO:TAG[,mode=min|max]`` (both ways). The cache travels as an
+OCI artifact, in an OCI image layout or in a registry (:mod:`.registry_cache`): a manifest whose config is
 the :class:`CacheManifest` document (:data:`CONFIG_MEDIA_TYPE`) and whose layers are the
 entries' layer blobs (:meth:`CacheManifest.descriptors`).
 
@@ -28,6 +29,7 @@ from cas import Digest, Store
 from cas.holders import cache_holder
 from registry.client.errors import ClientError
 from registry.client.layouts import LayoutError, OciLayout
+from registry.errors import RegistryError
 from registry.oci import OCI_MANIFEST, Descriptor, Manifest
 
 from .entries import CachedLayer
@@ -49,14 +51,15 @@ class CacheSpecError(ValueError):
 
 @dataclass(frozen=True)
 class CacheSpec:
-    type: str  # local
-    where: str  # local: the directory
+    type: str  # local | registry
+    where: str  # local: the directory; registry: the reference
     mode: str = "min"
     ignore_error: bool = False
     attrs: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return f"type={self.type},{'dest' if self.attrs.get('dest') else 'src'}={self.where}"
+        name = "ref" if self.type == "registry" else "dest" if self.attrs.get("dest") else "src"
+        return f"type={self.type},{name}={self.where}"
 
 
 def parse_cache_spec(text: str, *, export: bool) -> CacheSpec:
@@ -69,12 +72,13 @@ def parse_cache_spec(text: str, *, export: bool) -> CacheSpec:
             raise CacheSpecError(f"{flag} {text}: {part!r} is not key=value")
         attrs[key.strip()] = value.strip()
     kind = attrs.get("type", "")
-    if kind != "local":
-        raise CacheSpecError(f"{flag} {text}: type must be local, not {kind!r}")
-    where = attrs.get("dest" if export else "src", "")
+    if kind not in ("local", "registry"):
+        raise CacheSpecError(f"{flag} {text}: type must be local or registry, not {kind!r}")
+    field_name = "ref" if kind == "registry" else "dest" if export else "src"
+    where = attrs.get(field_name, "")
     if not where:
-        raise CacheSpecError(f"{flag} {text}: type=local needs "
-                             f"{'dest' if export else 'src'}=DIR")
+        raise CacheSpecError(f"{flag} {text}: type={kind} needs "
+                             f"{field_name}={'HOST/REPO:TAG' if kind == 'registry' else 'DIR'}")
     mode = attrs.get("mode", "min")
     if mode not in ("min", "max"):
         raise CacheSpecError(f"{flag} {text}: mode must be min or max, not {mode!r}")
@@ -140,6 +144,11 @@ def _artifact(manifest: CacheManifest) -> tuple[bytes, Manifest]:
 async def export_cache(spec: CacheSpec, manifest: CacheManifest, store: Store) -> int:
     """Write ``manifest`` and its blobs where ``spec`` says; returns the blob count."""
     config, art = _artifact(manifest)
+    if spec.type == "registry":
+        from .registry_cache import push_cache
+
+        await push_cache(spec.where, config, art, store)
+        return len(art.layers)
     layout = OciLayout(Path(spec.where))
     for desc in art.layers:
         await layout.export_blob(store, desc.digest)
@@ -155,6 +164,12 @@ async def export_cache(spec: CacheSpec, manifest: CacheManifest, store: Store) -
 async def import_cache(spec: CacheSpec, cache: BuildCacheBackend, store: Store) -> CacheManifest:
     """Read the cache ``spec`` names into ``cache`` and the blobs its entries need into
     ``store``; returns the manifest read. LayoutError / ValueError: it cannot be read."""
+    if spec.type == "registry":
+        from .registry_cache import pull_cache
+
+        manifest = await pull_cache(spec.where, CONFIG_MEDIA_TYPE, store)
+        await asyncio.to_thread(cache.import_manifest, manifest)
+        return manifest
     layout = OciLayout(Path(spec.where))
     entry = await layout.find(_TAG)
     try:
@@ -184,7 +199,7 @@ async def import_all(specs: Collection[CacheSpec], cache: BuildCacheBackend, sto
     for spec in specs:
         try:
             manifest = await import_cache(spec, cache, store)
-        except (OSError, ClientError) as exc:
+        except (OSError, ValueError, ClientError, RegistryError) as exc:
             progress.info(f"WARNING: --cache-from {spec}: cannot import the cache: {exc}")
             continue
         progress.info(f"importing cache from {spec}: {len(manifest.entries)} steps")
@@ -198,7 +213,7 @@ async def export_all(specs: Collection[CacheSpec], cache: TrackingCache,
         manifest = CacheManifest.of(e for m in manifests for e in m.entries)
         try:
             await export_cache(spec, manifest, store)
-        except (OSError, ClientError) as exc:
+        except (OSError, ValueError, ClientError, RegistryError) as exc:
             if not spec.ignore_error:
                 raise CacheSpecError(f"--cache-to {spec}: cannot export the cache: {exc}") \
                     from exc

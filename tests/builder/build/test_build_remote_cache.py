@@ -98,3 +98,42 @@ def test_keys_do_not_depend_on_the_storage(busybox_ref: str, tmp_path: Path) -> 
                              manifest["config"]["digest"].split(":")[1]).read_text())
         keys.append(sorted(e["key"] for e in config["entries"]))
     assert keys[0] == keys[1] and len(keys[0]) == 4
+
+
+@pytest.mark.parametrize("kind", ["pybuild", "distribution"])
+def test_registry_cache_between_two_runners(kind: str, busybox_ref: str,
+                                            tmp_path: Path) -> None:
+    from testkit.registries import distribution_registry, pybuild_registry
+
+    serve = pybuild_registry if kind == "pybuild" else distribution_registry
+    ctx = _context(tmp_path, busybox_ref)
+    with serve(tmp_path / "registry") as registry:
+        ref = registry.ref("ci/app-cache", "main")
+        first, _ = _build(tmp_path / "runner-a", ctx, "--cache-to",
+                          f"type=registry,ref={ref},mode=max")
+        assert "cached" not in first.values()
+        (ctx / "b.txt").write_text("b changed\n")
+        second, events = _build(tmp_path / "runner-b", ctx, "--cache-from",
+                                f"type=registry,ref={ref}")
+    assert set(_steps(second, "a.txt").values()) == {"cached"}, second
+    assert set(_steps(second, "b.txt").values()) == {"ran"}, second
+    infos = [e["message"] for e in events if e["event"] == "info"]
+    assert any(ref in m and "importing cache" in m for m in infos), infos
+
+
+def test_unreachable_registry_cache(busybox_ref: str, tmp_path: Path) -> None:
+    """As BuildKit: a --cache-from that fails is a warning; a --cache-to that fails fails
+    the build unless ignore-error=true."""
+    ctx = _context(tmp_path, busybox_ref)
+    ref = "127.0.0.1:9/nothing/here:cache"
+    status, events = _build(tmp_path / "s", ctx, "--cache-from", f"type=registry,ref={ref}",
+                            "--cache-to", f"type=registry,ref={ref},ignore-error=true")
+    assert "cached" not in status.values()
+    warnings = [e["message"] for e in events if e["event"] == "info"
+                and e["message"].startswith("WARNING:")]
+    assert len(warnings) == 2 and "--cache-from" in warnings[0] and "--cache-to" in warnings[1]
+    failed = pybuild("build", "--progress", "quiet", "--storage", str(tmp_path / "s"),
+                     "--cache-to", f"type=registry,ref={ref}", str(ctx), timeout=300)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    errors = [x for x in failed.stderr.splitlines() if x.startswith("ERROR")]
+    assert len(errors) == 1 and "--cache-to" in errors[0], failed.stderr
