@@ -27,7 +27,7 @@ from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
 from .cache import BuildCache
-from .cache.remote import CacheSpec, CacheSpecError, TrackingCache, export_all, import_all
+from .cache.remote import CacheSpec, CacheSpecError, TrackingCache, export_all, import_all, report_hits
 from .context import SourceTree
 from .contexts import NamedContext, NamedContexts
 from .dockerfile.errors import DockerfileError
@@ -210,7 +210,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             None if opts.dockerfile_text is not None else dockerfile)
         context = SourceTree(opts.context, matcher, hash_store=cache)
         tracking = TrackingCache(cache)
-        await import_all(opts.cache_from, cache, store, progress)
+        await import_all(opts.cache_from, tracking, store, progress)
         env = StepEnv(store=store, cache=tracking, extracted=ExtractedLayers(bdir / EXTRACTED_DIR, store),
                       progress=progress, context=context,
                       work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
@@ -271,6 +271,8 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
                 where = dest / platform_dir(platform) if multi and platform else dest
                 await asyncio.to_thread(flatten_lowers, lowers, where)
 
+        if opts.explain:
+            report_hits(tracking, progress)
         try:
             await export_all(opts.cache_to, tracking, [state.key for state, _ in built], store,
                              progress)

@@ -10,12 +10,12 @@ descriptors. Nothing in it is read from or written to a place here; the transpor
   (:data:`MEDIA_TYPE`) and whose layers are :meth:`CacheManifest.descriptors`, so that
   any OCI registry keeps the layer blobs alive and a pull can fetch them one by one;
 - ``type=local``: an OCI image layout holding the same artifact;
-- ``type=inline``: the document in the built image's config (under the label
-  :data:`INLINE_LABEL`), its layers being the image's own.
+- ``type=inline`` (not implemented yet): the document in the built image's config (under
+  the label :data:`INLINE_LABEL`), its layers being the image's own.
 
-Importing is lazy: entries are added to the cache, blobs are not fetched. A hit on an
-imported entry whose blob is not in the local store counts as a miss today; the
-registry-backed cache fetches such a blob when the step (or a later one) needs it.
+Importing adds entries; :mod:`builder.cache.remote` then copies or pulls the blobs of the
+imported entries into the store. A hit on an imported entry whose blob is not in the
+local store counts as a miss.
 
 Document (JSON, entries sorted by key)::
 

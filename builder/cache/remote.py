@@ -38,7 +38,7 @@ from .protocol import BuildCacheBackend
 
 __all__ = ["ARTIFACT_TYPE", "CONFIG_MEDIA_TYPE", "CacheSpec", "CacheSpecError",
            "TrackingCache", "export_all", "export_cache", "import_all", "import_cache",
-           "parse_cache_spec"]
+           "parse_cache_spec", "report_hits"]
 
 CONFIG_MEDIA_TYPE = "application/vnd.pybuild.buildcache.config.v1+json"
 ARTIFACT_TYPE = "application/vnd.pybuild.buildcache.v1"
@@ -96,6 +96,9 @@ class TrackingCache:
         self.inner = inner
         self._lock = threading.Lock()
         self.keys: set[str] = set()
+        self.origin: dict[str, str] = {}  # imported key (not local before) -> its source
+        self.hits: dict[str, set[str]] = {}  # source -> imported keys found by lookup
+        self.last_new: list[str] = []  # keys the last import added (not local before)
 
     def _note(self, key: str) -> None:
         with self._lock:
@@ -103,7 +106,11 @@ class TrackingCache:
 
     def lookup(self, key: str) -> CachedLayer | None:
         self._note(key)
-        return self.inner.lookup(key)
+        found = self.inner.lookup(key)
+        if found is not None and key in self.origin:
+            with self._lock:
+                self.hits.setdefault(self.origin[key], set()).add(key)
+        return found
 
     def record(self, key: str, parent: str, instruction: str, inputs: dict[str, Any],
                layer: CachedLayer) -> None:
@@ -117,6 +124,7 @@ class TrackingCache:
         return self.inner.export_manifest(keys)
 
     def import_manifest(self, manifest: CacheManifest) -> int:
+        self.last_new = [e.key for e in manifest.entries if self.inner.lookup(e.key) is None]
         return self.inner.import_manifest(manifest)
 
     def wanted(self, final_key: str, mode: str) -> CacheManifest:
@@ -193,7 +201,7 @@ class _Progress(Protocol):
     def info(self, text: str) -> None: ...
 
 
-async def import_all(specs: Collection[CacheSpec], cache: BuildCacheBackend, store: Store,
+async def import_all(specs: Collection[CacheSpec], cache: TrackingCache, store: Store,
                      progress: _Progress) -> None:
     """Import every ``--cache-from``; one that cannot be read is a warning line."""
     for spec in specs:
@@ -202,7 +210,15 @@ async def import_all(specs: Collection[CacheSpec], cache: BuildCacheBackend, sto
         except (OSError, ValueError, ClientError, RegistryError) as exc:
             progress.info(f"WARNING: --cache-from {spec}: cannot import the cache: {exc}")
             continue
+        for key in cache.last_new:
+            cache.origin.setdefault(key, str(spec))
         progress.info(f"importing cache from {spec}: {len(manifest.entries)} steps")
+
+
+def report_hits(cache: TrackingCache, progress: _Progress) -> None:
+    """``--explain``: which ``--cache-from`` each imported hit came from."""
+    for source, keys in sorted(cache.hits.items()):
+        progress.info(f"cache hits from {source}: {len(keys)} steps")
 
 
 async def export_all(specs: Collection[CacheSpec], cache: TrackingCache,

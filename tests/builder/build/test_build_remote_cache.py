@@ -66,12 +66,14 @@ def test_local_cache_between_two_runners(busybox_ref: str, tmp_path: Path) -> No
     assert manifest["config"]["mediaType"] == "application/vnd.pybuild.buildcache.config.v1+json"
     assert len(manifest["layers"]) == 4
     (ctx / "b.txt").write_text("b changed\n")
-    second, events = _build(tmp_path / "runner-b", ctx, "--cache-from",
+    second, events = _build(tmp_path / "runner-b", ctx, "--explain", "--cache-from",
                             f"type=local,src={cache}")
     assert set(_steps(second, "a.txt").values()) == {"cached"}, second
     assert set(_steps(second, "b.txt").values()) == {"ran"}, second
     infos = [e["message"] for e in events if e["event"] == "info"]
     assert any(str(cache) in m and "importing cache" in m for m in infos), infos
+    # --explain: the imported source that hit (the two steps before b.txt's COPY)
+    assert f"cache hits from type=local,src={cache}: 2 steps" in infos, infos
 
 
 def test_missing_cache_source_is_a_warning(busybox_ref: str, tmp_path: Path) -> None:
