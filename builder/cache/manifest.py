@@ -13,9 +13,9 @@ descriptors. Nothing in it is read from or written to a place here; the transpor
 - ``type=inline`` (not implemented yet): the document in the built image's config (under
   the label :data:`INLINE_LABEL`), its layers being the image's own.
 
-Importing adds entries; :mod:`builder.cache.remote` then copies or pulls the blobs of the
-imported entries into the store. A hit on an imported entry whose blob is not in the
-local store counts as a miss.
+Importing adds entries without fetching blobs; :mod:`builder.cache.remote` copies or
+pulls an imported entry's blob into the store when a lookup hits it. A hit on an entry
+whose blob is not in the local store (and cannot be fetched) counts as a miss.
 
 Document (JSON, entries sorted by key)::
 

@@ -4,8 +4,7 @@ pybuild's registry client (any OCI Distribution registry)."""
 
 from __future__ import annotations
 
-from cas import Digest, Store
-from cas.holders import cache_holder
+from cas import Store
 from registry.oci import OCI_MANIFEST, Descriptor, Manifest
 
 from .manifest import CacheManifest
@@ -37,8 +36,8 @@ async def push_cache(ref: str, config: bytes, art: Manifest, store: Store) -> No
 
 
 async def pull_cache(ref: str, config_type: str, store: Store) -> CacheManifest:
-    """Read the artifact at ``ref``: its cache manifest; the entries' layer blobs are
-    pulled into ``store`` (linked ``cache:<key>``)."""
+    """Read the artifact at ``ref``: its manifest and config (the cache manifest); no
+    layer blob (:func:`pull_layer` fetches one)."""
     from registry.client.image_store import ImageStore
     from registry.client.progress import Progress
     from registry.client.pull import pull_blob
@@ -58,12 +57,25 @@ async def pull_cache(ref: str, config_type: str, store: Store) -> CacheManifest:
                                  f"not a build cache ({config_type})")
             await pull_blob(client, images, src, art.config, Progress("quiet"))
             manifest = CacheManifest.from_json(await store.read_bytes(art.config.digest))
-            for e in manifest.entries:
-                if e.layer.digest:
-                    desc = Descriptor(e.layer.media_type, Digest.parse(e.layer.digest),
-                                      e.layer.size)
-                    await pull_blob(client, images, src, desc, Progress("quiet"),
-                                    link=cache_holder(e.key))
     finally:
         await images.close()
     return manifest
+
+
+async def pull_layer(ref: str, desc: Descriptor, link: str, store: Store) -> None:
+    """Pull one layer blob of the cache at ``ref`` into ``store``, linked ``link``."""
+    from registry.client.image_store import ImageStore
+    from registry.client.progress import Progress
+    from registry.client.pull import pull_blob
+    from registry.client.refs import parse_image_ref
+    from registry.client.remote import RegistryClient
+
+    from ..base import client_options
+
+    images = await ImageStore.open(store=store)
+    try:
+        async with RegistryClient(client_options()) as client:
+            await pull_blob(client, images, parse_image_ref(ref), desc, Progress("quiet"),
+                            link=link)
+    finally:
+        await images.close()

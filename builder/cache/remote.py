@@ -6,9 +6,10 @@ OCI artifact, in an OCI image layout or in a registry (:mod:`.registry_cache`): 
 the :class:`CacheManifest` document (:data:`CONFIG_MEDIA_TYPE`) and whose layers are the
 entries' layer blobs (:meth:`CacheManifest.descriptors`).
 
-Import reads the manifest and its config, adds the entries to the local cache
-(``import_manifest``), then copies into the store the layer blobs of the imported entries
-that are not there yet (linked ``cache:<key>``). ``mode=min`` exports the steps of the
+Import reads the manifest and its config only and adds the entries to the local cache
+(``import_manifest``); a layer blob is copied or pulled into the store (linked
+``cache:<key>``) when a step's lookup hits its entry (:class:`TrackingCache`), so the
+entries that miss cost nothing. ``mode=min`` exports the steps of the
 final stage's key chain, ``mode=max`` every step this build looked up or ran.
 
 A failing ``--cache-from`` is a warning, as in BuildKit; a failing ``--cache-to`` fails
@@ -96,9 +97,16 @@ class TrackingCache:
         self.inner = inner
         self._lock = threading.Lock()
         self.keys: set[str] = set()
-        self.origin: dict[str, str] = {}  # imported key (not local before) -> its source
+        self.origin: dict[str, CacheSpec] = {}  # imported key (not local before) -> source
         self.hits: dict[str, set[str]] = {}  # source -> imported keys found by lookup
         self.last_new: list[str] = []  # keys the last import added (not local before)
+        self._fetching = threading.Lock()
+        self._store: Store | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        """Where an imported hit's layer blob goes, and the loop the store runs on."""
+        self._store, self._loop = store, loop
 
     def _note(self, key: str) -> None:
         with self._lock:
@@ -107,10 +115,31 @@ class TrackingCache:
     def lookup(self, key: str) -> CachedLayer | None:
         self._note(key)
         found = self.inner.lookup(key)
-        if found is not None and key in self.origin:
+        spec = self.origin.get(key)
+        if found is not None and spec is not None:
+            if found.digest and not self._fetch(spec, key, found):
+                return None
             with self._lock:
-                self.hits.setdefault(self.origin[key], set()).add(key)
+                self.hits.setdefault(str(spec), set()).add(key)
         return found
+
+    def _fetch(self, spec: CacheSpec, key: str, layer: CachedLayer) -> bool:
+        """Bring an imported hit's layer blob into the store (a worker thread waits for
+        the copy or pull on the build's loop); False: it could not be had (a miss)."""
+        store, loop = self._store, self._loop
+        if store is None or loop is None:
+            return False
+        try:
+            asyncio.get_running_loop()
+            return False  # on the loop itself: cannot wait for it
+        except RuntimeError:
+            pass
+        with self._fetching:
+            try:
+                return asyncio.run_coroutine_threadsafe(
+                    fetch_layer(spec, key, layer, store), loop).result()
+            except (OSError, ValueError, ClientError, RegistryError):
+                return False
 
     def record(self, key: str, parent: str, instruction: str, inputs: dict[str, Any],
                layer: CachedLayer) -> None:
@@ -170,8 +199,8 @@ async def export_cache(spec: CacheSpec, manifest: CacheManifest, store: Store) -
 
 
 async def import_cache(spec: CacheSpec, cache: BuildCacheBackend, store: Store) -> CacheManifest:
-    """Read the cache ``spec`` names into ``cache`` and the blobs its entries need into
-    ``store``; returns the manifest read. LayoutError / ValueError: it cannot be read."""
+    """Read the cache ``spec`` names (its manifest and config, no layer blob) into
+    ``cache``; returns the manifest read. LayoutError / ValueError: it cannot be read."""
     if spec.type == "registry":
         from .registry_cache import pull_cache
 
@@ -189,12 +218,23 @@ async def import_cache(spec: CacheSpec, cache: BuildCacheBackend, store: Store) 
     except (ValueError, json.JSONDecodeError) as exc:
         raise LayoutError(f"{spec.where}: {exc}") from exc
     await asyncio.to_thread(cache.import_manifest, manifest)
-    for e in manifest.entries:
-        if not e.layer.digest:
-            continue
-        desc = Descriptor(e.layer.media_type, Digest.parse(e.layer.digest), e.layer.size)
-        await layout.import_blob(store, desc, link=cache_holder(e.key))
     return manifest
+
+
+async def fetch_layer(spec: CacheSpec, key: str, layer: CachedLayer, store: Store) -> bool:
+    """Copy (local) or pull (registry) the layer blob of the imported entry ``key`` into
+    ``store``, linked ``cache:<key>``; True once it is there."""
+    desc = Descriptor(layer.media_type, Digest.parse(layer.digest), layer.size)
+    if await store.stat(desc.digest) is None:
+        if spec.type == "registry":
+            from .registry_cache import pull_layer
+
+            await pull_layer(spec.where, desc, cache_holder(key), store)
+        else:
+            await OciLayout(Path(spec.where)).import_blob(store, desc, link=cache_holder(key))
+    else:
+        await store.link(cache_holder(key), desc.digest)
+    return True
 
 
 class _Progress(Protocol):
@@ -203,7 +243,9 @@ class _Progress(Protocol):
 
 async def import_all(specs: Collection[CacheSpec], cache: TrackingCache, store: Store,
                      progress: _Progress) -> None:
-    """Import every ``--cache-from``; one that cannot be read is a warning line."""
+    """Import every ``--cache-from``; one that cannot be read is a warning line. A layer
+    blob is fetched when a lookup hits its entry (:meth:`TrackingCache.lookup`)."""
+    cache.bind(store, asyncio.get_running_loop())
     for spec in specs:
         try:
             manifest = await import_cache(spec, cache, store)
@@ -211,7 +253,7 @@ async def import_all(specs: Collection[CacheSpec], cache: TrackingCache, store: 
             progress.info(f"WARNING: --cache-from {spec}: cannot import the cache: {exc}")
             continue
         for key in cache.last_new:
-            cache.origin.setdefault(key, str(spec))
+            cache.origin.setdefault(key, spec)
         progress.info(f"importing cache from {spec}: {len(manifest.entries)} steps")
 
 
@@ -226,7 +268,10 @@ async def export_all(specs: Collection[CacheSpec], cache: TrackingCache,
     """Export to every ``--cache-to``; a failure fails the build unless ignore-error."""
     for spec in specs:
         manifests = [cache.wanted(k, spec.mode) for k in final_keys]
-        manifest = CacheManifest.of(e for m in manifests for e in m.entries)
+        # an imported entry whose blob was never fetched (not hit) cannot be exported
+        manifest = CacheManifest.of([e for m in manifests for e in m.entries
+                                     if not e.layer.digest
+                                     or await store.stat(Digest.parse(e.layer.digest))])
         try:
             await export_cache(spec, manifest, store)
         except (OSError, ValueError, ClientError, RegistryError) as exc:

@@ -3,12 +3,14 @@ build cache, as CI jobs on fresh machines do."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
 from builder.cache.remote import CacheSpecError, parse_cache_spec
+from cas import Digest, StoreConfig, open_store
 from tests.helpers.cli import pybuild
 
 DOCKERFILE = """FROM {base}
@@ -21,7 +23,7 @@ RUN cat /b.txt > /from-b.txt
 
 def _context(tmp_path: Path, base: str) -> Path:
     ctx = tmp_path / "ctx"
-    ctx.mkdir()
+    ctx.mkdir(parents=True)
     (ctx / "Dockerfile").write_text(DOCKERFILE.format(base=base))
     (ctx / "a.txt").write_text("a\n")
     (ctx / "b.txt").write_text("b\n")
@@ -40,6 +42,24 @@ def _build(storage: Path, ctx: Path, *args: str) -> tuple[dict[str, str], list[d
         if e["event"] in ("cached", "done") and e["step"] in names:
             status[names[e["step"]]] = "cached" if e["event"] == "cached" else "ran"
     return status, events
+
+
+def _cache_layers(layout: Path) -> list[str]:
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((layout / "blobs/sha256" /
+                           index["manifests"][0]["digest"].split(":")[1]).read_text())
+    return [d["digest"] for d in manifest["layers"]]
+
+
+def _stored(storage: Path, digests: list[str]) -> list[str]:
+    """The digests the store in ``storage`` holds."""
+    async def check() -> list[str]:
+        store = await open_store(StoreConfig(storage))
+        try:
+            return [d for d in digests if await store.stat(Digest.parse(d)) is not None]
+        finally:
+            await store.close()
+    return asyncio.run(check())
 
 
 def _steps(status: dict[str, str], word: str) -> dict[str, str]:
@@ -74,6 +94,8 @@ def test_local_cache_between_two_runners(busybox_ref: str, tmp_path: Path) -> No
     assert any(str(cache) in m and "importing cache" in m for m in infos), infos
     # --explain: the imported source that hit (the two steps before b.txt's COPY)
     assert f"cache hits from type=local,src={cache}: 2 steps" in infos, infos
+    # only the layers of the steps that hit were copied into runner B's store
+    assert len(_stored(tmp_path / "runner-b", _cache_layers(cache))) == 2
 
 
 def test_missing_cache_source_is_a_warning(busybox_ref: str, tmp_path: Path) -> None:
@@ -86,11 +108,12 @@ def test_missing_cache_source_is_a_warning(busybox_ref: str, tmp_path: Path) -> 
 
 
 def test_keys_do_not_depend_on_the_storage(busybox_ref: str, tmp_path: Path) -> None:
-    """The same Dockerfile and context built in two storage directories export the same
-    cache keys (mode=max), so one machine's cache serves another."""
-    ctx = _context(tmp_path, busybox_ref)
+    """The same Dockerfile and context built in two storage directories (from two
+    checkouts of it) export the same cache keys (mode=max), so one machine's cache serves
+    another."""
     keys = []
     for name in ("one", "two"):
+        ctx = _context(tmp_path / f"checkout-{name}", busybox_ref)
         dest = tmp_path / f"cache-{name}"
         _build(tmp_path / name, ctx, "--cache-to", f"type=local,dest={dest},mode=max")
         index = json.loads((dest / "index.json").read_text())
@@ -111,8 +134,10 @@ def test_registry_cache_between_two_runners(kind: str, busybox_ref: str,
     ctx = _context(tmp_path, busybox_ref)
     with serve(tmp_path / "registry") as registry:
         ref = registry.ref("ci/app-cache", "main")
+        local = tmp_path / "local-copy"  # --cache-to repeats: the same cache in a layout
         first, _ = _build(tmp_path / "runner-a", ctx, "--cache-to",
-                          f"type=registry,ref={ref},mode=max")
+                          f"type=registry,ref={ref},mode=max", "--cache-to",
+                          f"type=local,dest={local},mode=max")
         assert "cached" not in first.values()
         (ctx / "b.txt").write_text("b changed\n")
         second, events = _build(tmp_path / "runner-b", ctx, "--cache-from",
@@ -121,6 +146,9 @@ def test_registry_cache_between_two_runners(kind: str, busybox_ref: str,
     assert set(_steps(second, "b.txt").values()) == {"ran"}, second
     infos = [e["message"] for e in events if e["event"] == "info"]
     assert any(ref in m and "importing cache" in m for m in infos), infos
+    # only the layers of the two steps that hit were pulled, of the cache's four
+    layers = _cache_layers(local)
+    assert len(layers) == 4 and len(_stored(tmp_path / "runner-b", layers)) == 2
 
 
 def test_unreachable_registry_cache(busybox_ref: str, tmp_path: Path) -> None:
