@@ -51,6 +51,14 @@ def _cache_layers(layout: Path) -> list[str]:
     return [d["digest"] for d in manifest["layers"]]
 
 
+def _cache_keys(layout: Path) -> list[str]:
+    index = json.loads((layout / "index.json").read_text())
+    blobs = layout / "blobs/sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_text())
+    config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_text())
+    return sorted(e["key"] for e in config["entries"])
+
+
 def _stored(storage: Path, digests: list[str]) -> list[str]:
     """The digests the store in ``storage`` holds."""
     async def check() -> list[str]:
@@ -116,12 +124,7 @@ def test_keys_do_not_depend_on_the_storage(busybox_ref: str, tmp_path: Path) -> 
         ctx = _context(tmp_path / f"checkout-{name}", busybox_ref)
         dest = tmp_path / f"cache-{name}"
         _build(tmp_path / name, ctx, "--cache-to", f"type=local,dest={dest},mode=max")
-        index = json.loads((dest / "index.json").read_text())
-        manifest = json.loads((dest / "blobs/sha256" /
-                               index["manifests"][0]["digest"].split(":")[1]).read_text())
-        config = json.loads((dest / "blobs/sha256" /
-                             manifest["config"]["digest"].split(":")[1]).read_text())
-        keys.append(sorted(e["key"] for e in config["entries"]))
+        keys.append(_cache_keys(dest))
     assert keys[0] == keys[1] and len(keys[0]) == 4
 
 
@@ -167,3 +170,20 @@ def test_unreachable_registry_cache(busybox_ref: str, tmp_path: Path) -> None:
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     errors = [x for x in failed.stderr.splitlines() if x.startswith("ERROR")]
     assert len(errors) == 1 and "--cache-to" in errors[0], failed.stderr
+
+
+def test_mode_min_exports_the_final_stage_and_max_every_stage(busybox_ref: str,
+                                                              tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {busybox_ref} AS tool\nRUN echo tool > /tool.txt\n"
+        f"FROM {busybox_ref}\nCOPY --from=tool /tool.txt /tool.txt\nRUN cat /tool.txt > /x\n")
+    counts = {}
+    for mode in ("min", "max"):
+        dest = tmp_path / mode
+        _build(tmp_path / "storage", ctx, "--cache-to", f"type=local,dest={dest},mode={mode}")
+        counts[mode] = _cache_keys(dest)
+    # min: COPY --from and RUN of the final stage; max: the tool stage's RUN too
+    assert len(counts["min"]) == 2 and len(counts["max"]) == 3
+    assert set(counts["min"]) < set(counts["max"])
