@@ -2,15 +2,15 @@
 
 BuildKit's syntax: ``type=local,dest=DIR[,mode=min|max]`` / ``type=local,src=DIR`` and
 ``type=registry,ref=HOST/REPO:TAG[,mode=min|max]`` (both ways). The cache travels as an
-OCI artifact, in an OCI image layout or in a registry (:mod:`.registry_cache`): a manifest whose config is
-the :class:`CacheManifest` document (:data:`CONFIG_MEDIA_TYPE`) and whose layers are the
-entries' layer blobs (:meth:`CacheManifest.descriptors`).
+OCI artifact, in an OCI image layout or in a registry (:mod:`.registry_cache`): a
+manifest whose config is the :class:`CacheManifest` document (:data:`CONFIG_MEDIA_TYPE`)
+and whose layers are the entries' layer blobs (:meth:`CacheManifest.descriptors`).
 
 Import reads the manifest and its config only and adds the entries to the local cache
 (``import_manifest``); a layer blob is copied or pulled into the store (linked
 ``cache:<key>``) when a step's lookup hits its entry (:class:`TrackingCache`), so the
-entries that miss cost nothing. ``mode=min`` exports the steps of the
-final stage's key chain, ``mode=max`` every step this build looked up or ran.
+entries that miss cost nothing. ``mode=min`` exports the steps of the final stage's key
+chain, ``mode=max`` every step this build looked up or ran.
 
 A failing ``--cache-from`` is a warning, as in BuildKit; a failing ``--cache-to`` fails
 the build unless ``ignore-error=true``.
