@@ -25,6 +25,7 @@ __all__ = [
     "in_ci",
     "missing",
     "on_missing",
+    "require_root",
     "require_tool",
     "running_ssh_agent",
 ]
@@ -119,3 +120,9 @@ def running_ssh_agent(name: str) -> Iterator[Path]:
         proc.terminate()
         proc.wait(10)
         sock.unlink(missing_ok=True)
+
+
+def require_root(why: str) -> None:
+    """Go on only as root: :func:`missing` otherwise (``why`` says what needs root)."""
+    if os.geteuid() != 0:
+        missing(f"{why}: run the tests as root")

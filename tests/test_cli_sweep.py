@@ -31,7 +31,7 @@ from testkit.registries import (
     pybuild_argv,
 )
 from testkit.rootfs import make_busybox_rootfs
-from testkit.tools import in_ci, require_tool
+from testkit.tools import require_root, require_tool
 from tests.helpers.cli import ROOT, assert_one_line_error, mount_read_only, pybuild
 
 
@@ -53,17 +53,11 @@ class World:
 LOCAL = "local/sweep:1"
 
 
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        message = "mounting and building need root"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    _need_root()
+    require_root("mounting and building need root")
     require_tool("docker-registry")
     require_tool("bwrap")
     tmp = tmp_path_factory.mktemp("sweep")

@@ -25,19 +25,13 @@ from testkit.registries import (
     distribution_registry,
     pybuild_argv,
 )
-from testkit.tools import in_ci, require_tool
+from testkit.tools import require_root, require_tool
 from tests.helpers.cli import assert_one_line_error, mount_read_only, pybuild
 from tests.helpers.disks import small_filesystem
 
 FIX = "--storage DIR or PYBUILD_STORAGE"
 
 
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        message = "mounting file systems needs root"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +81,7 @@ def _twice(args: list[str], *needles: str) -> None:
 @pytest.fixture
 def read_only_storage(tmp_path: Path, image_ref: str) -> Iterator[Path]:
     """A store that holds the pulled image and a build, mounted read-only."""
-    _need_root()
+    require_root("mounting file systems needs root")
     storage = tmp_path / "storage"
     pull = pybuild("pull", image_ref, "--storage", str(storage), "-q")
     assert pull.returncode == 0, pull.stderr
@@ -154,7 +148,7 @@ def test_commands_on_a_full_disk_are_one_clear_line(tmp_path: Path, image_ref: s
 
 @pytest.mark.parametrize("kind", ["local", "oci", "docker"])
 def test_output_to_a_read_only_place_is_one_clear_line(tmp_path: Path, kind: str) -> None:
-    _need_root()
+    require_root("mounting file systems needs root")
     ro = tmp_path / "ro"
     (tmp_path / "empty").mkdir()
     mount_read_only(tmp_path / "empty", ro)
@@ -214,7 +208,7 @@ def test_serve_on_a_full_disk_answers_507_and_keeps_every_blob(tmp_path: Path) -
 
 
 def test_serve_on_read_only_packs_answers_503_and_keeps_every_blob(tmp_path: Path) -> None:
-    _need_root()
+    require_root("mounting file systems needs root")
     kept = os.urandom(1 << 20)
     storage = tmp_path / "storage"
     with RegistryProcess("pybuild", pybuild_argv(storage), storage=storage,

@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from builder.dockerfile.mounts import parse_mount
 from builder.sandbox import SandboxMount, StepResult, sandbox_mount
+from testkit.tools import require_root as root
 
 __all__ = ["PATH", "Runner", "Step", "require_root", "run_mount"]
 
@@ -26,11 +24,7 @@ def run_mount(text: str) -> SandboxMount:
 
 
 def require_root() -> None:
-    if os.geteuid() != 0:
-        message = "sandbox tests need root (mounts and namespaces)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    root("sandbox tests need root (mounts and namespaces)")
 
 
 @dataclass
