@@ -10,9 +10,11 @@ user may execute.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -93,6 +95,7 @@ def python_for(user: SystemUser) -> tuple[list[str], dict[str, str]]:
     same version with this environment's packages on ``PYTHONPATH`` (a virtualenv's
     interpreter may live in root's home). Reports through :func:`missing` when neither
     works (the checkout must be readable by other users)."""
+    _let_others_search(_ROOT)
     paths = [str(_ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
            "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "HOME": str(user.home),
@@ -111,3 +114,16 @@ def python_for(user: SystemUser) -> tuple[list[str], dict[str, str]]:
         errors.append(f"{python}: {probe.stderr.strip().splitlines()[-1:] or probe.returncode}")
     missing(f"user {user.name} cannot run this checkout's Python code ({'; '.join(errors)}); "
             "put the checkout and its virtualenv where other users can read them")
+
+
+def _let_others_search(path: Path) -> None:
+    """Let other users list ``path`` and search the directories above it where they may
+    not (a checkout cloned into a private temporary directory): Python's import system
+    lists a directory on ``sys.path``, searching it is not enough. Each mode is put back
+    when this process exits."""
+    for directory, wanted in ((path, stat.S_IROTH | stat.S_IXOTH),
+                              *((parent, stat.S_IXOTH) for parent in path.parents)):
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        if mode & wanted != wanted:
+            os.chmod(directory, mode | wanted)
+            atexit.register(os.chmod, directory, mode)
