@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -18,6 +19,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 import testkit.tools  # noqa: E402 - needs the checkout on sys.path (above)
+from testkit.docker_engine import DockerEngine, find_running_engine  # noqa: E402
+from testkit.docker_engine import docker_engine as running_docker_engine  # noqa: E402
 
 
 def _skip_or_fail(message: str) -> NoReturn:
@@ -28,3 +31,20 @@ def _skip_or_fail(message: str) -> NoReturn:
 
 
 testkit.tools.on_missing = _skip_or_fail
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """A Docker engine: the host's if it answers, else a private dockerd (stopped at the end).
+
+    Every test that needs an engine takes this fixture, so a machine with no daemon running
+    (a fresh CI runner) still runs them all against one private daemon.
+    """
+    testkit.tools.require_tool("docker")
+    running = find_running_engine()
+    if running is not None:
+        yield running
+        return
+    testkit.tools.require_tool("dockerd")
+    with running_docker_engine() as engine:
+        yield engine

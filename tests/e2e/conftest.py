@@ -16,14 +16,7 @@ from pathlib import Path
 import pytest
 
 from testkit.clients import ContainerStorage
-from testkit.docker_engine import (
-    DockerEngine,
-    find_running_engine,
-    remove_tree,
-)
-from testkit.docker_engine import (
-    docker_engine as running_docker_engine,
-)
+from testkit.docker_engine import DockerEngine, remove_tree
 from testkit.images import (
     Image,
     busybox_image,
@@ -59,19 +52,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if E2E_DIR in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.e2e)
-
-
-@pytest.fixture(scope="session")
-def docker_engine() -> Iterator[DockerEngine]:
-    """A Docker engine: the host's if it answers, else a private dockerd (stopped at the end)."""
-    require_tool("docker")
-    running = find_running_engine()
-    if running is not None:
-        yield running
-        return
-    require_tool("dockerd")
-    with running_docker_engine() as engine:
-        yield engine
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,11 @@ import pytest
 
 from builder.steps.common import BuildError
 from registry.oci import Platform
-from testkit.docker_engine import find_running_engine
+from testkit.docker_engine import DockerEngine
 from testkit.emulation import ensure_emulator, foreign_busybox
 from testkit.images import make_image, make_layer, tar_directory, write_oci_index_layout
 from testkit.registries import get_manifest, pybuild_registry
 from testkit.rootfs import busybox_path, make_busybox_rootfs
-from testkit.tools import missing, require_tool
 from tests.helpers.contexts import context_with_base
 
 TESTFILES = Path(__file__).parent / "testfiles" / "multiplatform"
@@ -111,12 +110,9 @@ def test_one_platform_archives_refuse_an_index(multiarch_ref: str, build,
     assert not (tmp_path / "image.tar").exists()
 
 
-def test_pushed_index_runs_in_docker_as_each_platform(multiarch_ref: str,
+def test_pushed_index_runs_in_docker_as_each_platform(multiarch_ref: str, docker_engine: DockerEngine,
                                                       tmp_path: Path) -> None:
-    require_tool("docker")
-    engine = find_running_engine()
-    if engine is None:
-        missing("no Docker engine answers (start dockerd)")
+    engine = docker_engine
     ctx = _context(tmp_path, multiarch_ref)
     with pybuild_registry(tmp_path / "registry") as registry:
         ref = registry.ref("test/multiplatform", "v1")

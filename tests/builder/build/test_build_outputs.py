@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from builder.outputs import Output, OutputError, parse_output
-from testkit.docker_engine import DockerEngine, find_running_engine
-from testkit.docker_engine import docker_engine as running_docker_engine
+from testkit.docker_engine import DockerEngine
 from testkit.tools import require_tool
 from tests.helpers.disks import small_filesystem
 
@@ -109,13 +108,9 @@ def pybuild(tmp_path: Path) -> Callable[..., Built]:
     return run
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[DockerEngine]:
-    require_tool("docker")
-    if find_running_engine() is None:
-        require_tool("dockerd")
-    with running_docker_engine() as running:
-        yield running
+@pytest.fixture
+def engine(docker_engine: DockerEngine) -> DockerEngine:
+    return docker_engine
 
 
 @pytest.fixture
