@@ -21,6 +21,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 import testkit.tools  # noqa: E402 - needs the checkout on sys.path (above)
 from testkit.docker_engine import DockerEngine, find_running_engine  # noqa: E402
 from testkit.docker_engine import docker_engine as running_docker_engine  # noqa: E402
+from testkit.postgres import PostgresServer, postgres_server  # noqa: E402
 
 
 def _skip_or_fail(message: str) -> NoReturn:
@@ -48,3 +49,11 @@ def docker_engine() -> Iterator[DockerEngine]:
     testkit.tools.require_tool("dockerd")
     with running_docker_engine() as engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test session (testkit.postgres): tests take a fresh
+    database each with ``create_database``."""
+    with postgres_server() as server:
+        yield server

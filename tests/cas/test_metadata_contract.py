@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import pytest
 
 from cas.errors import StoreClosed
 from cas.meta import CODEC_RAW, Location, Metadata, encode_recipe
+from cas.pg_meta import PgMetadata
 from cas.sqlite_meta import SqliteMetadata
 
 Opener = Callable[[], Metadata]
@@ -41,15 +43,25 @@ D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
 
 
-@pytest.fixture(params=["sqlite"])
+@dataclass(frozen=True)
+class PgOpener:
+    """Opens handles on one PostgreSQL database (migrating it the first time)."""
+
+    url: str
+
+    def __call__(self) -> Metadata:
+        return PgMetadata(self.url, migrate=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens a new handle on one metadata store per call; all are closed at the end."""
-    yield from _tracked(_OPENERS[request.param](tmp_path))
-
-
-_OPENERS: dict[str, Callable[[Path], Opener]] = {
-    "sqlite": lambda tmp: SqliteOpener(tmp / "meta.db"),
-}
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres")
+        make: Opener = PgOpener(server.create_database(f"meta_{uuid.uuid4().hex[:12]}"))
+    else:
+        make = SqliteOpener(tmp_path / "meta.db")
+    yield from _tracked(make)
 
 
 def _tracked(make: Opener) -> Iterator[Opener]:

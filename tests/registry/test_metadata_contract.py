@@ -12,6 +12,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -19,21 +20,25 @@ import pytest
 
 from cas.errors import StoreClosed
 from registry.server.metadata import ManifestRecord, RegistryMetadata
+from registry.server.metadata_pg import PgRegistryMetadata
 from registry.server.metadata_sqlite import SqliteMetadata
 
 Opener = Callable[[], Awaitable[RegistryMetadata]]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
     opened: list[RegistryMetadata] = []
+    url = None
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres").create_database(f"reg_{uuid.uuid4().hex[:12]}")
 
     async def open_one() -> RegistryMetadata:
         meta: RegistryMetadata
-        if request.param == "sqlite":
+        if url is not None:
+            meta = await PgRegistryMetadata.open(url, migrate=True)
+        else:
             meta = await SqliteMetadata.open(tmp_path / "registry.db")
-        else:  # pragma: no cover - a new backend adds its branch here
-            raise AssertionError(request.param)
         opened.append(meta)
         return meta
 
@@ -196,11 +201,18 @@ async def test_proxy_tags_are_remembered_apart_from_local_tags(a: RegistryMetada
 
 
 # --- generation ---------------------------------------------------------------------------
+# Backends that can tell cheaply keep the token still while nothing commits (SQLite's
+# data_version); the others may return a new value on every call (the protocol allows it:
+# it only costs a revalidation), so only moving is asserted for every backend.
+_PRECISE_GENERATION = {"sqlite"}
+
+
 async def test_generation_moves_with_every_commit_through_any_instance(
-    a: RegistryMetadata, b: RegistryMetadata
+    a: RegistryMetadata, b: RegistryMetadata, request: pytest.FixtureRequest
 ):
     before_a, before_b = a.generation(), b.generation()
-    assert a.generation() == before_a  # nothing committed: equal tokens
+    if request.node.callspec.params["opener"] in _PRECISE_GENERATION:
+        assert a.generation() == before_a  # nothing committed: equal tokens
     await a.put_manifest(_record("app", 1), ("latest",))
     after_a, after_b = a.generation(), b.generation()
     assert after_a != before_a  # its own writes too

@@ -1,0 +1,217 @@
+"""A PostgreSQL database shared by several processes: its connections, its transactions,
+its versioned schema.
+
+Used by :class:`cas.pg_meta.PgMetadata` (the store's metadata) and by the registry's
+metadata on PostgreSQL. The driver is psycopg 3 with ``psycopg_pool`` (docs/storage.md
+says why, with the measurements): the stores call their metadata from worker threads,
+which is what a synchronous driver with a thread-safe pool serves directly.
+
+Transactions. Every write transaction starts by taking one transaction-scoped advisory
+lock (``pg_advisory_xact_lock``) per database *scope*, so the writers of one scope are
+serialised across every process and replica, exactly as SQLite's ``BEGIN IMMEDIATE``
+serialises them on one machine: the invariants the metadata contracts state (a piece
+held by an ingest is never collected, exactly one of concurrent commits of a digest
+wins, a link never points at a removed blob) keep holding with any number of replicas.
+Readers never wait: each read is one statement in autocommit mode, which sees every
+transaction committed before it began.
+
+Schema versions. ``pybuild_schema(component, version)`` records each component's
+version; :meth:`PgDatabase.migrate` applies the missing steps in one transaction under
+the advisory lock, so two replicas migrating at once do it once. Opening a database whose
+schema is older than this code knows is an error that names ``pybuild storage migrate``
+(unless ``migrate=True``, as ``--migrate`` asks at start); a schema newer than it knows is
+refused: a replica never writes a schema it does not understand.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from .errors import StorageError, StorageFull, StorageNotWritable, StoreClosed
+
+__all__ = ["DatabaseUnavailable", "PgDatabase", "SchemaMismatch", "redact"]
+
+
+class SchemaMismatch(StorageError):
+    """The database's schema is not the version this code needs (the message says
+    whether to migrate or to upgrade pybuild)."""
+
+
+class DatabaseUnavailable(StorageError):
+    """The database cannot be reached or refused the connection."""
+
+
+def redact(url: str) -> str:
+    """The connection URL without its password, for messages and logs."""
+    head, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    cred, _, host = rest.rpartition("@")
+    user = cred.split(":", 1)[0]
+    return f"{head}://{user}:***@{host}" if ":" in cred else url
+
+
+class PgDatabase:
+    """Connections to one PostgreSQL database for one component (``cas`` or
+    ``registry``), whose schema is ``migrations`` (step n is the SQL taking the schema
+    from version n-1 to n). Thread-safe; :meth:`close` waits for the calls in flight and
+    later calls raise :class:`~cas.errors.StoreClosed`."""
+
+    def __init__(self, url: str, component: str, migrations: Sequence[str], *,
+                 migrate: bool = False, max_size: int = 16) -> None:
+        try:
+            import psycopg  # noqa: F401 - the driver psycopg_pool uses
+            from psycopg_pool import ConnectionPool
+        except ImportError as exc:  # pragma: no cover - the extra is not installed
+            raise DatabaseUnavailable(
+                "PostgreSQL metadata needs psycopg: pip install 'pybuild[postgres]'") from exc
+        self.url = url
+        self.component = component
+        self._migrations = list(migrations)
+        self._lock_id = zlib.crc32(f"pybuild:{component}".encode())
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._closed = False
+        self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False,
+                                    kwargs={"autocommit": True}, timeout=60)
+        try:
+            self._pool.open(wait=True, timeout=30)
+        except Exception as exc:
+            self._pool.close()
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL at {redact(url)}: {_first_line(exc)}; "
+                "check the database settings (host, port, user, password, dbname) and "
+                "that the server is running") from exc
+        try:
+            self._check_schema(migrate)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            while self._busy:
+                self._cond.wait()
+        self._pool.close()
+
+    @contextmanager
+    def _using(self) -> Iterator[None]:
+        with self._cond:
+            if self._closed:
+                raise StoreClosed(f"metadata database {redact(self.url)}")
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy -= 1
+                if not self._busy:
+                    self._cond.notify_all()
+
+    # -- statements --------------------------------------------------------------------
+
+    @contextmanager
+    def tx(self) -> Iterator[Any]:
+        """A write transaction holding this component's advisory lock: the writers of
+        every process are serialised."""
+        with self._using(), self._mapped(), self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,))
+            yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        """A connection in autocommit mode: each statement sees the last commit."""
+        with self._using(), self._mapped(), self._pool.connection() as conn:
+            yield conn
+
+    def q(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self.reading() as conn:
+            return list(conn.execute(sql, args).fetchall())
+
+    @contextmanager
+    def snapshot_connection(self) -> Iterator[Any]:
+        """A connection inside one REPEATABLE READ, READ ONLY transaction: every
+        statement sees the same moment."""
+        with self._using(), self._mapped(), self._pool.connection() as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                conn.execute("SELECT 1").fetchone()  # the snapshot is taken here
+                yield conn
+            finally:
+                conn.execute("ROLLBACK")
+
+    @contextmanager
+    def _mapped(self) -> Iterator[None]:
+        import psycopg
+
+        try:
+            yield
+        except psycopg.errors.DiskFull as exc:
+            raise StorageFull("the metadata database", redact(self.url), _first_line(exc)) from exc
+        except psycopg.errors.ReadOnlySqlTransaction as exc:
+            raise StorageNotWritable(redact(self.url), f"read-only: {_first_line(exc)}") from exc
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"PostgreSQL at {redact(self.url)}: "
+                                      f"{_first_line(exc)}") from exc
+
+    # -- schema ------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        """The version this code writes and reads."""
+        return len(self._migrations)
+
+    def stored_version(self) -> int:
+        rows = self.q("SELECT to_regclass('pybuild_schema') IS NOT NULL")
+        if not rows[0][0]:
+            return 0
+        got = self.q("SELECT version FROM pybuild_schema WHERE component = %s", (self.component,))
+        return int(got[0][0]) if got else 0
+
+    def _check_schema(self, migrate: bool) -> None:
+        have, want = self.stored_version(), self.schema_version
+        if have > want:
+            raise SchemaMismatch(
+                f"the {self.component} schema in {redact(self.url)} is version {have}, newer "
+                f"than this pybuild knows ({want}): upgrade pybuild on this machine before "
+                "it serves from this database")
+        if have < want:
+            if not migrate:
+                raise SchemaMismatch(
+                    f"the {self.component} schema in {redact(self.url)} is at version {have}, "
+                    f"this pybuild needs {want}: run `pybuild storage migrate` (or start with "
+                    "--migrate)")
+            self.migrate()
+
+    def migrate(self) -> tuple[int, int]:
+        """Apply the missing schema steps in one transaction (the advisory lock makes
+        concurrent migrations wait, then find nothing to do); (from, to) versions."""
+        with self.tx() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS pybuild_schema("
+                         "component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM pybuild_schema WHERE component = %s",
+                               (self.component,)).fetchone()
+            have = int(row[0]) if row else 0
+            if have > self.schema_version:
+                raise SchemaMismatch(f"the {self.component} schema is version {have}, newer "
+                                     f"than this pybuild knows ({self.schema_version})")
+            for step in self._migrations[have:]:
+                conn.execute(step)
+            conn.execute("INSERT INTO pybuild_schema(component, version) VALUES (%s, %s) "
+                         "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
+                         (self.component, self.schema_version))
+        return have, self.schema_version
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,241 @@
+"""The registry's metadata on PostgreSQL: :class:`~registry.server.metadata.RegistryMetadata`
+shared by every replica, beside the store's own tables (:mod:`cas.pg_meta`) in the same
+database.
+
+- The tables are the SQLite default's (:mod:`registry.server.metadata_sqlite`), their text
+  columns sorting bytewise (``COLLATE "C"``: catalog and tag pages come out ASCIIbetical).
+  The schema is versioned (component ``registry`` in ``pybuild_schema``) and migrated as
+  :class:`cas.pg_db.PgDatabase` migrates it.
+- Calls run on psycopg 3's asynchronous pool on the event loop: no thread, never
+  blocking. Each write is one transaction holding the component's advisory lock (the
+  writers of all replicas are serialised, as SQLite's file lock serialises processes);
+  each read is one statement in autocommit mode and sees every commit made before it.
+- :meth:`PgRegistryMetadata.generation` cannot learn of another replica's commit without
+  a round trip, so it returns a new value on every call: the manifest cache revalidates
+  each lookup with one query (the protocol's "cannot tell cheaply" case). A tag pushed
+  through one replica is therefore read through any other at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from cas.errors import StoreClosed
+from cas.pg_db import DatabaseUnavailable, PgDatabase, redact
+
+from .metadata import ManifestRecord, ReferrerRecord
+
+__all__ = ["MIGRATIONS", "PgRegistryMetadata"]
+
+MIGRATIONS = [
+    # 1: the tables of the SQLite default
+    """
+    CREATE TABLE repositories(name TEXT COLLATE "C" PRIMARY KEY, created DOUBLE PRECISION NOT NULL);
+    CREATE TABLE manifests(
+        repo TEXT COLLATE "C" NOT NULL, digest TEXT COLLATE "C" NOT NULL,
+        media_type TEXT NOT NULL, size BIGINT NOT NULL, subject TEXT COLLATE "C",
+        artifact_type TEXT, annotations TEXT, created DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY(repo, digest));
+    CREATE INDEX manifests_subject ON manifests(repo, subject) WHERE subject IS NOT NULL;
+    CREATE TABLE tags(
+        repo TEXT COLLATE "C" NOT NULL, tag TEXT COLLATE "C" NOT NULL,
+        digest TEXT COLLATE "C" NOT NULL, updated DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY(repo, tag));
+    CREATE INDEX tags_digest ON tags(repo, digest);
+    CREATE TABLE proxy_tags(
+        repo TEXT COLLATE "C" NOT NULL, tag TEXT COLLATE "C" NOT NULL, digest TEXT NOT NULL,
+        checked DOUBLE PRECISION NOT NULL, PRIMARY KEY(repo, tag));
+    CREATE TABLE uploads(
+        id TEXT COLLATE "C" PRIMARY KEY, repo TEXT NOT NULL, created DOUBLE PRECISION NOT NULL);
+    """,
+]
+
+_LOCK_ID = zlib.crc32(b"pybuild:registry")
+
+
+class PgRegistryMetadata:
+    """:class:`~registry.server.metadata.RegistryMetadata` in the PostgreSQL database at
+    ``url``; open with :meth:`open` (``migrate``: bring an older or empty schema up to date
+    instead of refusing to start)."""
+
+    def __init__(self, url: str, pool: Any) -> None:
+        self.url = url
+        self._pool = pool
+        self._fresh = itertools.count()
+        self._closed = False
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = False, max_size: int = 16) -> PgRegistryMetadata:
+        from psycopg_pool import AsyncConnectionPool
+
+        def check() -> None:  # schema version check (and migration) on the sync driver
+            PgDatabase(url, "registry", MIGRATIONS, migrate=migrate, max_size=1).close()
+
+        await asyncio.to_thread(check)
+        pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False,
+                                   kwargs={"autocommit": True}, timeout=60)
+        try:
+            await pool.open(wait=True, timeout=30)
+        except Exception as exc:
+            await pool.close()
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
+        return cls(url, pool)
+
+    def generation(self) -> int:
+        """A new value on every call: see the module docstring."""
+        if self._closed:
+            raise StoreClosed(f"registry metadata {redact(self.url)}")
+        return next(self._fresh)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._idle.wait()
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def _using(self) -> AsyncIterator[None]:
+        if self._closed:
+            raise StoreClosed(f"registry metadata {redact(self.url)}")
+        self._busy += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[Any]:
+        async with self._using(), self._pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            yield conn
+
+    async def _q(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        async with self._using(), self._pool.connection() as conn:
+            cur = await conn.execute(sql, args)
+            return list(await cur.fetchall())
+
+    # --- repositories ---------------------------------------------------------------------
+    async def ensure_repository(self, name: str) -> None:
+        async with self._tx() as db:
+            await db.execute("INSERT INTO repositories VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                             (name, time.time()))
+
+    async def repository_exists(self, name: str) -> bool:
+        return bool(await self._q("SELECT 1 FROM repositories WHERE name = %s", name))
+
+    async def repositories(self, last: str | None, limit: int) -> list[str]:
+        rows = await self._q("SELECT name FROM repositories WHERE name > %s ORDER BY name LIMIT %s",
+                             last or "", limit)
+        return [r[0] for r in rows]
+
+    # --- manifests ------------------------------------------------------------------------
+    async def put_manifest(self, record: ManifestRecord, tags: tuple[str, ...] = ()) -> None:
+        now = time.time()
+        annotations = json.dumps(record.annotations) if record.annotations else None
+        async with self._tx() as db:
+            await db.execute("INSERT INTO repositories VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                             (record.repo, now))
+            await db.execute(
+                "INSERT INTO manifests VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (repo, digest) DO UPDATE SET media_type = EXCLUDED.media_type,"
+                " size = EXCLUDED.size, subject = EXCLUDED.subject,"
+                " artifact_type = EXCLUDED.artifact_type, annotations = EXCLUDED.annotations,"
+                " created = EXCLUDED.created",
+                (record.repo, record.digest, record.media_type, record.size, record.subject,
+                 record.artifact_type, annotations, now))
+            for tag in tags:
+                await db.execute(
+                    "INSERT INTO tags VALUES (%s, %s, %s, %s) ON CONFLICT (repo, tag)"
+                    " DO UPDATE SET digest = EXCLUDED.digest, updated = EXCLUDED.updated",
+                    (record.repo, tag, record.digest, now))
+
+    async def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
+        rows = await self._q("SELECT media_type, size, subject, artifact_type, annotations"
+                             " FROM manifests WHERE repo = %s AND digest = %s", repo, digest)
+        if not rows:
+            return None
+        media_type, size, subject, artifact_type, annotations = rows[0]
+        return ManifestRecord(repo, digest, media_type, size, subject, artifact_type,
+                              json.loads(annotations) if annotations else None)
+
+    async def manifests_present(self, repo: str, digests: list[str]) -> set[str]:
+        if not digests:
+            return set()
+        rows = await self._q("SELECT digest FROM manifests WHERE repo = %s AND digest = ANY(%s)",
+                             repo, list(digests))
+        return {r[0] for r in rows}
+
+    async def delete_manifest(self, repo: str, digest: str) -> list[str] | None:
+        async with self._tx() as db:
+            cur = await db.execute("DELETE FROM manifests WHERE repo = %s AND digest = %s",
+                                   (repo, digest))
+            if cur.rowcount == 0:
+                return None
+            cur = await db.execute("DELETE FROM tags WHERE repo = %s AND digest = %s RETURNING tag",
+                                   (repo, digest))
+            return sorted(r[0] for r in await cur.fetchall())
+
+    async def referrers(self, repo: str, subject: str) -> list[ReferrerRecord]:
+        rows = await self._q(
+            "SELECT digest, media_type, size, artifact_type, annotations FROM manifests"
+            " WHERE repo = %s AND subject = %s ORDER BY created, digest", repo, subject)
+        return [ReferrerRecord(d, mt, size, at, json.loads(ann) if ann else None)
+                for d, mt, size, at, ann in rows]
+
+    # --- tags -----------------------------------------------------------------------------
+    async def resolve_tag(self, repo: str, tag: str) -> str | None:
+        rows = await self._q("SELECT digest FROM tags WHERE repo = %s AND tag = %s", repo, tag)
+        return rows[0][0] if rows else None
+
+    async def tags(self, repo: str, last: str | None, limit: int) -> list[str]:
+        rows = await self._q("SELECT tag FROM tags WHERE repo = %s AND tag > %s ORDER BY tag LIMIT %s",
+                             repo, last or "", limit)
+        return [r[0] for r in rows]
+
+    async def delete_tag(self, repo: str, tag: str) -> bool:
+        async with self._tx() as db:
+            cur = await db.execute("DELETE FROM tags WHERE repo = %s AND tag = %s", (repo, tag))
+            return bool(cur.rowcount > 0)
+
+    # --- upload sessions ------------------------------------------------------------------
+    async def add_upload(self, upload_id: str, repo: str) -> None:
+        async with self._tx() as db:
+            await db.execute("INSERT INTO uploads VALUES (%s, %s, %s)", (upload_id, repo, time.time()))
+
+    async def upload_repository(self, upload_id: str) -> str | None:
+        rows = await self._q("SELECT repo FROM uploads WHERE id = %s", upload_id)
+        return rows[0][0] if rows else None
+
+    async def remove_upload(self, upload_id: str) -> None:
+        async with self._tx() as db:
+            await db.execute("DELETE FROM uploads WHERE id = %s", (upload_id,))
+
+    async def uploads(self) -> list[str]:
+        return [r[0] for r in await self._q("SELECT id FROM uploads")]
+
+    # --- pull-through cache ---------------------------------------------------------------
+    async def proxy_tag(self, repo: str, tag: str) -> tuple[str, float] | None:
+        rows = await self._q("SELECT digest, checked FROM proxy_tags WHERE repo = %s AND tag = %s",
+                             repo, tag)
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    async def set_proxy_tag(self, repo: str, tag: str, digest: str, checked: float) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO proxy_tags VALUES (%s, %s, %s, %s) ON CONFLICT (repo, tag)"
+                " DO UPDATE SET digest = EXCLUDED.digest, checked = EXCLUDED.checked",
+                (repo, tag, digest, checked))
