@@ -30,7 +30,7 @@ from .commands import COMMANDS as BUILDER_COMMANDS
 __all__ = ["COMMANDS", "LazyGroup", "main"]
 
 COMMANDS: dict[str, str] = {
-    "storage": "cas.cli:storage",
+    "storage": "registry.storage_cmd:storage",  # cas.cli's commands + migrate
     **REGISTRY_COMMANDS,
     **BUILDER_COMMANDS,
 }

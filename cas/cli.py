@@ -16,7 +16,7 @@ from .location import StoreConfig
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["storage", "storage_option"]
+__all__ = ["database_option", "storage", "storage_option"]
 
 T = TypeVar("T")
 
@@ -31,11 +31,22 @@ def storage_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def _with_store(storage: Path | None, job: Callable[[Store], Awaitable[T]]) -> T:
+def database_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--database URL``: the store's metadata is in PostgreSQL (as ``pybuild serve``'s
+    ``database.url``), default $PYBUILD_DATABASE_URL; unset: SQLite in the store directory."""
+    return click.option(
+        "--database", envvar="PYBUILD_DATABASE_URL", default=None, metavar="URL",
+        help="PostgreSQL metadata (postgresql://USER@HOST/DB) [default: $PYBUILD_DATABASE_URL; "
+             "none: SQLite in the store directory].",
+    )(fn)
+
+
+def _with_store(storage: Path | None, job: Callable[[Store], Awaitable[T]],
+                database: str | None = None) -> T:
     from .open import open_store  # the store loads only when a command runs
 
     async def run() -> T:
-        store = await open_store(StoreConfig.at(storage))
+        store = await open_store(StoreConfig.at(storage, database=database))
         try:
             return await job(store)
         finally:
@@ -59,10 +70,11 @@ def storage() -> None:
 
 @storage.command()
 @storage_option
+@database_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def stats(storage: Path | None, as_json: bool) -> None:
+def stats(storage: Path | None, database: str | None, as_json: bool) -> None:
     """Logical and physical bytes, dedup ratio, piece and blob counts."""
-    s = _with_store(storage, lambda st: st.stats())
+    s = _with_store(storage, lambda st: st.stats(), database)
     if as_json:
         click.echo(json.dumps(s.to_json()))
         return
@@ -77,12 +89,13 @@ def stats(storage: Path | None, as_json: bool) -> None:
 
 @storage.command()
 @storage_option
+@database_option
 @click.option("--grace", type=float, default=3600.0, show_default=True,
               help="Keep unlinked blobs younger than this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def gc(storage: Path | None, grace: float, as_json: bool) -> None:
+def gc(storage: Path | None, database: str | None, grace: float, as_json: bool) -> None:
     """Remove unreferenced blobs and pieces (safe while the store is in use)."""
-    report = _with_store(storage, lambda st: st.gc(grace=grace))
+    report = _with_store(storage, lambda st: st.gc(grace=grace), database)
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return
@@ -94,8 +107,9 @@ def gc(storage: Path | None, grace: float, as_json: bool) -> None:
 
 @storage.command()
 @storage_option
+@database_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def fsck(storage: Path | None, as_json: bool) -> None:
+def fsck(storage: Path | None, database: str | None, as_json: bool) -> None:
     """Verify every piece's BLAKE3 and every blob's digest. Exit 1 on damage."""
     quiet = as_json or not sys.stderr.isatty()
 
@@ -103,7 +117,7 @@ def fsck(storage: Path | None, as_json: bool) -> None:
         if not quiet:
             click.echo(msg, err=True)
 
-    report = _with_store(storage, lambda st: st.fsck(progress=progress))
+    report = _with_store(storage, lambda st: st.fsck(progress=progress), database)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:

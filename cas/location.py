@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,8 +54,18 @@ class StoreConfig:
     chunk_params: ChunkParams | None = None
 
     @classmethod
-    def at(cls, storage: Path | str | None, *, workers: int = 8,
-           direct_io: bool = True) -> StoreConfig:
-        """The config of the storage directory ``storage`` (None: the default one)."""
+    def at(cls, storage: Path | str | None, *, workers: int = 8, direct_io: bool = True,
+           database: str | None = None, migrate: bool = False) -> StoreConfig:
+        """The config of the storage directory ``storage`` (None: the default one).
+        ``database``: the metadata lives in that PostgreSQL database (a libpq URI or
+        conninfo string) instead of ``meta.db``; ``migrate``: bring its schema up to date
+        first instead of refusing an older one."""
+        metadata = None if not database else partial(_postgres_metadata, database, migrate)
         return cls(Path(storage) if storage is not None else default_storage_dir(),
-                   workers=workers, direct_io=direct_io)
+                   workers=workers, direct_io=direct_io, metadata=metadata)
+
+
+def _postgres_metadata(database: str, migrate: bool, _root: Path) -> Metadata:
+    from .pg_meta import PgMetadata
+
+    return PgMetadata(database, migrate=migrate)

@@ -25,6 +25,7 @@ refused: a replica never writes a schema it does not understand.
 
 from __future__ import annotations
 
+import re
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,7 @@ from typing import Any
 
 from .errors import StorageError, StorageFull, StorageNotWritable, StoreClosed
 
-__all__ = ["DatabaseUnavailable", "PgDatabase", "SchemaMismatch", "redact"]
+__all__ = ["DatabaseUnavailable", "PgDatabase", "SchemaMismatch", "redact", "unreachable"]
 
 
 class SchemaMismatch(StorageError):
@@ -46,7 +47,10 @@ class DatabaseUnavailable(StorageError):
 
 
 def redact(url: str) -> str:
-    """The connection URL without its password, for messages and logs."""
+    """The connection string (URI or ``key=value`` conninfo) without its password, for
+    messages and logs."""
+    if "://" not in url:
+        return re.sub(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", "password=***", url)
     head, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url
@@ -62,9 +66,9 @@ class PgDatabase:
     later calls raise :class:`~cas.errors.StoreClosed`."""
 
     def __init__(self, url: str, component: str, migrations: Sequence[str], *,
-                 migrate: bool = False, max_size: int = 16) -> None:
+                 migrate: bool = False, check: bool = True, max_size: int = 16) -> None:
         try:
-            import psycopg  # noqa: F401 - the driver psycopg_pool uses
+            import psycopg
             from psycopg_pool import ConnectionPool
         except ImportError as exc:  # pragma: no cover - the extra is not installed
             raise DatabaseUnavailable(
@@ -76,18 +80,20 @@ class PgDatabase:
         self._cond = threading.Condition()
         self._busy = 0
         self._closed = False
+        try:  # one plain connection first: a wrong address fails at once, with its reason
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            raise unreachable(url, exc) from exc
         self._pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False,
                                     kwargs={"autocommit": True}, timeout=60)
         try:
             self._pool.open(wait=True, timeout=30)
         except Exception as exc:
             self._pool.close()
-            raise DatabaseUnavailable(
-                f"cannot connect to PostgreSQL at {redact(url)}: {_first_line(exc)}; "
-                "check the database settings (host, port, user, password, dbname) and "
-                "that the server is running") from exc
+            raise unreachable(url, exc) from exc
         try:
-            self._check_schema(migrate)
+            if check:
+                self._check_schema(migrate)
         except BaseException:
             self._pool.close()
             raise
@@ -210,6 +216,13 @@ class PgDatabase:
                          "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
                          (self.component, self.schema_version))
         return have, self.schema_version
+
+
+def unreachable(url: str, exc: BaseException) -> DatabaseUnavailable:
+    """The error for a database that cannot be reached, naming it (without its password)."""
+    return DatabaseUnavailable(
+        f"cannot connect to PostgreSQL at {redact(url)}: {_first_line(exc)}; check the "
+        "database settings (host, port, user, password, dbname) and that the server is running")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -47,6 +47,7 @@ def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None =
     """Serve until SIGINT/SIGTERM; in-flight requests get ``shutdown_timeout`` to finish.
     On SIGHUP the configuration ``reload()`` returns is applied (see server.reload)."""
     from cas.location import default_storage_dir
+    from cas.pg_db import redact
 
     storage = config.storage or default_storage_dir()
     host, port = config.host_port
@@ -73,6 +74,7 @@ def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None =
     def announce() -> None:
         click.echo(
             f"pybuild registry listening on {scheme}://{host}:{port} (storage {storage}"
+            f"{', metadata ' + redact(config.database) if config.database else ''}"
             f"{', read-only' if config.read_only else ''}"
             f"{', auth ' + str(config.auth_htpasswd) if config.auth_htpasswd else ''})",
             err=True,

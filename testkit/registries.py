@@ -322,11 +322,13 @@ def pybuild_token_registry(
 
 
 @contextmanager
-def pybuild_configured_registry(workdir: Path, settings: dict[str, object]) -> Iterator[RunningRegistry]:
+def pybuild_configured_registry(workdir: Path, settings: dict[str, object],
+                                storage: Path | None = None) -> Iterator[RunningRegistry]:
     """Run ``python3 -m builder serve --config FILE`` with ``settings`` (the config file's
-    document) and ``--storage workdir/storage``."""
+    document) and ``--storage`` ``storage`` (default ``workdir/storage``; replicas pass
+    one directory)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    storage = workdir / "storage"
+    storage = storage or workdir / "storage"
     config = workdir / "registry.yaml"
     config.write_text(json.dumps(settings))  # JSON is YAML
 

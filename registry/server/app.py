@@ -252,9 +252,11 @@ def make_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         opened: Store | None = None
         if store is None:
-            opened = await open_store(StoreConfig(root))
+            opened = await open_store(StoreConfig.at(root, database=config.database,
+                                                     migrate=config.database_migrate))
         serving: BlobStore = store if store is not None else opened  # type: ignore[assignment]
-        meta = metadata if metadata is not None else await open_metadata(root)
+        meta = metadata if metadata is not None else await open_metadata(
+            root, config.database, config.database_migrate)
         reg = Registry(
             config=config,
             store=serving,

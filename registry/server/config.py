@@ -5,6 +5,16 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
     addr: 127.0.0.1:5000          # PYBUILD_ADDR
     storage: /var/lib/pybuild     # PYBUILD_STORAGE
     read_only: false              # PYBUILD_READ_ONLY
+    database:                     # metadata on PostgreSQL, shared by replicas (docs/storage.md)
+      url: postgresql://registry@db.internal/registry   # PYBUILD_DATABASE_URL (libpq URI), or:
+      enabled: false                    # GitLab registry's keys: PYBUILD_DATABASE_ENABLED ...
+      host: db.internal
+      port: 5432
+      user: registry
+      password: secret
+      dbname: registry
+      sslmode: prefer
+      migrate: false                    # PYBUILD_DATABASE_MIGRATE: apply schema migrations at start
     auth:
       htpasswd: /etc/pybuild/htpasswd   # PYBUILD_AUTH_HTPASSWD (bcrypt entries)
       realm: pybuild-registry           # PYBUILD_AUTH_REALM
@@ -107,6 +117,15 @@ class ServerConfig:
     addr: str = "127.0.0.1:5000"
     storage: Path | None = None  # None: cas.location.default_storage_dir()
     read_only: bool = False
+    database_url: str | None = field(default=None, repr=False)
+    database_enabled: bool = False
+    database_host: str | None = None
+    database_port: int = 5432
+    database_user: str | None = None
+    database_password: str | None = field(default=None, repr=False)
+    database_dbname: str | None = None
+    database_sslmode: str | None = None
+    database_migrate: bool = False
     auth_htpasswd: Path | None = None
     auth_realm: str = "pybuild-registry"
     auth_token_realm: str | None = None
@@ -157,11 +176,34 @@ class ServerConfig:
     def host_port(self) -> tuple[str, int]:
         return parse_addr(self.addr)
 
+    @property
+    def database(self) -> str | None:
+        """The PostgreSQL connection string of the metadata, or None (SQLite files in the
+        storage directory): ``database.url``, else one made of GitLab's keys when
+        ``database.enabled``."""
+        if self.database_url:
+            return self.database_url
+        if not self.database_enabled:
+            return None
+        parts = {"host": self.database_host, "port": str(self.database_port),
+                 "user": self.database_user, "password": self.database_password,
+                 "dbname": self.database_dbname, "sslmode": self.database_sslmode}
+        return " ".join(f"{k}={_conninfo_value(v)}" for k, v in parts.items() if v)
+
 
 _TYPES: dict[str, type] = {
     "addr": str,
     "storage": Path,
     "read_only": bool,
+    "database_url": str,
+    "database_enabled": bool,
+    "database_host": str,
+    "database_port": int,
+    "database_user": str,
+    "database_password": str,
+    "database_dbname": str,
+    "database_sslmode": str,
+    "database_migrate": bool,
     "auth_htpasswd": Path,
     "auth_realm": str,
     "auth_token_realm": str,
@@ -211,6 +253,11 @@ _TYPES: dict[str, type] = {
 # Settings with their own parser (ValueError when the value does not parse).
 _PARSERS = {"proxy_ttl": parse_duration, "proxy_upstreams": parse_upstreams}
 assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
+
+
+def _conninfo_value(value: str) -> str:
+    """A libpq ``key=value`` value, quoted (single quotes, backslash escapes)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -330,6 +377,14 @@ def load_config(
         raise ConfigError(
             f"http.debug.prometheus.path must start with '/', got {config.http_debug_prometheus_path!r}"
         )
+    if config.database_enabled and not config.database_url and not (
+            config.database_host and config.database_dbname):
+        raise ConfigError("database.enabled needs database.host and database.dbname "
+                          "(or give database.url, a postgresql:// URI)")
+    _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+    if config.database_sslmode is not None and config.database_sslmode not in _SSLMODES:
+        raise ConfigError(f"database.sslmode must be one of {', '.join(_SSLMODES)}, "
+                          f"got {config.database_sslmode!r}")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
     return config

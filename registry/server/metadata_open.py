@@ -11,8 +11,13 @@ from .metadata_sqlite import SqliteMetadata
 __all__ = ["open_metadata"]
 
 
-async def open_metadata(root: Path) -> RegistryMetadata:
-    """The metadata backend a server with storage directory ``root`` runs on: today the
-    embedded SQLite file ``root/registry.db``. A networked backend is chosen here, from the
-    configuration, when one exists."""
+async def open_metadata(root: Path, database: str | None = None,
+                        migrate: bool = False) -> RegistryMetadata:
+    """The metadata backend a server runs on: the PostgreSQL ``database`` when given (a
+    libpq URI or conninfo; ``migrate``: bring its schema up to date first), else the
+    embedded SQLite file ``root/registry.db``."""
+    if database:
+        from .metadata_pg import PgRegistryMetadata
+
+        return await PgRegistryMetadata.open(database, migrate=migrate)
     return await SqliteMetadata.open(root / "registry.db")

@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from cas.errors import StoreClosed
-from cas.pg_db import DatabaseUnavailable, PgDatabase, redact
+from cas.pg_db import PgDatabase, redact, unreachable
 
 from .metadata import ManifestRecord, ReferrerRecord
 
@@ -88,7 +88,7 @@ class PgRegistryMetadata:
             await pool.open(wait=True, timeout=30)
         except Exception as exc:
             await pool.close()
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
+            raise unreachable(url, exc) from exc
         return cls(url, pool)
 
     def generation(self) -> int:

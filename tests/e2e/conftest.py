@@ -26,6 +26,7 @@ from testkit.images import (
 from testkit.registries import (
     RunningRegistry,
     distribution_registry,
+    pybuild_configured_registry,
     pybuild_serve_available,
     registry_of_kind,
 )
@@ -41,7 +42,8 @@ BUSYBOX_ARCHIVE_TAG = "pybuild-e2e/busybox:latest"
 def _registries_under_test() -> list[str]:
     kinds = ["distribution"]
     if pybuild_serve_available():
-        kinds.append("pybuild")
+        # pybuild-postgres: pybuild serve with its metadata in PostgreSQL (replicas' setup)
+        kinds += ["pybuild", "pybuild-postgres"]
     return kinds
 
 
@@ -105,6 +107,12 @@ def registry_under_test(request: pytest.FixtureRequest, tmp_path: Path) -> Itera
     kind = request.param
     if kind == "distribution":
         require_tool("docker-registry")
+    if kind == "pybuild-postgres":
+        url = request.getfixturevalue("postgres").create_database(f"e2e_{uuid.uuid4().hex[:12]}")
+        settings = {"database": {"url": url, "migrate": True}}
+        with pybuild_configured_registry(tmp_path / kind, settings) as running:
+            yield running
+        return
     with registry_of_kind(kind, tmp_path / kind) as running:
         yield running
 

@@ -1,0 +1,119 @@
+"""``pybuild serve`` with its metadata in PostgreSQL: schema migrations, and two replicas
+sharing one database (and one storage directory) answering for each other at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cas.pg_db import PgDatabase, SchemaMismatch
+from cas.pg_meta import MIGRATIONS, PgMetadata
+from testkit.clients import run, skopeo
+from testkit.images import make_image, make_layer, tar_files, write_oci_layout
+from testkit.postgres import PostgresServer
+from testkit.registries import get_manifest, http, list_tags, pybuild_configured_registry
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True,
+                          text=True, timeout=120, check=False, env=dict(os.environ))
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> str:
+    return postgres.create_database(f"serve_{uuid.uuid4().hex[:12]}")
+
+
+def test_storage_migrate_brings_both_schemas_up_once(database: str) -> None:
+    first = _cli("storage", "migrate", "--database", database, "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"cas": {"from": 0, "to": 1}, "registry": {"from": 0, "to": 1}}
+    again = _cli("storage", "migrate", "--database", database)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == ["cas schema: version 1 (up to date)",
+                                         "registry schema: version 1 (up to date)"]
+
+
+def test_serve_refuses_a_database_not_migrated_and_names_the_fix(database: str, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "builder", "serve", "--addr", "127.0.0.1:0", "--storage",
+         str(tmp_path / "storage")], env={**os.environ, "PYBUILD_DATABASE_URL": database},
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0
+    assert "is at version 0, this pybuild needs 1: run `pybuild storage migrate`" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_schema_newer_than_this_code_is_refused(database: str) -> None:
+    db = PgDatabase(database, "cas", [*MIGRATIONS, "CREATE TABLE later_step(x INTEGER)"], migrate=True)
+    db.close()
+    with pytest.raises(SchemaMismatch, match="version 2, newer than this pybuild knows .1.: upgrade"):
+        PgMetadata(database, migrate=True)
+
+
+def test_an_unreachable_database_is_one_clear_line_without_the_password(tmp_path: Path) -> None:
+    proc = _cli("storage", "stats", "--storage", str(tmp_path / "s"), "--database",
+                "postgresql://registry:hunter2@127.0.0.1:1/registry")
+    assert proc.returncode == 1
+    assert "cannot connect to PostgreSQL at postgresql://registry:***@127.0.0.1:1/registry" in proc.stderr
+    assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_two_replicas_on_one_database_answer_for_each_other(database: str, tmp_path: Path) -> None:
+    assert _cli("storage", "migrate", "--database", database).returncode == 0
+    storage = tmp_path / "storage"
+    settings = {"database": {"url": database}}
+    image = make_image([make_layer(tar_files({"hello.txt": b"hello from replica a\n"}))])
+    layout = write_oci_layout(image, tmp_path / "layout")
+    with pybuild_configured_registry(tmp_path / "a", settings, storage) as a, \
+            pybuild_configured_registry(tmp_path / "b", settings, storage) as b:
+        # pushed through A, read through B at once (tag, manifest, blobs, catalog)
+        run(skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:latest",
+                   f"docker://{a.ref('team/app', 'v1')}"))
+        got = get_manifest(b.addr, "team/app", "v1")
+        assert got.status == 200 and got.headers["docker-content-digest"] == image.manifest_digest
+        layer = image.layers[0]
+        blob = http(b.addr, "GET", f"/v2/team/app/blobs/{layer.digest}")
+        assert blob.status == 200 and blob.body == layer.blob
+        # a tag moved through B is what A answers next
+        put = http(b.addr, "PUT", "/v2/team/app/manifests/latest", body=got.body,
+                   headers={"Content-Type": MANIFEST})
+        assert put.status == 201
+        assert list_tags(a.addr, "team/app") == ["latest", "v1"]
+        deleted = http(a.addr, "DELETE", f"/v2/team/app/manifests/{image.manifest_digest}")
+        assert deleted.status == 202
+        assert get_manifest(b.addr, "team/app", "v1").status == 404
+        # a chunked upload opened on A continues and finishes on B
+        data = os.urandom(300_000)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        opened = http(a.addr, "POST", "/v2/team/other/blobs/uploads/")
+        assert opened.status == 202
+        location = opened.headers["location"].split("//", 1)[-1].split("/", 1)[-1]
+        part = http(a.addr, "PATCH", "/" + location, body=data[:100_000], headers={
+            "Content-Type": "application/octet-stream", "Content-Range": "0-99999"})
+        assert part.status == 202
+        location = part.headers["location"].split("//", 1)[-1].split("/", 1)[-1]
+        part = http(b.addr, "PATCH", "/" + location, body=data[100_000:], headers={
+            "Content-Type": "application/octet-stream", "Content-Range": "100000-299999"})
+        assert part.status == 202, part.body
+        location = part.headers["location"].split("//", 1)[-1].split("/", 1)[-1]
+        sep = "&" if "?" in location else "?"
+        done = http(b.addr, "PUT", f"/{location}{sep}digest={digest}")
+        assert done.status == 201, done.body
+        assert http(a.addr, "GET", f"/v2/team/other/blobs/{digest}").body == data
+    # the CLI sees the same store: stats count what the replicas committed, fsck is clean
+    stats = _cli("storage", "stats", "--storage", str(storage), "--database", database, "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["blobs"] >= 3
+    fsck = _cli("storage", "fsck", "--storage", str(storage), "--database", database, "--json")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert json.loads(fsck.stdout)["ok"] is True
