@@ -58,7 +58,8 @@ def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None =
     sink = AccessLogSink(sys.stderr) if config.log_access else None
     JsonAccessLogger.sink = sink
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level={"warn": "WARNING"}.get(config.log_level.lower(), config.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if config.log_audit:
         install_audit_handler(sys.stderr)

@@ -240,6 +240,14 @@ def make_app(
         # socket for every read of a pushed blob: a pair of system calls per 256 KiB.
         handler_args={"read_bufsize": UPLOAD_READ_BUFFER},
     )
+    if config.http_headers:  # http.headers: on every response, as Distribution adds them
+        extra = dict(config.http_headers)
+
+        async def add_headers(_request: web.Request, response: web.StreamResponse) -> None:
+            for name, value in extra.items():
+                response.headers.setdefault(name, value)
+
+        app.on_response_prepare.append(add_headers)
     auth: Authorizer | None = None
     basic = None
     if config.auth_htpasswd is not None:

@@ -3,6 +3,8 @@
 The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
 
     addr: 127.0.0.1:5000          # PYBUILD_ADDR
+    # A CNCF Distribution config.yml (it starts with `version: 0.1`) is read too:
+    # distribution_config.py maps its keys, docs/registry.md lists them.
     storage: /var/lib/pybuild     # PYBUILD_STORAGE
     read_only: false              # PYBUILD_READ_ONLY
     database:                     # metadata on PostgreSQL, shared by replicas (docs/storage.md)
@@ -51,6 +53,7 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
       body_timeout: 60                  # seconds an upload body may go without 64 KiB
       max_connections: 4096             # open connections in all (0: no limit)
       max_connections_per_client: 256   # ... per client (remote address)
+      headers: {X-Content-Type-Options: nosniff}  # added to every response
       debug:
         addr: 127.0.0.1:5001            # PYBUILD_HTTP_DEBUG_ADDR: the debug server (metrics); off when empty
         prometheus:
@@ -72,6 +75,7 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
     cache:
       manifest_bytes: 67108864          # PYBUILD_CACHE_MANIFEST_BYTES
     log:
+      level: info                       # PYBUILD_LOG_LEVEL: debug, info, warning, error
       access: true                      # PYBUILD_LOG_ACCESS: one JSON line per request
       audit: true                       # PYBUILD_LOG_AUDIT: one JSON line per write (audit.py)
     shutdown_timeout: 60                # PYBUILD_SHUTDOWN_TIMEOUT: grace for in-flight requests
@@ -100,6 +104,7 @@ from typing import Any
 
 import yaml
 
+from .distribution_config import DistributionConfigError, from_distribution, is_distribution_config
 from .notifications import Endpoint, parse_endpoints
 from .proxy_config import Upstream, parse_duration, parse_upstreams, upstream_from_remoteurl
 
@@ -154,6 +159,7 @@ class ServerConfig:
     http_body_timeout: float = 60.0
     http_max_connections: int = 4096
     http_max_connections_per_client: int = 256
+    http_headers: tuple[tuple[str, str], ...] = ()
     http_debug_addr: str = ""  # "": no debug server
     http_debug_prometheus_enabled: bool = True
     http_debug_prometheus_path: str = "/metrics"
@@ -161,6 +167,7 @@ class ServerConfig:
     notifications_endpoints: tuple[Endpoint, ...] = ()
     notifications_queue_size: int = 10_000
     cache_manifest_bytes: int = 64 * 1024 * 1024
+    log_level: str = "info"
     log_access: bool = True
     log_audit: bool = True
     shutdown_timeout: float = 60.0
@@ -232,6 +239,7 @@ _TYPES: dict[str, type] = {
     "http_body_timeout": float,
     "http_max_connections": int,
     "http_max_connections_per_client": int,
+    "http_headers": tuple,
     "http_debug_addr": str,
     "http_debug_prometheus_enabled": bool,
     "http_debug_prometheus_path": str,
@@ -239,6 +247,7 @@ _TYPES: dict[str, type] = {
     "notifications_endpoints": tuple,
     "notifications_queue_size": int,
     "cache_manifest_bytes": int,
+    "log_level": str,
     "log_access": bool,
     "log_audit": bool,
     "shutdown_timeout": float,
@@ -251,7 +260,24 @@ _TYPES: dict[str, type] = {
     "proxy_upstreams": tuple,
 }
 # Settings with their own parser (ValueError when the value does not parse).
-_PARSERS = {"proxy_ttl": parse_duration, "proxy_upstreams": parse_upstreams}
+def _parse_headers(value: Any) -> tuple[tuple[str, str], ...]:
+    """``{Name: value or [values]}`` (a mapping, or its YAML/JSON text in the env)."""
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a mapping of header name to value, e.g. {X-Frame-Options: DENY}")
+    out = []
+    for name, values in value.items():
+        text = ", ".join(map(str, values)) if isinstance(values, list | tuple) else str(values)
+        if not str(name) or any(c in str(name) + text for c in "\r\n"):
+            raise ValueError(f"header {name!r}: names and values are one line each")
+        out.append((str(name), text))
+    return tuple(out)
+
+
+_PARSERS = {"proxy_ttl": parse_duration, "proxy_upstreams": parse_upstreams,
+            "uploads_ttl": parse_duration, "uploads_expire_interval": parse_duration,
+            "http_headers": _parse_headers}
 assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
 
 
@@ -307,7 +333,7 @@ def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in doc.items():
         name = f"{prefix}{str(key).replace('-', '_')}"
-        if isinstance(value, Mapping) and name != "proxy_upstreams":
+        if isinstance(value, Mapping) and name not in ("proxy_upstreams", "http_headers"):
             out.update(_flatten(value, name + "_"))
         else:
             out[name] = value
@@ -328,6 +354,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid {path.suffix[1:] or 'YAML'}: {exc}") from exc
     if not isinstance(doc, Mapping):
         raise ConfigError(f"config file {path}: expected a mapping of settings at the top")
+    if is_distribution_config(doc):
+        try:
+            doc = from_distribution(doc, str(path))
+        except DistributionConfigError as exc:
+            raise ConfigError(str(exc)) from exc
     flat = _flatten(doc)
     unknown = sorted(set(flat) - set(_TYPES))
     if unknown:
@@ -362,6 +393,8 @@ def load_config(
             values[key] = _convert(key, value, f"--{key.replace('_', '-')}")
     config = replace(ServerConfig(), **values)
     parse_addr(config.addr)  # validate now, not at bind time
+    if config.log_level.lower() not in ("debug", "info", "warn", "warning", "error"):
+        raise ConfigError(f"log.level must be debug, info, warning or error, got {config.log_level!r}")
     if config.event_loop not in ("auto", "asyncio", "uvloop"):
         raise ConfigError(
             f"event_loop must be auto, asyncio or uvloop, got {config.event_loop!r}"

@@ -1,0 +1,61 @@
+"""One CNCF Distribution ``config.yml`` runs both registries: Debian's ``docker-registry``
+and ``pybuild serve --config``, with the same storage layout keys, htpasswd auth, deletes
+and response headers; skopeo pushes, pulls and deletes through each alike."""
+
+from __future__ import annotations
+
+import base64
+import sys
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from testkit.clients import run, skopeo
+from testkit.images import Image, read_oci_layout
+from testkit.registries import RegistryProcess, distribution_config, http
+from testkit.tools import require_tool
+
+
+@pytest.fixture
+def htpasswd(tmp_path: Path) -> Path:
+    path = tmp_path / "htpasswd"
+    path.write_text("alice:" + bcrypt.hashpw(b"wonderland", bcrypt.gensalt(rounds=4)).decode() + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["distribution", "pybuild"])
+def test_the_same_distribution_config_serves_alike(kind: str, htpasswd: Path, busybox: Image,
+                                                   busybox_layout: Path, tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    config = tmp_path / "config.yml"
+
+    def argv(addr: str) -> list[str]:
+        config.write_text(distribution_config(storage, addr, htpasswd))
+        if kind == "distribution":
+            return [require_tool("docker-registry"), "serve", str(config)]
+        return [sys.executable, "-m", "builder", "serve", "--config", str(config)]
+
+    creds = base64.b64encode(b"alice:wonderland").decode()
+    with RegistryProcess(kind, argv, storage=storage, log=tmp_path / "log") as registry:
+        ref = registry.ref("team/busybox", "v1")
+        denied = http(registry.addr, "GET", "/v2/")
+        assert denied.status == 401
+        assert denied.headers["www-authenticate"] == 'Basic realm="basic-realm"'
+        assert denied.headers["x-content-type-options"] == "nosniff"
+        run(skopeo("copy", "--dest-tls-verify=false", "--dest-creds", "alice:wonderland",
+                   f"oci:{busybox_layout}:latest", f"docker://{ref}"))
+        out = tmp_path / "pulled"
+        run(skopeo("copy", "--src-tls-verify=false", "--src-creds", "alice:wonderland",
+                   f"docker://{ref}", f"oci:{out}:v1"))
+        assert read_oci_layout(out, "v1").manifest_digest == busybox.manifest_digest
+        auth = {"Authorization": f"Basic {creds}"}
+        ok = http(registry.addr, "GET", "/v2/", headers=auth)
+        assert ok.status == 200 and ok.headers["x-content-type-options"] == "nosniff"
+        gone = http(registry.addr, "DELETE", f"/v2/team/busybox/manifests/{busybox.manifest_digest}",
+                    headers=auth)
+        assert gone.status == 202  # storage.delete.enabled: true
+        assert http(registry.addr, "GET", f"/v2/team/busybox/manifests/{busybox.manifest_digest}",
+                    headers=auth).status == 404
+    # rootdirectory is where each kept its data
+    assert storage.is_dir() and any(storage.iterdir())
