@@ -67,6 +67,11 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
     shutdown_timeout: 60                # PYBUILD_SHUTDOWN_TIMEOUT: grace for in-flight requests
     event_loop: auto                    # PYBUILD_EVENT_LOOP: auto (uvloop if installed),
                                         # uvloop or asyncio
+    retention:                          # online retention (retention.py, retention_policy.py)
+      interval: 0                       # PYBUILD_RETENTION_INTERVAL: run every (0: never)
+      untagged_delay: 24h               # untagged manifests older than this go
+      upload_grace: 1h                  # blob links younger than this stay
+      policies: []                      # per repository pattern: which tags to keep
     proxy:                              # a pull-through cache (see proxy_config.py)
       remoteurl: https://registry-1.docker.io  # PYBUILD_PROXY_REMOTEURL
       username: alice                   # PYBUILD_PROXY_USERNAME
@@ -92,6 +97,7 @@ import yaml
 
 from .notifications import Endpoint, parse_endpoints
 from .proxy_config import Upstream, parse_duration, parse_upstreams, upstream_from_remoteurl
+from .retention_policy import Policy, parse_policies, parse_retention_duration
 
 __all__ = ["ConfigError", "ServerConfig", "load_config", "parse_addr"]
 
@@ -152,6 +158,10 @@ class ServerConfig:
     proxy_ttl: float = 0.0
     proxy_mixed: bool = False
     proxy_upstreams: tuple[Upstream, ...] = ()
+    retention_interval: float = 0.0  # 0: no scheduled run
+    retention_untagged_delay: float = 86400.0
+    retention_upload_grace: float = 3600.0
+    retention_policies: tuple[Policy, ...] = ()
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -207,9 +217,20 @@ _TYPES: dict[str, type] = {
     "proxy_ttl": float,
     "proxy_mixed": bool,
     "proxy_upstreams": tuple,
+    "retention_interval": float,
+    "retention_untagged_delay": float,
+    "retention_upload_grace": float,
+    "retention_policies": tuple,
 }
 # Settings with their own parser (ValueError when the value does not parse).
-_PARSERS = {"proxy_ttl": parse_duration, "proxy_upstreams": parse_upstreams}
+_PARSERS = {
+    "proxy_ttl": parse_duration,
+    "proxy_upstreams": parse_upstreams,
+    "retention_interval": parse_retention_duration,
+    "retention_untagged_delay": parse_retention_duration,
+    "retention_upload_grace": parse_retention_duration,
+    "retention_policies": parse_policies,
+}
 assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
 
 

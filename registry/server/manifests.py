@@ -114,6 +114,8 @@ def _accepts(request: web.Request, media_type: str) -> bool:
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.Response:
     reg = request.app[REGISTRY]
     entry = await _load(reg, name, reference)
+    if reg.pulls is not None and request.method == "GET":
+        reg.pulls.note(name, entry.digest)  # for retention: a dict store, written in batches
     if not _accepts(request, entry.media_type):
         kind = "index" if entry.media_type in INDEX_TYPES else "manifest"
         raise MANIFEST_UNKNOWN(
