@@ -211,10 +211,11 @@ async def _flush_loop(reg: Registry) -> None:
             log.exception("recording pull times failed; they are retried with the next ones")
 
 
-async def _retention_loop(reg: Registry, settings: RetentionSettings, interval: float) -> None:
-    host = f"{reg.config.addr}"
+async def _retention_loop(reg: Registry, interval: float) -> None:
+    host = reg.config.addr
     while True:
         await asyncio.sleep(interval)
+        settings = settings_from(reg.config)  # as reloaded (SIGHUP), if it was
         try:
             if reg.pulls is not None:
                 await reg.pulls.flush(reg.meta)
@@ -256,7 +257,7 @@ async def retention_lifecycle(app: web.Application) -> AsyncIterator[None]:
         return
     reg.pulls = PullLog()
     tasks = [asyncio.create_task(_flush_loop(reg)),
-             asyncio.create_task(_retention_loop(reg, settings_from(reg.config), interval))]
+             asyncio.create_task(_retention_loop(reg, interval))]
     try:
         yield
     finally:

@@ -440,3 +440,26 @@ def test_a_snapshot_sees_one_moment_while_others_write(opener: Opener) -> None:
         assert view.dangling_links() == []
         assert view.list_ingests() == []
     assert [d for d, _, _ in a.iter_blobs()] == [D1, D2]
+
+
+def test_sqlite_links_of_a_store_made_before_link_times_count_as_old(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "meta.db")
+    old.executescript(
+        "CREATE TABLE links(holder TEXT NOT NULL, digest TEXT NOT NULL,"
+        " PRIMARY KEY(holder, digest)) WITHOUT ROWID;"
+    )
+    old.execute("INSERT INTO links VALUES ('repo/a', ?)", (D1,))
+    old.commit()
+    old.close()
+    meta = SqliteMetadata(tmp_path / "meta.db")
+    again = SqliteMetadata(tmp_path / "meta.db")  # a second opener finds the column there
+    try:
+        commit(meta, D1, [key(1)])
+        commit(meta, D2, [key(2)], link="repo/a")
+        assert meta.unlink_stale("repo/a", [D1, D2], time.time() - 3600) == [D1]
+        assert again.linked("repo/a") == [D2]
+    finally:
+        meta.close()
+        again.close()
