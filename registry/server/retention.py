@@ -248,16 +248,20 @@ def settings_from(config: ServerConfig) -> RetentionSettings:
 
 
 async def retention_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """An aiohttp ``cleanup_ctx``: when ``retention.interval`` is set, note pull times and
-    run retention (then cas GC) every interval; stop both at shutdown, pull times written."""
+    """An aiohttp ``cleanup_ctx``: note pull times when a policy asks for them or
+    ``retention.interval`` is set, and run retention (then cas GC) every interval; stop
+    both at shutdown, the pull times noted written."""
     reg = app[REGISTRY]
     interval = reg.config.retention_interval
-    if not interval:
+    wants_pulls = any(r.pulled_within is not None
+                      for p in reg.config.retention_policies for r in p.keep)
+    if not interval and not wants_pulls:
         yield
         return
     reg.pulls = PullLog()
-    tasks = [asyncio.create_task(_flush_loop(reg)),
-             asyncio.create_task(_retention_loop(reg, interval))]
+    tasks = [asyncio.create_task(_flush_loop(reg))]
+    if interval:
+        tasks.append(asyncio.create_task(_retention_loop(reg, interval)))
     try:
         yield
     finally:

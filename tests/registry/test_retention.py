@@ -291,3 +291,35 @@ def test_config_file_retention_section(tmp_path):
             config.retention_upload_grace) == (3600, 172800, 1800)
     assert config.retention_policies[0].applies_to("app")
     assert not config.retention_policies[0].applies_to("app/sub")
+
+
+async def test_pulls_are_noted_in_memory_and_written_in_one_batch(aiohttp_client, tmp_path):
+    from registry.server.metadata_sqlite import SqliteMetadata
+
+    policies = parse_policies([{"repositories": "**", "keep": [{"pulled_within": "30d"}]}])
+    config = dataclasses.replace(ServerConfig(), retention_policies=policies)  # no scheduled run
+    client = await aiohttp_client(make_app(config, storage=tmp_path / "storage"))
+    digest, _ = await push_image(client, "app", "v1", [b"one"])
+    await push_image(client, "app", "v2", [b"two"])
+    reg = reg_of(client)
+    writes: list[int] = []
+    real = reg.meta.record_pulls
+
+    async def counted(pulls: list[tuple[str, str, float]]) -> None:
+        writes.append(len(pulls))
+        await real(pulls)
+
+    reg.meta.record_pulls = counted  # type: ignore[method-assign]
+    for _ in range(5):
+        assert await status(client, "app", "v1") == 200
+        assert await status(client, "app", str(digest)) == 200
+    assert (await client.head("/v2/app/manifests/v2", headers=ACCEPT)).status == 200  # not a pull
+    assert writes == []  # nothing written on the GET path
+    await client.close()  # shutdown writes what was noted, in one transaction
+    assert writes == [1]
+    meta = await SqliteMetadata.open(tmp_path / "storage" / "registry.db")
+    try:
+        pulled = {t.tag: t.pulled for t in await meta.tag_records("app")}
+    finally:
+        await meta.close()
+    assert pulled["v1"] is not None and pulled["v2"] is None
