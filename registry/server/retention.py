@@ -119,7 +119,10 @@ async def _learn_references(store: BlobStore, meta: RegistryMetadata, repo: str)
                 continue
             try:
                 body = await store.read_bytes(Digest.parse(digest))
-                refs = _references(body, record.media_type)
+                if len(body) > 64 * 1024:  # a big index: not on the event loop
+                    refs = await asyncio.to_thread(_references, body, record.media_type)
+                else:
+                    refs = _references(body, record.media_type)
             except (InvalidObject, KeyError, ValueError) as exc:
                 # Unreadable: keep everything the repository links (an empty record
                 # would let its blobs go), and say so once per run.

@@ -323,3 +323,38 @@ async def test_pulls_are_noted_in_memory_and_written_in_one_batch(aiohttp_client
     finally:
         await meta.close()
     assert pulled["v1"] is not None and pulled["v2"] is None
+
+
+def test_storage_retention_command_dry_run_then_run(tmp_path):
+    from aiohttp.test_utils import TestClient, TestServer
+    from click.testing import CliRunner
+
+    from registry.retention_cmd import storage
+
+    storage_dir = tmp_path / "storage"
+
+    async def populate() -> None:
+        client = TestClient(TestServer(make_app(ServerConfig(), storage=storage_dir)))
+        await client.start_server()
+        try:
+            for n in range(3):
+                await push_image(client, "app", str(n), [f"layer {n}".encode()])
+        finally:
+            await client.close()
+
+    asyncio.run(populate())
+    config = tmp_path / "registry.yaml"
+    config.write_text("retention:\n  policies:\n    - repositories: app\n      keep: [{last: 1}]\n")
+    args = ["retention", "--storage", str(storage_dir), "--config", str(config),
+            "--untagged-delay", "0", "--upload-grace", "0s"]
+    dry = CliRunner().invoke(storage, [*args, "--dry-run"], env={"PYBUILD_CONFIG": ""})
+    assert dry.exit_code == 0, dry.output
+    assert "would delete tag app:0\n" in dry.output and "would delete tag app:1\n" in dry.output
+    assert dry.output.splitlines()[-1] == "would delete 2 tag(s), 2 manifest(s); would unlink 4 blob(s)"
+    done = CliRunner().invoke(storage, [*args, "--json"], env={"PYBUILD_CONFIG": ""})
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert (report["tags"], report["manifests"], report["blobs"]) == (2, 2, 4)
+    assert report["gc"]["blobs_removed"] == 4
+    bad = CliRunner().invoke(storage, [*args[:-4], "--untagged-delay", "soon"])
+    assert bad.exit_code == 2 and "expected a duration" in bad.output
