@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cas.cli import storage
 from cas.location import StoreConfig
 
-from .server.config import ConfigError, load_config
-from .server.retention import RetentionReport, RetentionSettings, run_retention, settings_from
-from .server.retention_policy import parse_retention_duration
+if TYPE_CHECKING:  # the server loads only when the command runs: `storage stats` stays quick
+    from .server.retention import RetentionReport, RetentionSettings
 
 __all__ = ["storage"]
 
@@ -27,6 +26,8 @@ __all__ = ["storage"]
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     if value is None:
         return None
+    from .server.retention_policy import parse_retention_duration
+
     try:
         return parse_retention_duration(value)
     except ValueError as exc:
@@ -37,6 +38,7 @@ async def _run(root: Path, settings: RetentionSettings, dry_run: bool, gc: bool)
     from cas.open import open_store
 
     from .server.metadata_open import open_metadata
+    from .server.retention import run_retention
 
     store = await open_store(StoreConfig.at(root))
     try:
@@ -76,6 +78,9 @@ def retention(storage: Path | None, config_file: Path | None, dry_run: bool,
     """Delete the tags retention policies do not keep, untagged manifests and the blob
     links nothing references (safe while the registry serves and pushes go on)."""
     from cas.location import default_storage_dir
+
+    from .server.config import ConfigError, load_config
+    from .server.retention import RetentionSettings, settings_from
 
     try:
         config = load_config(config_file)
