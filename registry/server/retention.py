@@ -124,10 +124,8 @@ async def _learn_references(store: BlobStore, meta: RegistryMetadata, repo: str)
                 else:
                     refs = _references(body, record.media_type)
             except (InvalidObject, KeyError, ValueError) as exc:
-                # Unreadable: keep everything the repository links (an empty record
-                # would let its blobs go), and say so once per run.
                 log.warning("retention: %s@%s: cannot read its references (%s); its "
-                            "repository's blobs are kept this run", repo, digest, exc)
+                            "repository's untagged manifests and blobs are kept this run", repo, digest, exc)
                 raise _Unreadable from exc
             await meta.set_references(repo, digest, refs)
 
@@ -141,13 +139,17 @@ async def _collect_repository(
     now: float, dry_run: bool,
 ) -> RepositoryReport:
     report = RepositoryReport(repo)
+    untagged_before = now - settings.untagged_delay
     sweep_links = True
     try:
         await _learn_references(store, meta, repo)
     except _Unreadable:
+        # What some manifest references is not known: no untagged manifest (it might be
+        # listed by that one) and no blob link goes from this repository this run.
+        untagged_before = 0.0
         sweep_links = False
     drop = tags_to_delete(settings.policies, repo, await meta.tag_records(repo), now)
-    result = await meta.collect(repo, drop, now - settings.untagged_delay, dry_run=dry_run)
+    result = await meta.collect(repo, drop, untagged_before, dry_run=dry_run)
     report.tags = [tag for tag, _ in result.tags]
     report.manifests = [digest for digest, _ in result.manifests]
     if not sweep_links:

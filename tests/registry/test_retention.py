@@ -358,3 +358,30 @@ def test_storage_retention_command_dry_run_then_run(tmp_path):
     assert report["gc"]["blobs_removed"] == 4
     bad = CliRunner().invoke(storage, [*args[:-4], "--untagged-delay", "soon"])
     assert bad.exit_code == 2 and "expected a duration" in bad.output
+
+
+async def test_manifests_stored_without_references_are_read_and_unreadable_ones_keep_all(client):
+    from registry.server.metadata import ManifestRecord
+
+    reg = reg_of(client)
+    config = await push_blob(client, "legacy", b"{}")
+    layer = await push_blob(client, "legacy", b"kept layer")
+    await push_blob(client, "legacy", b"stray")
+    body = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+                       "config": descriptor(oci.OCI_CONFIG, b"{}", config),
+                       "layers": [descriptor(oci.OCI_LAYER_GZIP, b"kept layer", layer)]}).encode()
+    digest = Digest.of(body)
+    # As a store from before references were recorded (or the pull-through cache) has it.
+    await reg.store.put(body, expected=digest, link="repo:legacy")
+    await reg.meta.put_manifest(ManifestRecord("legacy", str(digest), oci.OCI_MANIFEST, len(body)), ("v1",))
+    assert await reg.meta.unknown_references("legacy", 10) == [str(digest)]
+    report = await retain(client)
+    assert report.repositories[0].blobs == [str(Digest.of(b"stray"))]
+    assert await linked(client, "legacy") == {str(digest), *layers_of(body)}
+    # An index whose bytes cannot be read: nothing untagged and no blob goes this run.
+    child, _ = await push_image(client, "broken", "tmp", [b"child"])
+    assert (await client.delete("/v2/broken/manifests/tmp")).status == 202
+    await reg.meta.put_manifest(ManifestRecord("broken", str(Digest.of(b"gone")), oci.OCI_INDEX, 4), ("v1",))
+    report = await retain(client)
+    assert [r.repository for r in report.repositories] == []
+    assert await status(client, "broken", str(child)) == 200
