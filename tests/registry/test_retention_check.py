@@ -21,7 +21,7 @@ from testkit.registries import pybuild_configured_registry
 BUILDS = 30
 KEEP = 3
 LAYER_BYTES = 512 * 1024
-GRACE = 3.0  # untagged delay and upload grace: the pushes below are seconds old
+GRACE = 5.0  # untagged delay and upload grace: the pushes below are seconds old
 
 
 def storage_cmd(storage: Path, *args: str) -> subprocess.CompletedProcess[str]:

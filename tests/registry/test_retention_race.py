@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import json
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -133,7 +134,7 @@ def test_pushes_racing_retention_in_two_processes_lose_nothing(tmp_path):
         {"tags": "re:^n.*", "last": KEEP_LAST},
         {"tags": "re:^idx-.*", "last": 2},
     ]}]
-    settings = {"retention": {"interval": 0.1, "untagged_delay": "3s", "upload_grace": "5s",
+    settings = {"retention": {"interval": 0.1, "untagged_delay": "5s", "upload_grace": "10s",
                               "policies": policy}}
     config = tmp_path / "retention.yaml"
     config.write_text(json.dumps(settings))
@@ -150,6 +151,11 @@ def test_pushes_racing_retention_in_two_processes_lose_nothing(tmp_path):
             p.join(timeout=300)
             assert not p.is_alive()
         assert [f for p in pushers for f in p.failures] == []
+        # The collection really ran while they pushed: tags, manifests and links went.
+        log = (tmp_path / "reg" / "registry.log").read_text()
+        went = [tuple(map(int, m)) for m in re.findall(
+            r"retention: deleted (\d+) tag\(s\) and (\d+) manifest\(s\), unlinked (\d+) blob", log)]
+        assert went and all(sum(column) > 0 for column in zip(*went, strict=True))
         # Pushes have stopped: one more run from here takes what the policy does not keep.
         done = storage_cmd(registry.storage, "retention", "--config", str(config), "--json",
                            "--untagged-delay", "0", "--upload-grace", "0")
