@@ -30,8 +30,7 @@ from .commands import COMMANDS as BUILDER_COMMANDS
 __all__ = ["COMMANDS", "LazyGroup", "main"]
 
 COMMANDS: dict[str, str] = {
-    "storage": "registry.storage_cmd:storage",  # cas.cli's commands + migrate
-    **REGISTRY_COMMANDS,
+    **REGISTRY_COMMANDS,  # storage: cas.cli's group + the registry's retention and migrate
     **BUILDER_COMMANDS,
 }
 

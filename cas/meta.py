@@ -187,16 +187,24 @@ class Metadata(Protocol):
 
     def link(self, holder: str, digest: str) -> bool:
         """Record that ``holder`` (a repository, an image, a build-cache entry) keeps
-        the blob; False (nothing recorded) when the blob does not exist. Idempotent.
-        Atomic with :meth:`collect_blobs`: a link never points at a removed blob."""
+        the blob, as of now (linking again moves the link's time, as does
+        :meth:`commit_blob`'s ``link``); False (nothing recorded) when the blob does not
+        exist. Atomic with :meth:`collect_blobs`: a link never points at a removed blob."""
 
     def link_all(self, holder: str, digests: list[str]) -> list[str] | None:
-        """Link every one of ``digests`` in one transaction and return those not linked
-        before (in order, each once); or None, with nothing linked, when any of the
-        blobs does not exist."""
+        """Link every one of ``digests`` in one transaction, as of now (as :meth:`link`),
+        and return those not linked before (in order, each once); or None, with nothing
+        linked, when any of the blobs does not exist."""
 
     def unlink(self, holder: str, digest: str) -> bool:
         """Remove the link; True when there was one. The blob stays (GC may take it)."""
+
+    def unlink_stale(self, holder: str, digests: list[str], before: float) -> list[str]:
+        """Remove the links of ``holder`` among ``digests`` that were last made before
+        ``before`` (``time.time()``), in one transaction, and return the digests
+        unlinked. A link made (again) after ``before`` stays, whichever call makes it and
+        however close to this one: the registry's retention relies on it to never take a
+        blob that a push is linking."""
 
     def is_linked(self, holder: str, digest: str) -> bool:
         """Whether ``holder`` links the blob."""

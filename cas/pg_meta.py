@@ -53,7 +53,13 @@ MIGRATIONS = [
         id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, pack TEXT NOT NULL,
         "offset" BIGINT, length BIGINT);
     """,
+    # 2: when each link was last made (Metadata.unlink_stale); links made before count as old
+    "ALTER TABLE links ADD COLUMN linked DOUBLE PRECISION NOT NULL DEFAULT 0",
 ]
+
+# A link made again is a fresh link: its time moves (see Metadata.unlink_stale).
+_LINK = ("INSERT INTO links(holder, digest, linked) VALUES (%s, %s, %s)"
+         " ON CONFLICT (holder, digest) DO UPDATE SET linked = EXCLUDED.linked")
 
 _INGEST_COLS = 'id, algorithm, "offset", npieces, pack, pack_size, tail_len, created, updated'
 _PIECE_COLS = 'key, length, stored, codec, pack, "offset", data'
@@ -196,8 +202,7 @@ class PgMetadata:
                 db.execute("INSERT INTO blobs(digest, size, recipe, created) VALUES (%s, %s, %s, %s)",
                            (digest, size, encode_recipe(recipe), time.time()))
             if link is not None:
-                db.execute("INSERT INTO links(holder, digest) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                           (link, digest))
+                db.execute(_LINK, (link, digest, time.time()))
             if ingest_id is not None:
                 db.execute("DELETE FROM ingest_pieces WHERE ingest = %s", (ingest_id,))
                 db.execute("DELETE FROM ingests WHERE id = %s", (ingest_id,))
@@ -232,8 +237,7 @@ class PgMetadata:
         with self._db.tx() as db:
             if not db.execute("SELECT 1 FROM blobs WHERE digest = %s", (digest,)).fetchone():
                 return False
-            db.execute("INSERT INTO links(holder, digest) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                       (holder, digest))
+            db.execute(_LINK, (holder, digest, time.time()))
             return True
 
     def link_all(self, holder: str, digests: list[str]) -> list[str] | None:
@@ -247,9 +251,16 @@ class PgMetadata:
                 "SELECT digest FROM links WHERE holder = %s AND digest = ANY(%s)",
                 (holder, wanted)).fetchall()}
             added = [d for d in wanted if d not in linked]
-            db.cursor().executemany("INSERT INTO links(holder, digest) VALUES (%s, %s)",
-                                    [(holder, d) for d in added])
+            now = time.time()
+            db.cursor().executemany(_LINK, [(holder, d, now) for d in wanted])
         return added
+
+    def unlink_stale(self, holder: str, digests: list[str], before: float) -> list[str]:
+        with self._db.tx() as db:
+            rows = db.execute("DELETE FROM links WHERE holder = %s AND digest = ANY(%s) AND linked < %s"
+                              " RETURNING digest", (holder, list(dict.fromkeys(digests)), before)).fetchall()
+        gone = {r[0] for r in rows}
+        return [d for d in dict.fromkeys(digests) if d in gone]
 
     def unlink(self, holder: str, digest: str) -> bool:
         with self._db.tx() as db:

@@ -5,7 +5,8 @@ Schema (``meta.db``)::
 
     pieces(key BLOB PRIMARY KEY, length, stored, codec, pack, offset, data, refs)
     blobs(digest TEXT PRIMARY KEY, size, recipe BLOB, created)     recipe: (key, length)*
-    links(holder, digest)                                         who holds a blob
+    links(holder, digest, linked)                                 who holds a blob, since when
+                                                                  (last linked: time.time())
     ingests(id PRIMARY KEY, algorithm, offset, npieces, pack, pack_size, tail_len, created, updated)
     ingest_pieces(ingest, seq, key, length, stored, codec, pack, offset, data)
     packs(name PRIMARY KEY, live, created)                        live: bytes of live pieces
@@ -54,6 +55,7 @@ class SqliteDatabase:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=OFF")
             db.executescript(SCHEMA)
+            _add_link_times(db)
             reader = connect(str(path))
         except (sqlite3.Error, OSError) as exc:
             for conn in (db, reader):
@@ -133,6 +135,18 @@ class SqliteDatabase:
         return total
 
 
+def _add_link_times(db: sqlite3.Connection) -> None:
+    """Stores made before links carried the time they were last made get the column;
+    their links count as old (0), which only matters to :meth:`unlink_stale`."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(links)")}
+    if "linked" not in columns:
+        try:
+            db.execute("ALTER TABLE links ADD COLUMN linked REAL NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):  # another process added it first
+                raise
+
+
 def connect(target: str, uri: bool = False) -> sqlite3.Connection:
     # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE in _tx).
     return sqlite3.connect(target, uri=uri, timeout=60.0, isolation_level=None, check_same_thread=False)
@@ -165,7 +179,8 @@ CREATE TABLE IF NOT EXISTS blobs(
     digest TEXT PRIMARY KEY, size INTEGER NOT NULL, recipe BLOB NOT NULL,
     created REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS links(
-    holder TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY(holder, digest)) WITHOUT ROWID;
+    holder TEXT NOT NULL, digest TEXT NOT NULL, linked REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY(holder, digest)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS links_digest ON links(digest);
 CREATE TABLE IF NOT EXISTS ingests(
     id TEXT PRIMARY KEY, algorithm TEXT NOT NULL, offset INTEGER NOT NULL,

@@ -22,6 +22,12 @@ from .sqlite_db import SqliteDatabase, connect
 
 __all__ = ["SqliteMetadata"]
 
+# A link made again is a fresh link: its time moves (see Metadata.unlink_stale).
+_LINK = (
+    "INSERT INTO links(holder, digest, linked) VALUES (?, ?, ?)"
+    " ON CONFLICT(holder, digest) DO UPDATE SET linked = excluded.linked"
+)
+
 _INGEST_COLS = "id, algorithm, offset, npieces, pack, pack_size, tail_len, created, updated"
 
 
@@ -176,9 +182,7 @@ class SqliteMetadata(SqliteDatabase):
                     (digest, size, encode_recipe(recipe), time.time()),
                 )
             if link is not None:
-                db.execute(
-                    "INSERT OR IGNORE INTO links(holder, digest) VALUES (?, ?)", (link, digest)
-                )
+                db.execute(_LINK, (link, digest, time.time()))
             if ingest_id is not None:
                 db.execute("DELETE FROM ingest_pieces WHERE ingest = ?", (ingest_id,))
                 db.execute("DELETE FROM ingests WHERE id = ?", (ingest_id,))
@@ -227,23 +231,24 @@ class SqliteMetadata(SqliteDatabase):
         with self._tx() as db:
             if not db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone():
                 return False
-            db.execute("INSERT OR IGNORE INTO links(holder, digest) VALUES (?, ?)", (holder, digest))
+            db.execute(_LINK, (holder, digest, time.time()))
             return True
 
     def link_all(self, holder: str, digests: list[str]) -> list[str] | None:
         """Link every one of ``digests`` in one transaction: the ones that were not linked
         before, or None (and nothing linked) if any blob is not in the store."""
         added: list[str] = []
+        now = time.time()
         try:
             with self._tx() as db:
                 for digest in dict.fromkeys(digests):
                     if not db.execute("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).fetchone():
                         raise LookupError(digest)  # rolls the transaction back
-                    cur = db.execute(
-                        "INSERT OR IGNORE INTO links(holder, digest) VALUES (?, ?)", (holder, digest)
-                    )
-                    if cur.rowcount:
+                    if not db.execute(
+                        "SELECT 1 FROM links WHERE holder = ? AND digest = ?", (holder, digest)
+                    ).fetchone():
                         added.append(digest)
+                    db.execute(_LINK, (holder, digest, now))
         except LookupError:
             return None
         return added
@@ -252,6 +257,20 @@ class SqliteMetadata(SqliteDatabase):
         with self._tx() as db:
             cur = db.execute("DELETE FROM links WHERE holder = ? AND digest = ?", (holder, digest))
             return cur.rowcount > 0
+
+    def unlink_stale(self, holder: str, digests: list[str], before: float) -> list[str]:
+        """Remove the links of ``holder`` among ``digests`` last made before ``before``, in
+        one transaction; the digests unlinked."""
+        removed: list[str] = []
+        with self._tx() as db:
+            for digest in dict.fromkeys(digests):
+                cur = db.execute(
+                    "DELETE FROM links WHERE holder = ? AND digest = ? AND linked < ?",
+                    (holder, digest, before),
+                )
+                if cur.rowcount:
+                    removed.append(digest)
+        return removed
 
     def is_linked(self, holder: str, digest: str) -> bool:
         return bool(self._q("SELECT 1 FROM links WHERE holder = ? AND digest = ?", (holder, digest)))

@@ -358,6 +358,13 @@ class Store:
     async def unlink(self, holder: str, digest: Digest) -> bool:
         return await self._run(self.meta.unlink, holder, str(digest))
 
+    async def unlink_stale(self, holder: str, digests: list[Digest], older_than: float) -> list[Digest]:
+        """Unlink those of ``digests`` that ``holder`` last linked more than ``older_than``
+        seconds ago (one transaction; see ``Metadata.unlink_stale``); the ones unlinked."""
+        before = time.time() - older_than
+        removed = await self._run(self.meta.unlink_stale, holder, [str(d) for d in digests], before)
+        return [Digest.parse(d) for d in removed]
+
     async def is_linked(self, holder: str, digest: Digest) -> bool:
         return await self._run(self.meta.is_linked, holder, str(digest))
 

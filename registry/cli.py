@@ -11,6 +11,8 @@ __all__ = ["COMMANDS"]
 COMMANDS: dict[str, str] = {
     "serve": "registry.serve_cmd:serve",
     "robot": "registry.robot_cmd:robot",
+    # cas's `storage` group, with `storage retention` and `storage migrate` added by the registry
+    "storage": "registry.storage_cmd:storage",
     **{name: f"registry.client.cli:{name}"
        for name in ("pull", "push", "copy", "images", "rmi", "login", "logout")},
     **{name: f"registry.client.image_cmds:{name}" for name in ("tag", "inspect", "history")},

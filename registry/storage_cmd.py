@@ -1,6 +1,7 @@
-"""``pybuild storage``: the store's commands (:mod:`cas.cli`) plus ``migrate``, which
-brings a PostgreSQL database's schemas up to date: the store's (``cas``) and the
-registry's. It lives here because it knows both; ``cas`` knows nothing of the registry."""
+"""``pybuild storage``: the store's commands (:mod:`cas.cli`) plus the registry's:
+``retention`` (:mod:`registry.retention_cmd`) and ``migrate``, which brings a PostgreSQL
+database's schemas up to date: the store's (``cas``) and the registry's. They live here
+because they know both; ``cas`` knows nothing of the registry."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import click
 
 from cas.cli import storage
+
+from . import retention_cmd  # noqa: F401 - adds `storage retention` to the group
 
 __all__ = ["storage"]
 

@@ -65,6 +65,7 @@ from .metadata import RegistryMetadata
 from .metadata_open import open_metadata
 from .operations import after_request, notifications_lifecycle
 from .proxy import proxy_context
+from .retention import retention_lifecycle
 from .routes import WRITE_METHODS, dispatch
 from .state import (
     BYTES_SENT,
@@ -298,6 +299,7 @@ def make_app(
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(proxy_context(config))
     app.cleanup_ctx.append(notifications_lifecycle)
+    app.cleanup_ctx.append(retention_lifecycle)  # after: it stops before the notifier
     app.router.add_route("*", "/v2/{tail:.*}", dispatch)
     app.router.add_route("*", "/v2", dispatch)
     app.router.add_get("/healthz", _healthz)

@@ -81,6 +81,11 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
     shutdown_timeout: 60                # PYBUILD_SHUTDOWN_TIMEOUT: grace for in-flight requests
     event_loop: auto                    # PYBUILD_EVENT_LOOP: auto (uvloop if installed),
                                         # uvloop or asyncio
+    retention:                          # online retention (retention.py, retention_policy.py)
+      interval: 0                       # PYBUILD_RETENTION_INTERVAL: run every (0: never)
+      untagged_delay: 24h               # untagged manifests older than this go
+      upload_grace: 1h                  # blob links younger than this stay
+      policies: []                      # per repository pattern: which tags to keep
     proxy:                              # a pull-through cache (see proxy_config.py)
       remoteurl: https://registry-1.docker.io  # PYBUILD_PROXY_REMOTEURL
       username: alice                   # PYBUILD_PROXY_USERNAME
@@ -107,6 +112,7 @@ import yaml
 from .distribution_config import DistributionConfigError, from_distribution, is_distribution_config
 from .notifications import Endpoint, parse_endpoints
 from .proxy_config import Upstream, parse_duration, parse_upstreams, upstream_from_remoteurl
+from .retention_policy import Policy, parse_policies, parse_retention_duration
 
 __all__ = ["ConfigError", "ServerConfig", "load_config", "parse_addr"]
 
@@ -178,6 +184,10 @@ class ServerConfig:
     proxy_ttl: float = 0.0
     proxy_mixed: bool = False
     proxy_upstreams: tuple[Upstream, ...] = ()
+    retention_interval: float = 0.0  # 0: no scheduled run
+    retention_untagged_delay: float = 86400.0
+    retention_upload_grace: float = 3600.0
+    retention_policies: tuple[Policy, ...] = ()
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -258,6 +268,10 @@ _TYPES: dict[str, type] = {
     "proxy_ttl": float,
     "proxy_mixed": bool,
     "proxy_upstreams": tuple,
+    "retention_interval": float,
+    "retention_untagged_delay": float,
+    "retention_upload_grace": float,
+    "retention_policies": tuple,
 }
 # Settings with their own parser (ValueError when the value does not parse).
 def _parse_headers(value: Any) -> tuple[tuple[str, str], ...]:
@@ -275,9 +289,17 @@ def _parse_headers(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-_PARSERS = {"proxy_ttl": parse_duration, "proxy_upstreams": parse_upstreams,
-            "uploads_ttl": parse_duration, "uploads_expire_interval": parse_duration,
-            "http_headers": _parse_headers}
+_PARSERS = {
+    "proxy_ttl": parse_duration,
+    "proxy_upstreams": parse_upstreams,
+    "uploads_ttl": parse_duration,
+    "uploads_expire_interval": parse_duration,
+    "http_headers": _parse_headers,
+    "retention_interval": parse_retention_duration,
+    "retention_untagged_delay": parse_retention_duration,
+    "retention_upload_grace": parse_retention_duration,
+    "retention_policies": parse_policies,
+}
 assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
 
 

@@ -21,7 +21,7 @@ import contextlib
 
 from aiohttp import web
 
-from cas import Digest
+from cas import BlobUnknown, Digest
 from cas.holders import repository_holder
 
 from ..errors import (
@@ -43,7 +43,7 @@ from ..oci import (
     Manifest,
     parse_manifest,
 )
-from .metadata import ManifestRecord
+from .metadata import ManifestRecord, ManifestsMissing
 from .state import BYTES_RECEIVED, DELETED_TAGS, REGISTRY, CachedManifest, Registry
 
 __all__ = ["MAX_MANIFEST_BYTES", "delete_manifest", "get_manifest", "put_manifest"]
@@ -114,6 +114,8 @@ def _accepts(request: web.Request, media_type: str) -> bool:
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.Response:
     reg = request.app[REGISTRY]
     entry = await _load(reg, name, reference)
+    if reg.pulls is not None and request.method == "GET":
+        reg.pulls.note(name, entry.digest)  # for retention: a dict store, written in batches
     if not _accepts(request, entry.media_type):
         kind = "index" if entry.media_type in INDEX_TYPES else "manifest"
         raise MANIFEST_UNKNOWN(
@@ -211,6 +213,13 @@ def _blob_unknown(d: Descriptor, what: str) -> RegistryError:
     )
 
 
+def _references(obj: Manifest | Index) -> tuple[str, ...]:
+    """What ``obj`` needs in its repository: an index's manifests, an image's blobs."""
+    if isinstance(obj, Index):
+        return tuple(str(d.digest) for d in obj.manifests)
+    return tuple(str(d.digest) for d in obj.references() if not d.nondistributable)
+
+
 async def _commit(
     reg: Registry,
     name: str,
@@ -222,15 +231,42 @@ async def _commit(
 ) -> None:
     """Make a validated manifest visible: its bytes and carried blobs linked into the
     repository in one cas transaction, then its record and tags in one metadata
-    transaction; if the second fails, the links the first added are taken back."""
+    transaction; if the second fails, the links the first added are taken back.
+
+    The cas transaction also links again everything the manifest references, which
+    makes those links fresh: retention (retention.py) unlinks only blobs whose link is
+    older than its upload grace, so a blob this push relies on cannot be unlinked between
+    the checks above and the metadata transaction that makes the manifest reference it.
+    A referenced blob that went in that window (GC took it) fails the push here, with
+    nothing written, rather than leave a manifest whose blob is missing."""
     h = repository_holder(name)
     # Stored unlinked first: invisible until linked, and collected by GC if we stop here.
     for d, content in carried:
         await reg.store.put(content, expected=d.digest, algorithm=d.digest.algorithm)
     await reg.store.put(body, expected=digest, algorithm=digest.algorithm)
-    added = await reg.store.link_all(h, [*(d.digest for d, _ in carried), digest])
+    wanted = [Digest.parse(r) for r in record.references or ()]
+    try:
+        added = await reg.store.link_all(h, [*wanted, *(d.digest for d, _ in carried), digest])
+    except BlobUnknown as exc:
+        raise MANIFEST_BLOB_UNKNOWN(
+            f"the manifest references {exc.digest}, which was removed from repository "
+            f"{name!r} meanwhile: push it again",
+            detail={"digest": str(exc.digest)},
+        ) from exc
     try:
         await reg.meta.put_manifest(record, tags)
+    except ManifestsMissing as exc:
+        for linked in added:
+            with contextlib.suppress(Exception):
+                await reg.store.unlink(h, linked)
+        raise RegistryError.many([
+            MANIFEST_BLOB_UNKNOWN(
+                f"the index references manifest {d}, which was removed from repository "
+                f"{name!r} meanwhile: push it again",
+                detail={"digest": d},
+            )
+            for d in exc.digests
+        ]) from exc
     except BaseException:
         for linked in added:
             with contextlib.suppress(Exception):
@@ -277,6 +313,7 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.R
         subject=str(subject.digest) if subject is not None else None,
         artifact_type=obj.effective_artifact_type(),
         annotations=obj.annotations,
+        references=_references(obj),
     )
     await _commit(reg, name, body, digest, carried, record, tags)
     # The bytes only: this commit moved the metadata's generation, so the next GET

@@ -33,7 +33,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["ManifestRecord", "ReferrerRecord", "RegistryMetadata"]
+__all__ = [
+    "CollectResult",
+    "ManifestRecord",
+    "ManifestsMissing",
+    "ReferrerRecord",
+    "RegistryMetadata",
+    "TagRecord",
+]
+
+
+class ManifestsMissing(Exception):
+    """:meth:`RegistryMetadata.put_manifest` of an index some of whose manifests are not
+    (any more) in the repository; nothing was written."""
+
+    def __init__(self, digests: list[str]) -> None:
+        super().__init__(f"manifests not in the repository: {', '.join(digests)}")
+        self.digests = digests
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +63,30 @@ class ManifestRecord:
     subject: str | None = None
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
+    # What the manifest references in its repository: an index's manifests, an image's
+    # config and layers. None: not known (read from the body later, retention.py).
+    references: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TagRecord:
+    """A tag for retention: where it points, when it was last pushed and when its manifest
+    was last pulled (``time.time()``; None: never, as far as recorded)."""
+
+    tag: str
+    digest: str
+    pushed: float
+    pulled: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CollectResult:
+    """What :meth:`RegistryMetadata.collect` removed (or, dry, would remove) from one
+    repository, and what the repository's manifests reference after it."""
+
+    tags: list[tuple[str, str]]  # (tag, digest)
+    manifests: list[tuple[str, str]]  # (digest, media type)
+    referenced: set[str]  # the manifests left and everything they reference
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +140,13 @@ class RegistryMetadata(Protocol):
     # --- manifests ------------------------------------------------------------------------
     async def put_manifest(self, record: ManifestRecord, tags: tuple[str, ...] = ()) -> None:
         """One transaction: ``record.repo`` exists, ``record`` is its manifest at
-        ``record.digest`` (replacing an earlier record of that digest), and every tag in
-        ``tags`` points at it (moved from wherever it pointed). No reader sees the
-        manifest without its tags or a tag without its manifest."""
+        ``record.digest`` (replacing an earlier record of that digest, pushed now), and
+        every tag in ``tags`` points at it (moved from wherever it pointed, pushed now).
+        No reader sees the manifest without its tags or a tag without its manifest.
+        ``record.references`` are recorded with it; for an index (``INDEX_TYPES``) they
+        must all be manifests of the repository inside the same transaction, else
+        :class:`ManifestsMissing` and nothing is written (:meth:`collect` may have taken
+        one since the caller checked)."""
         ...
 
     async def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
@@ -121,6 +165,41 @@ class RegistryMetadata(Protocol):
     async def referrers(self, repo: str, subject: str) -> list[ReferrerRecord]:
         """The manifests of ``repo`` whose subject is ``subject``, oldest first (ties by
         digest): spec "Listing Referrers"."""
+        ...
+
+    # --- retention (retention.py) ---------------------------------------------------------
+    async def tag_records(self, repo: str) -> list[TagRecord]:
+        """Every tag of ``repo`` with its push time and its manifest's last recorded pull."""
+        ...
+
+    async def record_pulls(self, pulls: list[tuple[str, str, float]]) -> None:
+        """One transaction: each ``(repo, digest, when)`` manifest was pulled at ``when``
+        (a later time replaces an earlier one, never the reverse; unknown ones are skipped)."""
+        ...
+
+    async def unknown_references(self, repo: str, limit: int) -> list[str]:
+        """Up to ``limit`` manifests of ``repo`` whose references were not recorded
+        (stored with ``references=None``)."""
+        ...
+
+    async def set_references(self, repo: str, digest: str, references: tuple[str, ...]) -> None:
+        """Record what manifest ``digest`` references (if it is still there)."""
+        ...
+
+    async def collect(
+        self, repo: str, tags: list[TagRecord], untagged_before: float, *, dry_run: bool = False
+    ) -> CollectResult:
+        """One transaction over ``repo``:
+
+        1. delete each of ``tags`` that still points where it did, pushed at the same time
+           (a tag pushed again since the caller read it stays);
+        2. delete, repeatedly until none is left, every manifest pushed before
+           ``untagged_before`` that no tag points at, that no remaining manifest references
+           (an index's manifests) and whose subject, if any, is not a manifest of the
+           repository (a referrer of a kept subject stays; of a removed one, it goes);
+        3. report what the remaining manifests reference, and the manifests themselves.
+
+        With ``dry_run`` nothing changes: the same is computed and rolled back."""
         ...
 
     # --- tags -----------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from typing import Any
 from cas.errors import StoreClosed
 from cas.pg_db import PgDatabase, redact, unreachable
 
-from .metadata import ManifestRecord, ReferrerRecord
+from ..oci import INDEX_TYPES
+from .metadata import CollectResult, ManifestRecord, ManifestsMissing, ReferrerRecord, TagRecord
 
 __all__ = ["MIGRATIONS", "PgRegistryMetadata"]
 
@@ -55,7 +56,28 @@ MIGRATIONS = [
     CREATE TABLE uploads(
         id TEXT COLLATE "C" PRIMARY KEY, repo TEXT NOT NULL, created DOUBLE PRECISION NOT NULL);
     """,
+    # 2: retention: what each manifest references, and when it was last pulled
+    """
+    ALTER TABLE manifests ADD COLUMN refs_known BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE manifests ADD COLUMN pulled DOUBLE PRECISION;
+    CREATE TABLE manifest_refs(
+        repo TEXT COLLATE "C" NOT NULL, parent TEXT COLLATE "C" NOT NULL,
+        child TEXT COLLATE "C" NOT NULL, PRIMARY KEY(repo, parent, child));
+    CREATE INDEX manifest_refs_child ON manifest_refs(repo, child);
+    """,
 ]
+
+# Untagged, old enough, no remaining manifest references it, its subject (if any) gone.
+_UNTAGGED = """
+SELECT m.digest, m.media_type FROM manifests m
+WHERE m.repo = %(repo)s AND m.created < %(before)s
+  AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo = m.repo AND t.digest = m.digest)
+  AND NOT EXISTS (SELECT 1 FROM manifest_refs r
+                  WHERE r.repo = m.repo AND r.child = m.digest AND r.parent != m.digest)
+  AND (m.subject IS NULL OR NOT EXISTS
+       (SELECT 1 FROM manifests s WHERE s.repo = m.repo AND s.digest = m.subject))
+LIMIT 500
+"""
 
 _LOCK_ID = zlib.crc32(b"pybuild:registry")
 
@@ -146,7 +168,15 @@ class PgRegistryMetadata:
     async def put_manifest(self, record: ManifestRecord, tags: tuple[str, ...] = ()) -> None:
         now = time.time()
         annotations = json.dumps(record.annotations) if record.annotations else None
+        refs = record.references
         async with self._tx() as db:
+            if refs and record.media_type in INDEX_TYPES:
+                cur = await db.execute("SELECT digest FROM manifests WHERE repo = %s AND digest = ANY(%s)",
+                                       (record.repo, list(refs)))
+                present = {r[0] for r in await cur.fetchall()}
+                missing = [d for d in dict.fromkeys(refs) if d not in present]
+                if missing:
+                    raise ManifestsMissing(missing)  # rolls the transaction back
             await db.execute("INSERT INTO repositories VALUES (%s, %s) ON CONFLICT DO NOTHING",
                              (record.repo, now))
             await db.execute(
@@ -157,6 +187,8 @@ class PgRegistryMetadata:
                 " created = EXCLUDED.created",
                 (record.repo, record.digest, record.media_type, record.size, record.subject,
                  record.artifact_type, annotations, now))
+            if refs is not None:
+                await _record_references(db, record.repo, record.digest, refs)
             for tag in tags:
                 await db.execute(
                     "INSERT INTO tags VALUES (%s, %s, %s, %s) ON CONFLICT (repo, tag)"
@@ -185,6 +217,7 @@ class PgRegistryMetadata:
                                    (repo, digest))
             if cur.rowcount == 0:
                 return None
+            await db.execute("DELETE FROM manifest_refs WHERE repo = %s AND parent = %s", (repo, digest))
             cur = await db.execute("DELETE FROM tags WHERE repo = %s AND digest = %s RETURNING tag",
                                    (repo, digest))
             return sorted(r[0] for r in await cur.fetchall())
@@ -195,6 +228,46 @@ class PgRegistryMetadata:
             " WHERE repo = %s AND subject = %s ORDER BY created, digest", repo, subject)
         return [ReferrerRecord(d, mt, size, at, json.loads(ann) if ann else None)
                 for d, mt, size, at, ann in rows]
+
+    # --- retention (retention.py) ---------------------------------------------------------
+    async def tag_records(self, repo: str) -> list[TagRecord]:
+        rows = await self._q(
+            "SELECT t.tag, t.digest, t.updated, m.pulled FROM tags t LEFT JOIN manifests m"
+            " ON m.repo = t.repo AND m.digest = t.digest WHERE t.repo = %s ORDER BY t.tag", repo)
+        return [TagRecord(tag, digest, float(pushed), pulled) for tag, digest, pushed, pulled in rows]
+
+    async def record_pulls(self, pulls: list[tuple[str, str, float]]) -> None:
+        if not pulls:
+            return
+        async with self._tx() as db:
+            await db.cursor().executemany(
+                "UPDATE manifests SET pulled = %(when)s WHERE repo = %(repo)s AND digest = %(digest)s"
+                " AND (pulled IS NULL OR pulled < %(when)s)",
+                [{"repo": r, "digest": d, "when": w} for r, d, w in pulls])
+
+    async def unknown_references(self, repo: str, limit: int) -> list[str]:
+        rows = await self._q("SELECT digest FROM manifests WHERE repo = %s AND NOT refs_known LIMIT %s",
+                             repo, limit)
+        return [r[0] for r in rows]
+
+    async def set_references(self, repo: str, digest: str, references: tuple[str, ...]) -> None:
+        async with self._tx() as db:
+            cur = await db.execute("SELECT 1 FROM manifests WHERE repo = %s AND digest = %s", (repo, digest))
+            if await cur.fetchone():
+                await _record_references(db, repo, digest, references)
+
+    async def collect(self, repo: str, tags: list[TagRecord], untagged_before: float, *,
+                      dry_run: bool = False) -> CollectResult:
+        async with self._using(), self._pool.connection() as conn:
+            await conn.execute("BEGIN")
+            try:
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+                result = await _collect(conn, repo, tags, untagged_before)
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("ROLLBACK" if dry_run else "COMMIT")
+            return result
 
     # --- tags -----------------------------------------------------------------------------
     async def resolve_tag(self, repo: str, tag: str) -> str | None:
@@ -239,3 +312,32 @@ class PgRegistryMetadata:
                 "INSERT INTO proxy_tags VALUES (%s, %s, %s, %s) ON CONFLICT (repo, tag)"
                 " DO UPDATE SET digest = EXCLUDED.digest, checked = EXCLUDED.checked",
                 (repo, tag, digest, checked))
+
+
+async def _record_references(db: Any, repo: str, digest: str, references: tuple[str, ...]) -> None:
+    await db.cursor().executemany(
+        "INSERT INTO manifest_refs VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+        [(repo, digest, child) for child in dict.fromkeys(references)])
+    await db.execute("UPDATE manifests SET refs_known = TRUE WHERE repo = %s AND digest = %s", (repo, digest))
+
+
+async def _collect(db: Any, repo: str, tags: list[TagRecord], untagged_before: float) -> CollectResult:
+    dropped: list[tuple[str, str]] = []
+    for t in tags:
+        cur = await db.execute("DELETE FROM tags WHERE repo = %s AND tag = %s AND digest = %s AND updated = %s",
+                               (repo, t.tag, t.digest, t.pushed))
+        if cur.rowcount:
+            dropped.append((t.tag, t.digest))
+    removed: list[tuple[str, str]] = []
+    while True:
+        cur = await db.execute(_UNTAGGED, {"repo": repo, "before": untagged_before})
+        rows = await cur.fetchall()
+        if not rows:
+            break
+        digests = [r[0] for r in rows]
+        await db.execute("DELETE FROM manifests WHERE repo = %s AND digest = ANY(%s)", (repo, digests))
+        await db.execute("DELETE FROM manifest_refs WHERE repo = %s AND parent = ANY(%s)", (repo, digests))
+        removed.extend((d, mt) for d, mt in rows)
+    cur = await db.execute("SELECT digest FROM manifests WHERE repo = %(r)s UNION"
+                           " SELECT child FROM manifest_refs WHERE repo = %(r)s", {"r": repo})
+    return CollectResult(dropped, removed, {r[0] for r in await cur.fetchall()})

@@ -11,6 +11,7 @@ this docstring says how SQLite keeps it.
     uploads(id PK, repo, created)               upload session -> repository
     proxy_tags(repo, tag, digest, checked)      PK (repo, tag): tags a pull-through cache
                                                 fetched from upstream, and when it last asked
+    manifest_refs, manifests.refs_known/pulled  retention (metadata_sqlite_retention.py)
 
 - Every method runs its SQL on one dedicated thread (the connection never leaves it), so
   callers on the event loop only ``await``; each write is one ``BEGIN IMMEDIATE``
@@ -44,7 +45,14 @@ from typing import Any, TypeVar
 
 from cas.errors import StoreClosed, mapped_error
 
-from .metadata import ManifestRecord, ReferrerRecord
+from ..oci import INDEX_TYPES
+from .metadata import ManifestRecord, ManifestsMissing, ReferrerRecord
+from .metadata_sqlite_retention import (
+    RETENTION_SCHEMA,
+    RetentionQueries,
+    add_retention_columns,
+    record_references,
+)
 
 __all__ = ["SqliteMetadata"]
 
@@ -91,7 +99,7 @@ CREATE TABLE IF NOT EXISTS uploads (
 """
 
 
-class SqliteMetadata:
+class SqliteMetadata(RetentionQueries):
     """:class:`~registry.server.metadata.Metadata` over one SQLite file; see the module
     docstring."""
 
@@ -120,6 +128,8 @@ class SqliteMetadata:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=10000")
             db.executescript(_SCHEMA)
+            db.executescript(RETENTION_SCHEMA)
+            add_retention_columns(db)
             watch = sqlite3.connect(
                 f"{self._path.as_uri()}?mode=ro", uri=True, isolation_level=None,
                 check_same_thread=False,
@@ -235,10 +245,30 @@ class SqliteMetadata:
         now = time.time()
         annotations = json.dumps(record.annotations) if record.annotations else None
 
+        refs = record.references
+
         def put(db: sqlite3.Connection) -> None:
+            if refs and record.media_type in INDEX_TYPES:
+                marks = ",".join("?" * len(refs))
+                present = {
+                    r[0]
+                    for r in db.execute(
+                        f"SELECT digest FROM manifests WHERE repo = ? AND digest IN ({marks})",
+                        (record.repo, *refs),
+                    )
+                }
+                missing = [d for d in dict.fromkeys(refs) if d not in present]
+                if missing:
+                    raise ManifestsMissing(missing)  # rolls the transaction back
             db.execute("INSERT OR IGNORE INTO repositories VALUES (?, ?)", (record.repo, now))
+            # An upsert, not a replace: the last pull time stays.
             db.execute(
-                "INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO manifests (repo, digest, media_type, size, subject, artifact_type,"
+                " annotations, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (repo, digest) DO UPDATE SET media_type = excluded.media_type,"
+                " size = excluded.size, subject = excluded.subject,"
+                " artifact_type = excluded.artifact_type, annotations = excluded.annotations,"
+                " created = excluded.created",
                 (
                     record.repo,
                     record.digest,
@@ -250,6 +280,8 @@ class SqliteMetadata:
                     now,
                 ),
             )
+            if refs is not None:
+                record_references(db, record.repo, record.digest, refs)
             for tag in tags:
                 db.execute(
                     "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",
@@ -309,6 +341,7 @@ class SqliteMetadata:
             cur = db.execute("DELETE FROM manifests WHERE repo = ? AND digest = ?", (repo, digest))
             if cur.rowcount == 0:
                 return None
+            db.execute("DELETE FROM manifest_refs WHERE repo = ? AND parent = ?", (repo, digest))
             tags = [
                 r[0]
                 for r in db.execute(

@@ -32,6 +32,7 @@ RESTART_ONLY = (
     "proxy_upstreams",
     "http_debug_addr", "http_debug_prometheus_enabled", "http_debug_prometheus_path",
     "http_debug_prometheus_on_registry_port", "notifications_endpoints", "notifications_queue_size",
+    "retention_interval",  # the policies, delay and grace are read again at every run
 )
 
 

@@ -333,6 +333,23 @@ def test_link_all_links_all_or_nothing(meta: Metadata) -> None:
     assert meta.linked("repo/a") == []
 
 
+def test_unlink_stale_takes_only_links_last_made_before_the_cutoff(opener: Opener) -> None:
+    first, second = opener(), opener()
+    commit(first, D1, [key(1)], link="repo/a")
+    commit(first, D2, [key(2)])
+    assert first.link("repo/a", D2) and first.link("repo/b", D2)
+    cutoff = time.time() + 1
+    assert second.unlink_stale("repo/a", [D1, D2], time.time() - 3600) == []  # all young
+    # Made again after the cutoff: a fresh link, whatever it was before.
+    time.sleep(0.01)
+    assert first.link_all("repo/a", [D2]) == []
+    young = time.time() - 0.005
+    assert second.unlink_stale("repo/a", [D1, D2, D2], young) == [D1]
+    assert first.linked("repo/a") == [D2] and first.holders(D2) == ["repo/a", "repo/b"]
+    assert second.unlink_stale("repo/a", [D2], cutoff) == [D2]
+    assert first.linked("repo/a") == [] and first.is_linked("repo/b", D2)
+
+
 def test_delete_blob_removes_it_and_its_links_and_releases_its_pieces(meta: Metadata) -> None:
     commit(meta, D1, [key(1), key(2)], link="repo/a")
     commit(meta, D2, [key(2)])
@@ -435,3 +452,26 @@ def test_a_snapshot_sees_one_moment_while_others_write(opener: Opener) -> None:
         assert view.dangling_links() == []
         assert view.list_ingests() == []
     assert [d for d, _, _ in a.iter_blobs()] == [D1, D2]
+
+
+def test_sqlite_links_of_a_store_made_before_link_times_count_as_old(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "meta.db")
+    old.executescript(
+        "CREATE TABLE links(holder TEXT NOT NULL, digest TEXT NOT NULL,"
+        " PRIMARY KEY(holder, digest)) WITHOUT ROWID;"
+    )
+    old.execute("INSERT INTO links VALUES ('repo/a', ?)", (D1,))
+    old.commit()
+    old.close()
+    meta = SqliteMetadata(tmp_path / "meta.db")
+    again = SqliteMetadata(tmp_path / "meta.db")  # a second opener finds the column there
+    try:
+        commit(meta, D1, [key(1)])
+        commit(meta, D2, [key(2)], link="repo/a")
+        assert meta.unlink_stale("repo/a", [D1, D2], time.time() - 3600) == [D1]
+        assert again.linked("repo/a") == [D2]
+    finally:
+        meta.close()
+        again.close()

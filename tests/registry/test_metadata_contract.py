@@ -285,3 +285,81 @@ async def test_sqlite_a_write_by_another_process_is_read_at_once(tmp_path: Path)
     assert (await a.get_manifest("app", _digest(5))) == ManifestRecord(
         "app", _digest(5), "application/x", 5)
     await a.close()
+
+
+# --- retention ----------------------------------------------------------------------------
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+async def test_tag_records_carry_push_and_pull_times_and_pulls_only_move_forward(
+    a: RegistryMetadata, b: RegistryMetadata
+):
+    await a.put_manifest(_record("app", 1, references=()), ("v1", "latest"))
+    [latest, v1] = await b.tag_records("app")
+    assert (latest.tag, v1.tag, v1.digest, v1.pulled) == ("latest", "v1", _digest(1), None)
+    await a.record_pulls([("app", _digest(1), 200.0), ("app", _digest(9), 1.0)])  # 9: unknown
+    await b.record_pulls([("app", _digest(1), 100.0)])  # an older note never wins
+    assert {t.pulled for t in await a.tag_records("app")} == {200.0}
+    await b.put_manifest(_record("app", 1, references=()), ("v2",))  # pushed again: pull stays
+    assert {t.pulled for t in await a.tag_records("app")} == {200.0}
+    assert (await a.tag_records("app"))[2].pushed >= v1.pushed
+
+
+async def test_collect_takes_tags_unchanged_since_read_then_untagged_manifests(
+    a: RegistryMetadata, b: RegistryMetadata
+):
+    await a.put_manifest(_record("app", 1, references=(_digest(101),)), ("old",))
+    await a.put_manifest(_record("app", 2, references=(_digest(102),)), ("moved",))
+    await a.put_manifest(_record("app", 3, references=(_digest(103),)), ("kept",))
+    read = {t.tag: t for t in await b.tag_records("app")}
+    await a.put_manifest(_record("app", 4, references=()), ("moved",))  # moved since read
+    dry = await b.collect("app", [read["old"], read["moved"]], 1e12, dry_run=True)
+    assert dry.tags == [("old", _digest(1))]
+    assert sorted(d for d, _ in dry.manifests) == [_digest(1), _digest(2)]
+    assert dry.referenced == {_digest(3), _digest(4), _digest(103)}
+    assert await a.resolve_tag("app", "old") == _digest(1)  # dry: nothing changed
+    done = await b.collect("app", [read["old"], read["moved"]], 1e12)
+    assert (done.tags, done.manifests, done.referenced) == (dry.tags, dry.manifests, dry.referenced)
+    assert await a.resolve_tag("app", "old") is None and await a.get_manifest("app", _digest(2)) is None
+    # Nothing older than the cutoff: untagged manifests stay.
+    await a.delete_tag("app", "kept")
+    assert (await b.collect("app", [], 0.0)).manifests == []
+
+
+async def test_collect_keeps_what_an_index_lists_and_referrers_of_kept_subjects(
+    a: RegistryMetadata, b: RegistryMetadata
+):
+    await a.put_manifest(_record("app", 1, references=()))  # a child, untagged
+    await a.put_manifest(ManifestRecord("app", _digest(2), INDEX, 10, references=(_digest(1),)), ("v1",))
+    await a.put_manifest(_record("app", 3, references=()), ("img",))
+    await a.put_manifest(_record("app", 4, subject=_digest(3), references=()))  # a referrer
+    assert (await b.collect("app", [], 1e12)).manifests == []
+    await a.delete_tag("app", "v1")
+    await a.delete_tag("app", "img")
+    gone = await b.collect("app", [], 1e12)
+    assert {d for d, _ in gone.manifests} == {_digest(1), _digest(2), _digest(3), _digest(4)}
+    assert gone.referenced == set()
+
+
+async def test_an_index_whose_manifests_are_gone_is_refused_with_nothing_written(
+    a: RegistryMetadata, b: RegistryMetadata
+):
+    from registry.server.metadata import ManifestsMissing
+
+    await a.put_manifest(_record("app", 1, references=()))
+    with pytest.raises(ManifestsMissing) as err:
+        await b.put_manifest(
+            ManifestRecord("app", _digest(2), INDEX, 10, references=(_digest(1), _digest(7))), ("v1",))
+    assert err.value.digests == [_digest(7)]
+    assert await a.resolve_tag("app", "v1") is None and await a.get_manifest("app", _digest(2)) is None
+
+
+async def test_references_unknown_until_set(a: RegistryMetadata, b: RegistryMetadata):
+    await a.put_manifest(_record("app", 1))  # references=None: not known
+    await a.put_manifest(_record("app", 2, references=(_digest(102),)))
+    assert await b.unknown_references("app", 10) == [_digest(1)]
+    await b.set_references("app", _digest(1), (_digest(101),))
+    await b.set_references("app", _digest(9), (_digest(109),))  # not a manifest: ignored
+    assert await a.unknown_references("app", 10) == []
+    assert (await a.collect("app", [], 0.0, dry_run=True)).referenced == {
+        _digest(1), _digest(2), _digest(101), _digest(102)}

@@ -15,12 +15,14 @@ import pytest
 
 from cas.pg_db import PgDatabase, SchemaMismatch
 from cas.pg_meta import MIGRATIONS, PgMetadata
+from registry.server.metadata_pg import MIGRATIONS as REGISTRY_MIGRATIONS
 from testkit.clients import run, skopeo
 from testkit.images import make_image, make_layer, tar_files, write_oci_layout
 from testkit.postgres import PostgresServer
 from testkit.registries import get_manifest, http, list_tags, pybuild_configured_registry
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+CAS, REGISTRY = len(MIGRATIONS), len(REGISTRY_MIGRATIONS)  # the schema versions this code writes
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -36,11 +38,11 @@ def database(postgres: PostgresServer) -> str:
 def test_storage_migrate_brings_both_schemas_up_once(database: str) -> None:
     first = _cli("storage", "migrate", "--database", database, "--json")
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout) == {"cas": {"from": 0, "to": 1}, "registry": {"from": 0, "to": 1}}
+    assert json.loads(first.stdout) == {"cas": {"from": 0, "to": CAS}, "registry": {"from": 0, "to": REGISTRY}}
     again = _cli("storage", "migrate", "--database", database)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines() == ["cas schema: version 1 (up to date)",
-                                         "registry schema: version 1 (up to date)"]
+    assert again.stdout.splitlines() == [f"cas schema: version {CAS} (up to date)",
+                                         f"registry schema: version {REGISTRY} (up to date)"]
 
 
 def test_serve_refuses_a_database_not_migrated_and_names_the_fix(database: str, tmp_path: Path) -> None:
@@ -49,14 +51,14 @@ def test_serve_refuses_a_database_not_migrated_and_names_the_fix(database: str, 
          str(tmp_path / "storage")], env={**os.environ, "PYBUILD_DATABASE_URL": database},
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0
-    assert "is at version 0, this pybuild needs 1: run `pybuild storage migrate`" in proc.stderr
+    assert f"is at version 0, this pybuild needs {CAS}: run `pybuild storage migrate`" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_a_schema_newer_than_this_code_is_refused(database: str) -> None:
     db = PgDatabase(database, "cas", [*MIGRATIONS, "CREATE TABLE later_step(x INTEGER)"], migrate=True)
     db.close()
-    with pytest.raises(SchemaMismatch, match="version 2, newer than this pybuild knows .1.: upgrade"):
+    with pytest.raises(SchemaMismatch, match=f"version {CAS + 1}, newer than this pybuild knows .{CAS}.: upgrade"):
         PgMetadata(database, migrate=True)
 
 
