@@ -114,6 +114,11 @@ class Store:
             raise IngestUnknown(ingest_id)
         return await Ingest.resume(self.core, row)
 
+    async def ingest_info(self, ingest_id: str) -> IngestInfo | None:
+        """An open ingest as of its last checkpoint (any process's), or None."""
+        row = await self._run(self.meta.get_ingest, ingest_id)
+        return None if row is None else IngestInfo(row.id, row.offset, row.algorithm, row.created, row.updated)
+
     async def list_ingests(self) -> list[IngestInfo]:
         rows = await self._run(self.meta.list_ingests)
         return [IngestInfo(r.id, r.offset, r.algorithm, r.created, r.updated) for r in rows]

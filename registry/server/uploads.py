@@ -334,6 +334,13 @@ async def _session(reg: Registry, name: str, upload_id: str) -> Any:
     if await reg.meta.upload_repository(upload_id) != name:
         raise unknown
     ingest = reg.ingests.get(upload_id)
+    if ingest is not None and reg.config.database and not ingest.closed:
+        # Replicas share sessions: another one may have appended since this process
+        # parked the ingest. Parked, it holds nothing; resume from the checkpoint then.
+        info = await reg.store.ingest_info(upload_id)
+        if info is None or info.offset != ingest.offset or not ingest.parked:
+            del reg.ingests[upload_id]
+            ingest = None
     if ingest is not None and ingest.closed:
         # Its ingest failed (a full disk aborts it): the bytes it claimed are gone.
         await _drop_session(reg, upload_id)
