@@ -1,0 +1,163 @@
+"""Three ``pybuild serve`` replicas behind HAProxy (round-robin per request), sharing one
+PostgreSQL metadata database and one storage directory: Docker, skopeo and podman push and
+pull through the balancer; a replica killed with SIGKILL in the middle of a push leaves the
+client to finish through the others; ``storage gc`` looping beside the pushes loses nothing
+they were told was stored."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testkit.clients import ContainerStorage, podman, run, skopeo
+from testkit.docker_engine import DockerEngine, docker_client
+from testkit.haproxy import load_balancer
+from testkit.images import (
+    Image,
+    make_image,
+    make_layer,
+    read_oci_layout,
+    tar_files,
+    write_docker_archive,
+    write_oci_layout,
+)
+from testkit.postgres import PostgresServer
+from testkit.registries import RegistryProcess, get_manifest
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True,
+                          text=True, timeout=300, check=False, env=dict(os.environ))
+
+
+class Cluster:
+    def __init__(self, replicas: list[RegistryProcess], addr: str, storage: Path, database: str):
+        self.replicas, self.addr, self.storage, self.database = replicas, addr, storage, database
+
+    def ref(self, repo: str, tag: str) -> str:
+        return f"{self.addr}/{repo}:{tag}"
+
+    def fsck(self) -> dict[str, object]:
+        out = _cli("storage", "fsck", "--storage", str(self.storage), "--database", self.database, "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        report: dict[str, object] = json.loads(out.stdout)
+        return report
+
+
+@pytest.fixture
+def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
+    database = postgres.create_database(f"replicas_{uuid.uuid4().hex[:12]}")
+    assert _cli("storage", "migrate", "--database", database).returncode == 0
+    storage = tmp_path / "storage"
+    config = tmp_path / "registry.yaml"
+    config.write_text(json.dumps({"database": {"url": database}, "log": {"access": False}}))
+    replicas = []
+    try:
+        for n in range(3):
+            def argv(addr: str) -> list[str]:
+                return [sys.executable, "-m", "builder", "serve", "--addr", addr, "--storage",
+                        str(storage), "--config", str(config)]
+            replica = RegistryProcess("pybuild", argv, storage=storage, log=tmp_path / f"r{n}.log")
+            replica.start()
+            replicas.append(replica)
+        with load_balancer([r.addr for r in replicas]) as addr:
+            yield Cluster(replicas, addr, storage, database)
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+def test_docker_skopeo_and_podman_through_the_balancer(
+        cluster: Cluster, docker_engine: DockerEngine, loaded_busybox: str, busybox: Image,
+        busybox_layout: Path, container_storage: ContainerStorage, tmp_path: Path) -> None:
+    ref = cluster.ref("team/busybox", "v1")
+    try:
+        docker_engine.run("tag", loaded_busybox, ref)
+        docker_engine.run("push", ref)
+        docker_engine.run("rmi", "--force", ref)
+        docker_engine.run("pull", ref)
+        assert docker_engine.run_container(ref, "echo", "through three replicas") == "through three replicas\n"
+    finally:
+        docker_engine.run("rmi", "--force", ref, check=False)
+    oci = cluster.ref("team/oci", "v1")
+    run(skopeo("copy", "--dest-tls-verify=false", f"oci:{busybox_layout}:latest", f"docker://{oci}"))
+    for _ in range(3):  # every replica answers alike
+        got = get_manifest(cluster.addr, "team/oci", "v1")
+        assert got.status == 200 and got.headers["docker-content-digest"] == busybox.manifest_digest
+    run(skopeo("copy", "--src-tls-verify=false", f"docker://{oci}", f"oci:{tmp_path / 'out'}:v1"))
+    assert read_oci_layout(tmp_path / "out", "v1").manifest_digest == busybox.manifest_digest
+    run(podman(container_storage, "pull", "--tls-verify=false", oci))
+    assert cluster.fsck()["ok"] is True
+
+
+def test_a_replica_killed_during_a_push_leaves_the_client_to_finish_through_another(
+        cluster: Cluster, docker_engine: DockerEngine, busybox: Image, tmp_path: Path) -> None:
+    big = [make_layer(tar_files({f"data{i}.bin": os.urandom(24 << 20)}), level=0) for i in range(3)]
+    image = make_image([*busybox.layers, *big])
+    archive = write_docker_archive(image, tmp_path / "big.tar", repo_tags=["pybuild-e2e/big:1"])
+    docker_engine.run("load", "-i", str(archive))
+    ref = cluster.ref("team/big", "v1")
+    docker_engine.run("tag", "pybuild-e2e/big:1", ref)
+    try:
+        push = subprocess.Popen([docker_client("run"), "push", ref], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=docker_engine.env)
+        time.sleep(1.0)  # uploads are under way through every replica
+        victim = cluster.replicas[0]
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        output, _ = push.communicate(timeout=600)
+        assert push.returncode == 0, output
+        for _ in range(3):
+            got = get_manifest(cluster.addr, "team/big", "v1")
+            assert got.status == 200
+        docker_engine.run("rmi", "--force", ref, "pybuild-e2e/big:1")
+        docker_engine.run("pull", ref)
+        listing = docker_engine.run_container(ref, "ls", "/")
+        assert "data2.bin" in listing
+    finally:
+        docker_engine.run("rmi", "--force", ref, "pybuild-e2e/big:1", check=False)
+    assert cluster.fsck()["ok"] is True
+
+
+def test_gc_looping_beside_pushes_loses_nothing(cluster: Cluster, busybox: Image, tmp_path: Path) -> None:
+    stop = threading.Event()
+    runs: list[subprocess.CompletedProcess[str]] = []
+
+    def collect() -> None:
+        while not stop.is_set():
+            runs.append(_cli("storage", "gc", "--storage", str(cluster.storage), "--database",
+                             cluster.database, "--grace", "0", "--json"))
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    pushed = {}
+    try:
+        for n in range(6):
+            layer = make_layer(tar_files({f"v{n}.txt": os.urandom(200_000)}))
+            image = make_image([*busybox.layers, layer])
+            layout = write_oci_layout(image, tmp_path / f"layout{n}")
+            run(skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:latest",
+                       f"docker://{cluster.ref('team/gc', f'v{n}')}"))
+            pushed[f"v{n}"] = image
+    finally:
+        stop.set()
+        collector.join()
+    assert len(runs) >= 2 and all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    for tag, image in pushed.items():
+        out = tmp_path / f"pulled-{tag}"
+        run(skopeo("copy", "--src-tls-verify=false", f"docker://{cluster.ref('team/gc', tag)}",
+                   f"oci:{out}:{tag}"))
+        assert read_oci_layout(out, tag).layer_digests == tuple(layer.digest for layer in image.layers)
+    assert cluster.fsck()["ok"] is True
