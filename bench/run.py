@@ -1,7 +1,8 @@
 """``python3 -m bench <area>``: measure pybuild against its peer, report a table and JSON.
 
-Areas: ``registry`` (vs CNCF Distribution), ``cas`` (vs the machine's own limits),
-``builder`` (vs buildah and docker build), ``client`` (vs skopeo). Every run first
+Areas: ``registry`` (vs CNCF Distribution), ``replicas`` (three of each behind HAProxy),
+``cas`` (vs the machine's own limits), ``builder`` (vs buildah and docker build), ``client``
+(vs skopeo). Every run first
 measures the machine's limits. See bench/README.md for what each number means.
 """
 
@@ -194,6 +195,38 @@ def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_
                                     report_skip=report.skipped.__setitem__))
         except ClientBenchError as exc:
             report.failed["client"] = str(exc)
+    _finish(report, results)
+
+
+@main.command()
+@_common
+@click.option("--blob-mib", type=int, default=1024, show_default=True,
+              help="Size of the blob pushed and pulled.")
+@click.option("--wrk-seconds", type=int, default=10, show_default=True)
+def replicas(quick: bool, workdir: Path | None, results: Path, blob_mib: int, wrk_seconds: int) -> None:
+    """Three replicas behind HAProxy: pybuild (PostgreSQL metadata) vs CNCF Distribution."""
+    from bench.registry_bench import RegistryBenchError, RegistrySettings, prepare_data
+    from bench.replicas_bench import REPLICAS, bench_replicas
+
+    if quick:
+        blob_mib, wrk_seconds = min(blob_mib, 32), 1
+    settings = RegistrySettings(blob_size=blob_mib * MiB, wrk_seconds=wrk_seconds,
+                                pull_repeats=1 if quick else 3)
+    if quick:
+        settings = replace(settings, layers=3, layer_size=MiB, versions=3, version_layers=2,
+                           version_layer_size=MiB)
+    report = Report(area="replicas", peer="distribution",
+                    parameters={"replicas": REPLICAS, "blob_mib": blob_mib,
+                                "wrk_seconds": wrk_seconds, "quick": quick})
+    with _workdir(workdir) as work:
+        click.echo("measuring the machine ...", err=True)
+        report.machine = _machine(work, quick)
+        click.echo("generating data ...", err=True)
+        data = prepare_data(work, settings)
+        try:
+            report.add(bench_replicas(work, data, settings, report.skipped))
+        except RegistryBenchError as exc:
+            report.failed["replicas"] = str(exc)
     _finish(report, results)
 
 

@@ -106,6 +106,13 @@ AREAS = {
                 "pull v2 over v1: bytes served (v2 layers 3.2 MB)",
                 "copy registry -> registry (an empty Distribution)",
                 "copy OCI layout -> registry (an empty Distribution)"]),
+    "replicas": (("docker-registry", "skopeo", "wrk", "haproxy"), "distribution",
+                 ["blob push 32 MiB (POST+PUT)", "blob pull 32 MiB, 1 client",
+                  "blob pull 32 MiB, 4 clients", "manifest GET", "manifest GET p99",
+                  "skopeo copy push (3 x 1 MiB layers)", "skopeo copy pull (3 x 1 MiB layers)",
+                  "skopeo copy push", "skopeo copy pull",
+                  "storage after 3 versions x 2 chunked-frame layers, 6 MB pushed",
+                  "storage / bytes pushed", "metadata database"]),
     "builder": (("docker-registry", "skopeo", "docker", "dockerd", "buildah"), "docker",
                 ["build, cold (4 x 1 MiB context)", "build, no cache", "rebuild, cached",
                  "rebuild, one file changed"]),
@@ -131,6 +138,9 @@ def test_quick_run_of_each_area_writes_json(area: str, tmp_path: Path) -> None:
     assert data["failed"] == {}
     assert [m["name"] for m in data["measurements"]] == names
     for m in data["measurements"]:
+        if m["name"] == "metadata database":  # pybuild's PostgreSQL; the peer has none
+            assert m["values"]["pybuild"] > 0
+            continue
         assert m["values"][peer] > 0
         if "pybuild" in m["values"]:
             assert m["values"]["pybuild"] > 0
