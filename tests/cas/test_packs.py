@@ -8,8 +8,12 @@ from cas.errors import StoreCorrupt
 from cas.packs import FilesystemPacks, MemoryPacks, PackBackend
 
 
-@pytest.fixture(params=["filesystem-direct", "filesystem-buffered", "memory"])
+@pytest.fixture(params=["filesystem-direct", "filesystem-buffered", "memory", "radosgw"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> PackBackend:
+    if request.param == "radosgw":
+        from cas.pack_s3 import S3Packs
+
+        return S3Packs(request.getfixturevalue("s3_location"))
     if request.param == "filesystem-direct":
         return FilesystemPacks(tmp_path / "packs")
     if request.param == "filesystem-buffered":
