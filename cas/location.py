@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .chunker import ChunkParams
     from .meta import Metadata
     from .packs import PackBackend
+    from .s3_location import S3Location
 
 __all__ = ["StoreConfig", "default_storage_dir"]
 
@@ -42,6 +43,9 @@ class StoreConfig:
       files under ``root/packs``, written with O_DIRECT when ``direct_io`` and the file
       system allow). Both are called on a worker thread, once per open; the store owns
       and closes what they return.
+    - ``s3``: keep the packs in this S3 bucket (and prefix) instead of on disk; the
+      directory records it, and later opens without ``s3`` use the recorded one
+      (:mod:`cas.pack_select`).
     - ``workers``: the store's worker threads; ``chunk_params``: how pieces are cut.
     """
 
@@ -51,10 +55,11 @@ class StoreConfig:
     metadata: Callable[[Path], Metadata] | None = None
     packs: Callable[[Path], PackBackend] | None = None
     chunk_params: ChunkParams | None = None
+    s3: S3Location | None = None
 
     @classmethod
     def at(cls, storage: Path | str | None, *, workers: int = 8,
-           direct_io: bool = True) -> StoreConfig:
+           direct_io: bool = True, s3: S3Location | None = None) -> StoreConfig:
         """The config of the storage directory ``storage`` (None: the default one)."""
         return cls(Path(storage) if storage is not None else default_storage_dir(),
-                   workers=workers, direct_io=direct_io)
+                   workers=workers, direct_io=direct_io, s3=s3)

@@ -17,7 +17,7 @@ one immutable object named by the pack offset it starts at::
 - Reads are ranged GETs of the segments that cover the range. Each process caches the
   segment list of the packs it read; a GET that finds a segment gone (rewritten by
   compaction or by a resume in another process) lists the pack again and retries once.
-- ``free`` is a no-op: space comes back by :meth:`S3Packs.compact`, which rewrites a
+- ``free`` only notes the pack: space comes back by :meth:`S3Packs.compact`, which rewrites a
   segment whose live bytes fall below a fraction of it as one object per run of live
   bytes, each named by its own pack offset. Pack offsets never change, so no metadata
   is touched and readers holding old locations keep reading; the run objects are
@@ -209,6 +209,7 @@ class S3Packs:
         )
         self._root = f"{location.prefix}packs/"
         self._segments: dict[str, list[tuple[int, int]]] = {}
+        self._freed: set[str] = set()
         self._lock = threading.Lock()
         if check:
             self._call("checking the bucket", obstore.list_with_delimiter, self.store, self._root)
@@ -328,7 +329,17 @@ class S3Packs:
         return None
 
     def free(self, name: str, offset: int, length: int) -> None:
-        """A no-op: objects cannot shrink in place; :meth:`compact` gives the space back."""
+        """Objects cannot shrink in place: remember the pack, so that compaction
+        (:func:`cas.compaction.compact_packs`, run by GC) rewrites it."""
+        if length > 0:
+            with self._lock:
+                self._freed.add(name)
+
+    def take_freed(self) -> set[str]:
+        """The packs :meth:`free` was called on since the last call (and forget them)."""
+        with self._lock:
+            freed, self._freed = self._freed, set()
+        return freed
 
     def delete(self, name: str) -> None:
         keys = [self.key(name, s) for s, _ in self._list(name)]

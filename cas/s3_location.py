@@ -21,13 +21,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from .errors import CasError
+
 __all__ = ["RECORD", "S3Location", "S3LocationError"]
 
 #: The file in a store directory that says where its packs live.
 RECORD = "packs.json"
 
 
-class S3LocationError(ValueError):
+class S3LocationError(CasError, ValueError):
     """An S3 location that cannot be used; the message names what is wrong and the fix."""
 
 
