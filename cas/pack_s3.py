@@ -46,17 +46,23 @@ from .s3_location import S3Location
 
 if TYPE_CHECKING:
     from obstore import WritableFile
+    from obstore.store import ClientConfig, RetryConfig
 
 __all__ = ["RETRY", "S3Packs", "S3StorageError"]
 
 #: How a failed request is retried: 5xx, connection errors, timeouts.
-RETRY: dict[str, Any] = {
+RETRY: RetryConfig = {
     "max_retries": 6,
     "retry_timeout": timedelta(seconds=120),
     "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=5),
                 "base": 2.0},
 }
-_CLIENT = {"connect_timeout": "5s", "timeout": "120s", "pool_max_idle_per_host": "64"}
+
+
+def _client_options(secure: bool) -> ClientConfig:
+    return {"connect_timeout": "5s", "timeout": "120s", "pool_max_idle_per_host": "64",
+            "allow_http": not secure}
+
 # Parts of one multipart upload in flight at once.
 _CONCURRENCY = 2
 # Live ranges closer than this are kept together (with the dead bytes between) when a
@@ -204,8 +210,8 @@ class S3Packs:
             secret_access_key=location.secret_key or None,
             region=location.region,
             virtual_hosted_style_request=False,
-            client_options={**_CLIENT, "allow_http": not location.secure},
-            retry_config=RETRY,  # type: ignore[arg-type]
+            client_options=_client_options(location.secure),
+            retry_config=RETRY,
         )
         self._root = f"{location.prefix}packs/"
         self._segments: dict[str, list[tuple[int, int]]] = {}

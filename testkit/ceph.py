@@ -19,7 +19,6 @@ The tools come from Debian's ``ceph-mon``, ``ceph-osd``, ``radosgw`` and ``ceph-
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -112,10 +111,9 @@ class RadosGateway:
         return out.stdout.decode()
 
     def _spawn(self, *args: str) -> None:
-        log = open(self.dir / "log" / f"{Path(args[0]).name}.{len(self._procs)}.out", "wb")
-        self._procs.append(subprocess.Popen([*args, "-c", str(self.conf), "-f"],
-                                            stdout=log, stderr=subprocess.STDOUT))
-        log.close()
+        with open(self.dir / "log" / f"{Path(args[0]).name}.{len(self._procs)}.out", "wb") as log:
+            self._procs.append(subprocess.Popen([*args, "-c", str(self.conf), "-f"],
+                                                stdout=log, stderr=subprocess.STDOUT))
 
     def start(self) -> S3Credentials:
         """Start the cluster and the gateway; return its endpoint and the keys of a fresh
@@ -164,7 +162,7 @@ class RadosGateway:
                     return
             except urllib.error.HTTPError:
                 return  # it answers (403 for anonymous is fine)
-            except (urllib.error.URLError, OSError, socket.timeout):
+            except (TimeoutError, urllib.error.URLError, OSError):
                 time.sleep(0.1)
         raise RuntimeError(f"radosgw did not answer on {url} within {timeout:.0f} s; logs in {self.dir / 'log'}")
 

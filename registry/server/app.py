@@ -252,7 +252,7 @@ def make_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         opened: Store | None = None
         if store is None:
-            opened = await open_store(StoreConfig(root))
+            opened = await open_store(StoreConfig(root, s3=config.packs))
         serving: BlobStore = store if store is not None else opened  # type: ignore[assignment]
         meta = metadata if metadata is not None else await open_metadata(root)
         reg = Registry(

@@ -4,6 +4,9 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
 
     addr: 127.0.0.1:5000          # PYBUILD_ADDR
     storage: /var/lib/pybuild     # PYBUILD_STORAGE
+    packs: s3://KEY:SECRET@s3.example:443/bucket/prefix   # PYBUILD_PACKS: packs in S3
+                                  # (default: on disk in the storage directory; see
+                                  # docs/storage.md; keys may come from AWS_ACCESS_KEY_ID/...)
     read_only: false              # PYBUILD_READ_ONLY
     auth:
       htpasswd: /etc/pybuild/htpasswd   # PYBUILD_AUTH_HTPASSWD (bcrypt entries)
@@ -90,6 +93,8 @@ from typing import Any
 
 import yaml
 
+from cas.s3_location import S3Location
+
 from .notifications import Endpoint, parse_endpoints
 from .proxy_config import Upstream, parse_duration, parse_upstreams, upstream_from_remoteurl
 
@@ -106,6 +111,7 @@ class ServerConfig:
 
     addr: str = "127.0.0.1:5000"
     storage: Path | None = None  # None: cas.location.default_storage_dir()
+    packs: S3Location | None = None  # None: as the storage directory records (default: on disk)
     read_only: bool = False
     auth_htpasswd: Path | None = None
     auth_realm: str = "pybuild-registry"
@@ -161,6 +167,7 @@ class ServerConfig:
 _TYPES: dict[str, type] = {
     "addr": str,
     "storage": Path,
+    "packs": S3Location,
     "read_only": bool,
     "auth_htpasswd": Path,
     "auth_realm": str,
@@ -209,7 +216,7 @@ _TYPES: dict[str, type] = {
     "proxy_upstreams": tuple,
 }
 # Settings with their own parser (ValueError when the value does not parse).
-_PARSERS = {"proxy_ttl": parse_duration, "proxy_upstreams": parse_upstreams}
+_PARSERS = {"proxy_ttl": parse_duration, "proxy_upstreams": parse_upstreams, "packs": S3Location.parse}
 assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
 
 

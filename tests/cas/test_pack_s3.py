@@ -10,6 +10,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -146,7 +147,7 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
 
     upstream = ""
     fail = 0
-    seen: list[int] = []
+    seen: ClassVar[list[int]] = []
 
     def _forward(self) -> None:
         if self.command == "GET" and _Flaky.fail > 0:
