@@ -86,7 +86,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -216,7 +216,9 @@ _TYPES: dict[str, type] = {
     "proxy_upstreams": tuple,
 }
 # Settings with their own parser (ValueError when the value does not parse).
-_PARSERS = {"proxy_ttl": parse_duration, "proxy_upstreams": parse_upstreams, "packs": S3Location.parse}
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "proxy_ttl": parse_duration, "proxy_upstreams": parse_upstreams, "packs": S3Location.parse,
+}
 assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
 
 
