@@ -75,15 +75,16 @@ class S3Location:
         """Parse ``s3://[KEY:SECRET@]HOST[:PORT]/BUCKET[/PREFIX][?region=..&secure=..&part_size=..]``."""
         env = dict(os.environ) if env is None else env
         u = urlsplit(text)
+        shown = text if u.password is None else text.replace(f":{u.password}@", ":***@", 1)
         if u.scheme != "s3" or not u.hostname:
             raise S3LocationError(
-                f"not an S3 location: {text!r}; write s3://HOST[:PORT]/BUCKET[/PREFIX]")
+                f"not an S3 location: {shown!r}; write s3://HOST[:PORT]/BUCKET[/PREFIX]")
         endpoint = u.hostname + (f":{u.port}" if u.port else "")
         bucket, _, prefix = u.path.lstrip("/").partition("/")
         query = {k: v[-1] for k, v in parse_qs(u.query).items()}
         unknown = set(query) - {"region", "secure", "part_size"}
         if unknown:
-            raise S3LocationError(f"S3 location {text!r}: unknown option(s) {', '.join(sorted(unknown))}; "
+            raise S3LocationError(f"S3 location {shown!r}: unknown option(s) {', '.join(sorted(unknown))}; "
                                   "known: region, secure, part_size")
         secure = query.get("secure", "true").lower()
         if secure not in ("true", "false", "1", "0"):

@@ -103,3 +103,20 @@ def test_serve_names_a_missing_bucket(radosgw: RadosGateway, s3_location: S3Loca
     assert "S3 bucket 'missing-bucket' does not exist at http://" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "s" / "packs.json").exists()
+
+
+def test_the_packs_setting_comes_from_the_config_file_env_or_flag(tmp_path: Path) -> None:
+    from registry.server.config import ConfigError, load_config
+
+    file = tmp_path / "registry.yaml"
+    file.write_text("packs: s3://AK:SK@127.0.0.1:7480/bucket-x/reg?secure=false\n")
+    config = load_config(file, environ={})
+    assert config.packs == S3Location("127.0.0.1:7480", "bucket-x", "reg/", "AK", "SK", secure=False)
+    env = {"PYBUILD_PACKS": "s3://s3.example/bucket-y", "AWS_ACCESS_KEY_ID": "E", "AWS_SECRET_ACCESS_KEY": "S"}
+    assert load_config(None, environ=env).packs is not None
+    flagged = load_config(None, {"packs": "s3://h:1/bucket-z"}, environ={})
+    assert flagged.packs is not None and flagged.packs.bucket == "bucket-z"
+    assert load_config(None, environ={}).packs is None
+    with pytest.raises(ConfigError, match="--packs: packs: S3 location 's3://k:\\*\\*\\*@h/bucket-z") as info:
+        load_config(None, {"packs": "s3://k:TOPSECRET@h/bucket-z?colour=red"}, environ={})
+    assert "unknown option(s) colour" in str(info.value) and "TOPSECRET" not in str(info.value)
