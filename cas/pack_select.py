@@ -22,8 +22,9 @@ __all__ = ["open_packs"]
 
 def open_packs(root: Path, *, direct_io: bool = True, s3: S3Location | None = None) -> PackBackend:
     """The pack backend of store directory ``root``: S3 when ``s3`` is given or recorded,
-    else files. S3LocationError when ``s3`` names another place than the recorded one, or
-    the directory already holds packs on disk; S3StorageError when the bucket is missing
+    else files. S3LocationError when ``s3`` names another place than the recorded one,
+    when the directory already holds packs on disk, or when a new store would share a
+    prefix that holds packs already; S3StorageError when the bucket is missing
     or refuses the keys."""
     recorded = S3Location.recorded(root)
     if s3 is None:
@@ -39,6 +40,12 @@ def open_packs(root: Path, *, direct_io: bool = True, s3: S3Location | None = No
             f"store {root} keeps its packs on disk ({root / 'packs'}); an S3 store needs a "
             "storage directory of its own")
     packs = _s3_packs(s3)  # checks the bucket and the keys before recording them
+    if recorded is None and packs.names():
+        # GC removes every pack its own metadata does not know: two stores on one
+        # prefix would delete each other's pieces.
+        raise S3LocationError(
+            f"{s3} already holds the packs of another store; give this store a prefix "
+            "of its own (s3://HOST/BUCKET/PREFIX)")
     if recorded != s3:
         s3.record(root)
     return packs

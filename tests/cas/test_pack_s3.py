@@ -249,3 +249,9 @@ async def test_a_store_directory_keeps_to_its_packs(s3_location: S3Location, tmp
         await store.put(os.urandom(100_000))
     with pytest.raises(S3LocationError, match="keeps its packs on disk"):
         open_packs(disk, s3=s3_location)
+    # A second store on the first one's prefix would have its GC delete the first's packs.
+    async with await open_store(StoreConfig.at(root)) as store:
+        await store.put(os.urandom(100_000))
+    with pytest.raises(S3LocationError, match="already holds the packs of another store"):
+        open_packs(tmp_path / "second", s3=s3_location)
+    assert not (tmp_path / "second" / "packs.json").exists()
