@@ -7,6 +7,10 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
     packs: s3://KEY:SECRET@s3.example:443/bucket/prefix   # PYBUILD_PACKS: packs in S3
                                   # (default: on disk in the storage directory; see
                                   # docs/storage.md; keys may come from AWS_ACCESS_KEY_ID/...)
+                                  # or, as CNCF Distribution writes it (instead of storage:
+                                  # a path; the directory then comes from --storage/env):
+                                  # storage: {s3: {accesskey, secretkey, region,
+                                  #   regionendpoint, bucket, rootdirectory, secure, chunksize}}
     read_only: false              # PYBUILD_READ_ONLY
     auth:
       htpasswd: /etc/pybuild/htpasswd   # PYBUILD_AUTH_HTPASSWD (bcrypt entries)
@@ -291,13 +295,55 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not isinstance(doc, Mapping):
         raise ConfigError(f"config file {path}: expected a mapping of settings at the top")
     flat = _flatten(doc)
+    s3 = {k.removeprefix("storage_s3_"): flat.pop(k) for k in list(flat) if k.startswith("storage_s3_")}
     unknown = sorted(set(flat) - set(_TYPES))
     if unknown:
         raise ConfigError(
             f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(_TYPES))} (nested keys join with '_')"
         )
-    return {k: _convert(k, v, str(path)) for k, v in flat.items()}
+    values = {k: _convert(k, v, str(path)) for k, v in flat.items()}
+    if s3:
+        if "packs" in values:
+            raise ConfigError(f"config file {path}: storage.s3 and packs both name where the packs live; keep one")
+        values["packs"] = distribution_s3(s3, str(path))
+    return values
+
+
+# CNCF Distribution's storage.s3 keys that name the bucket (the rest are refused).
+_DISTRIBUTION_S3 = ("accesskey", "secretkey", "region", "regionendpoint", "bucket",
+                    "rootdirectory", "secure", "chunksize")
+
+
+def distribution_s3(keys: Mapping[str, Any], source: str) -> S3Location:
+    """The packs' S3 location from CNCF Distribution's ``storage.s3`` keys (``accesskey``,
+    ``secretkey``, ``region``, ``regionendpoint``, ``bucket``, ``rootdirectory``,
+    ``secure``, ``chunksize``). Keys not given come from ``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY``; a ``regionendpoint`` with a scheme decides ``secure``."""
+    unknown = sorted(set(keys) - set(_DISTRIBUTION_S3))
+    if unknown:
+        raise ConfigError(f"{source}: storage.s3: unsupported key(s) {', '.join(unknown)}; "
+                          f"supported: {', '.join(_DISTRIBUTION_S3)}")
+    if not keys.get("bucket"):
+        raise ConfigError(f"{source}: storage.s3.bucket is required")
+    region = str(keys.get("region") or "us-east-1")
+    endpoint = str(keys.get("regionendpoint") or f"s3.{region}.amazonaws.com")
+    raw = keys.get("secure", True)
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    secure = raw if isinstance(raw, bool) else words.get(str(raw).strip().lower())
+    if secure is None:
+        raise ConfigError(f"{source}: storage.s3.secure must be true or false, got {raw!r}")
+    if "://" in endpoint:
+        scheme, _, endpoint = endpoint.partition("://")
+        secure = scheme == "https"
+    try:
+        return S3Location(
+            endpoint.rstrip("/"), str(keys["bucket"]), str(keys.get("rootdirectory") or "").strip("/"),
+            str(keys.get("accesskey") or os.environ.get("AWS_ACCESS_KEY_ID", "")),
+            str(keys.get("secretkey") or os.environ.get("AWS_SECRET_ACCESS_KEY", "")),
+            region, secure, int(keys.get("chunksize") or 8 << 20))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: storage.s3: {exc}") from exc
 
 
 def load_config(
