@@ -322,7 +322,8 @@ class S3Packs:
                 got = self._call(f"reading pack {name}", obstore.get_range, self.store,
                                  self.key(name, start), start=pos - start, length=want)
             except Exception as exc:
-                if _is_missing(exc):
+                # Gone, or now shorter than the range (416): rewritten by compaction.
+                if _is_missing(exc) or "InvalidRange" in str(exc.__cause__ or exc):
                     return None
                 raise
             if len(got) != want:

@@ -132,17 +132,21 @@ def test_compaction_gives_space_back_and_keeps_live_bytes_for_a_stale_reader(
     w.sync()
     tail = w.append(b"second segment")
     w.sync()
-    live = [(offsets[1], 1 << 20), (offsets[6], 1 << 20), (tail, 14)]
+    live = [(0, 4096), (offsets[1], 1 << 20), (offsets[6], 1 << 20), (tail, 14)]
     for at, n in live:
         assert reader_side.read("cc33", at, n)  # the reader caches the segment list
     before = writer_side.allocated()
     freed = writer_side.compact("cc33", live, min_live=0.5)
-    assert freed == 6 << 20  # the first segment kept two of its eight MiB; the second is all live
+    # The first segment keeps 4 KiB and two of its eight MiB (three objects now, the
+    # first one under the old key, shorter); the second segment is all live.
+    assert freed == (6 << 20) - 4096
+    assert len(_objects(radosgw, s3_location)) == 4
     assert writer_side.allocated() == before - freed
     assert sum(_objects(radosgw, s3_location).values()) == before - freed
     assert reader_side.read("cc33", offsets[1], 1 << 20) == blocks[1]
     assert reader_side.read("cc33", offsets[6], 1 << 20) == blocks[6]
     assert reader_side.read("cc33", tail, 14) == b"second segment"
+    assert reader_side.read("cc33", 0, 4096) == blocks[0][:4096]
     assert writer_side.compact("cc33", live, min_live=0.5) == 0  # nothing more to give
 
 
