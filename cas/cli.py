@@ -79,10 +79,12 @@ def stats(storage: Path | None, as_json: bool) -> None:
 @storage_option
 @click.option("--grace", type=float, default=3600.0, show_default=True,
               help="Keep unlinked blobs younger than this many seconds.")
+@click.option("--compact-all", is_flag=True,
+              help="S3 packs: compact every pack, not only those this run freed space in.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def gc(storage: Path | None, grace: float, as_json: bool) -> None:
+def gc(storage: Path | None, grace: float, compact_all: bool, as_json: bool) -> None:
     """Remove unreferenced blobs and pieces (safe while the store is in use)."""
-    report = _with_store(storage, lambda st: st.gc(grace=grace))
+    report = _with_store(storage, lambda st: st.gc(grace=grace, compact_all=compact_all))
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return

@@ -83,7 +83,7 @@ class FsckReport:
         }
 
 
-def collect_garbage(core: StoreCore, grace: float) -> GcReport:
+def collect_garbage(core: StoreCore, grace: float, compact_all: bool = False) -> GcReport:
     meta = core.meta
     blobs = 0
     while n := meta.collect_blobs(time.time() - grace):
@@ -96,7 +96,7 @@ def collect_garbage(core: StoreCore, grace: float) -> GcReport:
         pieces += n
         freed += b
     core.empty_trash()
-    compacted = compact_packs(core)
+    compacted = compact_packs(core, full=compact_all)
     # A pack file with no row is left over from a crash; rows are written first.
     known = meta.pack_names()
     orphans = 0

@@ -263,3 +263,24 @@ async def test_a_store_directory_keeps_to_its_packs(s3_location: S3Location, tmp
     with pytest.raises(S3LocationError, match="already holds the packs of another store"):
         open_packs(tmp_path / "second", s3=s3_location)
     assert not (tmp_path / "second" / "packs.json").exists()
+
+
+async def test_gc_compact_all_reaches_packs_a_crashed_gc_freed(s3_location: S3Location, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    x, y = os.urandom(12 << 20), os.urandom(4 << 20)
+    async with await open_store(StoreConfig.at(root, s3=s3_location)) as store:
+        a = await store.put(x + y)
+        b = await store.put(y)
+        await store.link("repo", b.digest)
+        assert await store.delete(a.digest)
+        # A GC that freed x's pieces and died before compacting: its notes died with it.
+        core = store.core
+        while (await store.core.run(core.meta.collect_pieces))[0]:
+            pass
+        await core.run(core.empty_trash)
+    async with await open_store(StoreConfig.at(root)) as store:
+        assert (await store.gc(grace=0)).bytes_compacted == 0  # this process freed nothing
+        report = await store.gc(grace=0, compact_all=True)
+        assert report.bytes_compacted >= 10 << 20
+        assert await store.read_bytes(b.digest) == y
+        assert (await store.fsck()).ok
