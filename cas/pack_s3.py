@@ -10,8 +10,8 @@ one immutable object named by the pack offset it starts at::
         0000000000a00000       its bytes [0xa00000, ...)  (written by a later sync)
 
 - A writer gathers appended bytes in memory; past ``part_size`` bytes it starts a
-  multipart upload and sends each full part as it fills, so a writer holds at most a
-  few parts whatever the pack's size. :meth:`~_S3Writer.sync` seals what was appended
+  multipart upload and hands it each full buffer, which it sends as parts (two at
+  once), so a writer holds about three parts whatever the pack's size. :meth:`~_S3Writer.sync` seals what was appended
   since the last sync as one segment (a single PUT when small, else it completes the
   multipart upload): then the bytes are durable and readable, as the contract asks.
 - Reads are ranged GETs of the segments that cover the range. Each process caches the
@@ -141,25 +141,29 @@ class _S3Writer:
             offsets = []
             for p in parts:
                 offsets.append(self.size)
+                # Copied: obstore keeps the buffers it is given until their part is sent,
+                # and the caller's views (the cutter's buffer) are reused at once.
                 self._buf += p
             if len(self._buf) >= self._packs.location.part_size:
-                self._spill()
+                self._send(self._buf)
+                self._buf = bytearray()
             return offsets
 
-    def _spill(self) -> None:
-        """Hand the buffered bytes to the segment's multipart upload (started on first use)."""
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
+        """Hand ``data`` (never to be changed again) to the segment's multipart upload
+        (started on first use), which sends each part as it fills. A failure fails the
+        writer for good."""
         packs = self._packs
         try:
             if self._upload is None:
                 self._upload = obstore.open_writer(
                     packs.store, packs.key(self.name, self._start),
                     buffer_size=packs.location.part_size, max_concurrency=_CONCURRENCY)
-            self._upload.write(self._buf)
+            self._upload.write(data)
         except Exception as exc:
             self._failed = _describe(exc, packs.location, f"uploading pack {self.name}")
             raise self._failed from exc
-        self._sent += len(self._buf)
-        self._buf = bytearray()
+        self._sent += len(data)
 
     def sync(self) -> None:
         with self._lock:

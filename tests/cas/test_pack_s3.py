@@ -113,7 +113,7 @@ def test_a_large_segment_goes_up_by_multipart_and_reads_back(radosgw: RadosGatew
     for i in range(0, len(data), 1 << 20):
         offsets += w.append_many([data[i : i + (1 << 20)]])
         # Bounded memory: full parts go to the multipart upload as they fill.
-        assert len(w._buf) < s3_location.part_size
+        assert len(w._buf) < s3_location.part_size  # held here; the upload holds the rest
     assert offsets[-1] == 12 << 20
     w.sync()
     head = radosgw.client().head_object(Bucket=BUCKET, Key=packs.key("aa11", 0))
