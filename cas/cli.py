@@ -95,29 +95,6 @@ def gc(storage: Path | None, grace: float, compact_all: bool, as_json: bool) -> 
     )
 
 
-@storage.command()
-@storage_option
-@click.option("--packs", "packs_url", required=True, metavar="s3://HOST[:PORT]/BUCKET[/PREFIX]",
-              help="Keep the store's packs in this S3 bucket (keys: in the URL as KEY:SECRET@, "
-                   "or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; ?region=R&secure=false).")
-def init(storage: Path | None, packs_url: str) -> None:
-    """Make a store whose packs live in S3-compatible object storage.
-
-    The storage directory records the location (packs.json, with the keys, mode 0600);
-    every later command on it (serve, gc, fsck, pull...) then uses those packs."""
-    from .s3_location import S3Location
-
-    location = S3Location.parse(packs_url)
-
-    async def run() -> None:
-        from .open import open_store
-
-        store = await open_store(StoreConfig.at(storage, s3=location))
-        await store.close()
-
-    asyncio.run(run())
-    click.echo(f"store {StoreConfig.at(storage).root}: packs in {location}")
-
 
 @storage.command()
 @storage_option
@@ -144,3 +121,27 @@ def fsck(storage: Path | None, as_json: bool) -> None:
         )
     if not report.ok:
         sys.exit(1)
+
+
+@storage.command()
+@storage_option
+@click.option("--packs", "packs_url", required=True, metavar="s3://HOST[:PORT]/BUCKET[/PREFIX]",
+              help="Keep the store's packs in this S3 bucket (keys: in the URL as KEY:SECRET@, "
+                   "or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; ?region=R&secure=false).")
+def init(storage: Path | None, packs_url: str) -> None:
+    """Make a store whose packs live in S3-compatible object storage.
+
+    The storage directory records the location (packs.json, with the keys, mode 0600);
+    every later command on it (serve, gc, fsck, pull...) then uses those packs."""
+    from .s3_location import S3Location
+
+    location = S3Location.parse(packs_url)
+
+    async def run() -> None:
+        from .open import open_store
+
+        store = await open_store(StoreConfig.at(storage).with_packs_in(location))
+        await store.close()
+
+    asyncio.run(run())
+    click.echo(f"store {StoreConfig.at(storage).root}: packs in {location}")

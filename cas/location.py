@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,7 +59,11 @@ class StoreConfig:
 
     @classmethod
     def at(cls, storage: Path | str | None, *, workers: int = 8,
-           direct_io: bool = True, s3: S3Location | None = None) -> StoreConfig:
+           direct_io: bool = True) -> StoreConfig:
         """The config of the storage directory ``storage`` (None: the default one)."""
         return cls(Path(storage) if storage is not None else default_storage_dir(),
-                   workers=workers, direct_io=direct_io, s3=s3)
+                   workers=workers, direct_io=direct_io)
+
+    def with_packs_in(self, s3: S3Location | None) -> StoreConfig:
+        """This config with its packs in ``s3`` (None: as the directory records)."""
+        return replace(self, s3=s3)

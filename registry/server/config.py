@@ -7,10 +7,7 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
     packs: s3://KEY:SECRET@s3.example:443/bucket/prefix   # PYBUILD_PACKS: packs in S3
                                   # (default: on disk in the storage directory; see
                                   # docs/storage.md; keys may come from AWS_ACCESS_KEY_ID/...)
-                                  # or, as CNCF Distribution writes it (instead of storage:
-                                  # a path; the directory then comes from --storage/env):
-                                  # storage: {s3: {accesskey, secretkey, region,
-                                  #   regionendpoint, bucket, rootdirectory, secure, chunksize}}
+                                  # (Distribution's storage.s3 keys: distribution_s3())
     read_only: false              # PYBUILD_READ_ONLY
     auth:
       htpasswd: /etc/pybuild/htpasswd   # PYBUILD_AUTH_HTPASSWD (bcrypt entries)
@@ -90,7 +87,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -219,10 +216,15 @@ _TYPES: dict[str, type] = {
     "proxy_mixed": bool,
     "proxy_upstreams": tuple,
 }
+def _packs_setting(value: Any) -> S3Location:
+    """The ``packs`` setting: an ``s3://`` URL, or a location already made (from
+    Distribution's ``storage.s3`` keys, :func:`distribution_s3`)."""
+    return value if isinstance(value, S3Location) else S3Location.parse(str(value))
+
+
 # Settings with their own parser (ValueError when the value does not parse).
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "proxy_ttl": parse_duration, "proxy_upstreams": parse_upstreams, "packs": S3Location.parse,
-}
+_PARSERS = {"proxy_ttl": parse_duration, "proxy_upstreams": parse_upstreams}
+_PARSERS["packs"] = _packs_setting
 assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
 
 
@@ -295,19 +297,13 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not isinstance(doc, Mapping):
         raise ConfigError(f"config file {path}: expected a mapping of settings at the top")
     flat = _flatten(doc)
-    s3 = {k.removeprefix("storage_s3_"): flat.pop(k) for k in list(flat) if k.startswith("storage_s3_")}
     unknown = sorted(set(flat) - set(_TYPES))
     if unknown:
         raise ConfigError(
             f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(_TYPES))} (nested keys join with '_')"
         )
-    values = {k: _convert(k, v, str(path)) for k, v in flat.items()}
-    if s3:
-        if "packs" in values:
-            raise ConfigError(f"config file {path}: storage.s3 and packs both name where the packs live; keep one")
-        values["packs"] = distribution_s3(s3, str(path))
-    return values
+    return {k: _convert(k, v, str(path)) for k, v in flat.items()}
 
 
 # CNCF Distribution's storage.s3 keys that name the bucket (the rest are refused).

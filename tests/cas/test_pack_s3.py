@@ -218,7 +218,7 @@ async def test_store_on_s3_round_trip_gc_compaction_fsck(radosgw: RadosGateway, 
                                                          tmp_path: Path) -> None:
     root = tmp_path / "store"
     x, y, z = os.urandom(12 << 20), os.urandom(4 << 20), os.urandom(4 << 20)
-    async with await open_store(StoreConfig.at(root, s3=s3_location)) as store:
+    async with await open_store(StoreConfig.at(root).with_packs_in(s3_location)) as store:
         a = await store.put(x + y)
         b = await store.put(y + z)
         await store.link("repo", a.digest)
@@ -244,7 +244,7 @@ async def test_store_on_s3_round_trip_gc_compaction_fsck(radosgw: RadosGateway, 
 
 async def test_a_store_directory_keeps_to_its_packs(s3_location: S3Location, tmp_path: Path) -> None:
     root = tmp_path / "store"
-    async with await open_store(StoreConfig.at(root, s3=s3_location)):
+    async with await open_store(StoreConfig.at(root).with_packs_in(s3_location)):
         pass
     assert (root / "packs.json").stat().st_mode & 0o777 == 0o600
     assert isinstance(open_packs(root), S3Packs)
@@ -268,7 +268,7 @@ async def test_a_store_directory_keeps_to_its_packs(s3_location: S3Location, tmp
 async def test_gc_compact_all_reaches_packs_a_crashed_gc_freed(s3_location: S3Location, tmp_path: Path) -> None:
     root = tmp_path / "store"
     x, y = os.urandom(12 << 20), os.urandom(4 << 20)
-    async with await open_store(StoreConfig.at(root, s3=s3_location)) as store:
+    async with await open_store(StoreConfig.at(root).with_packs_in(s3_location)) as store:
         a = await store.put(x + y)
         b = await store.put(y)
         await store.link("repo", b.digest)

@@ -122,20 +122,18 @@ def test_the_packs_setting_comes_from_the_config_file_env_or_flag(tmp_path: Path
     assert "unknown option(s) colour" in str(info.value) and "TOPSECRET" not in str(info.value)
 
 
-def test_distribution_storage_s3_keys_name_the_packs(tmp_path: Path) -> None:
-    from registry.server.config import ConfigError, load_config
+def test_distribution_storage_s3_keys_name_the_packs() -> None:
+    from registry.server.config import ConfigError, distribution_s3, load_config
 
-    file = tmp_path / "config.yml"
-    file.write_text(
-        "storage:\n  s3:\n    accesskey: AK\n    secretkey: SK\n    region: eu-1\n"
-        "    regionendpoint: http://127.0.0.1:7480\n    bucket: dist-bucket\n"
-        "    rootdirectory: /registry\n    chunksize: 10485760\n")
-    packs = load_config(file, environ={}).packs
+    keys = {"accesskey": "AK", "secretkey": "SK", "region": "eu-1", "regionendpoint": "http://127.0.0.1:7480",
+            "bucket": "dist-bucket", "rootdirectory": "/registry", "chunksize": 10485760}
+    packs = distribution_s3(keys, "config.yml")
     assert packs == S3Location("127.0.0.1:7480", "dist-bucket", "registry/", "AK", "SK", "eu-1",
                                secure=False, part_size=10 << 20)
-    file.write_text("storage:\n  s3:\n    bucket: dist-bucket\n    multipartcopychunksize: 1\n")
+    assert load_config(None, {"packs": packs}, environ={}).packs == packs  # the setting takes it
     with pytest.raises(ConfigError, match="storage.s3: unsupported key.s. multipartcopychunksize"):
-        load_config(file, environ={})
-    file.write_text("storage:\n  s3:\n    region: eu-1\n")
+        distribution_s3({"bucket": "dist-bucket", "multipartcopychunksize": 1}, "config.yml")
     with pytest.raises(ConfigError, match="storage.s3.bucket is required"):
-        load_config(file, environ={})
+        distribution_s3({"region": "eu-1"}, "config.yml")
+    with pytest.raises(ConfigError, match="storage.s3.secure must be true or false"):
+        distribution_s3({"bucket": "dist-bucket", "secure": "maybe"}, "config.yml")
