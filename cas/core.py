@@ -88,7 +88,8 @@ class StoreCore:
                 raise mapped_error(exc, root) from exc
             try:
                 packs = (config.packs(root) if config.packs is not None
-                         else open_packs(root, direct_io=config.direct_io, s3=config.s3))
+                         else open_packs(root, direct_io=config.direct_io, s3=config.s3,
+                                         known=meta.is_pack_known))
             except BaseException as exc:
                 meta.close()
                 if isinstance(exc, OSError):

@@ -8,6 +8,7 @@ never opened on packs that are not its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,11 +21,12 @@ if TYPE_CHECKING:
 __all__ = ["open_packs"]
 
 
-def open_packs(root: Path, *, direct_io: bool = True, s3: S3Location | None = None) -> PackBackend:
+def open_packs(root: Path, *, direct_io: bool = True, s3: S3Location | None = None,
+               known: Callable[[str], bool] | None = None) -> PackBackend:
     """The pack backend of store directory ``root``: S3 when ``s3`` is given or recorded,
     else files. S3LocationError when ``s3`` names another place than the recorded one,
-    when the directory already holds packs on disk, or when a new store would share a
-    prefix that holds packs already; S3StorageError when the bucket is missing
+    when the directory already holds packs on disk, or when the prefix holds packs the
+    store's metadata does not know (``known``: its ``is_pack_known``); S3StorageError when the bucket is missing
     or refuses the keys."""
     recorded = S3Location.recorded(root)
     if s3 is None:
@@ -40,15 +42,24 @@ def open_packs(root: Path, *, direct_io: bool = True, s3: S3Location | None = No
             f"store {root} keeps its packs on disk ({root / 'packs'}); an S3 store needs a "
             "storage directory of its own")
     packs = _s3_packs(s3)  # checks the bucket and the keys before recording them
-    if recorded is None and packs.names():
+    if recorded is None and _foreign(packs.names(), known):
         # GC removes every pack its own metadata does not know: two stores on one
-        # prefix would delete each other's pieces.
+        # prefix would delete each other's pieces. (Replicas of one store share their
+        # metadata, which knows the packs: they may share the prefix.)
         raise S3LocationError(
             f"{s3} already holds the packs of another store; give this store a prefix "
             "of its own (s3://HOST/BUCKET/PREFIX)")
     if recorded != s3:
         s3.record(root)
     return packs
+
+
+def _foreign(names: list[str], known: Callable[[str], bool] | None) -> bool:
+    """True when ``names`` holds packs and none of the first few is known."""
+    sample = names[:16]
+    if not sample:
+        return False
+    return known is None or not any(known(n) for n in sample)
 
 
 def _s3_packs(location: S3Location) -> PackBackend:

@@ -261,8 +261,16 @@ async def test_a_store_directory_keeps_to_its_packs(s3_location: S3Location, tmp
     async with await open_store(StoreConfig.at(root)) as store:
         await store.put(os.urandom(100_000))
     with pytest.raises(S3LocationError, match="already holds the packs of another store"):
-        open_packs(tmp_path / "second", s3=s3_location)
+        open_packs(tmp_path / "second", s3=s3_location, known=lambda name: False)
     assert not (tmp_path / "second" / "packs.json").exists()
+    # A replica of the same store (its metadata shared, so it knows the packs) may.
+    from cas.sqlite_meta import SqliteMetadata
+
+    replica = StoreConfig(tmp_path / "replica", metadata=lambda _root: SqliteMetadata(root / "meta.db"),
+                          s3=s3_location)
+    async with await open_store(replica) as store:
+        assert len(await store.linked("nobody")) == 0
+    assert (tmp_path / "replica" / "packs.json").exists()
 
 
 async def test_gc_compact_all_reaches_packs_a_crashed_gc_freed(s3_location: S3Location, tmp_path: Path) -> None:
