@@ -16,8 +16,10 @@ import pytest
 from cas.s3_location import S3Location
 from testkit.ceph import RadosGateway
 from testkit.clients import run, skopeo
-from testkit.images import Layer, make_image, tar_files, write_oci_layout
+from testkit.docker_engine import DockerEngine
+from testkit.images import Layer, busybox_image, make_image, tar_files, write_docker_archive, write_oci_layout
 from testkit.registries import RegistryProcess, _python_env, http, pybuild_argv
+from testkit.rootfs import find_busybox, make_busybox_rootfs
 from testkit.tools import require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -91,6 +93,33 @@ def test_serve_on_s3_push_pull_fsck_gc_compaction(radosgw: RadosGateway, s3_loca
                    f"docker://{reg.ref('s3/b', 'v1')}", f"oci:{tmp_path / 'pulled'}:b"))
         layer = http(reg.addr, "GET", f"/v2/s3/b/blobs/{b.layers[0].digest}")
         assert layer.status == 200 and layer.body == b.layers[0].blob
+        fsck = _pybuild("storage", "fsck", "--storage", str(storage))
+        assert fsck.returncode == 0 and "clean" in fsck.stdout, fsck.stdout + fsck.stderr
+
+
+def test_docker_push_rmi_pull_run_through_serve_on_s3(docker_engine: DockerEngine, radosgw: RadosGateway,
+                                                      s3_location: S3Location, tmp_path: Path) -> None:
+    if find_busybox() is None:
+        require_tool("/bin/busybox")
+    image = busybox_image(make_busybox_rootfs(tmp_path / "rootfs"))
+    tag = f"pybuild-s3/busybox:{tmp_path.name.lower()[-20:]}"
+    archive = write_docker_archive(image, tmp_path / "busybox.tar", repo_tags=[tag])
+    storage = tmp_path / "storage"
+    base = pybuild_argv(storage)
+    process = RegistryProcess("pybuild", lambda addr: [*base(addr), "--packs", s3_location.to_url(keys=True)],
+                              storage=storage, log=tmp_path / "registry.log", env=_python_env(None))
+    with process as reg:
+        remote = reg.ref("s3/busybox", "v1")
+        try:
+            docker_engine.run("load", "-i", str(archive))
+            docker_engine.run("tag", tag, remote)
+            docker_engine.run("push", remote)
+            assert sum(_bucket_bytes(radosgw, s3_location).values()) > 0
+            docker_engine.run("rmi", "--force", tag, remote)
+            assert "Digest: sha256:" in docker_engine.run("pull", remote).stdout
+            assert docker_engine.run_container(remote, "echo", "from s3") == "from s3\n"
+        finally:
+            docker_engine.run("rmi", "--force", tag, remote, check=False)
         fsck = _pybuild("storage", "fsck", "--storage", str(storage))
         assert fsck.returncode == 0 and "clean" in fsck.stdout, fsck.stdout + fsck.stderr
 
