@@ -151,14 +151,16 @@ def test_compaction_gives_space_back_and_keeps_live_bytes_for_a_stale_reader(
 
 
 class _Flaky(http.server.BaseHTTPRequestHandler):
-    """Forwards to the gateway, answering 503 to the first ``fail`` GETs."""
+    """Forwards to the gateway, answering 503 to the first ``fail`` requests whose
+    method is in ``methods``."""
 
     upstream = ""
     fail = 0
+    methods: ClassVar[tuple[str, ...]] = ("GET",)
     seen: ClassVar[list[int]] = []
 
     def _forward(self) -> None:
-        if self.command == "GET" and _Flaky.fail > 0:
+        if self.command in _Flaky.methods and _Flaky.fail > 0:
             _Flaky.fail -= 1
             _Flaky.seen.append(503)
             self.send_response(503)
@@ -206,9 +208,32 @@ def test_reads_are_retried_through_server_errors(flaky_gateway: S3Location) -> N
     w = packs.create("dd44")
     w.append(b"survives two 503s")
     w.sync()
-    _Flaky.fail, _Flaky.seen = 2, []
+    _Flaky.fail, _Flaky.seen, _Flaky.methods = 2, [], ("GET",)
     assert packs.read("dd44", 0, 17) == b"survives two 503s"
     assert _Flaky.seen == [503, 503, 206]
+
+
+def test_a_failed_seal_fails_the_writer_and_the_pack_resumes_from_its_last_sync(
+        flaky_gateway: S3Location, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cas.pack_s3
+
+    monkeypatch.setattr(cas.pack_s3, "RETRY", {"max_retries": 2})
+    packs = S3Packs(flaky_gateway)
+    w = packs.create("ee55")
+    w.append(b"checkpointed")
+    w.sync()
+    w.append(b" lost")
+    _Flaky.fail, _Flaky.seen, _Flaky.methods = 100, [], ("PUT",)
+    with pytest.raises(S3StorageError, match="while sealing pack ee55"):
+        w.sync()
+    assert _Flaky.seen == [503, 503, 503]  # the first try and two retries
+    with pytest.raises(S3StorageError):
+        w.append(b"more")  # the writer stays failed
+    _Flaky.fail = 0
+    w2 = packs.open_append("ee55", 12)
+    w2.append(b" resumed")
+    w2.sync()
+    assert packs.read("ee55", 0, 20) == b"checkpointed resumed"
 
 
 # -- a store on S3 -----------------------------------------------------------------------
