@@ -15,6 +15,9 @@ Layering of the store's modules (an arrow is "imports"; nothing imports back up)
                     (protocol)   -> cas.sqlite_db  (protocol)
                                                    -> cas.pack_files, cas.pack_memory
 
+    cas.core opens the packs through cas.pack_select (disk, or S3: cas.pack_s3, with
+    cas.s3_location); GC (cas.maintenance) compacts S3 packs through cas.compaction.
+
     cas.ingest (Ingest's calls) builds on cas.ingest_checkpoints (checkpoint, park,
     resume), which builds on cas.ingest_pieces (storing the pieces).
 

@@ -1,4 +1,4 @@
-"""``pybuild storage stats|gc|fsck``: inspect and maintain a store directory."""
+"""``pybuild storage stats|gc|fsck|init``: inspect and maintain a store directory."""
 
 from __future__ import annotations
 
@@ -92,17 +92,22 @@ def stats(storage: Path | None, database: str | None, as_json: bool) -> None:
 @database_option
 @click.option("--grace", type=float, default=3600.0, show_default=True,
               help="Keep unlinked blobs younger than this many seconds.")
+@click.option("--compact-all", is_flag=True,
+              help="S3 packs: compact every pack, not only those this run freed space in.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def gc(storage: Path | None, database: str | None, grace: float, as_json: bool) -> None:
+def gc(storage: Path | None, database: str | None, grace: float, compact_all: bool,
+       as_json: bool) -> None:
     """Remove unreferenced blobs and pieces (safe while the store is in use)."""
-    report = _with_store(storage, lambda st: st.gc(grace=grace), database)
+    report = _with_store(storage, lambda st: st.gc(grace=grace, compact_all=compact_all), database)
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return
     click.echo(
         f"removed {report.blobs_removed} blobs and {report.pieces_removed} pieces, "
         f"freed {_human(report.bytes_freed)}"
+        + (f", compacted packs by {_human(report.bytes_compacted)}" if report.bytes_compacted else "")
     )
+
 
 
 @storage.command()
@@ -131,3 +136,27 @@ def fsck(storage: Path | None, database: str | None, as_json: bool) -> None:
         )
     if not report.ok:
         sys.exit(1)
+
+
+@storage.command()
+@storage_option
+@click.option("--packs", "packs_url", required=True, metavar="s3://HOST[:PORT]/BUCKET[/PREFIX]",
+              help="Keep the store's packs in this S3 bucket (keys: in the URL as KEY:SECRET@, "
+                   "or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; ?region=R&secure=false).")
+def init(storage: Path | None, packs_url: str) -> None:
+    """Make a store whose packs live in S3-compatible object storage.
+
+    The storage directory records the location (packs.json, with the keys, mode 0600);
+    every later command on it (serve, gc, fsck, pull...) then uses those packs."""
+    from .s3_location import S3Location
+
+    location = S3Location.parse(packs_url)
+
+    async def run() -> None:
+        from .open import open_store
+
+        store = await open_store(StoreConfig.at(storage).with_packs_in(location))
+        await store.close()
+
+    asyncio.run(run())
+    click.echo(f"store {StoreConfig.at(storage).root}: packs in {location}")

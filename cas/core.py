@@ -24,7 +24,8 @@ from .chunker import ChunkParams
 from .errors import StoreClosed, StoreCorrupt, mapped_error
 from .location import StoreConfig
 from .meta import CODEC_ZSTD, Location, Metadata
-from .packs import FilesystemPacks, PackBackend, PackWriter
+from .pack_select import open_packs
+from .packs import PackBackend, PackWriter
 from .sqlite_meta import SqliteMetadata
 
 __all__ = ["RECEIVERS", "StoreCore", "WorkerPool"]
@@ -87,7 +88,8 @@ class StoreCore:
                 raise mapped_error(exc, root) from exc
             try:
                 packs = (config.packs(root) if config.packs is not None
-                         else FilesystemPacks(root / "packs", direct=config.direct_io))
+                         else open_packs(root, direct_io=config.direct_io, s3=config.s3,
+                                         known=meta.is_pack_known))
             except BaseException as exc:
                 meta.close()
                 if isinstance(exc, OSError):

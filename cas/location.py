@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .chunker import ChunkParams
     from .meta import Metadata
     from .packs import PackBackend
+    from .s3_location import S3Location
 
 __all__ = ["StoreConfig", "default_storage_dir"]
 
@@ -43,6 +44,9 @@ class StoreConfig:
       files under ``root/packs``, written with O_DIRECT when ``direct_io`` and the file
       system allow). Both are called on a worker thread, once per open; the store owns
       and closes what they return.
+    - ``s3``: keep the packs in this S3 bucket (and prefix) instead of on disk; the
+      directory records it, and later opens without ``s3`` use the recorded one
+      (:mod:`cas.pack_select`).
     - ``workers``: the store's worker threads; ``chunk_params``: how pieces are cut.
     """
 
@@ -52,6 +56,7 @@ class StoreConfig:
     metadata: Callable[[Path], Metadata] | None = None
     packs: Callable[[Path], PackBackend] | None = None
     chunk_params: ChunkParams | None = None
+    s3: S3Location | None = None
 
     @classmethod
     def at(cls, storage: Path | str | None, *, workers: int = 8, direct_io: bool = True,
@@ -63,6 +68,10 @@ class StoreConfig:
         metadata = None if not database else partial(_postgres_metadata, database, migrate)
         return cls(Path(storage) if storage is not None else default_storage_dir(),
                    workers=workers, direct_io=direct_io, metadata=metadata)
+
+    def with_packs_in(self, s3: S3Location | None) -> StoreConfig:
+        """This config with its packs in ``s3`` (None: as the directory records)."""
+        return replace(self, s3=s3)
 
 
 def _postgres_metadata(database: str, migrate: bool, _root: Path) -> Metadata:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import blake3
 
+from .compaction import compact_packs
 from .digest import Digest, new_hasher
 from .errors import CasError
 from .meta import Metadata, decode_recipe
@@ -36,6 +37,7 @@ class GcReport:
     pieces_removed: int
     bytes_freed: int
     orphan_packs_removed: int
+    bytes_compacted: int = 0  # given back by rewriting packs that cannot free in place (S3)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +83,7 @@ class FsckReport:
         }
 
 
-def collect_garbage(core: StoreCore, grace: float) -> GcReport:
+def collect_garbage(core: StoreCore, grace: float, compact_all: bool = False) -> GcReport:
     meta = core.meta
     blobs = 0
     while n := meta.collect_blobs(time.time() - grace):
@@ -94,6 +96,7 @@ def collect_garbage(core: StoreCore, grace: float) -> GcReport:
         pieces += n
         freed += b
     core.empty_trash()
+    compacted = compact_packs(core, full=compact_all)
     # A pack file with no row is left over from a crash; rows are written first.
     known = meta.pack_names()
     orphans = 0
@@ -101,7 +104,7 @@ def collect_garbage(core: StoreCore, grace: float) -> GcReport:
         if name not in known and not meta.is_pack_known(name):
             core.packs.delete(name)
             orphans += 1
-    return GcReport(blobs, pieces, freed, orphans)
+    return GcReport(blobs, pieces, freed, orphans, compacted)
 
 
 def statistics(core: StoreCore) -> Stats:

@@ -11,6 +11,8 @@ them from worker threads, never from the event loop.
 The backends live in modules of their own and are re-exported here:
 :class:`FilesystemPacks` (``cas.pack_files``: pack files on disk, their on-disk layout
 and O_DIRECT writes) and :class:`MemoryPacks` (``cas.pack_memory``: a test double).
+:class:`cas.pack_s3.S3Packs` (sealed segments in an S3 bucket) is not re-exported: it
+loads its client library only when a store uses it (``cas.pack_select`` chooses).
 """
 
 from __future__ import annotations

@@ -385,12 +385,14 @@ class Store:
 
     # -- maintenance (cas.maintenance) ---------------------------------------------
 
-    async def gc(self, *, grace: float = 3600.0) -> GcReport:
+    async def gc(self, *, grace: float = 3600.0, compact_all: bool = False) -> GcReport:
         """Remove blobs no holder links (older than ``grace`` seconds), then pieces no
-        blob and no open ingest needs; online (see :mod:`cas.maintenance`)."""
+        blob and no open ingest needs; online (see :mod:`cas.maintenance`). Packs that
+        cannot free in place (S3) are compacted: those freed now, or all of them when
+        ``compact_all`` (after a crash left some unvisited)."""
         from .maintenance import collect_garbage
 
-        return await self._run(collect_garbage, self.core, grace)
+        return await self._run(collect_garbage, self.core, grace, compact_all)
 
     async def fsck(self, *, progress: Callable[[str], None] | None = None) -> FsckReport:
         """Verify every blob's digest, every piece's BLAKE3 and the bookkeeping."""

@@ -196,6 +196,11 @@ def _connection_bound(configured: int) -> int:
     help="Storage directory [default: $PYBUILD_STORAGE, else ~/.local/share/pybuild].",
 )
 @click.option(
+    "--packs",
+    metavar="s3://HOST[:PORT]/BUCKET[/PREFIX]",
+    help="Keep the packs in this S3 bucket (recorded in the storage directory; see docs/storage.md).",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -218,6 +223,7 @@ def _connection_bound(configured: int) -> int:
 def serve(
     addr: str | None,
     storage: Path | None,
+    packs: str | None,
     config_file: Path | None,
     htpasswd: Path | None,
     realm: str | None,
@@ -235,6 +241,7 @@ def serve(
     flags = {
         "addr": addr,
         "storage": storage,
+        "packs": packs,
         "auth_htpasswd": htpasswd,
         "auth_realm": realm,
         "tls_cert": tls_cert,

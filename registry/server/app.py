@@ -262,7 +262,8 @@ def make_app(
         opened: Store | None = None
         if store is None:
             opened = await open_store(StoreConfig.at(root, database=config.database,
-                                                     migrate=config.database_migrate))
+                                                     migrate=config.database_migrate)
+                                      .with_packs_in(config.packs))
         serving: BlobStore = store if store is not None else opened  # type: ignore[assignment]
         meta = metadata if metadata is not None else await open_metadata(
             root, config.database, config.database_migrate)

@@ -6,6 +6,10 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
     # A CNCF Distribution config.yml (it starts with `version: 0.1`) is read too:
     # distribution_config.py maps its keys, docs/registry.md lists them.
     storage: /var/lib/pybuild     # PYBUILD_STORAGE
+    packs: s3://KEY:SECRET@s3.example:443/bucket/prefix   # PYBUILD_PACKS: packs in S3
+                                  # (default: on disk in the storage directory; see
+                                  # docs/storage.md; keys may come from AWS_ACCESS_KEY_ID/...)
+                                  # (Distribution's storage.s3 keys: distribution_s3())
     read_only: false              # PYBUILD_READ_ONLY
     database:                     # metadata on PostgreSQL, shared by replicas (docs/storage.md)
       url: postgresql://registry@db.internal/registry   # PYBUILD_DATABASE_URL (libpq URI), or:
@@ -109,7 +113,14 @@ from typing import Any
 
 import yaml
 
-from .distribution_config import DistributionConfigError, from_distribution, is_distribution_config
+from cas.s3_location import S3Location
+
+from .distribution_config import (
+    DistributionConfigError,
+    from_distribution,
+    is_distribution_config,
+    s3_location,
+)
 from .notifications import Endpoint, parse_endpoints
 from .proxy_config import Upstream, parse_duration, parse_upstreams, upstream_from_remoteurl
 from .retention_policy import Policy, parse_policies, parse_retention_duration
@@ -127,6 +138,7 @@ class ServerConfig:
 
     addr: str = "127.0.0.1:5000"
     storage: Path | None = None  # None: cas.location.default_storage_dir()
+    packs: S3Location | None = None  # None: as the storage directory records (default: on disk)
     read_only: bool = False
     database_url: str | None = field(default=None, repr=False)
     database_enabled: bool = False
@@ -211,6 +223,7 @@ class ServerConfig:
 _TYPES: dict[str, type] = {
     "addr": str,
     "storage": Path,
+    "packs": S3Location,
     "read_only": bool,
     "database_url": str,
     "database_enabled": bool,
@@ -273,6 +286,12 @@ _TYPES: dict[str, type] = {
     "retention_upload_grace": float,
     "retention_policies": tuple,
 }
+def _packs_setting(value: Any) -> S3Location:
+    """The ``packs`` setting: an ``s3://`` URL, or a location already made (from
+    Distribution's ``storage.s3`` keys, :func:`distribution_s3`)."""
+    return value if isinstance(value, S3Location) else S3Location.parse(str(value))
+
+
 # Settings with their own parser (ValueError when the value does not parse).
 def _parse_headers(value: Any) -> tuple[tuple[str, str], ...]:
     """``{Name: value or [values]}`` (a mapping, or its YAML/JSON text in the env)."""
@@ -300,6 +319,7 @@ _PARSERS = {
     "retention_upload_grace": parse_retention_duration,
     "retention_policies": parse_policies,
 }
+_PARSERS["packs"] = _packs_setting
 assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
 
 
@@ -389,6 +409,17 @@ def _read_file(path: Path) -> dict[str, Any]:
             f"known: {', '.join(sorted(_TYPES))} (nested keys join with '_')"
         )
     return {k: _convert(k, v, str(path)) for k, v in flat.items()}
+
+
+# CNCF Distribution's storage.s3 keys that name the bucket (the rest are refused).
+
+def distribution_s3(keys: Mapping[str, Any], source: str) -> S3Location:
+    """The packs' S3 location from CNCF Distribution's ``storage.s3`` keys
+    (:func:`~registry.server.distribution_config.s3_location`); ConfigError if unusable."""
+    try:
+        return s3_location(keys, source)
+    except DistributionConfigError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def load_config(

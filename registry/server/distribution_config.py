@@ -15,10 +15,13 @@ The ``database:`` section takes GitLab's container registry keys (``enabled``, `
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["DistributionConfigError", "from_distribution", "is_distribution_config"]
+from cas.s3_location import S3Location
+
+__all__ = ["DistributionConfigError", "from_distribution", "is_distribution_config", "s3_location"]
 
 # Keys accepted because pybuild has nothing to do for them (the reason is in the docs).
 _IGNORED = {
@@ -95,6 +98,9 @@ _MAPPED: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "auth.token.jwks": (("auth", "token", "jwks"), str),
     "notifications": (("notifications",), lambda v: v),
     "proxy": (("proxy",), lambda v: v),
+    # the pieces' packs in S3 (storage.filesystem.rootdirectory, if given, is where the
+    # store keeps its local state); the conversion is :func:`s3_location`
+    "storage.s3": (("packs",), lambda v: v),
     **{f"database.{k}": (("database", k), lambda v: v)
        for k in ("enabled", "host", "port", "user", "password", "dbname", "sslmode", "url",
                  "migrate")},
@@ -103,9 +109,6 @@ _MAPPED: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
 
 def _unsupported(key: str) -> str | None:
     """Why a known Distribution key cannot be honoured, or None if it is not one."""
-    if key.startswith("storage.s3"):
-        return ("S3 storage is not available in this pybuild; use storage.filesystem "
-                "(the pieces of every image are deduplicated there)")
     for other in ("gcs", "azure", "swift", "oss", "inmemory"):
         if key.startswith(f"storage.{other}"):
             return f"the {other} storage driver is not supported; use storage.filesystem"
@@ -143,8 +146,44 @@ def from_distribution(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
             why = _unsupported(key) or "Distribution has no such setting"
             raise DistributionConfigError(f"{source}: {key}: {why}")
         path, convert = mapped
+        if key == "storage.s3":
+            value = s3_location(value, source)
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = convert(value)
     return out
+
+_DISTRIBUTION_S3 = ("accesskey", "secretkey", "region", "regionendpoint", "bucket",
+                    "rootdirectory", "secure", "chunksize")
+
+
+def s3_location(keys: Mapping[str, Any], source: str) -> S3Location:
+    """The packs' S3 location from CNCF Distribution's ``storage.s3`` keys (``accesskey``,
+    ``secretkey``, ``region``, ``regionendpoint``, ``bucket``, ``rootdirectory``,
+    ``secure``, ``chunksize``). Keys not given come from ``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY``; a ``regionendpoint`` with a scheme decides ``secure``."""
+    unknown = sorted(set(keys) - set(_DISTRIBUTION_S3))
+    if unknown:
+        raise DistributionConfigError(f"{source}: storage.s3: unsupported key(s) {', '.join(unknown)}; "
+                          f"supported: {', '.join(_DISTRIBUTION_S3)}")
+    if not keys.get("bucket"):
+        raise DistributionConfigError(f"{source}: storage.s3.bucket is required")
+    region = str(keys.get("region") or "us-east-1")
+    endpoint = str(keys.get("regionendpoint") or f"s3.{region}.amazonaws.com")
+    raw = keys.get("secure", True)
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    secure = raw if isinstance(raw, bool) else words.get(str(raw).strip().lower())
+    if secure is None:
+        raise DistributionConfigError(f"{source}: storage.s3.secure must be true or false, got {raw!r}")
+    if "://" in endpoint:
+        scheme, _, endpoint = endpoint.partition("://")
+        secure = scheme == "https"
+    try:
+        return S3Location(
+            endpoint.rstrip("/"), str(keys["bucket"]), str(keys.get("rootdirectory") or "").strip("/"),
+            str(keys.get("accesskey") or os.environ.get("AWS_ACCESS_KEY_ID", "")),
+            str(keys.get("secretkey") or os.environ.get("AWS_SECRET_ACCESS_KEY", "")),
+            region, secure, int(keys.get("chunksize") or 8 << 20))
+    except (TypeError, ValueError) as exc:
+        raise DistributionConfigError(f"{source}: storage.s3: {exc}") from exc

@@ -335,9 +335,7 @@ async def _session(reg: Registry, name: str, upload_id: str) -> Any:
         raise unknown
     ingest = reg.ingests.get(upload_id)
     if ingest is not None and reg.config.database and not ingest.closed:
-        # Replicas share sessions: another one may have appended since this process
-        # parked the ingest. Parked, it holds nothing; resume from the checkpoint then.
-        info = await reg.store.ingest_info(upload_id)
+        info = await reg.store.ingest_info(upload_id)  # another replica appended since?
         if info is None or info.offset != ingest.offset or not ingest.parked:
             del reg.ingests[upload_id]
             ingest = None

@@ -79,7 +79,8 @@ def test_upload_purging_disabled_keeps_sessions(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("version: 0.1\nstorage: {s3: {bucket: b, region: us-east-1}}\n", r"storage\.s3: S3 storage is not available"),
+    ("version: 0.1\nstorage: {s3: {bucket: b, region: us-east-1, v4auth: true}}\n",
+     r"storage\.s3: unsupported key\(s\) v4auth"),
     ("version: 0.1\nstorage: {gcs: {bucket: b}}\n", r"storage\.gcs\.bucket: the gcs storage driver is not supported"),
     ("version: 0.1\nmiddleware: {registry: [{name: cloudfront}]}\n", r"middleware.*: pybuild does not support it"),
     ("version: 0.1\nhttp: {relativeurls: true}\n", r"http\.relativeurls: pybuild does not support it"),
