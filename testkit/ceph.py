@@ -32,7 +32,7 @@ from typing import Any
 from .registries import free_port
 from .tools import DEBIAN_PACKAGE, require_tool
 
-__all__ = ["RadosGateway", "S3Credentials"]
+__all__ = ["BUCKET", "RadosGateway", "S3Credentials"]
 
 DEBIAN_PACKAGE.update({
     "ceph-mon": "ceph-mon",
@@ -80,6 +80,10 @@ rgw gc processor max time = 2
 rgw enable usage log = false
 rgw thread pool size = 64
 """
+
+
+# The bucket the tests share (tests/conftest.py makes it); each test works under a prefix.
+BUCKET = "pybuild-tests"
 
 
 @dataclass(frozen=True, slots=True)

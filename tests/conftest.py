@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 import testkit.tools  # noqa: E402 - needs the checkout on sys.path (above)
+from cas.s3_location import S3Location  # noqa: E402
+from testkit.ceph import BUCKET, RadosGateway  # noqa: E402
 from testkit.docker_engine import DockerEngine, find_running_engine  # noqa: E402
 from testkit.docker_engine import docker_engine as running_docker_engine  # noqa: E402
 from testkit.postgres import PostgresServer, postgres_server  # noqa: E402
@@ -57,3 +60,25 @@ def postgres() -> Iterator[PostgresServer]:
     database each with ``create_database``."""
     with postgres_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def radosgw() -> Iterator[RadosGateway]:
+    """A private Ceph cluster with a RADOS Gateway (testkit.ceph), for the whole session,
+    with the bucket :data:`BUCKET` made."""
+    gw = RadosGateway()
+    gw.start()
+    try:
+        gw.create_bucket(BUCKET)
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def s3_location(radosgw: RadosGateway) -> S3Location:
+    """A fresh prefix in the shared bucket, as an S3Location with the gateway's keys."""
+    c = radosgw.credentials
+    assert c is not None
+    return S3Location(c.endpoint.removeprefix("http://"), BUCKET, f"t{secrets.token_hex(6)}/",
+                      c.access_key, c.secret_key, c.region, secure=False, part_size=5 << 20)

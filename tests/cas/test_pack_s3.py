@@ -20,9 +20,7 @@ from cas.open import open_store
 from cas.pack_s3 import S3Packs, S3StorageError
 from cas.pack_select import open_packs
 from cas.s3_location import S3Location, S3LocationError
-from testkit.ceph import RadosGateway
-
-from .conftest import BUCKET
+from testkit.ceph import BUCKET, RadosGateway
 
 
 def _objects(gw: RadosGateway, loc: S3Location) -> dict[str, int]:

@@ -1,5 +1,6 @@
 """Three ``pybuild serve`` replicas behind HAProxy (round-robin per request), sharing one
-PostgreSQL metadata database and one storage directory: Docker, skopeo and podman push and
+PostgreSQL metadata database and one storage directory, with the packs there or in S3
+(a RADOS Gateway): Docker, skopeo and podman push and
 pull through the balancer; a replica killed with SIGKILL in the middle of a push leaves the
 client to finish through the others; ``storage gc`` looping beside the pushes loses nothing
 they were told was stored."""
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from cas.s3_location import S3Location
 from testkit.clients import ContainerStorage, podman, run, skopeo
 from testkit.docker_engine import DockerEngine, docker_client
 from testkit.haproxy import load_balancer
@@ -56,13 +58,17 @@ class Cluster:
         return report
 
 
-@pytest.fixture
-def cluster(postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
+@pytest.fixture(params=["files", "s3"])
+def cluster(request: pytest.FixtureRequest, postgres: PostgresServer, tmp_path: Path) -> Iterator[Cluster]:
     database = postgres.create_database(f"replicas_{uuid.uuid4().hex[:12]}")
     assert _cli("storage", "migrate", "--database", database).returncode == 0
     storage = tmp_path / "storage"
+    settings: dict[str, object] = {"database": {"url": database}, "log": {"access": False}}
+    if request.param == "s3":
+        s3: S3Location = request.getfixturevalue("s3_location")
+        settings["packs"] = s3.to_url(keys=True)
     config = tmp_path / "registry.yaml"
-    config.write_text(json.dumps({"database": {"url": database}, "log": {"access": False}}))
+    config.write_text(json.dumps(settings))
     replicas = []
     try:
         for n in range(3):
