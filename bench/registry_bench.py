@@ -29,7 +29,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -326,12 +326,13 @@ def _skopeo_copy(src: str, dest: str) -> float:
 
 def bench_registry(
     target: str, addr: str, data: RegistryData, settings: RegistrySettings, workdir: Path,
-    storage: Path | None = None,
+    storage: Path | Callable[[], int] | None = None, storage_label: str = "storage",
 ) -> list[Measurement]:
     """Measure the registry at ``addr`` (``host:port``, plain HTTP); label values ``target``.
 
-    ``storage`` is the registry's storage directory when the harness started it: then the
-    storage growth of pushing ``data.versions`` is measured too.
+    ``storage`` is the registry's storage directory when the harness started it (or a
+    function giving the bytes its storage holds, e.g. a bucket's): then the storage growth
+    of pushing ``data.versions`` is measured too, named ``storage_label``.
     """
     base = f"http://{addr}"
     mb = len(data.blob) / 1e6
@@ -362,14 +363,16 @@ def bench_registry(
 
     stored: list[Measurement] = []
     if storage is not None and data.versions:
-        before = allocated_bytes(storage)
+        measure = storage if callable(storage) else (lambda: allocated_bytes(storage))
+        before = measure()
         asyncio.run(_push_versions(base, data.versions))
-        grown = allocated_bytes(storage) - before
+        grown = measure() - before
         vlabel = (f"{len(data.versions)} versions x {settings.version_layers} chunked-frame "
                   f"layers, {data.versions_bytes / 1e6:.0f} MB pushed")
         stored = [
-            one(f"storage after {vlabel}", "MB", grown / 1e6, higher=False,
-                notes="growth of allocated bytes in the storage directory"),
+            one(f"{storage_label} after {vlabel}", "MB", grown / 1e6, higher=False,
+                notes="growth of allocated bytes in the storage directory" if not callable(storage)
+                else f"growth of {storage_label}"),
             one("storage / bytes pushed", "ratio", grown / data.versions_bytes, higher=False),
         ]
     return [

@@ -1,16 +1,20 @@
 """Three replicas behind one HAProxy: pybuild (metadata in PostgreSQL) vs CNCF Distribution
-(a shared ``http.secret``), both on one shared storage directory.
+(a shared ``http.secret``), both storing in one S3 bucket of a RADOS Gateway the run starts
+(``--files``: both on one shared storage directory instead).
 
 Each cluster gets the same data and the same measurements as the ``registry`` area
 (:func:`bench.registry_bench.bench_registry`, through the balancer's address): blob push
 and pull, manifest GETs with ``wrk``, skopeo copy push/pull, storage after the ten-version
-corpus. For pybuild the size of its PostgreSQL database is reported beside the storage
-directory's growth (Distribution keeps its metadata in the storage).
+corpus (the bucket's bytes under each registry's prefix, or the directory's growth). For
+pybuild the size of its PostgreSQL database is reported beside it (Distribution keeps its
+metadata in the storage). Distribution runs with its defaults otherwise: on S3 it
+redirects blob GETs to the bucket.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 from bench.registry_bench import RegistryData, RegistrySettings, bench_registry
 from bench.report import Measurement
@@ -31,8 +36,35 @@ __all__ = ["REPLICAS", "bench_replicas"]
 REPLICAS = 3
 
 
+class Bucket:
+    """A RADOS Gateway bucket the registries store in, each under its own prefix."""
+
+    name = "bench"
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+        self.creds = gateway.credentials
+        gateway.create_bucket(self.name)
+
+    def bytes_under(self, prefix: str) -> int:
+        total = 0
+        for page in self.gateway.client().get_paginator("list_objects_v2").paginate(
+                Bucket=self.name, Prefix=prefix):
+            total += sum(int(o["Size"]) for o in page.get("Contents", []))
+        return total
+
+
+def _distribution_s3(bucket: Bucket) -> str:
+    c = bucket.creds
+    return ("  s3:\n"
+            f"    accesskey: {c.access_key}\n    secretkey: {c.secret_key}\n"
+            f"    region: {c.region}\n    regionendpoint: {c.endpoint}\n"
+            f"    bucket: {bucket.name}\n    rootdirectory: /distribution\n"
+            "    secure: false\n    v4auth: true\n")
+
+
 @contextmanager
-def _distribution(work: Path) -> Iterator[tuple[str, Path, Callable[[], int]]]:
+def _distribution(work: Path, bucket: Bucket | None) -> Iterator[tuple[str, Path, Callable[[], int]]]:
     binary = shutil.which("docker-registry")
     if binary is None:
         raise NotAvailable("docker-registry is not installed; install docker-registry")
@@ -45,10 +77,17 @@ def _distribution(work: Path) -> Iterator[tuple[str, Path, Callable[[], int]]]:
             def argv(addr: str, config: Path = config) -> list[str]:
                 text = distribution_config(storage, addr).replace(
                     "http:\n", "http:\n  secret: bench-shared-secret\n")
+                if bucket is not None:  # the s3 driver instead of the filesystem one
+                    text = text.replace(f"  filesystem:\n    rootdirectory: {storage}\n",
+                                        _distribution_s3(bucket))
                 config.write_text(text)
                 return [binary, "serve", str(config)]
 
-            replica = RegistryProcess("distribution", argv, storage=storage, log=work / f"r{n}.log")
+            # Its AWS SDK cannot use a custom CA bundle with its own HTTP transport: an
+            # AWS_CA_BUNDLE in the environment stops it at start (and the gateway is HTTP).
+            env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+            replica = RegistryProcess("distribution", argv, storage=storage, log=work / f"r{n}.log",
+                                      env=env)
             stack.enter_context(replica)
             addrs.append(replica.addr)
         lb = stack.enter_context(load_balancer(addrs))
@@ -56,7 +95,7 @@ def _distribution(work: Path) -> Iterator[tuple[str, Path, Callable[[], int]]]:
 
 
 @contextmanager
-def _pybuild(work: Path) -> Iterator[tuple[str, Path, Callable[[], int]]]:
+def _pybuild(work: Path, bucket: Bucket | None) -> Iterator[tuple[str, Path, Callable[[], int]]]:
     storage = work / "storage"
     with ExitStack() as stack:
         server = stack.enter_context(postgres_server())
@@ -66,7 +105,12 @@ def _pybuild(work: Path) -> Iterator[tuple[str, Path, Callable[[], int]]]:
         if migrated.returncode != 0:
             raise NotAvailable(f"pybuild storage migrate failed: {migrated.stderr}")
         config = work / "registry.yaml"
-        config.write_text(json.dumps({"database": {"url": url}, "log": {"access": False}}))
+        settings: dict[str, object] = {"database": {"url": url}, "log": {"access": False}}
+        if bucket is not None:
+            c = bucket.creds
+            settings["packs"] = (f"s3://{c.access_key}:{c.secret_key}@{c.endpoint.removeprefix('http://')}"
+                                 f"/{bucket.name}/pybuild/?secure=false&region={c.region}")
+        config.write_text(json.dumps(settings))
         addrs = []
         for n in range(REPLICAS):
             def argv(addr: str) -> list[str]:
@@ -89,18 +133,37 @@ def _pybuild(work: Path) -> Iterator[tuple[str, Path, Callable[[], int]]]:
 
 
 def bench_replicas(work: Path, data: RegistryData, settings: RegistrySettings,
-                   skipped: dict[str, str]) -> list[Measurement]:
+                   skipped: dict[str, str], *, s3: bool = True) -> list[Measurement]:
     """Measure both clusters; a cluster that cannot run is listed in ``skipped``."""
+    with ExitStack() as stack:
+        bucket = None
+        if s3:
+            from testkit.ceph import RadosGateway
+
+            gateway = RadosGateway()
+            gateway.start()
+            stack.callback(gateway.stop)
+            bucket = Bucket(gateway)
+        return _bench(work, data, settings, skipped, bucket)
+
+
+def _bench(work: Path, data: RegistryData, settings: RegistrySettings, skipped: dict[str, str],
+           bucket: Bucket | None) -> list[Measurement]:
     out: list[Measurement] = []
     for name, cluster in (("distribution", _distribution), ("pybuild", _pybuild)):
         where = work / name
         where.mkdir(parents=True, exist_ok=True)
         try:
-            with cluster(where) as (addr, storage, database_bytes):
-                out += bench_registry(name, addr, data, settings, work, storage)
-                size = database_bytes()
-                if size:
-                    out.append(Measurement("metadata database", "MB", False, {name: round(size / 1e6, 1)},
+            with cluster(where, bucket) as (addr, storage, database_bytes):
+                size: Path | Callable[[], int] = storage
+                label = "storage"
+                if bucket is not None:
+                    prefix = "distribution/" if name == "distribution" else "pybuild/"
+                    size, label = (lambda b=bucket, p=prefix: b.bytes_under(p)), "bucket bytes"
+                out += bench_registry(name, addr, data, settings, work, size, label)
+                db_size = database_bytes()
+                if db_size:
+                    out.append(Measurement("metadata database", "MB", False, {name: round(db_size / 1e6, 1)},
                                            "PostgreSQL's pg_database_size after the run"))
         except NotAvailable as exc:
             skipped[name] = str(exc)

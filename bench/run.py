@@ -203,7 +203,9 @@ def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_
 @click.option("--blob-mib", type=int, default=1024, show_default=True,
               help="Size of the blob pushed and pulled.")
 @click.option("--wrk-seconds", type=int, default=10, show_default=True)
-def replicas(quick: bool, workdir: Path | None, results: Path, blob_mib: int, wrk_seconds: int) -> None:
+@click.option("--files", is_flag=True, help="Store on a shared directory instead of S3 (a RADOS Gateway).")
+def replicas(quick: bool, workdir: Path | None, results: Path, blob_mib: int, wrk_seconds: int,
+             files: bool) -> None:
     """Three replicas behind HAProxy: pybuild (PostgreSQL metadata) vs CNCF Distribution."""
     from bench.registry_bench import RegistryBenchError, RegistrySettings, prepare_data
     from bench.replicas_bench import REPLICAS, bench_replicas
@@ -217,14 +219,15 @@ def replicas(quick: bool, workdir: Path | None, results: Path, blob_mib: int, wr
                            version_layer_size=MiB)
     report = Report(area="replicas", peer="distribution",
                     parameters={"replicas": REPLICAS, "blob_mib": blob_mib,
-                                "wrk_seconds": wrk_seconds, "quick": quick})
+                                "wrk_seconds": wrk_seconds, "quick": quick,
+                                "storage": "files" if files else "s3"})
     with _workdir(workdir) as work:
         click.echo("measuring the machine ...", err=True)
         report.machine = _machine(work, quick)
         click.echo("generating data ...", err=True)
         data = prepare_data(work, settings)
         try:
-            report.add(bench_replicas(work, data, settings, report.skipped))
+            report.add(bench_replicas(work, data, settings, report.skipped, s3=not files))
         except RegistryBenchError as exc:
             report.failed["replicas"] = str(exc)
     _finish(report, results)
