@@ -35,6 +35,7 @@ import typing as _typing
 from .lazy import lazy_attributes as _lazy_attributes
 
 if _typing.TYPE_CHECKING:
+    from .assemble import PieceIngest, PieceMismatch, PiecesMissing, RecipeInvalid
     from .blobs import BlobInfo, IngestInfo, Piece, Recipe, Segment
     from .chunker import ChunkParams
     from .core import StoreCore
@@ -84,6 +85,10 @@ _WHERE = {
     "StoreCorrupt": "errors",
     "UnsupportedDigestAlgorithm": "errors",
     "Ingest": "ingest",
+    "PieceIngest": "assemble",
+    "PieceMismatch": "assemble",
+    "PiecesMissing": "assemble",
+    "RecipeInvalid": "assemble",
     "IngestInfo": "blobs",
     "SourceFailed": "ingest",
     "FsckReport": "maintenance",
@@ -117,7 +122,11 @@ __all__ = [
     "InvalidDigest",
     "InvalidRange",
     "Piece",
+    "PieceIngest",
+    "PieceMismatch",
+    "PiecesMissing",
     "Recipe",
+    "RecipeInvalid",
     "Segment",
     "SizeMismatch",
     "SourceFailed",
