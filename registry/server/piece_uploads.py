@@ -162,7 +162,8 @@ def parse_plan(body: bytes) -> Plan:
         raise _invalid(f"the push plan is not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise _invalid("the push plan must be a JSON object")
-    digest = parse_digest(doc.get("digest") if isinstance(doc.get("digest"), str) else "")
+    text = doc.get("digest")
+    digest = parse_digest(text if isinstance(text, str) else "")
     size, raw_pieces, raw_bases = doc.get("size"), doc.get("pieces"), doc.get("bases", [])
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise _invalid("the plan's size must be a non-negative integer")

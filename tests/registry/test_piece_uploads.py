@@ -79,7 +79,7 @@ async def test_read_only_registry_does_not_offer_piece_uploads(make_client: Make
 
 
 async def test_push_of_v2_asks_only_for_changed_pieces(client: TestClient) -> None:
-    v1, p1 = layer(list(range(20)))
+    v1, _ = layer(list(range(20)))
     await push_blob(client, "team/app", v1)
     seeds = list(range(20))
     seeds[3], seeds[17] = 1003, 1017
