@@ -56,7 +56,7 @@ async def piece_bases(client: RegistryClient, images: ImageStore, dst: ImageRef)
     out: dict[Digest, None] = {}
     host, name = dst.api_host, dst.name
     try:
-        tags = await client.tags(host, name)
+        tags = await client.tags(host, name, push=True)
     except (RegistryError, TransportError, ValueError):
         tags = []  # a new repository
     wanted = [t for t in (dst.tag, "latest") if t and t in tags]
@@ -79,14 +79,14 @@ async def piece_bases(client: RegistryClient, images: ImageStore, dst: ImageRef)
 async def _manifests(client: RegistryClient, ref: ImageRef) -> list[Manifest]:
     """The image manifest ``ref`` names (an index: up to four of its manifests)."""
     try:
-        body, media_type, _ = await client.get_manifest(ref)
+        body, media_type, _ = await client.get_manifest(ref, push=True)
         _, doc = parse_manifest(body, media_type)
         if isinstance(doc, Manifest):
             return [doc]
         out = []
         if isinstance(doc, Index):
             for entry in doc.manifests[:4]:
-                child, child_type, _ = await client.get_manifest(ref.with_digest(entry.digest))
+                child, child_type, _ = await client.get_manifest(ref.with_digest(entry.digest), push=True)
                 _, sub = parse_manifest(child, child_type)
                 if isinstance(sub, Manifest):
                     out.append(sub)

@@ -61,11 +61,12 @@ class RegistryClient(RegistrySession):
         """``GET /v2/`` (authenticating if asked); raises if the host is no registry."""
         await self._request("GET", host, "/v2/")
 
-    async def get_manifest(self, ref: ImageRef) -> tuple[bytes, str, Digest]:
-        """The manifest's exact bytes, media type and digest (verified when pinned)."""
+    async def get_manifest(self, ref: ImageRef, *, push: bool = False) -> tuple[bytes, str, Digest]:
+        """The manifest's exact bytes, media type and digest (verified when pinned).
+        ``push``: asked while pushing (the push token, which may also pull, serves)."""
         resp, body = await self._request(
             "GET", ref.api_host, f"/v2/{ref.name}/manifests/{ref.reference}",
-            scopes=frozenset({pull_scope(ref.name)}), headers={"Accept": MANIFEST_ACCEPT},
+            scopes=frozenset({_scope(ref.name, push)}), headers={"Accept": MANIFEST_ACCEPT},
         )
         if len(body) > _MAX_MANIFEST:
             raise TransportError(f"manifest {ref} is {len(body)} bytes, over the 4 MiB limit")
@@ -208,12 +209,12 @@ class RegistryClient(RegistrySession):
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
         )
 
-    async def tags(self, host: str, name: str) -> list[str]:
+    async def tags(self, host: str, name: str, *, push: bool = False) -> list[str]:
         """Every tag of ``name`` (following ``Link`` pagination)."""
         out: list[str] = []
         url = f"/v2/{name}/tags/list"
         while url:
-            resp, body = await self._request("GET", host, url, scopes=frozenset({pull_scope(name)}))
+            resp, body = await self._request("GET", host, url, scopes=frozenset({_scope(name, push)}))
             out.extend(json.loads(body).get("tags") or [])
             link = resp.headers.get("Link", "")
             url = link[link.find("<") + 1 : link.find(">")] if "rel=\"next\"" in link else ""
@@ -226,7 +227,7 @@ class RegistryClient(RegistrySession):
         )
         return Index.parse(body)
 
-    async def extension_endpoints(self, host: str, name: str) -> frozenset[str]:
+    async def extension_endpoints(self, host: str, name: str, *, push: bool = False) -> frozenset[str]:
         """The endpoints ``GET /v2/<name>/_oci/ext/discover`` lists (none when the
         registry does not answer it); asked once per repository and session."""
         cache = self._endpoints
@@ -234,7 +235,7 @@ class RegistryClient(RegistrySession):
             return cache[(host, name)]
         try:
             _, body = await self._request(
-                "GET", host, f"/v2/{name}/_oci/ext/discover", scopes=frozenset({pull_scope(name)})
+                "GET", host, f"/v2/{name}/_oci/ext/discover", scopes=frozenset({_scope(name, push)})
             )
             doc = json.loads(body)
             found = frozenset(
@@ -252,7 +253,7 @@ class RegistryClient(RegistrySession):
 
     async def has_piece_push(self, host: str, name: str) -> bool:
         """Whether the repository takes piece-level pushes (pybuild's extension)."""
-        return PIECE_UPLOADS_ENDPOINT in await self.extension_endpoints(host, name)
+        return PIECE_UPLOADS_ENDPOINT in await self.extension_endpoints(host, name, push=True)
 
     # --- piece-level pushes (docs/piece-index.md) -------------------------------------------
     async def start_piece_upload(self, host: str, name: str, plan: bytes) -> tuple[str, list[int]]:
@@ -313,6 +314,10 @@ class RegistryClient(RegistrySession):
             raise TransportError(f"recipe of {digest} covers {pos} bytes, not {doc['size']}")
         return pieces
 
+
+
+def _scope(name: str, push: bool) -> str:
+    return push_scope(name) if push else pull_scope(name)
 
 
 def _missing(body: bytes) -> list[int]:
