@@ -25,6 +25,7 @@ pieces it does not have (column ``pybuild+serve``). pybuild's side is called as
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -42,6 +43,8 @@ from testkit.registries import (
     RegistryProcess,
     RunningRegistry,
     distribution_argv,
+    free_port,
+    http,
     pybuild_serve_available,
 )
 from testkit.registries import pybuild_argv as serve_argv
@@ -160,6 +163,86 @@ def _copies(workdir: Path, layout: Path, dist: _Served) -> dict[str, dict[str, f
     return out
 
 
+def _push_v2_over_v1(workdir: Path, layout: Path, total_v2: int) -> list[Measurement]:
+    """Pushing v2 to a registry that holds v1 (a CI runner publishing an update): seconds,
+    and MB the registry received for v2. ``pybuild push`` to ``pybuild serve`` (piece-level:
+    only the pieces the registry lacks, reused from v1's layers), ``skopeo copy`` from the
+    OCI layout and ``docker push`` to Distribution (whole changed layers). pybuild's bytes
+    come from the server's metrics, Distribution's from its process' ``rchar``."""
+    seconds: dict[str, float] = {}
+    received: dict[str, float] = {}
+
+    def rchar(pid: int) -> int:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+        raise ClientBenchError(f"/proc/{pid}/io has no rchar line")
+
+    if has_command("push") and pybuild_serve_available():
+        debug = f"127.0.0.1:{free_port()}"
+        config = workdir / "push-serve.yaml"
+        config.write_text(f"http:\n  debug:\n    addr: {debug}\n")
+        store = workdir / "push-store"
+        process = RegistryProcess("pybuild", serve_argv(workdir / "push-serve", config=config),
+                                  storage=workdir / "push-serve", log=workdir / "push-serve.log",
+                                  env=pybuild_env())
+        with process as own:
+            refs = {tag: own.ref(REPO, tag) for tag in ("v1", "v2")}
+            for tag, ref in refs.items():
+                _timed(pybuild_argv("copy", "-q", "--storage", str(store), f"oci:{layout}:{tag}",
+                                    f"local:{ref}"), pybuild_env())
+            _timed(pybuild_argv("push", "-q", "--storage", str(store), refs["v1"]), pybuild_env())
+
+            def metric() -> float:
+                text = http(debug, "GET", "/metrics").body.decode()
+                found = re.search(r"^pybuild_registry_bytes_received_total (\S+)$", text, re.M)
+                return float(found.group(1)) if found else 0.0
+
+            before = metric()
+            os.sync()
+            seconds["pybuild"] = _timed(pybuild_argv("push", "-q", "--storage", str(store), refs["v2"]),
+                                        pybuild_env())
+            received["pybuild"] = metric() - before
+    for tool in ("skopeo", "docker"):
+        if tool == "docker" and not shutil.which("dockerd"):
+            continue
+        with _serve("distribution", workdir / f"push-{tool}") as dist:
+            refs = {tag: dist.registry.ref(REPO, tag) for tag in ("v1", "v2")}
+            if tool == "skopeo":
+                def push(tag: str, ref: str) -> float:
+                    return _timed(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
+                                   f"docker://{ref}"])
+                push("v1", refs["v1"])
+                before = rchar(dist.pid)
+                os.sync()
+                seconds[tool] = push("v2", refs["v2"])
+                received[tool] = rchar(dist.pid) - before
+                continue
+            with docker_engine() as engine:
+                for tag, ref in refs.items():  # docker loads both versions from the layout
+                    _timed(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
+                            f"docker://{ref}"])
+                    engine.run("pull", "-q", ref, timeout=1800)
+                with _serve("distribution", workdir / "push-docker-dst") as dst:
+                    for tag, ref in refs.items():
+                        engine.run("tag", ref, dst.registry.ref(REPO, tag))
+                    engine.run("push", "-q", dst.registry.ref(REPO, "v1"), timeout=1800)
+                    before = rchar(dst.pid)
+                    os.sync()
+                    start = time.perf_counter()
+                    engine.run("push", "-q", dst.registry.ref(REPO, "v2"), timeout=1800)
+                    seconds[tool] = time.perf_counter() - start
+                    received[tool] = rchar(dst.pid) - before
+                engine.run("rmi", "--force", *refs.values(),
+                           *(dst.registry.ref(REPO, t) for t in refs), check=False)
+    return [
+        Measurement("push v2 over v1 (the registry holds v1)", "s", False,
+                    {k: round(v, 3) for k, v in seconds.items()}),
+        Measurement(f"push v2 over v1: MB received (v2 layers {total_v2 / 1e6:.1f} MB)", "MB", False,
+                    {k: round(v / 1e6, 2) for k, v in received.items()}),
+    ]
+
+
 def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
                  report_skip: Callable[[str, str], None]) -> list[Measurement]:
     """Time each available client; ``report_skip(client, why)`` for those that are not."""
@@ -226,4 +309,5 @@ def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
         Measurement(f"pull v2 over v1: bytes served (v2 layers {total_v2 / 1e6:.1f} MB)",
                     "MB", False, {k: round(v[2] / 1e6, 2) for k, v in results.items()}),
         *copied,
+        *_push_v2_over_v1(workdir, layout, total_v2),
     ]
