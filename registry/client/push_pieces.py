@@ -25,6 +25,7 @@ Progress counts the pieces sent as transferred and the others as reused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 
@@ -144,7 +145,8 @@ async def push_pieces(
     if missing is None:
         location, missing = await client.start_piece_upload(host, name, plan)
         if len(missing) == len(pieces):
-            await client.cancel_piece_upload(host, name, location)
+            with contextlib.suppress(RegistryError, *_BROKEN):  # else it expires
+                await client.cancel_piece_upload(host, name, location)
             return None
         await images.set_pending_push(session_key, location)
     assert location is not None

@@ -316,20 +316,25 @@ async def patch_pieces(request: web.Request, name: str, upload_id: str) -> web.R
     reg = request.app[REGISTRY]
     listed = _parse_piece_list(request.headers.get("Pybuild-Pieces"))
     total = sum(n for _, n in listed)
-    async with reg.upload_lock(upload_id), reg.upload_slots.hold(request.remote or ""):
-        ingest = await _session(reg, name, upload_id)
-        allowance = reg.upload_limits.allowance(upload_id)
-        if allowance is not None and total > allowance:
-            reg.upload_limits.refuse_bytes(upload_id, total)
+    if await reg.meta.upload_repository(upload_id) != name + _SUFFIX:
+        await _session(reg, name, upload_id)  # raises BLOB_UPLOAD_UNKNOWN
+    allowance = reg.upload_limits.allowance(upload_id)
+    if allowance is not None and total > allowance:
+        reg.upload_limits.refuse_bytes(upload_id, total)
+    # The body is read outside the session's lock: a client's batches for one blob
+    # arrive side by side and only take turns to be stored.
+    async with reg.upload_slots.hold(request.remote or ""):
         body = await _read_body(request, total, "the pieces")
-        if len(body) != total:
-            raise SIZE_INVALID(f"the body is {len(body)} bytes, the pieces listed {total}",
-                               detail={"expected": total, "actual": len(body)})
-        view = memoryview(body)
-        pieces, pos = [], 0
-        for key, length in listed:
-            pieces.append((key, view[pos : pos + length]))
-            pos += length
+    if len(body) != total:
+        raise SIZE_INVALID(f"the body is {len(body)} bytes, the pieces listed {total}",
+                           detail={"expected": total, "actual": len(body)})
+    view = memoryview(body)
+    pieces, pos = [], 0
+    for key, length in listed:
+        pieces.append((key, view[pos : pos + length]))
+        pos += length
+    async with reg.upload_lock(upload_id):
+        ingest = await _session(reg, name, upload_id)
         try:
             await ingest.add_pieces(pieces)
         except PieceMismatch as exc:
@@ -339,10 +344,10 @@ async def patch_pieces(request: web.Request, name: str, upload_id: str) -> web.R
                 await _drop(reg, upload_id)
             raise
         reg.upload_limits.update(upload_id, ingest.offset)
-        return web.Response(status=202, headers={
-            "Location": _location(name, upload_id), "Docker-Upload-UUID": upload_id,
-            "Content-Length": "0",
-        })
+    return web.Response(status=202, headers={
+        "Location": _location(name, upload_id), "Docker-Upload-UUID": upload_id,
+        "Content-Length": "0",
+    })
 
 
 async def finish_piece_upload(request: web.Request, name: str, upload_id: str) -> web.Response:

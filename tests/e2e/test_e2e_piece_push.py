@@ -97,3 +97,35 @@ def test_push_of_v2_sends_changed_pieces_and_docker_and_skopeo_pull_it(
                    f"oci:{tmp_path / 'skopeo'}:v2"))
         index = json.loads((tmp_path / "skopeo" / "index.json").read_text())
         assert index["manifests"][0]["digest"] == images["v2"].manifest_digest
+
+
+def test_build_push_of_a_changed_file_sends_its_pieces_only(tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "data").mkdir(parents=True)
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY data /data\n")
+    rng = random.Random(3)
+    for i in range(FILES):
+        (ctx / "data" / f"file{i}").write_bytes(rng.randbytes(FILE_SIZE))
+    debug = f"127.0.0.1:{free_port()}"
+    storage = tmp_path / "storage"
+
+    def build(ref: str) -> None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "builder", "build", "--storage", str(storage), "--progress",
+             "plain", "-t", ref, "--push", str(ctx)],
+            capture_output=True, text=True, timeout=300, check=False, stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    with pybuild_configured_registry(tmp_path / "registry", {"http": {"debug": {"addr": debug}}}) as reg:
+        build(reg.ref("e2e/built", "1"))
+        first = received(debug)
+        assert first >= FILES * FILE_SIZE
+        (ctx / "data" / "file4").write_bytes(random.Random(4).randbytes(FILE_SIZE))
+        build(reg.ref("e2e/built", "2"))
+        sent = received(debug) - first
+        # The changed file and the frames around it (content-defined, ~1 MiB at most
+        # either side), plans, config and manifest; not the 4 MiB layer.
+        assert sent < FILE_SIZE + (2 << 20) and sent < first / 3, (sent, first)
+        pulled = pybuild(tmp_path / "fresh", "pull", reg.ref("e2e/built", "2"))
+        assert str(pulled[-1]["digest"]).startswith("sha256:")

@@ -321,3 +321,7 @@ async def test_no_oracle_for_pieces_of_repositories_the_caller_cannot_pull(
     # Every piece was asked for each time, and her own pushes committed in both.
     assert here[0] == (202, {"missing": [0, 1, 2, 3]})
     assert here[4][0] == 201
+    # A session she opened she may cancel with her push access (no delete right needed).
+    auth = await _token(without, "alice", "repository:team/probe:pull,push")
+    resp = await start(without, "team/probe", plan(secret, pieces), auth)
+    assert (await without.delete(resp.headers["Location"], headers=auth)).status == 204
