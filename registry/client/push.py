@@ -54,6 +54,7 @@ __all__ = ["PIECE_PUSH_MIN", "push_blob"]
 # Blobs smaller than this go as one ordinary upload even where pieces could be reused:
 # the piece protocol's extra requests cost more than they save.
 PIECE_PUSH_MIN = 1 << 20
+PIECE_PUSH_MAX = 64 << 30  # what pybuild's registry assembles from one plan
 
 _DEFAULTS = TransferOptions()
 _BROKEN = (TransportError, asyncio.TimeoutError, WireError)
@@ -111,7 +112,7 @@ async def push_blob(
                 progress.finish(key, "mounted")
                 return "mounted"
             break
-    if (location is None and source is None and bases and size >= PIECE_PUSH_MIN
+    if (location is None and source is None and bases and PIECE_PUSH_MIN <= size <= PIECE_PUSH_MAX
             and options.recipes and await client.has_piece_push(host, name)):
         try:
             status = await push_pieces(client, images, dst, desc, progress, bases, options)

@@ -30,7 +30,9 @@ _pybuild/blob/recipe``: whether a piece exists anywhere else never shows. A piec
 caller sends that the store already has is kept once, silently (the same answer).
 
 Limits (hostile plans get 400s that say which limit): a plan body of at most
-:data:`MAX_PLAN_BYTES`, :data:`MAX_PIECES` pieces, :data:`MAX_BASES` bases, pieces of 1 byte
+:data:`MAX_PLAN_BYTES`, a blob of at most :data:`MAX_BLOB` bytes (a commit reads and
+hashes that much, whatever few bytes were sent), :data:`MAX_PIECES` pieces,
+:data:`MAX_BASES` bases, pieces of 1 byte
 to :data:`MAX_PIECE` bytes that tile the blob; a PATCH of at most :data:`MAX_PATCH_PIECES`
 pieces and :data:`MAX_PATCH_BYTES` bytes, each checked against its key before anything
 of it is kept. Sessions count against the same upload limits as ordinary ones.
@@ -69,6 +71,7 @@ from .state import BYTES_RECEIVED, GRANT, REGISTRY, Registry, holder
 
 __all__ = [
     "MAX_BASES",
+    "MAX_BLOB",
     "MAX_PATCH_BYTES",
     "MAX_PATCH_PIECES",
     "MAX_PIECE",
@@ -89,6 +92,7 @@ MAX_PLAN_BYTES = 16 << 20
 MAX_PIECES = 1 << 17  # ~40 GB of ~300 KB pieces
 MAX_BASES = 64
 MAX_PIECE = 16 << 20  # the chunker's largest piece
+MAX_BLOB = 64 << 30  # what one plan may assemble: a commit hashes this much
 MAX_PATCH_PIECES = 256
 MAX_PATCH_BYTES = 32 << 20
 # Piece sessions are recorded as upload sessions of "<name>@pieces": the ordinary upload
@@ -167,6 +171,9 @@ def parse_plan(body: bytes) -> Plan:
     size, raw_pieces, raw_bases = doc.get("size"), doc.get("pieces"), doc.get("bases", [])
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise _invalid("the plan's size must be a non-negative integer")
+    if size > MAX_BLOB:
+        raise _invalid(f"the plan's blob is {size} bytes; piece uploads assemble at most "
+                       f"{MAX_BLOB} (push it with an ordinary upload)", limit=MAX_BLOB)
     if not isinstance(raw_pieces, list) or not isinstance(raw_bases, list):
         raise _invalid("the plan's pieces and bases must be lists")
     if len(raw_pieces) > MAX_PIECES:

@@ -4,6 +4,8 @@ extension (CNCF Distribution) gets ordinary uploads."""
 
 from __future__ import annotations
 
+import io
+import re
 from typing import Any
 
 from aiohttp import web
@@ -32,8 +34,8 @@ def versions() -> tuple[Any, Any, int]:
 
 
 async def push(images: ImageStore, client: RegistryClient, ref: str,
-               options: TransferOptions | None = None) -> Progress:
-    progress = Progress("quiet")
+               options: TransferOptions | None = None, progress: Progress | None = None) -> Progress:
+    progress = progress or Progress("quiet")
     await copy_image(parse_endpoint(f"local:{ref}"), parse_endpoint(ref), images, client,
                      progress, CopyOptions(transfer=options or TransferOptions()))
     return progress
@@ -52,8 +54,13 @@ async def test_push_of_v2_sends_only_changed_pieces(
     await store_image(images, f"{host}/app/web:v2", v2)
     proxy.request_bytes = 0
     proxy.log.clear()
-    progress = await push(images, client, f"{host}/app/web:v2")
+    lines = io.StringIO()
+    progress = await push(images, client, f"{host}/app/web:v2", progress=Progress("plain", lines))
     layer = v2.layers[0]
+    # What a user sees: the layer's line says what was sent and what the registry reused.
+    line = next(x for x in lines.getvalue().splitlines()
+                if x.startswith(Digest.of(layer).encoded[:12]) and "pushed" in x)
+    assert re.search(r"pushed \(\d+\.\d KiB transferred, \d+\.\d MiB reused\)", line), line
     assert any(path.endswith("/_pybuild/blob/uploads/") for _, path, _ in proxy.log)
     # The changed members, the plan (three times: start, commit) and config + manifest.
     assert changed_bytes <= proxy.request_bytes <= changed_bytes + 40_000 + len(v2.config) + len(v2.manifest)

@@ -102,6 +102,18 @@ async def test_push_of_v2_asks_only_for_changed_pieces(client: TestClient) -> No
     assert (await client.get(location)).status == 404
 
 
+async def test_piece_sessions_are_not_ordinary_upload_sessions(client: TestClient) -> None:
+    blob, pieces = layer([150, 151])
+    resp = await start(client, "team/app", plan(blob, pieces))
+    upload_id = resp.headers["Docker-Upload-UUID"]
+    for method in ("GET", "PATCH", "PUT", "DELETE"):
+        resp = await client.request(method, f"/v2/team/app/blobs/uploads/{upload_id}?digest={Digest.of(blob)}")
+        assert resp.status == 404, method
+        assert await error_codes(resp) == ["BLOB_UPLOAD_UNKNOWN"]
+    # Nor a session of another repository.
+    assert (await client.get(f"/v2/team/other/{UPLOADS}{upload_id}")).status == 404
+
+
 async def test_interrupted_push_resumes_with_only_what_is_missing(client: TestClient) -> None:
     blob, pieces = layer(list(range(100, 110)))
     body = plan(blob, pieces)
@@ -183,6 +195,7 @@ def _hostile_plans() -> dict[str, tuple[bytes, int]]:
     bad_key = json.loads(plan(blob, pieces))
     bad_key["pieces"][0]["key"] = "../../etc/passwd"
     wrong_size = dict(doc, size=doc["size"] + 1)
+    huge_blob = dict(doc, pieces=[{"key": "0" * 64, "length": 1 << 24}] * 4097, size=4097 << 24)
     many = dict(doc, pieces=[{"key": "0" * 64, "length": 1}] * (MAX_PIECES + 1), size=MAX_PIECES + 1)
     bases = dict(doc, bases=[{"digest": str(Digest.of(b"x"))}] * 65)
     bad_base = dict(doc, bases=[{"digest": str(Digest.of(b"x")), "repository": "../x"}])
@@ -196,6 +209,7 @@ def _hostile_plans() -> dict[str, tuple[bytes, int]]:
         "bad key": (json.dumps(bad_key).encode(), 400),
         "size disagrees": (json.dumps(wrong_size).encode(), 400),
         "too many pieces": (json.dumps(many).encode(), 400),
+        "blob too large": (json.dumps(huge_blob).encode(), 400),
         "too many bases": (json.dumps(bases).encode(), 400),
         "bad base repository": (json.dumps(bad_base).encode(), 400),
         "over the body limit": (b" " * (MAX_PLAN_BYTES + 1), 400),
