@@ -142,9 +142,12 @@ async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
             if len(buf) + len(chunk) > limit:
                 raise _invalid(f"{what} is over the limit of {limit} bytes", limit=limit)
             buf += chunk
+    except RegistryError:
+        raise
     except TimeoutError as exc:
         raise _invalid(f"{what} sent nothing for {stall:g} s after {len(buf)} bytes") from exc
-    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+    except Exception as exc:  # ConnectionResetError, aiohttp payload errors
+        exc.__traceback__ = None  # see uploads._pump: the reader's frame would keep the body
         raise _invalid(f"{what} broke off after {len(buf)} bytes: {exc}") from exc
     finally:
         request[BYTES_RECEIVED] = request.get(BYTES_RECEIVED, 0) + len(buf)

@@ -4,6 +4,7 @@ hostile client that tries to learn whether pieces it may not read exist (no orac
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -339,3 +340,24 @@ async def test_no_oracle_for_pieces_of_repositories_the_caller_cannot_pull(
     auth = await _token(without, "alice", "repository:team/probe:pull,push")
     resp = await start(without, "team/probe", plan(secret, pieces), auth)
     assert (await without.delete(resp.headers["Location"], headers=auth)).status == 204
+
+
+async def test_a_body_cut_half_way_keeps_nothing_and_the_session_goes_on(client: TestClient) -> None:
+    blob, pieces = layer([800, 801])
+    resp = await start(client, "team/app", plan(blob, pieces))
+    location = resp.headers["Location"]
+    data = members(blob, pieces)
+    _, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data[0])}\r\n"
+        f"Pybuild-Pieces: {pieces[0][1]}:{pieces[0][0]}\r\n\r\n".encode() + data[0][:1000]
+    )
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.sleep(0.2)
+    status = await (await client.get(location)).json()
+    assert status == {"pieces": 0, "bytes": 0}
+    assert (await send(client, location, blob, pieces, [0, 1])).status == 202
+    body = plan(blob, pieces)
+    assert (await client.put(f"{location}?digest={Digest.of(blob)}", data=body)).status == 201
