@@ -219,18 +219,22 @@ async def _readable_base_keys(request: web.Request, name: str, plan: Plan) -> se
     a base it may not pull, or that does not exist, adds nothing - the same nothing)."""
     reg = request.app[REGISTRY]
     grant = request.get(GRANT)
-    keys: set[str] = set()
-    for digest, repo in plan.bases:
-        repo = repo or name
+
+    async def keys_of(digest: Digest, repo: str) -> list[str]:
         # <name> itself: the request was allowed to push there, which needs pull.
         if repo != name and grant is not None and not grant.may_pull(repo):
-            continue
+            return []
         if not await reg.store.is_linked(holder(repo), digest):
-            continue
-        with contextlib.suppress(BlobUnknown):
+            return []
+        try:
             recipe = await reg.store.recipe(digest)
-            keys.update(p.key for p in recipe.pieces)
-    return keys
+        except BlobUnknown:
+            return []
+        return [p.key for p in recipe.pieces]
+
+    bases = dict.fromkeys((digest, repo or name) for digest, repo in plan.bases)
+    found = await asyncio.gather(*(keys_of(digest, repo) for digest, repo in bases))
+    return {key for keys in found for key in keys}
 
 
 async def _missing(request: web.Request, name: str, plan: Plan, ingest: Any) -> list[int]:
