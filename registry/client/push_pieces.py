@@ -17,7 +17,8 @@ if the whole blob hashes to the digest.
   connection breaks is simply sent again.
 - When the registry would take nothing from its bases (nothing to reuse) the session is
   cancelled and :func:`push_pieces` returns None: the caller sends the blob as one
-  ordinary upload, which is faster than many piece requests.
+  ordinary upload, which is faster than many piece requests. So it does when the
+  registry refuses the plan (over its limits: 400).
 
 Progress counts the pieces sent as transferred and the others as reused.
 """
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 
 from cas import Digest
 
-from ..errors import RegistryError
+from ..errors import BLOB_UPLOAD_UNKNOWN, RegistryError
 from ..oci import Descriptor, Index, Manifest, parse_manifest
 from .connections import WireError
 from .image_store import ImageNotFound, ImageStore
@@ -143,7 +144,12 @@ async def push_pieces(
         except (RegistryError, *_BROKEN):
             missing = None  # expired or unknown: start over
     if missing is None:
-        location, missing = await client.start_piece_upload(host, name, plan)
+        try:
+            location, missing = await client.start_piece_upload(host, name, plan)
+        except RegistryError as exc:
+            if exc.status in (400, 413):  # a plan over the registry's limits
+                return None
+            raise
         if len(missing) == len(pieces):
             with contextlib.suppress(RegistryError, *_BROKEN):  # else it expires
                 await client.cancel_piece_upload(host, name, location)
@@ -153,7 +159,13 @@ async def push_pieces(
     sent_bytes = sum(pieces[i][1] for i in missing)
     progress.advance(key, desc.size - sent_bytes, reused=True)
     for attempt in range(2):
-        await _send(client, images, dst, desc, location, pieces, offsets, missing, progress, options)
+        try:
+            await _send(client, images, dst, desc, location, pieces, offsets, missing, progress,
+                        options)
+        except RegistryError as exc:
+            if exc.code is BLOB_UPLOAD_UNKNOWN:  # expired meanwhile: the next run starts over
+                await images.set_pending_push(session_key, None)
+            raise
         try:
             await client.finish_piece_upload(host, name, location, digest, plan)
             break

@@ -158,3 +158,21 @@ async def test_copy_from_distribution_to_pybuild_sends_only_changed_pieces(
                          progress, CopyOptions())
     assert proxy.request_bytes <= changed_bytes + 40_000 + len(v2.config) + len(v2.manifest)
     assert progress.reused >= len(v2.layers[0]) - changed_bytes
+
+
+async def test_a_plan_over_the_registrys_limits_falls_back_to_an_ordinary_upload(
+    pybuild_registry: str, make_proxy: Any, images: ImageStore, client: RegistryClient,
+    monkeypatch: Any,
+) -> None:
+    import registry.server.piece_uploads as piece_uploads
+
+    monkeypatch.setattr(piece_uploads, "MAX_PIECES", 3)
+    v1, v2, _ = versions()
+    proxy, host = await make_proxy(pybuild_registry)
+    await store_image(images, f"{host}/app/web:v1", v1)
+    await push(images, client, f"{host}/app/web:v1")
+    await store_image(images, f"{host}/app/web:v2", v2)
+    proxy.request_bytes = 0
+    progress = await push(images, client, f"{host}/app/web:v2")
+    assert proxy.request_bytes >= len(v2.layers[0])  # whole, after the refused plan
+    assert progress.transferred >= len(v2.layers[0])
