@@ -16,7 +16,9 @@ Layering of the store's modules (an arrow is "imports"; nothing imports back up)
                                                    -> cas.pack_files, cas.pack_memory
 
     cas.ingest (Ingest's calls) builds on cas.ingest_checkpoints (checkpoint, park,
-    resume), which builds on cas.ingest_pieces (storing the pieces).
+    resume), which builds on cas.ingest_pieces (storing the pieces); cas.assemble
+    (PieceIngest: whole pieces and a known recipe, for piece-level pushes) builds on
+    cas.ingest_pieces too.
 
     leaves: cas.blobs (BlobInfo, Piece, Recipe, Segment, IngestInfo), cas.digest,
             cas.errors, cas.units, cas.holders
