@@ -115,6 +115,20 @@ class Store:
             raise IngestUnknown(ingest_id)
         return await Ingest.resume(self.core, row)
 
+    async def list_ingests(self) -> list[IngestInfo]:
+        rows = await self._run(self.meta.list_ingests)
+        return [IngestInfo(r.id, r.offset, r.algorithm, r.created, r.updated) for r in rows]
+
+    async def expire_ingests(self, older_than: float) -> int:
+        """Abort ingests whose last checkpoint is more than ``older_than`` seconds old."""
+        cutoff = time.time() - older_than
+        n = 0
+        for row in await self._run(self.meta.list_ingests):
+            if row.updated < cutoff:
+                await self._run(self.core.drop_ingest, row.id)
+                n += 1
+        return n
+
     async def begin_piece_ingest(self, *, algorithm: str = DEFAULT_ALGORITHM) -> PieceIngest:
         """An ingest fed with whole pieces and committed from a recipe
         (:mod:`cas.assemble`: a piece-level push)."""
@@ -131,20 +145,6 @@ class Store:
         if row is None:
             raise IngestUnknown(ingest_id)
         return await PieceIngest.resume(self.core, row)
-
-    async def list_ingests(self) -> list[IngestInfo]:
-        rows = await self._run(self.meta.list_ingests)
-        return [IngestInfo(r.id, r.offset, r.algorithm, r.created, r.updated) for r in rows]
-
-    async def expire_ingests(self, older_than: float) -> int:
-        """Abort ingests whose last checkpoint is more than ``older_than`` seconds old."""
-        cutoff = time.time() - older_than
-        n = 0
-        for row in await self._run(self.meta.list_ingests):
-            if row.updated < cutoff:
-                await self._run(self.core.drop_ingest, row.id)
-                n += 1
-        return n
 
     async def put(self, data: bytes, *, expected: Digest | None = None,
                   algorithm: str | None = None, link: str | None = None) -> BlobInfo:
