@@ -25,6 +25,7 @@ pieces it does not have (column ``pybuild+serve``). pybuild's side is called as
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -42,6 +43,8 @@ from testkit.registries import (
     RegistryProcess,
     RunningRegistry,
     distribution_argv,
+    free_port,
+    http,
     pybuild_serve_available,
 )
 from testkit.registries import pybuild_argv as serve_argv
@@ -160,6 +163,88 @@ def _copies(workdir: Path, layout: Path, dist: _Served) -> dict[str, dict[str, f
     return out
 
 
+def _push_v2_over_v1(workdir: Path, layout: Path, total_v2: int) -> list[Measurement]:
+    """Pushing v2 to a registry that holds v1 (a CI runner publishing an update): seconds,
+    and MB the registry received for v2. ``pybuild push`` from its local store to ``pybuild
+    serve`` (piece-level: only the pieces the registry lacks; column ``pybuild+serve``) and
+    to Distribution (whole changed layers; ``pybuild``), ``skopeo copy`` from the OCI
+    layout and ``docker push`` to Distribution. Bytes received: ``pybuild serve``'s
+    metrics, Distribution's ``rchar`` in ``/proc/PID/io`` (its socket reads)."""
+    seconds: dict[str, float] = {}
+    received: dict[str, float] = {}
+
+    def rchar(pid: int) -> int:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+        raise ClientBenchError(f"/proc/{pid}/io has no rchar line")
+
+    def pybuild_push(column: str, served: RunningRegistry, bytes_in: Callable[[], float]) -> None:
+        store = workdir / f"push-{column}-store"
+        refs = {tag: served.ref(REPO, tag) for tag in ("v1", "v2")}
+        for tag, ref in refs.items():  # what a build left in the local store
+            _timed(pybuild_argv("copy", "-q", "--storage", str(store), f"oci:{layout}:{tag}",
+                                f"local:{ref}"), pybuild_env())
+        _timed(pybuild_argv("push", "-q", "--storage", str(store), refs["v1"]), pybuild_env())
+        before = bytes_in()
+        os.sync()
+        seconds[column] = _timed(pybuild_argv("push", "-q", "--storage", str(store), refs["v2"]),
+                                 pybuild_env())
+        received[column] = bytes_in() - before
+
+    if has_command("push"):
+        with _serve("distribution", workdir / "push-pybuild") as dist:
+            pybuild_push("pybuild", dist.registry, lambda: float(rchar(dist.pid)))
+        if pybuild_serve_available():
+            debug = f"127.0.0.1:{free_port()}"
+            config = workdir / "push-serve.yaml"
+            config.write_text(f"http:\n  debug:\n    addr: {debug}\n")
+
+            def metric() -> float:
+                text = http(debug, "GET", "/metrics").body.decode()
+                found = re.search(r"^pybuild_registry_bytes_received_total (\S+)$", text, re.M)
+                return float(found.group(1)) if found else 0.0
+
+            process = RegistryProcess("pybuild", serve_argv(workdir / "push-serve", config=config),
+                                      storage=workdir / "push-serve", log=workdir / "push-serve.log",
+                                      env=pybuild_env())
+            with process as own:
+                pybuild_push("pybuild+serve", own, metric)
+    with _serve("distribution", workdir / "push-skopeo") as dist:
+        refs = {tag: dist.registry.ref(REPO, tag) for tag in ("v1", "v2")}
+
+        def skopeo_push(tag: str, ref: str) -> float:
+            return _timed(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
+                           f"docker://{ref}"])
+
+        skopeo_push("v1", refs["v1"])
+        before = rchar(dist.pid)
+        os.sync()
+        seconds["skopeo"] = skopeo_push("v2", refs["v2"])
+        received["skopeo"] = rchar(dist.pid) - before
+        if shutil.which("dockerd"):
+            with docker_engine() as engine, \
+                    _serve("distribution", workdir / "push-docker") as dst:
+                targets = {tag: dst.registry.ref(REPO, tag) for tag in refs}
+                for tag, ref in refs.items():
+                    engine.run("pull", "-q", ref, timeout=1800)
+                    engine.run("tag", ref, targets[tag])
+                engine.run("push", "-q", targets["v1"], timeout=1800)
+                before = rchar(dst.pid)
+                os.sync()
+                start = time.perf_counter()
+                engine.run("push", "-q", targets["v2"], timeout=1800)
+                seconds["docker"] = time.perf_counter() - start
+                received["docker"] = rchar(dst.pid) - before
+                engine.run("rmi", "--force", *refs.values(), *targets.values(), check=False)
+    return [
+        Measurement("push v2 over v1 (the registry holds v1)", "s", False,
+                    {k: round(v, 3) for k, v in seconds.items()}),
+        Measurement(f"push v2 over v1: MB received (v2 layers {total_v2 / 1e6:.1f} MB)", "MB", False,
+                    {k: round(v / 1e6, 2) for k, v in received.items()}),
+    ]
+
+
 def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
                  report_skip: Callable[[str, str], None]) -> list[Measurement]:
     """Time each available client; ``report_skip(client, why)`` for those that are not."""
@@ -226,4 +311,5 @@ def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
         Measurement(f"pull v2 over v1: bytes served (v2 layers {total_v2 / 1e6:.1f} MB)",
                     "MB", False, {k: round(v[2] / 1e6, 2) for k, v in results.items()}),
         *copied,
+        *_push_v2_over_v1(workdir, layout, total_v2),
     ]

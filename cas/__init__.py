@@ -19,7 +19,9 @@ Layering of the store's modules (an arrow is "imports"; nothing imports back up)
     cas.s3_location); GC (cas.maintenance) compacts S3 packs through cas.compaction.
 
     cas.ingest (Ingest's calls) builds on cas.ingest_checkpoints (checkpoint, park,
-    resume), which builds on cas.ingest_pieces (storing the pieces).
+    resume), which builds on cas.ingest_pieces (storing the pieces); cas.assemble
+    (PieceIngest: whole pieces and a known recipe, for piece-level pushes) builds on
+    cas.ingest_pieces too.
 
     leaves: cas.blobs (BlobInfo, Piece, Recipe, Segment, IngestInfo), cas.digest,
             cas.errors, cas.units, cas.holders
@@ -38,6 +40,7 @@ import typing as _typing
 from .lazy import lazy_attributes as _lazy_attributes
 
 if _typing.TYPE_CHECKING:
+    from .assemble import PieceIngest, PieceMismatch, PiecesMissing, RecipeInvalid
     from .blobs import BlobInfo, IngestInfo, Piece, Recipe, Segment
     from .chunker import ChunkParams
     from .core import StoreCore
@@ -87,6 +90,10 @@ _WHERE = {
     "StoreCorrupt": "errors",
     "UnsupportedDigestAlgorithm": "errors",
     "Ingest": "ingest",
+    "PieceIngest": "assemble",
+    "PieceMismatch": "assemble",
+    "PiecesMissing": "assemble",
+    "RecipeInvalid": "assemble",
     "IngestInfo": "blobs",
     "SourceFailed": "ingest",
     "FsckReport": "maintenance",
@@ -120,7 +127,11 @@ __all__ = [
     "InvalidDigest",
     "InvalidRange",
     "Piece",
+    "PieceIngest",
+    "PieceMismatch",
+    "PiecesMissing",
     "Recipe",
+    "RecipeInvalid",
     "Segment",
     "SizeMismatch",
     "SourceFailed",

@@ -33,6 +33,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .assemble import PieceIngest
 from .blobs import BlobInfo, IngestInfo, Piece, Recipe, Segment
 from .chunker import ChunkParams
 from .core import StoreCore
@@ -132,6 +133,23 @@ class Store:
                 await self._run(self.core.drop_ingest, row.id)
                 n += 1
         return n
+
+    async def begin_piece_ingest(self, *, algorithm: str = DEFAULT_ALGORITHM) -> PieceIngest:
+        """An ingest fed with whole pieces and committed from a recipe
+        (:mod:`cas.assemble`: a piece-level push)."""
+        new_hasher(algorithm)
+        ingest_id = secrets.token_hex(16)
+        await self._run(self.meta.create_ingest, ingest_id, algorithm)
+        return PieceIngest(self.core, ingest_id, algorithm)
+
+    async def resume_piece_ingest(self, ingest_id: str) -> PieceIngest:
+        """Reopen a piece ingest at its last checkpoint (IngestUnknown if none)."""
+        if not ingest_id.isalnum():
+            raise IngestUnknown(ingest_id)
+        row = await self._run(self.meta.get_ingest, ingest_id)
+        if row is None:
+            raise IngestUnknown(ingest_id)
+        return await PieceIngest.resume(self.core, row)
 
     async def put(self, data: bytes, *, expected: Digest | None = None,
                   algorithm: str | None = None, link: str | None = None) -> BlobInfo:

@@ -11,7 +11,10 @@ Blobs the destination already has are skipped, and a registry-to-registry copy w
 registry mounts instead of transferring. A blob copied to a registry from another
 registry or an OCI layout, and not in the local store, is streamed: read from its source
 (by Range from the offset a retried upload continues at) and hashed as it is sent, with
-no local copy. Every other blob passes through the local ``cas.Store`` (where it is
+no local copy - unless the destination takes piece-level pushes and holds earlier
+versions (bases): then the blob is fetched into the local store, cut there, and only the
+pieces the destination lacks are sent (:mod:`registry.client.push_pieces`). Every other
+blob passes through the local ``cas.Store`` (where it is
 verified, and where its pieces serve later incremental pulls). ``pull`` is
 ``copy REF local:REF``, ``push`` is ``copy local:REF REF``.
 
@@ -35,7 +38,8 @@ from .image_store import ImageNotFound, ImageStore, select_platform
 from .layouts import LayoutError, OciLayout, read_docker_archive, write_docker_archive
 from .progress import Progress
 from .pull import PieceSources, TransferOptions, local_piece_sources, pull_blob
-from .push import push_blob
+from .push import PIECE_PUSH_MIN, push_blob
+from .push_pieces import piece_bases
 from .refs import ImageRef, InvalidReference, parse_image_ref
 from .remote import RegistryClient
 
@@ -113,6 +117,8 @@ class _Copy:
         self.recipes = False
         self.sources: PieceSources = {}
         self.statuses: dict[str, str] = {}
+        self._bases: list[Digest] | None = None
+        self._bases_lock = asyncio.Lock()
 
     async def read_manifest(self, desc: Descriptor | None) -> tuple[bytes, str]:
         """The source's top manifest (``desc`` None) or the manifest ``desc`` names."""
@@ -202,7 +208,8 @@ class _Copy:
         if desc.nondistributable and await self.store.stat(desc.digest) is None and src.kind == "registry":
             return "skipped"  # foreign layers stay where their urls point
         if dst.kind == "registry" and src.kind in ("registry", "oci") \
-                and await self.store.stat(desc.digest) is None:
+                and await self.store.stat(desc.digest) is None \
+                and (desc.size < PIECE_PUSH_MIN or not await self._piece_bases()):
             assert dst.ref is not None
             async with self.push_sem:
                 return await push_blob(self.client, self.images, dst.ref, desc, self.progress,
@@ -217,8 +224,21 @@ class _Copy:
             async with self.push_sem:
                 status = await push_blob(self.client, self.images, dst.ref, desc, self.progress,
                                          mount_from=await self._mount_sources(desc),
-                                         options=self.options.transfer)
+                                         options=self.options.transfer,
+                                         bases=await self._piece_bases())
         return status
+
+    async def _piece_bases(self) -> list[Digest]:
+        """Bases for piece-level pushes (:func:`piece_bases`), found once per copy; none
+        when the destination does not take them."""
+        async with self._bases_lock:
+            if self._bases is None:
+                dst = self.dst.ref
+                self._bases = []
+                if (dst is not None and self.dst.kind == "registry" and self.options.transfer.recipes
+                        and await self.client.has_piece_push(dst.api_host, dst.name)):
+                    self._bases = await piece_bases(self.client, self.images, dst)
+            return self._bases
 
     def _stream(self, desc: Descriptor) -> Callable[[int], AsyncIterator[bytes | memoryview]]:
         """The blob's bytes from an offset, straight from the source (no local copy)."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from cas import Digest
 
@@ -45,10 +45,16 @@ from .connections import WireError
 from .image_store import ImageStore
 from .progress import Progress
 from .pull import BlobError, TransferOptions
+from .push_pieces import push_pieces
 from .refs import ImageRef
 from .remote import RegistryClient, TransportError
 
-__all__ = ["push_blob"]
+__all__ = ["PIECE_PUSH_MIN", "push_blob"]
+
+# Blobs smaller than this go as one ordinary upload even where pieces could be reused:
+# the piece protocol's extra requests cost more than they save.
+PIECE_PUSH_MIN = 1 << 20
+PIECE_PUSH_MAX = 64 << 30  # what pybuild's registry assembles from one plan
 
 _DEFAULTS = TransferOptions()
 _BROKEN = (TransportError, asyncio.TimeoutError, WireError)
@@ -75,11 +81,15 @@ async def push_blob(
     mount_from: tuple[str, ...] = (),
     options: TransferOptions = _DEFAULTS,
     source: ChunkSource | None = None,
+    bases: Sequence[Digest] = (),
 ) -> str:
     """Make ``dst``'s repository hold the blob; returns "exists", "mounted" or "pushed".
 
     The bytes come from the local store, or from ``source`` (``desc.size`` of them,
-    checked against the digest as they are sent)."""
+    checked against the digest as they are sent). With ``bases`` (blobs of ``dst``'s
+    repository that may share pieces with this one, see :func:`piece_bases`) a blob in
+    the local store goes piece by piece to a registry that offers it
+    (:mod:`registry.client.push_pieces`): only the pieces it lacks are sent."""
     host, name, digest = dst.api_host, dst.name, desc.digest
     key = str(digest)
     progress.start(key, digest.encoded[:12], desc.size)
@@ -102,6 +112,16 @@ async def push_blob(
                 progress.finish(key, "mounted")
                 return "mounted"
             break
+    if (location is None and source is None and bases and PIECE_PUSH_MIN <= size <= PIECE_PUSH_MAX
+            and options.recipes and await client.has_piece_push(host, name)):
+        try:
+            status = await push_pieces(client, images, dst, desc, progress, bases, options)
+        except BaseException:
+            progress.finish(key, "interrupted")
+            raise
+        if status is not None:
+            progress.finish(key, status)
+            return status
     session_key = f"{host}/{name}@{digest}"
     session = None
     resumed = False  # the session holds bytes this run did not send

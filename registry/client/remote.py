@@ -3,7 +3,8 @@ request policy for auth, retries and redirects (:class:`registry.client.session.
 
 Covers the spec's pull, push and content-discovery endpoints: ``/v2/`` ping, manifests
 GET/HEAD/PUT, blobs HEAD/GET (with ``Range``), uploads (POST, PATCH, PUT, status GET,
-cross-repository mount), tag lists and referrers, plus pybuild's blob-recipe extension.
+cross-repository mount), tag lists and referrers, plus pybuild's extension: blob recipes
+and piece-level pushes.
 The options, errors and scopes (:class:`ClientOptions`, :class:`TransportError`,
 :class:`Unreachable`, :func:`pull_scope`, :func:`push_scope`) are
 :mod:`registry.client.session`'s, re-exported here.
@@ -43,22 +44,29 @@ __all__ = [
 
 MANIFEST_ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}"
 RECIPE_ENDPOINT = "_pybuild/blob/recipe"
+PIECE_UPLOADS_ENDPOINT = "_pybuild/blob/uploads"
+PLAN_MEDIA_TYPE = "application/vnd.pybuild.push-plan.v1+json"
 _MAX_MANIFEST = 4 << 20
 
 
 class RegistryClient(RegistrySession):
     """One session for every registry an operation touches. Use as ``async with``."""
 
+    def __init__(self, options: ClientOptions | None = None) -> None:
+        super().__init__(options)
+        self._endpoints: dict[tuple[str, str], frozenset[str]] = {}
+
     # --- API ---------------------------------------------------------------------------
     async def ping(self, host: str) -> None:
         """``GET /v2/`` (authenticating if asked); raises if the host is no registry."""
         await self._request("GET", host, "/v2/")
 
-    async def get_manifest(self, ref: ImageRef) -> tuple[bytes, str, Digest]:
-        """The manifest's exact bytes, media type and digest (verified when pinned)."""
+    async def get_manifest(self, ref: ImageRef, *, push: bool = False) -> tuple[bytes, str, Digest]:
+        """The manifest's exact bytes, media type and digest (verified when pinned).
+        ``push``: asked while pushing (the push token, which may also pull, serves)."""
         resp, body = await self._request(
             "GET", ref.api_host, f"/v2/{ref.name}/manifests/{ref.reference}",
-            scopes=frozenset({pull_scope(ref.name)}), headers={"Accept": MANIFEST_ACCEPT},
+            scopes=frozenset({_scope(ref.name, push)}), headers={"Accept": MANIFEST_ACCEPT},
         )
         if len(body) > _MAX_MANIFEST:
             raise TransportError(f"manifest {ref} is {len(body)} bytes, over the 4 MiB limit")
@@ -201,12 +209,12 @@ class RegistryClient(RegistrySession):
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
         )
 
-    async def tags(self, host: str, name: str) -> list[str]:
+    async def tags(self, host: str, name: str, *, push: bool = False) -> list[str]:
         """Every tag of ``name`` (following ``Link`` pagination)."""
         out: list[str] = []
         url = f"/v2/{name}/tags/list"
         while url:
-            resp, body = await self._request("GET", host, url, scopes=frozenset({pull_scope(name)}))
+            resp, body = await self._request("GET", host, url, scopes=frozenset({_scope(name, push)}))
             out.extend(json.loads(body).get("tags") or [])
             link = resp.headers.get("Link", "")
             url = link[link.find("<") + 1 : link.find(">")] if "rel=\"next\"" in link else ""
@@ -219,20 +227,75 @@ class RegistryClient(RegistrySession):
         )
         return Index.parse(body)
 
-    async def has_recipes(self, host: str, name: str) -> bool:
-        """Whether the repository lists pybuild's recipe extension (``_oci/ext/discover``)."""
+    async def extension_endpoints(self, host: str, name: str, *, push: bool = False) -> frozenset[str]:
+        """The endpoints ``GET /v2/<name>/_oci/ext/discover`` lists (none when the
+        registry does not answer it); asked once per repository and session."""
+        cache = self._endpoints
+        if (host, name) in cache:
+            return cache[(host, name)]
         try:
             _, body = await self._request(
-                "GET", host, f"/v2/{name}/_oci/ext/discover", scopes=frozenset({pull_scope(name)})
+                "GET", host, f"/v2/{name}/_oci/ext/discover", scopes=frozenset({_scope(name, push)})
             )
             doc = json.loads(body)
-        except (RegistryError, ValueError):
-            return False
-        return any(
-            RECIPE_ENDPOINT in (ext.get("endpoints") or [])
-            for ext in doc.get("extensions") or []
-            if isinstance(ext, dict)
+            found = frozenset(
+                str(e) for ext in doc.get("extensions") or [] if isinstance(ext, dict)
+                for e in ext.get("endpoints") or []
+            )
+        except (RegistryError, ValueError, AttributeError, TypeError):
+            found = frozenset()
+        cache[(host, name)] = found
+        return found
+
+    async def has_recipes(self, host: str, name: str) -> bool:
+        """Whether the repository lists pybuild's recipe extension (``_oci/ext/discover``)."""
+        return RECIPE_ENDPOINT in await self.extension_endpoints(host, name)
+
+    async def has_piece_push(self, host: str, name: str) -> bool:
+        """Whether the repository takes piece-level pushes (pybuild's extension)."""
+        return PIECE_UPLOADS_ENDPOINT in await self.extension_endpoints(host, name, push=True)
+
+    # --- piece-level pushes (docs/piece-index.md) -------------------------------------------
+    async def start_piece_upload(self, host: str, name: str, plan: bytes) -> tuple[str, list[int]]:
+        """Open a piece session with ``plan``; its URL and the indices of the pieces the
+        registry asks for."""
+        resp, body = await self._request(
+            "POST", host, f"/v2/{name}/{PIECE_UPLOADS_ENDPOINT}/", scopes=frozenset({push_scope(name)}),
+            data=plan, ok=(202,), headers={"Content-Type": PLAN_MEDIA_TYPE},
         )
+        return self._location(resp, host), _missing(body)
+
+    async def query_pieces(self, host: str, name: str, url: str, plan: bytes) -> list[int]:
+        """The pieces an open session still needs (to resume it)."""
+        _, body = await self._request(
+            "POST", host, url, scopes=frozenset({push_scope(name)}), data=plan,
+            headers={"Content-Type": PLAN_MEDIA_TYPE},
+        )
+        return _missing(body)
+
+    async def patch_pieces(self, host: str, name: str, url: str, pieces: list[tuple[str, int]],
+                           data: bytes) -> None:
+        """Send whole pieces (``(key, length)`` in the order of ``data``). Sending a piece
+        twice is harmless, so a broken request is simply sent again."""
+        await self._request(
+            "PATCH", host, url, scopes=frozenset({push_scope(name)}), data=data, ok=(202,),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(len(data)),
+                "Pybuild-Pieces": ",".join(f"{n}:{k}" for k, n in pieces),
+            },
+        )
+
+    async def finish_piece_upload(self, host: str, name: str, url: str, digest: Digest,
+                                  plan: bytes) -> None:
+        sep = "&" if "?" in url else "?"
+        await self._request(
+            "PUT", host, f"{url}{sep}digest={digest}", scopes=frozenset({push_scope(name)}),
+            data=plan, ok=(201,), headers={"Content-Type": PLAN_MEDIA_TYPE},
+        )
+
+    async def cancel_piece_upload(self, host: str, name: str, url: str) -> None:
+        await self._request("DELETE", host, url, scopes=frozenset({push_scope(name)}), ok=(204,))
 
     async def recipe(self, host: str, name: str, digest: Digest) -> list[tuple[int, int, str]]:
         """The blob's pieces as ``(offset, length, blake3 key)``, checked to tile the blob."""
@@ -251,3 +314,15 @@ class RegistryClient(RegistrySession):
             raise TransportError(f"recipe of {digest} covers {pos} bytes, not {doc['size']}")
         return pieces
 
+
+
+def _scope(name: str, push: bool) -> str:
+    return push_scope(name) if push else pull_scope(name)
+
+
+def _missing(body: bytes) -> list[int]:
+    try:
+        doc = json.loads(body)
+        return [int(i) for i in doc["missing"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TransportError(f"the registry answered a push plan with nonsense: {exc}") from exc

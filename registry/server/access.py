@@ -10,6 +10,7 @@ What a request needs follows CNCF Distribution (``registry/handlers/app.go``):
     GET, HEAD on a repository            repository:<name>:pull
     POST, PUT, PATCH on a repository     repository:<name>:pull and push
     DELETE on a repository               repository:<name>:delete
+    DELETE of a piece upload session     repository:<name>:pull and push (part of a push)
     GET /v2/_catalog                     registry:catalog:*
     GET /v2/ and extension discovery     a valid token, no scope
 
@@ -157,6 +158,6 @@ def required_access(method: str, route: str, repo: str | None) -> list[Access]:
         return [CATALOG] if route == "catalog" else []
     if method in ("GET", "HEAD"):
         return [Access("repository", repo, "pull")]
-    if method == "DELETE":
+    if method == "DELETE" and route != "piece-upload":
         return [Access("repository", repo, "delete")]
     return [Access("repository", repo, "pull"), Access("repository", repo, "push")]

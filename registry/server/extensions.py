@@ -6,6 +6,7 @@ Following the distribution-spec extension rules (``extensions/README.md``: a
     GET /v2/_oci/ext/discover                           registry-level extensions
     GET /v2/<name>/_oci/ext/discover                    repository-level extensions
     GET /v2/<name>/_pybuild/blob/recipe?digest=<d>      the blob's recipe
+    ... /v2/<name>/_pybuild/blob/uploads/               piece-level pushes (piece_uploads)
 
 The recipe is how the blob is cut into content-addressed pieces, so a client that already
 holds some pieces fetches only the missing byte ranges (with ``Range`` on the ordinary
@@ -26,6 +27,7 @@ from aiohttp import web
 from ..errors import DIGEST_INVALID
 from ..names import parse_digest
 from .blobs import stat_in_repo
+from .piece_uploads import supported
 from .state import REGISTRY
 
 __all__ = ["RECIPE_MEDIA_TYPE", "blob_recipe", "discover", "discover_repository"]
@@ -42,8 +44,13 @@ _PYBUILD = {
     "name": "_pybuild",
     "description": "blob recipes (piece offsets, lengths and BLAKE3 keys) for incremental pulls",
     # Where pybuild's documentation describes the extension (relative to the project).
-    "url": "docs/registry.md#piece-index-extension",
+    "url": "docs/piece-index.md",
     "endpoints": ["_pybuild/blob/recipe"],
+}
+_PYBUILD_PUSH = {
+    **_PYBUILD,
+    "description": "blob recipes for incremental pulls, piece-level uploads for incremental pushes",
+    "endpoints": ["_pybuild/blob/recipe", "_pybuild/blob/uploads"],
 }
 
 
@@ -56,7 +63,8 @@ async def discover(request: web.Request) -> web.Response:
 
 
 async def discover_repository(request: web.Request, name: str) -> web.Response:
-    return web.json_response(_extensions(_OCI, _PYBUILD))
+    pybuild = _PYBUILD_PUSH if supported(request) else _PYBUILD
+    return web.json_response(_extensions(_OCI, pybuild))
 
 
 async def blob_recipe(request: web.Request, name: str) -> web.Response:

@@ -15,6 +15,8 @@ is the repository name::
     referrers/*                     GET                   referrers.list_referrers (digest)
     _oci/ext/discover               GET                   extensions.discover_repository
     _pybuild/blob/recipe            GET                   extensions.blob_recipe
+    _pybuild/blob/uploads/          POST                  piece_uploads.start_piece_upload
+    _pybuild/blob/uploads/*         POST PATCH PUT GET DELETE  piece_uploads.* (upload_id)
 
 GET and HEAD of blobs and manifests go through :mod:`proxy` (the pull-through cache,
 when ``proxy`` is configured: it fetches what is missing, then the handlers above serve
@@ -35,7 +37,7 @@ from aiohttp import web
 
 from ..errors import BLOB_UPLOAD_UNKNOWN, NAME_INVALID, UNSUPPORTED
 from ..names import is_valid_name
-from . import blobs, catalog, extensions, manifests, proxy, referrers, tags, uploads
+from . import blobs, catalog, extensions, manifests, piece_uploads, proxy, referrers, tags, uploads
 from .state import PARAMS, ROUTE
 
 __all__ = ["ROUTES", "WRITE_METHODS", "Route", "dispatch", "match"]
@@ -100,6 +102,22 @@ ROUTES: tuple[Route, ...] = (
     Route("referrers", ("referrers", "*"), {"GET": referrers.list_referrers}, "digest"),
     Route("discover", ("_oci", "ext", "discover"), {"GET": extensions.discover_repository}),
     Route("recipe", ("_pybuild", "blob", "recipe"), {"GET": extensions.blob_recipe}),
+    Route("piece-upload-start", ("_pybuild", "blob", "uploads", ""),
+          {"POST": piece_uploads.start_piece_upload}),
+    Route("piece-upload-start", ("_pybuild", "blob", "uploads"),
+          {"POST": piece_uploads.start_piece_upload}),
+    Route(
+        "piece-upload",
+        ("_pybuild", "blob", "uploads", "*"),
+        {
+            "POST": piece_uploads.query_pieces,
+            "PATCH": piece_uploads.patch_pieces,
+            "PUT": piece_uploads.finish_piece_upload,
+            "GET": piece_uploads.piece_upload_status,
+            "DELETE": piece_uploads.cancel_piece_upload,
+        },
+        "upload_id",
+    ),
 )
 
 # Names seen valid recently: the name regex is the costliest step of a hot GET.

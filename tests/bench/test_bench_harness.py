@@ -105,7 +105,9 @@ AREAS = {
                 "pull v2 over v1 (1 of 50 files changed per layer)",
                 "pull v2 over v1: bytes served (v2 layers 3.2 MB)",
                 "copy registry -> registry (an empty Distribution)",
-                "copy OCI layout -> registry (an empty Distribution)"]),
+                "copy OCI layout -> registry (an empty Distribution)",
+                "push v2 over v1 (the registry holds v1)",
+                "push v2 over v1: MB received (v2 layers 3.2 MB)"]),
     "replicas": (("docker-registry", "skopeo", "wrk", "haproxy", "radosgw"), "distribution",
                  ["blob push 32 MiB (POST+PUT)", "blob pull 32 MiB, 1 client",
                   "blob pull 32 MiB, 4 clients", "manifest GET", "manifest GET p99",
@@ -157,3 +159,8 @@ def test_quick_run_of_each_area_writes_json(area: str, tmp_path: Path) -> None:
         if "pybuild+serve" in served:
             # Piece-level pulls fetch the changed pieces only.
             assert served["pybuild+serve"] < served["skopeo"] / 2
+        pushed = data["measurements"][-1]["values"]
+        assert pushed["skopeo"] >= 3.0 and pushed["docker"] >= 3.0
+        if "pybuild+serve" in pushed:
+            # Piece-level pushes send the changed pieces only.
+            assert pushed["pybuild+serve"] < pushed["skopeo"] / 2

@@ -342,8 +342,9 @@ def test_unlink_stale_takes_only_links_last_made_before_the_cutoff(opener: Opene
     assert second.unlink_stale("repo/a", [D1, D2], time.time() - 3600) == []  # all young
     # Made again after the cutoff: a fresh link, whatever it was before.
     time.sleep(0.01)
+    young = time.time()  # D1's link is older; D2's, made next, is younger
+    time.sleep(0.01)
     assert first.link_all("repo/a", [D2]) == []
-    young = time.time() - 0.005
     assert second.unlink_stale("repo/a", [D1, D2, D2], young) == [D1]
     assert first.linked("repo/a") == [D2] and first.holders(D2) == ["repo/a", "repo/b"]
     assert second.unlink_stale("repo/a", [D2], cutoff) == [D2]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import random
 from collections.abc import Callable
@@ -102,6 +103,7 @@ class Proxy:
     blob_gets_in_flight: int = 0
     max_blob_gets_in_flight: int = 0
     blob_bytes: int = 0
+    request_bytes: int = 0  # request bodies forwarded (what a push sent)
     log: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, Range
     session: aiohttp.ClientSession | None = None
 
@@ -141,12 +143,13 @@ class Proxy:
     async def _forward(self, request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
         assert self.session is not None
         body = await request.read()
+        self.request_bytes += len(body)
         cut = self.cut_body(request) if self.cut_body is not None else None
         if cut is not None:
             await self._forward_cut(request, headers, body[:cut])
             return web.Response(status=500)  # never sent: the connection is gone
         async with self.session.request(request.method, self.upstream + request.path_qs,
-                                        headers=headers, data=body or None,
+                                        headers=headers, data=io.BytesIO(body) if body else None,
                                         allow_redirects=False) as up:
             out_headers = {k: v for k, v in up.headers.items()
                            if k.lower() not in ("transfer-encoding", "connection", "content-encoding")}

@@ -126,7 +126,7 @@ async def test_extension_discovery_and_recipe(client):
     assert [e["name"] for e in doc["extensions"]] == ["_oci"]
     doc = await (await client.get("/v2/some/repo/_oci/ext/discover")).json()
     names = {e["name"]: e for e in doc["extensions"]}
-    assert names["_pybuild"]["endpoints"] == ["_pybuild/blob/recipe"]
+    assert names["_pybuild"]["endpoints"] == ["_pybuild/blob/recipe", "_pybuild/blob/uploads"]
     data = bytes(range(256)) * 4000
     digest = await push_blob(client, "some/repo", data)
     resp = await client.get(f"/v2/some/repo/_pybuild/blob/recipe?digest={digest}")

@@ -1,0 +1,272 @@
+"""Assembling a blob from whole pieces and a known recipe (a piece-level push).
+
+A :class:`PieceIngest` is an open ingest like any other (a row in the metadata: GC
+keeps every piece it holds, ``Store.expire_ingests`` ends it when idle, and
+``Store.resume_piece_ingest`` reopens it after a restart), but its bytes arrive as
+whole pieces, each with the BLAKE3 key its sender claims, in any order:
+
+- :meth:`PieceIngest.add_pieces` checks every piece against its key (a mismatch stores
+  nothing of the call) and stores them as an ingest stores the pieces it cuts
+  (:mod:`cas.ingest_pieces`: a piece the store has is held, not written again), then
+  checkpoints: what a call stored survives a crash;
+- :meth:`PieceIngest.commit_recipe` makes the blob of a recipe (keys and lengths, in
+  blob order) visible. Each piece must be one this ingest received, or a committed
+  piece the caller vouches for (``known``: a registry passes the pieces of blobs the
+  client may read); it is then held, so GC cannot take it before the commit. The pieces
+  are read in order and hashed (the OCI digest, streaming, on a worker thread); only
+  the expected digest commits, and nothing is cut again or written again. A wrong
+  digest aborts the ingest: nothing of it becomes visible.
+
+There is no cutter and no tail file: a checkpoint is the pack's sync and the pieces'
+rows (``offset`` counts the bytes received).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import blake3
+
+from .blobs import BlobInfo
+from .digest import Digest, new_hasher
+from .errors import CasError, DigestMismatch, IngestUnknown
+from .ingest_pieces import IngestPieces
+
+if TYPE_CHECKING:
+    import zstandard
+
+    from .core import StoreCore
+    from .meta import IngestRow, Location
+    from .packs import PackWriter
+
+__all__ = ["PieceIngest", "PieceMismatch", "PiecesMissing", "RecipeInvalid"]
+
+T = TypeVar("T")
+
+
+class PieceMismatch(CasError):
+    """A piece's bytes do not hash to the key sent with them; nothing of the call was kept."""
+
+    def __init__(self, index: int, claimed: str, actual: str) -> None:
+        super().__init__(
+            f"piece {index} of the request hashes to {actual}, not {claimed}; nothing of "
+            "the request was stored - send the piece's exact bytes"
+        )
+        self.index, self.claimed, self.actual = index, claimed, actual
+
+
+class PiecesMissing(CasError):
+    """Pieces of a recipe that are neither received nor vouched for (``indices``, in
+    recipe order); the ingest stays open: send them, then commit again."""
+
+    def __init__(self, indices: list[int]) -> None:
+        shown = ", ".join(map(str, indices[:10])) + (", ..." if len(indices) > 10 else "")
+        super().__init__(
+            f"{len(indices)} piece(s) of the recipe were not received (indices {shown}); "
+            "send them, then commit again"
+        )
+        self.indices = indices
+
+
+class RecipeInvalid(CasError, ValueError):
+    """A recipe that cannot describe a blob (a piece of another length than stored)."""
+
+
+class _Whole:
+    """Stands in for the cutter :class:`IngestPieces` asks: pieces arrive whole, and
+    whether one is worth compressing is probed piece by piece."""
+
+    compressed = False
+
+
+class PieceIngest(IngestPieces):
+    """An open ingest fed with whole pieces (see the module docstring). Calls are
+    serialised; use from one event loop."""
+
+    def __init__(self, core: StoreCore, ingest_id: str, algorithm: str) -> None:
+        self._core = core
+        self.id = ingest_id
+        self.algorithm = algorithm
+        self.offset = 0  # bytes received
+        self._cutter = _Whole()  # type: ignore[assignment]
+        self._seq = 0
+        self._recipe: list[tuple[bytes, int]] = []
+        self._new: dict[bytes, Location] = {}
+        self._held: set[bytes] = set()
+        self._unsaved: list[tuple[int, bytes, int, Location | None]] = []
+        self._writer: PackWriter | None = None
+        self._zprobe: zstandard.ZstdCompressor | None = None
+        self._zstd: zstandard.ZstdCompressor | None = None
+        self._pack: tuple[str, int] | None = None  # the pack to reopen, and its size
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    async def resume(cls, core: StoreCore, row: IngestRow) -> PieceIngest:
+        """The ingest of ``row`` as of its last checkpoint (nothing is re-read)."""
+        ing = cls(core, row.id, row.algorithm)
+        await core.run(ing._restore, row)
+        return ing
+
+    @property
+    def closed(self) -> bool:
+        """True once committed or aborted: every call then raises IngestUnknown."""
+        return self._closed
+
+    def keys(self) -> set[str]:
+        """The BLAKE3 keys (hex) of every piece received so far."""
+        return {k.hex() for k in (*self._new, *self._held)}
+
+    async def add_pieces(self, pieces: list[tuple[str, bytes | bytearray | memoryview]]) -> None:
+        """Store ``(key, bytes)`` pieces, each checked against its key first (one wrong
+        key: :class:`PieceMismatch`, nothing stored, the ingest stays usable), then
+        checkpoint. A failure of the store aborts the ingest."""
+        async with self._lock:
+            self._check_open()
+            try:
+                await self._job(self._add_sync, pieces)
+            except (PieceMismatch, asyncio.CancelledError):
+                raise
+            except BaseException:
+                await self._abort_locked()
+                raise
+
+    async def park(self) -> None:
+        """Nothing to give back: every call ends checkpointed, with no buffers held."""
+        self._check_open()
+
+    async def checkpoint(self) -> None:
+        self._check_open()
+
+    async def commit_recipe(self, expected: Digest, recipe: list[tuple[str, int]], *,
+                            known: AbstractSet[str] = frozenset(),
+                            link: str | None = None) -> BlobInfo:
+        """Make the blob ``recipe`` (``(key hex, length)`` in blob order) describes
+        visible as ``expected``, linked to ``link``; see the module docstring.
+
+        :class:`PiecesMissing` and :class:`RecipeInvalid` leave the ingest open;
+        :class:`DigestMismatch` (and any failure of the store) aborts it."""
+        async with self._lock:
+            self._check_open()
+            try:
+                return await self._job(self._commit_sync, expected, recipe, known, link)
+            except (PiecesMissing, RecipeInvalid, asyncio.CancelledError):
+                raise
+            except BaseException:
+                await self._abort_locked()
+                raise
+
+    async def abort(self) -> None:
+        async with self._lock:
+            if not self._closed:
+                await self._abort_locked()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IngestUnknown(self.id)
+
+    async def _job(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` on a worker thread; a cancelled caller still waits for it to end (the
+        lock is held: no other job of this ingest may start while it runs)."""
+        job = asyncio.ensure_future(self._core.run(fn, *args))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await job
+            raise
+
+    async def _abort_locked(self) -> None:
+        self._closed = True
+        await self._core.run(self._abort_sync)
+
+    def _abort_sync(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        with contextlib.suppress(CasError):  # a full disk: expiry or GC removes it later
+            self._core.drop_ingest(self.id)
+
+    def _restore(self, row: IngestRow) -> None:
+        meta = self._core.meta
+        meta.rewind_ingest(self.id)
+        for _, loc in meta.ingest_recipe(self.id):
+            if loc.stored < 0:
+                self._held.add(loc.key)
+            else:
+                self._new[loc.key] = loc
+        self._seq = row.npieces
+        self.offset = row.offset
+        if row.pack is not None:
+            self._pack = (row.pack, row.pack_size)
+
+    def _add_sync(self, pieces: list[tuple[str, bytes | bytearray | memoryview]]) -> None:
+        for i, (key, data) in enumerate(pieces):
+            actual = blake3.blake3(data).hexdigest()
+            if actual != key:
+                raise PieceMismatch(i, key, actual)
+        if self._writer is None and self._pack is not None:
+            self._writer = self._core.packs.open_append(*self._pack)
+        try:
+            self._store_pieces([memoryview(d) for _, d in pieces])
+            self._recipe.clear()  # the recipe comes with the commit
+            self.offset += sum(len(d) for _, d in pieces)
+            self._checkpoint_sync()
+        finally:
+            # Between calls the ingest holds no writer (and no buffers): an idle upload
+            # session costs nothing but its rows.
+            if self._writer is not None:
+                self._pack = (self._writer.name, self._writer.size)
+                self._writer.close()
+                self._writer = None
+
+    def _checkpoint_sync(self) -> None:
+        if self._writer is not None:
+            self._writer.sync()
+        pack_size = self._writer.size if self._writer else (self._pack[1] if self._pack else 0)
+        self._core.meta.checkpoint(self.id, self._unsaved, self.offset, self._seq, pack_size, 0)
+        self._unsaved = []
+
+    def _commit_sync(self, expected: Digest, recipe: list[tuple[str, int]], known: AbstractSet[str],
+                     link: str | None) -> BlobInfo:
+        meta = self._core.meta
+        raw = [(bytes.fromhex(k), n) for k, n in recipe]
+        outside = [(i, k) for i, (k, _) in enumerate(raw) if k not in self._new and k not in self._held]
+        missing = [i for i, k in outside if k.hex() not in known]
+        if missing:
+            raise PiecesMissing(missing)
+        wanted = list(dict.fromkeys(k for _, k in outside))
+        if wanted:
+            # Held from here on: GC cannot take them before the commit.
+            found = meta.hold_existing(self.id, [(self._seq + j, k) for j, k in enumerate(wanted)])
+            self._seq += len(wanted)
+            self._held.update(found)
+            gone = [i for i, k in outside if k not in found]
+            if gone:
+                raise PiecesMissing(gone)
+        locs: dict[bytes, Location] = meta.locations([k for k, _ in raw if k not in self._new])
+        locs.update(self._new)
+        for i, (k, n) in enumerate(raw):
+            if locs[k].length != n:
+                raise RecipeInvalid(
+                    f"piece {i} ({k.hex()}) is {locs[k].length} bytes, the recipe says {n}"
+                )
+        hasher = new_hasher(expected.algorithm)
+        for k, _ in raw:
+            hasher.update(self._core.load(locs[k]))
+        actual = Digest(expected.algorithm, hasher.hexdigest())
+        if actual != expected:
+            raise DigestMismatch(expected, actual)
+        size = sum(n for _, n in raw)
+        # Every piece received is committed (those the recipe does not name with no
+        # reference: GC frees them), so no dead range stays behind in the pack.
+        meta.commit_blob(self.id, str(actual), size, raw, self._new, link)
+        self._closed = True
+        self._core.empty_trash()
+        return BlobInfo(actual, size)

@@ -1,0 +1,418 @@
+"""Piece-level pushes: pybuild's extension next to the recipe endpoint (``_pybuild``).
+
+A client that has cut a blob into pieces (its recipe: BLAKE3 keys and lengths) names
+the blob, its recipe and some *bases* (blobs it believes hold many of the same pieces,
+such as the previous version's layer); the registry answers which pieces it still
+needs, the client sends only those, and the registry commits the blob from the pieces
+it received and the pieces of the bases, after hashing the assembled blob (its OCI
+digest, streaming; nothing is cut or written again, see :mod:`cas.assemble`)::
+
+    POST   /v2/<name>/_pybuild/blob/uploads/       plan      202 Location, {"missing": [i...]}
+    POST   <location>                              plan      200 {"missing": [i...]}  (again: resume)
+    PATCH  <location>     Pybuild-Pieces: <len>:<key>,...    the pieces' bytes, in that order  202
+    PUT    <location>?digest=<d>                   plan      201, the blob is in <name>
+    GET    <location>                                        200 {"pieces": n, "bytes": n}
+    DELETE <location>                                        204
+
+The plan (``application/vnd.pybuild.push-plan.v1+json``)::
+
+    {"digest": "sha256:...", "size": 1234,
+     "pieces": [{"length": 512, "key": "<blake3 hex>"}, ...],        blob order ("offset"
+     "bases": [{"digest": "sha256:...", "repository": "team/app"}]}  optional; must tile)
+
+``missing`` lists the indices (into ``pieces``) of the pieces that are neither received
+in this session nor in a base the caller may pull. **No oracle**: a base counts only if
+it is linked in a repository the request's credentials may pull (``<name>`` itself, or
+one the token grants ``pull`` on); any other base is ignored, exactly as a base that
+does not exist. So the answer - and the commit's, which applies the same rule - is a
+function of bytes the caller sent and of recipes it could already read with ``GET
+_pybuild/blob/recipe``: whether a piece exists anywhere else never shows. A piece the
+caller sends that the store already has is kept once, silently (the same answer).
+
+Limits (hostile plans get 400s that say which limit): a plan body of at most
+:data:`MAX_PLAN_BYTES`, a blob of at most :data:`MAX_BLOB` bytes (a commit reads and
+hashes that much, whatever few bytes were sent), :data:`MAX_PIECES` pieces,
+:data:`MAX_BASES` bases, pieces of 1 byte
+to :data:`MAX_PIECE` bytes that tile the blob; a PATCH of at most :data:`MAX_PATCH_PIECES`
+pieces and :data:`MAX_PATCH_BYTES` bytes, each checked against its key before anything
+of it is kept. Sessions count against the same upload limits as ordinary ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from cas import (
+    BlobUnknown,
+    Digest,
+    DigestMismatch,
+    IngestUnknown,
+    PieceMismatch,
+    PiecesMissing,
+    RecipeInvalid,
+)
+
+from ..errors import (
+    BLOB_UPLOAD_INVALID,
+    BLOB_UPLOAD_UNKNOWN,
+    DIGEST_INVALID,
+    SIZE_INVALID,
+    RegistryError,
+)
+from ..names import is_valid_name, parse_digest
+from . import proxy
+from .state import BYTES_RECEIVED, GRANT, REGISTRY, Registry, holder
+
+__all__ = [
+    "MAX_BASES",
+    "MAX_BLOB",
+    "MAX_PATCH_BYTES",
+    "MAX_PATCH_PIECES",
+    "MAX_PIECE",
+    "MAX_PIECES",
+    "MAX_PLAN_BYTES",
+    "PLAN_MEDIA_TYPE",
+    "cancel_piece_upload",
+    "finish_piece_upload",
+    "patch_pieces",
+    "piece_upload_status",
+    "query_pieces",
+    "start_piece_upload",
+    "supported",
+]
+
+PLAN_MEDIA_TYPE = "application/vnd.pybuild.push-plan.v1+json"
+MAX_PLAN_BYTES = 16 << 20
+MAX_PIECES = 1 << 17  # ~40 GB of ~300 KB pieces
+MAX_BASES = 64
+MAX_PIECE = 16 << 20  # the chunker's largest piece
+MAX_BLOB = 64 << 30  # what one plan may assemble: a commit hashes this much
+MAX_PATCH_PIECES = 256
+MAX_PATCH_BYTES = 32 << 20
+# Piece sessions are recorded as upload sessions of "<name>@pieces": the ordinary upload
+# routes (which look for "<name>") never take one for theirs, and expiry treats both alike.
+_SUFFIX = "@pieces"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    digest: Digest
+    size: int
+    pieces: list[tuple[str, int]]  # (key hex, length) in blob order
+    bases: list[tuple[Digest, str | None]]  # (digest, repository or None for <name>)
+
+
+def supported(request: web.Request) -> bool:
+    """Whether this registry takes piece-level pushes: its store can assemble blobs and
+    it takes pushes at all (not read-only, not a pull-through cache that refuses them)."""
+    reg = request.app[REGISTRY]
+    if not hasattr(reg.store, "begin_piece_ingest") or reg.config.read_only:
+        return False
+    cache = request.app.get(proxy.PROXY)
+    return cache is None or cache.mixed
+
+
+def _location(name: str, upload_id: str) -> str:
+    return f"/v2/{name}/_pybuild/blob/uploads/{upload_id}"
+
+
+def _invalid(message: str, **detail: Any) -> RegistryError:
+    return BLOB_UPLOAD_INVALID(message, detail=detail or None)
+
+
+async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
+    """The whole body, at most ``limit`` bytes; one that stalls ``http.body_timeout``
+    seconds or breaks off is BLOB_UPLOAD_INVALID."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _invalid(f"{what} is {length} bytes, over the limit of {limit}", limit=limit)
+    stall = request.app[REGISTRY].config.http_body_timeout or None
+    buf = bytearray()
+    try:
+        while True:
+            chunk = await asyncio.wait_for(request.content.readany(), stall)
+            if not chunk:
+                break
+            if len(buf) + len(chunk) > limit:
+                raise _invalid(f"{what} is over the limit of {limit} bytes", limit=limit)
+            buf += chunk
+    except RegistryError:
+        raise
+    except TimeoutError as exc:
+        raise _invalid(f"{what} sent nothing for {stall:g} s after {len(buf)} bytes") from exc
+    except Exception as exc:  # ConnectionResetError, aiohttp payload errors
+        exc.__traceback__ = None  # see uploads._pump: the reader's frame would keep the body
+        raise _invalid(f"{what} broke off after {len(buf)} bytes: {exc}") from exc
+    finally:
+        request[BYTES_RECEIVED] = request.get(BYTES_RECEIVED, 0) + len(buf)
+    if length is not None and len(buf) != length:
+        raise SIZE_INVALID(f"{what} was {len(buf)} bytes, Content-Length said {length}")
+    return bytes(buf)
+
+
+def _is_key(text: object) -> bool:
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def parse_plan(body: bytes) -> Plan:
+    """A plan document (see the module docstring), checked; BLOB_UPLOAD_INVALID says
+    what is wrong with it."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _invalid(f"the push plan is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise _invalid("the push plan must be a JSON object")
+    text = doc.get("digest")
+    digest = parse_digest(text if isinstance(text, str) else "")
+    size, raw_pieces, raw_bases = doc.get("size"), doc.get("pieces"), doc.get("bases", [])
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _invalid("the plan's size must be a non-negative integer")
+    if size > MAX_BLOB:
+        raise _invalid(f"the plan's blob is {size} bytes; piece uploads assemble at most "
+                       f"{MAX_BLOB} (push it with an ordinary upload)", limit=MAX_BLOB)
+    if not isinstance(raw_pieces, list) or not isinstance(raw_bases, list):
+        raise _invalid("the plan's pieces and bases must be lists")
+    if len(raw_pieces) > MAX_PIECES:
+        raise _invalid(f"the plan names {len(raw_pieces)} pieces; at most {MAX_PIECES} are allowed "
+                       "(push the blob with an ordinary upload)", limit=MAX_PIECES)
+    if len(raw_bases) > MAX_BASES:
+        raise _invalid(f"the plan names {len(raw_bases)} bases; at most {MAX_BASES} are allowed",
+                       limit=MAX_BASES)
+    pieces: list[tuple[str, int]] = []
+    pos = 0
+    for i, p in enumerate(raw_pieces):
+        if not isinstance(p, dict):
+            raise _invalid(f"piece {i} of the plan is not an object")
+        key, length, offset = p.get("key"), p.get("length"), p.get("offset", pos)
+        if not _is_key(key):
+            raise _invalid(f"piece {i}: key must be 64 lowercase hex digits (BLAKE3)")
+        if not isinstance(length, int) or isinstance(length, bool) or not 0 < length <= MAX_PIECE:
+            raise _invalid(f"piece {i}: length must be 1 to {MAX_PIECE} bytes", piece=i)
+        if offset != pos:
+            raise _invalid(f"piece {i} starts at {offset!r}, not at byte {pos}: pieces must "
+                           "tile the blob in order (no gap, no overlap)", piece=i)
+        assert isinstance(key, str)
+        pieces.append((key, length))
+        pos += length
+    if pos != size:
+        raise _invalid(f"the plan's pieces cover {pos} bytes, its size is {size}")
+    bases: list[tuple[Digest, str | None]] = []
+    for i, b in enumerate(raw_bases):
+        if not isinstance(b, dict) or not isinstance(b.get("digest"), str):
+            raise _invalid(f"base {i} of the plan must be an object with a digest")
+        repo = b.get("repository")
+        if repo is not None and not (isinstance(repo, str) and is_valid_name(repo)):
+            raise _invalid(f"base {i}: {str(repo)[:80]!r} is not a repository name")
+        bases.append((parse_digest(b["digest"]), repo))
+    return Plan(digest, size, pieces, bases)
+
+
+async def _readable_base_keys(request: web.Request, name: str, plan: Plan) -> set[str]:
+    """The piece keys of the plan's bases that the caller may pull (module docstring:
+    a base it may not pull, or that does not exist, adds nothing - the same nothing)."""
+    reg = request.app[REGISTRY]
+    grant = request.get(GRANT)
+
+    async def keys_of(digest: Digest, repo: str) -> list[str]:
+        # <name> itself: the request was allowed to push there, which needs pull.
+        if repo != name and grant is not None and not grant.may_pull(repo):
+            return []
+        if not await reg.store.is_linked(holder(repo), digest):
+            return []
+        try:
+            recipe = await reg.store.recipe(digest)
+        except BlobUnknown:
+            return []
+        return [p.key for p in recipe.pieces]
+
+    bases = dict.fromkeys((digest, repo or name) for digest, repo in plan.bases)
+    found = await asyncio.gather(*(keys_of(digest, repo) for digest, repo in bases))
+    return {key for keys in found for key in keys}
+
+
+async def _missing(request: web.Request, name: str, plan: Plan, ingest: Any) -> list[int]:
+    have = ingest.keys() | await _readable_base_keys(request, name, plan)
+    return [i for i, (key, _) in enumerate(plan.pieces) if key not in have]
+
+
+async def _session(reg: Registry, name: str, upload_id: str) -> Any:
+    unknown = BLOB_UPLOAD_UNKNOWN(
+        f"piece upload {upload_id!r} is not open in repository {name!r} (finished, "
+        "cancelled or expired): start a new one with POST", detail={"uuid": upload_id},
+    )
+    if await reg.meta.upload_repository(upload_id) != name + _SUFFIX:
+        raise unknown
+    ingest = reg.ingests.get(upload_id)
+    if ingest is not None and ingest.closed:
+        await _drop(reg, upload_id)
+        raise unknown
+    if ingest is None:
+        try:
+            ingest = await reg.store.resume_piece_ingest(upload_id)  # type: ignore[attr-defined]
+        except IngestUnknown:
+            await _drop(reg, upload_id)
+            raise unknown from None
+        reg.ingests[upload_id] = ingest
+        reg.upload_limits.update(upload_id, ingest.offset)
+    return ingest
+
+
+async def _drop(reg: Registry, upload_id: str) -> None:
+    reg.forget_upload(upload_id)
+    with contextlib.suppress(Exception):
+        await reg.meta.remove_upload(upload_id)
+
+
+def _answer(name: str, upload_id: str, missing: list[int], status: int) -> web.Response:
+    return web.json_response(
+        {"missing": missing}, status=status,
+        headers={"Location": _location(name, upload_id), "Docker-Upload-UUID": upload_id},
+    )
+
+
+# --- handlers ----------------------------------------------------------------------------
+async def start_piece_upload(request: web.Request, name: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    plan = parse_plan(await _read_body(request, MAX_PLAN_BYTES, "the push plan"))
+    reservation = reg.upload_limits.reserve(request.remote or "")
+    try:
+        ingest = await reg.store.begin_piece_ingest(algorithm=plan.digest.algorithm)  # type: ignore[attr-defined]
+        try:
+            await reg.meta.add_upload(ingest.id, name + _SUFFIX)
+        except BaseException:
+            await ingest.abort()
+            raise
+    except BaseException:
+        reg.upload_limits.remove(reservation)
+        raise
+    reg.ingests[ingest.id] = ingest
+    reg.upload_limits.claim(reservation, ingest.id)
+    return _answer(name, ingest.id, await _missing(request, name, plan, ingest), 202)
+
+
+async def query_pieces(request: web.Request, name: str, upload_id: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    plan = parse_plan(await _read_body(request, MAX_PLAN_BYTES, "the push plan"))
+    async with reg.upload_lock(upload_id):
+        ingest = await _session(reg, name, upload_id)
+        return _answer(name, upload_id, await _missing(request, name, plan, ingest), 200)
+
+
+def _parse_piece_list(text: str | None) -> list[tuple[str, int]]:
+    if not text:
+        raise _invalid("a PATCH of pieces needs Pybuild-Pieces: <length>:<key>,...")
+    items = text.split(",")
+    if len(items) > MAX_PATCH_PIECES:
+        raise _invalid(f"at most {MAX_PATCH_PIECES} pieces per request", limit=MAX_PATCH_PIECES)
+    out = []
+    for i, item in enumerate(items):
+        length, _, key = item.strip().partition(":")
+        if not (length.isascii() and length.isdigit() and len(length) <= 9 and _is_key(key)):
+            raise _invalid(f"Pybuild-Pieces entry {i} is not <length>:<64 hex digits>")
+        if not 0 < int(length) <= MAX_PIECE:
+            raise _invalid(f"Pybuild-Pieces entry {i}: a piece is 1 to {MAX_PIECE} bytes")
+        out.append((key, int(length)))
+    total = sum(n for _, n in out)
+    if total > MAX_PATCH_BYTES:
+        raise _invalid(f"the pieces of one request are {total} bytes; at most "
+                       f"{MAX_PATCH_BYTES} are allowed", limit=MAX_PATCH_BYTES)
+    return out
+
+
+async def patch_pieces(request: web.Request, name: str, upload_id: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    listed = _parse_piece_list(request.headers.get("Pybuild-Pieces"))
+    total = sum(n for _, n in listed)
+    if await reg.meta.upload_repository(upload_id) != name + _SUFFIX:
+        await _session(reg, name, upload_id)  # raises BLOB_UPLOAD_UNKNOWN
+    allowance = reg.upload_limits.allowance(upload_id)
+    if allowance is not None and total > allowance:
+        reg.upload_limits.refuse_bytes(upload_id, total)
+    # The body is read outside the session's lock: a client's batches for one blob
+    # arrive side by side and only take turns to be stored.
+    async with reg.upload_slots.hold(request.remote or ""):
+        body = await _read_body(request, total, "the pieces")
+    if len(body) != total:
+        raise SIZE_INVALID(f"the body is {len(body)} bytes, the pieces listed {total}",
+                           detail={"expected": total, "actual": len(body)})
+    view = memoryview(body)
+    pieces, pos = [], 0
+    for key, length in listed:
+        pieces.append((key, view[pos : pos + length]))
+        pos += length
+    async with reg.upload_lock(upload_id):
+        ingest = await _session(reg, name, upload_id)
+        try:
+            await ingest.add_pieces(pieces)
+        except PieceMismatch as exc:
+            raise DIGEST_INVALID(str(exc), detail={"piece": exc.index, "key": exc.claimed}) from exc
+        except BaseException:
+            if ingest.closed:  # the store failed (a full disk): the session is gone
+                await _drop(reg, upload_id)
+            raise
+        reg.upload_limits.update(upload_id, ingest.offset)
+    return web.Response(status=202, headers={
+        "Location": _location(name, upload_id), "Docker-Upload-UUID": upload_id,
+        "Content-Length": "0",
+    })
+
+
+async def finish_piece_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    text = request.query.get("digest")
+    if not text:
+        raise DIGEST_INVALID("closing a piece upload needs ?digest=<digest of the whole blob>")
+    digest = parse_digest(text)
+    plan = parse_plan(await _read_body(request, MAX_PLAN_BYTES, "the push plan"))
+    if plan.digest != digest:
+        raise DIGEST_INVALID(f"the plan is for {plan.digest}, the request closes {digest}")
+    async with reg.upload_lock(upload_id):
+        ingest = await _session(reg, name, upload_id)
+        known = await _readable_base_keys(request, name, plan)
+        try:
+            await ingest.commit_recipe(digest, plan.pieces, known=known, link=holder(name))
+        except PiecesMissing as exc:
+            raise _invalid(str(exc), missing=exc.indices) from exc
+        except RecipeInvalid as exc:
+            raise _invalid(str(exc)) from exc
+        except DigestMismatch as exc:
+            await _drop(reg, upload_id)
+            raise DIGEST_INVALID(
+                f"the assembled pieces hash to {exc.actual}, not {digest}; nothing was stored",
+                detail={"expected": str(digest), "actual": str(exc.actual)},
+            ) from exc
+        except BaseException:
+            if ingest.closed:
+                await _drop(reg, upload_id)
+            raise
+        await _drop(reg, upload_id)
+    await reg.meta.ensure_repository(name)
+    return web.Response(status=201, headers={
+        "Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": str(digest),
+        "Content-Length": "0",
+    })
+
+
+async def piece_upload_status(request: web.Request, name: str, upload_id: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    async with reg.upload_lock(upload_id):
+        ingest = await _session(reg, name, upload_id)
+        return web.json_response({"pieces": len(ingest.keys()), "bytes": ingest.offset},
+                                 headers={"Location": _location(name, upload_id)})
+
+
+async def cancel_piece_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
+    reg = request.app[REGISTRY]
+    async with reg.upload_lock(upload_id):
+        ingest = await _session(reg, name, upload_id)
+        with contextlib.suppress(IngestUnknown):
+            await ingest.abort()
+        await _drop(reg, upload_id)
+    return web.Response(status=204, headers={"Content-Length": "0"})

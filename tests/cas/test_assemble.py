@@ -1,0 +1,132 @@
+"""Piece ingests (cas.assemble): a blob committed from whole pieces and a known recipe."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import blake3
+import pytest
+
+from cas import (
+    Digest,
+    DigestMismatch,
+    IngestUnknown,
+    PieceMismatch,
+    PiecesMissing,
+    RecipeInvalid,
+    Store,
+)
+
+
+def _pieces(seed: int, n: int, size: int = 50_000) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(size) for _ in range(n)]
+
+
+def _recipe(pieces: list[bytes]) -> list[tuple[str, int]]:
+    return [(blake3.blake3(p).hexdigest(), len(p)) for p in pieces]
+
+
+async def test_commit_from_received_and_known_pieces(store: Store) -> None:
+    old_blob = b"".join(_pieces(1, 30))
+    await store.put(old_blob, link="repository:a")
+    cut = (await store.recipe(Digest.of(old_blob))).pieces
+    assert len(cut) >= 3
+    old = [old_blob[p.offset : p.offset + p.length] for p in cut]
+    new = list(old)
+    new[2] = b"changed" * 1000
+    ing = await store.begin_piece_ingest()
+    await ing.add_pieces([(blake3.blake3(new[2]).hexdigest(), new[2])])
+    assert ing.offset == len(new[2])
+    known = {k for k, _ in _recipe(old)}
+    blob = b"".join(new)
+    info = await ing.commit_recipe(Digest.of(blob), _recipe(new), known=known, link="repository:b")
+    assert info.size == len(blob)
+    assert await store.read_bytes(Digest.of(blob)) == blob
+    assert await store.is_linked("repository:b", Digest.of(blob))
+    recipe = await store.recipe(Digest.of(blob))
+    assert [p.key for p in recipe.pieces] == [k for k, _ in _recipe(new)]
+    assert (await store.fsck()).ok
+
+
+async def test_unknown_pieces_are_missing_and_ingest_stays_open(store: Store) -> None:
+    pieces = _pieces(2, 3)
+    await store.put(b"".join(pieces))  # in the store, but not vouched for
+    ing = await store.begin_piece_ingest()
+    blob = b"".join(pieces)
+    with pytest.raises(PiecesMissing) as err:
+        await ing.commit_recipe(Digest.of(blob), _recipe(pieces))
+    assert err.value.indices == [0, 1, 2]
+    await ing.add_pieces([(k, p) for (k, _), p in zip(_recipe(pieces), pieces)])
+    await ing.commit_recipe(Digest.of(blob), _recipe(pieces))
+    assert await store.read_bytes(Digest.of(blob)) == blob
+
+
+async def test_wrong_key_stores_nothing(store: Store) -> None:
+    a, b = _pieces(3, 2)
+    ing = await store.begin_piece_ingest()
+    with pytest.raises(PieceMismatch):
+        await ing.add_pieces([(blake3.blake3(a).hexdigest(), a), (blake3.blake3(a).hexdigest(), b)])
+    assert ing.keys() == set() and ing.offset == 0
+    await ing.add_pieces([(blake3.blake3(b).hexdigest(), b)])
+    assert ing.keys() == {blake3.blake3(b).hexdigest()}
+
+
+async def test_digest_mismatch_commits_nothing(store: Store) -> None:
+    pieces = _pieces(4, 3)
+    ing = await store.begin_piece_ingest()
+    await ing.add_pieces([(k, p) for (k, _), p in zip(_recipe(pieces), pieces)])
+    wrong = Digest.of(b"something else")
+    with pytest.raises(DigestMismatch):
+        await ing.commit_recipe(wrong, _recipe(pieces), link="repository:x")
+    assert ing.closed
+    assert await store.stat(wrong) is None
+    assert await store.stat(Digest.of(b"".join(pieces))) is None
+    assert await store.linked("repository:x") == []
+    with pytest.raises(IngestUnknown):
+        await ing.add_pieces([])
+    assert await store.list_ingests() == []
+
+
+async def test_wrong_length_in_recipe_is_refused(store: Store) -> None:
+    (a,) = _pieces(5, 1)
+    ing = await store.begin_piece_ingest()
+    await ing.add_pieces([(blake3.blake3(a).hexdigest(), a)])
+    with pytest.raises(RecipeInvalid):
+        await ing.commit_recipe(Digest.of(a), [(blake3.blake3(a).hexdigest(), len(a) + 1)])
+    assert not ing.closed
+
+
+async def test_resume_after_reopen_keeps_received_pieces(tmp_path: Path) -> None:
+    pieces = _pieces(6, 4)
+    recipe = _recipe(pieces)
+    store = await Store.open(tmp_path / "s")
+    ing = await store.begin_piece_ingest()
+    await ing.add_pieces([(recipe[0][0], pieces[0]), (recipe[1][0], pieces[1])])
+    ingest_id = ing.id
+    await store.close()
+    store = await Store.open(tmp_path / "s")
+    try:
+        ing = await store.resume_piece_ingest(ingest_id)
+        assert ing.keys() == {recipe[0][0], recipe[1][0]}
+        assert ing.offset == len(pieces[0]) + len(pieces[1])
+        await ing.add_pieces([(recipe[2][0], pieces[2]), (recipe[3][0], pieces[3])])
+        blob = b"".join(pieces)
+        await ing.commit_recipe(Digest.of(blob), recipe)
+        assert await store.read_bytes(Digest.of(blob)) == blob
+        assert (await store.fsck()).ok
+    finally:
+        await store.close()
+
+
+async def test_gc_keeps_pieces_of_an_open_piece_ingest(store: Store) -> None:
+    pieces = _pieces(7, 2)
+    recipe = _recipe(pieces)
+    ing = await store.begin_piece_ingest()
+    await ing.add_pieces([(recipe[0][0], pieces[0])])
+    await store.gc(grace=0)
+    await ing.add_pieces([(recipe[1][0], pieces[1])])
+    blob = b"".join(pieces)
+    await ing.commit_recipe(Digest.of(blob), recipe)
+    assert await store.read_bytes(Digest.of(blob)) == blob

@@ -1,0 +1,363 @@
+"""Piece-level pushes on the server (``_pybuild/blob/uploads``), spoken as plain HTTP:
+discovery, only missing pieces asked for, resume, digest mismatch, hostile plans, and a
+hostile client that tries to learn whether pieces it may not read exist (no oracle)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import blake3
+import pytest
+from aiohttp.test_utils import TestClient
+
+from cas import Digest
+from cas.frames import gzip_member
+from registry.server.piece_uploads import MAX_PIECES, MAX_PLAN_BYTES
+
+from .conftest import MakeClient
+from .helpers import error_codes, push_blob
+
+TOKENS = Path(__file__).parent / "testfiles" / "tokens"
+UPLOADS = "_pybuild/blob/uploads/"
+
+
+def layer(seeds: list[int]) -> tuple[bytes, list[tuple[str, int]]]:
+    """A layer of one gzip member per seed (cut at member boundaries) and its pieces."""
+    members = [gzip_member(random.Random(s).randbytes(40_000), level=1) for s in seeds]
+    return b"".join(members), [(blake3.blake3(m).hexdigest(), len(m)) for m in members]
+
+
+def members(blob: bytes, pieces: list[tuple[str, int]]) -> list[bytes]:
+    out, pos = [], 0
+    for _, n in pieces:
+        out.append(blob[pos : pos + n])
+        pos += n
+    return out
+
+
+def plan(blob: bytes, pieces: list[tuple[str, int]], bases: list[dict[str, str]] = ()) -> bytes:  # type: ignore[assignment]
+    return json.dumps({
+        "digest": str(Digest.of(blob)), "size": len(blob),
+        "pieces": [{"key": k, "length": n} for k, n in pieces], "bases": list(bases),
+    }).encode()
+
+
+async def start(client: TestClient, repo: str, body: bytes, headers: dict[str, str] | None = None) -> Any:
+    return await client.post(f"/v2/{repo}/{UPLOADS}", data=io.BytesIO(body), headers=headers or {})
+
+
+async def send(client: TestClient, location: str, blob: bytes, pieces: list[tuple[str, int]],
+               indices: list[int], headers: dict[str, str] | None = None) -> Any:
+    data = members(blob, pieces)
+    return await client.patch(
+        location, data=b"".join(data[i] for i in indices),
+        headers={"Pybuild-Pieces": ",".join(f"{pieces[i][1]}:{pieces[i][0]}" for i in indices),
+                 **(headers or {})},
+    )
+
+
+async def test_discovery_lists_piece_uploads(client: TestClient) -> None:
+    resp = await client.get("/v2/any/repo/_oci/ext/discover")
+    doc = await resp.json()
+    pybuild = next(e for e in doc["extensions"] if e["name"] == "_pybuild")
+    assert "_pybuild/blob/uploads" in pybuild["endpoints"]
+    assert "_pybuild/blob/recipe" in pybuild["endpoints"]
+
+
+async def test_read_only_registry_does_not_offer_piece_uploads(make_client: MakeClient) -> None:
+    client = await make_client(read_only=True)
+    doc = await (await client.get("/v2/any/_oci/ext/discover")).json()
+    pybuild = next(e for e in doc["extensions"] if e["name"] == "_pybuild")
+    assert pybuild["endpoints"] == ["_pybuild/blob/recipe"]
+
+
+async def test_push_of_v2_asks_only_for_changed_pieces(client: TestClient) -> None:
+    v1, _ = layer(list(range(20)))
+    await push_blob(client, "team/app", v1)
+    seeds = list(range(20))
+    seeds[3], seeds[17] = 1003, 1017
+    v2, p2 = layer(seeds)
+    base = [{"digest": str(Digest.of(v1))}]
+    resp = await start(client, "team/app", plan(v2, p2, base))
+    assert resp.status == 202, await resp.text()
+    assert (await resp.json())["missing"] == [3, 17]
+    location = resp.headers["Location"]
+    resp = await send(client, location, v2, p2, [3, 17])
+    assert resp.status == 202, await resp.text()
+    resp = await client.put(f"{location}?digest={Digest.of(v2)}", data=plan(v2, p2, base))
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["Docker-Content-Digest"] == str(Digest.of(v2))
+    got = await client.get(f"/v2/team/app/blobs/{Digest.of(v2)}")
+    assert await got.read() == v2
+    recipe = await (await client.get(f"/v2/team/app/_pybuild/blob/recipe?digest={Digest.of(v2)}")).json()
+    assert [(p["key"], p["length"]) for p in recipe["pieces"]] == p2
+    # The session is gone.
+    assert (await client.get(location)).status == 404
+
+
+async def test_piece_sessions_are_not_ordinary_upload_sessions(client: TestClient) -> None:
+    blob, pieces = layer([150, 151])
+    resp = await start(client, "team/app", plan(blob, pieces))
+    upload_id = resp.headers["Docker-Upload-UUID"]
+    for method in ("GET", "PATCH", "PUT", "DELETE"):
+        resp = await client.request(method, f"/v2/team/app/blobs/uploads/{upload_id}?digest={Digest.of(blob)}")
+        assert resp.status == 404, method
+        assert await error_codes(resp) == ["BLOB_UPLOAD_UNKNOWN"]
+    # Nor a session of another repository.
+    assert (await client.get(f"/v2/team/other/{UPLOADS}{upload_id}")).status == 404
+
+
+async def test_interrupted_push_resumes_with_only_what_is_missing(client: TestClient) -> None:
+    blob, pieces = layer(list(range(100, 110)))
+    body = plan(blob, pieces)
+    resp = await start(client, "team/app", body)
+    location = resp.headers["Location"]
+    assert (await resp.json())["missing"] == list(range(10))
+    assert (await send(client, location, blob, pieces, [0, 1, 2, 5])).status == 202
+    status = await (await client.get(location)).json()
+    assert status == {"pieces": 4, "bytes": sum(pieces[i][1] for i in (0, 1, 2, 5))}
+    resp = await client.post(location, data=body)
+    assert resp.status == 200
+    assert (await resp.json())["missing"] == [3, 4, 6, 7, 8, 9]
+    # Committing early names what is missing and keeps the session.
+    resp = await client.put(f"{location}?digest={Digest.of(blob)}", data=body)
+    assert resp.status == 400
+    doc = await resp.json()
+    assert doc["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+    assert doc["errors"][0]["detail"]["missing"] == [3, 4, 6, 7, 8, 9]
+    assert (await send(client, location, blob, pieces, [3, 4, 6, 7, 8, 9])).status == 202
+    resp = await client.put(f"{location}?digest={Digest.of(blob)}", data=body)
+    assert resp.status == 201, await resp.text()
+
+
+async def test_session_survives_a_restart(make_client: MakeClient, tmp_path: Path) -> None:
+    blob, pieces = layer(list(range(200, 206)))
+    body = plan(blob, pieces)
+    first = await make_client(storage=tmp_path / "s")
+    resp = await start(first, "team/app", body)
+    location = resp.headers["Location"]
+    assert (await send(first, location, blob, pieces, [0, 1, 2])).status == 202
+    await first.close()
+    second = await make_client(storage=tmp_path / "s")
+    resp = await second.post(location, data=body)
+    assert (await resp.json())["missing"] == [3, 4, 5]
+    assert (await send(second, location, blob, pieces, [3, 4, 5])).status == 202
+    assert (await second.put(f"{location}?digest={Digest.of(blob)}", data=body)).status == 201
+
+
+async def test_digest_mismatch_never_commits(client: TestClient) -> None:
+    blob, pieces = layer([300, 301, 302])
+    wrong = b"x" + blob[1:]
+    body = json.loads(plan(blob, pieces))
+    body["digest"] = str(Digest.of(wrong))
+    resp = await start(client, "team/app", json.dumps(body).encode())
+    location = resp.headers["Location"]
+    assert (await send(client, location, blob, pieces, [0, 1, 2])).status == 202
+    resp = await client.put(f"{location}?digest={Digest.of(wrong)}", data=json.dumps(body).encode())
+    assert resp.status == 400
+    assert await error_codes(resp) == ["DIGEST_INVALID"]
+    for digest in (Digest.of(wrong), Digest.of(blob)):
+        assert (await client.head(f"/v2/team/app/blobs/{digest}")).status == 404
+    assert (await client.get(location)).status == 404
+
+
+async def test_a_piece_that_does_not_match_its_key_is_refused(client: TestClient) -> None:
+    blob, pieces = layer([400, 401])
+    resp = await start(client, "team/app", plan(blob, pieces))
+    location = resp.headers["Location"]
+    data = members(blob, pieces)
+    resp = await client.patch(location, data=data[1] + data[1], headers={
+        "Pybuild-Pieces": f"{pieces[0][1]}:{pieces[0][0]},{pieces[1][1]}:{pieces[1][0]}"})
+    assert resp.status == 400
+    assert await error_codes(resp) in (["DIGEST_INVALID"], ["SIZE_INVALID"])
+    status = await (await client.get(location)).json()
+    assert status == {"pieces": 0, "bytes": 0}
+
+
+def _hostile_plans() -> dict[str, tuple[bytes, int]]:
+    blob, pieces = layer([500, 501, 502])
+    doc = json.loads(plan(blob, pieces))
+    overlap = json.loads(plan(blob, pieces))
+    overlap["pieces"][1]["offset"] = 10
+    gap = json.loads(plan(blob, pieces))
+    gap["pieces"][2]["offset"] = doc["size"] + 5
+    big_piece = json.loads(plan(blob, pieces))
+    big_piece["pieces"][0]["length"] = 1 << 40
+    zero = json.loads(plan(blob, pieces))
+    zero["pieces"][0]["length"] = 0
+    bad_key = json.loads(plan(blob, pieces))
+    bad_key["pieces"][0]["key"] = "../../etc/passwd"
+    wrong_size = dict(doc, size=doc["size"] + 1)
+    huge_blob = dict(doc, pieces=[{"key": "0" * 64, "length": 1 << 24}] * 4097, size=4097 << 24)
+    many = dict(doc, pieces=[{"key": "0" * 64, "length": 1}] * (MAX_PIECES + 1), size=MAX_PIECES + 1)
+    bases = dict(doc, bases=[{"digest": str(Digest.of(b"x"))}] * 65)
+    bad_base = dict(doc, bases=[{"digest": str(Digest.of(b"x")), "repository": "../x"}])
+    return {
+        "not json": (b"{nope", 400),
+        "not an object": (b"[1, 2]", 400),
+        "overlapping pieces": (json.dumps(overlap).encode(), 400),
+        "gap": (json.dumps(gap).encode(), 400),
+        "huge piece": (json.dumps(big_piece).encode(), 400),
+        "empty piece": (json.dumps(zero).encode(), 400),
+        "bad key": (json.dumps(bad_key).encode(), 400),
+        "size disagrees": (json.dumps(wrong_size).encode(), 400),
+        "too many pieces": (json.dumps(many).encode(), 400),
+        "blob too large": (json.dumps(huge_blob).encode(), 400),
+        "too many bases": (json.dumps(bases).encode(), 400),
+        "bad base repository": (json.dumps(bad_base).encode(), 400),
+        "over the body limit": (b" " * (MAX_PLAN_BYTES + 1), 400),
+        "bad digest": (json.dumps(dict(doc, digest="sha256:zz")).encode(), 400),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_hostile_plans()))
+async def test_hostile_plans_get_clear_400s(client: TestClient, case: str) -> None:
+    body, status = _hostile_plans()[case]
+    resp = await start(client, "team/app", body)
+    assert resp.status == status, await resp.text()
+    doc = await resp.json()
+    assert doc["errors"][0]["code"] in ("BLOB_UPLOAD_INVALID", "DIGEST_INVALID", "SIZE_INVALID")
+    assert doc["errors"][0]["message"]
+    # The server still serves.
+    assert (await client.get("/v2/")).status == 200
+
+
+@pytest.mark.parametrize("header", [
+    "", "12:abc", "x:" + "0" * 64, "0:" + "0" * 64, f"{1 << 30}:" + "0" * 64,
+    ",".join([f"1:{'0' * 64}"] * 300),
+])
+async def test_hostile_piece_lists_get_clear_400s(client: TestClient, header: str) -> None:
+    blob, pieces = layer([600])
+    resp = await start(client, "team/app", plan(blob, pieces))
+    location = resp.headers["Location"]
+    resp = await client.patch(location, data=b"x", headers={"Pybuild-Pieces": header} if header else {})
+    assert resp.status == 400, await resp.text()
+    assert (await client.get(location)).status == 200
+
+
+async def test_commit_of_pieces_never_uploaded_is_refused(client: TestClient) -> None:
+    blob, pieces = layer([700, 701])
+    other, _ = layer([702])
+    await push_blob(client, "team/app", blob)  # the pieces exist, but no base names them
+    body = plan(blob, pieces)
+    resp = await start(client, "team/other", body)
+    location = resp.headers["Location"]
+    assert (await resp.json())["missing"] == [0, 1]
+    resp = await client.put(f"{location}?digest={Digest.of(blob)}", data=body)
+    assert resp.status == 400
+    assert (await resp.json())["errors"][0]["detail"]["missing"] == [0, 1]
+    assert (await client.head(f"/v2/team/other/blobs/{Digest.of(blob)}")).status == 404
+    assert len(other) > 0
+
+
+# --- no oracle ---------------------------------------------------------------------------
+def _basic(user: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:pw-{user}".encode()).decode()}
+
+
+async def _token(client: TestClient, user: str, *scopes: str) -> dict[str, str]:
+    params = [("service", "pybuild-registry"), *(("scope", s) for s in scopes)]
+    resp = await client.get("/token", params=params, headers=_basic(user))
+    assert resp.status == 200, await resp.text()
+    return {"Authorization": f"Bearer {(await resp.json())['token']}"}
+
+
+async def _token_registry(make_client: MakeClient, tmp_path: Path, name: str) -> TestClient:
+    root = tmp_path / name
+    root.mkdir()
+    htpasswd = root / "htpasswd"
+    htpasswd.write_text("".join(
+        f"{u}:{bcrypt.hashpw(b'pw-' + u.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
+        for u in ("alice", "admin")
+    ))
+    shutil.copy(TOKENS / "access.yaml", root / "access.yaml")
+    return await make_client(storage=root / "storage", auth_htpasswd=htpasswd,
+                             auth_token_issue_key=root / "token.pem",
+                             auth_token_issue_policy=root / "access.yaml")
+
+
+async def _probe(client: TestClient, secret: bytes, pieces: list[tuple[str, int]]) -> list[Any]:
+    """What alice (pull and push on team/*, nothing on secret/*) can observe when she asks
+    about the pieces of ``secret``: every status and body, with session ids taken out."""
+    seen: list[Any] = []
+    auth = await _token(client, "alice", "repository:team/probe:pull,push",
+                        "repository:secret/vault:pull")
+    bases_variants: list[list[dict[str, str]]] = [
+        [], [{"digest": str(Digest.of(secret))}],
+        [{"digest": str(Digest.of(secret)), "repository": "secret/vault"}],
+    ]
+    for bases in bases_variants:
+        body = plan(secret, pieces, bases)
+        resp = await start(client, "team/probe", body, auth)
+        seen.append((resp.status, await resp.json()))
+        location = resp.headers["Location"]
+        resp = await client.post(location, data=body, headers=auth)
+        seen.append((resp.status, await resp.json()))
+        resp = await client.put(f"{location}?digest={Digest.of(secret)}", data=body, headers=auth)
+        doc = await resp.json()
+        seen.append((resp.status, doc))
+        # Proving possession: sending the bytes is answered alike, and then commits.
+        resp = await send(client, location, secret, pieces, list(range(len(pieces))), auth)
+        seen.append((resp.status, await resp.read()))
+        resp = await client.put(f"{location}?digest={Digest.of(secret)}", data=body, headers=auth)
+        seen.append((resp.status, await resp.read()))
+        await client.delete(f"/v2/team/probe/blobs/{Digest.of(secret)}",
+                            headers=await _token(client, "admin", "repository:team/probe:*"))
+    # The recipe and blob of the secret blob, through her own repository: unknown.
+    resp = await client.get(f"/v2/team/probe/_pybuild/blob/recipe?digest={Digest.of(secret)}",
+                            headers=auth)
+    seen.append(resp.status)
+    return seen
+
+
+async def test_no_oracle_for_pieces_of_repositories_the_caller_cannot_pull(
+    make_client: MakeClient, tmp_path: Path,
+) -> None:
+    secret, pieces = layer([900, 901, 902, 903])
+    with_secret = await _token_registry(make_client, tmp_path, "with")
+    without = await _token_registry(make_client, tmp_path, "without")
+    admin = await _token(with_secret, "admin", "repository:secret/vault:*")
+    resp = await with_secret.post(f"/v2/secret/vault/blobs/uploads/?digest={Digest.of(secret)}",
+                                  data=secret, headers=admin)
+    assert resp.status == 201
+    assert (await with_secret.head(f"/v2/secret/vault/blobs/{Digest.of(secret)}",
+                                   headers=admin)).status == 200
+    here = await _probe(with_secret, secret, pieces)
+    there = await _probe(without, secret, pieces)
+    assert here == there
+    # Every piece was asked for each time, and her own pushes committed in both.
+    assert here[0] == (202, {"missing": [0, 1, 2, 3]})
+    assert here[4][0] == 201
+    # A session she opened she may cancel with her push access (no delete right needed).
+    auth = await _token(without, "alice", "repository:team/probe:pull,push")
+    resp = await start(without, "team/probe", plan(secret, pieces), auth)
+    assert (await without.delete(resp.headers["Location"], headers=auth)).status == 204
+
+
+async def test_a_body_cut_half_way_keeps_nothing_and_the_session_goes_on(client: TestClient) -> None:
+    blob, pieces = layer([800, 801])
+    resp = await start(client, "team/app", plan(blob, pieces))
+    location = resp.headers["Location"]
+    data = members(blob, pieces)
+    _, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data[0])}\r\n"
+        f"Pybuild-Pieces: {pieces[0][1]}:{pieces[0][0]}\r\n\r\n".encode() + data[0][:1000]
+    )
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.sleep(0.2)
+    status = await (await client.get(location)).json()
+    assert status == {"pieces": 0, "bytes": 0}
+    assert (await send(client, location, blob, pieces, [0, 1])).status == 202
+    body = plan(blob, pieces)
+    assert (await client.put(f"{location}?digest={Digest.of(blob)}", data=body)).status == 201
