@@ -8,11 +8,11 @@
 - :mod:`.memory`: :class:`MemoryBuildCache`.
 """
 
-from .entries import CachedLayer, miss_reason, step_key
+from .entries import FACTS, CachedLayer, facts_key, miss_reason, step_key
 from .manifest import CacheEntry, CacheManifest
 from .memory import MemoryBuildCache
 from .protocol import BuildCacheBackend
 from .sqlite import BuildCache
 
-__all__ = ["BuildCache", "BuildCacheBackend", "CacheEntry", "CacheManifest", "CachedLayer",
-           "MemoryBuildCache", "miss_reason", "step_key"]
+__all__ = ["FACTS", "BuildCache", "BuildCacheBackend", "CacheEntry", "CacheManifest",
+           "CachedLayer", "MemoryBuildCache", "facts_key", "miss_reason", "step_key"]

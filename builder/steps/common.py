@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
@@ -16,7 +17,7 @@ from cas import Digest, Store
 from cas.holders import cache_holder
 from registry.oci import Descriptor
 
-from ..cache import BuildCacheBackend, CachedLayer, step_key
+from ..cache import BuildCacheBackend, CachedLayer, facts_key, step_key
 from ..context import SourceTree
 from ..dockerfile.instructions import Instruction
 from ..extracted import ExtractedLayers
@@ -24,9 +25,11 @@ from ..image import ImageState, LayerRef
 from ..progress import BuildProgress
 
 if TYPE_CHECKING:
+    from ..cache.lazy import MountSources, RemoteLayers
     from ..contexts import NamedContexts
 
-__all__ = ["BuildError", "StepEnv", "instruction_text", "layer_step"]
+__all__ = ["BuildError", "StepEnv", "instruction_text", "layer_step", "lower_facts",
+           "valid_facts"]
 
 
 def instruction_text(ins: Instruction) -> str:
@@ -85,6 +88,10 @@ class StepEnv:
     run_slots: asyncio.Semaphore | None = None
     # steps running now, by cache key (equal steps in two stages run once)
     inflight: dict[str, asyncio.Future[CachedLayer]] = field(default_factory=dict)
+    # --cache-from: imported hits whose blobs stay at their source (builder.cache.lazy)
+    remote: RemoteLayers | None = None
+    # --cache-from / --cache-to cache-mounts=true: RUN --mount=type=cache contents
+    mounts: MountSources | None = None
 
     def where(self, ins: Instruction) -> str:
         return f"{self.dockerfile}:{ins.start_line}: {ins.keyword}"
@@ -142,6 +149,37 @@ def _write(upper: Path, sink: _IngestSink, sde: int | None, compression: str) ->
     return blob
 
 
+async def lower_facts(env: StepEnv, state: ImageState, what: dict[str, Any],
+                      compute: Callable[[list[Path]], dict[str, Any]],
+                      valid: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """What a step reads from the stage's layers before its key can be made (COPY's
+    resolved destination, ``--chown`` ids): ``compute(lowers)``, remembered in the cache
+    under the stage's key and ``what`` (:func:`builder.cache.facts_key`). They depend on
+    nothing else (the key covers the layers), so a build that finds them, locally or in
+    an imported cache, needs no layer extracted (or fetched) for a step that hits.
+    Imported facts that ``valid`` refuses are computed again."""
+    key, parent = facts_key(state.key, what)
+    if not env.no_cache:
+        found = await asyncio.to_thread(env.cache.lookup, key)
+        if found is not None and found.facts is not None and valid(found.facts):
+            return found.facts
+    facts = await asyncio.to_thread(compute, await env.lowers(state))
+    await asyncio.to_thread(env.cache.record, key, parent, "facts", what,
+                            CachedLayer("", 0, "", "", facts=facts))
+    return facts
+
+
+def valid_facts(facts: dict[str, Any]) -> bool:
+    """Facts from a cache (maybe another machine's) that are safe to write by: an
+    absolute, normalised destination and two ids."""
+    dest, owner = facts.get("dest"), facts.get("owner")
+    return (isinstance(dest, str) and dest.startswith("/") and "\0" not in dest
+            and posixpath.normpath(dest) in (dest, dest.rstrip("/"))
+            and "/../" not in dest + "/" and isinstance(facts.get("dir"), bool)
+            and (owner is None or (isinstance(owner, list) and len(owner) == 2 and all(
+                isinstance(i, int) and 0 <= i < 2**32 for i in owner))))
+
+
 # The parent of every independent (``--link``) layer's cache key.
 LINK_PARENT = "link"
 
@@ -196,15 +234,25 @@ async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
                         inputs: dict[str, Any], n: int,
                         produce: Callable[[int], Awaitable[Path]]) -> CachedLayer:
     cached = None if env.no_cache else await asyncio.to_thread(env.cache.lookup, key)
+    unusable: str | None = None
     if cached is not None and cached.digest and await env.store.stat(
             Digest.parse(cached.digest)) is None:
-        cached = None
+        # an imported hit: usable while its source holds the blob (fetched when needed)
+        unusable = "its cached layer is no longer stored" if env.remote is None \
+            else await env.remote.usable(key, cached)
+        if unusable is not None:
+            cached = None
     if cached is not None:
+        if env.remote is not None:
+            env.remote.cache.note_hit(key)
         env.progress.cached(n)
+        if env.explain:
+            env.progress.explain_hit(n, env.remote.source_of(key) if env.remote else "local")
         return cached
     if env.explain and not env.no_cache:
-        env.progress.explain(n, await asyncio.to_thread(
-            env.cache.explain, parent, instruction, inputs))
+        reason = unusable if unusable is not None else await asyncio.to_thread(
+            env.cache.explain, parent, instruction, inputs)
+        env.progress.explain(n, reason)
     try:
         upper = await produce(n)
     except BuildError as exc:

@@ -43,7 +43,7 @@ from ..layers.errors import LayerError
 from ..layers.rootwalk import SymlinkLoop, walk_in_root
 from ..sandbox.rootfs import lower_stat, read_from_lowers
 from ..sandbox.userns import unmapped_owner
-from .common import BuildError, StepEnv, instruction_text, layer_step
+from .common import BuildError, StepEnv, instruction_text, layer_step, lower_facts, valid_facts
 from .metadata import resolve_workdir
 from .parents import resolve_parents
 
@@ -360,9 +360,19 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     add = isinstance(ins, Add)
     dest_raw = ins.dest
     link = ins.link and not ins.chmod
-    stage_lowers = await env.lowers(state)
-    lowers = [] if link else stage_lowers  # a linked layer never sees the stage's files
-    dest = await asyncio.to_thread(_destination, lowers, resolve_workdir(state, dest_raw))
+    abs_dest = resolve_workdir(state, dest_raw)
+
+    def compute(stage_lowers: list[Path]) -> dict[str, Any]:
+        lowers = [] if link else stage_lowers  # a linked layer never sees the stage's files
+        dest = _destination(lowers, abs_dest)
+        st = lower_stat(lowers, dest.lstrip("/"))
+        owner = _chown_ids(ins.chown, stage_lowers, where) if ins.chown else None
+        return {"dest": dest, "dir": st is not None and stat.S_ISDIR(st.st_mode),
+                "owner": list(owner) if owner else None}
+
+    facts = await lower_facts(env, state, {"ins": instruction_text(ins), "dest": abs_dest,
+                                           "link": link}, compute, valid_facts)
+    dest = facts["dest"]
     from_ref = ins.from_ if isinstance(ins, Copy) else ""
     named = env.contexts.find(from_ref) if from_ref and env.contexts else None
     if env.contexts and named is not None and named.directory is not None:
@@ -376,8 +386,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     n_sources = len(ins.sources) + len(ins.files)
     parents = isinstance(ins, Copy) and ins.parents
     dest_is_dir = dest_raw.endswith("/") or dest == "/" or parents
-    st = await asyncio.to_thread(lower_stat, lowers, dest.lstrip("/"))
-    dest_is_dir = dest_is_dir or (st is not None and stat.S_ISDIR(st.st_mode))
+    dest_is_dir = dest_is_dir or facts["dir"]
     if n_sources > 1 and not dest_is_dir:
         raise BuildError(where, f"copying {n_sources} sources needs a destination ending "
                          f"with '/' (got {dest_raw!r})")
@@ -419,8 +428,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
             raise BuildError(where, str(exc)) from exc
         items += more_items
         hashes.update(more)
-    owner = await asyncio.to_thread(_chown_ids, ins.chown, stage_lowers, where) \
-        if ins.chown else None
+    owner = (facts["owner"][0], facts["owner"][1]) if facts["owner"] else None
     _check_mapped(owner, where, f"--chown={ins.chown}")
     try:
         chmod = int(ins.chmod, 8) if ins.chmod else None
@@ -442,6 +450,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
 
     async def produce(n: int) -> Path:
         upper = _upper_dir(env)
+        lowers = [] if link else await env.lowers(state)
         try:
             await asyncio.to_thread(_write, upper, items, lowers, owner, chmod)
         except LayerError as exc:
@@ -459,15 +468,23 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
     Directories it creates belong to the stage's USER, as BuildKit makes them."""
     path = resolve_workdir(state, ins.path)
     state.update(working_dir=path)
-    lowers = await env.lowers(state)
-    target = await asyncio.to_thread(resolve_in_lowers, lowers, path, follow_final=True)
-    owner = None
-    if state.config.user:
-        owner = await asyncio.to_thread(_workdir_owner, state.config.user, lowers)
-        _check_mapped(owner, env.where(ins), f"USER {state.config.user}")
+    user = state.config.user
+
+    def compute(lowers: list[Path]) -> dict[str, Any]:
+        owner = _workdir_owner(user, lowers) if user else None
+        return {"dest": resolve_in_lowers(lowers, path, follow_final=True), "dir": True,
+                "owner": list(owner) if owner else None}
+
+    facts = await lower_facts(env, state, {"ins": f"WORKDIR {path}", "user": user or ""},
+                              compute, valid_facts)
+    target: str = facts["dest"]
+    owner = (facts["owner"][0], facts["owner"][1]) if facts["owner"] else None
+    if owner is not None:
+        _check_mapped(owner, env.where(ins), f"USER {user}")
 
     async def produce(n: int) -> Path:
         upper = _upper_dir(env)
+        lowers = await env.lowers(state)
         await asyncio.to_thread(_make_parents, upper, target.lstrip("/"), lowers, owner)
         # a directory that already existed is only copied up: no change, no layer
         if lower_stat(lowers, target.lstrip("/")) is not None:

@@ -41,7 +41,7 @@ from ..dockerfile.instructions import Run
 from ..dockerfile.syntax import parse_heredoc_marker
 from ..image import ImageState
 from ..sandbox.rootfs import RootfsMode
-from ..sandbox.spec import BindMount, Network, RunSpec, SandboxMount, SshMount, sandbox_mount
+from ..sandbox.spec import BindMount, CacheMount, Network, RunSpec, SandboxMount, SshMount, sandbox_mount
 from .common import BuildError, StepEnv, instruction_text, layer_step
 from .metadata import command_form
 
@@ -127,6 +127,20 @@ async def _settle(job: asyncio.Future[Any]) -> None:
         job.exception()
 
 
+async def _restore_caches(env: StepEnv, n: int, caches: list[CacheMount]) -> None:
+    """Restore imported cache mounts this runner lacks (``cache-mounts=true``); one that
+    cannot be had is a warning: the step runs with an empty cache."""
+    from ..cache.lazy import LazyLayerError
+
+    assert env.mounts is not None
+    try:
+        for cache_id in await env.mounts.restore(caches, env.cache_mounts, env.work):
+            env.progress.log(n, f"restored cache mount {cache_id!r} from "
+                             f"{env.mounts.imported[cache_id][0]}")
+    except LazyLayerError as exc:
+        env.progress.info(f"WARNING: {exc}; the step runs with an empty cache")
+
+
 async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                           args: Mapping[str, str], name: str) -> None:
     """Execute (or reuse from the cache) one RUN instruction."""
@@ -195,8 +209,14 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         raise BuildError(where, f"--differ={env.differ}: use auto, overlay or snapshot") from None
     created_by = "RUN " + " ".join(argv) + " # buildkit"
 
+    caches = [m for m in resolved if isinstance(m, CacheMount)]
+    if env.mounts is not None:
+        env.mounts.used.update(m.cache_id for m in caches)
+
     async def produce(n: int) -> Path:
         _check_emulator(state, where)
+        if env.mounts is not None and caches:
+            await _restore_caches(env, n, caches)
         lowers = await env.lowers(state)
         state_dir = env.scratch("run-")
         spec = RunSpec(argv=argv, env=tuple(run_env), user=state.config.user or "",

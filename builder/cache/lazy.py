@@ -1,0 +1,310 @@
+"""Lazy cache layers: the layer blobs of imported cache entries that stay where the cache
+is (a registry repository, or an OCI layout) until something needs their bytes.
+
+A step whose key hits an imported entry whose blob is not in the local store is CACHED
+once the source is known to hold the blob (a ``HEAD`` on the registry, a file in the
+layout; :meth:`RemoteLayers.usable`); nothing is fetched. The blob is fetched
+(:meth:`RemoteLayers.fetch`, linked ``cache:<key>`` in the store):
+
+- when a later step must run on it (the extracted layers ask: ``ExtractedLayers.fetch``),
+- when an output holds the image's files or blobs (``-o``, ``--load``, ``-t`` without
+  ``--push``: :meth:`RemoteLayers.materialise`),
+- when a ``type=local`` cache is exported.
+
+``--push`` and a ``type=registry`` cache export do not fetch it: the destination is given
+the blob by a cross-repository mount when the source is another repository of the same
+registry, by nothing when it already has it (the same repository), and otherwise by a
+copy streamed from the source through this process (:meth:`RemoteLayers.put_blob`), never
+stored here. So a fully cached build pushed to the registry its cache lives in moves no
+layer bytes at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Collection
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cas import Digest, Store
+from cas.holders import cache_holder
+from registry.client.errors import ClientError
+from registry.client.layouts import LayoutError, OciLayout
+from registry.errors import RegistryError
+from registry.oci import OCI_MANIFEST, Descriptor
+
+from .entries import CachedLayer
+
+if TYPE_CHECKING:
+    from registry.client.image_store import ImageStore
+    from registry.client.progress import Progress
+    from registry.client.refs import ImageRef
+    from registry.client.remote import RegistryClient
+
+    from ..image import BuiltImage, BuiltIndex
+    from ..sandbox.spec import CacheMount
+    from .manifest import MountEntry
+    from .remote import CacheSpec, TrackingCache
+
+__all__ = ["LazyLayerError", "MountSources", "RemoteLayers"]
+
+_READ = 4 << 20
+
+
+class LazyLayerError(RuntimeError):
+    """A lazy layer's blob could not be fetched from its cache source when it was needed."""
+
+
+class RemoteLayers:
+    """The imported hits whose blobs are still at their source; one per build."""
+
+    def __init__(self, store: Store, cache: TrackingCache) -> None:
+        self.store = store
+        self.cache = cache
+        # digest -> (where it is, its descriptor, the cache keys that hit it)
+        self.sources: dict[Digest, tuple[CacheSpec, Descriptor, set[str]]] = {}
+        self.fetched: set[Digest] = set()
+        self._checked: dict[tuple[str, Digest], bool] = {}
+        self._fetches: dict[Digest, asyncio.Task[None]] = {}
+        self._client: RegistryClient | None = None
+        self._images: ImageStore | None = None
+        self._open_lock = asyncio.Lock()
+
+    async def _registry(self) -> tuple[RegistryClient, ImageStore]:
+        async with self._open_lock:
+            if self._client is None or self._images is None:
+                from registry.client.image_store import ImageStore
+                from registry.client.remote import RegistryClient
+
+                from ..base import client_options
+
+                self._images = await ImageStore.open(store=self.store)
+                client = RegistryClient(client_options())
+                await client.__aenter__()
+                self._client = client
+            return self._client, self._images
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+        if self._images is not None:
+            await self._images.close()
+
+    def source_of(self, key: str) -> str:
+        """Which cache a hit on ``key`` came from: ``local`` or the ``--cache-from``."""
+        spec = self.cache.origin.get(key)
+        return "local" if spec is None else str(spec)
+
+    async def usable(self, key: str, layer: CachedLayer) -> str | None:
+        """An imported hit whose blob is not stored here: None when its source holds the
+        blob (it stays there, lazy), else why it cannot be used."""
+        spec = self.cache.origin.get(key)
+        if spec is None:
+            return "its cached layer is no longer stored"
+        desc = Descriptor(layer.media_type, Digest.parse(layer.digest), layer.size)
+        check = (str(spec), desc.digest)
+        if check not in self._checked:
+            try:
+                self._checked[check] = await self._has(spec, desc.digest)
+            except (OSError, ValueError, ClientError, RegistryError) as exc:
+                self._checked[check] = False
+                return f"{spec} cannot be asked for its layer {desc.digest}: {exc}"
+        if not self._checked[check]:
+            return f"{spec} no longer holds its layer {desc.digest}"
+        entry = self.sources.setdefault(desc.digest, (spec, desc, set()))
+        entry[2].add(key)
+        return None
+
+    async def _has(self, spec: CacheSpec, digest: Digest) -> bool:
+        if spec.type == "local":
+            path = OciLayout(Path(spec.where)).blob_path(digest)
+            return await asyncio.to_thread(path.is_file)
+        from registry.client.refs import parse_image_ref
+
+        ref = parse_image_ref(spec.where)
+        client, _ = await self._registry()
+        return await client.head_blob(ref.api_host, ref.name, digest) is not None
+
+    def pending(self, digests: Collection[Digest]) -> list[Digest]:
+        """Those of ``digests`` that are lazy (at their source, not fetched)."""
+        return [d for d in dict.fromkeys(digests) if d in self.sources and d not in self.fetched]
+
+    async def fetch(self, digest: Digest) -> None:
+        """Bring a lazy blob into the store (once, whoever asks); a blob that is not lazy
+        is left alone. LazyLayerError: the source failed."""
+        if digest not in self.sources or digest in self.fetched:
+            return
+        task = self._fetches.get(digest)
+        if task is None:
+            task = self._fetches[digest] = asyncio.ensure_future(self._fetch(digest))
+        await asyncio.shield(task)
+
+    async def _fetch(self, digest: Digest) -> None:
+        spec, desc, keys = self.sources[digest]
+        first, *more = sorted(keys)
+        try:
+            if spec.type == "local":
+                await OciLayout(Path(spec.where)).import_blob(self.store, desc,
+                                                              link=cache_holder(first))
+            else:
+                from registry.client.progress import Progress
+                from registry.client.pull import BlobError, pull_blob
+                from registry.client.refs import parse_image_ref
+
+                client, images = await self._registry()
+                try:
+                    await pull_blob(client, images, parse_image_ref(spec.where), desc,
+                                    Progress("quiet"), link=cache_holder(first))
+                except BlobError as exc:
+                    raise LayoutError(str(exc)) from exc
+        except (OSError, ValueError, ClientError, RegistryError) as exc:
+            raise LazyLayerError(f"the cached layer {digest} from {spec} cannot be fetched "
+                                 f"({exc}); build again without that --cache-from") from exc
+        for key in more:
+            await self.store.link(cache_holder(key), digest)
+        self.fetched.add(digest)
+
+    async def blob_file(self, spec: CacheSpec, desc: Descriptor, dest: Path) -> Path:
+        """A path holding the blob ``desc`` of the cache ``spec`` (a layout's own file,
+        or ``dest`` filled from the registry through the store)."""
+        if spec.type == "local":
+            return OciLayout(Path(spec.where)).blob_path(desc.digest)
+        from registry.client.progress import Progress
+        from registry.client.pull import pull_blob
+        from registry.client.refs import parse_image_ref
+
+        client, images = await self._registry()
+        await pull_blob(client, images, parse_image_ref(spec.where), desc, Progress("quiet"))
+        f = await asyncio.to_thread(open, dest, "wb")
+        try:
+            async for chunk in self.store.read(desc.digest):
+                await asyncio.to_thread(f.write, chunk)
+        finally:
+            await asyncio.to_thread(f.close)
+        return dest
+
+    async def materialise(self, digests: Collection[Digest]) -> None:
+        """Fetch every lazy one of ``digests`` (an output needs their bytes here)."""
+        await asyncio.gather(*(self.fetch(d) for d in self.pending(digests)))
+
+    async def put_blob(self, client: RegistryClient, images: ImageStore, dst: ImageRef,
+                       desc: Descriptor, progress: Progress) -> str:
+        """Make ``dst``'s repository hold the blob: from the local store, or for a lazy
+        one by a mount from its cache repository (same registry) or streamed from its
+        source; returns how (``exists``, ``mounted``, ``pushed``)."""
+        from registry.client.push import push_blob
+
+        lazy = self.sources.get(desc.digest)
+        if lazy is None or desc.digest in self.fetched \
+                or await self.store.stat(desc.digest) is not None:
+            return await push_blob(client, images, dst, desc, progress)
+        spec = lazy[0]
+        if spec.type == "local":
+            return await push_blob(client, images, dst, desc, progress,
+                                   source=_from_file(OciLayout(Path(spec.where))
+                                                     .blob_path(desc.digest)))
+        from registry.client.refs import parse_image_ref
+
+        src = parse_image_ref(spec.where)
+        mount = (src.name,) if src.api_host == dst.api_host else ()
+        src_client, _ = await self._registry()
+        return await push_blob(client, images, dst, desc, progress, mount_from=mount,
+                               source=_from_registry(src_client, src, desc))
+
+    async def push_image(self, image: BuiltImage | BuiltIndex, refs: list[str],
+                         progress: Progress) -> None:
+        """Push a built image (or index) whose lazy layers stay at their sources to each
+        of ``refs`` (blobs first, then the manifests), without the local image store."""
+        from registry.client.refs import parse_image_ref
+
+        from ..image import BuiltIndex
+
+        client, images = await self._registry()
+        members = image.images if isinstance(image, BuiltIndex) else (image,)
+        for member in members:
+            if await self.store.stat(member.manifest.config.digest) is None:
+                await self.store.put(member.config_bytes, expected=member.manifest.config.digest)
+        for ref in refs:
+            dst = parse_image_ref(ref)
+            blobs = {d.digest: d for m in members
+                     for d in (m.manifest.config, *m.manifest.layers)}
+            await asyncio.gather(*(self.put_blob(client, images, dst, d, progress)
+                                   for d in blobs.values()))
+            if isinstance(image, BuiltIndex):
+                for m in members:
+                    await client.put_manifest(dst.with_digest(m.digest), m.manifest_bytes,
+                                              m.manifest.media_type or OCI_MANIFEST)
+                await client.put_manifest(dst, image.index_bytes, image.descriptor.media_type)
+            else:
+                await client.put_manifest(dst, image.manifest_bytes,
+                                          image.manifest.media_type or OCI_MANIFEST)
+
+
+def _from_file(path: Path) -> Callable[[int], AsyncIterator[bytes | memoryview]]:
+    async def read(offset: int) -> AsyncIterator[bytes | memoryview]:
+        f = await asyncio.to_thread(open, path, "rb")
+        try:
+            await asyncio.to_thread(f.seek, offset)
+            while data := await asyncio.to_thread(f.read, _READ):
+                yield data
+        finally:
+            f.close()
+    return read
+
+
+def _from_registry(client: RegistryClient, ref: ImageRef, desc: Descriptor
+                   ) -> Callable[[int], AsyncIterator[bytes | memoryview]]:
+    async def read(offset: int) -> AsyncIterator[bytes | memoryview]:
+        if offset >= desc.size:
+            return
+        async with client.open_blob(ref.api_host, ref.name, desc.digest, offset) as resp:
+            while True:
+                buf = bytearray(_READ)
+                n, failure = await resp.run(resp.fill, memoryview(buf))
+                if n:
+                    yield memoryview(buf)[:n]
+                if failure is not None:
+                    raise failure
+                if n < len(buf):
+                    return
+    return read
+
+
+class MountSources:
+    """The cache mounts imported caches carry (``--cache-to ...,cache-mounts=true``),
+    restored when a RUN step that mounts one must run (:mod:`.mounts`)."""
+
+    def __init__(self, layers: RemoteLayers) -> None:
+        self.layers = layers
+        self.imported: dict[str, tuple[CacheSpec, MountEntry]] = {}  # id -> first source
+        self.used: set[str] = set()  # ids RUN steps of this build mounted
+
+    async def restore(self, mounts: Collection[CacheMount], cache_dir: Path,
+                      work: Path) -> list[str]:
+        """Restore the imported caches of ``mounts`` that this runner lacks; returns
+        the ids restored. LazyLayerError: a source failed."""
+        from ..sandbox.caches import cache_root
+        from .mounts import restore_mount
+
+        done = []
+        for m in mounts:
+            found = self.imported.get(m.cache_id)
+            if found is None or await asyncio.to_thread(
+                    (cache_root(cache_dir, m.cache_id) / "0").exists):
+                continue
+            spec, entry = found
+            desc = Descriptor(entry.layer.media_type, Digest.parse(entry.layer.digest),
+                              entry.layer.size)
+            tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "mount-", work))
+            try:
+                blob = await self.layers.blob_file(spec, desc, tmp / "blob")
+                if await asyncio.to_thread(restore_mount, blob, cache_dir, m):
+                    done.append(m.cache_id)
+            except (OSError, ValueError, ClientError, RegistryError) as exc:
+                raise LazyLayerError(f"the cache mount {m.cache_id!r} from {spec} cannot "
+                                     f"be restored: {exc}") from exc
+            finally:
+                await asyncio.to_thread(shutil.rmtree, tmp, True)
+        return done
