@@ -192,13 +192,12 @@ async def _push_lazy(remote: RemoteLayers, result: BuiltImage | BuiltIndex, tags
     except InvalidReference as exc:
         raise PublishError(f"-t: {exc}") from exc
     n = progress.start("pushing " + ", ".join(refs))
-    for ref in refs:
-        view = TransferView(progress, n)
-        try:
-            await remote.push_image(result, [ref], view)
-        except (RegistryError, ClientError, OSError, LazyLayerError) as exc:
-            raise PublishError(f"pushing {ref}: {exc}") from exc
-        progress.log(n, transfer_totals(ref, view.summary()))
+    view = TransferView(progress, n)
+    try:
+        await remote.push_image(result, refs, view)
+    except (RegistryError, ClientError, OSError, LazyLayerError) as exc:
+        raise PublishError(f"pushing {', '.join(refs)}: {exc}") from exc
+    progress.log(n, transfer_totals(", ".join(refs), view.summary()))
     progress.done(n)
     progress.info(f"{', '.join(refs)}: not stored in the local image store: {lazy} of its "
                   "layers stayed in the remote build cache (pybuild pull fetches them)")

@@ -190,8 +190,10 @@ class RemoteLayers:
         await asyncio.gather(*(self.fetch(d) for d in self.pending(digests)))
 
     async def put_blob(self, client: RegistryClient, images: ImageStore, dst: ImageRef,
-                       desc: Descriptor, progress: Progress) -> str:
-        """Make ``dst``'s repository hold the blob: from the local store, or for a lazy
+                       desc: Descriptor, progress: Progress, mount_from: tuple[str, ...] = ()
+                       ) -> str:
+        """Make ``dst``'s repository hold the blob: from the local store (or mounted from
+        ``mount_from``, repositories of the same registry that may have it), or for a lazy
         one by a mount from its cache repository (same registry) or streamed from its
         source; returns how (``exists``, ``mounted``, ``pushed``)."""
         from registry.client.push import push_blob
@@ -199,7 +201,7 @@ class RemoteLayers:
         lazy = self.sources.get(desc.digest)
         if lazy is None or desc.digest in self.fetched \
                 or await self.store.stat(desc.digest) is not None:
-            return await push_blob(client, images, dst, desc, progress)
+            return await push_blob(client, images, dst, desc, progress, mount_from=mount_from)
         spec = lazy[0]
         if spec.type == "local":
             return await push_blob(client, images, dst, desc, progress,
@@ -226,12 +228,15 @@ class RemoteLayers:
         for member in members:
             if await self.store.stat(member.manifest.config.digest) is None:
                 await self.store.put(member.config_bytes, expected=member.manifest.config.digest)
+        pushed: list[ImageRef] = []  # a later name mounts the blobs from an earlier one
         for ref in refs:
             dst = parse_image_ref(ref)
             blobs = {d.digest: d for m in members
                      for d in (m.manifest.config, *m.manifest.layers)}
-            await asyncio.gather(*(self.put_blob(client, images, dst, d, progress)
+            mounts = tuple(p.name for p in pushed if p.api_host == dst.api_host)[:1]
+            await asyncio.gather(*(self.put_blob(client, images, dst, d, progress, mounts)
                                    for d in blobs.values()))
+            pushed.append(dst)
             if isinstance(image, BuiltIndex):
                 for m in members:
                     await client.put_manifest(dst.with_digest(m.digest), m.manifest_bytes,

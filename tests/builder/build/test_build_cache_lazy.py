@@ -1,0 +1,219 @@
+"""The remote build cache between two runners (two storage directories), against real
+registries seen through a counting proxy: ``type=inline``, lazy layers (a fully cached
+push moves no layer), ``cache-mounts=true`` and ``--explain``'s cache sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from testkit.docker_engine import DockerEngine
+from testkit.registries import distribution_registry, get_manifest, pybuild_registry
+from tests.builder.build.test_build_remote_cache import _build, _context, _stored
+from tests.helpers.counting_proxy import counting_proxy
+
+REGISTRIES = {"pybuild": pybuild_registry, "distribution": distribution_registry}
+
+
+def _manifest(addr: str, repo: str, tag: str) -> tuple[dict, str]:
+    got = get_manifest(addr, repo, tag)
+    assert got.status == 200, got
+    return json.loads(got.body), got.headers.get("Docker-Content-Digest", "")
+
+
+def _steps(status: dict[str, str], word: str) -> set[str]:
+    return {v for k, v in status.items() if word in k}
+
+
+def _dockerfile_steps(status: dict[str, str]) -> set[str]:
+    """How the Dockerfile's steps after FROM went (not FROM, pushes or outputs)."""
+    return {v for k, v in status.items() if k.startswith("[") and "] FROM " not in k}
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRIES))
+def test_inline_cache_between_two_runners(kind: str, busybox_ref: str, tmp_path: Path,
+                                          docker_engine: DockerEngine) -> None:
+    """Runner A pushes an image with its cache inline; runner B, after a change to b.txt,
+    reads the cache from that image and runs only the steps from b.txt's COPY on; Docker
+    runs what runner B pushed."""
+    ctx = _context(tmp_path, busybox_ref)
+    with REGISTRIES[kind](tmp_path / "registry") as registry, \
+            counting_proxy(registry.addr) as proxy:
+        first = f"{proxy.addr}/ci/app:1"
+        status, _ = _build(tmp_path / "runner-a", ctx, "-t", first, "--push",
+                           "--cache-to", "type=inline")
+        assert "cached" not in status.values()
+        manifest, _ = _manifest(proxy.addr, "ci/app", "1")
+        config = json.loads(get_manifest(proxy.addr, "ci/app", "1").body)["config"]
+        from testkit.registries import http
+
+        cfg = json.loads(http(proxy.addr, "GET",
+                              f"/v2/ci/app/blobs/{config['digest']}").body)
+        inline = cfg["dev.pybuild.cache.v1"]
+        steps = [e for e in inline["entries"] if e["instruction"] != "facts"]
+        assert len(steps) == 4  # mode=min: the final stage's four steps
+        layers = {d["digest"] for d in manifest["layers"]}
+        assert {e["layer"]["digest"] for e in steps} <= layers
+
+        (ctx / "b.txt").write_text("b changed\n")
+        second = f"{proxy.addr}/ci/app:2"
+        status, events = _build(tmp_path / "runner-b", ctx, "--cache-from",
+                                f"type=registry,ref={first}", "-t", second, "--push")
+        assert _steps(status, "a.txt") == {"cached"}, status
+        assert _steps(status, "b.txt") == {"ran"}, status
+        infos = [e["message"] for e in events if e["event"] == "info"]
+        assert f"importing cache from type=registry,ref={first}: 4 steps" in infos, infos
+        try:
+            docker_engine.run("pull", second)
+            ran = docker_engine.run("run", "--rm", "--network", "none", second,
+                                    "cat", "/from-a.txt", "/from-b.txt")
+            assert ran.stdout == "a\nb changed\n"
+        finally:
+            docker_engine.run("rmi", "-f", second, check=False)
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRIES))
+def test_fully_cached_push_moves_no_layer(kind: str, busybox_ref: str, tmp_path: Path,
+                                          docker_engine: DockerEngine) -> None:
+    """Runner B, with an empty store and runner A's cache (another repository of the same
+    registry), builds the same context and pushes it under two names: every step is
+    CACHED, no layer blob is GET or uploaded (they exist, or are mounted from the cache's
+    repository or the first name's), and runner B's store never holds them."""
+    ctx = _context(tmp_path, busybox_ref)
+    with REGISTRIES[kind](tmp_path / "registry") as registry, \
+            counting_proxy(registry.addr) as proxy:
+        cache = f"{proxy.addr}/ci/cache:main"
+        _build(tmp_path / "runner-a", ctx, "--cache-to", f"type=registry,ref={cache},mode=max",
+               "-t", f"{proxy.addr}/ci/app:1", "--push")
+        image, digest_a = _manifest(proxy.addr, "ci/app", "1")
+        layers = {d["digest"] for d in image["layers"]}
+        cache_art, _ = _manifest(proxy.addr, "ci/cache", "main")
+        step_layers = {d["digest"] for d in cache_art["layers"]}
+        assert len(step_layers) == 4 and step_layers < layers
+        proxy.log.clear()
+
+        mirror = f"{proxy.addr}/ci/mirror:2"
+        status, events = _build(tmp_path / "runner-b", ctx, "--explain", "--cache-from",
+                                f"type=registry,ref={cache}", "-t", f"{proxy.addr}/ci/app:2",
+                                "-t", mirror, "--push")
+        served = list(proxy.log)
+        assert _dockerfile_steps(status) == {"cached"}, status
+        assert proxy.blob_gets(layers) == [], served
+        uploads = [s for s in served if s.method in ("PATCH", "PUT") and "/blobs/" in s.path]
+        assert uploads == [], served
+        mounts = [s for s in served if s.method == "POST" and "mount=" in s.path]
+        assert len(mounts) == len(layers) + 1  # every layer and the config, into ci/mirror
+        assert _manifest(proxy.addr, "ci/mirror", "2")[1] == digest_a
+        assert _manifest(proxy.addr, "ci/app", "2")[1] == digest_a
+        assert _stored(tmp_path / "runner-b", sorted(step_layers)) == []
+        infos = [e["message"] for e in events if e["event"] == "info"]
+        assert any("not stored in the local image store" in m for m in infos), infos
+        hits = [e["hit"] for e in events if e["event"] == "explain" and "hit" in e]
+        assert hits == [f"type=registry,ref={cache}"] * 4, events
+        try:
+            ran = docker_engine.run("run", "--rm", "--network", "none", mirror,
+                                    "cat", "/from-b.txt")
+            assert ran.stdout == "b\n"
+        finally:
+            docker_engine.run("rmi", "-f", mirror, check=False)
+
+
+def test_a_step_that_runs_fetches_only_what_it_needs(busybox_ref: str, tmp_path: Path) -> None:
+    """A change to b.txt: runner B fetches the two cached layers below the RUN that must
+    run (it needs their files), and none of the cache's other layers."""
+    ctx = _context(tmp_path, busybox_ref)
+    cache = tmp_path / "cache"
+    _build(tmp_path / "runner-a", ctx, "--cache-to", f"type=local,dest={cache},mode=max")
+    index = json.loads((cache / "index.json").read_text())
+    art = json.loads((cache / "blobs/sha256" /
+                      index["manifests"][0]["digest"].split(":")[1]).read_text())
+    all_layers = [d["digest"] for d in art["layers"]]
+    # unchanged: nothing runs, nothing is fetched
+    status, _ = _build(tmp_path / "runner-b", ctx, "--cache-from", f"type=local,src={cache}")
+    assert _dockerfile_steps(status) == {"cached"}
+    assert _stored(tmp_path / "runner-b", all_layers) == []
+    (ctx / "b.txt").write_text("b changed\n")
+    status, _ = _build(tmp_path / "runner-c", ctx, "--cache-from", f"type=local,src={cache}")
+    assert _steps(status, "b.txt") == {"ran"}
+    assert len(_stored(tmp_path / "runner-c", all_layers)) == 2
+    # an output that holds the image's files fetches the rest
+    out = tmp_path / "out"
+    (ctx / "b.txt").write_text("b\n")
+    status, _ = _build(tmp_path / "runner-d", ctx, "--cache-from", f"type=local,src={cache}",
+                       "-o", f"type=local,dest={out}")
+    assert _dockerfile_steps(status) == {"cached"}
+    assert (out / "from-b.txt").read_text() == "b\n"
+    assert len(_stored(tmp_path / "runner-d", all_layers)) == 4
+
+
+def test_explain_names_the_cache_source_of_each_step(busybox_ref: str, tmp_path: Path) -> None:
+    ctx = _context(tmp_path, busybox_ref)
+    cache = tmp_path / "cache"
+    _build(tmp_path / "runner-a", ctx, "--cache-to", f"type=local,dest={cache}")
+    (ctx / "b.txt").write_text("b changed\n")
+    source = f"type=local,src={cache}"
+    _, events = _build(tmp_path / "runner-b", ctx, "--explain", "--cache-from", source)
+    names = {e["step"]: e["name"] for e in events if e["event"] == "start"}
+    said = {names[e["step"]]: e.get("hit") or e["reason"] for e in events
+            if e["event"] == "explain"}
+    assert {v for k, v in said.items() if "a.txt" in k} == {source}, said
+    b_steps = {k: v for k, v in said.items() if "b.txt" in k}
+    assert len(b_steps) == 2 and source not in b_steps.values(), said
+    assert any("inputs" in v or "instruction" in v or "previous step" in v
+               for v in b_steps.values()), said
+    _, events = _build(tmp_path / "runner-b", ctx, "--explain", "--cache-from", source)
+    hits = [e["hit"] for e in events if e["event"] == "explain"]
+    assert hits == ["local"] * 4, events
+
+
+CACHE_MOUNT_DOCKERFILE = """FROM {base}
+COPY a.txt /a.txt
+RUN --mount=type=cache,target=/var/cache/dl,id=downloads,uid=1000,gid=1000 \\
+    cp /a.txt /var/cache/dl/from-$(cat /a.txt) && ls /var/cache/dl > /seen \\
+    && stat -c %u:%g /var/cache/dl > /owner
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "pybuild"])
+def test_cache_mounts_travel_with_the_cache(where: str, busybox_ref: str,
+                                            tmp_path: Path) -> None:
+    """Runner A's RUN writes into its cache mount; runner B (fresh store), after a change
+    that makes the step run again, sees those files in its cache mount."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(CACHE_MOUNT_DOCKERFILE.format(base=busybox_ref))
+    (ctx / "a.txt").write_text("one")
+
+    def run(registry: str | None) -> None:
+        spec = f"type=local,dest={tmp_path / 'cache'}" if registry is None \
+            else f"type=registry,ref={registry}/ci/cache:main"
+        _build(tmp_path / "runner-a", ctx, "--cache-to", f"{spec},cache-mounts=true")
+        (ctx / "a.txt").write_text("two")
+        src = spec.replace("dest=", "src=")
+        out = tmp_path / "out"
+        status, events = _build(tmp_path / "runner-b", ctx, "--cache-from", src,
+                                "-o", f"type=local,dest={out}")
+        assert _steps(status, "RUN") == {"ran"}, status
+        assert (out / "seen").read_text().split() == ["from-one", "from-two"]
+        assert (out / "owner").read_text().strip() == "1000:1000"
+        infos = [e["message"] for e in events if e["event"] == "info"]
+        assert any("1 cache mounts" in m and "importing" in m for m in infos), infos
+
+    if where == "local":
+        run(None)
+    else:
+        with pybuild_registry(tmp_path / "registry") as registry:
+            run(registry.addr)
+
+
+def test_inline_refuses_what_it_cannot_carry(busybox_ref: str, tmp_path: Path) -> None:
+    from builder.cache.remote import CacheSpecError, parse_cache_spec
+
+    assert parse_cache_spec("type=inline", export=True).type == "inline"
+    for bad in ("type=inline,mode=max", "type=inline,cache-mounts=true"):
+        with pytest.raises(CacheSpecError):
+            parse_cache_spec(bad, export=True)
+    with pytest.raises(CacheSpecError, match="type=registry,ref=IMAGE"):
+        parse_cache_spec("type=inline", export=False)
