@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from ..cache.lazy import MountSources, RemoteLayers
     from ..contexts import NamedContexts
 
-__all__ = ["BuildError", "StepEnv", "instruction_text", "layer_step", "lower_facts",
-           "valid_facts"]
+__all__ = ["BuildError", "StepEnv", "cached_facts", "instruction_text", "layer_step",
+           "lower_facts", "valid_facts", "valid_files"]
 
 
 def instruction_text(ins: Instruction) -> str:
@@ -84,6 +84,8 @@ class StepEnv:
     contexts: NamedContexts | None = None
     # set by the stage scheduler: flattened root of a stage or image named by --from / from=
     stage_root: Callable[[str], Awaitable[Path]] | None = None
+    # ... and the cache key of a stage of this build so named (None: not such a stage)
+    stage_key: Callable[[str], Awaitable[str | None]] | None = None
     # a multi-platform build: how many RUN processes may run at once (one per core)
     run_slots: asyncio.Semaphore | None = None
     # steps running now, by cache key (equal steps in two stages run once)
@@ -149,24 +151,34 @@ def _write(upper: Path, sink: _IngestSink, sde: int | None, compression: str) ->
     return blob
 
 
-async def lower_facts(env: StepEnv, state: ImageState, what: dict[str, Any],
-                      compute: Callable[[list[Path]], dict[str, Any]],
-                      valid: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """What a step reads from the stage's layers before its key can be made (COPY's
-    resolved destination, ``--chown`` ids): ``compute(lowers)``, remembered in the cache
-    under the stage's key and ``what`` (:func:`builder.cache.facts_key`). They depend on
-    nothing else (the key covers the layers), so a build that finds them, locally or in
-    an imported cache, needs no layer extracted (or fetched) for a step that hits.
-    Imported facts that ``valid`` refuses are computed again."""
+async def cached_facts(env: StepEnv, state: ImageState, what: dict[str, Any],
+                       compute: Callable[[], Awaitable[dict[str, Any]]],
+                       valid: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """What a step reads from layers before its key can be made (COPY's resolved
+    destination and ``--chown`` ids from the stage's layers, the hashes of the files it
+    copies from another stage): ``compute()``, remembered in the cache under the stage's
+    key and ``what`` (:func:`builder.cache.facts_key`), which must name everything else
+    they depend on (the keys cover the layers). A build that finds them, locally or in an
+    imported cache, needs no layer extracted (or fetched) for a step that hits.
+    Facts that ``valid`` refuses (from a cache made elsewhere) are computed again."""
     key, parent = facts_key(state.key, what)
     if not env.no_cache:
         found = await asyncio.to_thread(env.cache.lookup, key)
         if found is not None and found.facts is not None and valid(found.facts):
             return found.facts
-    facts = await asyncio.to_thread(compute, await env.lowers(state))
+    facts = await compute()
     await asyncio.to_thread(env.cache.record, key, parent, "facts", what,
                             CachedLayer("", 0, "", "", facts=facts))
     return facts
+
+
+async def lower_facts(env: StepEnv, state: ImageState, what: dict[str, Any],
+                      compute: Callable[[list[Path]], dict[str, Any]],
+                      valid: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """:func:`cached_facts` computed from the stage's layers: ``compute(lowers)``."""
+    async def from_lowers() -> dict[str, Any]:
+        return await asyncio.to_thread(compute, await env.lowers(state))
+    return await cached_facts(env, state, what, from_lowers, valid)
 
 
 def valid_facts(facts: dict[str, Any]) -> bool:
@@ -178,6 +190,13 @@ def valid_facts(facts: dict[str, Any]) -> bool:
             and "/../" not in dest + "/" and isinstance(facts.get("dir"), bool)
             and (owner is None or (isinstance(owner, list) and len(owner) == 2 and all(
                 isinstance(i, int) and 0 <= i < 2**32 for i in owner))))
+
+
+def valid_files(facts: dict[str, Any]) -> bool:
+    """Facts holding the hashes of copied files (path -> hash)."""
+    files = facts.get("files")
+    return isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                           for k, v in files.items())
 
 
 # The parent of every independent (``--link``) layer's cache key.

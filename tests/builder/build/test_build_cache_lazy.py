@@ -148,6 +148,45 @@ def test_a_step_that_runs_fetches_only_what_it_needs(busybox_ref: str, tmp_path:
     assert len(_stored(tmp_path / "runner-d", all_layers)) == 4
 
 
+MULTI_STAGE = """FROM {base} AS build
+COPY a.txt /src/a.txt
+RUN cat /src/a.txt > /out.txt
+FROM {base}
+COPY --from=build /out.txt /app/out.txt
+COPY b.txt /b.txt
+RUN cat /app/out.txt /b.txt > /result
+"""
+
+
+def test_copy_from_a_cached_stage_fetches_none_of_its_layers(busybox_ref: str,
+                                                            tmp_path: Path) -> None:
+    """The hashes COPY --from reads from another stage are facts of that stage's key: with
+    the cache imported, the build stage's layers stay where the cache is, even when a
+    later step of the final stage runs."""
+    ctx = _context(tmp_path, busybox_ref)
+    (ctx / "Dockerfile").write_text(MULTI_STAGE.format(base=busybox_ref))
+    cache = tmp_path / "cache"
+    _build(tmp_path / "runner-a", ctx, "--cache-to", f"type=local,dest={cache},mode=max")
+    index = json.loads((cache / "index.json").read_text())
+    art = json.loads((cache / "blobs/sha256" /
+                      index["manifests"][0]["digest"].split(":")[1]).read_text())
+    all_layers = [d["digest"] for d in art["layers"]]
+    assert len(all_layers) == 5
+    status, _ = _build(tmp_path / "runner-b", ctx, "--cache-from", f"type=local,src={cache}")
+    assert _dockerfile_steps(status) == {"cached"}, status
+    assert _stored(tmp_path / "runner-b", all_layers) == []
+    (ctx / "b.txt").write_text("b changed\n")
+    out = tmp_path / "out"
+    status, _ = _build(tmp_path / "runner-c", ctx, "--cache-from", f"type=local,src={cache}")
+    assert {v for k, v in status.items() if "[build " in k and "] FROM " not in k} == \
+        {"cached"}, status
+    assert _steps(status, "/result") == {"ran"}, status
+    # only the COPY --from layer, below the RUN that ran; the build stage's stay away
+    assert len(_stored(tmp_path / "runner-c", all_layers)) == 1
+    status, _ = _build(tmp_path / "runner-c", ctx, "-o", f"type=local,dest={out}")
+    assert (out / "result").read_text() == "a\nb changed\n"
+
+
 def test_explain_names_the_cache_source_of_each_step(busybox_ref: str, tmp_path: Path) -> None:
     ctx = _context(tmp_path, busybox_ref)
     cache = tmp_path / "cache"
