@@ -250,6 +250,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
         context = SourceTree(opts.context, matcher, hash_store=cache)
         tracking = TrackingCache(cache)
         remote = RemoteLayers(store, tracking)
+        remote.lazy_bases = bool(opts.cache_from)  # a fresh CI runner: bases stay remote too
         mounts = MountSources(remote)
         await import_all(opts.cache_from, tracking, store, progress, mounts)
         env = StepEnv(store=store, cache=tracking,

@@ -79,6 +79,14 @@ async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
         try:
             if named and (ctx := named.find(ref)) is not None:
                 return await named.base(ctx, env.store, plat, env.work)
+            if env.remote is not None and env.remote.lazy_bases \
+                    and not ref.startswith("oci-layout://"):
+                from .cache.lazy import lazy_base
+
+                lazy = await lazy_base(env.remote, ref, plat, pull=env.pull,
+                                       progress=env.progress)
+                if lazy is not None:
+                    return lazy
             return await resolve_base(ref, env.store, plat, pull=env.pull,
                                       progress=env.progress)
         except BaseImageError as exc:

@@ -26,14 +26,14 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cas import Digest, Store
 from cas.holders import cache_holder
 from registry.client.errors import ClientError
 from registry.client.layouts import LayoutError, OciLayout
 from registry.errors import RegistryError
-from registry.oci import OCI_MANIFEST, Descriptor
+from registry.oci import OCI_MANIFEST, Descriptor, ImageConfig, Index, Manifest, parse_manifest
 
 from .entries import CachedLayer
 
@@ -43,14 +43,19 @@ if TYPE_CHECKING:
     from registry.client.refs import ImageRef
     from registry.client.remote import RegistryClient
 
+    from ..base import BaseImage
     from ..image import BuiltImage, BuiltIndex
     from ..sandbox.spec import CacheMount
     from .manifest import MountEntry
     from .remote import CacheSpec, TrackingCache
 
-__all__ = ["LazyLayerError", "MountSources", "RemoteLayers"]
+__all__ = ["LazyLayerError", "MountSources", "RemoteLayers", "lazy_base"]
 
 _READ = 4 << 20
+
+
+class _Info(Protocol):
+    def info(self, text: str) -> None: ...
 
 
 class LazyLayerError(RuntimeError):
@@ -63,8 +68,11 @@ class RemoteLayers:
     def __init__(self, store: Store, cache: TrackingCache) -> None:
         self.store = store
         self.cache = cache
-        # digest -> (where it is, its descriptor, the cache keys that hit it)
+        # digest -> (where it is, its descriptor, the holders that will link it: the
+        # cache keys that hit it, or a base image)
         self.sources: dict[Digest, tuple[CacheSpec, Descriptor, set[str]]] = {}
+        # registry bases may stay in their registry too (set when --cache-from is given)
+        self.lazy_bases = False
         self.fetched: set[Digest] = set()
         self._checked: dict[tuple[str, Digest], bool] = {}
         self._fetches: dict[Digest, asyncio.Task[None]] = {}
@@ -114,7 +122,7 @@ class RemoteLayers:
         if not self._checked[check]:
             return f"{spec} no longer holds its layer {desc.digest}"
         entry = self.sources.setdefault(desc.digest, (spec, desc, set()))
-        entry[2].add(key)
+        entry[2].add(cache_holder(key))
         return None
 
     async def _has(self, spec: CacheSpec, digest: Digest) -> bool:
@@ -142,12 +150,11 @@ class RemoteLayers:
         await asyncio.shield(task)
 
     async def _fetch(self, digest: Digest) -> None:
-        spec, desc, keys = self.sources[digest]
-        first, *more = sorted(keys)
+        spec, desc, holders = self.sources[digest]
+        first, *more = sorted(holders)
         try:
             if spec.type == "local":
-                await OciLayout(Path(spec.where)).import_blob(self.store, desc,
-                                                              link=cache_holder(first))
+                await OciLayout(Path(spec.where)).import_blob(self.store, desc, link=first)
             else:
                 from registry.client.progress import Progress
                 from registry.client.pull import BlobError, pull_blob
@@ -156,15 +163,50 @@ class RemoteLayers:
                 client, images = await self._registry()
                 try:
                     await pull_blob(client, images, parse_image_ref(spec.where), desc,
-                                    Progress("quiet"), link=cache_holder(first))
+                                    Progress("quiet"), link=first)
                 except BlobError as exc:
                     raise LayoutError(str(exc)) from exc
         except (OSError, ValueError, ClientError, RegistryError) as exc:
             raise LazyLayerError(f"the cached layer {digest} from {spec} cannot be fetched "
                                  f"({exc}); build again without that --cache-from") from exc
-        for key in more:
-            await self.store.link(cache_holder(key), digest)
+        for holder in more:
+            await self.store.link(holder, digest)
         self.fetched.add(digest)
+
+    async def base(self, ref: str, platform: str, *, pull: bool = False
+                   ) -> tuple[Digest, Manifest, ImageConfig] | None:
+        """A registry base image that the local image store lacks (or any, with
+        ``pull``): its manifest and config read from the registry, its layers left there
+        (lazy, fetched as a cache hit's are). None: use the local image store's."""
+        from registry.client.image_store import select_platform
+        from registry.client.progress import Progress
+        from registry.client.pull import pull_blob
+        from registry.client.refs import parse_image_ref
+
+        image_ref = parse_image_ref(ref)
+        client, images = await self._registry()
+        if not pull and await images.resolve(str(image_ref)) is not None:
+            return None
+        raw, media_type, _ = await client.get_manifest(image_ref)
+        _, obj = parse_manifest(raw, media_type)
+        if isinstance(obj, Index):
+            entry = select_platform(obj, platform)
+            raw, media_type, _ = await client.get_manifest(image_ref.with_digest(entry.digest))
+            _, obj = parse_manifest(raw, media_type)
+            if not isinstance(obj, Manifest):
+                raise ValueError(f"{image_ref}: nested indexes are not supported")
+        # as builder.base names a base (its key's root): the manifest as pybuild writes it
+        digest = Digest.of(obj.to_bytes())
+        holder = cache_holder(f"base:{digest}")
+        await pull_blob(client, images, image_ref, obj.config, Progress("quiet"), link=holder)
+        config = ImageConfig.parse(await self.store.read_bytes(obj.config.digest))
+        spec = _base_spec(str(image_ref))
+        for desc in obj.layers:
+            if await self.store.stat(desc.digest) is not None:
+                await self.store.link(holder, desc.digest)
+            else:
+                self.sources.setdefault(desc.digest, (spec, desc, set()))[2].add(holder)
+        return digest, obj, config
 
     async def blob_file(self, spec: CacheSpec, desc: Descriptor, dest: Path) -> Path:
         """A path holding the blob ``desc`` of the cache ``spec`` (a layout's own file,
@@ -313,3 +355,39 @@ class MountSources:
             finally:
                 await asyncio.to_thread(shutil.rmtree, tmp, True)
         return done
+
+
+def _base_spec(ref: str) -> CacheSpec:
+    from .remote import CacheSpec
+
+    return CacheSpec("registry", ref)
+
+
+async def lazy_base(remote: RemoteLayers, ref: str, platform: str, *, pull: bool,
+                    progress: _Info) -> BaseImage | None:
+    """``FROM`` a registry image in a build with ``--cache-from``: its manifest and config
+    only, its layers fetched when needed (:meth:`RemoteLayers.base`); None when the local
+    image store has it (the usual path then)."""
+    from registry.client.errors import ClientError
+    from registry.client.refs import InvalidReference
+
+    from ..base import BaseImage, BaseImageError
+    from ..image import LayerRef
+
+    try:
+        got = await remote.base(ref, platform, pull=pull)
+    except InvalidReference as exc:
+        raise BaseImageError(str(exc)) from exc
+    except (ClientError, RegistryError, OSError, ValueError) as exc:
+        raise BaseImageError(f"reading {ref}: {exc}") from exc
+    if got is None:
+        return None
+    digest, manifest, config = got
+    if len(config.rootfs.diff_ids) != len(manifest.layers):
+        raise BaseImageError(f"{ref}: the config lists {len(config.rootfs.diff_ids)} diff_ids "
+                             f"for {len(manifest.layers)} layers")
+    progress.info(f"using {ref} ({digest}) from its registry: its layers are fetched only "
+                  "if a step that runs or an output needs them")
+    return BaseImage(ref, digest, config,
+                     tuple(LayerRef(d, diff) for d, diff in zip(manifest.layers,
+                                                                config.rootfs.diff_ids)))

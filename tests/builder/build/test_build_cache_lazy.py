@@ -120,6 +120,45 @@ def test_fully_cached_push_moves_no_layer(kind: str, busybox_ref: str, tmp_path:
             docker_engine.run("rmi", "-f", mirror, check=False)
 
 
+def test_a_registry_base_stays_in_the_registry_too(busybox_ref: str, tmp_path: Path) -> None:
+    """With --cache-from, a registry base the runner does not have is read as manifest and
+    config only: a fully cached build pushed to the base's registry GETs no blob but
+    configs, and a changed step fetches the base layer it runs on."""
+    from tests.helpers.cli import pybuild
+
+    ctx = _context(tmp_path, busybox_ref)
+    layout = busybox_ref[len("oci-layout://"):]
+    with pybuild_registry(tmp_path / "registry") as registry, \
+            counting_proxy(registry.addr) as proxy:
+        base = f"{proxy.addr}/library/busybox:1"
+        copied = pybuild("copy", "--storage", str(tmp_path / "copier"), f"oci:{layout}", base,
+                         timeout=120)
+        assert copied.returncode == 0, copied.stderr
+        (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace(
+            busybox_ref, base))
+        cache = f"{proxy.addr}/ci/cache:main"
+        _build(tmp_path / "runner-a", ctx, "--cache-to", f"type=registry,ref={cache},mode=max",
+               "-t", f"{proxy.addr}/ci/app:1", "--push")
+        image, digest_a = _manifest(proxy.addr, "ci/app", "1")
+        layers = {d["digest"] for d in image["layers"]}
+        proxy.log.clear()
+        status, events = _build(tmp_path / "runner-b", ctx, "--cache-from",
+                                f"type=registry,ref={cache}", "-t", f"{proxy.addr}/ci/app:2",
+                                "--push")
+        assert _dockerfile_steps(status) == {"cached"}, status
+        assert proxy.blob_gets(layers) == [], proxy.log
+        assert _manifest(proxy.addr, "ci/app", "2")[1] == digest_a
+        assert _stored(tmp_path / "runner-b", sorted(layers)) == []
+        infos = [e["message"] for e in events if e["event"] == "info"]
+        assert any(m.startswith(f"using {base} (sha256:") for m in infos), infos
+        (ctx / "b.txt").write_text("b changed\n")
+        status, _ = _build(tmp_path / "runner-c", ctx, "--cache-from",
+                           f"type=registry,ref={cache}")
+        assert _steps(status, "b.txt") == {"ran"}, status
+        # the base layer and the two cached ones below b.txt's RUN, nothing else
+        assert len(_stored(tmp_path / "runner-c", sorted(layers))) == 3
+
+
 def test_a_step_that_runs_fetches_only_what_it_needs(busybox_ref: str, tmp_path: Path) -> None:
     """A change to b.txt: runner B fetches the two cached layers below the RUN that must
     run (it needs their files), and none of the cache's other layers."""
