@@ -192,6 +192,7 @@ COPY a.txt /src/a.txt
 RUN cat /src/a.txt > /out.txt
 FROM {base}
 COPY --from=build /out.txt /app/out.txt
+RUN --mount=type=bind,from=build,source=/out.txt,target=/in.txt cat /in.txt > /bound
 COPY b.txt /b.txt
 RUN cat /app/out.txt /b.txt > /result
 """
@@ -199,9 +200,9 @@ RUN cat /app/out.txt /b.txt > /result
 
 def test_copy_from_a_cached_stage_fetches_none_of_its_layers(busybox_ref: str,
                                                             tmp_path: Path) -> None:
-    """The hashes COPY --from reads from another stage are facts of that stage's key: with
-    the cache imported, the build stage's layers stay where the cache is, even when a
-    later step of the final stage runs."""
+    """The hashes COPY --from and RUN --mount=from read from another stage are facts of
+    that stage's key: with the cache imported, the build stage's layers stay where the
+    cache is, even when a later step of the final stage runs."""
     ctx = _context(tmp_path, busybox_ref)
     (ctx / "Dockerfile").write_text(MULTI_STAGE.format(base=busybox_ref))
     cache = tmp_path / "cache"
@@ -210,7 +211,7 @@ def test_copy_from_a_cached_stage_fetches_none_of_its_layers(busybox_ref: str,
     art = json.loads((cache / "blobs/sha256" /
                       index["manifests"][0]["digest"].split(":")[1]).read_text())
     all_layers = [d["digest"] for d in art["layers"]]
-    assert len(all_layers) == 5
+    assert len(all_layers) == 6
     status, _ = _build(tmp_path / "runner-b", ctx, "--cache-from", f"type=local,src={cache}")
     assert _dockerfile_steps(status) == {"cached"}, status
     assert _stored(tmp_path / "runner-b", all_layers) == []
@@ -220,10 +221,11 @@ def test_copy_from_a_cached_stage_fetches_none_of_its_layers(busybox_ref: str,
     assert {v for k, v in status.items() if "[build " in k and "] FROM " not in k} == \
         {"cached"}, status
     assert _steps(status, "/result") == {"ran"}, status
-    # only the COPY --from layer, below the RUN that ran; the build stage's stay away
-    assert len(_stored(tmp_path / "runner-c", all_layers)) == 1
+    # only the two layers below the RUN that ran; the build stage's stay away
+    assert len(_stored(tmp_path / "runner-c", all_layers)) == 2
     status, _ = _build(tmp_path / "runner-c", ctx, "-o", f"type=local,dest={out}")
     assert (out / "result").read_text() == "a\nb changed\n"
+    assert (out / "bound").read_text() == "a\n"
 
 
 def test_explain_names_the_cache_source_of_each_step(busybox_ref: str, tmp_path: Path) -> None:
