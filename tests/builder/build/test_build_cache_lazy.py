@@ -297,3 +297,23 @@ def test_inline_refuses_what_it_cannot_carry(busybox_ref: str, tmp_path: Path) -
             parse_cache_spec(bad, export=True)
     with pytest.raises(CacheSpecError, match="type=registry,ref=IMAGE"):
         parse_cache_spec("type=inline", export=False)
+
+
+def test_a_hit_whose_source_lost_its_layer_runs(busybox_ref: str, tmp_path: Path) -> None:
+    """An imported entry whose layer its source no longer holds is a miss: the step runs,
+    and --explain says why."""
+    ctx = _context(tmp_path, busybox_ref)
+    cache = tmp_path / "cache"
+    _build(tmp_path / "runner-a", ctx, "--cache-to", f"type=local,dest={cache}")
+    index = json.loads((cache / "index.json").read_text())
+    blobs = cache / "blobs/sha256"
+    art = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_text())
+    config = json.loads((blobs / art["config"]["digest"].split(":")[1]).read_text())
+    first = next(e for e in config["entries"] if e["instruction"] != "facts"
+                 and '"COPY"' in e["instruction"] and "a.txt" in e["instruction"])
+    (blobs / first["layer"]["digest"].split(":")[1]).unlink()
+    status, events = _build(tmp_path / "runner-b", ctx, "--explain", "--cache-from",
+                            f"type=local,src={cache}")
+    assert _steps(status, "COPY a.txt") == {"ran"}, status
+    reasons = [e.get("reason", "") for e in events if e["event"] == "explain"]
+    assert any("no longer holds its layer" in r for r in reasons), reasons
