@@ -5,7 +5,11 @@
 - :mod:`.entries`: :class:`CachedLayer`, :func:`step_key`, :func:`miss_reason`;
 - :mod:`.manifest`: :class:`CacheManifest`, the entries as one portable document;
 - :mod:`.sqlite`: :class:`BuildCache`, the local default (``<storage>/builder/cache.db``);
-- :mod:`.memory`: :class:`MemoryBuildCache`.
+- :mod:`.memory`: :class:`MemoryBuildCache`;
+- the remote cache (``--cache-to`` / ``--cache-from``): :mod:`.spec` (the flags' values),
+  :mod:`.remote` (import and export), :mod:`.registry_cache` (in a registry, inline in an
+  image), :mod:`.tracking` (the keys a build used), :mod:`.lazy` (layers left at their
+  source until needed), :mod:`.mounts` (``RUN --mount=type=cache`` contents).
 """
 
 from .entries import FACTS, CachedLayer, facts_key, miss_reason, step_key

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from ..image import BuiltImage, BuiltIndex
     from ..sandbox.spec import CacheMount
     from .manifest import MountEntry
-    from .remote import CacheSpec, TrackingCache
+    from .spec import CacheSpec
+    from .tracking import TrackingCache
 
 __all__ = ["LazyLayerError", "MountSources", "RemoteLayers", "lazy_base"]
 
@@ -358,7 +359,7 @@ class MountSources:
 
 
 def _base_spec(ref: str) -> CacheSpec:
-    from .remote import CacheSpec
+    from .spec import CacheSpec
 
     return CacheSpec("registry", ref)
 

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from cas import Digest, Store
 from registry.client.errors import ClientError
@@ -36,11 +34,13 @@ from registry.client.layouts import LayoutError, OciLayout
 from registry.errors import RegistryError
 from registry.oci import OCI_MANIFEST, Descriptor, Manifest
 
-from .entries import FACTS, CachedLayer
+from .entries import FACTS
 from .lazy import LazyLayerError, MountSources, RemoteLayers
-from .manifest import CacheEntry, CacheManifest, MountEntry
+from .manifest import CacheManifest, MountEntry
 from .mounts import export_mounts
 from .protocol import BuildCacheBackend
+from .spec import CacheSpec, CacheSpecError, parse_cache_spec
+from .tracking import TrackingCache
 
 __all__ = ["ARTIFACT_TYPE", "CONFIG_MEDIA_TYPE", "CacheSpec", "CacheSpecError",
            "TrackingCache", "export_all", "export_cache", "import_all", "import_cache",
@@ -49,130 +49,6 @@ __all__ = ["ARTIFACT_TYPE", "CONFIG_MEDIA_TYPE", "CacheSpec", "CacheSpecError",
 CONFIG_MEDIA_TYPE = "application/vnd.pybuild.buildcache.config.v1+json"
 ARTIFACT_TYPE = "application/vnd.pybuild.buildcache.v1"
 _TAG = "latest"
-
-
-class CacheSpecError(ValueError):
-    """A ``--cache-to`` / ``--cache-from`` value that cannot be read."""
-
-
-@dataclass(frozen=True)
-class CacheSpec:
-    type: str  # local | registry | inline
-    where: str  # local: the directory; registry: the reference; inline: ""
-    mode: str = "min"
-    ignore_error: bool = False
-    attrs: dict[str, str] = field(default_factory=dict)
-    cache_mounts: bool = False  # cache-mounts=true: RUN --mount=type=cache contents too
-
-    def __str__(self) -> str:
-        if self.type == "inline":
-            return "type=inline"
-        name = "ref" if self.type == "registry" else "dest" if self.attrs.get("dest") else "src"
-        return f"type={self.type},{name}={self.where}"
-
-
-def _flag(attrs: dict[str, str], name: str, what: str) -> bool:
-    value = attrs.get(name, "false").lower()
-    if value not in ("true", "false"):
-        raise CacheSpecError(f"{what}: {name} must be true or false")
-    return value == "true"
-
-
-def parse_cache_spec(text: str, *, export: bool) -> CacheSpec:
-    """One ``--cache-to`` (``export``) or ``--cache-from`` value, as buildx reads it."""
-    flag = "--cache-to" if export else "--cache-from"
-    what = f"{flag} {text}"
-    attrs: dict[str, str] = {}
-    for part in text.split(","):
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise CacheSpecError(f"{what}: {part!r} is not key=value")
-        attrs[key.strip()] = value.strip()
-    kind = attrs.get("type", "")
-    kinds = ("local", "registry", "inline") if export else ("local", "registry")
-    if kind not in kinds:
-        hint = "" if export or kind != "inline" else \
-            " (an inline cache is read from its image: type=registry,ref=IMAGE)"
-        raise CacheSpecError(f"{what}: type must be {' or '.join(kinds)}, not {kind!r}{hint}")
-    mode = attrs.get("mode", "min")
-    if mode not in ("min", "max"):
-        raise CacheSpecError(f"{what}: mode must be min or max, not {mode!r}")
-    ignore = _flag(attrs, "ignore-error", what)
-    mounts = _flag(attrs, "cache-mounts", what)
-    if kind == "inline":
-        if mode == "max":
-            raise CacheSpecError(f"{what}: an inline cache holds the image's own layers "
-                                 "(mode=min); for mode=max use type=registry,ref=REF")
-        if mounts:
-            raise CacheSpecError(f"{what}: cache mounts cannot travel inside the image; "
-                                 "use type=registry,ref=REF,cache-mounts=true")
-        return CacheSpec(kind, "", mode, ignore, attrs)
-    field_name = "ref" if kind == "registry" else "dest" if export else "src"
-    where = attrs.get(field_name, "")
-    if not where:
-        raise CacheSpecError(f"{what}: type={kind} needs "
-                             f"{field_name}={'HOST/REPO:TAG' if kind == 'registry' else 'DIR'}")
-    return CacheSpec(kind, where, mode, ignore, attrs, mounts)
-
-
-class TrackingCache:
-    """A :class:`BuildCacheBackend` over another that notes the keys this build looked up
-    or recorded (what ``mode=max`` exports)."""
-
-    def __init__(self, inner: BuildCacheBackend) -> None:
-        self.inner = inner
-        self._lock = threading.Lock()
-        self.keys: set[str] = set()
-        self.origin: dict[str, CacheSpec] = {}  # imported key (not local before) -> source
-        self.hits: dict[str, set[str]] = {}  # source -> imported keys the build used
-        self.last_new: list[str] = []  # keys the last import added (not local before)
-
-    def _note(self, key: str) -> None:
-        with self._lock:
-            self.keys.add(key)
-
-    def note_hit(self, key: str) -> None:
-        """A step used the entry ``key`` (counted per source for ``--explain``)."""
-        spec = self.origin.get(key)
-        if spec is not None:
-            with self._lock:
-                self.hits.setdefault(str(spec), set()).add(key)
-
-    def lookup(self, key: str) -> CachedLayer | None:
-        self._note(key)
-        return self.inner.lookup(key)
-
-    def record(self, key: str, parent: str, instruction: str, inputs: dict[str, Any],
-               layer: CachedLayer) -> None:
-        self._note(key)
-        self.inner.record(key, parent, instruction, inputs, layer)
-
-    def explain(self, parent: str, instruction: str, inputs: dict[str, Any]) -> str:
-        return self.inner.explain(parent, instruction, inputs)
-
-    def export_manifest(self, keys: Collection[str] | None = None) -> CacheManifest:
-        return self.inner.export_manifest(keys)
-
-    def import_manifest(self, manifest: CacheManifest) -> int:
-        self.last_new = [e.key for e in manifest.entries if self.inner.lookup(e.key) is None]
-        return self.inner.import_manifest(manifest)
-
-    def wanted(self, final_key: str, mode: str) -> CacheManifest:
-        """The entries ``mode`` exports: every key this build used (max), or the chain of
-        parents from the final stage's key (min)."""
-        used = self.inner.export_manifest(sorted(self.keys))
-        if mode == "max":
-            return used
-        by_key = {e.key: e for e in used.entries}
-        chain: list[CacheEntry] = []
-        key = final_key
-        while key in by_key and len(chain) <= len(by_key):
-            chain.append(by_key[key])
-            key = by_key[key].parent
-        # the facts the chain's steps read from the layers below them
-        parents = {f"{FACTS}:{k}" for e in chain for k in (e.key, e.parent)}
-        chain += [e for e in used.entries if e.instruction == FACTS and e.parent in parents]
-        return CacheManifest.of(chain)
 
 
 def _artifact(manifest: CacheManifest) -> tuple[bytes, Manifest]:
