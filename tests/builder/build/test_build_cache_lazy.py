@@ -317,3 +317,28 @@ def test_a_hit_whose_source_lost_its_layer_runs(busybox_ref: str, tmp_path: Path
     assert _steps(status, "COPY a.txt") == {"ran"}, status
     reasons = [e.get("reason", "") for e in events if e["event"] == "explain"]
     assert any("no longer holds its layer" in r for r in reasons), reasons
+
+
+def test_inline_cache_of_a_multi_platform_index(tmp_path: Path) -> None:
+    """type=inline on a two-platform build: each platform's image carries its cache; the
+    index imported on runner B gives both, and the fully cached index is pushed again
+    (lazily) as the same index."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY a.txt /a.txt\nCOPY b.txt /b.txt\n")
+    (ctx / "a.txt").write_text("a\n")
+    (ctx / "b.txt").write_text("b\n")
+    platforms = ("--platform", "linux/amd64,linux/arm64")
+    with pybuild_registry(tmp_path / "registry") as registry:
+        first = registry.ref("ci/multi", "1")
+        _build(tmp_path / "runner-a", ctx, *platforms, "--cache-to", "type=inline",
+               "-t", first, "--push")
+        index, digest_a = _manifest(registry.addr, "ci/multi", "1")
+        assert len(index["manifests"]) == 2
+        status, events = _build(tmp_path / "runner-b", ctx, *platforms, "--cache-from",
+                                f"type=registry,ref={first}", "--cache-to", "type=inline",
+                                "-t", registry.ref("ci/multi", "2"), "--push")
+        assert _dockerfile_steps(status) == {"cached"}, status
+        infos = [e["message"] for e in events if e["event"] == "info"]
+        assert f"importing cache from type=registry,ref={first}: 4 steps" in infos, infos
+        assert _manifest(registry.addr, "ci/multi", "2")[1] == digest_a
