@@ -110,7 +110,8 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0) -
             keep |= await _image_diff_ids(storage, store)
         count, size = await asyncio.to_thread(_drop_extracted, bdir / EXTRACTED_DIR, keep,
                                               cutoff)
-        return PruneReport(len(removed), count, size, hashes)
+        steps = sum(1 for _, layer in removed if layer.facts is None)  # not facts entries
+        return PruneReport(steps, count, size, hashes)
     finally:
         lock.release()
 
