@@ -152,7 +152,8 @@ class RemoteLayers:
 
     async def _fetch(self, digest: Digest) -> None:
         spec, desc, holders = self.sources[digest]
-        first, *more = sorted(holders)
+        links: list[str | None] = [*sorted(holders)] or [None]
+        first, *more = links
         try:
             if spec.type == "local":
                 await OciLayout(Path(spec.where)).import_blob(self.store, desc, link=first)
@@ -171,7 +172,8 @@ class RemoteLayers:
             raise LazyLayerError(f"the cached layer {digest} from {spec} cannot be fetched "
                                  f"({exc}); build again without that --cache-from") from exc
         for holder in more:
-            await self.store.link(holder, digest)
+            if holder is not None:
+                await self.store.link(holder, digest)
         self.fetched.add(digest)
 
     async def base(self, ref: str, platform: str, *, pull: bool = False
@@ -328,6 +330,22 @@ class MountSources:
         self.layers = layers
         self.imported: dict[str, tuple[CacheSpec, MountEntry]] = {}  # id -> first source
         self.used: set[str] = set()  # ids RUN steps of this build mounted
+
+    def carried(self, exported: Collection[str]) -> list[MountEntry]:
+        """The imported caches of ids this build used but has no directory for (its RUN
+        steps were cached): exported again as they came, their blobs left at the source
+        (lazy), so that a fully cached build does not drop them from the next cache."""
+        out = []
+        for cache_id in sorted(self.used - set(exported)):
+            found = self.imported.get(cache_id)
+            if found is not None:
+                spec, entry = found
+                desc = Descriptor(entry.layer.media_type, Digest.parse(entry.layer.digest),
+                                  entry.layer.size)
+                if desc.digest not in self.layers.sources:
+                    self.layers.sources[desc.digest] = (spec, desc, set())
+                out.append(entry)
+        return out
 
     async def restore(self, mounts: Collection[CacheMount], cache_dir: Path,
                       work: Path) -> list[str]:

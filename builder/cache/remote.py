@@ -167,6 +167,7 @@ async def export_all(specs: Collection[CacheSpec], cache: TrackingCache,
                 sources, cache_dir, work = mounts
                 mount_entries, links = await export_mounts(sources.used, cache_dir, store,
                                                            work)
+                mount_entries += sources.carried([m.id for m in mount_entries])
             manifest = CacheManifest.of(entries, mount_entries)
             await export_cache(spec, manifest, store, remote)
         except (OSError, ValueError, ClientError, RegistryError, LazyLayerError) as exc:

@@ -283,6 +283,21 @@ def test_cache_mounts_travel_with_the_cache(where: str, busybox_ref: str,
 
     if where == "local":
         run(None)
+        # runner C: every step cached, so no cache directory here: the imported cache is
+        # exported again as it came, and runner D still finds runner A's files
+        again = tmp_path / "cache-again"
+        (ctx / "a.txt").write_text("one")
+        status, events = _build(tmp_path / "runner-c", ctx, "--cache-from",
+                                f"type=local,src={tmp_path / 'cache'}", "--cache-to",
+                                f"type=local,dest={again},mode=max,cache-mounts=true")
+        assert _dockerfile_steps(status) == {"cached"}, status
+        assert any(e["message"].startswith("exported cache") and "1 cache mounts"
+                   in e["message"] for e in events if e["event"] == "info"), events
+        (ctx / "a.txt").write_text("three")
+        out = tmp_path / "out-d"
+        _build(tmp_path / "runner-d", ctx, "--cache-from", f"type=local,src={again}",
+               "-o", f"type=local,dest={out}")
+        assert (out / "seen").read_text().split() == ["from-one", "from-three"]
     else:
         with pybuild_registry(tmp_path / "registry") as registry:
             run(registry.addr)
