@@ -79,6 +79,7 @@ class RemoteLayers:
         self._fetches: dict[Digest, asyncio.Task[None]] = {}
         self._client: RegistryClient | None = None
         self._images: ImageStore | None = None
+        self._placed: dict[Digest, list[ImageRef]] = {}  # where this build pushed a blob
         self._open_lock = asyncio.Lock()
 
     async def _registry(self) -> tuple[RegistryClient, ImageStore]:
@@ -240,25 +241,31 @@ class RemoteLayers:
         """Make ``dst``'s repository hold the blob: from the local store (or mounted from
         ``mount_from``, repositories of the same registry that may have it), or for a lazy
         one by a mount from its cache repository (same registry) or streamed from its
-        source; returns how (``exists``, ``mounted``, ``pushed``)."""
+        source; returns how (``exists``, ``mounted``, ``pushed``). A blob this build has
+        already put into another repository of ``dst``'s registry is mounted from there."""
         from registry.client.push import push_blob
 
+        placed = tuple(r.name for r in self._placed.get(desc.digest, ())
+                       if r.api_host == dst.api_host and r.name != dst.name)
         lazy = self.sources.get(desc.digest)
         if lazy is None or desc.digest in self.fetched \
                 or await self.store.stat(desc.digest) is not None:
-            return await push_blob(client, images, dst, desc, progress, mount_from=mount_from)
-        spec = lazy[0]
-        if spec.type == "local":
-            return await push_blob(client, images, dst, desc, progress,
-                                   source=_from_file(OciLayout(Path(spec.where))
-                                                     .blob_path(desc.digest)))
-        from registry.client.refs import parse_image_ref
+            how = await push_blob(client, images, dst, desc, progress,
+                                  mount_from=(placed + mount_from)[:1])
+        elif lazy[0].type == "local":
+            how = await push_blob(client, images, dst, desc, progress, mount_from=placed[:1],
+                                  source=_from_file(OciLayout(Path(lazy[0].where))
+                                                    .blob_path(desc.digest)))
+        else:
+            from registry.client.refs import parse_image_ref
 
-        src = parse_image_ref(spec.where)
-        mount = (src.name,) if src.api_host == dst.api_host else ()
-        src_client, _ = await self._registry()
-        return await push_blob(client, images, dst, desc, progress, mount_from=mount,
-                               source=_from_registry(src_client, src, desc))
+            src = parse_image_ref(lazy[0].where)
+            mount = placed + ((src.name,) if src.api_host == dst.api_host else ())
+            src_client, _ = await self._registry()
+            how = await push_blob(client, images, dst, desc, progress, mount_from=mount[:1],
+                                  source=_from_registry(src_client, src, desc))
+        self._placed.setdefault(desc.digest, []).append(dst)
+        return how
 
     async def push_image(self, image: BuiltImage | BuiltIndex, refs: list[str],
                          progress: Progress) -> None:

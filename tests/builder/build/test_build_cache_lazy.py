@@ -357,3 +357,36 @@ def test_inline_cache_of_a_multi_platform_index(tmp_path: Path) -> None:
         infos = [e["message"] for e in events if e["event"] == "info"]
         assert f"importing cache from type=registry,ref={first}: 4 steps" in infos, infos
         assert _manifest(registry.addr, "ci/multi", "2")[1] == digest_a
+
+
+def test_a_push_to_another_registry_streams_cached_layers(busybox_ref: str,
+                                                          tmp_path: Path) -> None:
+    """Cache in one registry, image pushed to another: the cached layers are streamed
+    from the first to the second (each GET once), never stored on the runner; the cache
+    exported to the second registry too is complete."""
+    ctx = _context(tmp_path, busybox_ref)
+    with pybuild_registry(tmp_path / "cache-registry") as one, \
+            distribution_registry(tmp_path / "image-registry") as two, \
+            counting_proxy(one.addr) as proxy:
+        cache = f"{proxy.addr}/ci/cache:main"
+        _build(tmp_path / "runner-a", ctx, "--cache-to", f"type=registry,ref={cache},mode=max")
+        art, _ = _manifest(proxy.addr, "ci/cache", "main")
+        step_layers = {d["digest"] for d in art["layers"]}
+        proxy.log.clear()
+        target = two.ref("ci/app", "1")
+        status, _ = _build(tmp_path / "runner-b", ctx, "--cache-from",
+                           f"type=registry,ref={cache}", "--cache-to",
+                           f"type=registry,ref={two.ref('ci/cache', 'main')},mode=max",
+                           "-t", target, "--push")
+        assert _dockerfile_steps(status) == {"cached"}, status
+        gets = proxy.blob_gets(step_layers)
+        assert sorted(s.path.rsplit("/", 1)[-1] for s in gets) == sorted(step_layers)
+        assert _stored(tmp_path / "runner-b", sorted(step_layers)) == []
+        image, _ = _manifest(two.addr, "ci/app", "1")
+        assert step_layers < {d["digest"] for d in image["layers"]}
+        copied, _ = _manifest(two.addr, "ci/cache", "main")
+        assert {d["digest"] for d in copied["layers"]} == step_layers
+        # runner C reads the copy in the second registry and runs nothing
+        status, _ = _build(tmp_path / "runner-c", ctx, "--cache-from",
+                           f"type=registry,ref={two.ref('ci/cache', 'main')}")
+        assert _dockerfile_steps(status) == {"cached"}, status
