@@ -26,6 +26,8 @@ class TrackingCache:
         self.origin: dict[str, CacheSpec] = {}  # imported key (not local before) -> source
         self.hits: dict[str, set[str]] = {}  # source -> imported keys the build used
         self.last_new: list[str] = []  # keys the last import added (not local before)
+        # a stage key after a COPY --link step -> (that step's entry, the key before it)
+        self.links: dict[str, tuple[str, str]] = {}
 
     def _note(self, key: str) -> None:
         with self._lock:
@@ -37,6 +39,12 @@ class TrackingCache:
         if spec is not None:
             with self._lock:
                 self.hits.setdefault(str(spec), set()).add(key)
+
+    def note_link(self, stage_key: str, entry: str, before: str) -> None:
+        """A ``--link`` step (entry ``entry``, whose key leaves its parent out) made the
+        stage key ``stage_key`` from ``before``: mode=min follows the chain through it."""
+        with self._lock:
+            self.links[stage_key] = (entry, before)
 
     def lookup(self, key: str) -> CachedLayer | None:
         self._note(key)
@@ -65,11 +73,20 @@ class TrackingCache:
             return used
         by_key = {e.key: e for e in used.entries}
         chain: list[CacheEntry] = []
+        stage_keys = set()
         key = final_key
-        while key in by_key and len(chain) <= len(by_key):
-            chain.append(by_key[key])
-            key = by_key[key].parent
+        while len(chain) <= len(by_key) and key not in stage_keys:
+            stage_keys.add(key)
+            if key in self.links:  # a --link step: its entry, then the key before it
+                entry, key = self.links[key]
+                if entry in by_key:
+                    chain.append(by_key[entry])
+            elif key in by_key:
+                chain.append(by_key[key])
+                key = by_key[key].parent
+            else:
+                break
         # the facts the chain's steps read from the layers below them
-        parents = {f"{FACTS}:{k}" for e in chain for k in (e.key, e.parent)}
+        parents = {f"{FACTS}:{k}" for k in stage_keys | {e.parent for e in chain}}
         chain += [e for e in used.entries if e.instruction == FACTS and e.parent in parents]
         return CacheManifest.of(chain)

@@ -239,7 +239,12 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
         finally:
             env.inflight.pop(key, None)
         future.set_result(cached)
-    state.key = step_key(state.key, LINK_PARENT, {"layer": key}) if independent else key
+    if independent:
+        before, state.key = state.key, step_key(state.key, LINK_PARENT, {"layer": key})
+        if env.remote is not None:  # so that mode=min exports follow the stage's chain
+            env.remote.cache.note_link(state.key, key, before)
+    else:
+        state.key = key
     if cached.digest:
         state.layers.append(LayerRef(
             Descriptor(cached.media_type, Digest.parse(cached.digest), cached.size),

@@ -390,3 +390,20 @@ def test_a_push_to_another_registry_streams_cached_layers(busybox_ref: str,
         status, _ = _build(tmp_path / "runner-c", ctx, "--cache-from",
                            f"type=registry,ref={two.ref('ci/cache', 'main')}")
         assert _dockerfile_steps(status) == {"cached"}, status
+
+
+@pytest.mark.parametrize("last", ["RUN cat /b.txt > /x", "COPY --link a.txt /again.txt"])
+def test_mode_min_follows_the_chain_through_link_steps(last: str, busybox_ref: str,
+                                                       tmp_path: Path) -> None:
+    """A COPY --link step's key leaves its parent out; mode=min (and inline) still export
+    every step of the final stage, and a second runner hits them all."""
+    from tests.builder.build.test_build_remote_cache import _cache_keys
+
+    ctx = _context(tmp_path, busybox_ref)
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nCOPY a.txt /a.txt\n"
+                                    f"COPY --link b.txt /b.txt\n{last}\n")
+    cache = tmp_path / "cache"
+    _build(tmp_path / "runner-a", ctx, "--cache-to", f"type=local,dest={cache}")
+    assert len(_cache_keys(cache)) == 3
+    status, _ = _build(tmp_path / "runner-b", ctx, "--cache-from", f"type=local,src={cache}")
+    assert _dockerfile_steps(status) == {"cached"}, status
