@@ -27,7 +27,17 @@ from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
 from .cache import BuildCache
-from .cache.remote import CacheSpec, CacheSpecError, TrackingCache, export_all, import_all, report_hits
+from .cache.lazy import LazyLayerError, MountSources, RemoteLayers
+from .cache.manifest import INLINE_KEY
+from .cache.remote import (
+    CacheSpec,
+    CacheSpecError,
+    TrackingCache,
+    export_all,
+    import_all,
+    inline_manifest,
+    report_hits,
+)
 from .context import SourceTree
 from .contexts import NamedContext, NamedContexts
 from .dockerfile.errors import DockerfileError
@@ -165,6 +175,34 @@ def source_date_epoch(flag: int | None, build_args: dict[str, str]) -> int | Non
     return int(value)
 
 
+async def _push_lazy(remote: RemoteLayers, result: BuiltImage | BuiltIndex, tags: list[str],
+                     progress: BuildProgress, lazy: int) -> None:
+    """``--push`` of an image with layers that stayed in a remote cache: straight to the
+    registries (those layers mounted or streamed from their cache), not through the
+    local image store, which holds only images whose every blob is here."""
+    from registry.client.errors import ClientError
+    from registry.client.refs import InvalidReference, parse_image_ref
+    from registry.errors import RegistryError
+
+    from .publish import PublishError
+    from .transfer_view import TransferView, transfer_totals
+
+    try:
+        refs = [str(parse_image_ref(t)) for t in tags]
+    except InvalidReference as exc:
+        raise PublishError(f"-t: {exc}") from exc
+    n = progress.start("pushing " + ", ".join(refs))
+    view = TransferView(progress, n)
+    try:
+        await remote.push_image(result, refs, view)
+    except (RegistryError, ClientError, OSError, LazyLayerError) as exc:
+        raise PublishError(f"pushing {', '.join(refs)}: {exc}") from exc
+    progress.log(n, transfer_totals(", ".join(refs), view.summary()))
+    progress.done(n)
+    progress.info(f"{', '.join(refs)}: not stored in the local image store: {lazy} of its "
+                  "layers stayed in the remote build cache (pybuild pull fetches them)")
+
+
 async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
     """Build, write the requested outputs, and return the image."""
     dockerfile = opts.dockerfile or opts.context / "Dockerfile"
@@ -199,6 +237,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
     work: Path | None = None
     store: Store | None = None
     cache: BuildCache | None = None
+    remote: RemoteLayers | None = None
     agents = contextlib.ExitStack()
     try:
         work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
@@ -210,9 +249,13 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             None if opts.dockerfile_text is not None else dockerfile)
         context = SourceTree(opts.context, matcher, hash_store=cache)
         tracking = TrackingCache(cache)
-        await import_all(opts.cache_from, tracking, store, progress)
-        env = StepEnv(store=store, cache=tracking, extracted=ExtractedLayers(bdir / EXTRACTED_DIR, store),
-                      progress=progress, context=context,
+        remote = RemoteLayers(store, tracking)
+        remote.lazy_bases = bool(opts.cache_from)  # a fresh CI runner: bases stay remote too
+        mounts = MountSources(remote)
+        await import_all(opts.cache_from, tracking, store, progress, mounts)
+        env = StepEnv(store=store, cache=tracking,
+                      extracted=ExtractedLayers(bdir / EXTRACTED_DIR, store, remote.fetch),
+                      remote=remote, mounts=mounts, progress=progress, context=context,
                       work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
                       source_date_epoch=sde, compression=opts.compression,
                       no_cache=opts.no_cache, explain=opts.explain, network=opts.network,
@@ -255,9 +298,15 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
                 state.update(labels={**(state.config.labels or {}), **opts.labels})
             return state, penv
 
-        built = await _all(build_for(sch, penv) for sch, penv in plans)
+        try:
+            built = await _all(build_for(sch, penv) for sch, penv in plans)
+        except LazyLayerError as exc:
+            raise BuildError("--cache-from", str(exc)) from exc
+        inline = any(spec.type == "inline" for spec in opts.cache_to)
         made = [assemble(state, created, pinned=sde is not None, annotations=note.manifest,
-                         descriptor_annotations=note.descriptor)
+                         descriptor_annotations=note.descriptor,
+                         config_fields={INLINE_KEY: inline_manifest(tracking, state.key)
+                                        .to_doc()} if inline else None)
                 for (state, _), note in zip(built, notes)]
         image = made[0]
         index = assemble_index(made) if multi else None
@@ -275,20 +324,32 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             report_hits(tracking, progress)
         try:
             await export_all(opts.cache_to, tracking, [state.key for state, _ in built], store,
-                             progress)
+                             progress, remote, (mounts, bdir / "cache-mounts", work))
         except CacheSpecError as exc:
             raise BuildError("--cache-to", str(exc)) from exc
         # -t names; else those of a type=image/registry output (buildx: -t wins over name=)
         images = [o for o in opts.outputs if o.type in ("image", "registry")]
         tags = list(opts.tags) or [n for o in images for n in o.names]
         push = opts.push or any(o.push for o in images)
+        # Layers of imported cache hits still at their source: fetched only for an
+        # output that holds them here; a push gives them to the registry directly.
+        lazy = remote.pending([d.digest for m in made for d in m.manifest.layers])
+        files_out = any(o.type not in ("image", "registry", "cacheonly") for o in opts.outputs)
+        try:
+            if lazy and (files_out or (tags and not push)):
+                await remote.materialise(lazy)
+                lazy = []
+        except LazyLayerError as exc:
+            raise BuildError("--cache-from", str(exc)) from exc
         for out in opts.outputs:
             if out.type in ("image", "registry", "cacheonly"):
                 continue
             n = progress.start(export_name(out))
             await export(out, result, store, list(opts.tags) or list(out.names), rootfs, work)
             progress.done(n)
-        if tags:
+        if tags and lazy:
+            await _push_lazy(remote, result, tags, progress, len(lazy))
+        elif tags:
             n = progress.start("naming " + ", ".join(tags))
             refs = await tag_images(result, store, tags)
             progress.done(n)
@@ -300,6 +361,8 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
         return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran), index)
     finally:
         await asyncio.to_thread(agents.close)
+        if remote is not None:
+            await remote.close()
         if cache is not None:
             cache.close()
         if store is not None:

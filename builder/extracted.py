@@ -24,7 +24,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from cas import Digest, Store
@@ -83,9 +83,13 @@ def _touch(path: Path) -> None:
 class ExtractedLayers:
     """The extracted layers under ``root`` (``<storage>/builder/snapshots``)."""
 
-    def __init__(self, root: Path, store: Store) -> None:
+    def __init__(self, root: Path, store: Store,
+                 fetch: Callable[[Digest], Awaitable[None]] | None = None) -> None:
         self.root = root
         self.store = store
+        # brings a blob that is not in the store yet into it (a lazy remote-cache layer:
+        # builder.cache.lazy), before it is extracted
+        self.fetch = fetch
         root.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -116,6 +120,8 @@ class ExtractedLayers:
         async with lock:
             if target.exists():
                 return target
+            if self.fetch is not None and await self.store.stat(blob) is None:
+                await self.fetch(blob)
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
             try:
                 blob_file = tmp / "blob"

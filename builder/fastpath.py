@@ -322,6 +322,8 @@ def _replay(rec: dict, inv: Invocation) -> None:  # type: ignore[type-arg]  # no
             progress.done(n)
         else:
             progress.cached(n)
+            if "explain" in inv.opts:  # the fast path answers from the local cache only
+                progress.explain_hit(n, "local")
     digest = rec["digest"]
     progress.result(digest)
     iidfile = inv.one("iidfile")

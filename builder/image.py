@@ -225,11 +225,13 @@ def _timed(history: list[History], fallback: str, pinned: bool) -> tuple[History
 
 def assemble(state: ImageState, created: str, *, pinned: bool = False,
              annotations: dict[str, str] | None = None,
-             descriptor_annotations: dict[str, str] | None = None) -> BuiltImage:
+             descriptor_annotations: dict[str, str] | None = None,
+             config_fields: dict[str, object] | None = None) -> BuiltImage:
     """The OCI config and manifest of ``state``. ``created`` is the time of a build with
     no timed history entry at all; ``pinned`` (SOURCE_DATE_EPOCH) makes it the time of
     the image and of every metadata entry. ``annotations`` go into the manifest,
-    ``descriptor_annotations`` onto its descriptor in the index.json of outputs."""
+    ``descriptor_annotations`` onto its descriptor in the index.json of outputs;
+    ``config_fields`` are top-level fields of the config (an inline build cache)."""
     history = _timed(state.history, created, pinned)
     cfg = ImageConfig(
         architecture=state.architecture,
@@ -241,6 +243,7 @@ def assemble(state: ImageState, created: str, *, pinned: bool = False,
         author=state.author,
         config=state.config,
         history=history,
+        extra=dict(config_fields or {}),
     )
     config_bytes = cfg.to_bytes()
     manifest = Manifest(

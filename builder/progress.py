@@ -203,6 +203,12 @@ class BuildProgress:
         self._emit({"event": "explain", "step": n, "reason": reason},
                    f"#{n} cache miss: {reason}")
 
+    def explain_hit(self, n: int, source: str) -> None:
+        """``--explain`` for a cached step: the cache that had it (``local``, or a
+        ``--cache-from`` such as ``type=registry,ref=...``)."""
+        self._emit({"event": "explain", "step": n, "hit": source},
+                   f"#{n} cache hit: {source}")
+
     def info(self, text: str) -> None:
         self.events.append(("info", text))
         self._emit({"event": "info", "message": text}, text)

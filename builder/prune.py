@@ -105,11 +105,13 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0) -
             cache.close()
         async with await open_store(StoreConfig(storage)) as store:
             for key, layer in removed:
-                await store.unlink(cache_holder(key), Digest.parse(layer.digest))
+                if layer.digest:  # a step that changed nothing, or a facts entry
+                    await store.unlink(cache_holder(key), Digest.parse(layer.digest))
             keep |= await _image_diff_ids(storage, store)
         count, size = await asyncio.to_thread(_drop_extracted, bdir / EXTRACTED_DIR, keep,
                                               cutoff)
-        return PruneReport(len(removed), count, size, hashes)
+        steps = sum(1 for _, layer in removed if layer.facts is None)  # not facts entries
+        return PruneReport(steps, count, size, hashes)
     finally:
         lock.release()
 

@@ -79,6 +79,14 @@ async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
         try:
             if named and (ctx := named.find(ref)) is not None:
                 return await named.base(ctx, env.store, plat, env.work)
+            if env.remote is not None and env.remote.lazy_bases \
+                    and not ref.startswith("oci-layout://"):
+                from .cache.lazy import lazy_base
+
+                lazy = await lazy_base(env.remote, ref, plat, pull=env.pull,
+                                       progress=env.progress)
+                if lazy is not None:
+                    return lazy
             return await resolve_base(ref, env.store, plat, pull=env.pull,
                                       progress=env.progress)
         except BaseImageError as exc:
@@ -123,6 +131,7 @@ class StageScheduler:
         self._tasks: dict[int, asyncio.Task[ImageState]] = {}
         self._roots: dict[str, asyncio.Task[Path]] = {}
         env.stage_root = self.stage_root
+        env.stage_key = self.stage_key
 
     async def run(self) -> ImageState:
         """Build the target stage; return its final state."""
@@ -153,6 +162,15 @@ class StageScheduler:
         if ref not in self._roots:
             self._roots[ref] = asyncio.create_task(self._make_root(ref))
         return await self._roots[ref]
+
+    async def stage_key(self, ref: str) -> str | None:
+        """The cache key of the stage ``ref`` names once it is built; None when ``ref``
+        is an image or a named context instead."""
+        contexts = self.env.contexts
+        index = self._find(ref)
+        if index is None or (contexts and contexts.find(ref) is not None):
+            return None
+        return (await self._task(index)).key
 
     async def _make_root(self, ref: str) -> Path:
         contexts = self.env.contexts

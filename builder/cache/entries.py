@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["IMPORTED_MISS", "CachedLayer", "miss_reason", "step_key"]
+__all__ = ["FACTS", "IMPORTED_MISS", "CachedLayer", "facts_key", "miss_reason", "step_key"]
 
 
 def step_key(parent: str, instruction: str, inputs: dict[str, Any]) -> str:
     """The cache key of a step (hex sha256)."""
     doc = json.dumps([parent, instruction, inputs], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(doc.encode()).hexdigest()
+
+
+# The instruction of a facts entry; its parent is FACTS + ":" + the step's parent key.
+FACTS = "facts"
+
+
+def facts_key(parent: str, what: dict[str, Any]) -> tuple[str, str]:
+    """The key and the parent of the facts entry of a step on ``parent`` (``what``: the
+    step's instruction and whatever else the facts depend on)."""
+    return step_key(parent, FACTS, what), f"{FACTS}:{parent}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,25 +35,36 @@ class CachedLayer:
     rebuild from the cache gives the same image; "" in entries written before).
 
     A step that changed nothing has ``digest`` "" (and size 0, no diff_id, no media
-    type): it is cached all the same, and adds an empty history entry."""
+    type): it is cached all the same, and adds an empty history entry.
+
+    ``facts`` (no layer): what a step read from the layers below it before its key could
+    be made (COPY's resolved destination, ``--chown`` ids), recorded under a key of its
+    own (:func:`facts_key`) so that a build whose lower layers are still in a remote
+    cache computes the key without fetching them."""
 
     digest: str
     size: int
     diff_id: str
     media_type: str
     created: str = ""
+    facts: dict[str, Any] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"digest": self.digest, "size": self.size,
                                "diff_id": self.diff_id, "media_type": self.media_type}
         if self.created:
             doc["created"] = self.created
+        if self.facts is not None:
+            doc["facts"] = self.facts
         return doc
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CachedLayer:
+        facts = d.get("facts")
+        if facts is not None and not isinstance(facts, dict):
+            raise ValueError("a cache entry's facts must be an object")
         return cls(str(d["digest"]), int(d["size"]), str(d["diff_id"]), str(d["media_type"]),
-                   str(d.get("created", "")))
+                   str(d.get("created", "")), facts)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -10,8 +10,9 @@ descriptors. Nothing in it is read from or written to a place here; the transpor
   (:data:`MEDIA_TYPE`) and whose layers are :meth:`CacheManifest.descriptors`, so that
   any OCI registry keeps the layer blobs alive and a pull can fetch them one by one;
 - ``type=local``: an OCI image layout holding the same artifact;
-- ``type=inline`` (not implemented yet): the document in the built image's config (under
-  the label :data:`INLINE_LABEL`), its layers being the image's own.
+- ``type=inline``: the document in the built image's config, as a top-level field
+  :data:`INLINE_KEY` (as BuildKit's ``moby.buildkit.cache.v0``: not a label, so an image
+  built ``FROM`` it does not inherit it), its layers being the image's own.
 
 Importing adds entries without fetching blobs; :mod:`builder.cache.remote` copies or
 pulls an imported entry's blob into the store when a lookup hits it. A hit on an entry
@@ -23,7 +24,13 @@ Document (JSON, entries sorted by key)::
      "entries": [{"key": "<hex sha256>", "parent": "<parent key>",
                   "instruction": "<expanded instruction>",
                   "layer": {"digest": "sha256:...", "size": 123, "media_type": "...",
-                            "diff_id": "sha256:...", "created": "2026-..."}}]}
+                            "diff_id": "sha256:...", "created": "2026-..."}}],
+     "mounts": [{"id": "<cache mount id>", "layer": {...}}]}
+
+``mounts`` (``--cache-to ...,cache-mounts=true``) holds the contents of ``RUN
+--mount=type=cache`` directories, one layer blob per cache id. An entry whose
+instruction is :data:`builder.cache.entries.FACTS` has no layer: it holds what a step read
+from the layers below it (a COPY's resolved destination, ``--chown`` ids).
 
 A step's inputs (file hashes, environment, build arguments) are left out: the key covers
 them, and they can hold values that should not leave the machine. ``--explain`` therefore
@@ -42,10 +49,10 @@ from registry.oci import Descriptor
 
 from .entries import CachedLayer
 
-__all__ = ["INLINE_LABEL", "MEDIA_TYPE", "CacheEntry", "CacheManifest"]
+__all__ = ["INLINE_KEY", "MEDIA_TYPE", "CacheEntry", "CacheManifest", "MountEntry"]
 
 MEDIA_TYPE = "application/vnd.pybuild.buildcache.manifest.v1+json"
-INLINE_LABEL = "dev.pybuild.cache.manifest"
+INLINE_KEY = "dev.pybuild.cache.v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,37 +83,75 @@ class CacheEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class CacheManifest:
-    """Cache entries, sorted by key, at most one per key."""
+class MountEntry:
+    """The contents of a ``RUN --mount=type=cache`` directory (cache ``id``) as a layer."""
 
-    entries: tuple[CacheEntry, ...] = ()
+    id: str
+    layer: CachedLayer
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "layer": self.layer.to_dict()}
 
     @classmethod
-    def of(cls, entries: Iterable[CacheEntry]) -> CacheManifest:
+    def from_dict(cls, d: dict[str, Any]) -> MountEntry:
+        layer = CachedLayer.from_dict(d["layer"])
+        Digest.parse(layer.digest)
+        Digest.parse(layer.diff_id)
+        if not isinstance(d["id"], str) or not d["id"]:
+            raise ValueError("a cache mount's id must be a non-empty string")
+        return cls(d["id"], layer)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheManifest:
+    """Cache entries, sorted by key, at most one per key; cache mounts, sorted by id."""
+
+    entries: tuple[CacheEntry, ...] = ()
+    mounts: tuple[MountEntry, ...] = ()
+
+    @classmethod
+    def of(cls, entries: Iterable[CacheEntry],
+           mounts: Iterable[MountEntry] = ()) -> CacheManifest:
         by_key = {e.key: e for e in entries}
-        return cls(tuple(by_key[k] for k in sorted(by_key)))
+        by_id = {m.id: m for m in mounts}
+        return cls(tuple(by_key[k] for k in sorted(by_key)),
+                   tuple(by_id[i] for i in sorted(by_id)))
 
     def descriptors(self) -> list[Descriptor]:
-        """The layer blobs the entries name, once each, in entry order (the layers of
-        a registry cache artifact)."""
+        """The layer blobs the entries and the mounts name, once each, in order (the
+        layers of a registry cache artifact)."""
         seen: dict[str, Descriptor] = {}
-        for e in self.entries:
-            if e.layer.digest and e.layer.digest not in seen:
-                seen[e.layer.digest] = Descriptor(e.layer.media_type,
-                                                  Digest.parse(e.layer.digest), e.layer.size)
+        for layer in [e.layer for e in self.entries] + [m.layer for m in self.mounts]:
+            if layer.digest and layer.digest not in seen:
+                seen[layer.digest] = Descriptor(layer.media_type,
+                                                Digest.parse(layer.digest), layer.size)
         return list(seen.values())
 
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"mediaType": MEDIA_TYPE,
+                               "entries": [e.to_dict() for e in self.entries]}
+        if self.mounts:
+            doc["mounts"] = [m.to_dict() for m in self.mounts]
+        return doc
+
     def to_json(self) -> bytes:
-        doc = {"mediaType": MEDIA_TYPE, "entries": [e.to_dict() for e in self.entries]}
-        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(self.to_doc(), sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> CacheManifest:
         """Parse a cache manifest; ValueError says what is wrong with it."""
         try:
-            doc = json.loads(data)
+            return cls.from_doc(json.loads(data))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"malformed cache manifest: {exc}") from exc
+
+    @classmethod
+    def from_doc(cls, doc: Any) -> CacheManifest:
+        """A cache manifest from its parsed JSON (as :data:`INLINE_KEY` holds it)."""
+        try:
             if not isinstance(doc, dict) or doc.get("mediaType") != MEDIA_TYPE:
                 raise ValueError(f"not a pybuild cache manifest (mediaType {MEDIA_TYPE})")
-            return cls.of(CacheEntry.from_dict(e) for e in doc["entries"])
+            return cls.of((CacheEntry.from_dict(e) for e in doc["entries"]),
+                          (MountEntry.from_dict(m) for m in doc.get("mounts", ())))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed cache manifest: missing or mistyped {exc}") from exc

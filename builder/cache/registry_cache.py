@@ -1,19 +1,28 @@
 """``--cache-to`` / ``--cache-from`` ``type=registry,ref=HOST/REPO:TAG``: the build cache
 artifact (:mod:`builder.cache.remote`) pushed to and pulled from an OCI registry with
-pybuild's registry client (any OCI Distribution registry)."""
+pybuild's registry client (any OCI Distribution registry); and the inline cache of an
+image (``--cache-to type=inline``), read from its config."""
 
 from __future__ import annotations
 
-from cas import Store
-from registry.oci import OCI_MANIFEST, Descriptor, Manifest
+import json
+from typing import TYPE_CHECKING
 
-from .manifest import CacheManifest
+from cas import Store
+from registry.oci import OCI_MANIFEST, Index, Manifest, parse_manifest
+
+from .manifest import INLINE_KEY, CacheManifest
+
+if TYPE_CHECKING:
+    from .lazy import RemoteLayers
 
 __all__ = ["pull_cache", "push_cache"]
 
 
-async def push_cache(ref: str, config: bytes, art: Manifest, store: Store) -> None:
-    """Push the layer blobs (from ``store``), the config and the manifest to ``ref``."""
+async def push_cache(ref: str, config: bytes, art: Manifest, store: Store,
+                     remote: RemoteLayers | None = None) -> None:
+    """Push the layer blobs (from ``store``; lazy ones through ``remote``: mounted or
+    streamed from their source), the config and the manifest to ``ref``."""
     from registry.client.image_store import ImageStore
     from registry.client.progress import Progress
     from registry.client.push import push_blob
@@ -29,15 +38,18 @@ async def push_cache(ref: str, config: bytes, art: Manifest, store: Store) -> No
     try:
         async with RegistryClient(client_options()) as client:
             for desc in (*art.layers, art.config):
-                await push_blob(client, images, dst, desc, Progress("quiet"))
+                if remote is not None:
+                    await remote.put_blob(client, images, dst, desc, Progress("quiet"))
+                else:
+                    await push_blob(client, images, dst, desc, Progress("quiet"))
             await client.put_manifest(dst, art.to_bytes(), OCI_MANIFEST)
     finally:
         await images.close()
 
 
 async def pull_cache(ref: str, config_type: str, store: Store) -> CacheManifest:
-    """Read the artifact at ``ref``: its manifest and config (the cache manifest); no
-    layer blob (:func:`pull_layer` fetches one)."""
+    """Read the cache at ``ref``: a cache artifact's manifest and config, or an image's
+    (every platform's, for an index) config with its inline cache; no layer blob."""
     from registry.client.image_store import ImageStore
     from registry.client.progress import Progress
     from registry.client.pull import pull_blob
@@ -50,32 +62,47 @@ async def pull_cache(ref: str, config_type: str, store: Store) -> CacheManifest:
     images = await ImageStore.open(store=store)
     try:
         async with RegistryClient(client_options()) as client:
-            raw, _, _ = await client.get_manifest(src)
-            art = Manifest.parse(raw)
-            if art.config.media_type != config_type:
-                raise ValueError(f"its config is {art.config.media_type}, "
-                                 f"not a build cache ({config_type})")
-            await pull_blob(client, images, src, art.config, Progress("quiet"))
-            manifest = CacheManifest.from_json(await store.read_bytes(art.config.digest))
+            raw, media_type, _ = await client.get_manifest(src)
+            _, obj = parse_manifest(raw, media_type)
+            if isinstance(obj, Index):
+                children = []
+                for entry in obj.manifests:
+                    child_raw, child_type, _ = await client.get_manifest(
+                        src.with_digest(entry.digest))
+                    _, child = parse_manifest(child_raw, child_type)
+                    if isinstance(child, Manifest):
+                        children.append(child)
+            else:
+                children = [obj]
+            manifests = []
+            for art in children:
+                await pull_blob(client, images, src, art.config, Progress("quiet"))
+                data = await store.read_bytes(art.config.digest)
+                if art.config.media_type == config_type:
+                    manifests.append(CacheManifest.from_json(data))
+                elif len(children) == 1 or INLINE_KEY in _config_doc(data):
+                    manifests.append(_inline(data, art.config.media_type, config_type))
     finally:
         await images.close()
-    return manifest
+    return CacheManifest.of([e for m in manifests for e in m.entries],
+                            [x for m in manifests for x in m.mounts])
 
 
-async def pull_layer(ref: str, desc: Descriptor, link: str, store: Store) -> None:
-    """Pull one layer blob of the cache at ``ref`` into ``store``, linked ``link``."""
-    from registry.client.image_store import ImageStore
-    from registry.client.progress import Progress
-    from registry.client.pull import pull_blob
-    from registry.client.refs import parse_image_ref
-    from registry.client.remote import RegistryClient
-
-    from ..base import client_options
-
-    images = await ImageStore.open(store=store)
+def _config_doc(data: bytes) -> dict[str, object]:
     try:
-        async with RegistryClient(client_options()) as client:
-            await pull_blob(client, images, parse_image_ref(ref), desc, Progress("quiet"),
-                            link=link)
-    finally:
-        await images.close()
+        doc = json.loads(data)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _inline(data: bytes, media_type: str, config_type: str) -> CacheManifest:
+    """The inline cache in an image config; ValueError when it has none."""
+    doc = _config_doc(data)
+    if INLINE_KEY not in doc:
+        raise ValueError(f"its config is {media_type}, neither a build cache "
+                         f"({config_type}) nor an image with an inline cache (build it "
+                         "with --cache-to type=inline)")
+    return CacheManifest.from_doc(doc[INLINE_KEY])
+
+

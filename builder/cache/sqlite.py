@@ -149,10 +149,11 @@ class BuildCache:
         return [(key, CachedLayer.from_json(layer)) for key, layer in rows]
 
     def layers(self) -> list[CachedLayer]:
-        """Every layer the remaining entries hold."""
+        """Every layer the remaining entries hold (not the entries without one: steps
+        that changed nothing, facts)."""
         with self._using():
             rows = self._db.execute("SELECT layer FROM steps").fetchall()
-        return [CachedLayer.from_json(r[0]) for r in rows]
+        return [layer for r in rows if (layer := CachedLayer.from_json(r[0])).digest]
 
     def prune_file_hashes(self, everything: bool) -> int:
         """Forget the hashes of context files that no longer exist (``everything``: all);

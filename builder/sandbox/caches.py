@@ -24,7 +24,12 @@ from pathlib import Path
 
 from .spec import CacheMount, Sharing
 
-__all__ = ["lease_caches"]
+__all__ = ["cache_root", "lease_caches"]
+
+
+def cache_root(cache_dir: Path, cache_id: str) -> Path:
+    """The directory of cache ``cache_id`` (its instances ``0/``, ``1/``... inside)."""
+    return cache_dir / hashlib.sha256(cache_id.encode()).hexdigest()[:32]
 
 
 def _instance(root: Path, index: int, mount: CacheMount) -> Path:
@@ -65,7 +70,7 @@ def lease_caches(
             if mount.cache_id in held and mount.sharing is not Sharing.PRIVATE:
                 paths.append(held[mount.cache_id])
                 continue
-            root = cache_dir / hashlib.sha256(mount.cache_id.encode()).hexdigest()[:32]
+            root = cache_root(cache_dir, mount.cache_id)
             root.mkdir(parents=True, exist_ok=True)
             (root / "id").write_text(mount.cache_id + "\n")
             if mount.sharing is Sharing.PRIVATE:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
@@ -16,7 +17,7 @@ from cas import Digest, Store
 from cas.holders import cache_holder
 from registry.oci import Descriptor
 
-from ..cache import BuildCacheBackend, CachedLayer, step_key
+from ..cache import BuildCacheBackend, CachedLayer, facts_key, step_key
 from ..context import SourceTree
 from ..dockerfile.instructions import Instruction
 from ..extracted import ExtractedLayers
@@ -24,9 +25,11 @@ from ..image import ImageState, LayerRef
 from ..progress import BuildProgress
 
 if TYPE_CHECKING:
+    from ..cache.lazy import MountSources, RemoteLayers
     from ..contexts import NamedContexts
 
-__all__ = ["BuildError", "StepEnv", "instruction_text", "layer_step"]
+__all__ = ["BuildError", "StepEnv", "cached_facts", "instruction_text", "layer_step",
+           "lower_facts", "valid_facts", "valid_files"]
 
 
 def instruction_text(ins: Instruction) -> str:
@@ -81,10 +84,16 @@ class StepEnv:
     contexts: NamedContexts | None = None
     # set by the stage scheduler: flattened root of a stage or image named by --from / from=
     stage_root: Callable[[str], Awaitable[Path]] | None = None
+    # ... and the cache key of a stage of this build so named (None: not such a stage)
+    stage_key: Callable[[str], Awaitable[str | None]] | None = None
     # a multi-platform build: how many RUN processes may run at once (one per core)
     run_slots: asyncio.Semaphore | None = None
     # steps running now, by cache key (equal steps in two stages run once)
     inflight: dict[str, asyncio.Future[CachedLayer]] = field(default_factory=dict)
+    # --cache-from: imported hits whose blobs stay at their source (builder.cache.lazy)
+    remote: RemoteLayers | None = None
+    # --cache-from / --cache-to cache-mounts=true: RUN --mount=type=cache contents
+    mounts: MountSources | None = None
 
     def where(self, ins: Instruction) -> str:
         return f"{self.dockerfile}:{ins.start_line}: {ins.keyword}"
@@ -142,6 +151,54 @@ def _write(upper: Path, sink: _IngestSink, sde: int | None, compression: str) ->
     return blob
 
 
+async def cached_facts(env: StepEnv, state: ImageState, what: dict[str, Any],
+                       compute: Callable[[], Awaitable[dict[str, Any]]],
+                       valid: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """What a step reads from layers before its key can be made (COPY's resolved
+    destination and ``--chown`` ids from the stage's layers, the hashes of the files it
+    copies from another stage): ``compute()``, remembered in the cache under the stage's
+    key and ``what`` (:func:`builder.cache.facts_key`), which must name everything else
+    they depend on (the keys cover the layers). A build that finds them, locally or in an
+    imported cache, needs no layer extracted (or fetched) for a step that hits.
+    Facts that ``valid`` refuses (from a cache made elsewhere) are computed again."""
+    key, parent = facts_key(state.key, what)
+    if not env.no_cache:
+        found = await asyncio.to_thread(env.cache.lookup, key)
+        if found is not None and found.facts is not None and valid(found.facts):
+            return found.facts
+    facts = await compute()
+    await asyncio.to_thread(env.cache.record, key, parent, "facts", what,
+                            CachedLayer("", 0, "", "", facts=facts))
+    return facts
+
+
+async def lower_facts(env: StepEnv, state: ImageState, what: dict[str, Any],
+                      compute: Callable[[list[Path]], dict[str, Any]],
+                      valid: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """:func:`cached_facts` computed from the stage's layers: ``compute(lowers)``."""
+    async def from_lowers() -> dict[str, Any]:
+        return await asyncio.to_thread(compute, await env.lowers(state))
+    return await cached_facts(env, state, what, from_lowers, valid)
+
+
+def valid_facts(facts: dict[str, Any]) -> bool:
+    """Facts from a cache (maybe another machine's) that are safe to write by: an
+    absolute, normalised destination and two ids."""
+    dest, owner = facts.get("dest"), facts.get("owner")
+    return (isinstance(dest, str) and dest.startswith("/") and "\0" not in dest
+            and posixpath.normpath(dest) in (dest, dest.rstrip("/"))
+            and "/../" not in dest + "/" and isinstance(facts.get("dir"), bool)
+            and (owner is None or (isinstance(owner, list) and len(owner) == 2 and all(
+                isinstance(i, int) and 0 <= i < 2**32 for i in owner))))
+
+
+def valid_files(facts: dict[str, Any]) -> bool:
+    """Facts holding the hashes of copied files (path -> hash)."""
+    files = facts.get("files")
+    return isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                           for k, v in files.items())
+
+
 # The parent of every independent (``--link``) layer's cache key.
 LINK_PARENT = "link"
 
@@ -182,7 +239,12 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
         finally:
             env.inflight.pop(key, None)
         future.set_result(cached)
-    state.key = step_key(state.key, LINK_PARENT, {"layer": key}) if independent else key
+    if independent:
+        before, state.key = state.key, step_key(state.key, LINK_PARENT, {"layer": key})
+        if env.remote is not None:  # so that mode=min exports follow the stage's chain
+            env.remote.cache.note_link(state.key, key, before)
+    else:
+        state.key = key
     if cached.digest:
         state.layers.append(LayerRef(
             Descriptor(cached.media_type, Digest.parse(cached.digest), cached.size),
@@ -196,15 +258,25 @@ async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
                         inputs: dict[str, Any], n: int,
                         produce: Callable[[int], Awaitable[Path]]) -> CachedLayer:
     cached = None if env.no_cache else await asyncio.to_thread(env.cache.lookup, key)
+    unusable: str | None = None
     if cached is not None and cached.digest and await env.store.stat(
             Digest.parse(cached.digest)) is None:
-        cached = None
+        # an imported hit: usable while its source holds the blob (fetched when needed)
+        unusable = "its cached layer is no longer stored" if env.remote is None \
+            else await env.remote.usable(key, cached)
+        if unusable is not None:
+            cached = None
     if cached is not None:
+        if env.remote is not None:
+            env.remote.cache.note_hit(key)
         env.progress.cached(n)
+        if env.explain:
+            env.progress.explain_hit(n, env.remote.source_of(key) if env.remote else "local")
         return cached
     if env.explain and not env.no_cache:
-        env.progress.explain(n, await asyncio.to_thread(
-            env.cache.explain, parent, instruction, inputs))
+        reason = unusable if unusable is not None else await asyncio.to_thread(
+            env.cache.explain, parent, instruction, inputs)
+        env.progress.explain(n, reason)
     try:
         upper = await produce(n)
     except BuildError as exc:

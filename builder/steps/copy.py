@@ -21,12 +21,10 @@ earlier steps were. ``--chown`` names are still looked up in the stage's /etc/pa
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import posixpath
 import shutil
 import stat
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -43,7 +41,17 @@ from ..layers.errors import LayerError
 from ..layers.rootwalk import SymlinkLoop, walk_in_root
 from ..sandbox.rootfs import lower_stat, read_from_lowers
 from ..sandbox.userns import unmapped_owner
-from .common import BuildError, StepEnv, instruction_text, layer_step
+from .common import (
+    BuildError,
+    StepEnv,
+    cached_facts,
+    instruction_text,
+    layer_step,
+    lower_facts,
+    valid_facts,
+    valid_files,
+)
+from .download import download, sha256_file
 from .metadata import resolve_workdir
 from .parents import resolve_parents
 
@@ -323,36 +331,6 @@ def _upper_dir(env: StepEnv) -> Path:
     return upper
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-async def _download(env: StepEnv, url: str, where: str) -> Path:
-    import aiohttp
-
-    d = env.scratch("add-")
-    name = posixpath.basename(urllib.parse.urlparse(url).path) or "index.html"
-    path = d / name
-    try:
-        async with aiohttp.ClientSession() as session, session.get(url) as resp:
-            if resp.status != 200:
-                raise BuildError(where, f"downloading {url}: HTTP {resp.status}")
-            f = await asyncio.to_thread(open, path, "wb")
-            try:
-                async for chunk in resp.content.iter_chunked(1 << 20):
-                    await asyncio.to_thread(f.write, chunk)
-            finally:
-                await asyncio.to_thread(f.close)
-    except aiohttp.ClientError as exc:
-        raise BuildError(where, f"downloading {url}: {exc}") from exc
-    os.chmod(path, 0o600)
-    return path
-
-
 async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
                            name: str) -> None:
     """Execute (or reuse from the cache) one COPY or ADD."""
@@ -360,24 +338,35 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     add = isinstance(ins, Add)
     dest_raw = ins.dest
     link = ins.link and not ins.chmod
-    stage_lowers = await env.lowers(state)
-    lowers = [] if link else stage_lowers  # a linked layer never sees the stage's files
-    dest = await asyncio.to_thread(_destination, lowers, resolve_workdir(state, dest_raw))
+    abs_dest = resolve_workdir(state, dest_raw)
+
+    def compute(stage_lowers: list[Path]) -> dict[str, Any]:
+        lowers = [] if link else stage_lowers  # a linked layer never sees the stage's files
+        dest = _destination(lowers, abs_dest)
+        st = lower_stat(lowers, dest.lstrip("/"))
+        owner = _chown_ids(ins.chown, stage_lowers, where) if ins.chown else None
+        return {"dest": dest, "dir": st is not None and stat.S_ISDIR(st.st_mode),
+                "owner": list(owner) if owner else None}
+
+    facts = await lower_facts(env, state, {"ins": instruction_text(ins), "dest": abs_dest,
+                                           "link": link}, compute, valid_facts)
+    dest = facts["dest"]
     from_ref = ins.from_ if isinstance(ins, Copy) else ""
     named = env.contexts.find(from_ref) if from_ref and env.contexts else None
-    if env.contexts and named is not None and named.directory is not None:
-        tree = env.contexts.tree(named, env.context.hash_store)  # --build-context NAME=DIR
-    elif from_ref:
-        assert env.stage_root is not None
-        tree = SourceTree(await env.stage_root(from_ref), strict=False,
-                          what=f"stage or image {from_ref!r}")
-    else:
-        tree = env.context
+
+    async def source_tree() -> SourceTree:
+        if env.contexts and named is not None and named.directory is not None:
+            return env.contexts.tree(named, env.context.hash_store)  # --build-context DIR
+        if from_ref:
+            assert env.stage_root is not None
+            return SourceTree(await env.stage_root(from_ref), strict=False,
+                              what=f"stage or image {from_ref!r}")
+        return env.context
+
     n_sources = len(ins.sources) + len(ins.files)
     parents = isinstance(ins, Copy) and ins.parents
     dest_is_dir = dest_raw.endswith("/") or dest == "/" or parents
-    st = await asyncio.to_thread(lower_stat, lowers, dest.lstrip("/"))
-    dest_is_dir = dest_is_dir or (st is not None and stat.S_ISDIR(st.st_mode))
+    dest_is_dir = dest_is_dir or facts["dir"]
     if n_sources > 1 and not dest_is_dir:
         raise BuildError(where, f"copying {n_sources} sources needs a destination ending "
                          f"with '/' (got {dest_raw!r})")
@@ -390,10 +379,10 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     local = []
     for s in ins.sources:
         if add and s.startswith(("http://", "https://")):
-            path = await _download(env, s, where)
+            path = await download(env, s, where)
             fname = posixpath.basename(str(path))
             if isinstance(ins, Add) and ins.checksum:
-                got = "sha256:" + await asyncio.to_thread(_sha256, path)
+                got = "sha256:" + await asyncio.to_thread(sha256_file, path)
                 if got != ins.checksum:
                     raise BuildError(where, f"{s}: --checksum={ins.checksum} but the download "
                                      f"is {got}")
@@ -403,24 +392,39 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         else:
             local.append(s)
     excludes = IgnoreMatcher.from_lines(list(ins.exclude))
-    if local and isinstance(ins, Copy) and ins.parents:
+
+    async def plan_local() -> tuple[list[_Item], dict[str, str]]:
+        if not local:
+            return [], {}
+        tree = await source_tree()
         try:
-            more_items, more = await asyncio.to_thread(
-                _plan_parents, tree, local, dest.lstrip("/"), excludes)
+            if parents:
+                return await asyncio.to_thread(_plan_parents, tree, local, dest.lstrip("/"),
+                                               excludes)
+            return await asyncio.to_thread(_plan, tree, local, dest.lstrip("/"),
+                                           dest_is_dir, add, excludes)
         except ContextError as exc:
             raise BuildError(where, str(exc)) from exc
-        items += more_items
-        hashes.update(more)
-    elif local:
-        try:
-            more_items, more = await asyncio.to_thread(
-                _plan, tree, local, dest.lstrip("/"), dest_is_dir, add, excludes)
-        except ContextError as exc:
-            raise BuildError(where, str(exc)) from exc
-        items += more_items
-        hashes.update(more)
-    owner = await asyncio.to_thread(_chown_ids, ins.chown, stage_lowers, where) \
-        if ins.chown else None
+
+    # Files from another stage of this build: their hashes are facts of that stage's key,
+    # so a step that hits needs none of its layers (extracted, or fetched from a cache).
+    source_key = await env.stage_key(from_ref) \
+        if local and from_ref and named is None and env.stage_key else None
+    local_items: list[_Item] | None = None
+    if source_key is not None:
+        async def files() -> dict[str, Any]:
+            nonlocal local_items
+            local_items, found = await plan_local()
+            return {"files": found}
+
+        copied = await cached_facts(env, state, {"ins": instruction_text(ins),
+                                                 "from": source_key, "dest": dest,
+                                                 "dir": dest_is_dir}, files, valid_files)
+        hashes.update(copied["files"])
+    else:
+        local_items, found = await plan_local()
+        hashes.update(found)
+    owner = (facts["owner"][0], facts["owner"][1]) if facts["owner"] else None
     _check_mapped(owner, where, f"--chown={ins.chown}")
     try:
         chmod = int(ins.chmod, 8) if ins.chmod else None
@@ -442,6 +446,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
 
     async def produce(n: int) -> Path:
         upper = _upper_dir(env)
+        lowers = [] if link else await env.lowers(state)
+        items.extend(local_items if local_items is not None else (await plan_local())[0])
         try:
             await asyncio.to_thread(_write, upper, items, lowers, owner, chmod)
         except LayerError as exc:
@@ -459,15 +465,23 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
     Directories it creates belong to the stage's USER, as BuildKit makes them."""
     path = resolve_workdir(state, ins.path)
     state.update(working_dir=path)
-    lowers = await env.lowers(state)
-    target = await asyncio.to_thread(resolve_in_lowers, lowers, path, follow_final=True)
-    owner = None
-    if state.config.user:
-        owner = await asyncio.to_thread(_workdir_owner, state.config.user, lowers)
-        _check_mapped(owner, env.where(ins), f"USER {state.config.user}")
+    user = state.config.user
+
+    def compute(lowers: list[Path]) -> dict[str, Any]:
+        owner = _workdir_owner(user, lowers) if user else None
+        return {"dest": resolve_in_lowers(lowers, path, follow_final=True), "dir": True,
+                "owner": list(owner) if owner else None}
+
+    facts = await lower_facts(env, state, {"ins": f"WORKDIR {path}", "user": user or ""},
+                              compute, valid_facts)
+    target: str = facts["dest"]
+    owner = (facts["owner"][0], facts["owner"][1]) if facts["owner"] else None
+    if owner is not None:
+        _check_mapped(owner, env.where(ins), f"USER {user}")
 
     async def produce(n: int) -> Path:
         upper = _upper_dir(env)
+        lowers = await env.lowers(state)
         await asyncio.to_thread(_make_parents, upper, target.lstrip("/"), lowers, owner)
         # a directory that already existed is only copied up: no change, no layer
         if lower_stat(lowers, target.lstrip("/")) is not None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,8 @@ from ..dockerfile.instructions import Run
 from ..dockerfile.syntax import parse_heredoc_marker
 from ..image import ImageState
 from ..sandbox.rootfs import RootfsMode
-from ..sandbox.spec import BindMount, Network, RunSpec, SandboxMount, SshMount, sandbox_mount
-from .common import BuildError, StepEnv, instruction_text, layer_step
+from ..sandbox.spec import BindMount, CacheMount, Network, RunSpec, SandboxMount, SshMount, sandbox_mount
+from .common import BuildError, StepEnv, cached_facts, instruction_text, layer_step
 from .metadata import command_form
 
 # Architectures a host runs natively besides its own (BuildKit's default emulator-free set).
@@ -127,6 +127,32 @@ async def _settle(job: asyncio.Future[Any]) -> None:
         job.exception()
 
 
+def _bind_hash(env: StepEnv, m: BindMount) -> Callable[[], Awaitable[dict[str, Any]]]:
+    async def compute() -> dict[str, Any]:
+        assert env.stage_root is not None and m.from_ref is not None
+        root = await env.stage_root(m.from_ref)
+        return {"hash": await asyncio.to_thread(_tree_hash, Path(root, m.source.lstrip("/")))}
+    return compute
+
+
+def _valid_hash(facts: dict[str, Any]) -> bool:
+    return isinstance(facts.get("hash"), str)
+
+
+async def _restore_caches(env: StepEnv, n: int, caches: list[CacheMount]) -> None:
+    """Restore imported cache mounts this runner lacks (``cache-mounts=true``); one that
+    cannot be had is a warning: the step runs with an empty cache."""
+    from ..cache.lazy import LazyLayerError
+
+    assert env.mounts is not None
+    try:
+        for cache_id in await env.mounts.restore(caches, env.cache_mounts, env.work):
+            env.progress.log(n, f"restored cache mount {cache_id!r} from "
+                             f"{env.mounts.imported[cache_id][0]}")
+    except LazyLayerError as exc:
+        env.progress.info(f"WARNING: {exc}; the step runs with an empty cache")
+
+
 async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                           args: Mapping[str, str], name: str) -> None:
     """Execute (or reuse from the cache) one RUN instruction."""
@@ -160,6 +186,15 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                 root = env.context.root
                 inputs[f"bind{i}"] = await asyncio.to_thread(_tree_hash, src.path)
             else:
+                # another stage of this build: the hash is a fact of its key, so a hit
+                # needs none of its layers; the mount is resolved when the step runs
+                source_key = await env.stage_key(m.from_ref) if env.stage_key else None
+                if source_key is not None:
+                    inputs[f"bind{i}"] = (await cached_facts(
+                        env, state, {"bind": m.source, "from": source_key},
+                        _bind_hash(env, m), _valid_hash))["hash"]
+                    resolved.append(m)
+                    continue
                 assert env.stage_root is not None
                 root = await env.stage_root(m.from_ref)
                 inputs[f"bind{i}"] = await asyncio.to_thread(
@@ -195,13 +230,25 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         raise BuildError(where, f"--differ={env.differ}: use auto, overlay or snapshot") from None
     created_by = "RUN " + " ".join(argv) + " # buildkit"
 
+    caches = [m for m in resolved if isinstance(m, CacheMount)]
+    if env.mounts is not None:
+        env.mounts.used.update(m.cache_id for m in caches)
+
     async def produce(n: int) -> Path:
         _check_emulator(state, where)
+        if env.mounts is not None and caches:
+            await _restore_caches(env, n, caches)
         lowers = await env.lowers(state)
         state_dir = env.scratch("run-")
+        mounts = []
+        for m in resolved:
+            if isinstance(m, BindMount) and m.root is None and m.from_ref is not None:
+                assert env.stage_root is not None
+                m = m.resolved(await env.stage_root(m.from_ref))
+            mounts.append(m)
         spec = RunSpec(argv=argv, env=tuple(run_env), user=state.config.user or "",
                        workdir=state.config.working_dir or "/", network=net,
-                       mounts=tuple(resolved), secrets=dict(env.secrets), pipes=pipes,
+                       mounts=tuple(mounts), secrets=dict(env.secrets), pipes=pipes,
                        insecure=insecure, extra_hosts=env.extra_hosts)
         loop = asyncio.get_running_loop()
 

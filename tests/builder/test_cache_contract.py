@@ -9,16 +9,18 @@ from pathlib import Path
 import pytest
 
 from builder.cache import (
+    FACTS,
     BuildCache,
     BuildCacheBackend,
     CachedLayer,
     CacheEntry,
     CacheManifest,
     MemoryBuildCache,
+    facts_key,
     step_key,
 )
 from builder.cache.entries import IMPORTED_MISS
-from builder.cache.manifest import MEDIA_TYPE
+from builder.cache.manifest import MEDIA_TYPE, MountEntry
 
 BACKENDS = ["sqlite", "memory"]
 
@@ -161,7 +163,33 @@ def test_record_and_lookup_from_many_threads(backend: BuildCacheBackend) -> None
     assert len(backend.export_manifest().entries) == 200
 
 
+def test_facts_are_kept_and_travel_without_explaining_steps(backend: BuildCacheBackend,
+                                                            other: BuildCacheBackend) -> None:
+    """A facts entry (what a step read from the layers below it) comes back from lookup
+    and through a manifest, and is never taken for a step when a miss is explained."""
+    facts = {"dest": "/app/", "dir": True, "owner": [1000, 1000]}
+    key, parent = facts_key("p" * 64, {"ins": "COPY x /app/"})
+    backend.record(key, parent, FACTS, {"ins": "COPY x /app/"},
+                   CachedLayer("", 0, "", "", facts=facts))
+    found = backend.lookup(key)
+    assert found is not None and found.facts == facts and not found.digest
+    other.import_manifest(backend.export_manifest())
+    imported = other.lookup(key)
+    assert imported is not None and imported.facts == facts
+    assert backend.explain("p" * 64, "COPY x /app/", {}) == \
+        "the previous step changed (or this step never ran before)"
+
+
 # The manifest document itself.
+
+def test_manifest_cache_mounts_round_trip_and_are_blobs() -> None:
+    manifest = CacheManifest.of([CacheEntry("1" * 64, "", "RUN a", layer(1))],
+                                [MountEntry("pip", layer(7)), MountEntry("apt", layer(8))])
+    assert [m.id for m in manifest.mounts] == ["apt", "pip"]
+    assert CacheManifest.from_json(manifest.to_json()) == manifest
+    assert [str(d.digest) for d in manifest.descriptors()] == \
+        [layer(n).digest for n in (1, 8, 7)]
+
 
 def test_manifest_json_is_sorted_and_round_trips() -> None:
     entries = [CacheEntry(f"{n:064x}", "", f"RUN {n}", layer(n)) for n in (3, 1, 2)]
@@ -190,6 +218,12 @@ def test_manifest_descriptors_name_each_layer_blob_once() -> None:
     + b'", "parent": "", "instruction": "", "layer": {"digest": "md5:x", "size": 1, '
       b'"diff_id": "sha256:x", "media_type": "m"}}]}',
     b"not json",
+    b'{"mediaType": "' + MEDIA_TYPE.encode() + b'", "entries": [{"key": "' + b"a" * 64
+    + b'", "parent": "", "instruction": "facts", "layer": {"digest": "", "size": 0, '
+      b'"diff_id": "", "media_type": "", "facts": []}}]}',
+    b'{"mediaType": "' + MEDIA_TYPE.encode() + b'", "entries": [], "mounts": [{"id": "", '
+      b'"layer": {"digest": "sha256:' + b"1" * 64 + b'", "size": 1, "diff_id": "sha256:'
+    + b"2" * 64 + b'", "media_type": "m"}}]}',
 ])
 def test_a_malformed_manifest_is_refused(doc: bytes) -> None:
     with pytest.raises(ValueError):

@@ -56,7 +56,8 @@ def _cache_keys(layout: Path) -> list[str]:
     blobs = layout / "blobs/sha256"
     manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_text())
     config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_text())
-    return sorted(e["key"] for e in config["entries"])
+    # the steps' entries (not the facts entries that COPY's lookups of the layers leave)
+    return sorted(e["key"] for e in config["entries"] if e["instruction"] != "facts")
 
 
 def _stored(storage: Path, digests: list[str]) -> list[str]:
