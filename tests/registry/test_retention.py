@@ -236,7 +236,9 @@ async def test_scheduled_run_in_the_server_deletes_and_sends_delete_events(aioht
     with EventSink() as sink:
         config = dataclasses.replace(
             ServerConfig(),
-            retention_interval=0.2, retention_untagged_delay=0, retention_upload_grace=0,
+            # a grace long enough that a run cannot take the blobs of "2" before its
+            # manifest lands, however busy the machine
+            retention_interval=0.2, retention_untagged_delay=0, retention_upload_grace=1.0,
             retention_policies=parse_policies([{"repositories": "app", "keep": [{"last": 1}]}]),
             notifications_endpoints=(Endpoint(name="sink", url=sink.url, timeout=2.0, threshold=1,
                                               backoff=0.05),),
@@ -253,7 +255,12 @@ async def test_scheduled_run_in_the_server_deletes_and_sends_delete_events(aioht
         assert {"repository": "app", "tag": "1"} in deletes
         assert {"repository": "app", "digest": str(first)} in deletes
         assert await status(client, "app", "1") == 404 and await status(client, "app", "2") == 200
+        for _ in range(400):  # once its link is older than the grace, gc takes the blob
+            if await reg_of(client).store.stat(Digest.of(b"one")) is None:
+                break
+            await asyncio.sleep(0.05)
         assert await reg_of(client).store.stat(Digest.of(b"one")) is None  # gc ran too
+        assert await status(client, "app", "2") == 200
         await client.close()
 
 
