@@ -71,7 +71,7 @@ log = logging.getLogger("pybuild.registry.proxy")
 T = TypeVar("T")
 
 _DOWN_SECONDS = 5.0  # an unreachable upstream is left alone this long
-_BLOB_SLICE = 1 << 20  # bytes read from upstream at a time
+_BLOB_SLICE = 8 << 20  # bytes received from upstream per call into the store
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "docker.io"})
 _MAX_CHECKED = 100_000  # tag check times remembered in memory (the database has them all)
@@ -395,15 +395,20 @@ class Proxy:
                 size = resp.length
                 flight.open_spool(size)
                 ingest = await reg.store.begin_ingest(algorithm=digest.algorithm)
+                fill = _Spooler(resp, flight, asyncio.get_running_loop())
                 try:
-                    buf = memoryview(bytearray(_BLOB_SLICE))
-                    while True:  # ends with the body (or past its declared length)
-                        n = await resp.run(_read_and_spool, resp, flight, buf, ingest.offset)
-                        if not n:
+                    # The store's receiver thread reads the body straight into the
+                    # cutter's buffer and hashes, cuts and stores it there; each read
+                    # is spooled on the way for the clients streaming meanwhile. One
+                    # byte more than the declared length is asked for, so that a
+                    # longer body fails the commit instead of being cut short.
+                    while True:
+                        want = _BLOB_SLICE if size is None else min(
+                            _BLOB_SLICE, size + 1 - ingest.offset)
+                        if want <= 0:
                             break
-                        await ingest.write(bytes(buf[:n]))
-                        flight.advanced(n)
-                        if size is not None and ingest.offset > size:
+                        got = await ingest.receive(fill, want, interrupt=resp.abort)
+                        if got < want:
                             break
                     await ingest.commit(digest, size=size, link=holder(route.local))
                 except BaseException:
@@ -431,13 +436,24 @@ class Proxy:
             flight.finish(ok)
 
 
-def _read_and_spool(resp: Any, flight: BlobFlight, buf: memoryview, offset: int) -> int:
-    """Read what has arrived of the body (up to ``len(buf)``) and spool it; 0 at its end.
-    Runs on a worker thread."""
-    n: int = resp.readinto(buf)
-    if n:
-        flight.spool_write(buf[:n], offset)
-    return n
+class _Spooler:
+    """The source of the store's receive: reads what has arrived of the body into the
+    store's buffer and copies it to the flight's spool (on the receiver thread), then
+    tells the event loop how far the spool goes."""
+
+    def __init__(self, resp: Any, flight: BlobFlight, loop: asyncio.AbstractEventLoop) -> None:
+        self._resp = resp
+        self._flight = flight
+        self._loop = loop
+        self._offset = 0
+
+    def __call__(self, view: memoryview) -> int:
+        n: int = self._resp.readinto(view)
+        if n:
+            self._flight.spool_write(view[:n], self._offset)
+            self._offset += n
+            self._loop.call_soon_threadsafe(self._flight.advanced, n)
+        return n
 
 
 PROXY = web.AppKey("proxy", Proxy)
