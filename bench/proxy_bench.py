@@ -10,11 +10,12 @@ through from it over loopback HTTP:
 
 Both ask the upstream for a tag on every pull (Distribution always does; pybuild's
 ``ttl`` is 0 by default). For each mirror and each client (``skopeo copy docker://...
-oci:DIR`` and ``python3 -m builder pull -q --storage DIR``), a new mirror with empty
-storage is started and:
+oci:DIR`` and ``python3 -m builder pull -q --storage DIR``), both mirrors are started
+side by side with empty storage, and:
 
 - ``cold pull``: v1 through the mirror, the first time (the mirror fetches it upstream);
-- ``warm pull``: v1 again into a new, empty destination (the median of ``repeats``);
+- ``warm pull``: v1 again into a new, empty destination (the median of ``repeats``),
+  alternating between the two mirrors, the order swapped every round;
 - ``upstream bytes``: what the upstream served during each, the sum of the sizes of
   its ``GET`` lines in Distribution's access log (bodies, not headers);
 - with skopeo, the other versions are then pulled through too, one after the other:
@@ -35,7 +36,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ class ProxySettings:
     """The corpus (as the registry benchmark's storage metric) and the repeats."""
 
     corpus: RegistrySettings = RegistrySettings()
-    repeats: int = 3  # warm pulls; the median is reported
+    repeats: int = 5  # warm pulls; the median is reported
 
 
 class UpstreamLog:
@@ -178,8 +179,11 @@ def _pull_command(client: str, mirror: str, tag: str, dest: Path) -> list[str]:
     return pybuild_argv("pull", "-q", "--storage", str(dest), ref)
 
 
-def _measure(kind: str, client: str, workdir: Path, upstream: str, log: UpstreamLog,
-             versions: int, repeats: int) -> _Pulls:
+def _measure(client: str, kinds: Sequence[str], workdir: Path, upstream: str,
+             log: UpstreamLog, versions: int, repeats: int) -> dict[str, _Pulls]:
+    """Both mirrors run side by side, each with empty storage: v1 cold through each, then
+    the warm pulls alternate between them (the order swapped every round), so a busy
+    moment of the machine falls on both alike."""
     env = pybuild_env() if client == "pybuild" else None
     dest = workdir / "dest"
 
@@ -190,23 +194,32 @@ def _measure(kind: str, client: str, workdir: Path, upstream: str, log: Upstream
         finally:
             shutil.rmtree(dest, ignore_errors=True)
 
-    with _mirror(kind, workdir / f"mirror-{kind}-{client}", upstream) as (addr, storage):
-        log.mark()
-        cold = pull(addr, "v1")
-        cold_bytes, cold_gets = log.served()
-        warm = []
-        log.mark()
-        for _ in range(repeats):
-            warm.append(pull(addr, "v1"))
-        warm_bytes = log.served()[0] // repeats
-        result = _Pulls(cold, statistics.median(warm), cold_bytes, warm_bytes, cold_gets)
-        if client == "skopeo":
+    with ExitStack() as stack:
+        mirrors = {kind: stack.enter_context(
+            _mirror(kind, workdir / f"mirror-{kind}-{client}", upstream)) for kind in kinds}
+        results: dict[str, _Pulls] = {}
+        for kind, (addr, _) in mirrors.items():
             log.mark()
-            for v in range(2, versions + 1):
-                pull(addr, f"v{v}")
-            result.all_bytes = cold_bytes + log.served()[0]
-            result.storage = allocated_bytes(storage)
-    return result
+            cold = pull(addr, "v1")
+            cold_bytes, cold_gets = log.served()
+            results[kind] = _Pulls(cold, 0.0, cold_bytes, 0, cold_gets)
+        warm: dict[str, list[float]] = {kind: [] for kind in kinds}
+        for r in range(repeats):
+            for kind in (kinds if r % 2 == 0 else list(reversed(kinds))):
+                log.mark()
+                warm[kind].append(pull(mirrors[kind][0], "v1"))
+                results[kind].warm_bytes += log.served()[0]
+        for kind, times in warm.items():
+            results[kind].warm = statistics.median(times)
+            results[kind].warm_bytes //= repeats
+        if client == "skopeo":
+            for kind, (addr, storage) in mirrors.items():
+                log.mark()
+                for v in range(2, versions + 1):
+                    pull(addr, f"v{v}")
+                results[kind].all_bytes = results[kind].cold_bytes + log.served()[0]
+                results[kind].storage = allocated_bytes(storage)
+    return results
 
 
 def bench_proxy(workdir: Path, settings: ProxySettings,
@@ -244,9 +257,9 @@ def bench_proxy(workdir: Path, settings: ProxySettings,
         asyncio.run(push_versions(upstream.url, images, REPO))
         log = UpstreamLog(process.log)
         for client in clients:
-            for kind in mirrors:
-                results[(kind, client)] = _measure(kind, client, workdir, upstream.addr, log,
-                                                   len(images), settings.repeats)
+            measured = _measure(client, mirrors, workdir, upstream.addr, log, len(images),
+                                settings.repeats)
+            results.update({(kind, client): r for kind, r in measured.items()})
     return _measurements(results, images, settings)
 
 
