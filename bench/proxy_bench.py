@@ -16,6 +16,8 @@ side by side with empty storage, and:
 - ``cold pull``: v1 through the mirror, the first time (the mirror fetches it upstream);
 - ``warm pull``: v1 again into a new, empty destination (the median of ``repeats``),
   alternating between the two mirrors, the order swapped every round;
+- ``mirror CPU``: user + system seconds of the mirror process during the pull (all
+  threads, from ``/proc/PID/stat``): less noisy than time on a shared machine;
 - ``upstream bytes``: what the upstream served during each, the sum of the sizes of
   its ``GET`` lines in Distribution's access log (bodies, not headers);
 - with skopeo, the other versions are then pulled through too, one after the other:
@@ -128,9 +130,21 @@ def _run(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
+@dataclass(frozen=True)
+class _Mirror:
+    addr: str
+    storage: Path
+    pid: int
+
+    def cpu(self) -> float:
+        """CPU seconds the mirror process has used so far (user + system, all threads)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def _mirror(kind: str, workdir: Path, upstream: str) -> Iterator[tuple[str, Path]]:
-    """A mirror of ``kind`` with empty storage under ``workdir``: (address, storage)."""
+def _mirror(kind: str, workdir: Path, upstream: str) -> Iterator[_Mirror]:
+    """A mirror of ``kind`` with empty storage under ``workdir``."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     storage = workdir / "storage"
@@ -156,7 +170,8 @@ def _mirror(kind: str, workdir: Path, upstream: str) -> Iterator[tuple[str, Path
     process = RegistryProcess(kind, argv, storage=storage, log=workdir / "registry.log", env=env)
     try:
         with process as running:
-            yield running.addr, storage
+            assert process.pid is not None
+            yield _Mirror(running.addr, storage, process.pid)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -168,6 +183,8 @@ class _Pulls:
     cold_bytes: int
     warm_bytes: int
     cold_blob_gets: int
+    cold_cpu: float = 0.0
+    warm_cpu: float = 0.0
     storage: int | None = None
     all_bytes: int | None = None
 
@@ -198,27 +215,30 @@ def _measure(client: str, kinds: Sequence[str], workdir: Path, upstream: str,
         mirrors = {kind: stack.enter_context(
             _mirror(kind, workdir / f"mirror-{kind}-{client}", upstream)) for kind in kinds}
         results: dict[str, _Pulls] = {}
-        for kind, (addr, _) in mirrors.items():
+        for kind, mirror in mirrors.items():
             log.mark()
-            cold = pull(addr, "v1")
+            cpu = mirror.cpu()
+            cold = pull(mirror.addr, "v1")
             cold_bytes, cold_gets = log.served()
-            results[kind] = _Pulls(cold, 0.0, cold_bytes, 0, cold_gets)
+            results[kind] = _Pulls(cold, 0.0, cold_bytes, 0, cold_gets, mirror.cpu() - cpu)
         warm: dict[str, list[float]] = {kind: [] for kind in kinds}
         for r in range(repeats):
             for kind in (kinds if r % 2 == 0 else list(reversed(kinds))):
                 log.mark()
-                warm[kind].append(pull(mirrors[kind][0], "v1"))
+                cpu = mirrors[kind].cpu()
+                warm[kind].append(pull(mirrors[kind].addr, "v1"))
+                results[kind].warm_cpu += (mirrors[kind].cpu() - cpu) / repeats
                 results[kind].warm_bytes += log.served()[0]
         for kind, times in warm.items():
             results[kind].warm = statistics.median(times)
             results[kind].warm_bytes //= repeats
         if client == "skopeo":
-            for kind, (addr, storage) in mirrors.items():
+            for kind, mirror in mirrors.items():
                 log.mark()
                 for v in range(2, versions + 1):
-                    pull(addr, f"v{v}")
+                    pull(mirror.addr, f"v{v}")
                 results[kind].all_bytes = results[kind].cold_bytes + log.served()[0]
-                results[kind].storage = allocated_bytes(storage)
+                results[kind].storage = allocated_bytes(mirror.storage)
     return results
 
 
@@ -279,6 +299,12 @@ def _measurements(results: dict[tuple[str, str], _Pulls], images: Sequence[Image
                         {k: round(r.cold, 3) for k, r in mine.items()}),
             Measurement(f"{label}: warm pull (cached; median of {settings.repeats})", "s", False,
                         {k: round(r.warm, 3) for k, r in mine.items()}),
+            Measurement(f"{label}: mirror CPU, cold pull", "s", False,
+                        {k: round(r.cold_cpu, 3) for k, r in mine.items()},
+                        notes="user + system time of the mirror process"),
+            Measurement(f"{label}: mirror CPU, warm pull", "s", False,
+                        {k: round(r.warm_cpu, 3) for k, r in mine.items()},
+                        notes="mean of the warm pulls"),
             Measurement(f"{label}: upstream bytes, cold pull", "MB", False,
                         {k: round(r.cold_bytes / 1e6, 3) for k, r in mine.items()},
                         notes="body bytes of the upstream's GETs (its access log)"),
