@@ -39,7 +39,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.pybuild_cli import has_command, missing_reason, pybuild_argv, pybuild_env
@@ -72,7 +72,7 @@ class ProxyBenchError(RuntimeError):
 class ProxySettings:
     """The corpus (as the registry benchmark's storage metric) and the repeats."""
 
-    corpus: RegistrySettings = RegistrySettings()
+    corpus: RegistrySettings = field(default_factory=RegistrySettings)
     repeats: int = 5  # warm pulls; the median is reported
 
 

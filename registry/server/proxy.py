@@ -64,7 +64,7 @@ from ..oci import InvalidObject, parse_manifest
 from . import blobs, manifests
 from .config import ServerConfig
 from .metadata import ManifestRecord
-from .proxy_blobs import BlobFlight, stream_flight, streamable
+from .proxy_blobs import BlobFlight, receive_blob, stream_flight, streamable
 from .proxy_config import Upstream, upstream_from_remoteurl
 from .state import REGISTRY, CachedManifest, Registry, holder
 
@@ -75,7 +75,6 @@ T = TypeVar("T")
 
 _DOWN_SECONDS = 5.0  # an unreachable upstream is left alone this long
 _STALE_AFTER = 3.0  # a cached tag is served once its upstream check has taken this long
-_BLOB_SLICE = 8 << 20  # bytes received from upstream per call into the store
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "docker.io"})
 _MAX_CHECKED = 100_000  # tag check times remembered in memory (the database has them all)
@@ -411,30 +410,8 @@ class Proxy:
         upstream = route.upstream
 
         async def fetch(client: RegistryClient) -> None:
-            async with client.open_blob(upstream.netloc, route.remote, digest) as resp:
-                size = resp.length
-                flight.open_spool(size)
-                ingest = await reg.store.begin_ingest(algorithm=digest.algorithm)
-                fill = _Spooler(resp, flight, asyncio.get_running_loop())
-                try:
-                    # The store's receiver thread reads the body straight into the
-                    # cutter's buffer and hashes, cuts and stores it there; each read
-                    # is spooled on the way for the clients streaming meanwhile. One
-                    # byte more than the declared length is asked for, so that a
-                    # longer body fails the commit instead of being cut short.
-                    while True:
-                        want = _BLOB_SLICE if size is None else min(
-                            _BLOB_SLICE, size + 1 - ingest.offset)
-                        if want <= 0:
-                            break
-                        got = await ingest.receive(fill, want, interrupt=resp.abort)
-                        if got < want:
-                            break
-                    await ingest.commit(digest, size=size, link=holder(route.local))
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await ingest.abort()
-                    raise
+            await receive_blob(client, reg.store, upstream.netloc, route.remote, digest,
+                               flight, holder(route.local))
 
         ok = False
         try:
@@ -454,26 +431,6 @@ class Proxy:
             ) from exc
         finally:
             flight.finish(ok)
-
-
-class _Spooler:
-    """The source of the store's receive: reads what has arrived of the body into the
-    store's buffer and copies it to the flight's spool (on the receiver thread), then
-    tells the event loop how far the spool goes."""
-
-    def __init__(self, resp: Any, flight: BlobFlight, loop: asyncio.AbstractEventLoop) -> None:
-        self._resp = resp
-        self._flight = flight
-        self._loop = loop
-        self._offset = 0
-
-    def __call__(self, view: memoryview) -> int:
-        n: int = self._resp.readinto(view)
-        if n:
-            self._flight.spool_write(view[:n], self._offset)
-            self._offset += n
-            self._loop.call_soon_threadsafe(self._flight.advanced, n)
-        return n
 
 
 PROXY = web.AppKey("proxy", Proxy)

@@ -109,8 +109,8 @@ AREAS = {
     "proxy": (("docker-registry", "skopeo"), "distribution",
               [*(f"{client}: {what}" for client in ("skopeo copy", "pybuild pull") for what in (
                   "cold pull (v1: 2 layers, 2.1 MB)", "warm pull (cached; median of 1)",
-                  "mirror CPU, cold pull", "mirror CPU, warm pull", "upstream bytes, cold pull", "upstream blob GETs, cold pull",
-                  "upstream bytes, warm pull")),
+                  "mirror CPU, cold pull", "mirror CPU, warm pull", "upstream bytes, cold pull",
+                  "upstream blob GETs, cold pull", "upstream bytes, warm pull")),
                "storage after mirroring 3 versions (6 MB of blobs)", "storage / blob bytes",
                "upstream bytes, mirroring 3 versions"]),
     "builder": (("docker-registry", "skopeo", "docker", "dockerd", "buildah"), "docker",
