@@ -1,8 +1,9 @@
 """A blob on its way from an upstream registry to the store, served while it arrives.
 
-The pull-through cache (:mod:`registry.server.proxy`) reads an upstream blob once. Its
-bytes go into a ``cas`` ingest and, as they arrive, into a *spool*: an unnamed temporary
-file next to the store. Clients that ask for the blob meanwhile (a plain GET) get a 200
+The pull-through cache (:mod:`registry.server.proxy`) reads an upstream blob once
+(:func:`receive_blob`). The store's receiver thread reads its bytes into a ``cas`` ingest
+and, as they arrive, copies them into a *spool*: an unnamed temporary file next to the
+store. Clients that ask for the blob meanwhile (a plain GET) get a 200
 at once and stream from the spool as far as it has come, so the first client does not
 wait for the whole transfer. The last byte is sent only once the ingest has committed,
 that is after the digest and length were verified: a client never receives a complete
