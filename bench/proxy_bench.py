@@ -73,7 +73,7 @@ class ProxySettings:
     """The corpus (as the registry benchmark's storage metric) and the repeats."""
 
     corpus: RegistrySettings = field(default_factory=RegistrySettings)
-    repeats: int = 5  # warm pulls; the median is reported
+    repeats: int = 9  # warm pulls; the median is reported
 
 
 class UpstreamLog:

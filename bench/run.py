@@ -204,7 +204,7 @@ def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_
               help="Image versions mirrored (each rewrites 2 % of the files).")
 @click.option("--layers", type=int, default=4, show_default=True)
 @click.option("--layer-mib", type=int, default=10, show_default=True)
-@click.option("--repeats", type=int, default=5, show_default=True,
+@click.option("--repeats", type=int, default=9, show_default=True,
               help="Warm pulls per mirror and client; the median is reported.")
 def proxy(quick: bool, workdir: Path | None, results: Path, versions: int, layers: int,
           layer_mib: int, repeats: int) -> None:
