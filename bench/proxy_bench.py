@@ -14,6 +14,7 @@ oci:DIR`` and ``python3 -m builder pull -q --storage DIR``), both mirrors are st
 side by side with empty storage, and:
 
 - ``cold pull``: v1 through the mirror, the first time (the mirror fetches it upstream);
+  ``cold_rounds`` times, each through a new pair of mirrors with empty storage (median);
 - ``warm pull``: v1 again into a new, empty destination (the median of ``repeats``),
   alternating between the two mirrors, the order swapped every round;
 - ``mirror CPU``: user + system seconds of the mirror process during the pull (all
@@ -74,6 +75,7 @@ class ProxySettings:
 
     corpus: RegistrySettings = field(default_factory=RegistrySettings)
     repeats: int = 9  # warm pulls; the median is reported
+    cold_rounds: int = 3  # cold pulls, each through new mirrors; the median is reported
 
 
 class UpstreamLog:
@@ -197,10 +199,11 @@ def _pull_command(client: str, mirror: str, tag: str, dest: Path) -> list[str]:
 
 
 def _measure(client: str, kinds: Sequence[str], workdir: Path, upstream: str,
-             log: UpstreamLog, versions: int, repeats: int) -> dict[str, _Pulls]:
-    """Both mirrors run side by side, each with empty storage: v1 cold through each, then
-    the warm pulls alternate between them (the order swapped every round), so a busy
-    moment of the machine falls on both alike."""
+             log: UpstreamLog, settings: ProxySettings, versions: int) -> dict[str, _Pulls]:
+    """Both mirrors run side by side, each with empty storage: v1 cold through each (a
+    new pair of mirrors for every cold round), then the warm pulls alternate between the
+    last pair; the order is swapped every round, so a busy moment of the machine falls
+    on both alike."""
     env = pybuild_env() if client == "pybuild" else None
     dest = workdir / "dest"
 
@@ -211,19 +214,29 @@ def _measure(client: str, kinds: Sequence[str], workdir: Path, upstream: str,
         finally:
             shutil.rmtree(dest, ignore_errors=True)
 
+    def order(r: int) -> list[str]:
+        return list(kinds) if r % 2 == 0 else list(reversed(kinds))
+
+    repeats = settings.repeats
     with ExitStack() as stack:
-        mirrors = {kind: stack.enter_context(
-            _mirror(kind, workdir / f"mirror-{kind}-{client}", upstream)) for kind in kinds}
+        cold: dict[str, list[tuple[float, int, int, float]]] = {kind: [] for kind in kinds}
+        for r in range(settings.cold_rounds):
+            stack.close()
+            mirrors = {kind: stack.enter_context(
+                _mirror(kind, workdir / f"mirror-{kind}-{client}", upstream)) for kind in kinds}
+            for kind in order(r):
+                log.mark()
+                cpu = mirrors[kind].cpu()
+                seconds = pull(mirrors[kind].addr, "v1")
+                cold[kind].append((seconds, *log.served(), mirrors[kind].cpu() - cpu))
         results: dict[str, _Pulls] = {}
-        for kind, mirror in mirrors.items():
-            log.mark()
-            cpu = mirror.cpu()
-            cold = pull(mirror.addr, "v1")
-            cold_bytes, cold_gets = log.served()
-            results[kind] = _Pulls(cold, 0.0, cold_bytes, 0, cold_gets, mirror.cpu() - cpu)
+        for kind, rounds in cold.items():
+            results[kind] = _Pulls(
+                statistics.median(c[0] for c in rounds), 0.0,
+                rounds[-1][1], 0, rounds[-1][2], statistics.mean(c[3] for c in rounds))
         warm: dict[str, list[float]] = {kind: [] for kind in kinds}
         for r in range(repeats):
-            for kind in (kinds if r % 2 == 0 else list(reversed(kinds))):
+            for kind in order(r):
                 log.mark()
                 cpu = mirrors[kind].cpu()
                 warm[kind].append(pull(mirrors[kind].addr, "v1"))
@@ -277,8 +290,8 @@ def bench_proxy(workdir: Path, settings: ProxySettings,
         asyncio.run(push_versions(upstream.url, images, REPO))
         log = UpstreamLog(process.log)
         for client in clients:
-            measured = _measure(client, mirrors, workdir, upstream.addr, log, len(images),
-                                settings.repeats)
+            measured = _measure(client, mirrors, workdir, upstream.addr, log, settings,
+                                len(images))
             results.update({(kind, client): r for kind, r in measured.items()})
     return _measurements(results, images, settings)
 
@@ -295,13 +308,14 @@ def _measurements(results: dict[tuple[str, str], _Pulls], images: Sequence[Image
         label = "skopeo copy" if client == "skopeo" else "pybuild pull"
         image = (f"v1: {corpus.version_layers} layers, {v1_bytes / 1e6:.1f} MB")
         out += [
-            Measurement(f"{label}: cold pull ({image})", "s", False,
+            Measurement(f"{label}: cold pull ({image}; median of {settings.cold_rounds})", "s",
+                        False,
                         {k: round(r.cold, 3) for k, r in mine.items()}),
             Measurement(f"{label}: warm pull (cached; median of {settings.repeats})", "s", False,
                         {k: round(r.warm, 3) for k, r in mine.items()}),
             Measurement(f"{label}: mirror CPU, cold pull", "s", False,
                         {k: round(r.cold_cpu, 3) for k, r in mine.items()},
-                        notes="user + system time of the mirror process"),
+                        notes="user + system time of the mirror process (mean)"),
             Measurement(f"{label}: mirror CPU, warm pull", "s", False,
                         {k: round(r.warm_cpu, 3) for k, r in mine.items()},
                         notes="mean of the warm pulls"),

@@ -108,7 +108,7 @@ AREAS = {
                 "copy OCI layout -> registry (an empty Distribution)"]),
     "proxy": (("docker-registry", "skopeo"), "distribution",
               [*(f"{client}: {what}" for client in ("skopeo copy", "pybuild pull") for what in (
-                  "cold pull (v1: 2 layers, 2.1 MB)", "warm pull (cached; median of 1)",
+                  "cold pull (v1: 2 layers, 2.1 MB; median of 1)", "warm pull (cached; median of 1)",
                   "mirror CPU, cold pull", "mirror CPU, warm pull", "upstream bytes, cold pull",
                   "upstream blob GETs, cold pull", "upstream bytes, warm pull")),
                "storage after mirroring 3 versions (6 MB of blobs)", "storage / blob bytes",
