@@ -167,6 +167,11 @@ async def test_upstream_down_cached_content_still_served(
     assert (await _get(proxy, f"/v2/lib/app/manifests/{digest}"))[1] == body
     for layer in layers:
         assert (await _get(proxy, f"/v2/lib/app/blobs/{Digest.of(layer)}"))[1] == layer
+    # Also by a registry started afterwards on the same storage (nothing in memory).
+    restarted = await mirror(proxy_ttl=0.0, proxy_remoteurl=url)
+    assert (await _get(restarted, "/v2/lib/app/manifests/v1"))[:2] == (200, body)
+    for layer in layers:
+        assert (await _get(restarted, f"/v2/lib/app/blobs/{Digest.of(layer)}"))[1] == layer
     # What was never cached says which upstream failed.
     resp = await proxy.get("/v2/lib/other/manifests/v1")
     assert resp.status == 502
@@ -423,6 +428,10 @@ def test_proxy_configuration(tmp_path: Path) -> None:
         ("proxy: {ttl: soon}", "duration"),
         ("proxy: {ttl: -5}", "zero or more"),
         ("proxy: {remoteurl: registry-1.docker.io}", "http(s)://host"),
+        ("proxy: {remoteurl: 'http://mirror:port'}", "http(s)://host[:port]"),
+        ("proxy: {remoteurl: 'http://mirror:99999'}", "http(s)://host[:port]"),
+        ("proxy: {remoteurl: 'http://:5000'}", "http(s)://host[:port]"),
+        ("proxy: {upstreams: [{host: a.io, remoteurl: 'http://a:0'}]}", "http(s)://host[:port]"),
         ("proxy: {upstreams: [{host: a.io}]}", "host and remoteurl are required"),
         ("proxy: {upstreams: [{host: a.io, remoteurl: 'http://a', colour: red}]}", "colour"),
         ("proxy: {upstreams: [{host: a.io, remoteurl: 'http://a'}, "
