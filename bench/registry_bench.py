@@ -183,12 +183,15 @@ def allocated_bytes(root: Path) -> int:
     return total
 
 
-async def push_versions(base: str, versions: tuple[Image, ...],
-                        repo: str = "bench/versions") -> None:
+async def _push_versions(base: str, versions: tuple[Image, ...],
+                         repo: str = "bench/versions") -> None:
     """Push ``versions`` one after the other to ``repo`` at ``base``, tagged v1, v2, ..."""
     async with _session() as session:
         for v, image in enumerate(versions, 1):
             await _put_manifest(session, base, repo, f"v{v}", image)
+
+
+push_versions = _push_versions  # also pushes the proxy benchmark's upstream
 
 
 async def _push_blob(
@@ -368,7 +371,7 @@ def bench_registry(
     stored: list[Measurement] = []
     if storage is not None and data.versions:
         before = allocated_bytes(storage)
-        asyncio.run(push_versions(base, data.versions))
+        asyncio.run(_push_versions(base, data.versions))
         grown = allocated_bytes(storage) - before
         vlabel = (f"{len(data.versions)} versions x {settings.version_layers} chunked-frame "
                   f"layers, {data.versions_bytes / 1e6:.0f} MB pushed")
