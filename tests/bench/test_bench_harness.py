@@ -193,4 +193,3 @@ def test_quick_run_of_each_area_writes_json(area: str, tmp_path: Path) -> None:
         if "pybuild+serve" in served:
             # Piece-level pulls fetch the changed pieces only.
             assert served["pybuild+serve"] < served["skopeo"] / 2
-
