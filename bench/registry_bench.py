@@ -53,9 +53,12 @@ __all__ = [
     "RegistryBenchError",
     "RegistryData",
     "RegistrySettings",
+    "allocated_bytes",
     "bench_registry",
     "parse_wrk",
     "prepare_data",
+    "push_versions",
+    "version_images",
 ]
 
 MiB = 1 << 20
@@ -102,7 +105,7 @@ class RegistryData:
         return sum(len(b) for image in self.versions for b in image.blobs().values())
 
 
-def _versions(settings: RegistrySettings) -> tuple[Image, ...]:
+def version_images(settings: RegistrySettings) -> tuple[Image, ...]:
     """``settings.versions`` images; version v rewrites file (v * 7) % files of each layer.
 
     A file's content depends on the last version that rewrote it, so the changes add up
@@ -148,7 +151,7 @@ def prepare_data(workdir: Path, settings: RegistrySettings) -> RegistryData:
         small_image=small,
         layout=layout,
         layout_bytes=sum(len(layer.blob) for layer in layers),
-        versions=_versions(settings),
+        versions=version_images(settings),
     )
 
 
@@ -180,10 +183,15 @@ def allocated_bytes(root: Path) -> int:
     return total
 
 
-async def _push_versions(base: str, versions: tuple[Image, ...]) -> None:
+async def _push_versions(base: str, versions: tuple[Image, ...],
+                         repo: str = "bench/versions") -> None:
+    """Push ``versions`` one after the other to ``repo`` at ``base``, tagged v1, v2, ..."""
     async with _session() as session:
         for v, image in enumerate(versions, 1):
-            await _put_manifest(session, base, "bench/versions", f"v{v}", image)
+            await _put_manifest(session, base, repo, f"v{v}", image)
+
+
+push_versions = _push_versions  # also pushes the proxy benchmark's upstream
 
 
 async def _push_blob(

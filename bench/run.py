@@ -4,6 +4,8 @@ Areas: ``registry`` (vs CNCF Distribution), ``replicas`` (three of each behind H
 ``cas`` (vs the machine's own limits), ``builder`` (vs buildah and docker build), ``client``
 (vs skopeo). Every run first
 measures the machine's limits. See bench/README.md for what each number means.
+
+``proxy`` compares pull-through caches: pybuild's and Distribution's, mirroring one upstream.
 """
 
 from __future__ import annotations
@@ -120,6 +122,41 @@ def registry(quick: bool, workdir: Path | None, results: Path, blob_mib: int, cl
                 report.skipped[target.name] = str(exc)
             except RegistryBenchError as exc:
                 report.failed[target.name] = str(exc)
+    _finish(report, results)
+
+
+@main.command()
+@_common
+@click.option("--versions", type=int, default=10, show_default=True,
+              help="Image versions mirrored (each rewrites 2 % of the files).")
+@click.option("--layers", type=int, default=4, show_default=True)
+@click.option("--layer-mib", type=int, default=10, show_default=True)
+@click.option("--repeats", type=int, default=9, show_default=True,
+              help="Warm pulls per mirror and client; the median is reported.")
+@click.option("--cold-rounds", type=int, default=3, show_default=True,
+              help="Cold pulls per mirror and client, each through new, empty mirrors.")
+def proxy(quick: bool, workdir: Path | None, results: Path, versions: int, layers: int,
+          layer_mib: int, repeats: int, cold_rounds: int) -> None:
+    """Cold and warm pulls, upstream bytes and storage: pybuild's mirror vs Distribution's."""
+    from bench.proxy_bench import ProxyBenchError, ProxySettings, bench_proxy
+    from bench.registry_bench import RegistrySettings
+
+    if quick:
+        versions, layers, layer_mib, repeats, cold_rounds = min(versions, 3), min(layers, 2), 1, 1, 1
+    corpus = RegistrySettings(versions=versions, version_layers=layers,
+                              version_layer_size=layer_mib * MiB)
+    report = Report(area="proxy", peer="distribution",
+                    parameters={"versions": versions, "layers": layers, "layer_mib": layer_mib,
+                                "repeats": repeats, "cold_rounds": cold_rounds, "quick": quick})
+    with _workdir(workdir) as work:
+        click.echo("measuring the machine ...", err=True)
+        report.machine = _machine(work, quick)
+        click.echo("mirroring ...", err=True)
+        try:
+            report.add(bench_proxy(work, ProxySettings(corpus, repeats, cold_rounds),
+                                   report_skip=report.skipped.__setitem__))
+        except ProxyBenchError as exc:
+            report.failed["proxy"] = str(exc)
     _finish(report, results)
 
 

@@ -11,7 +11,10 @@ Configured by ``proxy`` (:mod:`registry.server.proxy_config`). Per request:
   (a HEAD; a GET only when the digest changed), the manifest is verified against its
   digest, stored and the tag moved. When the upstream fails (down, 5xx, refused) the
   cached manifest is served; without one the error says which upstream failed.
-  In a mixed registry a tag pushed here is never replaced from upstream.
+  In a mixed registry a tag pushed here is never replaced from upstream. A cached tag
+  whose check has gone on for ``_STALE_AFTER`` (an upstream that hangs, or a network
+  that drops packets, answers nothing for minutes) is served as it is; the check goes
+  on and moves the tag when it ends.
 - **Manifest by digest**: from the store, else fetched once and stored.
 - **Blob GET/HEAD**: from the store when the repository holds it; when the store holds the
   same bytes for another repository they are linked (no transfer); otherwise the blob is
@@ -61,7 +64,7 @@ from ..oci import InvalidObject, parse_manifest
 from . import blobs, manifests
 from .config import ServerConfig
 from .metadata import ManifestRecord
-from .proxy_blobs import BlobFlight, stream_flight, streamable
+from .proxy_blobs import BlobFlight, receive_blob, stream_flight, streamable
 from .proxy_config import Upstream, upstream_from_remoteurl
 from .state import REGISTRY, CachedManifest, Registry, holder
 
@@ -71,7 +74,7 @@ log = logging.getLogger("pybuild.registry.proxy")
 T = TypeVar("T")
 
 _DOWN_SECONDS = 5.0  # an unreachable upstream is left alone this long
-_BLOB_SLICE = 1 << 20  # bytes read from upstream at a time
+_STALE_AFTER = 3.0  # a cached tag is served once its upstream check has taken this long
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "index.docker.io", "docker.io"})
 _MAX_CHECKED = 100_000  # tag check times remembered in memory (the database has them all)
@@ -114,6 +117,7 @@ class Proxy:
         self._retired: set[RegistryClient] = set()  # replaced; closed once idle
         self._down_until: dict[str, float] = {}
         self._flights: dict[tuple[str, ...], asyncio.Task[Any]] = {}
+        self._since: dict[tuple[str, ...], float] = {}  # when each flight started
         # (repo, tag) -> (digest, time.time() of the last upstream check)
         self._checked: dict[tuple[str, str], tuple[str, float]] = {}
         self._blob_flights: dict[tuple[str, ...], BlobFlight] = {}
@@ -245,10 +249,12 @@ class Proxy:
         if task is None:
             task = asyncio.ensure_future(make())
             self._flights[key] = task
+            self._since[key] = time.monotonic()
 
             def done(t: asyncio.Task[Any]) -> None:
                 if self._flights.get(key) is t:
                     del self._flights[key]
+                    self._since.pop(key, None)
                 if not t.cancelled():
                     t.exception()  # retrieved: waiters that went away do not leave it unread
 
@@ -278,7 +284,20 @@ class Proxy:
         fresh = seen is not None and time.time() - seen[1] < route.ttl
         if fresh and seen is not None and reg.cache.tag(route.local, tag) == seen[0]:
             return
-        await self._once(("t", route.local, tag), lambda: self._refresh_tag(reg, route, tag))
+        key = ("t", route.local, tag)
+        task = self._start(key, lambda: self._refresh_tag(reg, route, tag))
+        if seen is None and await reg.meta.resolve_tag(route.local, tag) is None:
+            await asyncio.shield(task)  # nothing cached: the client waits for the upstream
+            return
+        # Cached: an upstream that does not answer (hung, or unreachable without a
+        # refusal) delays the pull by at most _STALE_AFTER from the check's start; the
+        # check goes on, and moves the tag when it ends.
+        left = self._since.get(key, 0.0) + _STALE_AFTER - time.monotonic()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=max(left, 0.0))
+        except TimeoutError:
+            log.warning("serving cached %s:%s: upstream %s has not answered for %.0f s",
+                        route.local, tag, route.upstream.remoteurl, _STALE_AFTER)
 
     async def _refresh_tag(self, reg: Registry, route: ProxyRoute, tag: str) -> None:
         generation = reg.cache.sync()  # before asking: see manifest_cache.py
@@ -391,25 +410,8 @@ class Proxy:
         upstream = route.upstream
 
         async def fetch(client: RegistryClient) -> None:
-            async with client.open_blob(upstream.netloc, route.remote, digest) as resp:
-                size = resp.length
-                flight.open_spool(size)
-                ingest = await reg.store.begin_ingest(algorithm=digest.algorithm)
-                try:
-                    buf = memoryview(bytearray(_BLOB_SLICE))
-                    while True:  # ends with the body (or past its declared length)
-                        n = await resp.run(_read_and_spool, resp, flight, buf, ingest.offset)
-                        if not n:
-                            break
-                        await ingest.write(bytes(buf[:n]))
-                        flight.advanced(n)
-                        if size is not None and ingest.offset > size:
-                            break
-                    await ingest.commit(digest, size=size, link=holder(route.local))
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await ingest.abort()
-                    raise
+            await receive_blob(client, reg.store, upstream.netloc, route.remote, digest,
+                               flight, holder(route.local))
 
         ok = False
         try:
@@ -429,15 +431,6 @@ class Proxy:
             ) from exc
         finally:
             flight.finish(ok)
-
-
-def _read_and_spool(resp: Any, flight: BlobFlight, buf: memoryview, offset: int) -> int:
-    """Read what has arrived of the body (up to ``len(buf)``) and spool it; 0 at its end.
-    Runs on a worker thread."""
-    n: int = resp.readinto(buf)
-    if n:
-        flight.spool_write(buf[:n], offset)
-    return n
 
 
 PROXY = web.AppKey("proxy", Proxy)

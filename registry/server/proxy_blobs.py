@@ -1,8 +1,9 @@
 """A blob on its way from an upstream registry to the store, served while it arrives.
 
-The pull-through cache (:mod:`registry.server.proxy`) reads an upstream blob once. Its
-bytes go into a ``cas`` ingest and, as they arrive, into a *spool*: an unnamed temporary
-file next to the store. Clients that ask for the blob meanwhile (a plain GET) get a 200
+The pull-through cache (:mod:`registry.server.proxy`) reads an upstream blob once
+(:func:`receive_blob`). The store's receiver thread reads its bytes into a ``cas`` ingest
+and, as they arrive, copies them into a *spool*: an unnamed temporary file next to the
+store. Clients that ask for the blob meanwhile (a plain GET) get a 200
 at once and stream from the spool as far as it has come, so the first client does not
 wait for the whole transfer. The last byte is sent only once the ingest has committed,
 that is after the digest and length were verified: a client never receives a complete
@@ -16,20 +17,23 @@ Requests with ``Range`` or ``If-None-Match``, and HEADs, wait for the store inst
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aiohttp import web
 
 from cas import Digest
 
-from .state import BYTES_SENT
+from ..client.remote import RegistryClient
+from .state import BYTES_SENT, BlobStore
 
-__all__ = ["BlobFlight", "stream_flight", "streamable"]
+__all__ = ["BlobFlight", "receive_blob", "stream_flight", "streamable"]
 
 _CHUNK = 1 << 20  # bytes per read from the spool
+_SLICE = 8 << 20  # bytes received from upstream per call into the store
 
 
 class BlobFlight:
@@ -105,6 +109,55 @@ class BlobFlight:
     def _notify(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
+
+
+async def receive_blob(client: RegistryClient, store: BlobStore, host: str, name: str,
+                       digest: Digest, flight: BlobFlight, link: str) -> None:
+    """GET blob ``digest`` of ``name`` from ``host`` into ``store``, spooling it for
+    ``flight``'s readers; commit it (verified: digest and declared length) linked to
+    ``link``. On any failure nothing is kept; the caller ends ``flight``.
+
+    The store's receiver thread reads the body straight into the cutter's buffer and
+    hashes, cuts and stores it there; each read is spooled on the way. One byte more
+    than the declared length is asked for, so that a longer body fails the commit
+    instead of being cut short."""
+    async with client.open_blob(host, name, digest) as resp:
+        size = resp.length
+        flight.open_spool(size)
+        ingest = await store.begin_ingest(algorithm=digest.algorithm)
+        fill = _Spooler(resp, flight, asyncio.get_running_loop())
+        try:
+            while True:
+                want = _SLICE if size is None else min(_SLICE, size + 1 - ingest.offset)
+                if want <= 0:
+                    break
+                if await ingest.receive(fill, want, interrupt=resp.abort) < want:
+                    break
+            await ingest.commit(digest, size=size, link=link)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await ingest.abort()
+            raise
+
+
+class _Spooler:
+    """The source of the store's receive: reads what has arrived of the body into the
+    store's buffer and copies it to the flight's spool (on the receiver thread), then
+    tells the event loop how far the spool goes."""
+
+    def __init__(self, resp: Any, flight: BlobFlight, loop: asyncio.AbstractEventLoop) -> None:
+        self._resp = resp
+        self._flight = flight
+        self._loop = loop
+        self._offset = 0
+
+    def __call__(self, view: memoryview) -> int:
+        n: int = self._resp.readinto(view)
+        if n:
+            self._flight.spool_write(view[:n], self._offset)
+            self._offset += n
+            self._loop.call_soon_threadsafe(self._flight.advanced, n)
+        return n
 
 
 def streamable(request: web.Request) -> bool:

@@ -104,7 +104,12 @@ def parse_duration(value: Any) -> float:
 def _remoteurl(value: Any, where: str) -> str:
     url = str(value).strip().rstrip("/")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+    try:
+        port = parts.port  # ValueError: not a number, or out of range
+    except ValueError:
+        port = 0
+    if (parts.scheme not in ("http", "https") or not parts.hostname or port == 0
+            or parts.path or parts.query):
         raise ValueError(
             f"{where}: remoteurl must be http(s)://host[:port], e.g. "
             f"https://registry-1.docker.io, got {value!r}"

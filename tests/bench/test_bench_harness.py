@@ -96,6 +96,52 @@ def test_target_specs_are_checked() -> None:
         registry_targets(["127.0.0.1:5000"])
 
 
+PROXY_ROWS = [
+    *(f"{client}: {what}" for client in ("skopeo copy", "pybuild pull") for what in (
+        "cold pull (v1: 2 layers, 2.1 MB; median of 1)", "warm pull (cached; median of 1)",
+        "mirror CPU, cold pull", "mirror CPU, warm pull", "upstream bytes, cold pull",
+        "upstream blob GETs, cold pull", "upstream bytes, warm pull")),
+    "storage after mirroring 3 versions (6 MB of blobs)", "storage / blob bytes",
+    "upstream bytes, mirroring 3 versions",
+]
+
+
+@pytest.mark.slow
+def test_quick_proxy_run_writes_json(tmp_path: Path) -> None:
+    for tool in ("docker-registry", "skopeo"):
+        require_tool(tool)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "proxy", "--quick",
+         "--workdir", str(tmp_path / "work"), "--results", str(tmp_path / "results")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = (tmp_path / "results").glob("proxy-*.json")
+    data = json.loads(result.read_text())
+    assert (data["area"], data["peer"], data["failed"]) == ("proxy", "distribution", {})
+    values = {m["name"]: m["values"] for m in data["measurements"]}
+    assert list(values) == PROXY_ROWS
+    for name, row in values.items():
+        assert set(row) == {"distribution", "pybuild"}, name
+        if name.endswith("upstream bytes, warm pull"):
+            # Both mirrors serve a cached image without a body from upstream (only HEADs).
+            assert row == {"distribution": 0, "pybuild": 0}
+        elif "mirror CPU" in name:
+            # Clock ticks of 10 ms: a quick pull may cost less than one.
+            assert all(v >= 0 for v in row.values()), name
+        else:
+            assert all(v > 0 for v in row.values()), name
+    # Two layers and a config: pybuild's mirror fetches each once (Distribution 2.8's
+    # fetches every blob twice: one GET streams to the client, one stores).
+    assert values["skopeo copy: upstream blob GETs, cold pull"]["pybuild"] == 3
+    assert values["pybuild pull: upstream blob GETs, cold pull"]["pybuild"] == 3
+    # Distribution keeps every version's blobs whole; pybuild keeps shared pieces once.
+    assert values["storage / blob bytes"]["distribution"] > 0.9
+    assert values["storage / blob bytes"]["pybuild"] < 0.8
+    for name in values:
+        assert name in proc.stdout
+
+
 AREAS = {
     # area: (tools the peer side needs, the peer's column, metric names)
     "cas": ((), "machine", ["ingest 32 MiB (verify + store)", "read 32 MiB",

@@ -4,10 +4,13 @@ counted in the upstream's access log."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -169,6 +172,67 @@ def test_twenty_concurrent_pulls_fetch_each_blob_once(
     before = _upstream_gets(log, f"/v2/{repository}/blobs/{blobs[-1]}")
     pull(0)
     assert _upstream_gets(log, f"/v2/{repository}/blobs/{blobs[-1]}") == before
+
+
+def test_docker_and_nineteen_skopeo_pulls_at_once_fetch_each_blob_once(
+    proxied: Setup, busybox: Image, tmp_path: Path
+) -> None:
+    """Twenty real clients at the same moment - a Docker engine through
+    ``registry-mirrors`` and nineteen ``skopeo copy`` - pull an image whose layers take a
+    while to come: each blob and the manifest cost the upstream one GET, every client
+    gets the image whole; then, with the upstream hung, both pull it again."""
+    require_tool("dockerd")
+    # Two layers of 8 MiB of random bytes beside busybox's: the pulls meet transfers
+    # that are under way (single flight, streaming), not blobs already stored.
+    data = [make_layer(tar_files({f"data/{i}.bin": os.urandom(8 << 20)}), level=1)
+            for i in range(2)]
+    image = make_image([*busybox.layers, *data], cmd=("sh",))
+    layout = write_oci_layout(image, tmp_path / "layout")
+    name = f"pbproxy-{uuid.uuid4().hex[:8]}"
+    repository = f"library/{name}"
+    _push(layout, proxied.upstream, repository, "v1")
+    workdir = Path(tempfile.mkdtemp(prefix="pbm", dir="/tmp"))
+    engine, proc = start_dockerd(
+        workdir, extra_args=[f"--registry-mirror=http://{proxied.mirror.addr}"]
+    )
+    try:
+        ready = threading.Barrier(20)
+
+        def pull(i: int) -> None:
+            ready.wait(timeout=60)
+            if i == 0:
+                pulled = engine.run("pull", f"{name}:v1", timeout=300).stdout
+                assert f"Digest: {image.manifest_digest}" in pulled
+            else:
+                _check_skopeo(proxied.mirror, repository, image, tmp_path / f"pulled-{i}")
+
+        with ThreadPoolExecutor(20) as pool:
+            list(pool.map(pull, range(20)))
+        log = proxied.upstream_process.log
+        for digest in image.blobs():
+            assert _upstream_gets(log, f"/v2/{repository}/blobs/{digest}") == 1, digest
+        manifest_gets = re.findall(rf'"GET /v2/{re.escape(repository)}/manifests/\S+ HTTP/1\.1" 200 ',
+                                   log.read_text(errors="replace"))
+        assert len(manifest_gets) == 1
+        assert engine.run_container(f"{name}:v1", "sh", "-c", "wc -c < /data/1.bin") == \
+            f"{8 << 20}\n"
+
+        # The upstream hangs (stopped, not gone: its port accepts and never answers),
+        # which costs a pull of the cached tag a few seconds, not the HTTP timeouts.
+        upstream_pid = proxied.upstream_process.pid
+        assert upstream_pid is not None
+        os.kill(upstream_pid, signal.SIGSTOP)
+        try:
+            engine.run("rmi", "--force", f"{name}:v1")
+            pulled = engine.run("pull", f"{name}:v1", timeout=100).stdout
+            assert f"Digest: {image.manifest_digest}" in pulled
+            assert engine.run_container(f"{name}:v1", "sh", "-c", "wc -c < /data/0.bin") == \
+                f"{8 << 20}\n"
+            _check_skopeo(proxied.mirror, repository, image, tmp_path / "pulled-cached")
+        finally:
+            os.kill(upstream_pid, signal.SIGCONT)
+    finally:
+        stop_dockerd(proc, workdir)
 
 
 def test_a_tag_changed_upstream_is_seen_after_ttl_and_not_before(

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from cas import Digest
 from registry.server import ConfigError, ServerConfig, load_config, make_app
+from registry.server.proxy import PROXY
 from registry.server.proxy_config import parse_duration, parse_upstreams
 from registry.server.state import REGISTRY
 
@@ -30,10 +31,12 @@ MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 class Upstream:
     """A pybuild registry on a loopback port that counts the requests it gets."""
 
-    def __init__(self, server: Any, client: Any, counts: Counter[str]) -> None:
+    def __init__(self, server: Any, client: Any, counts: Counter[str],
+                 answering: asyncio.Event) -> None:
         self.server = server
         self.client = client  # for pushing to it
         self.counts = counts
+        self.answering = answering  # cleared: manifest GETs and HEADs hang until set
 
     @property
     def url(self) -> str:
@@ -47,16 +50,20 @@ class Upstream:
 @pytest.fixture
 async def upstream(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path) -> Upstream:
     counts: Counter[str] = Counter()
+    answering = asyncio.Event()
+    answering.set()
 
     @web.middleware
     async def count(request: web.Request, handler: Any) -> web.StreamResponse:
         counts[f"{request.method} {request.path}"] += 1
+        if request.method in ("GET", "HEAD") and "/manifests/" in request.path:
+            await answering.wait()
         return await handler(request)
 
     app = make_app(ServerConfig(log_access=False), storage=tmp_path / "upstream")
     app.middlewares.append(count)
     server = await aiohttp_server(app)
-    return Upstream(server, await aiohttp_client(server), counts)
+    return Upstream(server, await aiohttp_client(server), counts, answering)
 
 
 @pytest.fixture
@@ -160,12 +167,50 @@ async def test_upstream_down_cached_content_still_served(
     assert (await _get(proxy, f"/v2/lib/app/manifests/{digest}"))[1] == body
     for layer in layers:
         assert (await _get(proxy, f"/v2/lib/app/blobs/{Digest.of(layer)}"))[1] == layer
+    # Also by a registry started afterwards on the same storage (nothing in memory).
+    restarted = await mirror(proxy_ttl=0.0, proxy_remoteurl=url)
+    assert (await _get(restarted, "/v2/lib/app/manifests/v1"))[:2] == (200, body)
+    for layer in layers:
+        assert (await _get(restarted, f"/v2/lib/app/blobs/{Digest.of(layer)}"))[1] == layer
     # What was never cached says which upstream failed.
     resp = await proxy.get("/v2/lib/other/manifests/v1")
     assert resp.status == 502
     doc = await resp.json()
     assert doc["errors"][0]["code"] == "UNAVAILABLE"
     assert url in doc["errors"][0]["message"]
+
+
+async def test_a_hung_upstream_delays_a_cached_tag_only_briefly(
+    upstream: Upstream, mirror: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream that accepts the connection and then says nothing (a stopped process,
+    a network that drops packets) would hold every pull of a cached tag for minutes."""
+    monkeypatch.setattr("registry.server.proxy._STALE_AFTER", 0.2)
+    first, body = await push_image(upstream.client, "lib/app", "v1", [b"one"])
+    proxy = await mirror(proxy_ttl=0.5)
+    assert (await _get(proxy, "/v2/lib/app/manifests/v1"))[1] == body
+    await asyncio.sleep(0.6)  # past the ttl: the next pull asks the upstream
+    upstream.answering.clear()
+    # The upstream hangs (a generous bound makes a regression fail, not hang the suite).
+    pulls = await asyncio.wait_for(
+        asyncio.gather(*(_get(proxy, "/v2/lib/app/manifests/v1") for _ in range(5))), 30)
+    assert all((s, b) == (200, body) for s, b, _ in pulls)
+    # What is not cached has nothing else to serve: it waits for the upstream.
+    other, other_body = await push_image(upstream.client, "lib/other", "v1", [b"other"])
+    waiting = asyncio.ensure_future(_get(proxy, "/v2/lib/other/manifests/v1"))
+    # The tag moves upstream meanwhile; the check under way sees it once it is answered.
+    second, _ = await push_image(upstream.client, "lib/app", "v1", [b"two"])
+    upstream.answering.set()
+    assert (await asyncio.wait_for(waiting, 30))[1] == other_body
+    checks = list(proxy.server.app[PROXY]._flights.values())
+    if checks:
+        await asyncio.wait(checks)  # the check that was under way ends
+    asked = upstream.gets("/lib/app/manifests/v1")
+    resp = await proxy.get("/v2/lib/app/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.headers["Docker-Content-Digest"] == str(second)
+    assert upstream.gets("/lib/app/manifests/v1") == asked  # within the ttl of that check
+    assert (await _get(proxy, f"/v2/lib/app/blobs/{Digest.of(b'two')}"))[1] == b"two"
+    assert other != first
 
 
 async def test_changed_tag_seen_after_ttl_not_before(upstream: Upstream, mirror: Any) -> None:
@@ -383,6 +428,10 @@ def test_proxy_configuration(tmp_path: Path) -> None:
         ("proxy: {ttl: soon}", "duration"),
         ("proxy: {ttl: -5}", "zero or more"),
         ("proxy: {remoteurl: registry-1.docker.io}", "http(s)://host"),
+        ("proxy: {remoteurl: 'http://mirror:port'}", "http(s)://host[:port]"),
+        ("proxy: {remoteurl: 'http://mirror:99999'}", "http(s)://host[:port]"),
+        ("proxy: {remoteurl: 'http://:5000'}", "http(s)://host[:port]"),
+        ("proxy: {upstreams: [{host: a.io, remoteurl: 'http://a:0'}]}", "http(s)://host[:port]"),
         ("proxy: {upstreams: [{host: a.io}]}", "host and remoteurl are required"),
         ("proxy: {upstreams: [{host: a.io, remoteurl: 'http://a', colour: red}]}", "colour"),
         ("proxy: {upstreams: [{host: a.io, remoteurl: 'http://a'}, "
