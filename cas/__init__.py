@@ -15,8 +15,9 @@ Layering of the store's modules (an arrow is "imports"; nothing imports back up)
                     (protocol)   -> cas.sqlite_db  (protocol)
                                                    -> cas.pack_files, cas.pack_memory
 
-    cas.ingest (Ingest's calls) builds on cas.ingest_checkpoints (checkpoint, park,
-    resume), which builds on cas.ingest_pieces (storing the pieces).
+    cas.ingest (Ingest's calls) builds on cas.ingest_assembly (a blob assembled from
+    whole pieces), on cas.ingest_checkpoints (checkpoint, park, resume), on
+    cas.ingest_pieces (storing the pieces).
 
     leaves: cas.blobs (BlobInfo, Piece, Recipe, Segment, IngestInfo), cas.digest,
             cas.errors, cas.units, cas.holders
@@ -56,7 +57,7 @@ if _typing.TYPE_CHECKING:
         UnsupportedDigestAlgorithm,
         storage_error,
     )
-    from .ingest import Ingest, SourceFailed
+    from .ingest import Ingest, PieceMissing, SourceFailed
     from .location import StoreConfig
     from .maintenance import FsckReport, GcReport, Stats
     from .open import open_store
@@ -86,6 +87,7 @@ _WHERE = {
     "Ingest": "ingest",
     "IngestInfo": "blobs",
     "SourceFailed": "ingest",
+    "PieceMissing": "ingest",
     "FsckReport": "maintenance",
     "GcReport": "maintenance",
     "Stats": "maintenance",
@@ -117,6 +119,7 @@ __all__ = [
     "InvalidDigest",
     "InvalidRange",
     "Piece",
+    "PieceMissing",
     "Recipe",
     "Segment",
     "SizeMismatch",
