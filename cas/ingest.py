@@ -194,7 +194,8 @@ class Ingest(IngestAssembly):
 
     async def append_pieces(self, pieces: list[bytes | bytearray | memoryview]) -> None:
         """Append ``pieces``, each stored whole as one piece (see
-        :mod:`cas.ingest_assembly`). The buffers must stay unchanged until the commit."""
+        :mod:`cas.ingest_assembly`). They are read after the call returns: leave them
+        unchanged."""
         async with self._lock:
             self._begin_assembly()
             await self._queue_assembly(self._append_sync, list(pieces),
@@ -249,6 +250,11 @@ class Ingest(IngestAssembly):
         """True once committed or aborted (a failed write aborts): every call then raises
         IngestUnknown."""
         return self._closed
+
+    @property
+    def assembled(self) -> bool:
+        """True once fed whole pieces (:meth:`append_pieces`, :meth:`reuse_pieces`)."""
+        return self._assembled
 
     @property
     def parked(self) -> bool:
