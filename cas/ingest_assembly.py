@@ -24,6 +24,7 @@ its methods run on worker threads.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,7 @@ class IngestAssembly(IngestCheckpoints):
 
     offset: int
     _hasher: Hasher
+    _read_buf: memoryview
 
     def _append_sync(self, pieces: list[bytes | bytearray | memoryview]) -> None:
         for p in pieces:
@@ -105,28 +107,50 @@ class IngestAssembly(IngestCheckpoints):
 
     def _hash_locations(self, locs: list[Location]) -> None:
         """Feed the pieces' bytes to the digest; raw pieces that lie end to end in one
-        pack are read together."""
+        pack are read together, into one buffer reused for every read (a fresh one per
+        read would cost a page fault per page)."""
         run: list[Location] = []
+        fds: dict[str, int] = {}
+        buf = getattr(self, "_read_buf", None)
+        if buf is None:
+            buf = self._read_buf = memoryview(bytearray(_READ))
 
         def flush() -> None:
             if not run:
                 return
-            start, end = run[0].offset, run[-1].offset + run[-1].stored
-            assert run[0].pack is not None
-            data = self._core.packs.read(run[0].pack, start, end - start)
-            if len(data) != end - start:
-                raise StoreCorrupt(f"pack {run[0].pack} is short at {start}")
-            self._hasher.update(data)
+            pack, start = run[0].pack, run[0].offset
+            n = run[-1].offset + run[-1].stored - start
+            assert pack is not None
             run.clear()
+            fd = fds.get(pack)
+            if fd is None:
+                path = self._core.packs.local_path(pack)
+                if path is None:
+                    self._hasher.update(self._core.packs.read(pack, start, n))
+                    return
+                fd = fds[pack] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            got = os.preadv(fd, [buf[:n]], start)
+            if got != n:
+                raise StoreCorrupt(f"pack {pack} is short: wanted {n} bytes at {start}, got {got}")
+            self._hasher.update(buf[:n])
 
-        for loc in locs:
-            if loc.pack is not None and loc.data is None and loc.codec == CODEC_RAW:
-                if run and (run[-1].pack != loc.pack
-                            or run[-1].offset + run[-1].stored != loc.offset
-                            or loc.offset + loc.stored - run[0].offset > _READ):
-                    flush()
-                run.append(loc)
-                continue
+        try:
+            for loc in locs:
+                if loc.pack is not None and loc.data is None and loc.codec == CODEC_RAW:
+                    if run and (run[-1].pack != loc.pack
+                                or run[-1].offset + run[-1].stored != loc.offset
+                                or loc.offset + loc.stored - run[0].offset > _READ):
+                        flush()
+                    if loc.stored > _READ:  # a piece larger than the buffer: alone
+                        self._hasher.update(self._core.load(loc))
+                        continue
+                    run.append(loc)
+                    continue
+                flush()
+                self._hasher.update(self._core.load(loc))
             flush()
-            self._hasher.update(self._core.load(loc))
-        flush()
+        except FileNotFoundError as exc:
+            raise StoreCorrupt(f"a pack of ingest {self.id}'s pieces is missing") from exc
+        finally:
+            for fd in fds.values():
+                os.close(fd)
