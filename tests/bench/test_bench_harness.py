@@ -7,6 +7,7 @@ harness measures what it says and writes what bench/README.md describes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,10 @@ def test_target_specs_are_checked() -> None:
         registry_targets(["127.0.0.1:5000"])
 
 
+# The client area's layer formats and the v1 layer bytes each gives at --quick sizes.
+CLIENT_FORMATS = [("chunked gzip (pybuild)", 3), ("plain gzip", 3),
+                  ("multi-member gzip (eStargz-style)", 3), ("zstd", 3), ("zstd:chunked", 3)]
+
 AREAS = {
     # area: (tools the peer side needs, the peer's column, metric names)
     "cas": ((), "machine", ["ingest 32 MiB (verify + store)", "read 32 MiB",
@@ -105,7 +110,13 @@ AREAS = {
                 "pull v2 over v1 (1 of 50 files changed per layer)",
                 "pull v2 over v1: bytes served (v2 layers 3.2 MB)",
                 "copy registry -> registry (an empty Distribution)",
-                "copy OCI layout -> registry (an empty Distribution)"]),
+                "copy OCI layout -> registry (an empty Distribution)",
+                *[f"pull v1 cold, {f} ({mb} MB)" for f, mb in CLIENT_FORMATS],
+                *[f"v2 over v1, {f}: stored anew / v2 layer bytes" for f, _ in CLIENT_FORMATS],
+                *(["shaped link (1 Gbit/s, +10 ms per round trip): pull v1, cold",
+                   "shaped link: pull v2 over v1",
+                   "shaped link: push v2 over v1 (the registry holds v1)"]
+                  if os.geteuid() == 0 else [])]),
     "builder": (("docker-registry", "skopeo", "docker", "dockerd", "buildah"), "docker",
                 ["build, cold (4 x 1 MiB context)", "build, no cache", "rebuild, cached",
                  "rebuild, one file changed"]),
@@ -139,7 +150,7 @@ def test_quick_run_of_each_area_writes_json(area: str, tmp_path: Path) -> None:
         assert all(m["values"]["buildah"] > 0 for m in data["measurements"])
     if area == "client":
         assert all(m["values"]["docker"] > 0 for m in data["measurements"]
-                   if m["name"].startswith("pull"))
+                   if m["name"].startswith(("pull v1, cold", "pull v2", "shaped")))
         served = data["measurements"][3]["values"]
         # Whole-blob clients fetch every changed layer: at least the 3 layer blobs.
         assert served["skopeo"] >= 3.0
