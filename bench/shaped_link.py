@@ -103,10 +103,8 @@ def registry_in(link: Link, kind: str, workdir: Path, port: int) -> Iterator[Run
     reached through the relay at ``ns_ip:port+1``."""
     workdir.mkdir(parents=True, exist_ok=True)
     inner = f"127.0.0.1:{port}"
-    if kind == "distribution":
-        argv = distribution_argv(workdir)(inner)
-    else:
-        argv = serve_argv(workdir / "storage")(inner)
+    make = distribution_argv(workdir) if kind == "distribution" else serve_argv(workdir / "storage")
+    argv = make(inner)
     addr = f"{link.ns_ip}:{port + 1}"
     with ExitStack() as stack:
         log = stack.enter_context(open(workdir / "registry.log", "wb"))

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -192,7 +192,7 @@ class Ingest(IngestAssembly):
             await self._settle(len(self._inflight))
             await self._run(self._park_sync)
 
-    async def append_pieces(self, pieces: list[bytes | bytearray | memoryview]) -> None:
+    async def append_pieces(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
         """Append ``pieces``, each stored whole as one piece (see
         :mod:`cas.ingest_assembly`). They are read after the call returns: leave them
         unchanged."""

@@ -70,7 +70,7 @@ async def test_v2_over_v1_is_committed_from_the_recipe(
     pybuild_registry: str, images: ImageStore, client: RegistryClient, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    v1, v2 = await _two_versions(pybuild_registry, "asm/app", tmp_path, images, client, 3000)
+    _, v2 = await _two_versions(pybuild_registry, "asm/app", tmp_path, images, client, 3000)
     fed = _spy_bytes(monkeypatch)
     progress = Progress("quiet")
     from registry.client.copy import CopyOptions, copy_image, parse_endpoint
@@ -125,7 +125,7 @@ async def test_a_recipe_that_reorders_held_pieces_never_commits(
     assert fed["reused"] > 0  # it was assembled, and then refused
     assert await images.store.stat(Digest.of(v2.layers[0])) is None
     assert await images.pending_pull(Digest.of(v2.layers[0])) is None
-    assert [i for i in await images.store.list_ingests()] == []
+    assert await images.store.list_ingests() == []
     # An honest recipe afterwards pulls it.
     monkeypatch.setattr(client, "recipe", real)
     desc, status = await _pull_v2_layer(pybuild_registry, "asm/evil", images, client, v2)
