@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import json
 import struct
 import subprocess
@@ -46,7 +47,7 @@ def _file_chunks(tar: bytes) -> list[bytes]:
         pos += 512 + (size + 511) // 512 * 512
         cuts.append(pos)
     cuts.append(len(tar))
-    return [tar[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+    return [tar[a:b] for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def _members(tar: bytes) -> bytes:
