@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import StoreCorrupt
+from .frames import stream_kind
 from .ingest_checkpoints import IngestCheckpoints
 from .meta import CODEC_RAW, Location
 
@@ -69,8 +70,11 @@ class IngestAssembly(IngestCheckpoints):
     def _append_sync(self, pieces: list[bytes | bytearray | memoryview]) -> None:
         for p in pieces:
             self._hasher.update(p)
-        # Each piece stays whole: the cutter is not asked.
-        self._store_pieces([memoryview(p) for p in pieces])
+        # Each piece stays whole: the cutter is not asked. Frames of a compressed layer
+        # (each piece one frame, starting with its magic) are not worth compressing again.
+        views = [memoryview(p) for p in pieces]
+        framed = bool(views) and stream_kind(bytes(views[0][:4])) is not None
+        self._store_pieces(views, compressible=not framed)
 
     def _hold_sync(self, pieces: list[tuple[bytes, int]]) -> _Reuse:
         """Hold the pieces (every job of the ingest has ended, so ``_seq`` is final);
