@@ -169,3 +169,20 @@ async def test_a_recipe_that_does_not_cover_the_blob_is_pulled_as_bytes(
     assert status == "pulled"
     assert await images.store.read_bytes(desc.digest) == v2.layers[0]
     assert fed["reused"] == fed["appended"] == 0
+
+
+def test_plan_groups_held_and_missing_runs_and_refuses_gaps() -> None:
+    from registry.client.pull_assembly import plan_assembly
+
+    pieces = [(0, 10, "a"), (10, 10, "b"), (20, 10, "c"), (30, 10, "d"), (40, 10, "e")]
+    parts = plan_assembly(pieces, 50, {"a", "b", "e"}, part_size=15)
+    assert parts is not None
+    assert [(p.start, p.end, p.local, [k for _, _, k in p.keys]) for p in parts] == [
+        (0, 20, True, ["a", "b"]),  # held runs are not cut at part_size
+        (20, 30, False, ["c"]),  # missing runs are: one Range request each
+        (30, 40, False, ["d"]),
+        (40, 50, True, ["e"]),
+    ]
+    assert plan_assembly(pieces, 51, {"a"}, 15) is None  # does not cover the blob
+    assert plan_assembly([(0, 10, "a"), (11, 10, "b")], 21, {"a"}, 15) is None  # a gap
+    assert plan_assembly([(0, 10, "a"), (10, 0, "b"), (10, 10, "c")], 20, {"a"}, 15) is None
