@@ -122,9 +122,10 @@ async def pull_blob(
         progress.finish(key, "interrupted")
         if isinstance(exc, (TransportError, RegistryError, WireError, asyncio.TimeoutError,
                             SourceFailed)):
+            again = ("again (it fetches only the pieces still missing)" if ing.assembled
+                     else f"again to resume from byte {ing.offset}")
             raise BlobError(
-                f"blob {desc.digest} from {src.repository}: {exc}; run the command again to "
-                f"resume from byte {ing.offset}"
+                f"blob {desc.digest} from {src.repository}: {exc}; run the command {again}"
             ) from exc
         raise
     if sink.recorded:

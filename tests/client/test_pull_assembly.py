@@ -186,3 +186,31 @@ def test_plan_groups_held_and_missing_runs_and_refuses_gaps() -> None:
     assert plan_assembly(pieces, 51, {"a"}, 15) is None  # does not cover the blob
     assert plan_assembly([(0, 10, "a"), (11, 10, "b")], 21, {"a"}, 15) is None  # a gap
     assert plan_assembly([(0, 10, "a"), (10, 0, "b"), (10, 10, "c")], 20, {"a"}, 15) is None
+
+
+async def test_a_broken_assembled_pull_keeps_nothing_and_the_next_one_pulls(
+    pybuild_registry: str, make_proxy: Any, images: ImageStore, client: RegistryClient,
+    tmp_path: Path,
+) -> None:
+    from aiohttp import web
+
+    _, v2 = await _two_versions(pybuild_registry, "asm/cut", tmp_path, images, client, 7000)
+    layer = v2.layers[0]
+    digest = Digest.of(layer)
+    broken = True
+
+    def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
+        # Every Range request for the new layer's missing pieces breaks off.
+        return None if broken and digest.encoded in request.path else chunk
+
+    _proxy, host = await make_proxy(pybuild_registry, fault=fault)
+    desc = Descriptor(LAYER, digest, len(layer))
+    src = parse_image_ref(f"{host}/asm/cut:v2")
+    with pytest.raises(BlobError, match="fetches only the pieces still missing"):
+        await pull_blob(client, images, src, desc, Progress("quiet"), recipes=True)
+    assert await images.store.stat(digest) is None
+    assert await images.pending_pull(digest) is None
+    assert await images.store.list_ingests() == []
+    broken = False
+    assert await pull_blob(client, images, src, desc, Progress("quiet"), recipes=True) == "pulled"
+    assert await images.store.read_bytes(digest) == layer
