@@ -104,3 +104,14 @@ async def test_an_ingest_is_cut_or_assembled_never_both(store: Store) -> None:
     with pytest.raises(ValueError, match="assembled"):
         await assembled.checkpoint()
     await assembled.abort()
+
+
+async def test_a_piece_appended_earlier_can_be_reused_by_key(store: Store) -> None:
+    fresh = os.urandom(70_000)  # large enough to go to the ingest's pack
+    ing = await store.begin_ingest()
+    await ing.append_pieces([fresh])
+    await ing.reuse_pieces([(_key(fresh), len(fresh))])
+    blob = fresh + fresh
+    info = await ing.commit(_sha(blob), size=len(blob))
+    assert await store.read_bytes(info.digest) == blob
+    assert [p.key for p in (await store.recipe(info.digest)).pieces] == [_key(fresh)] * 2
