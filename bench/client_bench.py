@@ -38,7 +38,7 @@ from bench.data import chunked_layer, pseudo_random
 from bench.pybuild_cli import has_command, missing_reason, pybuild_argv, pybuild_env
 from bench.report import Measurement
 from testkit.docker_engine import docker_engine
-from testkit.images import Layer, make_image, tar_files, write_oci_layout
+from testkit.images import make_image, tar_files, write_oci_layout
 from testkit.registries import (
     RegistryProcess,
     RunningRegistry,
@@ -69,19 +69,25 @@ def _timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
-def _layout(workdir: Path, layers: int, layer_size: int, files: int) -> tuple[Path, int, int]:
-    """An OCI layout with tags v1 and v2; (layout, v1 layer bytes, v2 layer bytes)."""
+def _tars(layers: int, layer_size: int, files: int) -> dict[str, list[bytes]]:
+    """The layer tars of v1 and v2 (one file of every layer changed)."""
     file_size = max(1, layer_size // files)
 
-    def layer(i: int, changed: bool) -> Layer:
+    def layer(i: int, changed: bool) -> bytes:
         content = {}
         for f in range(files):
             seed = b"client-%d-%d" % (i, f) + (b"-v2" if changed and f == files // 2 else b"")
             content[f"data/l{i:02d}/f{f:03d}.bin"] = pseudo_random(file_size, seed=seed)
-        return chunked_layer(tar_files(content))
+        return tar_files(content)
 
-    v1 = make_image([layer(i, False) for i in range(layers)])
-    v2 = make_image([layer(i, True) for i in range(layers)])
+    return {tag: [layer(i, tag == "v2") for i in range(layers)] for tag in ("v1", "v2")}
+
+
+def _layout(workdir: Path, tars: dict[str, list[bytes]]) -> tuple[Path, int, int]:
+    """An OCI layout with tags v1 and v2 in pybuild's layer format; (layout, v1 layer
+    bytes, v2 layer bytes)."""
+    v1 = make_image([chunked_layer(t) for t in tars["v1"]])
+    v2 = make_image([chunked_layer(t) for t in tars["v2"]])
     layout = write_oci_layout(v1, workdir / "source", ref="v1")
     write_oci_layout(v2, layout, ref="v2")
     return layout, sum(len(x.blob) for x in v1.layers), sum(len(x.blob) for x in v2.layers)
@@ -246,9 +252,13 @@ def _push_v2_over_v1(workdir: Path, layout: Path, total_v2: int) -> list[Measure
 
 
 def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
-                 report_skip: Callable[[str, str], None]) -> list[Measurement]:
-    """Time each available client; ``report_skip(client, why)`` for those that are not."""
-    layout, total_v1, total_v2 = _layout(workdir, layers, layer_size, files)
+                 report_skip: Callable[[str, str], None], formats: bool = True,
+                 shaped: bool = True) -> list[Measurement]:
+    """Time each available client; ``report_skip(client, why)`` for those that are not.
+    ``formats``: also the cold pull per layer format (:mod:`bench.formats_bench`);
+    ``shaped``: also over a shaped link (:mod:`bench.shaped_link`)."""
+    tars = _tars(layers, layer_size, files)
+    layout, total_v1, total_v2 = _layout(workdir, tars)
     results: dict[str, tuple[float, float, int]] = {}
     with _serve("distribution", workdir / "distribution") as dist:
         _push(layout, dist)
@@ -301,6 +311,18 @@ def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
     label = (f"{layers} layers x {files} files, {total_v1 / 1e6:.0f} MB compressed")
     copied = [Measurement(f"copy {what} (an empty Distribution)", "s", False, values)
               for what, values in copies.items()]
+    extra: list[Measurement] = []
+    if formats and has_command("pull"):
+        from bench.formats_bench import bench_formats
+
+        extra += bench_formats(workdir, tars)
+    if shaped and has_command("pull"):
+        from bench.shaped_link import ShapedLinkUnavailable, bench_shaped
+
+        try:
+            extra += bench_shaped(workdir, layout)
+        except ShapedLinkUnavailable as exc:
+            report_skip("shaped link", str(exc))
     return [
         Measurement(f"pull v1, cold ({label})", "s", False,
                     {k: round(v[0], 3) for k, v in results.items()}),
@@ -312,4 +334,5 @@ def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
                     "MB", False, {k: round(v[2] / 1e6, 2) for k, v in results.items()}),
         *copied,
         *_push_v2_over_v1(workdir, layout, total_v2),
+        *extra,
     ]

@@ -213,8 +213,12 @@ def builder(quick: bool, workdir: Path | None, results: Path, files: int, file_m
 @click.option("--layer-mib", type=int, default=50, show_default=True)
 @click.option("--files", type=int, default=50, show_default=True,
               help="Files per layer; version 2 changes one of them in every layer.")
+@click.option("--formats/--no-formats", default=True, show_default=True,
+              help="Also a cold pull per layer format (gzip, multi-member gzip, zstd, zstd:chunked).")
+@click.option("--shaped/--no-shaped", default=True, show_default=True,
+              help="Also over a shaped link (a network namespace, 1 Gbit/s, +10 ms; needs root).")
 def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_mib: int,
-           files: int) -> None:
+           files: int, formats: bool, shaped: bool) -> None:
     """Pulling an image cold, then v2 over v1: pybuild's client vs skopeo and docker pull."""
     from bench.client_bench import ClientBenchError, bench_client
 
@@ -222,14 +226,15 @@ def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_
         layers, layer_mib = min(layers, 3), 1
     report = Report(area="client", peer="skopeo",
                     parameters={"layers": layers, "layer_mib": layer_mib, "files": files,
-                                "quick": quick})
+                                "quick": quick, "formats": formats, "shaped": shaped})
     with _workdir(workdir) as work:
         click.echo("measuring the machine ...", err=True)
         report.machine = _machine(work, quick)
         click.echo("pulling ...", err=True)
         try:
             report.add(bench_client(work, layers=layers, layer_size=layer_mib * MiB, files=files,
-                                    report_skip=report.skipped.__setitem__))
+                                    report_skip=report.skipped.__setitem__, formats=formats,
+                                    shaped=shaped))
         except ClientBenchError as exc:
             report.failed["client"] = str(exc)
     _finish(report, results)

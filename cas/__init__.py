@@ -18,10 +18,10 @@ Layering of the store's modules (an arrow is "imports"; nothing imports back up)
     cas.core opens the packs through cas.pack_select (disk, or S3: cas.pack_s3, with
     cas.s3_location); GC (cas.maintenance) compacts S3 packs through cas.compaction.
 
-    cas.ingest (Ingest's calls) builds on cas.ingest_checkpoints (checkpoint, park,
-    resume), which builds on cas.ingest_pieces (storing the pieces); cas.assemble
-    (PieceIngest: whole pieces and a known recipe, for piece-level pushes) builds on
-    cas.ingest_pieces too.
+    cas.ingest (Ingest's calls) builds on cas.ingest_assembly (a blob assembled from
+    whole pieces), on cas.ingest_checkpoints (checkpoint, park, resume), on
+    cas.ingest_pieces (storing the pieces); cas.assemble (PieceIngest: whole pieces and a
+    known recipe, for piece-level pushes) builds on cas.ingest_pieces too.
 
     leaves: cas.blobs (BlobInfo, Piece, Recipe, Segment, IngestInfo), cas.digest,
             cas.errors, cas.units, cas.holders
@@ -62,7 +62,7 @@ if _typing.TYPE_CHECKING:
         UnsupportedDigestAlgorithm,
         storage_error,
     )
-    from .ingest import Ingest, SourceFailed
+    from .ingest import Ingest, PieceMissing, SourceFailed
     from .location import StoreConfig
     from .maintenance import FsckReport, GcReport, Stats
     from .open import open_store
@@ -96,6 +96,7 @@ _WHERE = {
     "RecipeInvalid": "assemble",
     "IngestInfo": "blobs",
     "SourceFailed": "ingest",
+    "PieceMissing": "ingest",
     "FsckReport": "maintenance",
     "GcReport": "maintenance",
     "Stats": "maintenance",
@@ -129,6 +130,7 @@ __all__ = [
     "Piece",
     "PieceIngest",
     "PieceMismatch",
+    "PieceMissing",
     "PiecesMissing",
     "Recipe",
     "RecipeInvalid",

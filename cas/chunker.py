@@ -229,7 +229,9 @@ class Cutter:
             end = self._boundaries.popleft() - self._base
             if end > start:
                 self._cut(view, start, end, out, closed=True)
-            start = end
+            # A boundary inside bytes already cut (a header found across two feeds,
+            # behind a FastCDC cut of a long segment) is not one: never cut backwards.
+            start = max(start, end)
         if final:
             if self._len > start:
                 self._cut(view, start, self._len, out, closed=True)

@@ -8,7 +8,13 @@ decoder reads such a layer as one stream.
 FEXTRA header field (RFC 1952 §2.3.1.1), subfield ``SI1='P' SI2='B'``, ``LEN=4``, value
 the member's total size in bytes (uint32, little endian), so a reader finds member
 boundaries without inflating. BGZF members (``SI1='B' SI2='C'``, ``BSIZE``) are read the
-same way. Members without either field are found by inflating, up to a bound.
+same way. After a member without either field (written by other tools: eStargz, BGZF
+without ``BC``, any concatenation of members) the next member is found by searching
+for a gzip header (``1f 8b 08``, then a flag byte with its reserved bits clear), at
+memory speed, without inflating. The same bytes can occur inside compressed data; a cut
+there is as content-defined as a real boundary (it depends only on the bytes there), so
+it changes only how pieces are shared, never the stored bytes. An eStargz TOC or a
+zstd:chunked manifest is not needed (nor trusted): the headers say the same.
 
 **zstd frames.** A frame's end is found by walking its header and block headers
 (RFC 8878 §3.1.1) without decompressing; skippable frames are walked by their size.
@@ -16,9 +22,9 @@ same way. Members without either field are found by inflating, up to a bound.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
-from typing import Any
 
 import zstandard
 
@@ -83,10 +89,8 @@ def zstd_frame(data: bytes | memoryview, level: int = 3) -> bytes:
 
 # --- finding boundaries ----------------------------------------------------------------
 
-# A gzip member without a length field is inflated to find its end; past this many
-# compressed bytes we stop looking (single-stream gzip layers are one huge member, and
-# inflating them only to learn that would cost more than the sharing it could find).
-INFLATE_SCAN_LIMIT = 8 << 20
+# The start of a gzip member (RFC 1952 §2.3): ID1 ID2 CM=8, then FLG with bits 5-7 clear.
+_GZIP_HEADER_RE = re.compile(rb"\x1f\x8b\x08[\x00-\x1f]")
 
 _ZSTD_SKIPPABLE_LO = 0x184D2A50
 _ZSTD_SKIPPABLE_HI = 0x184D2A5F
@@ -114,8 +118,9 @@ class FrameScanner:
         self._hdr = bytearray()
         self._state = "frame"  # what the bytes in _hdr will be
         self._zstd_checksum = False
-        self._inflater: Any = None
-        self._scanned = 0
+        # Searching for the next member: the last bytes searched in the previous feed
+        # (a header may straddle two feeds).
+        self._carry = b""
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[int]:
         if self.done:
@@ -134,8 +139,8 @@ class FrameScanner:
                     out.append(self._pos + i)
                     self._begin_frame(self._pos + i)
                 continue
-            if self._state == "inflate":
-                i = self._inflate(mv, i, out)
+            if self._state == "search":
+                i = self._search(mv, i, out)
                 continue
             want = self._want()
             take = min(want - len(self._hdr), n - i)
@@ -242,7 +247,7 @@ class FrameScanner:
                 if h[3] & 0x04:  # FEXTRA: the length may be recorded
                     self._state = "gzip_xlen"
                     return
-                self._start_inflate()
+                self._start_search()
                 return
             if st == "gzip_xlen":
                 self._need = 12 + int.from_bytes(h[10:12], "little")
@@ -256,47 +261,41 @@ class FrameScanner:
                     self._skip = total - len(h)
                     self._state = "end"
                     return
-                self._start_inflate()
+                self._start_search()
                 return
         raise AssertionError(st)
 
-    def _start_inflate(self) -> None:
-        self._inflater = zlib.decompressobj(31)
-        data = bytes(self._hdr)
+    def _start_search(self) -> None:
+        """The member that starts at ``_frame_start`` does not record its length: look
+        for the next member's header from the next unread byte on."""
         self._hdr.clear()
-        self._state = "inflate"
-        self._scanned = 0
-        self._feed_inflater(data, self._frame_start, [])
+        self._state = "search"
+        self._carry = b""
 
-    def _inflate(self, mv: memoryview, i: int, out: list[int]) -> int:
-        end = min(len(mv), i + (1 << 20))
-        consumed = self._feed_inflater(bytes(mv[i:end]), self._pos + i, out)
-        return i + consumed
-
-    def _feed_inflater(self, data: bytes, at: int, out: list[int]) -> int:
-        """Inflate ``data`` (starting at absolute offset ``at``); returns bytes consumed."""
-        d = self._inflater
-        assert d is not None
-        try:
-            # Inflate in bounded pieces so a bomb cannot blow up memory.
-            buf = data
-            while buf and not d.eof:
-                d.decompress(buf, 1 << 20)
-                buf = d.unconsumed_tail
-        except zlib.error:
-            self.done = True
-            return len(data)
-        self._scanned += len(data) - len(d.unused_data)
-        if d.eof:
-            used = len(data) - len(d.unused_data)
-            end = at + used
-            out.append(end)
-            self._inflater = None
-            self._begin_frame(end)
-            return used
-        if self._scanned > INFLATE_SCAN_LIMIT:
-            self.done = True
-        return len(data)
+    def _search(self, mv: memoryview, i: int, out: list[int]) -> int:
+        """Search ``mv[i:]`` (absolute offset ``self._pos + i``) for a member header;
+        returns the index to continue from (the header's start, or the end of ``mv``)."""
+        at = self._pos + i
+        found = -1
+        if self._carry:
+            # A header that starts in the previous feed's last bytes.
+            probe = self._carry + bytes(mv[i : i + 3])
+            m = _GZIP_HEADER_RE.search(probe)
+            if m is not None and m.start() < len(self._carry):
+                found = at - len(self._carry) + m.start()
+        if found < 0:
+            m = _GZIP_HEADER_RE.search(mv, i)
+            if m is not None:
+                found = self._pos + m.start()
+        if found < 0:
+            self._carry = (self._carry + bytes(mv[max(i, len(mv) - 3):]))[-3:]
+            return len(mv)
+        out.append(found)
+        self._begin_frame(found)
+        if found < at:  # the header began in the carried bytes: they are its first ones
+            self._hdr += self._carry[len(self._carry) - (at - found):]
+        self._carry = b""
+        return max(i, found - self._pos)
 
 
 def _gzip_recorded_length(extra: bytes) -> int | None:

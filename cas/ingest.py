@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,7 +47,7 @@ from .errors import (
     StorageError,
     mapped_error,
 )
-from .ingest_checkpoints import IngestCheckpoints
+from .ingest_assembly import IngestAssembly, PieceMissing
 from .ingest_pieces import INLINE_MAX
 from .meta import IngestRow, Location
 
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from .core import StoreCore
     from .packs import PackWriter
 
-__all__ = ["INLINE_MAX", "Ingest", "IngestInfo", "SourceFailed"]
+__all__ = ["INLINE_MAX", "Ingest", "IngestInfo", "PieceMissing", "SourceFailed"]
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ class SourceFailed(Exception):
     every byte before the failure and stays usable."""
 
 
-class Ingest(IngestCheckpoints):
+class Ingest(IngestAssembly):
     """One open ingest. Use from one task at a time (calls are serialised anyway)."""
 
     def __init__(self, core: StoreCore, ingest_id: str, algorithm: str) -> None:
@@ -96,6 +96,7 @@ class Ingest(IngestCheckpoints):
         self._unsaved: list[tuple[int, bytes, int, Location | None]] = []
         self._writer: PackWriter | None = None
         self._closed = False
+        self._assembled = False  # fed whole pieces (cas.ingest_assembly), not bytes
         # Compression contexts (~1.2 MiB once used): made on first use, dropped by park().
         self._zprobe: zstandard.ZstdCompressor | None = None
         self._zstd: zstandard.ZstdCompressor | None = None
@@ -107,7 +108,7 @@ class Ingest(IngestCheckpoints):
         # not yet waited for.
         self._hashing = JobChain(core.pool)
         self._cutting = JobChain(core.pool)
-        self._inflight: deque[tuple[asyncio.Future[None], asyncio.Future[None]]] = deque()
+        self._inflight: deque[tuple[asyncio.Future[None], ...]] = deque()
 
     @classmethod
     async def resume(cls, core: StoreCore, row: IngestRow) -> Ingest:
@@ -123,6 +124,7 @@ class Ingest(IngestCheckpoints):
         """Append ``data``. Hashing, cutting and writing run in worker threads."""
         async with self._lock:
             self._check_open()
+            self._check_mode(assembled=False)
             if not data:
                 return
             self._pending.append(bytes(data) if not isinstance(data, bytes) else data)
@@ -157,6 +159,7 @@ class Ingest(IngestCheckpoints):
         source (shut its socket down). A failure of the store ends the ingest."""
         async with self._lock:
             self._check_open()
+            self._check_mode(assembled=False)
             try:
                 await self._flush()
                 await self._settle(len(self._inflight))
@@ -172,6 +175,7 @@ class Ingest(IngestCheckpoints):
         """Make everything written so far durable; a restart resumes at :attr:`offset`."""
         async with self._lock:
             self._check_open()
+            self._check_mode(assembled=False)
             await self._flush()
             await self._settle(len(self._inflight))
             await self._run(self._checkpoint_sync)
@@ -181,17 +185,76 @@ class Ingest(IngestCheckpoints):
         ingest stays open and any later call takes them again. Cheap when parked."""
         async with self._lock:
             self._check_open()
+            self._check_mode(assembled=False)
             if self._parked and not self._pending:
                 return
             await self._flush()
             await self._settle(len(self._inflight))
             await self._run(self._park_sync)
 
+    async def append_pieces(self, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Append ``pieces``, each stored whole as one piece (see
+        :mod:`cas.ingest_assembly`). They are read after the call returns: leave them
+        unchanged."""
+        async with self._lock:
+            self._begin_assembly()
+            await self._queue_assembly(self._append_sync, list(pieces),
+                                       sum(len(p) for p in pieces))
+
+    async def reuse_pieces(self, pieces: list[tuple[str, int]]) -> None:
+        """Append pieces the store holds, by (hex key, length): held, and read only for
+        the digest. :class:`PieceMissing` (nothing appended) for one it does not hold."""
+        raw = [(bytes.fromhex(k), n) for k, n in pieces]
+        async with self._lock:
+            self._begin_assembly()
+            try:
+                await self._settle(len(self._inflight))
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                await self._abort_locked()
+                raise
+            reuse = await self._run(self._hold_sync, raw)  # PieceMissing: nothing appended
+            await self._queue_assembly(self._reuse_sync, reuse, sum(n for _, n in raw))
+
+    def _begin_assembly(self) -> None:
+        self._check_open()
+        if not self._assembled:
+            if self.offset:
+                raise ValueError(f"ingest {self.id} was fed bytes; it takes no whole pieces")
+            self._assembled = True
+
+    async def _queue_assembly(self, job: Callable[[Any], None], arg: Any, size: int) -> None:
+        """``job(arg)`` on the ingest's chain, at most _DEPTH jobs in flight; a failure
+        ends the ingest."""
+        if not size:
+            return
+        self.offset += size
+        self._inflight.append((self._cutting.submit(job, arg),))
+        try:
+            await self._settle(len(self._inflight) - _DEPTH)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            await self._abort_locked()
+            raise
+
+    def _check_mode(self, assembled: bool) -> None:
+        """An ingest is cut from bytes or assembled from whole pieces, never both."""
+        if self._assembled and not assembled:
+            raise ValueError(f"ingest {self.id} is assembled from whole pieces; "
+                             "it takes no bytes and makes no checkpoints")
+
     @property
     def closed(self) -> bool:
         """True once committed or aborted (a failed write aborts): every call then raises
         IngestUnknown."""
         return self._closed
+
+    @property
+    def assembled(self) -> bool:
+        """True once fed whole pieces (:meth:`append_pieces`, :meth:`reuse_pieces`)."""
+        return self._assembled
 
     @property
     def parked(self) -> bool:

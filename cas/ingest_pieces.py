@@ -46,7 +46,10 @@ class IngestPieces:
     _zprobe: zstandard.ZstdCompressor | None
     _zstd: zstandard.ZstdCompressor | None
 
-    def _store_pieces(self, pieces: list[memoryview] | list[bytes]) -> None:
+    def _store_pieces(self, pieces: list[memoryview] | list[bytes],
+                      compressible: bool | None = None) -> None:
+        """Key, dedup and store ``pieces`` in order; ``compressible`` (default: whether
+        the cutter found a stream of compressed frames) says whether to try zstd."""
         keyed = [(v, blake3.blake3(v).digest()) for v in pieces]
         first = self._seq
         unknown = [
@@ -57,7 +60,8 @@ class IngestPieces:
         found = self._core.meta.hold_existing(self.id, unknown) if unknown else {}
         # The new pieces of this batch (each once): small ones inline, the others
         # appended to the pack together, in one system call.
-        compressible = not self._cutter.compressed
+        if compressible is None:
+            compressible = not self._cutter.compressed
         fresh: dict[bytes, Location | None] = {}  # None: to be appended to the pack
         packed: list[tuple[bytes, int, bytes | memoryview, int]] = []
         for view, key in keyed:

@@ -14,6 +14,9 @@ a later one - continues from the checkpoint with a ``Range`` request.
   copied locally (``read_piece``), runs of missing pieces are fetched by Range (adjacent
   ones coalesced up to ``part_size``, ``window`` runs in flight, each piece checked
   against its BLAKE3 key on a worker thread);
+  a fresh ingest is instead assembled from the recipe's pieces
+  (:mod:`registry.client.pull_assembly`): the pieces the store has are not copied, only
+  read for the digest;
 - otherwise (no recipe, or none of its pieces local) the blob is one streamed GET, or,
   from ``parallel_threshold`` bytes up and when the server accepts ranges, ``window``
   parallel Range parts of ``part_size``.
@@ -45,6 +48,7 @@ from ..oci import Descriptor
 from .connections import WireError
 from .image_store import ImageStore
 from .progress import Progress
+from .pull_assembly import assemble, plan_assembly
 from .pull_parts import (
     PieceSources,
     _fetch_part,
@@ -108,15 +112,20 @@ async def pull_blob(
         progress.finish(key, "failed")
         raise
     except BaseException as exc:
-        # Keep what arrived for the next attempt (resume), unless the ingest is unusable.
+        # Keep what arrived for the next attempt (resume), unless the ingest is unusable;
+        # one assembled from the recipe is not resumable (it fetched little): dropped.
         with contextlib.suppress(Exception):
-            await asyncio.shield(sink.checkpoint())
+            if ing.assembled:
+                await asyncio.shield(_drop(images, sink))
+            else:
+                await asyncio.shield(sink.checkpoint())
         progress.finish(key, "interrupted")
         if isinstance(exc, (TransportError, RegistryError, WireError, asyncio.TimeoutError,
                             SourceFailed)):
+            again = ("again (it fetches only the pieces still missing)" if ing.assembled
+                     else f"again to resume from byte {ing.offset}")
             raise BlobError(
-                f"blob {desc.digest} from {src.repository}: {exc}; run the command again to "
-                f"resume from byte {ing.offset}"
+                f"blob {desc.digest} from {src.repository}: {exc}; run the command {again}"
             ) from exc
         raise
     if sink.recorded:
@@ -161,8 +170,15 @@ async def _fill(
             pieces = await client.recipe(host, name, digest)
         except (RegistryError, TransportError, ValueError, KeyError):
             pieces = None  # no recipe for this blob: fall back to whole-blob transfer
+        if pieces is not None and (not pieces or sum(p[1] for p in pieces) != desc.size):
+            pieces = None  # a recipe of other bytes than the manifest's: ignored
         if pieces is not None:
             have = await images.store.has_pieces(k for _, _, k in pieces)
+            if have and start == 0:  # a fresh ingest: commit from the recipe
+                plan = plan_assembly(pieces, desc.size, have, options.part_size)
+                if plan is not None:
+                    await assemble(client, images, src, desc, sink, plan, options)
+                    return
             if have:  # with nothing local, one stream beats many small Range requests
                 parts = _plan_pieces(pieces, have, start, options.part_size, sources)
     if parts is None:

@@ -7,6 +7,7 @@ harness measures what it says and writes what bench/README.md describes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +142,9 @@ def test_quick_proxy_run_writes_json(tmp_path: Path) -> None:
     for name in values:
         assert name in proc.stdout
 
+# The client area's layer formats and the v1 layer bytes each gives at --quick sizes.
+CLIENT_FORMATS = [("chunked gzip (pybuild)", 3), ("plain gzip", 3),
+                  ("multi-member gzip (eStargz-style)", 3), ("zstd", 3), ("zstd:chunked", 3)]
 
 AREAS = {
     # area: (tools the peer side needs, the peer's column, metric names)
@@ -153,7 +157,13 @@ AREAS = {
                 "copy registry -> registry (an empty Distribution)",
                 "copy OCI layout -> registry (an empty Distribution)",
                 "push v2 over v1 (the registry holds v1)",
-                "push v2 over v1: MB received (v2 layers 3.2 MB)"]),
+                "push v2 over v1: MB received (v2 layers 3.2 MB)",
+                *[f"pull v1 cold, {f} ({mb} MB)" for f, mb in CLIENT_FORMATS],
+                *[f"v2 over v1, {f}: stored anew / v2 layer bytes" for f, _ in CLIENT_FORMATS],
+                *(["shaped link (1 Gbit/s, +10 ms per round trip): pull v1, cold",
+                   "shaped link: pull v2 over v1",
+                   "shaped link: push v2 over v1 (the registry holds v1)"]
+                  if os.geteuid() == 0 else [])]),
     "replicas": (("docker-registry", "skopeo", "wrk", "haproxy", "radosgw"), "distribution",
                  ["blob push 32 MiB (POST+PUT)", "blob pull 32 MiB, 1 client",
                   "blob pull 32 MiB, 4 clients", "manifest GET", "manifest GET p99",
@@ -197,7 +207,7 @@ def test_quick_run_of_each_area_writes_json(area: str, tmp_path: Path) -> None:
         assert all(m["values"]["buildah"] > 0 for m in data["measurements"])
     if area == "client":
         assert all(m["values"]["docker"] > 0 for m in data["measurements"]
-                   if m["name"].startswith("pull"))
+                   if m["name"].startswith(("pull v1, cold", "pull v2", "shaped")))
         served = data["measurements"][3]["values"]
         # Whole-blob clients fetch every changed layer: at least the 3 layer blobs.
         assert served["skopeo"] >= 3.0
@@ -205,7 +215,8 @@ def test_quick_run_of_each_area_writes_json(area: str, tmp_path: Path) -> None:
         if "pybuild+serve" in served:
             # Piece-level pulls fetch the changed pieces only.
             assert served["pybuild+serve"] < served["skopeo"] / 2
-        pushed = data["measurements"][-1]["values"]
+        pushed = next(m["values"] for m in data["measurements"]
+                      if m["name"].startswith("push v2 over v1: MB received"))
         assert pushed["skopeo"] >= 3.0 and pushed["docker"] >= 3.0
         if "pybuild+serve" in pushed:
             # Piece-level pushes send the changed pieces only.

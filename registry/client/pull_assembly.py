@@ -1,0 +1,105 @@
+"""A blob pulled by its recipe and committed from it: nothing the store holds is re-cut.
+
+When the registry gives the blob's recipe (pybuild's piece index) and the local store
+holds some of its pieces, the blob is assembled in a :mod:`cas` ingest from whole pieces
+(``Ingest.reuse_pieces``/``append_pieces``): runs of pieces the store holds are only
+held and read for the digest, runs of missing pieces are fetched by Range (``window`` in
+flight, each piece checked against its BLAKE3 key) and stored as the pieces they are.
+The store computes the blob's digest over every byte, in order, on its worker threads
+while the next Range requests are under way, and the commit verifies it: a recipe that
+lies (pieces of other content, a wrong length) fails the commit, never commits wrong
+bytes. A held piece that vanished meanwhile (a concurrent GC) is fetched instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from cas import PieceMissing
+
+from ..oci import Descriptor
+from .image_store import ImageStore
+from .pull_parts import _fetch_part, _Part
+from .pull_sink import _Sink
+from .refs import ImageRef
+from .remote import RegistryClient
+from .transfer import TransferOptions
+
+__all__: list[str] = []
+
+# Pieces the store holds, handed to it at once (one metadata transaction each call).
+_LOCAL_RUN = 2048
+
+
+def plan_assembly(pieces: list[tuple[int, int, str]], size: int, have: set[str],
+                  part_size: int) -> list[_Part] | None:
+    """Runs of held pieces (up to _LOCAL_RUN) and runs of missing ones (one Range request
+    each, up to ``part_size``, a longer piece alone), in blob order; None when the pieces
+    do not cover ``size`` bytes end to end (then the blob is pulled as bytes)."""
+    parts: list[_Part] = []
+    run: list[tuple[int, int, str]] = []
+    run_local = False
+    pos = 0
+    for piece in pieces:
+        offset, length, key = piece
+        if offset != pos or length <= 0:
+            return None
+        pos += length
+        local = key in have
+        if run and (local != run_local or (local and len(run) >= _LOCAL_RUN)
+                    or (not local and offset + length - run[0][0] > part_size)):
+            parts.append(_Part(run[0][0], offset, run_local, tuple(run)))
+            run = []
+        run.append(piece)
+        run_local = local
+    if pos != size:
+        return None
+    if run:
+        parts.append(_Part(run[0][0], pos, run_local, tuple(run)))
+    return parts
+
+
+async def assemble(client: RegistryClient, images: ImageStore, src: ImageRef,
+                   desc: Descriptor, sink: _Sink, parts: list[_Part],
+                   options: TransferOptions) -> None:
+    """Feed ``parts`` to the sink's (fresh) ingest in order, as whole pieces, with up to
+    ``options.window`` Range requests ahead."""
+    ing = sink.ing
+    tasks: dict[int, asyncio.Task[list[bytes] | list[bytearray]]] = {}
+
+    def remote(part: _Part) -> _Part:
+        return _Part(part.start, part.end, False, part.keys)
+
+    nxt = 0
+    try:
+        for i, part in enumerate(parts):
+            while nxt < len(parts) and len(tasks) < options.window:
+                if not parts[nxt].local:
+                    tasks[nxt] = asyncio.create_task(
+                        _fetch_part(client, images, src, desc, parts[nxt], options))
+                nxt += 1
+            size = part.end - part.start
+            if part.local:
+                try:
+                    await ing.reuse_pieces([(key, length) for _, length, key in part.keys])
+                    sink.progress.advance(sink.key, size, reused=True)
+                    continue
+                except PieceMissing:
+                    chunks = await _fetch_part(client, images, src, desc, remote(part), options)
+            else:
+                chunks = await tasks.pop(i)
+            await ing.append_pieces(_split(chunks, part))
+            sink.progress.advance(sink.key, size)
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+def _split(chunks: list[bytes] | list[bytearray], part: _Part) -> list[memoryview]:
+    """The part's bytes (one buffer, as ``_get_range`` returns them) as its pieces."""
+    assert len(chunks) == 1 and len(chunks[0]) == part.end - part.start
+    view = memoryview(chunks[0])
+    return [view[offset - part.start: offset - part.start + length]
+            for offset, length, _ in part.keys]
