@@ -275,6 +275,9 @@ class HostAuth:
         self._basic = False  # the registry asked for Basic: send it up front
         self._tokens: dict[frozenset[str], str] = {}
         self._token_locks: dict[frozenset[str], asyncio.Lock] = {}
+        # A token server's refusal, per scope set: the requests that waited for that fetch
+        # get it too, instead of asking again one after the other.
+        self._refusals: dict[frozenset[str], AuthError] = {}
 
     async def credentials(self) -> Credentials | None:
         """The host's credentials, looked up once however many requests ask at once."""
@@ -331,7 +334,14 @@ class HostAuth:
             if current is not None and f"Bearer {current}" != sent:
                 self._tokens.setdefault(scopes, current)
                 return True  # fetched by another request meanwhile
-            token = await self._fetch_token(fetch, challenge, key, creds)
+            if key in self._refusals:
+                raise self._refusals[key]
+            try:
+                token = await self._fetch_token(fetch, challenge, key, creds)
+            except AuthError as exc:
+                if exc.status in (401, 403):
+                    self._refusals[key] = exc
+                raise
             self._tokens[key] = token
             if key != scopes:
                 self._tokens[scopes] = token

@@ -50,9 +50,10 @@ def desc(media_type: str, data: bytes) -> dict[str, Any]:
 
 
 class Pusher(threading.Thread):
-    def __init__(self, addr: str, name: str, rounds: int, seed: int) -> None:
+    def __init__(self, addr: str, name: str, rounds: int, seed: int, min_seconds: float = 0) -> None:
         super().__init__(daemon=True)
         self.addr, self.name, self.rounds = addr, name, rounds
+        self.min_seconds = min_seconds  # push on past ``rounds`` until this long has gone
         self.rng = random.Random(seed)
         self.failures: list[str] = []
         self.tagged: list[tuple[float, str]] = []  # (when the tag PUT returned, tag)
@@ -84,7 +85,8 @@ class Pusher(threading.Thread):
 
     def run(self) -> None:
         try:
-            for i in range(self.rounds):
+            start, i = time.monotonic(), -1
+            while (i := i + 1) < self.rounds or time.monotonic() - start < self.min_seconds:
                 if i % 3 == 2:  # a multi-platform push: manifests by digest, then the index
                     children = []
                     for arch in ("amd64", "arm64"):
@@ -139,11 +141,14 @@ def test_pushes_racing_retention_in_two_processes_lose_nothing(tmp_path):
     config = tmp_path / "retention.yaml"
     config.write_text(json.dumps(settings))
     with pybuild_configured_registry(tmp_path / "reg", settings) as registry:
-        pushers = [Pusher(registry.addr, name, rounds=12, seed=n) for n, name in enumerate("ab")]
+        # Longer than the upload grace (10 s), however fast the machine: the collection of
+        # tags, manifests and links all happen while the pushes go on.
+        pushers = [Pusher(registry.addr, name, rounds=12, seed=n, min_seconds=16)
+                   for n, name in enumerate("ab")]
         for p in pushers:
             p.start()
         runs = 0
-        while any(p.is_alive() for p in pushers) and runs < 6:  # the other process
+        while any(p.is_alive() for p in pushers) and runs < 12:  # the other process
             done = storage_cmd(registry.storage, "retention", "--config", str(config), "--json")
             assert done.returncode == 0, done.stderr
             runs += 1
