@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.relay import CountingRelay, Traffic
 from bench.registry_bench import RegistryBenchError, parse_wrk
+from bench.relay import CountingRelay, Traffic
 from bench.report import Measurement, Report
 from bench.targets import registry_targets
 from testkit.registries import pybuild_serve_available
