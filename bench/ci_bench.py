@@ -3,6 +3,8 @@
 ``workloads/ci.Dockerfile``: a busybox base served by a loopback CNCF Distribution, a
 dependency-install step (``--deps-mib`` MiB of fresh random bytes, as a package download
 would give), a COPY of ``--src-files`` source files and a build step that packages them.
+``--workload multistage`` (``workloads/ci-multistage.Dockerfile``) builds in a stage of its
+own and copies the output onto the dependency stage.
 For each builder, with a registry of its own (a fresh Distribution, the base pushed to it)
 behind a counting relay (``bench.relay``):
 
@@ -54,7 +56,7 @@ from testkit.rootfs import make_busybox_rootfs
 __all__ = ["CIBenchError", "CISettings", "bench_ci"]
 
 MiB = 1 << 20
-DOCKERFILE = Path(__file__).resolve().parent / "workloads" / "ci.Dockerfile"
+WORKLOADS = {"single": "ci.Dockerfile", "multistage": "ci-multistage.Dockerfile"}
 REPO = "bench/app"
 
 
@@ -67,6 +69,7 @@ class CISettings:
     deps_mib: int = 64  # the dependency step's output, in 4 MiB files (and one remainder)
     src_files: int = 200  # source files of 4 KiB
     nonroot: bool = True  # pybuild as a throw-away non-root user when running as root
+    workload: str = "single"  # a key of WORKLOADS
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,8 @@ def _timed(argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | No
 def _context(workdir: Path, settings: CISettings) -> Path:
     context = workdir / "context"
     (context / "src").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(DOCKERFILE, context / "Dockerfile")
+    shutil.copyfile(Path(__file__).resolve().parent / "workloads" / WORKLOADS[settings.workload],
+                    context / "Dockerfile")
     deps, left, i = [], settings.deps_mib, 0
     while left > 0:
         deps.append(f"lib{i:02d}.so {min(4, left)}")
@@ -254,7 +258,8 @@ def bench_ci(workdir: Path, settings: CISettings,
     else:
         report_skip("pybuild", missing_reason("build"))
 
-    label = (f"{settings.deps_mib} MiB dependencies, {settings.src_files} source files")
+    label = (f"{settings.deps_mib} MiB dependencies, {settings.src_files} source files"
+             + (", multi-stage" if settings.workload == "multistage" else ""))
     return [
         Measurement(f"runner A: build + push, cold ({label})", "s", False,
                     {k: round(r.runner_a, 3) for k, r in results.items()}),

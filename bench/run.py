@@ -204,19 +204,23 @@ def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_
               help="Size of the dependency-install step's output.")
 @click.option("--src-files", type=int, default=200, show_default=True,
               help="Source files (4 KiB each) in the build context.")
+@click.option("--workload", type=click.Choice(["single", "multistage"]), default="single",
+              show_default=True,
+              help="single: one stage (deps, COPY src, build); multistage: the build in its own stage.")
 @click.option("--as-root", is_flag=True,
               help="Run pybuild as root (default: as a throw-away non-root user, as CI runners do).")
 def ci(quick: bool, workdir: Path | None, results: Path, deps_mib: int, src_files: int,
-       as_root: bool) -> None:
+       workload: str, as_root: bool) -> None:
     """Two CI runners sharing a build cache through a registry: pybuild vs docker and buildah."""
     from bench.ci_bench import CIBenchError, CISettings, bench_ci
 
     if quick:
         deps_mib, src_files = min(deps_mib, 4), min(src_files, 10)
-    settings = CISettings(deps_mib=deps_mib, src_files=src_files, nonroot=not as_root)
+    settings = CISettings(deps_mib=deps_mib, src_files=src_files, nonroot=not as_root,
+                          workload=workload)
     report = Report(area="ci", peer="docker",
                     parameters={"deps_mib": deps_mib, "src_files": src_files,
-                                "as_root": as_root, "quick": quick})
+                                "workload": workload, "as_root": as_root, "quick": quick})
     with _workdir(workdir) as work:
         click.echo("measuring the machine ...", err=True)
         report.machine = _machine(work, quick)
