@@ -1,7 +1,7 @@
 """The README's CI jobs work: their commands, run as a non-root user against a local registry.
 
 The GitHub Actions and GitLab CI jobs are read from README.md's ``yaml`` blocks. Their
-``run:`` steps and ``script:`` lines are run by ``bash -e`` as a throw-away user with a
+``run:`` steps and ``script:`` lines are run by ``bash -eo pipefail`` as a throw-away user with a
 subordinate id range (``testkit.users``), as CI runners are not root. Lines that install
 pybuild (``pip install``) or set the machine up (``sudo``) are skipped: the test provides
 what they would (a ``pybuild`` on ``PATH`` running this checkout, ``uidmap``, the user's
@@ -187,7 +187,9 @@ def _run_job(system: str, commands: list[str], variables: dict[str, str], *, use
               if not any(s in c for s in SETUP)]
     full_env = {**env, **{k: _expand(str(v), env, registry) for k, v in variables.items()}}
     for command in script if system == "github" else ["\n".join(script)]:
-        done = subprocess.run(user.argv("bash", "-e", "-c", command), env=full_env,
+        # As GitHub runs a step, and GitLab's shell executor its script.
+        done = subprocess.run(user.argv("bash", "--noprofile", "--norc", "-eo", "pipefail",
+                                        "-c", command), env=full_env,
                               cwd=project, capture_output=True, text=True, timeout=900,
                               check=False)
         assert done.returncode == 0, f"{system}: `{command}` exited {done.returncode}:\n" \
