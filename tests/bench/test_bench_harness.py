@@ -133,7 +133,7 @@ AREAS = {
     "builder": (("docker-registry", "skopeo", "docker", "dockerd", "buildah"), "docker",
                 ["build, cold (4 x 1 MiB context)", "build, no cache", "rebuild, cached",
                  "rebuild, one file changed"]),
-    "ci": (("docker-registry", "skopeo", "dockerd", "buildah"), "docker",
+    "ci": (("docker-registry", "skopeo", "docker", "dockerd", "buildah"), "docker",
            ["runner A: build + push, cold (4 MiB dependencies, 10 source files)",
             "runner B: build + push, one source file changed",
             "runner B: MB from the registry", "runner B: MB to the registry"]),
