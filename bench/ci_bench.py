@@ -219,8 +219,7 @@ def _pybuild_runner(settings: CISettings) -> Iterator[tuple[str, Job, Path]]:
             return
         env = pybuild_env()
         python = [sys.executable, "-m", "builder"]
-        yield ("pybuild (root)" if os.geteuid() == 0 else "pybuild",
-               _pybuild_job(context, lambda args: ([*python, *args], env), None), space)
+        yield "pybuild", _pybuild_job(context, lambda args: ([*python, *args], env), None), space
     finally:
         shutil.rmtree(space, ignore_errors=True)
 
