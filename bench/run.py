@@ -2,7 +2,8 @@
 
 Areas: ``registry`` (vs CNCF Distribution), ``replicas`` (three of each behind HAProxy),
 ``cas`` (vs the machine's own limits), ``builder`` (vs buildah and docker build), ``client``
-(vs skopeo). Every run first
+(vs skopeo), ``ci`` (two CI runners sharing a build cache through a registry, vs docker
+build and buildah). Every run first
 measures the machine's limits. See bench/README.md for what each number means.
 
 ``proxy`` compares pull-through caches: pybuild's and Distribution's, mirroring one upstream.
@@ -272,6 +273,40 @@ def replicas(quick: bool, workdir: Path | None, results: Path, blob_mib: int, wr
             report.add(bench_replicas(work, data, settings, report.skipped, s3=not files))
         except RegistryBenchError as exc:
             report.failed["replicas"] = str(exc)
+    _finish(report, results)
+
+
+@main.command()
+@_common
+@click.option("--deps-mib", type=int, default=64, show_default=True,
+              help="Size of the dependency-install step's output.")
+@click.option("--src-files", type=int, default=200, show_default=True,
+              help="Source files (4 KiB each) in the build context.")
+@click.option("--workload", type=click.Choice(["single", "multistage"]), default="single",
+              show_default=True,
+              help="single: one stage (deps, COPY src, build); multistage: the build in its own stage.")
+@click.option("--as-root", is_flag=True,
+              help="Run pybuild as root (default: as a throw-away non-root user, as CI runners do).")
+def ci(quick: bool, workdir: Path | None, results: Path, deps_mib: int, src_files: int,
+       workload: str, as_root: bool) -> None:
+    """Two CI runners sharing a build cache through a registry: pybuild vs docker and buildah."""
+    from bench.ci_bench import CIBenchError, CISettings, bench_ci
+
+    if quick:
+        deps_mib, src_files = min(deps_mib, 4), min(src_files, 10)
+    settings = CISettings(deps_mib=deps_mib, src_files=src_files, nonroot=not as_root,
+                          workload=workload)
+    report = Report(area="ci", peer="docker",
+                    parameters={"deps_mib": deps_mib, "src_files": src_files,
+                                "workload": workload, "as_root": as_root, "quick": quick})
+    with _workdir(workdir) as work:
+        click.echo("measuring the machine ...", err=True)
+        report.machine = _machine(work, quick)
+        click.echo("runner A, then runner B, for each builder ...", err=True)
+        try:
+            report.add(bench_ci(work, settings, report_skip=report.skipped.__setitem__))
+        except CIBenchError as exc:
+            report.failed["ci"] = str(exc)
     _finish(report, results)
 
 

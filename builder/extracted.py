@@ -20,47 +20,64 @@ layer without extracting anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import shutil
-import tarfile
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from cas import Digest, Store
 
-from .layers.changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
-from .layers.pathres import clean_name
 from .sandbox.userns import overlay_xattr
 
 __all__ = ["EXTRACTED_DIR", "ExtractedLayers"]
 
 # The directory under <storage>/builder (its name from before: see above).
 EXTRACTED_DIR = "snapshots"
+_READ_BUFFER = 1 << 20
 
 
-def _whiteouts(blob: Path) -> list[tuple[list[str], bool]]:
-    from .layers.extract import open_layer
+class _BlobReader(io.RawIOBase):
+    """A blocking reader, for a worker thread, of a store blob that the event loop
+    ``loop`` reads (``Store.read``): the layer streams from the store into the extractor,
+    with no copy of the blob on disk."""
 
-    out = []
-    with open(blob, "rb") as f, tarfile.open(fileobj=open_layer(f), mode="r|",
-                                             errors="surrogateescape") as tf:
-        for member in tf:
-            parts = clean_name(member.name)
-            if parts and parts[-1] == OPAQUE_WHITEOUT:
-                out.append((parts[:-1], True))
-            elif parts and parts[-1].startswith(WHITEOUT_PREFIX) \
-                    and not parts[-1].startswith(WHITEOUT_PREFIX * 2):
-                out.append(([*parts[:-1], parts[-1][len(WHITEOUT_PREFIX):]], False))
-    return out
+    def __init__(self, chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self._chunks = chunks
+        self._loop = loop
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    async def _next(self) -> bytes | None:
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            return None
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            chunk = asyncio.run_coroutine_threadsafe(self._next(), self._loop).result()
+            if chunk is None:
+                return 0
+            self._buf = memoryview(chunk)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
 
 
-def _extract(blob: Path, dest: Path) -> None:
+def _extract(src: BinaryIO | Path, dest: Path) -> None:
     from .layers.extract import apply_layer  # only when a layer must be extracted
 
     dest.mkdir()
-    apply_layer(blob, dest)
-    for parts, opaque in _whiteouts(blob):
+    marks: list[tuple[list[str], bool]] = []  # whiteouts, found in the same single pass
+    apply_layer(src, dest, marks=marks)
+    for parts, opaque in marks:
         target = dest.joinpath(*parts)
         if opaque:
             target.mkdir(parents=True, exist_ok=True)
@@ -123,23 +140,19 @@ class ExtractedLayers:
             if self.fetch is not None and await self.store.stat(blob) is None:
                 await self.fetch(blob)
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+            chunks = self.store.read(blob)
             try:
-                blob_file = tmp / "blob"
-                await self.export_blob(blob, blob_file)
-                await asyncio.to_thread(_extract, blob_file, tmp / "root")
+                reader = io.BufferedReader(_BlobReader(chunks, asyncio.get_running_loop()),
+                                           _READ_BUFFER)
+                await asyncio.to_thread(_extract, reader, tmp / "root")
                 await asyncio.to_thread(os.rename, tmp / "root", target)
             finally:
+                # (After a cancellation the worker may still be reading: then the
+                # generator is finalized when it is collected.)
+                with contextlib.suppress(RuntimeError):
+                    await chunks.aclose()  # type: ignore[attr-defined]
                 await asyncio.to_thread(shutil.rmtree, tmp, True)
         return target
-
-    async def export_blob(self, blob: Digest, dest: Path) -> None:
-        """Copy a CAS blob into the file ``dest``."""
-        f = await asyncio.to_thread(open, dest, "wb")
-        try:
-            async for chunk in self.store.read(blob):
-                await asyncio.to_thread(f.write, chunk)
-        finally:
-            await asyncio.to_thread(f.close)
 
     async def lowers(self, layers: Sequence[tuple[Digest, Digest]]) -> list[Path]:
         """Extracted-layer dirs for ``(diff_id, blob)`` pairs bottom first, returned top

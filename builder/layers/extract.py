@@ -46,7 +46,7 @@ from .changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from .errors import LayerFormatError, UnsafeLayerEntry
 from .pathres import clean_name, resolve_in_root
 
-__all__ = ["ApplyReport", "apply_layer", "open_layer", "remove_path"]
+__all__ = ["ApplyReport", "apply_layer", "open_layer", "remove_path", "whiteout_mark"]
 
 _READ = 1 << 20
 _XATTR_KEY = "SCHILY.xattr."
@@ -267,9 +267,23 @@ class _Applier:
                 self._metadata(path, member, is_link=False)
 
 
+def whiteout_mark(parts: list[str]) -> tuple[list[str], bool] | None:
+    """What the whiteout entry ``parts`` hides: ``(path parts, True)`` for an opaque
+    directory, ``(path parts, False)`` for a removed path, None for aufs metadata."""
+    if parts[-1] == OPAQUE_WHITEOUT:
+        return parts[:-1], True
+    if parts[-1].startswith(WHITEOUT_PREFIX * 2):
+        return None
+    return [*parts[:-1], parts[-1][len(WHITEOUT_PREFIX):]], False
+
+
 def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
-                same_owner: bool | None = None) -> ApplyReport:
+                same_owner: bool | None = None,
+                marks: list[tuple[list[str], bool]] | None = None) -> ApplyReport:
     """Apply the layer ``src`` (a path or a readable binary stream) on top of ``rootfs``.
+
+    ``marks``, when given, receives :func:`whiteout_mark` of each whiteout entry, in
+    layer order (an extracted overlay lower layer records them as marks of its own).
 
     Raises UnsafeLayerEntry for an entry that could reach outside ``rootfs`` (nothing
     outside is touched; entries before it have been applied), LayerFormatError for a blob
@@ -280,7 +294,7 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
         raise LayerFormatError(f"rootfs {root!r} is not a directory; create it first")
     if isinstance(src, (str, Path)):
         with open(src, "rb") as f:
-            return apply_layer(f, root, same_owner=same_owner)
+            return apply_layer(f, root, same_owner=same_owner, marks=marks)
     applier = _Applier(root, os.geteuid() == 0 if same_owner is None else same_owner)
     try:
         with tarfile.open(fileobj=open_layer(src), mode="r|",
@@ -292,6 +306,8 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
                 try:
                     if parts[-1].startswith(WHITEOUT_PREFIX):
                         applier.whiteout(member.name, parts)
+                        if marks is not None and (mark := whiteout_mark(parts)) is not None:
+                            marks.append(mark)
                     else:
                         applier.entry(tf, member, parts)
                 except OSError as exc:

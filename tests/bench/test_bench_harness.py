@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.counting_relay import CountingRelay, Traffic
 from bench.registry_bench import RegistryBenchError, parse_wrk
 from bench.report import Measurement, Report
 from bench.targets import registry_targets
@@ -85,6 +87,28 @@ def test_quick_registry_run_writes_json(tmp_path: Path) -> None:
     # The table names every metric too.
     for name in names:
         assert name in proc.stdout
+
+
+def test_relay_counts_the_bytes_each_way() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            CountingRelay(f"127.0.0.1:{server.getsockname()[1]}") as relay:
+        host, port = relay.addr.split(":")
+        with socket.create_connection((host, int(port))) as client:
+            upstream, _ = server.accept()
+            with upstream:
+                client.sendall(b"x" * 100_000)
+                got = b""
+                while len(got) < 100_000:
+                    got += upstream.recv(65536)
+                upstream.sendall(b"y" * 12_345)
+                upstream.shutdown(socket.SHUT_WR)
+                answer = b""
+                while chunk := client.recv(65536):
+                    answer += chunk
+        assert answer == b"y" * 12_345
+        assert relay.snapshot() == Traffic(from_registry=12_345, to_registry=100_000)
+        relay.reset()
+        assert relay.snapshot() == Traffic(0, 0)
 
 
 def test_target_specs_are_checked() -> None:
@@ -174,6 +198,10 @@ AREAS = {
     "builder": (("docker-registry", "skopeo", "docker", "dockerd", "buildah"), "docker",
                 ["build, cold (4 x 1 MiB context)", "build, no cache", "rebuild, cached",
                  "rebuild, one file changed"]),
+    "ci": (("docker-registry", "skopeo", "docker", "dockerd", "buildah"), "docker",
+           ["runner A: build + push, cold (4 MiB dependencies, 10 source files)",
+            "runner B: build + push, one source file changed",
+            "runner B: MB from the registry", "runner B: MB to the registry"]),
 }
 
 
@@ -203,8 +231,14 @@ def test_quick_run_of_each_area_writes_json(area: str, tmp_path: Path) -> None:
         if "pybuild" in m["values"]:
             assert m["values"]["pybuild"] > 0
             assert m["ratio"] is not None
-    if area == "builder":
+    if area in ("builder", "ci"):
         assert all(m["values"]["buildah"] > 0 for m in data["measurements"])
+    if area == "ci":
+        # Every runner B fetched at least the base and the 4 MiB dependency layer.
+        pulled = data["measurements"][2]["values"]
+        assert all(v > 4.19 for v in pulled.values()), pulled
+        # As root the harness runs pybuild as a non-root user, as CI runners are.
+        assert "pybuild" in pulled or "pybuild" in data["skipped"]
     if area == "client":
         assert all(m["values"]["docker"] > 0 for m in data["measurements"]
                    if m["name"].startswith(("pull v1, cold", "pull v2", "shaped")))

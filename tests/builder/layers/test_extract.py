@@ -129,6 +129,19 @@ def test_whiteouts_remove_lower_paths(jail: tuple[Path, Path]) -> None:
     assert sorted(p.name for p in root.iterdir()) == ["dir", "keep"]
 
 
+def test_whiteouts_are_reported_as_marks_in_layer_order(jail: tuple[Path, Path]) -> None:
+    # An extracted lower layer records each whiteout as a mark of its own (builder.extracted):
+    # the applying pass reports them, aufs metadata aside.
+    root, _ = jail
+    lower(root)
+    marks: list[tuple[list[str], bool]] = []
+    apply_layer(io.BytesIO(archive(
+        ("file", ".wh.gone", b""), ("dir", "dir", None), ("file", "dir/.wh..wh..opq", b""),
+        ("file", "dir/.wh.sub", b""), ("file", ".wh..wh.plnk.1", b""),
+    )), root, marks=marks)
+    assert marks == [(["gone"], False), (["dir"], True), (["dir", "sub"], False)]
+
+
 def test_opaque_whiteout_hides_lower_but_not_same_layer_in_any_order(jail: tuple[Path, Path]) -> None:
     root, _ = jail
     lower(root)
