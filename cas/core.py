@@ -207,16 +207,17 @@ class StoreCore:
         metadata recorded). StoreCorrupt when it is missing or not that long."""
         if not tail_len:
             return b""
-        if self.tail_keeper is not None:
-            tail = self.tail_keeper.ingest_tail(ingest_id, offset)
-            if tail is None:
-                raise StoreCorrupt(f"ingest {ingest_id}: the metadata keeps no tail for its "
-                                   f"checkpoint at {offset} (another process checkpointed it since?)")
-        else:
+        tail = None if self.tail_keeper is None else self.tail_keeper.ingest_tail(ingest_id, offset)
+        if tail is None:
+            # Also for a shared store: a checkpoint made before its tails moved into the
+            # metadata (a pybuild before schema step 3, on a shared directory) left a file.
             try:
                 tail = self.tail_path(ingest_id, offset).read_bytes()
             except FileNotFoundError as exc:
-                raise StoreCorrupt(f"ingest {ingest_id}: its tail file is missing") from exc
+                where = (f"neither in the metadata nor in {self._ingests_dir}"
+                         if self.tail_keeper is not None else f"not in {self._ingests_dir}")
+                raise StoreCorrupt(f"ingest {ingest_id}: the tail of its checkpoint at {offset} "
+                                   f"is {where}") from exc
         if len(tail) != tail_len:
             raise StoreCorrupt(f"ingest {ingest_id}: its tail has {len(tail)} of {tail_len} bytes")
         return tail

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cas import Digest, StoreConfig
+from cas.errors import StoreCorrupt
 from cas.open import open_store
 from cas.s3_location import S3Location, S3LocationError
 from testkit.postgres import PostgresServer
@@ -112,3 +113,26 @@ async def test_single_node_stores_keep_tail_files(
             await ing.checkpoint()
             assert _files(config.root) == [f"{ing.id}.200000.tail"]
             await ing.abort()
+
+
+async def test_a_tail_file_from_before_the_upgrade_still_resumes(
+        database: str, s3_location: S3Location, tmp_path: Path) -> None:
+    data = os.urandom(500_000)
+    async with await open_store(_config(tmp_path / "shared", database, s3_location)) as store:
+        keeper = store.core.tail_keeper
+        store.core.tail_keeper = None  # as a pybuild before schema step 3 checkpointed
+        ing = await store.begin_ingest()
+        await ing.write(data[:300_000])
+        await ing.checkpoint()
+        store.core.tail_keeper = keeper
+        assert _files(store.root) == [f"{ing.id}.300000.tail"]
+        resumed = await store.resume_ingest(ing.id)
+        await resumed.write(data[300_000:])
+        assert (await resumed.commit(Digest.of(data))).size == len(data)
+        assert _files(store.root) == []
+        # a tail that is nowhere is named as such
+        lost = await store.begin_ingest()
+        await lost.write(b"y" * 5000)
+        await lost.checkpoint()
+        with pytest.raises(StoreCorrupt, match="neither in the metadata nor in"):
+            store.core.read_tail(lost.id, 4000, 1000)
