@@ -11,12 +11,13 @@ synchronous methods may block (files, database): call them from a worker thread 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import zstandard
 
@@ -24,11 +25,11 @@ from .chunker import ChunkParams
 from .errors import StoreClosed, StoreCorrupt, mapped_error
 from .location import StoreConfig
 from .meta import CODEC_ZSTD, Location, Metadata
-from .pack_select import open_packs
+from .pack_select import SharedSettings, open_packs, packs_are_shared
 from .packs import PackBackend, PackWriter
 from .sqlite_meta import SqliteMetadata
 
-__all__ = ["RECEIVERS", "StoreCore", "WorkerPool"]
+__all__ = ["RECEIVERS", "StoreCore", "TailKeeper", "WorkerPool"]
 
 T = TypeVar("T")
 
@@ -50,12 +51,31 @@ class WorkerPool(ThreadPoolExecutor):
             raise StoreClosed(self.what) from exc
 
 
+@runtime_checkable
+class TailKeeper(Protocol):
+    """Metadata that can keep an open ingest's tail itself (PostgreSQL's,
+    :class:`cas.pg_meta.PgMetadata`), so that no checkpoint depends on a local file."""
+
+    def checkpoint_with_tail(self, ingest_id: str, rows: list[tuple[int, bytes, int, Location | None]],
+                             offset: int, npieces: int, pack_size: int, tail: bytes) -> None:
+        """``Metadata.checkpoint`` and the tail at ``offset``, in one transaction."""
+
+    def ingest_tail(self, ingest_id: str, offset: int) -> bytes | None:
+        """The tail of the ingest's checkpoint at ``offset``, or None."""
+
+
 class StoreCore:
     """The metadata, the packs, the chunk parameters and the worker pools of one store.
 
     ``root`` is the store directory; ``root / "ingests"`` must exist (tail files live
     there). The core owns ``meta`` and closes it in :meth:`close`; the packs need no
     closing.
+
+    Where an open ingest's tail lives (:meth:`checkpoint`): in a file of
+    ``root/ingests``, unless the store is shared — its packs in object storage and its
+    metadata able to keep tails (PostgreSQL) — when it lives in the metadata, so that
+    replicas with storage directories of their own resume each other's ingests. A file
+    costs no network round trip: the single-node store keeps them.
     """
 
     def __init__(self, root: Path, meta: Metadata, packs: PackBackend,
@@ -63,6 +83,9 @@ class StoreCore:
         self.root = root
         self.meta = meta
         self.packs = packs
+        #: The metadata that keeps the tails, when the store is shared (see above).
+        self.tail_keeper: TailKeeper | None = (
+            meta if packs_are_shared(packs) and isinstance(meta, TailKeeper) else None)
         self.chunk_params = chunk_params
         self.what = f"store {root}"
         #: The store's worker threads: file, CPU and database work of every call.
@@ -89,7 +112,8 @@ class StoreCore:
             try:
                 packs = (config.packs(root) if config.packs is not None
                          else open_packs(root, direct_io=config.direct_io, s3=config.s3,
-                                         known=meta.is_pack_known))
+                                         known=meta.is_pack_known,
+                                         settings=meta if isinstance(meta, SharedSettings) else None))
             except BaseException as exc:
                 meta.close()
                 if isinstance(exc, OSError):
@@ -156,6 +180,47 @@ class StoreCore:
         """The tail file of the ingest's checkpoint at ``offset``: the bytes its cutter
         held back then (``<root>/ingests/<id>.<offset>.tail``)."""
         return self._ingests_dir / f"{ingest_id}.{offset}.tail"
+
+    def checkpoint(self, ingest_id: str, rows: list[tuple[int, bytes, int, Location | None]],
+                   offset: int, npieces: int, pack_size: int, tail: bytes) -> None:
+        """Record a checkpoint of the ingest (``Metadata.checkpoint``) with its tail, the
+        bytes its cutter holds back at ``offset``. Atomic: a crash at any point leaves
+        this checkpoint or the previous one whole, and :meth:`read_tail` (in any process
+        sharing the store, when the metadata keeps the tails) then gives its tail. The
+        tail goes to a file written before the metadata that refers to it, or into the
+        metadata's own transaction (:attr:`tail_keeper`)."""
+        if self.tail_keeper is not None:
+            self.tail_keeper.checkpoint_with_tail(ingest_id, rows, offset, npieces, pack_size, tail)
+            return
+        path = self.tail_path(ingest_id, offset)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(tail)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.meta.checkpoint(ingest_id, rows, offset, npieces, pack_size, len(tail))
+        self.drop_tails(ingest_id, keep=path)
+
+    def read_tail(self, ingest_id: str, offset: int, tail_len: int) -> bytes:
+        """The tail of the ingest's checkpoint at ``offset`` (``tail_len`` bytes, as the
+        metadata recorded). StoreCorrupt when it is missing or not that long."""
+        if not tail_len:
+            return b""
+        tail = None if self.tail_keeper is None else self.tail_keeper.ingest_tail(ingest_id, offset)
+        if tail is None:
+            # Also for a shared store: a checkpoint made before its tails moved into the
+            # metadata (a pybuild before schema step 3, on a shared directory) left a file.
+            try:
+                tail = self.tail_path(ingest_id, offset).read_bytes()
+            except FileNotFoundError as exc:
+                where = (f"neither in the metadata nor in {self._ingests_dir}"
+                         if self.tail_keeper is not None else f"not in {self._ingests_dir}")
+                raise StoreCorrupt(f"ingest {ingest_id}: the tail of its checkpoint at {offset} "
+                                   f"is {where}") from exc
+        if len(tail) != tail_len:
+            raise StoreCorrupt(f"ingest {ingest_id}: its tail has {len(tail)} of {tail_len} bytes")
+        return tail
 
     def drop_tails(self, ingest_id: str, keep: Path | None) -> None:
         """Remove the ingest's tail files (and temporary files), all but ``keep``."""

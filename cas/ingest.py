@@ -14,7 +14,8 @@ bytes (an idle upload session) holds only its hash state and piece list; the nex
 takes the buffers again and reloads the held-back bytes from the tail file. The bytes the cutter
 still holds back (at most a few MiB) are kept in a *tail file* named by the checkpoint's
 offset, ``<storage>/ingests/<id>.<offset>.tail``, written before the metadata that refers
-to it, so a crash between the two leaves the previous checkpoint intact.
+to it, so a crash between the two leaves the previous checkpoint intact; a shared store
+(packs in S3, metadata in PostgreSQL) keeps them in the metadata (``cas.ingest_checkpoints``).
 
 An ingest works on the store's :class:`~cas.core.StoreCore` (its metadata, packs, worker
 threads and tail files), not on the :class:`~cas.store.Store` that made it.
@@ -101,6 +102,7 @@ class Ingest(IngestAssembly):
         self._zprobe: zstandard.ZstdCompressor | None = None
         self._zstd: zstandard.ZstdCompressor | None = None
         self._checkpointed = -1  # the offset of the last checkpoint (-1: none yet)
+        self._tail_len = 0
         # Parked (see park()): no buffers; the pack to reopen and its size, if any.
         self._parked = False
         self._parked_pack: tuple[str, int] | None = None

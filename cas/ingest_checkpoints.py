@@ -1,11 +1,13 @@
 """Ingest: checkpoints, parking and resuming.
 
 A checkpoint makes an ingest's progress durable: its pack is synced, the bytes the
-cutter still holds back (at most a few MiB) are written to a *tail file* named by the
-checkpoint's offset, ``<storage>/ingests/<id>.<offset>.tail``, and then the metadata
-records the new pieces and the offset, so a crash between the two leaves the previous
-checkpoint intact. Parking checkpoints and then gives back every buffer (the next call
-reloads the held-back bytes from the tail file). Resuming rebuilds an ingest's state
+cutter still holds back (its *tail*, at most one piece) are written to a *tail file*
+named by the checkpoint's offset, ``<storage>/ingests/<id>.<offset>.tail``, and then the
+metadata records the new pieces and the offset, so a crash between the two leaves the
+previous checkpoint intact. A shared store (packs in S3, metadata in PostgreSQL) keeps
+the tail in the metadata instead, in the checkpoint's own transaction, so any replica
+resumes the ingest (:meth:`cas.core.StoreCore.checkpoint`). Parking checkpoints and
+then gives back every buffer (the next call reloads the tail). Resuming rebuilds an ingest's state
 from its last checkpoint, also after a restart or a crash: its pieces are re-read and
 re-cut, so the hash and the cutter continue where they were.
 
@@ -15,7 +17,6 @@ its methods run on worker threads.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from .errors import StoreCorrupt
@@ -34,6 +35,7 @@ class IngestCheckpoints(IngestPieces):
     offset: int  # bytes received
     _hasher: Hasher
     _checkpointed: int  # the offset of the last checkpoint (-1: none yet)
+    _tail_len: int  # the length of that checkpoint's tail
     _parked: bool
     _parked_pack: tuple[str, int] | None  # the pack to reopen and its size, if any
 
@@ -46,24 +48,11 @@ class IngestCheckpoints(IngestPieces):
         if self._writer is not None:
             self._writer.sync()
         tail = bytes(self._cutter.held())
-        path = self._core.tail_path(self.id, self.offset)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(tail)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._core.meta.checkpoint(
-            self.id,
-            self._unsaved,
-            self.offset,
-            self._seq,
-            self._writer.size if self._writer else 0,
-            len(tail),
-        )
+        self._core.checkpoint(self.id, self._unsaved, self.offset, self._seq,
+                              self._writer.size if self._writer else 0, tail)
         self._unsaved = []
-        self._core.drop_tails(self.id, keep=path)
         self._checkpointed = self.offset
+        self._tail_len = len(tail)
 
     def _park_sync(self) -> None:
         if self._checkpointed != self.offset or self._unsaved:
@@ -78,11 +67,7 @@ class IngestCheckpoints(IngestPieces):
         self._parked = True
 
     def _unpark_sync(self) -> None:
-        tail_path = self._core.tail_path(self.id, self._checkpointed)
-        try:
-            tail = tail_path.read_bytes()
-        except FileNotFoundError as exc:
-            raise StoreCorrupt(f"ingest {self.id}: its tail file is missing") from exc
+        tail = self._core.read_tail(self.id, self._checkpointed, self._tail_len)
         if self._parked_pack is not None:
             self._writer = self._core.packs.open_append(*self._parked_pack)
             self._parked_pack = None
@@ -99,13 +84,7 @@ class IngestCheckpoints(IngestPieces):
             raise StoreCorrupt(f"ingest {self.id} has {len(rows)} of {npieces} pieces recorded")
         held_keys = [loc.key for _, loc in rows if loc.stored < 0]
         held_locs = meta.locations(held_keys)
-        tail_path = self._core.tail_path(self.id, offset)
-        try:
-            tail = tail_path.read_bytes() if tail_len else b""
-        except FileNotFoundError as exc:
-            raise StoreCorrupt(f"ingest {self.id}: its tail file is missing") from exc
-        if len(tail) != tail_len:
-            raise StoreCorrupt(f"ingest {self.id}: tail file has {len(tail)} of {tail_len} bytes")
+        tail = self._core.read_tail(self.id, offset, tail_len)
         if pack is not None:
             self._writer = self._core.packs.open_append(pack, pack_size)
         step = self._cutter.max_feed
@@ -143,4 +122,5 @@ class IngestCheckpoints(IngestPieces):
             raise StoreCorrupt(f"ingest {self.id}: re-cutting did not reproduce its pieces")
         self.offset = offset
         self._checkpointed = offset
+        self._tail_len = tail_len
 

@@ -1,16 +1,18 @@
 """Which pack backend a store directory uses: :func:`open_packs`.
 
 Packs live on disk (``<storage>/packs``) unless the store was opened with an S3 location,
-which the directory then records (``<storage>/packs.json``, :mod:`cas.s3_location`): every
-later open of that directory, by any command, uses the recorded place, and a store is
+which the directory then records (``<storage>/packs.json``, :mod:`cas.s3_location`), and
+so does shared (PostgreSQL) metadata: every later open of that directory, or of any
+directory on that metadata, by any command, uses the recorded place, and a store is
 never opened on packs that are not its own.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .pack_files import FilesystemPacks
 from .s3_location import S3Location, S3LocationError
@@ -18,37 +20,69 @@ from .s3_location import S3Location, S3LocationError
 if TYPE_CHECKING:
     from .packs import PackBackend
 
-__all__ = ["open_packs"]
+__all__ = ["PACKS_SETTING", "SharedSettings", "open_packs", "packs_are_shared"]
+
+
+@runtime_checkable
+class SharedSettings(Protocol):
+    """Metadata shared by every replica that also records where the packs live
+    (PostgreSQL's, :class:`cas.pg_meta.PgMetadata`)."""
+
+    def setting(self, name: str) -> str | None: ...
+    def set_setting_once(self, name: str, value: str) -> str: ...
+
+
+#: The shared setting that names the packs' S3 location (its URL without the keys).
+PACKS_SETTING = "packs"
 
 
 def open_packs(root: Path, *, direct_io: bool = True, s3: S3Location | None = None,
-               known: Callable[[str], bool] | None = None) -> PackBackend:
-    """The pack backend of store directory ``root``: S3 when ``s3`` is given or recorded,
-    else files. S3LocationError when ``s3`` names another place than the recorded one,
-    when the directory already holds packs on disk, or when the prefix holds packs the
-    store's metadata does not know (``known``: its ``is_pack_known``); S3StorageError when the bucket is missing
-    or refuses the keys."""
+               known: Callable[[str], bool] | None = None,
+               settings: SharedSettings | None = None) -> PackBackend:
+    """The pack backend of store directory ``root``: S3 when ``s3`` is given or recorded
+    (in the directory, or in the shared metadata ``settings``), else files.
+    S3LocationError when ``s3`` names another place than a recorded one, when the
+    directory already holds packs on disk, or when the prefix holds packs the store's
+    metadata does not know (``known``: its ``is_pack_known``); S3StorageError when the
+    bucket is missing or refuses the keys.
+
+    Shared metadata records the location (without its keys) the first time a store on
+    it is opened with one, so a replica or a CLI run on an empty storage directory finds
+    the packs (keys from its config, or ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``)."""
     recorded = S3Location.recorded(root)
-    if s3 is None:
-        if recorded is not None:
-            return _s3_packs(recorded)
+    shared = None
+    if settings is not None:
+        url = settings.setting(PACKS_SETTING)
+        shared = None if url is None else S3Location.parse(url)
+    for other, where in ((recorded, f"store {root}"), (shared, "the store's metadata")):
+        for mine in (s3, recorded):
+            if other is not None and mine is not None and not other.same_place(mine):
+                raise S3LocationError(
+                    f"{where} keeps its packs in {other}, not {mine}; use that location, "
+                    "or another storage directory (and database) for a new store")
+    if s3 is None and recorded is None and shared is None:
         return FilesystemPacks(root / "packs", direct=direct_io)
-    if recorded is not None and not recorded.same_place(s3):
-        raise S3LocationError(
-            f"store {root} keeps its packs in {recorded}, not {s3}; use that location, "
-            "or another storage directory for a new store")
     if recorded is None and any((root / "packs").glob("*/*.pack")):
         raise S3LocationError(
             f"store {root} keeps its packs on disk ({root / 'packs'}); an S3 store needs a "
             "storage directory of its own")
+    if s3 is None:
+        if recorded is not None:
+            return _s3_packs(recorded)
+        assert shared is not None
+        return _s3_packs(shared)
     packs = _s3_packs(s3)  # checks the bucket and the keys before recording them
-    if recorded is None and _foreign(packs.names(), known):
+    if recorded is None and shared is None and _foreign(packs.names(), known):
         # GC removes every pack its own metadata does not know: two stores on one
         # prefix would delete each other's pieces. (Replicas of one store share their
         # metadata, which knows the packs: they may share the prefix.)
         raise S3LocationError(
             f"{s3} already holds the packs of another store; give this store a prefix "
             "of its own (s3://HOST/BUCKET/PREFIX)")
+    if settings is not None and shared is None:
+        first = S3Location.parse(settings.set_setting_once(PACKS_SETTING, s3.to_url(keys=False)))
+        if not first.same_place(s3):  # another replica recorded another place meanwhile
+            raise S3LocationError(f"the store's metadata keeps its packs in {first}, not {s3}")
     if recorded != s3:
         s3.record(root)
     return packs
@@ -69,3 +103,10 @@ def _s3_packs(location: S3Location) -> PackBackend:
         raise S3LocationError(
             f"packs in {location} need the S3 client: pip install 'pybuild[s3]' ({exc})") from exc
     return S3Packs(location)
+
+
+def packs_are_shared(packs: PackBackend) -> bool:
+    """True when ``packs`` live in object storage that other machines reach (S3), not in
+    a directory of this one."""
+    module = sys.modules.get("cas.pack_s3")  # loaded by whoever made S3 packs
+    return module is not None and isinstance(packs, module.S3Packs)

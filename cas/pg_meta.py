@@ -55,6 +55,15 @@ MIGRATIONS = [
     """,
     # 2: when each link was last made (Metadata.unlink_stale); links made before count as old
     "ALTER TABLE links ADD COLUMN linked DOUBLE PRECISION NOT NULL DEFAULT 0",
+    # 3: what replicas with local storage directories of their own share: each open
+    # ingest's tail (the bytes its cutter held back at its last checkpoint, at most one
+    # piece: ChunkParams.max_size), gone with the ingest; and where the packs live
+    """
+    CREATE TABLE ingest_tails(
+        ingest TEXT COLLATE "C" PRIMARY KEY REFERENCES ingests(id) ON DELETE CASCADE,
+        "offset" BIGINT NOT NULL, data BYTEA NOT NULL);
+    CREATE TABLE settings(name TEXT COLLATE "C" PRIMARY KEY, value TEXT NOT NULL);
+    """,
 ]
 
 # A link made again is a fresh link: its time moves (see Metadata.unlink_stale).
@@ -122,19 +131,56 @@ class PgMetadata:
     def checkpoint(self, ingest_id: str, rows: list[tuple[int, bytes, int, Location | None]],
                    offset: int, npieces: int, pack_size: int, tail_len: int) -> None:
         with self._db.tx() as db:
-            db.cursor().executemany(
-                f"INSERT INTO ingest_pieces(ingest, seq, {_PIECE_COLS}) VALUES"
-                " (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (ingest, seq) DO UPDATE SET"
-                " key = EXCLUDED.key, length = EXCLUDED.length, stored = EXCLUDED.stored,"
-                ' codec = EXCLUDED.codec, pack = EXCLUDED.pack, "offset" = EXCLUDED."offset",'
-                " data = EXCLUDED.data",
-                [(ingest_id, seq, key, length)
-                 + ((loc.stored, loc.codec, loc.pack, loc.offset, loc.data) if loc else (None,) * 5)
-                 for seq, key, length, loc in rows],
-            )
-            db.execute('UPDATE ingests SET "offset" = %s, npieces = %s, pack_size = %s,'
-                       " tail_len = %s, updated = %s WHERE id = %s",
-                       (offset, npieces, pack_size, tail_len, time.time(), ingest_id))
+            self._checkpoint(db, ingest_id, rows, offset, npieces, pack_size, tail_len)
+
+    def checkpoint_with_tail(self, ingest_id: str, rows: list[tuple[int, bytes, int, Location | None]],
+                             offset: int, npieces: int, pack_size: int, tail: bytes) -> None:
+        """:meth:`checkpoint`, and the ingest's tail (the bytes its cutter holds back at
+        ``offset``) kept in the database in the same transaction, in place of the one
+        before: a replica with a storage directory of its own resumes from it."""
+        with self._db.tx() as db:
+            self._checkpoint(db, ingest_id, rows, offset, npieces, pack_size, len(tail))
+            db.execute('INSERT INTO ingest_tails(ingest, "offset", data) VALUES (%s, %s, %s)'
+                       ' ON CONFLICT (ingest) DO UPDATE SET "offset" = EXCLUDED."offset",'
+                       " data = EXCLUDED.data", (ingest_id, offset, tail))
+
+    def ingest_tail(self, ingest_id: str, offset: int) -> bytes | None:
+        """The tail :meth:`checkpoint_with_tail` kept for the ingest's checkpoint at
+        ``offset``; None when there is none (no such checkpoint, or a later one since)."""
+        rows = self._db.q('SELECT data FROM ingest_tails WHERE ingest = %s AND "offset" = %s',
+                          (ingest_id, offset))
+        return bytes(rows[0][0]) if rows else None
+
+    def setting(self, name: str) -> str | None:
+        """A store-wide setting every replica reads (e.g. where the packs live), or None."""
+        rows = self._db.q("SELECT value FROM settings WHERE name = %s", (name,))
+        return str(rows[0][0]) if rows else None
+
+    def set_setting_once(self, name: str, value: str) -> str:
+        """Record ``value`` unless the setting already has one; return the value recorded
+        (the first writer's, of concurrent ones)."""
+        with self._db.tx() as db:
+            db.execute("INSERT INTO settings(name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                       (name, value))
+            row = db.execute("SELECT value FROM settings WHERE name = %s", (name,)).fetchone()
+        return str(row[0])
+
+    @staticmethod
+    def _checkpoint(db: Any, ingest_id: str, rows: list[tuple[int, bytes, int, Location | None]],
+                    offset: int, npieces: int, pack_size: int, tail_len: int) -> None:
+        db.cursor().executemany(
+            f"INSERT INTO ingest_pieces(ingest, seq, {_PIECE_COLS}) VALUES"
+            " (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (ingest, seq) DO UPDATE SET"
+            " key = EXCLUDED.key, length = EXCLUDED.length, stored = EXCLUDED.stored,"
+            ' codec = EXCLUDED.codec, pack = EXCLUDED.pack, "offset" = EXCLUDED."offset",'
+            " data = EXCLUDED.data",
+            [(ingest_id, seq, key, length)
+             + ((loc.stored, loc.codec, loc.pack, loc.offset, loc.data) if loc else (None,) * 5)
+             for seq, key, length, loc in rows],
+        )
+        db.execute('UPDATE ingests SET "offset" = %s, npieces = %s, pack_size = %s,'
+                   " tail_len = %s, updated = %s WHERE id = %s",
+                   (offset, npieces, pack_size, tail_len, time.time(), ingest_id))
 
     def ingest_recipe(self, ingest_id: str) -> list[tuple[int, Location]]:
         rows = self._db.q(

@@ -1,6 +1,8 @@
 """Three ``pybuild serve`` replicas behind HAProxy (round-robin per request), sharing one
-PostgreSQL metadata database and one storage directory, with the packs there or in S3
-(a RADOS Gateway): Docker, skopeo and podman push and
+PostgreSQL metadata database, with the packs in one shared storage directory, or in S3 (a
+RADOS Gateway) with an empty storage directory per replica (upload sessions then live in
+the database and the bucket alone; the CLI runs on a directory of its own too, finding
+the packs through the database): Docker, skopeo and podman push and
 pull through the balancer; a replica killed with SIGKILL in the middle of a push leaves the
 client to finish through the others; ``storage gc`` looping beside the pushes loses nothing
 they were told was stored."""
@@ -39,20 +41,25 @@ from testkit.registries import RegistryProcess, get_manifest
 pytestmark = pytest.mark.slow
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "builder", *args], capture_output=True,
-                          text=True, timeout=300, check=False, env=dict(os.environ))
+                          text=True, timeout=300, check=False, env={**os.environ, **(env or {})})
 
 
 class Cluster:
-    def __init__(self, replicas: list[RegistryProcess], addr: str, storage: Path, database: str):
+    def __init__(self, replicas: list[RegistryProcess], addr: str, storage: Path, database: str,
+                 env: dict[str, str]):
         self.replicas, self.addr, self.storage, self.database = replicas, addr, storage, database
+        self.env = env  # what the CLI needs besides its storage directory (S3 keys)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return _cli(*args, "--storage", str(self.storage), "--database", self.database, env=self.env)
 
     def ref(self, repo: str, tag: str) -> str:
         return f"{self.addr}/{repo}:{tag}"
 
     def fsck(self) -> dict[str, object]:
-        out = _cli("storage", "fsck", "--storage", str(self.storage), "--database", self.database, "--json")
+        out = self.cli("storage", "fsck", "--json")
         assert out.returncode == 0, out.stdout + out.stderr
         report: dict[str, object] = json.loads(out.stdout)
         return report
@@ -64,22 +71,26 @@ def cluster(request: pytest.FixtureRequest, postgres: PostgresServer, tmp_path: 
     assert _cli("storage", "migrate", "--database", database).returncode == 0
     storage = tmp_path / "storage"
     settings: dict[str, object] = {"database": {"url": database}, "log": {"access": False}}
+    env: dict[str, str] = {}
     if request.param == "s3":
         s3: S3Location = request.getfixturevalue("s3_location")
         settings["packs"] = s3.to_url(keys=True)
+        env = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
     config = tmp_path / "registry.yaml"
     config.write_text(json.dumps(settings))
     replicas = []
     try:
         for n in range(3):
-            def argv(addr: str) -> list[str]:
+            own = storage if request.param == "files" else tmp_path / f"storage-r{n}"
+
+            def argv(addr: str, own: Path = own) -> list[str]:
                 return [sys.executable, "-m", "builder", "serve", "--addr", addr, "--storage",
-                        str(storage), "--config", str(config)]
-            replica = RegistryProcess("pybuild", argv, storage=storage, log=tmp_path / f"r{n}.log")
+                        str(own), "--config", str(config)]
+            replica = RegistryProcess("pybuild", argv, storage=own, log=tmp_path / f"r{n}.log")
             replica.start()
             replicas.append(replica)
         with load_balancer([r.addr for r in replicas]) as addr:
-            yield Cluster(replicas, addr, storage, database)
+            yield Cluster(replicas, addr, storage, database, env)
     finally:
         for replica in replicas:
             replica.stop()
@@ -143,8 +154,7 @@ def test_gc_looping_beside_pushes_loses_nothing(cluster: Cluster, busybox: Image
 
     def collect() -> None:
         while not stop.is_set():
-            runs.append(_cli("storage", "gc", "--storage", str(cluster.storage), "--database",
-                             cluster.database, "--grace", "0", "--json"))
+            runs.append(cluster.cli("storage", "gc", "--grace", "0", "--json"))
 
     collector = threading.Thread(target=collect)
     collector.start()

@@ -1,5 +1,6 @@
 """``pybuild serve`` with its metadata in PostgreSQL: schema migrations, and two replicas
-sharing one database (and one storage directory) answering for each other at once."""
+sharing one database (and one storage directory, or packs in S3 and directories of their
+own) answering for each other at once."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from cas.pg_db import PgDatabase, SchemaMismatch
 from cas.pg_meta import MIGRATIONS, PgMetadata
+from cas.s3_location import S3Location
 from registry.server.metadata_pg import MIGRATIONS as REGISTRY_MIGRATIONS
 from testkit.clients import run, skopeo
 from testkit.images import make_image, make_layer, tar_files, write_oci_layout
@@ -119,3 +121,45 @@ def test_two_replicas_on_one_database_answer_for_each_other(database: str, tmp_p
     fsck = _cli("storage", "fsck", "--storage", str(storage), "--database", database, "--json")
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     assert json.loads(fsck.stdout)["ok"] is True
+
+
+def test_replicas_with_directories_of_their_own_resume_each_others_uploads(
+        database: str, s3_location: S3Location, tmp_path: Path) -> None:
+    # Packs in S3, metadata in PostgreSQL: each replica starts on an empty storage
+    # directory of its own, and an upload's checkpoints (its tail too) live in shared storage.
+    assert _cli("storage", "migrate", "--database", database).returncode == 0
+    settings = {"database": {"url": database}, "packs": s3_location.to_url(keys=True)}
+    dirs = {n: tmp_path / n / "storage" for n in ("a", "b")}
+    data = os.urandom(6 << 20)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with pybuild_configured_registry(tmp_path / "a", settings, dirs["a"]) as a, \
+            pybuild_configured_registry(tmp_path / "b", settings, dirs["b"]) as b:
+        opened = http(a.addr, "POST", "/v2/team/app/blobs/uploads/")
+        assert opened.status == 202
+        location = opened.headers["location"]
+        # pieces go to the session's pack, the rest stays in its tail, at every step
+        for replica, start, end in ((a, 0, 2_500_000), (b, 2_500_000, 4_000_000), (a, 4_000_000, 5_000_123)):
+            part = http(replica.addr, "PATCH", location, body=data[start:end], headers={
+                "Content-Type": "application/octet-stream", "Content-Range": f"{start}-{end - 1}"})
+            assert part.status == 202, part.body
+            assert part.headers["range"] == f"0-{end - 1}"
+            location = part.headers["location"]
+            status = http(b.addr if replica is a else a.addr, "GET", location)
+            assert status.status == 204 and status.headers["range"] == f"0-{end - 1}"
+        for d in dirs.values():
+            assert list((d / "ingests").iterdir()) == []  # no tail file anywhere
+        sep = "&" if "?" in location else "?"
+        done = http(b.addr, "PUT", f"{location}{sep}digest={digest}", body=data[5_000_123:],
+                    headers={"Content-Type": "application/octet-stream"})
+        assert done.status == 201, done.body
+        for replica in (a, b):
+            assert http(replica.addr, "GET", f"/v2/team/app/blobs/{digest}").body == data
+    # A command on a third, empty directory finds the packs through the database.
+    fsck = subprocess.run(
+        [sys.executable, "-m", "builder", "storage", "fsck", "--storage", str(tmp_path / "cli"),
+         "--database", database, "--json"], capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": s3_location.access_key,
+             "AWS_SECRET_ACCESS_KEY": s3_location.secret_key})
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    report = json.loads(fsck.stdout)
+    assert report["ok"] is True and report["blobs_checked"] >= 1 and report["pieces_checked"] >= 1

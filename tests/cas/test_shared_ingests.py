@@ -1,0 +1,138 @@
+"""A shared store (metadata in PostgreSQL, packs in S3 on a RADOS Gateway) opened from
+storage directories of its own, as replicas open it: an open ingest's checkpoint (its
+pieces, its pack, its tail) lives in shared storage, so any of them resumes it, and the
+packs' location is found through the metadata. The single-node store keeps tail files."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cas import Digest, StoreConfig
+from cas.errors import StoreCorrupt
+from cas.open import open_store
+from cas.s3_location import S3Location, S3LocationError
+from testkit.postgres import PostgresServer
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> str:
+    return postgres.create_database(f"shared_{uuid.uuid4().hex[:12]}")
+
+
+def _config(root: Path, database: str, s3: S3Location | None) -> StoreConfig:
+    return StoreConfig.at(root, database=database, migrate=True).with_packs_in(s3)
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "ingests").iterdir())
+
+
+async def test_an_ingest_goes_on_in_another_directory_from_its_last_checkpoint(
+        database: str, s3_location: S3Location, tmp_path: Path) -> None:
+    data = os.urandom(7 << 20)
+    a_root, b_root = tmp_path / "a", tmp_path / "b"
+    async with await open_store(_config(a_root, database, s3_location)) as a, \
+            await open_store(_config(b_root, database, s3_location)) as b:
+        assert a.core.tail_keeper is not None and b.core.tail_keeper is not None
+        ing = await a.begin_ingest()
+        await ing.write(data[: 2_500_000])  # pieces in the pack, and a tail
+        await ing.park()
+        # B goes on where A checkpointed; bytes past B's last checkpoint are lost with it.
+        on_b = await b.resume_ingest(ing.id)
+        assert on_b.offset == 2_500_000
+        await on_b.write(data[2_500_000 : 4_000_000])
+        await on_b.checkpoint()
+        await on_b.write(b"never checkpointed")
+        await on_b._quiesce()
+        # A's own copy is stale: it resumes afresh, from B's checkpoint.
+        again = await a.resume_ingest(ing.id)
+        assert again.offset == 4_000_000
+        await again.write(data[4_000_000 : 5_000_123])
+        await again.park()
+        last = await b.resume_ingest(ing.id)
+        assert last.offset == 5_000_123
+        await last.write(data[5_000_123:])
+        info = await last.commit(Digest.of(data))
+        assert info.size == len(data)
+        assert await a.read_bytes(Digest.of(data)) == data
+        assert _files(a_root) == _files(b_root) == []  # no tail file on either side
+        assert (await a.stats()).open_ingests == 0
+        fsck = await a.fsck()
+        assert fsck.ok, fsck.problems
+
+
+async def test_a_dropped_ingest_takes_its_tail_with_it(
+        database: str, s3_location: S3Location, tmp_path: Path) -> None:
+    async with await open_store(_config(tmp_path / "a", database, s3_location)) as a:
+        ing = await a.begin_ingest()
+        await ing.write(os.urandom(300_000))
+        await ing.checkpoint()
+        keeper = a.core.tail_keeper
+        assert keeper is not None and keeper.ingest_tail(ing.id, 300_000) is not None
+        assert keeper.ingest_tail(ing.id, 1) is None  # not a checkpoint of it
+        await ing.abort()
+        assert keeper.ingest_tail(ing.id, 300_000) is None
+        ing = await a.begin_ingest()
+        await ing.write(b"x" * 1000)
+        await ing.park()
+        assert await a.expire_ingests(older_than=-1) == 1
+        assert keeper.ingest_tail(ing.id, 1000) is None
+
+
+async def test_an_empty_directory_finds_the_packs_through_the_metadata(
+        database: str, s3_location: S3Location, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(3 << 20)
+    async with await open_store(_config(tmp_path / "a", database, s3_location)) as a:
+        digest = (await a.put(data)).digest
+    # no location given, no packs.json: the metadata says where, the keys come from the environment
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_location.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_location.secret_key)
+    async with await open_store(_config(tmp_path / "cli", database, None)) as cli:
+        assert await cli.read_bytes(digest) == data
+    assert not (tmp_path / "cli" / "packs.json").exists()
+    # another prefix for the same metadata is refused, from an empty directory too
+    elsewhere = S3Location(s3_location.endpoint, s3_location.bucket, s3_location.prefix + "other/",
+                           s3_location.access_key, s3_location.secret_key, secure=False,
+                           part_size=s3_location.part_size)
+    with pytest.raises(S3LocationError, match="the store's metadata keeps its packs in s3://"):
+        await open_store(_config(tmp_path / "wrong", database, elsewhere))
+
+
+async def test_single_node_stores_keep_tail_files(
+        database: str, s3_location: S3Location, tmp_path: Path) -> None:
+    for config in (StoreConfig.at(tmp_path / "sqlite-s3").with_packs_in(s3_location),
+                   StoreConfig.at(tmp_path / "pg-files", database=database, migrate=True)):
+        async with await open_store(config) as store:
+            assert store.core.tail_keeper is None
+            ing = await store.begin_ingest()
+            await ing.write(os.urandom(200_000))
+            await ing.checkpoint()
+            assert _files(config.root) == [f"{ing.id}.200000.tail"]
+            await ing.abort()
+
+
+async def test_a_tail_file_from_before_the_upgrade_still_resumes(
+        database: str, s3_location: S3Location, tmp_path: Path) -> None:
+    data = os.urandom(500_000)
+    async with await open_store(_config(tmp_path / "shared", database, s3_location)) as store:
+        keeper = store.core.tail_keeper
+        store.core.tail_keeper = None  # as a pybuild before schema step 3 checkpointed
+        ing = await store.begin_ingest()
+        await ing.write(data[:300_000])
+        await ing.checkpoint()
+        store.core.tail_keeper = keeper
+        assert _files(store.root) == [f"{ing.id}.300000.tail"]
+        resumed = await store.resume_ingest(ing.id)
+        await resumed.write(data[300_000:])
+        assert (await resumed.commit(Digest.of(data))).size == len(data)
+        assert _files(store.root) == []
+        # a tail that is nowhere is named as such
+        lost = await store.begin_ingest()
+        await lost.write(b"y" * 5000)
+        await lost.checkpoint()
+        with pytest.raises(StoreCorrupt, match="neither in the metadata nor in"):
+            store.core.read_tail(lost.id, 4000, 1000)
