@@ -123,7 +123,8 @@ class SqliteMetadata:
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self._path, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            # The mode now in effect (SQLite keeps the old one where WAL is impossible).
+            wal = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower() == "wal"
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=10000")
             db.executescript(_SCHEMA)
@@ -141,7 +142,8 @@ class SqliteMetadata:
             raise mapped_error(exc, self._path, self._path.parent) from exc
         self._db = db
         self._watch = watch
-        self._wal = WalIndex.open(self._path)
+        # Only a WAL database's -shm is current (another mode may have left a stale one).
+        self._wal = WalIndex.open(self._path) if wal else None
 
     def generation(self) -> int:
         """See the protocol; the WAL-index header, else ``PRAGMA data_version`` (module
