@@ -90,12 +90,12 @@ class CountingRelay:
                 data = src.recv(_CHUNK)
                 if not data:
                     break
-                dst.sendall(data)
-                with self._lock:
+                with self._lock:  # counted before it is passed on: whoever got it sees it counted
                     if up:
                         self._up += len(data)
                     else:
                         self._down += len(data)
+                dst.sendall(data)
         except OSError:
             pass
         finally:

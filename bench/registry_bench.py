@@ -8,6 +8,10 @@ Measured for each registry (the peer, CNCF Distribution, and pybuild's ``serve``
 - blob pull, N concurrent clients (default 4, separate processes so the client is not
   one Python thread): aggregate MB/s = all bytes / (last end - first start);
 - manifest GETs/s and p99 latency: ``wrk`` against ``GET /v2/<name>/manifests/<tag>``;
+  and, for a registry this harness starts, the CPU time its server process spent per
+  request meanwhile (``utime + stime`` from ``/proc/PID/stat``): on a machine shared
+  with other work, requests/s fall with every other busy process while a request's CPU
+  cost barely moves;
 - skopeo copy of a generated 10-layer image, push (OCI layout -> registry) and pull
   (registry -> a fresh OCI layout, median of 3): seconds and MB/s of layer bytes;
 - storage: ten versions of an image made of chunked-frame layers (pybuild's layer
@@ -56,7 +60,9 @@ __all__ = [
     "allocated_bytes",
     "bench_registry",
     "parse_wrk",
+    "parse_wrk_requests",
     "prepare_data",
+    "process_cpu_seconds",
     "push_versions",
     "version_images",
 ]
@@ -285,6 +291,7 @@ def _concurrent_pull(url: str, clients: int) -> float:
 _WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
 _WRK_P99 = re.compile(r"^\s*99%\s+([0-9.]+)(us|ms|s)\s*$", re.MULTILINE)
 _WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_WRK_REQUESTS = re.compile(r"^\s*(\d+) requests in ", re.MULTILINE)
 
 
 def parse_wrk(output: str) -> tuple[float, float]:
@@ -299,10 +306,29 @@ def parse_wrk(output: str) -> tuple[float, float]:
     return float(rate.group(1)), parse_duration(p99.group(1) + p99.group(2)) / 1e6
 
 
-def _wrk_manifests(addr: str, settings: RegistrySettings) -> tuple[float, float]:
+def parse_wrk_requests(output: str) -> int:
+    """How many requests a ``wrk`` run completed."""
+    found = _WRK_REQUESTS.search(output)
+    if found is None:
+        raise RegistryBenchError(f"cannot read wrk's request count:\n{output}")
+    return int(found.group(1))
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far, from ``/proc/PID/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # After the command's ")": state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wrk_manifests(
+    addr: str, settings: RegistrySettings, pid: int | None
+) -> tuple[float, float, float | None]:
+    """(requests/s, p99 ms, the server's CPU seconds per request or None without ``pid``)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RegistryBenchError("wrk is not installed; install wrk")
+    cpu_before = process_cpu_seconds(pid) if pid is not None else 0.0
     proc = subprocess.run(
         [wrk, f"-t{settings.wrk_threads}", f"-c{settings.wrk_connections}",
          f"-d{settings.wrk_seconds}s", "--latency",
@@ -311,9 +337,12 @@ def _wrk_manifests(addr: str, settings: RegistrySettings) -> tuple[float, float]
         capture_output=True, text=True, timeout=settings.wrk_seconds + 60,
         check=False,
     )
+    cpu = process_cpu_seconds(pid) - cpu_before if pid is not None else None
     if proc.returncode != 0:
         raise RegistryBenchError(f"wrk exited {proc.returncode}: {proc.stderr}")
-    return parse_wrk(proc.stdout)
+    rate, p99 = parse_wrk(proc.stdout)
+    per_request = cpu / max(parse_wrk_requests(proc.stdout), 1) if cpu is not None else None
+    return rate, p99, per_request
 
 
 def _skopeo_copy(src: str, dest: str) -> float:
@@ -335,8 +364,10 @@ def _skopeo_copy(src: str, dest: str) -> float:
 def bench_registry(
     target: str, addr: str, data: RegistryData, settings: RegistrySettings, workdir: Path,
     storage: Path | Callable[[], int] | None = None, storage_label: str = "storage",
+    pid: int | None = None,
 ) -> list[Measurement]:
     """Measure the registry at ``addr`` (``host:port``, plain HTTP); label values ``target``.
+    ``pid``: its server process, when it runs on this machine (CPU per request).
 
     ``storage`` is the registry's storage directory when the harness started it (or a
     function giving the bytes its storage holds, e.g. a bucket's): then the storage growth
@@ -347,7 +378,7 @@ def bench_registry(
     push, pull = asyncio.run(_push_and_pull(base, data))
     concurrent = _concurrent_pull(f"{base}/v2/bench/blob/blobs/{data.blob_digest}",
                                   settings.clients)
-    rate, p99 = _wrk_manifests(addr, settings)
+    rate, p99, cpu_per_request = _wrk_manifests(addr, settings, pid)
     ref = f"docker://{addr}/bench/ten-layers:latest"
     skopeo_push = _skopeo_copy(f"oci:{data.layout}:latest", ref)
     pushed_manifest = json.loads((data.layout / "index.json").read_text())["manifests"][0]["digest"]
@@ -391,6 +422,9 @@ def bench_registry(
         one("manifest GET", "req/s", rate,
             notes=f"wrk -t{settings.wrk_threads} -c{settings.wrk_connections} -d{settings.wrk_seconds}s"),
         one("manifest GET p99", "ms", p99, higher=False),
+        *([one("manifest GET: server CPU per request", "us", cpu_per_request * 1e6,
+               higher=False, notes="utime+stime of the server process during the wrk run")]
+          if cpu_per_request is not None else []),
         one(f"skopeo copy push ({layers})", "s", skopeo_push, higher=False),
         one(f"skopeo copy pull ({layers})", "s", skopeo_pull, higher=False),
         one("skopeo copy push", "MB/s", lmb / skopeo_push),

@@ -117,8 +117,9 @@ def registry(quick: bool, workdir: Path | None, results: Path, blob_mib: int, cl
             click.echo(f"measuring {target.name} ...", err=True)
             try:
                 storage = None if target.kind == "external" else work / target.name / "storage"
-                with target.running(work / target.name) as addr:
-                    report.add(bench_registry(target.name, addr, data, settings, work, storage))
+                with target.running(work / target.name) as (addr, pid):
+                    report.add(bench_registry(target.name, addr, data, settings, work, storage,
+                                              pid=pid))
             except NotAvailable as exc:
                 report.skipped[target.name] = str(exc)
             except RegistryBenchError as exc:

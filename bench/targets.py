@@ -41,10 +41,11 @@ class Target:
     addr: str = ""
 
     @contextmanager
-    def running(self, workdir: Path) -> Iterator[str]:
-        """Start the registry (storage under ``workdir``), yield its address, stop and clean."""
+    def running(self, workdir: Path) -> Iterator[tuple[str, int | None]]:
+        """Start the registry (storage under ``workdir``), yield its address and its
+        server's process id (None for an external one), stop and clean."""
         if self.kind == "external":
-            yield self.addr
+            yield self.addr, None
             return
         if self.kind == "distribution":
             if shutil.which("docker-registry") is None:
@@ -58,7 +59,7 @@ class Target:
             raise ValueError(f"unknown target kind {self.kind!r}")
         try:
             with manager as running:
-                yield running.addr
+                yield running.addr, running.pid
         except RegistryError as exc:
             raise NotAvailable(f"{self.name} did not start: {exc}") from exc
         finally:

@@ -92,11 +92,13 @@ def wait_for_v2(
 
 @dataclass(frozen=True)
 class RunningRegistry:
-    """A registry that answers at ``addr`` (``host:port``), of kind ``kind``."""
+    """A registry that answers at ``addr`` (``host:port``), of kind ``kind``; ``pid``:
+    its server process, when this machine runs it (for ``/proc/PID/...`` figures)."""
 
     kind: str
     addr: str
     storage: Path
+    pid: int | None = None
 
     @property
     def url(self) -> str:
@@ -152,7 +154,7 @@ class RegistryProcess:
         except RegistryError as exc:
             self.stop()
             raise RegistryError(f"{exc}\ncommand: {' '.join(argv)}\nlog:\n{self.log_tail()}") from None
-        return RunningRegistry(kind=self.kind, addr=self.addr, storage=self.storage)
+        return RunningRegistry(kind=self.kind, addr=self.addr, storage=self.storage, pid=proc.pid)
 
     @property
     def pid(self) -> int | None:

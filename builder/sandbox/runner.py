@@ -154,6 +154,20 @@ def _choose_rootfs(wanted: RootfsMode, state_dir: Path, lowers: Sequence[Path]) 
     return wanted
 
 
+def _indexed_copy_ups(layout: RootfsLayout) -> bool:
+    """Did the step copy up a file with several names? With ``index=on`` overlayfs puts
+    an entry in ``<workdir>/index`` for each copy-up of a lower file with more than one
+    link, and for no other (every copy-up only with ``nfs_export=on``, which this mount
+    leaves off: Documentation/filesystems/overlayfs.rst, "Inode index"). An empty index
+    spares :func:`relink_copied_up` its walk of the upper dir, which is as long as the
+    step's output (an ``npm install``: tens of thousands of files)."""
+    try:
+        with os.scandir(layout.work / "index") as entries:
+            return any(True for _ in entries)
+    except FileNotFoundError:
+        return True  # no index where one was expected: look, as before
+
+
 def _hosts_file(spec: RunSpec) -> str:
     try:
         base = Path("/etc/hosts").read_text()
@@ -323,7 +337,7 @@ def run_step(
             spec, layout, cache_dir, executor, on_output, reports, set_home,
             before if as_upper else None, interrupt, shm_size, rlimits,
         )
-        if layout.index and any("child-pid" in r for r in reports):
+        if layout.index and any("child-pid" in r for r in reports) and _indexed_copy_ups(layout):
             # Before cleanup: the copied-up files' origin xattrs are needed.
             try:
                 relink_copied_up(layout.upper, layout.lowers)

@@ -33,10 +33,12 @@ from ..errors import RegistryError
 from .notifications import timestamp
 from .state import DELETED_TAGS, PARAMS, ROUTE, USER
 
-__all__ = ["AUDIT_LOGGER", "audit_record", "install_audit_handler"]
+__all__ = ["AUDITED_METHODS", "AUDIT_LOGGER", "audit_record", "install_audit_handler"]
 
 AUDIT_LOGGER = "pybuild.registry.audit"
 log = logging.getLogger(AUDIT_LOGGER)
+# Only these change what a repository holds; a request with another method is never audited.
+AUDITED_METHODS = frozenset({"PUT", "POST", "DELETE"})
 
 
 def _route(request: web.Request) -> tuple[str | None, dict[str, str]]:
@@ -70,7 +72,7 @@ def _action(method: str, route: str | None, query: Any) -> str | None:
 def audit_record(request: web.Request, status: int, resp: web.StreamResponse | None) -> dict[str, Any] | None:
     """The audit line's fields for ``request`` answered with ``status``; None when the
     request is not an audited write."""
-    if request.method not in ("PUT", "POST", "DELETE") or not request.raw_path.startswith("/v2/"):
+    if request.method not in AUDITED_METHODS or not request.raw_path.startswith("/v2/"):
         return None
     route, params = _route(request)
     query = request.query

@@ -26,6 +26,8 @@ CNCF Distribution serves them, and on the registry's own port only when
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterable
 from typing import Any
 
 import prometheus_client
@@ -34,13 +36,18 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
-    Summary,
     generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -49,6 +56,9 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SIZE_BUCKETS = tuple(float(4**k) for k in range(0, 16))  # 1 B .. 1 GiB, by factors of 4
+# The ``le`` label values, spelt as prometheus_client spells them.
+_LATENCY_LE = (*map(floatToGoString, _LATENCY_BUCKETS), "+Inf")
+_SIZE_LE = (*map(floatToGoString, _SIZE_BUCKETS), "+Inf")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _STORE_GAUGES = (
     ("blobs", "Committed blobs in the store."),
@@ -59,34 +69,98 @@ _STORE_GAUGES = (
 )
 
 
+class _Series:
+    """One (method, route, status)'s requests: counts per bucket (not cumulative) and sums."""
+
+    __slots__ = ("count", "latency", "latency_sum", "received", "request_size",
+                 "response_size", "sent")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.latency = [0] * (len(_LATENCY_BUCKETS) + 1)  # the last one: +Inf
+        self.latency_sum = 0.0
+        self.request_size = [0] * (len(_SIZE_BUCKETS) + 1)
+        self.received = 0
+        self.response_size = [0] * (len(_SIZE_BUCKETS) + 1)
+        self.sent = 0
+
+
+def _buckets(bounds: tuple[str, ...], counts: list[int]) -> list[tuple[str, float]]:
+    total = 0
+    out = []
+    for bound, n in zip(bounds, counts, strict=True):
+        total += n
+        out.append((bound, float(total)))
+    return out
+
+
+class _RequestCollector:
+    """The request metrics (the histograms and the series kept from before), built at
+    scrape time from :class:`_Series`: a request then costs a few list increments, where
+    prometheus_client's ``Histogram.observe`` takes a lock and walks the buckets, six
+    metric updates per request in all (measured: ~6 of the ~120 us of CPU a manifest GET
+    took)."""
+
+    def __init__(self, series: dict[tuple[str, str, int], _Series]) -> None:
+        self._series = series
+
+    def describe(self) -> list[Metric]:
+        return self._families(())
+
+    def collect(self) -> list[Metric]:
+        return self._families(list(self._series.items()))
+
+    @staticmethod
+    def _families(items: Iterable[tuple[tuple[str, str, int], _Series]]) -> list[Metric]:
+        labels = ("method", "route", "status")
+        latency = HistogramMetricFamily(
+            "pybuild_registry_http_request_duration_seconds",
+            "Time from the request's head to the end of the handler (body sent), by route.",
+            labels=labels)
+        request_size = HistogramMetricFamily(
+            "pybuild_registry_http_request_size_bytes", "Request body bytes read, by route.",
+            labels=labels)
+        response_size = HistogramMetricFamily(
+            "pybuild_registry_http_response_size_bytes", "Response body bytes sent, by route.",
+            labels=labels)
+        requests: dict[tuple[str, str], int] = {}
+        count = received = sent = 0
+        seconds = 0.0
+        for (method, route, status), s in items:
+            values = (method, route, str(status))
+            latency.add_metric(values, _buckets(_LATENCY_LE, s.latency), s.latency_sum)
+            request_size.add_metric(values, _buckets(_SIZE_LE, s.request_size), s.received)
+            response_size.add_metric(values, _buckets(_SIZE_LE, s.response_size), s.sent)
+            requests[method, values[2]] = requests.get((method, values[2]), 0) + s.count
+            count += s.count
+            seconds += s.latency_sum
+            received += s.received
+            sent += s.sent
+        by_status = CounterMetricFamily(
+            "pybuild_registry_requests", "HTTP requests served, by method and status.",
+            labels=("method", "status"))
+        for key, n in requests.items():
+            by_status.add_metric(key, n)
+        return [
+            latency, request_size, response_size, by_status,
+            SummaryMetricFamily("pybuild_registry_request_seconds", "Time spent in handlers.",
+                                count_value=count, sum_value=seconds),
+            CounterMetricFamily("pybuild_registry_bytes_received",
+                                "Request body bytes received.", value=received),
+            CounterMetricFamily("pybuild_registry_bytes_sent", "Response body bytes sent.",
+                                value=sent),
+        ]
+
+
 class Metrics:
     """The registry's metrics; updated on the event loop only."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        labels = ("method", "route", "status")
-        self.latency = Histogram(
-            "pybuild_registry_http_request_duration_seconds",
-            "Time from the request's head to the end of the handler (body sent), by route.",
-            labels, buckets=_LATENCY_BUCKETS, registry=r,
-        )
-        self.request_size = Histogram(
-            "pybuild_registry_http_request_size_bytes", "Request body bytes read, by route.",
-            labels, buckets=_SIZE_BUCKETS, registry=r,
-        )
-        self.response_size = Histogram(
-            "pybuild_registry_http_response_size_bytes", "Response body bytes sent, by route.",
-            labels, buckets=_SIZE_BUCKETS, registry=r,
-        )
-        self.requests = Counter(
-            "pybuild_registry_requests", "HTTP requests served, by method and status.",
-            ("method", "status"), registry=r,
-        )
-        self.seconds = Summary("pybuild_registry_request_seconds", "Time spent in handlers.", registry=r)
-        self.bytes_received = Counter(
-            "pybuild_registry_bytes_received", "Request body bytes received.", registry=r
-        )
-        self.bytes_sent = Counter("pybuild_registry_bytes_sent", "Response body bytes sent.", registry=r)
+        # (method, route, status) -> its series; bounded: methods and routes are fixed
+        # sets, statuses HTTP's.
+        self._series: dict[tuple[str, str, int], _Series] = {}
+        r.register(_RequestCollector(self._series))
         self.uploads_open = Gauge(
             "pybuild_registry_uploads_open", "Upload sessions open in this process.", registry=r
         )
@@ -105,8 +179,6 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        # Label children by key: .labels() costs more than the observation itself.
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
     def observe(
         self, method: str, route: str | None, status: int, seconds: float, received: int, sent: int
@@ -115,27 +187,17 @@ class Metrics:
         if method not in _METHODS:
             method = "other"
         key = (method, route or "other", status)
-        children = self._children.get(key)
-        if children is None:
-            if len(self._children) > 10_000:  # statuses are bounded; this is a safety net
-                self._children.clear()
-            values = (key[0], key[1], str(status))
-            children = self._children[key] = (
-                self.latency.labels(*values),
-                self.request_size.labels(*values),
-                self.response_size.labels(*values),
-                self.requests.labels(method, str(status)),
-            )
-        latency, request_size, response_size, requests = children
-        latency.observe(seconds)
-        request_size.observe(received)
-        response_size.observe(sent)
-        requests.inc()
-        self.seconds.observe(seconds)
-        if received:
-            self.bytes_received.inc(received)
-        if sent:
-            self.bytes_sent.inc(sent)
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = _Series()
+        s.count += 1
+        # A bucket counts the values <= its bound (bisect_left), as prometheus_client's.
+        s.latency[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        s.latency_sum += seconds
+        s.request_size[bisect_left(_SIZE_BUCKETS, received)] += 1
+        s.received += received
+        s.response_size[bisect_left(_SIZE_BUCKETS, sent)] += 1
+        s.sent += sent
 
     def render(self, uploads_open: int, stats: Any | None) -> bytes:
         """The exposition text; ``stats`` is ``Store.stats()`` (None: leave the store gauges)."""

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from cas import Digest
 
-from .audit import audit
+from .audit import AUDITED_METHODS, audit
 from .notifications import BLOB_MEDIA_TYPE, Notifier
 from .state import BYTES_RECEIVED, DELETED_TAGS, PARAMS, REGISTRY, ROUTE, USER, Registry
 
@@ -140,7 +140,8 @@ def after_request(
         if reg.notifier is not None and resp is not None:
             for event in request_events(request, resp, status):
                 reg.notifier.publish(event)
-        if reg.config.log_audit:
+        # Only writes are audited (audit.py): a read skips even the call.
+        if request.method in AUDITED_METHODS and reg.config.log_audit:
             audit(request, status, resp)
     except Exception:
         log.exception("%s %s: recording metrics, events or audit failed", request.method, request.path)

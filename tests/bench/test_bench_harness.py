@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 from bench.counting_relay import CountingRelay, Traffic
-from bench.registry_bench import RegistryBenchError, parse_wrk
+from bench.registry_bench import (
+    RegistryBenchError,
+    parse_wrk,
+    parse_wrk_requests,
+    process_cpu_seconds,
+)
 from bench.report import Measurement, Report
 from bench.targets import registry_targets
 from testkit.registries import pybuild_serve_available
@@ -30,6 +35,26 @@ def test_parse_wrk_reads_rate_and_p99_in_ms() -> None:
     rate, p99 = parse_wrk((TESTFILES / "wrk-latency.txt").read_text())
     assert rate == 594.87
     assert p99 == 133.5
+
+
+def test_parse_wrk_requests_reads_the_count() -> None:
+    assert parse_wrk_requests((TESTFILES / "wrk-latency.txt").read_text()) == 2997
+    with pytest.raises(RegistryBenchError, match="request count"):
+        parse_wrk_requests("Requests/sec: 1.0\n")
+
+
+def test_process_cpu_seconds_counts_a_busy_child() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                              "while time.process_time() - t < 0.3: pass\ninput()"],
+                             stdin=subprocess.PIPE, text=True)
+    try:
+        deadline = 200
+        while process_cpu_seconds(child.pid) < 0.25 and deadline:
+            subprocess.run(["sleep", "0.05"], check=True)
+            deadline -= 1
+        assert 0.25 <= process_cpu_seconds(child.pid) < 5
+    finally:
+        child.communicate("\n", timeout=30)
 
 
 def test_parse_wrk_rejects_error_responses() -> None:
@@ -74,7 +99,11 @@ def test_quick_registry_run_writes_json(tmp_path: Path) -> None:
     names = [m["name"] for m in data["measurements"]]
     assert names[0] == "blob push 32 MiB (POST+PUT)"
     assert "manifest GET p99" in names
-    assert len(names) == 11
+    assert len(names) == 12
+    # The harness started both registries: their server CPU per request is measured.
+    cpu = next(m for m in data["measurements"]
+               if m["name"] == "manifest GET: server CPU per request")
+    assert cpu["unit"] == "us" and cpu["higher_is_better"] is False
     assert "storage / bytes pushed" in names
     assert all(m["values"]["distribution"] > 0 for m in data["measurements"])
     # Distribution keeps every version's blobs whole: about what was pushed.

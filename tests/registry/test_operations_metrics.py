@@ -131,3 +131,44 @@ def test_debug_config_keys(tmp_path):
     path.write_text("http:\n  debug:\n    prometheus:\n      path: metrics\n")
     with pytest.raises(ConfigError, match="must start with '/'"):
         load_config(path, environ={})
+
+
+def test_request_histograms_match_prometheus_client_histograms():
+    """The request series are kept as plain counts and built at scrape time (cheaper per
+    request); prometheus_client's own Histogram and Counter are the oracle for the text."""
+    import prometheus_client
+
+    from registry.server.metrics import _LATENCY_BUCKETS, _SIZE_BUCKETS, Metrics
+
+    ours = Metrics()
+    ref = prometheus_client.CollectorRegistry()
+    labels = ("method", "route", "status")
+    latency = prometheus_client.Histogram("pybuild_registry_http_request_duration_seconds", "",
+                                          labels, buckets=_LATENCY_BUCKETS, registry=ref)
+    request_size = prometheus_client.Histogram("pybuild_registry_http_request_size_bytes", "",
+                                               labels, buckets=_SIZE_BUCKETS, registry=ref)
+    response_size = prometheus_client.Histogram("pybuild_registry_http_response_size_bytes", "",
+                                                labels, buckets=_SIZE_BUCKETS, registry=ref)
+    requests = prometheus_client.Counter("pybuild_registry_requests", "", ("method", "status"),
+                                         registry=ref)
+    # Values on bucket bounds, between them, past the last one, and zero.
+    cases = [("GET", "manifest", 200, 0.001, 0, 1), ("GET", "manifest", 200, 0.0007, 4, 5),
+             ("PUT", "upload", 201, 61.0, 1 << 31, 0), ("GET", None, 404, 0.0, 1, 1 << 30),
+             ("BREW", "blob", 405, 2.5, 16, 17), ("GET", "blob", 200, 0.0005, 0, 4**15)]
+    for method, route, status, seconds, received, sent in cases:
+        ours.observe(method, route, status, seconds, received, sent)
+        m = method if method in ("GET", "PUT") else "other"
+        values = (m, route or "other", str(status))
+        latency.labels(*values).observe(seconds)
+        request_size.labels(*values).observe(received)
+        response_size.labels(*values).observe(sent)
+        requests.labels(m, str(status)).inc()
+    expected = parse_metrics(prometheus_client.generate_latest(ref).decode())
+    got = parse_metrics(ours.render(0, None).decode())
+    assert expected  # the oracle produced samples
+    assert {k: v for k, v in got.items() if k in expected} == expected
+    assert set(expected) <= set(got)
+    assert got["pybuild_registry_request_seconds_count"] == len(cases)
+    assert got["pybuild_registry_request_seconds_sum"] == pytest.approx(sum(c[3] for c in cases))
+    assert got["pybuild_registry_bytes_received_total"] == sum(c[4] for c in cases)
+    assert got["pybuild_registry_bytes_sent_total"] == sum(c[5] for c in cases)

@@ -164,3 +164,26 @@ def test_a_renamed_name_keeps_its_group(steps: Steps) -> None:
     assert kinds["data/sub/f2"] == (EntryKind.HARDLINK, "data/f9")
     assert "data/f1" in {w.path for w in cs.whiteouts}
     assert (upper / "data/sub/f2").read_text() == "a\nb\n"
+
+
+def test_the_upper_dir_is_searched_for_groups_only_after_a_linked_file_was_copied_up(
+        base_root: Path, tmp_path: Path, executor: Executor,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """overlayfs' index holds an entry only for a copy-up of a file with several names: a
+    step that copied none up skips the repair's walk of its upper dir."""
+    import builder.sandbox.runner as runner
+
+    searched: list[Path] = []
+    real = runner.relink_copied_up
+    monkeypatch.setattr(runner, "relink_copied_up",
+                        lambda upper, lowers: searched.append(upper) or real(upper, lowers))
+    s = Steps(base_root, tmp_path, executor, RootfsMode.OVERLAY)
+    s.run(FIRST)  # new links, nothing copied up
+    s.run("echo b >> /etc/passwd && mkdir /new && echo x > /new/x")  # one name only
+    assert searched == []
+    upper = s.run("echo c >> /data/f1")  # a copy-up of a file with two names
+    # Without index=on (no file handles here) nothing is ever searched: the snapshot
+    # differ keeps the groups instead (rootfs=auto picks it when the lowers have some).
+    assert len(searched) == (1 if runner.overlay_index_supported(tmp_path) else 0)
+    if searched:
+        assert _inode(upper / "data/f1") == _inode(upper / "data/sub/f2")
