@@ -26,6 +26,7 @@ from .location import StoreConfig
 from .meta import CODEC_ZSTD, Location, Metadata
 from .pack_select import open_packs
 from .packs import PackBackend, PackWriter
+from .remote_read import RemoteReader
 from .sqlite_meta import SqliteMetadata
 
 __all__ = ["RECEIVERS", "StoreCore", "WorkerPool"]
@@ -71,6 +72,8 @@ class StoreCore:
         self._closed = False
         self._ingests_dir = root / "ingests"
         self._dctx = zstandard.ZstdDecompressor()
+        #: Fetching and caching of pieces, when the packs are not local files (S3).
+        self.remote: RemoteReader | None = None
 
     @classmethod
     async def open(cls, config: StoreConfig) -> StoreCore:
@@ -95,7 +98,10 @@ class StoreCore:
                 if isinstance(exc, OSError):
                     raise mapped_error(exc, root) from exc
                 raise
-            return cls(root, meta, packs, config.chunk_params or ChunkParams(), config.workers)
+            core = cls(root, meta, packs, config.chunk_params or ChunkParams(), config.workers)
+            if getattr(packs, "remote", False):
+                core.remote = _remote_reader(config, packs)
+            return core
 
         return await asyncio.get_running_loop().run_in_executor(None, setup)
 
@@ -115,6 +121,8 @@ class StoreCore:
         def shut_down() -> None:
             for pool in pools:
                 pool.shutdown(wait=True)
+            if self.remote is not None:
+                self.remote.close()
             self.meta.close()
 
         await asyncio.get_running_loop().run_in_executor(None, shut_down)
@@ -201,6 +209,19 @@ class StoreCore:
             except zstandard.ZstdError as exc:
                 raise StoreCorrupt(f"piece {loc.key.hex()} does not decompress: {exc}") from exc
         return stored
+
+
+def _remote_reader(config: StoreConfig, packs: PackBackend) -> RemoteReader:
+    """The reader of packs that are not local files, with its piece cache (none when
+    the bound is 0 or another process uses the directory's cache)."""
+    from .piece_cache import PieceCache, default_max_bytes
+
+    where = config.piece_cache_dir or config.root / "cache" / "pieces"
+    bound = config.piece_cache_bytes
+    if bound is None:
+        bound = default_max_bytes(where)
+    cache = PieceCache.open(where, bound) if bound > 0 else None
+    return RemoteReader(packs, cache, read_ahead=config.read_ahead)
 
 
 def _sqlite_metadata(root: Path) -> Metadata:

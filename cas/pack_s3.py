@@ -205,6 +205,10 @@ class S3Packs:
     key is reported at start (S3StorageError, naming the bucket and the fix).
     """
 
+    #: Not local files: a store reads these packs ahead and caches their pieces
+    #: (:mod:`cas.remote_read`).
+    remote = True
+
     def __init__(self, location: S3Location, *, check: bool = True) -> None:
         self.location = location
         self.store = S3Store(

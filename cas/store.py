@@ -224,6 +224,13 @@ class Store:
                        length: int | None = None) -> AsyncIterator[Segment]:
         """The blob's bytes ``[offset, offset+length)`` as segments, in order. Contiguous
         raw pieces of one pack are merged, so a fresh blob is usually one segment."""
+        remote = self.core.remote
+        if remote is not None:
+            # Packs in S3: cached pieces from local files, the rest fetched ahead.
+            refined = await self._run(lambda: remote.refine(self._plan(digest, offset, length)))
+            async for seg in remote.stream(refined):
+                yield seg
+            return
         plan = await self._run(self._plan, digest, offset, length)
         for item in plan:
             if isinstance(item, Segment):
