@@ -213,14 +213,19 @@ class StoreCore:
 
 def _remote_reader(config: StoreConfig, packs: PackBackend) -> RemoteReader:
     """The reader of packs that are not local files, with its piece cache (none when
-    the bound is 0 or another process uses the directory's cache)."""
+    the bound is 0). Processes sharing a storage directory (replicas) each take a cache
+    directory of their own: ``pieces``, else ``pieces-1``, ... (up to 16 of them)."""
     from .piece_cache import PieceCache, default_max_bytes
 
     where = config.piece_cache_dir or config.root / "cache" / "pieces"
     bound = config.piece_cache_bytes
     if bound is None:
         bound = default_max_bytes(where)
-    cache = PieceCache.open(where, bound) if bound > 0 else None
+    cache = None
+    for n in range(16 if bound > 0 else 0):
+        cache = PieceCache.open(where.with_name(f"{where.name}-{n}") if n else where, bound)
+        if cache is not None:
+            break
     return RemoteReader(packs, cache, read_ahead=config.read_ahead)
 
 

@@ -78,6 +78,10 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
       queue_size: 10000                 # undelivered events kept per endpoint; more are dropped
     cache:
       manifest_bytes: 67108864          # PYBUILD_CACHE_MANIFEST_BYTES
+      pieces_bytes: 10737418240         # PYBUILD_CACHE_PIECES_BYTES: (packs in S3) the bound of
+                                        # this replica's local cache of pieces served (default:
+                                        # 10 GiB or half the free space; 0: no cache)
+      pieces_dir: /var/cache/pybuild    # default: <storage>/cache/pieces
     log:
       level: info                       # PYBUILD_LOG_LEVEL: debug, info, warning, error
       access: true                      # PYBUILD_LOG_ACCESS: one JSON line per request
@@ -185,6 +189,8 @@ class ServerConfig:
     notifications_endpoints: tuple[Endpoint, ...] = ()
     notifications_queue_size: int = 10_000
     cache_manifest_bytes: int = 64 * 1024 * 1024
+    cache_pieces_bytes: int = -1  # -1: 10 GiB or half the free space; 0: no piece cache
+    cache_pieces_dir: Path | None = None  # None: <storage>/cache/pieces
     log_level: str = "info"
     log_access: bool = True
     log_audit: bool = True
@@ -270,6 +276,8 @@ _TYPES: dict[str, type] = {
     "notifications_endpoints": tuple,
     "notifications_queue_size": int,
     "cache_manifest_bytes": int,
+    "cache_pieces_bytes": int,
+    "cache_pieces_dir": Path,
     "log_level": str,
     "log_access": bool,
     "log_audit": bool,

@@ -166,3 +166,36 @@ def test_distribution_storage_s3_keys_name_the_packs() -> None:
         distribution_s3({"region": "eu-1"}, "config.yml")
     with pytest.raises(ConfigError, match="storage.s3.secure must be true or false"):
         distribution_s3({"bucket": "dist-bucket", "secure": "maybe"}, "config.yml")
+
+
+def test_serve_on_s3_sends_a_hot_blob_from_its_piece_cache(radosgw: RadosGateway, s3_location: S3Location,
+                                                            tmp_path: Path) -> None:
+    import hashlib
+
+    blob = os.urandom(12 << 20)
+    digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
+    storage = tmp_path / "storage"
+    base = pybuild_argv(storage)
+    url = s3_location.to_url(keys=True)
+    env = {**_python_env(None), "PYBUILD_CACHE_PIECES_BYTES": str(64 << 20)}
+    process = RegistryProcess("pybuild", lambda addr: [*base(addr), "--packs", url], storage=storage,
+                              log=tmp_path / "registry.log", env=env)
+    with process as reg:
+        put = http(reg.addr, "POST", f"/v2/hot/blobs/uploads/?digest={digest}", body=blob,
+                   headers={"Content-Type": "application/octet-stream"})
+        assert put.status == 201, put.body
+        first = http(reg.addr, "GET", f"/v2/hot/blobs/{digest}")
+        assert first.status == 200 and first.body == blob
+        cached = list((storage / "cache" / "pieces").glob("*/*"))
+        assert cached and sum(p.stat().st_size for p in cached) == len(blob)
+        # With the pack objects gone from the bucket, the blob still comes whole: from the
+        # replica's local files.
+        client = radosgw.client()
+        keys = list(_bucket_bytes(radosgw, s3_location))
+        assert keys
+        for key in keys:
+            client.delete_object(Bucket=s3_location.bucket, Key=key)
+        second = http(reg.addr, "GET", f"/v2/hot/blobs/{digest}")
+        assert second.status == 200 and second.body == blob
+        part = http(reg.addr, "GET", f"/v2/hot/blobs/{digest}", headers={"Range": "bytes=1000-5000999"})
+        assert part.status == 206 and part.body == blob[1000:5001000]

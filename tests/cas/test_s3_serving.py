@@ -61,6 +61,14 @@ async def _open(root: Path, s3: S3Location, **kw: Any) -> tuple[Store, RemoteRea
     return store, remote, counting
 
 
+def _pread(path: Path, offset: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
 async def _read(store: Store, digest: Digest, offset: int = 0, length: int | None = None) -> tuple[bytes, int]:
     """The bytes read through segments(), and how many segments were local files."""
     out, files = [], 0
@@ -70,9 +78,7 @@ async def _read(store: Store, digest: Digest, offset: int = 0, length: int | Non
             out.append(seg.data)
         else:
             files += 1
-            with open(seg.path, "rb") as f:
-                f.seek(seg.offset)
-                out.append(f.read(seg.length))
+            out.append(_pread(seg.path, seg.offset, seg.length))
     return b"".join(out), files
 
 
@@ -163,11 +169,9 @@ async def test_a_corrupt_or_half_written_cache_file_is_refetched_never_served(
         assert cache is not None
         files = sorted(cache.root.glob("*/*"))
         victim = files[3]
-        with open(victim, "r+b") as f:  # same size, other bytes
-            f.seek(100)
-            byte = f.read(1)
-            f.seek(100)
-            f.write(bytes([byte[0] ^ 0xFF]))
+        flipped = bytearray(victim.read_bytes())  # same size, other bytes
+        flipped[100] ^= 0xFF
+        victim.write_bytes(bytes(flipped))
         before = counting.reads
         got, served_files = await _read(store, info.digest)
         assert got == data
