@@ -11,7 +11,9 @@ here the pieces to load become
 :meth:`RemoteReader.stream` runs the fetches ahead of the reader on the reader's own
 threads, at most ``read_ahead`` of them (and ``read_ahead * fetch_bytes`` bytes) per
 blob at once, and hands out the bytes in blob order. Every fetched piece is checked
-against its BLAKE3 key (StoreCorrupt when it differs) and put in the cache.
+against its BLAKE3 key (StoreCorrupt when it differs) and written to the cache by one
+writer thread behind the read (at most :data:`WRITE_BEHIND` bytes wait; past that a
+piece is not cached this time), so a first read is not slowed by the cache.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ FETCH_BYTES = 8 << 20
 READ_AHEAD = 8
 #: Threads that fetch, for all reads of a store.
 FETCH_THREADS = 16
+#: Bytes of fetched pieces that may wait to be written to the cache.
+WRITE_BEHIND = 64 << 20
 
 
 @dataclass(slots=True)
@@ -75,6 +79,8 @@ class RemoteReader:
         self.read_ahead = max(1, read_ahead)
         self.fetch_bytes = max(1, fetch_bytes)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cas-fetch")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-cache")
+        self._pending = 0
         self._local = threading.local()
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -85,6 +91,7 @@ class RemoteReader:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
         if self.cache is not None:
             self.cache.close()
 
@@ -149,10 +156,39 @@ class RemoteReader:
                 where = f"pack {loc.pack} at {loc.offset}" if loc.pack else "its inline bytes"
                 raise StoreCorrupt(f"piece {loc.key.hex()} ({where}) does not match its BLAKE3 "
                                    "key; run 'pybuild storage fsck'")
-            if self.cache is not None:
-                self.cache.put(loc.key, raw)
+            self._keep(loc.key, raw)
             out.append(bytes(raw[lo:hi]))
         return out
+
+    def _keep(self, key: bytes, raw: bytes | memoryview) -> None:
+        """Write a verified piece to the cache on the writer thread, off the read's
+        path; skipped when :data:`WRITE_BEHIND` bytes already wait (the next read of
+        the piece caches it)."""
+        if self.cache is None:
+            return
+        with self._lock:
+            if self._pending + len(raw) > WRITE_BEHIND:
+                return
+            self._pending += len(raw)
+        data = bytes(raw)
+        cache = self.cache
+
+        def write() -> None:
+            try:
+                cache.put(key, data, verified=True)
+            finally:
+                with self._lock:
+                    self._pending -= len(data)
+
+        try:
+            self._writer.submit(write)
+        except RuntimeError:  # shut down
+            with self._lock:
+                self._pending -= len(data)
+
+    def flush(self) -> None:
+        """Wait until the pieces fetched so far are written to the cache (or skipped)."""
+        self._writer.submit(lambda: None).result()
 
     def _raw(self, loc: Location, body: bytes | memoryview) -> bytes | memoryview:
         if loc.codec != CODEC_ZSTD:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,8 +187,14 @@ def test_serve_on_s3_sends_a_hot_blob_from_its_piece_cache(radosgw: RadosGateway
         assert put.status == 201, put.body
         first = http(reg.addr, "GET", f"/v2/hot/blobs/{digest}")
         assert first.status == 200 and first.body == blob
-        cached = list((storage / "cache" / "pieces").glob("*/*"))
-        assert cached and sum(p.stat().st_size for p in cached) == len(blob)
+        # The replica writes the pieces to its cache behind the GET.
+        for _ in range(600):
+            cached = list((storage / "cache" / "pieces").glob("*/*"))
+            if sum(p.stat().st_size for p in cached if ".tmp" not in p.name) == len(blob):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"the piece cache holds {len(cached)} files, not the whole blob")
         # With the pack objects gone from the bucket, the blob still comes whole: from the
         # replica's local files.
         client = radosgw.client()

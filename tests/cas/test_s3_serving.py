@@ -92,6 +92,7 @@ async def test_blob_of_many_pieces_is_fetched_ahead_coalesced_and_then_served_fr
         assert pieces > 100
         remote.fetch_bytes = 1 << 20  # many fetches, so that read-ahead has room
         got, files = await _read(store, info.digest)
+        remote.flush()  # the cache is written behind the read
         assert f"sha256:{hashlib.sha256(got).hexdigest()}" == str(info.digest) and got == data
         assert files == 0
         # Adjacent pieces of the pack are one ranged read each, never more than 3 at once.
@@ -149,6 +150,7 @@ async def test_eviction_keeps_the_bound(s3_location: S3Location, tmp_path: Path)
         for _ in range(2):
             for info, data in ((ia, a), (ib, b)):
                 assert (await _read(store, info.digest))[0] == data
+                remote.flush()
                 cache = remote.cache
                 assert cache is not None
                 on_disk = sum(f.stat().st_size for f in cache.root.glob("*/*"))
@@ -165,6 +167,7 @@ async def test_a_corrupt_or_half_written_cache_file_is_refetched_never_served(
     try:
         info = await store.put(data)
         assert (await _read(store, info.digest))[0] == data
+        remote.flush()
         cache = remote.cache
         assert cache is not None
         files = sorted(cache.root.glob("*/*"))
@@ -177,6 +180,7 @@ async def test_a_corrupt_or_half_written_cache_file_is_refetched_never_served(
         assert got == data
         assert cache.corrupt == 1 and counting.reads == before + 1
         assert served_files == len(files) - 1
+        remote.flush()
         # Refetched: the file is right again and served.
         counting.refuse = True
         assert (await _read(store, info.digest)) == (data, len(files))
