@@ -12,8 +12,9 @@ here the pieces to load become
 threads, at most ``read_ahead`` of them (and ``read_ahead * fetch_bytes`` bytes) per
 blob at once, and hands out the bytes in blob order. Every fetched piece is checked
 against its BLAKE3 key (StoreCorrupt when it differs) and written to the cache by one
-writer thread behind the read (at most :data:`WRITE_BEHIND` bytes wait; past that a
-piece is not cached this time), so a first read is not slowed by the cache.
+writer thread behind the read (at most :data:`WRITE_BEHIND` bytes wait; past that the
+fetching thread writes itself), so a first read is slowed by the cache only when the
+disk cannot keep up.
 """
 
 from __future__ import annotations
@@ -162,14 +163,17 @@ class RemoteReader:
 
     def _keep(self, key: bytes, raw: bytes | memoryview) -> None:
         """Write a verified piece to the cache on the writer thread, off the read's
-        path; skipped when :data:`WRITE_BEHIND` bytes already wait (the next read of
-        the piece caches it)."""
+        path; here (slowing the read to the disk's pace) when :data:`WRITE_BEHIND`
+        bytes already wait."""
         if self.cache is None:
             return
         with self._lock:
-            if self._pending + len(raw) > WRITE_BEHIND:
-                return
-            self._pending += len(raw)
+            behind = self._pending + len(raw) <= WRITE_BEHIND
+            if behind:
+                self._pending += len(raw)
+        if not behind:
+            self.cache.put(key, raw, verified=True)
+            return
         data = bytes(raw)
         cache = self.cache
 
