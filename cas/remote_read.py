@@ -130,6 +130,23 @@ class RemoteReader:
                 if isinstance(item, Pinned):
                     self.cache.unpin(item.key)
 
+    def presign(self, plan: list[Any], expires: float) -> str | None:
+        """A presigned URL of the one S3 object that holds exactly the bytes of ``plan``
+        (a whole blob's, unrefined), or None: only when its pieces are all stored raw,
+        back to back in one pack, and that range is one whole segment object."""
+        sign = getattr(self.packs, "presign", None)
+        if sign is None or not plan or any(isinstance(item, Segment) for item in plan):
+            return None
+        first = plan[0][0]
+        end = first.offset
+        for loc, lo, hi in plan:
+            if (loc.pack != first.pack or loc.pack is None or loc.codec == CODEC_ZSTD
+                    or loc.offset != end or (lo, hi) != (0, loc.length)):
+                return None
+            end += loc.stored
+        url: str | None = sign(first.pack, first.offset, end - first.offset, expires)
+        return url
+
     # -- fetching (the reader's threads) ----------------------------------------------
 
     def _fetch(self, f: Fetch) -> list[bytes]:

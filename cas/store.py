@@ -240,6 +240,16 @@ class Store:
                 data = await self._run(self.core.load, loc)
                 yield Segment(None, 0, hi - lo, data[lo:hi])
 
+    async def redirect_url(self, digest: Digest, *, expires: float = 1200.0) -> str | None:
+        """A presigned URL (valid ``expires`` seconds) from which a client can GET the
+        blob's bytes straight from object storage, when the blob is stored as one whole
+        S3 object (raw pieces, back to back, one segment); else None (BlobUnknown when
+        the store has no such blob)."""
+        remote = self.core.remote
+        if remote is None:
+            return None
+        return await self._run(lambda: remote.presign(self._plan(digest, 0, None), expires))
+
     def _plan(self, digest: Digest, offset: int, length: int | None) -> list[Any]:
         row = self.meta.blob(str(digest))
         if row is None:

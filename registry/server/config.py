@@ -11,6 +11,8 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
                                   # docs/storage.md; keys may come from AWS_ACCESS_KEY_ID/...)
                                   # (Distribution's storage.s3 keys: distribution_s3())
     read_only: false              # PYBUILD_READ_ONLY
+    storage_redirect: false       # PYBUILD_STORAGE_REDIRECT: (packs in S3) answer a blob GET with
+                                  # a 307 to a presigned URL when the blob is one whole object
     database:                     # metadata on PostgreSQL, shared by replicas (docs/storage.md)
       url: postgresql://registry@db.internal/registry   # PYBUILD_DATABASE_URL (libpq URI), or:
       enabled: false                    # GitLab registry's keys: PYBUILD_DATABASE_ENABLED ...
@@ -144,6 +146,7 @@ class ServerConfig:
     storage: Path | None = None  # None: cas.location.default_storage_dir()
     packs: S3Location | None = None  # None: as the storage directory records (default: on disk)
     read_only: bool = False
+    storage_redirect: bool = False  # 307 to a presigned S3 URL for blobs that are one object
     database_url: str | None = field(default=None, repr=False)
     database_enabled: bool = False
     database_host: str | None = None
@@ -231,6 +234,7 @@ _TYPES: dict[str, type] = {
     "storage": Path,
     "packs": S3Location,
     "read_only": bool,
+    "storage_redirect": bool,
     "database_url": str,
     "database_enabled": bool,
     "database_host": str,
