@@ -12,9 +12,8 @@ here the pieces to load become
 threads, at most ``read_ahead`` of them (and ``read_ahead * fetch_bytes`` bytes) per
 blob at once, and hands out the bytes in blob order. Every fetched piece is checked
 against its BLAKE3 key (StoreCorrupt when it differs) and written to the cache by one
-writer thread behind the read (at most :data:`WRITE_BEHIND` bytes wait; past that the
-fetching thread writes itself), so a first read is slowed by the cache only when the
-disk cannot keep up.
+writer thread behind the read (at most :data:`WRITE_BEHIND` bytes wait; past that a
+piece is left for a later read to cache), so the cache never slows a read down.
 """
 
 from __future__ import annotations
@@ -89,6 +88,8 @@ class RemoteReader:
         self.fetches = 0
         self.max_in_flight = 0
         self.fetched_bytes = 0
+        #: Pieces not cached because the writer was behind.
+        self.skipped = 0
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -180,17 +181,15 @@ class RemoteReader:
 
     def _keep(self, key: bytes, raw: bytes | memoryview) -> None:
         """Write a verified piece to the cache on the writer thread, off the read's
-        path; here (slowing the read to the disk's pace) when :data:`WRITE_BEHIND`
-        bytes already wait."""
+        path; skipped when :data:`WRITE_BEHIND` bytes already wait (the disk is slower
+        than S3: a later read of the blob caches the rest)."""
         if self.cache is None:
             return
         with self._lock:
-            behind = self._pending + len(raw) <= WRITE_BEHIND
-            if behind:
-                self._pending += len(raw)
-        if not behind:
-            self.cache.put(key, raw, verified=True)
-            return
+            if self._pending + len(raw) > WRITE_BEHIND:
+                self.skipped += 1
+                return
+            self._pending += len(raw)
         data = bytes(raw)
         cache = self.cache
 
