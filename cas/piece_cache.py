@@ -75,6 +75,7 @@ class PieceCache:
         self._bytes = 0
         self._verified: dict[str, _Stamp] = {}
         self._pins: dict[str, int] = {}
+        self._writing: set[str] = set()  # reserved, its file not renamed into place yet
         self._tmp = 0
         #: Counters: pieces served from files, pieces stored, pieces evicted, files
         #: found corrupt (removed).
@@ -139,7 +140,7 @@ class PieceCache:
         should be (short, changed, failing its BLAKE3) is removed and None returned."""
         name = key.hex()
         with self._lock:
-            if name not in self._lru:
+            if name not in self._lru or name in self._writing:
                 return None
             self._lru.move_to_end(name)
             self._pins[name] = self._pins.get(name, 0) + 1
@@ -196,6 +197,7 @@ class PieceCache:
             # Reserved now, so that concurrent puts keep the bound together.
             self._lru[name] = size
             self._bytes += size
+            self._writing.add(name)
             self._tmp += 1
             tmp_name = f"{name}.{self._tmp}.tmp"
         path = self.path(name)
@@ -208,9 +210,12 @@ class PieceCache:
             stamp = _stamp(os.stat(path))
         except OSError:
             tmp.unlink(missing_ok=True)
+            with self._lock:
+                self._writing.discard(name)
             self._drop(name, corrupt=False)
             return False
         with self._lock:
+            self._writing.discard(name)
             self._verified[name] = stamp
             self.stored += 1
         return True
@@ -223,7 +228,7 @@ class PieceCache:
         for name in list(self._lru):
             if self._bytes + need <= self.max_bytes:
                 break
-            if name in self._pins:
+            if name in self._pins or name in self._writing:
                 continue
             self._bytes -= self._lru.pop(name)
             self._verified.pop(name, None)

@@ -239,3 +239,27 @@ def test_cache_puts_are_checked_and_one_process_holds_a_directory(tmp_path: Path
     again = PieceCache.open(tmp_path / "c", 100)
     assert again is not None and len(again) == 1
     again.close()
+
+
+def test_a_piece_being_written_is_a_miss_not_a_corrupt_file(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import blake3
+
+    import cas.piece_cache
+
+    cache = PieceCache.open(tmp_path / "c", 1000)
+    assert cache is not None
+    key = blake3.blake3(b"v" * 40).digest()
+    seen: list[object] = []
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:  # a reader comes while the file is written
+        seen.append(cache.get(key, 40))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(cas.piece_cache.os, "replace", replace)
+    assert cache.put(key, b"v" * 40)
+    assert seen == [None] and cache.corrupt == 0 and cache.size == 40
+    path = cache.get(key, 40)
+    assert path is not None and path.read_bytes() == b"v" * 40
+    cache.close()
