@@ -100,7 +100,15 @@ class StoreCore:
                 raise
             core = cls(root, meta, packs, config.chunk_params or ChunkParams(), config.workers)
             if getattr(packs, "remote", False):
-                core.remote = _remote_reader(config, packs)
+                try:
+                    core.remote = _remote_reader(config, packs)
+                except OSError as exc:  # the piece cache's directory
+                    core.pool.shutdown()
+                    meta.close()
+                    mapped = mapped_error(exc, exc.filename or root)
+                    if mapped is exc:
+                        raise
+                    raise mapped from exc
             return core
 
         return await asyncio.get_running_loop().run_in_executor(None, setup)

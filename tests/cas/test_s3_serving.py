@@ -263,3 +263,18 @@ def test_a_piece_being_written_is_a_miss_not_a_corrupt_file(tmp_path: Path,
     path = cache.get(key, 40)
     assert path is not None and path.read_bytes() == b"v" * 40
     cache.close()
+
+
+async def test_an_unwritable_cache_directory_stops_the_open_naming_it(s3_location: S3Location,
+                                                                       tmp_path: Path) -> None:
+    from cas.errors import StorageError
+
+    if os.geteuid() == 0:
+        blocker = tmp_path / "not-a-dir"
+        blocker.write_bytes(b"")
+        where = blocker / "pieces"  # under a file: no directory can be made there
+    else:
+        where = Path("/proc/pieces")
+    with pytest.raises((StorageError, OSError)) as info:
+        await open_store(StoreConfig(tmp_path / "s", s3=s3_location, piece_cache_dir=where))
+    assert str(where.parent) in str(info.value)
