@@ -73,6 +73,13 @@ async def _store(gw: RadosGateway, work: Path, blob: bytes, rounds: int) -> dict
         remote.cache = None
         await timed("store: fetched ahead, no cache")
         remote.cache = cache
+        for _ in range(5):  # fill the cache (pieces its writer could not take wait for a later read)
+            skipped = remote.skipped
+            async for _seg in store.segments(info.digest):
+                pass
+            remote.flush()
+            if remote.skipped == skipped:
+                break
         await timed("store: warm piece cache")
     return out
 
