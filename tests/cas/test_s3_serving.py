@@ -33,11 +33,16 @@ class CountingPacks:
         self.inner = inner
         self.reads = 0
         self.refuse = False
+        #: When set, the first two reads wait for each other: they must run at once.
+        self.pair: threading.Barrier | None = None
         self._lock = threading.Lock()
 
     def read(self, name: str, offset: int, length: int) -> bytes:
         with self._lock:
             self.reads += 1
+            n = self.reads
+        if self.pair is not None and n <= 2:
+            self.pair.wait(timeout=60)
         if self.refuse:
             raise AssertionError("read from S3 while the cache should serve")
         return bytes(self.inner.read(name, offset, length))
@@ -91,6 +96,7 @@ async def test_blob_of_many_pieces_is_fetched_ahead_coalesced_and_then_served_fr
         pieces = len((await store.recipe(info.digest)).pieces)
         assert pieces > 100
         remote.fetch_bytes = 1 << 20  # many fetches, so that read-ahead has room
+        counting.pair = threading.Barrier(2)  # broken (the read fails) unless two run at once
         got, files = await _read(store, info.digest)
         remote.flush()  # the cache is written behind the read
         assert f"sha256:{hashlib.sha256(got).hexdigest()}" == str(info.digest) and got == data
@@ -99,6 +105,7 @@ async def test_blob_of_many_pieces_is_fetched_ahead_coalesced_and_then_served_fr
         assert 7 <= counting.reads < pieces // 5
         assert remote.fetches == counting.reads
         assert 2 <= remote.max_in_flight <= 3
+        counting.pair = None
         cache = remote.cache
         assert cache is not None and len(cache) == pieces and cache.size == len(data)
 
