@@ -27,6 +27,7 @@ from .location import StoreConfig
 from .meta import CODEC_ZSTD, Location, Metadata
 from .pack_select import SharedSettings, open_packs, packs_are_shared
 from .packs import PackBackend, PackWriter
+from .remote_read import RemoteReader
 from .sqlite_meta import SqliteMetadata
 
 __all__ = ["RECEIVERS", "StoreCore", "TailKeeper", "WorkerPool"]
@@ -94,6 +95,8 @@ class StoreCore:
         self._closed = False
         self._ingests_dir = root / "ingests"
         self._dctx = zstandard.ZstdDecompressor()
+        #: Fetching and caching of pieces, when the packs are not local files (S3).
+        self.remote: RemoteReader | None = None
 
     @classmethod
     async def open(cls, config: StoreConfig) -> StoreCore:
@@ -119,7 +122,18 @@ class StoreCore:
                 if isinstance(exc, OSError):
                     raise mapped_error(exc, root) from exc
                 raise
-            return cls(root, meta, packs, config.chunk_params or ChunkParams(), config.workers)
+            core = cls(root, meta, packs, config.chunk_params or ChunkParams(), config.workers)
+            if getattr(packs, "remote", False):
+                try:
+                    core.remote = _remote_reader(config, packs)
+                except OSError as exc:  # the piece cache's directory
+                    core.pool.shutdown()
+                    meta.close()
+                    mapped = mapped_error(exc, exc.filename or root)
+                    if mapped is exc:
+                        raise
+                    raise mapped from exc
+            return core
 
         return await asyncio.get_running_loop().run_in_executor(None, setup)
 
@@ -139,6 +153,8 @@ class StoreCore:
         def shut_down() -> None:
             for pool in pools:
                 pool.shutdown(wait=True)
+            if self.remote is not None:
+                self.remote.close()
             self.meta.close()
 
         await asyncio.get_running_loop().run_in_executor(None, shut_down)
@@ -266,6 +282,24 @@ class StoreCore:
             except zstandard.ZstdError as exc:
                 raise StoreCorrupt(f"piece {loc.key.hex()} does not decompress: {exc}") from exc
         return stored
+
+
+def _remote_reader(config: StoreConfig, packs: PackBackend) -> RemoteReader:
+    """The reader of packs that are not local files, with its piece cache (none when
+    the bound is 0). Processes sharing a storage directory (replicas) each take a cache
+    directory of their own: ``pieces``, else ``pieces-1``, ... (up to 16 of them)."""
+    from .piece_cache import PieceCache, default_max_bytes
+
+    where = config.piece_cache_dir or config.root / "cache" / "pieces"
+    bound = config.piece_cache_bytes
+    if bound is None:
+        bound = default_max_bytes(where)
+    cache = None
+    for n in range(16 if bound > 0 else 0):
+        cache = PieceCache.open(where.with_name(f"{where.name}-{n}") if n else where, bound)
+        if cache is not None:
+            break
+    return RemoteReader(packs, cache, read_ahead=config.read_ahead)
 
 
 def _sqlite_metadata(root: Path) -> Metadata:

@@ -48,6 +48,11 @@ class StoreConfig:
       directory records it, and later opens without ``s3`` use the recorded one
       (:mod:`cas.pack_select`).
     - ``workers``: the store's worker threads; ``chunk_params``: how pieces are cut.
+    - ``piece_cache_bytes``: when the packs are not local files (S3), the bound of the
+      local cache of pieces served (:mod:`cas.piece_cache`, in ``piece_cache_dir``, else
+      ``root/cache/pieces``); None: 10 GiB or half the free space, whichever is less;
+      0: no cache. ``read_ahead``: ranged reads of such packs one blob read keeps in
+      flight (:mod:`cas.remote_read`).
     """
 
     root: Path
@@ -57,6 +62,9 @@ class StoreConfig:
     packs: Callable[[Path], PackBackend] | None = None
     chunk_params: ChunkParams | None = None
     s3: S3Location | None = None
+    piece_cache_bytes: int | None = None
+    piece_cache_dir: Path | None = None
+    read_ahead: int = 8
 
     @classmethod
     def at(cls, storage: Path | str | None, *, workers: int = 8, direct_io: bool = True,
@@ -72,6 +80,11 @@ class StoreConfig:
     def with_packs_in(self, s3: S3Location | None) -> StoreConfig:
         """This config with its packs in ``s3`` (None: as the directory records)."""
         return replace(self, s3=s3)
+
+    def with_piece_cache(self, max_bytes: int | None, directory: Path | None = None) -> StoreConfig:
+        """This config with its piece cache bounded by ``max_bytes`` (None: the default,
+        0: none), kept in ``directory`` (None: ``root/cache/pieces``)."""
+        return replace(self, piece_cache_bytes=max_bytes, piece_cache_dir=directory)
 
 
 def _postgres_metadata(database: str, migrate: bool, _root: Path) -> Metadata:

@@ -205,6 +205,10 @@ class S3Packs:
     key is reported at start (S3StorageError, naming the bucket and the fix).
     """
 
+    #: Not local files: a store reads these packs ahead and caches their pieces
+    #: (:mod:`cas.remote_read`).
+    remote = True
+
     def __init__(self, location: S3Location, *, check: bool = True) -> None:
         self.location = location
         self.store = S3Store(
@@ -335,6 +339,16 @@ class S3Packs:
             out.append(bytes(got))
             pos += want
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def presign(self, name: str, offset: int, length: int, expires: float) -> str | None:
+        """A presigned GET URL (valid ``expires`` seconds) of the segment that holds
+        exactly the pack's bytes ``[offset, offset+length)``, or None when no one object
+        does."""
+        if (offset, length) not in self._cached(name):
+            return None
+        url: str = self._call(f"signing a URL for pack {name}", obstore.sign, self.store, "GET",
+                              self.key(name, offset), timedelta(seconds=expires))
+        return url
 
     def local_path(self, name: str) -> None:
         return None

@@ -224,6 +224,13 @@ class Store:
                        length: int | None = None) -> AsyncIterator[Segment]:
         """The blob's bytes ``[offset, offset+length)`` as segments, in order. Contiguous
         raw pieces of one pack are merged, so a fresh blob is usually one segment."""
+        remote = self.core.remote
+        if remote is not None:
+            # Packs in S3: cached pieces from local files, the rest fetched ahead.
+            refined = await self._run(lambda: remote.refine(self._plan(digest, offset, length)))
+            async for seg in remote.stream(refined):
+                yield seg
+            return
         plan = await self._run(self._plan, digest, offset, length)
         for item in plan:
             if isinstance(item, Segment):
@@ -232,6 +239,16 @@ class Store:
                 loc, lo, hi = item
                 data = await self._run(self.core.load, loc)
                 yield Segment(None, 0, hi - lo, data[lo:hi])
+
+    async def redirect_url(self, digest: Digest, *, expires: float = 1200.0) -> str | None:
+        """A presigned URL (valid ``expires`` seconds) from which a client can GET the
+        blob's bytes straight from object storage, when the blob is stored as one whole
+        S3 object (raw pieces, back to back, one segment); else None (BlobUnknown when
+        the store has no such blob)."""
+        remote = self.core.remote
+        if remote is None:
+            return None
+        return await self._run(lambda: remote.presign(self._plan(digest, 0, None), expires))
 
     def _plan(self, digest: Digest, offset: int, length: int | None) -> list[Any]:
         row = self.meta.blob(str(digest))

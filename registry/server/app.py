@@ -263,7 +263,10 @@ def make_app(
         if store is None:
             opened = await open_store(StoreConfig.at(root, database=config.database,
                                                      migrate=config.database_migrate)
-                                      .with_packs_in(config.packs))
+                                      .with_packs_in(config.packs)
+                                      .with_piece_cache(None if config.cache_pieces_bytes < 0
+                                                        else config.cache_pieces_bytes,
+                                                        config.cache_pieces_dir))
         serving: BlobStore = store if store is not None else opened  # type: ignore[assignment]
         meta = metadata if metadata is not None else await open_metadata(
             root, config.database, config.database_migrate)

@@ -4,6 +4,8 @@ A blob is readable in a repository only if ``cas`` links it to that repository's
 the bytes are stored once. GET streams ``store.segments()``: raw on-disk segments go out
 with ``sendfile`` (zero-copy), decompressed segments are written; nothing buffers a whole
 blob. Single ``Range`` requests get 206 with ``Content-Range``; unsatisfiable ones 416.
+With ``storage_redirect`` on, a GET of a blob stored as one whole S3 object is answered
+with a 307 to a presigned URL of that object.
 """
 
 from __future__ import annotations
@@ -60,6 +62,15 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
     }
     if _not_modified(request, etag):
         return web.Response(status=304, headers=headers)
+    if reg.config.storage_redirect and request.method == "GET" and "Range" not in request.headers:
+        # As Distribution's storage.redirect: the client GETs the bytes from the bucket,
+        # when the blob is one whole object there (cas: Store.redirect_url).
+        redirect_url = getattr(reg.store, "redirect_url", None)
+        url = await redirect_url(d) if redirect_url is not None else None
+        if url is not None:
+            return web.Response(status=307, headers={
+                "Location": url, "Docker-Content-Digest": str(d), "Content-Length": "0",
+                "Docker-Distribution-API-Version": "registry/2.0"})
     wanted = parse_range(request.headers.get("Range"), size)
     if wanted is None:
         offset, length, status = 0, size, 200

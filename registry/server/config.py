@@ -11,6 +11,8 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
                                   # docs/storage.md; keys may come from AWS_ACCESS_KEY_ID/...)
                                   # (Distribution's storage.s3 keys: distribution_s3())
     read_only: false              # PYBUILD_READ_ONLY
+    storage_redirect: false       # PYBUILD_STORAGE_REDIRECT: (packs in S3) answer a blob GET with
+                                  # a 307 to a presigned URL when the blob is one whole object
     database:                     # metadata on PostgreSQL, shared by replicas (docs/storage.md)
       url: postgresql://registry@db.internal/registry   # PYBUILD_DATABASE_URL (libpq URI), or:
       enabled: false                    # GitLab registry's keys: PYBUILD_DATABASE_ENABLED ...
@@ -78,6 +80,10 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
       queue_size: 10000                 # undelivered events kept per endpoint; more are dropped
     cache:
       manifest_bytes: 67108864          # PYBUILD_CACHE_MANIFEST_BYTES
+      pieces_bytes: 10737418240         # PYBUILD_CACHE_PIECES_BYTES: (packs in S3) the bound of
+                                        # this replica's local cache of pieces served (default:
+                                        # 10 GiB or half the free space; 0: no cache)
+      pieces_dir: /var/cache/pybuild    # default: <storage>/cache/pieces
     log:
       level: info                       # PYBUILD_LOG_LEVEL: debug, info, warning, error
       access: true                      # PYBUILD_LOG_ACCESS: one JSON line per request
@@ -140,6 +146,7 @@ class ServerConfig:
     storage: Path | None = None  # None: cas.location.default_storage_dir()
     packs: S3Location | None = None  # None: as the storage directory records (default: on disk)
     read_only: bool = False
+    storage_redirect: bool = False  # 307 to a presigned S3 URL for blobs that are one object
     database_url: str | None = field(default=None, repr=False)
     database_enabled: bool = False
     database_host: str | None = None
@@ -185,6 +192,8 @@ class ServerConfig:
     notifications_endpoints: tuple[Endpoint, ...] = ()
     notifications_queue_size: int = 10_000
     cache_manifest_bytes: int = 64 * 1024 * 1024
+    cache_pieces_bytes: int = -1  # -1: 10 GiB or half the free space; 0: no piece cache
+    cache_pieces_dir: Path | None = None  # None: <storage>/cache/pieces
     log_level: str = "info"
     log_access: bool = True
     log_audit: bool = True
@@ -225,6 +234,7 @@ _TYPES: dict[str, type] = {
     "storage": Path,
     "packs": S3Location,
     "read_only": bool,
+    "storage_redirect": bool,
     "database_url": str,
     "database_enabled": bool,
     "database_host": str,
@@ -270,6 +280,8 @@ _TYPES: dict[str, type] = {
     "notifications_endpoints": tuple,
     "notifications_queue_size": int,
     "cache_manifest_bytes": int,
+    "cache_pieces_bytes": int,
+    "cache_pieces_dir": Path,
     "log_level": str,
     "log_access": bool,
     "log_audit": bool,

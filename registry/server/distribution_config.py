@@ -34,7 +34,6 @@ _IGNORED = {
     "http.host",
     "http.draintimeout",
     "health",  # pybuild's health is GET /v2/ and the debug server's metrics
-    "storage.redirect.disable",  # pybuild never redirects a filesystem blob
     "storage.maintenance.uploadpurging.dryrun",
 }
 
@@ -113,7 +112,7 @@ def _unsupported(key: str) -> str | None:
         if key.startswith(f"storage.{other}"):
             return f"the {other} storage driver is not supported; use storage.filesystem"
     if key.startswith("storage.redirect"):
-        return "storage.redirect only takes disable (pybuild never redirects)"
+        return "storage.redirect only takes disable"
     if key.startswith(("middleware", "redis", "reporting", "validation", "compatibility",
                        "loglevel", "auth.silly", "http.letsencrypt", "http.net",
                        "http.prefix", "http.relativeurls", "http.http2", "http.tls.clientcas",
@@ -136,6 +135,11 @@ def from_distribution(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
         if key == "storage.delete.enabled":
             on = _enabled(value)
             out["delete"] = {"blobs": on, "manifests": on, "tags": on}
+            continue
+        if key == "storage.redirect.disable":
+            # Only an explicit "disable: false" turns redirects on (pybuild's default is off;
+            # they apply to blobs in S3 only).
+            out["storage_redirect"] = not _enabled(value)
             continue
         if key == "storage.maintenance.uploadpurging.enabled":
             if not _enabled(value):  # never purge: idle sessions stay for 100 years

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,93 @@ def test_distribution_storage_s3_keys_name_the_packs() -> None:
         distribution_s3({"region": "eu-1"}, "config.yml")
     with pytest.raises(ConfigError, match="storage.s3.secure must be true or false"):
         distribution_s3({"bucket": "dist-bucket", "secure": "maybe"}, "config.yml")
+
+
+def test_serve_on_s3_sends_a_hot_blob_from_its_piece_cache(radosgw: RadosGateway, s3_location: S3Location,
+                                                            tmp_path: Path) -> None:
+    import hashlib
+
+    blob = os.urandom(12 << 20)
+    digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
+    storage = tmp_path / "storage"
+    base = pybuild_argv(storage)
+    url = s3_location.to_url(keys=True)
+    env = {**_python_env(None), "PYBUILD_CACHE_PIECES_BYTES": str(64 << 20)}
+    process = RegistryProcess("pybuild", lambda addr: [*base(addr), "--packs", url], storage=storage,
+                              log=tmp_path / "registry.log", env=env)
+    with process as reg:
+        put = http(reg.addr, "POST", f"/v2/hot/blobs/uploads/?digest={digest}", body=blob,
+                   headers={"Content-Type": "application/octet-stream"})
+        assert put.status == 201, put.body
+        first = http(reg.addr, "GET", f"/v2/hot/blobs/{digest}")
+        assert first.status == 200 and first.body == blob
+        # The replica writes the pieces to its cache behind the GET.
+        for _ in range(600):
+            cached = list((storage / "cache" / "pieces").glob("*/*"))
+            if sum(p.stat().st_size for p in cached if ".tmp" not in p.name) == len(blob):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"the piece cache holds {len(cached)} files, not the whole blob")
+        # With the pack objects gone from the bucket, the blob still comes whole: from the
+        # replica's local files.
+        client = radosgw.client()
+        keys = list(_bucket_bytes(radosgw, s3_location))
+        assert keys
+        for key in keys:
+            client.delete_object(Bucket=s3_location.bucket, Key=key)
+        second = http(reg.addr, "GET", f"/v2/hot/blobs/{digest}")
+        assert second.status == 200 and second.body == blob
+        part = http(reg.addr, "GET", f"/v2/hot/blobs/{digest}", headers={"Range": "bytes=1000-5000999"})
+        assert part.status == 206 and part.body == blob[1000:5001000]
+
+
+def test_storage_redirect_sends_a_blob_that_is_one_object_to_a_presigned_url(
+        radosgw: RadosGateway, s3_location: S3Location, tmp_path: Path) -> None:
+    import hashlib
+    import http.client as httpc
+    import urllib.request
+
+    from registry.server.config import load_config
+
+    assert load_config(None, environ={"PYBUILD_STORAGE_REDIRECT": "true"}).storage_redirect
+    assert not load_config(None, environ={}).storage_redirect
+    one = os.urandom(3 << 20)  # one upload, one seal: one object in the bucket
+    text = b"compressible " * 300_000  # zstd-compressed pieces: not the blob's bytes as stored
+    storage = tmp_path / "storage"
+    base = pybuild_argv(storage)
+    url = s3_location.to_url(keys=True)
+    env = {**_python_env(None), "PYBUILD_STORAGE_REDIRECT": "true"}
+    process = RegistryProcess("pybuild", lambda addr: [*base(addr), "--packs", url], storage=storage,
+                              log=tmp_path / "registry.log", env=env)
+    with process as reg:
+        digests = []
+        for blob in (one, text):
+            digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
+            put = http(reg.addr, "POST", f"/v2/r/blobs/uploads/?digest={digest}", body=blob)
+            assert put.status == 201, put.body
+            digests.append(digest)
+        host, port = reg.addr.rsplit(":", 1)
+
+        def get(digest: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+            conn = httpc.HTTPConnection(host, int(port), timeout=30)
+            try:
+                conn.request("GET", f"/v2/r/blobs/{digest}", headers=headers)
+                resp = conn.getresponse()
+                return resp.status, dict(resp.getheaders()), resp.read()
+            finally:
+                conn.close()
+
+        status, headers, _ = get(digests[0], {})
+        assert status == 307
+        location = headers.get("Location", "")
+        assert headers.get("Docker-Content-Digest") == digests[0]
+        assert location.startswith(f"http://{s3_location.endpoint}/{s3_location.bucket}/") and "Signature" in location
+        with urllib.request.urlopen(location, timeout=30) as direct:
+            assert direct.read() == one
+        # Ranged GETs, HEAD, and blobs not stored as one object are answered by the replica.
+        status, _, body = get(digests[0], {"Range": "bytes=0-9"})
+        assert status == 206 and body == one[:10]
+        assert http(reg.addr, "HEAD", f"/v2/r/blobs/{digests[0]}").status == 200
+        status, _, body = get(digests[1], {})
+        assert status == 200 and body == text

@@ -56,6 +56,7 @@ health: {storagedriver: {enabled: true, interval: 10s, threshold: 3}}
     assert config.storage == Path("/srv/registry")
     assert config.uploads_ttl == 168 * 3600 and config.uploads_expire_interval == 24 * 3600
     assert config.read_only is True
+    assert config.storage_redirect is False
     assert (config.delete_blobs, config.delete_manifests, config.delete_tags) == (False,) * 3
     assert config.addr == "127.0.0.1:5001"
     assert (config.tls_cert, config.tls_key) == (Path("/etc/ssl/reg.pem"), Path("/etc/ssl/reg.key"))
@@ -101,3 +102,9 @@ def test_pybuilds_own_files_are_unchanged(tmp_path: Path) -> None:
     assert config.addr == "127.0.0.1:6000" and config.uploads_ttl == 7200
     assert config.http_headers == (("X-A", "b"),)
     assert (config.delete_blobs, config.delete_manifests) == (True, True)  # pybuild's default
+
+
+def test_storage_redirect_disable_false_turns_redirects_on(tmp_path: Path) -> None:
+    on = _load(tmp_path, "version: 0.1\nstorage:\n  redirect: {disable: false}\n")
+    assert on.storage_redirect is True
+    assert _load(tmp_path, "version: 0.1\nlog: {level: info}\n").storage_redirect is False
