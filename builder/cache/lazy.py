@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
     from .tracking import TrackingCache
 
 __all__ = ["LazyLayerError", "MountSources", "RemoteLayers", "lazy_base"]
-
-_READ = 4 << 20
 
 
 class _Info(Protocol):
@@ -253,17 +251,21 @@ class RemoteLayers:
             how = await push_blob(client, images, dst, desc, progress,
                                   mount_from=(placed + mount_from)[:1])
         elif lazy[0].type == "local":
+            from registry.client.copy import file_source
+
+            path = OciLayout(Path(lazy[0].where)).blob_path(desc.digest)
             how = await push_blob(client, images, dst, desc, progress, mount_from=placed[:1],
-                                  source=_from_file(OciLayout(Path(lazy[0].where))
-                                                    .blob_path(desc.digest)))
+                                  source=file_source(path, f"the local cache {lazy[0].where} lacks "
+                                                           f"layer {desc.digest} ({path} is missing)"))
         else:
+            from registry.client.copy import registry_source
             from registry.client.refs import parse_image_ref
 
             src = parse_image_ref(lazy[0].where)
             mount = placed + ((src.name,) if src.api_host == dst.api_host else ())
             src_client, _ = await self._registry()
             how = await push_blob(client, images, dst, desc, progress, mount_from=mount[:1],
-                                  source=_from_registry(src_client, src, desc))
+                                  source=registry_source(src_client, src, desc))
         self._placed.setdefault(desc.digest, []).append(dst)
         return how
 
@@ -297,36 +299,6 @@ class RemoteLayers:
             else:
                 await client.put_manifest(dst, image.manifest_bytes,
                                           image.manifest.media_type or OCI_MANIFEST)
-
-
-def _from_file(path: Path) -> Callable[[int], AsyncIterator[bytes | memoryview]]:
-    async def read(offset: int) -> AsyncIterator[bytes | memoryview]:
-        f = await asyncio.to_thread(open, path, "rb")
-        try:
-            await asyncio.to_thread(f.seek, offset)
-            while data := await asyncio.to_thread(f.read, _READ):
-                yield data
-        finally:
-            f.close()
-    return read
-
-
-def _from_registry(client: RegistryClient, ref: ImageRef, desc: Descriptor
-                   ) -> Callable[[int], AsyncIterator[bytes | memoryview]]:
-    async def read(offset: int) -> AsyncIterator[bytes | memoryview]:
-        if offset >= desc.size:
-            return
-        async with client.open_blob(ref.api_host, ref.name, desc.digest, offset) as resp:
-            while True:
-                buf = bytearray(_READ)
-                n, failure = await resp.run(resp.fill, memoryview(buf))
-                if n:
-                    yield memoryview(buf)[:n]
-                if failure is not None:
-                    raise failure
-                if n < len(buf):
-                    return
-    return read
 
 
 class MountSources:

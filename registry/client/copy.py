@@ -46,7 +46,8 @@ from .remote import RegistryClient
 # A streamed blob is read from its source this much at a time.
 _STREAM_READ = 4 << 20
 
-__all__ = ["CopyOptions", "CopyResult", "Endpoint", "copy_image", "parse_endpoint"]
+__all__ = ["CopyOptions", "CopyResult", "Endpoint", "copy_image", "file_source", "parse_endpoint",
+           "registry_source"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,38 +247,9 @@ class _Copy:
         if src.kind == "oci":
             assert src.path is not None
             path = OciLayout(src.path).blob_path(desc.digest)
-
-            async def from_file(offset: int) -> AsyncIterator[bytes | memoryview]:
-                try:
-                    f = await asyncio.to_thread(open, path, "rb")
-                except FileNotFoundError:
-                    raise LayoutError(f"{src.path} lacks blob {desc.digest} ({path} is missing)") from None
-                try:
-                    await asyncio.to_thread(f.seek, offset)
-                    while data := await asyncio.to_thread(f.read, _STREAM_READ):
-                        yield data
-                finally:
-                    f.close()
-
-            return from_file
-        ref = src.ref
-        assert ref is not None
-
-        async def from_registry(offset: int) -> AsyncIterator[bytes | memoryview]:
-            if offset >= desc.size:
-                return
-            async with self.client.open_blob(ref.api_host, ref.name, desc.digest, offset) as resp:
-                while True:
-                    buf = bytearray(_STREAM_READ)
-                    n, failure = await resp.run(resp.fill, memoryview(buf))
-                    if n:
-                        yield memoryview(buf)[:n]
-                    if failure is not None:
-                        raise failure
-                    if n < len(buf):
-                        return
-
-        return from_registry
+            return file_source(path, f"{src.path} lacks blob {desc.digest} ({path} is missing)")
+        assert src.ref is not None
+        return registry_source(self.client, src.ref, desc)
 
     async def _fetch(self, desc: Descriptor) -> str:
         src = self.src
@@ -343,3 +315,43 @@ async def copy_image(src: Endpoint, dst: Endpoint, images: ImageStore, client: R
                      progress: Progress, options: CopyOptions = CopyOptions()) -> CopyResult:
     """Copy the image at ``src`` to ``dst`` (see the module docstring)."""
     return await _Copy(src, dst, images, client, progress, options).run()
+
+
+def file_source(path: Path, missing: str) -> Callable[[int], AsyncIterator[bytes | memoryview]]:
+    """A blob's bytes from an offset, read from the file ``path`` (LayoutError ``missing``
+    when it is not there)."""
+
+    async def read(offset: int) -> AsyncIterator[bytes | memoryview]:
+        try:
+            f = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            raise LayoutError(missing) from None
+        try:
+            await asyncio.to_thread(f.seek, offset)
+            while data := await asyncio.to_thread(f.read, _STREAM_READ):
+                yield data
+        finally:
+            f.close()
+
+    return read
+
+
+def registry_source(client: RegistryClient, ref: ImageRef, desc: Descriptor
+                    ) -> Callable[[int], AsyncIterator[bytes | memoryview]]:
+    """A blob's bytes from an offset, read from the registry holding ``ref``."""
+
+    async def read(offset: int) -> AsyncIterator[bytes | memoryview]:
+        if offset >= desc.size:
+            return
+        async with client.open_blob(ref.api_host, ref.name, desc.digest, offset) as resp:
+            while True:
+                buf = bytearray(_STREAM_READ)
+                n, failure = await resp.run(resp.fill, memoryview(buf))
+                if n:
+                    yield memoryview(buf)[:n]
+                if failure is not None:
+                    raise failure
+                if n < len(buf):
+                    return
+
+    return read
