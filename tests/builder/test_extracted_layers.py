@@ -10,11 +10,10 @@ import stat
 import tarfile
 from pathlib import Path
 
-import pytest
-
 from builder.extracted import ExtractedLayers
 from builder.sandbox.userns import overlay_xattr
 from cas import Digest, StoreConfig, open_store
+from testkit.tools import require_root
 
 
 def _layer(*members: tuple[str, bytes | None]) -> bytes:
@@ -33,8 +32,7 @@ def _layer(*members: tuple[str, bytes | None]) -> bytes:
 
 
 async def test_a_layer_is_extracted_with_its_whiteouts_as_overlay_marks(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("whiteouts are character devices: mknod needs root")
+    require_root("whiteouts are character devices: mknod needs root")
     big = os.urandom(9 << 20)  # several store reads (4 MiB each) and reader refills
     blob = _layer(("app", None), ("app/big.bin", big), ("app/.wh.old", b""),
                   ("etc", None), ("etc/.wh..wh..opq", b""), ("etc/new.conf", b"x\n"))

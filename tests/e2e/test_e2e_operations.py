@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,9 +61,7 @@ def registry_with_sink(
         with pybuild_registry(workdir, config=config) as running:
             yield running
         return
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.skip("docker-registry is not installed")
+    binary = require_tool("docker-registry")
 
     def argv(addr: str) -> list[str]:
         path = workdir / "config.yml"
