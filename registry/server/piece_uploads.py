@@ -281,19 +281,9 @@ def _answer(name: str, upload_id: str, missing: list[int], status: int) -> web.R
 async def start_piece_upload(request: web.Request, name: str) -> web.Response:
     reg = request.app[REGISTRY]
     plan = parse_plan(await _read_body(request, MAX_PLAN_BYTES, "the push plan"))
-    reservation = reg.upload_limits.reserve(request.remote or "")
-    try:
-        ingest = await reg.store.begin_piece_ingest(algorithm=plan.digest.algorithm)  # type: ignore[attr-defined]
-        try:
-            await reg.meta.add_upload(ingest.id, name + _SUFFIX)
-        except BaseException:
-            await ingest.abort()
-            raise
-    except BaseException:
-        reg.upload_limits.remove(reservation)
-        raise
-    reg.ingests[ingest.id] = ingest
-    reg.upload_limits.claim(reservation, ingest.id)
+    ingest = await reg.open_session(
+        request.remote or "", name + _SUFFIX,
+        lambda: reg.store.begin_piece_ingest(algorithm=plan.digest.algorithm))  # type: ignore[attr-defined]
     return _answer(name, ingest.id, await _missing(request, name, plan, ingest), 202)
 
 

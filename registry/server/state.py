@@ -19,7 +19,7 @@ itself, and how that stays correct:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +162,26 @@ class Registry:
 
     def upload_lock(self, upload_id: str) -> AbstractAsyncContextManager[None]:
         return self.upload_locks.hold(upload_id)
+
+    async def open_session(self, client: str, repository: str,
+                           begin: Callable[[], Awaitable[Any]]) -> Any:
+        """A new upload session for ``client``: within its limits (``limits.UploadLimits``),
+        its ingest from ``begin()`` recorded for ``repository`` in the metadata, and kept
+        open here. Nothing of it stays when any step fails."""
+        reservation = self.upload_limits.reserve(client)
+        try:
+            ingest = await begin()
+            try:
+                await self.meta.add_upload(ingest.id, repository)
+            except BaseException:
+                await ingest.abort()
+                raise
+        except BaseException:
+            self.upload_limits.remove(reservation)
+            raise
+        self.ingests[ingest.id] = ingest
+        self.upload_limits.claim(reservation, ingest.id)
+        return ingest
 
     def forget_upload(self, upload_id: str) -> None:
         self.ingests.pop(upload_id, None)

@@ -255,20 +255,16 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
         if has_body or digest == Digest.of(b"", digest.algorithm):
             return await _monolithic(reg, request, name, digest, length)
         algorithm = digest.algorithm  # no body: fall back to a session (spec end-4b 202)
-    reservation = reg.upload_limits.reserve(request.remote or "")
-    try:
+    async def begin() -> Any:
         ingest = await reg.store.begin_ingest(algorithm=algorithm)
         try:
-            await ingest.park()
-            await reg.meta.add_upload(ingest.id, name)
+            await ingest.park()  # an idle session holds no buffers
         except BaseException:
             await ingest.abort()
             raise
-    except BaseException:
-        reg.upload_limits.remove(reservation)
-        raise
-    reg.ingests[ingest.id] = ingest
-    reg.upload_limits.claim(reservation, ingest.id)
+        return ingest
+
+    ingest = await reg.open_session(request.remote or "", name, begin)
     return web.Response(status=202, headers=_session_headers(name, ingest.id, 0))
 
 
