@@ -30,6 +30,7 @@ __all__ = [
     "is_valid_name",
     "is_valid_tag",
     "parse_digest",
+    "parse_pull_reference",
     "parse_reference",
     "validate_name",
     "validate_tag",
@@ -102,6 +103,18 @@ def parse_reference(text: str) -> Reference:
     if ":" in text:
         return Reference(digest=parse_digest(text))
     return Reference(tag=validate_tag(text))
+
+
+def parse_pull_reference(text: str) -> Reference | None:
+    """``parse_reference`` for GET and HEAD: ``None`` for a malformed tag.
+
+    The distribution spec lets a manifest pull fail only with 404 (endpoint end-3): a
+    string that is not a valid tag names no manifest, so it is not found rather than a
+    bad request. A malformed digest still raises DIGEST_INVALID, as for pushes.
+    """
+    if ":" not in text and not is_valid_tag(text):
+        return None
+    return parse_reference(text)
 
 
 def check_raw_path(raw_path: str) -> None:

@@ -32,7 +32,7 @@ from ..errors import (
     UNSUPPORTED,
     RegistryError,
 )
-from ..names import parse_reference, validate_tag
+from ..names import parse_pull_reference, parse_reference, validate_tag
 from ..oci import (
     EMPTY_JSON,
     EMPTY_JSON_DIGEST,
@@ -70,7 +70,9 @@ async def _load(reg: Registry, name: str, reference: str) -> CachedManifest:
         entry = cache.get(name, digest)
         if entry is not None:
             return entry
-    ref = parse_reference(reference)
+    ref = parse_pull_reference(reference)
+    if ref is None:
+        raise _unknown(name, reference)
     if ref.digest is not None:
         digest = str(ref.digest)
         entry = cache.get(name, digest)

@@ -59,7 +59,7 @@ from ..client.errors import ClientError
 from ..client.refs import ImageRef
 from ..client.remote import ClientOptions, RegistryClient, Unreachable
 from ..errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, NAME_INVALID, UNAVAILABLE, UNSUPPORTED, RegistryError
-from ..names import is_valid_name, parse_digest, parse_reference
+from ..names import is_valid_name, parse_digest, parse_pull_reference, parse_reference
 from ..oci import InvalidObject, parse_manifest
 from . import blobs, manifests
 from .config import ServerConfig
@@ -466,8 +466,8 @@ def refuse_write(request: web.Request) -> None:
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
     proxy = request.app.get(PROXY)
     route = proxy.route(request, name) if proxy is not None else None
-    if proxy is None or route is None:
-        return await manifests.get_manifest(request, name, reference)
+    if proxy is None or route is None or parse_pull_reference(reference) is None:
+        return await manifests.get_manifest(request, name, reference)  # (a bad tag: 404)
     await proxy.ensure_manifest(request.app[REGISTRY], route, reference)
     return await manifests.get_manifest(request, route.local, reference)
 

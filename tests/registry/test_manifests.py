@@ -251,6 +251,20 @@ async def test_invalid_tag(client):
     assert resp.status == 400
 
 
+async def test_pulling_a_malformed_tag_is_404(client):
+    # The distribution spec's end-3 (GET/HEAD a manifest) fails only with 404; the OCI
+    # conformance suite pulls ".INVALID_MANIFEST_NAME" and wants 404, as pushes keep 400.
+    await push_image(client, "mt", "t", [b"x"])
+    for reference in (".INVALID_MANIFEST_NAME", "-bad", "a" * 129):
+        resp = await client.get(f"/v2/mt/manifests/{reference}")
+        assert resp.status == 404, reference
+        assert await error_codes(resp) == ["MANIFEST_UNKNOWN"]
+        assert (await client.head(f"/v2/mt/manifests/{reference}")).status == 404
+    resp = await client.get("/v2/mt/manifests/sha256:totallywrong")
+    assert resp.status == 400  # a malformed digest stays DIGEST_INVALID (the suite takes both)
+    assert await error_codes(resp) == ["DIGEST_INVALID"]
+
+
 async def test_tag_list_paging(client):
     _, body = await push_image(client, "paged", "v0", [b"x"])
     names = ["B", "a", "c", "v0", "V1", "_x", "z9"]
