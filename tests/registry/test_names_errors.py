@@ -40,6 +40,16 @@ def test_invalid_tags(tag):
     assert info.value.code is errors.TAG_INVALID
 
 
+@pytest.mark.parametrize("tag", ["-x", ".x", "a" * 129, "a b", ""])
+def test_pull_references_treat_invalid_tags_as_absent(tag):
+    # GET/HEAD answer 404 for them; a malformed digest stays DIGEST_INVALID.
+    assert names.parse_pull_reference(tag) is None
+    assert names.parse_pull_reference("latest") == names.Reference(tag="latest")
+    with pytest.raises(RegistryError) as info:
+        names.parse_pull_reference("sha256:abc")
+    assert info.value.code is errors.DIGEST_INVALID
+
+
 def test_digest_references():
     ref = names.parse_reference("sha512:" + "a" * 128)
     assert ref.digest is not None and ref.digest.algorithm == "sha512"
