@@ -4,12 +4,17 @@ own) answering for each other at once."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from http.client import HTTPResponse
 from pathlib import Path
 
 import pytest
@@ -163,3 +168,79 @@ def test_replicas_with_directories_of_their_own_resume_each_others_uploads(
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     report = json.loads(fsck.stdout)
     assert report["ok"] is True and report["blobs_checked"] >= 1 and report["pieces_checked"] >= 1
+
+
+def _patch_in_two_halves(addr: str, location: str, body: bytes, sent_half: threading.Event,
+                         go: threading.Event, answers: dict[str, tuple[int, str]], who: str) -> None:
+    """PATCH ``body`` as bytes 0.. of the session: the headers and the first half, then
+    (once ``go`` is set) the rest; the answer's status and Range go to ``answers[who]``."""
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        head = (f"PATCH {location} HTTP/1.1\r\nHost: {addr}\r\n"
+                "Content-Type: application/octet-stream\r\n"
+                f"Content-Length: {len(body)}\r\nContent-Range: 0-{len(body) - 1}\r\n\r\n")
+        half = len(body) // 2
+        sock.sendall(head.encode() + body[:half])
+        sent_half.set()
+        go.wait(60)
+        with contextlib.suppress(OSError):  # a server that answered early may close
+            sock.sendall(body[half:])
+        response = HTTPResponse(sock)
+        response.begin()
+        answers[who] = (response.status, response.getheader("Range") or "")
+
+
+@pytest.mark.parametrize("packs", ["files", "s3"])
+def test_two_requests_of_one_session_at_once_on_two_replicas_run_one_after_the_other(
+        packs: str, database: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    # A hostile client sends a chunk of one session to replica A and, while A still reads
+    # it, a different chunk for the same bytes to replica B. The session's lock holds B
+    # back until A is done; B then finds the session past its Content-Range: 416 with the
+    # Range to resume from (the spec's answer to a chunk out of order), and the session
+    # holds exactly A's bytes.
+    assert _cli("storage", "migrate", "--database", database).returncode == 0
+    settings: dict[str, object] = {"database": {"url": database}}
+    dirs = dict.fromkeys(("a", "b"), tmp_path / "storage")
+    env = dict(os.environ)
+    if packs == "s3":
+        s3: S3Location = request.getfixturevalue("s3_location")
+        settings["packs"] = s3.to_url(keys=True)
+        dirs = {n: tmp_path / n / "storage" for n in ("a", "b")}
+        env.update(AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key)
+    bodies = {"a": os.urandom(700_000), "b": os.urandom(700_000)}
+    with pybuild_configured_registry(tmp_path / "a", settings, dirs["a"]) as a, \
+            pybuild_configured_registry(tmp_path / "b", settings, dirs["b"]) as b:
+        opened = http(a.addr, "POST", "/v2/team/app/blobs/uploads/")
+        assert opened.status == 202
+        location = opened.headers["location"]
+        answers: dict[str, tuple[int, str]] = {}
+        go = threading.Event()
+        halves = {n: threading.Event() for n in bodies}
+        threads = [threading.Thread(target=_patch_in_two_halves, args=(
+            r.addr, location, bodies[n], halves[n], go, answers, n)) for n, r in (("a", a), ("b", b))]
+        threads[0].start()
+        assert halves["a"].wait(60)
+        threads[1].start()
+        assert halves["b"].wait(60)
+        time.sleep(0.5)  # both replicas have the headers; without the lock both append now
+        go.set()
+        for t in threads:
+            t.join(120)
+        assert sorted(s for s, _ in answers.values()) == [202, 416], answers
+        winner = next(n for n, (s, _) in answers.items() if s == 202)
+        assert {r for _, r in answers.values()} == {f"0-{len(bodies[winner]) - 1}"}
+        for replica in (a, b):
+            status = http(replica.addr, "GET", location)
+            assert status.status == 204 and status.headers["range"] == f"0-{len(bodies[winner]) - 1}"
+        data = bodies[winner]
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        sep = "&" if "?" in location else "?"
+        done = http(b.addr, "PUT", f"{location}{sep}digest={digest}")
+        assert done.status == 201, done.body
+        assert http(a.addr, "GET", f"/v2/team/app/blobs/{digest}").body == data
+    fsck = subprocess.run(
+        [sys.executable, "-m", "builder", "storage", "fsck", "--storage", str(dirs["a"]),
+         "--database", database, "--json"], capture_output=True, text=True, timeout=120,
+        check=False, env=env)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert json.loads(fsck.stdout)["ok"] is True

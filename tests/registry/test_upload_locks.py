@@ -8,17 +8,31 @@ the other must wait for.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from registry.server.upload_locks import InProcessUploadLocks, UploadLocks
+from registry.server.upload_locks_pg import PgUploadLocks
+from testkit.postgres import PostgresServer
 
 
-@pytest.fixture(params=["in-process"])
+@pytest.fixture(params=["in-process", "postgres"])
 async def locks(request: pytest.FixtureRequest) -> AsyncIterator[tuple[UploadLocks, UploadLocks]]:
-    shared = InProcessUploadLocks()
-    yield shared, shared
+    if request.param == "in-process":
+        shared = InProcessUploadLocks()
+        yield shared, shared
+        return
+    # two replicas' handles on one database
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.create_database(f"locks_{uuid.uuid4().hex[:12]}")
+    a, b = await PgUploadLocks.open(url), await PgUploadLocks.open(url)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def _held_by_other(locks: UploadLocks, upload_id: str) -> bool:

@@ -1,0 +1,98 @@
+"""Upload-session locks shared by every replica of one PostgreSQL database
+(:class:`PgUploadLocks`, the cross-process :class:`~registry.server.upload_locks.UploadLocks`).
+
+A hostile (or confused) client may send two requests of one session at the same moment
+to two replicas. Each request holds the session's lock for its whole duration, so they
+run one after the other everywhere: the second one sees the state the first one left
+(its ``Content-Range`` no longer starts at the session's offset: 416 with the ``Range``
+to resume from, as the distribution spec asks for a chunk out of order; a session the
+first one finished or cancelled: ``BLOB_UPLOAD_UNKNOWN``).
+
+How. A session's requests on one replica first queue on an in-process lock (no database
+connection while they wait: only one request per session and replica ever holds or waits
+for a database lock). The one at the head takes a connection from a small pool of its
+own, opens a transaction and takes a transaction-level advisory lock keyed by the upload
+id (``pg_try_advisory_xact_lock(class, key)``; the two-key form, whose key space the
+metadata's one-key writer locks do not share), polling with a short backoff while
+another replica holds it: no statement ever waits inside the database, so cancelling a
+waiting request is immediate and leaves nothing behind. The lock goes when the
+transaction ends (commit on exit, rollback on error or cancellation) or, if the replica
+dies, when PostgreSQL sees its connection close: a killed replica never leaves a session
+locked. The transaction takes no snapshot and writes nothing, so holding it through a long
+upload body does not hold back vacuum.
+
+Two ids whose keys collide (32-bit) merely serialise with each other. SQLite deployments
+(one process per store) keep :class:`~registry.server.upload_locks.InProcessUploadLocks`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from cas.pg_db import redact, unreachable
+
+from .upload_locks import InProcessUploadLocks
+
+__all__ = ["PgUploadLocks"]
+
+
+def _int4(value: int) -> int:
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+_CLASS = _int4(zlib.crc32(b"pybuild:upload-session"))
+# Polling while another replica holds a session: first retry soon, then back off.
+_FIRST_WAIT, _MAX_WAIT = 0.002, 0.05
+
+
+class PgUploadLocks:
+    """:class:`~registry.server.upload_locks.UploadLocks` shared through the PostgreSQL
+    database at ``url`` (see the module docstring); open with :meth:`open`, :meth:`close`
+    when done. ``max_size``: connections held at most, one per session being served
+    (further requests wait for one)."""
+
+    def __init__(self, url: str, pool: Any) -> None:
+        self.url = url
+        self._pool = pool
+        self._local = InProcessUploadLocks()
+
+    @classmethod
+    async def open(cls, url: str, *, max_size: int = 16) -> PgUploadLocks:
+        from psycopg_pool import AsyncConnectionPool
+
+        pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False,
+                                   kwargs={"autocommit": True}, timeout=60)
+        try:
+            await pool.open(wait=True, timeout=30)
+        except Exception as exc:
+            await pool.close()
+            raise unreachable(url, exc) from exc
+        return cls(url, pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, upload_id: str) -> AsyncIterator[None]:
+        key = _int4(zlib.crc32(upload_id.encode()))
+        async with self._local.hold(upload_id), self._pool.connection() as conn, \
+                conn.transaction():
+            wait = _FIRST_WAIT
+            while True:
+                cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (_CLASS, key))
+                row = await cur.fetchone()
+                if row is not None and row[0]:
+                    break
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, _MAX_WAIT)
+            yield
+
+    def forget(self, upload_id: str) -> None:
+        """Nothing kept per id: the database lock ends with its transaction."""
+
+    def __repr__(self) -> str:
+        return f"PgUploadLocks({redact(self.url)!r})"
