@@ -84,6 +84,31 @@ async def test_pull_of_v2_fetches_only_changed_pieces(
     assert (await images.store.fsck()).ok
 
 
+async def test_a_cold_pull_asks_for_no_recipe_and_the_next_pull_does(
+    pybuild_registry: str, make_proxy: Any, images: ImageStore, client: RegistryClient,
+    tmp_path: Path,
+) -> None:
+    # An empty store holds none of any blob's pieces: a recipe could save nothing.
+    v1 = make_image([[random_bytes(65_536, 300 + i) for i in range(8)],
+                     [random_bytes(65_536, 400 + i) for i in range(8)]])
+    v2 = make_image([[random_bytes(65_536, 300 + i) for i in range(8)],
+                     [random_bytes(65_536, 500 + i) for i in range(8)]])
+    await publish(f"{pybuild_registry}/pieces/cold", {"v1": v1, "v2": v2}, tmp_path, client)
+    proxy, host = await make_proxy(pybuild_registry)
+    assert not await images.store.holds_pieces()
+    await copy(f"{host}/pieces/cold:v1", f"local:{host}/pieces/cold:v1", images, client)
+    extension = [p for _, p, _ in proxy.log if "/_pybuild/" in p or "/_oci/ext/" in p]
+    assert extension == []
+    blob_gets = [p for m, p, _ in proxy.log if m == "GET" and "/blobs/" in p]
+    assert len(blob_gets) == 3  # the config and two layers, each one GET
+    for layer in v1.layers:
+        assert await images.store.read_bytes(Digest.of(layer)) == layer
+    # With v1's pieces in the store, v2's pull asks for recipes and reuses them.
+    proxy.log.clear()
+    await copy(f"{host}/pieces/cold:v2", f"local:{host}/pieces/cold:v2", images, client)
+    assert any("_pybuild/blob/recipe" in p for _, p, _ in proxy.log)
+
+
 def _members(chunks: list[bytes]) -> list[bytes]:
     return [gzip_member(c, level=1) for c in chunks]
 
