@@ -33,7 +33,7 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cas.pg_db import redact, unreachable
+from cas.pg_db import mapped_errors, redact, unreachable
 
 from .upload_locks import InProcessUploadLocks
 
@@ -47,6 +47,12 @@ def _int4(value: int) -> int:
 _CLASS = _int4(zlib.crc32(b"pybuild:upload-session"))
 # Polling while another replica holds a session: first retry soon, then back off.
 _FIRST_WAIT, _MAX_WAIT = 0.002, 0.05
+
+
+@contextlib.asynccontextmanager
+async def _mapped(url: str) -> AsyncIterator[None]:
+    with mapped_errors(url):  # a lost database is DatabaseUnavailable, naming it
+        yield
 
 
 class PgUploadLocks:
@@ -79,8 +85,8 @@ class PgUploadLocks:
     @contextlib.asynccontextmanager
     async def hold(self, upload_id: str) -> AsyncIterator[None]:
         key = _int4(zlib.crc32(upload_id.encode()))
-        async with self._local.hold(upload_id), self._pool.connection() as conn, \
-                conn.transaction():
+        async with self._local.hold(upload_id), _mapped(self.url), \
+                self._pool.connection() as conn, conn.transaction():
             wait = _FIRST_WAIT
             while True:
                 cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (_CLASS, key))
