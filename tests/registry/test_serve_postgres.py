@@ -244,3 +244,35 @@ def test_two_requests_of_one_session_at_once_on_two_replicas_run_one_after_the_o
         check=False, env=env)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     assert json.loads(fsck.stdout)["ok"] is True
+
+
+def test_storage_commands_on_postgres_as_a_user_without_root(database: str, tmp_path: Path) -> None:
+    # An operator's account (or a service account whose home cannot be written) runs the
+    # storage commands against the shared database.
+    from testkit.tools import require_root
+    from testkit.users import python_for, temporary_user
+
+    require_root("creating a user to run the commands as needs root")
+    with temporary_user("pbdb", subids=False) as user:
+        python, env = python_for(user)
+
+        def pybuild(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+            return user.run(*python, "-m", "builder", "storage", *args, env={**env, **extra})
+
+        storage = str(user.home / "storage")
+        migrate = pybuild("migrate", "--database", database)
+        assert migrate.returncode == 0, migrate.stderr
+        assert f"cas schema: version {CAS} (migrated from version 0)" in migrate.stdout
+        for command in ("stats", "fsck", "gc"):
+            done = pybuild(command, "--storage", storage, "--database", database)
+            assert done.returncode == 0, done.stderr
+        stats = pybuild("stats", "--database", database, "--json")  # the default directory
+        assert stats.returncode == 0, stats.stderr
+        assert json.loads(stats.stdout)["blobs"] == 0
+        # A home it cannot write: one line naming the directory and the way out.
+        homeless = pybuild("stats", "--database", database, HOME="/nonexistent")
+        assert homeless.returncode == 1
+        lines = homeless.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in homeless.stderr
+        assert "/nonexistent" in lines[0] and "permission denied" in lines[0]
+        assert "--storage DIR or PYBUILD_STORAGE" in lines[0]

@@ -10,6 +10,7 @@ not what this is about) and what fills up is the data, as when a database volume
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -39,13 +40,12 @@ def full_database() -> Iterator[tuple[str, Path]]:
     os.chmod(base, 0o755)
     try:
         with small_filesystem(base / "space", "24m") as space, postgres_server() as server:
-            owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
-            if owner is not None:
-                os.chown(space, owner.pw_uid, owner.pw_gid)
+            owner = pwd.getpwnam("postgres")  # the server's user (as root: testkit.postgres)
+            os.chown(space, owner.pw_uid, owner.pw_gid)
             os.chmod(space, 0o700)
             yield _create_in_tablespace(server, space), space
     finally:
-        with _suppressed():
+        with contextlib.suppress(OSError):
             base.joinpath("space").rmdir()
         base.rmdir()
 
@@ -57,14 +57,6 @@ def _create_in_tablespace(server: PostgresServer, space: Path) -> str:
         conn.execute(f"CREATE TABLESPACE tiny LOCATION '{space}'")
         conn.execute("CREATE DATABASE full_disk TABLESPACE tiny")
     return server.dsn("full_disk")
-
-
-class _suppressed:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 def _fill(space: Path) -> Path:
