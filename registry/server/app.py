@@ -275,7 +275,8 @@ def make_app(
         own_locks: PgUploadLocks | None = None
         if upload_locks is None and config.database:
             # Replicas share sessions: a request holds its session on every replica.
-            own_locks = await PgUploadLocks.open(config.database)
+            own_locks = await PgUploadLocks.open(config.database,
+                                                 max_size=config.uploads_max_active + 16)
         locks = upload_locks or own_locks or InProcessUploadLocks()
         reg = Registry(
             config=config,

@@ -58,8 +58,11 @@ async def _mapped(url: str) -> AsyncIterator[None]:
 class PgUploadLocks:
     """:class:`~registry.server.upload_locks.UploadLocks` shared through the PostgreSQL
     database at ``url`` (see the module docstring); open with :meth:`open`, :meth:`close`
-    when done. ``max_size``: connections held at most, one per session being served
-    (further requests wait for one)."""
+    when done. ``max_size``: connections held at most, one per request holding or waiting
+    for a session's lock (further requests wait for one). A request that streams a large
+    body takes its upload slot (``limits.UploadSlots``) *before* the session's lock, so
+    those hold at most ``uploads_max_active`` connections and requests queued for a slot
+    hold none; ``make_app`` leaves 16 more for the short ones."""
 
     def __init__(self, url: str, pool: Any) -> None:
         self.url = url
@@ -71,7 +74,7 @@ class PgUploadLocks:
         from psycopg_pool import AsyncConnectionPool
 
         pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False,
-                                   kwargs={"autocommit": True}, timeout=60)
+                                   kwargs={"autocommit": True}, timeout=300)
         try:
             await pool.open(wait=True, timeout=30)
         except Exception as exc:
