@@ -49,6 +49,11 @@ _CLASS = _int4(zlib.crc32(b"pybuild:upload-session"))
 _FIRST_WAIT, _MAX_WAIT = 0.002, 0.05
 
 
+async def _granted(cur: Any) -> bool:
+    row = await cur.fetchone()
+    return row is not None and bool(row[0])
+
+
 @contextlib.asynccontextmanager
 async def _mapped(url: str) -> AsyncIterator[None]:
     with mapped_errors(url):  # a lost database is DatabaseUnavailable, naming it
@@ -88,17 +93,27 @@ class PgUploadLocks:
     @contextlib.asynccontextmanager
     async def hold(self, upload_id: str) -> AsyncIterator[None]:
         key = _int4(zlib.crc32(upload_id.encode()))
+        # Two integers in the text, no parameters: BEGIN and the first try are one round
+        # trip (the simple query protocol takes several statements), COMMIT the other.
+        take = f"SELECT pg_try_advisory_xact_lock({_CLASS}, {key})"
         async with self._local.hold(upload_id), _mapped(self.url), \
-                self._pool.connection() as conn, conn.transaction():
-            wait = _FIRST_WAIT
-            while True:
-                cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", (_CLASS, key))
-                row = await cur.fetchone()
-                if row is not None and row[0]:
-                    break
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, _MAX_WAIT)
-            yield
+                self._pool.connection() as conn:
+            try:
+                cur = await conn.execute(f"BEGIN; {take}")
+                cur.nextset()  # past BEGIN's result to the try's
+                wait = _FIRST_WAIT
+                while not await _granted(cur):
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, _MAX_WAIT)
+                    cur = await conn.execute(take)
+                yield
+            except BaseException:
+                # Also on cancellation: the pool would roll back a connection returned
+                # inside a transaction, this says so at once.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(conn.execute("ROLLBACK"))
+                raise
+            await conn.execute("COMMIT")
 
     def forget(self, upload_id: str) -> None:
         """Nothing kept per id: the database lock ends with its transaction."""
