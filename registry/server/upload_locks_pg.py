@@ -90,6 +90,12 @@ class PgUploadLocks:
     async def close(self) -> None:
         await self._pool.close()
 
+    @property
+    def connections_in_use(self) -> int:
+        """Connections held now by requests holding or waiting for a session's lock."""
+        stats = self._pool.get_stats()
+        return int(stats.get("pool_size", 0)) - int(stats.get("pool_available", 0))
+
     @contextlib.asynccontextmanager
     async def hold(self, upload_id: str) -> AsyncIterator[None]:
         key = _int4(zlib.crc32(upload_id.encode()))

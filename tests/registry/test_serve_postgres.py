@@ -4,7 +4,9 @@ own) answering for each other at once."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,15 +16,20 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from http.client import HTTPResponse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cas.pg_db import PgDatabase, SchemaMismatch
 from cas.pg_meta import MIGRATIONS, PgMetadata
 from cas.s3_location import S3Location
+from registry.server import ServerConfig, make_app
 from registry.server.metadata_pg import MIGRATIONS as REGISTRY_MIGRATIONS
+from registry.server.state import REGISTRY as APP_REGISTRY
+from registry.server.upload_locks_pg import PgUploadLocks
 from testkit.clients import run, skopeo
 from testkit.images import make_image, make_layer, tar_files, write_oci_layout
 from testkit.postgres import PostgresServer
@@ -276,3 +283,40 @@ def test_storage_commands_on_postgres_as_a_user_without_root(database: str, tmp_
         assert len(lines) == 1 and "Traceback" not in homeless.stderr
         assert "/nonexistent" in lines[0] and "permission denied" in lines[0]
         assert "--storage DIR or PYBUILD_STORAGE" in lines[0]
+
+
+async def test_requests_queued_for_an_upload_slot_hold_no_database_connection(
+        database: str, aiohttp_client: Any, tmp_path: Path) -> None:
+    # Each request of a session holds a database connection for its lock: the ones only
+    # waiting for an upload slot (uploads.max_active) must not, or a queue of pushes
+    # would use up the locks' connections.
+    assert _cli("storage", "migrate", "--database", database).returncode == 0
+    config = dataclasses.replace(ServerConfig(log_access=False), database_url=database,
+                                 uploads_max_active=1, uploads_max_active_per_client=1)
+    client = await aiohttp_client(make_app(config, storage=tmp_path / "storage"))
+    reg = client.server.app[APP_REGISTRY]
+    assert isinstance(reg.upload_locks, PgUploadLocks)
+    go = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:  # no Content-Length: streamed, takes a slot
+        yield b"x" * (2 << 20)
+        await go.wait()
+        yield b"y" * 1000
+
+    locations = []
+    for _ in range(4):
+        opened = await client.post("/v2/team/app/blobs/uploads/")
+        assert opened.status == 202
+        locations.append(opened.headers["Location"])
+    patches = [asyncio.create_task(client.patch(loc, data=body(), headers={
+        "Content-Type": "application/octet-stream"})) for loc in locations]
+    for _ in range(3000):
+        if reg.upload_slots.active == 1 and reg.upload_slots.waiting == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert (reg.upload_slots.active, reg.upload_slots.waiting) == (1, 3)
+    assert reg.upload_locks.connections_in_use == 1  # the streaming one's
+    go.set()
+    for done in await asyncio.gather(*patches):
+        assert done.status == 202, await done.text()
+        assert done.headers["Range"] == f"0-{(2 << 20) + 1000 - 1}"
