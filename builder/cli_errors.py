@@ -4,7 +4,8 @@ becomes one line on stderr and exit status 1, never a traceback.
 - ``cas`` errors (``StorageFull``, ``StorageNotWritable``, ``StoreClosed``,
   ``StoreCorrupt``, ...) carry their own words: the path, the cause and the fix.
 - An ``OSError`` or ``sqlite3.Error`` of a full, read-only or forbidden file system under
-  the storage directory becomes the same typed storage error (``cas.storage_error``);
+  the storage directory (or above it, while making it) becomes the same typed storage
+  error (``cas.storage_error``), which names ``--storage``;
   elsewhere (an ``--output`` or ``--iidfile`` destination) it names the path and the cause.
 - Anything else is a bug: one line naming it, and ``PYBUILD_DEBUG=1`` shows the traceback.
 """
@@ -49,7 +50,10 @@ def describe(exc: BaseException, argv: list[str] | None = None) -> str | None:
         filename = getattr(exc, "filename", None)
         where = Path(os.fsdecode(filename)) if filename is not None else None
         typed = storage_error(exc, where or storage)
-        if typed is not None and where is not None and _inside(where, storage):
+        # Under the storage directory, or on the way to it (making the default one in a
+        # home that cannot be written, as a service account's): the storage's error.
+        if typed is not None and where is not None and (
+                _inside(where, storage) or _inside(storage, where)):
             text = str(typed)
         elif isinstance(exc, OSError) and exc.strerror:
             cause = exc.strerror.lower()

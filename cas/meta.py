@@ -183,6 +183,10 @@ class Metadata(Protocol):
         """The committed pieces among ``keys`` with their locations (duplicates are
         fine; unknown keys are left out). Never waits for a writer, as :meth:`blob`."""
 
+    def holds_pieces(self) -> bool:
+        """Whether any piece is stored at all (False: :meth:`locations` of any keys is
+        empty). One indexed probe, whatever the store's size; never waits for a writer."""
+
     # -- links ---------------------------------------------------------------------------
 
     def link(self, holder: str, digest: str) -> bool:

@@ -29,12 +29,13 @@ import re
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from .errors import StorageError, StorageFull, StorageNotWritable, StoreClosed
 
-__all__ = ["DatabaseUnavailable", "PgDatabase", "SchemaMismatch", "redact", "unreachable"]
+__all__ = ["DatabaseUnavailable", "PgDatabase", "SchemaMismatch", "mapped_errors", "redact",
+           "unreachable"]
 
 
 class SchemaMismatch(StorageError):
@@ -155,19 +156,8 @@ class PgDatabase:
             finally:
                 conn.execute("ROLLBACK")
 
-    @contextmanager
-    def _mapped(self) -> Iterator[None]:
-        import psycopg
-
-        try:
-            yield
-        except psycopg.errors.DiskFull as exc:
-            raise StorageFull("the metadata database", redact(self.url), _first_line(exc)) from exc
-        except psycopg.errors.ReadOnlySqlTransaction as exc:
-            raise StorageNotWritable(redact(self.url), f"read-only: {_first_line(exc)}") from exc
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"PostgreSQL at {redact(self.url)}: "
-                                      f"{_first_line(exc)}") from exc
+    def _mapped(self) -> AbstractContextManager[None]:
+        return mapped_errors(self.url)
 
     # -- schema ------------------------------------------------------------------------
 
@@ -216,6 +206,25 @@ class PgDatabase:
                          "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
                          (self.component, self.schema_version))
         return have, self.schema_version
+
+
+@contextmanager
+def mapped_errors(url: str) -> Iterator[None]:
+    """Raise the driver's errors of the database at ``url`` as the store's: a full disk as
+    :class:`~cas.errors.StorageFull`, a read-only server as
+    :class:`~cas.errors.StorageNotWritable`, a lost or refused connection as
+    :class:`DatabaseUnavailable`, each naming the database (without its password). Also
+    around asynchronous calls (the registry's metadata)."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.errors.DiskFull as exc:
+        raise StorageFull("the metadata database", redact(url), _first_line(exc)) from exc
+    except psycopg.errors.ReadOnlySqlTransaction as exc:
+        raise StorageNotWritable(redact(url), f"read-only: {_first_line(exc)}") from exc
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"PostgreSQL at {redact(url)}: {_first_line(exc)}") from exc
 
 
 def unreachable(url: str, exc: BaseException) -> DatabaseUnavailable:

@@ -266,6 +266,9 @@ class PgMetadata:
         with self._db.reading() as reader:
             return self._locations(reader, list(set(keys)))
 
+    def holds_pieces(self) -> bool:
+        return bool(self._db.q("SELECT 1 FROM pieces LIMIT 1"))
+
     @staticmethod
     def _locations(db: Any, keys: list[bytes]) -> dict[bytes, Location]:
         out: dict[bytes, Location] = {}

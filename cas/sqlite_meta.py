@@ -202,6 +202,10 @@ class SqliteMetadata(SqliteDatabase):
         with self._reading() as reader:
             return self._locations(reader, list(set(keys)))
 
+    def holds_pieces(self) -> bool:
+        with self._reading() as reader:
+            return reader.execute("SELECT 1 FROM pieces LIMIT 1").fetchone() is not None
+
     @staticmethod
     def _existing(db: sqlite3.Connection, keys: list[bytes]) -> set[bytes]:
         out: set[bytes] = set()

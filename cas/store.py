@@ -373,6 +373,10 @@ class Store:
         found = await self._run(self.meta.locations, raw)
         return {k.hex() for k in found}
 
+    async def holds_pieces(self) -> bool:
+        """Whether the store holds any piece (an empty store: none of any blob's)."""
+        return await self._run(self.meta.holds_pieces)
+
     async def read_piece(self, key: str) -> bytes:
         raw = bytes.fromhex(key)
         found = await self._run(self.meta.locations, [raw])

@@ -150,7 +150,9 @@ class _Copy:
     async def run(self) -> CopyResult:
         raw, media_type = await self.read_manifest(None)
         media_type, obj = parse_manifest(raw, media_type)
-        if self.src.kind == "registry":
+        # Recipes serve only pieces the store holds: into a store with none (a cold pull)
+        # neither the extension nor any blob's recipe is asked for.
+        if self.src.kind == "registry" and await self.store.holds_pieces():
             assert self.src.ref is not None
             self.recipes = await self.client.has_recipes(self.src.ref.api_host, self.src.ref.name)
             if self.recipes:

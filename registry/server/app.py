@@ -78,6 +78,7 @@ from .state import (
 from .token_server import build_token_auth, token_endpoint
 from .tokens import token_auth_configured
 from .upload_locks import InProcessUploadLocks, UploadLocks
+from .upload_locks_pg import PgUploadLocks
 from .uploads import UPLOAD_READ_BUFFER
 
 __all__ = ["make_app"]
@@ -231,7 +232,8 @@ def make_app(
     and closed on shutdown. ``metadata``: an open metadata backend (the caller closes
     it), else :func:`~registry.server.metadata_open.open_metadata` opens the default for the
     same directory (``registry.db``) and it is closed on shutdown. ``upload_locks``: the
-    session locks (default: in-process; upload_locks.py says when to pass another).
+    session locks (default: shared through the PostgreSQL metadata database when there is
+    one, :mod:`~registry.server.upload_locks_pg`; else in-process).
     """
     app = web.Application(
         middlewares=[_registry_middleware],
@@ -270,6 +272,12 @@ def make_app(
         serving: BlobStore = store if store is not None else opened  # type: ignore[assignment]
         meta = metadata if metadata is not None else await open_metadata(
             root, config.database, config.database_migrate)
+        own_locks: PgUploadLocks | None = None
+        if upload_locks is None and config.database:
+            # Replicas share sessions: a request holds its session on every replica.
+            own_locks = await PgUploadLocks.open(config.database,
+                                                 max_size=config.uploads_max_active + 16)
+        locks = upload_locks or own_locks or InProcessUploadLocks()
         reg = Registry(
             config=config,
             store=serving,
@@ -277,7 +285,7 @@ def make_app(
             cache=ManifestCache(config.cache_manifest_bytes),
             auth=auth,
             root=root,
-            upload_locks=upload_locks if upload_locks is not None else InProcessUploadLocks(),
+            upload_locks=locks,
         )
         app[REGISTRY] = reg
         # Sessions left open before a restart count against the totals (client unknown).
@@ -295,6 +303,8 @@ def make_app(
             for ingest in list(reg.ingests.values()):
                 with contextlib.suppress(Exception):
                     await ingest.park()  # a no-op for the idle ones
+            if own_locks is not None:
+                await own_locks.close()
             if metadata is None:
                 await meta.close()
             if opened is not None:

@@ -15,11 +15,14 @@ blob URL) and verifies the reassembled blob against its digest::
     {"digest": "sha256:...", "size": 1234,
      "pieces": [{"offset": 0, "length": 512, "key": "<blake3 hex of those bytes>"}, ...]}
 
-Only blobs readable in ``<name>`` have a recipe there (BLOB_UNKNOWN otherwise).
+Only blobs readable in ``<name>`` have a recipe there (BLOB_UNKNOWN otherwise). On a
+pull-through cache the name is routed as a blob GET's is (:mod:`registry.server.proxy`):
+the recipe is of the copy kept for the upstream, fetched first when it is not yet here.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +31,7 @@ from ..errors import DIGEST_INVALID
 from ..names import parse_digest
 from .blobs import stat_in_repo
 from .piece_uploads import supported
+from .proxy import PROXY
 from .state import REGISTRY
 
 __all__ = ["RECIPE_MEDIA_TYPE", "blob_recipe", "discover", "discover_repository"]
@@ -73,6 +77,16 @@ async def blob_recipe(request: web.Request, name: str) -> web.Response:
     if not text:
         raise DIGEST_INVALID("the recipe endpoint needs ?digest=<blob digest>")
     digest = parse_digest(text)
+    proxy = request.app.get(PROXY)
+    route = proxy.route(request, name) if proxy is not None else None
+    if proxy is not None and route is not None:
+        # A mirror's recipe is of the blob it keeps (under the local name, ``?ns=`` or
+        # host-prefixed): fetched from upstream first, as a GET would, so the client then
+        # takes only the pieces it lacks from here.
+        transfer = await proxy.blob_flight(reg, route, digest)
+        if transfer is not None:
+            await asyncio.shield(transfer[0])
+        name = route.local
     await stat_in_repo(reg, name, digest)
     recipe = await reg.store.recipe(digest)
     body = {

@@ -208,6 +208,11 @@ class UploadSlots:
         self._by_client: Counter[str] = Counter()
         self._waiters: list[asyncio.Future[None]] = []
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot now."""
+        return len(self._waiters)
+
     def _free(self, client: str) -> bool:
         return ((not self.total or self.active < self.total)
                 and (not self.per_client or self._by_client[client] < self.per_client))

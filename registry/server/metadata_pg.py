@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from cas.errors import StoreClosed
-from cas.pg_db import PgDatabase, redact, unreachable
+from cas.pg_db import PgDatabase, mapped_errors, redact, unreachable
 
 from ..oci import INDEX_TYPES
 from .metadata import CollectResult, ManifestRecord, ManifestsMissing, ReferrerRecord, TagRecord
@@ -133,7 +133,8 @@ class PgRegistryMetadata:
         self._busy += 1
         self._idle.clear()
         try:
-            yield
+            with mapped_errors(self.url):  # a full disk is StorageFull (507), as in cas
+                yield
         finally:
             self._busy -= 1
             if not self._busy:

@@ -2,10 +2,11 @@
 
 The new configuration is read and checked completely (config file, environment, flags,
 the htpasswd file it names) before anything changes; if any of it is unusable the error is
-logged and the running configuration stays, whole. Settings bound at start-up (listen
-address, storage, TLS, event loop, access log, shutdown timeout, the
-pull-through cache's ``proxy`` settings) keep their running value
-and a warning says that they need a restart. Reloading never stops the server.
+logged and the running configuration stays, whole. Settings bound at start-up
+(:data:`RESTART_ONLY`: listen address, storage, packs, database, TLS, event loop, logging,
+connection and upload limits, shutdown timeout, the pull-through cache's ``proxy``
+settings...) keep their running value and a warning says that they need a restart.
+Reloading never stops the server.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ RESTART_ONLY = (
     "http_debug_prometheus_on_registry_port", "notifications_endpoints", "notifications_queue_size",
     "retention_interval",  # the policies, delay and grace are read again at every run
     "cache_pieces_bytes", "cache_pieces_dir",  # the store's piece cache is made at start
+    # The store and the metadata are opened at start.
+    "packs", "database_url", "database_enabled", "database_host", "database_port",
+    "database_user", "database_password", "database_dbname", "database_sslmode",
+    "database_migrate",
+    # Upload limits and slots (limits.py) are made with the Registry.
+    "uploads_max_sessions", "uploads_max_sessions_per_client", "uploads_max_bytes",
+    "uploads_max_bytes_per_client", "uploads_max_active", "uploads_max_active_per_client",
+    # Bound into the HTTP server, the response hook and the logging set up at start.
+    "http_header_timeout", "http_idle_timeout", "http_max_connections",
+    "http_max_connections_per_client", "http_headers", "log_level", "log_audit",
 )
 
 

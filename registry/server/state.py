@@ -10,9 +10,10 @@ itself, and how that stays correct:
 
 - ``cache`` (:class:`~registry.server.manifest_cache.ManifestCache`) follows the
   metadata's generation token, so a write through any process is seen at once;
-- ``upload_locks`` (:class:`~registry.server.upload_locks.UploadLocks`) is in-process
-  today, and ``ingests`` keeps sessions open between requests: an upload session must be
-  served by one process until a shared lock plugs in there (see ``upload_locks``);
+- ``upload_locks`` (:class:`~registry.server.upload_locks.UploadLocks`) is shared
+  through the database when it is PostgreSQL (in-process on SQLite), and a session kept
+  open in ``ingests`` is checked against its checkpoint before use, so any replica may
+  serve any request of a session;
 - limits, metrics and the drain state are per process by design.
 """
 

@@ -7,12 +7,12 @@ while each session is served by one process (the server today, or replicas behin
 balancer that routes by upload id -- the ``Location`` URL carries it).
 
 Replicas that share a session need a cross-process implementation of the same protocol:
-for example a row lock in the shared metadata database (PostgreSQL
-``SELECT ... FOR UPDATE`` on the session's row, held for the request, or an advisory lock
-keyed by the id). It plugs in as ``Registry.upload_locks`` (see ``make_app``'s
-``upload_locks``); the suite in ``tests/registry/test_upload_locks.py`` is the contract it
-must pass. Such replicas must also not keep a session's ingest open between requests
-(``Registry.ingests``): the next request may land elsewhere.
+:class:`~registry.server.upload_locks_pg.PgUploadLocks` (an advisory lock in the shared
+PostgreSQL database, held for the request), which ``make_app`` plugs in as
+``Registry.upload_locks`` whenever the metadata is in PostgreSQL. The suite in
+``tests/registry/test_upload_locks.py`` is the contract both pass. Such replicas must
+also not trust a session's ingest kept open between requests (``Registry.ingests``): the
+previous request may have landed elsewhere (``uploads._session`` checks the checkpoint).
 """
 
 from __future__ import annotations

@@ -434,7 +434,7 @@ async def _keep_prefix(reg: Registry, upload_id: str, ingest: Any) -> None:
 
 async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
     reg = request.app[REGISTRY]
-    async with reg.upload_lock(upload_id), _slot(reg, request):
+    async with _slot(reg, request), reg.upload_lock(upload_id):
         ingest = await _session(reg, name, upload_id)
         try:
             await _append(request, name, upload_id, ingest)
@@ -449,7 +449,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
     if not digest_text:
         raise DIGEST_INVALID("closing an upload needs ?digest=<digest of the whole blob>")
     digest = parse_digest(digest_text)
-    async with reg.upload_lock(upload_id), _slot(reg, request):
+    async with _slot(reg, request), reg.upload_lock(upload_id):
         ingest = await _session(reg, name, upload_id)
         if request.body_exists or request.headers.get("Content-Range"):
             await _append(request, name, upload_id, ingest, durable=False)

@@ -219,6 +219,16 @@ def test_checkpoint_records_pieces_and_progress_and_rewind_drops_what_came_after
     assert [seq for seq, _ in meta.ingest_recipe("ing")] == [0, 1]
 
 
+def test_holds_pieces_once_a_piece_is_stored_until_the_last_one_is_collected(opener: Opener) -> None:
+    a, b = opener(), opener()
+    assert not a.holds_pieces()
+    commit(a, D1, [key(1)])
+    assert b.holds_pieces()
+    assert b.delete_blob(D1)
+    assert b.collect_pieces() == (1, 10)
+    assert not a.holds_pieces()
+
+
 def test_hold_existing_returns_only_committed_pieces(meta: Metadata) -> None:
     commit(meta, D1, [key(1)])
     meta.create_ingest("ing", "sha256")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
 from registry.client.pull import TransferOptions
 from registry.client.remote import RegistryClient
+from registry.server import ServerConfig, make_app
+from registry.server.proxy_config import parse_upstreams
 
 from .helpers import make_image, random_bytes, store_image
 
@@ -82,6 +85,60 @@ async def test_pull_of_v2_fetches_only_changed_pieces(
     # The unchanged pieces were read as runs of v1's layer, not looked up one by one.
     assert piece_reads == []
     assert (await images.store.fsck()).ok
+
+
+async def test_a_cold_pull_asks_for_no_recipe_and_the_next_pull_does(
+    pybuild_registry: str, make_proxy: Any, images: ImageStore, client: RegistryClient,
+    tmp_path: Path,
+) -> None:
+    # An empty store holds none of any blob's pieces: a recipe could save nothing.
+    v1 = make_image([[random_bytes(65_536, 300 + i) for i in range(8)],
+                     [random_bytes(65_536, 400 + i) for i in range(8)]])
+    v2 = make_image([[random_bytes(65_536, 300 + i) for i in range(8)],
+                     [random_bytes(65_536, 500 + i) for i in range(8)]])
+    await publish(f"{pybuild_registry}/pieces/cold", {"v1": v1, "v2": v2}, tmp_path, client)
+    proxy, host = await make_proxy(pybuild_registry)
+    assert not await images.store.holds_pieces()
+    await copy(f"{host}/pieces/cold:v1", f"local:{host}/pieces/cold:v1", images, client)
+    extension = [p for _, p, _ in proxy.log if "/_pybuild/" in p or "/_oci/ext/" in p]
+    assert extension == []
+    blob_gets = [p for m, p, _ in proxy.log if m == "GET" and "/blobs/" in p]
+    assert len(blob_gets) == 3  # the config and two layers, each one GET
+    for layer in v1.layers:
+        assert await images.store.read_bytes(Digest.of(layer)) == layer
+    # With v1's pieces in the store, v2's pull asks for recipes and reuses them.
+    proxy.log.clear()
+    await copy(f"{host}/pieces/cold:v2", f"local:{host}/pieces/cold:v2", images, client)
+    assert any("_pybuild/blob/recipe" in p for _, p, _ in proxy.log)
+
+
+async def test_v2_through_a_mirror_by_host_fetches_only_changed_pieces(
+    pybuild_registry: str, make_proxy: Any, aiohttp_server: Any, images: ImageStore,
+    client: RegistryClient, tmp_path: Path,
+) -> None:
+    # pybuild serve mirroring the registry as upstream host "upstream.test": the client
+    # pulls <mirror>/upstream.test/pieces/app and asks the mirror for recipes by that name.
+    chunks = [random_bytes(65_536, 2100 + i) for i in range(30)]
+    changed = list(chunks)
+    changed[7] = random_bytes(65_536, 2900)
+    v1, v2 = make_image([chunks]), make_image([changed])
+    await publish(f"{pybuild_registry}/pieces/app", {"v1": v1, "v2": v2}, tmp_path, client)
+    config = dataclasses.replace(ServerConfig(log_access=False), proxy_upstreams=parse_upstreams(
+        [{"host": "upstream.test", "remoteurl": f"http://{pybuild_registry}"}]))
+    mirror = await aiohttp_server(make_app(config, storage=tmp_path / "mirror"))
+    proxy, host = await make_proxy(f"127.0.0.1:{mirror.port}")
+    repo = f"{host}/upstream.test/pieces/app"
+    await copy(f"{repo}:v1", f"local:{repo}:v1", images, client)
+    proxy.blob_bytes = 0
+    proxy.log.clear()
+    result = await copy(f"{repo}:v2", f"local:{repo}:v2", images, client)
+    assert result.digest == v2.digest
+    layer = v2.layers[0]
+    assert await images.store.read_bytes(Digest.of(layer)) == layer
+    assert any("_pybuild/blob/recipe" in p for _, p, _ in proxy.log)
+    old = set(_members(chunks))
+    changed_bytes = sum(len(m) for m in _members(changed) if m not in old)
+    assert proxy.blob_bytes <= changed_bytes + len(v2.config)
 
 
 def _members(chunks: list[bytes]) -> list[bytes]:

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from cas import Digest
+from cas.holders import repository_holder
 from registry.server import ConfigError, ServerConfig, load_config, make_app
 from registry.server.proxy import PROXY
 from registry.server.proxy_config import parse_duration, parse_upstreams
@@ -289,6 +290,44 @@ async def test_ns_and_host_prefix_choose_the_upstream(
     # No upstream for plain names: local content only.
     resp = await proxy.get("/v2/org/app/manifests/v1")
     assert resp.status == 404
+
+
+async def test_recipes_through_the_mirror_are_of_the_blob_kept_for_the_upstream(
+    upstream: Upstream, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    # pybuild's client asks a mirror for a blob's recipe before its bytes: by the name it
+    # pulls (host-prefixed, or with ?ns=), of a blob the mirror may not have fetched yet.
+    layers = [os.urandom(300_000), os.urandom(200_000), os.urandom(100_000)]
+    await push_image(upstream.client, "org/app", "v1", layers)
+    config = dataclasses.replace(
+        ServerConfig(log_access=False),
+        proxy_upstreams=parse_upstreams([{"host": "mirror.test", "remoteurl": upstream.url}]),
+        proxy_remoteurl=upstream.url,
+    )
+    proxy = await aiohttp_client(make_app(config, storage=tmp_path / "mirror"))
+    store = proxy.server.app[REGISTRY].store
+    paths = [f"/v2/mirror.test/org/app/_pybuild/blob/recipe?digest={Digest.of(layers[0])}",
+             f"/v2/org/app/_pybuild/blob/recipe?digest={Digest.of(layers[1])}&ns=mirror.test",
+             f"/v2/org/app/_pybuild/blob/recipe?digest={Digest.of(layers[2])}"]
+    locals_ = ["mirror.test/org/app", "mirror.test/org/app", "org/app"]
+    for layer, path, local in zip(layers, paths, locals_, strict=True):
+        d = Digest.of(layer)
+        resp = await proxy.get(path)
+        assert resp.status == 200, await resp.text()
+        recipe = await resp.json()
+        assert recipe["digest"] == str(d) and recipe["size"] == len(layer)
+        expected = await store.recipe(d)
+        assert [p["key"] for p in recipe["pieces"]] == [p.key for p in expected.pieces]
+        assert await store.is_linked(repository_holder(local), d)
+        # fetched once from upstream, by the recipe request: the Range GETs that follow
+        # are served from the store
+        part = await proxy.get(f"/v2/{local}/blobs/{d}", headers={"Range": "bytes=0-9"})
+        assert part.status == 206 and await part.read() == layer[:10]
+        assert upstream.gets(f"/blobs/{d}") == 1
+    # A blob the upstream does not have has no recipe.
+    missing = Digest.of(b"nowhere")
+    resp = await proxy.get(f"/v2/mirror.test/org/app/_pybuild/blob/recipe?digest={missing}")
+    assert resp.status == 404 and await error_codes(resp) == ["BLOB_UNKNOWN"]
 
 
 async def test_ns_names_the_remoteurl_upstream_by_its_host(
