@@ -12,7 +12,6 @@ On-disk layout (``root`` is ``<storage>/packs``)::
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import threading
@@ -29,7 +28,9 @@ __all__ = ["FilesystemPacks"]
 _SYNC_FILE_RANGE_WRITE = 0x2
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The process's own symbols, libc's among them: ctypes.util.find_library would run
+# `ldconfig -p` in a child process (~25 ms at the start of every command).
+_libc = ctypes.CDLL(None, use_errno=True)
 _fallocate = getattr(_libc, "fallocate", None)
 if _fallocate is not None:
     _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]

@@ -123,8 +123,9 @@ class LayerBlob:
 
     ``frame_sizes`` are the compressed sizes of the frames in blob order (their sum is
     ``size``); ``frame_keys`` are the BLAKE3 hex digests of each frame's bytes — the keys
-    the CAS gives these frames as pieces (it cuts such a blob at frame ends), so a pusher
-    can ask which pieces a store or registry already holds before sending anything.
+    the CAS gives these frames as pieces (it cuts such a blob at frame ends, joining a
+    frame under ``ChunkParams.frame_min`` with the next), so a pusher can ask which
+    pieces a store or registry already holds before sending anything.
     """
 
     digest: Digest

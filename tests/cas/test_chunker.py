@@ -113,6 +113,33 @@ def test_frame_streams_are_cut_at_frame_ends_so_shared_frames_dedup(writer) -> N
     assert len(set(p2) - set(p1)) == 2
 
 
+@pytest.mark.parametrize("writer", [gzip_member, zstd_frame])
+def test_short_frames_join_the_next_until_a_piece_holds_frame_min(writer) -> None:  # type: ignore[no-untyped-def]
+    rnd = random.Random(11)
+    # zstd:chunked's shape: a tiny frame (a tar header) before each file's frames.
+    frames = []
+    for _ in range(20):
+        frames += [writer(rnd.randbytes(rnd.randint(100, 600))), writer(rnd.randbytes(40000))]
+    frames.append(writer(rnd.randbytes(300)))  # a short last frame stays a piece
+    blob = b"".join(frames)
+    pieces = cut(blob, 1 << 20)
+    assert pieces == [frames[i] + frames[i + 1] for i in range(0, 40, 2)] + [frames[40]]
+    assert cut(blob, 777) == pieces == cut(blob, 5000)
+    # frame_min 0: every frame is a piece.
+    assert cut(blob, 1 << 20, ChunkParams(frame_min=0)) == frames
+    # The same frames in another layer give the same pieces: one changed file, one
+    # inserted, differ in the pieces holding them only.
+    edited = list(frames)
+    edited[7] = writer(rnd.randbytes(40000))
+    edited[20:20] = [writer(rnd.randbytes(200)), writer(rnd.randbytes(30000))]
+    assert len(set(cut(b"".join(edited), 1 << 20)) - set(pieces)) == 2
+
+
+def test_frame_min_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="frame_min"):
+        ChunkParams(frame_min=-1)
+
+
 def test_frames_larger_than_max_size_are_cut_further() -> None:
     big = zstd_frame(os.urandom(3 << 20))
     pieces = cut(big + zstd_frame(b"tail"), 1 << 20)

@@ -64,3 +64,16 @@ def test_inspect_an_index_tag_it_and_read_its_history(tmp_path: Path) -> None:
     wrong = runner.invoke(main, ["tag", "--storage", storage, "example.com/multi:1",
                                  "Not A Name"])
     assert wrong.exit_code == 2 and "Traceback" not in wrong.output
+
+
+def test_the_image_store_writes_its_packs_with_direct_io(tmp_path: Path) -> None:
+    # O_DIRECT where the filesystem allows it: a buffered pull spent more CPU copying
+    # into the page cache than on SHA-256 (docs/client.md, "How bytes move").
+    from cas.packs import FilesystemPacks
+
+    async def check() -> None:
+        async with await ImageStore.open(tmp_path / "store") as images:
+            packs = images.store.packs
+            assert isinstance(packs, FilesystemPacks) and packs.direct is True
+
+    asyncio.run(check())
