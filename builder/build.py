@@ -239,6 +239,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
     cache: BuildCache | None = None
     remote: RemoteLayers | None = None
     agents = contextlib.ExitStack()
+    env_ref: list[StepEnv] = []  # for the cleanup of its background work
     try:
         work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
         store = await open_store(StoreConfig(opts.storage))
@@ -263,6 +264,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
                       allow=opts.allow, differ=opts.differ, pull=opts.pull,
                       extra_hosts=opts.add_hosts, shm_size=opts.shm_size, ulimits=opts.ulimits,
                       contexts=NamedContexts(opts.build_contexts))
+        env_ref.append(env)
         notes = []
         for platform in platforms:
             try:
@@ -360,6 +362,12 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
         progress.result(str(result.digest))
         return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran), index)
     finally:
+        if env_ref:
+            for task in list(env_ref[0].background):
+                task.cancel()
+            await asyncio.gather(*env_ref[0].background, return_exceptions=True)
+            if env_ref[0].sandbox_probe is not None:  # a thread: let it finish
+                await asyncio.gather(env_ref[0].sandbox_probe, return_exceptions=True)
         await asyncio.to_thread(agents.close)
         if remote is not None:
             await remote.close()

@@ -247,7 +247,7 @@ class StageScheduler:
         args: dict[str, str] = {}
         cmd_set = [False]
         k = 1
-        for ins in body:
+        for i, ins in enumerate(body):
             if isinstance(ins, Arg):
                 for d in ins.args:
                     if d.default is not None:
@@ -259,6 +259,7 @@ class StageScheduler:
                 continue
             k += 1
             name = f"[{label}{k}/{total}] {ins.original or ins.keyword}"
+            state.files_later = any(isinstance(later, Run) for later in body[i + 1:])
             try:
                 if isinstance(ins, Run):
                     await run_instruction(env, state, ins, args, name)
