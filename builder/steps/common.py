@@ -83,7 +83,8 @@ class StepEnv:
     # --build-context: named contexts (builder.contexts.NamedContexts)
     contexts: NamedContexts | None = None
     # set by the stage scheduler: flattened root of a stage or image named by --from / from=
-    stage_root: Callable[[str], Awaitable[Path]] | None = None
+    # (and with a directory of it, relative: maybe only that directory)
+    stage_root: Callable[..., Awaitable[Path]] | None = None
     # ... and the cache key of a stage of this build so named (None: not such a stage)
     stage_key: Callable[[str], Awaitable[str | None]] | None = None
     # a multi-platform build: how many RUN processes may run at once (one per core)

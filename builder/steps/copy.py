@@ -177,6 +177,16 @@ def _link_target(lowers: list[Path], rel: str) -> str:
     return rel
 
 
+def _one_directory(sources: list[str], parents: bool) -> str:
+    """The one path (relative) a ``COPY --from`` copies (``/app/dist/``): where it is a
+    directory, only it need be flattened; "" for anything else."""
+    dirs = {posixpath.normpath(s.strip("/")) for s in sources}
+    if parents or len(dirs) != 1 or any(set(s) & set("*?[\\") for s in sources):
+        return ""  # (a file is flattened with the whole stage: flatten_subtree says so)
+    (one,) = dirs
+    return "" if one in (".", "..") or one.startswith("../") else one
+
+
 def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int, int] | None,
            chmod: int | None) -> None:
     # Files hard-linked to each other among the sources stay hard-linked in the layer,
@@ -338,8 +348,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
             return env.contexts.tree(named, env.context.hash_store)  # --build-context DIR
         if from_ref:
             assert env.stage_root is not None
-            return SourceTree(await env.stage_root(from_ref), strict=False,
-                              what=f"stage or image {from_ref!r}")
+            return SourceTree(await env.stage_root(from_ref, _one_directory(local, parents)),
+                              strict=False, what=f"stage or image {from_ref!r}")
         return env.context
 
     n_sources = len(ins.sources) + len(ins.files)
