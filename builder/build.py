@@ -253,6 +253,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
         remote = RemoteLayers(store, tracking)
         remote.lazy_bases = bool(opts.cache_from)  # a fresh CI runner: bases stay remote too
         mounts = MountSources(remote)
+        await import_all(opts.cache_from, tracking, store, progress, mounts)
         env = StepEnv(store=store, cache=tracking,
                       extracted=ExtractedLayers(bdir / EXTRACTED_DIR, store, remote.fetch,
                                                 remote.stream),
@@ -278,28 +279,16 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
 
         # The plans one after another: a registry base is kept in the local image store
         # for one platform at a time, so each platform reads its own before the next.
-        # Meanwhile the --cache-from caches are read (the plans read no cache entry).
-        async def make_plans() -> list[tuple[StageScheduler, StepEnv]]:
-            plans = []
-            for platform in platforms:
-                # One env per platform (its stage roots and proxy args), sharing the
-                # steps in flight: a step the same in two platforms (same parent and
-                # expanded instruction, as in a FROM --platform=$BUILDPLATFORM stage)
-                # runs once.
-                penv = replace(env) if multi else env
-                build_plan, bases = await plan(tree, penv, opts.build_args, opts.target,
-                                               platform)
-                penv.proxy_env = dict(build_plan.proxy_env)
-                prefix = f"{platform} " if multi else ""
-                plans.append((StageScheduler(build_plan, bases, penv, platform, prefix), penv))
-            return plans
-
-        async def import_caches() -> None:
-            await import_all(opts.cache_from, tracking, store, progress, mounts)
-
-        planned = asyncio.ensure_future(make_plans())
-        await _all([planned, import_caches()])
-        plans = planned.result()
+        plans = []
+        for platform in platforms:
+            # One env per platform (its stage roots and proxy args), sharing the steps
+            # in flight: a step the same in two platforms (same parent and expanded
+            # instruction, as in a FROM --platform=$BUILDPLATFORM stage) runs once.
+            penv = replace(env) if multi else env
+            build_plan, bases = await plan(tree, penv, opts.build_args, opts.target, platform)
+            penv.proxy_env = dict(build_plan.proxy_env)
+            prefix = f"{platform} " if multi else ""
+            plans.append((StageScheduler(build_plan, bases, penv, platform, prefix), penv))
         for name in plans[0][0].plan.unused_build_args:
             if name == "SOURCE_DATE_EPOCH":  # read by the build itself, as BuildKit does
                 continue
