@@ -187,8 +187,7 @@ class RemoteLayers:
             client, _ = await self._registry()
             async for chunk in registry_source(client, parse_image_ref(spec.where), desc)(0):
                 data = bytes(chunk)
-                await ingest.write(data)
-                await asyncio.to_thread(hasher.update, data)
+                await asyncio.gather(ingest.write(data), asyncio.to_thread(hasher.update, data))
                 size += len(data)
                 yield data
             got = Digest(desc.digest.algorithm, hasher.hexdigest())
