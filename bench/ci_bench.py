@@ -3,8 +3,9 @@
 ``workloads/ci.Dockerfile``: a busybox base served by a loopback CNCF Distribution, a
 dependency-install step (``--deps-mib`` MiB of fresh random bytes, as a package download
 would give), a COPY of ``--src-files`` source files and a build step that packages them.
-``--workload multistage`` (``workloads/ci-multistage.Dockerfile``) builds in a stage of its
-own and copies the output onto the dependency stage.
+``workloads/ci-multistage.Dockerfile`` builds in a stage of its own and copies the output
+onto the dependency stage. By default both run, one after the other, in one table
+(``--workload single`` or ``multistage``: one of them).
 For each builder, with a registry of its own (a fresh Distribution, the base pushed to it)
 behind a counting relay (``bench.counting_relay``):
 
@@ -40,7 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.counting_relay import CountingRelay, Traffic
@@ -69,7 +70,7 @@ class CISettings:
     deps_mib: int = 64  # the dependency step's output, in 4 MiB files (and one remainder)
     src_files: int = 200  # source files of 4 KiB
     nonroot: bool = True  # pybuild as a throw-away non-root user when running as root
-    workload: str = "single"  # a key of WORKLOADS
+    workload: str = "both"  # a key of WORKLOADS, or both (one after the other)
 
 
 @dataclass(frozen=True)
@@ -226,11 +227,24 @@ def _pybuild_runner(settings: CISettings) -> Iterator[tuple[str, Job, Path]]:
 
 def bench_ci(workdir: Path, settings: CISettings,
              report_skip: Callable[[str, str], None]) -> list[Measurement]:
-    """Run the scenario for each available builder; ``report_skip(builder, why)`` otherwise."""
+    """Run the scenario of each workload (``settings.workload``, or every one for
+    ``both``) for each available builder; ``report_skip(builder, why)`` otherwise."""
     os.chmod(workdir, 0o755)
-    context = _context(workdir / "shared", settings)
     layout = write_oci_layout(busybox_image(make_busybox_rootfs(workdir / "rootfs")),
                               workdir / "busybox")
+    names = list(WORKLOADS) if settings.workload == "both" else [settings.workload]
+    out: list[Measurement] = []
+    for name in names:
+        (workdir / name).mkdir()
+        os.chmod(workdir / name, 0o755)
+        out += _bench_workload(workdir / name, replace(settings, workload=name), layout,
+                               report_skip)
+    return out
+
+
+def _bench_workload(workdir: Path, settings: CISettings, layout: Path,
+                    report_skip: Callable[[str, str], None]) -> list[Measurement]:
+    context = _context(workdir / "shared", settings)
     results: dict[str, Runs] = {}
 
     if shutil.which("dockerd") and os.access(DEBIAN_DOCKER, os.X_OK):
@@ -257,16 +271,18 @@ def bench_ci(workdir: Path, settings: CISettings,
     else:
         report_skip("pybuild", missing_reason("build"))
 
+    multi = settings.workload == "multistage"
     label = (f"{settings.deps_mib} MiB dependencies, {settings.src_files} source files"
-             + (", multi-stage" if settings.workload == "multistage" else ""))
+             + (", multi-stage" if multi else ""))
+    tail = " (multi-stage)" if multi else ""
     return [
         Measurement(f"runner A: build + push, cold ({label})", "s", False,
                     {k: round(r.runner_a, 3) for k, r in results.items()}),
-        Measurement("runner B: build + push, one source file changed", "s", False,
+        Measurement(f"runner B: build + push, one source file changed{tail}", "s", False,
                     {k: round(r.runner_b, 3) for k, r in results.items()}),
-        Measurement("runner B: MB from the registry", "MB", False,
+        Measurement(f"runner B: MB from the registry{tail}", "MB", False,
                     {k: round(r.traffic_b.from_registry / 1e6, 3) for k, r in results.items()}),
-        Measurement("runner B: MB to the registry", "MB", False,
+        Measurement(f"runner B: MB to the registry{tail}", "MB", False,
                     {k: round(r.traffic_b.to_registry / 1e6, 3) for k, r in results.items()}),
     ]
 

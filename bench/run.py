@@ -283,9 +283,10 @@ def replicas(quick: bool, workdir: Path | None, results: Path, blob_mib: int, wr
               help="Size of the dependency-install step's output.")
 @click.option("--src-files", type=int, default=200, show_default=True,
               help="Source files (4 KiB each) in the build context.")
-@click.option("--workload", type=click.Choice(["single", "multistage"]), default="single",
+@click.option("--workload", type=click.Choice(["both", "single", "multistage"]), default="both",
               show_default=True,
-              help="single: one stage (deps, COPY src, build); multistage: the build in its own stage.")
+              help="single: one stage (deps, COPY src, build); multistage: the build in its own "
+                   "stage; both: one after the other, in one table.")
 @click.option("--as-root", is_flag=True,
               help="Run pybuild as root (default: as a throw-away non-root user, as CI runners do).")
 def ci(quick: bool, workdir: Path | None, results: Path, deps_mib: int, src_files: int,

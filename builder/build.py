@@ -239,6 +239,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
     cache: BuildCache | None = None
     remote: RemoteLayers | None = None
     agents = contextlib.ExitStack()
+    env_ref: list[StepEnv] = []  # for the cleanup of its background work
     try:
         work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
         store = await open_store(StoreConfig(opts.storage))
@@ -254,7 +255,8 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
         mounts = MountSources(remote)
         await import_all(opts.cache_from, tracking, store, progress, mounts)
         env = StepEnv(store=store, cache=tracking,
-                      extracted=ExtractedLayers(bdir / EXTRACTED_DIR, store, remote.fetch),
+                      extracted=ExtractedLayers(bdir / EXTRACTED_DIR, store, remote.fetch,
+                                                remote.stream),
                       remote=remote, mounts=mounts, progress=progress, context=context,
                       work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
                       source_date_epoch=sde, compression=opts.compression,
@@ -263,6 +265,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
                       allow=opts.allow, differ=opts.differ, pull=opts.pull,
                       extra_hosts=opts.add_hosts, shm_size=opts.shm_size, ulimits=opts.ulimits,
                       contexts=NamedContexts(opts.build_contexts))
+        env_ref.append(env)
         notes = []
         for platform in platforms:
             try:
@@ -360,6 +363,12 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
         progress.result(str(result.digest))
         return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran), index)
     finally:
+        if env_ref:
+            for task in list(env_ref[0].background):
+                task.cancel()
+            await asyncio.gather(*env_ref[0].background, return_exceptions=True)
+            if env_ref[0].sandbox_probe is not None:  # a thread: let it finish
+                await asyncio.gather(env_ref[0].sandbox_probe, return_exceptions=True)
         await asyncio.to_thread(agents.close)
         if remote is not None:
             await remote.close()

@@ -101,12 +101,17 @@ class ExtractedLayers:
     """The extracted layers under ``root`` (``<storage>/builder/snapshots``)."""
 
     def __init__(self, root: Path, store: Store,
-                 fetch: Callable[[Digest], Awaitable[None]] | None = None) -> None:
+                 fetch: Callable[[Digest], Awaitable[None]] | None = None,
+                 stream: Callable[[Digest], AsyncIterator[bytes] | None] | None = None
+                 ) -> None:
         self.root = root
         self.store = store
         # brings a blob that is not in the store yet into it (a lazy remote-cache layer:
         # builder.cache.lazy), before it is extracted
         self.fetch = fetch
+        # or, where it can: the blob's bytes as they arrive (also stored; verified and
+        # committed once read to the end), extracted while it downloads
+        self.stream = stream
         root.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -137,14 +142,21 @@ class ExtractedLayers:
         async with lock:
             if target.exists():
                 return target
-            if self.fetch is not None and await self.store.stat(blob) is None:
+            missing = await self.store.stat(blob) is None
+            streamed = self.stream(blob) if missing and self.stream is not None else None
+            if streamed is None and missing and self.fetch is not None:
                 await self.fetch(blob)
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
-            chunks = self.store.read(blob)
+            chunks = streamed if streamed is not None else self.store.read(blob)
             try:
                 reader = io.BufferedReader(_BlobReader(chunks, asyncio.get_running_loop()),
                                            _READ_BUFFER)
                 await asyncio.to_thread(_extract, reader, tmp / "root")
+                if streamed is not None:
+                    # to its end, past what the extractor read: the blob is verified
+                    # and committed before its extraction is used
+                    async for _ in streamed:
+                        pass
                 await asyncio.to_thread(os.rename, tmp / "root", target)
             finally:
                 # (After a cancellation the worker may still be reading: then the

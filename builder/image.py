@@ -82,6 +82,10 @@ class ImageState:
     # None: config holds them. Private to this state (never shared with a config).
     _env: dict[str, str] | None = field(default=None, repr=False, compare=False)
     _labels: dict[str, str] | None = field(default=None, repr=False, compare=False)
+    # set by the scheduler before each step: a later step of the stage runs a command on
+    # its files, so a step that must run starts bringing the layers below it here at once
+    # (builder.steps.common.layer_step)
+    files_later: bool = field(default=False, repr=False, compare=False)
 
     @property
     def config(self) -> ContainerConfig:

@@ -129,7 +129,7 @@ class StageScheduler:
         self.platform = platform or Platform.host()
         self.env = env
         self._tasks: dict[int, asyncio.Task[ImageState]] = {}
-        self._roots: dict[str, asyncio.Task[Path]] = {}
+        self._roots: dict[tuple[str, str], asyncio.Task[Path]] = {}
         env.stage_root = self.stage_root
         env.stage_key = self.stage_key
 
@@ -157,11 +157,14 @@ class StageScheduler:
                 return s.index
         return None
 
-    async def stage_root(self, ref: str) -> Path:
-        """A flattened copy of a stage's (or an image's) root filesystem (read-only use)."""
-        if ref not in self._roots:
-            self._roots[ref] = asyncio.create_task(self._make_root(ref))
-        return await self._roots[ref]
+    async def stage_root(self, ref: str, within: str = "") -> Path:
+        """A flattened copy of a stage's (or an image's) root filesystem (read-only use);
+        with ``within`` (a directory, relative) maybe only that directory of it."""
+        if (ref, "") in self._roots:
+            return await self._roots[ref, ""]
+        if (ref, within) not in self._roots:
+            self._roots[ref, within] = asyncio.create_task(self._make_root(ref, within))
+        return await self._roots[ref, within]
 
     async def stage_key(self, ref: str) -> str | None:
         """The cache key of the stage ``ref`` names once it is built; None when ``ref``
@@ -172,7 +175,7 @@ class StageScheduler:
             return None
         return (await self._task(index)).key
 
-    async def _make_root(self, ref: str) -> Path:
+    async def _make_root(self, ref: str, within: str = "") -> Path:
         contexts = self.env.contexts
         named = contexts.find(ref) if contexts else None
         if named is not None and named.directory is not None:
@@ -192,11 +195,12 @@ class StageScheduler:
                 state = ImageState.from_config(base.config, list(base.layers), "")
         except BaseImageError as exc:
             raise BuildError(self.env.dockerfile, str(exc)) from exc
-        from .sandbox.flatten import flatten_lowers
+        from .sandbox.flatten import flatten_lowers, flatten_subtree
 
         lowers = await self.env.lowers(state)
         dest = self.env.scratch("root-") / "rootfs"
-        await asyncio.to_thread(flatten_lowers, lowers, dest)
+        if not within or not await asyncio.to_thread(flatten_subtree, lowers, dest, within):
+            await asyncio.to_thread(flatten_lowers, lowers, dest)
         return dest
 
     async def _base(self, stage: Stage) -> ImageState:
@@ -247,7 +251,7 @@ class StageScheduler:
         args: dict[str, str] = {}
         cmd_set = [False]
         k = 1
-        for ins in body:
+        for i, ins in enumerate(body):
             if isinstance(ins, Arg):
                 for d in ins.args:
                     if d.default is not None:
@@ -259,6 +263,7 @@ class StageScheduler:
                 continue
             k += 1
             name = f"[{label}{k}/{total}] {ins.original or ins.keyword}"
+            state.files_later = any(isinstance(later, Run) for later in body[i + 1:])
             try:
                 if isinstance(ins, Run):
                     await run_instruction(env, state, ins, args, name)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -38,6 +38,7 @@ from registry.oci import OCI_MANIFEST, Descriptor, ImageConfig, Index, Manifest,
 from .entries import CachedLayer
 
 if TYPE_CHECKING:
+    from cas.ingest import Ingest
     from registry.client.image_store import ImageStore
     from registry.client.progress import Progress
     from registry.client.refs import ImageRef
@@ -57,6 +58,10 @@ class _Info(Protocol):
     def info(self, text: str) -> None: ...
 
 
+class _Abandoned(Exception):
+    """A streamed fetch that stopped before the blob's end (:meth:`RemoteLayers.stream`)."""
+
+
 class LazyLayerError(RuntimeError):
     """A lazy layer's blob could not be fetched from its cache source when it was needed."""
 
@@ -74,7 +79,8 @@ class RemoteLayers:
         self.lazy_bases = False
         self.fetched: set[Digest] = set()
         self._checked: dict[tuple[str, Digest], bool] = {}
-        self._fetches: dict[Digest, asyncio.Task[None]] = {}
+        self._fetches: dict[Digest, asyncio.Future[None]] = {}
+        self._commits: set[asyncio.Future[None]] = set()  # streamed blobs being stored
         self._client: RegistryClient | None = None
         self._images: ImageStore | None = None
         self._placed: dict[Digest, list[ImageRef]] = {}  # where this build pushed a blob
@@ -95,6 +101,7 @@ class RemoteLayers:
             return self._client, self._images
 
     async def close(self) -> None:
+        await asyncio.gather(*self._commits, return_exceptions=True)
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
         if self._images is not None:
@@ -142,12 +149,85 @@ class RemoteLayers:
     async def fetch(self, digest: Digest) -> None:
         """Bring a lazy blob into the store (once, whoever asks); a blob that is not lazy
         is left alone. LazyLayerError: the source failed."""
-        if digest not in self.sources or digest in self.fetched:
+        while digest in self.sources and digest not in self.fetched:
+            task = self._fetches.get(digest)
+            if task is None:
+                task = self._fetches[digest] = asyncio.ensure_future(self._fetch(digest))
+            try:
+                await asyncio.shield(task)
+            except _Abandoned:
+                continue  # a stream (below) stopped before its end: fetch it then
             return
-        task = self._fetches.get(digest)
-        if task is None:
-            task = self._fetches[digest] = asyncio.ensure_future(self._fetch(digest))
-        await asyncio.shield(task)
+
+    def stream(self, digest: Digest) -> AsyncIterator[bytes] | None:
+        """A lazy blob of a registry, not being fetched: its bytes as they arrive, each
+        also written into the store, where it is verified and committed (linked as
+        :meth:`fetch` links it) once the iterator is read to its end; so the layer is
+        extracted while it downloads. A :meth:`fetch` meanwhile waits for it. None for
+        any other blob (fetch it, then read it from the store)."""
+        found = self.sources.get(digest)
+        if found is None or found[0].type != "registry" or digest in self.fetched \
+                or digest in self._fetches:
+            return None
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fetches[digest] = done
+        return self._stream(digest, done)
+
+    async def _stream(self, digest: Digest, done: asyncio.Future[None]) -> AsyncIterator[bytes]:
+        from cas.digest import new_hasher
+        from cas.errors import CasError
+        from registry.client.copy import registry_source
+        from registry.client.refs import parse_image_ref
+
+        spec, desc, holders = self.sources[digest]
+        ingest = await self.store.begin_ingest(algorithm=desc.digest.algorithm)
+        committing = False
+        try:
+            hasher, size = new_hasher(desc.digest.algorithm), 0
+            client, _ = await self._registry()
+            async for chunk in registry_source(client, parse_image_ref(spec.where), desc)(0):
+                data = bytes(chunk)
+                await asyncio.gather(ingest.write(data), asyncio.to_thread(hasher.update, data))
+                size += len(data)
+                yield data
+            got = Digest(desc.digest.algorithm, hasher.hexdigest())
+            if (size, got) != (desc.size, desc.digest):
+                raise ValueError(f"the registry sent {size} bytes of digest {got}")
+            # Verified: the extraction may be used now; the store's commit (its fsync)
+            # goes on meanwhile, and fetch() waits for it.
+            committing = True
+            self._commits.add(asyncio.ensure_future(self._commit(ingest, desc, holders, done)))
+        except (OSError, ValueError, ClientError, RegistryError, CasError) as exc:
+            failed = LazyLayerError(f"the cached layer {digest} from {spec} cannot be fetched "
+                                    f"({exc}); build again without that --cache-from")
+            done.set_exception(failed)
+            done.exception()  # retrieved: the waiters (if any) raise it
+            raise failed from exc
+        finally:
+            if not committing:
+                if not done.done():  # stopped early: nothing kept, a fetch starts over
+                    done.set_exception(_Abandoned())
+                    done.exception()
+                self._fetches.pop(digest, None)
+                await ingest.abort()
+
+    async def _commit(self, ingest: Ingest, desc: Descriptor, holders: set[str],
+                      done: asyncio.Future[None]) -> None:
+        try:
+            links: list[str | None] = [*sorted(holders)] or [None]
+            first, *more = links
+            await ingest.commit(desc.digest, size=desc.size, link=first)
+            for holder in more:
+                if holder is not None:
+                    await self.store.link(holder, desc.digest)
+            self.fetched.add(desc.digest)
+            done.set_result(None)
+        except BaseException:
+            await ingest.abort()
+            self._fetches.pop(desc.digest, None)
+            done.set_exception(_Abandoned())  # a fetch starts over
+            done.exception()
+            raise
 
     async def _fetch(self, digest: Digest) -> None:
         spec, desc, holders = self.sources[digest]

@@ -5,11 +5,12 @@ image (``--cache-to type=inline``), read from its config."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING
 
 from cas import Store
-from registry.oci import OCI_MANIFEST, Index, Manifest, parse_manifest
+from registry.oci import OCI_MANIFEST, Descriptor, Index, Manifest, parse_manifest
 
 from .manifest import INLINE_KEY, CacheManifest
 
@@ -37,11 +38,13 @@ async def push_cache(ref: str, config: bytes, art: Manifest, store: Store,
     images = await ImageStore.open(store=store)
     try:
         async with RegistryClient(client_options()) as client:
-            for desc in (*art.layers, art.config):
+            async def put(desc: Descriptor) -> None:
                 if remote is not None:
                     await remote.put_blob(client, images, dst, desc, Progress("quiet"))
                 else:
                     await push_blob(client, images, dst, desc, Progress("quiet"))
+
+            await asyncio.gather(*(put(d) for d in dict.fromkeys((*art.layers, art.config))))
             await client.put_manifest(dst, art.to_bytes(), OCI_MANIFEST)
     finally:
         await images.close()

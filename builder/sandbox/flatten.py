@@ -18,7 +18,7 @@ from pathlib import Path
 from ..layers.extract import remove_path
 from .rootfs import is_opaque
 
-__all__ = ["flatten_lowers"]
+__all__ = ["flatten_lowers", "flatten_subtree"]
 
 
 def flatten_lowers(lowers: Sequence[Path], dest: Path) -> None:
@@ -27,6 +27,49 @@ def flatten_lowers(lowers: Sequence[Path], dest: Path) -> None:
     for layer in reversed(lowers):
         _apply(layer, dest, {})
         _copy_meta(layer, dest)
+
+
+def flatten_subtree(lowers: Sequence[Path], dest: Path, within: str) -> bool:
+    """Write only the directory ``within`` (relative) of the union of ``lowers`` (top
+    first), and the directories on its way, into the empty or new directory ``dest``:
+    what a ``COPY --from`` of that directory reads, without copying the rest of the
+    stage. False (nothing written) when some layer has anything but a directory or a
+    whiteout on that way (a symlink there could lead out of it): flatten it all then."""
+    parts = [p for p in within.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return False
+    for layer in lowers:
+        cur = layer
+        for part in parts:
+            cur = cur / part
+            try:
+                st = os.lstat(cur)
+            except (FileNotFoundError, NotADirectoryError):
+                break
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                break
+            if not stat.S_ISDIR(st.st_mode):
+                return False
+    dest.mkdir(parents=True, exist_ok=True)
+    for layer in reversed(lowers):
+        src, dst = layer, dest
+        for part in parts:
+            src, dst = src / part, dst / part
+            try:
+                st = os.lstat(src)
+            except FileNotFoundError:
+                break
+            if stat.S_ISCHR(st.st_mode):  # a whiteout: nothing below it from lower layers
+                remove_path(dst)
+                break
+            if is_opaque(src) and dst.is_dir():
+                shutil.rmtree(dst)
+            dst.mkdir(exist_ok=True)
+            _copy_meta(src, dst, st)
+        else:
+            _apply(src, dst, {})
+            _copy_meta(src, dst)
+    return True
 
 
 def _apply(src_dir: Path, dst_dir: Path, links: dict[tuple[int, int], Path]) -> None:

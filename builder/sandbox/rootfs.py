@@ -31,6 +31,7 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,7 @@ def overlay_mount_data(
 
 # filesystem -> (overlay mounts, overlay mounts with index=on)
 _probe_cache: dict[tuple[int, tuple[str, ...]], tuple[bool, bool]] = {}
+_probe_lock = threading.Lock()
 
 
 def _filesystem_key(path: Path) -> tuple[int, tuple[str, ...]]:
@@ -181,6 +183,13 @@ def _probe(state_dir: Path) -> tuple[bool, bool]:
     key = _filesystem_key(state_dir)
     if key in _probe_cache:
         return _probe_cache[key]
+    with _probe_lock:  # a build probes ahead of its first RUN, in another thread
+        if key not in _probe_cache:
+            _probe_cache[key] = _mount_probe(state_dir)
+        return _probe_cache[key]
+
+
+def _mount_probe(state_dir: Path) -> tuple[bool, bool]:
     probe = state_dir / ".overlay-probe"
     dirs = [probe / d for d in ("lower", "upper", "work", "merged")]
     unshare = shutil.which("unshare") or "/usr/bin/unshare"
@@ -213,9 +222,7 @@ def _probe(state_dir: Path) -> tuple[bool, bool]:
         ) from exc
     finally:
         shutil.rmtree(probe, ignore_errors=True)
-    found = (mounted, results[0])
-    _probe_cache[key] = found
-    return found
+    return mounted, results[0]
 
 
 def _index_took(mountinfo: bytes, merged: Path) -> bool:

@@ -83,7 +83,8 @@ class StepEnv:
     # --build-context: named contexts (builder.contexts.NamedContexts)
     contexts: NamedContexts | None = None
     # set by the stage scheduler: flattened root of a stage or image named by --from / from=
-    stage_root: Callable[[str], Awaitable[Path]] | None = None
+    # (and with a directory of it, relative: maybe only that directory)
+    stage_root: Callable[..., Awaitable[Path]] | None = None
     # ... and the cache key of a stage of this build so named (None: not such a stage)
     stage_key: Callable[[str], Awaitable[str | None]] | None = None
     # a multi-platform build: how many RUN processes may run at once (one per core)
@@ -94,6 +95,11 @@ class StepEnv:
     remote: RemoteLayers | None = None
     # --cache-from / --cache-to cache-mounts=true: RUN --mount=type=cache contents
     mounts: MountSources | None = None
+    # layers brought here ahead of the step that needs them (prefetch); the build
+    # cancels what is left when it ends
+    background: set[asyncio.Future[Any]] = field(default_factory=set)
+    # the overlayfs probe started ahead of the first RUN (warm_sandbox), awaited at the end
+    sandbox_probe: asyncio.Future[Any] | None = None
 
     def where(self, ins: Instruction) -> str:
         return f"{self.dockerfile}:{ins.start_line}: {ins.keyword}"
@@ -101,9 +107,40 @@ class StepEnv:
     def scratch(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.work))
 
+    def warm_sandbox(self) -> None:
+        """Start, once, what the sandbox asks before a RUN's first mount (can overlayfs
+        be mounted on the work dir's filesystem: a probe in a subprocess,
+        builder.sandbox.rootfs) in a thread, while the layers are brought in."""
+        if self.sandbox_probe is None and self.differ != "snapshot":
+            from ..sandbox.rootfs import overlay_supported
+
+            self.sandbox_probe = asyncio.ensure_future(
+                asyncio.to_thread(overlay_supported, self.work))
+
+    def prefetch(self, layers: list[LayerRef]) -> None:
+        """Start bringing ``layers`` here (fetched if lazy, extracted) in the background:
+        a step that runs now makes every later step of its stage run, and a later RUN
+        will need them; its own :meth:`lowers` then waits for what is still under way. A
+        failure is left for that step to meet again (and report)."""
+        if not layers:
+            return
+        self.warm_sandbox()
+        task = asyncio.ensure_future(self.extracted.lowers(
+            [(layer.diff_id, layer.descriptor.digest) for layer in layers]))
+        self.background.add(task)
+        task.add_done_callback(_settled(self.background))
+
     async def lowers(self, state: ImageState) -> list[Path]:
         return await self.extracted.lowers(
             [(layer.diff_id, layer.descriptor.digest) for layer in state.layers])
+
+
+def _settled(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    def done(task: asyncio.Future[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the step that needs the layers meets it again
+    return done
 
 
 class _IngestSink:
@@ -231,7 +268,9 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
         future: asyncio.Future[CachedLayer] = asyncio.get_running_loop().create_future()
         env.inflight[key] = future
         try:
-            cached = await _run_or_reuse(env, parent, key, instruction, inputs, n, produce)
+            layers = list(state.layers) if state.files_later and not independent else []
+            cached = await _run_or_reuse(env, parent, key, instruction, inputs, n, produce,
+                                         lambda: env.prefetch(layers))
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: only the waiters (if any) re-raise it
@@ -256,7 +295,8 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
 
 async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
                         inputs: dict[str, Any], n: int,
-                        produce: Callable[[int], Awaitable[Path]]) -> CachedLayer:
+                        produce: Callable[[int], Awaitable[Path]],
+                        on_miss: Callable[[], None]) -> CachedLayer:
     cached = None if env.no_cache else await asyncio.to_thread(env.cache.lookup, key)
     unusable: str | None = None
     if cached is not None and cached.digest and await env.store.stat(
@@ -273,6 +313,7 @@ async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
         if env.explain:
             env.progress.explain_hit(n, env.remote.source_of(key) if env.remote else "local")
         return cached
+    on_miss()
     if env.explain and not env.no_cache:
         reason = unusable if unusable is not None else await asyncio.to_thread(
             env.cache.explain, parent, instruction, inputs)

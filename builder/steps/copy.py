@@ -51,6 +51,7 @@ from .common import (
     valid_facts,
     valid_files,
 )
+from .copyup import DirLookup, copy_up_lookup, lowers_lookup, make_parents, no_copy_up
 from .download import download, sha256_file
 from .metadata import resolve_workdir
 from .parents import resolve_parents
@@ -176,39 +177,27 @@ def _link_target(lowers: list[Path], rel: str) -> str:
     return rel
 
 
-def _make_parents(upper: Path, rel: str, lowers: list[Path],
-                  owner: tuple[int, int] | None = None) -> None:
-    """Create ``rel``'s directories in ``upper``, copying up existing ones' metadata."""
-    parts = [p for p in rel.split("/") if p]
-    cur = ""
-    for p in parts:
-        cur = f"{cur}/{p}" if cur else p
-        d = upper / cur
-        if d.is_dir():
-            continue
-        st = lower_stat(lowers, cur)
-        d.mkdir()
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            os.chmod(d, stat.S_IMODE(st.st_mode))
-            os.chown(d, st.st_uid, st.st_gid)
-            os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
-        else:
-            os.chmod(d, 0o755)
-            if owner is not None:
-                os.chown(d, *owner)
+def _one_directory(sources: list[str], parents: bool) -> str:
+    """The one path (relative) a ``COPY --from`` copies (``/app/dist/``): where it is a
+    directory, only it need be flattened; "" for anything else."""
+    dirs = {posixpath.normpath(s.strip("/")) for s in sources}
+    if parents or len(dirs) != 1 or any(set(s) & set("*?[\\") for s in sources):
+        return ""  # (a file is flattened with the whole stage: flatten_subtree says so)
+    (one,) = dirs
+    return "" if one in (".", "..") or one.startswith("../") else one
 
 
-def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int, int] | None,
+def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int, int] | None,
            chmod: int | None) -> None:
     # Files hard-linked to each other among the sources stay hard-linked in the layer,
     # as BuildKit copies them: (st_dev, st_ino) -> the first copy written.
     linked: dict[tuple[int, int], Path] = {}
     for it in items:
         target = upper / it.dest
-        _make_parents(upper, posixpath.dirname(it.dest), lowers, owner)
+        make_parents(upper, posixpath.dirname(it.dest), lookup, owner)
         if it.archive:
             assert it.path is not None
-            _make_parents(upper, it.dest, lowers, owner)
+            make_parents(upper, it.dest, lookup, owner)
             from ..layers.extract import apply_layer
 
             with _open_archive(it.path) as src:
@@ -223,7 +212,7 @@ def _write(upper: Path, items: list[_Item], lowers: list[Path], owner: tuple[int
             # The destination of a directory's contents, as BuildKit makes it: an existing
             # directory keeps its mode and owner; a new one is 0755, --chown'ed, and
             # --chmod applies only to what is copied into it.
-            _make_parents(upper, it.dest, lowers, owner)
+            make_parents(upper, it.dest, lookup, owner)
             continue
         st = it.st
         if os.path.lexists(target) and not (target.is_dir() and (st is None or stat.S_ISDIR(st.st_mode))):
@@ -359,8 +348,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
             return env.contexts.tree(named, env.context.hash_store)  # --build-context DIR
         if from_ref:
             assert env.stage_root is not None
-            return SourceTree(await env.stage_root(from_ref), strict=False,
-                              what=f"stage or image {from_ref!r}")
+            return SourceTree(await env.stage_root(from_ref, _one_directory(local, parents)),
+                              strict=False, what=f"stage or image {from_ref!r}")
         return env.context
 
     n_sources = len(ins.sources) + len(ins.files)
@@ -446,10 +435,10 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
 
     async def produce(n: int) -> Path:
         upper = _upper_dir(env)
-        lowers = [] if link else await env.lowers(state)
         items.extend(local_items if local_items is not None else (await plan_local())[0])
+        lookup = await copy_up_lookup(env, state, items) if not link else no_copy_up
         try:
-            await asyncio.to_thread(_write, upper, items, lowers, owner, chmod)
+            await asyncio.to_thread(_write, upper, items, lookup, owner, chmod)
         except LayerError as exc:
             raise BuildError(where, f"unpacking an archive: {exc}") from exc
         return upper
@@ -482,7 +471,8 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
     async def produce(n: int) -> Path:
         upper = _upper_dir(env)
         lowers = await env.lowers(state)
-        await asyncio.to_thread(_make_parents, upper, target.lstrip("/"), lowers, owner)
+        await asyncio.to_thread(make_parents, upper, target.lstrip("/"), lowers_lookup(lowers),
+                                owner)
         # a directory that already existed is only copied up: no change, no layer
         if lower_stat(lowers, target.lstrip("/")) is not None:
             await asyncio.to_thread(shutil.rmtree, upper)

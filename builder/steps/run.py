@@ -238,6 +238,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         _check_emulator(state, where)
         if env.mounts is not None and caches:
             await _restore_caches(env, n, caches)
+        env.warm_sandbox()
         lowers = await env.lowers(state)
         state_dir = env.scratch("run-")
         mounts = []

@@ -230,7 +230,11 @@ AREAS = {
     "ci": (("docker-registry", "skopeo", "docker", "dockerd", "buildah"), "docker",
            ["runner A: build + push, cold (4 MiB dependencies, 10 source files)",
             "runner B: build + push, one source file changed",
-            "runner B: MB from the registry", "runner B: MB to the registry"]),
+            "runner B: MB from the registry", "runner B: MB to the registry",
+            "runner A: build + push, cold (4 MiB dependencies, 10 source files, multi-stage)",
+            "runner B: build + push, one source file changed (multi-stage)",
+            "runner B: MB from the registry (multi-stage)",
+            "runner B: MB to the registry (multi-stage)"]),
 }
 
 
@@ -268,6 +272,12 @@ def test_quick_run_of_each_area_writes_json(area: str, tmp_path: Path) -> None:
         assert all(v > 4.19 for v in pulled.values()), pulled
         # As root the harness runs pybuild as a non-root user, as CI runners are.
         assert "pybuild" in pulled or "pybuild" in data["skipped"]
+        # Multi-stage: the dependency layer is needed only to push it; pybuild leaves it
+        # in the registry (a mount), the peers fetch it.
+        pulled = data["measurements"][6]["values"]
+        assert pulled["docker"] > 4.19 and pulled["buildah"] > 4.19, pulled
+        if "pybuild" in pulled:
+            assert pulled["pybuild"] < 2.5, pulled
     if area == "client":
         assert all(m["values"]["docker"] > 0 for m in data["measurements"]
                    if m["name"].startswith(("pull v1, cold", "pull v2", "shaped")))

@@ -407,3 +407,59 @@ def test_mode_min_follows_the_chain_through_link_steps(last: str, busybox_ref: s
     assert len(_cache_keys(cache)) == 3
     status, _ = _build(tmp_path / "runner-b", ctx, "--cache-from", f"type=local,src={cache}")
     assert _dockerfile_steps(status) == {"cached"}, status
+
+
+CI_MULTI_STAGE = """FROM {base} AS build
+COPY src.txt /src/src.txt
+RUN mkdir -p /dist && cp /src/src.txt /dist/app.txt
+FROM {base}
+WORKDIR /app
+RUN head -c 3000000 /dev/urandom > /deps.bin && mkdir -p /app/dist \\
+    && chmod 0750 /app/dist
+COPY --from=build /dist/ ./dist/
+"""
+
+
+def test_copy_onto_a_cached_step_fetches_none_of_its_layers(busybox_ref: str,
+                                                            tmp_path: Path) -> None:
+    """The CI idiom: the final stage is a cached dependency step plus a COPY --from of
+    a build stage that runs again. Runner B reads the directories the COPY copies up from
+    runner A's facts: the dependency layer stays in the registry (no GET of it, far fewer
+    bytes than it holds) and is mounted into the pushed image, whose COPY layer keeps the
+    copied-up directory's mode."""
+    import gzip
+    import io
+    import tarfile
+
+    from testkit.registries import http
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(CI_MULTI_STAGE.format(base=busybox_ref))
+    (ctx / "src.txt").write_text("v1\n")
+    with distribution_registry(tmp_path / "registry") as registry, \
+            counting_proxy(registry.addr) as proxy:
+        cache = f"type=registry,ref={proxy.addr}/ci/app:buildcache"
+        job = ("--cache-from", cache, "--cache-to", f"{cache},mode=max",
+               "-t", f"{proxy.addr}/ci/app:latest", "--push")
+        _build(tmp_path / "runner-a", ctx, *job)
+        deps = max(_manifest(proxy.addr, "ci/app", "latest")[0]["layers"],
+                   key=lambda d: d["size"])
+        assert deps["size"] > 3_000_000
+        (ctx / "src.txt").write_text("v2\n")
+        proxy.log.clear()
+        status, _ = _build(tmp_path / "runner-b", ctx, *job)
+        served = list(proxy.log)
+        assert _steps(status, "urandom") == {"cached"}, status
+        assert _steps(status, "COPY --from=build") == {"ran"}, status
+        assert proxy.blob_gets({deps["digest"]}) == [], served
+        pulled = sum(s.body_bytes for s in served if s.method == "GET")
+        assert pulled < deps["size"] // 4, served
+        assert _stored(tmp_path / "runner-b", [deps["digest"]]) == []
+        image, _ = _manifest(proxy.addr, "ci/app", "latest")
+        assert deps in image["layers"]
+        top = http(proxy.addr, "GET", f"/v2/ci/app/blobs/{image['layers'][-1]['digest']}")
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(top.body))) as tar:
+            members = {m.name.rstrip("/"): m for m in tar.getmembers()}
+            assert tar.extractfile(members["app/dist/app.txt"]).read() == b"v2\n"  # type: ignore[union-attr]
+        assert members["app/dist"].mode == 0o750  # copied up from the dependency layer
