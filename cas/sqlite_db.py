@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import StoreClosed, mapped_error, storage_error
 
-__all__ = ["SCHEMA", "SqliteDatabase", "connect", "open_wal_database"]
+__all__ = ["SCHEMA", "SqliteDatabase", "connect", "open_wal_database", "switch_to_wal"]
 
 
 class SqliteDatabase:
@@ -49,7 +50,7 @@ class SqliteDatabase:
         db = reader = None
         try:
             db = connect(str(path))
-            db.execute("PRAGMA journal_mode=WAL")
+            switch_to_wal(db)
             # NORMAL in WAL mode: a process crash loses nothing committed; pack bytes are
             # fsynced before the transaction that references them.
             db.execute("PRAGMA synchronous=NORMAL")
@@ -152,6 +153,23 @@ def connect(target: str, uri: bool = False) -> sqlite3.Connection:
     return sqlite3.connect(target, uri=uri, timeout=60.0, isolation_level=None, check_same_thread=False)
 
 
+def switch_to_wal(db: sqlite3.Connection, patience: float = 10.0) -> str:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock: two
+    first opens of one file at once both switch it, and SQLite answers the second "database
+    is locked" at once, without calling the busy handler. The mode now in effect (SQLite
+    keeps the old one where WAL is impossible)."""
+    deadline = time.monotonic() + patience
+    pause = 0.005
+    while True:
+        try:
+            return str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
 def open_wal_database(path: Path, schema: str, scope: Path) -> sqlite3.Connection:
     """A connection to the SQLite file ``path`` in WAL mode (waiting up to 10 s for a
     writer), with ``schema`` applied; a full or unwritable file system is the store's typed
@@ -159,9 +177,8 @@ def open_wal_database(path: Path, schema: str, scope: Path) -> sqlite3.Connectio
     db = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA busy_timeout=10000")
+        db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
+        switch_to_wal(db)
         db.executescript(schema)
     except (sqlite3.Error, OSError) as exc:
         if db is not None:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cas.errors import StoreClosed, mapped_error
+from cas.sqlite_db import switch_to_wal
 
 from ..oci import INDEX_TYPES
 from .metadata import ManifestRecord, ManifestsMissing, ReferrerRecord
@@ -130,9 +131,8 @@ class SqliteMetadata(RetentionQueries):
         db = None
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path, isolation_level=None)
-            # The mode now in effect (SQLite keeps the old one where WAL is impossible).
-            wal = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower() == "wal"
+            db = sqlite3.connect(self._path, timeout=10.0, isolation_level=None)
+            wal = switch_to_wal(db) == "wal"
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=10000")
             db.executescript(_SCHEMA)

@@ -59,6 +59,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from cas.sqlite_db import switch_to_wal
+
 __all__ = [
     "ACTIONS",
     "EVENTS_MEDIA_TYPE",
@@ -216,8 +218,8 @@ class _Queue:
     runs in the notifier's one database thread."""
 
     def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
+        switch_to_wal(self.db)
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
