@@ -58,6 +58,7 @@ __all__ = [
     "RegistryData",
     "RegistrySettings",
     "allocated_bytes",
+    "bench_pulls",
     "bench_registry",
     "parse_wrk",
     "parse_wrk_requests",
@@ -361,6 +362,49 @@ def _skopeo_copy(src: str, dest: str) -> float:
     return elapsed
 
 
+def _skopeo_push_and_pulls(target: str, addr: str, data: RegistryData, settings: RegistrySettings,
+                           workdir: Path) -> tuple[float, float]:
+    """Seconds of a ``skopeo copy`` push of ``data.layout`` and the median of its pulls."""
+    ref = f"docker://{addr}/bench/ten-layers:latest"
+    skopeo_push = _skopeo_copy(f"oci:{data.layout}:latest", ref)
+    pushed_manifest = json.loads((data.layout / "index.json").read_text())["manifests"][0]["digest"]
+    pulls = []
+    for _ in range(settings.pull_repeats):
+        pulled = workdir / f"pulled-{target}"
+        shutil.rmtree(pulled, ignore_errors=True)
+        pulls.append(_skopeo_copy(ref, f"oci:{pulled}:latest"))
+        pulled_manifest = json.loads((pulled / "index.json").read_text())["manifests"][0]["digest"]
+        if pulled_manifest != pushed_manifest:
+            raise RegistryBenchError(f"skopeo pulled {pulled_manifest}, pushed {pushed_manifest}")
+        shutil.rmtree(pulled, ignore_errors=True)
+    # One pull takes about a second: the median of a few hides a stray busy moment.
+    return skopeo_push, statistics.median(pulls)
+
+
+def bench_pulls(target: str, addr: str, data: RegistryData, settings: RegistrySettings,
+                workdir: Path, variant: str) -> list[Measurement]:
+    """Only the pull rows of :func:`bench_registry` (after the same pushes), each name
+    followed by ``variant`` (e.g. how the registries were configured for them)."""
+    base = f"http://{addr}"
+    mb = len(data.blob) / 1e6
+    _, pull = asyncio.run(_push_and_pull(base, data))
+    concurrent = _concurrent_pull(f"{base}/v2/bench/blob/blobs/{data.blob_digest}",
+                                  settings.clients)
+    _, skopeo_pull = _skopeo_push_and_pulls(target, addr, data, settings, workdir)
+    size = f"{len(data.blob) / MiB:.0f} MiB"
+    layers = f"{settings.layers} x {settings.layer_size / MiB:.0f} MiB layers"
+
+    def one(name: str, unit: str, value: float, higher: bool = True) -> Measurement:
+        return Measurement(f"{name}, {variant}", unit, higher, {target: round(value, 3)})
+
+    return [
+        one(f"blob pull {size}, 1 client", "MB/s", mb / pull),
+        one(f"blob pull {size}, {settings.clients} clients", "MB/s", concurrent),
+        one(f"skopeo copy pull ({layers})", "s", skopeo_pull, higher=False),
+        one("skopeo copy pull", "MB/s", data.layout_bytes / 1e6 / skopeo_pull),
+    ]
+
+
 def bench_registry(
     target: str, addr: str, data: RegistryData, settings: RegistrySettings, workdir: Path,
     storage: Path | Callable[[], int] | None = None, storage_label: str = "storage",
@@ -379,20 +423,7 @@ def bench_registry(
     concurrent = _concurrent_pull(f"{base}/v2/bench/blob/blobs/{data.blob_digest}",
                                   settings.clients)
     rate, p99, cpu_per_request = _wrk_manifests(addr, settings, pid)
-    ref = f"docker://{addr}/bench/ten-layers:latest"
-    skopeo_push = _skopeo_copy(f"oci:{data.layout}:latest", ref)
-    pushed_manifest = json.loads((data.layout / "index.json").read_text())["manifests"][0]["digest"]
-    pulls = []
-    for _ in range(settings.pull_repeats):
-        pulled = workdir / f"pulled-{target}"
-        shutil.rmtree(pulled, ignore_errors=True)
-        pulls.append(_skopeo_copy(ref, f"oci:{pulled}:latest"))
-        pulled_manifest = json.loads((pulled / "index.json").read_text())["manifests"][0]["digest"]
-        if pulled_manifest != pushed_manifest:
-            raise RegistryBenchError(f"skopeo pulled {pulled_manifest}, pushed {pushed_manifest}")
-        shutil.rmtree(pulled, ignore_errors=True)
-    # One pull takes about a second: the median of a few hides a stray busy moment.
-    skopeo_pull = statistics.median(pulls)
+    skopeo_push, skopeo_pull = _skopeo_push_and_pulls(target, addr, data, settings, workdir)
     size = f"{len(data.blob) / MiB:.0f} MiB"
     layers = f"{settings.layers} x {settings.layer_size / MiB:.0f} MiB layers"
     lmb = data.layout_bytes / 1e6

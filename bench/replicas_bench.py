@@ -7,8 +7,14 @@ Each cluster gets the same data and the same measurements as the ``registry`` ar
 and pull, manifest GETs with ``wrk``, skopeo copy push/pull, storage after the ten-version
 corpus (the bucket's bytes under each registry's prefix, or the directory's growth). For
 pybuild the size of its PostgreSQL database is reported beside it (Distribution keeps its
-metadata in the storage). Distribution runs with its defaults otherwise: on S3 it
-redirects blob GETs to the bucket.
+metadata in the storage). Distribution runs with its defaults otherwise.
+
+On S3 both clusters are measured with the same semantics twice: first as Distribution's
+s3 driver runs by default, blob GETs redirected to presigned bucket URLs (pybuild with
+``storage_redirect: true``; it redirects a blob stored as one whole object and streams
+the others), every measurement; then with redirects off on both (Distribution's
+``storage.redirect.disable: true``, pybuild's default), the pull rows again, marked
+"streamed": every byte through the replicas.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.registry_bench import RegistryData, RegistrySettings, bench_registry
+from bench.registry_bench import RegistryData, RegistrySettings, bench_pulls, bench_registry
 from bench.report import Measurement
 from bench.targets import NotAvailable
 from testkit.haproxy import load_balancer
@@ -53,18 +59,27 @@ class Bucket:
             total += sum(int(o["Size"]) for o in page.get("Contents", []))
         return total
 
+    def empty(self, prefix: str) -> None:
+        """Delete every object under ``prefix`` (the gateway's OSD keeps them in memory)."""
+        client = self.gateway.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=self.name, Delete={"Objects": keys, "Quiet": True})
 
-def _distribution_s3(bucket: Bucket) -> str:
+
+def _distribution_s3(bucket: Bucket, root: str) -> str:
     c = bucket.creds
     return ("  s3:\n"
             f"    accesskey: {c.access_key}\n    secretkey: {c.secret_key}\n"
             f"    region: {c.region}\n    regionendpoint: {c.endpoint}\n"
-            f"    bucket: {bucket.name}\n    rootdirectory: /distribution\n"
+            f"    bucket: {bucket.name}\n    rootdirectory: /{root}\n"
             "    secure: false\n    v4auth: true\n")
 
 
 @contextmanager
-def _distribution(work: Path, bucket: Bucket | None) -> Iterator[tuple[str, Path, Callable[[], int]]]:
+def _distribution(work: Path, bucket: Bucket | None, redirect: bool = True,
+                  blob_affinity: bool = False) -> Iterator[tuple[str, Path, Callable[[], int]]]:
     binary = shutil.which("docker-registry")
     if binary is None:
         raise NotAvailable("docker-registry is not installed; install docker-registry")
@@ -78,8 +93,10 @@ def _distribution(work: Path, bucket: Bucket | None) -> Iterator[tuple[str, Path
                 text = distribution_config(storage, addr).replace(
                     "http:\n", "http:\n  secret: bench-shared-secret\n")
                 if bucket is not None:  # the s3 driver instead of the filesystem one
-                    text = text.replace(f"  filesystem:\n    rootdirectory: {storage}\n",
-                                        _distribution_s3(bucket))
+                    s3 = _distribution_s3(bucket, "distribution" if redirect else "distribution-streamed")
+                    if not redirect:
+                        s3 += "  redirect:\n    disable: true\n"
+                    text = text.replace(f"  filesystem:\n    rootdirectory: {storage}\n", s3)
                 config.write_text(text)
                 return [binary, "serve", str(config)]
 
@@ -90,12 +107,13 @@ def _distribution(work: Path, bucket: Bucket | None) -> Iterator[tuple[str, Path
                                       env=env)
             stack.enter_context(replica)
             addrs.append(replica.addr)
-        lb = stack.enter_context(load_balancer(addrs))
+        lb = stack.enter_context(load_balancer(addrs, blob_affinity=blob_affinity))
         yield lb, storage, lambda: 0
 
 
 @contextmanager
-def _pybuild(work: Path, bucket: Bucket | None) -> Iterator[tuple[str, Path, Callable[[], int]]]:
+def _pybuild(work: Path, bucket: Bucket | None, redirect: bool = True,
+             blob_affinity: bool = False) -> Iterator[tuple[str, Path, Callable[[], int]]]:
     storage = work / "storage"
     with ExitStack() as stack:
         server = stack.enter_context(postgres_server())
@@ -109,7 +127,9 @@ def _pybuild(work: Path, bucket: Bucket | None) -> Iterator[tuple[str, Path, Cal
         if bucket is not None:
             c = bucket.creds
             settings["packs"] = (f"s3://{c.access_key}:{c.secret_key}@{c.endpoint.removeprefix('http://')}"
-                                 f"/{bucket.name}/pybuild/?secure=false&region={c.region}")
+                                 f"/{bucket.name}/{'pybuild' if redirect else 'pybuild-streamed'}/"
+                                 f"?secure=false&region={c.region}")
+            settings["storage_redirect"] = redirect  # as Distribution's storage.redirect
         config.write_text(json.dumps(settings))
         addrs = []
         for n in range(REPLICAS):
@@ -120,7 +140,7 @@ def _pybuild(work: Path, bucket: Bucket | None) -> Iterator[tuple[str, Path, Cal
             replica = RegistryProcess("pybuild", argv, storage=storage, log=work / f"r{n}.log")
             stack.enter_context(replica)
             addrs.append(replica.addr)
-        lb = stack.enter_context(load_balancer(addrs))
+        lb = stack.enter_context(load_balancer(addrs, blob_affinity=blob_affinity))
 
         def database_bytes() -> int:
             import psycopg
@@ -133,8 +153,10 @@ def _pybuild(work: Path, bucket: Bucket | None) -> Iterator[tuple[str, Path, Cal
 
 
 def bench_replicas(work: Path, data: RegistryData, settings: RegistrySettings,
-                   skipped: dict[str, str], *, s3: bool = True) -> list[Measurement]:
-    """Measure both clusters; a cluster that cannot run is listed in ``skipped``."""
+                   skipped: dict[str, str], *, s3: bool = True,
+                   blob_affinity: bool = False) -> list[Measurement]:
+    """Measure both clusters; a cluster that cannot run is listed in ``skipped``.
+    ``blob_affinity``: HAProxy routes blob GETs by a hash of their path (both clusters)."""
     with ExitStack() as stack:
         bucket = None
         if s3:
@@ -144,17 +166,18 @@ def bench_replicas(work: Path, data: RegistryData, settings: RegistrySettings,
             gateway.start()
             stack.callback(gateway.stop)
             bucket = Bucket(gateway)
-        return _bench(work, data, settings, skipped, bucket)
+        return _bench(work, data, settings, skipped, bucket, blob_affinity)
 
 
 def _bench(work: Path, data: RegistryData, settings: RegistrySettings, skipped: dict[str, str],
-           bucket: Bucket | None) -> list[Measurement]:
+           bucket: Bucket | None, blob_affinity: bool) -> list[Measurement]:
     out: list[Measurement] = []
+    streamed: list[Measurement] = []  # rows of their own, after the others
     for name, cluster in (("distribution", _distribution), ("pybuild", _pybuild)):
         where = work / name
         where.mkdir(parents=True, exist_ok=True)
         try:
-            with cluster(where, bucket) as (addr, storage, database_bytes):
+            with cluster(where, bucket, True, blob_affinity) as (addr, storage, database_bytes):
                 size: Path | Callable[[], int] = storage
                 label = "storage"
                 if bucket is not None:
@@ -165,8 +188,15 @@ def _bench(work: Path, data: RegistryData, settings: RegistrySettings, skipped: 
                 if db_size:
                     out.append(Measurement("metadata database", "MB", False, {name: round(db_size / 1e6, 1)},
                                            "PostgreSQL's pg_database_size after the run"))
+            if bucket is not None:  # the same pulls with redirects off on both
+                bucket.empty(f"{name}/")
+                shutil.rmtree(where, ignore_errors=True)
+                where.mkdir(parents=True)
+                with cluster(where, bucket, False, blob_affinity) as (addr, _, _):
+                    streamed += bench_pulls(name, addr, data, settings, work, "streamed")
+                bucket.empty(f"{name}-streamed/")
         except NotAvailable as exc:
             skipped[name] = str(exc)
         finally:
             shutil.rmtree(where, ignore_errors=True)
-    return out
+    return out + streamed

@@ -248,8 +248,11 @@ def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_
               help="Size of the blob pushed and pulled.")
 @click.option("--wrk-seconds", type=int, default=10, show_default=True)
 @click.option("--files", is_flag=True, help="Store on a shared directory instead of S3 (a RADOS Gateway).")
+@click.option("--routing", type=click.Choice(["uri", "roundrobin"]), default="uri", show_default=True,
+              help="HAProxy: blob GETs by a hash of their path (docs/deployment.md), or every "
+                   "request round-robin.")
 def replicas(quick: bool, workdir: Path | None, results: Path, blob_mib: int, wrk_seconds: int,
-             files: bool) -> None:
+             files: bool, routing: str) -> None:
     """Three replicas behind HAProxy: pybuild (PostgreSQL metadata) vs CNCF Distribution."""
     from bench.registry_bench import RegistryBenchError, RegistrySettings, prepare_data
     from bench.replicas_bench import REPLICAS, bench_replicas
@@ -264,14 +267,15 @@ def replicas(quick: bool, workdir: Path | None, results: Path, blob_mib: int, wr
     report = Report(area="replicas", peer="distribution",
                     parameters={"replicas": REPLICAS, "blob_mib": blob_mib,
                                 "wrk_seconds": wrk_seconds, "quick": quick,
-                                "storage": "files" if files else "s3"})
+                                "storage": "files" if files else "s3", "routing": routing})
     with _workdir(workdir) as work:
         click.echo("measuring the machine ...", err=True)
         report.machine = _machine(work, quick)
         click.echo("generating data ...", err=True)
         data = prepare_data(work, settings)
         try:
-            report.add(bench_replicas(work, data, settings, report.skipped, s3=not files))
+            report.add(bench_replicas(work, data, settings, report.skipped, s3=not files,
+                                      blob_affinity=routing == "uri"))
         except RegistryBenchError as exc:
             report.failed["replicas"] = str(exc)
     _finish(report, results)

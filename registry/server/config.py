@@ -13,6 +13,7 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
     read_only: false              # PYBUILD_READ_ONLY
     storage_redirect: false       # PYBUILD_STORAGE_REDIRECT: (packs in S3) answer a blob GET with
                                   # a 307 to a presigned URL when the blob is one whole object
+                                  # (a Distribution config.yml with storage.s3: on by default)
     database:                     # metadata on PostgreSQL, shared by replicas (docs/storage.md)
       url: postgresql://registry@db.internal/registry   # PYBUILD_DATABASE_URL (libpq URI), or:
       enabled: false                    # GitLab registry's keys: PYBUILD_DATABASE_ENABLED ...

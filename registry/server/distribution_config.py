@@ -7,7 +7,8 @@ Distribution documents is either mapped, accepted as having nothing to do in pyb
 listed in ``docs/registry.md``), or refused with an error that names it; a key Distribution
 does not know is refused too. Behaviour follows Distribution where the two differ:
 deletion is off unless ``storage.delete.enabled`` is true, ``http.addr: :5000`` listens on
-every interface.
+every interface, and with ``storage.s3`` blob GETs are redirected to the bucket unless
+``storage.redirect.disable`` is true (Distribution's s3 driver does so by default).
 
 The ``database:`` section takes GitLab's container registry keys (``enabled``, ``host``,
 ``port``, ``user``, ``password``, ``dbname``, ``sslmode``), which are pybuild's own too.
@@ -137,8 +138,6 @@ def from_distribution(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
             out["delete"] = {"blobs": on, "manifests": on, "tags": on}
             continue
         if key == "storage.redirect.disable":
-            # Only an explicit "disable: false" turns redirects on (pybuild's default is off;
-            # they apply to blobs in S3 only).
             out["storage_redirect"] = not _enabled(value)
             continue
         if key == "storage.maintenance.uploadpurging.enabled":
@@ -156,6 +155,10 @@ def from_distribution(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = convert(value)
+    if "packs" in out:
+        # Distribution's s3 driver redirects blob GETs to the bucket unless told not to:
+        # clients that pulled from it reach the bucket, and expect the same here.
+        out.setdefault("storage_redirect", True)
     return out
 
 _DISTRIBUTION_S3 = ("accesskey", "secretkey", "region", "regionendpoint", "bucket",

@@ -1,5 +1,6 @@
 """docs/deployment.md works as written: its registry config loads to the settings it
-describes, its HAProxy config passes ``haproxy -c``, and its commands run against a real
+describes, its HAProxy config passes ``haproxy -c`` and routes blob GETs as the replicas
+tests and bench do, and its commands run against a real
 PostgreSQL (only the database address and the storage directory substituted)."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from testkit.haproxy import BLOB_PATH
 from testkit.postgres import PostgresServer
 from testkit.tools import require_tool
 
@@ -49,6 +51,19 @@ def test_the_haproxy_config_is_valid(tmp_path: Path) -> None:
     path.write_text(block.replace("/etc/haproxy/registry.pem", str(pem)))
     checked = subprocess.run([haproxy, "-c", "-f", str(path)], capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_blob_routing_is_the_one_the_replicas_tests_run() -> None:
+    (block,) = _blocks("haproxy")
+    assert f"acl blob_path path_reg {BLOB_PATH}\n" in block
+    assert "backend blobs\n  balance uri\n  hash-type consistent\n" in block
+    blob = re.compile(BLOB_PATH)
+    for path in (f"/v2/team/app/blobs/sha256:{'a' * 64}", f"/v2/a/b/c/blobs/sha512:{'0' * 128}",
+                 f"/v2/x/blobs/blake3:{'f' * 64}"):
+        assert blob.match(path), path
+    for path in ("/v2/team/app/blobs/uploads/", "/v2/team/app/blobs/uploads/4d2c1e0a-77b1",
+                 f"/v2/team/app/manifests/sha256:{'a' * 64}", "/v2/", "/v2/team/app/tags/list"):
+        assert not blob.match(path), path
 
 
 def test_the_commands_run(postgres: PostgresServer, tmp_path: Path) -> None:

@@ -5,7 +5,10 @@ the database and the bucket alone; the CLI runs on a directory of its own too, f
 the packs through the database): Docker, skopeo and podman push and
 pull through the balancer; a replica killed with SIGKILL in the middle of a push leaves the
 client to finish through the others; ``storage gc`` looping beside the pushes loses nothing
-they were told was stored."""
+they were told was stored. On S3 the replicas redirect blob GETs as Distribution's s3
+driver does (``storage_redirect``): a blob stored as one whole object goes to a presigned
+bucket URL, which Docker, skopeo and podman follow through the balancer; the balancer
+routes blob GETs there by a hash of their path (docs/deployment.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.client import HTTPConnection
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -36,7 +41,7 @@ from testkit.images import (
     write_oci_layout,
 )
 from testkit.postgres import PostgresServer
-from testkit.registries import RegistryProcess, get_manifest
+from testkit.registries import RegistryProcess, get_manifest, http
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +81,7 @@ def cluster(request: pytest.FixtureRequest, postgres: PostgresServer, tmp_path: 
         s3: S3Location = request.getfixturevalue("s3_location")
         settings["packs"] = s3.to_url(keys=True)
         env = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+        settings["storage_redirect"] = True
     config = tmp_path / "registry.yaml"
     config.write_text(json.dumps(settings))
     replicas = []
@@ -89,7 +95,8 @@ def cluster(request: pytest.FixtureRequest, postgres: PostgresServer, tmp_path: 
             replica = RegistryProcess("pybuild", argv, storage=own, log=tmp_path / f"r{n}.log")
             replica.start()
             replicas.append(replica)
-        with load_balancer([r.addr for r in replicas]) as addr:
+        # On S3, blob GETs by path as docs/deployment.md recommends (uploads round-robin).
+        with load_balancer([r.addr for r in replicas], blob_affinity=request.param == "s3") as addr:
             yield Cluster(replicas, addr, storage, database, env)
     finally:
         for replica in replicas:
@@ -177,3 +184,52 @@ def test_gc_looping_beside_pushes_loses_nothing(cluster: Cluster, busybox: Image
                    f"oci:{out}:{tag}"))
         assert read_oci_layout(out, tag).layer_digests == tuple(layer.digest for layer in image.layers)
     assert cluster.fsck()["ok"] is True
+
+
+def _get_unfollowed(addr: str, path: str, headers: dict[str, str] | None = None
+                    ) -> tuple[int, dict[str, str], bytes]:
+    host, port = addr.rsplit(":", 1)
+    conn = HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("cluster", ["s3"], indirect=True)
+def test_redirected_blobs_reach_docker_skopeo_and_podman_through_the_balancer(
+        cluster: Cluster, docker_engine: DockerEngine, busybox: Image,
+        container_storage: ContainerStorage, tmp_path: Path) -> None:
+    # Random bytes stored raw, each blob pushed in one request: one whole object each.
+    data = make_layer(tar_files({"redirected.bin": os.urandom(6 << 20)}), level=0)
+    image = make_image([*busybox.layers, data])
+    for digest, blob in image.blobs().items():
+        put = http(cluster.addr, "POST", f"/v2/team/redirect/blobs/uploads/?digest={digest}", body=blob)
+        assert put.status == 201, put.body
+    put = http(cluster.addr, "PUT", "/v2/team/redirect/manifests/v1", body=image.manifest,
+               headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    assert put.status == 201, put.body
+    path = f"/v2/team/redirect/blobs/{data.digest}"
+    for _ in range(3):  # every replica redirects, to a short-lived presigned URL
+        status, headers, _ = _get_unfollowed(cluster.addr, path)
+        assert status == 307 and headers["docker-content-digest"] == data.digest
+        location = headers["location"]
+        assert "X-Amz-Signature=" in location and "X-Amz-Expires=1200" in location
+        url = urlsplit(location)
+        assert http(url.netloc, "GET", f"{url.path}?{url.query}").body == data.blob
+    # The bucket itself is not public: the same URL unsigned is refused.
+    assert http(url.netloc, "GET", url.path).status == 403
+    # A ranged GET is answered by the replica, never redirected.
+    status, _, body = _get_unfollowed(cluster.addr, path, {"Range": "bytes=100-1099"})
+    assert status == 206 and body == data.blob[100:1100]
+    ref = cluster.ref("team/redirect", "v1")
+    try:
+        docker_engine.run("pull", ref)
+        assert "redirected.bin" in docker_engine.run_container(ref, "ls", "/")
+    finally:
+        docker_engine.run("rmi", "--force", ref, check=False)
+    run(skopeo("copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{tmp_path / 'out'}:v1"))
+    assert read_oci_layout(tmp_path / "out", "v1").layer_digests == tuple(x.digest for x in image.layers)
+    run(podman(container_storage, "pull", "--tls-verify=false", ref))

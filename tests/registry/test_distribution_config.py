@@ -104,7 +104,13 @@ def test_pybuilds_own_files_are_unchanged(tmp_path: Path) -> None:
     assert (config.delete_blobs, config.delete_manifests) == (True, True)  # pybuild's default
 
 
-def test_storage_redirect_disable_false_turns_redirects_on(tmp_path: Path) -> None:
+def test_storage_redirect_follows_distribution(tmp_path: Path) -> None:
+    s3 = "version: 0.1\nstorage:\n  s3: {bucket: images, regionendpoint: 'http://127.0.0.1:7480'}\n"
+    # Distribution's s3 driver redirects blob GETs unless storage.redirect.disable is true.
+    assert _load(tmp_path, s3).storage_redirect is True
+    assert _load(tmp_path, s3 + "  redirect: {disable: true}\n").storage_redirect is False
+    assert _load(tmp_path, s3 + "  redirect: {disable: false}\n").storage_redirect is True
+    # The filesystem driver never redirects; an explicit disable: false is kept all the same.
+    assert _load(tmp_path, "version: 0.1\nlog: {level: info}\n").storage_redirect is False
     on = _load(tmp_path, "version: 0.1\nstorage:\n  redirect: {disable: false}\n")
     assert on.storage_redirect is True
-    assert _load(tmp_path, "version: 0.1\nlog: {level: info}\n").storage_redirect is False
