@@ -13,12 +13,15 @@ itself, and how that stays correct:
 - ``upload_locks`` (:class:`~registry.server.upload_locks.UploadLocks`) is in-process
   today, and ``ingests`` keeps sessions open between requests: an upload session must be
   served by one process until a shared lock plugs in there (see ``upload_locks``);
+- ``piece_keys`` holds the piece keys of recent bases of piece-level pushes: a blob's
+  recipe never changes while its digest names it, so nothing needs to follow;
 - limits, metrics and the drain state are per process by design.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -126,6 +129,9 @@ class Registry:
     notifier: Notifier | None = None
     # Manifest pull times for retention (retention.py; None: retention not scheduled).
     pulls: PullLog | None = None
+    # Piece keys of the blobs recently named as bases of piece-level pushes, by digest,
+    # least recently used first (piece_uploads.base_keys; bounded there).
+    piece_keys: OrderedDict[Digest, frozenset[str]] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self.cache.follow(self.meta.generation)
