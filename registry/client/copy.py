@@ -214,7 +214,8 @@ class _Copy:
             assert dst.ref is not None
             async with self.push_sem:
                 return await push_blob(self.client, self.images, dst.ref, desc, self.progress,
-                                       options=self.options.transfer, source=self._stream(desc))
+                                       options=self.options.transfer, source=self._stream(desc),
+                                       absent=True)
         async with self.sem:
             status = await self._fetch(desc)
             if dst.kind == "oci":
@@ -226,7 +227,7 @@ class _Copy:
                 status = await push_blob(self.client, self.images, dst.ref, desc, self.progress,
                                          mount_from=await self._mount_sources(desc),
                                          options=self.options.transfer,
-                                         bases=await self._piece_bases())
+                                         bases=await self._piece_bases(), absent=True)
         return status
 
     async def _piece_bases(self) -> list[Digest]:
