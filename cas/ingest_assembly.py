@@ -31,7 +31,7 @@ from .errors import StoreCorrupt
 from .frames import stream_kind
 from .ingest_checkpoints import IngestCheckpoints
 from .meta import Location
-from .pack_reads import READ_RUN, hash_locations
+from .pack_reads import hash_locations
 
 if TYPE_CHECKING:
     from .digest import Hasher
@@ -62,7 +62,6 @@ class IngestAssembly(IngestCheckpoints):
 
     offset: int
     _hasher: Hasher
-    _read_buf: memoryview
 
     def _append_sync(self, pieces: list[bytes | bytearray | memoryview]) -> None:
         for p in pieces:
@@ -110,10 +109,7 @@ class IngestAssembly(IngestCheckpoints):
 
     def _hash_locations(self, locs: list[Location]) -> None:
         """Feed the pieces' bytes to the digest, in runs (:func:`~cas.pack_reads.hash_locations`)."""
-        buf = getattr(self, "_read_buf", None)
-        if buf is None:
-            buf = self._read_buf = memoryview(bytearray(READ_RUN))
         try:
-            hash_locations(self._core, self._hasher, locs, buf)
+            hash_locations(self._core, self._hasher, locs)
         except StoreCorrupt as exc:
             raise StoreCorrupt(f"ingest {self.id}: {exc}") from exc

@@ -5,13 +5,14 @@ push) is verified by hashing every byte of it, in order. Its pieces mostly lie e
 end in a few packs (the layer it updates was stored in order), so reading them one by
 one (an open, a read and a close per piece, a fresh buffer each) costs more than the
 hashing: :func:`hash_locations` reads each run of raw pieces that lie end to end in one
-local pack with one ``preadv`` into one reused buffer, and hashes it while it is in the
+local pack with one ``preadv`` into a reused buffer, and hashes it while it is in the
 cache. Anything else (inline, compressed, remote pieces) is loaded piece by piece.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -28,13 +29,29 @@ __all__ = ["READ_RUN", "hash_locations"]
 READ_RUN = 4 << 20
 
 
-def hash_locations(core: StoreCore, hasher: Hasher, locs: Sequence[Location],
-                   buf: memoryview | None = None) -> None:
-    """Feed the pieces at ``locs`` to ``hasher``, in order; ``buf`` (at least
-    :data:`READ_RUN` bytes) is reused for every read (a fresh one per read would cost a
-    page fault per page). StoreCorrupt when a pack is missing or short."""
+# Read buffers kept for the next call (a fresh 4 MiB buffer costs a page fault per page
+# on first use): at most _KEPT, whatever the number of threads that hash.
+_KEPT = 4
+_spare: list[memoryview] = []
+_spare_lock = threading.Lock()
+
+
+def hash_locations(core: StoreCore, hasher: Hasher, locs: Sequence[Location]) -> None:
+    """Feed the pieces at ``locs`` to ``hasher``, in order, reading runs into one reused
+    buffer. StoreCorrupt when a pack is missing or short."""
+    with _spare_lock:
+        buf = _spare.pop() if _spare else None
     if buf is None:
         buf = memoryview(bytearray(READ_RUN))
+    try:
+        _hash_runs(core, hasher, locs, buf)
+    finally:
+        with _spare_lock:
+            if len(_spare) < _KEPT:
+                _spare.append(buf)
+
+
+def _hash_runs(core: StoreCore, hasher: Hasher, locs: Sequence[Location], buf: memoryview) -> None:
     run: list[Location] = []
     fds: dict[str, int] = {}
 
