@@ -188,6 +188,10 @@ class Metadata(Protocol):
         """The committed pieces among ``keys`` with their locations (duplicates are
         fine; unknown keys are left out). Never waits for a writer, as :meth:`blob`."""
 
+    def known_pieces(self, keys: Iterable[bytes]) -> set[bytes]:
+        """The committed pieces among ``keys``, as :meth:`locations` finds them, without
+        their locations (what a pull plans with: cheaper per key)."""
+
     # -- links ---------------------------------------------------------------------------
 
     def link(self, holder: str, digest: str) -> bool:

@@ -269,6 +269,16 @@ class PgMetadata:
         with self._db.reading() as reader:
             return self._locations(reader, list(set(keys)))
 
+    def known_pieces(self, keys: Iterable[bytes]) -> set[bytes]:
+        wanted = list(set(keys))
+        out: set[bytes] = set()
+        with self._db.reading() as reader:
+            for i in range(0, len(wanted), 5000):
+                rows = reader.execute("SELECT key FROM pieces WHERE key = ANY(%s)",
+                                      (wanted[i : i + 5000],)).fetchall()
+                out.update(bytes(row[0]) for row in rows)
+        return out
+
     @staticmethod
     def _locations(db: Any, keys: list[bytes]) -> dict[bytes, Location]:
         out: dict[bytes, Location] = {}

@@ -205,6 +205,10 @@ class SqliteMetadata(SqliteDatabase):
         with self._reading() as reader:
             return self._locations(reader, list(set(keys)))
 
+    def known_pieces(self, keys: Iterable[bytes]) -> set[bytes]:
+        with self._reading() as reader:
+            return self._existing(reader, list(set(keys)))
+
     @staticmethod
     def _existing(db: sqlite3.Connection, keys: list[bytes]) -> set[bytes]:
         out: set[bytes] = set()

@@ -219,6 +219,13 @@ def test_checkpoint_records_pieces_and_progress_and_rewind_drops_what_came_after
     assert [seq for seq, _ in meta.ingest_recipe("ing")] == [0, 1]
 
 
+def test_known_pieces_are_the_committed_ones_that_locations_finds(meta: Metadata) -> None:
+    commit(meta, D1, [key(1), key(2)])
+    asked = [key(1), key(3), key(1), key(2)]
+    assert meta.known_pieces(asked) == {key(1), key(2)} == set(meta.locations(asked))
+    assert meta.known_pieces([]) == set()
+
+
 def test_hold_existing_returns_only_committed_pieces(meta: Metadata) -> None:
     commit(meta, D1, [key(1)])
     meta.create_ingest("ing", "sha256")
