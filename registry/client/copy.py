@@ -116,7 +116,8 @@ class _Copy:
         self.moves: dict[Digest, asyncio.Task[str]] = {}
         self.link = image_holder(str(dst.ref)) if dst.kind == "local" else None
         self.recipes = False
-        self.sources: PieceSources = {}
+        self._sources: PieceSources | None = None
+        self._sources_lock = asyncio.Lock()
         self.statuses: dict[str, str] = {}
         self._bases: list[Digest] | None = None
         self._bases_lock = asyncio.Lock()
@@ -148,13 +149,21 @@ class _Copy:
         return raw, parse_manifest(raw, None)[0]
 
     async def run(self) -> CopyResult:
-        raw, media_type = await self.read_manifest(None)
-        media_type, obj = parse_manifest(raw, media_type)
+        recipes = None
         if self.src.kind == "registry":
             assert self.src.ref is not None
-            self.recipes = await self.client.has_recipes(self.src.ref.api_host, self.src.ref.name)
-            if self.recipes:
-                self.sources = await local_piece_sources(self.images, self.src.ref)
+            # Asked beside the manifest: one round trip less before the first blob.
+            recipes = asyncio.ensure_future(
+                self.client.has_recipes(self.src.ref.api_host, self.src.ref.name))
+        try:
+            raw, media_type = await self.read_manifest(None)
+            if recipes is not None:
+                self.recipes = await recipes
+        finally:
+            if recipes is not None and not recipes.done():
+                recipes.cancel()
+                await asyncio.gather(recipes, return_exceptions=True)
+        media_type, obj = parse_manifest(raw, media_type)
         children: list[tuple[Descriptor, bytes, Manifest]] = []
         if isinstance(obj, Index):
             if self.options.all_platforms:
@@ -242,6 +251,16 @@ class _Copy:
                     self._bases = await piece_bases(self.client, self.images, dst)
             return self._bases
 
+    async def _piece_sources(self) -> PieceSources:
+        """Where local images of the source repository hold each piece, found once per
+        copy and only when a blob needs it (a resumed pull; a fresh one is assembled
+        from its recipe without it)."""
+        async with self._sources_lock:
+            if self._sources is None:
+                assert self.src.ref is not None
+                self._sources = await local_piece_sources(self.images, self.src.ref)
+            return self._sources
+
     def _stream(self, desc: Descriptor) -> Callable[[int], AsyncIterator[bytes | memoryview]]:
         """The blob's bytes from an offset, straight from the source (no local copy)."""
         src = self.src
@@ -258,7 +277,7 @@ class _Copy:
             assert src.ref is not None
             return await pull_blob(self.client, self.images, src.ref, desc, self.progress,
                                    recipes=self.recipes, link=self.link, options=self.options.transfer,
-                                   sources=self.sources)
+                                   sources=self._piece_sources)
         if src.kind == "oci":
             assert src.path is not None
             await OciLayout(src.path).import_blob(self.store, desc, self.link)

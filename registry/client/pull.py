@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from cas import (
     DigestMismatch,
@@ -76,11 +77,12 @@ async def pull_blob(
     recipes: bool = False,
     link: str | None = None,
     options: TransferOptions = TransferOptions(),
-    sources: PieceSources | None = None,
+    sources: PieceSources | Callable[[], Awaitable[PieceSources]] | None = None,
 ) -> str:
     """Make ``desc``'s blob present in the store; returns "exists" or "pulled".
 
-    ``sources`` (see :func:`local_piece_sources`) lets local pieces be read in runs."""
+    ``sources`` (see :func:`local_piece_sources`, or a coroutine function that finds
+    them when a blob needs them) lets local pieces be read in runs."""
     store = images.store
     key = str(desc.digest)
     progress.start(key, f"{desc.digest.encoded[:12]}", desc.size)
@@ -158,7 +160,8 @@ async def _drop(images: ImageStore, sink: _Sink) -> None:
 
 async def _fill(
     client: RegistryClient, images: ImageStore, src: ImageRef, desc: Descriptor,
-    sink: _Sink, recipes: bool, options: TransferOptions, sources: PieceSources,
+    sink: _Sink, recipes: bool, options: TransferOptions,
+    sources: PieceSources | Callable[[], Awaitable[PieceSources]],
 ) -> None:
     host, name, digest = src.api_host, src.name, desc.digest
     start = sink.offset
@@ -180,6 +183,8 @@ async def _fill(
                     await assemble(client, images, src, desc, sink, plan, options)
                     return
             if have:  # with nothing local, one stream beats many small Range requests
+                if callable(sources):
+                    sources = await sources()
                 parts = _plan_pieces(pieces, have, start, options.part_size, sources)
     if parts is None:
         remaining = desc.size - start
