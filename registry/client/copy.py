@@ -102,6 +102,30 @@ class CopyResult:
     blobs: dict[str, str] = field(default_factory=dict)  # digest -> exists/pulled/pushed/...
 
 
+class _Slot:
+    """One of the ``jobs`` places of blobs being fetched at once, which a blob gives up
+    early when it needs the network no more: one assembled from its recipe, once its
+    missing pieces have arrived (hashing the pieces the store holds, and the commit,
+    would otherwise keep the next blob's fetches waiting)."""
+
+    def __init__(self, sem: asyncio.Semaphore) -> None:
+        self._sem = sem
+        self._held = False
+
+    async def __aenter__(self) -> _Slot:
+        await self._sem.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._sem.release()
+
+
 class _Copy:
     def __init__(self, src: Endpoint, dst: Endpoint, images: ImageStore, client: RegistryClient,
                  progress: Progress, options: CopyOptions) -> None:
@@ -225,8 +249,8 @@ class _Copy:
                 return await push_blob(self.client, self.images, dst.ref, desc, self.progress,
                                        options=self.options.transfer, source=self._stream(desc),
                                        absent=True)
-        async with self.sem:
-            status = await self._fetch(desc)
+        async with _Slot(self.sem) as slot:
+            status = await self._fetch(desc, slot.release)
             if dst.kind == "oci":
                 assert dst.path is not None
                 await OciLayout(dst.path).export_blob(self.store, desc.digest)
@@ -271,13 +295,13 @@ class _Copy:
         assert src.ref is not None
         return registry_source(self.client, src.ref, desc)
 
-    async def _fetch(self, desc: Descriptor) -> str:
+    async def _fetch(self, desc: Descriptor, fetched: Callable[[], None] | None = None) -> str:
         src = self.src
         if src.kind == "registry":
             assert src.ref is not None
             return await pull_blob(self.client, self.images, src.ref, desc, self.progress,
                                    recipes=self.recipes, link=self.link, options=self.options.transfer,
-                                   sources=self._piece_sources)
+                                   sources=self._piece_sources, fetched=fetched)
         if src.kind == "oci":
             assert src.path is not None
             await OciLayout(src.path).import_blob(self.store, desc, self.link)
