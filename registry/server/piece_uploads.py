@@ -237,7 +237,7 @@ async def _readable_base_keys(request: web.Request, name: str, plan: Plan) -> se
 
     bases = dict.fromkeys((digest, repo or name) for digest, repo in plan.bases)
     found = await asyncio.gather(*(keys_of(digest, repo) for digest, repo in bases))
-    return {key for keys in found for key in keys}
+    return set().union(*found)
 
 
 async def base_keys(reg: Registry, digest: Digest) -> frozenset[str]:
