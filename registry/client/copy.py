@@ -184,7 +184,7 @@ class _Copy:
             if recipes is not None:
                 self.recipes = await recipes
         finally:
-            if recipes is not None and not recipes.done():
+            if recipes is not None:  # also retrieves its failure when the manifest's came first
                 recipes.cancel()
                 await asyncio.gather(recipes, return_exceptions=True)
         media_type, obj = parse_manifest(raw, media_type)
