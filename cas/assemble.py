@@ -13,9 +13,9 @@ whole pieces, each with the BLAKE3 key its sender claims, in any order:
   blob order) visible. Each piece must be one this ingest received, or a committed
   piece the caller vouches for (``known``: a registry passes the pieces of blobs the
   client may read); it is then held, so GC cannot take it before the commit. The pieces
-  are read in order and hashed (the OCI digest, streaming, on a worker thread); only
-  the expected digest commits, and nothing is cut again or written again. A wrong
-  digest aborts the ingest: nothing of it becomes visible.
+  are read in order, in runs (:mod:`cas.pack_reads`), and hashed (the OCI digest,
+  streaming, on a worker thread); only the expected digest commits, and nothing is cut
+  again or written again. A wrong digest aborts the ingest: nothing of it becomes visible.
 
 There is no cutter and no tail file: a checkpoint is the pack's sync and the pieces'
 rows (``offset`` counts the bytes received).
@@ -35,6 +35,7 @@ from .blobs import BlobInfo
 from .digest import Digest, new_hasher
 from .errors import CasError, DigestMismatch, IngestUnknown
 from .ingest_pieces import IngestPieces
+from .pack_reads import hash_locations
 
 if TYPE_CHECKING:
     import zstandard
@@ -242,15 +243,21 @@ class PieceIngest(IngestPieces):
         if missing:
             raise PiecesMissing(missing)
         wanted = list(dict.fromkeys(k for _, k in outside))
+        locs: dict[bytes, Location] = {}
         if wanted:
-            # Held from here on: GC cannot take them before the commit.
-            found = meta.hold_existing(self.id, [(self._seq + j, k) for j, k in enumerate(wanted)])
+            # Held from here on: GC cannot take them before the commit. The caller vouches
+            # for them as pieces of committed blobs: no look beforehand.
+            locs = meta.hold_existing(self.id, [(self._seq + j, k) for j, k in enumerate(wanted)],
+                                      expected=True)
             self._seq += len(wanted)
-            self._held.update(found)
-            gone = [i for i, k in outside if k not in found]
+            self._held.update(locs)
+            gone = [i for i, k in outside if k not in locs]
             if gone:
                 raise PiecesMissing(gone)
-        locs: dict[bytes, Location] = meta.locations([k for k, _ in raw if k not in self._new])
+        # Pieces received that the store had already (held when they arrived).
+        again = {k for k, _ in raw if k not in self._new and k not in locs}
+        if again:
+            locs.update(meta.locations(again))
         locs.update(self._new)
         for i, (k, n) in enumerate(raw):
             if locs[k].length != n:
@@ -258,8 +265,7 @@ class PieceIngest(IngestPieces):
                     f"piece {i} ({k.hex()}) is {locs[k].length} bytes, the recipe says {n}"
                 )
         hasher = new_hasher(expected.algorithm)
-        for k, _ in raw:
-            hasher.update(self._core.load(locs[k]))
+        hash_locations(self._core, hasher, [locs[k] for k, _ in raw])
         actual = Digest(expected.algorithm, hasher.hexdigest())
         if actual != expected:
             raise DigestMismatch(expected, actual)

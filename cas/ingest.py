@@ -461,7 +461,8 @@ class Ingest(IngestAssembly):
         self._cutter.release()
         if self._writer is not None:
             self._writer.close()
-        self._core.drop_tails(self.id, keep=None)
+        if not self._assembled:  # an assembled ingest never wrote a tail (no checkpoints)
+            self._core.drop_tails(self.id, keep=None)
         self._core.empty_trash()
 
     async def _abort_locked(self) -> None:

@@ -24,22 +24,19 @@ its methods run on worker threads.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import StoreCorrupt
 from .frames import stream_kind
 from .ingest_checkpoints import IngestCheckpoints
-from .meta import CODEC_RAW, Location
+from .meta import Location
+from .pack_reads import hash_locations
 
 if TYPE_CHECKING:
     from .digest import Hasher
 
 __all__ = ["IngestAssembly", "PieceMissing"]
-
-# Bytes of reused pieces read in one call, at most (they are hashed while in the cache).
-_READ = 4 << 20
 
 
 class PieceMissing(StoreCorrupt):
@@ -65,7 +62,6 @@ class IngestAssembly(IngestCheckpoints):
 
     offset: int
     _hasher: Hasher
-    _read_buf: memoryview
 
     def _append_sync(self, pieces: list[bytes | bytearray | memoryview]) -> None:
         for p in pieces:
@@ -82,12 +78,14 @@ class IngestAssembly(IngestCheckpoints):
         first = self._seq
         fresh = [(first + i, k) for i, (k, _) in enumerate(pieces)
                  if k not in self._new and k not in self._held]
-        found = self._core.meta.hold_existing(self.id, fresh) if fresh else {}
+        # reuse_pieces is given pieces the caller just found in the store (has_pieces).
+        found = self._core.meta.hold_existing(self.id, fresh, expected=True) if fresh else {}
+        # Pieces held by an earlier call (a key that repeats): one lookup for all of them.
+        again = [k for k, _ in pieces if k not in found and k not in self._new and k in self._held]
+        held = self._core.meta.locations(again) if again else {}
         locs: list[Location] = []
         for key, length in pieces:
-            loc = found.get(key) or self._new.get(key)
-            if loc is None and key in self._held:
-                loc = self._core.meta.locations([key]).get(key)
+            loc = found.get(key) or self._new.get(key) or held.get(key)
             if loc is None:
                 raise PieceMissing(key.hex(), "is not in the store")
             if loc.length != length:
@@ -110,51 +108,8 @@ class IngestAssembly(IngestCheckpoints):
         self._seq += len(reuse.pieces)
 
     def _hash_locations(self, locs: list[Location]) -> None:
-        """Feed the pieces' bytes to the digest; raw pieces that lie end to end in one
-        pack are read together, into one buffer reused for every read (a fresh one per
-        read would cost a page fault per page)."""
-        run: list[Location] = []
-        fds: dict[str, int] = {}
-        buf = getattr(self, "_read_buf", None)
-        if buf is None:
-            buf = self._read_buf = memoryview(bytearray(_READ))
-
-        def flush() -> None:
-            if not run:
-                return
-            pack, start = run[0].pack, run[0].offset
-            n = run[-1].offset + run[-1].stored - start
-            assert pack is not None
-            run.clear()
-            fd = fds.get(pack)
-            if fd is None:
-                path = self._core.packs.local_path(pack)
-                if path is None:
-                    self._hasher.update(self._core.packs.read(pack, start, n))
-                    return
-                fd = fds[pack] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            got = os.preadv(fd, [buf[:n]], start)
-            if got != n:
-                raise StoreCorrupt(f"pack {pack} is short: wanted {n} bytes at {start}, got {got}")
-            self._hasher.update(buf[:n])
-
+        """Feed the pieces' bytes to the digest, in runs (:func:`~cas.pack_reads.hash_locations`)."""
         try:
-            for loc in locs:
-                if loc.pack is not None and loc.data is None and loc.codec == CODEC_RAW:
-                    if run and (run[-1].pack != loc.pack
-                                or run[-1].offset + run[-1].stored != loc.offset
-                                or loc.offset + loc.stored - run[0].offset > _READ):
-                        flush()
-                    if loc.stored > _READ:  # a piece larger than the buffer: alone
-                        self._hasher.update(self._core.load(loc))
-                        continue
-                    run.append(loc)
-                    continue
-                flush()
-                self._hasher.update(self._core.load(loc))
-            flush()
-        except FileNotFoundError as exc:
-            raise StoreCorrupt(f"a pack of ingest {self.id}'s pieces is missing") from exc
-        finally:
-            for fd in fds.values():
-                os.close(fd)
+            hash_locations(self._core, self._hasher, locs)
+        except StoreCorrupt as exc:
+            raise StoreCorrupt(f"ingest {self.id}: {exc}") from exc

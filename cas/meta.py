@@ -131,12 +131,17 @@ class Metadata(Protocol):
         not take its file for an orphan, and it is not trashed while the ingest is open.
         Called before the pack's file is created."""
 
-    def hold_existing(self, ingest_id: str, entries: list[tuple[int, bytes]]) -> dict[bytes, Location]:
+    def hold_existing(self, ingest_id: str, entries: list[tuple[int, bytes]], *,
+                      expected: bool = False) -> dict[bytes, Location]:
         """For (seq, key) entries: the committed pieces among the keys, with their
         locations, each now *held* by the ingest at that seq. The lookup and the hold
         are one transaction, so :meth:`collect_pieces` (in any process) cannot remove a
         returned piece until the ingest is committed or dropped. Keys not committed are
-        left out: the caller stores those pieces itself."""
+        left out: the caller stores those pieces itself.
+
+        ``expected``: the caller has just seen these keys committed (a recipe it looked
+        up, a plan's bases), so the read-only look beforehand - which spares a write
+        transaction when none is known - would only repeat that lookup: skipped."""
 
     def checkpoint(self, ingest_id: str, rows: list[tuple[int, bytes, int, Location | None]],
                    offset: int, npieces: int, pack_size: int, tail_len: int) -> None:
@@ -186,6 +191,10 @@ class Metadata(Protocol):
     def holds_pieces(self) -> bool:
         """Whether any piece is stored at all (False: :meth:`locations` of any keys is
         empty). One indexed probe, whatever the store's size; never waits for a writer."""
+
+    def known_pieces(self, keys: Iterable[bytes]) -> set[bytes]:
+        """The committed pieces among ``keys``, as :meth:`locations` finds them, without
+        their locations (what a pull plans with: cheaper per key)."""
 
     # -- links ---------------------------------------------------------------------------
 

@@ -112,13 +112,16 @@ class PgMetadata:
             db.execute("INSERT INTO packs(name, live, created) VALUES (%s, 0, %s)", (pack, time.time()))
             db.execute("UPDATE ingests SET pack = %s WHERE id = %s", (pack, ingest_id))
 
-    def hold_existing(self, ingest_id: str, entries: list[tuple[int, bytes]]) -> dict[bytes, Location]:
-        with self._db.reading() as reader:
-            known = self._locations(reader, list({k for _, k in entries}))
+    def hold_existing(self, ingest_id: str, entries: list[tuple[int, bytes]], *,
+                      expected: bool = False) -> dict[bytes, Location]:
+        known = list({k for _, k in entries})
+        if not expected:
+            with self._db.reading() as reader:
+                known = list(self._locations(reader, known))
         if not known:
             return {}  # none is known: nothing to hold, no write transaction
         with self._db.tx() as db:
-            found = self._locations(db, list(known))  # GC may have taken one since
+            found = self._locations(db, known)  # GC may have taken one since
             db.cursor().executemany(
                 "INSERT INTO ingest_pieces(ingest, seq, key, length) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (ingest, seq) DO UPDATE SET key = EXCLUDED.key,"
@@ -268,6 +271,16 @@ class PgMetadata:
 
     def holds_pieces(self) -> bool:
         return bool(self._db.q("SELECT 1 FROM pieces LIMIT 1"))
+
+    def known_pieces(self, keys: Iterable[bytes]) -> set[bytes]:
+        wanted = list(set(keys))
+        out: set[bytes] = set()
+        with self._db.reading() as reader:
+            for i in range(0, len(wanted), 5000):
+                rows = reader.execute("SELECT key FROM pieces WHERE key = ANY(%s)",
+                                      (wanted[i : i + 5000],)).fetchall()
+                out.update(bytes(row[0]) for row in rows)
+        return out
 
     @staticmethod
     def _locations(db: Any, keys: list[bytes]) -> dict[bytes, Location]:

@@ -60,16 +60,19 @@ class SqliteMetadata(SqliteDatabase):
             db.execute("INSERT INTO packs(name, live, created) VALUES (?, 0, ?)", (pack, time.time()))
             db.execute("UPDATE ingests SET pack = ? WHERE id = ?", (pack, ingest_id))
 
-    def hold_existing(self, ingest_id: str, entries: list[tuple[int, bytes]]) -> dict[bytes, Location]:
+    def hold_existing(self, ingest_id: str, entries: list[tuple[int, bytes]], *,
+                      expected: bool = False) -> dict[bytes, Location]:
         """For (seq, key) entries: the committed pieces among them, now held by the ingest."""
-        with self._reading() as reader:
-            known = self._locations(reader, list({k for _, k in entries}))
+        known = list({k for _, k in entries})
+        if not expected:
+            with self._reading() as reader:
+                known = list(self._locations(reader, known))
         if not known:
             return {}  # none is known: nothing to hold, no write transaction
         with self._tx() as db:
             # Known a moment ago; still there (GC may have taken one since)? A piece that
             # became known meanwhile is just stored again (commit_blob trashes the copy).
-            found = self._locations(db, list(known))
+            found = self._locations(db, known)
             rows = [
                 (ingest_id, seq, k, found[k].length) for seq, k in entries if k in found
             ]
@@ -206,6 +209,10 @@ class SqliteMetadata(SqliteDatabase):
         with self._reading() as reader:
             return reader.execute("SELECT 1 FROM pieces LIMIT 1").fetchone() is not None
 
+    def known_pieces(self, keys: Iterable[bytes]) -> set[bytes]:
+        with self._reading() as reader:
+            return self._existing(reader, list(set(keys)))
+
     @staticmethod
     def _existing(db: sqlite3.Connection, keys: list[bytes]) -> set[bytes]:
         out: set[bytes] = set()
@@ -277,7 +284,11 @@ class SqliteMetadata(SqliteDatabase):
         return removed
 
     def is_linked(self, holder: str, digest: str) -> bool:
-        return bool(self._q("SELECT 1 FROM links WHERE holder = ? AND digest = ?", (holder, digest)))
+        # The reader connection: a registry asks this for every base of a piece-level
+        # push, and should not wait behind another push's commit on the writer.
+        with self._reading() as reader:
+            return bool(reader.execute("SELECT 1 FROM links WHERE holder = ? AND digest = ?",
+                                       (holder, digest)).fetchall())
 
     def holders(self, digest: str) -> list[str]:
         return [r[0] for r in self._q("SELECT holder FROM links WHERE digest = ? ORDER BY holder", (digest,))]

@@ -370,7 +370,7 @@ class Store:
 
     async def has_pieces(self, keys: Iterable[str]) -> set[str]:
         raw = [bytes.fromhex(k) for k in keys]
-        found = await self._run(self.meta.locations, raw)
+        found = await self._run(self.meta.known_pieces, raw)
         return {k.hex() for k in found}
 
     async def holds_pieces(self) -> bool:

@@ -102,6 +102,30 @@ class CopyResult:
     blobs: dict[str, str] = field(default_factory=dict)  # digest -> exists/pulled/pushed/...
 
 
+class _Slot:
+    """One of the ``jobs`` places of blobs being fetched at once, which a blob gives up
+    early when it needs the network no more: one assembled from its recipe, once its
+    missing pieces have arrived (hashing the pieces the store holds, and the commit,
+    would otherwise keep the next blob's fetches waiting)."""
+
+    def __init__(self, sem: asyncio.Semaphore) -> None:
+        self._sem = sem
+        self._held = False
+
+    async def __aenter__(self) -> _Slot:
+        await self._sem.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._sem.release()
+
+
 class _Copy:
     def __init__(self, src: Endpoint, dst: Endpoint, images: ImageStore, client: RegistryClient,
                  progress: Progress, options: CopyOptions) -> None:
@@ -116,7 +140,8 @@ class _Copy:
         self.moves: dict[Digest, asyncio.Task[str]] = {}
         self.link = image_holder(str(dst.ref)) if dst.kind == "local" else None
         self.recipes = False
-        self.sources: PieceSources = {}
+        self._sources: PieceSources | None = None
+        self._sources_lock = asyncio.Lock()
         self.statuses: dict[str, str] = {}
         self._bases: list[Digest] | None = None
         self._bases_lock = asyncio.Lock()
@@ -148,15 +173,23 @@ class _Copy:
         return raw, parse_manifest(raw, None)[0]
 
     async def run(self) -> CopyResult:
-        raw, media_type = await self.read_manifest(None)
-        media_type, obj = parse_manifest(raw, media_type)
+        recipes = None
         # Recipes serve only pieces the store holds: into a store with none (a cold pull)
         # neither the extension nor any blob's recipe is asked for.
         if self.src.kind == "registry" and await self.store.holds_pieces():
             assert self.src.ref is not None
-            self.recipes = await self.client.has_recipes(self.src.ref.api_host, self.src.ref.name)
-            if self.recipes:
-                self.sources = await local_piece_sources(self.images, self.src.ref)
+            # Asked beside the manifest: one round trip less before the first blob.
+            recipes = asyncio.ensure_future(
+                self.client.has_recipes(self.src.ref.api_host, self.src.ref.name))
+        try:
+            raw, media_type = await self.read_manifest(None)
+            if recipes is not None:
+                self.recipes = await recipes
+        finally:
+            if recipes is not None:  # also retrieves its failure when the manifest's came first
+                recipes.cancel()
+                await asyncio.gather(recipes, return_exceptions=True)
+        media_type, obj = parse_manifest(raw, media_type)
         children: list[tuple[Descriptor, bytes, Manifest]] = []
         if isinstance(obj, Index):
             if self.options.all_platforms:
@@ -216,9 +249,10 @@ class _Copy:
             assert dst.ref is not None
             async with self.push_sem:
                 return await push_blob(self.client, self.images, dst.ref, desc, self.progress,
-                                       options=self.options.transfer, source=self._stream(desc))
-        async with self.sem:
-            status = await self._fetch(desc)
+                                       options=self.options.transfer, source=self._stream(desc),
+                                       absent=True)
+        async with _Slot(self.sem) as slot:
+            status = await self._fetch(desc, slot.release)
             if dst.kind == "oci":
                 assert dst.path is not None
                 await OciLayout(dst.path).export_blob(self.store, desc.digest)
@@ -228,7 +262,7 @@ class _Copy:
                 status = await push_blob(self.client, self.images, dst.ref, desc, self.progress,
                                          mount_from=await self._mount_sources(desc),
                                          options=self.options.transfer,
-                                         bases=await self._piece_bases())
+                                         bases=await self._piece_bases(), absent=True)
         return status
 
     async def _piece_bases(self) -> list[Digest]:
@@ -243,6 +277,16 @@ class _Copy:
                     self._bases = await piece_bases(self.client, self.images, dst)
             return self._bases
 
+    async def _piece_sources(self) -> PieceSources:
+        """Where local images of the source repository hold each piece, found once per
+        copy and only when a blob needs it (a resumed pull; a fresh one is assembled
+        from its recipe without it)."""
+        async with self._sources_lock:
+            if self._sources is None:
+                assert self.src.ref is not None
+                self._sources = await local_piece_sources(self.images, self.src.ref)
+            return self._sources
+
     def _stream(self, desc: Descriptor) -> Callable[[int], AsyncIterator[bytes | memoryview]]:
         """The blob's bytes from an offset, straight from the source (no local copy)."""
         src = self.src
@@ -253,13 +297,13 @@ class _Copy:
         assert src.ref is not None
         return registry_source(self.client, src.ref, desc)
 
-    async def _fetch(self, desc: Descriptor) -> str:
+    async def _fetch(self, desc: Descriptor, fetched: Callable[[], None] | None = None) -> str:
         src = self.src
         if src.kind == "registry":
             assert src.ref is not None
             return await pull_blob(self.client, self.images, src.ref, desc, self.progress,
                                    recipes=self.recipes, link=self.link, options=self.options.transfer,
-                                   sources=self.sources)
+                                   sources=self._piece_sources, fetched=fetched)
         if src.kind == "oci":
             assert src.path is not None
             await OciLayout(src.path).import_blob(self.store, desc, self.link)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from cas import (
     DigestMismatch,
@@ -76,11 +77,16 @@ async def pull_blob(
     recipes: bool = False,
     link: str | None = None,
     options: TransferOptions = TransferOptions(),
-    sources: PieceSources | None = None,
+    sources: PieceSources | Callable[[], Awaitable[PieceSources]] | None = None,
+    fetched: Callable[[], None] | None = None,
 ) -> str:
     """Make ``desc``'s blob present in the store; returns "exists" or "pulled".
 
-    ``sources`` (see :func:`local_piece_sources`) lets local pieces be read in runs."""
+    ``sources`` (see :func:`local_piece_sources`, or a coroutine function that finds
+    them when a blob needs them) lets local pieces be read in runs. ``fetched`` is
+    called when a blob assembled from its recipe has received every missing piece
+    (hashing what the store holds and the commit remain): a caller that limits the
+    blobs transferred at once can start the next one."""
     store = images.store
     key = str(desc.digest)
     progress.start(key, f"{desc.digest.encoded[:12]}", desc.size)
@@ -95,7 +101,7 @@ async def pull_blob(
         progress.advance(key, ing.offset, reused=True)
     try:
         await _fill(client, images, src, desc, sink, recipes and options.recipes, options,
-                    sources or {})
+                    sources or {}, fetched)
         if ing.offset < desc.size:
             raise BlobError(f"blob {desc.digest}: the body ended at byte {ing.offset} of {desc.size}")
         await ing.commit(desc.digest, size=desc.size, link=link)
@@ -158,7 +164,9 @@ async def _drop(images: ImageStore, sink: _Sink) -> None:
 
 async def _fill(
     client: RegistryClient, images: ImageStore, src: ImageRef, desc: Descriptor,
-    sink: _Sink, recipes: bool, options: TransferOptions, sources: PieceSources,
+    sink: _Sink, recipes: bool, options: TransferOptions,
+    sources: PieceSources | Callable[[], Awaitable[PieceSources]],
+    fetched: Callable[[], None] | None = None,
 ) -> None:
     host, name, digest = src.api_host, src.name, desc.digest
     start = sink.offset
@@ -177,9 +185,11 @@ async def _fill(
             if have and start == 0:  # a fresh ingest: commit from the recipe
                 plan = plan_assembly(pieces, desc.size, have, options.part_size)
                 if plan is not None:
-                    await assemble(client, images, src, desc, sink, plan, options)
+                    await assemble(client, images, src, desc, sink, plan, options, fetched)
                     return
             if have:  # with nothing local, one stream beats many small Range requests
+                if callable(sources):
+                    sources = await sources()
                 parts = _plan_pieces(pieces, have, start, options.part_size, sources)
     if parts is None:
         remaining = desc.size - start

@@ -14,6 +14,7 @@ bytes. A held piece that vanished meanwhile (a concurrent GC) is fetched instead
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from cas import PieceMissing
 
@@ -61,11 +62,15 @@ def plan_assembly(pieces: list[tuple[int, int, str]], size: int, have: set[str],
 
 async def assemble(client: RegistryClient, images: ImageStore, src: ImageRef,
                    desc: Descriptor, sink: _Sink, parts: list[_Part],
-                   options: TransferOptions) -> None:
+                   options: TransferOptions, fetched: Callable[[], None] | None = None) -> None:
     """Feed ``parts`` to the sink's (fresh) ingest in order, as whole pieces, with up to
-    ``options.window`` Range requests ahead."""
+    ``options.window`` Range requests ahead. ``fetched`` is called once every missing
+    piece has arrived: what remains (holding and hashing local pieces) needs no network."""
     ing = sink.ing
     tasks: dict[int, asyncio.Task[list[bytes] | list[bytearray]]] = {}
+    remote_left = sum(not part.local for part in parts)
+    if fetched is not None and not remote_left:
+        fetched()
 
     def remote(part: _Part) -> _Part:
         return _Part(part.start, part.end, False, part.keys)
@@ -88,6 +93,9 @@ async def assemble(client: RegistryClient, images: ImageStore, src: ImageRef,
                     chunks = await _fetch_part(client, images, src, desc, remote(part), options)
             else:
                 chunks = await tasks.pop(i)
+                remote_left -= 1
+                if fetched is not None and not remote_left:
+                    fetched()
             await ing.append_pieces(_split(chunks, part))
             sink.progress.advance(sink.key, size)
     finally:

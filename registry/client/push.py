@@ -82,8 +82,11 @@ async def push_blob(
     options: TransferOptions = _DEFAULTS,
     source: ChunkSource | None = None,
     bases: Sequence[Digest] = (),
+    absent: bool = False,
 ) -> str:
     """Make ``dst``'s repository hold the blob; returns "exists", "mounted" or "pushed".
+    ``absent``: the caller has just asked the registry (``HEAD``) and it lacks the blob,
+    so it is not asked again (a round trip per blob).
 
     The bytes come from the local store, or from ``source`` (``desc.size`` of them,
     checked against the digest as they are sent). With ``bases`` (blobs of ``dst``'s
@@ -93,7 +96,7 @@ async def push_blob(
     host, name, digest = dst.api_host, dst.name, desc.digest
     key = str(digest)
     progress.start(key, digest.encoded[:12], desc.size)
-    if await client.head_blob(host, name, digest, push=True) is not None:
+    if not absent and await client.head_blob(host, name, digest, push=True) is not None:
         progress.finish(key, "exists")
         return "exists"
     if source is None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,9 @@ MAX_PIECE = 16 << 20  # the chunker's largest piece
 MAX_BLOB = 64 << 30  # what one plan may assemble: a commit hashes this much
 MAX_PATCH_PIECES = 256
 MAX_PATCH_BYTES = 32 << 20
+# Piece keys of bases remembered (Registry.piece_keys): ~15 MB, the last versions of
+# a few large images.
+_CACHED_KEYS = 1 << 17
 # Piece sessions are recorded as upload sessions of "<name>@pieces": the ordinary upload
 # routes (which look for "<name>") never take one for theirs, and expiry treats both alike.
 _SUFFIX = "@pieces"
@@ -156,8 +160,11 @@ async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
     return bytes(buf)
 
 
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
 def _is_key(text: object) -> bool:
-    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+    return isinstance(text, str) and _KEY.fullmatch(text) is not None
 
 
 def parse_plan(body: bytes) -> Plan:
@@ -220,21 +227,41 @@ async def _readable_base_keys(request: web.Request, name: str, plan: Plan) -> se
     reg = request.app[REGISTRY]
     grant = request.get(GRANT)
 
-    async def keys_of(digest: Digest, repo: str) -> list[str]:
+    async def keys_of(digest: Digest, repo: str) -> frozenset[str]:
         # <name> itself: the request was allowed to push there, which needs pull.
         if repo != name and grant is not None and not grant.may_pull(repo):
-            return []
+            return frozenset()
         if not await reg.store.is_linked(holder(repo), digest):
-            return []
-        try:
-            recipe = await reg.store.recipe(digest)
-        except BlobUnknown:
-            return []
-        return [p.key for p in recipe.pieces]
+            return frozenset()
+        return await base_keys(reg, digest)
 
     bases = dict.fromkeys((digest, repo or name) for digest, repo in plan.bases)
     found = await asyncio.gather(*(keys_of(digest, repo) for digest, repo in bases))
-    return {key for keys in found for key in keys}
+    return set().union(*found)
+
+
+async def base_keys(reg: Registry, digest: Digest) -> frozenset[str]:
+    """The piece keys of blob ``digest`` (none when the store lacks it), remembered in
+    ``reg.piece_keys`` (up to :data:`_CACHED_KEYS` keys in all): a push names the same
+    bases for every layer, twice (plan and commit), and decoding a recipe costs more
+    than the rest of the answer. Whether the caller may read the blob is the caller's
+    check, made on every request (never cached)."""
+    cache = reg.piece_keys
+    keys = cache.get(digest)
+    if keys is not None:
+        cache.move_to_end(digest)
+        return keys
+    try:
+        recipe = await reg.store.recipe(digest)
+    except BlobUnknown:
+        return frozenset()
+    keys = frozenset(p.key for p in recipe.pieces)
+    if len(keys) <= _CACHED_KEYS:
+        cache[digest] = keys
+        total = sum(len(k) for k in cache.values())
+        while total > _CACHED_KEYS:
+            total -= len(cache.popitem(last=False)[1])
+    return keys
 
 
 async def _missing(request: web.Request, name: str, plan: Plan, ingest: Any) -> list[int]:

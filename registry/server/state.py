@@ -14,12 +14,15 @@ itself, and how that stays correct:
   through the database when it is PostgreSQL (in-process on SQLite), and a session kept
   open in ``ingests`` is checked against its checkpoint before use, so any replica may
   serve any request of a session;
+- ``piece_keys`` holds the piece keys of recent bases of piece-level pushes: a blob's
+  recipe never changes while its digest names it, so nothing needs to follow;
 - limits, metrics and the drain state are per process by design.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -127,6 +130,9 @@ class Registry:
     notifier: Notifier | None = None
     # Manifest pull times for retention (retention.py; None: retention not scheduled).
     pulls: PullLog | None = None
+    # Piece keys of the blobs recently named as bases of piece-level pushes, by digest,
+    # least recently used first (piece_uploads.base_keys; bounded there).
+    piece_keys: OrderedDict[Digest, frozenset[str]] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self.cache.follow(self.meta.generation)

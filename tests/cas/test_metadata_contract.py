@@ -229,6 +229,13 @@ def test_holds_pieces_once_a_piece_is_stored_until_the_last_one_is_collected(ope
     assert not a.holds_pieces()
 
 
+def test_known_pieces_are_the_committed_ones_that_locations_finds(meta: Metadata) -> None:
+    commit(meta, D1, [key(1), key(2)])
+    asked = [key(1), key(3), key(1), key(2)]
+    assert meta.known_pieces(asked) == {key(1), key(2)} == set(meta.locations(asked))
+    assert meta.known_pieces([]) == set()
+
+
 def test_hold_existing_returns_only_committed_pieces(meta: Metadata) -> None:
     commit(meta, D1, [key(1)])
     meta.create_ingest("ing", "sha256")
