@@ -24,6 +24,7 @@ from .compaction import compact_packs
 from .digest import Digest, new_hasher
 from .errors import CasError
 from .meta import Metadata, decode_recipe
+from .pack_select import check_packs_here
 
 if TYPE_CHECKING:
     from .core import StoreCore
@@ -85,6 +86,7 @@ class FsckReport:
 
 def collect_garbage(core: StoreCore, grace: float, compact_all: bool = False) -> GcReport:
     meta = core.meta
+    check_packs_here(meta, core.packs)  # another directory's packs: change nothing
     blobs = 0
     while n := meta.collect_blobs(time.time() - grace):
         blobs += n
@@ -125,6 +127,7 @@ def statistics(core: StoreCore) -> Stats:
 def check(core: StoreCore, progress: Callable[[str], None] | None = None) -> FsckReport:
     """Verify every blob's digest and every piece's BLAKE3, and the bookkeeping, as of one
     consistent moment: uploads and commits may go on meanwhile."""
+    check_packs_here(core.meta, core.packs)  # not "every piece damaged" for a wrong directory
     with core.meta.snapshot() as meta:
         return _check(core, meta, progress)
 

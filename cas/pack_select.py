@@ -14,13 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from .errors import CasError
 from .pack_files import FilesystemPacks
 from .s3_location import S3Location, S3LocationError
 
 if TYPE_CHECKING:
+    from .meta import Metadata
     from .packs import PackBackend
 
-__all__ = ["PACKS_SETTING", "SharedSettings", "open_packs", "packs_are_shared"]
+__all__ = ["PACKS_SETTING", "PacksElsewhere", "SharedSettings", "check_packs_here", "open_packs",
+           "packs_are_shared"]
+
+
+class PacksElsewhere(CasError):
+    """Shared metadata whose packs are on disk was opened on a storage directory that
+    holds none of them: most likely another directory than the one the store uses."""
 
 
 @runtime_checkable
@@ -110,3 +118,27 @@ def packs_are_shared(packs: PackBackend) -> bool:
     a directory of this one."""
     module = sys.modules.get("cas.pack_s3")  # loaded by whoever made S3 packs
     return module is not None and isinstance(packs, module.S3Packs)
+
+
+def check_packs_here(meta: Metadata, packs: PackBackend) -> None:
+    """Refuse (:class:`PacksElsewhere`) shared metadata with packs on disk when none of
+    the packs it counts live bytes in is in ``packs``' directory.
+
+    Shared (PostgreSQL) metadata does not live in the storage directory, so a command
+    given another ``--storage`` than the store's finds its metadata but none of its
+    packs: fsck would call every piece damaged, and GC would free space in packs it
+    cannot see and delete that directory's own pack files as unknown ones. Some packs
+    missing is damage, for fsck to report; all of them, a wrong directory."""
+    if not isinstance(meta, SharedSettings) or not isinstance(packs, FilesystemPacks):
+        return  # SQLite metadata lives with its packs; S3 packs are found through the metadata
+    live = [name for name, n in meta.pack_live().items() if n > 0]
+    if not live:
+        return
+    present = set(packs.names())
+    if any(name in present for name in live):
+        return
+    raise PacksElsewhere(
+        f"none of the {len(live)} pack(s) this store's metadata database names is in "
+        f"{packs.root}: its packs are most likely in another storage directory; run again "
+        "with --storage set to the directory the registry uses with this database (its "
+        "--storage or storage.filesystem.rootdirectory), or restore the packs there")

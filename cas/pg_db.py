@@ -34,8 +34,11 @@ from typing import Any
 
 from .errors import StorageError, StorageFull, StorageNotWritable, StoreClosed
 
-__all__ = ["DatabaseUnavailable", "PgDatabase", "SchemaMismatch", "mapped_errors", "redact",
-           "unreachable"]
+__all__ = ["DatabaseUnavailable", "Liveness", "PgDatabase", "SchemaMismatch", "mapped_errors",
+           "redact", "unreachable"]
+
+# Seconds a probe of a database seen down may take to connect (libpq's least is 2).
+PROBE_TIMEOUT = 2
 
 
 class SchemaMismatch(StorageError):
@@ -60,6 +63,39 @@ def redact(url: str) -> str:
     return f"{head}://{user}:***@{host}" if ":" in cred else url
 
 
+class Liveness:
+    """Whether the database at ``url`` was last seen down, so that calls fail at once.
+
+    A pool whose server is gone makes every caller wait its whole ``timeout`` for a
+    connection it cannot open (a minute), where a client wants a quick 503 to retry or
+    fail over. :func:`mapped_errors` marks the database down on a lost or refused
+    connection; while it is, each call first probes it with one connection of its own
+    (refused at once by a stopped server, :data:`PROBE_TIMEOUT` at most otherwise) and
+    raises :class:`DatabaseUnavailable` if that fails. The first probe that connects
+    clears the mark: the pool, reconnecting in the background, serves again."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.down = False
+
+    def check(self) -> None:
+        if self.down:
+            import psycopg
+
+            with mapped_errors(self.url, self):
+                psycopg.connect(self.url, connect_timeout=PROBE_TIMEOUT).close()
+            self.down = False
+
+    async def check_async(self) -> None:
+        if self.down:
+            import psycopg
+
+            with mapped_errors(self.url, self):
+                conn = await psycopg.AsyncConnection.connect(self.url, connect_timeout=PROBE_TIMEOUT)
+                await conn.close()
+            self.down = False
+
+
 class PgDatabase:
     """Connections to one PostgreSQL database for one component (``cas`` or
     ``registry``), whose schema is ``migrations`` (step n is the SQL taking the schema
@@ -81,6 +117,7 @@ class PgDatabase:
         self._cond = threading.Condition()
         self._busy = 0
         self._closed = False
+        self.liveness = Liveness(url)
         try:  # one plain connection first: a wrong address fails at once, with its reason
             psycopg.connect(url, connect_timeout=10).close()
         except psycopg.Error as exc:
@@ -117,6 +154,7 @@ class PgDatabase:
                 raise StoreClosed(f"metadata database {redact(self.url)}")
             self._busy += 1
         try:
+            self.liveness.check()
             yield
         finally:
             with self._cond:
@@ -157,7 +195,7 @@ class PgDatabase:
                 conn.execute("ROLLBACK")
 
     def _mapped(self) -> AbstractContextManager[None]:
-        return mapped_errors(self.url)
+        return mapped_errors(self.url, self.liveness)
 
     # -- schema ------------------------------------------------------------------------
 
@@ -209,12 +247,13 @@ class PgDatabase:
 
 
 @contextmanager
-def mapped_errors(url: str) -> Iterator[None]:
+def mapped_errors(url: str, liveness: Liveness | None = None) -> Iterator[None]:
     """Raise the driver's errors of the database at ``url`` as the store's: a full disk as
     :class:`~cas.errors.StorageFull`, a read-only server as
     :class:`~cas.errors.StorageNotWritable`, a lost or refused connection as
     :class:`DatabaseUnavailable`, each naming the database (without its password). Also
-    around asynchronous calls (the registry's metadata)."""
+    around asynchronous calls (the registry's metadata). A lost connection marks
+    ``liveness`` down."""
     import psycopg
 
     try:
@@ -223,7 +262,9 @@ def mapped_errors(url: str) -> Iterator[None]:
         raise StorageFull("the metadata database", redact(url), _first_line(exc)) from exc
     except psycopg.errors.ReadOnlySqlTransaction as exc:
         raise StorageNotWritable(redact(url), f"read-only: {_first_line(exc)}") from exc
-    except psycopg.OperationalError as exc:
+    except psycopg.OperationalError as exc:  # also the pool's timeout (PoolTimeout)
+        if liveness is not None:
+            liveness.down = True
         raise DatabaseUnavailable(f"PostgreSQL at {redact(url)}: {_first_line(exc)}") from exc
 
 

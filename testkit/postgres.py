@@ -35,6 +35,21 @@ class PostgresServer:
     port: int
     user: str
     datadir: Path
+    # pg_ctl with this cluster's options (as its owner), and the environment to run it in
+    ctl: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+    def stop(self) -> None:
+        """Stop the server, closing every client's connection (``-m fast``: what clients
+        see of a database going down; with ``synchronous_commit=off`` an immediate stop
+        would also lose the last commits); :meth:`start` brings it back on the same port
+        with the same data."""
+        subprocess.run([*self.ctl, "-m", "fast", "-w", "stop"], check=True,
+                       capture_output=True, env=dict(self.env), timeout=60)
+
+    def start(self) -> None:
+        subprocess.run([*self.ctl, "-w", "-t", "60", "start"], check=True,
+                       capture_output=True, env=dict(self.env), timeout=90)
 
     def dsn(self, dbname: str = "postgres") -> str:
         """A libpq connection URI for ``dbname``."""
@@ -97,11 +112,12 @@ def postgres_server(base: Path | None = None) -> Iterator[PostgresServer]:
         options = (f"-c listen_addresses=127.0.0.1 -c port={port} "
                    f"-c unix_socket_directories={sockdir} -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log),
-                        "-o", options, "-w", "-t", "60", "start"],
-                       check=True, capture_output=True, env=env, timeout=90)
+        server = PostgresServer("127.0.0.1", port, "pybuild", datadir,
+                                (*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-l",
+                                 str(log), "-o", options), tuple(env.items()))
+        server.start()
         started = True
-        yield PostgresServer("127.0.0.1", port, "pybuild", datadir)
+        yield server
     except subprocess.CalledProcessError as exc:
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         raise RuntimeError(f"{exc.cmd[len(as_user)]} failed: {exc.stderr.decode(errors='replace')}"

@@ -45,6 +45,7 @@ from cas import (
     open_store,
 )
 from cas.location import default_storage_dir
+from cas.pg_db import DatabaseUnavailable
 
 from ..errors import (
     BLOB_UNKNOWN,
@@ -88,6 +89,8 @@ log = logging.getLogger("pybuild.registry")
 _API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 # What a client learns of an unexpected failure; the details go to the server's log only.
 INTERNAL_ERROR = "internal error: the registry's log has the details"
+# How long a client should wait before retrying while the metadata database is down.
+DATABASE_RETRY_AFTER = "5"
 
 
 def _cas_error(exc: CasError) -> RegistryError:
@@ -102,6 +105,9 @@ def _cas_error(exc: CasError) -> RegistryError:
         return RANGE_INVALID(str(exc))
     if isinstance(exc, StorageFull):
         return UNAVAILABLE(str(exc), status=507)
+    if isinstance(exc, DatabaseUnavailable):  # lost or refused connection: retry, fail over
+        return UNAVAILABLE(f"the metadata database is unreachable: {exc}", status=503,
+                           headers={"Retry-After": DATABASE_RETRY_AFTER})
     if isinstance(exc, (StorageNotWritable, StoreClosed)):  # read-only disk; shutting down
         return UNAVAILABLE(str(exc), status=503)
     return UNKNOWN(INTERNAL_ERROR)

@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from cas.errors import StoreClosed
-from cas.pg_db import PgDatabase, mapped_errors, redact, unreachable
+from cas.pg_db import Liveness, PgDatabase, mapped_errors, redact, unreachable
 
 from ..oci import INDEX_TYPES
 from .metadata import CollectResult, ManifestRecord, ManifestsMissing, ReferrerRecord, TagRecord
@@ -95,6 +95,7 @@ class PgRegistryMetadata:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._liveness = Liveness(url)  # a database seen down fails calls at once (503)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = False, max_size: int = 16) -> PgRegistryMetadata:
@@ -133,7 +134,9 @@ class PgRegistryMetadata:
         self._busy += 1
         self._idle.clear()
         try:
-            with mapped_errors(self.url):  # a full disk is StorageFull (507), as in cas
+            # a full disk is StorageFull (507), as in cas; a lost database DatabaseUnavailable (503)
+            with mapped_errors(self.url, self._liveness):
+                await self._liveness.check_async()
                 yield
         finally:
             self._busy -= 1

@@ -33,7 +33,7 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cas.pg_db import mapped_errors, redact, unreachable
+from cas.pg_db import Liveness, mapped_errors, redact, unreachable
 
 from .upload_locks import InProcessUploadLocks
 
@@ -55,8 +55,9 @@ async def _granted(cur: Any) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _mapped(url: str) -> AsyncIterator[None]:
-    with mapped_errors(url):  # a lost database is DatabaseUnavailable, naming it
+async def _mapped(liveness: Liveness) -> AsyncIterator[None]:
+    with mapped_errors(liveness.url, liveness):  # a lost database is DatabaseUnavailable, naming it
+        await liveness.check_async()  # seen down: fail at once, not after the pool's timeout
         yield
 
 
@@ -73,6 +74,7 @@ class PgUploadLocks:
         self.url = url
         self._pool = pool
         self._local = InProcessUploadLocks()
+        self._liveness = Liveness(url)
 
     @classmethod
     async def open(cls, url: str, *, max_size: int = 16) -> PgUploadLocks:
@@ -102,7 +104,7 @@ class PgUploadLocks:
         # Two integers in the text, no parameters: BEGIN and the first try are one round
         # trip (the simple query protocol takes several statements), COMMIT the other.
         take = f"SELECT pg_try_advisory_xact_lock({_CLASS}, {key})"
-        async with self._local.hold(upload_id), _mapped(self.url), \
+        async with self._local.hold(upload_id), _mapped(self._liveness), \
                 self._pool.connection() as conn:
             try:
                 cur = await conn.execute(f"BEGIN; {take}")

@@ -1,0 +1,76 @@
+"""The metadata database goes away under a running ``pybuild serve``: requests get 503
+Service Unavailable with ``Retry-After`` (so clients retry and load balancers fail over),
+the error names the unreachable database without its password, the server stays up, and
+once PostgreSQL is back the same requests work.
+
+The test runs a PostgreSQL server of its own (testkit.postgres), stopped with
+``pg_ctl -m fast``: every connection the registry's pools hold is closed under it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from testkit.images import make_image, make_layer, tar_files
+from testkit.postgres import PostgresServer, postgres_server
+from testkit.registries import Response, http, pybuild_configured_registry
+
+pytestmark = pytest.mark.slow
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+SECRET = "not-for-clients"  # trust authentication accepts it; no response may show it
+
+
+def _post_blob(addr: str, data: bytes) -> Response:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    return http(addr, "POST", f"/v2/team/app/blobs/uploads/?digest={digest}", body=data,
+                headers={"Content-Type": "application/octet-stream"})
+
+
+def _assert_database_down(resp: Response, pg: PostgresServer) -> None:
+    assert resp.status == 503, resp.body
+    assert int(resp.headers["retry-after"]) > 0
+    errors = json.loads(resp.body)["errors"]
+    assert [e["code"] for e in errors] == ["UNAVAILABLE"]
+    message = errors[0]["message"]
+    assert "metadata database is unreachable" in message
+    assert f"{pg.host}:{pg.port}" in message
+    assert SECRET not in resp.body.decode()
+
+
+def test_a_stopped_database_is_503_with_retry_after_and_serving_resumes(tmp_path: Path) -> None:
+    with postgres_server() as pg:
+        url = pg.create_database("down").replace(f"{pg.user}@", f"{pg.user}:{SECRET}@")
+        migrate = subprocess.run([sys.executable, "-m", "builder", "storage", "migrate",
+                                  "--database", url], capture_output=True, text=True,
+                                 timeout=120, check=False)
+        assert migrate.returncode == 0, migrate.stderr
+        image = make_image([make_layer(tar_files({"hello.txt": b"hello\n"}))])
+        with pybuild_configured_registry(tmp_path / "a", {"database": {"url": url}}) as reg:
+            for blob in (image.config, image.layers[0].blob):
+                assert _post_blob(reg.addr, blob).status == 201
+            put = http(reg.addr, "PUT", "/v2/team/app/manifests/v1", body=image.manifest,
+                       headers={"Content-Type": MANIFEST})
+            assert put.status == 201, put.body
+
+            pg.stop()
+            for _ in range(2):  # the first request meets a dead pooled connection, later ones none
+                _assert_database_down(http(reg.addr, "GET", "/v2/team/app/manifests/v1",
+                                           headers={"Accept": MANIFEST}, timeout=120), pg)
+                _assert_database_down(_post_blob(reg.addr, os.urandom(100_000)), pg)
+            assert http(reg.addr, "GET", "/v2/").status == 200  # still serving
+
+            pg.start()
+            got = http(reg.addr, "GET", "/v2/team/app/manifests/v1", headers={"Accept": MANIFEST})
+            assert got.status == 200 and got.body == image.manifest
+            data = os.urandom(100_000)
+            assert _post_blob(reg.addr, data).status == 201
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            assert http(reg.addr, "GET", f"/v2/team/app/blobs/{digest}").body == data
