@@ -66,10 +66,13 @@ def test_a_stopped_database_is_503_with_retry_after_and_serving_resumes(tmp_path
                                            headers={"Accept": MANIFEST}, timeout=120), pg)
                 _assert_database_down(_post_blob(reg.addr, os.urandom(100_000)), pg)
             assert http(reg.addr, "GET", "/v2/").status == 200  # still serving
+            # ... and says to the load balancer's health check that it cannot serve
+            assert http(reg.addr, "GET", "/healthz", timeout=30).status == 503
 
             pg.start()
             got = http(reg.addr, "GET", "/v2/team/app/manifests/v1", headers={"Accept": MANIFEST})
             assert got.status == 200 and got.body == image.manifest
+            assert http(reg.addr, "GET", "/healthz").status == 200
             data = os.urandom(100_000)
             assert _post_blob(reg.addr, data).status == 201
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
