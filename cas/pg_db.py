@@ -278,3 +278,19 @@ def unreachable(url: str, exc: BaseException) -> DatabaseUnavailable:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def open_async_pool(url: str, *, max_size: int, wait: float) -> Any:
+    """An open ``psycopg_pool.AsyncConnectionPool`` of autocommit connections to ``url``
+    (a request waits up to ``wait`` s for a free connection); a database that cannot be
+    reached within 30 s is :func:`unreachable`."""
+    from psycopg_pool import AsyncConnectionPool
+
+    pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False,
+                               kwargs={"autocommit": True}, timeout=wait)
+    try:
+        await pool.open(wait=True, timeout=30)
+    except Exception as exc:
+        await pool.close()
+        raise unreachable(url, exc) from exc
+    return pool

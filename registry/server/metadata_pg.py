@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from cas.errors import StoreClosed
-from cas.pg_db import Liveness, PgDatabase, mapped_errors, redact, unreachable
+from cas.pg_db import Liveness, PgDatabase, mapped_errors, open_async_pool, redact
 
 from ..oci import INDEX_TYPES
 from .metadata import CollectResult, ManifestRecord, ManifestsMissing, ReferrerRecord, TagRecord
@@ -99,19 +99,11 @@ class PgRegistryMetadata:
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = False, max_size: int = 16) -> PgRegistryMetadata:
-        from psycopg_pool import AsyncConnectionPool
-
         def check() -> None:  # schema version check (and migration) on the sync driver
             PgDatabase(url, "registry", MIGRATIONS, migrate=migrate, max_size=1).close()
 
         await asyncio.to_thread(check)
-        pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False,
-                                   kwargs={"autocommit": True}, timeout=60)
-        try:
-            await pool.open(wait=True, timeout=30)
-        except Exception as exc:
-            await pool.close()
-            raise unreachable(url, exc) from exc
+        pool = await open_async_pool(url, max_size=max_size, wait=60)
         return cls(url, pool)
 
     def generation(self) -> int:

@@ -33,7 +33,7 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cas.pg_db import Liveness, mapped_errors, redact, unreachable
+from cas.pg_db import Liveness, mapped_errors, open_async_pool, redact
 
 from .upload_locks import InProcessUploadLocks
 
@@ -78,15 +78,7 @@ class PgUploadLocks:
 
     @classmethod
     async def open(cls, url: str, *, max_size: int = 16) -> PgUploadLocks:
-        from psycopg_pool import AsyncConnectionPool
-
-        pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False,
-                                   kwargs={"autocommit": True}, timeout=300)
-        try:
-            await pool.open(wait=True, timeout=30)
-        except Exception as exc:
-            await pool.close()
-            raise unreachable(url, exc) from exc
+        pool = await open_async_pool(url, max_size=max_size, wait=300)
         return cls(url, pool)
 
     async def close(self) -> None:
