@@ -13,7 +13,11 @@ without ``BC``, any concatenation of members) the next member is found by search
 for a gzip header (``1f 8b 08``, then a flag byte with its reserved bits clear), at
 memory speed, without inflating. The same bytes can occur inside compressed data; a cut
 there is as content-defined as a real boundary (it depends only on the bytes there), so
-it changes only how pieces are shared, never the stored bytes. An eStargz TOC or a
+it changes only how pieces are shared, never the stored bytes. The search ends
+:data:`SEARCH_MAX` bytes after the start of the member: a member longer than that (a
+single-stream gzip layer, as ``docker push`` writes) is taken to be the rest of the
+stream, which FastCDC cuts; searching all of it held the GIL for a sixth of a cold
+pull's CPU (``re`` holds it while it searches), and found nothing. An eStargz TOC or a
 zstd:chunked manifest is not needed (nor trusted): the headers say the same.
 
 **zstd frames.** A frame's end is found by walking its header and block headers
@@ -30,6 +34,7 @@ import zstandard
 
 __all__ = [
     "GZIP_MAGIC",
+    "SEARCH_MAX",
     "ZSTD_MAGIC",
     "FrameScanner",
     "gzip_member",
@@ -91,6 +96,10 @@ def zstd_frame(data: bytes | memoryview, level: int = 3) -> bytes:
 
 # The start of a gzip member (RFC 1952 §2.3): ID1 ID2 CM=8, then FLG with bits 5-7 clear.
 _GZIP_HEADER_RE = re.compile(rb"\x1f\x8b\x08[\x00-\x1f]")
+# How far after the start of a member that records no length the next member is looked
+# for. Members other tools write to be found are short: BGZF's are at most 64 KiB,
+# eStargz's one per file or file chunk (4 MiB by default, compressed no larger).
+SEARCH_MAX = 8 << 20
 
 _ZSTD_SKIPPABLE_LO = 0x184D2A50
 _ZSTD_SKIPPABLE_HI = 0x184D2A5F
@@ -276,6 +285,8 @@ class FrameScanner:
         """Search ``mv[i:]`` (absolute offset ``self._pos + i``) for a member header;
         returns the index to continue from (the header's start, or the end of ``mv``)."""
         at = self._pos + i
+        # No header may start at or past this absolute offset (SEARCH_MAX).
+        last = self._frame_start + SEARCH_MAX
         found = -1
         if self._carry:
             # A header that starts in the previous feed's last bytes.
@@ -283,10 +294,16 @@ class FrameScanner:
             m = _GZIP_HEADER_RE.search(probe)
             if m is not None and m.start() < len(self._carry):
                 found = at - len(self._carry) + m.start()
+                if found >= last:
+                    found = -1
         if found < 0:
-            m = _GZIP_HEADER_RE.search(mv, i)
+            end = min(len(mv), last - self._pos + 3)  # a header is 4 bytes
+            m = _GZIP_HEADER_RE.search(mv, i, end) if end > i else None
             if m is not None:
                 found = self._pos + m.start()
+            elif end < len(mv) or self._pos + len(mv) >= last + 3:
+                self.done = True  # searched to SEARCH_MAX: the member is the rest
+                return len(mv)
         if found < 0:
             self._carry = (self._carry + bytes(mv[max(i, len(mv) - 3):]))[-3:]
             return len(mv)
