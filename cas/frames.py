@@ -19,7 +19,7 @@ boundary (it depends only on the bytes there), so it changes only how pieces are
 never the stored bytes. The search ends :data:`SEARCH_MAX` bytes after the start of the
 member: a member longer than that (a single-stream gzip layer, as ``docker push``
 writes) is taken to be the rest of the stream, which FastCDC cuts; searching all of it
-held the GIL for a sixth of a cold pull's CPU (``re`` holds it while it searches), and
+held the GIL for 12 % of a cold pull's CPU (``re`` holds it while it searches), and
 found nothing. An eStargz TOC or a zstd:chunked manifest is not needed (nor trusted):
 the headers say the same.
 
