@@ -141,7 +141,7 @@ _BUFFERS = 4
 class _StagingPool:
     """Staging buffers (page-aligned anonymous maps, as O_DIRECT needs) of closed writers,
     kept for the next writer: a fresh map is zeroed page by page on first touch, a fault
-    per 4 KiB (10 layers of a cold pull: 80 MiB, 4 % of its CPU). Holds at most ``keep``;
+    per 4 KiB (a cold pull of 10 layers mapped 80 MiB of them fresh). Holds at most ``keep``;
     :meth:`clear` unmaps them (a process going idle gives the memory back)."""
 
     def __init__(self, keep: int) -> None:
