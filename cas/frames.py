@@ -4,17 +4,24 @@ pybuild writes layers as a concatenation of frames, one per content-defined chun
 the uncompressed tar stream (DESIGN.md, "Layers as chunked frames"). Any gzip or zstd
 decoder reads such a layer as one stream.
 
-**gzip members.** Each member pybuild writes carries its own total length in the
-FEXTRA header field (RFC 1952 §2.3.1.1), subfield ``SI1='P' SI2='B'``, ``LEN=4``, value
-the member's total size in bytes (uint32, little endian), so a reader finds member
+**gzip members.** Each member pybuild writes carries its own total length in the FEXTRA
+header field (RFC 1952 §2.3.1.1), subfield ``SI1='P' SI2='B'``, ``LEN=4``, value the
+member's total size in bytes (uint32, little endian), so a reader finds member
 boundaries without inflating. BGZF members (``SI1='B' SI2='C'``, ``BSIZE``) are read the
 same way. After a member without either field (written by other tools: eStargz, BGZF
-without ``BC``, any concatenation of members) the next member is found by searching
-for a gzip header (``1f 8b 08``, then a flag byte with its reserved bits clear), at
-memory speed, without inflating. The same bytes can occur inside compressed data; a cut
-there is as content-defined as a real boundary (it depends only on the bytes there), so
-it changes only how pieces are shared, never the stored bytes. An eStargz TOC or a
-zstd:chunked manifest is not needed (nor trusted): the headers say the same.
+without ``BC``, any concatenation of members) its deflate blocks are walked as long as
+they are *stored* blocks, which record their length (RFC 1951 §3.2.4: what does not
+compress, such as already compressed files, is stored), and from its first compressed
+block on the next member is found by searching for a gzip header (``1f 8b 08``, then a
+flag byte with its reserved bits clear), at memory speed, without inflating. The same
+bytes can occur inside compressed data; a cut there is as content-defined as a real
+boundary (it depends only on the bytes there), so it changes only how pieces are shared,
+never the stored bytes. The search ends :data:`SEARCH_MAX` bytes after the start of the
+member: a member longer than that (a single-stream gzip layer, as ``docker push``
+writes) is taken to be the rest of the stream, which FastCDC cuts; searching all of it
+held the GIL for 12 % of a cold pull's CPU (``re`` holds it while it searches), and
+found nothing. An eStargz TOC or a zstd:chunked manifest is not needed (nor trusted):
+the headers say the same.
 
 **zstd frames.** A frame's end is found by walking its header and block headers
 (RFC 8878 §3.1.1) without decompressing; skippable frames are walked by their size.
@@ -30,6 +37,7 @@ import zstandard
 
 __all__ = [
     "GZIP_MAGIC",
+    "SEARCH_MAX",
     "ZSTD_MAGIC",
     "FrameScanner",
     "gzip_member",
@@ -91,6 +99,10 @@ def zstd_frame(data: bytes | memoryview, level: int = 3) -> bytes:
 
 # The start of a gzip member (RFC 1952 §2.3): ID1 ID2 CM=8, then FLG with bits 5-7 clear.
 _GZIP_HEADER_RE = re.compile(rb"\x1f\x8b\x08[\x00-\x1f]")
+# How far after the start of a member that records no length the next member is looked
+# for. Members other tools write to be found are short: BGZF's are at most 64 KiB,
+# eStargz's one per file or file chunk (4 MiB by default, compressed no larger).
+SEARCH_MAX = 8 << 20
 
 _ZSTD_SKIPPABLE_LO = 0x184D2A50
 _ZSTD_SKIPPABLE_HI = 0x184D2A5F
@@ -118,6 +130,7 @@ class FrameScanner:
         self._hdr = bytearray()
         self._state = "frame"  # what the bytes in _hdr will be
         self._zstd_checksum = False
+        self._flg = 0  # the gzip member's FLG
         # Searching for the next member: the last bytes searched in the previous feed
         # (a header may straddle two feeds).
         self._carry = b""
@@ -179,6 +192,8 @@ class FrameScanner:
             return 12
         if st == "gzip_extra":
             return self._need
+        if st == "deflate_stored":
+            return 5  # BFINAL and BTYPE (byte-aligned here), LEN, NLEN
         raise AssertionError(st)
 
     def _advance(self, out: list[int], here: int) -> None:
@@ -244,10 +259,11 @@ class FrameScanner:
                 if h[:3] != b"\x1f\x8b\x08":
                     self.done = True
                     return
+                self._flg = h[3]
                 if h[3] & 0x04:  # FEXTRA: the length may be recorded
                     self._state = "gzip_xlen"
                     return
-                self._start_search()
+                self._start_deflate()
                 return
             if st == "gzip_xlen":
                 self._need = 12 + int.from_bytes(h[10:12], "little")
@@ -261,9 +277,34 @@ class FrameScanner:
                     self._skip = total - len(h)
                     self._state = "end"
                     return
-                self._start_search()
+                self._start_deflate()
+                return
+            if st == "deflate_stored":
+                n = int.from_bytes(h[1:3], "little")
+                if h[0] & 0x06 or int.from_bytes(h[3:5], "little") != n ^ 0xFFFF:
+                    self._start_search()  # a compressed block: its end is not recorded
+                    return
+                final = h[0] & 0x01
+                self._hdr.clear()
+                if final:  # BFINAL: the trailer (CRC32, ISIZE), then the next member
+                    self._skip = n + 8
+                    self._state = "end"
+                else:
+                    self._skip = n
                 return
         raise AssertionError(st)
+
+    def _start_deflate(self) -> None:
+        """The member that starts at ``_frame_start`` does not record its length, and
+        its deflate data follows (no FNAME, FCOMMENT or FHCRC field first): walk its
+        blocks while they are stored ones, each of which records its length (RFC 1951
+        §3.2.4; deflate writers store what does not compress: already compressed files,
+        random bytes), and search only from the first compressed block on."""
+        if self._flg & 0x1A:
+            self._start_search()
+            return
+        self._hdr.clear()
+        self._state = "deflate_stored"
 
     def _start_search(self) -> None:
         """The member that starts at ``_frame_start`` does not record its length: look
@@ -276,6 +317,8 @@ class FrameScanner:
         """Search ``mv[i:]`` (absolute offset ``self._pos + i``) for a member header;
         returns the index to continue from (the header's start, or the end of ``mv``)."""
         at = self._pos + i
+        # No header may start at or past this absolute offset (SEARCH_MAX).
+        last = self._frame_start + SEARCH_MAX
         found = -1
         if self._carry:
             # A header that starts in the previous feed's last bytes.
@@ -283,10 +326,16 @@ class FrameScanner:
             m = _GZIP_HEADER_RE.search(probe)
             if m is not None and m.start() < len(self._carry):
                 found = at - len(self._carry) + m.start()
+                if found >= last:
+                    found = -1
         if found < 0:
-            m = _GZIP_HEADER_RE.search(mv, i)
+            end = min(len(mv), last - self._pos + 3)  # a header is 4 bytes
+            m = _GZIP_HEADER_RE.search(mv, i, end) if end > i else None
             if m is not None:
                 found = self._pos + m.start()
+            elif end < len(mv) or self._pos + len(mv) >= last + 3:
+                self.done = True  # searched to SEARCH_MAX: the member is the rest
+                return len(mv)
         if found < 0:
             self._carry = (self._carry + bytes(mv[max(i, len(mv) - 3):]))[-3:]
             return len(mv)

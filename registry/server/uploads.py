@@ -45,6 +45,7 @@ from cas import (
     SizeMismatch,
 )
 from cas.buffers import POOL, trim_heap
+from cas.pack_files import STAGING
 
 from ..errors import (
     BLOB_UPLOAD_INVALID,
@@ -211,6 +212,7 @@ def _release_memory(reg: Registry) -> None:
     def release() -> None:
         if not reg.streaming:
             POOL.clear()
+            STAGING.clear()
         trim_heap(force=True)
 
     def run() -> None:

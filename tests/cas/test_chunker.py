@@ -71,8 +71,12 @@ def test_scanner_finds_every_frame_end(writer, step: int) -> None:  # type: igno
     for i in range(0, len(blob), step):
         found += scanner.feed(blob[i : i + step])
     # A member that does not record its length ends where the next one's header starts:
-    # the last one's end is the stream's.
-    assert found == (_ends(frames)[:-1] if writer is gzip.compress else _ends(frames))
+    # the last one's end is the stream's, unless its deflate blocks are stored ones
+    # (random bytes), which record their lengths and are walked to the member's end.
+    if writer is gzip.compress:
+        assert found in (_ends(frames), _ends(frames)[:-1])
+    else:
+        assert found == _ends(frames)
 
 
 def test_scanner_reads_bgzf_block_sizes_without_inflating() -> None:

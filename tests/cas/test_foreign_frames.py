@@ -11,6 +11,7 @@ import zlib
 
 import pytest
 
+from cas import frames
 from cas.chunker import ChunkParams, Cutter
 from cas.frames import FrameScanner, gzip_member
 
@@ -95,3 +96,42 @@ def test_shared_foreign_members_dedup_and_the_cut_ignores_feed_sizes() -> None:
     # Only the pieces of the changed member (and its neighbour's tail, where a member
     # longer than max_size is cut further) differ.
     assert shared >= unchanged - 2 * params.max_size
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 999, 1 << 22])
+def test_the_next_member_is_looked_for_up_to_search_max_bytes_after_a_member_start(
+        step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(frames, "SEARCH_MAX", 1000)
+    header = b"\x1f\x8b\x08\x00" + b"\0" * 6
+
+    def blob(at: int) -> bytes:  # a member starting at 0, the next one's header at ``at``
+        return header + b"a" * (at - len(header)) + header + b"b" * 3000
+
+    assert _scan(blob(999), step) == [999]  # the last offset it may start at
+    assert _scan(blob(1000), step) == []  # too far: the first member is the rest
+    # The limit counts from each member's start, not from the stream's.
+    twice = header + b"a" * 500 + blob(999)
+    assert _scan(twice, step) == [510, 510 + 999]
+    # A single-stream layer (one long member): only its first SEARCH_MAX bytes are searched.
+    long = _plain(bytes(random.Random(3).choices(b"abcdefgh", k=60000)))
+    assert len(long) > 10000
+    assert _scan(long + header, step) == []
+    monkeypatch.setattr(frames, "SEARCH_MAX", 1 << 20)
+    assert _scan(long + header, step) == [len(long)]
+
+
+@pytest.mark.parametrize("step", [1, 2, 5, 4096, 1 << 22])
+def test_stored_deflate_blocks_are_walked_by_their_lengths_not_searched(
+        step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(frames, "SEARCH_MAX", 1000)  # a search would give up at once
+    rnd = random.Random(5)
+    # Random bytes do not compress: the writers store them, in blocks of up to 64 KiB.
+    stored = [gzip.compress(rnd.randbytes(n), compresslevel=level, mtime=0)
+              for n, level in ((200000, 0), (70000, 1), (0, 0), (5000, 9))]
+    ends = [sum(map(len, stored[: i + 1])) for i in range(len(stored))]
+    assert _scan(b"".join(stored), step) == ends
+    # A compressed block after stored ones: searched from there (found: it is short).
+    mixed = gzip.compress(rnd.randbytes(300) + b"abc" * 3000, compresslevel=6, mtime=0)
+    assert len(mixed) < 1000 and mixed[10] & 0x06  # one compressed block
+    blob = b"".join([stored[0], mixed, stored[1]])
+    assert _scan(blob, step) == [ends[0], ends[0] + len(mixed), len(blob)]

@@ -1,0 +1,48 @@
+"""O_DIRECT pack writers take their staging buffers from a pool and give them back when
+closed: the next writer starts with buffers already faulted in, and its pack holds only
+its own bytes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cas import pack_files
+from cas.pack_files import STAGING, FilesystemPacks, _StagingPool
+
+
+def test_the_pool_keeps_at_most_keep_buffers_and_clear_unmaps_them() -> None:
+    pool = _StagingPool(keep=2)
+    bufs = [pool.take() for _ in range(3)]
+    assert len({id(b) for b in bufs}) == 3
+    for b in bufs:
+        pool.give(b)
+    assert bufs[2].closed  # past keep: unmapped at once
+    again = pool.take()
+    assert again is bufs[1] and not again.closed
+    pool.clear()
+    assert bufs[0].closed
+    assert pool.take() is not bufs[0]
+
+
+def test_a_closed_direct_writers_buffers_serve_the_next_writer(tmp_path: Path) -> None:
+    packs = FilesystemPacks(tmp_path / "packs")
+    STAGING.clear()
+    first = packs.create("aa01")
+    if not isinstance(first, pack_files._DirectWriter):
+        first.close()
+        raise AssertionError(f"{tmp_path} refuses O_DIRECT: this test needs a disk")
+    used = {id(b) for b in first._bufs}
+    data = os.urandom((5 << 20) + 123)  # fills and writes several staging buffers
+    first.append(data)
+    first.sync()
+    first.close()
+    second = packs.create("aa02")
+    assert {id(b) for b in second._bufs} == used
+    second.append(b"short")
+    second.sync()
+    second.close()
+    # The second pack is only its own bytes (the padding written from a reused buffer
+    # is cut off), and the first one is intact.
+    assert packs.size("aa02") == 5 and packs.read("aa02", 0, 5) == b"short"
+    assert packs.read("aa01", 0, len(data)) == data
