@@ -41,6 +41,9 @@ __all__ = ["Fetch", "Pinned", "RemoteReader"]
 
 #: Largest coalesced read (bytes of one pack fetched with one request).
 FETCH_BYTES = 8 << 20
+#: Smallest cap of a coalesced read: a blob of up to ``READ_AHEAD * FETCH_BYTES`` bytes
+#: is cut into ``READ_AHEAD`` reads, none capped below this.
+MIN_FETCH_BYTES = 1 << 20
 #: Fetches one blob read keeps in flight.
 READ_AHEAD = 8
 #: Threads that fetch, for all reads of a store.
@@ -102,22 +105,33 @@ class RemoteReader:
     def refine(self, plan: list[Any]) -> list[Any]:
         """``plan`` (segments and ``(location, lo, hi)`` pieces to load) with each piece to
         load replaced by its cached file (:class:`Pinned`) or a :class:`Fetch`, adjacent
-        pieces of one pack merged into one fetch."""
-        out: list[Any] = []
+        pieces of one pack merged into one fetch of at most ``fetch_bytes``, and of at
+        most a ``read_ahead``-th of the bytes to fetch (not below :data:`MIN_FETCH_BYTES`)."""
         cache = self.cache
+        items: list[Any] = []
+        fetched = 0  # stored bytes to fetch
         for item in plan:
-            if isinstance(item, Segment):
+            if not isinstance(item, Segment):
+                loc, lo, hi = item
+                path = cache.get(loc.key, loc.length) if cache is not None else None
+                if path is not None:
+                    item = Pinned(Segment(path, lo, hi - lo), loc.key)
+                elif loc.pack is not None:
+                    fetched += loc.stored
+            items.append(item)
+        # Fetches no larger than a read-ahead's share of the bytes: a small blob is
+        # several GETs in flight, and its first bytes go out before its last arrive.
+        cap = min(self.fetch_bytes, max(MIN_FETCH_BYTES, -(-fetched // self.read_ahead)))
+        out: list[Any] = []
+        for item in items:
+            if isinstance(item, (Segment, Pinned)):
                 out.append(item)
                 continue
-            loc, lo, hi = item
-            path = cache.get(loc.key, loc.length) if cache is not None else None
-            if path is not None:
-                out.append(Pinned(Segment(path, lo, hi - lo), loc.key))
-                continue
+            loc = item[0]
             last = out[-1] if out else None
             if (isinstance(last, Fetch) and last.pack == loc.pack
                     and (loc.pack is None or (last.offset + last.length == loc.offset
-                                              and last.length + loc.stored <= self.fetch_bytes))):
+                                              and last.length + loc.stored <= cap))):
                 last.pieces.append(item)
                 last.length += loc.stored if loc.pack is not None else 0
                 continue
@@ -150,12 +164,16 @@ class RemoteReader:
 
     # -- fetching (the reader's threads) ----------------------------------------------
 
-    def _fetch(self, f: Fetch) -> list[bytes]:
+    def _fetch(self, f: Fetch) -> list[bytes | memoryview]:
+        """The wanted bytes of ``f``'s pieces, checked; runs of raw pieces back to back
+        in the fetched range are one view of the response's buffer (no copy)."""
         with self._lock:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
-            stored = b"" if f.pack is None else self.packs.read(f.pack, f.offset, f.length)
+            # Backends with packs in S3 hand out the response's buffer (no copy).
+            read = getattr(self.packs, "read_view", self.packs.read)
+            stored = b"" if f.pack is None else read(f.pack, f.offset, f.length)
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -163,48 +181,65 @@ class RemoteReader:
                     self.fetches += 1
                     self.fetched_bytes += f.length
         view = memoryview(stored)
-        out = []
+        out: list[bytes | memoryview] = []
+        run = -1, -1  # the open run of raw bytes of ``view`` to hand out
         for loc, lo, hi in f.pieces:
             if loc.pack is None:
                 assert loc.data is not None
                 body: bytes | memoryview = loc.data
             else:
-                body = view[loc.offset - f.offset : loc.offset - f.offset + loc.stored]
+                at = loc.offset - f.offset
+                body = view[at : at + loc.stored]
             raw = self._raw(loc, body)
             if len(raw) != loc.length or blake3.blake3(raw).digest() != loc.key:
                 where = f"pack {loc.pack} at {loc.offset}" if loc.pack else "its inline bytes"
                 raise StoreCorrupt(f"piece {loc.key.hex()} ({where}) does not match its BLAKE3 "
                                    "key; run 'pybuild storage fsck'")
             self._keep(loc.key, raw)
-            out.append(bytes(raw[lo:hi]))
+            if raw is body and loc.pack is not None:
+                if run[1] == at + lo:
+                    run = run[0], at + hi
+                    continue
+                if run[0] >= 0:
+                    out.append(view[run[0] : run[1]])
+                run = at + lo, at + hi
+                continue
+            if run[0] >= 0:
+                out.append(view[run[0] : run[1]])
+                run = -1, -1
+            out.append(raw if (lo, hi) == (0, len(raw)) else memoryview(raw)[lo:hi])
+        if run[0] >= 0:
+            out.append(view[run[0] : run[1]])
         return out
 
     def _keep(self, key: bytes, raw: bytes | memoryview) -> None:
         """Write a verified piece to the cache on the writer thread, off the read's
         path; skipped when :data:`WRITE_BEHIND` bytes already wait (the disk is slower
-        than S3: a later read of the blob caches the rest)."""
+        than S3: a later read of the blob caches the rest). ``raw`` is never changed
+        (bytes, or a view of a fetched buffer): it is kept, not copied; a view holds its
+        whole fetch (at most ``fetch_bytes``) until written."""
         if self.cache is None:
             return
+        size = len(raw)
         with self._lock:
-            if self._pending + len(raw) > WRITE_BEHIND:
+            if self._pending + size > WRITE_BEHIND:
                 self.skipped += 1
                 return
-            self._pending += len(raw)
-        data = bytes(raw)
+            self._pending += size
         cache = self.cache
 
         def write() -> None:
             try:
-                cache.put(key, data, verified=True)
+                cache.put(key, raw, verified=True)
             finally:
                 with self._lock:
-                    self._pending -= len(data)
+                    self._pending -= size
 
         try:
             self._writer.submit(write)
         except RuntimeError:  # shut down
             with self._lock:
-                self._pending -= len(data)
+                self._pending -= size
 
     def flush(self) -> None:
         """Wait until the pieces fetched so far are written to the cache (or skipped)."""
@@ -230,7 +265,7 @@ class RemoteReader:
         pinned until the caller asks for the next segment."""
         loop = asyncio.get_running_loop()
         fetches = deque(item for item in plan if isinstance(item, Fetch))
-        running: dict[int, asyncio.Future[list[bytes]]] = {}
+        running: dict[int, asyncio.Future[list[bytes | memoryview]]] = {}
 
         def launch() -> None:
             while fetches and len(running) < self.read_ahead:
