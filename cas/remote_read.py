@@ -5,12 +5,15 @@ here the pieces to load become
 
 - files of the store's :class:`~cas.piece_cache.PieceCache` when cached (segments with a
   path: the server sends them with ``sendfile``), else
-- *fetches*: one ranged read per run of pieces adjacent in one pack (up to
-  :attr:`RemoteReader.fetch_bytes`), so a fresh blob is a few large GETs, not one per piece.
+- *fetches*: one ranged read per run of pieces adjacent in one pack (the first up to
+  :data:`FIRST_FETCH_BYTES`, the next ones twice as large as the one before, up to
+  :attr:`RemoteReader.fetch_bytes`), so a fresh blob is a few large GETs, not one per
+  piece, and its first bytes go out after a short one.
 
 :meth:`RemoteReader.stream` runs the fetches ahead of the reader on the reader's own
 threads, at most ``read_ahead`` of them (and ``read_ahead * fetch_bytes`` bytes) per
-blob at once, and hands out the bytes in blob order. Every fetched piece is checked
+blob at once, and hands out the bytes in blob order: a run of raw pieces back to back in
+a fetch is one read-only view of the GET's buffer (no copy). Every fetched piece is checked
 against its BLAKE3 key (StoreCorrupt when it differs) and written to the cache by one
 writer thread behind the read (at most :data:`WRITE_BEHIND` bytes wait; past that a
 piece is left for a later read to cache), so the cache never slows a read down.
@@ -41,9 +44,9 @@ __all__ = ["Fetch", "Pinned", "RemoteReader"]
 
 #: Largest coalesced read (bytes of one pack fetched with one request).
 FETCH_BYTES = 8 << 20
-#: Smallest cap of a coalesced read: a blob of up to ``READ_AHEAD * FETCH_BYTES`` bytes
-#: is cut into ``READ_AHEAD`` reads, none capped below this.
-MIN_FETCH_BYTES = 1 << 20
+#: The cap of a blob's first coalesced read; each next one's is twice the last's, up to
+#: ``fetch_bytes`` (1, 2, 4, 8, 8 ... MiB).
+FIRST_FETCH_BYTES = 1 << 20
 #: Fetches one blob read keeps in flight.
 READ_AHEAD = 8
 #: Threads that fetch, for all reads of a store.
@@ -105,36 +108,32 @@ class RemoteReader:
     def refine(self, plan: list[Any]) -> list[Any]:
         """``plan`` (segments and ``(location, lo, hi)`` pieces to load) with each piece to
         load replaced by its cached file (:class:`Pinned`) or a :class:`Fetch`, adjacent
-        pieces of one pack merged into one fetch of at most ``fetch_bytes``, and of at
-        most a ``read_ahead``-th of the bytes to fetch (not below :data:`MIN_FETCH_BYTES`)."""
-        cache = self.cache
-        items: list[Any] = []
-        fetched = 0  # stored bytes to fetch
-        for item in plan:
-            if not isinstance(item, Segment):
-                loc, lo, hi = item
-                path = cache.get(loc.key, loc.length) if cache is not None else None
-                if path is not None:
-                    item = Pinned(Segment(path, lo, hi - lo), loc.key)
-                elif loc.pack is not None:
-                    fetched += loc.stored
-            items.append(item)
-        # Fetches no larger than a read-ahead's share of the bytes: a small blob is
-        # several GETs in flight, and its first bytes go out before its last arrive.
-        cap = min(self.fetch_bytes, max(MIN_FETCH_BYTES, -(-fetched // self.read_ahead)))
+        pieces of one pack merged into one fetch: the first of at most
+        :data:`FIRST_FETCH_BYTES`, each next one of twice the last's cap, up to
+        ``fetch_bytes``."""
         out: list[Any] = []
-        for item in items:
-            if isinstance(item, (Segment, Pinned)):
+        cache = self.cache
+        # Fetch n is capped at FIRST_FETCH_BYTES << n (up to fetch_bytes): the first
+        # bytes arrive (and go out) early, later fetches are large.
+        fetches = 0
+        for item in plan:
+            if isinstance(item, Segment):
                 out.append(item)
                 continue
-            loc = item[0]
+            loc, lo, hi = item
+            path = cache.get(loc.key, loc.length) if cache is not None else None
+            if path is not None:
+                out.append(Pinned(Segment(path, lo, hi - lo), loc.key))
+                continue
             last = out[-1] if out else None
+            cap = min(self.fetch_bytes, FIRST_FETCH_BYTES << min(max(fetches - 1, 0), 16))
             if (isinstance(last, Fetch) and last.pack == loc.pack
                     and (loc.pack is None or (last.offset + last.length == loc.offset
                                               and last.length + loc.stored <= cap))):
                 last.pieces.append(item)
                 last.length += loc.stored if loc.pack is not None else 0
                 continue
+            fetches += 1
             out.append(Fetch(loc.pack, loc.offset, loc.stored if loc.pack is not None else 0, [item]))
         return out
 

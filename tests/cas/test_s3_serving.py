@@ -295,3 +295,25 @@ async def test_an_unwritable_cache_directory_stops_the_open_naming_it(s3_locatio
     with pytest.raises((StorageError, OSError)) as info:
         await open_store(StoreConfig(tmp_path / "s", s3=s3_location, piece_cache_dir=where))
     assert str(where.parent) in str(info.value)
+
+
+async def test_fetches_grow_from_a_short_first_one_and_raw_runs_go_out_as_one_view(
+        s3_location: S3Location, tmp_path: Path) -> None:
+    data = _blob(6 << 20, seed=11)  # random: every piece stored raw
+    store, remote, counting = await _open(tmp_path / "s", s3_location)
+    try:
+        info = await store.put(data)
+        remote.cache = None
+        segs = [seg async for seg in store.segments(info.digest)]
+        # Fetches capped at 1, 2, 4 MiB: three ranged GETs, each handed out as one view
+        # of its buffer (not one segment per piece).
+        assert counting.reads == 3 == len(segs)
+        assert all(seg.path is None and isinstance(seg.data, memoryview) for seg in segs)
+        sizes = [seg.length for seg in segs]
+        assert sizes[0] <= 1 << 20 < sizes[1] <= 2 << 20 < sizes[2] <= 4 << 20
+        assert b"".join(bytes(seg.data or b"") for seg in segs) == data
+        # A range starting and ending inside pieces: the views are cut to it.
+        part = [bytes(seg.data or b"") async for seg in store.segments(info.digest, 12345, 3 << 20)]
+        assert b"".join(part) == data[12345 : 12345 + (3 << 20)]
+    finally:
+        await store.close()
