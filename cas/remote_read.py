@@ -22,7 +22,6 @@ piece is left for a later read to cache), so the cache never slows a read down.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
@@ -56,16 +55,6 @@ FETCH_THREADS = 16
 WRITE_BEHIND = 64 << 20
 
 
-def _yield_cpu() -> None:
-    """Run the calling thread at the lowest CPU priority (Linux: nice 19 for this thread
-    only): the cache writer takes no CPU from the reads it trails, and when it falls
-    behind, :data:`WRITE_BEHIND` makes it skip pieces."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # not Linux: the thread keeps the process's priority
-        pass
-
-
 @dataclass(slots=True)
 class Fetch:
     """Pieces adjacent in pack ``pack`` (their stored bytes ``[offset, offset+length)``),
@@ -96,8 +85,7 @@ class RemoteReader:
         self.read_ahead = max(1, read_ahead)
         self.fetch_bytes = max(1, fetch_bytes)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cas-fetch")
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-cache",
-                                          initializer=_yield_cpu)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cas-cache")
         self._pending = 0
         self._local = threading.local()
         self._lock = threading.Lock()

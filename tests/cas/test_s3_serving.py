@@ -317,16 +317,3 @@ async def test_fetches_grow_from_a_short_first_one_and_raw_runs_go_out_as_one_vi
         assert b"".join(part) == data[12345 : 12345 + (3 << 20)]
     finally:
         await store.close()
-
-
-def test_the_cache_writer_runs_at_the_lowest_cpu_priority() -> None:
-    reader = RemoteReader(packs=None, cache=None)  # type: ignore[arg-type]
-    try:
-        def nice() -> int:
-            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-        # Only the writer thread: the fetch threads and the caller keep their priority.
-        assert reader._writer.submit(nice).result() == 19
-        assert reader._pool.submit(nice).result() == nice() < 19
-    finally:
-        reader.close()
