@@ -10,7 +10,8 @@ Starts a private radosgw (``testkit.ceph``), then measures in the same run:
   (the cache's files, ``sendfile``); with ``--before DIR`` also a server run from the
   checkout DIR (an older version, e.g. ``git archive main``).
 
-Each figure is the best of ``--rounds`` rounds, in MB/s. Needs root and Debian's ceph
+Each figure is the best of ``--rounds`` rounds, in MB/s; for the HTTP GETs also the
+server's CPU time (user + system) per GB sent, a figure other load hardly moves. Needs root and Debian's ceph
 packages.
 """
 
@@ -87,7 +88,7 @@ async def _store(gw: RadosGateway, work: Path, blob: bytes, rounds: int) -> dict
 def _http(gw: RadosGateway, work: Path, blob: bytes, rounds: int, name: str,
           checkout: Path | None, cache_bytes: int | None) -> dict[str, float]:
     digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
-    storage = work / name.replace(" ", "-")
+    storage = work / name.replace(",", "").replace(" ", "-")
     url = _location(gw, f"{storage.name}/").to_url(keys=True)
     env = _python_env(checkout)
     if cache_bytes is not None:
@@ -98,22 +99,29 @@ def _http(gw: RadosGateway, work: Path, blob: bytes, rounds: int, name: str,
         cmd = [*base(addr), "--packs", url]
         if checkout is not None:  # ahead of the current directory, which `-m` puts first
             cmd[1:3] = ["-c", f"import runpy, sys; sys.path.insert(0, {str(checkout)!r}); "
+                              "import cas; print('cas from', cas.__file__, flush=True); "
                               "runpy.run_module('builder', run_name='__main__')"]
         return cmd
 
     out: dict[str, float] = {}
     with RegistryProcess("pybuild", argv, storage=storage,
                          log=work / f"{storage.name}.log", env=env) as reg:
+        pid = reg.pid
+        assert pid is not None
         put = http(reg.addr, "POST", f"/v2/bench/blobs/uploads/?digest={digest}", body=blob, timeout=300)
         assert put.status == 201, put.body
 
+        cpu: list[float] = []
+
         def get() -> float:
             # curl: a client that is not the bottleneck; the bytes are checked apart.
+            c = _cpu_seconds(pid)
             t = time.perf_counter()
             done = subprocess.run(["curl", "-sSf", "-o", "/dev/null", "-w", "%{size_download}",
                                    f"http://{reg.addr}/v2/bench/blobs/{digest}"],
                                   capture_output=True, text=True, check=True, timeout=300)
             dt = time.perf_counter() - t
+            cpu.append(_cpu_seconds(pid) - c)
             assert int(done.stdout) == len(blob)
             return round(len(blob) / dt / 1e6, 1)
 
@@ -123,10 +131,21 @@ def _http(gw: RadosGateway, work: Path, blob: bytes, rounds: int, name: str,
 
         out[f"HTTP GET, {name}: first"] = get()
         out[f"HTTP GET, {name}: later (best of {rounds})"] = max(get() for _ in range(rounds))
+        # The server's CPU time (user + system, all threads) per GB sent: a measure the
+        # load of other processes hardly moves.
+        out[f"HTTP GET, {name}: first, server CPU s/GB"] = round(cpu[0] / len(blob) * 1e9, 2)
+        out[f"HTTP GET, {name}: later, server CPU s/GB (least)"] = round(min(cpu[1:]) / len(blob) * 1e9, 2)
         check()
         if checkout is not None:
-            assert not (storage / "cache").exists(), "the older checkout was not the one served"
+            log = (work / f"{storage.name}.log").read_text(errors="replace")
+            assert f"cas from {checkout}" in log, "the older checkout was not the one served"
     return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process ``pid`` so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -144,13 +163,14 @@ def main() -> None:
             work = Path(tmp)
             results = asyncio.run(_store(gw, work, blob, args.rounds))
             if args.before is not None:
-                results |= _http(gw, work, blob, args.rounds, "before", args.before, None)
+                results |= _http(gw, work, blob, args.rounds, "before, no piece cache", args.before, 0)
+                results |= _http(gw, work, blob, args.rounds, "before, piece cache", args.before, None)
             results |= _http(gw, work, blob, args.rounds, "no piece cache", None, 0)
             results |= _http(gw, work, blob, args.rounds, "piece cache", None, None)
     finally:
         gw.stop()
     width = max(len(k) for k in results)
-    print(f"{'blob of ' + str(args.mib) + ' MiB':<{width}}  MB/s")
+    print(f"{'blob of ' + str(args.mib) + ' MiB':<{width}}  MB/s (CPU: s/GB)")
     for k, v in results.items():
         print(f"{k:<{width}}  {v:>7}")
 

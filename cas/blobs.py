@@ -47,12 +47,13 @@ class Recipe:
 @dataclass(frozen=True, slots=True)
 class Segment:
     """A run of a blob's bytes: ``path[offset:offset+length]`` on disk (raw, sendfile-able),
-    or the bytes themselves in ``data`` when ``path`` is None."""
+    or the bytes themselves in ``data`` when ``path`` is None (bytes, or a read-only view
+    of a buffer no one changes)."""
 
     path: Path | None
     offset: int
     length: int
-    data: bytes | None = None
+    data: bytes | memoryview | None = None
 
 
 @dataclass(frozen=True, slots=True)

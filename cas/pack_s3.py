@@ -304,20 +304,31 @@ class S3Packs:
         return _S3Writer(self, name, size)
 
     def read(self, name: str, offset: int, length: int) -> bytes:
+        parts = self._parts(name, offset, length)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    def read_view(self, name: str, offset: int, length: int) -> bytes | memoryview:
+        """As :meth:`read`, without copying the bytes of a range that one object holds:
+        a read-only view of the response's buffer (:mod:`cas.remote_read` slices it)."""
+        parts = self._parts(name, offset, length)
+        return memoryview(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    def _parts(self, name: str, offset: int, length: int) -> list[Any]:
         for attempt in range(2):
             segs = self._list(name) if attempt else self._cached(name)
-            data = self._read(name, segs, offset, length)
-            if data is not None:
-                return data
+            parts = self._read(name, segs, offset, length)
+            if parts is not None:
+                return parts
         if not segs:
             raise StoreCorrupt(f"pack {name} is missing")
         raise StoreCorrupt(f"pack {name} is short: wanted {length} bytes at {offset}, "
                            f"its segments end at {max(s + n for s, n in segs)}")
 
-    def _read(self, name: str, segs: list[tuple[int, int]], offset: int, length: int) -> bytes | None:
-        """The bytes, or None when the segment list looks stale (a gap, a missing or
-        short object)."""
-        out: list[bytes] = []
+    def _read(self, name: str, segs: list[tuple[int, int]], offset: int, length: int) -> list[Any] | None:
+        """The bytes as the buffers of one ranged GET per object that holds a part of
+        them, or None when the segment list looks stale (a gap, a missing or short
+        object)."""
+        out: list[Any] = []
         pos, end = offset, offset + length
         while pos < end:
             best = max(((s, n) for s, n in segs if s <= pos < s + n), key=lambda sn: sn[0] + sn[1],
@@ -336,9 +347,9 @@ class S3Packs:
                 raise
             if len(got) != want:
                 return None
-            out.append(bytes(got))
+            out.append(got)
             pos += want
-        return out[0] if len(out) == 1 else b"".join(out)
+        return out or [b""]
 
     def presign(self, name: str, offset: int, length: int, expires: float) -> str | None:
         """A presigned GET URL (valid ``expires`` seconds) of the segment that holds

@@ -5,12 +5,15 @@ here the pieces to load become
 
 - files of the store's :class:`~cas.piece_cache.PieceCache` when cached (segments with a
   path: the server sends them with ``sendfile``), else
-- *fetches*: one ranged read per run of pieces adjacent in one pack (up to
-  :attr:`RemoteReader.fetch_bytes`), so a fresh blob is a few large GETs, not one per piece.
+- *fetches*: one ranged read per run of pieces adjacent in one pack (the first up to
+  :data:`FIRST_FETCH_BYTES`, the next ones twice as large as the one before, up to
+  :attr:`RemoteReader.fetch_bytes`), so a fresh blob is a few large GETs, not one per
+  piece, and its first bytes go out after a short one.
 
 :meth:`RemoteReader.stream` runs the fetches ahead of the reader on the reader's own
 threads, at most ``read_ahead`` of them (and ``read_ahead * fetch_bytes`` bytes) per
-blob at once, and hands out the bytes in blob order. Every fetched piece is checked
+blob at once, and hands out the bytes in blob order: a run of raw pieces back to back in
+a fetch is one read-only view of the GET's buffer (no copy). Every fetched piece is checked
 against its BLAKE3 key (StoreCorrupt when it differs) and written to the cache by one
 writer thread behind the read (at most :data:`WRITE_BEHIND` bytes wait; past that a
 piece is left for a later read to cache), so the cache never slows a read down.
@@ -41,6 +44,9 @@ __all__ = ["Fetch", "Pinned", "RemoteReader"]
 
 #: Largest coalesced read (bytes of one pack fetched with one request).
 FETCH_BYTES = 8 << 20
+#: The cap of a blob's first coalesced read; each next one's is twice the last's, up to
+#: ``fetch_bytes`` (1, 2, 4, 8, 8 ... MiB).
+FIRST_FETCH_BYTES = 1 << 20
 #: Fetches one blob read keeps in flight.
 READ_AHEAD = 8
 #: Threads that fetch, for all reads of a store.
@@ -102,9 +108,14 @@ class RemoteReader:
     def refine(self, plan: list[Any]) -> list[Any]:
         """``plan`` (segments and ``(location, lo, hi)`` pieces to load) with each piece to
         load replaced by its cached file (:class:`Pinned`) or a :class:`Fetch`, adjacent
-        pieces of one pack merged into one fetch."""
+        pieces of one pack merged into one fetch: the first of at most
+        :data:`FIRST_FETCH_BYTES`, each next one of twice the last's cap, up to
+        ``fetch_bytes``."""
         out: list[Any] = []
         cache = self.cache
+        # Fetch n is capped at FIRST_FETCH_BYTES << n (up to fetch_bytes): the first
+        # bytes arrive (and go out) early, later fetches are large.
+        fetches = 0
         for item in plan:
             if isinstance(item, Segment):
                 out.append(item)
@@ -115,12 +126,14 @@ class RemoteReader:
                 out.append(Pinned(Segment(path, lo, hi - lo), loc.key))
                 continue
             last = out[-1] if out else None
+            cap = min(self.fetch_bytes, FIRST_FETCH_BYTES << min(max(fetches - 1, 0), 16))
             if (isinstance(last, Fetch) and last.pack == loc.pack
                     and (loc.pack is None or (last.offset + last.length == loc.offset
-                                              and last.length + loc.stored <= self.fetch_bytes))):
+                                              and last.length + loc.stored <= cap))):
                 last.pieces.append(item)
                 last.length += loc.stored if loc.pack is not None else 0
                 continue
+            fetches += 1
             out.append(Fetch(loc.pack, loc.offset, loc.stored if loc.pack is not None else 0, [item]))
         return out
 
@@ -150,12 +163,16 @@ class RemoteReader:
 
     # -- fetching (the reader's threads) ----------------------------------------------
 
-    def _fetch(self, f: Fetch) -> list[bytes]:
+    def _fetch(self, f: Fetch) -> list[bytes | memoryview]:
+        """The wanted bytes of ``f``'s pieces, checked; runs of raw pieces back to back
+        in the fetched range are one view of the response's buffer (no copy)."""
         with self._lock:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
-            stored = b"" if f.pack is None else self.packs.read(f.pack, f.offset, f.length)
+            # Backends with packs in S3 hand out the response's buffer (no copy).
+            read = getattr(self.packs, "read_view", self.packs.read)
+            stored = b"" if f.pack is None else read(f.pack, f.offset, f.length)
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -163,48 +180,65 @@ class RemoteReader:
                     self.fetches += 1
                     self.fetched_bytes += f.length
         view = memoryview(stored)
-        out = []
+        out: list[bytes | memoryview] = []
+        run = -1, -1  # the open run of raw bytes of ``view`` to hand out
         for loc, lo, hi in f.pieces:
             if loc.pack is None:
                 assert loc.data is not None
                 body: bytes | memoryview = loc.data
             else:
-                body = view[loc.offset - f.offset : loc.offset - f.offset + loc.stored]
+                at = loc.offset - f.offset
+                body = view[at : at + loc.stored]
             raw = self._raw(loc, body)
             if len(raw) != loc.length or blake3.blake3(raw).digest() != loc.key:
                 where = f"pack {loc.pack} at {loc.offset}" if loc.pack else "its inline bytes"
                 raise StoreCorrupt(f"piece {loc.key.hex()} ({where}) does not match its BLAKE3 "
                                    "key; run 'pybuild storage fsck'")
             self._keep(loc.key, raw)
-            out.append(bytes(raw[lo:hi]))
+            if raw is body and loc.pack is not None:
+                if run[1] == at + lo:
+                    run = run[0], at + hi
+                    continue
+                if run[0] >= 0:
+                    out.append(view[run[0] : run[1]])
+                run = at + lo, at + hi
+                continue
+            if run[0] >= 0:
+                out.append(view[run[0] : run[1]])
+                run = -1, -1
+            out.append(raw if (lo, hi) == (0, len(raw)) else memoryview(raw)[lo:hi])
+        if run[0] >= 0:
+            out.append(view[run[0] : run[1]])
         return out
 
     def _keep(self, key: bytes, raw: bytes | memoryview) -> None:
         """Write a verified piece to the cache on the writer thread, off the read's
         path; skipped when :data:`WRITE_BEHIND` bytes already wait (the disk is slower
-        than S3: a later read of the blob caches the rest)."""
+        than S3: a later read of the blob caches the rest). ``raw`` is never changed
+        (bytes, or a view of a fetched buffer): it is kept, not copied; a view holds its
+        whole fetch (at most ``fetch_bytes``) until written."""
         if self.cache is None:
             return
+        size = len(raw)
         with self._lock:
-            if self._pending + len(raw) > WRITE_BEHIND:
+            if self._pending + size > WRITE_BEHIND:
                 self.skipped += 1
                 return
-            self._pending += len(raw)
-        data = bytes(raw)
+            self._pending += size
         cache = self.cache
 
         def write() -> None:
             try:
-                cache.put(key, data, verified=True)
+                cache.put(key, raw, verified=True)
             finally:
                 with self._lock:
-                    self._pending -= len(data)
+                    self._pending -= size
 
         try:
             self._writer.submit(write)
         except RuntimeError:  # shut down
             with self._lock:
-                self._pending -= len(data)
+                self._pending -= size
 
     def flush(self) -> None:
         """Wait until the pieces fetched so far are written to the cache (or skipped)."""
@@ -230,7 +264,7 @@ class RemoteReader:
         pinned until the caller asks for the next segment."""
         loop = asyncio.get_running_loop()
         fetches = deque(item for item in plan if isinstance(item, Fetch))
-        running: dict[int, asyncio.Future[list[bytes]]] = {}
+        running: dict[int, asyncio.Future[list[bytes | memoryview]]] = {}
 
         def launch() -> None:
             while fetches and len(running) < self.read_ahead:

@@ -311,8 +311,10 @@ class Store:
         """The blob's bytes, in chunks of at most 4 MiB (BlobUnknown, InvalidRange)."""
         async for seg in self.segments(digest, offset, length):
             if seg.path is None:
-                assert seg.data is not None
-                yield seg.data
+                data = seg.data
+                assert data is not None
+                for at in range(0, len(data), _READ_CHUNK):
+                    yield bytes(data[at : at + _READ_CHUNK])
                 continue
             fd = await self._run(os.open, seg.path, os.O_RDONLY | os.O_CLOEXEC)
             reads: list[asyncio.Future[bytes]] = []

@@ -38,6 +38,17 @@ class CountingPacks:
         self._lock = threading.Lock()
 
     def read(self, name: str, offset: int, length: int) -> bytes:
+        self._count()
+        return bytes(self.inner.read(name, offset, length))
+
+    def read_view(self, name: str, offset: int, length: int) -> bytes | memoryview:
+        """The S3 backend's read without a copy (the one the store's reads use)."""
+        self._count()
+        read = getattr(self.inner, "read_view", self.inner.read)
+        view: bytes | memoryview = read(name, offset, length)
+        return view
+
+    def _count(self) -> None:
         with self._lock:
             self.reads += 1
             n = self.reads
@@ -45,7 +56,6 @@ class CountingPacks:
             self.pair.wait(timeout=60)
         if self.refuse:
             raise AssertionError("read from S3 while the cache should serve")
-        return bytes(self.inner.read(name, offset, length))
 
 
 def _blob(n: int, seed: int = 1, text: bool = False) -> bytes:
@@ -80,7 +90,7 @@ async def _read(store: Store, digest: Digest, offset: int = 0, length: int | Non
     segs: AsyncIterator[Any] = store.segments(digest, offset, length)
     async for seg in segs:
         if seg.path is None:
-            out.append(seg.data)
+            out.append(bytes(seg.data))
         else:
             files += 1
             out.append(_pread(seg.path, seg.offset, seg.length))
@@ -285,3 +295,25 @@ async def test_an_unwritable_cache_directory_stops_the_open_naming_it(s3_locatio
     with pytest.raises((StorageError, OSError)) as info:
         await open_store(StoreConfig(tmp_path / "s", s3=s3_location, piece_cache_dir=where))
     assert str(where.parent) in str(info.value)
+
+
+async def test_fetches_grow_from_a_short_first_one_and_raw_runs_go_out_as_one_view(
+        s3_location: S3Location, tmp_path: Path) -> None:
+    data = _blob(6 << 20, seed=11)  # random: every piece stored raw
+    store, remote, counting = await _open(tmp_path / "s", s3_location)
+    try:
+        info = await store.put(data)
+        remote.cache = None
+        segs = [seg async for seg in store.segments(info.digest)]
+        # Fetches capped at 1, 2, 4 MiB: three ranged GETs, each handed out as one view
+        # of its buffer (not one segment per piece).
+        assert counting.reads == 3 == len(segs)
+        assert all(seg.path is None and isinstance(seg.data, memoryview) for seg in segs)
+        sizes = [seg.length for seg in segs]
+        assert sizes[0] <= 1 << 20 < sizes[1] <= 2 << 20 < sizes[2] <= 4 << 20
+        assert b"".join(bytes(seg.data or b"") for seg in segs) == data
+        # A range starting and ending inside pieces: the views are cut to it.
+        part = [bytes(seg.data or b"") async for seg in store.segments(info.digest, 12345, 3 << 20)]
+        assert b"".join(part) == data[12345 : 12345 + (3 << 20)]
+    finally:
+        await store.close()
