@@ -269,7 +269,12 @@ class _DirectWriter:
             self._check_open()
             self._wait_all()
             if self._staged:
-                self._write(self._views[self._cur], -(-self._staged // _ALIGN) * _ALIGN, self._disk)
+                padded = -(-self._staged // _ALIGN) * _ALIGN
+                view = self._views[self._cur]
+                # The padding is zeros, never what a reused buffer held before (the file
+                # is cut to its size next, but a crash in between would keep it).
+                view[self._staged:padded] = bytes(padded - self._staged)
+                self._write(view, padded, self._disk)
             try:
                 os.ftruncate(self._fd, self.size)
                 os.fdatasync(self._fd)

@@ -46,3 +46,31 @@ def test_a_closed_direct_writers_buffers_serve_the_next_writer(tmp_path: Path) -
     # is cut off), and the first one is intact.
     assert packs.size("aa02") == 5 and packs.read("aa02", 0, 5) == b"short"
     assert packs.read("aa01", 0, len(data)) == data
+
+
+def test_the_padding_of_a_reused_buffer_is_zeros_before_the_file_is_cut(
+        tmp_path: Path, monkeypatch: object) -> None:
+    """A crash between the padded write and the truncate keeps the padding: it must hold
+    none of the bytes another pack left in the reused buffer."""
+    import pytest
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    packs = FilesystemPacks(tmp_path / "packs")
+    STAGING.clear()
+    first = packs.create("bb01")
+    if not isinstance(first, pack_files._DirectWriter):
+        first.close()
+        raise AssertionError(f"{tmp_path} refuses O_DIRECT: this test needs a disk")
+    first.append(b"\xee" * (len(first._bufs[0]) * len(first._bufs) + 8192))  # all dirty
+    first.sync()
+    first.close()
+    second = packs.create("bb02")
+    monkeypatch.setattr(pack_files.os, "ftruncate", lambda fd, size: None)  # the "crash"
+    second.append(b"short")
+    second.sync()
+    (path,) = [p for p in (tmp_path / "packs").rglob("bb02*") if p.is_file()]
+    on_disk = path.read_bytes()  # what a crash here would leave
+    monkeypatch.undo()
+    second.close()
+    assert on_disk[:5] == b"short"
+    assert b"\xee" not in on_disk[5:]
