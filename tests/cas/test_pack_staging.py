@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from cas import pack_files
 from cas.pack_files import STAGING, FilesystemPacks, _StagingPool
 
@@ -49,12 +51,9 @@ def test_a_closed_direct_writers_buffers_serve_the_next_writer(tmp_path: Path) -
 
 
 def test_the_padding_of_a_reused_buffer_is_zeros_before_the_file_is_cut(
-        tmp_path: Path, monkeypatch: object) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash between the padded write and the truncate keeps the padding: it must hold
     none of the bytes another pack left in the reused buffer."""
-    import pytest
-
-    assert isinstance(monkeypatch, pytest.MonkeyPatch)
     packs = FilesystemPacks(tmp_path / "packs")
     STAGING.clear()
     first = packs.create("bb01")
