@@ -31,7 +31,7 @@ from .errors import StoreCorrupt
 from .frames import stream_kind
 from .ingest_checkpoints import IngestCheckpoints
 from .meta import Location
-from .pack_reads import hash_locations
+from .pack_reads import hash_locations, prefetch_locations
 
 if TYPE_CHECKING:
     from .digest import Hasher
@@ -91,6 +91,7 @@ class IngestAssembly(IngestCheckpoints):
             if loc.length != length:
                 raise PieceMissing(key.hex(), f"is {loc.length} bytes long, not {length}")
             locs.append(loc)
+        prefetch_locations(self._core, locs)  # read from the disk while earlier jobs run
         return _Reuse(pieces, set(found), locs)
 
     def _reuse_sync(self, reuse: _Reuse) -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .core import StoreCore
     from .digest import Hasher
 
-__all__ = ["READ_RUN", "hash_locations"]
+__all__ = ["READ_RUN", "hash_locations", "prefetch_locations"]
 
 # Bytes of pieces read in one call, at most (they are hashed while in the cache).
 READ_RUN = 4 << 20
@@ -34,6 +34,41 @@ READ_RUN = 4 << 20
 _KEPT = 4
 _spare: list[memoryview] = []
 _spare_lock = threading.Lock()
+
+
+def prefetch_locations(core: StoreCore, locs: Sequence[Location]) -> None:
+    """Ask the kernel to start reading the local packs' ranges of ``locs`` into the page
+    cache (``POSIX_FADV_WILLNEED``, which returns without waiting), so that the hashing
+    that follows finds them there. Packs are written with O_DIRECT, so the pieces of a
+    layer pulled earlier are on the disk only: read one run at a time, each read would
+    wait for the device. Best effort: errors are ignored (the hashing reports them)."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    runs: dict[str, list[list[int]]] = {}
+    for loc in locs:
+        if loc.pack is None or loc.data is not None or loc.codec != CODEC_RAW:
+            continue
+        spans = runs.setdefault(loc.pack, [])
+        if spans and spans[-1][1] == loc.offset:
+            spans[-1][1] = loc.offset + loc.stored
+        else:
+            spans.append([loc.offset, loc.offset + loc.stored])
+    for pack, spans in runs.items():
+        path = core.packs.local_path(pack)
+        if path is None:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            for start, end in spans:
+                advise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def hash_locations(core: StoreCore, hasher: Hasher, locs: Sequence[Location]) -> None:
