@@ -13,6 +13,16 @@ from cas import pack_files
 from cas.pack_files import STAGING, FilesystemPacks, _StagingPool
 
 
+def _direct_writer(packs: FilesystemPacks, name: str, where: Path) -> pack_files._DirectWriter:
+    """A fresh pack writer, after emptying the pool; it must be an O_DIRECT one."""
+    STAGING.clear()
+    writer = packs.create(name)
+    if not isinstance(writer, pack_files._DirectWriter):
+        writer.close()
+        raise AssertionError(f"{where} refuses O_DIRECT: this test needs a disk")
+    return writer
+
+
 def test_the_pool_keeps_at_most_keep_buffers_and_clear_unmaps_them() -> None:
     pool = _StagingPool(keep=2)
     bufs = [pool.take() for _ in range(3)]
@@ -29,11 +39,7 @@ def test_the_pool_keeps_at_most_keep_buffers_and_clear_unmaps_them() -> None:
 
 def test_a_closed_direct_writers_buffers_serve_the_next_writer(tmp_path: Path) -> None:
     packs = FilesystemPacks(tmp_path / "packs")
-    STAGING.clear()
-    first = packs.create("aa01")
-    if not isinstance(first, pack_files._DirectWriter):
-        first.close()
-        raise AssertionError(f"{tmp_path} refuses O_DIRECT: this test needs a disk")
+    first = _direct_writer(packs, "aa01", tmp_path)
     used = {id(b) for b in first._bufs}
     data = os.urandom((5 << 20) + 123)  # fills and writes several staging buffers
     first.append(data)
@@ -55,11 +61,7 @@ def test_the_padding_of_a_reused_buffer_is_zeros_before_the_file_is_cut(
     """A crash between the padded write and the truncate keeps the padding: it must hold
     none of the bytes another pack left in the reused buffer."""
     packs = FilesystemPacks(tmp_path / "packs")
-    STAGING.clear()
-    first = packs.create("bb01")
-    if not isinstance(first, pack_files._DirectWriter):
-        first.close()
-        raise AssertionError(f"{tmp_path} refuses O_DIRECT: this test needs a disk")
+    first = _direct_writer(packs, "bb01", tmp_path)
     first.append(b"\xee" * (len(first._bufs[0]) * len(first._bufs) + 8192))  # all dirty
     first.sync()
     first.close()
