@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +34,7 @@ import zstandard
 from pyfastcdc import FastCDC
 
 from bench.data import chunked_layer
-from bench.pybuild_cli import pybuild_argv, pybuild_env
+from bench.pybuild_cli import pybuild_argv, pybuild_env, timed_run
 from bench.report import Measurement
 from testkit.images import Layer, make_image, write_oci_layout
 from testkit.registries import RegistryProcess, distribution_argv
@@ -80,16 +78,6 @@ FORMATS: dict[str, Callable[[bytes], Layer] | None] = {
 }
 
 
-def _run(argv: list[str], env: dict[str, str] | None = None) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800,
-                          stdin=subprocess.DEVNULL, check=False)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"`{' '.join(argv)}` exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return elapsed
-
-
 def _allocated(root: Path) -> int:
     seen: set[tuple[int, int]] = set()
     total = 0
@@ -118,7 +106,7 @@ def _layouts(workdir: Path, tars: dict[str, list[bytes]]) -> dict[str, tuple[Pat
     chunked = workdir / _slug("zstd:chunked")
     sizes = []
     for tag in ("v1", "v2"):
-        _run(["skopeo", "copy", "--dest-compress-format", "zstd:chunked",
+        timed_run(["skopeo", "copy", "--dest-compress-format", "zstd:chunked",
               f"oci:{gzip_layout}:{tag}", f"oci:{chunked}:{tag}"])
         sizes.append(_layer_bytes(chunked, tag))
     out["zstd:chunked"] = (chunked, sizes[0], sizes[1])
@@ -150,22 +138,22 @@ def bench_formats(workdir: Path, tars: dict[str, list[bytes]], *, repeats: int =
         for name, (layout, _, v2_bytes) in layouts.items():
             repo = _slug(name)
             for tag in ("v1", "v2"):
-                _run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
+                timed_run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
                       f"docker://{running.ref(repo, tag)}"])
             times: dict[str, list[float]] = {"skopeo": [], "pybuild": []}
             for attempt in range(repeats):
                 dest, store = workdir / f"{repo}-skopeo", workdir / f"{repo}-store{attempt}"
                 os.sync()
-                times["skopeo"].append(_run(["skopeo", "copy", "--src-tls-verify=false",
+                times["skopeo"].append(timed_run(["skopeo", "copy", "--src-tls-verify=false",
                                              f"docker://{running.ref(repo, 'v1')}",
                                              f"oci:{dest}:v1"]))
                 shutil.rmtree(dest, ignore_errors=True)
                 os.sync()
-                times["pybuild"].append(_run(pybuild_argv("pull", "-q", "--storage", str(store),
+                times["pybuild"].append(timed_run(pybuild_argv("pull", "-q", "--storage", str(store),
                                                           running.ref(repo, "v1")), pybuild_env()))
                 if attempt == 0:
                     before = _allocated(store)
-                    _run(pybuild_argv("pull", "-q", "--storage", str(store),
+                    timed_run(pybuild_argv("pull", "-q", "--storage", str(store),
                                       running.ref(repo, "v2")), pybuild_env())
                     kept[name] = (_allocated(store) - before) / v2_bytes
                 shutil.rmtree(store, ignore_errors=True)

@@ -10,9 +10,10 @@ import functools
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-__all__ = ["ROOT", "has_command", "missing_reason", "pybuild_argv", "pybuild_env"]
+__all__ = ["ROOT", "has_command", "missing_reason", "pybuild_argv", "pybuild_env", "timed_run"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,3 +59,14 @@ def has_command(name: str) -> bool:
 def missing_reason(name: str) -> str:
     return (f"`python3 -m builder {name}` does not exist yet in this checkout; "
             "pybuild's side runs as soon as it does")
+
+
+def timed_run(argv: list[str], env: dict[str, str] | None = None) -> float:
+    """Seconds ``argv`` took; RuntimeError with the end of its stderr when it failed."""
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800,
+                          stdin=subprocess.DEVNULL, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(argv)}` exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return elapsed

@@ -27,7 +27,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.pybuild_cli import ROOT, pybuild_argv, pybuild_env
+from bench.pybuild_cli import ROOT, pybuild_argv, pybuild_env, timed_run
 from bench.report import Measurement
 from testkit.docker_engine import start_dockerd, stop_dockerd
 from testkit.registries import RunningRegistry, distribution_argv, wait_for_v2
@@ -128,16 +128,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _timed(argv: list[str], env: dict[str, str] | None = None) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800,
-                          stdin=subprocess.DEVNULL, check=False)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"`{' '.join(argv)}` exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return elapsed
-
-
 def _pulls(pull: Callable[[str], float]) -> tuple[float, float]:
     os.sync()
     cold = pull("v1")
@@ -162,27 +152,27 @@ def bench_shaped(workdir: Path, layout: Path) -> list[Measurement]:
             r.addr for r in (dist, own, *targets.values()))
         for served in (dist, own):
             for tag in ("v1", "v2"):
-                _timed(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
+                timed_run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
                         f"docker://{served.ref(REPO, tag)}"])
         link.shape()
 
         dest = base / "skopeo-dest"
-        pulls["skopeo"] = _pulls(lambda tag: _timed(
+        pulls["skopeo"] = _pulls(lambda tag: timed_run(
             ["skopeo", "copy", "--src-tls-verify=false", f"docker://{dist.ref(REPO, tag)}",
              f"oci:{dest}:{tag}"]))
-        pushes["skopeo"] = _push_v2(lambda tag: _timed(
+        pushes["skopeo"] = _push_v2(lambda tag: timed_run(
             ["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
              f"docker://{targets['skopeo'].ref(REPO, tag)}"]))
         for tool, served in (("pybuild", dist), ("pybuild+serve", own)):
             storage = base / f"{tool}-store"
 
             def pull(tag: str, served: RunningRegistry = served, storage: Path = storage) -> float:
-                return _timed(pybuild_argv("pull", "-q", "--storage", str(storage),
+                return timed_run(pybuild_argv("pull", "-q", "--storage", str(storage),
                                            served.ref(REPO, tag)), env)
 
             def push(tag: str, served: RunningRegistry = served, storage: Path = storage,
                      tool: str = tool) -> float:
-                return _timed(pybuild_argv("push", "-q", "--storage", str(storage),
+                return timed_run(pybuild_argv("push", "-q", "--storage", str(storage),
                                            served.ref(REPO, tag), targets[tool].ref(REPO, tag)), env)
 
             pulls[tool] = _pulls(pull)
