@@ -32,7 +32,7 @@ from builder.sandbox.userns import (
     subordinate_ranges,
 )
 from testkit.rootfs import make_busybox_rootfs
-from testkit.tools import require_tool
+from testkit.tools import require_root, require_tool
 from testkit.users import SystemUser, python_for, temporary_user
 from tests.builder.build.conftest import TESTFILES, write_base_layout
 
@@ -43,9 +43,7 @@ EPOCH = "1700000000"
 @pytest.fixture(scope="module")
 def workspace() -> Iterator[Path]:
     """A directory both root and the test user can read (pytest's tmp dirs are 0700)."""
-    if os.geteuid() != 0:
-        pytest.skip("creates a user: run as root") if not os.environ.get("CI") else \
-            pytest.fail("the rootless tests create a user: CI runs as root")
+    require_root("the rootless tests create a user")
     ws = Path(tempfile.mkdtemp(prefix="pybuild-rootless-"))
     os.chmod(ws, 0o755)
     try:
