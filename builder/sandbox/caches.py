@@ -34,10 +34,12 @@ def cache_root(cache_dir: Path, cache_id: str) -> Path:
 
 def _instance(root: Path, index: int, mount: CacheMount) -> Path:
     path = root / str(index)
-    if not path.is_dir():
+    try:
         path.mkdir(mode=0o700)
-        os.chown(path, mount.uid, mount.gid)
-        os.chmod(path, mount.mode)
+    except FileExistsError:  # made before, or by a build running beside this one
+        return path
+    os.chown(path, mount.uid, mount.gid)
+    os.chmod(path, mount.mode)
     return path
 
 
