@@ -355,8 +355,13 @@ class S3Packs:
         """A presigned GET URL (valid ``expires`` seconds) of the segment that holds
         exactly the pack's bytes ``[offset, offset+length)``, or None when no one object
         does."""
-        if (offset, length) not in self._cached(name):
-            return None
+        segs = self._cached(name)
+        if (offset, length) not in segs:
+            if segs and offset < max(s + n for s, n in segs):
+                return None  # inside what this replica has seen: not one object
+            # Past the end this replica last listed: another writer may have sealed it since.
+            if (offset, length) not in self._list(name):
+                return None
         url: str = self._call(f"signing a URL for pack {name}", obstore.sign, self.store, "GET",
                               self.key(name, offset), timedelta(seconds=expires))
         return url

@@ -121,6 +121,25 @@ def test_a_large_segment_goes_up_by_multipart_and_reads_back(radosgw: RadosGatew
     assert packs.size("aa11") == len(data)
 
 
+def test_a_replica_that_listed_a_pack_earlier_still_signs_its_newer_segments(
+        s3_location: S3Location) -> None:
+    # Replicas share packs: one writes segment after segment into a pack that another
+    # listed before the newest was sealed. That one must not call the newest "not one
+    # object" from its old list (its blob GETs would stream instead of redirecting).
+    writer, other = S3Packs(s3_location), S3Packs(s3_location)
+    w = writer.create("bb22")
+    w.append(b"first segment")
+    w.sync()
+    assert other.read("bb22", 0, 5) == b"first"  # the other replica lists the pack now
+    start = w.append(b"second segment, sealed later")
+    w.sync()
+    url = other.presign("bb22", start, 28, 60)
+    assert url is not None and "X-Amz-Signature=" in url
+    # Within what it has listed, a range that is no one object is still refused.
+    assert other.presign("bb22", 0, 5, 60) is None
+    assert other.presign("bb22", start, 27, 60) is None
+
+
 def test_compaction_gives_space_back_and_keeps_live_bytes_for_a_stale_reader(
         radosgw: RadosGateway, s3_location: S3Location) -> None:
     writer_side, reader_side = S3Packs(s3_location), S3Packs(s3_location)  # two processes
