@@ -63,16 +63,23 @@ class IngestPieces:
         if compressible is None:
             compressible = not self._cutter.compressed
         fresh: dict[bytes, Location | None] = {}  # None: to be appended to the pack
-        packed: list[tuple[bytes, int, bytes | memoryview, int]] = []
+        encoded: list[tuple[bytes, int, bytes | memoryview, int]] = []
         for view, key in keyed:
             if key in found or key in self._new or key in self._held or key in fresh:
                 continue
             data, codec = self._encode(view, compressible)
-            if len(data) <= INLINE_MAX:
-                fresh[key] = Location(key, len(view), len(data), codec, None, 0, bytes(data))
+            fresh[key] = None
+            encoded.append((key, len(view), data, codec))
+        # A small piece of a blob whose other pieces go to a pack (its tail, mostly) goes
+        # there too: the blob stays one run of its pack (one read; in S3 one object that
+        # a GET can be redirected to).
+        packing = self._writer is not None or any(len(e[2]) > INLINE_MAX for e in encoded)
+        packed: list[tuple[bytes, int, bytes | memoryview, int]] = []
+        for key, length, data, codec in encoded:
+            if len(data) <= INLINE_MAX and not packing:
+                fresh[key] = Location(key, length, len(data), codec, None, 0, bytes(data))
             else:
-                fresh[key] = None
-                packed.append((key, len(view), data, codec))
+                packed.append((key, length, data, codec))
         if packed:
             if self._writer is None:
                 self._writer = self._core.new_pack(self.id)

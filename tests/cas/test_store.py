@@ -512,3 +512,34 @@ async def test_lookups_do_not_wait_for_a_commit_in_progress(store: Store) -> Non
         reader.join(10)
         assert not reader.is_alive()
     assert result[0] == {} and result[1] is not None
+
+
+async def test_a_blob_with_a_tiny_last_piece_stays_one_run_of_its_pack(tmp_path: Path) -> None:
+    from cas.ingest_pieces import INLINE_MAX
+    from cas.meta import decode_recipe
+
+    def layout(store: Store, digest: Digest) -> list[tuple[bytes, int]]:
+        row = store.meta.blob(str(digest))
+        assert row is not None
+        return decode_recipe(row[1])
+
+    # Cut a random blob once to learn where its content-defined boundaries fall, then
+    # store (in a fresh store) a prefix ending a few bytes past one: a tiny last piece.
+    data = os.urandom(2 << 20)
+    async with await Store.open(tmp_path / "probe") as probe:
+        pieces = layout(probe, (await probe.put(data)).digest)
+    assert len(pieces) >= 3
+    cut = sum(n for _, n in pieces[:-1]) + 100
+    async with await Store.open(tmp_path / "store") as store:
+        digest = (await store.put(data[:cut])).digest
+        recipe = layout(store, digest)
+        assert recipe[-1][1] == 100 <= INLINE_MAX
+        locs = store.meta.locations([k for k, _ in recipe])
+        # Every piece in the one pack, back to back: the blob is one contiguous run.
+        assert {locs[k].pack for k, _ in recipe} == {locs[recipe[0][0]].pack} != {None}
+        ends = [locs[k].offset + locs[k].stored for k, _ in recipe]
+        assert [locs[k].offset for k, _ in recipe[1:]] == ends[:-1]
+        assert await store.read_bytes(digest) == data[:cut]
+        # A blob small enough to be one piece still lives in the metadata, not a pack.
+        small = (await store.put(b"tiny config")).digest
+        assert store.meta.locations([k for k, _ in layout(store, small)]).popitem()[1].pack is None
