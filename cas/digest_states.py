@@ -30,11 +30,12 @@ import functools
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
 
-__all__ = ["STEP", "Sha256", "available", "forget_states", "load_state", "save_states"]
+__all__ = ["STEP", "Sha256", "available", "load_state", "save_states", "sweep_states"]
 
 #: Bytes between two kept states.
 STEP = 1 << 20
@@ -180,9 +181,19 @@ def load_state(root: Path, encoded: str, upto: int) -> tuple[int, bytes, list[by
     return n * step, states[-1], states
 
 
-def forget_states(root: Path, encoded: str) -> None:
-    """Remove the states of a blob that is gone (best effort)."""
+def sweep_states(root: Path, kept: Callable[[str], bool]) -> int:
+    """Remove the state files of blobs that are gone (``kept(encoded)`` False), and
+    files a writer left half-made; how many were removed (best effort)."""
+    removed = 0
     try:
-        _path(root, encoded).unlink()
+        names = os.listdir(root / "states")
     except OSError:
-        pass
+        return 0
+    for name in names:
+        if name.startswith(".") or not kept(name):
+            try:
+                (root / "states" / name).unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed

@@ -172,3 +172,13 @@ async def test_a_store_without_states_hashes_everything(store: Store) -> None:
     assert await ing.hash_from(_sha(data), len(data)) == 0
     await ing.reuse_pieces([(k, ln) for k, _, ln in pieces])
     assert (await ing.commit(_sha(data))).digest == _sha(data)
+
+
+async def test_gc_removes_the_states_of_blobs_it_removes(kept: Store) -> None:
+    gone, _ = await _old(kept)
+    stays, _ = await _old(kept)
+    await kept.link("keep", _sha(stays))
+    (kept.root / "states" / ".half-made.tmp").write_bytes(b"x")
+    await kept.gc(grace=0)
+    assert await kept.stat(_sha(gone)) is None
+    assert sorted(os.listdir(kept.root / "states")) == [_sha(stays).encoded]
