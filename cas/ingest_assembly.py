@@ -15,9 +15,9 @@ work. An *assembled* ingest takes the blob as a sequence of pieces instead of by
 The OCI digest is computed over every byte in order, as for a cut ingest (or, after
 :meth:`Ingest.hash_from`, from a kept SHA-256 state of a blob the new one begins as:
 :mod:`cas.digest_states`), and the commit still verifies it (and the size): a wrong
-or hostile recipe can make the commit fail, never commit wrong bytes. An ingest is either cut (``write``/``receive``) or
-assembled, never both; an assembled ingest is not checkpointed (the pull that uses it
-fetches little, and starts again when it breaks off).
+or hostile recipe can make the commit fail, never commit wrong bytes. An ingest is either
+cut (``write``/``receive``) or assembled, never both; an assembled ingest is not
+checkpointed (the pull that uses it fetches little, and starts again when it breaks off).
 
 :class:`IngestAssembly` is this part of :class:`~cas.ingest.Ingest` (its base class);
 its methods run on worker threads.
@@ -176,14 +176,15 @@ class IngestAssembly(IngestCheckpoints):
 
     def _blob_digest(self, expected: Digest | None) -> Digest:
         """The blob's digest. One started from a kept state is computed again from every
-        byte when the blob does not begin with the pieces that state stands for, or when
-        it is not ``expected`` (a damaged state file costs time, not a false failure)."""
+        byte when the blob does not begin with the pieces that state stands for, when it
+        is not ``expected`` (a damaged state file costs time, not a false failure), or
+        when nothing is expected (nothing else would check the state)."""
         actual = Digest(self.algorithm, self._hasher.hexdigest())
         resumed = self._resumed
         if resumed is None:
             return actual
-        if (self._recipe[:len(resumed.pieces)] != resumed.pieces
-                or (expected is not None and actual != expected)):
+        if (expected is None or actual != expected
+                or self._recipe[:len(resumed.pieces)] != resumed.pieces):
             self._resumed = None
             return self._rehash(self.algorithm)
         return actual

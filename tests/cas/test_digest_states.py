@@ -31,15 +31,20 @@ async def kept(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 def _spy_hashed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Bytes of held pieces read for digests, from now on."""
-    hashed = [0]
-    real = assembly.hash_locations
+    """[bytes of held pieces read for digests, digests computed again in full], from now on."""
+    hashed = [0, 0]
+    real, rehash = assembly.hash_locations, assembly.IngestAssembly._rehash
 
     def spy(core: Any, hasher: Any, locs: Any) -> None:
         hashed[0] += sum(loc.length for loc in locs)
         real(core, hasher, locs)
 
+    def spy_rehash(self: Any, algorithm: str) -> Digest:
+        hashed[1] += 1
+        return rehash(self, algorithm)
+
     monkeypatch.setattr(assembly, "hash_locations", spy)
+    monkeypatch.setattr(assembly.IngestAssembly, "_rehash", spy_rehash)
     return hashed
 
 
@@ -107,8 +112,9 @@ async def test_a_blob_that_begins_as_another_hashes_from_its_state(
     info = await ing.commit(_sha(blob), size=len(blob))
     assert info.digest == _sha(blob)
     assert await kept.read_bytes(info.digest) == blob
-    # Held pieces were read from the state's offset on only.
+    # Held pieces were read from the state's offset on only, and only once.
     assert hashed[0] <= len(data) - shared // STEP * STEP
+    assert hashed[1] == 0
     # The new blob's states are kept too, all of them right.
     whole = Sha256()
     whole.update(blob)
@@ -117,10 +123,11 @@ async def test_a_blob_that_begins_as_another_hashes_from_its_state(
     assert (await kept.fsck()).ok
 
 
-async def test_a_wrong_claim_is_hashed_in_full(kept: Store) -> None:
+async def test_a_wrong_claim_is_hashed_in_full(kept: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """hash_from names a blob the pieces do not begin as: the commit notices and hashes
     every byte; the right digest commits, a wrong one never does."""
     data, pieces = await _old(kept)
+    hashed = _spy_hashed(monkeypatch)
     n = _prefix(pieces, 3 * STEP)
     blob = data[pieces[1][1]:]  # the same pieces but the first
     for expected, ok in ((_sha(data[:100] + blob), False), (_sha(blob), True)):
@@ -133,7 +140,18 @@ async def test_a_wrong_claim_is_hashed_in_full(kept: Store) -> None:
             with pytest.raises(DigestMismatch):
                 await ing.commit(expected, size=len(blob))
             assert await kept.stat(expected) is None
+    assert hashed[1] == 2
     assert await kept.read_bytes(_sha(blob)) == blob
+
+
+async def test_nothing_expected_is_hashed_in_full(kept: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, pieces = await _old(kept)
+    hashed = _spy_hashed(monkeypatch)
+    ing = await kept.begin_ingest()
+    assert await ing.hash_from(_sha(data), len(data)) == len(data) // STEP * STEP
+    await ing.reuse_pieces([(k, ln) for k, _, ln in pieces])
+    assert (await ing.commit()).digest == _sha(data)
+    assert hashed[1] == 1
 
 
 async def test_a_wrong_state_costs_time_not_a_wrong_answer(kept: Store) -> None:
