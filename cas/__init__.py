@@ -24,7 +24,7 @@ Layering of the store's modules (an arrow is "imports"; nothing imports back up)
     known recipe, for piece-level pushes) builds on cas.ingest_pieces too.
 
     leaves: cas.blobs (BlobInfo, Piece, Recipe, Segment, IngestInfo), cas.digest,
-            cas.errors, cas.units, cas.holders
+            cas.digest_states (kept SHA-256 states), cas.errors, cas.units, cas.holders
 
 Open a store with ``await open_store(StoreConfig.at(storage))``. ``Store``, ``Ingest`` and
 maintenance share one ``StoreCore``; none of them reaches into another. The metadata

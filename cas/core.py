@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import zstandard
 
 from .chunker import ChunkParams
+from .digest_states import available as digest_states_available
 from .errors import StoreClosed, StoreCorrupt, mapped_error
 from .location import StoreConfig
 from .meta import CODEC_ZSTD, Location, Metadata
@@ -97,6 +98,8 @@ class StoreCore:
         self._dctx = zstandard.ZstdDecompressor()
         #: Fetching and caching of pieces, when the packs are not local files (S3).
         self.remote: RemoteReader | None = None
+        #: Keep and use SHA-256 states of committed blobs (:mod:`cas.digest_states`).
+        self.digest_states = False
 
     @classmethod
     async def open(cls, config: StoreConfig) -> StoreCore:
@@ -123,6 +126,7 @@ class StoreCore:
                     raise mapped_error(exc, root) from exc
                 raise
             core = cls(root, meta, packs, config.chunk_params or ChunkParams(), config.workers)
+            core.digest_states = config.digest_states and digest_states_available()
             if getattr(packs, "remote", False):
                 try:
                     core.remote = _remote_reader(config, packs)

@@ -41,6 +41,7 @@ from .blobs import BlobInfo, IngestInfo
 from .chain import JobChain
 from .chunker import Cutter
 from .digest import Digest, Hasher, new_hasher
+from .digest_states import Sha256
 from .errors import (
     DigestMismatch,
     IngestUnknown,
@@ -48,7 +49,7 @@ from .errors import (
     StorageError,
     mapped_error,
 )
-from .ingest_assembly import IngestAssembly, PieceMissing
+from .ingest_assembly import IngestAssembly, PieceMissing, Resumed
 from .ingest_pieces import INLINE_MAX
 from .meta import IngestRow, Location
 
@@ -85,7 +86,9 @@ class Ingest(IngestAssembly):
         self.id = ingest_id
         self.algorithm = algorithm
         self.offset = 0  # bytes received
-        self._hasher: Hasher = new_hasher(algorithm)
+        self._hasher: Hasher = (Sha256() if core.digest_states and algorithm == "sha256"
+                                else new_hasher(algorithm))
+        self._resumed: Resumed | None = None  # the digest started from a kept state
         self._cutter = Cutter(core.chunk_params)
         self._lock = asyncio.Lock()
         self._pending: list[bytes] = []
@@ -203,6 +206,17 @@ class Ingest(IngestAssembly):
             await self._queue_assembly(self._append_sync, list(pieces),
                                        sum(len(p) for p in pieces))
 
+    async def hash_from(self, blob: Digest, upto: int) -> int:
+        """Before any piece: the pieces to come begin as those of the committed ``blob``,
+        up to byte ``upto``. The digest then starts from ``blob``'s last kept state at or
+        before ``upto`` (:mod:`cas.digest_states`): bytes before it are not read again.
+        Returns that state's offset (0: none kept). The commit checks the claim."""
+        async with self._lock:
+            self._begin_assembly()
+            if self.offset or not isinstance(self._hasher, Sha256):
+                return 0
+            return await self._run(self._resume_sync, blob, upto)
+
     async def reuse_pieces(self, pieces: list[tuple[str, int]]) -> None:
         """Append pieces the store holds, by (hex key, length): held, and read only for
         the digest. :class:`PieceMissing` (nothing appended) for one it does not hold."""
@@ -272,11 +286,10 @@ class Ingest(IngestAssembly):
             try:
                 await self._flush()
                 await self._settle(len(self._inflight))
-                await self._run(self._finish_cut)
+                actual = await self._run(self._finish_cut, expected)
             except BaseException:
                 await self._abort_locked()
                 raise
-            actual = Digest(self.algorithm, self._hasher.hexdigest())
             try:
                 if size is not None and size != self.offset:
                     raise SizeMismatch(size, self.offset)
@@ -433,31 +446,18 @@ class Ingest(IngestAssembly):
             self.offset += n
         return got
 
-    def _finish_cut(self) -> None:
+    def _finish_cut(self, expected: Digest | None) -> Digest:
         pieces = self._cutter.finish()
         if pieces:
             self._store_pieces(pieces)
-
-
-    def _rehash(self, algorithm: str) -> Digest:
-        if self._writer is not None:
-            self._writer.sync()  # our pieces are readable once synced
-        h = new_hasher(algorithm)
-        for key, _ in self._recipe:
-            h.update(self._read_own(key))
-        return Digest(algorithm, h.hexdigest())
-
-    def _read_own(self, key: bytes) -> bytes:
-        loc = self._new.get(key)
-        if loc is None:
-            loc = self._core.meta.locations([key])[key]
-        return self._core.load(loc)
+        return self._blob_digest(expected)
 
     def _commit_sync(self, digest: str, link: str | None) -> None:
         if self._writer is not None:
             self._writer.sync()
         self._core.meta.commit_blob(self.id, digest, self.offset, self._recipe, self._new, link)
         self._closed = True
+        self._keep_states(digest)
         self._cutter.release()
         if self._writer is not None:
             self._writer.close()

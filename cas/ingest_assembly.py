@@ -12,11 +12,12 @@ work. An *assembled* ingest takes the blob as a sequence of pieces instead of by
   held (GC cannot take them before the commit) and their bytes are read only to go into
   the blob's digest: runs of them that lie end to end in one pack are read in one call.
 
-The OCI digest is computed over every byte in order, as for a cut ingest, and the
-commit still verifies it (and the size): a wrong or hostile recipe can make the commit
-fail, never commit wrong bytes. An ingest is either cut (``write``/``receive``) or
-assembled, never both; an assembled ingest is not checkpointed (the pull that uses it
-fetches little, and starts again when it breaks off).
+The OCI digest is computed over every byte in order, as for a cut ingest (or, after
+:meth:`Ingest.hash_from`, from a kept SHA-256 state of a blob the new one begins as:
+:mod:`cas.digest_states`), and the commit still verifies it (and the size): a wrong
+or hostile recipe can make the commit fail, never commit wrong bytes. An ingest is either
+cut (``write``/``receive``) or assembled, never both; an assembled ingest is not
+checkpointed (the pull that uses it fetches little, and starts again when it breaks off).
 
 :class:`IngestAssembly` is this part of :class:`~cas.ingest.Ingest` (its base class);
 its methods run on worker threads.
@@ -24,19 +25,22 @@ its methods run on worker threads.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .digest import Digest, new_hasher
+from .digest_states import Sha256, load_state, save_states
 from .errors import StoreCorrupt
 from .frames import stream_kind
 from .ingest_checkpoints import IngestCheckpoints
-from .meta import Location
+from .meta import Location, decode_recipe
 from .pack_reads import hash_locations, prefetch_locations
 
 if TYPE_CHECKING:
     from .digest import Hasher
 
-__all__ = ["IngestAssembly", "PieceMissing"]
+__all__ = ["IngestAssembly", "PieceMissing", "Resumed"]
 
 
 class PieceMissing(StoreCorrupt):
@@ -47,6 +51,16 @@ class PieceMissing(StoreCorrupt):
     def __init__(self, key: str, why: str) -> None:
         super().__init__(f"piece {key} {why}")
         self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """The digest was started from ``source``'s kept state after ``offset`` bytes, which
+    ``pieces`` (the source's first pieces, by key and length) cover."""
+
+    source: str
+    offset: int
+    pieces: list[tuple[bytes, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +75,16 @@ class IngestAssembly(IngestCheckpoints):
     attributes."""
 
     offset: int
+    algorithm: str
     _hasher: Hasher
+    _resumed: Resumed | None
+    _fed: int = 0  # bytes of the blob the digest jobs have passed (hashed or resumed)
 
     def _append_sync(self, pieces: list[bytes | bytearray | memoryview]) -> None:
         for p in pieces:
-            self._hasher.update(p)
+            skip = self._skip(len(p))
+            if skip < len(p):
+                self._hasher.update(memoryview(p)[skip:] if skip else p)
         # Each piece stays whole: the cutter is not asked. Frames of a compressed layer
         # (each piece one frame, starting with its magic) are not worth compressing again.
         views = [memoryview(p) for p in pieces]
@@ -91,14 +110,15 @@ class IngestAssembly(IngestCheckpoints):
             if loc.length != length:
                 raise PieceMissing(key.hex(), f"is {loc.length} bytes long, not {length}")
             locs.append(loc)
-        prefetch_locations(self._core, locs)  # read from the disk while earlier jobs run
+        # Read from the disk while earlier jobs run (not what the resumed digest covers).
+        prefetch_locations(self._core, self._after_resumed(locs))
         return _Reuse(pieces, set(found), locs)
 
     def _reuse_sync(self, reuse: _Reuse) -> None:
         """Feed held pieces to the digest and the recipe (a job of the ingest's chain)."""
         if self._writer is not None and any(loc.pack == self._writer.name for loc in reuse.locs):
             self._writer.sync()
-        self._hash_locations(reuse.locs)
+        self._hash_reused(reuse.locs)
         first = self._seq
         for i, (key, length) in enumerate(reuse.pieces):
             if key in reuse.found:
@@ -107,6 +127,91 @@ class IngestAssembly(IngestCheckpoints):
                 self._unsaved.append((first + i, key, length, self._new.get(key)))
             self._recipe.append((key, length))
         self._seq += len(reuse.pieces)
+
+    def _hash_reused(self, locs: list[Location]) -> None:
+        """Feed held pieces to the digest, but for the bytes its kept state covers."""
+        i = 0
+        while i < len(locs) and self._resumed is not None and self._fed < self._resumed.offset:
+            skip = self._skip(locs[i].length)
+            if skip < locs[i].length:
+                self._hasher.update(memoryview(self._core.load(locs[i]))[skip:])
+            i += 1
+        self._fed += sum(loc.length for loc in locs[i:])
+        self._hash_locations(locs[i:])
+
+    def _skip(self, n: int) -> int:
+        """Of the blob's next ``n`` bytes, how many the resumed digest covers."""
+        pos, self._fed = self._fed, self._fed + n
+        if self._resumed is None or pos >= self._resumed.offset:
+            return 0
+        return min(n, self._resumed.offset - pos)
+
+    def _after_resumed(self, locs: list[Location]) -> list[Location]:
+        """``locs`` (of pieces from byte :attr:`offset` on) but those the resumed digest covers."""
+        if self._resumed is None:
+            return locs
+        pos, out = self.offset, []
+        for loc in locs:
+            if pos + loc.length > self._resumed.offset:
+                out.append(loc)
+            pos += loc.length
+        return out
+
+    def _resume_sync(self, blob: Digest, upto: int) -> int:
+        row = self._core.meta.blob(str(blob)) if blob.algorithm == "sha256" else None
+        found = None if row is None else load_state(self._core.root, blob.encoded, min(upto, row[0]))
+        if row is None or found is None:
+            return 0
+        offset, state, before = found
+        pieces: list[tuple[bytes, int]] = []
+        pos = 0
+        for key, length in decode_recipe(row[1]):
+            if pos >= offset:
+                break
+            pieces.append((key, length))
+            pos += length
+        self._hasher = Sha256(offset=offset, state=state, before=before)
+        self._resumed = Resumed(str(blob), offset, pieces)
+        return offset
+
+    def _blob_digest(self, expected: Digest | None) -> Digest:
+        """The blob's digest. One started from a kept state is computed again from every
+        byte when the blob does not begin with the pieces that state stands for, when it
+        is not ``expected`` (a damaged state file costs time, not a false failure), or
+        when nothing is expected (nothing else would check the state)."""
+        actual = Digest(self.algorithm, self._hasher.hexdigest())
+        resumed = self._resumed
+        if resumed is None:
+            return actual
+        if (expected is None or actual != expected
+                or self._recipe[:len(resumed.pieces)] != resumed.pieces):
+            self._resumed = None
+            return self._rehash(self.algorithm)
+        return actual
+
+    def _rehash(self, algorithm: str) -> Digest:
+        if self._writer is not None:
+            self._writer.sync()  # our pieces are readable once synced
+        h = (Sha256() if self._core.digest_states and algorithm == "sha256"
+             else new_hasher(algorithm))
+        for key, _ in self._recipe:
+            h.update(self._read_own(key))
+        if algorithm == self.algorithm:
+            self._hasher = h
+        return Digest(algorithm, h.hexdigest())
+
+    def _read_own(self, key: bytes) -> bytes:
+        loc = self._new.get(key)
+        if loc is None:
+            loc = self._core.meta.locations([key])[key]
+        return self._core.load(loc)
+
+    def _keep_states(self, digest: str) -> None:
+        """Keep the committed blob's SHA-256 states, if the store keeps them (best effort)."""
+        algorithm, _, encoded = digest.partition(":")
+        if isinstance(self._hasher, Sha256) and algorithm == "sha256":
+            with contextlib.suppress(OSError):
+                save_states(self._core.root, encoded, self._hasher.states)
 
     def _hash_locations(self, locs: list[Location]) -> None:
         """Feed the pieces' bytes to the digest, in runs (:func:`~cas.pack_reads.hash_locations`)."""

@@ -53,6 +53,9 @@ class StoreConfig:
       ``root/cache/pieces``); None: 10 GiB or half the free space, whichever is less;
       0: no cache. ``read_ahead``: ranged reads of such packs one blob read keeps in
       flight (:mod:`cas.remote_read`).
+    - ``digest_states``: keep the SHA-256 state of every sha256 blob committed, every
+      MiB (:mod:`cas.digest_states`, ``root/states``), so that a blob committed from a
+      recipe that begins as one of them hashes only from where they part.
     """
 
     root: Path
@@ -65,6 +68,7 @@ class StoreConfig:
     piece_cache_bytes: int | None = None
     piece_cache_dir: Path | None = None
     read_ahead: int = 8
+    digest_states: bool = False
 
     @classmethod
     def at(cls, storage: Path | str | None, *, workers: int = 8, direct_io: bool = True,

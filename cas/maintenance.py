@@ -22,6 +22,7 @@ import blake3
 
 from .compaction import compact_packs
 from .digest import Digest, new_hasher
+from .digest_states import sweep_states
 from .errors import CasError
 from .meta import Metadata, decode_recipe
 from .pack_select import check_packs_here
@@ -90,6 +91,8 @@ def collect_garbage(core: StoreCore, grace: float, compact_all: bool = False) ->
     blobs = 0
     while n := meta.collect_blobs(time.time() - grace):
         blobs += n
+    # The SHA-256 states kept for blobs that are gone (cas.digest_states).
+    sweep_states(core.root, lambda encoded: meta.blob(f"sha256:{encoded}") is not None)
     pieces = freed = 0
     while True:
         n, b = meta.collect_pieces()

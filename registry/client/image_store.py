@@ -121,7 +121,7 @@ class ImageStore:
         root = Path(root) if root is not None else (store.root if store else default_storage_dir())
         owns = store is None
         if store is None:
-            store = await open_store(StoreConfig(root, workers=_WORKERS))
+            store = await open_store(StoreConfig(root, workers=_WORKERS, digest_states=True))
 
         path = root / "images.db"
 

@@ -185,7 +185,10 @@ async def _fill(
             if have and start == 0:  # a fresh ingest: commit from the recipe
                 plan = plan_assembly(pieces, desc.size, have, options.part_size)
                 if plan is not None:
-                    await assemble(client, images, src, desc, sink, plan, options, fetched)
+                    if callable(sources):
+                        sources = await sources()
+                    await assemble(client, images, src, desc, sink, plan, options, fetched,
+                                   sources)
                     return
             if have:  # with nothing local, one stream beats many small Range requests
                 if callable(sources):

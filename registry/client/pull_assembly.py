@@ -9,6 +9,12 @@ The store computes the blob's digest over every byte, in order, on its worker th
 while the next Range requests are under way, and the commit verifies it: a recipe that
 lies (pieces of other content, a wrong length) fails the commit, never commits wrong
 bytes. A held piece that vanished meanwhile (a concurrent GC) is fetched instead.
+
+When the blob begins as a local layer does (the previous version of a layer changed in
+its middle: ``sources`` places its first piece at the start of that layer, whose recipe
+then says for how many bytes), the digest starts from the SHA-256 state the store kept
+for that layer (``Ingest.hash_from``, :mod:`cas.digest_states`): those held pieces are
+not even read. The commit still checks the whole digest.
 """
 
 from __future__ import annotations
@@ -16,11 +22,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from cas import PieceMissing
+from cas import BlobUnknown, Digest, PieceMissing, Store
 
 from ..oci import Descriptor
 from .image_store import ImageStore
-from .pull_parts import _fetch_part, _Part
+from .pull_parts import PieceSources, _fetch_part, _Part
 from .pull_sink import _Sink
 from .refs import ImageRef
 from .remote import RegistryClient
@@ -62,11 +68,16 @@ def plan_assembly(pieces: list[tuple[int, int, str]], size: int, have: set[str],
 
 async def assemble(client: RegistryClient, images: ImageStore, src: ImageRef,
                    desc: Descriptor, sink: _Sink, parts: list[_Part],
-                   options: TransferOptions, fetched: Callable[[], None] | None = None) -> None:
+                   options: TransferOptions, fetched: Callable[[], None] | None = None,
+                   sources: PieceSources | None = None) -> None:
     """Feed ``parts`` to the sink's (fresh) ingest in order, as whole pieces, with up to
     ``options.window`` Range requests ahead. ``fetched`` is called once every missing
-    piece has arrived: what remains (holding and hashing local pieces) needs no network."""
+    piece has arrived: what remains (holding and hashing local pieces) needs no network.
+    ``sources`` (where local layers hold pieces) finds the layer the blob begins as."""
     ing = sink.ing
+    base = await _common_start(images.store, sources or {}, parts)
+    if base is not None:
+        await ing.hash_from(*base)
     tasks: dict[int, asyncio.Task[list[bytes] | list[bytearray]]] = {}
     remote_left = sum(not part.local for part in parts)
     if fetched is not None and not remote_left:
@@ -103,6 +114,30 @@ async def assemble(client: RegistryClient, images: ImageStore, src: ImageRef,
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+async def _common_start(store: Store, sources: PieceSources,
+                        parts: list[_Part]) -> tuple[Digest, int] | None:
+    """The local blob whose first pieces ``parts`` begin with, and how many bytes they
+    share (None: no such blob)."""
+    if not parts or not parts[0].local or not parts[0].keys:
+        return None
+    found = sources.get(parts[0].keys[0][2])
+    if found is None or found[1] != 0:
+        return None
+    try:
+        recipe = await store.recipe(found[0])
+    except BlobUnknown:
+        return None
+    shared = 0
+    theirs = iter(recipe.pieces)
+    for part in parts:
+        for _, length, key in part.keys:
+            piece = next(theirs, None)
+            if piece is None or piece.key != key or piece.length != length:
+                return (found[0], shared) if shared else None
+            shared += length
+    return found[0], shared
 
 
 def _split(chunks: list[bytes] | list[bytearray], part: _Part) -> list[memoryview]:

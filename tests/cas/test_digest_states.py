@@ -1,0 +1,202 @@
+"""Kept SHA-256 states (cas.digest_states): a blob assembled from pieces that begin as a
+committed blob's hashes only from the last state inside them; a wrong claim or a damaged
+state never commits wrong bytes nor fails a right blob."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cas import Digest, DigestMismatch, Store, StoreConfig, open_store
+from cas import ingest_assembly as assembly
+from cas.digest_states import STEP, Sha256, available, load_state, save_states
+
+pytestmark = pytest.mark.skipif(not available(), reason="no libcrypto with SHA256_Init")
+
+
+def _sha(data: bytes) -> Digest:
+    return Digest("sha256", hashlib.sha256(data).hexdigest())
+
+
+@pytest.fixture
+async def kept(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await open_store(StoreConfig(tmp_path / "store", digest_states=True))
+    yield s
+    await s.close()
+
+
+def _spy_hashed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """[bytes of held pieces read for digests, digests computed again in full], from now on."""
+    hashed = [0, 0]
+    real, rehash = assembly.hash_locations, assembly.IngestAssembly._rehash
+
+    def spy(core: Any, hasher: Any, locs: Any) -> None:
+        hashed[0] += sum(loc.length for loc in locs)
+        real(core, hasher, locs)
+
+    def spy_rehash(self: Any, algorithm: str) -> Digest:
+        hashed[1] += 1
+        return rehash(self, algorithm)
+
+    monkeypatch.setattr(assembly, "hash_locations", spy)
+    monkeypatch.setattr(assembly.IngestAssembly, "_rehash", spy_rehash)
+    return hashed
+
+
+def test_states_resume_the_digest_anywhere_on_a_step() -> None:
+    data = os.urandom(5 * 4096 + 77)
+    whole = Sha256(step=4096)
+    for i in range(0, len(data), 1000):  # updates across the steps
+        whole.update(memoryview(data)[i:i + 1000])
+    assert whole.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert whole.hexdigest() == whole.hexdigest()  # reading it ends nothing
+    assert len(whole.states) == 5
+    for n, state in enumerate(whole.states, 1):
+        resumed = Sha256(step=4096, offset=n * 4096, state=state, before=whole.states[:n])
+        resumed.update(data[n * 4096:])
+        assert resumed.hexdigest() == whole.hexdigest()
+        assert resumed.states == whole.states
+    with pytest.raises(ValueError):
+        Sha256(step=4096, offset=100, state=whole.states[0])
+
+
+def test_a_damaged_state_file_is_ignored(tmp_path: Path) -> None:
+    h = Sha256()
+    h.update(os.urandom(3 * STEP))
+    save_states(tmp_path, "ab" * 32, h.states)
+    offset, state, before = load_state(tmp_path, "ab" * 32, 2 * STEP + 5) or (0, b"", [])
+    assert (offset, state, before) == (2 * STEP, h.states[1], h.states[:2])
+    assert load_state(tmp_path, "ab" * 32, STEP - 1) is None  # nothing that early
+    assert load_state(tmp_path, "cd" * 32, STEP) is None  # none kept
+    path = tmp_path / "states" / ("ab" * 32)
+    raw = bytearray(path.read_bytes())
+    raw[20] ^= 1
+    path.write_bytes(raw)
+    assert load_state(tmp_path, "ab" * 32, 3 * STEP) is None
+    path.write_bytes(raw[:40])
+    assert load_state(tmp_path, "ab" * 32, 3 * STEP) is None
+
+
+async def _old(store: Store, size: int = 5 * STEP + 1234) -> tuple[bytes, list[tuple[str, int, int]]]:
+    data = os.urandom(size)
+    await store.put(data, expected=_sha(data))
+    recipe = await store.recipe(_sha(data))
+    return data, [(p.key, p.offset, p.length) for p in recipe.pieces]
+
+
+def _prefix(pieces: list[tuple[str, int, int]], at: int) -> int:
+    """How many of the pieces end at or before byte ``at``."""
+    return sum(1 for _, off, n in pieces if off + n <= at)
+
+
+async def test_a_blob_that_begins_as_another_hashes_from_its_state(
+    kept: Store, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data, pieces = await _old(kept)
+    assert (kept.root / "states" / _sha(data).encoded).exists()
+    n = _prefix(pieces, 3 * STEP + 100)
+    shared = pieces[n - 1][1] + pieces[n - 1][2]
+    fresh = os.urandom(300_000)
+    blob = data[:shared] + fresh + data[shared:]
+    hashed = _spy_hashed(monkeypatch)
+    ing = await kept.begin_ingest()
+    assert await ing.hash_from(_sha(data), shared) == shared // STEP * STEP
+    await ing.reuse_pieces([(k, ln) for k, _, ln in pieces[:n]])
+    await ing.append_pieces([fresh])
+    await ing.reuse_pieces([(k, ln) for k, _, ln in pieces[n:]])
+    info = await ing.commit(_sha(blob), size=len(blob))
+    assert info.digest == _sha(blob)
+    assert await kept.read_bytes(info.digest) == blob
+    # Held pieces were read from the state's offset on only, and only once.
+    assert hashed[0] <= len(data) - shared // STEP * STEP
+    assert hashed[1] == 0
+    # The new blob's states are kept too, all of them right.
+    whole = Sha256()
+    whole.update(blob)
+    assert load_state(kept.root, info.digest.encoded, len(blob)) == (
+        len(blob) // STEP * STEP, whole.states[-1], whole.states)
+    assert (await kept.fsck()).ok
+
+
+async def test_a_wrong_claim_is_hashed_in_full(kept: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hash_from names a blob the pieces do not begin as: the commit notices and hashes
+    every byte; the right digest commits, a wrong one never does."""
+    data, pieces = await _old(kept)
+    hashed = _spy_hashed(monkeypatch)
+    n = _prefix(pieces, 3 * STEP)
+    blob = data[pieces[1][1]:]  # the same pieces but the first
+    for expected, ok in ((_sha(data[:100] + blob), False), (_sha(blob), True)):
+        ing = await kept.begin_ingest()
+        assert await ing.hash_from(_sha(data), pieces[n][1]) >= STEP
+        await ing.reuse_pieces([(k, ln) for k, _, ln in pieces[1:]])
+        if ok:
+            assert (await ing.commit(expected, size=len(blob))).digest == expected
+        else:
+            with pytest.raises(DigestMismatch):
+                await ing.commit(expected, size=len(blob))
+            assert await kept.stat(expected) is None
+    assert hashed[1] == 2
+    assert await kept.read_bytes(_sha(blob)) == blob
+
+
+async def test_nothing_expected_is_hashed_in_full(kept: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, pieces = await _old(kept)
+    hashed = _spy_hashed(monkeypatch)
+    ing = await kept.begin_ingest()
+    assert await ing.hash_from(_sha(data), len(data)) == len(data) // STEP * STEP
+    await ing.reuse_pieces([(k, ln) for k, _, ln in pieces])
+    assert (await ing.commit()).digest == _sha(data)
+    assert hashed[1] == 1
+
+
+async def test_a_wrong_state_costs_time_not_a_wrong_answer(kept: Store) -> None:
+    """A state file that is whole but wrong (its checksum right): the right blob still
+    commits (hashed again in full), a hostile digest still fails."""
+    data, pieces = await _old(kept)
+    bogus = Sha256()
+    bogus.update(os.urandom(5 * STEP))
+    save_states(kept.root, _sha(data).encoded, bogus.states)
+    n = _prefix(pieces, 4 * STEP)
+    fresh = os.urandom(1000)
+    shared = pieces[n][1]
+    blob = data[:shared] + fresh
+    for expected in (_sha(blob[:-1] + b"x"), _sha(blob)):
+        ing = await kept.begin_ingest()
+        assert await ing.hash_from(_sha(data), shared) >= STEP
+        await ing.reuse_pieces([(k, ln) for k, _, ln in pieces[:n]])
+        await ing.append_pieces([fresh])
+        if expected == _sha(blob):
+            assert (await ing.commit(expected, size=len(blob))).digest == expected
+        else:
+            with pytest.raises(DigestMismatch):
+                await ing.commit(expected, size=len(blob))
+    assert await kept.read_bytes(_sha(blob)) == blob
+    # The states kept for the new blob are the right ones (computed again).
+    whole = Sha256()
+    whole.update(blob)
+    found = load_state(kept.root, _sha(blob).encoded, len(blob))
+    assert found is not None and found[2] == whole.states
+
+
+async def test_a_store_without_states_hashes_everything(store: Store) -> None:
+    data, pieces = await _old(store)
+    assert not (store.root / "states").exists()
+    ing = await store.begin_ingest()
+    assert await ing.hash_from(_sha(data), len(data)) == 0
+    await ing.reuse_pieces([(k, ln) for k, _, ln in pieces])
+    assert (await ing.commit(_sha(data))).digest == _sha(data)
+
+
+async def test_gc_removes_the_states_of_blobs_it_removes(kept: Store) -> None:
+    gone, _ = await _old(kept)
+    stays, _ = await _old(kept)
+    await kept.link("keep", _sha(stays))
+    (kept.root / "states" / ".half-made.tmp").write_bytes(b"x")
+    await kept.gc(grace=0)
+    assert await kept.stat(_sha(gone)) is None
+    assert sorted(os.listdir(kept.root / "states")) == [_sha(stays).encoded]
