@@ -83,10 +83,12 @@ async def push_blob(
     source: ChunkSource | None = None,
     bases: Sequence[Digest] = (),
     absent: bool = False,
+    sent: Callable[[], None] | None = None,
 ) -> str:
     """Make ``dst``'s repository hold the blob; returns "exists", "mounted" or "pushed".
     ``absent``: the caller has just asked the registry (``HEAD``) and it lacks the blob,
-    so it is not asked again (a round trip per blob).
+    so it is not asked again (a round trip per blob). ``sent``: called when a
+    piece-level push has sent its pieces and only its commit is left.
 
     The bytes come from the local store, or from ``source`` (``desc.size`` of them,
     checked against the digest as they are sent). With ``bases`` (blobs of ``dst``'s
@@ -118,7 +120,8 @@ async def push_blob(
     if (location is None and source is None and bases and PIECE_PUSH_MIN <= size <= PIECE_PUSH_MAX
             and options.recipes and await client.has_piece_push(host, name)):
         try:
-            status = await push_pieces(client, images, dst, desc, progress, bases, options)
+            status = await push_pieces(client, images, dst, desc, progress, bases, options,
+                                       sent=sent)
         except BaseException:
             progress.finish(key, "interrupted")
             raise

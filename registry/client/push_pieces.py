@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cas import Digest
 
@@ -63,8 +63,9 @@ async def piece_bases(client: RegistryClient, images: ImageStore, dst: ImageRef)
         tags = []  # a new repository
     wanted = [t for t in (dst.tag, "latest") if t and t in tags]
     wanted += sorted((t for t in tags if t not in wanted), reverse=True)[:_OTHER_TAGS]
-    for tag in wanted:
-        for manifest in await _manifests(client, dst.with_tag(tag)):
+    found = await asyncio.gather(*(_manifests(client, dst.with_tag(tag)) for tag in wanted))
+    for manifests in found:
+        for manifest in manifests:
             out.update(dict.fromkeys(layer.digest for layer in manifest.layers))
     for image in await images.list():
         try:
@@ -125,6 +126,7 @@ def _batches(pieces: list[tuple[str, int]], missing: list[int], size: int) -> li
 async def push_pieces(
     client: RegistryClient, images: ImageStore, dst: ImageRef, desc: Descriptor,
     progress: Progress, bases: Sequence[Digest], options: TransferOptions,
+    sent: Callable[[], None] | None = None,
 ) -> str | None:
     """Push the local blob ``desc`` to ``dst``'s repository piece by piece; "pushed", or
     None when an ordinary upload is the better way (nothing to reuse). The caller has
@@ -166,6 +168,8 @@ async def push_pieces(
             if exc.code is BLOB_UPLOAD_UNKNOWN:  # expired meanwhile: the next run starts over
                 await images.set_pending_push(session_key, None)
             raise
+        if sent is not None:
+            sent()
         try:
             await client.finish_piece_upload(host, name, location, digest, plan)
             break
