@@ -278,14 +278,14 @@ class _Copy:
                 await OciLayout(dst.path).export_blob(self.store, desc.digest)
         if dst.kind == "registry":
             assert dst.ref is not None
-            # A piece-level push gives its place up once its pieces are sent: the commit
-            # that follows is the registry's work (it reads and hashes the blob).
-            async with _Slot(self.push_sem) as slot:
-                status = await push_blob(self.client, self.images, dst.ref, desc, self.progress,
-                                         mount_from=await self._mount_sources(desc),
-                                         options=self.options.transfer,
-                                         bases=await self._piece_bases(), absent=True,
-                                         sent=slot.release)
+            # The upload places are taken for sending bytes only: a piece-level push
+            # states its plan and commits outside them (small requests, and the commit
+            # is the registry's work: it reads and hashes the blob).
+            status = await push_blob(self.client, self.images, dst.ref, desc, self.progress,
+                                     mount_from=await self._mount_sources(desc),
+                                     options=self.options.transfer,
+                                     bases=await self._piece_bases(), absent=True,
+                                     uploads=self.push_sem)
         return status
 
     async def _piece_bases(self) -> list[Digest]:

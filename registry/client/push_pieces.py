@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from cas import Digest
 
@@ -126,11 +126,12 @@ def _batches(pieces: list[tuple[str, int]], missing: list[int], size: int) -> li
 async def push_pieces(
     client: RegistryClient, images: ImageStore, dst: ImageRef, desc: Descriptor,
     progress: Progress, bases: Sequence[Digest], options: TransferOptions,
-    sent: Callable[[], None] | None = None,
+    uploads: asyncio.Semaphore | None = None,
 ) -> str | None:
     """Push the local blob ``desc`` to ``dst``'s repository piece by piece; "pushed", or
     None when an ordinary upload is the better way (nothing to reuse). The caller has
-    checked that the registry offers the extension and started the progress task."""
+    checked that the registry offers the extension and started the progress task.
+    ``uploads``: held while the pieces are sent."""
     host, name, digest = dst.api_host, dst.name, desc.digest
     key = str(digest)
     recipe = await images.store.recipe(digest)
@@ -162,14 +163,13 @@ async def push_pieces(
     progress.advance(key, desc.size - sent_bytes, reused=True)
     for attempt in range(2):
         try:
-            await _send(client, images, dst, desc, location, pieces, offsets, missing, progress,
-                        options)
+            async with uploads if uploads is not None else contextlib.nullcontext():
+                await _send(client, images, dst, desc, location, pieces, offsets, missing,
+                            progress, options)
         except RegistryError as exc:
             if exc.code is BLOB_UPLOAD_UNKNOWN:  # expired meanwhile: the next run starts over
                 await images.set_pending_push(session_key, None)
             raise
-        if sent is not None:
-            sent()
         try:
             await client.finish_piece_upload(host, name, location, digest, plan)
             break
