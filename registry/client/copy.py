@@ -39,7 +39,7 @@ from .layouts import LayoutError, OciLayout, read_docker_archive, write_docker_a
 from .progress import Progress
 from .pull import PieceSources, TransferOptions, local_piece_sources, pull_blob
 from .push import PIECE_PUSH_MIN, push_blob
-from .push_pieces import piece_bases
+from .push_pieces import destination_tags, piece_bases
 from .refs import ImageRef, InvalidReference, parse_image_ref
 from .remote import RegistryClient
 
@@ -294,10 +294,18 @@ class _Copy:
         async with self._bases_lock:
             if self._bases is None:
                 dst = self.dst.ref
-                self._bases = []
-                if (dst is not None and self.dst.kind == "registry" and self.options.transfer.recipes
-                        and await self.client.has_piece_push(dst.api_host, dst.name)):
-                    self._bases = await piece_bases(self.client, self.images, dst)
+                bases: list[Digest] = []
+                if dst is not None and self.dst.kind == "registry" and self.options.transfer.recipes:
+                    # The tag list is asked beside the extensions (a round trip less);
+                    # manifests only of a registry that takes piece-level pushes.
+                    tags = asyncio.ensure_future(destination_tags(self.client, dst))
+                    try:
+                        if await self.client.has_piece_push(dst.api_host, dst.name):
+                            bases = await piece_bases(self.client, self.images, dst, await tags)
+                    finally:
+                        tags.cancel()
+                        await asyncio.gather(tags, return_exceptions=True)
+                self._bases = bases
             return self._bases
 
     async def _piece_sources(self) -> PieceSources:
