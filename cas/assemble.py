@@ -59,7 +59,7 @@ T = TypeVar("T")
 
 # A background hash step reads at most this much before it looks again at what arrived
 # (and whether the commit wants the hasher).
-_STEP_BYTES = 32 << 20
+_STEP_BYTES = 8 << 20
 # A background hash waiting for pieces gives up after this long without any arriving
 # (a client gone; the commit, if it comes, hashes the rest).
 _IDLE = 120.0
@@ -111,6 +111,8 @@ class _Prehash:
         self.done = 0  # pieces of ``recipe`` fed to ``hasher``
         self.failed = False  # the hasher is of no use (a read failed half-way)
         self.stop = False
+        self.stepping = False  # a step runs on a worker thread now
+        self.located: dict[bytes, Location] = {}  # where the pieces of ``known`` are
         self.arrived = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -258,6 +260,8 @@ class PieceIngest(IngestPieces):
         pre.stop = True
         pre.arrived.set()
         if pre.task is not None:
+            if not pre.stepping:  # waiting (for pieces, or its turn): nothing under way
+                pre.task.cancel()
             await asyncio.gather(pre.task, return_exceptions=True)
         return None if pre.failed else pre
 
@@ -265,6 +269,13 @@ class PieceIngest(IngestPieces):
         """Hash ``pre.recipe`` as far as the pieces go, step by step, until it is all
         hashed, stopped, the ingest closes, or nothing arrives for :data:`_IDLE` seconds."""
         try:
+            async with self._core.background:
+                if pre.stop:
+                    return
+                # Where the committed pieces are, asked once. (Each step asks the disk for
+                # its own pieces only: a deeper queue of reads would hold up the syncs
+                # of the pieces being received.)
+                await self._core.run(self._locate_known, pre)
             while not pre.stop and pre.done < len(pre.recipe):
                 pre.arrived.clear()
                 async with self._lock:  # a view of the received pieces between calls
@@ -286,19 +297,31 @@ class PieceIngest(IngestPieces):
                     except TimeoutError:
                         return  # what is hashed stays of use to a commit
                     continue
-                await self._core.run(self._prehash_step, pre, step, received)
+                async with self._core.background:
+                    if pre.stop:
+                        return
+                    pre.stepping = True
+                    try:
+                        await self._core.run(self._prehash_step, pre, step, received)
+                    finally:
+                        pre.stepping = False
         except asyncio.CancelledError:
-            pre.failed = True  # a step may still be feeding the hasher
+            if pre.stepping:
+                pre.failed = True  # the step may still be feeding the hasher
             raise
         except Exception:  # a hint only: the commit hashes anew
             pre.failed = True
 
+    def _locate_known(self, pre: _Prehash) -> None:
+        pre.located = self._core.meta.locations(pre.known)
+
     def _prehash_step(self, pre: _Prehash, step: list[tuple[bytes, int]],
                       received: dict[bytes, Location]) -> None:
         locs = dict(received)
-        others = {k for k, _ in step if k not in locs}
+        others = {k for k, _ in step if k not in locs and k not in pre.located}
         if others:
             locs.update(self._core.meta.locations(others))
+        locs.update((k, pre.located[k]) for k, _ in step if k not in locs and k in pre.located)
         if any(k not in locs or locs[k].length != n for k, n in step):
             pre.failed = True  # a piece gone, or not what the recipe says: the commit decides
             return
