@@ -253,12 +253,17 @@ def _push_v2_over_v1(workdir: Path, layout: Path, total_v2: int) -> list[Measure
 
 def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
                  report_skip: Callable[[str, str], None], formats: bool = True,
-                 shaped: bool = True) -> list[Measurement]:
+                 shaped: bool = True, shaped_only: bool = False) -> list[Measurement]:
     """Time each available client; ``report_skip(client, why)`` for those that are not.
     ``formats``: also the cold pull per layer format (:mod:`bench.formats_bench`);
-    ``shaped``: also over a shaped link (:mod:`bench.shaped_link`)."""
+    ``shaped``: also over a shaped link (:mod:`bench.shaped_link`); ``shaped_only``:
+    only that."""
     tars = _tars(layers, layer_size, files)
     layout, total_v1, total_v2 = _layout(workdir, tars)
+    if shaped_only:
+        from bench.shaped_link import bench_shaped
+
+        return bench_shaped(workdir, layout)
     results: dict[str, tuple[float, float, int]] = {}
     with _serve("distribution", workdir / "distribution") as dist:
         _push(layout, dist)

@@ -219,8 +219,10 @@ def builder(quick: bool, workdir: Path | None, results: Path, files: int, file_m
               help="Also a cold pull per layer format (gzip, multi-member gzip, zstd, zstd:chunked).")
 @click.option("--shaped/--no-shaped", default=True, show_default=True,
               help="Also over a shaped link (a network namespace, 1 Gbit/s, +10 ms; needs root).")
+@click.option("--shaped-only", is_flag=True,
+              help="Only the shaped-link rows (needs root).")
 def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_mib: int,
-           files: int, formats: bool, shaped: bool) -> None:
+           files: int, formats: bool, shaped: bool, shaped_only: bool) -> None:
     """Pulling an image cold, then v2 over v1: pybuild's client vs skopeo and docker pull."""
     from bench.client_bench import ClientBenchError, bench_client
 
@@ -228,7 +230,8 @@ def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_
         layers, layer_mib = min(layers, 3), 1
     report = Report(area="client", peer="skopeo",
                     parameters={"layers": layers, "layer_mib": layer_mib, "files": files,
-                                "quick": quick, "formats": formats, "shaped": shaped})
+                                "quick": quick, "formats": formats, "shaped": shaped,
+                                "shaped_only": shaped_only})
     with _workdir(workdir) as work:
         click.echo("measuring the machine ...", err=True)
         report.machine = _machine(work, quick)
@@ -236,7 +239,7 @@ def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_
         try:
             report.add(bench_client(work, layers=layers, layer_size=layer_mib * MiB, files=files,
                                     report_skip=report.skipped.__setitem__, formats=formats,
-                                    shaped=shaped))
+                                    shaped=shaped, shaped_only=shaped_only))
         except ClientBenchError as exc:
             report.failed["client"] = str(exc)
     _finish(report, results)

@@ -15,7 +15,16 @@ whole pieces, each with the BLAKE3 key its sender claims, in any order:
   client may read); it is then held, so GC cannot take it before the commit. The pieces
   are read in order, in runs (:mod:`cas.pack_reads`), and hashed (the OCI digest,
   streaming, on a worker thread); only the expected digest commits, and nothing is cut
-  again or written again. A wrong digest aborts the ingest: nothing of it becomes visible.
+  again or written again. A wrong digest aborts the ingest: nothing of it becomes visible;
+- :meth:`PieceIngest.expect` tells the ingest the recipe its commit will likely name (a
+  registry calls it when the client states its plan), with the committed pieces the
+  caller vouches for: the ingest starts hashing it in the background, in blob order, as
+  far as the pieces it holds go, and goes on as the missing ones arrive. A commit of that
+  same recipe then only hashes what is left (every check of the commit is made as
+  before: the pieces are held, their lengths checked, and the same ``known`` rule
+  applies to the commit's own ``known``). The prefix is a hint of no authority: a commit
+  of another recipe, or a prefix whose reading failed (a piece gone meanwhile), hashes
+  the whole blob anew.
 
 There is no cutter and no tail file: a checkpoint is the pack's sync and the pieces'
 rows (``offset`` counts the bytes received).
@@ -35,7 +44,7 @@ from .blobs import BlobInfo
 from .digest import Digest, new_hasher
 from .errors import CasError, DigestMismatch, IngestUnknown
 from .ingest_pieces import IngestPieces
-from .pack_reads import hash_locations
+from .pack_reads import hash_locations, prefetch_locations
 
 if TYPE_CHECKING:
     import zstandard
@@ -47,6 +56,13 @@ if TYPE_CHECKING:
 __all__ = ["PieceIngest", "PieceMismatch", "PiecesMissing", "RecipeInvalid"]
 
 T = TypeVar("T")
+
+# A background hash step reads at most this much before it looks again at what arrived
+# (and whether the commit wants the hasher).
+_STEP_BYTES = 8 << 20
+# A background hash waiting for pieces gives up after this long without any arriving
+# (a client gone; the commit, if it comes, hashes the rest).
+_IDLE = 120.0
 
 
 class PieceMismatch(CasError):
@@ -84,6 +100,23 @@ class _Whole:
     compressed = False
 
 
+class _Prehash:
+    """The background hash of the recipe a commit is expected to name."""
+
+    def __init__(self, recipe: list[tuple[bytes, int]], known: frozenset[bytes],
+                 algorithm: str) -> None:
+        self.recipe = recipe
+        self.known = known
+        self.hasher = new_hasher(algorithm)
+        self.done = 0  # pieces of ``recipe`` fed to ``hasher``
+        self.failed = False  # the hasher is of no use (a read failed half-way)
+        self.stop = False
+        self.stepping = False  # a step runs on a worker thread now
+        self.located: dict[bytes, Location] = {}  # where the pieces of ``known`` are
+        self.arrived = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
 class PieceIngest(IngestPieces):
     """An open ingest fed with whole pieces (see the module docstring). Calls are
     serialised; use from one event loop."""
@@ -105,6 +138,7 @@ class PieceIngest(IngestPieces):
         self._pack: tuple[str, int] | None = None  # the pack to reopen, and its size
         self._lock = asyncio.Lock()
         self._closed = False
+        self._pre: _Prehash | None = None
 
     @classmethod
     async def resume(cls, core: StoreCore, row: IngestRow) -> PieceIngest:
@@ -117,6 +151,12 @@ class PieceIngest(IngestPieces):
     def closed(self) -> bool:
         """True once committed or aborted: every call then raises IngestUnknown."""
         return self._closed
+
+    @property
+    def hashed_ahead(self) -> int:
+        """Pieces of the recipe given to :meth:`expect` hashed so far (0 without one)."""
+        pre = self._pre
+        return 0 if pre is None or pre.failed else pre.done
 
     def keys(self) -> set[str]:
         """The BLAKE3 keys (hex) of every piece received so far."""
@@ -135,6 +175,26 @@ class PieceIngest(IngestPieces):
             except BaseException:
                 await self._abort_locked()
                 raise
+        if self._pre is not None:
+            self._pre.arrived.set()
+
+    async def expect(self, recipe: list[tuple[str, int]], known: AbstractSet[str] = frozenset()
+                     ) -> None:
+        """Start hashing ``recipe`` in the background (module docstring): the pieces this
+        ingest received and the committed pieces of ``known`` (BLAKE3 hex keys the caller
+        vouches for, as for :meth:`commit_recipe`), in order, as far as they go; the rest
+        as it arrives. The same recipe again keeps the hash under way; another replaces it."""
+        if self._closed:
+            return
+        raw = [(bytes.fromhex(k), n) for k, n in recipe]
+        if self._pre is not None:
+            if self._pre.recipe == raw and not self._pre.failed:
+                return
+            await self._stop_prehash()
+        wanted = {k for k, _ in raw}
+        pre = _Prehash(raw, frozenset(k for k in wanted if k.hex() in known), self.algorithm)
+        self._pre = pre
+        pre.task = asyncio.create_task(self._prehash(pre))
 
     async def park(self) -> None:
         """Nothing to give back: every call ends checkpointed, with no buffers held."""
@@ -151,10 +211,11 @@ class PieceIngest(IngestPieces):
 
         :class:`PiecesMissing` and :class:`RecipeInvalid` leave the ingest open;
         :class:`DigestMismatch` (and any failure of the store) aborts it."""
+        pre = await self._stop_prehash()
         async with self._lock:
             self._check_open()
             try:
-                return await self._job(self._commit_sync, expected, recipe, known, link)
+                return await self._job(self._commit_sync, expected, recipe, known, link, pre)
             except (PiecesMissing, RecipeInvalid, asyncio.CancelledError):
                 raise
             except BaseException:
@@ -185,7 +246,93 @@ class PieceIngest(IngestPieces):
 
     async def _abort_locked(self) -> None:
         self._closed = True
+        if self._pre is not None:  # it sees the ingest closed and ends
+            self._pre.stop = True
+            self._pre.arrived.set()
         await self._core.run(self._abort_sync)
+
+    async def _stop_prehash(self) -> _Prehash | None:
+        """End the background hash (after the step under way) and take it over: None
+        when there is none or it is of no use."""
+        pre, self._pre = self._pre, None
+        if pre is None:
+            return None
+        pre.stop = True
+        pre.arrived.set()
+        if pre.task is not None:
+            if not pre.stepping:  # waiting (for pieces, or its turn): nothing under way
+                pre.task.cancel()
+            await asyncio.gather(pre.task, return_exceptions=True)
+        return None if pre.failed else pre
+
+    async def _prehash(self, pre: _Prehash) -> None:
+        """Hash ``pre.recipe`` as far as the pieces go, step by step, until it is all
+        hashed, stopped, the ingest closes, or nothing arrives for :data:`_IDLE` seconds."""
+        try:
+            async with self._core.background:
+                if pre.stop:
+                    return
+                # Where the committed pieces are, asked once. (Each step asks the disk for
+                # its own pieces only: a deeper queue of reads would hold up the syncs
+                # of the pieces being received.)
+                await self._core.run(self._locate_known, pre)
+            while not pre.stop and pre.done < len(pre.recipe):
+                pre.arrived.clear()
+                async with self._lock:  # a view of the received pieces between calls
+                    if self._closed or pre.stop:
+                        return
+                    step: list[tuple[bytes, int]] = []
+                    size = 0
+                    for key, n in pre.recipe[pre.done:]:
+                        if key not in self._new and key not in self._held and key not in pre.known:
+                            break
+                        if step and size + n > _STEP_BYTES:
+                            break
+                        step.append((key, n))
+                        size += n
+                    received = {k: self._new[k] for k, _ in step if k in self._new}
+                if not step:
+                    try:
+                        await asyncio.wait_for(pre.arrived.wait(), _IDLE)
+                    except TimeoutError:
+                        return  # what is hashed stays of use to a commit
+                    continue
+                async with self._core.background:
+                    if pre.stop:
+                        return
+                    pre.stepping = True
+                    try:
+                        await self._core.run(self._prehash_step, pre, step, received)
+                    finally:
+                        pre.stepping = False
+        except asyncio.CancelledError:
+            if pre.stepping:
+                pre.failed = True  # the step may still be feeding the hasher
+            raise
+        except Exception:  # a hint only: the commit hashes anew
+            pre.failed = True
+
+    def _locate_known(self, pre: _Prehash) -> None:
+        pre.located = self._core.meta.locations(pre.known)
+
+    def _prehash_step(self, pre: _Prehash, step: list[tuple[bytes, int]],
+                      received: dict[bytes, Location]) -> None:
+        locs = dict(received)
+        others = {k for k, _ in step if k not in locs and k not in pre.located}
+        if others:
+            locs.update(self._core.meta.locations(others))
+        locs.update((k, pre.located[k]) for k, _ in step if k not in locs and k in pre.located)
+        if any(k not in locs or locs[k].length != n for k, n in step):
+            pre.failed = True  # a piece gone, or not what the recipe says: the commit decides
+            return
+        ordered = [locs[k] for k, _ in step]
+        prefetch_locations(self._core, ordered)
+        try:
+            hash_locations(self._core, pre.hasher, ordered)
+        except BaseException:
+            pre.failed = True  # part of the step may be in the hasher
+            raise
+        pre.done += len(step)
 
     def _abort_sync(self) -> None:
         if self._writer is not None:
@@ -235,7 +382,7 @@ class PieceIngest(IngestPieces):
         self._unsaved = []
 
     def _commit_sync(self, expected: Digest, recipe: list[tuple[str, int]], known: AbstractSet[str],
-                     link: str | None) -> BlobInfo:
+                     link: str | None, pre: _Prehash | None = None) -> BlobInfo:
         meta = self._core.meta
         raw = [(bytes.fromhex(k), n) for k, n in recipe]
         outside = [(i, k) for i, (k, _) in enumerate(raw) if k not in self._new and k not in self._held]
@@ -264,8 +411,15 @@ class PieceIngest(IngestPieces):
                 raise RecipeInvalid(
                     f"piece {i} ({k.hex()}) is {locs[k].length} bytes, the recipe says {n}"
                 )
+        # The background hash of this very recipe, when there is one, has fed the first
+        # ``pre.done`` pieces to its hasher: only the rest is read here.
+        start = 0
         hasher = new_hasher(expected.algorithm)
-        hash_locations(self._core, hasher, [locs[k] for k, _ in raw])
+        if pre is not None and pre.recipe == raw and self.algorithm == expected.algorithm:
+            hasher, start = pre.hasher, pre.done
+        rest = [locs[k] for k, _ in raw[start:]]
+        prefetch_locations(self._core, rest)
+        hash_locations(self._core, hasher, rest)
         actual = Digest(expected.algorithm, hasher.hexdigest())
         if actual != expected:
             raise DigestMismatch(expected, actual)

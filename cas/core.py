@@ -92,6 +92,10 @@ class StoreCore:
         self.what = f"store {root}"
         #: The store's worker threads: file, CPU and database work of every call.
         self.pool = WorkerPool(self.what, max_workers=workers, thread_name_prefix="cas")
+        #: Background work that may wait (hashing a piece-level push's blob ahead of its
+        #: commit, :mod:`cas.assemble`) takes at most this many of the pool's threads at
+        #: once: the others stay free for the calls requests wait for.
+        self.background = asyncio.Semaphore(max(1, workers // 4))
         self._receivers: WorkerPool | None = None
         self._closed = False
         self._ingests_dir = root / "ingests"

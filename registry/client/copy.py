@@ -39,12 +39,14 @@ from .layouts import LayoutError, OciLayout, read_docker_archive, write_docker_a
 from .progress import Progress
 from .pull import PieceSources, TransferOptions, local_piece_sources, pull_blob
 from .push import PIECE_PUSH_MIN, push_blob
-from .push_pieces import piece_bases
+from .push_pieces import destination_tags, piece_bases
 from .refs import ImageRef, InvalidReference, parse_image_ref
 from .remote import RegistryClient
 
 # A streamed blob is read from its source this much at a time.
 _STREAM_READ = 4 << 20
+# HEADs of the destination's blobs in flight at once.
+_HEADS = 16
 
 __all__ = ["CopyOptions", "CopyResult", "Endpoint", "copy_image", "file_source", "parse_endpoint",
            "registry_source"]
@@ -137,6 +139,9 @@ class _Copy:
         # fetches for the uploads before them (the two overlap, as in a streaming copy).
         self.sem = asyncio.Semaphore(max(1, options.jobs))
         self.push_sem = asyncio.Semaphore(max(1, options.jobs))
+        # Whether the destination has a blob is asked of all blobs at once (a HEAD is a
+        # round trip and no bytes), not in the turns of the uploads.
+        self.head_sem = asyncio.Semaphore(_HEADS)
         self.moves: dict[Digest, asyncio.Task[str]] = {}
         self.link = image_holder(str(dst.ref)) if dst.kind == "local" else None
         self.recipes = False
@@ -173,6 +178,20 @@ class _Copy:
         return raw, parse_manifest(raw, None)[0]
 
     async def run(self) -> CopyResult:
+        bases = None
+        if self.dst.kind == "registry" and self.src.kind in ("local", "registry", "oci"):
+            # Whether the destination takes piece-level pushes, and its bases, are asked
+            # beside the source's manifest and the blobs' HEADs: they are on the way of
+            # the first piece-level push, not of anything before it.
+            bases = asyncio.ensure_future(self._piece_bases())
+        try:
+            return await self._run()
+        finally:
+            if bases is not None:
+                bases.cancel()
+                await asyncio.gather(bases, return_exceptions=True)
+
+    async def _run(self) -> CopyResult:
         recipes = None
         # Recipes serve only pieces the store holds: into a store with none (a cold pull)
         # neither the extension nor any blob's recipe is asked for.
@@ -228,19 +247,20 @@ class _Copy:
         if dst.kind == "registry":
             assert dst.ref is not None
             key = str(desc.digest)
-            async with self.push_sem:
+            async with self.head_sem:
                 if await self.client.head_blob(dst.ref.api_host, dst.ref.name, desc.digest, push=True):
                     self.progress.start(key, desc.digest.encoded[:12], desc.size)
                     self.progress.finish(key, "exists")
                     return "exists"
-                same_registry = (src.kind == "registry" and src.ref is not None
-                                 and src.ref.api_host == dst.ref.api_host)
-                if same_registry and src.ref is not None and await self.client.start_upload(
-                        dst.ref.api_host, dst.ref.name, mount=desc.digest,
-                        source=src.ref.name) is None:
-                    self.progress.start(key, desc.digest.encoded[:12], desc.size)
-                    self.progress.finish(key, "mounted")
-                    return "mounted"
+            same_registry = (src.kind == "registry" and src.ref is not None
+                             and src.ref.api_host == dst.ref.api_host)
+            if same_registry and src.ref is not None:
+                async with self.push_sem:
+                    if await self.client.start_upload(dst.ref.api_host, dst.ref.name,
+                                                      mount=desc.digest, source=src.ref.name) is None:
+                        self.progress.start(key, desc.digest.encoded[:12], desc.size)
+                        self.progress.finish(key, "mounted")
+                        return "mounted"
         if desc.nondistributable and await self.store.stat(desc.digest) is None and src.kind == "registry":
             return "skipped"  # foreign layers stay where their urls point
         if dst.kind == "registry" and src.kind in ("registry", "oci") \
@@ -258,11 +278,14 @@ class _Copy:
                 await OciLayout(dst.path).export_blob(self.store, desc.digest)
         if dst.kind == "registry":
             assert dst.ref is not None
-            async with self.push_sem:
-                status = await push_blob(self.client, self.images, dst.ref, desc, self.progress,
-                                         mount_from=await self._mount_sources(desc),
-                                         options=self.options.transfer,
-                                         bases=await self._piece_bases(), absent=True)
+            # The upload places are taken for sending bytes only: a piece-level push
+            # states its plan and commits outside them (small requests, and the commit
+            # is the registry's work: it reads and hashes the blob).
+            status = await push_blob(self.client, self.images, dst.ref, desc, self.progress,
+                                     mount_from=await self._mount_sources(desc),
+                                     options=self.options.transfer,
+                                     bases=await self._piece_bases(), absent=True,
+                                     uploads=self.push_sem)
         return status
 
     async def _piece_bases(self) -> list[Digest]:
@@ -271,10 +294,18 @@ class _Copy:
         async with self._bases_lock:
             if self._bases is None:
                 dst = self.dst.ref
-                self._bases = []
-                if (dst is not None and self.dst.kind == "registry" and self.options.transfer.recipes
-                        and await self.client.has_piece_push(dst.api_host, dst.name)):
-                    self._bases = await piece_bases(self.client, self.images, dst)
+                bases: list[Digest] = []
+                if dst is not None and self.dst.kind == "registry" and self.options.transfer.recipes:
+                    # The tag list is asked beside the extensions (a round trip less);
+                    # manifests only of a registry that takes piece-level pushes.
+                    tags = asyncio.ensure_future(destination_tags(self.client, dst))
+                    try:
+                        if await self.client.has_piece_push(dst.api_host, dst.name):
+                            bases = await piece_bases(self.client, self.images, dst, await tags)
+                    finally:
+                        tags.cancel()
+                        await asyncio.gather(tags, return_exceptions=True)
+                self._bases = bases
             return self._bases
 
     async def _piece_sources(self) -> PieceSources:

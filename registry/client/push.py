@@ -34,6 +34,7 @@ forgotten), and the error names the blob.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -83,10 +84,13 @@ async def push_blob(
     source: ChunkSource | None = None,
     bases: Sequence[Digest] = (),
     absent: bool = False,
+    uploads: asyncio.Semaphore | None = None,
 ) -> str:
     """Make ``dst``'s repository hold the blob; returns "exists", "mounted" or "pushed".
     ``absent``: the caller has just asked the registry (``HEAD``) and it lacks the blob,
-    so it is not asked again (a round trip per blob).
+    so it is not asked again (a round trip per blob). ``uploads``: held while bytes
+    are sent (the whole of an ordinary upload; a piece-level push's pieces only, not its
+    plan nor its commit).
 
     The bytes come from the local store, or from ``source`` (``desc.size`` of them,
     checked against the digest as they are sent). With ``bases`` (blobs of ``dst``'s
@@ -118,13 +122,28 @@ async def push_blob(
     if (location is None and source is None and bases and PIECE_PUSH_MIN <= size <= PIECE_PUSH_MAX
             and options.recipes and await client.has_piece_push(host, name)):
         try:
-            status = await push_pieces(client, images, dst, desc, progress, bases, options)
+            status = await push_pieces(client, images, dst, desc, progress, bases, options,
+                                       uploads=uploads)
         except BaseException:
             progress.finish(key, "interrupted")
             raise
         if status is not None:
             progress.finish(key, status)
             return status
+    async with uploads if uploads is not None else contextlib.nullcontext():
+        return await _push_whole(client, images, dst, digest, size, read, location, progress,
+                                 options, verify=source is not None)
+
+
+async def _push_whole(
+    client: RegistryClient, images: ImageStore, dst: ImageRef, digest: Digest, size: int,
+    read: ChunkSource, location: str | None, progress: Progress, options: TransferOptions,
+    *, verify: bool,
+) -> str:
+    """An ordinary upload of the blob (resumed where a session was left), as
+    :func:`push_blob` describes."""
+    host, name = dst.api_host, dst.name
+    key = str(digest)
     session_key = f"{host}/{name}@{digest}"
     session = None
     resumed = False  # the session holds bytes this run did not send
@@ -143,7 +162,7 @@ async def push_blob(
     while True:
         try:
             await _send(client, images, host, name, digest, size, session, session_key,
-                        progress, options, read, verify=source is not None)
+                        progress, options, read, verify=verify)
             break
         except BlobError:
             # The source is wrong (not the transfer): nothing to resume.

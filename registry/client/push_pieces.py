@@ -41,7 +41,7 @@ from .refs import ImageRef, InvalidReference, parse_image_ref
 from .remote import RegistryClient, TransportError
 from .transfer import TransferOptions
 
-__all__ = ["MAX_BASES", "piece_bases", "push_pieces"]
+__all__ = ["MAX_BASES", "destination_tags", "piece_bases", "push_pieces"]
 
 MAX_BASES = 64  # what pybuild's registry accepts in one plan
 _MAX_BATCH_PIECES = 256
@@ -49,22 +49,31 @@ _OTHER_TAGS = 3
 _BROKEN = (TransportError, asyncio.TimeoutError, WireError)
 
 
-async def piece_bases(client: RegistryClient, images: ImageStore, dst: ImageRef) -> list[Digest]:
+async def destination_tags(client: RegistryClient, dst: ImageRef) -> list[str]:
+    """The tags of ``dst``'s repository (none for a new repository)."""
+    try:
+        return await client.tags(dst.api_host, dst.name, push=True)
+    except (RegistryError, TransportError, ValueError):
+        return []
+
+
+async def piece_bases(client: RegistryClient, images: ImageStore, dst: ImageRef,
+                      tags: list[str] | None = None) -> list[Digest]:
     """Blobs of ``dst``'s repository likely to share pieces with what is pushed there:
     the layers of the image ``dst``'s tag names on the registry now (the version being
     replaced), of ``latest`` and of up to :data:`_OTHER_TAGS` more tags (the last in
     sort order: version-like tags put the newest there), then those of local images of
-    the same repository. The registry ignores any it does not hold there."""
+    the same repository. The registry ignores any it does not hold there. ``tags``: the
+    repository's tags when the caller has them (:func:`destination_tags`)."""
     out: dict[Digest, None] = {}
     host, name = dst.api_host, dst.name
-    try:
-        tags = await client.tags(host, name, push=True)
-    except (RegistryError, TransportError, ValueError):
-        tags = []  # a new repository
+    if tags is None:
+        tags = await destination_tags(client, dst)
     wanted = [t for t in (dst.tag, "latest") if t and t in tags]
     wanted += sorted((t for t in tags if t not in wanted), reverse=True)[:_OTHER_TAGS]
-    for tag in wanted:
-        for manifest in await _manifests(client, dst.with_tag(tag)):
+    found = await asyncio.gather(*(_manifests(client, dst.with_tag(tag)) for tag in wanted))
+    for manifests in found:
+        for manifest in manifests:
             out.update(dict.fromkeys(layer.digest for layer in manifest.layers))
     for image in await images.list():
         try:
@@ -125,10 +134,12 @@ def _batches(pieces: list[tuple[str, int]], missing: list[int], size: int) -> li
 async def push_pieces(
     client: RegistryClient, images: ImageStore, dst: ImageRef, desc: Descriptor,
     progress: Progress, bases: Sequence[Digest], options: TransferOptions,
+    uploads: asyncio.Semaphore | None = None,
 ) -> str | None:
     """Push the local blob ``desc`` to ``dst``'s repository piece by piece; "pushed", or
     None when an ordinary upload is the better way (nothing to reuse). The caller has
-    checked that the registry offers the extension and started the progress task."""
+    checked that the registry offers the extension and started the progress task.
+    ``uploads``: held while the pieces are sent."""
     host, name, digest = dst.api_host, dst.name, desc.digest
     key = str(digest)
     recipe = await images.store.recipe(digest)
@@ -160,8 +171,9 @@ async def push_pieces(
     progress.advance(key, desc.size - sent_bytes, reused=True)
     for attempt in range(2):
         try:
-            await _send(client, images, dst, desc, location, pieces, offsets, missing, progress,
-                        options)
+            async with uploads if uploads is not None else contextlib.nullcontext():
+                await _send(client, images, dst, desc, location, pieces, offsets, missing,
+                            progress, options)
         except RegistryError as exc:
             if exc.code is BLOB_UPLOAD_UNKNOWN:  # expired meanwhile: the next run starts over
                 await images.set_pending_push(session_key, None)

@@ -262,7 +262,12 @@ class RegistrySession:
                 try:
                     resp = await self.wire.send(method, url, headers, params, self._ssl_for(url),
                                                 data)
-                except _NoConnection as exc:
+                except WireError as exc:
+                    if not isinstance(exc, _NoConnection):
+                        # Connected, then the request broke (such as the TLS probe of a
+                        # registry that speaks plain HTTP): the host is up.
+                        self._reached.add(netloc)
+                        raise
                     refused = isinstance(exc.__cause__, ConnectionRefusedError)
                     if refused and attempt < _REFUSED_RETRIES:  # nothing was sent: safe
                         await asyncio.sleep(self.options.backoff * 2**attempt)

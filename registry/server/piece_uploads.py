@@ -265,7 +265,12 @@ async def base_keys(reg: Registry, digest: Digest) -> frozenset[str]:
 
 
 async def _missing(request: web.Request, name: str, plan: Plan, ingest: Any) -> list[int]:
-    have = ingest.keys() | await _readable_base_keys(request, name, plan)
+    """The pieces the plan names that are neither received nor in a readable base; the
+    ingest starts hashing the plan's blob meanwhile, as far as those pieces go
+    (``PieceIngest.expect``: the commit then has only the rest to read)."""
+    readable = await _readable_base_keys(request, name, plan)
+    have = ingest.keys() | readable
+    await ingest.expect(plan.pieces, readable)
     return [i for i, (key, _) in enumerate(plan.pieces) if key not in have]
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
@@ -130,3 +133,139 @@ async def test_gc_keeps_pieces_of_an_open_piece_ingest(store: Store) -> None:
     blob = b"".join(pieces)
     await ing.commit_recipe(Digest.of(blob), recipe)
     assert await store.read_bytes(Digest.of(blob)) == blob
+
+
+# --- hashing ahead of the commit (PieceIngest.expect) ----------------------------------------
+
+async def _until(cond: Callable[[], bool]) -> None:
+    """Wait (polling: the hash runs on worker threads) until ``cond()`` holds."""
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Pieces hashed by each call of hash_locations, in order."""
+    import cas.assemble as assemble
+
+    calls: list[int] = []
+    real = assemble.hash_locations
+
+    def counted(core: Any, hasher: Any, locs: Any) -> None:
+        calls.append(len(locs))
+        real(core, hasher, locs)
+
+    monkeypatch.setattr(assemble, "hash_locations", counted)
+    return calls
+
+
+async def _old_and_new(store: Store, seed: int) -> tuple[list[bytes], list[bytes]]:
+    """The pieces of a committed blob (linked in repository:a) and of its next version,
+    whose piece 1 is new."""
+    old_blob = b"".join(_pieces(seed, 60))
+    await store.put(old_blob, link="repository:a")
+    cut = (await store.recipe(Digest.of(old_blob))).pieces
+    assert len(cut) >= 3
+    old = [old_blob[p.offset : p.offset + p.length] for p in cut]
+    new = list(old)
+    new[1] = b"changed %d " % seed * 2000
+    return old, new
+
+
+async def test_expected_recipe_is_hashed_as_pieces_arrive(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = await _old_and_new(store, 11)
+    calls = _counting(monkeypatch)
+    known = {k for k, _ in _recipe(old)}
+    ing = await store.begin_piece_ingest()
+    await ing.expect(_recipe(new), known)
+    await _until(lambda: ing.hashed_ahead == 1)  # piece 0, then piece 1 is missing
+    await asyncio.sleep(0.05)
+    assert ing.hashed_ahead == 1
+    await ing.add_pieces([(blake3.blake3(new[1]).hexdigest(), new[1])])
+    await _until(lambda: ing.hashed_ahead == len(new))
+    hashed = sum(calls)
+    blob = b"".join(new)
+    await ing.commit_recipe(Digest.of(blob), _recipe(new), known=known, link="repository:b")
+    assert sum(calls) == hashed  # the commit read nothing more
+    assert await store.read_bytes(Digest.of(blob)) == blob
+    assert (await store.fsck()).ok
+
+
+async def test_commit_before_the_hash_ahead_ends_hashes_the_rest(store: Store) -> None:
+    old, new = await _old_and_new(store, 12)
+    known = {k for k, _ in _recipe(old)}
+    ing = await store.begin_piece_ingest()
+    await ing.add_pieces([(blake3.blake3(new[1]).hexdigest(), new[1])])
+    await ing.expect(_recipe(new), known)
+    blob = b"".join(new)
+    await ing.commit_recipe(Digest.of(blob), _recipe(new), known=known)
+    assert await store.read_bytes(Digest.of(blob)) == blob
+
+
+async def test_hash_ahead_never_commits_a_wrong_digest(store: Store) -> None:
+    old, new = await _old_and_new(store, 13)
+    known = {k for k, _ in _recipe(old)}
+    ing = await store.begin_piece_ingest()
+    await ing.expect(_recipe(new), known)
+    await ing.add_pieces([(blake3.blake3(new[1]).hexdigest(), new[1])])
+    await _until(lambda: ing.hashed_ahead == len(new))
+    wrong = Digest.of(b"".join(old))  # a blob the store has, under another recipe
+    with pytest.raises(DigestMismatch):
+        await ing.commit_recipe(wrong, _recipe(new), known=known, link="repository:x")
+    assert await store.linked("repository:x") == []
+    assert await store.stat(Digest.of(b"".join(new))) is None
+
+
+async def test_commit_of_another_recipe_hashes_anew(store: Store) -> None:
+    old, new = await _old_and_new(store, 14)
+    known = {k for k, _ in _recipe(old)}
+    ing = await store.begin_piece_ingest()
+    await ing.add_pieces([(blake3.blake3(new[1]).hexdigest(), new[1])])
+    await ing.expect(_recipe(new), known)
+    await _until(lambda: ing.hashed_ahead == len(new))
+    other = [new[1], *old]  # the same pieces, another blob
+    blob = b"".join(other)
+    await ing.commit_recipe(Digest.of(blob), _recipe(other), known=known)
+    assert await store.read_bytes(Digest.of(blob)) == blob
+
+
+async def test_hash_ahead_follows_only_pieces_received_or_vouched_for(store: Store) -> None:
+    _, new = await _old_and_new(store, 15)
+    ing = await store.begin_piece_ingest()
+    # Nothing vouched for: the store's pieces of repository:a are not read ahead, and
+    # the commit refuses them as it would without the hash ahead.
+    await ing.expect(_recipe(new))
+    await ing.add_pieces([(blake3.blake3(new[1]).hexdigest(), new[1])])
+    await asyncio.sleep(0.1)
+    assert ing.hashed_ahead == 0
+    with pytest.raises(PiecesMissing) as err:
+        await ing.commit_recipe(Digest.of(b"".join(new)), _recipe(new))
+    assert 1 not in err.value.indices and 0 in err.value.indices
+
+
+async def test_hash_ahead_of_a_piece_gone_falls_back(store: Store) -> None:
+    _, new = await _old_and_new(store, 16)
+    ghost = b"never stored" * 100
+    recipe = [*_recipe(new[:2]), _recipe([ghost])[0], *_recipe(new[2:])]
+    known = {k for k, _ in recipe}  # vouched for, yet the store lacks the ghost
+    ing = await store.begin_piece_ingest()
+    await ing.add_pieces([(blake3.blake3(new[1]).hexdigest(), new[1])])
+    await ing.expect(recipe, known)
+    await asyncio.sleep(0.1)
+    assert ing.hashed_ahead == 0  # failed at the ghost: of no use
+    await ing.add_pieces([(recipe[2][0], ghost)])
+    blob = b"".join([*new[:2], ghost, *new[2:]])
+    await ing.commit_recipe(Digest.of(blob), recipe, known=known)
+    assert await store.read_bytes(Digest.of(blob)) == blob
+
+
+async def test_abort_ends_the_hash_ahead(store: Store) -> None:
+    old, new = await _old_and_new(store, 17)
+    ing = await store.begin_piece_ingest()
+    await ing.expect(_recipe(new), {k for k, _ in _recipe(old)})
+    await ing.abort()
+    assert ing.closed
+    assert await store.list_ingests() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from typing import Any
@@ -100,3 +101,34 @@ def test_progress_modes() -> None:
         Progress("fancy")
 
 
+
+
+async def test_requests_after_a_tls_probe_that_connected_go_side_by_side(aiohttp_server: Any) -> None:
+    """A loopback registry that speaks plain HTTP: the TLS probe fails after connecting, so
+    the host is up and the first requests after it need not go one at a time (each would
+    cost a round trip more)."""
+    both = asyncio.Event()
+    waiting = 0
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal waiting
+        if request.path == "/v2/":
+            return web.json_response({})
+        waiting += 1
+        if waiting == 2:
+            both.set()
+        try:
+            await asyncio.wait_for(both.wait(), 5)
+        except TimeoutError:
+            return web.json_response({"errors": [{"code": "UNKNOWN", "message": "alone"}]},
+                                     status=400)
+        return web.json_response({"tags": ["1"]})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    host = f"127.0.0.1:{server.port}"
+    async with RegistryClient(ClientOptions(retries=0)) as client:
+        assert await client.base_url(host) == f"http://{host}"
+        found = await asyncio.gather(client.tags(host, "a/b"), client.tags(host, "a/c"))
+    assert found == [["1"], ["1"]]

@@ -103,6 +103,33 @@ async def test_push_of_v2_asks_only_for_changed_pieces(client: TestClient) -> No
     assert (await client.get(location)).status == 404
 
 
+async def test_commit_of_another_plan_than_stated_is_hashed_anew(client: TestClient) -> None:
+    """The registry hashes the stated plan's blob ahead of the commit; a commit that
+    closes another recipe (the same pieces in another order) is checked on its own."""
+    v1, _ = layer(list(range(40, 60)))
+    await push_blob(client, "team/app", v1)
+    seeds = list(range(40, 60))
+    seeds[5] = 1045
+    v2, p2 = layer(seeds)
+    base = [{"digest": str(Digest.of(v1))}]
+    resp = await start(client, "team/app", plan(v2, p2, base))
+    location = resp.headers["Location"]
+    assert (await send(client, location, v2, p2, [5])).status == 202
+    await asyncio.sleep(0.2)  # time for the hash ahead of the stated plan
+    parts = members(v2, p2)
+    order = [5, *range(5), *range(6, 20)]
+    other = b"".join(parts[i] for i in order)
+    p_other = [p2[i] for i in order]
+    resp = await client.put(f"{location}?digest={Digest.of(v2)}", data=plan(other, p_other, base))
+    assert resp.status == 400  # the plan closes another blob than the digest names
+    resp = await client.put(f"{location}?digest={Digest.of(other)}",
+                            data=plan(other, p_other, base))
+    assert resp.status == 201, await resp.text()
+    got = await client.get(f"/v2/team/app/blobs/{Digest.of(other)}")
+    assert await got.read() == other
+    assert (await client.head(f"/v2/team/app/blobs/{Digest.of(v2)}")).status == 404
+
+
 async def test_piece_sessions_are_not_ordinary_upload_sessions(client: TestClient) -> None:
     blob, pieces = layer([150, 151])
     resp = await start(client, "team/app", plan(blob, pieces))
