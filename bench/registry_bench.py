@@ -58,7 +58,6 @@ __all__ = [
     "RegistryData",
     "RegistrySettings",
     "allocated_bytes",
-    "bench_pulls",
     "bench_registry",
     "parse_wrk",
     "parse_wrk_requests",
@@ -363,46 +362,23 @@ def _skopeo_copy(src: str, dest: str) -> float:
 
 
 def _skopeo_push_and_pulls(target: str, addr: str, data: RegistryData, settings: RegistrySettings,
-                           workdir: Path) -> tuple[float, float]:
-    """Seconds of a ``skopeo copy`` push of ``data.layout`` and the median of its pulls."""
+                           workdir: Path, pulls: int | None = None) -> tuple[float, float]:
+    """Seconds of a ``skopeo copy`` push of ``data.layout`` and the median of its pulls
+    (``settings.pull_repeats`` unless ``pulls`` says how many; 0: none, and 0.0)."""
     ref = f"docker://{addr}/bench/ten-layers:latest"
     skopeo_push = _skopeo_copy(f"oci:{data.layout}:latest", ref)
     pushed_manifest = json.loads((data.layout / "index.json").read_text())["manifests"][0]["digest"]
-    pulls = []
-    for _ in range(settings.pull_repeats):
+    times = []
+    for _ in range(settings.pull_repeats if pulls is None else pulls):
         pulled = workdir / f"pulled-{target}"
         shutil.rmtree(pulled, ignore_errors=True)
-        pulls.append(_skopeo_copy(ref, f"oci:{pulled}:latest"))
+        times.append(_skopeo_copy(ref, f"oci:{pulled}:latest"))
         pulled_manifest = json.loads((pulled / "index.json").read_text())["manifests"][0]["digest"]
         if pulled_manifest != pushed_manifest:
             raise RegistryBenchError(f"skopeo pulled {pulled_manifest}, pushed {pushed_manifest}")
         shutil.rmtree(pulled, ignore_errors=True)
     # One pull takes about a second: the median of a few hides a stray busy moment.
-    return skopeo_push, statistics.median(pulls)
-
-
-def bench_pulls(target: str, addr: str, data: RegistryData, settings: RegistrySettings,
-                workdir: Path, variant: str) -> list[Measurement]:
-    """Only the pull rows of :func:`bench_registry` (after the same pushes), each name
-    followed by ``variant`` (e.g. how the registries were configured for them)."""
-    base = f"http://{addr}"
-    mb = len(data.blob) / 1e6
-    _, pull = asyncio.run(_push_and_pull(base, data))
-    concurrent = _concurrent_pull(f"{base}/v2/bench/blob/blobs/{data.blob_digest}",
-                                  settings.clients)
-    _, skopeo_pull = _skopeo_push_and_pulls(target, addr, data, settings, workdir)
-    size = f"{len(data.blob) / MiB:.0f} MiB"
-    layers = f"{settings.layers} x {settings.layer_size / MiB:.0f} MiB layers"
-
-    def one(name: str, unit: str, value: float, higher: bool = True) -> Measurement:
-        return Measurement(f"{name}, {variant}", unit, higher, {target: round(value, 3)})
-
-    return [
-        one(f"blob pull {size}, 1 client", "MB/s", mb / pull),
-        one(f"blob pull {size}, {settings.clients} clients", "MB/s", concurrent),
-        one(f"skopeo copy pull ({layers})", "s", skopeo_pull, higher=False),
-        one("skopeo copy pull", "MB/s", data.layout_bytes / 1e6 / skopeo_pull),
-    ]
+    return skopeo_push, statistics.median(times) if times else 0.0
 
 
 def bench_registry(

@@ -27,10 +27,12 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.registry_bench import RegistryData, RegistrySettings, bench_pulls, bench_registry
+from bench.pull_rounds import PULL_ROWS, alternated_pulls, push_for_pulls
+from bench.registry_bench import RegistryData, RegistrySettings, bench_registry
 from bench.report import Measurement
 from bench.targets import NotAvailable
 from testkit.haproxy import load_balancer
@@ -162,7 +164,7 @@ def bench_replicas(work: Path, data: RegistryData, settings: RegistrySettings,
         if s3:
             from testkit.ceph import RadosGateway
 
-            gateway = RadosGateway()
+            gateway = RadosGateway(memstore_bytes=8 << 30)  # both clusters' objects at once
             gateway.start()
             stack.callback(gateway.stop)
             bucket = Bucket(gateway)
@@ -171,32 +173,62 @@ def bench_replicas(work: Path, data: RegistryData, settings: RegistrySettings,
 
 def _bench(work: Path, data: RegistryData, settings: RegistrySettings, skipped: dict[str, str],
            bucket: Bucket | None, blob_affinity: bool) -> list[Measurement]:
+    if bucket is None:
+        return _bench_files(work, data, settings, skipped, blob_affinity)
     out: list[Measurement] = []
     streamed: list[Measurement] = []  # rows of their own, after the others
-    for name, cluster in (("distribution", _distribution), ("pybuild", _pybuild)):
+    for redirect in (True, False):
+        variant = "" if redirect else "streamed"
+        with ExitStack() as stack:
+            addrs: dict[str, str] = {}
+            sizes: dict[str, Callable[[], int]] = {}
+            for name, cluster in CLUSTERS:
+                where = work / f"{name}-{variant or 'redirect'}"
+                where.mkdir(parents=True, exist_ok=True)
+                stack.callback(shutil.rmtree, where, ignore_errors=True)
+                try:
+                    addrs[name], _, sizes[name] = stack.enter_context(
+                        cluster(where, bucket, redirect, blob_affinity))
+                except NotAvailable as exc:
+                    skipped[name] = str(exc)
+            for name, addr in addrs.items():
+                if redirect:
+                    rows = bench_registry(name, addr, data, settings, work,
+                                          partial(bucket.bytes_under, f"{name}/"), "bucket bytes")
+                    out += [m for m in rows if not m.name.startswith(PULL_ROWS)]
+                    db_size = sizes[name]()
+                    if db_size:
+                        out.append(Measurement("metadata database", "MB", False,
+                                               {name: round(db_size / 1e6, 1)},
+                                               "PostgreSQL's pg_database_size after the run"))
+                else:
+                    push_for_pulls(name, addr, data, settings, work)
+            rows = alternated_pulls(addrs, data, settings, work, variant)
+            (out if redirect else streamed).extend(rows)
+        for name in addrs:
+            bucket.empty(f"{name}/" if redirect else f"{name}-streamed/")
+    return out + streamed
+
+
+def _bench_files(work: Path, data: RegistryData, settings: RegistrySettings,
+                 skipped: dict[str, str], blob_affinity: bool) -> list[Measurement]:
+    """On one shared directory: each cluster after the other, every row of the registry area."""
+    out: list[Measurement] = []
+    for name, cluster in CLUSTERS:
         where = work / name
         where.mkdir(parents=True, exist_ok=True)
         try:
-            with cluster(where, bucket, True, blob_affinity) as (addr, storage, database_bytes):
-                size: Path | Callable[[], int] = storage
-                label = "storage"
-                if bucket is not None:
-                    prefix = "distribution/" if name == "distribution" else "pybuild/"
-                    size, label = (lambda b=bucket, p=prefix: b.bytes_under(p)), "bucket bytes"
-                out += bench_registry(name, addr, data, settings, work, size, label)
+            with cluster(where, None, True, blob_affinity) as (addr, storage, database_bytes):
+                out += bench_registry(name, addr, data, settings, work, storage, "storage")
                 db_size = database_bytes()
                 if db_size:
                     out.append(Measurement("metadata database", "MB", False, {name: round(db_size / 1e6, 1)},
                                            "PostgreSQL's pg_database_size after the run"))
-            if bucket is not None:  # the same pulls with redirects off on both
-                bucket.empty(f"{name}/")
-                shutil.rmtree(where, ignore_errors=True)
-                where.mkdir(parents=True)
-                with cluster(where, bucket, False, blob_affinity) as (addr, _, _):
-                    streamed += bench_pulls(name, addr, data, settings, work, "streamed")
-                bucket.empty(f"{name}-streamed/")
         except NotAvailable as exc:
             skipped[name] = str(exc)
         finally:
             shutil.rmtree(where, ignore_errors=True)
-    return out + streamed
+    return out
+
+
+CLUSTERS = (("distribution", _distribution), ("pybuild", _pybuild))
