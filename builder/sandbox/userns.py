@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 _CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNS = 0x00020000
 # The kernel takes at most 340 lines per map (and newuidmap as many); one is the user's.
 _MAX_RANGES = 339
 _PROC = Path("/proc")
@@ -238,7 +239,9 @@ def enter_user_namespace() -> None:
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert mapper.stdin is not None and mapper.stderr is not None
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(_CLONE_NEWUSER) != 0:
+    # A mount namespace of its own too: the build may mount (a lazy layer's FUSE file
+    # system, builder.lazyfs) where only it and its steps see it.
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
         mapper.kill()
         mapper.wait()
