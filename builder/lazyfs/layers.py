@@ -34,8 +34,6 @@ from .toc import MAX_MEMBER, Toc, TocError, parse_toc
 from .tree import Inode, Tree
 
 if TYPE_CHECKING:
-    from registry.oci import Descriptor
-
     from ..cache.lazy import RemoteLayers
 
 __all__ = ["LazyMounts"]
@@ -49,9 +47,9 @@ class _Info(Protocol):
 
 
 class LazyMounts:
-    """The FUSE-mounted lazy layers of one build. ``tocs``: layer blob -> its TOC's
-    descriptor (from the imported caches). ``fetched``: the file bytes fetched so far
-    (compressed, as they crossed the wire)."""
+    """The FUSE-mounted lazy layers of one build (``remote.tocs``: the TOCs the imported
+    caches name). ``fetched``: the file bytes fetched so far (compressed, as they crossed
+    the wire)."""
 
     def __init__(self, remote: RemoteLayers, root: Path, progress: _Info,
                  opaque_xattr: str) -> None:
@@ -59,7 +57,6 @@ class LazyMounts:
         self.root = root
         self.progress = progress
         self.opaque_xattr = opaque_xattr
-        self.tocs: dict[Digest, Descriptor] = {}
         self.fetched = 0
         self.unusable: str | None = None
         self._mounts: dict[Digest, tuple[FuseMount, Toc]] = {}
@@ -72,7 +69,7 @@ class LazyMounts:
     def can_mount(self, blob: Digest) -> bool:
         """Whether :meth:`lower` may serve ``blob`` without fetching it (it is lazy and
         has a TOC, and FUSE has not been found unusable)."""
-        return (self.unusable is None and blob in self.tocs and blob not in self._refused
+        return (self.unusable is None and blob in self.remote.tocs and blob not in self._refused
                 and bool(self.remote.pending([blob])))
 
     async def lower(self, diff_id: Digest, blob: Digest) -> Path | None:
@@ -88,7 +85,7 @@ class LazyMounts:
             if not self.can_mount(blob):
                 return None
             self._loop = asyncio.get_running_loop()
-            toc_desc = self.tocs[blob]
+            toc_desc = self.remote.tocs[blob]
             layer = self.remote.sources[blob][1]
             try:
                 await self.remote.fetch(toc_desc.digest)
