@@ -2,19 +2,30 @@
 cache: runner B's RUN step reads a dependency layer it has not fetched through a FUSE
 mount, fetching only the files it reads (counted at a proxy: the big file it does not
 read is never fetched); the image equals the one an eager build (FUSE made unusable)
-pushes; both against pybuild's registry and CNCF Distribution."""
+pushes; both against pybuild's registry and CNCF Distribution; and the same as a
+non-root user, whose build needs /dev/fuse open to it (docs/rootless.md)."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import json
+import os
+import shutil
+import subprocess
 import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from testkit.registries import distribution_registry, get_manifest, http, pybuild_registry
+from testkit.rootfs import make_busybox_rootfs
+from testkit.tools import missing, require_root, require_tool
+from testkit.users import python_for, temporary_user
+from tests.builder.build.conftest import write_base_layout
 from tests.helpers.cli import pybuild
 from tests.helpers.counting_proxy import counting_proxy
 
@@ -112,3 +123,65 @@ def test_run_reads_a_lazy_layer_through_fuse(kind: str, busybox_ref: str,
         assert (lazy, layers) == (eager, layers_eager)
         assert deps in {d["digest"] for d in layers}
         assert _file(proxy.addr, layers[-1]["digest"], "out.txt") == OUT
+
+
+@contextmanager
+def _fuse_mode(mode: int) -> Iterator[None]:
+    """/dev/fuse with ``mode`` meanwhile (stock Debian: 0666; some hosts: 0600)."""
+    fuse = Path("/dev/fuse")
+    if not fuse.exists():
+        missing("/dev/fuse is needed (modprobe fuse)")
+    before = fuse.stat().st_mode & 0o7777
+    os.chmod(fuse, mode)
+    try:
+        yield
+    finally:
+        os.chmod(fuse, before)
+
+
+def test_rootless_build_mounts_lazy_layers_when_dev_fuse_allows(tmp_path: Path) -> None:
+    """A non-root runner B (a user namespace with a mount namespace of its own) mounts
+    the lazy layer when /dev/fuse is 0666, and fetches it whole, saying why, when it
+    is 0600; both push the image a root build pushes."""
+    require_root("the rootless tests create a user")
+    for tool in ("newuidmap", "newgidmap", "bwrap"):
+        require_tool(tool)
+    ws = Path(tempfile.mkdtemp(prefix="pybuild-lazy-"))
+    os.chmod(ws, 0o755)
+    try:
+        base = write_base_layout(make_busybox_rootfs(ws / "base" / "rootfs"),
+                                 ws / "base" / "layout")
+        ctx = _context(ws, base)
+        subprocess.run(["chmod", "-R", "a+rX", str(ws)], check=True)
+        with temporary_user("pybuild-lz") as user, \
+                distribution_registry(tmp_path / "registry") as registry, \
+                counting_proxy(registry.addr) as proxy:
+            python, env = python_for(user)
+            cache = f"type=registry,ref={proxy.addr}/ci/cache:main"
+            common = ("--source-date-epoch", "1700000000", "--cache-from", cache)
+            _build(ws / "runner-a", ctx, *common, "--cache-to", f"{cache},mode=max",
+                   "-t", f"{proxy.addr}/ci/app:a", "--push")
+            deps = max(_image(proxy.addr, "a")[1], key=lambda d: d["size"])["digest"]
+            (ctx / "b.txt").write_text("b changed\n")
+            runs = {}
+            for mode, tag in ((0o666, "lazy"), (0o600, "eager")):
+                storage = ws / f"runner-{tag}"
+                storage.mkdir()
+                os.chown(storage, user.uid, user.gid)
+                proxy.log.clear()
+                with _fuse_mode(mode):
+                    done = user.run(*python, "-m", "builder", "build", "--progress", "plain",
+                                    "--storage", str(storage), *common, "-t",
+                                    f"{proxy.addr}/ci/app:{tag}", "--push", str(ctx), env=env)
+                assert done.returncode == 0, done.stderr
+                runs[tag] = (done.stderr, sum(s.body_bytes for s in proxy.blob_gets({deps})))
+            assert "mounted lazily" in runs["lazy"][0], runs["lazy"][0]
+            assert 0 < runs["lazy"][1] < 300_000
+            assert "FUSE is unusable (cannot open /dev/fuse: Permission denied)" \
+                in runs["eager"][0], runs["eager"][0]
+            assert runs["eager"][1] >= BIG
+            assert _image(proxy.addr, "lazy") == _image(proxy.addr, "eager")
+            assert _file(proxy.addr, _image(proxy.addr, "lazy")[1][-1]["digest"],
+                         "out.txt") == OUT
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
