@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from cas import Digest
 
+from ..sandbox.userns import in_user_namespace
 from .fuse import FuseMount, FuseUnavailable
 from .toc import MAX_MEMBER, Toc, TocError, parse_toc
 from .tree import Inode, Tree
@@ -57,6 +58,9 @@ class LazyMounts:
         self.root = root
         self.progress = progress
         self.opaque_xattr = opaque_xattr
+        # in a user namespace (no overlay index=on), a step over hard links copies its
+        # root: builder.sandbox.runner
+        self.copies_links = in_user_namespace()
         self.fetched = 0
         self.unusable: str | None = None
         self._mounts: dict[Digest, tuple[FuseMount, Toc]] = {}
@@ -97,6 +101,14 @@ class LazyMounts:
                 self.progress.info(f"layer {blob} is fetched whole: its TOC cannot be used "
                                    f"({exc})")
                 return None
+            if self.copies_links and any(n.nlink > 1 and not n.is_dir
+                                         for n in tree.inodes.values()):
+                # the step's root is copied (the snapshot differ keeps the links): every
+                # file would be read through the mount, slower than one fetch
+                self._refused.add(blob)
+                self.progress.info(f"layer {blob} is fetched whole: it holds hard links, "
+                                   "which a non-root build's step copies (docs/rootless.md)")
+                return None
             target = self.root / f"mnt-{blob.encoded}"
             await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
             try:
@@ -104,9 +116,10 @@ class LazyMounts:
                                                 lambda node, off, size: self._read(
                                                     blob, toc, node, off, size))
             except FuseUnavailable as exc:
-                self.unusable = str(exc)
-                self.progress.info(f"lazy layers are fetched whole: FUSE is unusable here "
-                                   f"({exc}); see docs/rootless.md")
+                if self.unusable is None:  # one line, whichever layer met it first
+                    self.unusable = exc.strerror or str(exc)
+                    self.progress.info(f"lazy layers are fetched whole: FUSE is unusable "
+                                       f"here ({self.unusable}); see docs/rootless.md")
                 return None
             self._mounts[blob] = (mount, toc)
             self.progress.info(f"layer {blob} mounted lazily from its cache source "
