@@ -16,6 +16,8 @@ from tests.builder.build.test_build_remote_cache import (  # noqa: F401 (a fixtu
     _context,
     _stored,
     eager_layers,
+)
+from tests.builder.build.test_build_remote_cache import (
     step_layers as artifact_layers,
 )
 from tests.helpers.counting_proxy import counting_proxy
