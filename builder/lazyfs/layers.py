@@ -31,7 +31,7 @@ from cas import Digest
 
 from ..sandbox.userns import in_user_namespace
 from .fuse import FuseMount, FuseUnavailable
-from .toc import MAX_MEMBER, Toc, TocError, parse_toc
+from .toc import MAX_MEMBER, Member, Toc, TocEntry, TocError, parse_toc
 from .tree import Inode, Tree
 
 if TYPE_CHECKING:
@@ -149,6 +149,16 @@ class LazyMounts:
         members = toc.spans(entry.offset, entry.size)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
+        try:
+            self._write_file(blob, entry, members, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.rename(tmp, path)
+
+    def _write_file(self, blob: Digest, entry: TocEntry, members: list[Member],
+                    tmp: Path) -> None:
+        assert self._loop is not None
         written = 0
         with open(tmp, "wb") as out:
             i = 0
@@ -181,4 +191,3 @@ class LazyMounts:
                     written += hi - lo
         if written != entry.size:
             raise OSError(5, f"layer {blob}: {entry.name} has {written} bytes, not {entry.size}")
-        os.rename(tmp, path)

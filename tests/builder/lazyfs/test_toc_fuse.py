@@ -171,3 +171,70 @@ def test_mount_equals_extraction(mounted: Path, blob: Path, tmp_path: Path) -> N
         assert f.read(1000) == BIG[300_001:301_001]
     with pytest.raises(OSError):
         (mounted / "new-file").write_text("read-only")
+
+
+class _Source:
+    """A lazy layer's source for LazyMounts: Range reads of ``blob``, counted, tampered
+    where asked."""
+
+    def __init__(self, blob: bytes, tamper_at: int | None = None) -> None:
+        self.blob = blob
+        self.tamper_at = tamper_at
+        self.ranges: list[tuple[int, int]] = []
+
+    async def read_range(self, digest: object, start: int, end: int) -> bytes:
+        self.ranges.append((start, end))
+        data = bytearray(self.blob[start:end + 1])
+        if self.tamper_at is not None and start <= self.tamper_at <= end:
+            data[self.tamper_at - start] ^= 0xFF
+        return bytes(data)
+
+
+def _lazy_read(blob: Path, tmp_path: Path, source: _Source, name: str) -> bytes:
+    """A file of the layer read as a FUSE server thread reads it (the event loop in
+    another thread fetches the ranges)."""
+    import asyncio
+    import threading
+
+    from builder.lazyfs.layers import LazyMounts
+
+    size = blob.stat().st_size
+    toc = parse_toc(_toc(blob), "sha256:" + "0" * 64, size)
+    tree = Tree(toc, "trusted.overlay.opaque")
+    node = tree.lookup(tuple(name.split("/")))
+    assert node is not None and node.entry is not None
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        mounts = LazyMounts(source, tmp_path / "lazy", progress=None,  # type: ignore[arg-type]
+                            opaque_xattr="trusted.overlay.opaque")
+        mounts._loop = loop
+        from cas import Digest
+
+        return mounts._read(Digest.parse("sha256:" + "0" * 64), toc, node, 0, node.size)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+def test_a_file_read_fetches_only_its_members(blob: Path, tmp_path: Path) -> None:
+    source = _Source(blob.read_bytes())
+    assert _lazy_read(blob, tmp_path, source, "etc/passwd") == b"root:x:0:0::/root:/bin/sh\n"
+    # one member (chunks of up to 256 KiB), not the 700 KB layer
+    assert sum(end + 1 - start for start, end in source.ranges) < blob.stat().st_size // 4
+    # kept: a second read fetches nothing
+    assert _lazy_read(blob, tmp_path, source, "etc/passwd").startswith(b"root:")
+    assert len(source.ranges) == 1
+    assert _lazy_read(blob, tmp_path, source, "opt/deps/big") == BIG
+    # only under the place it was given
+    assert all(p.is_relative_to(tmp_path / "lazy") for p in tmp_path.rglob("*")
+               if p.is_file() and "lazy" in p.parts)
+
+
+def test_a_member_that_differs_from_its_toc_is_an_io_error(blob: Path, tmp_path: Path) -> None:
+    source = _Source(blob.read_bytes(), tamper_at=200_000)
+    with pytest.raises(OSError, match="differs from its TOC"):
+        _lazy_read(blob, tmp_path, source, "opt/deps/big")
+    assert not [p for p in (tmp_path / "lazy").rglob("*") if p.is_file()]  # nothing kept
