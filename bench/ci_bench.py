@@ -197,6 +197,24 @@ def _pybuild_job(context: Path, as_user: Callable[[list[str]], tuple[list[str], 
 
 
 @contextmanager
+def _fuse_for_users() -> Iterator[None]:
+    """/dev/fuse mode 0666 while the non-root runner builds, as stock Debian's udev rules
+    make it (a rootless build mounts its lazy layers with FUSE: docs/rootless.md); the
+    mode it had afterwards."""
+    fuse = Path("/dev/fuse")
+    try:
+        mode = fuse.stat().st_mode & 0o7777
+    except OSError:
+        yield  # no FUSE: the build says so and fetches the layers whole
+        return
+    os.chmod(fuse, 0o666)
+    try:
+        yield
+    finally:
+        os.chmod(fuse, mode)
+
+
+@contextmanager
 def _pybuild_runner(settings: CISettings) -> Iterator[tuple[str, Job, Path]]:
     """(column name, job, its directory) for pybuild: a non-root user's when possible.
 
@@ -209,7 +227,7 @@ def _pybuild_runner(settings: CISettings) -> Iterator[tuple[str, Job, Path]]:
         if settings.nonroot and os.geteuid() == 0:
             from testkit.users import python_for, temporary_user
 
-            with temporary_user("pybuild-ci") as user:
+            with temporary_user("pybuild-ci") as user, _fuse_for_users():
                 python, env = python_for(user)
                 pybuild_env()  # compiles the checkout's bytecode, as an install does
 

@@ -265,6 +265,11 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
                       allow=opts.allow, differ=opts.differ, pull=opts.pull,
                       extra_hosts=opts.add_hosts, shm_size=opts.shm_size, ulimits=opts.ulimits,
                       contexts=NamedContexts(opts.build_contexts))
+        if opts.cache_from:
+            from .lazyfs.layers import LazyMounts
+            from .sandbox.userns import overlay_xattr
+
+            env.lazyfs = LazyMounts(remote, work / "lazy", progress, overlay_xattr("opaque"))
         env_ref.append(env)
         notes = []
         for platform in platforms:
@@ -370,6 +375,8 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             if env_ref[0].sandbox_probe is not None:  # a thread: let it finish
                 await asyncio.gather(env_ref[0].sandbox_probe, return_exceptions=True)
         await asyncio.to_thread(agents.close)
+        if env_ref and env_ref[0].lazyfs is not None:
+            await env_ref[0].lazyfs.close()  # before the work dir and the sources go
         if remote is not None:
             await remote.close()
         if cache is not None:

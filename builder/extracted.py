@@ -33,14 +33,14 @@ from cas import Digest, Store
 
 from .sandbox.userns import overlay_xattr
 
-__all__ = ["EXTRACTED_DIR", "ExtractedLayers"]
+__all__ = ["EXTRACTED_DIR", "BlobReader", "ExtractedLayers"]
 
 # The directory under <storage>/builder (its name from before: see above).
 EXTRACTED_DIR = "snapshots"
 _READ_BUFFER = 1 << 20
 
 
-class _BlobReader(io.RawIOBase):
+class BlobReader(io.RawIOBase):
     """A blocking reader, for a worker thread, of a store blob that the event loop
     ``loop`` reads (``Store.read``): the layer streams from the store into the extractor,
     with no copy of the blob on disk."""
@@ -58,6 +58,11 @@ class _BlobReader(io.RawIOBase):
             return await anext(self._chunks)
         except StopAsyncIteration:
             return None
+
+    async def close_source(self) -> None:
+        """Close the blob's iterator (on the event loop, after the reader is done)."""
+        with contextlib.suppress(RuntimeError):
+            await self._chunks.aclose()  # type: ignore[attr-defined]
 
     def readinto(self, b: Any) -> int:
         while not self._buf:
@@ -149,7 +154,7 @@ class ExtractedLayers:
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
             chunks = streamed if streamed is not None else self.store.read(blob)
             try:
-                reader = io.BufferedReader(_BlobReader(chunks, asyncio.get_running_loop()),
+                reader = io.BufferedReader(BlobReader(chunks, asyncio.get_running_loop()),
                                            _READ_BUFFER)
                 await asyncio.to_thread(_extract, reader, tmp / "root")
                 if streamed is not None:
@@ -166,8 +171,20 @@ class ExtractedLayers:
                 await asyncio.to_thread(shutil.rmtree, tmp, True)
         return target
 
-    async def lowers(self, layers: Sequence[tuple[Digest, Digest]]) -> list[Path]:
+    async def lowers(self, layers: Sequence[tuple[Digest, Digest]],
+                     lazy: Callable[[Digest, Digest], Awaitable[Path | None]] | None = None
+                     ) -> list[Path]:
         """Extracted-layer dirs for ``(diff_id, blob)`` pairs bottom first, returned top
-        first (overlay lower dirs)."""
-        paths = await asyncio.gather(*(self.ensure(d, b) for d, b in layers))
+        first (overlay lower dirs). ``lazy``: a layer not extracted yet may come from it
+        instead (a FUSE mount of a layer still at its cache source, builder.lazyfs;
+        None: extract it)."""
+
+        async def one(diff_id: Digest, blob: Digest) -> Path:
+            if lazy is not None and not await asyncio.to_thread(self.path(diff_id).exists):
+                mounted = await lazy(diff_id, blob)
+                if mounted is not None:
+                    return mounted
+            return await self.ensure(diff_id, blob)
+
+        paths = await asyncio.gather(*(one(d, b) for d, b in layers))
         return list(reversed(paths))

@@ -22,6 +22,7 @@ layer bytes at all.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Collection
@@ -78,6 +79,8 @@ class RemoteLayers:
         # registry bases may stay in their registry too (set when --cache-from is given)
         self.lazy_bases = False
         self.fetched: set[Digest] = set()
+        # layer -> its TOC (builder.lazyfs), from the imported caches; lazy like a layer
+        self.tocs: dict[Digest, Descriptor] = {}
         self._checked: dict[tuple[str, Digest], bool] = {}
         self._fetches: dict[Digest, asyncio.Future[None]] = {}
         self._commits: set[asyncio.Future[None]] = set()  # streamed blobs being stored
@@ -254,6 +257,21 @@ class RemoteLayers:
             if holder is not None:
                 await self.store.link(holder, digest)
         self.fetched.add(digest)
+
+    async def read_range(self, digest: Digest, start: int, end: int) -> bytes:
+        """Bytes ``start..end`` (inclusive) of the lazy blob ``digest``, from its source
+        (a ``Range`` GET, or the layout's file); not checked here (the caller has the
+        digests of the parts: builder.lazyfs)."""
+        spec = self.sources[digest][0]
+        if spec.type == "local":
+            path = OciLayout(Path(spec.where)).blob_path(digest)
+            return await asyncio.to_thread(_pread, path, start, end + 1 - start)
+        from registry.client.refs import parse_image_ref
+
+        ref = parse_image_ref(spec.where)
+        client, _ = await self._registry()
+        async with client.open_blob(ref.api_host, ref.name, digest, start, end) as resp:
+            return await resp.read()
 
     async def base(self, ref: str, platform: str, *, pull: bool = False
                    ) -> tuple[Digest, Manifest, ImageConfig] | None:
@@ -433,6 +451,11 @@ class MountSources:
             finally:
                 await asyncio.to_thread(shutil.rmtree, tmp, True)
         return done
+
+
+def _pread(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        return os.pread(f.fileno(), size, offset)
 
 
 def _base_spec(ref: str) -> CacheSpec:

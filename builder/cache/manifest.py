@@ -25,12 +25,17 @@ Document (JSON, entries sorted by key)::
                   "instruction": "<expanded instruction>",
                   "layer": {"digest": "sha256:...", "size": 123, "media_type": "...",
                             "diff_id": "sha256:...", "created": "2026-..."}}],
-     "mounts": [{"id": "<cache mount id>", "layer": {...}}]}
+     "mounts": [{"id": "<cache mount id>", "layer": {...}}],
+     "tocs": {"sha256:<layer>": {"digest": "sha256:...", "size": 123}}}
 
 ``mounts`` (``--cache-to ...,cache-mounts=true``) holds the contents of ``RUN
 --mount=type=cache`` directories, one layer blob per cache id. An entry whose
 instruction is :data:`builder.cache.entries.FACTS` has no layer: it holds what a step read
 from the layers below it (a COPY's resolved destination, ``--chown`` ids).
+
+``tocs`` maps a gzip layer to its table of contents (:mod:`builder.lazyfs.toc`), a blob
+of the artifact too: a runner that imports the cache fetches it only when a RUN step
+must read the layer's files (:mod:`builder.lazyfs.layers`), then only the files read.
 
 A step's inputs (file hashes, environment, build arguments) are left out: the key covers
 them, and they can hold values that should not leave the machine. ``--explain`` therefore
@@ -108,14 +113,18 @@ class CacheManifest:
 
     entries: tuple[CacheEntry, ...] = ()
     mounts: tuple[MountEntry, ...] = ()
+    tocs: tuple[tuple[str, Descriptor], ...] = ()  # (layer digest, its TOC), sorted
 
     @classmethod
-    def of(cls, entries: Iterable[CacheEntry],
-           mounts: Iterable[MountEntry] = ()) -> CacheManifest:
+    def of(cls, entries: Iterable[CacheEntry], mounts: Iterable[MountEntry] = (),
+           tocs: dict[str, Descriptor] | None = None) -> CacheManifest:
         by_key = {e.key: e for e in entries}
         by_id = {m.id: m for m in mounts}
+        layers = {e.layer.digest for e in by_key.values()} | {m.layer.digest
+                                                              for m in by_id.values()}
         return cls(tuple(by_key[k] for k in sorted(by_key)),
-                   tuple(by_id[i] for i in sorted(by_id)))
+                   tuple(by_id[i] for i in sorted(by_id)),
+                   tuple((k, v) for k, v in sorted((tocs or {}).items()) if k in layers))
 
     def descriptors(self) -> list[Descriptor]:
         """The layer blobs the entries and the mounts name, once each, in order (the
@@ -125,6 +134,8 @@ class CacheManifest:
             if layer.digest and layer.digest not in seen:
                 seen[layer.digest] = Descriptor(layer.media_type,
                                                 Digest.parse(layer.digest), layer.size)
+        for _, toc in self.tocs:
+            seen.setdefault(str(toc.digest), toc)
         return list(seen.values())
 
     def to_doc(self) -> dict[str, Any]:
@@ -132,6 +143,8 @@ class CacheManifest:
                                "entries": [e.to_dict() for e in self.entries]}
         if self.mounts:
             doc["mounts"] = [m.to_dict() for m in self.mounts]
+        if self.tocs:
+            doc["tocs"] = {k: {"digest": str(v.digest), "size": v.size} for k, v in self.tocs}
         return doc
 
     def to_json(self) -> bytes:
@@ -152,6 +165,22 @@ class CacheManifest:
             if not isinstance(doc, dict) or doc.get("mediaType") != MEDIA_TYPE:
                 raise ValueError(f"not a pybuild cache manifest (mediaType {MEDIA_TYPE})")
             return cls.of((CacheEntry.from_dict(e) for e in doc["entries"]),
-                          (MountEntry.from_dict(m) for m in doc.get("mounts", ())))
+                          (MountEntry.from_dict(m) for m in doc.get("mounts", ())),
+                          _tocs(doc.get("tocs", {})))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed cache manifest: missing or mistyped {exc}") from exc
+
+
+def _tocs(doc: Any) -> dict[str, Descriptor]:
+    from ..lazyfs.toc import TOC_MEDIA_TYPE
+
+    if not isinstance(doc, dict):
+        raise ValueError("malformed cache manifest: tocs must be an object")
+    out = {}
+    for layer, toc in doc.items():
+        Digest.parse(layer)
+        size = toc["size"]
+        if type(size) is not int or not 0 < size <= 1 << 30:
+            raise ValueError(f"malformed cache manifest: the TOC of {layer} has size {size!r}")
+        out[layer] = Descriptor(TOC_MEDIA_TYPE, Digest.parse(toc["digest"]), size)
+    return out

@@ -88,7 +88,8 @@ async def pull_cache(ref: str, config_type: str, store: Store) -> CacheManifest:
     finally:
         await images.close()
     return CacheManifest.of([e for m in manifests for e in m.entries],
-                            [x for m in manifests for x in m.mounts])
+                            [x for m in manifests for x in m.mounts],
+                            {k: v for m in manifests for k, v in m.tocs})
 
 
 def _config_doc(data: bytes) -> dict[str, object]:

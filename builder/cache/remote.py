@@ -40,6 +40,7 @@ from .manifest import CacheManifest, MountEntry
 from .mounts import export_mounts
 from .protocol import BuildCacheBackend
 from .spec import CacheSpec, CacheSpecError, parse_cache_spec
+from .tocs import layer_tocs
 from .tracking import TrackingCache
 
 __all__ = ["ARTIFACT_TYPE", "CONFIG_MEDIA_TYPE", "CacheSpec", "CacheSpecError",
@@ -114,7 +115,8 @@ class _Progress(Protocol):
 async def import_all(specs: Collection[CacheSpec], cache: TrackingCache, store: Store,
                      progress: _Progress, mounts: MountSources | None = None) -> None:
     """Import every ``--cache-from``; one that cannot be read is a warning line. A layer
-    blob stays at its source until it is needed (:mod:`.lazy`)."""
+    blob (and its TOC) stays at its source until it is needed (:mod:`.lazy`)."""
+    remote = mounts.layers if mounts is not None else None
     for spec in specs:
         try:
             manifest = await import_cache(spec, cache, store)
@@ -123,6 +125,10 @@ async def import_all(specs: Collection[CacheSpec], cache: TrackingCache, store: 
             continue
         for key in cache.last_new:
             cache.origin.setdefault(key, spec)
+        if remote is not None:
+            for layer, toc in manifest.tocs:
+                remote.tocs.setdefault(Digest.parse(layer), toc)
+                remote.sources.setdefault(toc.digest, (spec, toc, set()))
         if mounts is not None:
             for m in manifest.mounts:
                 mounts.imported.setdefault(m.id, (spec, m))
@@ -168,7 +174,9 @@ async def export_all(specs: Collection[CacheSpec], cache: TrackingCache,
                 mount_entries, links = await export_mounts(sources.used, cache_dir, store,
                                                            work)
                 mount_entries += sources.carried([m.id for m in mount_entries])
-            manifest = CacheManifest.of(entries, mount_entries)
+            layers = CacheManifest.of(entries, mount_entries).descriptors()
+            manifest = CacheManifest.of(entries, mount_entries,
+                                        await layer_tocs(layers, store, remote))
             await export_cache(spec, manifest, store, remote)
         except (OSError, ValueError, ClientError, RegistryError, LazyLayerError) as exc:
             if not spec.ignore_error:

@@ -9,6 +9,10 @@ root for everything the build does -- it mounts overlayfs (kernel >= 5.11, with
 owners the image gives them, and every layer records the same in-namespace owners a root
 build records: the same inputs give the same layer and image digests.
 
+The process gets a mount namespace of its own with it (``CLONE_NEWNS``): the build may
+mount there (a lazy layer's FUSE file system, :mod:`builder.lazyfs`), seen only by it
+and its steps. A root build gets one too (:func:`private_mounts`).
+
 Outside the namespace, a file owned by in-namespace uid ``u > 0`` belongs to the
 ``u``-th subordinate id; files owned by uid 0 belong to the user.
 
@@ -50,11 +54,14 @@ __all__ = [
     "id_map",
     "in_user_namespace",
     "overlay_xattr",
+    "private_mounts",
     "subordinate_ranges",
     "unmapped_owner",
 ]
 
 _CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNS = 0x00020000
+_MS_REC, _MS_PRIVATE = 16384, 1 << 18
 # The kernel takes at most 340 lines per map (and newuidmap as many); one is the user's.
 _MAX_RANGES = 339
 _PROC = Path("/proc")
@@ -238,7 +245,9 @@ def enter_user_namespace() -> None:
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert mapper.stdin is not None and mapper.stderr is not None
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(_CLONE_NEWUSER) != 0:
+    # A mount namespace of its own too: the build may mount (a lazy layer's FUSE file
+    # system, builder.lazyfs) where only it and its steps see it.
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
         mapper.kill()
         mapper.wait()
@@ -261,11 +270,26 @@ def enter_user_namespace() -> None:
     in_user_namespace.cache_clear()
 
 
+def private_mounts() -> None:
+    """For root: move this (single-threaded) process into a mount namespace of its own,
+    whose mounts (a lazy layer's FUSE file system, builder.lazyfs) no other process sees
+    and which go with it, even after a SIGKILL; the mounts it starts with stay, made
+    private there so that nothing propagates back. Best effort: where it cannot, the
+    process stays where it was (its mounts are then undone when the build ends)."""
+    if os.geteuid() != 0 or threading.active_count() > 1:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNS) == 0:
+        libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None)
+
+
 def become_root() -> None:
-    """For a command that must run as root: nothing for root; anyone else enters a user
-    namespace (:func:`enter_user_namespace`) or gets its error as one ``ERROR:`` line on
-    stderr and exit code 1."""
+    """For a command that must run as root: root gets a mount namespace of its own
+    (:func:`private_mounts`); anyone else enters a user namespace
+    (:func:`enter_user_namespace`) or gets its error as one ``ERROR:`` line on stderr and
+    exit code 1."""
     if os.geteuid() == 0:
+        private_mounts()
         return
     try:
         enter_user_namespace()

@@ -27,6 +27,7 @@ from ..progress import BuildProgress
 if TYPE_CHECKING:
     from ..cache.lazy import MountSources, RemoteLayers
     from ..contexts import NamedContexts
+    from ..lazyfs.layers import LazyMounts
 
 __all__ = ["BuildError", "StepEnv", "cached_facts", "instruction_text", "layer_step",
            "lower_facts", "valid_facts", "valid_files"]
@@ -98,6 +99,8 @@ class StepEnv:
     # layers brought here ahead of the step that needs them (prefetch); the build
     # cancels what is left when it ends
     background: set[asyncio.Future[Any]] = field(default_factory=set)
+    # --cache-from: lazy layers a RUN step reads through FUSE (builder.lazyfs)
+    lazyfs: LazyMounts | None = None
     # the overlayfs probe started ahead of the first RUN (warm_sandbox), awaited at the end
     sandbox_probe: asyncio.Future[Any] | None = None
 
@@ -126,13 +129,19 @@ class StepEnv:
             return
         self.warm_sandbox()
         task = asyncio.ensure_future(self.extracted.lowers(
-            [(layer.diff_id, layer.descriptor.digest) for layer in layers]))
+            [(layer.diff_id, layer.descriptor.digest) for layer in layers],
+            self.lazyfs.lower if self.lazyfs is not None else None))
         self.background.add(task)
         task.add_done_callback(_settled(self.background))
 
-    async def lowers(self, state: ImageState) -> list[Path]:
+    async def lowers(self, state: ImageState, *, lazy: bool = False) -> list[Path]:
+        """The state's layers as overlay lower dirs (top first). ``lazy`` (a RUN step's,
+        read only through its sandbox's overlay): a layer still at its cache source may
+        be a FUSE mount (builder.lazyfs), whose files are fetched when read; nothing on
+        the event loop may read such a directory's files."""
         return await self.extracted.lowers(
-            [(layer.diff_id, layer.descriptor.digest) for layer in state.layers])
+            [(layer.diff_id, layer.descriptor.digest) for layer in state.layers],
+            self.lazyfs.lower if lazy and self.lazyfs is not None else None)
 
 
 def _settled(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:

@@ -239,7 +239,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         if env.mounts is not None and caches:
             await _restore_caches(env, n, caches)
         env.warm_sandbox()
-        lowers = await env.lowers(state)
+        lowers = await env.lowers(state, lazy=True)
         state_dir = env.scratch("run-")
         mounts = []
         for m in resolved:
