@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from cas.frames import FrameScanner, gzip_member, zstd_frame
 from testkit.tools import require_tool
 
-
 # Feeds of 2 bytes: no header lies whole in one, every one is collected byte by byte.
 BYTE_BY_BYTE = [2]
 
