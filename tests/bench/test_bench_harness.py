@@ -218,12 +218,13 @@ AREAS = {
                    "shaped link: push v2 over v1 (the registry holds v1)"]
                   if os.geteuid() == 0 else [])]),
     "replicas": (("docker-registry", "skopeo", "wrk", "haproxy", "radosgw"), "distribution",
-                 ["blob push 32 MiB (POST+PUT)", "blob pull 32 MiB, 1 client",
-                  "blob pull 32 MiB, 4 clients", "manifest GET", "manifest GET p99",
-                  "skopeo copy push (3 x 1 MiB layers)", "skopeo copy pull (3 x 1 MiB layers)",
-                  "skopeo copy push", "skopeo copy pull",
+                 ["blob push 32 MiB (POST+PUT)", "manifest GET", "manifest GET p99",
+                  "skopeo copy push (3 x 1 MiB layers)", "skopeo copy push",
                   "bucket bytes after 3 versions x 2 chunked-frame layers, 6 MB pushed",
                   "storage / bytes pushed", "metadata database",
+                  # The pull rows come from alternated rounds after the pushes.
+                  "blob pull 32 MiB, 1 client", "blob pull 32 MiB, 4 clients",
+                  "skopeo copy pull (3 x 1 MiB layers)", "skopeo copy pull",
                   "blob pull 32 MiB, 1 client, streamed", "blob pull 32 MiB, 4 clients, streamed",
                   "skopeo copy pull (3 x 1 MiB layers), streamed", "skopeo copy pull, streamed"]),
     "builder": (("docker-registry", "skopeo", "docker", "dockerd", "buildah"), "docker",
@@ -269,9 +270,14 @@ def test_quick_run_of_each_area_writes_json(area: str, tmp_path: Path) -> None:
     if area in ("builder", "ci"):
         assert all(m["values"]["buildah"] > 0 for m in data["measurements"])
     if area == "ci":
-        # Every runner B fetched at least the base and the 4 MiB dependency layer.
+        # The peers' runner B fetched the base and the 4 MiB dependency layer; pybuild's
+        # last RUN reads the base's busybox but not the dependencies, so its runner B
+        # fetches only the files that step reads (a lazy layer through FUSE).
         pulled = data["measurements"][2]["values"]
-        assert all(v > 4.19 for v in pulled.values()), pulled
+        assert pulled["docker"] > 4.19 and pulled["buildah"] > 4.19, pulled
+        if "pybuild" in pulled:  # without FUSE it fetches the layers whole, as the peers
+            lazy = Path("/dev/fuse").exists()
+            assert (0.5 < pulled["pybuild"] < 2.5) if lazy else pulled["pybuild"] > 4.19, pulled
         # As root the harness runs pybuild as a non-root user, as CI runners are.
         assert "pybuild" in pulled or "pybuild" in data["skipped"]
         # Multi-stage: the dependency layer is needed only to push it; pybuild leaves it
