@@ -453,7 +453,7 @@ class Ingest(IngestAssembly):
         return self._blob_digest(expected)
 
     def _commit_sync(self, digest: str, link: str | None) -> None:
-        if self._writer is not None and not self._seal_as_one():
+        if self._writer is not None:
             self._writer.sync()
         self._core.meta.commit_blob(self.id, digest, self.offset, self._recipe, self._new, link)
         self._closed = True

@@ -21,18 +21,11 @@ from typing import TYPE_CHECKING
 
 from .errors import StoreCorrupt
 from .ingest_pieces import IngestPieces
-from .meta import CODEC_ZSTD
 
 if TYPE_CHECKING:
     from .digest import Hasher
 
-__all__ = ["JOIN_MAX", "IngestCheckpoints"]
-
-#: The largest blob whose segments a commit joins into one object (packs in S3: the
-#: sealed segment is read back and written again, in memory): a blob pushed as docker,
-#: skopeo and podman push (POST, PATCH, PUT) is then one object that a GET can be
-#: redirected to, like one pushed in a single request.
-JOIN_MAX = 32 << 20
+__all__ = ["IngestCheckpoints"]
 
 
 class IngestCheckpoints(IngestPieces):
@@ -131,23 +124,3 @@ class IngestCheckpoints(IngestPieces):
         self._checkpointed = offset
         self._tail_len = tail_len
 
-    def _seal_as_one(self) -> bool:
-        """Seal the last pieces together with the segment an earlier checkpoint sealed,
-        when that makes the whole blob one object of the pack (S3: a GET can then be
-        redirected to it): all its pieces new, raw, back to back in this ingest's pack
-        from that segment's start, and the blob at most :data:`JOIN_MAX` bytes (the
-        segment is read back and written again)."""
-        join = getattr(self._writer, "sync_joined", None)
-        if join is None or self._checkpointed <= 0 or self.offset > JOIN_MAX:
-            return False
-        assert self._writer is not None
-        start = end = -1
-        for key, _ in self._recipe:
-            loc = self._new.get(key)
-            if (loc is None or loc.pack != self._writer.name or loc.codec == CODEC_ZSTD
-                    or (end >= 0 and loc.offset != end)):
-                return False
-            start = loc.offset if start < 0 else start
-            end = loc.offset + loc.stored
-        joined: bool = join(start, JOIN_MAX)
-        return joined

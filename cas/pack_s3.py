@@ -189,43 +189,6 @@ class _S3Writer:
             self._buf = bytearray()
             self._upload = None
 
-    def sync_joined(self, start: int, limit: int) -> bool:
-        """Seal what was appended since the last sync together with the sealed segment
-        that starts at ``start`` (it must end where they begin), as one object: that
-        segment's bytes are read back and the whole is written at its key, which then
-        holds both. False (nothing done; call :meth:`sync`) when there is no such segment,
-        the whole would exceed ``limit`` bytes, or a multipart upload is already under
-        way. A blob whose pieces the last checkpoint sealed and whose commit adds its
-        last piece is then one object, which a GET can be redirected to."""
-        with self._lock:
-            self._check()
-            packs = self._packs
-            head = self._start - start
-            if (self._upload is not None or not self._buf or head <= 0
-                    or head + len(self._buf) > limit
-                    or (start, head) not in packs._cached(self.name)):
-                return False
-            key = packs.key(self.name, start)
-            what = f"joining pack {self.name}'s segments"
-            try:
-                sealed = obstore.get_range(packs.store, key, start=0, length=head)
-                if len(sealed) != head:
-                    return False
-                body = bytearray(sealed)
-                body += self._buf
-                obstore.put(packs.store, key, body, chunk_size=packs.location.part_size,
-                            max_concurrency=_CONCURRENCY)
-            except Exception as exc:
-                if _is_missing(exc):
-                    return False
-                self._failed = _describe(exc, packs.location, what)
-                raise self._failed from exc
-            # The bytes now also live at ``start``'s key; later listings see one segment.
-            packs._sealed(self.name, start, len(body))
-            self._start += len(self._buf)
-            self._buf = bytearray()
-            return True
-
     def close(self) -> None:
         """Release the writer: bytes appended since the last sync are dropped (an
         unfinished multipart upload is left to the bucket's lifecycle rule)."""

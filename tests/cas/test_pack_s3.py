@@ -140,34 +140,6 @@ def test_a_replica_that_listed_a_pack_earlier_still_signs_its_newer_segments(
     assert other.presign("bb22", start, 27, 60) is None
 
 
-def test_a_commit_joins_the_last_bytes_to_the_segment_before_as_one_object(
-        radosgw: RadosGateway, s3_location: S3Location) -> None:
-    writer, other = S3Packs(s3_location), S3Packs(s3_location)
-    w = writer.create("cc33")
-    head = os.urandom(6 << 20)  # above the part size: a multipart segment
-    w.append(head)
-    w.sync()
-    assert other.read("cc33", 0, 5) == head[:5]  # a replica lists the pack now
-    tail_at = w.append(b"the last piece")
-    assert not w.sync_joined(1, 64 << 20)  # no segment starts there
-    assert not w.sync_joined(0, len(head))  # the whole would be over the limit
-    assert w.sync_joined(0, 64 << 20)
-    assert w.size == len(head) + 14
-    client = radosgw.client()
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=writer.key("cc33", 0)[:-16])["Contents"]]
-    assert keys == [writer.key("cc33", 0)]  # one object, no segment at tail_at
-    assert client.head_object(Bucket=BUCKET, Key=keys[0])["ContentLength"] == len(head) + 14
-    # The replica that listed one shorter segment reads the new bytes (it lists again)
-    # and signs the whole as one object.
-    assert other.read("cc33", tail_at - 3, 17) == head[-3:] + b"the last piece"
-    assert other.presign("cc33", 0, len(head) + 14, 60) is not None
-    # Later appends seal as segments of their own.
-    w.append(b"more")
-    w.sync()
-    assert writer.read("cc33", len(head) + 14, 4) == b"more"
-    assert not w.sync_joined(0, 64 << 20)  # nothing appended since
-
-
 def test_compaction_gives_space_back_and_keeps_live_bytes_for_a_stale_reader(
         radosgw: RadosGateway, s3_location: S3Location) -> None:
     writer_side, reader_side = S3Packs(s3_location), S3Packs(s3_location)  # two processes

@@ -257,18 +257,3 @@ def test_storage_redirect_sends_a_blob_that_is_one_object_to_a_presigned_url(
         assert http(reg.addr, "HEAD", f"/v2/r/blobs/{digests[0]}").status == 200
         status, _, body = get(digests[1], {})
         assert status == 200 and body == text
-        # Pushed as docker and skopeo push (POST, PATCH with the whole body, PUT): the
-        # PATCH's checkpoint seals all but the last piece, the commit joins that to it.
-        chunked = os.urandom(5 << 20)
-        digest = f"sha256:{hashlib.sha256(chunked).hexdigest()}"
-        start = http(reg.addr, "POST", "/v2/r/blobs/uploads/")
-        assert start.status == 202
-        patch = http(reg.addr, "PATCH", start.headers["location"], body=chunked)
-        assert patch.status == 202, patch.body
-        where = patch.headers["location"]
-        done = http(reg.addr, "PUT", f"{where}{'&' if '?' in where else '?'}digest={digest}")
-        assert done.status == 201, done.body
-        status, headers, _ = get(digest, {})
-        assert status == 307
-        with urllib.request.urlopen(headers["Location"], timeout=30) as direct:
-            assert direct.read() == chunked
