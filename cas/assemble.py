@@ -26,6 +26,19 @@ whole pieces, each with the BLAKE3 key its sender claims, in any order:
   of another recipe, or a prefix whose reading failed (a piece gone meanwhile), hashes
   the whole blob anew.
 
+A store that keeps SHA-256 states (``StoreConfig.digest_states``, :mod:`cas.digest_states`)
+keeps them for the blobs a piece ingest commits too, and :meth:`PieceIngest.expect` takes
+``bases``: committed blobs the caller vouches for (a registry passes only the bases the
+client may pull). When the expected recipe begins with the first pieces of one of them
+(compared with the base's recipe in the metadata, never with what a client claims), the
+background hash starts from that base's last kept state inside the shared pieces
+(:attr:`PieceIngest.resumed_offset`): those bytes are neither read nor hashed. The
+commit checks the claim as :mod:`cas.ingest_assembly` does: when its recipe does not
+begin with the pieces the state stands for, or the digest is not the expected one, the
+whole blob is hashed again from its pieces before anything is decided (a damaged or
+wrong state costs time, never a false failure nor a wrong blob). A state changes how
+long a hash takes, never what any call answers.
+
 There is no cutter and no tail file: a checkpoint is the pack's sync and the pieces'
 rows (``offset`` counts the bytes received).
 """
@@ -34,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,14 +55,18 @@ import blake3
 
 from .blobs import BlobInfo
 from .digest import Digest, new_hasher
+from .digest_states import STEP, Sha256, load_state, save_states
 from .errors import CasError, DigestMismatch, IngestUnknown
+from .ingest_assembly import Resumed
 from .ingest_pieces import IngestPieces
+from .meta import decode_recipe
 from .pack_reads import hash_locations, prefetch_locations
 
 if TYPE_CHECKING:
     import zstandard
 
     from .core import StoreCore
+    from .digest import Hasher
     from .meta import IngestRow, Location
     from .packs import PackWriter
 
@@ -104,11 +121,14 @@ class _Prehash:
     """The background hash of the recipe a commit is expected to name."""
 
     def __init__(self, recipe: list[tuple[bytes, int]], known: frozenset[bytes],
-                 algorithm: str) -> None:
+                 hasher: Hasher, bases: Sequence[Digest] = ()) -> None:
         self.recipe = recipe
         self.known = known
-        self.hasher = new_hasher(algorithm)
-        self.done = 0  # pieces of ``recipe`` fed to ``hasher``
+        self.hasher = hasher
+        self.bases = list(bases)  # committed blobs the recipe may begin as
+        self.resumed: Resumed | None = None  # the hash started from a base's kept state
+        self.done = 0  # pieces of ``recipe`` fed to ``hasher`` (or covered by ``resumed``)
+        self.skip = 0  # bytes of piece ``done`` already in ``hasher`` (a state inside it)
         self.failed = False  # the hasher is of no use (a read failed half-way)
         self.stop = False
         self.stepping = False  # a step runs on a worker thread now
@@ -139,6 +159,12 @@ class PieceIngest(IngestPieces):
         self._lock = asyncio.Lock()
         self._closed = False
         self._pre: _Prehash | None = None
+        #: Bytes of the expected blob the background hash took from a base's kept
+        #: SHA-256 state instead of reading them (0: none; see the module docstring).
+        self.resumed_offset = 0
+        #: Commits whose digest was computed again from every byte after a resumed hash
+        #: (a state that did not hold, or a digest other than expected).
+        self.rehashed = 0
 
     @classmethod
     async def resume(cls, core: StoreCore, row: IngestRow) -> PieceIngest:
@@ -178,12 +204,15 @@ class PieceIngest(IngestPieces):
         if self._pre is not None:
             self._pre.arrived.set()
 
-    async def expect(self, recipe: list[tuple[str, int]], known: AbstractSet[str] = frozenset()
-                     ) -> None:
+    async def expect(self, recipe: list[tuple[str, int]], known: AbstractSet[str] = frozenset(),
+                     bases: Sequence[Digest] = ()) -> None:
         """Start hashing ``recipe`` in the background (module docstring): the pieces this
         ingest received and the committed pieces of ``known`` (BLAKE3 hex keys the caller
         vouches for, as for :meth:`commit_recipe`), in order, as far as they go; the rest
-        as it arrives. The same recipe again keeps the hash under way; another replaces it."""
+        as it arrives. When the store keeps SHA-256 states and ``recipe`` begins with the
+        first pieces of one of ``bases`` (committed blobs the caller vouches for), the
+        hash starts from that blob's last kept state inside them. The same recipe again
+        keeps the hash under way; another replaces it."""
         if self._closed:
             return
         raw = [(bytes.fromhex(k), n) for k, n in recipe]
@@ -192,7 +221,9 @@ class PieceIngest(IngestPieces):
                 return
             await self._stop_prehash()
         wanted = {k for k, _ in raw}
-        pre = _Prehash(raw, frozenset(k for k in wanted if k.hex() in known), self.algorithm)
+        pre = _Prehash(raw, frozenset(k for k in wanted if k.hex() in known),
+                       self._new_hasher(self.algorithm), bases)
+        self.resumed_offset = 0
         self._pre = pre
         pre.task = asyncio.create_task(self._prehash(pre))
 
@@ -274,8 +305,13 @@ class PieceIngest(IngestPieces):
                     return
                 # Where the committed pieces are, asked once. (Each step asks the disk for
                 # its own pieces only: a deeper queue of reads would hold up the syncs
-                # of the pieces being received.)
-                await self._core.run(self._locate_known, pre)
+                # of the pieces being received.) First, a base's kept state to start from
+                # (a step too: a commit waits for it rather than race it).
+                pre.stepping = True
+                try:
+                    await self._core.run(self._start_sync, pre)
+                finally:
+                    pre.stepping = False
             while not pre.stop and pre.done < len(pre.recipe):
                 pre.arrived.clear()
                 async with self._lock:  # a view of the received pieces between calls
@@ -312,8 +348,58 @@ class PieceIngest(IngestPieces):
         except Exception:  # a hint only: the commit hashes anew
             pre.failed = True
 
-    def _locate_known(self, pre: _Prehash) -> None:
+    def _new_hasher(self, algorithm: str) -> Hasher:
+        """A hasher that keeps SHA-256 states when the store keeps them."""
+        if self._core.digest_states and algorithm == "sha256":
+            return Sha256()
+        return new_hasher(algorithm)
+
+    def _start_sync(self, pre: _Prehash) -> None:
+        with contextlib.suppress(CasError, OSError, ValueError):  # a hint only
+            self._resume_sync(pre)
         pre.located = self._core.meta.locations(pre.known)
+
+    def _resume_sync(self, pre: _Prehash) -> None:
+        """Start ``pre``'s hash from the last kept state of the base whose first pieces
+        the recipe shares, the furthest one (nothing when none is kept)."""
+        if not isinstance(pre.hasher, Sha256) or pre.done or pre.skip:
+            return
+        best: tuple[int, bytes, list[bytes], Digest] | None = None
+        for base in dict.fromkeys(pre.bases):
+            if base.algorithm != "sha256":
+                continue
+            row = self._core.meta.blob(str(base))
+            if row is None:
+                continue
+            shared = 0
+            for theirs, mine in zip(decode_recipe(row[1]), pre.recipe, strict=False):
+                if theirs != mine:
+                    break
+                shared += mine[1]
+            if shared < STEP or (best is not None and shared // STEP * STEP <= best[0]):
+                continue
+            found = load_state(self._core.root, base.encoded, shared)
+            if found is not None and (best is None or found[0] > best[0]):
+                best = (*found, base)
+        if best is None:
+            return
+        offset, state, before, base = best
+        done = pos = 0
+        while done < len(pre.recipe) and pos + pre.recipe[done][1] <= offset:  # covered whole
+            pos += pre.recipe[done][1]
+            done += 1
+        pre.hasher = Sha256(offset=offset, state=state, before=before)
+        pre.done, pre.skip = done, offset - pos
+        pre.resumed = Resumed(str(base), offset, pre.recipe[:done + (1 if pre.skip else 0)])
+        self.resumed_offset = offset
+
+    def _feed(self, hasher: Hasher, locs: list[Location], skip: int = 0) -> None:
+        """Feed the pieces at ``locs`` to ``hasher``, but the first ``skip`` bytes of the
+        first one (a kept state stands for them)."""
+        if skip and locs:
+            hasher.update(memoryview(self._core.load(locs[0]))[skip:])
+            locs = locs[1:]
+        hash_locations(self._core, hasher, locs)
 
     def _prehash_step(self, pre: _Prehash, step: list[tuple[bytes, int]],
                       received: dict[bytes, Location]) -> None:
@@ -328,11 +414,12 @@ class PieceIngest(IngestPieces):
         ordered = [locs[k] for k, _ in step]
         prefetch_locations(self._core, ordered)
         try:
-            hash_locations(self._core, pre.hasher, ordered)
+            self._feed(pre.hasher, ordered, pre.skip)
         except BaseException:
             pre.failed = True  # part of the step may be in the hasher
             raise
         pre.done += len(step)
+        pre.skip = 0
 
     def _abort_sync(self) -> None:
         if self._writer is not None:
@@ -412,15 +499,26 @@ class PieceIngest(IngestPieces):
                     f"piece {i} ({k.hex()}) is {locs[k].length} bytes, the recipe says {n}"
                 )
         # The background hash of this very recipe, when there is one, has fed the first
-        # ``pre.done`` pieces to its hasher: only the rest is read here.
-        start = 0
-        hasher = new_hasher(expected.algorithm)
+        # ``pre.done`` pieces to its hasher (or started from a kept state that stands
+        # for them): only the rest is read here.
+        start = skip = 0
+        resumed: Resumed | None = None
+        hasher = self._new_hasher(expected.algorithm)
         if pre is not None and pre.recipe == raw and self.algorithm == expected.algorithm:
-            hasher, start = pre.hasher, pre.done
+            hasher, start, skip, resumed = pre.hasher, pre.done, pre.skip, pre.resumed
         rest = [locs[k] for k, _ in raw[start:]]
         prefetch_locations(self._core, rest)
-        hash_locations(self._core, hasher, rest)
+        self._feed(hasher, rest, skip)
         actual = Digest(expected.algorithm, hasher.hexdigest())
+        if resumed is not None and (actual != expected
+                                    or raw[:len(resumed.pieces)] != resumed.pieces):
+            # The state did not hold (or the digest is wrong): every byte, before deciding.
+            self.rehashed += 1
+            hasher = self._new_hasher(expected.algorithm)
+            every = [locs[k] for k, _ in raw]
+            prefetch_locations(self._core, every)
+            hash_locations(self._core, hasher, every)
+            actual = Digest(expected.algorithm, hasher.hexdigest())
         if actual != expected:
             raise DigestMismatch(expected, actual)
         size = sum(n for _, n in raw)
@@ -428,5 +526,8 @@ class PieceIngest(IngestPieces):
         # reference: GC frees them), so no dead range stays behind in the pack.
         meta.commit_blob(self.id, str(actual), size, raw, self._new, link)
         self._closed = True
+        if isinstance(hasher, Sha256) and actual.algorithm == "sha256":
+            with contextlib.suppress(OSError):  # best effort: without them, hashed in full
+                save_states(self._core.root, actual.encoded, hasher.states)
         self._core.empty_trash()
         return BlobInfo(actual, size)

@@ -85,6 +85,10 @@ class StoreConfig:
         """This config with its packs in ``s3`` (None: as the directory records)."""
         return replace(self, s3=s3)
 
+    def with_digest_states(self, keep: bool = True) -> StoreConfig:
+        """This config keeping (or not) the SHA-256 states of committed blobs."""
+        return replace(self, digest_states=keep)
+
     def with_piece_cache(self, max_bytes: int | None, directory: Path | None = None) -> StoreConfig:
         """This config with its piece cache bounded by ``max_bytes`` (None: the default,
         0: none), kept in ``directory`` (None: ``root/cache/pieces``)."""

@@ -269,8 +269,12 @@ def make_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         opened: Store | None = None
         if store is None:
+            # Kept SHA-256 states (cas.digest_states): a pushed blob that begins as a
+            # readable base is hashed from the base's last state on (local files under
+            # the root: each replica keeps its own, best effort).
             opened = await open_store(StoreConfig.at(root, database=config.database,
                                                      migrate=config.database_migrate)
+                                      .with_digest_states()
                                       .with_packs_in(config.packs)
                                       .with_piece_cache(None if config.cache_pieces_bytes < 0
                                                         else config.cache_pieces_bytes,

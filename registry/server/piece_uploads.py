@@ -29,6 +29,15 @@ function of bytes the caller sent and of recipes it could already read with ``GE
 _pybuild/blob/recipe``: whether a piece exists anywhere else never shows. A piece the
 caller sends that the store already has is kept once, silently (the same answer).
 
+The store keeps SHA-256 states of committed blobs (:mod:`cas.digest_states`; local
+files, so on S3/PostgreSQL deployments each replica keeps its own, and one without
+them hashes everything). When a plan begins with the first pieces of a readable base
+(compared with the base's recipe in the store, not with the plan's claims), the hash of
+the blob starts from that base's last kept state (``PieceIngest.expect``); the commit
+hashes every byte again when that does not give the expected digest. This is no oracle
+either: only the bases above are looked at, and a kept state changes how long the
+registry hashes, never any status or body the client sees.
+
 Limits (hostile plans get 400s that say which limit): a plan body of at most
 :data:`MAX_PLAN_BYTES`, a blob of at most :data:`MAX_BLOB` bytes (a commit reads and
 hashes that much, whatever few bytes were sent), :data:`MAX_PIECES` pieces,
@@ -224,6 +233,13 @@ def parse_plan(body: bytes) -> Plan:
 async def _readable_base_keys(request: web.Request, name: str, plan: Plan) -> set[str]:
     """The piece keys of the plan's bases that the caller may pull (module docstring:
     a base it may not pull, or that does not exist, adds nothing - the same nothing)."""
+    return (await _readable_bases(request, name, plan))[0]
+
+
+async def _readable_bases(request: web.Request, name: str, plan: Plan
+                          ) -> tuple[set[str], list[Digest]]:
+    """The piece keys of the plan's bases that the caller may pull, and those bases
+    (the only ones whose kept SHA-256 states the ingest may start from)."""
     reg = request.app[REGISTRY]
     grant = request.get(GRANT)
 
@@ -237,7 +253,8 @@ async def _readable_base_keys(request: web.Request, name: str, plan: Plan) -> se
 
     bases = dict.fromkeys((digest, repo or name) for digest, repo in plan.bases)
     found = await asyncio.gather(*(keys_of(digest, repo) for digest, repo in bases))
-    return set().union(*found)
+    readable = list(dict.fromkeys(digest for (digest, _), keys in zip(bases, found) if keys))
+    return set().union(*found), readable
 
 
 async def base_keys(reg: Registry, digest: Digest) -> frozenset[str]:
@@ -267,10 +284,11 @@ async def base_keys(reg: Registry, digest: Digest) -> frozenset[str]:
 async def _missing(request: web.Request, name: str, plan: Plan, ingest: Any) -> list[int]:
     """The pieces the plan names that are neither received nor in a readable base; the
     ingest starts hashing the plan's blob meanwhile, as far as those pieces go
-    (``PieceIngest.expect``: the commit then has only the rest to read)."""
-    readable = await _readable_base_keys(request, name, plan)
+    (``PieceIngest.expect``: the commit then has only the rest to read; from a readable
+    base's kept SHA-256 state, when the plan begins as that base)."""
+    readable, bases = await _readable_bases(request, name, plan)
     have = ingest.keys() | readable
-    await ingest.expect(plan.pieces, readable)
+    await ingest.expect(plan.pieces, readable, bases)
     return [i for i, (key, _) in enumerate(plan.pieces) if key not in have]
 
 

@@ -4,12 +4,14 @@ state never commits wrong bytes nor fails a right blob."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from cas import Digest, DigestMismatch, Store, StoreConfig, open_store
@@ -200,3 +202,173 @@ async def test_gc_removes_the_states_of_blobs_it_removes(kept: Store) -> None:
     await kept.gc(grace=0)
     assert await kept.stat(_sha(gone)) is None
     assert sorted(os.listdir(kept.root / "states")) == [_sha(stays).encoded]
+
+
+# --- piece-level pushes (cas.assemble.PieceIngest) ---------------------------------------
+
+def _spy_piece_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """[bytes of pieces read by a piece ingest for digests (whole runs and parts of a
+    piece), from now on]."""
+    import cas.assemble as assemble
+
+    read = [0]
+    real_hash, real_feed = assemble.hash_locations, assemble.PieceIngest._feed
+
+    def spy_hash(core: Any, hasher: Any, locs: Any) -> None:
+        read[0] += sum(loc.length for loc in locs)
+        real_hash(core, hasher, locs)
+
+    def spy_feed(self: Any, hasher: Any, locs: Any, skip: int = 0) -> None:
+        if skip and locs:
+            read[0] += locs[0].length - skip
+        real_feed(self, hasher, locs, skip)
+
+    monkeypatch.setattr(assemble, "hash_locations", spy_hash)
+    monkeypatch.setattr(assemble.PieceIngest, "_feed", spy_feed)
+    return read
+
+
+async def _until(cond: Any) -> None:
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+async def _next_version(store: Store, at: int) -> tuple[bytes, list[tuple[str, int, int]], bytes,
+                                                         list[tuple[str, int]], int]:
+    """A committed blob, and its next version: its pieces up to about byte ``at``, one new
+    piece, then the rest. Returns (old, old pieces, new, new recipe, bytes shared)."""
+    data, pieces = await _old(store)
+    n = _prefix(pieces, at)
+    shared = pieces[n - 1][1] + pieces[n - 1][2]
+    fresh = os.urandom(200_000)
+    blob = data[:shared] + fresh + data[shared:]
+    recipe = [(k, ln) for k, _, ln in pieces[:n]]
+    recipe += [(blake3.blake3(fresh).hexdigest(), len(fresh))]
+    recipe += [(k, ln) for k, _, ln in pieces[n:]]
+    return data, pieces, blob, recipe, shared
+
+
+async def _piece_push(store: Store, old: bytes, pieces: list[tuple[str, int, int]], blob: bytes,
+                      recipe: list[tuple[str, int]], shared: int) -> Any:
+    """A piece ingest of ``blob``: its one new piece received, its plan expected with the
+    old blob's pieces and the old blob as base, hashed ahead as far as it goes."""
+    fresh = blob[shared:shared + 200_000]
+    ing = await store.begin_piece_ingest()
+    await ing.add_pieces([(blake3.blake3(fresh).hexdigest(), fresh)])
+    await ing.expect(recipe, {k for k, _, _ in pieces}, [_sha(old)])
+    await _until(lambda: ing.hashed_ahead == len(recipe))
+    return ing
+
+
+async def test_a_piece_push_that_begins_as_a_kept_blob_hashes_from_its_state(
+    kept: Store, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old, pieces, blob, recipe, shared = await _next_version(kept, 4 * STEP)
+    read = _spy_piece_reads(monkeypatch)
+    ing = await _piece_push(kept, old, pieces, blob, recipe, shared)
+    assert ing.resumed_offset == shared // STEP * STEP >= 2 * STEP
+    info = await ing.commit_recipe(_sha(blob), recipe, known={k for k, _, _ in pieces},
+                                   link="repository:b")
+    assert info.digest == _sha(blob)
+    assert await kept.read_bytes(info.digest) == blob
+    # Only the bytes after the state were read, once; nothing was hashed again.
+    assert read[0] == len(blob) - ing.resumed_offset
+    assert ing.rehashed == 0
+    # The new blob's states are kept, all of them right.
+    whole = Sha256()
+    whole.update(blob)
+    assert load_state(kept.root, info.digest.encoded, len(blob)) == (
+        len(blob) // STEP * STEP, whole.states[-1], whole.states)
+    assert (await kept.fsck()).ok
+
+
+async def test_a_piece_push_with_a_damaged_state_hashes_everything(
+    kept: Store, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    old, pieces, blob, recipe, shared = await _next_version(kept, 4 * STEP)
+    path = kept.root / "states" / _sha(old).encoded
+    raw = bytearray(path.read_bytes())
+    raw[40] ^= 1
+    path.write_bytes(raw)
+    read = _spy_piece_reads(monkeypatch)
+    ing = await _piece_push(kept, old, pieces, blob, recipe, shared)
+    assert ing.resumed_offset == 0
+    info = await ing.commit_recipe(_sha(blob), recipe, known={k for k, _, _ in pieces})
+    assert info.digest == _sha(blob)
+    assert await kept.read_bytes(info.digest) == blob
+    assert read[0] == len(blob)  # every byte
+
+
+async def test_a_piece_push_with_a_wrong_state_still_commits_the_right_blob(
+    kept: Store, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A state file that is whole but wrong (its checksum right): the resumed digest
+    comes out wrong, the blob is hashed again from every piece, and commits; a wrong
+    expected digest still aborts."""
+    old, pieces, blob, recipe, shared = await _next_version(kept, 4 * STEP)
+    bogus = Sha256()
+    bogus.update(os.urandom(5 * STEP))
+    save_states(kept.root, _sha(old).encoded, bogus.states)
+    known = {k for k, _, _ in pieces}
+    ing = await _piece_push(kept, old, pieces, blob, recipe, shared)
+    assert ing.resumed_offset == shared // STEP * STEP >= 2 * STEP
+    with pytest.raises(DigestMismatch):
+        await ing.commit_recipe(_sha(blob[:-1] + b"x"), recipe, known=known, link="repository:x")
+    assert ing.closed and ing.rehashed == 1
+    assert await kept.stat(_sha(blob)) is None
+    assert await kept.linked("repository:x") == []
+    read = _spy_piece_reads(monkeypatch)
+    ing = await _piece_push(kept, old, pieces, blob, recipe, shared)
+    assert ing.resumed_offset == shared // STEP * STEP >= 2 * STEP
+    info = await ing.commit_recipe(_sha(blob), recipe, known=known)
+    assert info.digest == _sha(blob) and ing.rehashed == 1
+    assert read[0] == (len(blob) - ing.resumed_offset) + len(blob)  # after the state, then all
+    assert await kept.read_bytes(_sha(blob)) == blob
+    whole = Sha256()
+    whole.update(blob)
+    found = load_state(kept.root, _sha(blob).encoded, len(blob))
+    assert found is not None and found[2] == whole.states
+
+
+async def test_a_wrong_digest_after_a_resumed_piece_hash_aborts(kept: Store) -> None:
+    old, pieces, blob, recipe, shared = await _next_version(kept, 4 * STEP)
+    ing = await _piece_push(kept, old, pieces, blob, recipe, shared)
+    assert ing.resumed_offset == shared // STEP * STEP >= 2 * STEP
+    with pytest.raises(DigestMismatch):
+        await ing.commit_recipe(_sha(old), recipe, known={k for k, _, _ in pieces})
+    assert ing.closed and ing.rehashed == 1
+    assert await kept.stat(_sha(blob)) is None
+    assert not (kept.root / "states" / _sha(blob).encoded).exists()
+
+
+async def test_piece_pushed_blobs_keep_states_and_only_a_shared_prefix_resumes(
+    kept: Store,
+) -> None:
+    data = os.urandom(3 * STEP + 999)
+    cut = _recipe_of(data, 300_000)
+    ing = await kept.begin_piece_ingest()
+    await ing.add_pieces([(k, data[off:off + n]) for k, off, n in cut])
+    info = await ing.commit_recipe(_sha(data), [(k, n) for k, _, n in cut])
+    whole = Sha256()
+    whole.update(data)
+    assert load_state(kept.root, info.digest.encoded, len(data)) == (
+        3 * STEP, whole.states[-1], whole.states)
+    # A plan that does not begin as the base (its first piece differs) starts from nothing,
+    # though the base's pieces are vouched for and its states kept.
+    other = os.urandom(1000) + data[cut[0][2]:]
+    recipe = [(blake3.blake3(other[:1000]).hexdigest(), 1000), *((k, n) for k, _, n in cut[1:])]
+    ing = await kept.begin_piece_ingest()
+    await ing.add_pieces([(recipe[0][0], other[:1000])])
+    await ing.expect(recipe, {k for k, _, _ in cut}, [info.digest])
+    await _until(lambda: ing.hashed_ahead == len(recipe))
+    assert ing.resumed_offset == 0
+    assert (await ing.commit_recipe(_sha(other), recipe, known={k for k, _, _ in cut})
+            ).digest == _sha(other)
+
+
+def _recipe_of(data: bytes, size: int) -> list[tuple[str, int, int]]:
+    return [(blake3.blake3(data[off:off + size]).hexdigest(), off, len(data[off:off + size]))
+            for off in range(0, len(data), size)]

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from cas import Digest
 from cas.frames import gzip_member
 from registry.server.piece_uploads import MAX_PIECES, MAX_PLAN_BYTES
+from registry.server.state import REGISTRY
 
 from .conftest import MakeClient
 from .helpers import error_codes, push_blob
@@ -58,7 +59,7 @@ async def send(client: TestClient, location: str, blob: bytes, pieces: list[tupl
                indices: list[int], headers: dict[str, str] | None = None) -> Any:
     data = members(blob, pieces)
     return await client.patch(
-        location, data=b"".join(data[i] for i in indices),
+        location, data=io.BytesIO(b"".join(data[i] for i in indices)),
         headers={"Pybuild-Pieces": ",".join(f"{pieces[i][1]}:{pieces[i][0]}" for i in indices),
                  **(headers or {})},
     )
@@ -367,6 +368,70 @@ async def test_no_oracle_for_pieces_of_repositories_the_caller_cannot_pull(
     auth = await _token(without, "alice", "repository:team/probe:pull,push")
     resp = await start(without, "team/probe", plan(secret, pieces), auth)
     assert (await without.delete(resp.headers["Location"], headers=auth)).status == 204
+
+
+async def test_no_resume_from_kept_states_of_a_base_the_caller_cannot_pull(
+    make_client: MakeClient, tmp_path: Path,
+) -> None:
+    """The registry keeps SHA-256 states and starts a piece push's hash from a readable
+    base's; a base alice may not pull is not looked at: her answers are those of a plan
+    without it, and its state is not used (while the same base in her own repository is)."""
+    v1, _ = layer(list(range(500, 540)))  # ~1.6 MB: states after 1 MiB
+    seeds = list(range(500, 540))
+    seeds[36] = 1536
+    v2, p2 = layer(seeds)
+    client = await _token_registry(make_client, tmp_path, "states")
+    reg = client.server.app[REGISTRY]
+    admin = await _token(client, "admin", "repository:secret/vault:*")
+    resp = await client.post(f"/v2/secret/vault/blobs/uploads/?digest={Digest.of(v1)}",
+                             data=io.BytesIO(v1), headers=admin)
+    assert resp.status == 201
+    states = tmp_path / "states" / "storage" / "states"
+    assert (states / Digest.of(v1).encoded).exists()
+    auth = await _token(client, "alice", "repository:team/probe:pull,push",
+                        "repository:secret/vault:pull")
+
+    async def push(bases: list[dict[str, str]]) -> tuple[list[Any], Any]:
+        seen: list[Any] = []
+        body = plan(v2, p2, bases)
+        resp = await start(client, "team/probe", body, auth)
+        seen.append((resp.status, await resp.json()))
+        location, upload = resp.headers["Location"], resp.headers["Docker-Upload-UUID"]
+        ingest = reg.ingests[upload]
+        missing = (await resp.json())["missing"]
+        resp = await send(client, location, v2, p2, missing, auth)
+        seen.append((resp.status, await resp.read()))
+        for _ in range(500):  # the hash ahead, as far as it goes
+            if ingest.hashed_ahead == len(p2):
+                break
+            await asyncio.sleep(0.01)
+        resp = await client.put(f"{location}?digest={Digest.of(v2)}", data=body, headers=auth)
+        seen.append((resp.status, await resp.read()))
+        await client.delete(f"/v2/team/probe/blobs/{Digest.of(v2)}",
+                            headers=await _token(client, "admin", "repository:team/probe:*"))
+        return seen, ingest
+
+    secret = [{"digest": str(Digest.of(v1)), "repository": "secret/vault"}]
+    plain, _ = await push([])
+    hidden, ingest = await push(secret)
+    assert hidden == plain
+    assert plain[0] == (202, {"missing": list(range(len(p2)))})
+    assert plain[2][0] == 201
+    assert ingest.resumed_offset == 0
+    # The same base where she may pull it: its pieces are not asked for, and the hash
+    # starts from its state after 1 MiB.
+    mine = await _token(client, "alice", "repository:team/base:pull,push")
+    resp = await client.post(f"/v2/team/base/blobs/uploads/?digest={Digest.of(v1)}",
+                             data=io.BytesIO(v1), headers=mine)
+    assert resp.status == 201
+    auth = await _token(client, "alice", "repository:team/probe:pull,push",
+                        "repository:team/base:pull")
+    readable, ingest = await push([{"digest": str(Digest.of(v1)), "repository": "team/base"}])
+    assert readable[0] == (202, {"missing": [36]})
+    assert readable[2][0] == 201
+    assert ingest.resumed_offset == 1 << 20 and ingest.rehashed == 0
+    got = await client.get(f"/v2/team/base/blobs/{Digest.of(v1)}", headers=mine)
+    assert await got.read() == v1
 
 
 async def test_a_body_cut_half_way_keeps_nothing_and_the_session_goes_on(client: TestClient) -> None:
