@@ -21,7 +21,8 @@ Layering of the store's modules (an arrow is "imports"; nothing imports back up)
     cas.ingest (Ingest's calls) builds on cas.ingest_assembly (a blob assembled from
     whole pieces), on cas.ingest_checkpoints (checkpoint, park, resume), on
     cas.ingest_pieces (storing the pieces); cas.assemble (PieceIngest: whole pieces and a
-    known recipe, for piece-level pushes) builds on cas.ingest_pieces too.
+    known recipe, for piece-level pushes) builds on cas.ingest_pieces too, and on
+    cas.prehash (its background hash, started from a base's kept SHA-256 state).
 
     leaves: cas.blobs (BlobInfo, Piece, Recipe, Segment, IngestInfo), cas.digest,
             cas.digest_states (kept SHA-256 states), cas.errors, cas.units, cas.holders

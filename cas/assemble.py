@@ -54,13 +54,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import blake3
 
 from .blobs import BlobInfo
-from .digest import Digest, new_hasher
-from .digest_states import STEP, Sha256, load_state, save_states
+from .digest import Digest
+from .digest_states import Sha256, save_states
 from .errors import CasError, DigestMismatch, IngestUnknown
 from .ingest_assembly import Resumed
 from .ingest_pieces import IngestPieces
-from .meta import decode_recipe
 from .pack_reads import hash_locations, prefetch_locations
+from .prehash import Prehash as _Prehash
+from .prehash import feed, resume_from_base, state_hasher
 
 if TYPE_CHECKING:
     import zstandard
@@ -115,26 +116,6 @@ class _Whole:
     whether one is worth compressing is probed piece by piece."""
 
     compressed = False
-
-
-class _Prehash:
-    """The background hash of the recipe a commit is expected to name."""
-
-    def __init__(self, recipe: list[tuple[bytes, int]], known: frozenset[bytes],
-                 hasher: Hasher, bases: Sequence[Digest] = ()) -> None:
-        self.recipe = recipe
-        self.known = known
-        self.hasher = hasher
-        self.bases = list(bases)  # committed blobs the recipe may begin as
-        self.resumed: Resumed | None = None  # the hash started from a base's kept state
-        self.done = 0  # pieces of ``recipe`` fed to ``hasher`` (or covered by ``resumed``)
-        self.skip = 0  # bytes of piece ``done`` already in ``hasher`` (a state inside it)
-        self.failed = False  # the hasher is of no use (a read failed half-way)
-        self.stop = False
-        self.stepping = False  # a step runs on a worker thread now
-        self.located: dict[bytes, Location] = {}  # where the pieces of ``known`` are
-        self.arrived = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
 
 
 class PieceIngest(IngestPieces):
@@ -349,57 +330,17 @@ class PieceIngest(IngestPieces):
             pre.failed = True
 
     def _new_hasher(self, algorithm: str) -> Hasher:
-        """A hasher that keeps SHA-256 states when the store keeps them."""
-        if self._core.digest_states and algorithm == "sha256":
-            return Sha256()
-        return new_hasher(algorithm)
+        return state_hasher(self._core, algorithm)
 
     def _start_sync(self, pre: _Prehash) -> None:
         with contextlib.suppress(CasError, OSError, ValueError):  # a hint only
-            self._resume_sync(pre)
+            offset = resume_from_base(self._core, pre)
+            if offset:
+                self.resumed_offset = offset
         pre.located = self._core.meta.locations(pre.known)
 
-    def _resume_sync(self, pre: _Prehash) -> None:
-        """Start ``pre``'s hash from the last kept state of the base whose first pieces
-        the recipe shares, the furthest one (nothing when none is kept)."""
-        if not isinstance(pre.hasher, Sha256) or pre.done or pre.skip:
-            return
-        best: tuple[int, bytes, list[bytes], Digest] | None = None
-        for base in dict.fromkeys(pre.bases):
-            if base.algorithm != "sha256":
-                continue
-            row = self._core.meta.blob(str(base))
-            if row is None:
-                continue
-            shared = 0
-            for theirs, mine in zip(decode_recipe(row[1]), pre.recipe, strict=False):
-                if theirs != mine:
-                    break
-                shared += mine[1]
-            if shared < STEP or (best is not None and shared // STEP * STEP <= best[0]):
-                continue
-            found = load_state(self._core.root, base.encoded, shared)
-            if found is not None and (best is None or found[0] > best[0]):
-                best = (*found, base)
-        if best is None:
-            return
-        offset, state, before, base = best
-        done = pos = 0
-        while done < len(pre.recipe) and pos + pre.recipe[done][1] <= offset:  # covered whole
-            pos += pre.recipe[done][1]
-            done += 1
-        pre.hasher = Sha256(offset=offset, state=state, before=before)
-        pre.done, pre.skip = done, offset - pos
-        pre.resumed = Resumed(str(base), offset, pre.recipe[:done + (1 if pre.skip else 0)])
-        self.resumed_offset = offset
-
     def _feed(self, hasher: Hasher, locs: list[Location], skip: int = 0) -> None:
-        """Feed the pieces at ``locs`` to ``hasher``, but the first ``skip`` bytes of the
-        first one (a kept state stands for them)."""
-        if skip and locs:
-            hasher.update(memoryview(self._core.load(locs[0]))[skip:])
-            locs = locs[1:]
-        hash_locations(self._core, hasher, locs)
+        feed(self._core, hasher, locs, skip)
 
     def _prehash_step(self, pre: _Prehash, step: list[tuple[bytes, int]],
                       received: dict[bytes, Location]) -> None:

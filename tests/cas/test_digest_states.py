@@ -210,6 +210,7 @@ def _spy_piece_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """[bytes of pieces read by a piece ingest for digests (whole runs and parts of a
     piece), from now on]."""
     import cas.assemble as assemble
+    import cas.prehash as prehash
 
     read = [0]
     real_hash, real_feed = assemble.hash_locations, assemble.PieceIngest._feed
@@ -224,6 +225,7 @@ def _spy_piece_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         real_feed(self, hasher, locs, skip)
 
     monkeypatch.setattr(assemble, "hash_locations", spy_hash)
+    monkeypatch.setattr(prehash, "hash_locations", spy_hash)
     monkeypatch.setattr(assemble.PieceIngest, "_feed", spy_feed)
     return read
 
