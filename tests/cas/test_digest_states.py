@@ -32,6 +32,14 @@ async def kept(tmp_path: Path) -> AsyncIterator[Store]:
     await s.close()
 
 
+def _assert_right_states(store: Store, blob: bytes) -> None:
+    """The states kept for ``blob`` are those of its bytes, every one."""
+    whole = Sha256()
+    whole.update(blob)
+    assert load_state(store.root, _sha(blob).encoded, len(blob)) == (
+        len(blob) // STEP * STEP, whole.states[-1], whole.states)
+
+
 def _spy_hashed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """[bytes of held pieces read for digests, digests computed again in full], from now on."""
     hashed = [0, 0]
@@ -118,10 +126,7 @@ async def test_a_blob_that_begins_as_another_hashes_from_its_state(
     assert hashed[0] <= len(data) - shared // STEP * STEP
     assert hashed[1] == 0
     # The new blob's states are kept too, all of them right.
-    whole = Sha256()
-    whole.update(blob)
-    assert load_state(kept.root, info.digest.encoded, len(blob)) == (
-        len(blob) // STEP * STEP, whole.states[-1], whole.states)
+    _assert_right_states(kept, blob)
     assert (await kept.fsck()).ok
 
 
@@ -178,11 +183,7 @@ async def test_a_wrong_state_costs_time_not_a_wrong_answer(kept: Store) -> None:
             with pytest.raises(DigestMismatch):
                 await ing.commit(expected, size=len(blob))
     assert await kept.read_bytes(_sha(blob)) == blob
-    # The states kept for the new blob are the right ones (computed again).
-    whole = Sha256()
-    whole.update(blob)
-    found = load_state(kept.root, _sha(blob).encoded, len(blob))
-    assert found is not None and found[2] == whole.states
+    _assert_right_states(kept, blob)  # computed again
 
 
 async def test_a_store_without_states_hashes_everything(store: Store) -> None:
@@ -280,10 +281,7 @@ async def test_a_piece_push_that_begins_as_a_kept_blob_hashes_from_its_state(
     assert read[0] == len(blob) - ing.resumed_offset
     assert ing.rehashed == 0
     # The new blob's states are kept, all of them right.
-    whole = Sha256()
-    whole.update(blob)
-    assert load_state(kept.root, info.digest.encoded, len(blob)) == (
-        len(blob) // STEP * STEP, whole.states[-1], whole.states)
+    _assert_right_states(kept, blob)
     assert (await kept.fsck()).ok
 
 
@@ -329,10 +327,7 @@ async def test_a_piece_push_with_a_wrong_state_still_commits_the_right_blob(
     assert info.digest == _sha(blob) and ing.rehashed == 1
     assert read[0] == (len(blob) - ing.resumed_offset) + len(blob)  # after the state, then all
     assert await kept.read_bytes(_sha(blob)) == blob
-    whole = Sha256()
-    whole.update(blob)
-    found = load_state(kept.root, _sha(blob).encoded, len(blob))
-    assert found is not None and found[2] == whole.states
+    _assert_right_states(kept, blob)
 
 
 async def test_a_wrong_digest_after_a_resumed_piece_hash_aborts(kept: Store) -> None:
@@ -354,10 +349,8 @@ async def test_piece_pushed_blobs_keep_states_and_only_a_shared_prefix_resumes(
     ing = await kept.begin_piece_ingest()
     await ing.add_pieces([(k, data[off:off + n]) for k, off, n in cut])
     info = await ing.commit_recipe(_sha(data), [(k, n) for k, _, n in cut])
-    whole = Sha256()
-    whole.update(data)
-    assert load_state(kept.root, info.digest.encoded, len(data)) == (
-        3 * STEP, whole.states[-1], whole.states)
+    assert info.digest == _sha(data)
+    _assert_right_states(kept, data)
     # A plan that does not begin as the base (its first piece differs) starts from nothing,
     # though the base's pieces are vouched for and its states kept.
     other = os.urandom(1000) + data[cut[0][2]:]
