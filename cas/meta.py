@@ -37,6 +37,7 @@ __all__ = [
     "Metadata",
     "decode_recipe",
     "encode_recipe",
+    "iter_recipe",
 ]
 
 CODEC_RAW = 0
@@ -51,6 +52,11 @@ def encode_recipe(entries: Iterable[tuple[bytes, int]]) -> bytes:
 
 def decode_recipe(blob: bytes) -> list[tuple[bytes, int]]:
     return list(_ENTRY.iter_unpack(blob))
+
+
+def iter_recipe(blob: bytes) -> Iterator[tuple[bytes, int]]:
+    """The entries of an encoded recipe, decoded one by one as they are asked for."""
+    return _ENTRY.iter_unpack(blob)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .digest import Digest, new_hasher
 from .digest_states import STEP, Sha256, load_state
 from .ingest_assembly import Resumed
-from .meta import decode_recipe
+from .meta import iter_recipe
 from .pack_reads import hash_locations
 
 if TYPE_CHECKING:
@@ -25,7 +25,11 @@ if TYPE_CHECKING:
     from .digest import Hasher
     from .meta import Location
 
-__all__ = ["Prehash", "feed", "resume_from_base", "state_hasher"]
+__all__ = ["RESUME_BASES", "Prehash", "feed", "resume_from_base", "state_hasher"]
+
+#: Bases a resume looks at, in the order the plan names them (a plan may name 64; each
+#: costs a metadata read, and the first ones are the client's best guesses).
+RESUME_BASES = 8
 
 
 class Prehash:
@@ -61,14 +65,14 @@ def resume_from_base(core: StoreCore, pre: Prehash) -> int:
     if not isinstance(pre.hasher, Sha256) or pre.done or pre.skip:
         return 0
     best: tuple[int, bytes, list[bytes], Digest] | None = None
-    for base in dict.fromkeys(pre.bases):
+    for base in list(dict.fromkeys(pre.bases))[:RESUME_BASES]:
         if base.algorithm != "sha256":
             continue
         row = core.meta.blob(str(base))
         if row is None:
             continue
         shared = 0
-        for theirs, mine in zip(decode_recipe(row[1]), pre.recipe, strict=False):
+        for theirs, mine in zip(iter_recipe(row[1]), pre.recipe, strict=False):  # to the first difference
             if theirs != mine:
                 break
             shared += mine[1]

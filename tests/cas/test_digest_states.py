@@ -17,6 +17,7 @@ import pytest
 from cas import Digest, DigestMismatch, Store, StoreConfig, open_store
 from cas import ingest_assembly as assembly
 from cas.digest_states import STEP, Sha256, available, load_state, save_states
+from cas.prehash import RESUME_BASES
 
 pytestmark = pytest.mark.skipif(not available(), reason="no libcrypto with SHA256_Init")
 
@@ -255,13 +256,15 @@ async def _next_version(store: Store, at: int) -> tuple[bytes, list[tuple[str, i
 
 
 async def _piece_push(store: Store, old: bytes, pieces: list[tuple[str, int, int]], blob: bytes,
-                      recipe: list[tuple[str, int]], shared: int) -> Any:
+                      recipe: list[tuple[str, int]], shared: int,
+                      others: list[Digest] | None = None) -> Any:
     """A piece ingest of ``blob``: its one new piece received, its plan expected with the
-    old blob's pieces and the old blob as base, hashed ahead as far as it goes."""
+    old blob's pieces and the old blob as base (after ``others``), hashed ahead as far
+    as it goes."""
     fresh = blob[shared:shared + 200_000]
     ing = await store.begin_piece_ingest()
     await ing.add_pieces([(blake3.blake3(fresh).hexdigest(), fresh)])
-    await ing.expect(recipe, {k for k, _, _ in pieces}, [_sha(old)])
+    await ing.expect(recipe, {k for k, _, _ in pieces}, [*(others or []), _sha(old)])
     await _until(lambda: ing.hashed_ahead == len(recipe))
     return ing
 
@@ -367,3 +370,17 @@ async def test_piece_pushed_blobs_keep_states_and_only_a_shared_prefix_resumes(
 def _recipe_of(data: bytes, size: int) -> list[tuple[str, int, int]]:
     return [(blake3.blake3(data[off:off + size]).hexdigest(), off, len(data[off:off + size]))
             for off in range(0, len(data), size)]
+
+
+async def test_a_resume_looks_at_the_first_bases_a_plan_names_only(kept: Store) -> None:
+    old, pieces, blob, recipe, shared = await _next_version(kept, 4 * STEP)
+    strangers = [_sha(os.urandom(64)) for _ in range(RESUME_BASES)]
+    # The base that holds the state comes right after the bases looked at: not used ...
+    ing = await _piece_push(kept, old, pieces, blob, recipe, shared, strangers)
+    assert ing.resumed_offset == 0
+    assert (await ing.commit_recipe(_sha(blob), recipe,
+                                    known={k for k, _, _ in pieces})).digest == _sha(blob)
+    # ... and one place earlier, it is.
+    old, pieces, blob, recipe, shared = await _next_version(kept, 4 * STEP)
+    ing = await _piece_push(kept, old, pieces, blob, recipe, shared, strangers[1:])
+    assert ing.resumed_offset == shared // STEP * STEP >= 2 * STEP
