@@ -14,6 +14,7 @@ import asyncio
 import os
 import secrets
 import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -99,7 +100,9 @@ class StoreCore:
         self._receivers: WorkerPool | None = None
         self._closed = False
         self._ingests_dir = root / "ingests"
-        self._dctx = zstandard.ZstdDecompressor()
+        # One zstd decompression context per thread: a context used by two threads at
+        # once (each call releases the GIL) gives corrupt output, or crashes.
+        self._local = threading.local()
         #: Fetching and caching of pieces, when the packs are not local files (S3).
         self.remote: RemoteReader | None = None
         #: Keep and use SHA-256 states of committed blobs (:mod:`cas.digest_states`).
@@ -285,8 +288,12 @@ class StoreCore:
         else:
             raise StoreCorrupt(f"piece {loc.key.hex()} has no bytes")
         if loc.codec == CODEC_ZSTD:
+            dctx = getattr(self._local, "dctx", None)
+            if dctx is None:
+                dctx = self._local.dctx = zstandard.ZstdDecompressor()
             try:
-                return self._dctx.decompress(stored, max_output_size=loc.length)
+                out: bytes = dctx.decompress(stored, max_output_size=loc.length)
+                return out
             except zstandard.ZstdError as exc:
                 raise StoreCorrupt(f"piece {loc.key.hex()} does not decompress: {exc}") from exc
         return stored
