@@ -32,10 +32,16 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import blake3
 
-__all__ = ["STEP", "Sha256", "available", "load_state", "save_states", "sweep_states"]
+from .digest import new_hasher
+
+if TYPE_CHECKING:
+    from .digest import Hasher
+
+__all__ = ["STEP", "Sha256", "available", "load_state", "new_state_hasher", "save_states", "sweep_states"]
 
 #: Bytes between two kept states.
 STEP = 1 << 20
@@ -81,6 +87,12 @@ def _libcrypto() -> ctypes.CDLL | None:
         final.argtypes = [ctypes.c_char_p, ctypes.POINTER(_Ctx)]
         return lib
     return None
+
+
+def new_state_hasher(algorithm: str, keep_states: bool) -> Hasher:
+    """A new hasher of ``algorithm``: one that keeps SHA-256 states (:class:`Sha256`)
+    when ``keep_states`` (the store keeps them) and the algorithm is sha256."""
+    return Sha256() if keep_states and algorithm == "sha256" else new_hasher(algorithm)
 
 
 @functools.cache

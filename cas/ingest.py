@@ -40,8 +40,8 @@ import zstandard
 from .blobs import BlobInfo, IngestInfo
 from .chain import JobChain
 from .chunker import Cutter
-from .digest import Digest, Hasher, new_hasher
-from .digest_states import Sha256
+from .digest import Digest, Hasher
+from .digest_states import Sha256, new_state_hasher
 from .errors import (
     DigestMismatch,
     IngestUnknown,
@@ -86,8 +86,7 @@ class Ingest(IngestAssembly):
         self.id = ingest_id
         self.algorithm = algorithm
         self.offset = 0  # bytes received
-        self._hasher: Hasher = (Sha256() if core.digest_states and algorithm == "sha256"
-                                else new_hasher(algorithm))
+        self._hasher: Hasher = new_state_hasher(algorithm, core.digest_states)
         self._resumed: Resumed | None = None  # the digest started from a kept state
         self._cutter = Cutter(core.chunk_params)
         self._lock = asyncio.Lock()

@@ -29,8 +29,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .digest import Digest, new_hasher
-from .digest_states import Sha256, load_state, save_states
+from .digest import Digest
+from .digest_states import Sha256, load_state, new_state_hasher, save_states
 from .errors import StoreCorrupt
 from .frames import stream_kind
 from .ingest_checkpoints import IngestCheckpoints
@@ -192,8 +192,7 @@ class IngestAssembly(IngestCheckpoints):
     def _rehash(self, algorithm: str) -> Digest:
         if self._writer is not None:
             self._writer.sync()  # our pieces are readable once synced
-        h = (Sha256() if self._core.digest_states and algorithm == "sha256"
-             else new_hasher(algorithm))
+        h = new_state_hasher(algorithm, self._core.digest_states)
         for key, _ in self._recipe:
             h.update(self._read_own(key))
         if algorithm == self.algorithm:

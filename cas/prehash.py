@@ -14,8 +14,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .digest import Digest, new_hasher
-from .digest_states import STEP, Sha256, load_state
+from .digest import Digest
+from .digest_states import STEP, Sha256, load_state, new_state_hasher
 from .ingest_assembly import Resumed
 from .meta import iter_recipe
 from .pack_reads import hash_locations
@@ -54,9 +54,7 @@ class Prehash:
 
 def state_hasher(core: StoreCore, algorithm: str) -> Hasher:
     """A hasher that keeps SHA-256 states when the store keeps them."""
-    if core.digest_states and algorithm == "sha256":
-        return Sha256()
-    return new_hasher(algorithm)
+    return new_state_hasher(algorithm, core.digest_states)
 
 
 def resume_from_base(core: StoreCore, pre: Prehash) -> int:
