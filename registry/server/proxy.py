@@ -121,6 +121,8 @@ class Proxy:
         # (repo, tag) -> (digest, time.time() of the last upstream check)
         self._checked: dict[tuple[str, str], tuple[str, float]] = {}
         self._blob_flights: dict[tuple[str, ...], BlobFlight] = {}
+        # blob key -> [requests checking the store for it, its flights ended since]
+        self._checking: dict[tuple[str, ...], list[int]] = {}
 
     # --- routing ---------------------------------------------------------------------
     def route(self, request: web.Request, name: str) -> ProxyRoute | None:
@@ -381,28 +383,47 @@ class Proxy:
     async def blob_flight(
         self, reg: Registry, route: ProxyRoute, digest: Digest
     ) -> tuple[asyncio.Task[None], BlobFlight] | None:
-        """None when ``route.local`` holds the blob (now); else the transfer bringing it."""
+        """None when ``route.local`` holds the blob (now); else the transfer bringing it.
+
+        The store checks take turns of the loop: a flight may commit and end while they
+        run, after they saw no blob and before its task is looked for. A flight that
+        ended meanwhile makes the checks run again, so such a request is served from the
+        store instead of starting a second upstream GET."""
         h = holder(route.local)
-        if await reg.store.is_linked(h, digest):
-            return None
-        if await reg.store.stat(digest) is not None:
-            await reg.store.link(h, digest)  # same bytes, already here: no transfer
-            return None
         key = ("b", route.local, str(digest))
-        flight = self._blob_flights.get(key)
-        task = self._flights.get(key)
-        if task is None or flight is None:
-            flight = BlobFlight(getattr(reg.store, "root", None))
-            new = flight
-            task = self._start(key, lambda: self._fetch_blob(reg, route, digest, new))
-            self._blob_flights[key] = flight
+        checking = self._checking.setdefault(key, [0, 0])
+        checking[0] += 1
+        try:
+            while True:
+                ended = checking[1]
+                if await reg.store.is_linked(h, digest):
+                    return None
+                if await reg.store.stat(digest) is not None:
+                    await reg.store.link(h, digest)  # same bytes, already here: no transfer
+                    return None
+                flight = self._blob_flights.get(key)
+                task = self._flights.get(key)
+                if task is not None and flight is not None:
+                    return task, flight
+                if checking[1] == ended:
+                    break  # no flight ended while the store was asked: its answer stands
+        finally:
+            checking[0] -= 1
+            if not checking[0]:
+                del self._checking[key]
+        new = BlobFlight(getattr(reg.store, "root", None))
+        task = self._start(key, lambda: self._fetch_blob(reg, route, digest, new))
+        self._blob_flights[key] = new
 
-            def forget(t: asyncio.Task[Any]) -> None:
-                if self._blob_flights.get(key) is new:
-                    del self._blob_flights[key]
+        def forget(t: asyncio.Task[Any]) -> None:
+            if self._blob_flights.get(key) is new:
+                del self._blob_flights[key]
+            waiting = self._checking.get(key)
+            if waiting is not None:
+                waiting[1] += 1
 
-            task.add_done_callback(forget)
-        return task, flight
+        task.add_done_callback(forget)
+        return task, new
 
     async def _fetch_blob(
         self, reg: Registry, route: ProxyRoute, digest: Digest, flight: BlobFlight

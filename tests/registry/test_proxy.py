@@ -16,6 +16,7 @@ import aiohttp
 import bcrypt
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from cas import Digest
 from cas.holders import repository_holder
@@ -149,6 +150,64 @@ async def test_concurrent_pulls_fetch_each_blob_once(upstream: Upstream, mirror:
     for path in blob_paths:
         assert upstream.gets(path.removeprefix("/v2/lib/app")) == 1, upstream.counts
     assert upstream.gets("/manifests/v1") == 1, upstream.counts
+
+
+async def test_a_blob_flight_that_ends_while_a_request_checks_the_store_is_not_run_again(
+    upstream: Upstream, mirror: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The interleaving 20 concurrent pulls can meet: request B asks the store, sees no
+    # blob, and only gets its answer after request A's flight has committed, ended and
+    # been forgotten. B must then find the blob in the store, not fetch it again.
+    layers = _layers()
+    await push_image(upstream.client, "lib/app", "v1", layers)
+    client = await mirror()
+    reg, proxy = client.server.app[REGISTRY], client.server.app[PROXY]
+    digest = Digest.of(layers[1])
+    path = f"/v2/lib/app/blobs/{digest}"
+    route = proxy.route(make_mocked_request("GET", path), "lib/app")
+    real_is_linked, real_stat = reg.store.is_linked, reg.store.stat
+    first_done = asyncio.Event()
+    stale = {"is_linked", "stat"}  # B's first look at each: before A's commit
+    b_task: asyncio.Task[Any] | None = None
+
+    async def is_linked(holder: str, d: Digest) -> bool:
+        if asyncio.current_task() is b_task and "is_linked" in stale:
+            stale.discard("is_linked")
+            return False
+        return bool(await real_is_linked(holder, d))
+
+    async def stat(d: Digest) -> Any:
+        if asyncio.current_task() is b_task and "stat" in stale:
+            stale.discard("stat")
+            await first_done.wait()
+            return None
+        return await real_stat(d)
+
+    started: list[asyncio.Task[Any]] = []
+    real_start = proxy._start
+
+    def start(key: tuple[str, ...], make: Any) -> asyncio.Task[Any]:
+        task = real_start(key, make)
+        started.append(task)
+        return task
+
+    monkeypatch.setattr(reg.store, "is_linked", is_linked)
+    monkeypatch.setattr(reg.store, "stat", stat)
+    monkeypatch.setattr(proxy, "_start", start)
+    b_task = asyncio.create_task(proxy.blob_flight(reg, route, digest))
+    await asyncio.sleep(0)
+    status, got, _ = await _get(client, path)  # request A: fetches, stores, serves
+    assert (status, got == layers[1]) == (200, True)
+    assert len(started) == 1
+    await started[0]  # ended, and forgotten (its done callbacks ran before this wakes)
+    assert not proxy._flights and not proxy._blob_flights
+    first_done.set()
+    transfer = await b_task
+    assert not stale  # B did see the stale answers
+    if transfer is not None:
+        await transfer[0]
+    assert transfer is None
+    assert upstream.gets(f"/blobs/{digest}") == 1, upstream.counts
 
 
 async def test_upstream_down_cached_content_still_served(
