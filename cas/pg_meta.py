@@ -231,9 +231,13 @@ class PgMetadata:
                 taken = set(self._locations(db, [loc.key for loc in locs]))
                 fresh = [loc for loc in locs if loc.key not in taken]
                 cur = db.cursor()
+                # A fresh piece starts with this blob's references; only the pieces that
+                # were there before are counted up.
+                counts = Counter(k for k, _ in recipe)
                 cur.executemany(
-                    f"INSERT INTO pieces({_PIECE_COLS}, refs) VALUES (%s, %s, %s, %s, %s, %s, %s, 0)",
-                    [(loc.key, loc.length, loc.stored, loc.codec, loc.pack, loc.offset, loc.data)
+                    f"INSERT INTO pieces({_PIECE_COLS}, refs) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(loc.key, loc.length, loc.stored, loc.codec, loc.pack, loc.offset, loc.data,
+                      counts.pop(loc.key, 0))
                      for loc in fresh])
                 cur.executemany(
                     'INSERT INTO trash(pack, "offset", length) VALUES (%s, %s, %s)',
@@ -245,7 +249,6 @@ class PgMetadata:
                         live[loc.pack] += loc.stored
                 cur.executemany("UPDATE packs SET live = live + %s WHERE name = %s",
                                 [(n, p) for p, n in live.items()])
-                counts = Counter(k for k, _ in recipe)
                 cur.executemany("UPDATE pieces SET refs = refs + %s WHERE key = %s",
                                 [(n, k) for k, n in counts.items()])
                 db.execute("INSERT INTO blobs(digest, size, recipe, created) VALUES (%s, %s, %s, %s)",

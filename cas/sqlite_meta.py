@@ -158,10 +158,14 @@ class SqliteMetadata(SqliteDatabase):
                 # copies of ours are dead space.
                 taken = self._existing(db, [loc.key for loc in locs])
                 fresh = [loc for loc in locs if loc.key not in taken]
+                # A fresh piece starts with this blob's references; only the pieces that
+                # were there before are counted up (one row written per piece, not two).
+                counts = Counter(k for k, _ in recipe)
                 db.executemany(
                     "INSERT INTO pieces(key, length, stored, codec, pack, offset, data, refs)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                    [(loc.key, loc.length, loc.stored, loc.codec, loc.pack, loc.offset, loc.data)
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(loc.key, loc.length, loc.stored, loc.codec, loc.pack, loc.offset, loc.data,
+                      counts.pop(loc.key, 0))
                      for loc in fresh],
                 )
                 db.executemany(
@@ -175,7 +179,6 @@ class SqliteMetadata(SqliteDatabase):
                         live[loc.pack] += loc.stored
                 for p, n in live.items():
                     db.execute("UPDATE packs SET live = live + ? WHERE name = ?", (n, p))
-                counts = Counter(k for k, _ in recipe)
                 db.executemany(
                     "UPDATE pieces SET refs = refs + ? WHERE key = ?",
                     [(n, k) for k, n in counts.items()],

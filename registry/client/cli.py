@@ -23,7 +23,7 @@ from cas.errors import CasError, storage_error
 
 from ..errors import RegistryError
 from .auth import AuthError, Credentials, erase_credentials, store_credentials
-from .copy import CopyOptions, Endpoint, copy_image, parse_endpoint
+from .copy import DEFAULT_JOBS, CopyOptions, Endpoint, copy_image, parse_endpoint
 from .image_store import ImageNotFound, ImageStore
 from .layouts import LayoutError
 from .progress import Progress
@@ -71,7 +71,7 @@ def _storage_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _transfer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options: list[Callable[[Any], Any]] = [
-        click.option("--jobs", "-j", type=click.IntRange(1, 64), default=6, show_default=True,
+        click.option("--jobs", "-j", type=click.IntRange(1, 64), default=DEFAULT_JOBS, show_default=True,
                      help="Blobs transferred at once."),
         click.option("--ranges", type=click.IntRange(1, 64), default=TransferOptions().window,
                      show_default=True,

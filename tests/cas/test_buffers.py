@@ -14,6 +14,16 @@ def test_copy_into_copies_every_kind_of_source(size: int) -> None:
         assert dst[4 : 4 + size] == data and dst[:4] == b"\0" * 4 and dst[-4:] == b"\0" * 4
 
 
+@pytest.mark.parametrize("size", [100, 300 << 10, 3 << 20])
+def test_copy_into_moves_bytes_to_the_front_of_their_own_buffer(size: int) -> None:
+    # What a cutter does when it compacts: source and destination overlap.
+    data = random.Random(size).randbytes(size + size // 3)
+    buf = bytearray(data)
+    view = memoryview(buf)
+    copy_into(view[:size], view[size // 3 :])
+    assert buf[:size] == data[size // 3 :]
+
+
 def test_copy_into_refuses_a_length_mismatch() -> None:
     with pytest.raises(ValueError, match="copy of 5 bytes into 4"):
         copy_into(memoryview(bytearray(4)), b"12345")
