@@ -64,7 +64,7 @@ from ..oci import InvalidObject, parse_manifest
 from . import blobs, manifests
 from .config import ServerConfig
 from .metadata import ManifestRecord
-from .proxy_blobs import BlobFlight, receive_blob, stream_flight, streamable
+from .proxy_blobs import BlobFlight, held_locally, receive_blob, stream_flight, streamable
 from .proxy_config import Upstream, upstream_from_remoteurl
 from .state import REGISTRY, CachedManifest, Registry, holder
 
@@ -383,26 +383,17 @@ class Proxy:
     async def blob_flight(
         self, reg: Registry, route: ProxyRoute, digest: Digest
     ) -> tuple[asyncio.Task[None], BlobFlight] | None:
-        """None when ``route.local`` holds the blob (now); else the transfer bringing it.
-
-        The store checks take turns of the loop: a flight may commit and end while they
-        run, after they saw no blob and before its task is looked for. A flight that
-        ended meanwhile makes the checks run again, so such a request is served from the
-        store instead of starting a second upstream GET."""
-        h = holder(route.local)
+        """None when ``route.local`` holds the blob now, else the transfer bringing it. Checks
+        that a flight's end overtook (they saw no blob) run again: no second upstream GET."""
         key = ("b", route.local, str(digest))
         checking = self._checking.setdefault(key, [0, 0])
         checking[0] += 1
         try:
             while True:
                 ended = checking[1]
-                if await reg.store.is_linked(h, digest):
+                if await held_locally(reg.store, holder(route.local), digest):
                     return None
-                if await reg.store.stat(digest) is not None:
-                    await reg.store.link(h, digest)  # same bytes, already here: no transfer
-                    return None
-                flight = self._blob_flights.get(key)
-                task = self._flights.get(key)
+                flight, task = self._blob_flights.get(key), self._flights.get(key)
                 if task is not None and flight is not None:
                     return task, flight
                 if checking[1] == ended:
@@ -418,9 +409,8 @@ class Proxy:
         def forget(t: asyncio.Task[Any]) -> None:
             if self._blob_flights.get(key) is new:
                 del self._blob_flights[key]
-            waiting = self._checking.get(key)
-            if waiting is not None:
-                waiting[1] += 1
+            if key in self._checking:  # requests asking the store meanwhile look again
+                self._checking[key][1] += 1
 
         task.add_done_callback(forget)
         return task, new

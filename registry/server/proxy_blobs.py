@@ -30,7 +30,7 @@ from cas import Digest
 from ..client.remote import RegistryClient
 from .state import BYTES_SENT, BlobStore
 
-__all__ = ["BlobFlight", "receive_blob", "stream_flight", "streamable"]
+__all__ = ["BlobFlight", "held_locally", "receive_blob", "stream_flight", "streamable"]
 
 _CHUNK = 1 << 20  # bytes per read from the spool
 _SLICE = 8 << 20  # bytes received from upstream per call into the store
@@ -206,3 +206,14 @@ async def stream_flight(
         return resp
     finally:
         flight.release()
+
+
+async def held_locally(store: BlobStore, holder: str, digest: Digest) -> bool:
+    """Whether ``holder`` holds the blob now; the store's same bytes kept for another
+    repository are linked to it (no transfer)."""
+    if await store.is_linked(holder, digest):
+        return True
+    if await store.stat(digest) is not None:
+        await store.link(holder, digest)
+        return True
+    return False
