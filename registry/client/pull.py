@@ -101,7 +101,7 @@ async def pull_blob(
         progress.advance(key, ing.offset, reused=True)
     try:
         await _fill(client, images, src, desc, sink, recipes and options.recipes, options,
-                    sources or {}, fetched)
+                    sources or PieceSources(), fetched)
         if ing.offset < desc.size:
             raise BlobError(f"blob {desc.digest}: the body ended at byte {ing.offset} of {desc.size}")
         await ing.commit(desc.digest, size=desc.size, link=link)
@@ -181,18 +181,22 @@ async def _fill(
         if pieces is not None and (not pieces or sum(p[1] for p in pieces) != desc.size):
             pieces = None  # a recipe of other bytes than the manifest's: ignored
         if pieces is not None:
-            have = await images.store.has_pieces(k for _, _, k in pieces)
+            if callable(sources):
+                sources = await sources()
+            # Pieces of the local layers are held (their blobs' recipes name them; one
+            # that GC took meanwhile is fetched when holding it fails); the store is asked
+            # about the others only.
+            have = {k for _, _, k in pieces if k in sources}
+            rest = [k for _, _, k in pieces if k not in sources]
+            if rest:
+                have |= await images.store.has_pieces(rest)
             if have and start == 0:  # a fresh ingest: commit from the recipe
                 plan = plan_assembly(pieces, desc.size, have, options.part_size)
                 if plan is not None:
-                    if callable(sources):
-                        sources = await sources()
                     await assemble(client, images, src, desc, sink, plan, options, fetched,
                                    sources)
                     return
             if have:  # with nothing local, one stream beats many small Range requests
-                if callable(sources):
-                    sources = await sources()
                 parts = _plan_pieces(pieces, have, start, options.part_size, sources)
     if parts is None:
         remaining = desc.size - start

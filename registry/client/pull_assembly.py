@@ -75,7 +75,7 @@ async def assemble(client: RegistryClient, images: ImageStore, src: ImageRef,
     piece has arrived: what remains (holding and hashing local pieces) needs no network.
     ``sources`` (where local layers hold pieces) finds the layer the blob begins as."""
     ing = sink.ing
-    base = await _common_start(images.store, sources or {}, parts)
+    base = await _common_start(images.store, sources or PieceSources(), parts)
     if base is not None:
         await ing.hash_from(*base)
     tasks: dict[int, asyncio.Task[list[bytes] | list[bytearray]]] = {}
@@ -125,16 +125,17 @@ async def _common_start(store: Store, sources: PieceSources,
     found = sources.get(parts[0].keys[0][2])
     if found is None or found[1] != 0:
         return None
-    try:
-        recipe = await store.recipe(found[0])
-    except BlobUnknown:
-        return None
+    pieces = getattr(sources, "recipes", {}).get(found[0])
+    if pieces is None:
+        try:
+            pieces = [(p.key, p.length) for p in (await store.recipe(found[0])).pieces]
+        except BlobUnknown:
+            return None
     shared = 0
-    theirs = iter(recipe.pieces)
+    theirs = iter(pieces)
     for part in parts:
         for _, length, key in part.keys:
-            piece = next(theirs, None)
-            if piece is None or piece.key != key or piece.length != length:
+            if next(theirs, None) != (key, length):
                 return (found[0], shared) if shared else None
             shared += length
     return found[0], shared

@@ -43,7 +43,14 @@ class _Part:
     source: tuple[Digest, int] | None = None
 
 
-PieceSources = dict[str, tuple[Digest, int]]  # piece key -> (local blob, offset in it)
+class PieceSources(dict[str, tuple[Digest, int]]):
+    """Piece key -> (local blob, offset in it); :attr:`recipes`: those blobs' pieces,
+    ``(key, length)`` in order, as they were read (a committed blob's recipe never
+    changes), so a blob that begins as one of them needs no second read of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recipes: dict[Digest, list[tuple[str, int]]] = {}
 
 
 async def local_piece_sources(images: ImageStore, src: ImageRef) -> PieceSources:
@@ -51,7 +58,7 @@ async def local_piece_sources(images: ImageStore, src: ImageRef) -> PieceSources
 
     An update of an image mostly reuses its previous version's pieces in the same
     order: reading them as runs of the old layer costs one store read per run."""
-    out: PieceSources = {}
+    out = PieceSources()
     for image in await images.list():
         try:
             ref = parse_image_ref(image.ref)
@@ -68,6 +75,7 @@ async def local_piece_sources(images: ImageStore, src: ImageRef) -> PieceSources
                 recipe = await images.store.recipe(layer.digest)
                 for piece in recipe.pieces:
                     out.setdefault(piece.key, (layer.digest, piece.offset))
+                out.recipes[layer.digest] = [(p.key, p.length) for p in recipe.pieces]
     return out
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import registry.client.copy as copy_module
 from cas import Digest, Ingest
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
@@ -91,6 +92,41 @@ async def test_v2_over_v1_is_committed_from_the_recipe(
     remote = await client.recipe(pybuild_registry, "asm/app", digest)
     local = await images.store.recipe(digest)
     assert [(p.offset, p.length, p.key) for p in local.pieces] == remote
+    assert (await images.store.fsck()).ok
+
+
+async def test_a_local_piece_the_store_no_longer_holds_is_fetched(
+    pybuild_registry: str, images: ImageStore, client: RegistryClient, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The local layers' pieces are taken as held without asking the store; one that GC
+    # took meanwhile fails to be held, and its run is fetched from the registry instead.
+    _, v2 = await _two_versions(pybuild_registry, "asm/gone", tmp_path, images, client, 3500)
+    layer = v2.layers[0]
+    digest = Digest.of(layer)
+    remote = await client.recipe(pybuild_registry, "asm/gone", digest)
+    missing = [k for _, _, k in remote if not await images.store.has_pieces([k])]
+    assert missing  # the changed frames
+    found = copy_module.local_piece_sources
+
+    async def stale(images: ImageStore, src: Any) -> Any:
+        sources = await found(images, src)
+        v1_layer = next(iter(sources.recipes))
+        for key in missing:  # as a recipe read before a GC would have them
+            sources[key] = (v1_layer, 0)
+        return sources
+
+    monkeypatch.setattr(copy_module, "local_piece_sources", stale)
+    fed = _spy_bytes(monkeypatch)
+    result = await copy(f"{pybuild_registry}/asm/gone:v2",
+                        f"local:{pybuild_registry}/asm/gone:v2", images, client)
+    assert result.digest == v2.digest
+    assert await images.store.read_bytes(digest) == layer
+    # The run that failed to be held came from the registry as pieces (here the whole
+    # layer: all 24 frames were one run of "local" pieces); nothing came as bytes.
+    assert fed["appended"] > 0
+    assert fed["reused"] + fed["appended"] == len(layer)
+    assert fed["bytes"] <= len(v2.config) + len(v2.manifest)
     assert (await images.store.fsck()).ok
 
 
