@@ -55,13 +55,13 @@ import blake3
 
 from .blobs import BlobInfo
 from .digest import Digest
-from .digest_states import Sha256, save_states
+from .digest_states import Sha256, new_state_hasher, save_states
 from .errors import CasError, DigestMismatch, IngestUnknown
 from .ingest_assembly import Resumed
 from .ingest_pieces import IngestPieces
 from .pack_reads import hash_locations, prefetch_locations
 from .prehash import Prehash as _Prehash
-from .prehash import feed, resume_from_base, state_hasher
+from .prehash import feed, resume_from_base
 
 if TYPE_CHECKING:
     import zstandard
@@ -330,7 +330,7 @@ class PieceIngest(IngestPieces):
             pre.failed = True
 
     def _new_hasher(self, algorithm: str) -> Hasher:
-        return state_hasher(self._core, algorithm)
+        return new_state_hasher(algorithm, self._core.digest_states)
 
     def _start_sync(self, pre: _Prehash) -> None:
         with contextlib.suppress(CasError, OSError, ValueError):  # a hint only
@@ -338,9 +338,6 @@ class PieceIngest(IngestPieces):
             if offset:
                 self.resumed_offset = offset
         pre.located = self._core.meta.locations(pre.known)
-
-    def _feed(self, hasher: Hasher, locs: list[Location], skip: int = 0) -> None:
-        feed(self._core, hasher, locs, skip)
 
     def _prehash_step(self, pre: _Prehash, step: list[tuple[bytes, int]],
                       received: dict[bytes, Location]) -> None:
@@ -355,7 +352,7 @@ class PieceIngest(IngestPieces):
         ordered = [locs[k] for k, _ in step]
         prefetch_locations(self._core, ordered)
         try:
-            self._feed(pre.hasher, ordered, pre.skip)
+            feed(self._core, pre.hasher, ordered, pre.skip)
         except BaseException:
             pre.failed = True  # part of the step may be in the hasher
             raise
@@ -449,7 +446,7 @@ class PieceIngest(IngestPieces):
             hasher, start, skip, resumed = pre.hasher, pre.done, pre.skip, pre.resumed
         rest = [locs[k] for k, _ in raw[start:]]
         prefetch_locations(self._core, rest)
-        self._feed(hasher, rest, skip)
+        feed(self._core, hasher, rest, skip)
         actual = Digest(expected.algorithm, hasher.hexdigest())
         if resumed is not None and (actual != expected
                                     or raw[:len(resumed.pieces)] != resumed.pieces):

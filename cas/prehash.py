@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .digest import Digest
-from .digest_states import STEP, Sha256, load_state, new_state_hasher
+from .digest_states import STEP, Sha256, load_state
 from .ingest_assembly import Resumed
 from .meta import iter_recipe
 from .pack_reads import hash_locations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .digest import Hasher
     from .meta import Location
 
-__all__ = ["RESUME_BASES", "Prehash", "feed", "resume_from_base", "state_hasher"]
+__all__ = ["RESUME_BASES", "Prehash", "feed", "resume_from_base"]
 
 #: Bases a resume looks at, in the order the plan names them (a plan may name 64; each
 #: costs a metadata read, and the first ones are the client's best guesses).
@@ -50,11 +50,6 @@ class Prehash:
         self.located: dict[bytes, Location] = {}  # where the pieces of ``known`` are
         self.arrived = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-
-
-def state_hasher(core: StoreCore, algorithm: str) -> Hasher:
-    """A hasher that keeps SHA-256 states when the store keeps them."""
-    return new_state_hasher(algorithm, core.digest_states)
 
 
 def resume_from_base(core: StoreCore, pre: Prehash) -> int:

@@ -215,20 +215,20 @@ def _spy_piece_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     import cas.prehash as prehash
 
     read = [0]
-    real_hash, real_feed = assemble.hash_locations, assemble.PieceIngest._feed
+    real_hash, real_feed = assemble.hash_locations, assemble.feed
 
     def spy_hash(core: Any, hasher: Any, locs: Any) -> None:
         read[0] += sum(loc.length for loc in locs)
         real_hash(core, hasher, locs)
 
-    def spy_feed(self: Any, hasher: Any, locs: Any, skip: int = 0) -> None:
+    def spy_feed(core: Any, hasher: Any, locs: Any, skip: int = 0) -> None:
         if skip and locs:
             read[0] += locs[0].length - skip
-        real_feed(self, hasher, locs, skip)
+        real_feed(core, hasher, locs, skip)
 
     monkeypatch.setattr(assemble, "hash_locations", spy_hash)
     monkeypatch.setattr(prehash, "hash_locations", spy_hash)
-    monkeypatch.setattr(assemble.PieceIngest, "_feed", spy_feed)
+    monkeypatch.setattr(assemble, "feed", spy_feed)
     return read
 
 
