@@ -125,7 +125,7 @@ async def _common_start(store: Store, sources: PieceSources,
     found = sources.get(parts[0].keys[0][2])
     if found is None or found[1] != 0:
         return None
-    pieces = getattr(sources, "recipes", {}).get(found[0])
+    pieces = sources.recipes.get(found[0])
     if pieces is None:
         try:
             pieces = [(p.key, p.length) for p in (await store.recipe(found[0])).pieces]
