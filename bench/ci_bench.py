@@ -84,12 +84,22 @@ class Runs:
 Job = Callable[[Path, str], float]
 
 
+# buildah's RUN re-executes itself from a sealed memfd copy; sealing it now and then
+# fails with EBUSY (seen once in ~20 runs of the suite). Such a run is run once more,
+# and the second time is the one reported: it reuses what the first one cached, so the
+# peer can only look faster for it.
+_TRANSIENT = "sealing memfd copy: Device or resource busy"
+
+
 def _timed(argv: Sequence[str], env: dict[str, str] | None = None, cwd: str | None = None) -> float:
-    os.sync()  # untimed: nobody pays for another's writeback
-    start = time.perf_counter()
-    proc = subprocess.run(list(argv), capture_output=True, text=True, env=env, timeout=1800,
-                          check=False, cwd=cwd)
-    elapsed = time.perf_counter() - start
+    for attempt in range(2):
+        os.sync()  # untimed: nobody pays for another's writeback
+        start = time.perf_counter()
+        proc = subprocess.run(list(argv), capture_output=True, text=True, env=env,
+                              timeout=1800, check=False, cwd=cwd)
+        elapsed = time.perf_counter() - start
+        if proc.returncode == 0 or attempt or _TRANSIENT not in proc.stderr + proc.stdout:
+            break
     if proc.returncode != 0:
         raise CIBenchError(f"`{' '.join(argv)}` exited {proc.returncode}:\n"
                            f"{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}")
