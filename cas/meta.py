@@ -190,6 +190,11 @@ class Metadata(Protocol):
         it may read a snapshot, but one that includes every commit returned before the
         call began."""
 
+    def blob_head(self, digest: str) -> tuple[int, float] | None:
+        """(size, commit time) of a committed blob, or None, without its recipe; reads as
+        :meth:`blob`. The commit time is that of the blob's row: a blob deleted and
+        committed again has a new one."""
+
     def locations(self, keys: Iterable[bytes]) -> dict[bytes, Location]:
         """The committed pieces among ``keys`` with their locations (duplicates are
         fine; unknown keys are left out). Never waits for a writer, as :meth:`blob`."""

@@ -268,6 +268,10 @@ class PgMetadata:
         rows = self._db.q("SELECT size, recipe FROM blobs WHERE digest = %s", (digest,))
         return (rows[0][0], bytes(rows[0][1])) if rows else None
 
+    def blob_head(self, digest: str) -> tuple[int, float] | None:
+        rows = self._db.q("SELECT size, created FROM blobs WHERE digest = %s", (digest,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
     def locations(self, keys: Iterable[bytes]) -> dict[bytes, Location]:
         with self._db.reading() as reader:
             return self._locations(reader, list(set(keys)))

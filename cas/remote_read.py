@@ -144,12 +144,13 @@ class RemoteReader:
                 if isinstance(item, Pinned):
                     self.cache.unpin(item.key)
 
-    def presign(self, plan: list[Any], expires: float) -> str | None:
-        """A presigned URL of the one S3 object that holds exactly the bytes of ``plan``
-        (a whole blob's, unrefined), or None: only when its pieces are all stored raw,
-        back to back in one pack, and that range is one whole segment object."""
-        sign = getattr(self.packs, "presign", None)
-        if sign is None or not plan or any(isinstance(item, Segment) for item in plan):
+    def whole_object(self, plan: list[Any]) -> tuple[str, int, int] | None:
+        """(pack, offset, length) when the bytes of ``plan`` (a whole blob's, unrefined)
+        are all its pieces stored raw, back to back in one pack; else None. Whether that
+        range is one whole object is :meth:`presign`'s question."""
+        if getattr(self.packs, "presign", None) is None or not plan:
+            return None
+        if any(isinstance(item, Segment) for item in plan):
             return None
         first = plan[0][0]
         end = first.offset
@@ -158,7 +159,14 @@ class RemoteReader:
                     or loc.offset != end or (lo, hi) != (0, loc.length)):
                 return None
             end += loc.stored
-        url: str | None = sign(first.pack, first.offset, end - first.offset, expires)
+        return first.pack, first.offset, end - first.offset
+
+    def presign(self, run: tuple[str, int, int], expires: float) -> str | None:
+        """A presigned URL of the one S3 object that holds exactly the pack bytes ``run``
+        ((pack, offset, length), from :meth:`whole_object`), or None when no one object
+        does."""
+        pack, offset, length = run
+        url: str | None = self.packs.presign(pack, offset, length, expires)  # type: ignore[attr-defined]
         return url
 
     # -- fetching (the reader's threads) ----------------------------------------------

@@ -204,6 +204,12 @@ class SqliteMetadata(SqliteDatabase):
                 "SELECT size, recipe FROM blobs WHERE digest = ?", (digest,)).fetchall()
         return (rows[0][0], rows[0][1]) if rows else None
 
+    def blob_head(self, digest: str) -> tuple[int, float] | None:
+        with self._reading() as reader:
+            rows = reader.execute(
+                "SELECT size, created FROM blobs WHERE digest = ?", (digest,)).fetchall()
+        return (rows[0][0], rows[0][1]) if rows else None
+
     def locations(self, keys: Iterable[bytes]) -> dict[bytes, Location]:
         with self._reading() as reader:
             return self._locations(reader, list(set(keys)))

@@ -28,7 +28,9 @@ import bisect
 import contextlib
 import os
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -52,6 +54,8 @@ __all__ = ["BlobInfo", "Piece", "Recipe", "Segment", "Store"]
 T = TypeVar("T")
 
 _READ_CHUNK = 4 << 20
+# Blobs whose redirect answer a Store keeps (~200 bytes each).
+_RUNS = 10_000
 
 
 class Store:
@@ -66,6 +70,9 @@ class Store:
         self.chunk_params = core.chunk_params
         self._pool = core.pool
         self._run = core.run
+        # redirect_url's answers: (digest, commit time) -> (pack, offset, length) or None.
+        self._runs: OrderedDict[tuple[str, float], tuple[str, int, int] | None] = OrderedDict()
+        self._runs_lock = threading.Lock()
 
     @classmethod
     async def open(cls, root: Path | str, *, chunk_params: ChunkParams | None = None,
@@ -205,8 +212,8 @@ class Store:
     # -- read ----------------------------------------------------------------------
 
     async def stat(self, digest: Digest) -> BlobInfo | None:
-        row = await self._run(self.meta.blob, str(digest))
-        return None if row is None else BlobInfo(digest, row[0])
+        head = await self._run(self.meta.blob_head, str(digest))
+        return None if head is None else BlobInfo(digest, head[0])
 
     async def recipe(self, digest: Digest) -> Recipe:
         row = await self._run(self.meta.blob, str(digest))
@@ -244,11 +251,36 @@ class Store:
         """A presigned URL (valid ``expires`` seconds) from which a client can GET the
         blob's bytes straight from object storage, when the blob is stored as one whole
         S3 object (raw pieces, back to back, one segment); else None (BlobUnknown when
-        the store has no such blob)."""
+        the store has no such blob).
+
+        Finding that out reads the blob's recipe and every piece's location: ~50 ms for a
+        1 GiB blob of 16,000 pieces. The answer is kept per blob (:data:`_RUNS`
+        entries), keyed by its digest and commit time: the pieces of a committed blob
+        never move while it exists, so only a blob deleted and pushed again (a new
+        commit time) is looked at anew, and a GET after the first costs one row."""
         remote = self.core.remote
         if remote is None:
             return None
-        return await self._run(lambda: remote.presign(self._plan(digest, 0, None), expires))
+
+        def find() -> str | None:
+            head = self.meta.blob_head(str(digest))
+            if head is None:
+                raise BlobUnknown(digest)
+            key = (str(digest), head[1])
+            with self._runs_lock:
+                known = key in self._runs
+                run = self._runs.get(key)
+                if known:
+                    self._runs.move_to_end(key)
+            if not known:
+                run = remote.whole_object(self._plan(digest, 0, None))
+                with self._runs_lock:
+                    self._runs[key] = run
+                    while len(self._runs) > _RUNS:
+                        self._runs.popitem(last=False)
+            return None if run is None else remote.presign(run, expires)
+
+        return await self._run(find)
 
     def _plan(self, digest: Digest, offset: int, length: int | None) -> list[Any]:
         row = self.meta.blob(str(digest))

@@ -284,6 +284,21 @@ def test_commit_blob_makes_the_blob_its_pieces_and_its_link_visible(meta: Metada
     assert meta.trash() == []
 
 
+def test_blob_head_is_the_size_and_a_commit_time_that_a_new_commit_changes(meta: Metadata) -> None:
+    assert meta.blob_head(D1) is None
+    before = time.time()
+    commit(meta, D1, [key(1), key(2), key(1)], pack="p1")
+    head = meta.blob_head(D1)
+    assert head is not None and head[0] == 300 and before <= head[1] <= time.time()
+    assert not commit(meta, D1, [key(1)])  # committed again while it exists: the same row
+    assert meta.blob_head(D1) == head
+    assert meta.delete_blob(D1) and meta.blob_head(D1) is None
+    time.sleep(0.01)
+    commit(meta, D1, [key(1), key(2), key(1)], pack="p2")
+    again = meta.blob_head(D1)
+    assert again is not None and again[0] == 300 and again[1] > head[1]
+
+
 def test_commit_blob_of_an_existing_blob_keeps_nothing_of_the_ingest(meta: Metadata) -> None:
     assert commit(meta, D1, [key(1)], pack="p1")
     assert not commit(meta, D1, [key(1)], ingest="again", pack="p2", link="repo/b")

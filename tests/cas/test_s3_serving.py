@@ -317,3 +317,49 @@ async def test_fetches_grow_from_a_short_first_one_and_raw_runs_go_out_as_one_vi
         assert b"".join(part) == data[12345 : 12345 + (3 << 20)]
     finally:
         await store.close()
+
+
+async def test_a_redirect_is_worked_out_once_per_blob_and_anew_after_the_blob_is_pushed_again(
+        s3_location: S3Location, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.request
+
+    data = _blob(3 << 20, seed=7)
+    store = await open_store(StoreConfig(tmp_path / "s", chunk_params=_SMALL, s3=s3_location))
+    try:
+        digest = (await store.put(data)).digest
+        url = await store.redirect_url(digest)
+        assert url is not None
+        with urllib.request.urlopen(url, timeout=30) as direct:
+            assert direct.read() == data
+
+        # Known now: a second GET reads no recipe and no piece location.
+        def no_plan(*_: Any) -> None:
+            raise AssertionError("the redirect was worked out again")
+
+        with monkeypatch.context() as m:
+            m.setattr(store, "_plan", no_plan)
+            again = await store.redirect_url(digest)
+        assert again is not None and again.split("?")[0] == url.split("?")[0]
+
+        # Deleted, collected, and pushed again in two uploads (two objects): the redirect
+        # known for the first push must not be given out; the blob is streamed.
+        assert await store.delete(digest)
+        await store.gc(grace=0)
+        ingest = await store.begin_ingest()
+        await ingest.write(data[: 1 << 20])
+        await ingest.checkpoint()  # seals what it holds: the blob's first object
+        await ingest.write(data[1 << 20 :])
+        assert (await ingest.commit(digest)).digest == digest
+        assert await store.redirect_url(digest) is None
+        assert (await _read(store, digest))[0] == data
+
+        # Once more, in one upload: one object again, at a new place.
+        assert await store.delete(digest)
+        await store.gc(grace=0)
+        assert (await store.put(data)).digest == digest
+        third = await store.redirect_url(digest)
+        assert third is not None and third.split("?")[0] != url.split("?")[0]
+        with urllib.request.urlopen(third, timeout=30) as direct:
+            assert direct.read() == data
+    finally:
+        await store.close()
