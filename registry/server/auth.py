@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import logging
@@ -124,9 +125,12 @@ class Htpasswd:
 
     @classmethod
     def load(cls, path: Path) -> Htpasswd:
-        """Read ``path`` synchronously (at start-up); ValueError/OSError if unusable."""
-        signature = _signature(os.stat(path))
-        users = load_htpasswd(path)
+        """Read ``path`` synchronously (at start-up); ValueError if unusable."""
+        try:
+            signature = _signature(os.stat(path))
+            users = load_htpasswd(path)
+        except OSError as exc:
+            raise unreadable(path, exc) from exc
         return cls(path, users, dummy_hash(users), signature)
 
     @classmethod
@@ -134,16 +138,34 @@ class Htpasswd:
         return cls(None, users, dummy_hash(users))
 
 
+def unreadable(path: Path, exc: OSError) -> ValueError:
+    """What to tell the operator when the htpasswd file ``path`` cannot be read."""
+    where = "(auth.htpasswd.path in the configuration, or --htpasswd)"
+    if exc.errno == errno.ENOENT:
+        return ValueError(f"htpasswd file {path} does not exist: create it with "
+                          f"'htpasswd -Bc {path} USER', or name the right file {where}")
+    if exc.errno == errno.EISDIR:
+        return ValueError(f"htpasswd path {path} is a directory, not a file of "
+                          f"'user:bcrypt-hash' lines: name the file itself {where}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ValueError(f"htpasswd file {path} cannot be read by this user "
+                          f"({exc.strerror}): make it readable by the user that runs "
+                          "the registry")
+    return ValueError(f"htpasswd file {path} cannot be read: {exc.strerror or exc}")
+
+
 def _signature(st: os.stat_result) -> Signature:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 async def read_htpasswd(path: Path) -> Htpasswd:
-    """Read and parse ``path`` without blocking the event loop; ValueError/OSError if
-    unusable."""
-    signature = _signature(await aiofiles.os.stat(path))
-    async with aiofiles.open(path, encoding="utf-8") as f:
-        text = await f.read()
+    """Read and parse ``path`` without blocking the event loop; ValueError if unusable."""
+    try:
+        signature = _signature(await aiofiles.os.stat(path))
+        async with aiofiles.open(path, encoding="utf-8") as f:
+            text = await f.read()
+    except OSError as exc:
+        raise unreadable(path, exc) from exc
     loop = asyncio.get_running_loop()
     users = parse_htpasswd(text, str(path))
     dummy = await loop.run_in_executor(_bcrypt_pool, dummy_hash, users)

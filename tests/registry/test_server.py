@@ -73,6 +73,59 @@ def test_htpasswd_without_bcrypt_is_refused(tmp_path):
         load_htpasswd(path)
 
 
+def test_an_htpasswd_path_that_is_no_file_is_refused_naming_the_fix(tmp_path):
+    from registry.server.auth import Htpasswd, read_htpasswd
+
+    missing = tmp_path / "nowhere" / "htpasswd"
+    for load in (Htpasswd.load, lambda p: asyncio.run(read_htpasswd(p))):
+        with pytest.raises(ValueError, match="does not exist: create it with 'htpasswd -Bc .*htpasswd USER'"):
+            load(missing)
+        with pytest.raises(ValueError, match=f"htpasswd path {tmp_path} is a directory.*name the file itself"):
+            load(tmp_path)
+
+
+def test_serve_with_debians_default_registry_config_names_the_htpasswd_problem(tmp_path):
+    """Debian's docker-registry package ships a config.yml whose auth.htpasswd.path is the
+    directory /etc/docker/registry; an operator pointing pybuild at it is told what to fix
+    (Distribution starts, then answers every login with 400)."""
+    import subprocess
+    import sys
+
+    conf_dir = tmp_path / "etc-docker-registry"
+    conf_dir.mkdir()
+    config = conf_dir / "config.yml"
+    config.write_text(f"""version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: {tmp_path / "storage"}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:0
+  headers:
+    X-Content-Type-Options: [nosniff]
+auth:
+  htpasswd:
+    realm: basic-realm
+    path: {conf_dir}
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+""")
+    proc = subprocess.run([sys.executable, "-m", "builder", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert f"htpasswd path {conf_dir} is a directory" in proc.stderr, proc.stderr
+    assert "auth.htpasswd.path" in proc.stderr and "Errno" not in proc.stderr
+
+
 async def test_read_only_mode(make_client, tmp_path):
     storage = tmp_path / "ro"
     writable = await make_client(storage=storage)
