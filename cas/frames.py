@@ -321,12 +321,21 @@ class FrameScanner:
                     return i
                 body = 1 if btype == 1 else bh >> 3
                 if bh & 1:  # the frame's last block
-                    self._skip = body + check
-                    self._state = "end"
-                    if not self._skip:
-                        out.append(self._pos + i)
-                        self._begin_frame(self._pos + i)
-                    return i
+                    end = i + body + check
+                    if end > n:
+                        self._skip = end - i
+                        self._state = "end"
+                        return i
+                    # The frame ends here: on to the next one's header and blocks in the
+                    # same loop while they lie whole in ``mv`` (zstd:chunked has a frame
+                    # every ~64 KiB: one feed-loop round per frame, not three).
+                    out.append(self._pos + end)
+                    self._begin_frame(self._pos + end)
+                    i = self._walk_header(mv, end, n, out)
+                    if i == end or self._state != "zstd_block":
+                        return i
+                    check = 4 if self._zstd_checksum else 0
+                    continue
                 if i + body > n:
                     self._skip = body
                     return i

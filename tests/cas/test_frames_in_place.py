@@ -108,3 +108,29 @@ def test_a_stream_that_stops_being_frames_ends_the_scan_either_way() -> None:
     assert _scan("zstd", blob, BYTE_BY_BYTE) == _scan("zstd", blob, [1 << 20]) == [len(zstd_frame(b"a" * 5000))]
     blob = gzip_member(b"a" * 5000) + b"\x1f\x8b\x07" + b"x" * 100 + gzip_member(b"b")
     assert _scan("gzip", blob, BYTE_BY_BYTE) == _scan("gzip", blob, [1 << 20]) == [len(gzip_member(b"a" * 5000))]
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 1000), st.lists(st.integers(1, 70_000), min_size=1, max_size=6))
+def test_many_short_zstd_frames_in_one_feed_are_each_found(seed: int, steps: list[int]) -> None:
+    """As zstd:chunked writes them: a frame per tar header and per file chunk, many of them
+    whole in one feed (walked in one loop), with and without checksums and empty ones."""
+    rnd = random.Random(seed)
+    frames = []
+    for i in range(120):
+        data = rnd.randbytes(rnd.choice([0, 1, 100, 600, 5_000, 20_000]))
+        if i % 3 == 0:
+            frames.append(zstd_frame(data))
+        else:
+            frames.append(_short_zstd(data, i % 3 == 1))
+    blob = b"".join(frames)
+    byte_by_byte = _scan("zstd", blob, BYTE_BY_BYTE)
+    # The stream's end is reported when a frame's last bytes end a feed.
+    assert byte_by_byte in (_ends(frames)[:-1], _ends(frames))
+    assert _scan("zstd", blob, steps) == byte_by_byte == _scan("zstd", blob, [len(blob)])
+
+
+def _short_zstd(data: bytes, checksum: bool) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=1, write_checksum=checksum).compress(data)
