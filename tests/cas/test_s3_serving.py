@@ -4,6 +4,7 @@ that serves the second read from files, keeps its bound, and never serves a corr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -321,16 +322,13 @@ async def test_fetches_grow_from_a_short_first_one_and_raw_runs_go_out_as_one_vi
 
 async def test_a_redirect_is_worked_out_once_per_blob_and_anew_after_the_blob_is_pushed_again(
         s3_location: S3Location, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import urllib.request
-
     data = _blob(3 << 20, seed=7)
     store = await open_store(StoreConfig(tmp_path / "s", chunk_params=_SMALL, s3=s3_location))
     try:
         digest = (await store.put(data)).digest
         url = await store.redirect_url(digest)
         assert url is not None
-        with urllib.request.urlopen(url, timeout=30) as direct:
-            assert direct.read() == data
+        assert await asyncio.to_thread(_fetch, url) == data
 
         # Known now: a second GET reads no recipe and no piece location.
         def no_plan(*_: Any) -> None:
@@ -359,7 +357,14 @@ async def test_a_redirect_is_worked_out_once_per_blob_and_anew_after_the_blob_is
         assert (await store.put(data)).digest == digest
         third = await store.redirect_url(digest)
         assert third is not None and third.split("?")[0] != url.split("?")[0]
-        with urllib.request.urlopen(third, timeout=30) as direct:
-            assert direct.read() == data
+        assert await asyncio.to_thread(_fetch, third) == data
     finally:
         await store.close()
+
+
+def _fetch(url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as direct:
+        body: bytes = direct.read()
+    return body
