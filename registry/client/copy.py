@@ -279,6 +279,10 @@ class _Copy:
                 return await push_blob(self.client, self.images, dst.ref, desc, self.progress,
                                        options=self.options.transfer, source=self._stream(desc),
                                        absent=True)
+        if src.kind == "registry" and src.ref is not None and self.recipes \
+                and self.options.transfer.recipes and await self.store.stat(desc.digest) is None:
+            # Asked now, while the blob may still wait for a slot (see prefetch_recipe).
+            self.client.prefetch_recipe(src.ref.api_host, src.ref.name, desc.digest)
         async with _Slot(self.sem) as slot:
             status = await self._fetch(desc, slot.release)
             if dst.kind == "oci":

@@ -298,3 +298,79 @@ async def test_v2_hashes_from_the_state_kept_for_v1(
     assert resumed and resumed[0] >= 2 * STEP
     assert read[0] <= len(layer) - resumed[0]
     assert (await images.store.fsck()).ok
+
+
+async def test_every_recipe_is_asked_for_at_the_start_and_fetched_once(
+    pybuild_registry: str, images: ImageStore, client: RegistryClient, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pull that moves one blob at a time still asks for each blob's recipe at its
+    start (a blob waiting for its turn does not wait a round trip more when it gets it),
+    and takes each recipe from that answer, not from a second request."""
+    import registry.client.pull_assembly as assembly_module
+    from registry.client.copy import CopyOptions, copy_image, parse_endpoint
+
+    layers = [[random_bytes(65_536, 7000 + 100 * n + i) for i in range(6)] for n in range(3)]
+    changed = [list(chunks) for chunks in layers]
+    for n, chunks in enumerate(changed):
+        chunks[2] = random_bytes(65_536, 7900 + n)
+    v1, v2 = make_image(layers), make_image(changed)
+    await publish(f"{pybuild_registry}/ahead/app", {"v1": v1, "v2": v2}, tmp_path, client)
+    await copy(f"{pybuild_registry}/ahead/app:v1", f"local:{pybuild_registry}/ahead/app:v1",
+               images, client)
+
+    events: list[str] = []
+    get_recipe, assemble = RegistryClient._get_recipe, assembly_module.assemble
+
+    async def spy_get_recipe(self: RegistryClient, host: str, name: str, digest: Digest) -> Any:
+        events.append(f"recipe {digest}")
+        return await get_recipe(self, host, name, digest)
+
+    async def spy_assemble(client_: Any, images_: Any, src: Any, desc: Descriptor, *args: Any,
+                           **kw: Any) -> Any:
+        events.append(f"assemble {desc.digest}")
+        return await assemble(client_, images_, src, desc, *args, **kw)
+
+    monkeypatch.setattr(RegistryClient, "_get_recipe", spy_get_recipe)
+    monkeypatch.setattr("registry.client.pull.assemble", spy_assemble)
+    result = await copy_image(parse_endpoint(f"{pybuild_registry}/ahead/app:v2"),
+                              parse_endpoint(f"local:{pybuild_registry}/ahead/app:v2"), images,
+                              client, Progress("quiet"), CopyOptions(jobs=1))
+    assert result.digest == v2.digest
+    for layer in v2.layers:
+        assert await images.store.read_bytes(Digest.of(layer)) == layer
+    new_layers = {str(Digest.of(layer)) for layer in v2.layers}
+    asked = [e.split()[1] for e in events if e.startswith("recipe")]
+    assembled = [e.split()[1] for e in events if e.startswith("assemble")]
+    assert new_layers <= set(asked) and sorted(assembled) == sorted(new_layers)
+    assert len(asked) == len(set(asked))  # each recipe fetched once
+    # One blob at a time, yet every layer's recipe was asked for before the second
+    # layer began to be assembled.
+    second = events.index(f"assemble {assembled[1]}")
+    assert all(events.index(f"recipe {d}") < second for d in new_layers)
+
+
+async def test_a_recipe_asked_for_ahead_and_never_taken_is_stopped_at_close(
+    pybuild_registry: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    import gc
+
+    from registry.client.session import ClientOptions
+
+    missing = Digest.of(b"no such blob")
+    async with RegistryClient(ClientOptions(retries=0)) as c:
+        c.prefetch_recipe(pybuild_registry, "ahead/none", missing)
+        c.prefetch_recipe(pybuild_registry, "ahead/none", missing)  # asked once
+        (task,) = c._recipes.values()
+        await asyncio.sleep(0)
+        # Taken: the failure (no such blob) surfaces where the recipe is asked for.
+        with pytest.raises(Exception):  # noqa: B017 - RegistryError or TransportError
+            await c.recipe(pybuild_registry, "ahead/none", missing)
+        c.prefetch_recipe(pybuild_registry, "ahead/none", missing)
+        (left,) = c._recipes.values()
+        assert left is not task
+    assert c._recipes == {} and left.done()
+    del task, left
+    gc.collect()
+    assert "never retrieved" not in caplog.text
