@@ -50,6 +50,10 @@ PLAN_MEDIA_TYPE = "application/vnd.pybuild.push-plan.v1+json"
 _MAX_MANIFEST = 4 << 20
 
 
+# Recipes asked for ahead and not yet taken, at most (prefetch_recipe).
+_AHEAD = 16
+
+
 class RegistryClient(RegistrySession):
     """One session for every registry an operation touches. Use as ``async with``."""
 
@@ -317,7 +321,9 @@ class RegistryClient(RegistrySession):
         a round trip more when it gets it (over a link with 10 ms round trips, ten layers
         four at a time spent two of them per wave)."""
         key = (host, name, str(digest))
-        if key not in self._recipes:
+        # At most _AHEAD at once: a manifest of thousands of layers (hostile or not) does
+        # not open as many requests, nor hold as many recipes (each up to 4 MiB).
+        if key not in self._recipes and len(self._recipes) < _AHEAD:
             self._recipes[key] = asyncio.ensure_future(self._get_recipe(host, name, digest))
 
     async def recipe(self, host: str, name: str, digest: Digest) -> list[tuple[int, int, str]]:

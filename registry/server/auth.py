@@ -130,7 +130,7 @@ class Htpasswd:
             signature = _signature(os.stat(path))
             users = load_htpasswd(path)
         except OSError as exc:
-            raise unreadable(path, exc) from exc
+            raise _unreadable(path, exc) from exc
         return cls(path, users, dummy_hash(users), signature)
 
     @classmethod
@@ -138,7 +138,7 @@ class Htpasswd:
         return cls(None, users, dummy_hash(users))
 
 
-def unreadable(path: Path, exc: OSError) -> ValueError:
+def _unreadable(path: Path, exc: OSError) -> ValueError:
     """What to tell the operator when the htpasswd file ``path`` cannot be read."""
     where = "(auth.htpasswd.path in the configuration, or --htpasswd)"
     if exc.errno == errno.ENOENT:
@@ -165,7 +165,7 @@ async def read_htpasswd(path: Path) -> Htpasswd:
         async with aiofiles.open(path, encoding="utf-8") as f:
             text = await f.read()
     except OSError as exc:
-        raise unreadable(path, exc) from exc
+        raise _unreadable(path, exc) from exc
     loop = asyncio.get_running_loop()
     users = parse_htpasswd(text, str(path))
     dummy = await loop.run_in_executor(_bcrypt_pool, dummy_hash, users)

@@ -14,8 +14,9 @@ from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
 from registry.client.pull import pull_blob
 from registry.client.refs import parse_image_ref
-from registry.client.remote import RegistryClient
+from registry.client.remote import RegistryClient, TransportError
 from registry.client.transfer import BlobError
+from registry.errors import RegistryError
 from registry.oci import Descriptor
 
 from .helpers import make_image, random_bytes
@@ -356,6 +357,7 @@ async def test_a_recipe_asked_for_ahead_and_never_taken_is_stopped_at_close(
     import asyncio
     import gc
 
+    import registry.client.remote as remote_module
     from registry.client.session import ClientOptions
 
     missing = Digest.of(b"no such blob")
@@ -365,12 +367,17 @@ async def test_a_recipe_asked_for_ahead_and_never_taken_is_stopped_at_close(
         (task,) = c._recipes.values()
         await asyncio.sleep(0)
         # Taken: the failure (no such blob) surfaces where the recipe is asked for.
-        with pytest.raises(Exception):  # noqa: B017 - RegistryError or TransportError
+        with pytest.raises((RegistryError, TransportError)):
             await c.recipe(pybuild_registry, "ahead/none", missing)
         c.prefetch_recipe(pybuild_registry, "ahead/none", missing)
         (left,) = c._recipes.values()
         assert left is not task
     assert c._recipes == {} and left.done()
     del task, left
+    # However many blobs a manifest names, at most _AHEAD recipes are asked for ahead.
+    async with RegistryClient(ClientOptions(retries=0)) as c:
+        for n in range(remote_module._AHEAD + 10):
+            c.prefetch_recipe(pybuild_registry, "ahead/none", Digest.of(b"blob %d" % n))
+        assert len(c._recipes) == remote_module._AHEAD
     gc.collect()
     assert "never retrieved" not in caplog.text
