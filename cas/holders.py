@@ -14,6 +14,10 @@ kind           name                                 who links
                (``registry.example/app:1``)         blobs of an image it pulled or copied
 ``cache:``     a build cache key (``<key>``, or     the builder: a cached step's layer, a
                ``base:<manifest digest>``)          base image read from an OCI layout
+``ingest:``    an open ingest's id                  the store itself: an ingest assembled
+                                                    from pieces of that blob (a pull of an
+                                                    update) keeps it until the ingest's
+                                                    commit or abort removes the link
 =============  ===================================  =======================================
 
 :func:`parse_holder` reads a holder back; a holder of any other form is not one of these
@@ -31,6 +35,7 @@ __all__ = [
     "HolderKind",
     "cache_holder",
     "image_holder",
+    "ingest_holder",
     "parse_holder",
     "repository_holder",
 ]
@@ -42,6 +47,7 @@ class HolderKind(enum.Enum):
     REPOSITORY = "repo"
     IMAGE = "image"
     CACHE = "cache"
+    INGEST = "ingest"
 
 
 class Holder(NamedTuple):
@@ -65,6 +71,14 @@ def image_holder(ref: str) -> str:
 def cache_holder(key: str) -> str:
     """The holder that keeps the layer of build cache entry ``key`` alive."""
     return str(Holder(HolderKind.CACHE, key))
+
+
+def ingest_holder(ingest_id: str) -> str:
+    """The holder by which open ingest ``ingest_id`` keeps a blob whose pieces it reuses
+    (:meth:`cas.Ingest.reuse_pieces` with ``within``): one link instead of one hold per
+    piece. :meth:`~cas.meta.Metadata.commit_blob` and :meth:`~cas.meta.Metadata.drop_ingest`
+    remove it."""
+    return str(Holder(HolderKind.INGEST, ingest_id))
 
 
 def parse_holder(text: str) -> Holder | None:

@@ -96,6 +96,10 @@ class Ingest(IngestAssembly):
         self._recipe: list[tuple[bytes, int]] = []
         self._new: dict[bytes, Location] = {}  # pieces this ingest wrote
         self._held: set[bytes] = set()  # committed pieces it reuses
+        # Blobs whose recipes reuse_pieces' ``within`` named: their (key, length) pieces;
+        # those of them it holds by a link.
+        self._within: dict[str, set[tuple[bytes, int]]] = {}
+        self._linked: set[str] = set()
         self._unsaved: list[tuple[int, bytes, int, Location | None]] = []
         self._writer: PackWriter | None = None
         self._closed = False
@@ -216,10 +220,18 @@ class Ingest(IngestAssembly):
                 return 0
             return await self._run(self._resume_sync, blob, upto)
 
-    async def reuse_pieces(self, pieces: list[tuple[str, int]]) -> None:
+    async def reuse_pieces(self, pieces: list[tuple[str, int]],
+                           within: Sequence[Digest] = ()) -> None:
         """Append pieces the store holds, by (hex key, length): held, and read only for
-        the digest. :class:`PieceMissing` (nothing appended) for one it does not hold."""
+        the digest. :class:`PieceMissing` (nothing appended) for one it does not hold.
+
+        ``within``: committed blobs that the caller found the pieces in (the layers of a
+        previous version). When they hold every one of the pieces, the ingest holds those
+        blobs (one link each) instead of each piece (one row each, written again at the
+        commit): the commit waits less behind other writers. Otherwise, or when a blob
+        is gone, the pieces are held one by one."""
         raw = [(bytes.fromhex(k), n) for k, n in pieces]
+        blobs = tuple(dict.fromkeys(str(d) for d in within))
         async with self._lock:
             self._begin_assembly()
             try:
@@ -229,7 +241,7 @@ class Ingest(IngestAssembly):
             except BaseException:
                 await self._abort_locked()
                 raise
-            reuse = await self._run(self._hold_sync, raw)  # PieceMissing: nothing appended
+            reuse = await self._run(self._hold_sync, raw, blobs)  # PieceMissing: nothing appended
             await self._queue_assembly(self._reuse_sync, reuse, sum(n for _, n in raw))
 
     def _begin_assembly(self) -> None:

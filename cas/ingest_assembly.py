@@ -33,6 +33,7 @@ from .digest import Digest
 from .digest_states import Sha256, load_state, new_state_hasher, save_states
 from .errors import StoreCorrupt
 from .frames import stream_kind
+from .holders import ingest_holder
 from .ingest_checkpoints import IngestCheckpoints
 from .meta import Location, decode_recipe
 from .pack_reads import hash_locations, prefetch_locations
@@ -79,6 +80,8 @@ class IngestAssembly(IngestCheckpoints):
     _hasher: Hasher
     _resumed: Resumed | None
     _fed: int = 0  # bytes of the blob the digest jobs have passed (hashed or resumed)
+    _within: dict[str, set[tuple[bytes, int]]]  # blobs named by reuse_pieces: their pieces
+    _linked: set[str]  # those of them held by a link
 
     def _append_sync(self, pieces: list[bytes | bytearray | memoryview]) -> None:
         for p in pieces:
@@ -91,9 +94,14 @@ class IngestAssembly(IngestCheckpoints):
         framed = bool(views) and stream_kind(bytes(views[0][:4])) is not None
         self._store_pieces(views, compressible=not framed)
 
-    def _hold_sync(self, pieces: list[tuple[bytes, int]]) -> _Reuse:
+    def _hold_sync(self, pieces: list[tuple[bytes, int]], within: tuple[str, ...] = ()) -> _Reuse:
         """Hold the pieces (every job of the ingest has ended, so ``_seq`` is final);
-        PieceMissing, with nothing recorded, for one the store does not hold."""
+        PieceMissing, with nothing recorded, for one the store does not hold. By the
+        blobs ``within`` when they hold them all (:meth:`_hold_within`)."""
+        if within:
+            reuse = self._hold_within(pieces, within)
+            if reuse is not None:
+                return reuse
         first = self._seq
         fresh = [(first + i, k) for i, (k, _) in enumerate(pieces)
                  if k not in self._new and k not in self._held]
@@ -113,6 +121,49 @@ class IngestAssembly(IngestCheckpoints):
         # Read from the disk while earlier jobs run (not what the resumed digest covers).
         prefetch_locations(self._core, self._after_resumed(locs))
         return _Reuse(pieces, set(found), locs)
+
+    def _hold_within(self, pieces: list[tuple[bytes, int]], within: tuple[str, ...]) -> _Reuse | None:
+        """Hold the pieces by linking the committed blobs ``within`` (holder
+        :func:`~cas.holders.ingest_holder`: GC keeps a linked blob, and so its pieces,
+        until the commit or abort removes the link), if those blobs' recipes name every
+        one of them; None otherwise, or when one of the blobs is gone (nothing linked).
+
+        One row per blob instead of one per piece, and the lookups go through the
+        reader: little is left for the write transactions that every ingest waits for.
+        The pieces' locations are read after the link, so they stay valid; those the
+        resumed digest covers whole are not read at all."""
+        meta = self._core.meta
+        for digest in within:
+            if digest not in self._within:
+                row = meta.blob(digest)
+                if row is None:
+                    return None
+                self._within[digest] = set(decode_recipe(row[1]))
+        covers = [self._within[d] for d in within]
+        if not all(any(p in c for c in covers) for p in pieces):
+            return None
+        unlinked = [d for d in within if d not in self._linked]
+        if unlinked:
+            if meta.link_all(ingest_holder(self.id), unlinked) is None:
+                return None
+            self._linked.update(unlinked)
+        # Pieces that end before the resumed state's offset are never read.
+        pos, skipped = self.offset, 0
+        while (skipped < len(pieces) and self._resumed is not None
+               and pos + pieces[skipped][1] <= self._resumed.offset):
+            pos += pieces[skipped][1]
+            skipped += 1
+        found = meta.locations(k for k, _ in pieces[skipped:])
+        locs = [Location(k, n, -1, -1, None, -1) for k, n in pieces[:skipped]]
+        for key, length in pieces[skipped:]:
+            loc = found.get(key)
+            if loc is None:  # a held blob's piece: only a damaged store lacks it
+                raise PieceMissing(key.hex(), "is not in the store")
+            if loc.length != length:
+                raise PieceMissing(key.hex(), f"is {loc.length} bytes long, not {length}")
+            locs.append(loc)
+        prefetch_locations(self._core, locs[skipped:])
+        return _Reuse(pieces, {k for k, _ in pieces}, locs)
 
     def _reuse_sync(self, reuse: _Reuse) -> None:
         """Feed held pieces to the digest and the recipe (a job of the ingest's chain)."""

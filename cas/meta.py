@@ -38,6 +38,7 @@ __all__ = [
     "decode_recipe",
     "encode_recipe",
     "iter_recipe",
+    "missing_piece",
 ]
 
 CODEC_RAW = 0
@@ -52,6 +53,14 @@ def encode_recipe(entries: Iterable[tuple[bytes, int]]) -> bytes:
 
 def decode_recipe(blob: bytes) -> list[tuple[bytes, int]]:
     return list(_ENTRY.iter_unpack(blob))
+
+
+def missing_piece(digest: str, wanted: Iterable[bytes], present: set[bytes]) -> str:
+    """Why a commit of ``digest`` failed: a piece of its recipe (``wanted``) is not among
+    the committed ones (``present``)."""
+    gone = next((k for k in wanted if k not in present), b"")
+    return (f"blob {digest}: its piece {gone.hex()} is no longer in the store (deleted while"
+            " the blob was written); nothing was committed: write the blob again")
 
 
 def iter_recipe(blob: bytes) -> Iterator[tuple[bytes, int]]:
@@ -166,8 +175,9 @@ class Metadata(Protocol):
         ``npieces``): what a resume after a crash starts from."""
 
     def drop_ingest(self, ingest_id: str) -> None:
-        """Forget the open ingest and its pieces, in one transaction; its pack, which
-        then holds no live bytes, goes to the trash whole. Unknown ids are a no-op."""
+        """Forget the open ingest, its pieces and its links
+        (:func:`~cas.holders.ingest_holder`), in one transaction; its pack, which then
+        holds no live bytes, goes to the trash whole. Unknown ids are a no-op."""
 
     def commit_blob(self, ingest_id: str | None, digest: str, size: int,
                     recipe: list[tuple[bytes, int]], new: dict[bytes, Location],
@@ -177,7 +187,11 @@ class Metadata(Protocol):
         pack range goes to the trash), every piece's reference count grows by the times
         ``recipe`` names it, and the blob row is written (``created`` now). Links
         ``link`` to it if given, and closes the ingest (as :meth:`drop_ingest` would,
-        its pack trashed if nothing in it stayed live).
+        its pack trashed if nothing in it stayed live, its links removed).
+
+        A piece ``recipe`` names that is neither in ``new`` nor committed (deleted while
+        the blob was written: :meth:`delete_blob` of a blob the ingest held by a link)
+        fails the commit with :class:`~cas.errors.StoreCorrupt`, nothing recorded.
 
         Returns False when the blob already existed: then none of the ingest's pieces is
         kept, the link is still made. Of concurrent commits of one digest (any

@@ -14,7 +14,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .meta import IngestRow, Location, decode_recipe, encode_recipe
+from .errors import StoreCorrupt
+from .holders import ingest_holder
+from .meta import IngestRow, Location, decode_recipe, encode_recipe, missing_piece
 from .pg_db import PgDatabase
 
 __all__ = ["MIGRATIONS", "PgMetadata"]
@@ -207,6 +209,7 @@ class PgMetadata:
             row = db.execute("SELECT pack FROM ingests WHERE id = %s", (ingest_id,)).fetchone()
             db.execute("DELETE FROM ingest_pieces WHERE ingest = %s", (ingest_id,))
             db.execute("DELETE FROM ingests WHERE id = %s", (ingest_id,))
+            db.execute("DELETE FROM links WHERE holder = %s", (ingest_holder(ingest_id),))
             if row and row[0]:
                 self._trash_pack_if_dead(db, row[0])
 
@@ -251,6 +254,8 @@ class PgMetadata:
                                 [(n, p) for p, n in live.items()])
                 cur.executemany("UPDATE pieces SET refs = refs + %s WHERE key = %s",
                                 [(n, k) for k, n in counts.items()])
+                if counts and cur.rowcount != len(counts):  # rolls the transaction back
+                    raise StoreCorrupt(missing_piece(digest, counts, set(self._locations(db, list(counts)))))
                 db.execute("INSERT INTO blobs(digest, size, recipe, created) VALUES (%s, %s, %s, %s)",
                            (digest, size, encode_recipe(recipe), time.time()))
             if link is not None:
@@ -258,6 +263,7 @@ class PgMetadata:
             if ingest_id is not None:
                 db.execute("DELETE FROM ingest_pieces WHERE ingest = %s", (ingest_id,))
                 db.execute("DELETE FROM ingests WHERE id = %s", (ingest_id,))
+                db.execute("DELETE FROM links WHERE holder = %s", (ingest_holder(ingest_id),))
                 if pack is not None:
                     self._trash_pack_if_dead(db, pack)
             return not exists

@@ -17,7 +17,9 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from .meta import IngestRow, Location, decode_recipe, encode_recipe
+from .errors import StoreCorrupt
+from .holders import ingest_holder
+from .meta import IngestRow, Location, decode_recipe, encode_recipe, missing_piece
 from .sqlite_db import SqliteDatabase, connect
 
 __all__ = ["SqliteMetadata"]
@@ -132,6 +134,7 @@ class SqliteMetadata(SqliteDatabase):
             row = db.execute("SELECT pack FROM ingests WHERE id = ?", (ingest_id,)).fetchone()
             db.execute("DELETE FROM ingest_pieces WHERE ingest = ?", (ingest_id,))
             db.execute("DELETE FROM ingests WHERE id = ?", (ingest_id,))
+            db.execute("DELETE FROM links WHERE holder = ?", (ingest_holder(ingest_id),))
             if row and row[0]:
                 self._trash_pack_if_dead(db, row[0])
 
@@ -179,10 +182,12 @@ class SqliteMetadata(SqliteDatabase):
                         live[loc.pack] += loc.stored
                 for p, n in live.items():
                     db.execute("UPDATE packs SET live = live + ? WHERE name = ?", (n, p))
-                db.executemany(
+                updated = db.executemany(
                     "UPDATE pieces SET refs = refs + ? WHERE key = ?",
                     [(n, k) for k, n in counts.items()],
-                )
+                ).rowcount
+                if updated != len(counts):  # rolls the transaction back
+                    raise StoreCorrupt(missing_piece(digest, counts, self._existing(db, list(counts))))
                 db.execute(
                     "INSERT INTO blobs(digest, size, recipe, created) VALUES (?, ?, ?, ?)",
                     (digest, size, encode_recipe(recipe), time.time()),
@@ -192,6 +197,7 @@ class SqliteMetadata(SqliteDatabase):
             if ingest_id is not None:
                 db.execute("DELETE FROM ingest_pieces WHERE ingest = ?", (ingest_id,))
                 db.execute("DELETE FROM ingests WHERE id = ?", (ingest_id,))
+                db.execute("DELETE FROM links WHERE holder = ?", (ingest_holder(ingest_id),))
                 if pack is not None:
                     self._trash_pack_if_dead(db, pack)
             return not exists

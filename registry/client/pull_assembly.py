@@ -75,7 +75,8 @@ async def assemble(client: RegistryClient, images: ImageStore, src: ImageRef,
     piece has arrived: what remains (holding and hashing local pieces) needs no network.
     ``sources`` (where local layers hold pieces) finds the layer the blob begins as."""
     ing = sink.ing
-    base = await _common_start(images.store, sources or PieceSources(), parts)
+    sources = sources or PieceSources()
+    base = await _common_start(images.store, sources, parts)
     if base is not None:
         await ing.hash_from(*base)
     tasks: dict[int, asyncio.Task[list[bytes] | list[bytearray]]] = {}
@@ -97,7 +98,8 @@ async def assemble(client: RegistryClient, images: ImageStore, src: ImageRef,
             size = part.end - part.start
             if part.local:
                 try:
-                    await ing.reuse_pieces([(key, length) for _, length, key in part.keys])
+                    await ing.reuse_pieces([(key, length) for _, length, key in part.keys],
+                                           _within(sources, part))
                     sink.progress.advance(sink.key, size, reused=True)
                     continue
                 except PieceMissing:
@@ -139,6 +141,19 @@ async def _common_start(store: Store, sources: PieceSources,
                 return (found[0], shared) if shared else None
             shared += length
     return found[0], shared
+
+
+def _within(sources: PieceSources, part: _Part) -> list[Digest]:
+    """The local blobs that hold the part's pieces, as ``sources`` places them (none
+    when it does not place them all): the ingest holds those blobs instead of each
+    piece."""
+    blobs: dict[Digest, None] = {}
+    for _, _, key in part.keys:
+        found = sources.get(key)
+        if found is None:
+            return []
+        blobs[found[0]] = None
+    return list(blobs)
 
 
 def _split(chunks: list[bytes] | list[bytearray], part: _Part) -> list[memoryview]:

@@ -115,3 +115,41 @@ async def test_a_piece_appended_earlier_can_be_reused_by_key(store: Store) -> No
     info = await ing.commit(_sha(blob), size=len(blob))
     assert await store.read_bytes(info.digest) == blob
     assert [p.key for p in (await store.recipe(info.digest)).pieces] == [_key(fresh)] * 2
+
+
+async def test_pieces_held_by_the_blob_they_lie_in_outlive_its_other_holders(store: Store) -> None:
+    # reuse_pieces(within=...): the ingest holds the old blob (one link) instead of each
+    # piece; GC meanwhile keeps that blob, the commit lets it go.
+    data, old = await _old_blob(store)
+    await store.link("image:v1", _sha(data))
+    fresh = os.urandom(50_000)
+    ing = await store.begin_ingest()
+    await ing.reuse_pieces([(k, n) for k, n, _ in old[:2]], within=[_sha(data)])
+    assert await store.holders(_sha(data)) == ["image:v1", f"ingest:{ing.id}"]
+    await store.unlink("image:v1", _sha(data))
+    report = await store.gc(grace=0)
+    assert report.blobs_removed == 0
+    await ing.append_pieces([fresh])
+    blob = old[0][2] + old[1][2] + fresh
+    info = await ing.commit(_sha(blob), size=len(blob))
+    assert await store.read_bytes(info.digest) == blob
+    assert await store.holders(_sha(data)) == []
+    report = await store.gc(grace=0)
+    assert report.blobs_removed == 2  # the old blob, and the new one, linked by no one
+    assert (await store.fsck()).ok
+
+
+async def test_pieces_outside_the_blobs_named_are_held_one_by_one(store: Store) -> None:
+    # A blob named in within that does not hold every piece (a stale plan): the pieces
+    # are held one by one, as without it; an abort removes whatever was linked.
+    a, old_a = await _old_blob(store)
+    b, old_b = await _old_blob(store)
+    await store.link("image:a", _sha(a))
+    ing = await store.begin_ingest()
+    await ing.reuse_pieces([(old_a[0][0], old_a[0][1]), (old_b[0][0], old_b[0][1])],
+                           within=[_sha(a)])
+    assert await store.holders(_sha(a)) == ["image:a"]
+    await ing.reuse_pieces([(k, n) for k, n, _ in old_a[1:3]], within=[_sha(a), _sha(b)])
+    assert f"ingest:{ing.id}" in await store.holders(_sha(b))
+    await ing.abort()
+    assert await store.holders(_sha(a)) == ["image:a"] and await store.holders(_sha(b)) == []

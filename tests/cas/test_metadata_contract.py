@@ -22,7 +22,8 @@ from pathlib import Path
 import blake3
 import pytest
 
-from cas.errors import StoreClosed
+from cas.errors import StoreClosed, StoreCorrupt
+from cas.holders import ingest_holder
 from cas.meta import CODEC_RAW, Location, Metadata, encode_recipe
 from cas.pg_meta import PgMetadata
 from cas.sqlite_meta import SqliteMetadata
@@ -256,6 +257,47 @@ def test_a_held_piece_outlives_its_blob_until_the_ingest_ends(opener: Opener) ->
     a.drop_ingest("ing")
     assert gc.collect_pieces() == (1, 10)
     assert gc.locations([key(1)]) == {}
+
+
+def test_a_blob_an_ingest_links_keeps_its_pieces_until_the_ingest_ends(opener: Opener) -> None:
+    # An ingest holds the blob it reuses pieces of by one link (ingest_holder): GC keeps
+    # the blob while its other holders go; the ingest's commit, or its drop, removes it.
+    a, gc = opener(), opener()
+    commit(a, D1, [key(1), key(2)], link="repo/a")
+    for end in ("commit", "drop"):
+        ingest = f"ing-{end}"
+        a.create_ingest(ingest, "sha256")
+        assert a.link_all(ingest_holder(ingest), [D1]) == [D1]
+        assert gc.unlink("repo/a", D1)
+        assert gc.collect_blobs(time.time() + 60) == 0 and gc.collect_pieces() == (0, 0)
+        assert gc.locations([key(1), key(2)]).keys() == {key(1), key(2)}
+        if end == "commit":
+            recipe = [(key(2), 10), (key(1), 10)]
+            assert a.commit_blob(ingest, D2, 20, recipe, {}, "repo/b")
+            assert refs(gc) == {key(1): 2, key(2): 2}
+        else:
+            a.drop_ingest(ingest)
+        assert gc.holders(D1) == []
+        assert gc.link("repo/a", D1)
+    assert gc.unlink("repo/a", D1) and gc.collect_blobs(time.time() + 60) == 1
+    assert refs(gc) == {key(1): 1, key(2): 1}  # D2's
+
+
+def test_a_commit_naming_a_piece_no_longer_stored_fails_and_records_nothing(meta: Metadata) -> None:
+    # A piece the ingest reused went meanwhile (its blob deleted, GC): the commit fails,
+    # rather than record a blob whose bytes cannot be read.
+    commit(meta, D1, [key(1), key(2)])
+    meta.create_ingest("ing", "sha256")
+    assert meta.link_all(ingest_holder("ing"), [D1]) == [D1]
+    assert meta.delete_blob(D1) and meta.collect_pieces() == (2, 20)
+    commit(meta, D2, [key(2)])
+    new = {key(3): inline(key(3))}
+    recipe = [(key(2), 10), (key(1), 10), (key(3), 10)]
+    with pytest.raises(StoreCorrupt, match=f"{D1}|piece {key(1).hex()}"):
+        meta.commit_blob("ing", D1, 30, recipe, new, "repo/a")
+    assert meta.blob(D1) is None and meta.holders(D1) == []
+    assert refs(meta) == {key(2): 1}
+    assert meta.get_ingest("ing") is not None  # still open: the caller aborts it
 
 
 def test_drop_ingest_forgets_it_and_trashes_its_pack(meta: Metadata) -> None:

@@ -10,6 +10,8 @@ import pytest
 
 import registry.client.copy as copy_module
 from cas import Digest, Ingest
+from cas.holders import HolderKind, parse_holder
+from cas.sqlite_meta import SqliteMetadata
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
 from registry.client.pull import pull_blob
@@ -40,7 +42,7 @@ async def _two_versions(registry: str, repo: str, tmp_path: Path, images: ImageS
 
 def _spy_bytes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Bytes fed to ingests as bytes (write/receive) and as whole pieces, from now on."""
-    fed = {"bytes": 0, "appended": 0, "reused": 0}
+    fed = {"bytes": 0, "appended": 0, "reused": 0, "within": 0}
     write, receive = Ingest.write, Ingest.receive
     append, reuse = Ingest.append_pieces, Ingest.reuse_pieces
 
@@ -57,9 +59,10 @@ def _spy_bytes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         fed["appended"] += sum(len(p) for p in pieces)
         await append(self, pieces)
 
-    async def spy_reuse(self: Ingest, pieces: Any) -> None:
-        await reuse(self, pieces)
+    async def spy_reuse(self: Ingest, pieces: Any, within: Any = ()) -> None:
+        await reuse(self, pieces, within)
         fed["reused"] += sum(n for _, n in pieces)
+        fed["within"] += bool(within)
 
     monkeypatch.setattr(Ingest, "write", spy_write)
     monkeypatch.setattr(Ingest, "receive", spy_receive)
@@ -72,8 +75,17 @@ async def test_v2_over_v1_is_committed_from_the_recipe(
     pybuild_registry: str, images: ImageStore, client: RegistryClient, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _, v2 = await _two_versions(pybuild_registry, "asm/app", tmp_path, images, client, 3000)
+    v1, v2 = await _two_versions(pybuild_registry, "asm/app", tmp_path, images, client, 3000)
     fed = _spy_bytes(monkeypatch)
+    held_rows: list[int] = []
+    hold = SqliteMetadata.hold_existing
+
+    def spy_hold(self: SqliteMetadata, ingest_id: str, entries: Any, **kw: Any) -> Any:
+        if kw.get("expected"):  # as reuse_pieces holds pieces one by one
+            held_rows.append(len(entries))
+        return hold(self, ingest_id, entries, **kw)
+
+    monkeypatch.setattr(SqliteMetadata, "hold_existing", spy_hold)
     progress = Progress("quiet")
     from registry.client.copy import CopyOptions, copy_image, parse_endpoint
     result = await copy_image(parse_endpoint(f"{pybuild_registry}/asm/app:v2"),
@@ -89,6 +101,11 @@ async def test_v2_over_v1_is_committed_from_the_recipe(
     assert fed["reused"] + fed["appended"] == len(layer)
     assert 0 < fed["appended"] < len(layer) // 5
     assert progress.reused >= fed["reused"]
+    # The held runs were held by the v1 layer they lie in (one link), not piece by
+    # piece; the commit removed that link.
+    assert fed["within"] >= 1 and sum(held_rows) == 0
+    v1_layer = Digest.of(v1.layers[0])
+    assert [parse_holder(h).kind for h in await images.store.holders(v1_layer)] == [HolderKind.IMAGE]
     # The recipe is the registry's, piece for piece.
     remote = await client.recipe(pybuild_registry, "asm/app", digest)
     local = await images.store.recipe(digest)
@@ -381,3 +398,20 @@ async def test_a_recipe_asked_for_ahead_and_never_taken_is_stopped_at_close(
         assert len(c._recipes) == remote_module._AHEAD
     gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 100_000 + b"]" * 100_000, b"[1, 2]", b'{"size": 3, "pieces": "abc"}',
+    b'{"pieces": [{"offset": 0, "length": 3, "key": "k"}]}', b"\xff",
+])
+async def test_a_recipe_that_is_not_one_is_a_clear_transport_error(
+    client: RegistryClient, monkeypatch: pytest.MonkeyPatch, body: bytes,
+) -> None:
+    # What a hostile or broken registry answers: TransportError (the pull says what went
+    # wrong), never an internal error.
+    async def answer(*args: Any, **kw: Any) -> tuple[Any, bytes]:
+        return None, body
+
+    monkeypatch.setattr(client, "_request", answer)
+    with pytest.raises(TransportError, match="is not one"):
+        await client.recipe("127.0.0.1:1", "any/repo", Digest.of(b"abc"))
