@@ -44,7 +44,7 @@ from .transfer import TransferOptions
 __all__ = ["MAX_BASES", "destination_tags", "piece_bases", "push_pieces"]
 
 MAX_BASES = 64  # what pybuild's registry accepts in one plan
-_MAX_BATCH_PIECES = 256
+_MAX_BATCH_PIECES = 96  # per PATCH: what pybuild's registry accepts (one header under 8 KiB)
 _OTHER_TAGS = 3
 _BROKEN = (TransportError, asyncio.TimeoutError, WireError)
 

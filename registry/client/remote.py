@@ -90,7 +90,7 @@ class RegistryClient(RegistrySession):
         media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         try:
             doc_type = json.loads(body).get("mediaType")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             doc_type = None
         media_type = doc_type or media_type or OCI_MANIFEST
         expected = ref.digest
@@ -232,7 +232,11 @@ class RegistryClient(RegistrySession):
         url = f"/v2/{name}/tags/list"
         while url:
             resp, body = await self._request("GET", host, url, scopes=frozenset({_scope(name, push)}))
-            out.extend(json.loads(body).get("tags") or [])
+            try:
+                tags = json.loads(body).get("tags") or []
+            except (ValueError, AttributeError, RecursionError) as exc:
+                raise TransportError(f"the registry's tag list of {name} is not one: {exc!r:.200}") from None
+            out.extend(str(t) for t in tags)
             link = resp.headers.get("Link", "")
             url = link[link.find("<") + 1 : link.find(">")] if "rel=\"next\"" in link else ""
         return out
@@ -259,7 +263,7 @@ class RegistryClient(RegistrySession):
                 str(e) for ext in doc.get("extensions") or [] if isinstance(ext, dict)
                 for e in ext.get("endpoints") or []
             )
-        except (RegistryError, ValueError, AttributeError, TypeError):
+        except (RegistryError, ValueError, AttributeError, TypeError, RecursionError):
             found = frozenset()
         cache[(host, name)] = found
         return found
@@ -338,15 +342,19 @@ class RegistryClient(RegistrySession):
             "GET", host, f"/v2/{name}/{RECIPE_ENDPOINT}", params={"digest": str(digest)},
             scopes=frozenset({pull_scope(name)}),
         )
-        doc = json.loads(body)
-        pieces = [(int(p["offset"]), int(p["length"]), str(p["key"])) for p in doc["pieces"]]
+        try:
+            doc = json.loads(body)
+            pieces = [(int(p["offset"]), int(p["length"]), str(p["key"])) for p in doc["pieces"]]
+            size = int(doc["size"])
+        except (ValueError, RecursionError, KeyError, TypeError) as exc:
+            raise TransportError(f"the registry's recipe of {digest} is not one: {exc!r:.200}") from None
         pos = 0
         for offset, length, _ in pieces:
             if offset != pos or length <= 0:
                 raise TransportError(f"recipe of {digest} has a gap or overlap at byte {pos}")
             pos += length
-        if pos != int(doc["size"]):
-            raise TransportError(f"recipe of {digest} covers {pos} bytes, not {doc['size']}")
+        if pos != size:
+            raise TransportError(f"recipe of {digest} covers {pos} bytes, not {size}")
         return pieces
 
 
@@ -359,5 +367,5 @@ def _missing(body: bytes) -> list[int]:
     try:
         doc = json.loads(body)
         return [int(i) for i in doc["missing"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise TransportError(f"the registry answered a push plan with nonsense: {exc}") from exc
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise TransportError(f"the registry answered a push plan with nonsense: {exc!r:.200}") from None

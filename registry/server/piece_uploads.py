@@ -103,11 +103,18 @@ MAX_PIECES = 1 << 17  # ~40 GB of ~300 KB pieces
 MAX_BASES = 64
 MAX_PIECE = 16 << 20  # the chunker's largest piece
 MAX_BLOB = 64 << 30  # what one plan may assemble: a commit hashes this much
-MAX_PATCH_PIECES = 256
+# Listed in one Pybuild-Pieces header: at most 96 x 74 bytes (8-digit lengths), under the
+# 8 KiB that aiohttp and many proxies allow a header line.
+MAX_PATCH_PIECES = 96
 MAX_PATCH_BYTES = 32 << 20
 # Piece keys of bases remembered (Registry.piece_keys): ~15 MB, the last versions of
 # a few large images.
 _CACHED_KEYS = 1 << 17
+# A plan announced at most this large is read without an upload slot, as small blob
+# bodies are (uploads._SMALL_BODY); a larger one waits for a slot.
+_SMALL_PLAN = 1 << 20
+# Bytes a body must deliver per http.body_timeout seconds (as uploads._PROGRESS).
+_PROGRESS = 64 << 10
 # Piece sessions are recorded as upload sessions of "<name>@pieces": the ordinary upload
 # routes (which look for "<name>") never take one for theirs, and expiry treats both alike.
 _SUFFIX = "@pieces"
@@ -140,25 +147,36 @@ def _invalid(message: str, **detail: Any) -> RegistryError:
 
 
 async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
-    """The whole body, at most ``limit`` bytes; one that stalls ``http.body_timeout``
-    seconds or breaks off is BLOB_UPLOAD_INVALID."""
+    """The whole body, at most ``limit`` bytes; one that breaks off, or delivers less
+    than 64 KiB in ``http.body_timeout`` seconds (a trickle is as stalled as silence, as
+    for ordinary uploads), is BLOB_UPLOAD_INVALID."""
     length = request.content_length
     if length is not None and length > limit:
         raise _invalid(f"{what} is {length} bytes, over the limit of {limit}", limit=limit)
-    stall = request.app[REGISTRY].config.http_body_timeout or None
+    reg = request.app[REGISTRY]
+    stall = reg.config.http_body_timeout or None
+    loop = asyncio.get_running_loop()
     buf = bytearray()
     try:
-        while True:
-            chunk = await asyncio.wait_for(request.content.readany(), stall)
-            if not chunk:
-                break
-            if len(buf) + len(chunk) > limit:
-                raise _invalid(f"{what} is over the limit of {limit} bytes", limit=limit)
-            buf += chunk
+        # One deadline, pushed back each time _PROGRESS more bytes came.
+        async with asyncio.timeout(stall) as timer:
+            mark = 0
+            while True:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                if len(buf) + len(chunk) > limit:
+                    raise _invalid(f"{what} is over the limit of {limit} bytes", limit=limit)
+                buf += chunk
+                if stall and len(buf) - mark >= _PROGRESS:
+                    mark = len(buf)
+                    timer.reschedule(loop.time() + stall)
     except RegistryError:
         raise
     except TimeoutError as exc:
-        raise _invalid(f"{what} sent nothing for {stall:g} s after {len(buf)} bytes") from exc
+        reg.limit_log.hit("body_timeout", request.remote, seconds=stall, received=len(buf))
+        raise _invalid(f"{what} sent less than {_PROGRESS >> 10} KiB in {stall:g} s "
+                       f"(after {len(buf)} bytes)") from exc
     except Exception as exc:  # ConnectionResetError, aiohttp payload errors
         exc.__traceback__ = None  # see uploads._pump: the reader's frame would keep the body
         raise _invalid(f"{what} broke off after {len(buf)} bytes: {exc}") from exc
@@ -167,6 +185,17 @@ async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
     if length is not None and len(buf) != length:
         raise SIZE_INVALID(f"{what} was {len(buf)} bytes, Content-Length said {length}")
     return bytes(buf)
+
+
+async def _read_plan(request: web.Request) -> Plan:
+    """The request's push plan, read (a large one, or one of unknown length, in an
+    upload slot: bodies held in memory at once stay bounded) and checked."""
+    reg = request.app[REGISTRY]
+    length = request.content_length
+    small = length is not None and length <= _SMALL_PLAN
+    async with contextlib.nullcontext() if small else reg.upload_slots.hold(request.remote or ""):
+        body = await _read_body(request, MAX_PLAN_BYTES, "the push plan")
+    return parse_plan(body)
 
 
 _KEY = re.compile(r"[0-9a-f]{64}")
@@ -181,6 +210,8 @@ def parse_plan(body: bytes) -> Plan:
     what is wrong with it."""
     try:
         doc = json.loads(body)
+    except RecursionError:
+        raise _invalid("the push plan is nested too deeply to be one") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise _invalid(f"the push plan is not JSON: {exc}") from exc
     if not isinstance(doc, dict):
@@ -330,7 +361,7 @@ def _answer(name: str, upload_id: str, missing: list[int], status: int) -> web.R
 # --- handlers ----------------------------------------------------------------------------
 async def start_piece_upload(request: web.Request, name: str) -> web.Response:
     reg = request.app[REGISTRY]
-    plan = parse_plan(await _read_body(request, MAX_PLAN_BYTES, "the push plan"))
+    plan = await _read_plan(request)
     ingest = await reg.open_session(
         request.remote or "", name + _SUFFIX,
         lambda: reg.store.begin_piece_ingest(algorithm=plan.digest.algorithm))  # type: ignore[attr-defined]
@@ -339,7 +370,7 @@ async def start_piece_upload(request: web.Request, name: str) -> web.Response:
 
 async def query_pieces(request: web.Request, name: str, upload_id: str) -> web.Response:
     reg = request.app[REGISTRY]
-    plan = parse_plan(await _read_body(request, MAX_PLAN_BYTES, "the push plan"))
+    plan = await _read_plan(request)
     async with reg.upload_lock(upload_id):
         ingest = await _session(reg, name, upload_id)
         return _answer(name, upload_id, await _missing(request, name, plan, ingest), 200)
@@ -410,7 +441,7 @@ async def finish_piece_upload(request: web.Request, name: str, upload_id: str) -
     if not text:
         raise DIGEST_INVALID("closing a piece upload needs ?digest=<digest of the whole blob>")
     digest = parse_digest(text)
-    plan = parse_plan(await _read_body(request, MAX_PLAN_BYTES, "the push plan"))
+    plan = await _read_plan(request)
     if plan.digest != digest:
         raise DIGEST_INVALID(f"the plan is for {plan.digest}, the request closes {digest}")
     async with reg.upload_lock(upload_id):

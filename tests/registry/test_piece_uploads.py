@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestClient
 
 from cas import Digest
 from cas.frames import gzip_member
-from registry.server.piece_uploads import MAX_PIECES, MAX_PLAN_BYTES
+from registry.client.push_pieces import _MAX_BATCH_PIECES
+from registry.server.piece_uploads import MAX_PATCH_PIECES, MAX_PIECE, MAX_PIECES, MAX_PLAN_BYTES
 from registry.server.state import REGISTRY
 
 from .conftest import MakeClient
@@ -230,6 +231,7 @@ def _hostile_plans() -> dict[str, tuple[bytes, int]]:
     bad_base = dict(doc, bases=[{"digest": str(Digest.of(b"x")), "repository": "../x"}])
     return {
         "not json": (b"{nope", 400),
+        "nested too deeply": (b"[" * 100_000 + b"]" * 100_000, 400),
         "not an object": (b"[1, 2]", 400),
         "overlapping pieces": (json.dumps(overlap).encode(), 400),
         "gap": (json.dumps(gap).encode(), 400),
@@ -260,7 +262,7 @@ async def test_hostile_plans_get_clear_400s(client: TestClient, case: str) -> No
 
 @pytest.mark.parametrize("header", [
     "", "12:abc", "x:" + "0" * 64, "0:" + "0" * 64, f"{1 << 30}:" + "0" * 64,
-    ",".join([f"1:{'0' * 64}"] * 300),
+    ",".join([f"1:{'0' * 64}"] * (MAX_PATCH_PIECES + 1)),
 ])
 async def test_hostile_piece_lists_get_clear_400s(client: TestClient, header: str) -> None:
     blob, pieces = layer([600])
@@ -269,6 +271,21 @@ async def test_hostile_piece_lists_get_clear_400s(client: TestClient, header: st
     resp = await client.patch(location, data=b"x", headers={"Pybuild-Pieces": header} if header else {})
     assert resp.status == 400, await resp.text()
     assert (await client.get(location)).status == 200
+
+
+async def test_a_patch_of_the_most_pieces_allowed_fits_in_one_header(client: TestClient) -> None:
+    # Small pieces (frames of 16 KiB and less, as zstd:chunked and eStargz layers have)
+    # come MAX_PATCH_PIECES to a request; their list, with the longest lengths a piece
+    # may have, stays under the 8 KiB a header line may be.
+    blob, pieces = layer(list(range(800, 800 + MAX_PATCH_PIECES)))
+    resp = await start(client, "team/many", plan(blob, pieces))
+    location = resp.headers["Location"]
+    assert len(",".join([f"{MAX_PIECE}:{'0' * 64}"] * MAX_PATCH_PIECES)) < 8190
+    resp = await send(client, location, blob, pieces, list(range(len(pieces))))
+    assert resp.status == 202, await resp.text()
+    resp = await client.put(f"{location}?digest={Digest.of(blob)}", data=plan(blob, pieces))
+    assert resp.status == 201, await resp.text()
+    assert _MAX_BATCH_PIECES <= MAX_PATCH_PIECES  # what pybuild's client sends at most
 
 
 async def test_commit_of_pieces_never_uploaded_is_refused(client: TestClient) -> None:

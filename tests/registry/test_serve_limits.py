@@ -6,6 +6,7 @@ from a well-behaved client on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import pytest
 
 from .test_serve_process import Server
@@ -231,3 +233,51 @@ def test_a_trickling_upload_body_is_as_stalled_as_a_silent_one(tmp_path, servers
                 continue
     assert answer.startswith(b"HTTP/1.1 400") and b"BLOB_UPLOAD_INVALID" in answer, answer
     assert time.monotonic() - started < 5
+
+
+def _trickle(port: int, head: bytes, first: bytes) -> tuple[bytes, float]:
+    """Send ``head`` and ``first``, then a byte every 0.2 s (never silent for a second):
+    the answer, and how long it took to come."""
+    with _connect(port) as s:
+        s.sendall(head + first)
+        started = time.monotonic()
+        answer = b""
+        s.settimeout(0.2)
+        while not answer and time.monotonic() - started < 8:
+            try:
+                s.sendall(b"x")
+                answer = s.recv(65536)
+            except TimeoutError:
+                continue
+    return answer, time.monotonic() - started
+
+
+def test_trickling_piece_upload_bodies_are_as_stalled_as_silent_ones(tmp_path, servers):
+    # The push plan and the pieces of a piece-level push are bodies like any other: less
+    # than 64 KiB per http.body_timeout ends the request (and frees its upload slot).
+    srv = _start(tmp_path, PYBUILD_HTTP_BODY_TIMEOUT="1", PYBUILD_UPLOADS_MAX_ACTIVE_PER_CLIENT="1")
+    servers.append(srv)
+    piece = os.urandom(300_000)
+    key = blake3.blake3(piece).hexdigest()
+    plan = json.dumps({"digest": f"sha256:{hashlib.sha256(piece).hexdigest()}", "size": len(piece),
+                       "pieces": [{"key": key, "length": len(piece)}]}).encode()
+    answer, took = _trickle(srv.port, b"POST /v2/s/_pybuild/blob/uploads/ HTTP/1.1\r\nHost: x\r\n"
+                            b"Content-Length: %d\r\n\r\n" % (len(plan) + 100), plan[:10])
+    assert answer.startswith(b"HTTP/1.1 400") and b"BLOB_UPLOAD_INVALID" in answer, answer
+    assert took < 5
+    started = _request(srv.port, b"POST /v2/s/_pybuild/blob/uploads/ HTTP/1.1\r\nHost: x\r\n"
+                       b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(plan) + plan)
+    assert started.startswith(b"HTTP/1.1 202"), started
+    location = next(line.split(b": ", 1)[1] for line in started.split(b"\r\n")
+                    if line.lower().startswith(b"location:"))
+    answer, took = _trickle(srv.port, b"PATCH " + location + b" HTTP/1.1\r\nHost: x\r\n"
+                            b"Content-Length: %d\r\nPybuild-Pieces: %d:%s\r\n\r\n"
+                            % (len(piece), len(piece), key.encode()), piece[:1000])
+    assert answer.startswith(b"HTTP/1.1 400") and b"BLOB_UPLOAD_INVALID" in answer, answer
+    assert took < 5
+    # Its upload slot (the only one this client has) is free again.
+    sent = _request(srv.port, b"PATCH " + location + b" HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: %d\r\nPybuild-Pieces: %d:%s\r\nConnection: close\r\n\r\n"
+                    % (len(piece), len(piece), key.encode()) + piece)
+    assert sent.startswith(b"HTTP/1.1 202"), sent
+    assert sum(line["limit"] == "body_timeout" for line in _limit_lines(srv)) >= 2
