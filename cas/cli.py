@@ -94,17 +94,23 @@ def stats(storage: Path | None, database: str | None, as_json: bool) -> None:
               help="Keep unlinked blobs younger than this many seconds.")
 @click.option("--compact-all", is_flag=True,
               help="S3 packs: compact every pack, not only those this run freed space in.")
+@click.option("--ingest-ttl", type=float, default=86400.0, show_default=True,
+              help="Abort interrupted uploads and pulls idle longer than this many seconds "
+                   "(as a registry's uploads.ttl; give it the same value).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def gc(storage: Path | None, database: str | None, grace: float, compact_all: bool,
-       as_json: bool) -> None:
-    """Remove unreferenced blobs and pieces (safe while the store is in use)."""
-    report = _with_store(storage, lambda st: st.gc(grace=grace, compact_all=compact_all), database)
+       ingest_ttl: float, as_json: bool) -> None:
+    """Remove unreferenced blobs and pieces, and interrupted transfers nobody resumed
+    (safe while the store is in use)."""
+    report = _with_store(storage, lambda st: st.gc(grace=grace, compact_all=compact_all,
+                                                   ingest_ttl=ingest_ttl), database)
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return
     click.echo(
-        f"removed {report.blobs_removed} blobs and {report.pieces_removed} pieces, "
-        f"freed {_human(report.bytes_freed)}"
+        f"removed {report.blobs_removed} blobs and {report.pieces_removed} pieces"
+        + (f", aborted {report.ingests_expired} interrupted transfers" if report.ingests_expired else "")
+        + f", freed {_human(report.bytes_freed)}"
         + (f", compacted packs by {_human(report.bytes_compacted)}" if report.bytes_compacted else "")
     )
 

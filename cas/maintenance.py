@@ -40,6 +40,7 @@ class GcReport:
     bytes_freed: int
     orphan_packs_removed: int
     bytes_compacted: int = 0  # given back by rewriting packs that cannot free in place (S3)
+    ingests_expired: int = 0  # open ingests idle past ingest_ttl, aborted (their bytes in bytes_freed)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,9 +86,22 @@ class FsckReport:
         }
 
 
-def collect_garbage(core: StoreCore, grace: float, compact_all: bool = False) -> GcReport:
+def collect_garbage(core: StoreCore, grace: float, compact_all: bool = False,
+                    ingest_ttl: float | None = None) -> GcReport:
     meta = core.meta
     check_packs_here(meta, core.packs)  # another directory's packs: change nothing
+    expired = expired_bytes = 0
+    if ingest_ttl is not None:
+        # Interrupted uploads and pulls nobody resumed (a pull killed before its first
+        # checkpoint is named nowhere else): their packs go with them.
+        before = core.packs.allocated()
+        cutoff = time.time() - ingest_ttl
+        for row in meta.list_ingests():
+            if row.updated < cutoff:
+                core.drop_ingest(row.id)
+                expired += 1
+        if expired:
+            expired_bytes = max(0, before - core.packs.allocated())
     blobs = 0
     while n := meta.collect_blobs(time.time() - grace):
         blobs += n
@@ -109,7 +123,7 @@ def collect_garbage(core: StoreCore, grace: float, compact_all: bool = False) ->
         if name not in known and not meta.is_pack_known(name):
             core.packs.delete(name)
             orphans += 1
-    return GcReport(blobs, pieces, freed, orphans, compacted)
+    return GcReport(blobs, pieces, freed + expired_bytes, orphans, compacted, expired)
 
 
 def statistics(core: StoreCore) -> Stats:

@@ -458,14 +458,16 @@ class Store:
 
     # -- maintenance (cas.maintenance) ---------------------------------------------
 
-    async def gc(self, *, grace: float = 3600.0, compact_all: bool = False) -> GcReport:
+    async def gc(self, *, grace: float = 3600.0, compact_all: bool = False,
+                 ingest_ttl: float | None = None) -> GcReport:
         """Remove blobs no holder links (older than ``grace`` seconds), then pieces no
         blob and no open ingest needs; online (see :mod:`cas.maintenance`). Packs that
         cannot free in place (S3) are compacted: those freed now, or all of them when
-        ``compact_all`` (after a crash left some unvisited)."""
+        ``compact_all`` (after a crash left some unvisited). ``ingest_ttl``: first abort
+        open ingests whose last checkpoint is older than that many seconds."""
         from .maintenance import collect_garbage
 
-        return await self._run(collect_garbage, self.core, grace, compact_all)
+        return await self._run(collect_garbage, self.core, grace, compact_all, ingest_ttl)
 
     async def fsck(self, *, progress: Callable[[str], None] | None = None) -> FsckReport:
         """Verify every blob's digest, every piece's BLAKE3 and the bookkeeping."""

@@ -23,11 +23,12 @@ The builder's entry points: :meth:`ImageStore.get` (manifest + config of a local
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -66,6 +67,8 @@ CREATE TABLE IF NOT EXISTS pushes (
 # instead of 0.9-1.3 s. A pulled layer read again soon (a build extracting it) then
 # comes from the disk instead of the page cache.
 _WORKERS = min(8, (os.cpu_count() or 2) + 1)
+# Seconds close() waits for interrupted transfers to keep or drop what they fetched.
+_FINISH_WAIT = 30.0
 
 
 class ImageNotFound(ClientError, LookupError):
@@ -114,6 +117,7 @@ class ImageStore:
         self._lock = threading.Lock()
         self._closed = False
         self._owns_store = owns_store
+        self._finishing: set[asyncio.Task[Any]] = set()
 
     @classmethod
     async def open(cls, root: Path | None = None, *, store: Store | None = None) -> ImageStore:
@@ -136,9 +140,27 @@ class ImageStore:
             raise
         return cls(store, db, owns, path)
 
+    def finish(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``work`` (what an interrupted transfer keeps or drops) to its end even when
+        its caller is cancelled again: :meth:`close` waits for it, so it never meets a
+        closed store, and its failure is dropped there (the interruption it cleans up
+        after is what the caller reports)."""
+        task = asyncio.ensure_future(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return task
+
     async def close(self) -> None:
-        """Wait for the query in flight, close ``images.db`` (and the store, if this
-        opened it). Later calls raise StoreClosed; closing twice is harmless."""
+        """Wait for the query in flight and the work handed to :meth:`finish` (at most
+        ``_FINISH_WAIT`` seconds), close ``images.db`` (and the store, if this opened
+        it). Later calls raise StoreClosed; closing twice is harmless."""
+        if self._finishing:
+            await asyncio.wait(set(self._finishing), timeout=_FINISH_WAIT)
+            for task in self._finishing:
+                task.cancel()
+            for task in list(self._finishing):
+                with contextlib.suppress(BaseException):
+                    await task
 
         def close() -> bool:
             with self._lock:

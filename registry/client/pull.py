@@ -120,11 +120,11 @@ async def pull_blob(
     except BaseException as exc:
         # Keep what arrived for the next attempt (resume), unless the ingest is unusable;
         # one assembled from the recipe is not resumable (it fetched little): dropped.
+        # To its end even if we are cancelled again (a second Ctrl-C, the other blobs
+        # stopped): the image store waits for it before it closes.
         with contextlib.suppress(Exception):
-            if ing.assembled:
-                await asyncio.shield(_drop(images, sink))
-            else:
-                await asyncio.shield(sink.checkpoint())
+            await asyncio.shield(images.finish(
+                _drop(images, sink) if ing.assembled else sink.checkpoint()))
         progress.finish(key, "interrupted")
         if isinstance(exc, (TransportError, RegistryError, WireError, asyncio.TimeoutError,
                             SourceFailed)):

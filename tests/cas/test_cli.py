@@ -1,6 +1,7 @@
 import asyncio
 import json
 import os
+import re
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -61,3 +62,26 @@ def test_fsck_exit_code_and_names_damage(tmp_path: Path) -> None:
     assert "damaged: piece" in bad.output
     js = CliRunner().invoke(main, ["storage", "fsck", "--storage", str(tmp_path), "--json"])
     assert js.exit_code == 1 and json.loads(js.output)["ok"] is False
+
+
+def test_gc_aborts_interrupted_transfers_idle_past_the_ingest_ttl(tmp_path: Path) -> None:
+    # A pull killed before its first checkpoint leaves an ingest no one names: gc ends
+    # it once idle past --ingest-ttl (its bytes freed), and leaves a fresh one alone.
+    async def interrupted() -> None:
+        async with await Store.open(tmp_path) as s:
+            ing = await s.begin_ingest()
+            await ing.write(os.urandom(4 << 20))
+            await ing.checkpoint()
+
+    asyncio.run(interrupted())
+    fresh = CliRunner().invoke(main, ["storage", "gc", "--storage", str(tmp_path), "--json"])
+    assert json.loads(fresh.output)["ingests_expired"] == 0
+    stats = CliRunner().invoke(main, ["storage", "stats", "--storage", str(tmp_path), "--json"])
+    assert json.loads(stats.output)["open_ingests"] == 1
+    old = CliRunner().invoke(main, ["storage", "gc", "--storage", str(tmp_path), "--ingest-ttl", "0"])
+    assert old.exit_code == 0, old.output
+    freed = re.search(r"aborted 1 interrupted transfers, freed ([0-9.]+) MiB", old.output)
+    assert freed is not None and float(freed.group(1)) > 3, old.output
+    stats = CliRunner().invoke(main, ["storage", "stats", "--storage", str(tmp_path), "--json"])
+    assert json.loads(stats.output)["open_ingests"] == 0
+    assert json.loads(stats.output)["disk_bytes"] < 1 << 20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from registry.client.copy import CopyOptions, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
 from registry.client.pull import BlobError, TransferOptions
+from registry.client.pull_sink import _Sink
 from registry.client.refs import parse_image_ref
 from registry.client.remote import ClientOptions, RegistryClient, TransportError
 
@@ -370,3 +372,77 @@ async def test_a_remembered_session_holding_wrong_bytes_is_replaced(
     assert await images.pending_push(f"{host}/faults/stale@{digest}") is None
     body, _, _ = await client.get_manifest(parse_image_ref(ref))
     assert body == image.manifest
+
+
+def stalling_registry(image: SampleImage, sent: asyncio.Event) -> web.Application:
+    """A registry that sends the first half of its largest layer and then nothing."""
+    blobs = {str(Digest.of(b)): b for b in (image.config, *image.layers)}
+    largest = str(Digest.of(max(image.layers, key=len)))
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path == "/v2/":
+            return web.json_response({})
+        if "/manifests/" in path:
+            return web.Response(body=image.manifest, content_type="application/vnd.oci.image.manifest.v1+json")
+        digest = path.rsplit("/", 1)[1]
+        data = blobs[digest]
+        if request.method == "HEAD" or digest != largest:
+            return web.Response(body=data if request.method == "GET" else None,
+                                headers={"Content-Length": str(len(data))})
+        resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await resp.prepare(request)
+        await resp.write(data[: len(data) // 2])
+        sent.set()
+        await asyncio.Event().wait()  # until the server is torn down
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def test_a_pull_cancelled_twice_keeps_what_arrived_and_closes_cleanly(
+    aiohttp_server: Any, client: RegistryClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Ctrl-C during a pull, and again while it stops: the blob half received is still
+    # kept for a resume (its first checkpoint is taken on the way out), and nothing runs
+    # against the closed store afterwards (no "Task exception was never retrieved").
+    image = simple_image(24, (2_000_000,))
+    sent = asyncio.Event()
+    server = await aiohttp_server(stalling_registry(image, sent))
+    ref = f"127.0.0.1:{server.port}/stall/img:v1"
+    digest, _ = big_layer(image)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    checkpoint = _Sink.checkpoint
+
+    async def slow_checkpoint(self: _Sink) -> None:  # a large tail to write, a slow disk
+        await asyncio.sleep(0.3)
+        await checkpoint(self)
+
+    monkeypatch.setattr(_Sink, "checkpoint", slow_checkpoint)
+    storage = tmp_path / "local"
+    images = await ImageStore.open(storage)
+    never = dataclasses.replace(SMALL_PARTS, checkpoint_every=1 << 40, checkpoint_interval=3600)
+    task = asyncio.create_task(copy_image(
+        parse_endpoint(ref), parse_endpoint(f"local:{ref}"), images, client,
+        Progress("quiet"), CopyOptions(transfer=never)))
+    await asyncio.wait_for(sent.wait(), 10)
+    await asyncio.sleep(0.2)  # the client takes in what was sent
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await images.close()
+    gc.collect()  # an unretrieved task exception is reported when the task is collected
+    await asyncio.sleep(0.1)
+    assert unhandled == []
+    async with await ImageStore.open(storage) as images:
+        pending = await images.pending_pull(digest)
+        assert pending is not None
+        ingest = await images.store.resume_ingest(pending)
+        assert ingest.offset > 0
+        await ingest.abort()
