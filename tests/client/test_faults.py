@@ -418,7 +418,10 @@ async def test_a_pull_cancelled_twice_keeps_what_arrived_and_closes_cleanly(
     loop.set_exception_handler(lambda _, context: unhandled.append(context))
     checkpoint = _Sink.checkpoint
 
+    stopping = asyncio.Event()
+
     async def slow_checkpoint(self: _Sink) -> None:  # a large tail to write, a slow disk
+        stopping.set()
         await asyncio.sleep(0.3)
         await checkpoint(self)
 
@@ -432,8 +435,8 @@ async def test_a_pull_cancelled_twice_keeps_what_arrived_and_closes_cleanly(
     await asyncio.wait_for(sent.wait(), 10)
     await asyncio.sleep(0.2)  # the client takes in what was sent
     task.cancel()
-    await asyncio.sleep(0)
-    task.cancel()
+    await asyncio.wait_for(stopping.wait(), 10)  # the blob keeps what it has...
+    task.cancel()  # ... when the second Ctrl-C comes
     with pytest.raises(asyncio.CancelledError):
         await task
     await images.close()
