@@ -33,7 +33,10 @@ async def commit_into(reg: Registry, name: str, digest: Digest, ingest: Any) -> 
     one, when the store's recipe is this push's cut): ``name``'s recipe is its last
     push's, whatever the store held before (``BlobUnknown`` if GC took the blob since,
     which only a blob no repository holds can be)."""
-    await reg.meta.set_blob_recipe(name, str(digest), getattr(ingest, "own_recipe", None))
+    own = getattr(ingest, "own_recipe", None)
+    # Mostly there is nothing to forget: a read then, not a write transaction.
+    if own is not None or await reg.meta.blob_recipe(name, str(digest)) is not None:
+        await reg.meta.set_blob_recipe(name, str(digest), own)
     await reg.store.link(holder(name), digest)
 
 

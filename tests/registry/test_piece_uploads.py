@@ -458,7 +458,15 @@ async def _probe_recipes(client: TestClient, secret: bytes, pieces: list[tuple[s
         seen.append(await recipe(repo, v2))
         resp = await client.get(f"/v2/{repo}/blobs/{Digest.of(v2)}", headers=auth)
         seen.append((resp.status, await resp.read() == v2))
+    # Pushed again cut as the vault's: that is the recipe now (its own is forgotten).
+    seen.append(await _piece_push(client, "team/pieces", secret, _thirds(secret), auth))
+    seen.append(await recipe("team/pieces", secret))
     return seen
+
+
+def _thirds(blob: bytes) -> list[tuple[str, int]]:
+    third = len(blob) // 3
+    return _cut(blob, [third, third, len(blob) - 2 * third])
 
 
 async def test_no_oracle_in_the_recipe_of_a_blob_the_caller_pushed(
@@ -472,8 +480,7 @@ async def test_no_oracle_in_the_recipe_of_a_blob_the_caller_pushed(
     with_secret = await _token_registry(make_client, tmp_path, "with")
     without = await _token_registry(make_client, tmp_path, "without")
     admin = await _token(with_secret, "admin", "repository:secret/vault:*")
-    thirds = _cut(secret, [len(secret) // 3, len(secret) // 3, len(secret) - 2 * (len(secret) // 3)])
-    pushed = await _piece_push(with_secret, "secret/vault", secret, thirds, admin)
+    pushed = await _piece_push(with_secret, "secret/vault", secret, _thirds(secret), admin)
     assert pushed[2][0] == 201
     here = await _probe_recipes(with_secret, secret, pieces)
     there = await _probe_recipes(without, secret, pieces)
@@ -486,6 +493,8 @@ async def test_no_oracle_in_the_recipe_of_a_blob_the_caller_pushed(
     assert v2[0] == (202, {"missing": [4]}) and v2[2][0] == 201
     assert v2mono[2][0] == 201
     assert here[12] == (200, True) and here[15] == (200, True)
+    again = [(p["key"], p["length"]) for p in here[17][1]["pieces"]]
+    assert here[16][2][0] == 201 and again == _thirds(secret)
 
 
 async def test_no_resume_from_kept_states_of_a_base_the_caller_cannot_pull(
