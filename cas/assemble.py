@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,9 +56,10 @@ import blake3
 from .blobs import BlobInfo
 from .digest import Digest
 from .digest_states import Sha256, new_state_hasher, save_states
-from .errors import CasError, DigestMismatch, IngestUnknown
+from .errors import CasError, DigestMismatch, IngestUnknown, StoreCorrupt
 from .ingest_assembly import Resumed
 from .ingest_pieces import IngestPieces
+from .meta import decode_recipe
 from .pack_reads import hash_locations, prefetch_locations
 from .prehash import Prehash as _Prehash
 from .prehash import feed, resume_from_base
@@ -217,17 +218,27 @@ class PieceIngest(IngestPieces):
 
     async def commit_recipe(self, expected: Digest, recipe: list[tuple[str, int]], *,
                             known: AbstractSet[str] = frozenset(),
-                            link: str | None = None) -> BlobInfo:
+                            link: str | None = None,
+                            ranges: Mapping[str, tuple[Digest, int, int]] | None = None,
+                            ) -> BlobInfo:
         """Make the blob ``recipe`` (``(key hex, length)`` in blob order) describes
         visible as ``expected``, linked to ``link``; see the module docstring.
 
-        :class:`PiecesMissing` and :class:`RecipeInvalid` leave the ingest open;
-        :class:`DigestMismatch` (and any failure of the store) aborts it."""
+        ``ranges`` says, for keys of ``known``, where their bytes lie in a committed blob
+        (``(digest, offset, length)``): a key the store does not hold as a piece (it
+        keeps that blob cut otherwise) is then read from there, checked against its key
+        and stored as a piece of this ingest, after every other check of the commit
+        passed. So the commit answers as it would if the store held that piece.
+
+        :class:`PiecesMissing` and :class:`RecipeInvalid` leave the ingest open (with
+        nothing of ``ranges`` stored); :class:`DigestMismatch` (and any failure of the
+        store) aborts it."""
         pre = await self._stop_prehash()
         async with self._lock:
             self._check_open()
             try:
-                return await self._job(self._commit_sync, expected, recipe, known, link, pre)
+                return await self._job(self._commit_sync, expected, recipe, known, link, pre,
+                                       ranges or {})
             except (PiecesMissing, RecipeInvalid, asyncio.CancelledError):
                 raise
             except BaseException:
@@ -359,6 +370,65 @@ class PieceIngest(IngestPieces):
         pre.done += len(step)
         pre.skip = 0
 
+    def _store_ranges(self, cut: dict[bytes, tuple[Digest, int, int]]) -> dict[bytes, Location]:
+        """Store the pieces ``cut`` names (key: the committed blob, offset and length of
+        its bytes), read from that blob's pieces and checked against their keys, as
+        pieces of this ingest (``offset``, the bytes received, stays); their locations.
+        A piece whose blob is gone is left out."""
+        meta = self._core.meta
+        pieces: list[bytes] = []
+        for key, (digest, offset, length) in cut.items():
+            data = self._read_range(str(digest), offset, length)
+            if data is None:
+                continue
+            if blake3.blake3(data).digest() != key:
+                raise StoreCorrupt(f"bytes {offset}..{offset + length} of blob {digest} do not "
+                                   f"hash to piece {key.hex()}")
+            pieces.append(data)
+        if not pieces:
+            return {}
+        if self._writer is None and self._pack is not None:
+            self._writer = self._core.packs.open_append(*self._pack)
+        try:
+            self._store_pieces(pieces)
+            self._recipe.clear()
+            self._checkpoint_sync()
+        finally:
+            if self._writer is not None:
+                self._pack = (self._writer.name, self._writer.size)
+                self._writer.close()
+                self._writer = None
+        stored = {k for k in cut if k in self._new or k in self._held}
+        out = {k: self._new[k] for k in stored if k in self._new}
+        held = stored - out.keys()
+        if held:
+            out.update(meta.locations(held))
+        return out
+
+    def _read_range(self, digest: str, offset: int, length: int) -> bytes | None:
+        """Bytes ``offset..offset+length`` of committed blob ``digest``, or None when it
+        is not (any more) in the store."""
+        row = self._core.meta.blob(digest)
+        if row is None:
+            return None
+        entries, pos, spans = decode_recipe(row[1]), 0, []
+        end = offset + length
+        for key, n in entries:
+            if pos < end and pos + n > offset:
+                spans.append((key, pos, n))
+            pos += n
+        if pos < end:
+            return None
+        locs = self._core.meta.locations(k for k, _, _ in spans)
+        out = bytearray()
+        for key, at, n in spans:
+            loc = locs.get(key)
+            if loc is None:
+                return None
+            data = self._core.load(loc)
+            out += data[max(offset, at) - at : min(end, at + n) - at]
+        return bytes(out)
+
     def _abort_sync(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -407,7 +477,8 @@ class PieceIngest(IngestPieces):
         self._unsaved = []
 
     def _commit_sync(self, expected: Digest, recipe: list[tuple[str, int]], known: AbstractSet[str],
-                     link: str | None, pre: _Prehash | None = None) -> BlobInfo:
+                     link: str | None, pre: _Prehash | None = None,
+                     ranges: Mapping[str, tuple[Digest, int, int]] | None = None) -> BlobInfo:
         meta = self._core.meta
         raw = [(bytes.fromhex(k), n) for k, n in recipe]
         outside = [(i, k) for i, (k, _) in enumerate(raw) if k not in self._new and k not in self._held]
@@ -423,19 +494,25 @@ class PieceIngest(IngestPieces):
                                       expected=True)
             self._seq += len(wanted)
             self._held.update(locs)
-            gone = [i for i, k in outside if k not in locs]
+            gone = [i for i, k in outside if k not in locs and k.hex() not in (ranges or {})]
             if gone:
                 raise PiecesMissing(gone)
+        # Known pieces to read from a blob's bytes: stored once every check passed.
+        cut = {k: (ranges or {})[k.hex()] for _, k in outside if k not in locs}
         # Pieces received that the store had already (held when they arrived).
-        again = {k for k, _ in raw if k not in self._new and k not in locs}
+        again = {k for k, _ in raw if k not in self._new and k not in locs and k not in cut}
         if again:
             locs.update(meta.locations(again))
         locs.update(self._new)
         for i, (k, n) in enumerate(raw):
-            if locs[k].length != n:
-                raise RecipeInvalid(
-                    f"piece {i} ({k.hex()}) is {locs[k].length} bytes, the recipe says {n}"
-                )
+            length = cut[k][2] if k in cut else locs[k].length
+            if length != n:
+                raise RecipeInvalid(f"piece {i} ({k.hex()}) is {length} bytes, the recipe says {n}")
+        if cut:
+            locs.update(self._store_ranges(cut))
+            missing = [i for i, (k, _) in enumerate(raw) if k not in locs]
+            if missing:  # the blob read from went meanwhile (GC): as a piece gone would
+                raise PiecesMissing(missing)
         # The background hash of this very recipe, when there is one, has fed the first
         # ``pre.done`` pieces to its hasher (or started from a kept state that stands
         # for them): only the rest is read here.
@@ -462,8 +539,9 @@ class PieceIngest(IngestPieces):
         size = sum(n for _, n in raw)
         # Every piece received is committed (those the recipe does not name with no
         # reference: GC frees them), so no dead range stays behind in the pack.
-        meta.commit_blob(self.id, str(actual), size, raw, self._new, link)
+        created = meta.commit_blob(self.id, str(actual), size, raw, self._new, link)
         self._closed = True
+        self._note_own_recipe(str(actual), created, raw)
         if isinstance(hasher, Sha256) and actual.algorithm == "sha256":
             with contextlib.suppress(OSError):  # best effort: without them, hashed in full
                 save_states(self._core.root, actual.encoded, hasher.states)

@@ -466,8 +466,10 @@ class Ingest(IngestAssembly):
     def _commit_sync(self, digest: str, link: str | None) -> None:
         if self._writer is not None:
             self._writer.sync()
-        self._core.meta.commit_blob(self.id, digest, self.offset, self._recipe, self._new, link)
+        created = self._core.meta.commit_blob(self.id, digest, self.offset, self._recipe,
+                                              self._new, link)
         self._closed = True
+        self._note_own_recipe(digest, created, self._recipe)
         self._keep_states(digest)
         self._cutter.release()
         if self._writer is not None:

@@ -15,7 +15,9 @@ blob URL) and verifies the reassembled blob against its digest::
     {"digest": "sha256:...", "size": 1234,
      "pieces": [{"offset": 0, "length": 512, "key": "<blake3 hex of those bytes>"}, ...]}
 
-Only blobs readable in ``<name>`` have a recipe there (BLOB_UNKNOWN otherwise). On a
+Only blobs readable in ``<name>`` have a recipe there (BLOB_UNKNOWN otherwise), and it is
+``<name>``'s: the cut of its own push when the store keeps the blob cut otherwise
+(:mod:`registry.server.recipes`: never a sign that the blob existed elsewhere). On a
 pull-through cache the name is routed as a blob GET's is (:mod:`registry.server.proxy`):
 the recipe is of the copy kept for the upstream, fetched first when it is not yet here.
 """
@@ -32,6 +34,7 @@ from ..names import parse_digest
 from .blobs import stat_in_repo
 from .piece_uploads import supported
 from .proxy import PROXY
+from .recipes import recipe_in
 from .state import REGISTRY
 
 __all__ = ["RECIPE_MEDIA_TYPE", "blob_recipe", "discover", "discover_repository"]
@@ -87,12 +90,12 @@ async def blob_recipe(request: web.Request, name: str) -> web.Response:
         if transfer is not None:
             await asyncio.shield(transfer[0])
         name = route.local
-    await stat_in_repo(reg, name, digest)
-    recipe = await reg.store.recipe(digest)
+    size = await stat_in_repo(reg, name, digest)
+    pieces = await recipe_in(reg, name, digest)
     body = {
-        "digest": str(recipe.digest),
-        "size": recipe.size,
-        "pieces": [{"offset": p.offset, "length": p.length, "key": p.key} for p in recipe.pieces],
+        "digest": str(digest),
+        "size": size,
+        "pieces": [{"offset": at, "length": n, "key": key} for key, at, n in pieces],
     }
     return web.json_response(
         body,

@@ -4,8 +4,9 @@ a server runs on.
 
 Blob bytes and blob-to-repository links live in ``cas``; the metadata holds what only the
 registry knows: repositories, manifests per repository (with their subject, for the
-referrers API), tags, upload sessions (id -> repository) and the tags a pull-through
-cache fetched from upstream.
+referrers API), tags, upload sessions (id -> repository), the tags a pull-through
+cache fetched from upstream, and a repository's own recipe of a blob it pushed when the
+store keeps the blob cut otherwise (``docs/piece-index.md``, *Why it is no oracle*).
 
 Backends: :class:`~registry.server.metadata_sqlite.SqliteMetadata`, one SQLite file in the
 storage directory, is the embedded default. A networked database shared by several
@@ -242,4 +243,25 @@ class RegistryMetadata(Protocol):
     async def set_proxy_tag(self, repo: str, tag: str, digest: str, checked: float) -> None:
         """Remember (replacing) what upstream said ``tag`` was at ``checked``. Independent
         of :meth:`resolve_tag`: the local tag is set by :meth:`put_manifest`."""
+        ...
+
+    # --- a repository's own recipes -------------------------------------------------------
+    # The store keeps one recipe per blob, the cut of whoever committed it first; a push
+    # into a repository records its own cut here when that differs, so the repository's
+    # recipe never shows that the blob existed elsewhere. A recipe (BLAKE3 key hex, length
+    # of each piece, in blob order) describes bytes a digest fixes: it stays valid for as
+    # long as the blob exists, so a row needs no reference count and may outlive the link.
+    async def set_blob_recipe(self, repo: str, digest: str,
+                              recipe: list[tuple[str, int]] | None) -> None:
+        """``recipe`` is ``repo``'s own recipe of blob ``digest`` now (replacing any);
+        None forgets it (the repository then sees the store's)."""
+        ...
+
+    async def blob_recipe(self, repo: str, digest: str) -> list[tuple[str, int]] | None:
+        """``repo``'s own recipe of ``digest`` as :meth:`set_blob_recipe` left it, or None."""
+        ...
+
+    async def copy_blob_recipe(self, source: str, repo: str, digest: str) -> None:
+        """One transaction: ``repo``'s own recipe of ``digest`` becomes ``source``'s (none
+        when ``source`` has none): a blob mounted from ``source`` reads as it does there."""
         ...

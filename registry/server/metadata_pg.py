@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from cas.errors import StoreClosed
+from cas.meta import decode_recipe, encode_recipe
 from cas.pg_db import Liveness, PgDatabase, mapped_errors, open_async_pool, redact
 
 from ..oci import INDEX_TYPES
@@ -64,6 +65,12 @@ MIGRATIONS = [
         repo TEXT COLLATE "C" NOT NULL, parent TEXT COLLATE "C" NOT NULL,
         child TEXT COLLATE "C" NOT NULL, PRIMARY KEY(repo, parent, child));
     CREATE INDEX manifest_refs_child ON manifest_refs(repo, child);
+    """,
+    # 3: a repository's own recipe of a blob the store keeps cut otherwise
+    """
+    CREATE TABLE blob_recipes(
+        repo TEXT COLLATE "C" NOT NULL, digest TEXT COLLATE "C" NOT NULL,
+        recipe BYTEA NOT NULL, PRIMARY KEY(repo, digest));
     """,
 ]
 
@@ -308,6 +315,31 @@ class PgRegistryMetadata:
                 "INSERT INTO proxy_tags VALUES (%s, %s, %s, %s) ON CONFLICT (repo, tag)"
                 " DO UPDATE SET digest = EXCLUDED.digest, checked = EXCLUDED.checked",
                 (repo, tag, digest, checked))
+
+    # --- a repository's own recipes -------------------------------------------------------
+    async def set_blob_recipe(self, repo: str, digest: str,
+                              recipe: list[tuple[str, int]] | None) -> None:
+        async with self._tx() as db:
+            if recipe is None:
+                await db.execute("DELETE FROM blob_recipes WHERE repo = %s AND digest = %s",
+                                 (repo, digest))
+            else:
+                await db.execute(
+                    "INSERT INTO blob_recipes VALUES (%s, %s, %s) ON CONFLICT (repo, digest)"
+                    " DO UPDATE SET recipe = EXCLUDED.recipe",
+                    (repo, digest, encode_recipe((bytes.fromhex(k), n) for k, n in recipe)))
+
+    async def blob_recipe(self, repo: str, digest: str) -> list[tuple[str, int]] | None:
+        rows = await self._q("SELECT recipe FROM blob_recipes WHERE repo = %s AND digest = %s",
+                             repo, digest)
+        return [(k.hex(), n) for k, n in decode_recipe(bytes(rows[0][0]))] if rows else None
+
+    async def copy_blob_recipe(self, source: str, repo: str, digest: str) -> None:
+        async with self._tx() as db:
+            await db.execute("DELETE FROM blob_recipes WHERE repo = %s AND digest = %s",
+                             (repo, digest))
+            await db.execute("INSERT INTO blob_recipes SELECT %s, digest, recipe FROM blob_recipes"
+                             " WHERE repo = %s AND digest = %s", (repo, source, digest))
 
 
 async def _record_references(db: Any, repo: str, digest: str, references: tuple[str, ...]) -> None:

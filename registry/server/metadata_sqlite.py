@@ -12,6 +12,9 @@ this docstring says how SQLite keeps it.
     proxy_tags(repo, tag, digest, checked)      PK (repo, tag): tags a pull-through cache
                                                 fetched from upstream, and when it last asked
     manifest_refs, manifests.refs_known/pulled  retention (metadata_sqlite_retention.py)
+    blob_recipes(repo, digest, recipe)          PK (repo, digest): a repository's own cut of
+                                                a blob the store keeps cut otherwise
+                                                (cas.meta.encode_recipe's bytes)
 
 - Every method runs its SQL on one dedicated thread (the connection never leaves it), so
   callers on the event loop only ``await``; each write is one ``BEGIN IMMEDIATE``
@@ -47,6 +50,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cas.errors import StoreClosed, mapped_error
+from cas.meta import decode_recipe, encode_recipe
 from cas.sqlite_db import switch_to_wal
 
 from ..oci import INDEX_TYPES
@@ -100,6 +104,12 @@ CREATE TABLE IF NOT EXISTS uploads (
     id TEXT PRIMARY KEY,
     repo TEXT NOT NULL,
     created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blob_recipes (
+    repo TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    recipe BLOB NOT NULL,
+    PRIMARY KEY (repo, digest)
 );
 """
 
@@ -455,3 +465,36 @@ class SqliteMetadata(RetentionQueries):
                 )
             )
         )
+
+    # --- a repository's own recipes -------------------------------------------------------
+    async def set_blob_recipe(self, repo: str, digest: str,
+                              recipe: list[tuple[str, int]] | None) -> None:
+        def put(db: sqlite3.Connection) -> None:
+            if recipe is None:
+                db.execute("DELETE FROM blob_recipes WHERE repo = ? AND digest = ?", (repo, digest))
+            else:
+                db.execute("INSERT OR REPLACE INTO blob_recipes VALUES (?, ?, ?)",
+                           (repo, digest, _encode(recipe)))
+
+        await self._run(self._tx(put))
+
+    async def blob_recipe(self, repo: str, digest: str) -> list[tuple[str, int]] | None:
+        rows = await self._run(self._query(
+            "SELECT recipe FROM blob_recipes WHERE repo = ? AND digest = ?", repo, digest))
+        return _decode(rows[0][0]) if rows else None
+
+    async def copy_blob_recipe(self, source: str, repo: str, digest: str) -> None:
+        def copy(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM blob_recipes WHERE repo = ? AND digest = ?", (repo, digest))
+            db.execute("INSERT INTO blob_recipes SELECT ?, digest, recipe FROM blob_recipes"
+                       " WHERE repo = ? AND digest = ?", (repo, source, digest))
+
+        await self._run(self._tx(copy))
+
+
+def _encode(recipe: list[tuple[str, int]]) -> bytes:
+    return encode_recipe((bytes.fromhex(k), n) for k, n in recipe)
+
+
+def _decode(data: bytes) -> list[tuple[str, int]]:
+    return [(k.hex(), n) for k, n in decode_recipe(bytes(data))]

@@ -77,6 +77,7 @@ from ..errors import (
 )
 from ..names import is_valid_name, parse_digest
 from . import proxy
+from .recipes import commit_into
 from .state import BYTES_RECEIVED, GRANT, REGISTRY, Registry, holder
 
 __all__ = [
@@ -261,18 +262,25 @@ def parse_plan(body: bytes) -> Plan:
     return Plan(digest, size, pieces, bases)
 
 
-async def _readable_base_keys(request: web.Request, name: str, plan: Plan) -> set[str]:
-    """The piece keys of the plan's bases that the caller may pull (module docstring:
-    a base it may not pull, or that does not exist, adds nothing - the same nothing)."""
-    return (await _readable_bases(request, name, plan))[0]
+@dataclass(frozen=True, slots=True)
+class _Bases:
+    """What the plan's readable bases give (see :func:`_readable_bases`)."""
+
+    keys: set[str]  # their piece keys, as the repositories they are read in see them
+    digests: list[Digest]  # the bases themselves (whose kept SHA-256 states may be used)
+    # The keys taken from a repository's own recipe (registry.server.recipes): where in
+    # which base their bytes are, for when the store holds the blob cut otherwise.
+    ranges: dict[str, tuple[Digest, int, int]]
 
 
-async def _readable_bases(request: web.Request, name: str, plan: Plan
-                          ) -> tuple[set[str], list[Digest]]:
-    """The piece keys of the plan's bases that the caller may pull, and those bases
-    (the only ones whose kept SHA-256 states the ingest may start from)."""
+async def _readable_bases(request: web.Request, name: str, plan: Plan) -> _Bases:
+    """The piece keys of the plan's bases that the caller may pull, each base's recipe as
+    the repository it is named in sees it (that repository's own when it has one:
+    the answer is then the same whether or not the store holds the blob cut otherwise),
+    and those bases (the only ones whose kept SHA-256 states the ingest may start from)."""
     reg = request.app[REGISTRY]
     grant = request.get(GRANT)
+    ranges: dict[str, tuple[Digest, int, int]] = {}
 
     async def keys_of(digest: Digest, repo: str) -> frozenset[str]:
         # <name> itself: the request was allowed to push there, which needs pull.
@@ -280,12 +288,19 @@ async def _readable_bases(request: web.Request, name: str, plan: Plan
             return frozenset()
         if not await reg.store.is_linked(holder(repo), digest):
             return frozenset()
-        return await base_keys(reg, digest)
+        own = await reg.meta.blob_recipe(repo, str(digest))
+        if own is None:
+            return await base_keys(reg, digest)
+        pos = 0
+        for key, length in own:
+            ranges.setdefault(key, (digest, pos, length))
+            pos += length
+        return frozenset(key for key, _ in own)
 
     bases = dict.fromkeys((digest, repo or name) for digest, repo in plan.bases)
     found = await asyncio.gather(*(keys_of(digest, repo) for digest, repo in bases))
     readable = list(dict.fromkeys(digest for (digest, _), keys in zip(bases, found) if keys))
-    return set().union(*found), readable
+    return _Bases(set().union(*found), readable, ranges)
 
 
 async def base_keys(reg: Registry, digest: Digest) -> frozenset[str]:
@@ -317,9 +332,9 @@ async def _missing(request: web.Request, name: str, plan: Plan, ingest: Any) -> 
     ingest starts hashing the plan's blob meanwhile, as far as those pieces go
     (``PieceIngest.expect``: the commit then has only the rest to read; from a readable
     base's kept SHA-256 state, when the plan begins as that base)."""
-    readable, bases = await _readable_bases(request, name, plan)
-    have = ingest.keys() | readable
-    await ingest.expect(plan.pieces, readable, bases)
+    bases = await _readable_bases(request, name, plan)
+    have = ingest.keys() | bases.keys
+    await ingest.expect(plan.pieces, bases.keys, bases.digests)
     return [i for i, (key, _) in enumerate(plan.pieces) if key not in have]
 
 
@@ -446,9 +461,9 @@ async def finish_piece_upload(request: web.Request, name: str, upload_id: str) -
         raise DIGEST_INVALID(f"the plan is for {plan.digest}, the request closes {digest}")
     async with reg.upload_lock(upload_id):
         ingest = await _session(reg, name, upload_id)
-        known = await _readable_base_keys(request, name, plan)
+        bases = await _readable_bases(request, name, plan)
         try:
-            await ingest.commit_recipe(digest, plan.pieces, known=known, link=holder(name))
+            await ingest.commit_recipe(digest, plan.pieces, known=bases.keys, ranges=bases.ranges)
         except PiecesMissing as exc:
             raise _invalid(str(exc), missing=exc.indices) from exc
         except RecipeInvalid as exc:
@@ -464,6 +479,7 @@ async def finish_piece_upload(request: web.Request, name: str, upload_id: str) -
                 await _drop(reg, upload_id)
             raise
         await _drop(reg, upload_id)
+    await commit_into(reg, name, digest, ingest)
     await reg.meta.ensure_repository(name)
     return web.Response(status=201, headers={
         "Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": str(digest),

@@ -22,6 +22,8 @@ forgotten at once: afterwards it is ``BLOB_UPLOAD_UNKNOWN``, never a session cla
 bytes it lost. ``registry.db`` remembers which
 repository a session belongs to; a session used through another repository is unknown.
 A failed commit (digest or size mismatch) aborts the ingest: nothing becomes visible.
+A commit records the upload's own cut as the repository's recipe of the blob before
+linking it, and a mount copies the source's (:mod:`registry.server.recipes`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from ..errors import (
 )
 from ..names import is_valid_name, parse_digest
 from .httputil import parse_content_range
+from .recipes import commit_into, mount_recipe
 from .state import BYTES_RECEIVED, GRANT, REGISTRY, USER, Registry, holder
 
 __all__ = [
@@ -289,7 +292,7 @@ async def _monolithic_in_slot(
                 detail={"expected": length, "actual": ingest.offset},
             )
         try:
-            await ingest.commit(digest, link=holder(name))
+            await ingest.commit(digest)
         except (DigestMismatch, SizeMismatch) as exc:
             raise _commit_error(exc, digest) from exc
     except BaseException:
@@ -298,6 +301,7 @@ async def _monolithic_in_slot(
         raise
     finally:
         _release_memory(reg)
+    await commit_into(reg, name, digest, ingest)
     await reg.meta.ensure_repository(name)
     return _created(name, digest)
 
@@ -314,6 +318,7 @@ async def _try_mount(
     elif not readable:
         return None
     try:
+        await mount_recipe(reg, source or min(readable), name, digest)
         await reg.store.link(holder(name), digest)
     except BlobUnknown:
         return None
@@ -456,7 +461,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         if request.body_exists or request.headers.get("Content-Range"):
             await _append(request, name, upload_id, ingest, durable=False)
         try:
-            await ingest.commit(digest, link=holder(name))
+            await ingest.commit(digest)
         except (DigestMismatch, SizeMismatch) as exc:
             await _drop_session(reg, upload_id)
             raise _commit_error(exc, digest) from exc
@@ -467,6 +472,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         finally:
             _release_memory(reg)
         await _drop_session(reg, upload_id)
+    await commit_into(reg, name, digest, ingest)
     await reg.meta.ensure_repository(name)
     return _created(name, digest)
 

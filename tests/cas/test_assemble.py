@@ -269,3 +269,68 @@ async def test_abort_ends_the_hash_ahead(store: Store) -> None:
     await ing.abort()
     assert ing.closed
     assert await store.list_ingests() == []
+
+
+def _split(blob: bytes, lengths: list[int]) -> list[bytes]:
+    out, pos = [], 0
+    for n in lengths:
+        out.append(blob[pos : pos + n])
+        pos += n
+    return out
+
+
+async def _commit_cut(store: Store, parts: list[bytes], link: str | None = None) -> Any:
+    ing = await store.begin_piece_ingest()
+    await ing.add_pieces([(blake3.blake3(p).hexdigest(), p) for p in parts])
+    await ing.commit_recipe(Digest.of(b"".join(parts)), _recipe(parts), link=link)
+    return ing
+
+
+async def test_a_commit_of_a_blob_the_store_keeps_cut_otherwise_tells_its_own_cut(
+    store: Store,
+) -> None:
+    blob = b"".join(_pieces(40, 6))
+    thirds = _split(blob, [100_000] * 3)
+    assert (await _commit_cut(store, thirds)).own_recipe is None  # a new blob: the store's
+    halves = _split(blob, [150_000] * 2)
+    assert (await _commit_cut(store, halves)).own_recipe == _recipe(halves)
+    assert (await _commit_cut(store, thirds)).own_recipe is None  # the store's own cut
+    stored = (await store.recipe(Digest.of(blob))).pieces
+    assert [(p.key, p.length) for p in stored] == _recipe(thirds)  # the first commit's
+    # An ordinary ingest tells the chunker's cut, a recipe of the same bytes.
+    ing = await store.begin_ingest()
+    await ing.write(blob)
+    await ing.commit(Digest.of(blob))
+    assert ing.own_recipe is not None and ing.own_recipe != _recipe(thirds)
+    assert [(blake3.blake3(p).hexdigest(), len(p))
+            for p in _split(blob, [n for _, n in ing.own_recipe])] == ing.own_recipe
+
+
+async def test_known_pieces_the_store_keeps_only_inside_a_blob_are_read_from_it(
+    store: Store,
+) -> None:
+    """A repository's own recipe of a blob (halves) names pieces the store does not hold
+    (it keeps the blob in thirds): a commit that vouches for them with their ranges reads
+    them from the blob, and answers as if they were held."""
+    blob = b"".join(_pieces(41, 6))
+    digest = Digest.of(blob)
+    await _commit_cut(store, _split(blob, [100_000] * 3), link="repository:a")
+    halves = _split(blob, [150_000] * 2)
+    assert not await store.has_pieces(k for k, _ in _recipe(halves))
+    ranges = {key: (digest, i * 150_000, n) for i, (key, n) in enumerate(_recipe(halves))}
+    extra = b"new" * 20_000
+    v2 = [*halves, extra]
+    ing = await store.begin_piece_ingest()
+    await ing.add_pieces([(blake3.blake3(extra).hexdigest(), extra)])
+    # Every check is made first: a wrong length stores nothing of the ranges.
+    wrong = [(_recipe(halves)[0][0], 149_999), *_recipe(v2)[1:]]
+    with pytest.raises(RecipeInvalid, match="is 150000 bytes, the recipe says 149999"):
+        await ing.commit_recipe(Digest.of(b"".join(v2)), wrong,
+                                known=set(ranges), ranges=ranges)
+    assert ing.keys() == {blake3.blake3(extra).hexdigest()} and ing.offset == len(extra)
+    info = await ing.commit_recipe(Digest.of(b"".join(v2)), _recipe(v2), known=set(ranges),
+                                   ranges=ranges, link="repository:b")
+    assert ing.offset == len(extra)  # bytes received: not those read from the blob
+    assert await store.read_bytes(info.digest) == b"".join(v2)
+    assert [(p.key, p.length) for p in (await store.recipe(info.digest)).pieces] == _recipe(v2)
+    assert (await store.fsck()).ok

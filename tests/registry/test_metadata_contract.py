@@ -200,6 +200,36 @@ async def test_proxy_tags_are_remembered_apart_from_local_tags(a: RegistryMetada
     assert await a.proxy_tag("cache/app", "latest") == (_digest(2), 2000.0)
 
 
+# --- a repository's own recipes ------------------------------------------------------------
+async def test_a_repository_s_own_recipe_is_the_last_one_set_and_is_its_alone(
+    a: RegistryMetadata, b: RegistryMetadata
+):
+    first = [("ab" * 32, 100), ("cd" * 32, 50), ("ab" * 32, 100)]
+    assert await a.blob_recipe("team/a", _digest(1)) is None
+    await a.set_blob_recipe("team/a", _digest(1), first)
+    assert await b.blob_recipe("team/a", _digest(1)) == first
+    assert await b.blob_recipe("team/b", _digest(1)) is None
+    assert await b.blob_recipe("team/a", _digest(2)) is None
+    later = [("ef" * 32, 250)]
+    await b.set_blob_recipe("team/a", _digest(1), later)
+    assert await a.blob_recipe("team/a", _digest(1)) == later
+    await a.set_blob_recipe("team/a", _digest(1), None)
+    assert await b.blob_recipe("team/a", _digest(1)) is None
+    await a.set_blob_recipe("team/a", _digest(1), None)  # forgetting twice is harmless
+
+
+async def test_a_mount_takes_its_source_s_recipe_or_none(a: RegistryMetadata, b: RegistryMetadata):
+    recipe = [("ab" * 32, 100), ("cd" * 32, 50)]
+    await a.set_blob_recipe("team/a", _digest(1), recipe)
+    await a.set_blob_recipe("team/m", _digest(1), [("ef" * 32, 150)])
+    await b.copy_blob_recipe("team/a", "team/m", _digest(1))
+    assert await a.blob_recipe("team/m", _digest(1)) == recipe
+    assert await a.blob_recipe("team/a", _digest(1)) == recipe
+    # A source without a recipe of its own: the mount has none either (the store's).
+    await b.copy_blob_recipe("team/none", "team/m", _digest(1))
+    assert await a.blob_recipe("team/m", _digest(1)) is None
+
+
 # --- generation ---------------------------------------------------------------------------
 # Backends that can tell cheaply keep the token still while nothing commits (SQLite's
 # data_version); the others may return a new value on every call (the protocol allows it:

@@ -387,6 +387,116 @@ async def test_no_oracle_for_pieces_of_repositories_the_caller_cannot_pull(
     assert (await without.delete(resp.headers["Location"], headers=auth)).status == 204
 
 
+def _cut(blob: bytes, lengths: list[int]) -> list[tuple[str, int]]:
+    out, pos = [], 0
+    for n in lengths:
+        out.append((blake3.blake3(blob[pos : pos + n]).hexdigest(), n))
+        pos += n
+    return out
+
+
+async def _piece_push(client: TestClient, repo: str, blob: bytes, pieces: list[tuple[str, int]],
+                      auth: dict[str, str], bases: list[dict[str, str]] = ()) -> list[Any]:  # type: ignore[assignment]
+    """A piece push of ``blob`` cut as ``pieces``, sending what is asked for: every answer."""
+    body = plan(blob, pieces, bases)
+    resp = await start(client, repo, body, auth)
+    seen: list[Any] = [(resp.status, await resp.json())]
+    location = resp.headers["Location"]
+    resp = await send(client, location, blob, pieces, seen[0][1]["missing"], auth)
+    seen.append((resp.status, await resp.read()))
+    resp = await client.put(f"{location}?digest={Digest.of(blob)}", data=body, headers=auth)
+    seen.append((resp.status, await resp.read()))
+    return seen
+
+
+async def _probe_recipes(client: TestClient, secret: bytes, pieces: list[tuple[str, int]]) -> list[Any]:
+    """What alice sees of her own pushes of ``secret``'s bytes (cut her way, or by the
+    registry), and of a v2 pushed over them: every status and body, recipes included."""
+    seen: list[Any] = []
+    repos = ["team/pieces", "team/mono", "team/chunked", "team/mounted", "team/v2", "team/v2mono"]
+    auth = await _token(client, "alice", *(f"repository:{r}:pull,push" for r in repos))
+    digest = Digest.of(secret)
+
+    async def recipe(repo: str, blob: bytes) -> Any:
+        resp = await client.get(f"/v2/{repo}/_pybuild/blob/recipe?digest={Digest.of(blob)}",
+                                headers=auth)
+        return resp.status, await resp.json()
+
+    # (a) a piece push, cut at its gzip members
+    seen.append(await _piece_push(client, "team/pieces", secret, pieces, auth))
+    seen.append(await recipe("team/pieces", secret))
+    # (b) an ordinary monolithic upload: the registry cuts it
+    resp = await client.post(f"/v2/team/mono/blobs/uploads/?digest={digest}", data=secret,
+                             headers=auth)
+    seen.append((resp.status, await resp.read()))
+    seen.append(await recipe("team/mono", secret))
+    # (c) a chunked upload (POST, PATCH, PATCH, PUT)
+    resp = await client.post("/v2/team/chunked/blobs/uploads/", headers=auth)
+    location, half = resp.headers["Location"], len(secret) // 2
+    for lo, hi in ((0, half), (half, len(secret))):
+        resp = await client.patch(location, data=secret[lo:hi], headers={
+            **auth, "Content-Range": f"{lo}-{hi - 1}", "Content-Type": "application/octet-stream"})
+        seen.append(resp.status)
+        location = resp.headers["Location"]
+    resp = await client.put(f"{location}{'&' if '?' in location else '?'}digest={digest}",
+                            headers=auth)
+    seen.append((resp.status, await resp.read()))
+    seen.append(await recipe("team/chunked", secret))
+    # A mount reads as its source does.
+    resp = await client.post(f"/v2/team/mounted/blobs/uploads/?mount={digest}&from=team/pieces",
+                             headers=await _token(client, "alice", "repository:team/mounted:pull,push",
+                                                  "repository:team/pieces:pull"))
+    seen.append(resp.status)
+    seen.append(await recipe("team/mounted", secret))
+    # (d) v2 over (a) and over (b): the bases' pieces as her repositories see them.
+    more = gzip_member(random.Random(905).randbytes(40_000), level=1)
+    v2 = secret + more
+    v2_pieces = [*pieces, (blake3.blake3(more).hexdigest(), len(more))]
+    for repo, base in (("team/v2", "team/pieces"), ("team/v2mono", "team/mono")):
+        bases = [{"digest": str(digest), "repository": base}]
+        seen.append(await _piece_push(client, repo, v2, v2_pieces, auth, bases))
+        seen.append(await recipe(repo, v2))
+        resp = await client.get(f"/v2/{repo}/blobs/{Digest.of(v2)}", headers=auth)
+        seen.append((resp.status, await resp.read() == v2))
+    # Pushed again cut as the vault's: that is the recipe now (its own is forgotten).
+    seen.append(await _piece_push(client, "team/pieces", secret, _thirds(secret), auth))
+    seen.append(await recipe("team/pieces", secret))
+    return seen
+
+
+def _thirds(blob: bytes) -> list[tuple[str, int]]:
+    third = len(blob) // 3
+    return _cut(blob, [third, third, len(blob) - 2 * third])
+
+
+async def test_no_oracle_in_the_recipe_of_a_blob_the_caller_pushed(
+    make_client: MakeClient, tmp_path: Path,
+) -> None:
+    """The store keeps one recipe per blob (the first push's cut). Admin pushes a secret
+    blob cut in thirds; alice pushes the same bytes into her repositories, cut her way
+    or by the registry: each recipe she reads is her push's cut, and a v2 over them asks
+    for and commits the same as in a registry that never held the secret."""
+    secret, pieces = layer([910, 911, 912, 913])
+    with_secret = await _token_registry(make_client, tmp_path, "with")
+    without = await _token_registry(make_client, tmp_path, "without")
+    admin = await _token(with_secret, "admin", "repository:secret/vault:*")
+    pushed = await _piece_push(with_secret, "secret/vault", secret, _thirds(secret), admin)
+    assert pushed[2][0] == 201
+    here = await _probe_recipes(with_secret, secret, pieces)
+    there = await _probe_recipes(without, secret, pieces)
+    assert here == there
+    cut = [(p["key"], p["length"]) for p in here[1][1]["pieces"]]
+    assert here[1][0] == 200 and cut == pieces  # her own cut, not admin's thirds
+    mounted = [(p["key"], p["length"]) for p in here[9][1]["pieces"]]
+    assert here[8] == 201 and mounted == pieces
+    v2, v2mono = here[10], here[13]
+    assert v2[0] == (202, {"missing": [4]}) and v2[2][0] == 201
+    assert v2mono[2][0] == 201
+    assert here[12] == (200, True) and here[15] == (200, True)
+    again = [(p["key"], p["length"]) for p in here[17][1]["pieces"]]
+    assert here[16][2][0] == 201 and again == _thirds(secret)
+
+
 async def test_no_resume_from_kept_states_of_a_base_the_caller_cannot_pull(
     make_client: MakeClient, tmp_path: Path,
 ) -> None:

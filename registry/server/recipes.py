@@ -1,0 +1,61 @@
+"""A repository's own recipe of a blob (``docs/piece-index.md``, *Why it is no oracle*).
+
+The store keeps one recipe per blob: the cut of whoever committed it first. Piece-level
+pushes let the client choose the cut, so the store's recipe of a blob pushed into
+repository R may be the cut some other repository's push made; served to R's readers,
+it would tell them that the blob existed before, in a repository they may not read. So a
+push into R that commits a blob the store keeps cut otherwise records R's own cut
+(:meth:`~registry.server.metadata.RegistryMetadata.set_blob_recipe`), and R's recipe is
+that one. A recipe only describes bytes a digest fixes (each piece's BLAKE3 key of that
+byte range), so it stays true for as long as the blob exists: the bytes are still read
+from the store's pieces, and no reference counting is needed. A row is written only by a
+push that sent the whole blob (its bytes, or its pieces with their plan): the table
+grows no faster than the work clients do.
+
+The row is written before the blob is linked into R: no reader of R ever sees the blob
+with the store's recipe in between.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cas import Digest
+
+from .state import Registry, holder
+
+__all__ = ["commit_into", "mount_recipe", "recipe_in"]
+
+
+async def commit_into(reg: Registry, name: str, digest: Digest, ingest: Any) -> None:
+    """Link ``digest``, just committed by ``ingest`` without a link, into ``name`` after
+    recording the ingest's own cut as ``name``'s recipe of it (or forgetting an earlier
+    one, when the store's recipe is this push's cut): ``name``'s recipe is its last
+    push's, whatever the store held before (``BlobUnknown`` if GC took the blob since,
+    which only a blob no repository holds can be)."""
+    own = getattr(ingest, "own_recipe", None)
+    # Mostly there is nothing to forget: a read then, not a write transaction.
+    if own is not None or await reg.meta.blob_recipe(name, str(digest)) is not None:
+        await reg.meta.set_blob_recipe(name, str(digest), own)
+    await reg.store.link(holder(name), digest)
+
+
+async def mount_recipe(reg: Registry, source: str, name: str, digest: Digest) -> None:
+    """Before ``digest`` is mounted from ``source`` into ``name``: ``name`` reads it as
+    ``source`` does (the caller may read ``source``)."""
+    await reg.meta.copy_blob_recipe(source, name, str(digest))
+
+
+async def recipe_in(reg: Registry, name: str, digest: Digest) -> list[tuple[str, int, int]]:
+    """``digest``'s recipe as repository ``name`` sees it: ``(key, offset, length)`` in
+    blob order, its own when recorded, else the store's (``BlobUnknown`` without the
+    blob). Whether ``name`` holds the blob and the caller may read it is the caller's check."""
+    own = await reg.meta.blob_recipe(name, str(digest))
+    if own is not None:
+        out, pos = [], 0
+        for key, length in own:
+            out.append((key, pos, length))
+            pos += length
+        return out
+    recipe = await reg.store.recipe(digest)
+    return [(p.key, p.offset, p.length) for p in recipe.pieces]
