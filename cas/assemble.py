@@ -387,17 +387,7 @@ class PieceIngest(IngestPieces):
             pieces.append(data)
         if not pieces:
             return {}
-        if self._writer is None and self._pack is not None:
-            self._writer = self._core.packs.open_append(*self._pack)
-        try:
-            self._store_pieces(pieces)
-            self._recipe.clear()
-            self._checkpoint_sync()
-        finally:
-            if self._writer is not None:
-                self._pack = (self._writer.name, self._writer.size)
-                self._writer.close()
-                self._writer = None
+        self._store_checkpointed(pieces)
         stored = {k for k in cut if k in self._new or k in self._held}
         out = {k: self._new[k] for k in stored if k in self._new}
         held = stored - out.keys()
@@ -454,16 +444,20 @@ class PieceIngest(IngestPieces):
             actual = blake3.blake3(data).hexdigest()
             if actual != key:
                 raise PieceMismatch(i, key, actual)
+        self._store_checkpointed([memoryview(d) for _, d in pieces], sum(len(d) for _, d in pieces))
+
+    def _store_checkpointed(self, pieces: list[memoryview] | list[bytes], received: int = 0) -> None:
+        """Store ``pieces`` (``received`` more bytes came from the client) and checkpoint,
+        the pack open only meanwhile: between calls the ingest holds no writer (and no
+        buffers), so an idle upload session costs nothing but its rows."""
         if self._writer is None and self._pack is not None:
             self._writer = self._core.packs.open_append(*self._pack)
         try:
-            self._store_pieces([memoryview(d) for _, d in pieces])
+            self._store_pieces(pieces)
             self._recipe.clear()  # the recipe comes with the commit
-            self.offset += sum(len(d) for _, d in pieces)
+            self.offset += received
             self._checkpoint_sync()
         finally:
-            # Between calls the ingest holds no writer (and no buffers): an idle upload
-            # session costs nothing but its rows.
             if self._writer is not None:
                 self._pack = (self._writer.name, self._writer.size)
                 self._writer.close()

@@ -136,9 +136,10 @@ async def test_corrupted_bytes_are_refused_and_nothing_kept(
     assert (await images.store.fsck()).ok
 
 
-def fake_registry(image: SampleImage, mode: str) -> web.Application:
+def fake_registry(image: SampleImage, mode: str, sent: asyncio.Event | None = None) -> web.Application:
     """A registry whose blob GETs lie: ``long`` (extra bytes), ``short`` (fewer bytes,
-    honest Content-Length), ``truncated`` (Content-Length says more than is sent)."""
+    honest Content-Length), ``truncated`` (Content-Length says more than is sent), or
+    ``stall`` (half of the layer, then ``sent`` is set and nothing more comes)."""
     blobs = {str(Digest.of(b)): b for b in (image.config, *image.layers)}
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -159,6 +160,10 @@ def fake_registry(image: SampleImage, mode: str) -> web.Application:
         resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
         await resp.prepare(request)
         await resp.write(data[: len(data) // 2])
+        if mode == "stall":
+            assert sent is not None
+            sent.set()
+            await asyncio.Event().wait()  # until the server is torn down
         assert request.transport is not None
         request.transport.close()
         return resp
@@ -374,34 +379,6 @@ async def test_a_remembered_session_holding_wrong_bytes_is_replaced(
     assert body == image.manifest
 
 
-def stalling_registry(image: SampleImage, sent: asyncio.Event) -> web.Application:
-    """A registry that sends the first half of its largest layer and then nothing."""
-    blobs = {str(Digest.of(b)): b for b in (image.config, *image.layers)}
-    largest = str(Digest.of(max(image.layers, key=len)))
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        path = request.path
-        if path == "/v2/":
-            return web.json_response({})
-        if "/manifests/" in path:
-            return web.Response(body=image.manifest, content_type="application/vnd.oci.image.manifest.v1+json")
-        digest = path.rsplit("/", 1)[1]
-        data = blobs[digest]
-        if request.method == "HEAD" or digest != largest:
-            return web.Response(body=data if request.method == "GET" else None,
-                                headers={"Content-Length": str(len(data))})
-        resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
-        await resp.prepare(request)
-        await resp.write(data[: len(data) // 2])
-        sent.set()
-        await asyncio.Event().wait()  # until the server is torn down
-        return resp
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
-
-
 async def test_a_pull_cancelled_twice_keeps_what_arrived_and_closes_cleanly(
     aiohttp_server: Any, client: RegistryClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -410,7 +387,7 @@ async def test_a_pull_cancelled_twice_keeps_what_arrived_and_closes_cleanly(
     # against the closed store afterwards (no "Task exception was never retrieved").
     image = simple_image(24, (2_000_000,))
     sent = asyncio.Event()
-    server = await aiohttp_server(stalling_registry(image, sent))
+    server = await aiohttp_server(fake_registry(image, "stall", sent))
     ref = f"127.0.0.1:{server.port}/stall/img:v1"
     digest, _ = big_layer(image)
     loop = asyncio.get_running_loop()
