@@ -43,6 +43,7 @@ from ..oci import (
     Manifest,
 )
 from .errors import ClientError
+from .refs import InvalidReference, parse_image_ref
 
 __all__ = [
     "DOCKER_LAYER_TAR",
@@ -230,10 +231,20 @@ def _pick(entries: Any, ref: str | None, path: Path) -> dict[str, Any]:
             raise LayoutError(f"{path} holds {len(entries)} images; name one (docker-archive:FILE:REF)")
         return dict(entries[0])
     for entry in entries:
-        if ref in (entry.get("RepoTags") or []):
+        if any(_normalized(tag) == ref for tag in entry.get("RepoTags") or []):
             return dict(entry)
     tags = [t for e in entries for t in e.get("RepoTags") or []]
     raise LayoutError(f"{path} has no image {ref} (it has: {', '.join(tags) or 'untagged images'})")
+
+
+def _normalized(tag: Any) -> str:
+    """A RepoTags entry as :func:`parse_image_ref` spells it: ``docker save`` writes the
+    short form Docker shows (``busybox:latest``), the name asked for is normalised
+    (``docker.io/library/busybox:latest``), and both name the same image."""
+    try:
+        return str(parse_image_ref(str(tag)))
+    except InvalidReference:
+        return str(tag)
 
 
 async def write_docker_archive(path: Path, ref: str | None, manifest: Manifest, store: Store) -> None:
