@@ -34,6 +34,7 @@ from cas import Digest
 from cas.holders import HolderKind, image_holder, parse_holder
 
 from ..oci import Descriptor, Index, Manifest, parse_manifest
+from .errors import ClientError
 from .image_store import ImageNotFound, ImageStore, select_platform
 from .layouts import LayoutError, OciLayout, read_docker_archive, write_docker_archive
 from .progress import Progress
@@ -48,8 +49,13 @@ _STREAM_READ = 4 << 20
 # HEADs of the destination's blobs in flight at once.
 _HEADS = 16
 
-__all__ = ["CopyOptions", "CopyResult", "Endpoint", "copy_image", "file_source", "parse_endpoint",
-           "registry_source"]
+__all__ = ["CopyError", "CopyOptions", "CopyResult", "Endpoint", "copy_image", "file_source",
+           "parse_endpoint", "registry_source"]
+
+
+class CopyError(ClientError, ValueError):
+    """A copy that cannot be done as asked (the destination names something else than
+    what would be written there); the message says what to ask instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +223,7 @@ class _Copy:
                 recipes.cancel()
                 await asyncio.gather(recipes, return_exceptions=True)
         media_type, obj = parse_manifest(raw, media_type)
+        top = raw
         children: list[tuple[Descriptor, bytes, Manifest]] = []
         if isinstance(obj, Index):
             if self.options.all_platforms:
@@ -232,6 +239,7 @@ class _Copy:
                 media_type, obj = parse_manifest(raw, media_type)
                 if not isinstance(obj, Manifest):
                     raise LayoutError(f"{self.src}: nested indexes are not supported")
+        self._check_digest(top, raw)
         manifests: list[Any] = [c[2] for c in children] or [obj]
         blobs = {d.digest: d for m in manifests for d in m.references()}
         tasks = [asyncio.create_task(self._move(d)) for d in blobs.values()]
@@ -246,6 +254,31 @@ class _Copy:
             raise
         digest = await self._write_manifests(raw, media_type, obj, children)
         return CopyResult(digest, media_type, dict(self.statuses))
+
+    def _check_digest(self, top: bytes, raw: bytes) -> None:
+        """Refuse, before any blob moves, a destination named by a digest that the manifest
+        written there (``raw``: ``top``, or the platform's manifest picked from the index
+        ``top``) does not have: a registry files a manifest under its own digest, so
+        ``repo@X`` would get another manifest than X, and the copy would seem to succeed.
+        The local store names images, not contents: ``local:repo@X`` may also hold the
+        platform's manifest of the index X, as ``pybuild pull repo@X`` records it."""
+        dst = self.dst
+        wanted = dst.ref.digest if dst.ref is not None else None
+        if wanted is None:
+            return
+        written = Digest.of(raw, wanted.algorithm)
+        if written == wanted:
+            return
+        reduced = top is not raw
+        if reduced and dst.kind == "local" and Digest.of(top, wanted.algorithm) == wanted:
+            return
+        if reduced and Digest.of(top, wanted.algorithm) == wanted:
+            hint = (f"add --all-platforms to copy the whole index {wanted}, or name a tag "
+                    f"(or the platform's digest {written})")
+        else:
+            hint = f"name a tag instead, or the digest of what is copied ({written})"
+        what = "the platform's manifest picked from the index" if reduced else "the manifest copied"
+        raise CopyError(f"{dst} names digest {wanted}, but {what} is {written}: {hint}")
 
     async def _move(self, desc: Descriptor) -> None:
         self.statuses[str(desc.digest)] = await self._move_one(desc)
