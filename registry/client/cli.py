@@ -23,7 +23,7 @@ from cas.errors import CasError, storage_error
 
 from ..errors import RegistryError
 from .auth import AuthError, Credentials, erase_credentials, store_credentials
-from .copy import DEFAULT_JOBS, CopyOptions, Endpoint, copy_image, parse_endpoint
+from .copy import DEFAULT_JOBS, CopyOptions, Endpoint, check_transport, copy_image, parse_endpoint
 from .image_store import ImageNotFound, ImageStore
 from .layouts import LayoutError
 from .progress import Progress
@@ -59,8 +59,12 @@ def _run(coro: Awaitable[T]) -> T:
 
 def _ref(text: str) -> Any:
     try:
+        check_transport(text)
+        if text.startswith(("docker://", "oci:", "docker-archive:", "local:")):
+            raise ValueError(f"{text!r}: an image reference is asked for here; pybuild copy "
+                             "SOURCE DESTINATION copies between transports")
         return parse_image_ref(text)
-    except InvalidReference as exc:
+    except ValueError as exc:  # InvalidReference is a ValueError
         raise click.BadParameter(str(exc)) from exc
 
 
@@ -131,7 +135,10 @@ def pull(ref: str, **kw: Any) -> None:
 def push(ref: str, destination: str | None, **kw: Any) -> None:
     """Push local image REF to its registry (or to DESTINATION, any transport)."""
     image = _ref(ref)
-    dst = parse_endpoint(destination) if destination else Endpoint("registry", image)
+    try:
+        dst = parse_endpoint(destination) if destination else Endpoint("registry", image)
+    except ValueError as exc:  # InvalidReference is a ValueError
+        raise click.BadParameter(str(exc)) from exc
     _run(_copy(Endpoint("local", image), dst, kw))
 
 

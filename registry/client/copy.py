@@ -25,6 +25,7 @@ the first) unless ``all_platforms`` is set, which copies the index and every man
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,8 @@ _STREAM_READ = 4 << 20
 # HEADs of the destination's blobs in flight at once.
 _HEADS = 16
 
-__all__ = ["CopyError", "CopyOptions", "CopyResult", "Endpoint", "copy_image", "file_source",
-           "parse_endpoint", "registry_source"]
+__all__ = ["CopyError", "CopyOptions", "CopyResult", "Endpoint", "check_transport", "copy_image",
+           "file_source", "parse_endpoint", "registry_source"]
 
 
 class CopyError(ClientError, ValueError):
@@ -73,8 +74,36 @@ class Endpoint:
         return f"{self.kind}:{self.path}{':' + self.name if self.name else ''}"
 
 
+# The transports skopeo (containers/image) knows. A name of one is never taken for an
+# image on Docker Hub: ``containers-storage:foo`` pushed to docker.io/library/containers-storage
+# would be a surprise, and a leak.
+SKOPEO_TRANSPORTS = ("docker", "docker-archive", "docker-daemon", "oci", "oci-archive", "dir",
+                     "containers-storage", "sif", "tarball", "ostree")
+SUPPORTED = "docker://REF (or a bare REF), local:REF, oci:DIR[:TAG], docker-archive:FILE[:REF]"
+_SCHEME = re.compile(r"^([a-z][a-z0-9_-]*):(.*)$", re.DOTALL)
+
+
+def check_transport(text: str) -> None:
+    """ValueError when ``text`` starts with a transport pybuild does not read or write:
+    one skopeo knows, or ``NAME:`` followed by a path (``x:/dir``, ``x:./f``), which no
+    image reference is (a tag holds no ``/``, a port only digits)."""
+    m = _SCHEME.match(text)
+    if m is None or text.startswith(("docker://", "local:", "oci:", "docker-archive:")):
+        return
+    name, rest = m.groups()
+    if re.match(r"\d+/", rest):
+        return  # host:port/name, a reference
+    if name == "docker":
+        raise ValueError(f"{text!r}: the docker transport is written docker://REF (or a bare REF)")
+    if name in SKOPEO_TRANSPORTS:
+        raise ValueError(f"unsupported transport {name}; pybuild reads/writes: {SUPPORTED}")
+    if "/" in rest:
+        raise ValueError(f"unknown transport {name} in {text!r}; pybuild reads/writes: {SUPPORTED}")
+
+
 def parse_endpoint(text: str) -> Endpoint:
     """Parse a transport string (see the module docstring); ValueError says what is wrong."""
+    check_transport(text)
     try:
         if text.startswith("docker://"):
             return Endpoint("registry", parse_image_ref(text[len("docker://"):]))

@@ -8,7 +8,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from builder.cli import main
 from cas import Digest
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
@@ -58,3 +60,43 @@ async def test_a_docker_save_archive_is_read_by_the_short_names_docker_writes(
         assert manifest.config.digest == Digest.of(image.config), name
     with pytest.raises(LayoutError, match="has no image docker.io/library/alpine:latest"):
         await copy(f"docker-archive:{archive}:alpine", "local:localhost/picked:1", images, client)
+
+
+@pytest.mark.parametrize("text", [
+    "containers-storage:foo", "oci-archive:out.tar", "oci-archive:/tmp/base.tar:base",
+    "docker-daemon:busybox:latest", "dir:/tmp/out", "sif:x.sif", "tarball:x.tar", "ostree:x@/repo",
+])
+def test_a_transport_pybuild_does_not_support_is_refused_not_taken_for_a_docker_hub_image(text: str) -> None:
+    name = text.partition(":")[0]
+    with pytest.raises(ValueError, match=f"unsupported transport {name}; pybuild reads/writes: docker://REF"):
+        parse_endpoint(text)
+
+
+def test_an_unknown_transport_followed_by_a_path_is_named_as_such() -> None:
+    with pytest.raises(ValueError, match="unknown transport oci-archiv in 'oci-archiv:/x.tar'"):
+        parse_endpoint("oci-archiv:/x.tar")
+    with pytest.raises(ValueError, match="written docker://REF"):
+        parse_endpoint("docker:alpine")
+
+
+@pytest.mark.parametrize(("text", "ref"), [
+    ("localhost:5000/x", "localhost:5000/x:latest"),
+    ("127.0.0.1:5000/a/b:1", "127.0.0.1:5000/a/b:1"),
+    ("docker:5000/app:1", "docker:5000/app:1"),
+    ("myhost:443/app", "myhost:443/app:latest"),
+    ("busybox:1.36", "docker.io/library/busybox:1.36"),
+    ("dirt:1", "docker.io/library/dirt:1"),
+    ("docker://localhost:5000/a", "localhost:5000/a:latest"),
+])
+def test_references_that_look_like_transports_still_parse(text: str, ref: str) -> None:
+    assert str(parse_endpoint(text).ref) == ref
+    assert str(parse_endpoint(f"local:{text.removeprefix('docker://')}").ref) == ref
+
+
+def test_pull_and_push_refuse_a_transport_where_a_reference_is_asked_for(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args in (["pull", "containers-storage:foo"], ["push", "foo:1", "oci-archive:out.tar"],
+                 ["pull", "oci:./layout:1"]):
+        out = runner.invoke(main, [*args, "--storage", str(tmp_path / "s")])
+        assert out.exit_code == 2, out.output
+        assert "transport" in out.output and "Traceback" not in out.output
