@@ -117,8 +117,12 @@ def parse_endpoint(text: str) -> Endpoint:
             return Endpoint("oci", path=Path(path), name=tag)
         if text.startswith("docker-archive:"):
             path, _, ref = text[len("docker-archive:"):].partition(":")
-            name = str(parse_image_ref(ref)) if ref else None
-            return Endpoint("docker-archive", path=Path(path), name=name)
+            named = parse_image_ref(ref) if ref else None
+            if named is not None and named.digest is not None:
+                # RepoTags (and the old ``repositories`` file) hold name:tag only.
+                raise ValueError(f"docker-archive:{path}:{ref}: the reference does not include a "
+                                 "tag; a docker archive names its images name:tag (drop the @digest)")
+            return Endpoint("docker-archive", path=Path(path), name=str(named) if named else None)
         return Endpoint("registry", parse_image_ref(text))
     except InvalidReference as exc:
         raise ValueError(str(exc)) from exc

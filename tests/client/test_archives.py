@@ -100,3 +100,11 @@ def test_pull_and_push_refuse_a_transport_where_a_reference_is_asked_for(tmp_pat
         out = runner.invoke(main, [*args, "--storage", str(tmp_path / "s")])
         assert out.exit_code == 2, out.output
         assert "transport" in out.output and "Traceback" not in out.output
+
+
+def test_a_docker_archive_named_with_a_digest_is_refused_as_it_has_no_tag() -> None:
+    digest = "sha256:" + "a" * 64
+    for text in (f"docker-archive:x.tar:localhost:5000/a/b@{digest}", f"docker-archive:x.tar:b:1@{digest}"):
+        with pytest.raises(ValueError, match="the reference does not include a tag"):
+            parse_endpoint(text)
+    assert parse_endpoint("docker-archive:x.tar:localhost:5000/a/b:1").name == "localhost:5000/a/b:1"
