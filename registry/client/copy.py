@@ -37,7 +37,7 @@ from cas.holders import HolderKind, image_holder, parse_holder
 from ..oci import Descriptor, Index, Manifest, parse_manifest
 from .errors import ClientError
 from .image_store import ImageNotFound, ImageStore, select_platform
-from .layouts import LayoutError, OciLayout, read_docker_archive, write_docker_archive
+from .layouts import LayoutError, OciLayout, check_destination, read_docker_archive, write_docker_archive
 from .progress import Progress
 from .pull import PieceSources, TransferOptions, local_piece_sources, pull_blob
 from .push import PIECE_PUSH_MIN, push_blob
@@ -273,6 +273,9 @@ class _Copy:
                 if not isinstance(obj, Manifest):
                     raise LayoutError(f"{self.src}: nested indexes are not supported")
         self._check_digest(top, raw)
+        if self.dst.kind in ("oci", "docker-archive"):
+            assert self.dst.path is not None
+            check_destination(self.dst.kind, self.dst.path)
         manifests: list[Any] = [c[2] for c in children] or [obj]
         blobs = {d.digest: d for m in manifests for d in m.references()}
         tasks = [asyncio.create_task(self._move(d)) for d in blobs.values()]

@@ -14,11 +14,12 @@ from builder.cli import main
 from cas import Digest
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
-from registry.client.layouts import LayoutError
+from registry.client.layouts import LayoutError, write_docker_archive
 from registry.client.progress import Progress
 from registry.client.remote import RegistryClient
+from registry.oci import Manifest
 
-from .helpers import SampleImage, simple_image
+from .helpers import SampleImage, simple_image, store_image
 
 
 async def copy(src: str, dst: str, images: ImageStore, client: RegistryClient, **kw: object):
@@ -108,3 +109,29 @@ def test_a_docker_archive_named_with_a_digest_is_refused_as_it_has_no_tag() -> N
         with pytest.raises(ValueError, match="the reference does not include a tag"):
             parse_endpoint(text)
     assert parse_endpoint("docker-archive:x.tar:localhost:5000/a/b:1").name == "localhost:5000/a/b:1"
+
+
+async def test_a_failed_docker_archive_write_leaves_no_temporary_file(images: ImageStore, tmp_path: Path) -> None:
+    image = simple_image(72, (30_000,))
+    await images.store.put(image.config)  # the layer is not in the store: the write fails midway
+    archive = tmp_path / "out.tar"
+    with pytest.raises(LayoutError, match="is not in the local store"):
+        await write_docker_archive(archive, "localhost/a:1", Manifest.parse(image.manifest), images.store)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local"]
+
+
+@pytest.mark.parametrize(("dst", "message"), [
+    ("docker-archive:{tmp}", "is a directory: name the archive file to write"),
+    ("docker-archive:{tmp}/no/such/dir/x.tar", "does not exist; create it"),
+    ("oci:{tmp}/file", "is a file, not a directory: an OCI layout is a directory"),
+    ("oci:{tmp}/file/layout", "file is a file, not a directory"),
+])
+async def test_a_destination_that_cannot_be_written_is_named_with_the_fix_before_any_blob_moves(
+    images: ImageStore, client: RegistryClient, tmp_path: Path, dst: str, message: str
+) -> None:
+    await store_image(images, "localhost/a:1", simple_image(73, (30_000,)))
+    (tmp_path / "file").write_text("not a layout")
+    with pytest.raises(LayoutError, match=message):
+        await copy("local:localhost/a:1", dst.format(tmp=tmp_path), images, client)
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert (tmp_path / "file").read_text() == "not a layout"
