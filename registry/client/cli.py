@@ -21,6 +21,7 @@ import click
 
 from cas.errors import CasError, storage_error
 
+from ..cli import JSON_ERRORS
 from ..errors import RegistryError
 from .auth import AuthError, Credentials, erase_credentials, store_credentials
 from .copy import DEFAULT_JOBS, CopyOptions, Endpoint, check_transport, copy_image, parse_endpoint
@@ -73,6 +74,14 @@ def _storage_option(fn: Callable[..., Any]) -> Callable[..., Any]:
                         help="Storage directory (default: $PYBUILD_STORAGE or the XDG data dir).")(fn)
 
 
+def _json_errors(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    """``--json``: a failure ends with an ``error`` event on stdout too (the root group
+    writes it); eager, so a bad value of another option is reported that way as well."""
+    if value:
+        ctx.meta[JSON_ERRORS] = True
+    return value
+
+
 def _transfer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options: list[Callable[[Any], Any]] = [
         click.option("--jobs", "-j", type=click.IntRange(1, 64), default=DEFAULT_JOBS, show_default=True,
@@ -83,7 +92,8 @@ def _transfer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "parts of a blob over 64 MiB)."),
         click.option("--platform", default=None, help="os/arch[/variant] to pick from an index."),
         click.option("--all-platforms", is_flag=True, help="Copy the whole index."),
-        click.option("--json", "json_events", is_flag=True, help="One JSON event per line on stdout."),
+        click.option("--json", "json_events", is_flag=True, is_eager=True, callback=_json_errors,
+                     help="One JSON event per line on stdout (a failure ends with an error event)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress output."),
         click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      default=None, help="CA certificate to trust for registries."),

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from builder.cli import main
 from registry.client.image_store import ImageStore
 
+from .conftest import free_port
 from .helpers import simple_image, store_image
 
 
@@ -92,3 +93,22 @@ def test_login_and_logout(runner: CliRunner, distribution: str, tmp_path: Path) 
     assert out.exit_code == 0, out.output
     assert distribution not in json.loads((tmp_path / "docker" / "config.json").read_text())["auths"]
     assert runner.invoke(main, ["logout", distribution]).exit_code != 0
+
+
+def test_a_failed_command_run_with_json_ends_with_an_error_event_on_stdout(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    storage = ["--storage", str(tmp_path / "s")]
+    for args, code, words in (
+        (["pull", "--json", f"127.0.0.1:{free_port()}/x:1"], 1, "cannot connect to registry"),
+        (["push", "--json", "nosuch/local:image", "127.0.0.1:1/x:1"], 1, "no local image"),
+        (["copy", "--json", "local:x:1", "containers-storage:foo"], 2, "unsupported transport"),
+        (["pull", "--jobs", "0", "--json", "x:1"], 2, "--jobs"),
+    ):
+        out = runner.invoke(main, [*args, *storage])
+        assert out.exit_code == code, out.output
+        event = json.loads(out.stdout.splitlines()[-1])
+        assert event["event"] == "error" and event["exit_code"] == code and words in event["message"]
+        assert out.stderr.startswith(f"Error: {event['message']}")
+        plain = runner.invoke(main, [a for a in args if a != "--json"] + storage)
+        assert plain.exit_code == code and plain.stdout == ""
