@@ -352,8 +352,18 @@ class _Copy:
                 and self.options.transfer.recipes and await self.store.stat(desc.digest) is None:
             # Asked now, while the blob may still wait for a slot (see prefetch_recipe).
             self.client.prefetch_recipe(src.ref.api_host, src.ref.name, desc.digest)
+        # A blob fetched into the local store on its way to a registry is one task, the
+        # push: reported twice (done/exists or done/pulled, then done/pushed) its bytes
+        # would count as both reused and transferred. A fetch that fails is reported.
+        fetch_progress = Progress("quiet") if dst.kind == "registry" else self.progress
         async with _Slot(self.sem) as slot:
-            status = await self._fetch(desc, slot.release)
+            try:
+                status = await self._fetch(desc, fetch_progress, slot.release)
+            except BaseException as exc:
+                if fetch_progress is not self.progress:
+                    self.progress.start(str(desc.digest), desc.digest.encoded[:12], desc.size)
+                    self.progress.fail(str(desc.digest), exc)
+                raise
             if dst.kind == "oci":
                 assert dst.path is not None
                 await OciLayout(dst.path).export_blob(self.store, desc.digest)
@@ -409,11 +419,12 @@ class _Copy:
         assert src.ref is not None
         return registry_source(self.client, src.ref, desc)
 
-    async def _fetch(self, desc: Descriptor, fetched: Callable[[], None] | None = None) -> str:
+    async def _fetch(self, desc: Descriptor, progress: Progress,
+                     fetched: Callable[[], None] | None = None) -> str:
         src = self.src
         if src.kind == "registry":
             assert src.ref is not None
-            return await pull_blob(self.client, self.images, src.ref, desc, self.progress,
+            return await pull_blob(self.client, self.images, src.ref, desc, progress,
                                    recipes=self.recipes, link=self.link, options=self.options.transfer,
                                    sources=self._piece_sources, fetched=fetched)
         if src.kind == "oci":

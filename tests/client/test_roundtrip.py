@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import uuid
 from pathlib import Path
 
@@ -221,3 +223,25 @@ async def test_a_destination_named_by_digest_gets_that_manifest_or_the_copy_is_r
     # A pull by the index's digest records the platform's image under that name.
     pulled = await copy(f"{repo}@{idx}", f"local:{repo}@{idx}", images2, client)
     assert pulled.digest == amd.digest
+
+
+async def test_a_registry_to_registry_copy_reports_each_blob_once_and_its_bytes_once(
+    distribution: str, pybuild_registry: str, images: ImageStore, client: RegistryClient
+) -> None:
+    image = simple_image(12, (120_000, 40_000))
+    ref = unique(distribution)
+    await store_image(images, ref, image)  # the local store holds every blob
+    await copy(f"local:{ref}", ref, images, client)
+    for dst in (unique(pybuild_registry), unique(distribution.replace("127.0.0.1", "localhost"))):
+        events = io.StringIO()
+        progress = Progress("json", events)
+        await copy_image(parse_endpoint(ref), parse_endpoint(dst), images, client, progress, CopyOptions())
+        progress.close()
+        docs = [json.loads(line) for line in events.getvalue().splitlines()]
+        starts = [d["id"] for d in docs if d["event"] == "start"]
+        done = [d["id"] for d in docs if d["event"] == "done"]
+        assert sorted(starts) == sorted(done) == sorted(image.blob_digests()), dst
+        summary = docs[-1]
+        assert summary["event"] == "summary" and summary["tasks"] == 3
+        assert summary["transferred"] + summary["reused"] == sum(
+            len(b) for b in (image.config, *image.layers))
