@@ -108,17 +108,18 @@ def _transfer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _client_options(kw: dict[str, Any]) -> ClientOptions:
+def _client_options(kw: dict[str, Any], progress: Progress | None = None) -> ClientOptions:
     insecure = set(kw["insecure"])
     insecure.update(h for h in os.environ.get("PYBUILD_INSECURE_REGISTRIES", "").split(",") if h)
-    return ClientOptions(ca_cert=kw["ca_cert"], tls_verify=kw["tls_verify"], insecure=frozenset(insecure))
+    return ClientOptions(ca_cert=kw["ca_cert"], tls_verify=kw["tls_verify"], insecure=frozenset(insecure),
+                         notice=progress.message if progress is not None else None)
 
 
 async def _copy(src: Endpoint, dst: Endpoint, kw: dict[str, Any]) -> None:
     progress = Progress.auto(json_events=kw["json_events"], quiet=kw["quiet"])
     options = CopyOptions(platform=kw["platform"], all_platforms=kw["all_platforms"], jobs=kw["jobs"],
                           transfer=TransferOptions(window=kw["ranges"]))
-    async with await ImageStore.open(kw["storage"]) as images, RegistryClient(_client_options(kw)) as client:
+    async with await ImageStore.open(kw["storage"]) as images, RegistryClient(_client_options(kw, progress)) as client:
         result = await copy_image(src, dst, images, client, progress, options)
     summary = progress.close()
     if kw["json_events"]:
