@@ -20,8 +20,9 @@ import contextlib
 import errno
 import importlib
 import json
+import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -41,6 +42,14 @@ COMMANDS: dict[str, str] = {
 # click >= 8.2 raises this for a group run without a command (its help is the answer).
 _NO_ARGS_IS_HELP: type[click.UsageError] = getattr(
     click.exceptions, "NoArgsIsHelpError", type("_Never", (click.UsageError,), {}))
+
+
+def _stdout_closed() -> NoReturn:
+    """Exit quietly: stdout was closed early (``pybuild images | head -1``), nothing is
+    left to say and no one to say it to. 141 (128 + SIGPIPE) is what a shell reports for
+    any other CLI the closed pipe stops, and what ``set -o pipefail`` sees."""
+    sys.stdout = click.utils.PacifyFlushWrapper(sys.stdout)  # type: ignore[operator]
+    sys.exit(128 + signal.SIGPIPE)
 
 
 class LazyGroup(click.Group):
@@ -78,9 +87,8 @@ class LazyGroup(click.Group):
             self._error_event("interrupted", 130)
             sys.exit(130)
         except OSError as exc:
-            if exc.errno == errno.EPIPE:  # stdout closed early (| head): as click does
-                sys.stdout = click.utils.PacifyFlushWrapper(sys.stdout)  # type: ignore[operator]
-                sys.exit(1)
+            if exc.errno == errno.EPIPE:
+                _stdout_closed()
             raise
         sys.exit(0)
 
@@ -101,6 +109,8 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            _stdout_closed()  # before click's main, which would exit 1
         except Exception as exc:
             from .cli_errors import describe
 

@@ -48,6 +48,8 @@ def _run(coro: Awaitable[T]) -> T:
     try:
         result: T = asyncio.run(coro)  # type: ignore[arg-type]
     except _FAILURES as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise  # stdout closed (| head): the root command ends quietly
         if isinstance(exc, OSError) and not isinstance(exc, CasError) \
                 and storage_error(exc, exc.filename or "") is not None:
             # A full or read-only file system: the root command says whether it is the

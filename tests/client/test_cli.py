@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -112,3 +115,16 @@ def test_a_failed_command_run_with_json_ends_with_an_error_event_on_stdout(
         assert out.stderr.startswith(f"Error: {event['message']}")
         plain = runner.invoke(main, [a for a in args if a != "--json"] + storage)
         assert plain.exit_code == code and plain.stdout == ""
+
+
+def test_a_listing_whose_reader_went_away_ends_quietly_as_other_clis_do(tmp_path: Path) -> None:
+    seed(tmp_path / "s", "localhost/quiet:1")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "images", "--storage", str(tmp_path / "s")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `| head -0` does, before the table is written
+    with proc.stderr:
+        stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141  # 128 + SIGPIPE
+    assert stderr == b""
