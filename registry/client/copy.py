@@ -5,7 +5,11 @@ Transports (the ``SRC``/``DST`` syntax of ``pybuild copy``, as skopeo spells the
     docker://REF  or a bare REF      a registry ([host[:port]/]name[:tag][@digest])
     local:REF                        pybuild's local image store (``pybuild images``)
     oci:DIR[:TAG]                    an OCI image layout directory
-    docker-archive:FILE[:REF]        a ``docker save`` tarball
+    docker-archive:FILE[:REF]        a ``docker save`` tarball (REF name[:tag], no digest)
+
+The other transports skopeo knows are refused by name (:func:`check_transport`), never
+read as Docker Hub references. A destination named by digest must get a manifest of that
+digest (:meth:`_Copy._check_digest`).
 
 Blobs the destination already has are skipped, and a registry-to-registry copy within one
 registry mounts instead of transferring. A blob copied to a registry from another
