@@ -16,14 +16,18 @@ command worded itself is printed as one ``Error: ...`` line, exit status 1.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
+import json
+import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from registry.cli import COMMANDS as REGISTRY_COMMANDS
+from registry.cli import JSON_ERRORS
 
 from .commands import COMMANDS as BUILDER_COMMANDS
 
@@ -38,6 +42,14 @@ COMMANDS: dict[str, str] = {
 # click >= 8.2 raises this for a group run without a command (its help is the answer).
 _NO_ARGS_IS_HELP: type[click.UsageError] = getattr(
     click.exceptions, "NoArgsIsHelpError", type("_Never", (click.UsageError,), {}))
+
+
+def _stdout_closed() -> NoReturn:
+    """Exit quietly: stdout was closed early (``pybuild images | head -1``), nothing is
+    left to say and no one to say it to. 141 (128 + SIGPIPE) is what a shell reports for
+    any other CLI the closed pipe stops, and what ``set -o pipefail`` sees."""
+    sys.stdout = click.utils.PacifyFlushWrapper(sys.stdout)  # type: ignore[operator]
+    sys.exit(128 + signal.SIGPIPE)
 
 
 class LazyGroup(click.Group):
@@ -59,6 +71,7 @@ class LazyGroup(click.Group):
         main: Any = super().main  # click's overloads do not take *args
         if not standalone_mode:
             return main(*args, standalone_mode=False, **kwargs)
+        self._json_errors = False
         try:
             main(*args, standalone_mode=False, **kwargs)
         except _NO_ARGS_IS_HELP as exc:  # a bare group: its help, as click prints it
@@ -66,27 +79,38 @@ class LazyGroup(click.Group):
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "pybuild"
-            click.echo(f"Error: {' '.join(exc.format_message().split())} "
-                       f"(see '{where} --help')", err=True)
-            sys.exit(exc.exit_code)
+            self._fail(f"{' '.join(exc.format_message().split())} (see '{where} --help')", exc.exit_code)
         except click.ClickException as exc:
-            click.echo(f"Error: {' '.join(exc.format_message().split())}", err=True)
-            sys.exit(exc.exit_code)
+            self._fail(' '.join(exc.format_message().split()), exc.exit_code)
         except click.Abort:
             click.echo("Aborted!", err=True)
+            self._error_event("interrupted", 130)
             sys.exit(130)
         except OSError as exc:
-            if exc.errno == errno.EPIPE:  # stdout closed early (| head): as click does
-                sys.stdout = click.utils.PacifyFlushWrapper(sys.stdout)  # type: ignore[operator]
-                sys.exit(1)
+            if exc.errno == errno.EPIPE:
+                _stdout_closed()
             raise
         sys.exit(0)
+
+    def _fail(self, text: str, code: int) -> None:
+        click.echo(f"Error: {text}", err=True)
+        self._error_event(text, code)
+        sys.exit(code)
+
+    def _error_event(self, text: str, code: int) -> None:
+        """The last event of a command run with ``--json`` that failed (the shape of
+        ``build --progress json``'s ``error``): the line on stderr is for people."""
+        if getattr(self, "_json_errors", False):
+            with contextlib.suppress(OSError):  # stdout closed: stderr has said it
+                click.echo(json.dumps({"event": "error", "message": text, "exit_code": code}))
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            _stdout_closed()  # before click's main, which would exit 1
         except Exception as exc:
             from .cli_errors import describe
 
@@ -94,6 +118,8 @@ class LazyGroup(click.Group):
             if text is None:
                 raise
             raise click.ClickException(text) from exc
+        finally:
+            self._json_errors = bool(ctx.meta.get(JSON_ERRORS))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)

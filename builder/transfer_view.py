@@ -31,8 +31,8 @@ class TransferView(RegistryProgress):
         super().advance(key, n, reused=reused)
         self._forward(key)
 
-    def finish(self, key: str, status: str = "done") -> None:
-        super().finish(key, status)
+    def finish(self, key: str, status: str = "done", message: str | None = None) -> None:
+        super().finish(key, status, message)
         self._forward(key, status)
 
 

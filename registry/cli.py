@@ -6,7 +6,12 @@ runs, so ``pybuild pull`` does not import the server."""
 
 from __future__ import annotations
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "JSON_ERRORS"]
+
+# Set in the click context's ``meta`` by a command run with ``--json``: the root group
+# then ends a failure with an ``{"event": "error", ...}`` line on stdout as well, so a
+# program reading the events learns why the command failed, not only that it did.
+JSON_ERRORS = "pybuild.json_errors"
 
 COMMANDS: dict[str, str] = {
     "serve": "registry.serve_cmd:serve",

@@ -21,9 +21,10 @@ import click
 
 from cas.errors import CasError, storage_error
 
+from ..cli import JSON_ERRORS
 from ..errors import RegistryError
 from .auth import AuthError, Credentials, erase_credentials, store_credentials
-from .copy import DEFAULT_JOBS, CopyOptions, Endpoint, copy_image, parse_endpoint
+from .copy import DEFAULT_JOBS, CopyOptions, Endpoint, check_transport, copy_image, parse_endpoint
 from .image_store import ImageNotFound, ImageStore
 from .layouts import LayoutError
 from .progress import Progress
@@ -47,6 +48,8 @@ def _run(coro: Awaitable[T]) -> T:
     try:
         result: T = asyncio.run(coro)  # type: ignore[arg-type]
     except _FAILURES as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise  # stdout closed (| head): the root command ends quietly
         if isinstance(exc, OSError) and not isinstance(exc, CasError) \
                 and storage_error(exc, exc.filename or "") is not None:
             # A full or read-only file system: the root command says whether it is the
@@ -59,14 +62,26 @@ def _run(coro: Awaitable[T]) -> T:
 
 def _ref(text: str) -> Any:
     try:
+        check_transport(text)
+        if text.startswith(("docker://", "oci:", "docker-archive:", "local:")):
+            raise ValueError(f"{text!r}: an image reference is asked for here; pybuild copy "
+                             "SOURCE DESTINATION copies between transports")
         return parse_image_ref(text)
-    except InvalidReference as exc:
+    except ValueError as exc:  # InvalidReference is a ValueError
         raise click.BadParameter(str(exc)) from exc
 
 
 def _storage_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--storage", type=click.Path(path_type=Path), default=None,
                         help="Storage directory (default: $PYBUILD_STORAGE or the XDG data dir).")(fn)
+
+
+def _json_errors(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    """``--json``: a failure ends with an ``error`` event on stdout too (the root group
+    writes it); eager, so a bad value of another option is reported that way as well."""
+    if value:
+        ctx.meta[JSON_ERRORS] = True
+    return value
 
 
 def _transfer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -79,7 +94,8 @@ def _transfer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "parts of a blob over 64 MiB)."),
         click.option("--platform", default=None, help="os/arch[/variant] to pick from an index."),
         click.option("--all-platforms", is_flag=True, help="Copy the whole index."),
-        click.option("--json", "json_events", is_flag=True, help="One JSON event per line on stdout."),
+        click.option("--json", "json_events", is_flag=True, is_eager=True, callback=_json_errors,
+                     help="One JSON event per line on stdout (a failure ends with an error event)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress output."),
         click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      default=None, help="CA certificate to trust for registries."),
@@ -94,17 +110,18 @@ def _transfer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _client_options(kw: dict[str, Any]) -> ClientOptions:
+def _client_options(kw: dict[str, Any], progress: Progress | None = None) -> ClientOptions:
     insecure = set(kw["insecure"])
     insecure.update(h for h in os.environ.get("PYBUILD_INSECURE_REGISTRIES", "").split(",") if h)
-    return ClientOptions(ca_cert=kw["ca_cert"], tls_verify=kw["tls_verify"], insecure=frozenset(insecure))
+    return ClientOptions(ca_cert=kw["ca_cert"], tls_verify=kw["tls_verify"], insecure=frozenset(insecure),
+                         notice=progress.message if progress is not None else None)
 
 
 async def _copy(src: Endpoint, dst: Endpoint, kw: dict[str, Any]) -> None:
     progress = Progress.auto(json_events=kw["json_events"], quiet=kw["quiet"])
     options = CopyOptions(platform=kw["platform"], all_platforms=kw["all_platforms"], jobs=kw["jobs"],
                           transfer=TransferOptions(window=kw["ranges"]))
-    async with await ImageStore.open(kw["storage"]) as images, RegistryClient(_client_options(kw)) as client:
+    async with await ImageStore.open(kw["storage"]) as images, RegistryClient(_client_options(kw, progress)) as client:
         result = await copy_image(src, dst, images, client, progress, options)
     summary = progress.close()
     if kw["json_events"]:
@@ -131,7 +148,10 @@ def pull(ref: str, **kw: Any) -> None:
 def push(ref: str, destination: str | None, **kw: Any) -> None:
     """Push local image REF to its registry (or to DESTINATION, any transport)."""
     image = _ref(ref)
-    dst = parse_endpoint(destination) if destination else Endpoint("registry", image)
+    try:
+        dst = parse_endpoint(destination) if destination else Endpoint("registry", image)
+    except ValueError as exc:  # InvalidReference is a ValueError
+        raise click.BadParameter(str(exc)) from exc
     _run(_copy(Endpoint("local", image), dst, kw))
 
 

@@ -5,7 +5,11 @@ Transports (the ``SRC``/``DST`` syntax of ``pybuild copy``, as skopeo spells the
     docker://REF  or a bare REF      a registry ([host[:port]/]name[:tag][@digest])
     local:REF                        pybuild's local image store (``pybuild images``)
     oci:DIR[:TAG]                    an OCI image layout directory
-    docker-archive:FILE[:REF]        a ``docker save`` tarball
+    docker-archive:FILE[:REF]        a ``docker save`` tarball (REF name[:tag], no digest)
+
+The other transports skopeo knows are refused by name (:func:`check_transport`), never
+read as Docker Hub references. A destination named by digest must get a manifest of that
+digest (:meth:`_Copy._check_digest`).
 
 Blobs the destination already has are skipped, and a registry-to-registry copy within one
 registry mounts instead of transferring. A blob copied to a registry from another
@@ -25,6 +29,7 @@ the first) unless ``all_platforms`` is set, which copies the index and every man
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +39,9 @@ from cas import Digest
 from cas.holders import HolderKind, image_holder, parse_holder
 
 from ..oci import Descriptor, Index, Manifest, parse_manifest
+from .errors import ClientError
 from .image_store import ImageNotFound, ImageStore, select_platform
-from .layouts import LayoutError, OciLayout, read_docker_archive, write_docker_archive
+from .layouts import LayoutError, OciLayout, check_destination, read_docker_archive, write_docker_archive
 from .progress import Progress
 from .pull import PieceSources, TransferOptions, local_piece_sources, pull_blob
 from .push import PIECE_PUSH_MIN, push_blob
@@ -48,8 +54,13 @@ _STREAM_READ = 4 << 20
 # HEADs of the destination's blobs in flight at once.
 _HEADS = 16
 
-__all__ = ["CopyOptions", "CopyResult", "Endpoint", "copy_image", "file_source", "parse_endpoint",
-           "registry_source"]
+__all__ = ["CopyError", "CopyOptions", "CopyResult", "Endpoint", "check_transport", "copy_image",
+           "file_source", "parse_endpoint", "registry_source"]
+
+
+class CopyError(ClientError, ValueError):
+    """A copy that cannot be done as asked (the destination names something else than
+    what would be written there); the message says what to ask instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +78,36 @@ class Endpoint:
         return f"{self.kind}:{self.path}{':' + self.name if self.name else ''}"
 
 
+# The transports skopeo (containers/image) knows. A name of one is never taken for an
+# image on Docker Hub: ``containers-storage:foo`` pushed to docker.io/library/containers-storage
+# would be a surprise, and a leak.
+SKOPEO_TRANSPORTS = ("docker", "docker-archive", "docker-daemon", "oci", "oci-archive", "dir",
+                     "containers-storage", "sif", "tarball", "ostree")
+SUPPORTED = "docker://REF (or a bare REF), local:REF, oci:DIR[:TAG], docker-archive:FILE[:REF]"
+_SCHEME = re.compile(r"^([a-z][a-z0-9_-]*):(.*)$", re.DOTALL)
+
+
+def check_transport(text: str) -> None:
+    """ValueError when ``text`` starts with a transport pybuild does not read or write:
+    one skopeo knows, or ``NAME:`` followed by a path (``x:/dir``, ``x:./f``), which no
+    image reference is (a tag holds no ``/``, a port only digits)."""
+    m = _SCHEME.match(text)
+    if m is None or text.startswith(("docker://", "local:", "oci:", "docker-archive:")):
+        return
+    name, rest = m.groups()
+    if re.match(r"\d+/", rest):
+        return  # host:port/name, a reference
+    if name == "docker":
+        raise ValueError(f"{text!r}: the docker transport is written docker://REF (or a bare REF)")
+    if name in SKOPEO_TRANSPORTS:
+        raise ValueError(f"unsupported transport {name}; pybuild reads/writes: {SUPPORTED}")
+    if "/" in rest:
+        raise ValueError(f"unknown transport {name} in {text!r}; pybuild reads/writes: {SUPPORTED}")
+
+
 def parse_endpoint(text: str) -> Endpoint:
     """Parse a transport string (see the module docstring); ValueError says what is wrong."""
+    check_transport(text)
     try:
         if text.startswith("docker://"):
             return Endpoint("registry", parse_image_ref(text[len("docker://"):]))
@@ -82,8 +121,12 @@ def parse_endpoint(text: str) -> Endpoint:
             return Endpoint("oci", path=Path(path), name=tag)
         if text.startswith("docker-archive:"):
             path, _, ref = text[len("docker-archive:"):].partition(":")
-            name = str(parse_image_ref(ref)) if ref else None
-            return Endpoint("docker-archive", path=Path(path), name=name)
+            named = parse_image_ref(ref) if ref else None
+            if named is not None and named.digest is not None:
+                # RepoTags (and the old ``repositories`` file) hold name:tag only.
+                raise ValueError(f"docker-archive:{path}:{ref}: the reference does not include a "
+                                 "tag; a docker archive names its images name:tag (drop the @digest)")
+            return Endpoint("docker-archive", path=Path(path), name=str(named) if named else None)
         return Endpoint("registry", parse_image_ref(text))
     except InvalidReference as exc:
         raise ValueError(str(exc)) from exc
@@ -217,6 +260,7 @@ class _Copy:
                 recipes.cancel()
                 await asyncio.gather(recipes, return_exceptions=True)
         media_type, obj = parse_manifest(raw, media_type)
+        top = raw
         children: list[tuple[Descriptor, bytes, Manifest]] = []
         if isinstance(obj, Index):
             if self.options.all_platforms:
@@ -232,6 +276,10 @@ class _Copy:
                 media_type, obj = parse_manifest(raw, media_type)
                 if not isinstance(obj, Manifest):
                     raise LayoutError(f"{self.src}: nested indexes are not supported")
+        self._check_digest(top, raw)
+        if self.dst.kind in ("oci", "docker-archive"):
+            assert self.dst.path is not None
+            check_destination(self.dst.kind, self.dst.path)
         manifests: list[Any] = [c[2] for c in children] or [obj]
         blobs = {d.digest: d for m in manifests for d in m.references()}
         tasks = [asyncio.create_task(self._move(d)) for d in blobs.values()]
@@ -246,6 +294,31 @@ class _Copy:
             raise
         digest = await self._write_manifests(raw, media_type, obj, children)
         return CopyResult(digest, media_type, dict(self.statuses))
+
+    def _check_digest(self, top: bytes, raw: bytes) -> None:
+        """Refuse, before any blob moves, a destination named by a digest that the manifest
+        written there (``raw``: ``top``, or the platform's manifest picked from the index
+        ``top``) does not have: a registry files a manifest under its own digest, so
+        ``repo@X`` would get another manifest than X, and the copy would seem to succeed.
+        The local store names images, not contents: ``local:repo@X`` may also hold the
+        platform's manifest of the index X, as ``pybuild pull repo@X`` records it."""
+        dst = self.dst
+        wanted = dst.ref.digest if dst.ref is not None else None
+        if wanted is None:
+            return
+        written = Digest.of(raw, wanted.algorithm)
+        if written == wanted:
+            return
+        reduced = top is not raw
+        if reduced and dst.kind == "local" and Digest.of(top, wanted.algorithm) == wanted:
+            return
+        if reduced and Digest.of(top, wanted.algorithm) == wanted:
+            hint = (f"add --all-platforms to copy the whole index {wanted}, or name a tag "
+                    f"(or the platform's digest {written})")
+        else:
+            hint = f"name a tag instead, or the digest of what is copied ({written})"
+        what = "the platform's manifest picked from the index" if reduced else "the manifest copied"
+        raise CopyError(f"{dst} names digest {wanted}, but {what} is {written}: {hint}")
 
     async def _move(self, desc: Descriptor) -> None:
         self.statuses[str(desc.digest)] = await self._move_one(desc)
@@ -283,8 +356,18 @@ class _Copy:
                 and self.options.transfer.recipes and await self.store.stat(desc.digest) is None:
             # Asked now, while the blob may still wait for a slot (see prefetch_recipe).
             self.client.prefetch_recipe(src.ref.api_host, src.ref.name, desc.digest)
+        # A blob fetched into the local store on its way to a registry is one task, the
+        # push: reported twice (done/exists or done/pulled, then done/pushed) its bytes
+        # would count as both reused and transferred. A fetch that fails is reported.
+        fetch_progress = Progress("quiet") if dst.kind == "registry" else self.progress
         async with _Slot(self.sem) as slot:
-            status = await self._fetch(desc, slot.release)
+            try:
+                status = await self._fetch(desc, fetch_progress, slot.release)
+            except BaseException as exc:
+                if fetch_progress is not self.progress:
+                    self.progress.start(str(desc.digest), desc.digest.encoded[:12], desc.size)
+                    self.progress.fail(str(desc.digest), exc)
+                raise
             if dst.kind == "oci":
                 assert dst.path is not None
                 await OciLayout(dst.path).export_blob(self.store, desc.digest)
@@ -340,11 +423,12 @@ class _Copy:
         assert src.ref is not None
         return registry_source(self.client, src.ref, desc)
 
-    async def _fetch(self, desc: Descriptor, fetched: Callable[[], None] | None = None) -> str:
+    async def _fetch(self, desc: Descriptor, progress: Progress,
+                     fetched: Callable[[], None] | None = None) -> str:
         src = self.src
         if src.kind == "registry":
             assert src.ref is not None
-            return await pull_blob(self.client, self.images, src.ref, desc, self.progress,
+            return await pull_blob(self.client, self.images, src.ref, desc, progress,
                                    recipes=self.recipes, link=self.link, options=self.options.transfer,
                                    sources=self._piece_sources, fetched=fetched)
         if src.kind == "oci":

@@ -43,12 +43,14 @@ from ..oci import (
     Manifest,
 )
 from .errors import ClientError
+from .refs import InvalidReference, parse_image_ref
 
 __all__ = [
     "DOCKER_LAYER_TAR",
     "REF_NAME",
     "LayoutError",
     "OciLayout",
+    "check_destination",
     "read_docker_archive",
     "write_docker_archive",
 ]
@@ -230,18 +232,65 @@ def _pick(entries: Any, ref: str | None, path: Path) -> dict[str, Any]:
             raise LayoutError(f"{path} holds {len(entries)} images; name one (docker-archive:FILE:REF)")
         return dict(entries[0])
     for entry in entries:
-        if ref in (entry.get("RepoTags") or []):
+        if any(_normalized(tag) == ref for tag in entry.get("RepoTags") or []):
             return dict(entry)
     tags = [t for e in entries for t in e.get("RepoTags") or []]
     raise LayoutError(f"{path} has no image {ref} (it has: {', '.join(tags) or 'untagged images'})")
 
 
+def _normalized(tag: Any) -> str:
+    """A RepoTags entry as :func:`parse_image_ref` spells it: ``docker save`` writes the
+    short form Docker shows (``busybox:latest``), the name asked for is normalised
+    (``docker.io/library/busybox:latest``), and both name the same image."""
+    try:
+        return str(parse_image_ref(str(tag)))
+    except InvalidReference:
+        return str(tag)
+
+
+def check_destination(kind: str, path: Path) -> None:
+    """LayoutError naming the destination and what to name instead when ``path`` cannot be
+    an OCI layout (``oci``) or a docker archive (``docker-archive``): checked before any
+    blob moves, where the OS would say only ``[Errno 21] Is a directory: ...tmp``."""
+    if kind == "docker-archive":
+        if path.is_dir():
+            raise LayoutError(f"docker-archive:{path} is a directory: name the archive file to "
+                              f"write (docker-archive:{path / 'image.tar'})")
+        if not path.parent.is_dir():
+            raise LayoutError(f"docker-archive:{path}: directory {path.parent} does not exist; "
+                              "create it, or name a file in a directory that exists")
+    elif kind == "oci":
+        if path.exists() and not path.is_dir():
+            raise LayoutError(f"oci:{path} is a file, not a directory: an OCI layout is a directory; "
+                              "name a new or existing layout directory (oci:DIR[:TAG])")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise LayoutError(f"oci:{path}: {parent} is a file, not a directory; name a "
+                                      "layout directory whose parents are directories")
+                break
+
+
 async def write_docker_archive(path: Path, ref: str | None, manifest: Manifest, store: Store) -> None:
-    """Write ``manifest``'s image as a ``docker load``-able tar (replacing ``path``)."""
+    """Write ``manifest``'s image as a ``docker load``-able tar (replacing ``path``). It is
+    written to ``<path>.tmp`` and renamed: a failed write leaves neither a partial
+    archive nor the temporary file."""
+    check_destination("docker-archive", path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        await _write_archive(path, tmp, ref, manifest, store)
+    except BaseException as exc:
+        await asyncio.to_thread(tmp.unlink, missing_ok=True)
+        if isinstance(exc, (IsADirectoryError, NotADirectoryError, FileNotFoundError)):
+            raise LayoutError(f"cannot write docker-archive:{path}: {exc.strerror}: name a file in "
+                              "a directory that exists") from exc
+        raise
+
+
+async def _write_archive(path: Path, tmp: Path, ref: str | None, manifest: Manifest, store: Store) -> None:
     config_name = f"{manifest.config.digest.encoded}.json"
     layer_names = [f"{d.digest.encoded}/layer.tar" for d in manifest.layers]
     index = [{"Config": config_name, "RepoTags": [ref] if ref else [], "Layers": layer_names}]
-    tmp = path.with_name(path.name + ".tmp")
     f = await asyncio.to_thread(open, tmp, "wb")
     try:
         async def add(name: str, size: int, chunks: Any) -> None:

@@ -4,9 +4,12 @@ One :class:`Progress` per operation; tasks are keyed by a short id (e.g. a blob 
 
     progress.start(key, label, total)      a task begins (total bytes, or 0 if unknown)
     progress.advance(key, n, reused=False) n bytes done: transferred, or reused locally
-    progress.finish(key, status)           "done", "exists", "mounted", "failed: ..."
+    progress.finish(key, status)           "done", "exists", "mounted", ...
                                            ("exists"/"mounted": the destination had the
                                            blob; its bytes count as reused)
+    progress.fail(key, exc)                "failed" with the error's message, or
+                                           "interrupted" when it was cancelled (another
+                                           task failed, or Ctrl-C)
     progress.close()                       final summary; returns it as a dict
 
 Modes: ``tty`` redraws one line per active task plus a totals line (at most 10 times a
@@ -18,6 +21,7 @@ loop only (no locking).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -88,7 +92,16 @@ class Progress:
                         "reused": task.reused})
         self._draw()
 
-    def finish(self, key: str, status: str = "done") -> None:
+    def fail(self, key: str, exc: BaseException) -> None:
+        """The task ended with ``exc``: ``failed`` and why, unless it was only stopped
+        (cancelled because another task failed, or interrupted): a JSON reader tells the
+        blob that broke the transfer from the ones that stopped with it."""
+        if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+            self.finish(key, "interrupted")
+        else:
+            self.finish(key, "failed", " ".join(str(exc).split()) or type(exc).__name__)
+
+    def finish(self, key: str, status: str = "done", message: str | None = None) -> None:
         task = self.tasks.get(key)
         if task is None:
             return
@@ -101,11 +114,16 @@ class Progress:
             task.reused += rest
             self.reused += rest
         if self.mode == "json":
-            self._emit({"event": "done", "id": key, "status": status, "bytes": task.done,
-                        "reused": task.reused, "total": task.total})
+            doc: dict[str, Any] = {"event": "done", "id": key, "status": status, "bytes": task.done,
+                                   "reused": task.reused, "total": task.total}
+            if message is not None:
+                doc["message"] = message
+            self._emit(doc)
         elif self.mode == "plain":
             extra = f", {human_bytes(task.reused)} reused" if task.reused else ""
-            self._line(f"{task.label}: {status} ({human_bytes(task.done - task.reused)} transferred{extra})")
+            why = f": {message}" if message is not None else ""
+            self._line(f"{task.label}: {status} ({human_bytes(task.done - task.reused)} "
+                       f"transferred{extra}){why}")
         self._draw(force=True)
 
     def message(self, text: str) -> None:

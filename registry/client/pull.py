@@ -108,14 +108,14 @@ async def pull_blob(
     except (DigestMismatch, SizeMismatch) as exc:
         if sink.recorded:
             await images.set_pending_pull(desc.digest, None)
-        progress.finish(key, "failed")
-        raise BlobError(
+        error = BlobError(
             f"blob {desc.digest} from {src.repository} does not match its digest ({exc}); "
-            "nothing was kept - the registry serves corrupt data, tell its operator"
-        ) from exc
-    except BlobError:
+            "nothing was kept - the registry serves corrupt data, tell its operator")
+        progress.fail(key, error)
+        raise error from exc
+    except BlobError as exc:
         await _drop(images, sink)
-        progress.finish(key, "failed")
+        progress.fail(key, exc)
         raise
     except BaseException as exc:
         # Keep what arrived for the next attempt (resume), unless the ingest is unusable;
@@ -125,14 +125,14 @@ async def pull_blob(
         with contextlib.suppress(Exception):
             await asyncio.shield(images.finish(
                 _drop(images, sink) if ing.assembled else sink.checkpoint()))
-        progress.finish(key, "interrupted")
         if isinstance(exc, (TransportError, RegistryError, WireError, asyncio.TimeoutError,
                             SourceFailed)):
             again = ("again (it fetches only the pieces still missing)" if ing.assembled
                      else f"again to resume from byte {ing.offset}")
-            raise BlobError(
-                f"blob {desc.digest} from {src.repository}: {exc}; run the command {again}"
-            ) from exc
+            error = BlobError(f"blob {desc.digest} from {src.repository}: {exc}; run the command {again}")
+            progress.fail(key, error)
+            raise error from exc
+        progress.fail(key, exc)
         raise
     if sink.recorded:
         await images.set_pending_pull(desc.digest, None)

@@ -124,8 +124,8 @@ async def push_blob(
         try:
             status = await push_pieces(client, images, dst, desc, progress, bases, options,
                                        uploads=uploads)
-        except BaseException:
-            progress.finish(key, "interrupted")
+        except BaseException as exc:
+            progress.fail(key, exc)
             raise
         if status is not None:
             progress.finish(key, status)
@@ -164,10 +164,10 @@ async def _push_whole(
             await _send(client, images, host, name, digest, size, session, session_key,
                         progress, options, read, verify=verify)
             break
-        except BlobError:
+        except BlobError as exc:
             # The source is wrong (not the transfer): nothing to resume.
             await images.set_pending_push(session_key, None)
-            progress.finish(key, "failed")
+            progress.fail(key, exc)
             raise
         except (RegistryError, *_BROKEN) as exc:
             refused = isinstance(exc, RegistryError) and exc.status < 500
@@ -179,7 +179,7 @@ async def _push_whole(
                 await images.set_pending_push(session_key, session.location)
                 continue
             if attempt == options.retries or refused:
-                progress.finish(key, "interrupted")
+                progress.fail(key, exc)
                 raise
         await asyncio.sleep(0.1 * 2**attempt)
         attempt += 1

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -75,6 +77,11 @@ def _unreachable(exc: _NoConnection) -> Unreachable:
                              f"registry running, and is {host} its address and port?")
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """The request had no answer in time (not: the connection broke, or was refused)."""
+    return isinstance(exc, TimeoutError) or isinstance(exc.__cause__, TimeoutError)
+
+
 def pull_scope(name: str) -> str:
     return f"repository:{name}:pull"
 
@@ -97,6 +104,24 @@ class ClientOptions:
     # Loopback registries are insecure registries (Docker's default); False treats them
     # like any other host (certificates verified, no plain HTTP).
     loopback_insecure: bool = True
+    # A request with no answer in read_timeout seconds is retried (retries times).
+    read_timeout: float = 120
+    # Told "waiting for HOST (no answer for N s ...)" every notice_after seconds while a
+    # host answers none of the requests waiting on it, and when one is retried for that:
+    # a registry that accepts connections and never answers would otherwise keep a
+    # command silent for minutes.
+    notice: Callable[[str], None] | None = field(default=None, compare=False)
+    notice_after: float = 30
+
+
+@dataclass(slots=True)
+class _Silence:
+    """The requests waiting for one host's answer, and since when it has answered none."""
+
+    waiting: int = 0
+    since: float = 0.0
+    failing: bool = False  # the last request ended without an answer: the silence goes on
+    watcher: asyncio.Task[None] | None = None
 
 
 class RegistrySession:
@@ -112,6 +137,7 @@ class RegistrySession:
         self._reached: set[str] = set()  # hosts that have answered a request
         self._gates: dict[str, asyncio.Lock] = {}  # one request at a time until then
         self._base_lock = asyncio.Lock()
+        self._silences: dict[str, _Silence] = {}
         verify: Any = None
         if not self.options.tls_verify:
             verify = False
@@ -126,6 +152,10 @@ class RegistrySession:
         await self.close()
 
     async def close(self) -> None:
+        watchers = [s.watcher for s in self._silences.values() if s.watcher is not None]
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
         if self._wire is not None:
             self._wire.close()
             self._wire = None
@@ -134,7 +164,8 @@ class RegistrySession:
     def wire(self) -> Wire:
         """The connections every request goes on (see :meth:`_send`)."""
         if self._wire is None:
-            self._wire = Wire(connect_timeout=30, read_timeout=120, idle=self.options.connections)
+            self._wire = Wire(connect_timeout=min(30, self.options.read_timeout),
+                              read_timeout=self.options.read_timeout, idle=self.options.connections)
         return self._wire
 
     def auth(self, host: str) -> HostAuth:
@@ -207,11 +238,17 @@ class RegistrySession:
             try:
                 resp = await self._transmit(method, url, send_headers, params, data)
             except (TimeoutError, WireError) as exc:
+                # A WireError names the request already.
+                what = str(exc) if isinstance(exc, WireError) else f"{method} {url}: {exc or type(exc).__name__}"
                 if attempt >= retries:
                     raise TransportError(
-                        f"{method} {url}: {exc or type(exc).__name__} (after {attempt + 1} "
-                        "attempts); check that the registry is running and reachable"
+                        f"{what} (after {attempt + 1} attempts); check that the registry is "
+                        "running and reachable"
                     ) from exc
+                if self.options.notice is not None and _timed_out(exc):
+                    self.options.notice(
+                        f"waiting for {urlsplit(url).netloc} (no answer in "
+                        f"{self.options.read_timeout:g} s; retrying, attempt {attempt + 2} of {retries + 1})")
                 await asyncio.sleep(self.options.backoff * 2**attempt)
                 attempt += 1
                 continue
@@ -259,9 +296,12 @@ class RegistrySession:
             while True:
                 if netloc in self._down:
                     raise self._down[netloc]
+                silence = self._waiting(netloc)
+                answered = False
                 try:
                     resp = await self.wire.send(method, url, headers, params, self._ssl_for(url),
                                                 data)
+                    answered = True
                 except WireError as exc:
                     if not isinstance(exc, _NoConnection):
                         # Connected, then the request broke (such as the TLS probe of a
@@ -275,11 +315,41 @@ class RegistrySession:
                         continue
                     self._down[netloc] = _unreachable(exc)
                     raise self._down[netloc] from exc
+                finally:
+                    self._done_waiting(silence, answered)
                 self._reached.add(netloc)
                 return resp
         finally:
             if gate is not None:
                 gate.release()
+
+    def _waiting(self, netloc: str) -> _Silence:
+        """A request to ``netloc`` now waits for its answer (see ``ClientOptions.notice``)."""
+        silence = self._silences.setdefault(netloc, _Silence())
+        if silence.waiting == 0 and not silence.failing:
+            silence.since = time.monotonic()
+        silence.waiting += 1
+        if self.options.notice is not None and (silence.watcher is None or silence.watcher.done()):
+            silence.watcher = asyncio.ensure_future(self._watch(netloc, silence))
+        return silence
+
+    @staticmethod
+    def _done_waiting(silence: _Silence, answered: bool) -> None:
+        silence.waiting -= 1
+        silence.failing = not answered
+        if answered:
+            silence.since = time.monotonic()
+
+    async def _watch(self, netloc: str, silence: _Silence) -> None:
+        every, notice = self.options.notice_after, self.options.notice
+        assert notice is not None
+        while silence.waiting > 0:
+            quiet_for = time.monotonic() - silence.since
+            # At the next whole multiple of `every` of silence (an answer meanwhile moves it).
+            await asyncio.sleep(max(0.01, every * (quiet_for // every + 1) - quiet_for))
+            quiet_for = time.monotonic() - silence.since
+            if silence.waiting > 0 and quiet_for >= every:
+                notice(f"waiting for {netloc} (no answer for {quiet_for:.0f} s; still trying)")
 
     async def _fetch(self, url: str, params: list[tuple[str, str]],
                      headers: dict[str, str]) -> tuple[int, bytes]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from click.testing import CliRunner
 from builder.cli import main
 from registry.client.image_store import ImageStore
 
+from .conftest import free_port
 from .helpers import simple_image, store_image
 
 
@@ -92,3 +96,35 @@ def test_login_and_logout(runner: CliRunner, distribution: str, tmp_path: Path) 
     assert out.exit_code == 0, out.output
     assert distribution not in json.loads((tmp_path / "docker" / "config.json").read_text())["auths"]
     assert runner.invoke(main, ["logout", distribution]).exit_code != 0
+
+
+def test_a_failed_command_run_with_json_ends_with_an_error_event_on_stdout(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    storage = ["--storage", str(tmp_path / "s")]
+    for args, code, words in (
+        (["pull", "--json", f"127.0.0.1:{free_port()}/x:1"], 1, "cannot connect to registry"),
+        (["push", "--json", "nosuch/local:image", "127.0.0.1:1/x:1"], 1, "no local image"),
+        (["copy", "--json", "local:x:1", "containers-storage:foo"], 2, "unsupported transport"),
+        (["pull", "--jobs", "0", "--json", "x:1"], 2, "--jobs"),
+    ):
+        out = runner.invoke(main, [*args, *storage])
+        assert out.exit_code == code, out.output
+        event = json.loads(out.stdout.splitlines()[-1])
+        assert event["event"] == "error" and event["exit_code"] == code and words in event["message"]
+        assert out.stderr.startswith(f"Error: {event['message']}")
+        plain = runner.invoke(main, [a for a in args if a != "--json"] + storage)
+        assert plain.exit_code == code and plain.stdout == ""
+
+
+def test_a_listing_whose_reader_went_away_ends_quietly_as_other_clis_do(tmp_path: Path) -> None:
+    seed(tmp_path / "s", "localhost/quiet:1")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "images", "--storage", str(tmp_path / "s")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `| head -0` does, before the table is written
+    with proc.stderr:
+        stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141  # 128 + SIGPIPE
+    assert stderr == b""

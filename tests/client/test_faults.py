@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -426,3 +428,28 @@ async def test_a_pull_cancelled_twice_keeps_what_arrived_and_closes_cleanly(
         ingest = await images.store.resume_ingest(pending)
         assert ingest.offset > 0
         await ingest.abort()
+
+
+async def test_a_blob_that_failed_is_reported_failed_with_its_error_not_interrupted(
+    registry_host: str, make_proxy: Any, images: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    image = simple_image(23, (300_000,))
+    await publish(registry_host, "faults/reported", image, tmp_path, client)
+    digest, _ = big_layer(image)
+
+    def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
+        if digest.encoded in request.path and sent == 0:
+            return bytes([chunk[0] ^ 1]) + chunk[1:]
+        return chunk
+
+    _, host = await make_proxy(registry_host, fault=fault)
+    events = io.StringIO()
+    one_at_a_time = CopyOptions(jobs=1, transfer=dataclasses.replace(SMALL_PARTS, window=1))
+    with pytest.raises(BlobError):
+        await copy_image(parse_endpoint(f"{host}/faults/reported:v1"),
+                         parse_endpoint(f"local:{host}/faults/reported:v1"), images, client,
+                         Progress("json", events), one_at_a_time)
+    done = {e["id"]: e for e in map(json.loads, events.getvalue().splitlines()) if e["event"] == "done"}
+    assert done[str(digest)]["status"] == "failed"
+    assert "does not match its digest" in done[str(digest)]["message"]
+    assert all("message" not in e for key, e in done.items() if key != str(digest))

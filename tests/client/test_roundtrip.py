@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import uuid
 from pathlib import Path
 
@@ -9,11 +11,12 @@ import pytest
 
 from cas import Digest
 from registry import oci
-from registry.client.copy import CopyOptions, Endpoint, copy_image, parse_endpoint
+from registry.client.copy import CopyError, CopyOptions, Endpoint, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
 from registry.client.refs import parse_image_ref
 from registry.client.remote import RegistryClient
+from registry.errors import RegistryError
 
 from .helpers import make_index, simple_image, store_image
 
@@ -184,3 +187,61 @@ def test_parse_endpoint() -> None:
     assert parse_endpoint("docker://localhost:5000/a").kind == "registry"
     with pytest.raises(ValueError, match="tag"):
         parse_endpoint("localhost:5000/a:b!c")
+
+
+async def test_a_destination_named_by_digest_gets_that_manifest_or_the_copy_is_refused(
+    registry_host: str, images: ImageStore, images2: ImageStore, client: RegistryClient
+) -> None:
+    amd, arm = simple_image(10, (30_000,)), simple_image(11, (30_000,))
+    index = make_index([(amd, "amd64"), (arm, "arm64")])
+    for img in (amd, arm):
+        await store_image(images, f"localhost/p:{img.digest.encoded[:8]}", img)
+    await images.put("localhost/multi:1", index)
+    idx = Digest.of(index)
+    src = unique(registry_host)
+    await copy("local:localhost/multi:1", src, images, client, all_platforms=True)
+    repo = src.rpartition(":")[0] + "x"
+
+    # One platform of the index is not the index: nothing is written under its digest.
+    with pytest.raises(CopyError, match="--all-platforms"):
+        await copy(f"{repo[:-1]}@{idx}", f"{repo}@{idx}", images2, client)
+    with pytest.raises(RegistryError):
+        await client.get_manifest(parse_image_ref(f"{repo}@{idx}"))
+    with pytest.raises(CopyError, match=f"name a tag instead, or the digest of what is copied \\({amd.digest}\\)"):
+        await copy("local:localhost/multi:1", f"{repo}@{arm.digest}", images, client)
+    with pytest.raises(CopyError, match="names digest"):
+        await copy(f"local:localhost/p:{amd.digest.encoded[:8]}", f"local:localhost/q@{arm.digest}",
+                   images, client)
+
+    # What matches the digest is written.
+    every = await copy(f"{repo[:-1]}@{idx}", f"{repo}@{idx}", images2, client, all_platforms=True)
+    assert every.digest == idx
+    one = await copy(f"{repo[:-1]}@{idx}", f"{repo}@{arm.digest}", images2, client, platform="linux/arm64")
+    assert one.digest == arm.digest
+    _, _, digest = await client.get_manifest(parse_image_ref(f"{repo}@{arm.digest}"))
+    assert digest == arm.digest
+    # A pull by the index's digest records the platform's image under that name.
+    pulled = await copy(f"{repo}@{idx}", f"local:{repo}@{idx}", images2, client)
+    assert pulled.digest == amd.digest
+
+
+async def test_a_registry_to_registry_copy_reports_each_blob_once_and_its_bytes_once(
+    distribution: str, pybuild_registry: str, images: ImageStore, client: RegistryClient
+) -> None:
+    image = simple_image(12, (120_000, 40_000))
+    ref = unique(distribution)
+    await store_image(images, ref, image)  # the local store holds every blob
+    await copy(f"local:{ref}", ref, images, client)
+    for dst in (unique(pybuild_registry), unique(distribution.replace("127.0.0.1", "localhost"))):
+        events = io.StringIO()
+        progress = Progress("json", events)
+        await copy_image(parse_endpoint(ref), parse_endpoint(dst), images, client, progress, CopyOptions())
+        progress.close()
+        docs = [json.loads(line) for line in events.getvalue().splitlines()]
+        starts = [d["id"] for d in docs if d["event"] == "start"]
+        done = [d["id"] for d in docs if d["event"] == "done"]
+        assert sorted(starts) == sorted(done) == sorted(image.blob_digests()), dst
+        summary = docs[-1]
+        assert summary["event"] == "summary" and summary["tasks"] == 3
+        assert summary["transferred"] + summary["reused"] == sum(
+            len(b) for b in (image.config, *image.layers))

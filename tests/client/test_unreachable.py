@@ -15,6 +15,8 @@ from click.testing import CliRunner
 
 from builder.cli import main
 from registry.client.image_store import ImageStore
+from registry.client.refs import parse_image_ref
+from registry.client.remote import ClientOptions, RegistryClient, TransportError
 
 from .conftest import free_port
 from .helpers import simple_image, store_image
@@ -89,3 +91,25 @@ def test_a_name_that_does_not_resolve_is_not_retried(
     assert line.endswith("check the registry's host name, and the DNS set-up")
     assert connects[UNRESOLVABLE] == 1, connects
     assert took < 10
+
+
+@pytest.fixture
+def blackhole() -> Any:
+    """host:port of a socket that takes connections and never answers."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+
+
+async def test_a_registry_that_never_answers_is_reported_while_waiting_and_named_once(blackhole: str) -> None:
+    told: list[str] = []
+    options = ClientOptions(retries=1, backoff=0.01, read_timeout=0.6, notice=told.append, notice_after=0.25)
+    async with RegistryClient(options) as client:
+        with pytest.raises(TransportError) as failure:
+            await client.get_manifest(parse_image_ref(f"{blackhole}/x:1"))
+    message = str(failure.value)
+    assert message.count("GET http://") == 1, message
+    assert message.startswith(f"GET http://{blackhole}/v2/x/manifests/1: timed out (after 2 attempts)")
+    assert any(t.startswith(f"waiting for {blackhole} (no answer for ") for t in told), told
+    assert f"waiting for {blackhole} (no answer in 0.6 s; retrying, attempt 2 of 2)" in told
