@@ -38,10 +38,17 @@ from typing import Any
 from cas import Digest
 from cas.holders import HolderKind, image_holder, parse_holder
 
-from ..oci import Descriptor, Index, Manifest, parse_manifest
+from ..oci import OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest, parse_manifest
 from .errors import ClientError
 from .image_store import ImageNotFound, ImageStore, select_platform
-from .layouts import LayoutError, OciLayout, check_destination, read_docker_archive, write_docker_archive
+from .layouts import (
+    LayoutError,
+    OciLayout,
+    as_oci,
+    check_destination,
+    read_docker_archive,
+    write_docker_archive,
+)
 from .progress import Progress
 from .pull import PieceSources, TransferOptions, local_piece_sources, pull_blob
 from .push import PIECE_PUSH_MIN, push_blob
@@ -472,8 +479,18 @@ class _Copy:
         elif dst.kind == "oci":
             assert dst.path is not None
             layout = OciLayout(dst.path)
+            converted: dict[str, tuple[str, int]] = {}
             for entry, child_raw, _ in children:
-                await layout.write_bytes(entry.digest, child_raw)
+                child = as_oci(child_raw)
+                child_digest = Digest.of(child)
+                converted[str(entry.digest)] = (str(child_digest), len(child))
+                await layout.write_bytes(child_digest, child)
+            oci_raw = as_oci(raw, converted)
+            if oci_raw is not raw:
+                was, raw, digest = digest, oci_raw, Digest.of(oci_raw)
+                media_type = OCI_INDEX if isinstance(obj, Index) else OCI_MANIFEST
+                self.progress.message(f"{dst}: the Docker manifest is written as OCI, as an OCI "
+                                      f"layout holds: digest {digest} (was {was})")
             await layout.write_bytes(digest, raw)
             await layout.tag(Descriptor(media_type, digest, len(raw)), dst.name)
         else:

@@ -32,10 +32,15 @@ from cas import Digest, DigestMismatch, Store
 
 from ..oci import (
     DOCKER_CONFIG,
+    DOCKER_FOREIGN_LAYER,
     DOCKER_LAYER,
     DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
     OCI_CONFIG,
     OCI_INDEX,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_NONDISTRIBUTABLE_GZIP,
     OCI_LAYER_ZSTD,
     OCI_MANIFEST,
     Descriptor,
@@ -50,6 +55,7 @@ __all__ = [
     "REF_NAME",
     "LayoutError",
     "OciLayout",
+    "as_oci",
     "check_destination",
     "read_docker_archive",
     "write_docker_archive",
@@ -62,6 +68,39 @@ _CHUNK = 4 << 20
 
 class LayoutError(ClientError):
     """A layout or archive that is missing, malformed or holds the wrong bytes."""
+
+
+# Docker schema 2 media types and the OCI types an OCI layout holds instead.
+_OCI_TYPES = {
+    DOCKER_MANIFEST: OCI_MANIFEST,
+    DOCKER_MANIFEST_LIST: OCI_INDEX,
+    DOCKER_CONFIG: OCI_CONFIG,
+    DOCKER_LAYER: OCI_LAYER_GZIP,
+    DOCKER_LAYER_TAR: OCI_LAYER,
+    DOCKER_FOREIGN_LAYER: OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+}
+
+
+def as_oci(raw: bytes, children: dict[str, tuple[str, int]] | None = None) -> bytes:
+    """A Docker schema 2 manifest (or manifest list) ``raw`` as the OCI manifest (index)
+    it corresponds to: the same config and layers under OCI media types, every other
+    field kept; ``raw`` itself when it is OCI already. ``children``: for a list, the
+    digest and size each entry (by old digest) has after its own conversion.
+
+    An OCI image layout holds OCI types: skopeo, podman and umoci find no image behind a
+    Docker one, so copying to ``oci:`` converts, as ``skopeo copy`` does (the manifest's
+    digest changes; the blobs are the same)."""
+    doc = json.loads(raw)
+    if doc.get("mediaType") not in (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST):
+        return raw
+    doc["mediaType"] = _OCI_TYPES[doc["mediaType"]]
+    for desc in [doc.get("config") or {}, *(doc.get("layers") or []), *(doc.get("manifests") or [])]:
+        kind = desc.get("mediaType")
+        if kind in _OCI_TYPES:
+            desc["mediaType"] = _OCI_TYPES[kind]
+        if children and desc.get("digest") in children:
+            desc["digest"], desc["size"] = children[desc["digest"]]
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 class OciLayout:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -17,8 +19,9 @@ from registry.client.progress import Progress
 from registry.client.refs import parse_image_ref
 from registry.client.remote import RegistryClient
 from registry.errors import RegistryError
+from testkit.tools import require_tool
 
-from .helpers import make_index, simple_image, store_image
+from .helpers import make_image, make_index, random_bytes, simple_image, store_image
 
 
 def unique(host: str, tag: str = "v1") -> str:
@@ -245,3 +248,41 @@ async def test_a_registry_to_registry_copy_reports_each_blob_once_and_its_bytes_
         assert summary["event"] == "summary" and summary["tasks"] == 3
         assert summary["transferred"] + summary["reused"] == sum(
             len(b) for b in (image.config, *image.layers))
+
+
+async def test_a_docker_image_goes_into_an_oci_layout_as_oci_that_skopeo_reads(
+    images: ImageStore, images2: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    # An OCI layout holds OCI types: skopeo, podman and umoci find no image behind a
+    # Docker one. The manifest and the list are converted (new digests), the blobs not.
+    amd, arm = (make_image([[random_bytes(20_000, 70 + i)]], arch=arch, media_type=oci.DOCKER_MANIFEST)
+                for i, arch in enumerate(("amd64", "arm64")))
+    for img in (amd, arm):
+        await store_image(images, f"localhost/docker/{img.digest.encoded[:8]}:1", img)
+    listed = json.loads(make_index([(amd, "amd64"), (arm, "arm64")]))
+    listed["mediaType"] = oci.DOCKER_MANIFEST_LIST
+    for entry in listed["manifests"]:
+        entry["mediaType"] = oci.DOCKER_MANIFEST
+    await images.put("localhost/docker/list:1", json.dumps(listed).encode())
+    for src, tag, every in (("list", "all", True), (amd.digest.encoded[:8], "one", False)):
+        layout = tmp_path / "layout"
+        out = await copy(f"local:localhost/docker/{src}:1", f"oci:{layout}:{tag}", images, client,
+                         all_platforms=every)
+        index = oci.Index.parse((layout / "index.json").read_bytes())
+        entry = next(d for d in index.manifests
+                     if d.annotations == {"org.opencontainers.image.ref.name": tag})
+        assert entry.media_type == (oci.OCI_INDEX if every else oci.OCI_MANIFEST)
+        assert entry.digest == out.digest != (Digest.of(json.dumps(listed).encode()) if every else amd.digest)
+        inspected = json.loads(await asyncio.to_thread(
+            subprocess.check_output, [require_tool("skopeo"), "inspect", "--raw", f"oci:{layout}:{tag}"]))
+        assert inspected["mediaType"] == entry.media_type
+        if every:
+            assert {m["mediaType"] for m in inspected["manifests"]} == {oci.OCI_MANIFEST}
+        config = json.loads(await asyncio.to_thread(subprocess.check_output, [
+            require_tool("skopeo"), "inspect", "--config", "--raw", f"oci:{layout}:{tag}"]))
+        assert config["architecture"] == "amd64"
+        # pybuild reads it back: the amd64 image, its layer the same blob.
+        await copy(f"oci:{layout}:{tag}", f"local:localhost/back:{tag}", images2, client)
+        manifest, _ = await images2.get(f"localhost/back:{tag}")
+        assert [d.digest for d in manifest.layers] == [Digest.of(amd.layers[0])]
+        assert [d.media_type for d in manifest.layers] == [oci.OCI_LAYER_GZIP]
