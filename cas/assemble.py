@@ -444,7 +444,15 @@ class PieceIngest(IngestPieces):
             actual = blake3.blake3(data).hexdigest()
             if actual != key:
                 raise PieceMismatch(i, key, actual)
-        self._store_checkpointed([memoryview(d) for _, d in pieces], sum(len(d) for _, d in pieces))
+        # A piece sent again (in this batch or an earlier one) adds no bytes: what the
+        # session holds, and the upload limits that count them, grow only by new pieces.
+        known, received = set(), 0
+        for key, data in pieces:
+            raw = bytes.fromhex(key)
+            if raw not in known and raw not in self._new and raw not in self._held:
+                known.add(raw)
+                received += len(data)
+        self._store_checkpointed([memoryview(d) for _, d in pieces], received)
 
     def _store_checkpointed(self, pieces: list[memoryview] | list[bytes], received: int = 0) -> None:
         """Store ``pieces`` (``received`` more bytes came from the client) and checkpoint,

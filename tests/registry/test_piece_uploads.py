@@ -580,3 +580,18 @@ async def test_a_body_cut_half_way_keeps_nothing_and_the_session_goes_on(client:
     assert (await send(client, location, blob, pieces, [0, 1])).status == 202
     body = plan(blob, pieces)
     assert (await client.put(f"{location}?digest={Digest.of(blob)}", data=body)).status == 201
+
+
+async def test_a_piece_sent_again_adds_no_bytes_to_the_session(client: TestClient) -> None:
+    # The session's bytes (its status, and what the upload limits count) grow by the
+    # pieces it did not hold yet: sending one piece sixteen times is one piece's bytes.
+    blob, pieces = layer([900, 901])
+    resp = await start(client, "team/dup", plan(blob, pieces))
+    location = resp.headers["Location"]
+    for _ in range(8):
+        assert (await send(client, location, blob, pieces, [0, 0])).status == 202
+    assert await (await client.get(location)).json() == {"pieces": 1, "bytes": pieces[0][1]}
+    assert (await send(client, location, blob, pieces, [1, 0])).status == 202
+    assert await (await client.get(location)).json() == {"pieces": 2, "bytes": len(blob)}
+    resp = await client.put(f"{location}?digest={Digest.of(blob)}", data=plan(blob, pieces))
+    assert resp.status == 201, await resp.text()
