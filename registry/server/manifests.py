@@ -44,6 +44,7 @@ from ..oci import (
     parse_manifest,
 )
 from .metadata import ManifestRecord, ManifestsMissing
+from .recipes import put_into
 from .state import BYTES_RECEIVED, DELETED_TAGS, REGISTRY, CachedManifest, Registry
 
 __all__ = ["MAX_MANIFEST_BYTES", "delete_manifest", "get_manifest", "put_manifest"]
@@ -243,9 +244,10 @@ async def _commit(
     nothing written, rather than leave a manifest whose blob is missing."""
     h = repository_holder(name)
     # Stored unlinked first: invisible until linked, and collected by GC if we stop here.
+    # With the repository's own recipe of each (registry.server.recipes).
     for d, content in carried:
-        await reg.store.put(content, expected=d.digest, algorithm=d.digest.algorithm)
-    await reg.store.put(body, expected=digest, algorithm=digest.algorithm)
+        await put_into(reg, name, content, d.digest)
+    await put_into(reg, name, body, digest)
     wanted = [Digest.parse(r) for r in record.references or ()]
     try:
         added = await reg.store.link_all(h, [*wanted, *(d.digest for d, _ in carried), digest])

@@ -24,7 +24,7 @@ from cas import Digest
 
 from .state import Registry, holder
 
-__all__ = ["commit_into", "mount_recipe", "recipe_in"]
+__all__ = ["commit_into", "mount_recipe", "put_into", "recipe_in", "record_own"]
 
 
 async def commit_into(reg: Registry, name: str, digest: Digest, ingest: Any) -> None:
@@ -33,11 +33,31 @@ async def commit_into(reg: Registry, name: str, digest: Digest, ingest: Any) -> 
     one, when the store's recipe is this push's cut): ``name``'s recipe is its last
     push's, whatever the store held before (``BlobUnknown`` if GC took the blob since,
     which only a blob no repository holds can be)."""
+    await record_own(reg, name, digest, ingest)
+    await reg.store.link(holder(name), digest)
+
+
+async def record_own(reg: Registry, name: str, digest: Digest, ingest: Any) -> None:
+    """Record ``ingest``'s own cut of ``digest`` (just committed, not yet linked into
+    ``name``) as ``name``'s recipe of it, or forget an earlier one when the store's
+    recipe is this push's cut."""
     own = getattr(ingest, "own_recipe", None)
     # Mostly there is nothing to forget: a read then, not a write transaction.
     if own is not None or await reg.meta.blob_recipe(name, str(digest)) is not None:
         await reg.meta.set_blob_recipe(name, str(digest), own)
-    await reg.store.link(holder(name), digest)
+
+
+async def put_into(reg: Registry, name: str, data: bytes, digest: Digest) -> None:
+    """Store ``data`` (a manifest, or a blob it carries) as ``digest``, unlinked, with
+    ``name``'s recipe of it recorded as :func:`commit_into` does; the caller links it."""
+    ingest = await reg.store.begin_ingest(algorithm=digest.algorithm)
+    try:
+        await ingest.write(data)
+    except BaseException:
+        await ingest.abort()
+        raise
+    await ingest.commit(digest)
+    await record_own(reg, name, digest, ingest)
 
 
 async def mount_recipe(reg: Registry, source: str, name: str, digest: Digest) -> None:

@@ -497,6 +497,37 @@ async def test_no_oracle_in_the_recipe_of_a_blob_the_caller_pushed(
     assert here[16][2][0] == 201 and again == _thirds(secret)
 
 
+async def test_no_oracle_in_the_recipe_of_a_manifest_the_caller_pushed(
+    make_client: MakeClient, tmp_path: Path,
+) -> None:
+    # The same for a manifest: admin pushed its bytes as a blob cut in thirds; alice
+    # pushes them as her manifest and reads its recipe, the same in both registries.
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.note",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
+                   "digest": str(Digest.of(b"{}")), "data": "e30="},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
+                    "digest": str(Digest.of(b"{}")), "data": "e30="}],
+        "annotations": {"note": "x" * 3000},
+    }).encode()
+    seen = []
+    for name in ("with", "without"):
+        client = await _token_registry(make_client, tmp_path, f"manifest-{name}")
+        if name == "with":
+            admin = await _token(client, "admin", "repository:secret/vault:*")
+            assert (await _piece_push(client, "secret/vault", manifest, _thirds(manifest), admin))[2][0] == 201
+        auth = await _token(client, "alice", "repository:team/notes:pull,push")
+        resp = await client.put("/v2/team/notes/manifests/v1", data=manifest, headers={
+            **auth, "Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+        assert resp.status == 201, await resp.text()
+        resp = await client.get(f"/v2/team/notes/_pybuild/blob/recipe?digest={Digest.of(manifest)}",
+                                headers=auth)
+        seen.append((resp.status, await resp.json()))
+    assert seen[0] == seen[1]
+    assert len(seen[0][1]["pieces"]) == 1  # the registry's cut of her push, not admin's thirds
+
+
 async def test_no_resume_from_kept_states_of_a_base_the_caller_cannot_pull(
     make_client: MakeClient, tmp_path: Path,
 ) -> None:
