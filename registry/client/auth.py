@@ -209,6 +209,11 @@ def lookup_credentials(host: str) -> Credentials | None:
                 raise AuthError(f"auths[{key!r}].auth in {path} is not base64 user:password; "
                                 f"run `pybuild login {login_name(host)}` again") from exc
             return Credentials(user, password, f"auths[{key!r}] in {path}")
+        # Written out instead of "auth" (by hand, or by tools that do so): Docker reads
+        # these fields too.
+        if (isinstance(entry, dict) and isinstance(entry.get("username"), str)
+                and isinstance(entry.get("password"), str)):
+            return Credentials(entry["username"], entry["password"], f"auths[{key!r}] in {path}")
     return None
 
 

@@ -67,6 +67,16 @@ def test_credentials_from_env_then_config(docker_config: Path, monkeypatch: pyte
     assert lookup_credentials("reg.example") == Credentials("bob", "pw:with:colons")
 
 
+def test_credentials_written_out_as_username_and_password_are_read_as_docker_does(
+        docker_config: Path) -> None:
+    docker_config.parent.mkdir(parents=True)
+    docker_config.write_text(json.dumps({"auths": {
+        "reg.example": {"username": "amy", "password": "pw"},
+        "half.example": {"username": "amy"}}}))
+    assert lookup_credentials("reg.example") == Credentials("amy", "pw")
+    assert lookup_credentials("half.example") is None
+
+
 def install_fake_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``docker-credential-fake`` (testfiles) on PATH, logging to tmp_path/helper.log."""
     bin_dir = tmp_path / "bin"
