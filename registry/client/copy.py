@@ -7,9 +7,10 @@ Transports (the ``SRC``/``DST`` syntax of ``pybuild copy``, as skopeo spells the
     oci:DIR[:TAG]                    an OCI image layout directory
     docker-archive:FILE[:REF]        a ``docker save`` tarball (REF name[:tag], no digest)
 
-The other transports skopeo knows are refused by name (:func:`check_transport`), never
-read as Docker Hub references. A destination named by digest must get a manifest of that
-digest (:meth:`_Copy._check_digest`).
+The other transports skopeo knows are refused by name
+(:func:`~registry.client.endpoints.check_transport`), never read as Docker Hub
+references. A destination named by digest must get a manifest of that digest
+(:meth:`_Copy._check_digest`).
 
 Blobs the destination already has are skipped, and a registry-to-registry copy within one
 registry mounts instead of transferring. A blob copied to a registry from another
@@ -29,7 +30,6 @@ the first) unless ``all_platforms`` is set, which copies the index and every man
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,7 @@ from cas import Digest
 from cas.holders import HolderKind, image_holder, parse_holder
 
 from ..oci import OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest, parse_manifest
+from .endpoints import Endpoint, check_transport, parse_endpoint
 from .errors import ClientError
 from .image_store import ImageNotFound, ImageStore, select_platform
 from .layouts import (
@@ -68,75 +69,6 @@ __all__ = ["CopyError", "CopyOptions", "CopyResult", "Endpoint", "check_transpor
 class CopyError(ClientError, ValueError):
     """A copy that cannot be done as asked (the destination names something else than
     what would be written there); the message says what to ask instead."""
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where an image is. ``kind``: registry, local, oci or docker-archive."""
-
-    kind: str
-    ref: ImageRef | None = None
-    path: Path | None = None
-    name: str | None = None  # oci tag or archive reference
-
-    def __str__(self) -> str:
-        if self.kind in ("registry", "local"):
-            return f"{'local:' if self.kind == 'local' else ''}{self.ref}"
-        return f"{self.kind}:{self.path}{':' + self.name if self.name else ''}"
-
-
-# The transports skopeo (containers/image) knows. A name of one is never taken for an
-# image on Docker Hub: ``containers-storage:foo`` pushed to docker.io/library/containers-storage
-# would be a surprise, and a leak.
-SKOPEO_TRANSPORTS = ("docker", "docker-archive", "docker-daemon", "oci", "oci-archive", "dir",
-                     "containers-storage", "sif", "tarball", "ostree")
-SUPPORTED = "docker://REF (or a bare REF), local:REF, oci:DIR[:TAG], docker-archive:FILE[:REF]"
-_SCHEME = re.compile(r"^([a-z][a-z0-9_-]*):(.*)$", re.DOTALL)
-
-
-def check_transport(text: str) -> None:
-    """ValueError when ``text`` starts with a transport pybuild does not read or write:
-    one skopeo knows, or ``NAME:`` followed by a path (``x:/dir``, ``x:./f``), which no
-    image reference is (a tag holds no ``/``, a port only digits)."""
-    m = _SCHEME.match(text)
-    if m is None or text.startswith(("docker://", "local:", "oci:", "docker-archive:")):
-        return
-    name, rest = m.groups()
-    if re.match(r"\d+/", rest):
-        return  # host:port/name, a reference
-    if name == "docker":
-        raise ValueError(f"{text!r}: the docker transport is written docker://REF (or a bare REF)")
-    if name in SKOPEO_TRANSPORTS:
-        raise ValueError(f"unsupported transport {name}; pybuild reads/writes: {SUPPORTED}")
-    if "/" in rest:
-        raise ValueError(f"unknown transport {name} in {text!r}; pybuild reads/writes: {SUPPORTED}")
-
-
-def parse_endpoint(text: str) -> Endpoint:
-    """Parse a transport string (see the module docstring); ValueError says what is wrong."""
-    check_transport(text)
-    try:
-        if text.startswith("docker://"):
-            return Endpoint("registry", parse_image_ref(text[len("docker://"):]))
-        if text.startswith("local:"):
-            return Endpoint("local", parse_image_ref(text[len("local:"):]))
-        if text.startswith("oci:"):
-            rest = text[len("oci:"):]
-            path, sep, tag = rest.rpartition(":")
-            if not sep or "/" in tag or not tag:
-                return Endpoint("oci", path=Path(rest))
-            return Endpoint("oci", path=Path(path), name=tag)
-        if text.startswith("docker-archive:"):
-            path, _, ref = text[len("docker-archive:"):].partition(":")
-            named = parse_image_ref(ref) if ref else None
-            if named is not None and named.digest is not None:
-                # RepoTags (and the old ``repositories`` file) hold name:tag only.
-                raise ValueError(f"docker-archive:{path}:{ref}: the reference does not include a "
-                                 "tag; a docker archive names its images name:tag (drop the @digest)")
-            return Endpoint("docker-archive", path=Path(path), name=str(named) if named else None)
-        return Endpoint("registry", parse_image_ref(text))
-    except InvalidReference as exc:
-        raise ValueError(str(exc)) from exc
 
 
 # Blobs transferred at once, unless told (-j). Docker and containerd fetch three at

@@ -78,7 +78,8 @@ from ..errors import (
 from ..names import is_valid_name, parse_digest
 from . import proxy
 from .recipes import commit_into
-from .state import BYTES_RECEIVED, GRANT, REGISTRY, Registry, holder
+from .state import GRANT, REGISTRY, Registry, holder
+from .upload_bodies import read_body, upload_slot
 
 __all__ = [
     "MAX_BASES",
@@ -111,11 +112,6 @@ MAX_PATCH_BYTES = 32 << 20
 # Piece keys of bases remembered (Registry.piece_keys): ~15 MB, the last versions of
 # a few large images.
 _CACHED_KEYS = 1 << 17
-# A plan announced at most this large is read without an upload slot, as small blob
-# bodies are (uploads._SMALL_BODY); a larger one waits for a slot.
-_SMALL_PLAN = 1 << 20
-# Bytes a body must deliver per http.body_timeout seconds (as uploads._PROGRESS).
-_PROGRESS = 64 << 10
 # Piece sessions are recorded as upload sessions of "<name>@pieces": the ordinary upload
 # routes (which look for "<name>") never take one for theirs, and expiry treats both alike.
 _SUFFIX = "@pieces"
@@ -147,55 +143,11 @@ def _invalid(message: str, **detail: Any) -> RegistryError:
     return BLOB_UPLOAD_INVALID(message, detail=detail or None)
 
 
-async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
-    """The whole body, at most ``limit`` bytes; one that breaks off, or delivers less
-    than 64 KiB in ``http.body_timeout`` seconds (a trickle is as stalled as silence, as
-    for ordinary uploads), is BLOB_UPLOAD_INVALID."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise _invalid(f"{what} is {length} bytes, over the limit of {limit}", limit=limit)
-    reg = request.app[REGISTRY]
-    stall = reg.config.http_body_timeout or None
-    loop = asyncio.get_running_loop()
-    buf = bytearray()
-    try:
-        # One deadline, pushed back each time _PROGRESS more bytes came.
-        async with asyncio.timeout(stall) as timer:
-            mark = 0
-            while True:
-                chunk = await request.content.readany()
-                if not chunk:
-                    break
-                if len(buf) + len(chunk) > limit:
-                    raise _invalid(f"{what} is over the limit of {limit} bytes", limit=limit)
-                buf += chunk
-                if stall and len(buf) - mark >= _PROGRESS:
-                    mark = len(buf)
-                    timer.reschedule(loop.time() + stall)
-    except RegistryError:
-        raise
-    except TimeoutError as exc:
-        reg.limit_log.hit("body_timeout", request.remote, seconds=stall, received=len(buf))
-        raise _invalid(f"{what} sent less than {_PROGRESS >> 10} KiB in {stall:g} s "
-                       f"(after {len(buf)} bytes)") from exc
-    except Exception as exc:  # ConnectionResetError, aiohttp payload errors
-        exc.__traceback__ = None  # see uploads._pump: the reader's frame would keep the body
-        raise _invalid(f"{what} broke off after {len(buf)} bytes: {exc}") from exc
-    finally:
-        request[BYTES_RECEIVED] = request.get(BYTES_RECEIVED, 0) + len(buf)
-    if length is not None and len(buf) != length:
-        raise SIZE_INVALID(f"{what} was {len(buf)} bytes, Content-Length said {length}")
-    return bytes(buf)
-
-
 async def _read_plan(request: web.Request) -> Plan:
     """The request's push plan, read (a large one, or one of unknown length, in an
     upload slot: bodies held in memory at once stay bounded) and checked."""
-    reg = request.app[REGISTRY]
-    length = request.content_length
-    small = length is not None and length <= _SMALL_PLAN
-    async with contextlib.nullcontext() if small else reg.upload_slots.hold(request.remote or ""):
-        body = await _read_body(request, MAX_PLAN_BYTES, "the push plan")
+    async with upload_slot(request.app[REGISTRY], request):
+        body = await read_body(request, MAX_PLAN_BYTES, "the push plan")
     return parse_plan(body)
 
 
@@ -424,7 +376,7 @@ async def patch_pieces(request: web.Request, name: str, upload_id: str) -> web.R
     # The body is read outside the session's lock: a client's batches for one blob
     # arrive side by side and only take turns to be stored.
     async with reg.upload_slots.hold(request.remote or ""):
-        body = await _read_body(request, total, "the pieces")
+        body = await read_body(request, total, "the pieces")
     if len(body) != total:
         raise SIZE_INVALID(f"the body is {len(body)} bytes, the pieces listed {total}",
                            detail={"expected": total, "actual": len(body)})

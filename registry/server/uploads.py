@@ -61,6 +61,7 @@ from ..names import is_valid_name, parse_digest
 from .httputil import parse_content_range
 from .recipes import commit_into, mount_recipe
 from .state import BYTES_RECEIVED, GRANT, REGISTRY, USER, Registry, holder
+from .upload_bodies import PROGRESS, upload_slot
 
 __all__ = [
     "UPLOAD_READ_BUFFER",
@@ -119,8 +120,6 @@ def _commit_error(exc: Exception, digest: Digest) -> RegistryError:
     raise exc
 
 
-# Bytes an upload body must deliver per http.body_timeout seconds.
-_PROGRESS = 64 << 10
 
 
 async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
@@ -140,7 +139,7 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
     reg.streaming += 1
     try:
         # One timer for the whole body (a wait_for per chunk would cost a task per
-        # 256 KiB), pushed back whenever _PROGRESS more bytes came: a body trickling a
+        # 256 KiB), pushed back whenever PROGRESS more bytes came: a body trickling a
         # byte now and then is as stalled as a silent one.
         deadline = loop.time() + stall if stall else None
         mark = 0
@@ -162,7 +161,7 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
                 if deadline is not None and stall:
                     now = loop.time()
                     deadline += now - paused
-                    if written - mark >= _PROGRESS:
+                    if written - mark >= PROGRESS:
                         mark, deadline = written, now + stall
                     timer.reschedule(deadline)
     except (CasError, RegistryError):
@@ -185,21 +184,6 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
         reg.streaming -= 1
         request[BYTES_RECEIVED] = request.get(BYTES_RECEIVED, 0) + written
     return written
-
-
-# A body announced at most this large skips the queue for upload slots: its ingest
-# never takes full-size buffers (manifests, configs, small layers).
-_SMALL_BODY = 1 << 20
-
-
-def _slot(reg: Registry, request: web.Request) -> Any:
-    """A slot (``limits.UploadSlots``) for a request that streams a body into an
-    ingest; the others wait, their bodies held back by TCP (and at most aiohttp's read
-    buffer each)."""
-    length = request.content_length
-    if length is not None and length <= _SMALL_BODY:
-        return contextlib.nullcontext()
-    return reg.upload_slots.hold(request.remote or "")
 
 
 def _release_memory(reg: Registry) -> None:
@@ -276,7 +260,7 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
 async def _monolithic(
     reg: Registry, request: web.Request, name: str, digest: Digest, length: int | None
 ) -> web.Response:
-    async with _slot(reg, request):
+    async with upload_slot(reg, request):
         return await _monolithic_in_slot(reg, request, name, digest, length)
 
 
@@ -441,7 +425,7 @@ async def _keep_prefix(reg: Registry, upload_id: str, ingest: Any) -> None:
 
 async def patch_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
     reg = request.app[REGISTRY]
-    async with _slot(reg, request), reg.upload_lock(upload_id):
+    async with upload_slot(reg, request), reg.upload_lock(upload_id):
         ingest = await _session(reg, name, upload_id)
         try:
             await _append(request, name, upload_id, ingest)
@@ -456,7 +440,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
     if not digest_text:
         raise DIGEST_INVALID("closing an upload needs ?digest=<digest of the whole blob>")
     digest = parse_digest(digest_text)
-    async with _slot(reg, request), reg.upload_lock(upload_id):
+    async with upload_slot(reg, request), reg.upload_lock(upload_id):
         ingest = await _session(reg, name, upload_id)
         if request.body_exists or request.headers.get("Content-Range"):
             await _append(request, name, upload_id, ingest, durable=False)

@@ -1,0 +1,90 @@
+"""Where an image is: the ``SRC``/``DST`` transports of ``pybuild copy`` (as skopeo
+spells them), parsed into an :class:`Endpoint`::
+
+    docker://REF  or a bare REF      a registry ([host[:port]/]name[:tag][@digest])
+    local:REF                        pybuild's local image store (``pybuild images``)
+    oci:DIR[:TAG]                    an OCI image layout directory
+    docker-archive:FILE[:REF]        a ``docker save`` tarball (REF name[:tag], no digest)
+
+The other transports skopeo knows are refused by name (:func:`check_transport`), never
+read as Docker Hub references.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .refs import ImageRef, InvalidReference, parse_image_ref
+
+__all__ = ["SKOPEO_TRANSPORTS", "SUPPORTED", "Endpoint", "check_transport", "parse_endpoint"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where an image is. ``kind``: registry, local, oci or docker-archive."""
+
+    kind: str
+    ref: ImageRef | None = None
+    path: Path | None = None
+    name: str | None = None  # oci tag or archive reference
+
+    def __str__(self) -> str:
+        if self.kind in ("registry", "local"):
+            return f"{'local:' if self.kind == 'local' else ''}{self.ref}"
+        return f"{self.kind}:{self.path}{':' + self.name if self.name else ''}"
+
+
+# The transports skopeo (containers/image) knows. A name of one is never taken for an
+# image on Docker Hub: ``containers-storage:foo`` pushed to docker.io/library/containers-storage
+# would be a surprise, and a leak.
+SKOPEO_TRANSPORTS = ("docker", "docker-archive", "docker-daemon", "oci", "oci-archive", "dir",
+                     "containers-storage", "sif", "tarball", "ostree")
+SUPPORTED = "docker://REF (or a bare REF), local:REF, oci:DIR[:TAG], docker-archive:FILE[:REF]"
+_SCHEME = re.compile(r"^([a-z][a-z0-9_-]*):(.*)$", re.DOTALL)
+
+
+def check_transport(text: str) -> None:
+    """ValueError when ``text`` starts with a transport pybuild does not read or write:
+    one skopeo knows, or ``NAME:`` followed by a path (``x:/dir``, ``x:./f``), which no
+    image reference is (a tag holds no ``/``, a port only digits)."""
+    m = _SCHEME.match(text)
+    if m is None or text.startswith(("docker://", "local:", "oci:", "docker-archive:")):
+        return
+    name, rest = m.groups()
+    if re.match(r"\d+/", rest):
+        return  # host:port/name, a reference
+    if name == "docker":
+        raise ValueError(f"{text!r}: the docker transport is written docker://REF (or a bare REF)")
+    if name in SKOPEO_TRANSPORTS:
+        raise ValueError(f"unsupported transport {name}; pybuild reads/writes: {SUPPORTED}")
+    if "/" in rest:
+        raise ValueError(f"unknown transport {name} in {text!r}; pybuild reads/writes: {SUPPORTED}")
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse a transport string (see the module docstring); ValueError says what is wrong."""
+    check_transport(text)
+    try:
+        if text.startswith("docker://"):
+            return Endpoint("registry", parse_image_ref(text[len("docker://"):]))
+        if text.startswith("local:"):
+            return Endpoint("local", parse_image_ref(text[len("local:"):]))
+        if text.startswith("oci:"):
+            rest = text[len("oci:"):]
+            path, sep, tag = rest.rpartition(":")
+            if not sep or "/" in tag or not tag:
+                return Endpoint("oci", path=Path(rest))
+            return Endpoint("oci", path=Path(path), name=tag)
+        if text.startswith("docker-archive:"):
+            path, _, ref = text[len("docker-archive:"):].partition(":")
+            named = parse_image_ref(ref) if ref else None
+            if named is not None and named.digest is not None:
+                # RepoTags (and the old ``repositories`` file) hold name:tag only.
+                raise ValueError(f"docker-archive:{path}:{ref}: the reference does not include a "
+                                 "tag; a docker archive names its images name:tag (drop the @digest)")
+            return Endpoint("docker-archive", path=Path(path), name=str(named) if named else None)
+        return Endpoint("registry", parse_image_ref(text))
+    except InvalidReference as exc:
+        raise ValueError(str(exc)) from exc
