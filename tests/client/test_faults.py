@@ -112,11 +112,14 @@ async def test_interrupted_pull_resumes_in_a_later_run(
     assert healthy.blob_bytes == size - kept  # only the missing bytes crossed the wire
 
 
-async def test_corrupted_bytes_are_refused_and_nothing_kept(
-    registry_host: str, make_proxy: Any, images: ImageStore, client: RegistryClient, tmp_path: Path
-) -> None:
-    image = simple_image(22, (300_000,))
-    await publish(registry_host, "faults/corrupt", image, tmp_path, client)
+async def _corrupting(registry_host: str, make_proxy: Any, client: RegistryClient, tmp_path: Path,
+                      repo: str, seed: int) -> tuple[SampleImage, Digest, str, CopyOptions]:
+    """An image published in ``repo`` and a proxy that flips the first byte of its layer:
+    the image, the layer's digest, the proxy's host and options that pull one part at a
+    time (the client then hangs up on no other request: a registry handler cancelled at
+    teardown while it opens a pack file leaks it)."""
+    image = simple_image(seed, (300_000,))
+    await publish(registry_host, repo, image, tmp_path, client)
     digest, _ = big_layer(image)
 
     def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
@@ -125,9 +128,14 @@ async def test_corrupted_bytes_are_refused_and_nothing_kept(
         return chunk
 
     _, host = await make_proxy(registry_host, fault=fault)
-    # One part in flight at a time: the client then hangs up on no other request (a
-    # registry handler cancelled at teardown while it opens a pack file leaks it).
-    one_at_a_time = CopyOptions(jobs=1, transfer=dataclasses.replace(SMALL_PARTS, window=1))
+    return image, digest, host, CopyOptions(jobs=1, transfer=dataclasses.replace(SMALL_PARTS, window=1))
+
+
+async def test_corrupted_bytes_are_refused_and_nothing_kept(
+    registry_host: str, make_proxy: Any, images: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    _, digest, host, one_at_a_time = await _corrupting(
+        registry_host, make_proxy, client, tmp_path, "faults/corrupt", 22)
     with pytest.raises(BlobError, match=str(digest)):
         await copy_image(parse_endpoint(f"{host}/faults/corrupt:v1"),
                          parse_endpoint(f"local:{host}/faults/corrupt:v1"), images, client,
@@ -433,18 +441,9 @@ async def test_a_pull_cancelled_twice_keeps_what_arrived_and_closes_cleanly(
 async def test_a_blob_that_failed_is_reported_failed_with_its_error_not_interrupted(
     registry_host: str, make_proxy: Any, images: ImageStore, client: RegistryClient, tmp_path: Path
 ) -> None:
-    image = simple_image(23, (300_000,))
-    await publish(registry_host, "faults/reported", image, tmp_path, client)
-    digest, _ = big_layer(image)
-
-    def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
-        if digest.encoded in request.path and sent == 0:
-            return bytes([chunk[0] ^ 1]) + chunk[1:]
-        return chunk
-
-    _, host = await make_proxy(registry_host, fault=fault)
+    _, digest, host, one_at_a_time = await _corrupting(
+        registry_host, make_proxy, client, tmp_path, "faults/reported", 23)
     events = io.StringIO()
-    one_at_a_time = CopyOptions(jobs=1, transfer=dataclasses.replace(SMALL_PARTS, window=1))
     with pytest.raises(BlobError):
         await copy_image(parse_endpoint(f"{host}/faults/reported:v1"),
                          parse_endpoint(f"local:{host}/faults/reported:v1"), images, client,
