@@ -108,8 +108,11 @@ async def pull_blob(
     except (DigestMismatch, SizeMismatch) as exc:
         if sink.recorded:
             await images.set_pending_pull(desc.digest, None)
+        # In the registry's words, not the store's (whose advice is for an uploader).
+        what = (f"its bytes hash to {exc.actual}" if isinstance(exc, DigestMismatch)
+                else f"it is {exc.actual} bytes, not {exc.expected}")
         error = BlobError(
-            f"blob {desc.digest} from {src.repository} does not match its digest ({exc}); "
+            f"blob {desc.digest} from {src.repository} does not match its digest ({what}); "
             "nothing was kept - the registry serves corrupt data, tell its operator")
         progress.fail(key, error)
         raise error from exc
@@ -128,7 +131,7 @@ async def pull_blob(
         if isinstance(exc, (TransportError, RegistryError, WireError, asyncio.TimeoutError,
                             SourceFailed)):
             again = ("again (it fetches only the pieces still missing)" if ing.assembled
-                     else f"again to resume from byte {ing.offset}")
+                     else f"again to resume from byte {ing.offset}" if ing.offset else "again")
             error = BlobError(f"blob {desc.digest} from {src.repository}: {exc}; run the command {again}")
             progress.fail(key, error)
             raise error from exc

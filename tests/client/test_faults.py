@@ -450,5 +450,22 @@ async def test_a_blob_that_failed_is_reported_failed_with_its_error_not_interrup
                          Progress("json", events), one_at_a_time)
     done = {e["id"]: e for e in map(json.loads, events.getvalue().splitlines()) if e["event"] == "done"}
     assert done[str(digest)]["status"] == "failed"
-    assert "does not match its digest" in done[str(digest)]["message"]
+    assert "does not match its digest (its bytes hash to sha256:" in done[str(digest)]["message"]
+    assert "resend" not in done[str(digest)]["message"]  # the store's advice, for uploaders
     assert all("message" not in e for key, e in done.items() if key != str(digest))
+
+
+async def test_a_blob_broken_before_its_first_byte_is_to_be_pulled_again_not_resumed_from_0(
+    registry_host: str, make_proxy: Any, images: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    image = simple_image(25, (300_000,))
+    await publish(registry_host, "faults/none", image, tmp_path, client)
+    digest, _ = big_layer(image)
+    _, host = await make_proxy(registry_host, drop_request=lambda r: digest.encoded in r.path
+                               and r.method == "GET")
+    options = CopyOptions(jobs=1, transfer=dataclasses.replace(SMALL_PARTS, retries=0))
+    with pytest.raises(BlobError) as caught:
+        await copy_image(parse_endpoint(f"{host}/faults/none:v1"),
+                         parse_endpoint(f"local:{host}/faults/none:v1"), images, client,
+                         Progress("quiet"), options)
+    assert str(caught.value).endswith("run the command again"), caught.value
