@@ -47,6 +47,13 @@ def position(request: web.Request, sent: int) -> int:
     return int(request.headers.get("Range", "bytes=0-").split("=")[1].split("-")[0]) + sent
 
 
+async def published(host: str, repo: str, seed: int, tmp_path: Path, client: RegistryClient) -> SampleImage:
+    """A one-layer image (300 kB) published in ``repo``."""
+    image = simple_image(seed, (300_000,))
+    await publish(host, repo, image, tmp_path, client)
+    return image
+
+
 def big_layer(image: SampleImage) -> tuple[Digest, int]:
     layer = max(image.layers, key=len)
     return Digest.of(layer), len(layer)
@@ -118,8 +125,7 @@ async def _corrupting(registry_host: str, make_proxy: Any, client: RegistryClien
     the image, the layer's digest, the proxy's host and options that pull one part at a
     time (the client then hangs up on no other request: a registry handler cancelled at
     teardown while it opens a pack file leaks it)."""
-    image = simple_image(seed, (300_000,))
-    await publish(registry_host, repo, image, tmp_path, client)
+    image = await published(registry_host, repo, seed, tmp_path, client)
     digest, _ = big_layer(image)
 
     def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
@@ -458,9 +464,7 @@ async def test_a_blob_that_failed_is_reported_failed_with_its_error_not_interrup
 async def test_a_blob_broken_before_its_first_byte_is_to_be_pulled_again_not_resumed_from_0(
     registry_host: str, make_proxy: Any, images: ImageStore, client: RegistryClient, tmp_path: Path
 ) -> None:
-    image = simple_image(25, (300_000,))
-    await publish(registry_host, "faults/none", image, tmp_path, client)
-    digest, _ = big_layer(image)
+    digest, _ = big_layer(await published(registry_host, "faults/none", 25, tmp_path, client))
     _, host = await make_proxy(registry_host, drop_request=lambda r: digest.encoded in r.path
                                and r.method == "GET")
     options = CopyOptions(jobs=1, transfer=dataclasses.replace(SMALL_PARTS, retries=0))
