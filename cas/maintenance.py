@@ -93,15 +93,14 @@ def collect_garbage(core: StoreCore, grace: float, compact_all: bool = False,
     expired = expired_bytes = 0
     if ingest_ttl is not None:
         # Interrupted uploads and pulls nobody resumed (a pull killed before its first
-        # checkpoint is named nowhere else): their packs go with them.
-        before = core.packs.allocated()
+        # checkpoint is named nowhere else): their packs, which hold nothing committed,
+        # go with them (as large as they grew, not as their last checkpoint says).
         cutoff = time.time() - ingest_ttl
         for row in meta.list_ingests():
             if row.updated < cutoff:
+                expired_bytes += (core.packs.size(row.pack) or 0) if row.pack else 0
                 core.drop_ingest(row.id)
                 expired += 1
-        if expired:
-            expired_bytes = max(0, before - core.packs.allocated())
     blobs = 0
     while n := meta.collect_blobs(time.time() - grace):
         blobs += n
