@@ -10,6 +10,8 @@ keys and stored as pieces of the ingest.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from typing import TYPE_CHECKING
 
 import blake3
@@ -61,16 +63,16 @@ class PieceRanges(IngestPieces):
         its bytes), read from that blob's pieces and checked against their keys, as
         pieces of this ingest (``offset``, the bytes received, stays); their locations.
         A piece whose blob is gone is left out."""
-        meta = self._core.meta
+        by_blob: dict[str, list[tuple[bytes, int, int]]] = {}
+        for key, (blob, offset, length) in cut.items():
+            by_blob.setdefault(str(blob), []).append((key, offset, length))
         pieces: list[bytes] = []
-        for key, (digest, offset, length) in cut.items():
-            data = self._read_range(str(digest), offset, length)
-            if data is None:
-                continue
-            if blake3.blake3(data).digest() != key:
-                raise StoreCorrupt(f"bytes {offset}..{offset + length} of blob {digest} do not "
-                                   f"hash to piece {key.hex()}")
-            pieces.append(data)
+        for digest, wanted in by_blob.items():
+            for key, offset, data in self._read_ranges(digest, wanted):
+                if blake3.blake3(data).digest() != key:
+                    raise StoreCorrupt(f"bytes {offset}..{offset + len(data)} of blob {digest} "
+                                       f"do not hash to piece {key.hex()}")
+                pieces.append(data)
         if not pieces:
             return {}
         self._store_checkpointed(pieces)
@@ -78,30 +80,36 @@ class PieceRanges(IngestPieces):
         out = {k: self._new[k] for k in stored if k in self._new}
         held = stored - out.keys()
         if held:
-            out.update(meta.locations(held))
+            out.update(self._core.meta.locations(held))
         return out
 
-    def _read_range(self, digest: str, offset: int, length: int) -> bytes | None:
-        """Bytes ``offset..offset+length`` of committed blob ``digest``, or None when it
-        is not (any more) in the store."""
+    def _read_ranges(self, digest: str, wanted: list[tuple[bytes, int, int]]
+                     ) -> list[tuple[bytes, int, bytes]]:
+        """``(key, offset, bytes)`` of each wanted ``(key, offset, length)`` range of
+        committed blob ``digest`` (its recipe decoded and its pieces looked up once);
+        none when the blob, or a piece of it, is not (any more) in the store."""
         row = self._core.meta.blob(digest)
         if row is None:
-            return None
-        entries, pos, spans = decode_recipe(row[1]), 0, []
-        end = offset + length
-        for key, n in entries:
-            if pos < end and pos + n > offset:
-                spans.append((key, pos, n))
-            pos += n
-        if pos < end:
-            return None
-        locs = self._core.meta.locations(k for k, _, _ in spans)
-        out = bytearray()
-        for key, at, n in spans:
-            loc = locs.get(key)
-            if loc is None:
-                return None
-            data = self._core.load(loc)
-            out += data[max(offset, at) - at : min(end, at + n) - at]
-        return bytes(out)
-
+            return []
+        entries = decode_recipe(row[1])
+        starts = list(itertools.accumulate((n for _, n in entries), initial=0))
+        spans: list[tuple[bytes, int, int, list[tuple[bytes, int, int]]]] = []
+        for key, offset, length in wanted:
+            end = offset + length
+            if offset < 0 or end > starts[-1]:
+                return []
+            first = bisect.bisect_right(starts, offset) - 1
+            last = bisect.bisect_left(starts, end) - 1
+            spans.append((key, offset, end, [(entries[i][0], starts[i], entries[i][1])
+                                             for i in range(first, last + 1)]))
+        locs = self._core.meta.locations(k for *_, covering in spans for k, _, _ in covering)
+        out = []
+        for key, offset, end, covering in spans:
+            data = bytearray()
+            for piece, at, n in covering:
+                loc = locs.get(piece)
+                if loc is None:
+                    return []
+                data += self._core.load(loc)[max(offset, at) - at : min(end, at + n) - at]
+            out.append((key, offset, bytes(data)))
+        return out
