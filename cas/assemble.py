@@ -469,9 +469,9 @@ class PieceIngest(PieceRanges):
         # reference: GC frees them), so no dead range stays behind in the pack.
         created = meta.commit_blob(self.id, str(actual), size, raw, self._new, link)
         self._closed = True
-        self._note_own_recipe(str(actual), created, raw)
+        own = self._own_recipe(str(actual), created, raw)
         if isinstance(hasher, Sha256) and actual.algorithm == "sha256":
             with contextlib.suppress(OSError):  # best effort: without them, hashed in full
                 save_states(self._core.root, actual.encoded, hasher.states)
         self._core.empty_trash()
-        return BlobInfo(actual, size)
+        return BlobInfo(actual, size, own)

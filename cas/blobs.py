@@ -19,6 +19,11 @@ __all__ = ["BlobInfo", "IngestInfo", "Piece", "Recipe", "Segment"]
 class BlobInfo:
     digest: Digest
     size: int
+    # The committing ingest's own cut of the blob (``(key hex, length)`` in blob order)
+    # when the store keeps another recipe for it (the blob existed, cut otherwise by
+    # whoever committed it first); None when the store's recipe is this commit's. A
+    # registry records it as the pushing repository's recipe (registry/server/recipes.py).
+    own_recipe: tuple[tuple[str, int], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -313,11 +313,11 @@ class Ingest(IngestAssembly):
                 await self._abort_locked()
                 raise
             try:
-                await self._run(self._commit_sync, str(actual), link)
+                own = await self._run(self._commit_sync, str(actual), link)
             except BaseException:
                 await self._abort_locked()
                 raise
-            return BlobInfo(actual, self.offset)
+            return BlobInfo(actual, self.offset, own)
 
     async def abort(self) -> None:
         async with self._lock:
@@ -463,13 +463,14 @@ class Ingest(IngestAssembly):
             self._store_pieces(pieces)
         return self._blob_digest(expected)
 
-    def _commit_sync(self, digest: str, link: str | None) -> None:
+    def _commit_sync(self, digest: str, link: str | None) -> tuple[tuple[str, int], ...] | None:
+        """Commit; this ingest's own cut when the store keeps the blob cut otherwise."""
         if self._writer is not None:
             self._writer.sync()
         created = self._core.meta.commit_blob(self.id, digest, self.offset, self._recipe,
                                               self._new, link)
         self._closed = True
-        self._note_own_recipe(digest, created, self._recipe)
+        own = self._own_recipe(digest, created, self._recipe)
         self._keep_states(digest)
         self._cutter.release()
         if self._writer is not None:
@@ -477,6 +478,7 @@ class Ingest(IngestAssembly):
         if not self._assembled:  # an assembled ingest never wrote a tail (no checkpoints)
             self._core.drop_tails(self.id, keep=None)
         self._core.empty_trash()
+        return own
 
     async def _abort_locked(self) -> None:
         self._closed = True

@@ -45,21 +45,16 @@ class IngestPieces:
     _writer: PackWriter | None
     _zprobe: zstandard.ZstdCompressor | None
     _zstd: zstandard.ZstdCompressor | None
-    #: After a commit: this ingest's own cut of the blob (``(key hex, length)`` in blob
-    #: order) when the store keeps another recipe for it (the blob existed already, cut
-    #: otherwise by whoever committed it first); None when the store's recipe is this
-    #: ingest's. A registry records it as the pushing repository's recipe of the blob:
-    #: serving the store's instead would tell that the blob existed elsewhere.
-    own_recipe: list[tuple[str, int]] | None = None
-
-    def _note_own_recipe(self, digest: str, created: bool, recipe: list[tuple[bytes, int]]) -> None:
-        """Set :attr:`own_recipe` after ``commit_blob`` (which returned ``created``)."""
-        self.own_recipe = None
+    def _own_recipe(self, digest: str, created: bool, recipe: list[tuple[bytes, int]]
+                    ) -> tuple[tuple[str, int], ...] | None:
+        """After ``commit_blob`` (which returned ``created``): this ingest's own cut of
+        the blob when the store keeps another recipe for it (``BlobInfo.own_recipe``)."""
         if created:
-            return
+            return None
         row = self._core.meta.blob(digest)
-        if row is not None and row[1] != encode_recipe(recipe):
-            self.own_recipe = [(k.hex(), n) for k, n in recipe]
+        if row is None or row[1] == encode_recipe(recipe):
+            return None
+        return tuple((k.hex(), n) for k, n in recipe)
 
     def _store_pieces(self, pieces: list[memoryview] | list[bytes],
                       compressible: bool | None = None) -> None:

@@ -415,7 +415,8 @@ async def finish_piece_upload(request: web.Request, name: str, upload_id: str) -
         ingest = await _session(reg, name, upload_id)
         bases = await _readable_bases(request, name, plan)
         try:
-            await ingest.commit_recipe(digest, plan.pieces, known=bases.keys, ranges=bases.ranges)
+            info = await ingest.commit_recipe(digest, plan.pieces, known=bases.keys,
+                                              ranges=bases.ranges)
         except PiecesMissing as exc:
             raise _invalid(str(exc), missing=exc.indices) from exc
         except RecipeInvalid as exc:
@@ -431,7 +432,7 @@ async def finish_piece_upload(request: web.Request, name: str, upload_id: str) -
                 await _drop(reg, upload_id)
             raise
         await _drop(reg, upload_id)
-    await commit_into(reg, name, digest, ingest)
+    await commit_into(reg, name, info)
     await reg.meta.ensure_repository(name)
     return web.Response(status=201, headers={
         "Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": str(digest),

@@ -18,46 +18,38 @@ with the store's recipe in between.
 
 from __future__ import annotations
 
-from typing import Any
-
-from cas import Digest
+from cas import BlobInfo, Digest
 
 from .state import Registry, holder
 
 __all__ = ["commit_into", "mount_recipe", "put_into", "recipe_in", "record_own"]
 
 
-async def commit_into(reg: Registry, name: str, digest: Digest, ingest: Any) -> None:
-    """Link ``digest``, just committed by ``ingest`` without a link, into ``name`` after
-    recording the ingest's own cut as ``name``'s recipe of it (or forgetting an earlier
-    one, when the store's recipe is this push's cut): ``name``'s recipe is its last
-    push's, whatever the store held before (``BlobUnknown`` if GC took the blob since,
-    which only a blob no repository holds can be)."""
-    await record_own(reg, name, digest, ingest)
-    await reg.store.link(holder(name), digest)
+async def commit_into(reg: Registry, name: str, info: BlobInfo) -> None:
+    """Link the blob a push just committed without a link (``info``, the commit's
+    answer) into ``name`` after recording its own cut as ``name``'s recipe of it
+    (:func:`record_own`): ``name``'s recipe is its last push's, whatever the store held
+    before (``BlobUnknown`` if GC took the blob since, which only a blob no repository
+    holds can be)."""
+    await record_own(reg, name, info)
+    await reg.store.link(holder(name), info.digest)
 
 
-async def record_own(reg: Registry, name: str, digest: Digest, ingest: Any) -> None:
-    """Record ``ingest``'s own cut of ``digest`` (just committed, not yet linked into
-    ``name``) as ``name``'s recipe of it, or forget an earlier one when the store's
-    recipe is this push's cut."""
-    own = getattr(ingest, "own_recipe", None)
+async def record_own(reg: Registry, name: str, info: BlobInfo) -> None:
+    """Record the commit's own cut (``info.own_recipe``) as ``name``'s recipe of the
+    blob, not yet linked into ``name``; or forget an earlier one when the store's recipe
+    is this push's cut."""
+    digest = str(info.digest)
     # Mostly there is nothing to forget: a read then, not a write transaction.
-    if own is not None or await reg.meta.blob_recipe(name, str(digest)) is not None:
-        await reg.meta.set_blob_recipe(name, str(digest), own)
+    if info.own_recipe is not None or await reg.meta.blob_recipe(name, digest) is not None:
+        own = list(info.own_recipe) if info.own_recipe is not None else None
+        await reg.meta.set_blob_recipe(name, digest, own)
 
 
 async def put_into(reg: Registry, name: str, data: bytes, digest: Digest) -> None:
     """Store ``data`` (a manifest, or a blob it carries) as ``digest``, unlinked, with
-    ``name``'s recipe of it recorded as :func:`commit_into` does; the caller links it."""
-    ingest = await reg.store.begin_ingest(algorithm=digest.algorithm)
-    try:
-        await ingest.write(data)
-    except BaseException:
-        await ingest.abort()
-        raise
-    await ingest.commit(digest)
-    await record_own(reg, name, digest, ingest)
+    ``name``'s recipe of it recorded (:func:`record_own`); the caller links it."""
+    await record_own(reg, name, await reg.store.put(data, expected=digest, algorithm=digest.algorithm))
 
 
 async def mount_recipe(reg: Registry, source: str, name: str, digest: Digest) -> None:

@@ -276,7 +276,7 @@ async def _monolithic_in_slot(
                 detail={"expected": length, "actual": ingest.offset},
             )
         try:
-            await ingest.commit(digest)
+            info = await ingest.commit(digest)
         except (DigestMismatch, SizeMismatch) as exc:
             raise _commit_error(exc, digest) from exc
     except BaseException:
@@ -285,7 +285,7 @@ async def _monolithic_in_slot(
         raise
     finally:
         _release_memory(reg)
-    await commit_into(reg, name, digest, ingest)
+    await commit_into(reg, name, info)
     await reg.meta.ensure_repository(name)
     return _created(name, digest)
 
@@ -445,7 +445,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         if request.body_exists or request.headers.get("Content-Range"):
             await _append(request, name, upload_id, ingest, durable=False)
         try:
-            await ingest.commit(digest)
+            info = await ingest.commit(digest)
         except (DigestMismatch, SizeMismatch) as exc:
             await _drop_session(reg, upload_id)
             raise _commit_error(exc, digest) from exc
@@ -456,7 +456,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         finally:
             _release_memory(reg)
         await _drop_session(reg, upload_id)
-    await commit_into(reg, name, digest, ingest)
+    await commit_into(reg, name, info)
     await reg.meta.ensure_repository(name)
     return _created(name, digest)
 
