@@ -96,10 +96,8 @@ class Ingest(IngestAssembly):
         self._recipe: list[tuple[bytes, int]] = []
         self._new: dict[bytes, Location] = {}  # pieces this ingest wrote
         self._held: set[bytes] = set()  # committed pieces it reuses
-        # Blobs whose recipes reuse_pieces' ``within`` named: their (key, length) pieces;
-        # those of them it holds by a link.
-        self._within: dict[str, set[tuple[bytes, int]]] = {}
-        self._linked: set[str] = set()
+        self._within: dict[str, set[tuple[bytes, int]]] = {}  # reuse_pieces' within: pieces
+        self._linked: set[str] = set()  # those blobs held by a link
         self._unsaved: list[tuple[int, bytes, int, Location | None]] = []
         self._writer: PackWriter | None = None
         self._closed = False
