@@ -217,11 +217,12 @@ class PieceIngest(PieceRanges):
 
     async def commit_recipe(self, expected: Digest, recipe: list[tuple[str, int]], *,
                             known: AbstractSet[str] = frozenset(),
-                            link: str | None = None,
+                            link: str | None = None, link_own: str | None = None,
                             ranges: Mapping[str, tuple[Digest, int, int]] | None = None,
                             ) -> BlobInfo:
         """Make the blob ``recipe`` (``(key hex, length)`` in blob order) describes
-        visible as ``expected``, linked to ``link``; see the module docstring.
+        visible as ``expected``, linked to ``link`` (``link_own``: see
+        ``IngestPieces._commit_blob``); see the module docstring.
 
         ``ranges`` says, for keys of ``known``, where their bytes lie in a committed blob
         (``(digest, offset, length)``): a key the store does not hold as a piece (it
@@ -236,8 +237,8 @@ class PieceIngest(PieceRanges):
         async with self._lock:
             self._check_open()
             try:
-                return await self._job(self._commit_sync, expected, recipe, known, link, pre,
-                                       ranges or {})
+                return await self._job(self._commit_sync, expected, recipe, known, (link, link_own),
+                                       pre, ranges or {})
             except (PiecesMissing, RecipeInvalid, asyncio.CancelledError):
                 raise
             except BaseException:
@@ -405,7 +406,7 @@ class PieceIngest(PieceRanges):
         self._store_checkpointed([memoryview(d) for _, d in pieces], received)
 
     def _commit_sync(self, expected: Digest, recipe: list[tuple[str, int]], known: AbstractSet[str],
-                     link: str | None, pre: _Prehash | None = None,
+                     links: tuple[str | None, str | None], pre: _Prehash | None = None,
                      ranges: Mapping[str, tuple[Digest, int, int]] | None = None) -> BlobInfo:
         meta = self._core.meta
         raw = [(bytes.fromhex(k), n) for k, n in recipe]
@@ -467,11 +468,10 @@ class PieceIngest(PieceRanges):
         size = sum(n for _, n in raw)
         # Every piece received is committed (those the recipe does not name with no
         # reference: GC frees them), so no dead range stays behind in the pack.
-        created = meta.commit_blob(self.id, str(actual), size, raw, self._new, link)
+        linked, own = self._commit_blob(str(actual), size, raw, *links)
         self._closed = True
-        own = self._own_recipe(str(actual), created, raw)
         if isinstance(hasher, Sha256) and actual.algorithm == "sha256":
             with contextlib.suppress(OSError):  # best effort: without them, hashed in full
                 save_states(self._core.root, actual.encoded, hasher.states)
         self._core.empty_trash()
-        return BlobInfo(actual, size, own)
+        return BlobInfo(actual, size, own, linked)

@@ -24,6 +24,9 @@ class BlobInfo:
     # whoever committed it first); None when the store's recipe is this commit's. A
     # registry records it as the pushing repository's recipe (registry/server/recipes.py).
     own_recipe: tuple[tuple[str, int], ...] | None = None
+    # Whether the commit linked a holder in its transaction (``link``, or ``link_own``
+    # when the store's recipe is this commit's cut).
+    linked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -287,9 +287,10 @@ class Ingest(IngestAssembly):
         return self._parked and not self._pending
 
     async def commit(self, expected: Digest | None = None, *, size: int | None = None,
-                     link: str | None = None) -> BlobInfo:
-        """Verify and make the blob visible. On DigestMismatch or SizeMismatch the ingest
-        is aborted and nothing becomes visible."""
+                     link: str | None = None, link_own: str | None = None) -> BlobInfo:
+        """Verify and make the blob visible, linked to ``link`` (``link_own``: see
+        ``IngestPieces._commit_blob``). On DigestMismatch or SizeMismatch the ingest is
+        aborted and nothing becomes visible."""
         async with self._lock:
             self._check_open()
             try:
@@ -311,11 +312,11 @@ class Ingest(IngestAssembly):
                 await self._abort_locked()
                 raise
             try:
-                own = await self._run(self._commit_sync, str(actual), link)
+                linked, own = await self._run(self._commit_sync, str(actual), link, link_own)
             except BaseException:
                 await self._abort_locked()
                 raise
-            return BlobInfo(actual, self.offset, own)
+            return BlobInfo(actual, self.offset, own, linked)
 
     async def abort(self) -> None:
         async with self._lock:
@@ -458,17 +459,17 @@ class Ingest(IngestAssembly):
     def _finish_cut(self, expected: Digest | None) -> Digest:
         pieces = self._cutter.finish()
         if pieces:
-            self._store_pieces(pieces)
+            self._store_pieces(pieces, sealed=self._sealed_tail(pieces))
         return self._blob_digest(expected)
 
-    def _commit_sync(self, digest: str, link: str | None) -> tuple[tuple[str, int], ...] | None:
-        """Commit; this ingest's own cut when the store keeps the blob cut otherwise."""
+    def _commit_sync(self, digest: str, link: str | None, link_own: str | None
+                     ) -> tuple[bool, tuple[tuple[str, int], ...] | None]:
+        """Commit; whether it linked, and this ingest's own cut when the store keeps the
+        blob cut otherwise."""
         if self._writer is not None:
             self._writer.sync()
-        created = self._core.meta.commit_blob(self.id, digest, self.offset, self._recipe,
-                                              self._new, link)
+        linked, own = self._commit_blob(digest, self.offset, self._recipe, link, link_own)
         self._closed = True
-        own = self._own_recipe(digest, created, self._recipe)
         self._keep_states(digest)
         self._cutter.release()
         if self._writer is not None:
@@ -476,7 +477,7 @@ class Ingest(IngestAssembly):
         if not self._assembled:  # an assembled ingest never wrote a tail (no checkpoints)
             self._core.drop_tails(self.id, keep=None)
         self._core.empty_trash()
-        return own
+        return linked, own
 
     async def _abort_locked(self) -> None:
         self._closed = True

@@ -38,6 +38,10 @@ class IngestCheckpoints(IngestPieces):
     _tail_len: int  # the length of that checkpoint's tail
     _parked: bool
     _parked_pack: tuple[str, int] | None  # the pack to reopen and its size, if any
+    # Where the last checkpoint's tail also lies in the pack, (pack, offset, length, known),
+    # when it was sealed there with the pieces before it (packs in S3); else None.
+    # ``known``: sealed by this object; else the bytes there are compared before use.
+    _tail_at: tuple[str, int, int, bool] | None = None
 
     def _checkpoint_sync(self) -> None:
         # Store every piece that is already final, so the tail file stays small (at
@@ -45,9 +49,20 @@ class IngestCheckpoints(IngestPieces):
         final = self._cutter.flush()
         if final:
             self._store_pieces(final)
-        if self._writer is not None:
-            self._writer.sync()
         tail = bytes(self._cutter.held())
+        at, self._tail_at = self._tail_at, None
+        if (at is not None and self._checkpointed == self.offset and self._writer is not None
+                and self._writer.size == at[1] + at[2]):
+            self._tail_at = at  # a checkpoint again, with nothing new: sealed already
+        if self._writer is not None:
+            if tail and self._core.remote is not None and self._tail_at is None:
+                # Sealed with the pieces before it, as the blob's last pieces will be if
+                # no more bytes come (docker, skopeo and podman send a layer in one PATCH,
+                # then a PUT without a body): the commit then records them here instead
+                # of sealing a second object, and the blob stays one object in the
+                # bucket, which a GET can be redirected to. Dead bytes when more come.
+                self._tail_at = (self._writer.name, self._writer.append(tail), len(tail), True)
+            self._writer.sync()
         self._core.checkpoint(self.id, self._unsaved, self.offset, self._seq,
                               self._writer.size if self._writer else 0, tail)
         self._unsaved = []
@@ -73,6 +88,26 @@ class IngestCheckpoints(IngestPieces):
             self._parked_pack = None
         self._cutter.resume(tail)
         self._parked = False
+
+    def _sealed_tail(self, pieces: list[memoryview]) -> tuple[str, int] | None:
+        """Where the last checkpoint sealed ``pieces`` (the cutter's last pieces, cut from
+        its tail), as (pack, offset), when no byte came since; else None."""
+        at = self._tail_at
+        if (at is None or self.offset != self._checkpointed or self._writer is None
+                or self._writer.name != at[0] or sum(len(p) for p in pieces) != at[2]):
+            return None
+        pack, offset, length, known = at
+        if not known:  # resumed from the metadata: is the tail there (a checkpoint's)?
+            try:
+                there = memoryview(self._core.packs.read(pack, offset, length))
+            except (OSError, StoreCorrupt):
+                return None
+            pos = 0
+            for p in pieces:
+                if there[pos : pos + len(p)] != p:
+                    return None
+                pos += len(p)
+        return pack, offset
 
     def _restore(self, offset: int, npieces: int, pack: str | None, pack_size: int,
                  tail_len: int) -> None:
@@ -123,4 +158,7 @@ class IngestCheckpoints(IngestPieces):
         self.offset = offset
         self._checkpointed = offset
         self._tail_len = tail_len
+        if pack is not None and tail_len and self._core.remote is not None and pack_size >= tail_len:
+            # A checkpoint in S3 seals its tail last (see _checkpoint_sync): checked at use.
+            self._tail_at = (pack, pack_size - tail_len, tail_len, False)
 

@@ -45,6 +45,21 @@ class IngestPieces:
     _writer: PackWriter | None
     _zprobe: zstandard.ZstdCompressor | None
     _zstd: zstandard.ZstdCompressor | None
+
+    def _commit_blob(self, digest: str, size: int, recipe: list[tuple[bytes, int]], link: str | None,
+                     link_own: str | None) -> tuple[bool, tuple[tuple[str, int], ...] | None]:
+        """``commit_blob``, linking ``link`` in its transaction; or ``link_own``, unless the
+        store keeps the blob cut otherwise: a registry records its own cut of such a blob
+        before it links it (registry/server/recipes.py), and links it then. Returns whether
+        a holder was linked, and this commit's own cut when the store keeps another (also
+        when another commit of the same blob, cut otherwise, came in between)."""
+        meta = self._core.meta
+        if link is None and link_own is not None:
+            row = meta.blob(digest)
+            link = link_own if row is None or row[1] == encode_recipe(recipe) else None
+        created = meta.commit_blob(self.id, digest, size, recipe, self._new, link)
+        return link is not None, self._own_recipe(digest, created, recipe)
+
     def _own_recipe(self, digest: str, created: bool, recipe: list[tuple[bytes, int]]
                     ) -> tuple[tuple[str, int], ...] | None:
         """After ``commit_blob`` (which returned ``created``): this ingest's own cut of
@@ -57,9 +72,12 @@ class IngestPieces:
         return tuple((k.hex(), n) for k, n in recipe)
 
     def _store_pieces(self, pieces: list[memoryview] | list[bytes],
-                      compressible: bool | None = None) -> None:
+                      compressible: bool | None = None,
+                      sealed: tuple[str, int] | None = None) -> None:
         """Key, dedup and store ``pieces`` in order; ``compressible`` (default: whether
-        the cutter found a stream of compressed frames) says whether to try zstd."""
+        the cutter found a stream of compressed frames) says whether to try zstd.
+        ``sealed``: (pack, offset) where the pieces' bytes already lie, end to end, raw
+        (a checkpoint's tail): new ones are recorded there, not written again."""
         keyed = [(v, blake3.blake3(v).digest()) for v in pieces]
         first = self._seq
         unknown = [
@@ -74,8 +92,14 @@ class IngestPieces:
             compressible = not self._cutter.compressed
         fresh: dict[bytes, Location | None] = {}  # None: to be appended to the pack
         encoded: list[tuple[bytes, int, bytes | memoryview, int]] = []
+        pos = 0
         for view, key in keyed:
+            pos += len(view)
             if key in found or key in self._new or key in self._held or key in fresh:
+                continue
+            if sealed is not None:
+                at = sealed[1] + pos - len(view)
+                fresh[key] = Location(key, len(view), len(view), CODEC_RAW, sealed[0], at)
                 continue
             data, codec = self._encode(view, compressible)
             fresh[key] = None

@@ -416,7 +416,7 @@ async def finish_piece_upload(request: web.Request, name: str, upload_id: str) -
         bases = await _readable_bases(request, name, plan)
         try:
             info = await ingest.commit_recipe(digest, plan.pieces, known=bases.keys,
-                                              ranges=bases.ranges)
+                                              link_own=holder(name), ranges=bases.ranges)
         except PiecesMissing as exc:
             raise _invalid(str(exc), missing=exc.indices) from exc
         except RecipeInvalid as exc:

@@ -13,7 +13,11 @@ push that sent the whole blob (its bytes, or its pieces with their plan): the ta
 grows no faster than the work clients do.
 
 The row is written before the blob is linked into R: no reader of R ever sees the blob
-with the store's recipe in between.
+with the store's recipe in between. A commit that finds the store's recipe to be its own
+cut links in its transaction instead (:func:`commit_into`): R's readers then see that cut,
+or R's own earlier one until the write that forgets it. Only a second commit of the same
+new blob, cut otherwise, landing between the commit's look at the store and its
+transaction would show the store's cut in R until the row follows, a few milliseconds.
 """
 
 from __future__ import annotations
@@ -26,13 +30,19 @@ __all__ = ["commit_into", "mount_recipe", "put_into", "recipe_in", "record_own"]
 
 
 async def commit_into(reg: Registry, name: str, info: BlobInfo) -> None:
-    """Link the blob a push just committed without a link (``info``, the commit's
-    answer) into ``name`` after recording its own cut as ``name``'s recipe of it
-    (:func:`record_own`): ``name``'s recipe is its last push's, whatever the store held
-    before (``BlobUnknown`` if GC took the blob since, which only a blob no repository
-    holds can be)."""
+    """After a push into ``name`` committed a blob with ``link_own=holder(name)``
+    (``info``, the commit's answer): record its own cut as ``name``'s recipe of it
+    (:func:`record_own`), so that ``name``'s recipe is its last push's, whatever the
+    store held before; and link the blob into ``name`` if the commit did not.
+
+    The commit links in its own transaction when the store's recipe is the push's cut
+    (mostly: a new blob), so GC cannot take the blob between the two, however short its
+    grace. When the store keeps the blob cut otherwise, the commit does not link: the
+    cut is recorded first, then the blob linked (``BlobUnknown`` if GC took it in
+    between, which only a blob no repository holds, past the GC's grace, can be)."""
     await record_own(reg, name, info)
-    await reg.store.link(holder(name), info.digest)
+    if not info.linked:
+        await reg.store.link(holder(name), info.digest)
 
 
 async def record_own(reg: Registry, name: str, info: BlobInfo) -> None:

@@ -276,7 +276,7 @@ async def _monolithic_in_slot(
                 detail={"expected": length, "actual": ingest.offset},
             )
         try:
-            info = await ingest.commit(digest)
+            info = await ingest.commit(digest, link_own=holder(name))
         except (DigestMismatch, SizeMismatch) as exc:
             raise _commit_error(exc, digest) from exc
     except BaseException:
@@ -445,7 +445,7 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         if request.body_exists or request.headers.get("Content-Range"):
             await _append(request, name, upload_id, ingest, durable=False)
         try:
-            info = await ingest.commit(digest)
+            info = await ingest.commit(digest, link_own=holder(name))
         except (DigestMismatch, SizeMismatch) as exc:
             await _drop_session(reg, upload_id)
             raise _commit_error(exc, digest) from exc

@@ -362,6 +362,47 @@ async def test_a_redirect_is_worked_out_once_per_blob_and_anew_after_the_blob_is
         await store.close()
 
 
+async def test_a_blob_sent_whole_before_a_checkpoint_and_committed_bare_is_one_object(
+        s3_location: S3Location, tmp_path: Path) -> None:
+    # As docker, skopeo and podman push a layer: every byte in one PATCH (after which the
+    # registry parks the upload: a checkpoint), then a PUT with no body (the commit).
+    data = _blob(3 << 20, seed=9)
+    digest = Digest.of(data)
+    store = await open_store(StoreConfig(tmp_path / "s", chunk_params=_SMALL, s3=s3_location))
+    try:
+        ingest = await store.begin_ingest()
+        await ingest.write(data)
+        await ingest.checkpoint()
+        await ingest.checkpoint()  # again, with nothing new: nothing is sealed again
+        await ingest.park()
+        pack = ingest._parked_pack
+        assert pack is not None
+        segments = store.core.packs._list(pack[0])  # type: ignore[attr-defined]
+        assert [(start, n) for start, n in segments if n] == [(0, len(data))]
+        assert (await ingest.commit(digest)).digest == digest
+        # The commit wrote no second object: the blob is the one the checkpoint sealed.
+        assert store.core.packs._list(pack[0]) == segments  # type: ignore[attr-defined]
+        url = await store.redirect_url(digest)
+        assert url is not None
+        assert await asyncio.to_thread(_fetch, url) == data
+        assert (await _read(store, digest))[0] == data
+        assert (await store.fsck()).ok
+
+        # Bytes after the checkpoint: the sealed tail is dead, the blob two objects,
+        # streamed; every byte still right.
+        other = _blob(3 << 20, seed=10)
+        ingest = await store.begin_ingest()
+        await ingest.write(other[: 2 << 20])
+        await ingest.park()
+        await ingest.write(other[2 << 20 :])
+        info = await ingest.commit(Digest.of(other))
+        assert await store.redirect_url(info.digest) is None
+        assert (await _read(store, info.digest))[0] == other
+        assert (await store.fsck()).ok
+    finally:
+        await store.close()
+
+
 def _fetch(url: str) -> bytes:
     import urllib.request
 

@@ -65,6 +65,37 @@ async def test_an_ingest_goes_on_in_another_directory_from_its_last_checkpoint(
         assert fsck.ok, fsck.problems
 
 
+async def test_a_blob_sent_whole_to_one_replica_and_committed_on_another_is_one_object(
+        database: str, s3_location: S3Location, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # docker's push through a round-robin balancer: the PATCH with every byte on A (which
+    # parks the upload), the PUT without a body on B. A sealed its tail with the pieces,
+    # so B checks that those bytes are the blob's last pieces and records them there.
+    data, older = os.urandom(3 << 20), os.urandom(3 << 20)
+    async with await open_store(_config(tmp_path / "a", database, s3_location)) as a, \
+            await open_store(_config(tmp_path / "b", database, s3_location)) as b:
+        ing = await a.begin_ingest()
+        await ing.write(data)
+        await ing.park()
+        on_b = await b.resume_ingest(ing.id)
+        digest = (await on_b.commit(Digest.of(data))).digest
+        assert await b.read_bytes(digest) == data
+        assert await b.redirect_url(digest) is not None  # one object in the bucket
+
+        # A checkpoint that did not seal its tail (as before this was done): the bytes
+        # before the pack's end are other pieces', so B writes the tail as usual.
+        with monkeypatch.context() as m:
+            m.setattr(a.core, "remote", None)
+            ing = await a.begin_ingest()
+            await ing.write(older)
+            await ing.park()
+        on_b = await b.resume_ingest(ing.id)
+        digest = (await on_b.commit(Digest.of(older))).digest
+        assert await a.read_bytes(digest) == older
+        assert await b.redirect_url(digest) is None  # two objects: streamed
+        fsck = await a.fsck()
+        assert fsck.ok, fsck.problems
+
+
 async def test_a_dropped_ingest_takes_its_tail_with_it(
         database: str, s3_location: S3Location, tmp_path: Path) -> None:
     async with await open_store(_config(tmp_path / "a", database, s3_location)) as a:

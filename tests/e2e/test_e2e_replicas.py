@@ -233,3 +233,16 @@ def test_redirected_blobs_reach_docker_skopeo_and_podman_through_the_balancer(
     run(skopeo("copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{tmp_path / 'out'}:v1"))
     assert read_oci_layout(tmp_path / "out", "v1").layer_digests == tuple(x.digest for x in image.layers)
     run(podman(container_storage, "pull", "--tls-verify=false", ref))
+    # Pushed as skopeo, podman and docker push a layer (POST, one PATCH with every byte, a
+    # PUT without a body), the PATCH and the PUT on whichever replicas the balancer picks:
+    # the blob is one object too (the gzip trailer ends its last piece with the PATCH), so
+    # its GET is redirected.
+    pushed = make_layer(tar_files({"pushed.bin": os.urandom(6 << 20)}), level=0)
+    layout = write_oci_layout(make_image([*busybox.layers, pushed]), tmp_path / "src")
+    run(skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:latest",
+               f"docker://{cluster.ref('team/pushed', 'v1')}"))
+    for _ in range(3):
+        status, headers, _ = _get_unfollowed(cluster.addr, f"/v2/team/pushed/blobs/{pushed.digest}")
+        assert status == 307 and headers["docker-content-digest"] == pushed.digest
+        url = urlsplit(headers["location"])
+        assert http(url.netloc, "GET", f"{url.path}?{url.query}").body == pushed.blob

@@ -51,13 +51,14 @@ class FakeIngest:
         await self.checkpoint()
 
     async def commit(self, expected: Digest | None = None, *, size: int | None = None,
-                     link: str | None = None) -> BlobInfo:
+                     link: str | None = None, link_own: str | None = None) -> BlobInfo:
+        # One cut per blob here: a link_own is always made (as cas does for a new blob).
         self.store.ingests.pop(self.id, None)
         if size is not None and size != len(self.data):
             raise SizeMismatch(size, len(self.data))
         return await self.store.put(bytes(self.data), expected=expected,
                                     algorithm=expected.algorithm if expected else self.algorithm,
-                                    link=link)
+                                    link=link or link_own)
 
     async def abort(self) -> None:
         self.closed = True
@@ -91,7 +92,7 @@ class FakeStore:
         self.blobs[actual] = bytes(data)
         if link is not None:
             self.links.setdefault(actual, set()).add(link)
-        return BlobInfo(actual, len(data))
+        return BlobInfo(actual, len(data), linked=link is not None)
 
     async def begin_ingest(self, *, algorithm: str = "sha256") -> FakeIngest:
         ingest = FakeIngest(self, secrets.token_hex(8), algorithm)

@@ -310,3 +310,32 @@ async def test_chunked_transfer_encoding_with_many_http_chunks(client):
     resp = await client.put(f"{location}?digest={Digest.of(data)}")
     assert resp.status == 201, await resp.text()
     assert await (await client.get(f"/v2/up/repo/blobs/{Digest.of(data)}")).read() == data
+
+
+async def test_a_gc_without_grace_between_commit_and_link_takes_no_pushed_blob(client, monkeypatch):
+    # GC with --grace 0 takes every blob no holder links. A push's commit links the blob
+    # into its repository in the commit's own transaction, so a GC that runs just after the
+    # commit (here: while the push records the repository's recipe) finds it linked.
+    import registry.server.recipes as recipes
+    from registry.server.state import REGISTRY
+
+    reg = client.server.app[REGISTRY]
+    record_own = recipes.record_own
+    collected = []
+
+    async def gc_then_record(reg_, name, info):
+        collected.append((await reg.store.gc(grace=0)).blobs_removed)
+        await record_own(reg_, name, info)
+
+    monkeypatch.setattr(recipes, "record_own", gc_then_record)
+    monolithic, chunked = os.urandom(300_000), os.urandom(300_000)
+    digest = await push_blob(client, "gc/repo", monolithic)
+    location = await _start(client, "gc/repo")
+    resp = await _patch(client, location, chunked)
+    assert resp.status == 202, await resp.text()
+    resp = await client.put(f"{resp.headers['Location']}?digest={Digest.of(chunked)}")
+    assert resp.status == 201, await resp.text()
+    assert collected == [0, 0]
+    for data, d in ((monolithic, digest), (chunked, Digest.of(chunked))):
+        resp = await client.get(f"/v2/gc/repo/blobs/{d}")
+        assert resp.status == 200 and await resp.read() == data
