@@ -52,6 +52,8 @@ __all__ = ["MAX_MANIFEST_BYTES", "delete_manifest", "get_manifest", "put_manifes
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _MAX_TAGS_PER_PUT = 32
 _PARSE_INLINE_BYTES = 64 * 1024
+# Times a manifest PUT stores its bytes again when a GC took them before they were linked.
+_STORE_AGAIN = 2
 
 
 def _unknown(name: str, reference: str) -> RegistryError:
@@ -243,20 +245,27 @@ async def _commit(
     A referenced blob that went in that window (GC took it) fails the push here, with
     nothing written, rather than leave a manifest whose blob is missing."""
     h = repository_holder(name)
-    # Stored unlinked first: invisible until linked, and collected by GC if we stop here.
-    # With the repository's own recipe of each (registry.server.recipes).
-    for d, content in carried:
-        await put_into(reg, name, content, d.digest)
-    await put_into(reg, name, body, digest)
     wanted = [Digest.parse(r) for r in record.references or ()]
-    try:
-        added = await reg.store.link_all(h, [*wanted, *(d.digest for d, _ in carried), digest])
-    except BlobUnknown as exc:
-        raise MANIFEST_BLOB_UNKNOWN(
-            f"the manifest references {exc.digest}, which was removed from repository "
-            f"{name!r} meanwhile: push it again",
-            detail={"digest": str(exc.digest)},
-        ) from exc
+    ours = {digest, *(d.digest for d, _ in carried)}
+    for attempt in range(_STORE_AGAIN + 1):
+        # Stored unlinked first: invisible until linked, and collected by GC if we stop
+        # here. With the repository's own recipe of each (registry.server.recipes).
+        for d, content in carried:
+            await put_into(reg, name, content, d.digest)
+        await put_into(reg, name, body, digest)
+        try:
+            added = await reg.store.link_all(h, [*wanted, *(d.digest for d, _ in carried), digest])
+            break
+        except BlobUnknown as exc:
+            if exc.digest in ours and attempt < _STORE_AGAIN:
+                # A GC with a grace shorter than this moment took bytes just stored, which
+                # no holder linked yet: they are still here to store again.
+                continue
+            raise MANIFEST_BLOB_UNKNOWN(
+                f"the manifest references {exc.digest}, which was removed from repository "
+                f"{name!r} meanwhile: push it again",
+                detail={"digest": str(exc.digest)},
+            ) from exc
     try:
         await reg.meta.put_manifest(record, tags)
     except ManifestsMissing as exc:

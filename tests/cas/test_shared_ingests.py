@@ -167,3 +167,38 @@ async def test_a_tail_file_from_before_the_upgrade_still_resumes(
         await lost.checkpoint()
         with pytest.raises(StoreCorrupt, match="neither in the metadata nor in"):
             store.core.read_tail(lost.id, 4000, 1000)
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_uploads_cut_at_random_across_replicas_commit_the_bytes_sent(
+        database: str, s3_location: S3Location, tmp_path: Path, seed: int) -> None:
+    # Chunks of random sizes (some past the cutter's gather, some a few bytes), each ended
+    # by a park (as a PATCH ends) on a replica picked at random, text and random bytes,
+    # sometimes a second checkpoint with nothing new, sometimes a last chunk at the
+    # commit: whatever was sealed with a checkpoint's tail, the blob is the bytes sent.
+    import random
+
+    rnd = random.Random(seed)
+    data = rnd.randbytes(rnd.randrange(1, 5 << 20)) if seed % 2 else (b"text %d " % seed) * 300_000
+    async with await open_store(_config(tmp_path / "a", database, s3_location)) as a, \
+            await open_store(_config(tmp_path / "b", database, s3_location)) as b:
+        stores = [a, b]
+        ing = await rnd.choice(stores).begin_ingest()
+        pos, parked = 0, True
+        while pos < len(data):
+            end = min(len(data), pos + rnd.choice([7, 4096, 100_000, 1 << 20, 3 << 20]))
+            ing = await rnd.choice(stores).resume_ingest(ing.id)
+            await ing.write(data[pos:end])
+            pos = end
+            if rnd.random() < 0.3:
+                await ing.checkpoint()
+            parked = pos < len(data) or rnd.random() < 0.7
+            if parked:
+                await ing.park()
+        if parked:  # the PUT on any replica; else the last bytes came with it, here
+            ing = await rnd.choice(stores).resume_ingest(ing.id)
+        info = await ing.commit(Digest.of(data))
+        for store in stores:
+            assert await store.read_bytes(info.digest) == data
+        fsck = await a.fsck()
+        assert fsck.ok, fsck.problems

@@ -83,3 +83,35 @@ async def test_links_are_taken_back_when_the_manifest_record_fails(client):
     assert resp.status == 500
     for digest in (Digest.of(data), Digest.of(body)):
         assert (await client.head(f"/v2/undo/blobs/{digest}")).status == 404
+
+
+async def test_a_gc_without_grace_before_the_links_takes_no_pushed_manifest(client, monkeypatch):
+    # A manifest's bytes (and the blobs it carries) are stored unlinked, then linked with
+    # its references in one transaction. A GC with --grace 0 in between takes them (no
+    # holder links them yet); the PUT stores them again and links them, and succeeds.
+    reg = client.server.app[REGISTRY]
+    link_all = reg.store.link_all
+    collected = []
+
+    async def gc_then_link_all(holder, digests):
+        if not collected:
+            collected.append((await reg.store.gc(grace=0)).blobs_removed)
+        return await link_all(holder, digests)
+
+    monkeypatch.setattr(reg.store, "link_all", gc_then_link_all)
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    await push_blob(client, "gc", config)
+    carried = b"a layer carried in the manifest"
+    doc = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+           "config": descriptor(oci.OCI_CONFIG, config),
+           "layers": [_carried(oci.OCI_LAYER_GZIP, carried)]}
+    body = json.dumps(doc).encode()
+    resp = await client.put("/v2/gc/manifests/v1", data=body,
+                            headers={"Content-Type": oci.OCI_MANIFEST})
+    assert resp.status == 201, await resp.text()
+    assert collected == [2]  # the manifest's bytes and the carried layer: stored again
+    got = await client.get("/v2/gc/manifests/v1", headers={"Accept": oci.OCI_MANIFEST})
+    assert got.status == 200 and await got.read() == body
+    got = await client.get(f"/v2/gc/blobs/{Digest.of(carried)}")
+    assert got.status == 200 and await got.read() == carried
