@@ -54,13 +54,16 @@ class IngestCheckpoints(IngestPieces):
         if (at is not None and self._checkpointed == self.offset and self._writer is not None
                 and self._writer.size == at[1] + at[2]):
             self._tail_at = at  # a checkpoint again, with nothing new: sealed already
+        since = self.offset - max(self._checkpointed, 0)  # bytes this checkpoint makes durable
         if self._writer is not None:
-            if tail and self._core.remote is not None and self._tail_at is None:
+            if tail and self._core.remote is not None and self._tail_at is None and since >= 4 * len(tail):
                 # Sealed with the pieces before it, as the blob's last pieces will be if
                 # no more bytes come (docker, skopeo and podman send a layer in one PATCH,
                 # then a PUT without a body): the commit then records them here instead
                 # of sealing a second object, and the blob stays one object in the
-                # bucket, which a GET can be redirected to. Dead bytes when more come.
+                # bucket, which a GET can be redirected to. Dead bytes when more come,
+                # so only after four times as many bytes: a client that sends many small
+                # chunks leaves no pile of copies (at most a fifth of what it sent).
                 self._tail_at = (self._writer.name, self._writer.append(tail), len(tail), True)
             self._writer.sync()
         self._core.checkpoint(self.id, self._unsaved, self.offset, self._seq,

@@ -409,3 +409,23 @@ def _fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as direct:
         body: bytes = direct.read()
     return body
+
+
+async def test_many_small_checkpoints_seal_no_pile_of_tail_copies(s3_location: S3Location,
+                                                                   tmp_path: Path) -> None:
+    # A client that sends a blob in small chunks, each ended by a checkpoint: a tail is
+    # sealed only after four times its length came, so dead copies stay under a fifth.
+    data = _blob(2 << 20, seed=12)
+    store = await open_store(StoreConfig(tmp_path / "s", chunk_params=_SMALL, s3=s3_location))
+    try:
+        ingest = await store.begin_ingest()
+        for start in range(0, len(data), 20_000):
+            await ingest.write(data[start : start + 20_000])
+            await ingest.checkpoint()
+        pack = store.core.packs._list(ingest._writer.name)  # type: ignore[attr-defined,union-attr]
+        written = sum(n for _, n in pack)
+        assert len(data) - (64 << 10) <= written <= 1.25 * len(data)
+        info = await ingest.commit(Digest.of(data))
+        assert (await _read(store, info.digest))[0] == data
+    finally:
+        await store.close()
