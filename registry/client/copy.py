@@ -164,7 +164,10 @@ class _Copy:
             desc = desc or await layout.find(src.name)
             return await layout.read_bytes(desc), desc.media_type
         assert src.path is not None
-        raw = await read_docker_archive(src.path, src.name, self.store, self.link)
+        # Each layer read shows as a task, unless its bytes go on to a registry: the push
+        # is then the task (reported twice, they would count as moved twice).
+        shown = self.progress if self.dst.kind != "registry" else None
+        raw = await read_docker_archive(src.path, src.name, self.store, self.link, shown)
         return raw, parse_manifest(raw, None)[0]
 
     async def run(self) -> CopyResult:
@@ -372,7 +375,7 @@ class _Copy:
                                    sources=self._piece_sources, fetched=fetched)
         if src.kind == "oci":
             assert src.path is not None
-            await OciLayout(src.path).import_blob(self.store, desc, self.link)
+            await OciLayout(src.path).import_blob(self.store, desc, self.link, progress)
             return "imported"
         if await self.store.stat(desc.digest) is None:
             raise ImageNotFound(f"blob {desc.digest} of {src} is missing from the local store")

@@ -24,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cas import Digest, DigestMismatch, Store
+from cas import BlobInfo, Digest, DigestMismatch, Store
 
 from ..oci import (
     DOCKER_CONFIG,
@@ -48,6 +50,7 @@ from ..oci import (
     Manifest,
 )
 from .errors import ClientError
+from .progress import Progress
 from .refs import InvalidReference, parse_image_ref
 
 __all__ = [
@@ -139,19 +142,32 @@ class OciLayout:
             raise LayoutError(f"{self.blob_path(desc.digest)} does not match {desc.digest}")
         return data
 
-    async def import_blob(self, store: Store, desc: Descriptor, link: str | None = None) -> None:
-        """Copy the blob into ``store``, verified against digest and size."""
+    async def import_blob(self, store: Store, desc: Descriptor, link: str | None = None,
+                          progress: Progress | None = None) -> None:
+        """Copy the blob into ``store``, verified against digest and size; ``progress``
+        shows it as a task (``imported``), or as ``exists`` when the store had it."""
+        key = str(desc.digest)
         if await store.stat(desc.digest) is not None:
             if link:
                 await store.link(link, desc.digest)
+            if progress is not None:
+                progress.start(key, desc.digest.encoded[:12], desc.size)
+                progress.finish(key, "exists")
             return
         path = self.blob_path(desc.digest)
         if not path.exists():
             raise LayoutError(f"{self.path} lacks blob {desc.digest} ({path} is missing)")
         try:
-            info = await store.put_file(path, expected=desc.digest, link=link)
+            f = await asyncio.to_thread(open, path, "rb")
+        except OSError as exc:
+            raise LayoutError(f"cannot read {path}: {exc}") from exc
+        try:
+            info = await _import(store, f.read, desc.digest, link, progress, key,
+                                 desc.digest.encoded[:12], desc.size)
         except DigestMismatch as exc:
             raise LayoutError(f"{path} does not match its digest {desc.digest}") from exc
+        finally:
+            f.close()
         if info.size != desc.size:
             raise LayoutError(f"{path} is {info.size} bytes, its descriptor says {desc.size}")
 
@@ -211,9 +227,41 @@ def _layer_type(head: bytes) -> str:
     return DOCKER_LAYER_TAR
 
 
-async def read_docker_archive(path: Path, ref: str | None, store: Store, link: str | None = None) -> bytes:
+async def _import(store: Store, read: Callable[[int], bytes], expected: Digest | None,
+                  link: str | None, progress: Progress | None, key: str, label: str,
+                  size: int) -> BlobInfo:
+    """One blob from a blocking ``read`` into ``store`` (read in a thread, verified
+    against ``expected`` when given), shown as task ``key`` of ``progress`` if given."""
+    ing = await store.begin_ingest(algorithm=expected.algorithm if expected else "sha256")
+    if progress is not None:
+        progress.start(key, label, size)
+    try:
+        while block := await asyncio.to_thread(read, _CHUNK):
+            await ing.write(block)
+            if progress is not None:
+                progress.advance(key, len(block))
+        info = await ing.commit(expected, link=link)
+    except BaseException as exc:
+        await ing.abort()
+        if progress is not None:
+            progress.fail(key, exc)
+        raise
+    if progress is not None:
+        progress.finish(key, "imported")
+    return info
+
+
+def _member_label(name: str) -> str:
+    """A short label for an archive member (``<hex>/layer.tar``, ``blobs/sha256/<hex>``)."""
+    found = re.search(r"[0-9a-f]{12,}", name)
+    return found.group(0)[:12] if found else name[-24:]
+
+
+async def read_docker_archive(path: Path, ref: str | None, store: Store, link: str | None = None,
+                              progress: Progress | None = None) -> bytes:
     """Import the image named ``ref`` (or the only image) from a ``docker save`` tar into
-    ``store``; returns the manifest (bytes) built for it."""
+    ``store``; returns the manifest (bytes) built for it. ``progress`` shows each layer
+    read as a task (``imported``)."""
     try:
         tar = await asyncio.to_thread(tarfile.open, path, "r:")
     except (OSError, tarfile.TarError) as exc:
@@ -235,23 +283,18 @@ async def read_docker_archive(path: Path, ref: str | None, store: Store, link: s
         layers = []
         for name in entry["Layers"]:
             f = await asyncio.to_thread(member, name)
-            head = b""
-            ing = await store.begin_ingest()
-            try:
-                first = True
-                while True:
-                    block = await asyncio.to_thread(f.read, _CHUNK)
-                    if first:
-                        head, first = block[:4], False
-                    if not block:
-                        break
-                    await ing.write(block)
-                size = ing.offset
-                info = await ing.commit(link=link)
-            except BaseException:
-                await ing.abort()
-                raise
-            layers.append(Descriptor(_layer_type(head), info.digest, size))
+            head: list[bytes] = []
+
+            def read(n: int, f: Any = f, head: list[bytes] = head) -> bytes:
+                block: bytes = f.read(n)
+                if not head:
+                    head.append(block[:4])
+                return block
+
+            size = (await asyncio.to_thread(tar.getmember, name)).size
+            info = await _import(store, read, None, link, progress, f"{path}:{name}",
+                                 _member_label(name), size)
+            layers.append(Descriptor(_layer_type(head[0] if head else b""), info.digest, info.size))
     finally:
         await asyncio.to_thread(tar.close)
     oci = any(d.media_type == OCI_LAYER_ZSTD for d in layers)

@@ -135,3 +135,39 @@ async def test_a_destination_that_cannot_be_written_is_named_with_the_fix_before
         await copy("local:localhost/a:1", dst.format(tmp=tmp_path), images, client)
     assert not list(tmp_path.rglob("*.tmp"))
     assert (tmp_path / "file").read_text() == "not a layout"
+
+
+async def test_reading_an_archive_or_a_layout_shows_each_blob_it_imports(
+    images: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    # A docker save archive or an OCI layout read into the local store moves bytes: each
+    # blob read is a task with its bytes (JSON events here), not a silent wait.
+    image = simple_image(72, (200_000, 300_000))
+    archive = tmp_path / "saved.tar"
+    docker_save(archive, [(image, ["app:1"])])
+
+    async def events(src: str, dst: str, into: ImageStore) -> list[dict[str, object]]:
+        out = io.StringIO()
+        progress = Progress("json", out)
+        await copy_image(parse_endpoint(src), parse_endpoint(dst), into, client, progress, CopyOptions())
+        progress.close()
+        return [json.loads(line) for line in out.getvalue().splitlines()]
+
+    got = await events(f"docker-archive:{archive}:app:1", "local:localhost/app:1", images)
+    imported = [e for e in got if e["event"] == "done" and e["status"] == "imported"]
+    assert sorted(e["bytes"] for e in imported) == sorted(len(layer) for layer in image.layers)
+    assert got[-1]["event"] == "summary" and got[-1]["transferred"] == sum(map(len, image.layers))
+
+    await copy("local:localhost/app:1", f"oci:{tmp_path / 'layout'}:1", images, client)
+    other = await ImageStore.open(tmp_path / "other")
+    try:
+        got = await events(f"oci:{tmp_path / 'layout'}:1", "local:localhost/app:1", other)
+        done = {e["id"]: e for e in got if e["event"] == "done"}
+        for blob in (*image.layers, image.config):
+            assert done[str(Digest.of(blob))]["status"] == "imported"
+            assert done[str(Digest.of(blob))]["bytes"] == len(blob)
+        # Read again into the same store: every blob is there already.
+        got = await events(f"oci:{tmp_path / 'layout'}:1", "local:localhost/app:2", other)
+        assert {e["status"] for e in got if e["event"] == "done"} == {"exists"}
+    finally:
+        await other.close()
