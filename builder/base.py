@@ -34,6 +34,8 @@ from registry.client.refs import InvalidReference, parse_image_ref
 from registry.oci import INDEX_TYPES, Descriptor, ImageConfig, Index, Manifest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from registry.client.remote import ClientOptions
 
     from .progress import BuildProgress
@@ -148,13 +150,14 @@ async def load_oci_layout(ref: str, store: Store, platform: str | None = None) -
     return BaseImage(ref, Digest.of(raw_manifest), config, layers)
 
 
-def client_options() -> ClientOptions:
+def client_options(notice: Callable[[str], None] | None = None) -> ClientOptions:
     """Registry client settings: ``PYBUILD_INSECURE_REGISTRIES`` (comma-separated hosts)
-    as ``pybuild pull`` reads it; loopback registries are always allowed over HTTP."""
+    as ``pybuild pull`` reads it; loopback registries are always allowed over HTTP.
+    ``notice``: where "waiting for HOST" lines go when a registry does not answer."""
     from registry.client.remote import ClientOptions
 
     insecure = {h for h in os.environ.get("PYBUILD_INSECURE_REGISTRIES", "").split(",") if h}
-    return ClientOptions(insecure=frozenset(insecure))
+    return ClientOptions(insecure=frozenset(insecure), notice=notice)
 
 
 def _host() -> str:
@@ -192,7 +195,8 @@ async def pull_base(ref: str, store: Store, platform: str | None = None, *,
             view = TransferView(progress, step)
         failed = True
         try:
-            async with RegistryClient(client_options()) as client:
+            notice = view.message if step is not None else None
+            async with RegistryClient(client_options(notice)) as client:
                 await copy_image(Endpoint("registry", image_ref),
                                  Endpoint("local", image_ref), images, client,
                                  view, CopyOptions(platform=platform))

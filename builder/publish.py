@@ -64,8 +64,14 @@ async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet
     from registry.errors import RegistryError
 
     images = await ImageStore.open(store=store)
+    views: list[RegistryProgress] = []  # the ref's view, where "waiting for HOST" goes
+
+    def notice(text: str) -> None:
+        if views:
+            views[-1].message(text)
+
     try:
-        async with RegistryClient(client_options()) as client:
+        async with RegistryClient(client_options(notice)) as client:
             for ref in refs:
                 r = parse_image_ref(ref)
                 view = RegistryProgress(progress_mode)
@@ -73,6 +79,7 @@ async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet
                     from .transfer_view import TransferView
 
                     view = TransferView(progress, step)
+                views.append(view)
                 try:
                     # every platform of an index (a multi-platform build)
                     await copy_image(Endpoint("local", r), Endpoint("registry", r), images,

@@ -35,6 +35,10 @@ class TransferView(RegistryProgress):
         super().finish(key, status, message)
         self._forward(key, status)
 
+    def message(self, text: str) -> None:
+        """A line of the transfer (a registry that does not answer) in the step's log."""
+        self.build.log(self.step, text)
+
 
 def transfer_totals(ref: str, summary: dict[str, int]) -> str:
     """``REF: 1.2 MiB transferred, 3.4 MiB reused`` (reused: blobs the destination had)."""

@@ -187,3 +187,39 @@ def test_fast_path_replays_the_local_base_line(tmp_path: Path) -> None:
     assert "pulling " in logs[0] and "using local image" not in logs[0]
     assert "fastpath: hit" not in logs[1] and f"using local image {base}" in logs[1]
     assert "fastpath: hit" in logs[2] and f"using local image {base}" in logs[2]
+
+
+async def test_a_base_image_registry_that_never_answers_is_reported_in_the_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As `pybuild pull` says "waiting for HOST" while a registry takes the connection and
+    # answers nothing, so does the build's step that pulls its base image.
+    import dataclasses
+    import io
+    import socket
+
+    import builder.base as base
+    from builder.progress import BuildProgress
+    from cas import StoreConfig
+    from cas.open import open_store
+
+    real = base.client_options
+
+    def quick(notice=None):  # type: ignore[no-untyped-def]
+        return dataclasses.replace(real(notice), retries=1, backoff=0.01, read_timeout=0.6,
+                                   notice_after=0.25)
+
+    monkeypatch.setattr(base, "client_options", quick)
+    out = io.StringIO()
+    store = await open_store(StoreConfig(tmp_path / "store"))
+    try:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(16)
+            host = f"127.0.0.1:{server.getsockname()[1]}"
+            with pytest.raises(base.BaseImageError, match=f"pulling {host}/x:1: .*timed out"):
+                await base.pull_base(f"{host}/x:1", store, progress=BuildProgress("json", out))
+    finally:
+        await store.close()
+    logs = [e["line"] for e in map(json.loads, out.getvalue().splitlines()) if e["event"] == "log"]
+    assert any(line.startswith(f"waiting for {host} (no answer for ") for line in logs), logs
+    assert f"waiting for {host} (no answer in 0.6 s; retrying, attempt 2 of 2)" in logs
