@@ -183,10 +183,16 @@ def images(as_json: bool, storage: Path | None) -> None:
         click.echo(json.dumps([{"ref": i.ref, "digest": str(i.digest), "mediaType": i.media_type,
                                 "size": i.size, "created": i.created} for i in found], indent=2))
         return
-    click.echo(f"{'REFERENCE':<50} {'DIGEST':<19} {'CREATED':<20}")
-    for i in found:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created))
-        click.echo(f"{i.ref:<50} {i.digest.encoded[:12]:<19} {created:<20}")
+    from .image_cmds import human_duration
+
+    # Aligned as Docker's tables: each column as wide as its widest cell plus 3 (at least
+    # 10), the last one as it is; CREATED as docker images says it ("2 hours ago").
+    now = time.time()
+    rows = [["REFERENCE", "DIGEST", "CREATED"]] + [
+        [i.ref, i.digest.encoded[:12], f"{human_duration(max(0.0, now - i.created))} ago"] for i in found]
+    widths = [max([len(row[c]) + 3 for row in rows] + [10]) for c in range(2)]
+    for row in rows:
+        click.echo(f"{row[0].ljust(widths[0])}{row[1].ljust(widths[1])}{row[2]}")
 
 
 @click.command()

@@ -53,8 +53,12 @@ def test_push_pull_images_rmi(runner: CliRunner, distribution: str, tmp_path: Pa
     out = runner.invoke(main, ["images", "--storage", str(tmp_path / "b"), "--json"])
     listed = json.loads(out.stdout)
     assert [(i["ref"], i["digest"]) for i in listed] == [(ref, digest)]
-    table = runner.invoke(main, ["images", "--storage", str(tmp_path / "b")]).output
-    assert ref in table and digest.split(":")[1][:12] in table
+    table = runner.invoke(main, ["images", "--storage", str(tmp_path / "b")]).output.splitlines()
+    # Docker's table: columns as wide as their widest cell plus 3, however long the name.
+    width = len(ref) + 3
+    assert table[0] == "REFERENCE".ljust(width) + "DIGEST".ljust(15) + "CREATED"
+    assert table[1].startswith(ref.ljust(width) + digest.split(":")[1][:12] + "   ")
+    assert table[1].endswith(" ago") and table[1] == table[1].rstrip()
 
     out = runner.invoke(main, ["rmi", ref, "--storage", str(tmp_path / "b")])
     assert out.exit_code == 0, out.output
