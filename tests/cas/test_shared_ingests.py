@@ -70,27 +70,24 @@ async def test_a_blob_sent_whole_to_one_replica_and_committed_on_another_is_one_
     # docker's push through a round-robin balancer: the PATCH with every byte on A (which
     # parks the upload), the PUT without a body on B. A sealed its tail with the pieces,
     # so B checks that those bytes are the blob's last pieces and records them there.
-    data, older = os.urandom(3 << 20), os.urandom(3 << 20)
     async with await open_store(_config(tmp_path / "a", database, s3_location)) as a, \
             await open_store(_config(tmp_path / "b", database, s3_location)) as b:
-        ing = await a.begin_ingest()
-        await ing.write(data)
-        await ing.park()
-        on_b = await b.resume_ingest(ing.id)
-        digest = (await on_b.commit(Digest.of(data))).digest
-        assert await b.read_bytes(digest) == data
-        assert await b.redirect_url(digest) is not None  # one object in the bucket
 
+        async def patch_on_a_put_on_b(data: bytes) -> Digest:
+            ing = await a.begin_ingest()
+            await ing.write(data)
+            await ing.park()
+            on_b = await b.resume_ingest(ing.id)
+            digest = (await on_b.commit(Digest.of(data))).digest
+            assert await b.read_bytes(digest) == data
+            return digest
+
+        assert await b.redirect_url(await patch_on_a_put_on_b(os.urandom(3 << 20))) is not None  # one object
         # A checkpoint that did not seal its tail (as before this was done): the bytes
         # before the pack's end are other pieces', so B writes the tail as usual.
         with monkeypatch.context() as m:
             m.setattr(a.core, "remote", None)
-            ing = await a.begin_ingest()
-            await ing.write(older)
-            await ing.park()
-        on_b = await b.resume_ingest(ing.id)
-        digest = (await on_b.commit(Digest.of(older))).digest
-        assert await a.read_bytes(digest) == older
+            digest = await patch_on_a_put_on_b(os.urandom(3 << 20))
         assert await b.redirect_url(digest) is None  # two objects: streamed
         fsck = await a.fsck()
         assert fsck.ok, fsck.problems
