@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["human_bytes", "parse_duration", "parse_size"]
+__all__ = ["human_bytes", "human_duration", "parse_duration", "parse_size"]
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _DURATION_PART = re.compile(_NUMBER + r"\s*(ns|us|µs|μs|ms|s|m|h|d)")
@@ -74,3 +74,30 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's ``units.HumanDuration``."""
+    s = int(seconds)
+    minutes, hours = int(seconds / 60), int(seconds / 3600 + 0.5)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"

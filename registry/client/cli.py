@@ -183,7 +183,7 @@ def images(as_json: bool, storage: Path | None) -> None:
         click.echo(json.dumps([{"ref": i.ref, "digest": str(i.digest), "mediaType": i.media_type,
                                 "size": i.size, "created": i.created} for i in found], indent=2))
         return
-    from .image_cmds import human_duration
+    from cas.units import human_duration
 
     # Aligned as Docker's tables: each column as wide as its widest cell plus 3 (at least
     # 10), the last one as it is; CREATED as docker images says it ("2 hours ago").

@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from cas import Digest
+from cas.units import human_duration
 
 from ..oci import Index, Manifest
 from .cli import _ref, _run, _storage_option
@@ -121,33 +122,6 @@ def inspect(refs: tuple[str, ...], template: str | None, platform: str | None,
         return
     for one in found:
         click.echo(render(template, one))
-
-
-def human_duration(seconds: float) -> str:
-    """Docker's ``units.HumanDuration``."""
-    s = int(seconds)
-    minutes, hours = int(seconds / 60), int(seconds / 3600 + 0.5)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
 
 
 def human_size(size: float) -> str:
