@@ -64,11 +64,11 @@ async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet
     from registry.errors import RegistryError
 
     images = await ImageStore.open(store=store)
-    views: list[RegistryProgress] = []  # the ref's view, where "waiting for HOST" goes
+    current: list[RegistryProgress] = []  # the view of the ref being pushed
 
-    def notice(text: str) -> None:
-        if views:
-            views[-1].message(text)
+    def notice(text: str) -> None:  # "waiting for HOST": to that view
+        for view in current:
+            view.message(text)
 
     try:
         async with RegistryClient(client_options(notice)) as client:
@@ -79,7 +79,7 @@ async def push_images(store: Store, refs: list[str], progress_mode: str = "quiet
                     from .transfer_view import TransferView
 
                     view = TransferView(progress, step)
-                views.append(view)
+                current[:] = [view]
                 try:
                     # every platform of an index (a multi-platform build)
                     await copy_image(Endpoint("local", r), Endpoint("registry", r), images,

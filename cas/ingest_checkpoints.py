@@ -50,13 +50,11 @@ class IngestCheckpoints(IngestPieces):
         if final:
             self._store_pieces(final)
         tail = bytes(self._cutter.held())
-        at, self._tail_at = self._tail_at, None
-        if (at is not None and self._checkpointed == self.offset and self._writer is not None
-                and self._writer.size == at[1] + at[2]):
-            self._tail_at = at  # a checkpoint again, with nothing new: sealed already
         since = self.offset - max(self._checkpointed, 0)  # bytes this checkpoint makes durable
+        if since:  # else the last checkpoint's tail (sealed or not) is this one's
+            self._tail_at = None
         if self._writer is not None:
-            if tail and self._core.remote is not None and self._tail_at is None and since >= 4 * len(tail):
+            if tail and self._core.remote is not None and since >= 4 * len(tail):
                 # Sealed with the pieces before it, as the blob's last pieces will be if
                 # no more bytes come (docker, skopeo and podman send a layer in one PATCH,
                 # then a PUT without a body): the commit then records them here instead

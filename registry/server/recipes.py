@@ -47,7 +47,8 @@ async def commit_into(reg: Registry, name: str, info: BlobInfo) -> None:
 
 async def record_own(reg: Registry, name: str, info: BlobInfo) -> None:
     """Record the commit's own cut (``info.own_recipe``) as ``name``'s recipe of the
-    blob, not yet linked into ``name``; or forget an earlier one when the store's recipe
+    blob, before it is linked into ``name`` (or just after, by the commit itself, when the
+    store's recipe was this push's cut); or forget an earlier one when the store's recipe
     is this push's cut."""
     digest = str(info.digest)
     # Mostly there is nothing to forget: a read then, not a write transaction.
