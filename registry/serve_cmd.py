@@ -14,7 +14,7 @@ import click
 from aiohttp import web
 
 from .server import ConfigError, ServerConfig, load_config, make_app
-from .server.accesslog import AccessLogSink, JsonAccessLogger
+from .server.accesslog import AccessLogSink, BadRequestFilter, JsonAccessLogger
 from .server.audit import install_audit_handler
 from .server.debug import start_debug_server
 from .server.limits import ConnectionGuard, raise_open_files_limit
@@ -61,6 +61,9 @@ def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None =
         level={"warn": "WARNING"}.get(config.log_level.lower(), config.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadRequestFilter) for f in server_log.filters):
+        server_log.addFilter(BadRequestFilter())
     if config.log_audit:
         install_audit_handler(sys.stderr)
     app = make_app(config, storage=storage)

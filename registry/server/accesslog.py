@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import TextIO
 
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import BaseRequest, StreamResponse
 
 from .state import BYTES_SENT, USER
 
-__all__ = ["FLUSH_SECONDS", "AccessLogSink", "JsonAccessLogger"]
+__all__ = ["FLUSH_SECONDS", "AccessLogSink", "BadRequestFilter", "JsonAccessLogger"]
 
 FLUSH_SECONDS = 0.5
 
@@ -80,3 +82,24 @@ class JsonAccessLogger(AbstractAccessLogger):
     @property
     def enabled(self) -> bool:
         return self.sink is not None
+
+
+class BadRequestFilter(logging.Filter):
+    """For aiohttp's server logger: a request it cannot parse (a byte it refuses in the
+    path, two ``Content-Length`` headers, a header line without a colon) is logged by
+    aiohttp as an ERROR with a traceback, though the client is at fault and has its 400
+    (and its access-log line). This makes it one INFO line, ``bad request from ADDRESS:
+    what``, so that a client cannot fill the log with stack traces."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or not 400 <= (exc.code or 400) < 500:
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.INFO):
+            return False
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        what = " ".join(str(exc.message).split()).removesuffix(" ^")  # aiohttp's caret line
+        record.msg, record.args = "bad request from %s: %s", (remote, what[:200])
+        record.exc_info = record.exc_text = None
+        return True

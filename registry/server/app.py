@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
 from aiohttp.typedefs import Handler
 
 from cas import (
@@ -62,6 +63,7 @@ from ..names import check_raw_path
 from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
 from .debug import metrics_response
+from .httputil import ClientGone
 from .metadata import RegistryMetadata
 from .metadata_open import open_metadata
 from .operations import after_request, notifications_lifecycle
@@ -111,6 +113,13 @@ def _cas_error(exc: CasError) -> RegistryError:
     if isinstance(exc, (StorageNotWritable, StoreClosed)):  # read-only disk; shutting down
         return UNAVAILABLE(str(exc), status=503)
     return UNKNOWN(INTERNAL_ERROR)
+
+
+def _client_gone(request: web.Request, exc: ConnectionError) -> bool:
+    """Whether ``exc`` says the client hung up, rather than an upstream refusing us."""
+    transport = request.transport
+    return (isinstance(exc, (ClientGone, ClientConnectionResetError)) or transport is None
+            or transport.is_closing())
 
 
 def _error_response(err: RegistryError) -> web.Response:
@@ -167,12 +176,26 @@ async def _registry_middleware(
         except web.HTTPException as exc:
             status = exc.status
             raise
-        except (asyncio.CancelledError, ConnectionError):
+        except asyncio.CancelledError:
             status = 499  # client closed the connection
             raise
+        except ConnectionError as exc:
+            if not _client_gone(request, exc):  # an upstream's (a proxy's, the database's)
+                raise
+            # The client hung up (a pull interrupted, a download cancelled): its doing,
+            # one line, no traceback. Nothing can be answered; the connection is closed.
+            log.info("%s %s: the client went away (%s)", request.method, request.path, exc)
+            resp = _error_response(UNKNOWN("the client went away", status=499))
+            if BYTES_SENT not in request:  # the body's bytes that went out: none counted
+                request[BYTES_SENT] = 0
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             resp = _error_response(UNKNOWN(INTERNAL_ERROR))
+        if request.writer.output_size > 0 and not resp.prepared and request.transport is not None:
+            # The handler's response began and broke off: another answer would be read as
+            # the rest of its body. Close the connection: the client sees a short body
+            # and retries (aiohttp finds the connection closing and writes nothing).
+            request.transport.close()
         status = resp.status
         if reg.draining and not resp.prepared:
             resp.force_close()  # shutting down: no keep-alive

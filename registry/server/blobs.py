@@ -17,12 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
-from cas import BlobUnknown, Digest, InvalidRange
+from cas import BlobUnknown, Digest, InvalidRange, StoreCorrupt
 from cas.holders import repository_holder
 
 from ..errors import BLOB_UNKNOWN, UNSUPPORTED
 from ..names import parse_digest
-from .httputil import parse_range
+from .httputil import ClientGone, parse_range
 from .state import BYTES_SENT, REGISTRY, Registry
 
 __all__ = ["delete_blob", "get_blob", "stat_in_repo"]
@@ -127,7 +127,7 @@ async def _send_file_range(
     """
     transport = request.transport
     if transport is None or transport.is_closing():
-        raise ConnectionResetError("client went away")
+        raise ClientGone("connection closed")
     loop = asyncio.get_running_loop()
     # A local open is one quick syscall; done in a worker thread, a cancellation during
     # the hop would leave the opened file behind.
@@ -136,10 +136,15 @@ async def _send_file_range(
         tls = transport.get_extra_info("sslcontext") is not None
         if isinstance(loop, asyncio.BaseEventLoop) or tls:
             try:
-                await loop.sendfile(transport, f, offset, length)
-                return
+                sent = await loop.sendfile(transport, f, offset, length)
             except NotImplementedError:
                 pass
+            except (BrokenPipeError, ConnectionResetError) as exc:  # writing to the client
+                raise ClientGone(str(exc)) from exc
+            else:
+                if sent < length:  # asyncio stops at the end of the file, silently
+                    raise StoreCorrupt("a pack file is shorter than the blob's recipe says")
+                return
         sock = None if tls else transport.get_extra_info("socket")
         if sock is None:
             await _copy_file(resp, f, offset, length)
@@ -147,7 +152,7 @@ async def _send_file_range(
         while transport.get_write_buffer_size() > 0:
             await asyncio.sleep(0.0005)
             if transport.is_closing():
-                raise ConnectionResetError("client went away")
+                raise ClientGone("connection closed")
         await asyncio.to_thread(_sendfile_blocking, sock.fileno(), f.fileno(), offset, length)
     finally:
         f.close()
@@ -163,12 +168,12 @@ def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, length: int) -> 
                 sent = os.sendfile(out, file_fd, offset, min(length, 1 << 30))
             except BlockingIOError:
                 if not poller.poll(30_000):
-                    raise ConnectionResetError("client stopped reading for 30 s") from None
+                    raise ClientGone("it stopped reading for 30 s") from None
                 continue
             except (BrokenPipeError, ConnectionError) as exc:
-                raise ConnectionResetError(str(exc)) from exc
+                raise ClientGone(str(exc)) from exc
             if sent == 0:
-                raise ConnectionResetError("segment file shorter than its recipe says")
+                raise StoreCorrupt("a pack file is shorter than the blob's recipe says")
             offset += sent
             length -= sent
     finally:
@@ -180,7 +185,7 @@ async def _copy_file(resp: web.StreamResponse, f: Any, offset: int, length: int)
     while length > 0:
         data = await asyncio.to_thread(os.pread, f.fileno(), min(chunk, length), offset)
         if not data:
-            raise ConnectionResetError("segment file shorter than its recipe says")
+            raise StoreCorrupt("a pack file is shorter than the blob's recipe says")
         await resp.write(data)
         offset += len(data)
         length -= len(data)

@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_PAGE",
     "MAX_PAGE",
     "MAX_POSITION",
+    "ClientGone",
     "next_link",
     "parse_content_range",
     "parse_page",
@@ -26,6 +27,11 @@ __all__ = [
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 1000
+
+
+class ClientGone(ConnectionResetError):
+    """The client hung up, or stopped reading, while a response was being sent: nothing
+    the server did wrong (the middleware logs one line and closes the connection)."""
 
 # Byte positions are ASCII digits only (``\d`` would admit "٣"), at most 19 of them: like
 # Go's ParseInt in CNCF Distribution, anything past int64 is not a position.

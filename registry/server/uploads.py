@@ -149,8 +149,10 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
                 # larger buffers, the ingest batches them for its worker threads itself.
                 chunk, end_of_http_chunk = await content.readchunk()
                 if not chunk:
-                    if end_of_http_chunk:
+                    if end_of_http_chunk and not content.at_eof():
                         continue  # the end of one chunk of a chunked body, not of the body
+                    # (aiohttp's one shared reader of every body-less request answers
+                    # "end of a chunk" forever once its end was read: at EOF, it ends.)
                     break
                 if on_excess and allowance is not None and written + len(chunk) > allowance:
                     on_excess(written + len(chunk))
