@@ -258,6 +258,8 @@ class PgMetadata:
                     raise StoreCorrupt(missing_piece(digest, counts, set(self._locations(db, list(counts)))))
                 db.execute("INSERT INTO blobs(digest, size, recipe, created) VALUES (%s, %s, %s, %s)",
                            (digest, size, encode_recipe(recipe), time.time()))
+            else:  # committed again: GC's grace counts from now (see sqlite_meta)
+                db.execute("UPDATE blobs SET created = %s WHERE digest = %s", (time.time(), digest))
             if link is not None:
                 db.execute(_LINK, (link, digest, time.time()))
             if ingest_id is not None:

@@ -192,6 +192,10 @@ class SqliteMetadata(SqliteDatabase):
                     "INSERT INTO blobs(digest, size, recipe, created) VALUES (?, ?, ?, ?)",
                     (digest, size, encode_recipe(recipe), time.time()),
                 )
+            else:
+                # Committed again (pushed again, cut otherwise, perhaps): GC's grace counts
+                # from now, so that it cannot take the blob before the pusher links it.
+                db.execute("UPDATE blobs SET created = ? WHERE digest = ?", (time.time(), digest))
             if link is not None:
                 db.execute(_LINK, (link, digest, time.time()))
             if ingest_id is not None:

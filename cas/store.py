@@ -256,8 +256,9 @@ class Store:
         Finding that out reads the blob's recipe and every piece's location: ~50 ms for a
         1 GiB blob of 16,000 pieces. The answer is kept per blob (:data:`_RUNS`
         entries), keyed by its digest and commit time: the pieces of a committed blob
-        never move while it exists, so only a blob deleted and pushed again (a new
-        commit time) is looked at anew, and a GET after the first costs one row."""
+        never move while it exists, so only a blob committed again (a new commit time:
+        pushed again, or deleted and pushed again) is looked at anew, and a GET after the
+        first costs one row."""
         remote = self.core.remote
         if remote is None:
             return None

@@ -39,7 +39,8 @@ async def commit_into(reg: Registry, name: str, info: BlobInfo) -> None:
     (mostly: a new blob), so GC cannot take the blob between the two, however short its
     grace. When the store keeps the blob cut otherwise, the commit does not link: the
     cut is recorded first, then the blob linked (``BlobUnknown`` if GC took it in
-    between, which only a blob no repository holds, past the GC's grace, can be)."""
+    between: the commit renewed the blob's commit time, so only a blob no repository
+    holds, and a GC whose grace is shorter than that moment, can)."""
     await record_own(reg, name, info)
     if not info.linked:
         await reg.store.link(holder(name), info.digest)

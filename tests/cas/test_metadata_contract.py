@@ -332,13 +332,28 @@ def test_blob_head_is_the_size_and_a_commit_time_that_a_new_commit_changes(meta:
     commit(meta, D1, [key(1), key(2), key(1)], pack="p1")
     head = meta.blob_head(D1)
     assert head is not None and head[0] == 300 and before <= head[1] <= time.time()
-    assert not commit(meta, D1, [key(1)])  # committed again while it exists: the same row
-    assert meta.blob_head(D1) == head
+    time.sleep(0.01)
+    assert not commit(meta, D1, [key(1)])  # committed again while it exists: the same row,
+    renewed = meta.blob_head(D1)  # the commit time renewed
+    assert renewed is not None and renewed[0] == 300 and renewed[1] > head[1]
     assert meta.delete_blob(D1) and meta.blob_head(D1) is None
     time.sleep(0.01)
     commit(meta, D1, [key(1), key(2), key(1)], pack="p2")
     again = meta.blob_head(D1)
-    assert again is not None and again[0] == 300 and again[1] > head[1]
+    assert again is not None and again[0] == 300 and again[1] > renewed[1]
+
+
+def test_a_blob_committed_again_unlinked_gets_the_whole_grace_anew(meta: Metadata) -> None:
+    """A push of a blob the store holds unlinked (its repository deleted long ago),
+    committed without a link because the store keeps it cut otherwise: the registry
+    records its own recipe, then links it. A GC in between must not take it: its grace
+    counts from the last commit."""
+    commit(meta, D1, [key(1), key(2)], pack="p1")
+    first = time.time()
+    time.sleep(0.05)
+    assert not commit(meta, D1, [key(1), key(2)], ingest="again")  # no link: not yet
+    assert meta.collect_blobs(first + 0.01) == 0  # older than the first commit only
+    assert meta.link("repo/a", D1) and meta.is_linked("repo/a", D1)
 
 
 def test_commit_blob_of_an_existing_blob_keeps_nothing_of_the_ingest(meta: Metadata) -> None:

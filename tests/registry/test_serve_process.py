@@ -69,7 +69,14 @@ class Server:
     def stop(self) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            # A server too stuck to stop (its loop blocked) must not outlive its test,
+            # spinning beside the rest of the suite.
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def log_lines(self) -> list[dict]:
         out = []
