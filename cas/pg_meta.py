@@ -3,8 +3,7 @@ and machines (registry replicas) sharing one store.
 
 Same tables and meaning as the SQLite default (drawn in :mod:`cas.sqlite_db`); the
 transactions and the schema versions are :class:`cas.pg_db.PgDatabase`'s. Text columns
-sort bytewise (``COLLATE "C"``), as SQLite sorts, so listings come out in the same order.
-"""
+sort bytewise (``COLLATE "C"``), as SQLite sorts, so listings come out in the same order."""
 
 from __future__ import annotations
 

@@ -111,8 +111,8 @@ class BuildCache:
         out: dict[str, tuple[str, str]] = {}
         with self._using():
             for i in range(0, len(paths), 500):
-                batch = paths[i:i + 500]
-                out.update((p, (s, h)) for p, s, h in self._db.execute(
+                batch = [_bindable(p) for p in paths[i:i + 500]]
+                out.update((os.fsdecode(p), (s, h)) for p, s, h in self._db.execute(
                     "SELECT path, stat, hash FROM file_hashes WHERE path IN "
                     f"({','.join('?' * len(batch))})", batch))
         return out
@@ -126,7 +126,7 @@ class BuildCache:
             try:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO file_hashes(path, stat, hash) VALUES (?, ?, ?)",
-                    rows)
+                    [(_bindable(p), st, h) for p, st, h in rows])
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -214,3 +214,14 @@ class BuildCache:
                 raise
             self._db.execute("COMMIT")
         return added
+
+
+def _bindable(path: str) -> str | bytes:
+    """``path`` as SQLite can take it: its text, or its bytes when it is no UTF-8 (a name
+    read with ``surrogateescape``, e.g. Latin-1 bytes: SQLite refuses surrogates). Read
+    back, :func:`os.fsdecode` makes both the same string again."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path

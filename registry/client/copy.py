@@ -300,15 +300,17 @@ class _Copy:
             self.client.prefetch_recipe(src.ref.api_host, src.ref.name, desc.digest)
         # A blob fetched into the local store on its way to a registry is one task, the
         # push: reported twice (done/exists or done/pulled, then done/pushed) its bytes
-        # would count as both reused and transferred. A fetch that fails is reported.
-        fetch_progress = Progress("quiet") if dst.kind == "registry" else self.progress
+        # would count as both reused and transferred. The fetch is its first phase (its
+        # bar moves; the totals count the push). A fetch that fails is reported.
+        key = str(desc.digest)
+        fetch_progress = self.progress.phase(key, "fetch") if dst.kind == "registry" else self.progress
         async with _Slot(self.sem) as slot:
             try:
                 status = await self._fetch(desc, fetch_progress, slot.release)
             except BaseException as exc:
                 if fetch_progress is not self.progress:
-                    self.progress.start(str(desc.digest), desc.digest.encoded[:12], desc.size)
-                    self.progress.fail(str(desc.digest), exc)
+                    self.progress.start(key, desc.digest.encoded[:12], desc.size)
+                    self.progress.fail(key, exc)
                 raise
             if dst.kind == "oci":
                 assert dst.path is not None

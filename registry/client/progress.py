@@ -11,6 +11,10 @@ One :class:`Progress` per operation; tasks are keyed by a short id (e.g. a blob 
                                            "interrupted" when it was cancelled (another
                                            task failed, or Ctrl-C)
     progress.close()                       final summary; returns it as a dict
+    progress.phase(key, "fetch")           a Progress whose task ``key`` is the first phase
+                                           of this one's: its bytes move the bar (JSON:
+                                           ``progress`` events with ``"phase"``), not the
+                                           totals; this one's ``start`` of the key goes on
 
 Modes: ``tty`` redraws one line per active task plus a totals line (at most 10 times a
 second); ``plain`` prints a line when a task starts and ends (for CI logs); ``json``
@@ -41,6 +45,7 @@ class _Task:
     reused: int = 0
     status: str = ""
     last_emit: float = 0.0
+    phase: str = ""  # a first phase running (shown, not counted): see Progress.phase
 
 
 class Progress:
@@ -68,6 +73,11 @@ class Progress:
 
     # --- events ----------------------------------------------------------------------------
     def start(self, key: str, label: str, total: int) -> None:
+        task = self.tasks.get(key)
+        if task is not None and task.phase:  # its first phase ends: the task goes on
+            task.phase, task.done, task.reused, task.total = "", 0, 0, total
+            self._draw()
+            return
         self.tasks[key] = _Task(label, total)
         if self.mode == "json":
             self._emit({"event": "start", "id": key, "label": label, "total": total})
@@ -125,6 +135,14 @@ class Progress:
             self._line(f"{task.label}: {status} ({human_bytes(task.done - task.reused)} "
                        f"transferred{extra}){why}")
         self._draw(force=True)
+
+    def phase(self, key: str, name: str) -> Progress:
+        """A view in which task ``key`` is a first phase of this Progress's task of that key
+        (a blob fetched into the local store before it is pushed): its start is the task's
+        start, its bytes move the task's bar and its JSON ``progress`` events (with
+        ``"phase": name``) but not the totals, its end is nothing; the next ``start`` of
+        the key here resets the bar for the second phase, whose bytes count."""
+        return _Phase(self, key, name)
 
     def message(self, text: str) -> None:
         """A free-form line (json: a ``message`` event)."""
@@ -194,3 +212,36 @@ class Progress:
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
         self._drawn = len(lines)
+
+
+class _Phase(Progress):
+    """See :meth:`Progress.phase`."""
+
+    def __init__(self, parent: Progress, key: str, name: str) -> None:
+        super().__init__("quiet")
+        self.parent, self.key, self.name = parent, key, name
+
+    def start(self, key: str, label: str, total: int) -> None:
+        if key != self.key:
+            return
+        self.parent.start(key, label, total)
+        self.parent.tasks[key].phase = self.name
+
+    def advance(self, key: str, n: int, *, reused: bool = False) -> None:
+        parent = self.parent
+        task = parent.tasks.get(key)
+        if key != self.key or task is None or not task.phase or n <= 0:
+            return
+        task.done += n
+        now = time.monotonic()
+        if parent.mode == "json" and now - task.last_emit >= 0.25:
+            task.last_emit = now
+            parent._emit({"event": "progress", "id": key, "done": task.done, "total": task.total,
+                          "reused": 0, "phase": self.name})
+        parent._draw()
+
+    def finish(self, key: str, status: str = "done", message: str | None = None) -> None:
+        pass  # the task's end is its last phase's
+
+    def message(self, text: str) -> None:
+        self.parent.message(text)

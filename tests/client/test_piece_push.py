@@ -5,6 +5,7 @@ extension (CNCF Distribution) gets ordinary uploads."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from typing import Any
 
@@ -158,6 +159,39 @@ async def test_copy_from_distribution_to_pybuild_sends_only_changed_pieces(
                          progress, CopyOptions())
     assert proxy.request_bytes <= changed_bytes + 40_000 + len(v2.config) + len(v2.manifest)
     assert progress.reused >= len(v2.layers[0]) - changed_bytes
+
+
+async def test_a_copy_shows_the_fetch_before_a_piece_push_and_counts_its_bytes_once(
+    distribution: str, pybuild_registry: str, images: ImageStore, images2: ImageStore,
+    client: RegistryClient,
+) -> None:
+    """A blob copied to a registry that takes piece-level pushes is fetched whole into the
+    local store first (to cut it): that fetch moves the blob's bar (JSON: ``progress``
+    events with ``"phase": "fetch"``), while the totals count only what the push sends.
+    Before, a large layer from a slow registry showed nothing until its push began."""
+    v1, v2, changed_bytes = versions()
+    for tag, image in (("v1", v1), ("v2", v2)):
+        await store_image(images, f"{distribution}/src/app:{tag}", image)
+        await push(images, client, f"{distribution}/src/app:{tag}")
+    await copy_image(parse_endpoint(f"docker://{distribution}/src/app:v1"),
+                     parse_endpoint(f"docker://{pybuild_registry}/dst/app:v1"), images2, client,
+                     Progress("quiet"), CopyOptions())
+    out = io.StringIO()
+    progress = Progress("json", out)
+    await copy_image(parse_endpoint(f"docker://{distribution}/src/app:v2"),
+                     parse_endpoint(f"docker://{pybuild_registry}/dst/app:v2"), images2, client,
+                     progress, CopyOptions())
+    layer = str(Digest.of(v2.layers[0]))
+    events = [e for e in map(json.loads, out.getvalue().splitlines()) if e.get("id") == layer]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("start") == 1 and kinds[0] == "start" and kinds[-1] == "done", kinds
+    fetch = [e for e in events if e.get("phase") == "fetch"]
+    assert fetch and fetch[0]["done"] > 0 and fetch[-1]["done"] <= len(v2.layers[0]), fetch
+    assert kinds.index("progress") == events.index(fetch[0])  # the fetch comes first
+    assert events[-1]["status"] == "pushed" and events[-1]["bytes"] == len(v2.layers[0])
+    assert events[-1]["reused"] >= len(v2.layers[0]) - changed_bytes
+    summary = progress.close()
+    assert summary["transferred"] <= changed_bytes + 40_000 + len(v2.config)  # not the fetch
 
 
 async def test_a_plan_over_the_registrys_limits_falls_back_to_an_ordinary_upload(

@@ -84,3 +84,37 @@ def test_recently_changed_files_are_not_remembered(tree: tuple[SourceTree, Build
     assert len(calls) == len(files)
     assert cache.file_hashes([str(p) for p, _ in files]) == {}
     cache.close()
+
+
+def test_a_name_that_is_no_utf8_is_remembered_like_any(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux names are bytes: a context made on a Latin-1 system holds ``caf\\xe9``. Its hash
+    was written to SQLite as a string with surrogates, which SQLite refuses: the build
+    failed with an internal error."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    name = os.fsdecode(b"caf\xe9.txt")
+    (ctx / name).write_bytes(os.urandom(1000))
+    (ctx / "plain").write_bytes(os.urandom(1000))
+    cache = BuildCache(tmp_path / "cache.db")
+    src = SourceTree(ctx, hash_store=cache)
+    monkeypatch.setattr(context_mod, "RACY_NS", 0)
+    calls = _counting(monkeypatch)
+    first = src.hash_files(_files(ctx))
+    calls.clear()
+    assert src.hash_files(_files(ctx)) == first and calls == []
+    assert set(cache.file_hashes([str(ctx / name)])) == {str(ctx / name)}
+    os.unlink(ctx / name)
+    assert cache.prune_file_hashes(everything=False) == 1
+    cache.close()
+
+
+def test_copy_of_a_name_that_is_no_utf8(busybox_ref: str, build, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ctx = tmp_path / "ctx"
+    (ctx / "data").mkdir(parents=True)
+    (ctx / os.fsdecode(b"data/caf\xe9.txt")).write_bytes(b"latin-1 name")
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nCOPY data/ /data/\nRUN find /data -type f > /list\n")
+    for out in ("out1", "out2"):  # the second build is cached
+        build(ctx, local=tmp_path / out)
+        assert (tmp_path / out / os.fsdecode(b"data/caf\xe9.txt")).read_bytes() == b"latin-1 name"
+        assert (tmp_path / out / "list").read_bytes() == b"/data/caf\xe9.txt\n"
