@@ -61,7 +61,7 @@ from .pull_parts import (
 )
 from .pull_sink import _Sink
 from .refs import ImageRef
-from .remote import RegistryClient, TransportError
+from .remote import RangeIgnored, RegistryClient, TransportError
 from .transfer import BlobError, TransferOptions
 
 __all__ = ["BlobError", "PieceSources", "TransferOptions", "local_piece_sources", "pull_blob"]
@@ -100,8 +100,17 @@ async def pull_blob(
     if ing.offset:
         progress.advance(key, ing.offset, reused=True)
     try:
-        await _fill(client, images, src, desc, sink, recipes and options.recipes, options,
-                    sources or PieceSources(), fetched)
+        try:
+            await _fill(client, images, src, desc, sink, recipes and options.recipes, options,
+                        sources or PieceSources(), fetched)
+        except _Restart as exc:
+            # What arrived cannot be continued: dropped, and the blob fetched whole.
+            progress.message(f"{desc.digest.encoded[:12]}: {exc}: fetching it again from byte 0")
+            await _drop(images, sink)
+            progress.restart(key)
+            ing = await store.begin_ingest(algorithm=desc.digest.algorithm)
+            sink = _Sink(images, ing, desc, progress, options, recorded=False)
+            await _fill(client, images, src, desc, sink, False, options, PieceSources(), fetched)
         if ing.offset < desc.size:
             raise BlobError(f"blob {desc.digest}: the body ended at byte {ing.offset} of {desc.size}")
         await ing.commit(desc.digest, size=desc.size, link=link)
@@ -141,6 +150,12 @@ async def pull_blob(
         await images.set_pending_pull(desc.digest, None)
     progress.finish(key, "pulled")
     return "pulled"
+
+
+class _Restart(TransportError):
+    """What a pull holds of the blob cannot be continued (the registry cannot resume): it
+    is dropped and the blob fetched again from byte 0. Raised past the second attempt, a
+    TransportError as any (the next run starts over)."""
 
 
 async def _open_ingest(images: ImageStore, desc: Descriptor) -> tuple[Ingest, bool]:
@@ -208,7 +223,7 @@ async def _fill(
             head = await client.head_blob(host, name, digest)
             ranges = bool(head and head[1])
         if start > 0 and not ranges:
-            raise BlobError(f"blob {digest}: the registry does not accept Range; cannot resume")
+            raise _Restart("the registry does not accept Range, so it cannot resume")
         if remaining < options.parallel_threshold or not ranges:
             await _stream(client, src, desc, sink, options)
             return
@@ -233,6 +248,8 @@ async def _stream(
                 await sink.receive(resp)
             if sink.offset >= desc.size:
                 return
+        except RangeIgnored as exc:
+            raise _Restart("the registry ignores Range, so it cannot resume") from exc
         except (TimeoutError, SourceFailed, WireError):
             if attempt == options.retries:
                 raise

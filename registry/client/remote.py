@@ -36,6 +36,7 @@ from .session import (
 __all__ = [
     "MANIFEST_ACCEPT",
     "ClientOptions",
+    "RangeIgnored",
     "RegistryClient",
     "TransportError",
     "Unreachable",
@@ -52,6 +53,10 @@ _MAX_MANIFEST = 4 << 20
 
 # Recipes asked for ahead and not yet taken, at most (prefetch_recipe).
 _AHEAD = 16
+
+
+class RangeIgnored(TransportError):
+    """A ranged blob GET answered with the whole blob (200): the registry ignores Range."""
 
 
 class RegistryClient(RegistrySession):
@@ -146,7 +151,7 @@ class RegistryClient(RegistrySession):
         """A blob GET, from ``start`` to ``end`` (inclusive) when given, following redirects;
         a worker thread reads the body (:meth:`registry.client.connections.WireResponse.readinto`).
 
-        A ranged request that gets a whole-blob 200 instead of 206 raises TransportError
+        A ranged request that gets a whole-blob 200 instead of 206 raises RangeIgnored
         (the caller then knows the server ignores ranges)."""
         headers = {}
         ranged = start > 0 or end is not None
@@ -158,7 +163,7 @@ class RegistryClient(RegistrySession):
         )
         try:
             if ranged and resp.status != 206:
-                raise TransportError(f"blob {digest}: the registry ignored Range {headers['Range']}")
+                raise RangeIgnored(f"blob {digest}: the registry ignored Range {headers['Range']}")
             yield resp
         finally:
             resp.release()

@@ -100,6 +100,7 @@ class Proxy:
     drop_request: Callable[[web.Request], bool] | None = None  # True: cut before forwarding
     cut_body: Callable[[web.Request], int | None] | None = None
     blob_delay: float = 0.0  # seconds each blob GET waits before it is forwarded (latency)
+    no_ranges: bool = False  # a registry that ignores Range: 200 and the whole blob
     blob_gets_in_flight: int = 0
     max_blob_gets_in_flight: int = 0
     blob_bytes: int = 0
@@ -127,8 +128,8 @@ class Proxy:
             assert request.transport is not None
             request.transport.close()
             return web.Response(status=500)
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in ("host", "transfer-encoding", "connection")}
+        dropped = ("host", "transfer-encoding", "connection") + (("range",) if self.no_ranges else ())
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
         if request.method == "GET" and "/blobs/sha" in request.path:
             self.blob_gets_in_flight += 1
             self.max_blob_gets_in_flight = max(self.max_blob_gets_in_flight,
@@ -152,7 +153,8 @@ class Proxy:
                                         headers=headers, data=io.BytesIO(body) if body else None,
                                         allow_redirects=False) as up:
             out_headers = {k: v for k, v in up.headers.items()
-                           if k.lower() not in ("transfer-encoding", "connection", "content-encoding")}
+                           if k.lower() not in ("transfer-encoding", "connection", "content-encoding")
+                           and not (self.no_ranges and k.lower() == "accept-ranges")}
             if "Location" in out_headers:
                 out_headers["Location"] = out_headers["Location"].replace(self.upstream, "")
             resp = web.StreamResponse(status=up.status, headers=out_headers)

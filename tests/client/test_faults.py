@@ -119,6 +119,67 @@ async def test_interrupted_pull_resumes_in_a_later_run(
     assert healthy.blob_bytes == size - kept  # only the missing bytes crossed the wire
 
 
+async def test_a_registry_that_ignores_range_gets_the_blob_again_from_byte_0(
+    registry_host: str, make_proxy: Any, images: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    """A connection dropped mid-blob is resumed with Range; a registry that ignores Range
+    (no ``Accept-Ranges``, a whole 200 for a ranged GET) cannot resume it, so the blob is
+    fetched again from byte 0 in the same run, as containerd does, instead of failing
+    with "run the command again to resume" (which could never work there)."""
+    image = simple_image(24, (1_000_000,))
+    await publish(registry_host, "faults/noranges", image, tmp_path, client)
+    digest, size = big_layer(image)
+    dropped: list[int] = []
+
+    def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
+        if digest.encoded in request.path and sent >= 400_000 and not dropped:
+            dropped.append(sent)
+            return None
+        return chunk
+
+    proxy, host = await make_proxy(registry_host, fault=fault, no_ranges=True)
+    out = io.StringIO()
+    progress = Progress("json", out)
+    result = await copy_image(parse_endpoint(f"{host}/faults/noranges:v1"),
+                              parse_endpoint(f"local:{host}/faults/noranges:v1"), images, client,
+                              progress, CopyOptions(transfer=SMALL_PARTS))
+    assert dropped and result.digest == image.digest
+    assert await images.store.read_bytes(digest) == max(image.layers, key=len)
+    assert size + dropped[0] <= proxy.blob_bytes < 2 * size + 100_000  # the start came twice
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    done = [e for e in events if e.get("event") == "done" and e.get("id") == str(digest)]
+    assert done and done[-1]["status"] == "pulled" and done[-1]["bytes"] == size
+    assert any("from byte 0" in e.get("text", "") for e in events if e.get("event") == "message")
+    assert await images.pending_pull(digest) is None and (await images.store.fsck()).ok
+
+
+async def test_a_pull_kept_half_way_starts_over_on_a_registry_that_ignores_range(
+    registry_host: str, make_proxy: Any, client: RegistryClient, tmp_path: Path
+) -> None:
+    image = simple_image(25, (1_000_000,))
+    await publish(registry_host, "faults/later-noranges", image, tmp_path, client)
+    digest, size = big_layer(image)
+
+    def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
+        return None if digest.encoded in request.path and position(request, sent) >= 600_000 else chunk
+
+    _broken, host = await make_proxy(registry_host, fault=fault)
+    storage = tmp_path / "local"
+    async with await ImageStore.open(storage) as images:
+        with pytest.raises(BlobError, match="resume from byte"):
+            await copy(f"{host}/faults/later-noranges:v1", f"local:{host}/faults/later-noranges:v1",
+                       images, client)
+        assert await images.pending_pull(digest) is not None
+    plain, host2 = await make_proxy(registry_host, no_ranges=True)
+    async with await ImageStore.open(storage) as images:
+        result = await copy(f"{host2}/faults/later-noranges:v1", f"local:{host2}/faults/later-noranges:v1",
+                            images, client)
+        assert result.digest == image.digest
+        assert await images.store.read_bytes(digest) == max(image.layers, key=len)
+        assert await images.pending_pull(digest) is None and (await images.store.fsck()).ok
+    assert plain.blob_bytes == size  # one whole GET: no Range it would ignore
+
+
 async def _corrupting(registry_host: str, make_proxy: Any, client: RegistryClient, tmp_path: Path,
                       repo: str, seed: int) -> tuple[SampleImage, Digest, str, CopyOptions]:
     """An image published in ``repo`` and a proxy that flips the first byte of its layer:
