@@ -86,22 +86,33 @@ async def test_dropped_connection_is_resumed_in_process(
     assert (await images.store.fsck()).ok
 
 
-async def test_interrupted_pull_resumes_in_a_later_run(
-    registry_host: str, make_proxy: Any, client: RegistryClient, tmp_path: Path
-) -> None:
-    image = simple_image(21, (1_000_000,))
-    await publish(registry_host, "faults/later", image, tmp_path, client)
+async def _kept_half_way(registry_host: str, make_proxy: Any, client: RegistryClient,
+                         storage: Path, repo: str, seed: int) -> tuple[SampleImage, Digest, int]:
+    """A one-layer image (1 MB) published in ``repo``, pulled into ``storage`` through a
+    proxy that breaks every blob GET past byte 600,000: the pull fails, its layer kept
+    half-way (pending)."""
+    image = simple_image(seed, (1_000_000,))
+    await publish(registry_host, repo, image, storage.parent, client)
     digest, size = big_layer(image)
 
     def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
         return None if digest.encoded in request.path and position(request, sent) >= 600_000 else chunk
 
     _broken, host = await make_proxy(registry_host, fault=fault)
-    storage = tmp_path / "local"
     async with await ImageStore.open(storage) as images:
         with pytest.raises(BlobError, match=f"{digest}.*resume from byte"):
-            await copy(f"{host}/faults/later:v1", f"local:{host}/faults/later:v1", images, client)
+            await copy(f"{host}/{repo}:v1", f"local:{host}/{repo}:v1", images, client)
         assert await images.store.stat(digest) is None
+        assert await images.pending_pull(digest) is not None
+    return image, digest, size
+
+
+async def test_interrupted_pull_resumes_in_a_later_run(
+    registry_host: str, make_proxy: Any, client: RegistryClient, tmp_path: Path
+) -> None:
+    storage = tmp_path / "local"
+    image, digest, size = await _kept_half_way(registry_host, make_proxy, client, storage, "faults/later", 21)
+    async with await ImageStore.open(storage) as images:
         pending = await images.pending_pull(digest)
         assert pending is not None
     # A new process: reopen the store, pull through a healthy path.
@@ -145,7 +156,9 @@ async def test_a_registry_that_ignores_range_gets_the_blob_again_from_byte_0(
                               progress, CopyOptions(transfer=SMALL_PARTS))
     assert dropped and result.digest == image.digest
     assert await images.store.read_bytes(digest) == max(image.layers, key=len)
-    assert size + dropped[0] <= proxy.blob_bytes < 2 * size + 100_000  # the start came twice
+    # The start came twice, the whole blob at most twice more (the ignored-Range answer,
+    # which the client drops, may have filled the socket buffers): no loop.
+    assert size + dropped[0] <= proxy.blob_bytes <= 3 * size
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     done = [e for e in events if e.get("event") == "done" and e.get("id") == str(digest)]
     assert done and done[-1]["status"] == "pulled" and done[-1]["bytes"] == size
@@ -156,20 +169,9 @@ async def test_a_registry_that_ignores_range_gets_the_blob_again_from_byte_0(
 async def test_a_pull_kept_half_way_starts_over_on_a_registry_that_ignores_range(
     registry_host: str, make_proxy: Any, client: RegistryClient, tmp_path: Path
 ) -> None:
-    image = simple_image(25, (1_000_000,))
-    await publish(registry_host, "faults/later-noranges", image, tmp_path, client)
-    digest, size = big_layer(image)
-
-    def fault(request: web.Request, sent: int, chunk: bytes) -> bytes | None:
-        return None if digest.encoded in request.path and position(request, sent) >= 600_000 else chunk
-
-    _broken, host = await make_proxy(registry_host, fault=fault)
     storage = tmp_path / "local"
-    async with await ImageStore.open(storage) as images:
-        with pytest.raises(BlobError, match="resume from byte"):
-            await copy(f"{host}/faults/later-noranges:v1", f"local:{host}/faults/later-noranges:v1",
-                       images, client)
-        assert await images.pending_pull(digest) is not None
+    image, digest, size = await _kept_half_way(registry_host, make_proxy, client, storage,
+                                               "faults/later-noranges", 25)
     plain, host2 = await make_proxy(registry_host, no_ranges=True)
     async with await ImageStore.open(storage) as images:
         result = await copy(f"{host2}/faults/later-noranges:v1", f"local:{host2}/faults/later-noranges:v1",
