@@ -140,6 +140,8 @@ async def pull_blob(
         if isinstance(exc, (TransportError, RegistryError, WireError, asyncio.TimeoutError,
                             SourceFailed)):
             again = ("again (it fetches only the pieces still missing)" if ing.assembled
+                     else "again (it starts over: this registry cannot resume)"
+                     if isinstance(exc, _Restart)
                      else f"again to resume from byte {ing.offset}" if ing.offset else "again")
             error = BlobError(f"blob {desc.digest} from {src.repository}: {exc}; run the command {again}")
             progress.fail(key, error)
@@ -249,7 +251,8 @@ async def _stream(
             if sink.offset >= desc.size:
                 return
         except RangeIgnored as exc:
-            raise _Restart("the registry ignores Range, so it cannot resume") from exc
+            raise _Restart(f"the body broke off at byte {sink.offset} of {desc.size} and the "
+                           "registry ignores Range, so it cannot resume") from exc
         except (TimeoutError, SourceFailed, WireError):
             if attempt == options.retries:
                 raise
