@@ -90,17 +90,24 @@ class Progress:
         task = self.tasks.get(key)
         if task is None or n <= 0:
             return
-        task.done += n
         if reused:
             task.reused += n
             self.reused += n
         else:
             self.transferred += n
+        self._moved(key, task, n)
+
+    def _moved(self, key: str, task: _Task, n: int) -> None:
+        """``n`` more bytes of ``task`` done: its bar, and (json) a throttled event."""
+        task.done += n
         now = time.monotonic()
         if self.mode == "json" and now - task.last_emit >= 0.25:
             task.last_emit = now
-            self._emit({"event": "progress", "id": key, "done": task.done, "total": task.total,
-                        "reused": task.reused})
+            doc: dict[str, Any] = {"event": "progress", "id": key, "done": task.done,
+                                   "total": task.total, "reused": task.reused}
+            if task.phase:
+                doc["phase"] = task.phase
+            self._emit(doc)
         self._draw()
 
     def restart(self, key: str) -> None:
@@ -239,17 +246,9 @@ class _Phase(Progress):
         self.parent.tasks[key].phase = self.name
 
     def advance(self, key: str, n: int, *, reused: bool = False) -> None:
-        parent = self.parent
-        task = parent.tasks.get(key)
-        if key != self.key or task is None or not task.phase or n <= 0:
-            return
-        task.done += n
-        now = time.monotonic()
-        if parent.mode == "json" and now - task.last_emit >= 0.25:
-            task.last_emit = now
-            parent._emit({"event": "progress", "id": key, "done": task.done, "total": task.total,
-                          "reused": 0, "phase": self.name})
-        parent._draw()
+        task = self.parent.tasks.get(key)
+        if key == self.key and task is not None and task.phase and n > 0:
+            self.parent._moved(key, task, n)  # shown, not counted in the totals
 
     def finish(self, key: str, status: str = "done", message: str | None = None) -> None:
         pass  # the task's end is its last phase's

@@ -139,6 +139,7 @@ async def _registry_middleware(
     reg = request.app[REGISTRY]
     status = 500
     resp: web.StreamResponse | None = None
+    answered = False  # the handler returned its response (no error answer made here)
     reg.request_started()
     try:
         try:
@@ -191,7 +192,9 @@ async def _registry_middleware(
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             resp = _error_response(UNKNOWN(INTERNAL_ERROR))
-        if request.writer.output_size > 0 and not resp.prepared and request.transport is not None:
+        else:
+            answered = True
+        if not answered and request.writer.output_size > 0 and request.transport is not None:
             # The handler's response began and broke off: another answer would be read as
             # the rest of its body. Close the connection: the client sees a short body
             # and retries (aiohttp finds the connection closing and writes nothing).

@@ -33,6 +33,7 @@ class ClientGone(ConnectionResetError):
     """The client hung up, or stopped reading, while a response was being sent: nothing
     the server did wrong (the middleware logs one line and closes the connection)."""
 
+
 # Byte positions are ASCII digits only (``\d`` would admit "٣"), at most 19 of them: like
 # Go's ParseInt in CNCF Distribution, anything past int64 is not a position.
 _POS = r"[0-9]{0,19}"

@@ -23,8 +23,6 @@ from .test_serve_process import Server
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")  # a core dependency: present wherever the suite runs
     srv = Server(tmp_path / "storage", env={"PYBUILD_EVENT_LOOP": request.param})
     srv.start()
     yield srv

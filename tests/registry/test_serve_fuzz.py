@@ -59,8 +59,6 @@ PLANS = [
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
     srv = Server(tmp_path / "storage", env={"PYBUILD_EVENT_LOOP": request.param})
     srv.start()
     yield srv
