@@ -6,9 +6,10 @@ The root lives here because ``builder`` is the top of the one-way dependency cha
 (builder -> registry -> cas) and so is the one package allowed to import the others.
 
 Each package names its commands as ``"module:attribute"`` strings (``COMMANDS`` in
-``registry.cli`` and ``builder.commands``); a command's module is imported only when the
-command runs (or when ``pybuild --help`` lists it), so ``pybuild pull`` does not pay for
-importing the builder and the server (about half a second).
+``registry.cli`` and ``builder.commands``), and its line in ``pybuild --help`` as
+``SUMMARIES``; a command's module is imported only when the command runs, so ``pybuild
+pull`` does not pay for importing the builder and the server (about half a second), and
+``pybuild --help`` takes 0.1 s instead of 0.9.
 
 The root group is also the last error boundary (:mod:`builder.cli_errors`): an error no
 command worded itself is printed as one ``Error: ...`` line, exit status 1.
@@ -28,15 +29,20 @@ import click
 
 from registry.cli import COMMANDS as REGISTRY_COMMANDS
 from registry.cli import JSON_ERRORS
+from registry.cli import SUMMARIES as REGISTRY_SUMMARIES
 
 from .commands import COMMANDS as BUILDER_COMMANDS
+from .commands import SUMMARIES as BUILDER_SUMMARIES
 
-__all__ = ["COMMANDS", "LazyGroup", "main"]
+__all__ = ["COMMANDS", "SUMMARIES", "LazyGroup", "main"]
 
 COMMANDS: dict[str, str] = {
     **REGISTRY_COMMANDS,  # storage: cas.cli's group + the registry's retention and migrate
     **BUILDER_COMMANDS,
 }
+# Each command's line in ``pybuild --help``: listing them imports none of their modules
+# (importing them all took most of a second).
+SUMMARIES: dict[str, str] = {**REGISTRY_SUMMARIES, **BUILDER_SUMMARIES}
 
 
 # click >= 8.2 raises this for a group run without a command (its help is the answer).
@@ -56,14 +62,31 @@ class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use.
 
     ``lazy`` maps a command name to ``"module:attribute"``; the attribute must be a
-    ``click.Command`` of that name (checked on import, so a wrong table fails loudly)."""
+    ``click.Command`` of that name (checked on import, so a wrong table fails loudly).
+    ``summaries`` gives a lazy command's line in the group's help, so listing the
+    commands imports none of them; a command without one is imported to be listed."""
 
-    def __init__(self, *args: object, lazy: dict[str, str], **kwargs: object) -> None:
+    def __init__(self, *args: object, lazy: dict[str, str],
+                 summaries: dict[str, str] | None = None, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.lazy = dict(lazy)
+        self.summaries = dict(summaries or {})
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.summaries and name not in self.commands:
+                rows.append((name, self.summaries[name]))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=formatter.width)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         """click's main, but every error is one line: a usage error too (click prints
@@ -129,11 +152,14 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module), attr)
         if not isinstance(command, click.Command) or command.name != cmd_name:
             raise RuntimeError(f"{self.lazy[cmd_name]} is not the click command {cmd_name!r}")
+        if command.short_help is None and cmd_name in self.summaries:
+            command.short_help = self.summaries[cmd_name]  # the same line, imported or not
         self.add_command(command)
         return command
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy=COMMANDS, summaries=SUMMARIES,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pybuild", prog_name="pybuild")
 def main() -> None:
     """pybuild: a daemonless image builder and a layer-deduplicating OCI registry."""

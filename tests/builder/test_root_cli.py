@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from builder.cli import COMMANDS, LazyGroup, main
+from builder.cli import COMMANDS, SUMMARIES, LazyGroup, main
 
 EVERY_COMMAND = {"build", "parse", "serve", "pull", "push", "copy", "images", "rmi", "login",
                  "logout", "storage", "builder", "robot", "tag", "inspect", "history"}
@@ -40,6 +40,29 @@ def test_pull_does_not_import_the_builder_or_the_server() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded == ["builder.cli", "builder.commands"], loaded
+
+
+def test_help_lists_each_command_by_its_summary_without_importing_any() -> None:
+    code = ("import sys\nfrom builder.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "import json\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('builder', 'registry', 'cas')))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    *help_lines, modules = out.stdout.strip().splitlines()
+    assert json.loads(modules) == ["builder", "builder.cli", "builder.commands", "registry", "registry.cli"]
+    listed = dict(line.split(None, 1) for line in "\n".join(help_lines).split("Commands:")[1].splitlines()
+                  if line.strip())
+    assert listed == SUMMARIES
+
+
+def test_a_command_imported_says_the_same_line_as_its_summary() -> None:
+    assert set(SUMMARIES) == set(COMMANDS)
+    ctx = click.Context(main)
+    for name, summary in SUMMARIES.items():
+        command = main.get_command(ctx, name)
+        assert command is not None and command.get_short_help_str(limit=200) == summary, name
+    result = CliRunner().invoke(main, ["--help"])
+    assert all(f"  {summary}" in result.output for summary in SUMMARIES.values()), result.output
 
 
 def test_a_wrong_table_entry_fails_loudly() -> None:
