@@ -7,7 +7,6 @@ One :class:`Progress` per operation; tasks are keyed by a short id (e.g. a blob 
     progress.finish(key, status)           "done", "exists", "mounted", ...
                                            ("exists"/"mounted": the destination had the
                                            blob; its bytes count as reused)
-    progress.restart(key)                  the task starts over from byte 0
     progress.fail(key, exc)                "failed" with the error's message, or
                                            "interrupted" when it was cancelled (another
                                            task failed, or Ctrl-C)
@@ -109,16 +108,6 @@ class Progress:
                 doc["phase"] = task.phase
             self._emit(doc)
         self._draw()
-
-    def restart(self, key: str) -> None:
-        """Task ``key`` starts over from byte 0, what it had dropped: its bar empties, and
-        bytes it counted as reused count no more (those transferred did cross the wire)."""
-        task = self.tasks.get(key)
-        if task is None:
-            return
-        self.reused -= task.reused
-        task.done = task.reused = 0
-        self._draw(force=True)
 
     def fail(self, key: str, exc: BaseException) -> None:
         """The task ended with ``exc``: ``failed`` and why, unless it was only stopped

@@ -61,7 +61,7 @@ from .pull_parts import (
 )
 from .pull_sink import _Sink
 from .refs import ImageRef
-from .remote import RangeIgnored, RegistryClient, TransportError
+from .remote import RegistryClient, TransportError
 from .transfer import BlobError, TransferOptions
 
 __all__ = ["BlobError", "PieceSources", "TransferOptions", "local_piece_sources", "pull_blob"]
@@ -100,17 +100,8 @@ async def pull_blob(
     if ing.offset:
         progress.advance(key, ing.offset, reused=True)
     try:
-        try:
-            await _fill(client, images, src, desc, sink, recipes and options.recipes, options,
-                        sources or PieceSources(), fetched)
-        except _Restart as exc:
-            # What arrived cannot be continued: dropped, and the blob fetched whole.
-            progress.message(f"{desc.digest.encoded[:12]}: {exc}: fetching it again from byte 0")
-            await _drop(images, sink)
-            progress.restart(key)
-            ing = await store.begin_ingest(algorithm=desc.digest.algorithm)
-            sink = _Sink(images, ing, desc, progress, options, recorded=False)
-            await _fill(client, images, src, desc, sink, False, options, PieceSources(), fetched)
+        await _fill(client, images, src, desc, sink, recipes and options.recipes, options,
+                    sources or PieceSources(), fetched)
         if ing.offset < desc.size:
             raise BlobError(f"blob {desc.digest}: the body ended at byte {ing.offset} of {desc.size}")
         await ing.commit(desc.digest, size=desc.size, link=link)
@@ -140,8 +131,6 @@ async def pull_blob(
         if isinstance(exc, (TransportError, RegistryError, WireError, asyncio.TimeoutError,
                             SourceFailed)):
             again = ("again (it fetches only the pieces still missing)" if ing.assembled
-                     else "again (it starts over: this registry cannot resume)"
-                     if isinstance(exc, _Restart)
                      else f"again to resume from byte {ing.offset}" if ing.offset else "again")
             error = BlobError(f"blob {desc.digest} from {src.repository}: {exc}; run the command {again}")
             progress.fail(key, error)
@@ -152,12 +141,6 @@ async def pull_blob(
         await images.set_pending_pull(desc.digest, None)
     progress.finish(key, "pulled")
     return "pulled"
-
-
-class _Restart(TransportError):
-    """What a pull holds of the blob cannot be continued (the registry cannot resume): it
-    is dropped and the blob fetched again from byte 0. Raised past the second attempt, a
-    TransportError as any (the next run starts over)."""
 
 
 async def _open_ingest(images: ImageStore, desc: Descriptor) -> tuple[Ingest, bool]:
@@ -224,8 +207,6 @@ async def _fill(
         if start > 0 or remaining >= options.parallel_threshold:
             head = await client.head_blob(host, name, digest)
             ranges = bool(head and head[1])
-        if start > 0 and not ranges:
-            raise _Restart("the registry does not accept Range, so it cannot resume")
         if remaining < options.parallel_threshold or not ranges:
             await _stream(client, src, desc, sink, options)
             return
@@ -243,16 +224,23 @@ async def _stream(
 ) -> None:
     """One GET from the sink's offset, re-requested from where it broke off (a Range)
     when the body is cut. The body is read on a worker thread straight into the ingest
-    (:meth:`_Sink.receive`)."""
+    (:meth:`_Sink.receive`). A registry that ignores Range answers with the whole blob:
+    what the ingest holds is read past (as containerd does), the rest goes on."""
+    told = False
     for attempt in range(options.retries + 1):
         try:
-            async with client.open_blob(src.api_host, src.name, desc.digest, sink.offset) as resp:
+            async with client.open_blob(src.api_host, src.name, desc.digest, sink.offset,
+                                        whole=True) as resp:
+                if resp.status == 200 and sink.offset:
+                    if not told:
+                        sink.progress.message(
+                            f"{desc.digest.encoded[:12]}: the registry ignores Range: reading "
+                            f"past the {sink.offset} bytes already here")
+                        told = True
+                    await sink.skip(resp)
                 await sink.receive(resp)
             if sink.offset >= desc.size:
                 return
-        except RangeIgnored as exc:
-            raise _Restart(f"the body broke off at byte {sink.offset} of {desc.size} and the "
-                           "registry ignores Range, so it cannot resume") from exc
         except (TimeoutError, SourceFailed, WireError):
             if attempt == options.retries:
                 raise

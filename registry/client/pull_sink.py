@@ -11,7 +11,7 @@ import time
 from cas import Ingest
 
 from ..oci import Descriptor
-from .connections import WireResponse
+from .connections import WireError, WireResponse
 from .image_store import ImageStore
 from .progress import Progress
 from .transfer import BlobError, TransferOptions
@@ -79,6 +79,28 @@ class _Sink:
                 f"blob {self.desc.digest}: the registry sent more than the {self.size} bytes "
                 "the manifest declares; nothing was kept"
             )
+
+    async def skip(self, resp: WireResponse) -> None:
+        """Read past the bytes this ingest holds at the start of a whole-blob answer to a
+        ranged GET (a registry that ignores Range), as containerd does; the rest then goes
+        on from there, and the digest check at the end covers what was skipped."""
+        if resp.length is not None and resp.length != self.size:
+            raise BlobError(
+                f"blob {self.desc.digest}: the registry answered a ranged request with "
+                f"{resp.length} bytes of a blob the manifest declares {self.size} bytes long; "
+                "nothing was kept"
+            )
+        left = self.ing.offset
+        scratch = memoryview(bytearray(min(left, 1 << 20)))
+        while left:
+            want = min(left, len(scratch))
+            n, failed = await resp.run(resp.fill, scratch[:want])
+            left -= n
+            if failed is not None:
+                raise failed
+            if n < want:
+                raise WireError(f"{resp.url}: the body ended {left} bytes before byte "
+                                f"{self.ing.offset}, where this pull goes on")
 
     async def checkpoint(self) -> None:
         """Make what arrived durable and resumable (also by a later process)."""

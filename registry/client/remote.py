@@ -146,13 +146,15 @@ class RegistryClient(RegistrySession):
 
     @asynccontextmanager
     async def open_blob(
-        self, host: str, name: str, digest: Digest, start: int = 0, end: int | None = None
+        self, host: str, name: str, digest: Digest, start: int = 0, end: int | None = None,
+        *, whole: bool = False,
     ) -> AsyncIterator[WireResponse]:
         """A blob GET, from ``start`` to ``end`` (inclusive) when given, following redirects;
         a worker thread reads the body (:meth:`registry.client.connections.WireResponse.readinto`).
 
         A ranged request that gets a whole-blob 200 instead of 206 raises RangeIgnored
-        (the caller then knows the server ignores ranges)."""
+        (the caller then knows the server ignores ranges), unless ``whole``: the 200 is
+        then the caller's to read past what it holds."""
         headers = {}
         ranged = start > 0 or end is not None
         if ranged:
@@ -162,7 +164,7 @@ class RegistryClient(RegistrySession):
             headers=headers, ok=(200, 206), redirects=True,
         )
         try:
-            if ranged and resp.status != 206:
+            if ranged and resp.status != 206 and not whole:
                 raise RangeIgnored(f"blob {digest}: the registry ignored Range {headers['Range']}")
             yield resp
         finally:
