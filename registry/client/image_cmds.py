@@ -8,16 +8,16 @@
 - ``history REF``: ``docker history``'s table, newest step first (``--format 'table
   {{.ID}}\t{{.CreatedBy}}'`` for other columns, aligned as Docker aligns them).
 
-``--format`` takes the part of Go templates these outputs need: ``{{.Field.Sub}}`` (a
-string as it is, anything else as JSON), ``{{json .Field}}``, ``{{json .}}``, text between;
-``--format json`` is ``{{json .}}`` (as in newer Docker).
+``--format`` takes the part of Go templates these outputs need (:mod:`.templates`), and
+prints values as Docker does; ``inspect`` objects carry ``docker image inspect``'s names
+too (``Id``, ``RepoTags``, ``Os``, ``RootFS``...; ``.Config.Env`` for the config's
+``config``), so ``docker inspect -f`` templates print the same lines.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -30,34 +30,43 @@ from cas.units import human_duration
 from ..oci import Index, Manifest
 from .cli import _ref, _run, _storage_option
 from .image_store import ImageNotFound, ImageStore, select_platform
+from .templates import FIELD, Fallback, Nil, render
 
-__all__ = ["history", "inspect", "render", "tag"]
+__all__ = ["history", "inspect", "tag"]
 
-_FIELD = re.compile(r"\{\{\s*(json\s+)?\.([A-Za-z0-9_.]*)\s*\}\}")
+# What ``.Config.X`` is in ``docker image inspect`` when the OCI config's ``config`` lacks
+# X (or holds null): the zero value of Docker's field (its ``DockerOCIImageConfig``).
+_DOCKER_CONFIG_ZERO: dict[str, Any] = {
+    "User": "", "ExposedPorts": Nil("map[]"), "Env": Nil("[]"), "Entrypoint": Nil("[]"),
+    "Cmd": Nil("[]"), "Volumes": Nil("map[]"), "WorkingDir": "", "Labels": Nil("map[]"),
+    "StopSignal": "", "ArgsEscaped": False, "Healthcheck": Nil("<nil>"), "OnBuild": Nil("[]"),
+    "Shell": Nil("[]"),
+}
 
 
-def render(template: str, obj: Any) -> str:
-    """``obj`` through the Go-template subset in the module docstring."""
-    if template == "json":
-        template = "{{json .}}"
+def _docker_config(image: dict[str, Any]) -> Fallback:
+    """``.Config.Env``, ``.Config.Cmd``...: Docker's names for the OCI config's ``config``
+    (``.Config`` is the whole OCI config here, whose own keys are lower-case)."""
+    inner = (image.get("Config") or {}).get("config") or {}
 
-    def field(m: re.Match[str]) -> str:
-        value = obj
-        for name in filter(None, m.group(2).split(".")):
-            if not isinstance(value, dict) or name not in value:
-                raise click.BadParameter(f"{m.group(0)}: no field {name!r} (fields: "
-                                         f"{', '.join(value) if isinstance(value, dict) else 'none'})",
-                                         param_hint="--format")
-            value = value[name]
-        if m.group(1) or not isinstance(value, str):
-            return json.dumps(value)
-        return value
+    def fallback(path: tuple[str, ...], name: str) -> Any:
+        if path != ("Config",) or (name not in _DOCKER_CONFIG_ZERO and name not in inner):
+            raise KeyError(name)
+        value = inner.get(name)
+        return _DOCKER_CONFIG_ZERO.get(name) if value is None else value
 
-    out = _FIELD.sub(field, template)
-    if "{{" in out:
-        raise click.BadParameter(f"{template!r}: only {{{{.Field}}}}, {{{{json .Field}}}} and "
-                                 "{{json .}} are understood", param_hint="--format")
-    return out
+    return fallback
+
+
+def _familiar(ref: str) -> str:
+    """``docker.io/library/app:1`` as Docker says it (``app:1``; ``user/app:1`` for
+    ``docker.io/user/app:1``); other registries' names as they are."""
+    if not ref.startswith("docker.io/"):
+        return ref
+    rest = ref[len("docker.io/"):]
+    if rest.startswith("library/") and "/" not in rest[len("library/"):]:
+        return rest[len("library/"):]
+    return rest
 
 
 async def _lookup(images: ImageStore, text: str) -> tuple[str, Digest]:
@@ -98,14 +107,24 @@ async def _describe(images: ImageStore, text: str, platform: str | None) -> dict
         out["Manifest"] = json.loads(raw)
     if not isinstance(obj, Manifest):
         raise ImageNotFound(f"{text}: nested indexes are not supported")
-    out["Config"] = json.loads(await images.store.read_bytes(obj.config.digest))
+    config = json.loads(await images.store.read_bytes(obj.config.digest))
+    out["Config"] = config
+    # docker image inspect's own names for what the documents hold
+    tags = [i.ref for i in await images.list() if i.digest == digest] or [ref]
+    rootfs = config.get("rootfs") or {}
+    out.update({"Id": str(obj.config.digest), "RepoTags": [_familiar(t) for t in tags],
+                "Created": config.get("created", ""), "Author": config.get("author", ""),
+                "Architecture": config.get("architecture", ""), "Os": config.get("os", ""),
+                **({"Variant": config["variant"]} if config.get("variant") else {}),
+                "RootFS": {"Type": rootfs.get("type", "layers"),
+                           "Layers": rootfs.get("diff_ids") or []}})
     return out
 
 
 @click.command()
 @click.argument("refs", nargs=-1, required=True)
 @click.option("--format", "-f", "template", default=None,
-              help="Go-template subset ({{.Config.config.Env}}, {{json .Manifest}}) or json.")
+              help="Go-template subset ({{.Config.Env}}, {{.Id}}, {{json .Manifest}}) or json.")
 @click.option("--platform", default=None, help="os/arch[/variant] to pick from an index.")
 @_storage_option
 def inspect(refs: tuple[str, ...], template: str | None, platform: str | None,
@@ -121,7 +140,7 @@ def inspect(refs: tuple[str, ...], template: str | None, platform: str | None,
         click.echo(json.dumps(found, indent=4))
         return
     for one in found:
-        click.echo(render(template, one))
+        click.echo(render(template, one, _docker_config(one)))
 
 
 def human_size(size: float) -> str:
@@ -158,7 +177,7 @@ def render_rows(template: str, rows: list[dict[str, str]]) -> list[str]:
     if not template.startswith("table"):
         return [render(template, row) for row in rows]
     body = template[len("table"):].strip() or _HISTORY_TABLE[len("table "):]
-    header = _FIELD.sub(lambda m: _HEADERS.get(m.group(2), m.group(2).upper()), body)
+    header = FIELD.sub(lambda m: _HEADERS.get(m.group(2), m.group(2).upper()), body)
     lines = [header.split("\t")] + [render(body, row).split("\t") for row in rows]
     columns = max(len(cells) for cells in lines)
     widths = [max([len(cells[i]) + 3 for cells in lines if i < len(cells) - 1] + [10])

@@ -77,3 +77,33 @@ def test_the_image_store_writes_its_packs_with_direct_io(tmp_path: Path) -> None
             assert isinstance(packs, FilesystemPacks) and packs.direct is True
 
     asyncio.run(check())
+
+
+def test_values_print_as_docker_prints_them() -> None:
+    from registry.client.templates import Nil, go_value, render
+
+    assert go_value(["cat", "/app/run.txt"]) == "[cat /app/run.txt]"
+    assert go_value({"b": "2", "a": "1"}) == "map[a:1 b:2]"
+    assert go_value({"8080/tcp": {}, "53/udp": {}}) == "map[53/udp:{} 8080/tcp:{}]"
+    assert go_value({}) == "map[]" and go_value([]) == "[]" and go_value(None) == "<nil>"
+    assert go_value(True) == "true" and go_value(12) == "12" and go_value(Nil("[]")) == "[]"
+    assert render("{{json .A}}|{{json .B}}", {"A": ["<a> & b"], "B": Nil("[]")}) == '["<a> & b"]|null'
+    assert render("{{.A.X}}", {"A": {}}, lambda path, name: f"{'.'.join(path)}:{name}") == "A:X"
+
+
+def test_inspect_answers_dockers_names(tmp_path: Path) -> None:
+    storage = str(tmp_path / "s")
+    index, _amd, _arm = _seed_index(tmp_path / "s", "example.com/multi:1")
+    runner = CliRunner()
+    fmt = ("{{.Id}}|{{.Os}}/{{.Architecture}}|{{.RepoTags}}|{{.Config.Cmd}}|{{json .Config.Cmd}}"
+           "|{{.Config.Labels}}|{{.Config.WorkingDir}}|{{.RootFS.Type}}")
+    got = runner.invoke(main, ["inspect", "--storage", storage, "--platform", "linux/arm64",
+                               "--format", fmt, "example.com/multi:1"])
+    assert got.exit_code == 0, got.output
+    doc = json.loads(runner.invoke(main, ["inspect", "--storage", storage, "--platform",
+                                          "linux/arm64", "example.com/multi:1"]).output)[0]
+    assert doc["Id"] == doc["Manifest"]["config"]["digest"] and doc["Digest"] == index
+    assert got.output == f"{doc['Id']}|linux/arm64|[example.com/multi:1]|[]|null|map[]||layers\n"
+    wrong = runner.invoke(main, ["inspect", "--storage", storage, "--format", "{{.Config.Nope}}",
+                                 "example.com/multi:1"])
+    assert wrong.exit_code == 2 and "no field 'Nope'" in wrong.output

@@ -94,7 +94,17 @@ def test_inspect_matches_docker_inspect(built, docker_engine: DockerEngine) -> N
     assert _pybuild(storage, "inspect", "--format", "{{.Digest}}", tag).stdout.strip() \
         == image["Digest"]
     assert _pybuild(storage, "inspect", "--format", "{{json .Config.config.Cmd}}",
-                    tag).stdout.strip() == '["cat", "/app/run.txt"]'
+                    tag).stdout.strip() == '["cat","/app/run.txt"]'
+    # Docker's names and Docker's way of printing them, field for field
+    for fmt in ("{{.Config.Cmd}}", "{{json .Config.Cmd}}", "{{.Config.Env}}",
+                "{{.Config.Entrypoint}}|{{json .Config.Entrypoint}}", "{{.Config.Labels}}",
+                "{{json .Config.Labels}}", "{{.Config.WorkingDir}}|{{.Config.User}}",
+                "{{.Config.ExposedPorts}}", "{{json .Config.ExposedPorts}}", "{{.Config.Volumes}}",
+                "{{.Config.StopSignal}}|{{.Config.OnBuild}}|{{.Config.Shell}}",
+                "{{.Id}} {{.Os}}/{{.Architecture}} {{.RootFS.Type}} {{.Author}}",
+                "{{json .RootFS.Layers}}", "{{.RootFS.Layers}}", "{{.RepoTags}}", "{{.Created}}"):
+        ours = _pybuild(storage, "inspect", "--format", fmt, tag).stdout
+        assert ours == docker_engine.run("image", "inspect", "--format", fmt, tag).stdout, fmt
     bad = _pybuild(storage, "inspect", "--format", "{{.Nope}}", tag, check=False)
     assert bad.returncode == 2 and "no field 'Nope'" in bad.stderr
     assert "Traceback" not in bad.stderr
