@@ -160,7 +160,8 @@ def push(ref: str, destination: str | None, **kw: Any) -> None:
 @click.argument("destination")
 @_transfer_options
 def copy(source: str, destination: str, **kw: Any) -> None:
-    """Copy an image: docker://REF (or bare REF), local:REF, oci:DIR[:TAG], docker-archive:FILE[:REF]."""
+    """Copy an image: docker://REF (or bare REF), local:REF, oci:DIR[:TAG],
+    oci-archive:FILE[:TAG], docker-archive:FILE[:REF]."""
     try:
         src, dst = parse_endpoint(source), parse_endpoint(destination)
     except ValueError as exc:  # InvalidReference is a ValueError

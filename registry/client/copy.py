@@ -5,6 +5,7 @@ Transports (the ``SRC``/``DST`` syntax of ``pybuild copy``, as skopeo spells the
     docker://REF  or a bare REF      a registry ([host[:port]/]name[:tag][@digest])
     local:REF                        pybuild's local image store (``pybuild images``)
     oci:DIR[:TAG]                    an OCI image layout directory
+    oci-archive:FILE[:TAG]           the same in a tar (:mod:`registry.client.oci_archive`)
     docker-archive:FILE[:REF]        a ``docker save`` tarball (REF name[:tag], no digest)
 
 The other transports skopeo knows are refused by name
@@ -50,6 +51,7 @@ from .layouts import (
     read_docker_archive,
     write_docker_archive,
 )
+from .oci_archive import unpacked
 from .progress import Progress
 from .pull import PieceSources, TransferOptions, local_piece_sources, pull_blob
 from .push import PIECE_PUSH_MIN, push_blob
@@ -441,6 +443,9 @@ class _Copy:
 async def copy_image(src: Endpoint, dst: Endpoint, images: ImageStore, client: RegistryClient,
                      progress: Progress, options: CopyOptions = CopyOptions()) -> CopyResult:
     """Copy the image at ``src`` to ``dst`` (see the module docstring)."""
+    if "oci-archive" in (src.kind, dst.kind):
+        async with unpacked(src, dst, progress.message) as (layout_src, layout_dst):
+            return await _Copy(layout_src, layout_dst, images, client, progress, options).run()
     return await _Copy(src, dst, images, client, progress, options).run()
 
 

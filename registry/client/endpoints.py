@@ -4,6 +4,7 @@ spells them), parsed into an :class:`Endpoint`::
     docker://REF  or a bare REF      a registry ([host[:port]/]name[:tag][@digest])
     local:REF                        pybuild's local image store (``pybuild images``)
     oci:DIR[:TAG]                    an OCI image layout directory
+    oci-archive:FILE[:TAG]           the same in a tar (:mod:`registry.client.oci_archive`)
     docker-archive:FILE[:REF]        a ``docker save`` tarball (REF name[:tag], no digest)
 
 The other transports skopeo knows are refused by name (:func:`check_transport`), never
@@ -23,7 +24,7 @@ __all__ = ["SKOPEO_TRANSPORTS", "SUPPORTED", "Endpoint", "check_transport", "par
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """Where an image is. ``kind``: registry, local, oci or docker-archive."""
+    """Where an image is. ``kind``: registry, local, oci, oci-archive or docker-archive."""
 
     kind: str
     ref: ImageRef | None = None
@@ -41,7 +42,8 @@ class Endpoint:
 # would be a surprise, and a leak.
 SKOPEO_TRANSPORTS = ("docker", "docker-archive", "docker-daemon", "oci", "oci-archive", "dir",
                      "containers-storage", "sif", "tarball", "ostree")
-SUPPORTED = "docker://REF (or a bare REF), local:REF, oci:DIR[:TAG], docker-archive:FILE[:REF]"
+SUPPORTED = ("docker://REF (or a bare REF), local:REF, oci:DIR[:TAG], oci-archive:FILE[:TAG], "
+             "docker-archive:FILE[:REF]")
 _SCHEME = re.compile(r"^([a-z][a-z0-9_-]*):(.*)$", re.DOTALL)
 
 
@@ -50,7 +52,7 @@ def check_transport(text: str) -> None:
     one skopeo knows, or ``NAME:`` followed by a path (``x:/dir``, ``x:./f``), which no
     image reference is (a tag holds no ``/``, a port only digits)."""
     m = _SCHEME.match(text)
-    if m is None or text.startswith(("docker://", "local:", "oci:", "docker-archive:")):
+    if m is None or text.startswith(("docker://", "local:", "oci:", "oci-archive:", "docker-archive:")):
         return
     name, rest = m.groups()
     if re.match(r"\d+/", rest):
@@ -71,12 +73,13 @@ def parse_endpoint(text: str) -> Endpoint:
             return Endpoint("registry", parse_image_ref(text[len("docker://"):]))
         if text.startswith("local:"):
             return Endpoint("local", parse_image_ref(text[len("local:"):]))
-        if text.startswith("oci:"):
-            rest = text[len("oci:"):]
-            path, sep, tag = rest.rpartition(":")
-            if not sep or "/" in tag or not tag:
-                return Endpoint("oci", path=Path(rest))
-            return Endpoint("oci", path=Path(path), name=tag)
+        for kind in ("oci", "oci-archive"):
+            if text.startswith(f"{kind}:"):
+                rest = text[len(kind) + 1:]
+                path, sep, tag = rest.rpartition(":")
+                if not sep or "/" in tag or not tag:
+                    return Endpoint(kind, path=Path(rest))
+                return Endpoint(kind, path=Path(path), name=tag)
         if text.startswith("docker-archive:"):
             path, _, ref = text[len("docker-archive:"):].partition(":")
             named = parse_image_ref(ref) if ref else None

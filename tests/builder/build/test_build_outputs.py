@@ -150,6 +150,15 @@ def test_oci_archive_and_layout(context_of, pybuild, tmp_path: Path) -> None:
     assert "oci-layout" in names and "manifest.json" not in names
     assert json.loads((layout / "index.json").read_text()) == index
     assert not list(tmp_path.glob(".img.tar.*"))  # no temporary file left
+    # pybuild copy reads the archive back, as skopeo does
+    copied = subprocess.run([sys.executable, "-m", "builder", "copy", "-q", "--storage",
+                             str(tmp_path / "other"), f"oci-archive:{archive}:2", "local:example/app:3"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert copied.returncode == 0, copied.stderr
+    listed = subprocess.run([sys.executable, "-m", "builder", "images", "--json", "--storage",
+                             str(tmp_path / "other")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert [i["digest"] for i in json.loads(listed.stdout)] == [built.digest]
 
 
 def test_docker_archive_loads_and_runs(context_of, pybuild, tmp_path: Path,

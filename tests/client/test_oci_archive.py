@@ -1,0 +1,164 @@
+"""``oci-archive:FILE[:TAG]`` (an OCI layout in a tar), as ``pybuild copy`` reads and
+writes it: against skopeo's own archives, and against hostile ones."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from cas import Digest
+from registry.client.copy import CopyOptions, copy_image, parse_endpoint
+from registry.client.image_store import ImageStore
+from registry.client.layouts import LayoutError, OciLayout
+from registry.client.progress import Progress
+from registry.client.remote import RegistryClient
+from testkit.tools import require_tool
+
+from .helpers import simple_image, store_image
+
+
+@pytest.fixture(autouse=True)
+def own_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Temporary layouts go here, so a test sees any that is left behind."""
+    where = tmp_path / "tmpdir"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    return where
+
+
+async def copy(src: str, dst: str, images: ImageStore, client: RegistryClient) -> Digest:
+    result = await copy_image(parse_endpoint(src), parse_endpoint(dst), images, client,
+                              Progress("quiet"), CopyOptions())
+    return result.digest
+
+
+def test_the_transport_parses_as_skopeo_spells_it() -> None:
+    named = parse_endpoint("oci-archive:/a/b.tar:v1")
+    assert (named.kind, str(named.path), named.name) == ("oci-archive", "/a/b.tar", "v1")
+    bare = parse_endpoint("oci-archive:b.tar")
+    assert (bare.kind, str(bare.path), bare.name) == ("oci-archive", "b.tar", None)
+    assert str(named) == "oci-archive:/a/b.tar:v1"
+
+
+async def test_an_archive_goes_both_ways_with_skopeo(
+    images: ImageStore, client: RegistryClient, tmp_path: Path, own_tmpdir: Path
+) -> None:
+    skopeo = require_tool("skopeo")
+    image = simple_image(80, (200_000, 40_000))
+    digest = await store_image(images, "localhost/app:1", image)
+    ours = tmp_path / "ours.tar"
+    assert await copy("local:localhost/app:1", f"oci-archive:{ours}:v1", images, client) == digest
+    with tarfile.open(ours) as tar:
+        names = tar.getnames()
+    assert names[:2] == ["oci-layout", "index.json"]
+    assert f"blobs/sha256/{digest.encoded}" in names
+    # skopeo reads it, and writes its own archive of it
+    inspected = (await asyncio.to_thread(
+        subprocess.run, [skopeo, "inspect", "--raw", f"oci-archive:{ours}:v1"],
+        capture_output=True, check=True)).stdout
+    assert Digest.of(inspected) == digest
+    theirs = tmp_path / "theirs.tar"
+    await asyncio.to_thread(subprocess.run, [skopeo, "copy", "-q", f"oci-archive:{ours}:v1",
+                                             f"oci-archive:{theirs}:v2"], capture_output=True, check=True)
+    other = await ImageStore.open(tmp_path / "other")
+    try:
+        assert await copy(f"oci-archive:{theirs}:v2", "local:localhost/app:2", other, client) == digest
+        for blob in (image.config, *image.layers):
+            assert await other.store.read_bytes(Digest.of(blob)) == blob
+        assert (await other.store.fsck()).ok
+    finally:
+        await other.close()
+    # the same image twice makes the same archive
+    again = tmp_path / "again.tar"
+    await copy("local:localhost/app:1", f"oci-archive:{again}:v1", images, client)
+    assert again.read_bytes() == ours.read_bytes()
+    assert list(own_tmpdir.iterdir()) == []
+
+
+async def test_errors_name_the_archive_and_leave_nothing(
+    images: ImageStore, client: RegistryClient, tmp_path: Path, own_tmpdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image = simple_image(81, (30_000,))
+    await store_image(images, "localhost/app:1", image)
+    archive = tmp_path / "img.tar"
+    await copy("local:localhost/app:1", f"oci-archive:{archive}:v1", images, client)
+    with pytest.raises(LayoutError, match=rf"^oci-archive:{archive} has no image 'v9' \(it has: v1\)$"):
+        await copy(f"oci-archive:{archive}:v9", "local:localhost/x:1", images, client)
+    (tmp_path / "notes.txt").write_text("not a tar")
+    cases = [
+        (f"oci-archive:{tmp_path / 'notes.txt'}", "is not a readable tar"),
+        (f"oci-archive:{tmp_path / 'none.tar'}", "does not exist"),
+        (f"oci-archive:{tmp_path}", "is a directory; an OCI layout directory is read with oci:"),
+    ]
+    for src, message in cases:
+        with pytest.raises(LayoutError, match=message):
+            await copy(src, "local:localhost/x:1", images, client)
+    # a write that fails half-way (the disk, say) leaves no archive, not even the old one
+    exported: list[Digest] = []
+
+    async def failing(self: OciLayout, store: object, digest: Digest) -> None:
+        exported.append(digest)
+        raise OSError(28, "No space left on device")
+
+    archive.write_bytes(b"the previous archive")
+    with monkeypatch.context() as patch:
+        patch.setattr(OciLayout, "export_blob", failing)
+        with pytest.raises(OSError, match="No space left"):
+            await copy("local:localhost/app:1", f"oci-archive:{archive}:v2", images, client)
+    assert exported and archive.read_bytes() == b"the previous archive"
+    assert not archive.with_name("img.tar.tmp").exists()
+    with pytest.raises(LayoutError, match="is a directory: name the archive file"):
+        await copy("local:localhost/app:1", f"oci-archive:{tmp_path}", images, client)
+    assert list(own_tmpdir.iterdir()) == []
+
+
+def _hostile(path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, body in (("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'),
+                           ("index.json", json.dumps({"schemaVersion": 2, "manifests": []}).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+        if member.isfile():
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+        else:
+            tar.addfile(member)
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    return info
+
+
+@pytest.mark.parametrize(("member", "message"), [
+    (_member("../escaped"), "outside the destination"),
+    # an absolute name is unpacked inside (its leading / dropped): the layout is then empty
+    (_member("/tmp/absolute-from-archive"), r"evil.tar holds 0 images; name one \(oci-archive:FILE:TAG\)"),
+    (_member("blobs/link", tarfile.SYMTYPE, "/etc/passwd"), "is neither a file nor a directory"),
+    (_member("blobs/hard", tarfile.LNKTYPE, "index.json"), "is neither a file nor a directory"),
+    (_member("blobs/dev", tarfile.CHRTYPE), "is neither a file nor a directory"),
+])
+async def test_a_hostile_archive_is_refused_and_writes_nothing_outside(
+    images: ImageStore, client: RegistryClient, tmp_path: Path, own_tmpdir: Path,
+    member: tarfile.TarInfo, message: str
+) -> None:
+    archive = tmp_path / "evil" / "evil.tar"
+    archive.parent.mkdir()
+    _hostile(archive, member)
+    with pytest.raises(LayoutError, match=message):
+        await copy(f"oci-archive:{archive}", "local:localhost/x:1", images, client)
+    assert sorted(p.name for p in archive.parent.iterdir()) == ["evil.tar"]
+    assert not (tmp_path / "escaped").exists() and not (own_tmpdir / "escaped").exists()
+    assert not Path("/tmp/absolute-from-archive").exists()
+    assert list(own_tmpdir.iterdir()) == []
