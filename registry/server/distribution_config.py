@@ -34,6 +34,7 @@ _IGNORED = {
     "http.secret",  # upload state lives in the store's metadata, not in signed URLs
     "http.host",
     "http.draintimeout",
+    "http.relativeurls",  # every Location pybuild writes is relative (a bucket's URL aside)
     "health",  # pybuild's health is GET /v2/ and the debug server's metrics
     "storage.maintenance.uploadpurging.dryrun",
 }
@@ -116,7 +117,7 @@ def _unsupported(key: str) -> str | None:
         return "storage.redirect only takes disable"
     if key.startswith(("middleware", "redis", "reporting", "validation", "compatibility",
                        "loglevel", "auth.silly", "http.letsencrypt", "http.net",
-                       "http.prefix", "http.relativeurls", "http.http2", "http.tls.clientcas",
+                       "http.prefix", "http.http2", "http.tls.clientcas",
                        "http.tls.minimumtls", "http.tls.ciphersuites")):
         return "pybuild does not support it"
     return None

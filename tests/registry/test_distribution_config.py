@@ -74,6 +74,12 @@ def test_deletion_is_off_unless_enabled_as_in_distribution(tmp_path: Path) -> No
     assert (config.delete_blobs, config.delete_manifests, config.delete_tags) == (False,) * 3
 
 
+def test_relative_urls_are_what_pybuild_writes_anyway(tmp_path: Path) -> None:
+    for value in ("true", "false"):
+        config = _load(tmp_path, f"version: 0.1\nhttp: {{addr: 127.0.0.1:5999, relativeurls: {value}}}\n")
+        assert config.addr == "127.0.0.1:5999"
+
+
 def test_upload_purging_disabled_keeps_sessions(tmp_path: Path) -> None:
     config = _load(tmp_path, "version: 0.1\nstorage:\n  maintenance:\n    uploadpurging: {enabled: false}\n")
     assert config.uploads_ttl >= 50 * 365 * 86400
@@ -84,7 +90,7 @@ def test_upload_purging_disabled_keeps_sessions(tmp_path: Path) -> None:
      r"storage\.s3: unsupported key\(s\) v4auth"),
     ("version: 0.1\nstorage: {gcs: {bucket: b}}\n", r"storage\.gcs\.bucket: the gcs storage driver is not supported"),
     ("version: 0.1\nmiddleware: {registry: [{name: cloudfront}]}\n", r"middleware.*: pybuild does not support it"),
-    ("version: 0.1\nhttp: {relativeurls: true}\n", r"http\.relativeurls: pybuild does not support it"),
+    ("version: 0.1\nhttp: {prefix: /registry/}\n", r"http\.prefix: pybuild does not support it"),
     ("version: 0.1\nstorage: {filesystem: {rootdir: /srv}}\n",
      r"storage\.filesystem\.rootdir: Distribution has no such setting"),
     ("version: 0.2\n", r"version '0\.2': a Distribution config file says version: 0\.1"),
