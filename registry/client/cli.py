@@ -63,7 +63,7 @@ def _run(coro: Awaitable[T]) -> T:
 def _ref(text: str) -> Any:
     try:
         check_transport(text)
-        if text.startswith(("docker://", "oci:", "docker-archive:", "local:")):
+        if text.startswith(("docker://", "oci:", "oci-archive:", "docker-archive:", "local:")):
             raise ValueError(f"{text!r}: an image reference is asked for here; pybuild copy "
                              "SOURCE DESTINATION copies between transports")
         return parse_image_ref(text)

@@ -97,7 +97,8 @@ def test_references_that_look_like_transports_still_parse(text: str, ref: str) -
 def test_pull_and_push_refuse_a_transport_where_a_reference_is_asked_for(tmp_path: Path) -> None:
     runner = CliRunner()
     for args in (["pull", "containers-storage:foo"], ["push", "foo:1", "dir:/tmp/out"],
-                 ["pull", "oci:./layout:1"]):
+                 ["pull", "oci:./layout:1"], ["pull", "oci-archive:x.tar"],
+                 ["push", "oci-archive:x.tar:1"]):
         out = runner.invoke(main, [*args, "--storage", str(tmp_path / "s")])
         assert out.exit_code == 2, out.output
         assert "transport" in out.output and "Traceback" not in out.output
