@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -23,14 +23,17 @@ from cas.errors import CasError, storage_error
 
 from ..cli import JSON_ERRORS
 from ..errors import RegistryError
-from .auth import AuthError, Credentials, erase_credentials, store_credentials
-from .copy import DEFAULT_JOBS, CopyOptions, Endpoint, check_transport, copy_image, parse_endpoint
-from .image_store import ImageNotFound, ImageStore
-from .layouts import LayoutError
-from .progress import Progress
-from .pull import BlobError, TransferOptions
-from .refs import InvalidReference, parse_image_ref
-from .remote import ClientOptions, RegistryClient, TransportError
+from .endpoints import Endpoint, check_transport, parse_endpoint
+from .errors import ClientError
+from .refs import parse_image_ref
+from .transfer import DEFAULT_JOBS, TransferOptions
+
+if TYPE_CHECKING:
+    from .progress import Progress
+    from .remote import ClientOptions
+
+# The image store, the transfer machinery and the HTTP client are imported by the
+# commands that use them: `pybuild images` does not wait for what `pull` needs.
 
 __all__ = ["COMMANDS", "finished"]
 
@@ -39,8 +42,9 @@ __all__ = ["COMMANDS", "finished"]
 finished = False
 
 T = TypeVar("T")
-_FAILURES = (AuthError, BlobError, ImageNotFound, InvalidReference, LayoutError, RegistryError,
-             TransportError, ValueError, OSError)
+# Errors that are the user's to act on: said in one line. (ClientError: every error of
+# the client, from a bad reference to a registry that broke off.)
+_FAILURES = (ClientError, RegistryError, ValueError, OSError)
 
 
 def _run(coro: Awaitable[T]) -> T:
@@ -111,6 +115,8 @@ def _transfer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _client_options(kw: dict[str, Any], progress: Progress | None = None) -> ClientOptions:
+    from .remote import ClientOptions
+
     insecure = set(kw["insecure"])
     insecure.update(h for h in os.environ.get("PYBUILD_INSECURE_REGISTRIES", "").split(",") if h)
     return ClientOptions(ca_cert=kw["ca_cert"], tls_verify=kw["tls_verify"], insecure=frozenset(insecure),
@@ -118,6 +124,11 @@ def _client_options(kw: dict[str, Any], progress: Progress | None = None) -> Cli
 
 
 async def _copy(src: Endpoint, dst: Endpoint, kw: dict[str, Any]) -> None:
+    from .copy import CopyOptions, copy_image
+    from .image_store import ImageStore
+    from .progress import Progress
+    from .remote import RegistryClient
+
     progress = Progress.auto(json_events=kw["json_events"], quiet=kw["quiet"])
     options = CopyOptions(platform=kw["platform"], all_platforms=kw["all_platforms"], jobs=kw["jobs"],
                           transfer=TransferOptions(window=kw["ranges"]))
@@ -175,6 +186,8 @@ def copy(source: str, destination: str, **kw: Any) -> None:
 def images(as_json: bool, storage: Path | None) -> None:
     """List local images."""
 
+    from .image_store import ImageStore
+
     async def run() -> list[Any]:
         async with await ImageStore.open(storage) as store:
             return await store.list()
@@ -202,6 +215,8 @@ def images(as_json: bool, storage: Path | None) -> None:
 def rmi(refs: tuple[str, ...], storage: Path | None) -> None:
     """Remove local images (their blobs are reclaimed by ``pybuild storage gc``)."""
 
+    from .image_store import ImageStore
+
     async def run() -> list[str]:
         missing = []
         async with await ImageStore.open(storage) as store:
@@ -225,6 +240,9 @@ def rmi(refs: tuple[str, ...], storage: Path | None) -> None:
 @click.option("--insecure", multiple=True, metavar="HOST")
 def login(server: str, username: str | None, password: str | None, password_stdin: bool, **kw: Any) -> None:
     """Check credentials against SERVER and save them in Docker's config.json."""
+    from .auth import Credentials, store_credentials
+    from .remote import ClientOptions, RegistryClient
+
     if username is None:
         username = click.prompt("Username")
     if password_stdin:
@@ -250,6 +268,8 @@ def login(server: str, username: str | None, password: str | None, password_stdi
 @click.argument("server")
 def logout(server: str) -> None:
     """Forget the credentials saved for SERVER."""
+    from .auth import erase_credentials
+
     host = _ref(f"{server}/x").host
     if not _run(asyncio.to_thread(erase_credentials, host)):
         raise click.ClickException(f"not logged in to {server}")

@@ -58,6 +58,7 @@ from .push import PIECE_PUSH_MIN, push_blob
 from .push_pieces import destination_tags, piece_bases
 from .refs import ImageRef, InvalidReference, parse_image_ref
 from .remote import RegistryClient
+from .transfer import DEFAULT_JOBS
 
 # A streamed blob is read from its source this much at a time.
 _STREAM_READ = 4 << 20
@@ -71,14 +72,6 @@ __all__ = ["CopyError", "CopyOptions", "CopyResult", "Endpoint", "check_transpor
 class CopyError(ClientError, ValueError):
     """A copy that cannot be done as asked (the destination names something else than
     what would be written there); the message says what to ask instead."""
-
-
-# Blobs transferred at once, unless told (-j). Docker and containerd fetch three at
-# once. On 2 cores four beat six: a pull is CPU-bound here (hashing twice, copying,
-# storing), and each more thread adds GIL hand-overs. A cold pull of 525 MB of
-# 6,600-piece layers took a median 0.905 s with 3 or 4, 0.95 s with 6; the v2-over-v1
-# pull from ``pybuild serve`` 0.535 s with 4 against 0.575 s with 3 or 6.
-DEFAULT_JOBS = 4
 
 
 @dataclass(frozen=True, slots=True)

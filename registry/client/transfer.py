@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 from .errors import ClientError
 
-__all__ = ["BlobError", "TransferOptions"]
+__all__ = ["DEFAULT_JOBS", "BlobError", "TransferOptions"]
+
+# Blobs transferred at once, unless told (-j). Docker and containerd fetch three at
+# once. On 2 cores four beat six: a pull is CPU-bound here (hashing twice, copying,
+# storing), and each more thread adds GIL hand-overs. A cold pull of 525 MB of
+# 6,600-piece layers took a median 0.905 s with 3 or 4, 0.95 s with 6; the v2-over-v1
+# pull from ``pybuild serve`` 0.535 s with 4 against 0.575 s with 3 or 6.
+DEFAULT_JOBS = 4
 
 
 class BlobError(ClientError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -63,6 +64,18 @@ def test_a_command_imported_says_the_same_line_as_its_summary() -> None:
         assert command is not None and command.get_short_help_str(limit=200) == summary, name
     result = CliRunner().invoke(main, ["--help"])
     assert all(f"  {summary}" in result.output for summary in SUMMARIES.values()), result.output
+
+
+def test_images_does_not_import_the_transfer_machinery(tmp_path: Path) -> None:
+    code = ("import sys\nfrom builder.cli import main\n"
+            f"try:\n    main(['images', '--storage', {str(tmp_path)!r}])\nexcept SystemExit:\n    pass\n"
+            "import json\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('registry.client', 'http.client')))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert "registry.client.image_store" in loaded  # it did list the images
+    assert not loaded & {"registry.client.copy", "registry.client.pull", "registry.client.remote",
+                         "http.client"}, loaded
 
 
 def test_a_wrong_table_entry_fails_loudly() -> None:
