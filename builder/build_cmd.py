@@ -336,7 +336,7 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
 
 
 @click.command("build")
-@click.argument("context", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("context", type=click.Path(exists=True, path_type=Path, allow_dash=True))
 @click.option("-f", "--file", "dockerfile", type=click.Path(dir_okay=False, path_type=Path),
               help="The Dockerfile [default: CONTEXT/Dockerfile].")
 @click.option("-t", "--tag", "tags", multiple=True, help="Name the image (repeatable).")
@@ -416,7 +416,15 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
                                    "together")
         progress_mode = "quiet"
     dockerfile_text: str | None = None
-    if dockerfile == Path("-"):
+    from_stdin = context == Path("-")  # docker build -: the context (or Dockerfile) on stdin
+    if not from_stdin and not context.is_dir():
+        raise click.BadParameter(f"{context} is a file: the context is a directory, or - to read "
+                                 "it (or the Dockerfile) from standard input", param_hint="CONTEXT")
+    if from_stdin:
+        from .stdin_context import context_from_stdin
+
+        context, dockerfile, dockerfile_text = context_from_stdin(dockerfile)
+    elif dockerfile == Path("-"):
         # buildx reads the Dockerfile from stdin; a build from it is never fast-pathed
         dockerfile, dockerfile_text = None, sys.stdin.read()
     outs = _outputs(outputs, load, tags)
@@ -449,6 +457,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         cache_from=_cache_specs(cache_from, export=False))
     progress = BuildProgress(progress_mode)
     recorder = None if outs or push or secrets or cache_to or cache_from or ssh or dockerfile_text is not None \
+        or from_stdin \
         or "," in (platform or "") \
         else Recorder.start()
     try:
