@@ -335,8 +335,18 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
         raise
 
 
+def _context_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        what = "is a file" if path.exists() else "does not exist"
+        raise click.BadParameter(f"{text} {what}: the context is a directory, - to read it (or "
+                                 "the Dockerfile) from standard input, or an http(s) URL",
+                                 param_hint="CONTEXT")
+    return path
+
+
 @click.command("build")
-@click.argument("context", type=click.Path(exists=True, path_type=Path, allow_dash=True))
+@click.argument("context", metavar="CONTEXT")  # a directory, - (stdin) or a URL
 @click.option("-f", "--file", "dockerfile", type=click.Path(dir_okay=False, path_type=Path),
               help="The Dockerfile [default: CONTEXT/Dockerfile].")
 @click.option("-t", "--tag", "tags", multiple=True, help="Name the image (repeatable).")
@@ -398,7 +408,7 @@ def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
 @click.option("--cache-from", "cache_from", multiple=True,
               help="Import a build cache: type=local,src=DIR or type=registry,ref=REF "
                    "(repeatable).")
-def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
+def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
           build_args: tuple[str, ...], target: str | None, labels: tuple[str, ...],
           no_cache: bool, explain: bool, network: str, push: bool, pull: bool,
           outputs: tuple[str, ...],
@@ -416,15 +426,15 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
                                    "together")
         progress_mode = "quiet"
     dockerfile_text: str | None = None
-    from_stdin = context == Path("-")  # docker build -: the context (or Dockerfile) on stdin
-    if not from_stdin and not context.is_dir():
-        raise click.BadParameter(f"{context} is a file: the context is a directory, or - to read "
-                                 "it (or the Dockerfile) from standard input", param_hint="CONTEXT")
+    # docker build - or URL: the context (or the Dockerfile alone) from stdin or a download
+    from_stdin = context == "-" or "://" in context or context.startswith(("git@", "github.com/"))
     if from_stdin:
-        from .stdin_context import context_from_stdin
+        from .remote_context import context_from
 
-        context, dockerfile, dockerfile_text = context_from_stdin(dockerfile)
-    elif dockerfile == Path("-"):
+        context_dir, dockerfile, dockerfile_text = context_from(context, dockerfile)
+    else:
+        context_dir = _context_dir(context)
+    if not from_stdin and dockerfile == Path("-"):
         # buildx reads the Dockerfile from stdin; a build from it is never fast-pathed
         dockerfile, dockerfile_text = None, sys.stdin.read()
     outs = _outputs(outputs, load, tags)
@@ -444,7 +454,7 @@ def build(context: Path, dockerfile: Path | None, tags: tuple[str, ...],
         raise click.BadParameter(str(exc), param_hint="--annotation") from exc
     ssh_sockets, ssh_keys = _ssh(ssh)
     opts = BuildOptions(
-        context=context, storage=storage or default_storage_dir(), dockerfile=dockerfile,
+        context=context_dir, storage=storage or default_storage_dir(), dockerfile=dockerfile,
         tags=tags, build_args=_build_args(build_args), target=target,
         labels=_kv(labels, "--label"), no_cache=no_cache, explain=explain, network=network,
         outputs=outs, secrets=_secrets(secrets), compression=compression,

@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
-import zstandard
 from click.testing import CliRunner
 
 from builder.build_cmd import build as build_command
@@ -162,69 +158,3 @@ def test_add_host_shm_size_and_ulimit_reach_run_steps(context_of, tmp_path: Path
         bad = _cli(ctx, tmp_path, flag, value)
         assert bad.exit_code == 2 and message in bad.output, bad.output
 
-
-def _tar_of(ctx: Path, compress: str = "") -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for path in sorted(ctx.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(ctx)), recursive=False)
-    data = raw.getvalue()
-    if compress == "gzip":
-        return gzip.compress(data)
-    if compress == "zstd":
-        return zstandard.ZstdCompressor().compress(data)
-    return data
-
-
-def _build_stdin(tmp_path: Path, stdin: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "PYBUILD_STORAGE": str(tmp_path / "s"), "TMPDIR": str(tmp_path / "tmp")}
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    return subprocess.run(["python3", "-m", "builder", "build", "-q", *args, "-"], input=stdin,
-                          capture_output=True, env=env, timeout=300, check=False)
-
-
-def test_the_context_as_a_tar_on_stdin(context_of, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """``docker build - < context.tar[.gz|.zst]``: the same image as from the directory."""
-    ctx = context_of("buildx-flags")
-    from_dir = subprocess.run(["python3", "-m", "builder", "build", "-q", "--storage",
-                               str(tmp_path / "s"), "-f", str(ctx / "stdin.Dockerfile"), str(ctx)],
-                              capture_output=True, text=True, timeout=300, check=False)
-    assert from_dir.returncode == 0, from_dir.stderr
-    for compress in ("", "gzip", "zstd"):
-        # -f names a Dockerfile inside the archive
-        piped = _build_stdin(tmp_path, _tar_of(ctx, compress), "-f", "stdin.Dockerfile")
-        assert piped.returncode == 0, piped.stderr
-        assert piped.stdout.decode() == from_dir.stdout, compress
-    out = _build_stdin(tmp_path, _tar_of(ctx), "-f", "stdin.Dockerfile", "-o", str(tmp_path / "out"))
-    assert out.returncode == 0, out.stderr
-    listing = (tmp_path / "out" / "listing.txt").read_text().split()
-    assert "kept.txt" in listing and "ignored.txt" not in listing  # .dockerignore applies
-    assert list((tmp_path / "tmp").iterdir()) == []  # the unpacked context is gone
-
-
-def test_a_dockerfile_on_stdin_builds_with_an_empty_context(context_of, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    base = (context_of("buildx-flags") / "stdin.Dockerfile").read_text().splitlines()[0]
-    built = _build_stdin(tmp_path, f"{base}\nRUN echo hi > /x\n".encode())
-    assert built.returncode == 0, built.stderr
-    assert built.stdout.decode().startswith("sha256:")
-    copying = _build_stdin(tmp_path, f"{base}\nCOPY kept.txt /\n".encode())
-    assert copying.returncode == 1 and b"'kept.txt' not found in the build context" in copying.stderr
-    both = _build_stdin(tmp_path, b"FROM scratch\n", "-f", "-")
-    assert both.returncode == 2 and b"cannot be both the context" in both.stderr
-    junk = _build_stdin(tmp_path, bytes(range(256)) * 8)
-    assert junk.returncode == 2 and b"neither a Dockerfile" in junk.stderr
-    assert list((tmp_path / "tmp").iterdir()) == []
-
-
-def test_a_context_archive_that_climbs_out_is_refused(tmp_path: Path) -> None:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, body in (("Dockerfile", b"FROM scratch\n"), ("../escaped", b"x")):
-            info = tarfile.TarInfo(name)
-            info.size = len(body)
-            tar.addfile(info, io.BytesIO(body))
-    refused = _build_stdin(tmp_path, raw.getvalue())
-    assert refused.returncode == 2 and b"is refused" in refused.stderr, refused.stderr
-    assert b"Traceback" not in refused.stderr
-    assert not (tmp_path / "escaped").exists() and not (tmp_path / "tmp" / "escaped").exists()
-    assert list((tmp_path / "tmp").iterdir()) == []
