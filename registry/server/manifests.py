@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -119,7 +120,8 @@ def _accepted(request: web.Request) -> frozenset[str] | None:
 
 
 async def _negotiate(
-    reg: Registry, name: str, reference: str, entry: CachedManifest, accepted: frozenset[str]
+    reg: Registry, name: str, reference: str, entry: CachedManifest, accepted: frozenset[str],
+    fetch: Callable[[str], Awaitable[None]] | None,
 ) -> CachedManifest:
     """What to serve a client whose Accept does not list the stored type, as CNCF
     Distribution (2.8 and 3) decides it:
@@ -131,6 +133,8 @@ async def _negotiate(
     - any other Docker schema 2 manifest or list: itself. Distribution serves them by
       digest whatever Accept says (by tag, 2.8 rewrote a schema 2 manifest into
       schema 1, which pybuild does not serve; 3.0 serves it as it is).
+
+    ``fetch`` brings a manifest by digest into ``name`` first (the pull-through cache's).
     """
     media_type = entry.media_type
     by_tag = ":" not in reference
@@ -142,6 +146,8 @@ async def _negotiate(
                 f"Accept header does not list {DOCKER_MANIFEST_LIST}: add it to Accept",
                 detail={"mediaType": media_type},
             )
+        if fetch is not None:
+            await fetch(child)
         entry = await _load(reg, name, child)
         media_type = entry.media_type
         if media_type in accepted:
@@ -169,12 +175,16 @@ def _default_platform_manifest(body: bytes) -> str | None:
     return None
 
 
-async def get_manifest(request: web.Request, name: str, reference: str) -> web.Response:
+async def get_manifest(
+    request: web.Request, name: str, reference: str,
+    fetch: Callable[[str], Awaitable[None]] | None = None,
+) -> web.Response:
+    """``fetch``: see :func:`_negotiate`."""
     reg = request.app[REGISTRY]
     entry = await _load(reg, name, reference)
     accepted = _accepted(request)
     if accepted is not None and entry.media_type not in accepted:
-        served = await _negotiate(reg, name, reference, entry, accepted)
+        served = await _negotiate(reg, name, reference, entry, accepted, fetch)
         if served is not entry and reg.pulls is not None and request.method == "GET":
             reg.pulls.note(name, entry.digest)  # the list the tag names was pulled too
         entry = served

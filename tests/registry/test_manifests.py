@@ -11,7 +11,7 @@ import pytest
 from cas import Digest
 from registry import oci
 
-from .helpers import descriptor, error_codes, push_blob, push_image
+from .helpers import descriptor, error_codes, push_blob, push_docker_list, push_image
 
 TESTFILES = Path(__file__).parent / "testfiles"
 ALL_TYPES = f"{oci.OCI_MANIFEST}, {oci.OCI_INDEX}, {oci.DOCKER_MANIFEST}, {oci.DOCKER_MANIFEST_LIST}"
@@ -64,30 +64,11 @@ async def test_accept_without_the_stored_type_is_404(client):
     assert await error_codes(resp) == ["MANIFEST_UNKNOWN"]
 
 
-async def _push_docker_list(client, repo, tag, platforms):
-    """A Docker manifest list of one schema 2 image per ``os/arch``; returns the list's
-    digest and each platform's manifest digest."""
-    entries, children = [], {}
-    for plat in platforms:
-        os_, arch = plat.split("/")
-        digest, body = await push_image(client, repo, f"only-{arch}", [arch.encode()],
-                                        media_type=oci.DOCKER_MANIFEST)
-        children[plat] = digest
-        entries.append({**descriptor(oci.DOCKER_MANIFEST, body),
-                        "platform": {"architecture": arch, "os": os_}})
-    body = json.dumps({"schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST_LIST,
-                       "manifests": entries}).encode()
-    resp = await client.put(f"/v2/{repo}/manifests/{tag}", data=body,
-                            headers={"Content-Type": oci.DOCKER_MANIFEST_LIST})
-    assert resp.status == 201, await resp.text()
-    return Digest.of(body), children
-
-
 async def test_docker_schema2_is_served_whatever_accept_lists(client):
     # As CNCF Distribution: only OCI types are held back from a client that does not
     # list them; a schema 2 manifest or list goes out as it is (by digest, any Accept).
     digest, body = await push_image(client, "d2", "v1", [b"x"], media_type=oci.DOCKER_MANIFEST)
-    list_digest, _ = await _push_docker_list(client, "d2", "list", ["linux/arm64"])
+    list_digest, _ = await push_docker_list(client, "d2", "list", ["linux/arm64"])
     for ref, media_type in ((digest, oci.DOCKER_MANIFEST), ("v1", oci.DOCKER_MANIFEST),
                             (list_digest, oci.DOCKER_MANIFEST_LIST)):
         for accept in (oci.OCI_MANIFEST, oci.OCI_INDEX, "application/json"):
@@ -102,7 +83,7 @@ async def test_docker_schema2_is_served_whatever_accept_lists(client):
 async def test_manifest_list_by_tag_without_list_in_accept_is_its_linux_amd64_manifest(client):
     # A client that takes schema 2 manifests but not lists (older than lists) pulls the
     # list's linux/amd64 manifest, under that manifest's digest: CNCF Distribution's answer.
-    list_digest, children = await _push_docker_list(client, "old", "latest", ["linux/arm64", "linux/amd64"])
+    list_digest, children = await push_docker_list(client, "old", "latest", ["linux/arm64", "linux/amd64"])
     for method in ("GET", "HEAD"):
         resp = await client.request(method, "/v2/old/manifests/latest", headers={"Accept": oci.DOCKER_MANIFEST})
         assert resp.status == 200
@@ -114,7 +95,7 @@ async def test_manifest_list_by_tag_without_list_in_accept_is_its_linux_amd64_ma
     resp = await client.get("/v2/old/manifests/latest", headers={"Accept": ALL_TYPES})
     assert resp.headers["Docker-Content-Digest"] == str(list_digest)
     # A list without linux/amd64 has nothing such a client can run.
-    await _push_docker_list(client, "old", "arm", ["linux/arm64"])
+    await push_docker_list(client, "old", "arm", ["linux/arm64"])
     resp = await client.get("/v2/old/manifests/arm", headers={"Accept": oci.DOCKER_MANIFEST})
     assert resp.status == 404
     assert await error_codes(resp) == ["MANIFEST_UNKNOWN"]
