@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_PAGE",
     "MAX_PAGE",
     "MAX_POSITION",
+    "MAX_RANGES",
     "ClientGone",
     "next_link",
     "parse_content_range",
@@ -44,6 +45,9 @@ _RANGE = re.compile(rf"^bytes=({_POS})-({_POS})$")
 _CONTENT_RANGE = re.compile(rf"^(?:bytes[= ])?({_POS})-({_POS})(?:/(?:[0-9]{{1,19}}|\*))?$")
 _PAGE_SIZE = re.compile(r"^[0-9]{1,19}$")
 MAX_POSITION = (1 << 63) - 1
+# The most ranges one multipart answer has: what a zstd:chunked partial pull asks for at
+# most (containers/storage merges the chunks it lacks down to 1,024).
+MAX_RANGES = 1024
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -88,7 +92,8 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
     containers/image takes the parts of a multipart answer as the chunks it asked for,
     in order. Spans that add up to more than the blob (overlaps, the same range many
     times) get the whole blob instead, as from Go's ``http.ServeContent`` (CNCF
-    Distribution's).
+    Distribution's), and so do more than :data:`MAX_RANGES` (each part costs a lookup of
+    its pieces; RFC 9110 lets a server answer many small ranges with the whole).
     """
     if not header or "," not in header:
         single = parse_range(header, size)
@@ -122,7 +127,7 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
         raise range_not_satisfiable(
             f"no range of {_clip(header)!r} is inside a blob of {size} bytes", size
         )
-    return None if total > size else spans
+    return None if total > size or len(spans) > MAX_RANGES else spans
 
 
 def range_not_satisfiable(message: str, size: int) -> RegistryError:
