@@ -249,6 +249,14 @@ async def _expiry_loop(reg: Registry) -> None:
         await asyncio.sleep(max(reg.config.uploads_expire_interval, 1.0))
 
 
+# The longest header value a request may send (aiohttp's default is 8190 bytes). A
+# zstd:chunked partial pull (containers/image) asks for up to 1,024 ranges of a layer in
+# one Range header, ~25 KiB for a layer of gigabytes; CNCF Distribution takes 1 MiB of
+# headers. aiohttp answered such a pull 400 (podman then asked again with its ranges
+# merged into fewer, larger ones).
+_MAX_HEADER_FIELD = 32 * 1024
+
+
 def make_app(
     config: ServerConfig,
     *,
@@ -273,7 +281,7 @@ def make_app(
         # A request body may queue this much before aiohttp stops reading the socket
         # (twice it, then resumes at it). The default, 64 KiB, paused and resumed the
         # socket for every read of a pushed blob: a pair of system calls per 256 KiB.
-        handler_args={"read_bufsize": UPLOAD_READ_BUFFER},
+        handler_args={"read_bufsize": UPLOAD_READ_BUFFER, "max_field_size": _MAX_HEADER_FIELD},
     )
     if config.http_headers:  # http.headers: on every response, as Distribution adds them
         extra = dict(config.http_headers)

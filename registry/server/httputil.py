@@ -17,11 +17,13 @@ __all__ = [
     "DEFAULT_PAGE",
     "MAX_PAGE",
     "MAX_POSITION",
+    "MAX_RANGES",
     "ClientGone",
     "next_link",
     "parse_content_range",
     "parse_page",
     "parse_range",
+    "parse_ranges",
     "range_not_satisfiable",
 ]
 
@@ -43,6 +45,9 @@ _RANGE = re.compile(rf"^bytes=({_POS})-({_POS})$")
 _CONTENT_RANGE = re.compile(rf"^(?:bytes[= ])?({_POS})-({_POS})(?:/(?:[0-9]{{1,19}}|\*))?$")
 _PAGE_SIZE = re.compile(r"^[0-9]{1,19}$")
 MAX_POSITION = (1 << 63) - 1
+# The most ranges one multipart answer has: what a zstd:chunked partial pull asks for at
+# most (containers/storage merges the chunks it lacks down to 1,024).
+MAX_RANGES = 1024
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -75,6 +80,54 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             f"range {header!r} is outside a blob of {size} bytes", size
         )
     return start, end - start + 1
+
+
+def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
+    """A ``Range`` header -> the ``(offset, length)`` spans to serve, or None for the
+    whole blob. One range is read as :func:`parse_range` reads it.
+
+    Of several ranges, those that start past the end (or select nothing) are left out
+    (RFC 9110 14.1.2); if none is left the header is unsatisfiable (416), and a malformed
+    one makes the whole header RANGE_INVALID. Spans are neither merged nor reordered:
+    containers/image takes the parts of a multipart answer as the chunks it asked for,
+    in order. Spans that add up to more than the blob (overlaps, the same range many
+    times) get the whole blob instead, as from Go's ``http.ServeContent`` (CNCF
+    Distribution's), and so do more than :data:`MAX_RANGES` (each part costs a lookup of
+    its pieces; RFC 9110 lets a server answer many small ranges with the whole).
+    """
+    if not header or "," not in header:
+        single = parse_range(header, size)
+        return None if single is None else [single]
+    unit, sep, specs = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or not sep:
+        raise range_not_satisfiable(f"malformed Range header {_clip(header)!r}", size)
+    spans: list[tuple[int, int]] = []
+    total = 0
+    for spec in specs.split(","):
+        if not spec.strip():
+            continue  # an empty list element (RFC 9110 5.6.1: recipients accept them)
+        m = _RANGE.match("bytes=" + spec.replace(" ", ""))
+        if m is None or (m.group(1) == "" and m.group(2) == "") or (
+                max(int(m.group(1) or 0), int(m.group(2) or 0)) > MAX_POSITION) or (
+                m.group(1) != "" and m.group(2) != "" and int(m.group(2)) < int(m.group(1))):
+            raise range_not_satisfiable(f"malformed Range header {_clip(header)!r}", size)
+        first, last = m.group(1), m.group(2)
+        if first == "":
+            start = max(0, size - int(last))
+        else:
+            start = int(first)
+            if start >= size:
+                continue
+        end = size - 1 if first == "" or last == "" else min(int(last), size - 1)
+        if end < start:
+            continue
+        spans.append((start, end - start + 1))
+        total += end - start + 1
+    if not spans:
+        raise range_not_satisfiable(
+            f"no range of {_clip(header)!r} is inside a blob of {size} bytes", size
+        )
+    return None if total > size or len(spans) > MAX_RANGES else spans
 
 
 def range_not_satisfiable(message: str, size: int) -> RegistryError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -34,6 +35,8 @@ from ..errors import (
 )
 from ..names import parse_pull_reference, parse_reference, validate_tag
 from ..oci import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
     EMPTY_JSON,
     EMPTY_JSON_DIGEST,
     INDEX_TYPES,
@@ -99,35 +102,94 @@ async def _load(reg: Registry, name: str, reference: str) -> CachedManifest:
     return entry
 
 
-def _accepts(request: web.Request, media_type: str) -> bool:
-    """Content negotiation as Docker clients expect (they send several Accept headers).
-
-    No Accept header, ``*/*`` or ``application/*`` accepts anything; otherwise the stored
-    type must be listed (parameters and q-values are ignored, like CNCF Distribution).
-    """
+def _accepted(request: web.Request) -> frozenset[str] | None:
+    """The media types the request's Accept headers list (Docker clients send several
+    headers); None when anything goes: no Accept header, ``*/*`` or ``application/*``.
+    Parameters and q-values are ignored, like CNCF Distribution."""
     values = request.headers.getall("Accept", ())
     if not values:
-        return True
+        return None
+    listed = set()
     for value in values:
         for item in value.split(","):
             accepted = item.split(";", 1)[0].strip().lower()
-            if accepted in (media_type, "*/*", "application/*", ""):
-                return True
-    return False
+            if accepted in ("*/*", "application/*", ""):
+                return None
+            listed.add(accepted)
+    return frozenset(listed)
 
 
-async def get_manifest(request: web.Request, name: str, reference: str) -> web.Response:
+async def _negotiate(
+    reg: Registry, name: str, reference: str, entry: CachedManifest, accepted: frozenset[str],
+    fetch: Callable[[str], Awaitable[None]] | None,
+) -> CachedManifest:
+    """What to serve a client whose Accept does not list the stored type, as CNCF
+    Distribution (2.8 and 3) decides it:
+
+    - an OCI manifest or index: nothing, 404 MANIFEST_UNKNOWN;
+    - a Docker manifest list asked for by tag by a client that takes Docker schema 2
+      manifests but not lists (clients older than manifest lists): the list's
+      linux/amd64 manifest, under its own digest (404 if the list has none);
+    - any other Docker schema 2 manifest or list: itself. Distribution serves them by
+      digest whatever Accept says (by tag, 2.8 rewrote a schema 2 manifest into
+      schema 1, which pybuild does not serve; 3.0 serves it as it is).
+
+    ``fetch`` brings a manifest by digest into ``name`` first (the pull-through cache's).
+    """
+    media_type = entry.media_type
+    by_tag = ":" not in reference
+    if media_type == DOCKER_MANIFEST_LIST and by_tag and DOCKER_MANIFEST in accepted:
+        child = _default_platform_manifest(entry.body)
+        if child is None:
+            raise MANIFEST_UNKNOWN(
+                f"{reference!r} is a manifest list without a linux/amd64 manifest, and the "
+                f"Accept header does not list {DOCKER_MANIFEST_LIST}: add it to Accept",
+                detail={"mediaType": media_type},
+            )
+        if fetch is not None:
+            await fetch(child)
+        entry = await _load(reg, name, child)
+        media_type = entry.media_type
+        if media_type in accepted:
+            return entry
+    if media_type in (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST):
+        return entry
+    kind = "an index" if media_type in INDEX_TYPES else "a manifest"
+    raise MANIFEST_UNKNOWN(
+        f"{reference!r} is {kind} of type {media_type}, which the Accept "
+        "header does not list: add it to Accept",
+        detail={"mediaType": media_type},
+    )
+
+
+def _default_platform_manifest(body: bytes) -> str | None:
+    """The digest of a manifest list's linux/amd64 entry (Distribution's default
+    platform, whatever the server's), or None."""
+    try:
+        index = Index.parse(body)
+    except InvalidObject:
+        return None
+    for d in index.manifests:
+        if d.platform is not None and (d.platform.os, d.platform.architecture) == ("linux", "amd64"):
+            return str(d.digest)
+    return None
+
+
+async def get_manifest(
+    request: web.Request, name: str, reference: str,
+    fetch: Callable[[str], Awaitable[None]] | None = None,
+) -> web.Response:
+    """``fetch``: see :func:`_negotiate`."""
     reg = request.app[REGISTRY]
     entry = await _load(reg, name, reference)
+    accepted = _accepted(request)
+    if accepted is not None and entry.media_type not in accepted:
+        served = await _negotiate(reg, name, reference, entry, accepted, fetch)
+        if served is not entry and reg.pulls is not None and request.method == "GET":
+            reg.pulls.note(name, entry.digest)  # the list the tag names was pulled too
+        entry = served
     if reg.pulls is not None and request.method == "GET":
         reg.pulls.note(name, entry.digest)  # for retention: a dict store, written in batches
-    if not _accepts(request, entry.media_type):
-        kind = "index" if entry.media_type in INDEX_TYPES else "manifest"
-        raise MANIFEST_UNKNOWN(
-            f"{reference!r} is a {kind} of type {entry.media_type}, which the Accept "
-            "header does not list: add it to Accept",
-            detail={"mediaType": entry.media_type},
-        )
     inm = request.headers.get("If-None-Match")
     if inm and any(t.strip() in (entry.etag, entry.digest) for t in inm.split(",")):
         return web.Response(status=304, headers=entry.headers)

@@ -23,14 +23,12 @@ Configured by ``proxy`` (:mod:`registry.server.proxy_config`). Per request:
   the blob into the repository. Plain GETs meanwhile stream it as it arrives
   (:mod:`registry.server.proxy_blobs`: the last byte only after the verified commit);
   HEAD, ``Range`` and conditional requests wait for the store.
-- **Single flight**: concurrent requests for the same tag, manifest or blob share one
-  upstream request (keyed by local repository and reference); it runs in its own task,
-  so a client that goes away does not cancel it for the others.
+- **Single flight**: concurrent requests for the same tag, manifest or blob share one upstream
+  request (by local repository and reference) in its own task, which no client going away cancels.
 - **Writes** (push, delete) are refused with 405 UNSUPPORTED, as in Distribution, unless
   ``proxy.mixed`` is set.
 
-A host that cannot be reached is not asked again for ``_DOWN_SECONDS``: meanwhile cached
-content is served at once.
+A host that cannot be reached is not asked again for ``_DOWN_SECONDS`` (cached content is served meanwhile).
 """
 
 from __future__ import annotations
@@ -479,8 +477,10 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.S
     route = proxy.route(request, name) if proxy is not None else None
     if proxy is None or route is None or parse_pull_reference(reference) is None:
         return await manifests.get_manifest(request, name, reference)  # (a bad tag: 404)
-    await proxy.ensure_manifest(request.app[REGISTRY], route, reference)
-    return await manifests.get_manifest(request, route.local, reference)
+    reg = request.app[REGISTRY]
+    await proxy.ensure_manifest(reg, route, reference)
+    return await manifests.get_manifest(request, route.local, reference,
+                                        lambda child: proxy.ensure_manifest(reg, route, child))
 
 
 async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamResponse:

@@ -24,7 +24,8 @@ it); on a pull-through cache, writes are refused there too.
 
 Registry-level paths (``/v2/``, ``/v2/_catalog``, ``/v2/_oci/ext/discover``) are matched
 first. A path matching no row is 404; a known path with another method is UNSUPPORTED
-(405); a bad repository name is NAME_INVALID (400).
+(405), except ``OPTIONS``: 200 with ``Allow`` (CORS preflights); a bad repository name is
+NAME_INVALID (400).
 """
 
 from __future__ import annotations
@@ -143,11 +144,25 @@ def _allowed(route: Route, method: str, path: str) -> Handler:
     handler = route.handlers.get(method)
     if handler is None:
         allowed = ", ".join(route.handlers)
+        if method == "OPTIONS":
+            return _options(allowed)
         raise UNSUPPORTED(
             f"{method} is not supported on {path}; allowed: {allowed}",
             headers={"Allow": allowed},
         )
     return handler
+
+
+def _options(allowed: str) -> Handler:
+    """``OPTIONS`` on a known path: 200 and ``Allow``, as Distribution answers it (gorilla's
+    MethodHandler). A browser asks it before a ``DELETE`` or a request with an
+    ``Authorization`` or a long ``Accept`` header to another origin (a registry UI, with
+    CORS headers in ``http.headers``); a 405 made the browser refuse the request."""
+
+    async def options(request: web.Request, **_params: str) -> web.Response:
+        return web.Response(status=200, headers={"Allow": allowed, "Content-Length": "0"})
+
+    return options
 
 
 # Lookup tables built from ROUTES: fixed tails, and parameter routes by their fixed prefix.

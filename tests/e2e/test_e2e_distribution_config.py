@@ -59,3 +59,34 @@ def test_the_same_distribution_config_serves_alike(kind: str, htpasswd: Path, bu
                     headers=auth).status == 404
     # rootdirectory is where each kept its data
     assert storage.is_dir() and any(storage.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["distribution", "pybuild"])
+def test_cors_preflights_are_answered_alike(kind: str, busybox: Image, busybox_layout: Path,
+                                            tmp_path: Path) -> None:
+    # A registry UI in a browser, allowed by CORS headers in http.headers, asks OPTIONS
+    # before it deletes (or sends Authorization, or a long Accept) from another origin.
+    storage = tmp_path / "storage"
+    config = tmp_path / "config.yml"
+
+    def argv(addr: str) -> list[str]:
+        config.write_text(distribution_config(storage, addr)
+                          + "    Access-Control-Allow-Origin: ['*']\n"
+                          + "    Access-Control-Allow-Methods: [HEAD, GET, OPTIONS, DELETE]\n")
+        if kind == "distribution":
+            return [require_tool("docker-registry"), "serve", str(config)]
+        return [sys.executable, "-m", "builder", "serve", "--config", str(config)]
+
+    with RegistryProcess(kind, argv, storage=storage, log=tmp_path / "log") as registry:
+        run(skopeo("copy", "--dest-tls-verify=false", f"oci:{busybox_layout}:latest",
+                   f"docker://{registry.ref('ui/busybox', 'v1')}"))
+        preflight = {"Origin": "http://ui.example", "Access-Control-Request-Method": "DELETE",
+                     "Access-Control-Request-Headers": "accept"}
+        manifest = f"/v2/ui/busybox/manifests/{busybox.manifest_digest}"
+        for path in ("/v2/", "/v2/_catalog", "/v2/ui/busybox/tags/list", manifest):
+            resp = http(registry.addr, "OPTIONS", path, headers=preflight)
+            assert resp.status == 200, (path, resp.body)
+            assert resp.headers["access-control-allow-origin"] == "*"
+        allowed = http(registry.addr, "OPTIONS", manifest, headers=preflight).headers["allow"]
+        assert {m.strip() for m in allowed.split(",")} == {"GET", "HEAD", "PUT", "DELETE"}
+        assert http(registry.addr, "DELETE", manifest, headers={"Origin": "http://ui.example"}).status == 202

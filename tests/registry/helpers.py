@@ -65,6 +65,27 @@ async def push_image(
     return Digest.of(body), body
 
 
+async def push_docker_list(
+    client: TestClient, repo: str, tag: str, platforms: list[str]
+) -> tuple[Digest, dict[str, Digest]]:
+    """A Docker manifest list of one schema 2 image per ``os/arch``; returns the list's
+    digest and each platform's manifest digest."""
+    entries, children = [], {}
+    for plat in platforms:
+        os_, arch = plat.split("/")
+        digest, body = await push_image(client, repo, f"only-{arch}", [arch.encode()],
+                                        media_type=oci.DOCKER_MANIFEST)
+        children[plat] = digest
+        entries.append({**descriptor(oci.DOCKER_MANIFEST, body),
+                        "platform": {"architecture": arch, "os": os_}})
+    body = json.dumps({"schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST_LIST,
+                       "manifests": entries}).encode()
+    resp = await client.put(f"/v2/{repo}/manifests/{tag}", data=body,
+                            headers={"Content-Type": oci.DOCKER_MANIFEST_LIST})
+    assert resp.status == 201, await resp.text()
+    return Digest.of(body), children
+
+
 async def error_codes(resp: Any) -> list[str]:
     doc = await resp.json(content_type=None)
     return [e["code"] for e in doc["errors"]]

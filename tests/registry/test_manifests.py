@@ -11,7 +11,7 @@ import pytest
 from cas import Digest
 from registry import oci
 
-from .helpers import descriptor, error_codes, push_blob, push_image
+from .helpers import descriptor, error_codes, push_blob, push_docker_list, push_image
 
 TESTFILES = Path(__file__).parent / "testfiles"
 ALL_TYPES = f"{oci.OCI_MANIFEST}, {oci.OCI_INDEX}, {oci.DOCKER_MANIFEST}, {oci.DOCKER_MANIFEST_LIST}"
@@ -60,6 +60,43 @@ async def test_docker_clients_send_several_accept_headers(client):
 async def test_accept_without_the_stored_type_is_404(client):
     await push_image(client, "neg", "latest", [b"x"])
     resp = await client.get("/v2/neg/manifests/latest", headers={"Accept": oci.DOCKER_MANIFEST})
+    assert resp.status == 404
+    assert await error_codes(resp) == ["MANIFEST_UNKNOWN"]
+
+
+async def test_docker_schema2_is_served_whatever_accept_lists(client):
+    # As CNCF Distribution: only OCI types are held back from a client that does not
+    # list them; a schema 2 manifest or list goes out as it is (by digest, any Accept).
+    digest, body = await push_image(client, "d2", "v1", [b"x"], media_type=oci.DOCKER_MANIFEST)
+    list_digest, _ = await push_docker_list(client, "d2", "list", ["linux/arm64"])
+    for ref, media_type in ((digest, oci.DOCKER_MANIFEST), ("v1", oci.DOCKER_MANIFEST),
+                            (list_digest, oci.DOCKER_MANIFEST_LIST)):
+        for accept in (oci.OCI_MANIFEST, oci.OCI_INDEX, "application/json"):
+            for method in ("GET", "HEAD"):
+                resp = await client.request(method, f"/v2/d2/manifests/{ref}", headers={"Accept": accept})
+                assert resp.status == 200, (ref, accept, await resp.text())
+                assert resp.headers["Content-Type"] == media_type
+    resp = await client.get(f"/v2/d2/manifests/{digest}", headers={"Accept": oci.OCI_MANIFEST})
+    assert await resp.read() == body
+
+
+async def test_manifest_list_by_tag_without_list_in_accept_is_its_linux_amd64_manifest(client):
+    # A client that takes schema 2 manifests but not lists (older than lists) pulls the
+    # list's linux/amd64 manifest, under that manifest's digest: CNCF Distribution's answer.
+    list_digest, children = await push_docker_list(client, "old", "latest", ["linux/arm64", "linux/amd64"])
+    for method in ("GET", "HEAD"):
+        resp = await client.request(method, "/v2/old/manifests/latest", headers={"Accept": oci.DOCKER_MANIFEST})
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == oci.DOCKER_MANIFEST
+        assert resp.headers["Docker-Content-Digest"] == str(children["linux/amd64"])
+    # By digest, and to a client that lists it, the list itself.
+    resp = await client.get(f"/v2/old/manifests/{list_digest}", headers={"Accept": oci.DOCKER_MANIFEST})
+    assert resp.headers["Docker-Content-Digest"] == str(list_digest)
+    resp = await client.get("/v2/old/manifests/latest", headers={"Accept": ALL_TYPES})
+    assert resp.headers["Docker-Content-Digest"] == str(list_digest)
+    # A list without linux/amd64 has nothing such a client can run.
+    await push_docker_list(client, "old", "arm", ["linux/arm64"])
+    resp = await client.get("/v2/old/manifests/arm", headers={"Accept": oci.DOCKER_MANIFEST})
     assert resp.status == 404
     assert await error_codes(resp) == ["MANIFEST_UNKNOWN"]
 

@@ -25,9 +25,10 @@ from registry.server.proxy import PROXY
 from registry.server.proxy_config import parse_duration, parse_upstreams
 from registry.server.state import REGISTRY
 
-from .helpers import error_codes, push_image
+from .helpers import error_codes, push_docker_list, push_image
 
 MANIFEST_ACCEPT = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 class Upstream:
@@ -115,6 +116,19 @@ async def test_pull_through_stores_and_serves(upstream: Upstream, mirror: Any) -
     # The mirror lists what it holds.
     resp = await proxy.get("/v2/lib/app/tags/list")
     assert (await resp.json())["tags"] == ["v1"]
+
+
+async def test_a_list_by_tag_to_a_client_without_lists_is_fetched_as_its_linux_amd64_manifest(
+    upstream: Upstream, mirror: Any
+) -> None:
+    # The mirror holds only the list when the client asks; the manifest it serves in the
+    # list's place comes from upstream first, as Distribution's proxy fetches it.
+    _, children = await push_docker_list(upstream.client, "lib/multi", "v1", ["linux/arm64", "linux/amd64"])
+    proxy = await mirror()
+    resp = await proxy.get("/v2/lib/multi/manifests/v1", headers={"Accept": DOCKER_MANIFEST})
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Docker-Content-Digest"] == str(children["linux/amd64"])
+    assert upstream.gets(f"/manifests/{children['linux/amd64']}") == 1
 
 
 async def test_unknown_upstream_content_is_a_404(upstream: Upstream, mirror: Any) -> None:

@@ -241,6 +241,31 @@ async def test_unknown_endpoint_and_method(client):
     assert "GET" in resp.headers["Allow"]
 
 
+async def test_options_is_a_cors_preflight_answer(make_client, htpasswd, tmp_path):
+    # A registry UI in a browser asks OPTIONS before a DELETE (or a GET with Authorization
+    # or a long Accept) to another origin; Distribution answers 200 with Allow, and the
+    # CORS headers of http.headers. A 405 made the browser refuse the request.
+    cors = (("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Methods", "GET, DELETE"))
+    client = await make_client(http_headers=cors)
+    digest, _ = await push_image(client, "ui/app", "v1", [b"x"])
+    preflight = {"Origin": "http://ui.example", "Access-Control-Request-Method": "DELETE"}
+    for path, allowed in (("/v2/", "GET, HEAD"), ("/v2/_catalog", "GET"),
+                          ("/v2/ui/app/tags/list", "GET"),
+                          (f"/v2/ui/app/manifests/{digest}", "GET, HEAD, PUT, DELETE"),
+                          (f"/v2/ui/app/blobs/{digest}", "GET, HEAD, DELETE")):
+        resp = await client.options(path, headers=preflight)
+        assert resp.status == 200, (path, await resp.text())
+        assert resp.headers["Allow"] == allowed
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        assert await resp.read() == b""
+    assert (await client.options("/v2/ui/app/nonsense")).status == 404
+    assert (await client.delete(f"/v2/ui/app/manifests/{digest}")).status == 202
+    # With auth, as in Distribution, every request needs it: OPTIONS too.
+    guarded = await make_client(storage=tmp_path / "guarded", auth_htpasswd=htpasswd, http_headers=cors)
+    resp = await guarded.options("/v2/_catalog", headers=preflight)
+    assert resp.status == 401
+
+
 def test_config_precedence(tmp_path):
     yaml_file = TESTFILES / "config" / "registry.yaml"
     config = load_config(yaml_file, environ={})
