@@ -24,7 +24,7 @@ import zstandard
 
 from .chunker import ChunkParams
 from .digest_states import available as digest_states_available
-from .errors import StoreClosed, StoreCorrupt, mapped_error
+from .errors import StorageFull, StoreClosed, StoreCorrupt, mapped_error
 from .location import StoreConfig
 from .meta import CODEC_ZSTD, Location, Metadata
 from .pack_select import SharedSettings, open_packs, packs_are_shared
@@ -273,10 +273,24 @@ class StoreCore:
 
     def drop_ingest(self, ingest_id: str) -> None:
         """Forget an open ingest: its metadata, its tail files, its pack (when it holds
-        nothing committed)."""
-        self.meta.drop_ingest(ingest_id)
+        nothing committed). On a full disk the bytes it wrote past its last checkpoint
+        are given back first: no metadata names them, and the database needs that room
+        to forget it (else a failed pull or upload kept the disk full until expiry)."""
+        try:
+            self.meta.drop_ingest(ingest_id)
+        except StorageFull:
+            self._free_unsaved(ingest_id)
+            self.meta.drop_ingest(ingest_id)
         self.drop_tails(ingest_id, keep=None)
         self.empty_trash()
+
+    def _free_unsaved(self, ingest_id: str) -> None:
+        row = self.meta.get_ingest(ingest_id)
+        if row is None or row.pack is None:
+            return
+        size = self.packs.size(row.pack)
+        if size is not None and size > row.pack_size:
+            self.packs.free(row.pack, row.pack_size, size - row.pack_size)
 
     def load(self, loc: Location) -> bytes:
         """A piece's raw bytes (decompressed). StoreCorrupt when its bytes are missing

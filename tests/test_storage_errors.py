@@ -8,6 +8,7 @@ nothing half-written: ``pybuild storage fsck`` stays clean and no image appears.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -119,6 +120,25 @@ def test_pull_into_full_storage_is_one_clear_line(tmp_path: Path, image_ref: str
                "storage full", str(mnt), "no space left on device", FIX)
         if size != "200k":
             _assert_store_whole(mnt)
+
+
+def test_pull_that_did_not_fit_gives_its_space_back(tmp_path: Path, image_ref: str) -> None:
+    """What a failed pull wrote past its last checkpoint does not keep the disk full
+    until its ingest expires: the retry after making room needs only the image's size."""
+    with small_filesystem(tmp_path / "small", "6m") as mnt:
+        storage = mnt / "storage"
+        assert_one_line_error(pybuild("pull", image_ref, "-q", "--storage", str(storage)),
+                              "storage full", "no space left on device")
+        # Room for the 9 MiB image and 3 MiB to spare, not for what the failed pull wrote
+        # beside it (a blob it checkpointed is resumed, not fetched again).
+        subprocess.run(["mount", "-o", "remount,size=12m", str(mnt)], check=True)
+        pull = pybuild("pull", image_ref, "-q", "--storage", str(storage))
+        assert pull.returncode == 0, pull.stderr
+        stats = pybuild("storage", "stats", "--json", "--storage", str(storage))
+        assert stats.returncode == 0, stats.stderr
+        assert json.loads(stats.stdout)["open_ingests"] == 0
+        fsck = pybuild("storage", "fsck", "--storage", str(storage))
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
 def test_build_into_full_storage_is_one_clear_line(tmp_path: Path) -> None:
