@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas import Digest, Store, StoreConfig, open_store
+from cas import Digest, Store, StoreConfig, check_owner, open_store
 from cas.holders import cache_holder
 
 from .cache import BuildCache
@@ -92,6 +92,7 @@ class BuildLock:
 async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0) -> PruneReport:
     """Prune the build cache under ``storage``; ``older_than`` None removes every entry."""
     bdir = storage / "builder"
+    check_owner(storage)
     lock = BuildLock(bdir)
     await asyncio.to_thread(lock.acquire, exclusive=True, wait=wait)
     try:

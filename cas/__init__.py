@@ -57,6 +57,7 @@ if _typing.TYPE_CHECKING:
         SizeMismatch,
         StorageError,
         StorageFull,
+        StorageNotOwned,
         StorageNotWritable,
         StoreClosed,
         StoreCorrupt,
@@ -64,7 +65,7 @@ if _typing.TYPE_CHECKING:
         storage_error,
     )
     from .ingest import Ingest, PieceMissing, SourceFailed
-    from .location import StoreConfig
+    from .location import StoreConfig, check_owner
     from .maintenance import FsckReport, GcReport, Stats
     from .open import open_store
     from .store import Store
@@ -85,6 +86,7 @@ _WHERE = {
     "SizeMismatch": "errors",
     "StorageError": "errors",
     "StorageFull": "errors",
+    "StorageNotOwned": "errors",
     "StorageNotWritable": "errors",
     "StoreClosed": "errors",
     "storage_error": "errors",
@@ -107,6 +109,7 @@ _WHERE = {
     "Segment": "blobs",
     "Store": "store",
     "StoreConfig": "location",
+    "check_owner": "location",
     "StoreCore": "core",
     "open_store": "open",
 }
@@ -141,6 +144,7 @@ __all__ = [
     "Stats",
     "StorageError",
     "StorageFull",
+    "StorageNotOwned",
     "StorageNotWritable",
     "Store",
     "StoreClosed",
@@ -148,6 +152,7 @@ __all__ = [
     "StoreCore",
     "StoreCorrupt",
     "UnsupportedDigestAlgorithm",
+    "check_owner",
     "new_hasher",
     "open_store",
     "storage_error",

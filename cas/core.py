@@ -25,7 +25,7 @@ import zstandard
 from .chunker import ChunkParams
 from .digest_states import available as digest_states_available
 from .errors import StorageFull, StoreClosed, StoreCorrupt, mapped_error
-from .location import StoreConfig
+from .location import StoreConfig, check_owner
 from .meta import CODEC_ZSTD, Location, Metadata
 from .pack_select import SharedSettings, open_packs, packs_are_shared
 from .packs import PackBackend, PackWriter
@@ -116,6 +116,7 @@ class StoreCore:
         root = config.root
 
         def setup() -> StoreCore:
+            check_owner(root)
             try:
                 root.mkdir(parents=True, exist_ok=True)
                 (root / "ingests").mkdir(exist_ok=True)

@@ -14,6 +14,7 @@
     ├── StorageError                  the store's directory cannot take a write (also OSError)
     │   ├── StorageFull               no space left (ENOSPC, EDQUOT, SQLite "disk is full")
     │   └── StorageNotWritable        read-only file system or no permission (EROFS, EACCES, EPERM)
+    │       └── StorageNotOwned       the storage belongs to another user than the one running
     ├── StoreClosed                   a store (or its metadata, a pack writer...) used after close()
     └── StoreCorrupt                  bytes on disk do not match their recorded key
 
@@ -41,6 +42,7 @@ __all__ = [
     "SizeMismatch",
     "StorageError",
     "StorageFull",
+    "StorageNotOwned",
     "StorageNotWritable",
     "StoreClosed",
     "StoreCorrupt",
@@ -161,6 +163,27 @@ class StorageNotWritable(StorageError):
         fix = ("remount it read-write" if "read-only" in cause
                else "give this user write access to it")
         super().__init__(f"storage not writable: {path}: {cause}; {fix}, {_MOVE}", path, cause)
+
+
+class StorageNotOwned(StorageNotWritable):
+    """The storage directory ``store`` (or ``path`` in it) belongs to ``owner`` (None:
+    a user this user namespace does not map), not to ``user`` who runs pybuild:
+    ``user`` cannot write there, or is root, and what root wrote there ``owner`` could
+    no longer change or remove."""
+
+    def __init__(self, store: Path | str, path: Path | str, owner: str | None,
+                 user: str | None) -> None:
+        user = user or "this user"
+        who = owner or "another user"
+        why = (f"and files root made there {who} could not change" if user == "root"
+               else f"and {user} cannot write to it")
+        how = "chown" if user == "root" else "sudo chown"
+        StorageError.__init__(
+            self, f"storage owned by another user: {path} belongs to {who}, {why}; "
+            f"run pybuild as {owner or 'its owner'}, or hand the storage to {user} "
+            f"({how} -R {user} {store}), {_MOVE}", path, "owned by another user")
+        self.owner = owner
+        self.user = user
 
 
 class StoreClosed(CasError):
