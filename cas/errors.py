@@ -47,6 +47,7 @@ __all__ = [
     "StoreClosed",
     "StoreCorrupt",
     "UnsupportedDigestAlgorithm",
+    "full_cause",
     "mapped_error",
     "storage_error",
 ]
@@ -208,7 +209,7 @@ def storage_error(exc: BaseException, path: Path | str) -> StorageError | None:
     if isinstance(exc, OSError) and not isinstance(exc, CasError):
         where = exc.filename if exc.filename is not None else path
         if exc.errno in _FULL:
-            return StorageFull(str(where), None, os.strerror(exc.errno).lower())
+            return StorageFull(str(where), None, full_cause(where, exc.errno))
         if exc.errno in _NOT_WRITABLE:
             return StorageNotWritable(where, os.strerror(exc.errno).lower())
         return None
@@ -217,11 +218,27 @@ def storage_error(exc: BaseException, path: Path | str) -> StorageError | None:
         if code is not None:
             code &= 0xFF  # the primary code of an extended one (SQLITE_IOERR_SHMSIZE...)
         if code == sqlite3.SQLITE_FULL:
-            return StorageFull(str(path), None, "no space left on device")
+            return StorageFull(str(path), None, full_cause(path))
         if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR,
                     sqlite3.SQLITE_PERM) or (code is None and "readonly" in str(exc)):
             return _probe(Path(path))
     return None
+
+
+def full_cause(path: Path | str | bytes, code: int = errno.ENOSPC) -> str:
+    """The words for ``code`` (ENOSPC or EDQUOT) met writing at ``path``: a file system
+    out of inodes says so, since ``df`` shows it with room to spare."""
+    if code == errno.EDQUOT:
+        return os.strerror(code).lower()
+    start = Path(os.fsdecode(path))
+    d = next((d for d in (start, *start.parents) if d.is_dir()), start)
+    try:
+        fs = os.statvfs(d)
+    except OSError:
+        fs = None
+    if fs is not None and fs.f_files and not fs.f_favail:
+        return "no space left on device (no free inodes: too many files there, see df -i)"
+    return "no space left on device"
 
 
 def mapped_error(exc: BaseException, path: Path | str,
@@ -256,8 +273,8 @@ def _probe(path: Path) -> StorageError | None:
         return StorageNotWritable(path, "read-only file system")
     if not os.access(d, os.W_OK):
         return StorageNotWritable(path, "permission denied")
-    if fs.f_bavail * fs.f_frsize < (256 << 10):
-        return StorageFull(str(path), None, "no space left on device")
+    if fs.f_bavail * fs.f_frsize < (256 << 10) or (fs.f_files and not fs.f_favail):
+        return StorageFull(str(path), None, full_cause(d))
     return None
 
 

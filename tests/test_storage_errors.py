@@ -141,6 +141,14 @@ def test_pull_that_did_not_fit_gives_its_space_back(tmp_path: Path, image_ref: s
         assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
+def test_pull_into_storage_out_of_inodes_says_so(tmp_path: Path, image_ref: str) -> None:
+    # Room for the bytes, not for the files: df shows free space, so the error says why.
+    with small_filesystem(tmp_path / "small", "64m", inodes=14) as mnt:
+        _twice(["pull", image_ref, "-q", "--storage", str(mnt)],
+               "storage full", "no free inodes", "df -i", FIX)
+        _assert_store_whole(mnt)
+
+
 def test_build_into_full_storage_is_one_clear_line(tmp_path: Path) -> None:
     ctx = _context(tmp_path, 20 << 20)
     with small_filesystem(tmp_path / "small", "12m") as mnt:
