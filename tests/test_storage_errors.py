@@ -200,6 +200,25 @@ def test_output_to_a_full_disk_leaves_nothing(tmp_path: Path, kind: str) -> None
         assert list(mnt.iterdir()) == [], "a half-written output stayed"
 
 
+@pytest.mark.parametrize("layout", ["new", "existing"])
+def test_copy_to_a_full_oci_layout_leaves_nothing(tmp_path: Path, image_ref: str,
+                                                  layout: str) -> None:
+    with small_filesystem(tmp_path / "small", "6m") as mnt:
+        dest = mnt / "layout"
+        if layout == "existing":
+            small = make_image([make_layer(tar_files({"small": b"kept"}))])
+            write_oci_layout(small, dest, ref="kept")
+        before = sorted((str(p), p.read_bytes()) for p in dest.rglob("*") if p.is_file())
+        _twice(["copy", f"docker://{image_ref}", f"oci:{dest}:big", "-q",
+                "--storage", str(tmp_path / "storage")],
+               f"cannot write oci:{dest}", "no space left on device", "nothing of it was kept",
+               "choose another destination")
+        after = sorted((str(p), p.read_bytes()) for p in dest.rglob("*") if p.is_file())
+        assert after == before, "the failed copy left files in the layout"
+        if layout == "new":
+            assert list(mnt.iterdir()) == [], "a half-written layout stayed"
+
+
 def _post_blob(addr: str, data: bytes) -> int:
     import hashlib
 
