@@ -25,7 +25,8 @@ Layering of the store's modules (an arrow is "imports"; nothing imports back up)
     cas.prehash (its background hash, started from a base's kept SHA-256 state).
 
     leaves: cas.blobs (BlobInfo, Piece, Recipe, Segment, IngestInfo), cas.digest,
-            cas.digest_states (kept SHA-256 states), cas.errors, cas.units, cas.holders
+            cas.digest_states (kept SHA-256 states), cas.errors, cas.units, cas.holders,
+            cas.reserve (room kept back, so that a full disk can be emptied)
 
 Open a store with ``await open_store(StoreConfig.at(storage))``. ``Store``, ``Ingest`` and
 maintenance share one ``StoreCore``; none of them reaches into another. The metadata

@@ -30,6 +30,7 @@ from .meta import CODEC_ZSTD, Location, Metadata
 from .pack_select import SharedSettings, open_packs, packs_are_shared
 from .packs import PackBackend, PackWriter
 from .remote_read import RemoteReader
+from .reserve import keep_reserve, release_reserve
 from .sqlite_meta import SqliteMetadata
 
 __all__ = ["RECEIVERS", "StoreCore", "TailKeeper", "WorkerPool"]
@@ -117,12 +118,14 @@ class StoreCore:
 
         def setup() -> StoreCore:
             check_owner(root)
+            release_reserve(root)  # a full disk: room to open the databases, to free space
             try:
                 root.mkdir(parents=True, exist_ok=True)
                 (root / "ingests").mkdir(exist_ok=True)
                 meta = (config.metadata or _sqlite_metadata)(root)
             except (OSError, sqlite3.Error) as exc:
                 raise mapped_error(exc, root) from exc
+            keep_reserve(root)
             try:
                 packs = (config.packs(root) if config.packs is not None
                          else open_packs(root, direct_io=config.direct_io, s3=config.s3,

@@ -174,6 +174,40 @@ def test_commands_on_a_full_disk_are_one_clear_line(tmp_path: Path, image_ref: s
                "storage full", str(mnt), "no space left on device", FIX)
 
 
+def _fill(mnt: Path) -> None:
+    with open(mnt / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(bytes(64 << 10))
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_a_full_disk_can_be_emptied_with_pybuild(tmp_path: Path, image_ref: str) -> None:
+    """The store keeps room back (cas.reserve): on a disk filled up after it, listing,
+    removing and collecting its images work, and free the space."""
+    with small_filesystem(tmp_path / "small", "100m") as mnt:
+        storage = str(mnt / "storage")
+        pull = pybuild("pull", image_ref, "--storage", storage, "-q")
+        assert pull.returncode == 0, pull.stderr
+        _fill(mnt)
+        images = pybuild("images", "--storage", storage)
+        assert images.returncode == 0, images.stderr
+        assert "storage/errors" in images.stdout
+        for args in (["rmi", image_ref], ["storage", "gc", "--grace", "0"]):
+            proc = pybuild(*args, "--storage", storage)
+            assert proc.returncode == 0, proc.stderr
+        fs = os.statvfs(mnt)
+        assert fs.f_bavail * fs.f_frsize >= 8 << 20, "gc did not free the image's space"
+        fsck = pybuild("storage", "fsck", "--storage", storage)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        (mnt / "filler").unlink()
+        pull = pybuild("pull", image_ref, "--storage", storage, "-q")
+        assert pull.returncode == 0, pull.stderr
+        assert (mnt / "storage" / "reserve").stat().st_size > 0, "the room was not kept back again"
+
+
 @pytest.mark.parametrize("kind", ["local", "oci", "docker"])
 def test_output_to_a_read_only_place_is_one_clear_line(tmp_path: Path, kind: str) -> None:
     require_root("mounting file systems needs root")
