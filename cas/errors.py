@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource  # here, not on first use: loading it then needs a free descriptor
 import sqlite3
 from pathlib import Path
 
@@ -49,6 +50,7 @@ __all__ = [
     "UnsupportedDigestAlgorithm",
     "full_cause",
     "mapped_error",
+    "out_of_descriptors",
     "storage_error",
 ]
 
@@ -252,9 +254,22 @@ def mapped_error(exc: BaseException, path: Path | str,
         root = os.path.abspath(path if scope is None else scope)
         if name != root and not name.startswith(root.rstrip("/") + "/"):
             return exc
+    if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == \
+            sqlite3.SQLITE_CANTOPEN and out_of_descriptors():
+        # SQLite's words for it: "unable to open database file".
+        return OSError(errno.EMFILE, os.strerror(errno.EMFILE), str(path))
     if isinstance(exc, (OSError, sqlite3.Error)):
         return storage_error(exc, path) or exc
     return exc
+
+
+def out_of_descriptors() -> bool:
+    """Whether this process holds (nearly) as many files open as it may (``ulimit -n``)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        return len(os.listdir("/proc/self/fd")) >= soft - 2
+    except OSError as exc:  # listing them needs one more
+        return exc.errno == errno.EMFILE
 
 
 def _probe(path: Path) -> StorageError | None:

@@ -177,12 +177,12 @@ async def _open_ingest(images: ImageStore, desc: Descriptor) -> tuple[Ingest, bo
 
 async def _keep(images: ImageStore, sink: _Sink) -> None:
     """Checkpoint what arrived for a resume; an ingest that cannot be checkpointed (a
-    full disk) is dropped, so that its bytes do not hold the space until it expires."""
+    full disk) is dropped, so that its bytes do not hold the space until it expires.
+    Raises nothing: the failure it cleans up after is what the caller reports."""
     try:
         await sink.checkpoint()
     except Exception:
         await _drop(images, sink)
-        raise
 
 
 async def _drop(images: ImageStore, sink: _Sink) -> None:
