@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 __all__ = ["RESERVE", "keep_reserve", "release_reserve"]
@@ -52,14 +53,17 @@ def keep_reserve(root: Path) -> None:
     free = _free(root)
     if free is None or free < _ROOM or path.exists():
         return
-    tmp = root / f".{_NAME}.tmp"
+    tmp: Path | None = None
     try:
-        with open(tmp, "wb") as f:
+        fd, name = tempfile.mkstemp(prefix=f".{_NAME}.", dir=root)  # one each, if two open
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as f:
             # Written, and not zeros: a sparse or compressed file would keep nothing back.
             f.write(os.urandom(RESERVE))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
