@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .packs import PackBackend
     from .s3_location import S3Location
 
-from .errors import StorageNotOwned
+from .errors import StorageNotOwned, StorageNotWritable
 
 __all__ = ["StoreConfig", "check_owner", "default_storage_dir"]
 
@@ -45,8 +45,9 @@ def check_owner(root: Path) -> None:
     anything is written there: as root, one that another user owns (the files root would
     make there would lock that user out of the store); as anyone else (also root in a
     user namespace: a non-root build), one whose directory or top-level files are
-    another user's and not writable by this one. A missing directory or a read-only
-    file system is left for the write to report."""
+    another user's and not writable by this one (StorageNotWritable when they are this
+    user's). A missing directory or a read-only file system is left for the write to
+    report."""
     uid = os.geteuid()
     try:
         st = root.stat()
@@ -63,8 +64,12 @@ def check_owner(root: Path) -> None:
             owner = path.stat().st_uid
         except OSError:
             continue
-        if owner != uid and not os.access(path, os.W_OK):
-            raise StorageNotOwned(root, path, _user(owner), _user(uid))
+        if not os.access(path, os.W_OK):
+            if owner != uid:
+                raise StorageNotOwned(root, path, _user(owner), _user(uid))
+            # Said before a non-root build enters its user namespace, where it is root
+            # and would write there all the same (every other command fails there).
+            raise StorageNotWritable(path, "permission denied")
 
 
 def _uid_map() -> list[tuple[int, int, int]]:

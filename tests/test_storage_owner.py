@@ -90,3 +90,24 @@ def test_user_store_used_by_root_is_one_clear_line(
                               f"{storage} belongs to {user.name}", "files root made there",
                               f"run pybuild as {user.name}", f"chown -R root {storage}")
     assert _files(storage) == [], "root wrote into the user's store"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_own_store_made_read_only_is_one_clear_line(
+        workspace: Path, user: SystemUser, command: str) -> None:
+    # A non-root build runs as root of a user namespace, where the modes of the user's
+    # own files would not stop it: it says so before, as every other command does.
+    storage = workspace / f"read-only-{command.replace(' ', '-')}"
+    storage.mkdir()
+    os.chown(storage, user.uid, user.gid)
+    python, env = python_for(user)
+    made = user.run(*python, "-m", "builder", *_args("build", storage, workspace), env=env)
+    assert made.returncode == 0, made.stderr
+    subprocess.run(["chmod", "-R", "a-w", str(storage)], check=True)
+    before = _files(storage)
+    for _ in range(2):
+        proc = user.run(*python, "-m", "builder", *_args(command, storage, workspace),
+                        env=env, timeout=120)
+        assert_one_line_error(proc, "storage not writable", str(storage), "permission denied",
+                              "give this user write access")
+    assert _files(storage) == before
