@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-from cas import Digest, Store, StoreConfig, open_store
+from cas import Digest, Store, StoreConfig, check_owner, open_store
 from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
@@ -229,6 +229,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
     sde = source_date_epoch(opts.source_date_epoch, opts.build_args)
     created = timestamp(sde if sde is not None else time.time())
     bdir = opts.storage / "builder"
+    await asyncio.to_thread(check_owner, opts.storage)
     (bdir / "tmp").mkdir(parents=True, exist_ok=True)
     # Shared with other builds, exclusive for `pybuild builder prune`: no extracted layer
     # this build uses goes away under it.

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cas.location import default_storage_dir
+from cas.location import check_owner, default_storage_dir
 from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
@@ -446,6 +446,7 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
         except BuildError as exc:
             raise click.BadParameter(str(exc).partition(": ")[2], param_hint="--platform") \
                 from exc
+    check_owner(storage or default_storage_dir())  # named as this user, not as the namespace's root
     become_root()  # as a non-root user: root of a user namespace (docs/rootless.md)
     try:
         # each platform is checked again by the build; here the first, before anything runs

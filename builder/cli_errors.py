@@ -12,12 +12,14 @@ becomes one line on stderr and exit status 1, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import sqlite3
 import sys
 from pathlib import Path
 
-from cas.errors import CasError, storage_error
+from cas.errors import CasError, out_of_descriptors, storage_error
 from cas.location import default_storage_dir
 
 __all__ = ["describe", "storage_dir_of"]
@@ -45,6 +47,11 @@ def describe(exc: BaseException, argv: list[str] | None = None) -> str | None:
     """One line for ``exc``; None when it is a bug that ``PYBUILD_DEBUG`` asks to see."""
     if isinstance(exc, CasError):
         text = str(exc)
+    elif isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        text = _too_many_open_files(exc.errno)
+    elif isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == \
+            sqlite3.SQLITE_CANTOPEN and out_of_descriptors():
+        text = _too_many_open_files(errno.EMFILE)  # SQLite's words for it: "unable to open"
     elif isinstance(exc, (OSError, sqlite3.Error)):
         storage = storage_dir_of(sys.argv[1:] if argv is None else argv)
         filename = getattr(exc, "filename", None)
@@ -75,3 +82,17 @@ def describe(exc: BaseException, argv: list[str] | None = None) -> str | None:
         text = (f"internal error: {type(exc).__name__}: {exc} "
                 "(run again with PYBUILD_DEBUG=1 to see where; please report it)")
     return " ".join(text.split())  # one line
+
+
+def _too_many_open_files(code: int) -> str:
+    if code == errno.ENFILE:
+        return ("too many open files on this machine (the kernel's table, fs.file-max, is "
+                "full); close programs that hold many, or raise it (sysctl -w fs.file-max=N), "
+                "and run the command again")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    raise_to = 4096 if hard == resource.RLIM_INFINITY else max(min(4096, hard), soft)
+    fix = (f"raise it (ulimit -n {raise_to}) and run the command again" if raise_to > soft
+           else f"its hard limit is {hard} too: raise that (as root: /etc/security/limits.conf, "
+                "or LimitNOFILE= for a service) and run the command again")
+    return f"too many open files: this process may have {soft} open at once (ulimit -n); {fix}"
+

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import os
 import shutil
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cas import Digest, Store
+from cas.errors import StorageFull, full_cause
 
 from .sandbox.userns import overlay_xattr
 
@@ -163,6 +165,13 @@ class ExtractedLayers:
                     async for _ in streamed:
                         pass
                 await asyncio.to_thread(os.rename, tmp / "root", target)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                # Named now: once its files are removed, a file system out of inodes
+                # has free ones again.
+                cause = await asyncio.to_thread(full_cause, tmp, exc.errno)
+                raise StorageFull("an extracted layer", tmp, cause) from exc
             finally:
                 # (After a cancellation the worker may still be reading: then the
                 # generator is finalized when it is collected.)

@@ -27,8 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas import Digest, Store, StoreConfig, open_store
+from cas import Digest, Store, StoreConfig, check_owner, open_store
 from cas.holders import cache_holder
+from cas.reserve import release_reserve
 
 from .cache import BuildCache
 from .extracted import EXTRACTED_DIR
@@ -92,6 +93,8 @@ class BuildLock:
 async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0) -> PruneReport:
     """Prune the build cache under ``storage``; ``older_than`` None removes every entry."""
     bdir = storage / "builder"
+    check_owner(storage)
+    release_reserve(storage)  # a full disk: room to open the build cache (cas.reserve)
     lock = BuildLock(bdir)
     await asyncio.to_thread(lock.acquire, exclusive=True, wait=wait)
     try:

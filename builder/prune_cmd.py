@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cas.location import default_storage_dir
+from cas.location import check_owner, default_storage_dir
 from cas.units import parse_duration
 
 from .prune import PruneError, prune
@@ -46,6 +46,7 @@ def prune_command(storage: Path | None, older_than: str, everything: bool, wait:
     remembered hashes of context files that are gone. `pybuild storage gc` then
     reclaims the layer blobs nothing else links."""
     age = None if everything else older_than_seconds(older_than)
+    check_owner(storage or default_storage_dir())  # named as this user, not as the namespace's root
     become_root()  # snapshots hold files of the user namespace's other ids
     try:
         report = asyncio.run(prune(storage or default_storage_dir(), older_than=age, wait=wait))

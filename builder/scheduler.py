@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from cas.errors import StorageFull
+from cas.errors import StorageFull, full_cause
 from registry.oci import Platform
 
 from .base import BaseImage, BaseImageError, resolve_base
@@ -284,7 +284,8 @@ class StageScheduler:
 
 def _out_of_space_message(exc: OSError, work: Path) -> str:
     """What to say when a step ran out of disk space (or quota) while writing."""
-    what = "quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
+    what = (exc.cause if isinstance(exc, StorageFull)  # named when it failed
+            else "quota exceeded" if exc.errno == errno.EDQUOT else full_cause(work.parent))
     return (f"{what} while writing this step's files (under {work.parent}); free space on "
             "that filesystem or give --storage a directory on a larger one. Nothing was "
             "tagged and nothing partial was kept.")

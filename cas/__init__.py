@@ -25,7 +25,8 @@ Layering of the store's modules (an arrow is "imports"; nothing imports back up)
     cas.prehash (its background hash, started from a base's kept SHA-256 state).
 
     leaves: cas.blobs (BlobInfo, Piece, Recipe, Segment, IngestInfo), cas.digest,
-            cas.digest_states (kept SHA-256 states), cas.errors, cas.units, cas.holders
+            cas.digest_states (kept SHA-256 states), cas.errors, cas.units, cas.holders,
+            cas.reserve (room kept back, so that a full disk can be emptied)
 
 Open a store with ``await open_store(StoreConfig.at(storage))``. ``Store``, ``Ingest`` and
 maintenance share one ``StoreCore``; none of them reaches into another. The metadata
@@ -57,6 +58,7 @@ if _typing.TYPE_CHECKING:
         SizeMismatch,
         StorageError,
         StorageFull,
+        StorageNotOwned,
         StorageNotWritable,
         StoreClosed,
         StoreCorrupt,
@@ -64,7 +66,7 @@ if _typing.TYPE_CHECKING:
         storage_error,
     )
     from .ingest import Ingest, PieceMissing, SourceFailed
-    from .location import StoreConfig
+    from .location import StoreConfig, check_owner
     from .maintenance import FsckReport, GcReport, Stats
     from .open import open_store
     from .store import Store
@@ -85,6 +87,7 @@ _WHERE = {
     "SizeMismatch": "errors",
     "StorageError": "errors",
     "StorageFull": "errors",
+    "StorageNotOwned": "errors",
     "StorageNotWritable": "errors",
     "StoreClosed": "errors",
     "storage_error": "errors",
@@ -107,6 +110,7 @@ _WHERE = {
     "Segment": "blobs",
     "Store": "store",
     "StoreConfig": "location",
+    "check_owner": "location",
     "StoreCore": "core",
     "open_store": "open",
 }
@@ -141,6 +145,7 @@ __all__ = [
     "Stats",
     "StorageError",
     "StorageFull",
+    "StorageNotOwned",
     "StorageNotWritable",
     "Store",
     "StoreClosed",
@@ -148,6 +153,7 @@ __all__ = [
     "StoreCore",
     "StoreCorrupt",
     "UnsupportedDigestAlgorithm",
+    "check_owner",
     "new_hasher",
     "open_store",
     "storage_error",

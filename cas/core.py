@@ -24,12 +24,13 @@ import zstandard
 
 from .chunker import ChunkParams
 from .digest_states import available as digest_states_available
-from .errors import StoreClosed, StoreCorrupt, mapped_error
-from .location import StoreConfig
+from .errors import StorageFull, StoreClosed, StoreCorrupt, mapped_error
+from .location import StoreConfig, check_owner
 from .meta import CODEC_ZSTD, Location, Metadata
 from .pack_select import SharedSettings, open_packs, packs_are_shared
 from .packs import PackBackend, PackWriter
 from .remote_read import RemoteReader
+from .reserve import keep_reserve, release_reserve
 from .sqlite_meta import SqliteMetadata
 
 __all__ = ["RECEIVERS", "StoreCore", "TailKeeper", "WorkerPool"]
@@ -116,12 +117,15 @@ class StoreCore:
         root = config.root
 
         def setup() -> StoreCore:
+            check_owner(root)
+            release_reserve(root)  # a full disk: room to open the databases, to free space
             try:
                 root.mkdir(parents=True, exist_ok=True)
                 (root / "ingests").mkdir(exist_ok=True)
                 meta = (config.metadata or _sqlite_metadata)(root)
             except (OSError, sqlite3.Error) as exc:
                 raise mapped_error(exc, root) from exc
+            keep_reserve(root)
             try:
                 packs = (config.packs(root) if config.packs is not None
                          else open_packs(root, direct_io=config.direct_io, s3=config.s3,
@@ -273,10 +277,24 @@ class StoreCore:
 
     def drop_ingest(self, ingest_id: str) -> None:
         """Forget an open ingest: its metadata, its tail files, its pack (when it holds
-        nothing committed)."""
-        self.meta.drop_ingest(ingest_id)
+        nothing committed). On a full disk the bytes it wrote past its last checkpoint
+        are given back first: no metadata names them, and the database needs that room
+        to forget it (else a failed pull or upload kept the disk full until expiry)."""
+        try:
+            self.meta.drop_ingest(ingest_id)
+        except StorageFull:
+            self._free_unsaved(ingest_id)
+            self.meta.drop_ingest(ingest_id)
         self.drop_tails(ingest_id, keep=None)
         self.empty_trash()
+
+    def _free_unsaved(self, ingest_id: str) -> None:
+        row = self.meta.get_ingest(ingest_id)
+        if row is None or row.pack is None:
+            return
+        size = self.packs.size(row.pack)
+        if size is not None and size > row.pack_size:
+            self.packs.free(row.pack, row.pack_size, size - row.pack_size)
 
     def load(self, loc: Location) -> bytes:
         """A piece's raw bytes (decompressed). StoreCorrupt when its bytes are missing

@@ -14,6 +14,7 @@
     ├── StorageError                  the store's directory cannot take a write (also OSError)
     │   ├── StorageFull               no space left (ENOSPC, EDQUOT, SQLite "disk is full")
     │   └── StorageNotWritable        read-only file system or no permission (EROFS, EACCES, EPERM)
+    │       └── StorageNotOwned       the storage belongs to another user than the one running
     ├── StoreClosed                   a store (or its metadata, a pack writer...) used after close()
     └── StoreCorrupt                  bytes on disk do not match their recorded key
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource  # here, not on first use: loading it then needs a free descriptor
 import sqlite3
 from pathlib import Path
 
@@ -41,11 +43,14 @@ __all__ = [
     "SizeMismatch",
     "StorageError",
     "StorageFull",
+    "StorageNotOwned",
     "StorageNotWritable",
     "StoreClosed",
     "StoreCorrupt",
     "UnsupportedDigestAlgorithm",
+    "full_cause",
     "mapped_error",
+    "out_of_descriptors",
     "storage_error",
 ]
 
@@ -163,6 +168,27 @@ class StorageNotWritable(StorageError):
         super().__init__(f"storage not writable: {path}: {cause}; {fix}, {_MOVE}", path, cause)
 
 
+class StorageNotOwned(StorageNotWritable):
+    """The storage directory ``store`` (or ``path`` in it) belongs to ``owner`` (None:
+    a user this user namespace does not map), not to ``user`` who runs pybuild:
+    ``user`` cannot write there, or is root, and what root wrote there ``owner`` could
+    no longer change or remove."""
+
+    def __init__(self, store: Path | str, path: Path | str, owner: str | None,
+                 user: str | None) -> None:
+        user = user or "this user"
+        who = owner or "another user"
+        why = (f"and files root made there {who} could not change" if user == "root"
+               else f"and {user} cannot write to it")
+        how = "chown" if user == "root" else "sudo chown"
+        StorageError.__init__(
+            self, f"storage owned by another user: {path} belongs to {who}, {why}; "
+            f"run pybuild as {owner or 'its owner'}, or hand the storage to {user} "
+            f"({how} -R {user} {store}), {_MOVE}", path, "owned by another user")
+        self.owner = owner
+        self.user = user
+
+
 class StoreClosed(CasError):
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} is closed: it was used after close(); open it again")
@@ -185,7 +211,7 @@ def storage_error(exc: BaseException, path: Path | str) -> StorageError | None:
     if isinstance(exc, OSError) and not isinstance(exc, CasError):
         where = exc.filename if exc.filename is not None else path
         if exc.errno in _FULL:
-            return StorageFull(str(where), None, os.strerror(exc.errno).lower())
+            return StorageFull(str(where), None, full_cause(where, exc.errno))
         if exc.errno in _NOT_WRITABLE:
             return StorageNotWritable(where, os.strerror(exc.errno).lower())
         return None
@@ -194,11 +220,27 @@ def storage_error(exc: BaseException, path: Path | str) -> StorageError | None:
         if code is not None:
             code &= 0xFF  # the primary code of an extended one (SQLITE_IOERR_SHMSIZE...)
         if code == sqlite3.SQLITE_FULL:
-            return StorageFull(str(path), None, "no space left on device")
+            return StorageFull(str(path), None, full_cause(path))
         if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR,
                     sqlite3.SQLITE_PERM) or (code is None and "readonly" in str(exc)):
             return _probe(Path(path))
     return None
+
+
+def full_cause(path: Path | str | bytes, code: int = errno.ENOSPC) -> str:
+    """The words for ``code`` (ENOSPC or EDQUOT) met writing at ``path``: a file system
+    out of inodes says so, since ``df`` shows it with room to spare."""
+    if code == errno.EDQUOT:
+        return os.strerror(code).lower()
+    start = Path(os.fsdecode(path))
+    d = next((d for d in (start, *start.parents) if d.is_dir()), start)
+    try:
+        fs = os.statvfs(d)
+    except OSError:
+        fs = None
+    if fs is not None and fs.f_files and not fs.f_favail:
+        return "no space left on device (no free inodes: too many files there, see df -i)"
+    return "no space left on device"
 
 
 def mapped_error(exc: BaseException, path: Path | str,
@@ -212,9 +254,22 @@ def mapped_error(exc: BaseException, path: Path | str,
         root = os.path.abspath(path if scope is None else scope)
         if name != root and not name.startswith(root.rstrip("/") + "/"):
             return exc
+    if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == \
+            sqlite3.SQLITE_CANTOPEN and out_of_descriptors():
+        # SQLite's words for it: "unable to open database file".
+        return OSError(errno.EMFILE, os.strerror(errno.EMFILE), str(path))
     if isinstance(exc, (OSError, sqlite3.Error)):
         return storage_error(exc, path) or exc
     return exc
+
+
+def out_of_descriptors() -> bool:
+    """Whether this process holds (nearly) as many files open as it may (``ulimit -n``)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        return len(os.listdir("/proc/self/fd")) >= soft - 2
+    except OSError as exc:  # listing them needs one more
+        return exc.errno == errno.EMFILE
 
 
 def _probe(path: Path) -> StorageError | None:
@@ -233,8 +288,8 @@ def _probe(path: Path) -> StorageError | None:
         return StorageNotWritable(path, "read-only file system")
     if not os.access(d, os.W_OK):
         return StorageNotWritable(path, "permission denied")
-    if fs.f_bavail * fs.f_frsize < (256 << 10):
-        return StorageFull(str(path), None, "no space left on device")
+    if fs.f_bavail * fs.f_frsize < (256 << 10) or (fs.f_files and not fs.f_favail):
+        return StorageFull(str(path), None, full_cause(d))
     return None
 
 

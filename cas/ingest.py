@@ -491,10 +491,8 @@ class Ingest(IngestAssembly):
         if self._writer is not None:
             self._writer.close()
         try:
-            self._core.meta.drop_ingest(self.id)
+            self._core.drop_ingest(self.id)
         except StorageError:
             # Nothing of it is visible; with the disk full (or read-only) even forgetting it can fail,
             # so it stays an open ingest until expire_ingests() or gc removes it.
             return
-        self._core.drop_tails(self.id, keep=None)
-        self._core.empty_trash()

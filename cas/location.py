@@ -8,6 +8,7 @@ When nobody says where: ``PYBUILD_STORAGE``, else the XDG data dir
 from __future__ import annotations
 
 import os
+import pwd
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
     from .packs import PackBackend
     from .s3_location import S3Location
 
-__all__ = ["StoreConfig", "default_storage_dir"]
+from .errors import StorageNotOwned, StorageNotWritable
+
+__all__ = ["StoreConfig", "check_owner", "default_storage_dir"]
 
 
 def default_storage_dir() -> Path:
@@ -31,6 +34,75 @@ def default_storage_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
     return base / "pybuild"
+
+
+# What a store keeps at its top: checked before a command writes anything.
+_TOP = ("meta.db", "images.db", "packs", "ingests", "states", "builder")
+
+
+def check_owner(root: Path) -> None:
+    """Refuse a storage directory that belongs to another user (StorageNotOwned) before
+    anything is written there: as root, one that another user owns (the files root would
+    make there would lock that user out of the store); as anyone else (also root in a
+    user namespace: a non-root build), one whose directory or top-level files are
+    another user's and not writable by this one (StorageNotWritable when they are this
+    user's). A missing directory or a read-only file system is left for the write to
+    report."""
+    uid = os.geteuid()
+    try:
+        st = root.stat()
+        if os.statvfs(root).f_flag & os.ST_RDONLY:
+            return
+    except OSError:
+        return
+    if uid == 0 and _uid_map() == [(0, 0, (1 << 32) - 1)]:
+        if st.st_uid != 0:
+            raise StorageNotOwned(root, root, _user(st.st_uid), _user(0))
+        return
+    for path in (root, *(root / name for name in _TOP)):
+        try:
+            owner = path.stat().st_uid
+        except OSError:
+            continue
+        if not os.access(path, os.W_OK):
+            if owner != uid:
+                raise StorageNotOwned(root, path, _user(owner), _user(uid))
+            # Said before a non-root build enters its user namespace, where it is root
+            # and would write there all the same (every other command fails there).
+            raise StorageNotWritable(path, "permission denied")
+
+
+def _uid_map() -> list[tuple[int, int, int]]:
+    """This process's uid map (inside, outside, count); the initial namespace's when
+    there is none to read."""
+    try:
+        text = Path("/proc/self/uid_map").read_text()
+    except OSError:
+        return [(0, 0, (1 << 32) - 1)]
+    return [(int(f[0]), int(f[1]), int(f[2])) for f in map(str.split, text.splitlines())
+            if len(f) == 3]
+
+
+def _overflow_uid() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/overflowuid").read_text())
+    except (OSError, ValueError):
+        return 65534
+
+
+def _user(uid: int) -> str | None:
+    """The name of ``uid`` (of this user namespace) outside any user namespace; None
+    when the namespace does not map it (a file's owner then reads as the overflow uid)."""
+    ids = _uid_map()
+    if ids != [(0, 0, (1 << 32) - 1)] and uid == _overflow_uid():
+        return None
+    for inside, outside, count in ids:
+        if inside <= uid < inside + count:
+            try:
+                return pwd.getpwuid(outside + uid - inside).pw_name
+            except KeyError:
+                return f"uid {outside + uid - inside}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,7 +117,7 @@ class S3Location:
             data = json.loads((root / RECORD).read_text())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:  # its content (the file system's trouble is an OSError)
             raise S3LocationError(f"{root / RECORD} cannot be read: {exc}; fix or remove it") from exc
         if data.get("kind") != "s3":
             raise S3LocationError(f"{root / RECORD}: unknown pack storage kind {data.get('kind')!r}")

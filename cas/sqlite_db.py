@@ -59,10 +59,11 @@ class SqliteDatabase:
             _add_link_times(db)
             reader = connect(str(path))
         except (sqlite3.Error, OSError) as exc:
+            mapped = mapped_error(exc, path, path.parent)  # before closing: its files count
             for conn in (db, reader):
                 if conn is not None:
                     conn.close()
-            raise (storage_error(exc, path) or exc) from exc
+            raise mapped from exc
         self._db, self._reader = db, reader
 
     def close(self) -> None:
@@ -181,9 +182,10 @@ def open_wal_database(path: Path, schema: str, scope: Path) -> sqlite3.Connectio
         switch_to_wal(db)
         db.executescript(schema)
     except (sqlite3.Error, OSError) as exc:
+        mapped = mapped_error(exc, path, scope)  # before closing: its files count
         if db is not None:
             db.close()
-        raise mapped_error(exc, path, scope) from exc
+        raise mapped from exc
     return db
 
 

@@ -8,6 +8,7 @@ nothing half-written: ``pybuild storage fsck`` stays clean and no image appears.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -121,6 +122,33 @@ def test_pull_into_full_storage_is_one_clear_line(tmp_path: Path, image_ref: str
             _assert_store_whole(mnt)
 
 
+def test_pull_that_did_not_fit_gives_its_space_back(tmp_path: Path, image_ref: str) -> None:
+    """What a failed pull wrote past its last checkpoint does not keep the disk full
+    until its ingest expires: the retry after making room needs only the image's size."""
+    with small_filesystem(tmp_path / "small", "6m") as mnt:
+        storage = mnt / "storage"
+        assert_one_line_error(pybuild("pull", image_ref, "-q", "--storage", str(storage)),
+                              "storage full", "no space left on device")
+        # Room for the 9 MiB image and 3 MiB to spare, not for what the failed pull wrote
+        # beside it (a blob it checkpointed is resumed, not fetched again).
+        subprocess.run(["mount", "-o", "remount,size=12m", str(mnt)], check=True)
+        pull = pybuild("pull", image_ref, "-q", "--storage", str(storage))
+        assert pull.returncode == 0, pull.stderr
+        stats = pybuild("storage", "stats", "--json", "--storage", str(storage))
+        assert stats.returncode == 0, stats.stderr
+        assert json.loads(stats.stdout)["open_ingests"] == 0
+        fsck = pybuild("storage", "fsck", "--storage", str(storage))
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_pull_into_storage_out_of_inodes_says_so(tmp_path: Path, image_ref: str) -> None:
+    # Room for the bytes, not for the files: df shows free space, so the error says why.
+    with small_filesystem(tmp_path / "small", "64m", inodes=14) as mnt:
+        _twice(["pull", image_ref, "-q", "--storage", str(mnt)],
+               "storage full", "no free inodes", "df -i", FIX)
+        _assert_store_whole(mnt)
+
+
 def test_build_into_full_storage_is_one_clear_line(tmp_path: Path) -> None:
     ctx = _context(tmp_path, 20 << 20)
     with small_filesystem(tmp_path / "small", "12m") as mnt:
@@ -144,6 +172,40 @@ def test_commands_on_a_full_disk_are_one_clear_line(tmp_path: Path, image_ref: s
                 pass
         _twice([*command.split(), "--storage", str(mnt)],
                "storage full", str(mnt), "no space left on device", FIX)
+
+
+def _fill(mnt: Path) -> None:
+    with open(mnt / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(bytes(64 << 10))
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_a_full_disk_can_be_emptied_with_pybuild(tmp_path: Path, image_ref: str) -> None:
+    """The store keeps room back (cas.reserve): on a disk filled up after it, listing,
+    removing and collecting its images work, and free the space."""
+    with small_filesystem(tmp_path / "small", "100m") as mnt:
+        storage = str(mnt / "storage")
+        pull = pybuild("pull", image_ref, "--storage", storage, "-q")
+        assert pull.returncode == 0, pull.stderr
+        _fill(mnt)
+        images = pybuild("images", "--storage", storage)
+        assert images.returncode == 0, images.stderr
+        assert "storage/errors" in images.stdout
+        for args in (["rmi", image_ref], ["storage", "gc", "--grace", "0"]):
+            proc = pybuild(*args, "--storage", storage)
+            assert proc.returncode == 0, proc.stderr
+        fs = os.statvfs(mnt)
+        assert fs.f_bavail * fs.f_frsize >= 8 << 20, "gc did not free the image's space"
+        fsck = pybuild("storage", "fsck", "--storage", storage)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        (mnt / "filler").unlink()
+        pull = pybuild("pull", image_ref, "--storage", storage, "-q")
+        assert pull.returncode == 0, pull.stderr
+        assert (mnt / "storage" / "reserve").stat().st_size > 0, "the room was not kept back again"
 
 
 @pytest.mark.parametrize("kind", ["local", "oci", "docker"])
@@ -170,6 +232,25 @@ def test_output_to_a_full_disk_leaves_nothing(tmp_path: Path, kind: str) -> None
                 "-o", f"type={kind},dest={dest}", str(ctx)],
                str(dest), "no space left on device", "choose a destination")
         assert list(mnt.iterdir()) == [], "a half-written output stayed"
+
+
+@pytest.mark.parametrize("layout", ["new", "existing"])
+def test_copy_to_a_full_oci_layout_leaves_nothing(tmp_path: Path, image_ref: str,
+                                                  layout: str) -> None:
+    with small_filesystem(tmp_path / "small", "6m") as mnt:
+        dest = mnt / "layout"
+        if layout == "existing":
+            small = make_image([make_layer(tar_files({"small": b"kept"}))])
+            write_oci_layout(small, dest, ref="kept")
+        before = sorted((str(p), p.read_bytes()) for p in dest.rglob("*") if p.is_file())
+        _twice(["copy", f"docker://{image_ref}", f"oci:{dest}:big", "-q",
+                "--storage", str(tmp_path / "storage")],
+               f"cannot write oci:{dest}", "no space left on device", "nothing of it was kept",
+               "choose another destination")
+        after = sorted((str(p), p.read_bytes()) for p in dest.rglob("*") if p.is_file())
+        assert after == before, "the failed copy left files in the layout"
+        if layout == "new":
+            assert list(mnt.iterdir()) == [], "a half-written layout stayed"
 
 
 def _post_blob(addr: str, data: bytes) -> int:

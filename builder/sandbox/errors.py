@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from cas.errors import full_cause
+
 __all__ = [
     "InvalidMount",
     "OutOfDiskSpace",
@@ -119,12 +121,16 @@ class OutOfDiskSpace(RunFailed):
         where: Path,
     ) -> None:
         self.where = where
+        # Now, before the step's files are removed: a file system out of inodes has
+        # free ones again afterwards.
+        self.inodes = "inodes" in full_cause(where)
         super().__init__(argv, exit_code, output_tail)
 
     def _message(self) -> str:
+        full = "has no free inodes left (df -i)" if self.inodes else "is full"
         return (
             f"{super()._message()}\n"
-            f"the step ran out of disk space: the filesystem holding {self.where} is full; "
+            f"the step ran out of disk space: the filesystem holding {self.where} {full}; "
             "free space there (e.g. `pybuild storage gc`) or build on a bigger disk"
         )
 

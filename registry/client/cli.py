@@ -9,6 +9,7 @@ are always allowed over plain HTTP.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -54,10 +55,12 @@ def _run(coro: Awaitable[T]) -> T:
     except _FAILURES as exc:
         if isinstance(exc, BrokenPipeError):
             raise  # stdout closed (| head): the root command ends quietly
-        if isinstance(exc, OSError) and not isinstance(exc, CasError) \
-                and storage_error(exc, exc.filename or "") is not None:
-            # A full or read-only file system: the root command says whether it is the
-            # storage directory or a destination, and what to do.
+        if isinstance(exc, OSError) and not isinstance(exc, CasError) and (
+                storage_error(exc, exc.filename or "") is not None
+                or exc.errno in (errno.EMFILE, errno.ENFILE)):
+            # A full or read-only file system, or no file descriptor left: the root
+            # command says whether it is the storage directory or a destination, or
+            # which limit, and what to do.
             raise
         raise click.ClickException(" ".join(str(exc).split())) from exc
     finished = True

@@ -21,6 +21,7 @@ client can tell a registry that is down from one that broke off a transfer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import http.client
 import socket
@@ -303,6 +304,8 @@ def _open(conn: http.client.HTTPConnection, netloc: str) -> None:
     except OSError as exc:
         if conn.sock is not None:  # connected; the TLS handshake failed
             raise
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise  # this process's limit of open files, not the registry's fault
         if isinstance(exc, TimeoutError):
             reason = f"no answer within {conn.timeout} s"
         else:

@@ -49,6 +49,7 @@ from .layouts import (
     as_oci,
     check_destination,
     read_docker_archive,
+    undone_on_failure,
     write_docker_archive,
 )
 from .oci_archive import unpacked
@@ -219,17 +220,18 @@ class _Copy:
             check_destination(self.dst.kind, self.dst.path)
         manifests: list[Any] = [c[2] for c in children] or [obj]
         blobs = {d.digest: d for m in manifests for d in m.references()}
-        tasks = [asyncio.create_task(self._move(d)) for d in blobs.values()]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            # One blob failed: stop the others (they keep what they have for a resume)
-            # before the caller closes the store under them.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        digest = await self._write_manifests(raw, media_type, obj, children)
+        async with undone_on_failure(self.dst.path if self.dst.kind == "oci" else None):
+            tasks = [asyncio.create_task(self._move(d)) for d in blobs.values()]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                # One blob failed: stop the others (they keep what they have for a resume)
+                # before the caller closes the store under them.
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+            digest = await self._write_manifests(raw, media_type, obj, children)
         return CopyResult(digest, media_type, dict(self.statuses))
 
     def _check_digest(self, top: bytes, raw: bytes) -> None:

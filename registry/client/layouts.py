@@ -22,15 +22,18 @@ digest may not. Every blob read from disk is verified against its digest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 import re
+import shutil
 import tarfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from cas import BlobInfo, Digest, DigestMismatch, Store
+from cas import BlobInfo, Digest, DigestMismatch, StorageError, Store
 
 from ..oci import (
     DOCKER_CONFIG,
@@ -61,6 +64,7 @@ __all__ = [
     "as_oci",
     "check_destination",
     "read_docker_archive",
+    "undone_on_failure",
     "write_docker_archive",
 ]
 
@@ -212,6 +216,41 @@ class OciLayout:
             os.replace(tmp, self.path / "index.json")
 
         await asyncio.to_thread(update)
+
+
+@contextlib.asynccontextmanager
+async def undone_on_failure(path: Path | None) -> AsyncIterator[None]:
+    """Around a copy into the OCI layout ``path`` (None: no layout): when it fails, a
+    layout it created is removed, and from one that existed the files it added, so a
+    full disk keeps neither a half layout nor its space. The destination's own full or
+    unwritable file system is a LayoutError that names it."""
+    if path is None:
+        yield
+        return
+    existed = await asyncio.to_thread(_layout_files, path)
+    try:
+        yield
+    except BaseException as exc:
+        await asyncio.to_thread(_undo, path, existed)
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError) and exc.errno in (
+                errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise LayoutError(f"cannot write oci:{path}: {os.strerror(exc.errno).lower()}; "
+                              "nothing of it was kept: free space there (or make it "
+                              "writable), or choose another destination") from exc
+        raise
+
+
+def _layout_files(path: Path) -> set[Path] | None:
+    return set(path.rglob("*")) if path.exists() else None
+
+
+def _undo(path: Path, existed: set[Path] | None) -> None:
+    if existed is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for added in sorted(set(path.rglob("*")) - existed, reverse=True):  # files before their dirs
+        with contextlib.suppress(OSError):
+            added.rmdir() if added.is_dir() and not added.is_symlink() else added.unlink()
 
 
 async def _write_from_store(store: Store, digest: Digest, path: Path) -> None:

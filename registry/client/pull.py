@@ -127,7 +127,7 @@ async def pull_blob(
         # stopped): the image store waits for it before it closes.
         with contextlib.suppress(Exception):
             await asyncio.shield(images.finish(
-                _drop(images, sink) if ing.assembled else sink.checkpoint()))
+                _drop(images, sink) if ing.assembled else _keep(images, sink)))
         if isinstance(exc, (TransportError, RegistryError, WireError, asyncio.TimeoutError,
                             SourceFailed)):
             again = ("again (it fetches only the pieces still missing)" if ing.assembled
@@ -156,6 +156,16 @@ async def _open_ingest(images: ImageStore, desc: Descriptor) -> tuple[Ingest, bo
     # Not recorded in images.db yet: an ingest that never reached a checkpoint holds
     # nothing worth resuming (cas expires it).
     return await images.store.begin_ingest(algorithm=desc.digest.algorithm), False
+
+
+async def _keep(images: ImageStore, sink: _Sink) -> None:
+    """Checkpoint what arrived for a resume; an ingest that cannot be checkpointed (a
+    full disk) is dropped, so that its bytes do not hold the space until it expires.
+    Raises nothing: the failure it cleans up after is what the caller reports."""
+    try:
+        await sink.checkpoint()
+    except Exception:
+        await _drop(images, sink)
 
 
 async def _drop(images: ImageStore, sink: _Sink) -> None:

@@ -25,6 +25,7 @@ Policies, in one place (:meth:`RegistrySession._send`):
 from __future__ import annotations
 
 import asyncio
+import errno
 import ssl
 import time
 from collections.abc import Callable
@@ -238,6 +239,9 @@ class RegistrySession:
             try:
                 resp = await self._transmit(method, url, send_headers, params, data)
             except (TimeoutError, WireError) as exc:
+                cause = exc.__cause__
+                if isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE):
+                    raise cause from None  # this process's limit of open files: no retry helps
                 # A WireError names the request already.
                 what = str(exc) if isinstance(exc, WireError) else f"{method} {url}: {exc or type(exc).__name__}"
                 if attempt >= retries:

@@ -14,8 +14,9 @@ __all__ = ["small_filesystem"]
 
 
 @contextmanager
-def small_filesystem(path: Path, size: str) -> Iterator[Path]:
-    """Mount a tmpfs of ``size`` (``"4m"``) on ``path`` (created); yield it; unmount it.
+def small_filesystem(path: Path, size: str, inodes: int | None = None) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` (``"4m"``) on ``path`` (created), with room for at most
+    ``inodes`` files and directories if given; yield it; unmount it.
 
     Needs root: skipped without it, a failure when ``CI`` is set.
     """
@@ -25,7 +26,8 @@ def small_filesystem(path: Path, size: str) -> Iterator[Path]:
             pytest.fail(message)
         pytest.skip(message)
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    options = f"size={size}" + (f",nr_inodes={inodes}" if inodes is not None else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
     try:
         yield path
     finally:

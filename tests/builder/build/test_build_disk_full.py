@@ -69,3 +69,18 @@ def test_run_that_fills_the_disk_reports_its_output(small_storage: Path, tmp_pat
     assert "Dockerfile:2: RUN" in proc.stderr
     assert "No space left on device" in proc.stderr
     _assert_store_whole(small_storage)
+
+
+def test_build_out_of_inodes_says_so(tmp_path: Path, busybox_ref: str) -> None:
+    # Room for the bytes, not for the base image's files: df shows free space, so the
+    # error says why (named before the half-extracted files are removed).
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nRUN true\n")
+    with small_filesystem(tmp_path / "storage", "64m", inodes=40) as storage:
+        proc = _pybuild("build", "--storage", str(storage), "-t", "local/full:1",
+                        "--progress", "plain", str(ctx))
+        assert proc.returncode == 1
+        assert "Traceback" not in proc.stderr
+        assert "Dockerfile:2: RUN: no space left on device (no free inodes" in proc.stderr
+        _assert_store_whole(storage)
