@@ -111,7 +111,7 @@ async def test_errors_name_the_archive_and_leave_nothing(
     archive.write_bytes(b"the previous archive")
     with monkeypatch.context() as patch:
         patch.setattr(OciLayout, "export_blob", failing)
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(LayoutError, match=rf"^cannot write oci-archive:{archive}: no space left"):
             await copy("local:localhost/app:1", f"oci-archive:{archive}:v2", images, client)
     assert exported and archive.read_bytes() == b"the previous archive"
     assert not archive.with_name("img.tar.tmp").exists()
