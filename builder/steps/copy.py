@@ -8,7 +8,8 @@ relative to WORKDIR; missing parents are created (0755, root). Parents that exis
 stage keep their metadata (they are copied up as overlayfs would). ``--chown`` takes
 ids or names from the stage's /etc/passwd and /etc/group; ``--chmod`` octal; ``--exclude``
 patterns (``.dockerignore`` syntax) relative to the source. ``ADD`` unpacks a local
-tar archive (plain, gzip, bzip2, xz, zstd) safely and downloads ``http(s)://`` URLs.
+tar archive (plain, gzip, bzip2, xz, zstd; told by its content, see :mod:`.archives`)
+safely and downloads ``http(s)://`` URLs.
 
 ``--link`` (as BuildKit, which then copies onto an empty layer and merges it): the layer
 is made without looking at the stage's files -- the destination is taken literally (no
@@ -27,7 +28,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import blake3
 
@@ -41,6 +42,7 @@ from ..layers.errors import LayerError
 from ..layers.rootwalk import SymlinkLoop, walk_in_root
 from ..sandbox.rootfs import lower_stat, read_from_lowers
 from ..sandbox.userns import unmapped_owner
+from .archives import is_archive, open_archive
 from .common import (
     BuildError,
     StepEnv,
@@ -70,34 +72,6 @@ class _Item:
     st: os.stat_result | None
     archive: bool = False
     data: bytes | None = None
-
-
-_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
-
-
-def _is_archive(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError:
-        return False
-    if any(head.startswith(m) for m in _MAGIC):
-        return True
-    return len(head) >= 262 and head[257:262] == b"ustar"
-
-
-def _open_archive(path: Path) -> BinaryIO:
-    with open(path, "rb") as f:
-        head = f.read(6)
-    if head.startswith(b"BZh"):
-        import bz2  # here: only ADD of such an archive needs it
-
-        return bz2.open(path, "rb")  # type: ignore[return-value]
-    if head.startswith(b"\xfd7zXZ\x00"):
-        import lzma
-
-        return lzma.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")  # plain, gzip and zstd are recognised by apply_layer itself
 
 
 def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
@@ -200,7 +174,7 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
             make_parents(upper, it.dest, lookup, owner)
             from ..layers.extract import apply_layer
 
-            with _open_archive(it.path) as src:
+            with open_archive(it.path) as src:
                 apply_layer(src, target)
             continue
         if it.data is not None:  # a heredoc file: 0644 (or --chmod), root or --chown
@@ -276,7 +250,7 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
         st = os.stat(src.path)
         name = posixpath.basename(src.rel)
         target = f"{dest.rstrip('/')}/{name}" if dest_is_dir else dest
-        if add and _is_archive(src.path):
+        if add and is_archive(src.path):
             items.append(_Item(dest.rstrip("/"), src.path, st, archive=True))
         else:
             items.append(_Item(target.lstrip("/"), src.path, st))

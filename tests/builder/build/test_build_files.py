@@ -174,3 +174,16 @@ def test_hard_links_in_the_context_are_part_of_the_cache_key(context_of, build,
     os.link(context / "one.txt", context / "one.hard")
     linked = build(context, storage=storage, source_date_epoch=0)
     assert linked.image.config.rootfs.diff_ids[-1] != separate.image.config.rootfs.diff_ids[-1]
+
+
+def test_add_unpacks_only_tar_archives(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    context = context_of("add-archives")
+    build(context, local=out)
+    # a gzip file that holds no tar, and a text file named .tar: copied, not unpacked
+    assert (out / "plain/data.json.gz").read_bytes() == (context / "data.json.gz").read_bytes()
+    assert (out / "plain/notes.tar").read_text() == "a text file with a .tar name\n"
+    # a v7 tar (no "ustar" magic) and a tar.gz: unpacked
+    assert (out / "unpacked/v7.txt").read_text() == "from a v7 tar\n"
+    assert (out / "unpacked/inner.txt").read_text() == "inside a tar.gz\n"
+    assert sorted(p.name for p in (out / "unpacked").iterdir()) == ["inner.txt", "v7.txt"]
