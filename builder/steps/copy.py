@@ -226,7 +226,7 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
     hashes: dict[str, str] = {}
     sources: list[Source] = []
     for s in srcs:
-        sources.extend(tree.resolve(s))
+        sources.extend(tree.resolve(s, allow_empty_wildcard=True))
     sources = [s for s in sources if not excludes.excluded(s.rel)]
     if len(sources) > 1 and not dest_is_dir:
         raise ContextError(f"copying {len(sources)} sources needs a destination ending "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.steps.common import BuildError
 from tests.builder.build.conftest import write_base_layout
 
 
@@ -187,3 +188,17 @@ def test_add_unpacks_only_tar_archives(context_of, build, tmp_path: Path) -> Non
     assert (out / "unpacked/v7.txt").read_text() == "from a v7 tar\n"
     assert (out / "unpacked/inner.txt").read_text() == "inside a tar.gz\n"
     assert sorted(p.name for p in (out / "unpacked").iterdir()) == ["inner.txt", "v7.txt"]
+
+
+def test_copy_of_a_wildcard_that_matches_nothing(context_of, build, tmp_path: Path,
+                                                busybox_ref: str) -> None:
+    out = tmp_path / "out"
+    context = context_of("empty-wildcard")
+    build(context, local=out)
+    assert sorted(p.name for p in (out / "opt/app").iterdir()) == ["pom.xml"]
+    assert not (out / "opt/jars").exists()
+    # ...but the directory the wildcard is in must exist, and a plain path too
+    for line in ("COPY nosuchdir/*.jar /opt/\n", "COPY nosuch.jar /opt/\n"):
+        (context / "Dockerfile").write_text(f"FROM {busybox_ref}\n{line}")
+        with pytest.raises(BuildError, match="not found in the build context"):
+            build(context)
