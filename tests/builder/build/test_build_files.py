@@ -202,3 +202,21 @@ def test_copy_of_a_wildcard_that_matches_nothing(context_of, build, tmp_path: Pa
         (context / "Dockerfile").write_text(f"FROM {busybox_ref}\n{line}")
         with pytest.raises(BuildError, match="not found in the build context"):
             build(context)
+
+
+def test_onbuild_triggers_are_expanded_in_the_child(context_of, build, tmp_path: Path,
+                                                    busybox_ref: str) -> None:
+    context = context_of("onbuild")
+    layout = tmp_path / "layout"
+    build(context, oci=layout)
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref} AS helper\nRUN echo helped > /helper.txt\n"
+        f"FROM oci-layout://{layout}\nRUN echo \"$FULL\" > full.txt\n")
+    out = tmp_path / "out"
+    child = build(context, local=out, build_args={"VERSION": "2.5"})
+    assert (out / "app/a.txt").read_text() == "from the context\n"
+    assert (out / "app/helper.txt").read_text() == "helped\n"
+    assert (out / "app/w-2.5/full.txt").read_text() == "v2.5-a.txt\n"
+    cfg = child.image.config.config
+    assert cfg.working_dir == "/app/w-2.5" and cfg.on_build is None
+    assert "FULL=v2.5-a.txt" in cfg.env
