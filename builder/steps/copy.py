@@ -77,9 +77,14 @@ class _Item:
 def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
     """``--chown=user[:group]`` as ids: a number is used as is, a name is looked up in
     the stage's /etc/passwd or /etc/group (BuildError when it is not there); without a
-    group, a named user's primary group, else the uid."""
-    user, _, group = spec.partition(":")
+    group, a named user's primary group, else the uid. As BuildKit, ``root`` is 0
+    without a lookup and an empty part is 0 (``:staff``, ``tester:``)."""
+    user, colon, group = spec.partition(":")
     found = None
+    if user in ("", "root"):
+        user = "0"
+    if colon and group in ("", "root"):
+        group = "0"
     if not user.isdigit():
         found = find_user(read_passwd(read_from_lowers(lowers, "etc/passwd")), user)
         if found is None:

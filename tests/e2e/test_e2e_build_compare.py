@@ -129,6 +129,8 @@ CASES = (
     Case("add-archives", expect="from a v7 tar\ninside a tar.gz\na text file with a .tar name\n"
                                 "/plain:\ndata.json.gz\nnotes.tar\n"),
     Case("empty-wildcard", expect="/opt:\napp\n\n/opt/app:\npom.xml\n"),
+    Case("chown-forms", expect="/group-only 0:50\n/user-colon 1000:0\n/colon-only 0:0\n"
+                               "/root-staff 0:50\n/bare/own-root 0:0\n/bare/own-root-root 0:0\n"),
     Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),
          flags=("--add-host", "db.internal:10.1.2.3", "--add-host", "cache.internal:10.1.2.4",
                 "--secret", "id=token,env=PYBUILD_COMPARE_TOKEN"),

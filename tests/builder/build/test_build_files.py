@@ -220,3 +220,14 @@ def test_onbuild_triggers_are_expanded_in_the_child(context_of, build, tmp_path:
     cfg = child.image.config.config
     assert cfg.working_dir == "/app/w-2.5" and cfg.on_build is None
     assert "FULL=v2.5-a.txt" in cfg.env
+
+
+def test_chown_with_an_empty_part_or_root(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build(context_of("chown-forms"), local=out)
+    owners = {p: ((out / p).stat().st_uid, (out / p).stat().st_gid)
+              for p in ("group-only", "user-colon", "colon-only", "root-staff",
+                        "bare/own-root", "bare/own-root-root")}
+    assert owners == {"group-only": (0, 50), "user-colon": (1000, 0), "colon-only": (0, 0),
+                      "root-staff": (0, 50), "bare/own-root": (0, 0),
+                      "bare/own-root-root": (0, 0)}
