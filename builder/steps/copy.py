@@ -65,13 +65,14 @@ __all__ = ["copy_instruction", "workdir_instruction"]
 class _Item:
     """One path to write: ``dest`` (relative to /), from ``path`` (None with ``st``
     None: the directory a directory's contents are copied into), ``archive`` to unpack
-    at ``dest``."""
+    at ``dest``; ``source`` numbers the source (or wildcard match) it comes from."""
 
     dest: str
     path: Path | None
     st: os.stat_result | None
     archive: bool = False
     data: bytes | None = None
+    source: int = 0
 
 
 def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
@@ -168,9 +169,9 @@ def _one_directory(sources: list[str], parents: bool) -> str:
 
 def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int, int] | None,
            chmod: int | None) -> None:
-    # Files hard-linked to each other among the sources stay hard-linked in the layer,
-    # as BuildKit copies them: (st_dev, st_ino) -> the first copy written.
-    linked: dict[tuple[int, int], Path] = {}
+    # BuildKit copies each source (each wildcard match) on its own, keeping the hard
+    # links within it: (source, st_dev, st_ino) -> the first copy written.
+    linked: dict[tuple[int, int, int], Path] = {}
     for it in items:
         target = upper / it.dest
         make_parents(upper, posixpath.dirname(it.dest), lookup, owner)
@@ -209,7 +210,7 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
             continue
         elif stat.S_ISREG(st.st_mode):
             assert it.path is not None
-            inode = (st.st_dev, st.st_ino)
+            inode = (it.source, st.st_dev, st.st_ino)
             if st.st_nlink > 1 and inode in linked:
                 os.link(linked[inode], target)
                 continue
@@ -236,34 +237,37 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
     if len(sources) > 1 and not dest_is_dir:
         raise ContextError(f"copying {len(sources)} sources needs a destination ending "
                            f"with '/' (got {dest!r})")
-    # Which files are hard links of one another is part of the result (see _write), so
-    # part of the cache key: inode -> the first source path that has it.
-    inodes: dict[tuple[int, int], str] = {}
+    # Which files are hard links of one another (within a source, see _write) is part of
+    # the result, so part of the cache key: (source, inode) -> the first path that has it.
+    inodes: dict[tuple[int, int, int], str] = {}
     to_hash: list[tuple[str, Path, os.stat_result]] = []  # hashed together, below
+    of_source: list[int] = []
 
-    for src in sources:
+    for i, src in enumerate(sources):
         if src.is_dir:
             base = dest.rstrip("/")
             if base:
-                items.append(_Item(base, None, None))
+                items.append(_Item(base, None, None, source=i))
             for rel, path, st in tree.walk(src):
                 if excludes.excluded(rel):
                     continue
-                items.append(_Item(f"{base}/{rel}" if base else rel, path, st))
+                items.append(_Item(f"{base}/{rel}" if base else rel, path, st, source=i))
                 to_hash.append((f"{src.rel}/{rel}", path, st))
+                of_source.append(i)
             continue
         st = os.stat(src.path)
         name = posixpath.basename(src.rel)
         target = f"{dest.rstrip('/')}/{name}" if dest_is_dir else dest
         if add and is_archive(src.path):
-            items.append(_Item(dest.rstrip("/"), src.path, st, archive=True))
+            items.append(_Item(dest.rstrip("/"), src.path, st, archive=True, source=i))
         else:
-            items.append(_Item(target.lstrip("/"), src.path, st))
+            items.append(_Item(target.lstrip("/"), src.path, st, source=i))
         to_hash.append((src.rel, src.path, st))
+        of_source.append(i)
     digests = tree.hash_files([(path, st) for _, path, st in to_hash])
-    for (rel, _path, st), digest in zip(to_hash, digests):
+    for (rel, _path, st), digest, i in zip(to_hash, digests, of_source):
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            first = inodes.setdefault((st.st_dev, st.st_ino), rel)
+            first = inodes.setdefault((i, st.st_dev, st.st_ino), rel)
             if first != rel:
                 digest += f" link:{first}"
         hashes[rel] = digest

@@ -75,6 +75,8 @@ class Case:
     flags: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     stdin: bool = False
+    # Hard links (existing, new) made in the context before building (git keeps none).
+    links: tuple[tuple[str, str], ...] = ()
 
     @property
     def id(self) -> str:
@@ -131,6 +133,9 @@ CASES = (
     Case("empty-wildcard", expect="/opt:\napp\n\n/opt/app:\npom.xml\n"),
     Case("chown-forms", expect="/group-only 0:50\n/user-colon 1000:0\n/colon-only 0:0\n"
                                "/root-staff 0:50\n/bare/own-root 0:0\n/bare/own-root-root 0:0\n"),
+    Case("hardlink-sources", links=(("pair/one.txt", "pair/one.hard"),),
+         expect="/linked/one.txt 2\n/linked/one.hard 2\n/separate/one.txt 1\n"
+                "/separate/one.hard 1\n/matched/one.txt 1\n/matched/one.hard 1\n"),
     Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),
          flags=("--add-host", "db.internal:10.1.2.3", "--add-host", "cache.internal:10.1.2.4",
                 "--secret", "id=token,env=PYBUILD_COMPARE_TOKEN"),
@@ -326,6 +331,8 @@ def test_pybuild_and_docker_build_agree(
     if case.name == "onbuild-child":
         args["ONBUILD_BASE"] = request.getfixturevalue("onbuild_base_ref")
     context = _context(CASES_DIR / case.name, tmp_path)
+    for existing, new in case.links:
+        os.link(context / existing, context / new)
     docker_tag = f"compare-docker/{case.id}:{tag_suffix}"
     pybuild_tag = f"compare-pybuild/{case.id}:{tag_suffix}"
     archive = tmp_path / "image.tar"

@@ -139,7 +139,7 @@ def test_write_base_layout_is_importable() -> None:
 def test_docker_parity_details(context_of, build, tmp_path: Path) -> None:
     out = tmp_path / "out"
     context = context_of("docker-parity")
-    os.link(context / "one.txt", context / "one.hard")
+    os.link(context / "pair/one.txt", context / "pair/one.hard")
     result = build(context, local=out, source_date_epoch=0)
     assert result.image.config.author == "Jane Doe <jane@example.com>"
     # WORKDIR creates missing directories as the stage's USER
@@ -159,22 +159,26 @@ def test_docker_parity_details(context_of, build, tmp_path: Path) -> None:
     assert (out / "locked/app.conf").stat().st_mode & 0o7777 == 0o700
     # two identical layers in a row still mount (overlayfs refuses a lowerdir twice)
     diff_ids = result.image.config.rootfs.diff_ids
-    assert diff_ids[-4] == diff_ids[-3]
+    assert diff_ids[-5] == diff_ids[-4]
     assert (out / "ran.txt").read_text() == "ran\n"
-    # files hard-linked in the context stay hard-linked
+    # files hard-linked in the context stay hard-linked within one source, not across two
     assert (out / "linked/one.txt").stat().st_ino == (out / "linked/one.hard").stat().st_ino
+    assert (out / "separate/one.txt").stat().st_ino != (out / "separate/one.hard").stat().st_ino
 
 
 def test_hard_links_in_the_context_are_part_of_the_cache_key(context_of, build,
                                                              tmp_path: Path) -> None:
     context = context_of("docker-parity")
-    (context / "one.hard").write_text("one\n")  # the same content, not linked
+    (context / "pair/one.hard").write_text("one\n")  # the same content, not linked
     storage = tmp_path / "storage"
     separate = build(context, storage=storage, source_date_epoch=0)
-    (context / "one.hard").unlink()
-    os.link(context / "one.txt", context / "one.hard")
+    (context / "pair/one.hard").unlink()
+    os.link(context / "pair/one.txt", context / "pair/one.hard")
     linked = build(context, storage=storage, source_date_epoch=0)
-    assert linked.image.config.rootfs.diff_ids[-1] != separate.image.config.rootfs.diff_ids[-1]
+    # COPY pair /linked/ keeps the link; COPY pair/one.txt pair/one.hard /separate/ does not
+    before, after = separate.image.config.rootfs.diff_ids, linked.image.config.rootfs.diff_ids
+    assert after[-2] != before[-2]
+    assert after[-1] == before[-1]
 
 
 def test_add_unpacks_only_tar_archives(context_of, build, tmp_path: Path) -> None:
@@ -231,3 +235,4 @@ def test_chown_with_an_empty_part_or_root(context_of, build, tmp_path: Path) -> 
     assert owners == {"group-only": (0, 50), "user-colon": (1000, 0), "colon-only": (0, 0),
                       "root-staff": (0, 50), "bare/own-root": (0, 0),
                       "bare/own-root-root": (0, 0)}
+
