@@ -172,7 +172,14 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
     # BuildKit copies each source (each wildcard match) on its own, keeping the hard
     # links within it: (source, st_dev, st_ino) -> the first copy written.
     linked: dict[tuple[int, int, int], Path] = {}
+    # A directory gets its source's mtime once what is copied into it is written (that
+    # changes it), before the next source is copied.
+    dir_times: list[tuple[Path, int]] = []
+    source = 0
     for it in items:
+        if it.source != source:
+            _set_dir_times(dir_times)
+            source = it.source
         target = upper / it.dest
         make_parents(upper, posixpath.dirname(it.dest), lookup, owner)
         if it.archive:
@@ -207,6 +214,7 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
             assert it.path is not None
             os.symlink(os.readlink(it.path), target)
             os.lchown(target, *(owner or (0, 0)))
+            os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
             continue
         elif stat.S_ISREG(st.st_mode):
             assert it.path is not None
@@ -222,8 +230,17 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
             continue  # sockets, devices, fifos are not copied (as BuildKit)
         os.chown(target, *(owner or (0, 0)))
         os.chmod(target, chmod if chmod is not None else mode)
-        if st is not None:
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            dir_times.append((target, st.st_mtime_ns))
+        elif st is not None:
             os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns))
+    _set_dir_times(dir_times)
+
+
+def _set_dir_times(dirs: list[tuple[Path, int]]) -> None:
+    for target, mtime_ns in dirs:
+        os.utime(target, ns=(mtime_ns, mtime_ns))
+    dirs.clear()
 
 
 def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: bool,

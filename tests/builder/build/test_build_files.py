@@ -236,3 +236,20 @@ def test_chown_with_an_empty_part_or_root(context_of, build, tmp_path: Path) -> 
                       "root-staff": (0, 50), "bare/own-root": (0, 0),
                       "bare/own-root-root": (0, 0)}
 
+
+def test_copy_keeps_the_mtimes_of_directories_and_symlinks(build, tmp_path: Path,
+                                                           busybox_ref: str) -> None:
+    context = tmp_path / "ctx"
+    (context / "tree/sub").mkdir(parents=True)
+    (context / "tree/sub/file.txt").write_text("x\n")
+    (context / "tree/link").symlink_to("sub/file.txt")
+    (context / "Dockerfile").write_text(f"FROM {busybox_ref}\nCOPY tree /copied/\n")
+    times = {"tree/sub/file.txt": 1_500_000_000, "tree/link": 1_400_000_000,
+             "tree/sub": 1_300_000_000}
+    for rel, mtime in times.items():  # children first: a write changes its directory
+        os.utime(context / rel, (mtime, mtime), follow_symlinks=False)
+    out = tmp_path / "out"
+    build(context, local=out)
+    got = {rel: int(os.lstat(out / "copied" / rel.removeprefix("tree/")).st_mtime)
+           for rel in times}
+    assert got == times
