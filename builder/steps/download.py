@@ -1,18 +1,22 @@
 """``ADD https://...``: a download into the build's scratch space, and its sha256
-(``--checksum``)."""
+(``--checksum``).
+
+As BuildKit's Dockerfile front end: the file is named after the URL path's last element
+(percent-decoded; ``__unnamed__`` when there is none), is mode 0600, and its mtime is
+the response's ``Last-Modified`` (the epoch without one)."""
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import os
-import posixpath
 import urllib.parse
 from pathlib import Path
 
 from .common import BuildError, StepEnv
 
-__all__ = ["download", "sha256_file"]
+__all__ = ["download", "download_name", "sha256_file"]
 
 
 def sha256_file(path: Path) -> str:
@@ -23,16 +27,31 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def download_name(url: str) -> str:
+    """The name ``ADD <url> <dir>/`` gives the download (Go's ``path.Base``)."""
+    path = urllib.parse.unquote(urllib.parse.urlparse(url).path).rstrip("/")
+    name = path.rsplit("/", 1)[-1]
+    return name if name not in ("", ".", "..") else "__unnamed__"
+
+
+def _last_modified(value: str | None) -> float:
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp() if value else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
 async def download(env: StepEnv, url: str, where: str) -> Path:
     import aiohttp
 
     d = env.scratch("add-")
-    name = posixpath.basename(urllib.parse.urlparse(url).path) or "index.html"
-    path = d / name
+    path = d / download_name(url)
+    mtime = 0.0
     try:
         async with aiohttp.ClientSession() as session, session.get(url) as resp:
             if resp.status != 200:
                 raise BuildError(where, f"downloading {url}: HTTP {resp.status}")
+            mtime = _last_modified(resp.headers.get("Last-Modified"))
             f = await asyncio.to_thread(open, path, "wb")
             try:
                 async for chunk in resp.content.iter_chunked(1 << 20):
@@ -42,4 +61,5 @@ async def download(env: StepEnv, url: str, where: str) -> Path:
     except aiohttp.ClientError as exc:
         raise BuildError(where, f"downloading {url}: {exc}") from exc
     os.chmod(path, 0o600)
+    os.utime(path, (mtime, mtime))
     return path

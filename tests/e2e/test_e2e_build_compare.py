@@ -14,6 +14,7 @@ Together the cases use every Dockerfile instruction (see each Dockerfile's heade
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -136,6 +138,8 @@ CASES = (
     Case("hardlink-sources", links=(("pair/one.txt", "pair/one.hard"),),
          expect="/linked/one.txt 2\n/linked/one.hard 2\n/separate/one.txt 1\n"
                 "/separate/one.hard 1\n/matched/one.txt 1\n/matched/one.hard 1\n"),
+    Case("add-urls", expect="__unnamed__ 600 0\ndated.txt 600 1557050400\ndir 600 0\n"
+                            "my file.txt 600 0\nserved for /files/dir/\n"),
     Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),
          flags=("--add-host", "db.internal:10.1.2.3", "--add-host", "cache.internal:10.1.2.4",
                 "--secret", "id=token,env=PYBUILD_COMPARE_TOKEN"),
@@ -315,6 +319,34 @@ def _diff(docker: dict[str, Entry], pybuild: dict[str, Entry]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def http_files() -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 for add-urls (the engine downloads from it): every
+    path answers with its own name; /files/dated.txt has a Last-Modified date."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"served for {self.path}\n".encode()
+            self.send_response(200)
+            if self.path == "/files/dated.txt":
+                self.send_header("Last-Modified", "Sun, 05 May 2019 10:00:00 GMT")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
 def ssh_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A running ssh-agent (no keys needed: the cases look at the socket) on a short path."""
     with running_ssh_agent("pybuild-compare") as sock:
@@ -330,6 +362,8 @@ def test_pybuild_and_docker_build_agree(
     args = {"BASE": base_ref, **case.build_args}
     if case.name == "onbuild-child":
         args["ONBUILD_BASE"] = request.getfixturevalue("onbuild_base_ref")
+    if case.name == "add-urls":
+        args["URL"] = request.getfixturevalue("http_files")
     context = _context(CASES_DIR / case.name, tmp_path)
     for existing, new in case.links:
         os.link(context / existing, context / new)

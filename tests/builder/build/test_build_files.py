@@ -253,3 +253,51 @@ def test_copy_keeps_the_mtimes_of_directories_and_symlinks(build, tmp_path: Path
     got = {rel: int(os.lstat(out / "copied" / rel.removeprefix("tree/")).st_mtime)
            for rel in times}
     assert got == times
+
+
+@pytest.fixture
+def http_files() -> Iterator[str]:
+    """A local HTTP server on 127.0.0.1 with a file that has a Last-Modified date, one
+    named with a space, and answers for a directory URL and the root; yields its URL."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"served for {self.path}\n".encode()
+            self.send_response(200)
+            if self.path == "/files/dated.txt":
+                self.send_header("Last-Modified", "Sun, 05 May 2019 10:00:00 GMT")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_add_of_urls_names_and_dates_the_files(build, tmp_path: Path, busybox_ref: str,
+                                               http_files: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\n"
+        + "".join(f"ADD {http_files}{path} /got/\n"
+                  for path in ("/files/dated.txt", "/files/my%20file.txt", "/files/dir/", "/")))
+    out = tmp_path / "out"
+    build(context, local=out)
+    got = {p.name: (p.read_text(), int(p.stat().st_mtime), p.stat().st_mode & 0o7777)
+           for p in (out / "got").iterdir()}
+    assert got == {
+        "dated.txt": ("served for /files/dated.txt\n", 1557050400, 0o600),
+        "my file.txt": ("served for /files/my%20file.txt\n", 0, 0o600),
+        "dir": ("served for /files/dir/\n", 0, 0o600),
+        "__unnamed__": ("served for /\n", 0, 0o600),
+    }
