@@ -141,12 +141,11 @@ def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> s
 
 
 def _destination(lowers: list[Path], dest: str) -> str:
-    """Where COPY writes: symlinked parents resolved; a final symlink followed only when
-    it names a directory (then the sources go into that directory)."""
-    dest = resolve_in_lowers(lowers, dest, follow_final=False)
-    followed = resolve_in_lowers(lowers, dest, follow_final=True)
-    st = lower_stat(lowers, followed.lstrip("/"))
-    return followed if st is not None and stat.S_ISDIR(st.st_mode) else dest
+    """Where COPY writes: the destination with every symlink on it resolved, the last
+    one too, as BuildKit resolves it: ``COPY tz /etc/localtime`` with ``/etc/localtime ->
+    /usr/share/zoneinfo/UTC`` writes the zoneinfo file and keeps the symlink (a symlink
+    to a directory receives the sources). Names inside the destination are not followed."""
+    return resolve_in_lowers(lowers, dest, follow_final=True)
 
 
 def _link_target(lowers: list[Path], rel: str) -> str:

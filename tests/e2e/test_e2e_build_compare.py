@@ -140,6 +140,7 @@ CASES = (
                 "/separate/one.hard 1\n/matched/one.txt 1\n/matched/one.hard 1\n"),
     Case("add-urls", expect="__unnamed__ 600 0\ndated.txt 600 1557050400\ndir 600 0\n"
                             "my file.txt 600 0\nserved for /files/dir/\n"),
+    Case("symlinked-dest", expect="new\nnew\nnew\nnew\nfrom-tree\no\nnew\nold\n1\n"),
     Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),
          flags=("--add-host", "db.internal:10.1.2.3", "--add-host", "cache.internal:10.1.2.4",
                 "--secret", "id=token,env=PYBUILD_COMPARE_TOKEN"),
