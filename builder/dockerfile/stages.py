@@ -10,8 +10,8 @@ A pure function layer (no I/O) that the stage scheduler runs before building:
 - ``--build-arg`` values override every ARG default of that name (global or stage).
 - The predefined proxy args (``HTTP_PROXY``, ``HTTPS_PROXY``, ``FTP_PROXY``,
   ``NO_PROXY``, ``ALL_PROXY`` and their lower-case forms) need no ARG: given as build
-  args they go to RUN's environment (:attr:`BuildPlan.proxy_env`), and they do not count
-  as unused.
+  args they go to RUN's environment (:attr:`BuildPlan.proxy_env`) under both spellings,
+  as BuildKit puts them there, and they do not count as unused.
 - ENV wins over an ARG of the same name in later instructions (Docker's reference rule),
   whichever came first.
 - Expanded, as Docker's reference lists: ADD, COPY, ENV, EXPOSE, FROM, LABEL,
@@ -70,10 +70,8 @@ __all__ = [
     "plan_build",
 ]
 
-PREDEFINED_ARGS = frozenset(
-    name for base in ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
-    for name in (base, base.lower())
-)
+_PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
+PREDEFINED_ARGS = frozenset(name for base in _PROXY_NAMES for name in (base, base.lower()))
 
 
 @dataclass(frozen=True)
@@ -230,11 +228,24 @@ def plan_build(
     else:
         target_index = len(stages) - 1
     needed = _needed(stages, target_index, tree.file)
-    proxy = {k: v for k, v in build_args.items() if k in PREDEFINED_ARGS}
+    proxy = _proxy_env(build_args)
     unused = tuple(sorted(k for k in build_args
                           if k not in consumed and k not in PREDEFINED_ARGS))
     return BuildPlan(tuple(stages), target_index, needed, global_args, proxy, unused,
                      tree.escape)
+
+
+def _proxy_env(build_args: Mapping[str, str]) -> dict[str, str]:
+    """The proxy build args as RUN's environment: as BuildKit, under both spellings
+    (``--build-arg HTTP_PROXY=x`` gives ``http_proxy=x`` too, which curl and apt read);
+    a name given in both spellings keeps each value."""
+    env: dict[str, str] = {}
+    for upper in _PROXY_NAMES:
+        given = [build_args[n] for n in (upper, upper.lower()) if n in build_args]
+        if given:
+            env[upper] = build_args.get(upper, given[0])
+            env[upper.lower()] = build_args.get(upper.lower(), given[0])
+    return env
 
 
 def _find_stage(ref: str, stages: list[Stage]) -> int | None:

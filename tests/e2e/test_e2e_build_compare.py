@@ -141,6 +141,9 @@ CASES = (
     Case("add-urls", expect="__unnamed__ 600 0\ndated.txt 600 1557050400\ndir 600 0\n"
                             "my file.txt 600 0\nserved for /files/dir/\n"),
     Case("symlinked-dest", expect="new\nnew\nnew\nnew\nfrom-tree\no\nnew\nold\n1\n"),
+    Case("proxy-args", {"HTTP_PROXY": "http://proxy.invalid:3128", "no_proxy": "localhost"},
+         expect="HTTP_PROXY=http://proxy.invalid:3128\nNO_PROXY=localhost\n"
+                "http_proxy=http://proxy.invalid:3128\nno_proxy=localhost\n0\n"),
     Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),
          flags=("--add-host", "db.internal:10.1.2.3", "--add-host", "cache.internal:10.1.2.4",
                 "--secret", "id=token,env=PYBUILD_COMPARE_TOKEN"),
