@@ -245,7 +245,10 @@ class StageScheduler:
         label = self.prefix + (f"{stage.display_name} " if len(self.plan.stages) > 1 else "")
         n = env.progress.start(f"[{label}1/{total}] FROM {head.image}")
         env.progress.done(n)
-        args: dict[str, str] = {}
+        # A stage built FROM another keeps that stage's build args in RUN's environment
+        # (BuildKit carries them over; the plan expands with them already).
+        args: dict[str, str] = dict(self.plan.stages[stage.base_stage].args) \
+            if stage.base_stage is not None else {}
         cmd_set = [False]
         k = 1
         for i, ins in enumerate(body):

@@ -144,6 +144,8 @@ CASES = (
     Case("proxy-args", {"HTTP_PROXY": "http://proxy.invalid:3128", "no_proxy": "localhost"},
          expect="HTTP_PROXY=http://proxy.invalid:3128\nNO_PROXY=localhost\n"
                 "http_proxy=http://proxy.invalid:3128\nno_proxy=localhost\n0\n"),
+    Case("stage-args", {"FROM_CLI": "given"},
+         expect="deps: 1.0\nversion=1.0 cli=given unset=yes\nenv:\n"),
     Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),
          flags=("--add-host", "db.internal:10.1.2.3", "--add-host", "cache.internal:10.1.2.4",
                 "--secret", "id=token,env=PYBUILD_COMPARE_TOKEN"),

@@ -301,3 +301,16 @@ def test_add_of_urls_names_and_dates_the_files(build, tmp_path: Path, busybox_re
         "dir": ("served for /files/dir/\n", 0, 0o600),
         "__unnamed__": ("served for /\n", 0, 0o600),
     }
+
+
+def test_a_stage_from_a_stage_keeps_its_build_args_in_run(build, tmp_path: Path,
+                                                          busybox_ref: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref} AS deps\nARG VERSION=1.0\nARG FROM_CLI\nRUN true\n"
+        "FROM deps\nRUN echo \"$VERSION $FROM_CLI\" > /args.txt\n")
+    out = tmp_path / "out"
+    result = build(context, local=out, build_args={"FROM_CLI": "given"})
+    assert (out / "args.txt").read_text() == "1.0 given\n"
+    assert not any(e.startswith(("VERSION=", "FROM_CLI=")) for e in result.image.config.config.env)
