@@ -6,7 +6,8 @@ wildcard) need a destination ending in ``/``; a destination ending in ``/`` or n
 existing directory receives the source by its base name; a relative destination is
 relative to WORKDIR; missing parents are created (0755, root). Parents that exist in the
 stage keep their metadata (they are copied up as overlayfs would). ``--chown`` takes
-ids or names from the stage's /etc/passwd and /etc/group; ``--chmod`` octal; ``--exclude``
+ids or names from the stage's /etc/passwd and /etc/group; ``--chmod`` octal or symbolic
+(:mod:`.chmod`); ``--exclude``
 patterns (``.dockerignore`` syntax) relative to the source. ``ADD`` unpacks a local
 tar archive (plain, gzip, bzip2, xz, zstd; told by its content, see :mod:`.archives`)
 safely and downloads ``http(s)://`` URLs.
@@ -43,6 +44,7 @@ from ..layers.rootwalk import SymlinkLoop, walk_in_root
 from ..sandbox.rootfs import lower_stat, read_from_lowers
 from ..sandbox.userns import unmapped_owner
 from .archives import is_archive, open_archive
+from .chmod import ModeChange, parse_chmod
 from .common import (
     BuildError,
     StepEnv,
@@ -167,7 +169,7 @@ def _one_directory(sources: list[str], parents: bool) -> str:
 
 
 def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int, int] | None,
-           chmod: int | None) -> None:
+           chmod: ModeChange | None) -> None:
     # BuildKit copies each source (each wildcard match) on its own, keeping the hard
     # links within it: (source, st_dev, st_ino) -> the first copy written.
     linked: dict[tuple[int, int, int], Path] = {}
@@ -192,7 +194,7 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
         if it.data is not None:  # a heredoc file: 0644 (or --chmod), root or --chown
             target.write_bytes(it.data)
             os.chown(target, *(owner or (0, 0)))
-            os.chmod(target, chmod if chmod is not None else 0o644)
+            os.chmod(target, chmod.apply(0o644, False) if chmod is not None else 0o644)
             continue
         if it.path is None and it.st is None:
             # The destination of a directory's contents, as BuildKit makes it: an existing
@@ -228,7 +230,8 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
         else:
             continue  # sockets, devices, fifos are not copied (as BuildKit)
         os.chown(target, *(owner or (0, 0)))
-        os.chmod(target, chmod if chmod is not None else mode)
+        os.chmod(target, chmod.apply(mode, stat.S_ISDIR(st.st_mode) if st else True)
+                 if chmod is not None else mode)
         if st is not None and stat.S_ISDIR(st.st_mode):
             dir_times.append((target, st.st_mtime_ns))
         elif st is not None:
@@ -415,11 +418,13 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     owner = (facts["owner"][0], facts["owner"][1]) if facts["owner"] else None
     _check_mapped(owner, where, f"--chown={ins.chown}")
     try:
-        chmod = int(ins.chmod, 8) if ins.chmod else None
-    except ValueError:
-        raise BuildError(where, f"--chmod={ins.chmod}: use an octal mode like 0644") from None
+        chmod = parse_chmod(ins.chmod) if ins.chmod else None
+    except ValueError as exc:
+        raise BuildError(where, f"--chmod={ins.chmod}: {exc}; use an octal mode like 0644 or "
+                         "a symbolic one like u+x or u=rwX,go=rX") from None
     inputs: dict[str, Any] = {"files": hashes, "dest": dest, "chown": list(owner or ()),
-                              "chmod": chmod}
+                              "chmod": (int(ins.chmod, 8) if ins.chmod[:1].isdigit()
+                                        else ins.chmod) if chmod else None}
     flags = []
     if parents:
         flags.append("--parents")

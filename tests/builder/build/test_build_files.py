@@ -314,3 +314,25 @@ def test_a_stage_from_a_stage_keeps_its_build_args_in_run(build, tmp_path: Path,
     result = build(context, local=out, build_args={"FROM_CLI": "given"})
     assert (out / "args.txt").read_text() == "1.0 given\n"
     assert not any(e.startswith(("VERSION=", "FROM_CLI=")) for e in result.image.config.config.env)
+
+
+def test_copy_chmod_symbolic(build, tmp_path: Path, busybox_ref: str) -> None:
+    context = tmp_path / "ctx"
+    (context / "app/bin").mkdir(parents=True)
+    (context / "app/bin/run.sh").write_text("#!/bin/sh\n")
+    (context / "app/notes.txt").write_text("notes\n")
+    os.chmod(context / "app/bin/run.sh", 0o700)
+    os.chmod(context / "app/notes.txt", 0o600)
+    os.chmod(context / "app/bin", 0o700)
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\nCOPY --chmod=u=rwX,go=rX app /app/\n"
+        "COPY --chmod=+x app/notes.txt /usr/local/bin/notes\n")
+    out = tmp_path / "out"
+    build(context, local=out)
+    modes = {p: (out / p).stat().st_mode & 0o7777
+             for p in ("app/bin", "app/bin/run.sh", "app/notes.txt", "usr/local/bin/notes")}
+    assert modes == {"app/bin": 0o755, "app/bin/run.sh": 0o755, "app/notes.txt": 0o644,
+                     "usr/local/bin/notes": 0o711}
+    (context / "Dockerfile").write_text(f"FROM {busybox_ref}\nCOPY --chmod=u+q app /app/\n")
+    with pytest.raises(BuildError, match=r"--chmod=u\+q: .*symbolic one like u\+x"):
+        build(context)
