@@ -146,6 +146,7 @@ CASES = (
                 "http_proxy=http://proxy.invalid:3128\nno_proxy=localhost\n0\n"),
     Case("stage-args", {"FROM_CLI": "given"},
          expect="deps: 1.0\nversion=1.0 cli=given unset=yes\nenv:\n"),
+    Case("empty-commands", command=("echo", "cleared"), expect="cleared\n"),
     Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),
          flags=("--add-host", "db.internal:10.1.2.3", "--add-host", "cache.internal:10.1.2.4",
                 "--secret", "id=token,env=PYBUILD_COMPARE_TOKEN"),
@@ -277,9 +278,11 @@ def _type(member: tarfile.TarInfo) -> str:
     return f"special:{member.type!r}"
 
 
-def _filesystem(engine: DockerEngine, image: str, dest: Path) -> dict[str, Entry]:
-    """The root filesystem of a container of ``image`` (``docker export``), by path."""
-    container = engine.run("create", "--network", "none", image).stdout.strip()
+def _filesystem(engine: DockerEngine, image: str, dest: Path,
+                command: tuple[str, ...] = ()) -> dict[str, Entry]:
+    """The root filesystem of a container of ``image`` (``docker export``), by path;
+    ``command`` for an image that has none."""
+    container = engine.run("create", "--network", "none", image, *command).stdout.strip()
     archive = dest / f"{container}.tar"
     try:
         engine.run("export", "-o", str(archive), container)
@@ -406,8 +409,8 @@ def test_pybuild_and_docker_build_agree(
         assert case.expect in docker_out
 
         # ...the same files...
-        docker_fs = _filesystem(docker_engine, docker_tag, tmp_path)
-        pybuild_fs = _filesystem(docker_engine, pybuild_tag, tmp_path)
+        docker_fs = _filesystem(docker_engine, docker_tag, tmp_path, case.command)
+        pybuild_fs = _filesystem(docker_engine, pybuild_tag, tmp_path, case.command)
         assert "bin/busybox" in docker_fs
         for path in sorted(case.stub_dirs, key=lambda p: p.count("/"), reverse=True):
             stub = docker_fs.pop(path, None)

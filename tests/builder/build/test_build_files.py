@@ -336,3 +336,17 @@ def test_copy_chmod_symbolic(build, tmp_path: Path, busybox_ref: str) -> None:
     (context / "Dockerfile").write_text(f"FROM {busybox_ref}\nCOPY --chmod=u+q app /app/\n")
     with pytest.raises(BuildError, match=r"--chmod=u\+q: .*symbolic one like u\+x"):
         build(context)
+
+
+def test_empty_exec_forms_clear_cmd_and_entrypoint(build, tmp_path: Path,
+                                                   busybox_ref: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {busybox_ref}\nENTRYPOINT []\nCMD []\n")
+    oci = tmp_path / "oci"
+    result = build(context, oci=oci)
+    assert result.image.config.config.cmd is None
+    assert result.image.config.config.entrypoint is None
+    config = json.loads((oci / "blobs/sha256" / result.image.manifest.config.digest.encoded)
+                        .read_bytes())
+    assert "Cmd" not in config["config"] and "Entrypoint" not in config["config"]
