@@ -56,7 +56,7 @@ from .common import (
     valid_files,
 )
 from .copyup import DirLookup, copy_up_lookup, lowers_lookup, make_parents, no_copy_up
-from .download import download, sha256_file
+from .download import check_checksum_sources, download, sha256_file
 from .metadata import resolve_workdir
 from .parents import resolve_parents
 
@@ -327,6 +327,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     """Execute (or reuse from the cache) one COPY or ADD."""
     where = env.where(ins)
     add = isinstance(ins, Add)
+    if isinstance(ins, Add) and ins.checksum:
+        check_checksum_sources(ins, where)
     dest_raw = ins.dest
     link = ins.link and not ins.chmod
     abs_dest = resolve_workdir(state, dest_raw)

@@ -14,9 +14,21 @@ import os
 import urllib.parse
 from pathlib import Path
 
+from ..dockerfile.instructions import Add
 from .common import BuildError, StepEnv
 
-__all__ = ["download", "download_name", "sha256_file"]
+__all__ = ["check_checksum_sources", "download", "download_name", "sha256_file"]
+
+
+def check_checksum_sources(ins: Add, where: str) -> None:
+    """``ADD --checksum`` verifies one download, as BuildKit requires (it is not silently
+    ignored for a local file)."""
+    if len(ins.sources) + len(ins.files) != 1:
+        raise BuildError(where, "--checksum can't be used with several sources: give each "
+                         "URL an ADD --checksum of its own")
+    if not ins.sources or not ins.sources[0].startswith(("http://", "https://")):
+        raise BuildError(where, "--checksum needs an http(s) URL source; a file of the build "
+                         "context is not checked: remove --checksum or ADD the file's URL")
 
 
 def sha256_file(path: Path) -> str:

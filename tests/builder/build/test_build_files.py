@@ -350,3 +350,19 @@ def test_empty_exec_forms_clear_cmd_and_entrypoint(build, tmp_path: Path,
     config = json.loads((oci / "blobs/sha256" / result.image.manifest.config.digest.encoded)
                         .read_bytes())
     assert "Cmd" not in config["config"] and "Entrypoint" not in config["config"]
+
+
+@pytest.mark.parametrize("sources,message", [
+    ("notes.txt", "needs an http"),
+    ("http://127.0.0.1:1/a.txt http://127.0.0.1:1/b.txt", "several sources"),
+])
+def test_add_checksum_needs_one_url(build, tmp_path: Path, busybox_ref: str, sources: str,
+                                    message: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "notes.txt").write_text("local\n")
+    digest = "sha256:" + "0" * 64
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\nADD --checksum={digest} {sources} /dest/\n")
+    with pytest.raises(BuildError, match=message):
+        build(context)
