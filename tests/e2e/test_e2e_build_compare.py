@@ -147,6 +147,8 @@ CASES = (
     Case("stage-args", {"FROM_CLI": "given"},
          expect="deps: 1.0\nversion=1.0 cli=given unset=yes\nenv:\n"),
     Case("empty-commands", command=("echo", "cleared"), expect="cleared\n"),
+    Case("scratch-final",
+         expect="/\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
     Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),
          flags=("--add-host", "db.internal:10.1.2.3", "--add-host", "cache.internal:10.1.2.4",
                 "--secret", "id=token,env=PYBUILD_COMPARE_TOKEN"),

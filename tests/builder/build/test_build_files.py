@@ -366,3 +366,13 @@ def test_add_checksum_needs_one_url(build, tmp_path: Path, busybox_ref: str, sou
         f"FROM {busybox_ref}\nADD --checksum={digest} {sources} /dest/\n")
     with pytest.raises(BuildError, match=message):
         build(context)
+
+
+def test_scratch_config_starts_as_buildkit_s(build, tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "f.txt").write_text("x\n")
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY f.txt /\n")
+    cfg = build(context).image.config.config
+    assert cfg.working_dir == "/"
+    assert cfg.env == ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
