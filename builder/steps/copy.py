@@ -33,7 +33,6 @@ from typing import Any
 
 import blake3
 
-from ..accounts import find_group, find_user, read_group, read_passwd
 from ..context import ContextError, Source, SourceTree, hash_path
 from ..dockerfile.instructions import Add, Copy, Workdir
 from ..ignore import IgnoreMatcher
@@ -41,8 +40,7 @@ from ..image import ImageState
 from ..layers.changeset import path_sort_key
 from ..layers.errors import LayerError
 from ..layers.rootwalk import SymlinkLoop, walk_in_root
-from ..sandbox.rootfs import lower_stat, read_from_lowers
-from ..sandbox.userns import unmapped_owner
+from ..sandbox.rootfs import lower_stat
 from .archives import is_archive, open_archive
 from .chmod import ModeChange, parse_chmod
 from .common import (
@@ -58,6 +56,7 @@ from .common import (
 from .copyup import DirLookup, copy_up_lookup, lowers_lookup, make_parents, no_copy_up
 from .download import check_checksum_sources, download, sha256_file
 from .metadata import resolve_workdir
+from .owners import check_mapped, chown_ids, workdir_owner
 from .parents import resolve_parents
 
 __all__ = ["copy_instruction", "workdir_instruction"]
@@ -75,57 +74,6 @@ class _Item:
     archive: bool = False
     data: bytes | None = None
     source: int = 0
-
-
-def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
-    """``--chown=user[:group]`` as ids: a number is used as is, a name is looked up in
-    the stage's /etc/passwd or /etc/group (BuildError when it is not there); without a
-    group, a named user's primary group, else the uid. As BuildKit, ``root`` is 0
-    without a lookup and an empty part is 0 (``:staff``, ``tester:``)."""
-    user, colon, group = spec.partition(":")
-    found = None
-    if user in ("", "root"):
-        user = "0"
-    if colon and group in ("", "root"):
-        group = "0"
-    if not user.isdigit():
-        found = find_user(read_passwd(read_from_lowers(lowers, "etc/passwd")), user)
-        if found is None:
-            raise BuildError(where, f"--chown: no user {user!r} in the image's /etc/passwd")
-    uid = int(user) if found is None else found.uid
-    if group:
-        if group.isdigit():
-            return uid, int(group)
-        entry = find_group(read_group(read_from_lowers(lowers, "etc/group")), group)
-        if entry is None:
-            raise BuildError(where, f"--chown: no group {group!r} in the image's /etc/group")
-        return uid, entry.gid
-    if found is None or found.gid is None:
-        return uid, uid
-    return uid, found.gid
-
-
-def _check_mapped(owner: tuple[int, int] | None, where: str, what: str) -> None:
-    """A non-root build can give files only the ids its user namespace maps."""
-    if owner is not None and (problem := unmapped_owner(*owner)) is not None:
-        raise BuildError(where, f"{what}: {problem}")
-
-
-def _workdir_owner(spec: str, lowers: list[Path]) -> tuple[int, int]:
-    """The owner BuildKit gives directories WORKDIR creates under ``USER spec``: names
-    looked up as for ``--chown``, but leniently (a user /etc/passwd lacks is root, a
-    group /etc/group lacks leaves the user's group), since USER need not exist."""
-    user, _, group = spec.partition(":")
-    try:
-        uid, gid = _chown_ids(user, lowers, "WORKDIR")
-    except BuildError:
-        uid, gid = 0, 0
-    if group:
-        try:
-            gid = _chown_ids(f"0:{group}", lowers, "WORKDIR")[1]
-        except BuildError:
-            pass
-    return uid, gid
 
 
 def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> str:
@@ -337,7 +285,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         lowers = [] if link else stage_lowers  # a linked layer never sees the stage's files
         dest = _destination(lowers, abs_dest)
         st = lower_stat(lowers, dest.lstrip("/"))
-        owner = _chown_ids(ins.chown, stage_lowers, where) if ins.chown else None
+        owner = chown_ids(ins.chown, stage_lowers, where) if ins.chown else None
         return {"dest": dest, "dir": st is not None and stat.S_ISDIR(st.st_mode),
                 "owner": list(owner) if owner else None}
 
@@ -418,7 +366,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         local_items, found = await plan_local()
         hashes.update(found)
     owner = (facts["owner"][0], facts["owner"][1]) if facts["owner"] else None
-    _check_mapped(owner, where, f"--chown={ins.chown}")
+    check_mapped(owner, where, f"--chown={ins.chown}")
     try:
         chmod = parse_chmod(ins.chmod) if ins.chmod else None
     except ValueError as exc:
@@ -463,7 +411,7 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
     user = state.config.user
 
     def compute(lowers: list[Path]) -> dict[str, Any]:
-        owner = _workdir_owner(user, lowers) if user else None
+        owner = workdir_owner(user, lowers) if user else None
         return {"dest": resolve_in_lowers(lowers, path, follow_final=True), "dir": True,
                 "owner": list(owner) if owner else None}
 
@@ -472,7 +420,7 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
     target: str = facts["dest"]
     owner = (facts["owner"][0], facts["owner"][1]) if facts["owner"] else None
     if owner is not None:
-        _check_mapped(owner, env.where(ins), f"USER {user}")
+        check_mapped(owner, env.where(ins), f"USER {user}")
 
     async def produce(n: int) -> Path:
         upper = _upper_dir(env)
