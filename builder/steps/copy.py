@@ -98,6 +98,20 @@ def _destination(lowers: list[Path], dest: str) -> str:
     return resolve_in_lowers(lowers, dest, follow_final=True)
 
 
+def _no_file_in_the_way(lowers: list[Path], dest: str, is_dir: bool, where: str) -> None:
+    """BuildError when a directory ``dest`` needs (a parent, or ``dest`` itself when
+    ``is_dir``) is a file of the stage: BuildKit fails there ("not a directory") rather
+    than replace the file."""
+    parts = dest.strip("/").split("/")
+    for n in range(1, len(parts) + (1 if is_dir else 0)):
+        path = "/".join(parts[:n])
+        st = lower_stat(lowers, path)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise BuildError(where, f"/{path} is a file in the image, not a directory, so "
+                             f"{dest} cannot be made; fix the destination, or remove the "
+                             "file in an earlier step")
+
+
 def _link_target(lowers: list[Path], rel: str) -> str:
     for lower in lowers:
         p = lower / rel
@@ -284,6 +298,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     def compute(stage_lowers: list[Path]) -> dict[str, Any]:
         lowers = [] if link else stage_lowers  # a linked layer never sees the stage's files
         dest = _destination(lowers, abs_dest)
+        _no_file_in_the_way(lowers, dest, dest_raw.endswith("/"), where)
         st = lower_stat(lowers, dest.lstrip("/"))
         owner = chown_ids(ins.chown, stage_lowers, where) if ins.chown else None
         return {"dest": dest, "dir": st is not None and stat.S_ISDIR(st.st_mode),
@@ -412,8 +427,9 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
 
     def compute(lowers: list[Path]) -> dict[str, Any]:
         owner = workdir_owner(user, lowers) if user else None
-        return {"dest": resolve_in_lowers(lowers, path, follow_final=True), "dir": True,
-                "owner": list(owner) if owner else None}
+        dest = resolve_in_lowers(lowers, path, follow_final=True)
+        _no_file_in_the_way(lowers, dest, True, env.where(ins))
+        return {"dest": dest, "dir": True, "owner": list(owner) if owner else None}
 
     facts = await lower_facts(env, state, {"ins": f"WORKDIR {path}", "user": user or ""},
                               compute, valid_facts)

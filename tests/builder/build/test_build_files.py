@@ -376,3 +376,15 @@ def test_scratch_config_starts_as_buildkit_s(build, tmp_path: Path) -> None:
     cfg = build(context).image.config.config
     assert cfg.working_dir == "/"
     assert cfg.env == ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
+
+
+@pytest.mark.parametrize("line", ["COPY f.txt /etc/passwd/x", "COPY f.txt /etc/passwd/",
+                                  "WORKDIR /etc/passwd/sub"])
+def test_a_file_in_the_way_of_a_directory_fails_the_step(build, tmp_path: Path,
+                                                        busybox_ref: str, line: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "f.txt").write_text("x\n")
+    (context / "Dockerfile").write_text(f"FROM {busybox_ref}\n{line}\n")
+    with pytest.raises(BuildError, match="/etc/passwd is a file in the image, not a directory"):
+        build(context)
