@@ -207,7 +207,7 @@ def _set_dir_times(dirs: list[tuple[Path, int]]) -> None:
     dirs.clear()
 
 
-def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: bool,
+def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpack: bool,
           excludes: IgnoreMatcher) -> tuple[list[_Item], dict[str, str]]:
     items: list[_Item] = []
     hashes: dict[str, str] = {}
@@ -239,7 +239,7 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: 
         st = os.stat(src.path)
         name = posixpath.basename(src.rel)
         target = f"{dest.rstrip('/')}/{name}" if dest_is_dir else dest
-        if add and is_archive(src.path):
+        if unpack and is_archive(src.path):
             items.append(_Item(dest.rstrip("/"), src.path, st, archive=True, source=i))
         else:
             items.append(_Item(target.lstrip("/"), src.path, st, source=i))
@@ -289,6 +289,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     """Execute (or reuse from the cache) one COPY or ADD."""
     where = env.where(ins)
     add = isinstance(ins, Add)
+    # ADD unpacks a local archive unless --unpack=false, a download only with --unpack
+    unpack_local = isinstance(ins, Add) and ins.unpack is not False
     if isinstance(ins, Add) and ins.checksum:
         check_checksum_sources(ins, where)
     dest_raw = ins.dest
@@ -344,7 +346,10 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
                                      f"is {got}")
             hashes[s] = await asyncio.to_thread(hash_path, path, os.stat(path))
             target = f"{dest.rstrip('/')}/{fname}" if dest_is_dir else dest
-            items.append(_Item(target.lstrip("/"), path, os.stat(path)))
+            if isinstance(ins, Add) and ins.unpack and is_archive(path):
+                items.append(_Item(dest.strip("/"), path, os.stat(path), archive=True))
+            else:
+                items.append(_Item(target.lstrip("/"), path, os.stat(path)))
         else:
             local.append(s)
     excludes = IgnoreMatcher.from_lines(list(ins.exclude))
@@ -358,7 +363,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
                 return await asyncio.to_thread(_plan_parents, tree, local, dest.lstrip("/"),
                                                excludes)
             return await asyncio.to_thread(_plan, tree, local, dest.lstrip("/"),
-                                           dest_is_dir, add, excludes)
+                                           dest_is_dir, unpack_local, excludes)
         except ContextError as exc:
             raise BuildError(where, str(exc)) from exc
 

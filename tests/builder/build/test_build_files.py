@@ -4,9 +4,11 @@ instructions, ONBUILD, secrets and cache mounts, and the CLI's plain progress.""
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import subprocess
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,10 +260,13 @@ def test_copy_keeps_the_mtimes_of_directories_and_symlinks(build, tmp_path: Path
 @pytest.fixture
 def http_files() -> Iterator[str]:
     """A local HTTP server on 127.0.0.1 with a file that has a Last-Modified date, one
-    named with a space, and answers for a directory URL and the root; yields its URL."""
+    named with a space, a tar.gz (/files/app.tar.gz), and answers for a directory URL and
+    the root; yields its URL."""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             body = f"served for {self.path}\n".encode()
+            if self.path == "/files/app.tar.gz":
+                body = _tar_gz({"app/remote.txt": b"from a remote archive\n"})
             self.send_response(200)
             if self.path == "/files/dated.txt":
                 self.send_header("Last-Modified", "Sun, 05 May 2019 10:00:00 GMT")
@@ -281,6 +286,34 @@ def http_files() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def _tar_gz(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_add_unpack_flag(build, tmp_path: Path, busybox_ref: str, http_files: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "local.tar.gz").write_bytes(_tar_gz({"local.txt": b"local\n"}))
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\n"
+        f"ADD --unpack=true {http_files}/files/app.tar.gz /remote/\n"
+        f"ADD {http_files}/files/app.tar.gz /remote-kept/\n"
+        "ADD --unpack=false local.tar.gz /local-kept/\n"
+        "ADD local.tar.gz /local/\n")
+    out = tmp_path / "out"
+    build(context, local=out)
+    assert (out / "remote/app/remote.txt").read_text() == "from a remote archive\n"
+    assert (out / "remote-kept/app.tar.gz").is_file()
+    assert (out / "local-kept/local.tar.gz").read_bytes() == (context / "local.tar.gz").read_bytes()
+    assert (out / "local/local.txt").read_text() == "local\n"
 
 
 def test_add_of_urls_names_and_dates_the_files(build, tmp_path: Path, busybox_ref: str,
