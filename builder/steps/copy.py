@@ -54,7 +54,7 @@ from .common import (
     valid_files,
 )
 from .copyup import DirLookup, copy_up_lookup, lowers_lookup, make_parents, no_copy_up
-from .download import check_checksum_sources, download, sha256_file
+from .download import check_checksum_sources, check_not_git, download, sha256_file
 from .metadata import resolve_workdir
 from .owners import check_mapped, chown_ids, workdir_owner
 from .parents import resolve_parents
@@ -336,6 +336,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         hashes[f"<<{f.name}"] = blake3.blake3(f.data.encode()).hexdigest()[:32]
     local = []
     for s in ins.sources:
+        if add:
+            check_not_git(s, where)
         if add and s.startswith(("http://", "https://")):
             path = await download(env, s, where)
             fname = posixpath.basename(str(path))

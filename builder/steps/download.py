@@ -17,7 +17,8 @@ from pathlib import Path
 from ..dockerfile.instructions import Add
 from .common import BuildError, StepEnv
 
-__all__ = ["check_checksum_sources", "download", "download_name", "sha256_file"]
+__all__ = ["check_checksum_sources", "check_not_git", "download", "download_name",
+           "sha256_file"]
 
 
 def check_checksum_sources(ins: Add, where: str) -> None:
@@ -29,6 +30,19 @@ def check_checksum_sources(ins: Add, where: str) -> None:
     if not ins.sources or not ins.sources[0].startswith(("http://", "https://")):
         raise BuildError(where, "--checksum needs an http(s) URL source; a file of the build "
                          "context is not checked: remove --checksum or ADD the file's URL")
+
+
+def check_not_git(source: str, where: str) -> None:
+    """BuildError for an ``ADD`` source BuildKit would clone as a Git repository
+    (``git@host:repo``, ``git://``, ``ssh://``, an http(s) URL ending in ``.git``):
+    pybuild does not clone, and downloading the URL or reading a context file by that
+    name would add something else."""
+    url = urllib.parse.urlparse(source)
+    if source.startswith(("git@", "git://", "ssh://")) or (
+            url.scheme in ("http", "https") and url.path.rstrip("/").endswith(".git")):
+        raise BuildError(where, f"{source}: ADD of a Git repository is not supported by "
+                         "pybuild; clone it in a RUN step (RUN git clone ...) or COPY a "
+                         "checkout from the build context")
 
 
 def sha256_file(path: Path) -> str:
