@@ -19,6 +19,7 @@ inode, device, mode) has not changed, and hashes the others in threads.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import os
 import posixpath
 import stat
@@ -142,12 +143,18 @@ class SourceTree:
     def excluded(self, rel: str) -> bool:
         return bool(rel) and self.matcher.excluded(rel)
 
-    def resolve(self, src: str) -> list[Source]:
-        """The sources ``src`` names, sorted; ContextError when none exists."""
+    def resolve(self, src: str, *, allow_empty_wildcard: bool = False) -> list[Source]:
+        """The sources ``src`` names, sorted; ContextError when none exists.
+
+        With ``allow_empty_wildcard`` (COPY and ADD, as BuildKit's Dockerfile front end
+        asks for), a wildcard that matches nothing names no sources, as long as the
+        directory above its first wildcard exists: ``COPY pom.xml target/lib* /app/``."""
         rel = self._clean(src)
         parts = rel.split("/") if rel else []
         if any(set(p) & _GLOB for p in parts):
             rels = self._glob(parts)
+            if not rels and allow_empty_wildcard and self._wildcard_base_exists(parts):
+                return []
         else:
             rels = [rel] if not self.excluded(rel) and (
                 os.path.lexists(self.root / rel) or not self.strict) else []
@@ -163,6 +170,14 @@ class SourceTree:
             hint = " (or it is excluded by .dockerignore)" if self.strict else ""
             raise ContextError(f"{src!r} not found in the {self.what}{hint}")
         return out
+
+    def _wildcard_base_exists(self, parts: list[str]) -> bool:
+        base = "/".join(itertools.takewhile(lambda p: not set(p) & _GLOB, parts))
+        try:
+            return (not base or not self.excluded(base)) and os.path.isdir(
+                self._real(base, base) if base else self.root)
+        except ContextError:
+            return False
 
     def _glob(self, parts: list[str]) -> list[str]:
         found = [""]

@@ -106,7 +106,8 @@ class ImageState:
 
     @classmethod
     def scratch(cls) -> ImageState:
-        return cls(ContainerConfig(env=(f"PATH={DEFAULT_PATH}",)))
+        """``FROM scratch``'s config, as BuildKit starts it: the default PATH, WorkingDir /."""
+        return cls(ContainerConfig(env=(f"PATH={DEFAULT_PATH}",), working_dir="/"))
 
     @classmethod
     def from_config(cls, cfg: ImageConfig, layers: list[LayerRef], key: str) -> ImageState:

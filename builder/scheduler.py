@@ -10,7 +10,8 @@ stage's task at the point of use, so independent stages overlap and stages the t
 does not need never run. Filesystem steps go through
 :func:`builder.steps.common.layer_step` (cache, layers, extracted layers); metadata
 instructions only change the stage's :class:`ImageState`. A base image's ``ONBUILD``
-triggers run first in the stage that uses it (unexpanded, as Docker), then are dropped.
+triggers are the first instructions of the stage that uses it (the plan puts them there,
+expanded like the rest); the base's ``OnBuild`` is not inherited further.
 """
 
 from __future__ import annotations
@@ -18,26 +19,22 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 
 from cas.errors import StorageFull, full_cause
 from registry.oci import Platform
 
 from .base import BaseImage, BaseImageError, resolve_base
-from .dockerfile.errors import DockerfileError
-from .dockerfile.instruction_parsers import parse_dockerfile
 from .dockerfile.instructions import (
     Add,
     Arg,
     Copy,
     From,
-    Instruction,
     Run,
     Workdir,
 )
 from .dockerfile.stages import BuildPlan, Stage, plan_build
-from .dockerfile.syntax import SyntaxTree, parse
+from .dockerfile.syntax import SyntaxTree
 from .image import ImageState
 from .steps.common import BuildError, StepEnv
 from .steps.copy import copy_instruction, workdir_instruction
@@ -70,10 +67,12 @@ async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
     first = plan_build(tree, build_args, target, target_platform=target_p)
     if named:  # --build-context: a replaced stage needs nothing of its own
         first = named.prune(first)
-    wanted = sorted({(ref, str(stage_platform(s, target_p, env.dockerfile)))
-                     for i in first.needed
-                     if (ref := (s := first.stages[i]).base_image) and ref.lower() != "scratch"
-                     and not (named and named.replaces(s))})
+
+    def wanted_by(p: BuildPlan) -> list[tuple[str, str]]:
+        return sorted({(ref, str(stage_platform(s, target_p, env.dockerfile)))
+                       for i in p.needed
+                       if (ref := (s := p.stages[i]).base_image) and ref.lower() != "scratch"
+                       and not (named and named.replaces(s))})
 
     async def load(ref: str, plat: str) -> BaseImage:
         try:
@@ -94,30 +93,31 @@ async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
                         if s.base_image == ref)
             raise BuildError(f"{env.dockerfile}:{line}: FROM", str(exc)) from exc
 
-    # One platform of a reference at a time: the local image store keeps one platform
-    # of a registry reference, so two pulls of it at once could read each other's.
-    by_ref: dict[str, list[str]] = {}
-    for r, p in wanted:
-        by_ref.setdefault(r, []).append(p)
-
     async def load_platforms(ref: str, plats: list[str]) -> list[BaseImage]:
         return [await load(ref, p) for p in plats]
 
-    loaded = await asyncio.gather(*(load_platforms(r, ps) for r, ps in by_ref.items()))
-    bases = {(r, p): b for (r, ps), got in zip(by_ref.items(), loaded)
-             for p, b in zip(ps, got)}
-    image_env = {ref: ImageState.from_config(b.config, [], "").env_map()
-                 for (ref, _), b in bases.items()}
-    second = plan_build(tree, build_args, target, target_platform=target_p,
-                        image_env=image_env)
-    return (named.prune(second) if named else second), bases
-
-
-def _trigger(text: str, where: str) -> Instruction:
-    try:
-        return parse_dockerfile(parse(f"FROM scratch\n{text}\n"))[1]
-    except (DockerfileError, IndexError) as exc:
-        raise BuildError(where, f"ONBUILD trigger {text!r} of the base image: {exc}") from exc
+    bases: dict[tuple[str, str], BaseImage] = {}
+    current = first
+    # A base's ONBUILD triggers may need further stages (COPY --from), whose bases are
+    # read in turn: plan again until no stage needs a base not read yet.
+    while missing := [w for w in wanted_by(current) if w not in bases]:
+        # One platform of a reference at a time: the local image store keeps one
+        # platform of a registry reference, so two pulls of it at once could read each
+        # other's.
+        by_ref: dict[str, list[str]] = {}
+        for r, p in missing:
+            by_ref.setdefault(r, []).append(p)
+        loaded = await asyncio.gather(*(load_platforms(r, ps) for r, ps in by_ref.items()))
+        bases.update({(r, p): b for (r, ps), got in zip(by_ref.items(), loaded)
+                      for p, b in zip(ps, got)})
+        states = {ref: ImageState.from_config(b.config, [], "") for (ref, _), b in bases.items()}
+        current = plan_build(tree, build_args, target, target_platform=target_p,
+                             image_env={ref: st.env_map() for ref, st in states.items()},
+                             image_onbuild={ref: st.config.on_build or ()
+                                            for ref, st in states.items()})
+        if named:
+            current = named.prune(current)
+    return current, bases
 
 
 class StageScheduler:
@@ -238,17 +238,17 @@ class StageScheduler:
         state = await self._base(stage)
         if env.contexts and env.contexts.replaces(stage):
             return state
-        body = list(stage.instructions[1:])
+        body = list(stage.instructions[1:])  # the base's ONBUILD triggers first
         if state.config.on_build:
-            where = f"{env.dockerfile}:{head.start_line}: FROM"
-            body = [replace(_trigger(t, where), start_line=head.start_line)
-                    for t in state.config.on_build] + body
             state.update(on_build=None)
         total = 1 + sum(1 for i in body if isinstance(i, _FS))
         label = self.prefix + (f"{stage.display_name} " if len(self.plan.stages) > 1 else "")
         n = env.progress.start(f"[{label}1/{total}] FROM {head.image}")
         env.progress.done(n)
-        args: dict[str, str] = {}
+        # A stage built FROM another keeps that stage's build args in RUN's environment
+        # (BuildKit carries them over; the plan expands with them already).
+        args: dict[str, str] = dict(self.plan.stages[stage.base_stage].args) \
+            if stage.base_stage is not None else {}
         cmd_set = [False]
         k = 1
         for i, ins in enumerate(body):

@@ -10,26 +10,31 @@ A pure function layer (no I/O) that the stage scheduler runs before building:
 - ``--build-arg`` values override every ARG default of that name (global or stage).
 - The predefined proxy args (``HTTP_PROXY``, ``HTTPS_PROXY``, ``FTP_PROXY``,
   ``NO_PROXY``, ``ALL_PROXY`` and their lower-case forms) need no ARG: given as build
-  args they go to RUN's environment (:attr:`BuildPlan.proxy_env`), and they do not count
-  as unused.
+  args they go to RUN's environment (:attr:`BuildPlan.proxy_env`) under both spellings,
+  as BuildKit puts them there, and they do not count as unused.
 - ENV wins over an ARG of the same name in later instructions (Docker's reference rule),
   whichever came first.
 - Expanded, as Docker's reference lists: ADD, COPY, ENV, EXPOSE, FROM, LABEL,
   STOPSIGNAL, USER, VOLUME, WORKDIR, ARG defaults, ``RUN --mount`` values and heredoc
   bodies whose marker is unquoted. Not expanded: RUN/CMD/ENTRYPOINT commands (the shell
   does that at run time), SHELL, HEALTHCHECK, MAINTAINER, ONBUILD triggers (they expand
-  in the child build). Each instruction sees the values from *before* it: in
+  in the child build).
+- A base's ONBUILD triggers (an image's ``OnBuild``, or the ONBUILD instructions of the
+  stage it is built FROM) become the first instructions of the stage, and are expanded
+  and scoped like its own, as BuildKit dispatches them: ``ONBUILD ARG`` takes its
+  ``--build-arg``, ``ONBUILD COPY $SRC`` sees the base's ENV. Each instruction sees the values from *before* it: in
   ``ENV a=1 b=$a`` the ``$a`` is the old value.
 - ``COPY --from`` cannot use variables (as BuildKit); it names an earlier or later stage
   (by name or index) or else an image. ``RUN --mount=from=`` likewise.
 
-The environment a base *image* brings is not known here; pass it as ``image_env`` when
-known (the stage scheduler does, after pulling the image config).
+The environment and the ONBUILD triggers a base *image* brings are not known here; pass
+them as ``image_env`` and ``image_onbuild`` when known (the stage scheduler does, after
+pulling the image config).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from registry.oci import Platform
@@ -46,6 +51,7 @@ from .instructions import (
     Instruction,
     KeyValue,
     Label,
+    Onbuild,
     Run,
     StopSignal,
     User,
@@ -64,10 +70,8 @@ __all__ = [
     "plan_build",
 ]
 
-PREDEFINED_ARGS = frozenset(
-    name for base in ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
-    for name in (base, base.lower())
-)
+_PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
+PREDEFINED_ARGS = frozenset(name for base in _PROXY_NAMES for name in (base, base.lower()))
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ class Stage:
     ``base_image`` names the image (``scratch`` included). ``depends_on`` lists the
     stages it needs (FROM, COPY --from, RUN --mount from=); ``images`` the other images it
     reads from. ``args`` and ``env`` are the values at the end of the stage, from the
-    Dockerfile alone.
+    Dockerfile alone. ``instructions`` start with the base's ONBUILD triggers, if any;
+    ``onbuild`` are the triggers this stage leaves to a stage built FROM it.
     """
 
     index: int
@@ -91,6 +96,7 @@ class Stage:
     images: tuple[str, ...] = ()
     args: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    onbuild: tuple[str, ...] = ()
 
     @property
     def display_name(self) -> str:
@@ -158,6 +164,7 @@ def plan_build(
     build_platform: Platform | None = None,
     target_platform: Platform | None = None,
     image_env: Mapping[str, Mapping[str, str]] | None = None,
+    image_onbuild: Mapping[str, Sequence[str]] | None = None,
 ) -> BuildPlan:
     """Expand a Dockerfile's stages for one build; raise :class:`DockerfileError`."""
     tree = parse(dockerfile) if isinstance(dockerfile, str) else dockerfile
@@ -206,7 +213,8 @@ def plan_build(
     stages: list[Stage] = []
     for index, section in enumerate(sections):
         stages.append(_expand_stage(index, section, stages, len(sections), global_args,
-                                    build_args, consumed, ex, image_env or {}))
+                                    build_args, consumed, ex, image_env or {},
+                                    image_onbuild or {}))
     stages = _link_later_stages(stages)
 
     if target:
@@ -220,11 +228,24 @@ def plan_build(
     else:
         target_index = len(stages) - 1
     needed = _needed(stages, target_index, tree.file)
-    proxy = {k: v for k, v in build_args.items() if k in PREDEFINED_ARGS}
+    proxy = _proxy_env(build_args)
     unused = tuple(sorted(k for k in build_args
                           if k not in consumed and k not in PREDEFINED_ARGS))
     return BuildPlan(tuple(stages), target_index, needed, global_args, proxy, unused,
                      tree.escape)
+
+
+def _proxy_env(build_args: Mapping[str, str]) -> dict[str, str]:
+    """The proxy build args as RUN's environment: as BuildKit, under both spellings
+    (``--build-arg HTTP_PROXY=x`` gives ``http_proxy=x`` too, which curl and apt read);
+    a name given in both spellings keeps each value."""
+    env: dict[str, str] = {}
+    for upper in _PROXY_NAMES:
+        given = [build_args[n] for n in (upper, upper.lower()) if n in build_args]
+        if given:
+            env[upper] = build_args.get(upper, given[0])
+            env[upper.lower()] = build_args.get(upper.lower(), given[0])
+    return env
 
 
 def _find_stage(ref: str, stages: list[Stage]) -> int | None:
@@ -240,6 +261,7 @@ def _expand_stage(
     index: int, section: list[Instruction], earlier: list[Stage], stage_count: int,
     global_args: Mapping[str, str], build_args: Mapping[str, str], consumed: set[str],
     ex: _Expander, image_env: Mapping[str, Mapping[str, str]],
+    image_onbuild: Mapping[str, Sequence[str]],
 ) -> Stage:
     head = section[0]
     assert isinstance(head, From)
@@ -263,11 +285,14 @@ def _expand_stage(
     deps: set[int] = {base_stage} if base_stage is not None else set()
     images: list[str] = []
     out: list[Instruction] = [replace(head, image=image, platform=plat)]
+    triggers = earlier[base_stage].onbuild if base_stage is not None \
+        else tuple(image_onbuild.get(image, ()))
+    body = [*(_trigger(t, head, ex.file) for t in triggers), *section[1:]]
 
     # What a word of the next instruction sees: ENV wins over ARG of the same name.
     # Kept up to date in place (copying it per instruction made long files quadratic).
     scope = {**args, **env}
-    for ins in section[1:]:
+    for ins in body:
         if isinstance(ins, Arg):
             defs = []
             for d in ins.args:
@@ -340,9 +365,24 @@ def _expand_stage(
             out.append(replace(ins, mounts=mounts))
         else:
             out.append(ins)
+    onbuild = tuple(ins.expression for ins in section[1:] if isinstance(ins, Onbuild))
     return Stage(index, head.stage_name, None if base_stage is not None else image,
                  base_stage, plat, tuple(out), tuple(sorted(deps)), tuple(images),
-                 dict(args), dict(env))
+                 dict(args), dict(env), onbuild)
+
+
+def _trigger(text: str, head: From, file: str) -> Instruction:
+    """One ONBUILD trigger of the base, typed; located at the FROM that runs it."""
+    try:
+        ins = parse_dockerfile(parse(f"FROM scratch\n{text}\n"))[1]
+    except (DockerfileError, IndexError) as exc:
+        reason = exc.message if isinstance(exc, DockerfileError) else "empty"
+        raise DockerfileError(
+            Problem(f"ONBUILD trigger {text!r} of the base image: {reason}",
+                    "fix that ONBUILD line in the base image's Dockerfile and rebuild it"),
+            file=file, line=head.start_line, end_line=head.end_line) from None
+    return replace(ins, start_line=head.start_line, end_line=head.end_line,
+                   column=head.column)
 
 
 def _source_ref(ins: Instruction, ref: str, earlier: list[Stage], stage_count: int,

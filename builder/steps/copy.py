@@ -6,9 +6,11 @@ wildcard) need a destination ending in ``/``; a destination ending in ``/`` or n
 existing directory receives the source by its base name; a relative destination is
 relative to WORKDIR; missing parents are created (0755, root). Parents that exist in the
 stage keep their metadata (they are copied up as overlayfs would). ``--chown`` takes
-ids or names from the stage's /etc/passwd and /etc/group; ``--chmod`` octal; ``--exclude``
+ids or names from the stage's /etc/passwd and /etc/group; ``--chmod`` octal or symbolic
+(:mod:`.chmod`); ``--exclude``
 patterns (``.dockerignore`` syntax) relative to the source. ``ADD`` unpacks a local
-tar archive (plain, gzip, bzip2, xz, zstd) safely and downloads ``http(s)://`` URLs.
+tar archive (plain, gzip, bzip2, xz, zstd; told by its content, see :mod:`.archives`)
+safely and downloads ``http(s)://`` URLs.
 
 ``--link`` (as BuildKit, which then copies onto an empty layer and merges it): the layer
 is made without looking at the stage's files -- the destination is taken literally (no
@@ -27,11 +29,10 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import blake3
 
-from ..accounts import find_group, find_user, read_group, read_passwd
 from ..context import ContextError, Source, SourceTree, hash_path
 from ..dockerfile.instructions import Add, Copy, Workdir
 from ..ignore import IgnoreMatcher
@@ -39,8 +40,9 @@ from ..image import ImageState
 from ..layers.changeset import path_sort_key
 from ..layers.errors import LayerError
 from ..layers.rootwalk import SymlinkLoop, walk_in_root
-from ..sandbox.rootfs import lower_stat, read_from_lowers
-from ..sandbox.userns import unmapped_owner
+from ..sandbox.rootfs import lower_stat
+from .archives import is_archive, open_archive
+from .chmod import ModeChange, parse_chmod
 from .common import (
     BuildError,
     StepEnv,
@@ -52,8 +54,9 @@ from .common import (
     valid_files,
 )
 from .copyup import DirLookup, copy_up_lookup, lowers_lookup, make_parents, no_copy_up
-from .download import download, sha256_file
+from .download import check_checksum_sources, check_not_git, download, sha256_file
 from .metadata import resolve_workdir
+from .owners import check_mapped, chown_ids, workdir_owner
 from .parents import resolve_parents
 
 __all__ = ["copy_instruction", "workdir_instruction"]
@@ -63,87 +66,14 @@ __all__ = ["copy_instruction", "workdir_instruction"]
 class _Item:
     """One path to write: ``dest`` (relative to /), from ``path`` (None with ``st``
     None: the directory a directory's contents are copied into), ``archive`` to unpack
-    at ``dest``."""
+    at ``dest``; ``source`` numbers the source (or wildcard match) it comes from."""
 
     dest: str
     path: Path | None
     st: os.stat_result | None
     archive: bool = False
     data: bytes | None = None
-
-
-_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
-
-
-def _is_archive(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError:
-        return False
-    if any(head.startswith(m) for m in _MAGIC):
-        return True
-    return len(head) >= 262 and head[257:262] == b"ustar"
-
-
-def _open_archive(path: Path) -> BinaryIO:
-    with open(path, "rb") as f:
-        head = f.read(6)
-    if head.startswith(b"BZh"):
-        import bz2  # here: only ADD of such an archive needs it
-
-        return bz2.open(path, "rb")  # type: ignore[return-value]
-    if head.startswith(b"\xfd7zXZ\x00"):
-        import lzma
-
-        return lzma.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")  # plain, gzip and zstd are recognised by apply_layer itself
-
-
-def _chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
-    """``--chown=user[:group]`` as ids: a number is used as is, a name is looked up in
-    the stage's /etc/passwd or /etc/group (BuildError when it is not there); without a
-    group, a named user's primary group, else the uid."""
-    user, _, group = spec.partition(":")
-    found = None
-    if not user.isdigit():
-        found = find_user(read_passwd(read_from_lowers(lowers, "etc/passwd")), user)
-        if found is None:
-            raise BuildError(where, f"--chown: no user {user!r} in the image's /etc/passwd")
-    uid = int(user) if found is None else found.uid
-    if group:
-        if group.isdigit():
-            return uid, int(group)
-        entry = find_group(read_group(read_from_lowers(lowers, "etc/group")), group)
-        if entry is None:
-            raise BuildError(where, f"--chown: no group {group!r} in the image's /etc/group")
-        return uid, entry.gid
-    if found is None or found.gid is None:
-        return uid, uid
-    return uid, found.gid
-
-
-def _check_mapped(owner: tuple[int, int] | None, where: str, what: str) -> None:
-    """A non-root build can give files only the ids its user namespace maps."""
-    if owner is not None and (problem := unmapped_owner(*owner)) is not None:
-        raise BuildError(where, f"{what}: {problem}")
-
-
-def _workdir_owner(spec: str, lowers: list[Path]) -> tuple[int, int]:
-    """The owner BuildKit gives directories WORKDIR creates under ``USER spec``: names
-    looked up as for ``--chown``, but leniently (a user /etc/passwd lacks is root, a
-    group /etc/group lacks leaves the user's group), since USER need not exist."""
-    user, _, group = spec.partition(":")
-    try:
-        uid, gid = _chown_ids(user, lowers, "WORKDIR")
-    except BuildError:
-        uid, gid = 0, 0
-    if group:
-        try:
-            gid = _chown_ids(f"0:{group}", lowers, "WORKDIR")[1]
-        except BuildError:
-            pass
-    return uid, gid
+    source: int = 0
 
 
 def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> str:
@@ -161,12 +91,25 @@ def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> s
 
 
 def _destination(lowers: list[Path], dest: str) -> str:
-    """Where COPY writes: symlinked parents resolved; a final symlink followed only when
-    it names a directory (then the sources go into that directory)."""
-    dest = resolve_in_lowers(lowers, dest, follow_final=False)
-    followed = resolve_in_lowers(lowers, dest, follow_final=True)
-    st = lower_stat(lowers, followed.lstrip("/"))
-    return followed if st is not None and stat.S_ISDIR(st.st_mode) else dest
+    """Where COPY writes: the destination with every symlink on it resolved, the last
+    one too, as BuildKit resolves it: ``COPY tz /etc/localtime`` with ``/etc/localtime ->
+    /usr/share/zoneinfo/UTC`` writes the zoneinfo file and keeps the symlink (a symlink
+    to a directory receives the sources). Names inside the destination are not followed."""
+    return resolve_in_lowers(lowers, dest, follow_final=True)
+
+
+def _no_file_in_the_way(lowers: list[Path], dest: str, is_dir: bool, where: str) -> None:
+    """BuildError when a directory ``dest`` needs (a parent, or ``dest`` itself when
+    ``is_dir``) is a file of the stage: BuildKit fails there ("not a directory") rather
+    than replace the file."""
+    parts = dest.strip("/").split("/")
+    for n in range(1, len(parts) + (1 if is_dir else 0)):
+        path = "/".join(parts[:n])
+        st = lower_stat(lowers, path)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise BuildError(where, f"/{path} is a file in the image, not a directory, so "
+                             f"{dest} cannot be made; fix the destination, or remove the "
+                             "file in an earlier step")
 
 
 def _link_target(lowers: list[Path], rel: str) -> str:
@@ -188,11 +131,18 @@ def _one_directory(sources: list[str], parents: bool) -> str:
 
 
 def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int, int] | None,
-           chmod: int | None) -> None:
-    # Files hard-linked to each other among the sources stay hard-linked in the layer,
-    # as BuildKit copies them: (st_dev, st_ino) -> the first copy written.
-    linked: dict[tuple[int, int], Path] = {}
+           chmod: ModeChange | None) -> None:
+    # BuildKit copies each source (each wildcard match) on its own, keeping the hard
+    # links within it: (source, st_dev, st_ino) -> the first copy written.
+    linked: dict[tuple[int, int, int], Path] = {}
+    # A directory gets its source's mtime once what is copied into it is written (that
+    # changes it), before the next source is copied.
+    dir_times: list[tuple[Path, int]] = []
+    source = 0
     for it in items:
+        if it.source != source:
+            _set_dir_times(dir_times)
+            source = it.source
         target = upper / it.dest
         make_parents(upper, posixpath.dirname(it.dest), lookup, owner)
         if it.archive:
@@ -200,13 +150,13 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
             make_parents(upper, it.dest, lookup, owner)
             from ..layers.extract import apply_layer
 
-            with _open_archive(it.path) as src:
+            with open_archive(it.path) as src:
                 apply_layer(src, target)
             continue
         if it.data is not None:  # a heredoc file: 0644 (or --chmod), root or --chown
             target.write_bytes(it.data)
             os.chown(target, *(owner or (0, 0)))
-            os.chmod(target, chmod if chmod is not None else 0o644)
+            os.chmod(target, chmod.apply(0o644, False) if chmod is not None else 0o644)
             continue
         if it.path is None and it.st is None:
             # The destination of a directory's contents, as BuildKit makes it: an existing
@@ -227,10 +177,11 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
             assert it.path is not None
             os.symlink(os.readlink(it.path), target)
             os.lchown(target, *(owner or (0, 0)))
+            os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
             continue
         elif stat.S_ISREG(st.st_mode):
             assert it.path is not None
-            inode = (st.st_dev, st.st_ino)
+            inode = (it.source, st.st_dev, st.st_ino)
             if st.st_nlink > 1 and inode in linked:
                 os.link(linked[inode], target)
                 continue
@@ -241,50 +192,63 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
         else:
             continue  # sockets, devices, fifos are not copied (as BuildKit)
         os.chown(target, *(owner or (0, 0)))
-        os.chmod(target, chmod if chmod is not None else mode)
-        if st is not None:
+        os.chmod(target, chmod.apply(mode, stat.S_ISDIR(st.st_mode) if st else True)
+                 if chmod is not None else mode)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            dir_times.append((target, st.st_mtime_ns))
+        elif st is not None:
             os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns))
+    _set_dir_times(dir_times)
 
 
-def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, add: bool,
+def _set_dir_times(dirs: list[tuple[Path, int]]) -> None:
+    for target, mtime_ns in dirs:
+        os.utime(target, ns=(mtime_ns, mtime_ns))
+    dirs.clear()
+
+
+def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpack: bool,
           excludes: IgnoreMatcher) -> tuple[list[_Item], dict[str, str]]:
     items: list[_Item] = []
     hashes: dict[str, str] = {}
     sources: list[Source] = []
     for s in srcs:
-        sources.extend(tree.resolve(s))
+        sources.extend(tree.resolve(s, allow_empty_wildcard=True))
     sources = [s for s in sources if not excludes.excluded(s.rel)]
     if len(sources) > 1 and not dest_is_dir:
         raise ContextError(f"copying {len(sources)} sources needs a destination ending "
                            f"with '/' (got {dest!r})")
-    # Which files are hard links of one another is part of the result (see _write), so
-    # part of the cache key: inode -> the first source path that has it.
-    inodes: dict[tuple[int, int], str] = {}
+    # Which files are hard links of one another (within a source, see _write) is part of
+    # the result, so part of the cache key: (source, inode) -> the first path that has it.
+    inodes: dict[tuple[int, int, int], str] = {}
     to_hash: list[tuple[str, Path, os.stat_result]] = []  # hashed together, below
+    of_source: list[int] = []
 
-    for src in sources:
+    for i, src in enumerate(sources):
         if src.is_dir:
             base = dest.rstrip("/")
             if base:
-                items.append(_Item(base, None, None))
+                items.append(_Item(base, None, None, source=i))
             for rel, path, st in tree.walk(src):
                 if excludes.excluded(rel):
                     continue
-                items.append(_Item(f"{base}/{rel}" if base else rel, path, st))
+                items.append(_Item(f"{base}/{rel}" if base else rel, path, st, source=i))
                 to_hash.append((f"{src.rel}/{rel}", path, st))
+                of_source.append(i)
             continue
         st = os.stat(src.path)
         name = posixpath.basename(src.rel)
         target = f"{dest.rstrip('/')}/{name}" if dest_is_dir else dest
-        if add and _is_archive(src.path):
-            items.append(_Item(dest.rstrip("/"), src.path, st, archive=True))
+        if unpack and is_archive(src.path):
+            items.append(_Item(dest.rstrip("/"), src.path, st, archive=True, source=i))
         else:
-            items.append(_Item(target.lstrip("/"), src.path, st))
+            items.append(_Item(target.lstrip("/"), src.path, st, source=i))
         to_hash.append((src.rel, src.path, st))
+        of_source.append(i)
     digests = tree.hash_files([(path, st) for _, path, st in to_hash])
-    for (rel, _path, st), digest in zip(to_hash, digests):
+    for (rel, _path, st), digest, i in zip(to_hash, digests, of_source):
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            first = inodes.setdefault((st.st_dev, st.st_ino), rel)
+            first = inodes.setdefault((i, st.st_dev, st.st_ino), rel)
             if first != rel:
                 digest += f" link:{first}"
         hashes[rel] = digest
@@ -325,6 +289,10 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     """Execute (or reuse from the cache) one COPY or ADD."""
     where = env.where(ins)
     add = isinstance(ins, Add)
+    # ADD unpacks a local archive unless --unpack=false, a download only with --unpack
+    unpack_local = isinstance(ins, Add) and ins.unpack is not False
+    if isinstance(ins, Add) and ins.checksum:
+        check_checksum_sources(ins, where)
     dest_raw = ins.dest
     link = ins.link and not ins.chmod
     abs_dest = resolve_workdir(state, dest_raw)
@@ -332,8 +300,9 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     def compute(stage_lowers: list[Path]) -> dict[str, Any]:
         lowers = [] if link else stage_lowers  # a linked layer never sees the stage's files
         dest = _destination(lowers, abs_dest)
+        _no_file_in_the_way(lowers, dest, dest_raw.endswith("/"), where)
         st = lower_stat(lowers, dest.lstrip("/"))
-        owner = _chown_ids(ins.chown, stage_lowers, where) if ins.chown else None
+        owner = chown_ids(ins.chown, stage_lowers, where) if ins.chown else None
         return {"dest": dest, "dir": st is not None and stat.S_ISDIR(st.st_mode),
                 "owner": list(owner) if owner else None}
 
@@ -367,6 +336,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         hashes[f"<<{f.name}"] = blake3.blake3(f.data.encode()).hexdigest()[:32]
     local = []
     for s in ins.sources:
+        if add:
+            check_not_git(s, where)
         if add and s.startswith(("http://", "https://")):
             path = await download(env, s, where)
             fname = posixpath.basename(str(path))
@@ -377,7 +348,10 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
                                      f"is {got}")
             hashes[s] = await asyncio.to_thread(hash_path, path, os.stat(path))
             target = f"{dest.rstrip('/')}/{fname}" if dest_is_dir else dest
-            items.append(_Item(target.lstrip("/"), path, os.stat(path)))
+            if isinstance(ins, Add) and ins.unpack and is_archive(path):
+                items.append(_Item(dest.strip("/"), path, os.stat(path), archive=True))
+            else:
+                items.append(_Item(target.lstrip("/"), path, os.stat(path)))
         else:
             local.append(s)
     excludes = IgnoreMatcher.from_lines(list(ins.exclude))
@@ -391,7 +365,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
                 return await asyncio.to_thread(_plan_parents, tree, local, dest.lstrip("/"),
                                                excludes)
             return await asyncio.to_thread(_plan, tree, local, dest.lstrip("/"),
-                                           dest_is_dir, add, excludes)
+                                           dest_is_dir, unpack_local, excludes)
         except ContextError as exc:
             raise BuildError(where, str(exc)) from exc
 
@@ -414,13 +388,15 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         local_items, found = await plan_local()
         hashes.update(found)
     owner = (facts["owner"][0], facts["owner"][1]) if facts["owner"] else None
-    _check_mapped(owner, where, f"--chown={ins.chown}")
+    check_mapped(owner, where, f"--chown={ins.chown}")
     try:
-        chmod = int(ins.chmod, 8) if ins.chmod else None
-    except ValueError:
-        raise BuildError(where, f"--chmod={ins.chmod}: use an octal mode like 0644") from None
+        chmod = parse_chmod(ins.chmod) if ins.chmod else None
+    except ValueError as exc:
+        raise BuildError(where, f"--chmod={ins.chmod}: {exc}; use an octal mode like 0644 or "
+                         "a symbolic one like u+x or u=rwX,go=rX") from None
     inputs: dict[str, Any] = {"files": hashes, "dest": dest, "chown": list(owner or ()),
-                              "chmod": chmod}
+                              "chmod": (int(ins.chmod, 8) if ins.chmod[:1].isdigit()
+                                        else ins.chmod) if chmod else None}
     flags = []
     if parents:
         flags.append("--parents")
@@ -457,16 +433,17 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
     user = state.config.user
 
     def compute(lowers: list[Path]) -> dict[str, Any]:
-        owner = _workdir_owner(user, lowers) if user else None
-        return {"dest": resolve_in_lowers(lowers, path, follow_final=True), "dir": True,
-                "owner": list(owner) if owner else None}
+        owner = workdir_owner(user, lowers) if user else None
+        dest = resolve_in_lowers(lowers, path, follow_final=True)
+        _no_file_in_the_way(lowers, dest, True, env.where(ins))
+        return {"dest": dest, "dir": True, "owner": list(owner) if owner else None}
 
     facts = await lower_facts(env, state, {"ins": f"WORKDIR {path}", "user": user or ""},
                               compute, valid_facts)
     target: str = facts["dest"]
     owner = (facts["owner"][0], facts["owner"][1]) if facts["owner"] else None
     if owner is not None:
-        _check_mapped(owner, env.where(ins), f"USER {user}")
+        check_mapped(owner, env.where(ins), f"USER {user}")
 
     async def produce(n: int) -> Path:
         upper = _upper_dir(env)

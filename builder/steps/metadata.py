@@ -95,16 +95,18 @@ def apply_metadata(ins: Instruction, state: ImageState, where: str, cmd_set: lis
         state.update(user=ins.user)
         created_by = f"USER {ins.user}"
     elif isinstance(ins, (Cmd, Entrypoint)):
-        value = command_form(ins.command, ins.shell_form, state)
+        # An empty exec form ([]) leaves no Cmd/Entrypoint in the config (BuildKit's
+        # config omits empty lists), so images built FROM this one see none.
+        value = command_form(ins.command, ins.shell_form, state) or None
         if isinstance(ins, Cmd):
             state.update(cmd=value)
             cmd_set[0] = True
-            created_by = f"CMD {json.dumps(list(value))}"
+            created_by = f"CMD {json.dumps(list(value or ()))}"
         else:
             state.update(entrypoint=value)
             if not cmd_set[0]:
                 state.update(cmd=None)  # Docker: ENTRYPOINT resets an inherited CMD
-            created_by = f"ENTRYPOINT {json.dumps(list(value))}"
+            created_by = f"ENTRYPOINT {json.dumps(list(value or ()))}"
         if ins.shell_form:
             state.update(args_escaped=True)
     elif isinstance(ins, StopSignal):

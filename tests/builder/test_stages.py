@@ -1,5 +1,6 @@
 """ARG/ENV scoping, expansion and the stage graph, driven by testfiles-stages/<case>/:
-Dockerfile + case.json (build args, target, platforms) -> expected.json, and
+Dockerfile + case.json (build args, target, platforms, the ENV and ONBUILD triggers of
+base images) -> expected.json, and
 testfiles-stages-negative/<case>/ -> error.txt."""
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def run_case(folder: Path) -> BuildPlan:
         parse(text), case.get("build_args", {}), case.get("target"),
         build_platform=Platform.parse(case.get("build_platform", "linux/amd64")),
         target_platform=Platform.parse(tp) if tp else None,
+        image_env=case.get("image_env"), image_onbuild=case.get("image_onbuild"),
     )
 
 

@@ -14,6 +14,7 @@ Together the cases use every Dockerfile instruction (see each Dockerfile's heade
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -75,6 +77,8 @@ class Case:
     flags: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     stdin: bool = False
+    # Hard links (existing, new) made in the context before building (git keeps none).
+    links: tuple[tuple[str, str], ...] = ()
 
     @property
     def id(self) -> str:
@@ -102,7 +106,9 @@ CASES = (
     Case("entrypoint-exec", expect="exec-form entrypoint: set in this stage\n"),
     Case("multistage", expect="generated in the build stage\ndeep\n"),
     Case("onbuild-base", command=("stat", "-c", "%n %a %u", "/app"), expect="/app 755 0\n"),
-    Case("onbuild-child", expect="copied by an ONBUILD trigger\ntrigger ran\nTRIGGERED=yes\n"),
+    Case("onbuild-child", {"FLAVOUR": "spicy"},
+         expect="copied by an ONBUILD trigger\ntrigger ran\nTRIGGERED=yes spicy-in-/app\n"
+                "trigger.txt\n"),
     Case("workdir-users", expect="unknown 0:0 755\nuid 1000:1000 755\n"),
     # the snapshot differ (where overlayfs cannot be mounted) against the richest case
     Case("files", {"GREETING": "howdy"}, expect="howdy from tester\nexec-form\n1000\n",
@@ -124,6 +130,25 @@ CASES = (
     Case("bind-file-mounts", expect=BIND_FILE_OUT, stub_dirs=BIND_FILE_STUBS),
     Case("bind-file-mounts", expect=BIND_FILE_OUT, stub_dirs=BIND_FILE_STUBS,
          pybuild_flags=("--differ", "snapshot")),
+    Case("add-archives", expect="from a v7 tar\ninside a tar.gz\na text file with a .tar name\n"
+                                "/plain:\ndata.json.gz\nnotes.tar\n"),
+    Case("empty-wildcard", expect="/opt:\napp\n\n/opt/app:\npom.xml\n"),
+    Case("chown-forms", expect="/group-only 0:50\n/user-colon 1000:0\n/colon-only 0:0\n"
+                               "/root-staff 0:50\n/bare/own-root 0:0\n/bare/own-root-root 0:0\n"),
+    Case("hardlink-sources", links=(("pair/one.txt", "pair/one.hard"),),
+         expect="/linked/one.txt 2\n/linked/one.hard 2\n/separate/one.txt 1\n"
+                "/separate/one.hard 1\n/matched/one.txt 1\n/matched/one.hard 1\n"),
+    Case("add-urls", expect="__unnamed__ 600 0\ndated.txt 600 1557050400\ndir 600 0\n"
+                            "my file.txt 600 0\nserved for /files/dir/\n"),
+    Case("symlinked-dest", expect="new\nnew\nnew\nnew\nfrom-tree\no\nnew\nold\n1\n"),
+    Case("proxy-args", {"HTTP_PROXY": "http://proxy.invalid:3128", "no_proxy": "localhost"},
+         expect="HTTP_PROXY=http://proxy.invalid:3128\nNO_PROXY=localhost\n"
+                "http_proxy=http://proxy.invalid:3128\nno_proxy=localhost\n0\n"),
+    Case("stage-args", {"FROM_CLI": "given"},
+         expect="deps: 1.0\nversion=1.0 cli=given unset=yes\nenv:\n"),
+    Case("empty-commands", command=("echo", "cleared"), expect="cleared\n"),
+    Case("scratch-final",
+         expect="/\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
     Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),
          flags=("--add-host", "db.internal:10.1.2.3", "--add-host", "cache.internal:10.1.2.4",
                 "--secret", "id=token,env=PYBUILD_COMPARE_TOKEN"),
@@ -255,9 +280,11 @@ def _type(member: tarfile.TarInfo) -> str:
     return f"special:{member.type!r}"
 
 
-def _filesystem(engine: DockerEngine, image: str, dest: Path) -> dict[str, Entry]:
-    """The root filesystem of a container of ``image`` (``docker export``), by path."""
-    container = engine.run("create", "--network", "none", image).stdout.strip()
+def _filesystem(engine: DockerEngine, image: str, dest: Path,
+                command: tuple[str, ...] = ()) -> dict[str, Entry]:
+    """The root filesystem of a container of ``image`` (``docker export``), by path;
+    ``command`` for an image that has none."""
+    container = engine.run("create", "--network", "none", image, *command).stdout.strip()
     archive = dest / f"{container}.tar"
     try:
         engine.run("export", "-o", str(archive), container)
@@ -303,6 +330,34 @@ def _diff(docker: dict[str, Entry], pybuild: dict[str, Entry]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def http_files() -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 for add-urls (the engine downloads from it): every
+    path answers with its own name; /files/dated.txt has a Last-Modified date."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"served for {self.path}\n".encode()
+            self.send_response(200)
+            if self.path == "/files/dated.txt":
+                self.send_header("Last-Modified", "Sun, 05 May 2019 10:00:00 GMT")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
 def ssh_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A running ssh-agent (no keys needed: the cases look at the socket) on a short path."""
     with running_ssh_agent("pybuild-compare") as sock:
@@ -318,7 +373,11 @@ def test_pybuild_and_docker_build_agree(
     args = {"BASE": base_ref, **case.build_args}
     if case.name == "onbuild-child":
         args["ONBUILD_BASE"] = request.getfixturevalue("onbuild_base_ref")
+    if case.name == "add-urls":
+        args["URL"] = request.getfixturevalue("http_files")
     context = _context(CASES_DIR / case.name, tmp_path)
+    for existing, new in case.links:
+        os.link(context / existing, context / new)
     docker_tag = f"compare-docker/{case.id}:{tag_suffix}"
     pybuild_tag = f"compare-pybuild/{case.id}:{tag_suffix}"
     archive = tmp_path / "image.tar"
@@ -352,8 +411,8 @@ def test_pybuild_and_docker_build_agree(
         assert case.expect in docker_out
 
         # ...the same files...
-        docker_fs = _filesystem(docker_engine, docker_tag, tmp_path)
-        pybuild_fs = _filesystem(docker_engine, pybuild_tag, tmp_path)
+        docker_fs = _filesystem(docker_engine, docker_tag, tmp_path, case.command)
+        pybuild_fs = _filesystem(docker_engine, pybuild_tag, tmp_path, case.command)
         assert "bin/busybox" in docker_fs
         for path in sorted(case.stub_dirs, key=lambda p: p.count("/"), reverse=True):
             stub = docker_fs.pop(path, None)

@@ -121,6 +121,12 @@ def test_destinations_through_symlinked_directories(context_of, build, tmp_path:
     assert (out / "usr/lib2/greeting.txt").read_text() == "hi\n"
     assert (out / "usr/lib2/sub/copied.txt").read_text() == "hi\n"
     assert (out / "usr/lib2/work").is_dir()
+    assert os.readlink(out / "etc/localtime") == "/usr/share/zoneinfo/UTC"
+    assert (out / "usr/share/zoneinfo/UTC").read_text() == "hi\n"
+    assert os.readlink(out / "links/dangling") == "/nowhere"
+    assert (out / "nowhere").read_text() == "hi\n"
+    assert not (out / "links/greeting.txt").is_symlink()
+    assert (out / "links/target").read_text() == "old\n"
 
 
 def test_cached_rebuild_without_epoch_is_the_same_image(context_of, build, tmp_path: Path,

@@ -4,15 +4,18 @@ instructions, ONBUILD, secrets and cache mounts, and the CLI's plain progress.""
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import subprocess
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from builder.steps.common import BuildError
 from tests.builder.build.conftest import write_base_layout
 
 
@@ -138,7 +141,7 @@ def test_write_base_layout_is_importable() -> None:
 def test_docker_parity_details(context_of, build, tmp_path: Path) -> None:
     out = tmp_path / "out"
     context = context_of("docker-parity")
-    os.link(context / "one.txt", context / "one.hard")
+    os.link(context / "pair/one.txt", context / "pair/one.hard")
     result = build(context, local=out, source_date_epoch=0)
     assert result.image.config.author == "Jane Doe <jane@example.com>"
     # WORKDIR creates missing directories as the stage's USER
@@ -158,19 +161,274 @@ def test_docker_parity_details(context_of, build, tmp_path: Path) -> None:
     assert (out / "locked/app.conf").stat().st_mode & 0o7777 == 0o700
     # two identical layers in a row still mount (overlayfs refuses a lowerdir twice)
     diff_ids = result.image.config.rootfs.diff_ids
-    assert diff_ids[-4] == diff_ids[-3]
+    assert diff_ids[-5] == diff_ids[-4]
     assert (out / "ran.txt").read_text() == "ran\n"
-    # files hard-linked in the context stay hard-linked
+    # files hard-linked in the context stay hard-linked within one source, not across two
     assert (out / "linked/one.txt").stat().st_ino == (out / "linked/one.hard").stat().st_ino
+    assert (out / "separate/one.txt").stat().st_ino != (out / "separate/one.hard").stat().st_ino
 
 
 def test_hard_links_in_the_context_are_part_of_the_cache_key(context_of, build,
                                                              tmp_path: Path) -> None:
     context = context_of("docker-parity")
-    (context / "one.hard").write_text("one\n")  # the same content, not linked
+    (context / "pair/one.hard").write_text("one\n")  # the same content, not linked
     storage = tmp_path / "storage"
     separate = build(context, storage=storage, source_date_epoch=0)
-    (context / "one.hard").unlink()
-    os.link(context / "one.txt", context / "one.hard")
+    (context / "pair/one.hard").unlink()
+    os.link(context / "pair/one.txt", context / "pair/one.hard")
     linked = build(context, storage=storage, source_date_epoch=0)
-    assert linked.image.config.rootfs.diff_ids[-1] != separate.image.config.rootfs.diff_ids[-1]
+    # COPY pair /linked/ keeps the link; COPY pair/one.txt pair/one.hard /separate/ does not
+    before, after = separate.image.config.rootfs.diff_ids, linked.image.config.rootfs.diff_ids
+    assert after[-2] != before[-2]
+    assert after[-1] == before[-1]
+
+
+def test_add_unpacks_only_tar_archives(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    context = context_of("add-archives")
+    build(context, local=out)
+    # a gzip file that holds no tar, and a text file named .tar: copied, not unpacked
+    assert (out / "plain/data.json.gz").read_bytes() == (context / "data.json.gz").read_bytes()
+    assert (out / "plain/notes.tar").read_text() == "a text file with a .tar name\n"
+    # a v7 tar (no "ustar" magic) and a tar.gz: unpacked
+    assert (out / "unpacked/v7.txt").read_text() == "from a v7 tar\n"
+    assert (out / "unpacked/inner.txt").read_text() == "inside a tar.gz\n"
+    assert sorted(p.name for p in (out / "unpacked").iterdir()) == ["inner.txt", "v7.txt"]
+
+
+def test_copy_of_a_wildcard_that_matches_nothing(context_of, build, tmp_path: Path,
+                                                busybox_ref: str) -> None:
+    out = tmp_path / "out"
+    context = context_of("empty-wildcard")
+    build(context, local=out)
+    assert sorted(p.name for p in (out / "opt/app").iterdir()) == ["pom.xml"]
+    assert not (out / "opt/jars").exists()
+    # ...but the directory the wildcard is in must exist, and a plain path too
+    for line in ("COPY nosuchdir/*.jar /opt/\n", "COPY nosuch.jar /opt/\n"):
+        (context / "Dockerfile").write_text(f"FROM {busybox_ref}\n{line}")
+        with pytest.raises(BuildError, match="not found in the build context"):
+            build(context)
+
+
+def test_onbuild_triggers_are_expanded_in_the_child(context_of, build, tmp_path: Path,
+                                                    busybox_ref: str) -> None:
+    context = context_of("onbuild")
+    layout = tmp_path / "layout"
+    build(context, oci=layout)
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref} AS helper\nRUN echo helped > /helper.txt\n"
+        f"FROM oci-layout://{layout}\nRUN echo \"$FULL\" > full.txt\n")
+    out = tmp_path / "out"
+    child = build(context, local=out, build_args={"VERSION": "2.5"})
+    assert (out / "app/a.txt").read_text() == "from the context\n"
+    assert (out / "app/helper.txt").read_text() == "helped\n"
+    assert (out / "app/w-2.5/full.txt").read_text() == "v2.5-a.txt\n"
+    cfg = child.image.config.config
+    assert cfg.working_dir == "/app/w-2.5" and cfg.on_build is None
+    assert "FULL=v2.5-a.txt" in cfg.env
+
+
+def test_chown_with_an_empty_part_or_root(context_of, build, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build(context_of("chown-forms"), local=out)
+    owners = {p: ((out / p).stat().st_uid, (out / p).stat().st_gid)
+              for p in ("group-only", "user-colon", "colon-only", "root-staff",
+                        "bare/own-root", "bare/own-root-root")}
+    assert owners == {"group-only": (0, 50), "user-colon": (1000, 0), "colon-only": (0, 0),
+                      "root-staff": (0, 50), "bare/own-root": (0, 0),
+                      "bare/own-root-root": (0, 0)}
+
+
+def test_copy_keeps_the_mtimes_of_directories_and_symlinks(build, tmp_path: Path,
+                                                           busybox_ref: str) -> None:
+    context = tmp_path / "ctx"
+    (context / "tree/sub").mkdir(parents=True)
+    (context / "tree/sub/file.txt").write_text("x\n")
+    (context / "tree/link").symlink_to("sub/file.txt")
+    (context / "Dockerfile").write_text(f"FROM {busybox_ref}\nCOPY tree /copied/\n")
+    times = {"tree/sub/file.txt": 1_500_000_000, "tree/link": 1_400_000_000,
+             "tree/sub": 1_300_000_000}
+    for rel, mtime in times.items():  # children first: a write changes its directory
+        os.utime(context / rel, (mtime, mtime), follow_symlinks=False)
+    out = tmp_path / "out"
+    build(context, local=out)
+    got = {rel: int(os.lstat(out / "copied" / rel.removeprefix("tree/")).st_mtime)
+           for rel in times}
+    assert got == times
+
+
+@pytest.fixture
+def http_files() -> Iterator[str]:
+    """A local HTTP server on 127.0.0.1 with a file that has a Last-Modified date, one
+    named with a space, a tar.gz (/files/app.tar.gz), and answers for a directory URL and
+    the root; yields its URL."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"served for {self.path}\n".encode()
+            if self.path == "/files/app.tar.gz":
+                body = _tar_gz({"app/remote.txt": b"from a remote archive\n"})
+            self.send_response(200)
+            if self.path == "/files/dated.txt":
+                self.send_header("Last-Modified", "Sun, 05 May 2019 10:00:00 GMT")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _tar_gz(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_add_unpack_flag(build, tmp_path: Path, busybox_ref: str, http_files: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "local.tar.gz").write_bytes(_tar_gz({"local.txt": b"local\n"}))
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\n"
+        f"ADD --unpack=true {http_files}/files/app.tar.gz /remote/\n"
+        f"ADD {http_files}/files/app.tar.gz /remote-kept/\n"
+        "ADD --unpack=false local.tar.gz /local-kept/\n"
+        "ADD local.tar.gz /local/\n")
+    out = tmp_path / "out"
+    build(context, local=out)
+    assert (out / "remote/app/remote.txt").read_text() == "from a remote archive\n"
+    assert (out / "remote-kept/app.tar.gz").is_file()
+    assert (out / "local-kept/local.tar.gz").read_bytes() == (context / "local.tar.gz").read_bytes()
+    assert (out / "local/local.txt").read_text() == "local\n"
+
+
+def test_add_of_urls_names_and_dates_the_files(build, tmp_path: Path, busybox_ref: str,
+                                               http_files: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\n"
+        + "".join(f"ADD {http_files}{path} /got/\n"
+                  for path in ("/files/dated.txt", "/files/my%20file.txt", "/files/dir/", "/")))
+    out = tmp_path / "out"
+    build(context, local=out)
+    got = {p.name: (p.read_text(), int(p.stat().st_mtime), p.stat().st_mode & 0o7777)
+           for p in (out / "got").iterdir()}
+    assert got == {
+        "dated.txt": ("served for /files/dated.txt\n", 1557050400, 0o600),
+        "my file.txt": ("served for /files/my%20file.txt\n", 0, 0o600),
+        "dir": ("served for /files/dir/\n", 0, 0o600),
+        "__unnamed__": ("served for /\n", 0, 0o600),
+    }
+
+
+def test_a_stage_from_a_stage_keeps_its_build_args_in_run(build, tmp_path: Path,
+                                                          busybox_ref: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref} AS deps\nARG VERSION=1.0\nARG FROM_CLI\nRUN true\n"
+        "FROM deps\nRUN echo \"$VERSION $FROM_CLI\" > /args.txt\n")
+    out = tmp_path / "out"
+    result = build(context, local=out, build_args={"FROM_CLI": "given"})
+    assert (out / "args.txt").read_text() == "1.0 given\n"
+    assert not any(e.startswith(("VERSION=", "FROM_CLI=")) for e in result.image.config.config.env)
+
+
+def test_copy_chmod_symbolic(build, tmp_path: Path, busybox_ref: str) -> None:
+    context = tmp_path / "ctx"
+    (context / "app/bin").mkdir(parents=True)
+    (context / "app/bin/run.sh").write_text("#!/bin/sh\n")
+    (context / "app/notes.txt").write_text("notes\n")
+    os.chmod(context / "app/bin/run.sh", 0o700)
+    os.chmod(context / "app/notes.txt", 0o600)
+    os.chmod(context / "app/bin", 0o700)
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\nCOPY --chmod=u=rwX,go=rX app /app/\n"
+        "COPY --chmod=+x app/notes.txt /usr/local/bin/notes\n")
+    out = tmp_path / "out"
+    build(context, local=out)
+    modes = {p: (out / p).stat().st_mode & 0o7777
+             for p in ("app/bin", "app/bin/run.sh", "app/notes.txt", "usr/local/bin/notes")}
+    assert modes == {"app/bin": 0o755, "app/bin/run.sh": 0o755, "app/notes.txt": 0o644,
+                     "usr/local/bin/notes": 0o711}
+    (context / "Dockerfile").write_text(f"FROM {busybox_ref}\nCOPY --chmod=u+q app /app/\n")
+    with pytest.raises(BuildError, match=r"--chmod=u\+q: .*symbolic one like u\+x"):
+        build(context)
+
+
+def test_empty_exec_forms_clear_cmd_and_entrypoint(build, tmp_path: Path,
+                                                   busybox_ref: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {busybox_ref}\nENTRYPOINT []\nCMD []\n")
+    oci = tmp_path / "oci"
+    result = build(context, oci=oci)
+    assert result.image.config.config.cmd is None
+    assert result.image.config.config.entrypoint is None
+    config = json.loads((oci / "blobs/sha256" / result.image.manifest.config.digest.encoded)
+                        .read_bytes())
+    assert "Cmd" not in config["config"] and "Entrypoint" not in config["config"]
+
+
+@pytest.mark.parametrize("sources,message", [
+    ("notes.txt", "needs an http"),
+    ("http://127.0.0.1:1/a.txt http://127.0.0.1:1/b.txt", "several sources"),
+])
+def test_add_checksum_needs_one_url(build, tmp_path: Path, busybox_ref: str, sources: str,
+                                    message: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "notes.txt").write_text("local\n")
+    digest = "sha256:" + "0" * 64
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\nADD --checksum={digest} {sources} /dest/\n")
+    with pytest.raises(BuildError, match=message):
+        build(context)
+
+
+def test_scratch_config_starts_as_buildkit_s(build, tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "f.txt").write_text("x\n")
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY f.txt /\n")
+    cfg = build(context).image.config.config
+    assert cfg.working_dir == "/"
+    assert cfg.env == ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
+
+
+@pytest.mark.parametrize("line", ["COPY f.txt /etc/passwd/x", "COPY f.txt /etc/passwd/",
+                                  "WORKDIR /etc/passwd/sub"])
+def test_a_file_in_the_way_of_a_directory_fails_the_step(build, tmp_path: Path,
+                                                        busybox_ref: str, line: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "f.txt").write_text("x\n")
+    (context / "Dockerfile").write_text(f"FROM {busybox_ref}\n{line}\n")
+    with pytest.raises(BuildError, match="/etc/passwd is a file in the image, not a directory"):
+        build(context)
+
+
+@pytest.mark.parametrize("source", ["https://github.com/moby/buildkit.git#v0.10.1",
+                                    "git@github.com:moby/buildkit.git", "git://example.com/r"])
+def test_add_of_a_git_repository_is_refused_with_the_fix(build, tmp_path: Path,
+                                                         busybox_ref: str, source: str) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {busybox_ref}\nADD {source} /src\n")
+    with pytest.raises(BuildError, match="Git repository is not supported.*RUN git clone"):
+        build(context)

@@ -71,7 +71,7 @@ def contexts(workspace: Path) -> dict[str, Path]:
         dockerfile = ctx / "Dockerfile"
         dockerfile.write_text(dockerfile.read_text().replace("BASE", ref))
         out[case] = ctx
-    os.link(out["docker-parity"] / "one.txt", out["docker-parity"] / "one.hard")
+    os.link(out["docker-parity"] / "pair/one.txt", out["docker-parity"] / "pair/one.hard")
     subprocess.run(["chmod", "-R", "a+rX", str(workspace)], check=True)
     return out
 
