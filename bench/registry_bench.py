@@ -44,6 +44,7 @@ import aiohttp
 
 from bench.data import chunked_layer, pseudo_random
 from bench.report import Measurement
+from cas.reserve import RESERVE_FILE
 from cas.units import parse_duration
 from testkit.images import (
     Image,
@@ -174,11 +175,14 @@ async def _chunks(data: bytes) -> AsyncIterator[memoryview]:
 
 
 def allocated_bytes(root: Path) -> int:
-    """Bytes allocated on disk under ``root`` (``st_blocks``; hard links counted once)."""
+    """Bytes allocated on disk under ``root`` (``st_blocks``; hard links counted once),
+    but a pybuild store's reserve (room kept back for a full disk, no stored data)."""
     seen: set[tuple[int, int]] = set()
     total = 0
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
+            if name == RESERVE_FILE:  # (Distribution's files are named data and link)
+                continue
             try:
                 st = os.lstat(os.path.join(dirpath, name))
             except FileNotFoundError:

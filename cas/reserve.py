@@ -17,12 +17,13 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["RESERVE", "keep_reserve", "release_reserve"]
+__all__ = ["RESERVE", "RESERVE_FILE", "keep_reserve", "release_reserve"]
 
 RESERVE = 2 << 20
 # Kept back only on a file system with this much free: never the last of a small one.
 _ROOM = 64 << 20
-_NAME = "reserve"
+RESERVE_FILE = "reserve"  # in the storage directory
+_NAME = RESERVE_FILE
 
 
 def _free(root: Path) -> int | None:

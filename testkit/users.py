@@ -14,17 +14,19 @@ import atexit
 import contextlib
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .tools import missing, require_tool
 
-__all__ = ["SUBID_COUNT", "SystemUser", "python_for", "temporary_user"]
+__all__ = ["SUBID_COUNT", "SystemUser", "python_for", "shared_workspace", "temporary_user"]
 
 SUBID_COUNT = 65536
 _ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +61,18 @@ def _next_free_subid() -> int:
                 if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
                     end = max(end, int(fields[1]) + int(fields[2]))
     return -(-end // SUBID_COUNT) * SUBID_COUNT  # the next multiple of the range size
+
+
+@contextlib.contextmanager
+def shared_workspace(prefix: str, parent: str | None = None) -> Iterator[Path]:
+    """A new directory (mode 0755, in ``parent`` or the temporary directory) that root and
+    a test user can both reach, as pytest's own (0700) are not; removed afterwards."""
+    ws = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(ws, 0o755)
+    try:
+        yield ws
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -22,9 +22,7 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,7 +36,7 @@ from testkit.images import make_image, make_layer, tar_directory, write_oci_inde
 from testkit.registries import MANIFEST_ACCEPT, Response, RunningRegistry, http, pybuild_registry
 from testkit.rootfs import busybox_path, make_busybox_rootfs
 from testkit.tools import require_root, require_tool
-from testkit.users import SystemUser, python_for, temporary_user
+from testkit.users import SystemUser, python_for, shared_workspace, temporary_user
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -94,12 +92,8 @@ def _commands(system: str, doc: dict) -> tuple[list[str], dict[str, str]]:
 def workspace() -> Iterator[Path]:
     """A directory the test user can reach (pytest's are private)."""
     require_root("the CI jobs run as a user this test creates")
-    ws = Path(tempfile.mkdtemp(prefix="pybuild-readme-ci-", dir="/var/tmp"))
-    os.chmod(ws, 0o755)
-    try:
+    with shared_workspace("pybuild-readme-ci-", "/var/tmp") as ws:
         yield ws
-    finally:
-        shutil.rmtree(ws, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

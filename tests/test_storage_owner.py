@@ -10,16 +10,14 @@ and the fix (run as the owner, or ``chown -R``), exits non-zero, and writes noth
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from testkit.tools import require_root
-from testkit.users import SystemUser, python_for, temporary_user
+from testkit.users import SystemUser, python_for, shared_workspace, temporary_user
 from tests.helpers.cli import assert_one_line_error, pybuild
 
 COMMANDS = {
@@ -35,16 +33,12 @@ COMMANDS = {
 def workspace() -> Iterator[Path]:
     """A directory both root and the test user can read (pytest's tmp dirs are 0700)."""
     require_root("the ownership tests create a user")
-    ws = Path(tempfile.mkdtemp(prefix="pybuild-owner-"))
-    os.chmod(ws, 0o755)
-    ctx = ws / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY Dockerfile /Dockerfile\n")
-    subprocess.run(["chmod", "-R", "a+rX", str(ws)], check=True)
-    try:
+    with shared_workspace("pybuild-owner-") as ws:
+        ctx = ws / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text("FROM scratch\nCOPY Dockerfile /Dockerfile\n")
+        subprocess.run(["chmod", "-R", "a+rX", str(ws)], check=True)
         yield ws
-    finally:
-        shutil.rmtree(ws, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

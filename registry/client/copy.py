@@ -59,7 +59,7 @@ from .push import PIECE_PUSH_MIN, push_blob
 from .push_pieces import destination_tags, piece_bases
 from .refs import ImageRef, InvalidReference, parse_image_ref
 from .remote import RegistryClient
-from .transfer import DEFAULT_JOBS
+from .transfer import DEFAULT_JOBS, gather_or_cancel
 
 # A streamed blob is read from its source this much at a time.
 _STREAM_READ = 4 << 20
@@ -221,16 +221,8 @@ class _Copy:
         manifests: list[Any] = [c[2] for c in children] or [obj]
         blobs = {d.digest: d for m in manifests for d in m.references()}
         async with undone_on_failure(self.dst.path if self.dst.kind == "oci" else None):
-            tasks = [asyncio.create_task(self._move(d)) for d in blobs.values()]
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException:
-                # One blob failed: stop the others (they keep what they have for a resume)
-                # before the caller closes the store under them.
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
+            # One blob failed: the others stop (they keep what they have for a resume).
+            await gather_or_cancel([asyncio.create_task(self._move(d)) for d in blobs.values()])
             digest = await self._write_manifests(raw, media_type, obj, children)
         return CopyResult(digest, media_type, dict(self.statuses))
 

@@ -30,7 +30,7 @@ from .pull_parts import PieceSources, _fetch_part, _Part
 from .pull_sink import _Sink
 from .refs import ImageRef
 from .remote import RegistryClient
-from .transfer import TransferOptions
+from .transfer import TransferOptions, cancel_all
 
 __all__: list[str] = []
 
@@ -112,10 +112,7 @@ async def assemble(client: RegistryClient, images: ImageStore, src: ImageRef,
             await ing.append_pieces(_split(chunks, part))
             sink.progress.advance(sink.key, size)
     finally:
-        for task in tasks.values():
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+        await cancel_all(list(tasks.values()))
 
 
 async def _common_start(store: Store, sources: PieceSources,

@@ -25,7 +25,7 @@ from .image_store import ImageNotFound, ImageStore
 from .pull_sink import _Sink
 from .refs import ImageRef, InvalidReference, parse_image_ref
 from .remote import RegistryClient
-from .transfer import BlobError, TransferOptions
+from .transfer import BlobError, TransferOptions, cancel_all
 
 __all__ = ["PieceSources", "local_piece_sources"]
 
@@ -161,10 +161,7 @@ async def _run_parts(
             for chunk in chunks:
                 await sink.write(chunk, reused=part.local)
     finally:
-        for task in tasks.values():
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+        await cancel_all(list(tasks.values()))
 
 
 async def _stream_local_run(images: ImageStore, sink: _Sink, part: _Part) -> bool:

@@ -39,7 +39,7 @@ from .image_store import ImageNotFound, ImageStore
 from .progress import Progress
 from .refs import ImageRef, InvalidReference, parse_image_ref
 from .remote import RegistryClient, TransportError
-from .transfer import TransferOptions
+from .transfer import TransferOptions, gather_or_cancel
 
 __all__ = ["MAX_BASES", "destination_tags", "piece_bases", "push_pieces"]
 
@@ -233,11 +233,5 @@ async def _send(
                     await asyncio.sleep(0.1 * 2**attempt)
             progress.advance(key, len(data))
 
-    tasks = [asyncio.create_task(one(b)) for b in _batches(pieces, missing, options.part_size)]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    await gather_or_cancel([asyncio.create_task(one(b))
+                            for b in _batches(pieces, missing, options.part_size)])

@@ -32,6 +32,7 @@ from .session import (
     pull_scope,
     push_scope,
 )
+from .transfer import cancel_all
 
 __all__ = [
     "MANIFEST_ACCEPT",
@@ -72,10 +73,7 @@ class RegistryClient(RegistrySession):
         # Recipes asked for ahead but never taken (their blob failed, or was there):
         # stopped, and their failures retrieved.
         left, self._recipes = list(self._recipes.values()), {}
-        for task in left:
-            task.cancel()
-        if left:
-            await asyncio.gather(*left, return_exceptions=True)
+        await cancel_all(left)
         await super().close()
 
     # --- API ---------------------------------------------------------------------------

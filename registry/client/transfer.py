@@ -5,11 +5,14 @@ windows, checkpoints, retries) and :class:`BlobError`. Both are re-exported by
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ClientError
 
-__all__ = ["DEFAULT_JOBS", "BlobError", "TransferOptions"]
+__all__ = ["DEFAULT_JOBS", "BlobError", "TransferOptions", "cancel_all", "gather_or_cancel"]
 
 # Blobs transferred at once, unless told (-j). Docker and containerd fetch three at
 # once. On 2 cores four beat six: a pull is CPU-bound here (hashing twice, copying,
@@ -42,3 +45,20 @@ class TransferOptions:
         if self.window < 1 or self.part_size < 1 or self.upload_chunk < 1:
             raise ValueError("window, part_size and upload_chunk must be at least 1")
 
+
+async def cancel_all(tasks: Collection[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they have ended, their failures retrieved."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def gather_or_cancel(tasks: Collection[asyncio.Future[Any]]) -> None:
+    """Wait for ``tasks``; when one fails, the others are cancelled and waited for (so
+    none runs on under a store its caller closes next) before the failure is raised."""
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        await cancel_all(tasks)
+        raise

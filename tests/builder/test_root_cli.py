@@ -33,24 +33,25 @@ def test_every_lazy_entry_is_the_command_it_names() -> None:
         assert isinstance(command, click.Command) and command.name == name
 
 
-def test_pull_does_not_import_the_builder_or_the_server() -> None:
-    code = ("import sys\nfrom builder.cli import main\n"
-            "try:\n    main(['pull', '--help'])\nexcept SystemExit:\n    pass\n"
-            "import json\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('builder.', 'registry.server')))))")
+def _run_and_list_modules(args: list[str], prefixes: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """``pybuild ARGS`` in a new interpreter: what it printed (lines), and the modules
+    whose names start with one of ``prefixes`` it had imported by then (sorted)."""
+    code = ("import sys, json\nfrom builder.cli import main\n"
+            f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    *printed, modules = out.stdout.strip().splitlines()
+    return printed, json.loads(modules)
+
+
+def test_pull_does_not_import_the_builder_or_the_server() -> None:
+    _, loaded = _run_and_list_modules(["pull", "--help"], ("builder.", "registry.server"))
     assert loaded == ["builder.cli", "builder.commands"], loaded
 
 
 def test_help_lists_each_command_by_its_summary_without_importing_any() -> None:
-    code = ("import sys\nfrom builder.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "import json\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('builder', 'registry', 'cas')))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    *help_lines, modules = out.stdout.strip().splitlines()
-    assert json.loads(modules) == ["builder", "builder.cli", "builder.commands", "registry", "registry.cli"]
+    help_lines, modules = _run_and_list_modules(["--help"], ("builder", "registry", "cas"))
+    assert modules == ["builder", "builder.cli", "builder.commands", "registry", "registry.cli"]
     listed = dict(line.split(None, 1) for line in "\n".join(help_lines).split("Commands:")[1].splitlines()
                   if line.strip())
     assert listed == SUMMARIES
@@ -67,12 +68,9 @@ def test_a_command_imported_says_the_same_line_as_its_summary() -> None:
 
 
 def test_images_does_not_import_the_transfer_machinery(tmp_path: Path) -> None:
-    code = ("import sys\nfrom builder.cli import main\n"
-            f"try:\n    main(['images', '--storage', {str(tmp_path)!r}])\nexcept SystemExit:\n    pass\n"
-            "import json\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('registry.client', 'http.client')))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    _, modules = _run_and_list_modules(["images", "--storage", str(tmp_path)],
+                                       ("registry.client", "http.client"))
+    loaded = set(modules)
     assert "registry.client.image_store" in loaded  # it did list the images
     assert not loaded & {"registry.client.copy", "registry.client.pull", "registry.client.remote",
                          "http.client"}, loaded

@@ -14,7 +14,6 @@ Together the cases use every Dockerfile instruction (see each Dockerfile's heade
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import platform
@@ -22,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ import pytest
 from testkit.docker_engine import DockerEngine
 from testkit.registries import RunningRegistry, pybuild_registry
 from testkit.tools import in_ci, require_tool, running_ssh_agent
+from tests.helpers.http_server import serve_answers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -333,28 +332,12 @@ def _diff(docker: dict[str, Entry], pybuild: dict[str, Entry]) -> list[str]:
 def http_files() -> Iterator[str]:
     """An HTTP server on 127.0.0.1 for add-urls (the engine downloads from it): every
     path answers with its own name; /files/dated.txt has a Last-Modified date."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"served for {self.path}\n".encode()
-            self.send_response(200)
-            if self.path == "/files/dated.txt":
-                self.send_header("Last-Modified", "Sun, 05 May 2019 10:00:00 GMT")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        dated = {"Last-Modified": "Sun, 05 May 2019 10:00:00 GMT"}
+        return 200, dated if path == "/files/dated.txt" else {}, f"served for {path}\n".encode()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve_answers(answer) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

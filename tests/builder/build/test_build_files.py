@@ -3,13 +3,11 @@ instructions, ONBUILD, secrets and cache mounts, and the CLI's plain progress.""
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import os
 import subprocess
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,31 +15,17 @@ import pytest
 
 from builder.steps.common import BuildError
 from tests.builder.build.conftest import write_base_layout
+from tests.helpers.http_server import serve_answers
 
 
 @pytest.fixture
 def http_server() -> Iterator[int]:
     """A local HTTP server on 127.0.0.1 serving /remote.txt, in a thread."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"remote content\n"
-            self.send_response(200 if self.path == "/remote.txt" else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        return 200 if path == "/remote.txt" else 404, {}, b"remote content\n"
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve_answers(answer) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def test_copy_add_details_and_config(context_of, build, tmp_path: Path, http_server: int) -> None:
@@ -262,30 +246,15 @@ def http_files() -> Iterator[str]:
     """A local HTTP server on 127.0.0.1 with a file that has a Last-Modified date, one
     named with a space, a tar.gz (/files/app.tar.gz), and answers for a directory URL and
     the root; yields its URL."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"served for {self.path}\n".encode()
-            if self.path == "/files/app.tar.gz":
-                body = _tar_gz({"app/remote.txt": b"from a remote archive\n"})
-            self.send_response(200)
-            if self.path == "/files/dated.txt":
-                self.send_header("Last-Modified", "Sun, 05 May 2019 10:00:00 GMT")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        body = f"served for {path}\n".encode()
+        if path == "/files/app.tar.gz":
+            body = _tar_gz({"app/remote.txt": b"from a remote archive\n"})
+        dated = {"Last-Modified": "Sun, 05 May 2019 10:00:00 GMT"}
+        return 200, dated if path == "/files/dated.txt" else {}, body
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve_answers(answer) as url:
+        yield url
 
 
 def _tar_gz(files: dict[str, bytes]) -> bytes:

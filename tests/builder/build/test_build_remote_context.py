@@ -5,15 +5,12 @@ build`` takes them; each makes the same image as the directory it holds."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import gzip
-import http.server
 import io
 import os
 import socket
 import subprocess
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +19,7 @@ import pytest
 import zstandard
 
 from testkit.tools import require_tool
+from tests.helpers.http_server import serve_directory
 
 
 def _tar_of(ctx: Path, compress: str = "") -> bytes:
@@ -91,19 +89,6 @@ def test_a_context_archive_that_climbs_out_is_refused(tmp_path: Path) -> None:
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-@contextlib.contextmanager
-def _http_server(root: Path) -> Iterator[str]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def _build(tmp_path: Path, context: str, *args: str) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "PYBUILD_STORAGE": str(tmp_path / "s"), "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir(exist_ok=True)
@@ -119,7 +104,7 @@ def test_the_context_from_an_http_url(context_of, tmp_path: Path) -> None:  # ty
     served.mkdir()
     (served / "ctx.tar.gz").write_bytes(_tar_of(ctx, "gzip"))
     (served / "Dockerfile").write_text((ctx / "stdin.Dockerfile").read_text().splitlines()[0] + "\n")
-    with _http_server(served) as url:
+    with serve_directory(served) as url:
         got = _build(tmp_path, f"{url}/ctx.tar.gz", "-f", "stdin.Dockerfile")
         assert got.returncode == 0, got.stderr
         assert got.stdout == from_dir.stdout

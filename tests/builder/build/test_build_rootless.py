@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from builder.sandbox.userns import (
 )
 from testkit.rootfs import make_busybox_rootfs
 from testkit.tools import require_root, require_tool
-from testkit.users import SystemUser, python_for, temporary_user
+from testkit.users import SystemUser, python_for, shared_workspace, temporary_user
 from tests.builder.build.conftest import TESTFILES, write_base_layout
 
 CASES = ["basic", "differ", "docker-parity", "hardlinks", "multistage"]
@@ -44,12 +43,8 @@ EPOCH = "1700000000"
 def workspace() -> Iterator[Path]:
     """A directory both root and the test user can read (pytest's tmp dirs are 0700)."""
     require_root("the rootless tests create a user")
-    ws = Path(tempfile.mkdtemp(prefix="pybuild-rootless-"))
-    os.chmod(ws, 0o755)
-    try:
+    with shared_workspace("pybuild-rootless-") as ws:
         yield ws
-    finally:
-        shutil.rmtree(ws, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
