@@ -18,16 +18,12 @@ import pytest
 
 from cas import Digest
 
-from .test_serve_process import Server
+from .test_serve_process import Server, serving
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "storage", env={"PYBUILD_EVENT_LOOP": request.param})
-    srv.start()
-    yield srv
-    if srv.proc is not None and srv.proc.poll() is None:
-        srv.stop()
+    yield from serving(tmp_path / "storage", request.param)
 
 
 def _raw(server: Server, data: bytes, read: int = 1 << 16) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_serve_process import Server
+from .test_serve_process import Server, serving
 
 NAMES = ["a", "a/b", "../x", "a/../b", "A", "a//b", "a/" * 60 + "z", "%2e%2e/x", "a%00b", "ä",
          "a/_pybuild", "x" * 300, "_catalog", "a/blobs", "a/manifests", "fuzz/repo"]
@@ -59,11 +59,7 @@ PLANS = [
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "storage", env={"PYBUILD_EVENT_LOOP": request.param})
-    srv.start()
-    yield srv
-    if srv.proc is not None and srv.proc.poll() is None:
-        srv.stop()
+    yield from serving(tmp_path / "storage", request.param)
 
 
 class Client:

@@ -86,13 +86,19 @@ class Server:
         return out
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "storage", env={"PYBUILD_EVENT_LOOP": os.environ.get("LOOP", "auto")})
+def serving(storage: Path, loop: str) -> Iterator[Server]:
+    """A ``pybuild serve`` process on event loop ``loop``, started; stopped afterwards
+    (killed if it will not stop)."""
+    srv = Server(storage, env={"PYBUILD_EVENT_LOOP": loop})
     srv.start()
     yield srv
     if srv.proc is not None and srv.proc.poll() is None:
         srv.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    yield from serving(tmp_path / "storage", os.environ.get("LOOP", "auto"))
 
 
 @pytest.fixture
