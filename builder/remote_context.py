@@ -29,6 +29,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -36,11 +37,11 @@ from typing import Any, BinaryIO, Literal
 import click
 import zstandard
 
-__all__ = ["ContextSourceError", "StreamContext", "context_from", "read_context_stream"]
+from .steps.archives import COMPRESSED_MAGIC, is_tar_block
 
-_TAR_MAGIC_AT = 257
-_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
-_ZSTD = b"\x28\xb5\x2f\xfd"
+__all__ = ["ContextSourceError", "StreamContext", "context_from", "is_git_url", "read_context_stream"]
+
+_ZSTD = COMPRESSED_MAGIC[3]
 
 
 class ContextSourceError(ValueError):
@@ -101,7 +102,7 @@ def read_context_stream(stream: BinaryIO, source: str = "standard input") -> Str
         if head.startswith(_ZSTD):
             whole = io.BufferedReader(_Prefixed(head, stream))
             _unpack(zstandard.ZstdDecompressor().stream_reader(whole), "r|", where, source)
-        elif head.startswith(_COMPRESSED) or head[_TAR_MAGIC_AT:_TAR_MAGIC_AT + 5] == b"ustar":
+        elif head.startswith(COMPRESSED_MAGIC) or is_tar_block(head):
             _unpack(io.BufferedReader(_Prefixed(head, stream)), "r|*", where, source)
         else:
             text = head + stream.read()
@@ -131,11 +132,15 @@ def _unpack(body: Any, mode: Literal["r|", "r|*"], where: Path, source: str) -> 
         raise ContextSourceError(f"the context archive from {source} cannot be read: {exc}") from exc
 
 
-def _is_git(url: str) -> bool:
-    """Docker's test for a git context (``urlutil.IsGitURL``)."""
-    if url.startswith(("git://", "git@", "github.com/")):
+def is_git_url(source: str, *, context: bool = False) -> bool:
+    """Whether BuildKit fetches ``source`` as a Git repository: ``git://``, ``git@host:``,
+    ``ssh://``, or an http(s) URL whose path ends in ``.git``; as a build ``context``,
+    also ``github.com/...`` (Docker's rule for contexts)."""
+    if source.startswith(("git://", "git@", "ssh://")) or (
+            context and source.startswith("github.com/")):
         return True
-    return url.startswith(("http://", "https://")) and url.split("#")[0].endswith(".git")
+    url = urllib.parse.urlparse(source)
+    return url.scheme in ("http", "https") and url.path.rstrip("/").endswith(".git")
 
 
 def _git(args: list[str], url: str, cwd: Path) -> None:
@@ -200,7 +205,7 @@ def context_from(text: str, dockerfile: Path | None) -> tuple[Path, Path | None,
                                "Dockerfile (-f -)")
     source = "standard input" if text == "-" else text
     try:
-        if _is_git(text):
+        if is_git_url(text, context=True):
             got = _clone(text)
         else:
             stream = sys.stdin.buffer if text == "-" else _download(text)

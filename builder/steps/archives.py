@@ -13,9 +13,11 @@ from typing import BinaryIO
 
 import zstandard
 
-__all__ = ["is_archive", "open_archive"]
+__all__ = ["COMPRESSED_MAGIC", "is_archive", "is_tar_block", "open_archive"]
 
-_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+#: gzip, bzip2, xz, zstd: how a compressed stream begins.
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+_MAGIC = COMPRESSED_MAGIC
 
 
 def is_archive(path: Path) -> bool:
@@ -28,6 +30,12 @@ def is_archive(path: Path) -> bool:
     except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error,
             zstandard.ZstdError):
         return False
+    return is_tar_block(head)
+
+
+def is_tar_block(head: bytes) -> bool:
+    """Whether ``head`` (a stream's first 512 bytes) is a valid tar header (ustar, GNU
+    or v7), as BuildKit tells an archive."""
     try:
         tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
     except tarfile.HeaderError:

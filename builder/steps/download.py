@@ -15,6 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 from ..dockerfile.instructions import Add
+from ..remote_context import is_git_url
 from .common import BuildError, StepEnv
 
 __all__ = ["check_checksum_sources", "check_not_git", "download", "download_name",
@@ -37,9 +38,7 @@ def check_not_git(source: str, where: str) -> None:
     (``git@host:repo``, ``git://``, ``ssh://``, an http(s) URL ending in ``.git``):
     pybuild does not clone, and downloading the URL or reading a context file by that
     name would add something else."""
-    url = urllib.parse.urlparse(source)
-    if source.startswith(("git@", "git://", "ssh://")) or (
-            url.scheme in ("http", "https") and url.path.rstrip("/").endswith(".git")):
+    if is_git_url(source):
         raise BuildError(where, f"{source}: ADD of a Git repository is not supported by "
                          "pybuild; clone it in a RUN step (RUN git clone ...) or COPY a "
                          "checkout from the build context")
