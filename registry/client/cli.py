@@ -24,7 +24,7 @@ from cas.errors import CasError, storage_error
 
 from ..cli import JSON_ERRORS
 from ..errors import RegistryError
-from .endpoints import Endpoint, check_transport, parse_endpoint
+from .endpoints import TRANSPORTS, Endpoint, check_transport, parse_endpoint
 from .errors import ClientError
 from .refs import parse_image_ref
 from .transfer import DEFAULT_JOBS, TransferOptions
@@ -70,7 +70,7 @@ def _run(coro: Awaitable[T]) -> T:
 def _ref(text: str) -> Any:
     try:
         check_transport(text)
-        if text.startswith(("docker://", "oci:", "oci-archive:", "docker-archive:", "local:")):
+        if text.startswith(TRANSPORTS):
             raise ValueError(f"{text!r}: an image reference is asked for here; pybuild copy "
                              "SOURCE DESTINATION copies between transports")
         return parse_image_ref(text)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .refs import ImageRef, InvalidReference, parse_image_ref
 
-__all__ = ["SKOPEO_TRANSPORTS", "SUPPORTED", "Endpoint", "check_transport", "parse_endpoint"]
+__all__ = ["SKOPEO_TRANSPORTS", "SUPPORTED", "TRANSPORTS", "Endpoint", "check_transport", "parse_endpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,8 @@ class Endpoint:
 # would be a surprise, and a leak.
 SKOPEO_TRANSPORTS = ("docker", "docker-archive", "docker-daemon", "oci", "oci-archive", "dir",
                      "containers-storage", "sif", "tarball", "ostree")
+# How each transport pybuild reads and writes begins (a bare REF aside).
+TRANSPORTS = ("docker://", "local:", "oci:", "oci-archive:", "docker-archive:")
 SUPPORTED = ("docker://REF (or a bare REF), local:REF, oci:DIR[:TAG], oci-archive:FILE[:TAG], "
              "docker-archive:FILE[:REF]")
 _SCHEME = re.compile(r"^([a-z][a-z0-9_-]*):(.*)$", re.DOTALL)
@@ -52,7 +54,7 @@ def check_transport(text: str) -> None:
     one skopeo knows, or ``NAME:`` followed by a path (``x:/dir``, ``x:./f``), which no
     image reference is (a tag holds no ``/``, a port only digits)."""
     m = _SCHEME.match(text)
-    if m is None or text.startswith(("docker://", "local:", "oci:", "oci-archive:", "docker-archive:")):
+    if m is None or text.startswith(TRANSPORTS):
         return
     name, rest = m.groups()
     if re.match(r"\d+/", rest):
