@@ -108,10 +108,25 @@ class Store:
     # -- ingest --------------------------------------------------------------------
 
     async def begin_ingest(self, *, algorithm: str = DEFAULT_ALGORITHM) -> Ingest:
+        return Ingest(self.core, await self._new_ingest(algorithm), algorithm)
+
+    async def _new_ingest(self, algorithm: str) -> str:
+        """Record a new ingest; its id. Cancelled meanwhile (another blob of a pull
+        failed), the worker thread records it all the same and no caller holds it: it
+        is dropped, not left open (its id unknown to anyone) until it expires."""
         new_hasher(algorithm)  # refuse unknown algorithms before anything is written
         ingest_id = secrets.token_hex(16)
-        await self._run(self.meta.create_ingest, ingest_id, algorithm)
-        return Ingest(self.core, ingest_id, algorithm)
+        created = asyncio.ensure_future(self._run(self.meta.create_ingest, ingest_id, algorithm))
+        try:
+            await asyncio.shield(created)
+        except asyncio.CancelledError:
+            async def undo() -> None:
+                with contextlib.suppress(Exception):
+                    await created
+                    await self._run(self.core.drop_ingest, ingest_id)
+            await asyncio.shield(undo())
+            raise
+        return ingest_id
 
     async def resume_ingest(self, ingest_id: str) -> Ingest:
         """Reopen an ingest at its last checkpoint (also after a restart or a crash)."""
@@ -144,10 +159,7 @@ class Store:
     async def begin_piece_ingest(self, *, algorithm: str = DEFAULT_ALGORITHM) -> PieceIngest:
         """An ingest fed with whole pieces and committed from a recipe
         (:mod:`cas.assemble`: a piece-level push)."""
-        new_hasher(algorithm)
-        ingest_id = secrets.token_hex(16)
-        await self._run(self.meta.create_ingest, ingest_id, algorithm)
-        return PieceIngest(self.core, ingest_id, algorithm)
+        return PieceIngest(self.core, await self._new_ingest(algorithm), algorithm)
 
     async def resume_piece_ingest(self, ingest_id: str) -> PieceIngest:
         """Reopen a piece ingest at its last checkpoint (IngestUnknown if none)."""

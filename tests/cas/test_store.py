@@ -543,3 +543,31 @@ async def test_a_blob_with_a_tiny_last_piece_stays_one_run_of_its_pack(tmp_path:
         # A blob small enough to be one piece still lives in the metadata, not a pack.
         small = (await store.put(b"tiny config")).digest
         assert store.meta.locations([k for k, _ in layout(store, small)]).popitem()[1].pack is None
+
+
+@pytest.mark.parametrize("piece", [False, True])
+async def test_an_ingest_cancelled_while_it_is_recorded_is_not_left_open(
+        store: Store, monkeypatch: pytest.MonkeyPatch, piece: bool) -> None:
+    """A pull whose other blob fails cancels the blobs beside it, one of them maybe while
+    its new ingest is being recorded: the record is written all the same, and nobody
+    knows its id, so it must not stay open (``storage stats`` counted it until expiry)."""
+    started, release = threading.Event(), threading.Event()
+    create = store.meta.create_ingest
+
+    def slow_create(*args: object) -> None:
+        started.set()
+        release.wait(10)
+        create(*args)
+
+    monkeypatch.setattr(store.meta, "create_ingest", slow_create)
+    begin = asyncio.ensure_future(store.begin_piece_ingest() if piece else store.begin_ingest())
+    assert await asyncio.to_thread(started.wait, 10)
+    begin.cancel()
+    await asyncio.sleep(0.05)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await begin
+    assert await store.list_ingests() == []
+    monkeypatch.setattr(store.meta, "create_ingest", create)
+    ing = await store.begin_ingest()  # the store goes on as before
+    assert [i.id for i in await store.list_ingests()] == [ing.id]
