@@ -154,6 +154,7 @@ class StorageError(CasError, OSError):
 class StorageFull(StorageError):
     def __init__(self, where: str, path: Path | str | None = None, cause: str = "") -> None:
         at = f" ({path})" if path is not None else ""
+        self.where = where
         super().__init__(
             f"storage full while writing {where}{at}: {cause or 'no space left on device'}; "
             f"free space there, {_MOVE}; nothing partial was committed",

@@ -254,6 +254,10 @@ def test_copy_to_a_full_oci_layout_leaves_nothing(tmp_path: Path, image_ref: str
 
 
 def _post_blob(addr: str, data: bytes) -> int:
+    return _post_blob_answer(addr, data)[0]
+
+
+def _post_blob_answer(addr: str, data: bytes) -> tuple[int, str]:
     import hashlib
 
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -262,9 +266,18 @@ def _post_blob(addr: str, data: bytes) -> int:
                                  headers={"Content-Type": "application/octet-stream"})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status
+            return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code
+        return exc.code, exc.read().decode()
+
+
+def _assert_told_not_shown(status: int, body: str, storage: Path, log: Path, *words: str) -> None:
+    """The client is told what happened, never where the server keeps its storage
+    (its path, its ``--storage`` advice): that is the operator's, in the log."""
+    message = json.loads(body)["errors"][0]["message"]
+    assert all(w in message for w in words), message
+    assert str(storage) not in body and "--storage" not in body, body
+    assert str(storage) in log.read_text(), f"the log does not say where ({status})"
 
 
 def _get_blob(addr: str, data: bytes) -> bytes:
@@ -283,7 +296,10 @@ def test_serve_on_a_full_disk_answers_507_and_keeps_every_blob(tmp_path: Path) -
         for blob in kept:
             assert _post_blob(running.addr, blob) == 201
         for _ in range(2):
-            assert _post_blob(running.addr, os.urandom(12 << 20)) == 507
+            status, body = _post_blob_answer(running.addr, os.urandom(12 << 20))
+            assert status == 507, body
+            _assert_told_not_shown(status, body, mnt, tmp_path / "registry.log",
+                                   "storage full", "no space left on device", "operator")
             for blob in kept:
                 assert _get_blob(running.addr, blob) == blob
 
@@ -300,7 +316,10 @@ def test_serve_on_read_only_packs_answers_503_and_keeps_every_blob(tmp_path: Pat
         mount_read_only(storage / "packs", storage / "packs")
         try:
             for _ in range(2):
-                assert _post_blob(running.addr, os.urandom(6 << 20)) == 503
+                status, body = _post_blob_answer(running.addr, os.urandom(6 << 20))
+                assert status == 503, body
+                _assert_told_not_shown(status, body, storage, tmp_path / "registry.log",
+                                       "not writable", "read-only file system")
                 assert _get_blob(running.addr, kept) == kept
         finally:
             subprocess.run(["umount", "-l", str(storage / "packs")], check=False)

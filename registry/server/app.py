@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -105,13 +106,23 @@ def _cas_error(exc: CasError) -> RegistryError:
         return SIZE_INVALID(str(exc))
     if isinstance(exc, InvalidRange):
         return RANGE_INVALID(str(exc))
+    # The storage errors' own words name the server's paths and advise its operator
+    # (--storage): the log has them; a client learns what happened and what to do.
     if isinstance(exc, StorageFull):
-        return UNAVAILABLE(str(exc), status=507)
+        place = "its storage" if os.path.isabs(exc.where) else exc.where
+        return UNAVAILABLE(
+            f"storage full: the registry has no room left in {place} ({exc.cause}); "
+            "nothing partial was kept: try again once its operator has freed space",
+            status=507)
     if isinstance(exc, DatabaseUnavailable):  # lost or refused connection: retry, fail over
         return UNAVAILABLE(f"the metadata database is unreachable: {exc}", status=503,
                            headers={"Retry-After": DATABASE_RETRY_AFTER})
-    if isinstance(exc, (StorageNotWritable, StoreClosed)):  # read-only disk; shutting down
-        return UNAVAILABLE(str(exc), status=503)
+    if isinstance(exc, StorageNotWritable):  # a read-only disk
+        return UNAVAILABLE(
+            f"the registry's storage is not writable ({exc.cause}); nothing was kept: "
+            "try again later, or tell its operator", status=503)
+    if isinstance(exc, StoreClosed):  # shutting down
+        return UNAVAILABLE("the registry is shutting down: try again", status=503)
     return UNKNOWN(INTERNAL_ERROR)
 
 
