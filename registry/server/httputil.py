@@ -152,10 +152,11 @@ def parse_content_range(header: str | None) -> tuple[int, int] | None:
 
 
 def parse_page(request: web.Request) -> tuple[int | None, str | None]:
-    """``n`` and ``last`` query parameters; n None means 'no n given'."""
+    """``n`` and ``last`` query parameters; n None means 'no n given' (also ``n=``, as
+    Distribution reads an empty one)."""
     text = request.query.get("n")
     n: int | None = None
-    if text is not None:
+    if text:
         if not _PAGE_SIZE.match(text) or int(text) > MAX_POSITION:
             raise PAGINATION_NUMBER_INVALID(
                 f"n={_clip(text)!r}: expected a non-negative integer (ASCII digits)",

@@ -32,7 +32,7 @@ HUGE = "9" * 5000
 
 # --- pagination -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "n", [HUGE, "9" * 20, "²", "٣", "1e3", "-1", "", " 1", "0x10", "1.0", "+1"]
+    "n", [HUGE, "9" * 20, "²", "٣", "1e3", "-1", " 1", "0x10", "1.0", "+1"]
 )
 @pytest.mark.parametrize("path", ["/v2/_catalog", "/v2/p/tags/list"])
 async def test_bad_page_size_is_pagination_number_invalid(client, path, n):
@@ -40,6 +40,18 @@ async def test_bad_page_size_is_pagination_number_invalid(client, path, n):
     resp = await client.get(f"{path}?n={quote(n)}")
     assert resp.status == 400, await resp.text()
     assert await error_codes(resp) == ["PAGINATION_NUMBER_INVALID"]
+
+
+@pytest.mark.parametrize("path", ["/v2/_catalog", "/v2/p/tags/list"])
+async def test_empty_page_size_is_no_page_size(client, path):
+    """``?n=`` (a client that always sends n) lists as if no n were given, as
+    Distribution does."""
+    await push_blob(client, "p", b"x")
+    plain = await client.get(path)
+    empty = await client.get(f"{path}?n=")
+    assert (plain.status, empty.status) == (200, 200), await empty.text()
+    assert await empty.json() == await plain.json()
+    assert "Link" not in empty.headers
 
 
 async def test_large_page_size_is_clamped(client):
