@@ -38,25 +38,32 @@ def is_private_key(path: Path) -> bool:
     return head.lstrip().startswith(b"-----BEGIN ") and b"PRIVATE KEY-----" in head
 
 
+# $0: ssh-agent, $1: its socket. Prints the agent's pid once it listens (nothing when it
+# exits first), then waits for EOF on stdin and stops it.
+_WATCHDOG = (
+    '"$0" -D -a "$1" >/dev/null 2>&1 & pid=$!; '
+    'while [ ! -S "$1" ]; do kill -0 "$pid" 2>/dev/null || exit 1; sleep 0.01; done; '
+    'echo "$pid"; cat >/dev/null; kill "$pid" 2>/dev/null; wait'
+)
+
+
 @contextlib.contextmanager
 def _agent(tool: str, keys: Sequence[Path], sid: str) -> Iterator[Path]:
     home = Path(tempfile.mkdtemp(prefix="pybuild-ssh-"))  # short: socket paths are limited
     sock = home / "agent.sock"
-    # The agent holds private keys: it must not outlive a killed build. Started with a
-    # command, ssh-agent forks, runs the agent in the child and the command in the parent,
-    # and the agent exits once that process is gone (it checks every 10 s). The command
-    # waits for EOF on a pipe only this process writes to, so it ends when pybuild does,
-    # however pybuild ends. (A parent-death signal would not do: ssh-agent is setgid,
-    # and exec'ing it clears that signal.)
-    proc = subprocess.Popen([tool, "-a", str(sock), "/bin/sh", "-c",
-                             'echo "$SSH_AGENT_PID"; exec cat > /dev/null'],
+    # The agent holds private keys: it must not outlive a killed build, not even briefly.
+    # It runs in the foreground under a shell that reads a pipe only this process writes
+    # to: at EOF, however pybuild ends (a SIGKILL too), the shell kills it at once. (A
+    # parent-death signal would not do: ssh-agent is setgid, and exec'ing it clears that
+    # signal; ssh-agent's own watch of the command it runs looks every 10 s only.)
+    proc = subprocess.Popen(["/bin/sh", "-c", _WATCHDOG, tool, str(sock)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     agent_pid = None
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()  # "" when ssh-agent failed and exited
-        if not line.isdigit() or not sock.exists():
+        if not line.isdigit():
             raise KeyAgentError(f"--ssh {sid}: ssh-agent did not start")
         agent_pid = int(line)
         add = shutil.which("ssh-add") or "ssh-add"

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,21 +122,26 @@ def _fingerprint(key: Path) -> str:
     return out.split()[1]
 
 
-def _key_agents_running() -> list[str]:
+def _key_agents_running(tmp: Path) -> list[str]:
+    """The processes of the key agents pybuild started with its temporary directory in
+    ``tmp`` (another test run's agents beside this one are not this test's)."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if "ssh-agent" in cmdline and "pybuild-ssh-" in cmdline:
+        if "ssh-agent" in cmdline and f"{tmp}/pybuild-ssh-" in cmdline:
             found.append(cmdline)
     return found
 
 
-def test_ssh_key_files_are_served_by_an_agent_for_the_build(ssh_base: str,
-                                                            tmp_path: Path) -> None:
+def test_ssh_key_files_are_served_by_an_agent_for_the_build(
+        ssh_base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--ssh ID=KEY[,KEY]``, as BuildKit takes key files: any file mode, several keys."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     keygen = require_tool("ssh-keygen")
     keys = []
     for name, kind in (("one", "ed25519"), ("two", "ecdsa")):
@@ -155,8 +161,8 @@ def test_ssh_key_files_are_served_by_an_agent_for_the_build(ssh_base: str,
     deploy = (out / "deploy.txt").read_text().splitlines()
     assert sorted(line.split()[1] for line in deploy) == sorted(map(_fingerprint, keys))
     assert (out / "after.txt").read_text() == "gone\n"
-    assert _key_agents_running() == []  # stopped with the build
-    assert not list(Path("/tmp").glob("pybuild-ssh-*/agent.sock"))
+    assert _key_agents_running(tmp) == []  # stopped with the build
+    assert not list(tmp.glob("pybuild-ssh-*/agent.sock"))
 
     locked = tmp_path / "locked"
     subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "secret", "-f", str(locked)],
@@ -167,7 +173,7 @@ def test_ssh_key_files_are_served_by_an_agent_for_the_build(ssh_base: str,
     assert failed.exit_code == 1
     assert f"--ssh default={locked}: the key cannot be loaded" in failed.output
     assert "passphrase" in failed.output and "Traceback" not in failed.output
-    assert _key_agents_running() == []
+    assert _key_agents_running(tmp) == []
 
 
 def test_a_killed_build_takes_its_key_agent_with_it(busybox_ref: str, tmp_path: Path) -> None:
@@ -178,21 +184,21 @@ def test_a_killed_build_takes_its_key_agent_with_it(busybox_ref: str, tmp_path: 
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\n"
                                     "RUN --mount=type=ssh touch /started && sleep 60\n")
-    env = {**os.environ, "PYBUILD_STORAGE": str(tmp_path / "s")}
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "PYBUILD_STORAGE": str(tmp_path / "s"), "TMPDIR": str(tmp)}
     proc = subprocess.Popen([sys.executable, "-m", "builder", "build", "--progress", "plain",
                              "--ssh", f"default={key}", str(ctx)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not _key_agents_running():
+        while not _key_agents_running(tmp):
             assert proc.poll() is None and time.monotonic() < deadline, "no agent started"
             time.sleep(0.1)
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 30  # the agent looks for its parent every 10 s
-    while _key_agents_running() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30  # stopped when the pipe from the build ends
+    while _key_agents_running(tmp) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _key_agents_running() == []
-    for sock_dir in Path("/tmp").glob("pybuild-ssh-*"):  # what a SIGKILL leaves behind
-        shutil.rmtree(sock_dir, ignore_errors=True)
+    assert _key_agents_running(tmp) == []
