@@ -168,16 +168,18 @@ _HEADERS = {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT",
             "CreatedBy": "CREATED BY", "Size": "SIZE", "Comment": "COMMENT"}
 
 
-def render_rows(template: str, rows: list[dict[str, str]]) -> list[str]:
-    """Rows through ``template``; a ``table`` template gets a header line and its
-    tab-separated cells aligned as Docker's tabwriter aligns them (each column as wide as
-    its widest cell plus 3, at least 10; the last cell as it is)."""
+def render_rows(template: str, rows: list[dict[str, str]], headers: dict[str, str] = _HEADERS,
+                default: str = _HISTORY_TABLE) -> list[str]:
+    """Rows through ``template``; a ``table`` template gets a header line (``headers``
+    names the fields' columns) and its tab-separated cells aligned as Docker's tabwriter
+    aligns them (each column as wide as its widest cell plus 3, at least 10; the last
+    cell as it is). A bare ``table`` is ``default``; ``json`` is one object per line."""
     # as Docker's formatter: a typed \t or \n is a tab or a newline
     template = template.replace("\\t", "\t").replace("\\n", "\n")
     if not template.startswith("table"):
         return [render(template, row) for row in rows]
-    body = template[len("table"):].strip() or _HISTORY_TABLE[len("table "):]
-    header = FIELD.sub(lambda m: _HEADERS.get(m.group(2), m.group(2).upper()), body)
+    body = template[len("table"):].strip() or default[len("table "):]
+    header = FIELD.sub(lambda m: headers.get(m.group(2), m.group(2).upper()), body)
     lines = [header.split("\t")] + [render(body, row).split("\t") for row in rows]
     columns = max(len(cells) for cells in lines)
     widths = [max([len(cells[i]) + 3 for cells in lines if i < len(cells) - 1] + [10])
@@ -245,3 +247,46 @@ def history(ref: str, human: bool, no_trunc: bool, quiet: bool, template: str | 
         return
     for line in render_rows(template or _HISTORY_TABLE, rows):
         click.echo(line)
+
+
+# pybuild images' table (docker images' fields, the digest standing for IMAGE ID as in
+# Docker's containerd image store), and its fields' column names
+IMAGES_TABLE = "table {{.Reference}}\t{{.ID}}\t{{.CreatedSince}}"
+IMAGES_HEADERS = {"Reference": "REFERENCE", "Repository": "REPOSITORY", "Tag": "TAG",
+                  "ID": "DIGEST", "Digest": "DIGEST", "CreatedSince": "CREATED",
+                  "CreatedAt": "CREATED AT"}
+
+
+def image_rows(found: list[Any], now: float, trunc: bool) -> list[dict[str, str]]:
+    """One row per local image name (:class:`.image_store.LocalImage`), with
+    ``docker images``' fields: ``Repository``, ``Tag`` (``<none>`` for a name by digest
+    alone), ``ID`` (the digest's first 12 hex digits; whole without ``trunc``),
+    ``Digest``, ``CreatedSince``, ``CreatedAt``, and ``Reference`` (the whole name)."""
+    rows = []
+    for image in found:
+        ref = _ref(image.ref)
+        at = datetime.datetime.fromtimestamp(image.created).astimezone()
+        rows.append({
+            "Reference": _familiar(image.ref), "Repository": _familiar(ref.repository),
+            "Tag": ref.tag or "<none>",
+            "ID": image.digest.encoded[:12] if trunc else str(image.digest),
+            "Digest": str(image.digest),
+            "CreatedSince": f"{human_duration(max(0.0, now - image.created))} ago",
+            "CreatedAt": at.strftime("%Y-%m-%d %H:%M:%S %z %Z"),
+        })
+    return rows
+
+
+def matches(ref: str, pattern: str) -> bool:
+    """Whether local image name ``ref`` is one ``docker images PATTERN`` lists:
+    ``REPOSITORY`` (any tag) or ``REPOSITORY:TAG``, the repository as typed or normalised
+    (``app``, ``docker.io/library/app``), ``*`` matching within a path component."""
+    import fnmatch
+
+    parsed = _ref(ref)
+    tagged = ":" in pattern.rsplit("/", 1)[-1]
+    names = {parsed.repository, _familiar(parsed.repository)}
+    if tagged:
+        names = {f"{n}:{parsed.tag}" for n in names if parsed.tag}
+    return any(fnmatch.fnmatchcase(n, pattern) and n.count("/") == pattern.count("/")
+               for n in names)

@@ -107,3 +107,33 @@ def test_inspect_answers_dockers_names(tmp_path: Path) -> None:
     wrong = runner.invoke(main, ["inspect", "--storage", storage, "--format", "{{.Config.Nope}}",
                                  "example.com/multi:1"])
     assert wrong.exit_code == 2 and "no field 'Nope'" in wrong.output
+
+
+def test_images_takes_docker_images_arguments(tmp_path: Path) -> None:
+    storage = str(tmp_path / "s")
+    index, _, _ = _seed_index(tmp_path / "s", "docker.io/library/app:1")
+    runner = CliRunner()
+
+    def images(*args: str) -> list[str]:
+        got = runner.invoke(main, ["images", "--storage", storage, *args])
+        assert got.exit_code == 0, got.output
+        return got.output.splitlines()
+
+    for target in ("app:2", "docker.io/team/app:1", "example.com/team/web:v3"):
+        assert runner.invoke(main, ["tag", "--storage", storage, "app:1", target]).exit_code == 0
+    assert images("--format", "{{.Repository}}:{{.Tag}}") == \
+        ["app:1", "app:2", "team/app:1", "example.com/team/web:v3"]
+    assert images("app", "--format", "{{.Tag}}") == ["1", "2"]
+    assert images("docker.io/library/app:2", "--format", "{{.Reference}}") == ["app:2"]
+    assert images("team/*", "--format", "{{.Reference}}") == ["team/app:1"]
+    assert images("example.com/*/*", "--format", "{{.Reference}}") == ["example.com/team/web:v3"]
+    assert images("nothing") == ["REFERENCE   DIGEST    CREATED"]
+    assert images("-q") == [index.split(":")[1][:12]] * 4  # one image, four names
+    assert images("-q", "--no-trunc", "app:2") == [index]
+    table = images("--format", r"table {{.Repository}}\t{{.Tag}}\t{{.ID}}", "app")
+    assert table[0] == "REPOSITORY   TAG       DIGEST"
+    assert table[1] == f"app          1         {index.split(':')[1][:12]}"
+    row = json.loads(images("--format", "json", "app:1")[0])
+    assert (row["Digest"], row["Tag"], row["CreatedSince"].endswith("ago")) == (index, "1", True)
+    bad = runner.invoke(main, ["images", "--storage", storage, "--format", "{{.Size}}"])
+    assert bad.exit_code == 2 and "no field 'Size'" in bad.output

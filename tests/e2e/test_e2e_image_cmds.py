@@ -126,3 +126,37 @@ def test_tag_names_the_same_image(built) -> None:  # type: ignore[no-untyped-def
         assert missing.stderr.strip().splitlines() == [
             "Error: no local image pybuild-e2e/none:1 (see pybuild images; "
             "pybuild pull pybuild-e2e/none:1)"]
+
+
+def test_images_lists_as_docker_images(built, docker_engine: DockerEngine) -> None:  # type: ignore[no-untyped-def]
+    """``pybuild images`` with docker images' arguments: a repository pattern, ``-q``,
+    ``--format`` over its fields. IDs aside (Docker's classic store says the config's
+    digest, pybuild the manifest's, as Docker's containerd store does), the same lines."""
+    storage, tag = built
+    repository = tag.split(":")[0]
+    other = f"{repository}:second"
+    _pybuild(storage, "tag", tag, other)
+    docker_engine.run("tag", tag, other)
+    try:
+        for pattern in (repository, tag, other, f"{repository.split('/')[0]}/*",
+                        f"{repository}:nope", "pybuild-e2e/*:second"):
+            for fmt in ("{{.Repository}}|{{.Tag}}", "table {{.Repository}}\t{{.Tag}}", "{{.Tag}}"):
+                ours = _pybuild(storage, "images", "--format", fmt, pattern).stdout.splitlines()
+                theirs = docker_engine.run("images", "--format", fmt, pattern).stdout.splitlines()
+                if fmt.startswith("table"):  # the header first, the rows in any order
+                    assert ours[:1] == theirs[:1], (pattern, fmt)
+                assert sorted(ours) == sorted(theirs), (pattern, fmt)
+            ours_q = _pybuild(storage, "images", "-q", pattern).stdout.split()
+            theirs_q = docker_engine.run("images", "-q", pattern).stdout.split()
+            assert len(ours_q) == len(theirs_q), (pattern, ours_q, theirs_q)
+        rows = [json.loads(line) for line in
+                _pybuild(storage, "images", "--format", "json", repository).stdout.splitlines()]
+        digest = json.loads(_pybuild(storage, "inspect", tag).stdout)[0]["Digest"]
+        assert [(r["Tag"], r["Digest"], r["ID"]) for r in rows] == \
+            [(t, digest, digest.split(":")[1][:12]) for t in sorted([tag.split(":")[1], "second"])]
+        assert _pybuild(storage, "images", "-q", "--no-trunc", repository).stdout.split() == \
+            [digest, digest]
+        bad = _pybuild(storage, "images", "--format", "{{.Nope}}", check=False)
+        assert bad.returncode == 2 and "no field 'Nope'" in bad.stderr
+    finally:
+        docker_engine.run("rmi", other, check=False)
