@@ -9,12 +9,25 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FACTS", "IMPORTED_MISS", "CachedLayer", "facts_key", "miss_reason", "step_key"]
+__all__ = ["FACTS", "IMPORTED_MISS", "STEP_SEMANTICS", "CachedLayer", "facts_key", "miss_reason",
+           "step_key"]
+
+
+# What pybuild makes of a step's inputs, as a number in every step key. Raised by a
+# release that changes a step's layer or facts for the same inputs (a fix to what COPY
+# keeps, to how RUN's changes become a layer): steps cached by earlier releases, locally
+# or in a registry cache, are then run again instead of reused with the old behaviour.
+# Each raise costs every cache one rebuild; a release that changes no output keeps it.
+# 1: keys without the number, made before COPY kept BuildKit's directory mtimes and hard
+# links per source and ONBUILD triggers were expanded.
+STEP_SEMANTICS = 2
 
 
 def step_key(parent: str, instruction: str, inputs: dict[str, Any]) -> str:
     """The cache key of a step (hex sha256)."""
     doc = json.dumps([parent, instruction, inputs], sort_keys=True, separators=(",", ":"))
+    if STEP_SEMANTICS > 1:
+        doc = f"{STEP_SEMANTICS}:{doc}"
     return hashlib.sha256(doc.encode()).hexdigest()
 
 

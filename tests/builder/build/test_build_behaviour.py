@@ -31,6 +31,25 @@ def test_rebuild_is_fully_cached_and_one_change_rebuilds_from_there(context_of, 
     assert fourth.image.digest == third.image.digest
 
 
+def test_steps_cached_by_a_release_that_made_them_otherwise_run_again(
+        context_of, build, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release that changes what a step makes of the same inputs raises STEP_SEMANTICS:
+    what earlier releases cached is not reused (it was made the old way), and the new
+    entries are."""
+    from builder.cache import entries
+
+    ctx = context_of("basic")
+    storage = tmp_path / "s"
+    first = build(ctx, storage=storage, source_date_epoch=0)
+    monkeypatch.setattr(entries, "STEP_SEMANTICS", entries.STEP_SEMANTICS + 1)
+    upgraded = build(ctx, storage=storage, source_date_epoch=0)
+    assert [s for s in upgraded.cached_steps if "FROM" not in s] == []
+    assert len([s for s in upgraded.ran_steps if "FROM" not in s]) == 4
+    assert upgraded.image.digest == first.image.digest  # the same steps, made again
+    again = build(ctx, storage=storage, source_date_epoch=0)
+    assert len(again.cached_steps) == 4
+
+
 def test_reproducible_digest_with_fresh_storage(context_of, build, tmp_path: Path) -> None:
     ctx = context_of("basic")
     a = build(ctx, storage=tmp_path / "a", source_date_epoch=1234)
