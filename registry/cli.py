@@ -19,8 +19,9 @@ COMMANDS: dict[str, str] = {
     # cas's `storage` group, with `storage retention` and `storage migrate` added by the registry
     "storage": "registry.storage_cmd:storage",
     **{name: f"registry.client.cli:{name}"
-       for name in ("pull", "push", "copy", "images", "rmi", "login", "logout")},
-    **{name: f"registry.client.image_cmds:{name}" for name in ("tag", "inspect", "history")},
+       for name in ("pull", "push", "copy", "rmi", "login", "logout")},
+    **{name: f"registry.client.image_cmds:{name}"
+       for name in ("images", "tag", "inspect", "history")},
 }
 
 # What ``pybuild --help`` says of each, without importing it (a test checks each is the

@@ -32,7 +32,7 @@ from .cli import _ref, _run, _storage_option
 from .image_store import ImageNotFound, ImageStore, select_platform
 from .templates import FIELD, Fallback, Nil, render
 
-__all__ = ["history", "inspect", "tag"]
+__all__ = ["history", "images", "inspect", "tag"]
 
 # What ``.Config.X`` is in ``docker image inspect`` when the OCI config's ``config`` lacks
 # X (or holds null): the zero value of Docker's field (its ``DockerOCIImageConfig``).
@@ -290,3 +290,38 @@ def matches(ref: str, pattern: str) -> bool:
         names = {f"{n}:{parsed.tag}" for n in names if parsed.tag}
     return any(fnmatch.fnmatchcase(n, pattern) and n.count("/") == pattern.count("/")
                for n in names)
+
+
+@click.command()
+@click.argument("pattern", required=False, metavar="[REPOSITORY[:TAG]]")
+@click.option("--quiet", "-q", is_flag=True, help="Only the digests (IDs).")
+@click.option("--no-trunc", is_flag=True, help="Whole digests.")
+@click.option("--format", "template", default=None,
+              help="Go-template subset over Repository, Tag, ID, Digest, CreatedSince, "
+                   "CreatedAt, Reference ('table ...' for aligned columns), or json.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array instead of a table.")
+@_storage_option
+def images(pattern: str | None, quiet: bool, no_trunc: bool, template: str | None,
+           as_json: bool, storage: Path | None) -> None:
+    """List local images."""
+
+    async def run() -> list[Any]:
+        async with await ImageStore.open(storage) as store:
+            return await store.list()
+
+    found = _run(run())
+    if pattern is not None:
+        found = [i for i in found if matches(i.ref, pattern)]
+    if as_json:
+        click.echo(json.dumps([{"ref": i.ref, "digest": str(i.digest), "mediaType": i.media_type,
+                                "size": i.size, "created": i.created} for i in found], indent=2))
+        return
+    rows = image_rows(found, time.time(), trunc=not no_trunc)
+    if quiet:  # as docker images -q: one ID per name (an image named twice, twice)
+        for row in rows:
+            click.echo(row["ID"])
+        return
+    # Aligned as Docker's tables: each column as wide as its widest cell plus 3 (at least
+    # 10), the last one as it is; CREATED as docker images says it ("2 hours ago").
+    for line in render_rows(template or IMAGES_TABLE, rows, IMAGES_HEADERS, IMAGES_TABLE):
+        click.echo(line)
