@@ -9,9 +9,9 @@ them.
   nothing, as with Docker).
 - A git URL (``git://``, ``git@``, ``github.com/``, or an http(s) URL whose path ends in
   ``.git``), with an optional ``#REF:SUBDIR`` (a branch, tag or commit; a directory in it),
-  is fetched with ``git`` (that one commit, its submodules too) into a temporary
-  directory, and ``SUBDIR`` (default: the top) is the context, without ``.git``, as
-  BuildKit does.
+  is fetched with ``git`` (that one commit, its submodules too; :mod:`builder.git_fetch`,
+  which ``ADD <git URL>`` shares) into a temporary directory, and ``SUBDIR`` (default:
+  the top) is the context, without ``.git``, as BuildKit does.
 
 The archive is unpacked with ``tarfile``'s ``tar`` filter: no member lands outside the
 directory (absolute names lose their ``/``; a name that climbs out with ``..`` or through a
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -37,6 +35,7 @@ from typing import Any, BinaryIO, Literal
 import click
 import zstandard
 
+from .git_fetch import GitFetchError, fetch, is_git_url
 from .steps.archives import COMPRESSED_MAGIC, is_tar_block
 
 __all__ = ["ContextSourceError", "StreamContext", "context_from", "is_git_url", "read_context_stream"]
@@ -132,50 +131,15 @@ def _unpack(body: Any, mode: Literal["r|", "r|*"], where: Path, source: str) -> 
         raise ContextSourceError(f"the context archive from {source} cannot be read: {exc}") from exc
 
 
-def is_git_url(source: str, *, context: bool = False) -> bool:
-    """Whether BuildKit fetches ``source`` as a Git repository: ``git://``, ``git@host:``,
-    ``ssh://``, or an http(s) URL whose path ends in ``.git``; as a build ``context``,
-    also ``github.com/...`` (Docker's rule for contexts)."""
-    if source.startswith(("git://", "git@", "ssh://")) or (
-            context and source.startswith("github.com/")):
-        return True
-    url = urllib.parse.urlparse(source)
-    return url.scheme in ("http", "https") and url.path.rstrip("/").endswith(".git")
-
-
-def _git(args: list[str], url: str, cwd: Path) -> None:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}  # no question to a CI job's empty stdin
-    try:
-        done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                              check=False)
-    except FileNotFoundError as exc:
-        raise click.BadParameter(f"{url} is a git repository and git is not installed: install "
-                                 "it (apt-get install git)", param_hint="CONTEXT") from exc
-    if done.returncode != 0:
-        said = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
-        raise click.BadParameter(f"cannot fetch {url}: git {args[0]}: {said}", param_hint="CONTEXT")
-
-
 def _clone(url: str) -> StreamContext:
     """The context a git URL names (module docstring), in a temporary directory."""
-    repo, _, fragment = url.partition("#")
-    ref, _, subdir = fragment.partition(":")
-    if repo.startswith("github.com/"):
-        repo = f"https://{repo}"
     where = Path(tempfile.mkdtemp(prefix="pybuild-context-"))
     try:
-        checkout = where / "repo"
-        checkout.mkdir()
-        _git(["init", "-q"], url, checkout)
-        _git(["fetch", "-q", "--depth", "1", "--", repo, ref or "HEAD"], url, checkout)
-        _git(["checkout", "-q", "FETCH_HEAD"], url, checkout)
-        _git(["submodule", "update", "-q", "--init", "--recursive", "--depth", "1"], url, checkout)
-        shutil.rmtree(checkout / ".git")
-        context = (checkout / subdir).resolve()
-        if not context.is_relative_to(checkout.resolve()) or not context.is_dir():
-            raise click.BadParameter(f"{url}: {subdir!r} is not a directory of the repository",
-                                     param_hint="CONTEXT")
-        return StreamContext(where, None, context)
+        try:
+            checkout = fetch(url, where)
+        except GitFetchError as exc:
+            raise click.BadParameter(str(exc), param_hint="CONTEXT") from exc
+        return StreamContext(where, None, checkout.path)
     except BaseException:
         shutil.rmtree(where, ignore_errors=True)
         raise

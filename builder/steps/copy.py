@@ -35,6 +35,7 @@ import blake3
 
 from ..context import ContextError, Source, SourceTree, hash_path
 from ..dockerfile.instructions import Add, Copy, Workdir
+from ..git_fetch import is_git_url
 from ..ignore import IgnoreMatcher
 from ..image import ImageState
 from ..layers.changeset import path_sort_key
@@ -54,7 +55,7 @@ from .common import (
     valid_files,
 )
 from .copyup import DirLookup, copy_up_lookup, lowers_lookup, make_parents, no_copy_up
-from .download import check_checksum_sources, check_not_git, download, sha256_file
+from .download import check_checksum_sources, download, fetch_git, sha256_file
 from .metadata import resolve_workdir
 from .owners import check_mapped, chown_ids, workdir_owner
 from .parents import resolve_parents
@@ -335,10 +336,21 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         items.append(_Item(target.lstrip("/"), None, None, data=f.data.encode()))
         hashes[f"<<{f.name}"] = blake3.blake3(f.data.encode()).hexdigest()[:32]
     local = []
+    excludes = IgnoreMatcher.from_lines(list(ins.exclude))
     for s in ins.sources:
-        if add:
-            check_not_git(s, where)
-        if add and s.startswith(("http://", "https://")):
+        if isinstance(ins, Add) and is_git_url(s):
+            # the repository's files, as a directory's are copied: into dest
+            fetched = await fetch_git(env, s, bool(ins.keep_git_dir), where)
+            tree = SourceTree(fetched.path, strict=False, what=f"repository {s}")
+            found_items, found = await asyncio.to_thread(
+                _plan, tree, ["."], dest.lstrip("/"), True, False, excludes)
+            items.extend(found_items)
+            # a kept .git differs on every fetch (its index records when): the commit
+            # stands for it in the key
+            hashes.update({f"{s}:{rel}": digest for rel, digest in found.items()
+                           if rel.strip("/").removeprefix("./").split("/")[0] != ".git"})
+            hashes[f"{s}@"] = fetched.commit
+        elif add and s.startswith(("http://", "https://")):
             path = await download(env, s, where)
             fname = posixpath.basename(str(path))
             if isinstance(ins, Add) and ins.checksum:
@@ -354,7 +366,6 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
                 items.append(_Item(target.lstrip("/"), path, os.stat(path)))
         else:
             local.append(s)
-    excludes = IgnoreMatcher.from_lines(list(ins.exclude))
 
     async def plan_local() -> tuple[list[_Item], dict[str, str]]:
         if not local:

@@ -11,15 +11,21 @@ import asyncio
 import email.utils
 import hashlib
 import os
+import stat
 import urllib.parse
 from pathlib import Path
 
 from ..dockerfile.instructions import Add
-from ..remote_context import is_git_url
+from ..git_fetch import Fetched, GitFetchError, fetch
 from .common import BuildError, StepEnv
 
-__all__ = ["check_checksum_sources", "check_not_git", "download", "download_name",
-           "sha256_file"]
+__all__ = [
+    "check_checksum_sources",
+    "download",
+    "download_name",
+    "fetch_git",
+    "sha256_file",
+]
 
 
 def check_checksum_sources(ins: Add, where: str) -> None:
@@ -33,15 +39,39 @@ def check_checksum_sources(ins: Add, where: str) -> None:
                          "context is not checked: remove --checksum or ADD the file's URL")
 
 
-def check_not_git(source: str, where: str) -> None:
-    """BuildError for an ``ADD`` source BuildKit would clone as a Git repository
-    (``git@host:repo``, ``git://``, ``ssh://``, an http(s) URL ending in ``.git``):
-    pybuild does not clone, and downloading the URL or reading a context file by that
-    name would add something else."""
-    if is_git_url(source):
-        raise BuildError(where, f"{source}: ADD of a Git repository is not supported by "
-                         "pybuild; clone it in a RUN step (RUN git clone ...) or COPY a "
-                         "checkout from the build context")
+async def fetch_git(env: StepEnv, url: str, keep_git_dir: bool, where: str) -> Fetched:
+    """``ADD <git URL> <dir>``: the repository's commit (:mod:`builder.git_fetch`) checked
+    out into the build's scratch space, without ``.git`` unless ``--keep-git-dir``. As
+    Git records only whether a file is executable, files are 0644 or 0755 and directories
+    0755 whatever the umask, and every entry has the commit's time (what BuildKit gives
+    with ``SOURCE_DATE_EPOCH``; without it, the checkout's time): with the epoch, the same
+    commit makes the same layer (but for a kept ``.git``, whose files record when they
+    were fetched)."""
+    try:
+        fetched = await asyncio.to_thread(fetch, url, env.scratch("git-"),
+                                          keep_git_dir=keep_git_dir)
+    except GitFetchError as exc:
+        raise BuildError(where, f"{exc}; ADD of a Git repository fetches it with git, as "
+                         "BuildKit does (git@ and ssh:// URLs need the host's SSH keys)") from None
+    await asyncio.to_thread(_as_committed, fetched.path, fetched.time)
+    return fetched
+
+
+def _as_committed(root: Path, when: int) -> None:
+    for top, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(top, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(path, 0o755 if st.st_mode & 0o111 else 0o644)
+            os.utime(path, (when, when), follow_symlinks=False)
+        for name in dirs:
+            path = os.path.join(top, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755)
+            os.utime(path, (when, when), follow_symlinks=False)
+    os.chmod(root, 0o755)
+    os.utime(root, (when, when))
 
 
 def sha256_file(path: Path) -> str:

@@ -390,14 +390,3 @@ def test_a_file_in_the_way_of_a_directory_fails_the_step(build, tmp_path: Path,
     (context / "Dockerfile").write_text(f"FROM {busybox_ref}\n{line}\n")
     with pytest.raises(BuildError, match="/etc/passwd is a file in the image, not a directory"):
         build(context)
-
-
-@pytest.mark.parametrize("source", ["https://github.com/moby/buildkit.git#v0.10.1",
-                                    "git@github.com:moby/buildkit.git", "git://example.com/r"])
-def test_add_of_a_git_repository_is_refused_with_the_fix(build, tmp_path: Path,
-                                                         busybox_ref: str, source: str) -> None:
-    context = tmp_path / "ctx"
-    context.mkdir()
-    (context / "Dockerfile").write_text(f"FROM {busybox_ref}\nADD {source} /src\n")
-    with pytest.raises(BuildError, match="Git repository is not supported.*RUN git clone"):
-        build(context)

@@ -4,21 +4,19 @@ build`` takes them; each makes the same image as the directory it holds."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import os
 import socket
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from testkit.tools import require_tool
+from tests.helpers.git_server import commit, serving_git
 from tests.helpers.http_server import serve_directory
 
 
@@ -125,32 +123,13 @@ def test_the_context_from_an_http_url(context_of, tmp_path: Path) -> None:  # ty
 @pytest.fixture
 def git_daemon(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """``git daemon`` on a free loopback port, serving ``tmp_path/git``: its URL and root."""
-    require_tool("git")
     root = tmp_path / "git"
     root.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={root}",
-                               "--listen=127.0.0.1", f"--port={port}", str(root)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
-                break
-            time.sleep(0.05)
-        yield f"git://127.0.0.1:{port}", root
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
+    with serving_git(root) as url:
+        yield url, root
 
 
-def _commit(repo: Path, message: str) -> str:
-    git = ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t"]
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", message], check=True)
-    return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
-                          text=True).stdout.strip()
+_commit = commit
 
 
 def test_the_context_from_a_git_url(context_of, git_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
