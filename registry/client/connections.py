@@ -71,6 +71,7 @@ class WireResponse:
         self.status = resp.status
         self.headers = resp.headers  # an email.message.Message: get() ignores case
         self.url = url
+        self._shown = _bare(url)
 
     @property
     def length(self) -> int | None:
@@ -83,9 +84,9 @@ class WireResponse:
         try:
             n = self._resp.readinto(view)
         except (OSError, http.client.HTTPException) as exc:
-            raise WireError(f"reading the body of {self.url}: {exc or type(exc).__name__}") from exc
+            raise WireError(f"reading the body of {self._shown}: {exc or type(exc).__name__}") from exc
         if not n and len(view) and self._resp.length:
-            raise WireError(f"{self.url}: the connection closed {self._resp.length} bytes before "
+            raise WireError(f"{self._shown}: the connection closed {self._resp.length} bytes before "
                             "the end of the body")
         return n
 
@@ -127,9 +128,9 @@ class WireResponse:
         try:
             data = self._resp.read(_MAX_SMALL_BODY + 1)
         except (OSError, http.client.HTTPException) as exc:
-            raise WireError(f"reading the body of {self.url}: {exc or type(exc).__name__}") from exc
+            raise WireError(f"reading the body of {self._shown}: {exc or type(exc).__name__}") from exc
         if len(data) > _MAX_SMALL_BODY:
-            raise WireError(f"{self.url} answered with a body over {_MAX_SMALL_BODY} bytes")
+            raise WireError(f"{self._shown} answered with a body over {_MAX_SMALL_BODY} bytes")
         return data
 
     def abort(self) -> None:
@@ -214,7 +215,7 @@ class Wire:
                 # one (nothing was read, and the request had no body).
                 if not fresh and attempt == 0 and body is None:
                     continue
-                raise WireError(f"{method} {url}: {exc or type(exc).__name__}") from exc
+                raise WireError(f"{method} {_bare(url)}: {exc or type(exc).__name__}") from exc
             return WireResponse(self, origin, conn, resp, url)
         raise AssertionError("unreachable")
 
@@ -290,6 +291,12 @@ class Wire:
                 conns.append(conn)
                 return
         conn.close()
+
+
+def _bare(url: str) -> str:
+    """``url`` without its query string, for messages: the query of a URL a registry
+    redirected to may be a presigned credential."""
+    return url.partition("?")[0]
 
 
 def _open(conn: http.client.HTTPConnection, netloc: str) -> None:

@@ -13,12 +13,17 @@ Policies, in one place (:meth:`RegistrySession._send`):
   (Basic, or the Bearer token flow with the request's scopes); requests that meet the
   first 401 together share one answer, and a request refused although it carried the
   credentials raises :class:`registry.client.auth.AuthError`.
-- Retries with exponential backoff on connection errors and 5xx; never on 4xx. A host
+- Retries with exponential backoff on connection errors, 5xx and 429 (waiting as long as
+  ``Retry-After`` asks, up to ``max_retry_after``; a 429 also for a request that carries
+  bytes: it was not taken in); never on other 4xx. A host
   that does not resolve is not retried; a refused connection is retried twice, quickly.
   Either raises :class:`Unreachable`, one line naming the host and what to check, and
   the host is then known to be down: every later request to it fails at once.
 - Redirects are followed by hand (blob GETs are redirected to storage); the
-  ``Authorization`` header only ever goes to the registry's own host.
+  ``Authorization`` header only ever goes to the registry's own host, the ``Location``'s
+  query string is sent as it is, and messages show it without its query (a presigned
+  URL's signature). A redirect target that refuses (400, 401, 403: an expired URL) makes
+  the registry be asked once more, for a fresh one.
 - Error responses become :class:`registry.errors.RegistryError` via ``decode_errors``.
 """
 
@@ -35,6 +40,7 @@ from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import RegistryError, decode_errors
+from .answers import retry_after, shown_url, storage_reason
 from .auth import Credentials, HostAuth
 from .connections import UnknownHost, Wire, WireError, WireResponse
 from .connections import Unreachable as _NoConnection
@@ -100,6 +106,8 @@ class ClientOptions:
     insecure: frozenset[str] = frozenset()
     retries: int = 4
     backoff: float = 0.25
+    # A 429 or 5xx whose Retry-After asks for longer than this is not waited for.
+    max_retry_after: float = 60
     connections: int = 16
     credentials: dict[str, Credentials] = field(default_factory=dict)
     # Loopback registries are insecure registries (Docker's default); False treats them
@@ -230,6 +238,8 @@ class RegistrySession:
         answered = False
         attempt = 0
         hops = 0
+        asked = (url, params)  # the registry's own URL, asked again when a redirect fails
+        redirected = asked_again = False
         while True:
             send_headers = dict(headers or {})
             same_host = urlsplit(url).netloc == host
@@ -243,7 +253,8 @@ class RegistrySession:
                 if isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE):
                     raise cause from None  # this process's limit of open files: no retry helps
                 # A WireError names the request already.
-                what = str(exc) if isinstance(exc, WireError) else f"{method} {url}: {exc or type(exc).__name__}"
+                what = (str(exc) if isinstance(exc, WireError)
+                        else f"{method} {shown_url(url, host)}: {exc or type(exc).__name__}")
                 if attempt >= retries:
                     raise TransportError(
                         f"{what} (after {attempt + 1} attempts); check that the registry is "
@@ -274,13 +285,31 @@ class RegistrySession:
                     url = urljoin(url, location)
                     hops += 1
                     params = None
+                    redirected = True
                     continue
             answer = await _drain(resp)
-            if resp.status in _RETRY_STATUS and attempt < retries:
-                await asyncio.sleep(self.options.backoff * 2**attempt)
-                attempt += 1
+            if redirected and resp.status in (400, 401, 403) and not asked_again:
+                # The storage a blob GET was sent to refused its presigned URL (expired,
+                # or its clock is off): once, the registry is asked for a fresh one.
+                (url, params), hops, redirected, asked_again = asked, 0, False, True
                 continue
-            raise _error(resp, answer, f"{method} {url}")
+            throttled = resp.status == 429
+            if throttled or resp.status in _RETRY_STATUS:
+                wait = retry_after(resp.headers.get("Retry-After"))
+                # Throttled requests were not taken in: retried even when they carry bytes.
+                limit = self.options.retries if throttled else retries
+                if attempt < limit and (wait is None or wait <= self.options.max_retry_after):
+                    await asyncio.sleep(max(self.options.backoff * 2**attempt, wait or 0))
+                    attempt += 1
+                    continue
+                if attempt or wait is not None:
+                    raise _error(resp, answer, f"{method} {shown_url(url, host)}",
+                                 _gave_up(attempt, wait, self.options.max_retry_after))
+            what = f"{method} {shown_url(url, host)}"
+            if redirected:
+                what = (f"{what} (where {host} redirected {method} {urlsplit(asked[0]).path}: "
+                        "its storage refused the request twice)")
+            raise _error(resp, answer, what)
 
     async def _transmit(self, method: str, url: str, headers: dict[str, str],
                         params: dict[str, str] | None, data: bytes | None) -> WireResponse:
@@ -381,8 +410,20 @@ async def _drain(resp: WireResponse) -> bytes:
         resp.release()
 
 
-def _error(resp: WireResponse, body: bytes, what: str) -> RegistryError:
+def _error(resp: WireResponse, body: bytes, what: str, after: str = "") -> RegistryError:
     errors = decode_errors(resp.status, body)
     err = RegistryError.many(errors)
-    err.args = (f"{what}: HTTP {resp.status} {err.args[0]}",)
+    reason = storage_reason(body)
+    if reason is not None:
+        err.message = reason
+        err.args = (f"{err.code.code}: {reason}",)
+    err.args = (f"{what}: HTTP {resp.status} {err.args[0]}{after}",)
     return err
+
+
+def _gave_up(attempt: int, wait: float | None, limit: float) -> str:
+    """Why a throttled or unavailable request was not tried again."""
+    if wait is not None and wait > limit:
+        return (f" (the registry asks to wait {wait:.0f} s before trying again, over the "
+                f"{limit:g} s pybuild waits; try again later)")
+    return f" (after {attempt + 1} attempts; the registry is overloaded or limits requests: try again later)"

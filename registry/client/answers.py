@@ -1,0 +1,52 @@
+"""Reading answers that are not the spec's own, for :mod:`registry.client.session`:
+``Retry-After`` (both of its forms), the error documents of object stores that a blob GET
+is redirected to, and URLs as error messages may show them (a presigned URL's query
+string is a credential)."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["retry_after", "shown_url", "storage_reason"]
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """The seconds a ``Retry-After`` header asks to wait: delta-seconds (``120``) or an
+    HTTP-date (``Wed, 21 Oct 2026 07:28:00 GMT``; a date past is 0). None when there is
+    no header or it is neither."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": taken as UTC, as RFC 9110 says dates are
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def shown_url(url: str, host: str) -> str:
+    """``url`` for a message: without its query string when it is not on the registry's
+    own ``host`` (a presigned URL's signature must not end up in logs)."""
+    parts = urlsplit(url)
+    if parts.netloc == host or not parts.query:
+        return url
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+_XML_FIELD = re.compile(rb"<(Code|Message)>([^<]{1,300})</\1>")
+
+
+def storage_reason(body: bytes) -> str | None:
+    """``Code: Message`` of an object store's XML error (S3, GCS, Azure), else None."""
+    if not body.lstrip().startswith(b"<"):
+        return None
+    found = dict(_XML_FIELD.findall(body[:4096]))
+    parts = [found[k].decode("utf-8", "replace").strip() for k in (b"Code", b"Message") if k in found]
+    return ": ".join(parts) or None
