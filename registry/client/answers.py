@@ -1,16 +1,18 @@
 """Reading answers that are not the spec's own, for :mod:`registry.client.session`:
 ``Retry-After`` (both of its forms), the error documents of object stores that a blob GET
 is redirected to, and URLs as error messages may show them (a presigned URL's query
-string is a credential)."""
+string is a credential), and small bodies sent with a ``Content-Encoding`` although the
+client asked for none."""
 
 from __future__ import annotations
 
 import email.utils
 import re
 import time
+import zlib
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["retry_after", "shown_url", "storage_reason"]
+__all__ = ["decoded", "retry_after", "shown_url", "storage_reason"]
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -50,3 +52,23 @@ def storage_reason(body: bytes) -> str | None:
     found = dict(_XML_FIELD.findall(body[:4096]))
     parts = [found[k].decode("utf-8", "replace").strip() for k in (b"Code", b"Message") if k in found]
     return ": ".join(parts) or None
+
+
+def decoded(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A small body (manifest, tag list, token, error) as sent before ``Content-Encoding``
+    (gzip or deflate; a proxy may compress JSON whatever ``Accept-Encoding`` said), at
+    most ``limit`` bytes of it. Raises ValueError when it does not decompress."""
+    coding = (encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        return body
+    if coding not in ("gzip", "x-gzip", "deflate"):
+        raise ValueError(f"unknown Content-Encoding {coding!r}")
+    wbits = 16 + zlib.MAX_WBITS if coding != "deflate" else zlib.MAX_WBITS
+    try:
+        inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ValueError(f"a body sent with Content-Encoding {coding} does not decompress: {exc}") from None
+    if len(out) > limit:
+        raise ValueError(f"a body sent with Content-Encoding {coding} is over {limit} bytes")
+    return out

@@ -37,7 +37,7 @@ from .errors import ClientError
 __all__ = ["UnknownHost", "Unreachable", "Wire", "WireError", "WireResponse"]
 
 T = TypeVar("T")
-_MAX_SMALL_BODY = 4 << 20
+MAX_SMALL_BODY = 4 << 20
 
 
 class WireError(ClientError, ConnectionError):
@@ -126,11 +126,11 @@ class WireResponse:
 
     def _read_small(self) -> bytes:
         try:
-            data = self._resp.read(_MAX_SMALL_BODY + 1)
+            data = self._resp.read(MAX_SMALL_BODY + 1)
         except (OSError, http.client.HTTPException) as exc:
             raise WireError(f"reading the body of {self._shown}: {exc or type(exc).__name__}") from exc
-        if len(data) > _MAX_SMALL_BODY:
-            raise WireError(f"{self._shown} answered with a body over {_MAX_SMALL_BODY} bytes")
+        if len(data) > MAX_SMALL_BODY:
+            raise WireError(f"{self._shown} answered with a body over {MAX_SMALL_BODY} bytes")
         return data
 
     def abort(self) -> None:

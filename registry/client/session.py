@@ -40,9 +40,9 @@ from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import RegistryError, decode_errors
-from .answers import retry_after, shown_url, storage_reason
+from .answers import decoded, retry_after, shown_url, storage_reason
 from .auth import Credentials, HostAuth
-from .connections import UnknownHost, Wire, WireError, WireResponse
+from .connections import MAX_SMALL_BODY, UnknownHost, Wire, WireError, WireResponse
 from .connections import Unreachable as _NoConnection
 from .errors import ClientError
 from .refs import is_loopback
@@ -389,23 +389,38 @@ class RegistrySession:
         """A plain GET (no auth, retries or redirects): for token servers."""
         resp = await self.wire.send("GET", url, headers, params, self._ssl)
         try:
-            return resp.status, await resp.read()
+            return resp.status, await _read(resp)
         finally:
             resp.release()
 
     async def _request(self, method: str, host: str, url: str, **kw: Any) -> tuple[WireResponse, bytes]:
         resp = await self._send(method, host, url, **kw)
         try:
-            body = await resp.read()
+            body = await _read(resp)
         finally:
             resp.release()
         return resp, body
 
 
+async def _read(resp: WireResponse, *, strict: bool = True) -> bytes:
+    """A small body, decompressed when it came with a ``Content-Encoding`` (``strict``
+    False: as it came when it does not decompress, for an error's words)."""
+    body = await resp.read()
+    encoding = resp.headers.get("Content-Encoding")
+    if not encoding:
+        return body
+    try:
+        return decoded(body, encoding, MAX_SMALL_BODY)
+    except ValueError as exc:
+        if not strict:
+            return body
+        raise TransportError(f"{resp.url.partition('?')[0]}: {exc}") from None
+
+
 async def _drain(resp: WireResponse) -> bytes:
     """The (small) body of a response that is not returned to the caller, then released."""
     try:
-        return await resp.read()
+        return await _read(resp, strict=False)
     finally:
         resp.release()
 

@@ -5,8 +5,10 @@ tokens that expire, throttling, odd manifest answers, upload ``Location`` forms.
 from __future__ import annotations
 
 import email.utils
+import gzip
 import json
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,8 @@ from typing import Any
 import pytest
 
 from cas import Digest
-from registry.client.answers import retry_after
+from registry import oci
+from registry.client.answers import decoded, retry_after
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
@@ -22,7 +25,7 @@ from registry.client.remote import ClientOptions, RegistryClient
 from registry.client.transfer import TransferOptions
 from registry.errors import RegistryError
 
-from .helpers import SampleImage, simple_image, store_image
+from .helpers import SampleImage, make_image, random_bytes, simple_image, store_image
 from .oddreg import OddRegistry, Storage
 
 Serve = Callable[..., Awaitable[tuple[OddRegistry, str]]]
@@ -178,3 +181,61 @@ async def test_throttling_that_persists_is_a_clear_error(
             await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client)
     assert err.value.status == 429
     assert said in str(err.value) and "try again later" in str(err.value)
+
+
+# --- manifests as registries serve them ---------------------------------------------------------
+
+@pytest.mark.parametrize("served", [
+    "application/json",  # old Distribution versions, and static mirrors
+    "application/vnd.oci.image.manifest.v1+json; charset=utf-8",
+    "text/plain; charset=utf-8",
+])
+@pytest.mark.parametrize("digest_header", [True, False])
+async def test_a_manifest_served_with_another_content_type_is_read_by_its_shape(
+    served: str, digest_header: bool, serve: Serve, images: ImageStore
+) -> None:
+    reg, host = await serve(manifest_type=lambda _: served, digest_header=digest_header)
+    image = simple_image(31, sizes=(20_000,))
+    doc = json.loads(image.manifest)
+    del doc["mediaType"]  # optional in an OCI manifest: the header and the shape are left
+    image.manifest = json.dumps(doc).encode()
+    seed(reg, image)
+    async with fast_client() as client:
+        pulled = await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client)
+        assert pulled.media_type == "application/vnd.oci.image.manifest.v1+json"
+        assert pulled.digest == image.digest
+        # Pinned by digest: checked against the bytes whatever the headers say.
+        await copy(f"{host}/a/b@{image.digest}", f"local:{host}/a/b:2", images, client)
+    await assert_pulled(images, f"{host}/a/b:1", image)
+
+
+async def test_a_docker_manifest_list_served_as_json_and_gzipped_is_pulled(
+    serve: Serve, images: ImageStore
+) -> None:
+    reg, host = await serve(manifest_type=lambda _: "application/json", gzip_json=True,
+                            digest_header=False)
+    amd = make_image([[random_bytes(5000, 1)]], media_type=oci.DOCKER_MANIFEST)
+    arm = make_image([[random_bytes(5000, 2)]], arch="arm64", media_type=oci.DOCKER_MANIFEST)
+    seed(reg, amd, tag=str(amd.digest))
+    seed(reg, arm, tag=str(arm.digest))
+    index = json.dumps({"schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST_LIST, "manifests": [
+        {"mediaType": oci.DOCKER_MANIFEST, "digest": str(img.digest), "size": len(img.manifest),
+         "platform": {"os": "linux", "architecture": arch}}
+        for img, arch in ((amd, "amd64"), (arm, "arm64"))]}).encode()
+    reg.manifests[("a/b", "1")] = (index, oci.DOCKER_MANIFEST_LIST)
+    async with fast_client() as client:
+        pulled = await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client,
+                            platform="linux/arm64")
+        assert pulled.media_type == oci.DOCKER_MANIFEST
+        assert pulled.digest == arm.digest
+        assert await client.tags(host, "a/b") == ["1"]
+    await assert_pulled(images, f"{host}/a/b:1", arm)
+
+
+def test_a_compressed_small_body_is_bounded() -> None:
+    assert decoded(gzip.compress(b"{}"), "gzip", 10) == b"{}"
+    assert decoded(zlib.compress(b"{}"), "deflate", 10) == b"{}"
+    with pytest.raises(ValueError, match="over 10 bytes"):
+        decoded(gzip.compress(b" " * 1000), "gzip", 10)  # a small gzip bomb
+    with pytest.raises(ValueError, match="br"):
+        decoded(b"...", "br", 10)
