@@ -12,7 +12,7 @@ import time
 import zlib
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["decoded", "retry_after", "shown_url", "storage_reason"]
+__all__ = ["decoded", "retry_after", "same_origin", "shown_url", "storage_reason"]
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -33,11 +33,25 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def same_origin(url: str, host: str) -> bool:
+    """Whether ``url`` is on the registry's ``host`` (``host[:port]``): compared without
+    case and with the scheme's default port made explicit, as Docker does (a registry
+    behind a proxy may answer ``Location: https://Registry.example:443/...``)."""
+    parts = urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    try:
+        there = (parts.hostname, parts.port or default)
+        mine = urlsplit(f"//{host}")
+        return there == (mine.hostname, mine.port or default)
+    except ValueError:  # a port that is not a number
+        return False
+
+
 def shown_url(url: str, host: str) -> str:
     """``url`` for a message: without its query string when it is not on the registry's
     own ``host`` (a presigned URL's signature must not end up in logs)."""
     parts = urlsplit(url)
-    if parts.netloc == host or not parts.query:
+    if same_origin(url, host) or not parts.query:
         return url
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 

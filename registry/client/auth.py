@@ -31,6 +31,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,6 +281,8 @@ class HostAuth:
         self._basic = False  # the registry asked for Basic: send it up front
         self._tokens: dict[frozenset[str], str] = {}
         self._token_locks: dict[frozenset[str], asyncio.Lock] = {}
+        # token -> (when to fetch it anew, the challenge and scope set it was fetched for)
+        self._renewals: dict[str, tuple[float, Challenge, frozenset[str]]] = {}
         # A token server's refusal, per scope set: the requests that waited for that fetch
         # get it too, instead of asking again one after the other.
         self._refusals: dict[frozenset[str], AuthError] = {}
@@ -337,20 +340,48 @@ class HostAuth:
         async with lock:
             current = self._tokens.get(key)
             if current is not None and f"Bearer {current}" != sent:
-                self._tokens.setdefault(scopes, current)
+                self._tokens[scopes] = current
                 return True  # fetched by another request meanwhile
             if key in self._refusals:
                 raise self._refusals[key]
-            try:
-                token = await self._fetch_token(fetch, challenge, key, creds)
-            except AuthError as exc:
-                if exc.status in (401, 403):
-                    self._refusals[key] = exc
-                raise
-            self._tokens[key] = token
-            if key != scopes:
-                self._tokens[scopes] = token
+            await self._fetch_into(fetch, challenge, key, scopes, creds)
         return True
+
+    async def renew(self, fetch: Fetch, scopes: frozenset[str]) -> None:
+        """Fetch anew the token a request for ``scopes`` would carry when it is about to
+        expire (its ``expires_in``; 60 s when the token server says nothing), as Docker
+        does: a long pull or push does not meet a 401 (and send a chunk twice) each time
+        its token runs out. An expired token the registry refuses is fetched anew too
+        (:meth:`answer`)."""
+        sent = self.header(scopes)
+        renewal = self._renewals.get(sent.removeprefix("Bearer ")) if sent else None
+        if renewal is None or time.monotonic() < renewal[0]:
+            return
+        _, challenge, key = renewal
+        async with self._token_locks.setdefault(key, asyncio.Lock()):
+            current = self._tokens.get(key)
+            if current is not None and f"Bearer {current}" != sent:
+                self._tokens[scopes] = current  # renewed by another request meanwhile
+                return
+            await self._fetch_into(fetch, challenge, key, scopes, await self.credentials())
+
+    async def _fetch_into(self, fetch: Fetch, challenge: Challenge, key: frozenset[str],
+                          scopes: frozenset[str], creds: Credentials | None) -> None:
+        """Fetch a token for ``key`` (the requests' ``scopes`` and the challenge's) and
+        keep it for both."""
+        started = time.monotonic()
+        try:
+            token, lifetime = await self._fetch_token(fetch, challenge, key, creds)
+        except AuthError as exc:
+            if exc.status in (401, 403):
+                self._refusals[key] = exc
+            raise
+        for old in {self._tokens.get(key), self._tokens.get(scopes)} - {None, token}:
+            self._renewals.pop(str(old), None)
+        self._renewals[token] = (started + lifetime - min(10.0, lifetime / 10), challenge, key)
+        self._tokens[key] = token
+        if key != scopes:
+            self._tokens[scopes] = token
 
     def refused(self, challenge: str, sent: str | None, scopes: frozenset[str],
                 reason: str = "", status: int = 401) -> AuthError:
@@ -384,7 +415,8 @@ class HostAuth:
 
     async def _fetch_token(
         self, fetch: Fetch, challenge: Challenge, scopes: frozenset[str], creds: Credentials | None
-    ) -> str:
+    ) -> tuple[str, float]:
+        """The token and the seconds it lasts."""
         params: list[tuple[str, str]] = []
         if challenge.params.get("service"):
             params.append(("service", challenge.params["service"]))
@@ -409,8 +441,12 @@ class HostAuth:
         try:
             doc = json.loads(body)
             token = doc.get("token") or doc.get("access_token")
+            lifetime = doc.get("expires_in")
         except (ValueError, AttributeError):
-            token = None
+            token = lifetime = None
         if not isinstance(token, str) or not token:
             raise AuthError(f"token server {realm} answered without a token for {self.host}")
-        return token
+        # The token specification's default, and its least a token server may give.
+        if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
+            lifetime = 60
+        return token, float(lifetime)

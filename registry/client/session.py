@@ -40,7 +40,7 @@ from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import RegistryError, decode_errors
-from .answers import decoded, retry_after, shown_url, storage_reason
+from .answers import decoded, retry_after, same_origin, shown_url, storage_reason
 from .auth import Credentials, HostAuth
 from .connections import MAX_SMALL_BODY, UnknownHost, Wire, WireError, WireResponse
 from .connections import Unreachable as _NoConnection
@@ -242,7 +242,9 @@ class RegistrySession:
         redirected = asked_again = False
         while True:
             send_headers = dict(headers or {})
-            same_host = urlsplit(url).netloc == host
+            same_host = same_origin(url, host)
+            if same_host:
+                await auth.renew(self._fetch, scopes)
             sent = auth.header(scopes) if same_host else None
             if sent:
                 send_headers["Authorization"] = sent

@@ -6,6 +6,7 @@ and upload ``Location`` forms. Each behaviour is a field of :class:`OddRegistry`
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import hashlib
@@ -13,7 +14,6 @@ import hmac
 import json
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,7 +92,10 @@ class OddRegistry:
     # Bearer tokens from /token (realm at this registry): "token" or "access_token".
     bearer: bool = False
     token_field: str = "token"
-    token_uses: int = 0  # a token is refused (401) after this many requests (0: never)
+    token_ttl: float = 60  # expires_in; a token is refused (401) once it has expired
+    revoke_after: int = 0  # after this many authorized requests every token is dropped, once
+    expired: int = 0  # requests refused because their token had expired or was dropped
+    blob_delay: float = 0.0  # seconds each blob GET waits (a long pull)
     users: dict[str, str] = field(default_factory=dict)  # none: anonymous tokens only
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     # Answers to send before the real one: (status, headers) per request that matches.
@@ -103,10 +106,11 @@ class OddRegistry:
     digest_header: bool = True
     gzip_json: bool = False  # JSON answers are sent gzipped, whatever the client accepts
     # Uploads: what Location looks like, and what the answers are.
-    location: str = "relative"  # relative, absolute, state (with ?_state=), other
+    location: str = "relative"  # relative, absolute, state (with ?_state=), upper, other
     other_base: str = ""  # where location="other" points (another port serving this app)
-    chunk_min: int = 0  # OCI-Chunk-Min-Length: smaller PATCHes (but the last) are refused
-    monolithic: bool = True  # a PUT carrying bytes is allowed
+    # OCI-Chunk-Min-Length: an upload with a smaller PATCH (but the last) is refused.
+    chunk_min: int = 0
+    chunks: dict[str, list[int]] = field(default_factory=dict)  # upload -> PATCH sizes
     post_status: int = 202
     patch_status: int = 202
     patch_location: bool = True
@@ -114,7 +118,10 @@ class OddRegistry:
     put_location: bool = True
     manifest_put_status: int = 201
     uploads: dict[str, bytearray] = field(default_factory=dict)
-    tokens: Counter[str] = field(default_factory=Counter)
+    tokens: dict[str, float] = field(default_factory=dict)  # token -> when it expires
+    authorized: int = 0
+    # (repository, digest) of the blobs each repository holds
+    links: set[tuple[str, str]] = field(default_factory=set)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 30)
@@ -133,8 +140,8 @@ class OddRegistry:
             if self.users.get(user) != password:
                 return web.json_response({"details": "incorrect username or password"}, status=401)
         token = uuid.uuid4().hex
-        self.tokens[token] = 0
-        return web.json_response({self.token_field: token, "expires_in": 60,
+        self.tokens[token] = time.monotonic() + self.token_ttl
+        return web.json_response({self.token_field: token, "expires_in": self.token_ttl,
                                   "issued_at": "2026-01-01T00:00:00Z"})
 
     def _authorized(self, request: web.Request, scope: str) -> web.Response | None:
@@ -142,10 +149,13 @@ class OddRegistry:
             return None
         sent = request.headers.get("Authorization", "")
         token = sent.removeprefix("Bearer ")
-        if sent.startswith("Bearer ") and token in self.tokens:
-            self.tokens[token] += 1
-            if not self.token_uses or self.tokens[token] <= self.token_uses:
-                return None
+        if sent.startswith("Bearer ") and self.tokens.get(token, 0) > time.monotonic():
+            self.authorized += 1
+            if self.authorized == self.revoke_after:
+                self.tokens.clear()
+            return None
+        if sent:
+            self.expired += 1
         host = request.host
         challenge = (f'Bearer realm="http://{host}/token",service="odd.example",scope="{scope}"'
                      + (',error="invalid_token"' if sent else ""))
@@ -172,7 +182,9 @@ class OddRegistry:
         if kind == "blobs" and rest.startswith("uploads"):
             return await self._upload(request, name, rest.removeprefix("uploads").strip("/"))
         if kind == "blobs":
-            data = self.blobs.get(rest)
+            data = self.blobs.get(rest) if (name, rest) in self.links else None
+            if request.method == "GET":
+                await asyncio.sleep(self.blob_delay)
             if data is None:
                 return web.json_response({"errors": [{"code": "BLOB_UNKNOWN", "message": "no"}]}, status=404)
             if self.storage is not None and request.method == "GET":
@@ -222,6 +234,8 @@ class OddRegistry:
             return f"http://{request.host}{path}"
         if self.location == "state":
             return f"{path}?_state=a%2Fb%3D%3D&hash=x"
+        if self.location == "upper":  # this host, spelt otherwise (and the default port)
+            return f"HTTP://{request.host.upper()}{path}"
         if self.location == "other":
             return f"{self.other_base}{path}"
         return path
@@ -229,7 +243,8 @@ class OddRegistry:
     async def _upload(self, request: web.Request, name: str, uid: str) -> web.StreamResponse:
         if request.method == "POST":
             mount = request.query.get("mount")
-            if mount and mount in self.blobs:
+            if mount and (request.query.get("from"), mount) in self.links:
+                self.links.add((name, mount))
                 return web.Response(status=201, headers={"Location": f"/v2/{name}/blobs/{mount}"})
             uid = uuid.uuid4().hex
             self.uploads[uid] = bytearray()
@@ -248,25 +263,23 @@ class OddRegistry:
                                                      "Location": self._upload_url(request, name, uid)})
         data = await request.read()
         if request.method == "PATCH":
-            if self.chunk_min and len(data) < self.chunk_min:
-                return web.json_response({"errors": [{"code": "SIZE_INVALID",
-                                                      "message": "chunk under OCI-Chunk-Min-Length"}]},
-                                         status=416)
+            self.chunks.setdefault(uid, []).append(len(data))
             buf += data
             headers = {"Range": f"0-{len(buf) - 1}"}
             if self.patch_location:
                 headers["Location"] = self._upload_url(request, name, uid)
             return web.Response(status=self.patch_status, headers=headers)
         if request.method == "PUT":
-            if data and not self.monolithic and not buf:
-                return web.json_response({"errors": [{"code": "BLOB_UPLOAD_INVALID",
-                                                      "message": "monolithic uploads are not supported"}]},
+            if any(n < self.chunk_min for n in self.chunks.get(uid, [])[:-1]):
+                return web.json_response({"errors": [{"code": "SIZE_INVALID",
+                                                      "message": "a chunk under OCI-Chunk-Min-Length"}]},
                                          status=400)
             buf += data
             digest = request.query.get("digest", "")
             if str(Digest.of(bytes(buf))) != digest:
                 return web.json_response({"errors": [{"code": "DIGEST_INVALID", "message": "no"}]}, status=400)
             self.blobs[digest] = bytes(buf)
+            self.links.add((name, digest))
             del self.uploads[uid]
             headers = {"Docker-Content-Digest": digest}
             if self.put_location:

@@ -8,6 +8,7 @@ import email.utils
 import gzip
 import json
 import time
+import uuid
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from cas import Digest
 from registry import oci
 from registry.client.answers import decoded, retry_after
+from registry.client.auth import Credentials
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
@@ -51,6 +53,7 @@ def serve(aiohttp_server: Any) -> Serve:
 def seed(reg: OddRegistry, image: SampleImage, name: str = "a/b", tag: str = "1") -> None:
     for blob in (image.config, *image.layers):
         reg.blobs[str(Digest.of(blob))] = blob
+        reg.links.add((name, str(Digest.of(blob))))
     media_type = "application/vnd.oci.image.manifest.v1+json"
     reg.manifests[(name, tag)] = reg.manifests[(name, str(image.digest))] = (image.manifest, media_type)
 
@@ -239,3 +242,135 @@ def test_a_compressed_small_body_is_bounded() -> None:
         decoded(gzip.compress(b" " * 1000), "gzip", 10)  # a small gzip bomb
     with pytest.raises(ValueError, match="br"):
         decoded(b"...", "br", 10)
+
+
+# --- uploads ----------------------------------------------------------------------------------
+
+async def push_and_check(reg: OddRegistry, host: str, images: ImageStore, *, chunk: int = 64 << 10,
+                         seed_: int = 41) -> SampleImage:
+    """Push an image of a 150 kB and a 30 kB layer (chunked, and in one PUT, at ``chunk``)."""
+    image = simple_image(seed_, sizes=(150_000, 30_000))
+    ref = f"{host}/a/b:{uuid.uuid4().hex[:8]}"
+    await store_image(images, ref, image)
+    async with fast_client() as client:
+        pushed = await copy(f"local:{ref}", ref, images, client,
+                            transfer=TransferOptions(upload_chunk=chunk))
+    assert pushed.digest == image.digest
+    assert reg.manifests[("a/b", ref.rpartition(":")[2])][0] == image.manifest
+    for blob in (image.config, *image.layers):
+        assert reg.blobs[str(Digest.of(blob))] == blob
+    assert not reg.uploads, "every upload session was closed"
+    return image
+
+
+@pytest.mark.parametrize("location", ["relative", "absolute", "state", "other"])
+async def test_upload_locations_of_every_form_are_followed_as_given(
+    location: str, serve: Serve, aiohttp_server: Any, images: ImageStore
+) -> None:
+    reg, host = await serve(location=location)
+    other = await aiohttp_server(reg.app())  # the same registry on another host:port
+    reg.other_base = f"http://localhost:{other.port}"
+    await push_and_check(reg, host, images)
+    patches = [p for m, p in reg.log if m == "PATCH"]
+    puts = [p for m, p in reg.log if m == "PUT" and "/uploads/" in p]
+    assert patches and puts
+    if location == "state":  # the registry's own query is kept, digest= added to it
+        assert all("?_state=a%2Fb%3D%3D&hash=x" in p for p in patches + puts)
+        assert all(p.endswith("&digest=" + p.rpartition("digest=")[2]) for p in puts)
+
+
+@pytest.mark.parametrize(("post", "patch", "put", "manifest"), [
+    (202, 202, 201, 201),  # the spec's
+    (202, 204, 204, 200),  # Quay-like: 204 for chunks and the close, 200 for a manifest
+    (202, 202, 200, 202),  # 200 closing an upload, 202 for a manifest
+])
+async def test_any_success_status_of_an_upload_step_is_taken(
+    post: int, patch: int, put: int, manifest: int, serve: Serve, images: ImageStore
+) -> None:
+    reg, host = await serve(post_status=post, patch_status=patch, put_status=put,
+                            manifest_put_status=manifest, put_location=False)
+    await push_and_check(reg, host, images)
+
+
+async def test_a_chunk_answered_without_location_keeps_the_session_url(
+    serve: Serve, images: ImageStore
+) -> None:
+    reg, host = await serve(patch_location=False)
+    await push_and_check(reg, host, images)
+    assert len([m for m, _ in reg.log if m == "PATCH"]) == 3  # 150 kB in 64 KiB chunks
+    # Not taken for a broken answer: no session was asked where it stands.
+    assert not [p for m, p in reg.log if m == "GET" and "/uploads/" in p]
+
+
+async def test_chunks_are_at_least_the_registrys_minimum_length(
+    serve: Serve, images: ImageStore
+) -> None:
+    reg, host = await serve(chunk_min=100_000)
+    image = await push_and_check(reg, host, images, chunk=16 << 10)
+    big, small = (len(layer) for layer in image.layers)
+    assert big > 100_000 > small > 16 << 10
+    # The big layer in a chunk of 100,000 bytes and its last one; the small one in one
+    # (the last may be shorter); the config in one PUT (monolithic: at any minimum).
+    assert sorted(reg.chunks.values()) == [[small], [100_000, big - 100_000]]
+
+
+# --- Bearer tokens ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field_name", ["token", "access_token"])
+async def test_anonymous_tokens_that_expire_mid_pull_are_fetched_anew_before_they_do(
+    field_name: str, serve: Serve, images: ImageStore
+) -> None:
+    # Tokens last 0.5 s; the pull takes longer (each blob GET waits 0.2 s, two at a time).
+    reg, host = await serve(bearer=True, token_field=field_name, token_ttl=0.5, blob_delay=0.2)
+    image = simple_image(51, sizes=(300_000, 200_000))
+    seed(reg, image)
+    started = time.monotonic()
+    async with fast_client() as client:
+        transfer = TransferOptions(part_size=64 << 10, parallel_threshold=64 << 10, window=2)
+        await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client, transfer=transfer,
+                   jobs=1)
+    assert time.monotonic() - started > 1
+    await assert_pulled(images, f"{host}/a/b:1", image)
+    assert reg.expired == 0, "no request went with an expired token"
+    assert len(reg.token_requests) >= 2
+    assert all(t["auth"] == "" and t["service"] == "odd.example" for t in reg.token_requests)
+    assert {s for t in reg.token_requests for s in t["scope"]} == {"repository:a/b:pull"}
+
+
+async def test_tokens_the_registry_drops_mid_pull_are_fetched_again_once_for_all(
+    serve: Serve, images: ImageStore
+) -> None:
+    reg, host = await serve(bearer=True, revoke_after=5)
+    image = simple_image(53, sizes=(300_000, 200_000))
+    seed(reg, image)
+    async with fast_client() as client:
+        await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client, transfer=small_parts())
+    await assert_pulled(images, f"{host}/a/b:1", image)
+    assert reg.expired >= 1
+    assert len(reg.token_requests) == 2
+
+
+async def test_a_push_that_mounts_asks_one_token_for_both_repositories(
+    serve: Serve, images: ImageStore
+) -> None:
+    reg, host = await serve(bearer=True, users={"u": "p"})
+    image = simple_image(52, sizes=(30_000,))
+    seed(reg, image, name="src/repo")
+    options = {"credentials": {host: Credentials("u", "p")}}
+    async with fast_client(**options) as client:
+        await copy(f"{host}/src/repo:1", f"local:{host}/src/repo:1", images, client)
+        result = await copy(f"local:{host}/src/repo:1", f"{host}/dst/repo:1", images, client)
+    assert set(result.blobs.values()) == {"mounted"}
+    mount_scopes = [t["scope"] for t in reg.token_requests if "repository:src/repo:pull" in t["scope"]
+                    and "repository:dst/repo:pull,push" in t["scope"]]
+    assert mount_scopes, reg.token_requests
+    assert all(t["auth"] == Credentials("u", "p").basic() for t in reg.token_requests)
+
+
+async def test_an_upload_location_on_the_registrys_own_host_spelt_otherwise_gets_the_token(
+    serve: Serve, images: ImageStore
+) -> None:
+    reg, port = await serve(bearer=True, location="upper")
+    host = f"localhost:{port.rpartition(':')[2]}"
+    await push_and_check(reg, host, images)
+    assert any(p.startswith("/v2/a/b/blobs/uploads/") for m, p in reg.log if m == "PATCH")
