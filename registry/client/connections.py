@@ -24,6 +24,7 @@ import asyncio
 import errno
 import functools
 import http.client
+import select
 import socket
 import ssl
 import threading
@@ -280,9 +281,18 @@ class Wire:
             return self._default_tls
 
     def _take(self, origin: tuple[Any, ...]) -> http.client.HTTPConnection | None:
-        with self._lock:
-            conns = self._idle.get(origin)
-            return conns.pop() if conns else None
+        """An idle connection to ``origin`` that the server has not closed meanwhile: one
+        it closed is readable (its end of file), as it is when the server sent something
+        unasked; either is closed here, before a request (and its body) goes on it.
+        Servers and proxies that close every connection after its answer without saying
+        so (no ``Connection: close``) would otherwise break every request sent on one."""
+        while True:
+            with self._lock:
+                conns = self._idle.get(origin)
+                conn = conns.pop() if conns else None
+            if conn is None or not _dropped(conn):
+                return conn
+            conn.close()
 
     def _put(self, origin: tuple[Any, ...], conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -291,6 +301,19 @@ class Wire:
                 conns.append(conn)
                 return
         conn.close()
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle connection has something to read: the server closed it (or sent
+    what nobody asked for). Checked without blocking, as urllib3 does."""
+    if conn.sock is None:
+        return False  # opened again by the next request
+    poller = select.poll()
+    poller.register(conn.sock, select.POLLIN)
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return True
 
 
 def _bare(url: str) -> str:

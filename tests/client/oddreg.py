@@ -96,6 +96,7 @@ class OddRegistry:
     revoke_after: int = 0  # after this many authorized requests every token is dropped, once
     expired: int = 0  # requests refused because their token had expired or was dropped
     blob_delay: float = 0.0  # seconds each blob GET waits (a long pull)
+    close_each: bool = False  # close every connection after its answer, unannounced
     users: dict[str, str] = field(default_factory=dict)  # none: anonymous tokens only
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     # Answers to send before the real one: (status, headers) per request that matches.
@@ -124,10 +125,21 @@ class OddRegistry:
     links: set[tuple[str, str]] = field(default_factory=set)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 30)
+        app = web.Application(client_max_size=1 << 30, middlewares=[self._closing])
         app.router.add_get("/token", self.token)
         app.router.add_route("*", "/v2/{tail:.*}", self.handle)
         return app
+
+    @web.middleware
+    async def _closing(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With ``close_each``: the connection is closed after each answer, which does not
+        say so (no ``Connection: close``), as some proxies and load balancers do."""
+        resp = await handler(request)
+        if self.close_each and request.transport is not None:
+            await resp.prepare(request)
+            await resp.write_eof()
+            request.transport.close()
+        return resp
 
     # --- auth -------------------------------------------------------------------------------
     async def token(self, request: web.Request) -> web.Response:

@@ -374,3 +374,21 @@ async def test_an_upload_location_on_the_registrys_own_host_spelt_otherwise_gets
     host = f"localhost:{port.rpartition(':')[2]}"
     await push_and_check(reg, host, images)
     assert any(p.startswith("/v2/a/b/blobs/uploads/") for m, p in reg.log if m == "PATCH")
+
+
+# --- connections --------------------------------------------------------------------------------
+
+async def test_a_registry_that_closes_every_connection_unannounced_gets_each_request_once(
+    serve: Serve, images: ImageStore, images2: ImageStore
+) -> None:
+    reg, host = await serve(close_each=True)
+    image = await push_and_check(reg, host, images)
+    # Each chunk and each close was sent once, on a new connection: none broke, so no
+    # session was asked where it stood.
+    assert not [p for m, p in reg.log if m == "GET" and "/uploads/" in p]
+    assert len([m for m, _ in reg.log if m == "PATCH"]) == 3
+    tag = next(t for (n, t) in reg.manifests if ":" not in t)
+    async with fast_client() as client:
+        await copy(f"{host}/a/b:{tag}", f"local:{host}/a/b:1", images2, client,
+                   transfer=small_parts())
+    await assert_pulled(images2, f"{host}/a/b:1", image)
