@@ -4,6 +4,7 @@ tokens that expire, throttling, odd manifest answers, upload ``Location`` forms.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import gzip
 import json
@@ -392,3 +393,30 @@ async def test_a_registry_that_closes_every_connection_unannounced_gets_each_req
         await copy(f"{host}/a/b:{tag}", f"local:{host}/a/b:1", images2, client,
                    transfer=small_parts())
     await assert_pulled(images2, f"{host}/a/b:1", image)
+
+
+async def test_blob_bodies_ended_by_closing_the_connection_are_read_to_their_end(
+    serve: Serve, images: ImageStore
+) -> None:
+    """No Content-Length, no chunks: an object store answering as HTTP/1.0 servers do."""
+    image = simple_image(61, sizes=(200_000,))
+    by_digest = {str(Digest.of(b)): b for b in (image.config, *image.layers)}
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        path = head.split(b" ")[1].decode()
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + by_digest[path.split("/")[-2]])
+        await writer.drain()
+        writer.close()
+
+    raw = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        storage = Storage()  # only for its URLs: the raw server answers them
+        reg, host = await serve(storage=storage,
+                                storage_base=f"http://127.0.0.1:{raw.sockets[0].getsockname()[1]}")
+        seed(reg, image)
+        async with fast_client() as client:
+            await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client)
+        await assert_pulled(images, f"{host}/a/b:1", image)
+    finally:
+        raw.close()
