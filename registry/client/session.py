@@ -220,11 +220,12 @@ class RegistrySession:
         data: bytes | None = None,
         params: dict[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
-        redirects: bool = False,
+        redirects: bool | None = None,
         retries: int | None = None,
     ) -> WireResponse:
-        """Send one request with auth, retries and (optionally) redirects; the caller
-        releases the returned response. Statuses outside ``ok`` raise RegistryError.
+        """Send one request with auth, retries and redirects (``redirects`` None: followed
+        for GET and HEAD); the caller releases the returned response. Statuses outside
+        ``ok`` raise RegistryError.
 
         The request goes on a pooled blocking connection (:mod:`registry.client.connections`), sent from
         a worker thread; the answer is a :class:`registry.client.connections.WireResponse`, whose body
@@ -234,8 +235,10 @@ class RegistrySession:
             retries = self.options.retries
         if not url.startswith(("http://", "https://")):
             url = await self.base_url(host) + url
+        if redirects is None:
+            redirects = method in ("GET", "HEAD")
         auth = self.auth(host)
-        answered = False
+        answered: set[str] = set()  # the hosts whose 401 this request has answered
         attempt = 0
         hops = 0
         asked = (url, params)  # the registry's own URL, asked again when a redirect fails
@@ -243,9 +246,11 @@ class RegistrySession:
         while True:
             send_headers = dict(headers or {})
             same_host = same_origin(url, host)
-            if same_host:
-                await auth.renew(self._fetch, scopes)
-            sent = auth.header(scopes) if same_host else None
+            # Another host a request was redirected to gets nothing of the registry's
+            # auth; only what it asks for itself, with its own credentials, if any.
+            here = auth if same_host else self.auth(urlsplit(url).netloc)
+            await here.renew(self._fetch, scopes)
+            sent = here.header(scopes)
             if sent:
                 send_headers["Authorization"] = sent
             try:
@@ -271,15 +276,15 @@ class RegistrySession:
                 continue
             if resp.status in ok:
                 return resp
-            if resp.status == 401 and same_host:
-                challenge = resp.headers.get("WWW-Authenticate", "")
+            challenge = resp.headers.get("WWW-Authenticate", "") if resp.status == 401 else ""
+            if resp.status == 401 and (same_host or challenge):
                 answer = await _drain(resp)
-                if (not answered and challenge
-                        and await auth.answer(self._fetch, challenge, scopes, sent)):
-                    answered = True
+                if (here.host not in answered and challenge
+                        and await here.answer(self._fetch, challenge, scopes, sent)):
+                    answered.add(here.host)
                     continue
                 reason = "; ".join(e.message for e in decode_errors(401, answer))
-                raise auth.refused(challenge, sent, scopes, reason)
+                raise here.refused(challenge, sent, scopes, reason)
             if redirects and resp.status in (301, 302, 303, 307, 308) and hops < 5:
                 location = resp.headers.get("Location")
                 resp.release()
@@ -309,8 +314,9 @@ class RegistrySession:
                                  _gave_up(attempt, wait, self.options.max_retry_after))
             what = f"{method} {shown_url(url, host)}"
             if redirected:
-                what = (f"{what} (where {host} redirected {method} {urlsplit(asked[0]).path}: "
-                        "its storage refused the request twice)")
+                what = f"{what} (where {host} redirected {method} {urlsplit(asked[0]).path})"
+                if asked_again and resp.status in (400, 401, 403):
+                    what += ": refused twice, the registry's storage or its presigned URLs are amiss"
             raise _error(resp, answer, what)
 
     async def _transmit(self, method: str, url: str, headers: dict[str, str],

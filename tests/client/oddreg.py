@@ -97,6 +97,9 @@ class OddRegistry:
     expired: int = 0  # requests refused because their token had expired or was dropped
     blob_delay: float = 0.0  # seconds each blob GET waits (a long pull)
     close_each: bool = False  # close every connection after its answer, unannounced
+    # Every request redirected (307) to this base, the repository under "mirror/" there
+    redirect_all: str = ""
+    auth_seen: list[str] = field(default_factory=list)  # the Authorization of each request
     users: dict[str, str] = field(default_factory=dict)  # none: anonymous tokens only
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     # Answers to send before the real one: (status, headers) per request that matches.
@@ -177,6 +180,7 @@ class OddRegistry:
     # --- the API ----------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.log.append((request.method, request.raw_path))
+        self.auth_seen.append(request.headers.get("Authorization", ""))
         path = request.match_info["tail"]
         if self.throttle and self.throttle_match(request):
             status, headers = self.throttle.pop(0)
@@ -189,6 +193,9 @@ class OddRegistry:
         refused = self._authorized(request, f"repository:{name}:{'pull,push' if push else 'pull'}")
         if refused is not None:
             return refused
+        if self.redirect_all:  # a front that sends every request to another registry
+            return web.Response(status=307, headers={
+                "Location": f"{self.redirect_all}/v2/mirror/{path}?{request.query_string}".rstrip("?")})
         if kind == "manifests":
             return await self._manifest(request, name, rest)
         if kind == "blobs" and rest.startswith("uploads"):

@@ -420,3 +420,24 @@ async def test_blob_bodies_ended_by_closing_the_connection_are_read_to_their_end
         await assert_pulled(images, f"{host}/a/b:1", image)
     finally:
         raw.close()
+
+
+async def test_a_front_that_redirects_every_request_to_another_registry_is_followed(
+    serve: Serve, images: ImageStore
+) -> None:
+    """As registry.k8s.io sends manifests and blobs to Artifact Registry: the other
+    registry's own challenge is answered with an anonymous token of its own; the front's
+    credentials never go there."""
+    back, back_host = await serve(bearer=True)
+    front, host = await serve(redirect_all=f"http://{back_host}", bearer=True, users={"u": "p"})
+    image = simple_image(71, sizes=(30_000,))
+    seed(back, image, name="mirror/a/b")
+    async with fast_client(credentials={host: Credentials("u", "p")}) as client:
+        await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client)
+        assert await client.tags(host, "a/b") == ["1"]
+    await assert_pulled(images, f"{host}/a/b:1", image)
+    assert front.token_requests and all(t["auth"] == Credentials("u", "p").basic()
+                                        for t in front.token_requests)
+    assert back.token_requests and all(t["auth"] == "" for t in back.token_requests)
+    assert "repository:mirror/a/b:pull" in back.token_requests[0]["scope"]
+    assert not set(back.auth_seen) & {f"Bearer {t}" for t in front.tokens}
