@@ -124,6 +124,8 @@ class OddRegistry:
     uploads: dict[str, bytearray] = field(default_factory=dict)
     tokens: dict[str, float] = field(default_factory=dict)  # token -> when it expires
     authorized: int = 0
+    granted: dict[str, set[str]] = field(default_factory=dict)  # token -> its scopes
+    blob_scope: str = ""  # a scope blob requests need besides the repository's (a 401 then)
     # (repository, digest) of the blobs each repository holds
     links: set[tuple[str, str]] = field(default_factory=set)
 
@@ -156,6 +158,7 @@ class OddRegistry:
                 return web.json_response({"details": "incorrect username or password"}, status=401)
         token = uuid.uuid4().hex
         self.tokens[token] = time.monotonic() + self.token_ttl
+        self.granted[token] = set(request.query.getall("scope", []))
         return web.json_response({self.token_field: token, "expires_in": self.token_ttl,
                                   "issued_at": "2026-01-01T00:00:00Z"})
 
@@ -164,7 +167,8 @@ class OddRegistry:
             return None
         sent = request.headers.get("Authorization", "")
         token = sent.removeprefix("Bearer ")
-        if sent.startswith("Bearer ") and self.tokens.get(token, 0) > time.monotonic():
+        if (sent.startswith("Bearer ") and self.tokens.get(token, 0) > time.monotonic()
+                and set(scope.split(" ")) <= self.granted.get(token, set())):
             self.authorized += 1
             if self.authorized == self.revoke_after:
                 self.tokens.clear()
@@ -190,7 +194,10 @@ class OddRegistry:
             return self._json({})
         name, kind, rest = _split(path)
         push = request.method not in ("GET", "HEAD")
-        refused = self._authorized(request, f"repository:{name}:{'pull,push' if push else 'pull'}")
+        scope = f"repository:{name}:{'pull,push' if push else 'pull'}"
+        if kind == "blobs" and self.blob_scope:
+            scope += " " + self.blob_scope
+        refused = self._authorized(request, scope)
         if refused is not None:
             return refused
         if self.redirect_all:  # a front that sends every request to another registry

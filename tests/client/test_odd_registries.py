@@ -351,6 +351,19 @@ async def test_tokens_the_registry_drops_mid_pull_are_fetched_again_once_for_all
     assert len(reg.token_requests) == 2
 
 
+async def test_a_blob_that_wants_another_scope_than_the_manifest_gets_a_token_for_both(
+    serve: Serve, images: ImageStore
+) -> None:
+    reg, host = await serve(bearer=True, blob_scope="repository:a/b:blobs")
+    image = simple_image(54, sizes=(300_000,))
+    seed(reg, image)
+    async with fast_client() as client:
+        await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client, transfer=small_parts())
+    await assert_pulled(images, f"{host}/a/b:1", image)
+    assert [sorted(t["scope"]) for t in reg.token_requests] == [
+        ["repository:a/b:pull"], ["repository:a/b:blobs", "repository:a/b:pull"]]
+
+
 async def test_a_push_that_mounts_asks_one_token_for_both_repositories(
     serve: Serve, images: ImageStore
 ) -> None:
