@@ -394,12 +394,30 @@ class RegistrySession:
 
     async def _fetch(self, url: str, params: list[tuple[str, str]],
                      headers: dict[str, str]) -> tuple[int, bytes]:
-        """A plain GET (no auth, retries or redirects): for token servers."""
-        resp = await self.wire.send("GET", url, headers, params, self._ssl)
-        try:
-            return resp.status, await _read(resp)
-        finally:
-            resp.release()
+        """A GET to a token server (no auth or redirects). A 429 or 5xx is retried as
+        :meth:`_send` retries (as long as ``Retry-After`` asks, up to ``max_retry_after``),
+        and so is a broken connection; the last answer is returned."""
+        attempt = 0
+        while True:
+            try:
+                resp = await self.wire.send("GET", url, headers, params, self._ssl)
+            except WireError as exc:
+                if isinstance(exc, _NoConnection) or attempt >= self.options.retries:
+                    raise
+                await asyncio.sleep(self.options.backoff * 2**attempt)
+                attempt += 1
+                continue
+            try:
+                status, body = resp.status, await _read(resp)
+            finally:
+                resp.release()
+            if status == 429 or status in _RETRY_STATUS:
+                wait = retry_after(resp.headers.get("Retry-After"))
+                if attempt < self.options.retries and (wait is None or wait <= self.options.max_retry_after):
+                    await asyncio.sleep(max(self.options.backoff * 2**attempt, wait or 0))
+                    attempt += 1
+                    continue
+            return status, body
 
     async def _request(self, method: str, host: str, url: str, **kw: Any) -> tuple[WireResponse, bytes]:
         resp = await self._send(method, host, url, **kw)

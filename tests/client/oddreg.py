@@ -102,6 +102,7 @@ class OddRegistry:
     auth_seen: list[str] = field(default_factory=list)  # the Authorization of each request
     users: dict[str, str] = field(default_factory=dict)  # none: anonymous tokens only
     token_requests: list[dict[str, Any]] = field(default_factory=list)
+    token_throttle: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # /token first
     # Answers to send before the real one: (status, headers) per request that matches.
     throttle: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     throttle_match: Callable[[web.Request], bool] = lambda r: True
@@ -151,6 +152,9 @@ class OddRegistry:
         self.token_requests.append({"scope": request.query.getall("scope", []),
                                     "service": request.query.get("service"),
                                     "auth": request.headers.get("Authorization", "")})
+        if self.token_throttle:
+            status, headers = self.token_throttle.pop(0)
+            return web.Response(status=status, headers=headers, text="busy")
         auth = request.headers.get("Authorization", "")
         if self.users and auth:
             user, _, password = base64.b64decode(auth.split()[1]).decode().partition(":")

@@ -364,6 +364,18 @@ async def test_a_blob_that_wants_another_scope_than_the_manifest_gets_a_token_fo
         ["repository:a/b:pull"], ["repository:a/b:blobs", "repository:a/b:pull"]]
 
 
+async def test_a_token_server_that_is_throttled_or_busy_is_asked_again(
+    serve: Serve, images: ImageStore
+) -> None:
+    reg, host = await serve(bearer=True, token_throttle=[(429, {"Retry-After": "0"}), (503, {})])
+    image = simple_image(55, sizes=(30_000,))
+    seed(reg, image)
+    async with fast_client() as client:
+        await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client)
+    await assert_pulled(images, f"{host}/a/b:1", image)
+    assert len(reg.token_requests) == 3 and not reg.token_throttle
+
+
 async def test_a_push_that_mounts_asks_one_token_for_both_repositories(
     serve: Serve, images: ImageStore
 ) -> None:
