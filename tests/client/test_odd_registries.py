@@ -20,7 +20,7 @@ import pytest
 from cas import Digest
 from registry import oci
 from registry.client.answers import decoded, retry_after
-from registry.client.auth import Credentials
+from registry.client.auth import Credentials, HostAuth
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
@@ -374,6 +374,26 @@ async def test_a_token_server_that_is_throttled_or_busy_is_asked_again(
         await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client)
     await assert_pulled(images, f"{host}/a/b:1", image)
     assert len(reg.token_requests) == 3 and not reg.token_throttle
+
+
+async def test_a_request_refused_while_another_fetched_the_new_token_retries_with_it() -> None:
+    """The registry's challenge adds a scope, so a request's scope set keeps the token
+    under its own name too; after the token expired and another request (asking for the
+    whole set) fetched the new one, the first retries with the new token, not the old."""
+    fetched = iter(["t1", "t2", "t3"])
+
+    async def fetch(url: str, params: list[tuple[str, str]], headers: dict[str, str]) -> tuple[int, bytes]:
+        return 200, json.dumps({"token": next(fetched)}).encode()
+
+    auth = HostAuth("reg.example", lookup=False)
+    challenge = 'Bearer realm="https://auth.example/token",scope="repository:a/b:blobs"'
+    mine = frozenset({"repository:a/b:pull"})
+    whole = mine | {"repository:a/b:blobs"}
+    assert await auth.answer(fetch, challenge, mine)
+    assert auth.header(mine) == auth.header(whole) == "Bearer t1"
+    assert await auth.answer(fetch, challenge, whole, "Bearer t1")  # t1 expired: t2
+    assert await auth.answer(fetch, challenge, mine, "Bearer t1")  # refused with t1 too
+    assert auth.header(mine) == "Bearer t2"
 
 
 async def test_a_push_that_mounts_asks_one_token_for_both_repositories(
