@@ -99,7 +99,7 @@ class OddRegistry:
     close_each: bool = False  # close every connection after its answer, unannounced
     # Every request redirected (307) to this base, the repository under "mirror/" there
     redirect_all: str = ""
-    auth_seen: list[str] = field(default_factory=list)  # the Authorization of each request
+    auth_seen: list[tuple[str, str]] = field(default_factory=list)  # Host, Authorization
     users: dict[str, str] = field(default_factory=dict)  # none: anonymous tokens only
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     token_throttle: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # /token first
@@ -161,6 +161,7 @@ class OddRegistry:
             if self.users.get(user) != password:
                 return web.json_response({"details": "incorrect username or password"}, status=401)
         token = uuid.uuid4().hex
+        self.token_requests[-1]["token"] = token
         self.tokens[token] = time.monotonic() + self.token_ttl
         self.granted[token] = set(request.query.getall("scope", []))
         return web.json_response({self.token_field: token, "expires_in": self.token_ttl,
@@ -188,7 +189,7 @@ class OddRegistry:
     # --- the API ----------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.log.append((request.method, request.raw_path))
-        self.auth_seen.append(request.headers.get("Authorization", ""))
+        self.auth_seen.append((request.host, request.headers.get("Authorization", "")))
         path = request.match_info["tail"]
         if self.throttle and self.throttle_match(request):
             status, headers = self.throttle.pop(0)

@@ -280,6 +280,27 @@ async def test_upload_locations_of_every_form_are_followed_as_given(
         assert all(p.endswith("&digest=" + p.rpartition("digest=")[2]) for p in puts)
 
 
+async def test_an_upload_location_on_another_host_that_asks_for_a_token_gets_its_own(
+    serve: Serve, aiohttp_server: Any, images: ImageStore
+) -> None:
+    """As containerd: the other host's challenge is answered for that host (anonymously
+    here: there are credentials for the registry only), never with the registry's."""
+    reg, host = await serve(bearer=True, users={"u": "p"}, location="other")
+    other = await aiohttp_server(reg.app())
+    reg.other_base = f"http://localhost:{other.port}"
+    basic = Credentials("u", "p").basic()
+    image = simple_image(42, sizes=(150_000, 30_000))
+    ref = f"{host}/a/b:1"
+    await store_image(images, ref, image)
+    async with fast_client(credentials={host: Credentials("u", "p")}) as client:
+        await copy(f"local:{ref}", ref, images, client, transfer=TransferOptions(upload_chunk=64 << 10))
+    assert reg.manifests[("a/b", "1")][0] == image.manifest
+    registry_tokens = {f"Bearer {t['token']}" for t in reg.token_requests if t["auth"] == basic}
+    at_other = [a for h, a in reg.auth_seen if h == f"localhost:{other.port}"]
+    assert registry_tokens and at_other and any(at_other)
+    assert not set(at_other) & registry_tokens and basic not in at_other
+
+
 @pytest.mark.parametrize(("post", "patch", "put", "manifest"), [
     (202, 202, 201, 201),  # the spec's
     (202, 204, 204, 200),  # Quay-like: 204 for chunks and the close, 200 for a manifest
@@ -485,4 +506,4 @@ async def test_a_front_that_redirects_every_request_to_another_registry_is_follo
                                         for t in front.token_requests)
     assert back.token_requests and all(t["auth"] == "" for t in back.token_requests)
     assert "repository:mirror/a/b:pull" in back.token_requests[0]["scope"]
-    assert not set(back.auth_seen) & {f"Bearer {t}" for t in front.tokens}
+    assert not {a for _, a in back.auth_seen} & {f"Bearer {t}" for t in front.tokens}
