@@ -13,7 +13,7 @@ Policies, in one place (:meth:`RegistrySession._send`):
   (Basic, or the Bearer token flow with the request's scopes); requests that meet the
   first 401 together share one answer, and a request refused although it carried the
   credentials raises :class:`registry.client.auth.AuthError`.
-- Retries with exponential backoff on connection errors, 5xx and 429 (waiting as long as
+- Retries with exponential backoff on connection errors, 5xx, 408 and 429 (waiting as long as
   ``Retry-After`` asks, up to ``max_retry_after``; a 429 also for a request that carries
   bytes: it was not taken in); never on other 4xx. A host
   that does not resolve is not retried; a refused connection is retried twice, quickly.
@@ -56,7 +56,8 @@ __all__ = [
     "push_scope",
 ]
 
-_RETRY_STATUS = frozenset({500, 502, 503, 504})
+# 408: the server gave up waiting for the request (containerd retries it too).
+_RETRY_STATUS = frozenset({408, 500, 502, 503, 504})
 # A refused connection is tried this many more times (a registry restarting), no more.
 _REFUSED_RETRIES = 2
 

@@ -70,7 +70,7 @@ def small_parts() -> TransferOptions:
 
 
 def fast_client(**kw: Any) -> RegistryClient:
-    return RegistryClient(ClientOptions(retries=2, backoff=0.01, **kw))
+    return RegistryClient(ClientOptions(**{"retries": 2, "backoff": 0.01, **kw}))
 
 
 async def assert_pulled(images: ImageStore, ref: str, image: SampleImage) -> None:
@@ -150,12 +150,13 @@ async def test_throttled_requests_wait_as_retry_after_asks(
     form: str, serve: Serve, images: ImageStore
 ) -> None:
     when = "1" if form == "seconds" else email.utils.formatdate(time.time() + 2, usegmt=True)
-    reg, host = await serve(throttle=[(429, {"Retry-After": when}), (503, {"Retry-After": "0"})],
+    reg, host = await serve(throttle=[(429, {"Retry-After": when}), (503, {"Retry-After": "0"}),
+                                      (408, {})],
                             throttle_match=lambda r: "/manifests/" in r.path)
     image = simple_image(21, sizes=(20_000,))
     seed(reg, image)
     started = time.monotonic()
-    async with fast_client() as client:
+    async with fast_client(retries=3) as client:
         await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client)
     assert time.monotonic() - started >= 0.9  # not the client's own 10 ms backoff
     await assert_pulled(images, f"{host}/a/b:1", image)
