@@ -312,7 +312,7 @@ class RegistrySession:
                     continue
                 if attempt or wait is not None:
                     raise _error(resp, answer, f"{method} {shown_url(url, host)}",
-                                 _gave_up(attempt, wait, self.options.max_retry_after))
+                                 _gave_up(attempt, wait, self.options.max_retry_after, throttled))
             what = f"{method} {shown_url(url, host)}"
             if redirected:
                 what = f"{what} (where {host} redirected {method} {urlsplit(asked[0]).path})"
@@ -463,9 +463,10 @@ def _error(resp: WireResponse, body: bytes, what: str, after: str = "") -> Regis
     return err
 
 
-def _gave_up(attempt: int, wait: float | None, limit: float) -> str:
+def _gave_up(attempt: int, wait: float | None, limit: float, throttled: bool) -> str:
     """Why a throttled or unavailable request was not tried again."""
     if wait is not None and wait > limit:
         return (f" (the registry asks to wait {wait:.0f} s before trying again, over the "
                 f"{limit:g} s pybuild waits; try again later)")
-    return f" (after {attempt + 1} attempts; the registry is overloaded or limits requests: try again later)"
+    why = "limits requests" if throttled else "is failing or overloaded"
+    return f" (after {attempt + 1} attempts; the registry {why}: try again later)"
