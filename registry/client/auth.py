@@ -6,6 +6,8 @@ Where credentials come from, first match wins:
    ``PYBUILD_REGISTRY_HOST`` is also set they apply to that registry only;
 2. Docker's ``config.json`` (``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``):
    ``credHelpers[host]`` then ``credsStore`` (both run ``docker-credential-<x> get``),
+   then ``auths[host].identitytoken`` (an OAuth2 refresh token, sent to the token
+   server in the OAuth2 form POST; so is the secret of a helper's ``<token>`` user),
    then ``auths[host].auth`` (base64 ``user:password``).
 
 ``pybuild login`` / ``logout`` edit the same file as ``docker login`` does (through the
@@ -32,17 +34,23 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlencode
 
 from ..errors import DENIED, UNAUTHORIZED, RegistryError
 from .errors import ClientError
 
-# GET ``url`` with ``params`` and ``headers``: (status, body). Raises OSError when the
-# server cannot be reached.
-Fetch = Callable[[str, list[tuple[str, str]], dict[str, str]], Awaitable[tuple[int, bytes]]]
+
+class Fetch(Protocol):
+    """GET ``url`` with ``params`` and ``headers`` (POST ``data`` when given): (status,
+    body). Raises OSError when the server cannot be reached."""
+
+    def __call__(self, url: str, params: list[tuple[str, str]], headers: dict[str, str],
+                 data: bytes | None = None) -> Awaitable[tuple[int, bytes]]: ...
+
 
 __all__ = [
     "ENV_SOURCE",
@@ -62,6 +70,9 @@ _HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "reg
 
 
 ENV_SOURCE = "PYBUILD_REGISTRY_USER/PYBUILD_REGISTRY_PASSWORD"
+# The user name under which Docker's credential stores keep an identity token (an OAuth2
+# refresh token, from `docker login` to ACR and others) instead of a password.
+IDENTITY_TOKEN_USER = "<token>"
 HELPER_TIMEOUT = 60.0  # seconds a credential helper may take (it may wait for a keyring)
 
 
@@ -203,6 +214,9 @@ def lookup_credentials(host: str) -> Credentials | None:
     auths = config.get("auths") or {}
     for key in _keys(host):
         entry = auths.get(key)
+        if isinstance(entry, dict) and entry.get("identitytoken") and isinstance(entry["identitytoken"], str):
+            return Credentials(IDENTITY_TOKEN_USER, entry["identitytoken"],
+                               f"auths[{key!r}].identitytoken in {path}")
         if isinstance(entry, dict) and entry.get("auth"):
             try:
                 user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
@@ -420,11 +434,20 @@ class HostAuth:
         params: list[tuple[str, str]] = []
         if challenge.params.get("service"):
             params.append(("service", challenge.params["service"]))
-        params.extend(("scope", s) for s in sorted(scopes))
-        headers = {"Authorization": creds.basic()} if creds is not None else {}
         realm = challenge.params["realm"]
         try:
-            status, body = await fetch(realm, params, headers)
+            if creds is not None and creds.username == IDENTITY_TOKEN_USER:
+                # An identity token is a refresh token: the OAuth2 form POST, as Docker
+                # and containerd send it (GET with Basic would send it as a password).
+                form = [("grant_type", "refresh_token"), ("refresh_token", creds.password),
+                        ("client_id", "pybuild"), *params, ("scope", " ".join(sorted(scopes)))]
+                status, body = await fetch(
+                    realm, [], {"Content-Type": "application/x-www-form-urlencoded"},
+                    urlencode(form).encode())
+            else:
+                params.extend(("scope", s) for s in sorted(scopes))
+                headers = {"Authorization": creds.basic()} if creds is not None else {}
+                status, body = await fetch(realm, params, headers)
         except OSError as exc:
             raise AuthError(f"cannot reach token server {realm} for {self.host}: {exc}; check "
                             "that it is running and reachable") from exc

@@ -394,14 +394,15 @@ class RegistrySession:
                 notice(f"waiting for {netloc} (no answer for {quiet_for:.0f} s; still trying)")
 
     async def _fetch(self, url: str, params: list[tuple[str, str]],
-                     headers: dict[str, str]) -> tuple[int, bytes]:
-        """A GET to a token server (no auth or redirects). A 429 or 5xx is retried as
+                     headers: dict[str, str], data: bytes | None = None) -> tuple[int, bytes]:
+        """A GET (a POST of ``data``) to a token server (no auth or redirects). A 429 or 5xx is retried as
         :meth:`_send` retries (as long as ``Retry-After`` asks, up to ``max_retry_after``),
         and so is a broken connection; the last answer is returned."""
         attempt = 0
         while True:
             try:
-                resp = await self.wire.send("GET", url, headers, params, self._ssl)
+                resp = await self.wire.send("GET" if data is None else "POST", url, headers,
+                                            params, self._ssl, data)
             except WireError as exc:
                 if isinstance(exc, _NoConnection) or attempt >= self.options.retries:
                     raise

@@ -101,6 +101,7 @@ class OddRegistry:
     redirect_all: str = ""
     auth_seen: list[tuple[str, str]] = field(default_factory=list)  # Host, Authorization
     users: dict[str, str] = field(default_factory=dict)  # none: anonymous tokens only
+    refresh_tokens: set[str] = field(default_factory=set)  # taken by the OAuth2 POST
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     token_throttle: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # /token first
     # Answers to send before the real one: (status, headers) per request that matches.
@@ -132,7 +133,7 @@ class OddRegistry:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 30, middlewares=[self._closing])
-        app.router.add_get("/token", self.token)
+        app.router.add_route("*", "/token", self.token)
         app.router.add_route("*", "/v2/{tail:.*}", self.handle)
         return app
 
@@ -149,6 +150,17 @@ class OddRegistry:
 
     # --- auth -------------------------------------------------------------------------------
     async def token(self, request: web.Request) -> web.Response:
+        if request.method == "POST":  # OAuth2: a refresh token for an access token
+            form = await request.post()
+            self.token_requests.append({"scope": str(form.get("scope", "")).split(),
+                                        "service": form.get("service"), "auth": "",
+                                        "grant": form.get("grant_type")})
+            if form.get("grant_type") != "refresh_token" or form.get("refresh_token") not in self.refresh_tokens:
+                return web.json_response({"error": "invalid_grant"}, status=400)
+            token = uuid.uuid4().hex
+            self.tokens[token] = time.monotonic() + self.token_ttl
+            self.granted[token] = set(self.token_requests[-1]["scope"])
+            return web.json_response({"access_token": token, "expires_in": self.token_ttl})
         self.token_requests.append({"scope": request.query.getall("scope", []),
                                     "service": request.query.get("service"),
                                     "auth": request.headers.get("Authorization", "")})
@@ -158,7 +170,7 @@ class OddRegistry:
         auth = request.headers.get("Authorization", "")
         if self.users and auth:
             user, _, password = base64.b64decode(auth.split()[1]).decode().partition(":")
-            if self.users.get(user) != password:
+            if self.users.get(user) != password or user == "<token>":
                 return web.json_response({"details": "incorrect username or password"}, status=401)
         token = uuid.uuid4().hex
         self.token_requests[-1]["token"] = token

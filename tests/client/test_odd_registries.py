@@ -5,9 +5,11 @@ tokens that expire, throttling, odd manifest answers, upload ``Location`` forms.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import gzip
 import json
+import os
 import time
 import uuid
 import zlib
@@ -416,6 +418,36 @@ async def test_a_request_refused_while_another_fetched_the_new_token_retries_wit
     assert await auth.answer(fetch, challenge, whole, "Bearer t1")  # t1 expired: t2
     assert await auth.answer(fetch, challenge, mine, "Bearer t1")  # refused with t1 too
     assert auth.header(mine) == "Bearer t2"
+
+
+@pytest.mark.parametrize("stored", ["config", "helper"])
+async def test_an_identity_token_is_exchanged_by_the_oauth2_post(
+    stored: str, serve: Serve, images: ImageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `docker login` to ACR leaves it: an identity token (a refresh token) in
+    config.json, or a helper's "<token>" user; it is never sent as a password."""
+    reg, host = await serve(bearer=True, users={"someone": "pw"}, refresh_tokens={"rt-1"})
+    image = simple_image(56, sizes=(30_000,))
+    seed(reg, image)
+    config: dict[str, Any] = {"auths": {host: {
+        "auth": base64.b64encode(b"00000000-0000-0000-0000-000000000000:").decode(),
+        "identitytoken": "rt-1"}}}
+    if stored == "helper":
+        helper = tmp_path / "bin" / "docker-credential-acr"
+        helper.parent.mkdir()
+        helper.write_text('#!/bin/sh\necho \'{"Username": "<token>", "Secret": "rt-1"}\'\n')
+        helper.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
+        config = {"credHelpers": {host: "acr"}}
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "config.json").write_text(json.dumps(config))
+    async with fast_client() as client:
+        await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client)
+    await assert_pulled(images, f"{host}/a/b:1", image)
+    assert [t.get("grant") for t in reg.token_requests] == ["refresh_token"]
+    assert reg.token_requests[0]["scope"] == ["repository:a/b:pull"]
+    assert not any("rt-1" in base64.b64decode(a.split()[1]).decode()
+                   for _, a in reg.auth_seen if a.startswith("Basic"))
 
 
 async def test_a_push_that_mounts_asks_one_token_for_both_repositories(
