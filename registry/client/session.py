@@ -438,7 +438,10 @@ async def _read(resp: WireResponse, *, strict: bool = True) -> bytes:
     if not encoding:
         return body
     try:
-        return decoded(body, encoding, MAX_SMALL_BODY)
+        if len(body) <= 64 << 10:
+            return decoded(body, encoding, MAX_SMALL_BODY)
+        # Up to 4 MiB to inflate: not on the event loop.
+        return await asyncio.to_thread(decoded, body, encoding, MAX_SMALL_BODY)
     except ValueError as exc:
         if not strict:
             return body
