@@ -1,6 +1,8 @@
 """pull / push / copy against registries that behave as real ones do where pybuild's own
-registry and CNCF Distribution do not: blobs redirected to an object store, Bearer
-tokens that expire, throttling, odd manifest answers, upload ``Location`` forms."""
+registry and CNCF Distribution do not: blobs redirected to an object store, registries
+in front of others, Bearer tokens that expire or want more scopes, identity tokens,
+throttling, odd manifest answers, upload ``Location`` forms and statuses, connections
+closed unannounced (see docs/client.md, "What real registries do")."""
 
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ def seed(reg: OddRegistry, image: SampleImage, name: str = "a/b", tag: str = "1"
     for blob in (image.config, *image.layers):
         reg.blobs[str(Digest.of(blob))] = blob
         reg.links.add((name, str(Digest.of(blob))))
-    media_type = "application/vnd.oci.image.manifest.v1+json"
+    media_type = json.loads(image.manifest).get("mediaType", oci.OCI_MANIFEST)
     reg.manifests[(name, tag)] = reg.manifests[(name, str(image.digest))] = (image.manifest, media_type)
 
 
