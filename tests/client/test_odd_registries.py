@@ -347,8 +347,9 @@ async def test_chunks_are_at_least_the_registrys_minimum_length(
 async def test_anonymous_tokens_that_expire_mid_pull_are_fetched_anew_before_they_do(
     field_name: str, serve: Serve, images: ImageStore
 ) -> None:
-    # Tokens last 0.5 s; the pull takes longer (each blob GET waits 0.2 s, two at a time).
-    reg, host = await serve(bearer=True, token_field=field_name, token_ttl=0.5, blob_delay=0.2)
+    # Tokens last 1 s (fetched anew 0.1 s before); the pull takes longer (each blob GET
+    # waits 0.3 s, two at a time).
+    reg, host = await serve(bearer=True, token_field=field_name, token_ttl=1, blob_delay=0.3)
     image = simple_image(51, sizes=(300_000, 200_000))
     seed(reg, image)
     started = time.monotonic()
@@ -356,7 +357,7 @@ async def test_anonymous_tokens_that_expire_mid_pull_are_fetched_anew_before_the
         transfer = TransferOptions(part_size=64 << 10, parallel_threshold=64 << 10, window=2)
         await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client, transfer=transfer,
                    jobs=1)
-    assert time.monotonic() - started > 1
+    assert time.monotonic() - started > 1.2
     await assert_pulled(images, f"{host}/a/b:1", image)
     assert reg.expired == 0, "no request went with an expired token"
     assert len(reg.token_requests) >= 2
