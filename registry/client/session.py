@@ -148,6 +148,7 @@ class RegistrySession:
         self._gates: dict[str, asyncio.Lock] = {}  # one request at a time until then
         self._base_lock = asyncio.Lock()
         self._silences: dict[str, _Silence] = {}
+        self._challenges: dict[str, str] = {}  # host[:port] -> its /v2/'s WWW-Authenticate
         verify: Any = None
         if not self.options.tls_verify:
             verify = False
@@ -280,6 +281,10 @@ class RegistrySession:
             challenge = resp.headers.get("WWW-Authenticate", "") if resp.status == 401 else ""
             if resp.status == 401 and (same_host or challenge):
                 answer = await _drain(resp)
+                if not challenge and here.host not in answered:
+                    # A 401 without a challenge (gcr.io's): the /v2/ ping's, which Docker
+                    # and containers/image answer every request with.
+                    challenge = await self._ping_challenge(url)
                 if (here.host not in answered and challenge
                         and await here.answer(self._fetch, challenge, scopes, sent)):
                     answered.add(here.host)
@@ -319,6 +324,20 @@ class RegistrySession:
                 if asked_again and resp.status in (400, 401, 403):
                     what += ": refused twice, the registry's storage or its presigned URLs are amiss"
             raise _error(resp, answer, what)
+
+    async def _ping_challenge(self, url: str) -> str:
+        """The ``WWW-Authenticate`` that ``GET /v2/`` of ``url``'s host answers with
+        (asked once per host; "" when there is none)."""
+        parts = urlsplit(url)
+        if parts.netloc not in self._challenges:
+            try:
+                resp = await self._transmit("GET", f"{parts.scheme}://{parts.netloc}/v2/", {}, None, None)
+            except (TimeoutError, WireError):
+                return ""
+            self._challenges[parts.netloc] = (resp.headers.get("WWW-Authenticate", "")
+                                              if resp.status == 401 else "")
+            await _drain(resp)
+        return self._challenges[parts.netloc]
 
     async def _transmit(self, method: str, url: str, headers: dict[str, str],
                         params: dict[str, str] | None, data: bytes | None) -> WireResponse:

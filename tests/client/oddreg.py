@@ -127,6 +127,7 @@ class OddRegistry:
     tokens: dict[str, float] = field(default_factory=dict)  # token -> when it expires
     authorized: int = 0
     granted: dict[str, set[str]] = field(default_factory=dict)  # token -> its scopes
+    bare_401: bool = False  # a 401 says no WWW-Authenticate (but the /v2/ ping's does)
     blob_scope: str = ""  # a scope blob requests need besides the repository's (a 401 then)
     # (repository, digest) of the blobs each repository holds
     links: set[tuple[str, str]] = field(default_factory=set)
@@ -185,13 +186,15 @@ class OddRegistry:
         sent = request.headers.get("Authorization", "")
         token = sent.removeprefix("Bearer ")
         if (sent.startswith("Bearer ") and self.tokens.get(token, 0) > time.monotonic()
-                and set(scope.split(" ")) <= self.granted.get(token, set())):
+                and _actions(scope.split(" ")) <= _actions(self.granted.get(token, set()))):
             self.authorized += 1
             if self.authorized == self.revoke_after:
                 self.tokens.clear()
             return None
         if sent:
             self.expired += 1
+        if self.bare_401:
+            return web.json_response({"errors": [{"code": "UNAUTHORIZED", "message": "no"}]}, status=401)
         host = request.host
         challenge = (f'Bearer realm="http://{host}/token",service="odd.example",scope="{scope}"'
                      + (',error="invalid_token"' if sent else ""))
@@ -208,6 +211,10 @@ class OddRegistry:
             return web.json_response({"errors": [{"code": "TOOMANYREQUESTS", "message": "slow down"}]},
                                      status=status, headers=headers)
         if path == "":
+            if self.bearer and not request.headers.get("Authorization"):
+                return web.json_response({"errors": [{"code": "UNAUTHORIZED", "message": "log in"}]}, status=401,
+                                         headers={"WWW-Authenticate": f'Bearer realm="http://{request.host}'
+                                                                      '/token",service="odd.example"'})
             return self._json({})
         name, kind, rest = _split(path)
         push = request.method not in ("GET", "HEAD")
@@ -329,6 +336,15 @@ class OddRegistry:
                 headers["Location"] = f"/v2/{name}/blobs/{digest}"
             return web.Response(status=self.put_status, headers=headers)
         return web.Response(status=405)
+
+
+def _actions(scopes: Any) -> set[tuple[str, str]]:
+    """``repository:a/b:pull,push`` -> ``{("repository:a/b", "pull"), (..., "push")}``."""
+    out = set()
+    for scope in scopes:
+        resource, _, actions = scope.rpartition(":")
+        out.update((resource, a) for a in actions.split(","))
+    return out
 
 
 def _split(path: str) -> tuple[str, str, str]:

@@ -453,6 +453,23 @@ async def test_an_identity_token_is_exchanged_by_the_oauth2_post(
                    for _, a in reg.auth_seen if a.startswith("Basic"))
 
 
+async def test_a_401_without_a_challenge_is_answered_with_the_pings(
+    serve: Serve, images: ImageStore
+) -> None:
+    """As gcr.io answered: the challenge only on GET /v2/."""
+    reg, host = await serve(bearer=True, bare_401=True)
+    image = simple_image(57, sizes=(30_000,))
+    seed(reg, image)
+    async with fast_client() as client:
+        await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client)
+        await copy(f"local:{host}/a/b:1", f"{host}/c/d:1", images, client)
+    await assert_pulled(images, f"{host}/a/b:1", image)
+    assert reg.manifests[("c/d", "1")][0] == image.manifest
+    # The ping's challenge names no scope: the requests' own (a mount's both) are asked.
+    assert reg.token_requests[0]["scope"] == ["repository:a/b:pull"]
+    assert all("repository:c/d:pull,push" in t["scope"] for t in reg.token_requests[1:])
+
+
 async def test_a_push_that_mounts_asks_one_token_for_both_repositories(
     serve: Serve, images: ImageStore
 ) -> None:
