@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urljoin
@@ -50,6 +51,7 @@ RECIPE_ENDPOINT = "_pybuild/blob/recipe"
 PIECE_UPLOADS_ENDPOINT = "_pybuild/blob/uploads"
 PLAN_MEDIA_TYPE = "application/vnd.pybuild.push-plan.v1+json"
 _MAX_MANIFEST = 4 << 20
+_NEXT = re.compile(r'<([^>]*)>[^,]*;\s*rel="?next"?', re.IGNORECASE)
 # The largest OCI-Chunk-Min-Length followed (a chunk is held in memory while it is sent).
 MAX_CHUNK = 128 << 20
 # What a step of a push may be answered with: the spec's 201 (a manifest, a closed
@@ -261,7 +263,9 @@ class RegistryClient(RegistrySession):
                 raise TransportError(f"the registry's tag list of {name} is not one: {exc!r:.200}") from None
             out.extend(str(t) for t in tags)
             link = resp.headers.get("Link", "")
-            url = link[link.find("<") + 1 : link.find(">")] if "rel=\"next\"" in link else ""
+            # rel="next", or rel=next as some registries write it (RFC 8288 allows both)
+            found = _NEXT.search(link)
+            url = found.group(1) if found else ""
         return out
 
     async def referrers(self, host: str, name: str, digest: Digest) -> Index:

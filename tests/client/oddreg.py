@@ -127,6 +127,8 @@ class OddRegistry:
     tokens: dict[str, float] = field(default_factory=dict)  # token -> when it expires
     authorized: int = 0
     granted: dict[str, set[str]] = field(default_factory=dict)  # token -> its scopes
+    tags_page: int = 0  # tag lists in pages of this many (a Link to the next)
+    tags_rel: str = '"next"'  # or next, unquoted, as some registries write it
     bare_401: bool = False  # a 401 says no WWW-Authenticate (but the /v2/ ping's does)
     blob_scope: str = ""  # a scope blob requests need besides the repository's (a 401 then)
     # (repository, digest) of the blobs each repository holds
@@ -245,7 +247,15 @@ class OddRegistry:
             return _ranged(request, data)
         if kind == "tags":
             tags = sorted(t for (n, t) in self.manifests if n == name and ":" not in t)
-            return self._json({"name": name, "tags": tags})
+            if not self.tags_page:
+                return self._json({"name": name, "tags": tags})
+            last = request.query.get("last", "")
+            page = [t for t in tags if t > last][:self.tags_page]
+            headers = {}
+            if page and page[-1] != tags[-1]:
+                rel = self.tags_rel
+                headers["Link"] = f"</v2/{name}/tags/list?n={self.tags_page}&last={page[-1]}>; rel={rel}"
+            return self._json({"name": name, "tags": page}, headers=headers)
         return web.json_response({"errors": [{"code": "UNSUPPORTED", "message": "no"}]}, status=404)
 
     def _json(self, doc: Any, status: int = 200, headers: dict[str, str] | None = None,

@@ -241,6 +241,19 @@ async def test_a_docker_manifest_list_served_as_json_and_gzipped_is_pulled(
     await assert_pulled(images, f"{host}/a/b:1", arm)
 
 
+@pytest.mark.parametrize("rel", ['"next"', "next", 'NEXT'])
+async def test_a_tag_list_in_pages_is_followed_however_its_link_says_next(
+    rel: str, serve: Serve
+) -> None:
+    reg, host = await serve(tags_page=2, tags_rel=rel)
+    image = simple_image(32, sizes=(20_000,))
+    for tag in ("a", "b", "c", "d", "e"):
+        seed(reg, image, tag=tag)
+    async with fast_client() as client:
+        assert await client.tags(host, "a/b") == ["a", "b", "c", "d", "e"]
+    assert len([p for _, p in reg.log if "/tags/list" in p]) == 3
+
+
 def test_a_compressed_small_body_is_bounded() -> None:
     assert decoded(gzip.compress(b"{}"), "gzip", 10) == b"{}"
     assert decoded(zlib.compress(b"{}"), "deflate", 10) == b"{}"
