@@ -58,6 +58,8 @@ __all__ = [
 
 # 408: the server gave up waiting for the request (containerd retries it too).
 _RETRY_STATUS = frozenset({408, 500, 502, 503, 504})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_HOPS = 5  # redirects followed for one request
 # A refused connection is tried this many more times (a registry restarting), no more.
 _REFUSED_RETRIES = 2
 
@@ -291,15 +293,18 @@ class RegistrySession:
                     continue
                 reason = "; ".join(e.message for e in decode_errors(401, answer))
                 raise here.refused(challenge, sent, scopes, reason)
-            if redirects and resp.status in (301, 302, 303, 307, 308) and hops < 5:
-                location = resp.headers.get("Location")
-                resp.release()
-                if location:
-                    url = urljoin(url, location)
-                    hops += 1
-                    params = None
-                    redirected = True
-                    continue
+            location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
+            if redirects and location:
+                await _drain(resp)
+                if hops == _MAX_HOPS:
+                    raise TransportError(f"{method} {shown_url(asked[0], host)}: redirected more "
+                                         f"than {_MAX_HOPS} times (last to {shown_url(url, host)}); "
+                                         "the registry or its proxy redirects in a loop")
+                url = urljoin(url, location)
+                hops += 1
+                params = None
+                redirected = True
+                continue
             answer = await _drain(resp)
             if redirected and resp.status in (400, 401, 403) and not asked_again:
                 # The storage a blob GET was sent to refused its presigned URL (expired,

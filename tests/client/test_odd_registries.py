@@ -28,7 +28,7 @@ from registry.client.auth import Credentials, HostAuth
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
-from registry.client.remote import ClientOptions, RegistryClient
+from registry.client.remote import ClientOptions, RegistryClient, TransportError
 from registry.client.transfer import TransferOptions
 from registry.errors import RegistryError
 
@@ -552,6 +552,15 @@ async def test_blob_bodies_ended_by_closing_the_connection_are_read_to_their_end
         await assert_pulled(images, f"{host}/a/b:1", image)
     finally:
         raw.close()
+
+
+async def test_a_redirect_loop_is_named_as_one(serve: Serve, images: ImageStore) -> None:
+    reg, host = await serve()
+    reg.redirect_all = f"http://{host}"  # mirror/a/b, then mirror/mirror/a/b, ...
+    async with fast_client() as client:
+        with pytest.raises(TransportError, match="redirected more than 5 times.*in a loop"):
+            await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client)
+    assert len(reg.log) == 6
 
 
 async def test_a_front_that_redirects_every_request_to_another_registry_is_followed(
