@@ -445,6 +445,8 @@ class HostAuth:
                     realm, [], {"Content-Type": "application/x-www-form-urlencoded"},
                     urlencode(form).encode())
             else:
+                if creds is not None and creds.username:
+                    params.append(("account", creds.username))  # as Docker sends it
                 params.extend(("scope", s) for s in sorted(scopes))
                 headers = {"Authorization": creds.basic()} if creds is not None else {}
                 status, body = await fetch(realm, params, headers)

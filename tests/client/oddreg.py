@@ -166,6 +166,7 @@ class OddRegistry:
             return web.json_response({"access_token": token, "expires_in": self.token_ttl})
         self.token_requests.append({"scope": request.query.getall("scope", []),
                                     "service": request.query.get("service"),
+                                    "account": request.query.get("account"),
                                     "auth": request.headers.get("Authorization", "")})
         if self.token_throttle:
             status, headers = self.token_throttle.pop(0)

@@ -374,7 +374,8 @@ async def test_anonymous_tokens_that_expire_mid_pull_are_fetched_anew_before_the
     await assert_pulled(images, f"{host}/a/b:1", image)
     assert reg.expired == 0, "no request went with an expired token"
     assert len(reg.token_requests) >= 2
-    assert all(t["auth"] == "" and t["service"] == "odd.example" for t in reg.token_requests)
+    assert all(t["auth"] == "" and t["service"] == "odd.example" and t["account"] is None
+               for t in reg.token_requests)
     assert {s for t in reg.token_requests for s in t["scope"]} == {"repository:a/b:pull"}
 
 
@@ -497,7 +498,8 @@ async def test_a_push_that_mounts_asks_one_token_for_both_repositories(
     mount_scopes = [t["scope"] for t in reg.token_requests if "repository:src/repo:pull" in t["scope"]
                     and "repository:dst/repo:pull,push" in t["scope"]]
     assert mount_scopes, reg.token_requests
-    assert all(t["auth"] == Credentials("u", "p").basic() for t in reg.token_requests)
+    assert all(t["auth"] == Credentials("u", "p").basic() and t["account"] == "u"
+               for t in reg.token_requests)
 
 
 async def test_an_upload_location_on_the_registrys_own_host_spelt_otherwise_gets_the_token(
