@@ -12,7 +12,7 @@ import time
 import zlib
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["decoded", "retry_after", "same_origin", "shown_url", "storage_reason"]
+__all__ = ["decoded", "gave_up", "retry_after", "same_origin", "shown_url", "storage_reason"]
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -31,6 +31,15 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     if when.tzinfo is None:  # "-0000": taken as UTC, as RFC 9110 says dates are
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def gave_up(attempt: int, wait: float | None, limit: float, throttled: bool) -> str:
+    """Why a throttled (429) or failing (5xx) request was not tried again."""
+    if wait is not None and wait > limit:
+        return (f" (the registry asks to wait {wait:.0f} s before trying again, over the "
+                f"{limit:g} s pybuild waits; try again later)")
+    why = "limits requests" if throttled else "is failing or overloaded"
+    return f" (after {attempt + 1} attempts; the registry {why}: try again later)"
 
 
 def same_origin(url: str, host: str) -> bool:

@@ -40,7 +40,7 @@ from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import RegistryError, decode_errors
-from .answers import decoded, retry_after, same_origin, shown_url, storage_reason
+from .answers import decoded, gave_up, retry_after, same_origin, shown_url, storage_reason
 from .auth import Credentials, HostAuth
 from .connections import MAX_SMALL_BODY, UnknownHost, Wire, WireError, WireResponse
 from .connections import Unreachable as _NoConnection
@@ -322,7 +322,7 @@ class RegistrySession:
                     continue
                 if attempt or wait is not None:
                     raise _error(resp, answer, f"{method} {shown_url(url, host)}",
-                                 _gave_up(attempt, wait, self.options.max_retry_after, throttled))
+                                 gave_up(attempt, wait, self.options.max_retry_after, throttled))
             what = f"{method} {shown_url(url, host)}"
             if redirected:
                 what = f"{what} (where {host} redirected {method} {urlsplit(asked[0]).path})"
@@ -490,11 +490,3 @@ def _error(resp: WireResponse, body: bytes, what: str, after: str = "") -> Regis
     err.args = (f"{what}: HTTP {resp.status} {err.args[0]}{after}",)
     return err
 
-
-def _gave_up(attempt: int, wait: float | None, limit: float, throttled: bool) -> str:
-    """Why a throttled or unavailable request was not tried again."""
-    if wait is not None and wait > limit:
-        return (f" (the registry asks to wait {wait:.0f} s before trying again, over the "
-                f"{limit:g} s pybuild waits; try again later)")
-    why = "limits requests" if throttled else "is failing or overloaded"
-    return f" (after {attempt + 1} attempts; the registry {why}: try again later)"
