@@ -6,6 +6,8 @@ Where credentials come from, first match wins:
    ``PYBUILD_REGISTRY_HOST`` is also set they apply to that registry only;
 2. Docker's ``config.json`` (``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``):
    ``credHelpers[host]`` then ``credsStore`` (both run ``docker-credential-<x> get``),
+   then ``auths[host].identitytoken`` (an OAuth2 refresh token, sent to the token
+   server in the OAuth2 form POST; so is the secret of a helper's ``<token>`` user),
    then ``auths[host].auth`` (base64 ``user:password``).
 
 ``pybuild login`` / ``logout`` edit the same file as ``docker login`` does (through the
@@ -31,17 +33,24 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlencode
 
 from ..errors import DENIED, UNAUTHORIZED, RegistryError
 from .errors import ClientError
 
-# GET ``url`` with ``params`` and ``headers``: (status, body). Raises OSError when the
-# server cannot be reached.
-Fetch = Callable[[str, list[tuple[str, str]], dict[str, str]], Awaitable[tuple[int, bytes]]]
+
+class Fetch(Protocol):
+    """GET ``url`` with ``params`` and ``headers`` (POST ``data`` when given): (status,
+    body). Raises OSError when the server cannot be reached."""
+
+    def __call__(self, url: str, params: list[tuple[str, str]], headers: dict[str, str],
+                 data: bytes | None = None) -> Awaitable[tuple[int, bytes]]: ...
+
 
 __all__ = [
     "ENV_SOURCE",
@@ -61,6 +70,9 @@ _HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "reg
 
 
 ENV_SOURCE = "PYBUILD_REGISTRY_USER/PYBUILD_REGISTRY_PASSWORD"
+# The user name under which Docker's credential stores keep an identity token (an OAuth2
+# refresh token, from `docker login` to ACR and others) instead of a password.
+IDENTITY_TOKEN_USER = "<token>"
 HELPER_TIMEOUT = 60.0  # seconds a credential helper may take (it may wait for a keyring)
 
 
@@ -202,6 +214,9 @@ def lookup_credentials(host: str) -> Credentials | None:
     auths = config.get("auths") or {}
     for key in _keys(host):
         entry = auths.get(key)
+        if isinstance(entry, dict) and entry.get("identitytoken") and isinstance(entry["identitytoken"], str):
+            return Credentials(IDENTITY_TOKEN_USER, entry["identitytoken"],
+                               f"auths[{key!r}].identitytoken in {path}")
         if isinstance(entry, dict) and entry.get("auth"):
             try:
                 user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
@@ -280,6 +295,8 @@ class HostAuth:
         self._basic = False  # the registry asked for Basic: send it up front
         self._tokens: dict[frozenset[str], str] = {}
         self._token_locks: dict[frozenset[str], asyncio.Lock] = {}
+        # token -> (when to fetch it anew, the challenge and scope set it was fetched for)
+        self._renewals: dict[str, tuple[float, Challenge, frozenset[str]]] = {}
         # A token server's refusal, per scope set: the requests that waited for that fetch
         # get it too, instead of asking again one after the other.
         self._refusals: dict[frozenset[str], AuthError] = {}
@@ -337,20 +354,48 @@ class HostAuth:
         async with lock:
             current = self._tokens.get(key)
             if current is not None and f"Bearer {current}" != sent:
-                self._tokens.setdefault(scopes, current)
+                self._tokens[scopes] = current
                 return True  # fetched by another request meanwhile
             if key in self._refusals:
                 raise self._refusals[key]
-            try:
-                token = await self._fetch_token(fetch, challenge, key, creds)
-            except AuthError as exc:
-                if exc.status in (401, 403):
-                    self._refusals[key] = exc
-                raise
-            self._tokens[key] = token
-            if key != scopes:
-                self._tokens[scopes] = token
+            await self._fetch_into(fetch, challenge, key, scopes, creds)
         return True
+
+    async def renew(self, fetch: Fetch, scopes: frozenset[str]) -> None:
+        """Fetch anew the token a request for ``scopes`` would carry when it is about to
+        expire (its ``expires_in``; 60 s when the token server says nothing), as Docker
+        does: a long pull or push does not meet a 401 (and send a chunk twice) each time
+        its token runs out. An expired token the registry refuses is fetched anew too
+        (:meth:`answer`)."""
+        sent = self.header(scopes)
+        renewal = self._renewals.get(sent.removeprefix("Bearer ")) if sent else None
+        if renewal is None or time.monotonic() < renewal[0]:
+            return
+        _, challenge, key = renewal
+        async with self._token_locks.setdefault(key, asyncio.Lock()):
+            current = self._tokens.get(key)
+            if current is not None and f"Bearer {current}" != sent:
+                self._tokens[scopes] = current  # renewed by another request meanwhile
+                return
+            await self._fetch_into(fetch, challenge, key, scopes, await self.credentials())
+
+    async def _fetch_into(self, fetch: Fetch, challenge: Challenge, key: frozenset[str],
+                          scopes: frozenset[str], creds: Credentials | None) -> None:
+        """Fetch a token for ``key`` (the requests' ``scopes`` and the challenge's) and
+        keep it for both."""
+        started = time.monotonic()
+        try:
+            token, lifetime = await self._fetch_token(fetch, challenge, key, creds)
+        except AuthError as exc:
+            if exc.status in (401, 403):
+                self._refusals[key] = exc
+            raise
+        for old in {self._tokens.get(key), self._tokens.get(scopes)} - {None, token}:
+            self._renewals.pop(str(old), None)
+        self._renewals[token] = (started + lifetime - min(10.0, lifetime / 10), challenge, key)
+        self._tokens[key] = token
+        if key != scopes:
+            self._tokens[scopes] = token
 
     def refused(self, challenge: str, sent: str | None, scopes: frozenset[str],
                 reason: str = "", status: int = 401) -> AuthError:
@@ -384,15 +429,27 @@ class HostAuth:
 
     async def _fetch_token(
         self, fetch: Fetch, challenge: Challenge, scopes: frozenset[str], creds: Credentials | None
-    ) -> str:
+    ) -> tuple[str, float]:
+        """The token and the seconds it lasts."""
         params: list[tuple[str, str]] = []
         if challenge.params.get("service"):
             params.append(("service", challenge.params["service"]))
-        params.extend(("scope", s) for s in sorted(scopes))
-        headers = {"Authorization": creds.basic()} if creds is not None else {}
         realm = challenge.params["realm"]
         try:
-            status, body = await fetch(realm, params, headers)
+            if creds is not None and creds.username == IDENTITY_TOKEN_USER:
+                # An identity token is a refresh token: the OAuth2 form POST, as Docker
+                # and containerd send it (GET with Basic would send it as a password).
+                form = [("grant_type", "refresh_token"), ("refresh_token", creds.password),
+                        ("client_id", "pybuild"), *params, ("scope", " ".join(sorted(scopes)))]
+                status, body = await fetch(
+                    realm, [], {"Content-Type": "application/x-www-form-urlencoded"},
+                    urlencode(form).encode())
+            else:
+                if creds is not None and creds.username:
+                    params.append(("account", creds.username))  # as Docker sends it
+                params.extend(("scope", s) for s in sorted(scopes))
+                headers = {"Authorization": creds.basic()} if creds is not None else {}
+                status, body = await fetch(realm, params, headers)
         except OSError as exc:
             raise AuthError(f"cannot reach token server {realm} for {self.host}: {exc}; check "
                             "that it is running and reachable") from exc
@@ -409,8 +466,12 @@ class HostAuth:
         try:
             doc = json.loads(body)
             token = doc.get("token") or doc.get("access_token")
+            lifetime = doc.get("expires_in")
         except (ValueError, AttributeError):
-            token = None
+            token = lifetime = None
         if not isinstance(token, str) or not token:
             raise AuthError(f"token server {realm} answered without a token for {self.host}")
-        return token
+        # The token specification's default, and its least a token server may give.
+        if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
+            lifetime = 60
+        return token, float(lifetime)

@@ -24,6 +24,7 @@ import asyncio
 import errno
 import functools
 import http.client
+import select
 import socket
 import ssl
 import threading
@@ -37,7 +38,7 @@ from .errors import ClientError
 __all__ = ["UnknownHost", "Unreachable", "Wire", "WireError", "WireResponse"]
 
 T = TypeVar("T")
-_MAX_SMALL_BODY = 4 << 20
+MAX_SMALL_BODY = 4 << 20
 
 
 class WireError(ClientError, ConnectionError):
@@ -71,6 +72,7 @@ class WireResponse:
         self.status = resp.status
         self.headers = resp.headers  # an email.message.Message: get() ignores case
         self.url = url
+        self._shown = _bare(url)
 
     @property
     def length(self) -> int | None:
@@ -83,9 +85,9 @@ class WireResponse:
         try:
             n = self._resp.readinto(view)
         except (OSError, http.client.HTTPException) as exc:
-            raise WireError(f"reading the body of {self.url}: {exc or type(exc).__name__}") from exc
+            raise WireError(f"reading the body of {self._shown}: {exc or type(exc).__name__}") from exc
         if not n and len(view) and self._resp.length:
-            raise WireError(f"{self.url}: the connection closed {self._resp.length} bytes before "
+            raise WireError(f"{self._shown}: the connection closed {self._resp.length} bytes before "
                             "the end of the body")
         return n
 
@@ -125,11 +127,11 @@ class WireResponse:
 
     def _read_small(self) -> bytes:
         try:
-            data = self._resp.read(_MAX_SMALL_BODY + 1)
+            data = self._resp.read(MAX_SMALL_BODY + 1)
         except (OSError, http.client.HTTPException) as exc:
-            raise WireError(f"reading the body of {self.url}: {exc or type(exc).__name__}") from exc
-        if len(data) > _MAX_SMALL_BODY:
-            raise WireError(f"{self.url} answered with a body over {_MAX_SMALL_BODY} bytes")
+            raise WireError(f"reading the body of {self._shown}: {exc or type(exc).__name__}") from exc
+        if len(data) > MAX_SMALL_BODY:
+            raise WireError(f"{self._shown} answered with a body over {MAX_SMALL_BODY} bytes")
         return data
 
     def abort(self) -> None:
@@ -214,7 +216,7 @@ class Wire:
                 # one (nothing was read, and the request had no body).
                 if not fresh and attempt == 0 and body is None:
                     continue
-                raise WireError(f"{method} {url}: {exc or type(exc).__name__}") from exc
+                raise WireError(f"{method} {_bare(url)}: {exc or type(exc).__name__}") from exc
             return WireResponse(self, origin, conn, resp, url)
         raise AssertionError("unreachable")
 
@@ -279,9 +281,18 @@ class Wire:
             return self._default_tls
 
     def _take(self, origin: tuple[Any, ...]) -> http.client.HTTPConnection | None:
-        with self._lock:
-            conns = self._idle.get(origin)
-            return conns.pop() if conns else None
+        """An idle connection to ``origin`` that the server has not closed meanwhile: one
+        it closed is readable (its end of file), as it is when the server sent something
+        unasked; either is closed here, before a request (and its body) goes on it.
+        Servers and proxies that close every connection after its answer without saying
+        so (no ``Connection: close``) would otherwise break every request sent on one."""
+        while True:
+            with self._lock:
+                conns = self._idle.get(origin)
+                conn = conns.pop() if conns else None
+            if conn is None or not _dropped(conn):
+                return conn
+            conn.close()
 
     def _put(self, origin: tuple[Any, ...], conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -290,6 +301,25 @@ class Wire:
                 conns.append(conn)
                 return
         conn.close()
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle connection has something to read: the server closed it (or sent
+    what nobody asked for). Checked without blocking, as urllib3 does."""
+    if conn.sock is None:
+        return False  # opened again by the next request
+    poller = select.poll()
+    poller.register(conn.sock, select.POLLIN)
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return True
+
+
+def _bare(url: str) -> str:
+    """``url`` without its query string, for messages: the query of a URL a registry
+    redirected to may be a presigned credential."""
+    return url.partition("?")[0]
 
 
 def _open(conn: http.client.HTTPConnection, netloc: str) -> None:

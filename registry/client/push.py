@@ -8,7 +8,8 @@ the first byte is sent:
 
 - a blob of at most ``upload_chunk`` bytes goes in one ``PUT ?digest=`` (POST + PUT, the
   spec's monolithic-after-POST form), a larger one in ``PATCH`` chunks of
-  ``upload_chunk`` and a closing ``PUT``;
+  ``upload_chunk`` (or the registry's ``OCI-Chunk-Min-Length``, when larger) and a
+  closing ``PUT``;
 - a request whose connection breaks is never re-sent blindly (the registry may have kept
   part of its body, and re-sending from the old offset would be refused or, for a PUT,
   stored twice): the client asks the session how many bytes it holds (``GET`` upload
@@ -234,7 +235,7 @@ async def _send(
         session.offset = len(data)
         progress.advance(key, len(data))
         return
-    async for piece in _chunks(read(session.offset), options.upload_chunk):
+    async for piece in _chunks(read(session.offset), client.upload_chunk(host, options.upload_chunk)):
         if session.offset + len(piece) > size:
             raise BlobError(f"blob {digest}: the source has more than its {size} bytes")
         await check(piece)

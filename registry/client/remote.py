@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urljoin
@@ -50,6 +51,13 @@ RECIPE_ENDPOINT = "_pybuild/blob/recipe"
 PIECE_UPLOADS_ENDPOINT = "_pybuild/blob/uploads"
 PLAN_MEDIA_TYPE = "application/vnd.pybuild.push-plan.v1+json"
 _MAX_MANIFEST = 4 << 20
+_NEXT = re.compile(r'<([^>]*)>[^,]*;\s*rel="?next"?', re.IGNORECASE)
+# The largest OCI-Chunk-Min-Length followed (a chunk is held in memory while it is sent).
+MAX_CHUNK = 128 << 20
+# What a step of a push may be answered with: the spec's 201 (a manifest, a closed
+# upload) or 202 (a chunk), and what registries answer instead (200, 204, 202 for a
+# manifest), as Docker and containerd take any of them.
+_DONE = (200, 201, 202, 204)
 
 
 # Recipes asked for ahead and not yet taken, at most (prefetch_recipe).
@@ -66,6 +74,7 @@ class RegistryClient(RegistrySession):
     def __init__(self, options: ClientOptions | None = None) -> None:
         super().__init__(options)
         self._endpoints: dict[tuple[str, str], frozenset[str]] = {}
+        self._chunk_min: dict[str, int] = {}  # host -> its OCI-Chunk-Min-Length
         # Recipes asked for ahead (prefetch_recipe), until recipe() takes them.
         self._recipes: dict[tuple[str, str, str], asyncio.Future[list[tuple[int, int, str]]]] = {}
 
@@ -124,7 +133,7 @@ class RegistryClient(RegistrySession):
         _resp, _ = await self._request(
             "PUT", ref.api_host, f"/v2/{ref.name}/manifests/{ref.reference}",
             scopes=frozenset({push_scope(ref.name)}), headers={"Content-Type": media_type},
-            data=body, ok=(200, 201),
+            data=body, ok=_DONE,
         )
         return Digest.of(body)
 
@@ -181,11 +190,19 @@ class RegistryClient(RegistrySession):
             params = {"mount": str(mount), "from": source}
         resp, _ = await self._request(
             "POST", host, f"/v2/{name}/blobs/uploads/", scopes=frozenset(scopes),
-            params=params, ok=(201, 202), headers={"Content-Length": "0"},
+            params=params, ok=(200, 201, 202), headers={"Content-Length": "0"},
         )
-        if resp.status == 201:
+        if resp.status == 201 and params is not None:
             return None
+        least = resp.headers.get("OCI-Chunk-Min-Length", "").strip()
+        if least.isdigit():
+            self._chunk_min[host] = int(least)
         return self._location(resp, host)
+
+    def upload_chunk(self, host: str, wanted: int) -> int:
+        """The PATCH size to use at ``host``: ``wanted``, or the ``OCI-Chunk-Min-Length``
+        it asked for when larger (up to ``MAX_CHUNK``, which is held in memory)."""
+        return max(wanted, min(self._chunk_min.get(host, 0), MAX_CHUNK))
 
     def _location(self, resp: WireResponse, host: str) -> str:
         location = resp.headers.get("Location")
@@ -207,15 +224,18 @@ class RegistryClient(RegistrySession):
         return int(end) + 1
 
     async def patch_upload(self, host: str, name: str, url: str, data: bytes, start: int) -> str:
-        """Send one chunk at ``start``; returns the URL for the next request."""
+        """Send one chunk at ``start``; returns the URL for the next request (the same
+        one when the answer names none)."""
         resp, _ = await self._request(
-            "PATCH", host, url, scopes=frozenset({push_scope(name)}), data=data, ok=(202, 204),
+            "PATCH", host, url, scopes=frozenset({push_scope(name)}), data=data, ok=_DONE,
             retries=0, headers={
                 "Content-Type": "application/octet-stream",
                 "Content-Range": f"{start}-{start + len(data) - 1}",
                 "Content-Length": str(len(data)),
             },
         )
+        if not resp.headers.get("Location"):
+            return url
         return self._location(resp, host)
 
     async def finish_upload(
@@ -227,7 +247,7 @@ class RegistryClient(RegistrySession):
         sep = "&" if "?" in url else "?"
         await self._request(
             "PUT", host, f"{url}{sep}digest={digest}", scopes=frozenset({push_scope(name)}),
-            data=data, ok=(201, 204), retries=0 if data else None,
+            data=data, ok=_DONE, retries=0 if data else None,
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
         )
 
@@ -243,7 +263,9 @@ class RegistryClient(RegistrySession):
                 raise TransportError(f"the registry's tag list of {name} is not one: {exc!r:.200}") from None
             out.extend(str(t) for t in tags)
             link = resp.headers.get("Link", "")
-            url = link[link.find("<") + 1 : link.find(">")] if "rel=\"next\"" in link else ""
+            # rel="next", or rel=next as some registries write it (RFC 8288 allows both)
+            found = _NEXT.search(link)
+            url = found.group(1) if found else ""
         return out
 
     async def referrers(self, host: str, name: str, digest: Digest) -> Index:

@@ -13,12 +13,17 @@ Policies, in one place (:meth:`RegistrySession._send`):
   (Basic, or the Bearer token flow with the request's scopes); requests that meet the
   first 401 together share one answer, and a request refused although it carried the
   credentials raises :class:`registry.client.auth.AuthError`.
-- Retries with exponential backoff on connection errors and 5xx; never on 4xx. A host
+- Retries with exponential backoff on connection errors, 5xx, 408 and 429 (waiting as long as
+  ``Retry-After`` asks, up to ``max_retry_after``; a 429 also for a request that carries
+  bytes: it was not taken in); never on other 4xx. A host
   that does not resolve is not retried; a refused connection is retried twice, quickly.
   Either raises :class:`Unreachable`, one line naming the host and what to check, and
   the host is then known to be down: every later request to it fails at once.
 - Redirects are followed by hand (blob GETs are redirected to storage); the
-  ``Authorization`` header only ever goes to the registry's own host.
+  ``Authorization`` header only ever goes to the registry's own host, the ``Location``'s
+  query string is sent as it is, and messages show it without its query (a presigned
+  URL's signature). A redirect target that refuses (400, 401, 403: an expired URL) makes
+  the registry be asked once more, for a fresh one.
 - Error responses become :class:`registry.errors.RegistryError` via ``decode_errors``.
 """
 
@@ -35,8 +40,9 @@ from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import RegistryError, decode_errors
+from .answers import decoded, gave_up, retry_after, same_origin, shown_url, storage_reason
 from .auth import Credentials, HostAuth
-from .connections import UnknownHost, Wire, WireError, WireResponse
+from .connections import MAX_SMALL_BODY, UnknownHost, Wire, WireError, WireResponse
 from .connections import Unreachable as _NoConnection
 from .errors import ClientError
 from .refs import is_loopback
@@ -50,7 +56,10 @@ __all__ = [
     "push_scope",
 ]
 
-_RETRY_STATUS = frozenset({500, 502, 503, 504})
+# 408: the server gave up waiting for the request (containerd retries it too).
+_RETRY_STATUS = frozenset({408, 500, 502, 503, 504})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_HOPS = 5  # redirects followed for one request
 # A refused connection is tried this many more times (a registry restarting), no more.
 _REFUSED_RETRIES = 2
 
@@ -100,6 +109,8 @@ class ClientOptions:
     insecure: frozenset[str] = frozenset()
     retries: int = 4
     backoff: float = 0.25
+    # A 429 or 5xx whose Retry-After asks for longer than this is not waited for.
+    max_retry_after: float = 60
     connections: int = 16
     credentials: dict[str, Credentials] = field(default_factory=dict)
     # Loopback registries are insecure registries (Docker's default); False treats them
@@ -139,6 +150,7 @@ class RegistrySession:
         self._gates: dict[str, asyncio.Lock] = {}  # one request at a time until then
         self._base_lock = asyncio.Lock()
         self._silences: dict[str, _Silence] = {}
+        self._challenges: dict[str, str] = {}  # host[:port] -> its /v2/'s WWW-Authenticate
         verify: Any = None
         if not self.options.tls_verify:
             verify = False
@@ -212,11 +224,12 @@ class RegistrySession:
         data: bytes | None = None,
         params: dict[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
-        redirects: bool = False,
+        redirects: bool | None = None,
         retries: int | None = None,
     ) -> WireResponse:
-        """Send one request with auth, retries and (optionally) redirects; the caller
-        releases the returned response. Statuses outside ``ok`` raise RegistryError.
+        """Send one request with auth, retries and redirects (``redirects`` None: followed
+        for GET and HEAD); the caller releases the returned response. Statuses outside
+        ``ok`` raise RegistryError.
 
         The request goes on a pooled blocking connection (:mod:`registry.client.connections`), sent from
         a worker thread; the answer is a :class:`registry.client.connections.WireResponse`, whose body
@@ -226,14 +239,22 @@ class RegistrySession:
             retries = self.options.retries
         if not url.startswith(("http://", "https://")):
             url = await self.base_url(host) + url
+        if redirects is None:
+            redirects = method in ("GET", "HEAD")
         auth = self.auth(host)
-        answered = False
+        answered: set[str] = set()  # the hosts whose 401 this request has answered
         attempt = 0
         hops = 0
+        asked = (url, params)  # the registry's own URL, asked again when a redirect fails
+        redirected = asked_again = False
         while True:
             send_headers = dict(headers or {})
-            same_host = urlsplit(url).netloc == host
-            sent = auth.header(scopes) if same_host else None
+            same_host = same_origin(url, host)
+            # Another host a request was redirected to gets nothing of the registry's
+            # auth; only what it asks for itself, with its own credentials, if any.
+            here = auth if same_host else self.auth(urlsplit(url).netloc)
+            await here.renew(self._fetch, scopes)
+            sent = here.header(scopes)
             if sent:
                 send_headers["Authorization"] = sent
             try:
@@ -243,7 +264,8 @@ class RegistrySession:
                 if isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE):
                     raise cause from None  # this process's limit of open files: no retry helps
                 # A WireError names the request already.
-                what = str(exc) if isinstance(exc, WireError) else f"{method} {url}: {exc or type(exc).__name__}"
+                what = (str(exc) if isinstance(exc, WireError)
+                        else f"{method} {shown_url(url, host)}: {exc or type(exc).__name__}")
                 if attempt >= retries:
                     raise TransportError(
                         f"{what} (after {attempt + 1} attempts); check that the registry is "
@@ -258,29 +280,69 @@ class RegistrySession:
                 continue
             if resp.status in ok:
                 return resp
-            if resp.status == 401 and same_host:
-                challenge = resp.headers.get("WWW-Authenticate", "")
+            challenge = resp.headers.get("WWW-Authenticate", "") if resp.status == 401 else ""
+            if resp.status == 401 and (same_host or challenge):
                 answer = await _drain(resp)
-                if (not answered and challenge
-                        and await auth.answer(self._fetch, challenge, scopes, sent)):
-                    answered = True
+                if not challenge and here.host not in answered:
+                    # A 401 without a challenge (gcr.io's): the /v2/ ping's, which Docker
+                    # and containers/image answer every request with.
+                    challenge = await self._ping_challenge(url)
+                if (here.host not in answered and challenge
+                        and await here.answer(self._fetch, challenge, scopes, sent)):
+                    answered.add(here.host)
                     continue
                 reason = "; ".join(e.message for e in decode_errors(401, answer))
-                raise auth.refused(challenge, sent, scopes, reason)
-            if redirects and resp.status in (301, 302, 303, 307, 308) and hops < 5:
-                location = resp.headers.get("Location")
-                resp.release()
-                if location:
-                    url = urljoin(url, location)
-                    hops += 1
-                    params = None
-                    continue
-            answer = await _drain(resp)
-            if resp.status in _RETRY_STATUS and attempt < retries:
-                await asyncio.sleep(self.options.backoff * 2**attempt)
-                attempt += 1
+                raise here.refused(challenge, sent, scopes, reason)
+            location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
+            if redirects and location:
+                await _drain(resp)
+                if hops == _MAX_HOPS:
+                    raise TransportError(f"{method} {shown_url(asked[0], host)}: redirected more "
+                                         f"than {_MAX_HOPS} times (last to {shown_url(url, host)}); "
+                                         "the registry or its proxy redirects in a loop")
+                url = urljoin(url, location)
+                hops += 1
+                params = None
+                redirected = True
                 continue
-            raise _error(resp, answer, f"{method} {url}")
+            answer = await _drain(resp)
+            if redirected and resp.status in (400, 401, 403) and not asked_again:
+                # The storage a blob GET was sent to refused its presigned URL (expired,
+                # or its clock is off): once, the registry is asked for a fresh one.
+                (url, params), hops, redirected, asked_again = asked, 0, False, True
+                continue
+            throttled = resp.status == 429
+            if throttled or resp.status in _RETRY_STATUS:
+                wait = retry_after(resp.headers.get("Retry-After"))
+                # Throttled requests were not taken in: retried even when they carry bytes.
+                limit = self.options.retries if throttled else retries
+                if attempt < limit and (wait is None or wait <= self.options.max_retry_after):
+                    await asyncio.sleep(max(self.options.backoff * 2**attempt, wait or 0))
+                    attempt += 1
+                    continue
+                if attempt or wait is not None:
+                    raise _error(resp, answer, f"{method} {shown_url(url, host)}",
+                                 gave_up(attempt, wait, self.options.max_retry_after, throttled))
+            what = f"{method} {shown_url(url, host)}"
+            if redirected:
+                what = f"{what} (where {host} redirected {method} {urlsplit(asked[0]).path})"
+                if asked_again and resp.status in (400, 401, 403):
+                    what += ": refused twice, the registry's storage or its presigned URLs are amiss"
+            raise _error(resp, answer, what)
+
+    async def _ping_challenge(self, url: str) -> str:
+        """The ``WWW-Authenticate`` that ``GET /v2/`` of ``url``'s host answers with
+        (asked once per host; "" when there is none)."""
+        parts = urlsplit(url)
+        if parts.netloc not in self._challenges:
+            try:
+                resp = await self._transmit("GET", f"{parts.scheme}://{parts.netloc}/v2/", {}, None, None)
+            except (TimeoutError, WireError):
+                return ""
+            self._challenges[parts.netloc] = (resp.headers.get("WWW-Authenticate", "")
+                                              if resp.status == 401 else "")
+            await _drain(resp)
+        return self._challenges[parts.netloc]
 
     async def _transmit(self, method: str, url: str, headers: dict[str, str],
                         params: dict[str, str] | None, data: bytes | None) -> WireResponse:
@@ -356,33 +418,75 @@ class RegistrySession:
                 notice(f"waiting for {netloc} (no answer for {quiet_for:.0f} s; still trying)")
 
     async def _fetch(self, url: str, params: list[tuple[str, str]],
-                     headers: dict[str, str]) -> tuple[int, bytes]:
-        """A plain GET (no auth, retries or redirects): for token servers."""
-        resp = await self.wire.send("GET", url, headers, params, self._ssl)
-        try:
-            return resp.status, await resp.read()
-        finally:
-            resp.release()
+                     headers: dict[str, str], data: bytes | None = None) -> tuple[int, bytes]:
+        """A GET (a POST of ``data``) to a token server (no auth or redirects). A 429 or 5xx is retried as
+        :meth:`_send` retries (as long as ``Retry-After`` asks, up to ``max_retry_after``),
+        and so is a broken connection; the last answer is returned."""
+        attempt = 0
+        while True:
+            try:
+                resp = await self.wire.send("GET" if data is None else "POST", url, headers,
+                                            params, self._ssl, data)
+            except WireError as exc:
+                if isinstance(exc, _NoConnection) or attempt >= self.options.retries:
+                    raise
+                await asyncio.sleep(self.options.backoff * 2**attempt)
+                attempt += 1
+                continue
+            try:
+                status, body = resp.status, await _read(resp)
+            finally:
+                resp.release()
+            if status == 429 or status in _RETRY_STATUS:
+                wait = retry_after(resp.headers.get("Retry-After"))
+                if attempt < self.options.retries and (wait is None or wait <= self.options.max_retry_after):
+                    await asyncio.sleep(max(self.options.backoff * 2**attempt, wait or 0))
+                    attempt += 1
+                    continue
+            return status, body
 
     async def _request(self, method: str, host: str, url: str, **kw: Any) -> tuple[WireResponse, bytes]:
         resp = await self._send(method, host, url, **kw)
         try:
-            body = await resp.read()
+            body = await _read(resp)
         finally:
             resp.release()
         return resp, body
 
 
+async def _read(resp: WireResponse, *, strict: bool = True) -> bytes:
+    """A small body, decompressed when it came with a ``Content-Encoding`` (``strict``
+    False: as it came when it does not decompress, for an error's words)."""
+    body = await resp.read()
+    encoding = resp.headers.get("Content-Encoding")
+    if not encoding:
+        return body
+    try:
+        if len(body) <= 64 << 10:
+            return decoded(body, encoding, MAX_SMALL_BODY)
+        # Up to 4 MiB to inflate: not on the event loop.
+        return await asyncio.to_thread(decoded, body, encoding, MAX_SMALL_BODY)
+    except ValueError as exc:
+        if not strict:
+            return body
+        raise TransportError(f"{resp.url.partition('?')[0]}: {exc}") from None
+
+
 async def _drain(resp: WireResponse) -> bytes:
     """The (small) body of a response that is not returned to the caller, then released."""
     try:
-        return await resp.read()
+        return await _read(resp, strict=False)
     finally:
         resp.release()
 
 
-def _error(resp: WireResponse, body: bytes, what: str) -> RegistryError:
+def _error(resp: WireResponse, body: bytes, what: str, after: str = "") -> RegistryError:
     errors = decode_errors(resp.status, body)
     err = RegistryError.many(errors)
-    err.args = (f"{what}: HTTP {resp.status} {err.args[0]}",)
+    reason = storage_reason(body)
+    if reason is not None:
+        err.message = reason
+        err.args = (f"{err.code.code}: {reason}",)
+    err.args = (f"{what}: HTTP {resp.status} {err.args[0]}{after}",)
     return err
+

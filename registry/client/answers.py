@@ -1,0 +1,97 @@
+"""Reading answers that are not the spec's own, for :mod:`registry.client.session`:
+``Retry-After`` (both of its forms), the error documents of object stores that a blob GET
+is redirected to, and URLs as error messages may show them (a presigned URL's query
+string is a credential), and small bodies sent with a ``Content-Encoding`` although the
+client asked for none."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+import zlib
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["decoded", "gave_up", "retry_after", "same_origin", "shown_url", "storage_reason"]
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """The seconds a ``Retry-After`` header asks to wait: delta-seconds (``120``) or an
+    HTTP-date (``Wed, 21 Oct 2026 07:28:00 GMT``; a date past is 0). None when there is
+    no header or it is neither."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": taken as UTC, as RFC 9110 says dates are
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def gave_up(attempt: int, wait: float | None, limit: float, throttled: bool) -> str:
+    """Why a throttled (429) or failing (5xx) request was not tried again."""
+    if wait is not None and wait > limit:
+        return (f" (the registry asks to wait {wait:.0f} s before trying again, over the "
+                f"{limit:g} s pybuild waits; try again later)")
+    why = "limits requests" if throttled else "is failing or overloaded"
+    return f" (after {attempt + 1} attempts; the registry {why}: try again later)"
+
+
+def same_origin(url: str, host: str) -> bool:
+    """Whether ``url`` is on the registry's ``host`` (``host[:port]``): compared without
+    case and with the scheme's default port made explicit, as Docker does (a registry
+    behind a proxy may answer ``Location: https://Registry.example:443/...``)."""
+    parts = urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    try:
+        there = (parts.hostname, parts.port or default)
+        mine = urlsplit(f"//{host}")
+        return there == (mine.hostname, mine.port or default)
+    except ValueError:  # a port that is not a number
+        return False
+
+
+def shown_url(url: str, host: str) -> str:
+    """``url`` for a message: without its query string when it is not on the registry's
+    own ``host`` (a presigned URL's signature must not end up in logs)."""
+    parts = urlsplit(url)
+    if same_origin(url, host) or not parts.query:
+        return url
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+_XML_FIELD = re.compile(rb"<(Code|Message)>([^<]{1,300})</\1>")
+
+
+def storage_reason(body: bytes) -> str | None:
+    """``Code: Message`` of an object store's XML error (S3, GCS, Azure), else None."""
+    if not body.lstrip().startswith(b"<"):
+        return None
+    found = dict(_XML_FIELD.findall(body[:4096]))
+    parts = [found[k].decode("utf-8", "replace").strip() for k in (b"Code", b"Message") if k in found]
+    return ": ".join(parts) or None
+
+
+def decoded(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A small body (manifest, tag list, token, error) as sent before ``Content-Encoding``
+    (gzip or deflate; a proxy may compress JSON whatever ``Accept-Encoding`` said), at
+    most ``limit`` bytes of it. Raises ValueError when it does not decompress."""
+    coding = (encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        return body
+    if coding not in ("gzip", "x-gzip", "deflate"):
+        raise ValueError(f"unknown Content-Encoding {coding!r}")
+    wbits = 16 + zlib.MAX_WBITS if coding != "deflate" else zlib.MAX_WBITS
+    try:
+        inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ValueError(f"a body sent with Content-Encoding {coding} does not decompress: {exc}") from None
+    if len(out) > limit:
+        raise ValueError(f"a body sent with Content-Encoding {coding} is over {limit} bytes")
+    return out
