@@ -73,10 +73,11 @@ _BUILD_PREFIX = "PYBUILD_"
 COMMAND_ENVIRONMENT = frozenset({"PYBUILD_FASTPATH_DEBUG", "PYBUILD_NO_FASTPATH"})
 # Modules allowed to read variables by a name that is not a literal: this one (the above),
 # build_cmd, which gives a bare `--build-arg NAME` the value of $NAME (the fingerprint
-# holds those variables too, by the names in the argv), and remote_context, which hands
-# git the whole environment (a build from a URL is never fast-pathed).
+# holds those variables too, by the names in the argv), and git_fetch, which hands git
+# the whole environment (a build from a URL, or whose Dockerfile names one, as ADD of a
+# Git repository does, is never fast-pathed).
 ENVIRONMENT_READERS = frozenset({"builder/fastpath.py", "builder/build_cmd.py",
-                                 "builder/remote_context.py"})
+                                 "builder/git_fetch.py"})
 _FROM_STEP = re.compile(r"\[([^\]]* )?1/\d+\] FROM ")
 # Files written within this many ns before the build started could change again
 # without changing their stat (file timestamps come from a coarse clock): not recorded.
