@@ -106,14 +106,23 @@ async def test_a_blob_redirected_to_presigned_storage_is_fetched_without_credent
     assert any(rng for _, _, rng in storage.seen)
 
 
+async def _behind_refusing_storage(serve: Serve, aiohttp_server: Any, refuse: int,
+                                   seed_n: int) -> tuple[Any, str, Any, str]:
+    """A registry that redirects blob GETs to a store refusing the first ``refuse`` of
+    them, holding an image of one 30 kB layer: (registry, host, image, the store's
+    host:port)."""
+    storage = Storage(refuse=refuse)
+    store_server = await aiohttp_server(storage.app())
+    reg, host = await serve(storage=storage, storage_base=f"http://localhost:{store_server.port}")
+    image = simple_image(seed_n, sizes=(30_000,))
+    seed(reg, image)
+    return reg, host, image, f"localhost:{store_server.port}"
+
+
 async def test_a_redirect_target_that_refuses_once_is_asked_again_from_the_registry(
     serve: Serve, aiohttp_server: Any, images: ImageStore
 ) -> None:
-    storage = Storage(refuse=1)
-    store_server = await aiohttp_server(storage.app())
-    reg, host = await serve(storage=storage, storage_base=f"http://localhost:{store_server.port}")
-    image = simple_image(12, sizes=(30_000,))
-    seed(reg, image)
+    reg, host, image, _ = await _behind_refusing_storage(serve, aiohttp_server, 1, seed_n=12)
     async with fast_client() as client:
         await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client, jobs=1)
     await assert_pulled(images, f"{host}/a/b:1", image)
@@ -124,16 +133,12 @@ async def test_a_redirect_target_that_refuses_once_is_asked_again_from_the_regis
 async def test_a_redirect_target_that_keeps_refusing_is_a_clear_error_without_its_signature(
     serve: Serve, aiohttp_server: Any, images: ImageStore
 ) -> None:
-    storage = Storage(refuse=100)
-    store_server = await aiohttp_server(storage.app())
-    reg, host = await serve(storage=storage, storage_base=f"http://localhost:{store_server.port}")
-    image = simple_image(13, sizes=(30_000,))
-    seed(reg, image)
+    reg, host, _, store = await _behind_refusing_storage(serve, aiohttp_server, 100, seed_n=13)
     async with fast_client() as client:
         with pytest.raises(Exception) as err:
             await copy(f"{host}/a/b:1", f"local:{host}/a/b:1", images, client, jobs=1)
     message = str(err.value)
-    assert f"localhost:{store_server.port}" in message
+    assert store in message
     assert "403" in message and "Request has expired" in message
     assert "X-Amz-Signature" not in message  # a presigned URL is a credential
     # Asked twice from the registry, not retried like a 5xx.
