@@ -169,11 +169,11 @@ def _indexed_copy_ups(layout: RootfsLayout) -> bool:
 
 
 def _hosts_file(spec: RunSpec) -> str:
-    try:
-        base = Path("/etc/hosts").read_text()
-    except OSError:
-        base = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    lines = [base.rstrip("\n"), f"127.0.0.1\t{spec.hostname}"]
+    """BuildKit's /etc/hosts (executor/oci/hosts.go), whatever the network: the build
+    machine's own names are not the step's business, and a RUN that prints or greps the
+    file sees the same lines under both builders."""
+    names = f"localhost {spec.hostname}" if spec.hostname else "localhost"
+    lines = [f"127.0.0.1\t{names}", "::1\tlocalhost ip6-localhost ip6-loopback"]
     lines += [f"{ip}\t{name}" for name, ip in spec.extra_hosts]
     return "\n".join(lines) + "\n"
 

@@ -146,6 +146,10 @@ CASES = (
     Case("stage-args", {"FROM_CLI": "given"},
          expect="deps: 1.0\nversion=1.0 cli=given unset=yes\nenv:\n"),
     Case("empty-commands", command=("echo", "cleared"), expect="cleared\n"),
+    Case("run-sandbox", expect="127.0.0.1\tlocalhost buildkitsandbox\n"
+                                "::1\tlocalhost ip6-localhost ip6-loopback\nbuildkitsandbox\n"
+                                "uid=1000(tester) gid=1000(tester) groups=50(staff)\n"
+                                "HOME=/home/tester\nuid=4321 gid=0(root)\nHOME=/\n"),
     Case("scratch-final",
          expect="/\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
     Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),

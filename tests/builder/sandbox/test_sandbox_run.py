@@ -123,7 +123,10 @@ def test_hosts_and_resolv_conf_are_read_only_and_not_in_the_layer(run: Runner) -
         "echo x >> /etc/hosts || echo read-only",
         extra_hosts=(("registry.test", "10.1.2.3"),),
     )
-    assert "10.1.2.3\tregistry.test" in step.stdout
+    # BuildKit's file, not the build machine's: localhost, the hostname, the extra hosts
+    assert step.stdout[:3] == ["127.0.0.1\tlocalhost buildkitsandbox",
+                               "::1\tlocalhost ip6-localhost ip6-loopback",
+                               "10.1.2.3\tregistry.test"]
     assert "resolv" in step.stdout or not Path("/etc/resolv.conf").exists()
     assert step.stdout[-1] == "read-only"
     assert not (step.changes / "etc").exists()  # not even a copied-up /etc
