@@ -38,6 +38,7 @@ from .dockerfile.syntax import SyntaxTree
 from .image import ImageState
 from .steps.common import BuildError, StepEnv
 from .steps.copy import copy_instruction, workdir_instruction
+from .steps.history import arg_created_by
 from .steps.metadata import METADATA, apply_metadata
 from .steps.run import run_instruction
 
@@ -231,6 +232,18 @@ class StageScheduler:
         return ImageState.from_config(base.config, list(base.layers),
                                       f"base:{base.manifest_digest}")
 
+    def _declared_args(self, index: int | None) -> dict[str, str | None]:
+        """The build args a stage declared, with those of the stages it is built FROM
+        first (BuildKit carries them over): what a RUN's history entry lists."""
+        if index is None:
+            return {}
+        stage = self.plan.stages[index]
+        declared = self._declared_args(stage.base_stage)
+        for ins in stage.instructions:
+            if isinstance(ins, Arg):
+                declared.update((d.name, d.default) for d in ins.args)
+        return declared
+
     async def _stage(self, stage: Stage) -> ImageState:
         env = self.env
         head = stage.instructions[0]
@@ -249,6 +262,7 @@ class StageScheduler:
         # (BuildKit carries them over; the plan expands with them already).
         args: dict[str, str] = dict(self.plan.stages[stage.base_stage].args) \
             if stage.base_stage is not None else {}
+        declared = self._declared_args(stage.base_stage)
         cmd_set = [False]
         k = 1
         for i, ins in enumerate(body):
@@ -256,6 +270,9 @@ class StageScheduler:
                 for d in ins.args:
                     if d.default is not None:
                         args[d.name] = d.default
+                    declared[d.name] = d.default
+                state.add_history(arg_created_by((d.name, d.default) for d in ins.args),
+                                  "", empty=True)
                 continue
             if isinstance(ins, METADATA):
                 # "": timed from the filesystem steps around it when assembled
@@ -266,7 +283,7 @@ class StageScheduler:
             state.files_later = any(isinstance(later, Run) for later in body[i + 1:])
             try:
                 if isinstance(ins, Run):
-                    await run_instruction(env, state, ins, args, name)
+                    await run_instruction(env, state, ins, args, name, declared)
                 elif isinstance(ins, (Copy, Add)):
                     await copy_instruction(env, state, ins, name)
                 elif isinstance(ins, Workdir):

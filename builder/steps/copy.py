@@ -408,11 +408,9 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     inputs: dict[str, Any] = {"files": hashes, "dest": dest, "chown": list(owner or ()),
                               "chmod": (int(ins.chmod, 8) if ins.chmod[:1].isdigit()
                                         else ins.chmod) if chmod else None}
-    flags = []
+    flags = []  # as BuildKit's history: no --from, --link or --exclude
     if parents:
         flags.append("--parents")
-    if from_ref:
-        flags.append(f"--from={from_ref}")
     if ins.chown:
         flags.append(f"--chown={ins.chown}")
     if ins.chmod:

@@ -1,13 +1,13 @@
 """Instructions that only change the image config: ENV, LABEL, EXPOSE, VOLUME, USER,
 CMD, ENTRYPOINT, STOPSIGNAL, HEALTHCHECK, SHELL, ONBUILD, MAINTAINER. Each updates
 :class:`ImageState` exactly as Docker does and records a history entry with
-``empty_layer: true`` and BuildKit's ``created_by``. Instructions arrive expanded
+``empty_layer: true`` and BuildKit's ``created_by`` (ONBUILD records none, as in
+BuildKit; :mod:`.history` formats them). Instructions arrive expanded
 (:func:`builder.dockerfile.stages.plan_build`).
 """
 
 from __future__ import annotations
 
-import json
 import posixpath
 
 from ..dockerfile.instructions import (
@@ -28,6 +28,7 @@ from ..dockerfile.instructions import (
 from ..dockerfile.stages import parse_ports
 from ..image import ImageState
 from .common import BuildError
+from .history import go_slice_q, healthcheck_created_by
 
 __all__ = ["METADATA", "apply_metadata", "command_form", "resolve_workdir"]
 
@@ -99,29 +100,30 @@ def apply_metadata(ins: Instruction, state: ImageState, where: str, cmd_set: lis
         # config omits empty lists), so images built FROM this one see none.
         value = command_form(ins.command, ins.shell_form, state) or None
         if isinstance(ins, Cmd):
-            state.update(cmd=value)
+            # BuildKit marks every CMD (either form) ArgsEscaped, and ENTRYPOINT never
+            # (the base's value stays): the config says what docker build's says.
+            state.update(cmd=value, args_escaped=True)
             cmd_set[0] = True
-            created_by = f"CMD {json.dumps(list(value or ()))}"
+            created_by = f"CMD {go_slice_q(value or ())}"
         else:
             state.update(entrypoint=value)
             if not cmd_set[0]:
                 state.update(cmd=None)  # Docker: ENTRYPOINT resets an inherited CMD
-            created_by = f"ENTRYPOINT {json.dumps(list(value or ()))}"
-        if ins.shell_form:
-            state.update(args_escaped=True)
+            created_by = f"ENTRYPOINT {go_slice_q(value or ())}"
     elif isinstance(ins, StopSignal):
         state.update(stop_signal=ins.signal)
         created_by = f"STOPSIGNAL {ins.signal}"
     elif isinstance(ins, Healthcheck):
         hc = _healthcheck(ins)
         state.update(healthcheck=hc)
-        created_by = f"HEALTHCHECK {json.dumps(hc)}"
+        created_by = healthcheck_created_by(hc)
     elif isinstance(ins, Shell):
         state.update(shell=tuple(ins.shell))
-        created_by = f"SHELL {json.dumps(list(ins.shell))}"
+        created_by = "SHELL [" + " ".join(ins.shell) + "]"
     elif isinstance(ins, Onbuild):
+        # BuildKit records the trigger in the config only: no history entry
         state.update(on_build=(*(state.config.on_build or ()), ins.expression))
-        created_by = f"ONBUILD {ins.expression}"
+        return
     elif isinstance(ins, Maintainer):
         state.author = ins.maintainer
         created_by = f"MAINTAINER {ins.maintainer}"

@@ -43,6 +43,7 @@ from ..image import ImageState
 from ..sandbox.rootfs import RootfsMode
 from ..sandbox.spec import BindMount, CacheMount, Network, RunSpec, SandboxMount, SshMount, sandbox_mount
 from .common import BuildError, StepEnv, cached_facts, instruction_text, layer_step
+from .history import run_args_prefix
 from .metadata import command_form
 
 # Architectures a host runs natively besides its own (BuildKit's default emulator-free set).
@@ -154,8 +155,10 @@ async def _restore_caches(env: StepEnv, n: int, caches: list[CacheMount]) -> Non
 
 
 async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
-                          args: Mapping[str, str], name: str) -> None:
-    """Execute (or reuse from the cache) one RUN instruction."""
+                          args: Mapping[str, str], name: str,
+                          declared: Mapping[str, str | None] | None = None) -> None:
+    """Execute (or reuse from the cache) one RUN instruction; ``declared`` are the build
+    args the stage declared (its history entry lists them, as BuildKit's does)."""
     where = env.where(ins)
     insecure = ins.security == "insecure"
     if insecure and "security.insecure" not in env.allow:
@@ -228,7 +231,8 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         rootfs = _DIFFERS[env.differ]
     except KeyError:
         raise BuildError(where, f"--differ={env.differ}: use auto, overlay or snapshot") from None
-    created_by = "RUN " + " ".join(argv) + " # buildkit"
+    created_by = ("RUN " + run_args_prefix(declared or {}, image_env) + " ".join(argv)
+                  + " # buildkit")
 
     caches = [m for m in resolved if isinstance(m, CacheMount)]
     if env.mounts is not None:

@@ -34,7 +34,10 @@ def test_basic_rootfs_and_config(context_of, build, tmp_path: Path) -> None:
     layered = [h for h in history if not h.empty_layer]
     assert len(layered) == 5
     assert any(h.created_by == "WORKDIR /app" for h in history)
-    assert any((h.created_by or "").startswith("RUN /bin/sh -c echo") for h in history)
+    # as BuildKit's: the build args the stage declared come before the command
+    assert any((h.created_by or "").startswith("RUN |1 GREETING=hello /bin/sh -c echo")
+               for h in history)
+    assert any(h.created_by == "ARG GREETING=hello" and h.empty_layer for h in history)
     assert all(h.empty_layer for h in history if (h.created_by or "").startswith("LABEL"))
 
 

@@ -1,0 +1,42 @@
+"""History entries and ArgsEscaped as BuildKit's Dockerfile frontend writes them."""
+
+from __future__ import annotations
+
+from builder.steps.history import go_duration, go_quote, go_slice_q
+
+
+def test_history_entries_read_as_buildkit_writes_them(context_of, build) -> None:
+    result = build(context_of("history"), build_args={"GIVEN": "from-cli"})
+    config = result.image.config
+    ours = [h.created_by for h in config.history or ()][1:]  # after the base's own
+    args = "|4 GLOBAL=from-global GIVEN=from-cli NOVALUE= EXTRA=x"
+    assert ours == [
+        # an ARG's entry holds the value it took: the global one, a --build-arg
+        "ARG GLOBAL=from-global",
+        "ARG GIVEN=from-cli",
+        "ARG NOVALUE",
+        "ENV MODE=prod",
+        # a RUN lists the stage's build args; one without value is empty
+        "RUN |3 GLOBAL=from-global GIVEN=from-cli NOVALUE= /bin/sh -c echo one # buildkit",
+        # no entry for ONBUILD; HEALTHCHECK is Go's %q of the config
+        'HEALTHCHECK &{["CMD-SHELL" "wget -q localhost || exit 1"] "1m30s" "500ms" '
+        '"2h0m0s" "0s" \'\\x03\'}',
+        # a stage FROM a stage runs its ONBUILD trigger first, and lists its args first
+        "RUN |3 GLOBAL=from-global GIVEN=from-cli NOVALUE= /bin/sh -c echo later # buildkit",
+        "ARG EXTRA=x",
+        "SHELL [/bin/sh -ec]",
+        f"RUN {args} /bin/sh -ec echo two # buildkit",
+        "COPY /etc/passwd /copied # buildkit",  # no --from, as BuildKit's
+        'ENTRYPOINT ["printf" "%s\\t\\"%s\\"\\n" "café"]',
+        'CMD ["x"]',
+    ]
+    # every CMD is ArgsEscaped in BuildKit's config, an ENTRYPOINT never
+    assert config.config is not None and config.config.args_escaped is True
+
+
+def test_go_formatting() -> None:
+    assert [go_duration(ns) for ns in (0, 999, 1500, 2_500_000, 1_000_000_000,
+                                       1_500_000_000, 90 * 10**9, 3600 * 10**9)] == [
+        "0s", "999ns", "1.5µs", "2.5ms", "1s", "1.5s", "1m30s", "1h0m0s"]
+    assert go_quote('a"b\\c\td\x1b\u00e9\u00a0\udcff') == '"a\\"b\\\\c\\td\\x1b\u00e9\\u00a0\\xff"'
+    assert go_slice_q([]) == "[]"
