@@ -76,14 +76,16 @@ def apply_metadata(ins: Instruction, state: ImageState, where: str, cmd_set: lis
     elif isinstance(ins, Expose):
         cfg = state.config
         ports = dict(cfg.exposed_ports or {})
+        these: set[str] = set()
         try:
             for spec in ins.ports:
-                for p in parse_ports(spec):
-                    ports[p] = {}
+                these.update(parse_ports(spec))
         except ValueError as exc:
             raise BuildError(where, str(exc)) from exc
+        ports.update((p, {}) for p in these)
         state.update(exposed_ports=dict(sorted(ports.items())))
-        created_by = "EXPOSE map[" + " ".join(f"{p}:{{}}" for p in sorted(ports)) + "]"
+        # BuildKit's entry names this instruction's ports only, not those exposed before
+        created_by = "EXPOSE map[" + " ".join(f"{p}:{{}}" for p in sorted(these)) + "]"
     elif isinstance(ins, Volume):
         vols = dict(state.config.volumes or {})
         for v in ins.paths:

@@ -16,6 +16,7 @@ def test_history_entries_read_as_buildkit_writes_them(context_of, build) -> None
         "ARG GIVEN=from-cli",
         "ARG NOVALUE",
         "ENV MODE=prod",
+        "EXPOSE map[80/tcp:{}]",
         # a RUN lists the stage's build args; one without value is empty
         "RUN |3 GLOBAL=from-global GIVEN=from-cli NOVALUE= /bin/sh -c echo one # buildkit",
         # no entry for ONBUILD; HEALTHCHECK is Go's %q of the config
@@ -24,6 +25,7 @@ def test_history_entries_read_as_buildkit_writes_them(context_of, build) -> None
         # a stage FROM a stage runs its ONBUILD trigger first, and lists its args first
         "RUN |3 GLOBAL=from-global GIVEN=from-cli NOVALUE= /bin/sh -c echo later # buildkit",
         "ARG EXTRA=x",
+        "EXPOSE map[53/udp:{} 8000/tcp:{} 8001/tcp:{}]",  # this line's ports only
         "SHELL [/bin/sh -ec]",
         f"RUN {args} /bin/sh -ec echo two # buildkit",
         "COPY /etc/passwd /copied # buildkit",  # no --from, as BuildKit's
