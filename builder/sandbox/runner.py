@@ -58,6 +58,7 @@ from .errors import (
 )
 from .flatten import flatten_lowers
 from .linkgroups import has_link_groups, relink_copied_up
+from .netfiles import hosts_file, resolv_conf
 from .process import TAIL_LINES, OutputCallback, StepInterrupt, spawn
 from .rootfs import (
     RootfsLayout,
@@ -166,16 +167,6 @@ def _indexed_copy_ups(layout: RootfsLayout) -> bool:
             return any(True for _ in entries)
     except FileNotFoundError:
         return True  # no index where one was expected: look, as before
-
-
-def _hosts_file(spec: RunSpec) -> str:
-    """BuildKit's /etc/hosts (executor/oci/hosts.go), whatever the network: the build
-    machine's own names are not the step's business, and a RUN that prints or greps the
-    file sees the same lines under both builders."""
-    names = f"localhost {spec.hostname}" if spec.hostname else "localhost"
-    lines = [f"127.0.0.1\t{names}", "::1\tlocalhost ip6-localhost ip6-loopback"]
-    lines += [f"{ip}\t{name}" for name, ip in spec.extra_hosts]
-    return "\n".join(lines) + "\n"
 
 
 def ssh_target(spec: RunSpec, mount: SshMount) -> str:
@@ -424,12 +415,12 @@ def _prepare_and_spawn(
                 os.chmod(path, 0o755)
                 pipes.append({"name": name, "source": str(path)})
         hosts = layout.run / "hosts"
-        hosts.write_text(_hosts_file(spec))
+        hosts.write_text(hosts_file(spec))
         env = [e for e in spec.env if e.split("=", 1)[0] not in secret_env]
         env += [f"{k}={v}" for k, v in secret_env.items()]
         if set_home and not any(e.startswith("HOME=") for e in env):
             env.append(f"HOME={user.home}")
-        resolv = Path("/etc/resolv.conf")
+        resolv = resolv_conf(layout.run / "resolv.conf")
         plan: dict[str, object] = {
             "executor": kind.value,
             "bwrap": bwrap,
@@ -437,9 +428,7 @@ def _prepare_and_spawn(
             "mounts": mounts,
             "secrets_dir": str(layout.run / "secrets"),
             "hosts": str(hosts),
-            "resolv": str(resolv)
-            if spec.network is not Network.NONE and resolv.exists()
-            else None,
+            "resolv": str(resolv) if resolv else None,
             "network_none": spec.network is Network.NONE,
             "hostname": spec.hostname,
             "argv": list(spec.argv),

@@ -100,6 +100,12 @@ BIND_FILE_OUT = ("flask==3.0\nrequests==2.31\nread-only\nbuilt by a stage\nflask
                  "requests==2.31\nsetting=1\nflask==3.0\nrequests==2.31\nmore\n1\n")
 BIND_FILE_STUBS = ("opt", "opt/new", "opt/new/deeper", "srv", "srv/conf", "var/lib")
 
+# What run-sandbox prints (docker always builds with --network none here).
+RUN_SANDBOX_OUT = ("127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost "
+                   "ip6-loopback\nbuildkitsandbox\nresolv.conf 644 0:0\n"
+                   "uid=1000(tester) gid=1000(tester) groups=50(staff)\nHOME=/home/tester\n"
+                   "uid=4321 gid=0(root)\nHOME=/\n")
+
 CASES = (
     Case("files", {"GREETING": "howdy"},
          expect="howdy from tester\nexec-form\n1000\nnotes, added as a plain file\n"
@@ -152,10 +158,8 @@ CASES = (
     Case("empty-commands", command=("echo", "cleared"), expect="cleared\n"),
     Case("history", history=True,
          expect="1.0 prod\nunder SHELL: 1.0\nx\ncafé tab\there 'q'\n"),
-    Case("run-sandbox", expect="127.0.0.1\tlocalhost buildkitsandbox\n"
-                                "::1\tlocalhost ip6-localhost ip6-loopback\nbuildkitsandbox\n"
-                                "uid=1000(tester) gid=1000(tester) groups=50(staff)\n"
-                                "HOME=/home/tester\nuid=4321 gid=0(root)\nHOME=/\n"),
+    Case("run-sandbox", expect=RUN_SANDBOX_OUT),
+    Case("run-sandbox", expect=RUN_SANDBOX_OUT, pybuild_flags=("--network", "none")),
     Case("scratch-final",
          expect="/\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
     Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),

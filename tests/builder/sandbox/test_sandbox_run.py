@@ -132,6 +132,18 @@ def test_hosts_and_resolv_conf_are_read_only_and_not_in_the_layer(run: Runner) -
     assert not (step.changes / "etc").exists()  # not even a copied-up /etc
 
 
+def test_resolv_conf_is_a_0644_copy_under_every_network(run: Runner) -> None:
+    if not Path("/etc/resolv.conf").exists():
+        pytest.skip("this machine has no /etc/resolv.conf to copy")
+    host = Path("/etc/resolv.conf").read_text()
+    for network in (Network.NONE, Network.HOST):
+        # as BuildKit's: its own copy, whatever the host file's mode, also with no network
+        step = run("stat -c '%a' /etc/resolv.conf; cat /etc/resolv.conf", network=network)
+        assert step.stdout[0] == "644"
+        assert "\n".join(step.stdout[1:]) == host.rstrip("\n")
+        assert not (step.changes / "etc").exists()
+
+
 def test_deletions_become_overlay_whiteouts(run: Runner) -> None:
     step = run("rm /etc/group; rm -r /home/tester")
     assert step.result.rootfs_mode is RootfsMode.OVERLAY
