@@ -29,6 +29,7 @@ from .dockerfile.instructions import (
     Add,
     Arg,
     Copy,
+    Env,
     From,
     Run,
     Workdir,
@@ -263,17 +264,23 @@ class StageScheduler:
         args: dict[str, str] = dict(self.plan.stages[stage.base_stage].args) \
             if stage.base_stage is not None else {}
         declared = self._declared_args(stage.base_stage)
+        # ARG values given after an ENV of the same name (the base image's included): a
+        # RUN sees them over the ENV's until an ENV sets the name again, as in BuildKit.
+        arg_env: dict[str, str] = {}
         cmd_set = [False]
         k = 1
         for i, ins in enumerate(body):
             if isinstance(ins, Arg):
                 for d in ins.args:
                     if d.default is not None:
-                        args[d.name] = d.default
+                        args[d.name] = arg_env[d.name] = d.default
                     declared[d.name] = d.default
                 state.add_history(arg_created_by((d.name, d.default) for d in ins.args),
                                   "", empty=True)
                 continue
+            if isinstance(ins, Env):
+                for kv in ins.env:
+                    arg_env.pop(kv.key, None)
             if isinstance(ins, METADATA):
                 # "": timed from the filesystem steps around it when assembled
                 apply_metadata(ins, state, env.where(ins), cmd_set, "")
@@ -283,7 +290,7 @@ class StageScheduler:
             state.files_later = any(isinstance(later, Run) for later in body[i + 1:])
             try:
                 if isinstance(ins, Run):
-                    await run_instruction(env, state, ins, args, name, declared)
+                    await run_instruction(env, state, ins, args, name, declared, arg_env)
                 elif isinstance(ins, (Copy, Add)):
                     await copy_instruction(env, state, ins, name)
                 elif isinstance(ins, Workdir):

@@ -12,8 +12,11 @@ A pure function layer (no I/O) that the stage scheduler runs before building:
   ``NO_PROXY``, ``ALL_PROXY`` and their lower-case forms) need no ARG: given as build
   args they go to RUN's environment (:attr:`BuildPlan.proxy_env`) under both spellings,
   as BuildKit puts them there, and they do not count as unused.
-- ENV wins over an ARG of the same name in later instructions (Docker's reference rule),
-  whichever came first.
+- Of an ENV and an ARG of the same name, the later one gives later instructions their
+  value, as in BuildKit (both set the build state's environment): ``ARG V`` then ``ENV
+  V=x`` is x (Docker's reference example), but an ``ARG PYTHON_VERSION=3.12`` after an
+  ENV of that name (the base image's too) is 3.12 until an ENV sets it again. The image's
+  config keeps the ENV's value.
 - Expanded, as Docker's reference lists: ADD, COPY, ENV, EXPOSE, FROM, LABEL,
   STOPSIGNAL, USER, VOLUME, WORKDIR, ARG defaults, ``RUN --mount`` values and heredoc
   bodies whose marker is unquoted. Not expanded: RUN/CMD/ENTRYPOINT commands (the shell
@@ -289,7 +292,7 @@ def _expand_stage(
         else tuple(image_onbuild.get(image, ()))
     body = [*(_trigger(t, head, ex.file) for t in triggers), *section[1:]]
 
-    # What a word of the next instruction sees: ENV wins over ARG of the same name.
+    # What a word of the next instruction sees: the later of an ENV and an ARG of a name.
     # Kept up to date in place (copying it per instruction made long files quadratic).
     scope = {**args, **env}
     for ins in body:
@@ -306,7 +309,7 @@ def _expand_stage(
                     value = global_args.get(d.name)
                 if value is not None:
                     args[d.name] = value
-                    scope[d.name] = env.get(d.name, value)
+                    scope[d.name] = value
                 defs.append(replace(d, default=value))
             out.append(replace(ins, args=tuple(defs)))
             continue

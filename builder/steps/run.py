@@ -156,16 +156,20 @@ async def _restore_caches(env: StepEnv, n: int, caches: list[CacheMount]) -> Non
 
 async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                           args: Mapping[str, str], name: str,
-                          declared: Mapping[str, str | None] | None = None) -> None:
+                          declared: Mapping[str, str | None] | None = None,
+                          arg_env: Mapping[str, str] | None = None) -> None:
     """Execute (or reuse from the cache) one RUN instruction; ``declared`` are the build
-    args the stage declared (its history entry lists them, as BuildKit's does)."""
+    args the stage declared (its history entry lists them, as BuildKit's does),
+    ``arg_env`` those given after an ENV of the same name, whose values the RUN sees."""
     where = env.where(ins)
     insecure = ins.security == "insecure"
     if insecure and "security.insecure" not in env.allow:
         raise BuildError(where, "RUN --security=insecure: entitlement security.insecure is "
                          "not allowed; grant it with --allow security.insecure")
     argv, pipes = _argv(ins, state, where)
-    image_env = list(state.config.env or ())
+    over = arg_env or {}
+    image_env = [f"{k}={over[k]}" if k in over else e
+                 for e in state.config.env or () for k in [e.partition("=")[0]]]
     names = {e.partition("=")[0] for e in image_env}
     extra = {**env.proxy_env, **args}
     run_env = image_env + [f"{k}={v}" for k, v in sorted(extra.items()) if k not in names]

@@ -156,6 +156,8 @@ CASES = (
     Case("stage-args", {"FROM_CLI": "given"},
          expect="deps: 1.0\nversion=1.0 cli=given unset=yes\nenv:\n"),
     Case("empty-commands", command=("echo", "cleared"), expect="cleared\n"),
+    Case("arg-over-env", history=True,
+         expect="PATH=/usr/bin:/bin:/from-arg FIRST=arg\nFIRST=env-again LATER=env-default\n"),
     Case("history", history=True,
          expect="1.0 prod\nunder SHELL: 1.0\nx\ncafé tab\there 'q'\n"),
     Case("run-sandbox", expect=RUN_SANDBOX_OUT),
