@@ -303,7 +303,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         dest = _destination(lowers, abs_dest)
         _no_file_in_the_way(lowers, dest, dest_raw.endswith("/"), where)
         st = lower_stat(lowers, dest.lstrip("/"))
-        owner = chown_ids(ins.chown, stage_lowers, where) if ins.chown else None
+        owner = chown_ids(ins.chown, stage_lowers) if ins.chown else None
         return {"dest": dest, "dir": st is not None and stat.S_ISDIR(st.st_mode),
                 "owner": list(owner) if owner else None}
 

@@ -13,32 +13,32 @@ from .common import BuildError
 __all__ = ["check_mapped", "chown_ids", "workdir_owner"]
 
 
-def chown_ids(spec: str, lowers: list[Path], where: str) -> tuple[int, int]:
-    """``--chown=user[:group]`` as ids: a number is used as is, a name is looked up in
-    the stage's /etc/passwd or /etc/group (BuildError when it is not there); without a
-    group, a named user's primary group, else the uid. As BuildKit, ``root`` is 0
-    without a lookup and an empty part is 0 (``:staff``, ``tester:``)."""
+def chown_ids(spec: str, lowers: list[Path]) -> tuple[int, int]:
+    """``--chown=user[:group]`` as ids, as BuildKit's file op reads them: a number is used
+    as is (and is the group too when none is given), a name is looked up in the stage's
+    /etc/passwd (giving its primary group) or /etc/group. A name that is not there is not
+    an error: an unknown user is 0:0 and an unknown group leaves the user's, so a
+    Dockerfile that builds with docker builds here (``COPY --chown=app`` before the RUN
+    that adds ``app`` gives root's files there too). ``root`` is 0 without a lookup and
+    an empty part is 0 (``:staff``, ``tester:``)."""
     user, colon, group = spec.partition(":")
-    found = None
     if user in ("", "root"):
         user = "0"
     if colon and group in ("", "root"):
         group = "0"
-    if not user.isdigit():
+    if user.isdigit():
+        uid = gid = int(user)
+    else:
         found = find_user(read_passwd(read_from_lowers(lowers, "etc/passwd")), user)
-        if found is None:
-            raise BuildError(where, f"--chown: no user {user!r} in the image's /etc/passwd")
-    uid = int(user) if found is None else found.uid
-    if group:
-        if group.isdigit():
-            return uid, int(group)
+        uid, gid = (found.uid, found.gid if found.gid is not None else found.uid) \
+            if found is not None else (0, 0)
+    if group.isdigit():
+        gid = int(group)
+    elif group:
         entry = find_group(read_group(read_from_lowers(lowers, "etc/group")), group)
-        if entry is None:
-            raise BuildError(where, f"--chown: no group {group!r} in the image's /etc/group")
-        return uid, entry.gid
-    if found is None or found.gid is None:
-        return uid, uid
-    return uid, found.gid
+        if entry is not None:
+            gid = entry.gid
+    return uid, gid
 
 
 def check_mapped(owner: tuple[int, int] | None, where: str, what: str) -> None:
@@ -48,17 +48,7 @@ def check_mapped(owner: tuple[int, int] | None, where: str, what: str) -> None:
 
 
 def workdir_owner(spec: str, lowers: list[Path]) -> tuple[int, int]:
-    """The owner BuildKit gives directories WORKDIR creates under ``USER spec``: names
-    looked up as for ``--chown``, but leniently (a user /etc/passwd lacks is root, a
-    group /etc/group lacks leaves the user's group), since USER need not exist."""
-    user, _, group = spec.partition(":")
-    try:
-        uid, gid = chown_ids(user, lowers, "WORKDIR")
-    except BuildError:
-        uid, gid = 0, 0
-    if group:
-        try:
-            gid = chown_ids(f"0:{group}", lowers, "WORKDIR")[1]
-        except BuildError:
-            pass
-    return uid, gid
+    """The owner BuildKit gives directories WORKDIR creates under ``USER spec``: the ids
+    ``--chown=spec`` would give (a user /etc/passwd lacks is root, a group /etc/group
+    lacks leaves the user's group), since USER need not exist."""
+    return chown_ids(spec, lowers)

@@ -143,7 +143,9 @@ CASES = (
                                 "/plain:\ndata.json.gz\nnotes.tar\n"),
     Case("empty-wildcard", expect="/opt:\napp\n\n/opt/app:\npom.xml\n"),
     Case("chown-forms", expect="/group-only 0:50\n/user-colon 1000:0\n/colon-only 0:0\n"
-                               "/root-staff 0:50\n/bare/own-root 0:0\n/bare/own-root-root 0:0\n"),
+                               "/root-staff 0:50\n/ghost 0:0\n/ghost-staff 0:50\n"
+                               "/tester-ghosts 1000:1000\n/uid-ghosts 1000:1000\n"
+                               "/bare/own-root 0:0\n/bare/own-root-root 0:0\n"),
     Case("hardlink-sources", links=(("pair/one.txt", "pair/one.hard"),),
          expect="/linked/one.txt 2\n/linked/one.hard 2\n/separate/one.txt 1\n"
                 "/separate/one.hard 1\n/matched/one.txt 1\n/matched/one.hard 1\n"),
