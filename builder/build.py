@@ -203,6 +203,17 @@ async def _push_lazy(remote: RemoteLayers, result: BuiltImage | BuiltIndex, tags
                   "layers stayed in the remote build cache (pybuild pull fetches them)")
 
 
+def lowercase_fallback(dockerfile: Path) -> Path:
+    """The file to read for ``dockerfile``: as the docker CLI and BuildKit (moby/moby#10858),
+    a ``Dockerfile`` that is not there is read from ``dockerfile`` beside it when that
+    exists (messages and ``Dockerfile.dockerignore`` keep the name ``Dockerfile``)."""
+    if dockerfile.name == "Dockerfile" and not dockerfile.exists():
+        lower = dockerfile.with_name("dockerfile")
+        if lower.is_file():
+            return lower
+    return dockerfile
+
+
 async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
     """Build, write the requested outputs, and return the image."""
     dockerfile = opts.dockerfile or opts.context / "Dockerfile"
@@ -212,7 +223,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
         text, dockerfile = opts.dockerfile_text, opts.context / "Dockerfile"
     else:
         try:
-            text = await asyncio.to_thread(dockerfile.read_text)
+            text = await asyncio.to_thread(lowercase_fallback(dockerfile).read_text)
         except OSError as exc:
             raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
                                   file=str(dockerfile)) from exc

@@ -114,8 +114,20 @@ class Invocation:
         return os.path.abspath(os.path.join(base, "pybuild"))
 
     @property
-    def dockerfile(self) -> str:
+    def dockerfile_named(self) -> str:
+        """The Dockerfile as named (its ``.dockerignore`` is named after it)."""
         return os.path.abspath(self.one("file") or os.path.join(self.context, "Dockerfile"))
+
+    @property
+    def dockerfile(self) -> str:
+        """The file the build reads (``dockerfile`` for a missing ``Dockerfile``, as
+        :func:`builder.build.lowercase_fallback`)."""
+        path = self.dockerfile_named
+        if os.path.basename(path) == "Dockerfile" and not os.path.exists(path):
+            lower = os.path.join(os.path.dirname(path), "dockerfile")
+            if os.path.isfile(lower):
+                return lower
+        return path
 
 
 def parse_argv(argv: list[str]) -> Invocation | None:
@@ -212,7 +224,7 @@ def fingerprint(inv: Invocation) -> dict[str, object]:
         "env": {k: v for k, v in sorted(os.environ.items()) if covers(k)},
         "arg_env": {k: os.environ.get(k) for k in inv.opts.get("build-arg", []) if "=" not in k},
         "dockerfile": [dockerfile, hashlib.sha256(text).hexdigest(), _stat(dockerfile)],
-        "ignore": [_stat(dockerfile + ".dockerignore"),
+        "ignore": [_stat(inv.dockerfile_named + ".dockerignore"),
                    _stat(os.path.join(context, ".dockerignore"))],
         "context": [context, _stat(context), ctx],
         "sources": _source_stats(),

@@ -5,7 +5,8 @@ Differences from gitignore that matter: every pattern is anchored at the context
 matches the path or any of its parent directories; ``*`` and ``?`` never cross ``/``;
 ``**`` matches any number of directories (zero included); patterns are cleaned
 (``./a//b/`` is ``a/b``; a leading ``/`` is dropped); ``!pattern`` re-includes; the last
-matching pattern decides; ``#`` starts a comment line.
+matching pattern decides; ``#`` starts a comment line; a byte order mark is dropped and
+lines may end in CRLF.
 """
 
 from __future__ import annotations
@@ -107,5 +108,8 @@ def read_ignore_file(context: Path, dockerfile: Path | None) -> IgnoreMatcher:
     candidates.append(context / ".dockerignore")
     for c in candidates:
         if c.is_file():
-            return IgnoreMatcher.from_lines(c.read_text().splitlines())
+            # a UTF-8 byte order mark (editors on Windows write one) is not part of the
+            # first pattern: moby's ReadAll trims it
+            text = c.read_text().removeprefix("\ufeff")
+            return IgnoreMatcher.from_lines(text.splitlines())
     return IgnoreMatcher([])

@@ -304,3 +304,19 @@ def test_every_environment_read_of_the_builder_is_fingerprinted() -> None:
     assert covers("SOURCE_DATE_EPOCH") and covers("PYBUILD_INSECURE_REGISTRIES")
     assert not covers("GITHUB_RUN_ID") and not covers("PYBUILD_FASTPATH_DEBUG")
     assert "DOCKER_CONFIG" in BUILD_ENVIRONMENT  # credentials (registry.client.auth) for base pulls
+
+
+def test_a_lowercase_dockerfile_takes_the_fast_path_and_notices_its_ignore_file(
+        pybuild: Callable[..., Run], ctx: Path) -> None:
+    """With no ``Dockerfile``, the build reads ``dockerfile`` (as docker build does), and
+    the fast path fingerprints that file and ``Dockerfile.dockerignore``, the one the
+    build reads."""
+    (ctx / "Dockerfile").rename(ctx / "dockerfile")
+    args = ("build", "-t", "fp/img", str(ctx))
+    first = pybuild(*args)
+    again = pybuild(*args)
+    assert again.hit and again.digest == first.digest
+    (ctx / "Dockerfile.dockerignore").write_text("sub\n")
+    time.sleep(0.2)
+    assert not pybuild(*args).hit
+    assert pybuild(*args).hit

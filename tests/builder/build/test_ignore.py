@@ -56,3 +56,9 @@ def test_dockerfile_specific_ignore_file_wins(tmp_path: Path) -> None:
     m = read_ignore_file(tmp_path, df)
     assert m.excluded("b") and not m.excluded("a")
     assert read_ignore_file(tmp_path, tmp_path / "Dockerfile").excluded("a")
+
+
+def test_a_byte_order_mark_and_crlf_are_not_part_of_the_patterns(tmp_path: Path) -> None:
+    (tmp_path / ".dockerignore").write_bytes(b"\xef\xbb\xbfbuild/\r\n!build/keep\r\n*.key\r\n")
+    m = read_ignore_file(tmp_path, None)
+    assert m.excluded("build/out.o") and m.excluded("x.key") and not m.excluded("build/keep")
