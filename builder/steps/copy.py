@@ -56,7 +56,7 @@ from .common import (
 )
 from .copyup import DirLookup, copy_up_lookup, lowers_lookup, make_parents, no_copy_up
 from .download import check_checksum_sources, download, fetch_git, sha256_file
-from .metadata import resolve_workdir
+from .metadata import clean_path, resolve_workdir, workdir_value
 from .owners import check_mapped, chown_ids, workdir_owner
 from .parents import resolve_parents
 
@@ -437,8 +437,9 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
     """WORKDIR: set the config's working dir and create it (a layer, as BuildKit).
 
     Directories it creates belong to the stage's USER, as BuildKit makes them."""
-    path = resolve_workdir(state, ins.path)
-    state.update(working_dir=path)
+    value = workdir_value(state, ins.path)  # the config's text (BuildKit keeps /app/)
+    path = clean_path(value)  # the directory to create
+    state.update(working_dir=value)
     user = state.config.user
 
     def compute(lowers: list[Path]) -> dict[str, Any]:
@@ -465,5 +466,5 @@ async def workdir_instruction(env: StepEnv, state: ImageState, ins: Workdir,
             upper.mkdir()
         return upper
 
-    await layer_step(env, state, ins, name, f"WORKDIR {path}", f"WORKDIR {path}",
+    await layer_step(env, state, ins, name, f"WORKDIR {path}", f"WORKDIR {value}",
                      {"workdir": path, "owner": list(owner or ())}, produce)

@@ -30,7 +30,8 @@ from ..image import ImageState
 from .common import BuildError
 from .history import go_slice_q, healthcheck_created_by
 
-__all__ = ["METADATA", "apply_metadata", "command_form", "resolve_workdir"]
+__all__ = ["METADATA", "apply_metadata", "clean_path", "command_form", "resolve_workdir",
+           "workdir_value", "working_dir"]
 
 METADATA = (Env, Label, Expose, Volume, User, Cmd, Entrypoint, StopSignal, Healthcheck,
             Shell, Onbuild, Maintainer)
@@ -45,9 +46,29 @@ def command_form(command: tuple[str, ...], shell_form: bool,
     return (*(state.config.shell or DEFAULT_SHELL), " ".join(command))
 
 
+def clean_path(path: str) -> str:
+    """Go's ``path.Clean`` (Python's normpath keeps a leading ``//``)."""
+    cleaned = posixpath.normpath(path)
+    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
+
+
+def working_dir(state: ImageState) -> str:
+    """The directory a RUN starts in and relative paths start from: the config's
+    WorkingDir, which may be written as WORKDIR gave it (``/app/``), cleaned."""
+    return clean_path(state.config.working_dir or "/")
+
+
 def resolve_workdir(state: ImageState, path: str) -> str:
-    base = state.config.working_dir or "/"
-    return posixpath.normpath(posixpath.join(base, path))
+    return clean_path(posixpath.join(working_dir(state), path))
+
+
+def workdir_value(state: ImageState, path: str) -> str:
+    """What WORKDIR puts into the config, as BuildKit's NormalizeWorkdir: an absolute
+    path as written (``WORKDIR /app/`` is ``/app/``), a relative one joined to the current
+    directory and cleaned."""
+    if path.startswith("/"):
+        return path
+    return clean_path(posixpath.join(working_dir(state), path))
 
 
 def _healthcheck(ins: Healthcheck) -> dict[str, object]:

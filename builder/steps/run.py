@@ -44,7 +44,7 @@ from ..sandbox.rootfs import RootfsMode
 from ..sandbox.spec import BindMount, CacheMount, Network, RunSpec, SandboxMount, SshMount, sandbox_mount
 from .common import BuildError, StepEnv, cached_facts, instruction_text, layer_step
 from .history import run_args_prefix
-from .metadata import command_form
+from .metadata import command_form, working_dir
 
 # Architectures a host runs natively besides its own (BuildKit's default emulator-free set).
 _NATIVE_EXTRA = {"amd64": {"386"}}
@@ -179,7 +179,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         raise BuildError(where, f"--network={ins.network}: use none, host or default") from None
     inputs: dict[str, Any] = {"argv": list(argv), "env": run_env,
                               "user": state.config.user or "",
-                              "workdir": state.config.working_dir or "/",
+                              "workdir": working_dir(state),
                               "network": net.value}
     resolved: list[SandboxMount] = []
     for i, spec in enumerate(ins.mounts or ()):
@@ -256,7 +256,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                 m = m.resolved(await env.stage_root(m.from_ref))
             mounts.append(m)
         spec = RunSpec(argv=argv, env=tuple(run_env), user=state.config.user or "",
-                       workdir=state.config.working_dir or "/", network=net,
+                       workdir=working_dir(state), network=net,
                        mounts=tuple(mounts), secrets=dict(env.secrets), pipes=pipes,
                        insecure=insecure, extra_hosts=env.extra_hosts)
         loop = asyncio.get_running_loop()

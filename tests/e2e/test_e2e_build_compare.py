@@ -162,6 +162,7 @@ CASES = (
          expect="PATH=/usr/bin:/bin:/from-arg FIRST=arg\nFIRST=env-again LATER=env-default\n"),
     Case("windows-files", expect="hello windows\n/ctx/.dockerignore\n/ctx/build/sub/keep.txt\n"
                                  "/ctx/dockerfile\n"),
+    Case("workdir-forms", history=True, expect="/srv/data\n/srv/app\n/app\ncopied\n"),
     Case("history", history=True,
          expect="1.0 prod\nunder SHELL: 1.0\nx\ncafé tab\there 'q'\n"),
     Case("run-sandbox", expect=RUN_SANDBOX_OUT),
