@@ -92,9 +92,11 @@ def remove_path(path: str | os.PathLike[str]) -> None:
 
 
 class _Applier:
-    def __init__(self, root: str, same_owner: bool) -> None:
+    def __init__(self, root: str, same_owner: bool,
+                 owner: tuple[int, int] | None = None) -> None:
         self.root = root
         self.same_owner = same_owner
+        self.owner = owner
         self.is_root = os.geteuid() == 0
         self.written: set[str] = set()
         self.written_parents: set[str] = set()
@@ -227,8 +229,9 @@ class _Applier:
 
     def _metadata(self, path: str, member: tarfile.TarInfo, *, is_link: bool) -> None:
         if self.same_owner:
+            uid, gid = self.owner or (member.uid, member.gid)
             try:
-                os.chown(path, member.uid, member.gid, follow_symlinks=False)
+                os.chown(path, uid, gid, follow_symlinks=False)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
@@ -279,11 +282,13 @@ def whiteout_mark(parts: list[str]) -> tuple[list[str], bool] | None:
 
 def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
                 same_owner: bool | None = None,
-                marks: list[tuple[list[str], bool]] | None = None) -> ApplyReport:
+                marks: list[tuple[list[str], bool]] | None = None,
+                owner: tuple[int, int] | None = None) -> ApplyReport:
     """Apply the layer ``src`` (a path or a readable binary stream) on top of ``rootfs``.
 
     ``marks``, when given, receives :func:`whiteout_mark` of each whiteout entry, in
     layer order (an extracted overlay lower layer records them as marks of its own).
+    ``owner`` (uid, gid) replaces every entry's own (``ADD --chown`` of an archive).
 
     Raises UnsafeLayerEntry for an entry that could reach outside ``rootfs`` (nothing
     outside is touched; entries before it have been applied), LayerFormatError for a blob
@@ -294,8 +299,8 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
         raise LayerFormatError(f"rootfs {root!r} is not a directory; create it first")
     if isinstance(src, (str, Path)):
         with open(src, "rb") as f:
-            return apply_layer(f, root, same_owner=same_owner, marks=marks)
-    applier = _Applier(root, os.geteuid() == 0 if same_owner is None else same_owner)
+            return apply_layer(f, root, same_owner=same_owner, marks=marks, owner=owner)
+    applier = _Applier(root, os.geteuid() == 0 if same_owner is None else same_owner, owner)
     try:
         with tarfile.open(fileobj=open_layer(src), mode="r|",
                           errors="surrogateescape") as tf:

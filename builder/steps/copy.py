@@ -151,8 +151,10 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
             make_parents(upper, it.dest, lookup, owner)
             from ..layers.extract import apply_layer
 
+            # --chown owns every unpacked entry, as BuildKit 0.23 and later (earlier ones
+            # kept the archive's owners)
             with open_archive(it.path) as src:
-                apply_layer(src, target)
+                apply_layer(src, target, owner=owner)
             continue
         if it.data is not None:  # a heredoc file: 0644 (or --chmod), root or --chown
             target.write_bytes(it.data)
@@ -408,6 +410,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     inputs: dict[str, Any] = {"files": hashes, "dest": dest, "chown": list(owner or ()),
                               "chmod": (int(ins.chmod, 8) if ins.chmod[:1].isdigit()
                                         else ins.chmod) if chmod else None}
+    if isinstance(ins, Add) and owner:
+        inputs["unpack_owner"] = True  # --chown owns unpacked entries (it did not before)
     flags = []  # as BuildKit's history: no --from, --link or --exclude
     if parents:
         flags.append("--parents")

@@ -178,6 +178,10 @@ def test_add_unpacks_only_tar_archives(context_of, build, tmp_path: Path) -> Non
     assert (out / "unpacked/v7.txt").read_text() == "from a v7 tar\n"
     assert (out / "unpacked/inner.txt").read_text() == "inside a tar.gz\n"
     assert sorted(p.name for p in (out / "unpacked").iterdir()) == ["inner.txt", "v7.txt"]
+    # --chown: every unpacked entry and the directories the step creates are its owner's
+    owned = [(out / p).stat() for p in ("owned/new/inner.txt", "owned/new", "owned")]
+    assert [(st.st_uid, st.st_gid) for st in owned] == [(1000, 50)] * 3
+    assert (out / "unpacked/inner.txt").stat().st_uid == 0  # the archive's own owner
 
 
 def test_copy_of_a_wildcard_that_matches_nothing(context_of, build, tmp_path: Path,
