@@ -39,8 +39,11 @@ def is_private_key(path: Path) -> bool:
 
 
 # $0: ssh-agent, $1: its socket. Prints the agent's pid once it listens (nothing when it
-# exits first), then waits for EOF on stdin and stops it.
+# exits first), then waits for EOF on stdin and stops it. pybuild killed before the pid
+# is read closes the pipe that pid goes to: the shell must not die of that (SIGPIPE)
+# and leave the agent behind.
 _WATCHDOG = (
+    "trap '' PIPE; "
     '"$0" -D -a "$1" >/dev/null 2>&1 & pid=$!; '
     'while [ ! -S "$1" ]; do kill -0 "$pid" 2>/dev/null || exit 1; sleep 0.01; done; '
     'echo "$pid"; cat >/dev/null; kill "$pid" 2>/dev/null; wait'
@@ -56,9 +59,11 @@ def _agent(tool: str, keys: Sequence[Path], sid: str) -> Iterator[Path]:
     # to: at EOF, however pybuild ends (a SIGKILL too), the shell kills it at once. (A
     # parent-death signal would not do: ssh-agent is setgid, and exec'ing it clears that
     # signal; ssh-agent's own watch of the command it runs looks every 10 s only.)
+    # Its own session: a Ctrl-C at the terminal stops pybuild, which stops the agent
+    # (here, or by ending the pipe), not the watchdog first.
     proc = subprocess.Popen(["/bin/sh", "-c", _WATCHDOG, tool, str(sock)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     agent_pid = None
     try:
         assert proc.stdout is not None

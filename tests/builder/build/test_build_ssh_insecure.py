@@ -202,3 +202,24 @@ def test_a_killed_build_takes_its_key_agent_with_it(busybox_ref: str, tmp_path: 
     while _key_agents_running(tmp) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _key_agents_running(tmp) == []
+
+
+def test_the_key_agent_stops_when_pybuild_dies_before_it_listens(tmp_path: Path) -> None:
+    """pybuild killed at once after starting the agent (the shell that watches it has not
+    printed its pid yet; that pipe's reader is gone): the agent still stops."""
+    from builder.ssh_keys import _WATCHDOG
+
+    tmp = tmp_path / "tmp"
+    sock = tmp / "pybuild-ssh-x" / "agent.sock"
+    sock.parent.mkdir(parents=True)
+    watchdog = subprocess.Popen(["/bin/sh", "-c", _WATCHDOG, require_tool("ssh-agent"), str(sock)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    assert watchdog.stdin is not None and watchdog.stdout is not None
+    watchdog.stdout.close()  # as a killed pybuild's ends close: the pid's reader first
+    watchdog.stdin.close()
+    watchdog.wait(30)
+    deadline = time.monotonic() + 30
+    while _key_agents_running(tmp) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _key_agents_running(tmp) == []
