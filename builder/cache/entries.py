@@ -18,8 +18,9 @@ __all__ = ["FACTS", "IMPORTED_MISS", "STEP_SEMANTICS", "CachedLayer", "facts_key
 # keeps, to how RUN's changes become a layer): steps cached by earlier releases, locally
 # or in a registry cache, are then run again instead of reused with the old behaviour.
 # Each raise costs every cache one rebuild; a release that changes no output keeps it.
-# 1: keys without the number, made before COPY kept BuildKit's directory mtimes and hard
-# links per source and ONBUILD triggers were expanded.
+# 1: keys without the number, made by releases before BuildKit's directory mtimes and
+# hard links per source in COPY, expanded ONBUILD triggers, RUN's /etc/hosts and
+# resolv.conf, an ARG over an ENV of its name, and ADD --chown of archives.
 STEP_SEMANTICS = 2
 
 
