@@ -11,6 +11,7 @@ synchronous methods may block (files, database): call them from a worker thread 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sqlite3
@@ -108,6 +109,10 @@ class StoreCore:
         self.remote: RemoteReader | None = None
         #: Keep and use SHA-256 states of committed blobs (:mod:`cas.digest_states`).
         self.digest_states = False
+        #: Ingests a full disk kept from being forgotten (:meth:`drop_ingest`): tried
+        #: again when the store closes, after the rest of a failing command gave back
+        #: what it could.
+        self._undropped: set[str] = set()
 
     @classmethod
     async def open(cls, config: StoreConfig) -> StoreCore:
@@ -168,6 +173,9 @@ class StoreCore:
         def shut_down() -> None:
             for pool in pools:
                 pool.shutdown(wait=True)
+            for ingest_id in list(self._undropped):
+                with contextlib.suppress(Exception):
+                    self.drop_ingest(ingest_id)
             if self.remote is not None:
                 self.remote.close()
             self.meta.close()
@@ -284,7 +292,14 @@ class StoreCore:
             self.meta.drop_ingest(ingest_id)
         except StorageFull:
             self._free_unsaved(ingest_id)
-            self.meta.drop_ingest(ingest_id)
+            try:
+                self.meta.drop_ingest(ingest_id)
+            except StorageFull:
+                # Nothing of its own to give back (it had written nothing past its
+                # checkpoint): the blobs failing beside it may free room. Again at close.
+                self._undropped.add(ingest_id)
+                raise
+        self._undropped.discard(ingest_id)
         self.drop_tails(ingest_id, keep=None)
         self.empty_trash()
 

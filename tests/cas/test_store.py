@@ -571,3 +571,30 @@ async def test_an_ingest_cancelled_while_it_is_recorded_is_not_left_open(
     monkeypatch.setattr(store.meta, "create_ingest", create)
     ing = await store.begin_ingest()  # the store goes on as before
     assert [i.id for i in await store.list_ingests()] == [ing.id]
+
+
+async def test_an_ingest_a_full_disk_kept_from_being_forgotten_is_forgotten_at_close(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forgetting an ingest writes to the database: on a full disk, one that had written
+    nothing past its checkpoint has no room of its own to give back, and stayed open
+    (counted in ``storage stats``) until it expired. The blobs failing beside it give
+    room back; the store tries again when it closes."""
+    from cas.errors import StorageFull
+
+    store = await Store.open(tmp_path / "s")
+    ing = await store.begin_ingest()
+    drop, refused = store.meta.drop_ingest, []
+
+    def full_then_room(ingest_id: str) -> None:
+        if len(refused) < 2:  # the first try and the one after giving back its bytes
+            refused.append(ingest_id)
+            raise StorageFull("the metadata database")
+        drop(ingest_id)
+
+    monkeypatch.setattr(store.meta, "drop_ingest", full_then_room)
+    await ing.abort()  # what failed is what the caller reports, not this
+    assert [i.id for i in await store.list_ingests()] == [ing.id]
+    await store.close()
+    assert refused == [ing.id, ing.id]
+    async with await Store.open(tmp_path / "s") as again:
+        assert await again.list_ingests() == []
