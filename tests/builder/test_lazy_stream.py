@@ -9,10 +9,8 @@ import hashlib
 import io
 import os
 import tarfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from builder.cache.tracking import TrackingCache
 from builder.extracted import ExtractedLayers
 from cas import Digest, Store, StoreConfig, open_store
 from registry.oci import Descriptor
+from tests.helpers.http_server import serve_answers
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
@@ -39,29 +38,13 @@ def _layer(data: bytes) -> bytes:
 
 @contextmanager
 def _blob_server(body: bytes) -> Iterator[str]:
-    """A registry that serves ``body`` for every blob (whatever its digest)."""
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    """A registry that serves ``body`` for every blob (whatever its digest); its address."""
+    def answer(path: str) -> tuple[int, dict[str, str], bytes]:
+        return 200, {"Content-Type": "application/octet-stream"}, \
+            body if "/blobs/" in path else b"{}"
 
-        def do_GET(self) -> None:
-            data = body if "/blobs/" in self.path else b"{}"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Content-Type", "application/octet-stream")
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_answers(answer) as url:
+        yield url.removeprefix("http://")
 
 
 def _remote(store: Store, addr: str, blob: bytes) -> tuple[RemoteLayers, Descriptor]:
