@@ -12,7 +12,8 @@ import time
 import zlib
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["decoded", "gave_up", "retry_after", "same_origin", "shown_url", "storage_reason"]
+__all__ = ["decoded", "gave_up", "retry_after", "retry_delay", "same_origin", "shown_url",
+           "storage_reason"]
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -31,6 +32,18 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     if when.tzinfo is None:  # "-0000": taken as UTC, as RFC 9110 says dates are
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_delay(header: str | None, attempt: int, limit: int, backoff: float,
+                cap: float) -> tuple[float | None, float | None]:
+    """How long to wait before trying a 429 or 5xx again, whose ``Retry-After`` is
+    ``header`` (None: not again, after ``limit`` retries or when it asks for more than
+    ``cap`` seconds): the backoff, or as long as ``Retry-After`` asks when that is
+    longer; and what ``Retry-After`` asked (None: nothing)."""
+    wait = retry_after(header)
+    if attempt >= limit or (wait is not None and wait > cap):
+        return None, wait
+    return max(backoff * 2**attempt, wait or 0), wait
 
 
 def gave_up(attempt: int, wait: float | None, limit: float, throttled: bool) -> str:

@@ -40,7 +40,7 @@ from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import RegistryError, decode_errors
-from .answers import decoded, gave_up, retry_after, same_origin, shown_url, storage_reason
+from .answers import decoded, gave_up, retry_delay, same_origin, shown_url, storage_reason
 from .auth import Credentials, HostAuth
 from .connections import MAX_SMALL_BODY, UnknownHost, Wire, WireError, WireResponse
 from .connections import Unreachable as _NoConnection
@@ -313,11 +313,12 @@ class RegistrySession:
                 continue
             throttled = resp.status == 429
             if throttled or resp.status in _RETRY_STATUS:
-                wait = retry_after(resp.headers.get("Retry-After"))
                 # Throttled requests were not taken in: retried even when they carry bytes.
-                limit = self.options.retries if throttled else retries
-                if attempt < limit and (wait is None or wait <= self.options.max_retry_after):
-                    await asyncio.sleep(max(self.options.backoff * 2**attempt, wait or 0))
+                delay, wait = retry_delay(resp.headers.get("Retry-After"), attempt,
+                                          self.options.retries if throttled else retries,
+                                          self.options.backoff, self.options.max_retry_after)
+                if delay is not None:
+                    await asyncio.sleep(delay)
                     attempt += 1
                     continue
                 if attempt or wait is not None:
@@ -438,12 +439,15 @@ class RegistrySession:
             finally:
                 resp.release()
             if status == 429 or status in _RETRY_STATUS:
-                wait = retry_after(resp.headers.get("Retry-After"))
-                if attempt < self.options.retries and (wait is None or wait <= self.options.max_retry_after):
-                    await asyncio.sleep(max(self.options.backoff * 2**attempt, wait or 0))
+                delay, _ = retry_delay(resp.headers.get("Retry-After"), attempt,
+                                       self.options.retries, self.options.backoff,
+                                       self.options.max_retry_after)
+                if delay is not None:
+                    await asyncio.sleep(delay)
                     attempt += 1
                     continue
             return status, body
+
 
     async def _request(self, method: str, host: str, url: str, **kw: Any) -> tuple[WireResponse, bytes]:
         resp = await self._send(method, host, url, **kw)
