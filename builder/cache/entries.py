@@ -27,8 +27,7 @@ STEP_SEMANTICS = 2
 def step_key(parent: str, instruction: str, inputs: dict[str, Any]) -> str:
     """The cache key of a step (hex sha256)."""
     doc = json.dumps([parent, instruction, inputs], sort_keys=True, separators=(",", ":"))
-    if STEP_SEMANTICS > 1:
-        doc = f"{STEP_SEMANTICS}:{doc}"
+    doc = f"{STEP_SEMANTICS}:{doc}"
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
