@@ -111,8 +111,9 @@ def test_run_reads_a_lazy_layer_through_fuse(kind: str, busybox_ref: str,
         fetched = sum(s.body_bytes for s in proxy.blob_gets({deps}))
         assert any("mounted lazily" in m for m in _infos(events)), _infos(events)
         assert [v for k, v in status.items() if "/out.txt" in k] == ["ran"], status
-        # the small files' members only: never the 3 MB one the step does not read
-        assert 0 < fetched < 300_000, fetched
+        # the pieces around the small files only (their sizes follow the random bytes
+        # cut around them): never the 3 MB file the step does not read
+        assert 0 < fetched < BIG // 2, fetched
 
         proxy.log.clear()
         _, events = _build(tmp_path / "runner-c", ctx, *common,
