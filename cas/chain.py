@@ -14,9 +14,36 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["JobChain"]
+__all__ = ["JobChain", "outlast"]
+
+T = TypeVar("T")
+
+
+async def outlast(fut: asyncio.Future[T], interrupt: Callable[[], None] | None = None) -> T:
+    """Wait for ``fut`` to end, even when the caller is cancelled meanwhile: the
+    cancellation is raised once ``fut`` has ended, whatever its outcome (its failure, if
+    it failed because it was interrupted, is the cancellation's doing). ``interrupt`` is
+    called at the first cancellation, to make work that waits on something end sooner."""
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(fut)
+        except asyncio.CancelledError as exc:
+            if fut.done():  # it has ended (or was itself cancelled): nothing runs any more
+                raise (cancelled or exc) from None
+            if cancelled is None and interrupt is not None:
+                interrupt()
+            cancelled = cancelled or exc
+            continue
+        except BaseException:
+            if cancelled is not None:
+                raise cancelled from None
+            raise
+        if cancelled is not None:
+            raise cancelled
+        return result
 
 
 class JobChain:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import zstandard
 
 from .blobs import BlobInfo, IngestInfo
-from .chain import JobChain
+from .chain import JobChain, outlast
 from .chunker import Cutter
 from .digest import Digest, Hasher
 from .digest_states import Sha256, new_state_hasher
@@ -290,7 +290,12 @@ class Ingest(IngestAssembly):
                      link: str | None = None, link_own: str | None = None) -> BlobInfo:
         """Verify and make the blob visible, linked to ``link`` (``link_own``: see
         ``IngestPieces._commit_blob``). On DigestMismatch or SizeMismatch the ingest is
-        aborted and nothing becomes visible."""
+        aborted and nothing becomes visible. Every byte is in: a cancellation meanwhile
+        is raised once the commit has ended (the blob is kept, not thrown away)."""
+        return await outlast(asyncio.ensure_future(self._commit(expected, size, link, link_own)))
+
+    async def _commit(self, expected: Digest | None, size: int | None, link: str | None,
+                      link_own: str | None) -> BlobInfo:
         async with self._lock:
             self._check_open()
             try:
@@ -351,25 +356,7 @@ class Ingest(IngestAssembly):
         whose pieces live in a pack sent to the trash. ``interrupt`` is called at the
         first cancellation, to make a job that waits on something end sooner."""
         fut = asyncio.get_running_loop().run_in_executor(pool or self._core.pool, fn, *args)
-        cancelled: asyncio.CancelledError | None = None
-        while True:
-            try:
-                result = await asyncio.shield(fut)
-            except asyncio.CancelledError as exc:
-                if fut.done():  # the job has ended (or never started): nothing runs any more
-                    raise (cancelled or exc) from None
-                if cancelled is None and interrupt is not None:
-                    interrupt()
-                cancelled = cancelled or exc
-                continue
-            except BaseException:
-                # An interrupted job fails (its source was shut): the caller was cancelled.
-                if cancelled is not None:
-                    raise cancelled from None
-                raise
-            if cancelled is not None:
-                raise cancelled
-            return result
+        return await outlast(fut, interrupt)
 
     async def _flush(self) -> None:
         """Hand the gathered bytes to the worker threads as one batch.

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import io
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,13 +91,14 @@ def make_index(children: list[tuple[SampleImage, str]]) -> bytes:
 class Proxy:
     """Forwards everything to ``upstream``; counts blob body bytes; can break or corrupt.
 
-    ``fault(request, body_so_far_len, chunk) -> chunk | None``: None drops the connection.
+    ``fault(request, body_so_far_len, chunk) -> chunk | None``: None drops the connection;
+    a fault may also be a coroutine function (to hold a body back until something happened).
     ``cut_body(request) -> n | None``: forward only the first ``n`` bytes of the request's
     body, then break the connections both ways (an upload killed half-way).
     """
 
     upstream: str
-    fault: Callable[[web.Request, int, bytes], bytes | None] | None = None
+    fault: Callable[[web.Request, int, bytes], bytes | Awaitable[bytes | None] | None] | None = None
     drop_request: Callable[[web.Request], bool] | None = None  # True: cut before forwarding
     cut_body: Callable[[web.Request], int | None] | None = None
     blob_delay: float = 0.0  # seconds each blob GET waits before it is forwarded (latency)
@@ -164,6 +166,8 @@ class Proxy:
             async for chunk in up.content.iter_chunked(16_384):
                 if is_blob and self.fault is not None:
                     changed = self.fault(request, sent, chunk)
+                    if inspect.isawaitable(changed):
+                        changed = await changed
                     if changed is None:
                         assert request.transport is not None
                         request.transport.close()
