@@ -113,6 +113,19 @@ def _no_file_in_the_way(lowers: list[Path], dest: str, is_dir: bool, where: str)
                              "file in an earlier step")
 
 
+def _no_directory_onto_a_file(items: list[_Item], dest: str, where: str) -> None:
+    """BuildError when a directory's contents (or an archive's) would go into ``dest``,
+    a file of the stage: BuildKit fails ("cannot copy to non-directory") rather than
+    replace the file with a directory."""
+    rel = dest.strip("/")
+    for it in items:
+        if it.dest == rel and (it.archive or (it.path is None and it.st is None and it.data is None)):
+            what = "an archive unpacks" if it.archive else "a directory's contents go"
+            raise BuildError(where, f"{dest} is a file in the image, and {what} into a "
+                             "directory there; copy to another path, or remove the file in an "
+                             "earlier step")
+
+
 def _link_target(lowers: list[Path], rel: str) -> str:
     for lower in lowers:
         p = lower / rel
@@ -307,10 +320,11 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         st = lower_stat(lowers, dest.lstrip("/"))
         owner = chown_ids(ins.chown, stage_lowers) if ins.chown else None
         return {"dest": dest, "dir": st is not None and stat.S_ISDIR(st.st_mode),
+                "file": st is not None and not stat.S_ISDIR(st.st_mode),
                 "owner": list(owner) if owner else None}
 
     facts = await lower_facts(env, state, {"ins": instruction_text(ins), "dest": abs_dest,
-                                           "link": link}, compute, valid_facts)
+                                           "link": link, "kinds": 2}, compute, valid_facts)
     dest = facts["dest"]
     from_ref = ins.from_ if isinstance(ins, Copy) else ""
     named = env.contexts.find(from_ref) if from_ref and env.contexts else None
@@ -425,6 +439,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     async def produce(n: int) -> Path:
         upper = _upper_dir(env)
         items.extend(local_items if local_items is not None else (await plan_local())[0])
+        if facts.get("file"):
+            _no_directory_onto_a_file(items, dest, where)
         lookup = await copy_up_lookup(env, state, items) if not link else no_copy_up
         try:
             await asyncio.to_thread(_write, upper, items, lookup, owner, chmod)

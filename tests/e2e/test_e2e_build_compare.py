@@ -106,6 +106,16 @@ RUN_SANDBOX_OUT = ("127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-loc
                    "uid=1000(tester) gid=1000(tester) groups=50(staff)\nHOME=/home/tester\n"
                    "uid=4321 gid=0(root)\nHOME=/\n")
 
+# The tail of what file-kinds prints: kinds and modes of /k's entries, then contents.
+FILE_KINDS_OUT = ("/k/meta/file 600 1000:50 regular file\n/k/meta/sub 700 12:34 directory\n"
+                  "/k/new\n/k/" + "n" * 120 + " 755 0:0 directory\n/k/null 644 0:0 character "
+                  "special file\n/k/sgid 2711 0:0 regular file\n/k/sparse 644 0:0 regular file\n"
+                  "/k/sticky 1777 0:0 directory\n/k/suid 4755 0:0 regular file\n"
+                  "/k/swap-to-dir 755 0:0 directory\n/k/to-dir 755 0:0 directory\n"
+                  "/k/to-file 644 0:0 regular file\n/k/was-link 644 0:0 regular file\n"
+                  "/k/with space 644 0:0 regular file\nline 644 0:0 regular file\n"
+                  "now-dir\nnow-file\nreplaced\ndeep\n3145733\n")
+
 CASES = (
     Case("files", {"GREETING": "howdy"},
          expect="howdy from tester\nexec-form\n1000\nnotes, added as a plain file\n"
@@ -165,6 +175,8 @@ CASES = (
     Case("workdir-forms", history=True, expect="/srv/data\n/srv/app\n/app\ncopied\n"),
     Case("history", history=True,
          expect="1.0 prod\nunder SHELL: 1.0\nx\ncafé tab\there 'q'\n"),
+    Case("file-kinds", expect=FILE_KINDS_OUT),
+    Case("file-kinds", expect=FILE_KINDS_OUT, pybuild_flags=("--differ", "snapshot")),
     Case("run-sandbox", expect=RUN_SANDBOX_OUT),
     Case("run-sandbox", expect=RUN_SANDBOX_OUT, pybuild_flags=("--network", "none")),
     Case("scratch-final",

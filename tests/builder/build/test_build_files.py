@@ -394,3 +394,38 @@ def test_a_file_in_the_way_of_a_directory_fails_the_step(build, tmp_path: Path,
     (context / "Dockerfile").write_text(f"FROM {busybox_ref}\n{line}\n")
     with pytest.raises(BuildError, match="/etc/passwd is a file in the image, not a directory"):
         build(context)
+
+
+@pytest.mark.parametrize(("line", "what"), [
+    ("COPY tree /etc/passwd", "a directory's contents go"),
+    ("COPY --from=files /tree /etc/passwd", "a directory's contents go"),
+    ("ADD bundle.tar /etc/passwd", "an archive unpacks"),
+])
+def test_a_directory_onto_a_file_fails_the_step(build, tmp_path: Path, busybox_ref: str,
+                                                 line: str, what: str) -> None:
+    # BuildKit: "cannot copy to non-directory" (COPY), "not a directory" (ADD of an
+    # archive); the file is not replaced by a directory.
+    context = tmp_path / "ctx"
+    (context / "tree").mkdir(parents=True)
+    (context / "tree" / "x").write_text("x\n")
+    with tarfile.open(context / "bundle.tar", "w") as tar:
+        tar.add(context / "tree" / "x", arcname="x")
+    (context / "Dockerfile").write_text(
+        f"FROM scratch AS files\nCOPY tree /tree\nFROM {busybox_ref}\n{line}\n")
+    with pytest.raises(BuildError, match=f"/etc/passwd is a file in the image, and {what} "
+                                         "into a directory there"):
+        build(context)
+
+
+def test_a_file_onto_a_file_and_a_directory_onto_a_directory_still_copy(
+        build, tmp_path: Path, busybox_ref: str) -> None:
+    context = tmp_path / "ctx"
+    (context / "tree").mkdir(parents=True)
+    (context / "tree" / "x").write_text("x\n")
+    (context / "f.txt").write_text("new\n")
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\nCOPY f.txt /etc/passwd\nCOPY tree /etc\n")
+    out = tmp_path / "out"
+    build(context, local=out)
+    assert (out / "etc/passwd").read_text() == "new\n"
+    assert (out / "etc/x").read_text() == "x\n"
