@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from cas import (
     DigestMismatch,
@@ -52,12 +52,14 @@ from .progress import Progress
 from .pull_assembly import assemble, plan_assembly
 from .pull_parts import (
     PieceSources,
+    _EvenParts,
     _fetch_part,
     _Part,
     _plan_pieces,
     _run_parts,
     _stream_local_run,
     local_piece_sources,
+    wrong_size,
 )
 from .pull_sink import _Sink
 from .refs import ImageRef
@@ -185,7 +187,7 @@ async def _fill(
     start = sink.offset
     if start >= desc.size:
         return
-    parts = None
+    parts: Sequence[_Part] | None = None
     if recipes:
         try:
             pieces = await client.recipe(host, name, digest)
@@ -217,13 +219,12 @@ async def _fill(
         if start > 0 or remaining >= options.parallel_threshold:
             head = await client.head_blob(host, name, digest)
             ranges = bool(head and head[1])
+            if head and head[0] > 0 and head[0] != desc.size:
+                raise BlobError(wrong_size(desc, head[0]))
         if remaining < options.parallel_threshold or not ranges:
             await _stream(client, src, desc, sink, options)
             return
-        parts = [
-            _Part(p, min(p + options.part_size, desc.size))
-            for p in range(start, desc.size, options.part_size)
-        ]
+        parts = _EvenParts(start, desc.size, options.part_size)
     await _run_parts(parts, sink, lambda part: _fetch_part(client, images, src, desc, part, options),
                      lambda part: _stream_local_run(images, sink, part),
                      options.window, options.window * options.part_size)

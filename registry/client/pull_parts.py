@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,27 @@ class _Part:
     # A local run: the same bytes sit at this offset of this local blob (one store read
     # instead of one lookup and one read per piece).
     source: tuple[Digest, int] | None = None
+
+
+class _EvenParts(Sequence[_Part]):
+    """``[start, end)`` in parts of ``size`` bytes, made as they are asked for: a blob's
+    declared size comes from the manifest, and a hostile one (``2**62``) must not make a
+    list of parts that fills the memory before the registry's first answer says no."""
+
+    def __init__(self, start: int, end: int, size: int) -> None:
+        self.start, self.end, self.size = start, end, size
+
+    def __len__(self) -> int:
+        return -(-(self.end - self.start) // self.size)
+
+    def __getitem__(self, i: int) -> _Part:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        at = self.start + i * self.size
+        return _Part(at, min(at + self.size, self.end))
+
+    def __iter__(self) -> Iterator[_Part]:
+        return (self[i] for i in range(len(self)))
 
 
 class PieceSources(dict[str, tuple[Digest, int]]):
@@ -121,7 +142,7 @@ def _plan_pieces(
 
 
 async def _run_parts(
-    parts: list[_Part], sink: _Sink, fetch: Callable[[_Part], Coroutine[Any, Any, Chunks]],
+    parts: Sequence[_Part], sink: _Sink, fetch: Callable[[_Part], Coroutine[Any, Any, Chunks]],
     stream: Callable[[_Part], Awaitable[bool]], window: int, local_bytes: int,
 ) -> None:
     """Write ``parts`` strictly in order while fetching ahead: up to ``window`` remote
@@ -227,6 +248,13 @@ def _pieces_match(chunks: Chunks, part: _Part) -> bool:
     return True
 
 
+def wrong_size(desc: Descriptor, size: int) -> str:
+    """The error of a blob the registry holds ``size`` bytes of, not the declared size."""
+    return (f"blob {desc.digest}: the registry holds {size} bytes of it, the manifest "
+            f"declares {desc.size}; nothing was kept - the manifest does not describe the "
+            "registry's blob, tell the image's publisher")
+
+
 async def _get_range(
     client: RegistryClient, src: ImageRef, desc: Descriptor, start: int, end: int,
     options: TransferOptions,
@@ -240,6 +268,9 @@ async def _get_range(
         failure: WireError | None = None
         try:
             async with client.open_blob(src.api_host, src.name, desc.digest, start + got, end - 1) as resp:
+                total = str(resp.headers.get("Content-Range", "")).rpartition("/")[2]
+                if total.isdigit() and int(total) != desc.size:
+                    raise BlobError(wrong_size(desc, int(total)))
                 if resp.length is not None and resp.length > end - start - got:
                     raise BlobError(f"blob {desc.digest}: the registry sent more bytes than asked for")
                 n, failure = await resp.run(resp.fill, view[got:])

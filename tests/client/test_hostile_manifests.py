@@ -1,0 +1,101 @@
+"""pull against a registry whose manifests lie about their blobs: a declared size the
+blob does not have (up to 2**62 bytes), answered honestly or echoed by the blob's HEAD.
+The pull fails naming both sizes, in bounded memory, and leaves the store as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from cas import Digest
+from registry import oci
+from registry.client.copy import CopyOptions, copy_image, parse_endpoint
+from registry.client.image_store import ImageStore
+from registry.client.progress import Progress
+from registry.client.remote import ClientOptions, RegistryClient
+from registry.client.transfer import BlobError
+
+from .helpers import random_bytes
+
+LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+CONFIG = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _registry(blob: bytes, declared: int, head_echoes: bool) -> web.Application:
+    """One repository ``a/b:1`` whose manifest declares ``declared`` bytes for ``blob``;
+    the blob's HEAD answers its true length, or (``head_echoes``) the declared one."""
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": _digest(CONFIG), "size": len(CONFIG)},
+        "layers": [{"mediaType": LAYER, "digest": _digest(blob), "size": declared}],
+    }).encode()
+    blobs = {_digest(CONFIG): CONFIG, _digest(blob): blob}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path == "/v2/":
+            return web.json_response({})
+        if path == "/v2/a/b/manifests/1":
+            return web.Response(body=manifest, content_type=oci.OCI_MANIFEST,
+                                headers={"Docker-Content-Digest": _digest(manifest)})
+        data = blobs.get(path.rsplit("/", 1)[-1])
+        if data is None or "/blobs/" not in path:
+            return web.json_response({"errors": [{"code": "BLOB_UNKNOWN"}]}, status=404)
+        if request.method == "HEAD":
+            size = declared if head_echoes and data is blob else len(data)
+            return web.Response(headers={"Content-Length": str(size), "Accept-Ranges": "bytes"})
+        first, _, last = request.headers.get("Range", "bytes=0-").removeprefix("bytes=").partition("-")
+        start = int(first)
+        end = min(int(last) if last else len(data) - 1, len(data) - 1)
+        if start >= len(data):
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+        return web.Response(status=206 if "Range" in request.headers else 200,
+                            body=data[start:end + 1],
+                            headers={"Content-Range": f"bytes {start}-{end}/{len(data)}",
+                                     "Accept-Ranges": "bytes"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+@pytest.mark.parametrize("head_echoes", [False, True], ids=["head-honest", "head-echoes"])
+async def test_a_declared_size_the_blob_does_not_have_fails_in_bounded_memory(
+    aiohttp_server: Any, images: ImageStore, tmp_path: Path, head_echoes: bool,
+) -> None:
+    blob = random_bytes(300_000, 7)
+    declared = 1 << 62
+    server = await aiohttp_server(_registry(blob, declared, head_echoes))
+    host = f"127.0.0.1:{server.port}"
+    client = RegistryClient(ClientOptions(retries=1, backoff=0.01))
+    tracemalloc.start()
+    try:
+        with pytest.raises(BlobError) as caught:
+            await copy_image(parse_endpoint(f"{host}/a/b:1"), parse_endpoint(f"local:{host}/a/b:1"),
+                             images, client, Progress("quiet"), CopyOptions())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await client.close()
+    message = str(caught.value)
+    assert _digest(blob) in message
+    # The HEAD tells, or else the first ranged answer's Content-Range does.
+    assert f"the registry holds {len(blob)} bytes of it, the manifest declares {declared}" in message
+    # A list of the 2**62 bytes' parts would take terabytes; the pull took little.
+    assert peak < 64 << 20, peak
+    digest = Digest.parse(_digest(blob))
+    assert await images.store.stat(digest) is None
+    assert await images.pending_pull(digest) is None  # nothing kept for a resume
+    assert (await images.store.stats()).open_ingests == 0
+    assert (await images.store.fsck()).ok
