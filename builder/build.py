@@ -223,7 +223,10 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
         text, dockerfile = opts.dockerfile_text, opts.context / "Dockerfile"
     else:
         try:
-            text = await asyncio.to_thread(lowercase_fallback(dockerfile).read_text)
+            # Bytes that are not UTF-8 (a comment saved as Latin-1) read as U+FFFD, as
+            # BuildKit's JSON config shows them, rather than failing the build.
+            raw = await asyncio.to_thread(lowercase_fallback(dockerfile).read_bytes)
+            text = raw.decode("utf-8", "replace")
         except OSError as exc:
             raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
                                   file=str(dockerfile)) from exc

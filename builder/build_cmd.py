@@ -436,7 +436,9 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
         context_dir = _context_dir(context)
     if not from_stdin and dockerfile == Path("-"):
         # buildx reads the Dockerfile from stdin; a build from it is never fast-pathed
-        dockerfile, dockerfile_text = None, sys.stdin.read()
+        stdin = getattr(sys.stdin, "buffer", None)
+        dockerfile, dockerfile_text = None, (
+            stdin.read().decode("utf-8", "replace") if stdin is not None else sys.stdin.read())
     outs = _outputs(outputs, load, tags)
     if push and not tags:
         raise click.UsageError("--push needs at least one -t NAME to push to")

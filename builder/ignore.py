@@ -110,6 +110,7 @@ def read_ignore_file(context: Path, dockerfile: Path | None) -> IgnoreMatcher:
         if c.is_file():
             # a UTF-8 byte order mark (editors on Windows write one) is not part of the
             # first pattern: moby's ReadAll trims it
-            text = c.read_text().removeprefix("\ufeff")
+            # (bytes that are not UTF-8 stay as they are, to match names that hold them)
+            text = c.read_bytes().decode("utf-8", "surrogateescape").removeprefix("\ufeff")
             return IgnoreMatcher.from_lines(text.splitlines())
     return IgnoreMatcher([])

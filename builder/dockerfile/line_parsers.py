@@ -163,7 +163,7 @@ def parse_json(text: str) -> tuple[str, ...] | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep: not JSON to BuildKit either
         return None
     if not isinstance(value, list):
         return None

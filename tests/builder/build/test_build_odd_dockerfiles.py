@@ -1,0 +1,61 @@
+"""Dockerfiles as editors and generators leave them: bytes that are not UTF-8 (a file
+saved as Latin-1), exec forms nested deeper than a JSON parser goes, and .dockerignore
+patterns naming files whose names are not UTF-8."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from builder.build_cmd import build as build_command
+from builder.dockerfile.instruction_parsers import parse_instruction
+from builder.dockerfile.instructions import Cmd
+from builder.dockerfile.syntax import parse
+
+LATIN1 = "# R\xe9sum\xe9 of the app\nFROM scratch\nLABEL name=caf\xe9\nCOPY f.txt /\n".encode("latin-1")
+
+
+def test_a_latin1_dockerfile_builds_with_its_odd_bytes_replaced(build, tmp_path: Path) -> None:
+    # BuildKit takes the bytes as they are; its JSON config shows them as U+FFFD.
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "f.txt").write_text("x\n")
+    (ctx / "Dockerfile").write_bytes(LATIN1)
+    result = build(ctx)
+    assert result.image.config.config.labels == {"name": "caf\ufffd"}
+
+
+def test_a_latin1_dockerfile_on_stdin_builds_too(tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "f.txt").write_text("x\n")
+    out = tmp_path / "out"
+    done = CliRunner().invoke(build_command, ["-f", "-", "--progress", "quiet", "--storage",
+                                              str(tmp_path / "s"), "-o", str(out), str(ctx)],
+                              input=LATIN1)
+    assert done.exit_code == 0, done.output
+    assert (out / "f.txt").read_text() == "x\n"
+
+
+def test_an_exec_form_nested_too_deep_for_json_is_a_shell_form() -> None:
+    # Go's decoder stops at 10,000 levels, Python's sooner: both then take the text as a
+    # shell form, where the build used to stop with an internal RecursionError.
+    deep = "[" * 200_000 + "]" * 200_000
+    cmd = parse_instruction(parse(f"FROM scratch\nCMD {deep}\n", "Dockerfile").nodes[-1])
+    assert isinstance(cmd, Cmd)
+    assert cmd.shell_form and cmd.command == (deep,)
+
+
+def test_a_dockerignore_pattern_matches_a_name_that_is_not_utf8(build, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    odd = os.fsdecode(b"caf\xe9.txt")  # a Latin-1 name, as an old archive leaves it
+    (ctx / odd).write_text("secret\n")
+    (ctx / "kept.txt").write_text("kept\n")
+    (ctx / ".dockerignore").write_bytes(b"caf\xe9.txt\n")
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY . /ctx/\n")
+    out = tmp_path / "out"
+    build(ctx, local=out)
+    assert sorted(os.listdir(out / "ctx")) == [".dockerignore", "Dockerfile", "kept.txt"]
