@@ -15,6 +15,8 @@ import stat
 import urllib.parse
 from pathlib import Path
 
+from registry.client.proxies import Proxies, ProxyError
+
 from ..dockerfile.instructions import Add
 from ..git_fetch import Fetched, GitFetchError, fetch
 from .common import BuildError, StepEnv
@@ -96,25 +98,59 @@ def _last_modified(value: str | None) -> float:
         return 0.0
 
 
+# Seconds a download may go without a byte before it fails (there is no limit on the
+# whole: a big file on a slow link takes what it takes, as with BuildKit).
+READ_TIMEOUT = 120.0
+
+
 async def download(env: StepEnv, url: str, where: str) -> Path:
+    """Fetch ``url`` as BuildKit's ADD does, through the proxies the environment names
+    (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``: the daemon's environment, for
+    BuildKit; read as the registry client reads them, :mod:`registry.client.proxies`),
+    shown as a step of its own with its bytes."""
     import aiohttp
 
     d = env.scratch("add-")
     path = d / download_name(url)
     mtime = 0.0
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=READ_TIMEOUT)
+    n = env.progress.start(url)
+    done = 0
     try:
-        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        parts = urllib.parse.urlsplit(url)
+        proxy = Proxies().for_url(parts.scheme, parts.netloc)  # as the registry client's
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+                url, proxy=f"http://{proxy.netloc}" if proxy else None,
+                proxy_headers={"Proxy-Authorization": proxy.authorization}
+                if proxy and proxy.authorization else None) as resp:
             if resp.status != 200:
                 raise BuildError(where, f"downloading {url}: HTTP {resp.status}")
             mtime = _last_modified(resp.headers.get("Last-Modified"))
+            total = resp.content_length or 0
             f = await asyncio.to_thread(open, path, "wb")
             try:
                 async for chunk in resp.content.iter_chunked(1 << 20):
                     await asyncio.to_thread(f.write, chunk)
+                    done += len(chunk)
+                    env.progress.transfer(n, url, download_name(url), done, max(total, done))
             finally:
                 await asyncio.to_thread(f.close)
+    except TimeoutError:
+        message = (f"downloading {url}: no byte came for {READ_TIMEOUT:.0f} s (after "
+                   f"{done} bytes); check the server, or a proxy the environment names")
+        env.progress.error(n, message)
+        raise BuildError(where, message) from None
     except aiohttp.ClientError as exc:
+        env.progress.error(n, f"downloading {url}: {exc}")
         raise BuildError(where, f"downloading {url}: {exc}") from exc
+    except BuildError as exc:
+        env.progress.error(n, str(exc).splitlines()[0])
+        raise
+    except ProxyError as exc:
+        env.progress.error(n, str(exc))
+        raise BuildError(where, f"downloading {url}: {exc}") from None
+    env.progress.transfer(n, url, download_name(url), done, done, "downloaded")
+    env.progress.done(n)
     os.chmod(path, 0o600)
     os.utime(path, (mtime, mtime))
     return path

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from .errors import ClientError
+from .proxies import Proxies, Proxy
 
 __all__ = ["UnknownHost", "Unreachable", "Wire", "WireError", "WireResponse"]
 
@@ -177,6 +178,7 @@ class Wire:
         self._default_tls: ssl.SSLContext | None = None
         self._unverified_tls: ssl.SSLContext | None = None
         self._closed = False  # connections released after close() are closed, not pooled
+        self._proxies = Proxies()  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY (proxies.py)
 
     def request(self, method: str, url: str, headers: dict[str, str],
                 params: dict[str, str] | list[tuple[str, str]] | None = None, tls: Any = None,
@@ -192,16 +194,23 @@ class Wire:
         query = "&".join(q for q in (parts.query, urlencode(params) if params else "") if q)
         if query:
             target += "?" + query
-        origin = (parts.scheme, parts.netloc, id(tls) if isinstance(tls, ssl.SSLContext) else tls)
+        proxy = self._proxies.for_url(parts.scheme, parts.netloc) if self._proxies else None
+        if proxy is not None and parts.scheme == "http":  # to the proxy, in absolute form
+            target = f"http://{parts.netloc}{target}"
+            if proxy.authorization:
+                headers = {**headers, "Proxy-Authorization": proxy.authorization}
+        origin = (parts.scheme, parts.netloc, id(tls) if isinstance(tls, ssl.SSLContext) else tls,
+                  proxy)
         conn = self._take(origin)
         fresh = conn is None
         for attempt in range(2):
             if conn is None:
-                conn = self._connect(parts.scheme, parts.netloc, tls)
+                conn = self._connect(parts.scheme, parts.netloc, tls, proxy)
                 fresh = True
             try:
                 if conn.sock is None:
-                    _open(conn, parts.netloc)
+                    _open(conn, parts.netloc if proxy is None
+                          else f"the proxy {proxy.netloc} ({proxy.variable})")
                     assert conn.sock is not None
                     conn.sock.settimeout(self.read_timeout)
                 conn.request(method, target, body=body, headers=headers)
@@ -255,13 +264,22 @@ class Wire:
             for conn in conns:
                 conn.close()
 
-    def _connect(self, scheme: str, netloc: str, tls: Any) -> http.client.HTTPConnection:
+    def _connect(self, scheme: str, netloc: str, tls: Any,
+                 proxy: Proxy | None = None) -> http.client.HTTPConnection:
+        """A connection to ``netloc``, or to ``proxy``: HTTPS through a CONNECT tunnel
+        (TLS end to end, checked against ``netloc``'s name), HTTP to the proxy itself."""
         if scheme == "https":
-            return http.client.HTTPSConnection(netloc, timeout=self.connect_timeout,
+            conn = http.client.HTTPSConnection(proxy.netloc if proxy else netloc,
+                                               timeout=self.connect_timeout,
                                                context=self._tls_context(tls))
+            if proxy is not None:
+                conn.set_tunnel(netloc, headers={"Proxy-Authorization": proxy.authorization}
+                                if proxy.authorization else None)
+            return conn
         if scheme != "http":
             raise WireError(f"unsupported URL scheme {scheme!r}")
-        return http.client.HTTPConnection(netloc, timeout=self.connect_timeout)
+        return http.client.HTTPConnection(proxy.netloc if proxy else netloc,
+                                          timeout=self.connect_timeout)
 
     def _tls_context(self, tls: Any) -> ssl.SSLContext:
         if isinstance(tls, ssl.SSLContext):
