@@ -206,3 +206,40 @@ def test_the_overlay_probe_reads_whether_index_took_from_the_mount_table() -> No
     default = Path("/sys/module/overlay/parameters/index")
     if default.exists():
         assert _index_took(other + line % b"", merged) == (default.read_text().strip() == "Y")
+
+
+@pytest.mark.slow
+def test_add_of_a_git_repository_as_a_non_root_user_gives_the_root_build_digest(
+        workspace: Path, user: SystemUser) -> None:
+    # git runs as the user (fetching over git:// from loopback), the files become the
+    # image's with --chown mapped through the user's namespace, and the layer's
+    # owners, modes and times are the root build's.
+    from tests.helpers.git_server import commit, new_repository, serving_git
+
+    root = workspace / "git"
+    work = new_repository(root / "app.git")
+    (work / "bin").mkdir()
+    (work / "bin" / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (work / "bin" / "run.sh").chmod(0o775)
+    (work / "README").write_text("v1\n")
+    commit(work, "v1", when="@1600000000 +0000")
+    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
+    data = workspace / "git-user-data"
+    data.mkdir()
+    os.chown(data, user.uid, user.gid)
+    with serving_git(root) as url:
+        ctx = workspace / "git-ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM scratch\nADD {url}/app.git /src\n"
+                                        f"ADD --chown=1000:1000 {url}/app.git#main:bin /bin/\n")
+        subprocess.run(["chmod", "-R", "a+rX", str(ctx)], check=True)
+        as_root = subprocess.run(
+            [sys.executable, "-m", "builder", "build", "--progress", "quiet",
+             "--source-date-epoch", EPOCH, "--storage", str(workspace / "git-root-storage"),
+             str(ctx)], capture_output=True, text=True, check=False)
+        assert as_root.returncode == 0, as_root.stderr
+        rootless = _pybuild(user, ["build", "--progress", "plain", "--source-date-epoch",
+                                   EPOCH, str(ctx)], XDG_DATA_HOME=str(data))
+    assert rootless.returncode == 0, rootless.stderr
+    assert rootless.stdout.strip() == as_root.stdout.strip()
+    assert rootless.stdout.startswith("sha256:")
