@@ -61,6 +61,8 @@ import aiohttp
 
 from cas.sqlite_db import switch_to_wal
 
+from ..client.proxies import Proxies, ProxyError
+
 __all__ = [
     "ACTIONS",
     "EVENTS_MEDIA_TYPE",
@@ -274,6 +276,7 @@ class Notifier:
         self._queue: _Queue | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._proxies = Proxies()  # HTTP_PROXY and NO_PROXY, as the client reads them
         self._closing = False
 
     async def _db(self, fn: Any, *args: Any) -> Any:
@@ -444,10 +447,18 @@ class Notifier:
     async def _post(self, endpoint: Endpoint, headers: dict[str, str], body: str) -> str | None:
         """POST one envelope; None on success, else what went wrong."""
         assert self._session is not None
+        parts = urlsplit(endpoint.url)
+        try:
+            proxy = self._proxies.for_url(parts.scheme, parts.netloc)
+        except ProxyError as exc:
+            return str(exc)
         try:
             async with self._session.post(
                 endpoint.url, data=body.encode(), headers=headers,
                 timeout=aiohttp.ClientTimeout(total=endpoint.timeout), allow_redirects=False,
+                proxy=f"http://{proxy.netloc}" if proxy else None,
+                proxy_headers={"Proxy-Authorization": proxy.authorization}
+                if proxy and proxy.authorization else None,
             ) as resp:
                 await resp.read()
                 if 200 <= resp.status < 400:

@@ -283,3 +283,16 @@ def test_durations():
         with pytest.raises(ValueError):
             parse_duration(bad, "t")
     assert parse_endpoints(None) == ()
+
+
+async def test_an_endpoint_is_reached_through_the_proxy_the_environment_names(
+        registry, sink, monkeypatch):
+    # As Distribution's (Go's) notifications: HTTP_PROXY; the endpoint's name resolves
+    # nowhere, so only the proxy (the sink, taking the request in absolute form) gets it.
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", sink.url.rsplit("/", 1)[0])
+    client = await registry(endpoint(sink, url="http://hooks.invalid/events"))
+    await push_blob(client, "proxied/app", b"through the proxy")
+    events = await sink.wait_for_async(lambda ev: len(ev) == 1)
+    assert events[0]["target"]["digest"] == str(Digest.of(b"through the proxy"))
