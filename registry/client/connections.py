@@ -50,10 +50,11 @@ class Unreachable(WireError):
     """No connection to ``netloc`` could be opened (refused, timed out, no route): nothing
     of the request reached the server. ``reason`` is the system's word for it."""
 
-    def __init__(self, netloc: str, reason: str) -> None:
-        super().__init__(f"cannot connect to {netloc}: {reason}")
+    def __init__(self, netloc: str, reason: str, proxy: str = "") -> None:
+        super().__init__(f"cannot connect to {proxy or netloc}: {reason}")
         self.netloc = netloc
         self.reason = reason
+        self.proxy = proxy  # "the proxy HOST:PORT (VARIABLE)" when that is what failed
 
 
 class UnknownHost(Unreachable):
@@ -209,7 +210,7 @@ class Wire:
                 fresh = True
             try:
                 if conn.sock is None:
-                    _open(conn, parts.netloc if proxy is None
+                    _open(conn, parts.netloc, "" if proxy is None
                           else f"the proxy {proxy.netloc} ({proxy.variable})")
                     assert conn.sock is not None
                     conn.sock.settimeout(self.read_timeout)
@@ -340,13 +341,14 @@ def _bare(url: str) -> str:
     return url.partition("?")[0]
 
 
-def _open(conn: http.client.HTTPConnection, netloc: str) -> None:
+def _open(conn: http.client.HTTPConnection, netloc: str, proxy: str = "") -> None:
     """``conn.connect()``, with the failures to open a TCP connection told apart (TLS
-    failures after it stay plain WireErrors: the server was reached)."""
+    failures after it stay plain WireErrors: the server was reached); ``proxy`` names the
+    proxy ``conn`` goes through, whose failures these then are."""
     try:
         conn.connect()
     except socket.gaierror as exc:
-        raise UnknownHost(netloc, exc.strerror or str(exc)) from exc
+        raise UnknownHost(netloc, exc.strerror or str(exc), proxy) from exc
     except ssl.SSLError:
         raise
     except OSError as exc:
@@ -358,7 +360,7 @@ def _open(conn: http.client.HTTPConnection, netloc: str) -> None:
             reason = f"no answer within {conn.timeout} s"
         else:
             reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
-        raise Unreachable(netloc, reason) from exc
+        raise Unreachable(netloc, reason, proxy) from exc
 
 
 class _Handoff:

@@ -79,6 +79,10 @@ class Unreachable(TransportError):
 
 def _unreachable(exc: _NoConnection) -> Unreachable:
     host = exc.netloc
+    if exc.proxy:
+        return Unreachable(host, f"cannot connect to {exc.proxy} on the way to {host} "
+                                 f"({exc.reason}): is the proxy running at that address? "
+                                 f"To reach {host} directly, list it in NO_PROXY")
     if isinstance(exc, UnknownHost):
         name = urlsplit(f"//{host}").hostname or host
         return Unreachable(host, f"registry host {name} is unknown ({exc.reason}); check the "
