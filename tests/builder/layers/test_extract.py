@@ -251,7 +251,9 @@ def test_bad_whiteout_names_are_refused(jail: tuple[Path, Path]) -> None:
 
 
 @pytest.mark.parametrize("blob", [b"not a layer at all" * 100, gzip.compress(b"x" * 10000)[:-20],
-                                  b"\x28\xb5\x2f\xfd" + b"\0" * 50])
+                                  b"\x28\xb5\x2f\xfd" + b"\0" * 50,
+                                  # a gzip header, then no valid deflate block
+                                  b"\x1f\x8b\x08\x00\0\0\0\0\0\xff" + b"\xff" * 64])
 def test_garbage_is_a_format_error(jail: tuple[Path, Path], blob: bytes) -> None:
     root, _ = jail
     with pytest.raises(LayerFormatError):
@@ -327,3 +329,13 @@ def test_devices_fifos_owners_and_modes(tmp_path: Path) -> None:
         assert stat.S_IMODE(st_suid.st_mode) == 0o4755
     else:
         assert len(report.skipped) == 2
+
+
+def test_gzip_layers_of_many_members_and_block_sizes_apply_whole(tmp_path: Path) -> None:
+    # The inflater (ISA-L's where installed) reads every member, across the read-ahead
+    # blocks' edges: files of 1 MiB +- 1 byte end exactly at, before and after one.
+    files = {f"f{i}": os.urandom(n) for i, n in enumerate((1 << 20, (1 << 20) - 1, (1 << 20) + 1, 0, 7))}
+    tar = archive(*(("file", name, data) for name, data in files.items()))
+    members = b"".join(gzip.compress(tar[i:i + 300_000], 1) for i in range(0, len(tar), 300_000))
+    apply_layer(io.BytesIO(members), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
