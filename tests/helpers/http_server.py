@@ -11,14 +11,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Answer", "serve_answers", "serve_directory"]
+__all__ = ["Answer", "serve_answers", "serve_directory", "serving"]
 
 # path -> (status, headers, body)
 Answer = Callable[[str], tuple[int, dict[str, str], bytes]]
 
 
 @contextlib.contextmanager
-def _serving(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+def serving(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` answering on a free 127.0.0.1 port, in a thread; yields the base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -47,7 +48,7 @@ def serve_answers(answer: Answer) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    with _serving(Handler) as url:
+    with serving(Handler) as url:
         yield url
 
 
@@ -59,5 +60,5 @@ def serve_directory(root: Path) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    with _serving(functools.partial(Quiet, directory=str(root))) as url:
+    with serving(functools.partial(Quiet, directory=str(root))) as url:
         yield url

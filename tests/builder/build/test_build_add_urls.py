@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import http.server
 import io
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from builder.build import BuildOptions, Output, run_build
 from builder.progress import BuildProgress
 from builder.steps import download
 from builder.steps.common import BuildError
+from tests.helpers.http_server import serving
 
 BODY = b"0123456789" * 10
 
@@ -58,15 +58,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     _Handler.proxied = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(_Handler) as url:
+        yield url.removeprefix("http://")
 
 
 def _context(tmp_path: Path, line: str) -> Path:

@@ -76,6 +76,20 @@ def _pybuild(user: SystemUser, args: list[str], **env: str) -> subprocess.Comple
     return user.run(*python, "-m", "builder", *args, env={**base_env, **env})
 
 
+def _both_ways(user: SystemUser, ctx: Path, root_storage: Path,
+               data: Path) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """The image digest of a root build of ``ctx``, and the user's build of it (whose
+    storage is the XDG data dir's ``data``: no --storage), at the same epoch."""
+    root = subprocess.run(
+        [sys.executable, "-m", "builder", "build", "--progress", "quiet",
+         "--source-date-epoch", EPOCH, "--storage", str(root_storage), str(ctx)],
+        capture_output=True, text=True, check=False)
+    assert root.returncode == 0, root.stderr
+    return root.stdout.strip(), _pybuild(user, ["build", "--progress", "plain",
+                                                "--source-date-epoch", EPOCH, str(ctx)],
+                                         XDG_DATA_HOME=str(data))
+
+
 @pytest.mark.slow
 def test_non_root_builds_give_the_root_builds_digests(
         workspace: Path, user: SystemUser, contexts: dict[str, Path]) -> None:
@@ -83,16 +97,9 @@ def test_non_root_builds_give_the_root_builds_digests(
     data.mkdir()
     os.chown(data, user.uid, user.gid)
     for case, ctx in contexts.items():
-        root = subprocess.run(
-            [sys.executable, "-m", "builder", "build", "--progress", "quiet",
-             "--source-date-epoch", EPOCH, "--storage", str(workspace / "root-storage"),
-             str(ctx)], capture_output=True, text=True, check=False)
-        assert root.returncode == 0, root.stderr
-        # The storage is the XDG data dir's (no --storage).
-        rootless = _pybuild(user, ["build", "--progress", "plain", "--source-date-epoch",
-                                   EPOCH, str(ctx)], XDG_DATA_HOME=str(data))
+        root, rootless = _both_ways(user, ctx, workspace / "root-storage", data)
         assert rootless.returncode == 0, f"{case}:\n{rootless.stderr}"
-        assert rootless.stdout.strip() == root.stdout.strip(), case
+        assert rootless.stdout.strip() == root, case
     # Inside the namespace the image's ids are real ids: the differ case chowns a file
     # to 1000:1000, which on the host is the 1000th id of the user's range.
     snapshots = data / "pybuild" / "builder" / "snapshots"
@@ -233,13 +240,7 @@ def test_add_of_a_git_repository_as_a_non_root_user_gives_the_root_build_digest(
         (ctx / "Dockerfile").write_text(f"FROM scratch\nADD {url}/app.git /src\n"
                                         f"ADD --chown=1000:1000 {url}/app.git#main:bin /bin/\n")
         subprocess.run(["chmod", "-R", "a+rX", str(ctx)], check=True)
-        as_root = subprocess.run(
-            [sys.executable, "-m", "builder", "build", "--progress", "quiet",
-             "--source-date-epoch", EPOCH, "--storage", str(workspace / "git-root-storage"),
-             str(ctx)], capture_output=True, text=True, check=False)
-        assert as_root.returncode == 0, as_root.stderr
-        rootless = _pybuild(user, ["build", "--progress", "plain", "--source-date-epoch",
-                                   EPOCH, str(ctx)], XDG_DATA_HOME=str(data))
+        as_root, rootless = _both_ways(user, ctx, workspace / "git-root-storage", data)
     assert rootless.returncode == 0, rootless.stderr
-    assert rootless.stdout.strip() == as_root.stdout.strip()
-    assert rootless.stdout.startswith("sha256:")
+    assert rootless.stdout.strip() == as_root
+    assert as_root.startswith("sha256:")
