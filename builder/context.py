@@ -3,11 +3,12 @@
 A :class:`SourceTree` resolves a COPY source (``src``, wildcards allowed) to the paths it
 names and walks them. Two flavours:
 
-- the build context (``strict``): a source that leaves the context (``../x``) or passes
-  through a symlink pointing outside it is refused with :class:`ContextError`; paths the
-  ``.dockerignore`` excludes do not exist;
-- a stage's or image's root filesystem: symlinks resolve inside that root (chroot
-  semantics), as they would in a container.
+- the build context (``strict``): a source that leaves the context (``../x``) is refused
+  with :class:`ContextError`; paths the ``.dockerignore`` excludes do not exist;
+- a stage's or image's root filesystem.
+
+In both, symlinks resolve inside the tree (chroot semantics, as BuildKit does for the
+context too): a link to ``/data`` names the context's ``data``, ``..`` stops at the root.
 
 Symlinks *inside* a copied directory are copied as symlinks, never followed.
 
@@ -33,6 +34,7 @@ from typing import Protocol
 import blake3
 
 from .ignore import IgnoreMatcher
+from .layers.errors import UnsafeLayerEntry
 from .layers.pathres import resolve_in_root
 
 __all__ = ["ContextError", "FileHashStore", "Source", "SourceTree", "hash_path"]
@@ -131,14 +133,20 @@ class SourceTree:
         return "" if rel == "." else rel
 
     def _real(self, rel: str, src: str) -> Path:
-        if not self.strict:
+        # Symlinks resolve inside the tree, the context too (as BuildKit, which copies the
+        # context and resolves in that copy): an absolute target starts at the tree's
+        # root and '..' stops there, so a link can name nothing outside it.
+        try:
             return Path(resolve_in_root(str(self.root), rel.split("/") if rel else [],
                                         follow_final=True))
-        real = os.path.realpath(self.root / rel)
-        if real != str(self.root) and not real.startswith(str(self.root) + os.sep):
-            raise ContextError(f"{src!r} resolves through a symlink to {real!r}, outside the "
-                               f"{self.what}: replace the symlink by the file itself")
-        return Path(real)
+        except UnsafeLayerEntry:
+            raise ContextError(f"{src!r}: too many levels of symbolic links in the "
+                               f"{self.what}") from None
+
+    def _unfollowed(self, rel: str, src: str) -> Path:
+        """Where ``rel`` is, its directory resolved inside the tree, its last name not."""
+        head, name = posixpath.split(rel)
+        return (self._real(head, src) if head else self.root) / name
 
     def excluded(self, rel: str) -> bool:
         return bool(rel) and self.matcher.excluded(rel)
@@ -157,7 +165,7 @@ class SourceTree:
                 return []
         else:
             rels = [rel] if not self.excluded(rel) and (
-                os.path.lexists(self.root / rel) or not self.strict) else []
+                os.path.lexists(self._unfollowed(rel, src)) or not self.strict) else []
         out = []
         for r in rels:
             real = self._real(r, src)
@@ -168,6 +176,11 @@ class SourceTree:
             out.append(Source(r, real, stat.S_ISDIR(st.st_mode)))
         if not out:
             hint = " (or it is excluded by .dockerignore)" if self.strict else ""
+            if len(rels) == 1 and rels[0]:
+                link = self._unfollowed(rels[0], src)
+                if os.path.islink(link):
+                    hint = (f" (it is a symlink to {os.readlink(link)!r}, which is looked up "
+                            f"inside the {self.what}: a link cannot leave it)")
             raise ContextError(f"{src!r} not found in the {self.what}{hint}")
         return out
 

@@ -187,6 +187,12 @@ CASES = (
          env={"PYBUILD_COMPARE_TOKEN": "from-the-environment"},
          expect="10.1.2.3\tdb.internal\n10.1.2.4\tcache.internal\nfrom-the-environment"
                 "kept.txt\n65536\n1777\n"),
+    Case("context-symlinks",
+         expect="/abs\n/abs/inner\n/abs/inner/i.txt\n/abs/r.txt\n/absfile.txt\n/dotdot.txt\n"
+                "/from-dirlink\n/from-dirlink/f\n/from-dirlink/s2\n/from-glob\n/from-glob/f\n"
+                "/from-glob/s1\n/from-glob/s2\n/from-link.txt\n/globbed\n/globbed/absfile\n"
+                "/globbed/inner\n/globbed/inner/i.txt\n/globbed/r.txt\n/rel\n/rel/inner\n"
+                "/rel/inner/i.txt\n/rel/r.txt\nr\nr\nhi\n"),
 )
 
 

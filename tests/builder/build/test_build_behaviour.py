@@ -90,7 +90,7 @@ def test_dockerignore(context_of, build, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case, message", [
     ("hostile-parent", "outside the build context"),
-    ("hostile-symlink", "outside the build context"),
+    ("hostile-symlink", "a symlink to '/etc/passwd', which is looked up inside the build context"),
     ("hostile-archive", "'..'"),
     ("missing-source", "'nope.txt' not found in the build context"),
 ])
@@ -102,6 +102,26 @@ def test_hostile_contexts_fail_cleanly(context_of, build, tmp_path: Path, case: 
     assert message in str(info.value)
     assert not Path("/escaped.txt").exists()
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_context_symlinks_resolve_inside_the_context(build, tmp_path: Path) -> None:
+    # BuildKit resolves a context symlink in its copy of the context: an absolute target
+    # starts at the context's root and '..' stops there (pybuild refused both).
+    context = tmp_path / "ctx"
+    (context / "realdir").mkdir(parents=True)
+    (context / "realdir" / "r.txt").write_text("r\n")
+    (context / "abslink").symlink_to("/realdir")
+    (context / "absfile").symlink_to("/realdir/r.txt")
+    (context / "dotdot").symlink_to("../../realdir")
+    (context / "Dockerfile").write_text(
+        "FROM scratch\nCOPY abslink /abs/\nCOPY absfile /absfile.txt\n"
+        "COPY dotdot/r.txt /dotdot.txt\nCOPY abs* /globbed/\n")
+    out = tmp_path / "out"
+    build(context, local=out)
+    assert (out / "abs/r.txt").read_text() == "r\n"
+    assert (out / "absfile.txt").read_text() == "r\n"
+    assert (out / "dotdot.txt").read_text() == "r\n"
+    assert sorted(p.name for p in (out / "globbed").iterdir()) == ["absfile", "r.txt"]
 
 
 def test_failing_run_reports_exit_code_and_output(context_of, build) -> None:
