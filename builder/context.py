@@ -80,10 +80,13 @@ class Source:
 class SourceTree:
     def __init__(self, root: Path, matcher: IgnoreMatcher | None = None, *,
                  strict: bool = True, what: str = "build context",
-                 hash_store: FileHashStore | None = None) -> None:
+                 hash_store: FileHashStore | None = None, keep_owners: bool = False) -> None:
         self.root = Path(os.path.realpath(root))
         self.matcher = matcher or IgnoreMatcher([])
         self.strict = strict
+        # COPY keeps these files' owners (a stage's or an image's root, as BuildKit; the
+        # docker CLI sends the context as root's)
+        self.keep_owners = keep_owners
         self.what = what
         self.hash_store = hash_store
 
@@ -122,6 +125,10 @@ class SourceTree:
                 if stat.S_ISREG(files[i][1].st_mode)
                 and max(files[i][1].st_mtime_ns, files[i][1].st_ctime_ns) < fresh])
         return [h or "" for h in out]
+
+    def owner_key(self, st: os.stat_result) -> str:
+        """What a kept owner adds to a file's content key (a stage may change only that)."""
+        return f" owner:{st.st_uid}:{st.st_gid}" if self.keep_owners else ""
 
     # -- resolution -------------------------------------------------------------------
     def _clean(self, src: str) -> str:
