@@ -205,6 +205,10 @@ CASES = (
                 "/ctx/world.txt 777 0:0\n/from-stage 755 0:0\n/from-stage-file 4711 1234:5678\n"
                 "/from-stage/sub 700 1234:5678\n/from-stage/sub/a 4711 1234:5678\n"
                 "/from-stage/sub/l 777 1234:5678\n/owned-single 644 0:0\n"),
+    Case("ignore-patterns", prepare=(("touch", "!x.txt", "a*b.txt", "weird[1].txt"),),
+         expect="/ctx\n/ctx/!x.txt\n/ctx/Dockerfile\n/ctx/README.md\n/ctx/a*b.txt\n"
+                "/ctx/a1.txt\n/ctx/by.txt\n/ctx/docs\n/ctx/docs/a.md\n/ctx/src\n/ctx/src/app\n"
+                "/ctx/src/app/main.py\n/ctx/src/app/util.py\n/ctx/weird[1].txt\n"),
 )
 
 
