@@ -194,7 +194,7 @@ CASES = (
                 "/from-dirlink\n/from-dirlink/f\n/from-dirlink/s2\n/from-glob\n/from-glob/f\n"
                 "/from-glob/s1\n/from-glob/s2\n/from-link.txt\n/globbed\n/globbed/absfile\n"
                 "/globbed/inner\n/globbed/inner/i.txt\n/globbed/r.txt\n/rel\n/rel/inner\n"
-                "/rel/inner/i.txt\n/rel/r.txt\nr\nr\nhi\n"),
+                "/rel/inner/i.txt\n/rel/r.txt\nr\nr\nhi\nr\nhi\n"),
     Case("copy-owners",
          prepare=(("chown", "1234:5678", "owned.txt", "d"), ("chmod", "4755", "suid"),
                   ("chmod", "700", "d"), ("chmod", "600", "private.txt"),
