@@ -209,6 +209,9 @@ CASES = (
          expect="/ctx\n/ctx/!x.txt\n/ctx/Dockerfile\n/ctx/README.md\n/ctx/a*b.txt\n"
                 "/ctx/a1.txt\n/ctx/by.txt\n/ctx/docs\n/ctx/docs/a.md\n/ctx/src\n/ctx/src/app\n"
                 "/ctx/src/app/main.py\n/ctx/src/app/util.py\n/ctx/weird[1].txt\n"),
+    Case("linked-paths", stub_dirs=("real/cache",),
+         expect="/real/work\nt\nc\nctx\n/real/work\n/real/copied\n/real/copied/ctx.txt\n"
+                "/real/dir\n/real/work\n/run\n"),
 )
 
 

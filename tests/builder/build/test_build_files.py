@@ -460,3 +460,19 @@ def test_copy_from_a_stage_keeps_its_owners(build, tmp_path: Path, busybox_ref: 
             assert owners(out, path) == owner, path
         assert owners(out, "chowned/sub/a") == (7, 8)
         assert owners(out, "from-context") == (0, 0)
+
+
+def test_run_in_a_workdir_through_a_link_sees_the_real_directory(
+        build, tmp_path: Path, busybox_ref: str) -> None:
+    # BuildKit (runc) sets no PWD: a shell's pwd is getcwd(), links resolved; bwrap sets
+    # PWD to its --chdir, so that is given the resolved path.
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\nRUN mkdir -p /real/.dot && ln -s /real /var/abs\n"
+        "WORKDIR /var/abs/work\nRUN pwd > /pwd.txt\n"
+        "WORKDIR /var/abs/.dot\nRUN pwd >> /pwd.txt\nWORKDIR /\nRUN pwd >> /pwd.txt\n")
+    out = tmp_path / "out"
+    result = build(context, local=out)
+    assert (out / "pwd.txt").read_text() == "/real/work\n/real/.dot\n/\n"
+    assert result.image.config.config.working_dir == "/"
