@@ -70,11 +70,14 @@ class ContextError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Source:
     """One resolved source: ``rel`` inside the tree, ``path`` on disk (symlinks followed
-    for the source itself), and whether it is a directory."""
+    for the source itself), and whether it is a directory; ``real`` is ``path`` relative
+    to the tree (what ``.dockerignore`` is asked about: BuildKit's context holds no file
+    it excludes, whatever link leads there)."""
 
     rel: str
     path: Path
     is_dir: bool
+    real: str = ""
 
 
 class SourceTree:
@@ -180,14 +183,19 @@ class SourceTree:
                 st = os.stat(real)
             except OSError:
                 continue
-            out.append(Source(r, real, stat.S_ISDIR(st.st_mode)))
+            real_rel = os.path.relpath(real, self.root)
+            real_rel = "" if real_rel == "." else real_rel
+            if self.strict and self.excluded(real_rel):
+                continue  # a link to what .dockerignore leaves out
+            out.append(Source(r, real, stat.S_ISDIR(st.st_mode), real_rel))
         if not out:
             hint = " (or it is excluded by .dockerignore)" if self.strict else ""
             if len(rels) == 1 and rels[0]:
                 link = self._unfollowed(rels[0], src)
                 if os.path.islink(link):
                     hint = (f" (it is a symlink to {os.readlink(link)!r}, which is looked up "
-                            f"inside the {self.what}: a link cannot leave it)")
+                            f"inside the {self.what}: a link cannot leave it, nor lead to "
+                            "what .dockerignore excludes)")
             raise ContextError(f"{src!r} not found in the {self.what}{hint}")
         return out
 
@@ -236,7 +244,7 @@ class SourceTree:
                 yield r_src, p, st
                 if stat.S_ISDIR(st.st_mode):
                     yield from rec(r_ctx, r_src, p)
-        yield from rec(source.rel, "", source.path)
+        yield from rec(source.real, "", source.path)
 
 
 def hash_path(path: Path, st: os.stat_result) -> str:

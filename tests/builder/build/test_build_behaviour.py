@@ -205,3 +205,25 @@ def test_cached_rebuild_without_epoch_is_the_same_image(context_of, build, tmp_p
     third = build(ctx, storage=storage, tags=("local/same:1",))
     assert third.image.digest != first.image.digest
     assert puts  # the new image was stored
+
+
+def test_a_context_link_to_an_excluded_file_finds_nothing(build, tmp_path: Path) -> None:
+    # BuildKit's copy of the context holds nothing .dockerignore excludes, whatever link
+    # leads there (pybuild followed the link to the file on disk).
+    context = tmp_path / "ctx"
+    (context / "hidden" / "keep").mkdir(parents=True)
+    (context / "hidden" / "f.txt").write_text("secret\n")
+    (context / "hidden" / "keep" / "k.txt").write_text("kept\n")
+    (context / "hidden" / "keep" / "drop.log").write_text("dropped\n")
+    (context / "link").symlink_to("hidden/f.txt")
+    (context / "dirlink").symlink_to("hidden")
+    (context / "keeplink").symlink_to("hidden/keep")
+    (context / ".dockerignore").write_text("hidden\n!hidden/keep\n**/*.log\n")
+    for line in ("COPY link /copied", "COPY dirlink/f.txt /copied"):
+        (context / "Dockerfile").write_text(f"FROM scratch\n{line}\n")
+        with pytest.raises(BuildError, match="not found in the build context"):
+            build(context)
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY keeplink /kept/\n")
+    out = tmp_path / "out"
+    build(context, local=out)
+    assert sorted(p.name for p in (out / "kept").iterdir()) == ["k.txt"]
