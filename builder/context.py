@@ -23,6 +23,7 @@ import fnmatch
 import itertools
 import os
 import posixpath
+import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -37,7 +38,8 @@ from .ignore import IgnoreMatcher
 from .layers.errors import UnsafeLayerEntry
 from .layers.pathres import resolve_in_root
 
-__all__ = ["ContextError", "FileHashStore", "Source", "SourceTree", "hash_path"]
+__all__ = ["ContextError", "FileHashStore", "Source", "SourceTree", "filtered_view",
+           "hash_path"]
 
 _GLOB = set("*?[")
 
@@ -245,6 +247,31 @@ class SourceTree:
                 if stat.S_ISDIR(st.st_mode):
                     yield from rec(r_ctx, r_src, p)
         yield from rec(source.real, "", source.path)
+
+
+def filtered_view(tree: SourceTree, source: Source, dest: Path) -> Path:
+    """``source`` (a directory of the context) as BuildKit's copy of the context has it,
+    without what ``.dockerignore`` excludes: files hard-linked (copied across file
+    systems) into the new directory ``dest``, which is returned. What a context bind
+    mount shows."""
+    dest.mkdir(mode=stat.S_IMODE(os.stat(source.path).st_mode))
+    dirs: list[tuple[Path, os.stat_result]] = []
+    for rel, path, st in tree.walk(source):
+        target = dest / rel
+        if stat.S_ISDIR(st.st_mode):
+            target.mkdir()
+            dirs.append((target, st))
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(path), target)
+        elif stat.S_ISREG(st.st_mode):
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
+    for target, st in reversed(dirs):
+        os.chmod(target, stat.S_IMODE(st.st_mode))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return dest
 
 
 def hash_path(path: Path, st: os.stat_result) -> str:

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import blake3
 
 from registry.oci import Platform
 
-from ..context import hash_path
+from ..context import filtered_view, hash_path
 from ..dockerfile.instructions import Run
 from ..dockerfile.syntax import parse_heredoc_marker
 from ..image import ImageState
@@ -198,7 +199,13 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                 except ValueError as exc:
                     raise BuildError(where, f"--mount source: {exc}") from exc
                 root = env.context.root
-                inputs[f"bind{i}"] = await asyncio.to_thread(_tree_hash, src.path)
+                view = None
+                if src.is_dir and env.context.matcher.patterns:
+                    # what .dockerignore excludes is not there, as in BuildKit's context
+                    view = await asyncio.to_thread(filtered_view, env.context, src,
+                                                   env.scratch("bind-") / "view")
+                    root, m = view, replace(m, source="/")
+                inputs[f"bind{i}"] = await asyncio.to_thread(_tree_hash, view or src.path)
             else:
                 # another stage of this build: the hash is a fact of its key, so a hit
                 # needs none of its layers; the mount is resolved when the step runs

@@ -212,6 +212,9 @@ CASES = (
     Case("linked-paths", stub_dirs=("real/cache",),
          expect="/real/work\nt\nc\nctx\n/real/work\n/real/copied\n/real/copied/ctx.txt\n"
                 "/real/dir\n/real/work\n/run\n"),
+    Case("bind-context-ignore", stub_dirs=("src", "k"),
+         expect="/src\n/src/.dockerignore\n/src/Dockerfile\n/src/keep\n/src/keep/k.txt\n/k\n"
+                "/k/k.txt\n"),
 )
 
 
