@@ -3,11 +3,12 @@
 A :class:`SourceTree` resolves a COPY source (``src``, wildcards allowed) to the paths it
 names and walks them. Two flavours:
 
-- the build context (``strict``): a source that leaves the context (``../x``) or passes
-  through a symlink pointing outside it is refused with :class:`ContextError`; paths the
-  ``.dockerignore`` excludes do not exist;
-- a stage's or image's root filesystem: symlinks resolve inside that root (chroot
-  semantics), as they would in a container.
+- the build context (``strict``): a source that leaves the context (``../x``) is refused
+  with :class:`ContextError`; paths the ``.dockerignore`` excludes do not exist;
+- a stage's or image's root filesystem.
+
+In both, symlinks resolve inside the tree (chroot semantics, as BuildKit does for the
+context too): a link to ``/data`` names the context's ``data``, ``..`` stops at the root.
 
 Symlinks *inside* a copied directory are copied as symlinks, never followed.
 
@@ -22,6 +23,7 @@ import fnmatch
 import itertools
 import os
 import posixpath
+import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -33,9 +35,11 @@ from typing import Protocol
 import blake3
 
 from .ignore import IgnoreMatcher
+from .layers.errors import UnsafeLayerEntry
 from .layers.pathres import resolve_in_root
 
-__all__ = ["ContextError", "FileHashStore", "Source", "SourceTree", "hash_path"]
+__all__ = ["ContextError", "FileHashStore", "Source", "SourceTree", "filtered_view",
+           "hash_path"]
 
 _GLOB = set("*?[")
 
@@ -68,20 +72,26 @@ class ContextError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Source:
     """One resolved source: ``rel`` inside the tree, ``path`` on disk (symlinks followed
-    for the source itself), and whether it is a directory."""
+    for the source itself), and whether it is a directory; ``real`` is ``path`` relative
+    to the tree (what ``.dockerignore`` is asked about: BuildKit's context holds no file
+    it excludes, whatever link leads there)."""
 
     rel: str
     path: Path
     is_dir: bool
+    real: str = ""
 
 
 class SourceTree:
     def __init__(self, root: Path, matcher: IgnoreMatcher | None = None, *,
                  strict: bool = True, what: str = "build context",
-                 hash_store: FileHashStore | None = None) -> None:
+                 hash_store: FileHashStore | None = None, keep_owners: bool = False) -> None:
         self.root = Path(os.path.realpath(root))
         self.matcher = matcher or IgnoreMatcher([])
         self.strict = strict
+        # COPY keeps these files' owners (a stage's or an image's root, as BuildKit; the
+        # docker CLI sends the context as root's)
+        self.keep_owners = keep_owners
         self.what = what
         self.hash_store = hash_store
 
@@ -121,6 +131,10 @@ class SourceTree:
                 and max(files[i][1].st_mtime_ns, files[i][1].st_ctime_ns) < fresh])
         return [h or "" for h in out]
 
+    def owner_key(self, st: os.stat_result) -> str:
+        """What a kept owner adds to a file's content key (a stage may change only that)."""
+        return f" owner:{st.st_uid}:{st.st_gid}" if self.keep_owners else ""
+
     # -- resolution -------------------------------------------------------------------
     def _clean(self, src: str) -> str:
         rel = posixpath.normpath(src.lstrip("/") if not self.strict else src)
@@ -131,14 +145,20 @@ class SourceTree:
         return "" if rel == "." else rel
 
     def _real(self, rel: str, src: str) -> Path:
-        if not self.strict:
+        # Symlinks resolve inside the tree, the context too (as BuildKit, which copies the
+        # context and resolves in that copy): an absolute target starts at the tree's
+        # root and '..' stops there, so a link can name nothing outside it.
+        try:
             return Path(resolve_in_root(str(self.root), rel.split("/") if rel else [],
                                         follow_final=True))
-        real = os.path.realpath(self.root / rel)
-        if real != str(self.root) and not real.startswith(str(self.root) + os.sep):
-            raise ContextError(f"{src!r} resolves through a symlink to {real!r}, outside the "
-                               f"{self.what}: replace the symlink by the file itself")
-        return Path(real)
+        except UnsafeLayerEntry:
+            raise ContextError(f"{src!r}: too many levels of symbolic links in the "
+                               f"{self.what}") from None
+
+    def _unfollowed(self, rel: str, src: str) -> Path:
+        """Where ``rel`` is, its directory resolved inside the tree, its last name not."""
+        head, name = posixpath.split(rel)
+        return (self._real(head, src) if head else self.root) / name
 
     def excluded(self, rel: str) -> bool:
         return bool(rel) and self.matcher.excluded(rel)
@@ -157,7 +177,7 @@ class SourceTree:
                 return []
         else:
             rels = [rel] if not self.excluded(rel) and (
-                os.path.lexists(self.root / rel) or not self.strict) else []
+                os.path.lexists(self._unfollowed(rel, src)) or not self.strict) else []
         out = []
         for r in rels:
             real = self._real(r, src)
@@ -165,9 +185,19 @@ class SourceTree:
                 st = os.stat(real)
             except OSError:
                 continue
-            out.append(Source(r, real, stat.S_ISDIR(st.st_mode)))
+            real_rel = os.path.relpath(real, self.root)
+            real_rel = "" if real_rel == "." else real_rel
+            if self.strict and self.excluded(real_rel):
+                continue  # a link to what .dockerignore leaves out
+            out.append(Source(r, real, stat.S_ISDIR(st.st_mode), real_rel))
         if not out:
             hint = " (or it is excluded by .dockerignore)" if self.strict else ""
+            if len(rels) == 1 and rels[0]:
+                link = self._unfollowed(rels[0], src)
+                if os.path.islink(link):
+                    hint = (f" (it is a symlink to {os.readlink(link)!r}, which is looked up "
+                            f"inside the {self.what}: a link cannot leave it, nor lead to "
+                            "what .dockerignore excludes)")
             raise ContextError(f"{src!r} not found in the {self.what}{hint}")
         return out
 
@@ -216,7 +246,32 @@ class SourceTree:
                 yield r_src, p, st
                 if stat.S_ISDIR(st.st_mode):
                     yield from rec(r_ctx, r_src, p)
-        yield from rec(source.rel, "", source.path)
+        yield from rec(source.real, "", source.path)
+
+
+def filtered_view(tree: SourceTree, source: Source, dest: Path) -> Path:
+    """``source`` (a directory of the context) as BuildKit's copy of the context has it,
+    without what ``.dockerignore`` excludes: files hard-linked (copied across file
+    systems) into the new directory ``dest``, which is returned. What a context bind
+    mount shows."""
+    dest.mkdir(mode=stat.S_IMODE(os.stat(source.path).st_mode))
+    dirs: list[tuple[Path, os.stat_result]] = []
+    for rel, path, st in tree.walk(source):
+        target = dest / rel
+        if stat.S_ISDIR(st.st_mode):
+            target.mkdir()
+            dirs.append((target, st))
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(path), target)
+        elif stat.S_ISREG(st.st_mode):
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
+    for target, st in reversed(dirs):
+        os.chmod(target, stat.S_IMODE(st.st_mode))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return dest
 
 
 def hash_path(path: Path, st: os.stat_result) -> str:

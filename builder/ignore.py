@@ -4,14 +4,15 @@ Differences from gitignore that matter: every pattern is anchored at the context
 (``foo`` does not match ``a/foo``; write ``**/foo``); a pattern matches a path when it
 matches the path or any of its parent directories; ``*`` and ``?`` never cross ``/``;
 ``**`` matches any number of directories (zero included); patterns are cleaned
-(``./a//b/`` is ``a/b``; a leading ``/`` is dropped); ``!pattern`` re-includes; the last
+(``./a//b/`` is ``a/b``; a leading ``/`` is dropped); ``\\`` escapes the next character
+(``\\[1\\].txt`` is ``[1].txt``), ``[...]`` is a class (``[^...]`` negated; ``!`` is no
+negation there, unlike fnmatch); ``!pattern`` re-includes; the last
 matching pattern decides; ``#`` starts a comment line; a byte order mark is dropped and
 lines may end in CRLF.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import posixpath
 import re
 from dataclasses import dataclass
@@ -47,11 +48,43 @@ class Pattern:
 _cache: dict[str, re.Pattern[str]] = {}
 
 
+def _translate(pat: str) -> str:
+    """One path component's pattern as a regular expression, as moby's patternmatcher
+    compiles it: ``*`` and ``?`` (never ``/``), ``[...]`` a character class (``[^...]``
+    negated; ``!`` is a plain character there), ``\\x`` the character ``x`` itself."""
+    out = []
+    in_class = False
+    i = 0
+    while i < len(pat):
+        c = pat[i]
+        if c == "\\":
+            i += 1
+            out.append(re.escape(pat[i]) if i < len(pat) else re.escape("\\"))
+        elif in_class:
+            in_class = c != "]"
+            out.append(c if c != "[" else "\\[")
+        elif c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            in_class = True
+            out.append(c)
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
 def _segment(pat: str, name: str) -> bool:
     rx = _cache.get(pat)
     if rx is None:
-        rx = _cache[pat] = re.compile(fnmatch.translate(pat).replace("(?s:", "(?:", 1))
-    return rx.match(name) is not None
+        try:
+            rx = re.compile(_translate(pat))
+        except re.error:  # an unclosed class: moby refuses the pattern, it matches nothing
+            rx = re.compile("(?!)")
+        _cache[pat] = rx
+    return rx.fullmatch(name) is not None
 
 
 def _match(pat: tuple[str, ...], path: tuple[str, ...]) -> bool:

@@ -21,7 +21,8 @@ __all__ = ["FACTS", "IMPORTED_MISS", "STEP_SEMANTICS", "CachedLayer", "facts_key
 # 1: keys without the number, made by releases before BuildKit's directory mtimes and
 # hard links per source in COPY, expanded ONBUILD triggers, RUN's /etc/hosts and
 # resolv.conf, an ARG over an ENV of its name, and ADD --chown of archives.
-STEP_SEMANTICS = 2
+# 2: before COPY --from kept the owners of the stage's (or image's) files.
+STEP_SEMANTICS = 3
 
 
 def step_key(parent: str, instruction: str, inputs: dict[str, Any]) -> str:

@@ -341,13 +341,15 @@ def run_bwrap(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     for name in ("/proc", "/dev"):
         resolve(root, name, "dir", stubs)
     created: list[str] = []
-    resolve(root, plan["workdir"], "dir", created)
+    # bwrap sets PWD to its --chdir: the directory as getcwd() names it (links resolved),
+    # which is what a shell's pwd says under BuildKit (runc sets no PWD)
+    cwd = "/" + os.path.relpath(resolve(root, plan["workdir"], "dir", created), root)
     write(report, {"stubs": stubs, "touched": touched})
     # The network namespace (network=none) and /sys come from the stage: bwrap shares the
     # former and carries the latter over with its recursive bind of the root.
     args = [plan["bwrap"], "--bind", root, "/", "--proc", "/proc", "--dev", "/dev",
             "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts",
-            "--hostname", plan["hostname"], "--chdir", plan["workdir"], "--die-with-parent",
+            "--hostname", plan["hostname"], "--chdir", "/" if cwd == "/." else cwd, "--die-with-parent",
             "--json-status-fd", str(report),
             "--cap-drop", "ALL"]
     for cap in ["ALL"] if plan["insecure"] else DEFAULT_CAPS:

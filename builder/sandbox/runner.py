@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..layers.errors import LayerError
+from ..layers.pathres import resolve_in_root
 from .caches import lease_caches
 from .cleanup import cleanup
 from .differ import forgive_touched, hold_directories, take_snapshot, upper_from_copy
@@ -232,7 +234,13 @@ def _bind_plan(m: BindMount, layout: RootfsLayout, index: int) -> dict[str, obje
             "to a directory (BindMount.resolved)"
         )
     root = m.root.resolve()
-    source = (root / m.source.lstrip("/")).resolve()
+    # Links on the way resolve inside the root, as BuildKit's: a stage's /a -> /b is its
+    # own /b, a context link's absolute target starts at the context.
+    try:
+        source = Path(resolve_in_root(str(root), [p for p in m.source.split("/") if p],
+                                      follow_final=True))
+    except LayerError as exc:
+        raise SandboxSetupError(f"bind mount at {m.target}: {exc}") from None
     if source != root and root not in source.parents:
         raise SandboxSetupError(
             f"bind mount at {m.target}: source {m.source!r} leaves its root {m.root}"

@@ -67,7 +67,9 @@ __all__ = ["copy_instruction", "workdir_instruction"]
 class _Item:
     """One path to write: ``dest`` (relative to /), from ``path`` (None with ``st``
     None: the directory a directory's contents are copied into), ``archive`` to unpack
-    at ``dest``; ``source`` numbers the source (or wildcard match) it comes from."""
+    at ``dest``; ``source`` numbers the source (or wildcard match) it comes from;
+    ``keep_owner``: without ``--chown`` the copy keeps ``st``'s owner (a stage's or an
+    image's file, as BuildKit; the context's are root's)."""
 
     dest: str
     path: Path | None
@@ -75,6 +77,7 @@ class _Item:
     archive: bool = False
     data: bytes | None = None
     source: int = 0
+    keep_owner: bool = False
 
 
 def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> str:
@@ -181,6 +184,7 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
             make_parents(upper, it.dest, lookup, owner)
             continue
         st = it.st
+        ids = owner or ((st.st_uid, st.st_gid) if it.keep_owner and st is not None else (0, 0))
         if os.path.lexists(target) and not (target.is_dir() and (st is None or stat.S_ISDIR(st.st_mode))):
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
@@ -192,7 +196,7 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
         elif stat.S_ISLNK(st.st_mode):
             assert it.path is not None
             os.symlink(os.readlink(it.path), target)
-            os.lchown(target, *(owner or (0, 0)))
+            os.lchown(target, *ids)
             os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
             continue
         elif stat.S_ISREG(st.st_mode):
@@ -207,7 +211,7 @@ def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int,
             mode = stat.S_IMODE(st.st_mode)
         else:
             continue  # sockets, devices, fifos are not copied (as BuildKit)
-        os.chown(target, *(owner or (0, 0)))
+        os.chown(target, *ids)
         os.chmod(target, chmod.apply(mode, stat.S_ISDIR(st.st_mode) if st else True)
                  if chmod is not None else mode)
         if st is not None and stat.S_ISDIR(st.st_mode):
@@ -248,7 +252,8 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpac
             for rel, path, st in tree.walk(src):
                 if excludes.excluded(rel):
                     continue
-                items.append(_Item(f"{base}/{rel}" if base else rel, path, st, source=i))
+                items.append(_Item(f"{base}/{rel}" if base else rel, path, st, source=i,
+                                   keep_owner=tree.keep_owners))
                 to_hash.append((f"{src.rel}/{rel}", path, st))
                 of_source.append(i)
             continue
@@ -258,11 +263,13 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpac
         if unpack and is_archive(src.path):
             items.append(_Item(dest.rstrip("/"), src.path, st, archive=True, source=i))
         else:
-            items.append(_Item(target.lstrip("/"), src.path, st, source=i))
+            items.append(_Item(target.lstrip("/"), src.path, st, source=i,
+                               keep_owner=tree.keep_owners))
         to_hash.append((src.rel, src.path, st))
         of_source.append(i)
     digests = tree.hash_files([(path, st) for _, path, st in to_hash])
     for (rel, _path, st), digest, i in zip(to_hash, digests, of_source):
+        digest += tree.owner_key(st)
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             first = inodes.setdefault((i, st.st_dev, st.st_ino), rel)
             if first != rel:
@@ -282,10 +289,10 @@ def _plan_parents(tree: SourceTree, srcs: list[str], dest: str,
     for src in srcs:
         for rel, path, st in resolve_parents(tree, src, excludes):
             target = f"{base}/{rel}" if base else rel
-            items[target] = _Item(target, path, st)
+            items[target] = _Item(target, path, st, keep_owner=tree.keep_owners)
             found.append((f"{src}:{rel}", path, st))
-    for (key, _, _), digest in zip(found, tree.hash_files([(p, st) for _, p, st in found])):
-        hashes[key] = digest
+    for (key, _, st), digest in zip(found, tree.hash_files([(p, st) for _, p, st in found])):
+        hashes[key] = digest + tree.owner_key(st)
     if base:
         items.setdefault(base, _Item(base, None, None))
     return [items[k] for k in sorted(items, key=path_sort_key)], hashes
@@ -335,7 +342,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         if from_ref:
             assert env.stage_root is not None
             return SourceTree(await env.stage_root(from_ref, _one_directory(local, parents)),
-                              strict=False, what=f"stage or image {from_ref!r}")
+                              strict=False, what=f"stage or image {from_ref!r}",
+                              keep_owners=True)
         return env.context
 
     n_sources = len(ins.sources) + len(ins.files)

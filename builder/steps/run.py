@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,11 @@ import blake3
 
 from registry.oci import Platform
 
-from ..context import hash_path
+from ..context import filtered_view, hash_path
 from ..dockerfile.instructions import Run
 from ..dockerfile.syntax import parse_heredoc_marker
 from ..image import ImageState
+from ..layers.pathres import resolve_in_root
 from ..sandbox.rootfs import RootfsMode
 from ..sandbox.spec import BindMount, CacheMount, Network, RunSpec, SandboxMount, SshMount, sandbox_mount
 from .common import BuildError, StepEnv, cached_facts, instruction_text, layer_step
@@ -65,6 +67,12 @@ def _tree_hash(root: Path) -> str:
             h.update(os.fsencode(os.path.relpath(p, root)) + b"\0")
             h.update(hash_path(p, os.lstat(p)).encode())
     return h.hexdigest()[:32]
+
+
+def _in_root(root: Path, source: str) -> Path:
+    """A stage's bind mount source, its links resolved inside the stage's root."""
+    return Path(resolve_in_root(str(root), [p for p in source.split("/") if p],
+                                follow_final=True))
 
 
 def _argv(ins: Run, state: ImageState, where: str) -> tuple[tuple[str, ...], dict[str, bytes]]:
@@ -132,7 +140,7 @@ def _bind_hash(env: StepEnv, m: BindMount) -> Callable[[], Awaitable[dict[str, A
     async def compute() -> dict[str, Any]:
         assert env.stage_root is not None and m.from_ref is not None
         root = await env.stage_root(m.from_ref)
-        return {"hash": await asyncio.to_thread(_tree_hash, Path(root, m.source.lstrip("/")))}
+        return {"hash": await asyncio.to_thread(_tree_hash, _in_root(root, m.source))}
     return compute
 
 
@@ -191,7 +199,13 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                 except ValueError as exc:
                     raise BuildError(where, f"--mount source: {exc}") from exc
                 root = env.context.root
-                inputs[f"bind{i}"] = await asyncio.to_thread(_tree_hash, src.path)
+                view = None
+                if src.is_dir and env.context.matcher.patterns:
+                    # what .dockerignore excludes is not there, as in BuildKit's context
+                    view = await asyncio.to_thread(filtered_view, env.context, src,
+                                                   env.scratch("bind-") / "view")
+                    root, m = view, replace(m, source="/")
+                inputs[f"bind{i}"] = await asyncio.to_thread(_tree_hash, view or src.path)
             else:
                 # another stage of this build: the hash is a fact of its key, so a hit
                 # needs none of its layers; the mount is resolved when the step runs
@@ -205,7 +219,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                 assert env.stage_root is not None
                 root = await env.stage_root(m.from_ref)
                 inputs[f"bind{i}"] = await asyncio.to_thread(
-                    _tree_hash, Path(root, m.source.lstrip("/")))
+                    _tree_hash, _in_root(root, m.source))
             m = m.resolved(root)
         elif isinstance(m, SshMount):
             m = m.resolved(env.ssh.get(m.id))

@@ -79,6 +79,8 @@ class Case:
     stdin: bool = False
     # Hard links (existing, new) made in the context before building (git keeps none).
     links: tuple[tuple[str, str], ...] = ()
+    # Commands run in the context before building (owners, modes: git keeps neither).
+    prepare: tuple[tuple[str, ...], ...] = ()
     # Compare the history entries' created_by too (only where Docker 20.10's BuildKit
     # writes what later ones write: see the case's Dockerfile).
     history: bool = False
@@ -187,6 +189,32 @@ CASES = (
          env={"PYBUILD_COMPARE_TOKEN": "from-the-environment"},
          expect="10.1.2.3\tdb.internal\n10.1.2.4\tcache.internal\nfrom-the-environment"
                 "kept.txt\n65536\n1777\n"),
+    Case("context-symlinks",
+         expect="/abs\n/abs/inner\n/abs/inner/i.txt\n/abs/r.txt\n/absfile.txt\n/dotdot.txt\n"
+                "/from-dirlink\n/from-dirlink/f\n/from-dirlink/s2\n/from-glob\n/from-glob/f\n"
+                "/from-glob/s1\n/from-glob/s2\n/from-link.txt\n/globbed\n/globbed/absfile\n"
+                "/globbed/inner\n/globbed/inner/i.txt\n/globbed/r.txt\n/rel\n/rel/inner\n"
+                "/rel/inner/i.txt\n/rel/r.txt\nr\nr\nhi\nr\nhi\n"),
+    Case("copy-owners",
+         prepare=(("chown", "1234:5678", "owned.txt", "d"), ("chmod", "4755", "suid"),
+                  ("chmod", "700", "d"), ("chmod", "600", "private.txt"),
+                  ("chmod", "777", "world.txt")),
+         expect="/chowned 755 7:8\n/chowned/a 4711 7:8\n/chowned/l 777 7:8\n/ctx 755 0:0\n"
+                "/ctx/Dockerfile 644 0:0\n/ctx/d 700 0:0\n/ctx/d/x 644 0:0\n"
+                "/ctx/owned.txt 644 0:0\n/ctx/private.txt 600 0:0\n/ctx/suid 4755 0:0\n"
+                "/ctx/world.txt 777 0:0\n/from-stage 755 0:0\n/from-stage-file 4711 1234:5678\n"
+                "/from-stage/sub 700 1234:5678\n/from-stage/sub/a 4711 1234:5678\n"
+                "/from-stage/sub/l 777 1234:5678\n/owned-single 644 0:0\n"),
+    Case("ignore-patterns", prepare=(("touch", "!x.txt", "a*b.txt", "weird[1].txt"),),
+         expect="/ctx\n/ctx/!x.txt\n/ctx/Dockerfile\n/ctx/README.md\n/ctx/a*b.txt\n"
+                "/ctx/a1.txt\n/ctx/by.txt\n/ctx/docs\n/ctx/docs/a.md\n/ctx/src\n/ctx/src/app\n"
+                "/ctx/src/app/main.py\n/ctx/src/app/util.py\n/ctx/weird[1].txt\n"),
+    Case("linked-paths", stub_dirs=("real/cache",),
+         expect="/real/work\nt\nc\nctx\n/real/work\n/real/copied\n/real/copied/ctx.txt\n"
+                "/real/dir\n/real/work\n/run\n"),
+    Case("bind-context-ignore", stub_dirs=("src", "k"),
+         expect="/src\n/src/.dockerignore\n/src/Dockerfile\n/src/keep\n/src/keep/k.txt\n/k\n"
+                "/k/k.txt\n"),
 )
 
 
@@ -400,6 +428,8 @@ def test_pybuild_and_docker_build_agree(
     context = _context(CASES_DIR / case.name, tmp_path)
     for existing, new in case.links:
         os.link(context / existing, context / new)
+    for argv in case.prepare:
+        subprocess.run(argv, cwd=context, check=True)
     docker_tag = f"compare-docker/{case.id}:{tag_suffix}"
     pybuild_tag = f"compare-pybuild/{case.id}:{tag_suffix}"
     archive = tmp_path / "image.tar"

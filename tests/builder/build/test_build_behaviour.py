@@ -90,7 +90,7 @@ def test_dockerignore(context_of, build, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case, message", [
     ("hostile-parent", "outside the build context"),
-    ("hostile-symlink", "outside the build context"),
+    ("hostile-symlink", "a symlink to '/etc/passwd', which is looked up inside the build context"),
     ("hostile-archive", "'..'"),
     ("missing-source", "'nope.txt' not found in the build context"),
 ])
@@ -102,6 +102,26 @@ def test_hostile_contexts_fail_cleanly(context_of, build, tmp_path: Path, case: 
     assert message in str(info.value)
     assert not Path("/escaped.txt").exists()
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_context_symlinks_resolve_inside_the_context(build, tmp_path: Path) -> None:
+    # BuildKit resolves a context symlink in its copy of the context: an absolute target
+    # starts at the context's root and '..' stops there (pybuild refused both).
+    context = tmp_path / "ctx"
+    (context / "realdir").mkdir(parents=True)
+    (context / "realdir" / "r.txt").write_text("r\n")
+    (context / "abslink").symlink_to("/realdir")
+    (context / "absfile").symlink_to("/realdir/r.txt")
+    (context / "dotdot").symlink_to("../../realdir")
+    (context / "Dockerfile").write_text(
+        "FROM scratch\nCOPY abslink /abs/\nCOPY absfile /absfile.txt\n"
+        "COPY dotdot/r.txt /dotdot.txt\nCOPY abs* /globbed/\n")
+    out = tmp_path / "out"
+    build(context, local=out)
+    assert (out / "abs/r.txt").read_text() == "r\n"
+    assert (out / "absfile.txt").read_text() == "r\n"
+    assert (out / "dotdot.txt").read_text() == "r\n"
+    assert sorted(p.name for p in (out / "globbed").iterdir()) == ["absfile", "r.txt"]
 
 
 def test_failing_run_reports_exit_code_and_output(context_of, build) -> None:
@@ -185,3 +205,25 @@ def test_cached_rebuild_without_epoch_is_the_same_image(context_of, build, tmp_p
     third = build(ctx, storage=storage, tags=("local/same:1",))
     assert third.image.digest != first.image.digest
     assert puts  # the new image was stored
+
+
+def test_a_context_link_to_an_excluded_file_finds_nothing(build, tmp_path: Path) -> None:
+    # BuildKit's copy of the context holds nothing .dockerignore excludes, whatever link
+    # leads there (pybuild followed the link to the file on disk).
+    context = tmp_path / "ctx"
+    (context / "hidden" / "keep").mkdir(parents=True)
+    (context / "hidden" / "f.txt").write_text("secret\n")
+    (context / "hidden" / "keep" / "k.txt").write_text("kept\n")
+    (context / "hidden" / "keep" / "drop.log").write_text("dropped\n")
+    (context / "link").symlink_to("hidden/f.txt")
+    (context / "dirlink").symlink_to("hidden")
+    (context / "keeplink").symlink_to("hidden/keep")
+    (context / ".dockerignore").write_text("hidden\n!hidden/keep\n**/*.log\n")
+    for line in ("COPY link /copied", "COPY dirlink/f.txt /copied"):
+        (context / "Dockerfile").write_text(f"FROM scratch\n{line}\n")
+        with pytest.raises(BuildError, match="not found in the build context"):
+            build(context)
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY keeplink /kept/\n")
+    out = tmp_path / "out"
+    build(context, local=out)
+    assert sorted(p.name for p in (out / "kept").iterdir()) == ["k.txt"]

@@ -52,3 +52,52 @@ def test_bind_mount_points_leave_the_same_layers_with_both_differs(
     first_run = manifest["layers"][1]["digest"].split(":", 1)[1]
     with tarfile.open(oci["overlay"] / "blobs/sha256" / first_run) as tar:
         assert sorted(tar.getnames()) == ["reqs-copy.txt", "ro.txt"]
+
+
+def test_bind_sources_through_links_resolve_inside_their_root(
+        build, busybox_ref: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # As BuildKit: a stage's absolute link names the stage's own file, a context link's
+    # absolute target starts at the context (pybuild followed both on the build machine).
+    ctx = tmp_path / "ctx"
+    (ctx / "realdir").mkdir(parents=True)
+    (ctx / "realdir" / "r.txt").write_text("from the context\n")
+    (ctx / "abslink").symlink_to("/realdir")
+    (ctx / "Dockerfile").write_text(
+        f"FROM {busybox_ref} AS src\n"
+        "RUN mkdir -p /data/real && echo 'from the stage' > /data/real/s.txt"
+        " && ln -s /data/real /data/link && ln -s /data/real/s.txt /data/file-link\n"
+        f"FROM {busybox_ref}\n"
+        "RUN --mount=type=bind,source=abslink,target=/m cat /m/r.txt > /out.txt\n"
+        "RUN --mount=type=bind,from=src,source=/data/link,target=/m cat /m/s.txt >> /out.txt\n"
+        "RUN --mount=type=bind,from=src,source=/data/file-link,target=/f cat /f >> /out.txt\n")
+    out = tmp_path / "out"
+    build(ctx, local=out)
+    assert (out / "out.txt").read_text() == ("from the context\nfrom the stage\n"
+                                             "from the stage\n")
+
+
+def test_a_context_bind_leaves_out_what_dockerignore_excludes(
+        build, busybox_ref: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # BuildKit's copy of the context holds no excluded file, and a bind of the context
+    # (RUN --mount=type=bind,target=/src) shows that copy
+    ctx = tmp_path / "ctx"
+    (ctx / "ignored").mkdir(parents=True)
+    (ctx / "keep").mkdir()
+    (ctx / "ignored" / "i.txt").write_text("i\n")
+    (ctx / "keep" / "k.txt").write_text("k\n")
+    (ctx / "keep" / "x.tmp").write_text("t\n")
+    (ctx / ".dockerignore").write_text("ignored\n**/*.tmp\n")
+    (ctx / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\n"
+        "RUN --mount=type=bind,target=/src find /src | sort > /bind.txt\n"
+        "RUN --mount=type=bind,source=keep,target=/k,rw find /k | sort >> /bind.txt\n")
+    out = tmp_path / "out"
+    storage = tmp_path / "storage"
+    build(ctx, local=out, storage=storage)
+    assert (out / "bind.txt").read_text() == (
+        "/src\n/src/.dockerignore\n/src/Dockerfile\n/src/keep\n/src/keep/k.txt\n"
+        "/k\n/k/k.txt\n")
+    # an excluded file is no part of the step's key either
+    (ctx / "keep" / "x.tmp").write_text("changed\n")
+    again = build(ctx, local=tmp_path / "out2", storage=storage)
+    assert not any("RUN" in s for s in again.ran_steps)

@@ -429,3 +429,50 @@ def test_a_file_onto_a_file_and_a_directory_onto_a_directory_still_copy(
     build(context, local=out)
     assert (out / "etc/passwd").read_text() == "new\n"
     assert (out / "etc/x").read_text() == "x\n"
+
+
+def test_copy_from_a_stage_keeps_its_owners(build, tmp_path: Path, busybox_ref: str) -> None:
+    # BuildKit: COPY --from keeps the owners of a stage's files (--chown replaces them);
+    # the context's files are root's whoever owns them here.
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "f.txt").write_text("f\n")
+    os.chown(context / "f.txt", 1234, 5678)
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref} AS src\nARG OWNER\n"
+        "RUN mkdir -p /data/sub && echo a > /data/sub/a && ln -s a /data/sub/l"
+        " && chown -hR $OWNER /data\n"
+        f"FROM {busybox_ref}\nCOPY --from=src /data /kept/\n"
+        "COPY --from=src /data/sub/a /kept-file\nCOPY --from=src --chown=7:8 /data /chowned/\n"
+        "COPY f.txt /from-context\n")
+
+    def owners(out: Path, path: str) -> tuple[int, int]:
+        st = os.lstat(out / path)
+        return st.st_uid, st.st_gid
+
+    storage = tmp_path / "storage"
+    for owner in ((1234, 5678), (4321, 8765)):  # the second build differs in owners only
+        out = tmp_path / f"out-{owner[0]}"
+        build(context, local=out, storage=storage,
+              build_args={"OWNER": f"{owner[0]}:{owner[1]}"})
+        assert owners(out, "kept") == (0, 0)  # made for the directory's contents
+        for path in ("kept/sub", "kept/sub/a", "kept/sub/l", "kept-file"):
+            assert owners(out, path) == owner, path
+        assert owners(out, "chowned/sub/a") == (7, 8)
+        assert owners(out, "from-context") == (0, 0)
+
+
+def test_run_in_a_workdir_through_a_link_sees_the_real_directory(
+        build, tmp_path: Path, busybox_ref: str) -> None:
+    # BuildKit (runc) sets no PWD: a shell's pwd is getcwd(), links resolved; bwrap sets
+    # PWD to its --chdir, so that is given the resolved path.
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\nRUN mkdir -p /real/.dot && ln -s /real /var/abs\n"
+        "WORKDIR /var/abs/work\nRUN pwd > /pwd.txt\n"
+        "WORKDIR /var/abs/.dot\nRUN pwd >> /pwd.txt\nWORKDIR /\nRUN pwd >> /pwd.txt\n")
+    out = tmp_path / "out"
+    result = build(context, local=out)
+    assert (out / "pwd.txt").read_text() == "/real/work\n/real/.dot\n/\n"
+    assert result.image.config.config.working_dir == "/"

@@ -27,6 +27,17 @@ CASES = [
     (["*.log", "!important.log"], "important.log", False),
     (["# comment", "", "tmp"], "tmp", True),
     (["[ab].txt"], "b.txt", True),
+    # moby's escapes and classes, not fnmatch's
+    ([r"weird\[1\].txt"], "weird[1].txt", True),
+    ([r"weird\[1\].txt"], "weird1.txt", False),
+    ([r"a\*b"], "a*b", True),
+    ([r"a\*b"], "axb", False),
+    (["[^a]x"], "bx", True),
+    (["[^a]x"], "ax", False),
+    (["[!a]x"], "!x", True),  # '!' is no negation in a class
+    (["[!a]x"], "bx", False),
+    (["file.(1)+{x}$"], "file.(1)+{x}$", True),
+    (["[a"], "[a", False),  # an unclosed class matches nothing
 ]
 
 

@@ -1,0 +1,1 @@
+src/other/o.py
