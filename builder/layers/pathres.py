@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 from .errors import UnsafeLayerEntry
 from .rootwalk import MAX_SYMLINKS, SymlinkLoop, walk_in_root
 
-__all__ = ["MAX_SYMLINKS", "clean_name", "resolve_in_root"]
+__all__ = ["MAX_SYMLINKS", "clean_name", "resolve_in_root", "resolve_under"]
 
 
 def clean_name(name: str, *, entry: str | None = None) -> list[str]:
@@ -59,3 +60,10 @@ def resolve_in_root(root: str, parts: list[str], *, follow_final: bool = False,
     except SymlinkLoop as exc:
         raise UnsafeLayerEntry(name, str(exc)) from None
     return os.path.join(root, *resolved)
+
+
+def resolve_under(root: str | os.PathLike[str], path: str) -> Path:
+    """``path`` (absolute or not) inside ``root``, every link on it resolved there, the
+    last one too: a mount source as BuildKit finds it in a stage or the context."""
+    return Path(resolve_in_root(os.fspath(root), [p for p in path.split("/") if p],
+                                follow_final=True))

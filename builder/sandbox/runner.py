@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..layers.errors import LayerError
-from ..layers.pathres import resolve_in_root
+from ..layers.pathres import resolve_under
 from .caches import lease_caches
 from .cleanup import cleanup
 from .differ import forgive_touched, hold_directories, take_snapshot, upper_from_copy
@@ -237,8 +237,7 @@ def _bind_plan(m: BindMount, layout: RootfsLayout, index: int) -> dict[str, obje
     # Links on the way resolve inside the root, as BuildKit's: a stage's /a -> /b is its
     # own /b, a context link's absolute target starts at the context.
     try:
-        source = Path(resolve_in_root(str(root), [p for p in m.source.split("/") if p],
-                                      follow_final=True))
+        source = resolve_under(root, m.source)
     except LayerError as exc:
         raise SandboxSetupError(f"bind mount at {m.target}: {exc}") from None
     if source != root and root not in source.parents:

@@ -15,7 +15,7 @@ import stat
 import urllib.parse
 from pathlib import Path
 
-from registry.client.proxies import Proxies, ProxyError
+from registry.client.proxies import Proxies, ProxyError, aiohttp_proxy
 
 from ..dockerfile.instructions import Add
 from ..git_fetch import Fetched, GitFetchError, fetch
@@ -110,19 +110,16 @@ async def download(env: StepEnv, url: str, where: str) -> Path:
     shown as a step of its own with its bytes."""
     import aiohttp
 
-    d = env.scratch("add-")
-    path = d / download_name(url)
+    name = download_name(url)
+    path = env.scratch("add-") / name
     mtime = 0.0
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=READ_TIMEOUT)
     n = env.progress.start(url)
     done = 0
     try:
-        parts = urllib.parse.urlsplit(url)
-        proxy = Proxies().for_url(parts.scheme, parts.netloc)  # as the registry client's
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
-                url, proxy=f"http://{proxy.netloc}" if proxy else None,
-                proxy_headers={"Proxy-Authorization": proxy.authorization}
-                if proxy and proxy.authorization else None) as resp:
+        via = aiohttp_proxy(Proxies(), url)  # as the registry client's
+        async with aiohttp.ClientSession(timeout=timeout) as session, \
+                session.get(url, **via) as resp:
             if resp.status != 200:
                 raise BuildError(where, f"downloading {url}: HTTP {resp.status}")
             mtime = _last_modified(resp.headers.get("Last-Modified"))
@@ -132,7 +129,7 @@ async def download(env: StepEnv, url: str, where: str) -> Path:
                 async for chunk in resp.content.iter_chunked(1 << 20):
                     await asyncio.to_thread(f.write, chunk)
                     done += len(chunk)
-                    env.progress.transfer(n, url, download_name(url), done, max(total, done))
+                    env.progress.transfer(n, url, name, done, max(total, done))
             finally:
                 await asyncio.to_thread(f.close)
     except TimeoutError:
@@ -149,7 +146,7 @@ async def download(env: StepEnv, url: str, where: str) -> Path:
     except ProxyError as exc:
         env.progress.error(n, str(exc))
         raise BuildError(where, f"downloading {url}: {exc}") from None
-    env.progress.transfer(n, url, download_name(url), done, done, "downloaded")
+    env.progress.transfer(n, url, name, done, done, "downloaded")
     env.progress.done(n)
     os.chmod(path, 0o600)
     os.utime(path, (mtime, mtime))

@@ -37,11 +37,11 @@ import blake3
 
 from registry.oci import Platform
 
-from ..context import filtered_view, hash_path
+from ..context import Source, SourceTree, filtered_view, hash_path
 from ..dockerfile.instructions import Run
 from ..dockerfile.syntax import parse_heredoc_marker
 from ..image import ImageState
-from ..layers.pathres import resolve_in_root
+from ..layers.pathres import resolve_under
 from ..sandbox.rootfs import RootfsMode
 from ..sandbox.spec import BindMount, CacheMount, Network, RunSpec, SandboxMount, SshMount, sandbox_mount
 from .common import BuildError, StepEnv, cached_facts, instruction_text, layer_step
@@ -69,10 +69,14 @@ def _tree_hash(root: Path) -> str:
     return h.hexdigest()[:32]
 
 
-def _in_root(root: Path, source: str) -> Path:
-    """A stage's bind mount source, its links resolved inside the stage's root."""
-    return Path(resolve_in_root(str(root), [p for p in source.split("/") if p],
-                                follow_final=True))
+def _view_hash(tree: SourceTree, src: Source) -> str:
+    """The key of a context directory as its bind mount shows it: without what
+    ``.dockerignore`` excludes (the view itself is made only when the step runs)."""
+    h = blake3.blake3()
+    for rel, path, st in tree.walk(src):
+        h.update(os.fsencode(rel) + b"\0")
+        h.update(hash_path(path, st).encode())
+    return h.hexdigest()[:32]
 
 
 def _argv(ins: Run, state: ImageState, where: str) -> tuple[tuple[str, ...], dict[str, bytes]]:
@@ -140,7 +144,7 @@ def _bind_hash(env: StepEnv, m: BindMount) -> Callable[[], Awaitable[dict[str, A
     async def compute() -> dict[str, Any]:
         assert env.stage_root is not None and m.from_ref is not None
         root = await env.stage_root(m.from_ref)
-        return {"hash": await asyncio.to_thread(_tree_hash, _in_root(root, m.source))}
+        return {"hash": await asyncio.to_thread(_tree_hash, resolve_under(root, m.source))}
     return compute
 
 
@@ -190,6 +194,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                               "workdir": working_dir(state),
                               "network": net.value}
     resolved: list[SandboxMount] = []
+    views: dict[int, Source] = {}  # resolved[i] shows this context directory, filtered
     for i, spec in enumerate(ins.mounts or ()):
         m = sandbox_mount(spec)
         if isinstance(m, BindMount):
@@ -198,14 +203,14 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                     src = env.context.resolve(m.source)[0]
                 except ValueError as exc:
                     raise BuildError(where, f"--mount source: {exc}") from exc
-                root = env.context.root
-                view = None
                 if src.is_dir and env.context.matcher.patterns:
                     # what .dockerignore excludes is not there, as in BuildKit's context
-                    view = await asyncio.to_thread(filtered_view, env.context, src,
-                                                   env.scratch("bind-") / "view")
-                    root, m = view, replace(m, source="/")
-                inputs[f"bind{i}"] = await asyncio.to_thread(_tree_hash, view or src.path)
+                    inputs[f"bind{i}"] = await asyncio.to_thread(_view_hash, env.context, src)
+                    views[len(resolved)] = src
+                    resolved.append(replace(m, source="/"))
+                    continue
+                root = env.context.root
+                inputs[f"bind{i}"] = await asyncio.to_thread(_tree_hash, src.path)
             else:
                 # another stage of this build: the hash is a fact of its key, so a hit
                 # needs none of its layers; the mount is resolved when the step runs
@@ -219,7 +224,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                 assert env.stage_root is not None
                 root = await env.stage_root(m.from_ref)
                 inputs[f"bind{i}"] = await asyncio.to_thread(
-                    _tree_hash, _in_root(root, m.source))
+                    _tree_hash, resolve_under(root, m.source))
             m = m.resolved(root)
         elif isinstance(m, SshMount):
             m = m.resolved(env.ssh.get(m.id))
@@ -264,8 +269,12 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         lowers = await env.lowers(state, lazy=True)
         state_dir = env.scratch("run-")
         mounts = []
-        for m in resolved:
-            if isinstance(m, BindMount) and m.root is None and m.from_ref is not None:
+        for i, m in enumerate(resolved):
+            if i in views:
+                assert isinstance(m, BindMount)
+                m = m.resolved(await asyncio.to_thread(filtered_view, env.context, views[i],
+                                                       env.scratch("bind-") / "view"))
+            elif isinstance(m, BindMount) and m.root is None and m.from_ref is not None:
                 assert env.stage_root is not None
                 m = m.resolved(await env.stage_root(m.from_ref))
             mounts.append(m)

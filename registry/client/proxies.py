@@ -22,11 +22,12 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .errors import ClientError
 
-__all__ = ["Proxies", "Proxy", "ProxyError"]
+__all__ = ["Proxies", "Proxy", "ProxyError", "aiohttp_proxy"]
 
 
 class ProxyError(ClientError):
@@ -149,3 +150,14 @@ def _parse(name: str, value: str) -> Proxy:
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         auth = "Basic " + base64.b64encode(pair.encode()).decode()
     return Proxy(f"{host}:{port}", auth, name)
+
+
+def aiohttp_proxy(proxies: Proxies, url: str) -> dict[str, Any]:
+    """The keywords that send an aiohttp request to ``url`` through its proxy (none for
+    a request that goes straight): for the parts of pybuild that speak aiohttp."""
+    parts = urlsplit(url)
+    proxy = proxies.for_url(parts.scheme, parts.netloc)
+    if proxy is None:
+        return {}
+    headers = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+    return {"proxy": f"http://{proxy.netloc}", "proxy_headers": headers}

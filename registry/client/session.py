@@ -452,7 +452,6 @@ class RegistrySession:
                     continue
             return status, body
 
-
     async def _request(self, method: str, host: str, url: str, **kw: Any) -> tuple[WireResponse, bytes]:
         resp = await self._send(method, host, url, **kw)
         try:

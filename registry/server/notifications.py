@@ -61,7 +61,7 @@ import aiohttp
 
 from cas.sqlite_db import switch_to_wal
 
-from ..client.proxies import Proxies, ProxyError
+from ..client.proxies import Proxies, ProxyError, aiohttp_proxy
 
 __all__ = [
     "ACTIONS",
@@ -447,18 +447,15 @@ class Notifier:
     async def _post(self, endpoint: Endpoint, headers: dict[str, str], body: str) -> str | None:
         """POST one envelope; None on success, else what went wrong."""
         assert self._session is not None
-        parts = urlsplit(endpoint.url)
         try:
-            proxy = self._proxies.for_url(parts.scheme, parts.netloc)
+            via = aiohttp_proxy(self._proxies, endpoint.url)
         except ProxyError as exc:
             return str(exc)
         try:
             async with self._session.post(
                 endpoint.url, data=body.encode(), headers=headers,
                 timeout=aiohttp.ClientTimeout(total=endpoint.timeout), allow_redirects=False,
-                proxy=f"http://{proxy.netloc}" if proxy else None,
-                proxy_headers={"Proxy-Authorization": proxy.authorization}
-                if proxy and proxy.authorization else None,
+                **via,
             ) as resp:
                 await resp.read()
                 if 200 <= resp.status < 400:
