@@ -30,6 +30,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 from aiohttp.typedefs import Handler
+from yarl import URL
 
 from cas import (
     BlobUnknown,
@@ -64,7 +65,7 @@ from ..names import check_raw_path
 from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
 from .debug import metrics_response
-from .httputil import ClientGone
+from .httputil import ClientGone, origin_form
 from .metadata import RegistryMetadata
 from .metadata_open import open_metadata
 from .operations import after_request, notifications_lifecycle
@@ -155,9 +156,16 @@ async def _registry_middleware(
     try:
         try:
             path = request.raw_path
+            absolute = origin_form(path)
+            if absolute is not None:
+                # Served as the origin form it stands for, under the host it names: the
+                # handlers, the access log and the audit read that path, never the URL.
+                path, host = absolute
+                request = (request.clone(rel_url=URL(path, encoded=True), host=host) if host
+                           else request.clone(rel_url=URL(path, encoded=True)))
             # Routing matches the decoded, normalised path; everything here reads the raw
-            # one. They agree only for an origin-form target without escapes or dot
-            # segments, so anything else is refused before it can reach a handler.
+            # one. They agree only for a target without escapes or dot segments, so
+            # anything else is refused before it can reach a handler.
             if not path.startswith("/"):
                 raise UNSUPPORTED(
                     f"request target {path[:64]!r} is not a path: send the path only "

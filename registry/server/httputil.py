@@ -20,12 +20,16 @@ __all__ = [
     "MAX_RANGES",
     "ClientGone",
     "next_link",
+    "origin_form",
     "parse_content_range",
     "parse_page",
     "parse_range",
     "parse_ranges",
     "range_not_satisfiable",
 ]
+
+# An absolute-form request target (RFC 9112 3.2.2): scheme "://" authority, then the path.
+_ABSOLUTE = re.compile(r"^[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)(.*)$", re.DOTALL)
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 1000
@@ -48,6 +52,21 @@ MAX_POSITION = (1 << 63) - 1
 # The most ranges one multipart answer has: what a zstd:chunked partial pull asks for at
 # most (containers/storage merges the chunks it lacks down to 1,024).
 MAX_RANGES = 1024
+
+
+def origin_form(target: str) -> tuple[str, str | None] | None:
+    """An absolute-form request target (``GET http://host/v2/ HTTP/1.1``, which RFC 9112
+    3.2.2 says a server MUST accept, and Go's server, so CNCF Distribution, does) as the
+    origin form it stands for and the host it names (None when it names none); None when
+    ``target`` is not in absolute form. Its path is checked as any other raw path is."""
+    found = _ABSOLUTE.match(target)
+    if found is None:
+        return None
+    authority, rest = found.groups()
+    host = authority.rpartition("@")[2] or None  # user information is never a host
+    if not rest.startswith("/"):
+        rest = "/" + rest  # "http://host" and "http://host?q" ask for the root
+    return rest, host
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -280,10 +280,24 @@ def _raw(port: int, request: bytes, timeout: float = 10) -> bytes:
 
 @pytest.mark.parametrize(
     "target",
-    ["http://evil/v2/_catalog", "http://127.0.0.1/v2/", "HTTP://x/v2/live/tags/list", "*",
-     "/%76%32/_catalog", "/a/../v2/_catalog", "//v2/_catalog"],
+    ["*", "/%76%32/_catalog", "/a/../v2/_catalog", "//v2/_catalog", "http://evil/%76%32/_catalog",
+     "http://evil/a/../v2/_catalog", "http://evil//v2/_catalog"],
 )
 def test_targets_routing_could_read_otherwise_are_refused(live_port, target):
     answer = _raw(live_port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     status = int(answer.split(b" ", 2)[1])
     assert 400 <= status < 500 and status != 404, answer[:300]
+
+
+@pytest.mark.parametrize(
+    "target, path",
+    [("http://evil/v2/_catalog", "/v2/_catalog"), ("http://127.0.0.1/v2/", "/v2/"),
+     ("HTTP://x/v2/live/tags/list", "/v2/live/tags/list"),
+     (f"https://x:1/v2/live/blobs/{_DIGEST}", f"/v2/live/blobs/{_DIGEST}")],
+)
+def test_an_absolute_target_is_answered_as_its_path(live_port, target, path):
+    def answer(t: str) -> bytes:
+        return _raw(live_port, f"GET {t} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    status_line = answer(path).split(b"\r\n", 1)[0]
+    assert status_line.split(b" ", 2)[1] == b"200"
+    assert answer(target).split(b"\r\n", 1)[0] == status_line
