@@ -34,7 +34,6 @@ import shutil
 import stat
 import tarfile
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, cast
@@ -45,6 +44,7 @@ from cas.frames import GZIP_MAGIC, ZSTD_MAGIC
 
 from .changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from .errors import LayerFormatError, UnsafeLayerEntry
+from .inflate import Gunzip, InflateError
 from .pathres import clean_name, resolve_in_root
 
 __all__ = ["ApplyReport", "apply_layer", "open_layer", "remove_path", "whiteout_mark"]
@@ -57,16 +57,6 @@ _LAYOUT_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENO
                             errno.ELOOP, errno.EINVAL, errno.ENAMETOOLONG, errno.ENOTEMPTY})
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 _INFLATED_BLOCK = 1 << 20
-
-_Gunzip: Callable[..., io.BufferedIOBase]
-_InflateError: type[Exception]
-try:  # ISA-L's inflate (python-isal): the bytes zlib gives, in about 60 % of its time
-    from isal import igzip, isal_zlib
-
-    _Gunzip, _InflateError = igzip.IGzipFile, cast("type[Exception]", isal_zlib.error)
-except ImportError:  # a platform without its wheels
-    _Gunzip, _InflateError = gzip.GzipFile, zlib.error
-
 
 @dataclass(frozen=True, slots=True)
 class ApplyReport:
@@ -84,7 +74,7 @@ def open_layer(src: IO[bytes]) -> IO[bytes]:
     head = buffered.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):  # every member, read ahead in large blocks
         return cast("IO[bytes]", io.BufferedReader(
-            cast("io.RawIOBase", _Gunzip(fileobj=buffered, mode="rb")), _INFLATED_BLOCK))
+            cast("io.RawIOBase", Gunzip(fileobj=buffered, mode="rb")), _INFLATED_BLOCK))
     if head.startswith(ZSTD_MAGIC):
         return cast("IO[bytes]", zstandard.ZstdDecompressor().stream_reader(
             buffered, read_across_frames=True))
@@ -334,7 +324,7 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
                         f"layer entry {member.name!r} cannot be applied: {exc.strerror} "
                         f"({exc.filename}); the layer does not fit on its lower layers"
                     ) from exc
-    except (tarfile.TarError, EOFError, zlib.error, _InflateError, gzip.BadGzipFile,
+    except (tarfile.TarError, EOFError, zlib.error, InflateError, gzip.BadGzipFile,
             zstandard.ZstdError) as exc:
         raise LayerFormatError(
             f"layer is not a readable tar (plain, gzip or zstd): {exc}; check that the "

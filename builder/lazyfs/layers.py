@@ -23,12 +23,12 @@ import asyncio
 import hashlib
 import os
 import threading
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from cas import Digest
 
+from ..layers.inflate import gunzip_member
 from ..sandbox.userns import in_user_namespace
 from .fuse import FuseMount, FuseUnavailable
 from .toc import MAX_MEMBER, Member, Toc, TocEntry, TocError, parse_toc
@@ -181,7 +181,7 @@ class LazyMounts:
                     raw = data[m.coff - start:m.coff - start + m.clen]
                     if hashlib.sha256(raw).hexdigest() != m.sha256:
                         raise OSError(5, f"layer {blob}: a member differs from its TOC")
-                    plain = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, MAX_MEMBER)
+                    plain = gunzip_member().decompress(raw, MAX_MEMBER)
                     if len(plain) != m.ulen:
                         raise OSError(5, f"layer {blob}: a member decodes to {len(plain)} "
                                          f"bytes, its TOC says {m.ulen}")

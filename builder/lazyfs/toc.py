@@ -33,11 +33,11 @@ import bisect
 import hashlib
 import json
 import tarfile
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from ..layers.errors import UnsafeLayerEntry
+from ..layers.inflate import InflateError, gunzip_member
 from ..layers.pathres import clean_name
 
 __all__ = ["MAX_MEMBER", "TOC_MEDIA_TYPE", "Member", "Toc", "TocEntry", "TocError",
@@ -143,10 +143,10 @@ class _Members:
                 self._eof = True
                 return
             if self._dec is None:
-                self._dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._dec = gunzip_member()
             try:
                 out = self._dec.decompress(data)
-            except zlib.error as exc:
+            except InflateError as exc:
                 raise TocError(f"not a gzip layer: {exc}") from exc
             self._ulen += len(out)
             if self._ulen > MAX_MEMBER:

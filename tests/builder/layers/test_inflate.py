@@ -1,0 +1,34 @@
+"""builder.layers.inflate: ISA-L's inflate where it is installed (pyproject requires it),
+with zlib's behaviour: members end where zlib's do, bad input raises InflateError."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import pytest
+
+from builder.layers import inflate
+
+
+def test_isa_l_does_the_inflating() -> None:
+    from isal import igzip, isal_zlib
+
+    assert inflate.Gunzip is igzip.IGzipFile
+    assert type(inflate.gunzip_member()) is type(isal_zlib.decompressobj(inflate.GUNZIP))
+
+
+def test_a_member_decodes_as_zlib_decodes_it() -> None:
+    first = b"".join(os.urandom(64) * 50 for _ in range(40))
+    second = gzip.compress(b"next member")
+    dec = inflate.gunzip_member()
+    assert dec.decompress(gzip.compress(first, mtime=0) + second) == first
+    assert dec.eof and dec.unused_data == second
+    assert len(inflate.gunzip_member().decompress(gzip.compress(first), 1000)) == 1000
+
+
+def test_a_damaged_member_raises_inflate_error() -> None:
+    data = bytearray(gzip.compress(os.urandom(5000)))
+    data[20] ^= 0xFF
+    with pytest.raises(inflate.InflateError):
+        inflate.gunzip_member().decompress(bytes(data))
