@@ -98,7 +98,7 @@ def cleanup(
                 _drop_pure_copy_up(layout, rel)
     if layout.mode is RootfsMode.OVERLAY and layout.upper.is_dir():
         strip_overlay_xattrs(layout.upper, layout.lowers)
-    for scratch in (layout.work, layout.run, layout.state_dir / "merged"):
+    for scratch in (layout.work, layout.run, layout.links, layout.state_dir / "merged"):
         if layout.mode is RootfsMode.COPY and scratch == layout.merged:
             continue
         shutil.rmtree(scratch, ignore_errors=True)

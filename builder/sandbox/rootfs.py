@@ -21,6 +21,7 @@ Layout inside the caller's ``state_dir``::
         work/       overlayfs work dir                 -- removed after the step
         merged/     mount point of the composed root   -- removed after the step
         run/        hosts file, rw-bind layers         -- removed after the step
+        l/          short links to the lowers, for a mount of many layers -- removed after the step
         .overlay-probe/   a test mount, once per filesystem -- removed at once
 """
 
@@ -40,6 +41,7 @@ from .errors import SandboxSetupError, SandboxUnavailable
 from .userns import in_user_namespace, overlay_xattr
 
 __all__ = [
+    "MAX_LOWERS",
     "OVERLAY_OPTIONS",
     "USERNS_OVERLAY_OPTIONS",
     "RootfsLayout",
@@ -65,6 +67,8 @@ OVERLAY_OPTIONS = "redirect_dir=off,metacopy=off"
 USERNS_OVERLAY_OPTIONS = "redirect_dir=nofollow,metacopy=off,userxattr"
 # The kernel takes at most one page of mount options.
 _MAX_MOUNT_DATA = 4000
+#: The most lower directories one overlay mount stacks (the kernel's OVL_MAX_STACK).
+MAX_LOWERS = 500
 
 
 class RootfsMode(enum.Enum):
@@ -100,6 +104,11 @@ class RootfsLayout:
         return self.state_dir / "run"
 
     @property
+    def links(self) -> Path:
+        """Short names of the lowers, made when a long list needs them."""
+        return self.state_dir / "l"
+
+    @property
     def changes(self) -> Path:
         """OVERLAY: the upper dir (the step's changes). COPY: the whole resulting root."""
         return self.upper if self.mode is RootfsMode.OVERLAY else self.merged
@@ -111,14 +120,18 @@ def _escape(path: str) -> str:
 
 
 def overlay_mount_data(
-    lowers: Sequence[Path], upper: Path, work: Path, *, index: bool = False
+    lowers: Sequence[Path], upper: Path, work: Path, *, index: bool = False,
+    links: Path | None = None,
 ) -> tuple[str, str | None]:
     """The overlay mount option string, and the directory to mount from (or None).
 
     Long layer lists exceed the one page of mount data the kernel accepts; as containerd
     does, the paths are then made relative to their common parent, mounted from there.
-    A directory listed twice (an image with two identical layers) is kept only at its
-    topmost place.
+    Where even that is too long (some 50 layers: each is named by its digest), the lowers
+    are given short names, symbolic links in ``links`` (made here; a sibling of ``upper``
+    and ``work``), as Docker's overlay2 driver names its layers in ``l/``: up to the
+    kernel's :data:`MAX_LOWERS`. A directory listed twice (an image with two identical
+    layers) is kept only at its topmost place.
     """
     # overlayfs refuses a lowerdir given twice ("conflicting lowerdir path", ELOOP). The
     # lower copy of a repeated layer is invisible anyway: every entry, whiteout and opaque
@@ -140,12 +153,31 @@ def overlay_mount_data(
         os.path.relpath(upper, base),
         os.path.relpath(work, base),
     )
-    if len(relative) > _MAX_MOUNT_DATA:
+    if len(relative) <= _MAX_MOUNT_DATA:
+        return relative, base
+    if links is None or len(lowers) > MAX_LOWERS:
         raise SandboxSetupError(
-            f"{len(lowers)} layers do not fit in one overlay mount; "
-            "squash the base image or use rootfs=copy"
+            f"{len(lowers)} layers do not fit in one overlay mount (the kernel stacks at "
+            f"most {MAX_LOWERS}); squash the base image, or build with --differ snapshot"
         )
-    return relative, base
+    links.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, lower in enumerate(lowers):
+        name = links / _short_name(i)
+        if not name.is_symlink():
+            name.symlink_to(lower.absolute())
+        names.append(os.path.relpath(name, links.parent))
+    short = data(names, os.path.relpath(upper, links.parent), os.path.relpath(work, links.parent))
+    return short, str(links.parent)
+
+
+def _short_name(i: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = digits[i % 36]
+    while i >= 36:
+        i = i // 36 - 1
+        out = digits[i % 36] + out
+    return out
 
 
 # filesystem -> (overlay mounts, overlay mounts with index=on)

@@ -63,6 +63,7 @@ from .linkgroups import has_link_groups, relink_copied_up
 from .netfiles import hosts_file, resolv_conf
 from .process import TAIL_LINES, OutputCallback, StepInterrupt, spawn
 from .rootfs import (
+    MAX_LOWERS,
     RootfsLayout,
     RootfsMode,
     overlay_index_supported,
@@ -140,7 +141,7 @@ def _choose_executor(wanted: Executor, user: ExecUser) -> tuple[Executor, str | 
 
 def _choose_rootfs(wanted: RootfsMode, state_dir: Path, lowers: Sequence[Path]) -> RootfsMode:
     if wanted is RootfsMode.AUTO:
-        if not overlay_supported(state_dir):
+        if len(set(lowers)) > MAX_LOWERS or not overlay_supported(state_dir):
             return RootfsMode.COPY
         # Without index=on (always so inside a user namespace) a copy-up breaks a hard
         # link: where the lowers have link groups, the copy keeps them, as a root build
@@ -476,7 +477,7 @@ def _rootfs_plan(layout: RootfsLayout) -> dict[str, object]:
     for d in (layout.upper, layout.work, layout.merged):
         d.mkdir()
     data, cwd = overlay_mount_data(layout.lowers, layout.upper, layout.work,
-                                   index=layout.index)
+                                   index=layout.index, links=layout.links)
     return {"mode": "overlay", "merged": str(layout.merged), "data": data, "cwd": cwd}
 
 

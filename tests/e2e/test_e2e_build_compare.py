@@ -181,6 +181,7 @@ CASES = (
     Case("file-kinds", expect=FILE_KINDS_OUT, pybuild_flags=("--differ", "snapshot")),
     Case("run-sandbox", expect=RUN_SANDBOX_OUT),
     Case("run-sandbox", expect=RUN_SANDBOX_OUT, pybuild_flags=("--network", "none")),
+    Case("many-layers", expect="88\n1\n39\n41\n90\n"),
     Case("scratch-final",
          expect="/\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
     Case("buildx-flags", stdin=True, stub_dirs=("run/secrets",),

@@ -35,7 +35,7 @@ from testkit.tools import require_root, require_tool
 from testkit.users import SystemUser, python_for, shared_workspace, temporary_user
 from tests.builder.build.conftest import TESTFILES, write_base_layout
 
-CASES = ["basic", "differ", "docker-parity", "hardlinks", "multistage"]
+CASES = ["basic", "differ", "docker-parity", "hardlinks", "multistage", "many-layers"]
 EPOCH = "1700000000"
 
 
