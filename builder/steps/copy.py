@@ -27,7 +27,6 @@ import os
 import posixpath
 import shutil
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,8 @@ from ..layers.changeset import path_sort_key
 from ..layers.errors import LayerError
 from ..layers.rootwalk import SymlinkLoop, walk_in_root
 from ..sandbox.rootfs import lower_stat
-from .archives import is_archive, open_archive
-from .chmod import ModeChange, parse_chmod
+from .archives import is_archive
+from .chmod import parse_chmod
 from .common import (
     BuildError,
     StepEnv,
@@ -54,30 +53,14 @@ from .common import (
     valid_facts,
     valid_files,
 )
-from .copyup import DirLookup, copy_up_lookup, lowers_lookup, make_parents, no_copy_up
+from .copy_write import CopyItem, write_items
+from .copyup import copy_up_lookup, lowers_lookup, make_parents, no_copy_up
 from .download import check_checksum_sources, download, fetch_git, sha256_file
 from .metadata import clean_path, resolve_workdir, workdir_value
 from .owners import check_mapped, chown_ids, workdir_owner
 from .parents import resolve_parents
 
 __all__ = ["copy_instruction", "workdir_instruction"]
-
-
-@dataclass(frozen=True, slots=True)
-class _Item:
-    """One path to write: ``dest`` (relative to /), from ``path`` (None with ``st``
-    None: the directory a directory's contents are copied into), ``archive`` to unpack
-    at ``dest``; ``source`` numbers the source (or wildcard match) it comes from;
-    ``keep_owner``: without ``--chown`` the copy keeps ``st``'s owner (a stage's or an
-    image's file, as BuildKit; the context's are root's)."""
-
-    dest: str
-    path: Path | None
-    st: os.stat_result | None
-    archive: bool = False
-    data: bytes | None = None
-    source: int = 0
-    keep_owner: bool = False
 
 
 def resolve_in_lowers(lowers: list[Path], path: str, *, follow_final: bool) -> str:
@@ -116,7 +99,7 @@ def _no_file_in_the_way(lowers: list[Path], dest: str, is_dir: bool, where: str)
                              "file in an earlier step")
 
 
-def _no_directory_onto_a_file(items: list[_Item], dest: str, where: str) -> None:
+def _no_directory_onto_a_file(items: list[CopyItem], dest: str, where: str) -> None:
     """BuildError when a directory's contents (or an archive's) would go into ``dest``,
     a file of the stage: BuildKit fails ("cannot copy to non-directory") rather than
     replace the file with a directory."""
@@ -147,89 +130,9 @@ def _one_directory(sources: list[str], parents: bool) -> str:
     return "" if one in (".", "..") or one.startswith("../") else one
 
 
-def _write(upper: Path, items: list[_Item], lookup: DirLookup, owner: tuple[int, int] | None,
-           chmod: ModeChange | None) -> None:
-    # BuildKit copies each source (each wildcard match) on its own, keeping the hard
-    # links within it: (source, st_dev, st_ino) -> the first copy written.
-    linked: dict[tuple[int, int, int], Path] = {}
-    # A directory gets its source's mtime once what is copied into it is written (that
-    # changes it), before the next source is copied.
-    dir_times: list[tuple[Path, int]] = []
-    source = 0
-    for it in items:
-        if it.source != source:
-            _set_dir_times(dir_times)
-            source = it.source
-        target = upper / it.dest
-        make_parents(upper, posixpath.dirname(it.dest), lookup, owner)
-        if it.archive:
-            assert it.path is not None
-            make_parents(upper, it.dest, lookup, owner)
-            from ..layers.extract import apply_layer
-
-            # --chown owns every unpacked entry, as BuildKit 0.23 and later (earlier ones
-            # kept the archive's owners)
-            with open_archive(it.path) as src:
-                apply_layer(src, target, owner=owner)
-            continue
-        if it.data is not None:  # a heredoc file: 0644 (or --chmod), root or --chown
-            target.write_bytes(it.data)
-            os.chown(target, *(owner or (0, 0)))
-            os.chmod(target, chmod.apply(0o644, False) if chmod is not None else 0o644)
-            continue
-        if it.path is None and it.st is None:
-            # The destination of a directory's contents, as BuildKit makes it: an existing
-            # directory keeps its mode and owner; a new one is 0755, --chown'ed, and
-            # --chmod applies only to what is copied into it.
-            make_parents(upper, it.dest, lookup, owner)
-            continue
-        st = it.st
-        ids = owner or ((st.st_uid, st.st_gid) if it.keep_owner and st is not None else (0, 0))
-        if os.path.lexists(target) and not (target.is_dir() and (st is None or stat.S_ISDIR(st.st_mode))):
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
-        if st is None or stat.S_ISDIR(st.st_mode):
-            target.mkdir(exist_ok=True)
-            mode = stat.S_IMODE(st.st_mode) if st is not None else 0o755
-        elif stat.S_ISLNK(st.st_mode):
-            assert it.path is not None
-            os.symlink(os.readlink(it.path), target)
-            os.lchown(target, *ids)
-            os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
-            continue
-        elif stat.S_ISREG(st.st_mode):
-            assert it.path is not None
-            inode = (it.source, st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and inode in linked:
-                os.link(linked[inode], target)
-                continue
-            if st.st_nlink > 1:
-                linked[inode] = target
-            shutil.copyfile(it.path, target, follow_symlinks=False)
-            mode = stat.S_IMODE(st.st_mode)
-        else:
-            continue  # sockets, devices, fifos are not copied (as BuildKit)
-        os.chown(target, *ids)
-        os.chmod(target, chmod.apply(mode, stat.S_ISDIR(st.st_mode) if st else True)
-                 if chmod is not None else mode)
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            dir_times.append((target, st.st_mtime_ns))
-        elif st is not None:
-            os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns))
-    _set_dir_times(dir_times)
-
-
-def _set_dir_times(dirs: list[tuple[Path, int]]) -> None:
-    for target, mtime_ns in dirs:
-        os.utime(target, ns=(mtime_ns, mtime_ns))
-    dirs.clear()
-
-
 def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpack: bool,
-          excludes: IgnoreMatcher) -> tuple[list[_Item], dict[str, str]]:
-    items: list[_Item] = []
+          excludes: IgnoreMatcher) -> tuple[list[CopyItem], dict[str, str]]:
+    items: list[CopyItem] = []
     hashes: dict[str, str] = {}
     sources: list[Source] = []
     for s in srcs:
@@ -238,7 +141,7 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpac
     if len(sources) > 1 and not dest_is_dir:
         raise ContextError(f"copying {len(sources)} sources needs a destination ending "
                            f"with '/' (got {dest!r})")
-    # Which files are hard links of one another (within a source, see _write) is part of
+    # Which files are hard links of one another (within a source, see write_items) is part of
     # the result, so part of the cache key: (source, inode) -> the first path that has it.
     inodes: dict[tuple[int, int, int], str] = {}
     to_hash: list[tuple[str, Path, os.stat_result]] = []  # hashed together, below
@@ -248,11 +151,11 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpac
         if src.is_dir:
             base = dest.rstrip("/")
             if base:
-                items.append(_Item(base, None, None, source=i))
+                items.append(CopyItem(base, None, None, source=i))
             for rel, path, st in tree.walk(src):
                 if excludes.excluded(rel):
                     continue
-                items.append(_Item(f"{base}/{rel}" if base else rel, path, st, source=i,
+                items.append(CopyItem(f"{base}/{rel}" if base else rel, path, st, source=i,
                                    keep_owner=tree.keep_owners))
                 to_hash.append((f"{src.rel}/{rel}", path, st))
                 of_source.append(i)
@@ -261,9 +164,9 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpac
         name = posixpath.basename(src.rel)
         target = f"{dest.rstrip('/')}/{name}" if dest_is_dir else dest
         if unpack and is_archive(src.path):
-            items.append(_Item(dest.rstrip("/"), src.path, st, archive=True, source=i))
+            items.append(CopyItem(dest.rstrip("/"), src.path, st, archive=True, source=i))
         else:
-            items.append(_Item(target.lstrip("/"), src.path, st, source=i,
+            items.append(CopyItem(target.lstrip("/"), src.path, st, source=i,
                                keep_owner=tree.keep_owners))
         to_hash.append((src.rel, src.path, st))
         of_source.append(i)
@@ -279,22 +182,22 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpac
 
 
 def _plan_parents(tree: SourceTree, srcs: list[str], dest: str,
-                  excludes: IgnoreMatcher) -> tuple[list[_Item], dict[str, str]]:
+                  excludes: IgnoreMatcher) -> tuple[list[CopyItem], dict[str, str]]:
     """``COPY --parents`` (see :mod:`.parents`): each source keeps its parents under
     ``dest``, a directory."""
-    items: dict[str, _Item] = {}
+    items: dict[str, CopyItem] = {}
     hashes: dict[str, str] = {}
     base = dest.rstrip("/")
     found: list[tuple[str, Path, os.stat_result]] = []
     for src in srcs:
         for rel, path, st in resolve_parents(tree, src, excludes):
             target = f"{base}/{rel}" if base else rel
-            items[target] = _Item(target, path, st, keep_owner=tree.keep_owners)
+            items[target] = CopyItem(target, path, st, keep_owner=tree.keep_owners)
             found.append((f"{src}:{rel}", path, st))
     for (key, _, st), digest in zip(found, tree.hash_files([(p, st) for _, p, st in found])):
         hashes[key] = digest + tree.owner_key(st)
     if base:
-        items.setdefault(base, _Item(base, None, None))
+        items.setdefault(base, CopyItem(base, None, None))
     return [items[k] for k in sorted(items, key=path_sort_key)], hashes
 
 
@@ -353,11 +256,11 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     if n_sources > 1 and not dest_is_dir:
         raise BuildError(where, f"copying {n_sources} sources needs a destination ending "
                          f"with '/' (got {dest_raw!r})")
-    items: list[_Item] = []
+    items: list[CopyItem] = []
     hashes: dict[str, str] = {}
     for f in ins.files:
         target = f"{dest.rstrip('/')}/{f.name}" if dest_is_dir else dest
-        items.append(_Item(target.lstrip("/"), None, None, data=f.data.encode()))
+        items.append(CopyItem(target.lstrip("/"), None, None, data=f.data.encode()))
         hashes[f"<<{f.name}"] = blake3.blake3(f.data.encode()).hexdigest()[:32]
     local = []
     excludes = IgnoreMatcher.from_lines(list(ins.exclude))
@@ -385,13 +288,13 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
             hashes[s] = await asyncio.to_thread(hash_path, path, os.stat(path))
             target = f"{dest.rstrip('/')}/{fname}" if dest_is_dir else dest
             if isinstance(ins, Add) and ins.unpack and is_archive(path):
-                items.append(_Item(dest.strip("/"), path, os.stat(path), archive=True))
+                items.append(CopyItem(dest.strip("/"), path, os.stat(path), archive=True))
             else:
-                items.append(_Item(target.lstrip("/"), path, os.stat(path)))
+                items.append(CopyItem(target.lstrip("/"), path, os.stat(path)))
         else:
             local.append(s)
 
-    async def plan_local() -> tuple[list[_Item], dict[str, str]]:
+    async def plan_local() -> tuple[list[CopyItem], dict[str, str]]:
         if not local:
             return [], {}
         tree = await source_tree()
@@ -408,7 +311,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     # so a step that hits needs none of its layers (extracted, or fetched from a cache).
     source_key = await env.stage_key(from_ref) \
         if local and from_ref and named is None and env.stage_key else None
-    local_items: list[_Item] | None = None
+    local_items: list[CopyItem] | None = None
     if source_key is not None:
         async def files() -> dict[str, Any]:
             nonlocal local_items
@@ -451,7 +354,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
             _no_directory_onto_a_file(items, dest, where)
         lookup = await copy_up_lookup(env, state, items) if not link else no_copy_up
         try:
-            await asyncio.to_thread(_write, upper, items, lookup, owner, chmod)
+            await asyncio.to_thread(write_items, upper, items, lookup, owner, chmod)
         except LayerError as exc:
             raise BuildError(where, f"unpacking an archive: {exc}") from exc
         return upper

@@ -56,14 +56,26 @@ def lowers_lookup(lowers: Sequence[Path]) -> DirLookup:
     return lambda rel: dir_stat(lower_stat(lowers, rel))
 
 
+def forget_dirs(made: set[str], rel: str) -> None:
+    """Take ``rel`` and what lies below it out of :func:`make_parents`' ``made``."""
+    rel = rel.strip("/")
+    made.difference_update([d for d in made if d == rel or d.startswith(rel + "/")])
+
+
 def make_parents(upper: Path, rel: str, lookup: DirLookup,
-                 owner: tuple[int, int] | None = None) -> None:
+                 owner: tuple[int, int] | None = None, made: set[str] | None = None) -> None:
     """Create ``rel``'s directories in ``upper``, copying up existing ones' metadata
-    (``lookup``); new ones are 0755, ``owner``'s (else root's)."""
+    (``lookup``); new ones are 0755, ``owner``'s (else root's). ``made``: the directories
+    known to be there already (kept up to date here; a caller that removes one of them
+    removes it from the set), so that a copy of many files looks each one up once."""
     parts = [p for p in rel.split("/") if p]
     cur = ""
     for p in parts:
         cur = f"{cur}/{p}" if cur else p
+        if made is not None:
+            if cur in made:
+                continue
+            made.add(cur)
         d = upper / cur
         if d.is_dir():
             continue

@@ -1,0 +1,119 @@
+"""Writing a COPY's (or ADD's) items into the step's fresh upper directory: files,
+links, directories and unpacked archives, with BuildKit's owners, modes, times and hard
+links within a source."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .archives import open_archive
+from .chmod import ModeChange
+from .copyup import DirLookup, forget_dirs, make_parents
+
+__all__ = ["CopyItem", "write_items"]
+
+
+@dataclass(frozen=True, slots=True)
+class CopyItem:
+    """One path to write: ``dest`` (relative to /), from ``path`` (None with ``st``
+    None: the directory a directory's contents are copied into), ``archive`` to unpack
+    at ``dest``; ``source`` numbers the source (or wildcard match) it comes from;
+    ``keep_owner``: without ``--chown`` the copy keeps ``st``'s owner (a stage's or an
+    image's file, as BuildKit; the context's are root's)."""
+
+    dest: str
+    path: Path | None
+    st: os.stat_result | None
+    archive: bool = False
+    data: bytes | None = None
+    source: int = 0
+    keep_owner: bool = False
+
+
+def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup, owner: tuple[int, int] | None,
+           chmod: ModeChange | None) -> None:
+    # BuildKit copies each source (each wildcard match) on its own, keeping the hard
+    # links within it: (source, st_dev, st_ino) -> the first copy written.
+    linked: dict[tuple[int, int, int], Path] = {}
+    # A directory gets its source's mtime once what is copied into it is written (that
+    # changes it), before the next source is copied.
+    dir_times: list[tuple[Path, int]] = []
+    made: set[str] = set()  # directories of the upper dir known to be there
+    source = 0
+    for it in items:
+        if it.source != source:
+            _set_dir_times(dir_times)
+            source = it.source
+        target = upper / it.dest
+        make_parents(upper, posixpath.dirname(it.dest), lookup, owner, made)
+        if it.archive:
+            assert it.path is not None
+            make_parents(upper, it.dest, lookup, owner, made)
+            from ..layers.extract import apply_layer
+
+            # --chown owns every unpacked entry, as BuildKit 0.23 and later (earlier ones
+            # kept the archive's owners)
+            with open_archive(it.path) as src:
+                apply_layer(src, target, owner=owner)
+            made.clear()  # its whiteouts may remove directories
+            continue
+        if it.data is not None:  # a heredoc file: 0644 (or --chmod), root or --chown
+            target.write_bytes(it.data)
+            os.chown(target, *(owner or (0, 0)))
+            os.chmod(target, chmod.apply(0o644, False) if chmod is not None else 0o644)
+            continue
+        if it.path is None and it.st is None:
+            # The destination of a directory's contents, as BuildKit makes it: an existing
+            # directory keeps its mode and owner; a new one is 0755, --chown'ed, and
+            # --chmod applies only to what is copied into it.
+            make_parents(upper, it.dest, lookup, owner, made)
+            continue
+        st = it.st
+        ids = owner or ((st.st_uid, st.st_gid) if it.keep_owner and st is not None else (0, 0))
+        if os.path.lexists(target) and not (target.is_dir() and (st is None or stat.S_ISDIR(st.st_mode))):
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+            forget_dirs(made, it.dest)
+        if st is None or stat.S_ISDIR(st.st_mode):
+            target.mkdir(exist_ok=True)
+            made.add(it.dest.strip("/"))
+            mode = stat.S_IMODE(st.st_mode) if st is not None else 0o755
+        elif stat.S_ISLNK(st.st_mode):
+            assert it.path is not None
+            os.symlink(os.readlink(it.path), target)
+            os.lchown(target, *ids)
+            os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+            continue
+        elif stat.S_ISREG(st.st_mode):
+            assert it.path is not None
+            inode = (it.source, st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and inode in linked:
+                os.link(linked[inode], target)
+                continue
+            if st.st_nlink > 1:
+                linked[inode] = target
+            shutil.copyfile(it.path, target, follow_symlinks=False)
+            mode = stat.S_IMODE(st.st_mode)
+        else:
+            continue  # sockets, devices, fifos are not copied (as BuildKit)
+        os.chown(target, *ids)
+        os.chmod(target, chmod.apply(mode, stat.S_ISDIR(st.st_mode) if st else True)
+                 if chmod is not None else mode)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            dir_times.append((target, st.st_mtime_ns))
+        elif st is not None:
+            os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns))
+    _set_dir_times(dir_times)
+
+
+def _set_dir_times(dirs: list[tuple[Path, int]]) -> None:
+    for target, mtime_ns in dirs:
+        os.utime(target, ns=(mtime_ns, mtime_ns))
+    dirs.clear()
