@@ -24,8 +24,9 @@ blob passes through the local ``cas.Store`` (where it is
 verified, and where its pieces serve later incremental pulls). ``pull`` is
 ``copy REF local:REF``, ``push`` is ``copy local:REF REF``.
 
-An index is reduced to one platform's manifest (``platform``, default linux/amd64, else
-the first) unless ``all_platforms`` is set, which copies the index and every manifest.
+An index is reduced to one platform's manifest (``platform``, default this machine's:
+:func:`~registry.client.image_store.select_platform`) unless ``all_platforms`` is set,
+which copies the index and every manifest.
 """
 
 from __future__ import annotations

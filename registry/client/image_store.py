@@ -85,25 +85,31 @@ class LocalImage:
 
 
 def select_platform(index: Index, platform: str | None) -> Any:
-    """The index entry for ``os/arch[/variant]`` (default: the first linux/amd64, else the
-    first entry); raises ImageNotFound listing what the index offers."""
-    want = platform or "linux/amd64"
-    parts = want.split("/")
-    if len(parts) not in (2, 3):
-        raise ValueError(f"platform {want!r}: use os/arch or os/arch/variant")
+    """The index entry for ``platform`` (``os/arch[/variant]``, as ``--platform`` takes it;
+    default: this machine's), as containerd and Docker pick it: the first entry of that OS
+    and architecture (and variant, when one is asked for), else the first entry that names
+    no platform. ImageNotFound, listing what the index offers, when there is none: an image
+    of another architecture is never taken in its place."""
+    want = Platform.parse(platform) if platform else Platform.host()
 
-    def matches(p: Platform | None) -> bool:
-        if p is None or p.os != parts[0] or p.architecture != parts[1]:
+    def matches(p: Platform) -> bool:
+        try:
+            have = Platform.parse(f"{p.os}/{p.architecture}" + (f"/{p.variant}" if p.variant else ""))
+        except ValueError:
             return False
-        return len(parts) == 2 or p.variant == parts[2]
+        return ((have.os, have.architecture) == (want.os, want.architecture)
+                and (want.variant is None or have.variant == want.variant))
 
     for entry in index.manifests:
-        if matches(entry.platform):
+        if entry.platform is not None and matches(entry.platform):
             return entry
-    if platform is None and index.manifests:
-        return index.manifests[0]
+    for entry in index.manifests:
+        if entry.platform is None:
+            return entry
     offered = ", ".join(str(d.platform) for d in index.manifests if d.platform is not None)
-    raise ImageNotFound(f"no manifest for platform {want} in the index (it has: {offered or 'none'})")
+    raise ImageNotFound(
+        f"no manifest for platform {want} in the index (it has: {offered or 'none'}); "
+        "name one with --platform")
 
 
 class ImageStore:

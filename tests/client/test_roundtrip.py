@@ -14,7 +14,7 @@ import pytest
 from cas import Digest
 from registry import oci
 from registry.client.copy import CopyError, CopyOptions, Endpoint, copy_image, parse_endpoint
-from registry.client.image_store import ImageStore
+from registry.client.image_store import ImageNotFound, ImageStore
 from registry.client.progress import Progress
 from registry.client.refs import parse_image_ref
 from registry.client.remote import RegistryClient
@@ -180,6 +180,30 @@ async def test_index_one_platform_or_all(
     assert every.digest == Digest.of(index)
     manifest, _config = await images2.get(ref, platform="linux/amd64")
     assert manifest.layers[0].digest == Digest.of(amd.layers[0])
+
+
+async def test_an_index_without_this_machines_platform_is_not_pulled_in_its_place(
+    registry_host: str, images: ImageStore, images2: ImageStore, client: RegistryClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As Docker and containerd: the default is this machine's platform, and an index
+    that lacks it is an error naming what it has, not its first image."""
+    arm, s390x = simple_image(12, (20_000,)), simple_image(13, (20_000,))
+    index = make_index([(arm, "arm64"), (s390x, "s390x")])
+    ref = unique(registry_host)
+    for img in (arm, s390x):
+        for blob in (img.config, *img.layers, img.manifest):
+            await images.store.put(blob)
+    await images.put(ref, index)
+    await copy(f"local:{ref}", ref, images, client, all_platforms=True)
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    with pytest.raises(ImageNotFound, match=r"linux/amd64 .*it has: linux/arm64, linux/s390x"):
+        await copy(ref, f"local:{ref}", images2, client)
+    assert await images2.resolve(ref) is None
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")  # a machine it has
+    assert (await copy(ref, f"local:{ref}", images2, client)).digest == arm.digest
+    one = await copy(ref, f"local:{ref}", images2, client, platform="linux/arm64/v8")
+    assert one.digest == arm.digest  # arm64/v8 is arm64, as containerd normalises it
 
 
 def test_parse_endpoint() -> None:
