@@ -161,7 +161,7 @@ class StageScheduler:
 
     async def stage_root(self, ref: str, within: str = "") -> Path:
         """A flattened copy of a stage's (or an image's) root filesystem (read-only use);
-        with ``within`` (a directory, relative) maybe only that directory of it."""
+        with ``within`` (a directory or a file, relative) maybe only that path of it."""
         if (ref, "") in self._roots:
             return await self._roots[ref, ""]
         if (ref, within) not in self._roots:

@@ -30,17 +30,18 @@ def flatten_lowers(lowers: Sequence[Path], dest: Path) -> None:
 
 
 def flatten_subtree(lowers: Sequence[Path], dest: Path, within: str) -> bool:
-    """Write only the directory ``within`` (relative) of the union of ``lowers`` (top
-    first), and the directories on its way, into the empty or new directory ``dest``:
-    what a ``COPY --from`` of that directory reads, without copying the rest of the
-    stage. False (nothing written) when some layer has anything but a directory or a
-    whiteout on that way (a symlink there could lead out of it): flatten it all then."""
+    """Write only ``within`` (relative: a directory, or a regular file) of the union of
+    ``lowers`` (top first), and the directories on its way, into the empty or new
+    directory ``dest``: what a ``COPY --from`` of that path reads, without copying the
+    rest of the stage. False (nothing written) when some layer has anything but a
+    directory or a whiteout on that way, or a symlink (or another kind) at its end (a
+    symlink could lead out of it): flatten it all then."""
     parts = [p for p in within.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         return False
     for layer in lowers:
         cur = layer
-        for part in parts:
+        for i, part in enumerate(parts):
             cur = cur / part
             try:
                 st = os.lstat(cur)
@@ -48,7 +49,7 @@ def flatten_subtree(lowers: Sequence[Path], dest: Path, within: str) -> bool:
                 break
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 break
-            if not stat.S_ISDIR(st.st_mode):
+            if not (stat.S_ISDIR(st.st_mode) or (i == len(parts) - 1 and stat.S_ISREG(st.st_mode))):
                 return False
     dest.mkdir(parents=True, exist_ok=True)
     for layer in reversed(lowers):
@@ -57,11 +58,16 @@ def flatten_subtree(lowers: Sequence[Path], dest: Path, within: str) -> bool:
             src, dst = src / part, dst / part
             try:
                 st = os.lstat(src)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 break
             if stat.S_ISCHR(st.st_mode):  # a whiteout: nothing below it from lower layers
                 remove_path(dst)
                 break
+            if stat.S_ISREG(st.st_mode):  # the file named (the check above said so)
+                _entry(src, dst, st, {})
+                break
+            if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+                remove_path(dst)  # a file of a lower layer, now a directory
             if is_opaque(src) and dst.is_dir():
                 shutil.rmtree(dst)
             dst.mkdir(exist_ok=True)
@@ -92,27 +98,33 @@ def _apply(src_dir: Path, dst_dir: Path, links: dict[tuple[int, int], Path]) -> 
             _apply(src, dst, links)
             _copy_meta(src, dst)
             continue
-        remove_path(dst)
-        key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and key in links:
-            os.link(links[key], dst)
-            continue
-        if stat.S_ISREG(st.st_mode):
-            shutil.copyfile(src, dst, follow_symlinks=False)
-        elif stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(src), dst)
-        elif stat.S_ISFIFO(st.st_mode):
+        _entry(src, dst, st, links)
+
+
+def _entry(src: Path, dst: Path, st: os.stat_result, links: dict[tuple[int, int], Path]) -> None:
+    """Put the non-directory ``src`` at ``dst`` in place of whatever is there (a hard
+    link to its first copy when ``links`` has one)."""
+    remove_path(dst)
+    key = (st.st_dev, st.st_ino)
+    if st.st_nlink > 1 and key in links:
+        os.link(links[key], dst)
+        return
+    if stat.S_ISREG(st.st_mode):
+        shutil.copyfile(src, dst, follow_symlinks=False)
+    elif stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), dst)
+    elif stat.S_ISFIFO(st.st_mode):
+        os.mknod(dst, st.st_mode, st.st_rdev)
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        try:
             os.mknod(dst, st.st_mode, st.st_rdev)
-        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            try:
-                os.mknod(dst, st.st_mode, st.st_rdev)
-            except PermissionError:
-                continue  # root of a user namespace cannot make devices: left out
-        else:
-            continue  # sockets do not belong in an image
-        if st.st_nlink > 1:
-            links[key] = dst
-        _copy_meta(src, dst, st)
+        except PermissionError:
+            return  # root of a user namespace cannot make devices: left out
+    else:
+        return  # sockets do not belong in an image
+    if st.st_nlink > 1:
+        links[key] = dst
+    _copy_meta(src, dst, st)
 
 
 def _copy_meta(src: Path, dst: Path, st: os.stat_result | None = None) -> None:

@@ -120,12 +120,13 @@ def _link_target(lowers: list[Path], rel: str) -> str:
     return rel
 
 
-def _one_directory(sources: list[str], parents: bool) -> str:
-    """The one path (relative) a ``COPY --from`` copies (``/app/dist/``): where it is a
-    directory, only it need be flattened; "" for anything else."""
+def _one_path(sources: list[str], parents: bool) -> str:
+    """The one path (relative) a ``COPY --from`` copies (``/app/dist/``,
+    ``/go/bin/app``): where it is a directory or a file, only it need be flattened (a
+    link on its way: the whole stage, ``flatten_subtree`` says so); "" for anything else."""
     dirs = {posixpath.normpath(s.strip("/")) for s in sources}
     if parents or len(dirs) != 1 or any(set(s) & set("*?[\\") for s in sources):
-        return ""  # (a file is flattened with the whole stage: flatten_subtree says so)
+        return ""
     (one,) = dirs
     return "" if one in (".", "..") or one.startswith("../") else one
 
@@ -244,7 +245,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
             return env.contexts.tree(named, env.context.hash_store)  # --build-context DIR
         if from_ref:
             assert env.stage_root is not None
-            return SourceTree(await env.stage_root(from_ref, _one_directory(local, parents)),
+            return SourceTree(await env.stage_root(from_ref, _one_path(local, parents)),
                               strict=False, what=f"stage or image {from_ref!r}",
                               keep_owners=True)
         return env.context

@@ -75,6 +75,26 @@ def test_multistage_skips_unneeded_stage(context_of, build, tmp_path: Path) -> N
     assert result.image.config.rootfs.diff_ids and len(result.image.manifest.layers) == 3
 
 
+def test_copy_from_of_a_file_copies_that_file_not_the_stage(context_of, build, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """`COPY --from=build /go/bin/app /` flattens only the file and the directories on its
+    way, not the stage's whole root (a Debian builder stage: seconds per COPY)."""
+    import builder.sandbox.flatten as flatten
+
+    whole: list[Path] = []
+    real = flatten.flatten_lowers
+    monkeypatch.setattr(flatten, "flatten_lowers", lambda lowers, dest: (
+        whole.append(dest), real(lowers, dest))[1])
+    out = tmp_path / "out"
+    build(context_of("multistage"), local=out)
+    assert (out / "one.txt").read_text() == "one\n"
+    assert (out / "two/two.txt").read_text() == "two\n"
+    assert os.access(out / "bin/busybox", os.X_OK)
+    # /one.txt, /two.txt and /bin/busybox: each flattened alone (the local output is the
+    # image flattened: not a stage's root)
+    assert [d for d in whole if d.parent.name.startswith("root-")] == []
+
+
 def test_target_builds_only_that_stage(context_of, build, tmp_path: Path) -> None:
     out = tmp_path / "out"
     build(context_of("multistage"), local=out, target="two")

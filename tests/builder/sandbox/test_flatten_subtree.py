@@ -1,6 +1,6 @@
-"""``flatten_subtree``: one directory of a stack of extracted layers (what ``COPY --from
-<stage> /dir/`` reads), with overlayfs semantics, or nothing where a symlink could lead
-out of it; checked against the whole stack flattened."""
+"""``flatten_subtree``: one directory or file of a stack of extracted layers (what ``COPY
+--from <stage> /dir/`` or ``/go/bin/app`` reads), with overlayfs semantics, or nothing
+where a symlink could lead out of it; checked against the whole stack flattened."""
 
 from __future__ import annotations
 
@@ -61,6 +61,40 @@ def test_a_symlink_on_the_way_flattens_nothing(tmp_path: Path) -> None:
     os.symlink("srv", top / "app")
     assert not flatten_subtree([top, low], tmp_path / "part", "app/dist")
     assert not (tmp_path / "part").exists()
-    (low / "file").write_text("x\n")
-    assert not flatten_subtree([low], tmp_path / "part", "file")  # not a directory
+    os.symlink("srv", low / "tolink")
+    assert not flatten_subtree([low], tmp_path / "part", "tolink")  # a link at the end
     assert not flatten_subtree([low], tmp_path / "part", "../etc")
+    assert not (tmp_path / "part").exists()
+
+
+def test_one_file_of_the_layers(tmp_path: Path) -> None:
+    require_root("whiteouts are character devices: mknod needs root")
+    low, mid, top = (tmp_path / n for n in ("low", "mid", "top"))
+    for layer in (low, mid, top):
+        (layer / "go/bin").mkdir(parents=True)
+    (low / "go/bin/app").write_text("v1\n")
+    (low / "go/bin/other").write_text("not copied\n")
+    (mid / "go/bin/app").write_text("v2\n")
+    os.chmod(mid / "go/bin/app", 0o751)
+    os.chown(mid / "go/bin/app", 1000, 1000)
+    (low / "etc").mkdir()
+    (low / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    (top / "go/bin/gone").write_text("whited out above\n")  # the top deletes it, below
+    lowers = [top, mid, low]
+    part, whole = tmp_path / "part", tmp_path / "whole"
+    assert flatten_subtree(lowers, part, "/go/bin/app")
+    flatten_lowers(lowers, whole)
+    assert _tree(part) == {k: v for k, v in _tree(whole).items() if k in ("go", "go/bin", "go/bin/app")}
+    st = os.lstat(part / "go/bin/app")
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o751, 1000, 1000)
+
+    # A whiteout of the file in a layer above: nothing there, as in the whole stack.
+    os.mknod(top / "go/bin/app", 0o600 | 0o020000, os.makedev(0, 0))
+    assert flatten_subtree(lowers, tmp_path / "part2", "go/bin/app")
+    assert not (tmp_path / "part2/go/bin/app").exists()
+    # A file below, a directory above (and the other way): the top one is what is there.
+    os.unlink(top / "go/bin/app")
+    (top / "go/bin/app").mkdir()
+    (top / "go/bin/app/inner").write_text("dir\n")
+    assert flatten_subtree(lowers, tmp_path / "part3", "go/bin/app")
+    assert (tmp_path / "part3/go/bin/app/inner").read_text() == "dir\n"
