@@ -131,7 +131,7 @@ class StageScheduler:
         self.platform = platform or Platform.host()
         self.env = env
         self._tasks: dict[int, asyncio.Task[ImageState]] = {}
-        self._roots: dict[tuple[str, str], asyncio.Task[Path]] = {}
+        self._roots: dict[tuple[str, tuple[str, ...]], asyncio.Task[Path]] = {}
         env.stage_root = self.stage_root
         env.stage_key = self.stage_key
 
@@ -159,11 +159,11 @@ class StageScheduler:
                 return s.index
         return None
 
-    async def stage_root(self, ref: str, within: str = "") -> Path:
+    async def stage_root(self, ref: str, within: tuple[str, ...] = ()) -> Path:
         """A flattened copy of a stage's (or an image's) root filesystem (read-only use);
-        with ``within`` (a directory or a file, relative) maybe only that path of it."""
-        if (ref, "") in self._roots:
-            return await self._roots[ref, ""]
+        with ``within`` (directories or files, relative) maybe only those paths of it."""
+        if (ref, ()) in self._roots:
+            return await self._roots[ref, ()]
         if (ref, within) not in self._roots:
             self._roots[ref, within] = asyncio.create_task(self._make_root(ref, within))
         return await self._roots[ref, within]
@@ -177,7 +177,7 @@ class StageScheduler:
             return None
         return (await self._task(index)).key
 
-    async def _make_root(self, ref: str, within: str = "") -> Path:
+    async def _make_root(self, ref: str, within: tuple[str, ...] = ()) -> Path:
         contexts = self.env.contexts
         named = contexts.find(ref) if contexts else None
         if named is not None and named.directory is not None:

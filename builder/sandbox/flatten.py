@@ -29,16 +29,26 @@ def flatten_lowers(lowers: Sequence[Path], dest: Path) -> None:
         _copy_meta(layer, dest)
 
 
-def flatten_subtree(lowers: Sequence[Path], dest: Path, within: str) -> bool:
-    """Write only ``within`` (relative: a directory, or a regular file) of the union of
-    ``lowers`` (top first), and the directories on its way, into the empty or new
-    directory ``dest``: what a ``COPY --from`` of that path reads, without copying the
-    rest of the stage. False (nothing written) when some layer has anything but a
-    directory or a whiteout on that way, or a symlink (or another kind) at its end (a
-    symlink could lead out of it): flatten it all then."""
-    parts = [p for p in within.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
+def flatten_subtree(lowers: Sequence[Path], dest: Path, within: str | Sequence[str]) -> bool:
+    """Write only ``within`` (relative paths: each a directory or a regular file) of the
+    union of ``lowers`` (top first), and the directories on their way, into the empty or
+    new directory ``dest``: what a ``COPY --from`` of those paths reads, without copying
+    the rest of the stage. False (nothing written) when some layer has anything but a
+    directory or a whiteout on a way, or a symlink (or another kind) at its end (a symlink
+    could lead out of it): flatten it all then."""
+    paths = [within] if isinstance(within, str) else list(within)
+    ways = [[p for p in path.split("/") if p not in ("", ".")] for path in paths]
+    if not ways or any(not parts or ".." in parts for parts in ways):
         return False
+    if not all(_only_directories_on(lowers, parts) for parts in ways):
+        return False
+    dest.mkdir(parents=True, exist_ok=True)
+    for parts in ways:
+        _write_way(lowers, dest, parts)
+    return True
+
+
+def _only_directories_on(lowers: Sequence[Path], parts: list[str]) -> bool:
     for layer in lowers:
         cur = layer
         for i, part in enumerate(parts):
@@ -51,7 +61,10 @@ def flatten_subtree(lowers: Sequence[Path], dest: Path, within: str) -> bool:
                 break
             if not (stat.S_ISDIR(st.st_mode) or (i == len(parts) - 1 and stat.S_ISREG(st.st_mode))):
                 return False
-    dest.mkdir(parents=True, exist_ok=True)
+    return True
+
+
+def _write_way(lowers: Sequence[Path], dest: Path, parts: list[str]) -> None:
     for layer in reversed(lowers):
         src, dst = layer, dest
         for part in parts:
@@ -63,7 +76,7 @@ def flatten_subtree(lowers: Sequence[Path], dest: Path, within: str) -> bool:
             if stat.S_ISCHR(st.st_mode):  # a whiteout: nothing below it from lower layers
                 remove_path(dst)
                 break
-            if stat.S_ISREG(st.st_mode):  # the file named (the check above said so)
+            if stat.S_ISREG(st.st_mode):  # the file named (_only_directories_on said so)
                 _entry(src, dst, st, {})
                 break
             if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
@@ -75,7 +88,6 @@ def flatten_subtree(lowers: Sequence[Path], dest: Path, within: str) -> bool:
         else:
             _apply(src, dst, {})
             _copy_meta(src, dst)
-    return True
 
 
 def _apply(src_dir: Path, dst_dir: Path, links: dict[tuple[int, int], Path]) -> None:

@@ -120,15 +120,16 @@ def _link_target(lowers: list[Path], rel: str) -> str:
     return rel
 
 
-def _one_path(sources: list[str], parents: bool) -> str:
-    """The one path (relative) a ``COPY --from`` copies (``/app/dist/``,
-    ``/go/bin/app``): where it is a directory or a file, only it need be flattened (a
-    link on its way: the whole stage, ``flatten_subtree`` says so); "" for anything else."""
-    dirs = {posixpath.normpath(s.strip("/")) for s in sources}
-    if parents or len(dirs) != 1 or any(set(s) & set("*?[\\") for s in sources):
-        return ""
-    (one,) = dirs
-    return "" if one in (".", "..") or one.startswith("../") else one
+def _one_path(sources: list[str], parents: bool) -> tuple[str, ...]:
+    """The paths (relative) a ``COPY --from`` copies (``/app/dist/``, ``/go/bin/app``):
+    where each is a directory or a file, only they need be flattened (a link on the way:
+    the whole stage, ``flatten_subtree`` says so); () for anything else (wildcards)."""
+    paths = tuple(dict.fromkeys(posixpath.normpath(s.strip("/")) for s in sources))
+    if parents or any(set(s) & set("*?[\\") for s in sources):
+        return ()
+    if any(p in (".", "..") or p.startswith("../") for p in paths):
+        return ()
+    return paths
 
 
 def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpack: bool,

@@ -86,10 +86,14 @@ def test_copy_from_of_a_file_copies_that_file_not_the_stage(context_of, build, t
     monkeypatch.setattr(flatten, "flatten_lowers", lambda lowers, dest: (
         whole.append(dest), real(lowers, dest))[1])
     out = tmp_path / "out"
-    build(context_of("multistage"), local=out)
+    ctx = context_of("multistage")
+    with (ctx / "Dockerfile").open("a") as f:  # two paths at once: both, and only they
+        f.write("COPY --from=one /one.txt /bin/busybox /multi/\n")
+    build(ctx, local=out)
     assert (out / "one.txt").read_text() == "one\n"
     assert (out / "two/two.txt").read_text() == "two\n"
     assert os.access(out / "bin/busybox", os.X_OK)
+    assert sorted(p.name for p in (out / "multi").iterdir()) == ["busybox", "one.txt"]
     # /one.txt, /two.txt and /bin/busybox: each flattened alone (the local output is the
     # image flattened: not a stage's root)
     assert [d for d in whole if d.parent.name.startswith("root-")] == []

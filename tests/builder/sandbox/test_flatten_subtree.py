@@ -98,3 +98,11 @@ def test_one_file_of_the_layers(tmp_path: Path) -> None:
     (top / "go/bin/app/inner").write_text("dir\n")
     assert flatten_subtree(lowers, tmp_path / "part3", "go/bin/app")
     assert (tmp_path / "part3/go/bin/app/inner").read_text() == "dir\n"
+    # Several paths at once: each, and the directories on their ways; one that cannot be
+    # taken alone (a link) writes nothing at all.
+    assert flatten_subtree(lowers, tmp_path / "part4", ["go/bin/app", "etc/passwd"])
+    assert _tree(tmp_path / "part4").keys() == {"go", "go/bin", "go/bin/app", "go/bin/app/inner",
+                                                "etc", "etc/passwd"}
+    os.symlink("passwd", low / "etc/link")
+    assert not flatten_subtree(lowers, tmp_path / "part5", ["go/bin/app", "etc/link"])
+    assert not (tmp_path / "part5").exists()
