@@ -140,10 +140,17 @@ async def _settle(job: asyncio.Future[Any]) -> None:
         job.exception()
 
 
+def _bind_within(m: BindMount) -> tuple[str, ...]:
+    """What of the stage a bind mount's ``source`` needs flattened: that path (a link on
+    its way makes it the whole root), or everything."""
+    source = m.source.strip("/")
+    return (source,) if source and source != "." else ()
+
+
 def _bind_hash(env: StepEnv, m: BindMount) -> Callable[[], Awaitable[dict[str, Any]]]:
     async def compute() -> dict[str, Any]:
         assert env.stage_root is not None and m.from_ref is not None
-        root = await env.stage_root(m.from_ref)
+        root = await env.stage_root(m.from_ref, _bind_within(m))
         return {"hash": await asyncio.to_thread(_tree_hash, resolve_under(root, m.source))}
     return compute
 
@@ -222,7 +229,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                     resolved.append(m)
                     continue
                 assert env.stage_root is not None
-                root = await env.stage_root(m.from_ref)
+                root = await env.stage_root(m.from_ref, _bind_within(m))
                 inputs[f"bind{i}"] = await asyncio.to_thread(
                     _tree_hash, resolve_under(root, m.source))
             m = m.resolved(root)
@@ -276,7 +283,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                                                        env.scratch("bind-") / "view"))
             elif isinstance(m, BindMount) and m.root is None and m.from_ref is not None:
                 assert env.stage_root is not None
-                m = m.resolved(await env.stage_root(m.from_ref))
+                m = m.resolved(await env.stage_root(m.from_ref, _bind_within(m)))
             mounts.append(m)
         spec = RunSpec(argv=argv, env=tuple(run_env), user=state.config.user or "",
                        workdir=working_dir(state), network=net,

@@ -77,8 +77,9 @@ def test_multistage_skips_unneeded_stage(context_of, build, tmp_path: Path) -> N
 
 def test_copy_from_of_a_file_copies_that_file_not_the_stage(context_of, build, tmp_path: Path,
                                                             monkeypatch) -> None:
-    """`COPY --from=build /go/bin/app /` flattens only the file and the directories on its
-    way, not the stage's whole root (a Debian builder stage: seconds per COPY)."""
+    """`COPY --from=build /go/bin/app /` (and a bind mount of one file from a stage)
+    flattens only the file and the directories on its way, not the stage's whole root (a
+    Debian builder stage: seconds per COPY)."""
     import builder.sandbox.flatten as flatten
 
     whole: list[Path] = []
@@ -88,12 +89,15 @@ def test_copy_from_of_a_file_copies_that_file_not_the_stage(context_of, build, t
     out = tmp_path / "out"
     ctx = context_of("multistage")
     with (ctx / "Dockerfile").open("a") as f:  # two paths at once: both, and only they
-        f.write("COPY --from=one /one.txt /bin/busybox /multi/\n")
+        f.write("COPY --from=one /one.txt /bin/busybox /multi/\n"
+                "RUN --mount=type=bind,from=two,source=/two.txt,target=/m/two.txt "
+                '["/bin/busybox", "cp", "/m/two.txt", "/bound.txt"]\n')
     build(ctx, local=out)
     assert (out / "one.txt").read_text() == "one\n"
     assert (out / "two/two.txt").read_text() == "two\n"
     assert os.access(out / "bin/busybox", os.X_OK)
     assert sorted(p.name for p in (out / "multi").iterdir()) == ["busybox", "one.txt"]
+    assert (out / "bound.txt").read_text() == "two\n"  # a bind of one file: that file
     # /one.txt, /two.txt and /bin/busybox: each flattened alone (the local output is the
     # image flattened: not a stage's root)
     assert [d for d in whole if d.parent.name.startswith("root-")] == []
