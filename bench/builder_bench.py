@@ -1,8 +1,10 @@
-"""Building the same Dockerfile with docker build (BuildKit), buildah and pybuild.
+"""Building the same Dockerfiles with docker build (BuildKit), buildah and pybuild.
 
-The Dockerfile (``workloads/builder.Dockerfile``) starts from a busybox image served by
-a loopback CNCF Distribution, COPYs a context of pseudo-random files and runs two RUN
-steps. For each builder, in this order:
+Both start from a busybox image served by a loopback CNCF Distribution.
+``workloads/builder.Dockerfile`` COPYs a context of pseudo-random files and runs two RUN
+steps; ``workloads/builder-stages.Dockerfile`` COPYs a context of many small files into a
+build stage, runs a step there, and takes two files of that stage into the final one
+(``COPY --from``). For each builder and each Dockerfile, in this order:
 
 - ``build, cold``: the first build into empty storage (it pulls the base; a Docker
   engine that was already running has its build cache pruned and the base removed first);
@@ -40,6 +42,7 @@ __all__ = ["BuilderBenchError", "bench_builder"]
 
 MiB = 1 << 20
 DOCKERFILE = Path(__file__).resolve().parent / "workloads" / "builder.Dockerfile"
+STAGES_DOCKERFILE = Path(__file__).resolve().parent / "workloads" / "builder-stages.Dockerfile"
 
 
 class BuilderBenchError(RuntimeError):
@@ -69,12 +72,24 @@ def _context(workdir: Path, files: int, file_size: int) -> Path:
     return context
 
 
+def _small_files_context(workdir: Path, files: int) -> Path:
+    """A source tree of ``files`` small files (0.5-2.5 KiB) in directories of 50."""
+    context = workdir / "stages-context"
+    for i in range(files):
+        d = context / "src" / f"p{i // 50}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i % 50}.js").write_bytes(pseudo_random(512 + (i * 37) % 2048, seed=b"src%d" % i))
+    shutil.copyfile(STAGES_DOCKERFILE, context / "Dockerfile")
+    return context
+
+
 def _scenarios(build: Callable[[bool], float], context: Path) -> tuple[float, ...]:
     """Seconds of: cold build, no-cache build, cached rebuild, rebuild after one file changed.
 
     The changed file is put back afterwards so every builder sees the same context.
     """
-    changed = sorted((context / "files").iterdir())[0]
+    changed = sorted((context / "files").iterdir())[0] if (context / "files").is_dir() else (
+        context / "src" / "p0" / "f0.js")
     original = changed.read_bytes()
     cold, no_cache, cached = build(False), build(True), build(False)
     changed.write_bytes(pseudo_random(len(original), seed=b"changed"))
@@ -85,10 +100,10 @@ def _scenarios(build: Callable[[bool], float], context: Path) -> tuple[float, ..
     return cold, no_cache, cached, one_file
 
 
-def bench_builder(workdir: Path, *, files: int, file_size: int,
+def bench_builder(workdir: Path, *, files: int, file_size: int, small_files: int,
                   report_skip: Callable[[str, str], None]) -> list[Measurement]:
     """Time each available builder; ``report_skip(builder, why)`` for those that are not."""
-    context = _context(workdir, files, file_size)
+    contexts = (_context(workdir, files, file_size), _small_files_context(workdir, small_files))
     layout = write_oci_layout(busybox_image(make_busybox_rootfs(workdir / "rootfs")),
                               workdir / "busybox")
     results: dict[str, tuple[float, ...]] = {}
@@ -105,13 +120,14 @@ def bench_builder(workdir: Path, *, files: int, file_size: int,
                     engine.run("builder", "prune", "--all", "--force", build=True, check=False)
                     engine.run("rmi", "--force", base, check=False)
 
-                def docker(no_cache: bool) -> float:
-                    return _timed([docker_client("build"), "build", "--network", "none",
-                                   *(["--no-cache"] if no_cache else []),
-                                   "--build-arg", build_arg, "-t", "pybuild-bench/built",
-                                   str(context)], env)
+                def docker(context: Path) -> Callable[[bool], float]:
+                    return lambda no_cache: _timed(
+                        [docker_client("build"), "build", "--network", "none",
+                         *(["--no-cache"] if no_cache else []),
+                         "--build-arg", build_arg, "-t", "pybuild-bench/built", str(context)],
+                        env)
 
-                results["docker"] = _scenarios(docker, context)
+                results["docker"] = tuple(t for c in contexts for t in _scenarios(docker(c), c))
                 engine.run("rmi", "--force", "pybuild-bench/built", check=False)
         else:
             report_skip("docker", "docker.io is not installed")
@@ -119,33 +135,36 @@ def bench_builder(workdir: Path, *, files: int, file_size: int,
         if shutil.which("buildah"):
             storage = ContainerStorage.under(workdir / "buildah")
 
-            def buildah(no_cache: bool) -> float:
-                return _timed(["buildah", *storage.options(), "bud", "--isolation", "chroot",
-                               "--layers", "--tls-verify=false",
-                               *(["--no-cache"] if no_cache else []),
-                               "--build-arg", build_arg, "-t", "pybuild-bench/built",
-                               str(context)])
+            def buildah(context: Path) -> Callable[[bool], float]:
+                return lambda no_cache: _timed(
+                    ["buildah", *storage.options(), "bud", "--isolation", "chroot",
+                     "--layers", "--tls-verify=false", *(["--no-cache"] if no_cache else []),
+                     "--build-arg", build_arg, "-t", "pybuild-bench/built", str(context)])
 
-            results["buildah"] = _scenarios(buildah, context)
+            results["buildah"] = tuple(t for c in contexts for t in _scenarios(buildah(c), c))
         else:
             report_skip("buildah", "buildah is not installed")
 
         if has_command("build"):
             storage_dir = workdir / "pybuild"
 
-            def pybuild(no_cache: bool) -> float:
-                return _timed(pybuild_argv("build", "--storage", str(storage_dir),
-                                           *(["--no-cache"] if no_cache else []),
-                                           "--build-arg", build_arg, "-t", "pybuild-bench/built",
-                                           "-f", str(context / "Dockerfile"), str(context)),
-                              pybuild_env())
+            def pybuild(context: Path) -> Callable[[bool], float]:
+                return lambda no_cache: _timed(
+                    pybuild_argv("build", "--storage", str(storage_dir),
+                                 *(["--no-cache"] if no_cache else []),
+                                 "--build-arg", build_arg, "-t", "pybuild-bench/built",
+                                 "-f", str(context / "Dockerfile"), str(context)),
+                    pybuild_env())
 
-            results["pybuild"] = _scenarios(pybuild, context)
+            results["pybuild"] = tuple(t for c in contexts for t in _scenarios(pybuild(c), c))
         else:
             report_skip("pybuild", missing_reason("build"))
 
     label = f"{files} x {file_size / MiB:.0f} MiB context"
     names = (f"build, cold ({label})", "build, no cache", "rebuild, cached",
-             "rebuild, one file changed")
+             "rebuild, one file changed",
+             f"multi-stage, cold ({small_files} small files, COPY --from of 2 files)",
+             "multi-stage, no cache", "multi-stage, rebuild, cached",
+             "multi-stage, rebuild, one file changed")
     return [Measurement(name, "s", False, {k: round(r[i], 3) for k, r in results.items()})
             for i, name in enumerate(names)]

@@ -189,20 +189,25 @@ def cas(quick: bool, workdir: Path | None, results: Path, blob_mib: int) -> None
 @click.option("--files", type=int, default=16, show_default=True,
               help="Files in the build context.")
 @click.option("--file-mib", type=int, default=4, show_default=True)
-def builder(quick: bool, workdir: Path | None, results: Path, files: int, file_mib: int) -> None:
-    """The same Dockerfile built by docker build (BuildKit), buildah and pybuild."""
+@click.option("--small-files", type=int, default=5000, show_default=True,
+              help="Files in the multi-stage Dockerfile's context.")
+def builder(quick: bool, workdir: Path | None, results: Path, files: int, file_mib: int,
+            small_files: int) -> None:
+    """The same Dockerfiles built by docker build (BuildKit), buildah and pybuild."""
     from bench.builder_bench import BuilderBenchError, bench_builder
 
     if quick:
-        files, file_mib = min(files, 4), 1
+        files, file_mib, small_files = min(files, 4), 1, min(small_files, 200)
     report = Report(area="builder", peer="docker",
-                    parameters={"files": files, "file_mib": file_mib, "quick": quick})
+                    parameters={"files": files, "file_mib": file_mib, "small_files": small_files,
+                                "quick": quick})
     with _workdir(workdir) as work:
         click.echo("measuring the machine ...", err=True)
         report.machine = _machine(work, quick)
         click.echo("building ...", err=True)
         try:
             report.add(bench_builder(work, files=files, file_size=file_mib * MiB,
+                                     small_files=small_files,
                                      report_skip=report.skipped.__setitem__))
         except BuilderBenchError as exc:
             report.failed["builder"] = str(exc)
