@@ -161,9 +161,13 @@ async def _open_ingest(images: ImageStore, desc: Descriptor) -> tuple[Ingest, bo
 
 
 async def _keep(images: ImageStore, sink: _Sink) -> None:
-    """Checkpoint what arrived for a resume; an ingest that cannot be checkpointed (a
-    full disk) is dropped, so that its bytes do not hold the space until it expires.
-    Raises nothing: the failure it cleans up after is what the caller reports."""
+    """Checkpoint what arrived for a resume; an ingest that received nothing, or cannot
+    be checkpointed (a full disk), is dropped, so that it does not stay open (and hold
+    space) until it expires. Raises nothing: the failure it cleans up after is what the
+    caller reports."""
+    if sink.ing.offset == 0:
+        await _drop(images, sink)
+        return
     try:
         await sink.checkpoint()
     except Exception:

@@ -227,10 +227,12 @@ async def test_corrupted_bytes_are_refused_and_nothing_kept(
     assert (await images.store.fsck()).ok
 
 
-def fake_registry(image: SampleImage, mode: str, sent: asyncio.Event | None = None) -> web.Application:
+def fake_registry(image: SampleImage, mode: str, sent: asyncio.Event | None = None,
+                  release: asyncio.Event | None = None) -> web.Application:
     """A registry whose blob GETs lie: ``long`` (extra bytes), ``short`` (fewer bytes,
     honest Content-Length), ``truncated`` (Content-Length says more than is sent), or
-    ``stall`` (half of the layer, then ``sent`` is set and nothing more comes)."""
+    ``stall`` (half of the layer, then ``sent`` is set and nothing more comes), or
+    ``silent`` (``sent`` is set, and not even the headers come until ``release`` is)."""
     blobs = {str(Digest.of(b)): b for b in (image.config, *image.layers)}
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -248,6 +250,11 @@ def fake_registry(image: SampleImage, mode: str, sent: asyncio.Event | None = No
             return web.Response(body=data + b"extra")
         if mode == "short":
             return web.Response(body=data[:-10])
+        if mode == "silent":
+            assert sent is not None and release is not None
+            sent.set()
+            await release.wait()
+            return web.Response(status=503)
         resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
         await resp.prepare(request)
         await resp.write(data[: len(data) // 2])
@@ -525,6 +532,26 @@ async def test_a_pull_cancelled_twice_keeps_what_arrived_and_closes_cleanly(
         ingest = await images.store.resume_ingest(pending)
         assert ingest.offset > 0
         await ingest.abort()
+
+
+async def test_a_pull_stopped_before_a_blob_got_a_byte_leaves_no_ingest_open(
+    aiohttp_server: Any, client: RegistryClient, images: ImageStore,
+) -> None:
+    # Nothing arrived, so there is nothing to resume: the ingest is dropped, not kept
+    # open (and recorded) until it expires.
+    image = simple_image(26, (2_000_000,))
+    sent, release = asyncio.Event(), asyncio.Event()
+    server = await aiohttp_server(fake_registry(image, "silent", sent, release))
+    ref = f"127.0.0.1:{server.port}/silent/img:v1"
+    digest, _ = big_layer(image)
+    task = asyncio.create_task(copy(ref, f"local:{ref}", images, client))
+    await asyncio.wait_for(sent.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    assert await images.pending_pull(digest) is None
+    assert (await images.store.stats()).open_ingests == 0
 
 
 async def test_a_blob_that_failed_is_reported_failed_with_its_error_not_interrupted(
