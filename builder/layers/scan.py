@@ -106,11 +106,30 @@ def walk(root: str) -> Iterator[tuple[str, str, os.stat_result]]:
     stack = [("", root)]
     while stack:
         rel_dir, abs_dir = stack.pop()
-        with os.scandir(abs_dir) as it:
-            children = sorted(it, key=lambda d: d.name)
+        try:
+            with os.scandir(abs_dir) as it:
+                children = sorted(it, key=lambda d: d.name)
+        except OSError as exc:
+            raise _too_long(exc, rel_dir) from exc
         for d in reversed(children):
             rel = f"{rel_dir}/{d.name}" if rel_dir else d.name
-            st = d.stat(follow_symlinks=False)
+            try:
+                st = d.stat(follow_symlinks=False)
+            except OSError as exc:
+                raise _too_long(exc, rel) from exc
             yield rel, d.path, st
             if stat.S_ISDIR(st.st_mode):
                 stack.append((rel, d.path))
+
+
+def _too_long(exc: OSError, rel: str) -> OSError | ChangesetError:
+    """A path nested deeper than this machine can name (PATH_MAX, with the build's own
+    directory before it) as an error that says so, the path cut short; others as they
+    are."""
+    if exc.errno != errno.ENAMETOOLONG:
+        return exc
+    shown = f"/{rel}" if len(rel) <= 120 else f"/{rel[:60]}...{rel[-50:]}"
+    return ChangesetError(
+        f"a path the step made is too long for this machine to read back ({len(rel) + 1} "
+        f"bytes, more than PATH_MAX with the build's directory before it): {shown}; "
+        "nest fewer or shorter directories")

@@ -22,6 +22,7 @@ from ..context import SourceTree
 from ..dockerfile.instructions import Instruction
 from ..extracted import ExtractedLayers
 from ..image import ImageState, LayerRef
+from ..layers.errors import ChangesetError
 from ..progress import BuildProgress
 
 if TYPE_CHECKING:
@@ -279,7 +280,7 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
         try:
             layers = list(state.layers) if state.files_later and not independent else []
             cached = await _run_or_reuse(env, parent, key, instruction, inputs, n, produce,
-                                         lambda: env.prefetch(layers))
+                                         lambda: env.prefetch(layers), env.where(ins))
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: only the waiters (if any) re-raise it
@@ -305,7 +306,7 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
 async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
                         inputs: dict[str, Any], n: int,
                         produce: Callable[[int], Awaitable[Path]],
-                        on_miss: Callable[[], None]) -> CachedLayer:
+                        on_miss: Callable[[], None], where: str) -> CachedLayer:
     cached = None if env.no_cache else await asyncio.to_thread(env.cache.lookup, key)
     unusable: str | None = None
     if cached is not None and cached.digest and await env.store.stat(
@@ -337,8 +338,12 @@ async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
     ingest = await env.store.begin_ingest(algorithm="sha256")
     try:
         sink = _IngestSink(ingest, asyncio.get_running_loop())
-        blob = await asyncio.to_thread(_write, upper, sink, env.source_date_epoch,
-                                       env.compression)
+        try:
+            blob = await asyncio.to_thread(_write, upper, sink, env.source_date_epoch,
+                                           env.compression)
+        except ChangesetError as exc:  # what the step made cannot be a layer: said there
+            env.progress.error(n, str(exc))
+            raise BuildError(where, str(exc)) from exc
         if blob is not None:
             await ingest.commit(blob.digest, link=cache_holder(key))
     finally:

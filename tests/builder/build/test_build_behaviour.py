@@ -255,3 +255,15 @@ def test_a_context_link_to_an_excluded_file_finds_nothing(build, tmp_path: Path)
     out = tmp_path / "out"
     build(context, local=out)
     assert sorted(p.name for p in (out / "kept").iterdir()) == ["k.txt"]
+
+
+def test_a_step_that_nests_deeper_than_the_machine_can_name_fails_at_its_line(
+        build, busybox_ref: str, tmp_path: Path) -> None:
+    ctx = tmp_path / "deep"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\n"
+        "RUN mkdir /deep && cd /deep && i=0; while [ $i -lt 1000 ]; do mkdir abcd && cd abcd"
+        " || break; i=$((i+1)); done; true\n")
+    with pytest.raises(BuildError, match=r"^Dockerfile:2: RUN: a path the step made is too long"):
+        build(ctx)

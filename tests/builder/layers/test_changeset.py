@@ -108,3 +108,25 @@ def test_tree_changeset_links_hardlinks_within_the_tree_only(tmp_path: Path) -> 
     kinds = {e.path: (e.kind, e.link) for e in changeset_of_tree(root).entries}
     assert kinds == {"a": (EntryKind.FILE, ""), "z": (EntryKind.HARDLINK, "a"),
                      "m": (EntryKind.FILE, "")}
+
+
+def test_a_tree_deeper_than_path_max_is_a_changeset_error_that_says_so(tmp_path: Path) -> None:
+    from builder.layers.errors import ChangesetError
+    from builder.layers.overlay import changeset_from_upper
+
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(900):  # 4,500 bytes of path below upper: made relative, level by level
+            os.mkdir("abcd", dir_fd=fd)
+            deeper = os.open("abcd", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+    finally:
+        os.close(fd)
+    with pytest.raises(ChangesetError) as caught:
+        changeset_from_upper(upper)
+    message = str(caught.value)
+    assert "too long for this machine" in message and "nest fewer" in message
+    assert "/abcd/abcd/" in message and len(message) < 400  # the path cut short
