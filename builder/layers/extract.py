@@ -106,9 +106,18 @@ class _Applier:
         self.skipped: list[str] = []
         self.entries = 0
         self.whiteouts = 0
+        # Parent components -> the directory they resolved to: most entries share their
+        # parent with the entry before. Emptied whenever a directory or a symlink is
+        # removed or replaced (or a whiteout removes anything): only that can change
+        # where a name resolves; a new entry cannot.
+        self._parents: dict[tuple[str, ...], str] = {}
 
     # -- paths -------------------------------------------------------------------------
     def _parent_dir(self, name: str, parts: list[str]) -> str:
+        key = tuple(parts[:-1])
+        parent = self._parents.get(key)
+        if parent is not None:
+            return parent
         parent = resolve_in_root(self.root, parts[:-1], follow_final=True, name=name)
         try:
             os.makedirs(parent, mode=0o755, exist_ok=True)
@@ -117,7 +126,13 @@ class _Applier:
                 f"layer entry {name!r}: a parent is not a directory in the rootfs "
                 f"({exc.strerror}); the layer does not fit on its lower layers"
             ) from exc
+        self._parents[key] = parent
         return parent
+
+    def _replacing(self, existing: os.stat_result | None) -> None:
+        """An entry is about to take the place of ``existing``."""
+        if existing is not None and not stat.S_ISREG(existing.st_mode):
+            self._parents.clear()
 
     def _mark(self, path: str) -> None:
         self.written.add(path)
@@ -143,6 +158,7 @@ class _Applier:
     def whiteout(self, name: str, parts: list[str]) -> None:
         base = parts[-1]
         self.whiteouts += 1
+        self._parents.clear()
         parent = resolve_in_root(self.root, parts[:-1], follow_final=True, name=name)
         if base == OPAQUE_WHITEOUT:
             self._clear_lower(parent)
@@ -170,6 +186,7 @@ class _Applier:
             pass
         if member.isdir():
             if existing is None or not stat.S_ISDIR(existing.st_mode):
+                self._replacing(existing)
                 remove_path(path)
                 os.mkdir(path, 0o700)
             self.dirs.append((path, os.lstat(path).st_ino, member))
@@ -190,10 +207,12 @@ class _Applier:
             if existing is not None and (existing.st_ino, existing.st_dev) == (src_st.st_ino, src_st.st_dev):
                 self._mark(path)
                 return
+            self._replacing(existing)
             remove_path(path)
             os.link(src, path, follow_symlinks=False)
             self._mark(path)
             return
+        self._replacing(existing)
         remove_path(path)
         if member.type in _FILE_TYPES:
             self._write_file(tf, member, path)
@@ -223,11 +242,16 @@ class _Applier:
 
     def _write_file(self, tf: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            data = tf.extractfile(member)
-            assert data is not None
-            while chunk := data.read(_READ):
-                out.write(chunk)
+        try:
+            if member.size:
+                data = tf.extractfile(member)
+                assert data is not None
+                while chunk := data.read(_READ):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
 
     def _metadata(self, path: str, member: tarfile.TarInfo, *, is_link: bool) -> None:
         if self.same_owner:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
@@ -272,6 +273,22 @@ def test_a_parent_replaced_after_a_directory_entry(jail: tuple[Path, Path], last
     after = os.stat(outside / "a")
     assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
     assert os.path.islink(root / "b") or (root / "b").is_file()
+
+
+@pytest.mark.parametrize("turn", [
+    ("sym", "a", "../outside"),  # the directory becomes a link out
+    ("file", "a", b"x"),  # ... or a file (the next entry cannot go below it)
+])
+def test_a_parent_used_then_replaced_is_resolved_again(jail: tuple[Path, Path], turn: tuple) -> None:
+    """Entries resolve their parent once and reuse it for the entries after them; an
+    entry that replaces that parent makes the next ones resolve it anew, inside the root."""
+    root, outside = jail
+    layer = archive(("dir", "a", None), ("file", "a/one", b"1"), turn, ("file", "a/two", b"2"))
+    with contextlib.suppress(LayerError):
+        apply_layer(io.BytesIO(layer), root)
+    assert outside_untouched(outside)
+    if turn[0] == "sym":
+        assert (root / "outside" / "two").read_bytes() == b"2"  # the link, scoped to the root
 
 
 _names = st.lists(st.sampled_from(["a", "b", "..", ".", "", "c", ".wh.a", ".wh..wh..opq",
