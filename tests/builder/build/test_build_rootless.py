@@ -35,7 +35,9 @@ from testkit.tools import require_root, require_tool
 from testkit.users import SystemUser, python_for, shared_workspace, temporary_user
 from tests.builder.build.conftest import TESTFILES, write_base_layout
 
+# The builder tests' cases, and the e2e comparison's many-layers (92 layers in one RUN).
 CASES = ["basic", "differ", "docker-parity", "hardlinks", "multistage", "many-layers"]
+E2E_CASES = Path(__file__).resolve().parents[2] / "e2e" / "testfiles" / "build-compare"
 EPOCH = "1700000000"
 
 
@@ -62,9 +64,11 @@ def contexts(workspace: Path) -> dict[str, Path]:
     out = {}
     for case in CASES:
         ctx = workspace / "cases" / case
-        shutil.copytree(TESTFILES / case, ctx, symlinks=True)
-        dockerfile = ctx / "Dockerfile"
-        dockerfile.write_text(dockerfile.read_text().replace("BASE", ref))
+        shutil.copytree(TESTFILES / case if (TESTFILES / case).is_dir() else E2E_CASES / case,
+                        ctx, symlinks=True)
+        dockerfile = ctx / "Dockerfile"  # the e2e cases' form (ARG BASE, FROM ${BASE}) too
+        dockerfile.write_text(dockerfile.read_text().replace("ARG BASE\n", "")
+                              .replace("${BASE}", "BASE").replace("BASE", ref))
         out[case] = ctx
     os.link(out["docker-parity"] / "pair/one.txt", out["docker-parity"] / "pair/one.hard")
     subprocess.run(["chmod", "-R", "a+rX", str(workspace)], check=True)
