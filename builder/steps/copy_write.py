@@ -99,8 +99,10 @@ def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup, owner: tu
                 continue
             if st.st_nlink > 1:
                 linked[inode] = target
-            shutil.copyfile(it.path, target, follow_symlinks=False)
             mode = stat.S_IMODE(st.st_mode)
+            _copy_file(it.path, target, ids, chmod.apply(mode, False) if chmod else mode,
+                       st.st_mtime_ns)
+            continue
         else:
             continue  # sockets, devices, fifos are not copied (as BuildKit)
         os.chown(target, *ids)
@@ -111,6 +113,25 @@ def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup, owner: tu
         elif st is not None:
             os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns))
     _set_dir_times(dir_times)
+
+
+def _copy_file(src: Path, dst: Path, ids: tuple[int, int], mode: int, mtime_ns: int) -> None:
+    """``src``'s bytes as the new file ``dst``, with owner, mode and mtime: set through
+    its descriptor, so that each file costs two opens and no further path lookups."""
+    fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       0o600)
+        try:
+            while os.sendfile(fout, fin, None, 1 << 30) > 0:
+                pass
+            os.fchown(fout, *ids)
+            os.fchmod(fout, mode)  # after the owner: a chown clears setuid and setgid
+            os.utime(fout, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fout)
+    finally:
+        os.close(fin)
 
 
 def _set_dir_times(dirs: list[tuple[Path, int]]) -> None:
