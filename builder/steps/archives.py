@@ -4,14 +4,16 @@ compressed (gzip, bzip2, xz, zstd), told by its content as BuildKit does, not by
 from __future__ import annotations
 
 import bz2
-import gzip
+import io
 import lzma
 import tarfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import zstandard
+
+from ..layers.inflate import Gunzip, InflateError
 
 __all__ = ["COMPRESSED_MAGIC", "is_archive", "is_tar_block", "open_archive"]
 
@@ -27,7 +29,7 @@ def is_archive(path: Path) -> bool:
     try:
         with open_archive(path) as src:
             head = src.read(tarfile.BLOCKSIZE)
-    except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error,
+    except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error, InflateError,
             zstandard.ZstdError):
         return False
     return is_tar_block(head)
@@ -52,8 +54,9 @@ def open_archive(path: Path) -> BinaryIO:
         return bz2.open(path, "rb")  # type: ignore[return-value]
     if head.startswith(_MAGIC[2]):
         return lzma.open(path, "rb")  # type: ignore[return-value]
-    if head.startswith(_MAGIC[0]):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if head.startswith(_MAGIC[0]):  # ISA-L's inflate (builder.layers.inflate), read ahead
+        return cast(BinaryIO, io.BufferedReader(
+            cast("io.RawIOBase", Gunzip(filename=str(path), mode="rb")), 1 << 20))
     if head.startswith(_MAGIC[3]):
         return zstandard.ZstdDecompressor().stream_reader(
             open(path, "rb"), read_across_frames=True, closefd=True)

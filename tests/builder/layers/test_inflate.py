@@ -32,3 +32,26 @@ def test_a_damaged_member_raises_inflate_error() -> None:
     data[20] ^= 0xFF
     with pytest.raises(inflate.InflateError):
         inflate.gunzip_member().decompress(bytes(data))
+
+
+def test_add_unpacks_a_tar_gz_through_isa_l(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import io
+    import tarfile
+
+    from isal import igzip
+
+    from builder.steps.archives import is_archive, open_archive
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 6
+        tf.addfile(info, io.BytesIO(b"hello\n"))
+    (tmp_path / "a.tar.gz").write_bytes(gzip.compress(buf.getvalue()))
+    (tmp_path / "notes.gz").write_bytes(gzip.compress(b"not a tar"))
+    (tmp_path / "broken.tar.gz").write_bytes(gzip.compress(buf.getvalue())[:40])
+    assert is_archive(tmp_path / "a.tar.gz")
+    assert not is_archive(tmp_path / "notes.gz") and not is_archive(tmp_path / "broken.tar.gz")
+    with open_archive(tmp_path / "a.tar.gz") as src:
+        assert isinstance(src.raw, igzip.IGzipFile)  # type: ignore[attr-defined]
+        assert src.read() == buf.getvalue()
