@@ -58,6 +58,7 @@ _LAYOUT_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENO
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 _INFLATED_BLOCK = 1 << 20
 
+
 @dataclass(frozen=True, slots=True)
 class ApplyReport:
     """What :func:`apply_layer` did: counts, and what it could not do (and why)."""

@@ -161,23 +161,12 @@ def overlay_mount_data(
             f"most {MAX_LOWERS}); squash the base image, or build with --differ snapshot"
         )
     links.mkdir(parents=True, exist_ok=True)
-    names = []
-    for i, lower in enumerate(lowers):
-        name = links / _short_name(i)
-        if not name.is_symlink():
-            name.symlink_to(lower.absolute())
-        names.append(os.path.relpath(name, links.parent))
+    for i, lower in enumerate(lowers):  # l/0 .. l/499: at most 6 bytes a layer
+        if not (links / str(i)).is_symlink():
+            (links / str(i)).symlink_to(lower.absolute())
+    names = [f"{links.name}/{i}" for i in range(len(lowers))]
     short = data(names, os.path.relpath(upper, links.parent), os.path.relpath(work, links.parent))
     return short, str(links.parent)
-
-
-def _short_name(i: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = digits[i % 36]
-    while i >= 36:
-        i = i // 36 - 1
-        out = digits[i % 36] + out
-    return out
 
 
 # filesystem -> (overlay mounts, overlay mounts with index=on)

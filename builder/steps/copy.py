@@ -120,7 +120,7 @@ def _link_target(lowers: list[Path], rel: str) -> str:
     return rel
 
 
-def _one_path(sources: list[str], parents: bool) -> tuple[str, ...]:
+def _paths_to_flatten(sources: list[str], parents: bool) -> tuple[str, ...]:
     """The paths (relative) a ``COPY --from`` copies (``/app/dist/``, ``/go/bin/app``):
     where each is a directory or a file, only they need be flattened (a link on the way:
     the whole stage, ``flatten_subtree`` says so); () for anything else (wildcards)."""
@@ -246,7 +246,7 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
             return env.contexts.tree(named, env.context.hash_store)  # --build-context DIR
         if from_ref:
             assert env.stage_root is not None
-            return SourceTree(await env.stage_root(from_ref, _one_path(local, parents)),
+            return SourceTree(await env.stage_root(from_ref, _paths_to_flatten(local, parents)),
                               strict=False, what=f"stage or image {from_ref!r}",
                               keep_owners=True)
         return env.context

@@ -35,8 +35,8 @@ class CopyItem:
     keep_owner: bool = False
 
 
-def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup, owner: tuple[int, int] | None,
-           chmod: ModeChange | None) -> None:
+def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup,
+                owner: tuple[int, int] | None, chmod: ModeChange | None) -> None:
     # BuildKit copies each source (each wildcard match) on its own, keeping the hard
     # links within it: (source, st_dev, st_ino) -> the first copy written.
     linked: dict[tuple[int, int, int], Path] = {}
@@ -105,13 +105,11 @@ def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup, owner: tu
             continue
         else:
             continue  # sockets, devices, fifos are not copied (as BuildKit)
+        # a directory: its time is set once what is copied into it is written
         os.chown(target, *ids)
-        os.chmod(target, chmod.apply(mode, stat.S_ISDIR(st.st_mode) if st else True)
-                 if chmod is not None else mode)
-        if st is not None and stat.S_ISDIR(st.st_mode):
+        os.chmod(target, chmod.apply(mode, True) if chmod is not None else mode)
+        if st is not None:
             dir_times.append((target, st.st_mtime_ns))
-        elif st is not None:
-            os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns))
     _set_dir_times(dir_times)
 
 

@@ -161,8 +161,9 @@ async def _registry_middleware(
                 # Served as the origin form it stands for, under the host it names: the
                 # handlers, the access log and the audit read that path, never the URL.
                 path, host = absolute
-                request = (request.clone(rel_url=URL(path, encoded=True), host=host) if host
-                           else request.clone(rel_url=URL(path, encoded=True)))
+                url = URL(path, encoded=True)
+                request = (request.clone(rel_url=url, host=host) if host
+                           else request.clone(rel_url=url))
             # Routing matches the decoded, normalised path; everything here reads the raw
             # one. They agree only for a target without escapes or dot segments, so
             # anything else is refused before it can reach a handler.
