@@ -130,7 +130,6 @@ class StoreCore:
                 meta = (config.metadata or _sqlite_metadata)(root)
             except (OSError, sqlite3.Error) as exc:
                 raise mapped_error(exc, root) from exc
-            keep_reserve(root)
             try:
                 packs = (config.packs(root) if config.packs is not None
                          else open_packs(root, direct_io=config.direct_io, s3=config.s3,
@@ -153,6 +152,9 @@ class StoreCore:
                     if mapped is exc:
                         raise
                     raise mapped from exc
+            # Off the opening's path (a new store's first write and fsync, 15-45 ms), and
+            # ended before close() returns: close waits for the pool's work.
+            core.pool.submit(keep_reserve, root)
             return core
 
         return await asyncio.get_running_loop().run_in_executor(None, setup)
