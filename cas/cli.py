@@ -119,16 +119,20 @@ def gc(storage: Path | None, database: str | None, grace: float, compact_all: bo
 @storage.command()
 @storage_option
 @database_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (progress: JSON events on standard error).")
 def fsck(storage: Path | None, database: str | None, as_json: bool) -> None:
-    """Verify every piece's BLAKE3 and every blob's digest. Exit 1 on damage."""
-    quiet = as_json or not sys.stderr.isatty()
+    """Verify every piece's BLAKE3 and every blob's digest. Exit 1 on damage.
 
-    def progress(msg: str) -> None:
-        if not quiet:
-            click.echo(msg, err=True)
+    Progress goes to standard error: a bar on a terminal, a line every 5 seconds
+    otherwise (CI logs), JSON events with --json."""
+    from .fsck_progress import FsckView
 
-    report = _with_store(storage, lambda st: st.fsck(progress=progress), database)
+    view = FsckView.auto(json_events=as_json)
+    try:
+        report = _with_store(storage, lambda st: st.fsck(progress=view.update), database)
+    finally:
+        view.close()
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:

@@ -12,10 +12,13 @@ leak space (a later GC reclaims it) but never lose a referenced byte.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import blake3
@@ -30,7 +33,11 @@ from .pack_select import check_packs_here
 if TYPE_CHECKING:
     from .core import StoreCore
 
-__all__ = ["FsckReport", "GcReport", "Stats", "check", "collect_garbage", "statistics"]
+__all__ = ["FsckProgress", "FsckReport", "GcReport", "Stats", "check", "collect_garbage", "statistics"]
+
+# Threads that verify blobs at once (each reads its pieces, hashes them with SHA-256 and
+# BLAKE3, which release the GIL); at most the machine's CPUs.
+_FSCK_THREADS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,71 +147,119 @@ def statistics(core: StoreCore) -> Stats:
     )
 
 
-def check(core: StoreCore, progress: Callable[[str], None] | None = None) -> FsckReport:
+@dataclass(frozen=True, slots=True)
+class FsckProgress:
+    """How far a check has come: blobs and their bytes verified, of the snapshot's."""
+
+    blobs_done: int
+    blobs: int
+    bytes_done: int
+    bytes: int
+
+
+def check(core: StoreCore, progress: Callable[[FsckProgress], None] | None = None) -> FsckReport:
     """Verify every blob's digest and every piece's BLAKE3, and the bookkeeping, as of one
-    consistent moment: uploads and commits may go on meanwhile."""
+    consistent moment: uploads and commits may go on meanwhile. ``progress`` is called
+    (on this thread) after each blob."""
     check_packs_here(core.meta, core.packs)  # not "every piece damaged" for a wrong directory
     with core.meta.snapshot() as meta:
         return _check(core, meta, progress)
 
 
-def _check(core: StoreCore, meta: Metadata, progress: Callable[[str], None] | None) -> FsckReport:
+def _check(core: StoreCore, meta: Metadata, progress: Callable[[FsckProgress], None] | None
+           ) -> FsckReport:
     report = FsckReport()
-    say = progress or (lambda _msg: None)
     refs: Counter[bytes] = Counter()
     verified: dict[bytes, bool] = {}
+    lock = threading.Lock()  # verified, between the threads that read blobs
     pieces = {loc.key: (loc, r) for loc, r in meta.iter_pieces()}
+    totals = meta.stats()
+    done = FsckProgress(0, totals["blobs"], 0, totals["logical_bytes"])
 
-    def piece_bytes(key: bytes) -> bytes | None:
+    def piece_bytes(key: bytes, problems: list[str]) -> bytes | None:
         entry = pieces.get(key)
         if entry is None:
             return None
         loc = entry[0]
+        with lock:
+            known = verified.get(key)
+        if known is False:
+            return None
         try:
             data = core.load(loc)
         except (CasError, OSError) as exc:
-            if verified.get(key, True):
-                report.problems.append(f"piece {key.hex()}: unreadable: {exc}")
-            verified[key] = False
+            with lock:
+                first = verified.get(key) is not False
+                verified[key] = False
+            if first:
+                problems.append(f"piece {key.hex()}: unreadable: {exc}")
             return None
-        if key not in verified:
+        if known is None:
             ok = len(data) == loc.length and blake3.blake3(data).digest() == key
-            verified[key] = ok
+            with lock:
+                first = key not in verified
+                verified[key] = ok
             if not ok:
-                report.problems.append(
-                    f"piece {key.hex()}: its bytes do not match its BLAKE3 key (damaged on disk)"
-                )
-        return data if verified[key] else None
+                if first:
+                    problems.append(
+                        f"piece {key.hex()}: its bytes do not match its BLAKE3 key (damaged on disk)"
+                    )
+                return None
+        return data
 
-    for digest_text, size, packed in meta.iter_blobs():
-        report.blobs_checked += 1
-        entries = decode_recipe(packed)
-        refs.update(k for k, _ in entries)
-        if sum(n for _, n in entries) != size:
-            report.problems.append(f"blob {digest_text}: recipe length differs from its size {size}")
-            continue
+    def verify_blob(digest_text: str, entries: list[tuple[bytes, int]]) -> list[str]:
+        """The problems of one blob (and of the pieces it was first to read)."""
+        problems: list[str] = []
         digest = Digest.parse(digest_text)
         h = new_hasher(digest.algorithm)
-        damaged = False
         for key, _ in entries:
             if key not in pieces:
-                report.problems.append(f"blob {digest_text}: piece {key.hex()} is missing")
-                damaged = True
-                break
-            data = piece_bytes(key)
+                problems.append(f"blob {digest_text}: piece {key.hex()} is missing")
+                return problems
+            data = piece_bytes(key, problems)
             if data is None:
-                report.problems.append(f"blob {digest_text}: piece {key.hex()} is damaged")
-                damaged = True
-                break
-            h.update(data)
-        if not damaged and h.hexdigest() != digest.encoded:
-            report.problems.append(f"blob {digest_text}: content does not match its digest")
-        if report.blobs_checked % 100 == 0:
-            say(f"checked {report.blobs_checked} blobs")
+                problems.append(f"blob {digest_text}: piece {key.hex()} is damaged")
+                return problems
+            h.update(data)  # SHA-256 and BLAKE3 release the GIL: blobs verify in parallel
+        if h.hexdigest() != digest.encoded:
+            problems.append(f"blob {digest_text}: content does not match its digest")
+        return problems
+
+    # The snapshot is read on this thread (its connection's); blobs are verified on
+    # others, a few ahead, their problems taken in the snapshot's order.
+    workers = min(_FSCK_THREADS, os.cpu_count() or 1)
+    pending: deque[tuple[Future[list[str]], int]] = deque()
+
+    def take_one() -> None:
+        nonlocal done
+        future, size = pending.popleft()
+        report.problems.extend(future.result())
+        done = replace(done, blobs_done=done.blobs_done + 1, bytes_done=done.bytes_done + size)
+        if progress is not None:
+            progress(done)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cas-fsck") as pool:
+        for digest_text, size, packed in meta.iter_blobs():
+            report.blobs_checked += 1
+            entries = decode_recipe(packed)
+            refs.update(k for k, _ in entries)
+            if sum(n for _, n in entries) != size:
+                known: Future[list[str]] = Future()
+                known.set_result([f"blob {digest_text}: recipe length differs from its size {size}"])
+                pending.append((known, size))
+            else:
+                pending.append((pool.submit(verify_blob, digest_text, entries), size))
+            while len(pending) > 2 * workers:
+                take_one()
+        while pending:
+            take_one()
+    leftover: list[str] = []
     for key, (loc, r) in pieces.items():
         report.pieces_checked += 1
         if key not in verified:
-            piece_bytes(key)
+            piece_bytes(key, leftover)
+            report.problems.extend(leftover)
+            leftover.clear()
         if r != refs.get(key, 0):
             # Too high only leaks space; too low could let GC remove a needed piece.
             report.problems.append(
@@ -223,8 +278,7 @@ def _check(core: StoreCore, meta: Metadata, progress: Callable[[str], None] | No
         report.notes.append(
             f"{len(orphans)} pack file(s) left by an interrupted write; 'pybuild storage gc' removes them"
         )
-    pending = meta.trash(limit=1)
-    if pending:
+    if meta.trash(limit=1):
         report.notes.append("space of removed pieces is waiting to be freed; 'pybuild storage gc' frees it")
     ingests = meta.list_ingests()
     if ingests:

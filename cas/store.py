@@ -47,7 +47,7 @@ from .meta import CODEC_ZSTD, Metadata, decode_recipe
 from .packs import PackBackend
 
 if TYPE_CHECKING:
-    from .maintenance import FsckReport, GcReport, Stats
+    from .maintenance import FsckProgress, FsckReport, GcReport, Stats
 
 __all__ = ["BlobInfo", "Piece", "Recipe", "Segment", "Store"]
 
@@ -482,8 +482,9 @@ class Store:
 
         return await self._run(collect_garbage, self.core, grace, compact_all, ingest_ttl)
 
-    async def fsck(self, *, progress: Callable[[str], None] | None = None) -> FsckReport:
-        """Verify every blob's digest, every piece's BLAKE3 and the bookkeeping."""
+    async def fsck(self, *, progress: Callable[[FsckProgress], None] | None = None) -> FsckReport:
+        """Verify every blob's digest, every piece's BLAKE3 and the bookkeeping;
+        ``progress`` is called (on a worker thread) after each blob."""
         from .maintenance import check
 
         return await self._run(check, self.core, progress)

@@ -61,7 +61,7 @@ def test_fsck_exit_code_and_names_damage(tmp_path: Path) -> None:
     assert bad.exit_code == 1
     assert "damaged: piece" in bad.output
     js = CliRunner().invoke(main, ["storage", "fsck", "--storage", str(tmp_path), "--json"])
-    assert js.exit_code == 1 and json.loads(js.output)["ok"] is False
+    assert js.exit_code == 1 and json.loads(js.stdout)["ok"] is False
 
 
 def test_gc_aborts_interrupted_transfers_idle_past_the_ingest_ttl(tmp_path: Path) -> None:
