@@ -39,7 +39,7 @@ from cas.holders import image_holder
 from cas.location import default_storage_dir
 from cas.sqlite_db import open_wal_database
 
-from ..oci import INDEX_TYPES, ImageConfig, Index, Manifest, Platform, parse_manifest
+from ..oci import INDEX_TYPES, MANIFEST_TYPES, ImageConfig, Index, Manifest, Platform, parse_manifest
 from .errors import ClientError
 
 __all__ = ["ImageNotFound", "ImageStore", "LocalImage", "select_platform"]
@@ -87,9 +87,9 @@ class LocalImage:
 def select_platform(index: Index, platform: str | None) -> Any:
     """The index entry for ``platform`` (``os/arch[/variant]``, as ``--platform`` takes it;
     default: this machine's), as containerd and Docker pick it: the first entry of that OS
-    and architecture (and variant, when one is asked for), else the first entry that names
-    no platform. ImageNotFound, listing what the index offers, when there is none: an image
-    of another architecture is never taken in its place."""
+    and architecture (and variant, when one is asked for), else the first manifest or
+    index entry that names no platform. ImageNotFound, listing what the index offers, when
+    there is none: an image of another architecture is never taken in its place."""
     want = Platform.parse(platform) if platform else Platform.host()
 
     def matches(p: Platform) -> bool:
@@ -103,10 +103,17 @@ def select_platform(index: Index, platform: str | None) -> Any:
     for entry in index.manifests:
         if entry.platform is not None and matches(entry.platform):
             return entry
+    # An entry of another media type is a blob, not an image: BuildKit's registry cache
+    # is an index of layers and a cache config, none of which names a platform.
     for entry in index.manifests:
-        if entry.platform is None:
+        if entry.platform is None and entry.media_type in MANIFEST_TYPES | INDEX_TYPES:
             return entry
     offered = ", ".join(str(d.platform) for d in index.manifests if d.platform is not None)
+    if not offered and not any(d.media_type in MANIFEST_TYPES | INDEX_TYPES for d in index.manifests):
+        kinds = ", ".join(sorted({d.media_type for d in index.manifests}))
+        raise ImageNotFound(
+            f"the index lists no image manifest, only blobs ({kinds or 'nothing'}): it is not "
+            "an image (a build cache, or another artifact), so there is nothing to pull")
     raise ImageNotFound(
         f"no manifest for platform {want} in the index (it has: {offered or 'none'}); "
         "name one with --platform")

@@ -65,6 +65,7 @@ from ..names import check_raw_path
 from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
 from .debug import metrics_response
+from .expect import close_unless_continued, defer_continue
 from .httputil import ClientGone, origin_form
 from .metadata import RegistryMetadata
 from .metadata_open import open_metadata
@@ -303,6 +304,7 @@ def make_app(
         # socket for every read of a pushed blob: a pair of system calls per 256 KiB.
         handler_args={"read_bufsize": UPLOAD_READ_BUFFER, "max_field_size": _MAX_HEADER_FIELD},
     )
+    app.on_response_prepare.append(close_unless_continued)
     if config.http_headers:  # http.headers: on every response, as Distribution adds them
         extra = dict(config.http_headers)
 
@@ -378,10 +380,11 @@ def make_app(
     app.cleanup_ctx.append(proxy_context(config))
     app.cleanup_ctx.append(notifications_lifecycle)
     app.cleanup_ctx.append(retention_lifecycle)  # after: it stops before the notifier
-    app.router.add_route("*", "/v2/{tail:.*}", dispatch)
-    app.router.add_route("*", "/v2", dispatch)
+    # 100 Continue only once a handler reads the body (expect.py).
+    app.router.add_route("*", "/v2/{tail:.*}", dispatch, expect_handler=defer_continue)
+    app.router.add_route("*", "/v2", dispatch, expect_handler=defer_continue)
     app.router.add_get("/healthz", _healthz)
     if config.http_debug_prometheus_on_registry_port:
         app.router.add_get("/metrics", _metrics)
-    app.router.add_route("*", "/token", token_endpoint)
+    app.router.add_route("*", "/token", token_endpoint, expect_handler=defer_continue)
     return app

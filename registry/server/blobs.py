@@ -5,7 +5,9 @@ the bytes are stored once. GET streams ``store.segments()``: raw on-disk segment
 with ``sendfile`` (zero-copy), decompressed segments are written; nothing buffers a whole
 blob. A ``Range`` of one range gets 206 with ``Content-Range``, of several a 206
 ``multipart/byteranges`` (zstd:chunked partial pulls ask for up to 1,024); unsatisfiable
-ones 416.
+ones 416. A client that stops reading is cut off (:mod:`.stalls`).
+``If-None-Match`` and ``If-Range`` are read as :mod:`.conditional` says: a
+range whose ``If-Range`` does not name this blob is ignored (200, the whole blob).
 With ``storage_redirect`` on, a GET of a blob stored as one whole S3 object is answered
 with a 307 to a presigned URL of that object.
 """
@@ -25,6 +27,8 @@ from cas.holders import repository_holder
 
 from ..errors import BLOB_UNKNOWN, UNSUPPORTED
 from ..names import parse_digest
+from . import stalls
+from .conditional import if_none_match, if_range_holds, none_match
 from .httputil import ClientGone, parse_ranges
 from .state import BYTES_SENT, REGISTRY, Registry
 
@@ -43,13 +47,6 @@ async def stat_in_repo(reg: Registry, name: str, digest: Digest) -> int:
     return int(info.size)
 
 
-def _not_modified(request: web.Request, etag: str) -> bool:
-    header = request.headers.get("If-None-Match")
-    if not header:
-        return False
-    return any(t.strip() in (etag, etag.strip('"'), "*") for t in header.split(","))
-
-
 async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamResponse:
     reg = request.app[REGISTRY]
     d = parse_digest(digest)
@@ -63,7 +60,7 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
         "Cache-Control": "max-age=31536000",
         "Docker-Distribution-API-Version": "registry/2.0",
     }
-    if _not_modified(request, etag):
+    if none_match(if_none_match(request), str(d)):
         return web.Response(status=304, headers=headers)
     if reg.config.storage_redirect and request.method == "GET" and "Range" not in request.headers:
         # As Distribution's storage.redirect: the client GETs the bytes from the bucket,
@@ -74,7 +71,9 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
             return web.Response(status=307, headers={
                 "Location": url, "Docker-Content-Digest": str(d), "Content-Length": "0",
                 "Docker-Distribution-API-Version": "registry/2.0"})
-    wanted = parse_ranges(request.headers.get("Range"), size)
+    wanted = None
+    if if_range_holds(request.headers.get("If-Range"), str(d)):
+        wanted = parse_ranges(request.headers.get("Range"), size)
     parts: list[tuple[bytes, int, int]] = []  # multipart: (part head, offset, length)
     if wanted is None:
         offset, length, status = 0, size, 200
@@ -91,13 +90,14 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
         return resp
     await resp.prepare(request)
     try:
-        if not parts:
-            await _send_segments(request, reg, d, offset, length, resp)
-        else:
-            for head, offset, n in parts:
-                await resp.write(head)
-                await _send_segments(request, reg, d, offset, n, resp)
-            await resp.write(tail)
+        async with stalls.cut_off_when_stalled(request):
+            if not parts:
+                await _send_segments(request, reg, d, offset, length, resp)
+            else:
+                for head, offset, n in parts:
+                    await resp.write(head)
+                    await _send_segments(request, reg, d, offset, n, resp)
+                await resp.write(tail)
     except (BlobUnknown, InvalidRange):
         # Deleted between stat and read: the status line is gone, so cut the connection;
         # the client sees a short body and retries.
@@ -154,8 +154,9 @@ async def _send_file_range(
     - asyncio's own loop: ``loop.sendfile`` (it waits for the transport's buffer, i.e. the
       headers and earlier segments, to drain first, then uses ``os.sendfile``).
     - other loops (uvloop) over plain TCP: ``os.sendfile`` in a worker thread on a
-      *duplicate* of the socket descriptor, once the transport's buffer is empty; the
-      duplicate keeps the socket alive even if the loop closes the connection meanwhile.
+      *duplicate* of the socket descriptor (made before the hop to the thread), once the
+      transport's buffer is empty; the duplicate keeps the socket alive even if the loop
+      closes the connection meanwhile.
     - TLS: read and write through the transport (the kernel cannot encrypt for us).
     """
     transport = request.transport
@@ -186,13 +187,27 @@ async def _send_file_range(
             await asyncio.sleep(0.0005)
             if transport.is_closing():
                 raise ClientGone("connection closed")
-        await asyncio.to_thread(_sendfile_blocking, sock.fileno(), f.fileno(), offset, length)
+        if transport.is_closing():
+            raise ClientGone("connection closed")
+        # Both descriptors are duplicated here, on the loop's thread, while the connection
+        # is known open: in the worker thread the loop may have closed the client's socket
+        # meanwhile (a client that hung up), and its number may already name another
+        # client's connection. The worker owns the duplicates and closes them; shielded,
+        # it runs even if this task is cancelled.
+        out = os.dup(sock.fileno())
+        try:
+            src = os.dup(f.fileno())
+        except BaseException:
+            os.close(out)
+            raise
+        await asyncio.shield(loop.run_in_executor(None, _sendfile_blocking, out, src, offset, length))
     finally:
         f.close()
 
 
-def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, length: int) -> None:
-    out = os.dup(sock_fd)
+def _sendfile_blocking(out: int, file_fd: int, offset: int, length: int) -> None:
+    """Send ``length`` bytes of ``file_fd`` from ``offset`` to the socket ``out``; both are
+    duplicates this function owns (it closes them)."""
     try:
         poller = select.poll()
         poller.register(out, select.POLLOUT)
@@ -200,8 +215,8 @@ def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, length: int) -> 
             try:
                 sent = os.sendfile(out, file_fd, offset, min(length, 1 << 30))
             except BlockingIOError:
-                if not poller.poll(30_000):
-                    raise ClientGone("it stopped reading for 30 s") from None
+                if not poller.poll(int(stalls.STALL_SECONDS * 1000)):
+                    raise ClientGone(f"it stopped reading for {stalls.STALL_SECONDS:g} s") from None
                 continue
             except (BrokenPipeError, ConnectionError) as exc:
                 raise ClientGone(str(exc)) from exc
@@ -211,6 +226,7 @@ def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, length: int) -> 
             length -= sent
     finally:
         os.close(out)
+        os.close(file_fd)
 
 
 async def _copy_file(resp: web.StreamResponse, f: Any, offset: int, length: int) -> None:

@@ -37,20 +37,28 @@ from ..names import parse_pull_reference, parse_reference, validate_tag
 from ..oci import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
+    DOCKER_MANIFEST_V1,
+    DOCKER_MANIFEST_V1_SIGNED,
     EMPTY_JSON,
     EMPTY_JSON_DIGEST,
     INDEX_TYPES,
+    MANIFEST_TYPES,
     Descriptor,
     Index,
     InvalidObject,
     Manifest,
     parse_manifest,
 )
+from .conditional import if_none_match, none_match
+from .expect import send_continue
 from .metadata import ManifestRecord, ManifestsMissing
 from .recipes import put_into
 from .state import BYTES_RECEIVED, DELETED_TAGS, REGISTRY, CachedManifest, Registry
 
 __all__ = ["MAX_MANIFEST_BYTES", "delete_manifest", "get_manifest", "put_manifest"]
+
+# Index entries that can only be manifests; one of another type may be a blob.
+_MANIFEST_ENTRY_TYPES = MANIFEST_TYPES | INDEX_TYPES | {DOCKER_MANIFEST_V1, DOCKER_MANIFEST_V1_SIGNED}
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _MAX_TAGS_PER_PUT = 32
@@ -190,8 +198,7 @@ async def get_manifest(
         entry = served
     if reg.pulls is not None and request.method == "GET":
         reg.pulls.note(name, entry.digest)  # for retention: a dict store, written in batches
-    inm = request.headers.get("If-None-Match")
-    if inm and any(t.strip() in (entry.etag, entry.digest) for t in inm.split(",")):
+    if none_match(if_none_match(request), entry.digest):
         return web.Response(status=304, headers=entry.headers)
     if request.method == "HEAD":
         return web.Response(
@@ -212,6 +219,7 @@ async def _read_body(request: web.Request) -> bytes:
     body = bytearray()
     # A manifest (at most 4 MiB) has http.body_timeout to arrive whole.
     stall = request.app[REGISTRY].config.http_body_timeout or None
+    await send_continue(request)
     try:
         async with asyncio.timeout(stall):
             async for chunk in request.content.iter_chunked(64 * 1024):
@@ -230,35 +238,42 @@ async def _read_body(request: web.Request) -> bytes:
 
 async def _plan_references(
     reg: Registry, name: str, obj: Manifest | Index
-) -> list[tuple[Descriptor, bytes]]:
+) -> tuple[list[tuple[Descriptor, bytes]], tuple[str, ...]]:
     """Check every reference of ``obj`` in ``name`` without changing anything.
 
     Returns the contents the manifest carries itself (``data`` fields, the empty JSON
-    blob) that are not yet in the repository. Raises MANIFEST_BLOB_UNKNOWN, one per
+    blob) that are not yet in the repository, and the entries of an index that are blobs
+    of the repository rather than manifests. Raises MANIFEST_BLOB_UNKNOWN, one per
     missing reference, or MANIFEST_INVALID for a size that disagrees with the blob.
+
+    An index entry of a manifest or index media type must be a manifest of the
+    repository. An entry of any other type may also be a blob of it, as CNCF
+    Distribution accepts: BuildKit's registry cache (``--cache-to type=registry``,
+    without ``image-manifest=true``) is an index listing its layers and its cache
+    config (``application/vnd.buildkit.cacheconfig.v0``).
     """
     missing: list[RegistryError] = []
     carried: list[tuple[Descriptor, bytes]] = []
+    blob_entries: list[str] = []
+    h = repository_holder(name)
     if isinstance(obj, Index):
         wanted = [str(d.digest) for d in obj.manifests]
         present = await reg.meta.manifests_present(name, wanted)
         for d in obj.manifests:
-            if str(d.digest) not in present:
+            if str(d.digest) in present:
+                continue
+            if d.media_type in _MANIFEST_ENTRY_TYPES:
                 missing.append(_blob_unknown(d, "manifest"))
+            elif not await reg.store.is_linked(h, d.digest):
+                missing.append(_blob_unknown(d, "manifest or blob"))
+            elif await _linked_blob_fits(reg, d, missing):
+                blob_entries.append(str(d.digest))
     else:
-        h = repository_holder(name)
         for d in obj.references():
             if d.nondistributable:
                 continue
             if await reg.store.is_linked(h, d.digest):
-                info = await reg.store.stat(d.digest)
-                if info is None:
-                    missing.append(_blob_unknown(d, "blob"))
-                elif info.size != d.size:
-                    raise MANIFEST_INVALID(
-                        f"descriptor {d.digest} says {d.size} bytes but the blob has {info.size}",
-                        detail={"digest": str(d.digest)},
-                    )
+                await _linked_blob_fits(reg, d, missing)
                 continue
             content = d.data
             if content is None and d.digest == EMPTY_JSON_DIGEST and d.size == len(EMPTY_JSON):
@@ -269,7 +284,23 @@ async def _plan_references(
                 carried.append((d, content))
     if missing:
         raise RegistryError.many(missing)
-    return carried
+    return carried, tuple(blob_entries)
+
+
+async def _linked_blob_fits(reg: Registry, d: Descriptor, missing: list[RegistryError]) -> bool:
+    """Whether the blob ``d`` names, linked in the repository, is still stored and has
+    the size ``d`` states: MANIFEST_BLOB_UNKNOWN (added to ``missing``) if it is gone,
+    MANIFEST_INVALID (raised) for another size."""
+    info = await reg.store.stat(d.digest)
+    if info is None:
+        missing.append(_blob_unknown(d, "blob"))
+        return False
+    if info.size != d.size:
+        raise MANIFEST_INVALID(
+            f"descriptor {d.digest} says {d.size} bytes but the blob has {info.size}",
+            detail={"digest": str(d.digest)},
+        )
+    return True
 
 
 def _blob_unknown(d: Descriptor, what: str) -> RegistryError:
@@ -377,7 +408,7 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.R
         )
     media_type, obj = await _parse(body, request.headers.get("Content-Type"))
     # Everything is checked before anything changes: a refused PUT leaves no trace.
-    carried = await _plan_references(reg, name, obj)
+    carried, blob_entries = await _plan_references(reg, name, obj)
     subject = obj.subject
     tags = (ref.tag, *extra_tags) if ref.tag is not None else extra_tags
     record = ManifestRecord(
@@ -389,6 +420,7 @@ async def put_manifest(request: web.Request, name: str, reference: str) -> web.R
         artifact_type=obj.effective_artifact_type(),
         annotations=obj.annotations,
         references=_references(obj),
+        blob_entries=blob_entries,
     )
     await _commit(reg, name, body, digest, carried, record, tags)
     # The bytes only: this commit moved the metadata's generation, so the next GET

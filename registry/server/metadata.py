@@ -67,6 +67,11 @@ class ManifestRecord:
     # What the manifest references in its repository: an index's manifests, an image's
     # config and layers. None: not known (read from the body later, retention.py).
     references: tuple[str, ...] | None = None
+    # The references of an index that are blobs of the repository, not manifests
+    # (BuildKit's registry cache lists its layers and cache config in an index):
+    # retention counts them as referenced; put_manifest does not require them to be
+    # manifests (their fresh cas links protect them, as an image's blobs).
+    blob_entries: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +150,9 @@ class RegistryMetadata(Protocol):
         every tag in ``tags`` points at it (moved from wherever it pointed, pushed now).
         No reader sees the manifest without its tags or a tag without its manifest.
         ``record.references`` are recorded with it; for an index (``INDEX_TYPES``) they
-        must all be manifests of the repository inside the same transaction, else
-        :class:`ManifestsMissing` and nothing is written (:meth:`collect` may have taken
-        one since the caller checked)."""
+        must all, but ``record.blob_entries``, be manifests of the repository inside the
+        same transaction, else :class:`ManifestsMissing` and nothing is written
+        (:meth:`collect` may have taken one since the caller checked)."""
         ...
 
     async def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:

@@ -177,7 +177,7 @@ class PgRegistryMetadata:
                 cur = await db.execute("SELECT digest FROM manifests WHERE repo = %s AND digest = ANY(%s)",
                                        (record.repo, list(refs)))
                 present = {r[0] for r in await cur.fetchall()}
-                missing = [d for d in dict.fromkeys(refs) if d not in present]
+                missing = [d for d in dict.fromkeys(refs) if d not in present and d not in record.blob_entries]
                 if missing:
                     raise ManifestsMissing(missing)  # rolls the transaction back
             await db.execute("INSERT INTO repositories VALUES (%s, %s) ON CONFLICT DO NOTHING",

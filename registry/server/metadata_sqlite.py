@@ -290,7 +290,7 @@ class SqliteMetadata(RetentionQueries):
                         (record.repo, *refs),
                     )
                 }
-                missing = [d for d in dict.fromkeys(refs) if d not in present]
+                missing = [d for d in dict.fromkeys(refs) if d not in present and d not in record.blob_entries]
                 if missing:
                     raise ManifestsMissing(missing)  # rolls the transaction back
             db.execute("INSERT OR IGNORE INTO repositories VALUES (?, ?)", (record.repo, now))

@@ -28,6 +28,7 @@ from aiohttp import web
 from cas import Digest
 
 from ..client.remote import RegistryClient
+from .stalls import cut_off_when_stalled
 from .state import BYTES_SENT, BlobStore
 
 __all__ = ["BlobFlight", "held_locally", "receive_blob", "stream_flight", "streamable"]
@@ -184,24 +185,25 @@ async def stream_flight(
         resp.content_length = size
         await resp.prepare(request)
         pos = 0
-        while pos < size:
-            if flight.state == "failed":
-                # The status line is gone: cutting the connection is all that is left.
-                if request.transport is not None:
-                    request.transport.close()
-                return resp
-            limit = flight.readable()
-            if pos >= limit:
-                await flight.changed()  # every change wakes us; the transfer always ends
-                continue
-            data = await flight.read(pos, min(limit - pos, _CHUNK))
-            if not data:
-                if request.transport is not None:
-                    request.transport.close()
-                return resp
-            await resp.write(data)
-            pos += len(data)
-            request[BYTES_SENT] = pos
+        async with cut_off_when_stalled(request):  # a client that stopped reading
+            while pos < size:
+                if flight.state == "failed":
+                    # The status line is gone: cutting the connection is all that is left.
+                    if request.transport is not None:
+                        request.transport.close()
+                    return resp
+                limit = flight.readable()
+                if pos >= limit:
+                    await flight.changed()  # every change wakes us; the transfer always ends
+                    continue
+                data = await flight.read(pos, min(limit - pos, _CHUNK))
+                if not data:
+                    if request.transport is not None:
+                        request.transport.close()
+                    return resp
+                await resp.write(data)
+                pos += len(data)
+                request[BYTES_SENT] = pos
         await resp.write_eof()
         return resp
     finally:

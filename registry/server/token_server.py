@@ -45,6 +45,7 @@ from ..errors import UNAUTHORIZED, UNSUPPORTED, RegistryError
 from .access import CATALOG, Access, Grant, PullFilter, ScopeError, parse_scopes
 from .auth import BasicAuth
 from .config import ConfigError, ServerConfig
+from .expect import send_continue
 from .policy import Policy, PolicyError, WatchedFile, parse_policy
 from .robots import PREFIX, Robot, RobotError, RobotTable, parse_robots, robots_path
 from .state import REGISTRY, USER
@@ -265,6 +266,7 @@ async def token_endpoint(request: web.Request) -> web.Response:
     user: str | None = None
     password: str | None = None
     if request.method == "POST":
+        await send_continue(request)
         body = await request.content.read(_MAX_FORM + 1)
         if len(body) > _MAX_FORM:
             raise UNSUPPORTED("token request form too large", status=413)

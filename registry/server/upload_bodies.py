@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BLOB_UPLOAD_INVALID, SIZE_INVALID, RegistryError
+from .expect import send_continue
 from .state import BYTES_RECEIVED, REGISTRY, Registry
 
 __all__ = ["PROGRESS", "SMALL_BODY", "read_body", "upload_slot"]
@@ -48,6 +49,7 @@ async def read_body(request: web.Request, limit: int, what: str) -> bytes:
     stall = reg.config.http_body_timeout or None
     loop = asyncio.get_running_loop()
     buf = bytearray()
+    await send_continue(request)
     try:
         # One deadline, pushed back each time PROGRESS more bytes came.
         async with asyncio.timeout(stall) as timer:

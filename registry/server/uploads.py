@@ -58,6 +58,7 @@ from ..errors import (
     RegistryError,
 )
 from ..names import is_valid_name, parse_digest
+from .expect import send_continue
 from .httputil import parse_content_range
 from .recipes import commit_into, mount_recipe
 from .state import BYTES_RECEIVED, GRANT, REGISTRY, USER, Registry, holder
@@ -136,6 +137,7 @@ async def _pump(request: web.Request, ingest: Any, allowance: int | None = None,
     loop = asyncio.get_running_loop()
     written = 0
     content = request.content
+    await send_continue(request)
     reg.streaming += 1
     try:
         # One timer for the whole body (a wait_for per chunk would cost a task per

@@ -9,6 +9,7 @@ schema).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -382,6 +383,22 @@ async def test_an_index_whose_manifests_are_gone_is_refused_with_nothing_written
             ManifestRecord("app", _digest(2), INDEX, 10, references=(_digest(1), _digest(7))), ("v1",))
     assert err.value.digests == [_digest(7)]
     assert await a.resolve_tag("app", "v1") is None and await a.get_manifest("app", _digest(2)) is None
+
+
+async def test_an_index_may_list_blobs_named_as_blob_entries(a: RegistryMetadata, b: RegistryMetadata):
+    """BuildKit's registry cache lists layers in an index: the entries the caller found
+    as blobs are not required to be manifests, and count as referenced."""
+    from registry.server.metadata import ManifestsMissing
+
+    await a.put_manifest(_record("app", 1, references=()))
+    index = ManifestRecord("app", _digest(2), INDEX, 10, references=(_digest(1), _digest(50), _digest(51)),
+                           blob_entries=(_digest(50), _digest(51)))
+    await b.put_manifest(index, ("cache",))
+    assert await a.resolve_tag("app", "cache") == _digest(2)
+    assert {_digest(50), _digest(51)} <= (await a.collect("app", [], 0.0, dry_run=True)).referenced
+    with pytest.raises(ManifestsMissing) as err:  # the other entries still must be manifests
+        await b.put_manifest(dataclasses.replace(index, digest=_digest(3), references=(_digest(7), _digest(50))))
+    assert err.value.digests == [_digest(7)]
 
 
 async def test_references_unknown_until_set(a: RegistryMetadata, b: RegistryMetadata):
