@@ -468,11 +468,11 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
         build_contexts=_build_contexts(build_contexts),
         cache_to=_cache_specs(cache_to, export=True),
         cache_from=_cache_specs(cache_from, export=False))
+    if iidfile is not None:  # as buildx: a build that fails leaves no earlier image ID there
+        iidfile.unlink(missing_ok=True)
     progress = BuildProgress(progress_mode)
-    recorder = None if outs or push or secrets or cache_to or cache_from or ssh or dockerfile_text is not None \
-        or from_stdin \
-        or "," in (platform or "") \
-        else Recorder.start()
+    recorder = None if (outs or push or secrets or cache_to or cache_from or ssh or from_stdin
+                        or dockerfile_text is not None or "," in (platform or "")) else Recorder.start()
     try:
         result = _run_until_signal(run_build(opts, progress))
     except (BuildError, DockerfileError, ContextError, PublishError, ExportError,

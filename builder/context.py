@@ -37,6 +37,7 @@ import blake3
 from .ignore import IgnoreMatcher
 from .layers.errors import UnsafeLayerEntry
 from .layers.pathres import resolve_in_root
+from .layers.scan import read_xattrs
 
 __all__ = ["ContextError", "FileHashStore", "Source", "SourceTree", "filtered_view",
            "hash_path"]
@@ -131,9 +132,18 @@ class SourceTree:
                 and max(files[i][1].st_mtime_ns, files[i][1].st_ctime_ns) < fresh])
         return [h or "" for h in out]
 
-    def owner_key(self, st: os.stat_result) -> str:
-        """What a kept owner adds to a file's content key (a stage may change only that)."""
-        return f" owner:{st.st_uid}:{st.st_gid}" if self.keep_owners else ""
+    def owner_key(self, path: Path, st: os.stat_result) -> str:
+        """What a stage's (or image's) file adds to its content key: its owner and its
+        xattrs, which COPY keeps and a stage may change alone (``setcap``)."""
+        if not self.keep_owners:
+            return ""
+        key = f" owner:{st.st_uid}:{st.st_gid}"
+        if xattrs := read_xattrs(os.fspath(path)):
+            h = blake3.blake3()
+            for name, value in xattrs:
+                h.update(os.fsencode(name) + b"\0" + value + b"\0")
+            key += f" xattrs:{h.hexdigest()[:32]}"
+        return key
 
     # -- resolution -------------------------------------------------------------------
     def _clean(self, src: str) -> str:

@@ -8,7 +8,8 @@ valid)::
                                  opaque directories marked trusted.overlay.opaque=y
                                  (user.overlay.opaque=y in a non-root build's user
                                  namespace, as its overlay mounts read them)
-    snapshots/.tmp-*/            extractions in progress (renamed into place when done)
+    snapshots/.tmp-*/            extractions in progress (renamed into place when done;
+                                 two builds that extract one layer at once keep the first)
 
 A stage's root filesystem is the stack of its extracted layers (top first),
 mounted as overlay lower dirs by the sandbox or flattened for COPY --from and the local
@@ -95,6 +96,17 @@ def _extract(src: BinaryIO | Path, dest: Path) -> None:
                 os.mknod(target, 0o600 | 0o020000, os.makedev(0, 0))
 
 
+def _move_into_place(extracted: Path, target: Path) -> None:
+    """Rename a finished extraction to ``target``, unless a build in another process (the
+    lock in :meth:`ExtractedLayers.ensure` holds within one) put the same layer there
+    first: then theirs is used and this one is dropped with the temporary directory."""
+    try:
+        os.rename(extracted, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not target.is_dir():
+            raise
+
+
 def _touch(path: Path) -> None:
     """Mark an extracted layer as used now (`pybuild builder prune` keeps recently used
     ones)."""
@@ -164,7 +176,7 @@ class ExtractedLayers:
                     # and committed before its extraction is used
                     async for _ in streamed:
                         pass
-                await asyncio.to_thread(os.rename, tmp / "root", target)
+                await asyncio.to_thread(_move_into_place, tmp / "root", target)
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise

@@ -25,6 +25,7 @@ from cas.errors import StorageFull, full_cause
 from registry.oci import Platform
 
 from .base import BaseImage, BaseImageError, resolve_base
+from .dockerfile.errors import with_suggestion
 from .dockerfile.instructions import (
     Add,
     Arg,
@@ -177,6 +178,27 @@ class StageScheduler:
             return None
         return (await self._task(index)).key
 
+    def _reader(self, ref: str) -> str:
+        """``Dockerfile:LINE: INSTRUCTION`` of the first instruction that reads ``ref``
+        (``COPY --from``, ``RUN --mount=...,from=``)."""
+        for i in self.plan.needed:
+            for ins in self.plan.stages[i].instructions:
+                froms = ([ins.from_] if isinstance(ins, Copy) else
+                         [m.from_ for m in ins.mounts or ()] if isinstance(ins, Run) else [])
+                if ref in froms:
+                    return self.env.where(ins)
+        return self.env.dockerfile
+
+    def _not_a_stage(self, ref: str, problem: str) -> str:
+        """``problem`` (reading ``ref`` as an image failed), with "did you mean" a stage
+        when ``ref`` is a bare name close to one: most likely a misspelt stage."""
+        names = [s.name for s in self.plan.stages if s.name]
+        if any(c in ref for c in "/:@.") or not names:
+            return problem
+        hint = with_suggestion("", ref.lower(), names).hint
+        return (f"{problem}; no stage is named {ref!r}" + (f" ({hint})" if hint else "")
+                + ": name a stage of this Dockerfile, or an image that exists")
+
     async def _make_root(self, ref: str, within: tuple[str, ...] = ()) -> Path:
         contexts = self.env.contexts
         named = contexts.find(ref) if contexts else None
@@ -196,7 +218,7 @@ class StageScheduler:
                     progress=self.env.progress)
                 state = ImageState.from_config(base.config, list(base.layers), "")
         except BaseImageError as exc:
-            raise BuildError(self.env.dockerfile, str(exc)) from exc
+            raise BuildError(self._reader(ref), self._not_a_stage(ref, str(exc))) from exc
         from .sandbox.flatten import flatten_lowers, flatten_subtree
 
         lowers = await self.env.lowers(state)

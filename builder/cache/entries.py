@@ -22,7 +22,10 @@ __all__ = ["FACTS", "IMPORTED_MISS", "STEP_SEMANTICS", "CachedLayer", "facts_key
 # hard links per source in COPY, expanded ONBUILD triggers, RUN's /etc/hosts and
 # resolv.conf, an ARG over an ENV of its name, and ADD --chown of archives.
 # 2: before COPY --from kept the owners of the stage's (or image's) files.
-STEP_SEMANTICS = 3
+# 3: before names were looked up through a linked /etc/passwd or /etc/group (COPY
+# --chown, WORKDIR under USER), a RUN's missing workdir was made as its user's and COPY
+# --from kept the xattrs (setcap's security.capability) of the stage's files.
+STEP_SEMANTICS = 4
 
 
 def step_key(parent: str, instruction: str, inputs: dict[str, Any]) -> str:

@@ -295,6 +295,13 @@ def setup_sys(plan: Plan, root: str, stubs: list[str]) -> None:
         loopback_up()
 
 
+def own_workdir(plan: Plan, root: str, created: list[str]) -> None:
+    """The directories made for a missing workdir belong to the step's user and group,
+    as BuildKit's executor makes them (``MkdirAllAndChown`` with the process's ids)."""
+    for rel in created:
+        os.lchown(os.path.join(root, rel), plan["uid"], plan["gid"])
+
+
 def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     proc = resolve(root, "/proc", "dir", stubs)
     try:
@@ -312,6 +319,7 @@ def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     socket.sethostname(plan["hostname"])
     created: list[str] = []  # the workdir is real content: it stays in the layer
     resolve(root, plan["workdir"], "dir", created)
+    own_workdir(plan, root, created)
     write(report, {"stubs": stubs, "touched": touched})
     os.chroot(root)
     os.chdir(plan["workdir"])
@@ -344,6 +352,7 @@ def run_bwrap(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     # bwrap sets PWD to its --chdir: the directory as getcwd() names it (links resolved),
     # which is what a shell's pwd says under BuildKit (runc sets no PWD)
     cwd = "/" + os.path.relpath(resolve(root, plan["workdir"], "dir", created), root)
+    own_workdir(plan, root, created)
     write(report, {"stubs": stubs, "touched": touched})
     # The network namespace (network=none) and /sys come from the stage: bwrap shares the
     # former and carries the latter over with its recursive bind of the root.

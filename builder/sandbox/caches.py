@@ -3,14 +3,18 @@
 Layout under the caller's cache directory::
 
     cache_dir/
-        <sha256(id)[:32]>/
-            id          the cache id, for people reading the directory
+        <sha256(cache_id)[:32]>/
+            id          the cache's identity (CacheMount.cache_id), for people reading
             0/          the cache's first instance: what shared/locked mounts use
             0.lock      flock: shared (LOCK_SH) by `shared`, exclusive by `locked`/`private`
+            0.init      flock: held by the one build that makes 0/
             1/ 1.lock   more instances, made when `private` finds the others busy
 
 A new instance directory is created owned by the mount's ``uid``/``gid`` with its ``mode``
-(BuildKit does the same on first use); later mounts leave ownership alone.
+(BuildKit does the same on first use), or, for a mount with ``from=``, as a copy of its
+``seed`` directory (owners, modes, times, xattrs and hard links kept); later mounts leave
+it alone. Either way it appears whole: it is made under a temporary name and renamed
+(``<n>.init`` is the flock that lets one build at a time make it).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
+import stat
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -32,14 +39,55 @@ def cache_root(cache_dir: Path, cache_id: str) -> Path:
     return cache_dir / hashlib.sha256(cache_id.encode()).hexdigest()[:32]
 
 
+def _copy_tree(src: Path, dst: Path) -> None:
+    """``dst`` (absent) as a copy of the directory ``src``, owners and hard links kept."""
+    links: dict[tuple[int, int], str] = {}
+
+    def copy(source: str, dest: str) -> None:
+        st = os.lstat(source)
+        if st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
+            os.link(links[st.st_dev, st.st_ino], dest)
+            return
+        if stat.S_ISREG(st.st_mode):
+            shutil.copy2(source, dest, follow_symlinks=False)
+        else:  # a FIFO or a device node: made anew, never opened
+            os.mknod(dest, st.st_mode, st.st_rdev)
+            shutil.copystat(source, dest, follow_symlinks=False)
+        links[st.st_dev, st.st_ino] = dest
+
+    shutil.copytree(src, dst, symlinks=True, copy_function=copy)
+    for dirpath, dirnames, filenames in os.walk(dst):
+        rel = os.path.relpath(dirpath, dst)
+        for name in (".", *dirnames, *filenames):
+            st = os.lstat(os.path.join(src, rel, name))
+            dest = os.path.join(dirpath, name)
+            os.lchown(dest, st.st_uid, st.st_gid)
+            if not stat.S_ISLNK(st.st_mode):  # chown dropped setuid and setgid
+                os.chmod(dest, stat.S_IMODE(st.st_mode))
+
+
 def _instance(root: Path, index: int, mount: CacheMount) -> Path:
     path = root / str(index)
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:  # made before, or by a build running beside this one
+    if path.is_dir():  # made before, or by a build running beside this one
         return path
-    os.chown(path, mount.uid, mount.gid)
-    os.chmod(path, mount.mode)
+    fd = _lock(root / f"{index}.init", fcntl.LOCK_EX)
+    assert fd is not None  # a blocking flock returns only once it holds the lock
+    try:
+        if path.is_dir():
+            return path
+        tmp = Path(tempfile.mkdtemp(prefix=f".{index}.new-", dir=root))
+        try:
+            if mount.seed is not None:
+                os.rmdir(tmp)
+                _copy_tree(mount.seed, tmp)
+            else:
+                os.chown(tmp, mount.uid, mount.gid)
+                os.chmod(tmp, mount.mode)
+            os.rename(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        os.close(fd)
     return path
 
 

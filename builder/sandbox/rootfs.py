@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..layers.rootwalk import SymlinkLoop, walk_in_root
 from .errors import SandboxSetupError, SandboxUnavailable
 from .userns import in_user_namespace, overlay_xattr
 
@@ -276,12 +277,25 @@ def is_opaque(path: Path) -> bool:
 
 
 def read_from_lowers(lowers: Sequence[Path], rel: str) -> bytes | None:
-    """The bytes overlayfs would show at ``rel`` (relative, no symlinks followed), or None.
+    """The bytes overlayfs would show at ``rel`` (relative), or None when that is no
+    regular file.
 
-    Honours whiteouts and opaque directories of the layers above; used to read
-    /etc/passwd and /etc/group before the root is mounted.
+    Honours whiteouts and opaque directories of the layers above; symlinks on the way,
+    the last one too, are followed inside the image (an ``/etc/passwd`` that links to
+    ``/var/lib/extrausers/passwd``), as runc and BuildKit read the file in the container's
+    root. Used to read /etc/passwd and /etc/group before the root is mounted.
     """
-    found = find_in_lowers(lowers, rel)
+    def readlink(components: list[str]) -> str:
+        found = find_in_lowers(lowers, "/".join(components))
+        assert found is not None  # walk_in_root asks only about symlinks lstat found
+        return os.readlink(found[1])
+
+    try:
+        parts = walk_in_root(rel.split("/"), follow_final=True, readlink=readlink,
+                             lstat=lambda c: lower_stat(lowers, "/".join(c)))
+    except SymlinkLoop:
+        return None
+    found = find_in_lowers(lowers, "/".join(parts))
     if found is None or not stat.S_ISREG(found[2].st_mode):
         return None
     return found[1].read_bytes()

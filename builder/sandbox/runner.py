@@ -400,8 +400,8 @@ def _prepare_and_spawn(
         flatten_lowers(layout.lowers, layout.merged)
         if before is not None:
             before.append(take_snapshot(layout.merged))
-        passwd = _read(layout.merged / "etc/passwd")
-        group = _read(layout.merged / "etc/group")
+        passwd = _read(layout.merged, "etc/passwd")
+        group = _read(layout.merged, "etc/group")
     user = resolve_user(spec.user, _text(passwd), _text(group))
     kind, bwrap = _choose_executor(executor, user)
 
@@ -460,10 +460,13 @@ def _prepare_and_spawn(
     return user, kind, code, tail
 
 
-def _read(path: Path) -> bytes | None:
+def _read(root: Path, rel: str) -> bytes | None:
+    """The regular file at ``rel`` in the root ``root``, symlinks on the way followed
+    inside it (as runc reads /etc/passwd), or None."""
     try:
+        path = resolve_under(root, rel)
         return path.read_bytes() if path.is_file() and not path.is_symlink() else None
-    except OSError:
+    except (OSError, LayerError):
         return None
 
 

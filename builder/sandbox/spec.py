@@ -61,7 +61,15 @@ class Sharing(enum.Enum):
 
 @dataclass(frozen=True)
 class CacheMount:
-    """``type=cache``: a directory that outlives the step and never enters a layer."""
+    """``type=cache``: a directory that outlives the step and never enters a layer.
+
+    As in BuildKit, a cache is known by its ``id`` *and* what it starts from: an empty
+    directory made with ``uid``/``gid``/``mode`` when any of them is given (``base``
+    ``uid=U,gid=G,mode=M``), the ``source`` directory of the stage or image ``from_ref``
+    names (``base`` identifies that content; the caller resolves ``seed``, the host
+    directory a new cache starts as a copy of), or else a plain empty directory. The same
+    ``id`` with another start is another cache (:attr:`cache_id`).
+    """
 
     target: str
     id: str = ""  # BuildKit: defaults to the target
@@ -70,10 +78,17 @@ class CacheMount:
     uid: int = 0
     gid: int = 0
     mode: int = 0o755
+    source: str = "/"
+    from_ref: str | None = None
+    base: str = ""
+    seed: Path | None = None
 
     @property
     def cache_id(self) -> str:
-        return self.id or self.target
+        """The cache's identity: its id, and its start when that is not an empty
+        directory (what the cache directory, its lock and a remote cache's export go by)."""
+        name = self.id or self.target
+        return f"{name} ({self.base})" if self.base else name
 
 
 @dataclass(frozen=True)
@@ -150,17 +165,38 @@ class SshMount:
 SandboxMount = CacheMount | BindMount | SecretMount | TmpfsMount | SshMount
 
 
-def sandbox_mount(flag: MountFlag) -> SandboxMount:
+def _clean(path: str) -> str:
+    """Go's ``path.Clean`` (Python's normpath keeps a leading ``//``)."""
+    cleaned = posixpath.normpath(path)
+    return "/" + cleaned.lstrip("/") if cleaned.startswith("/") else cleaned
+
+
+def sandbox_mount(flag: MountFlag, workdir: str = "/") -> SandboxMount:
     """The sandbox mount for one parsed ``RUN --mount`` flag (a bind mount's ``root`` and an
-    ssh mount's ``socket`` are left for the caller to resolve)."""
-    target = posixpath.normpath("/" + flag.target.lstrip("/")) if flag.target else ""
+    ssh mount's ``socket`` are left for the caller to resolve).
+
+    As BuildKit: a relative target of a bind, cache or tmpfs mount is in the step's
+    ``workdir`` (that of a secret or ssh mount is in ``/``), and a cache's id defaults
+    to its target as written, cleaned (``target=.cache`` under any WORKDIR is the cache
+    ``.cache``)."""
+    target = _clean("/" + flag.target) if flag.target else ""
+    if flag.target and flag.type in (MountType.BIND, MountType.CACHE, MountType.TMPFS):
+        target = _clean(posixpath.join(workdir, flag.target))
     if flag.type is MountType.BIND:
         return BindMount(target=target, source=posixpath.normpath("/" + flag.source.lstrip("/")),
                          from_ref=flag.from_ or None, rw=not flag.readonly)
     if flag.type is MountType.CACHE:
-        return CacheMount(target=target, id=flag.id, sharing=Sharing(flag.sharing or "shared"),
-                          readonly=flag.readonly, uid=flag.uid or 0, gid=flag.gid or 0,
-                          mode=0o755 if flag.mode is None else flag.mode)
+        relative = flag.target and not flag.target.startswith("/")
+        mount = CacheMount(target=target, sharing=Sharing(flag.sharing or "shared"),
+                           id=flag.id or (_clean(flag.target) if relative else ""),
+                           readonly=flag.readonly, uid=flag.uid or 0, gid=flag.gid or 0,
+                           mode=0o755 if flag.mode is None else flag.mode)
+        if flag.from_:  # the caller fills in base and seed from the stage's content
+            return replace(mount, from_ref=flag.from_,
+                           source=posixpath.normpath("/" + flag.source.lstrip("/")))
+        if (flag.uid, flag.gid, flag.mode) != (None, None, None):
+            return replace(mount, base=f"uid={mount.uid},gid={mount.gid},mode={mount.mode:04o}")
+        return mount
     if flag.type is MountType.TMPFS:
         return TmpfsMount(target=target, size=flag.size)
     if flag.type is MountType.SECRET:
@@ -182,8 +218,8 @@ class RunSpec:
     - ``argv``: the command, already shell-wrapped by the caller (``/bin/sh -c ...``).
     - ``env``: ``NAME=value`` strings; the process gets exactly these, nothing else.
     - ``user``: ``name``, ``uid``, ``uid:gid``, ``name:group`` ...; empty means root.
-    - ``workdir``: absolute; created (owned by root, 0755) if missing, and that stays in
-      the step's changes, as Docker does.
+    - ``workdir``: absolute; created (0755, owned by the step's user and group) if
+      missing, and that stays in the step's changes, as BuildKit's executor does.
     - ``secrets``: secret id -> host file holding its value, or the value itself.
     - ``hostname`` is the step's UTS hostname (BuildKit's default name); it and
       ``extra_hosts`` (``(name, ip)`` pairs) are added to the generated /etc/hosts.

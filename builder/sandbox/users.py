@@ -2,7 +2,8 @@
 
 Docker (runc's ``user.GetExecUser``) rules, followed here:
 
-- ``""`` is root: uid 0, gid 0.
+- ``""`` is root: uid 0, gid 0; so is an empty user part (``:staff`` is root with the
+  group ``staff``, ``:`` is root), as runc's default user.
 - ``name`` is looked up by name, a number by uid. Found: uid, primary gid and home come
   from the entry. Not found: a number is used as the uid (gid 0, home ``/``); a name is
   an error.
@@ -39,8 +40,6 @@ def resolve_user(user: str, passwd: str | None, group: str | None) -> ExecUser:
     Raises :class:`UnknownUser` where Docker fails the step.
     """
     user_arg, _, group_arg = user.partition(":")
-    if user_arg == "" and user:
-        raise UnknownUser(user, "the user part is empty")
     uid_num = parse_id(user_arg) if user_arg else 0
     if user_arg and uid_num is None and user_arg.isdigit():
         raise UnknownUser(user, f"uid {user_arg} is out of range")

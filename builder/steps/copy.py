@@ -173,8 +173,8 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpac
         to_hash.append((src.rel, src.path, st))
         of_source.append(i)
     digests = tree.hash_files([(path, st) for _, path, st in to_hash])
-    for (rel, _path, st), digest, i in zip(to_hash, digests, of_source):
-        digest += tree.owner_key(st)
+    for (rel, path, st), digest, i in zip(to_hash, digests, of_source):
+        digest += tree.owner_key(path, st)
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             first = inodes.setdefault((i, st.st_dev, st.st_ino), rel)
             if first != rel:
@@ -196,8 +196,8 @@ def _plan_parents(tree: SourceTree, srcs: list[str], dest: str,
             target = f"{base}/{rel}" if base else rel
             items[target] = CopyItem(target, path, st, keep_owner=tree.keep_owners)
             found.append((f"{src}:{rel}", path, st))
-    for (key, _, st), digest in zip(found, tree.hash_files([(p, st) for _, p, st in found])):
-        hashes[key] = digest + tree.owner_key(st)
+    for (key, path, st), digest in zip(found, tree.hash_files([(p, st) for _, p, st in found])):
+        hashes[key] = digest + tree.owner_key(path, st)
     if base:
         items.setdefault(base, CopyItem(base, None, None))
     return [items[k] for k in sorted(items, key=path_sort_key)], hashes

@@ -1,9 +1,12 @@
 """Writing a COPY's (or ADD's) items into the step's fresh upper directory: files,
 links, directories and unpacked archives, with BuildKit's owners, modes, times and hard
-links within a source."""
+links within a source; what is copied from a stage or an image keeps its xattrs
+(``security.capability`` a ``setcap`` gave, ``user.*``), set last, as BuildKit's copy
+sets them (a chown would drop a file capability)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import shutil
@@ -11,6 +14,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..layers.scan import read_xattrs
 from .archives import open_archive
 from .chmod import ModeChange
 from .copyup import DirLookup, forget_dirs, make_parents
@@ -89,6 +93,7 @@ def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup,
             assert it.path is not None
             os.symlink(os.readlink(it.path), target)
             os.lchown(target, *ids)
+            _copy_xattrs(it, target)
             os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
             continue
         elif stat.S_ISREG(st.st_mode):
@@ -101,21 +106,42 @@ def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup,
                 linked[inode] = target
             mode = stat.S_IMODE(st.st_mode)
             _copy_file(it.path, target, ids, chmod.apply(mode, False) if chmod else mode,
-                       st.st_mtime_ns)
+                       st.st_mtime_ns, read_xattrs(os.fspath(it.path)) if it.keep_owner else ())
             continue
         else:
             continue  # sockets, devices, fifos are not copied (as BuildKit)
         # a directory: its time is set once what is copied into it is written
         os.chown(target, *ids)
         os.chmod(target, chmod.apply(mode, True) if chmod is not None else mode)
+        _copy_xattrs(it, target)
         if st is not None:
             dir_times.append((target, st.st_mtime_ns))
     _set_dir_times(dir_times)
 
 
-def _copy_file(src: Path, dst: Path, ids: tuple[int, int], mode: int, mtime_ns: int) -> None:
-    """``src``'s bytes as the new file ``dst``, with owner, mode and mtime: set through
-    its descriptor, so that each file costs two opens and no further path lookups."""
+def _copy_xattrs(it: CopyItem, target: Path) -> None:
+    """A stage's (or an image's) entry's xattrs onto its copy (not the context's)."""
+    if it.keep_owner and it.path is not None:
+        for name, value in read_xattrs(os.fspath(it.path)):
+            _set_xattr(target, name, value)
+
+
+def _set_xattr(target: Path | int, name: str, value: bytes) -> None:
+    try:
+        if isinstance(target, int):
+            os.setxattr(target, name, value)
+        else:
+            os.setxattr(target, name, value, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP):  # user.* on a symlink, a namespace
+            raise                                             # the filesystem lacks
+
+
+def _copy_file(src: Path, dst: Path, ids: tuple[int, int], mode: int, mtime_ns: int,
+               xattrs: tuple[tuple[str, bytes], ...] = ()) -> None:
+    """``src``'s bytes as the new file ``dst``, with owner, mode, ``xattrs`` and mtime:
+    set through its descriptor, so that each file costs two opens and no further path
+    lookups."""
     fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
         fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -125,6 +151,8 @@ def _copy_file(src: Path, dst: Path, ids: tuple[int, int], mode: int, mtime_ns: 
                 pass
             os.fchown(fout, *ids)
             os.fchmod(fout, mode)  # after the owner: a chown clears setuid and setgid
+            for name, value in xattrs:  # after both: a chown clears security.capability
+                _set_xattr(fout, name, value)
             os.utime(fout, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fout)

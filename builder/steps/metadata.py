@@ -54,8 +54,10 @@ def clean_path(path: str) -> str:
 
 def working_dir(state: ImageState) -> str:
     """The directory a RUN starts in and relative paths start from: the config's
-    WorkingDir, which may be written as WORKDIR gave it (``/app/``), cleaned."""
-    return clean_path(state.config.working_dir or "/")
+    WorkingDir, which may be written as WORKDIR gave it (``/app/``), cleaned; a base
+    image's relative one (``app``, which Docker never writes) is taken from ``/``, as
+    BuildKit's state takes it."""
+    return clean_path("/" + (state.config.working_dir or "/"))
 
 
 def resolve_workdir(state: ImageState, path: str) -> str:

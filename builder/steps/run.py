@@ -5,7 +5,9 @@ the image's USER and WORKDIR, ``--network`` (else the CLI's default) and ``--mou
 bind mounts of the context or of another stage or image (``from=``), caches (kept under
 the build storage, never in a layer), tmpfs and secrets (``--secret id=..,src=..`` on
 the CLI; never on disk inside the sandbox, never in a layer) and SSH agents (``--ssh`` on
-the CLI). Heredocs as BuildKit's dockerfile2llb runs them:
+the CLI). A cache with ``from=`` starts as a copy of that stage's ``source`` directory and,
+as in BuildKit, is another cache than the same ``id`` started otherwise.
+Heredocs as BuildKit's dockerfile2llb runs them:
 
 - the command is a heredoc and nothing else (``RUN <<EOF``): its body is the script. A
   body starting with ``#!`` becomes the read-only executable ``/dev/pipes/<name>``, run
@@ -140,23 +142,62 @@ async def _settle(job: asyncio.Future[Any]) -> None:
         job.exception()
 
 
-def _bind_within(m: BindMount) -> tuple[str, ...]:
+def _bind_within(m: BindMount | CacheMount) -> tuple[str, ...]:
     """What of the stage a bind mount's ``source`` needs flattened: that path (a link on
     its way makes it the whole root), or everything."""
     source = m.source.strip("/")
     return (source,) if source and source != "." else ()
 
 
-def _bind_hash(env: StepEnv, m: BindMount) -> Callable[[], Awaitable[dict[str, Any]]]:
+async def _source_hash(root: Path, m: BindMount | CacheMount, where: str) -> str:
+    """The hash of what a ``from=`` mount's ``source`` names in the stage's ``root``;
+    BuildError when the stage has nothing there."""
+    try:
+        return await asyncio.to_thread(_tree_hash, resolve_under(root, m.source))
+    except FileNotFoundError:
+        raise BuildError(where, f"--mount from={m.from_ref}: source {m.source} does not "
+                         f"exist in {m.from_ref}; name a path it has") from None
+
+
+def _bind_hash(env: StepEnv, m: BindMount | CacheMount,
+               where: str) -> Callable[[], Awaitable[dict[str, Any]]]:
     async def compute() -> dict[str, Any]:
         assert env.stage_root is not None and m.from_ref is not None
         root = await env.stage_root(m.from_ref, _bind_within(m))
-        return {"hash": await asyncio.to_thread(_tree_hash, resolve_under(root, m.source))}
+        return {"hash": await _source_hash(root, m, where)}
     return compute
 
 
 def _valid_hash(facts: dict[str, Any]) -> bool:
     return isinstance(facts.get("hash"), str)
+
+
+async def _seeded_cache(env: StepEnv, state: ImageState, m: CacheMount,
+                        where: str) -> CacheMount:
+    """A cache mount with ``from=``: its identity gets the hash of the directory it starts
+    from (BuildKit keys such a cache by its id and its source), from the stage's cached
+    facts when the stage is in the cache."""
+    assert m.from_ref is not None
+    source_key = await env.stage_key(m.from_ref) if env.stage_key else None
+    if source_key is not None:
+        digest = (await cached_facts(env, state, {"bind": m.source, "from": source_key},
+                                     _bind_hash(env, m, where), _valid_hash))["hash"]
+    else:
+        assert env.stage_root is not None
+        root = await env.stage_root(m.from_ref, _bind_within(m))
+        digest = await _source_hash(root, m, where)
+    return replace(m, base=f"from={m.from_ref},source={m.source} {digest[:16]}")
+
+
+async def _seed(env: StepEnv, m: CacheMount, where: str) -> CacheMount:
+    """``m`` with ``seed``: the host directory a new cache of it starts as a copy of."""
+    assert env.stage_root is not None and m.from_ref is not None
+    root = await env.stage_root(m.from_ref, _bind_within(m))
+    seed = resolve_under(root, m.source)
+    if not await asyncio.to_thread(seed.is_dir):
+        raise BuildError(where, f"--mount=type=cache,from={m.from_ref}: source {m.source} is "
+                         f"not a directory in {m.from_ref}; name a directory of it")
+    return replace(m, seed=seed)
 
 
 async def _restore_caches(env: StepEnv, n: int, caches: list[CacheMount]) -> None:
@@ -187,8 +228,9 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                          "not allowed; grant it with --allow security.insecure")
     argv, pipes = _argv(ins, state, where)
     over = arg_env or {}
-    image_env = [f"{k}={over[k]}" if k in over else e
-                 for e in state.config.env or () for k in [e.partition("=")[0]]]
+    # One entry a name, as BuildKit's exec env has it: an image's "NAME" without "=" is
+    # NAME set empty, a name given twice keeps its first place and its last value.
+    image_env = [f"{k}={over.get(k, v)}" for k, v in state.env_map().items()]
     names = {e.partition("=")[0] for e in image_env}
     extra = {**env.proxy_env, **args}
     run_env = image_env + [f"{k}={v}" for k, v in sorted(extra.items()) if k not in names]
@@ -203,7 +245,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
     resolved: list[SandboxMount] = []
     views: dict[int, Source] = {}  # resolved[i] shows this context directory, filtered
     for i, spec in enumerate(ins.mounts or ()):
-        m = sandbox_mount(spec)
+        m = sandbox_mount(spec, working_dir(state))
         if isinstance(m, BindMount):
             if m.from_ref is None:
                 try:
@@ -225,13 +267,12 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                 if source_key is not None:
                     inputs[f"bind{i}"] = (await cached_facts(
                         env, state, {"bind": m.source, "from": source_key},
-                        _bind_hash(env, m), _valid_hash))["hash"]
+                        _bind_hash(env, m, where), _valid_hash))["hash"]
                     resolved.append(m)
                     continue
                 assert env.stage_root is not None
                 root = await env.stage_root(m.from_ref, _bind_within(m))
-                inputs[f"bind{i}"] = await asyncio.to_thread(
-                    _tree_hash, resolve_under(root, m.source))
+                inputs[f"bind{i}"] = await _source_hash(root, m, where)
             m = m.resolved(root)
         elif isinstance(m, SshMount):
             m = m.resolved(env.ssh.get(m.id))
@@ -245,6 +286,9 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                 env.progress.info(f"WARNING: {where}: --mount=type=ssh left out: no SSH "
                                   f"agent {m.id!r} was forwarded (pass --ssh {m.id}[=SOCKET])")
             inputs[f"ssh{i}"] = m.id  # the agent's keys are not part of the cache key
+        elif isinstance(m, CacheMount) and m.from_ref is not None:
+            m = await _seeded_cache(env, state, m, where)
+            inputs[f"cache{i}"] = m.base
         resolved.append(m)
     if pipes:
         inputs["pipes"] = {k: blake3.blake3(v).hexdigest()[:32] for k, v in pipes.items()}
@@ -284,6 +328,8 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
             elif isinstance(m, BindMount) and m.root is None and m.from_ref is not None:
                 assert env.stage_root is not None
                 m = m.resolved(await env.stage_root(m.from_ref, _bind_within(m)))
+            elif isinstance(m, CacheMount) and m.from_ref is not None:
+                m = await _seed(env, m, where)
             mounts.append(m)
         spec = RunSpec(argv=argv, env=tuple(run_env), user=state.config.user or "",
                        workdir=working_dir(state), network=net,

@@ -53,3 +53,32 @@ async def test_a_layer_is_extracted_with_its_whiteouts_as_overlay_marks(tmp_path
         assert await layers.ensure(diff_id, info.digest) == root
     finally:
         await store.close()
+
+
+async def test_a_layer_another_build_extracted_meanwhile_is_used(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Two builds (two processes, each with its own in-process lock) that extract one
+    layer at once: the one that finishes second uses the first one's directory."""
+    import builder.extracted as extracted
+
+    blob = _layer(("app", None), ("app/f.txt", b"mine\n"))
+    store = await open_store(StoreConfig(tmp_path / "store"))
+    try:
+        info = await store.put(blob)
+        layers = ExtractedLayers(tmp_path / "snapshots", store)
+        diff_id = Digest.parse("sha256:" + "cd" * 32)
+        real_extract = extracted._extract
+
+        def extract_while_another_build_finishes(src, dest: Path) -> None:  # type: ignore[no-untyped-def]
+            real_extract(src, dest)
+            theirs = layers.path(diff_id)
+            (theirs / "app").mkdir(parents=True)
+            (theirs / "app" / "f.txt").write_text("theirs\n")
+
+        monkeypatch.setattr(extracted, "_extract", extract_while_another_build_finishes)
+        root = await layers.ensure(diff_id, info.digest)
+        assert root == layers.path(diff_id)
+        assert (root / "app/f.txt").read_text() == "theirs\n"
+        assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [diff_id.encoded]
+    finally:
+        await store.close()

@@ -5,9 +5,10 @@ to a ``pybuild serve`` started here: by Debian's docker client with ``DOCKER_BUI
 against the test engine, and by ``python3 -m builder build --output type=docker,dest=...``
 whose archive is then ``docker load``ed. Both images are run (``--network none``) and
 their outputs compared; their root filesystems (``docker create`` + ``docker export``) are
-compared entry by entry (path, type, mode, owner, size, content hash, link target, but not
-mtimes), and so are their configs as ``docker image inspect`` reports them (and, for the
-cases that ask, their history as ``docker history`` shows it).
+compared entry by entry (path, type, mode, owner, size, content hash, link target, the
+xattrs the export records, but not mtimes), and so are their configs as ``docker image
+inspect`` reports them (and, for the cases that ask, their history as ``docker history``
+shows it).
 
 Together the cases use every Dockerfile instruction (see each Dockerfile's header).
 """
@@ -84,6 +85,9 @@ class Case:
     # Compare the history entries' created_by too (only where Docker 20.10's BuildKit
     # writes what later ones write: see the case's Dockerfile).
     history: bool = False
+    # Paths that carry a file capability (security.capability) in docker's image, so that
+    # the comparison of xattrs is not between two images that have none.
+    capabilities: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -117,6 +121,10 @@ FILE_KINDS_OUT = ("/k/meta/file 600 1000:50 regular file\n/k/meta/sub 700 12:34 
                   "/k/to-file 644 0:0 regular file\n/k/was-link 644 0:0 regular file\n"
                   "/k/with space 644 0:0 regular file\nline 644 0:0 regular file\n"
                   "now-dir\nnow-file\nreplaced\ndeep\n3145733\n")
+
+# What account-links prints: the ids of names looked up through linked account files.
+ACCOUNT_LINKS_OUT = ("/f.txt 1000:50\n/w 1000:1000\n/tmp/id.txt 1000:1000\n"
+                     "uid=1000(tester) gid=1000(tester) groups=50(staff)\n")
 
 CASES = (
     Case("files", {"GREETING": "howdy"},
@@ -213,6 +221,27 @@ CASES = (
     Case("linked-paths", stub_dirs=("real/cache",),
          expect="/real/work\nt\nc\nctx\n/real/work\n/real/copied\n/real/copied/ctx.txt\n"
                 "/real/dir\n/real/work\n/run\n"),
+    Case("cache-mount-starts", stub_dirs=("c",),
+         expect=". 755 0:0\n./s.txt 4750 0:0\n./sub 700 1000:50\n./sub/d.txt 644 1000:50\n"
+                "seeded\ndeep\nplain: 0 entries 755 0:0\nown: mine 710 1000:50\n"
+                "same id, no uid: 0 entries 755 0:0\n"),
+    Case("account-links", expect=ACCOUNT_LINKS_OUT),
+    Case("account-links", expect=ACCOUNT_LINKS_OUT, pybuild_flags=("--differ", "snapshot")),
+    Case("missing-workdir", expect="/gone 755 1000:50\n/gone/deeper 755 1000:50\n"
+                                   "/kept 755 4321:4321\n/gone/deeper\n"),
+    Case("missing-workdir", expect="/gone 755 1000:50\n/gone/deeper 755 1000:50\n"
+                                   "/kept 755 4321:4321\n/gone/deeper\n",
+         pybuild_flags=("--differ", "snapshot")),
+    Case("relative-mount-targets",
+         stub_dirs=("w/ctx", "w/compare-relative-cache", "w/tmp-dir", "x/compare-relative-cache"),
+         expect="from the context\ncache in /w/compare-relative-cache\ntmpfs\nsame id: mark\n"
+                "absolute: 0\n"),
+    Case("user-empty-part", expect="uid=0(root) gid=50(staff)\nuid=0(root) gid=0(root)\n"
+                                   "/made-by-staff 0:50\n/made-by-staff/f 0:50\n"),
+    Case("copy-from-xattrs", capabilities=("usr/local/bin/server", "usr/local/bin/server-0750",
+                                           "srv/app/server"),
+         expect="/usr/local/bin/server 755 0:0\n/usr/local/bin/server-0750 750 0:0\n"
+                "/srv/app/server 755 1000:50\n"),
     Case("bind-context-ignore", stub_dirs=("src", "k"),
          expect="/src\n/src/.dockerignore\n/src/Dockerfile\n/src/keep\n/src/keep/k.txt\n/k\n"
                 "/k/k.txt\n"),
@@ -318,7 +347,8 @@ def _pybuild_build(context: Path, storage: Path, tag: str, args: dict[str, str],
 
 @dataclass(frozen=True)
 class Entry:
-    """One file of an exported root filesystem, without its mtime."""
+    """One file of an exported root filesystem, without its mtime; ``xattrs``: those the
+    export records (Docker's archives keep ``security.capability``)."""
 
     type: str
     mode: int
@@ -327,6 +357,7 @@ class Entry:
     size: int
     sha256: str
     link: str
+    xattrs: tuple[tuple[str, str], ...] = ()
 
 
 def _type(member: tarfile.TarInfo) -> str:
@@ -362,9 +393,12 @@ def _filesystem(engine: DockerEngine, image: str, dest: Path,
                 data = tar.extractfile(member)
                 assert data is not None
                 digest = hashlib.sha256(data.read()).hexdigest()
+            xattrs = tuple(sorted((k.removeprefix("SCHILY.xattr."), v)
+                                  for k, v in member.pax_headers.items()
+                                  if k.startswith("SCHILY.xattr.")))
             entries[path] = Entry(type=_type(member), mode=member.mode, uid=member.uid,
                                   gid=member.gid, size=member.size, sha256=digest,
-                                  link=member.linkname)
+                                  link=member.linkname, xattrs=xattrs)
     archive.unlink()
     return entries
 
@@ -467,6 +501,8 @@ def test_pybuild_and_docker_build_agree(
         docker_fs = _filesystem(docker_engine, docker_tag, tmp_path, case.command)
         pybuild_fs = _filesystem(docker_engine, pybuild_tag, tmp_path, case.command)
         assert "bin/busybox" in docker_fs
+        for path in case.capabilities:
+            assert "security.capability" in dict(docker_fs[path].xattrs), path
         for path in sorted(case.stub_dirs, key=lambda p: p.count("/"), reverse=True):
             stub = docker_fs.pop(path, None)
             assert stub is None or stub.type == "dir", (path, stub)

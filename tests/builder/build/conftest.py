@@ -36,13 +36,16 @@ def write_rootfs_layer(rootfs: Path, dest: Path,  # type: ignore[no-untyped-def]
 
 
 def write_base_layout(rootfs: Path, dest: Path,
-                      owner: tuple[int, int] | None = (0, 0)) -> str:
+                      owner: tuple[int, int] | None = (0, 0),
+                      env: tuple[str, ...] = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin",),
+                      **settings: object) -> str:
     """The tree ``rootfs`` as a one-layer image in the OCI layout ``dest`` (tag ``latest``;
-    ``owner`` as for :func:`write_rootfs_layer`)."""
+    ``owner`` as for :func:`write_rootfs_layer`; ``env`` its config's Env, ``settings``
+    more fields of its config, e.g. ``WorkingDir="app"``)."""
     blobs, layer = write_rootfs_layer(rootfs, dest, owner)
     config = json.dumps({
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "config": {"Env": list(env), "Cmd": ["sh"], **settings},
         "rootfs": {"type": "layers", "diff_ids": [str(layer.diff_id)]},
         "history": [{"created_by": "busybox rootfs"}],
     }).encode()

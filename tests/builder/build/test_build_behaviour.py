@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from builder.steps.common import BuildError
+from testkit.rootfs import make_busybox_rootfs
+from tests.builder.build.conftest import write_base_layout
 
 
 def test_rebuild_is_fully_cached_and_one_change_rebuilds_from_there(context_of, build,
@@ -267,3 +269,62 @@ def test_a_step_that_nests_deeper_than_the_machine_can_name_fails_at_its_line(
         " || break; i=$((i+1)); done; true\n")
     with pytest.raises(BuildError, match=r"^Dockerfile:2: RUN: a path the step made is too long"):
         build(ctx)
+
+
+@pytest.mark.parametrize("line", ["COPY --from=buildr /x /x",
+                                  "RUN --mount=type=bind,from=buildr,target=/m true"])
+def test_a_misspelt_stage_fails_at_its_line_naming_the_stage(build, tmp_path: Path, line: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name that is no stage is read as an image (as BuildKit does); when that fails,
+    the error names the instruction that reads it and the stage it most likely meant."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")  # no image is reachable
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM scratch AS builder\nLABEL built=1\n\nFROM scratch\n"
+                                    f"LABEL before=1\n{line}\n")
+    keyword = line.split()[0]
+    with pytest.raises(BuildError, match=rf"^Dockerfile:6: {keyword}: pulling docker.io/library/"
+                       r"buildr:latest: .*no stage is named 'buildr' \(did you mean builder\?\)"):
+        build(ctx)
+
+
+def test_a_base_env_entry_without_value_or_given_twice_runs_as_buildkit_runs_it(
+        build, busybox_ref: str, tmp_path: Path) -> None:
+    """An image config's Env may hold ``NAME`` without ``=`` and a name twice (Docker
+    writes neither, other tools do): RUN gets ``NAME=`` and the last value, one entry a
+    name, as under BuildKit; the image's Env is kept as it was."""
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    base = write_base_layout(rootfs, tmp_path / "odd-env", env=(
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "NOEQUALS", "DUP=1", "DUP=2", "EMPTY="))
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base}\nRUN env | sort > /env.txt\n")
+    out = tmp_path / "out"
+    result = build(ctx, local=out)
+    lines = (out / "env.txt").read_text().splitlines()
+    assert [line for line in lines if line.startswith(("NOEQUALS", "DUP", "EMPTY"))] == [
+        "DUP=2", "EMPTY=", "NOEQUALS="]
+    assert result.image.config.config.env == (
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "NOEQUALS", "DUP=1", "DUP=2", "EMPTY=")
+
+
+def test_a_base_with_a_relative_working_dir_runs_from_the_root(
+        build, busybox_ref: str, tmp_path: Path) -> None:
+    """A base config's WorkingDir without a leading ``/`` (Docker never writes one, other
+    tools may) is taken from ``/``, as BuildKit's state takes it: RUN starts there (made,
+    as the step's user's, when missing), COPY's relative destinations and a relative
+    WORKDIR start from it."""
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    base = write_base_layout(rootfs, tmp_path / "rel-wd", WorkingDir="rel/dir", User="1000")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "f.txt").write_text("f\n")
+    (ctx / "Dockerfile").write_text(
+        f"FROM {base}\nRUN pwd > /tmp/pwd.txt\nCOPY f.txt copied.txt\nWORKDIR sub\n"
+        "RUN pwd >> /tmp/pwd.txt\n")
+    out = tmp_path / "out"
+    result = build(ctx, local=out)
+    assert (out / "tmp/pwd.txt").read_text() == "/rel/dir\n/rel/dir/sub\n"
+    assert (out / "rel/dir/copied.txt").read_text() == "f\n"
+    assert (out / "rel/dir").stat().st_uid == 1000
+    assert result.image.config.config.working_dir == "/rel/dir/sub"

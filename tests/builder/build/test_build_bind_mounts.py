@@ -101,3 +101,19 @@ def test_a_context_bind_leaves_out_what_dockerignore_excludes(
     (ctx / "keep" / "x.tmp").write_text("changed\n")
     again = build(ctx, local=tmp_path / "out2", storage=storage)
     assert not any("RUN" in s for s in again.ran_steps)
+
+
+@pytest.mark.parametrize("mount", ["type=bind,from=s,source=/nope,target=/m",
+                                   "type=cache,from=s,source=nope/,target=/m"])
+def test_a_from_source_the_stage_lacks_fails_at_its_line(build, tmp_path: Path,
+                                                          mount: str) -> None:
+    """A ``from=`` mount whose source the stage does not have fails at the RUN's line,
+    naming the source and the stage (not a path of the machine that builds)."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM scratch AS s\nLABEL a=1\n\nFROM scratch\n"
+                                    f"RUN --mount={mount} true\n")
+    with pytest.raises(BuildError) as info:
+        build(ctx)
+    assert str(info.value) == ("Dockerfile:5: RUN: --mount from=s: source /nope does not "
+                               "exist in s; name a path it has")

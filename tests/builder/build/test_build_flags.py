@@ -57,3 +57,21 @@ def test_build_arg_without_value_comes_from_the_environment(context_of,
                                             str(ctx)], env=environ)
         assert result.exit_code == 0, result.output
         assert (out / "app/run.txt").read_text() == expected
+
+
+def test_failed_build_leaves_no_stale_iidfile(tmp_path: Path) -> None:
+    """As buildx: --iidfile is removed before the build, so that a build that fails does
+    not leave the previous build's image ID for a script to run."""
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY missing.txt /\n")
+    iid = tmp_path / "iid"
+    iid.write_text("sha256:" + "0" * 64)
+    result = CliRunner().invoke(build, ["--iidfile", str(iid), "--progress", "quiet",
+                                        "--storage", str(tmp_path / "s"), str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "missing.txt" in result.output
+    assert not iid.exists()
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nLABEL ok=1\n")
+    result = CliRunner().invoke(build, ["--iidfile", str(iid), "--progress", "quiet",
+                                        "--storage", str(tmp_path / "s"), str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert iid.read_text() == result.output.strip()

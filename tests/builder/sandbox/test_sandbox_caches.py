@@ -1,4 +1,5 @@
-"""Cache mount directories: instances, ownership and the three sharing modes."""
+"""Cache mount directories: instances, ownership, what they start from (and so which
+cache a mount is) and the three sharing modes."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from builder.dockerfile.mounts import Mount as MountFlag
+from builder.dockerfile.mounts import parse_mount
 from builder.sandbox import CacheMount, Sharing
 from builder.sandbox.caches import lease_caches
+from builder.sandbox.spec import sandbox_mount
 from tests.helpers.sandbox_steps import require_root
 
 
@@ -68,3 +72,60 @@ def test_id_defaults_to_target(tmp_path: Path) -> None:
     with lease_caches(tmp_path, [CacheMount("/other", id="/root/.cache")]) as (b,):
         pass
     assert a == b
+
+
+def _flag(spec: str) -> MountFlag:
+    flag = parse_mount(spec)
+    assert flag is not None
+    return flag
+
+
+def test_same_id_with_another_start_is_another_cache(tmp_path: Path) -> None:
+    """As BuildKit: uid/gid/mode (when given) and from= are part of a cache's identity."""
+    plain = sandbox_mount(_flag("type=cache,id=k,target=/c"))
+    owned = sandbox_mount(_flag("type=cache,id=k,target=/c,uid=1000,mode=0700"))
+    same_owned = sandbox_mount(_flag("type=cache,id=k,target=/d,mode=700,uid=1000,gid=0"))
+    root_given = sandbox_mount(_flag("type=cache,id=k,target=/c,uid=0"))
+    assert isinstance(plain, CacheMount) and isinstance(owned, CacheMount)
+    assert isinstance(same_owned, CacheMount) and isinstance(root_given, CacheMount)
+    assert plain.cache_id == "k"
+    assert owned.cache_id == same_owned.cache_id == "k (uid=1000,gid=0,mode=0700)"
+    assert len({plain.cache_id, owned.cache_id, root_given.cache_id}) == 3
+    with lease_caches(tmp_path, [plain, owned]) as (a, b):
+        assert a != b
+    seeded = sandbox_mount(_flag("type=cache,id=k,target=/c,from=deps,source=/out"))
+    assert isinstance(seeded, CacheMount)
+    assert (seeded.from_ref, seeded.source, seeded.base) == ("deps", "/out", "")
+
+
+def test_seeded_instance_copies_the_source_once(tmp_path: Path) -> None:
+    require_root()  # chown, mknod
+    seed = tmp_path / "seed"
+    (seed / "sub").mkdir(parents=True)
+    (seed / "tool").write_text("t")
+    os.chown(seed / "tool", 1000, 50)
+    os.chmod(seed / "tool", 0o4750)
+    os.link(seed / "tool", seed / "sub" / "tool.hard")
+    os.symlink("../tool", seed / "sub" / "link")
+    os.mkfifo(seed / "fifo")
+    os.chown(seed / "sub", 12, 34)
+    os.chmod(seed / "sub", 0o700)
+    os.chmod(seed, 0o750)
+    mount = CacheMount("/c", id="s", base="from=deps,source=/ 0123", seed=seed)
+    with lease_caches(tmp_path / "caches", [mount]) as (path,):
+        got = {str(p.relative_to(path)): p.lstat() for p in path.rglob("*")}
+        st = path.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o750, 0)
+        assert sorted(got) == ["fifo", "sub", "sub/link", "sub/tool.hard", "tool"]
+        tool = got["tool"]
+        assert (stat.S_IMODE(tool.st_mode), tool.st_uid, tool.st_gid) == (0o4750, 1000, 50)
+        assert tool.st_ino == got["sub/tool.hard"].st_ino and tool.st_nlink == 2
+        assert (stat.S_IMODE(got["sub"].st_mode), got["sub"].st_uid) == (0o700, 12)
+        assert os.readlink(path / "sub" / "link") == "../tool"
+        assert stat.S_ISFIFO(got["fifo"].st_mode)
+        (path / "tool").write_text("changed")
+    (seed / "new").write_text("n")
+    with lease_caches(tmp_path / "caches", [mount]) as (again,):
+        assert again == path and (again / "tool").read_text() == "changed"
+        assert not (again / "new").exists()
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]

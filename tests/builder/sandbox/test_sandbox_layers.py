@@ -67,3 +67,24 @@ def test_flatten_applies_layers_bottom_up(
         stat.S_ISCHR(os.lstat(Path(d) / f).st_mode)
         for d, _, files in os.walk(dest) for f in files
     )
+
+
+def test_account_files_are_read_through_links_inside_the_image(tmp_path: Path) -> None:
+    """As runc and BuildKit read them: a linked /etc/passwd or /etc/group is the file its
+    link leads to in the image (the link and its target in different layers), never a
+    file of the machine that builds; a link loop or a link to nothing is no file."""
+    top, bottom = tmp_path / "top", tmp_path / "bottom"
+    (top / "etc").mkdir(parents=True)
+    (bottom / "data").mkdir(parents=True)
+    (bottom / "data" / "passwd").write_text("app:x:7:8::/:/bin/sh\n")
+    (bottom / "data" / "group").write_text("grp:x:9:\n")
+    os.symlink("../data/passwd", top / "etc" / "passwd")
+    os.symlink("/data/group", top / "etc" / "group")
+    os.symlink("../../../../../../etc/hostname", top / "etc" / "climbs")
+    os.symlink("loop", top / "etc" / "loop")
+    lowers = [top, bottom]
+    assert read_from_lowers(lowers, "etc/passwd") == b"app:x:7:8::/:/bin/sh\n"
+    assert read_from_lowers(lowers, "/etc/group") == b"grp:x:9:\n"
+    assert read_from_lowers(lowers, "etc/climbs") is None  # /etc/hostname of the image
+    assert read_from_lowers(lowers, "etc/loop") is None
+    assert read_from_lowers(lowers, "etc") is None

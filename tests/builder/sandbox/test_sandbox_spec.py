@@ -9,7 +9,7 @@ import pytest
 
 from builder import sandbox
 from builder.dockerfile.mounts import Mount as MountFlag
-from builder.dockerfile.mounts import MountType
+from builder.dockerfile.mounts import MountType, parse_mount
 from builder.sandbox import (
     BindMount,
     CacheMount,
@@ -30,9 +30,12 @@ from tests.helpers.sandbox_steps import run_mount
         ("type=cache,target=/root/.cache",
          CacheMount("/root/.cache")),
         ("type=cache,target=/c,id=pip,sharing=locked,ro,uid=1000,gid=50,mode=0700",
-         CacheMount("/c", "pip", Sharing.LOCKED, True, 1000, 50, 0o700)),
+         CacheMount("/c", "pip", Sharing.LOCKED, True, 1000, 50, 0o700,
+                    base="uid=1000,gid=50,mode=0700")),
+        ("type=cache,target=/c,from=deps,source=out/,uid=1000",
+         CacheMount("/c", uid=1000, source="/out", from_ref="deps")),
         ("type=cache,dst=var/cache/apt,sharing=private,readonly=false",
-         CacheMount("/var/cache/apt", sharing=Sharing.PRIVATE)),
+         CacheMount("/var/cache/apt", "var/cache/apt", sharing=Sharing.PRIVATE)),
         ("target=/src",
          BindMount("/src")),
         ("type=bind,source=app/,target=/app,from=builder,rw",
@@ -96,3 +99,21 @@ def test_package_exports_match_all() -> None:
         assert hasattr(sandbox, name), name
     public = {n for n in dir(sandbox) if not n.startswith("_") and n[0].isupper()}
     assert public - set(sandbox.__all__) <= {"Path"}
+
+
+def test_relative_targets_are_in_the_workdir_as_buildkit_mounts_them() -> None:
+    """Bind, cache and tmpfs targets are in the step's working directory; a cache's id
+    defaults to the target as written (cleaned); secret and ssh targets are in /."""
+    def mount(text: str) -> object:
+        flag = parse_mount(text)
+        assert flag is not None
+        return sandbox_mount(flag, "/srv/app")
+
+    assert mount("type=bind,target=src") == BindMount("/srv/app/src")
+    assert mount("type=bind,target=../lib/,source=lib") == BindMount("/srv/lib", "/lib")
+    assert mount("type=cache,target=./.cache/") == CacheMount("/srv/app/.cache", ".cache")
+    assert mount("type=cache,target=/abs") == CacheMount("/abs")
+    assert mount("type=cache,target=c,id=mine") == CacheMount("/srv/app/c", "mine")
+    assert mount("type=tmpfs,target=t") == TmpfsMount("/srv/app/t")
+    assert mount("type=secret,id=s,target=s.txt") == SecretMount("s", "/s.txt")
+    assert mount("type=ssh,target=agent.sock") == SshMount(target="/agent.sock")

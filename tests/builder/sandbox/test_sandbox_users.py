@@ -27,6 +27,10 @@ GROUP = (FILES / "group").read_text()
         ("5000", ExecUser(5000, 0, (), "/", "")),
         ("5000:5001", ExecUser(5000, 5001, (), "/", "")),
         ("nohome", ExecUser(1002, 1002, (), "/", "nohome")),
+        # an empty user part is the default user, root (runc's GetExecUser; BuildKit)
+        (":100", ExecUser(0, 100, (), "/root", "root")),
+        (":docker", ExecUser(0, 999, (), "/root", "root")),
+        (":", ExecUser(0, 0, (10,), "/root", "root")),
     ],
 )
 def test_resolve(user: str, expected: ExecUser) -> None:
@@ -43,7 +47,7 @@ def test_no_passwd_file_numeric_ids_still_work() -> None:
     [
         ("ghost", "no user named 'ghost'"),
         ("app:ghosts", "no group named 'ghosts'"),
-        (":100", "user part is empty"),
+        (":ghosts", "no group named 'ghosts'"),
         ("99999999999", "out of range"),
     ],
 )
