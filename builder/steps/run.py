@@ -30,10 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 
@@ -49,6 +50,9 @@ from ..sandbox.spec import BindMount, CacheMount, Network, RunSpec, SandboxMount
 from .common import BuildError, StepEnv, cached_facts, instruction_text, layer_step
 from .history import run_args_prefix
 from .metadata import command_form, working_dir
+
+if TYPE_CHECKING:
+    from ..sandbox.errors import RunFailed
 
 # Architectures a host runs natively besides its own (BuildKit's default emulator-free set).
 _NATIVE_EXTRA = {"amd64": {"386"}}
@@ -366,7 +370,8 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
         except RunFailed as exc:
             tail = "\n".join(exc.output_tail[-20:])
             raise BuildError(where, f"{' '.join(argv)!r} did not complete successfully: "
-                             f"exit code {exc.exit_code}" + (f"\n{tail}" if tail else ""),
+                             f"exit code {exc.exit_code}" + (f"\n{tail}" if tail else "")
+                             + _missing_program(exc, ins.shell_form),
                              exit_code=exc.exit_code) from exc
         except SandboxUnavailable as exc:
             if rootfs is RootfsMode.OVERLAY and "overlay" in str(exc):
@@ -380,3 +385,21 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
 
     await layer_step(env, state, ins, name, instruction_text(ins), created_by, inputs,
                      produce)
+
+
+_NOT_FOUND = re.compile(r"^bwrap: execvp (.+): No such file or directory$")
+
+
+def _missing_program(exc: RunFailed, shell_form: bool) -> str:
+    """The fix for a step whose program is not in the image (the sandbox could not start
+    it: exit code 127 and its own line saying so), else nothing."""
+    last = exc.output_tail[-1] if exc.output_tail else ""
+    found = _NOT_FOUND.match(last) if exc.exit_code == 127 else None
+    if found is None:
+        return ""
+    program = found.group(1)
+    how = ("the shell form of RUN runs it (a FROM scratch image has no shell): use a base "
+           "image that has it, name another shell with SHELL, or use the exec form, "
+           'RUN ["/path/to/program", "arg"]') if shell_form else \
+        "use a base image that has it, or name a program the image has"
+    return f"\n{program} does not exist in the image: {how}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,21 @@ def test_a_base_with_a_relative_working_dir_runs_from_the_root(
     assert (out / "rel/dir/copied.txt").read_text() == "f\n"
     assert (out / "rel/dir").stat().st_uid == 1000
     assert result.image.config.config.working_dir == "/rel/dir/sub"
+
+
+@pytest.mark.parametrize("run, fix", [
+    ("RUN echo hi", r"/bin/sh does not exist in the image: the shell form of RUN runs it .*"
+                    r"use the exec form"),
+    ('RUN ["/bin/true"]', r"/bin/true does not exist in the image: use a base image that has it"),
+])
+def test_a_run_whose_program_the_image_lacks_says_so_and_how_to_fix_it(
+        build, tmp_path: Path, run: str, fix: str) -> None:
+    """``FROM scratch`` then ``RUN``: the step fails at its line with exit code 127, and
+    the error names the missing program and the fix (BuildKit names only the program)."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM scratch\nCOPY Dockerfile /\n{run}\n")
+    with pytest.raises(BuildError, match=r"^Dockerfile:3: RUN: .*exit code 127") as failed:
+        build(ctx)
+    assert failed.value.exit_code == 127
+    assert re.search(fix, str(failed.value)), str(failed.value)
