@@ -16,7 +16,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -277,12 +277,13 @@ class StoreCore:
             rows = self.meta.trash()
             if not rows:
                 return
-            for _, pack, offset, length in rows:
-                if offset is None:
-                    self.packs.delete(pack)
-                else:
-                    assert length is not None
-                    self.packs.free(pack, offset, length)
+            deleted = {pack for _, pack, offset, _ in rows if offset is None}
+            for pack in deleted:
+                self.packs.delete(pack)
+            ranges = sorted((pack, offset, length) for _, pack, offset, length in rows
+                            if offset is not None and length is not None and pack not in deleted)
+            for pack, offset, length in _merged(ranges):
+                self.packs.free(pack, offset, length)
             self.meta.forget_trash([r[0] for r in rows])
 
     def drop_ingest(self, ingest_id: str) -> None:
@@ -350,6 +351,23 @@ def _remote_reader(config: StoreConfig, packs: PackBackend) -> RemoteReader:
         if cache is not None:
             break
     return RemoteReader(packs, cache, read_ahead=config.read_ahead)
+
+
+def _merged(ranges: list[tuple[str, int, int]]) -> Iterator[tuple[str, int, int]]:
+    """Sorted ``(pack, offset, length)`` ranges with those that touch or overlap in one
+    pack joined: the dead pieces of a blob lie end to end, and one hole punched for them
+    all costs what one punched for each of them would (a file system transaction)."""
+    current: tuple[str, int, int] | None = None
+    for pack, offset, length in ranges:
+        if current is not None and current[0] == pack and offset <= current[1] + current[2]:
+            end = max(current[1] + current[2], offset + length)
+            current = (pack, current[1], end - current[1])
+            continue
+        if current is not None:
+            yield current
+        current = (pack, offset, length)
+    if current is not None:
+        yield current
 
 
 def _sqlite_metadata(root: Path) -> Metadata:
