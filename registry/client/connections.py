@@ -93,6 +93,22 @@ class WireResponse:
                             "the end of the body")
         return n
 
+    def readsome(self, view: memoryview) -> int:
+        """As :meth:`readinto`, but returns what one read of the connection brings (at
+        least a byte; 0 at the end of the body) instead of waiting until ``view`` is
+        full: a reader that passes bytes on as they come (a pull-through cache) sees a
+        slow body's every byte, and a stalled one's last."""
+        try:
+            data = self._resp.read1(len(view))
+        except (OSError, http.client.HTTPException) as exc:
+            raise WireError(f"reading the body of {self._shown}: {exc or type(exc).__name__}") from exc
+        n = len(data)
+        if not n and len(view) and self._resp.length:
+            raise WireError(f"{self._shown}: the connection closed {self._resp.length} bytes before "
+                            "the end of the body")
+        view[:n] = data
+        return n
+
     def fill(self, view: memoryview) -> tuple[int, WireError | None]:
         """Read until ``view`` is full or the body ends (blocking): the bytes read, and the
         failure that stopped it early, if any."""

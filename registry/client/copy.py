@@ -26,7 +26,8 @@ verified, and where its pieces serve later incremental pulls). ``pull`` is
 
 An index is reduced to one platform's manifest (``platform``, default this machine's:
 :func:`~registry.client.image_store.select_platform`) unless ``all_platforms`` is set,
-which copies the index and every manifest.
+which copies the index and every manifest; entries of an index that are blobs, not
+manifests (a BuildKit registry cache), are copied as blobs (:mod:`.index_entries`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ..oci import OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest, parse_ma
 from .endpoints import Endpoint, check_transport, parse_endpoint
 from .errors import ClientError
 from .image_store import ImageNotFound, ImageStore, select_platform
+from .index_entries import read_index_entries
 from .layouts import (
     LayoutError,
     OciLayout,
@@ -201,14 +203,11 @@ class _Copy:
         media_type, obj = parse_manifest(raw, media_type)
         top = raw
         children: list[tuple[Descriptor, bytes, Manifest]] = []
+        entry_blobs: list[Descriptor] = []  # an index's entries that are blobs (a build cache)
         if isinstance(obj, Index):
             if self.options.all_platforms:
-                for entry in obj.manifests:
-                    child_raw, child_type = await self.read_manifest(entry)
-                    _, child = parse_manifest(child_raw, child_type)
-                    if not isinstance(child, Manifest):
-                        raise LayoutError(f"{self.src}: nested indexes are not supported")
-                    children.append((entry, child_raw, child))
+                entries = await read_index_entries(obj, self.read_manifest, self.src)
+                children, entry_blobs = entries.manifests, entries.blobs
             else:
                 entry = select_platform(obj, self.options.platform)
                 raw, media_type = await self.read_manifest(entry)
@@ -219,8 +218,9 @@ class _Copy:
         if self.dst.kind in ("oci", "docker-archive"):
             assert self.dst.path is not None
             check_destination(self.dst.kind, self.dst.path)
-        manifests: list[Any] = [c[2] for c in children] or [obj]
+        manifests: list[Any] = [c[2] for c in children] if isinstance(obj, Index) else [obj]
         blobs = {d.digest: d for m in manifests for d in m.references()}
+        blobs.update((d.digest, d) for d in entry_blobs)
         async with undone_on_failure(self.dst.path if self.dst.kind == "oci" else None):
             # One blob failed: the others stop (they keep what they have for a resume).
             await gather_or_cancel([asyncio.create_task(self._move(d)) for d in blobs.values()])

@@ -264,6 +264,9 @@ class ImageStore:
             for entry in obj.manifests:
                 if entry.media_type not in INDEX_TYPES and await self.store.stat(entry.digest) is None:
                     continue  # a platform that was not copied
+                if entry.media_type not in MANIFEST_TYPES | INDEX_TYPES:
+                    out.add(entry.digest)  # a blob (a build cache's layer or config)
+                    continue
                 _, child, _ = await self.manifest(entry.digest)
                 out.add(entry.digest)
                 out |= await self._closure(child)

@@ -24,6 +24,7 @@ from cas import Digest
 from ..errors import RegistryError
 from ..oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Index
 from .connections import WireResponse
+from .content_range import WrongRange, check_content_range
 from .refs import ImageRef
 from .session import (
     ClientOptions,
@@ -42,6 +43,7 @@ __all__ = [
     "RegistryClient",
     "TransportError",
     "Unreachable",
+    "WrongRange",
     "pull_scope",
     "push_scope",
 ]
@@ -161,7 +163,8 @@ class RegistryClient(RegistrySession):
 
         A ranged request that gets a whole-blob 200 instead of 206 raises RangeIgnored
         (the caller then knows the server ignores ranges), unless ``whole``: the 200 is
-        then the caller's to read past what it holds."""
+        then the caller's to read past what it holds. A 206 that is not the range asked
+        for raises WrongRange before its body is read (:mod:`.content_range`)."""
         headers = {}
         ranged = start > 0 or end is not None
         if ranged:
@@ -173,6 +176,9 @@ class RegistryClient(RegistrySession):
         try:
             if ranged and resp.status != 206 and not whole:
                 raise RangeIgnored(f"blob {digest}: the registry ignored Range {headers['Range']}")
+            if ranged and resp.status == 206:
+                check_content_range(f"blob {digest}", headers["Range"], start, end,
+                                    resp.headers.get("Content-Range"), resp.length)
             yield resp
         finally:
             resp.release()

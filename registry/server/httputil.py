@@ -43,7 +43,10 @@ class ClientGone(ConnectionResetError):
 # Byte positions are ASCII digits only (``\d`` would admit "٣"), at most 19 of them: like
 # Go's ParseInt in CNCF Distribution, anything past int64 is not a position.
 _POS = r"[0-9]{0,19}"
-_RANGE = re.compile(rf"^bytes=({_POS})-({_POS})$")
+# The range unit is case-insensitive (RFC 9110 14.1): "Bytes=0-1" is "bytes=0-1", whether
+# it holds one range or several. (Go's http.ServeContent, so CNCF Distribution, answers 416
+# to any unit not spelled "bytes"; a range a client can read is the kinder answer.)
+_RANGE = re.compile(rf"^bytes=({_POS})-({_POS})$", re.IGNORECASE)
 # Spec "Pushing a blob in chunks": ^[0-9]+-[0-9]+$; "bytes=" and "bytes " are tolerated
 # because some clients send RFC 9110 style.
 _CONTENT_RANGE = re.compile(rf"^(?:bytes[= ])?({_POS})-({_POS})(?:/(?:[0-9]{{1,19}}|\*))?$")
@@ -106,13 +109,16 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
     whole blob. One range is read as :func:`parse_range` reads it.
 
     Of several ranges, those that start past the end (or select nothing) are left out
-    (RFC 9110 14.1.2); if none is left the header is unsatisfiable (416), and a malformed
-    one makes the whole header RANGE_INVALID. Spans are neither merged nor reordered:
-    containers/image takes the parts of a multipart answer as the chunks it asked for,
-    in order. Spans that add up to more than the blob (overlaps, the same range many
-    times) get the whole blob instead, as from Go's ``http.ServeContent`` (CNCF
-    Distribution's), and so do more than :data:`MAX_RANGES` (each part costs a lookup of
-    its pieces; RFC 9110 lets a server answer many small ranges with the whole).
+    (RFC 9110 14.1.2), whatever their last-pos, as Go's ``http.ServeContent`` leaves them
+    out; if none is left the header is unsatisfiable (416), and a malformed one (not
+    digits, or a last-pos before a first-pos inside the blob) makes the whole header
+    RANGE_INVALID. One range left is answered as a single range (206, ``Content-Range``).
+    Spans are neither merged nor reordered: containers/image takes the parts of a
+    multipart answer as the chunks it asked for, in order. Spans that add up to more
+    than the blob (overlaps, the same range many times) get the whole blob instead, as
+    from Go's ``http.ServeContent`` (CNCF Distribution's), and so do more than
+    :data:`MAX_RANGES` (each part costs a lookup of its pieces; RFC 9110 lets a server
+    answer many small ranges with the whole).
     """
     if not header or "," not in header:
         single = parse_range(header, size)
@@ -127,8 +133,7 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
             continue  # an empty list element (RFC 9110 5.6.1: recipients accept them)
         m = _RANGE.match("bytes=" + spec.replace(" ", ""))
         if m is None or (m.group(1) == "" and m.group(2) == "") or (
-                max(int(m.group(1) or 0), int(m.group(2) or 0)) > MAX_POSITION) or (
-                m.group(1) != "" and m.group(2) != "" and int(m.group(2)) < int(m.group(1))):
+                max(int(m.group(1) or 0), int(m.group(2) or 0)) > MAX_POSITION):
             raise range_not_satisfiable(f"malformed Range header {_clip(header)!r}", size)
         first, last = m.group(1), m.group(2)
         if first == "":
@@ -136,7 +141,13 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
         else:
             start = int(first)
             if start >= size:
+                # Past the end: left out before its last-pos is looked at, as Go's
+                # parseRange does, so "0-1,5000-10" on a short blob is the range 0-1.
                 continue
+            if last != "" and int(last) < start:
+                raise range_not_satisfiable(
+                    f"malformed Range header {_clip(header)!r}: range {spec.strip()!r} "
+                    "ends before it starts", size)
         end = size - 1 if first == "" or last == "" else min(int(last), size - 1)
         if end < start:
             continue

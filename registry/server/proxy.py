@@ -29,6 +29,8 @@ Configured by ``proxy`` (:mod:`registry.server.proxy_config`). Per request:
   ``proxy.mixed`` is set.
 
 A host that cannot be reached is not asked again for ``_DOWN_SECONDS`` (cached content is served meanwhile).
+Every wait on an upstream is bounded, a blob body that stops arriving included
+(:mod:`registry.server.proxy_upstream`).
 """
 
 from __future__ import annotations
@@ -52,10 +54,9 @@ from cas import (
     UnsupportedDigestAlgorithm,
 )
 
-from ..client.auth import Credentials
 from ..client.errors import ClientError
 from ..client.refs import ImageRef
-from ..client.remote import ClientOptions, RegistryClient, Unreachable
+from ..client.remote import RegistryClient, Unreachable
 from ..errors import BLOB_UNKNOWN, MANIFEST_UNKNOWN, NAME_INVALID, UNAVAILABLE, UNSUPPORTED, RegistryError
 from ..names import is_valid_name, parse_digest, parse_pull_reference, parse_reference
 from ..oci import InvalidObject, parse_manifest
@@ -64,6 +65,7 @@ from .config import ServerConfig
 from .metadata import ManifestRecord
 from .proxy_blobs import BlobFlight, held_locally, receive_blob, stream_flight, streamable
 from .proxy_config import Upstream, upstream_from_remoteurl
+from .proxy_upstream import upstream_client
 from .state import REGISTRY, CachedManifest, Registry, holder
 
 __all__ = ["PROXY", "Proxy", "get_blob", "get_manifest", "proxy_context", "refuse_write"]
@@ -180,21 +182,7 @@ class Proxy:
             ))
         client = self._clients.get(upstream)
         if client is None:
-            creds = {}
-            if upstream.username is not None:
-                creds[netloc] = Credentials(upstream.username, upstream.password or "",
-                                            source="the proxy configuration")
-            options = ClientOptions(
-                credentials=creds,
-                insecure=frozenset({netloc}) if upstream.remoteurl.startswith("http:") else
-                frozenset(),
-                loopback_insecure=upstream.remoteurl.startswith("http:"),
-                retries=2,
-                backoff=0.2,
-            )
-            client = self._clients[upstream] = RegistryClient(options)
-            # The configured scheme is the one to use: no probing of https first.
-            client._bases[netloc] = upstream.remoteurl
+            client = self._clients[upstream] = upstream_client(upstream)
         return client
 
     async def _ask(self, upstream: Upstream, what: str,

@@ -8,7 +8,8 @@ at once and stream from the spool as far as it has come, so the first client doe
 wait for the whole transfer. The last byte is sent only once the ingest has committed,
 that is after the digest and length were verified: a client never receives a complete
 body that is wrong. If the transfer or the verification fails, the connections of those
-clients are cut (they see a short body and retry); nothing is kept.
+clients are cut (they see a short body and retry); nothing is kept. A body that stops
+arriving fails the transfer (:func:`registry.server.proxy_upstream.watch_stall`).
 
 The spool file is closed when the transfer and every client reading it are done.
 Requests with ``Range`` or ``If-None-Match``, and HEADs, wait for the store instead.
@@ -25,9 +26,10 @@ from typing import IO, Any
 
 from aiohttp import web
 
-from cas import Digest
+from cas import Digest, SourceFailed
 
 from ..client.remote import RegistryClient
+from .proxy_upstream import UpstreamStalled, stalled
 from .stalls import cut_off_when_stalled
 from .state import BYTES_SENT, BlobStore
 
@@ -128,12 +130,20 @@ async def receive_blob(client: RegistryClient, store: BlobStore, host: str, name
         ingest = await store.begin_ingest(algorithm=digest.algorithm)
         fill = _Spooler(resp, flight, asyncio.get_running_loop())
         try:
-            while True:
-                want = _SLICE if size is None else min(_SLICE, size + 1 - ingest.offset)
-                if want <= 0:
-                    break
-                if await ingest.receive(fill, want, interrupt=resp.abort) < want:
-                    break
+            try:
+                while True:
+                    want = _SLICE if size is None else min(_SLICE, size + 1 - ingest.offset)
+                    if want <= 0:
+                        break
+                    if await ingest.receive(fill, want, interrupt=resp.abort) < want:
+                        break
+            except SourceFailed as exc:
+                if stalled(exc):
+                    raise UpstreamStalled(
+                        f"blob {digest} from {host}: no byte arrived for "
+                        f"{client.options.read_timeout:g} s after byte {fill.offset}; the "
+                        "transfer was given up") from exc
+                raise
             await ingest.commit(digest, size=size, link=link)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -150,15 +160,28 @@ class _Spooler:
         self._resp = resp
         self._flight = flight
         self._loop = loop
-        self._offset = 0
+        self.offset = 0  # bytes received (also read by the stall watch on the event loop)
+        self._told = 0  # of which the flight has been told
+        self._telling = False  # a _tell is queued on the event loop
 
     def __call__(self, view: memoryview) -> int:
-        n: int = self._resp.readinto(view)
+        # What one read of the connection brings, not a full view: readers get bytes as
+        # they arrive, and a slow body shows as progress to the stall watch.
+        n: int = self._resp.readsome(view)
         if n:
-            self._flight.spool_write(view[:n], self._offset)
-            self._offset += n
-            self._loop.call_soon_threadsafe(self._flight.advanced, n)
+            self._flight.spool_write(view[:n], self.offset)
+            self.offset += n
+            if not self._telling:  # one queued at a time: fast reads are told together
+                self._telling = True
+                self._loop.call_soon_threadsafe(self._tell)
         return n
+
+    def _tell(self) -> None:
+        self._telling = False
+        offset = self.offset
+        if offset > self._told:
+            self._flight.advanced(offset - self._told)
+            self._told = offset
 
 
 def streamable(request: web.Request) -> bool:

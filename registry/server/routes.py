@@ -8,7 +8,8 @@ is the repository name::
 
     tail                            methods               handler
     blobs/uploads/  (or no slash)   POST                  uploads.start_upload
-    blobs/uploads/*                 GET PATCH PUT DELETE  uploads.*   (upload_id)
+    blobs/uploads/*                 GET HEAD PATCH PUT    uploads.*   (upload_id)
+                                    DELETE
     blobs/*                         GET HEAD DELETE       blobs.*     (digest)
     manifests/*                     GET HEAD PUT DELETE   manifests.* (reference)
     tags/list                       GET                   tags.list_tags
@@ -76,6 +77,7 @@ ROUTES: tuple[Route, ...] = (
         ("blobs", "uploads", "*"),
         {
             "GET": uploads.upload_status,
+            "HEAD": uploads.upload_status,
             "PATCH": uploads.patch_upload,
             "PUT": uploads.finish_upload,
             "DELETE": uploads.cancel_upload,

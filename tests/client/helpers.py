@@ -196,3 +196,42 @@ class Proxy:
                 await up.read()
         assert request.transport is not None
         request.transport.close()
+
+
+ONE_LAYER_CONFIG = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+
+
+def sha256_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def one_layer_registry(blob: bytes, answer: Callable[[web.Request, bytes], web.StreamResponse],
+                       *, declared: int | None = None) -> web.Application:
+    """A registry holding one image, ``a/b:1``, of one gzip layer ``blob`` (its manifest
+    declares ``declared`` bytes for it, default its length): ``/v2/``, the manifest, 404
+    for anything else; each request for a blob (the config or the layer: HEAD or GET) is
+    answered by ``answer(request, its bytes)``, the part the test makes misbehave."""
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": sha256_of(ONE_LAYER_CONFIG), "size": len(ONE_LAYER_CONFIG)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha256_of(blob), "size": len(blob) if declared is None else declared}],
+    }).encode()
+    blobs = {sha256_of(ONE_LAYER_CONFIG): ONE_LAYER_CONFIG, sha256_of(blob): blob}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path == "/v2/":
+            return web.json_response({})
+        if path == "/v2/a/b/manifests/1":
+            return web.Response(body=manifest, content_type=oci.OCI_MANIFEST,
+                                headers={"Docker-Content-Digest": sha256_of(manifest)})
+        data = blobs.get(path.rsplit("/", 1)[-1])
+        if data is None or "/blobs/" not in path:
+            return web.json_response({"errors": [{"code": "BLOB_UNKNOWN"}]}, status=404)
+        return answer(request, data)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app

@@ -4,8 +4,6 @@ The pull fails naming both sizes, in bounded memory, and leaves the store as it 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -14,44 +12,20 @@ import pytest
 from aiohttp import web
 
 from cas import Digest
-from registry import oci
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
 from registry.client.remote import ClientOptions, RegistryClient
 from registry.client.transfer import BlobError
 
-from .helpers import random_bytes
-
-LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-CONFIG = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
-
-
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+from .helpers import ONE_LAYER_CONFIG, one_layer_registry, random_bytes, sha256_of
 
 
 def _registry(blob: bytes, declared: int, head_echoes: bool) -> web.Application:
     """One repository ``a/b:1`` whose manifest declares ``declared`` bytes for ``blob``;
     the blob's HEAD answers its true length, or (``head_echoes``) the declared one."""
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": _digest(CONFIG), "size": len(CONFIG)},
-        "layers": [{"mediaType": LAYER, "digest": _digest(blob), "size": declared}],
-    }).encode()
-    blobs = {_digest(CONFIG): CONFIG, _digest(blob): blob}
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        path = request.path
-        if path == "/v2/":
-            return web.json_response({})
-        if path == "/v2/a/b/manifests/1":
-            return web.Response(body=manifest, content_type=oci.OCI_MANIFEST,
-                                headers={"Docker-Content-Digest": _digest(manifest)})
-        data = blobs.get(path.rsplit("/", 1)[-1])
-        if data is None or "/blobs/" not in path:
-            return web.json_response({"errors": [{"code": "BLOB_UNKNOWN"}]}, status=404)
+    def answer(request: web.Request, data: bytes) -> web.Response:
         if request.method == "HEAD":
             size = declared if head_echoes and data is blob else len(data)
             return web.Response(headers={"Content-Length": str(size), "Accept-Ranges": "bytes"})
@@ -65,9 +39,7 @@ def _registry(blob: bytes, declared: int, head_echoes: bool) -> web.Application:
                             headers={"Content-Range": f"bytes {start}-{end}/{len(data)}",
                                      "Accept-Ranges": "bytes"})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
+    return one_layer_registry(blob, answer, declared=declared)
 
 
 @pytest.mark.parametrize("head_echoes", [False, True], ids=["head-honest", "head-echoes"])
@@ -89,18 +61,18 @@ async def test_a_declared_size_the_blob_does_not_have_fails_in_bounded_memory(
         tracemalloc.stop()
         await client.close()
     message = str(caught.value)
-    assert _digest(blob) in message
+    assert sha256_of(blob) in message
     # The HEAD tells, or else the first ranged answer's Content-Range does.
     assert f"the registry holds {len(blob)} bytes of it, the manifest declares {declared}" in message
     # A list of the 2**62 bytes' parts would take terabytes; the pull took little.
     assert peak < 64 << 20, peak
-    digest = Digest.parse(_digest(blob))
+    digest = Digest.parse(sha256_of(blob))
     await images.close()  # it waits for what the stopped blobs keep or drop
     async with await ImageStore.open(images.store.root) as again:
         assert await again.store.stat(digest) is None
         assert await again.pending_pull(digest) is None  # nothing kept for a resume
         # The config, stopped beside it, is stored, kept for a resume or dropped: never
         # left open unrecorded.
-        kept = await again.pending_pull(Digest.parse(_digest(CONFIG))) is not None
+        kept = await again.pending_pull(Digest.parse(sha256_of(ONE_LAYER_CONFIG))) is not None
         assert (await again.store.stats()).open_ingests == int(kept)
         assert (await again.store.fsck()).ok

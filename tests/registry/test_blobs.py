@@ -113,6 +113,51 @@ async def test_several_ranges_are_a_multipart_answer(client):
     assert await resp.read() == data
 
 
+@pytest.mark.parametrize("unit", ["Bytes", "BYTES", "bytes"])
+async def test_range_unit_is_case_insensitive_for_one_range_and_several(client, unit):
+    # RFC 9110 14.1: range units are compared case-insensitively; one range and several
+    # are read alike.
+    data = os.urandom(100)
+    digest = await push_blob(client, "r", data)
+    resp = await client.get(f"/v2/r/blobs/{digest}", headers={"Range": f"{unit}=0-1"})
+    assert resp.status == 206
+    assert resp.headers["Content-Range"] == "bytes 0-1/100"
+    assert await resp.read() == data[:2]
+    resp = await client.get(f"/v2/r/blobs/{digest}", headers={"Range": f"{unit}=0-1,3-4"})
+    assert resp.status == 206
+    assert multipart_parts(resp.headers, await resp.read()) == [
+        ("bytes 0-1/100", data[:2]), ("bytes 3-4/100", data[3:5])]
+
+
+@pytest.mark.parametrize(
+    ("header", "answer"),
+    [
+        # A range that starts past the end is left out whatever its last-pos, as Go's
+        # http.ServeContent (CNCF Distribution) leaves it out: the rest is served.
+        ("bytes=0-1,5000-10", (0, 1)),
+        ("bytes=0-1,5000-", (0, 1)),
+        ("bytes=5000-10,98-", (98, 99)),
+        # Inside the blob, a last-pos before the first-pos is an invalid range: 416.
+        ("bytes=0-1,50-10", None),
+        ("bytes=5000-10", None),
+        ("bytes=5000-10,6000-7000", None),
+    ],
+)
+async def test_multi_range_with_an_unsatisfiable_spec_answers_as_go(client, header, answer):
+    data = os.urandom(100)
+    digest = await push_blob(client, "r", data)
+    resp = await client.get(f"/v2/r/blobs/{digest}", headers={"Range": header})
+    if answer is None:
+        assert resp.status == 416
+        assert resp.headers["Content-Range"] == "bytes */100"
+        assert await error_codes(resp) == ["RANGE_INVALID"]
+        return
+    start, end = answer
+    assert resp.status == 206
+    assert resp.headers["Content-Range"] == f"bytes {start}-{end}/100"
+    assert await resp.read() == data[start : end + 1]
+
+
 async def test_a_range_header_of_a_thousand_ranges_is_read(client):
     # A zstd:chunked partial pull (containers/image) asks for every chunk it lacks, up to
     # 1,024, in one Range header: ~25 KiB for a large layer, past the 8 KiB that aiohttp

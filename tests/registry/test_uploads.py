@@ -339,3 +339,20 @@ async def test_a_gc_without_grace_between_commit_and_link_takes_no_pushed_blob(c
     for data, d in ((monolithic, digest), (chunked, Digest.of(chunked))):
         resp = await client.get(f"/v2/gc/repo/blobs/{d}")
         assert resp.status == 200 and await resp.read() == data
+
+
+async def test_head_of_upload_session_answers_as_get(client):
+    # Distribution answers HEAD on an upload session as GET without a body (204 with
+    # Range, Docker-Upload-UUID and Location); a HEAD of an unknown session is a 404.
+    location = await _start(client)
+    resp = await _patch(client, location, b"hello")
+    location = resp.headers["Location"]
+    get = await client.get(location)
+    head = await client.head(location)
+    assert head.status == get.status == 204
+    for name in ("Range", "Docker-Upload-UUID", "Location"):
+        assert head.headers[name] == get.headers[name], name
+    assert head.headers["Range"] == "0-4"
+    assert await head.read() == b""
+    unknown = await client.head("/v2/up/repo/blobs/uploads/no-such-session")
+    assert unknown.status == 404
