@@ -63,7 +63,7 @@ from .pull_parts import (
 )
 from .pull_sink import _Sink
 from .refs import ImageRef
-from .remote import RegistryClient, TransportError
+from .remote import RangeIgnored, RegistryClient, TransportError
 from .transfer import BlobError, TransferOptions
 
 __all__ = ["BlobError", "PieceSources", "TransferOptions", "local_piece_sources", "pull_blob"]
@@ -222,16 +222,22 @@ async def _fill(
         ranges = False
         if start > 0 or remaining >= options.parallel_threshold:
             head = await client.head_blob(host, name, digest)
-            ranges = bool(head and head[1])
+            ranges = bool(head and head[1]) and host not in client.ranges_ignored
             if head and head[0] > 0 and head[0] != desc.size:
                 raise BlobError(wrong_size(desc, head[0]))
         if remaining < options.parallel_threshold or not ranges:
             await _stream(client, src, desc, sink, options)
             return
         parts = _EvenParts(start, desc.size, options.part_size)
-    await _run_parts(parts, sink, lambda part: _fetch_part(client, images, src, desc, part, options),
-                     lambda part: _stream_local_run(images, sink, part),
-                     options.window, options.window * options.part_size)
+    try:
+        await _run_parts(parts, sink, lambda part: _fetch_part(client, images, src, desc, part, options),
+                         lambda part: _stream_local_run(images, sink, part),
+                         options.window, options.window * options.part_size)
+    except RangeIgnored:
+        # It said it takes ranges (Accept-Ranges) and answered one with the whole blob:
+        # the parts written so far stay, the rest comes in one stream (what the ingest
+        # holds read past, as for a registry that says nothing of ranges).
+        await _stream(client, src, desc, sink, options)
 
 
 async def _stream(

@@ -77,6 +77,9 @@ class RegistryClient(RegistrySession):
         super().__init__(options)
         self._endpoints: dict[tuple[str, str], frozenset[str]] = {}
         self._chunk_min: dict[str, int] = {}  # host -> its OCI-Chunk-Min-Length
+        #: Hosts that answered a ranged blob GET with the whole blob (whatever their HEAD
+        #: said of Accept-Ranges): their blobs are read in one stream.
+        self.ranges_ignored: set[str] = set()
         # Recipes asked for ahead (prefetch_recipe), until recipe() takes them.
         self._recipes: dict[tuple[str, str, str], asyncio.Future[list[tuple[int, int, str]]]] = {}
 
@@ -175,6 +178,7 @@ class RegistryClient(RegistrySession):
         )
         try:
             if ranged and resp.status != 206 and not whole:
+                self.ranges_ignored.add(host)
                 raise RangeIgnored(f"blob {digest}: the registry ignored Range {headers['Range']}")
             if ranged and resp.status == 206:
                 check_content_range(f"blob {digest}", headers["Range"], start, end,

@@ -32,10 +32,11 @@ def _registry(mode: str) -> web.Application:
     def answer(request: web.Request, data: bytes) -> web.Response:
         if request.method == "HEAD":
             # A registry that ignores Range says so (no Accept-Ranges), as the client needs.
+            # ("whole-says-ranges": one that says it takes them all the same).
             ranges = {} if mode == "whole" else {"Accept-Ranges": "bytes"}
             return web.Response(headers={"Content-Length": str(len(data)), **ranges})
         asked = request.headers.get("Range")
-        if asked is None or mode == "whole":
+        if asked is None or mode in ("whole", "whole-says-ranges"):
             return web.Response(body=data)
         first, _, last = asked.removeprefix("bytes=").partition("-")
         start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
@@ -103,3 +104,14 @@ async def test_a_whole_blob_answer_to_a_range_is_still_read(
 async def test_the_right_ranges_are_read(aiohttp_server: Any, images: ImageStore) -> None:
     await _pull(aiohttp_server, images, "right")
     assert await images.store.read_bytes(Digest.parse(sha256_of(BLOB))) == BLOB
+
+
+async def test_a_registry_that_says_it_takes_ranges_and_answers_whole_blobs_is_read_in_one_stream(
+    aiohttp_server: Any, images: ImageStore,
+) -> None:
+    """Its HEAD says ``Accept-Ranges: bytes``, its ranged GETs get the whole blob (200):
+    the pull goes on in one stream (it used to fail, and fail again when run again)."""
+    result = await _pull(aiohttp_server, images, "whole-says-ranges")
+    assert result is not None
+    assert await images.store.read_bytes(Digest.parse(sha256_of(BLOB))) == BLOB
+    assert (await images.store.fsck()).ok
