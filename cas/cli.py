@@ -97,13 +97,24 @@ def stats(storage: Path | None, database: str | None, as_json: bool) -> None:
 @click.option("--ingest-ttl", type=float, default=86400.0, show_default=True,
               help="Abort interrupted uploads and pulls idle longer than this many seconds "
                    "(as a registry's uploads.ttl; give it the same value).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (progress: JSON events on standard error).")
 def gc(storage: Path | None, database: str | None, grace: float, compact_all: bool,
        ingest_ttl: float, as_json: bool) -> None:
     """Remove unreferenced blobs and pieces, and interrupted transfers nobody resumed
-    (safe while the store is in use)."""
-    report = _with_store(storage, lambda st: st.gc(grace=grace, compact_all=compact_all,
-                                                   ingest_ttl=ingest_ttl), database)
+    (safe while the store is in use).
+
+    Progress goes to standard error: a status line on a terminal, a line every 5 seconds
+    otherwise (CI logs), JSON events with --json."""
+    from .cli_progress import GcView
+
+    view = GcView.auto(json_events=as_json)
+    try:
+        report = _with_store(storage, lambda st: st.gc(grace=grace, compact_all=compact_all,
+                                                       ingest_ttl=ingest_ttl, progress=view.update),
+                             database)
+    finally:
+        view.close()
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return
@@ -126,7 +137,7 @@ def fsck(storage: Path | None, database: str | None, as_json: bool) -> None:
 
     Progress goes to standard error: a bar on a terminal, a line every 5 seconds
     otherwise (CI logs), JSON events with --json."""
-    from .fsck_progress import FsckView
+    from .cli_progress import FsckView
 
     view = FsckView.auto(json_events=as_json)
     try:

@@ -16,6 +16,7 @@ rewrites.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import StoreCorrupt
@@ -26,9 +27,11 @@ if TYPE_CHECKING:
 __all__ = ["compact_packs"]
 
 
-def compact_packs(core: StoreCore, *, full: bool = False, min_live: float = 0.5) -> int:
+def compact_packs(core: StoreCore, *, full: bool = False, min_live: float = 0.5,
+                  progress: Callable[[int, int], None] | None = None) -> int:
     """Compact the packs the backend was asked to free ranges of (every pack when
-    ``full``); return the bytes given back. A no-op for backends that free in place."""
+    ``full``); return the bytes given back. A no-op for backends that free in place.
+    ``progress(done, total)`` after each pack."""
     packs = core.packs
     compact = getattr(packs, "compact", None)
     take_freed = getattr(packs, "take_freed", None)
@@ -44,9 +47,11 @@ def compact_packs(core: StoreCore, *, full: bool = False, min_live: float = 0.5)
             if loc.pack is not None and loc.pack not in busy and (wanted is None or loc.pack in wanted):
                 live[loc.pack].append((loc.offset, loc.stored))
     freed = 0
-    for name, ranges in live.items():
+    for done, (name, ranges) in enumerate(live.items(), 1):
         try:
             freed += int(compact(name, ranges, min_live))
         except StoreCorrupt:
-            continue  # rewritten or deleted meanwhile (another GC): nothing to do here
+            pass  # rewritten or deleted meanwhile (another GC): nothing to do here
+        if progress is not None:
+            progress(done, len(live))
     return freed

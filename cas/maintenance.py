@@ -33,7 +33,8 @@ from .pack_select import check_packs_here
 if TYPE_CHECKING:
     from .core import StoreCore
 
-__all__ = ["FsckProgress", "FsckReport", "GcReport", "Stats", "check", "collect_garbage", "statistics"]
+__all__ = ["FsckProgress", "FsckReport", "GcProgress", "GcReport", "Stats", "check", "collect_garbage",
+           "statistics"]
 
 # Threads that verify blobs at once (each reads its pieces, hashes them with SHA-256 and
 # BLAKE3, which release the GIL); at most the machine's CPUs.
@@ -93,9 +94,22 @@ class FsckReport:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class GcProgress:
+    """Where a GC is: its ``phase`` (``ingests`` aborted, ``blobs`` and ``pieces``
+    removed, ``space`` given back, ``packs`` compacted) and how many it has done there
+    (of ``total``, when known)."""
+
+    phase: str
+    done: int
+    total: int | None = None
+
+
 def collect_garbage(core: StoreCore, grace: float, compact_all: bool = False,
-                    ingest_ttl: float | None = None) -> GcReport:
+                    ingest_ttl: float | None = None,
+                    progress: Callable[[GcProgress], None] | None = None) -> GcReport:
     meta = core.meta
+    say = progress or (lambda _p: None)
     check_packs_here(meta, core.packs)  # another directory's packs: change nothing
     expired = expired_bytes = 0
     if ingest_ttl is not None:
@@ -108,20 +122,27 @@ def collect_garbage(core: StoreCore, grace: float, compact_all: bool = False,
                 expired_bytes += (core.packs.size(row.pack) or 0) if row.pack else 0
                 core.drop_ingest(row.id)
                 expired += 1
+                say(GcProgress("ingests", expired))
     blobs = 0
+    say(GcProgress("blobs", 0))
     while n := meta.collect_blobs(time.time() - grace):
         blobs += n
+        say(GcProgress("blobs", blobs))
     # The SHA-256 states kept for blobs that are gone (cas.digest_states).
     sweep_states(core.root, lambda encoded: meta.blob(f"sha256:{encoded}") is not None)
     pieces = freed = 0
+    say(GcProgress("pieces", 0))
     while True:
         n, b = meta.collect_pieces()
         if not n:
             break
         pieces += n
         freed += b
+        say(GcProgress("pieces", pieces))
+    say(GcProgress("space", 0))
     core.empty_trash()
-    compacted = compact_packs(core, full=compact_all)
+    compacted = compact_packs(core, full=compact_all,
+                              progress=lambda done, total: say(GcProgress("packs", done, total)))
     # A pack file with no row is left over from a crash; rows are written first.
     known = meta.pack_names()
     orphans = 0

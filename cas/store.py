@@ -47,7 +47,7 @@ from .meta import CODEC_ZSTD, Metadata, decode_recipe
 from .packs import PackBackend
 
 if TYPE_CHECKING:
-    from .maintenance import FsckProgress, FsckReport, GcReport, Stats
+    from .maintenance import FsckProgress, FsckReport, GcProgress, GcReport, Stats
 
 __all__ = ["BlobInfo", "Piece", "Recipe", "Segment", "Store"]
 
@@ -472,15 +472,17 @@ class Store:
     # -- maintenance (cas.maintenance) ---------------------------------------------
 
     async def gc(self, *, grace: float = 3600.0, compact_all: bool = False,
-                 ingest_ttl: float | None = None) -> GcReport:
+                 ingest_ttl: float | None = None,
+                 progress: Callable[[GcProgress], None] | None = None) -> GcReport:
         """Remove blobs no holder links (older than ``grace`` seconds), then pieces no
         blob and no open ingest needs; online (see :mod:`cas.maintenance`). Packs that
         cannot free in place (S3) are compacted: those freed now, or all of them when
         ``compact_all`` (after a crash left some unvisited). ``ingest_ttl``: first abort
-        open ingests whose last checkpoint is older than that many seconds."""
+        open ingests whose last checkpoint is older than that many seconds. ``progress``
+        is called (on a worker thread) as it goes."""
         from .maintenance import collect_garbage
 
-        return await self._run(collect_garbage, self.core, grace, compact_all, ingest_ttl)
+        return await self._run(collect_garbage, self.core, grace, compact_all, ingest_ttl, progress)
 
     async def fsck(self, *, progress: Callable[[FsckProgress], None] | None = None) -> FsckReport:
         """Verify every blob's digest, every piece's BLAKE3 and the bookkeeping;

@@ -46,7 +46,7 @@ def test_gc_removes_unlinked_blobs(tmp_path: Path) -> None:
     _fill(tmp_path)
     result = CliRunner().invoke(main, ["storage", "gc", "--storage", str(tmp_path), "--grace", "0", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["blobs_removed"] == 1
+    assert json.loads(result.stdout)["blobs_removed"] == 1
 
 
 def test_fsck_exit_code_and_names_damage(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_gc_aborts_interrupted_transfers_idle_past_the_ingest_ttl(tmp_path: Path
 
     asyncio.run(interrupted())
     fresh = CliRunner().invoke(main, ["storage", "gc", "--storage", str(tmp_path), "--json"])
-    assert json.loads(fresh.output)["ingests_expired"] == 0
+    assert json.loads(fresh.stdout)["ingests_expired"] == 0
     stats = CliRunner().invoke(main, ["storage", "stats", "--storage", str(tmp_path), "--json"])
     assert json.loads(stats.output)["open_ingests"] == 1
     old = CliRunner().invoke(main, ["storage", "gc", "--storage", str(tmp_path), "--ingest-ttl", "0"])

@@ -1,5 +1,6 @@
-"""``storage fsck`` on a large store: blobs verified on several threads, progress shown
-(a bar on a terminal, plain lines in logs, JSON events with --json), damage found the same."""
+"""``storage fsck`` and ``gc`` on a large store: blobs verified on several threads,
+progress shown (a bar or status line on a terminal, plain lines in logs, JSON events with
+--json), damage found the same."""
 
 import io
 import json
@@ -9,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import cas.fsck_progress
+import cas.cli_progress
 from builder.cli import main
 from cas import Store
-from cas.fsck_progress import FsckView
-from cas.maintenance import FsckProgress
+from cas.cli_progress import FsckView, GcView
+from cas.maintenance import FsckProgress, GcProgress
 
 
 async def _blobs(store: Store, n: int) -> list[int]:
@@ -83,7 +84,7 @@ def test_plain_lines_only_for_a_check_that_lasts(monkeypatch: pytest.MonkeyPatch
     for i in range(1, 4):
         view.update(FsckProgress(i, 3, i * 10, 30))
     assert quick.getvalue() == "", "a short check printed progress lines"
-    monkeypatch.setattr(cas.fsck_progress, "_PLAIN_EVERY", 0.0)
+    monkeypatch.setattr(cas.cli_progress, "_PLAIN_EVERY", 0.0)
     slow = io.StringIO()
     view = FsckView("plain", slow)
     view.update(FsckProgress(1, 4, 3 << 30, 12 << 30))
@@ -105,3 +106,53 @@ def test_a_terminal_gets_a_bar_redrawn_in_place_and_cleared() -> None:
     assert "verifying [" + "=" * 12 in text and "5 B of 10 B (50 %)" in text
     assert "(100 %), 2 of 2 blobs" in text
     assert text.endswith("\r\x1b[K")
+
+
+async def test_gc_reports_each_phase_and_what_it_removed(store: Store) -> None:
+    kept = await store.put(os.urandom(400_000), link="keep")
+    for i in range(3):
+        info = await store.put(os.urandom(300_000 + i), link=f"go{i}")
+        assert await store.unlink(f"go{i}", info.digest)
+    seen: list[GcProgress] = []
+    report = await store.gc(grace=0, progress=seen.append)
+    phases = [p.phase for p in seen]
+    assert phases.index("blobs") < phases.index("pieces") < phases.index("space")
+    assert max(p.done for p in seen if p.phase == "blobs") == report.blobs_removed == 3
+    assert max(p.done for p in seen if p.phase == "pieces") == report.pieces_removed
+    assert await store.stat(kept.digest) is not None
+
+
+def test_gc_json_keeps_stdout_one_object_and_sends_phases_to_stderr(tmp_path: Path) -> None:
+    import asyncio
+
+    async def fill() -> None:
+        async with await Store.open(tmp_path) as s:
+            info = await s.put(os.urandom(500_000), link="a")
+            assert await s.unlink("a", info.digest)
+
+    asyncio.run(fill())
+    result = CliRunner().invoke(main, ["storage", "gc", "--storage", str(tmp_path), "--grace", "0",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["blobs_removed"] == 1
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {"event": "progress", "phase": "blobs", "done": 1, "total": None} in events
+    assert [e["phase"] for e in events].count("space") == 1
+
+
+def test_a_terminal_gets_the_gc_phase_redrawn_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    view = GcView("tty", out)
+    view.update(GcProgress("blobs", 0))
+    view.update(GcProgress("blobs", 7))  # within the redraw interval: not drawn
+    view.update(GcProgress("pieces", 0))  # a new phase: drawn at once
+    view.update(GcProgress("packs", 2, 2))  # the last of a known total: drawn
+    view.close()
+    text = out.getvalue()
+    assert "\n" not in text
+    assert text.split("\r\x1b[K")[1:] == ["gc: removing blobs: 0", "gc: removing pieces: 0",
+                                            "gc: compacting packs: 2 of 2", ""]
+    monkeypatch.setattr(cas.cli_progress, "_PLAIN_EVERY", 0.0)
+    log = io.StringIO()
+    GcView("plain", log).update(GcProgress("pieces", 5000))
+    assert log.getvalue() == "gc: removing pieces: 5000\n"
