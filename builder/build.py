@@ -271,7 +271,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
         await import_all(opts.cache_from, tracking, store, progress, mounts)
         env = StepEnv(store=store, cache=tracking,
                       extracted=ExtractedLayers(bdir / EXTRACTED_DIR, store, remote.fetch,
-                                                remote.stream),
+                                                remote.stream, progress.info),
                       remote=remote, mounts=mounts, progress=progress, context=context,
                       work=work, cache_mounts=bdir / "cache-mounts", dockerfile=dockerfile.name,
                       source_date_epoch=sde, compression=opts.compression,

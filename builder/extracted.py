@@ -4,7 +4,9 @@ Layout (inside the build storage directory; the directory keeps the name ``snaps
 it had before this module was called "extracted layers", so existing storage stays
 valid)::
 
-    snapshots/<diff_id hex>/     the layer's files; whiteouts as 0/0 character devices,
+    snapshots/<diff_id hex>/     the layer's files; whiteouts as 0/0 character devices
+                                 (or empty files marked overlay.whiteout where the
+                                 filesystem refuses those: sandbox.whiteouts),
                                  opaque directories marked trusted.overlay.opaque=y
                                  (user.overlay.opaque=y in a non-root build's user
                                  namespace, as its overlay mounts read them)
@@ -79,12 +81,15 @@ class BlobReader(io.RawIOBase):
         return n
 
 
-def _extract(src: BinaryIO | Path, dest: Path) -> None:
+def _extract(src: BinaryIO | Path, dest: Path) -> list[str]:
+    """Extract the layer ``src`` to ``dest``; returns the device nodes left out (root of
+    a user namespace may not make them)."""
     from .layers.extract import apply_layer  # only when a layer must be extracted
+    from .sandbox.whiteouts import make_whiteout
 
     dest.mkdir()
     marks: list[tuple[list[str], bool]] = []  # whiteouts, found in the same single pass
-    apply_layer(src, dest, marks=marks)
+    report = apply_layer(src, dest, marks=marks)
     for parts, opaque in marks:
         target = dest.joinpath(*parts)
         if opaque:
@@ -93,7 +98,18 @@ def _extract(src: BinaryIO | Path, dest: Path) -> None:
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             if not os.path.lexists(target):
-                os.mknod(target, 0o600 | 0o020000, os.makedev(0, 0))
+                make_whiteout(target, "/".join(parts))
+    return [why.split(": device node", 1)[0] for why in report.skipped
+            if ": device node " in why]
+
+
+def devices_left_out(diff_id: Digest, names: Sequence[str]) -> str:
+    """The warning for a layer whose device nodes a non-root build left out."""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"WARNING: layer {diff_id} has device nodes ({shown}) that a non-root build "
+            "cannot create (a user namespace may not make them): its RUN steps, and RUN "
+            "mounts from it, do not see them, while COPY --from and the image keep them; "
+            "build as root if a step needs them (docs/rootless.md)")
 
 
 def _move_into_place(extracted: Path, target: Path) -> None:
@@ -121,8 +137,8 @@ class ExtractedLayers:
 
     def __init__(self, root: Path, store: Store,
                  fetch: Callable[[Digest], Awaitable[None]] | None = None,
-                 stream: Callable[[Digest], AsyncIterator[bytes] | None] | None = None
-                 ) -> None:
+                 stream: Callable[[Digest], AsyncIterator[bytes] | None] | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.root = root
         self.store = store
         # brings a blob that is not in the store yet into it (a lazy remote-cache layer:
@@ -131,6 +147,8 @@ class ExtractedLayers:
         # or, where it can: the blob's bytes as they arrive (also stored; verified and
         # committed once read to the end), extracted while it downloads
         self.stream = stream
+        # told of what an extraction left out (device nodes in a user namespace)
+        self.warn = warn
         root.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -170,13 +188,15 @@ class ExtractedLayers:
             try:
                 reader = io.BufferedReader(BlobReader(chunks, asyncio.get_running_loop()),
                                            _READ_BUFFER)
-                await asyncio.to_thread(_extract, reader, tmp / "root")
+                left_out = await asyncio.to_thread(_extract, reader, tmp / "root")
                 if streamed is not None:
                     # to its end, past what the extractor read: the blob is verified
                     # and committed before its extraction is used
                     async for _ in streamed:
                         pass
                 await asyncio.to_thread(_move_into_place, tmp / "root", target)
+                if left_out and self.warn is not None:
+                    self.warn(devices_left_out(diff_id, left_out))
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise

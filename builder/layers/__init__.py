@@ -46,6 +46,7 @@ if _typing.TYPE_CHECKING:
         OverlayFeatureUnsupported,
         SourceChanged,
         UnsafeLayerEntry,
+        WhiteoutUnsupported,
     )
     from .extract import ApplyReport, apply_layer, open_layer
     from .importdir import import_directory, make_busybox_rootfs
@@ -80,6 +81,7 @@ _WHERE = {
     "OverlayFeatureUnsupported": "errors",
     "SourceChanged": "errors",
     "UnsafeLayerEntry": "errors",
+    "WhiteoutUnsupported": "errors",
     "ApplyReport": "extract",
     "apply_layer": "extract",
     "open_layer": "extract",
@@ -118,6 +120,7 @@ __all__ = [
     "StatRecord",
     "UnsafeLayerEntry",
     "Whiteout",
+    "WhiteoutUnsupported",
     "apply_layer",
     "changeset_from_upper",
     "changeset_of_tree",

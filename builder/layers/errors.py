@@ -6,6 +6,7 @@
     ├── ChangesetError            an upper directory or tree cannot be turned into a changeset
     │   └── OverlayFeatureUnsupported   redirect_dir / metacopy entries in an overlay upper dir
     ├── SourceChanged             a file changed while its layer was being written
+    ├── WhiteoutUnsupported       the storage's filesystem refuses overlay whiteouts
     └── LayerFormatError          a layer blob is not a (compressed) tar we can read
         └── UnsafeLayerEntry      an entry would write outside the rootfs, or is malformed
 
@@ -21,6 +22,7 @@ __all__ = [
     "OverlayFeatureUnsupported",
     "SourceChanged",
     "UnsafeLayerEntry",
+    "WhiteoutUnsupported",
 ]
 
 
@@ -48,6 +50,19 @@ class SourceChanged(LayerError):
             f"{path!r} changed while its layer was written (expected {expected} bytes, "
             f"read {actual}); nothing may write to a step's filesystem while its layer is "
             "being created — rerun the step"
+        )
+        self.path = path
+
+
+class WhiteoutUnsupported(LayerError):
+    def __init__(self, path: str, cause: str) -> None:
+        super().__init__(
+            f"cannot record the deletion of {path!r} in the storage directory: its "
+            "filesystem refuses both forms of overlay whiteout, a 0/0 character device "
+            f"and an empty file with an overlay.whiteout xattr ({cause}); an overlayfs on "
+            "a kernel before 6.7, such as a container's own root filesystem, does. Put "
+            "the storage on ext4, xfs, btrfs or tmpfs (--storage DIR or PYBUILD_STORAGE; "
+            "in a container, a volume or an emptyDir)"
         )
         self.path = path
 

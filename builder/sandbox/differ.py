@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..layers import Changeset, EntryKind, Snapshot, diff_snapshot, take_snapshot
 from .userns import overlay_xattr
+from .whiteouts import make_whiteout
 
 __all__ = ["forgive_touched", "hold_directories", "take_snapshot", "upper_from_copy",
            "write_upper"]
@@ -134,7 +135,7 @@ def write_upper(changes: Changeset, upper: Path) -> None:
         if whiteout.opaque:
             os.setxattr(dst, overlay_xattr("opaque"), b"y", follow_symlinks=False)
         else:
-            os.mknod(dst, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+            make_whiteout(dst, whiteout.path)
     # directory times last: making their children changed them
     for path, mtime in reversed(dirs):
         os.utime(path, ns=(mtime, mtime), follow_symlinks=False)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..layers.extract import remove_path
 from .rootfs import is_opaque
+from .whiteouts import is_whiteout
 
 __all__ = ["flatten_lowers", "flatten_subtree"]
 
@@ -57,7 +58,7 @@ def _only_directories_on(lowers: Sequence[Path], parts: list[str]) -> bool:
                 st = os.lstat(cur)
             except (FileNotFoundError, NotADirectoryError):
                 break
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            if is_whiteout(cur, st):
                 break
             if not (stat.S_ISDIR(st.st_mode) or (i == len(parts) - 1 and stat.S_ISREG(st.st_mode))):
                 return False
@@ -73,7 +74,7 @@ def _write_way(lowers: Sequence[Path], dest: Path, parts: list[str]) -> None:
                 st = os.lstat(src)
             except (FileNotFoundError, NotADirectoryError):
                 break
-            if stat.S_ISCHR(st.st_mode):  # a whiteout: nothing below it from lower layers
+            if is_whiteout(src, st):  # nothing below it from lower layers
                 remove_path(dst)
                 break
             if stat.S_ISREG(st.st_mode):  # the file named (_only_directories_on said so)
@@ -97,7 +98,7 @@ def _apply(src_dir: Path, dst_dir: Path, links: dict[tuple[int, int], Path]) -> 
         src = Path(entry.path)
         dst = dst_dir / entry.name
         st = entry.stat(follow_symlinks=False)
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        if is_whiteout(src, st):
             remove_path(dst)
             continue
         if stat.S_ISDIR(st.st_mode):

@@ -40,6 +40,7 @@ from pathlib import Path
 from ..layers.rootwalk import SymlinkLoop, walk_in_root
 from .errors import SandboxSetupError, SandboxUnavailable
 from .userns import in_user_namespace, overlay_xattr
+from .whiteouts import is_whiteout
 
 __all__ = [
     "MAX_LOWERS",
@@ -265,10 +266,6 @@ def _index_took(mountinfo: bytes, merged: Path) -> bool:
         return True
 
 
-def _is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
 def is_opaque(path: Path) -> bool:
     try:
         return os.getxattr(path, overlay_xattr("opaque"), follow_symlinks=False) == b"y"
@@ -324,7 +321,7 @@ def find_in_lowers(
                 break
             except NotADirectoryError:
                 return None  # a file in this layer shadows the directory below
-            if _is_whiteout(st):
+            if is_whiteout(cur, st):
                 return None
             if i == len(parts) - 1:
                 return lower, cur, st

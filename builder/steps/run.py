@@ -350,6 +350,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
     async def run(n: int, lowers: list[Path], state_dir: Path, spec: RunSpec,
                   on_output: Callable[[str, str], None]) -> Path:
         # The sandbox's runner only when the step runs: a cached RUN never loads it.
+        from ..layers.errors import LayerError
         from ..sandbox.errors import RunFailed, SandboxError, SandboxUnavailable
         from ..sandbox.process import StepInterrupt
         from ..sandbox.runner import run_step
@@ -371,7 +372,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
             tail = "\n".join(exc.output_tail[-20:])
             raise BuildError(where, f"{' '.join(argv)!r} did not complete successfully: "
                              f"exit code {exc.exit_code}" + (f"\n{tail}" if tail else "")
-                             + _missing_program(exc, ins.shell_form),
+                             + _missing_program(exc, ins.shell_form) + _no_devices_here(exc),
                              exit_code=exc.exit_code) from exc
         except SandboxUnavailable as exc:
             if rootfs is RootfsMode.OVERLAY and "overlay" in str(exc):
@@ -379,7 +380,7 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
                                  "storage directory's filesystem; use --differ auto or "
                                  "--differ snapshot (or put --storage on ext4 or xfs)") from exc
             raise BuildError(where, str(exc)) from exc
-        except SandboxError as exc:
+        except (SandboxError, LayerError) as exc:  # LayerError: writing the step's changes
             raise BuildError(where, str(exc)) from exc
         return result.changes
 
@@ -403,3 +404,18 @@ def _missing_program(exc: RunFailed, shell_form: bool) -> str:
            'RUN ["/path/to/program", "arg"]') if shell_form else \
         "use a base image that has it, or name a program the image has"
     return f"\n{program} does not exist in the image: {how}"
+
+
+_MKNOD_REFUSED = re.compile(r"\bmknod\b.*(Operation not permitted|Permission denied)")
+
+
+def _no_devices_here(exc: RunFailed) -> str:
+    """Why ``mknod`` failed in a non-root build (its user namespace cannot make device
+    nodes, as under rootless BuildKit) and what to do, else nothing."""
+    from ..sandbox.userns import in_user_namespace
+
+    if not in_user_namespace() or not any(map(_MKNOD_REFUSED.search, exc.output_tail)):
+        return ""
+    return ("\na non-root build runs in a user namespace, where device nodes cannot be "
+            "created (as under rootless BuildKit): build as root, or leave the device to "
+            "the container runtime, which provides /dev (docs/rootless.md)")

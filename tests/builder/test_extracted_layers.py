@@ -3,12 +3,15 @@ into its overlay lower-dir form in one pass, whiteouts and opaque directories ma
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
 import stat
 import tarfile
 from pathlib import Path
+
+import pytest
 
 from builder.extracted import ExtractedLayers
 from builder.sandbox.userns import overlay_xattr
@@ -80,5 +83,68 @@ async def test_a_layer_another_build_extracted_meanwhile_is_used(tmp_path: Path,
         assert root == layers.path(diff_id)
         assert (root / "app/f.txt").read_text() == "theirs\n"
         assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [diff_id.encoded]
+    finally:
+        await store.close()
+
+
+def _refused(*args: object, **kwargs: object) -> None:
+    raise PermissionError(errno.EPERM, "Operation not permitted")
+
+
+async def test_where_whiteout_devices_are_refused_whiteouts_take_the_xattr_form(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An overlayfs refuses 0/0 character devices on itself (EPERM, for root too): the
+    # whiteout becomes an empty file with overlay.whiteout, which the readers of
+    # extracted layers take for the same deletion.
+    from builder.layers import changeset_from_upper
+    from builder.sandbox.flatten import flatten_lowers, flatten_subtree
+    from builder.sandbox.rootfs import find_in_lowers
+    from builder.sandbox.whiteouts import is_whiteout
+
+    below = _layer(("app", None), ("app/kept", b"k\n"), ("app/gone", b"g\n"))
+    above = _layer(("app", None), ("app/.wh.gone", b""), ("app/new", b"n\n"))
+    store = await open_store(StoreConfig(tmp_path / "store"))
+    try:
+        layers = ExtractedLayers(tmp_path / "snapshots", store)
+        lower = await layers.ensure(Digest.parse("sha256:" + "ab" * 32),
+                                    (await store.put(below)).digest)
+        monkeypatch.setattr(os, "mknod", _refused)
+        upper = await layers.ensure(Digest.parse("sha256:" + "ef" * 32),
+                                    (await store.put(above)).digest)
+    finally:
+        await store.close()
+    gone = upper / "app" / "gone"
+    assert stat.S_ISREG(gone.lstat().st_mode) and gone.lstat().st_size == 0
+    assert os.getxattr(gone, overlay_xattr("whiteout")) == b"y"
+    assert os.getxattr(gone.parent, overlay_xattr("opaque")) == b"x"  # what overlayfs needs
+    assert is_whiteout(gone, gone.lstat())
+    assert not is_whiteout(upper / "app" / "new", (upper / "app" / "new").lstat())
+    assert [(w.path, w.opaque) for w in changeset_from_upper(upper).whiteouts] == [
+        ("app/gone", False)]
+    flatten_lowers([upper, lower], tmp_path / "flat")
+    assert sorted(p.name for p in (tmp_path / "flat" / "app").iterdir()) == ["kept", "new"]
+    assert find_in_lowers([upper, lower], "app/gone") is None
+    assert flatten_subtree([upper, lower], tmp_path / "sub", "app")
+    assert sorted(p.name for p in (tmp_path / "sub" / "app").iterdir()) == ["kept", "new"]
+
+
+async def test_a_storage_that_refuses_both_whiteout_forms_is_named_with_the_fix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from builder.layers import WhiteoutUnsupported
+
+    monkeypatch.setattr(os, "mknod", _refused)
+    monkeypatch.setattr(os, "setxattr", _refused)
+    blob = _layer(("app", None), ("app/kept", b"k\n"), ("app/.wh.gone", b""))
+    store = await open_store(StoreConfig(tmp_path / "store"))
+    try:
+        info = await store.put(blob)
+        layers = ExtractedLayers(tmp_path / "snapshots", store)
+        with pytest.raises(WhiteoutUnsupported) as caught:
+            await layers.ensure(Digest.parse("sha256:" + "ef" * 32), info.digest)
+        assert str(caught.value).startswith(
+            "cannot record the deletion of 'app/gone' in the storage directory: its "
+            "filesystem refuses both forms of overlay whiteout")
+        assert "Put the storage on ext4, xfs, btrfs or tmpfs" in str(caught.value)
+        assert [p.name for p in (tmp_path / "snapshots").iterdir()] == []  # nothing left
     finally:
         await store.close()

@@ -14,6 +14,7 @@ Missing prerequisites fail with one line that names the fix.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -35,8 +36,12 @@ from testkit.tools import require_root, require_tool
 from testkit.users import SystemUser, python_for, shared_workspace, temporary_user
 from tests.builder.build.conftest import TESTFILES, write_base_layout
 
-# The builder tests' cases, and the e2e comparison's many-layers (92 layers in one RUN).
-CASES = ["basic", "differ", "docker-parity", "hardlinks", "multistage", "many-layers"]
+# The builder tests' cases, and the e2e comparison's many-layers (92 layers in one RUN),
+# cache-mount-starts (a cache that starts as a copy of a stage's directory: owners, a
+# setuid bit) and copy-from-xattrs (file capabilities, which a user namespace stores in
+# its own form, copied into other stages).
+CASES = ["basic", "differ", "docker-parity", "hardlinks", "multistage", "many-layers",
+         "cache-mount-starts", "copy-from-xattrs"]
 E2E_CASES = Path(__file__).resolve().parents[2] / "e2e" / "testfiles" / "build-compare"
 EPOCH = "1700000000"
 
@@ -170,6 +175,89 @@ def test_ids_beyond_the_subordinate_range_fail_naming_the_fix(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("ERROR: layer entry 'etc/far' is owned by 70000:70000, an id "
                                "this user namespace does not map"), lines[0]
+
+
+def test_a_base_layers_device_nodes_left_out_are_named(
+        workspace: Path, user: SystemUser) -> None:
+    # The RUN step does not see /k/null (as under rootless BuildKit): not silently.
+    rootfs = make_busybox_rootfs(workspace / "device-base" / "rootfs")
+    (rootfs / "k").mkdir()
+    os.mknod(rootfs / "k" / "null", 0o20666, os.makedev(1, 3))
+    ref = write_base_layout(rootfs, workspace / "device-base" / "layout", owner=None)
+    ctx = workspace / "cases" / "rootless-device-base"
+    shutil.copytree(TESTFILES / "rootless-device-base", ctx)
+    (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace("BASE", ref))
+    subprocess.run(["chmod", "-R", "a+rX", str(workspace)], check=True)
+    data = workspace / "device-user-data"
+    data.mkdir()
+    os.chown(data, user.uid, user.gid)
+    done = _pybuild(user, ["build", "--progress", "plain", str(ctx)], XDG_DATA_HOME=str(data))
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1, done.stderr
+    assert warnings[0].startswith("WARNING: layer sha256:"), warnings[0]
+    assert warnings[0].endswith(
+        " has device nodes (k/null) that a non-root build cannot create (a user namespace "
+        "may not make them): its RUN steps, and RUN mounts from it, do not see them, while "
+        "COPY --from and the image keep them; build as root if a step needs them "
+        "(docs/rootless.md)")
+    _pybuild(user, ["builder", "prune", "--all"], XDG_DATA_HOME=str(data))
+
+
+def test_mknod_in_a_run_step_fails_saying_why(
+        workspace: Path, user: SystemUser, contexts: dict[str, Path]) -> None:
+    ctx = workspace / "cases" / "rootless-mknod"
+    shutil.copytree(TESTFILES / "rootless-mknod", ctx)
+    base_ref = contexts["basic"].joinpath("Dockerfile").read_text().split()[1]
+    (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace("BASE", base_ref))
+    subprocess.run(["chmod", "-R", "a+rX", str(ctx)], check=True)
+    done = _pybuild(user, ["build", "--progress", "quiet", str(ctx)])
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "ERROR: Dockerfile:4: RUN: '/bin/sh -c mkfifo /fifo && mknod /null c 1 3' did not "
+        "complete successfully: exit code 1",
+        "mknod: /null: Operation not permitted",
+        "a non-root build runs in a user namespace, where device nodes cannot be created (as "
+        "under rootless BuildKit): build as root, or leave the device to the container "
+        "runtime, which provides /dev (docs/rootless.md)"]
+
+
+@contextlib.contextmanager
+def _overlay_mount(where: Path) -> Iterator[Path]:
+    """A fresh overlayfs at ``where/merged`` (as a container's root filesystem is)."""
+    for part in ("lower", "upper", "work", "merged"):
+        (where / part).mkdir(parents=True)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={where}/lower,upperdir={where}/upper,workdir={where}/work",
+                    str(where / "merged")], check=True)
+    try:
+        yield where / "merged"
+    finally:
+        subprocess.run(["umount", str(where / "merged")], check=True)
+
+
+def test_storage_on_an_overlayfs_gives_the_root_builds_digest(
+        workspace: Path, user: SystemUser, contexts: dict[str, Path]) -> None:
+    # Where the user's overlay mounts fail, --differ auto runs each RUN on the snapshot
+    # differ; on an overlayfs its upper dir cannot hold a deletion's whiteout as a 0/0
+    # character device (overlayfs refuses those on itself, for root too), so it takes the
+    # xattr form, which the layers, later steps and COPY read as the same deletion.
+    ctx = workspace / "cases" / "rootless-overlay-storage"
+    shutil.copytree(TESTFILES / "rootless-overlay-storage", ctx)
+    base_ref = contexts["basic"].joinpath("Dockerfile").read_text().split()[1]
+    (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace("BASE", base_ref))
+    subprocess.run(["chmod", "-R", "a+rX", str(ctx)], check=True)
+    with _overlay_mount(workspace / "overlay-storage") as merged:
+        os.chmod(merged, 0o755)
+        (merged / "data").mkdir()
+        os.chown(merged / "data", user.uid, user.gid)
+        root, rootless = _both_ways(user, ctx, workspace / "root-storage", merged / "data")
+        assert rootless.returncode == 0, rootless.stderr
+        assert rootless.stdout.strip() == root
+        # the differ's whiteouts, adopted as the step's extracted layer
+        snapshots = merged / "data" / "pybuild" / "builder" / "snapshots"
+        assert [p for p in snapshots.glob("*/d/gone") if p.stat().st_size == 0]
+        _pybuild(user, ["builder", "prune", "--all"], XDG_DATA_HOME=str(merged / "data"))
 
 
 # -- the pieces, without a user -----------------------------------------------------------
