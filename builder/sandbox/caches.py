@@ -51,7 +51,12 @@ def _copy_tree(src: Path, dst: Path) -> None:
         if stat.S_ISREG(st.st_mode):
             shutil.copy2(source, dest, follow_symlinks=False)
         else:  # a FIFO or a device node: made anew, never opened
-            os.mknod(dest, st.st_mode, st.st_rdev)
+            try:
+                os.mknod(dest, st.st_mode, st.st_rdev)
+            except PermissionError:
+                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                    return  # a user namespace may not make one: left out, as extraction does
+                raise
             shutil.copystat(source, dest, follow_symlinks=False)
         links[st.st_dev, st.st_ino] = dest
 
@@ -61,6 +66,8 @@ def _copy_tree(src: Path, dst: Path) -> None:
         for name in (".", *dirnames, *filenames):
             st = os.lstat(os.path.join(src, rel, name))
             dest = os.path.join(dirpath, name)
+            if not os.path.lexists(dest):
+                continue  # a device node left out
             os.lchown(dest, st.st_uid, st.st_gid)
             if not stat.S_ISLNK(st.st_mode):  # chown dropped setuid and setgid
                 os.chmod(dest, stat.S_IMODE(st.st_mode))

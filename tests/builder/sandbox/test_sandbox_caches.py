@@ -129,3 +129,28 @@ def test_seeded_instance_copies_the_source_once(tmp_path: Path) -> None:
         assert again == path and (again / "tool").read_text() == "changed"
         assert not (again / "new").exists()
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_a_seed_whose_device_nodes_cannot_be_made_is_copied_without_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a user namespace (a non-root build) mknod of a device is refused: the cache
+    starts as the seed without its device nodes, as an extracted layer does, not with a
+    bare EPERM. A FIFO is still made."""
+    require_root()  # mknod of the seed's device
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    os.mknod(seed / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mkfifo(seed / "fifo")
+    (seed / "f").write_text("f")
+    real = os.mknod
+
+    def refused(path: str, mode: int = 0o600, device: int = 0) -> None:
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            raise PermissionError(1, "Operation not permitted", path)
+        real(path, mode, device)
+
+    monkeypatch.setattr(os, "mknod", refused)
+    mount = CacheMount("/c", id="d", base="from=deps,source=/ 0456", seed=seed)
+    with lease_caches(tmp_path / "caches", [mount]) as (path,):
+        assert sorted(p.name for p in path.iterdir()) == ["f", "fifo"]
+        assert stat.S_ISFIFO((path / "fifo").lstat().st_mode)
