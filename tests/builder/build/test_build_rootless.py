@@ -80,6 +80,15 @@ def contexts(workspace: Path) -> dict[str, Path]:
     return out
 
 
+def _case_on_the_base(workspace: Path, contexts: dict[str, Path], name: str) -> Path:
+    """A copy of testfile ``name`` whose Dockerfile is FROM the base the ``basic`` case uses."""
+    ctx = workspace / "cases" / name
+    shutil.copytree(TESTFILES / name, ctx)
+    base_ref = contexts["basic"].joinpath("Dockerfile").read_text().split()[1]
+    (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace("BASE", base_ref))
+    return ctx
+
+
 def _pybuild(user: SystemUser, args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     python, base_env = python_for(user)
     return user.run(*python, "-m", "builder", *args, env={**base_env, **env})
@@ -146,10 +155,7 @@ def test_missing_newuidmap_is_named_with_its_package(
 
 def test_ids_beyond_the_subordinate_range_fail_naming_the_fix(
         workspace: Path, user: SystemUser, contexts: dict[str, Path]) -> None:
-    ctx = workspace / "cases" / "rootless-unmapped"
-    shutil.copytree(TESTFILES / "rootless-unmapped", ctx)
-    base_ref = contexts["basic"].joinpath("Dockerfile").read_text().split()[1]
-    (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace("BASE", base_ref))
+    ctx = _case_on_the_base(workspace, contexts, "rootless-unmapped")
     # A base layer with a file of such an owner.
     rootfs = workspace / "unmapped-base" / "rootfs"
     (rootfs / "etc").mkdir(parents=True)
@@ -206,10 +212,7 @@ def test_a_base_layers_device_nodes_left_out_are_named(
 
 def test_mknod_in_a_run_step_fails_saying_why(
         workspace: Path, user: SystemUser, contexts: dict[str, Path]) -> None:
-    ctx = workspace / "cases" / "rootless-mknod"
-    shutil.copytree(TESTFILES / "rootless-mknod", ctx)
-    base_ref = contexts["basic"].joinpath("Dockerfile").read_text().split()[1]
-    (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace("BASE", base_ref))
+    ctx = _case_on_the_base(workspace, contexts, "rootless-mknod")
     subprocess.run(["chmod", "-R", "a+rX", str(ctx)], check=True)
     done = _pybuild(user, ["build", "--progress", "quiet", str(ctx)])
     assert done.returncode == 1, done.stderr
@@ -242,10 +245,7 @@ def test_storage_on_an_overlayfs_gives_the_root_builds_digest(
     # differ; on an overlayfs its upper dir cannot hold a deletion's whiteout as a 0/0
     # character device (overlayfs refuses those on itself, for root too), so it takes the
     # xattr form, which the layers, later steps and COPY read as the same deletion.
-    ctx = workspace / "cases" / "rootless-overlay-storage"
-    shutil.copytree(TESTFILES / "rootless-overlay-storage", ctx)
-    base_ref = contexts["basic"].joinpath("Dockerfile").read_text().split()[1]
-    (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace("BASE", base_ref))
+    ctx = _case_on_the_base(workspace, contexts, "rootless-overlay-storage")
     subprocess.run(["chmod", "-R", "a+rX", str(ctx)], check=True)
     with _overlay_mount(workspace / "overlay-storage") as merged:
         os.chmod(merged, 0o755)
