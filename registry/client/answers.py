@@ -12,8 +12,8 @@ import time
 import zlib
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["decoded", "gave_up", "retry_after", "retry_delay", "same_origin", "shown_url",
-           "storage_reason"]
+__all__ = ["decoded", "error_reason", "gave_up", "retry_after", "retry_delay", "same_origin",
+           "shown_url", "storage_reason"]
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -88,6 +88,27 @@ def storage_reason(body: bytes) -> str | None:
     found = dict(_XML_FIELD.findall(body[:4096]))
     parts = [found[k].decode("utf-8", "replace").strip() for k in (b"Code", b"Message") if k in found]
     return ": ".join(parts) or None
+
+
+_HTML_TITLE = re.compile(rb"<title>\s*([^<]{1,200}?)\s*</title>", re.IGNORECASE)
+
+TOO_LARGE_FIX = ("the registry, or a proxy in front of it, refuses a request body this large: "
+                 "raise its limit (nginx: client_max_body_size 0, as Distribution's nginx "
+                 "recipe sets it)")
+
+
+def error_reason(status: int, body: bytes, said: str) -> str | None:
+    """What to show, instead of the raw body, for an error answer that is not the spec's
+    JSON: an object store's ``Code: Message``, or the ``<title>`` of an HTML page (a
+    proxy's: nginx answers 413 and 502 so); a 413 also says what to do (``said``: the
+    registry's own message, kept when the body is neither). None: show ``said``."""
+    reason = storage_reason(body)
+    if reason is None and body.lstrip()[:1] == b"<":
+        title = _HTML_TITLE.search(body[:4096])
+        reason = title[1].decode("utf-8", "replace") if title else None
+    if status == 413:
+        return f"{reason or said} ({TOO_LARGE_FIX})"
+    return reason
 
 
 def decoded(body: bytes, encoding: str | None, limit: int) -> bytes:

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from ..errors import DENIED, UNAUTHORIZED, RegistryError
+from .docker_config import ConfigError, docker_config_path, read_config, server_host, write_config
 from .errors import ClientError
 
 
@@ -120,32 +121,25 @@ def parse_challenge(header: str) -> Challenge:
     return Challenge(scheme.lower(), params)
 
 
-def docker_config_path() -> Path:
-    base = os.environ.get("DOCKER_CONFIG")
-    return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
-
-
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise AuthError(f"cannot read {path}: {exc}; fix or remove the file") from exc
-    if not isinstance(doc, dict):
-        raise AuthError(f"{path} is not a JSON object; fix or remove the file")
-    for section in ("auths", "credHelpers"):
-        if not isinstance(doc.get(section) or {}, dict):
-            raise AuthError(f"{section} in {path} is not a JSON object; fix the file")
-    if not isinstance(doc.get("credsStore") or "", str):
-        raise AuthError(f"credsStore in {path} is not a string; fix the file")
-    return doc
+        return read_config(path)
+    except ConfigError as exc:
+        raise AuthError(str(exc)) from exc
 
 
 def _keys(host: str) -> tuple[str, ...]:
     if host in _HUB_KEYS:
         return _HUB_KEYS
     return (host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/")
+
+
+def _auths_keys(auths: dict[str, Any], host: str) -> list[str]:
+    """The ``auths`` keys that name ``host``: the usual forms first, then any other key
+    Docker would match to it (``https://host/``, ``http://host/v2/``: by its host)."""
+    usual = _keys(host)
+    return [k for k in usual if k in auths] + [
+        k for k in auths if k not in usual and server_host(k) in (usual if host in _HUB_KEYS else (host,))]
 
 
 def _helper_for(config: dict[str, Any], host: str, path: Path) -> tuple[str, str] | None:
@@ -212,7 +206,7 @@ def lookup_credentials(host: str) -> Credentials | None:
                                     "helper") from exc
                 return found
     auths = config.get("auths") or {}
-    for key in _keys(host):
+    for key in _auths_keys(auths, host):
         entry = auths.get(key)
         if isinstance(entry, dict) and entry.get("identitytoken") and isinstance(entry["identitytoken"], str):
             return Credentials(IDENTITY_TOKEN_USER, entry["identitytoken"],
@@ -250,7 +244,7 @@ def store_credentials(host: str, creds: Credentials) -> Path:
         auths[key] = {}
     else:
         auths[key] = {"auth": base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()}
-    _write_config(path, config)
+    write_config(path, config)
     return path
 
 
@@ -259,7 +253,7 @@ def erase_credentials(host: str) -> bool:
     path = docker_config_path()
     config = _read_config(path)
     auths = config.get("auths") or {}
-    found = [k for k in _keys(host) if k in auths]
+    found = _auths_keys(auths, host)
     helper = _helper_for(config, host, path)
     if helper is not None:
         for key in found or [_keys(host)[0]]:
@@ -267,17 +261,8 @@ def erase_credentials(host: str) -> bool:
     for key in found:
         del auths[key]
     if found:
-        _write_config(path, config)
+        write_config(path, config)
     return bool(found)
-
-
-def _write_config(path: Path, config: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(config, f, indent="\t")
-    os.replace(tmp, path)
 
 
 class HostAuth:

@@ -214,12 +214,17 @@ def rmi(refs: tuple[str, ...], storage: Path | None) -> None:
 def login(server: str, username: str | None, password: str | None, password_stdin: bool, **kw: Any) -> None:
     """Check credentials against SERVER and save them in Docker's config.json."""
     from .auth import Credentials, store_credentials
+    from .docker_config import server_host
     from .remote import ClientOptions, RegistryClient
+
+    server = server_host(server)  # `https://reg:5000/` names reg:5000, as for docker login
 
     if username is None:
         username = click.prompt("Username")
     if password_stdin:
-        password = sys.stdin.read().rstrip("\n")
+        # One line end, LF or CRLF, as docker login strips it (`echo` adds one; a secret
+        # file written on Windows ends in CRLF, which sys.stdin keeps).
+        password = sys.stdin.read().removesuffix("\n").removesuffix("\r")
     elif password is None:
         password = click.prompt("Password", hide_input=True)
     creds = Credentials(username, password or "", "the password given to pybuild login")
@@ -242,7 +247,9 @@ def login(server: str, username: str | None, password: str | None, password_stdi
 def logout(server: str) -> None:
     """Forget the credentials saved for SERVER."""
     from .auth import erase_credentials
+    from .docker_config import server_host
 
+    server = server_host(server)
     host = _ref(f"{server}/x").host
     if not _run(asyncio.to_thread(erase_credentials, host)):
         raise click.ClickException(f"not logged in to {server}")

@@ -3,7 +3,8 @@ spells them), parsed into an :class:`Endpoint`::
 
     docker://REF  or a bare REF      a registry ([host[:port]/]name[:tag][@digest])
     local:REF                        pybuild's local image store (``pybuild images``)
-    oci:DIR[:TAG]                    an OCI image layout directory
+    oci:DIR[:TAG]                    an OCI image layout directory (TAG: its ref.name,
+                                     anything after DIR's first colon, as for skopeo)
     oci-archive:FILE[:TAG]           the same in a tar (:mod:`registry.client.oci_archive`)
     docker-archive:FILE[:REF]        a ``docker save`` tarball (REF name[:tag], no digest)
 
@@ -77,11 +78,11 @@ def parse_endpoint(text: str) -> Endpoint:
             return Endpoint("local", parse_image_ref(text[len("local:"):]))
         for kind in ("oci", "oci-archive"):
             if text.startswith(f"{kind}:"):
-                rest = text[len(kind) + 1:]
-                path, sep, tag = rest.rpartition(":")
-                if not sep or "/" in tag or not tag:
-                    return Endpoint(kind, path=Path(rest))
-                return Endpoint(kind, path=Path(path), name=tag)
+                # The path ends at the first colon, as for skopeo (containers/image's
+                # SplitPathAndImage): the name after it may hold colons and slashes, as
+                # the full references podman writes do (127.0.0.1:5000/app:1).
+                path, _, tag = text[len(kind) + 1:].partition(":")
+                return Endpoint(kind, path=Path(path), name=tag or None)
         if text.startswith("docker-archive:"):
             path, _, ref = text[len("docker-archive:"):].partition(":")
             named = parse_image_ref(ref) if ref else None

@@ -40,7 +40,7 @@ from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import RegistryError, decode_errors
-from .answers import decoded, gave_up, retry_delay, same_origin, shown_url, storage_reason
+from .answers import decoded, error_reason, gave_up, retry_delay, same_origin, shown_url
 from .auth import Credentials, HostAuth
 from .connections import MAX_SMALL_BODY, UnknownHost, Wire, WireError, WireResponse
 from .connections import Unreachable as _NoConnection
@@ -490,7 +490,7 @@ async def _drain(resp: WireResponse) -> bytes:
 def _error(resp: WireResponse, body: bytes, what: str, after: str = "") -> RegistryError:
     errors = decode_errors(resp.status, body)
     err = RegistryError.many(errors)
-    reason = storage_reason(body)
+    reason = error_reason(resp.status, body, err.message)
     if reason is not None:
         err.message = reason
         err.args = (f"{err.code.code}: {reason}",)

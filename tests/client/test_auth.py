@@ -8,6 +8,8 @@ import base64
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -446,3 +448,79 @@ def test_a_malformed_config_json_names_the_file(docker_config: Path, doc: Any) -
     with pytest.raises(AuthError, match=f"{docker_config}.*(fix|pybuild login)") as info:
         lookup_credentials("reg.example")
     assert "\n" not in str(info.value)
+
+
+# --- config.json as Docker keeps it ------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["https://reg.example:5000/", "http://reg.example:5000/v2/",
+                                 "reg.example:5000/", "https://reg.example:5000/v1/"])
+def test_auths_keys_match_by_host_as_docker_matches_them(docker_config: Path, key: str) -> None:
+    docker_config.parent.mkdir(parents=True)
+    docker_config.write_text(json.dumps({"auths": {
+        key: {"auth": base64.b64encode(b"amy:p:w").decode()},
+        "other.example": {"auth": base64.b64encode(b"bob:x").decode()},
+        "https://reg.example:50000/": {"auth": base64.b64encode(b"eve:x").decode()}}}))
+    assert lookup_credentials("reg.example:5000") == Credentials("amy", "p:w")
+    assert erase_credentials("reg.example:5000")
+    assert set(json.loads(docker_config.read_text())["auths"]) == {
+        "other.example", "https://reg.example:50000/"}
+    assert lookup_credentials("reg.example:5000") is None
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n"])
+def test_an_empty_config_json_is_an_empty_configuration(docker_config: Path, text: str) -> None:
+    docker_config.parent.mkdir(parents=True)
+    docker_config.write_text(text)
+    assert lookup_credentials("reg.example") is None
+    store_credentials("reg.example", Credentials("amy", "pw"))
+    assert lookup_credentials("reg.example") == Credentials("amy", "pw")
+
+
+def test_login_into_a_linked_config_json_writes_the_linked_file(
+        docker_config: Path, tmp_path: Path) -> None:
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    real = dotfiles / "docker-config.json"
+    real.write_text(json.dumps({"auths": {"old.example": {"auth": "b2xkOnB3"}},
+                                "detachKeys": "ctrl-x"}))
+    docker_config.parent.mkdir(parents=True)
+    docker_config.symlink_to(real)
+    store_credentials("reg.example", Credentials("amy", "pw"))
+    assert docker_config.is_symlink() and docker_config.resolve() == real.resolve()
+    doc = json.loads(real.read_text())
+    assert doc["detachKeys"] == "ctrl-x" and set(doc["auths"]) == {"old.example", "reg.example"}
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    assert sorted(p.name for p in dotfiles.iterdir()) == ["docker-config.json"]
+    assert erase_credentials("reg.example") and docker_config.is_symlink()
+
+
+def test_login_and_logout_take_a_url_as_docker_login_does(
+    tmp_path: Path, htpasswd: Path, docker_config: Path,
+) -> None:
+    with registry_of_kind("pybuild", tmp_path / "pybuild", htpasswd) as running:
+        from builder.cli import main
+
+        out = CliRunner().invoke(main, ["login", f"https://{running.addr}/", "-u", "alice",
+                                        "-p", "wonderland"])
+        assert out.exit_code == 0, out.output
+        auths = json.loads(docker_config.read_text())["auths"]
+        assert list(auths) == [running.addr]
+        assert base64.b64decode(auths[running.addr]["auth"]) == b"alice:wonderland"
+        out = CliRunner().invoke(main, ["logout", f"http://{running.addr}/v2/"])
+        assert out.exit_code == 0, out.output
+        assert json.loads(docker_config.read_text())["auths"] == {}
+
+
+
+@pytest.mark.parametrize("typed", [b"wonderland\n", b"wonderland\r\n", b"wonderland"])
+def test_a_password_from_stdin_loses_its_line_end_as_docker_login_strips_it(
+    tmp_path: Path, htpasswd: Path, docker_config: Path, typed: bytes,
+) -> None:
+    # A real pipe: the CLI runner's text input would turn CRLF into LF before pybuild sees it.
+    with registry_of_kind("pybuild", tmp_path / "pybuild", htpasswd) as running:
+        out = subprocess.run(
+            [sys.executable, "-c", "from builder.cli import main; main()", "login", running.addr,
+             "-u", "alice", "--password-stdin"],
+            input=typed, capture_output=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr.decode()
+        assert lookup_credentials(running.addr) == Credentials("alice", "wonderland")

@@ -47,6 +47,36 @@ def test_the_transport_parses_as_skopeo_spells_it() -> None:
     assert str(named) == "oci-archive:/a/b.tar:v1"
 
 
+@pytest.mark.parametrize("kind", ["oci", "oci-archive"])
+def test_a_full_reference_as_the_name_parses_as_skopeo_splits_it(kind: str) -> None:
+    # containers/image ends the path at the first colon: podman writes full references
+    # (with a registry port) as the ref.name of what it saves.
+    named = parse_endpoint(f"{kind}:/a/b.tar:127.0.0.1:5000/team/app:1")
+    assert (named.kind, str(named.path), named.name) == (kind, "/a/b.tar", "127.0.0.1:5000/team/app:1")
+    assert parse_endpoint(f"{kind}:out:localhost/app:1").name == "localhost/app:1"
+
+
+async def test_an_archive_named_with_a_full_reference_goes_both_ways_with_skopeo(
+    images: ImageStore, client: RegistryClient, tmp_path: Path,
+) -> None:
+    skopeo = require_tool("skopeo")
+    name = "127.0.0.1:5000/team/app:1"
+    digest = await store_image(images, "localhost/app:1", simple_image(81, (60_000,)))
+    ours = tmp_path / "ours.tar"
+    assert await copy("local:localhost/app:1", f"oci-archive:{ours}:{name}", images, client) == digest
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["ours.tar"]
+    inspected = (await asyncio.to_thread(
+        subprocess.run, [skopeo, "inspect", "--raw", f"oci-archive:{ours}:{name}"],
+        capture_output=True, check=True)).stdout
+    assert Digest.of(inspected) == digest
+    theirs = tmp_path / "theirs.tar"
+    await asyncio.to_thread(subprocess.run, [skopeo, "copy", "-q", f"oci-archive:{ours}:{name}",
+                                             f"oci-archive:{theirs}:localhost/back:2"],
+                            capture_output=True, check=True)
+    assert await copy(f"oci-archive:{theirs}:localhost/back:2", "local:localhost/back:2",
+                      images, client) == digest
+
+
 async def test_an_archive_goes_both_ways_with_skopeo(
     images: ImageStore, client: RegistryClient, tmp_path: Path, own_tmpdir: Path
 ) -> None:
