@@ -33,6 +33,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -128,6 +129,15 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise AuthError(str(exc)) from exc
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
 def _keys(host: str) -> tuple[str, ...]:
     if host in _HUB_KEYS:
         return _HUB_KEYS
@@ -189,7 +199,13 @@ def lookup_credentials(host: str) -> Credentials | None:
     if user and password is not None and (not only or only == host):
         return Credentials(user, password, ENV_SOURCE)
     path = docker_config_path()
-    config = _read_config(path)
+    try:
+        config = read_config(path)
+    except ConfigError as exc:
+        # As Docker: a file it cannot read is warned of and the registry asked without
+        # credentials (an anonymous token may be all a pull needs).
+        _warn_once(f"WARNING: {exc}; going on without the credentials it holds")
+        return None
     helper = _helper_for(config, host, path)
     if helper is not None:
         name, origin = helper

@@ -441,10 +441,30 @@ def test_a_hanging_credential_helper_times_out_with_one_clear_error(
 
 
 @pytest.mark.parametrize("doc", [{"credHelpers": ["reg.example"]}, {"auths": "reg.example"},
-                                 {"auths": {"reg.example": {"auth": 42}}}, ["not", "an", "object"]])
-def test_a_malformed_config_json_names_the_file(docker_config: Path, doc: Any) -> None:
+                                 ["not", "an", "object"], "{broken"])
+def test_a_config_json_that_cannot_be_read_is_warned_of_and_the_registry_asked_without_it(
+        docker_config: Path, doc: Any, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Docker: a pull goes on without credentials (an anonymous token may be all it
+    needs), with one warning line naming the file and the fix; login refuses to write
+    over it."""
+    monkeypatch.setattr("registry.client.auth._WARNED", set())
     docker_config.parent.mkdir(parents=True)
-    docker_config.write_text(json.dumps(doc))
+    docker_config.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    assert lookup_credentials("reg.example") is None
+    assert lookup_credentials("reg.example") is None
+    err = capsys.readouterr().err
+    assert err.startswith("WARNING: ") and err.count("\n") == 1, err
+    assert str(docker_config) in err and "fix" in err and "without the credentials" in err
+    with pytest.raises(AuthError, match=f"{docker_config}.*fix") as info:
+        store_credentials("reg.example", Credentials("amy", "pw"))
+    assert "\n" not in str(info.value)
+    assert docker_config.read_text() == (doc if isinstance(doc, str) else json.dumps(doc))
+
+
+def test_an_auths_entry_of_the_wrong_type_names_the_file(docker_config: Path) -> None:
+    docker_config.parent.mkdir(parents=True)
+    docker_config.write_text(json.dumps({"auths": {"reg.example": {"auth": 42}}}))
     with pytest.raises(AuthError, match=f"{docker_config}.*(fix|pybuild login)") as info:
         lookup_credentials("reg.example")
     assert "\n" not in str(info.value)
