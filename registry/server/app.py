@@ -66,6 +66,7 @@ from .auth import Authorizer, BasicAuth, Htpasswd
 from .config import ServerConfig
 from .debug import metrics_response
 from .expect import close_unless_continued, defer_continue
+from .health import check_health, health_context
 from .httputil import ClientGone, origin_form
 from .metadata import RegistryMetadata
 from .metadata_open import open_metadata
@@ -175,6 +176,7 @@ async def _registry_middleware(
                     status=400,
                 )
             check_raw_path(path)
+            check_health(request)  # health.file: 503 before anything else, as Distribution
             if path.startswith("/v2"):
                 auth = reg.auth
                 if auth is not None:
@@ -378,6 +380,7 @@ def make_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(proxy_context(config))
+    app.cleanup_ctx.append(health_context(config.health_file))
     app.cleanup_ctx.append(notifications_lifecycle)
     app.cleanup_ctx.append(retention_lifecycle)  # after: it stops before the notifier
     # 100 Continue only once a handler reads the body (expect.py).

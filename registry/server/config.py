@@ -128,6 +128,8 @@ from .distribution_config import (
     is_distribution_config,
     s3_location,
 )
+from .distribution_env import apply_registry_env
+from .health import FileCheck, parse_file_checks
 from .notifications import Endpoint, parse_endpoints
 from .proxy_config import Upstream, parse_duration, parse_upstreams, upstream_from_remoteurl
 from .retention_policy import Policy, parse_policies, parse_retention_duration
@@ -210,6 +212,7 @@ class ServerConfig:
     retention_untagged_delay: float = 86400.0
     retention_upload_grace: float = 3600.0
     retention_policies: tuple[Policy, ...] = ()
+    health_file: tuple[FileCheck, ...] = ()  # while one of these files exists: 503 (health.py)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -298,6 +301,7 @@ _TYPES: dict[str, type] = {
     "retention_untagged_delay": float,
     "retention_upload_grace": float,
     "retention_policies": tuple,
+    "health_file": tuple,
 }
 def _packs_setting(value: Any) -> S3Location:
     """The ``packs`` setting: an ``s3://`` URL, or a location already made (from
@@ -331,6 +335,7 @@ _PARSERS = {
     "retention_untagged_delay": parse_retention_duration,
     "retention_upload_grace": parse_retention_duration,
     "retention_policies": parse_policies,
+    "health_file": parse_file_checks,
 }
 _PARSERS["packs"] = _packs_setting
 assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
@@ -388,14 +393,14 @@ def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in doc.items():
         name = f"{prefix}{str(key).replace('-', '_')}"
-        if isinstance(value, Mapping) and name not in ("proxy_upstreams", "http_headers"):
+        if isinstance(value, Mapping) and name not in ("proxy_upstreams", "http_headers", "health_file"):
             out.update(_flatten(value, name + "_"))
         else:
             out[name] = value
     return out
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -410,8 +415,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not isinstance(doc, Mapping):
         raise ConfigError(f"config file {path}: expected a mapping of settings at the top")
     if is_distribution_config(doc):
-        try:
-            doc = from_distribution(doc, str(path))
+        try:  # Distribution's REGISTRY_* variables apply over its file, as Distribution does
+            doc, origins = apply_registry_env(doc, env)
+            doc = from_distribution(doc, str(path), origins)
         except DistributionConfigError as exc:
             raise ConfigError(str(exc)) from exc
     flat = _flatten(doc)
@@ -449,7 +455,7 @@ def load_config(
     values: dict[str, Any] = {}
     file = config_file or (Path(env["PYBUILD_CONFIG"]) if env.get("PYBUILD_CONFIG") else None)
     if file is not None:
-        values.update(_read_file(file))
+        values.update(_read_file(file, env))
     for key in _TYPES:
         text = env.get(f"PYBUILD_{key.upper()}")
         if text:
@@ -485,5 +491,6 @@ def load_config(
         raise ConfigError(f"database.sslmode must be one of {', '.join(_SSLMODES)}, "
                           f"got {config.database_sslmode!r}")
     if (config.tls_cert is None) != (config.tls_key is None):
-        raise ConfigError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
+        raise ConfigError("TLS needs both a certificate and a key (tls.cert and tls.key; in a Distribution "
+                          "config.yml http.tls.certificate and http.tls.key; --tls-cert and --tls-key)")
     return config

@@ -5,6 +5,8 @@ client can reach them, but on a second listener meant for the operators' network
 
     GET  <http.debug.prometheus.path>   Prometheus metrics (default /metrics)
     GET  /healthz                       the registry's health check
+    GET  /debug/health                  Distribution's: ``{}`` (200), or each failing check
+                                        and why (503): ``health.file``'s, the metadata's
 
 ``http.debug.prometheus.on_registry_port`` also serves the metrics at ``GET /metrics`` on
 the registry's port, as pybuild did before the debug server existed.
@@ -17,6 +19,7 @@ import logging
 from aiohttp import web
 
 from .config import ServerConfig, parse_addr
+from .health import HEALTH
 from .metrics import CONTENT_TYPE
 from .state import REGISTRY, Registry
 
@@ -51,6 +54,17 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"})
 
 
+async def _debug_health(request: web.Request) -> web.StreamResponse:
+    registry_app = request.app[REGISTRY_APP]
+    health = registry_app.get(HEALTH)
+    failing = {str(path): "file exists" for path in sorted(health.failing)} if health else {}
+    try:
+        await registry_app[REGISTRY].meta.repository_exists("")
+    except Exception as exc:  # health checks report, never raise
+        failing["metadata"] = f"the metadata database does not answer: {exc}"
+    return web.json_response(failing, status=503 if failing else 200)
+
+
 def make_debug_app(registry_app: web.Application, config: ServerConfig) -> web.Application:
     """The debug application for the running ``registry_app`` (which owns the state)."""
     app = web.Application()
@@ -58,6 +72,7 @@ def make_debug_app(registry_app: web.Application, config: ServerConfig) -> web.A
     if config.http_debug_prometheus_enabled:
         app.router.add_get(config.http_debug_prometheus_path, _metrics)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/debug/health", _debug_health)
     return app
 
 

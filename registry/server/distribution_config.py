@@ -9,6 +9,11 @@ does not know is refused too. Behaviour follows Distribution where the two diffe
 deletion is off unless ``storage.delete.enabled`` is true, ``http.addr: :5000`` listens on
 every interface, and with ``storage.s3`` blob GETs are redirected to the bucket unless
 ``storage.redirect.disable`` is true (Distribution's s3 driver does so by default).
+Values are read as Distribution reads them: booleans are YAML's ``true``/``false`` (a
+quoted ``"true"``, which Distribution takes as off or refuses, is refused by name),
+durations carry their unit (``168h``), and the deprecated top-level ``loglevel`` counts
+when ``log.level`` is not given. ``REGISTRY_*`` variables are laid over the document
+first (:mod:`~registry.server.distribution_env`).
 
 The ``database:`` section takes GitLab's container registry keys (``enabled``, ``host``,
 ``port``, ``user``, ``password``, ``dbname``, ``sslmode``), which are pybuild's own too.
@@ -22,6 +27,8 @@ from typing import Any
 
 from cas.s3_location import S3Location
 
+from .proxy_config import parse_duration
+
 __all__ = ["DistributionConfigError", "from_distribution", "is_distribution_config", "s3_location"]
 
 # Keys accepted because pybuild has nothing to do for them (the reason is in the docs).
@@ -30,13 +37,15 @@ _IGNORED = {
     "log.formatter",
     "log.hooks",
     "storage.cache",  # pybuild caches manifests and blob descriptors itself
+    "redis",  # only ever Distribution's blob descriptor cache (storage.cache.blobdescriptor)
+    "storage.tag.concurrencylimit",  # lookups in one database, nothing to spread
+    "http.http2",  # pybuild speaks HTTP/1.1, which every registry client speaks too
+    "compatibility.schema1.signingkeyfile",  # signs schema1 manifests, which pybuild never serves
     "storage.filesystem.maxthreads",
     "http.secret",  # upload state lives in the store's metadata, not in signed URLs
     "http.host",
-    "http.draintimeout",
     "http.relativeurls",  # every Location pybuild writes is relative (a bucket's URL aside)
-    "health",  # pybuild's health is GET /v2/ and the debug server's metrics
-    "storage.maintenance.uploadpurging.dryrun",
+    "health.storagedriver",  # pybuild's requests fail by themselves when storage does
 }
 
 
@@ -52,16 +61,24 @@ def _flat(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in doc.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value and name not in _OPAQUE:
+        if name in _DRIVERS and (value is None or value == {}):
+            out[name] = {}  # a driver named without settings is still that driver
+            continue
+        if value is None or (isinstance(value, Mapping) and not value and name not in _OPAQUE):
+            continue  # an empty key or section says nothing (Distribution's default holds)
+        if isinstance(value, Mapping) and name not in _OPAQUE:
             out.update(_flat(value, name + "."))
         else:
             out[name] = value
     return out
 
 
+# Drivers: an empty one is the driver without settings, never nothing said.
+_DRIVERS = {"storage.s3", "storage.gcs", "storage.azure", "storage.swift", "storage.oss",
+            "storage.inmemory", "auth.htpasswd", "auth.token", "auth.silly"}
 # Values taken whole (mappings whose keys are data, not settings).
-_OPAQUE = {"http.headers", "log.fields", "storage.cache", "health", "notifications", "proxy",
-           "storage.s3", "log.hooks"}
+_OPAQUE = {"http.headers", "log.fields", "storage.cache", "health.file", "health.http",
+           "health.tcp", "notifications.endpoints", "proxy.upstreams", "storage.s3", "log.hooks"}
 
 
 def _addr(value: Any) -> str:
@@ -70,9 +87,25 @@ def _addr(value: Any) -> str:
 
 
 def _enabled(value: Any) -> bool:
+    """A Distribution boolean: YAML's ``true``/``false`` only. Distribution reads a quoted
+    ``"true"`` as off (``storage.delete.enabled``) or refuses it, so pybuild refuses it
+    rather than guess which (the caller names the key)."""
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"must be true or false (unquoted), got {value!r}")
+
+
+def _duration(value: Any) -> float:
+    """Seconds from a Go duration with its unit (``168h``, ``10m``, ``1h30m``): Distribution
+    refuses a bare number here or reads it as nanoseconds, so pybuild refuses it too."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0  # Go's durations take a bare 0
+    if not isinstance(value, str):
+        raise ValueError(f"must be a duration with its unit, such as 30s, 10m or 168h; got {value!r}")
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"must be a duration with its unit, such as 30s, 10m or 168h; got {value!r}") from exc
 
 
 # Distribution key -> (pybuild's nested key path, conversion)
@@ -80,8 +113,8 @@ _MAPPED: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "log.level": (("log", "level"), str),
     "log.accesslog.disabled": (("log", "access"), lambda v: not _enabled(v)),
     "storage.filesystem.rootdirectory": (("storage",), str),
-    "storage.maintenance.uploadpurging.age": (("uploads", "ttl"), str),
-    "storage.maintenance.uploadpurging.interval": (("uploads", "expire_interval"), str),
+    "storage.maintenance.uploadpurging.age": (("uploads", "ttl"), lambda v: _duration(v)),
+    "storage.maintenance.uploadpurging.interval": (("uploads", "expire_interval"), lambda v: _duration(v)),
     "storage.maintenance.readonly.enabled": (("read_only",), _enabled),
     "http.addr": (("addr",), _addr),
     "http.tls.certificate": (("tls", "cert"), str),
@@ -97,8 +130,14 @@ _MAPPED: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "auth.token.issuer": (("auth", "token", "issuer"), str),
     "auth.token.rootcertbundle": (("auth", "token", "rootcertbundle"), str),
     "auth.token.jwks": (("auth", "token", "jwks"), str),
-    "notifications": (("notifications",), lambda v: v),
-    "proxy": (("proxy",), lambda v: v),
+    "health.file": (("health", "file"), lambda v: v),  # health.py
+    "notifications.endpoints": (("notifications", "endpoints"), lambda v: v),
+    "notifications.queue_size": (("notifications", "queue_size"), lambda v: v),  # pybuild's own
+    # Distribution waits this long for connections to finish on SIGTERM.
+    "http.draintimeout": (("shutdown_timeout",), lambda v: _duration(v)),
+    **{f"proxy.{k}": (("proxy", k), lambda v: v)
+       for k in ("remoteurl", "username", "password", "mixed", "upstreams")},
+    "proxy.ttl": (("proxy", "ttl"), lambda v: _duration(v)),
     # the pieces' packs in S3 (storage.filesystem.rootdirectory, if given, is where the
     # store keeps its local state); the conversion is :func:`s3_location`
     "storage.s3": (("packs",), lambda v: v),
@@ -108,59 +147,138 @@ _MAPPED: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
 }
 
 
+# Sections pybuild refuses whole: (section, what it does in Distribution, what to do).
+_REFUSED = (
+    ("middleware", "runs Distribution's Go middleware (cloudfront, redirect, ...)",
+     "remove the middleware section"),
+    ("reporting", "reports errors to bugsnag or newrelic", "remove the reporting section"),
+    ("validation", "checks the URLs of foreign layers in pushed manifests",
+     "remove the validation section (pybuild accepts any foreign layer URL)"),
+    ("compatibility.schema1.enabled", "with true accepts schema1 manifests",
+     "set it to false: pybuild refuses schema1 manifests, as Distribution does by default"),
+    ("compatibility", "converts or accepts schema1 manifests", "remove the compatibility section"),
+    ("auth.silly", "accepts any Authorization header", "use auth.htpasswd or auth.token"),
+    ("http.tls.letsencrypt", "fetches certificates from Let's Encrypt",
+     "give http.tls.certificate and http.tls.key (e.g. from certbot)"),
+    ("http.net", "picks a unix socket to listen on", "remove it: pybuild listens on TCP (http.addr)"),
+    ("http.prefix", "serves the API under a path prefix",
+     "remove it and strip the prefix in the reverse proxy in front"),
+    ("http.tls.clientcas", "asks clients for TLS certificates",
+     "remove it and check client certificates in a reverse proxy in front"),
+    ("http.tls.minimumtls", "sets the oldest TLS version accepted",
+     "pybuild accepts TLS 1.2 and later: say tls1.2, or terminate TLS in a reverse proxy"),
+    ("http.tls.ciphersuites", "sets the TLS cipher suites",
+     "remove it or terminate TLS in a reverse proxy"),
+    ("health.http", "makes every request a 503 while an HTTP check fails",
+     "remove it and check the upstream from the load balancer"),
+    ("health.tcp", "makes every request a 503 while a TCP check fails",
+     "remove it and check the upstream from the load balancer"),
+    ("notifications.events.includereferences", "adds a manifest's references to events",
+     "remove it or set it to false: pybuild's events carry no references"),
+)
+
+
 def _unsupported(key: str) -> str | None:
     """Why a known Distribution key cannot be honoured, or None if it is not one."""
     for other in ("gcs", "azure", "swift", "oss", "inmemory"):
         if key.startswith(f"storage.{other}"):
-            return f"the {other} storage driver is not supported; use storage.filesystem"
+            return f"the {other} storage driver is not supported; use storage.filesystem or storage.s3"
     if key.startswith("storage.redirect"):
         return "storage.redirect only takes disable"
-    if key.startswith(("middleware", "redis", "reporting", "validation", "compatibility",
-                       "loglevel", "auth.silly", "http.letsencrypt", "http.net",
-                       "http.prefix", "http.http2", "http.tls.clientcas",
-                       "http.tls.minimumtls", "http.tls.ciphersuites")):
-        return "pybuild does not support it"
+    for section, does, fix in _REFUSED:
+        if key == section or key.startswith(section + "."):
+            return f"pybuild does not support it (in Distribution, {section} {does}); {fix}"
     return None
 
 
-def from_distribution(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
+def from_distribution(doc: Mapping[str, Any], source: str,
+                      origins: Mapping[str, str] | None = None) -> dict[str, Any]:
     """pybuild's nested settings for Distribution's config document ``doc`` (read from
-    ``source``, named in errors)."""
+    ``source``, named in errors; ``origins`` names the ``REGISTRY_*`` variable that set a
+    key, :func:`~registry.server.distribution_env.apply_registry_env`)."""
+
+    def where(key: str) -> str:
+        for set_key, name in (origins or {}).items():
+            if set_key == key or set_key.startswith(key + ".") or key.startswith(set_key + "."):
+                return name
+        return source
+
     version = str(doc.get("version", ""))
     if version != "0.1":
         raise DistributionConfigError(
-            f"{source}: version {version!r}: a Distribution config file says version: 0.1")
+            f"{where('version')}: version {version!r}: a Distribution config file says version: 0.1")
     out: dict[str, Any] = {"delete": {"blobs": False, "manifests": False, "tags": False}}
-    for key, value in _flat(doc).items():
+    # `storage: filesystem` / `auth: htpasswd` name a driver without settings, as in Distribution.
+    doc = {k: {v: {}} if k in ("storage", "auth") and isinstance(v, str) else v for k, v in doc.items()}
+    flat = _flat(doc)
+    # The deprecated top-level loglevel counts when log.level is not given (as in Distribution).
+    if "loglevel" in flat:
+        level = flat.pop("loglevel")
+        flat.setdefault("log.level", level)
+    purging = flat.get("storage.maintenance.uploadpurging.enabled", True)
+    # A dry run only logs what it would purge: sessions stay, as with enabled: false.
+    dryrun = flat.pop("storage.maintenance.uploadpurging.dryrun", False)
+    try:
+        purging = purging is True and not _enabled(dryrun)
+    except ValueError as exc:
+        key = "storage.maintenance.uploadpurging.dryrun"
+        raise DistributionConfigError(f"{where(key)}: {key} {exc}") from exc
+    for key, value in flat.items():
         if key == "version" or any(key == k or key.startswith(k + ".") for k in _IGNORED):
             continue
-        if key == "storage.delete.enabled":
-            on = _enabled(value)
-            out["delete"] = {"blobs": on, "manifests": on, "tags": on}
-            continue
-        if key == "storage.redirect.disable":
-            out["storage_redirect"] = not _enabled(value)
-            continue
-        if key == "storage.maintenance.uploadpurging.enabled":
-            if not _enabled(value):  # never purge: idle sessions stay for 100 years
-                out.setdefault("uploads", {})["ttl"] = 100 * 365 * 86400
-            continue
-        mapped = _MAPPED.get(key)
-        if mapped is None:
-            why = _unsupported(key) or "Distribution has no such setting"
-            raise DistributionConfigError(f"{source}: {key}: {why}")
-        path, convert = mapped
-        if key == "storage.s3":
-            value = s3_location(value, source)
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = convert(value)
+        try:
+            _apply(out, key, value, where(key))
+        except ValueError as exc:
+            if isinstance(exc, DistributionConfigError):
+                raise
+            raise DistributionConfigError(f"{where(key)}: {key} {exc}") from exc
+    if not purging:  # never purge: idle sessions stay for 100 years, whatever age says
+        out.setdefault("uploads", {})["ttl"] = 100 * 365 * 86400
+    # Distribution purges uploads idle for 168h unless told otherwise (pybuild's own: 24h).
+    out.setdefault("uploads", {}).setdefault("ttl", 168 * 3600)
     if "packs" in out:
         # Distribution's s3 driver redirects blob GETs to the bucket unless told not to:
         # clients that pulled from it reach the bucket, and expect the same here.
         out.setdefault("storage_redirect", True)
     return out
+
+
+_SPECIAL = ("storage.delete.enabled", "storage.redirect.disable", "compatibility.schema1.enabled",
+            "storage.maintenance.uploadpurging.enabled", "notifications.events.includereferences",
+            "http.tls.minimumtls")
+
+
+def _apply(out: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set what Distribution key ``key`` says in pybuild's settings ``out``."""
+    if key == "storage.delete.enabled":
+        on = _enabled(value)
+        out["delete"] = {"blobs": on, "manifests": on, "tags": on}
+        return
+    if key == "storage.redirect.disable":
+        out["storage_redirect"] = not _enabled(value)
+        return
+    if key == "storage.maintenance.uploadpurging.enabled":
+        _enabled(value)  # checked here; applied once every key is read
+        return
+    mapped = _MAPPED.get(key)
+    if mapped is None and value == {} and key.startswith("auth.") and _unsupported(key) is None:
+        raise DistributionConfigError(f"{source}: {key} is empty: give its settings or remove it")
+    if mapped is None and any(k.startswith(key + ".") for k in (*_MAPPED, *_IGNORED, *_SPECIAL)):
+        raise DistributionConfigError(f"{source}: {key} must be a mapping of its settings, got {value!r}")
+    if key in ("notifications.events.includereferences", "compatibility.schema1.enabled") and value is False:
+        return  # what pybuild does: events without references; schema1 manifests refused
+    if key == "http.tls.minimumtls" and str(value).lower() == "tls1.2":
+        return  # what pybuild's TLS accepts: 1.2 and later
+    if mapped is None:
+        why = _unsupported(key) or "Distribution has no such setting"
+        raise DistributionConfigError(f"{source}: {key}: {why}")
+    path, convert = mapped
+    if key == "storage.s3":
+        value = s3_location(value, source)
+    node = out
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = convert(value)
 
 _DISTRIBUTION_S3 = ("accesskey", "secretkey", "region", "regionendpoint", "bucket",
                     "rootdirectory", "secure", "chunksize")
@@ -171,6 +289,8 @@ def s3_location(keys: Mapping[str, Any], source: str) -> S3Location:
     ``secretkey``, ``region``, ``regionendpoint``, ``bucket``, ``rootdirectory``,
     ``secure``, ``chunksize``). Keys not given come from ``AWS_ACCESS_KEY_ID`` /
     ``AWS_SECRET_ACCESS_KEY``; a ``regionendpoint`` with a scheme decides ``secure``."""
+    if not isinstance(keys, Mapping):
+        raise DistributionConfigError(f"{source}: storage.s3 must be a mapping of its settings, got {keys!r}")
     unknown = sorted(set(keys) - set(_DISTRIBUTION_S3))
     if unknown:
         raise DistributionConfigError(f"{source}: storage.s3: unsupported key(s) {', '.join(unknown)}; "

@@ -33,6 +33,7 @@ RESTART_ONLY = (
     "proxy_upstreams",
     "http_debug_addr", "http_debug_prometheus_enabled", "http_debug_prometheus_path",
     "http_debug_prometheus_on_registry_port", "notifications_endpoints", "notifications_queue_size",
+    "health_file",  # watched from the start (health.py)
     "retention_interval",  # the policies, delay and grace are read again at every run
     "cache_pieces_bytes", "cache_pieces_dir",  # the store's piece cache is made at start
     # The store and the metadata are opened at start.

@@ -5,7 +5,10 @@ and response headers; skopeo pushes, pulls and deletes through each alike."""
 from __future__ import annotations
 
 import base64
+import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import bcrypt
@@ -90,3 +93,39 @@ def test_cors_preflights_are_answered_alike(kind: str, busybox: Image, busybox_l
         allowed = http(registry.addr, "OPTIONS", manifest, headers=preflight).headers["allow"]
         assert {m.strip() for m in allowed.split(",")} == {"GET", "HEAD", "PUT", "DELETE"}
         assert http(registry.addr, "DELETE", manifest, headers={"Origin": "http://ui.example"}).status == 202
+
+
+def _status_becomes(addr: str, status: int, seconds: float = 15) -> int:
+    deadline = time.monotonic() + seconds
+    while True:
+        got = http(addr, "GET", "/v2/").status
+        if got == status or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("kind", ["distribution", "pybuild"])
+def test_registry_variables_and_health_file_act_alike(kind: str, tmp_path: Path) -> None:
+    # REGISTRY_* variables override the file (here: deletes off although the file says on),
+    # and health.file answers 503 to everything while the file exists.
+    storage = tmp_path / "storage"
+    config = tmp_path / "config.yml"
+    down = tmp_path / "down"
+
+    def argv(addr: str) -> list[str]:
+        config.write_text(distribution_config(storage, addr)
+                          + f"health:\n  file:\n    - file: {down}\n      interval: 1s\n")
+        if kind == "distribution":
+            return [require_tool("docker-registry"), "serve", str(config)]
+        return [sys.executable, "-m", "builder", "serve", "--config", str(config)]
+
+    env = {**os.environ, "REGISTRY_STORAGE_DELETE_ENABLED": "false"}
+    with RegistryProcess(kind, argv, storage=storage, log=tmp_path / "log", env=env) as registry:
+        gone = http(registry.addr, "DELETE", "/v2/lib/app/manifests/sha256:" + "0" * 64)
+        assert gone.status == 405 and json.loads(gone.body)["errors"][0]["code"] == "UNSUPPORTED"
+        down.touch()
+        assert _status_becomes(registry.addr, 503) == 503
+        out = http(registry.addr, "GET", "/v2/_catalog")
+        assert out.status == 503 and json.loads(out.body)["errors"][0]["code"] == "UNAVAILABLE"
+        down.unlink()
+        assert _status_becomes(registry.addr, 200) == 200
