@@ -210,6 +210,11 @@ def from_distribution(doc: Mapping[str, Any], source: str,
     out: dict[str, Any] = {"delete": {"blobs": False, "manifests": False, "tags": False}}
     # `storage: filesystem` / `auth: htpasswd` name a driver without settings, as in Distribution.
     doc = {k: {v: {}} if k in ("storage", "auth") and isinstance(v, str) else v for k, v in doc.items()}
+    auth = doc.get("auth")
+    if isinstance(auth, dict) and len(auth) > 1:
+        raise DistributionConfigError(
+            f"{where('auth')}: auth names {len(auth)} access controllers ({', '.join(map(str, auth))}): "
+            "Distribution takes exactly one; keep one of them")
     flat = _flat(doc)
     # The deprecated top-level loglevel counts when log.level is not given (as in Distribution).
     if "loglevel" in flat:

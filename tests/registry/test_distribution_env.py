@@ -186,6 +186,8 @@ def test_refused_keys_say_what_to_do(tmp_path: Path, text: str, message: str) ->
     ("storage: {gcs: {}}", r"storage\.gcs: the gcs storage driver is not supported"),
     ("auth: {htpasswd: }", r"auth\.htpasswd is empty: give its settings or remove it"),
     ("auth: {silly: }", r"auth\.silly: pybuild does not support it"),
+    ("auth: {htpasswd: {realm: r, path: /h}, token: {realm: 'https://t/', service: s, issuer: i}}",
+     r"auth names 2 access controllers \(htpasswd, token\): Distribution takes exactly one"),
 ])
 def test_values_of_the_wrong_shape_name_the_distribution_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
