@@ -10,7 +10,6 @@ it. pybuild looks once when it starts, then every ``interval``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..client.transfer import cancel_all
 from ..errors import UNAVAILABLE
 from .proxy_config import parse_duration
 
@@ -108,10 +108,6 @@ def health_context(checks: tuple[FileCheck, ...]
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_all(tasks)
 
     return run

@@ -45,6 +45,7 @@ from aiohttp import web
 from cas import Digest
 from cas.holders import repository_holder
 
+from ..client.transfer import cancel_all
 from ..oci import Index, InvalidObject, parse_manifest
 from .config import ServerConfig
 from .metadata import RegistryMetadata
@@ -270,11 +271,7 @@ async def retention_lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
         with contextlib.suppress(Exception):
             await reg.pulls.flush(reg.meta)
         reg.pulls = None

@@ -47,6 +47,15 @@ def test_the_transport_parses_as_skopeo_spells_it() -> None:
     assert str(named) == "oci-archive:/a/b.tar:v1"
 
 
+async def _skopeo_reads_and_rewrites(skopeo: str, ours: str, theirs: str) -> Digest:
+    """The digest of the manifest skopeo reads in ``ours``, after it wrote ``theirs`` from it."""
+    inspected = (await asyncio.to_thread(subprocess.run, [skopeo, "inspect", "--raw", ours],
+                                         capture_output=True, check=True)).stdout
+    await asyncio.to_thread(subprocess.run, [skopeo, "copy", "-q", ours, theirs],
+                            capture_output=True, check=True)
+    return Digest.of(inspected)
+
+
 @pytest.mark.parametrize("kind", ["oci", "oci-archive"])
 def test_a_full_reference_as_the_name_parses_as_skopeo_splits_it(kind: str) -> None:
     # containers/image ends the path at the first colon: podman writes full references
@@ -65,14 +74,9 @@ async def test_an_archive_named_with_a_full_reference_goes_both_ways_with_skopeo
     ours = tmp_path / "ours.tar"
     assert await copy("local:localhost/app:1", f"oci-archive:{ours}:{name}", images, client) == digest
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["ours.tar"]
-    inspected = (await asyncio.to_thread(
-        subprocess.run, [skopeo, "inspect", "--raw", f"oci-archive:{ours}:{name}"],
-        capture_output=True, check=True)).stdout
-    assert Digest.of(inspected) == digest
     theirs = tmp_path / "theirs.tar"
-    await asyncio.to_thread(subprocess.run, [skopeo, "copy", "-q", f"oci-archive:{ours}:{name}",
-                                             f"oci-archive:{theirs}:localhost/back:2"],
-                            capture_output=True, check=True)
+    assert await _skopeo_reads_and_rewrites(skopeo, f"oci-archive:{ours}:{name}",
+                                            f"oci-archive:{theirs}:localhost/back:2") == digest
     assert await copy(f"oci-archive:{theirs}:localhost/back:2", "local:localhost/back:2",
                       images, client) == digest
 
@@ -90,13 +94,9 @@ async def test_an_archive_goes_both_ways_with_skopeo(
     assert names[:2] == ["oci-layout", "index.json"]
     assert f"blobs/sha256/{digest.encoded}" in names
     # skopeo reads it, and writes its own archive of it
-    inspected = (await asyncio.to_thread(
-        subprocess.run, [skopeo, "inspect", "--raw", f"oci-archive:{ours}:v1"],
-        capture_output=True, check=True)).stdout
-    assert Digest.of(inspected) == digest
     theirs = tmp_path / "theirs.tar"
-    await asyncio.to_thread(subprocess.run, [skopeo, "copy", "-q", f"oci-archive:{ours}:v1",
-                                             f"oci-archive:{theirs}:v2"], capture_output=True, check=True)
+    assert await _skopeo_reads_and_rewrites(skopeo, f"oci-archive:{ours}:v1",
+                                            f"oci-archive:{theirs}:v2") == digest
     other = await ImageStore.open(tmp_path / "other")
     try:
         assert await copy(f"oci-archive:{theirs}:v2", "local:localhost/app:2", other, client) == digest
