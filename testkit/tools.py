@@ -49,6 +49,7 @@ def missing(message: str) -> NoReturn:
 
 # Which Debian package provides each tool, so a failure can say what to install.
 DEBIAN_PACKAGE: dict[str, str] = {
+    "curl": "curl",
     "debootstrap": "debootstrap",
     "docker": "docker.io",
     "dockerd": "docker.io",

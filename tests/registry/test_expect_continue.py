@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from pathlib import Path
 
 import bcrypt
-import pytest
 from aiohttp.test_utils import TestClient
 
 from cas import Digest
+from testkit.tools import require_tool
 
 from .helpers import push_blob
 
@@ -139,10 +138,10 @@ async def test_an_unknown_expectation_is_417(client):
     assert head.startswith(b"HTTP/1.1 417 ")
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 async def test_curl_sends_no_body_to_a_refused_upload(client, tmp_path: Path):
     """``curl -T file -X PUT``, as people push a layer by hand: to a session that does not
     exist it uploads nothing; to one that does, the whole file."""
+    curl = require_tool("curl")
     data = os.urandom(BIG)
     layer = tmp_path / "layer.bin"
     layer.write_bytes(data)
@@ -150,7 +149,7 @@ async def test_curl_sends_no_body_to_a_refused_upload(client, tmp_path: Path):
 
     async def curl_put(url: str) -> tuple[str, int]:
         proc = await asyncio.create_subprocess_exec(
-            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}",
+            curl, "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}",
             "-T", str(layer), "-X", "PUT", url, stdout=asyncio.subprocess.PIPE)
         out, _ = await proc.communicate()
         code, sent = out.decode().split()
