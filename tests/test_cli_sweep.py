@@ -145,7 +145,6 @@ CASES: dict[str, Args] = {
     "parse invalid Dockerfile": lambda w: ["parse", "-f", _context(w, "FROMM x\n", "typo") + "/Dockerfile"],
     "build invalid Dockerfile": lambda w: ["build", "--storage", str(w.storage),
                                            _context(w, "FROMM x\n", "typo")],
-    "logout unknown server": lambda w: ["logout", w.closed],
     # read-only storage
     "images on read-only storage": lambda w: ["images", "--storage", str(w.read_only)],
     "rmi on read-only storage": lambda w: ["rmi", LOCAL, "--storage", str(w.read_only)],
