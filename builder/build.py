@@ -41,7 +41,7 @@ from .cache.remote import (
 from .context import SourceTree
 from .contexts import NamedContext, NamedContexts
 from .dockerfile.errors import DockerfileError
-from .dockerfile.syntax import parse
+from .dockerfile.syntax import SyntaxTree, parse
 from .extracted import EXTRACTED_DIR, ExtractedLayers
 from .ignore import read_ignore_file
 from .image import BuiltImage, BuiltIndex, ImageState, assemble, assemble_index, timestamp
@@ -214,6 +214,28 @@ def lowercase_fallback(dockerfile: Path) -> Path:
     return dockerfile
 
 
+# The images of Docker's own Dockerfile front end: what pybuild's front end implements.
+_DOCKERFILE_FRONTENDS = ("docker/dockerfile", "docker/dockerfile-upstream")
+
+
+def _warn_of_parse(tree: SyntaxTree, name: str, progress: BuildProgress) -> None:
+    """The parser's warnings (as BuildKit prints them), and a ``# syntax=`` naming a front
+    end other than Docker's Dockerfile one: BuildKit would run that image instead."""
+    for d in tree.directives:
+        if d.name != "syntax":
+            continue
+        image = d.value.partition("@")[0].removeprefix("docker.io/")
+        repo, _, tag = image.rpartition(":")
+        if not repo or "/" in tag:  # no tag (that ':' is a registry's port)
+            repo = image
+        if repo not in _DOCKERFILE_FRONTENDS:
+            progress.info(f"WARNING: {name}:{d.line}: # syntax={d.value} names a front end "
+                          "pybuild does not run; pybuild builds the file with its own "
+                          "Dockerfile front end")
+    for w in tree.warnings:
+        progress.info(f"WARNING: {name}:{w.line}: {w.message}")
+
+
 async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
     """Build, write the requested outputs, and return the image."""
     dockerfile = opts.dockerfile or opts.context / "Dockerfile"
@@ -231,6 +253,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             raise DockerfileError(f"cannot read the Dockerfile: {exc.strerror}",
                                   file=str(dockerfile)) from exc
     tree = parse(text, dockerfile.name)
+    _warn_of_parse(tree, dockerfile.name, progress)
     platforms = target_platforms(opts.platform)
     if len(platforms) > 1:
         for out in opts.outputs:

@@ -23,7 +23,7 @@ from registry.oci import Platform
 from .annotations import AnnotationError, parse_annotations
 from .build import BuildOptions, run_build, target_platforms
 from .cache.remote import CacheSpec, CacheSpecError, parse_cache_spec
-from .context import ContextError
+from .context import ContextError, IgnoreFileError
 from .contexts import BuildContextError, NamedContext, context_key, parse_build_context
 from .dockerfile.errors import DockerfileError
 from .fastpath import Recorder, progress_events
@@ -475,16 +475,16 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
                         or dockerfile_text is not None or "," in (platform or "")) else Recorder.start()
     try:
         result = _run_until_signal(run_build(opts, progress))
-    except (BuildError, DockerfileError, ContextError, PublishError, ExportError,
-            LayerError, KeyAgentError) as exc:
+    except (BuildError, DockerfileError, ContextError, IgnoreFileError, PublishError,
+            ExportError, LayerError, KeyAgentError) as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(1)
     except Interrupted as exc:
         click.echo(f"ERROR: {exc}", err=True)
         sys.exit(128 + exc.signum)
     digest = str(result.digest)
-    if iidfile:
-        iidfile.write_text(digest)
+    if iidfile:  # the image ID as buildx writes it: the config's digest (an index: its own)
+        iidfile.write_text(digest if result.index else str(result.image.manifest.config.digest))
     if metadata_file:
         config = {} if result.index else {  # an index has no config (as buildx)
             "containerimage.config.digest": str(result.image.manifest.config.digest)}

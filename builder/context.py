@@ -34,13 +34,14 @@ from typing import Protocol
 
 import blake3
 
-from .ignore import IgnoreMatcher
+from .ignore import IgnoreFileError, IgnoreMatcher
 from .layers.errors import UnsafeLayerEntry
 from .layers.pathres import resolve_in_root
 from .layers.scan import read_xattrs
 
-__all__ = ["ContextError", "FileHashStore", "Source", "SourceTree", "filtered_view",
-           "hash_path"]
+# IgnoreFileError: what reading the context's .dockerignore raises (from builder.ignore)
+__all__ = ["ContextError", "FileHashStore", "IgnoreFileError", "Source", "SourceTree",
+           "filtered_view", "hash_path", "unreadable"]
 
 _GLOB = set("*?[")
 
@@ -257,6 +258,23 @@ class SourceTree:
                 if stat.S_ISDIR(st.st_mode):
                     yield from rec(r_ctx, r_src, p)
         yield from rec(source.real, "", source.path)
+
+
+def unreadable(tree: SourceTree, exc: PermissionError) -> ContextError:
+    """The error for a path of ``tree`` that the build may not read (another user's 0700
+    directory or 0600 file in the context of a non-root build): the path inside the
+    tree, and the fixes."""
+    name = os.fsdecode(exc.filename) if exc.filename is not None else "a path"
+    if os.path.isabs(name) and _inside_dir(name, str(tree.root)):
+        name = os.path.relpath(name, tree.root)
+    fix = "make it readable by the user who runs the build"
+    if tree.strict:
+        fix += ", or leave it out of the context with .dockerignore"
+    return ContextError(f"cannot read {name!r} in the {tree.what}: permission denied; {fix}")
+
+
+def _inside_dir(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def filtered_view(tree: SourceTree, source: Source, dest: Path) -> Path:

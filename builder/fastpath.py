@@ -65,6 +65,7 @@ BUILD_ENVIRONMENT = frozenset({
     "TMPDIR", "TEMP", "TMP",  # tempfile's directory: the ssh relay's sockets (sandbox.ssh)
     # the locale: the encoding text files (Dockerfile, .dockerignore) are read with
     "LANG", "LC_ALL", "LC_CTYPE", "PYTHONUTF8",
+    "BUILDKIT_STEP_LOG_MAX_SIZE",  # how much of a step's output is shown (builder.progress)
 })
 # ...and every PYBUILD_* one (PYBUILD_INSECURE_REGISTRIES, PYBUILD_REGISTRY_USER...), but
 # these two, which only say how this command runs. Proxy variables are not read: proxy
@@ -342,9 +343,9 @@ def _replay(rec: dict, inv: Invocation) -> None:  # type: ignore[type-arg]  # no
     digest = rec["digest"]
     progress.result(digest)
     iidfile = inv.one("iidfile")
-    if iidfile:
+    if iidfile:  # the image ID, as the full path writes it (never an index here)
         with open(iidfile, "w") as f:
-            f.write(digest)
+            f.write(rec["config_digest"])
     metadata = inv.one("metadata-file")
     if metadata:
         with open(metadata, "w") as f:

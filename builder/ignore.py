@@ -18,7 +18,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["IgnoreMatcher", "Pattern", "read_ignore_file"]
+__all__ = ["IgnoreFileError", "IgnoreMatcher", "Pattern", "read_ignore_file"]
+
+
+class IgnoreFileError(ValueError):
+    """A line of an ignore file that is no valid pattern (the message names file and line)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,18 @@ def _translate(pat: str) -> str:
             out.append(re.escape(c))
         i += 1
     return "".join(out)
+
+
+def _malformed(pattern: str) -> bool:
+    """Whether moby refuses ``pattern`` (Go's ``filepath.Match`` calls it a syntax error):
+    a ``[`` class that is not closed or is empty, or a trailing lone ``\\``."""
+    if (len(pattern) - len(pattern.rstrip("\\"))) % 2:
+        return True
+    try:
+        re.compile(_translate(pattern))
+    except re.error:
+        return True
+    return False
 
 
 def _segment(pat: str, name: str) -> bool:
@@ -145,5 +161,15 @@ def read_ignore_file(context: Path, dockerfile: Path | None) -> IgnoreMatcher:
             # first pattern: moby's ReadAll trims it
             # (bytes that are not UTF-8 stay as they are, to match names that hold them)
             text = c.read_bytes().decode("utf-8", "surrogateescape").removeprefix("\ufeff")
-            return IgnoreMatcher.from_lines(text.splitlines())
+            lines = text.splitlines()
+            for number, line in enumerate(lines, 1):
+                pattern = Pattern.parse(line)
+                if pattern is not None and _malformed(pattern.text):
+                    # as the docker CLI and BuildKit: the build fails, rather than the
+                    # pattern quietly excluding nothing
+                    raise IgnoreFileError(
+                        f"{c.name}:{number}: syntax error in pattern {pattern.text!r}: close "
+                        "each '[' with ']' and end no pattern with a lone '\\' (escape a "
+                        "literal one as '\\[' or '\\\\')")
+            return IgnoreMatcher.from_lines(lines)
     return IgnoreMatcher([])

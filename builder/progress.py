@@ -25,6 +25,7 @@ blob they move, redrawn in place every 0.2 s while a step runs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -35,6 +36,15 @@ from cas.units import human_bytes
 __all__ = ["BuildProgress", "age"]
 
 TICK = 0.2  # seconds between two redraws of the live view while steps run
+_LOG_MAX = 2 << 20  # bytes of one step's output shown, as BuildKit's default
+
+
+def _log_limit() -> int:
+    """BuildKit's ``BUILDKIT_STEP_LOG_MAX_SIZE`` (bytes; -1: no limit), else 2 MiB."""
+    try:
+        return int(os.environ.get("BUILDKIT_STEP_LOG_MAX_SIZE", _LOG_MAX))
+    except ValueError:
+        return _LOG_MAX
 _TRANSFER_EVERY = 0.25  # JSON: seconds between two transfer events of one blob
 
 
@@ -67,6 +77,8 @@ class BuildProgress:
         self._transfers: dict[int, dict[str, list[object]]] = {}
         self._drawn = 0
         self._ticker: threading.Thread | None = None
+        self._log_max = _log_limit()
+        self._logged: dict[int, int] = {}  # step -> bytes of output shown
         # (kind, text) of each start/unreplayable/info/error/base, in order: what a fast
         # path replays
         self.events: list[tuple[str, str]] = []
@@ -160,6 +172,20 @@ class BuildProgress:
         return n
 
     def log(self, n: int, line: str) -> None:
+        """One line of step ``n``'s output; past the log limit (as BuildKit's), one line
+        saying so and nothing more of the step."""
+        with self._lock:
+            shown = self._logged.get(n, 0)
+            self._logged[n] = shown + len(line) + 1
+        if self._log_max >= 0 and shown + len(line) + 1 > self._log_max:
+            if shown <= self._log_max:
+                limit = human_bytes(self._log_max).replace(".0 ", "").replace(" ", "")
+                self._emit({"event": "log", "step": n, "line": f"[output clipped, log limit "
+                            f"{limit} reached]"}, f"#{n} [output clipped, log limit {limit} "
+                           "reached]")
+                with self._lock:
+                    self._logged[n] = self._log_max + 1
+            return
         elapsed = time.monotonic() - self._start.get(n, time.monotonic())
         self._emit({"event": "log", "step": n, "line": line}, f"#{n} {elapsed:.3f} {line}")
 

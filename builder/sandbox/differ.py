@@ -38,21 +38,31 @@ __all__ = ["forgive_touched", "hold_directories", "take_snapshot", "upper_from_c
            "write_upper"]
 
 
+# Descriptors left free by hold_directories for everything else the build opens.
+_SPARE_DESCRIPTORS = 256
+
+
 @contextlib.contextmanager
 def hold_directories(before: Snapshot, root: Path) -> Iterator[int]:
     """Keep the snapshot's directories open (see the module docstring); yields how many.
 
-    The soft open-file limit is raised towards the hard one as needed (and left raised:
-    steps in other threads may hold descriptors of their own meanwhile). Best effort:
-    past the hard limit the remaining directories are not held.
+    When they do not fit under the soft open-file limit, it is raised to the hard one (as
+    Go programs such as BuildKit do at start) and left raised: steps in other threads
+    hold directories of their own meanwhile, so this step's need alone is not enough.
+    Best effort: past the limit the remaining directories are not held, and
+    ``_SPARE_DESCRIPTORS`` stay free for the rest of the build.
     """
     dirs = [rel for rel, rec in before.items() if rec.is_dir]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = len(dirs) + 256
-    if want > soft:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    in_use = len(os.listdir("/proc/self/fd"))
+    want = in_use + len(dirs) + _SPARE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and want > soft:
+        new = want if hard == resource.RLIM_INFINITY else hard
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY:
+        dirs = dirs[:max(0, soft - in_use - _SPARE_DESCRIPTORS)]
     fds: list[int] = []
     try:
         for rel in dirs:

@@ -46,6 +46,7 @@ class InvalidMount(SandboxError, ValueError):
             "https://docs.docker.com/reference/dockerfile/#run---mount"
         )
         self.text = text
+        self.why = why
 
 
 class UnknownUser(SandboxError):

@@ -176,17 +176,22 @@ def sandbox_mount(flag: MountFlag, workdir: str = "/") -> SandboxMount:
     ssh mount's ``socket`` are left for the caller to resolve).
 
     As BuildKit: a relative target of a bind, cache or tmpfs mount is in the step's
-    ``workdir`` (that of a secret or ssh mount is in ``/``), and a cache's id defaults
-    to its target as written, cleaned (``target=.cache`` under any WORKDIR is the cache
-    ``.cache``)."""
+    ``workdir`` (that of a secret or ssh mount is in ``/``), so is a missing one (the
+    WORKDIR itself), and one that comes to ``/`` is refused (InvalidMount); a cache's id
+    defaults to its target as written, cleaned (``target=.cache`` under any WORKDIR is
+    the cache ``.cache``)."""
     target = _clean("/" + flag.target) if flag.target else ""
-    if flag.target and flag.type in (MountType.BIND, MountType.CACHE, MountType.TMPFS):
+    if flag.type in (MountType.BIND, MountType.CACHE, MountType.TMPFS):
         target = _clean(posixpath.join(workdir, flag.target))
+        if target == "/":
+            raise InvalidMount(f"type={flag.type},target={flag.target}", (
+                'invalid mount target "/": the mount would hide the whole image; give a '
+                "target below / (a relative or missing one is in the WORKDIR)"))
     if flag.type is MountType.BIND:
         return BindMount(target=target, source=posixpath.normpath("/" + flag.source.lstrip("/")),
                          from_ref=flag.from_ or None, rw=not flag.readonly)
     if flag.type is MountType.CACHE:
-        relative = flag.target and not flag.target.startswith("/")
+        relative = not flag.target.startswith("/")
         mount = CacheMount(target=target, sharing=Sharing(flag.sharing or "shared"),
                            id=flag.id or (_clean(flag.target) if relative else ""),
                            readonly=flag.readonly, uid=flag.uid or 0, gid=flag.gid or 0,

@@ -70,6 +70,8 @@ def parse_chmod(spec: str) -> ModeChange:
     """Parse ``spec``; ValueError when it is neither an octal mode up to 07777 nor a
     symbolic one."""
     if spec[:1].isdigit():
+        if spec.strip("01234567"):
+            raise ValueError(f"mode {spec} is not octal (digits 0 to 7 only)")
         value = int(spec, 8)
         if value > _ALL:
             raise ValueError(f"mode {spec} is over 07777")

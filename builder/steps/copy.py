@@ -32,7 +32,7 @@ from typing import Any
 
 import blake3
 
-from ..context import ContextError, Source, SourceTree, hash_path
+from ..context import ContextError, Source, SourceTree, hash_path, unreadable
 from ..dockerfile.instructions import Add, Copy, Workdir
 from ..git_fetch import is_git_url
 from ..ignore import IgnoreMatcher
@@ -308,6 +308,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
                                            dest_is_dir, unpack_local, excludes)
         except ContextError as exc:
             raise BuildError(where, str(exc)) from exc
+        except PermissionError as exc:
+            raise BuildError(where, str(unreadable(tree, exc))) from exc
 
     # Files from another stage of this build: their hashes are facts of that stage's key,
     # so a step that hits needs none of its layers (extracted, or fetched from a cache).

@@ -45,6 +45,7 @@ from ..dockerfile.instructions import Run
 from ..dockerfile.syntax import parse_heredoc_marker
 from ..image import ImageState
 from ..layers.pathres import resolve_under
+from ..sandbox.errors import InvalidMount
 from ..sandbox.rootfs import RootfsMode
 from ..sandbox.spec import BindMount, CacheMount, Network, RunSpec, SandboxMount, SshMount, sandbox_mount
 from .common import BuildError, StepEnv, cached_facts, instruction_text, layer_step
@@ -249,7 +250,10 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
     resolved: list[SandboxMount] = []
     views: dict[int, Source] = {}  # resolved[i] shows this context directory, filtered
     for i, spec in enumerate(ins.mounts or ()):
-        m = sandbox_mount(spec, working_dir(state))
+        try:
+            m = sandbox_mount(spec, working_dir(state))
+        except InvalidMount as exc:
+            raise BuildError(where, exc.why) from None
         if isinstance(m, BindMount):
             if m.from_ref is None:
                 try:

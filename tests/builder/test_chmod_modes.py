@@ -42,3 +42,10 @@ def test_modes(spec: str, before: int, is_dir: bool, after: int) -> None:
 def test_invalid_modes(spec: str) -> None:
     with pytest.raises(ValueError):
         parse_chmod(spec)
+
+
+@pytest.mark.parametrize("spec", ["999", "0758", "64o"])
+def test_a_mode_that_is_not_octal_says_so(spec: str) -> None:
+    # (it said "invalid literal for int() with base 8", Python's words)
+    with pytest.raises(ValueError, match=rf"^mode {spec} is not octal \(digits 0 to 7 only\)$"):
+        parse_chmod(spec)

@@ -235,7 +235,7 @@ CASES = (
     Case("relative-mount-targets",
          stub_dirs=("w/ctx", "w/compare-relative-cache", "w/tmp-dir", "x/compare-relative-cache"),
          expect="from the context\ncache in /w/compare-relative-cache\ntmpfs\nsame id: mark\n"
-                "absolute: 0\n"),
+                "absolute: 0\nfrom the context\n"),
     Case("user-empty-part", expect="uid=0(root) gid=50(staff)\nuid=0(root) gid=0(root)\n"
                                    "/made-by-staff 0:50\n/made-by-staff/f 0:50\n"),
     Case("copy-from-xattrs", capabilities=("usr/local/bin/server", "usr/local/bin/server-0750",

@@ -10,6 +10,8 @@ import pytest
 
 from builder.steps.common import BuildError
 
+from .conftest import Builder
+
 
 @pytest.mark.parametrize("differ", ["overlay", "snapshot"])
 def test_single_file_bind_mounts(context_of, build, tmp_path: Path,
@@ -117,3 +119,33 @@ def test_a_from_source_the_stage_lacks_fails_at_its_line(build, tmp_path: Path,
         build(ctx)
     assert str(info.value) == ("Dockerfile:5: RUN: --mount from=s: source /nope does not "
                                "exist in s; name a path it has")
+
+
+@pytest.mark.parametrize("mount", ["type=cache", "type=bind,target=/", "type=tmpfs,target=.",
+                                   "type=cache,target=/app/.."])
+def test_a_mount_over_the_whole_root_is_refused(build: Builder, busybox_ref: str,
+                                                 tmp_path: Path, mount: str) -> None:
+    """As BuildKit: a bind, cache or tmpfs mount at ``/`` (a missing or relative target is
+    in the WORKDIR, here ``/``) is an error at the RUN's line, not a step that runs
+    without the image's files."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nRUN --mount={mount} true\n")
+    with pytest.raises(BuildError) as info:
+        build(ctx)
+    assert str(info.value).startswith('Dockerfile:2: RUN: invalid mount target "/": ')
+    assert "give a target below /" in str(info.value)
+
+
+def test_a_mount_without_target_is_at_the_workdir(build: Builder, busybox_ref: str,
+                                                  tmp_path: Path) -> None:
+    """As BuildKit: ``--mount=type=bind`` without a target shows the context at WORKDIR."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "hello.txt").write_text("from the context\n")
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nWORKDIR /app\n"
+                                    "RUN --mount=type=bind cat /app/hello.txt > /seen.txt\n")
+    out = tmp_path / "out"
+    build(ctx, local=out)
+    assert (out / "seen.txt").read_text() == "from the context\n"
+    assert not (out / "app/hello.txt").exists()

@@ -92,8 +92,9 @@ def test_cli_plain_progress_cached_and_failure(context_of, tmp_path: Path) -> No
     assert "#2 [2/5] WORKDIR $APP_HOME" in first.stderr
     assert "hello from run" not in first.stderr or "#" in first.stderr
     digest = first.stdout.strip()
-    assert digest.startswith("sha256:") and iid.read_text() == digest
+    assert digest.startswith("sha256:")
     assert json.loads(meta.read_text())["containerimage.digest"] == digest
+    assert iid.read_text() == json.loads(meta.read_text())["containerimage.config.digest"]
     second = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300)
     assert second.stderr.count("CACHED") == 4
     assert second.stdout.strip() == digest

@@ -59,3 +59,34 @@ def test_a_dockerignore_pattern_matches_a_name_that_is_not_utf8(build, tmp_path:
     out = tmp_path / "out"
     build(ctx, local=out)
     assert sorted(os.listdir(out / "ctx")) == [".dockerignore", "Dockerfile", "kept.txt"]
+
+
+def test_parse_warnings_and_a_foreign_frontend_are_warned_of_by_build(tmp_path: Path) -> None:
+    # BuildKit warns of an empty continuation line; a `# syntax=` naming a front end other
+    # than docker/dockerfile would run that front end, which pybuild does not (both were
+    # silent: the build went on as if nothing was odd).
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("# syntax=example.com/team/frontend:2\nFROM scratch\n"
+                                    "LABEL a=1 \\\n\n    b=2\n")
+    done = CliRunner().invoke(build_command, ["--progress", "plain", "--storage",
+                                              str(tmp_path / "s"), str(ctx)])
+    assert done.exit_code == 0, done.output
+    warnings = [line for line in done.output.splitlines() if line.startswith("WARNING")]
+    assert warnings == [
+        "WARNING: Dockerfile:1: # syntax=example.com/team/frontend:2 names a front end "
+        "pybuild does not run; pybuild builds the file with its own Dockerfile front end",
+        "WARNING: Dockerfile:5: empty continuation line found in: LABEL a=1     b=2"]
+
+
+def test_the_dockerfile_frontends_syntax_lines_are_no_warning(tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    for i, syntax in enumerate(["docker/dockerfile:1", "docker.io/docker/dockerfile:1.7-labs",
+                                "docker/dockerfile-upstream:master",
+                                "docker/dockerfile@sha256:" + "a" * 64]):
+        (ctx / "Dockerfile").write_text(f"# syntax={syntax}\nFROM scratch\nLABEL a={i}\n")
+        done = CliRunner().invoke(build_command, ["--progress", "plain", "--storage",
+                                                  str(tmp_path / "s"), str(ctx)])
+        assert done.exit_code == 0, done.output
+        assert "WARNING" not in done.output, syntax

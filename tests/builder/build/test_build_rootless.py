@@ -336,3 +336,29 @@ def test_add_of_a_git_repository_as_a_non_root_user_gives_the_root_build_digest(
     assert rootless.returncode == 0, rootless.stderr
     assert rootless.stdout.strip() == as_root
     assert as_root.startswith("sha256:")
+
+
+@pytest.mark.parametrize(("instruction", "name"), [("COPY . /ctx/", "private"),
+                                                 ("ADD private /ctx/", "private"),
+                                                 ("COPY key.pem /", "key.pem")])
+def test_a_context_path_the_user_cannot_read_is_named_with_the_fixes(
+        workspace: Path, user: SystemUser, contexts: dict[str, Path], instruction: str,
+        name: str) -> None:
+    # Another user's 0700 directory or 0600 file in the context: the docker CLI fails to
+    # send it too; the error names it inside the context, with the fixes (it named a path
+    # of the machine and said to make room there or make it writable).
+    base_ref = contexts["basic"].joinpath("Dockerfile").read_text().split()[1]
+    ctx = workspace / "cases" / f"unreadable-{instruction.split()[0].lower()}-{name}"
+    (ctx / "private").mkdir(parents=True)
+    (ctx / "private" / "key.pem").write_text("not for the build\n")
+    (ctx / "key.pem").write_text("not for the build\n")
+    (ctx / "Dockerfile").write_text(f"FROM {base_ref}\n{instruction}\n")
+    subprocess.run(["chmod", "-R", "a+rX", str(ctx)], check=True)
+    os.chmod(ctx / "private", 0o700)
+    os.chmod(ctx / "key.pem", 0o600)
+    done = _pybuild(user, ["build", "--progress", "quiet", str(ctx)])
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"ERROR: Dockerfile:2: {instruction.split()[0]}: cannot read {name!r} in the build "
+        "context: permission denied; make it readable by the user who runs the build, or "
+        "leave it out of the context with .dockerignore")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from builder.build_cmd import build
 from builder.context import ContextError, SourceTree
 from builder.ignore import IgnoreMatcher, read_ignore_file
 
@@ -73,3 +75,18 @@ def test_a_byte_order_mark_and_crlf_are_not_part_of_the_patterns(tmp_path: Path)
     (tmp_path / ".dockerignore").write_bytes(b"\xef\xbb\xbfbuild/\r\n!build/keep\r\n*.key\r\n")
     m = read_ignore_file(tmp_path, None)
     assert m.excluded("build/out.o") and m.excluded("x.key") and not m.excluded("build/keep")
+
+
+@pytest.mark.parametrize("pattern", ["secrets[", "*.pem\\", "[]"])
+def test_a_pattern_with_a_syntax_error_fails_the_build_naming_its_line(
+        tmp_path: Path, pattern: str) -> None:
+    # As the docker CLI and BuildKit ("invalid excludepatterns: [secrets[]: syntax error in
+    # pattern"): a broken pattern is no pattern that quietly excludes nothing.
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY . /\n")
+    (tmp_path / ".dockerignore").write_text(f"# keys\n{pattern}\n")
+    done = CliRunner().invoke(build, ["--progress", "quiet", "--storage",
+                                      str(tmp_path / "s"), str(tmp_path)])
+    assert done.exit_code == 1, done.output
+    assert done.output.strip().splitlines()[-1] == (
+        f"ERROR: .dockerignore:2: syntax error in pattern {pattern!r}: close each '[' with "
+        "']' and end no pattern with a lone '\\' (escape a literal one as '\\[' or '\\\\')")

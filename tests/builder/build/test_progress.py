@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from builder.progress import BuildProgress
 
 
@@ -147,3 +149,28 @@ def test_local_base_line_says_how_old_it_is() -> None:
     event = json.loads(js.getvalue())
     assert event["event"] == "base" and event["pulled"] == "1970-01-01T00:00:00Z"
     assert p.events and p.events[0][0] == "base"
+
+
+def test_a_steps_output_is_clipped_at_buildkits_log_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # As BuildKit (BUILDKIT_STEP_LOG_MAX_SIZE, 2 MiB by default): a step that prints
+    # 100 MB does not put 100 MB into the build log; one line says where it was clipped.
+    out = io.StringIO()
+    p = BuildProgress("plain", out)
+    n = p.start("RUN yes")
+    for _ in range(40000):
+        p.log(n, "y" * 99)
+    lines = out.getvalue().splitlines()
+    shown = [line for line in lines if line.endswith("y" * 99)]
+    assert len(shown) == (2 << 20) // 100
+    assert lines[-1] == f"#{n} [output clipped, log limit 2MiB reached]"
+    other = p.start("RUN echo")
+    p.log(other, "still shown")
+    assert out.getvalue().splitlines()[-1].endswith(" still shown")
+    monkeypatch.setenv("BUILDKIT_STEP_LOG_MAX_SIZE", "-1")
+    unlimited = io.StringIO()
+    p = BuildProgress("plain", unlimited)
+    n = p.start("RUN yes")
+    for _ in range(40000):
+        p.log(n, "y" * 99)
+    assert len(unlimited.getvalue().splitlines()) == 40001
