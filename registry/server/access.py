@@ -13,6 +13,7 @@ What a request needs follows CNCF Distribution (``registry/handlers/app.go``):
     DELETE of a piece upload session     repository:<name>:pull and push (part of a push)
     GET /v2/_catalog                     registry:catalog:*
     GET /v2/ and extension discovery     a valid token, no scope
+    OPTIONS (CORS preflight, ``Allow``)   a valid token, no scope
 
 The action ``*`` grants every action on its resource. A request naming another repository
 in ``from`` (a cross-repository mount, ``POST ...?mount=<d>&from=<repo>``) also asks for
@@ -42,6 +43,7 @@ __all__ = [
 
 ACTIONS = ("pull", "push", "delete", "*")
 _MAX_SCOPES = 64  # per token request: each one is a policy lookup
+_MAX_SCOPE = 512  # characters in one
 
 
 class ScopeError(ValueError):
@@ -71,9 +73,12 @@ def parse_scope(text: str) -> list[Access]:
     before the first ``:`` and the actions everything after the last one. A resource class
     (``repository(plugin):...``) is accepted and ignored, as Distribution does.
     """
+    if len(text) > _MAX_SCOPE:
+        raise ScopeError(f"scope {text[:80]!r}... is {len(text)} characters long, over the limit "
+                         f"of {_MAX_SCOPE} (a repository name has at most 255)")
     kind, sep1, rest = text.partition(":")
     name, sep2, actions = rest.rpartition(":")
-    if not sep1 or not sep2 or not kind or not name or not actions or len(text) > 512:
+    if not sep1 or not sep2 or not kind or not name or not actions:
         raise ScopeError(f"invalid scope {text[:80]!r}: expected TYPE:NAME:ACTION[,ACTION...]")
     kind = kind.split("(", 1)[0]
     out = [Access(kind, name, a) for a in dict.fromkeys(actions.split(",")) if a]
@@ -155,7 +160,9 @@ def required_access(method: str, route: str, repo: str | None) -> list[Access]:
     """What ``method`` on ``route`` (a routes.Route name) of ``repo`` needs; see the table
     in the module docstring. An empty list: any valid token will do."""
     if repo is None:
-        return [CATALOG] if route == "catalog" else []
+        return [CATALOG] if route == "catalog" and method != "OPTIONS" else []
+    if method == "OPTIONS":  # it reads and changes nothing (no records in Distribution)
+        return []
     if method in ("GET", "HEAD"):
         return [Access("repository", repo, "pull")]
     if method == "DELETE" and route != "piece-upload":

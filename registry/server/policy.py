@@ -24,7 +24,9 @@ governed by the policy: their own scopes say what they may do.
 Without a policy file every authenticated user may do everything and anonymous callers
 nothing (basic auth's model). The file is re-read when it changes (mtime, size, inode,
 looked at once a second at most); a file that no longer loads is logged and the rules
-loaded before stay.
+loaded before stay. A file that is empty (caught between an editor's truncate and write)
+or gone (between two renames) does not load: an empty policy would refuse everyone, and
+a policy that names nothing is written ``rules: []``.
 """
 
 from __future__ import annotations
@@ -119,9 +121,11 @@ class Policy:
 
 def parse_policy(text: str, origin: str) -> Policy:
     try:
-        doc = yaml.safe_load(text) or {}
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PolicyError(f"{origin}: not valid YAML: {exc}") from None
+    if doc is None:
+        raise PolicyError(f"{origin}: the file is empty; write the rules (or 'rules: []' to refuse everyone)")
     if not isinstance(doc, dict):
         raise PolicyError(f"{origin}: expected a mapping with 'rules' (and 'groups')")
     unknown = set(doc) - {"rules", "groups"}
@@ -172,12 +176,16 @@ def parse_policy(text: str, origin: str) -> Policy:
 
 class WatchedFile(Generic[T]):
     """A file parsed by ``parse(text, origin)``, re-read when it changes (see the module
-    docstring). ``current()`` costs one ``stat`` a second at most."""
+    docstring). ``current()`` costs one ``stat`` a second at most. A missing file is
+    parsed as empty text when ``missing_ok``, else it does not load."""
 
-    def __init__(self, path: Path, parse: Callable[[str, str], T], what: str) -> None:
+    def __init__(
+        self, path: Path, parse: Callable[[str, str], T], what: str, *, missing_ok: bool = False
+    ) -> None:
         self.path = path
         self._parse = parse
         self._what = what
+        self._missing_ok = missing_ok
         self._signature: Signature | None = None
         self._next_check = 0.0
         self.value = self._load()  # at start-up: errors reach the caller
@@ -191,7 +199,12 @@ class WatchedFile(Generic[T]):
 
     def _load(self) -> T:
         self._signature = self._stat()
-        text = self.path.read_text() if self._signature is not None else ""
+        if self._signature is None and not self._missing_ok:
+            raise ValueError(f"{self.path} does not exist")
+        try:
+            text = self.path.read_text(encoding="utf-8") if self._signature is not None else ""
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{self.path} is not UTF-8 text ({exc}): save it as UTF-8") from None
         return self._parse(text, str(self.path))
 
     def current(self) -> T:

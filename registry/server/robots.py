@@ -6,7 +6,9 @@ that secret as its password (``docker login -u robot+NAME --password-stdin``). I
 grant the intersection of what it asks for and its scopes (repository names in scopes may
 be patterns, as in :mod:`.policy`), and never outlive the robot. A revoked or expired
 robot gets no new token, and the tokens it holds stop working at once (the registry
-checks its own tokens' robots on every request).
+checks its own tokens' robots on every request); so do the tokens a robot got before it
+was replaced (``create`` of its name again: a rotated secret): a robot's tokens name
+its creation time.
 
 Robots live in ``robots.json`` in the storage directory, next to ``registry.db``::
 

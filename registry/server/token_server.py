@@ -20,15 +20,20 @@ caller may pull.
 Tokens are ES256 JWTs (RS256 for an RSA key, EdDSA for Ed25519) signed with the key at
 ``auth.token.issue.key``, created (P-256, mode 0600) when missing; ``kid`` is the key's
 RFC 7638 thumbprint (what CNCF Distribution 3 looks up for a certificate of its
-``rootcertbundle``; a JWKS holding the public key under that ``kid`` works with any version).
+``rootcertbundle``, or in a JWKS holding the public key under that ``kid``; Distribution
+2.8 has no ``jwks`` and looks certificates up by their libtrust key ID, so it does not
+take these tokens).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import os
 import secrets
+import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -46,10 +51,10 @@ from .access import CATALOG, Access, Grant, PullFilter, ScopeError, parse_scopes
 from .auth import BasicAuth
 from .config import ConfigError, ServerConfig
 from .expect import send_continue
-from .policy import Policy, PolicyError, WatchedFile, parse_policy
-from .robots import PREFIX, Robot, RobotError, RobotTable, parse_robots, robots_path
+from .policy import Policy, WatchedFile, parse_policy
+from .robots import PREFIX, Robot, RobotTable, parse_robots, robots_path
 from .state import REGISTRY, USER
-from .tokens import TokenAuth, TokenVerifier, load_trusted_keys
+from .tokens import MAX_TOKEN, TokenAuth, TokenVerifier, Verified, load_trusted_keys
 
 __all__ = [
     "DEFAULT_ISSUER",
@@ -65,24 +70,42 @@ DEFAULT_ISSUER = "pybuild-token-server"
 MIN_TTL = 60.0  # the spec: never less than 60 s to live
 MAX_TTL = 86400.0
 _MAX_FORM = 64 * 1024
+ROBOT_CLAIM = "pybuild_robot_created"
+
+
+def _create_signing_key(path: Path) -> None:
+    """A new P-256 key at ``path`` (mode 0600), there whole or not at all: written to a
+    temporary file, then linked into place. Another process that made one meanwhile (a
+    replica starting at the same moment) wins, and its key is used: never a file it has
+    not finished writing, nor one a full disk cut short."""
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create auth.token.issue.key {path}: {exc.strerror or exc}; "
+            "make its directory writable, or give an existing key"
+        ) from exc
 
 
 def load_signing_key(path: Path) -> Any:
     """The private key in PEM at ``path``; a new P-256 key is written there if missing."""
     if not path.exists():
-        pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process made it meanwhile: use theirs
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
+        _create_signing_key(path)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
@@ -130,20 +153,28 @@ class Issuer:
         return self.policy.current().actions(subject, repo)
 
     def grant(self, subject: str | None, wanted: list[Access]) -> Grant:
-        """The intersection of ``wanted`` and what ``subject`` may do."""
+        """The intersection of ``wanted`` and what ``subject`` may do. ``*`` asks for every
+        action (skopeo asks it to delete): the caller gets those it may take."""
         granted = []
         for access in wanted:
             if access == CATALOG:
                 granted.append(access)
             elif access.type == "repository":
                 allowed = self.actions(subject, access.name)
-                if (access.action == "*" and allowed >= {"pull", "push", "delete"}) or access.action in allowed:
+                if access.action == "*" and not allowed >= {"pull", "push", "delete"}:
+                    granted.extend(Access(access.type, access.name, a) for a in sorted(allowed))
+                elif access.action == "*" or access.action in allowed:
                     granted.append(access)
         return Grant(granted)
 
-    def subject_valid(self, subject: str) -> bool:
-        """False for a robot that was revoked or expired since its token was issued."""
-        return not subject.startswith(PREFIX) or self.robot_table().get(subject) is not None
+    def subject_valid(self, verified: Verified) -> bool:
+        """False for a robot that was revoked or expired since its token was issued, or
+        replaced (``robot create`` again: a new secret, new scopes): the tokens of the
+        robot it replaced (another creation time) stop working with its secret."""
+        if not verified.subject.startswith(PREFIX):
+            return True
+        robot = self.robot_table().get(verified.subject)
+        return robot is not None and verified.claims.get(ROBOT_CLAIM) == robot.created
 
     def sign(self, subject: str, grant: Grant, now: float) -> tuple[str, int]:
         expires = now + self.ttl
@@ -160,6 +191,8 @@ class Issuer:
             "jti": secrets.token_urlsafe(16),
             "access": grant.claim(),
         }
+        if robot is not None:
+            claims[ROBOT_CLAIM] = robot.created  # which robot of that name (see subject_valid)
         token = jwt.encode(claims, self.key, algorithm=_algorithm(self.key), headers={"kid": self.kid})
         return token, max(int(expires - now), 0)
 
@@ -182,6 +215,18 @@ def build_token_auth(config: ServerConfig, basic: BasicAuth | None, storage: Pat
     service = config.auth_token_service or (DEFAULT_SERVICE if issuing else None)
     issuer_name = config.auth_token_issuer or (DEFAULT_ISSUER if issuing else None)
     if not issuing:
+        if config.auth_token_issue_policy is not None:
+            raise ConfigError(
+                "auth.token.issue.policy is the policy of the built-in token server, which "
+                "needs auth.token.issue.key (the key that signs its tokens; made if missing)"
+            )
+        if basic is not None:
+            raise ConfigError(
+                "auth.htpasswd with an external token server (auth.token without issue): "
+                "the registry takes only that server's tokens, so the htpasswd users could "
+                "not log in here; give the users to the token server and drop auth.htpasswd, "
+                "or issue tokens here (auth.token.issue.key)"
+            )
         missing = [
             k for k, v in (
                 ("auth.token.realm", config.auth_token_realm),
@@ -217,11 +262,11 @@ def build_token_auth(config: ServerConfig, basic: BasicAuth | None, storage: Pat
                 raise ConfigError(f"auth.token.issue.policy {config.auth_token_issue_policy} does not exist")
             try:
                 policy = WatchedFile(config.auth_token_issue_policy, parse_policy, "access policy")
-            except (OSError, PolicyError) as exc:
+            except (OSError, ValueError) as exc:  # PolicyError, or not UTF-8
                 raise ConfigError(str(exc)) from exc
         try:
-            robots = WatchedFile(robots_path(storage), parse_robots, "robots file")
-        except (OSError, RobotError) as exc:
+            robots = WatchedFile(robots_path(storage), parse_robots, "robots file", missing_ok=True)
+        except (OSError, ValueError) as exc:  # RobotError, or not UTF-8
             raise ConfigError(str(exc)) from exc
         issuer = Issuer(key, kid, issuer_name, service, config.auth_token_issue_ttl, basic, policy, robots)
         auth.issuer = issuer
@@ -254,6 +299,27 @@ async def _authenticate(issuer: Issuer, user: str, password: str) -> str:
     return await issuer.users.authenticate(header)
 
 
+async def _read_form(request: web.Request) -> bytes:
+    """The whole form body (up to the limit): it may come in several reads, and a client
+    that stops sending gets ``http.body_timeout`` seconds, as an upload body does."""
+    await send_continue(request)
+    stall = request.app[REGISTRY].config.http_body_timeout or None
+    body = bytearray()
+    try:
+        async with asyncio.timeout(stall):
+            while len(body) <= _MAX_FORM:
+                chunk = await request.content.read(_MAX_FORM + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+    except TimeoutError:
+        raise UNSUPPORTED(f"the token request form did not arrive within {stall:g} s "
+                          f"(after {len(body)} bytes)", status=400) from None
+    if len(body) > _MAX_FORM:
+        raise UNSUPPORTED("token request form too large", status=413)
+    return bytes(body)
+
+
 async def token_endpoint(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     issuer = getattr(reg.auth, "issuer", None)
@@ -266,10 +332,7 @@ async def token_endpoint(request: web.Request) -> web.Response:
     user: str | None = None
     password: str | None = None
     if request.method == "POST":
-        await send_continue(request)
-        body = await request.content.read(_MAX_FORM + 1)
-        if len(body) > _MAX_FORM:
-            raise UNSUPPORTED("token request form too large", status=413)
+        body = await _read_form(request)
         try:
             params += urllib.parse.parse_qsl(body.decode(), max_num_fields=256)
         except (UnicodeDecodeError, ValueError):
@@ -301,6 +364,11 @@ async def token_endpoint(request: web.Request) -> web.Response:
     now = time.time()
     grant = issuer.grant(subject, wanted)
     token, expires_in = issuer.sign(subject or "", grant, now)
+    if len(token) > MAX_TOKEN:  # the registry would refuse it: say so here
+        raise UNSUPPORTED(
+            f"the scopes asked for make a token of {len(token)} bytes, over the {MAX_TOKEN} "
+            "a token may have: ask for fewer scopes at once", status=400,
+        )
     issued_at = datetime.fromtimestamp(int(now), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return web.json_response(
         {"token": token, "access_token": token, "expires_in": expires_in, "issued_at": issued_at},

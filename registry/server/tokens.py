@@ -13,8 +13,10 @@ The registry trusts JWTs signed by a token server ("Token Authentication Specifi
   refused, a public key is no shared secret);
 - ``iss`` is the configured issuer, ``aud`` (a string or a list) holds the configured
   service, ``exp`` is present and not past, ``nbf`` not ahead, each with 60 s of leeway
-  (Distribution's);
-- its ``access`` claim covers what the request needs (:mod:`.access`).
+  (Distribution's); ``exp``, ``nbf`` and ``iat`` are JSON numbers;
+- its ``access`` claim is well-formed (entries with a string ``type`` and ``name`` and a
+  list of string ``actions``; anything else refuses the token whole, as Distribution's
+  typed claims do) and covers what the request needs (:mod:`.access`).
 
 Otherwise the answer is Distribution's: 401 ``UNAUTHORIZED`` whose ``detail`` lists the
 access records, with ``WWW-Authenticate: Bearer realm=..,service=..,scope=..`` and
@@ -32,10 +34,11 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,7 @@ from .state import GRANT, VISIBLE
 
 __all__ = [
     "LEEWAY",
+    "MAX_TOKEN",
     "TokenAuth",
     "TokenError",
     "TokenVerifier",
@@ -71,7 +75,8 @@ log = logging.getLogger("pybuild.registry")
 LEEWAY = 60  # seconds, as Distribution allows for clock skew on exp and nbf
 CACHE_ENTRIES = 4096
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
-_MAX_TOKEN = 16 * 1024
+MAX_TOKEN = 16 * 1024  # bytes: a longer token is refused unread
+_HOST = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 _MAX_CHAIN = 8
 
 PublicKey = Any  # rsa/ec/ed25519 public key objects of cryptography
@@ -90,6 +95,7 @@ class Verified:
     issuer: str
     grant: Grant
     expires: float
+    claims: dict[str, Any] = field(default_factory=dict)  # all of them, for the issuer's own
 
 
 def token_auth_configured(config: ServerConfig) -> bool:
@@ -100,6 +106,7 @@ def token_auth_configured(config: ServerConfig) -> bool:
         or config.auth_token_rootcertbundle
         or config.auth_token_jwks
         or config.auth_token_issue_key
+        or config.auth_token_issue_policy
     )
 
 
@@ -232,7 +239,7 @@ class TokenVerifier:
         return verified
 
     def _verify(self, token: str, now: float) -> Verified:
-        if len(token) > _MAX_TOKEN:
+        if len(token) > MAX_TOKEN:
             raise TokenError("token too large")
         try:
             header = jwt.get_unverified_header(token)
@@ -254,12 +261,17 @@ class TokenVerifier:
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise TokenError(f"token rejected: {exc}") from None
+        for name in ("exp", "nbf", "iat"):
+            # PyJWT reads "123" as 123; a NumericDate is a JSON number (RFC 7519 2).
+            value = claims.get(name)
+            if name in claims and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise TokenError(f"{name} is not a number")
         if isinstance(claims.get("nbf"), (int, float)) and claims["nbf"] > now + LEEWAY:
             raise TokenError("token not valid yet")
         subject = claims.get("sub", "")
         if not isinstance(subject, str):
             raise TokenError("sub is not a string")
-        return Verified(subject, self.issuer, _grant_of(claims.get("access")), float(claims["exp"]))
+        return Verified(subject, self.issuer, _grant_of(claims.get("access")), float(claims["exp"]), claims)
 
     def _signing_key(self, header: dict[str, Any], now: float) -> PublicKey:
         x5c = header.get("x5c")
@@ -335,8 +347,19 @@ def _grant_of(access: Any) -> Grant:
         kind, name, actions = item.get("type"), item.get("name"), item.get("actions") or []
         if not isinstance(kind, str) or not isinstance(name, str) or not isinstance(actions, list):
             raise TokenError("access claim entry needs type, name and actions")
-        out.extend(Access(kind, name, a) for a in actions if isinstance(a, str))
+        if not all(isinstance(a, str) for a in actions):
+            raise TokenError("access claim actions are not all strings")
+        out.extend(Access(kind, name, a) for a in actions)
     return Grant(out)
+
+
+def _local_address(request: web.Request) -> str:
+    """``ip:port`` (``[ip]:port``) of this server's end of the request's connection."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        return "localhost"
+    ip, port = sockname[0], sockname[1]
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def challenge_header(realm: str, service: str, wanted: Iterable[Access], error: str | None) -> str:
@@ -365,7 +388,7 @@ class TokenAuth:
         # Set by the built-in token server (token_server.build_token_auth): its issuer,
         # the check of its own tokens' subjects (revoked robots) and the catalog's filter.
         self.issuer: object | None = None
-        self.subject_valid: Callable[[str], bool] = lambda subject: True
+        self.subject_valid: Callable[[Verified], bool] = lambda verified: True
         self.catalog_filter: Callable[[str], PullFilter] | None = None
 
     @property
@@ -375,7 +398,12 @@ class TokenAuth:
     def realm_for(self, request: web.Request) -> str:
         if self.realm:
             return self.realm
-        return f"{request.scheme}://{request.host}{self.token_path}"
+        host = request.host
+        if not _HOST.fullmatch(host):
+            # Not a host[:port]: its quotes and commas would write the challenge's realm
+            # (and more parameters). Name the address the request came in on instead.
+            host = _local_address(request)
+        return f"{request.scheme}://{host}{self.token_path}"
 
     def challenge(
         self, request: web.Request, wanted: list[Access], error: str | None, message: str
@@ -402,7 +430,7 @@ class TokenAuth:
             raise self.challenge(request, wanted, None, "authentication required")
         try:
             verified = self.verifier.verify(raw)
-            if not self.subject_valid(verified.subject):
+            if not self.subject_valid(verified):
                 raise TokenError(f"subject {verified.subject!r} is no longer valid")
         except TokenError as exc:
             log.info("bearer token refused: %s", exc)

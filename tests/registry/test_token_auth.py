@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import bcrypt
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
@@ -143,6 +144,19 @@ async def test_every_action_allowed_and_denied(client, keys, operation, granted)
     assert await _state(client) == before  # nothing changed
 
 
+async def test_options_needs_a_valid_token_and_no_scope_as_in_distribution(client, keys):
+    """OPTIONS (what a browser asks before a cross-origin request) reads and changes
+    nothing: a token for another repository will do, as in Distribution; no token does not."""
+    await _seed(client)
+    for path in (f"/v2/{REPO}/tags/list", f"/v2/{REPO}/blobs/uploads/", "/v2/_catalog"):
+        resp = await client.options(path, headers=bearer(kid_token(keys, f"repository:{OTHER}:pull")))
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Allow"]
+        resp = await client.options(path, headers={"Authorization": ""})
+        assert resp.status == 401
+        assert "scope" not in _challenge(resp)
+
+
 async def test_a_push_needs_pull_too_as_in_distribution(client, keys):
     resp = await client.post(
         f"/v2/{REPO}/blobs/uploads/", headers=bearer(kid_token(keys, f"repository:{REPO}:push"))
@@ -197,6 +211,13 @@ def _invalid_tokens(keys: Keys) -> dict[str, str]:
         "garbage": "%%%",
         "tampered": kid_token(keys, *scope)[:-4] + "AAAA",
         "access-not-a-list": kid_token(keys, access={"type": "repository"}),
+        # Malformed as CNCF Distribution reads them (its claims are typed): refused whole,
+        # not read leniently into something that grants.
+        "exp-a-string": kid_token(keys, *scope, exp=str(now + 300)),
+        "nbf-a-string": kid_token(keys, *scope, nbf=str(now)),
+        "action-not-a-string": kid_token(
+            keys, access=[{"type": "repository", "name": REPO, "actions": [1, "pull"]}]
+        ),
     }
 
 
@@ -204,7 +225,7 @@ def _invalid_tokens(keys: Keys) -> dict[str, str]:
     "case",
     ["expired", "no-exp", "not-yet", "wrong-audience", "wrong-issuer", "badly-signed",
      "unknown-kid", "no-key-named", "untrusted-x5c", "hmac", "malformed", "garbage",
-     "tampered", "access-not-a-list"],
+     "tampered", "access-not-a-list", "exp-a-string", "nbf-a-string", "action-not-a-string"],
 )
 async def test_invalid_tokens_are_401_invalid_token(client, keys, case):
     token = _invalid_tokens(keys)[case]
@@ -268,6 +289,20 @@ async def test_token_config_must_name_keys_and_parties(make_client, keys, tmp_pa
         await make_client(**{**config, "auth_token_jwks": bad})
     with pytest.raises(ConfigError, match="rootcertbundle"):
         await make_client(**{**config, "auth_token_rootcertbundle": bad})
+
+
+async def test_settings_that_would_do_nothing_are_refused(make_client, keys, tmp_path):
+    """A policy without the token server it belongs to, or htpasswd users beside an
+    external token server, would be ignored: the registry would then run with no policy
+    (every htpasswd user may do everything) or with users who cannot log in."""
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"alice:{bcrypt.hashpw(b'pw', bcrypt.gensalt(rounds=4)).decode()}\n")
+    policy = tmp_path / "access.yaml"
+    policy.write_text('rules: [{repositories: ["team/*"], users: [alice], actions: [pull]}]\n')
+    with pytest.raises(ConfigError, match="auth.token.issue.policy .* needs auth.token.issue.key"):
+        await make_client(auth_htpasswd=htpasswd, auth_token_issue_policy=policy)
+    with pytest.raises(ConfigError, match="auth.htpasswd with an external token server"):
+        await make_client(auth_htpasswd=htpasswd, **keys.config())
 
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from registry.server.access import Access, ScopeError, parse_scope, parse_scopes
-from registry.server.policy import PolicyError, compile_pattern, parse_policy
+from registry.server.policy import PolicyError, WatchedFile, compile_pattern, parse_policy
 
 TESTFILES = Path(__file__).parent / "testfiles" / "tokens"
 
@@ -57,6 +57,39 @@ def test_policies_that_must_not_load(case: str) -> None:
         parse_policy(path.read_text(), case)
 
 
+def _look_again(watched: WatchedFile) -> None:
+    watched._next_check = 0.0  # the next current() looks at the file now, not in a second
+
+
+def test_a_policy_caught_empty_or_gone_keeps_the_rules_before(tmp_path: Path) -> None:
+    """An editor truncates before it writes, a deploy renames the old file away before the
+    new one: in between, the file is empty or missing. That is no policy to switch to
+    (it would refuse everyone); the rules loaded before stay until a usable file is back."""
+    path = tmp_path / "access.yaml"
+    path.write_text((TESTFILES / "access.yaml").read_text())
+    watched = WatchedFile(path, parse_policy, "access policy")
+    assert watched.current().actions("alice", "team/app") == {"pull", "push"}
+    path.write_text("")
+    _look_again(watched)
+    assert watched.current().actions("alice", "team/app") == {"pull", "push"}
+    path.unlink()
+    _look_again(watched)
+    assert watched.current().actions("alice", "team/app") == {"pull", "push"}
+    path.write_text('rules: [{repositories: ["team/app"], users: [alice], actions: [pull]}]\n')
+    _look_again(watched)
+    assert watched.current().actions("alice", "team/app") == {"pull"}
+    path.write_text("rules: []\n")  # refusing everyone is said so
+    _look_again(watched)
+    assert watched.current().actions("alice", "team/app") == set()
+
+
+def test_a_policy_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "access.yaml"
+    path.write_bytes(b'rules: [{repositories: ["caf\xe9"], users: [a], actions: [pull]}]\n')  # Latin-1
+    with pytest.raises(ValueError, match=f"{path} is not UTF-8 text .*: save it as UTF-8"):
+        WatchedFile(path, parse_policy, "access policy")
+
+
 def test_scopes() -> None:
     assert parse_scope("repository:team/app:pull,push") == [
         Access("repository", "team/app", "pull"), Access("repository", "team/app", "push")]
@@ -66,5 +99,7 @@ def test_scopes() -> None:
     for bad in ("", "repository", "repository:a", "repository::pull", ":a:pull", "repository:a:,"):
         with pytest.raises(ScopeError):
             parse_scope(bad)
+    with pytest.raises(ScopeError, match="is 611 characters long, over the limit of 512"):
+        parse_scope("repository:" + "a" * 595 + ":pull")
     with pytest.raises(ScopeError, match="too many"):
         parse_scopes([f"repository:r{i}:pull" for i in range(100)])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import errno
 import os
 import shutil
 import stat
@@ -20,9 +21,11 @@ from click.testing import CliRunner
 from cas import Digest
 from registry.robot_cmd import robot as robot_cli
 from registry.server.auth import BasicAuth
+from registry.server.config import ConfigError
 from registry.server.reload import reload_config
 from registry.server.robots import create_robot, revoke_robot, robots_path
 from registry.server.state import REGISTRY
+from registry.server.token_server import load_signing_key
 from registry.server.tokens import TokenAuth
 
 from .helpers import error_codes, push_image
@@ -91,6 +94,18 @@ async def test_challenge_names_this_servers_token_endpoint(client):
     )
 
 
+@pytest.mark.parametrize("host", ['evil"x,realm="http://attacker', "a b", "x\\y"])
+async def test_a_host_header_cannot_write_the_challenge(client, host):
+    """The realm names the Host the client used, but only one that is a host[:port]:
+    a quote would close the realm and add parameters of the client's choosing."""
+    resp = await client.get("/v2/team/app/tags/list", headers={"Host": host})
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"] == (
+        f'Bearer realm="http://{client.host}:{client.port}/token",service="pybuild-registry",'
+        'scope="repository:team/app:pull"'
+    )
+
+
 async def test_token_grants_the_intersection_of_asked_and_allowed(client):
     alice = await token(client, "alice", "repository:team/app:pull,push,delete", "repository:secret/x:pull")
     assert granted(alice) == {"repository:team/app": ["pull", "push"]}
@@ -98,6 +113,9 @@ async def test_token_grants_the_intersection_of_asked_and_allowed(client):
     assert granted(bob) == {"repository:team/app": ["pull"]}
     admin = await token(client, "admin", "repository:secret/x:*")
     assert granted(admin) == {"repository:secret/x": ["*"]}
+    # "*" (what skopeo asks to delete) is every action: a caller gets those it may take.
+    assert granted(await token(client, "alice", "repository:team/app:*")) == {"repository:team/app": ["pull", "push"]}
+    assert granted(await token(client, "bob", "repository:team/lib:*")) == {}
     claims = jwt.decode(alice, options={"verify_signature": False})
     assert claims["sub"] == "alice" and claims["aud"] == "pybuild-registry"
     assert claims["iss"] == "pybuild-token-server" and claims["exp"] - claims["iat"] == 300
@@ -202,6 +220,36 @@ async def test_the_policy_is_reread_when_it_changes(client, setup):
     assert granted(await token(client, "bob", "repository:team/app:push")) == {"repository:team/app": ["push"]}
 
 
+def test_a_signing_key_cut_short_is_not_left_behind(tmp_path, monkeypatch):
+    """A key whose writing fails (a full disk; a process killed mid-write) is not left as
+    an empty file that every later start refuses, nor read half-written by a replica
+    starting at the same moment: the key file appears whole or not at all."""
+    path = tmp_path / "keys" / "token.pem"
+    real_fdopen = os.fdopen
+
+    class DiskFull:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: DiskFull(real_fdopen(fd, mode, *a, **k)))
+    with pytest.raises(ConfigError, match="cannot create auth.token.issue.key .*No space left"):
+        load_signing_key(path)
+    assert not path.exists()
+    assert list(path.parent.iterdir()) == []
+    monkeypatch.undo()
+    assert load_signing_key(path).public_key() is not None
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
 async def test_the_signing_key_is_made_once_and_kept(make_client, setup, client):
     key = setup["key"]
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
@@ -233,6 +281,31 @@ async def test_robots_get_their_scope_until_revoked(client, setup):
     resp = await client.get("/v2/team/app/tags/list")
     assert resp.status == 401 and 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
     assert (await client.get("/token", headers=_basic("robot+ci", secret))).status == 401
+
+
+async def test_a_replaced_robots_tokens_stop_working(client, setup):
+    """``robot create`` of an existing name rotates its secret (and may narrow its
+    scopes): what the robot it replaced holds stops working, tokens too, not only the
+    secret."""
+    path = robots_path(setup["storage"])
+    issuer = client.app[REGISTRY].auth.issuer
+    old_secret = create_robot(path, "ci", ["repository:team/*:pull,push"], 3600)
+    issuer.robots._next_check = 0.0  # look at the robots file now
+    got = await client.get("/token", params={"scope": "repository:team/app:pull"},
+                           headers=_basic("robot+ci", old_secret))
+    old = (await got.json())["token"]
+    resp = await client.get("/v2/team/app/tags/list", headers=bearer(old))
+    assert resp.status == 404  # accepted: the repository is just empty
+
+    new_secret = create_robot(path, "ci", ["repository:team/app:pull"], 3600)
+    issuer.robots._next_check = 0.0
+    resp = await client.get("/v2/team/app/tags/list", headers=bearer(old))
+    assert resp.status == 401 and 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+    assert (await client.get("/token", headers=_basic("robot+ci", old_secret))).status == 401
+    new = await client.get("/token", params={"scope": "repository:team/app:pull"},
+                           headers=_basic("robot+ci", new_secret))
+    resp = await client.get("/v2/team/app/tags/list", headers=bearer((await new.json())["token"]))
+    assert resp.status == 404
 
 
 async def test_an_expired_robot_gets_no_token(client, setup):
@@ -289,3 +362,50 @@ async def test_token_request_bodies_are_bounded(client):
     assert resp.status == 413
     resp = await client.post("/token", data=b"\xff\xfe", headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert resp.status == 400
+
+
+async def test_a_token_form_is_read_whole_when_it_comes_in_parts(client):
+    """A form whose bytes arrive in several reads (TCP segments, HTTP chunks) is read to
+    its end, not cut at the first read: the password and scope past the cut count."""
+    form = b"grant_type=password&username=alice&password=pw-alice&scope=repository:team/app:pull"
+
+    async def parts():
+        yield form[:30]
+        await asyncio.sleep(0.1)  # the server has read what came so far
+        yield form[30:]
+
+    resp = await client.post("/token", data=parts(),
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status == 200, await resp.text()
+    assert granted((await resp.json())["token"]) == {"repository:team/app": ["pull"]}
+
+
+async def test_a_token_form_that_stops_arriving_is_refused(make_client, setup):
+    client = await make_client(storage=setup["storage"], auth_htpasswd=setup["htpasswd"],
+                               auth_token_issue_key=setup["key"], http_body_timeout=0.3)
+    stop = asyncio.Event()
+
+    async def stalled():
+        yield b"grant_type=password&username=alice"
+        await stop.wait()
+        yield b"&password=pw-alice"
+
+    try:
+        resp = await client.post("/token", data=stalled(),
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert resp.status == 400
+        assert "did not arrive within 0.3 s" in (await resp.json())["errors"][0]["message"]
+    finally:
+        stop.set()
+
+
+async def test_no_token_is_issued_that_the_registry_would_refuse(client):
+    """64 scopes of long (valid) names make a token over the size the registry reads:
+    the token server says so, rather than hand out a token every request refuses."""
+    scopes = [("scope", f"repository:{'a' * 250}{i:03d}/x:pull") for i in range(64)]
+    resp = await client.post("/token", data=[("username", "admin"), ("password", "pw-admin"), *scopes])
+    assert resp.status == 400
+    assert "ask for fewer scopes" in (await resp.json())["errors"][0]["message"]
+    assert granted(await token(client, "admin", *(s for _, s in scopes[:8]))).keys() == {
+        f"repository:{'a' * 250}{i:03d}/x" for i in range(8)
+    }
