@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import resource
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -129,6 +131,15 @@ def _cas_error(exc: CasError) -> RegistryError:
     return UNKNOWN(INTERNAL_ERROR)
 
 
+def _out_of_files(code: int) -> str:
+    if code == errno.ENFILE:
+        return "too many open files on this machine (fs.file-max is reached); raise it (sysctl -w fs.file-max=N)"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return (f"too many open files: this process may have {soft} open at once (ulimit -n, hard limit "
+            f"{hard}); raise it (ulimit -n, LimitNOFILE= for a service) and restart, or lower "
+            "http.max_connections")
+
+
 def _client_gone(request: web.Request, exc: ConnectionError) -> bool:
     """Whether ``exc`` says the client hung up, rather than an upstream refusing us."""
     transport = request.transport
@@ -212,9 +223,16 @@ async def _registry_middleware(
             resp = _error_response(UNKNOWN("the client went away", status=499))
             if BYTES_SENT not in request:  # the body's bytes that went out: none counted
                 request[BYTES_SENT] = 0
-        except Exception:
-            log.exception("%s %s failed", request.method, request.path)
-            resp = _error_response(UNKNOWN(INTERNAL_ERROR))
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                # A burst of connections, each holding a pack: no traceback, the limit.
+                log.error("%s %s: %s", request.method, request.path, _out_of_files(exc.errno))
+                resp = _error_response(UNAVAILABLE(
+                    "the registry has too many files open: retry shortly, or tell its operator",
+                    status=503, headers={"Retry-After": "1"}))
+            else:
+                log.exception("%s %s failed", request.method, request.path)
+                resp = _error_response(UNKNOWN(INTERNAL_ERROR))
         else:
             answered = True
         if not answered and request.writer.output_size > 0 and request.transport is not None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import select
 from typing import Any
 
 from aiohttp import web
@@ -153,10 +152,10 @@ async def _send_file_range(
 
     - asyncio's own loop: ``loop.sendfile`` (it waits for the transport's buffer, i.e. the
       headers and earlier segments, to drain first, then uses ``os.sendfile``).
-    - other loops (uvloop) over plain TCP: ``os.sendfile`` in a worker thread on a
+    - other loops (uvloop) over plain TCP: ``os.sendfile`` in worker threads on a
       *duplicate* of the socket descriptor (made before the hop to the thread), once the
       transport's buffer is empty; the duplicate keeps the socket alive even if the loop
-      closes the connection meanwhile.
+      closes the connection meanwhile (:func:`_sendfile_in_threads`).
     - TLS: read and write through the transport (the kernel cannot encrypt for us).
     """
     transport = request.transport
@@ -192,41 +191,90 @@ async def _send_file_range(
         # Both descriptors are duplicated here, on the loop's thread, while the connection
         # is known open: in the worker thread the loop may have closed the client's socket
         # meanwhile (a client that hung up), and its number may already name another
-        # client's connection. The worker owns the duplicates and closes them; shielded,
-        # it runs even if this task is cancelled.
+        # client's connection.
         out = os.dup(sock.fileno())
         try:
             src = os.dup(f.fileno())
         except BaseException:
             os.close(out)
             raise
-        await asyncio.shield(loop.run_in_executor(None, _sendfile_blocking, out, src, offset, length))
+        await _sendfile_in_threads(loop, out, src, offset, length)
     finally:
         f.close()
 
 
-def _sendfile_blocking(out: int, file_fd: int, offset: int, length: int) -> None:
-    """Send ``length`` bytes of ``file_fd`` from ``offset`` to the socket ``out``; both are
-    duplicates this function owns (it closes them)."""
+async def _sendfile_in_threads(
+    loop: asyncio.AbstractEventLoop, out: int, src: int, offset: int, length: int
+) -> None:
+    """Send ``length`` bytes of ``src`` from ``offset`` to the socket ``out`` (duplicates
+    this function owns and closes, once no worker uses them), as much as the socket takes
+    at a time in a worker thread. While the client's buffer is full it waits here, on the
+    loop: a worker thread waiting for a slow client is a thread no other pull gets (ten
+    slow readers held every worker, and stalled every other pull for half a minute)."""
+    worker: asyncio.Future[int] | None = None
     try:
-        poller = select.poll()
-        poller.register(out, select.POLLOUT)
+        stalled_since: float | None = None
         while length > 0:
-            try:
-                sent = os.sendfile(out, file_fd, offset, min(length, 1 << 30))
-            except BlockingIOError:
-                if not poller.poll(int(stalls.STALL_SECONDS * 1000)):
-                    raise ClientGone(f"it stopped reading for {stalls.STALL_SECONDS:g} s") from None
+            # Shielded: a cancelled task leaves the worker to finish before the close.
+            worker = loop.run_in_executor(None, _sendfile_blocking, out, src, offset, length)
+            sent = await asyncio.shield(worker)
+            if sent:
+                offset, length, stalled_since = offset + sent, length - sent, None
                 continue
-            except (BrokenPipeError, ConnectionError) as exc:
-                raise ClientGone(str(exc)) from exc
-            if sent == 0:
-                raise StoreCorrupt("a pack file is shorter than the blob's recipe says")
-            offset += sent
-            length -= sent
+            stalled_since = loop.time() if stalled_since is None else stalled_since
+            left = stalls.STALL_SECONDS - (loop.time() - stalled_since)
+            if left <= 0 or not await _until_writable(loop, out, left):
+                raise ClientGone(f"it stopped reading for {stalls.STALL_SECONDS:g} s")
     finally:
-        os.close(out)
-        os.close(file_fd)
+        if worker is not None and not worker.done():
+            worker.add_done_callback(lambda done: _close_after(done, out, src))
+        else:
+            os.close(out)
+            os.close(src)
+
+
+def _close_after(worker: asyncio.Future[int], *fds: int) -> None:
+    if not worker.cancelled():
+        worker.exception()  # its task was cancelled: nobody else will look
+    for fd in fds:
+        os.close(fd)
+
+
+async def _until_writable(loop: asyncio.AbstractEventLoop, sock: int, timeout: float) -> bool:  # noqa: ASYNC109
+    """Wait (up to ``timeout`` s) until ``sock`` takes more, or has failed (the next
+    send says how); whether it did."""
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(sock, wake)
+    try:
+        await asyncio.wait_for(ready, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_writer(sock)
+    return True
+
+
+def _sendfile_blocking(out: int, file_fd: int, offset: int, length: int) -> int:
+    """Send what the non-blocking socket ``out`` takes now of ``length`` bytes of
+    ``file_fd`` from ``offset``; how many (0: its buffer is full). Runs in a worker
+    thread: reading a pack that is not cached may wait for the disk."""
+    total = 0
+    while length > 0:
+        try:
+            sent = os.sendfile(out, file_fd, offset, min(length, 1 << 30))
+        except BlockingIOError:
+            break
+        except (BrokenPipeError, ConnectionError) as exc:
+            raise ClientGone(str(exc)) from exc
+        if sent == 0:
+            raise StoreCorrupt("a pack file is shorter than the blob's recipe says")
+        offset, length, total = offset + sent, length - sent, total + sent
+    return total
 
 
 async def _copy_file(resp: web.StreamResponse, f: Any, offset: int, length: int) -> None:

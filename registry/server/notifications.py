@@ -16,8 +16,9 @@ endpoint gets it POSTed as an envelope of media type :data:`EVENTS_MEDIA_TYPE`::
 
 Delivery never slows a request: the middleware hands the event to :meth:`Notifier.publish`
 (a bounded in-memory append); a writer task persists it in ``events.db`` (SQLite, next
-to ``registry.db``, written from one thread) and one sender task per endpoint POSTs the
-endpoint's events in order, one per envelope. A response in 200-399 is success; anything
+to ``registry.db``, written from one thread; processes sharing the storage directory each
+send the events they wrote: :mod:`.notifications_queue`) and one sender task per endpoint
+POSTs the endpoint's events in order, one per envelope. A response in 200-399 is success; anything
 else (or a timeout) is retried: after ``threshold`` consecutive failures the sender waits
 ``backoff``, doubling up to 60 s, and keeps trying. Events wait in ``events.db`` across
 restarts, so an endpoint that is down loses none; delivery is at least once (an event whose
@@ -46,7 +47,6 @@ import json
 import logging
 import re
 import socket
-import sqlite3
 import time
 import uuid
 from collections import deque
@@ -59,9 +59,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from cas.sqlite_db import switch_to_wal
+from cas.errors import storage_error
 
 from ..client.proxies import Proxies, ProxyError, aiohttp_proxy
+from .notifications_queue import EventQueue
 
 __all__ = [
     "ACTIONS",
@@ -79,6 +80,9 @@ BLOB_MEDIA_TYPE = "application/octet-stream"
 ACTIONS = ("push", "pull", "mount", "delete")
 MAX_BACKOFF = 60.0
 CLOSE_TIMEOUT = 5.0  # seconds the writer gets at shutdown to write what is in memory
+DB_RETRY = 1.0  # seconds between attempts to write events.db once it failed
+DB_LOG_EVERY = 60.0  # seconds between log lines about an events.db that still fails
+ADOPT_EVERY = 10.0  # seconds between looks for events a stopped process left
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -174,9 +178,11 @@ def _endpoint(doc: Any, where: str) -> Endpoint:
         name=name,
         url=str(url),
         headers=tuple(headers),
+        # Zero is the default, as Distribution reads it (a backoff of 0 would retry a
+        # failing endpoint in a busy loop).
         timeout=parse_duration(doc.get("timeout", 1.0), f"{where}: timeout") or 1.0,
-        threshold=threshold,
-        backoff=parse_duration(doc.get("backoff", 1.0), f"{where}: backoff"),
+        threshold=threshold or 10,
+        backoff=parse_duration(doc.get("backoff", 1.0), f"{where}: backoff") or 1.0,
         ignored_media_types=frozenset(
             _strings(doc.get("ignoredmediatypes"), f"{where}: ignoredmediatypes")
             + _strings(ignore.get("mediatypes"), f"{where}: ignore.mediatypes")
@@ -215,40 +221,6 @@ def timestamp(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 
 
-class _Queue:
-    """``events.db``: the undelivered events of every endpoint, in order. Every method
-    runs in the notifier's one database thread."""
-
-    def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
-        switch_to_wal(self.db)
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " endpoint TEXT NOT NULL, body TEXT NOT NULL)"
-        )
-        self.db.execute("CREATE INDEX IF NOT EXISTS events_by_endpoint ON events (endpoint, seq)")
-
-    def counts(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT endpoint, count(*) FROM events GROUP BY endpoint").fetchall())
-
-    def add(self, rows: list[tuple[str, str]]) -> None:
-        with self.db:
-            self.db.executemany("INSERT INTO events (endpoint, body) VALUES (?, ?)", rows)
-
-    def head(self, endpoint: str) -> tuple[int, str] | None:
-        row = self.db.execute(
-            "SELECT seq, body FROM events WHERE endpoint = ? ORDER BY seq LIMIT 1", (endpoint,)
-        ).fetchone()
-        return None if row is None else (int(row[0]), str(row[1]))
-
-    def remove(self, seq: int) -> None:
-        self.db.execute("DELETE FROM events WHERE seq = ?", (seq,))
-
-    def close(self) -> None:
-        self.db.close()
-
-
 class Notifier:
     """Queues events for the configured endpoints and delivers them in the background.
 
@@ -273,17 +245,23 @@ class Notifier:
         self._dropped: dict[str, int] = {}
         self._dropped_logged = 0.0
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="events-db")
-        self._queue: _Queue | None = None
+        self._queue: EventQueue | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._proxies = Proxies()  # HTTP_PROXY and NO_PROXY, as the client reads them
         self._closing = False
+        self._db_failing_logged: float | None = None  # when the last "cannot write" line was
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def open(self) -> None:
-        self._queue = await self._db(_Queue, self.path)
+        self._queue = await self._db(EventQueue, self.path, self.instance_id)
+        try:
+            await self._db(self._queue.adopt)  # left by a process that stopped
+        except Exception as exc:  # a full disk: the adopter tries again
+            log.warning("notifications: cannot take over the events left in %s yet (%s)",
+                        self.path, storage_error(exc, self.path) or exc)
         counts = await self._db(self._queue.counts)
         for name, n in counts.items():
             if name in self.pending:
@@ -296,6 +274,7 @@ class Notifier:
         self._tasks.append(loop.create_task(self._writer()))
         for endpoint in self.endpoints:
             self._tasks.append(loop.create_task(self._sender(endpoint)))
+        self._tasks.append(loop.create_task(self._adopter()))
         if any(self.pending.values()):
             log.info("notifications: %d event(s) from before the restart to send", sum(self.pending.values()))
 
@@ -359,11 +338,11 @@ class Notifier:
             self._wake_writer.clear()
             try:
                 await self._persist()
-            except Exception:
-                log.exception("notifications: cannot write events.db; retrying in 1 s")
-                await asyncio.sleep(1.0)
+            except Exception as exc:
+                await self._db_failed(exc)
                 self._wake_writer.set()
                 continue
+            self._db_works()
             if self._closing and not self._incoming:
                 return
 
@@ -399,6 +378,40 @@ class Notifier:
             self.metrics.notifications_pending.labels(name).set(self.pending[name])
             self._wake[name].set()
 
+    async def _db_failed(self, exc: Exception) -> None:
+        """Log that events.db cannot be used (once, then at most once a minute: a full
+        disk would otherwise log a traceback a second) and wait before the next try."""
+        now = time.monotonic()
+        if self._db_failing_logged is None or now - self._db_failing_logged >= DB_LOG_EVERY:
+            self._db_failing_logged = now
+            mapped = storage_error(exc, self.path)
+            log.error("notifications: cannot use %s (%s); %d new event(s) wait in memory, retrying every %.0f s",
+                      self.path, mapped or exc, len(self._incoming), DB_RETRY, exc_info=mapped is None and exc)
+        await asyncio.sleep(DB_RETRY)
+
+    def _db_works(self) -> None:
+        if self._db_failing_logged is not None:
+            self._db_failing_logged = None
+            log.warning("notifications: %s can be written again", self.path)
+
+    async def _adopter(self) -> None:
+        """Now and then, take over the events of another process on this storage
+        directory that stopped (killed) before sending them."""
+        assert self._queue is not None
+        while True:
+            await asyncio.sleep(ADOPT_EVERY)
+            try:
+                if not await self._db(self._queue.adopt):
+                    continue
+                counts = await self._db(self._queue.counts)
+            except Exception as exc:
+                await self._db_failed(exc)
+                continue
+            for name in self.pending:
+                self.pending[name] = counts.get(name, 0)
+                self.metrics.notifications_pending.labels(name).set(self.pending[name])
+                self._wake[name].set()
+
     stat: Any = None  # async (digest text) -> size or None; set by the application
 
     async def _stat(self, digest: str) -> int | None:
@@ -419,14 +432,26 @@ class Notifier:
         headers.update(endpoint.headers)
         while True:
             wake.clear()  # before the read: an insert after it sets it again
-            head = await self._db(self._queue.head, endpoint.name)
+            try:
+                head = await self._db(self._queue.head, endpoint.name)
+            except Exception as exc:
+                await self._db_failed(exc)
+                continue
             if head is None:
                 await wake.wait()
                 continue
             seq, body = head
             error = await self._post(endpoint, headers, body)
             if error is None:
-                await self._db(self._queue.remove, seq)
+                # Delivered: retry forgetting it (a full disk refuses even a DELETE) rather
+                # than let this sender die, or POST the event again.
+                while True:
+                    try:
+                        await self._db(self._queue.remove, seq)
+                        break
+                    except Exception as exc:
+                        await self._db_failed(exc)
+                self._db_works()
                 failures = 0
                 self.pending[endpoint.name] = max(self.pending[endpoint.name] - 1, 0)
                 self.sent[endpoint.name] += 1

@@ -10,6 +10,7 @@ import pytest
 
 from cas import Digest
 from registry import oci
+from registry.server.state import REGISTRY
 
 from .helpers import descriptor, error_codes, push_blob, push_docker_list, push_image
 
@@ -300,6 +301,25 @@ async def test_pulling_a_malformed_tag_is_404(client):
     resp = await client.get("/v2/mt/manifests/sha256:totallywrong")
     assert resp.status == 400  # a malformed digest stays DIGEST_INVALID (the suite takes both)
     assert await error_codes(resp) == ["DIGEST_INVALID"]
+
+
+async def test_tag_list_without_n_has_every_tag_as_distribution_answers(client):
+    # Distribution (2.8 and 3) lists every tag when no n is given; a client that never
+    # looks for a Link header (many scripts and tools) must not see only the first page.
+    digest, _ = await push_image(client, "many", "t00000", [b"x"])
+    meta = client.server.app[REGISTRY].meta
+    record = await meta.get_manifest("many", str(digest))
+    names = [f"t{i:05d}" for i in range(25_001)]
+    await meta.put_manifest(record, tuple(names))
+    resp = await client.get("/v2/many/tags/list")
+    assert resp.status == 200 and "Link" not in resp.headers
+    assert resp.headers["Content-Type"].startswith("application/json")
+    body = json.loads(await resp.read())
+    assert body == {"name": "many", "tags": names}
+    resp = await client.get("/v2/many/tags/list?last=t00999")
+    assert (await resp.json())["tags"] == names[1000:] and "Link" not in resp.headers
+    paged = await client.get("/v2/many/tags/list?n=5000")  # asked for: still paged
+    assert len((await paged.json())["tags"]) == 1000 and "Link" in paged.headers
 
 
 async def test_tag_list_paging(client):

@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 
 import bcrypt
@@ -20,6 +21,7 @@ from registry.server import ConfigError, ServerConfig, load_config, make_app
 from registry.server.notifications import EVENTS_MEDIA_TYPE, Endpoint, parse_duration, parse_endpoints
 from registry.server.state import REGISTRY
 from testkit.event_sink import EventSink
+from tests.helpers.disks import small_filesystem
 
 from .helpers import push_blob, push_image
 
@@ -184,6 +186,59 @@ async def test_failing_endpoint_is_retried(registry, sink):
     assert events[0]["target"]["digest"] == str(Digest.of(b"retried"))
 
 
+async def test_processes_sharing_a_storage_directory_each_send_an_event_once(registry, sink, tmp_path):
+    storage = tmp_path / "storage"
+    first = await registry(endpoint(sink), storage=storage)
+    second = await registry(endpoint(sink), storage=storage)
+    sink.blocked.set()  # both senders get to hold a POST at once
+    sent = [b"shared %d" % i for i in range(20)]
+    for i, data in enumerate(sent):
+        await push_blob(first if i % 2 else second, "shared/app", data)
+    for _ in range(200):
+        if sink.blocked_requests == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert sink.blocked_requests == 2
+    sink.blocked.clear()
+    await sink.wait_for_async(lambda ev: len(ev) >= len(sent))
+    await asyncio.sleep(0.5)  # time for a second delivery of any of them
+    assert sorted(e["target"]["digest"] for e in sink.events) == sorted(str(Digest.of(d)) for d in sent)
+
+
+async def test_events_a_stopped_process_left_are_sent_by_another(registry, tmp_path, monkeypatch):
+    monkeypatch.setattr("registry.server.notifications.ADOPT_EVERY", 0.1, raising=False)
+    storage = tmp_path / "storage"
+    down = EventSink()
+    staying = await registry(endpoint(down), storage=storage)
+    leaving = await registry(endpoint(down), storage=storage)
+    (storage / "events.killed-before.lock").touch()  # a process killed with nothing to send
+    for i in range(3):
+        await push_blob(leaving, "left/app", b"left %d" % i)
+    await asyncio.sleep(0.3)
+    await leaving.close()  # its three events wait in events.db, which the other one shares
+    with down:
+        events = await down.wait_for_async(lambda ev: len(ev) >= 3, timeout=10)
+        await asyncio.sleep(0.5)
+        assert [e["target"]["digest"] for e in down.events] == [str(Digest.of(b"left %d" % i)) for i in range(3)]
+    notifier = staying.server.app[REGISTRY].notifier
+    assert events and notifier is not None
+    assert [p.name for p in storage.glob("events.*.lock")] == [f"events.{notifier.instance_id}.lock"]
+
+
+async def test_zero_threshold_and_backoff_mean_the_defaults_not_a_busy_loop(registry, sink):
+    # Distribution reads 0 as its defaults (threshold 10, backoff 1s, timeout 1s); a
+    # backoff of 0 taken as such would retry a failing endpoint without pause.
+    (zero,) = parse_endpoints([{"name": "sink", "url": sink.url, "threshold": 0, "backoff": "0s", "timeout": 0}])
+    assert (zero.threshold, zero.backoff, zero.timeout) == (10, 1.0, 1.0)
+    sink.failing = True
+    client = await registry(zero)
+    await push_blob(client, "busy/app", b"not delivered yet")
+    await asyncio.sleep(1.5)
+    text = client.server.app[REGISTRY].metrics.render(0, None).decode()
+    failed = re.search(r'pybuild_registry_notifications_total\{endpoint="sink",outcome="failed"\} (\S+)', text)
+    assert failed is not None and 10 <= float(failed.group(1)) <= 13, text
+
+
 async def test_full_queue_drops_events_with_a_log_line(registry, caplog, tmp_path):
     storage = tmp_path / "storage"
     down = EventSink()
@@ -205,6 +260,47 @@ async def test_full_queue_drops_events_with_a_log_line(registry, caplog, tmp_pat
         await asyncio.sleep(0.3)
         # The first three were kept, in order; the other three were dropped.
         assert [e["target"]["digest"] for e in down.events] == [str(Digest.of(b"blob %d" % i)) for i in range(3)]
+
+
+def _fill(space: Path) -> Path:
+    """Take every free byte of ``space`` with one file; its path."""
+    filler = space / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for size in (1 << 20, 4096, 512):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass
+    return filler
+
+
+async def test_events_db_on_a_full_disk_delays_events_but_loses_none(registry, caplog, tmp_path):
+    caplog.set_level(logging.WARNING, logger="pybuild.registry")
+    down = EventSink()
+    with small_filesystem(tmp_path / "small", "16m") as disk:
+        client = await registry(endpoint(down), storage=disk / "storage")
+        await push_blob(client, "fulldb/app", b"before the disk filled")
+        await asyncio.sleep(0.3)  # written to events.db, waiting for the endpoint
+        filler = _fill(disk)
+        with down:  # delivered now; events.db cannot even record that (a DELETE needs room)
+            await down.wait_for_async(lambda ev: len(ev) >= 1)
+            resp = await client.get(f"/v2/fulldb/app/blobs/{Digest.of(b'before the disk filled')}")
+            assert resp.status == 200  # a pull event, held in memory while the disk is full
+            await asyncio.sleep(1.5)
+            failing = [r.getMessage() for r in caplog.records if "cannot use" in r.getMessage()]
+            assert len(failing) == 1 and "storage full" in failing[0] and "free space" in failing[0], failing
+            assert not any(r.exc_info for r in caplog.records)
+            filler.unlink()
+            await push_blob(client, "fulldb/app", b"after the disk was emptied")
+            events = await down.wait_for_async(lambda ev: len(ev) >= 3, timeout=10)
+            assert [(e["action"], e["target"]["digest"]) for e in events[-2:]] == [
+                ("pull", str(Digest.of(b"before the disk filled"))),
+                ("push", str(Digest.of(b"after the disk was emptied"))),
+            ]
+            assert events[0]["target"]["digest"] == str(Digest.of(b"before the disk filled"))
+            assert any("can be written again" in r.getMessage() for r in caplog.records)
+        await client.close()
 
 
 async def test_a_blocked_endpoint_never_holds_up_a_push(registry, sink):

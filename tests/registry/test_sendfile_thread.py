@@ -8,6 +8,7 @@ connection."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from pathlib import Path
@@ -59,10 +60,10 @@ def test_the_socket_closed_during_the_hop_to_the_thread_is_not_looked_up_again(
     reader.start()
     original = blobs._sendfile_blocking
 
-    def loop_closed_the_socket_first(*args: Any) -> None:
+    def loop_closed_the_socket_first(*args: Any) -> int:
         # What the loop does when the client's reset arrives before the worker runs.
         server_side.close()
-        original(*args)
+        return original(*args)
 
     monkeypatch.setattr(blobs, "_sendfile_blocking", loop_closed_the_socket_first)
 
@@ -75,3 +76,55 @@ def test_the_socket_closed_during_the_hop_to_the_thread_is_not_looked_up_again(
     reader.join(10)
     client_side.close()
     assert bytes(received) == data  # the duplicate made before the hop carried it all
+
+
+def test_clients_that_stop_reading_hold_no_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More clients than the loop has worker threads fill their socket buffers and stop
+    # reading: while they wait, another client's pull must still go out at once.
+    monkeypatch.setattr(blobs.stalls, "STALL_SECONDS", 5.0)
+    data = os.urandom(1 << 20)
+    pack = tmp_path / "piece"
+    pack.write_bytes(data)
+    stalled = [socket.socketpair() for _ in range((os.cpu_count() or 1) + 40)]
+    reading, client_side = socket.socketpair()
+    for server_side, _ in [*stalled, (reading, client_side)]:
+        server_side.setblocking(False)
+    received = bytearray()
+
+    def read_all() -> None:
+        while len(received) < len(data) and (chunk := client_side.recv(1 << 16)):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+
+    async def send(sock: socket.socket) -> None:
+        request: Any = _Request(_Transport(sock))
+        await blobs._send_file_range(request, None, pack, 0, len(data))  # type: ignore[arg-type]
+
+    async def pull_beside_stalled_ones() -> float:
+        loop = asyncio.get_running_loop()
+        stuck = [asyncio.create_task(send(s)) for s, _ in stalled]
+        await asyncio.sleep(0.5)  # their buffers are full: they wait for their clients
+        started = loop.time()
+        try:
+            await asyncio.wait_for(send(reading), 4)
+        finally:
+            elapsed = loop.time() - started
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+        return elapsed
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            elapsed = runner.run(pull_beside_stalled_ones())  # before: waited for the stall cut-off
+    finally:
+        reader.join(10)
+        for pair in [*stalled, (reading, client_side)]:
+            for s in pair:
+                s.close()
+    assert bytes(received) == data
+    assert elapsed < 2, elapsed

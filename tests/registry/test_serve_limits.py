@@ -192,13 +192,53 @@ def test_connections_stay_below_the_open_files_limit(tmp_path, servers):
     time.sleep(0.3)
     ok = _request(srv.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert ok.startswith(b"HTTP/1.1 200"), ok
-    held = [_connect(srv.port, "127.0.0.2") for _ in range(44)]
+    held = [_connect(srv.port, "127.0.0.2") for _ in range(59)]
     time.sleep(0.2)
     refused = _request(srv.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.3")
     assert refused.startswith(b"HTTP/1.1 429"), refused
     for s in held:
         s.close()
-    assert "open files limit is 300: serving at most 44 connections" in srv.stderr.read_text()
+    assert "open files limit is 300: serving at most 59 connections" in srv.stderr.read_text()
+
+
+@pytest.mark.parametrize(("limit", "bound"), [(256, 48), (512, 112)])
+def test_a_low_open_files_limit_serves_parallel_pulls_to_its_bound(tmp_path, servers, limit, bound):
+    # Each connection sending a blob holds up to four descriptors (its socket, the pack,
+    # and their duplicates for a sendfile from a thread), beside the store's own.
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    srv = Server(tmp_path / "storage", env={"PYBUILD_LOG_ACCESS": "false"})
+    srv.preexec = low_limit
+    srv.start()
+    servers.append(srv)
+    blob = os.urandom(64 << 20)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    with _connect(srv.port) as s:
+        s.sendall(f"POST /v2/fd/app/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n"
+                  f"Content-Type: application/octet-stream\r\nContent-Length: {len(blob)}\r\n"
+                  "Connection: close\r\n\r\n".encode() + blob)
+        answer = _closed_within(s, 30) or b""
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
+    time.sleep(0.3)
+    pulls = []
+    for _ in range(limit):  # pulls that read slowly, each holding its pack, until refused
+        s = _connect(srv.port, "127.0.0.2")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(f"GET /v2/fd/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        pulls.append(s)
+        if s.recv(12) != b"HTTP/1.1 200":
+            break
+    time.sleep(0.5)
+    assert len(pulls) == bound + 1  # the one refused (429) included
+    pulls.pop().close()
+    pulls.pop().close()
+    ok = _request(srv.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200"), ok
+    for s in pulls:
+        s.close()
+    assert f"open files limit is {limit}: serving at most {bound} connections" in srv.stderr.read_text()
+    assert "too many open files" not in srv.stderr.read_text().lower()
 
 
 def test_a_stalled_manifest_body_ends_its_request(tmp_path, servers):

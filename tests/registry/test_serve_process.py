@@ -158,6 +158,38 @@ async def test_graceful_shutdown_lets_an_upload_finish(server, http):
         assert Digest.of(await resp.read()) == digest
 
 
+def test_shutdown_cancels_a_stuck_request_once_shutdown_timeout_has_passed(tmp_path):
+    # An upload trickling a byte at a time outlasts the grace period: it is cancelled
+    # when shutdown_timeout runs out, not after waiting as long again.
+    srv = Server(tmp_path / "storage", env={"PYBUILD_SHUTDOWN_TIMEOUT": "3"})
+    srv.start()
+    assert srv.proc is not None
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:
+            s.sendall(b"POST /v2/t/app/blobs/uploads/?digest=sha256:" + b"0" * 64 + b" HTTP/1.1\r\n"
+                      b"Host: x\r\nContent-Type: application/octet-stream\r\n"
+                      b"Content-Length: 1000000\r\n\r\n" + b"a" * 1000)
+            time.sleep(0.5)
+            started = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            trickling = True
+            while srv.proc.poll() is None and time.monotonic() - started < 20:
+                if trickling:
+                    try:
+                        s.sendall(b"a")
+                    except OSError:  # the request was cancelled: its connection closed
+                        trickling = False
+                time.sleep(0.2)
+            elapsed = time.monotonic() - started
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+        srv.proc.wait()
+    assert srv.proc.returncode == 0, srv.stderr.read_text()
+    assert 3 <= elapsed < 5, elapsed
+    assert "shutdown timeout: cancelling 1 request(s)" in srv.stderr.read_text()
+
+
 async def test_tls(tmp_path, http):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     await asyncio.to_thread(
