@@ -93,6 +93,12 @@ def retention(storage: Path | None, config_file: Path | None, dry_run: bool,
     if upload_grace is not None:
         settings = RetentionSettings(settings.untagged_delay, upload_grace, settings.policies)
     root = storage or config.storage or default_storage_dir()
+    if config.database is None and not (root / "registry.db").is_file():
+        # Opening would make an empty store there: a mistyped path "collects" nothing.
+        raise click.ClickException(
+            f"{root} holds no registry (no registry.db): give --storage (or storage in "
+            "--config) the directory `pybuild serve` stores in"
+        )
     report, collected = asyncio.run(_run(root, config.database, settings, dry_run, gc))
     if as_json:
         doc = report.to_json()

@@ -12,7 +12,9 @@ import time
 import zlib
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["decoded", "error_reason", "gave_up", "retry_after", "retry_delay", "same_origin",
+from ..errors import RegistryError
+
+__all__ = ["decoded", "each_said", "error_reason", "gave_up", "retry_after", "retry_delay", "same_origin",
            "shown_url", "storage_reason"]
 
 
@@ -109,6 +111,14 @@ def error_reason(status: int, body: bytes, said: str) -> str | None:
     if status == 413:
         return f"{reason or said} ({TOO_LARGE_FIX})"
     return reason
+
+
+def each_said(err: RegistryError) -> str:
+    """Every error of an answer (the spec allows several), each with its ``detail`` when that
+    is a word (Distribution's ``MANIFEST_BLOB_UNKNOWN`` names the blob there), not the first
+    one only: Distribution answers an invalid manifest with ``UNKNOWN`` first."""
+    return "; ".join(e.args[0] + (f" ({e.detail})" if isinstance(e.detail, str) and e.detail else "")
+                     for e in err.all())
 
 
 def decoded(body: bytes, encoding: str | None, limit: int) -> bytes:

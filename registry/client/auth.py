@@ -92,11 +92,13 @@ class AuthError(ClientError, RegistryError):
 class Credentials:
     """A user name and password, and where they came from (``source``, for messages:
     ``PYBUILD_REGISTRY_USER/PYBUILD_REGISTRY_PASSWORD``, a credential helper, an
-    ``auths`` entry of config.json, or the flags of ``pybuild login``)."""
+    ``auths`` entry of config.json, or the flags of ``pybuild login``; ``fix``: what to
+    do when they are refused, when it is not ``pybuild login``)."""
 
     username: str
     password: str = field(repr=False)
     source: str = field(default="", compare=False)
+    fix: str = field(default="", compare=False)
 
     def basic(self) -> str:
         raw = f"{self.username}:{self.password}".encode()
@@ -417,10 +419,14 @@ class HostAuth:
         who = f"user {creds.username!r} (credentials from {creds.source or 'the caller'})"
         if sent is not None and sent.startswith("Bearer "):
             what = ", ".join(sorted(scopes)) or "this request"
+            may = f"{creds.fix}, for a user who may" if creds.fix else (
+                f"run {login} as a user who may")
             return AuthError(f"{self.host} refused {who} access to {what}{said}: the "
                              "repository may not exist, or the user may not use it; check "
-                             f"the name, or run {login} as a user who may", status)
-        if creds.source == ENV_SOURCE:
+                             f"the name, or {may}", status)
+        if creds.fix:
+            fix = creds.fix
+        elif creds.source == ENV_SOURCE:
             fix = (f"set {ENV_SOURCE} right, or unset them and run {login}")
         elif creds.source.startswith("the password given"):
             fix = f"check the user name and password given to {login}"

@@ -219,6 +219,11 @@ def login(server: str, username: str | None, password: str | None, password_stdi
 
     server = server_host(server)  # `https://reg:5000/` names reg:5000, as for docker login
 
+    if (username is None or (password is None and not password_stdin)) and not sys.stdin.isatty():
+        # As docker login: a prompt read from a pipe would echo, and mix with the password.
+        raise click.UsageError("cannot ask for the user name or password: standard input is not a terminal; "
+                               "give -u USER and --password-stdin (echo \"$PASSWORD\" | pybuild login "
+                               f"{server} -u USER --password-stdin)")
     if username is None:
         username = click.prompt("Username")
     if password_stdin:

@@ -36,7 +36,7 @@ from urllib.parse import urlencode, urlsplit
 from .errors import ClientError
 from .proxies import Proxies, Proxy
 
-__all__ = ["UnknownHost", "Unreachable", "Wire", "WireError", "WireResponse"]
+__all__ = ["PlainHttp", "UnknownHost", "Unreachable", "Wire", "WireError", "WireResponse"]
 
 T = TypeVar("T")
 MAX_SMALL_BODY = 4 << 20
@@ -44,6 +44,16 @@ MAX_SMALL_BODY = 4 << 20
 
 class WireError(ClientError, ConnectionError):
     """The request could not be sent or its answer could not be read."""
+
+
+class PlainHttp(WireError):
+    """The server answered the TLS handshake with something else than TLS: plain HTTP,
+    most likely (what Go's client, and so Docker and skopeo, calls "server gave HTTP
+    response to HTTPS client"). Asking again gets the same answer."""
+
+
+# What OpenSSL says of a handshake answered in plain HTTP (3.0; 3.2 and later).
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE"})
 
 
 class Unreachable(WireError):
@@ -242,6 +252,12 @@ class Wire:
                 # one (nothing was read, and the request had no body).
                 if not fresh and attempt == 0 and body is None:
                     continue
+                if isinstance(exc, ssl.SSLError) and exc.reason in _NOT_TLS:
+                    raise PlainHttp(
+                        f"{method} {_bare(url)}: {parts.netloc} does not speak TLS (server gave HTTP "
+                        f"response to HTTPS client): it is a plain-HTTP registry; allow that with "
+                        f"--insecure {parts.netloc} (or PYBUILD_INSECURE_REGISTRIES), or serve it over TLS"
+                    ) from exc
                 raise WireError(f"{method} {_bare(url)}: {exc or type(exc).__name__}") from exc
             return WireResponse(self, origin, conn, resp, url)
         raise AssertionError("unreachable")

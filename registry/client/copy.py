@@ -41,7 +41,8 @@ from typing import Any
 from cas import Digest
 from cas.holders import HolderKind, image_holder, parse_holder
 
-from ..oci import OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest, parse_manifest
+from ..errors import RegistryError
+from ..oci import DOCKER_CONFIG, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest, parse_manifest
 from .endpoints import Endpoint, check_transport, parse_endpoint
 from .errors import ClientError
 from .image_store import ImageNotFound, ImageStore, select_platform
@@ -52,6 +53,7 @@ from .layouts import (
     as_oci,
     check_destination,
     read_docker_archive,
+    source_index,
     undone_on_failure,
     write_docker_archive,
 )
@@ -146,7 +148,12 @@ class _Copy:
         if src.kind == "registry":
             assert src.ref is not None
             ref = src.ref if desc is None else src.ref.with_digest(desc.digest)
-            body, media_type, _ = await self.client.get_manifest(ref)
+            try:
+                body, media_type, _ = await self.client.get_manifest(ref)
+            except RegistryError as exc:
+                if desc is None:  # the name given: what is wrong with it
+                    await self.client.explain_missing(ref, exc)
+                raise
             return body, media_type
         if src.kind == "local":
             digest = desc.digest if desc else None
@@ -206,6 +213,8 @@ class _Copy:
         entry_blobs: list[Descriptor] = []  # an index's entries that are blobs (a build cache)
         if isinstance(obj, Index):
             if self.options.all_platforms:
+                if self.dst.kind == "docker-archive":  # refused before any blob moves, as skopeo does
+                    raise LayoutError("a docker archive holds one image: copy one platform, not --all-platforms")
                 entries = await read_index_entries(obj, self.read_manifest, self.src)
                 children, entry_blobs = entries.manifests, entries.blobs
             else:
@@ -218,6 +227,10 @@ class _Copy:
         if self.dst.kind in ("oci", "docker-archive"):
             assert self.dst.path is not None
             check_destination(self.dst.kind, self.dst.path)
+        if isinstance(obj, Manifest) and self.dst.kind == "docker-archive" \
+                and obj.config.media_type not in (OCI_CONFIG, DOCKER_CONFIG):
+            raise LayoutError(f"{self.src} is an artifact ({obj.config.media_type}), not an image, and a docker "
+                              "archive holds images (docker load refuses it): copy it to oci: or a registry")
         manifests: list[Any] = [c[2] for c in children] if isinstance(obj, Index) else [obj]
         blobs = {d.digest: d for m in manifests for d in m.references()}
         blobs.update((d.digest, d) for d in entry_blobs)
@@ -274,8 +287,9 @@ class _Copy:
                         self.progress.start(key, desc.digest.encoded[:12], desc.size)
                         self.progress.finish(key, "mounted")
                         return "mounted"
-        if desc.nondistributable and await self.store.stat(desc.digest) is None and src.kind == "registry":
-            return "skipped"  # foreign layers stay where their urls point
+        if desc.nondistributable and await self.store.stat(desc.digest) is None and src.kind == "registry" \
+                and dst.kind != "docker-archive":
+            return "skipped"  # where its urls point; an archive holds it (fetched as skopeo does)
         if dst.kind == "registry" and src.kind in ("registry", "oci") \
                 and await self.store.stat(desc.digest) is None \
                 and (desc.size < PIECE_PUSH_MIN or not await self._piece_bases()):
@@ -370,7 +384,9 @@ class _Copy:
             await OciLayout(src.path).import_blob(self.store, desc, self.link, progress)
             return "imported"
         if await self.store.stat(desc.digest) is None:
-            raise ImageNotFound(f"blob {desc.digest} of {src} is missing from the local store")
+            raise ImageNotFound(f"blob {desc.digest} of {src} is missing from the local store" + (
+                "; a nondistributable layer is not pulled: copy the image from its registry (its"
+                " urls are read)" if desc.nondistributable else ""))
         if self.link:
             await self.store.link(self.link, desc.digest)
         return "exists"
@@ -421,9 +437,7 @@ class _Copy:
             await layout.write_bytes(digest, raw)
             await layout.tag(Descriptor(media_type, digest, len(raw)), dst.name)
         else:
-            assert dst.path is not None
-            if not isinstance(obj, Manifest):
-                raise LayoutError("a docker archive holds one image: copy one platform, not --all-platforms")
+            assert dst.path is not None and isinstance(obj, Manifest)  # an index is refused in _run
             await write_docker_archive(dst.path, dst.name, obj, self.store)
         return digest
 
@@ -431,6 +445,9 @@ class _Copy:
 async def copy_image(src: Endpoint, dst: Endpoint, images: ImageStore, client: RegistryClient,
                      progress: Progress, options: CopyOptions = CopyOptions()) -> CopyResult:
     """Copy the image at ``src`` to ``dst`` (see the module docstring)."""
+    if dst.kind in ("oci", "oci-archive", "docker-archive") and source_index(dst.name) is not None:
+        raise CopyError(f"{dst}: {dst.name} names a source's image by its place; "
+                        "name the image written with a tag instead")
     if "oci-archive" in (src.kind, dst.kind):
         async with unpacked(src, dst, progress.message) as (layout_src, layout_dst):
             return await _Copy(layout_src, layout_dst, images, client, progress, options).run()

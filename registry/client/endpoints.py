@@ -4,9 +4,11 @@ spells them), parsed into an :class:`Endpoint`::
     docker://REF  or a bare REF      a registry ([host[:port]/]name[:tag][@digest])
     local:REF                        pybuild's local image store (``pybuild images``)
     oci:DIR[:TAG]                    an OCI image layout directory (TAG: its ref.name,
-                                     anything after DIR's first colon, as for skopeo)
+                                     anything after DIR's first colon, as for skopeo;
+                                     a source's @N: its N-th image, from 0)
     oci-archive:FILE[:TAG]           the same in a tar (:mod:`registry.client.oci_archive`)
-    docker-archive:FILE[:REF]        a ``docker save`` tarball (REF name[:tag], no digest)
+    docker-archive:FILE[:REF]        a ``docker save`` tarball (REF name[:tag], no digest;
+                                     a source's @N: its N-th image, from 0)
 
 The other transports skopeo knows are refused by name (:func:`check_transport`), never
 read as Docker Hub references.
@@ -62,6 +64,9 @@ def check_transport(text: str) -> None:
         return  # host:port/name, a reference
     if name == "docker":
         raise ValueError(f"{text!r}: the docker transport is written docker://REF (or a bare REF)")
+    if name in ("http", "https") and rest.startswith("//"):
+        raise ValueError(f"{text!r}: an image reference has no URL scheme: name it {rest[2:]} "
+                         "(loopback and --insecure registries are asked over plain HTTP)")
     if name in SKOPEO_TRANSPORTS:
         raise ValueError(f"unsupported transport {name}; pybuild reads/writes: {SUPPORTED}")
     if "/" in rest:
@@ -85,6 +90,8 @@ def parse_endpoint(text: str) -> Endpoint:
                 return Endpoint(kind, path=Path(path), name=tag or None)
         if text.startswith("docker-archive:"):
             path, _, ref = text[len("docker-archive:"):].partition(":")
+            if re.fullmatch(r"@[0-9]{1,9}", ref):  # the image at that place (from 0)
+                return Endpoint("docker-archive", path=Path(path), name=ref)
             named = parse_image_ref(ref) if ref else None
             if named is not None and named.digest is not None:
                 # RepoTags (and the old ``repositories`` file) hold name:tag only.

@@ -64,6 +64,7 @@ __all__ = [
     "as_oci",
     "check_destination",
     "read_docker_archive",
+    "source_index",
     "undone_on_failure",
     "write_docker_archive",
 ]
@@ -71,6 +72,7 @@ __all__ = [
 DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 REF_NAME = "org.opencontainers.image.ref.name"
 _CHUNK = 4 << 20
+_SOURCE_INDEX = re.compile(r"@[0-9]{1,9}")
 
 
 class LayoutError(ClientError):
@@ -128,17 +130,28 @@ class OciLayout:
             raise LayoutError(f"{self.path}/index.json: {exc}") from exc
 
     async def find(self, tag: str | None) -> Descriptor:
-        """The index entry named ``tag`` (or the only entry when ``tag`` is None)."""
+        """The index entry named ``tag`` (or the only entry when ``tag`` is None); ``@N``
+        is the N-th entry (from 0), as skopeo names an image of a layout by its place."""
         index = await asyncio.to_thread(self._read_index)
+        entries = index.manifests
+        names = [(e.annotations or {}).get(REF_NAME) for e in entries]
+        listed = ", ".join(name or f"@{i} {e.digest.encoded[:12]} (untagged)"
+                           for i, (e, name) in enumerate(zip(entries, names, strict=True)))
+        place = source_index(tag)
+        if tag is None and len(entries) == 1:
+            return entries[0]
         if tag is None:
-            if len(index.manifests) != 1:
-                raise LayoutError(f"{self.path} holds {len(index.manifests)} images; name one (oci:DIR:TAG)")
-            return index.manifests[0]
-        for entry in index.manifests:
-            if (entry.annotations or {}).get(REF_NAME) == tag:
+            raise LayoutError(f"{self.path} holds {len(entries)} images" + (
+                f" ({listed}); name one (oci:DIR:TAG, or oci:DIR:@N for the N-th from 0)" if entries
+                else "; name one (oci:DIR:TAG)"))
+        if place is not None:
+            if place < len(entries):
+                return entries[place]
+            raise LayoutError(f"{self.path} has no image {tag} (it has: {listed or 'none'})")
+        for entry, name in zip(entries, names, strict=True):
+            if name == tag:
                 return entry
-        names = [(e.annotations or {}).get(REF_NAME, "?") for e in index.manifests]
-        raise LayoutError(f"{self.path} has no image {tag!r} (it has: {', '.join(names) or 'none'})")
+        raise LayoutError(f"{self.path} has no image {tag!r} (it has: {listed or 'none'})")
 
     async def read_bytes(self, desc: Descriptor) -> bytes:
         data = await asyncio.to_thread(self.blob_path(desc.digest).read_bytes)
@@ -345,18 +358,28 @@ async def read_docker_archive(path: Path, ref: str | None, store: Store, link: s
     return json.dumps(manifest.to_json(), indent=3).encode()
 
 
+def source_index(name: str | None) -> int | None:
+    """N when ``name`` is ``@N``: an image of a layout or archive named by its place."""
+    return int(name[1:]) if name and _SOURCE_INDEX.fullmatch(name) else None
+
+
 def _pick(entries: Any, ref: str | None, path: Path) -> dict[str, Any]:
     if not isinstance(entries, list) or not entries:
         raise LayoutError(f"{path}: manifest.json lists no images")
-    if ref is None:
-        if len(entries) != 1:
-            raise LayoutError(f"{path} holds {len(entries)} images; name one (docker-archive:FILE:REF)")
+    listed = ", ".join(", ".join(e.get("RepoTags") or []) or f"@{i} (untagged)"
+                       for i, e in enumerate(entries))
+    place = source_index(ref)
+    if ref is None and len(entries) == 1:
         return dict(entries[0])
+    if ref is None:
+        raise LayoutError(f"{path} holds {len(entries)} images ({listed}); name one "
+                          "(docker-archive:FILE:REF, or docker-archive:FILE:@N for the N-th from 0)")
+    if place is not None and place < len(entries):
+        return dict(entries[place])
     for entry in entries:
-        if any(_normalized(tag) == ref for tag in entry.get("RepoTags") or []):
+        if place is None and any(_normalized(tag) == ref for tag in entry.get("RepoTags") or []):
             return dict(entry)
-    tags = [t for e in entries for t in e.get("RepoTags") or []]
-    raise LayoutError(f"{path} has no image {ref} (it has: {', '.join(tags) or 'untagged images'})")
+    raise LayoutError(f"{path} has no image {ref} (it has: {listed})")
 
 
 def _normalized(tag: Any) -> str:

@@ -59,7 +59,7 @@ async def unpacked(src: Endpoint, dst: Endpoint, say: Callable[[str], None] = la
             text = str(exc)
             for path, name in named.items():
                 text = text.replace(f"oci:{path}", name).replace(path, name)
-            text = text.replace("(oci:DIR:TAG)", "(oci-archive:FILE:TAG)")
+            text = text.replace("oci:DIR:", "oci-archive:FILE:")
             raise LayoutError(text) from exc
         if dst.path is not None and str(dst.path) in named:
             say(f"writing {named[str(dst.path)]}")

@@ -134,7 +134,10 @@ async def pull_blob(
                             SourceFailed)):
             again = ("again (it fetches only the pieces still missing)" if ing.assembled
                      else f"again to resume from byte {ing.offset}" if ing.offset else "again")
-            error = BlobError(f"blob {desc.digest} from {src.repository}: {exc}; run the command {again}")
+            fix = (f"run the command {again}" if not isinstance(exc, RegistryError) or exc.status != 404
+                   else "the registry has lost a blob the image's manifest names (asking again gets the "
+                        "same answer): push the image there again, or tell the registry's operator")
+            error = BlobError(f"blob {desc.digest} from {src.repository}: {exc}; {fix}")
             progress.fail(key, error)
             raise error from exc
         progress.fail(key, exc)
@@ -191,6 +194,9 @@ async def _fill(
     start = sink.offset
     if start >= desc.size:
         return
+    if desc.nondistributable and desc.urls:
+        await _from_urls(client, src, desc, sink, options)
+        return
     parts: Sequence[_Part] | None = None
     if recipes:
         try:
@@ -240,8 +246,28 @@ async def _fill(
         await _stream(client, src, desc, sink, options)
 
 
+async def _from_urls(
+    client: RegistryClient, src: ImageRef, desc: Descriptor, sink: _Sink, options: TransferOptions,
+) -> None:
+    """A nondistributable (foreign) layer from the URLs its descriptor names, in order, then
+    from the registry, as containerd and Docker fetch one (the digest decides)."""
+    failures = []
+    for url in (*(desc.urls or ()), None):
+        if url is not None and not url.startswith(("http://", "https://")):
+            failures.append(f"{url}: not an http(s) URL")
+            continue
+        try:
+            await _stream(client, src, desc, sink, options, url)
+            return
+        except (TransportError, RegistryError, WireError, TimeoutError, SourceFailed) as exc:
+            failures.append(str(exc))
+    raise BlobError(f"nondistributable layer {desc.digest}: neither its urls nor {src.repository} "
+                    f"serve it ({'; '.join(failures)})")
+
+
 async def _stream(
     client: RegistryClient, src: ImageRef, desc: Descriptor, sink: _Sink, options: TransferOptions,
+    url: str | None = None,
 ) -> None:
     """One GET from the sink's offset, re-requested from where it broke off (a Range)
     when the body is cut. The body is read on a worker thread straight into the ingest
@@ -251,7 +277,7 @@ async def _stream(
     for attempt in range(options.retries + 1):
         try:
             async with client.open_blob(src.api_host, src.name, desc.digest, sink.offset,
-                                        whole=True) as resp:
+                                        whole=True, url=url) as resp:
                 if resp.status == 200 and sink.offset:
                     if not told:
                         sink.progress.message(

@@ -93,7 +93,13 @@ class RegistryClient(RegistrySession):
     # --- API ---------------------------------------------------------------------------
     async def ping(self, host: str) -> None:
         """``GET /v2/`` (authenticating if asked); raises if the host is no registry."""
-        await self._request("GET", host, "/v2/")
+        try:
+            await self._request("GET", host, "/v2/")
+        except RegistryError as exc:
+            if exc.status in (404, 405):  # a web server, or a registry's path
+                raise TransportError(f"{host} is not an OCI registry ({exc}): a registry answers "
+                                     "GET /v2/ with 200 or 401; check the host and port") from exc
+            raise
 
     async def get_manifest(self, ref: ImageRef, *, push: bool = False) -> tuple[bytes, str, Digest]:
         """The manifest's exact bytes, media type and digest (verified when pinned).
@@ -119,6 +125,28 @@ class RegistryClient(RegistrySession):
                 f"manifest {ref} does not match its digest: expected {expected}, got {digest}"
             )
         return body, media_type, Digest.of(body) if expected is None else digest
+
+    async def explain_missing(self, ref: ImageRef, exc: RegistryError) -> None:
+        """Reword the 404 of ``ref``'s manifest as Docker does (``manifest for REF not
+        found``) and say what the repository holds: its tags, or that it has none (a
+        misspelt repository). One page of tags is asked for, on this failure only."""
+        if exc.status != 404:
+            return
+        try:
+            tags: list[str] | None = await self.tags(ref.api_host, ref.name, pages=1)
+        except RegistryError as listing:
+            tags = [] if listing.status == 404 else None
+        except (TransportError, ValueError):
+            tags = None
+        if tags is None:
+            hint = f"check the name and the {'digest' if ref.digest else 'tag'}"
+        elif not tags:
+            hint = f"the registry has no image in repository {ref.repository}: check its name"
+        else:
+            shown = ", ".join(tags[:10]) + (" and more" if len(tags) > 10 else "")
+            hint = (f"{ref.repository} has the tag{'s' if len(tags) > 1 else ''} {shown}: "
+                    f"check the {'digest' if ref.digest else 'tag'}")
+        exc.args = (f"manifest for {ref} not found ({exc.args[0]}); {hint}",)
 
     async def head_manifest(self, ref: ImageRef) -> Digest | None:
         """The digest ``ref`` resolves to, or None if the registry does not have it."""
@@ -159,7 +187,7 @@ class RegistryClient(RegistrySession):
     @asynccontextmanager
     async def open_blob(
         self, host: str, name: str, digest: Digest, start: int = 0, end: int | None = None,
-        *, whole: bool = False,
+        *, whole: bool = False, url: str | None = None,
     ) -> AsyncIterator[WireResponse]:
         """A blob GET, from ``start`` to ``end`` (inclusive) when given, following redirects;
         a worker thread reads the body (:meth:`registry.client.connections.WireResponse.readinto`).
@@ -167,13 +195,15 @@ class RegistryClient(RegistrySession):
         A ranged request that gets a whole-blob 200 instead of 206 raises RangeIgnored
         (the caller then knows the server ignores ranges), unless ``whole``: the 200 is
         then the caller's to read past what it holds. A 206 that is not the range asked
-        for raises WrongRange before its body is read (:mod:`.content_range`)."""
+        for raises WrongRange before its body is read (:mod:`.content_range`). ``url``: a
+        nondistributable layer's own URL instead (its host gets none of the registry's
+        credentials, as for a redirect)."""
         headers = {}
         ranged = start > 0 or end is not None
         if ranged:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
         resp = await self._send(
-            "GET", host, f"/v2/{name}/blobs/{digest}", scopes=frozenset({pull_scope(name)}),
+            "GET", host, url or f"/v2/{name}/blobs/{digest}", scopes=frozenset({pull_scope(name)}),
             headers=headers, ok=(200, 206), redirects=True,
         )
         try:
@@ -261,11 +291,17 @@ class RegistryClient(RegistrySession):
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
         )
 
-    async def tags(self, host: str, name: str, *, push: bool = False) -> list[str]:
-        """Every tag of ``name`` (following ``Link`` pagination)."""
+    async def tags(self, host: str, name: str, *, push: bool = False, pages: int | None = None) -> list[str]:
+        """Every tag of ``name`` (following ``Link`` pagination; the first ``pages`` pages
+        only, when given). A ``Link`` back to a page already read is an error, not a loop."""
         out: list[str] = []
         url = f"/v2/{name}/tags/list"
-        while url:
+        seen: set[str] = set()
+        while url and (pages is None or len(seen) < pages):
+            if url in seen:
+                raise TransportError(f"the registry's tag list of {name} links back to a page it "
+                                     f"sent ({url}): its pagination loops")
+            seen.add(url)
             resp, body = await self._request("GET", host, url, scopes=frozenset({_scope(name, push)}))
             try:
                 tags = json.loads(body).get("tags") or []

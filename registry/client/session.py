@@ -6,9 +6,9 @@ and token scopes it works with. The endpoints themselves are
 
 Policies, in one place (:meth:`RegistrySession._send`):
 
-- Scheme: HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and hosts in
-  ``insecure`` are tried over HTTPS without verification first, then plain HTTP, as
-  Docker does for insecure registries.
+- Scheme: HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and hosts in ``insecure`` are
+  tried over HTTPS without verification first, then plain HTTP, as Docker does for insecure registries;
+  another host that answers TLS in plain HTTP is an error at once, with the fix (``PlainHttp``).
 - Auth: a 401 is answered once per request through :class:`registry.client.auth.HostAuth`
   (Basic, or the Bearer token flow with the request's scopes); requests that meet the
   first 401 together share one answer, and a request refused although it carried the
@@ -19,11 +19,10 @@ Policies, in one place (:meth:`RegistrySession._send`):
   that does not resolve is not retried; a refused connection is retried twice, quickly.
   Either raises :class:`Unreachable`, one line naming the host and what to check, and
   the host is then known to be down: every later request to it fails at once.
-- Redirects are followed by hand (blob GETs are redirected to storage); the
-  ``Authorization`` header only ever goes to the registry's own host, the ``Location``'s
-  query string is sent as it is, and messages show it without its query (a presigned
-  URL's signature). A redirect target that refuses (400, 401, 403: an expired URL) makes
-  the registry be asked once more, for a fresh one.
+- Redirects are followed by hand (blob GETs are redirected to storage); the ``Authorization`` header
+  only ever goes to the registry's own host, the ``Location``'s query string is sent as it is, and
+  messages show it without its query (a presigned URL's signature). A redirect target that refuses
+  (400, 401, 403: an expired URL) makes the registry be asked once more, for a fresh one.
 - Error responses become :class:`registry.errors.RegistryError` via ``decode_errors``.
 """
 
@@ -40,9 +39,9 @@ from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import RegistryError, decode_errors
-from .answers import decoded, error_reason, gave_up, retry_delay, same_origin, shown_url
+from .answers import decoded, each_said, error_reason, gave_up, retry_delay, same_origin, shown_url
 from .auth import Credentials, HostAuth
-from .connections import MAX_SMALL_BODY, UnknownHost, Wire, WireError, WireResponse
+from .connections import MAX_SMALL_BODY, PlainHttp, UnknownHost, Wire, WireError, WireResponse
 from .connections import Unreachable as _NoConnection
 from .errors import ClientError
 from .refs import is_loopback
@@ -267,6 +266,8 @@ class RegistrySession:
                 cause = exc.__cause__
                 if isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE):
                     raise cause from None  # this process's limit of open files: no retry helps
+                if isinstance(exc, PlainHttp):
+                    raise TransportError(str(exc)) from exc  # asked again, it answers the same
                 # A WireError names the request already.
                 what = (str(exc) if isinstance(exc, WireError)
                         else f"{method} {shown_url(url, host)}: {exc or type(exc).__name__}")
@@ -494,6 +495,6 @@ def _error(resp: WireResponse, body: bytes, what: str, after: str = "") -> Regis
     if reason is not None:
         err.message = reason
         err.args = (f"{err.code.code}: {reason}",)
-    err.args = (f"{what}: HTTP {resp.status} {err.args[0]}{after}",)
+    err.args = (f"{what}: HTTP {resp.status} {each_said(err)}{after}",)
     return err
 

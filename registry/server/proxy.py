@@ -54,6 +54,7 @@ from cas import (
     UnsupportedDigestAlgorithm,
 )
 
+from ..client.auth import AuthError
 from ..client.errors import ClientError
 from ..client.refs import ImageRef
 from ..client.remote import RegistryClient, Unreachable
@@ -65,7 +66,7 @@ from .config import ServerConfig
 from .metadata import ManifestRecord
 from .proxy_blobs import BlobFlight, held_locally, receive_blob, stream_flight, streamable
 from .proxy_config import Upstream, upstream_from_remoteurl
-from .proxy_upstream import upstream_client
+from .proxy_upstream import no_credentials, upstream_client
 from .state import REGISTRY, CachedManifest, Registry, holder
 
 __all__ = ["PROXY", "Proxy", "get_blob", "get_manifest", "proxy_context", "refuse_write"]
@@ -196,6 +197,8 @@ class Proxy:
         except RegistryError as exc:
             if exc.status == 404:
                 raise
+            if isinstance(exc, AuthError) and upstream.username is None:
+                raise _UpstreamFailed(UNAVAILABLE(no_credentials(upstream, what), status=502)) from exc
             raise _UpstreamFailed(UNAVAILABLE(
                 f"upstream {upstream.remoteurl} refused {what}: {exc}", status=502
             )) from exc
@@ -364,6 +367,14 @@ class Proxy:
         reg.cache.put(route.local, CachedManifest(str(actual), media_type, body, f'"{actual}"'))
         if tag is not None:
             await self._mark(reg, route.local, tag, str(actual))
+
+    async def upstream_tags(self, route: ProxyRoute) -> list[str]:
+        """Every tag of ``route.remote`` upstream; a RegistryError when it cannot say."""
+        try:
+            return await self._ask(route.upstream, f"tag list of {route.remote}",
+                                   lambda c: c.tags(route.upstream.netloc, route.remote))
+        except _UpstreamFailed as exc:
+            raise exc.error from exc
 
     # --- blobs -----------------------------------------------------------------------
     async def blob_flight(

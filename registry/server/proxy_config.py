@@ -69,6 +69,13 @@ class Upstream:
         return urlsplit(self.remoteurl).netloc
 
     @property
+    def credential_keys(self) -> str:
+        """Where its credentials are configured, for messages."""
+        if self.host:
+            return f"the username and password of upstream {self.host} in proxy.upstreams"
+        return "proxy.username and proxy.password"
+
+    @property
     def prefix(self) -> str:
         """What the names of the local repositories holding its content start with."""
         return f"{self.host.replace(':', '_')}/" if self.host else ""

@@ -19,12 +19,12 @@ as long as it lasts, and the clients streaming it get each byte as it comes.
 
 from __future__ import annotations
 
-from ..client.auth import Credentials
+from ..client.auth import Credentials, HostAuth
 from ..client.connections import WireError
 from ..client.remote import ClientOptions, RegistryClient
 from .proxy_config import Upstream
 
-__all__ = ["UPSTREAM_READ_TIMEOUT", "UpstreamStalled", "stalled", "upstream_client"]
+__all__ = ["UPSTREAM_READ_TIMEOUT", "UpstreamStalled", "no_credentials", "stalled", "upstream_client"]
 
 # Seconds an upstream may stay silent: before it answers, or in the middle of a blob.
 UPSTREAM_READ_TIMEOUT = 30.0
@@ -36,12 +36,16 @@ class UpstreamStalled(WireError):
 
 def upstream_client(upstream: Upstream) -> RegistryClient:
     """A client for ``upstream``: its configured credentials and scheme (no probing of
-    https first), few retries, and :data:`UPSTREAM_READ_TIMEOUT`."""
+    https first), few retries, and :data:`UPSTREAM_READ_TIMEOUT`. Only the configured
+    credentials: none from the server's environment or Docker config (as Distribution),
+    else every client of the mirror would pull with its operator's logins."""
     netloc = upstream.netloc
     creds = {}
     if upstream.username is not None:
         creds[netloc] = Credentials(upstream.username, upstream.password or "",
-                                    source="the proxy configuration")
+                                    source="the proxy configuration",
+                                    fix=f"set {upstream.credential_keys} in this registry's "
+                                        "configuration and restart it")
     plain = upstream.remoteurl.startswith("http:")
     options = ClientOptions(
         credentials=creds, insecure=frozenset({netloc}) if plain else frozenset(),
@@ -49,6 +53,7 @@ def upstream_client(upstream: Upstream) -> RegistryClient:
     )
     client = RegistryClient(options)
     client._bases[netloc] = upstream.remoteurl
+    client._auth[netloc] = HostAuth(netloc, creds.get(netloc), lookup=False)
     return client
 
 
@@ -62,3 +67,9 @@ def stalled(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def no_credentials(upstream: Upstream, what: str) -> str:
+    """The message for ``what`` refused by ``upstream`` when none are configured for it."""
+    return (f"upstream {upstream.remoteurl} refused {what} without credentials: set "
+            f"{upstream.credential_keys} in this registry's configuration and restart it")

@@ -21,7 +21,8 @@ is the repository name::
 
 GET and HEAD of blobs and manifests go through :mod:`proxy` (the pull-through cache,
 when ``proxy`` is configured: it fetches what is missing, then the handlers above serve
-it); on a pull-through cache, writes are refused there too.
+it), and tag lists through :mod:`proxy_tags` (the upstream's tags); on a pull-through
+cache, writes are refused there too.
 
 Registry-level paths (``/v2/``, ``/v2/_catalog``, ``/v2/_oci/ext/discover``) are matched
 first. A path matching no row is 404; a known path with another method is UNSUPPORTED
@@ -39,7 +40,17 @@ from aiohttp import web
 
 from ..errors import BLOB_UPLOAD_UNKNOWN, NAME_INVALID, UNSUPPORTED
 from ..names import is_valid_name
-from . import blobs, catalog, extensions, manifests, piece_uploads, proxy, referrers, tags, uploads
+from . import (
+    blobs,
+    catalog,
+    extensions,
+    manifests,
+    piece_uploads,
+    proxy,
+    proxy_tags,
+    referrers,
+    uploads,
+)
 from .state import PARAMS, ROUTE
 
 __all__ = ["ROUTES", "WRITE_METHODS", "Route", "dispatch", "match"]
@@ -101,7 +112,7 @@ ROUTES: tuple[Route, ...] = (
         },
         "reference",
     ),
-    Route("tags", ("tags", "list"), {"GET": tags.list_tags}),
+    Route("tags", ("tags", "list"), {"GET": proxy_tags.list_tags}),
     Route("referrers", ("referrers", "*"), {"GET": referrers.list_referrers}, "digest"),
     Route("discover", ("_oci", "ext", "discover"), {"GET": extensions.discover_repository}),
     Route("recipe", ("_pybuild", "blob", "recipe"), {"GET": extensions.blob_recipe}),

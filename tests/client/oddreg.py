@@ -129,6 +129,7 @@ class OddRegistry:
     granted: dict[str, set[str]] = field(default_factory=dict)  # token -> its scopes
     tags_page: int = 0  # tag lists in pages of this many (a Link to the next)
     tags_rel: str = '"next"'  # or next, unquoted, as some registries write it
+    tags_loop: bool = False  # every page's Link names the same page (a broken paginator)
     bare_401: bool = False  # a 401 says no WWW-Authenticate (but the /v2/ ping's does)
     blob_scope: str = ""  # a scope blob requests need besides the repository's (a 401 then)
     # (repository, digest) of the blobs each repository holds
@@ -255,7 +256,8 @@ class OddRegistry:
             headers = {}
             if page and page[-1] != tags[-1]:
                 rel = self.tags_rel
-                headers["Link"] = f"</v2/{name}/tags/list?n={self.tags_page}&last={page[-1]}>; rel={rel}"
+                last = "" if self.tags_loop else page[-1]
+                headers["Link"] = f"</v2/{name}/tags/list?n={self.tags_page}&last={last}>; rel={rel}"
             return self._json({"name": name, "tags": page}, headers=headers)
         return web.json_response({"errors": [{"code": "UNSUPPORTED", "message": "no"}]}, status=404)
 

@@ -6,20 +6,23 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 
 from builder.cli import main
 from cas import Digest
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
-from registry.client.image_store import ImageStore
+from registry.client.image_store import ImageNotFound, ImageStore
 from registry.client.layouts import LayoutError, write_docker_archive
 from registry.client.progress import Progress
+from registry.client.pull import BlobError
 from registry.client.remote import RegistryClient
-from registry.oci import Manifest
+from registry.oci import OCI_LAYER_NONDISTRIBUTABLE_GZIP, Manifest
 
-from .helpers import SampleImage, simple_image, store_image
+from .helpers import SampleImage, make_index, simple_image, store_image
 
 
 async def copy(src: str, dst: str, images: ImageStore, client: RegistryClient, **kw: object):
@@ -92,6 +95,16 @@ def test_an_unknown_transport_followed_by_a_path_is_named_as_such() -> None:
 def test_references_that_look_like_transports_still_parse(text: str, ref: str) -> None:
     assert str(parse_endpoint(text).ref) == ref
     assert str(parse_endpoint(f"local:{text.removeprefix('docker://')}").ref) == ref
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_registry_url_given_for_a_reference_says_what_to_name_instead(scheme: str) -> None:
+    # As Docker and skopeo refuse it ("invalid reference format"), with the name to give.
+    with pytest.raises(ValueError, match=r"an image reference has no URL scheme: name it "
+                                         r"127\.0\.0\.1:5000/app:1 \(loopback and --insecure"):
+        parse_endpoint(f"{scheme}://127.0.0.1:5000/app:1")
+    out = CliRunner().invoke(main, ["pull", f"{scheme}://127.0.0.1:5000/app:1"])
+    assert out.exit_code == 2 and "name it 127.0.0.1:5000/app:1 " in out.output
 
 
 def test_pull_and_push_refuse_a_transport_where_a_reference_is_asked_for(tmp_path: Path) -> None:
@@ -172,3 +185,149 @@ async def test_reading_an_archive_or_a_layout_shows_each_blob_it_imports(
         assert {e["status"] for e in got if e["event"] == "done"} == {"exists"}
     finally:
         await other.close()
+
+
+async def test_an_untagged_image_of_an_archive_or_a_layout_is_named_by_its_place_as_skopeo_names_it(
+    images: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    # `docker save IMAGE_ID...` writes no RepoTags, and a layout's entries need no ref.name:
+    # the error lists the images by place, and docker-archive:FILE:@N (skopeo's syntax; newer
+    # skopeo reads oci:DIR:@N too) picks one.
+    first, second = simple_image(74, (30_000,)), simple_image(75, (30_000,))
+    archive = tmp_path / "saved.tar"
+    docker_save(archive, [(first, []), (second, [])])
+    with pytest.raises(LayoutError, match=r"holds 2 images \(@0 \(untagged\), @1 \(untagged\)\); "
+                                          r"name one \(.*docker-archive:FILE:@N"):
+        await copy(f"docker-archive:{archive}", "local:localhost/picked:1", images, client)
+    for place, image in enumerate((first, second)):
+        await copy(f"docker-archive:{archive}:@{place}", "local:localhost/picked:1", images, client)
+        manifest, _ = await images.get("localhost/picked:1")
+        assert manifest.config.digest == Digest.of(image.config)
+        await copy("local:localhost/picked:1", f"oci:{tmp_path / 'layout'}:{place}", images, client)
+    with pytest.raises(LayoutError, match="has no image @2"):
+        await copy(f"docker-archive:{archive}:@2", "local:localhost/picked:1", images, client)
+
+    index = json.loads((tmp_path / "layout" / "index.json").read_text())
+    for entry in index["manifests"]:
+        del entry["annotations"]
+    (tmp_path / "layout" / "index.json").write_text(json.dumps(index))
+    digests = [entry["digest"] for entry in index["manifests"]]
+    with pytest.raises(LayoutError, match=rf"\(@0 {digests[0][7:19]} \(untagged\), @1 {digests[1][7:19]} "
+                                          r"\(untagged\)\); name one \(.*oci:DIR:@N"):
+        await copy(f"oci:{tmp_path / 'layout'}", "local:localhost/picked:2", images, client)
+    result = await copy(f"oci:{tmp_path / 'layout'}:@1", "local:localhost/picked:2", images, client)
+    assert str(result.digest) == digests[1]
+
+    with pytest.raises(ValueError, match="names a source's image by its place; name the image written with a tag"):
+        await copy("local:localhost/picked:2", f"oci:{tmp_path / 'out'}:@0", images, client)
+    assert not (tmp_path / "out").exists()
+
+
+ASKED = web.AppKey("asked", list)
+
+
+def foreign_layer_registry(image: SampleImage, served: bool) -> web.Application:
+    """A registry holding ``a/b:1``, whose second layer is nondistributable: the registry
+    has no copy of it; of its URLs, one is not HTTP, one answers 404 and the last serves
+    it (when ``served``)."""
+    blobs = {str(Digest.of(b)): b for b in (image.config, image.layers[0])}
+    asked: list[str] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        asked.append(request.path)
+        if request.path == "/v2/":
+            return web.json_response({})
+        if request.path == "/v2/a/b/manifests/1":
+            doc = json.loads(image.manifest)
+            doc["layers"][1]["mediaType"] = OCI_LAYER_NONDISTRIBUTABLE_GZIP
+            doc["layers"][1]["urls"] = ["ftp://example.invalid/layer", f"http://{request.host}/gone",
+                                        f"http://{request.host}/windows/layer"]
+            return web.Response(body=json.dumps(doc).encode(), content_type=doc["mediaType"])
+        if request.path == "/windows/layer" and served:
+            return web.Response(body=image.layers[1])
+        data = blobs.get(request.path.rsplit("/", 1)[-1])
+        if data is None or "/blobs/" not in request.path:
+            return web.json_response({"errors": [{"code": "BLOB_UNKNOWN"}]}, status=404)
+        return web.Response(body=data)
+
+    app = web.Application()
+    app[ASKED] = asked
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+@pytest.mark.parametrize("served", [True, False])
+async def test_a_foreign_layer_goes_into_a_docker_archive_from_its_urls_as_skopeo_writes_it(
+    aiohttp_server: Any, images: ImageStore, client: RegistryClient, tmp_path: Path, served: bool
+) -> None:
+    # A docker archive holds every layer: a nondistributable one is fetched from the URLs
+    # its descriptor names, in order (then the registry), as skopeo, Docker and containerd
+    # fetch it. It failed with "blob ... is not in the local store" after the other blobs.
+    image = simple_image(76, (30_000, 20_000))
+    server = await aiohttp_server(foreign_layer_registry(image, served))
+    archive = tmp_path / "out.tar"
+    src = f"127.0.0.1:{server.port}/a/b:1"
+    foreign = Digest.of(image.layers[1])
+    if not served:
+        with pytest.raises(BlobError, match=rf"nondistributable layer {foreign}: neither its urls nor "
+                                            rf"127.0.0.1:{server.port}/a/b serve it \(ftp://"):
+            await copy(src, f"docker-archive:{archive}:app:1", images, client)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["local"]
+        return
+    await copy(src, "local:localhost/pulled:1", images, client)  # a pull leaves it at its urls
+    with pytest.raises(ImageNotFound, match="a nondistributable layer is not pulled: copy the image from its registry"):
+        await copy("local:localhost/pulled:1", f"docker-archive:{archive}:app:1", images, client)
+    assert not archive.exists()
+    await copy(src, f"docker-archive:{archive}:app:1", images, client)
+    with tarfile.open(archive) as tar:
+        layer = tar.extractfile(f"{foreign.encoded}/layer.tar")
+        assert layer is not None and layer.read() == image.layers[1]
+    asked = server.app[ASKED]
+    assert asked.index("/gone") < asked.index("/windows/layer")
+    assert not any(foreign.encoded in path for path in asked)  # its urls served it
+
+
+async def test_every_platform_into_a_docker_archive_is_refused_before_any_blob_moves(
+    pybuild_registry: str, images: ImageStore, images2: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    # An archive holds one image, as skopeo refuses at once; the refusal came after every
+    # platform's layers had been pulled.
+    amd, arm = simple_image(77, (40_000,)), simple_image(78, (40_000,))
+    ref = f"{pybuild_registry}/multi/app:1"
+    for img in (amd, arm):
+        for blob in (img.config, *img.layers, img.manifest):
+            await images.store.put(blob)
+    await images.put(ref, make_index([(amd, "amd64"), (arm, "arm64")]))
+    await copy(f"local:{ref}", ref, images, client, all_platforms=True)
+    with pytest.raises(LayoutError, match="a docker archive holds one image: copy one platform, not --all-platforms"):
+        await copy(ref, f"docker-archive:{tmp_path / 'all.tar'}", images2, client, all_platforms=True)
+    assert [await images2.store.stat(Digest.of(blob)) for blob in (*amd.layers, *arm.layers)] == [None, None]
+    assert not list(tmp_path.glob("all.tar*"))
+    await copy(ref, f"docker-archive:{tmp_path / 'arm.tar'}:app:1", images2, client, platform="linux/arm64")
+    assert (tmp_path / "arm.tar").exists()
+
+
+async def test_an_artifact_is_refused_for_a_docker_archive_before_any_blob_moves(
+    pybuild_registry: str, images: ImageStore, images2: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    # A Helm chart (config application/vnd.cncf.helm.config.v1+json) went into an archive
+    # that docker load refuses ("invalid image JSON, no RootFS key"); skopeo refuses to
+    # write it, as here.
+    config, chart = b'{"name":"mychart","version":"0.1.0"}', b"chart" * 100
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json",
+                   "digest": str(Digest.of(config)), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+                    "digest": str(Digest.of(chart)), "size": len(chart)}],
+    }).encode()
+    ref = f"{pybuild_registry}/charts/mychart:0.1.0"
+    await store_image(images, ref, SampleImage(manifest, config, [chart]))
+    await copy(f"local:{ref}", ref, images, client)
+    with pytest.raises(LayoutError, match=r"is an artifact \(application/vnd\.cncf\.helm\.config\.v1\+json\), "
+                                          r"not an image, and a docker archive holds images"):
+        await copy(ref, f"docker-archive:{tmp_path / 'chart.tar'}:chart:1", images2, client)
+    assert await images2.store.stat(Digest.of(chart)) is None
+    assert not list(tmp_path.glob("chart.tar*"))
+    result = await copy(ref, f"oci:{tmp_path / 'layout'}:0.1.0", images2, client)
+    assert result.digest == Digest.of(manifest)

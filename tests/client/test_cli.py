@@ -7,7 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import urllib.request
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -91,6 +94,24 @@ def test_errors_are_one_clear_line(runner: CliRunner, distribution: str, tmp_pat
     assert out.exit_code != 0 and "invalid image reference" in out.output
 
 
+def test_a_missing_tag_or_repository_is_named_with_what_the_registry_holds(
+    runner: CliRunner, distribution: str, tmp_path: Path
+) -> None:
+    # As Docker says it ("manifest for REF not found"), with what to check: the tags the
+    # repository has, or that the registry has no such repository.
+    repo = f"{distribution}/cli/{uuid.uuid4().hex[:8]}"
+    seed(tmp_path / "a", f"{repo}:v1")
+    assert runner.invoke(main, ["push", f"{repo}:v1", "--storage", str(tmp_path / "a"), "-q"]).exit_code == 0
+    out = runner.invoke(main, ["pull", f"{repo}:v2", "--storage", str(tmp_path / "s")])
+    assert out.exit_code == 1
+    assert f"manifest for {repo}:v2 not found" in out.stderr
+    assert out.stderr.rstrip().endswith(f"{repo} has the tag v1: check the tag")
+    out = runner.invoke(main, ["copy", f"{repo}x:v1", f"oci:{tmp_path / 'layout'}", "--storage", str(tmp_path / "s")])
+    assert out.exit_code == 1
+    assert out.stderr.rstrip().endswith(f"the registry has no image in repository {repo}x: check its name")
+    assert not (tmp_path / "layout").exists()
+
+
 def test_login_and_logout(runner: CliRunner, distribution: str, tmp_path: Path) -> None:
     out = runner.invoke(main, ["login", distribution, "-u", "me", "--password-stdin"], input="pw\n")
     assert out.exit_code == 0, out.output
@@ -102,6 +123,66 @@ def test_login_and_logout(runner: CliRunner, distribution: str, tmp_path: Path) 
     # Again: nothing to forget, and no failure (docker logout exits 0 too).
     out = runner.invoke(main, ["logout", distribution])
     assert out.exit_code == 0 and out.output == f"Not logged in to {distribution}\n", out.output
+
+
+def test_a_blob_the_registry_lost_is_not_said_to_be_fixed_by_running_again(
+    runner: CliRunner, distribution: str, tmp_path: Path
+) -> None:
+    # A registry that answers 404 for a blob its manifest names answers so again: the
+    # advice was "run the command again".
+    ref = f"{distribution}/cli/{uuid.uuid4().hex[:8]}:v1"
+    seed(tmp_path / "a", ref)
+    assert runner.invoke(main, ["push", ref, "--storage", str(tmp_path / "a"), "-q"]).exit_code == 0
+    manifest = json.loads(runner.invoke(main, ["inspect", ref, "--storage", str(tmp_path / "a")]).stdout)[0]
+    layer = manifest["Manifest"]["layers"][0]["digest"]
+    name = ref.split("/", 1)[1].rsplit(":", 1)[0]
+    request = urllib.request.Request(f"http://{distribution}/v2/{name}/blobs/{layer}", method="DELETE")
+    assert urllib.request.urlopen(request, timeout=10).status == 202
+    out = runner.invoke(main, ["pull", ref, "--storage", str(tmp_path / "b")])
+    assert out.exit_code == 1
+    assert f"blob {layer} from {ref.rsplit(':', 1)[0]}: GET " in out.stderr and "404 BLOB_UNKNOWN" in out.stderr
+    assert out.stderr.rstrip().endswith("the registry has lost a blob the image's manifest names (asking again "
+                                        "gets the same answer): push the image there again, or tell the "
+                                        "registry's operator")
+    assert "run the command again" not in out.stderr
+    assert json.loads(runner.invoke(main, ["images", "--storage", str(tmp_path / "b"), "--json"]).stdout) == []
+
+
+@pytest.mark.parametrize("args", [["-u", "me"], [], ["--password-stdin"]])
+def test_login_does_not_prompt_through_a_pipe(runner: CliRunner, tmp_path: Path, args: list[str]) -> None:
+    # As docker login ("Cannot perform an interactive login from a non TTY device"): the
+    # prompt read the password from the pipe, echoed, with Python's GetPassWarning.
+    host = f"127.0.0.1:{free_port()}"
+    out = runner.invoke(main, ["login", host, *args], input="pw\n")
+    assert out.exit_code == 2
+    assert ("cannot ask for the user name or password: standard input is not a terminal; give -u USER "
+            f"and --password-stdin (echo \"$PASSWORD\" | pybuild login {host} -u USER --password-stdin)") in out.stderr
+    assert "Password" not in out.output and not (tmp_path / "docker").exists()
+
+
+def test_login_to_a_web_server_that_is_no_registry_says_so_and_saves_nothing(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    # A web server (or a wrong port) answers GET /v2/ with 404; a registry answers 200 or 401.
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        out = runner.invoke(main, ["login", host, "-u", "me", "--password-stdin"], input="pw\n")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.exit_code == 1
+    assert out.stderr.startswith(f"Error: {host} is not an OCI registry (GET http://{host}/v2/: HTTP 404")
+    assert out.stderr.rstrip().endswith("a registry answers GET /v2/ with 200 or 401; check the host and port")
+    assert not (tmp_path / "docker" / "config.json").exists()
 
 
 def test_a_failed_command_run_with_json_ends_with_an_error_event_on_stdout(

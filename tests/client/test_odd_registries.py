@@ -259,6 +259,20 @@ async def test_a_tag_list_in_pages_is_followed_however_its_link_says_next(
     assert len([p for _, p in reg.log if "/tags/list" in p]) == 3
 
 
+async def test_a_tag_list_whose_link_loops_back_is_an_error_not_a_hang(serve: Serve) -> None:
+    # A registry whose paginator always names the same page: Link was followed forever.
+    reg, host = await serve(tags_page=2, tags_loop=True)
+    image = simple_image(33, sizes=(20_000,))
+    for tag in ("a", "b", "c"):
+        seed(reg, image, tag=tag)
+    async with fast_client() as client:
+        with pytest.raises(TransportError, match=r"tag list of a/b links back to a page it sent "
+                                                 r"\(/v2/a/b/tags/list\?n=2&last=\): its pagination loops"):
+            await asyncio.wait_for(client.tags(host, "a/b"), 20)
+        assert await client.tags(host, "a/b", pages=1) == ["a", "b"]
+    assert len([p for _, p in reg.log if "/tags/list" in p]) == 2 + 1  # the loop is one page long
+
+
 def test_a_compressed_small_body_is_bounded() -> None:
     assert decoded(gzip.compress(b"{}"), "gzip", 10) == b"{}"
     assert decoded(zlib.compress(b"{}"), "deflate", 10) == b"{}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import ssl
 import subprocess
@@ -47,3 +48,32 @@ async def test_ca_cert_is_trusted_and_unknown_ca_refused(aiohttp_server: Any, tm
     async with RegistryClient() as client:
         await client.ping(host)
         assert await client.base_url(host) == f"https://{host}"
+
+
+async def test_a_plain_http_registry_asked_over_tls_is_named_so_at_once_with_the_fix() -> None:
+    # What Docker and skopeo say "server gave HTTP response to HTTPS client" for: it said
+    # "[SSL: WRONG_VERSION_NUMBER] wrong version number (after 5 attempts); check that the
+    # registry is running and reachable", after retrying what gets the same answer.
+    connections = 0
+
+    async def plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.read(1024)  # the ClientHello
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain_http, "127.0.0.1", 0)
+    host = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        # A loopback host is another host here (as a name elsewhere on the network is).
+        async with RegistryClient(ClientOptions(loopback_insecure=False, backoff=0.01)) as client:
+            with pytest.raises(TransportError, match=rf"^GET https://{host}/v2/: {host} does not speak TLS "
+                                                     r"\(server gave HTTP response to HTTPS client\): it is a "
+                                                     rf"plain-HTTP registry; allow that with --insecure {host} "):
+                await client.ping(host)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert connections == 1

@@ -66,6 +66,31 @@ async def test_retries_on_5xx_never_on_4xx(status: int, attempts: int, aiohttp_s
     assert len(seen) == attempts
 
 
+async def test_every_error_of_an_answer_is_said_with_its_detail(aiohttp_server: Any) -> None:
+    # Distribution answers a manifest naming a blob it lacks (a foreign layer's) with
+    # UNKNOWN first and MANIFEST_BLOB_UNKNOWN (the blob in its detail) after: only the
+    # first, "UNKNOWN: unknown error", was shown.
+    blob = "sha256:" + "ab" * 32
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response({"errors": [
+            {"code": "UNKNOWN", "message": "unknown error"},
+            {"code": "UNKNOWN", "message": "unknown error", "detail": {}},
+            {"code": "MANIFEST_BLOB_UNKNOWN", "message": "blob unknown to registry", "detail": blob},
+        ]}, status=400)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    ref = parse_image_ref(f"127.0.0.1:{server.port}/a/b:1")
+    async with RegistryClient(ClientOptions(retries=0)) as client:
+        with pytest.raises(RegistryError) as err:
+            await client.put_manifest(ref, b"{}", "application/vnd.oci.image.manifest.v1+json")
+    assert str(err.value) == (f"PUT http://{ref.host}/v2/a/b/manifests/1: HTTP 400 UNKNOWN: unknown error; "
+                              f"UNKNOWN: unknown error; MANIFEST_BLOB_UNKNOWN: blob unknown to registry ({blob})")
+    assert err.value.code.code == "UNKNOWN" and err.value.others[1].detail == blob
+
+
 def test_progress_modes() -> None:
     out = io.StringIO()
     p = Progress("json", out)

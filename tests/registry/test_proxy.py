@@ -118,6 +118,40 @@ async def test_pull_through_stores_and_serves(upstream: Upstream, mirror: Any) -
     assert (await resp.json())["tags"] == ["v1"]
 
 
+async def test_tag_list_through_the_mirror_is_the_upstreams(
+    upstream: Upstream, mirror: Any
+) -> None:
+    # As Distribution's proxy: what can be pulled through it, cached or not.
+    for tag in ("v2", "v1", "latest"):
+        await push_image(upstream.client, "lib/app", tag, [b"layer"])
+    proxy = await mirror(proxy_ttl=0.0)
+    resp = await proxy.get("/v2/lib/app/tags/list")
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"name": "lib/app", "tags": ["latest", "v1", "v2"]}
+    resp = await proxy.get("/v2/lib/app/tags/list?n=1&last=latest")
+    assert (await resp.json())["tags"] == ["v1"]
+    assert resp.headers["Link"] == '</v2/lib/app/tags/list?n=1&last=v1>; rel="next"'
+    assert (await _get(proxy, "/v2/lib/app/manifests/v1"))[0] == 200
+    # The upstream down: the tags the mirror holds; nothing held: NAME_UNKNOWN.
+    await upstream.client.close()
+    await upstream.server.close()
+    resp = await proxy.get("/v2/lib/app/tags/list")
+    assert (await resp.json())["tags"] == ["v1"]
+    resp = await proxy.get("/v2/lib/other/tags/list")
+    assert resp.status == 404
+    assert await error_codes(resp) == ["NAME_UNKNOWN"]
+
+
+async def test_tag_list_of_a_mixed_registry_adds_the_tags_pushed_to_it(
+    upstream: Upstream, mirror: Any
+) -> None:
+    await push_image(upstream.client, "lib/app", "v1", [b"upstream"])
+    proxy = await mirror(proxy_mixed=True)
+    await push_image(proxy, "lib/app", "local", [b"local"])
+    resp = await proxy.get("/v2/lib/app/tags/list")
+    assert (await resp.json())["tags"] == ["local", "v1"]
+
+
 async def test_a_list_by_tag_to_a_client_without_lists_is_fetched_as_its_linux_amd64_manifest(
     upstream: Upstream, mirror: Any
 ) -> None:
@@ -590,6 +624,60 @@ async def test_upstream_credentials_from_the_configuration(
     message = (await resp.json())["errors"][0]["message"]
     assert url in message
     assert "wrong" not in message
+    # The fix is in the mirror's configuration, not in a `pybuild login` on its machine.
+    assert "proxy.username and proxy.password" in message
+    assert "pybuild login" not in message
+
+
+async def test_the_mirror_uses_only_the_credentials_of_its_configuration(
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Logins of the account the server runs as (environment, Docker config) are not the
+    # mirror's: with them, anyone pulling through it would read what that account may.
+    htpasswd = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    htpasswd.write_text(f"alice:{hashed}\n")
+    server = await aiohttp_server(make_app(
+        ServerConfig(log_access=False, auth_htpasswd=htpasswd), storage=tmp_path / "up"))
+    host = f"127.0.0.1:{server.port}"
+    token = base64.b64encode(b"alice:s3cret").decode()
+    pusher = await aiohttp_client(server, headers={"Authorization": f"Basic {token}"})
+    await push_image(pusher, "lib/private", "v1", [b"private layer"])
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    (docker / "config.json").write_text(json.dumps({"auths": {host: {"auth": token}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+    for env in (False, True):
+        if env:
+            monkeypatch.setenv("PYBUILD_REGISTRY_USER", "alice")
+            monkeypatch.setenv("PYBUILD_REGISTRY_PASSWORD", "s3cret")
+        config = dataclasses.replace(ServerConfig(log_access=False), proxy_remoteurl=f"http://{host}")
+        proxy = await aiohttp_client(make_app(config, storage=tmp_path / f"mirror{env}"))
+        resp = await proxy.get("/v2/lib/private/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+        assert resp.status == 502
+        message = (await resp.json())["errors"][0]["message"]
+        assert "without credentials: set proxy.username and proxy.password" in message
+        assert "pybuild login" not in message
+
+
+async def test_wrong_credentials_of_an_upstream_by_host_name_its_entry(
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    htpasswd.write_text(f"alice:{hashed}\n")
+    server = await aiohttp_server(make_app(
+        ServerConfig(log_access=False, auth_htpasswd=htpasswd), storage=tmp_path / "up"))
+    upstreams = parse_upstreams([{"host": "team.example", "username": "alice",
+                                  "password": "wrong",
+                                  "remoteurl": f"http://127.0.0.1:{server.port}"}])
+    config = dataclasses.replace(ServerConfig(log_access=False), proxy_upstreams=upstreams)
+    proxy = await aiohttp_client(make_app(config, storage=tmp_path / "mirror"))
+    resp = await proxy.get("/v2/team.example/lib/app/manifests/v1")
+    assert resp.status == 502
+    message = (await resp.json())["errors"][0]["message"]
+    assert "upstream team.example in proxy.upstreams" in message
+    assert "pybuild login" not in message
 
 
 async def test_mirrored_images_share_blobs_and_pieces(upstream: Upstream, mirror: Any) -> None:

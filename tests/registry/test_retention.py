@@ -367,6 +367,21 @@ def test_storage_retention_command_dry_run_then_run(tmp_path):
     assert bad.exit_code == 2 and "expected a duration" in bad.output
 
 
+def test_storage_retention_on_a_directory_without_a_registry_is_an_error(tmp_path):
+    from click.testing import CliRunner
+
+    from registry.retention_cmd import storage
+
+    for where in (tmp_path / "mistyped", tmp_path):
+        before = sorted(tmp_path.rglob("*"))
+        result = CliRunner().invoke(storage, ["retention", "--storage", str(where), "--dry-run"],
+                                    env={"PYBUILD_CONFIG": ""})
+        assert result.exit_code == 1, result.output
+        assert f"{where} holds no registry (no registry.db)" in result.output
+        assert "--storage" in result.output
+        assert sorted(tmp_path.rglob("*")) == before  # no store made there
+
+
 async def test_manifests_stored_without_references_are_read_and_unreadable_ones_keep_all(client):
     from registry.server.metadata import ManifestRecord
 
