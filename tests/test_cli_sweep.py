@@ -209,8 +209,11 @@ def _interrupted(args: list[str], after: float = 1.5, timeout: float = 30) -> su
 
 
 def test_interrupted_pull_is_one_clean_line(world: World) -> None:
-    # The registry accepts the connection and never answers: the pull waits until SIGINT.
-    proc = _interrupted(["pull", f"{world.silent}/a:1", "-q", "--storage", str(world.storage)])
+    # The registry accepts the connection and never answers: the pull waits until SIGINT,
+    # then ends at once: it does not wait for the connection's timeout (30 s), as it did
+    # while a thread blocked on the silent server held the process at exit.
+    proc = _interrupted(["pull", f"{world.silent}/a:1", "-q", "--storage", str(world.storage)],
+                        timeout=10)
     assert_one_line_error(proc)
 
 

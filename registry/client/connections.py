@@ -16,6 +16,12 @@ Errors: :class:`WireError` for anything that broke a request; its subclasses
 :class:`UnknownHost` (the name does not resolve) and :class:`Unreachable` (no TCP
 connection: refused, timed out, no route) say that nothing reached the server, so the
 client can tell a registry that is down from one that broke off a transfer.
+
+The worker threads are daemon threads (:class:`_DaemonPool`): a thread blocked on a
+silent server (a TLS handshake, an answer that never comes) would otherwise hold the
+process at exit until its timeout, so that a Ctrl-C took up to half a minute. They
+only ever wait on sockets; what must be finished before exit (the store's writes) runs
+on the store's own threads.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ import asyncio
 import errno
 import functools
 import http.client
+import queue
 import select
 import socket
 import ssl
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
@@ -199,7 +206,7 @@ class Wire:
         self.read_timeout = read_timeout
         self._keep = idle  # idle connections kept per origin
         self._threads = threads
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: _DaemonPool | None = None
         self._idle: dict[tuple[Any, ...], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
         self._default_tls: ssl.SSLContext | None = None
@@ -282,7 +289,7 @@ class Wire:
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on one of the wire's threads."""
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="wire")
+            self._executor = _DaemonPool(self._threads, "wire")
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, functools.partial(fn, *args))
 
@@ -418,3 +425,51 @@ class _Handoff:
             resp, self._resp = self._resp, None
         if resp is not None:
             resp.release()
+
+
+class _DaemonPool(Executor):
+    """At most ``size`` daemon threads running what is submitted, in order (see the
+    module docstring: the process does not wait for them at exit, as it waits for a
+    ``ThreadPoolExecutor``'s). A thread is started when none is idle, as the standard
+    pool does (``idle`` counts the jobs threads have finished: a submit takes one)."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = threading.Semaphore(0)
+        self._threads = 0
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new work after shutdown")
+            self._jobs.put((future, functools.partial(fn, *args, **kwargs)))
+            if not self._idle.acquire(timeout=0) and self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._work, name=f"{self._name}_{self._threads}",
+                                 daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, call = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = call()
+                except BaseException as exc:  # handed to the waiting caller
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del future, call, job
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            threads = self._threads
+        for _ in range(threads):
+            self._jobs.put(None)  # each thread ends once the jobs before it are done
