@@ -10,6 +10,7 @@ from aiohttp import web
 from ..errors import (
     PAGINATION_NUMBER_INVALID,
     RANGE_INVALID,
+    UNSUPPORTED,
     RegistryError,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "MAX_POSITION",
     "MAX_RANGES",
     "ClientGone",
+    "check_transfer_coding",
     "next_link",
     "origin_form",
     "parse_content_range",
@@ -72,6 +74,21 @@ def origin_form(target: str) -> tuple[str, str | None] | None:
     return rest, host
 
 
+def check_transfer_coding(request: web.BaseRequest) -> None:
+    """Refuse a body in a transfer coding other than ``chunked`` alone (``Transfer-Encoding:
+    gzip, chunked``) with 501, as RFC 9112 6.1 asks and Go's server (CNCF Distribution's)
+    answers: aiohttp reads only the chunked framing and would hand on the still-encoded
+    bytes as the body, which an upload would then store as the blob."""
+    codings = [c.strip().lower() for value in request.headers.getall("Transfer-Encoding", ())
+               for c in value.split(",") if c.strip()]
+    if codings and codings != ["chunked"]:
+        raise UNSUPPORTED(
+            f"Transfer-Encoding {_clip(', '.join(codings))!r} is not supported: send the "
+            "body with 'Transfer-Encoding: chunked' alone, or with a Content-Length",
+            status=501,
+        )
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """A ``Range`` header -> ``(offset, length)`` to serve, or None for the whole blob.
 
@@ -93,6 +110,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         suffix = int(last)
         if suffix == 0:
             raise range_not_satisfiable("a zero-length suffix range selects nothing", size)
+        if size == 0:
+            # Satisfiable (RFC 9110 14.1.1), but no Content-Range can name zero bytes (Go
+            # writes "bytes 0--1/0"): the whole, empty, blob is the answer (200).
+            return None
         start = max(0, size - suffix)
         return start, size - start
     start = int(first)
@@ -118,7 +139,8 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
     than the blob (overlaps, the same range many times) get the whole blob instead, as
     from Go's ``http.ServeContent`` (CNCF Distribution's), and so do more than
     :data:`MAX_RANGES` (each part costs a lookup of its pieces; RFC 9110 lets a server
-    answer many small ranges with the whole).
+    answer many small ranges with the whole). A non-zero suffix range of an empty blob
+    selects the whole of it, which no ``Content-Range`` can name: the whole blob too.
     """
     if not header or "," not in header:
         single = parse_range(header, size)
@@ -128,6 +150,7 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
         raise range_not_satisfiable(f"malformed Range header {_clip(header)!r}", size)
     spans: list[tuple[int, int]] = []
     total = 0
+    empty_suffix = False
     for spec in specs.split(","):
         if not spec.strip():
             continue  # an empty list element (RFC 9110 5.6.1: recipients accept them)
@@ -137,6 +160,9 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
             raise range_not_satisfiable(f"malformed Range header {_clip(header)!r}", size)
         first, last = m.group(1), m.group(2)
         if first == "":
+            if size == 0 and int(last) > 0:
+                empty_suffix = True  # the whole, empty, blob (as parse_range answers it)
+                continue
             start = max(0, size - int(last))
         else:
             start = int(first)
@@ -153,6 +179,8 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
             continue
         spans.append((start, end - start + 1))
         total += end - start + 1
+    if empty_suffix:
+        return None
     if not spans:
         raise range_not_satisfiable(
             f"no range of {_clip(header)!r} is inside a blob of {size} bytes", size

@@ -230,7 +230,7 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
     reg = request.app[REGISTRY]
     query = request.query
     mount = query.get("mount")
-    if mount is not None:
+    if mount:  # an empty ``mount=`` asks for nothing, as Distribution reads it: a session
         mounted = await _try_mount(reg, request, name, parse_digest(mount), query.get("from"))
         if mounted is not None:
             return mounted

@@ -63,6 +63,22 @@ async def test_unsatisfiable_or_bogus_range_is_416(client, header):
     assert await error_codes(resp) == ["RANGE_INVALID"]
 
 
+
+@pytest.mark.parametrize("header", ["bytes=-1", "bytes=-1,-5", "bytes=0-0,-1"])
+async def test_a_suffix_range_of_an_empty_blob_is_the_whole_blob(client, header):
+    # Satisfiable (RFC 9110 14.1.1), but no Content-Range names zero bytes: Go's
+    # http.ServeContent (CNCF Distribution) writes the malformed "bytes 0--1/0".
+    digest = await push_blob(client, "r", b"")
+    resp = await client.get(f"/v2/r/blobs/{digest}", headers={"Range": header})
+    assert resp.status == 200
+    assert "Content-Range" not in resp.headers
+    assert resp.headers["Content-Length"] == "0"
+    assert await resp.read() == b""
+    # A range that starts at or after the end of an empty blob is still unsatisfiable.
+    resp = await client.get(f"/v2/r/blobs/{digest}", headers={"Range": "bytes=0-"})
+    assert resp.status == 416
+    assert resp.headers["Content-Range"] == "bytes */0"
+
 def multipart_parts(resp_headers, body: bytes) -> list[tuple[str, bytes]]:
     """The (Content-Range, bytes) of each part of a multipart/byteranges answer."""
     kind, _, boundary = resp_headers["Content-Type"].partition("; boundary=")

@@ -229,6 +229,25 @@ async def test_referrer_without_artifact_type_uses_config_media_type(client):
     assert [m["artifactType"] for m in index["manifests"]] == [oci.OCI_CONFIG]
 
 
+
+async def test_referrers_filter_keeps_a_plus_in_the_artifact_type(client):
+    # Media types often hold a "+" and never a space: a filter sent unescaped (curl, a
+    # hand-built URL) must not lose it to form decoding, and an escaped one still works.
+    subject, _ = await push_image(client, "sbom", "base", [b"b"])
+    await push_image(
+        client, "sbom", "spdx", [b"s"],
+        extra={"artifactType": "application/spdx+json",
+               "subject": {"mediaType": oci.OCI_MANIFEST, "digest": str(subject), "size": 1}},
+    )
+    for query in ("artifactType=application/spdx+json", "artifactType=application/spdx%2Bjson",
+                  "n=1&artifactType=application%2Fspdx+json"):
+        resp = await client.get(f"/v2/sbom/referrers/{subject}?{query}")
+        assert resp.headers["OCI-Filters-Applied"] == "artifactType"
+        index = await resp.json(content_type=None)
+        assert [m["artifactType"] for m in index["manifests"]] == ["application/spdx+json"], query
+    other = await client.get(f"/v2/sbom/referrers/{subject}?artifactType=application/spdx%20json")
+    assert (await other.json(content_type=None))["manifests"] == []
+
 async def test_subject_may_be_pushed_after_its_referrer(client):
     missing_subject = Digest.of(b"not yet pushed")
     await push_image(

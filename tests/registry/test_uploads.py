@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
+
+import pytest
 
 from cas import Digest
 
@@ -179,6 +182,18 @@ async def test_mount_from_repository_without_the_blob_starts_an_upload(client):
     assert resp.status == 202
 
 
+
+async def test_an_empty_mount_parameter_starts_an_upload(client):
+    # As CNCF Distribution reads it (and as an empty n= is no n): no digest to mount.
+    for query in ("mount=", "mount=&from=src"):
+        resp = await client.post(f"/v2/dst/blobs/uploads/?{query}")
+        assert resp.status == 202, await resp.text()
+        assert "/blobs/uploads/" in resp.headers["Location"]
+    # A digest that is not one is still named as the problem.
+    resp = await client.post("/v2/dst/blobs/uploads/?mount=sha256:ABC&from=src")
+    assert resp.status == 400
+    assert await error_codes(resp) == ["DIGEST_INVALID"]
+
 async def test_upload_session_survives_restart(make_client, tmp_path):
     storage = tmp_path / "restart"
     first = await make_client(storage=storage)
@@ -311,6 +326,46 @@ async def test_chunked_transfer_encoding_with_many_http_chunks(client):
     assert resp.status == 201, await resp.text()
     assert await (await client.get(f"/v2/up/repo/blobs/{Digest.of(data)}")).read() == data
 
+
+
+async def test_a_body_with_a_content_encoding_is_stored_as_sent(client):
+    # The bytes on the wire are the blob, as CNCF Distribution stores them: a layer sent
+    # with "Content-Encoding: gzip" (a .tar.gz file is gzip) keeps the digest of those
+    # bytes and the Content-Length that counts them; the server does not inflate it.
+    data = gzip.compress(os.urandom(1000) + b"\0" * 50_000)
+    location = await _start(client)
+    resp = await client.patch(location, data=data[:100], headers={"Content-Encoding": "gzip"})
+    assert resp.status == 202, await resp.text()
+    assert resp.headers["Range"] == "0-99"
+    resp = await client.put(f"{location}?digest={Digest.of(data)}", data=data[100:],
+                            headers={"Content-Encoding": "gzip"})
+    assert resp.status == 201, await resp.text()
+    got = await client.get(f"/v2/up/repo/blobs/{Digest.of(data)}", auto_decompress=False)
+    assert await got.read() == data
+    resp = await client.post(f"/v2/up/mono/blobs/uploads/?digest={Digest.of(data)}", data=data,
+                             headers={"Content-Encoding": "gzip"})
+    assert resp.status == 201, await resp.text()
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "identity, chunked", "Deflate,chunked"])
+async def test_a_body_in_another_transfer_coding_is_refused(client, coding):
+    # aiohttp reads the chunked framing only: the gzip bytes would have become the blob's.
+    # RFC 9112 6.1 asks for 501, which Go's server (CNCF Distribution's) answers.
+    location = await _start(client)
+    body = gzip.compress(b"layer bytes")
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {coding}\r\n"
+        "Connection: close\r\n\r\n".encode() + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 501 "), answer[:200]
+    assert b"Transfer-Encoding" in answer
+    status = await client.get(location)
+    assert status.headers["Range"] == "0-0"  # nothing was appended
 
 async def test_a_gc_without_grace_between_commit_and_link_takes_no_pushed_blob(client, monkeypatch):
     # GC with --grace 0 takes every blob no holder links. A push's commit links the blob
