@@ -161,10 +161,15 @@ def fsck(storage: Path | None, database: str | None, as_json: bool) -> None:
 
 @storage.command()
 @storage_option
+@database_option
 @click.option("--packs", "packs_url", required=True, metavar="s3://HOST[:PORT]/BUCKET[/PREFIX]",
               help="Keep the store's packs in this S3 bucket (keys: in the URL as KEY:SECRET@, "
                    "or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; ?region=R&secure=false).")
-def init(storage: Path | None, packs_url: str) -> None:
+@click.option("--moved", is_flag=True,
+              help="The packs were copied to this location (a restore into another bucket or "
+                   "prefix): record it in the --database in place of the old one, once it holds "
+                   "every pack the database names.")
+def init(storage: Path | None, database: str | None, packs_url: str, moved: bool) -> None:
     """Make a store whose packs live in S3-compatible object storage.
 
     The storage directory records the location (packs.json, with the keys, mode 0600);
@@ -172,12 +177,32 @@ def init(storage: Path | None, packs_url: str) -> None:
     from .s3_location import S3Location
 
     location = S3Location.parse(packs_url)
+    if moved and database is None:
+        raise click.UsageError("--moved changes where a PostgreSQL metadata database (--database) "
+                               "records the packs; a store without one records them in its "
+                               "directory only: use a new --storage directory")
 
     async def run() -> None:
         from .open import open_store
 
-        store = await open_store(StoreConfig.at(storage).with_packs_in(location))
+        if moved:
+            assert database is not None
+            await asyncio.to_thread(_move, database, location)
+        store = await open_store(StoreConfig.at(storage, database=database).with_packs_in(location))
         await store.close()
 
     asyncio.run(run())
     click.echo(f"store {StoreConfig.at(storage).root}: packs in {location}")
+
+
+def _move(database: str, location: Any) -> None:
+    from .pack_select import move_packs
+    from .pg_meta import PgMetadata
+
+    meta = PgMetadata(database)
+    try:
+        old = move_packs(meta, location)
+    finally:
+        meta.close()
+    if old is not None and not old.same_place(location):
+        click.echo(f"packs moved: {old} -> {location}")

@@ -34,7 +34,7 @@ while it waits.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,7 @@ import obstore
 from obstore.store import S3Store
 
 from .errors import StorageError, StoreClosed, StoreCorrupt
-from .s3_location import S3Location
+from .s3_location import ObjectStorageUnavailable, S3Location
 
 if TYPE_CHECKING:
     from obstore import WritableFile
@@ -76,11 +76,16 @@ class S3StorageError(StorageError):
     """Object storage refused or failed a request; the message says which and the fix."""
 
 
+class S3Unreachable(S3StorageError, ObjectStorageUnavailable):
+    """The endpoint could not be reached (after the client's retries)."""
+
+
 def _describe(exc: BaseException, loc: S3Location, what: str) -> S3StorageError:
     text = str(exc)
     if "NoSuchBucket" in text:
-        msg = (f"S3 bucket {loc.bucket!r} does not exist at {loc.url}; create it (e.g. "
-               f"'aws s3 mb s3://{loc.bucket}' or 'radosgw-admin bucket create') or name another bucket")
+        msg = (f"S3 bucket {loc.bucket!r} does not exist at {loc.url}; create it with the "
+               f"bucket's user (e.g. 'aws --endpoint-url {loc.url} s3 mb s3://{loc.bucket}') "
+               "or name another bucket")
     elif any(code in text for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
                                         "403 Forbidden")) or isinstance(
             exc, (obstore.exceptions.PermissionDeniedError, obstore.exceptions.UnauthenticatedError)):
@@ -88,8 +93,9 @@ def _describe(exc: BaseException, loc: S3Location, what: str) -> S3StorageError:
                f"({_code(text)}); check the access key and secret key (URL, packs.json, or "
                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the user's rights on the bucket")
     elif any(s in text for s in ("error sending request", "Connection refused", "connect", "timed out")):
-        msg = (f"S3 endpoint {loc.url} cannot be reached while {what}: {text.splitlines()[0][:300]}; "
-               "check the endpoint and secure=, and that the server runs")
+        return S3Unreachable(
+            f"S3 endpoint {loc.url} cannot be reached while {what}: {text.splitlines()[0][:300]}; "
+            "check the endpoint and secure=, and that the server runs", str(loc), text[:500])
     else:
         msg = f"S3 request failed while {what} at {loc}: {text.splitlines()[0][:500]}"
     return S3StorageError(msg, str(loc), text[:500])
@@ -211,11 +217,17 @@ class S3Packs:
 
     def __init__(self, location: S3Location, *, check: bool = True) -> None:
         self.location = location
+        if not (location.access_key and location.secret_key):
+            raise S3StorageError(
+                f"no S3 keys for bucket {location.bucket!r} at {location.url}: give them as "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, in the s3:// URL "
+                "(KEY:SECRET@HOST), or as storage.s3 accesskey/secretkey in the config",
+                str(location))
         self.store = S3Store(
             location.bucket,
             endpoint=location.url,
-            access_key_id=location.access_key or None,
-            secret_access_key=location.secret_key or None,
+            access_key_id=location.access_key,
+            secret_access_key=location.secret_key,
             region=location.region,
             virtual_hosted_style_request=False,
             client_options=_client_options(location.secure),
@@ -248,20 +260,31 @@ class S3Packs:
         """The pack's segments (start, length), sorted, fresh from the bucket."""
         prefix = f"{self._root}{name}/"
         segs = []
-        for chunk in self._call(f"listing pack {name}", obstore.list, self.store, prefix, chunk_size=1000):
-            for meta in chunk:
-                tail = meta["path"][len(prefix):]
-                if len(tail) == 16:
-                    try:
-                        segs.append((int(tail, 16), int(meta["size"])))
-                    except ValueError:
-                        continue
+        for meta in self._listing(f"listing pack {name}", prefix):
+            tail = meta["path"][len(prefix):]
+            if len(tail) == 16:
+                try:
+                    segs.append((int(tail, 16), int(meta["size"])))
+                except ValueError:
+                    continue
         segs.sort()
         with self._lock:
             if len(self._segments) >= _CACHE_PACKS:
                 self._segments.clear()
             self._segments[name] = segs
         return segs
+
+    def _listing(self, what: str, prefix: str) -> Iterator[Any]:
+        """Every object under ``prefix``, page by page. obstore lists lazily and its
+        errors come while the pages are read, outside :meth:`_call`: they are translated
+        here as every other call's."""
+        try:
+            for chunk in obstore.list(self.store, prefix, chunk_size=1000):
+                yield from chunk
+        except Exception as exc:
+            if _is_missing(exc):
+                raise
+            raise _describe(exc, self.location, what) from exc
 
     def _cached(self, name: str) -> list[tuple[int, int]]:
         with self._lock:
@@ -399,8 +422,7 @@ class S3Packs:
 
     def allocated(self) -> int:
         """Bytes the packs' objects hold in the bucket."""
-        return sum(int(m["size"]) for chunk in self._call("listing packs", obstore.list, self.store,
-                                                          self._root, chunk_size=1000) for m in chunk)
+        return sum(int(m["size"]) for m in self._listing("listing packs", self._root))
 
     # -- compaction -------------------------------------------------------------------
 

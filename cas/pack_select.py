@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from .meta import Metadata
     from .packs import PackBackend
 
-__all__ = ["PACKS_SETTING", "PacksElsewhere", "SharedSettings", "check_packs_here", "open_packs",
-           "packs_are_shared"]
+__all__ = ["PACKS_SETTING", "PacksElsewhere", "SharedSettings", "check_packs_here", "move_packs",
+           "open_packs", "packs_are_shared"]
 
 
 class PacksElsewhere(CasError):
@@ -37,7 +37,8 @@ class SharedSettings(Protocol):
     (PostgreSQL's, :class:`cas.pg_meta.PgMetadata`)."""
 
     def setting(self, name: str) -> str | None: ...
-    def set_setting_once(self, name: str, value: str) -> str: ...
+    def set_setting_once(self, name: str, value: str, *, replace: bool = False) -> str: ...
+    def pack_live(self) -> dict[str, int]: ...
 
 
 #: The shared setting that names the packs' S3 location (its URL without the keys).
@@ -65,9 +66,12 @@ def open_packs(root: Path, *, direct_io: bool = True, s3: S3Location | None = No
     for other, where in ((recorded, f"store {root}"), (shared, "the store's metadata")):
         for mine in (s3, recorded):
             if other is not None and mine is not None and not other.same_place(mine):
+                moved = ("; if they were copied there (a restore into another bucket), "
+                         "record it: `pybuild storage init --database URL --packs "
+                         "s3://... --moved`") if other is shared else ""
                 raise S3LocationError(
                     f"{where} keeps its packs in {other}, not {mine}; use that location, "
-                    "or another storage directory (and database) for a new store")
+                    f"or another storage directory (and database) for a new store{moved}")
     if s3 is None and recorded is None and shared is None:
         return FilesystemPacks(root / "packs", direct=direct_io)
     if recorded is None and any((root / "packs").glob("*/*.pack")):
@@ -94,6 +98,26 @@ def open_packs(root: Path, *, direct_io: bool = True, s3: S3Location | None = No
     if recorded != s3:
         s3.record(root)
     return packs
+
+
+def move_packs(settings: SharedSettings, s3: S3Location) -> S3Location | None:
+    """Record ``s3`` in shared metadata ``settings`` as where its packs live, in place of
+    the location recorded before (packs copied to another bucket or prefix: a restore from
+    a backup, a move); the old location, or None.
+
+    S3LocationError, changing nothing, unless ``s3`` holds every pack the metadata counts
+    live bytes in: a location without them would serve every blob as damaged, and GC
+    there would delete the packs it does hold as unknown ones."""
+    present = set(_s3_packs(s3).names())
+    live = sorted(name for name, n in settings.pack_live().items() if n > 0)
+    missing = [name for name in live if name not in present]
+    if missing:
+        raise S3LocationError(
+            f"{s3} lacks {len(missing)} of the {len(live)} packs this store's metadata names "
+            f"(e.g. {missing[0]}); copy every object of the old location's packs/ there first")
+    old = settings.setting(PACKS_SETTING)
+    settings.set_setting_once(PACKS_SETTING, s3.to_url(keys=False), replace=True)
+    return None if old is None else S3Location.parse(old, {})
 
 
 def _foreign(names: list[str], known: Callable[[str], bool] | None) -> bool:

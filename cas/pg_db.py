@@ -19,23 +19,24 @@ Schema versions. ``pybuild_schema(component, version)`` records each component's
 version; :meth:`PgDatabase.migrate` applies the missing steps in one transaction under
 the advisory lock, so two replicas migrating at once do it once. Opening a database whose
 schema is older than this code knows is an error that names ``pybuild storage migrate``
-(unless ``migrate=True``, as ``--migrate`` asks at start); a schema newer than it knows is
-refused: a replica never writes a schema it does not understand.
+(unless ``migrate=True``, as the registry's ``database.migrate`` asks at start); a schema
+newer than it knows is refused: a replica never writes a schema it does not understand.
 """
 
 from __future__ import annotations
 
 import re
+import select
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from typing import Any
 
 from .errors import StorageError, StorageFull, StorageNotWritable, StoreClosed
 
-__all__ = ["DatabaseUnavailable", "Liveness", "PgDatabase", "SchemaMismatch", "mapped_errors",
-           "redact", "unreachable"]
+__all__ = ["DatabaseUnavailable", "Liveness", "PgDatabase", "SchemaMismatch", "closed_by_server",
+           "live_connection", "mapped_errors", "redact", "unreachable"]
 
 # Seconds a probe of a database seen down may take to connect (libpq's least is 2).
 PROBE_TIMEOUT = 2
@@ -94,6 +95,40 @@ class Liveness:
                 conn = await psycopg.AsyncConnection.connect(self.url, connect_timeout=PROBE_TIMEOUT)
                 await conn.close()
             self.down = False
+
+
+def closed_by_server(conn: Any) -> bool:
+    """Whether pooled connection ``conn``, idle, was closed by the server (a restart, a
+    failover, ``idle_session_timeout``): the server's goodbye waits on its socket, where
+    an idle connection has nothing to read. One poll (no ``select``: its descriptors end
+    at 1024), no round trip. The caller closes a connection found so, and the pool drops
+    it when it is given back.
+
+    Without this, the first statement on each such connection fails: after a database
+    restart a replica that was idle meanwhile answers 503 once per pooled connection."""
+    if conn.closed:
+        return True
+    poller = select.poll()
+    try:
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
+@asynccontextmanager
+async def live_connection(pool: Any, liveness: Liveness) -> AsyncIterator[Any]:
+    """A connection of asynchronous ``pool`` that the server has not closed
+    (:func:`closed_by_server`); after dropping one, the database is probed (``liveness``),
+    so a server still down fails at once instead of after the pool's timeout."""
+    while True:
+        async with pool.connection() as conn:
+            if not closed_by_server(conn):
+                yield conn
+                return
+            await conn.close()
+        liveness.down = True
+        await liveness.check_async()
 
 
 class PgDatabase:
@@ -162,20 +197,34 @@ class PgDatabase:
                 if not self._busy:
                     self._cond.notify_all()
 
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection that the server has not closed (:func:`closed_by_server`);
+        after dropping one, the database is probed, so a server still down fails at once
+        instead of after the pool's timeout."""
+        while True:
+            with self._pool.connection() as conn:
+                if not closed_by_server(conn):
+                    yield conn
+                    return
+                conn.close()
+            self.liveness.down = True
+            self.liveness.check()
+
     # -- statements --------------------------------------------------------------------
 
     @contextmanager
     def tx(self) -> Iterator[Any]:
         """A write transaction holding this component's advisory lock: the writers of
         every process are serialised."""
-        with self._using(), self._mapped(), self._pool.connection() as conn, conn.transaction():
+        with self._using(), self._mapped(), self._connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,))
             yield conn
 
     @contextmanager
     def reading(self) -> Iterator[Any]:
         """A connection in autocommit mode: each statement sees the last commit."""
-        with self._using(), self._mapped(), self._pool.connection() as conn:
+        with self._using(), self._mapped(), self._connection() as conn:
             yield conn
 
     def q(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
@@ -186,7 +235,7 @@ class PgDatabase:
     def snapshot_connection(self) -> Iterator[Any]:
         """A connection inside one REPEATABLE READ, READ ONLY transaction: every
         statement sees the same moment."""
-        with self._using(), self._mapped(), self._pool.connection() as conn:
+        with self._using(), self._mapped(), self._connection() as conn:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 conn.execute("SELECT 1").fetchone()  # the snapshot is taken here
@@ -222,8 +271,8 @@ class PgDatabase:
             if not migrate:
                 raise SchemaMismatch(
                     f"the {self.component} schema in {redact(self.url)} is at version {have}, "
-                    f"this pybuild needs {want}: run `pybuild storage migrate` (or start with "
-                    "--migrate)")
+                    f"this pybuild needs {want}: run `pybuild storage migrate` (or set "
+                    "`database.migrate: true` in the registry's config, PYBUILD_DATABASE_MIGRATE=1)")
             self.migrate()
 
     def migrate(self) -> tuple[int, int]:
@@ -236,8 +285,10 @@ class PgDatabase:
                                (self.component,)).fetchone()
             have = int(row[0]) if row else 0
             if have > self.schema_version:
-                raise SchemaMismatch(f"the {self.component} schema is version {have}, newer "
-                                     f"than this pybuild knows ({self.schema_version})")
+                raise SchemaMismatch(
+                    f"the {self.component} schema in {redact(self.url)} is version {have}, newer "
+                    f"than this pybuild knows ({self.schema_version}): upgrade pybuild on this "
+                    "machine; a newer pybuild migrated this database already")
             for step in self._migrations[have:]:
                 conn.execute(step)
             conn.execute("INSERT INTO pybuild_schema(component, version) VALUES (%s, %s) "

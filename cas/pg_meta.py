@@ -160,12 +160,12 @@ class PgMetadata:
         rows = self._db.q("SELECT value FROM settings WHERE name = %s", (name,))
         return str(rows[0][0]) if rows else None
 
-    def set_setting_once(self, name: str, value: str) -> str:
-        """Record ``value`` unless the setting already has one; return the value recorded
-        (the first writer's, of concurrent ones)."""
+    def set_setting_once(self, name: str, value: str, *, replace: bool = False) -> str:
+        """Record ``value`` unless the setting already has one (``replace``: in any case);
+        return the value recorded (the first writer's, of concurrent ones)."""
         with self._db.tx() as db:
-            db.execute("INSERT INTO settings(name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
-                       (name, value))
+            db.execute("INSERT INTO settings(name, value) VALUES (%s, %s) ON CONFLICT (name) "
+                       + ("DO UPDATE SET value = EXCLUDED.value" if replace else "DO NOTHING"), (name, value))
             row = db.execute("SELECT value FROM settings WHERE name = %s", (name,)).fetchone()
         return str(row[0])
 

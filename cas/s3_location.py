@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from .errors import CasError
+from .errors import CasError, StorageError
 
-__all__ = ["RECORD", "S3Location", "S3LocationError"]
+__all__ = ["RECORD", "ObjectStorageUnavailable", "S3Location", "S3LocationError"]
 
 #: The file in a store directory that says where its packs live.
 RECORD = "packs.json"
@@ -31,6 +31,12 @@ RECORD = "packs.json"
 
 class S3LocationError(CasError, ValueError):
     """An S3 location that cannot be used; the message names what is wrong and the fix."""
+
+
+class ObjectStorageUnavailable(StorageError):
+    """The object storage cannot be reached (connections refused or timed out): the same
+    request may succeed later, as with an unreachable metadata database. Here, not beside
+    the S3 client, so that callers map it without loading that client."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,8 @@ from cas.cli import storage
 from cas.location import StoreConfig
 
 if TYPE_CHECKING:  # the server loads only when the command runs: `storage stats` stays quick
+    from cas.s3_location import S3Location
+
     from .server.retention import RetentionReport, RetentionSettings
 
 __all__ = ["storage"]
@@ -34,14 +36,15 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc)) from exc
 
 
-async def _run(root: Path, database: str | None, settings: RetentionSettings, dry_run: bool,
-               gc: bool) -> tuple[RetentionReport, Any]:
+async def _run(root: Path, database: str | None, packs: S3Location | None,
+               settings: RetentionSettings, dry_run: bool, gc: bool) -> tuple[RetentionReport, Any]:
     from cas.open import open_store
 
     from .server.metadata_open import open_metadata
     from .server.retention import run_retention
 
-    store = await open_store(StoreConfig.at(root, database=database))
+    # the config's packs (storage.s3, with its keys), as `pybuild serve` opens them
+    store = await open_store(StoreConfig.at(root, database=database).with_packs_in(packs))
     try:
         meta = await open_metadata(root, database)
         try:
@@ -99,7 +102,7 @@ def retention(storage: Path | None, config_file: Path | None, dry_run: bool,
             f"{root} holds no registry (no registry.db): give --storage (or storage in "
             "--config) the directory `pybuild serve` stores in"
         )
-    report, collected = asyncio.run(_run(root, config.database, settings, dry_run, gc))
+    report, collected = asyncio.run(_run(root, config.database, config.packs, settings, dry_run, gc))
     if as_json:
         doc = report.to_json()
         if collected is not None:

@@ -51,6 +51,7 @@ from cas import (
 )
 from cas.location import default_storage_dir
 from cas.pg_db import DatabaseUnavailable
+from cas.s3_location import ObjectStorageUnavailable
 
 from ..errors import (
     BLOB_UNKNOWN,
@@ -69,7 +70,7 @@ from .config import ServerConfig
 from .debug import metrics_response
 from .expect import close_unless_continued, defer_continue
 from .health import check_health, health_context
-from .httputil import ClientGone, origin_form
+from .httputil import ClientGone, check_transfer_coding, origin_form
 from .metadata import RegistryMetadata
 from .metadata_open import open_metadata
 from .operations import after_request, notifications_lifecycle
@@ -121,6 +122,10 @@ def _cas_error(exc: CasError) -> RegistryError:
             status=507)
     if isinstance(exc, DatabaseUnavailable):  # lost or refused connection: retry, fail over
         return UNAVAILABLE(f"the metadata database is unreachable: {exc}", status=503,
+                           headers={"Retry-After": DATABASE_RETRY_AFTER})
+    if isinstance(exc, ObjectStorageUnavailable):  # the bucket's endpoint: as the database
+        return UNAVAILABLE("the registry's object storage is unreachable: try again later",
+                           status=503,
                            headers={"Retry-After": DATABASE_RETRY_AFTER})
     if isinstance(exc, StorageNotWritable):  # a read-only disk
         return UNAVAILABLE(
@@ -187,6 +192,7 @@ async def _registry_middleware(
                     status=400,
                 )
             check_raw_path(path)
+            check_transfer_coding(request)
             check_health(request)  # health.file: 503 before anything else, as Distribution
             if path.startswith("/v2"):
                 auth = reg.auth
@@ -322,7 +328,11 @@ def make_app(
         # A request body may queue this much before aiohttp stops reading the socket
         # (twice it, then resumes at it). The default, 64 KiB, paused and resumed the
         # socket for every read of a pushed blob: a pair of system calls per 256 KiB.
-        handler_args={"read_bufsize": UPLOAD_READ_BUFFER, "max_field_size": _MAX_HEADER_FIELD},
+        handler_args={"read_bufsize": UPLOAD_READ_BUFFER, "max_field_size": _MAX_HEADER_FIELD,
+                      # A body is taken as sent, whatever its Content-Encoding, as
+                      # Distribution takes it: the bytes on the wire are the blob (a
+                      # .tar.gz layer is gzip), counted by Content-Length and digest.
+                      "auto_decompress": False},
     )
     app.on_response_prepare.append(close_unless_continued)
     if config.http_headers:  # http.headers: on every response, as Distribution adds them

@@ -287,6 +287,26 @@ def _apply(out: dict[str, Any], key: str, value: Any, source: str) -> None:
 
 _DISTRIBUTION_S3 = ("accesskey", "secretkey", "region", "regionendpoint", "bucket",
                     "rootdirectory", "secure", "chunksize")
+# Keys of Distribution's s3 driver whose value (this one, or None: any) is what pybuild
+# does anyway (SigV4, path-style requests, verified TLS, the bucket's default encryption
+# and storage class; the multipartcopy* and loglevel keys tune the driver's own server-side
+# copies and logs), accepted as Distribution's own sample config sets them; any other
+# value is refused with the reason.
+_S3_AS_PYBUILD_DOES: dict[str, tuple[object, str]] = {
+    "v4auth": (True, "pybuild signs every request with AWS Signature Version 4"),
+    "forcepathstyle": (True, "pybuild sends path-style requests (HOST/BUCKET/KEY)"),
+    "skipverify": (False, "pybuild verifies the endpoint's TLS certificate; give it a "
+                          "trusted one (or secure: false on a private network)"),
+    "encrypt": (False, "pybuild does not ask for server-side encryption per object; turn on "
+                       "the bucket's default encryption instead"),
+    "accelerate": (False, "pybuild does not use S3 Transfer Acceleration"),
+    "usedualstack": (False, "pybuild does not use dual-stack endpoints; name one in "
+                            "regionendpoint"),
+    "storageclass": ("STANDARD", "pybuild writes the bucket's default storage class; set "
+                                 "a lifecycle rule on the bucket instead"),
+    **dict.fromkeys(("multipartcopychunksize", "multipartcopymaxconcurrency",
+                     "multipartcopythresholdsize", "loglevel"), (None, "")),
+}
 
 
 def s3_location(keys: Mapping[str, Any], source: str) -> S3Location:
@@ -296,10 +316,15 @@ def s3_location(keys: Mapping[str, Any], source: str) -> S3Location:
     ``AWS_SECRET_ACCESS_KEY``; a ``regionendpoint`` with a scheme decides ``secure``."""
     if not isinstance(keys, Mapping):
         raise DistributionConfigError(f"{source}: storage.s3 must be a mapping of its settings, got {keys!r}")
-    unknown = sorted(set(keys) - set(_DISTRIBUTION_S3))
+    unknown = sorted(set(keys) - set(_DISTRIBUTION_S3) - set(_S3_AS_PYBUILD_DOES))
     if unknown:
         raise DistributionConfigError(f"{source}: storage.s3: unsupported key(s) {', '.join(unknown)}; "
                           f"supported: {', '.join(_DISTRIBUTION_S3)}")
+    for key, (value, why) in _S3_AS_PYBUILD_DOES.items():
+        if key in keys and value is not None and keys[key] != value:
+            raise DistributionConfigError(
+                f"{source}: storage.s3.{key}: {keys[key]!r} is not supported: {why}; remove the "
+                f"key or set it to {str(value).lower() if isinstance(value, bool) else value}")
     if not keys.get("bucket"):
         raise DistributionConfigError(f"{source}: storage.s3.bucket is required")
     region = str(keys.get("region") or "us-east-1")

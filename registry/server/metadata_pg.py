@@ -29,7 +29,7 @@ from typing import Any
 
 from cas.errors import StoreClosed
 from cas.meta import decode_recipe, encode_recipe
-from cas.pg_db import Liveness, PgDatabase, mapped_errors, open_async_pool, redact
+from cas.pg_db import Liveness, PgDatabase, live_connection, mapped_errors, open_async_pool, redact
 
 from ..oci import INDEX_TYPES
 from .metadata import CollectResult, ManifestRecord, ManifestsMissing, ReferrerRecord, TagRecord
@@ -144,12 +144,12 @@ class PgRegistryMetadata:
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[Any]:
-        async with self._using(), self._pool.connection() as conn, conn.transaction():
+        async with self._using(), live_connection(self._pool, self._liveness) as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
             yield conn
 
     async def _q(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        async with self._using(), self._pool.connection() as conn:
+        async with self._using(), live_connection(self._pool, self._liveness) as conn:
             cur = await conn.execute(sql, args)
             return list(await cur.fetchall())
 
@@ -261,7 +261,7 @@ class PgRegistryMetadata:
 
     async def collect(self, repo: str, tags: list[TagRecord], untagged_before: float, *,
                       dry_run: bool = False) -> CollectResult:
-        async with self._using(), self._pool.connection() as conn:
+        async with self._using(), live_connection(self._pool, self._liveness) as conn:
             await conn.execute("BEGIN")
             try:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))

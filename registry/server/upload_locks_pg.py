@@ -33,7 +33,7 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cas.pg_db import Liveness, mapped_errors, open_async_pool, redact
+from cas.pg_db import Liveness, live_connection, mapped_errors, open_async_pool, redact
 
 from .upload_locks import InProcessUploadLocks
 
@@ -97,7 +97,7 @@ class PgUploadLocks:
         # trip (the simple query protocol takes several statements), COMMIT the other.
         take = f"SELECT pg_try_advisory_xact_lock({_CLASS}, {key})"
         async with self._local.hold(upload_id), _mapped(self._liveness), \
-                self._pool.connection() as conn:
+                live_connection(self._pool, self._liveness) as conn:
             try:
                 cur = await conn.execute(f"BEGIN; {take}")
                 cur.nextset()  # past BEGIN's result to the try's

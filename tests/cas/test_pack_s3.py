@@ -72,7 +72,19 @@ def test_a_missing_bucket_is_named_with_the_fix(s3_location: S3Location) -> None
         S3Packs(loc)
     assert "S3 bucket 'no-such-bucket' does not exist at http://" in str(info.value)
     assert "create it" in str(info.value)
+    # the command it names exists (radosgw-admin has no `bucket create`)
+    assert f"'aws --endpoint-url http://{s3_location.endpoint} s3 mb s3://no-such-bucket'" in str(info.value)
+    assert "radosgw-admin" not in str(info.value)
     assert isinstance(info.value, StorageError)
+
+
+@pytest.mark.parametrize("access, secret", [("", ""), ("AKID", "")])
+def test_missing_keys_are_named_with_where_to_give_them(access: str, secret: str) -> None:
+    loc = S3Location("127.0.0.1:1", BUCKET, "p/", access, secret, secure=False)
+    with pytest.raises(S3StorageError) as info:
+        S3Packs(loc)
+    assert f"no S3 keys for bucket '{BUCKET}' at http://127.0.0.1:1" in str(info.value)
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in str(info.value)
 
 
 def test_refused_keys_are_named(s3_location: S3Location) -> None:

@@ -80,14 +80,31 @@ def test_relative_urls_are_what_pybuild_writes_anyway(tmp_path: Path) -> None:
         assert config.addr == "127.0.0.1:5999"
 
 
+def test_the_s3_keys_of_distributions_sample_config_that_change_nothing_are_accepted() -> None:
+    # storage.s3 as Distribution's configuration reference shows it, with the values that
+    # are what pybuild does anyway (SigV4, path style, no per-object encryption, ...)
+    config = load_config(TESTFILES / "distribution-s3-sample.yml", environ={})
+    assert config.packs is not None
+    assert (config.packs.endpoint, config.packs.bucket, config.packs.prefix) == (
+        "myobjects.local", "bucketname", "s3/object/name/prefix/")
+    assert (config.packs.secure, config.packs.region, config.packs.part_size) == (False, "us-west-1", 5 << 20)
+
+
 def test_upload_purging_disabled_keeps_sessions(tmp_path: Path) -> None:
     config = _load(tmp_path, "version: 0.1\nstorage:\n  maintenance:\n    uploadpurging: {enabled: false}\n")
     assert config.uploads_ttl >= 50 * 365 * 86400
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("version: 0.1\nstorage: {s3: {bucket: b, region: us-east-1, v4auth: true}}\n",
-     r"storage\.s3: unsupported key\(s\) v4auth"),
+    ("version: 0.1\nstorage: {s3: {bucket: b, region: us-east-1, v4auth: false}}\n",
+     r"storage\.s3\.v4auth: False is not supported: pybuild signs every request with AWS "
+     r"Signature Version 4; remove the key or set it to true"),
+    ("version: 0.1\nstorage: {s3: {bucket: b, encrypt: true}}\n",
+     r"storage\.s3\.encrypt: True is not supported: .*turn on the bucket's default encryption"),
+    ("version: 0.1\nstorage: {s3: {bucket: b, storageclass: REDUCED_REDUNDANCY}}\n",
+     r"storage\.s3\.storageclass: 'REDUCED_REDUNDANCY' is not supported: .*set it to STANDARD"),
+    ("version: 0.1\nstorage: {s3: {bucket: b, sessiontoken: x}}\n",
+     r"storage\.s3: unsupported key\(s\) sessiontoken"),
     ("version: 0.1\nstorage: {gcs: {bucket: b}}\n", r"storage\.gcs\.bucket: the gcs storage driver is not supported"),
     ("version: 0.1\nmiddleware: {registry: [{name: cloudfront}]}\n", r"middleware.*: pybuild does not support it"),
     ("version: 0.1\nhttp: {prefix: /registry/}\n", r"http\.prefix: pybuild does not support it"),

@@ -66,6 +66,8 @@ def test_serve_refuses_a_database_not_migrated_and_names_the_fix(database: str, 
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0
     assert f"is at version 0, this pybuild needs {CAS}: run `pybuild storage migrate`" in proc.stderr
+    # the other fix it names is one `serve` takes (it has no --migrate flag)
+    assert "(or set `database.migrate: true` in the registry's config, PYBUILD_DATABASE_MIGRATE=1)" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -74,6 +76,10 @@ def test_a_schema_newer_than_this_code_is_refused(database: str) -> None:
     db.close()
     with pytest.raises(SchemaMismatch, match=f"version {CAS + 1}, newer than this pybuild knows .{CAS}.: upgrade"):
         PgMetadata(database, migrate=True)
+    migrate = _cli("storage", "migrate", "--database", database)
+    assert migrate.returncode == 1
+    assert (f"the cas schema in {database} is version {CAS + 1}, newer than this pybuild knows "
+            f"({CAS}): upgrade pybuild on this machine") in migrate.stderr
 
 
 def test_an_unreachable_database_is_one_clear_line_without_the_password(tmp_path: Path) -> None:

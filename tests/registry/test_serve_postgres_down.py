@@ -77,3 +77,53 @@ def test_a_stopped_database_is_503_with_retry_after_and_serving_resumes(tmp_path
             assert _post_blob(reg.addr, data).status == 201
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
             assert http(reg.addr, "GET", f"/v2/team/app/blobs/{digest}").body == data
+
+
+def test_a_database_restarted_while_the_registry_was_idle_costs_no_request(tmp_path: Path) -> None:
+    # The restart closes every connection the registry's pools hold, without the registry
+    # seeing it; the next requests must get fresh connections, not a 503 each.
+    with postgres_server() as pg:
+        url = pg.create_database("restarted")
+        migrate = subprocess.run([sys.executable, "-m", "builder", "storage", "migrate",
+                                  "--database", url], capture_output=True, text=True,
+                                 timeout=120, check=False)
+        assert migrate.returncode == 0, migrate.stderr
+        image = make_image([make_layer(tar_files({"hello.txt": b"hello\n"}))])
+        with pybuild_configured_registry(tmp_path / "a", {"database": {"url": url}}) as reg:
+            for blob in (image.config, image.layers[0].blob):
+                assert _post_blob(reg.addr, blob).status == 201
+            put = http(reg.addr, "PUT", "/v2/team/app/manifests/v1", body=image.manifest,
+                       headers={"Content-Type": MANIFEST})
+            assert put.status == 201, put.body
+
+            pg.stop()
+            pg.start()
+            for _ in range(3):
+                got = http(reg.addr, "GET", "/v2/team/app/manifests/v1", headers={"Accept": MANIFEST})
+                assert got.status == 200, got.body
+                data = os.urandom(100_000)
+                assert _post_blob(reg.addr, data).status == 201
+
+
+def test_a_dead_pooled_connection_is_seen_on_any_descriptor() -> None:
+    # A busy replica holds more than 1024 descriptors; select() cannot watch those.
+    import resource
+    import socket
+    from types import SimpleNamespace
+
+    from cas.pg_db import closed_by_server
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    ours, server = socket.socketpair()
+    fd = os.dup2(ours.fileno(), 1500)
+    try:
+        conn = SimpleNamespace(closed=False, fileno=lambda: fd)
+        assert not closed_by_server(conn)  # idle, nothing to read
+        server.close()  # the server's side goes away
+        assert closed_by_server(conn)
+    finally:
+        os.close(fd)
+        ours.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
