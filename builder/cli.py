@@ -95,6 +95,10 @@ class LazyGroup(click.Group):
         if not standalone_mode:
             return main(*args, standalone_mode=False, **kwargs)
         self._json_errors = False
+        if _empty_storage(list((args[0] if args else kwargs.get("args")) or sys.argv[1:])):
+            self._fail("--storage: an empty path would put the store in the current directory; "
+                       "name the storage directory, or leave --storage out for the default "
+                       "($PYBUILD_STORAGE or the XDG data dir)", 2)
         try:
             main(*args, standalone_mode=False, **kwargs)
         except _NO_ARGS_IS_HELP as exc:  # a bare group: its help, as click prints it
@@ -156,6 +160,17 @@ class LazyGroup(click.Group):
             command.short_help = self.summaries[cmd_name]  # the same line, imported or not
         self.add_command(command)
         return command
+
+
+def _empty_storage(argv: list[str]) -> bool:
+    """Whether a command line gives ``--storage`` an empty value (an unset variable's):
+    as a path that is the current directory."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--storage=" or (arg == "--storage" and argv[i + 1:i + 2] == [""]):
+            return True
+    return False
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, summaries=SUMMARIES,

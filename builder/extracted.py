@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cas import Digest, Store
-from cas.errors import StorageFull, full_cause
+from cas.errors import StorageFull, StorageUnsupported, full_cause, missing_features
 
 from .sandbox.userns import overlay_xattr
 
@@ -198,6 +198,14 @@ class ExtractedLayers:
                 if left_out and self.warn is not None:
                     self.warn(devices_left_out(diff_id, left_out))
             except OSError as exc:
+                if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                    # vfat and the like refuse a layer's symlinks, hard links and modes
+                    try:
+                        lacks = await asyncio.to_thread(missing_features, self.root)
+                    except OSError:  # the probe could not tell: the step's error stands
+                        lacks = None
+                    if lacks is not None:
+                        raise StorageUnsupported(self.root, lacks) from exc
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
                 # Named now: once its files are removed, a file system out of inodes

@@ -3,13 +3,17 @@
 What goes:
 
 - step entries of the build cache (``builder/cache.db``, table ``steps``) created before
-  ``older_than`` seconds ago (all with ``--all``); their layer blobs lose the holder
+  ``older_than`` seconds ago (all with ``--all``); their layer blobs (every one the key
+  linked: a step run again links its new layer to the same key) lose the holder
   ``cache:<key>``, so ``pybuild storage gc`` reclaims those that nothing else links;
 - extracted layers (``builder/snapshots/<diff_id>``) that no build used since then (all
   with ``--all``) and that no remaining entry and no local image (``pybuild images``)
   holds - a later build extracts again what it needs;
 - remembered context-file hashes (table ``file_hashes``) of files that no longer exist
-  (all of them with ``--all``).
+  (all of them with ``--all``);
+- the work directories (``builder/tmp/build-*``) of builds that were killed: a build
+  removes its own when it ends, so under the exclusive lock any that is left is a dead
+  build's (one that still holds a mount is left alone).
 
 A build holds ``builder/lock`` shared while it runs; prune takes it exclusively, so it
 never removes an extracted layer under a running build (it waits up to ``wait`` seconds, then
@@ -27,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cas import Digest, Store, StoreConfig, check_owner, open_store
+from cas import Store, StoreConfig, check_owner, open_store
 from cas.holders import cache_holder
 from cas.reserve import release_reserve
 
@@ -47,6 +51,8 @@ class PruneReport:
     extracted: int  # extracted layers removed
     extracted_bytes: int  # their allocated bytes
     file_hashes: int  # remembered context-file hashes removed
+    work_dirs: int = 0  # work directories of killed builds removed
+    work_bytes: int = 0  # their allocated bytes
 
 
 class BuildLock:
@@ -107,14 +113,19 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0) -
         finally:
             cache.close()
         async with await open_store(StoreConfig(storage)) as store:
-            for key, layer in removed:
-                if layer.digest:  # a step that changed nothing, or a facts entry
-                    await store.unlink(cache_holder(key), Digest.parse(layer.digest))
+            for key, _ in removed:
+                # Every blob the key links, not only the entry's last layer: a step run
+                # again (--no-cache, or a RUN whose output differs) links its new layer to
+                # the same key and replaces the entry.
+                holder = cache_holder(key)
+                for digest in await store.linked(holder):
+                    await store.unlink(holder, digest)
             keep |= await _image_diff_ids(storage, store)
         count, size = await asyncio.to_thread(_drop_extracted, bdir / EXTRACTED_DIR, keep,
                                               cutoff)
+        work, work_size = await asyncio.to_thread(_drop_work_dirs, bdir / "tmp")
         steps = sum(1 for _, layer in removed if layer.facts is None)  # not facts entries
-        return PruneReport(steps, count, size, hashes)
+        return PruneReport(steps, count, size, hashes, work, work_size)
     finally:
         lock.release()
 
@@ -149,6 +160,44 @@ def _drop_extracted(root: Path, keep: set[str], before: float | None) -> tuple[i
             shutil.rmtree(entry, ignore_errors=True)
             count += not entry.name.startswith(".tmp-")
     return count, size
+
+
+def _drop_work_dirs(root: Path) -> tuple[int, int]:
+    """Remove what killed builds left in ``root`` (``builder/tmp``; no build runs: the
+    lock), except a directory under which something is still mounted (rmtree would
+    delete through the mount)."""
+    count = size = 0
+    if not root.is_dir():
+        return 0, 0
+    mounts = _mount_points()
+    for entry in root.iterdir():
+        inside = str(entry.absolute()) + "/"
+        if any(m == inside[:-1] or m.startswith(inside) for m in mounts):
+            continue
+        size += _allocated(entry)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        count += 1
+    return count, size
+
+
+def _mount_points() -> list[str]:
+    """Where this mount namespace has file systems mounted (``/proc/self/mountinfo``,
+    octal escapes decoded)."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return []
+    points = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            points.append(fields[4].encode().decode("unicode_escape").encode("latin-1")
+                          .decode(errors="surrogateescape"))
+    return points
 
 
 def _allocated(path: Path) -> int:

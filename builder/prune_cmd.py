@@ -36,12 +36,14 @@ def builder() -> None:
               help="Storage directory (default: $PYBUILD_STORAGE or the XDG data dir).")
 @click.option("--older-than", "older_than", default="48h", show_default=True,
               help="Remove cache entries created longer ago than this (30m, 48h, 7d).")
-@click.option("--all", "everything", is_flag=True, help="Remove every cache entry.")
+@click.option("-a", "--all", "everything", is_flag=True, help="Remove every cache entry.")
+@click.option("-f", "--force", is_flag=True,
+              help="Accepted for docker's sake: prune never asks for confirmation.")
 @click.option("--wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for running builds to finish.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def prune_command(storage: Path | None, older_than: str, everything: bool, wait: float,
-                  as_json: bool) -> None:
+def prune_command(storage: Path | None, older_than: str, everything: bool, force: bool,
+                  wait: float, as_json: bool) -> None:
     """Remove old build-cache entries, the extracted layers only they used, and the
     remembered hashes of context files that are gone. `pybuild storage gc` then
     reclaims the layer blobs nothing else links."""
@@ -56,8 +58,12 @@ def prune_command(storage: Path | None, older_than: str, everything: bool, wait:
         # "snapshots": the extracted layers' name before (the output keeps its keys)
         click.echo(json.dumps({"entries": report.entries, "snapshots": report.extracted,
                                "snapshot_bytes": report.extracted_bytes,
-                               "file_hashes": report.file_hashes}))
+                               "file_hashes": report.file_hashes,
+                               "work_dirs": report.work_dirs,
+                               "work_bytes": report.work_bytes}))
         return
+    left = (f", {report.work_dirs} work directories of killed builds "
+            f"({report.work_bytes / 1e6:.1f} MB)" if report.work_dirs else "")
     click.echo(f"removed {report.entries} cache entries, {report.extracted} extracted layers "
-               f"({report.extracted_bytes / 1e6:.1f} MB) and {report.file_hashes} file hashes; "
-               "`pybuild storage gc` reclaims the blobs")
+               f"({report.extracted_bytes / 1e6:.1f} MB){left} and {report.file_hashes} file "
+               "hashes; `pybuild storage gc` reclaims the blobs")

@@ -13,8 +13,9 @@
     ├── InvalidRange                  a byte range outside the blob
     ├── StorageError                  the store's directory cannot take a write (also OSError)
     │   ├── StorageFull               no space left (ENOSPC, EDQUOT, SQLite "disk is full")
-    │   └── StorageNotWritable        read-only file system or no permission (EROFS, EACCES, EPERM)
-    │       └── StorageNotOwned       the storage belongs to another user than the one running
+    │   ├── StorageNotWritable        read-only file system or no permission (EROFS, EACCES, EPERM)
+    │   │   └── StorageNotOwned       the storage belongs to another user than the one running
+    │   └── StorageUnsupported        a file system without symlinks, hard links or modes (vfat)
     ├── StoreClosed                   a store (or its metadata, a pack writer...) used after close()
     └── StoreCorrupt                  bytes on disk do not match their recorded key
 
@@ -29,7 +30,10 @@ from __future__ import annotations
 import errno
 import os
 import resource  # here, not on first use: loading it then needs a free descriptor
+import shutil
 import sqlite3
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -45,11 +49,13 @@ __all__ = [
     "StorageFull",
     "StorageNotOwned",
     "StorageNotWritable",
+    "StorageUnsupported",
     "StoreClosed",
     "StoreCorrupt",
     "UnsupportedDigestAlgorithm",
     "full_cause",
     "mapped_error",
+    "missing_features",
     "out_of_descriptors",
     "storage_error",
 ]
@@ -190,6 +196,52 @@ class StorageNotOwned(StorageNotWritable):
         self.user = user
 
 
+class StorageUnsupported(StorageError):
+    """The file system of the storage directory ``path`` cannot keep what image files
+    are made of: ``missing`` names what it lacks (symbolic links, hard links, Unix
+    permissions), as vfat, exFAT and some network shares do."""
+
+    def __init__(self, path: Path | str, missing: str,
+                 why: str = "image files need them (vfat, exFAT and Windows shares have "
+                            "none)") -> None:
+        super().__init__(
+            f"storage on a file system without {missing}: {path}; {why}, so put the "
+            f"storage on a local Linux file system (ext4, xfs, btrfs, tmpfs), {_MOVE}",
+            path, f"no {missing}")
+        self.missing = missing
+
+
+def missing_features(directory: Path | str) -> str | None:
+    """What of symbolic links, hard links and Unix permissions the file system of
+    ``directory`` (an existing, writable directory) refuses, in words ("symbolic links,
+    hard links or Unix permissions"); None when it keeps all three. Probes in a scratch directory it
+    removes again (blocking)."""
+    missing = []
+    probe = tempfile.mkdtemp(prefix=".probe-", dir=directory)
+    try:
+        name = os.path.join(probe, "f")
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o600))
+        probes: list[tuple[str, Callable[[], None]]] = [
+            ("symbolic links", lambda: os.symlink("f", name + "s")),
+            ("hard links", lambda: os.link(name, name + "h")),
+            ("Unix permissions", lambda: os.chmod(name, 0o640))]
+        for what, make in probes:
+            try:
+                make()
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                missing.append(what)
+        # vfat mounted with "quiet" takes a chmod and keeps its own mode all the same
+        if "Unix permissions" not in missing and os.stat(name).st_mode & 0o777 != 0o640:
+            missing.append("Unix permissions")
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    if not missing:
+        return None
+    return missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} or {missing[-1]}"
+
+
 class StoreClosed(CasError):
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} is closed: it was used after close(); open it again")
@@ -197,6 +249,12 @@ class StoreClosed(CasError):
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+# SQLite's WAL index is a shared memory map of a file beside the database: some network
+# and FUSE file systems cannot make one.
+_NO_SHARED_MEMORY = (sqlite3.SQLITE_IOERR_SHMOPEN, sqlite3.SQLITE_IOERR_SHMSIZE,
+                     sqlite3.SQLITE_IOERR_SHMMAP)
+_WAL_NEEDS = ("SQLite's write-ahead log needs them (network and some FUSE file systems "
+              "have none)")
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
@@ -218,6 +276,9 @@ def storage_error(exc: BaseException, path: Path | str) -> StorageError | None:
         return None
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
+        if code in _NO_SHARED_MEMORY:  # also met on a full disk: that is said first
+            return _probe(Path(path)) or StorageUnsupported(path, "shared memory maps",
+                                                            _WAL_NEEDS)
         if code is not None:
             code &= 0xFF  # the primary code of an extended one (SQLITE_IOERR_SHMSIZE...)
         if code == sqlite3.SQLITE_FULL:
@@ -289,7 +350,8 @@ def _probe(path: Path) -> StorageError | None:
         return StorageNotWritable(path, "read-only file system")
     if not os.access(d, os.W_OK):
         return StorageNotWritable(path, "permission denied")
-    if fs.f_bavail * fs.f_frsize < (256 << 10) or (fs.f_files and not fs.f_favail):
+    # (a FUSE file system may report no size at all: 0 blocks, 0 free; not full)
+    if (fs.f_blocks and fs.f_bavail * fs.f_frsize < (256 << 10)) or (fs.f_files and not fs.f_favail):
         return StorageFull(str(path), None, full_cause(d))
     return None
 
@@ -297,3 +359,4 @@ def _probe(path: Path) -> StorageError | None:
 class StoreCorrupt(CasError):
     def __init__(self, what: str) -> None:
         super().__init__(f"store corrupt: {what}; run 'pybuild storage fsck' for a full report")
+        self.what = what

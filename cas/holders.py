@@ -17,7 +17,9 @@ kind           name                                 who links
 ``ingest:``    an open ingest's id                  the store itself: an ingest assembled
                                                     from pieces of that blob (a pull of an
                                                     update) keeps it until the ingest's
-                                                    commit or abort removes the link
+                                                    commit or abort removes the link; a
+                                                    push or copy of a local image holds
+                                                    its blobs so (:mod:`cas.lease`)
 =============  ===================================  =======================================
 
 :func:`parse_holder` reads a holder back; a holder of any other form is not one of these

@@ -26,7 +26,7 @@ import blake3
 from .compaction import compact_packs
 from .digest import Digest, new_hasher
 from .digest_states import sweep_states
-from .errors import CasError
+from .errors import CasError, StoreCorrupt
 from .meta import Metadata, decode_recipe
 from .pack_select import check_packs_here
 
@@ -213,7 +213,9 @@ def _check(core: StoreCore, meta: Metadata, progress: Callable[[FsckProgress], N
                 first = verified.get(key) is not False
                 verified[key] = False
             if first:
-                problems.append(f"piece {key.hex()}: unreadable: {exc}")
+                # (fsck is the full report a StoreCorrupt's message asks for)
+                why = exc.what if isinstance(exc, StoreCorrupt) else exc
+                problems.append(f"piece {key.hex()}: unreadable: {why}")
             return None
         if known is None:
             ok = len(data) == loc.length and blake3.blake3(data).digest() == key

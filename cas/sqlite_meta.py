@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from .errors import StoreCorrupt
 from .holders import ingest_holder
@@ -418,7 +419,8 @@ class SqliteMetadata(SqliteDatabase):
         view._lock = threading.RLock()
         view._closed = False
         self._check_open()
-        view._db = connect(f"file:{self.path}?mode=ro", uri=True)
+        # as_uri() escapes what a URI would take for its query or fragment ('?', '#', '%')
+        view._db = connect(f"{Path(self.path).absolute().as_uri()}?mode=ro", uri=True)
         view._reader, view._reader_lock = view._db, view._lock  # lookups see the snapshot too
         try:
             view._db.execute("BEGIN")

@@ -78,7 +78,7 @@ def _ref(text: str) -> Any:
 
 
 def _storage_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--storage", type=click.Path(path_type=Path), default=None,
+    return click.option("--storage", type=click.Path(file_okay=False, path_type=Path), default=None,
                         help="Storage directory (default: $PYBUILD_STORAGE or the XDG data dir).")(fn)
 
 
@@ -184,9 +184,11 @@ def copy(source: str, destination: str, **kw: Any) -> None:
 
 @click.command()
 @click.argument("refs", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Remove an image ID's every name.")
 @_storage_option
-def rmi(refs: tuple[str, ...], storage: Path | None) -> None:
-    """Remove local images (their blobs are reclaimed by ``pybuild storage gc``)."""
+def rmi(refs: tuple[str, ...], force: bool, storage: Path | None) -> None:
+    """Remove local images, by name or ID (their blobs are reclaimed by ``pybuild storage
+    gc``)."""
 
     from .image_store import ImageStore
 
@@ -194,7 +196,22 @@ def rmi(refs: tuple[str, ...], storage: Path | None) -> None:
         missing = []
         async with await ImageStore.open(storage) as store:
             for ref in refs:
-                if not await store.remove(str(_ref(ref))):
+                if await store.remove(str(_ref(ref))):
+                    continue
+                # An ID (as Docker: the name first); several names only with -f, as Docker
+                found = await store.by_id(ref)
+                names = [image.ref for image in found]
+                if len({image.digest for image in found}) > 1:
+                    raise click.ClickException(
+                        f"{ref} is the start of several images' IDs; give more of it "
+                        "(pybuild images --no-trunc)")
+                if len(names) > 1 and not force:
+                    raise click.ClickException(
+                        f"image {ref} has several names ({', '.join(names)}): remove them by "
+                        "name, or all of them with -f")
+                for name in names:
+                    await store.remove(name)
+                if not names:
                     missing.append(ref)
         return missing
 

@@ -33,6 +33,7 @@ manifests (a BuildKit registry cache), are copied as blobs (:mod:`.index_entries
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import Any
 
 from cas import Digest
 from cas.holders import HolderKind, image_holder, parse_holder
+from cas.lease import held
 
 from ..errors import RegistryError
 from ..oci import DOCKER_CONFIG, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest, parse_manifest
@@ -234,7 +236,9 @@ class _Copy:
         manifests: list[Any] = [c[2] for c in children] if isinstance(obj, Index) else [obj]
         blobs = {d.digest: d for m in manifests for d in m.references()}
         blobs.update((d.digest, d) for d in entry_blobs)
-        async with undone_on_failure(self.dst.path if self.dst.kind == "oci" else None):
+        # A local image's blobs stay while they are read, whatever rmi and gc do meanwhile.
+        hold = held(self.store, blobs) if self.src.kind == "local" else contextlib.nullcontext()
+        async with hold, undone_on_failure(self.dst.path if self.dst.kind == "oci" else None):
             # One blob failed: the others stop (they keep what they have for a resume).
             await gather_or_cancel([asyncio.create_task(self._move(d)) for d in blobs.values()])
             digest = await self._write_manifests(raw, media_type, obj, children)

@@ -70,10 +70,19 @@ def _familiar(ref: str) -> str:
 
 
 async def _lookup(images: ImageStore, text: str) -> tuple[str, Digest]:
+    """The local image named ``text``, else the one whose ID it is (as Docker: the name
+    first)."""
     ref = str(_ref(text))
     found = await images.resolve(ref)
     if found is None:
-        raise ImageNotFound(f"no local image {text} (see pybuild images; pybuild pull {text})")
+        by_id = await images.by_id(text)
+        if len({image.digest for image in by_id}) > 1:
+            raise ImageNotFound(f"{text} is the start of several images' IDs; give more of it "
+                                "(pybuild images --no-trunc)")
+        if not by_id:
+            raise ImageNotFound(f"no local image {text} (see pybuild images; pybuild pull {text})")
+        found = by_id[0]
+        ref = found.ref
     return ref, found.digest
 
 

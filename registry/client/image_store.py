@@ -215,6 +215,18 @@ class ImageStore:
         r = rows[0]
         return LocalImage(r[0], Digest.parse(r[1]), r[2], r[3], r[4])
 
+    async def by_id(self, text: str) -> list[LocalImage]:
+        """The images whose manifest digest is ``text`` or begins with it (an image ID as
+        ``pybuild images`` shows it: ``9abf5f3c12f1``, ``sha256:9abf...``; at least 4 hex
+        digits, as Docker's short IDs), one per name; [] when ``text`` is no ID."""
+        hex_part = text.removeprefix("sha256:").lower()
+        if not 4 <= len(hex_part) <= 64 or any(c not in "0123456789abcdef" for c in hex_part):
+            return []
+        rows = await self._sql("SELECT ref, digest, media_type, size, created FROM images "
+                               "WHERE substr(digest, 1, ?) = ? ORDER BY ref",
+                               len(hex_part) + 7, f"sha256:{hex_part}")
+        return [LocalImage(r[0], Digest.parse(r[1]), r[2], r[3], r[4]) for r in rows]
+
     async def list(self) -> list[LocalImage]:
         rows = await self._sql("SELECT ref, digest, media_type, size, created FROM images ORDER BY ref")
         return [LocalImage(r[0], Digest.parse(r[1]), r[2], r[3], r[4]) for r in rows]

@@ -149,7 +149,7 @@ class SqliteMetadata(RetentionQueries):
             db.executescript(RETENTION_SCHEMA)
             add_retention_columns(db)
             watch = sqlite3.connect(
-                f"{self._path.as_uri()}?mode=ro", uri=True, isolation_level=None,
+                f"{self._path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None,
                 check_same_thread=False,
             )
             watch.execute("PRAGMA busy_timeout=0")

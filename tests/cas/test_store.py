@@ -276,6 +276,18 @@ async def test_fsck_names_a_damaged_piece(store: Store) -> None:
     assert any(str(info.digest) in p for p in report.problems)
 
 
+async def test_fsck_names_a_missing_pack_without_sending_to_fsck(store: Store) -> None:
+    """fsck is the full report: its lines say what is wrong, not "run fsck"."""
+    await store.put(os.urandom(2 << 20), link="keep")
+    (pack,) = store.packs.names()
+    path = store.packs.local_path(pack)
+    assert path is not None
+    path.unlink()
+    report = await store.fsck()
+    assert any(f"unreadable: pack {pack} is missing" in p for p in report.problems), report.problems
+    assert not any("storage fsck" in p for p in report.problems), report.problems
+
+
 async def test_full_disk_is_a_clear_error_and_keeps_committed_blobs(tmp_path: Path) -> None:
     from cas import StorageFull
 

@@ -137,3 +137,31 @@ def test_images_takes_docker_images_arguments(tmp_path: Path) -> None:
     assert (row["Digest"], row["Tag"], row["CreatedSince"].endswith("ago")) == (index, "1", True)
     bad = runner.invoke(main, ["images", "--storage", storage, "--format", "{{.Size}}"])
     assert bad.exit_code == 2 and "no field 'Size'" in bad.output
+
+
+def test_images_are_found_by_their_ids_as_docker_finds_them(tmp_path: Path) -> None:
+    """The ID ``pybuild images`` shows (12 digits, or whole, with or without ``sha256:``)
+    names the image to ``inspect``, ``history``, ``tag`` and ``rmi``; ``rmi`` of an ID with
+    several names needs ``-f``, as ``docker rmi`` does."""
+    storage = str(tmp_path / "s")
+    index, _, _ = _seed_index(tmp_path / "s", "docker.io/library/app:1")
+    runner = CliRunner()
+
+    def pybuild(*args: str) -> str:
+        got = runner.invoke(main, [*args, "--storage", storage])
+        assert got.exit_code == 0, got.output
+        return str(got.output)
+
+    short = index.split(":")[1][:12]
+    for image_id in (short, index, index.split(":")[1]):
+        assert pybuild("inspect", "--format", "{{.Digest}}", image_id).strip() == index
+    assert pybuild("history", "--platform", "linux/amd64", short).startswith("IMAGE")
+    pybuild("tag", short, "app:2")
+    refused = runner.invoke(main, ["rmi", short, "--storage", storage])
+    assert refused.exit_code == 1
+    assert "several names (docker.io/library/app:1, docker.io/library/app:2)" in refused.output
+    assert "-f" in refused.output
+    pybuild("rmi", "-f", short)
+    assert pybuild("images", "-q") == ""
+    missing = runner.invoke(main, ["rmi", short, "--storage", storage])
+    assert missing.exit_code == 1 and f"no such local image: {short}" in missing.output

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from builder import context as context_mod
 from builder.cache import BuildCache
-from builder.prune import BuildLock, PruneError, prune
+from builder.prune import BuildLock, PruneError, _allocated, prune
 from cas import Digest, Store
 
 from .conftest import Builder
@@ -110,7 +113,86 @@ def test_prune_command_prints_json_and_refuses_bad_durations(tmp_path: Path) -> 
                           check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"entries": 0, "snapshots": 0, "snapshot_bytes": 0,
-                                       "file_hashes": 0}
+                                       "file_hashes": 0, "work_dirs": 0, "work_bytes": 0}
     bad = subprocess.run([*argv, "--older-than", "soon"], cwd=ROOT, capture_output=True,
                          text=True, check=False)
     assert bad.returncode == 2 and "not a duration such as 30m, 48h or 7d" in bad.stderr
+
+
+def test_prune_removes_what_a_killed_build_left(tmp_path: Path, busybox_ref: str) -> None:
+    """A build killed with SIGKILL leaves its work directory (``builder/tmp/build-*``,
+    a copy of its base's files and more); prune removes it, but never through a mount."""
+    storage = tmp_path / "storage"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nRUN head -c 3000000 /dev/urandom > /big && sleep 60\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYBUILD_NO_FASTPATH="1")
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "build", "--progress", "plain",
+                             "--storage", str(storage), str(ctx)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the RUN step has started: its work directory exists
+            if b"RUN head" in line:
+                break
+        else:
+            pytest.fail("the build ended before its RUN step")
+        deadline = time.monotonic() + 60
+        while _allocated(storage / "builder" / "tmp") < 3_000_000:  # the step wrote /big
+            assert time.monotonic() < deadline and proc.poll() is None, "the RUN step wrote nothing"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+    tmp = storage / "builder" / "tmp"
+    assert [p.name[:6] for p in tmp.iterdir()] == ["build-"]
+    mounted = tmp / "build-mounted" / "m"
+    mounted.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mounted)], check=True)
+    try:
+        (mounted / "kept").write_text("a file system still mounted there\n")
+        report = asyncio.run(prune(storage, older_than=3600))
+        assert report.work_dirs == 1 and report.work_bytes > 0
+        assert [p.name for p in tmp.iterdir()] == ["build-mounted"]
+        assert (mounted / "kept").exists()
+    finally:
+        subprocess.run(["umount", str(mounted)], check=False)
+    assert asyncio.run(prune(storage, older_than=3600)).work_dirs == 1
+    assert list(tmp.iterdir()) == []
+
+
+def test_prune_takes_dockers_short_flags(tmp_path: Path) -> None:
+    """``docker builder prune -af``: -a is --all, -f (no confirmation) is what prune does."""
+    storage = tmp_path / "s"
+    leftover = storage / "builder" / "tmp" / "build-x"
+    leftover.mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-m", "builder", "builder", "prune", "-af", "--json",
+                           "--storage", str(storage)], cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["work_dirs"] == 1
+
+
+def test_prune_all_frees_the_layers_of_steps_run_again(
+    tmp_path: Path, busybox_ref: str, build: Builder,
+) -> None:
+    """``--no-cache`` runs a step again and links its new layer to the same key: after
+    ``prune --all``, ``storage gc`` must take the layers of every run, as
+    ``docker builder prune -a`` does: three builds leave what one leaves."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nRUN head -c 100000 /dev/urandom > /r\n")
+
+    async def left_after_prune(storage: Path) -> int:
+        await prune(storage, older_than=None)
+        async with await Store.open(storage) as store:
+            await store.gc(grace=0)
+            return (await store.stats()).blobs
+
+    build(ctx, storage=tmp_path / "once", no_cache=True)
+    for _ in range(3):
+        build(ctx, storage=tmp_path / "thrice", no_cache=True)
+    assert asyncio.run(left_after_prune(tmp_path / "thrice")) == \
+        asyncio.run(left_after_prune(tmp_path / "once"))
