@@ -3,10 +3,13 @@
 A value is ``[TYPES[PLATFORM]:]KEY=VALUE``; TYPES is one or more (comma-separated) of
 ``manifest`` (the default: the image manifest's ``annotations``), ``manifest-descriptor``
 (the manifest's descriptor, in an OCI layout's or archive's ``index.json``), ``index``
-and ``index-descriptor``. pybuild builds one platform and writes no image index of its
-own, so ``index`` and ``index-descriptor`` are refused as BuildKit refuses them for a
-single-platform export. A ``[os/arch]`` qualifier applies the annotation only when the
-image is built for that platform.
+and ``index-descriptor``. A multi-platform build's image index takes ``index`` (its own
+``annotations``) and ``index-descriptor`` (its descriptor in ``index.json``), and each
+``manifest-descriptor`` goes onto that platform's entry in the index; a one-platform build
+writes no image index, so ``index`` and ``index-descriptor`` are refused there as BuildKit
+refuses them for a single-platform export. A ``[os/arch]`` qualifier applies the
+annotation only when the image is built for that platform (an index has none: there, as
+in BuildKit, a qualified ``index`` annotation applies to nothing).
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class Annotations:
-    """Annotations for the image manifest and for its descriptor."""
+    """Annotations for the image manifest and for its descriptor (and, in a multi-platform
+    build, for the image index and its descriptor)."""
 
     manifest: dict[str, str] = field(default_factory=dict)
     descriptor: dict[str, str] = field(default_factory=dict)
+    index: dict[str, str] = field(default_factory=dict)
+    index_descriptor: dict[str, str] = field(default_factory=dict)
 
 
 def _same_platform(wanted: str, platform: str) -> bool:
@@ -40,8 +46,10 @@ def _same_platform(wanted: str, platform: str) -> bool:
     return a == b
 
 
-def parse_annotations(values: tuple[str, ...] | list[str], platform: str) -> Annotations:
-    """The ``--annotation`` values for an image built for ``platform`` (``os/arch[/v]``)."""
+def parse_annotations(values: tuple[str, ...] | list[str], platform: str, *,
+                      index: bool = False) -> Annotations:
+    """The ``--annotation`` values for an image built for ``platform`` (``os/arch[/v]``);
+    ``index``: the build makes an image index (several platforms)."""
     out = Annotations()
     for text in values:
         key, eq, value = text.partition("=")
@@ -57,14 +65,15 @@ def parse_annotations(values: tuple[str, ...] | list[str], platform: str) -> Ann
             if kind not in _TYPES:
                 raise AnnotationError(f"{text!r}: unknown annotation type {kind!r}: use "
                                       f"{', '.join(_TYPES)}")
-            if kind.startswith("index"):
+            if kind.startswith("index") and not index:
                 raise AnnotationError(f"{text!r}: index annotations not supported for single "
-                                      "platform export: pybuild builds one platform and "
-                                      "writes no image index; use manifest: or "
-                                      "manifest-descriptor:")
-        if wanted and not _same_platform(wanted, platform):
-            continue
+                                      "platform export: a build for one platform writes no "
+                                      "image index; use manifest: or manifest-descriptor:, "
+                                      "or build several platforms (--platform a,b)")
         for kind in kinds:
-            target = out.manifest if kind == "manifest" else out.descriptor
+            if wanted and (kind.startswith("index") or not _same_platform(wanted, platform)):
+                continue
+            target = {"manifest": out.manifest, "manifest-descriptor": out.descriptor,
+                      "index": out.index, "index-descriptor": out.index_descriptor}[kind]
             target[name] = value
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -45,7 +46,7 @@ from .dockerfile.syntax import SyntaxTree, parse
 from .extracted import EXTRACTED_DIR, ExtractedLayers
 from .ignore import read_ignore_file
 from .image import BuiltImage, BuiltIndex, ImageState, assemble, assemble_index, timestamp
-from .outputs import Output, export, export_name
+from .outputs import ExportError, Output, export, export_name
 from .progress import BuildProgress
 from .prune import BuildLock
 from .publish import push_images, tag_images
@@ -117,13 +118,15 @@ class BuildResult:
 
 def target_platforms(text: str | None) -> list[Platform | None]:
     """``--platform`` as buildx reads it: platforms separated by commas, each parsed and
-    normalised, duplicates dropped; ``[None]`` (the host's) when none is given."""
+    normalised (``local`` is this host's), duplicates dropped; ``[None]`` (the host's)
+    when none is given."""
     if not text:
         return [None]
     out: list[Platform | None] = []
     for part in text.split(","):
         try:
-            platform = Platform.parse(part)
+            platform = Platform.host() if part.strip().lower() == "local" else \
+                Platform.parse(part)
         except ValueError as exc:
             raise BuildError("--platform", str(exc)) from exc
         if platform not in out:
@@ -154,6 +157,29 @@ def platform_dir(platform: Platform) -> str:
     """A platform's directory in a multi-platform ``type=local``/``tar`` output, as buildx
     names it (``linux_arm64``, ``linux_arm_v7``)."""
     return str(platform).replace("/", "_")
+
+
+def _check_merge(roots: list[tuple[Platform, list[Path]]], work: Path) -> None:
+    """``platform-split=false``: the platforms' files go into one directory, which BuildKit
+    refuses when two write the same path (only directories may be shared)."""
+    from .sandbox.flatten import flatten_lowers
+
+    seen: dict[str, Platform] = {}
+    for i, (platform, lowers) in enumerate(roots):
+        tree = work / f"merge-{i}"
+        try:
+            flatten_lowers(lowers, tree)
+            for top, dirs, files in os.walk(tree):
+                for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+                    path = os.path.relpath(os.path.join(top, name), tree)
+                    if path in seen:
+                        raise ExportError(f"platform-split=false: cannot overwrite /{path} "
+                                          f"from {seen[path]} with {platform}: give each "
+                                          "platform's files their own names, or leave "
+                                          "platform-split out (one directory per platform)")
+                    seen[path] = platform
+        finally:
+            shutil.rmtree(tree, ignore_errors=True)
 
 
 def source_date_epoch(flag: int | None, build_args: dict[str, str]) -> int | None:
@@ -309,13 +335,14 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
 
             env.lazyfs = LazyMounts(remote, work / "lazy", progress, overlay_xattr("opaque"))
         env_ref.append(env)
+        multi = len(platforms) > 1
         notes = []
         for platform in platforms:
             try:
-                notes.append(parse_annotations(opts.annotations, str(platform or Platform.host())))
+                notes.append(parse_annotations(opts.annotations, str(platform or Platform.host()),
+                                               index=multi))
             except AnnotationError as exc:
                 raise BuildError("--annotation", str(exc)) from exc
-        multi = len(platforms) > 1
         if multi:
             # Emulated steps are CPU-bound: one running process per core across platforms.
             env.run_slots = asyncio.Semaphore(max(1, len(os.sched_getaffinity(0))))
@@ -339,7 +366,15 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
 
         async def build_for(scheduler: StageScheduler, penv: StepEnv) -> tuple[ImageState,
                                                                              StepEnv]:
-            state = await scheduler.run()
+            try:
+                state = await scheduler.run()
+            except BuildError as exc:
+                # several platforms: the error says which one failed, as BuildKit's step
+                # name does (`[linux/arm64 2/2] RUN ...`), also where only it is shown (-q)
+                # (once: a step two platforms share fails in both)
+                if multi and not any(str(p) in str(exc) for p in platforms):
+                    exc.args = (f"[{scheduler.platform}] {exc}",)
+                raise
             if opts.labels:
                 state.update(labels={**(state.config.labels or {}), **opts.labels})
             return state, penv
@@ -355,15 +390,20 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
                                         .to_doc()} if inline else None)
                 for (state, _), note in zip(built, notes)]
         image = made[0]
-        index = assemble_index(made) if multi else None
+        index = assemble_index(made, notes[0].index, notes[0].index_descriptor) if multi \
+            else None
         result: BuiltImage | BuiltIndex = index or image
 
-        async def rootfs(dest: Path) -> None:
+        async def rootfs(dest: Path, split: bool | None = None) -> None:
             from .sandbox.flatten import flatten_lowers
 
-            for platform, (state, penv) in zip(platforms, built):
-                lowers = await penv.lowers(state)
-                where = dest / platform_dir(platform) if multi and platform else dest
+            split = multi if split is None else split  # platform-split= (buildx's default)
+            roots = [(platform or Platform.host(), await penv.lowers(state))
+                     for platform, (state, penv) in zip(platforms, built)]
+            if multi and not split:
+                await asyncio.to_thread(_check_merge, roots, work)
+            for platform, lowers in roots:
+                where = dest / platform_dir(platform) if split else dest
                 await asyncio.to_thread(flatten_lowers, lowers, where)
 
         if opts.explain:
@@ -372,7 +412,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             await export_all(opts.cache_to, tracking, [state.key for state, _ in built], store,
                              progress, remote, (mounts, bdir / "cache-mounts", work))
         except CacheSpecError as exc:
-            raise BuildError("--cache-to", str(exc)) from exc
+            raise BuildError("--cache-to", str(exc).removeprefix("--cache-to ")) from exc
         # -t names; else those of a type=image/registry output (buildx: -t wins over name=)
         images = [o for o in opts.outputs if o.type in ("image", "registry")]
         tags = list(opts.tags) or [n for o in images for n in o.names]
@@ -391,7 +431,8 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             if out.type in ("image", "registry", "cacheonly"):
                 continue
             n = progress.start(export_name(out))
-            await export(out, result, store, list(opts.tags) or list(out.names), rootfs, work)
+            await export(out, result, store, list(opts.tags) or list(out.names),
+                         functools.partial(rootfs, split=out.split), work)
             progress.done(n)
         if tags and lazy:
             await _push_lazy(remote, result, tags, progress, len(lazy))

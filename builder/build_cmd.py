@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import ipaddress
 import json
 import os
 import re
-import signal
 import stat
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from cas.location import check_owner, default_storage_dir
+from registry.client.refs import InvalidReference, parse_image_ref
 from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
@@ -27,6 +24,7 @@ from .context import ContextError, IgnoreFileError
 from .contexts import BuildContextError, NamedContext, context_key, parse_build_context
 from .dockerfile.errors import DockerfileError
 from .fastpath import Recorder, progress_events
+from .interrupt import Interrupted, run_until_signal
 from .layers.errors import LayerError
 from .outputs import ExportError, Output, OutputError, parse_output
 from .progress import BuildProgress
@@ -232,6 +230,17 @@ def _build_contexts(values: tuple[str, ...]) -> tuple[NamedContext, ...]:
     return tuple(out.values())
 
 
+def _tags(tags: tuple[str, ...], hint: str = "-t") -> tuple[str, ...]:
+    """``-t`` (or ``name=``) names, checked before anything is built (as the docker CLI
+    checks them)."""
+    for t in tags:
+        try:
+            parse_image_ref(t)
+        except InvalidReference as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from exc
+    return tags
+
+
 def _outputs(values: tuple[str, ...], load: bool, tags: tuple[str, ...]) -> tuple[Output, ...]:
     """``--output`` values (and ``--load``), checked before anything is built."""
     try:
@@ -257,6 +266,7 @@ def _outputs(values: tuple[str, ...], load: bool, tags: tuple[str, ...]) -> tupl
         if archive is not None and not archive.absolute().parent.is_dir():
             raise click.BadParameter(f"dest={archive}: {archive.absolute().parent} is not a "
                                      "directory; create it first", param_hint="--output")
+        _tags(o.names, "--output")
         if o.push and not (tags or o.names):
             raise click.BadParameter(f"type={o.type} pushes the image: name it with -t NAME "
                                      "or name=NAME", param_hint="--output")
@@ -271,17 +281,6 @@ def _outputs(values: tuple[str, ...], load: bool, tags: tuple[str, ...]) -> tupl
 
 
 _ENTITLEMENTS = ("security.insecure",)
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-T = TypeVar("T")
-
-
-class Interrupted(Exception):
-    """The build was stopped by a signal (SIGINT: Ctrl-C, SIGTERM: a CI runner)."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}: the build stopped "
-                         "and its running steps were killed")
 
 
 def _cache_specs(values: tuple[str, ...], *, export: bool) -> tuple[CacheSpec, ...]:
@@ -290,49 +289,6 @@ def _cache_specs(values: tuple[str, ...], *, export: bool) -> tuple[CacheSpec, .
     except CacheSpecError as exc:
         raise click.BadParameter(str(exc).partition(": ")[2],
                                  param_hint="--cache-to" if export else "--cache-from") from exc
-
-
-def _run_until_signal(build: Coroutine[Any, Any, T]) -> T:
-    """Run ``build``; SIGINT or SIGTERM cancels it -- every running step is killed and
-    cleaned up on the way out (``builder.steps.run``) -- and raises :class:`Interrupted`."""
-
-    received: list[int] = []
-
-    async def main() -> T:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-
-        def stop(signum: int) -> None:
-            if not received:
-                received.append(signum)
-                task.cancel()
-
-        handled = []
-        for signum in _STOP_SIGNALS:
-            try:
-                loop.add_signal_handler(signum, stop, signum)
-            except (ValueError, RuntimeError):  # not the main thread: leave signals be
-                continue
-            handled.append(signum)
-        try:
-            return await build
-        except BaseException:
-            if received:
-                raise Interrupted(received[0]) from None
-            raise
-        finally:
-            for signum in handled:
-                loop.remove_signal_handler(signum)
-
-    try:
-        return asyncio.run(main())
-    except KeyboardInterrupt:  # before the event loop took SIGINT over
-        raise Interrupted(signal.SIGINT) from None
-    except asyncio.CancelledError:  # the signal came as the build returned
-        if received:
-            raise Interrupted(received[0]) from None
-        raise
 
 
 def _context_dir(text: str) -> Path:
@@ -439,7 +395,7 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
         stdin = getattr(sys.stdin, "buffer", None)
         dockerfile, dockerfile_text = None, (
             stdin.read().decode("utf-8", "replace") if stdin is not None else sys.stdin.read())
-    outs = _outputs(outputs, load, tags)
+    outs = _outputs(outputs, load, _tags(tags))
     if push and not tags:
         raise click.UsageError("--push needs at least one -t NAME to push to")
     if platform is not None:
@@ -452,7 +408,8 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
     become_root()  # as a non-root user: root of a user namespace (docs/rootless.md)
     try:
         # each platform is checked again by the build; here the first, before anything runs
-        parse_annotations(annotations, (platform or str(Platform.host())).split(",")[0])
+        parse_annotations(annotations, (platform or str(Platform.host())).split(",")[0],
+                          index=len(target_platforms(platform)) > 1)
     except AnnotationError as exc:
         raise click.BadParameter(str(exc), param_hint="--annotation") from exc
     ssh_sockets, ssh_keys = _ssh(ssh)
@@ -474,7 +431,7 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
     recorder = None if (outs or push or secrets or cache_to or cache_from or ssh or from_stdin
                         or dockerfile_text is not None or "," in (platform or "")) else Recorder.start()
     try:
-        result = _run_until_signal(run_build(opts, progress))
+        result = run_until_signal(run_build(opts, progress))
     except (BuildError, DockerfileError, ContextError, IgnoreFileError, PublishError,
             ExportError, LayerError, KeyAgentError) as exc:
         click.echo(f"ERROR: {exc}", err=True)
@@ -488,8 +445,12 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
     if metadata_file:
         config = {} if result.index else {  # an index has no config (as buildx)
             "containerimage.config.digest": str(result.image.manifest.config.digest)}
+        # as buildx: the names -t or an image/registry output gave, left out when none
+        names = list(tags) or [n for o in outs if o.type in ("image", "registry")
+                               for n in o.names]
         metadata_file.write_text(json.dumps({
-            "containerimage.digest": digest, **config, "image.name": ",".join(tags),
+            "containerimage.digest": digest, **config,
+            **({"image.name": ",".join(names)} if names else {}),
         }, indent=2))
     if recorder is not None:
         recorder.finish(progress_events(progress), digest,

@@ -349,9 +349,11 @@ def _replay(rec: dict, inv: Invocation) -> None:  # type: ignore[type-arg]  # no
     metadata = inv.one("metadata-file")
     if metadata:
         with open(metadata, "w") as f:
+            names = inv.opts.get("tag", [])  # as the normal path: no image.name without one
             f.write(json.dumps({"containerimage.digest": digest,
                                 "containerimage.config.digest": rec["config_digest"],
-                                "image.name": ",".join(inv.opts.get("tag", []))}, indent=2))
+                                **({"image.name": ",".join(names)} if names else {})},
+                               indent=2))
     sys.stdout.write(digest + "\n")
     sys.stdout.flush()
 

@@ -183,6 +183,8 @@ class BuiltIndex:
     index: Index
     index_bytes: bytes
     images: tuple[BuiltImage, ...]
+    # --annotation index-descriptor:K=V, for the index's descriptor in an index.json
+    descriptor_annotations: dict[str, str] | None = None
 
     @property
     def digest(self) -> Digest:
@@ -190,19 +192,27 @@ class BuiltIndex:
 
     @property
     def descriptor(self) -> Descriptor:
-        return Descriptor(OCI_INDEX, self.digest, len(self.index_bytes))
+        return Descriptor(OCI_INDEX, self.digest, len(self.index_bytes),
+                          annotations=dict(self.descriptor_annotations)
+                          if self.descriptor_annotations else None)
 
 
-def assemble_index(images: list[BuiltImage]) -> BuiltIndex:
+def assemble_index(images: list[BuiltImage], annotations: dict[str, str] | None = None,
+                   descriptor_annotations: dict[str, str] | None = None) -> BuiltIndex:
     """The image index of ``images``: one entry per image, with the platform its config
-    names (as BuildKit writes a multi-platform result)."""
+    names and the image's ``manifest-descriptor`` annotations (as BuildKit writes a
+    multi-platform result); ``annotations`` are the index's own, ``descriptor_annotations``
+    go onto its descriptor in the index.json of outputs."""
     entries = tuple(
         Descriptor(OCI_MANIFEST, image.digest, len(image.manifest_bytes),
                    platform=Platform(image.config.architecture, image.config.os,
-                                     variant=image.config.variant))
+                                     variant=image.config.variant),
+                   annotations=dict(image.descriptor_annotations)
+                   if image.descriptor_annotations else None)
         for image in images)
-    index = Index(entries)
-    return BuiltIndex(index, index.to_bytes(), tuple(images))
+    index = Index(entries, annotations=dict(annotations) if annotations else None)
+    return BuiltIndex(index, index.to_bytes(), tuple(images),
+                      dict(descriptor_annotations) if descriptor_annotations else None)
 
 
 def _timed(history: list[History], fallback: str, pinned: bool) -> tuple[History, ...]:

@@ -52,7 +52,8 @@ __all__ = ["ExportError", "Output", "OutputError", "export", "export_name", "ima
 REF_NAME = "org.opencontainers.image.ref.name"
 IMAGE_NAME = "io.containerd.image.name"
 TYPES = ("local", "tar", "oci", "docker", "image", "registry", "cacheonly")
-_KEYS = {"local": ("dest",), "tar": ("dest",), "oci": ("dest", "tar", "name"),
+_KEYS = {"local": ("dest", "platform-split"), "tar": ("dest", "platform-split"),
+         "oci": ("dest", "tar", "name"),
          "docker": ("dest", "tar", "name"), "image": ("name", "push"),
          "registry": ("name",), "cacheonly": ()}
 # Keys buildx knows that pybuild does not take, and what to do instead.
@@ -78,6 +79,8 @@ class Output:
     names: tuple[str, ...] = ()
     push: bool = False
     stdout: bool = False
+    # local, tar: one directory per platform (buildx's platform-split); None: when several
+    split: bool | None = None
 
     @property
     def loads(self) -> bool:
@@ -136,6 +139,8 @@ def parse_output(text: str) -> Output:
             raise OutputError(f"type={kind} does not take {key}={attrs[key]}{instead}; "
                               f"it takes {takes}")
     names = tuple(n.strip() for n in attrs.get("name", "").split(",") if n.strip())
+    split = _bool(kind, "platform-split", attrs["platform-split"]) \
+        if "platform-split" in attrs else None
     dest = attrs.get("dest")
     if kind == "local":
         if not dest:
@@ -143,7 +148,7 @@ def parse_output(text: str) -> Output:
         if dest == "-":
             raise OutputError("type=local writes a directory; for a tar on stdout write -o - "
                               "(type=tar,dest=-)")
-        return Output("local", Path(dest))
+        return Output("local", Path(dest), split=split)
     if kind in ("image", "registry", "cacheonly"):
         push = kind == "registry" or _bool(kind, "push", attrs.get("push", "false"))
         return Output(kind, None, names=names, push=push)
@@ -153,10 +158,10 @@ def parse_output(text: str) -> Output:
     if not tar and (dest is None or dest in ("", "-")):
         raise OutputError(f"type={kind},tar=false writes a directory: give dest=DIR")
     if dest == "-":
-        return Output(kind, None, tar, names, stdout=True)
+        return Output(kind, None, tar, names, stdout=True, split=split)
     if dest == "":
         raise OutputError(f"type={kind}: dest= is empty: give dest=FILE (or dest=- for stdout)")
-    return Output(kind, Path(dest) if dest is not None else None, tar, names)
+    return Output(kind, Path(dest) if dest is not None else None, tar, names, split=split)
 
 
 def export_name(out: Output) -> str:

@@ -92,6 +92,9 @@ async def pull_cache(ref: str, config_type: str, store: Store) -> CacheManifest:
                             {k: v for m in manifests for k, v in m.tocs})
 
 
+_BUILDKIT_INLINE = "moby.buildkit.cache.v0"  # BUILDKIT_INLINE_CACHE=1's config field
+
+
 def _config_doc(data: bytes) -> dict[str, object]:
     try:
         doc = json.loads(data)
@@ -103,6 +106,10 @@ def _config_doc(data: bytes) -> dict[str, object]:
 def _inline(data: bytes, media_type: str, config_type: str) -> CacheManifest:
     """The inline cache in an image config; ValueError when it has none."""
     doc = _config_doc(data)
+    if INLINE_KEY not in doc and _BUILDKIT_INLINE in doc:
+        raise ValueError(f"it holds BuildKit's inline cache ({_BUILDKIT_INLINE}), whose keys "
+                         "pybuild cannot use; export pybuild's own with --cache-to "
+                         "type=inline or type=registry")
     if INLINE_KEY not in doc:
         raise ValueError(f"its config is {media_type}, neither a build cache "
                          f"({config_type}) nor an image with an inline cache (build it "

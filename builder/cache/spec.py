@@ -68,4 +68,14 @@ def parse_cache_spec(text: str, *, export: bool) -> CacheSpec:
     if not where:
         raise CacheSpecError(f"{what}: type={kind} needs "
                              f"{field_name}={'HOST/REPO:TAG' if kind == 'registry' else 'DIR'}")
+    if kind == "registry" and export:  # before the build, not when the cache is written
+        from registry.client.refs import InvalidReference, parse_image_ref
+
+        try:
+            ref = parse_image_ref(where)
+        except InvalidReference as exc:
+            raise CacheSpecError(f"{what}: {exc}") from None
+        if ref.digest is not None:
+            raise CacheSpecError(f"{what}: a cache is written under a tag, not a digest: "
+                                 "give ref=HOST/REPO:TAG")
     return CacheSpec(kind, where, mode, ignore, attrs, mounts)

@@ -20,6 +20,7 @@ from tests.builder.build.test_build_remote_cache import (  # noqa: F401 (a fixtu
 from tests.builder.build.test_build_remote_cache import (
     step_layers as artifact_layers,
 )
+from tests.helpers.cli import pybuild
 from tests.helpers.counting_proxy import counting_proxy
 
 REGISTRIES = {"pybuild": pybuild_registry, "distribution": distribution_registry}
@@ -473,3 +474,35 @@ def test_copy_onto_a_cached_step_fetches_none_of_its_layers(busybox_ref: str,
             members = {m.name.rstrip("/"): m for m in tar.getmembers()}
             assert tar.extractfile(members["app/dist/app.txt"]).read() == b"v2\n"  # type: ignore[union-attr]
         assert members["app/dist"].mode == 0o750  # copied up from the dependency layer
+
+
+def test_buildkit_inline_cache_is_named_in_the_warning(tmp_path: Path) -> None:
+    """An image built with BuildKit's BUILDKIT_INLINE_CACHE=1 carries its cache in the
+    config's ``moby.buildkit.cache.v0``: as a --cache-from it is a warning saying so (its
+    keys are BuildKit's), not 'no inline cache'; the build goes on without it."""
+    from testkit.images import Image, sha256_digest, write_oci_layout
+
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": []},
+                         "moby.buildkit.cache.v0": "eyJsYXllcnMiOltdfQ=="}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": sha256_digest(config), "size": len(config)},
+        "layers": []}).encode()
+    layout = write_oci_layout(Image(manifest, config, ()), tmp_path / "layout")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nLABEL ok=1\n")
+    with pybuild_registry(tmp_path / "registry") as registry:
+        ref = registry.ref("ci/buildkit", "1")
+        copied = pybuild("copy", f"oci:{layout}:latest", f"docker://{ref}",
+                         "--storage", str(tmp_path / "seed"), timeout=300)
+        assert copied.returncode == 0, copied.stderr
+        _, events = _build(tmp_path / "s", ctx, "--cache-from", f"type=registry,ref={ref}")
+    warnings = [e["message"] for e in events if e["event"] == "info"
+                and e["message"].startswith("WARNING:")]
+    assert warnings == [f"WARNING: --cache-from type=registry,ref={ref}: cannot import the "
+                        "cache: it holds BuildKit's inline cache (moby.buildkit.cache.v0), "
+                        "whose keys pybuild cannot use; export pybuild's own with "
+                        "--cache-to type=inline or type=registry"], warnings

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,81 @@ def test_a_registry_index_gives_each_platform_its_base(multiarch_ref: str,
             for plat, machine in (("linux_amd64", "x86_64"), ("linux_arm64", "aarch64")):
                 assert (Path(f"{out}-{attempt}") / plat / "uname").read_text() == \
                     f"{machine}\n"
+
+
+def test_index_annotations_of_a_multi_platform_build(multiarch_ref: str, tmp_path: Path) -> None:
+    """As buildx: ``index:`` goes into the image index, ``index-descriptor:`` onto its entry
+    in index.json, ``manifest-descriptor:`` onto each platform's entry in the index."""
+    ctx = _context(tmp_path, multiarch_ref)
+    layout = tmp_path / "oci"
+    built = _cli("build", "--progress", "quiet", "--platform", PLATFORMS,
+                 "-f", str(ctx / "Dockerfile.meet"),
+                 "--annotation", "index:org.opencontainers.image.title=app",
+                 "--annotation", "index-descriptor:com.example.top=1",
+                 "--annotation", "manifest-descriptor:com.example.entry=2",
+                 "--annotation", "manifest[linux/arm64]:com.example.arm=3",
+                 "--annotation", "index[linux/arm64]:com.example.nowhere=4",
+                 "-o", f"type=oci,dest={layout},tar=false", str(ctx),
+                 storage=tmp_path / "storage")
+    assert built.returncode == 0, built.stderr
+    top = json.loads((layout / "index.json").read_text())["manifests"]
+    assert top[0]["annotations"] == {"com.example.top": "1"}
+    assert top[0]["digest"] == built.stdout.strip()
+    index = json.loads((layout / "blobs/sha256" / top[0]["digest"][7:]).read_bytes())
+    assert index["annotations"] == {"org.opencontainers.image.title": "app"}
+    assert [m["annotations"] for m in index["manifests"]] == [{"com.example.entry": "2"}] * 2
+    manifests = [json.loads((layout / "blobs/sha256" / m["digest"][7:]).read_bytes())
+                 for m in index["manifests"]]
+    assert [m.get("annotations") for m in manifests] == [None, {"com.example.arm": "3"}]
+    # one platform writes no index: refused there, as BuildKit refuses it
+    single = _cli("build", "--progress", "quiet", "--platform", "linux/arm64",
+                  "--annotation", "index:a=b", str(ctx), storage=tmp_path / "storage")
+    assert single.returncode == 2
+    assert "index annotations not supported for single platform export" in single.stderr
+
+
+def test_a_failing_platform_is_named(multiarch_ref: str, tmp_path: Path) -> None:
+    """As BuildKit's ``[linux/arm64 2/2] RUN ...``: with -q the error line is all there is,
+    and it says which platform failed."""
+    ctx = _context(tmp_path, multiarch_ref)
+    failed = _cli("build", "-q", "--platform", PLATFORMS, "-t", "example.com/fail:1", "-f",
+                  str(ctx / "Dockerfile.fail"), str(ctx), storage=tmp_path / "storage")
+    assert failed.returncode == 1
+    first = failed.stderr.splitlines()[0]
+    assert first.startswith("ERROR: [linux/arm64] Dockerfile.fail:4: RUN: "), failed.stderr
+    assert "exit code 3" in first and "no arm64 build" in failed.stderr
+    assert "example.com/fail" not in _cli("images", storage=tmp_path / "storage").stdout
+
+
+def test_platform_split_of_local_and_tar_outputs(multiarch_ref: str, tmp_path: Path) -> None:
+    """buildx's ``platform-split``: false merges the platforms' files into one directory
+    (a path two platforms hold fails, as BuildKit's); true gives one platform its own."""
+    ctx = _context(tmp_path, multiarch_ref)
+    split = str(ctx / "Dockerfile.split")
+
+    def build(*args: str) -> subprocess.CompletedProcess[str]:
+        return _cli("build", "--progress", "quiet", *args, str(ctx),
+                    storage=tmp_path / "storage")
+
+    merged, archive = tmp_path / "merged", tmp_path / "merged.tar"
+    done = build("--platform", PLATFORMS, "-f", split,
+                 "-o", f"type=local,dest={merged},platform-split=false",
+                 "-o", f"type=tar,dest={archive},platform-split=false")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (merged / "bin").iterdir()) == ["app-amd64", "app-arm64"]
+    assert (merged / "bin/app-arm64").read_text() == "app for arm64\n"
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == ["bin", "bin/app-amd64", "bin/app-arm64"]
+    one = tmp_path / "one"
+    done = build("--platform", "linux/arm64", "-f", split,
+                 "-o", f"type=local,dest={one},platform-split=true")
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in one.iterdir()] == ["linux_arm64"]
+    assert (one / "linux_arm64/bin/app-arm64").is_file()
+    clash = tmp_path / "clash"
+    failed = build("--platform", PLATFORMS, "-f", str(ctx / "Dockerfile.run"),
+                   "-o", f"type=local,dest={clash},platform-split=false")
+    assert failed.returncode == 1
+    assert "platform-split=false: cannot overwrite /" in failed.stderr
+    assert "from linux/amd64 with linux/arm64" in failed.stderr
+    assert not clash.exists()
