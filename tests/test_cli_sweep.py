@@ -213,7 +213,7 @@ def test_interrupted_pull_is_one_clean_line(world: World) -> None:
     # then ends at once: it does not wait for the connection's timeout (30 s), as it did
     # while a thread blocked on the silent server held the process at exit.
     proc = _interrupted(["pull", f"{world.silent}/a:1", "-q", "--storage", str(world.storage)],
-                        timeout=10)
+                        timeout=20)
     assert_one_line_error(proc)
 
 
