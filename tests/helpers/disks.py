@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["small_filesystem"]
+__all__ = ["fill_up", "small_filesystem"]
 
 
 @contextmanager
@@ -32,3 +32,17 @@ def small_filesystem(path: Path, size: str, inodes: int | None = None) -> Iterat
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_up(space: Path) -> Path:
+    """Take every free byte of ``space`` with one file (written in ever smaller writes, to
+    the last block); its path."""
+    filler = space / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for size in (1 << 20, 4096, 512):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass
+    return filler

@@ -21,7 +21,7 @@ from registry.server import ConfigError, ServerConfig, load_config, make_app
 from registry.server.notifications import EVENTS_MEDIA_TYPE, Endpoint, parse_duration, parse_endpoints
 from registry.server.state import REGISTRY
 from testkit.event_sink import EventSink
-from tests.helpers.disks import small_filesystem
+from tests.helpers.disks import fill_up, small_filesystem
 
 from .helpers import push_blob, push_image
 
@@ -262,19 +262,6 @@ async def test_full_queue_drops_events_with_a_log_line(registry, caplog, tmp_pat
         assert [e["target"]["digest"] for e in down.events] == [str(Digest.of(b"blob %d" % i)) for i in range(3)]
 
 
-def _fill(space: Path) -> Path:
-    """Take every free byte of ``space`` with one file; its path."""
-    filler = space / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (1 << 20, 4096, 512):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError:
-                pass
-    return filler
-
-
 async def test_events_db_on_a_full_disk_delays_events_but_loses_none(registry, caplog, tmp_path):
     caplog.set_level(logging.WARNING, logger="pybuild.registry")
     down = EventSink()
@@ -282,7 +269,7 @@ async def test_events_db_on_a_full_disk_delays_events_but_loses_none(registry, c
         client = await registry(endpoint(down), storage=disk / "storage")
         await push_blob(client, "fulldb/app", b"before the disk filled")
         await asyncio.sleep(0.3)  # written to events.db, waiting for the endpoint
-        filler = _fill(disk)
+        filler = fill_up(disk)
         with down:  # delivered now; events.db cannot even record that (a DELETE needs room)
             await down.wait_for_async(lambda ev: len(ev) >= 1)
             resp = await client.get(f"/v2/fulldb/app/blobs/{Digest.of(b'before the disk filled')}")

@@ -594,15 +594,19 @@ def test_bad_proxy_configuration_is_named(tmp_path: Path, text: str, message: st
     assert message in str(info.value)
 
 
-async def test_upstream_credentials_from_the_configuration(
-    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
-) -> None:
+
+def _alice_only(tmp_path: Path, storage: str) -> Any:
+    """An upstream registry (app) that only the user alice, password s3cret, may use."""
     htpasswd = tmp_path / "htpasswd"
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
     htpasswd.write_text(f"alice:{hashed}\n")
-    guarded = make_app(ServerConfig(log_access=False, auth_htpasswd=htpasswd),
-                       storage=tmp_path / "upstream")
-    server = await aiohttp_server(guarded)
+    return make_app(ServerConfig(log_access=False, auth_htpasswd=htpasswd), storage=tmp_path / storage)
+
+
+async def test_upstream_credentials_from_the_configuration(
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    server = await aiohttp_server(_alice_only(tmp_path, "upstream"))
     token = base64.b64encode(b"alice:s3cret").decode()
     pusher = await aiohttp_client(server, headers={"Authorization": f"Basic {token}"})
     _, body = await push_image(pusher, "lib/app", "v1", [b"private layer"])
@@ -634,11 +638,7 @@ async def test_the_mirror_uses_only_the_credentials_of_its_configuration(
 ) -> None:
     # Logins of the account the server runs as (environment, Docker config) are not the
     # mirror's: with them, anyone pulling through it would read what that account may.
-    htpasswd = tmp_path / "htpasswd"
-    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
-    htpasswd.write_text(f"alice:{hashed}\n")
-    server = await aiohttp_server(make_app(
-        ServerConfig(log_access=False, auth_htpasswd=htpasswd), storage=tmp_path / "up"))
+    server = await aiohttp_server(_alice_only(tmp_path, "up"))
     host = f"127.0.0.1:{server.port}"
     token = base64.b64encode(b"alice:s3cret").decode()
     pusher = await aiohttp_client(server, headers={"Authorization": f"Basic {token}"})
@@ -663,11 +663,7 @@ async def test_the_mirror_uses_only_the_credentials_of_its_configuration(
 async def test_wrong_credentials_of_an_upstream_by_host_name_its_entry(
     aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
 ) -> None:
-    htpasswd = tmp_path / "htpasswd"
-    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
-    htpasswd.write_text(f"alice:{hashed}\n")
-    server = await aiohttp_server(make_app(
-        ServerConfig(log_access=False, auth_htpasswd=htpasswd), storage=tmp_path / "up"))
+    server = await aiohttp_server(_alice_only(tmp_path, "up"))
     upstreams = parse_upstreams([{"host": "team.example", "username": "alice",
                                   "password": "wrong",
                                   "remoteurl": f"http://127.0.0.1:{server.port}"}])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit.images import make_image, make_layer, tar_files
+from testkit.images import Image, make_image, make_layer, tar_files
 from testkit.postgres import PostgresServer, postgres_server
 from testkit.registries import Response, http, pybuild_configured_registry
 
@@ -45,20 +45,30 @@ def _assert_database_down(resp: Response, pg: PostgresServer) -> None:
     assert SECRET not in resp.body.decode()
 
 
+def _migrate(url: str) -> None:
+    migrate = subprocess.run([sys.executable, "-m", "builder", "storage", "migrate",
+                              "--database", url], capture_output=True, text=True,
+                             timeout=120, check=False)
+    assert migrate.returncode == 0, migrate.stderr
+
+
+def _push_hello(addr: str) -> Image:
+    """Push a one-layer image as team/app:v1; the image."""
+    image = make_image([make_layer(tar_files({"hello.txt": b"hello\n"}))])
+    for blob in (image.config, image.layers[0].blob):
+        assert _post_blob(addr, blob).status == 201
+    put = http(addr, "PUT", "/v2/team/app/manifests/v1", body=image.manifest,
+               headers={"Content-Type": MANIFEST})
+    assert put.status == 201, put.body
+    return image
+
+
 def test_a_stopped_database_is_503_with_retry_after_and_serving_resumes(tmp_path: Path) -> None:
     with postgres_server() as pg:
         url = pg.create_database("down").replace(f"{pg.user}@", f"{pg.user}:{SECRET}@")
-        migrate = subprocess.run([sys.executable, "-m", "builder", "storage", "migrate",
-                                  "--database", url], capture_output=True, text=True,
-                                 timeout=120, check=False)
-        assert migrate.returncode == 0, migrate.stderr
-        image = make_image([make_layer(tar_files({"hello.txt": b"hello\n"}))])
+        _migrate(url)
         with pybuild_configured_registry(tmp_path / "a", {"database": {"url": url}}) as reg:
-            for blob in (image.config, image.layers[0].blob):
-                assert _post_blob(reg.addr, blob).status == 201
-            put = http(reg.addr, "PUT", "/v2/team/app/manifests/v1", body=image.manifest,
-                       headers={"Content-Type": MANIFEST})
-            assert put.status == 201, put.body
+            image = _push_hello(reg.addr)
 
             pg.stop()
             for _ in range(2):  # the first request meets a dead pooled connection, later ones none
@@ -84,23 +94,15 @@ def test_a_database_restarted_while_the_registry_was_idle_costs_no_request(tmp_p
     # seeing it; the next requests must get fresh connections, not a 503 each.
     with postgres_server() as pg:
         url = pg.create_database("restarted")
-        migrate = subprocess.run([sys.executable, "-m", "builder", "storage", "migrate",
-                                  "--database", url], capture_output=True, text=True,
-                                 timeout=120, check=False)
-        assert migrate.returncode == 0, migrate.stderr
-        image = make_image([make_layer(tar_files({"hello.txt": b"hello\n"}))])
+        _migrate(url)
         with pybuild_configured_registry(tmp_path / "a", {"database": {"url": url}}) as reg:
-            for blob in (image.config, image.layers[0].blob):
-                assert _post_blob(reg.addr, blob).status == 201
-            put = http(reg.addr, "PUT", "/v2/team/app/manifests/v1", body=image.manifest,
-                       headers={"Content-Type": MANIFEST})
-            assert put.status == 201, put.body
+            image = _push_hello(reg.addr)
 
             pg.stop()
             pg.start()
             for _ in range(3):
                 got = http(reg.addr, "GET", "/v2/team/app/manifests/v1", headers={"Accept": MANIFEST})
-                assert got.status == 200, got.body
+                assert got.status == 200 and got.body == image.manifest, got.body
                 data = os.urandom(100_000)
                 assert _post_blob(reg.addr, data).status == 201
 

@@ -26,7 +26,7 @@ from cas import Digest
 from registry.server import ServerConfig, make_app
 from registry.server.state import REGISTRY
 from testkit.postgres import PostgresServer, postgres_server
-from tests.helpers.disks import small_filesystem
+from tests.helpers.disks import fill_up, small_filesystem
 
 from .helpers import error_codes, push_blob
 
@@ -59,19 +59,6 @@ def _create_in_tablespace(server: PostgresServer, space: Path) -> str:
     return server.dsn("full_disk")
 
 
-def _fill(space: Path) -> Path:
-    """Take every free byte of ``space`` with one file; its path."""
-    filler = space / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (1 << 20, 4096, 512):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError:
-                pass
-    return filler
-
-
 async def _post(client: Any, repo: str, data: bytes) -> Any:
     digest = Digest.of(data)
     return await client.post(
@@ -88,7 +75,7 @@ async def test_a_full_metadata_database_refuses_pushes_clearly_and_stays_consist
     store = client.server.app[REGISTRY].store
     kept = os.urandom(3 << 20)
     await push_blob(client, "team/app", kept)
-    filler = _fill(space)
+    filler = fill_up(space)
 
     # A new upload session needs rows nobody had room for: a clear 507, no session left.
     opened = await client.post("/v2/team/app/blobs/uploads/")
