@@ -27,7 +27,7 @@ from .fastpath import Recorder, progress_events
 from .interrupt import Interrupted, run_until_signal
 from .layers.errors import LayerError
 from .outputs import ExportError, Output, OutputError, parse_output
-from .progress import BuildProgress
+from .progress import BuildProgress, mode_from_env
 from .publish import PublishError
 from .sandbox.userns import become_root
 from .ssh_keys import KeyAgentError, is_private_key
@@ -381,6 +381,11 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
             raise click.UsageError(f"--progress {progress_mode} and --quiet cannot be used "
                                    "together")
         progress_mode = "quiet"
+    elif progress_mode == "auto":
+        try:
+            progress_mode = mode_from_env()
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     dockerfile_text: str | None = None
     # docker build - or URL: the context (or the Dockerfile alone) from stdin or a download
     from_stdin = context == "-" or "://" in context or context.startswith(("git@", "github.com/"))
@@ -435,9 +440,11 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
     except (BuildError, DockerfileError, ContextError, IgnoreFileError, PublishError,
             ExportError, LayerError, KeyAgentError) as exc:
         click.echo(f"ERROR: {exc}", err=True)
+        progress.failed(str(exc), 1)
         sys.exit(1)
     except Interrupted as exc:
         click.echo(f"ERROR: {exc}", err=True)
+        progress.failed(str(exc), 128 + exc.signum)
         sys.exit(128 + exc.signum)
     digest = str(result.digest)
     if iidfile:  # the image ID as buildx writes it: the config's digest (an index: its own)

@@ -66,6 +66,7 @@ BUILD_ENVIRONMENT = frozenset({
     # the locale: the encoding text files (Dockerfile, .dockerignore) are read with
     "LANG", "LC_ALL", "LC_CTYPE", "PYTHONUTF8",
     "BUILDKIT_STEP_LOG_MAX_SIZE",  # how much of a step's output is shown (builder.progress)
+    "BUILDKIT_PROGRESS",  # what --progress auto shows (builder.progress)
 })
 # ...and every PYBUILD_* one (PYBUILD_INSECURE_REGISTRIES, PYBUILD_REGISTRY_USER...), but
 # these two, which only say how this command runs. Proxy variables are not read: proxy
@@ -322,9 +323,11 @@ def progress_events(progress: object) -> list[list[str]]:
 
 
 def _replay(rec: dict, inv: Invocation) -> None:  # type: ignore[type-arg]  # no typing import: ~3 ms
-    from .progress import BuildProgress
+    from .progress import BuildProgress, mode_from_env
 
-    progress = BuildProgress(inv.one("progress") or "auto")
+    mode = inv.one("progress") or "auto"
+    # a recorded build ran with this environment, so its BUILDKIT_PROGRESS is one taken
+    progress = BuildProgress(mode_from_env() if mode == "auto" else mode)
     for kind, text in rec["events"]:
         if kind == "info":
             progress.info(text)

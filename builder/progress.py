@@ -12,7 +12,8 @@ Plain mode follows BuildKit's ``--progress=plain``::
     #5 DONE 0.3s
 
 JSON mode writes one object per line (``{"event": "start"|"log"|"cached"|"done"|
-"error"|"explain"|"info"|"base"|"transfer"|"result", "step": N, ...}``; ``transfer``:
+"error"|"explain"|"info"|"base"|"transfer"|"result", "step": N, ...}``; a failed build
+ends with an ``error`` event without ``step`` that has the ``exit_code``; ``transfer``:
 ``id``, ``label``, ``done``, ``total`` bytes and ``status`` of one blob of a pull or
 push, at most 4 a second per blob and always at its end; ``base``: ``ref``, ``digest``,
 ``pulled`` (RFC 3339) and ``age_seconds`` of a local base image used without
@@ -31,9 +32,10 @@ import threading
 import time
 from typing import TextIO
 
+from cas.terminal import clip, color, columns, live
 from cas.units import human_bytes
 
-__all__ = ["BuildProgress", "age"]
+__all__ = ["BuildProgress", "age", "mode_from_env"]
 
 TICK = 0.2  # seconds between two redraws of the live view while steps run
 _LOG_MAX = 2 << 20  # bytes of one step's output shown, as BuildKit's default
@@ -45,6 +47,21 @@ def _log_limit() -> int:
         return int(os.environ.get("BUILDKIT_STEP_LOG_MAX_SIZE", _LOG_MAX))
     except ValueError:
         return _LOG_MAX
+
+
+def mode_from_env() -> str:
+    """What ``--progress auto`` means: ``$BUILDKIT_PROGRESS`` when it is set, as buildx
+    reads it (a CI job sets ``BUILDKIT_PROGRESS=plain`` once for all its builds), else
+    ``auto``; raises ``ValueError`` naming a value pybuild does not take."""
+    value = os.environ.get("BUILDKIT_PROGRESS", "").strip().lower()
+    if value in ("plain", "json", "quiet"):
+        return value
+    if value in ("", "auto", "tty"):  # tty: the live view, where stderr is a terminal
+        return "auto"
+    raise ValueError(f"BUILDKIT_PROGRESS={value}: pybuild takes auto, plain, tty, json or "
+                     "quiet there; set one of those, or unset it")
+
+
 _TRANSFER_EVERY = 0.25  # JSON: seconds between two transfer events of one blob
 
 
@@ -64,7 +81,7 @@ class BuildProgress:
     def __init__(self, mode: str = "plain", out: TextIO | None = None) -> None:
         self.out = out or sys.stderr
         if mode == "auto":
-            mode = "tty" if self.out.isatty() else "plain"
+            mode = "tty" if live(self.out) else "plain"
         self.mode = mode
         self._n = 0
         self._lock = threading.Lock()
@@ -114,9 +131,9 @@ class BuildProgress:
         elif kind in ("done", "cached", "error"):
             self._active.pop(n, None)
             secs = time.monotonic() - self._start.get(n, time.monotonic())
-            done_line = {"done": f"\x1b[34m=> {name}  {secs:.1f}s\x1b[0m",
-                         "cached": f"\x1b[34m=> CACHED {name}\x1b[0m",
-                         "error": f"\x1b[31m=> ERROR {name}: {event.get('message')}\x1b[0m"}[
+            done_line = {"done": color("34", f"=> {name}  {secs:.1f}s"),
+                         "cached": color("34", f"=> CACHED {name}"),
+                         "error": color("31", f"=> ERROR {name}: {event.get('message')}")}[
                 str(kind)]
         elif kind == "base":
             done_line = self._base_line(event)
@@ -131,14 +148,18 @@ class BuildProgress:
             self.out.write(done_line + "\n")
         lines = []
         now = time.monotonic()
+        # each line of the block clipped to the terminal: a wrapped one would take rows
+        # the next redraw does not erase
+        width = columns(self.out)
         for m, last in self._active.items():
             secs = now - self._start.get(m, now)
-            lines.append(f"=> {self._names.get(m, '')}  {secs:.1f}s")
+            lines.append(clip(f"=> {self._names.get(m, '')}  {secs:.1f}s", width))
             for label, done, total, status, _ in self._transfers.get(m, {}).values():
-                lines.append(f"   {label}  {human_bytes(done)} / "  # type: ignore[arg-type]
-                             f"{human_bytes(total)}{'  ' + str(status) if status else ''}")  # type: ignore[arg-type]
+                lines.append(clip(f"   {label}  {human_bytes(done)} / "  # type: ignore[arg-type]
+                                  f"{human_bytes(total)}{'  ' + str(status) if status else ''}",  # type: ignore[arg-type]
+                                  width))
             if last:
-                lines.append(f"\x1b[2m   {last}\x1b[0m")
+                lines.append(color("2", clip(f"   {last}", width)))
         self.out.write("".join(line + "\n" for line in lines))
         self._drawn = len(lines)
 
@@ -254,6 +275,13 @@ class BuildProgress:
         return (f"using local image {event['ref']} ({event['digest']}), pulled "
                 f"{age(float(event['age_seconds']))} ago ({event['pulled']}); "  # type: ignore[arg-type]
                 "build with --pull to check the registry for a newer one")
+
+    def failed(self, message: str, exit_code: int) -> None:
+        """The build failed (or was interrupted): with ``--progress json`` the stream ends
+        with ``{"event": "error", "message", "exit_code"}`` (no ``step``), as ``pybuild
+        pull --json`` does; the other modes have the ``ERROR:`` line the command prints."""
+        if self.mode == "json":
+            self._emit({"event": "error", "message": message, "exit_code": exit_code}, None)
 
     def result(self, digest: str) -> None:
         self._emit({"event": "result", "digest": digest}, f"writing image {digest} done")

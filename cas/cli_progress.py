@@ -10,6 +10,7 @@ import time
 from typing import Any, TextIO
 
 from .maintenance import FsckProgress, GcProgress
+from .terminal import clip, columns, live
 from .units import human_bytes
 
 __all__ = ["FsckView", "GcView"]
@@ -39,7 +40,7 @@ class _View:
         out = stream or sys.stderr
         if json_events:
             return cls("json", out)
-        return cls("tty" if out.isatty() else "plain", out)
+        return cls("tty" if live(out) else "plain", out)
 
     def _show(self, event: dict[str, Any], words: str, *, last: bool, now_anyway: bool = False) -> None:
         now = time.monotonic()
@@ -54,7 +55,8 @@ class _View:
         elif self.mode == "plain":
             self._write(f"{self.command}: {words}\n")
         else:
-            self._write(f"\r\x1b[K{words}")
+            # clipped: a line that wraps is not taken back by the next \r
+            self._write(f"\r\x1b[K{clip(words, columns(self.stream))}")
             self._drawn = True
 
     def close(self) -> None:

@@ -133,7 +133,9 @@ def _s3_packs(location: S3Location) -> PackBackend:
         from .pack_s3 import S3Packs
     except ImportError as exc:
         raise S3LocationError(
-            f"packs in {location} need the S3 client: pip install 'pybuild[s3]' ({exc})") from exc
+            # Not 'pybuild[s3]': the pybuild on PyPI is another project.
+            f"packs in {location} need the S3 client: pip install 'obstore>=0.12' (pybuild's s3 "
+            f"extra: pip install '.[s3]' in its checkout) ({exc})") from exc
     return S3Packs(location)
 
 

@@ -144,7 +144,9 @@ class PgDatabase:
             from psycopg_pool import ConnectionPool
         except ImportError as exc:  # pragma: no cover - the extra is not installed
             raise DatabaseUnavailable(
-                "PostgreSQL metadata needs psycopg: pip install 'pybuild[postgres]'") from exc
+                "PostgreSQL metadata needs psycopg: pip install 'psycopg[binary]>=3.1' "
+                "'psycopg-pool>=3.2' (pybuild's postgres extra: pip install '.[postgres]' in "
+                "its checkout)") from exc
         self.url = url
         self.component = component
         self._migrations = list(migrations)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import ssl
@@ -219,7 +220,8 @@ def _connection_bound(configured: int) -> int:
 )
 @click.option(
     "--htpasswd",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    # Not exists=True: the server's own check names the fix (htpasswd -Bc FILE USER).
+    type=click.Path(path_type=Path),
     help="Require basic auth against this htpasswd file (bcrypt entries).",
 )
 @click.option("--realm", help="Basic-auth realm [default: pybuild-registry].")
@@ -266,5 +268,14 @@ def serve(
         raise click.UsageError(str(exc)) from exc
     try:
         run_server(config, reload=lambda: load_config(config_file, flags))
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            # Distribution says only "bind: address already in use"; name who and the fix.
+            raise click.ClickException(
+                f"cannot serve: {exc}: another process listens there (on Debian, installing "
+                "docker-registry starts its service on port 5000); stop it (systemctl stop "
+                "docker-registry) or listen elsewhere (--addr 127.0.0.1:5001, or addr / "
+                "http.debug.addr in the configuration)") from exc
+        raise click.ClickException(f"cannot serve: {exc}") from exc
+    except ValueError as exc:
         raise click.ClickException(f"cannot serve: {exc}") from exc

@@ -12,6 +12,9 @@ What it takes to make this quick and reliable (found setting it up):
 - ``paxos propose interval = 0.01``: start-up takes ~2 s instead of ~10.
 - Short ``rgw gc`` periods, so deleted objects give their memory back soon.
 - One OSD, so pools have size 1 and CRUSH picks among OSDs, not hosts.
+- ``mon data avail crit = 0``: the monitor refuses to start when its disk has less than
+  5 % free (``error: monitor data filesystem reached concerning levels``), which a large
+  build machine's disk often has; the memstore OSD keeps no data there.
 
 The tools come from Debian's ``ceph-mon``, ``ceph-osd``, ``radosgw`` and ``ceph-common``.
 """
@@ -48,6 +51,8 @@ _CONF = """\
 fsid = {fsid}
 mon host = v2:127.0.0.1:{mon_port}
 mon initial members = a
+mon data avail crit = 0
+mon data avail warn = 0
 auth cluster required = none
 auth service required = none
 auth client required = none

@@ -51,6 +51,7 @@ __all__ = [
     "become_root",
     "check_user_namespaces",
     "enter_user_namespace",
+    "free_subordinate_range",
     "id_map",
     "in_user_namespace",
     "overlay_xattr",
@@ -65,6 +66,7 @@ _MS_REC, _MS_PRIVATE = 16384, 1 << 18
 # The kernel takes at most 340 lines per map (and newuidmap as many); one is the user's.
 _MAX_RANGES = 339
 _PROC = Path("/proc")
+_SUBID_FILES = (Path("/etc/subuid"), Path("/etc/subgid"))
 
 
 class UserNamespaceUnavailable(SandboxUnavailable):
@@ -200,14 +202,36 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
+def free_subordinate_range(files: Sequence[Path] = _SUBID_FILES, count: int = 65536) -> IdRange:
+    """``count`` ids from 100000 on (useradd's ``SUB_UID_MIN``) that no line of ``files``
+    gives anyone: the range to suggest. Two users sharing subordinate ids could reach
+    each other's build files, so the fix must not hand out a range that is taken."""
+    taken: list[tuple[int, int]] = []
+    for path in files:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            fields = line.strip().split(":")
+            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                taken.append((int(fields[1]), int(fields[1]) + int(fields[2])))
+    start = 100000
+    while clashes := [end for first, end in taken if first < start + count and start < end]:
+        start = max(clashes)
+    return IdRange(start, count)
+
+
 def _ranges_or_fail(name: str, uid: int, kind: str, getsubids: str | None) -> list[IdRange]:
     ranges = subordinate_ranges(name, uid, Path(f"/etc/sub{kind}"), getsubids,
                                 groups=kind == "gid")
     if not ranges:
+        free = free_subordinate_range()
+        span = f"{free.start}-{free.start + free.count - 1}"
         raise UserNamespaceUnavailable(
             f"user {name} (uid {uid}) has no subordinate {kind} range in /etc/sub{kind}, "
             "which a non-root build needs to give image files their owners; add one as "
-            f"root: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name}")
+            f"root: usermod --add-subuids {span} --add-subgids {span} {name}")
     return ranges
 
 

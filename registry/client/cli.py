@@ -12,6 +12,7 @@ import asyncio
 import errno
 import json
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -47,10 +48,43 @@ T = TypeVar("T")
 _FAILURES = (ClientError, RegistryError, ValueError, OSError)
 
 
+class _Terminated(click.ClickException):
+    """SIGTERM (a CI runner cancelling the job) stopped the command: 143, as 128 + 15."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+async def _until_sigterm(coro: Awaitable[T]) -> T:
+    """``coro``, cancelled by SIGTERM as Ctrl-C cancels it: transfers stop the same way
+    (a pull keeps what it has for the next one) and the command exits 143 with one line
+    (``--json``: an error event), as ``pybuild build`` does."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received: list[int] = []
+
+    def stop() -> None:
+        if not received and task is not None:
+            received.append(signal.SIGTERM)
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stop)
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+        return await coro
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if received:
+            raise _Terminated("interrupted by SIGTERM: the transfer stopped") from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def _run(coro: Awaitable[T]) -> T:
     global finished
     try:
-        result: T = asyncio.run(coro)  # type: ignore[arg-type]
+        result: T = asyncio.run(_until_sigterm(coro))
     except _FAILURES as exc:
         if isinstance(exc, BrokenPipeError):
             raise  # stdout closed (| head): the root command ends quietly
@@ -249,7 +283,14 @@ def login(server: str, username: str | None, password: str | None, password_stdi
         password = sys.stdin.read().removesuffix("\n").removesuffix("\r")
     elif password is None:
         password = click.prompt("Password", hide_input=True)
-    creds = Credentials(username, password or "", "the password given to pybuild login")
+    if not password:
+        # As docker login ("Password Required"): in CI an unset secret gives an empty
+        # one, which saved would make every later pull fail as unauthorized.
+        raise click.ClickException(
+            "the password is empty (is the variable that holds it set in this job?); give it "
+            f"on standard input: echo \"$PASSWORD\" | pybuild login {server} -u USER "
+            "--password-stdin")
+    creds = Credentials(username, password, "the password given to pybuild login")
     host = _ref(f"{server}/x").host
 
     async def check() -> None:

@@ -87,6 +87,10 @@ def parse_endpoint(text: str) -> Endpoint:
                 # SplitPathAndImage): the name after it may hold colons and slashes, as
                 # the full references podman writes do (127.0.0.1:5000/app:1).
                 path, _, tag = text[len(kind) + 1:].partition(":")
+                if not path:  # Path("") is the current directory: skopeo refuses it too
+                    raise ValueError(f"{text}: the path is empty; " + (
+                        "name the layout directory (oci:DIR[:TAG]; oci:. for this one)"
+                        if kind == "oci" else "name the archive (oci-archive:FILE[:TAG])"))
                 return Endpoint(kind, path=Path(path), name=tag or None)
         if text.startswith("docker-archive:"):
             path, _, ref = text[len("docker-archive:"):].partition(":")

@@ -140,16 +140,26 @@ def inspect(refs: tuple[str, ...], template: str | None, platform: str | None,
             storage: Path | None) -> None:
     """Print local images' manifests and configs (history included) as JSON."""
 
-    async def run() -> list[dict[str, Any]]:
+    async def run() -> tuple[list[dict[str, Any]], list[str]]:
+        found, missing = [], []
         async with await ImageStore.open(storage) as images:
-            return [await _describe(images, r, platform) for r in refs]
+            for r in refs:
+                try:
+                    found.append(await _describe(images, r, platform))
+                except ImageNotFound as exc:
+                    missing.append(str(exc))
+        return found, missing
 
-    found = _run(run())
+    # As docker inspect: the images found are printed (``[]`` if none), then an error
+    # for each one that is not, and the exit status is 1.
+    found, missing = _run(run())
     if template is None:
         click.echo(json.dumps(found, indent=4))
-        return
-    for one in found:
-        click.echo(render(template, one, _docker_config(one)))
+    else:
+        for one in found:
+            click.echo(render(template, one, _docker_config(one)))
+    if missing:
+        raise click.ClickException("; ".join(missing))
 
 
 def human_size(size: float) -> str:

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from cas.terminal import clip, columns, live
 from cas.units import human_bytes
 
 __all__ = ["Progress"]
@@ -69,7 +70,7 @@ class Progress:
         if json_events:
             return cls("json", stream)
         out = stream or sys.stderr
-        return cls("tty" if out.isatty() else "plain", out)
+        return cls("tty" if live(out) else "plain", out)
 
     # --- events ----------------------------------------------------------------------------
     def start(self, key: str, label: str, total: int) -> None:
@@ -206,17 +207,20 @@ class Progress:
         self._last_draw = now
         self._clear()
         lines = []
+        width = columns(self.stream)  # a wrapped line would be a row _clear leaves behind
         for task in self.tasks.values():
             frac = task.done / task.total if task.total else 1.0
             bar = "#" * int(frac * 20)
             state = task.status or f"{human_bytes(task.done)}/{human_bytes(task.total)}"
-            lines.append(f"{task.label[:40]:<40} [{bar:<20}] {state}")
+            # the label gives way first, down to a digest's 12 characters
+            room = min(40, max(12, width - 1 - len(f" [{bar:<20}] {state}")))
+            lines.append(f"{task.label[:room]:<{room}} [{bar:<20}] {state}")
         elapsed = max(now - self.started, 1e-6)
         lines.append(
             f"total: {human_bytes(self.transferred)} transferred "
             f"({human_bytes(self.transferred / elapsed)}/s), {human_bytes(self.reused)} reused"
         )
-        self.stream.write("\n".join(lines) + "\n")
+        self.stream.write("".join(clip(line, width) + "\n" for line in lines))
         self.stream.flush()
         self._drawn = len(lines)
 

@@ -143,7 +143,8 @@ def _unreadable(path: Path, exc: OSError) -> ValueError:
     where = "(auth.htpasswd.path in the configuration, or --htpasswd)"
     if exc.errno == errno.ENOENT:
         return ValueError(f"htpasswd file {path} does not exist: create it with "
-                          f"'htpasswd -Bc {path} USER', or name the right file {where}")
+                          f"'htpasswd -Bc {path} USER' (Debian: apt-get install apache2-utils), "
+                          f"or name the right file {where}")
     if exc.errno == errno.EISDIR:
         return ValueError(f"htpasswd path {path} is a directory, not a file of "
                           f"'user:bcrypt-hash' lines: name the file itself {where}")

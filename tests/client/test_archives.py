@@ -117,6 +117,21 @@ def test_pull_and_push_refuse_a_transport_where_a_reference_is_asked_for(tmp_pat
         assert "transport" in out.output and "Traceback" not in out.output
 
 
+@pytest.mark.parametrize("text", ["oci:", "oci::latest", "oci-archive:", "oci-archive::x"])
+def test_a_layout_or_archive_with_an_empty_path_is_refused(text: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """As skopeo: ``oci:`` names no directory (it is not the current one, which a copy
+    would fill with blobs)."""
+    with pytest.raises(ValueError, match="the path is empty"):
+        parse_endpoint(text)
+    monkeypatch.chdir(tmp_path)
+    got = CliRunner().invoke(main, ["copy", "--storage", str(tmp_path / "s"), "--json",
+                                    "local:example.com/a:1", text])
+    assert got.exit_code == 2 and "the path is empty" in got.stderr
+    assert json.loads(got.stdout)["exit_code"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_docker_archive_named_with_a_digest_is_refused_as_it_has_no_tag() -> None:
     digest = "sha256:" + "a" * 64
     for text in (f"docker-archive:x.tar:localhost:5000/a/b@{digest}", f"docker-archive:x.tar:b:1@{digest}"):

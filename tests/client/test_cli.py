@@ -112,6 +112,18 @@ def test_a_missing_tag_or_repository_is_named_with_what_the_registry_holds(
     assert not (tmp_path / "layout").exists()
 
 
+@pytest.mark.parametrize("args,stdin", [(["--password-stdin"], "\n"), (["--password-stdin"], ""),
+                                        (["-p", ""], None)])
+def test_login_refuses_an_empty_password(runner: CliRunner, distribution: str, tmp_path: Path,
+                                         args: list[str], stdin: str | None) -> None:
+    """As docker login ("Password Required"): a CI job whose secret is unset
+    (``echo "$PASSWORD" | pybuild login ...``) fails there, saving nothing."""
+    out = runner.invoke(main, ["login", distribution, "-u", "me", *args], input=stdin)
+    assert out.exit_code == 1
+    assert out.stderr.startswith("Error: the password is empty")
+    assert not (tmp_path / "docker" / "config.json").exists()
+
+
 def test_login_and_logout(runner: CliRunner, distribution: str, tmp_path: Path) -> None:
     out = runner.invoke(main, ["login", distribution, "-u", "me", "--password-stdin"], input="pw\n")
     assert out.exit_code == 0, out.output

@@ -165,3 +165,23 @@ def test_images_are_found_by_their_ids_as_docker_finds_them(tmp_path: Path) -> N
     assert pybuild("images", "-q") == ""
     missing = runner.invoke(main, ["rmi", short, "--storage", storage])
     assert missing.exit_code == 1 and f"no such local image: {short}" in missing.output
+
+
+def test_inspect_prints_the_images_it_finds_and_fails_for_the_others(tmp_path: Path) -> None:
+    """As docker inspect: ``inspect A MISSING`` prints A on stdout, names MISSING on
+    stderr and exits 1; nothing found prints ``[]``."""
+    storage = str(tmp_path / "s")
+    index, _amd, _arm = _seed_index(tmp_path / "s", "example.com/multi:1")
+    runner = CliRunner()
+    got = runner.invoke(main, ["inspect", "--storage", storage, "--platform", "linux/arm64",
+                               "example.com/multi:1", "example.com/missing:1"])
+    assert got.exit_code == 1
+    assert [doc["Digest"] for doc in json.loads(got.stdout)] == [index]
+    assert got.stderr.splitlines() == ["Error: no local image example.com/missing:1 (see "
+                                       "pybuild images; pybuild pull example.com/missing:1)"]
+    none = runner.invoke(main, ["inspect", "--storage", storage, "example.com/missing:1"])
+    assert none.exit_code == 1 and json.loads(none.stdout) == []
+    ids = runner.invoke(main, ["inspect", "--storage", storage, "--platform", "linux/arm64",
+                               "-f", "{{.Digest}}", "example.com/missing:1",
+                               "example.com/multi:1"])
+    assert ids.exit_code == 1 and ids.stdout == f"{index}\n"

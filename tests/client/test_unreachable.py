@@ -4,6 +4,7 @@ few connection attempts (a closed port) or one (a name that does not resolve).""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections import Counter
@@ -113,3 +114,38 @@ async def test_a_registry_that_never_answers_is_reported_while_waiting_and_named
     assert message.startswith(f"GET http://{blackhole}/v2/x/manifests/1: timed out (after 2 attempts)")
     assert any(t.startswith(f"waiting for {blackhole} (no answer for ") for t in told), told
     assert f"waiting for {blackhole} (no answer in 0.6 s; retrying, attempt 2 of 2)" in told
+
+
+@pytest.mark.parametrize("json_events", [True, False])
+def test_sigterm_stops_a_pull_with_143_and_one_line(tmp_path: Path, json_events: bool) -> None:
+    """A CI runner cancels a job with SIGTERM: the pull stops as Ctrl-C stops it, says so
+    in one line (``--json``: an error event) and exits 143, as ``pybuild build`` does,
+    instead of dying by the signal with nothing said."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    with socket.socket() as listener:  # takes connections and never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(60)
+        port = listener.getsockname()[1]
+        argv = [sys.executable, "-m", "builder", "pull", "--storage", str(tmp_path / "s"),
+                *(["--json"] if json_events else []), f"127.0.0.1:{port}/app:1"]
+        proc = subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "PYBUILD_NO_FASTPATH": "1"})
+        try:
+            conn, _ = listener.accept()  # the pull is waiting for an answer now
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+            conn.close()
+        finally:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert err.decode().splitlines() == ["Error: interrupted by SIGTERM: the transfer stopped"]
+    if json_events:
+        assert json.loads(out.decode().splitlines()[-1]) == {
+            "event": "error", "message": "interrupted by SIGTERM: the transfer stopped",
+            "exit_code": 143}

@@ -224,3 +224,39 @@ def test_bad_config_is_a_usage_error(tmp_path):
     )
     assert result.returncode == 2
     assert "HOST:PORT" in result.stderr
+
+
+def test_a_taken_port_names_the_fix(tmp_path):
+    # A newcomer's first `pybuild serve` on Debian meets docker-registry's service on
+    # port 5000: the error must say what holds the address and how to get past it.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "builder", "serve", "--addr", f"127.0.0.1:{port}"],
+            check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYBUILD_STORAGE": str(tmp_path)},
+        )
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr
+    assert "another process listens there" in result.stderr
+    assert "--addr" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", [True, False], ids=["--htpasswd", "config"])
+def test_a_missing_htpasswd_file_gets_the_command_that_makes_it(tmp_path, flag):
+    missing = tmp_path / "htpasswd"
+    config = tmp_path / "registry.yaml"
+    config.write_text(f"auth:\n  htpasswd: {missing}\n")
+    args = ["--htpasswd", str(missing)] if flag else ["--config", str(config)]
+    result = subprocess.run(
+        [sys.executable, "-m", "builder", "serve", "--addr", f"127.0.0.1:{_free_port()}", *args],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYBUILD_STORAGE": str(tmp_path / "storage")},
+    )
+    assert result.returncode != 0
+    assert f"htpasswd file {missing} does not exist" in result.stderr
+    assert f"htpasswd -Bc {missing} USER" in result.stderr
+    assert "apache2-utils" in result.stderr

@@ -28,6 +28,7 @@ from builder.sandbox.userns import (
     IdRange,
     UserNamespaceUnavailable,
     check_user_namespaces,
+    free_subordinate_range,
     id_map,
     subordinate_ranges,
 )
@@ -135,11 +136,13 @@ def test_a_user_without_a_subordinate_range_is_told_how_to_add_one(
     require_tool("newuidmap")
     with temporary_user("pybuild-nosub", subids=False) as u:
         done = _pybuild(u, ["build", "--progress", "plain", str(contexts["basic"])])
+        free = free_subordinate_range()  # the range no other user holds
+    span = f"{free.start}-{free.start + 65535}"
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f"ERROR: user {u.name} (uid {u.uid}) has no subordinate uid range in /etc/subuid, "
         "which a non-root build needs to give image files their owners; add one as root: "
-        f"usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {u.name}"]
+        f"usermod --add-subuids {span} --add-subgids {span} {u.name}"]
 
 
 def test_missing_newuidmap_is_named_with_its_package(
@@ -285,6 +288,20 @@ def test_subordinate_ranges_by_name_or_uid(tmp_path: Path) -> None:
         IdRange(100000, 65536), IdRange(300000, 1000)]
     assert subordinate_ranges("carol", 1002, subuid, None) == []
     assert subordinate_ranges("alice", 1001, tmp_path / "missing", None) == []
+
+
+def test_the_range_suggested_is_one_no_user_holds(tmp_path: Path) -> None:
+    # Suggesting 100000-165535 to every user would give two users the same ids, each
+    # able to reach the other's build files (useradd gives each its own range).
+    subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
+    subuid.write_text("alice:100000:65536\nbob:165536:65536\nbroken line\n")
+    subgid.write_text("alice:100000:65536\ncarol:231072:1000\n")
+    assert free_subordinate_range([subuid, subgid]) == IdRange(232072, 65536)
+    subgid.write_text("alice:100000:65536\n")
+    assert free_subordinate_range([subuid, subgid]) == IdRange(231072, 65536)
+    assert free_subordinate_range([tmp_path / "missing"]) == IdRange(100000, 65536)
+    subuid.write_text("dave:300000:65536\n")  # a gap below a range is free
+    assert free_subordinate_range([subuid]) == IdRange(100000, 65536)
 
 
 def test_id_map_puts_the_user_at_0_and_the_ranges_after_it() -> None:

@@ -174,3 +174,47 @@ def test_a_steps_output_is_clipped_at_buildkits_log_limit(
     for _ in range(40000):
         p.log(n, "y" * 99)
     assert len(unlimited.getvalue().splitlines()) == 40001
+
+
+def test_a_failed_build_ends_its_json_stream_with_an_error_event(tmp_path: Path) -> None:
+    """As ``pull --json``: a script reading ``--progress json`` gets why and the exit status,
+    also when no step failed (here: the Dockerfile cannot be read)."""
+    from click.testing import CliRunner
+
+    from builder.cli import main
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    result = CliRunner().invoke(main, ["build", "--progress", "json", "--storage",
+                                       str(tmp_path / "storage"), "-f", str(ctx / "nope"),
+                                       str(ctx)])
+    assert result.exit_code == 1
+    last = json.loads(result.stderr.splitlines()[-1])
+    assert last["event"] == "error" and last["exit_code"] == 1 and "step" not in last
+    assert last["message"].startswith("cannot read the Dockerfile")
+    plain = CliRunner().invoke(main, ["build", "--progress", "plain", "--storage",
+                                      str(tmp_path / "storage"), "-f", str(ctx / "nope"),
+                                      str(ctx)])
+    assert plain.exit_code == 1 and "{" not in plain.stderr
+
+
+def test_buildkit_progress_sets_what_auto_shows(tmp_path: Path) -> None:
+    """As buildx: ``BUILDKIT_PROGRESS`` is the mode of ``--progress auto`` (a CI job sets
+    it once); a flag given wins; a value pybuild does not take is a usage error."""
+    from click.testing import CliRunner
+
+    from builder.cli import main
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    argv = ["build", "--storage", str(tmp_path / "storage"), "-f", str(ctx / "nope"), str(ctx)]
+    runner = CliRunner()
+    got = runner.invoke(main, argv, env={"BUILDKIT_PROGRESS": "json"})
+    assert got.exit_code == 1
+    assert json.loads(got.stderr.splitlines()[-1])["event"] == "error"
+    flag = runner.invoke(main, [*argv[:1], "--progress", "plain", *argv[1:]],
+                         env={"BUILDKIT_PROGRESS": "json"})
+    assert flag.exit_code == 1 and "{" not in flag.stderr
+    bad = runner.invoke(main, argv, env={"BUILDKIT_PROGRESS": "rawjson"})
+    assert bad.exit_code == 2 and "BUILDKIT_PROGRESS=rawjson" in bad.stderr
+    assert runner.invoke(main, argv, env={"BUILDKIT_PROGRESS": "tty"}).exit_code == 1
