@@ -388,7 +388,9 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
             raise click.UsageError(str(exc)) from None
     dockerfile_text: str | None = None
     # docker build - or URL: the context (or the Dockerfile alone) from stdin or a download
-    from_stdin = context == "-" or "://" in context or context.startswith(("git@", "github.com/"))
+    # (a local directory wins, as in the docker CLI: ~/go/src$ docker build github.com/me/app)
+    from_stdin = context == "-" or (not os.path.isdir(context) and (
+        "://" in context or context.startswith(("git@", "github.com/"))))
     if from_stdin:
         from .remote_context import context_from
 

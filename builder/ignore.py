@@ -13,6 +13,7 @@ lines may end in CRLF.
 
 from __future__ import annotations
 
+import itertools
 import posixpath
 import re
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ class Pattern:
 
     def matches(self, parts: tuple[str, ...]) -> bool:
         """Does the pattern match this path or one of its parents?"""
-        return any(_match(self.parts, parts[:n]) for n in range(1, len(parts) + 1))
+        return bool(parts) and _path_regex([self]).fullmatch(_joined(parts)) is not None
 
 
 _cache: dict[str, re.Pattern[str]] = {}
@@ -73,7 +74,7 @@ def _translate(pat: str) -> str:
             out.append("[^/]")
         elif c == "[":
             in_class = True
-            out.append(c)
+            out.append("(?!/)[")  # a class never matches the separator (as '*' and '?')
         else:
             out.append(re.escape(c))
         i += 1
@@ -92,23 +93,43 @@ def _malformed(pattern: str) -> bool:
     return False
 
 
-def _segment(pat: str, name: str) -> bool:
+def _segment_regex(pat: str) -> re.Pattern[str]:
     rx = _cache.get(pat)
     if rx is None:
         try:
-            rx = re.compile(_translate(pat))
+            rx = re.compile(_translate(pat), re.DOTALL)
         except re.error:  # an unclosed class: moby refuses the pattern, it matches nothing
             rx = re.compile("(?!)")
         _cache[pat] = rx
-    return rx.fullmatch(name) is not None
+    return rx
 
 
-def _match(pat: tuple[str, ...], path: tuple[str, ...]) -> bool:
-    if not pat:
-        return not path
-    if pat[0] == "**":
-        return any(_match(pat[1:], path[i:]) for i in range(len(path) + 1))
-    return bool(path) and _segment(pat[0], path[0]) and _match(pat[1:], path[1:])
+def _segment(pat: str, name: str) -> bool:
+    return _segment_regex(pat).fullmatch(name) is not None
+
+
+def _joined(parts: tuple[str, ...]) -> str:
+    return "".join("/" + p for p in parts)
+
+
+def _path_regex(patterns: list[Pattern]) -> re.Pattern[str]:
+    """One regular expression for ``patterns`` (any of them), matched against a path
+    written as ``/a/b/c`` (:func:`_joined`): each matches the path or a parent of it, as
+    moby compiles a pattern to one expression, so that a path costs one match per run
+    of patterns rather than one per pattern and parent."""
+    anywhere: list[str] = []  # those that start with '**' share its expression
+    anchored: list[str] = []
+    for p in patterns:
+        if any(_segment_regex(part).pattern == "(?!)" for part in p.parts):
+            continue  # an unclosed class: moby refuses the pattern, it matches nothing
+        parts = p.parts[1:] if p.parts[0] == "**" else p.parts
+        (anywhere if parts is not p.parts else anchored).append(
+            "".join("(?:/[^/]*)*" if part == "**" else "/" + _translate(part)
+                    for part in parts))
+    alternatives = anchored + ([f"(?:/[^/]*)*(?:{'|'.join(anywhere)})"] if anywhere else [])
+    if not alternatives:
+        return re.compile("(?!)")
+    return re.compile(f"(?:{'|'.join(alternatives)})(?:/.*)?", re.DOTALL)
 
 
 class IgnoreMatcher:
@@ -117,6 +138,10 @@ class IgnoreMatcher:
     def __init__(self, patterns: list[Pattern]) -> None:
         self.patterns = patterns
         self.has_exclusions = any(p.exclusion for p in patterns)
+        # runs of patterns that decide alike (all excluding, or all re-including), last
+        # first: the last pattern that matches decides, so the first run that matches does
+        self._runs = [(not run[0].exclusion, _path_regex(run)) for run in reversed(
+            [list(g) for _, g in itertools.groupby(patterns, key=lambda p: p.exclusion)])]
 
     @classmethod
     def from_lines(cls, lines: list[str]) -> IgnoreMatcher:
@@ -124,11 +149,13 @@ class IgnoreMatcher:
 
     def excluded(self, rel: str) -> bool:
         parts = tuple(p for p in rel.split("/") if p)
-        result = False
-        for p in self.patterns:
-            if p.matches(parts):
-                result = not p.exclusion
-        return result
+        if not parts:
+            return False
+        path = _joined(parts)
+        for excludes, rx in self._runs:
+            if rx.fullmatch(path) is not None:
+                return excludes
+        return False
 
     def may_reinclude_below(self, rel_dir: str) -> bool:
         """Could an exception pattern re-include something inside the excluded ``rel_dir``?

@@ -166,3 +166,18 @@ def test_the_context_from_a_git_url(context_of, git_daemon, tmp_path: Path) -> N
         bad = _build(tmp_path, f"{url}/repo.git#{ref}")
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_local_directory_named_like_a_git_url_is_the_context(tmp_path: Path) -> None:
+    # As the docker CLI, a directory wins over the URL forms: in a GOPATH-style tree,
+    # `docker build github.com/me/app` builds that directory, it clones nothing.
+    app = tmp_path / "src" / "github.com" / "me" / "app"
+    app.mkdir(parents=True)
+    (app / "Dockerfile").write_text("FROM scratch\nCOPY hello /\n")
+    (app / "hello").write_text("hi\n")
+    done = subprocess.run(["python3", "-m", "builder", "build", "-q", "--storage",
+                           str(tmp_path / "s"), "-o", f"type=local,dest={tmp_path / 'out'}",
+                           "github.com/me/app"], cwd=tmp_path / "src", capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "hello").read_text() == "hi\n"
