@@ -22,6 +22,7 @@ digest>``), so later steps and outputs read every layer from one place.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from cas import Digest, Store
 from cas.holders import cache_holder
+from cas.lease import held
 from registry.client.image_store import ImageNotFound, ImageStore
 from registry.client.refs import InvalidReference, parse_image_ref
 from registry.oci import INDEX_TYPES, Descriptor, ImageConfig, Index, Manifest
@@ -165,11 +167,15 @@ def _host() -> str:
 
 
 async def pull_base(ref: str, store: Store, platform: str | None = None, *,
-                    pull: bool = False, progress: BuildProgress | None = None) -> BaseImage:
+                    pull: bool = False, progress: BuildProgress | None = None,
+                    holds: contextlib.AsyncExitStack | None = None) -> BaseImage:
     """A registry image for ``platform`` (default the host's), from pybuild's local image
     store; pulled into it when absent, when the local copy is of another platform, or
     (``pull``) whenever the registry's manifest differs from the local one. ``progress``
-    shows the pull (bytes per layer), or which local image was used and its age."""
+    shows the pull (bytes per layer), or which local image was used and its age.
+    ``holds``: the image's blobs are held (:func:`cas.lease.held`) until it closes, so
+    that an ``rmi`` and a ``storage gc`` in another process do not take them from the
+    build; one they took before the hold is pulled again."""
     try:
         image_ref = parse_image_ref(ref)
     except InvalidReference as exc:
@@ -233,6 +239,11 @@ async def pull_base(ref: str, store: Store, platform: str | None = None, *,
             pulled = True
             await fetch()
             manifest, config = await local()
+        if holds is not None and not await _hold(store, manifest, holds):
+            pulled = True  # removed meanwhile (rmi, storage gc): fetched again, and held
+            await fetch()
+            manifest, config = await local()
+            await _hold(store, manifest, holds)
         used = await images.resolve(str(image_ref))
     finally:
         await images.close()
@@ -245,11 +256,21 @@ async def pull_base(ref: str, store: Store, platform: str | None = None, *,
     return BaseImage(str(image_ref), Digest.of(manifest.to_bytes()), config, layers)
 
 
+async def _hold(store: Store, manifest: Manifest, holds: contextlib.AsyncExitStack) -> bool:
+    """Hold the config and layers of ``manifest`` until ``holds`` closes; False when the
+    store no longer has one of them (a foreign layer, never pulled, aside)."""
+    blobs = [manifest.config.digest,
+             *(d.digest for d in manifest.layers if not d.nondistributable)]
+    await holds.enter_async_context(held(store, blobs))
+    return all([await store.stat(d) is not None for d in blobs])
+
+
 async def resolve_base(ref: str, store: Store, platform: str | None = None, *,
-                       pull: bool = False, progress: BuildProgress | None = None) -> BaseImage:
+                       pull: bool = False, progress: BuildProgress | None = None,
+                       holds: contextlib.AsyncExitStack | None = None) -> BaseImage:
     """A base image by reference (not ``scratch`` and not a stage name), for ``platform``
-    (``os/arch[/variant]``; default the host's); ``pull`` and ``progress``: see
+    (``os/arch[/variant]``; default the host's); ``pull``, ``progress`` and ``holds``: see
     :func:`pull_base`."""
     if ref.startswith("oci-layout://"):
         return await load_oci_layout(ref, store, platform)
-    return await pull_base(ref, store, platform, pull=pull, progress=progress)
+    return await pull_base(ref, store, platform, pull=pull, progress=progress, holds=holds)

@@ -303,6 +303,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
     cache: BuildCache | None = None
     remote: RemoteLayers | None = None
     agents = contextlib.ExitStack()
+    holds = contextlib.AsyncExitStack()  # StepEnv.holds
     env_ref: list[StepEnv] = []  # for the cleanup of its background work
     try:
         work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
@@ -328,7 +329,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
                       secrets=opts.secrets, created=created, ssh=ssh,
                       allow=opts.allow, differ=opts.differ, pull=opts.pull,
                       extra_hosts=opts.add_hosts, shm_size=opts.shm_size, ulimits=opts.ulimits,
-                      contexts=NamedContexts(opts.build_contexts))
+                      contexts=NamedContexts(opts.build_contexts), holds=holds)
         if opts.cache_from:
             from .lazyfs.layers import LazyMounts
             from .sandbox.userns import overlay_xattr
@@ -458,6 +459,8 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             await env_ref[0].lazyfs.close()  # before the work dir and the sources go
         if remote is not None:
             await remote.close()
+        with contextlib.suppress(Exception):  # else gc expires the holds' ingests
+            await holds.aclose()
         if cache is not None:
             cache.close()
         if store is not None:

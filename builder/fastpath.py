@@ -283,6 +283,41 @@ class Recorder:
         stats.extend(self.before["ignore"])  # type: ignore[arg-type]
         return any(s is not None and (s[1] >= limit or s[2] >= limit) for s in stats)
 
+    def _named_state(self, digest: str) -> dict[str, object] | None:
+        """The storage's state (:func:`_storage_state`) as of a moment when every ``-t``
+        of the build names ``digest``; None when one no longer does. Another process may
+        have written to the storage since this build named its image (``rmi``, another
+        build's tag): with ``images.lock`` held, as every naming and removal holds it
+        (``registry.client.image_store``), nothing renames the tags between the check
+        and the state read."""
+        import fcntl
+        import sqlite3
+
+        from registry.client.refs import parse_image_ref
+
+        storage = self.inv.storage
+        tags = self.inv.opts.get("tag", [])
+        if not tags:
+            return _storage_state(storage, sorted(set(LAYOUTS_READ)))
+        fd = os.open(os.path.join(storage, "images.lock"), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
+                     0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                db = sqlite3.connect(os.path.join(storage, "images.db"), timeout=10.0)
+                try:
+                    rows = [db.execute("SELECT digest FROM images WHERE ref = ?",
+                                       (str(parse_image_ref(tag)),)).fetchone() for tag in tags]
+                finally:
+                    db.close()
+            except sqlite3.Error:
+                return None
+            if any(row is None or row[0] != digest for row in rows):
+                return None
+            return _storage_state(storage, sorted(set(LAYOUTS_READ)))
+        finally:
+            os.close(fd)
+
     def finish(self, events: list[list[str]], digest: str, config_digest: str) -> None:
         """Write the fingerprint if nothing changed while building; errors are ignored."""
         try:
@@ -291,8 +326,12 @@ class Recorder:
             if self._racy() or fingerprint(self.inv) != self.before:
                 _debug("not recorded: the context changed while building")
                 return
+            state = self._named_state(digest)
+            if state is None:
+                _debug("not recorded: the tags no longer name the image built")
+                return
             rec = {"fingerprint": self.before,
-                   "storage": _storage_state(self.inv.storage, sorted(set(LAYOUTS_READ))),
+                   "storage": state,
                    "layouts": sorted(set(LAYOUTS_READ)),
                    "events": events, "digest": digest, "config_digest": config_digest}
             path = _record_path(self.inv)

@@ -90,7 +90,7 @@ async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
                 if lazy is not None:
                     return lazy
             return await resolve_base(ref, env.store, plat, pull=env.pull,
-                                      progress=env.progress)
+                                      progress=env.progress, holds=env.holds)
         except BaseImageError as exc:
             line = next(s.instructions[0].start_line for s in first.stages
                         if s.base_image == ref)
@@ -215,7 +215,7 @@ class StageScheduler:
             else:
                 base = self.bases.get((ref, plat)) or await resolve_base(
                     ref, self.env.store, plat, pull=self.env.pull,
-                    progress=self.env.progress)
+                    progress=self.env.progress, holds=self.env.holds)
                 state = ImageState.from_config(base.config, list(base.layers), "")
         except BaseImageError as exc:
             raise BuildError(self._reader(ref), self._not_a_stage(ref, str(exc))) from exc

@@ -44,6 +44,7 @@ __all__ = [
     "IngestUnknown",
     "InvalidDigest",
     "InvalidRange",
+    "SchemaTooNew",
     "SizeMismatch",
     "StorageError",
     "StorageFull",
@@ -194,6 +195,19 @@ class StorageNotOwned(StorageNotWritable):
             f"({how} -R {user} {store}), {_MOVE}", path, "owned by another user")
         self.owner = owner
         self.user = user
+
+
+class SchemaTooNew(StorageError):
+    """A database of the store was written by a later pybuild: its schema version
+    (``PRAGMA user_version``) ``stored`` is past ``known``, the latest this code knows."""
+
+    def __init__(self, path: Path | str, stored: int, known: int) -> None:
+        super().__init__(
+            f"{path} was written by a newer pybuild (schema version {stored}; this pybuild "
+            f"knows versions up to {known}) and is left as it is: upgrade pybuild to use "
+            f"it, {_MOVE}", path, f"schema version {stored}")
+        self.stored = stored
+        self.known = known
 
 
 class StorageUnsupported(StorageError):

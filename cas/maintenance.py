@@ -27,7 +27,7 @@ from .compaction import compact_packs
 from .digest import Digest, new_hasher
 from .digest_states import sweep_states
 from .errors import CasError, StoreCorrupt
-from .meta import Metadata, decode_recipe
+from .meta import Location, Metadata, decode_recipe
 from .pack_select import check_packs_here
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ __all__ = ["FsckProgress", "FsckReport", "GcProgress", "GcReport", "Stats", "che
 # Threads that verify blobs at once (each reads its pieces, hashes them with SHA-256 and
 # BLAKE3, which release the GIL); at most the machine's CPUs.
 _FSCK_THREADS = 4
+# Pieces fsck remembers having verified, so that one many blobs share is hashed once.
+_VERIFIED_KEPT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,41 +189,78 @@ def check(core: StoreCore, progress: Callable[[FsckProgress], None] | None = Non
         return _check(core, meta, progress)
 
 
+def _miscounted(core: StoreCore, meta: Metadata, damaged: set[bytes]) -> list[str]:
+    """Each piece whose reference count differs from the recipes that use it (a second
+    pass, key by key: fsck's sum found a difference). A piece no recipe uses is read
+    too, unless it was already found damaged."""
+    refs: Counter[bytes] = Counter()
+    for _, _, packed in meta.iter_blobs():
+        refs.update(k for k, _ in decode_recipe(packed))
+    out: list[str] = []
+    for loc, r in meta.iter_pieces():
+        if r != refs.get(loc.key, 0):
+            # Too high only leaks space; too low could let GC remove a needed piece.
+            out.append(f"piece {loc.key.hex()}: reference count {r}, but {refs.get(loc.key, 0)} "
+                       "recipes use it")
+            if not refs.get(loc.key) and loc.key not in damaged:
+                try:
+                    data = core.load(loc)
+                except (CasError, OSError) as exc:
+                    out.append(f"piece {loc.key.hex()}: unreadable: "
+                               f"{exc.what if isinstance(exc, StoreCorrupt) else exc}")
+                    continue
+                if len(data) != loc.length or blake3.blake3(data).digest() != loc.key:
+                    out.append(f"piece {loc.key.hex()}: its bytes do not match its BLAKE3 key "
+                               "(damaged on disk)")
+    return out
+
+
+def _weight(key: bytes) -> int:
+    return int.from_bytes(key[:16], "little")
+
+
 def _check(core: StoreCore, meta: Metadata, progress: Callable[[FsckProgress], None] | None
            ) -> FsckReport:
+    # No state per piece: a blob's locations are read with it, the pieces' table streams
+    # at the end, and reference counts are checked by a sum, over every recipe's entries,
+    # of a number taken from each key (128 bits of a BLAKE3 hash), against the sum of the
+    # pieces' counts times theirs. Wrong counts make them differ (but for keys that
+    # cancel out exactly: negligible odds); only then are the recipes counted key by key,
+    # to name the pieces.
     report = FsckReport()
-    refs: Counter[bytes] = Counter()
-    verified: dict[bytes, bool] = {}
-    lock = threading.Lock()  # verified, between the threads that read blobs
-    pieces = {loc.key: (loc, r) for loc, r in meta.iter_pieces()}
+    used = 0
+    verified: set[bytes] = set()  # pieces found whole (the first _VERIFIED_KEPT)
+    damaged: set[bytes] = set()  # pieces found unreadable or not matching their key
+    unread: set[bytes] = set()  # pieces of blobs whose check stopped before them
+    lock = threading.Lock()  # the sets, between the threads that read blobs
     totals = meta.stats()
     done = FsckProgress(0, totals["blobs"], 0, totals["logical_bytes"])
 
-    def piece_bytes(key: bytes, problems: list[str]) -> bytes | None:
-        entry = pieces.get(key)
-        if entry is None:
-            return None
-        loc = entry[0]
+    def piece_bytes(loc: Location, problems: list[str]) -> bytes | None:
+        key = loc.key
         with lock:
-            known = verified.get(key)
-        if known is False:
-            return None
+            if key in damaged:
+                return None
+            known = key in verified
         try:
             data = core.load(loc)
         except (CasError, OSError) as exc:
             with lock:
-                first = verified.get(key) is not False
-                verified[key] = False
+                first = key not in damaged
+                damaged.add(key)
             if first:
                 # (fsck is the full report a StoreCorrupt's message asks for)
                 why = exc.what if isinstance(exc, StoreCorrupt) else exc
                 problems.append(f"piece {key.hex()}: unreadable: {why}")
             return None
-        if known is None:
+        if not known:
             ok = len(data) == loc.length and blake3.blake3(data).digest() == key
             with lock:
-                first = key not in verified
-                verified[key] = ok
+                first = key not in damaged
+                if not ok:
+                    damaged.add(key)
+                elif len(verified) < _VERIFIED_KEPT:
+                    verified.add(key)  # a piece many blobs share is hashed once
             if not ok:
                 if first:
                     problems.append(
@@ -230,18 +269,20 @@ def _check(core: StoreCore, meta: Metadata, progress: Callable[[FsckProgress], N
                 return None
         return data
 
-    def verify_blob(digest_text: str, entries: list[tuple[bytes, int]]) -> list[str]:
+    def verify_blob(digest_text: str, entries: list[tuple[bytes, int]],
+                    locations: dict[bytes, Location]) -> list[str]:
         """The problems of one blob (and of the pieces it was first to read)."""
         problems: list[str] = []
         digest = Digest.parse(digest_text)
         h = new_hasher(digest.algorithm)
-        for key, _ in entries:
-            if key not in pieces:
-                problems.append(f"blob {digest_text}: piece {key.hex()} is missing")
-                return problems
-            data = piece_bytes(key, problems)
+        for i, (key, _) in enumerate(entries):
+            loc = locations.get(key)
+            data = None if loc is None else piece_bytes(loc, problems)
             if data is None:
-                problems.append(f"blob {digest_text}: piece {key.hex()} is damaged")
+                problems.append(f"blob {digest_text}: piece {key.hex()} is "
+                                f"{'missing' if loc is None else 'damaged'}")
+                with lock:
+                    unread.update(k for k, _ in entries[i + 1:])
                 return problems
             h.update(data)  # SHA-256 and BLAKE3 release the GIL: blobs verify in parallel
         if h.hexdigest() != digest.encoded:
@@ -265,31 +306,32 @@ def _check(core: StoreCore, meta: Metadata, progress: Callable[[FsckProgress], N
         for digest_text, size, packed in meta.iter_blobs():
             report.blobs_checked += 1
             entries = decode_recipe(packed)
-            refs.update(k for k, _ in entries)
+            used += sum(_weight(k) for k, _ in entries)
             if sum(n for _, n in entries) != size:
                 known: Future[list[str]] = Future()
                 known.set_result([f"blob {digest_text}: recipe length differs from its size {size}"])
+                unread.update(k for k, _ in entries)
                 pending.append((known, size))
             else:
-                pending.append((pool.submit(verify_blob, digest_text, entries), size))
+                locations = meta.locations(k for k, _ in entries)
+                pending.append((pool.submit(verify_blob, digest_text, entries, locations), size))
             while len(pending) > 2 * workers:
                 take_one()
         while pending:
             take_one()
+    counted = 0
     leftover: list[str] = []
-    for key, (loc, r) in pieces.items():
+    for loc, r in meta.iter_pieces():
         report.pieces_checked += 1
-        if key not in verified:
-            piece_bytes(key, leftover)
+        counted += r * _weight(loc.key)
+        if r == 0 or loc.key in unread:  # read by no blob above
+            piece_bytes(loc, leftover)
             report.problems.extend(leftover)
             leftover.clear()
-        if r != refs.get(key, 0):
-            # Too high only leaks space; too low could let GC remove a needed piece.
-            report.problems.append(
-                f"piece {key.hex()}: reference count {r}, but {refs.get(key, 0)} recipes use it"
-            )
         if loc.pack is not None and not meta.is_pack_known(loc.pack):
-            report.problems.append(f"piece {key.hex()}: its pack {loc.pack} is not registered")
+            report.problems.append(f"piece {loc.key.hex()}: its pack {loc.pack} is not registered")
+    if counted != used:
+        report.problems.extend(_miscounted(core, meta, damaged))
     for holder, digest_text in meta.dangling_links():
         report.problems.append(f"link {holder} -> {digest_text}: the blob does not exist")
     on_disk = set(core.packs.names())

@@ -11,6 +11,10 @@ Schema (``meta.db``)::
     ingest_pieces(ingest, seq, key, length, stored, codec, pack, offset, data)
     packs(name PRIMARY KEY, live, created)                        live: bytes of live pieces
     trash(id, pack, offset, length)                               ranges to free (offset NULL: whole pack)
+
+Every SQLite file of pybuild carries the version of its schema in its header (``PRAGMA
+user_version``, :func:`migrate_schema`): ``meta.db`` :data:`META_SCHEMA_VERSION`; files
+made before versions were kept read 0 and are migrated like any older version.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import StoreClosed, mapped_error, storage_error
+from .errors import SchemaTooNew, StoreClosed, mapped_error, storage_error
 
-__all__ = ["SCHEMA", "SqliteDatabase", "connect", "open_wal_database", "switch_to_wal"]
+__all__ = ["META_SCHEMA_VERSION", "SCHEMA", "SqliteDatabase", "connect", "migrate_schema",
+           "open_wal_database", "switch_to_wal"]
+
+# meta.db's schema; raised by a release whose schema an earlier release cannot use.
+META_SCHEMA_VERSION = 1
 
 
 class SqliteDatabase:
@@ -55,8 +63,7 @@ class SqliteDatabase:
             # fsynced before the transaction that references them.
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=OFF")
-            db.executescript(SCHEMA)
-            _add_link_times(db)
+            migrate_schema(db, path, META_SCHEMA_VERSION, SCHEMA, _add_link_times)
             reader = connect(str(path))
         except (sqlite3.Error, OSError) as exc:
             mapped = mapped_error(exc, path, path.parent)  # before closing: its files count
@@ -149,6 +156,31 @@ def _add_link_times(db: sqlite3.Connection) -> None:
                 raise
 
 
+def migrate_schema(db: sqlite3.Connection, path: Path, version: int,
+                   *steps: str | Callable[[sqlite3.Connection], None]) -> None:
+    """Bring the database file ``path`` (open as ``db``) to schema ``version``: run
+    ``steps`` in order (scripts of ``CREATE ... IF NOT EXISTS``, functions adding what
+    earlier schemas lack), then stamp ``version`` in the file (``PRAGMA user_version``).
+
+    A file stamped with a later version is refused before anything runs, untouched:
+    :class:`SchemaTooNew`. A newer pybuild wrote it, and this code would half-write or
+    drop what it keeps there (an ``INSERT`` of fewer columns than a table has fails)."""
+    stored = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if stored > version:
+        raise SchemaTooNew(path, stored, version)
+    for step in steps:
+        if isinstance(step, str):
+            db.executescript(step)
+        else:
+            step(db)
+    if stored < version:
+        try:
+            db.execute(f"PRAGMA user_version = {int(version)}")
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc):  # a read-only copy is read as it is
+                raise
+
+
 def connect(target: str, uri: bool = False) -> sqlite3.Connection:
     # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE in _tx).
     return sqlite3.connect(target, uri=uri, timeout=60.0, isolation_level=None, check_same_thread=False)
@@ -171,16 +203,17 @@ def switch_to_wal(db: sqlite3.Connection, patience: float = 10.0) -> str:
         pause = min(pause * 2, 0.2)
 
 
-def open_wal_database(path: Path, schema: str, scope: Path) -> sqlite3.Connection:
+def open_wal_database(path: Path, schema: str, scope: Path, version: int = 1) -> sqlite3.Connection:
     """A connection to the SQLite file ``path`` in WAL mode (waiting up to 10 s for a
-    writer), with ``schema`` applied; a full or unwritable file system is the store's typed
-    error naming ``scope``. For the small databases beside the store (images, build cache)."""
+    writer), with ``schema`` applied and ``version`` stamped (:func:`migrate_schema`); a full
+    or unwritable file system is the store's typed error naming ``scope``. For the small
+    databases beside the store (images, build cache)."""
     db = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
         switch_to_wal(db)
-        db.executescript(schema)
+        migrate_schema(db, path, version, schema)
     except (sqlite3.Error, OSError) as exc:
         mapped = mapped_error(exc, path, scope)  # before closing: its files count
         if db is not None:

@@ -453,9 +453,10 @@ class SqliteMetadata(SqliteDatabase):
             )
             if not rows:
                 return
+            last = rows[-1][0]
             for key, length, stored, codec, pack, offset, data, refs in rows:
                 yield Location(key, length, stored, codec, pack, offset, data), refs
-            last = rows[-1][0]
+            del rows  # (inline bytes) one batch held at a time, not this one and the next
 
     def dangling_links(self) -> list[tuple[str, str]]:
         return self._q(

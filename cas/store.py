@@ -394,7 +394,8 @@ class Store:
 
     async def export(self, digest: Digest, path: Path) -> None:
         """Write the blob to ``path`` atomically (a temporary file renamed into place)."""
-        tmp = path.with_name(path.name + ".tmp")
+        # a name of its own: another process may export the same blob there at once
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
         def open_tmp() -> Any:
             path.parent.mkdir(parents=True, exist_ok=True)

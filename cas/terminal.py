@@ -16,7 +16,7 @@ import shutil
 import unicodedata
 from typing import TextIO
 
-__all__ = ["clip", "color", "columns", "live"]
+__all__ = ["clip", "color", "columns", "live", "rows"]
 
 
 def live(stream: TextIO) -> bool:
@@ -35,6 +35,16 @@ def columns(stream: TextIO) -> int:
         return os.get_terminal_size(stream.fileno()).columns or 80
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
         return shutil.get_terminal_size().columns
+
+
+def rows(stream: TextIO) -> int:
+    """The height of the terminal ``stream`` writes to (asked at each redraw); ``$LINES``
+    or 24 when it is not one. A view taller than this cannot move the cursor back to its
+    first line: each redraw would scroll the one before it out, for good."""
+    try:
+        return os.get_terminal_size(stream.fileno()).lines or 24
+    except (AttributeError, OSError, ValueError):
+        return shutil.get_terminal_size().lines
 
 
 def clip(text: str, width: int) -> str:

@@ -78,7 +78,7 @@ def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None =
 
     def announce() -> None:
         click.echo(
-            f"pybuild registry listening on {scheme}://{host}:{port} (storage {storage}"
+            f"pybuild registry listening on {scheme}://{url_host(host)}:{port} (storage {storage}"
             f"{', metadata ' + redact(config.database) if config.database else ''}"
             f"{', read-only' if config.read_only else ''}"
             f"{', auth ' + str(config.auth_htpasswd) if config.auth_htpasswd else ''})",
@@ -95,6 +95,11 @@ def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None =
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets (RFC 3986 §3.2.2)."""
+    return f"[{host}]" if ":" in host else host
 
 
 async def _serve(

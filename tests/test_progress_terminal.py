@@ -71,6 +71,31 @@ def test_a_pulls_bars_fit_an_80_column_terminal(narrow: _Terminal) -> None:
     assert max(len(row) for row in _rows(narrow.getvalue())) <= 79
 
 
+def test_a_pull_of_more_layers_than_the_terminal_has_rows_stays_within_it(narrow: _Terminal) -> None:
+    # 24 rows: a view of 200 layers cannot move the cursor back to its first line, so
+    # every redraw scrolled the last one out (and 200 redraws of 200 lines were 1.5 MB).
+    fcntl.ioctl(narrow.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    p = Progress("tty", narrow)
+    keys = [f"{i:012x}" for i in range(200)]
+    for key in keys:
+        p.start(key, key, 2048)
+    for key in keys[:150]:
+        p.advance(key, 2048)
+        p.finish(key, "pulled")
+    p._draw(force=True)
+    frame = _ESCAPE.sub("", narrow.getvalue().rpartition("\x1b[J")[2]).splitlines()
+    assert len(frame) <= 23
+    assert frame[-2] == "... and 179 more" and frame[-1].startswith("total:")
+    assert [row.split()[0] for row in frame[:21]] == keys[150:171]  # the running ones first
+    ups = [int(n) for n in re.findall(r"\x1b\[([0-9]+)F", narrow.getvalue())]
+    assert ups and max(ups) <= 23
+    for key in keys[150:]:
+        p.finish(key, "pulled")
+    p._draw(force=True)
+    frame = _ESCAPE.sub("", narrow.getvalue().rpartition("\x1b[J")[2]).splitlines()
+    assert [row.split()[0] for row in frame[:21]] == keys[179:]  # then the latest to end
+
+
 def test_a_builds_running_steps_fit_a_narrow_terminal(narrow: _Terminal,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("builder.progress.TICK", 3600.0)  # only the events draw

@@ -9,8 +9,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FACTS", "IMPORTED_MISS", "STEP_SEMANTICS", "CachedLayer", "facts_key", "miss_reason",
-           "step_key"]
+__all__ = ["EARLIER_RELEASE_MISS", "FACTS", "IMPORTED_MISS", "STEP_SEMANTICS", "CachedLayer",
+           "facts_key", "miss_reason", "step_key"]
 
 
 # What pybuild makes of a step's inputs, as a number in every step key. Raised by a
@@ -93,14 +93,21 @@ class CachedLayer:
 
 IMPORTED_MISS = ("an imported cache ran this instruction on this parent: its inputs "
                  "differ, or its layer is not stored here")
+EARLIER_RELEASE_MISS = ("an earlier pybuild release cached it, and this release makes such "
+                        "steps differently: it runs once again, later builds reuse it")
 
 
 def miss_reason(previous_inputs: dict[str, Any] | None, same_parent: bool,
-                inputs: dict[str, Any], *, imported: bool = False) -> str:
+                inputs: dict[str, Any], *, imported: bool = False,
+                previous_key: str | None = None, parent: str = "",
+                instruction: str = "") -> str:
     """Why a step missed, in one sentence: ``previous_inputs`` are those of the latest
     recorded entry for the same parent and instruction (None: there is none),
     ``same_parent`` whether any entry has that parent, ``imported`` whether an imported
-    entry (whose inputs are not known) has the same parent and instruction."""
+    entry (whose inputs are not known) has the same parent and instruction.
+    ``previous_key``, that entry's key: when it is not the key its ``parent``,
+    ``instruction`` and inputs give now, an earlier release (another
+    :data:`STEP_SEMANTICS`) recorded it."""
     if previous_inputs is None:
         if imported:
             return IMPORTED_MISS
@@ -108,8 +115,11 @@ def miss_reason(previous_inputs: dict[str, Any] | None, same_parent: bool,
             return "the instruction changed (no earlier build ran it on this parent)"
         return "the previous step changed (or this step never ran before)"
     changed = _diff(previous_inputs, inputs)
-    return ("inputs changed: " + ", ".join(changed)) if changed else \
-        "its cached layer is no longer stored"
+    if changed:
+        return "inputs changed: " + ", ".join(changed)
+    if previous_key is not None and previous_key != step_key(parent, instruction, previous_inputs):
+        return EARLIER_RELEASE_MISS
+    return "its cached layer is no longer stored"
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

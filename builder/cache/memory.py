@@ -51,8 +51,11 @@ class MemoryBuildCache:
         ran = [s for s in steps if s.entry.parent == parent
                and s.entry.instruction == instruction]
         known = [s for s in ran if s.inputs is not None]
-        latest = max(known, key=lambda s: s.seq).inputs if known else None
-        return miss_reason(latest, same_parent, inputs, imported=len(known) < len(ran))
+        latest = max(known, key=lambda s: s.seq) if known else None
+        return miss_reason(None if latest is None else latest.inputs, same_parent, inputs,
+                           imported=len(known) < len(ran),
+                           previous_key=None if latest is None else latest.entry.key,
+                           parent=parent, instruction=instruction)
 
     def export_manifest(self, keys: Collection[str] | None = None) -> CacheManifest:
         with self._lock:

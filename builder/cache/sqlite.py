@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS file_hashes (
     hash TEXT NOT NULL
 );
 """
+SCHEMA_VERSION = 1  # cache.db's (cas.sqlite_db.migrate_schema): raise it with the schema
 
 
 class BuildCache:
@@ -67,7 +68,7 @@ class BuildCache:
         self.path = path
         self._lock = threading.Lock()
         self._closed = False
-        self._db = open_wal_database(path, _SCHEMA, path.parent)
+        self._db = open_wal_database(path, _SCHEMA, path.parent, SCHEMA_VERSION)
 
     def close(self) -> None:
         with self._lock:
@@ -171,7 +172,7 @@ class BuildCache:
         """Why ``(parent, instruction, inputs)`` has no cache entry, in one sentence."""
         with self._using():
             row = self._db.execute(
-                "SELECT inputs FROM steps WHERE parent=? AND instruction=? "
+                "SELECT inputs, key FROM steps WHERE parent=? AND instruction=? "
                 "AND inputs != 'null' ORDER BY created DESC, rowid DESC LIMIT 1",
                 (parent, instruction)).fetchone()
             same_parent = self._db.execute(
@@ -180,7 +181,9 @@ class BuildCache:
                 "SELECT 1 FROM steps WHERE parent=? AND instruction=? AND inputs = 'null' "
                 "LIMIT 1", (parent, instruction)).fetchone()
         return miss_reason(None if row is None else json.loads(row[0]),
-                           same_parent is not None, inputs, imported=imported is not None)
+                           same_parent is not None, inputs, imported=imported is not None,
+                           previous_key=None if row is None else row[1], parent=parent,
+                           instruction=instruction)
 
     def export_manifest(self, keys: Collection[str] | None = None) -> CacheManifest:
         with self._using():

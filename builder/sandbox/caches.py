@@ -118,14 +118,18 @@ def lease_caches(
     """Lock and yield one host directory per cache mount, in order; unlock on exit.
 
     ``locked`` mounts wait for other users of the same cache (blocking the calling thread).
+    Every lease takes its caches in one order (by id), whatever the order of ``mounts``:
+    two steps that mount the same caches in different orders never each hold one and wait
+    for the other's.
     """
     fds: list[int] = []
-    paths: list[Path] = []
+    paths: dict[int, Path] = {}
     held: dict[str, Path] = {}  # one step mounting a cache twice must not wait on itself
     try:
-        for mount in mounts:
+        for i in sorted(range(len(mounts)), key=lambda i: mounts[i].cache_id):
+            mount = mounts[i]
             if mount.cache_id in held and mount.sharing is not Sharing.PRIVATE:
-                paths.append(held[mount.cache_id])
+                paths[i] = held[mount.cache_id]
                 continue
             root = cache_root(cache_dir, mount.cache_id)
             root.mkdir(parents=True, exist_ok=True)
@@ -140,9 +144,9 @@ def lease_caches(
                 fd = _lock(root / "0.lock", flags)
                 assert fd is not None  # a blocking flock returns only once it holds the lock
             fds.append(fd)
-            paths.append(_instance(root, index, mount))
-            held.setdefault(mount.cache_id, paths[-1])
-        yield paths
+            paths[i] = _instance(root, index, mount)
+            held.setdefault(mount.cache_id, paths[i])
+        yield [paths[i] for i in range(len(mounts))]
     finally:
         for fd in fds:
             os.close(fd)  # closing releases the flock

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import posixpath
 import shutil
@@ -102,6 +103,9 @@ class StepEnv:
     background: set[asyncio.Future[Any]] = field(default_factory=set)
     # --cache-from: lazy layers a RUN step reads through FUSE (builder.lazyfs)
     lazyfs: LazyMounts | None = None
+    # holds on the blobs of the local base images used, released when the build ends: an
+    # `rmi` and a `storage gc` in another process meanwhile do not take them (cas.lease)
+    holds: contextlib.AsyncExitStack | None = None
     # the overlayfs probe started ahead of the first RUN (warm_sandbox), awaited at the end
     sandbox_probe: asyncio.Future[Any] | None = None
 

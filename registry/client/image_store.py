@@ -10,6 +10,13 @@ keeps it until ``pybuild rmi`` unlinks it. ``images.db`` (SQLite, in the storage
 
 ``ref`` is the normalised reference (``host/name:tag`` or ``host/name@digest``).
 
+Naming and removing an image (its links, then its row) is one step for every process on the
+storage directory: :meth:`ImageStore.put` and :meth:`ImageStore.remove` hold an exclusive
+flock on ``images.lock`` beside ``images.db``. Without it two processes naming different
+images ``ref`` at once (two builds tagging ``app``, or ``rmi app`` while a pull names it)
+could each unlink the other's blobs and leave ``ref`` naming an image whose blobs
+``pybuild storage gc`` then removes.
+
 Every use of the ``images.db`` connection holds the store's lock, and :meth:`ImageStore.close`
 takes it too: close waits for the query in flight, and a call after it raises
 ``cas.StoreClosed``. A full or unwritable storage directory is ``cas.StorageFull`` /
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -53,6 +61,7 @@ CREATE TABLE IF NOT EXISTS pulls (
 CREATE TABLE IF NOT EXISTS pushes (
     key TEXT PRIMARY KEY, location TEXT NOT NULL, updated REAL NOT NULL);
 """
+SCHEMA_VERSION = 1  # images.db's (cas.sqlite_db.migrate_schema): raise it with the schema
 
 
 # A store the image store opens itself (``pybuild pull/push/copy``) runs one worker
@@ -143,7 +152,7 @@ class ImageStore:
         path = root / "images.db"
 
         def connect() -> sqlite3.Connection:
-            return open_wal_database(path, _SCHEMA, root)
+            return open_wal_database(path, _SCHEMA, root, SCHEMA_VERSION)
 
         try:
             db = await asyncio.to_thread(connect)
@@ -260,15 +269,41 @@ class ImageStore:
         info = await self.store.put(manifest)
         needed = {info.digest} | await self._closure(obj)
         name = image_holder(ref)
-        for digest in needed:
-            await self.store.link(name, digest)
-        for digest in set(await self.store.linked(name)) - needed:
-            await self.store.unlink(name, digest)
-        await self._sql(
-            "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?)",
-            ref, str(info.digest), kind, len(manifest), time.time(),
-        )
+        async with self._naming():
+            for digest in needed:
+                await self.store.link(name, digest)
+            for digest in set(await self.store.linked(name)) - needed:
+                await self.store.unlink(name, digest)
+            await self._sql(
+                "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?)",
+                ref, str(info.digest), kind, len(manifest), time.time(),
+            )
         return info.digest
+
+    @contextlib.asynccontextmanager
+    async def _naming(self) -> AsyncIterator[None]:
+        """Hold ``images.lock`` exclusively: no other process (or task) names or removes
+        an image meanwhile (the module docstring says why)."""
+        path = self._path.with_name("images.lock")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            mapped = mapped_error(exc, path, path.parent)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        locking = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
+        try:
+            await asyncio.shield(locking)
+        except BaseException:
+            # Cancelled while a worker thread waits: the descriptor (and the lock, if the
+            # thread takes it after all) goes once the thread is done with it.
+            locking.add_done_callback(lambda _: os.close(fd))
+            raise
+        try:
+            yield
+        finally:
+            os.close(fd)  # drops the lock
 
     async def _closure(self, obj: Manifest | Index) -> set[Digest]:
         out: set[Digest] = set()
@@ -293,12 +328,13 @@ class ImageStore:
 
     async def remove(self, ref: str) -> bool:
         """Forget ``ref`` and unlink its blobs (``pybuild storage gc`` reclaims the space)."""
-        if await self.resolve(ref) is None:
-            return False
-        name = image_holder(ref)
-        for digest in await self.store.linked(name):
-            await self.store.unlink(name, digest)
-        await self._sql("DELETE FROM images WHERE ref=?", ref)
+        async with self._naming():
+            if await self.resolve(ref) is None:
+                return False
+            name = image_holder(ref)
+            for digest in await self.store.linked(name):
+                await self.store.unlink(name, digest)
+            await self._sql("DELETE FROM images WHERE ref=?", ref)
         return True
 
     def open_blob(self, digest: Digest, offset: int = 0) -> AsyncIterator[bytes]:
@@ -306,6 +342,35 @@ class ImageStore:
         return self.store.read(digest, offset)
 
     # --- resumable transfers -------------------------------------------------------------
+    def claim_ingest(self, ingest_id: str) -> int | None:
+        """Claim the open ingest ``ingest_id`` for a transfer of this process (an flock,
+        as a descriptor to :meth:`release_ingest`); None when another process's transfer
+        holds it. An interrupted pull is resumed only under its claim: two processes
+        writing one ingest (two pulls of the blob at once, the second finding the first's
+        ingest in ``pulls``) would corrupt the blob they commit."""
+        path = self._claim_path(ingest_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:  # no inode left for it: the store's own words for that
+            mapped = mapped_error(exc, path, self._path.parent)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def release_ingest(self, ingest_id: str, claim: int) -> None:
+        self._claim_path(ingest_id).unlink(missing_ok=True)
+        os.close(claim)  # drops the flock
+
+    def _claim_path(self, ingest_id: str) -> Path:
+        # not "<id>.*": the store removes those with the ingest's tail files
+        return self._path.parent / "ingests" / f".pull-{ingest_id}.lock"
+
     async def pending_pull(self, digest: Digest) -> str | None:
         rows = await self._sql("SELECT ingest_id FROM pulls WHERE digest=?", str(digest))
         return rows[0][0] if rows else None

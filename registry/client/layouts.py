@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import tarfile
 from collections.abc import AsyncIterator, Callable
@@ -198,9 +200,7 @@ class OciLayout:
         def write() -> None:
             path = self.blob_path(digest)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            _replace_file(path, data)
 
         await asyncio.to_thread(write)
 
@@ -209,7 +209,20 @@ class OciLayout:
 
         def update() -> None:
             self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+            # Another process may tag in this layout at once (two builds exporting a
+            # cache there): one read-modify-write of index.json at a time, under a
+            # flock of the layout directory, so neither loses the other's entry.
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                locked_update()
+            finally:
+                os.close(fd)
+
+        def locked_update() -> None:
+            layout = self.path / "oci-layout"
+            if not layout.is_file():
+                _replace_file(layout, b'{"imageLayoutVersion":"1.0.0"}')
             try:
                 entries = list(self._read_index().manifests)
             except LayoutError:
@@ -223,12 +236,21 @@ class OciLayout:
             else:
                 entries = [e for e in entries if e.digest != desc.digest]
             entries.append(named)
-            body = Index(tuple(entries), media_type=OCI_INDEX).to_bytes()
-            tmp = self.path / "index.json.tmp"
-            tmp.write_bytes(body)
-            os.replace(tmp, self.path / "index.json")
+            _replace_file(self.path / "index.json", Index(tuple(entries), media_type=OCI_INDEX).to_bytes())
 
         await asyncio.to_thread(update)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """``path`` replaced by ``data`` at once, through a temporary file of this writer's own:
+    another process may write the same file at the same time."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.asynccontextmanager

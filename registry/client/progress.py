@@ -16,8 +16,9 @@ One :class:`Progress` per operation; tasks are keyed by a short id (e.g. a blob 
                                            ``progress`` events with ``"phase"``), not the
                                            totals; this one's ``start`` of the key goes on
 
-Modes: ``tty`` redraws one line per active task plus a totals line (at most 10 times a
-second); ``plain`` prints a line when a task starts and ends (for CI logs); ``json``
+Modes: ``tty`` redraws one line per task plus a totals line (at most 10 times a second,
+and no taller than the terminal: finished tasks give way to running ones); ``plain``
+prints a line when a task starts and ends (for CI logs); ``json``
 prints one JSON object per line per event (``start``, ``progress`` at most 4 times a second
 per task, ``done``, ``summary``); ``quiet`` prints nothing. Safe to call from one event
 loop only (no locking).
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from cas.terminal import clip, columns, live
+from cas.terminal import clip, columns, live, rows
 from cas.units import human_bytes
 
 __all__ = ["Progress"]
@@ -208,13 +209,16 @@ class Progress:
         self._clear()
         lines = []
         width = columns(self.stream)  # a wrapped line would be a row _clear leaves behind
-        for task in self.tasks.values():
+        shown, hidden = self._fitting(rows(self.stream) - 2)  # and the totals, the cursor's row
+        for task in shown:
             frac = task.done / task.total if task.total else 1.0
             bar = "#" * int(frac * 20)
             state = task.status or f"{human_bytes(task.done)}/{human_bytes(task.total)}"
             # the label gives way first, down to a digest's 12 characters
             room = min(40, max(12, width - 1 - len(f" [{bar:<20}] {state}")))
             lines.append(f"{task.label[:room]:<{room}} [{bar:<20}] {state}")
+        if hidden:
+            lines.append(f"... and {hidden} more")
         elapsed = max(now - self.started, 1e-6)
         lines.append(
             f"total: {human_bytes(self.transferred)} transferred "
@@ -223,6 +227,20 @@ class Progress:
         self.stream.write("".join(clip(line, width) + "\n" for line in lines))
         self.stream.flush()
         self._drawn = len(lines)
+
+    def _fitting(self, room: int) -> tuple[list[_Task], int]:
+        """The tasks a view of ``room`` lines shows, in order, and how many it leaves out
+        (then one line says so): the running tasks first, then the latest to finish; so
+        the view stays within the terminal's height, as BuildKit's does."""
+        tasks = list(self.tasks.values())
+        if len(tasks) <= room:
+            return tasks, 0
+        room = max(room - 1, 1)
+        running = [t for t in tasks if not t.status][:room]
+        ended = [t for t in tasks if t.status]
+        latest = ended[len(ended) - (room - len(running)):] if room > len(running) else []
+        keep = {id(t) for t in running + latest}
+        return [t for t in tasks if id(t) in keep], len(tasks) - len(keep)
 
 
 class _Phase(Progress):

@@ -97,8 +97,9 @@ async def pull_blob(
             await store.link(link, desc.digest)
         progress.finish(key, "exists")
         return "exists"
-    ing, resumed = await _open_ingest(images, desc)
+    ing, resumed, claim = await _open_ingest(images, desc)
     sink = _Sink(images, ing, desc, progress, options, recorded=resumed)
+    sink.claim = claim
     if ing.offset:
         progress.advance(key, ing.offset, reused=True)
     try:
@@ -110,6 +111,7 @@ async def pull_blob(
     except (DigestMismatch, SizeMismatch) as exc:
         if sink.recorded:
             await images.set_pending_pull(desc.digest, None)
+        _release(images, sink)
         # In the registry's words, not the store's (whose advice is for an uploader).
         what = (f"its bytes hash to {exc.actual}" if isinstance(exc, DigestMismatch)
                 else f"it is {exc.actual} bytes, not {exc.expected}")
@@ -144,23 +146,36 @@ async def pull_blob(
         raise
     if sink.recorded:
         await images.set_pending_pull(desc.digest, None)
+    _release(images, sink)
     progress.finish(key, "pulled")
     return "pulled"
 
 
-async def _open_ingest(images: ImageStore, desc: Descriptor) -> tuple[Ingest, bool]:
-    """The interrupted ingest of an earlier pull of this blob (True), or a new one."""
+async def _open_ingest(images: ImageStore, desc: Descriptor) -> tuple[Ingest, bool, int | None]:
+    """The interrupted ingest of an earlier pull of this blob (True), or a new one; with
+    this process's claim on it (:meth:`ImageStore.claim_ingest`). The ingest of a pull of
+    the blob that another process runs now is left to it."""
     pending = await images.pending_pull(desc.digest)
-    if pending is not None:
+    claim = None if pending is None else images.claim_ingest(pending)
+    if pending is not None and claim is not None:
         with contextlib.suppress(IngestUnknown):
             ing = await images.store.resume_ingest(pending)
             if ing.offset <= desc.size:
-                return ing, True
+                return ing, True, claim
             await ing.abort()
+        images.release_ingest(pending, claim)
         await images.set_pending_pull(desc.digest, None)
     # Not recorded in images.db yet: an ingest that never reached a checkpoint holds
     # nothing worth resuming (cas expires it).
-    return await images.store.begin_ingest(algorithm=desc.digest.algorithm), False
+    ing = await images.store.begin_ingest(algorithm=desc.digest.algorithm)
+    return ing, False, images.claim_ingest(ing.id)
+
+
+def _release(images: ImageStore, sink: _Sink) -> None:
+    """Give up this process's claim on the sink's ingest (its transfer has ended)."""
+    if sink.claim is not None:
+        images.release_ingest(sink.ing.id, sink.claim)
+        sink.claim = None
 
 
 async def _keep(images: ImageStore, sink: _Sink) -> None:
@@ -175,6 +190,7 @@ async def _keep(images: ImageStore, sink: _Sink) -> None:
         await sink.checkpoint()
     except Exception:
         await _drop(images, sink)
+    _release(images, sink)
 
 
 async def _drop(images: ImageStore, sink: _Sink) -> None:
@@ -182,6 +198,7 @@ async def _drop(images: ImageStore, sink: _Sink) -> None:
         await sink.ing.abort()
     if sink.recorded:
         await images.set_pending_pull(sink.desc.digest, None)
+    _release(images, sink)
 
 
 async def _fill(

@@ -35,6 +35,7 @@ class _Sink:
         self.since = 0
         self.last = time.monotonic()
         self.recorded = recorded  # images.db names this ingest (pending pull)
+        self.claim: int | None = None  # ImageStore.claim_ingest's, held until the end
 
     @property
     def offset(self) -> int:

@@ -160,6 +160,7 @@ async def _push_whole(
         await images.set_pending_push(session_key, session.location)
     progress.advance(key, session.offset, reused=True)
     attempt = 0
+    restarted = False
     while True:
         try:
             await _send(client, images, host, name, digest, size, session, session_key,
@@ -172,10 +173,14 @@ async def _push_whole(
             raise
         except (RegistryError, *_BROKEN) as exc:
             refused = isinstance(exc, RegistryError) and exc.status < 500
-            if refused and resumed:
+            # Another process pushing the blob from this storage at the same time took
+            # this session up from images.db as one to resume, and wrote to it or closed
+            # it: the registry finds the offset wrong (416) or the session gone (404).
+            taken = isinstance(exc, RegistryError) and exc.status in (404, 416) and not restarted
+            if (refused and resumed) or taken:
                 # What the session held does not fit (a wrong offset, or bytes that do not
                 # make the digest): once, start over from byte 0 in a new session.
-                resumed = False
+                resumed, restarted = False, True
                 session = _Session(await _start(client, host, name), 0)
                 await images.set_pending_push(session_key, session.location)
                 continue

@@ -177,11 +177,16 @@ async def push_pieces(
         except RegistryError as exc:
             if exc.code is BLOB_UPLOAD_UNKNOWN:  # expired meanwhile: the next run starts over
                 await images.set_pending_push(session_key, None)
+                if await _finished_elsewhere(client, dst, digest):
+                    return "exists"
             raise
         try:
             await client.finish_piece_upload(host, name, location, digest, plan)
             break
         except RegistryError as exc:
+            if exc.code is BLOB_UPLOAD_UNKNOWN and await _finished_elsewhere(client, dst, digest):
+                await images.set_pending_push(session_key, None)
+                return "exists"
             again = _still_missing(exc)
             if again is None or attempt:
                 if exc.status < 500:  # refused: the session is of no more use
@@ -190,6 +195,13 @@ async def push_pieces(
             missing = again  # a base went away meanwhile: send those pieces too
     await images.set_pending_push(session_key, None)
     return "pushed"
+
+
+async def _finished_elsewhere(client: RegistryClient, dst: ImageRef, digest: Digest) -> bool:
+    """Whether the registry holds the blob whose session went away: another push of it
+    from this storage, running at the same time, took the session up from images.db as one
+    to resume, and finished it."""
+    return await client.head_blob(dst.api_host, dst.name, digest, push=True) is not None
 
 
 def _still_missing(exc: RegistryError) -> list[int] | None:

@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from urllib.parse import urljoin
 
 from cas import Digest
@@ -315,11 +316,22 @@ class RegistryClient(RegistrySession):
         return out
 
     async def referrers(self, host: str, name: str, digest: Digest) -> Index:
-        _, body = await self._request(
-            "GET", host, f"/v2/{name}/referrers/{digest}", scopes=frozenset({pull_scope(name)}),
-            headers={"Accept": OCI_INDEX},
-        )
-        return Index.parse(body)
+        """The referrers of ``digest``: one index of every page the registry sends (spec
+        "Listing Referrers": a ``Link`` names the next when they do not fit one)."""
+        url = f"/v2/{name}/referrers/{digest}"
+        seen: set[str] = set()
+        found: list[Index] = []
+        while url:
+            if url in seen:
+                raise TransportError(f"the registry's referrers of {name}@{digest} link back to "
+                                     f"a page it sent ({url}): its pagination loops")
+            seen.add(url)
+            resp, body = await self._request("GET", host, url, scopes=frozenset({pull_scope(name)}),
+                                             headers={"Accept": OCI_INDEX})
+            found.append(Index.parse(body))
+            link = _NEXT.search(resp.headers.get("Link", ""))
+            url = link.group(1) if link else ""
+        return replace(found[0], manifests=tuple(m for page in found for m in page.manifests))
 
     async def extension_endpoints(self, host: str, name: str, *, push: bool = False) -> frozenset[str]:
         """The endpoints ``GET /v2/<name>/_oci/ext/discover`` lists (none when the

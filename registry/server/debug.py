@@ -89,5 +89,5 @@ async def start_debug_server(registry_app: web.Application, config: ServerConfig
     except OSError:
         await runner.cleanup()
         raise
-    log.info("debug server (metrics) listening on http://%s:%d", host, port)
+    log.info("debug server (metrics) listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
     return runner

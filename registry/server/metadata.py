@@ -41,7 +41,23 @@ __all__ = [
     "ReferrerRecord",
     "RegistryMetadata",
     "TagRecord",
+    "fitting",
 ]
+
+
+def fitting(order: list[tuple[str, int]], max_bytes: int | None) -> list[str]:
+    """The digests of the first of ``order`` ((digest, size) pairs) whose sizes add up to
+    at most ``max_bytes`` (at least one): what :meth:`RegistryMetadata.referrers` reads."""
+    if max_bytes is None:
+        return [d for d, _ in order]
+    out: list[str] = []
+    total = 0
+    for digest, size in order:
+        total += size
+        if out and total > max_bytes:
+            break
+        out.append(digest)
+    return out
 
 
 class ManifestsMissing(Exception):
@@ -168,9 +184,15 @@ class RegistryMetadata(Protocol):
         the tags dropped, or None (nothing changed) if it was not there."""
         ...
 
-    async def referrers(self, repo: str, subject: str) -> list[ReferrerRecord]:
+    async def referrers(self, repo: str, subject: str, last: str | None = None,
+                        limit: int | None = None, max_bytes: int | None = None
+                        ) -> list[ReferrerRecord]:
         """The manifests of ``repo`` whose subject is ``subject``, oldest first (ties by
-        digest): spec "Listing Referrers"."""
+        digest): spec "Listing Referrers". With ``last``, only those after the manifest
+        of that digest (none if it is not a referrer of ``subject``); with ``limit``, at
+        most that many; with ``max_bytes``, no more than the manifests' sizes add up to
+        (bounding their annotations; at least one). Empty: none follow. Pages of a long
+        list, each read in a few queries however many referrers come before it."""
         ...
 
     # --- retention (retention.py) ---------------------------------------------------------

@@ -32,7 +32,7 @@ from cas.meta import decode_recipe, encode_recipe
 from cas.pg_db import Liveness, PgDatabase, live_connection, mapped_errors, open_async_pool, redact
 
 from ..oci import INDEX_TYPES
-from .metadata import CollectResult, ManifestRecord, ManifestsMissing, ReferrerRecord, TagRecord
+from .metadata import CollectResult, ManifestRecord, ManifestsMissing, ReferrerRecord, TagRecord, fitting
 
 __all__ = ["MIGRATIONS", "PgRegistryMetadata"]
 
@@ -71,6 +71,10 @@ MIGRATIONS = [
     CREATE TABLE blob_recipes(
         repo TEXT COLLATE "C" NOT NULL, digest TEXT COLLATE "C" NOT NULL,
         recipe BYTEA NOT NULL, PRIMARY KEY(repo, digest));
+    """,
+    # 4: pull times are recorded by every server: those not recorded before count as now
+    """
+    UPDATE manifests SET pulled = EXTRACT(EPOCH FROM clock_timestamp()) WHERE pulled IS NULL;
     """,
 ]
 
@@ -225,12 +229,23 @@ class PgRegistryMetadata:
                                    (repo, digest))
             return sorted(r[0] for r in await cur.fetchall())
 
-    async def referrers(self, repo: str, subject: str) -> list[ReferrerRecord]:
-        rows = await self._q(
+    async def referrers(self, repo: str, subject: str, last: str | None = None,
+                        limit: int | None = None, max_bytes: int | None = None
+                        ) -> list[ReferrerRecord]:
+        # The order first (digests and sizes), then the rows of those that fit: only the
+        # page's annotations are read (metadata_sqlite_referrers.py reads them alike).
+        after = (" AND (created, digest) > (SELECT created, digest FROM manifests"
+                 " WHERE repo = %s AND digest = %s AND subject = %s)") if last is not None else ""
+        args = (repo, last, subject) if last is not None else ()
+        order = await self._q(
+            f"SELECT digest, size FROM manifests WHERE repo = %s AND subject = %s{after}"
+            " ORDER BY created, digest LIMIT %s", repo, subject, *args, limit)
+        wanted = fitting([(d, int(n)) for d, n in order], max_bytes)
+        rows = {r[0]: r for r in await self._q(
             "SELECT digest, media_type, size, artifact_type, annotations FROM manifests"
-            " WHERE repo = %s AND subject = %s ORDER BY created, digest", repo, subject)
+            " WHERE repo = %s AND digest = ANY(%s)", repo, wanted)} if wanted else {}
         return [ReferrerRecord(d, mt, size, at, json.loads(ann) if ann else None)
-                for d, mt, size, at, ann in rows]
+                for d, mt, size, at, ann in (rows[w] for w in wanted if w in rows)]
 
     # --- retention (retention.py) ---------------------------------------------------------
     async def tag_records(self, repo: str) -> list[TagRecord]:

@@ -6,7 +6,9 @@ this docstring says how SQLite keeps it.
 
     repositories(name PK, created)
     manifests(repo, digest, media_type, size, subject, artifact_type, annotations, created)
-        PK (repo, digest); index (repo, subject) serves the referrers API
+        PK (repo, digest); index (repo, subject, created, digest, size) serves the referrers
+        API (a page's order read from the index alone, not from rows holding annotations)
+        (metadata_sqlite_referrers.py: a page in two statements, the order then the rows)
     tags(repo, tag, digest, updated)            PK (repo, tag); BINARY order = ASCIIbetical
     uploads(id PK, repo, created)               upload session -> repository
     proxy_tags(repo, tag, digest, checked)      PK (repo, tag): tags a pull-through cache
@@ -51,10 +53,11 @@ from typing import Any, TypeVar
 
 from cas.errors import StoreClosed, mapped_error
 from cas.meta import decode_recipe, encode_recipe
-from cas.sqlite_db import switch_to_wal
+from cas.sqlite_db import migrate_schema, switch_to_wal
 
 from ..oci import INDEX_TYPES
-from .metadata import ManifestRecord, ManifestsMissing, ReferrerRecord
+from .metadata import ManifestRecord, ManifestsMissing
+from .metadata_sqlite_referrers import ReferrerQueries
 from .metadata_sqlite_retention import (
     RETENTION_SCHEMA,
     RetentionQueries,
@@ -63,9 +66,11 @@ from .metadata_sqlite_retention import (
 )
 from .sqlite_wal import WalIndex
 
-__all__ = ["SqliteMetadata"]
+__all__ = ["SCHEMA_VERSION", "SqliteMetadata"]
 
 T = TypeVar("T")
+SCHEMA_VERSION = 2  # registry.db's (cas.sqlite_db.migrate_schema): raise it with the schema
+# 2: pull times recorded by every server (metadata_sqlite_retention.add_retention_columns)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS repositories (
@@ -83,7 +88,8 @@ CREATE TABLE IF NOT EXISTS manifests (
     created REAL NOT NULL,
     PRIMARY KEY (repo, digest)
 );
-CREATE INDEX IF NOT EXISTS manifests_subject ON manifests (repo, subject)
+DROP INDEX IF EXISTS manifests_subject;
+CREATE INDEX IF NOT EXISTS manifests_referrers ON manifests (repo, subject, created, digest, size)
     WHERE subject IS NOT NULL;
 CREATE TABLE IF NOT EXISTS tags (
     repo TEXT NOT NULL,
@@ -114,7 +120,7 @@ CREATE TABLE IF NOT EXISTS blob_recipes (
 """
 
 
-class SqliteMetadata(RetentionQueries):
+class SqliteMetadata(RetentionQueries, ReferrerQueries):
     """:class:`~registry.server.metadata.Metadata` over one SQLite file; see the module
     docstring."""
 
@@ -145,9 +151,8 @@ class SqliteMetadata(RetentionQueries):
             wal = switch_to_wal(db) == "wal"
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=10000")
-            db.executescript(_SCHEMA)
-            db.executescript(RETENTION_SCHEMA)
-            add_retention_columns(db)
+            migrate_schema(db, self._path, SCHEMA_VERSION, _SCHEMA, RETENTION_SCHEMA,
+                           add_retention_columns)
             watch = sqlite3.connect(
                 f"{self._path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None,
                 check_same_thread=False,
@@ -385,20 +390,6 @@ class SqliteMetadata(RetentionQueries):
             return tags
 
         return await self._run(self._tx(delete))
-
-    async def referrers(self, repo: str, subject: str) -> list[ReferrerRecord]:
-        rows = await self._run(
-            self._query(
-                "SELECT digest, media_type, size, artifact_type, annotations FROM manifests "
-                "WHERE repo = ? AND subject = ? ORDER BY created, digest",
-                repo,
-                subject,
-            )
-        )
-        return [
-            ReferrerRecord(d, mt, size, at, json.loads(ann) if ann else None)
-            for d, mt, size, at, ann in rows
-        ]
 
     # --- tags -----------------------------------------------------------------------------
     async def resolve_tag(self, repo: str, tag: str) -> str | None:

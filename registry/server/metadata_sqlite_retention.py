@@ -13,6 +13,7 @@ Tables it adds to ``registry.db``::
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -46,15 +47,32 @@ LIMIT 500
 
 
 def add_retention_columns(db: sqlite3.Connection) -> None:
-    """Add the columns retention needs to a ``manifests`` table made before it."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(manifests)")}
-    for name, decl in (("refs_known", "INTEGER NOT NULL DEFAULT 0"), ("pulled", "REAL")):
-        if name not in columns:
-            try:
+    """Add the columns retention needs to a ``manifests`` table made before it, in one
+    transaction (another process opening the file meanwhile finds them all or none).
+
+    Pull times are recorded by every ``pybuild serve`` from schema version 2 on (before,
+    only by those configured for retention): the manifests of an earlier file count as
+    pulled at the moment it is migrated. Their pulls were not (all) recorded, and a NULL
+    time would make every one look never pulled, so a ``pulled_within`` rule would delete
+    images pulled every day; now it keeps them for its span, while their pulls are
+    recorded."""
+    wanted = (("refs_known", "INTEGER NOT NULL DEFAULT 0"), ("pulled", "REAL"))
+    if (int(db.execute("PRAGMA user_version").fetchone()[0]) >= 2 and {name for name, _ in wanted}
+            <= {row[1] for row in db.execute("PRAGMA table_info(manifests)")}):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(manifests)")}
+        for name, decl in wanted:
+            if name not in columns:
                 db.execute(f"ALTER TABLE manifests ADD COLUMN {name} {decl}")
-            except sqlite3.OperationalError as exc:
-                if "duplicate column" not in str(exc):  # another process added it first
-                    raise
+        if int(db.execute("PRAGMA user_version").fetchone()[0]) < 2:
+            db.execute("UPDATE manifests SET pulled = ? WHERE pulled IS NULL", (time.time(),))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def record_references(

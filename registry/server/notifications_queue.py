@@ -18,9 +18,17 @@ import os
 import sqlite3
 from pathlib import Path
 
-from cas.sqlite_db import switch_to_wal
+from cas.sqlite_db import migrate_schema, switch_to_wal
 
-__all__ = ["EventQueue"]
+__all__ = ["SCHEMA_VERSION", "EventQueue"]
+
+SCHEMA_VERSION = 1  # events.db's (cas.sqlite_db.migrate_schema): raise it with the schema
+
+
+def _add_owners(db: sqlite3.Connection) -> None:
+    """An ``events.db`` from before owners were recorded gets the column (rows: none)."""
+    if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(events)")}:
+        db.execute("ALTER TABLE events ADD COLUMN owner TEXT")
 
 
 class EventQueue:
@@ -34,14 +42,11 @@ class EventQueue:
         try:
             switch_to_wal(self.db)
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute(
+            migrate_schema(
+                self.db, path, SCHEMA_VERSION,
                 "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " endpoint TEXT NOT NULL, body TEXT NOT NULL, owner TEXT)"
-            )
-            columns = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
-            if "owner" not in columns:
-                self.db.execute("ALTER TABLE events ADD COLUMN owner TEXT")
-            self.db.execute("CREATE INDEX IF NOT EXISTS events_by_endpoint ON events (endpoint, seq)")
+                " endpoint TEXT NOT NULL, body TEXT NOT NULL, owner TEXT);", _add_owners,
+                "CREATE INDEX IF NOT EXISTS events_by_endpoint ON events (endpoint, seq);")
             # Locked before it appears under its name: another process that finds it
             # unlocked takes its owner for gone.
             making = self.path.with_name(f".events.{owner}.lock")

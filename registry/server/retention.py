@@ -254,14 +254,16 @@ def settings_from(config: ServerConfig) -> RetentionSettings:
 
 
 async def retention_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """An aiohttp ``cleanup_ctx``: note pull times when a policy asks for them or
-    ``retention.interval`` is set, and run retention (then cas GC) every interval; stop
-    both at shutdown, the pull times noted written."""
+    """An aiohttp ``cleanup_ctx``: note pull times (unless the registry is read-only), and
+    run retention (then cas GC) every ``retention.interval``; stop both at shutdown, the
+    pull times noted written.
+
+    Pull times are noted whether or not a policy asks for them yet: a ``pulled_within``
+    rule configured later finds the pulls of the time before it (Harbor records them
+    always too), not every image looking never pulled."""
     reg = app[REGISTRY]
     interval = reg.config.retention_interval
-    wants_pulls = any(r.pulled_within is not None
-                      for p in reg.config.retention_policies for r in p.keep)
-    if not interval and not wants_pulls:
+    if reg.config.read_only and not interval:
         yield
         return
     reg.pulls = PullLog()

@@ -16,10 +16,11 @@ from builder.cache import (
     CacheEntry,
     CacheManifest,
     MemoryBuildCache,
+    entries,
     facts_key,
     step_key,
 )
-from builder.cache.entries import IMPORTED_MISS
+from builder.cache.entries import EARLIER_RELEASE_MISS, IMPORTED_MISS
 from builder.cache.manifest import MEDIA_TYPE, MountEntry
 
 BACKENDS = ["sqlite", "memory"]
@@ -94,6 +95,20 @@ def test_explain_says_why_a_step_missed(backend: BuildCacheBackend) -> None:
     assert backend.explain(parent, "RUN a", {"files": {"a.txt": "h1", "b.txt": "h2"},
                                              "user": "root"}) == \
         "its cached layer is no longer stored"
+
+
+def test_explain_names_an_entry_of_an_earlier_release(
+        backend: BuildCacheBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An upgrade that raised STEP_SEMANTICS: the entry is stored, inputs and all, but
+    # under the key the earlier release gave it, so the step runs again.
+    inputs = {"files": {"a.txt": "h1"}}
+    with monkeypatch.context() as m:
+        m.setattr(entries, "STEP_SEMANTICS", entries.STEP_SEMANTICS - 1)
+        old = record(backend, "p", "COPY a.txt /", inputs, layer(1))
+    assert old != step_key("p", "COPY a.txt /", inputs)
+    assert backend.lookup(step_key("p", "COPY a.txt /", inputs)) is None
+    assert backend.explain("p", "COPY a.txt /", inputs) == EARLIER_RELEASE_MISS
+    assert "earlier pybuild release" in EARLIER_RELEASE_MISS
 
 
 def test_explain_compares_with_the_latest_entry(backend: BuildCacheBackend) -> None:

@@ -2,7 +2,9 @@ import asyncio
 import contextlib
 import os
 import random
+import sqlite3
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -286,6 +288,39 @@ async def test_fsck_names_a_missing_pack_without_sending_to_fsck(store: Store) -
     report = await store.fsck()
     assert any(f"unreadable: pack {pack} is missing" in p for p in report.problems), report.problems
     assert not any("storage fsck" in p for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("change", [+1, -1])
+async def test_fsck_names_a_reference_count_the_recipes_do_not_match(store: Store, change: int) -> None:
+    # Too high only leaks space; too low could let GC remove a piece a blob needs.
+    shared = os.urandom(300 << 10)
+    await store.put(shared + os.urandom(300 << 10), link="a")
+    await store.put(shared + os.urandom(200 << 10), link="b")
+    small = await store.put(os.urandom(5000), link="c")  # an inline piece
+    assert (await store.fsck()).ok
+    key = (await store.recipe(small.digest)).pieces[0].key
+    with contextlib.closing(sqlite3.connect(store.root / "meta.db")) as db, db:
+        db.execute("UPDATE pieces SET refs = refs + ? WHERE key = ?", (change, bytes.fromhex(key)))
+    report = await store.fsck()
+    assert report.problems == [
+        f"piece {key}: reference count {1 + change}, but 1 recipes use it"]
+
+
+async def test_fsck_memory_does_not_grow_with_the_bytes_of_inline_pieces(store: Store) -> None:
+    # Small blobs keep their one piece inside the metadata: 3,000 of 14 KiB are 41 MiB of
+    # pieces that fsck reads a blob (and a batch of the pieces' table) at a time.
+    blobs = 3000
+    for _ in range(blobs):
+        await store.put(os.urandom(14 << 10), link="keep")
+    assert store.packs.names() == []  # every piece is inline
+    tracemalloc.start()
+    try:
+        report = await store.fsck()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report.ok and report.pieces_checked == blobs, report.problems
+    assert peak < 12 << 20, f"fsck peaked at {peak} bytes"
 
 
 async def test_full_disk_is_a_clear_error_and_keeps_committed_blobs(tmp_path: Path) -> None:

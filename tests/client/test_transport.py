@@ -7,9 +7,12 @@ import io
 import json
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from cas import Digest
+from registry import oci
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
 from registry.client.image_store import ImageStore
 from registry.client.progress import Progress
@@ -157,3 +160,30 @@ async def test_requests_after_a_tls_probe_that_connected_go_side_by_side(aiohttp
         assert await client.base_url(host) == f"http://{host}"
         found = await asyncio.gather(client.tags(host, "a/b"), client.tags(host, "a/c"))
     assert found == [["1"], ["1"]]
+
+
+async def test_referrers_that_come_in_pages_are_read_to_the_last(pybuild_registry: str) -> None:
+    # Four referrers of ~1.5 MiB of annotations each do not fit one index: the registry
+    # sends two pages, linked by Link, and the client returns them all.
+    host = pybuild_registry
+    empty = {"mediaType": oci.OCI_EMPTY, "digest": str(oci.EMPTY_JSON_DIGEST), "size": 2}
+    subject = {"mediaType": oci.OCI_MANIFEST, "digest": str(Digest.of(b"subject")), "size": 7}
+    pushed = []
+    async with aiohttp.ClientSession(f"http://{host}") as http:
+        async with http.post("/v2/art/blobs/uploads/") as resp:
+            location = resp.headers["Location"]
+        async with http.put(f"{location}?digest={oci.EMPTY_JSON_DIGEST}", data=oci.EMPTY_JSON) as resp:
+            assert resp.status == 201
+        for i in range(4):
+            body = json.dumps({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "config": empty,
+                               "layers": [empty], "subject": subject,
+                               "annotations": {"i": str(i), "pad": "x" * (1500 << 10)}}).encode()
+            async with http.put(f"/v2/art/manifests/{Digest.of(body)}", data=io.BytesIO(body),
+                                headers={"Content-Type": oci.OCI_MANIFEST}) as resp:
+                assert resp.status == 201, await resp.text()
+            pushed.append(Digest.of(body))
+        async with http.get(f"/v2/art/referrers/{subject['digest']}") as resp:
+            assert "Link" in resp.headers
+    async with RegistryClient(ClientOptions(insecure=frozenset({host}))) as client:
+        index = await client.referrers(host, "art", Digest.parse(subject["digest"]))
+    assert [m.digest for m in index.manifests] == pushed

@@ -10,6 +10,7 @@ import pytest
 
 from cas import Digest
 from registry import oci
+from registry.server.manifests import MAX_MANIFEST_BYTES
 from registry.server.state import REGISTRY
 
 from .helpers import descriptor, error_codes, push_blob, push_docker_list, push_image
@@ -247,6 +248,50 @@ async def test_referrers_filter_keeps_a_plus_in_the_artifact_type(client):
         assert [m["artifactType"] for m in index["manifests"]] == ["application/spdx+json"], query
     other = await client.get(f"/v2/sbom/referrers/{subject}?artifactType=application/spdx%20json")
     assert (await other.json(content_type=None))["manifests"] == []
+
+async def test_referrers_come_in_pages_no_larger_than_a_manifest(client):
+    # Spec "Listing Referrers": a Link header when the list cannot be one manifest. Every
+    # referrer here carries ~1.3 MiB of annotations, and more of them than are read at once.
+    subject, _ = await push_image(client, "many", "base", [b"b"])
+    await push_blob(client, "many", b"{}")
+    pad = "x" * (1300 << 10)
+    pushed = []
+    for i in range(40):
+        big = i % 13 == 0
+        kind = "application/vnd.big" if big else "application/vnd.small"
+        body = json.dumps({
+            "schemaVersion": 2, "mediaType": oci.OCI_MANIFEST, "artifactType": kind,
+            "config": descriptor(oci.OCI_EMPTY, b"{}"), "layers": [descriptor(oci.OCI_EMPTY, b"{}")],
+            "subject": {"mediaType": oci.OCI_MANIFEST, "digest": str(subject), "size": 1},
+            "annotations": {"i": str(i), "pad": pad} if big else {"i": str(i)},
+        }).encode()
+        resp = await client.put(f"/v2/many/manifests/r{i}", data=io.BytesIO(body),
+                                headers={"Content-Type": oci.OCI_MANIFEST})
+        assert resp.status == 201, await resp.text()
+        pushed.append((str(Digest.of(body)), kind))
+
+    async def walk(url: str) -> list[list[str]]:
+        pages = []
+        while url:
+            resp = await client.get(url)
+            assert resp.status == 200
+            body = await resp.read()
+            assert len(body) <= MAX_MANIFEST_BYTES
+            pages.append([m["digest"] for m in json.loads(body)["manifests"]])
+            link = resp.headers.get("Link", "")
+            url = link[1:link.index(">")] if link else ""
+            assert not link or link.endswith('>; rel="next"')
+        return pages
+
+    pages = await walk(f"/v2/many/referrers/{subject}")
+    assert len(pages) == 2  # three big ones do not fit one page
+    assert [d for p in pages for d in p] == [d for d, _ in pushed]
+    # The filter goes along with the cursor.
+    big = await walk(f"/v2/many/referrers/{subject}?artifactType=application/vnd.big")
+    assert [len(p) for p in big] == [3, 1]
+    assert [d for p in big for d in p] == [d for d, k in pushed if k == "application/vnd.big"]
+    assert (await client.get(f"/v2/many/referrers/{subject}?last=sha256:bad")).status == 400
+
 
 async def test_subject_may_be_pushed_after_its_referrer(client):
     missing_subject = Digest.of(b"not yet pushed")

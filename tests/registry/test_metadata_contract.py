@@ -161,6 +161,30 @@ async def test_referrers_are_a_repositorys_manifests_with_that_subject_oldest_fi
     assert await b.referrers("app", _digest(101)) == []
 
 
+async def test_referrers_page_after_a_digest_in_the_same_order(a: RegistryMetadata, b: RegistryMetadata):
+    subject = _digest(100)
+    for i in (7, 3, 9, 1, 5, 2, 8):
+        await a.put_manifest(_record("app", i, subject=subject))
+    await a.put_manifest(_record("app", 4, subject=_digest(101)))
+    every = [r.digest for r in await b.referrers("app", subject)]
+    assert len(every) == 7
+    pages, last = [], None
+    while True:
+        page = [r.digest for r in await b.referrers("app", subject, last, 3)]
+        pages.append(page)
+        if len(page) < 3:
+            break
+        last = page[-1]
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [d for p in pages for d in p] == every
+    assert await b.referrers("app", subject, every[-1], 3) == []
+    # a digest that is no referrer of this subject starts no page
+    assert await b.referrers("app", subject, _digest(4), 3) == []
+    # sizes (100 + i here) bound a batch too, at least one coming back
+    assert [r.digest for r in await b.referrers("app", subject, None, 10, 215)] == every[:2]
+    assert [r.digest for r in await b.referrers("app", subject, every[0], 10, 1)] == every[1:2]
+
+
 # --- tags ---------------------------------------------------------------------------------
 async def test_tags_page_in_byte_order_and_delete(a: RegistryMetadata, b: RegistryMetadata):
     await a.put_manifest(_record("app", 1), ("b", "B", "a", "1"))

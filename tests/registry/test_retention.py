@@ -332,6 +332,34 @@ async def test_pulls_are_noted_in_memory_and_written_in_one_batch(aiohttp_client
     assert pulled["v1"] is not None and pulled["v2"] is None
 
 
+async def test_pulls_are_recorded_before_any_retention_is_configured(aiohttp_client, tmp_path):
+    # A registry run for months without retention, then given a `pulled_within` rule:
+    # the rule must find the pulls of those months, not take every image as never pulled.
+    from registry.server.metadata_sqlite import SqliteMetadata
+
+    client = await aiohttp_client(make_app(ServerConfig(), storage=tmp_path / "storage"))
+    await push_image(client, "app", "pulled", [b"one"])
+    await push_image(client, "app", "idle", [b"two"])
+    assert await status(client, "app", "pulled") == 200
+    await client.close()  # shutdown writes the pull times noted
+    meta = await SqliteMetadata.open(tmp_path / "storage" / "registry.db")
+    try:
+        records = await meta.tag_records("app")
+    finally:
+        await meta.close()
+    pulled = {t.tag: t.pulled for t in records}
+    assert pulled["pulled"] is not None and pulled["idle"] is None
+    policy = parse_policies([{"repositories": "**", "keep": [{"pulled_within": "30d"}]}])[0]
+    assert policy.keep[0].keeps(records, time.time()) == {"pulled"}
+
+
+async def test_a_read_only_registry_records_no_pulls(aiohttp_client, tmp_path):
+    client = await aiohttp_client(make_app(dataclasses.replace(ServerConfig(), read_only=True),
+                                           storage=tmp_path / "storage"))
+    assert reg_of(client).pulls is None
+    await client.close()
+
+
 def test_storage_retention_command_dry_run_then_run(tmp_path):
     from aiohttp.test_utils import TestClient, TestServer
     from click.testing import CliRunner

@@ -260,3 +260,34 @@ def test_a_missing_htpasswd_file_gets_the_command_that_makes_it(tmp_path, flag):
     assert f"htpasswd file {missing} does not exist" in result.stderr
     assert f"htpasswd -Bc {missing} USER" in result.stderr
     assert "apache2-utils" in result.stderr
+
+
+def test_an_ipv6_address_is_announced_as_a_url(tmp_path):
+    # `--addr [::1]:PORT`: the line that says where the registry listens is a URL that
+    # works as written (an IPv6 host in brackets), and the registry answers there.
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError as exc:  # IPv6 turned off in this kernel or network namespace
+            pytest.skip(f"no IPv6 loopback here: {exc}")
+        port = probe.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "builder", "serve", "--addr", f"[::1]:{port}",
+             "--storage", str(tmp_path / "storage")],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 20
+        while "listening on" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        line = next(x for x in log.read_text().splitlines() if "listening on" in x)
+        url = line.split("listening on ", 1)[1].split()[0]
+        assert url == f"http://[::1]:{port}"
+        with socket.create_connection(("::1", port), timeout=5) as conn:
+            conn.sendall(b"GET /v2/ HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n")
+            assert conn.recv(64).startswith(b"HTTP/1.1 200")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

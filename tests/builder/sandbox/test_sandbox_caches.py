@@ -154,3 +154,38 @@ def test_a_seed_whose_device_nodes_cannot_be_made_is_copied_without_them(
     with lease_caches(tmp_path / "caches", [mount]) as (path,):
         assert sorted(p.name for p in path.iterdir()) == ["f", "fifo"]
         assert stat.S_ISFIFO((path / "fifo").lstat().st_mode)
+
+
+def _waited_on(path: Path) -> bool:
+    """Whether a flock on ``path`` has a waiter (``/proc/locks``: ``-> FLOCK ...``)."""
+    st = path.stat()
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open("/proc/locks") as f:
+        return any(" -> FLOCK " in line and f" {inode} " in line for line in f)
+
+
+def test_caches_are_taken_in_one_order_whatever_the_mounts_order(tmp_path: Path) -> None:
+    # Two builds whose steps mount the same two locked caches in different orders must
+    # not each take one and wait for the other's for ever. While a lease waits for
+    # cache "a", it holds no cache that comes after it ("b"), whatever its mounts' order.
+    a = CacheMount("/a", id="a", sharing=Sharing.LOCKED)
+    b = CacheMount("/b", id="b", sharing=Sharing.LOCKED)
+    got: list[Path] = []
+    with lease_caches(tmp_path, [a]) as (held_a,):
+        def lease() -> None:
+            with lease_caches(tmp_path, [b, a]) as paths:
+                got.extend(paths)
+
+        waiting = threading.Thread(target=lease)
+        waiting.start()
+        lock_a = held_a.parent / "0.lock"
+        deadline = time.monotonic() + 10
+        while not _waited_on(lock_a):
+            assert time.monotonic() < deadline, "the lease never waited for cache a"
+            time.sleep(0.01)
+        other, other_got = _in_thread(tmp_path, b)
+        other.join(5)
+        assert not other.is_alive(), "cache b is held by a lease that waits for cache a"
+        assert other_got and other_got[0].parent.name != held_a.parent.name
+    waiting.join(5)
+    assert [p.parent for p in got] == [other_got[0].parent, held_a.parent]

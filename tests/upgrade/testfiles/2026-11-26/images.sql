@@ -1,0 +1,10 @@
+BEGIN TRANSACTION;
+CREATE TABLE images (
+    ref TEXT PRIMARY KEY, digest TEXT NOT NULL, media_type TEXT NOT NULL,
+    size INTEGER NOT NULL, created REAL NOT NULL);
+INSERT INTO "images" VALUES('127.0.0.1:5701/app:v1','sha256:cb156df0f5c2416d37ff9f2264368e7c416454be31ce13dcf47205041012d4e4','application/vnd.oci.image.manifest.v1+json',873,1.79663172925406241413e+09);
+CREATE TABLE pulls (
+    digest TEXT PRIMARY KEY, ingest_id TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE pushes (
+    key TEXT PRIMARY KEY, location TEXT NOT NULL, updated REAL NOT NULL);
+COMMIT;
