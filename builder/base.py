@@ -2,7 +2,8 @@
 
 - ``scratch``: nothing;
 - ``oci-layout://DIR[:tag]`` (also ``@sha256:...``): an OCI image layout on disk, read
-  directly (image-layout.md); the tag is matched against the
+  directly (image-layout.md); ``DIR`` ends at its first colon, as buildx reads it (the
+  tag may be a full reference: ``DIR:localhost/app:1``); the tag is matched against the
   ``org.opencontainers.image.ref.name`` annotation; without one the layout must hold
   exactly one image. An index (top-level or nested) gives the wanted platform's manifest;
 - a registry reference: taken from pybuild's local image store (``registry.client.image_store``),
@@ -23,6 +24,7 @@ digest>``), so later steps and outputs read every layer from one place.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +34,18 @@ from cas import Digest, Store
 from cas.holders import cache_holder
 from cas.lease import held
 from registry.client.image_store import ImageNotFound, ImageStore
+from registry.client.layouts import parse_layout_index
 from registry.client.refs import InvalidReference, parse_image_ref
-from registry.oci import INDEX_TYPES, Descriptor, ImageConfig, Index, Manifest
+from registry.oci import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -69,6 +81,12 @@ def _split_layout(ref: str) -> tuple[Path, str | None, str | None]:
     if "@" in rest:
         rest, digest = rest.rsplit("@", 1)
     tag = None
+    if not Path(rest).is_dir():
+        # As buildx reads it, DIR ends at its first colon: the tag may be a full reference,
+        # as podman and buildah name an image in a layout (localhost/app:1).
+        for head, sep, tail in (rest.partition(":"), rest.rpartition(":")):
+            if sep and head and Path(head).is_dir():
+                return Path(head), tail, digest
     head, sep, tail = rest.rpartition(":")
     if sep and "/" not in tail and head:
         rest, tag = head, tail
@@ -97,12 +115,16 @@ def _pick(layout: Path, index: Index, tag: str | None, digest: str | None,
           where: str, platform: str) -> Manifest:
     cands = list(index.manifests)
     if digest is not None:
-        cands = [d for d in cands if str(d.digest) == digest]
+        cands = [d for d in cands if str(d.digest) == digest] or _unlisted(layout, digest)
     elif tag is not None:
         cands = [d for d in cands if (d.annotations or {}).get(REF_NAME) == tag]
     if not cands:
+        names = [(d.annotations or {}).get(REF_NAME) or f"{d.digest} (untagged)"
+                 for d in index.manifests]
+        if not names:
+            raise BaseImageError(f"{where}: the layout holds no image (its index.json lists none)")
         raise BaseImageError(f"{where}: no image {'tagged ' + tag if tag else digest or ''} "
-                             "in the layout's index.json")
+                             f"in the layout's index.json (it has: {', '.join(names)})")
     if len(cands) > 1 and tag is None and digest is None:
         if all(d.platform is not None for d in cands):
             cands = _by_platform(Index(tuple(cands)), platform, where)
@@ -120,17 +142,44 @@ def _pick(layout: Path, index: Index, tag: str | None, digest: str | None,
     return Manifest.parse(raw)
 
 
+def _unlisted(layout: Path, digest: str) -> list[Descriptor]:
+    """The manifest or index ``digest`` that the layout holds without index.json listing
+    it (one platform's manifest of a listed index), as BuildKit reads ``DIR@DIGEST`` from
+    the layout's blobs; none when the layout lacks it."""
+    try:
+        found = Digest.parse(digest)
+        path = _blob(layout, found)
+        if path.stat().st_size > 4 << 20:  # a layer, not a manifest
+            return []
+        raw = path.read_bytes()
+        doc = json.loads(raw)
+        media_type = doc.get("mediaType") or (OCI_INDEX if "manifests" in doc else OCI_MANIFEST) \
+            if doc.get("schemaVersion") == 2 else None  # not an image config (it has "config" too)
+    except (ValueError, OSError, AttributeError):
+        return []
+    return [Descriptor(media_type, found, len(raw))] if media_type in MANIFEST_TYPES | INDEX_TYPES else []
+
+
 async def load_oci_layout(ref: str, store: Store, platform: str | None = None) -> BaseImage:
     """Read the image ``oci-layout://DIR[:tag]`` (``platform``'s, from an index) into the
     CAS."""
     layout, tag, digest = _split_layout(ref)
     LAYOUTS_READ.append(os.path.abspath(layout))  # noqa: ASYNC240 - a getcwd at most
     try:
-        index = Index.parse((layout / "index.json").read_bytes())
+        index = parse_layout_index((layout / "index.json").read_bytes())
     except OSError as exc:
         raise BaseImageError(f"{ref}: cannot read {layout}/index.json ({exc.strerror}); "
                              "is it an OCI image layout?") from exc
-    manifest = _pick(layout, index, tag, digest, ref, platform or _host())
+    except ValueError as exc:
+        raise BaseImageError(f"{ref}: {layout}/index.json is not a valid image index: {exc}") from exc
+    try:
+        manifest = _pick(layout, index, tag, digest, ref, platform or _host())
+    except FileNotFoundError as exc:
+        raise BaseImageError(f"{ref}: blob {exc.filename} is missing from the layout") from exc
+    except BaseImageError:
+        raise
+    except ValueError as exc:  # a manifest or index that is no such thing
+        raise BaseImageError(f"{ref}: {exc}") from exc
     raw_manifest = manifest.to_bytes()
     holder = cache_holder(f"base:{Digest.of(raw_manifest)}")
     try:

@@ -324,8 +324,10 @@ def _context_dir(text: str) -> Path:
               help="Load the image into the Docker engine ($DOCKER_HOST); -o type=docker.")
 @click.option("--secret", "secrets", multiple=True,
               help="id=NAME,src=FILE or id=NAME,env=VAR (repeatable).")
-@click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "json", "quiet"]),
-              default="auto")
+@click.option("--progress", "progress_mode",
+              type=click.Choice(["auto", "plain", "tty", "json", "quiet"]), default="auto",
+              help="auto: tty on a terminal, else plain (or $BUILDKIT_PROGRESS); tty: the "
+                   "live view where standard error is a terminal, as docker build.")
 @click.option("--iidfile", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the image digest to this file.")
 @click.option("--metadata-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -364,6 +366,11 @@ def _context_dir(text: str) -> Path:
 @click.option("--cache-from", "cache_from", multiple=True,
               help="Import a build cache: type=local,src=DIR or type=registry,ref=REF "
                    "(repeatable).")
+# The classic builder's flags that docker build and buildx accept and ignore (hidden), so
+# that `docker build --rm --force-rm -t app .` in a script runs unchanged.
+@click.option("--rm", "_rm", is_flag=True, hidden=True)
+@click.option("--force-rm", "_force_rm", is_flag=True, hidden=True)
+@click.option("--compress", "_compress", is_flag=True, hidden=True)
 def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
           build_args: tuple[str, ...], target: str | None, labels: tuple[str, ...],
           no_cache: bool, explain: bool, network: str, push: bool, pull: bool,
@@ -374,7 +381,8 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
           allow: tuple[str, ...], load: bool, quiet: bool,
           annotations: tuple[str, ...], add_hosts: tuple[str, ...], shm_size: str | None,
           ulimits: tuple[str, ...], build_contexts: tuple[str, ...],
-          cache_to: tuple[str, ...], cache_from: tuple[str, ...]) -> None:
+          cache_to: tuple[str, ...], cache_from: tuple[str, ...], _rm: bool, _force_rm: bool,
+          _compress: bool) -> None:
     """Build an image from a Dockerfile and a context directory."""
     if quiet:
         if progress_mode not in ("auto", "quiet"):
@@ -386,6 +394,9 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
             progress_mode = mode_from_env()
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+    elif progress_mode == "tty":
+        # docker build's: the live view, plain lines where standard error is no terminal
+        progress_mode = "auto"
     dockerfile_text: str | None = None
     # docker build - or URL: the context (or the Dockerfile alone) from stdin or a download
     # (a local directory wins, as in the docker CLI: ~/go/src$ docker build github.com/me/app)

@@ -26,7 +26,7 @@ import posixpath
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +40,8 @@ from .layers.pathres import resolve_in_root
 from .layers.scan import read_xattrs
 
 # IgnoreFileError: what reading the context's .dockerignore raises (from builder.ignore)
-__all__ = ["ContextError", "FileHashStore", "IgnoreFileError", "Source", "SourceTree",
-           "filtered_view", "hash_path", "unreadable"]
+__all__ = ["AnyStat", "ContextError", "DiskPath", "FileHashStore", "FileStat", "IgnoreFileError",
+           "Source", "SourceTree", "filtered_view", "hash_path", "unreadable"]
 
 _GLOB = set("*?[")
 
@@ -50,6 +50,41 @@ _GLOB = set("*?[")
 # remembered, so the next build reads it again.
 RACY_NS = 2_000_000_000
 _HASH_THREADS = 4
+# hash_files looks remembered hashes up, and remembers new ones, this many files at a
+# time: what it holds besides its result stays bounded, whatever the context's size
+_HASH_BATCH = 4096
+
+
+class FileStat:
+    """What a build uses of a file's ``lstat``, in a third of the memory of an
+    ``os.stat_result`` (which holds every field, times in three forms): a walk of a
+    context of 100,000s of files keeps one per file. The values most files share (mode,
+    device, owner) are shared objects, not one int each."""
+
+    __slots__ = ("st_ctime_ns", "st_dev", "st_gid", "st_ino", "st_mode", "st_mtime_ns",
+                 "st_nlink", "st_size", "st_uid")
+
+    def __init__(self, st: os.stat_result) -> None:
+        shared = _SHARED
+        if len(shared) > 4096:  # a bound, should a tree hold that many distinct values
+            shared.clear()
+        self.st_mode = shared.setdefault(st.st_mode, st.st_mode)
+        self.st_size = st.st_size
+        self.st_mtime_ns = st.st_mtime_ns
+        self.st_ctime_ns = st.st_ctime_ns
+        self.st_ino = st.st_ino
+        self.st_dev = shared.setdefault(st.st_dev, st.st_dev)
+        self.st_nlink = st.st_nlink
+        self.st_uid = shared.setdefault(st.st_uid, st.st_uid)
+        self.st_gid = shared.setdefault(st.st_gid, st.st_gid)
+
+
+_SHARED: dict[int, int] = {}
+
+
+AnyStat = os.stat_result | FileStat
+# a walk's disk paths are strings (a Path per file costs three times the memory)
+DiskPath = Path | str
 
 
 class FileHashStore(Protocol):
@@ -62,7 +97,7 @@ class FileHashStore(Protocol):
     def put_file_hashes(self, rows: list[tuple[str, str, str]]) -> None: ...
 
 
-def _signature(st: os.stat_result) -> str:
+def _signature(st: AnyStat) -> str:
     return (f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}:"
             f"{st.st_mode}")
 
@@ -98,20 +133,26 @@ class SourceTree:
         self.hash_store = hash_store
 
     # -- content keys -----------------------------------------------------------------
-    def hash_files(self, files: list[tuple[Path, os.stat_result]]) -> list[str]:
+    def hash_files(self, files: Sequence[tuple[DiskPath, AnyStat]]) -> list[str]:
         """:func:`hash_path` of each (path, lstat), in order. Blocking: call it from a
         thread. Regular files whose lstat matches a remembered one reuse its hash; the
         rest are read in a few threads (BLAKE3 releases the GIL) and remembered unless
         changed within the last :data:`RACY_NS`."""
+        out: list[str] = []
+        for start in range(0, len(files), _HASH_BATCH):
+            out.extend(self._hash_batch(files[start:start + _HASH_BATCH]))
+        return out
+
+    def _hash_batch(self, files: Sequence[tuple[DiskPath, AnyStat]]) -> list[str]:
         out: list[str | None] = [None] * len(files)
         known: dict[str, tuple[str, str]] = {}
         store = self.hash_store
         if store is not None:
             known = store.file_hashes(
-                [str(p) for p, st in files if stat.S_ISREG(st.st_mode)])
+                [os.fspath(p) for p, st in files if stat.S_ISREG(st.st_mode)])
         todo: list[int] = []
         for i, (p, st) in enumerate(files):
-            hit = known.get(str(p))
+            hit = known.get(os.fspath(p))
             if hit is not None and hit[0] == _signature(st):
                 out[i] = hit[1]
             else:
@@ -128,12 +169,12 @@ class SourceTree:
         if store is not None:
             fresh = time.time_ns() - RACY_NS
             store.put_file_hashes([
-                (str(files[i][0]), _signature(files[i][1]), out[i] or "") for i in todo
+                (os.fspath(files[i][0]), _signature(files[i][1]), out[i] or "") for i in todo
                 if stat.S_ISREG(files[i][1].st_mode)
                 and max(files[i][1].st_mtime_ns, files[i][1].st_ctime_ns) < fresh])
         return [h or "" for h in out]
 
-    def owner_key(self, path: Path, st: os.stat_result) -> str:
+    def owner_key(self, path: DiskPath, st: AnyStat) -> str:
         """What a stage's (or image's) file adds to its content key: its owner and its
         xattrs, which COPY keeps and a stage may change alone (``setcap``)."""
         if not self.keep_owners:
@@ -239,17 +280,17 @@ class SourceTree:
         return found
 
     # -- walking ----------------------------------------------------------------------
-    def walk(self, source: Source) -> Iterator[tuple[str, Path, os.stat_result]]:
+    def walk(self, source: Source) -> Iterator[tuple[str, str, FileStat]]:
         """Every path under a directory source, parents first, as (path relative to the
         source, disk path, lstat); ignored paths (and their children) are left out."""
-        def rec(rel_ctx: str, rel_src: str, disk: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
-            with os.scandir(disk) as it:
+        def rec(rel_ctx: str, rel_src: str, disk: str) -> Iterator[tuple[str, str, FileStat]]:
+            with os.scandir(disk or "/") as it:
                 names = sorted(e.name for e in it)
             for name in names:
                 r_ctx = f"{rel_ctx}/{name}" if rel_ctx else name
                 r_src = f"{rel_src}/{name}" if rel_src else name
-                p = disk / name
-                st = os.lstat(p)
+                p = f"{disk}/{name}"
+                st = FileStat(os.lstat(p))
                 if self.strict and self.excluded(r_ctx):
                     if stat.S_ISDIR(st.st_mode) and self.matcher.may_reinclude_below(r_ctx):
                         yield from (x for x in rec(r_ctx, r_src, p))
@@ -257,7 +298,7 @@ class SourceTree:
                 yield r_src, p, st
                 if stat.S_ISDIR(st.st_mode):
                     yield from rec(r_ctx, r_src, p)
-        yield from rec(source.real, "", source.path)
+        yield from rec(source.real, "", os.fspath(source.path).rstrip("/"))
 
 
 def unreadable(tree: SourceTree, exc: PermissionError) -> ContextError:
@@ -288,7 +329,7 @@ def filtered_view(tree: SourceTree, source: Source, dest: Path) -> Path:
         target = dest / rel
         if stat.S_ISDIR(st.st_mode):
             target.mkdir()
-            dirs.append((target, st))
+            dirs.append((target, os.lstat(path)))  # its atime too, which a walk leaves out
         elif stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(path), target)
         elif stat.S_ISREG(st.st_mode):
@@ -296,13 +337,13 @@ def filtered_view(tree: SourceTree, source: Source, dest: Path) -> Path:
                 os.link(path, target)
             except OSError:
                 shutil.copy2(path, target)
-    for target, st in reversed(dirs):
-        os.chmod(target, stat.S_IMODE(st.st_mode))
-        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for target, dst in reversed(dirs):
+        os.chmod(target, stat.S_IMODE(dst.st_mode))
+        os.utime(target, ns=(dst.st_atime_ns, dst.st_mtime_ns))
     return dest
 
 
-def hash_path(path: Path, st: os.stat_result) -> str:
+def hash_path(path: DiskPath, st: AnyStat) -> str:
     """A content key of one path: kind, permission bits and content (or link target)."""
     h = blake3.blake3()
     h.update(f"{stat.S_IFMT(st.st_mode)}:{stat.S_IMODE(st.st_mode):o}:".encode())

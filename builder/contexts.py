@@ -82,8 +82,10 @@ def parse_build_context(text: str) -> NamedContext:
         return NamedContext(name, image=image)
     if value.startswith("oci-layout://"):
         path = value[len("oci-layout://"):].partition("@")[0]
-        if not Path(path).is_dir() and not Path(path.rpartition(":")[0] or path).is_dir():
-            raise BuildContextError(f"{text!r}: {path} is not an OCI image layout directory")
+        if not any(Path(p).is_dir() for p in (path, path.partition(":")[0], path.rpartition(":")[0]) if p):
+            hint = (f"; a layout in a tar is read unpacked: mkdir DIR && tar -xf {path} -C DIR, "
+                    "then name oci-layout://DIR" if Path(path).is_file() else "")
+            raise BuildContextError(f"{text!r}: {path} is not an OCI image layout directory{hint}")
         return NamedContext(name, image=value)
     if "://" in value or value.startswith("git@") or value.startswith("target:"):
         raise BuildContextError(f"{text!r}: only a local directory, docker-image://REF and "

@@ -21,7 +21,8 @@ fingerprint with ``os``/``hashlib``/``json`` only; if it matches exactly it repl
 progress (every step ``CACHED``, as the normal cached path reports it), writes the
 ``--iidfile``/``--metadata-file`` and prints the digest. Any difference, anything it does not
 understand (``--push``, ``--output``, ``--secret``, ``--ssh``, a ``-`` or URL context, a
-Dockerfile naming a URL...) and any error falls through to the normal path.
+Dockerfile naming a URL...: see :data:`_VALUED`) and any error falls through to the normal
+path.
 
 ``--no-cache`` builds record under the key of the same command without ``--no-cache``:
 they replace the cache entries they re-ran, so the next cached build makes their image.
@@ -50,8 +51,18 @@ _VALUED = {"-f": "file", "--file": "file", "-t": "tag", "--tag": "tag",
            "--network": "network", "--progress": "progress", "--iidfile": "iidfile",
            "--metadata-file": "metadata-file", "--compression": "compression",
            "--source-date-epoch": "source-date-epoch", "--storage": "storage",
-           "--platform": "platform", "--differ": "differ", "--allow": "allow"}
-_FLAGS = {"--no-cache": "no-cache", "--explain": "explain"}
+           "--platform": "platform", "--differ": "differ", "--allow": "allow",
+           # values only, in the argv the fingerprint holds (--annotation changes the
+           # digest the record keeps; the RUN options matter only to steps that run)
+           "--annotation": "annotation", "--add-host": "add-host", "--shm-size": "shm-size",
+           "--ulimit": "ulimit"}
+_FLAGS = {"--no-cache": "no-cache", "--explain": "explain", "-q": "quiet", "--quiet": "quiet",
+          # the classic builder's, which a build ignores (builder.build_cmd)
+          "--rm": "ignored", "--force-rm": "ignored", "--compress": "ignored"}
+# Not here, so never fast-pathed: --push, --output, --load, --cache-to (each writes
+# somewhere a replay would not), --pull (asks the registry for a newer base), --cache-from
+# (a remote cache), --build-context and --secret/--ssh (files and sockets the fingerprint
+# does not cover, which the normal path checks).
 # Every environment variable a build reads, and so the only ones the fingerprint compares
 # (a test checks that each read in builder/ is covered). Who reads them:
 BUILD_ENVIRONMENT = frozenset({
@@ -158,8 +169,13 @@ def parse_argv(argv: list[str]) -> Invocation | None:
         i += 1
     if len(positional) != 1 or "://" in positional[0] or "-" in opts.get("file", []):
         return None  # a URL context, or a Dockerfile on stdin
-    if opts.get("progress", ["auto"])[-1] not in ("auto", "plain", "json", "quiet"):
+    progress = opts.get("progress", ["auto"])[-1]
+    if progress not in ("auto", "plain", "tty", "json", "quiet"):
         return None
+    if "quiet" in opts:
+        if progress not in ("auto", "quiet"):
+            return None  # the normal path refuses -q with another --progress
+        opts["progress"] = ["quiet"]  # as the normal path: -q is --progress quiet
     return Invocation(list(argv), opts, positional[0])
 
 
@@ -366,7 +382,8 @@ def _replay(rec: dict, inv: Invocation) -> None:  # type: ignore[type-arg]  # no
 
     mode = inv.one("progress") or "auto"
     # a recorded build ran with this environment, so its BUILDKIT_PROGRESS is one taken
-    progress = BuildProgress(mode_from_env() if mode == "auto" else mode)
+    progress = BuildProgress(mode_from_env() if mode == "auto" else "auto" if mode == "tty"
+                             else mode)  # tty: as the normal path, live on a terminal
     for kind, text in rec["events"]:
         if kind == "info":
             progress.info(text)

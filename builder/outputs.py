@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cas import Digest, Store
+from registry.client.layout_claims import undone_on_failure
+from registry.client.layouts import LayoutError
 from registry.client.refs import InvalidReference, parse_image_ref
 from registry.oci import Descriptor, Index
 
@@ -287,26 +289,36 @@ def _layout_parts(image: Built) -> tuple[list[Descriptor], list[tuple[Digest, by
 
 async def write_oci_layout(image: Built, store: Store, dest: Path,
                            names: Sequence[str], docker: bool = False) -> None:
-    """An image layout directory at ``dest`` (created; an existing layout gains the blobs
-    and its ``index.json`` is replaced last, atomically)."""
+    """An image layout directory at ``dest`` (created). An existing layout gains the blobs,
+    and its ``index.json`` this image's entries as BuildKit adds them (:func:`_merged`),
+    last. A write that fails takes back the blobs it wrote that no other writer of the
+    layout needs (:mod:`registry.client.layout_claims`)."""
     if docker and isinstance(image, BuiltIndex):
         raise ExportError("a docker archive holds one platform's image: build one platform "
                           "for type=docker (or write type=oci)")
     layers, blobs = _layout_parts(image)
-    for layer in layers:
-        path = dest / _blob(layer.digest)
-        if not await asyncio.to_thread(path.exists):
-            await store.export(layer.digest, path)  # creates the directories
-    for digest, _ in blobs:
-        await asyncio.to_thread((dest / _blob(digest)).parent.mkdir, parents=True,
-                                exist_ok=True)
-    files = [(dest / _blob(d), data) for d, data in blobs] + [(dest / "oci-layout", _LAYOUT)]
-    if docker:
-        assert isinstance(image, BuiltImage)
-        files.append((dest / "manifest.json", _docker_manifest(image, names)))
-    files.append((dest / "index.json", _index(image, names)))
-    for path, data in files:
-        await asyncio.to_thread(_replace_file, path, data)
+    entries = Index.parse(_index(image, names)).manifests
+    async with undone_on_failure(dest) as layout:
+        assert layout is not None
+        for layer in layers:
+            await layout.export_blob(store, layer.digest)
+        for digest, data in blobs:
+            await layout.write_bytes(digest, data)
+        if docker:
+            assert isinstance(image, BuiltImage)
+            await asyncio.to_thread(_replace_file, dest / "manifest.json", _docker_manifest(image, names))
+        await layout.update(lambda old: _merged(old, entries))
+
+
+def _merged(old: list[Descriptor], new: tuple[Descriptor, ...]) -> list[Descriptor]:
+    """The entries of an existing ``index.json`` with ``new`` added, as BuildKit's
+    ``tar=false`` export adds them: an entry of one of their names goes (and an unnamed
+    one of their digest), the others stay."""
+    def key(entry: Descriptor) -> str:
+        return (entry.annotations or {}).get(REF_NAME) or f"@{entry.digest}"
+
+    taken = {key(e) for e in new}
+    return [e for e in old if key(e) not in taken] + list(new)
 
 
 def _replace_file(path: Path, data: bytes) -> None:
@@ -425,6 +437,10 @@ async def export(out: Output, image: Built, store: Store, names: Sequence[str],
                 await write_oci_layout(image, store, out.dest, names, out.type == "docker")
             except OSError as exc:
                 raise ExportError(_cannot_write(out.dest, exc)) from exc
+            except LayoutError as exc:  # a full disk's (its cause), or an unreadable index.json
+                cause = exc.__cause__
+                raise ExportError(_cannot_write(out.dest, cause) if isinstance(cause, OSError)
+                                  else str(exc)) from exc
 
 
 def _give_to_user(root: Path) -> None:

@@ -13,7 +13,12 @@ What goes:
   (all of them with ``--all``);
 - the work directories (``builder/tmp/build-*``) of builds that were killed: a build
   removes its own when it ends, so under the exclusive lock any that is left is a dead
-  build's (one that still holds a mount is left alone).
+  build's (one that still holds a mount is left alone);
+- ``RUN --mount=type=cache`` directories (``builder/cache-mounts/<id hash>``,
+  :mod:`builder.sandbox.caches`) last used before then (all with ``--all``), as BuildKit's
+  ``docker builder prune`` removes its ``exec.cachemount`` records, with or without
+  ``--all``; one a step holds (its ``<n>.lock``) is left alone. ``only_mounts`` prunes
+  these alone (``--filter type=exec.cachemount``).
 
 A build holds ``builder/lock`` shared while it runs; prune takes it exclusively, so it
 never removes an extracted layer under a running build (it waits up to ``wait`` seconds, then
@@ -53,6 +58,8 @@ class PruneReport:
     file_hashes: int  # remembered context-file hashes removed
     work_dirs: int = 0  # work directories of killed builds removed
     work_bytes: int = 0  # their allocated bytes
+    cache_mounts: int = 0  # RUN --mount=type=cache directories removed
+    cache_mount_bytes: int = 0  # their allocated bytes
 
 
 class BuildLock:
@@ -96,17 +103,24 @@ class BuildLock:
             self._fd = -1
 
 
-async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0) -> PruneReport:
-    """Prune the build cache under ``storage``; ``older_than`` None removes every entry."""
+async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0,
+                only_mounts: bool = False) -> PruneReport:
+    """Prune the build cache under ``storage``; ``older_than`` None removes every entry;
+    ``only_mounts``: only the cache mounts' directories."""
     bdir = storage / "builder"
     check_owner(storage)
     release_reserve(storage)  # a full disk: room to open the build cache (cas.reserve)
     lock = BuildLock(bdir)
     await asyncio.to_thread(lock.acquire, exclusive=True, wait=wait)
     try:
+        cutoff = None if older_than is None else time.time() - older_than
+        # builder.build keeps them here (its cache_mounts=)
+        mounts, mounts_size = await asyncio.to_thread(_drop_cache_mounts, bdir / "cache-mounts",
+                                                      cutoff)
+        if only_mounts:
+            return PruneReport(0, 0, 0, 0, cache_mounts=mounts, cache_mount_bytes=mounts_size)
         cache = BuildCache(bdir / "cache.db")
         try:
-            cutoff = None if older_than is None else time.time() - older_than
             removed = await asyncio.to_thread(cache.prune_steps, cutoff)
             keep = {layer.diff_id for layer in await asyncio.to_thread(cache.layers)}
             hashes = await asyncio.to_thread(cache.prune_file_hashes, older_than is None)
@@ -125,7 +139,7 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0) -
                                               cutoff)
         work, work_size = await asyncio.to_thread(_drop_work_dirs, bdir / "tmp")
         steps = sum(1 for _, layer in removed if layer.facts is None)  # not facts entries
-        return PruneReport(steps, count, size, hashes, work, work_size)
+        return PruneReport(steps, count, size, hashes, work, work_size, mounts, mounts_size)
     finally:
         lock.release()
 
@@ -182,6 +196,56 @@ def _drop_work_dirs(root: Path) -> tuple[int, int]:
                 entry.unlink()
         count += 1
     return count, size
+
+
+def _drop_cache_mounts(root: Path, before: float | None) -> tuple[int, int]:
+    """Remove the cache mounts' directories in ``root`` last used (the mtime of their
+    ``id``, which every lease rewrites) before ``before`` (None: whenever), except one
+    whose lock a step holds. Each goes by a rename first: a build never finds half of one."""
+    count = size = 0
+    if not root.is_dir():
+        return 0, 0
+    for entry in root.iterdir():
+        if entry.name.startswith(".prune-"):  # what a killed prune left
+            shutil.rmtree(entry, ignore_errors=True)
+            continue
+        if entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            used = (entry / "id").lstat().st_mtime
+        except OSError:
+            used = entry.lstat().st_mtime
+        if before is not None and used >= before:
+            continue
+        fds: list[int] = []
+        try:
+            if not all(_hold(lock, fds) for lock in entry.glob("*.lock")):
+                continue  # a running step has it mounted
+            size += _allocated(entry)
+            gone = root / f".prune-{entry.name}"
+            os.rename(entry, gone)
+            shutil.rmtree(gone, ignore_errors=True)
+            count += 1
+        finally:
+            for fd in fds:
+                os.close(fd)
+    return count, size
+
+
+def _hold(lock: Path, fds: list[int]) -> bool:
+    """Take ``lock`` exclusively without waiting (its descriptor joins ``fds``); False
+    when someone holds it."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return True  # gone: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    fds.append(fd)
+    return True
 
 
 def _mount_points() -> list[str]:

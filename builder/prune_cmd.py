@@ -8,22 +8,14 @@ from pathlib import Path
 
 import click
 
+from cas.cli import DURATION
 from cas.location import check_owner, default_storage_dir
-from cas.units import parse_duration
+from cas.units import parse_seconds
 
 from .prune import PruneError, prune
 from .sandbox.userns import become_root
 
 __all__ = ["builder"]
-
-
-def older_than_seconds(text: str) -> float:
-    """``--older-than``: ``90s``, ``30m``, ``48h``, ``7d`` (any duration
-    :func:`cas.units.parse_duration` reads), or a number of seconds."""
-    try:
-        return parse_duration(text, bare_unit="s") / 1e9
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration such as 30m, 48h or 7d") from None
 
 
 @click.group()
@@ -34,24 +26,31 @@ def builder() -> None:
 @builder.command("prune")
 @click.option("--storage", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Storage directory (default: $PYBUILD_STORAGE or the XDG data dir).")
-@click.option("--older-than", "older_than", default="48h", show_default=True,
+@click.option("--older-than", "older_than", type=DURATION, default="48h", show_default=True,
               help="Remove cache entries created longer ago than this (30m, 48h, 7d).")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="As docker builder prune: until=DURATION (as --older-than), "
+                   "type=exec.cachemount (only RUN --mount=type=cache directories).")
 @click.option("-a", "--all", "everything", is_flag=True, help="Remove every cache entry.")
 @click.option("-f", "--force", is_flag=True,
               help="Accepted for docker's sake: prune never asks for confirmation.")
-@click.option("--wait", type=float, default=0.0, show_default=True,
-              help="Seconds to wait for running builds to finish.")
+@click.option("--wait", type=DURATION, default="0s", show_default=True,
+              help="How long to wait for running builds to finish (30s, 5m).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def prune_command(storage: Path | None, older_than: str, everything: bool, force: bool,
-                  wait: float, as_json: bool) -> None:
-    """Remove old build-cache entries, the extracted layers only they used, and the
-    remembered hashes of context files that are gone. `pybuild storage gc` then
-    reclaims the layer blobs nothing else links."""
-    age = None if everything else older_than_seconds(older_than)
+def prune_command(storage: Path | None, older_than: float, filters: tuple[str, ...],
+                  everything: bool, force: bool, wait: float, as_json: bool) -> None:
+    """Remove old build-cache entries, the extracted layers only they used, the
+    remembered hashes of context files that are gone, and RUN --mount=type=cache
+    directories not used since. `pybuild storage gc` then reclaims the layer blobs
+    nothing else links."""
+    until, only_mounts = _filters(filters)
+    # as BuildKit: an until= filter holds with --all too (--all: not only dangling ones)
+    age = until if until is not None else None if everything else older_than
     check_owner(storage or default_storage_dir())  # named as this user, not as the namespace's root
     become_root()  # snapshots hold files of the user namespace's other ids
     try:
-        report = asyncio.run(prune(storage or default_storage_dir(), older_than=age, wait=wait))
+        report = asyncio.run(prune(storage or default_storage_dir(), older_than=age, wait=wait,
+                                   only_mounts=only_mounts))
     except PruneError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -60,10 +59,36 @@ def prune_command(storage: Path | None, older_than: str, everything: bool, force
                                "snapshot_bytes": report.extracted_bytes,
                                "file_hashes": report.file_hashes,
                                "work_dirs": report.work_dirs,
-                               "work_bytes": report.work_bytes}))
+                               "work_bytes": report.work_bytes,
+                               "cache_mounts": report.cache_mounts,
+                               "cache_mount_bytes": report.cache_mount_bytes}))
         return
     left = (f", {report.work_dirs} work directories of killed builds "
             f"({report.work_bytes / 1e6:.1f} MB)" if report.work_dirs else "")
+    if report.cache_mounts:
+        left += (f", {report.cache_mounts} cache mounts "
+                 f"({report.cache_mount_bytes / 1e6:.1f} MB)")
     click.echo(f"removed {report.entries} cache entries, {report.extracted} extracted layers "
                f"({report.extracted_bytes / 1e6:.1f} MB){left} and {report.file_hashes} file "
                "hashes; `pybuild storage gc` reclaims the blobs")
+
+
+def _filters(values: tuple[str, ...]) -> tuple[float | None, bool]:
+    """``--filter`` values as docker builder prune takes them: ``(until seconds or None,
+    only cache mounts)``."""
+    until: float | None = None
+    only_mounts = False
+    for value in values:
+        key, sep, arg = value.partition("=")
+        if key in ("until", "unused-for") and sep:  # unused-for: docker's older name
+            try:
+                until = parse_seconds(arg)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="'--filter'") from None
+        elif key == "type" and arg == "exec.cachemount":
+            only_mounts = True
+        else:
+            raise click.BadParameter(
+                f"{value!r}: pybuild builder prune takes until=DURATION (30m, 48h, 7d) and "
+                "type=exec.cachemount", param_hint="'--filter'")
+    return until, only_mounts

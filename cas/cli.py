@@ -16,9 +16,29 @@ from .location import StoreConfig
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["database_option", "storage", "storage_option"]
+__all__ = ["DURATION", "database_option", "storage", "storage_option"]
 
 T = TypeVar("T")
+
+
+class Duration(click.ParamType[float]):
+    """A time span option: ``30m``, ``48h``, ``7d`` or seconds (:func:`cas.units.parse_seconds`),
+    as seconds; every option that takes one uses this, so all read and refuse alike."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)  # a default given as seconds
+        from .units import parse_seconds
+
+        try:
+            return parse_seconds(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
 
 
 def storage_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -90,13 +110,14 @@ def stats(storage: Path | None, database: str | None, as_json: bool) -> None:
 @storage.command()
 @storage_option
 @database_option
-@click.option("--grace", type=float, default=3600.0, show_default=True,
-              help="Keep unlinked blobs younger than this many seconds.")
+@click.option("--grace", type=DURATION, default="1h", show_default=True,
+              help="Keep unlinked blobs younger than this (90s, 30m, 1h, 7d; a bare number "
+                   "is seconds).")
 @click.option("--compact-all", is_flag=True,
               help="S3 packs: compact every pack, not only those this run freed space in.")
-@click.option("--ingest-ttl", type=float, default=86400.0, show_default=True,
-              help="Abort interrupted uploads and pulls idle longer than this many seconds "
-                   "(as a registry's uploads.ttl; give it the same value).")
+@click.option("--ingest-ttl", type=DURATION, default="24h", show_default=True,
+              help="Abort interrupted uploads and pulls idle longer than this (30m, 24h, 7d; "
+                   "as a registry's uploads.ttl; give it the same value).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (progress: JSON events on standard error).")
 def gc(storage: Path | None, database: str | None, grace: float, compact_all: bool,

@@ -4,7 +4,8 @@ One parser of each, for every package above (``cas`` is the lowest, so all can i
 
 - :func:`parse_duration`: Go's ``time.ParseDuration`` syntax (``HEALTHCHECK --interval``,
   BuildKit and Distribution write durations so) and days (``pybuild builder prune
-  --older-than 7d``).
+  --older-than 7d``); :func:`parse_seconds`, the same or a bare number of seconds, is what
+  every command-line option that takes a time span reads (``storage gc --grace 1h``).
 - :func:`parse_size`: Docker's ``RAMInBytes`` syntax (``--mount=type=tmpfs,size=64m``,
   ``docker run --tmpfs``): binary units.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["human_bytes", "human_duration", "parse_duration", "parse_size"]
+__all__ = ["human_bytes", "human_duration", "parse_duration", "parse_seconds", "parse_size"]
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _DURATION_PART = re.compile(_NUMBER + r"\s*(ns|us|µs|μs|ms|s|m|h|d)")
@@ -50,6 +51,17 @@ def parse_duration(text: str, *, bare_unit: str | None = None) -> int:
         total += Decimal(m.group(1)) * _NS_PER_UNIT[m.group(2)]
         pos = m.end()
     return int(total)
+
+
+def parse_seconds(text: str) -> float:
+    """A time span given to a command-line option, in seconds: any duration
+    :func:`parse_duration` reads (``0s``, ``90s``, ``30m``, ``1h30m``, ``48h``, ``7d``) or a
+    bare number of seconds (``3600``). Raises ``ValueError`` saying what is expected."""
+    try:
+        return parse_duration(text, bare_unit="s") / 1e9
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 48h or 7d "
+                         "(a bare number is seconds)") from None
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?", re.IGNORECASE)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cas.cli import storage
+from cas.cli import DURATION, storage
 from cas.location import StoreConfig
 
 if TYPE_CHECKING:  # the server loads only when the command runs: `storage stats` stays quick
@@ -23,17 +23,6 @@ if TYPE_CHECKING:  # the server loads only when the command runs: `storage stats
     from .server.retention import RetentionReport, RetentionSettings
 
 __all__ = ["storage"]
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    from .server.retention_policy import parse_retention_duration
-
-    try:
-        return parse_retention_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
 
 
 async def _run(root: Path, database: str | None, packs: S3Location | None,
@@ -67,10 +56,10 @@ async def _run(root: Path, database: str | None, packs: S3Location | None,
               default=None, help="The registry config file with the retention: section "
                                  "[default: $PYBUILD_CONFIG].")
 @click.option("--dry-run", is_flag=True, help="Change nothing; list what would go.")
-@click.option("--untagged-delay", callback=_duration, default=None,
+@click.option("--untagged-delay", type=DURATION, default=None,
               help="Untagged manifests pushed longer ago than this go (e.g. 24h, 7d) "
                    "[default: retention.untagged_delay, 24h].")
-@click.option("--upload-grace", callback=_duration, default=None,
+@click.option("--upload-grace", type=DURATION, default=None,
               help="Blob links made more recently than this stay [default: "
                    "retention.upload_grace, 1h].")
 @click.option("--gc/--no-gc", default=True, show_default=True,

@@ -21,6 +21,24 @@ from .server.robots import (
 __all__ = ["robot"]
 
 
+def _lifetime(text: str) -> float:
+    """``--expires``: what every time-span option takes (``cas.units.parse_seconds``), or
+    weeks (``4w``); more than zero."""
+    from cas.units import parse_seconds
+
+    try:
+        seconds = parse_seconds(text)
+    except ValueError as exc:
+        try:
+            seconds = parse_duration(text)  # 4w
+        except RobotError:
+            raise click.BadParameter(f"{exc}; or weeks: 4w", param_hint="'--expires'") from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{text!r}: a robot's lifetime must be more than 0",
+                                 param_hint="'--expires'")
+    return seconds
+
+
 def _storage(storage: Path | None, config_file: Path | None) -> Path:
     from cas.location import default_storage_dir
 
@@ -63,7 +81,8 @@ def robot() -> None:
     required=True,
     help="repository:NAME:ACTIONS (NAME may be a pattern, ACTIONS of pull,push,delete,*); repeatable.",
 )
-@click.option("--expires", default="30d", show_default=True, help="Lifetime: 3600, 90m, 12h, 30d, 4w.")
+@click.option("--expires", default="30d", show_default=True,
+              help="Lifetime: 90m, 12h, 30d, 1h30m, 4w or seconds (3600).")
 @_storage_option
 @_config_option
 def create(
@@ -75,8 +94,8 @@ def create(
     docker login -u robot+NAME --password-stdin REGISTRY
     """
     path = robots_path(_storage(storage, config_file))
+    seconds = _lifetime(expires)
     try:
-        seconds = parse_duration(expires)
         secret = create_robot(path, name, list(scopes), seconds)
     except (RobotError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc

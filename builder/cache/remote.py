@@ -30,6 +30,7 @@ from typing import Protocol
 
 from cas import Digest, Store
 from registry.client.errors import ClientError
+from registry.client.layout_claims import undone_on_failure
 from registry.client.layouts import LayoutError, OciLayout
 from registry.errors import RegistryError
 from registry.oci import OCI_MANIFEST, Descriptor, Manifest
@@ -71,15 +72,17 @@ async def export_cache(spec: CacheSpec, manifest: CacheManifest, store: Store,
         return len(art.layers)
     if remote is not None:
         await remote.materialise([d.digest for d in art.layers])
-    layout = OciLayout(Path(spec.where))
-    for desc in art.layers:
-        await layout.export_blob(store, desc.digest)
-    await layout.write_bytes(art.config.digest, config)
-    body = art.to_bytes()
-    digest = Digest.of(body)
-    await layout.write_bytes(digest, body)
-    await layout.tag(Descriptor(OCI_MANIFEST, digest, len(body), artifact_type=ARTIFACT_TYPE),
-                     _TAG)
+    # A failed export takes back only the blobs no other writer of the directory needs.
+    async with undone_on_failure(Path(spec.where)) as layout:
+        assert layout is not None
+        for desc in art.layers:
+            await layout.export_blob(store, desc.digest)
+        await layout.write_bytes(art.config.digest, config)
+        body = art.to_bytes()
+        digest = Digest.of(body)
+        await layout.write_bytes(digest, body)
+        await layout.tag(Descriptor(OCI_MANIFEST, digest, len(body), artifact_type=ARTIFACT_TYPE),
+                         _TAG)
     return len(art.layers)
 
 

@@ -35,8 +35,12 @@ def _flag(attrs: dict[str, str], name: str, what: str) -> bool:
 
 
 def parse_cache_spec(text: str, *, export: bool) -> CacheSpec:
-    """One ``--cache-to`` (``export``) or ``--cache-from`` value, as buildx reads it."""
+    """One ``--cache-to`` (``export``) or ``--cache-from`` value, as buildx reads it
+    (``IMAGE`` alone is ``type=registry,ref=IMAGE``)."""
     flag = "--cache-to" if export else "--cache-from"
+    if "=" not in text and text.strip():
+        # buildx: a bare value is a registry reference (`--cache-from app:latest`)
+        return parse_cache_spec(f"type=registry,ref={text.strip()}", export=export)
     what = f"{flag} {text}"
     attrs: dict[str, str] = {}
     for part in text.split(","):

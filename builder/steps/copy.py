@@ -32,7 +32,7 @@ from typing import Any
 
 import blake3
 
-from ..context import ContextError, Source, SourceTree, hash_path, unreadable
+from ..context import AnyStat, ContextError, DiskPath, Source, SourceTree, hash_path, unreadable
 from ..dockerfile.instructions import Add, Copy, Workdir
 from ..git_fetch import is_git_url
 from ..ignore import IgnoreMatcher
@@ -146,7 +146,9 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpac
     # Which files are hard links of one another (within a source, see write_items) is part of
     # the result, so part of the cache key: (source, inode) -> the first path that has it.
     inodes: dict[tuple[int, int, int], str] = {}
-    to_hash: list[tuple[str, Path, os.stat_result]] = []  # hashed together, below
+    # hashed together, below: the key of each file, and its (disk path, lstat)
+    keys: list[str] = []
+    to_hash: list[tuple[DiskPath, AnyStat]] = []
     of_source: list[int] = []
 
     for i, src in enumerate(sources):
@@ -154,12 +156,13 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpac
             base = dest.rstrip("/")
             if base:
                 items.append(CopyItem(base, None, None, source=i))
-            for rel, path, st in tree.walk(src):
+            for rel, path, fst in tree.walk(src):
                 if excludes.excluded(rel):
                     continue
-                items.append(CopyItem(f"{base}/{rel}" if base else rel, path, st, source=i,
+                items.append(CopyItem(f"{base}/{rel}" if base else rel, path, fst, source=i,
                                    keep_owner=tree.keep_owners))
-                to_hash.append((f"{src.rel}/{rel}", path, st))
+                keys.append(f"{src.rel}/{rel}")
+                to_hash.append((path, fst))
                 of_source.append(i)
             continue
         st = os.stat(src.path)
@@ -170,13 +173,14 @@ def _plan(tree: SourceTree, srcs: list[str], dest: str, dest_is_dir: bool, unpac
         else:
             items.append(CopyItem(target.lstrip("/"), src.path, st, source=i,
                                keep_owner=tree.keep_owners))
-        to_hash.append((src.rel, src.path, st))
+        keys.append(src.rel)
+        to_hash.append((src.path, st))
         of_source.append(i)
-    digests = tree.hash_files([(path, st) for _, path, st in to_hash])
-    for (rel, path, st), digest, i in zip(to_hash, digests, of_source):
-        digest += tree.owner_key(path, st)
-        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            first = inodes.setdefault((i, st.st_dev, st.st_ino), rel)
+    digests = tree.hash_files(to_hash)
+    for rel, (disk, any_st), digest, i in zip(keys, to_hash, digests, of_source):
+        digest += tree.owner_key(disk, any_st)
+        if stat.S_ISREG(any_st.st_mode) and any_st.st_nlink > 1:
+            first = inodes.setdefault((i, any_st.st_dev, any_st.st_ino), rel)
             if first != rel:
                 digest += f" link:{first}"
         hashes[rel] = digest
@@ -190,7 +194,7 @@ def _plan_parents(tree: SourceTree, srcs: list[str], dest: str,
     items: dict[str, CopyItem] = {}
     hashes: dict[str, str] = {}
     base = dest.rstrip("/")
-    found: list[tuple[str, Path, os.stat_result]] = []
+    found: list[tuple[str, DiskPath, AnyStat]] = []
     for src in srcs:
         for rel, path, st in resolve_parents(tree, src, excludes):
             target = f"{base}/{rel}" if base else rel
@@ -352,13 +356,15 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
     created_by = f"{ins.keyword} {' '.join(words)} # buildkit"
 
     async def produce(n: int) -> Path:
+        nonlocal local_items
         upper = _upper_dir(env)
-        items.extend(local_items if local_items is not None else (await plan_local())[0])
+        todo = [*items, *(local_items if local_items is not None else (await plan_local())[0])]
+        local_items = None  # one list per file of the context: gone before the layer is made
         if facts.get("file"):
-            _no_directory_onto_a_file(items, dest, where)
-        lookup = await copy_up_lookup(env, state, items) if not link else no_copy_up
+            _no_directory_onto_a_file(todo, dest, where)
+        lookup = await copy_up_lookup(env, state, todo) if not link else no_copy_up
         try:
-            await asyncio.to_thread(write_items, upper, items, lookup, owner, chmod)
+            await asyncio.to_thread(write_items, upper, todo, lookup, owner, chmod)
         except LayerError as exc:
             raise BuildError(where, f"unpacking an archive: {exc}") from exc
         return upper

@@ -14,6 +14,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..context import AnyStat, DiskPath
 from ..layers.scan import read_xattrs
 from .archives import open_archive
 from .chmod import ModeChange
@@ -31,8 +32,8 @@ class CopyItem:
     image's file, as BuildKit; the context's are root's)."""
 
     dest: str
-    path: Path | None
-    st: os.stat_result | None
+    path: DiskPath | None
+    st: AnyStat | None
     archive: bool = False
     data: bytes | None = None
     source: int = 0
@@ -62,7 +63,7 @@ def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup,
 
             # --chown owns every unpacked entry, as BuildKit 0.23 and later (earlier ones
             # kept the archive's owners)
-            with open_archive(it.path) as src:
+            with open_archive(Path(it.path)) as src:
                 apply_layer(src, target, owner=owner)
             made.clear()  # its whiteouts may remove directories
             continue
@@ -137,7 +138,7 @@ def _set_xattr(target: Path | int, name: str, value: bytes) -> None:
             raise                                             # the filesystem lacks
 
 
-def _copy_file(src: Path, dst: Path, ids: tuple[int, int], mode: int, mtime_ns: int,
+def _copy_file(src: DiskPath, dst: Path, ids: tuple[int, int], mode: int, mtime_ns: int,
                xattrs: tuple[tuple[str, bytes], ...] = ()) -> None:
     """``src``'s bytes as the new file ``dst``, with owner, mode, ``xattrs`` and mtime:
     set through its descriptor, so that each file costs two opens and no further path

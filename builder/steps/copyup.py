@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..context import FileStat
 from ..image import ImageState
 from ..sandbox.rootfs import lower_stat
 from .common import StepEnv, cached_facts
@@ -95,9 +96,9 @@ class _Written(Protocol):
     @property
     def dest(self) -> str: ...
     @property
-    def path(self) -> Path | None: ...
+    def path(self) -> Path | str | None: ...
     @property
-    def st(self) -> os.stat_result | None: ...
+    def st(self) -> os.stat_result | FileStat | None: ...
     @property
     def archive(self) -> bool: ...
     @property

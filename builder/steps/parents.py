@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import os
 import posixpath
-from pathlib import Path
 
-from ..context import ContextError, Source, SourceTree
+from ..context import AnyStat, ContextError, DiskPath, Source, SourceTree
 from ..ignore import IgnoreMatcher
 from ..layers.changeset import path_sort_key
 
@@ -30,7 +29,7 @@ __all__ = ["ParentsSource", "resolve_parents"]
 _GLOB = set("*?[")
 
 # (path under the destination, disk path, lstat) of one thing to copy
-ParentsSource = tuple[str, Path, os.stat_result]
+ParentsSource = tuple[str, DiskPath, AnyStat]
 
 
 def _clean(text: str) -> str:
@@ -57,7 +56,7 @@ def resolve_parents(tree: SourceTree, src: str,
     def under_pivot(rel: str) -> str:
         return posixpath.join(pivot, rel) if pivot and rel else (pivot or rel)
 
-    found: dict[str, tuple[Path, os.stat_result]] = {}
+    found: dict[str, tuple[DiskPath, AnyStat]] = {}
     if not wild:
         top = tree.resolve(under_pivot(pattern) or ".")[0]
         _add(found, pattern, top, excludes, tree)
@@ -84,7 +83,7 @@ def resolve_parents(tree: SourceTree, src: str,
     return [(rel, *found[rel]) for rel in sorted(found, key=path_sort_key)]
 
 
-def _add(found: dict[str, tuple[Path, os.stat_result]], rel: str, top: Source,
+def _add(found: dict[str, tuple[DiskPath, AnyStat]], rel: str, top: Source,
          excludes: IgnoreMatcher, tree: SourceTree) -> None:
     if excludes.excluded(rel):
         return

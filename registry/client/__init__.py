@@ -19,6 +19,7 @@ Modules, mirroring ``registry/server/``:
                      docker archives
 ``image_store``      the local image store (names in ``images.db``, blobs in ``cas``)
 ``layouts``          OCI image layouts and ``docker save`` archives
+``layout_claims``    what a failed writer of a layout takes back (others' blobs stay)
 ``refs``             image references with Docker's defaults
 ``progress``         bars, plain lines or JSON events
 ``cli``              ``pybuild pull/push/copy/images/rmi/login/logout``

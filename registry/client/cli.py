@@ -222,15 +222,18 @@ def copy(source: str, destination: str, **kw: Any) -> None:
 @_storage_option
 def rmi(refs: tuple[str, ...], force: bool, storage: Path | None) -> None:
     """Remove local images, by name or ID (their blobs are reclaimed by ``pybuild storage
-    gc``)."""
+    gc``). Prints ``Untagged: NAME`` for each name removed, as docker rmi does (nothing is
+    ``Deleted:`` yet: that is ``pybuild storage gc``'s work)."""
 
     from .image_store import ImageStore
+    from .refs import familiar  # the names as pybuild images shows them, as docker
 
     async def run() -> list[str]:
         missing = []
         async with await ImageStore.open(storage) as store:
             for ref in refs:
-                if await store.remove(str(_ref(ref))):
+                if await store.remove(name := str(_ref(ref))):
+                    click.echo(f"Untagged: {familiar(name)}")
                     continue
                 # An ID (as Docker: the name first); several names only with -f, as Docker
                 found = await store.by_id(ref)
@@ -244,7 +247,8 @@ def rmi(refs: tuple[str, ...], force: bool, storage: Path | None) -> None:
                         f"image {ref} has several names ({', '.join(names)}): remove them by "
                         "name, or all of them with -f")
                 for name in names:
-                    await store.remove(name)
+                    if await store.remove(name):
+                        click.echo(f"Untagged: {familiar(name)}")
                 if not names:
                     missing.append(ref)
         return missing

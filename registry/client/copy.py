@@ -49,6 +49,7 @@ from .endpoints import Endpoint, check_transport, parse_endpoint
 from .errors import ClientError
 from .image_store import ImageNotFound, ImageStore, select_platform
 from .index_entries import read_index_entries
+from .layout_claims import undone_on_failure
 from .layouts import (
     LayoutError,
     OciLayout,
@@ -56,7 +57,6 @@ from .layouts import (
     check_destination,
     read_docker_archive,
     source_index,
-    undone_on_failure,
     write_docker_archive,
 )
 from .oci_archive import unpacked
@@ -135,7 +135,6 @@ class _Copy:
         # Whether the destination has a blob is asked of all blobs at once (a HEAD is a
         # round trip and no bytes), not in the turns of the uploads.
         self.head_sem = asyncio.Semaphore(_HEADS)
-        self.moves: dict[Digest, asyncio.Task[str]] = {}
         self.link = image_holder(str(dst.ref)) if dst.kind == "local" else None
         self.recipes = False
         self._sources: PieceSources | None = None
@@ -143,6 +142,7 @@ class _Copy:
         self.statuses: dict[str, str] = {}
         self._bases: list[Digest] | None = None
         self._bases_lock = asyncio.Lock()
+        self.dst_layout: OciLayout | None = None  # an oci: destination, as this writer holds it
 
     async def read_manifest(self, desc: Descriptor | None) -> tuple[bytes, str]:
         """The source's top manifest (``desc`` None) or the manifest ``desc`` names."""
@@ -238,7 +238,8 @@ class _Copy:
         blobs.update((d.digest, d) for d in entry_blobs)
         # A local image's blobs stay while they are read, whatever rmi and gc do meanwhile.
         hold = held(self.store, blobs) if self.src.kind == "local" else contextlib.nullcontext()
-        async with hold, undone_on_failure(self.dst.path if self.dst.kind == "oci" else None):
+        async with hold, undone_on_failure(self.dst.path if self.dst.kind == "oci" else None) as layout:
+            self.dst_layout = layout
             # One blob failed: the others stop (they keep what they have for a resume).
             await gather_or_cancel([asyncio.create_task(self._move(d)) for d in blobs.values()])
             digest = await self._write_manifests(raw, media_type, obj, children)
@@ -321,8 +322,8 @@ class _Copy:
                     self.progress.fail(key, exc)
                 raise
             if dst.kind == "oci":
-                assert dst.path is not None
-                await OciLayout(dst.path).export_blob(self.store, desc.digest)
+                assert self.dst_layout is not None
+                await self.dst_layout.export_blob(self.store, desc.digest)
         if dst.kind == "registry":
             assert dst.ref is not None
             # The upload places are taken for sending bytes only: a piece-level push
@@ -424,8 +425,8 @@ class _Copy:
                 await self.store.put(child_raw, expected=entry.digest, link=self.link)
             await self.images.put(str(dst.ref), raw, media_type)
         elif dst.kind == "oci":
-            assert dst.path is not None
-            layout = OciLayout(dst.path)
+            layout = self.dst_layout
+            assert layout is not None
             converted: dict[str, tuple[str, int]] = {}
             for entry, child_raw, _ in children:
                 child = as_oci(child_raw)

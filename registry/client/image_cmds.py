@@ -30,6 +30,7 @@ from cas.units import human_duration
 from ..oci import Index, Manifest
 from .cli import _ref, _run, _storage_option
 from .image_store import ImageNotFound, ImageStore, select_platform
+from .refs import familiar as _familiar
 from .templates import FIELD, Fallback, Nil, render
 
 __all__ = ["history", "images", "inspect", "tag"]
@@ -56,17 +57,6 @@ def _docker_config(image: dict[str, Any]) -> Fallback:
         return _DOCKER_CONFIG_ZERO.get(name) if value is None else value
 
     return fallback
-
-
-def _familiar(ref: str) -> str:
-    """``docker.io/library/app:1`` as Docker says it (``app:1``; ``user/app:1`` for
-    ``docker.io/user/app:1``); other registries' names as they are."""
-    if not ref.startswith("docker.io/"):
-        return ref
-    rest = ref[len("docker.io/"):]
-    if rest.startswith("library/") and "/" not in rest[len("library/"):]:
-        return rest[len("library/"):]
-    return rest
 
 
 async def _lookup(images: ImageStore, text: str) -> tuple[str, Digest]:
@@ -311,6 +301,23 @@ def matches(ref: str, pattern: str) -> bool:
                for n in names)
 
 
+def _image_filters(values: tuple[str, ...]) -> tuple[list[str], bool]:
+    """``--filter`` values as docker images takes them: ``(reference patterns, dangling)``."""
+    references: list[str] = []
+    dangling = False
+    for value in values:
+        key, sep, arg = value.partition("=")
+        if key == "reference" and sep and arg:
+            references.append(arg)
+        elif key == "dangling" and arg.lower() in ("true", "1", "false", "0"):
+            dangling = arg.lower() in ("true", "1")
+        else:
+            raise click.BadParameter(
+                f"invalid filter {value!r}: pybuild images takes reference=PATTERN and "
+                "dangling=true|false", param_hint="'--filter'")
+    return references, dangling
+
+
 @click.command()
 @click.argument("pattern", required=False, metavar="[REPOSITORY[:TAG]]")
 @click.option("--quiet", "-q", is_flag=True, help="Only the digests (IDs).")
@@ -319,18 +326,26 @@ def matches(ref: str, pattern: str) -> bool:
               help="Go-template subset over Repository, Tag, ID, Digest, CreatedSince, "
                    "CreatedAt, Reference ('table ...' for aligned columns), or json.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array instead of a table.")
+@click.option("--filter", "-f", "filters", multiple=True, metavar="KEY=VALUE",
+              help="As docker images: reference=PATTERN (repeatable: any of them), "
+                   "dangling=true|false.")
+@click.option("--all", "-a", "show_all", is_flag=True,
+              help="Accepted for docker's sake: there are no intermediate images to hide.")
 @_storage_option
 def images(pattern: str | None, quiet: bool, no_trunc: bool, template: str | None,
-           as_json: bool, storage: Path | None) -> None:
+           as_json: bool, filters: tuple[str, ...], show_all: bool, storage: Path | None) -> None:
     """List local images."""
+    references, dangling = _image_filters(filters)
 
     async def run() -> list[Any]:
         async with await ImageStore.open(storage) as store:
             return await store.list()
 
-    found = _run(run())
+    found = [] if dangling else _run(run())  # every local image has a name: none dangles
     if pattern is not None:
         found = [i for i in found if matches(i.ref, pattern)]
+    if references:
+        found = [i for i in found if any(matches(i.ref, r) for r in references)]
     if as_json:
         click.echo(json.dumps([{"ref": i.ref, "digest": str(i.digest), "mediaType": i.media_type,
                                 "size": i.size, "created": i.created} for i in found], indent=2))

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from cas import Digest, Store, StoreConfig, open_store
-from cas.errors import StoreClosed, mapped_error
+from cas.errors import CasError, StoreClosed, mapped_error
 from cas.holders import image_holder
 from cas.location import default_storage_dir
 from cas.sqlite_db import open_wal_database
@@ -227,14 +227,25 @@ class ImageStore:
     async def by_id(self, text: str) -> list[LocalImage]:
         """The images whose manifest digest is ``text`` or begins with it (an image ID as
         ``pybuild images`` shows it: ``9abf5f3c12f1``, ``sha256:9abf...``; at least 4 hex
-        digits, as Docker's short IDs), one per name; [] when ``text`` is no ID."""
+        digits, as Docker's short IDs), one per name; [] when ``text`` is no ID. When no
+        manifest digest matches, the images whose config digest does: Docker's image ID,
+        which ``build --iidfile`` writes (``pybuild tag $(cat iid) app:1`` as with docker)."""
         hex_part = text.removeprefix("sha256:").lower()
         if not 4 <= len(hex_part) <= 64 or any(c not in "0123456789abcdef" for c in hex_part):
             return []
         rows = await self._sql("SELECT ref, digest, media_type, size, created FROM images "
                                "WHERE substr(digest, 1, ?) = ? ORDER BY ref",
                                len(hex_part) + 7, f"sha256:{hex_part}")
-        return [LocalImage(r[0], Digest.parse(r[1]), r[2], r[3], r[4]) for r in rows]
+        if rows:
+            return [LocalImage(r[0], Digest.parse(r[1]), r[2], r[3], r[4]) for r in rows]
+        found = []
+        for image in await self.list():
+            with contextlib.suppress(CasError, ValueError):  # a damaged one is no match
+                _, obj, _ = await self.manifest(image.digest)
+                if isinstance(obj, Manifest) and str(obj.config.digest).startswith(
+                        f"sha256:{hex_part}"):
+                    found.append(image)
+        return found
 
     async def list(self) -> list[LocalImage]:
         rows = await self._sql("SELECT ref, digest, media_type, size, created FROM images ORDER BY ref")

@@ -22,20 +22,18 @@ digest may not. Every blob read from disk is verified against its digest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
+import dataclasses
 import fcntl
 import json
 import os
 import re
 import secrets
-import shutil
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cas import BlobInfo, Digest, DigestMismatch, StorageError, Store
+from cas import BlobInfo, Digest, DigestMismatch, Store
 
 from ..oci import (
     DOCKER_CONFIG,
@@ -58,6 +56,9 @@ from .errors import ClientError
 from .progress import Progress
 from .refs import InvalidReference, parse_image_ref
 
+if TYPE_CHECKING:
+    from .layout_claims import Claims
+
 __all__ = [
     "DOCKER_LAYER_TAR",
     "REF_NAME",
@@ -65,9 +66,9 @@ __all__ = [
     "OciLayout",
     "as_oci",
     "check_destination",
+    "parse_layout_index",
     "read_docker_archive",
     "source_index",
-    "undone_on_failure",
     "write_docker_archive",
 ]
 
@@ -75,6 +76,7 @@ DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 REF_NAME = "org.opencontainers.image.ref.name"
 _CHUNK = 4 << 20
 _SOURCE_INDEX = re.compile(r"@[0-9]{1,9}")
+_PLACE_TRIES = 5
 
 
 class LayoutError(ClientError):
@@ -117,15 +119,16 @@ def as_oci(raw: bytes, children: dict[str, tuple[str, int]] | None = None) -> by
 class OciLayout:
     """An OCI image layout directory (created on first write)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, claims: Claims | None = None) -> None:
         self.path = Path(path)
+        self.claims = claims  # a writer's (see undone_on_failure): what it holds and wrote
 
     def blob_path(self, digest: Digest) -> Path:
         return self.path / "blobs" / digest.algorithm / digest.encoded
 
     def _read_index(self) -> Index:
         try:
-            return Index.parse((self.path / "index.json").read_bytes())
+            return parse_layout_index((self.path / "index.json").read_bytes())
         except FileNotFoundError as exc:
             raise LayoutError(f"{self.path} is not an OCI layout (no index.json)") from exc
         except ValueError as exc:
@@ -140,12 +143,13 @@ class OciLayout:
         listed = ", ".join(name or f"@{i} {e.digest.encoded[:12]} (untagged)"
                            for i, (e, name) in enumerate(zip(entries, names, strict=True)))
         place = source_index(tag)
+        if not entries:
+            raise LayoutError(f"{self.path} holds no image (its index.json lists none): copy one there")
         if tag is None and len(entries) == 1:
             return entries[0]
         if tag is None:
-            raise LayoutError(f"{self.path} holds {len(entries)} images" + (
-                f" ({listed}); name one (oci:DIR:TAG, or oci:DIR:@N for the N-th from 0)" if entries
-                else "; name one (oci:DIR:TAG)"))
+            raise LayoutError(f"{self.path} holds {len(entries)} images ({listed}); name one "
+                              "(oci:DIR:TAG, or oci:DIR:@N for the N-th from 0)")
         if place is not None:
             if place < len(entries):
                 return entries[place]
@@ -192,26 +196,45 @@ class OciLayout:
 
     async def export_blob(self, store: Store, digest: Digest) -> None:
         path = self.blob_path(digest)
-        if path.exists():
-            return
-        await _write_from_store(store, digest, path)
+        await self._place(path, lambda: store.export(digest, path))
 
     async def write_bytes(self, digest: Digest, data: bytes) -> None:
+        path = self.blob_path(digest)
+
         def write() -> None:
-            path = self.blob_path(digest)
             path.parent.mkdir(parents=True, exist_ok=True)
             _replace_file(path, data)
 
-        await asyncio.to_thread(write)
+        await self._place(path, lambda: asyncio.to_thread(write))
+
+    async def _place(self, path: Path, write: Callable[[], Awaitable[None]]) -> None:
+        """``path`` written unless there, held by the claims (again if a failed writer took it)."""
+        claims = self.claims
+        for _ in range(_PLACE_TRIES):
+            if await asyncio.to_thread(Path.exists if claims is None else claims.hold, path):
+                return
+            if claims is not None:  # before: a write cut short (cancelled) is taken back too
+                claims.created.add(path)
+            try:
+                await write()
+            except FileNotFoundError:  # its directory went with a failed writer's cleanup
+                continue
+            if claims is None:
+                return
+        raise LayoutError(f"{path} was removed {_PLACE_TRIES} times while this copy wrote it: "
+                          "another process is removing blobs from the layout; retry")
 
     async def tag(self, desc: Descriptor, tag: str | None) -> None:
-        """Add ``desc`` to index.json (replacing the entry that had the same name)."""
+        """Add ``desc`` to index.json, named ``tag`` (:func:`_entries_with`)."""
+        await self.update(lambda entries: _entries_with(entries, desc, tag))
+
+    async def update(self, change: Callable[[list[Descriptor]], list[Descriptor]]) -> None:
+        """index.json's entries made ``change(entries)``, its other fields kept (LayoutError: unreadable)."""
 
         def update() -> None:
             self.path.mkdir(parents=True, exist_ok=True)
-            # Another process may tag in this layout at once (two builds exporting a
-            # cache there): one read-modify-write of index.json at a time, under a
-            # flock of the layout directory, so neither loses the other's entry.
+            # Other processes may tag here at once: one read-modify-write of index.json at
+            # a time, under a flock of the layout directory, so none loses another's entry.
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -223,22 +246,45 @@ class OciLayout:
             layout = self.path / "oci-layout"
             if not layout.is_file():
                 _replace_file(layout, b'{"imageLayoutVersion":"1.0.0"}')
-            try:
-                entries = list(self._read_index().manifests)
-            except LayoutError:
-                entries = []
-            named = desc
-            if tag is not None:
-                named = Descriptor(desc.media_type, desc.digest, desc.size,
-                                   annotations={**(desc.annotations or {}), REF_NAME: tag},
-                                   platform=desc.platform)
-                entries = [e for e in entries if (e.annotations or {}).get(REF_NAME) != tag]
+            if (self.path / "index.json").exists():
+                try:
+                    index = self._read_index()
+                except LayoutError as exc:
+                    raise LayoutError(f"{exc}: its images would be lost; repair or remove "
+                                      f"{self.path}/index.json, or write another layout") from exc
             else:
-                entries = [e for e in entries if e.digest != desc.digest]
-            entries.append(named)
-            _replace_file(self.path / "index.json", Index(tuple(entries), media_type=OCI_INDEX).to_bytes())
+                index = Index((), media_type=OCI_INDEX)
+            entries = change(list(index.manifests))
+            _replace_file(self.path / "index.json", dataclasses.replace(
+                index, manifests=tuple(entries), media_type=index.media_type or OCI_INDEX).to_bytes())
 
         await asyncio.to_thread(update)
+
+
+def parse_layout_index(raw: bytes) -> Index:
+    """A layout's index.json; ``"manifests": null`` (``umoci init`` writes it) is no entry."""
+    doc = json.loads(raw)
+    return Index.from_json({**doc, "manifests": []} if isinstance(doc, dict) and "manifests" in doc
+                           and doc["manifests"] is None else doc)
+
+
+def _entries_with(entries: list[Descriptor], desc: Descriptor, tag: str | None) -> list[Descriptor]:
+    """``entries`` of an index.json with ``desc`` added as skopeo adds it: the entry that
+    had the name ``tag`` keeps its place untagged (its image stays in the layout, by its
+    place ``@N``), and an untagged entry of the same digest is replaced, not repeated."""
+    named = desc
+    if tag is not None:
+        for i, entry in enumerate(entries):
+            if (entry.annotations or {}).get(REF_NAME) == tag:
+                entries[i] = dataclasses.replace(entry, annotations={
+                    k: v for k, v in (entry.annotations or {}).items() if k != REF_NAME} or None)
+                break
+        named = dataclasses.replace(desc, annotations={**(desc.annotations or {}), REF_NAME: tag})
+    for i, entry in enumerate(entries):
+        if entry.digest == desc.digest and REF_NAME not in (entry.annotations or {}):
+            entries[i] = named
+            return entries
+    return [*entries, named]
 
 
 def _replace_file(path: Path, data: bytes) -> None:
@@ -251,45 +297,6 @@ def _replace_file(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-@contextlib.asynccontextmanager
-async def undone_on_failure(path: Path | None) -> AsyncIterator[None]:
-    """Around a copy into the OCI layout ``path`` (None: no layout): when it fails, a
-    layout it created is removed, and from one that existed the files it added, so a
-    full disk keeps neither a half layout nor its space. The destination's own full or
-    unwritable file system is a LayoutError that names it."""
-    if path is None:
-        yield
-        return
-    existed = await asyncio.to_thread(_layout_files, path)
-    try:
-        yield
-    except BaseException as exc:
-        await asyncio.to_thread(_undo, path, existed)
-        if isinstance(exc, OSError) and not isinstance(exc, StorageError) and exc.errno in (
-                errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
-            raise LayoutError(f"cannot write oci:{path}: {os.strerror(exc.errno).lower()}; "
-                              "nothing of it was kept: free space there (or make it "
-                              "writable), or choose another destination") from exc
-        raise
-
-
-def _layout_files(path: Path) -> set[Path] | None:
-    return set(path.rglob("*")) if path.exists() else None
-
-
-def _undo(path: Path, existed: set[Path] | None) -> None:
-    if existed is None:
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    for added in sorted(set(path.rglob("*")) - existed, reverse=True):  # files before their dirs
-        with contextlib.suppress(OSError):
-            added.rmdir() if added.is_dir() and not added.is_symlink() else added.unlink()
-
-
-async def _write_from_store(store: Store, digest: Digest, path: Path) -> None:
-    await store.export(digest, path)
 
 
 # --- docker archives ---------------------------------------------------------------------

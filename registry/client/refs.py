@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_TAG",
     "ImageRef",
     "InvalidReference",
+    "familiar",
     "is_loopback",
     "parse_image_ref",
 ]
@@ -41,6 +42,17 @@ _HOST_RE = re.compile(
 
 class InvalidReference(ClientError, ValueError):
     """An image reference that does not parse; the message says what is wrong."""
+
+
+def familiar(ref: str) -> str:
+    """``docker.io/library/app:1`` as Docker says it (``app:1``; ``user/app:1`` for
+    ``docker.io/user/app:1``); other registries' names as they are."""
+    if not ref.startswith("docker.io/"):
+        return ref
+    rest = ref[len("docker.io/"):]
+    if rest.startswith("library/") and "/" not in rest[len("library/"):]:
+        return rest[len("library/"):]
+    return rest
 
 
 def is_loopback(host: str) -> bool:

@@ -85,3 +85,21 @@ def test_gc_aborts_interrupted_transfers_idle_past_the_ingest_ttl(tmp_path: Path
     stats = CliRunner().invoke(main, ["storage", "stats", "--storage", str(tmp_path), "--json"])
     assert json.loads(stats.output)["open_ingests"] == 0
     assert json.loads(stats.output)["disk_bytes"] < 1 << 20
+
+
+def test_gc_reads_its_time_spans_as_durations(tmp_path: Path) -> None:
+    # --grace and --ingest-ttl take 30m, 24h, 7d and 0s, as retention options do.
+    async def interrupted() -> None:
+        async with await Store.open(tmp_path) as s:
+            ing = await s.begin_ingest()
+            await ing.write(os.urandom(1 << 20))
+            await ing.checkpoint()
+
+    asyncio.run(interrupted())
+    base = ["storage", "gc", "--storage", str(tmp_path), "--json", "--grace", "1h30m"]
+    kept = CliRunner().invoke(main, [*base, "--ingest-ttl", "7d"])
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(kept.stdout)["ingests_expired"] == 0
+    ended = CliRunner().invoke(main, [*base, "--ingest-ttl", "0s"])
+    assert ended.exit_code == 0, ended.output
+    assert json.loads(ended.stdout)["ingests_expired"] == 1

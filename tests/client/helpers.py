@@ -12,6 +12,7 @@ import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -75,6 +76,18 @@ async def store_image(images: ImageStore, ref: str, image: SampleImage) -> Diges
     for blob in (image.config, *image.layers):
         await images.store.put(blob)
     return await images.put(ref, image.manifest)
+
+
+def seed_store(storage: Path, images: dict[str, SampleImage]) -> None:
+    """Store each image under its ref in the local store at ``storage`` (from sync code,
+    before the processes a test starts use it)."""
+
+    async def seed() -> None:
+        async with await ImageStore.open(storage) as opened:
+            for ref, image in images.items():
+                await store_image(opened, ref, image)
+
+    asyncio.run(seed())
 
 
 def make_index(children: list[tuple[SampleImage, str]]) -> bytes:

@@ -185,3 +185,91 @@ def test_inspect_prints_the_images_it_finds_and_fails_for_the_others(tmp_path: P
                                "-f", "{{.Digest}}", "example.com/missing:1",
                                "example.com/multi:1"])
     assert ids.exit_code == 1 and ids.stdout == f"{index}\n"
+
+
+def test_rmi_says_which_names_it_untagged_as_docker_rmi_does(tmp_path: Path) -> None:
+    """``docker rmi A B`` prints ``Untagged: NAME`` for every name it removes (by name, or
+    each name of an ID with -f; Docker Hub's names short, as ``images`` shows them), on
+    stdout, also before failing for a missing one."""
+    storage = str(tmp_path / "s")
+    index, _, _ = _seed_index(tmp_path / "s", "docker.io/library/app:1")
+    runner = CliRunner()
+
+    def rmi(*args: str) -> tuple[int, str, str]:
+        got = runner.invoke(main, ["rmi", *args, "--storage", storage])
+        return got.exit_code, got.stdout, got.stderr
+
+    for name in ("app:2", "app:3", "app:4"):
+        assert runner.invoke(main, ["tag", "--storage", storage, "app:1", name]).exit_code == 0
+    assert rmi("app:2") == (0, "Untagged: app:2\n", "")  # as pybuild images names it
+    code, out, err = rmi("docker.io/library/app:3", "nothere:1")
+    assert code == 1 and out == "Untagged: app:3\n"
+    assert "no such local image: nothere:1" in err
+    other_registry = "localhost:5000/team/app:1"
+    assert runner.invoke(main, ["tag", "--storage", storage, "app:1", other_registry]).exit_code == 0
+    assert rmi(other_registry) == (0, f"Untagged: {other_registry}\n", "")
+    short = index.split(":")[1][:12]
+    assert rmi("-f", short) == (0, "Untagged: app:1\nUntagged: app:4\n", "")
+
+
+def test_the_image_id_build_iidfile_writes_names_the_image(tmp_path: Path) -> None:
+    """``--iidfile`` holds Docker's image ID, the config's digest (as buildx writes it):
+    ``docker tag $(cat iid) app:2``, ``docker inspect``, ``docker rmi`` take it, whole or
+    short, and so must pybuild's image commands."""
+    from cas import Digest
+
+    storage = str(tmp_path / "s")
+    image = make_image([[random_bytes(5_000, 3)]])
+
+    async def seed() -> str:
+        async with await ImageStore.open(tmp_path / "s") as images:
+            return str(await store_image(images, "example.com/app:1", image))
+
+    manifest = asyncio.run(seed())
+    image_id = str(Digest.of(image.config))
+    assert image_id != manifest
+    runner = CliRunner()
+
+    def pybuild(*args: str) -> str:
+        got = runner.invoke(main, [*args, "--storage", storage])
+        assert got.exit_code == 0, got.output
+        return str(got.stdout)
+
+    assert pybuild("inspect", "--format", "{{.Digest}}", image_id).strip() == manifest
+    pybuild("tag", image_id.split(":")[1][:12], "example.com/app:2")
+    assert pybuild("rmi", "-f", image_id) == "Untagged: example.com/app:1\nUntagged: example.com/app:2\n"
+    missing = runner.invoke(main, ["rmi", image_id, "--storage", storage])
+    assert missing.exit_code == 1 and "no such local image" in missing.output
+
+
+def test_images_takes_dockers_filters(tmp_path: Path) -> None:
+    """``docker images -f reference=PATTERN`` (any of several), ``-f dangling=true``
+    (``docker rmi $(docker images -qf dangling=true)``: pybuild has no unnamed image) and
+    ``-a`` work; another filter is refused, naming those it takes."""
+    storage = str(tmp_path / "s")
+    image = make_image([[random_bytes(5_000, 4)]])
+
+    async def seed() -> None:
+        async with await ImageStore.open(tmp_path / "s") as images:
+            for ref in ("docker.io/library/app:1", "docker.io/team/web:2", "example.com/x:3"):
+                await store_image(images, ref, image)
+
+    asyncio.run(seed())
+    runner = CliRunner()
+
+    def names(*args: str) -> list[str]:
+        got = runner.invoke(main, ["images", "--storage", storage, "--format",
+                                   "{{.Repository}}:{{.Tag}}", *args])
+        assert got.exit_code == 0, got.output
+        return str(got.stdout).split()
+
+    assert names("-a") == ["app:1", "team/web:2", "example.com/x:3"]
+    assert names("-f", "reference=app") == ["app:1"]
+    assert names("--filter", "reference=team/*", "-f", "reference=example.com/x:3") == [
+        "team/web:2", "example.com/x:3"]
+    assert names("-f", "reference=app", "team/web") == []  # a pattern and a filter: both
+    assert names("-f", "dangling=true") == []
+    assert names("-f", "dangling=false") == names()
+    bad = runner.invoke(main, ["images", "--storage", storage, "-f", "label=a"])
+    assert bad.exit_code == 2
+    assert "invalid filter 'label=a': pybuild images takes reference=PATTERN" in bad.output

@@ -14,7 +14,7 @@ from pathlib import Path
 from cas.holders import image_holder
 from registry.client.image_store import ImageStore
 
-from .helpers import make_image, random_bytes, store_image
+from .helpers import make_image, random_bytes, seed_store
 
 # Each process names (or removes) the same refs, in the same order, once each: their puts
 # and removes of one ref overlap, and nothing names a ref again afterwards. They start
@@ -49,12 +49,7 @@ def test_processes_naming_and_removing_one_ref_leave_its_image_whole(tmp_path: P
     storage = tmp_path / "storage"
     one, two = _image(1), _image(2)
 
-    async def seed() -> None:
-        async with await ImageStore.open(storage) as images:
-            await store_image(images, "example.com/one:1", one)
-            await store_image(images, "example.com/two:1", two)
-
-    asyncio.run(seed())
+    seed_store(storage, {"example.com/one:1": one, "example.com/two:1": two})
     for n, image in ((1, one), (2, two)):
         (tmp_path / f"m{n}").write_bytes(image.manifest)
     for refs in _ROUNDS:

@@ -5,17 +5,15 @@ write into it meanwhile. Both succeed and the store holds every blob whole."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from registry.client.image_store import ImageStore
 from testkit import registries
 
-from .helpers import make_image, random_bytes, store_image
+from .helpers import make_image, random_bytes, seed_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,11 +58,7 @@ def test_a_pull_beside_another_of_the_same_image_leaves_the_store_whole(tmp_path
     with registries.pybuild_registry(tmp_path / "registry") as registry:
         ref = registry.ref("app", "1")
 
-        async def seed() -> None:
-            async with await ImageStore.open(source) as images:
-                await store_image(images, ref, image)
-
-        asyncio.run(seed())
+        seed_store(source, {ref: image})
         pushed = pybuild("push", "-q", "--storage", str(source), ref)
         assert pushed.returncode == 0, pushed.stderr
         storage = tmp_path / "storage"

@@ -5,17 +5,15 @@ finish it meanwhile. Both succeed, as two ``skopeo copy`` processes do."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from registry.client.image_store import ImageStore
 from testkit import registries
 
-from .helpers import make_image, random_bytes, store_image
+from .helpers import make_image, random_bytes, seed_store
 from .test_piece_push import versions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,11 +48,7 @@ def test_a_push_whose_session_another_push_finished_starts_over(tmp_path: Path) 
     with registries.pybuild_registry(tmp_path / "registry") as registry:
         ref = registry.ref("app", "1")
 
-        async def seed() -> None:
-            async with await ImageStore.open(storage) as images:
-                await store_image(images, ref, image)
-
-        asyncio.run(seed())
+        seed_store(storage, {ref: image})
         push = subprocess.run([sys.executable, "-c", _WORKER, "registry.client.push",
                                str(storage), ref], env=env,
                               capture_output=True, text=True, timeout=120, check=False)
@@ -72,12 +66,7 @@ def test_a_piece_push_whose_session_another_push_finished_succeeds(tmp_path: Pat
     with registries.pybuild_registry(tmp_path / "registry") as registry:
         old, new = registry.ref("app", "1"), registry.ref("app", "2")
 
-        async def seed() -> None:
-            async with await ImageStore.open(storage) as images:
-                await store_image(images, old, v1)
-                await store_image(images, new, v2)
-
-        asyncio.run(seed())
+        seed_store(storage, {old: v1, new: v2})
         first = subprocess.run([sys.executable, "-m", "builder", "push", "-q", "--storage",
                                 str(storage), old], env=env, capture_output=True, text=True,
                                timeout=120, check=False)

@@ -94,9 +94,14 @@ def test_parse_cache_spec() -> None:
     spec = parse_cache_spec("type=local,dest=/c,mode=max", export=True)
     assert (spec.type, spec.where, spec.mode) == ("local", "/c", "max")
     assert parse_cache_spec("type=local,src=/c", export=False).mode == "min"
-    for bad in ("type=local", "type=nope,dest=/c", "type=local,dest=/c,mode=all", "dest"):
+    for bad in ("type=local", "type=nope,dest=/c", "type=local,dest=/c,mode=all",
+                "type=local,dest", "localhost:5000/app@sha256:" + "0" * 64):
         with pytest.raises(CacheSpecError):
             parse_cache_spec(bad, export=True)
+    # as buildx (and docker build --cache-from IMAGE): a bare value is a registry reference
+    for export in (True, False):
+        spec = parse_cache_spec("localhost:5000/app:cache", export=export)
+        assert (spec.type, spec.where, spec.mode) == ("registry", "localhost:5000/app:cache", "min")
 
 
 def test_local_cache_between_two_runners(busybox_ref: str, tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def ctx(tmp_path: Path, busybox_ref: str) -> Path:
     return ctx
 
 
-@pytest.mark.parametrize("mode", ["plain", "json", "quiet"])
+@pytest.mark.parametrize("mode", ["plain", "json", "quiet", "tty"])
 def test_rebuild_takes_fast_path_with_identical_output(
         pybuild: Callable[..., Run], ctx: Path, tmp_path: Path, mode: str) -> None:
     args = ("build", "-t", "fp/img", "--progress", mode, "--iidfile", str(tmp_path / "iid"),
@@ -95,8 +95,30 @@ def test_rebuild_takes_fast_path_with_identical_output(
     assert (tmp_path / "iid").read_text() == json.loads(normal_meta)[
         "containerimage.config.digest"]
     assert (tmp_path / "meta.json").read_text() == normal_meta
-    if mode == "plain":
+    if mode in ("plain", "tty"):  # tty: plain lines where stderr is no terminal, as docker
         assert "#3 CACHED" in fast.progress and "#4 naming fp/img" in fast.progress
+
+
+@pytest.mark.parametrize("extra", [
+    ["-q"], ["--quiet", "--progress=quiet"],
+    ["--annotation", "org.example.team=one", "--add-host", "db:10.0.0.7", "--shm-size", "128m",
+     "--ulimit", "nofile=1024:2048"],
+    ["--rm", "--force-rm", "--compress"],  # the classic builder's: docker and buildx ignore them
+])
+def test_rebuild_with_quiet_or_run_options_takes_fast_path(
+        pybuild: Callable[..., Run], ctx: Path, extra: list[str]) -> None:
+    """-q prints the digest and nothing else, as the normal path does; options whose
+    value is all that matters (in the fingerprinted argv) keep the fast path."""
+    args = ("build", "-t", "fp/img", *extra, str(ctx))
+    first = pybuild(*args)
+    assert not first.hit
+    normal = pybuild(*args, normal=True)
+    fast = pybuild(*args)
+    assert fast.hit
+    assert fast.stdout == normal.stdout == first.stdout == fast.digest + "\n"
+    assert fast.progress == normal.progress
+    if "-q" in extra or "--quiet" in extra:
+        assert fast.progress == ""
 
 
 def test_fast_path_imports_no_cli(pybuild: Callable[..., Run], ctx: Path) -> None:
@@ -202,10 +224,13 @@ def test_no_cache_build_records_for_the_cached_command(
     ["build", "--ssh", "default", "ctx"],
     ["build", "-f", "-", "ctx"],
     ["build", "--file=-", "ctx"],
-    ["build", "-q", "ctx"],
+    ["build", "-q", "--progress", "plain", "ctx"],  # refused by the normal path
+    ["build", "--quiet", "--progress=json", "ctx"],
     ["build", "--build-context", "a=b", "ctx"],
-    ["build", "--add-host", "a:1.2.3.4", "ctx"],
-    ["build", "--annotation", "a=b", "ctx"],
+    ["build", "--pull", "ctx"],
+    ["build", "--load", "ctx"],
+    ["build", "--cache-from", "type=local,src=c", "ctx"],
+    ["build", "--cache-to", "type=local,dest=c", "ctx"],
     ["build", "-"],
     ["build", "https://example.invalid/repo.git"],
     ["build", "-tx", "ctx"],

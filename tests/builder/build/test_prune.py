@@ -113,10 +113,11 @@ def test_prune_command_prints_json_and_refuses_bad_durations(tmp_path: Path) -> 
                           check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"entries": 0, "snapshots": 0, "snapshot_bytes": 0,
-                                       "file_hashes": 0, "work_dirs": 0, "work_bytes": 0}
+                                       "file_hashes": 0, "work_dirs": 0, "work_bytes": 0,
+                                       "cache_mounts": 0, "cache_mount_bytes": 0}
     bad = subprocess.run([*argv, "--older-than", "soon"], cwd=ROOT, capture_output=True,
                          text=True, check=False)
-    assert bad.returncode == 2 and "not a duration such as 30m, 48h or 7d" in bad.stderr
+    assert bad.returncode == 2 and "not a duration such as 90s, 30m, 48h or 7d" in bad.stderr
 
 
 def test_prune_removes_what_a_killed_build_left(tmp_path: Path, busybox_ref: str) -> None:
@@ -196,3 +197,52 @@ def test_prune_all_frees_the_layers_of_steps_run_again(
         build(ctx, storage=tmp_path / "thrice", no_cache=True)
     assert asyncio.run(left_after_prune(tmp_path / "thrice")) == \
         asyncio.run(left_after_prune(tmp_path / "once"))
+
+
+def test_prune_removes_cache_mounts_as_buildkit_does(
+    tmp_path: Path, busybox_ref: str, build: Builder,
+) -> None:
+    """BuildKit's ``docker builder prune`` removes ``RUN --mount=type=cache`` directories
+    (``exec.cachemount`` records) with or without ``-a``, those used within ``until=``
+    excepted, and ``--filter type=exec.cachemount`` them alone; one a running step holds
+    stays."""
+    from builder.sandbox.caches import cache_root, lease_caches
+    from builder.sandbox.spec import CacheMount
+
+    storage = tmp_path / "storage"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {busybox_ref}\nRUN --mount=type=cache,id=pc,target=/c head -c 200000 /dev/urandom > /c/f\n")
+    build(ctx, storage=storage)
+    mounts = storage / "builder" / "cache-mounts"
+    root = cache_root(mounts, "pc")
+    assert (root / "0" / "f").stat().st_size == 200000
+
+    assert asyncio.run(prune(storage, older_than=3600)).cache_mounts == 0  # used just now
+    two_hours_ago = time.time() - 7200
+    os.utime(root / "id", (two_hours_ago, two_hours_ago))
+    report = asyncio.run(prune(storage, older_than=3600))  # not --all: it goes all the same
+    assert (report.cache_mounts, list(mounts.iterdir())) == (1, [])
+    assert report.cache_mount_bytes >= 200000
+
+    build(ctx, storage=storage, no_cache=True)
+    entries, _ = cache_state(storage)
+    mount = CacheMount(target="/c", id="pc")
+    with lease_caches(mounts, [mount]):  # a step of a running build has it mounted
+        assert asyncio.run(prune(storage, older_than=None)).cache_mounts == 0
+        assert (root / "0" / "f").exists()
+    argv = [sys.executable, "-m", "builder", "builder", "prune", "--storage", str(storage),
+            "--json", "--filter", "type=exec.cachemount"]
+    kept = subprocess.run([*argv, "--filter", "until=1h"], cwd=ROOT, capture_output=True,
+                          text=True, check=False)
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["cache_mounts"] == 0
+    done = subprocess.run([*argv, "-a"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["cache_mounts"] == 1 and list(mounts.iterdir()) == []
+    assert cache_state(storage)[0] == entries  # the steps' entries stay
+    bad = subprocess.run([*argv[:-2], "--filter", "dangling=true"], cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    assert "'dangling=true': pybuild builder prune takes until=DURATION" in bad.stderr
