@@ -42,6 +42,7 @@ from .cache.remote import (
 from .context import SourceTree
 from .contexts import NamedContext, NamedContexts
 from .dockerfile.errors import DockerfileError
+from .dockerfile.stages import plan_build
 from .dockerfile.syntax import SyntaxTree, parse
 from .extracted import EXTRACTED_DIR, ExtractedLayers
 from .ignore import read_ignore_file
@@ -182,16 +183,21 @@ def _check_merge(roots: list[tuple[Platform, list[Path]]], work: Path) -> None:
             shutil.rmtree(tree, ignore_errors=True)
 
 
-def source_date_epoch(flag: int | None, build_args: dict[str, str]) -> int | None:
+def source_date_epoch(flag: int | None, build_args: dict[str, str],
+                      tree: SyntaxTree | None = None, target: str | None = None) -> int | None:
     """The build's epoch, as BuildKit takes it: ``--source-date-epoch``, else the
     ``SOURCE_DATE_EPOCH`` build arg, else the environment variable (which buildx passes on
-    as that build arg); None when none is given (an empty value counts as not given)."""
+    as that build arg), else the default of a global ``ARG SOURCE_DATE_EPOCH=...`` in
+    ``tree`` (Dockerfile 1.23); None when none is given (an empty value counts as not given)."""
     if flag is not None:
         where, value = "--source-date-epoch", str(flag)
     elif build_args.get("SOURCE_DATE_EPOCH"):
         where, value = "--build-arg", build_args["SOURCE_DATE_EPOCH"]
     elif os.environ.get("SOURCE_DATE_EPOCH"):
         where, value = "environment variable", os.environ["SOURCE_DATE_EPOCH"]
+    elif tree is not None and (value := plan_build(tree, build_args, target)
+                               .global_args.get("SOURCE_DATE_EPOCH", "")):
+        where = f"{tree.file}: ARG"
     else:
         return None
     if not (value.isascii() and value.isdigit()) or int(value) > _MAX_EPOCH:
@@ -289,7 +295,9 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
         from .engine import ping
 
         await ping()  # an engine that is not there fails the build before it starts
-    sde = source_date_epoch(opts.source_date_epoch, opts.build_args)
+    sde = source_date_epoch(opts.source_date_epoch, opts.build_args, tree, opts.target)
+    # the stages' ARG SOURCE_DATE_EPOCH see the epoch however it was given, as with buildx
+    build_args = {**opts.build_args, **({"SOURCE_DATE_EPOCH": str(sde)} if sde is not None else {})}
     created = timestamp(sde if sde is not None else time.time())
     bdir = opts.storage / "builder"
     await asyncio.to_thread(check_owner, opts.storage)
@@ -356,7 +364,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             # in flight: a step the same in two platforms (same parent and expanded
             # instruction, as in a FROM --platform=$BUILDPLATFORM stage) runs once.
             penv = replace(env) if multi else env
-            build_plan, bases = await plan(tree, penv, opts.build_args, opts.target, platform)
+            build_plan, bases = await plan(tree, penv, build_args, opts.target, platform)
             penv.proxy_env = dict(build_plan.proxy_env)
             prefix = f"{platform} " if multi else ""
             plans.append((StageScheduler(build_plan, bases, penv, platform, prefix), penv))
@@ -396,7 +404,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
         result: BuiltImage | BuiltIndex = index or image
 
         async def rootfs(dest: Path, split: bool | None = None) -> None:
-            from .sandbox.flatten import flatten_lowers
+            from .sandbox.flatten import flatten_lowers, pin_times
 
             split = multi if split is None else split  # platform-split= (buildx's default)
             roots = [(platform or Platform.host(), await penv.lowers(state))
@@ -406,6 +414,8 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             for platform, lowers in roots:
                 where = dest / platform_dir(platform) if split else dest
                 await asyncio.to_thread(flatten_lowers, lowers, where)
+                if sde is not None:
+                    await asyncio.to_thread(pin_times, lowers, where, sde, itself=split)
 
         if opts.explain:
             report_hits(tracking, progress)

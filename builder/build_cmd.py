@@ -19,7 +19,8 @@ from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
 from .build import BuildOptions, run_build, target_platforms
-from .cache.remote import CacheSpec, CacheSpecError, parse_cache_spec
+from .cache.spec import CacheSpec, CacheSpecError, parse_cache_specs
+from .classic_flags import classic_builder_flags, warn_classic_flags
 from .context import ContextError, IgnoreFileError
 from .contexts import BuildContextError, NamedContext, context_key, parse_build_context
 from .dockerfile.errors import DockerfileError
@@ -285,7 +286,7 @@ _ENTITLEMENTS = ("security.insecure",)
 
 def _cache_specs(values: tuple[str, ...], *, export: bool) -> tuple[CacheSpec, ...]:
     try:
-        return tuple(parse_cache_spec(v, export=export) for v in values)
+        return tuple(spec for v in values for spec in parse_cache_specs(v, export=export))
     except CacheSpecError as exc:
         raise click.BadParameter(str(exc).partition(": ")[2],
                                  param_hint="--cache-to" if export else "--cache-from") from exc
@@ -366,11 +367,7 @@ def _context_dir(text: str) -> Path:
 @click.option("--cache-from", "cache_from", multiple=True,
               help="Import a build cache: type=local,src=DIR or type=registry,ref=REF "
                    "(repeatable).")
-# The classic builder's flags that docker build and buildx accept and ignore (hidden), so
-# that `docker build --rm --force-rm -t app .` in a script runs unchanged.
-@click.option("--rm", "_rm", is_flag=True, hidden=True)
-@click.option("--force-rm", "_force_rm", is_flag=True, hidden=True)
-@click.option("--compress", "_compress", is_flag=True, hidden=True)
+@classic_builder_flags
 def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
           build_args: tuple[str, ...], target: str | None, labels: tuple[str, ...],
           no_cache: bool, explain: bool, network: str, push: bool, pull: bool,
@@ -381,9 +378,9 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
           allow: tuple[str, ...], load: bool, quiet: bool,
           annotations: tuple[str, ...], add_hosts: tuple[str, ...], shm_size: str | None,
           ulimits: tuple[str, ...], build_contexts: tuple[str, ...],
-          cache_to: tuple[str, ...], cache_from: tuple[str, ...], _rm: bool, _force_rm: bool,
-          _compress: bool) -> None:
+          cache_to: tuple[str, ...], cache_from: tuple[str, ...], **classic: object) -> None:
     """Build an image from a Dockerfile and a context directory."""
+    warn_classic_flags(classic)
     if quiet:
         if progress_mode not in ("auto", "quiet"):
             raise click.UsageError(f"--progress {progress_mode} and --quiet cannot be used "
@@ -460,8 +457,10 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
         progress.failed(str(exc), 128 + exc.signum)
         sys.exit(128 + exc.signum)
     digest = str(result.digest)
-    if iidfile:  # the image ID as buildx writes it: the config's digest (an index: its own)
-        iidfile.write_text(digest if result.index else str(result.image.manifest.config.digest))
+    # the image ID as buildx gives it: the config's digest (an index: its own)
+    image_id = digest if result.index else str(result.image.manifest.config.digest)
+    if iidfile:
+        iidfile.write_text(image_id)
     if metadata_file:
         config = {} if result.index else {  # an index has no config (as buildx)
             "containerimage.config.digest": str(result.image.manifest.config.digest)}
@@ -476,6 +475,8 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
         recorder.finish(progress_events(progress), digest,
                         str(result.image.manifest.config.digest))
     if not any(o.stdout for o in outs):  # else stdout holds the archive and nothing else
-        click.echo(digest)
+        # -q: the image ID, as docker build -q prints it (what --iidfile holds); else the
+        # manifest digest, which names the image in a registry (NAME@DIGEST)
+        click.echo(image_id if quiet else digest)
     global finished
     finished = True

@@ -12,7 +12,8 @@ pull`` does not pay for importing the builder and the server (about half a secon
 ``pybuild --help`` takes 0.1 s instead of 0.9.
 
 The root group is also the last error boundary (:mod:`builder.cli_errors`): an error no
-command worded itself is printed as one ``Error: ...`` line, exit status 1.
+command worded itself is printed as one ``Error: ...`` line, exit status 1. And it teaches
+every command docker's boolean flag values (:func:`accept_flag_values`: ``--pull=false``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import importlib
 import json
 import signal
 import sys
+import weakref
 from typing import Any, NoReturn
 
 import click
@@ -34,7 +36,7 @@ from registry.cli import SUMMARIES as REGISTRY_SUMMARIES
 from .commands import COMMANDS as BUILDER_COMMANDS
 from .commands import SUMMARIES as BUILDER_SUMMARIES
 
-__all__ = ["COMMANDS", "SUMMARIES", "LazyGroup", "main"]
+__all__ = ["COMMANDS", "SUMMARIES", "LazyGroup", "accept_flag_values", "main"]
 
 COMMANDS: dict[str, str] = {
     **REGISTRY_COMMANDS,  # storage: cas.cli's group + the registry's retention and migrate
@@ -156,10 +158,78 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module), attr)
         if not isinstance(command, click.Command) or command.name != cmd_name:
             raise RuntimeError(f"{self.lazy[cmd_name]} is not the click command {cmd_name!r}")
+        accept_flag_values(command)  # --pull=false, as docker's flags take it
         if command.short_help is None and cmd_name in self.summaries:
             command.short_help = self.summaries[cmd_name]  # the same line, imported or not
         self.add_command(command)
         return command
+
+
+# ``--flag=true`` and ``--flag=false`` for every boolean flag, as docker's flag parser
+# (spf13/pflag) takes them: ``pybuild build --pull=false --rm=false`` runs as ``docker
+# build`` does, ``--pull=false`` meaning "do not pull"; click takes a flag only bare. A
+# flag's value is only ever given with ``=`` (``--pull false`` is the flag, then the
+# argument ``false``), and the last occurrence wins (``--pull --pull=false``: no pull), as
+# with pflag; the values are Go's ``strconv.ParseBool``'s.
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+_DONE: weakref.WeakSet[click.Command] = weakref.WeakSet()  # the commands already taught
+
+
+def accept_flag_values(command: click.Command) -> None:
+    """Let every boolean flag of ``command`` and of its subcommands also be given as
+    ``--flag=true|false`` (``-q=false`` too)."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_flag_values(sub)
+    if command in _DONE:
+        return
+    _DONE.add(command)
+    flags: dict[str, click.Option] = {}
+    valued: set[str] = set()
+    for param in command.params:
+        if not isinstance(param, click.Option):
+            continue
+        if param.is_flag and param.is_bool_flag and param.expose_value:
+            flags.update((opt, param) for opt in param.opts)
+        elif not param.is_flag and not param.count:
+            valued.update(param.opts)
+    if not flags:
+        return
+    parse_args = command.parse_args
+
+    def parse_with_values(ctx: click.Context, args: list[str]) -> list[str]:
+        given: list[str] = []
+        falses: dict[str, bool] = {}  # param name -> False, when its last occurrence is =false
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                given += args[i:]
+                break
+            if arg in valued and i + 1 < len(args):  # an option and its value: kept as is
+                given += args[i:i + 2]
+                i += 2
+                continue
+            name, eq, value = arg.partition("=")
+            param = flags.get(name)
+            if param is None or not name.startswith("-"):
+                given.append(arg)
+            elif not eq or value in _TRUE:
+                given.append(name)
+                falses.pop(param.name or "", None)
+            elif value in _FALSE:
+                falses[param.name or ""] = False
+            else:
+                raise click.BadParameter(
+                    f"{value!r} is not a boolean: give {name}, {name}=true or {name}=false",
+                    ctx=ctx, param=param)
+            i += 1
+        rest = parse_args(ctx, given)
+        ctx.params.update(falses)
+        return rest
+
+    command.parse_args = parse_with_values  # type: ignore[method-assign]
 
 
 def _empty_storage(argv: list[str]) -> bool:

@@ -28,6 +28,7 @@ import errno
 import io
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -91,16 +92,35 @@ def _extract(src: BinaryIO | Path, dest: Path) -> list[str]:
     marks: list[tuple[list[str], bool]] = []  # whiteouts, found in the same single pass
     report = apply_layer(src, dest, marks=marks)
     for parts, opaque in marks:
-        target = dest.joinpath(*parts)
         if opaque:
-            target.mkdir(parents=True, exist_ok=True)
-            os.setxattr(target, overlay_xattr("opaque"), b"y", follow_symlinks=False)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not os.path.lexists(target):
-                make_whiteout(target, "/".join(parts))
+            target = _mark_dir(dest, parts)
+            if target is not None:
+                os.setxattr(target, overlay_xattr("opaque"), b"y", follow_symlinks=False)
+            continue
+        parent = _mark_dir(dest, parts[:-1])
+        if parent is not None and not os.path.lexists(parent / parts[-1]):
+            make_whiteout(parent / parts[-1], "/".join(parts))
     return [why.split(": device node", 1)[0] for why in report.skipped
             if ": device node " in why]
+
+
+def _mark_dir(dest: Path, parts: list[str]) -> Path | None:
+    """The directory ``parts`` of the extracted layer ``dest``, where a whiteout goes,
+    made where missing; None where the layer put a file or a symlink on the way (it hides
+    whatever lower layers hold below it: there is nothing to mark). Never follows a
+    symlink, which could lead out of ``dest``."""
+    path = dest
+    for part in parts:
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            path.mkdir()
+            os.chmod(path, 0o755)  # whatever the umask, as a layer's unlisted parents
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+    return path
 
 
 def devices_left_out(diff_id: Digest, names: Sequence[str]) -> str:

@@ -413,7 +413,8 @@ def _replay(rec: dict, inv: Invocation) -> None:  # type: ignore[type-arg]  # no
                                 "containerimage.config.digest": rec["config_digest"],
                                 **({"image.name": ",".join(names)} if names else {})},
                                indent=2))
-    sys.stdout.write(digest + "\n")
+    # -q: the image ID, as the normal path prints it (docker build -q's)
+    sys.stdout.write((rec["config_digest"] if "quiet" in inv.opts else digest) + "\n")
     sys.stdout.flush()
 
 

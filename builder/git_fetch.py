@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import urllib.parse
 from pathlib import Path
 
-__all__ = ["Fetched", "GitFetchError", "fetch", "is_git_url"]
+__all__ = ["Fetched", "GitFetchError", "as_committed", "fetch", "is_git_url"]
 
 
 class GitFetchError(ValueError):
@@ -85,3 +86,24 @@ def fetch(url: str, into: Path, *, keep_git_dir: bool = False) -> Fetched:
     if not path.is_relative_to(checkout.resolve()) or not path.is_dir():
         raise GitFetchError(f"{url}: {subdir!r} is not a directory of the repository")
     return Fetched(path, commit, int(when))
+
+
+def as_committed(root: Path, when: int) -> None:
+    """Give the checkout ``root`` what BuildKit's git source gives it whatever the umask
+    of the host: files 0644 or 0755 (Git records only the executable bit), directories
+    0755, and every entry the commit's time ``when`` (BuildKit's with ``SOURCE_DATE_EPOCH``),
+    so the same commit makes the same layers on any machine."""
+    for top, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(top, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(path, 0o755 if st.st_mode & 0o111 else 0o644)
+            os.utime(path, (when, when), follow_symlinks=False)
+        for name in dirs:
+            path = os.path.join(top, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755)
+            os.utime(path, (when, when), follow_symlinks=False)
+    os.chmod(root, 0o755)
+    os.utime(root, (when, when))

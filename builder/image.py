@@ -22,8 +22,12 @@ from dataclasses import dataclass, field, replace
 
 from cas import Digest
 from registry.oci import (
+    DOCKER_FOREIGN_LAYER,
+    DOCKER_LAYER,
     OCI_CONFIG,
     OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_NONDISTRIBUTABLE_GZIP,
     OCI_MANIFEST,
     ContainerConfig,
     Descriptor,
@@ -238,6 +242,19 @@ def _timed(history: list[History], fallback: str, pinned: bool) -> tuple[History
     return tuple(out)
 
 
+# A base in Docker's schema 2 brings its layers under Docker's media types; the manifest
+# made here is OCI, which names the same blobs by OCI's types, as BuildKit's OCI export and
+# skopeo's conversion do (buildah and podman refuse to build on an OCI manifest that lists
+# a Docker layer type).
+_OCI_LAYER_TYPES = {DOCKER_LAYER: OCI_LAYER_GZIP,
+                    DOCKER_FOREIGN_LAYER: OCI_LAYER_NONDISTRIBUTABLE_GZIP}
+
+
+def _oci_layer(desc: Descriptor) -> Descriptor:
+    kind = _OCI_LAYER_TYPES.get(desc.media_type)
+    return desc if kind is None else replace(desc, media_type=kind)
+
+
 def assemble(state: ImageState, created: str, *, pinned: bool = False,
              annotations: dict[str, str] | None = None,
              descriptor_annotations: dict[str, str] | None = None,
@@ -263,7 +280,7 @@ def assemble(state: ImageState, created: str, *, pinned: bool = False,
     config_bytes = cfg.to_bytes()
     manifest = Manifest(
         config=Descriptor(OCI_CONFIG, Digest.of(config_bytes), len(config_bytes)),
-        layers=tuple(layer.descriptor for layer in state.layers),
+        layers=tuple(_oci_layer(layer.descriptor) for layer in state.layers),
         annotations=dict(sorted(annotations.items())) if annotations else None,
     )
     return BuiltImage(manifest, manifest.to_bytes(), cfg, config_bytes,

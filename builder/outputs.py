@@ -378,6 +378,7 @@ async def _sink(out: Output, chunks: AsyncIterator[bytes]) -> None:
 def _tar_tree(root: Path, f: object) -> None:
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uname = info.gname = ""  # numeric owners, not this host's names
+        info.mtime = int(info.mtime)  # whole seconds, as the layers: no pax mtime record
         return info
 
     with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]

@@ -19,6 +19,11 @@ What goes:
   ``docker builder prune`` removes its ``exec.cachemount`` records, with or without
   ``--all``; one a step holds (its ``<n>.lock``) is left alone. ``only_mounts`` prunes
   these alone (``--filter type=exec.cachemount``).
+- with ``keep_bytes`` (``--keep-storage SIZE``, as ``docker builder prune``'s), then the
+  least recently used extracted layers and cache mounts, until those left take at most
+  SIZE. These are what the build cache keeps on disk besides blobs, and what records
+  when it was last used; a step entry records only when it was made, so it goes by age
+  alone (its layer is a blob: ``pybuild storage gc``'s to reclaim).
 
 A build holds ``builder/lock`` shared while it runs; prune takes it exclusively, so it
 never removes an extracted layer under a running build (it waits up to ``wait`` seconds, then
@@ -30,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import math
 import os
 import shutil
 import time
@@ -104,9 +110,11 @@ class BuildLock:
 
 
 async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0,
-                only_mounts: bool = False) -> PruneReport:
-    """Prune the build cache under ``storage``; ``older_than`` None removes every entry;
-    ``only_mounts``: only the cache mounts' directories."""
+                only_mounts: bool = False, keep_bytes: int | None = None) -> PruneReport:
+    """Prune the build cache under ``storage``; ``older_than`` None removes every entry,
+    ``math.inf`` none by age; ``only_mounts``: only the cache mounts' directories;
+    ``keep_bytes``: then remove the least recently used extracted layers and cache mounts
+    until those left take at most that many bytes (``--keep-storage``)."""
     bdir = storage / "builder"
     check_owner(storage)
     release_reserve(storage)  # a full disk: room to open the build cache (cas.reserve)
@@ -118,10 +126,15 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0,
         mounts, mounts_size = await asyncio.to_thread(_drop_cache_mounts, bdir / "cache-mounts",
                                                       cutoff)
         if only_mounts:
+            if keep_bytes is not None:
+                more, more_size = await asyncio.to_thread(_keep_within, bdir, keep_bytes, False)
+                mounts, mounts_size = mounts + more[1], mounts_size + more_size[1]
             return PruneReport(0, 0, 0, 0, cache_mounts=mounts, cache_mount_bytes=mounts_size)
         cache = BuildCache(bdir / "cache.db")
         try:
-            removed = await asyncio.to_thread(cache.prune_steps, cutoff)
+            # math.inf: none by age (--keep-storage alone); the cutoff is then -inf
+            removed = [] if cutoff == -math.inf else await asyncio.to_thread(cache.prune_steps,
+                                                                              cutoff)
             keep = {layer.diff_id for layer in await asyncio.to_thread(cache.layers)}
             hashes = await asyncio.to_thread(cache.prune_file_hashes, older_than is None)
         finally:
@@ -138,6 +151,10 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0,
         count, size = await asyncio.to_thread(_drop_extracted, bdir / EXTRACTED_DIR, keep,
                                               cutoff)
         work, work_size = await asyncio.to_thread(_drop_work_dirs, bdir / "tmp")
+        if keep_bytes is not None:
+            more, more_size = await asyncio.to_thread(_keep_within, bdir, keep_bytes, True)
+            count, size = count + more[0], size + more_size[0]
+            mounts, mounts_size = mounts + more[1], mounts_size + more_size[1]
         steps = sum(1 for _, layer in removed if layer.facts is None)  # not facts entries
         return PruneReport(steps, count, size, hashes, work, work_size, mounts, mounts_size)
     finally:
@@ -174,6 +191,47 @@ def _drop_extracted(root: Path, keep: set[str], before: float | None) -> tuple[i
             shutil.rmtree(entry, ignore_errors=True)
             count += not entry.name.startswith(".tmp-")
     return count, size
+
+
+def _keep_within(bdir: Path, keep_bytes: int, layers: bool
+                 ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Remove the least recently used extracted layers (``layers``) and cache mounts until
+    those left take at most ``keep_bytes``, as BuildKit's ``--keep-storage`` (no build
+    runs: the lock; a cache mount a step holds stays). ``((layers, mounts) removed, (their
+    bytes))``."""
+    found: list[tuple[float, int, Path, int]] = []  # (last used, bytes, path, 0 layer | 1 mount)
+    extracted, mounts = bdir / EXTRACTED_DIR, bdir / "cache-mounts"
+    for kind, root in enumerate((extracted, mounts)):
+        if (kind == 0 and not layers) or not root.is_dir():
+            continue
+        for entry in root.iterdir():
+            if entry.name.startswith((".tmp-", ".prune-")) or entry.is_symlink() or not entry.is_dir():
+                continue
+            with contextlib.suppress(OSError):
+                used = (entry / "id").lstat().st_mtime if kind else entry.lstat().st_mtime
+                found.append((used, _allocated(entry), entry, kind))
+    total = sum(size for _, size, _, _ in found)
+    count, removed = [0, 0], [0, 0]
+    for _, size, entry, kind in sorted(found, key=lambda f: (f[0], f[2].name)):
+        if total <= keep_bytes:
+            break
+        if kind == 0:
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            fds: list[int] = []
+            try:
+                if not all(_hold(lock, fds) for lock in entry.glob("*.lock")):
+                    continue  # a running step has it mounted
+                gone = mounts / f".prune-{entry.name}"
+                os.rename(entry, gone)
+                shutil.rmtree(gone, ignore_errors=True)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        total -= size
+        count[kind] += 1
+        removed[kind] += size
+    return (count[0], count[1]), (removed[0], removed[1])
 
 
 def _drop_work_dirs(root: Path) -> tuple[int, int]:

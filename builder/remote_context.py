@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Literal
 import click
 import zstandard
 
-from .git_fetch import GitFetchError, fetch, is_git_url
+from .git_fetch import GitFetchError, as_committed, fetch, is_git_url
 from .steps.archives import COMPRESSED_MAGIC, is_tar_block
 
 __all__ = ["ContextSourceError", "StreamContext", "context_from", "is_git_url", "read_context_stream"]
@@ -139,6 +139,7 @@ def _clone(url: str) -> StreamContext:
             checkout = fetch(url, where)
         except GitFetchError as exc:
             raise click.BadParameter(str(exc), param_hint="CONTEXT") from exc
+        as_committed(checkout.path, checkout.time)  # as ADD of a repository: any umask
         return StreamContext(where, None, checkout.path)
     except BaseException:
         shutil.rmtree(where, ignore_errors=True)

@@ -21,19 +21,55 @@ if TYPE_CHECKING:
     from .packs import PackBackend
     from .s3_location import S3Location
 
-from .errors import StorageNotOwned, StorageNotWritable
+from .errors import CasError, StorageNotOwned, StorageNotWritable
 
-__all__ = ["StoreConfig", "check_owner", "default_storage_dir"]
+__all__ = ["StorageLocationError", "StoreConfig", "check_owner", "check_place",
+           "default_storage_dir"]
 
 
-def default_storage_dir() -> Path:
-    """``$PYBUILD_STORAGE``, else ``$XDG_DATA_HOME/pybuild``, else ``~/.local/share/pybuild``."""
+class StorageLocationError(CasError, ValueError):
+    """The default place of a directory (the store, Docker's config.json) cannot exist:
+    an environment variable it comes from names a file; the message says which and what
+    to do."""
+
+
+def default_storage_dir(*, check: bool = True) -> Path:
+    """``$PYBUILD_STORAGE``, else ``$XDG_DATA_HOME/pybuild``, else ``~/.local/share/pybuild``.
+
+    ``check``: :class:`StorageLocationError` when the variable the path comes from names
+    a file (a ``HOME`` that is a regular file, as a service's may be), or a file is on the
+    way to the path: the store could never be made there, and the raw error ("Not a
+    directory") names neither the variable nor the fix."""
     env = os.environ.get("PYBUILD_STORAGE")
     if env:
         return Path(env)
     xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
-    return base / "pybuild"
+    top, var = (Path(xdg), "XDG_DATA_HOME") if xdg else (Path.home(), "HOME")
+    path = (top if xdg else top / ".local" / "share") / "pybuild"
+    if check:
+        check_place(path, top, var, "the default storage directory",
+                    "or name the storage directory: --storage DIR or PYBUILD_STORAGE=DIR")
+    return path
+
+
+def check_place(path: Path, top: Path, var: str, what: str, fix: str) -> None:
+    """StorageLocationError when ``top`` (the value of the environment variable ``var``)
+    or a directory between it and ``path`` exists and is no directory; ``what`` names
+    ``path`` in the message, ``fix`` is its last advice."""
+    parts = Path(os.path.relpath(path, top)).parts
+    for here in [top, *(top.joinpath(*parts[:n + 1]) for n in range(len(parts)))]:
+        try:
+            if os.path.isdir(here) or not os.path.lexists(here):
+                continue
+        except (OSError, ValueError):
+            return
+        if here == top:
+            raise StorageLocationError(
+                f"{var}={top} is not a directory, so {what} {path} cannot be there; set "
+                f"{var} to a directory (or unset it), {fix}")
+        raise StorageLocationError(
+            f"{here} is not a directory, so {what} {path} cannot be there ({var}={top}); "
+            f"move that file out of the way, {fix}")
 
 
 # What a store keeps at its top: checked before a command writes anything.

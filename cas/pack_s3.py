@@ -36,7 +36,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import obstore
 from obstore.store import S3Store
@@ -374,10 +374,11 @@ class S3Packs:
             pos += want
         return out or [b""]
 
-    def presign(self, name: str, offset: int, length: int, expires: float) -> str | None:
-        """A presigned GET URL (valid ``expires`` seconds) of the segment that holds
-        exactly the pack's bytes ``[offset, offset+length)``, or None when no one object
-        does."""
+    def presign(self, name: str, offset: int, length: int, expires: float,
+                method: Literal["GET", "HEAD"] = "GET") -> str | None:
+        """A URL presigned for ``method`` (valid ``expires`` seconds) of the segment that
+        holds exactly the pack's bytes ``[offset, offset+length)``, or None when no one
+        object does."""
         segs = self._cached(name)
         if (offset, length) not in segs:
             if segs and offset < max(s + n for s, n in segs):
@@ -385,7 +386,7 @@ class S3Packs:
             # Past the end this replica last listed: another writer may have sealed it since.
             if (offset, length) not in self._list(name):
                 return None
-        url: str = self._call(f"signing a URL for pack {name}", obstore.sign, self.store, "GET",
+        url: str = self._call(f"signing a URL for pack {name}", obstore.sign, self.store, method,
                               self.key(name, offset), timedelta(seconds=expires))
         return url
 

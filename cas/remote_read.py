@@ -161,12 +161,12 @@ class RemoteReader:
             end += loc.stored
         return first.pack, first.offset, end - first.offset
 
-    def presign(self, run: tuple[str, int, int], expires: float) -> str | None:
-        """A presigned URL of the one S3 object that holds exactly the pack bytes ``run``
-        ((pack, offset, length), from :meth:`whole_object`), or None when no one object
-        does."""
+    def presign(self, run: tuple[str, int, int], expires: float, method: str = "GET") -> str | None:
+        """A URL presigned for ``method`` of the one S3 object that holds exactly the pack
+        bytes ``run`` ((pack, offset, length), from :meth:`whole_object`), or None when no
+        one object does."""
         pack, offset, length = run
-        url: str | None = self.packs.presign(pack, offset, length, expires)  # type: ignore[attr-defined]
+        url: str | None = self.packs.presign(pack, offset, length, expires, method)  # type: ignore[attr-defined]
         return url
 
     # -- fetching (the reader's threads) ----------------------------------------------

@@ -259,8 +259,8 @@ class Store:
                 data = await self._run(self.core.load, loc)
                 yield Segment(None, 0, hi - lo, data[lo:hi])
 
-    async def redirect_url(self, digest: Digest, *, expires: float = 1200.0) -> str | None:
-        """A presigned URL (valid ``expires`` seconds) from which a client can GET the
+    async def redirect_url(self, digest: Digest, *, expires: float = 1200.0, method: str = "GET") -> str | None:
+        """A presigned URL (valid ``expires`` seconds) to which a client can send ``method`` (GET, HEAD) for the
         blob's bytes straight from object storage, when the blob is stored as one whole
         S3 object (raw pieces, back to back, one segment); else None (BlobUnknown when
         the store has no such blob).
@@ -291,7 +291,7 @@ class Store:
                     self._runs[key] = run
                     while len(self._runs) > _RUNS:
                         self._runs.popitem(last=False)
-            return None if run is None else remote.presign(run, expires)
+            return None if run is None else remote.presign(run, expires, method)
 
         return await self._run(find)
 
@@ -401,14 +401,16 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             return open(tmp, "wb")
 
-        f = await self._run_outside(open_tmp)
+        opening = asyncio.ensure_future(self._run_outside(open_tmp))
         try:
+            f = await asyncio.shield(opening)
             async for chunk in self.read(digest):
                 await self._run_outside(f.write, chunk)
             await self._run_outside(f.close)  # its last flush may fail too (a full disk)
         except BaseException:
-            with contextlib.suppress(OSError):
-                await self._run_outside(f.close)
+            await asyncio.wait([opening])  # cancelled while a worker opens it: made all the same
+            with contextlib.suppress(OSError):  # (the open's own error, if it failed)
+                await self._run_outside(opening.result().close)
             await self._run_outside(tmp.unlink, True)
             raise
         await self._run_outside(os.replace, tmp, path)

@@ -13,7 +13,6 @@ from .server.robots import (
     RobotError,
     create_robot,
     list_robots,
-    parse_duration,
     revoke_robot,
     robots_path,
 )
@@ -22,16 +21,20 @@ __all__ = ["robot"]
 
 
 def _lifetime(text: str) -> float:
-    """``--expires``: what every time-span option takes (``cas.units.parse_seconds``), or
-    weeks (``4w``); more than zero."""
+    """``--expires``: what every time-span option takes (``cas.units.parse_seconds``), and
+    weeks too, alone or with other units (``4w``, ``1w2d``); more than zero."""
+    import re
+
     from cas.units import parse_seconds
 
+    # a week is 7 days: "1w2d" is "7d2d", which the one duration parser reads
+    days = re.sub(r"(\d+(?:\.\d*)?|\.\d+)\s*w", lambda m: f"{float(m.group(1)) * 7!r}d", text)
     try:
-        seconds = parse_seconds(text)
-    except ValueError as exc:
+        seconds = parse_seconds(days)
+    except ValueError:
         try:
-            seconds = parse_duration(text)  # 4w
-        except RobotError:
+            seconds = parse_seconds(text)
+        except ValueError as exc:
             raise click.BadParameter(f"{exc}; or weeks: 4w", param_hint="'--expires'") from None
     if seconds <= 0:
         raise click.BadParameter(f"{text!r}: a robot's lifetime must be more than 0",

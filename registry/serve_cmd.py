@@ -19,8 +19,10 @@ from .server.accesslog import AccessLogSink, BadRequestFilter, JsonAccessLogger
 from .server.audit import install_audit_handler
 from .server.debug import start_debug_server
 from .server.limits import ConnectionGuard, raise_open_files_limit
+from .server.listen import listen_site, listen_url
 from .server.reload import reload_config
 from .server.state import REGISTRY, Registry
+from .server.tls import server_context
 
 log = logging.getLogger("pybuild.registry")
 
@@ -54,8 +56,7 @@ def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None =
     host, port = config.host_port
     ssl_context = None
     if config.tls_cert is not None and config.tls_key is not None:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+        ssl_context = server_context(config.tls_cert, config.tls_key, config.tls_clientcas, config.tls_minimum)
     sink = AccessLogSink(sys.stderr) if config.log_access else None
     JsonAccessLogger.sink = sink
     logging.basicConfig(
@@ -76,9 +77,9 @@ def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None =
         app.on_cleanup.append(flush_log)
     scheme = "https" if ssl_context else "http"
 
-    def announce() -> None:
+    def announce(runner: web.BaseRunner) -> None:
         click.echo(
-            f"pybuild registry listening on {scheme}://{url_host(host)}:{port} (storage {storage}"
+            f"pybuild registry listening on {listen_url(scheme, host, runner)} (storage {storage}"
             f"{', metadata ' + redact(config.database) if config.database else ''}"
             f"{', read-only' if config.read_only else ''}"
             f"{', auth ' + str(config.auth_htpasswd) if config.auth_htpasswd else ''})",
@@ -97,11 +98,6 @@ def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None =
         loop.close()
 
 
-def url_host(host: str) -> str:
-    """``host`` as a URL writes it: an IPv6 address in brackets (RFC 3986 §3.2.2)."""
-    return f"[{host}]" if ":" in host else host
-
-
 async def _serve(
     config: ServerConfig,
     app: web.Application,
@@ -109,7 +105,7 @@ async def _serve(
     port: int,
     ssl_context: ssl.SSLContext | None,
     access_log: logging.Logger | None,
-    announce: Callable[[], None],
+    announce: Callable[[web.BaseRunner], None],
     reload: Callable[[], ServerConfig] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully.
@@ -142,10 +138,10 @@ async def _serve(
     ).install(runner.server)
     try:
         _on_sighup(app[REGISTRY], reload)
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        site = listen_site(runner, host, port, ssl_context, config.http_header_timeout)
         await site.start()
         debug_runner = await start_debug_server(app, config)
-        announce()
+        announce(runner)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -35,14 +35,14 @@ def test_a_time_span_option_refuses_what_is_no_duration(tmp_path: Path, command:
 
 @pytest.mark.parametrize(("command", "option"), [s for s in SPANS if s[0][0] != "storage"
                                                  or s[0][1] == "gc"])
-@pytest.mark.parametrize("value", ["0s", "0", "90", "1h30m", "7d", "1.5h"])
+@pytest.mark.parametrize("value", ["0s", "0", "90", "1h30m", "7d", "1.5h", "7d12h"])
 def test_a_time_span_option_takes_any_duration(tmp_path: Path, command: list[str], option: str,
                                                value: str) -> None:
     got = CliRunner().invoke(main, [*command, "--storage", str(tmp_path), option, value])
     assert got.exit_code == 0, got.output
 
 
-@pytest.mark.parametrize("value", ["1h30m", "1.5h", "2d", "3600", "4w"])
+@pytest.mark.parametrize("value", ["1h30m", "1.5h", "2d", "3600", "4w", "1w2d", "7d12h"])
 def test_a_robots_lifetime_takes_any_duration_and_weeks(tmp_path: Path, value: str) -> None:
     args = ["robot", "create", "ci", "--scope", "repository:app:pull",
             "--storage", str(tmp_path), "--expires", value]
@@ -70,3 +70,20 @@ def test_a_prune_until_filter_reads_the_same_durations(tmp_path: Path) -> None:
     assert got.exit_code == 2
     assert ("Invalid value for '--filter': 'soon' is not a duration such as 90s, 30m, 48h or "
             "7d (a bare number is seconds)") in got.output
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("7d12h", 648000.0), ("12h7d", 648000.0),
+                                                ("1.5d", 129600.0), ("7d", 604800.0),
+                                                ("90", 90.0), (3600, 3600.0), ("30s", 30.0)])
+def test_a_retention_rule_reads_the_same_durations(value: object, seconds: float) -> None:
+    from registry.server.retention_policy import parse_retention_duration
+
+    assert parse_retention_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "-1d", "", "1w"])
+def test_a_retention_rule_refuses_what_is_no_duration(value: str) -> None:
+    from registry.server.retention_policy import parse_retention_duration
+
+    with pytest.raises(ValueError, match="expected a duration such as 30s"):
+        parse_retention_duration(value)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 
-__all__ = ["CacheSpec", "CacheSpecError", "parse_cache_spec"]
+__all__ = ["CacheSpec", "CacheSpecError", "parse_cache_spec", "parse_cache_specs"]
 
 
 class CacheSpecError(ValueError):
@@ -32,6 +33,21 @@ def _flag(attrs: dict[str, str], name: str, what: str) -> bool:
     if value not in ("true", "false"):
         raise CacheSpecError(f"{what}: {name} must be true or false")
     return value == "true"
+
+
+def parse_cache_specs(text: str, *, export: bool) -> tuple[CacheSpec, ...]:
+    """One ``--cache-to`` / ``--cache-from`` value, as buildx's ``ParseCacheEntry`` reads
+    it: comma-separated fields (CSV: a field may be quoted), and when none of them is
+    ``key=value``, each is an image reference (``--cache-from app:1,app:latest``, as
+    ``docker build --cache-from`` takes a list)."""
+    try:
+        fields = next(csv.reader([text], strict=True)) if text.strip() else []
+    except csv.Error as exc:
+        raise CacheSpecError(f"{'--cache-to' if export else '--cache-from'} {text}: {exc}") \
+            from None
+    if len(fields) > 1 and not any("=" in f for f in fields):
+        return tuple(parse_cache_spec(f, export=export) for f in fields if f.strip())
+    return (parse_cache_spec(text, export=export),)
 
 
 def parse_cache_spec(text: str, *, export: bool) -> CacheSpec:

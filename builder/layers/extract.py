@@ -82,6 +82,19 @@ def open_layer(src: IO[bytes]) -> IO[bytes]:
     return buffered
 
 
+def _make_dirs(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)``, every directory made 0755 whatever the umask
+    (makedirs gives the ones on the way the umask's mode): parents an archive or a layer
+    does not list get the same mode on every machine, as BuildKit gives them."""
+    if os.path.isdir(path):
+        return
+    head = os.path.dirname(path)
+    if head and head != path:
+        _make_dirs(head)
+    os.mkdir(path)
+    os.chmod(path, 0o755)
+
+
 def remove_path(path: str | os.PathLike[str]) -> None:
     """Remove whatever is at ``path`` (a directory recursively), never following symlinks."""
     try:
@@ -121,7 +134,7 @@ class _Applier:
             return parent
         parent = resolve_in_root(self.root, parts[:-1], follow_final=True, name=name)
         try:
-            os.makedirs(parent, mode=0o755, exist_ok=True)
+            _make_dirs(parent)
         except (FileExistsError, NotADirectoryError) as exc:
             raise LayerFormatError(
                 f"layer entry {name!r}: a parent is not a directory in the rootfs "

@@ -3,7 +3,8 @@
 Modules: ``spec`` (what to run: :class:`RunSpec`, mounts, ``sandbox_mount``), ``users``
 (``USER`` resolution), ``rootfs`` (overlayfs or copy), ``flatten`` (the copy), ``caches``
 (cache mount directories), ``runner`` (:func:`run_step`), ``_stage`` (the in-namespace
-set-up process), ``errors``.
+set-up process), ``confine`` (runc's read-only and masked paths, the seccomp filter),
+``errors``.
 """
 
 # Names are imported from their modules on first use (PEP 562): a build whose RUN

@@ -1,7 +1,7 @@
 """The process that sets up one step's sandbox, then becomes the sandbox.
 
 Run as a script (stdlib only; of pybuild only ``builder/layers/rootwalk.py``, the in-root
-path walk, loaded by its path) by ``runner.py``, already
+path walk, and ``confine.py``, loaded by their paths) by ``runner.py``, already
 inside a private mount namespace made by ``unshare(1)`` -- and, for the chroot executor,
 inside fresh PID/IPC/UTS (and network) namespaces too, as their PID 1. Every mount made
 here lives in that namespace and disappears with it: nothing needs unmounting afterwards,
@@ -21,7 +21,9 @@ The command starts as runc starts a container's process: the Python interpreter 
 SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across ``exec`` -- a
 ``yes | head`` pipeline would then never end -- so every disposition goes back to its
 default, the signal mask is emptied, every descriptor but 0-2 is closed (bwrap's status
-descriptor excepted, which bwrap does not pass on) and the umask is 022.
+descriptor excepted, which bwrap does not pass on) and the umask is 022; /proc's
+read-only and masked paths are covered and the seccomp filter applies, as runc's
+(``confine.py``).
 """
 
 from __future__ import annotations
@@ -104,24 +106,27 @@ def remount_readonly(target: str, flags: int = 0) -> None:
 touched: dict[str, list[int]] = {}
 
 
-def _load_rootwalk() -> Any:
-    """builder.layers.rootwalk, the one in-root path walk (stdlib only): imported as a
-    module when this file is, loaded from its path when this runs as a script."""
+def _load(package: str, name: str) -> Any:
+    """A stdlib-only module of pybuild (``builder.layers.rootwalk``, the one in-root path
+    walk; ``builder.sandbox.confine``): imported as a module when this file is, loaded
+    from its path when this runs as a script."""
+    import importlib
     try:
-        from ..layers import rootwalk
-    except ImportError:  # a script under -I: nothing of pybuild is importable
+        return importlib.import_module(f"..{package}.{name}", __package__ or "")
+    except (ImportError, TypeError):  # a script under -I: nothing of pybuild is importable
         import importlib.util
 
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                            "layers", "rootwalk.py")
-        spec = importlib.util.spec_from_file_location("_pybuild_rootwalk", path)
+                            package, f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"_pybuild_{name}", path)
         assert spec is not None and spec.loader is not None
-        rootwalk = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(rootwalk)
-    return rootwalk
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
 
 
-_rootwalk = _load_rootwalk()
+_rootwalk = _load("layers", "rootwalk")
+_confine = _load("sandbox", "confine")
 
 
 def resolve(root: str, path: str, create: str | None, created: list[str]) -> str:
@@ -226,12 +231,14 @@ def setup_dev(plan: Plan, root: str, stubs: list[str]) -> None:
     os.mkdir(os.path.join(dev, "shm"))
     mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV,
           f"mode=1777,size={plan['shm_size']}")
-    os.mkdir(os.path.join(dev, "pts"))
-    try:
-        mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
-              "newinstance,ptmxmode=0666,mode=620")
-    except SetupError:
-        pass  # no pseudo-terminals: builds rarely need them
+    for name, fstype, flags, data in (
+            ("pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620"),
+            ("mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, "")):
+        os.mkdir(os.path.join(dev, name))
+        try:
+            mount(fstype, os.path.join(dev, name), fstype, flags, data)
+        except SetupError:
+            pass  # no pseudo-terminals or message queues: builds rarely need them
 
 
 def setup_pipes(plan: Plan, root: str) -> None:
@@ -291,8 +298,32 @@ def setup_sys(plan: Plan, root: str, stubs: list[str]) -> None:
             raise
         mount("/sys", sys_dir, None, MS_BIND | MS_REC)
         remount_readonly(sys_dir, MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    protect_paths(plan, root, "/sys")
     if plan["network_none"]:
         loopback_up()
+
+
+def protect_paths(plan: Plan, root: str, prefix: str) -> None:
+    """Cover runc's read-only and masked paths under ``prefix`` (``confine.py``), which
+    is mounted at ``root + prefix`` already."""
+    for path, how in [] if plan["insecure"] else _confine.protected(root, prefix):
+        target = root + path
+        if how == "ro":
+            mount(target, target, None, MS_BIND | MS_REC)
+            remount_readonly(target)
+        elif how == "dir":
+            mount("tmpfs", target, "tmpfs", MS_RDONLY)
+        else:
+            mount("/dev/null", target, None, MS_BIND)
+
+
+def restrict_syscalls(plan: Plan) -> None:
+    """The step's seccomp filter (``confine.py``; none when insecure, as BuildKit's)."""
+    if not plan["insecure"]:
+        try:
+            _confine.install_filter(_confine.keyring_filter())
+        except OSError as exc:
+            raise SetupError(str(exc.strerror)) from None
 
 
 def own_workdir(plan: Plan, root: str, created: list[str]) -> None:
@@ -314,6 +345,7 @@ def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
                          "with an unmasked /proc (docker run --security-opt "
                          "systempaths=unconfined; Kubernetes: securityContext.procMount: "
                          "Unmasked), see docs/rootless.md") from None
+    protect_paths(plan, root, "/proc")
     setup_dev(plan, root, stubs)
     setup_pipes(plan, root)
     socket.sethostname(plan["hostname"])
@@ -326,6 +358,7 @@ def run_chroot(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     if not plan["insecure"]:
         drop_capabilities()
     set_rlimits(plan)
+    restrict_syscalls(plan)
     os.setgroups(plan["groups"])
     os.setgid(plan["gid"])
     os.setuid(plan["uid"])
@@ -356,18 +389,22 @@ def run_bwrap(plan: Plan, root: str, stubs: list[str], report: int) -> None:
     write(report, {"stubs": stubs, "touched": touched})
     # The network namespace (network=none) and /sys come from the stage: bwrap shares the
     # former and carries the latter over with its recursive bind of the root.
-    args = [plan["bwrap"], "--bind", root, "/", "--proc", "/proc", "--dev", "/dev",
+    args = [plan["bwrap"], "--bind", root, "/", "--proc", "/proc",
+            *([] if plan["insecure"] else _confine.bwrap_protect_args()),
+            "--dev", "/dev",
             "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts",
             "--hostname", plan["hostname"], "--chdir", "/" if cwd == "/." else cwd, "--die-with-parent",
             "--json-status-fd", str(report),
             "--cap-drop", "ALL"]
     for cap in ["ALL"] if plan["insecure"] else DEFAULT_CAPS:
         args += ["--cap-add", cap]
-    args += ["--perms", "1777", "--size", str(plan["shm_size"]), "--tmpfs", "/dev/shm"]
+    args += ["--perms", "1777", "--size", str(plan["shm_size"]), "--tmpfs", "/dev/shm",
+             "--mqueue", "/dev/mqueue"]
     for p in plan["pipes"]:
         args += ["--ro-bind", p["source"], f"/dev/pipes/{p['name']}"]
     args += ["--", *plan["argv"]]
     set_rlimits(plan)
+    restrict_syscalls(plan)  # bwrap itself makes none of the refused calls
     # bwrap keeps real root's uid (no user namespace, so files keep their real owners);
     # the group and supplementary groups are set here and bwrap inherits them.
     os.setgroups(plan["groups"])

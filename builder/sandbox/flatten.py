@@ -19,7 +19,7 @@ from ..layers.extract import remove_path
 from .rootfs import is_opaque
 from .whiteouts import is_whiteout
 
-__all__ = ["flatten_lowers", "flatten_subtree"]
+__all__ = ["flatten_lowers", "flatten_subtree", "pin_times"]
 
 
 def flatten_lowers(lowers: Sequence[Path], dest: Path) -> None:
@@ -28,6 +28,26 @@ def flatten_lowers(lowers: Sequence[Path], dest: Path) -> None:
     for layer in reversed(lowers):
         _apply(layer, dest, {})
         _copy_meta(layer, dest)
+
+
+def pin_times(lowers: Sequence[Path], dest: Path, epoch: int, *, itself: bool = False) -> None:
+    """Give every entry of the union of ``lowers`` in ``dest`` (written there by
+    :func:`flatten_lowers`), and ``dest`` ``itself`` if asked (a platform's directory), the
+    time ``epoch``, as BuildKit's ``local`` and ``tar`` exporters do with
+    ``SOURCE_DATE_EPOCH``: the files are the same whichever machine, checkout or cache made
+    them. What else ``dest`` holds keeps its times. Symbolic links are never followed (an
+    image's ``/x -> /etc`` must not reach the host's files)."""
+    ours = {os.path.normpath(os.path.join(os.path.relpath(dirpath, layer), name))
+            for layer in lowers for dirpath, dirnames, filenames in os.walk(layer)
+            for name in dirnames + filenames}
+    ns = epoch * 1_000_000_000
+    if itself:
+        os.utime(dest, ns=(ns, ns))
+    for dirpath, dirnames, filenames in os.walk(dest):
+        rel = os.path.relpath(dirpath, dest)
+        for name in dirnames + filenames:
+            if os.path.normpath(os.path.join(rel, name)) in ours:
+                os.utime(os.path.join(dirpath, name), ns=(ns, ns), follow_symlinks=False)
 
 
 def flatten_subtree(lowers: Sequence[Path], dest: Path, within: str | Sequence[str]) -> bool:

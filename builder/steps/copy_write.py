@@ -109,8 +109,11 @@ def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup,
             _copy_file(it.path, target, ids, chmod.apply(mode, False) if chmod else mode,
                        st.st_mtime_ns, read_xattrs(os.fspath(it.path)) if it.keep_owner else ())
             continue
+        elif stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            _make_node(it, target, st, ids, chmod)
+            continue
         else:
-            continue  # sockets, devices, fifos are not copied (as BuildKit)
+            continue  # a socket: a layer cannot hold one
         # a directory: its time is set once what is copied into it is written
         os.chown(target, *ids)
         os.chmod(target, chmod.apply(mode, True) if chmod is not None else mode)
@@ -118,6 +121,27 @@ def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup,
         if st is not None:
             dir_times.append((target, st.st_mtime_ns))
     _set_dir_times(dir_times)
+
+
+def _make_node(it: CopyItem, target: Path, st: AnyStat, ids: tuple[int, int],
+               chmod: ModeChange | None) -> None:
+    """A FIFO or device node as its copy, with owner, mode, xattrs and mtime, as
+    BuildKit's copy makes one (fsutil since 2022; earlier ones dropped FIFOs and wrote
+    devices as empty files). Root of a user namespace cannot make a device node: left
+    out, as a flattened stage leaves it out there."""
+    assert it.path is not None
+    rdev = os.lstat(it.path).st_rdev  # a context's walk keeps no device numbers
+    try:
+        os.mknod(target, stat.S_IFMT(st.st_mode) | 0o600, rdev)
+    except PermissionError:
+        if stat.S_ISFIFO(st.st_mode):
+            raise
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    os.chown(target, *ids, follow_symlinks=False)
+    os.chmod(target, chmod.apply(mode, False) if chmod is not None else mode)
+    _copy_xattrs(it, target)
+    os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
 def _copy_xattrs(it: CopyItem, target: Path) -> None:

@@ -11,14 +11,13 @@ import asyncio
 import email.utils
 import hashlib
 import os
-import stat
 import urllib.parse
 from pathlib import Path
 
 from registry.client.proxies import Proxies, ProxyError, aiohttp_proxy
 
 from ..dockerfile.instructions import Add
-from ..git_fetch import Fetched, GitFetchError, fetch
+from ..git_fetch import Fetched, GitFetchError, as_committed, fetch
 from .common import BuildError, StepEnv
 
 __all__ = [
@@ -55,25 +54,8 @@ async def fetch_git(env: StepEnv, url: str, keep_git_dir: bool, where: str) -> F
     except GitFetchError as exc:
         raise BuildError(where, f"{exc}; ADD of a Git repository fetches it with git, as "
                          "BuildKit does (git@ and ssh:// URLs need the host's SSH keys)") from None
-    await asyncio.to_thread(_as_committed, fetched.path, fetched.time)
+    await asyncio.to_thread(as_committed, fetched.path, fetched.time)
     return fetched
-
-
-def _as_committed(root: Path, when: int) -> None:
-    for top, dirs, files in os.walk(root, topdown=False):
-        for name in files:
-            path = os.path.join(top, name)
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                os.chmod(path, 0o755 if st.st_mode & 0o111 else 0o644)
-            os.utime(path, (when, when), follow_symlinks=False)
-        for name in dirs:
-            path = os.path.join(top, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o755)
-            os.utime(path, (when, when), follow_symlinks=False)
-    os.chmod(root, 0o755)
-    os.utime(root, (when, when))
 
 
 def sha256_file(path: Path) -> str:

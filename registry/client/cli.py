@@ -1,7 +1,8 @@
 """``pybuild pull/push/copy/images/rmi/login/logout``: thin click commands over the client.
 
 Registry access flags shared by the transfer commands: ``--ca-cert FILE`` (trust this CA),
-``--tls-verify=false`` (do not verify certificates), ``--insecure HOST`` (repeatable;
+``--cert-dir DIR`` (CAs and client certificates, instead of the registry's certs.d directory),
+``--tls-verify=false`` (do not verify certificates; plain HTTP allowed), ``--insecure HOST`` (repeatable;
 plain HTTP allowed; also ``PYBUILD_INSECURE_REGISTRIES=host1,host2``). Loopback registries
 are always allowed over plain HTTP.
 """
@@ -9,12 +10,16 @@ are always allowed over plain HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import errno
 import json
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,6 +35,7 @@ from .refs import parse_image_ref
 from .transfer import DEFAULT_JOBS, TransferOptions
 
 if TYPE_CHECKING:
+    from .image_store import ImageStore
     from .progress import Progress
     from .remote import ClientOptions
 
@@ -139,8 +145,12 @@ def _transfer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--quiet", "-q", is_flag=True, help="No progress output."),
         click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      default=None, help="CA certificate to trust for registries."),
+        click.option("--cert-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     default=None, help="Use the certificates in DIR (*.crt CAs, *.cert and *.key "
+                                        "client pairs) instead of the registry's certs.d directory."),
         click.option("--tls-verify", type=click.BOOL, default=True, show_default=True,
-                     help="Verify registry certificates (--tls-verify=false to skip)."),
+                     help="Verify registry certificates (--tls-verify=false to skip, and allow "
+                          "plain HTTP, as podman)."),
         click.option("--insecure", multiple=True, metavar="HOST",
                      help="Allow plain HTTP / unverified TLS for HOST (repeatable)."),
         _storage_option,
@@ -155,20 +165,21 @@ def _client_options(kw: dict[str, Any], progress: Progress | None = None) -> Cli
 
     insecure = set(kw["insecure"])
     insecure.update(h for h in os.environ.get("PYBUILD_INSECURE_REGISTRIES", "").split(",") if h)
-    return ClientOptions(ca_cert=kw["ca_cert"], tls_verify=kw["tls_verify"], insecure=frozenset(insecure),
+    return ClientOptions(ca_cert=kw["ca_cert"], cert_dir=kw["cert_dir"], tls_verify=kw["tls_verify"],
+                         insecure=frozenset(insecure),
                          notice=progress.message if progress is not None else None)
 
 
 async def _copy(src: Endpoint, dst: Endpoint, kw: dict[str, Any]) -> None:
     from .copy import CopyOptions, copy_image
-    from .image_store import ImageStore
     from .progress import Progress
     from .remote import RegistryClient
 
     progress = Progress.auto(json_events=kw["json_events"], quiet=kw["quiet"])
     options = CopyOptions(platform=kw["platform"], all_platforms=kw["all_platforms"], jobs=kw["jobs"],
                           transfer=TransferOptions(window=kw["ranges"]))
-    async with await ImageStore.open(kw["storage"]) as images, RegistryClient(_client_options(kw, progress)) as client:
+    async with _copy_store(src, dst, kw["storage"], progress) as images, \
+            RegistryClient(_client_options(kw, progress)) as client:
         result = await copy_image(src, dst, images, client, progress, options)
     summary = progress.close()
     if kw["json_events"]:
@@ -179,11 +190,65 @@ async def _copy(src: Endpoint, dst: Endpoint, kw: dict[str, Any]) -> None:
         click.echo(f"{dst}: digest {result.digest}", err=True)
 
 
+@contextlib.asynccontextmanager
+async def _copy_store(src: Endpoint, dst: Endpoint, storage: Path | None,
+                      progress: Progress) -> AsyncIterator[ImageStore]:
+    """The local store a copy from ``src`` to ``dst`` goes through. A copy from a registry
+    or an OCI layout to a registry streams, as skopeo's does: it needs the store only to
+    reuse what that holds, so a store not made yet is not made (a read-only HOME), and
+    one that cannot be opened (its S3 packs unreachable) is said and left out. A
+    throwaway store in a temporary directory stands in for it then."""
+    from cas.location import default_storage_dir
+
+    from .image_store import ImageStore
+
+    streams = dst.kind == "registry" and src.kind in ("registry", "oci", "oci-archive")
+    if not streams:
+        async with await ImageStore.open(storage) as needed:
+            yield needed
+        return
+    root = storage if storage is not None else default_storage_dir(check=False)
+    images: ImageStore | None = None
+    if await asyncio.to_thread(root.is_dir):
+        try:
+            images = await ImageStore.open(root)
+        except (CasError, OSError) as exc:
+            progress.message(f"the local store {root} cannot be used ({exc}); "
+                             "copying without it (nothing in it is reused)")
+    if images is not None:
+        async with images:
+            yield images
+        return
+    scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="pybuild-copy-"))
+    try:
+        async with await ImageStore.open(scratch) as throwaway:
+            yield throwaway
+    finally:
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+
+def _content_trust(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """docker pull/push's ``--disable-content-trust`` (true unless DOCKER_CONTENT_TRUST is
+    set): accepted; asking for trust (``=false``) is refused, as pybuild verifies no
+    Notary signatures."""
+    return click.option("--disable-content-trust", "disable_content_trust", is_flag=True,
+                        default=True, hidden=True)(fn)
+
+
+def _no_content_trust(kw: dict[str, Any]) -> None:
+    if not kw.pop("disable_content_trust", True):
+        raise click.UsageError("content trust (Notary signatures) is not supported: leave out "
+                               "--disable-content-trust=false; pin images by digest "
+                               "(NAME@sha256:...) instead")
+
+
 @click.command()
 @click.argument("ref")
 @_transfer_options
+@_content_trust
 def pull(ref: str, **kw: Any) -> None:
     """Pull image REF from its registry into the local store (only what is missing)."""
+    _no_content_trust(kw)
     image = _ref(ref)
     _run(_copy(Endpoint("registry", image), Endpoint("local", image), kw))
 
@@ -192,8 +257,10 @@ def pull(ref: str, **kw: Any) -> None:
 @click.argument("ref")
 @click.argument("destination", required=False)
 @_transfer_options
+@_content_trust
 def push(ref: str, destination: str | None, **kw: Any) -> None:
     """Push local image REF to its registry (or to DESTINATION, any transport)."""
+    _no_content_trust(kw)
     image = _ref(ref)
     try:
         dst = parse_endpoint(destination) if destination else Endpoint("registry", image)
@@ -219,43 +286,68 @@ def copy(source: str, destination: str, **kw: Any) -> None:
 @click.command()
 @click.argument("refs", nargs=-1, required=True)
 @click.option("-f", "--force", is_flag=True, help="Remove an image ID's every name.")
+@click.option("--no-prune", "no_prune", is_flag=True,
+              help="Accepted for docker's sake: rmi removes names only, never other images.")
 @_storage_option
-def rmi(refs: tuple[str, ...], force: bool, storage: Path | None) -> None:
-    """Remove local images, by name or ID (their blobs are reclaimed by ``pybuild storage
-    gc``). Prints ``Untagged: NAME`` for each name removed, as docker rmi does (nothing is
-    ``Deleted:`` yet: that is ``pybuild storage gc``'s work)."""
+def rmi(refs: tuple[str, ...], force: bool, no_prune: bool, storage: Path | None) -> None:
+    """Remove local images, by name (``NAME[:TAG]``, ``NAME@DIGEST``) or ID (their blobs
+    are reclaimed by ``pybuild storage gc``). Prints ``Untagged: NAME`` for each name
+    removed, as docker rmi does (nothing is ``Deleted:`` yet: that is ``pybuild storage
+    gc``'s work). As docker rmi, a failure for one image does not stop the others; the
+    command then fails naming each."""
 
     from .image_store import ImageStore
     from .refs import familiar  # the names as pybuild images shows them, as docker
 
-    async def run() -> list[str]:
-        missing = []
-        async with await ImageStore.open(storage) as store:
-            for ref in refs:
-                if await store.remove(name := str(_ref(ref))):
-                    click.echo(f"Untagged: {familiar(name)}")
-                    continue
-                # An ID (as Docker: the name first); several names only with -f, as Docker
-                found = await store.by_id(ref)
-                names = [image.ref for image in found]
-                if len({image.digest for image in found}) > 1:
-                    raise click.ClickException(
-                        f"{ref} is the start of several images' IDs; give more of it "
-                        "(pybuild images --no-trunc)")
-                if len(names) > 1 and not force:
-                    raise click.ClickException(
-                        f"image {ref} has several names ({', '.join(names)}): remove them by "
-                        "name, or all of them with -f")
-                for name in names:
-                    if await store.remove(name):
-                        click.echo(f"Untagged: {familiar(name)}")
-                if not names:
-                    missing.append(ref)
-        return missing
+    async def remove(store: ImageStore, ref: str) -> str | None:
+        """Remove what ``ref`` names; the error for it, if any."""
+        parsed = _ref(ref)
+        if await store.remove(name := str(parsed)):
+            click.echo(f"Untagged: {familiar(name)}")
+            return None
+        if parsed.digest is not None:
+            # NAME@DIGEST of an image held by tag: the reference by digest that a pull or
+            # push gives it in docker (its RepoDigests). As docker rmi, only that reference
+            # goes: the tags stay.
+            if any(image.digest == parsed.digest and _ref(image.ref).repository == parsed.repository
+                   for image in await store.list()):
+                click.echo(f"Untagged: {familiar(name)}")
+                return None
+            return f"no such local image: {ref} (see pybuild images --no-trunc)"
+        # An ID (as Docker: the name first); several names only with -f, as Docker
+        found = await store.by_id(ref)
+        names = [image.ref for image in found]
+        if len({image.digest for image in found}) > 1:
+            return (f"{ref} is the start of several images' IDs; give more of it "
+                    "(pybuild images --no-trunc)")
+        if not names:
+            return f"no such local image: {ref} (see pybuild images)"
+        if not force and not _single_reference(names):
+            # docker: "unable to delete ID (must be forced) - image is referenced in
+            # multiple repositories"; one tag and references by digest in one repository
+            # are removed without -f
+            return (f"image {ref} has several names ({', '.join(names)}): remove them by "
+                    "name, or all of them with -f")
+        for name in names:
+            if await store.remove(name):
+                click.echo(f"Untagged: {familiar(name)}")
+        return None
 
-    missing = _run(run())
-    if missing:
-        raise click.ClickException(f"no such local image: {', '.join(missing)} (see pybuild images)")
+    async def run() -> list[str]:
+        async with await ImageStore.open(storage) as store:
+            return [error for ref in refs if (error := await remove(store, ref)) is not None]
+
+    errors = _run(run())
+    if errors:
+        raise click.ClickException("; ".join(errors))
+
+
+def _single_reference(names: list[str]) -> bool:
+    """docker rmi's ``isSingleReference``: the names are of one repository, and at most
+    one of them is a tag (the others are references by digest)."""
+    parsed = [_ref(name) for name in names]
+    return (len({ref.repository for ref in parsed}) == 1
+            and sum(ref.digest is None for ref in parsed) <= 1)
 
 
 @click.command()
@@ -264,13 +356,14 @@ def rmi(refs: tuple[str, ...], force: bool, storage: Path | None) -> None:
 @click.option("--password", "-p", default=None)
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
 @click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--cert-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
 @click.option("--tls-verify", type=click.BOOL, default=True)
 @click.option("--insecure", multiple=True, metavar="HOST")
 def login(server: str, username: str | None, password: str | None, password_stdin: bool, **kw: Any) -> None:
     """Check credentials against SERVER and save them in Docker's config.json."""
     from .auth import Credentials, store_credentials
     from .docker_config import server_host
-    from .remote import ClientOptions, RegistryClient
+    from .remote import RegistryClient
 
     server = server_host(server)  # `https://reg:5000/` names reg:5000, as for docker login
 
@@ -299,8 +392,7 @@ def login(server: str, username: str | None, password: str | None, password_stdi
 
     async def check() -> None:
         options = _client_options(kw)
-        options = ClientOptions(options.ca_cert, options.tls_verify, options.insecure,
-                                credentials={_ref(f"{server}/x").api_host: creds})
+        options = dataclasses.replace(options, credentials={_ref(f"{server}/x").api_host: creds})
         async with RegistryClient(options) as client:
             await client.ping(_ref(f"{server}/x").api_host)
 

@@ -40,10 +40,11 @@ from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
+from .certs_dirs import closed_after_handshake, tls_refusal
 from .errors import ClientError
 from .proxies import Proxies, Proxy
 
-__all__ = ["PlainHttp", "UnknownHost", "Unreachable", "Wire", "WireError", "WireResponse"]
+__all__ = ["PlainHttp", "TlsClosed", "TlsRefused", "UnknownHost", "Unreachable", "Wire", "WireError", "WireResponse"]
 
 T = TypeVar("T")
 MAX_SMALL_BODY = 4 << 20
@@ -57,6 +58,18 @@ class PlainHttp(WireError):
     """The server answered the TLS handshake with something else than TLS: plain HTTP,
     most likely (what Go's client, and so Docker and skopeo, calls "server gave HTTP
     response to HTTPS client"). Asking again gets the same answer."""
+
+
+class TlsRefused(WireError):
+    """The TLS handshake failed over a certificate: the server's is not trusted (unknown
+    CA, expired, another name), or the server wants one from the client. Asking again
+    gets the same answer; the message says which file to put where."""
+
+
+class TlsClosed(WireError):
+    """A new TLS connection was closed at its first request, the handshake done, without
+    an answer: what a registry that wants a client certificate it did not get does when
+    it cannot say so (one on asyncio's or uvloop's own TLS, with TLS 1.3). The host speaks TLS."""
 
 
 # What OpenSSL says of a handshake answered in plain HTTP (3.0; 3.2 and later).
@@ -265,6 +278,10 @@ class Wire:
                         f"response to HTTPS client): it is a plain-HTTP registry; allow that with "
                         f"--insecure {parts.netloc} (or PYBUILD_INSECURE_REGISTRIES), or serve it over TLS"
                     ) from exc
+                if isinstance(exc, ssl.SSLError) and (why := tls_refusal(exc, parts.netloc)):
+                    raise TlsRefused(f"{method} {_bare(url)}: {why}") from exc
+                if fresh and parts.scheme == "https" and isinstance(exc, http.client.RemoteDisconnected):
+                    raise TlsClosed(f"{method} {_bare(url)}: {closed_after_handshake(parts.netloc)}") from exc
                 raise WireError(f"{method} {_bare(url)}: {exc or type(exc).__name__}") from exc
             return WireResponse(self, origin, conn, resp, url)
         raise AssertionError("unreachable")

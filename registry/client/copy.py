@@ -45,20 +45,13 @@ from cas.lease import held
 
 from ..errors import RegistryError
 from ..oci import DOCKER_CONFIG, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Manifest, parse_manifest
+from .docker_archive import read_docker_archive, write_docker_archive
 from .endpoints import Endpoint, check_transport, parse_endpoint
 from .errors import ClientError
 from .image_store import ImageNotFound, ImageStore, select_platform
 from .index_entries import read_index_entries
 from .layout_claims import undone_on_failure
-from .layouts import (
-    LayoutError,
-    OciLayout,
-    as_oci,
-    check_destination,
-    read_docker_archive,
-    source_index,
-    write_docker_archive,
-)
+from .layouts import LayoutError, OciLayout, as_oci, check_destination, source_index
 from .oci_archive import unpacked
 from .progress import Progress
 from .pull import PieceSources, TransferOptions, local_piece_sources, pull_blob

@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cas.location import StorageLocationError, check_place
+
 from .errors import ClientError
 
 __all__ = ["ConfigError", "docker_config_path", "read_config", "server_host", "write_config"]
@@ -34,6 +36,22 @@ class ConfigError(ClientError):
 def docker_config_path() -> Path:
     base = os.environ.get("DOCKER_CONFIG")
     return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
+
+
+def _check_place(path: Path) -> None:
+    """ConfigError naming the variable when ``path`` is the default config.json and the
+    variable it comes from (``DOCKER_CONFIG``, else ``HOME``) or a directory on the way is
+    a file: "Not a directory" alone says neither which nor what to do."""
+    if path != docker_config_path():
+        return
+    base = os.environ.get("DOCKER_CONFIG")
+    top, var = (Path(base), "DOCKER_CONFIG") if base else (Path.home(), "HOME")
+    fix = ("or set DOCKER_CONFIG to a directory for config.json" if var == "HOME"
+           else "which is where Docker keeps config.json")
+    try:
+        check_place(path, top, var, "Docker's config file", fix)
+    except StorageLocationError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def server_host(server: str) -> str:
@@ -54,6 +72,8 @@ def read_config(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
+        if isinstance(exc, NotADirectoryError):
+            _check_place(path)
         raise ConfigError(f"cannot read {path}: {exc}; fix or remove the file") from exc
     if not text.strip():
         return {}
@@ -74,7 +94,11 @@ def read_config(path: Path) -> dict[str, Any]:
 def write_config(path: Path, config: dict[str, Any]) -> None:
     """Replace ``path`` (or the file it links to) with ``config``, atomically, mode 0600."""
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except (FileExistsError, NotADirectoryError):
+        _check_place(path)
+        raise
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w") as f:

@@ -82,7 +82,12 @@ async def _lookup(images: ImageStore, text: str) -> tuple[str, Digest]:
 @_storage_option
 def tag(source: str, target: str, storage: Path | None) -> None:
     """Name the local image SOURCE also TARGET."""
-    dst = str(_ref(target))
+    parsed = _ref(target)
+    if parsed.digest is not None:
+        # as docker tag: a name by digest is the digest of the content, not a name to give
+        raise click.BadParameter(f"{target}: refusing to create a tag with a digest "
+                                 "reference; give NAME[:TAG]", param_hint="TARGET")
+    dst = str(parsed)
 
     async def run() -> None:
         async with await ImageStore.open(storage) as images:
@@ -125,9 +130,13 @@ async def _describe(images: ImageStore, text: str, platform: str | None) -> dict
 @click.option("--format", "-f", "template", default=None,
               help="Go-template subset ({{.Config.Env}}, {{.Id}}, {{json .Manifest}}) or json.")
 @click.option("--platform", default=None, help="os/arch[/variant] to pick from an index.")
+@click.option("--type", "kind", type=click.Choice(["image"]), default="image",
+              help="As docker inspect --type: local images are all there is to inspect.")
+@click.option("--size", "-s", is_flag=True,
+              help="Accepted for docker's sake (it sizes containers, not images).")
 @_storage_option
-def inspect(refs: tuple[str, ...], template: str | None, platform: str | None,
-            storage: Path | None) -> None:
+def inspect(refs: tuple[str, ...], template: str | None, platform: str | None, kind: str,
+            size: bool, storage: Path | None) -> None:
     """Print local images' manifests and configs (history included) as JSON."""
 
     async def run() -> tuple[list[dict[str, Any]], list[str]]:
@@ -331,9 +340,12 @@ def _image_filters(values: tuple[str, ...]) -> tuple[list[str], bool]:
                    "dangling=true|false.")
 @click.option("--all", "-a", "show_all", is_flag=True,
               help="Accepted for docker's sake: there are no intermediate images to hide.")
+@click.option("--digests", is_flag=True,
+              help="Accepted for docker's sake: the table shows digests already.")
 @_storage_option
 def images(pattern: str | None, quiet: bool, no_trunc: bool, template: str | None,
-           as_json: bool, filters: tuple[str, ...], show_all: bool, storage: Path | None) -> None:
+           as_json: bool, filters: tuple[str, ...], show_all: bool, digests: bool,
+           storage: Path | None) -> None:
     """List local images."""
     references, dangling = _image_filters(filters)
 

@@ -50,7 +50,7 @@ from cas.sqlite_db import open_wal_database
 from ..oci import INDEX_TYPES, MANIFEST_TYPES, ImageConfig, Index, Manifest, Platform, parse_manifest
 from .errors import ClientError
 
-__all__ = ["ImageNotFound", "ImageStore", "LocalImage", "select_platform"]
+__all__ = ["PUSH_SESSION_DAYS", "ImageNotFound", "ImageStore", "LocalImage", "select_platform"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -78,6 +78,9 @@ SCHEMA_VERSION = 1  # images.db's (cas.sqlite_db.migrate_schema): raise it with 
 _WORKERS = min(8, (os.cpu_count() or 2) + 1)
 # Seconds close() waits for interrupted transfers to keep or drop what they fetched.
 _FINISH_WAIT = 30.0
+# Days after which an interrupted push's upload session is forgotten: registries purge
+# idle sessions sooner (Distribution after 7 days, pybuild serve after 1).
+PUSH_SESSION_DAYS = 7
 
 
 class ImageNotFound(ClientError, LookupError):
@@ -140,6 +143,7 @@ class ImageStore:
         self._closed = False
         self._owns_store = owns_store
         self._finishing: set[asyncio.Task[Any]] = set()
+        self._dead_transfers_forgotten = False
 
     @classmethod
     async def open(cls, root: Path | None = None, *, store: Store | None = None) -> ImageStore:
@@ -381,6 +385,47 @@ class ImageStore:
     def _claim_path(self, ingest_id: str) -> Path:
         # not "<id>.*": the store removes those with the ingest's tail files
         return self._path.parent / "ingests" / f".pull-{ingest_id}.lock"
+
+    async def forget_dead_transfers(self) -> None:
+        """Forget the interrupted pulls whose ingest is no longer open, and the upload
+        sessions of interrupted pushes older than any registry keeps one
+        (:data:`PUSH_SESSION_DAYS`). A transfer killed (SIGKILL, a CI job's timeout)
+        leaves its ``pulls`` or ``pushes`` row behind, and a pull its claim file; once
+        ``pybuild storage gc`` or the ingest TTL has ended the ingest, nothing else would
+        remove them unless the same blob is moved again (one file and one row per killed
+        transfer, for ever). Once per image store, before its first transfer. The claims
+        and rows are read before the open ingests are: an ingest begins before its claim
+        and its row exist, so one not open then has ended; a claim still held (flock) is
+        left alone."""
+        if self._dead_transfers_forgotten:
+            return
+        self._dead_transfers_forgotten = True
+        await self._sql("DELETE FROM pushes WHERE updated < ?", time.time() - PUSH_SESSION_DAYS * 86400)
+        claims = await asyncio.to_thread(
+            lambda: list(self._claim_path("x").parent.glob(".pull-*.lock")))
+        rows = await self._sql("SELECT digest, ingest_id FROM pulls")
+        open_ids = {info.id for info in await self.store.list_ingests()}
+        for digest, ingest_id in rows:
+            if ingest_id not in open_ids:
+                await self._sql("DELETE FROM pulls WHERE digest=? AND ingest_id=?", digest, ingest_id)
+
+        def unlink_dead() -> None:
+            for path in claims:
+                if path.name[len(".pull-"):-len(".lock")] in open_ids:
+                    continue
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue  # released meanwhile
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass  # still held: its transfer is ending
+                finally:
+                    os.close(fd)
+
+        await asyncio.to_thread(unlink_dead)
 
     async def pending_pull(self, digest: Digest) -> str | None:
         rows = await self._sql("SELECT ingest_id FROM pulls WHERE digest=?", str(digest))

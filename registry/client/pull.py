@@ -92,6 +92,7 @@ async def pull_blob(
     store = images.store
     key = str(desc.digest)
     progress.start(key, f"{desc.digest.encoded[:12]}", desc.size)
+    await images.forget_dead_transfers()
     if await store.stat(desc.digest) is not None:
         if link:
             await store.link(link, desc.digest)

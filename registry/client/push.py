@@ -101,6 +101,7 @@ async def push_blob(
     host, name, digest = dst.api_host, dst.name, desc.digest
     key = str(digest)
     progress.start(key, digest.encoded[:12], desc.size)
+    await images.forget_dead_transfers()
     if not absent and await client.head_blob(host, name, digest, push=True) is not None:
         progress.finish(key, "exists")
         return "exists"

@@ -6,8 +6,9 @@ and token scopes it works with. The endpoints themselves are
 
 Policies, in one place (:meth:`RegistrySession._send`):
 
-- Scheme: HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) and hosts in ``insecure`` are
-  tried over HTTPS without verification first, then plain HTTP, as Docker does for insecure registries;
+- Scheme: HTTPS. Loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``), hosts in ``insecure`` (all of
+  them with ``tls_verify`` False, as podman) are tried over HTTPS without verification first, then
+  plain HTTP, as Docker does for insecure registries;
   another host that answers TLS in plain HTTP is an error at once, with the fix (``PlainHttp``).
 - Auth: a 401 is answered once per request through :class:`registry.client.auth.HostAuth`
   (Basic, or the Bearer token flow with the request's scopes); requests that meet the
@@ -41,19 +42,14 @@ from urllib.parse import urljoin, urlsplit
 from ..errors import RegistryError, decode_errors
 from .answers import decoded, each_said, error_reason, gave_up, retry_delay, same_origin, shown_url
 from .auth import Credentials, HostAuth
-from .connections import MAX_SMALL_BODY, PlainHttp, UnknownHost, Wire, WireError, WireResponse
+from .certs_dirs import TlsSettings, default_roots
+from .connections import MAX_SMALL_BODY, PlainHttp, TlsClosed, TlsRefused, UnknownHost, Wire, WireError, WireResponse
 from .connections import Unreachable as _NoConnection
+from .docker_config import server_host
 from .errors import ClientError
 from .refs import is_loopback
 
-__all__ = [
-    "ClientOptions",
-    "RegistrySession",
-    "TransportError",
-    "Unreachable",
-    "pull_scope",
-    "push_scope",
-]
+__all__ = ["ClientOptions", "RegistrySession", "TransportError", "Unreachable", "pull_scope", "push_scope"]
 
 # 408: the server gave up waiting for the request (containerd retries it too).
 _RETRY_STATUS = frozenset({408, 500, 502, 503, 504})
@@ -105,9 +101,12 @@ def push_scope(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ClientOptions:
-    """How to reach registries. ``insecure``: hosts allowed over plain HTTP / unverified TLS."""
+    """How to reach registries. ``insecure``: hosts allowed over plain HTTP / unverified TLS;
+    ``cert_dir``, else ``<a certs_d root>/<host[:port]>/``: CAs, client certificates (certs_dirs)."""
 
     ca_cert: Path | None = None
+    cert_dir: Path | None = None
+    certs_d: tuple[Path, ...] = field(default_factory=default_roots)
     tls_verify: bool = True
     insecure: frozenset[str] = frozenset()
     retries: int = 4
@@ -154,12 +153,8 @@ class RegistrySession:
         self._base_lock = asyncio.Lock()
         self._silences: dict[str, _Silence] = {}
         self._challenges: dict[str, str] = {}  # host[:port] -> its /v2/'s WWW-Authenticate
-        verify: Any = None
-        if not self.options.tls_verify:
-            verify = False
-        elif self.options.ca_cert is not None:
-            verify = ssl.create_default_context(cafile=str(self.options.ca_cert))
-        self._ssl = verify
+        self._insecure_hosts = {server_host(h) for h in self.options.insecure}  # http://reg too, as Docker
+        self._tls = TlsSettings(self.options.ca_cert, self.options.cert_dir, self.options.certs_d)
 
     async def __aenter__(self) -> Self:
         return self
@@ -191,7 +186,9 @@ class RegistrySession:
 
     # --- scheme and transport -------------------------------------------------------------
     def _insecure(self, host: str) -> bool:
-        return (self.options.loopback_insecure and is_loopback(host)) or host in self.options.insecure
+        """Certificate unchecked, plain HTTP allowed (``tls_verify`` False: every host, as podman)."""
+        return (not self.options.tls_verify or (self.options.loopback_insecure and is_loopback(host))
+                or host in self._insecure_hosts)
 
     async def base_url(self, host: str) -> str:
         """``https://host`` or, for insecure hosts that do not speak TLS, ``http://host``."""
@@ -205,16 +202,19 @@ class RegistrySession:
                 try:
                     # Unreachable (a TransportError) goes up: nothing answers either way.
                     await _drain(await self._transmit("GET", f"{base}/v2/", {}, None, None))
+                except TlsRefused as exc:  # it speaks TLS, and wants a client certificate
+                    raise TransportError(str(exc)) from exc
+                except TlsClosed:
+                    pass  # it speaks TLS (the handshake was done): plain HTTP gets no further
                 except (TimeoutError, WireError, ssl.SSLError):
                     base = f"http://{host}"
             self._bases[host] = base
             return base
 
-    def _ssl_for(self, url: str) -> Any:
+    def _ssl_for(self, url: str, insecure_ok: bool = True) -> Any:
+        """``url``'s host's TLS settings; unverified for an insecure host (``insecure_ok``)."""
         host = urlsplit(url).netloc
-        if url.startswith("https://") and self._insecure(host):
-            return False
-        return self._ssl
+        return self._tls.for_host(host, self.options.tls_verify and not (insecure_ok and self._insecure(host)))
 
     async def _send(
         self,
@@ -266,7 +266,7 @@ class RegistrySession:
                 cause = exc.__cause__
                 if isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE):
                     raise cause from None  # this process's limit of open files: no retry helps
-                if isinstance(exc, PlainHttp):
+                if isinstance(exc, (PlainHttp, TlsRefused)):
                     raise TransportError(str(exc)) from exc  # asked again, it answers the same
                 # A WireError names the request already.
                 what = (str(exc) if isinstance(exc, WireError)
@@ -432,7 +432,7 @@ class RegistrySession:
         while True:
             try:
                 resp = await self.wire.send("GET" if data is None else "POST", url, headers,
-                                            params, self._ssl, data)
+                                            params, self._ssl_for(url, False), data)
             except WireError as exc:
                 if isinstance(exc, _NoConnection) or attempt >= self.options.retries:
                     raise

@@ -88,6 +88,7 @@ from .state import (
 from .token_server import build_token_auth, token_endpoint
 from .tokens import token_auth_configured
 from .upload_locks import InProcessUploadLocks, UploadLocks
+from .upload_locks_file import FileUploadLocks
 from .upload_locks_pg import PgUploadLocks
 from .uploads import UPLOAD_READ_BUFFER
 
@@ -320,7 +321,8 @@ def make_app(
     it), else :func:`~registry.server.metadata_open.open_metadata` opens the default for the
     same directory (``registry.db``) and it is closed on shutdown. ``upload_locks``: the
     session locks (default: shared through the PostgreSQL metadata database when there is
-    one, :mod:`~registry.server.upload_locks_pg`; else in-process).
+    one, :mod:`~registry.server.upload_locks_pg`; else among the processes serving the
+    storage directory, :mod:`~registry.server.upload_locks_file`).
     """
     app = web.Application(
         middlewares=[_registry_middleware],
@@ -373,7 +375,12 @@ def make_app(
             # Replicas share sessions: a request holds its session on every replica.
             own_locks = await PgUploadLocks.open(config.database,
                                                  max_size=config.uploads_max_active + 16)
-        locks = upload_locks or own_locks or InProcessUploadLocks()
+        file_locks: FileUploadLocks | None = None
+        if upload_locks is None and own_locks is None:
+            # Other processes may serve this storage directory: its sessions are theirs too.
+            with contextlib.suppress(OSError):  # a directory that takes no write takes no upload
+                file_locks = FileUploadLocks.at(root)
+        locks = upload_locks or own_locks or file_locks or InProcessUploadLocks()
         reg = Registry(
             config=config,
             store=serving,
@@ -401,6 +408,8 @@ def make_app(
                     await ingest.park()  # a no-op for the idle ones
             if own_locks is not None:
                 await own_locks.close()
+            if file_locks is not None:
+                file_locks.close()
             if metadata is None:
                 await meta.close()
             if opened is not None:
@@ -408,7 +417,8 @@ def make_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(proxy_context(config))
-    app.cleanup_ctx.append(health_context(config.health_file))
+    app.cleanup_ctx.append(health_context(config.health_file, config.health_storagedriver,
+                                          lambda: app[REGISTRY].meta.repository_exists("")))
     app.cleanup_ctx.append(notifications_lifecycle)
     app.cleanup_ctx.append(retention_lifecycle)  # after: it stops before the notifier
     # 100 Continue only once a handler reads the body (expect.py).

@@ -8,8 +8,10 @@ blob. A ``Range`` of one range gets 206 with ``Content-Range``, of several a 206
 ones 416. A client that stops reading is cut off (:mod:`.stalls`).
 ``If-None-Match`` and ``If-Range`` are read as :mod:`.conditional` says: a
 range whose ``If-Range`` does not name this blob is ignored (200, the whole blob).
-With ``storage_redirect`` on, a GET of a blob stored as one whole S3 object is answered
-with a 307 to a presigned URL of that object.
+With ``storage_redirect`` on, a GET (without ``Range``) or HEAD of a blob stored as one
+whole S3 object is answered with a 307 to a URL of that object presigned for that method,
+as Distribution's blob server redirects both (the s3 driver's ``URLFor`` signs the
+request's method).
 """
 
 from __future__ import annotations
@@ -61,11 +63,11 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
     }
     if none_match(if_none_match(request), str(d)):
         return web.Response(status=304, headers=headers)
-    if reg.config.storage_redirect and request.method == "GET" and "Range" not in request.headers:
-        # As Distribution's storage.redirect: the client GETs the bytes from the bucket,
-        # when the blob is one whole object there (cas: Store.redirect_url).
+    if reg.config.storage_redirect and (request.method == "HEAD" or "Range" not in request.headers):
+        # As Distribution's storage.redirect: the client GETs (HEADs) the blob in the
+        # bucket, when the blob is one whole object there (cas: Store.redirect_url).
         redirect_url = getattr(reg.store, "redirect_url", None)
-        url = await redirect_url(d) if redirect_url is not None else None
+        url = await redirect_url(d, method=request.method) if redirect_url is not None else None
         if url is not None:
             return web.Response(status=307, headers={
                 "Location": url, "Docker-Content-Digest": str(d), "Content-Length": "0",
@@ -169,7 +171,7 @@ async def _send_file_range(
         tls = transport.get_extra_info("sslcontext") is not None
         if isinstance(loop, asyncio.BaseEventLoop) or tls:
             try:
-                sent = await loop.sendfile(transport, f, offset, length)
+                sent = await stalls.sendfile_unless_stalled(transport, f, offset, length)
             except NotImplementedError:
                 pass
             except (BrokenPipeError, ConnectionResetError) as exc:  # writing to the client

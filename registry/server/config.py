@@ -39,7 +39,7 @@ The config file is YAML (``.yaml``/``.yml``) or TOML (``.toml``)::
           ttl: 300                          # PYBUILD_AUTH_TOKEN_ISSUE_TTL: token seconds
     tls:
       cert: /etc/pybuild/cert.pem       # PYBUILD_TLS_CERT
-      key: /etc/pybuild/key.pem         # PYBUILD_TLS_KEY
+      key: /etc/pybuild/key.pem         # PYBUILD_TLS_KEY; also clientcas: [CA files], minimum: tls1.3 (tls.py)
     delete:
       blobs: true                       # PYBUILD_DELETE_BLOBS
       manifests: true                   # PYBUILD_DELETE_MANIFESTS
@@ -129,10 +129,11 @@ from .distribution_config import (
     s3_location,
 )
 from .distribution_env import apply_registry_env
-from .health import FileCheck, parse_file_checks
+from .health import FileCheck, StorageCheck, parse_file_checks, parse_storage_check
 from .notifications import Endpoint, parse_endpoints
 from .proxy_config import Upstream, parse_duration, parse_upstreams, upstream_from_remoteurl
 from .retention_policy import Policy, parse_policies, parse_retention_duration
+from .tls import parse_client_cas, parse_minimum_tls
 
 __all__ = ["ConfigError", "ServerConfig", "load_config", "parse_addr"]
 
@@ -171,6 +172,8 @@ class ServerConfig:
     auth_token_issue_ttl: float = 300.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_clientcas: tuple[Path, ...] = ()
+    tls_minimum: str = "tls1.2"
     delete_blobs: bool = True
     delete_manifests: bool = True
     delete_tags: bool = True
@@ -213,6 +216,7 @@ class ServerConfig:
     retention_upload_grace: float = 3600.0
     retention_policies: tuple[Policy, ...] = ()
     health_file: tuple[FileCheck, ...] = ()  # while one of these files exists: 503 (health.py)
+    health_storagedriver: StorageCheck | None = None  # while the storage does not answer: 503
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -260,6 +264,7 @@ _TYPES: dict[str, type] = {
     "auth_token_issue_ttl": float,
     "tls_cert": Path,
     "tls_key": Path,
+    "tls_clientcas": tuple, "tls_minimum": str,
     "delete_blobs": bool,
     "delete_manifests": bool,
     "delete_tags": bool,
@@ -301,7 +306,7 @@ _TYPES: dict[str, type] = {
     "retention_untagged_delay": float,
     "retention_upload_grace": float,
     "retention_policies": tuple,
-    "health_file": tuple,
+    "health_file": tuple, "health_storagedriver": object,
 }
 def _packs_setting(value: Any) -> S3Location:
     """The ``packs`` setting: an ``s3://`` URL, or a location already made (from
@@ -335,7 +340,8 @@ _PARSERS = {
     "retention_untagged_delay": parse_retention_duration,
     "retention_upload_grace": parse_retention_duration,
     "retention_policies": parse_policies,
-    "health_file": parse_file_checks,
+    "health_file": parse_file_checks, "health_storagedriver": parse_storage_check,
+    "tls_clientcas": parse_client_cas, "tls_minimum": parse_minimum_tls,
 }
 _PARSERS["packs"] = _packs_setting
 assert set(_TYPES) == {f.name for f in fields(ServerConfig)}
@@ -347,11 +353,11 @@ def _conninfo_value(value: str) -> str:
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); ConfigError if malformed."""
+    """``HOST:PORT`` (``[v6]:PORT``; ``:PORT``: host ``""``, every address) -> (host, port)."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"invalid address {addr!r}: expected HOST:PORT, e.g. 127.0.0.1:5000")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host.strip("[]"), int(port)
 
 
 def _convert(key: str, value: Any, source: str) -> Any:
@@ -393,7 +399,7 @@ def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in doc.items():
         name = f"{prefix}{str(key).replace('-', '_')}"
-        if isinstance(value, Mapping) and name not in ("proxy_upstreams", "http_headers", "health_file"):
+        if isinstance(value, Mapping) and not name.startswith(("proxy_upstreams", "http_headers", "health_")):
             out.update(_flatten(value, name + "_"))
         else:
             out[name] = value
@@ -468,9 +474,7 @@ def load_config(
     if config.log_level.lower() not in ("debug", "info", "warn", "warning", "error"):
         raise ConfigError(f"log.level must be debug, info, warning or error, got {config.log_level!r}")
     if config.event_loop not in ("auto", "asyncio", "uvloop"):
-        raise ConfigError(
-            f"event_loop must be auto, asyncio or uvloop, got {config.event_loop!r}"
-        )
+        raise ConfigError(f"event_loop must be auto, asyncio or uvloop, got {config.event_loop!r}")
     if config.proxy_remoteurl is not None:
         try:
             upstream_from_remoteurl(config.proxy_remoteurl, None, None, 0)

@@ -6,7 +6,8 @@ client can reach them, but on a second listener meant for the operators' network
     GET  <http.debug.prometheus.path>   Prometheus metrics (default /metrics)
     GET  /healthz                       the registry's health check
     GET  /debug/health                  Distribution's: ``{}`` (200), or each failing check
-                                        and why (503): ``health.file``'s, the metadata's
+                                        and why (503): ``health.file``'s, the metadata's,
+                                        ``health.storagedriver``'s
 
 ``http.debug.prometheus.on_registry_port`` also serves the metrics at ``GET /metrics`` on
 the registry's port, as pybuild did before the debug server existed.
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from .config import ServerConfig, parse_addr
 from .health import HEALTH
+from .listen import listen_site, listen_url
 from .metrics import CONTENT_TYPE
 from .state import REGISTRY, Registry
 
@@ -58,6 +60,8 @@ async def _debug_health(request: web.Request) -> web.StreamResponse:
     registry_app = request.app[REGISTRY_APP]
     health = registry_app.get(HEALTH)
     failing = {str(path): "file exists" for path in sorted(health.failing)} if health else {}
+    if health is not None and health.storage is not None:  # health.storagedriver's verdict
+        failing["storagedriver"] = health.storage
     try:
         await registry_app[REGISTRY].meta.repository_exists("")
     except Exception as exc:  # health checks report, never raise
@@ -85,9 +89,9 @@ async def start_debug_server(registry_app: web.Application, config: ServerConfig
     runner = web.AppRunner(make_debug_app(registry_app, config), handle_signals=False, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await listen_site(runner, host, port).start()
     except OSError:
         await runner.cleanup()
         raise
-    log.info("debug server (metrics) listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
+    log.info("debug server (metrics) listening on %s", listen_url("http", host, runner))
     return runner

@@ -6,9 +6,10 @@ pybuild's settings, so a team moving from ``registry:2`` keeps its file. Every k
 Distribution documents is either mapped, accepted as having nothing to do in pybuild (and
 listed in ``docs/registry.md``), or refused with an error that names it; a key Distribution
 does not know is refused too. Behaviour follows Distribution where the two differ:
-deletion is off unless ``storage.delete.enabled`` is true, ``http.addr: :5000`` listens on
-every interface, and with ``storage.s3`` blob GETs are redirected to the bucket unless
-``storage.redirect.disable`` is true (Distribution's s3 driver does so by default).
+deletion is off unless ``storage.delete.enabled`` is true, ``http.addr: :5000`` (or
+``0.0.0.0:5000``, ``[::]:5000``) listens on every IPv4 and IPv6 address, and with
+``storage.s3`` blob GETs are redirected to the bucket unless ``storage.redirect.disable``
+is true (Distribution's s3 driver does so by default).
 Values are read as Distribution reads them: booleans are YAML's ``true``/``false`` (a
 quoted ``"true"``, which Distribution takes as off or refuses, is refused by name),
 durations carry their unit (``168h``), and the deprecated top-level ``loglevel`` counts
@@ -45,7 +46,6 @@ _IGNORED = {
     "http.secret",  # upload state lives in the store's metadata, not in signed URLs
     "http.host",
     "http.relativeurls",  # every Location pybuild writes is relative (a bucket's URL aside)
-    "health.storagedriver",  # pybuild's requests fail by themselves when storage does
 }
 
 
@@ -77,13 +77,16 @@ def _flat(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 _DRIVERS = {"storage.s3", "storage.gcs", "storage.azure", "storage.swift", "storage.oss",
             "storage.inmemory", "auth.htpasswd", "auth.token", "auth.silly"}
 # Values taken whole (mappings whose keys are data, not settings).
-_OPAQUE = {"http.headers", "log.fields", "storage.cache", "health.file", "health.http",
+_OPAQUE = {"http.headers", "log.fields", "storage.cache", "health.file", "health.storagedriver", "health.http",
            "health.tcp", "notifications.endpoints", "proxy.upstreams", "storage.s3", "log.hooks"}
 
 
 def _addr(value: Any) -> str:
+    """Go listens on every address of both families for any wildcard host (``:5000``,
+    ``0.0.0.0:5000``, ``[::]:5000``): that is pybuild's ``:5000`` (:mod:`.listen`)."""
     text = str(value)
-    return f"0.0.0.0{text}" if text.startswith(":") else text
+    host, sep, port = text.rpartition(":")
+    return f":{port}" if sep and host in ("", "0.0.0.0", "[::]") else text
 
 
 def _enabled(value: Any) -> bool:
@@ -119,6 +122,8 @@ _MAPPED: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "http.addr": (("addr",), _addr),
     "http.tls.certificate": (("tls", "cert"), str),
     "http.tls.key": (("tls", "key"), str),
+    "http.tls.clientcas": (("tls", "clientcas"), lambda v: v),  # tls.py
+    "http.tls.minimumtls": (("tls", "minimum"), str),
     "http.headers": (("http", "headers"), lambda v: v),
     "http.debug.addr": (("http", "debug", "addr"), _addr),
     "http.debug.prometheus.enabled": (("http", "debug", "prometheus", "enabled"), _enabled),
@@ -131,6 +136,7 @@ _MAPPED: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "auth.token.rootcertbundle": (("auth", "token", "rootcertbundle"), str),
     "auth.token.jwks": (("auth", "token", "jwks"), str),
     "health.file": (("health", "file"), lambda v: v),  # health.py
+    "health.storagedriver": (("health", "storagedriver"), lambda v: v),  # health.py
     "notifications.endpoints": (("notifications", "endpoints"), lambda v: v),
     "notifications.queue_size": (("notifications", "queue_size"), lambda v: v),  # pybuild's own
     # Distribution waits this long for connections to finish on SIGTERM.
@@ -163,10 +169,6 @@ _REFUSED = (
     ("http.net", "picks a unix socket to listen on", "remove it: pybuild listens on TCP (http.addr)"),
     ("http.prefix", "serves the API under a path prefix",
      "remove it and strip the prefix in the reverse proxy in front"),
-    ("http.tls.clientcas", "asks clients for TLS certificates",
-     "remove it and check client certificates in a reverse proxy in front"),
-    ("http.tls.minimumtls", "sets the oldest TLS version accepted",
-     "pybuild accepts TLS 1.2 and later: say tls1.2, or terminate TLS in a reverse proxy"),
     ("http.tls.ciphersuites", "sets the TLS cipher suites",
      "remove it or terminate TLS in a reverse proxy"),
     ("health.http", "makes every request a 503 while an HTTP check fails",
@@ -249,8 +251,7 @@ def from_distribution(doc: Mapping[str, Any], source: str,
 
 
 _SPECIAL = ("storage.delete.enabled", "storage.redirect.disable", "compatibility.schema1.enabled",
-            "storage.maintenance.uploadpurging.enabled", "notifications.events.includereferences",
-            "http.tls.minimumtls")
+            "storage.maintenance.uploadpurging.enabled", "notifications.events.includereferences")
 
 
 def _apply(out: dict[str, Any], key: str, value: Any, source: str) -> None:
@@ -272,8 +273,6 @@ def _apply(out: dict[str, Any], key: str, value: Any, source: str) -> None:
         raise DistributionConfigError(f"{source}: {key} must be a mapping of its settings, got {value!r}")
     if key in ("notifications.events.includereferences", "compatibility.schema1.enabled") and value is False:
         return  # what pybuild does: events without references; schema1 manifests refused
-    if key == "http.tls.minimumtls" and str(value).lower() == "tls1.2":
-        return  # what pybuild's TLS accepts: 1.2 and later
     if mapped is None:
         why = _unsupported(key) or "Distribution has no such setting"
         raise DistributionConfigError(f"{source}: {key}: {why}")

@@ -7,6 +7,7 @@ client can make the server hold has a bound, per client (its remote address) and
     upload sessions     count and bytes held      UploadLimits      429 TOOMANYREQUESTS
     upload bodies       streamed at once          UploadSlots       wait for a slot
     connections         count                     ConnectionGuard   429, then closed
+    a TLS handshake     time to finish it         tls_accept        closed
     a new connection    time to send its headers  ConnectionGuard   closed
     a kept-alive one    idle time                 aiohttp's keepalive_timeout: closed
     an upload body      time without a byte       uploads._pump     400, then closed

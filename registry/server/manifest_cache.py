@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["CachedManifest", "ManifestCache"]
+__all__ = ["ENTRY_OVERHEAD", "CachedManifest", "ManifestCache"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +51,25 @@ class CachedManifest:
         )
 
 
+# What an entry costs beyond its body (measured: ~630 bytes for a small manifest): its
+# key, its LRU node, the CachedManifest and its headers. Counted, so that many small
+# manifests (signatures, attestations) cannot hold several times ``max_bytes``.
+ENTRY_OVERHEAD = 1024
+
+
+def _cost(entry: CachedManifest) -> int:
+    return len(entry.body) + ENTRY_OVERHEAD
+
+
 def _never_current() -> Callable[[], int]:
     fresh = itertools.count()
     return lambda: next(fresh)
 
 
 class ManifestCache:
-    """LRU of hot manifests and tag resolutions, bounded by total manifest bytes; see the
-    module docstring for the coherence rules.
+    """LRU of hot manifests and tag resolutions, bounded by total manifest bytes (each
+    entry counted with its bookkeeping, ``ENTRY_OVERHEAD``); see the module docstring for
+    the coherence rules.
 
     Until :meth:`follow` names a generation source, every token is new: nothing is ever
     served without asking the metadata (correct, merely slower)."""
@@ -103,25 +114,25 @@ class ManifestCache:
     def put(self, repo: str, entry: CachedManifest, seen: int | None = None) -> None:
         """Cache ``entry``; confirmed in ``repo`` if the metadata said so after token
         ``seen`` and no commit happened since (else kept unconfirmed)."""
-        if len(entry.body) > self.max_bytes:
+        if _cost(entry) > self.max_bytes:
             return
         key = (repo, entry.digest)
         old = self._manifests.pop(key, None)
         if old is not None:
-            self._bytes -= len(old.body)
+            self._bytes -= _cost(old)
         self._manifests[key] = entry
-        self._bytes += len(entry.body)
+        self._bytes += _cost(entry)
         if seen is not None and self.sync() == seen:
             self._confirmed.add(key)
         while self._bytes > self.max_bytes:
             evicted_key, evicted = self._manifests.popitem(last=False)
-            self._bytes -= len(evicted.body)
+            self._bytes -= _cost(evicted)
             self._confirmed.discard(evicted_key)
 
     def drop(self, repo: str, digest: str) -> None:
         old = self._manifests.pop((repo, digest), None)
         if old is not None:
-            self._bytes -= len(old.body)
+            self._bytes -= _cost(old)
         self._confirmed.discard((repo, digest))
         for key in [k for k, v in self._tags.items() if k[0] == repo and v == digest]:
             del self._tags[key]

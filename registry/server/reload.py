@@ -29,11 +29,12 @@ log = logging.getLogger("pybuild.registry")
 
 RESTART_ONLY = (
     "addr", "storage", "tls_cert", "tls_key", "event_loop", "log_access", "shutdown_timeout",
+    "tls_clientcas", "tls_minimum",
     "proxy_remoteurl", "proxy_username", "proxy_password", "proxy_ttl", "proxy_mixed",
     "proxy_upstreams",
     "http_debug_addr", "http_debug_prometheus_enabled", "http_debug_prometheus_path",
     "http_debug_prometheus_on_registry_port", "notifications_endpoints", "notifications_queue_size",
-    "health_file",  # watched from the start (health.py)
+    "health_file", "health_storagedriver",  # watched from the start (health.py)
     "retention_interval",  # the policies, delay and grace are read again at every run
     "cache_pieces_bytes", "cache_pieces_dir",  # the store's piece cache is made at start
     # The store and the metadata are opened at start.

@@ -17,7 +17,7 @@ The ``retention:`` section of the registry config file::
 
 A repository no policy matches keeps all its tags (its untagged manifests still go). In a
 policy, every tag that no rule keeps is deleted; its manifest, once untagged, goes with
-the untagged ones (retention.py). Durations are seconds or ``30s``/``5m``/``168h``/``7d``.
+the untagged ones (retention.py). Durations are seconds or ``30s``/``5m``/``168h``/``7d``/``7d12h``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from cas import units
 
 from .metadata import TagRecord
 from .proxy_config import parse_duration
@@ -36,16 +38,17 @@ _RULE_KEYS = ("tags", "last", "pushed_within", "pulled_within")
 
 
 def parse_retention_duration(value: Any) -> float:
-    """:func:`~registry.server.proxy_config.parse_duration`, plus days (``7d``)."""
-    if isinstance(value, str) and value.strip().endswith("d"):
-        days = value.strip()[:-1]
+    """:func:`~registry.server.proxy_config.parse_duration`, plus days anywhere in it
+    (``7d``, ``7d12h``), as every duration option reads them (:mod:`cas.units`)."""
+    if isinstance(value, str) and value.strip() not in ("", "0"):
         try:
-            seconds = float(days) * 86400
+            return units.parse_duration(value) / 1e9
         except ValueError:
-            raise ValueError(f"expected a duration such as 30s, 5m, 168h or 7d, got {value!r}") from None
-        if not seconds >= 0 or seconds == float("inf"):
-            raise ValueError(f"a duration must be zero or more seconds, got {value!r}")
-        return seconds
+            try:
+                float(value)
+            except ValueError:
+                raise ValueError(f"expected a duration such as 30s, 5m, 168h, 7d or 7d12h, "
+                                 f"got {value!r}") from None
     return parse_duration(value)
 
 

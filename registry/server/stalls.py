@@ -10,18 +10,24 @@ waiting write fails with a ConnectionError (the middleware logs the client as go
 
 Any progress, however slow, changes the buffer: a slow reader is never cut off, only a
 silent one. The sendfile paths of :mod:`.blobs` do not fill the buffer; the one in a
-worker thread has its own poll with the same limit.
+worker thread has its own poll with the same limit, and asyncio's own ``loop.sendfile``
+is watched by :func:`sendfile_unless_stalled`, through the bytes the client's TCP has
+acknowledged (asyncio shows no progress of its own, and the kernel's send queue stays
+as full for a slow reader as for a silent one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import sys
 from collections.abc import AsyncIterator
+from typing import IO, Any
 
 from aiohttp import web
 
-__all__ = ["STALL_SECONDS", "cut_off_when_stalled"]
+__all__ = ["STALL_SECONDS", "cut_off_when_stalled", "sendfile_unless_stalled"]
 
 STALL_SECONDS = 30.0
 
@@ -59,3 +65,50 @@ async def cut_off_when_stalled(request: web.Request) -> AsyncIterator[None]:
         yield
     finally:
         handle.cancel()
+
+
+def _bytes_acked(sock: socket.socket) -> int | None:
+    """``tcpi_bytes_acked`` of Linux's ``struct tcp_info`` (at byte 120, since 4.1);
+    None where the kernel does not say."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 128)
+    except (OSError, AttributeError):
+        return None
+    return int.from_bytes(info[120:128], sys.byteorder) if len(info) >= 128 else None
+
+
+async def sendfile_unless_stalled(transport: Any, f: IO[bytes], offset: int, length: int) -> int:
+    """``loop.sendfile(transport, f, offset, length)``; once the client has acknowledged
+    no byte for :data:`STALL_SECONDS`, the connection is aborted and ConnectionResetError
+    raised. Without this, a client that stops reading holds its handler, the pack file
+    and the connection for as long as it stays connected: aborting alone would not end
+    the wait, which asyncio keeps on the socket's writability."""
+    loop = asyncio.get_running_loop()
+    sending = asyncio.ensure_future(loop.sendfile(transport, f, offset, length))
+    sock = transport.get_extra_info("socket")
+    try:
+        last, since = None if sock is None else _bytes_acked(sock), loop.time()
+        if last is None:
+            return await sending
+        while True:
+            done, _ = await asyncio.wait({sending}, timeout=min(1.0, STALL_SECONDS / 4))
+            if done:
+                return sending.result()
+            acked, now = _bytes_acked(sock), loop.time()
+            if acked != last:
+                last, since = acked, now
+            elif now - since >= STALL_SECONDS:
+                await _stop(sending)
+                transport.abort()
+                raise ConnectionResetError(f"the client stopped reading for {STALL_SECONDS:g} s")
+    finally:
+        await _stop(sending)
+
+
+async def _stop(sending: asyncio.Future[int]) -> None:
+    """End asyncio's sendfile before its socket is closed: its wait for the socket is
+    removed only while the socket is open (closed first, the descriptor's number stays
+    registered, and the next connection given that number fails)."""
+    if not sending.done():
+        sending.cancel()
+        await asyncio.wait({sending})

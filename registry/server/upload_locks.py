@@ -9,7 +9,9 @@ balancer that routes by upload id -- the ``Location`` URL carries it).
 Replicas that share a session need a cross-process implementation of the same protocol:
 :class:`~registry.server.upload_locks_pg.PgUploadLocks` (an advisory lock in the shared
 PostgreSQL database, held for the request), which ``make_app`` plugs in as
-``Registry.upload_locks`` whenever the metadata is in PostgreSQL. The suite in
+``Registry.upload_locks`` whenever the metadata is in PostgreSQL, and
+:class:`~registry.server.upload_locks_file.FileUploadLocks` (a lock of a file in the
+storage directory) for the processes that share one storage directory otherwise. The suite in
 ``tests/registry/test_upload_locks.py`` is the contract both pass. Such replicas must
 also not trust a session's ingest kept open between requests (``Registry.ingests``): the
 previous request may have landed elsewhere (``uploads._session`` checks the checkpoint).

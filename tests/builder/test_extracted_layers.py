@@ -148,3 +148,38 @@ async def test_a_storage_that_refuses_both_whiteout_forms_is_named_with_the_fix(
         assert [p.name for p in (tmp_path / "snapshots").iterdir()] == []  # nothing left
     finally:
         await store.close()
+
+
+async def test_whiteouts_below_a_symlink_or_a_file_of_the_layer_stay_inside(
+        tmp_path: Path) -> None:
+    """A hostile layer: a symlink to a directory outside, then whiteouts (plain and
+    opaque) below it, and below a file of the same layer. The whiteouts hide nothing
+    (what the layer put there hides the lower layers' paths) and nothing outside is
+    touched."""
+    require_root("whiteouts are character devices: mknod needs root")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, link in (("a", tarfile.SYMTYPE, str(outside)),
+                                 ("a/.wh.x", tarfile.REGTYPE, ""),
+                                 ("a/deep/.wh.y", tarfile.REGTYPE, ""),
+                                 ("a/sub/.wh..wh..opq", tarfile.REGTYPE, ""),
+                                 ("f/.wh.z", tarfile.REGTYPE, ""),
+                                 ("f", tarfile.REGTYPE, ""),
+                                 ("d/.wh.kept", tarfile.REGTYPE, "")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, link
+            tf.addfile(info)
+    store = await open_store(StoreConfig(tmp_path / "store"))
+    try:
+        info = await store.put(gzip.compress(buf.getvalue(), mtime=0))
+        layers = ExtractedLayers(tmp_path / "snapshots", store)
+        root = await layers.ensure(Digest.parse("sha256:" + "cd" * 32), info.digest)
+        assert list(outside.iterdir()) == []
+        assert os.readlink(root / "a") == str(outside)
+        assert stat.S_ISREG(os.lstat(root / "f").st_mode)
+        kept = os.lstat(root / "d/kept")  # a whiteout below a missing directory is marked
+        assert stat.S_ISCHR(kept.st_mode) and kept.st_rdev == os.makedev(0, 0)
+    finally:
+        await store.close()

@@ -237,10 +237,10 @@ def test_storage_redirect_sends_a_blob_that_is_one_object_to_a_presigned_url(
             digests.append(digest)
         host, port = reg.addr.rsplit(":", 1)
 
-        def get(digest: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        def get(digest: str, headers: dict[str, str], method: str = "GET") -> tuple[int, dict[str, str], bytes]:
             conn = httpc.HTTPConnection(host, int(port), timeout=30)
             try:
-                conn.request("GET", f"/v2/r/blobs/{digest}", headers=headers)
+                conn.request(method, f"/v2/r/blobs/{digest}", headers=headers)
                 resp = conn.getresponse()
                 return resp.status, dict(resp.getheaders()), resp.read()
             finally:
@@ -253,10 +253,18 @@ def test_storage_redirect_sends_a_blob_that_is_one_object_to_a_presigned_url(
         assert location.startswith(f"http://{s3_location.endpoint}/{s3_location.bucket}/") and "Signature" in location
         with urllib.request.urlopen(location, timeout=30) as direct:
             assert direct.read() == one
-        # Ranged GETs, HEAD, and blobs not stored as one object are answered by the replica.
+        # HEAD too, as Distribution redirects it: to a URL signed for HEAD, which S3 answers
+        # with the blob's length (a URL signed for GET would be refused).
+        status, headers, _ = get(digests[0], {}, method="HEAD")
+        assert status == 307 and headers.get("Docker-Content-Digest") == digests[0]
+        head = urllib.request.Request(headers["Location"], method="HEAD")
+        with urllib.request.urlopen(head, timeout=30) as direct:
+            assert int(direct.headers["Content-Length"]) == len(one)
+        # Ranged GETs, and blobs not stored as one object, are answered by the replica.
         status, _, body = get(digests[0], {"Range": "bytes=0-9"})
         assert status == 206 and body == one[:10]
-        assert http(reg.addr, "HEAD", f"/v2/r/blobs/{digests[0]}").status == 200
+        status, headers, _ = get(digests[1], {}, method="HEAD")
+        assert status == 200 and int(headers["Content-Length"]) == len(text)
         status, _, body = get(digests[1], {})
         assert status == 200 and body == text
         # Sent as docker, skopeo and podman send a layer: POST, one PATCH with every byte,

@@ -648,3 +648,32 @@ async def test_an_ingest_a_full_disk_kept_from_being_forgotten_is_forgotten_at_c
     assert refused == [ing.id, ing.id]
     async with await Store.open(tmp_path / "s") as again:
         assert await again.list_ingests() == []
+
+
+async def test_an_export_cancelled_while_its_file_opens_leaves_no_temporary_file(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker thread that opens the temporary file runs on when the export is
+    # cancelled (another blob of a copy failed): the file it makes must go all the same.
+    import cas.store
+
+    info = await store.put(b"exported bytes")
+    entered, release, opened = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_open(path: Path, mode: str) -> object:
+        entered.set()
+        release.wait(10)
+        try:
+            return open(path, mode)
+        finally:
+            opened.set()
+
+    monkeypatch.setattr(cas.store, "open", slow_open, raising=False)
+    dest = tmp_path / "out" / "blob"
+    export = asyncio.create_task(store.export(info.digest, dest))
+    assert await asyncio.to_thread(entered.wait, 10)
+    export.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await export
+    assert await asyncio.to_thread(opened.wait, 10)
+    assert sorted(p.name for p in dest.parent.iterdir()) == []

@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from builder.cli import main
 from cas import Digest
 from registry.client.copy import CopyOptions, copy_image, parse_endpoint
+from registry.client.docker_archive import write_docker_archive
 from registry.client.image_store import ImageNotFound, ImageStore
-from registry.client.layouts import LayoutError, write_docker_archive
+from registry.client.layouts import LayoutError
 from registry.client.progress import Progress
 from registry.client.pull import BlobError
 from registry.client.remote import RegistryClient

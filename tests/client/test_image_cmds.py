@@ -167,6 +167,52 @@ def test_images_are_found_by_their_ids_as_docker_finds_them(tmp_path: Path) -> N
     assert missing.exit_code == 1 and f"no such local image: {short}" in missing.output
 
 
+def test_rmi_by_digest_and_by_id_as_docker_rmi(tmp_path: Path) -> None:
+    """``rmi NAME@DIGEST`` removes that reference (an image held by tag keeps its tags, as
+    docker's reference by digest goes and its tags stay); ``rmi ID`` without ``-f`` removes
+    one tag and references by digest of one repository (docker's isSingleReference); a
+    name that fails does not stop the others, and each failure is named."""
+    storage = str(tmp_path / "s")
+    index, _, _ = _seed_index(tmp_path / "s", "docker.io/library/app:1")
+    runner = CliRunner()
+
+    def rmi(*args: str) -> tuple[int, str, str]:
+        got = runner.invoke(main, ["rmi", *args, "--storage", storage])
+        return got.exit_code, got.stdout, got.stderr
+
+    def names() -> list[str]:
+        got = runner.invoke(main, ["images", "--format", "{{.Reference}}", "--storage", storage])
+        return str(got.stdout).split()
+
+    assert rmi(f"app@{index}") == (0, f"Untagged: app@{index}\n", "")
+    assert names() == ["app:1"]
+    other = "sha256:" + "0" * 64
+    code, out, err = rmi(f"app@{other}", "app:1", f"other@{index}")
+    assert (code, out) == (1, "Untagged: app:1\n")
+    assert err == (f"Error: no such local image: app@{other} (see pybuild images --no-trunc); "
+                   f"no such local image: other@{index} (see pybuild images --no-trunc)\n")
+    assert names() == []
+
+    _seed_index(tmp_path / "s", "docker.io/library/app:1")
+    _seed_index(tmp_path / "s", f"docker.io/library/app@{index}")  # as a pull by digest names it
+    assert rmi(index.split(":")[1][:12]) == (0, f"Untagged: app:1\nUntagged: app@{index}\n", "")
+    assert names() == []
+
+
+def test_tag_refuses_a_name_by_digest(tmp_path: Path) -> None:
+    """As docker tag: a digest names content, it is not given (``app@sha256:0...`` would
+    name an image whose digest it is not)."""
+    storage = str(tmp_path / "s")
+    _seed_index(tmp_path / "s", "docker.io/library/app:1")
+    target = "app@sha256:" + "0" * 64
+    got = CliRunner().invoke(main, ["tag", "app:1", target, "--storage", storage])
+    assert got.exit_code == 2
+    assert (f"Invalid value for TARGET: {target}: refusing to create a tag with a digest "
+            "reference; give NAME[:TAG]") in got.output
+    listed = CliRunner().invoke(main, ["images", "--format", "{{.Reference}}", "--storage", storage])
+    assert listed.output.split() == ["app:1"]
+
+
 def test_inspect_prints_the_images_it_finds_and_fails_for_the_others(tmp_path: Path) -> None:
     """As docker inspect: ``inspect A MISSING`` prints A on stdout, names MISSING on
     stderr and exits 1; nothing found prints ``[]``."""
@@ -273,3 +319,24 @@ def test_images_takes_dockers_filters(tmp_path: Path) -> None:
     bad = runner.invoke(main, ["images", "--storage", storage, "-f", "label=a"])
     assert bad.exit_code == 2
     assert "invalid filter 'label=a': pybuild images takes reference=PATTERN" in bad.output
+
+
+def test_dockers_other_flags_are_taken(tmp_path: Path) -> None:
+    """``images --digests``, ``rmi --no-prune``, ``inspect --type image -s`` and ``pull
+    --disable-content-trust``, as scripts written for docker give them; what pybuild
+    cannot do (content trust, containers) is refused, saying so."""
+    storage = str(tmp_path / "s")
+    index, _, _ = _seed_index(tmp_path / "s", "docker.io/library/app:1")
+    runner = CliRunner()
+
+    def pybuild(*args: str) -> tuple[int, str]:
+        got = runner.invoke(main, [*args, "--storage", storage])
+        return got.exit_code, str(got.output)
+
+    assert pybuild("images", "--digests", "-q", "--no-trunc") == (0, index + "\n")
+    assert pybuild("inspect", "--type", "image", "-s", "-f", "{{.Digest}}", "app:1") == (0, index + "\n")
+    code, output = pybuild("inspect", "--type", "container", "app:1")
+    assert code == 2 and "'container' is not 'image'" in output
+    code, output = pybuild("pull", "--disable-content-trust=false", "127.0.0.1:1/app:1")
+    assert code == 2 and "content trust (Notary signatures) is not supported" in output
+    assert pybuild("rmi", "--no-prune", "app:1") == (0, "Untagged: app:1\n")

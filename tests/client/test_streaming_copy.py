@@ -3,19 +3,26 @@ copy, the source read again by Range when an upload resumes, the bytes checked o
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cas import Digest
+from cas.s3_location import S3Location
 from registry.client.image_store import ImageStore
 from registry.client.pull import BlobError
 from registry.client.refs import parse_image_ref
 from registry.client.remote import RegistryClient
+from testkit.images import make_image as make_layout_image
+from testkit.images import make_layer, tar_files, write_oci_layout
 
 from .helpers import make_image, random_bytes
 from .test_faults import SMALL_PARTS, big_layer, copy, cut_first_big_upload, publish
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_a_copy_between_registries_keeps_no_local_copy(
@@ -88,3 +95,26 @@ async def test_a_corrupt_layout_blob_is_refused_and_nothing_is_pushed(
     finally:
         await fresh.close()
     assert size > 4 * SMALL_PARTS.upload_chunk
+
+
+@pytest.mark.parametrize("store", ["unreachable-packs", "not-made"])
+def test_a_streaming_copy_needs_no_local_store(distribution: str, tmp_path: Path, store: str) -> None:
+    # skopeo copies oci:DIR to a registry with no store at all. pybuild's copy streams
+    # too: a local store whose S3 packs cannot be reached, or that was never made (a
+    # read-only HOME), does not stop it, and none is made.
+    image = make_layout_image([make_layer(tar_files({"a.txt": b"streamed" * 500}))])
+    layout = write_oci_layout(image, tmp_path / "layout", ref="v1")
+    storage = tmp_path / "home" / "store"
+    if store == "unreachable-packs":
+        storage.mkdir(parents=True)
+        S3Location("127.0.0.1:9", "bucket", "p/", "key", "secret", "us-east-1", secure=False).record(storage)
+    dst = f"{distribution}/nostore/{store}:v1"
+    done = subprocess.run(
+        [sys.executable, "-m", "builder", "copy", "--storage", str(storage), f"oci:{layout}:v1", f"docker://{dst}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"{dst}: digest {image.manifest_digest}" in done.stderr
+    if store == "unreachable-packs":
+        assert f"the local store {storage} cannot be used (S3 endpoint" in done.stderr
+    else:
+        assert not storage.parent.exists()

@@ -26,16 +26,18 @@ def _blocks(kind: str) -> list[str]:
 
 def test_the_registry_config_means_what_the_page_says(tmp_path: Path) -> None:
     from registry.server.config import load_config
+    from registry.server.health import StorageCheck
 
     (block,) = _blocks("yaml")
     path = tmp_path / "config.yml"
     path.write_text(block)
     config = load_config(path, environ={})
-    assert config.addr == "0.0.0.0:5000"
+    assert config.addr == ":5000"
     assert config.storage == Path("/srv/pybuild")
     assert config.delete_manifests and config.delete_blobs
     assert config.auth_htpasswd == Path("/etc/pybuild/htpasswd")
     assert config.http_headers == (("X-Content-Type-Options", "nosniff"),)
+    assert config.health_storagedriver == StorageCheck(interval=10.0, threshold=3)
     assert config.database == ("host='db.internal' port='5432' user='registry' password='change-me' "
                                "dbname='registry' sslmode='verify-full'")
 

@@ -21,7 +21,7 @@ def _load(tmp_path: Path, text: str) -> ServerConfig:
 
 def test_debians_shipped_config_is_read_as_distribution_reads_it() -> None:
     config = load_config(TESTFILES / "distribution-debian.yml", environ={})
-    assert config.addr == "0.0.0.0:5000"  # ':5000' listens on every interface
+    assert config.addr == ":5000"  # listens on every interface, IPv4 and IPv6
     assert config.storage == Path("/var/lib/docker-registry")
     assert (config.delete_blobs, config.delete_manifests, config.delete_tags) == (True,) * 3
     assert config.auth_htpasswd == Path("/etc/docker/registry")
@@ -61,7 +61,7 @@ health: {storagedriver: {enabled: true, interval: 10s, threshold: 3}}
     assert config.addr == "127.0.0.1:5001"
     assert (config.tls_cert, config.tls_key) == (Path("/etc/ssl/reg.pem"), Path("/etc/ssl/reg.key"))
     assert dict(config.http_headers) == {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
-    assert config.http_debug_addr == "0.0.0.0:5002" and config.http_debug_prometheus_path == "/m"
+    assert config.http_debug_addr == ":5002" and config.http_debug_prometheus_path == "/m"
     assert config.auth_token_realm == "https://auth.example/token"
     assert config.auth_token_service == "reg" and config.auth_token_jwks == Path("/etc/jwks.json")
     assert config.proxy_remoteurl == "https://upstream.example" and config.proxy_ttl == 3600

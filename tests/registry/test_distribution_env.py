@@ -48,7 +48,7 @@ def test_registry_variables_without_the_key_in_the_file(tmp_path: Path) -> None:
                                     "REGISTRY_HTTP_ADDR": ":5000",
                                     "REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE": "2h"})
     assert (config.delete_blobs, config.delete_manifests, config.delete_tags) == (True,) * 3
-    assert config.addr == "0.0.0.0:5000" and config.uploads_ttl == 7200
+    assert config.addr == ":5000" and config.uploads_ttl == 7200
 
 
 def test_registry_auth_names_the_driver_then_its_keys(tmp_path: Path) -> None:
@@ -154,8 +154,8 @@ notifications:
 @pytest.mark.parametrize(("text", "message"), [
     ("notifications: {events: {includereferences: true}}",
      r"notifications\.events\.includereferences: pybuild does not support it .*set it to false"),
-    ("http: {tls: {certificate: /c, key: /k, minimumtls: tls1.3}}",
-     r"http\.tls\.minimumtls: pybuild does not support it .*say tls1\.2"),
+    ("http: {tls: {certificate: /c, key: /k, minimumtls: tls1.1}}",
+     r"tls_minimum: pybuild accepts tls1\.2 or tls1\.3 \(TLS 1\.0 and 1\.1 are broken\), got 'tls1\.1'"),
     ("redis: {addr: 'r:6379'}\nvalidation: {manifests: {urls: {allow: ['^https://']}}}",
      r"validation\.manifests\.urls\.allow: pybuild does not support it \(in Distribution, validation "
      r".*remove the validation section"),

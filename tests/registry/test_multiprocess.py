@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from registry.server import ServerConfig, make_app
-from registry.server.manifest_cache import CachedManifest, ManifestCache
+from registry.server.manifest_cache import ENTRY_OVERHEAD, CachedManifest, ManifestCache
 from registry.server.metadata_sqlite import SqliteMetadata
 from registry.server.state import REGISTRY
 
@@ -162,7 +162,7 @@ def test_a_cache_following_nothing_never_serves_from_memory():
 
 def test_the_cache_stays_within_its_bytes():
     gen = _Generation()
-    cache = ManifestCache(10)
+    cache = ManifestCache(2 * (ENTRY_OVERHEAD + 4) + 2)
     cache.follow(gen)
     seen = cache.sync()
     for i in range(5):
@@ -170,5 +170,5 @@ def test_the_cache_stays_within_its_bytes():
     assert [cache.body("app", f"sha256:{i}") is not None for i in range(5)] == [
         False, False, False, True, True]
     assert cache.get("app", "sha256:4") is not None
-    cache.put("app", _entry("sha256:big", b"x" * 11), seen)
+    cache.put("app", _entry("sha256:big", b"x" * (ENTRY_OVERHEAD + 11)), seen)
     assert cache.body("app", "sha256:big") is None

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,32 @@ def test_a_stopped_database_is_503_with_retry_after_and_serving_resumes(tmp_path
             assert _post_blob(reg.addr, data).status == 201
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
             assert http(reg.addr, "GET", f"/v2/team/app/blobs/{digest}").body == data
+
+
+def test_health_storagedriver_takes_the_replica_out_while_the_database_is_down(tmp_path: Path) -> None:
+    # Distribution's config.yml as Debian ships it turns on health.storagedriver: after
+    # `threshold` failed checks every request, /v2/ (the load balancer's check) too, is
+    # 503, as Distribution answers with a storage driver that fails; then it comes back.
+    with postgres_server() as pg:
+        url = pg.create_database("health")
+        _migrate(url)
+        settings = {"version": "0.1", "database": {"url": url},
+                    "health": {"storagedriver": {"enabled": True, "interval": "200ms", "threshold": 2}}}
+        with pybuild_configured_registry(tmp_path / "a", settings) as reg:
+            assert http(reg.addr, "GET", "/v2/").status == 200
+            pg.stop()
+            deadline = time.monotonic() + 60
+            while (got := http(reg.addr, "GET", "/v2/", timeout=30)).status == 200 and time.monotonic() < deadline:
+                time.sleep(0.1)  # the check runs every 200ms: wait for its verdict
+            assert got.status == 503, got.body
+            errors = json.loads(got.body)["errors"]
+            assert [e["code"] for e in errors] == ["UNAVAILABLE"]
+            assert errors[0]["detail"] == "health check failed: please see /debug/health"
+            pg.start()
+            deadline = time.monotonic() + 60
+            while (got := http(reg.addr, "GET", "/v2/", timeout=30)).status != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert got.status == 200, got.body
 
 
 def test_a_database_restarted_while_the_registry_was_idle_costs_no_request(tmp_path: Path) -> None:

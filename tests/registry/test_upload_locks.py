@@ -10,19 +10,30 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from registry.server.upload_locks import InProcessUploadLocks, UploadLocks
+from registry.server.upload_locks_file import FileUploadLocks
 from registry.server.upload_locks_pg import PgUploadLocks
 from testkit.postgres import PostgresServer
 
 
-@pytest.fixture(params=["in-process", "postgres"])
-async def locks(request: pytest.FixtureRequest) -> AsyncIterator[tuple[UploadLocks, UploadLocks]]:
+@pytest.fixture(params=["in-process", "file", "postgres"])
+async def locks(request: pytest.FixtureRequest,
+                tmp_path: Path) -> AsyncIterator[tuple[UploadLocks, UploadLocks]]:
     if request.param == "in-process":
         shared = InProcessUploadLocks()
         yield shared, shared
+        return
+    if request.param == "file":  # two processes' handles on one storage directory
+        first, second = FileUploadLocks.at(tmp_path), FileUploadLocks.at(tmp_path)
+        try:
+            yield first, second
+        finally:
+            first.close()
+            second.close()
         return
     # two replicas' handles on one database
     server: PostgresServer = request.getfixturevalue("postgres")

@@ -1,6 +1,8 @@
 """SOURCE_DATE_EPOCH as BuildKit takes it: ``--build-arg SOURCE_DATE_EPOCH=N``, the
-environment variable, or ``--source-date-epoch``; it pins the config's and history's
-``created`` and clamps the layers' file times."""
+environment variable, ``--source-date-epoch``, or a global ``ARG SOURCE_DATE_EPOCH=N``
+default; it pins the config's and history's ``created``, clamps the layers' file times,
+gives every file of the local and tar outputs its time, and reaches the stages that
+declare the ARG."""
 
 from __future__ import annotations
 
@@ -83,3 +85,99 @@ def test_bad_epoch_from_the_command_line(context_of, tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
     assert len(lines) == 1 and "SOURCE_DATE_EPOCH=now" in lines[0], proc.stderr
+
+
+def test_file_outputs_have_the_epoch_whoever_checked_out(context_of, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``type=local`` and ``type=tar`` give every file the epoch, as BuildKit's local and
+    tar exporters do: two checkouts made at different times give the same files."""
+    import asyncio
+
+    from builder.build import BuildOptions, run_build
+    from builder.outputs import Output
+    from builder.progress import BuildProgress
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    ctx = context_of("basic")
+    archives = []
+    for run, checked_out in (("a", EPOCH + 1000), ("b", EPOCH + 99_000)):
+        for dirpath, dirnames, filenames in os.walk(ctx):
+            for name in dirnames + filenames:
+                os.utime(os.path.join(dirpath, name), (checked_out, checked_out))
+        local, tar = tmp_path / f"local-{run}", tmp_path / f"fs-{run}.tar"
+        opts = BuildOptions(context=ctx, storage=tmp_path / f"storage-{run}",
+                            outputs=(Output("local", local), Output("tar", tar)),
+                            source_date_epoch=EPOCH)
+        asyncio.run(run_build(opts, BuildProgress("quiet")))
+        for p in ("app/greeting.txt", "app/run.txt", "opt/dir", "app", "bin/sh"):
+            assert os.lstat(local / p).st_mtime == EPOCH, p
+        with tarfile.open(tar) as tf:
+            members = tf.getmembers()
+        assert {m.mtime for m in members} == {EPOCH}
+        assert not any("mtime" in m.pax_headers for m in members)
+        archives.append(tar.read_bytes())
+    assert archives[0] == archives[1]
+
+
+def test_global_arg_default_sets_the_epoch(context_of, build, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ARG SOURCE_DATE_EPOCH=N`` before the first FROM is the epoch when the caller
+    gives none (Dockerfile 1.23), and a stage that declares the ARG sees it."""
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    result = build(context_of("epoch-arg"), storage=tmp_path / "a", local=tmp_path / "out")
+    config = json.loads(result.image.config_bytes)
+    assert config["created"] == EPOCH_TEXT
+    assert (tmp_path / "out/sde.txt").read_text() == f"{EPOCH}\n"
+    assert os.lstat(tmp_path / "out/sde.txt").st_mtime == EPOCH
+
+
+@pytest.mark.parametrize("how", ["environment", "flag"])
+def test_stage_arg_sees_the_epoch_however_given(context_of, build, tmp_path: Path, how: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """As buildx passes ``$SOURCE_DATE_EPOCH`` on as the build arg, a RUN whose stage
+    declares ``ARG SOURCE_DATE_EPOCH`` sees the epoch the image gets (tools in the step,
+    such as gzip or dpkg, read it), not the Dockerfile's default."""
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    if how == "environment":
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+        kw: dict[str, object] = {}
+    else:
+        kw = {"source_date_epoch": 1700000000}
+    result = build(context_of("epoch-arg"), storage=tmp_path / "a", local=tmp_path / "out", **kw)
+    assert json.loads(result.image.config_bytes)["created"] == "2023-11-14T22:13:20Z"
+    assert (tmp_path / "out/sde.txt").read_text() == "1700000000\n"
+
+
+def test_platform_directories_have_the_epoch(context_of, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A multi-platform ``type=tar`` holds one directory per platform; with an epoch those
+    directories have its time too, as in BuildKit's tar exporter."""
+    import asyncio
+
+    from builder.build import BuildOptions, run_build
+    from builder.outputs import Output
+    from builder.progress import BuildProgress
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    tar = tmp_path / "fs.tar"
+    opts = BuildOptions(context=context_of("epoch-platforms"), storage=tmp_path / "s",
+                        outputs=(Output("tar", tar),), platform="linux/amd64,linux/arm64",
+                        source_date_epoch=EPOCH)
+    asyncio.run(run_build(opts, BuildProgress("quiet")))
+    with tarfile.open(tar) as tf:
+        times = {m.name: m.mtime for m in tf.getmembers()}
+    assert set(times) == {"linux_amd64", "linux_amd64/greeting.txt", "linux_arm64",
+                          "linux_arm64/greeting.txt"}
+    assert set(times.values()) == {EPOCH}
+
+
+def test_bad_global_arg_default_is_one_clear_error(context_of, build, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    ctx = context_of("epoch-arg-bad")
+    with pytest.raises(BuildError, match=r"Dockerfile: ARG SOURCE_DATE_EPOCH=yesterday: "
+                                         r"expected a whole number of seconds since 1970"):
+        build(ctx, storage=tmp_path / "a")
+    # a value given by the caller wins over the Dockerfile's default, as in BuildKit
+    result = build(ctx, storage=tmp_path / "b", source_date_epoch=EPOCH)
+    assert json.loads(result.image.config_bytes)["created"] == EPOCH_TEXT

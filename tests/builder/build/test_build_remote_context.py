@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import socket
 import subprocess
@@ -166,6 +167,49 @@ def test_the_context_from_a_git_url(context_of, git_daemon, tmp_path: Path) -> N
         bad = _build(tmp_path, f"{url}/repo.git#{ref}")
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_git_context_is_the_same_under_any_umask(context_of, git_daemon,  # type: ignore[no-untyped-def]
+                                                   tmp_path: Path) -> None:
+    """A git context's files are 0644 or 0755 with the commit's time, as ADD of a
+    repository gives them and BuildKit's git source does: the same commit makes the same
+    image whatever the umask of the host (002 gives group-writable checkouts) or the time
+    of the checkout."""
+    url, root = git_daemon
+    base = (context_of("buildx-flags") / "stdin.Dockerfile").read_text().splitlines()[0]
+    work = tmp_path / "work"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    (work / "app").mkdir()
+    (work / "app" / "hello.txt").write_text("hello\n")
+    (work / "Dockerfile").write_text(f"{base}\nCOPY app /srv/app\n")
+    _commit(work, "one", when="2020-01-01T00:00:00Z")
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(root / "repo.git")], check=True)
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+
+    def build(umask: int, epoch: int) -> tuple[bytes, dict[str, tuple[int, int]]]:
+        layout = tmp_path / f"oci-{umask:o}-{epoch}"
+        got = subprocess.run(["python3", "-m", "builder", "build", "-q", "--storage",
+                              str(tmp_path / f"s-{umask:o}-{epoch}"), "--source-date-epoch",
+                              str(epoch), "-o", f"type=oci,dest={layout},tar=false",
+                              f"{url}/repo.git"],
+                             capture_output=True, env=env, timeout=300, check=False, umask=umask)
+        assert got.returncode == 0, got.stderr
+        manifest = json.loads((layout / "index.json").read_text())
+        while "layers" not in manifest:  # index.json, then the image's manifest
+            manifest = json.loads((layout / "blobs/sha256" / manifest["manifests"][0]["digest"]
+                                   .removeprefix("sha256:")).read_bytes())
+        layer = layout / "blobs/sha256" / manifest["layers"][-1]["digest"].removeprefix("sha256:")
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer.read_bytes()))) as tar:
+            return got.stdout.strip(), {m.name: (m.mode, int(m.mtime)) for m in tar.getmembers()}
+
+    committed = 1577836800
+    (a, _), (b, entries) = build(0o022, committed), build(0o002, committed)
+    assert entries["srv/app/hello.txt"] == (0o644, committed)
+    assert a == b
+    # an epoch later than the checkout clamps nothing: the files keep the commit's time
+    _, entries = build(0o022, 2000000000)
+    assert entries["srv/app/hello.txt"] == (0o644, committed)
 
 
 def test_a_local_directory_named_like_a_git_url_is_the_context(tmp_path: Path) -> None:

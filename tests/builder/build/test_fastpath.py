@@ -121,6 +121,24 @@ def test_rebuild_with_quiet_or_run_options_takes_fast_path(
         assert fast.progress == ""
 
 
+def test_quiet_prints_the_image_id_as_docker_build_q(pybuild: Callable[..., Run], ctx: Path,
+                                                     tmp_path: Path) -> None:
+    """``docker build -q`` prints the image ID: what ``--iidfile`` holds and ``inspect``
+    calls ``Id`` (the config's digest), on the normal path and the fast path alike; a
+    build without -q prints the manifest digest."""
+    args = ("build", "-t", "fp/img", "-q", "--iidfile", str(tmp_path / "iid"), str(ctx))
+    first = pybuild(*args)
+    normal = pybuild(*args, normal=True)
+    fast = pybuild(*args)
+    assert fast.hit and not first.hit
+    image_id = (tmp_path / "iid").read_text()
+    assert first.stdout == normal.stdout == fast.stdout == image_id + "\n"
+    assert pybuild("inspect", "-f", "{{.Id}}", "fp/img").stdout == image_id + "\n"
+    manifest = pybuild("images", "-q", "--no-trunc", "fp/img").stdout
+    assert manifest != image_id + "\n"
+    assert pybuild("build", "-t", "fp/img", str(ctx)).stdout == manifest
+
+
 def test_fast_path_imports_no_cli(pybuild: Callable[..., Run], ctx: Path) -> None:
     pybuild("build", "-t", "fp/img", str(ctx))
     code = ("import sys, runpy; sys.argv = ['pybuild', *sys.argv[1:]]\n"

@@ -246,3 +246,46 @@ def test_prune_removes_cache_mounts_as_buildkit_does(
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2
     assert "'dangling=true': pybuild builder prune takes until=DURATION" in bad.stderr
+
+
+def test_keep_storage_keeps_the_most_recently_used(tmp_path: Path) -> None:
+    """``--keep-storage SIZE``, as docker builder prune: the least recently used extracted
+    layers and cache mounts go until what is left takes at most SIZE, whatever their age
+    (no age limit unless one is given), and a size that is none is refused."""
+    storage = tmp_path / "s"
+    now = time.time()
+
+    def entry(path: Path, used: float, marker: str | None = None) -> Path:
+        path.mkdir(parents=True)
+        (path / "data").write_bytes(os.urandom(100 * 1024))
+        stamp = path / marker if marker else path
+        if marker:
+            stamp.write_text("x")
+        os.utime(stamp, (used, used))
+        return path
+
+    layers = storage / "builder" / "snapshots"
+    oldest = entry(layers / ("a" * 64), now - 3 * 86400)  # older than the default 48h
+    mount = entry(storage / "builder" / "cache-mounts" / ("m" * 16), now - 200, "id")
+    newer = entry(layers / ("b" * 64), now - 100)
+    newest = entry(layers / ("c" * 64), now)
+    each, oldest_size, mount_size = _allocated(newest), _allocated(oldest), _allocated(mount)
+    argv = [sys.executable, "-m", "builder", "builder", "prune", "--storage", str(storage),
+            "--json", "--keep-storage"]
+
+    def pruned(*args: str) -> dict[str, int]:
+        done = subprocess.run([*argv, *args], cwd=ROOT, capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    assert pruned("10m")["snapshots"] == 0 and oldest.exists()  # within the size: none by age
+    report = pruned(str(2 * each + 1024))
+    assert (report["snapshots"], report["cache_mounts"]) == (1, 1)
+    assert (report["snapshot_bytes"], report["cache_mount_bytes"]) == (oldest_size, mount_size)
+    assert not oldest.exists() and not mount.exists()
+    assert newer.exists() and newest.exists()
+    assert pruned("0", "--all")["snapshots"] == 2 and list(layers.iterdir()) == []
+    bad = subprocess.run([*argv, "lots"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    assert "'lots' is not a size such as 512m, 10g or 1073741824" in bad.stderr

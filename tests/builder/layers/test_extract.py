@@ -120,6 +120,22 @@ def lower(root: Path) -> None:
     (root / "gonedir" / "x").mkdir(parents=True)
 
 
+@pytest.mark.parametrize("umask", [0o002, 0o077])
+def test_parents_a_layer_does_not_list_are_0755_whatever_the_umask(jail: tuple[Path, Path],
+                                                                    umask: int) -> None:
+    """An archive (ADD) or layer that names ``a/b/c/f`` alone gets ``a``, ``a/b`` and
+    ``a/b/c`` as BuildKit makes them, 0755: not the mode the umask of the machine that
+    builds would give, which would change the layer's digest from machine to machine."""
+    root, _ = jail
+    old = os.umask(umask)
+    try:
+        apply_layer(io.BytesIO(archive(("file", "a/b/c/f", b"x"))), root)
+    finally:
+        os.umask(old)
+    for d in ("a", "a/b", "a/b/c"):
+        assert stat.S_IMODE(os.lstat(root / d).st_mode) == 0o755, d
+
+
 def test_whiteouts_remove_lower_paths(jail: tuple[Path, Path]) -> None:
     root, _ = jail
     lower(root)

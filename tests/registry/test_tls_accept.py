@@ -1,0 +1,166 @@
+"""``pybuild serve`` over TLS, at the edges where Go's net/http (Distribution) says what is
+wrong: plain HTTP sent to the TLS port, a client certificate missing or refused, and a
+connection that never finishes its handshake. Each runs on both event loops serve uses."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry.client.remote import ClientOptions, RegistryClient, TransportError
+from registry.server.tls_accept import PLAIN_HTTP_ANSWER
+from tests.helpers.pki import Authority, Issued
+
+ROOT = Path(__file__).resolve().parents[2]
+LOOPS = ["asyncio", "uvloop"]
+
+
+class Served:
+    def __init__(self, port: int, root: Authority, clients: Authority) -> None:
+        self.port = port
+        self.root = root
+        self.clients = clients
+
+    def context(self, client: Issued | None = None, tls12: bool = False) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.root.file)
+        if tls12:
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        if client is not None:
+            ctx.load_cert_chain(client.cert, client.key)
+        return ctx
+
+    def get_v2(self, ctx: ssl.SSLContext) -> bytes:
+        """The answer to GET /v2/ over TLS with ``ctx``."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            conn.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\nConnection: close\r\n\r\n")
+            return _read_all(conn)
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    answer = b""
+    while chunk := conn.recv(65536):
+        answer += chunk
+    return answer
+
+
+def _serve(tmp_path: Path, loop: str, *, clientcas: bool = False, header_timeout: float = 20,
+           minimum: str = "tls1.2") -> Iterator[Served]:
+    root, clients = Authority(tmp_path), Authority(tmp_path, "Client CA")
+    server = root.issue("server")
+    cas = f", clientcas: [{clients.file}]" if clientcas else ""
+    cas += f", minimum: {minimum}"
+    config = tmp_path / "config.yml"
+    config.write_text(f"tls: {{cert: {server.cert}, key: {server.key}{cas}}}\n"
+                      f"http: {{header_timeout: {header_timeout}}}\n")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "builder", "serve", "--addr", "127.0.0.1:0", "--config", str(config),
+             "--storage", str(tmp_path / "storage"), "--event-loop", loop],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while "listening on" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        line = next(x for x in log.read_text().splitlines() if "listening on" in x)
+        yield Served(int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1]), root, clients)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+@pytest.fixture(params=LOOPS)
+def tls_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
+    yield from _serve(tmp_path, request.param, clientcas=False, header_timeout=2)
+
+
+@pytest.fixture(params=LOOPS)
+def mtls_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
+    yield from _serve(tmp_path, request.param, clientcas=True)
+
+
+@pytest.mark.parametrize("request_head", [
+    b"GET /v2/ HTTP/1.1\r\nHost: registry\r\n\r\n",
+    b"PATCH /v2/a/blobs/uploads/x HTTP/1.1\r\nHost: registry\r\nContent-Length: 5\r\n\r\nhello",
+])
+def test_plain_http_to_the_tls_port_is_told_so_as_go_does(tls_registry: Served, request_head: bytes) -> None:
+    # It got an empty reply (curl: "Empty reply from server", docker: "EOF").
+    with socket.create_connection(("127.0.0.1", tls_registry.port), timeout=10) as conn:
+        conn.sendall(request_head)
+        assert _read_all(conn) == PLAIN_HTTP_ANSWER
+    assert PLAIN_HTTP_ANSWER.endswith(b"\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+    # TLS on the same port goes on as before.
+    assert tls_registry.get_v2(tls_registry.context()).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x16\x03\x01"])
+def test_a_connection_that_does_not_finish_its_handshake_gets_the_header_timeout(
+        tls_registry: Served, sent: bytes) -> None:
+    # Nothing, or a handshake cut short, was closed after asyncio's 60 s handshake timeout:
+    # http.header_timeout (here 2 s) did not apply before the handshake was done.
+    with socket.create_connection(("127.0.0.1", tls_registry.port), timeout=15) as conn:
+        conn.sendall(sent)
+        start = time.monotonic()
+        assert conn.recv(1) == b""
+        assert 1.5 < time.monotonic() - start < 10
+
+
+def test_a_missing_client_certificate_gets_the_alert_that_says_so(mtls_registry: Served) -> None:
+    # The connection was closed without an alert: clients said "EOF" (skopeo, docker) or
+    # "unexpected eof while reading"; Go's says "bad certificate", OpenSSL's "certificate required".
+    with pytest.raises(ssl.SSLError) as caught:
+        mtls_registry.get_v2(mtls_registry.context())
+    assert caught.value.reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    with pytest.raises(ssl.SSLError) as caught:
+        mtls_registry.get_v2(mtls_registry.context(tls12=True))
+    assert caught.value.reason == "SSLV3_ALERT_HANDSHAKE_FAILURE"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_without_the_minimum_tls_version_gets_the_alert_that_says_so(tmp_path: Path, loop: str) -> None:
+    for served in _serve(tmp_path, loop, minimum="tls1.3"):
+        with pytest.raises(ssl.SSLError) as caught:
+            served.get_v2(served.context(tls12=True))
+        assert caught.value.reason == "TLSV1_ALERT_PROTOCOL_VERSION"
+        assert served.get_v2(served.context()).startswith(b"HTTP/1.1 200")
+
+
+def test_a_client_certificate_of_another_ca_gets_the_alert_that_says_so(mtls_registry: Served) -> None:
+    stranger = mtls_registry.root.issue("stranger", ("ci",), client=True)
+    for tls12 in (False, True):
+        with pytest.raises(ssl.SSLError) as caught:
+            mtls_registry.get_v2(mtls_registry.context(stranger, tls12=tls12))
+        assert caught.value.reason == "TLSV1_ALERT_UNKNOWN_CA"
+    member = mtls_registry.clients.issue("member", ("ci",), client=True)
+    assert mtls_registry.get_v2(mtls_registry.context(member)).startswith(b"HTTP/1.1 200")
+
+
+async def test_pybuild_says_which_client_certificate_was_refused(mtls_registry: Served, tmp_path: Path) -> None:
+    # It said the registry "closed the TLS connection without an answer"; a certificate
+    # it refused was said to be none at all.
+    host = f"127.0.0.1:{mtls_registry.port}"
+    certs_d = tmp_path / "certs.d"
+    (certs_d / host).mkdir(parents=True)
+    (certs_d / host / "ca.crt").write_bytes(mtls_registry.root.file.read_bytes())
+    options = ClientOptions(loopback_insecure=False, retries=0, certs_d=(certs_d,))
+    async with RegistryClient(options) as client:
+        with pytest.raises(TransportError, match=rf"{host} wants a TLS client certificate that it accepts, "
+                                                 r"and got none \(TLSV13_ALERT_CERTIFICATE_REQUIRED\): put "):
+            await client.ping(host)
+    stranger = mtls_registry.root.issue("stranger", ("ci",), client=True)
+    (certs_d / host / "client.cert").write_bytes(stranger.cert.read_bytes())
+    (certs_d / host / "client.key").write_bytes(stranger.key.read_bytes())
+    async with RegistryClient(options) as client:
+        with pytest.raises(TransportError, match=rf"{host} refused the TLS client certificate it was given: "
+                                                 r"no CA it trusts signed it \(TLSV1_ALERT_UNKNOWN_CA\): put "):
+            await client.ping(host)
