@@ -53,6 +53,7 @@ from .prune import BuildLock
 from .publish import push_images, tag_images
 from .scheduler import StageScheduler, plan
 from .ssh_keys import key_agents
+from .steps.clamp import clamped_states
 from .steps.common import BuildError, StepEnv
 
 __all__ = ["BuildOptions", "BuildResult", "platform_dir", "run_build", "source_date_epoch",
@@ -390,14 +391,17 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
 
         try:
             built = await _all(build_for(sch, penv) for sch, penv in plans)
+            # the image's layers, with the epoch's times (the cache keeps the files' own)
+            finals = [state for state, _ in built] if sde is None else \
+                await clamped_states(env, [state for state, _ in built], sde)
         except LazyLayerError as exc:
             raise BuildError("--cache-from", str(exc)) from exc
         inline = any(spec.type == "inline" for spec in opts.cache_to)
         made = [assemble(state, created, pinned=sde is not None, annotations=note.manifest,
                          descriptor_annotations=note.descriptor,
-                         config_fields={INLINE_KEY: inline_manifest(tracking, state.key)
+                         config_fields={INLINE_KEY: inline_manifest(tracking, state.key, sde)
                                         .to_doc()} if inline else None)
-                for (state, _), note in zip(built, notes)]
+                for state, note in zip(finals, notes)]
         image = made[0]
         index = assemble_index(made, notes[0].index, notes[0].index_descriptor) if multi \
             else None

@@ -8,7 +8,8 @@ the history, and the cache key chain. :func:`assemble` turns it into the
 ``rootfs.diff_ids`` lists every layer in order.
 
 Times, as BuildKit sets them: a filesystem step's entry carries the time the step first
-ran (a step taken from the cache keeps it); a metadata step's entry is added with
+ran (a step taken from the cache keeps it; with SOURCE_DATE_EPOCH, the epoch's, whichever
+build cached the step); a metadata step's entry is added with
 ``created=""`` and takes, when the image is assembled, the time of the next timed entry
 after it (else of the last one before it); the image's ``created`` is its last entry's
 time. So a rebuild in which every step comes from the cache writes the same config and
@@ -59,10 +60,13 @@ def timestamp(epoch: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LayerRef:
-    """A layer of the image: its descriptor (the compressed blob) and diff_id."""
+    """A layer of the image: its descriptor (the compressed blob) and diff_id.
+    ``made``: a step of this build made it (with its files' own times: the image gets
+    it clamped to SOURCE_DATE_EPOCH, builder.steps.clamp), not a base image."""
 
     descriptor: Descriptor
     diff_id: Digest
+    made: bool = field(default=False, compare=False)
 
 
 @dataclass

@@ -130,15 +130,16 @@ async def _serve(
     await runner.setup()
     debug_runner: web.AppRunner | None = None
     assert runner.server is not None
-    ConnectionGuard(
+    guard = ConnectionGuard(
         max_connections=_connection_bound(config.http_max_connections),
         max_per_client=config.http_max_connections_per_client,
         header_timeout=config.http_header_timeout,
         log=app[REGISTRY].limit_log,
-    ).install(runner.server)
+    )
+    guard.install(runner.server)
     try:
         _on_sighup(app[REGISTRY], reload)
-        site = listen_site(runner, host, port, ssl_context, config.http_header_timeout)
+        site = listen_site(runner, host, port, ssl_context, config.http_header_timeout, guard)
         await site.start()
         debug_runner = await start_debug_server(app, config)
         announce(runner)

@@ -12,11 +12,12 @@
   source until needed), :mod:`.mounts` (``RUN --mount=type=cache`` contents).
 """
 
-from .entries import FACTS, CachedLayer, facts_key, miss_reason, step_key
+from .entries import CLAMP, FACTS, CachedLayer, clamp_key, facts_key, miss_reason, step_key
 from .manifest import CacheEntry, CacheManifest
 from .memory import MemoryBuildCache
 from .protocol import BuildCacheBackend
 from .sqlite import BuildCache
 
-__all__ = ["FACTS", "BuildCache", "BuildCacheBackend", "CacheEntry", "CacheManifest",
-           "CachedLayer", "MemoryBuildCache", "facts_key", "miss_reason", "step_key"]
+__all__ = ["CLAMP", "FACTS", "BuildCache", "BuildCacheBackend", "CacheEntry", "CacheManifest",
+           "CachedLayer", "MemoryBuildCache", "clamp_key", "facts_key", "miss_reason",
+           "step_key"]

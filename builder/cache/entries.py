@@ -9,8 +9,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["EARLIER_RELEASE_MISS", "FACTS", "IMPORTED_MISS", "STEP_SEMANTICS", "CachedLayer",
-           "facts_key", "miss_reason", "step_key"]
+__all__ = ["CLAMP", "EARLIER_RELEASE_MISS", "FACTS", "IMPORTED_MISS", "STEP_SEMANTICS", "CachedLayer",
+           "clamp_key", "facts_key", "miss_reason", "step_key"]
 
 
 # What pybuild makes of a step's inputs, as a number in every step key. Raised by a
@@ -45,6 +45,16 @@ def facts_key(parent: str, what: dict[str, Any]) -> tuple[str, str]:
     return step_key(parent, FACTS, what), f"{FACTS}:{parent}"
 
 
+# The instruction of a clamp entry: a step's layer (cached with its files' own times)
+# with its times clamped to an epoch; its parent is CLAMP + ":" + that layer's digest.
+CLAMP = "clamp"
+
+
+def clamp_key(layer: str, epoch: int) -> tuple[str, str]:
+    """The key and the parent of the entry of ``layer`` (a digest) clamped to ``epoch``."""
+    return step_key(f"{CLAMP}:{layer}", CLAMP, {"sde": epoch}), f"{CLAMP}:{layer}"
+
+
 @dataclass(frozen=True, slots=True)
 class CachedLayer:
     """What a step produced: the layer blob's descriptor fields and its diff_id, and
@@ -57,7 +67,11 @@ class CachedLayer:
     ``facts`` (no layer): what a step read from the layers below it before its key could
     be made (COPY's resolved destination, ``--chown`` ids), recorded under a key of its
     own (:func:`facts_key`) so that a build whose lower layers are still in a remote
-    cache computes the key without fetching them."""
+    cache computes the key without fetching them.
+
+    ``epoch``: the layer has its file times clamped to that SOURCE_DATE_EPOCH (an inline
+    cache's entry, whose layer is the image's own); None: the files' own times, as every
+    step records it (the image gets it clamped, builder.steps.clamp)."""
 
     digest: str
     size: int
@@ -65,6 +79,7 @@ class CachedLayer:
     media_type: str
     created: str = ""
     facts: dict[str, Any] | None = field(default=None, compare=False)
+    epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"digest": self.digest, "size": self.size,
@@ -73,15 +88,19 @@ class CachedLayer:
             doc["created"] = self.created
         if self.facts is not None:
             doc["facts"] = self.facts
+        if self.epoch is not None:
+            doc["epoch"] = self.epoch
         return doc
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CachedLayer:
-        facts = d.get("facts")
+        facts, epoch = d.get("facts"), d.get("epoch")
         if facts is not None and not isinstance(facts, dict):
             raise ValueError("a cache entry's facts must be an object")
+        if epoch is not None and (type(epoch) is not int or epoch < 0):
+            raise ValueError("a cache entry's epoch must be a whole number of seconds")
         return cls(str(d["digest"]), int(d["size"]), str(d["diff_id"]), str(d["media_type"]),
-                   str(d.get("created", "")), facts)
+                   str(d.get("created", "")), facts, epoch)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -122,6 +141,11 @@ def miss_reason(previous_inputs: dict[str, Any] | None, same_parent: bool,
     return "its cached layer is no longer stored"
 
 
+def _assignments(value: Any) -> bool:
+    """``value`` is a list of ``NAME=value`` strings (an environment)."""
+    return isinstance(value, list) and all(isinstance(e, str) and "=" in e for e in value)
+
+
 def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(old) | set(new)):
@@ -132,6 +156,10 @@ def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[st
             out.append(f"{name} (gone)")
         elif isinstance(old[k], dict) and isinstance(new[k], dict):
             out.extend(_diff(old[k], new[k], name + ":"))
+        elif old[k] != new[k] and _assignments(old[k]) and _assignments(new[k]):
+            # a RUN's environment: the names whose values changed (or only the order)
+            out.extend(_diff(dict(e.partition("=")[::2] for e in old[k]),
+                             dict(e.partition("=")[::2] for e in new[k]), name + ":") or [name])
         elif old[k] != new[k]:
             out.append(name)
     return out

@@ -31,7 +31,11 @@ Document (JSON, entries sorted by key)::
 ``mounts`` (``--cache-to ...,cache-mounts=true``) holds the contents of ``RUN
 --mount=type=cache`` directories, one layer blob per cache id. An entry whose
 instruction is :data:`builder.cache.entries.FACTS` has no layer: it holds what a step read
-from the layers below it (a COPY's resolved destination, ``--chown`` ids).
+from the layers below it (a COPY's resolved destination, ``--chown`` ids). An entry whose
+instruction is :data:`builder.cache.entries.CLAMP` maps a step's layer and an epoch to
+that layer with its times clamped (:mod:`builder.steps.clamp`). A layer with ``"epoch":
+N`` (in ``type=inline`` entries, whose layers are the image's) has its times clamped to N
+already: only a build with that epoch uses it.
 
 ``tocs`` maps a gzip layer to its table of contents (:mod:`builder.lazyfs.toc`), a blob
 of the artifact too: a runner that imports the cache fetches it only when a RUN step

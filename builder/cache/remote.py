@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -35,7 +36,7 @@ from registry.client.layouts import LayoutError, OciLayout
 from registry.errors import RegistryError
 from registry.oci import OCI_MANIFEST, Descriptor, Manifest
 
-from .entries import FACTS
+from .entries import CLAMP, FACTS, clamp_key
 from .lazy import LazyLayerError, MountSources, RemoteLayers
 from .manifest import CacheManifest, MountEntry
 from .mounts import export_mounts
@@ -135,7 +136,7 @@ async def import_all(specs: Collection[CacheSpec], cache: TrackingCache, store: 
         if mounts is not None:
             for m in manifest.mounts:
                 mounts.imported.setdefault(m.id, (spec, m))
-        steps = sum(1 for e in manifest.entries if e.instruction != FACTS)
+        steps = sum(1 for e in manifest.entries if e.instruction not in (FACTS, CLAMP))
         extra = f", {len(manifest.mounts)} cache mounts" if manifest.mounts else ""
         progress.info(f"importing cache from {spec}: {steps} steps{extra}")
 
@@ -146,10 +147,27 @@ def report_hits(cache: TrackingCache, progress: _Progress) -> None:
         progress.info(f"cache hits from {source}: {len(keys)} steps")
 
 
-def inline_manifest(cache: TrackingCache, final_key: str) -> CacheManifest:
+def inline_manifest(cache: TrackingCache, final_key: str, epoch: int | None = None
+                    ) -> CacheManifest:
     """What ``--cache-to type=inline`` puts into the image's config: the final stage's
-    chain (mode=min), whose layers are the image's own."""
-    return cache.wanted(final_key, "min")
+    chain (mode=min), whose layers are the image's own. With an ``epoch`` those are the
+    steps' layers clamped to it: the entries name them, marked with the epoch (a build
+    with another epoch runs those steps, as the files' own times are not in the image)."""
+    chain = cache.wanted(final_key, "min")
+    clamped = {e.parent.removeprefix(f"{CLAMP}:"): e.layer for e in chain.entries
+               if e.instruction == CLAMP and epoch is not None
+               and e.key == clamp_key(e.parent.removeprefix(f"{CLAMP}:"), epoch)[0]}
+    entries = []
+    for e in chain.entries:
+        if e.instruction == CLAMP:
+            continue
+        if epoch is not None and e.layer.digest and e.layer.epoch is None:
+            layer = clamped.get(e.layer.digest)
+            if layer is None:
+                continue
+            e = replace(e, layer=replace(layer, created=e.layer.created, epoch=epoch))
+        entries.append(e)
+    return CacheManifest.of(entries)
 
 
 async def export_all(specs: Collection[CacheSpec], cache: TrackingCache,
@@ -190,6 +208,6 @@ async def export_all(specs: Collection[CacheSpec], cache: TrackingCache,
         finally:
             for holder, digest in links:
                 await store.unlink(holder, digest)
-        steps = sum(1 for e in manifest.entries if e.instruction != FACTS)
+        steps = sum(1 for e in manifest.entries if e.instruction not in (FACTS, CLAMP))
         extra = f", {len(manifest.mounts)} cache mounts" if manifest.mounts else ""
         progress.info(f"exported cache to {spec}: {steps} steps{extra}")

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Collection
 from typing import Any
 
-from .entries import FACTS, CachedLayer
+from .entries import CLAMP, FACTS, CachedLayer
 from .manifest import CacheEntry, CacheManifest
 from .protocol import BuildCacheBackend
 from .spec import CacheSpec
@@ -67,7 +67,8 @@ class TrackingCache:
 
     def wanted(self, final_key: str, mode: str) -> CacheManifest:
         """The entries ``mode`` exports: every key this build used (max), or the chain of
-        parents from the final stage's key (min)."""
+        parents from the final stage's key (min), with the facts its steps read and their
+        layers clamped to this build's epoch."""
         used = self.inner.export_manifest(sorted(self.keys))
         if mode == "max":
             return used
@@ -88,5 +89,7 @@ class TrackingCache:
                 break
         # the facts the chain's steps read from the layers below them
         parents = {f"{FACTS}:{k}" for k in stage_keys | {e.parent for e in chain}}
-        chain += [e for e in used.entries if e.instruction == FACTS and e.parent in parents]
+        parents |= {f"{CLAMP}:{e.layer.digest}" for e in chain if e.layer.digest}
+        chain += [e for e in used.entries
+                  if e.instruction in (FACTS, CLAMP) and e.parent in parents]
         return CacheManifest.of(chain)

@@ -188,7 +188,7 @@ class _IngestSink:
 _SINK_BLOCK = 4 << 20
 
 
-def _write(upper: Path, sink: _IngestSink, sde: int | None, compression: str) -> Any:
+def _write(upper: Path, sink: _IngestSink, compression: str) -> Any:
     # The layer writer (FastCDC, compressors) only on a cache miss.
     from ..layers.chunked import write_layer
     from ..layers.overlay import changeset_from_upper
@@ -196,8 +196,7 @@ def _write(upper: Path, sink: _IngestSink, sde: int | None, compression: str) ->
     changeset = changeset_from_upper(upper)
     if not changeset.entries and not changeset.whiteouts:
         return None
-    blob = write_layer(changeset, sink, source_date_epoch=sde,  # type: ignore[arg-type]
-                       compression=compression)
+    blob = write_layer(changeset, sink, compression=compression)  # type: ignore[arg-type]
     sink.flush()
     return blob
 
@@ -268,7 +267,11 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
     cached layer is reused whatever the earlier steps were, as BuildKit rebases a
     linked layer. The stage's key chain still covers both, for the steps after it.
     """
-    inputs = {**inputs, "compression": env.compression, "sde": env.source_date_epoch}
+    # The layer is cached with its files' own times whatever the epoch, as BuildKit's
+    # cache keeps it: a step sees the epoch only through an ARG SOURCE_DATE_EPOCH (in
+    # ``instruction``), and the image gets its layers clamped (builder.steps.clamp).
+    # ("sde": None keeps the keys that releases which put the epoch here gave without one.)
+    inputs = {**inputs, "compression": env.compression, "sde": None}
     parent = LINK_PARENT if independent else state.key
     key = step_key(parent, instruction, inputs)
     n = env.progress.start(name)
@@ -301,10 +304,12 @@ async def layer_step(env: StepEnv, state: ImageState, ins: Instruction, name: st
     if cached.digest:
         state.layers.append(LayerRef(
             Descriptor(cached.media_type, Digest.parse(cached.digest), cached.size),
-            Digest.parse(cached.diff_id)))
+            Digest.parse(cached.diff_id), made=cached.epoch is None))
     # The time the step first ran: a step from the cache keeps its time (as BuildKit
-    # does), so a rebuild that changed nothing gives the same image digest.
-    state.add_history(created_by, cached.created or env.created, empty=not cached.digest)
+    # does), so a rebuild that changed nothing gives the same image digest; with an
+    # epoch, the epoch's (the entry may come from a build with another one).
+    created = env.created if env.source_date_epoch is not None else cached.created
+    state.add_history(created_by, created or env.created, empty=not cached.digest)
 
 
 async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
@@ -313,6 +318,12 @@ async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
                         on_miss: Callable[[], None], where: str) -> CachedLayer:
     cached = None if env.no_cache else await asyncio.to_thread(env.cache.lookup, key)
     unusable: str | None = None
+    if cached is not None and cached.epoch is not None \
+            and cached.epoch != env.source_date_epoch:
+        unusable = (f"its cached layer (from an inline cache) has the file times of "
+                    f"SOURCE_DATE_EPOCH={cached.epoch}, not of this build's epoch "
+                    f"({env.source_date_epoch if env.source_date_epoch is not None else 'none'})")
+        cached = None
     if cached is not None and cached.digest and await env.store.stat(
             Digest.parse(cached.digest)) is None:
         # an imported hit: usable while its source holds the blob (fetched when needed)
@@ -343,8 +354,7 @@ async def _run_or_reuse(env: StepEnv, parent: str, key: str, instruction: str,
     try:
         sink = _IngestSink(ingest, asyncio.get_running_loop())
         try:
-            blob = await asyncio.to_thread(_write, upper, sink, env.source_date_epoch,
-                                           env.compression)
+            blob = await asyncio.to_thread(_write, upper, sink, env.compression)
         except ChangesetError as exc:  # what the step made cannot be a layer: said there
             env.progress.error(n, str(exc))
             raise BuildError(where, str(exc)) from exc

@@ -316,7 +316,12 @@ class _Copy:
                 raise
             if dst.kind == "oci":
                 assert self.dst_layout is not None
-                await self.dst_layout.export_blob(self.store, desc.digest)
+                # From the local store, writing the layout's copy is the blob's task.
+                exported = await self.dst_layout.export_blob(
+                    self.store, desc.digest, self.progress if src.kind == "local" else None, desc.size)
+                status = exported if src.kind == "local" else status
+            elif dst.kind == "docker-archive" and src.kind == "local":
+                status = "exported"  # written with the manifest (_write_manifests), or the copy fails
         if dst.kind == "registry":
             assert dst.ref is not None
             # The upload places are taken for sending bytes only: a piece-level push
@@ -436,7 +441,8 @@ class _Copy:
             await layout.tag(Descriptor(media_type, digest, len(raw)), dst.name)
         else:
             assert dst.path is not None and isinstance(obj, Manifest)  # an index is refused in _run
-            await write_docker_archive(dst.path, dst.name, obj, self.store)
+            await write_docker_archive(dst.path, dst.name, obj, self.store,  # from local: each blob a task
+                                       self.progress if self.src.kind == "local" else None)
         return digest
 
 

@@ -33,7 +33,14 @@ from ..oci import (
     Descriptor,
     Manifest,
 )
-from .layouts import DOCKER_LAYER_TAR, LayoutError, check_destination, import_stream, source_index
+from .layouts import (
+    DOCKER_LAYER_TAR,
+    LayoutError,
+    check_destination,
+    import_stream,
+    source_index,
+    unwritable,
+)
 from .progress import Progress
 from .refs import InvalidReference, parse_image_ref
 
@@ -135,29 +142,35 @@ def _normalized(tag: Any) -> str:
 
 
 
-async def write_docker_archive(path: Path, ref: str | None, manifest: Manifest, store: Store) -> None:
+async def write_docker_archive(path: Path, ref: str | None, manifest: Manifest, store: Store,
+                               progress: Progress | None = None) -> None:
     """Write ``manifest``'s image as a ``docker load``-able tar (replacing ``path``). It is
     written to ``<path>.tmp`` and renamed: a failed write leaves neither a partial
-    archive nor the temporary file."""
+    archive nor the temporary file. ``progress`` shows each blob written as a task
+    (``exported``)."""
     check_destination("docker-archive", path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        await _write_archive(path, tmp, ref, manifest, store)
+        await _write_archive(path, tmp, ref, manifest, store, progress)
     except BaseException as exc:
         await asyncio.to_thread(tmp.unlink, missing_ok=True)
         if isinstance(exc, (IsADirectoryError, NotADirectoryError, FileNotFoundError)):
             raise LayoutError(f"cannot write docker-archive:{path}: {exc.strerror}: name a file in "
                               "a directory that exists") from exc
+        layout_error = unwritable(exc, f"docker-archive:{path}")
+        if layout_error is not None:
+            raise layout_error from exc
         raise
 
 
-async def _write_archive(path: Path, tmp: Path, ref: str | None, manifest: Manifest, store: Store) -> None:
+async def _write_archive(path: Path, tmp: Path, ref: str | None, manifest: Manifest, store: Store,
+                         progress: Progress | None) -> None:
     config_name = f"{manifest.config.digest.encoded}.json"
     layer_names = [f"{d.digest.encoded}/layer.tar" for d in manifest.layers]
     index = [{"Config": config_name, "RepoTags": [ref] if ref else [], "Layers": layer_names}]
     f = await asyncio.to_thread(open, tmp, "wb")
     try:
-        async def add(name: str, size: int, chunks: Any) -> None:
+        async def add(name: str, size: int, chunks: Any, key: str | None = None) -> None:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = size, 0o644, 0
             await asyncio.to_thread(f.write, info.tobuf(format=tarfile.PAX_FORMAT))
@@ -165,6 +178,8 @@ async def _write_archive(path: Path, tmp: Path, ref: str | None, manifest: Manif
             async for chunk in chunks:
                 written += len(chunk)
                 await asyncio.to_thread(f.write, chunk)
+                if progress is not None and key is not None:
+                    progress.advance(key, len(chunk))
             if written != size:
                 raise LayoutError(f"{name}: wrote {written} bytes, expected {size}")
             if size % 512:
@@ -177,7 +192,17 @@ async def _write_archive(path: Path, tmp: Path, ref: str | None, manifest: Manif
             info = await store.stat(desc.digest)
             if info is None:
                 raise LayoutError(f"blob {desc.digest} is not in the local store")
-            await add(name, info.size, store.read(desc.digest))
+            key = str(desc.digest)
+            if progress is not None:
+                progress.start(key, desc.digest.encoded[:12], info.size)
+            try:
+                await add(name, info.size, store.read(desc.digest), key)
+            except BaseException as exc:
+                if progress is not None:
+                    progress.fail(key, exc)
+                raise
+            if progress is not None:
+                progress.finish(key, "exported")
         body = json.dumps(index).encode()
         await add("manifest.json", len(body), once(body))
         if ref and manifest.layers:

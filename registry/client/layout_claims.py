@@ -36,10 +36,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from cas import Digest, StorageError
+from cas import Digest
 
 from ..oci import INDEX_TYPES, MANIFEST_TYPES
-from .layouts import LayoutError, OciLayout
+from .layouts import LayoutError, OciLayout, unwritable
 
 __all__ = ["Claims", "undone_on_failure"]
 
@@ -127,11 +127,9 @@ async def undone_on_failure(path: Path | None) -> AsyncIterator[OciLayout | None
         yield OciLayout(path, claims)
     except BaseException as exc:
         await asyncio.to_thread(claims.undo, path, existed)
-        if isinstance(exc, OSError) and not isinstance(exc, StorageError) and exc.errno in (
-                errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
-            raise LayoutError(f"cannot write oci:{path}: {os.strerror(exc.errno).lower()}; "
-                              "nothing of it was kept: free space there (or make it "
-                              "writable), or choose another destination") from exc
+        layout_error = unwritable(exc, f"oci:{path}")
+        if layout_error is not None:
+            raise layout_error from exc
         raise
     finally:
         claims.release()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cas import BlobInfo, Digest, DigestMismatch, Store
+from cas import BlobInfo, Digest, DigestMismatch, StorageError, Store
 
 from ..oci import (
     DOCKER_CONFIG,
@@ -55,6 +56,7 @@ __all__ = [
     "import_stream",
     "parse_layout_index",
     "source_index",
+    "unwritable",
 ]
 
 DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
@@ -66,6 +68,18 @@ _PLACE_TRIES = 5
 
 class LayoutError(ClientError):
     """A layout or archive that is missing, malformed or holds the wrong bytes."""
+
+
+def unwritable(exc: BaseException, name: str) -> LayoutError | None:
+    """The LayoutError naming the destination ``name`` (``oci:DIR``, ``docker-archive:FILE``)
+    when ``exc`` is its file system's: full, read-only or not ours to write (a write's
+    error names no file, and the local store's own errors are StorageErrors); else None."""
+    if isinstance(exc, OSError) and not isinstance(exc, StorageError) and exc.errno in (
+            errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        return LayoutError(f"cannot write {name}: {os.strerror(exc.errno).lower()}; nothing of "
+                           "it was kept: free space there (or make it writable), or choose "
+                           "another destination")
+    return None
 
 
 # Docker schema 2 media types and the OCI types an OCI layout holds instead.
@@ -179,9 +193,25 @@ class OciLayout:
         if info.size != desc.size:
             raise LayoutError(f"{path} is {info.size} bytes, its descriptor says {desc.size}")
 
-    async def export_blob(self, store: Store, digest: Digest) -> None:
-        path = self.blob_path(digest)
-        await self._place(path, lambda: store.export(digest, path))
+    async def export_blob(self, store: Store, digest: Digest, progress: Progress | None = None,
+                          size: int = 0) -> str:
+        """Write the blob from ``store`` into the layout; ``exported``, or ``exists`` when
+        the layout had it. ``progress`` shows it as a task of ``size`` bytes (a copy from
+        the local store has no other: its bytes are the ones this writes)."""
+        path, key = self.blob_path(digest), str(digest)
+        if progress is not None:
+            progress.start(key, digest.encoded[:12], size)
+        try:
+            written = await self._place(path, lambda: store.export(digest, path))
+        except BaseException as exc:
+            if progress is not None:
+                progress.fail(key, exc)
+            raise
+        status = "exported" if written else "exists"
+        if progress is not None:
+            progress.advance(key, size if written else 0)
+            progress.finish(key, status)
+        return status
 
     async def write_bytes(self, digest: Digest, data: bytes) -> None:
         path = self.blob_path(digest)
@@ -192,20 +222,22 @@ class OciLayout:
 
         await self._place(path, lambda: asyncio.to_thread(write))
 
-    async def _place(self, path: Path, write: Callable[[], Awaitable[None]]) -> None:
-        """``path`` written unless there, held by the claims (again if a failed writer took it)."""
-        claims = self.claims
+    async def _place(self, path: Path, write: Callable[[], Awaitable[None]]) -> bool:
+        """``path`` written unless there, held by the claims (again if a failed writer took
+        it); whether it was written."""
+        claims, wrote = self.claims, False
         for _ in range(_PLACE_TRIES):
             if await asyncio.to_thread(Path.exists if claims is None else claims.hold, path):
-                return
+                return wrote
             if claims is not None:  # before: a write cut short (cancelled) is taken back too
                 claims.created.add(path)
             try:
                 await write()
             except FileNotFoundError:  # its directory went with a failed writer's cleanup
                 continue
+            wrote = True
             if claims is None:
-                return
+                return True
         raise LayoutError(f"{path} was removed {_PLACE_TRIES} times while this copy wrote it: "
                           "another process is removing blobs from the layout; retry")
 

@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .endpoints import Endpoint
-from .layouts import LayoutError
+from .layouts import LayoutError, unwritable
 
 __all__ = ["unpacked"]
 
@@ -63,7 +63,13 @@ async def unpacked(src: Endpoint, dst: Endpoint, say: Callable[[str], None] = la
             raise LayoutError(text) from exc
         if dst.path is not None and str(dst.path) in named:
             say(f"writing {named[str(dst.path)]}")
-            await asyncio.to_thread(_pack, dst.path, archive)
+            try:
+                await asyncio.to_thread(_pack, dst.path, archive)
+            except OSError as exc:
+                layout_error = unwritable(exc, f"oci-archive:{archive}")
+                if layout_error is None:
+                    raise
+                raise layout_error from exc
 
 
 def _check_archive_destination(path: Path) -> None:

@@ -6,7 +6,7 @@ client can make the server hold has a bound, per client (its remote address) and
 
     upload sessions     count and bytes held      UploadLimits      429 TOOMANYREQUESTS
     upload bodies       streamed at once          UploadSlots       wait for a slot
-    connections         count                     ConnectionGuard   429, then closed
+    connections         count (from accept)       ConnectionGuard   429, then closed
     a TLS handshake     time to finish it         tls_accept        closed
     a new connection    time to send its headers  ConnectionGuard   closed
     a kept-alive one    idle time                 aiohttp's keepalive_timeout: closed
@@ -255,6 +255,12 @@ class ConnectionGuard:
     after it was made is closed (later requests of a kept-alive connection are bounded
     by the idle timeout, which runs from the end of the previous response until the
     next request head is complete).
+
+    A TLS connection reaches the ``web.Server`` only once its handshake is done; so
+    that one still in its handshake counts too, :mod:`.tls_accept` counts it when it is
+    accepted (:meth:`admit`, keyed by the request handler made for it then) and gives
+    its place back when it is lost (:meth:`release`), whether its handshake finished,
+    failed or timed out.
     """
 
     def __init__(self, *, max_connections: int, max_per_client: int,
@@ -285,7 +291,9 @@ class ConnectionGuard:
         server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
 
-    def _made(self, handler: Any, transport: Any) -> None:
+    def admit(self, handler: Any, transport: Any) -> bool:
+        """Count the connection of ``handler`` (its ``transport`` says the client) if it
+        is within the limits; False (the hit logged) if it is not, and it is not counted."""
         peer = transport.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         limit = None
@@ -295,13 +303,27 @@ class ConnectionGuard:
             limit, value, bound = "connections", len(self._clients), self.max_connections
         if limit is not None:
             self._log.hit(limit, client, value=value, bound=bound)
-            self._refuse(handler, transport)
-            return
+            return False
         self._clients[handler] = client
         self._per_client[client] += 1
+        return True
+
+    def release(self, handler: Any) -> None:
+        """Give back the place of ``handler``'s connection, if it holds one (once)."""
+        client = self._clients.pop(handler, None)
+        if client is not None:
+            self._per_client[client] -= 1
+            if not self._per_client[client]:
+                del self._per_client[client]
+
+    def _made(self, handler: Any, transport: Any) -> None:
+        # A TLS connection was admitted when accepted; one refused then is looked at again.
+        if handler not in self._clients and not self.admit(handler, transport):
+            self._refuse(handler, transport)
+            return
         if self.header_timeout > 0:
             self._timers[handler] = asyncio.get_running_loop().call_later(
-                self.header_timeout, self._check_header, handler, transport, client)
+                self.header_timeout, self._check_header, handler, transport, self._clients[handler])
 
     @staticmethod
     def _refuse(handler: Any, transport: Any) -> None:
@@ -327,11 +349,7 @@ class ConnectionGuard:
         timer = self._timers.pop(handler, None)
         if timer is not None:
             timer.cancel()
-        client = self._clients.pop(handler, None)
-        if client is not None:
-            self._per_client[client] -= 1
-            if not self._per_client[client]:
-                del self._per_client[client]
+        self.release(handler)
 
 
 def raise_open_files_limit() -> tuple[int, int]:

@@ -17,6 +17,7 @@ import ssl
 
 from aiohttp import web
 
+from .limits import ConnectionGuard
 from .tls_accept import TlsSite
 
 __all__ = ["WILDCARD_HOSTS", "listen_site", "listen_url", "url_host"]
@@ -27,15 +28,18 @@ _NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
 
 
 def listen_site(runner: web.BaseRunner, host: str, port: int,
-                ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = 0.0) -> web.BaseSite:
+                ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = 0.0,
+                guard: ConnectionGuard | None = None) -> web.BaseSite:
     """The site that listens on ``host``:``port`` (binding happens here for a wildcard
     host, so a port in use raises OSError at once, as it does at ``start()`` otherwise).
     With ``ssl_context``, connections are accepted as :mod:`.tls_accept` says, a new one
-    closed unless its handshake is done within ``handshake_timeout`` (0: 60 s)."""
+    closed unless its handshake is done within ``handshake_timeout`` (0: 60 s), and
+    counted by ``guard`` (installed on the runner's server) from then on, not only once
+    its handshake is done."""
     if ssl_context is not None:
         sock = _every_address(port) if host in WILDCARD_HOSTS else None
         return TlsSite(runner, ssl_context, host=host if sock is None else None, port=port,
-                       sock=sock, handshake_timeout=handshake_timeout)
+                       sock=sock, handshake_timeout=handshake_timeout, guard=guard)
     if host not in WILDCARD_HOSTS:
         return web.TCPSite(runner, host, port)
     return web.SockSite(runner, _every_address(port))

@@ -27,6 +27,14 @@ feeds from then on. A connection that sends nothing, or does not finish its hand
 is closed when ``handshake_timeout`` (``http.header_timeout``) has passed since it was
 accepted; the request head then has its own ``http.header_timeout``
 (:class:`.limits.ConnectionGuard`).
+
+A connection counts in the connection limits from the moment it is accepted
+(:meth:`.limits.ConnectionGuard.admit`), handshake or not, until it is lost, however its
+handshake ended: otherwise one client could hold any number of connections in their
+handshakes. One over a limit is refused as over plain HTTP, with a 429, which needs
+the handshake done: it gets :data:`_REFUSED_HANDSHAKE` seconds for that (then the
+guard looks again: a place may have come free), so that refused connections are not
+held for long.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from .limits import ConnectionGuard
+
 __all__ = ["PLAIN_HTTP_ANSWER", "AlertingTls", "FirstBytes", "TlsSite", "tls_protocol"]
 
 # Go's net/http, word for word (server.go), so clients show what they show for Distribution.
@@ -47,6 +57,7 @@ PLAIN_HTTP_ANSWER = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP reques
 _HANDSHAKE = 0x16  # the content type of a TLS handshake record
 _LINGER = 1.0  # seconds a refused connection may take to read its answer and hang up
 _DEFAULT_HANDSHAKE_TIMEOUT = 60.0  # asyncio's and uvloop's, when http.header_timeout is 0
+_REFUSED_HANDSHAKE = 2.0  # seconds a connection over a limit has to finish its handshake
 
 
 class AlertingTls(sslproto.SSLProtocol):
@@ -89,14 +100,18 @@ class FirstBytes(asyncio.Protocol):
     """A new connection on the TLS port, until its first bytes arrive: a TLS handshake
     goes on to the protocol ``tls`` (:func:`tls_protocol`), with ``app()`` above it, and
     has what is left of ``timeout`` to finish; anything else is answered
-    :data:`PLAIN_HTTP_ANSWER` and closed. Nothing within ``timeout`` seconds: closed."""
+    :data:`PLAIN_HTTP_ANSWER` and closed. Nothing within ``timeout`` seconds: closed.
+    With a ``guard``, the connection counts from now until it is lost; one over its
+    limits has at most :data:`_REFUSED_HANDSHAKE` seconds instead of ``timeout``."""
 
     def __init__(self, tls: Callable[..., Any], app: Callable[[], asyncio.BaseProtocol],
-                 context: ssl.SSLContext, timeout: float) -> None:
+                 context: ssl.SSLContext, timeout: float, guard: ConnectionGuard | None = None) -> None:
         self._tls = tls
         self._app = app
         self._context = context
         self._timeout = timeout
+        self._guard = guard
+        self._handler: asyncio.BaseProtocol | None = None
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
@@ -105,7 +120,12 @@ class FirstBytes(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         loop = asyncio.get_running_loop()
         self._transport = transport = cast(asyncio.Transport, transport)  # uvloop's: no subclass
-        self._deadline = loop.time() + self._timeout
+        # Made now, so that the guard knows the connection by it from accept to loss.
+        self._handler = self._app()
+        timeout = self._timeout
+        if self._guard is not None and not self._guard.admit(self._handler, transport):
+            timeout = min(timeout, _REFUSED_HANDSHAKE)
+        self._deadline = loop.time() + timeout
         self._timer = loop.call_at(self._deadline, transport.abort)
 
     def data_received(self, data: bytes) -> None:
@@ -124,8 +144,12 @@ class FirstBytes(asyncio.Protocol):
             # answer: the client's own close (eof_received) or _LINGER ends it.
             self._timer = loop.call_later(_LINGER, transport.close)
             return
-        tls = self._tls(loop, self._app(), self._context, None, server_side=True,
+        tls = self._tls(loop, self._handler, self._context, None, server_side=True,
                         ssl_handshake_timeout=max(self._deadline - loop.time(), 0.001))
+        if self._guard is not None:
+            # The app protocol hears of the loss only if the handshake was done.
+            tls.released = functools.partial(self._guard.release, self._handler)
+        self._transport = None  # from now on, the TLS protocol's
         transport.set_protocol(tls)
         tls.connection_made(transport)
         view = memoryview(data)
@@ -142,6 +166,8 @@ class FirstBytes(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._guard is not None and self._transport is not None:
+            self._guard.release(self._handler)
         self._transport = None
 
 
@@ -151,10 +177,11 @@ class TlsSite(web.BaseSite):
 
     def __init__(self, runner: web.BaseRunner, context: ssl.SSLContext, *, host: str | None = None,
                  port: int = 0, sock: Any = None, handshake_timeout: float = 0.0,
-                 backlog: int = 128) -> None:
+                 backlog: int = 128, guard: ConnectionGuard | None = None) -> None:
         super().__init__(runner, ssl_context=context, backlog=backlog)
         self._host, self._port, self._sock = host, port, sock
         self._handshake_timeout = handshake_timeout or _DEFAULT_HANDSHAKE_TIMEOUT
+        self._guard = guard
 
     @property
     def name(self) -> str:
@@ -169,8 +196,10 @@ class TlsSite(web.BaseSite):
         await super().start()
         assert self._runner.server is not None and self._ssl_context is not None
         loop = asyncio.get_running_loop()
-        accept = functools.partial(FirstBytes, tls_protocol(loop, self._ssl_context), self._runner.server,
-                                   self._ssl_context, self._handshake_timeout)
+        tls = tls_protocol(loop, self._ssl_context)
+        accept = functools.partial(FirstBytes, tls if self._guard is None else _releasing(tls),
+                                   self._runner.server, self._ssl_context, self._handshake_timeout,
+                                   self._guard)
         if self._sock is not None:
             self._server = await loop.create_server(accept, sock=self._sock, backlog=self._backlog)
         else:
@@ -186,3 +215,21 @@ def tls_protocol(loop: asyncio.AbstractEventLoop, context: ssl.SSLContext) -> Ca
 
         return cast(Callable[..., Any], uv.SSLProtocol)  # type: ignore[attr-defined]
     return AlertingTls
+
+
+@functools.cache
+def _releasing(tls: Any) -> Any:
+    """The TLS protocol class ``tls`` (asyncio's, or uvloop's compiled one), calling its
+    instance's ``released()`` once its connection is lost."""
+
+    class Releasing(tls):  # type: ignore[misc]
+        released: Callable[[], None] | None = None
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            try:
+                super().connection_lost(exc)
+            finally:
+                if self.released is not None:
+                    self.released()
+
+    return Releasing

@@ -22,6 +22,7 @@ from registry.client.progress import Progress
 from registry.client.pull import BlobError
 from registry.client.remote import RegistryClient
 from registry.oci import OCI_LAYER_NONDISTRIBUTABLE_GZIP, Manifest
+from tests.helpers.disks import small_filesystem
 
 from .helpers import SampleImage, make_index, simple_image, store_image
 
@@ -201,6 +202,57 @@ async def test_reading_an_archive_or_a_layout_shows_each_blob_it_imports(
         assert {e["status"] for e in got if e["event"] == "done"} == {"exists"}
     finally:
         await other.close()
+
+
+async def test_writing_a_layout_or_an_archive_from_the_local_store_shows_each_blob_it_exports(
+    images: ImageStore, client: RegistryClient, tmp_path: Path
+) -> None:
+    # A copy from the local store to oci: or docker-archive: writes every blob (gigabytes
+    # for a large image): each is a task with its bytes, and the summary counts them,
+    # rather than minutes of silence ending in "0 B transferred".
+    image = simple_image(76, (200_000, 300_000))
+    await store_image(images, "localhost/app:1", image)
+    blobs = {str(Digest.of(b)): len(b) for b in (image.config, *image.layers)}
+
+    async def events(dst: str) -> list[dict[str, Any]]:
+        out = io.StringIO()
+        progress = Progress("json", out)
+        result = await copy_image(parse_endpoint("local:localhost/app:1"), parse_endpoint(dst), images,
+                                  client, progress, CopyOptions())
+        progress.close()
+        got = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert result.blobs == {e["id"]: e["status"] for e in got if e["event"] == "done"}, dst
+        return got
+
+    for dst in (f"oci:{tmp_path / 'layout'}:1", f"docker-archive:{tmp_path / 'app.tar'}:app:1",
+                f"oci-archive:{tmp_path / 'app-oci.tar'}:1"):
+        got = await events(dst)
+        done = {e["id"]: e for e in got if e["event"] == "done"}
+        assert {k: (e["status"], e["bytes"], e["reused"]) for k, e in done.items()} == {
+            k: ("exported", n, 0) for k, n in blobs.items()}, dst
+        assert got[-1]["event"] == "summary" and got[-1]["transferred"] == sum(blobs.values()), dst
+    # Into the same layout again: every blob is there already.
+    got = await events(f"oci:{tmp_path / 'layout'}:2")
+    assert {e["status"] for e in got if e["event"] == "done"} == {"exists"}
+    assert got[-1]["transferred"] == 0 and got[-1]["reused"] == sum(blobs.values())
+
+
+@pytest.mark.parametrize("kind", ["docker-archive", "oci-archive"])
+async def test_an_archive_on_a_full_disk_is_named_with_the_fix_and_nothing_of_it_is_left(
+    images: ImageStore, client: RegistryClient, tmp_path: Path, kind: str
+) -> None:
+    # A write's ENOSPC names no file: the error must still say which destination is full
+    # (not blame the local store, as if --storage were the fix), and keep nothing of it.
+    image = simple_image(77, (1 << 20, 1 << 20))
+    await store_image(images, "localhost/app:1", image)
+    with small_filesystem(tmp_path / "small", "1m") as small:
+        archive = small / "app.tar"
+        with pytest.raises(LayoutError) as caught:
+            await copy("local:localhost/app:1", f"{kind}:{archive}", images, client)
+        assert str(caught.value) == (
+            f"cannot write {kind}:{archive}: no space left on device; nothing of it was kept: "
+            "free space there (or make it writable), or choose another destination")
+        assert list(small.iterdir()) == []
 
 
 async def test_an_untagged_image_of_an_archive_or_a_layout_is_named_by_its_place_as_skopeo_names_it(

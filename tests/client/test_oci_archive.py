@@ -134,7 +134,7 @@ async def test_errors_name_the_archive_and_leave_nothing(
     # a write that fails half-way (the disk, say) leaves no archive, not even the old one
     exported: list[Digest] = []
 
-    async def failing(self: OciLayout, store: object, digest: Digest) -> None:
+    async def failing(self: OciLayout, store: object, digest: Digest, *_: object) -> None:
         exported.append(digest)
         raise OSError(28, "No space left on device")
 

@@ -36,12 +36,25 @@ class Served:
             ctx.load_cert_chain(client.cert, client.key)
         return ctx
 
-    def get_v2(self, ctx: ssl.SSLContext) -> bytes:
-        """The answer to GET /v2/ over TLS with ``ctx``."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw, \
-                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+    def get_v2(self, ctx: ssl.SSLContext, source: str = "127.0.0.1") -> bytes:
+        """The answer to GET /v2/ over TLS with ``ctx``, from the address ``source``."""
+        with _connect(self.port, source) as raw, ctx.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
             conn.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\nConnection: close\r\n\r\n")
             return _read_all(conn)
+
+
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A connection from ``source`` (hostile clients take addresses of their own in
+    127.0.0.0/8, so that the limits per client tell them from a well-behaved one)."""
+    conn = socket.socket()
+    try:
+        conn.bind((source, 0))
+        conn.settimeout(10)
+        conn.connect(("127.0.0.1", port))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _read_all(conn: socket.socket) -> bytes:
@@ -52,14 +65,15 @@ def _read_all(conn: socket.socket) -> bytes:
 
 
 def _serve(tmp_path: Path, loop: str, *, clientcas: bool = False, header_timeout: float = 20,
-           minimum: str = "tls1.2") -> Iterator[Served]:
+           minimum: str = "tls1.2", per_client: int = 256, in_all: int = 4096) -> Iterator[Served]:
     root, clients = Authority(tmp_path), Authority(tmp_path, "Client CA")
     server = root.issue("server")
     cas = f", clientcas: [{clients.file}]" if clientcas else ""
     cas += f", minimum: {minimum}"
     config = tmp_path / "config.yml"
     config.write_text(f"tls: {{cert: {server.cert}, key: {server.key}{cas}}}\n"
-                      f"http: {{header_timeout: {header_timeout}}}\n")
+                      f"http: {{header_timeout: {header_timeout}, max_connections_per_client: {per_client},"
+                      f" max_connections: {in_all}}}\n")
     log = tmp_path / "serve.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
@@ -164,3 +178,96 @@ async def test_pybuild_says_which_client_certificate_was_refused(mtls_registry: 
         with pytest.raises(TransportError, match=rf"{host} refused the TLS client certificate it was given: "
                                                  r"no CA it trusts signed it \(TLSV1_ALERT_UNKNOWN_CA\): put "):
             await client.ping(host)
+
+
+def _half_handshake(port: int, source: str) -> socket.socket:
+    """A connection that starts a TLS handshake and never finishes it."""
+    conn = _connect(port, source)
+    conn.sendall(b"\x16\x03\x01")
+    return conn
+
+
+def _closed_within(conn: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``conn`` within ``seconds``."""
+    conn.settimeout(seconds)
+    try:
+        return conn.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def _open(conn: socket.socket) -> bool:
+    conn.setblocking(False)
+    try:
+        return conn.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except ConnectionResetError:
+        return False
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_connections_in_their_handshake_count_in_the_connection_limits(tmp_path: Path, loop: str) -> None:
+    # Only a connection whose handshake was done counted: one client held any number of
+    # connections in their handshakes (each up to http.header_timeout), and its next
+    # connection was served all the same.
+    for served in _serve(tmp_path, loop, per_client=4, in_all=8):
+        ctx = served.context()
+        within = [_half_handshake(served.port, "127.0.0.2") for _ in range(4)]
+        beyond = [_half_handshake(served.port, "127.0.0.2") for _ in range(20)]
+        # Refused: closed once they had a short while to finish their handshakes.
+        started = time.monotonic()
+        assert all(_closed_within(conn, 10) for conn in beyond)
+        assert time.monotonic() - started < 6
+        assert all(_open(conn) for conn in within)  # they have up to http.header_timeout
+        # A handshake over the limit that does finish is told why, as over plain HTTP.
+        refused = served.get_v2(ctx, "127.0.0.2")
+        assert refused.startswith(b"HTTP/1.1 429") and b"TOOMANYREQUESTS" in refused, refused
+        # A well-behaved client is still served.
+        assert served.get_v2(ctx).startswith(b"HTTP/1.1 200")
+        # In all: four more from elsewhere fill the total, and nobody else gets in.
+        others = [_half_handshake(served.port, "127.0.0.3") for _ in range(4)]
+        _answered_within(served, ctx, "127.0.0.1", b"HTTP/1.1 429", 10)
+        for conn in within + beyond + others:
+            conn.close()
+        _answered_within(served, ctx, "127.0.0.1", b"HTTP/1.1 200", 10)
+
+
+def _answered_within(served: Served, ctx: ssl.SSLContext, source: str, status: bytes, seconds: float) -> None:
+    """GET /v2/ from ``source`` until the answer starts with ``status`` (a connection
+    closed just now may still hold its place for a moment)."""
+    deadline = time.monotonic() + seconds
+    while not (answer := served.get_v2(ctx, source)).startswith(status):
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_handshakes_that_fail_or_time_out_give_their_places_back(tmp_path: Path, loop: str) -> None:
+    for served in _serve(tmp_path, loop, header_timeout=1, per_client=4):
+        ctx = served.context()
+        hello = ssl.MemoryBIO()
+        try:
+            ctx.wrap_bio(ssl.MemoryBIO(), hello, server_hostname="127.0.0.1").do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        client_hello = hello.read()
+        for _ in range(10):
+            for sent in (b"", b"\x16\x03\x01\x00\x05hello", b"GET / HTTP/1.1\r\n\r\n", client_hello):
+                with _connect(served.port, "127.0.0.2") as conn:
+                    conn.sendall(sent)
+            with _connect(served.port, "127.0.0.2") as raw:  # a finished handshake, no request
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1").close()
+        stalled = [_half_handshake(served.port, "127.0.0.2") for _ in range(4)]
+        assert all(_closed_within(conn, 10) for conn in stalled)  # after http.header_timeout
+        for conn in stalled:
+            conn.close()
+        # Every place is free again: three held, the fourth serves, a fifth is refused.
+        held = [_half_handshake(served.port, "127.0.0.2") for _ in range(3)]
+        assert served.get_v2(ctx, "127.0.0.2").startswith(b"HTTP/1.1 200")
+        held.append(_half_handshake(served.port, "127.0.0.2"))
+        assert served.get_v2(ctx, "127.0.0.2").startswith(b"HTTP/1.1 429")
+        for conn in held:
+            conn.close()

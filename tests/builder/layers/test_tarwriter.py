@@ -20,7 +20,7 @@ from builder.layers import (
     changeset_of_tree,
     write_tar,
 )
-from builder.layers.tarwriter import BLOCK_SIZE, ustar_header
+from builder.layers.tarwriter import BLOCK_SIZE, iter_tar, ustar_header
 
 EPOCH = 1_700_000_000
 
@@ -124,6 +124,22 @@ def test_large_ids_and_sizes_go_to_pax(tmp_path: Path) -> None:
         (m,) = tf.getmembers()
     assert (m.uid, m.gid) == (3_000_000, 2**31)
     assert m.pax_headers["uid"] == "3000000"
+
+
+@pytest.mark.parametrize("size", [(8 << 30) - 1, 8 << 30, (9 << 30) + 5])
+def test_a_file_of_8_gib_or_more_has_its_size_in_a_pax_record(tmp_path: Path, size: int) -> None:
+    # ustar's 11 octal digits hold at most 8 GiB - 1: a larger size is a pax "size" record
+    # (as Go's archive/tar writes it), or a reader takes the file for empty. A sparse file:
+    # only the headers, which come before its data, are read.
+    src = tmp_path / "big"
+    with open(src, "wb") as f:
+        f.truncate(size)
+    cs = Changeset.create([Entry("big", EntryKind.FILE, 0o644, 0, 0, 5, size=size, source=str(src))])
+    head = next(iter_tar(cs))
+    with tarfile.open(fileobj=io.BytesIO(head), mode="r|") as tf:
+        m = tf.next()
+        assert m is not None and (m.name, m.size) == ("big", size)
+        assert m.pax_headers.get("size") == (None if size < 8 << 30 else str(size))
 
 
 def test_header_checksum_matches_python_tarfile() -> None:
