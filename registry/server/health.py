@@ -41,18 +41,23 @@ class FileCheck:
     interval: float = 10.0
 
 
+def _from_text(text: str) -> Any:
+    """A section given as the environment's YAML/JSON text, parsed; ValueError if it is not."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML/JSON: {exc}") from exc
+
+
 def parse_file_checks(value: Any) -> tuple[FileCheck, ...]:
     """``health.file``: a list of ``{file, interval}`` (or its YAML/JSON text); ValueError
     naming the entry."""
     if isinstance(value, tuple) and all(isinstance(c, FileCheck) for c in value):
         return value
     if isinstance(value, str):  # the environment's YAML/JSON text
-        import yaml
-
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"not valid YAML/JSON: {exc}") from exc
+        value = _from_text(value)
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -87,12 +92,7 @@ def parse_storage_check(value: Any) -> StorageCheck | None:
     if value is None or isinstance(value, StorageCheck):
         return value
     if isinstance(value, str):  # the environment's YAML/JSON text
-        import yaml
-
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"not valid YAML/JSON: {exc}") from exc
+        value = _from_text(value)
     if not isinstance(value, Mapping):
         raise ValueError(f"expected {{enabled: true, interval: 10s, threshold: 3}}, got {value!r}")
     unknown = sorted(set(value) - {"enabled", "interval", "threshold"})

@@ -167,6 +167,12 @@ def test_images_are_found_by_their_ids_as_docker_finds_them(tmp_path: Path) -> N
     assert missing.exit_code == 1 and f"no such local image: {short}" in missing.output
 
 
+def _rmi(storage: str, *args: str) -> tuple[int, str, str]:
+    """``pybuild rmi ARGS`` on ``storage``: its exit code, stdout and stderr."""
+    got = CliRunner().invoke(main, ["rmi", *args, "--storage", storage])
+    return got.exit_code, got.stdout, got.stderr
+
+
 def test_rmi_by_digest_and_by_id_as_docker_rmi(tmp_path: Path) -> None:
     """``rmi NAME@DIGEST`` removes that reference (an image held by tag keeps its tags, as
     docker's reference by digest goes and its tags stay); ``rmi ID`` without ``-f`` removes
@@ -177,8 +183,7 @@ def test_rmi_by_digest_and_by_id_as_docker_rmi(tmp_path: Path) -> None:
     runner = CliRunner()
 
     def rmi(*args: str) -> tuple[int, str, str]:
-        got = runner.invoke(main, ["rmi", *args, "--storage", storage])
-        return got.exit_code, got.stdout, got.stderr
+        return _rmi(storage, *args)
 
     def names() -> list[str]:
         got = runner.invoke(main, ["images", "--format", "{{.Reference}}", "--storage", storage])
@@ -242,8 +247,7 @@ def test_rmi_says_which_names_it_untagged_as_docker_rmi_does(tmp_path: Path) -> 
     runner = CliRunner()
 
     def rmi(*args: str) -> tuple[int, str, str]:
-        got = runner.invoke(main, ["rmi", *args, "--storage", storage])
-        return got.exit_code, got.stdout, got.stderr
+        return _rmi(storage, *args)
 
     for name in ("app:2", "app:3", "app:4"):
         assert runner.invoke(main, ["tag", "--storage", storage, "app:1", name]).exit_code == 0

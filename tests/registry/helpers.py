@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -89,3 +94,55 @@ async def push_docker_list(
 async def error_codes(resp: Any) -> list[str]:
     doc = await resp.json(content_type=None)
     return [e["code"] for e in doc["errors"]]
+
+
+def stalled_get(port: int, path: str, stall: float, *, trickle: float = 0.0) -> tuple[int, bool]:
+    """GET ``path``; read nothing for ``stall`` seconds, or (``trickle``) 4 KiB every
+    ``trickle`` seconds for that long; then read what is there. Returns the bytes read and
+    whether the server had closed the connection."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.settimeout(10)  # a server that stopped answering fails the test, not hangs it
+    total = 0
+    try:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        end = time.monotonic() + stall
+        while time.monotonic() < end:
+            time.sleep(trickle or stall)
+            if trickle:
+                total += len(s.recv(4096))
+        s.settimeout(2)
+        while True:
+            try:
+                chunk = s.recv(1 << 20)
+            except TimeoutError:
+                return total, False
+            except ConnectionResetError:
+                return total, True
+            if not chunk:
+                return total, True
+            total += len(chunk)
+    finally:
+        s.close()
+
+
+def start_serve(args: list[str], log: Path, *, wait: float = 30) -> tuple[subprocess.Popen[bytes], str]:
+    """``pybuild serve ARGS`` in a process of its own, its stderr into ``log``; returns the
+    process and the URL its "listening on" line announces, once it has (the caller
+    terminates the process)."""
+    root = Path(__file__).resolve().parents[2]
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "builder", "serve", *args], cwd=root,
+                                stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + wait
+        while "listening on" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        line = next(x for x in log.read_text().splitlines() if "listening on" in x)
+    except BaseException:
+        proc.terminate()
+        proc.wait(timeout=30)
+        raise
+    return proc, line.split("listening on ", 1)[1]

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import time
 
 import pytest
 
 from cas import Digest
 from registry.server import stalls
 
-from .helpers import error_codes, push_blob
+from .helpers import error_codes, push_blob, stalled_get
 
 
 async def test_get_and_head_return_the_bytes_and_headers(client):
@@ -255,31 +253,6 @@ async def test_blob_delete_can_be_disabled(make_client):
     assert (await client.get(f"/v2/x/blobs/{digest}")).status == 200
 
 
-def _stalled_get(port: int, path: str, stall: float) -> tuple[int, bool]:
-    """GET ``path`` and read nothing for ``stall`` seconds; then read what is there.
-    Returns the bytes read and whether the server had closed the connection."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    try:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        time.sleep(stall)
-        s.settimeout(2)
-        total = 0
-        while True:
-            try:
-                chunk = s.recv(1 << 20)
-            except TimeoutError:
-                return total, False
-            except ConnectionResetError:
-                return total, True
-            if not chunk:
-                return total, True
-            total += len(chunk)
-    finally:
-        s.close()
-
-
 async def test_a_client_that_stops_reading_a_decompressed_blob_is_cut_off(client, monkeypatch):
     """Pieces stored compressed go out written, not by sendfile: a client that stops
     reading is cut off after the same stall as on the sendfile paths, instead of holding
@@ -287,7 +260,7 @@ async def test_a_client_that_stops_reading_a_decompressed_blob_is_cut_off(client
     monkeypatch.setattr(stalls, "STALL_SECONDS", 1)
     data = bytes(8 << 20)  # compresses: stored compressed, served decompressed
     digest = await push_blob(client, "slow", data)
-    got, closed = await asyncio.to_thread(_stalled_get, client.port, f"/v2/slow/blobs/{digest}", 3)
+    got, closed = await asyncio.to_thread(stalled_get, client.port, f"/v2/slow/blobs/{digest}", 3)
     assert closed
     assert got < len(data)
     # A client that reads gets it all.

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from registry.server.config import load_config
+
+from .helpers import start_serve
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,19 +38,10 @@ def test_a_wildcard_host_listens_on_ipv4_and_ipv6_on_one_port(tmp_path: Path, ho
     # Distribution (Go) listens on `:5000` and `[::]:5000` with one socket that IPv4 and
     # IPv6 clients both reach: `docker pull localhost:5000/...` may resolve to ::1 first.
     # Port 0: the port announced is the one both families answer on.
-    log = tmp_path / "serve.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "builder", "serve", "--addr", f"{host}:0",
-             "--storage", str(tmp_path / "storage")],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    proc, line = start_serve(["--addr", f"{host}:0", "--storage", str(tmp_path / "storage")],
+                             tmp_path / "serve.log")
     try:
-        deadline = time.monotonic() + 20
-        while "listening on" not in log.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.05)
-        line = next(x for x in log.read_text().splitlines() if "listening on" in x)
-        url = line.split("listening on ", 1)[1].split()[0]
+        url = line.split()[0]
         assert url.startswith("http://localhost:"), line
         assert "(every IPv4 and IPv6 address" in line
         port = int(url.rsplit(":", 1)[1])

@@ -21,6 +21,8 @@ import pytest
 
 from cas import Digest
 
+from .helpers import start_serve
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -271,19 +273,10 @@ def test_an_ipv6_address_is_announced_as_a_url(tmp_path):
         except OSError as exc:  # IPv6 turned off in this kernel or network namespace
             pytest.skip(f"no IPv6 loopback here: {exc}")
         port = probe.getsockname()[1]
-    log = tmp_path / "serve.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "builder", "serve", "--addr", f"[::1]:{port}",
-             "--storage", str(tmp_path / "storage")],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    proc, line = start_serve(["--addr", f"[::1]:{port}", "--storage", str(tmp_path / "storage")],
+                             tmp_path / "serve.log")
     try:
-        deadline = time.monotonic() + 20
-        while "listening on" not in log.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.05)
-        line = next(x for x in log.read_text().splitlines() if "listening on" in x)
-        url = line.split("listening on ", 1)[1].split()[0]
+        url = line.split()[0]
         assert url == f"http://[::1]:{port}"
         with socket.create_connection(("::1", port), timeout=5) as conn:
             conn.sendall(b"GET /v2/ HTTP/1.1\r\nHost: [::1]\r\nConnection: close\r\n\r\n")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,8 @@ import pytest
 from registry.client.remote import ClientOptions, RegistryClient, TransportError
 from registry.server.tls_accept import PLAIN_HTTP_ANSWER
 from tests.helpers.pki import Authority, Issued
+
+from .helpers import start_serve
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOPS = ["asyncio", "uvloop"]
@@ -75,18 +75,10 @@ def _serve(tmp_path: Path, loop: str, *, clientcas: bool = False, header_timeout
                       f"http: {{header_timeout: {header_timeout}, max_connections_per_client: {per_client},"
                       f" max_connections: {in_all}}}\n")
     log = tmp_path / "serve.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "builder", "serve", "--addr", "127.0.0.1:0", "--config", str(config),
-             "--storage", str(tmp_path / "storage"), "--event-loop", loop],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+    proc, url = start_serve(["--addr", "127.0.0.1:0", "--config", str(config), "--storage",
+                             str(tmp_path / "storage"), "--event-loop", loop], log)
     try:
-        deadline = time.monotonic() + 30
-        while "listening on" not in log.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.05)
-        line = next(x for x in log.read_text().splitlines() if "listening on" in x)
-        yield Served(int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1]), root, clients)
+        yield Served(int(url.split()[0].rsplit(":", 1)[1]), root, clients)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

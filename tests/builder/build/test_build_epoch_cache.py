@@ -5,7 +5,6 @@ same digests as a build with that epoch and no cache."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import io
 import json
@@ -16,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from cas import Digest, StoreConfig, open_store
 from tests.helpers.cli import pybuild
+from tests.helpers.store import stored
 
 E1, E2 = 1_600_000_000, 1_700_000_000
 E2_TEXT = "2023-11-14T22:13:20Z"
@@ -138,7 +137,7 @@ def test_remote_cache_made_with_another_epoch(context_of, tmp_path: Path) -> Non
     assert f"cache hits from type=local,src={cache}: 5 steps" in infos, infos
     steps, clamped = _cache_layers(cache)
     assert steps and clamped
-    assert _stored(tmp_path / "c", steps) == []  # no layer fetched to be rewritten
+    assert stored(tmp_path / "c", steps) == []  # no layer fetched to be rewritten
 
 
 def _cache_layers(layout: Path) -> tuple[list[str], list[str]]:
@@ -153,17 +152,6 @@ def _cache_layers(layout: Path) -> tuple[list[str], list[str]]:
             layers["clamp" if e["instruction"] == "clamp" else "step"].append(
                 e["layer"]["digest"])
     return layers["step"], layers["clamp"]
-
-
-def _stored(storage: Path, digests: list[str]) -> list[str]:
-    """Those of ``digests`` that the store in ``storage`` holds."""
-    async def check() -> list[str]:
-        store = await open_store(StoreConfig(storage))
-        try:
-            return [d for d in digests if await store.stat(Digest.parse(d)) is not None]
-        finally:
-            await store.close()
-    return asyncio.run(check())
 
 
 def _layers(addr: str, tag: str) -> list[str]:

@@ -3,15 +3,14 @@ build cache, as CI jobs on fresh machines do."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
 from builder.cache.remote import CacheSpecError, parse_cache_spec
-from cas import Digest, StoreConfig, open_store
 from tests.helpers.cli import pybuild
+from tests.helpers.store import stored
 
 DOCKERFILE = """FROM {base}
 COPY a.txt /a.txt
@@ -75,17 +74,6 @@ def _cache_keys(layout: Path) -> list[str]:
     return sorted(e["key"] for e in config["entries"] if e["instruction"] != "facts")
 
 
-def _stored(storage: Path, digests: list[str]) -> list[str]:
-    """The digests the store in ``storage`` holds."""
-    async def check() -> list[str]:
-        store = await open_store(StoreConfig(storage))
-        try:
-            return [d for d in digests if await store.stat(Digest.parse(d)) is not None]
-        finally:
-            await store.close()
-    return asyncio.run(check())
-
-
 def _steps(status: dict[str, str], word: str) -> dict[str, str]:
     return {k: v for k, v in status.items() if word in k}
 
@@ -125,7 +113,7 @@ def test_local_cache_between_two_runners(busybox_ref: str, tmp_path: Path) -> No
     # --explain: the imported source that hit (the two steps before b.txt's COPY)
     assert f"cache hits from type=local,src={cache}: 2 steps" in infos, infos
     # only the layers of the steps that hit were copied into runner B's store
-    assert len(_stored(tmp_path / "runner-b", _cache_layers(cache))) == 2
+    assert len(stored(tmp_path / "runner-b", _cache_layers(cache))) == 2
 
 
 def test_missing_cache_source_is_a_warning(busybox_ref: str, tmp_path: Path) -> None:
@@ -173,7 +161,7 @@ def test_registry_cache_between_two_runners(kind: str, busybox_ref: str,
     assert any(ref in m and "importing cache" in m for m in infos), infos
     # only the layers of the two steps that hit were pulled, of the cache's four
     layers = _cache_layers(local)
-    assert len(layers) == 4 and len(_stored(tmp_path / "runner-b", layers)) == 2
+    assert len(layers) == 4 and len(stored(tmp_path / "runner-b", layers)) == 2
 
 
 def test_unreachable_registry_cache(busybox_ref: str, tmp_path: Path) -> None:
