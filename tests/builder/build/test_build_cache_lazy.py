@@ -14,7 +14,6 @@ from testkit.registries import distribution_registry, get_manifest, pybuild_regi
 from tests.builder.build.test_build_remote_cache import (  # noqa: F401 (a fixture)
     _build,
     _context,
-    _stored,
     eager_layers,
 )
 from tests.builder.build.test_build_remote_cache import (
@@ -22,6 +21,7 @@ from tests.builder.build.test_build_remote_cache import (
 )
 from tests.helpers.cli import pybuild
 from tests.helpers.counting_proxy import counting_proxy
+from tests.helpers.store import stored
 
 REGISTRIES = {"pybuild": pybuild_registry, "distribution": distribution_registry}
 
@@ -116,7 +116,7 @@ def test_fully_cached_push_moves_no_layer(kind: str, busybox_ref: str, tmp_path:
         assert len(mounts) == len(layers) + 1  # every layer and the config, into ci/mirror
         assert _manifest(proxy.addr, "ci/mirror", "2")[1] == digest_a
         assert _manifest(proxy.addr, "ci/app", "2")[1] == digest_a
-        assert _stored(tmp_path / "runner-b", sorted(step_layers)) == []
+        assert stored(tmp_path / "runner-b", sorted(step_layers)) == []
         infos = [e["message"] for e in events if e["event"] == "info"]
         assert any("not stored in the local image store" in m for m in infos), infos
         hits = [e["hit"] for e in events if e["event"] == "explain" and "hit" in e]
@@ -157,7 +157,7 @@ def test_a_registry_base_stays_in_the_registry_too(busybox_ref: str, tmp_path: P
         assert _dockerfile_steps(status) == {"cached"}, status
         assert proxy.blob_gets(layers) == [], proxy.log
         assert _manifest(proxy.addr, "ci/app", "2")[1] == digest_a
-        assert _stored(tmp_path / "runner-b", sorted(layers)) == []
+        assert stored(tmp_path / "runner-b", sorted(layers)) == []
         infos = [e["message"] for e in events if e["event"] == "info"]
         assert any(m.startswith(f"using {base} (sha256:") for m in infos), infos
         (ctx / "b.txt").write_text("b changed\n")
@@ -165,7 +165,7 @@ def test_a_registry_base_stays_in_the_registry_too(busybox_ref: str, tmp_path: P
                            f"type=registry,ref={cache}")
         assert _steps(status, "b.txt") == {"ran"}, status
         # the base layer and the two cached ones below b.txt's RUN, nothing else
-        assert len(_stored(tmp_path / "runner-c", sorted(layers))) == 3
+        assert len(stored(tmp_path / "runner-c", sorted(layers))) == 3
 
 
 def test_a_step_that_runs_fetches_only_what_it_needs(busybox_ref: str, tmp_path: Path) -> None:
@@ -181,11 +181,11 @@ def test_a_step_that_runs_fetches_only_what_it_needs(busybox_ref: str, tmp_path:
     # unchanged: nothing runs, nothing is fetched
     status, _ = _build(tmp_path / "runner-b", ctx, "--cache-from", f"type=local,src={cache}")
     assert _dockerfile_steps(status) == {"cached"}
-    assert _stored(tmp_path / "runner-b", all_layers) == []
+    assert stored(tmp_path / "runner-b", all_layers) == []
     (ctx / "b.txt").write_text("b changed\n")
     status, _ = _build(tmp_path / "runner-c", ctx, "--cache-from", f"type=local,src={cache}")
     assert _steps(status, "b.txt") == {"ran"}
-    assert len(_stored(tmp_path / "runner-c", all_layers)) == 2
+    assert len(stored(tmp_path / "runner-c", all_layers)) == 2
     # an output that holds the image's files fetches the rest
     out = tmp_path / "out"
     (ctx / "b.txt").write_text("b\n")
@@ -193,7 +193,7 @@ def test_a_step_that_runs_fetches_only_what_it_needs(busybox_ref: str, tmp_path:
                        "-o", f"type=local,dest={out}")
     assert _dockerfile_steps(status) == {"cached"}
     assert (out / "from-b.txt").read_text() == "b\n"
-    assert len(_stored(tmp_path / "runner-d", all_layers)) == 4
+    assert len(stored(tmp_path / "runner-d", all_layers)) == 4
 
 
 MULTI_STAGE = """FROM {base} AS build
@@ -223,7 +223,7 @@ def test_copy_from_a_cached_stage_fetches_none_of_its_layers(busybox_ref: str,
     assert len(all_layers) == 6
     status, _ = _build(tmp_path / "runner-b", ctx, "--cache-from", f"type=local,src={cache}")
     assert _dockerfile_steps(status) == {"cached"}, status
-    assert _stored(tmp_path / "runner-b", all_layers) == []
+    assert stored(tmp_path / "runner-b", all_layers) == []
     (ctx / "b.txt").write_text("b changed\n")
     out = tmp_path / "out"
     status, _ = _build(tmp_path / "runner-c", ctx, "--cache-from", f"type=local,src={cache}")
@@ -231,7 +231,7 @@ def test_copy_from_a_cached_stage_fetches_none_of_its_layers(busybox_ref: str,
         {"cached"}, status
     assert _steps(status, "/result") == {"ran"}, status
     # only the two layers below the RUN that ran; the build stage's stay away
-    assert len(_stored(tmp_path / "runner-c", all_layers)) == 2
+    assert len(stored(tmp_path / "runner-c", all_layers)) == 2
     status, _ = _build(tmp_path / "runner-c", ctx, "-o", f"type=local,dest={out}")
     assert (out / "result").read_text() == "a\nb changed\n"
     assert (out / "bound").read_text() == "a\n"
@@ -390,7 +390,7 @@ def test_a_push_to_another_registry_streams_cached_layers(busybox_ref: str,
         assert _dockerfile_steps(status) == {"cached"}, status
         gets = proxy.blob_gets(step_layers)
         assert sorted(s.path.rsplit("/", 1)[-1] for s in gets) == sorted(step_layers)
-        assert _stored(tmp_path / "runner-b", sorted(step_layers)) == []
+        assert stored(tmp_path / "runner-b", sorted(step_layers)) == []
         image, _ = _manifest(two.addr, "ci/app", "1")
         assert step_layers < {d["digest"] for d in image["layers"]}
         copied, _ = _manifest(two.addr, "ci/cache", "main")
@@ -466,7 +466,7 @@ def test_copy_onto_a_cached_step_fetches_none_of_its_layers(busybox_ref: str,
         assert proxy.blob_gets({deps["digest"]}) == [], served
         pulled = sum(s.body_bytes for s in served if s.method == "GET")
         assert pulled < deps["size"] // 4, served
-        assert _stored(tmp_path / "runner-b", [deps["digest"]]) == []
+        assert stored(tmp_path / "runner-b", [deps["digest"]]) == []
         image, _ = _manifest(proxy.addr, "ci/app", "latest")
         assert deps in image["layers"]
         top = http(proxy.addr, "GET", f"/v2/ci/app/blobs/{image['layers'][-1]['digest']}")
