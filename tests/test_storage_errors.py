@@ -323,3 +323,21 @@ def test_serve_on_read_only_packs_answers_503_and_keeps_every_blob(tmp_path: Pat
                 assert _get_blob(running.addr, kept) == kept
         finally:
             subprocess.run(["umount", "-l", str(storage / "packs")], check=False)
+
+
+@pytest.mark.parametrize(("files", "free", "inodes"), [
+    (40, 0, True), (40, 3, True),  # a helper freed a few after the failed write
+    (1_000_000, 500, True), (1_000_000, 50_000, False), (40, 30, False), (0, 0, False),
+])
+def test_full_disk_cause_names_inodes_when_next_to_none_are_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: int, free: int,
+        inodes: bool) -> None:
+    import cas.errors
+
+    real = os.statvfs(tmp_path)
+    fake = os.statvfs_result((real.f_bsize, real.f_frsize, 1000, 900, 900,
+                              files, free, free, real.f_flag, real.f_namemax))
+    monkeypatch.setattr(cas.errors.os, "statvfs", lambda _path: fake)
+    cause = cas.errors.full_cause(tmp_path / "gone" / "file")
+    assert cause.startswith("no space left on device")
+    assert ("no free inodes" in cause) is inodes

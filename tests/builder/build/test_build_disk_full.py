@@ -82,5 +82,5 @@ def test_build_out_of_inodes_says_so(tmp_path: Path, busybox_ref: str) -> None:
                         "--progress", "plain", str(ctx))
         assert proc.returncode == 1
         assert "Traceback" not in proc.stderr
-        assert "Dockerfile:2: RUN: no space left on device (no free inodes" in proc.stderr
+        assert "Dockerfile:2: RUN: no space left on device (no free inodes" in proc.stderr, proc.stderr
         _assert_store_whole(storage)
