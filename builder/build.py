@@ -16,7 +16,6 @@ import contextlib
 import functools
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field, replace
@@ -49,7 +48,7 @@ from .ignore import read_ignore_file
 from .image import BuiltImage, BuiltIndex, ImageState, assemble, assemble_index, timestamp
 from .outputs import ExportError, Output, export, export_name
 from .progress import BuildProgress
-from .prune import BuildLock
+from .prune import BuildLock, drop_orphaned_work_dirs, new_work_dir
 from .publish import push_images, tag_images
 from .scheduler import StageScheduler, plan
 from .ssh_keys import key_agents
@@ -315,7 +314,9 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
     holds = contextlib.AsyncExitStack()  # StepEnv.holds
     env_ref: list[StepEnv] = []  # for the cleanup of its background work
     try:
-        work = Path(tempfile.mkdtemp(prefix="build-", dir=bdir / "tmp"))
+        await asyncio.to_thread(drop_orphaned_work_dirs, bdir / "tmp")  # killed builds'
+        fresh, owner = await asyncio.to_thread(new_work_dir, bdir / "tmp")
+        work = fresh
         store = await open_store(StoreConfig(opts.storage))
         cache = await asyncio.to_thread(BuildCache, bdir / "cache.db")
         ssh = {**opts.ssh, **await asyncio.to_thread(key_agents, opts.ssh_keys, agents)}
@@ -459,7 +460,8 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
                 n = progress.start("pushing " + ", ".join(refs))
                 await push_images(store, refs, progress=progress, step=n)
                 progress.done(n)
-        progress.result(str(result.digest))
+        progress.result(str(result.digest), str(result.digest) if index else
+                        str(image.manifest.config.digest))
         return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran), index)
     finally:
         if env_ref:
@@ -481,4 +483,5 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             await store.close()
         if work is not None:
             await asyncio.to_thread(shutil.rmtree, work, True)
+            os.close(owner)  # the directory is gone: nothing left for another build
         lock.release()

@@ -178,7 +178,8 @@ _DONE: weakref.WeakSet[click.Command] = weakref.WeakSet()  # the commands alread
 
 def accept_flag_values(command: click.Command) -> None:
     """Let every boolean flag of ``command`` and of its subcommands also be given as
-    ``--flag=true|false`` (``-q=false`` too)."""
+    ``--flag=true|false`` (``-q=false`` too), and a short option's value as ``-t=VALUE``
+    (docker's flags take both)."""
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             accept_flag_values(sub)
@@ -210,6 +211,10 @@ def accept_flag_values(command: click.Command) -> None:
             if arg in valued and i + 1 < len(args):  # an option and its value: kept as is
                 given += args[i:i + 2]
                 i += 2
+                continue
+            if arg[:1] == "-" and arg[1:2] != "-" and arg[2:3] == "=" and arg[:2] in valued:
+                given += [arg[:2], arg[3:]]  # -t=x: docker's -t x (click's would be "=x")
+                i += 1
                 continue
             name, eq, value = arg.partition("=")
             param = flags.get(name)

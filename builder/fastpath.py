@@ -21,8 +21,8 @@ fingerprint with ``os``/``hashlib``/``json`` only; if it matches exactly it repl
 progress (every step ``CACHED``, as the normal cached path reports it), writes the
 ``--iidfile``/``--metadata-file`` and prints the digest. Any difference, anything it does not
 understand (``--push``, ``--output``, ``--secret``, ``--ssh``, a ``-`` or URL context, a
-Dockerfile naming a URL...: see :data:`_VALUED`) and any error falls through to the normal
-path.
+Dockerfile naming a URL...: see :mod:`builder.fastpath_argv`) and any error falls through to
+the normal path.
 
 ``--no-cache`` builds record under the key of the same command without ``--no-cache``:
 they replace the cache entries they re-ran, so the next cached build makes their image.
@@ -37,8 +37,10 @@ import re
 import sys
 import time
 
-__all__ = ["ARGV", "BUILD_ENVIRONMENT", "COMMAND_ENVIRONMENT", "ENVIRONMENT_READERS", "LAYOUTS_READ", "Invocation",
-           "Recorder", "covers", "fingerprint", "main", "parse_argv", "progress_events",
+from .fastpath_argv import Invocation, parse_argv
+
+__all__ = ["ARGV", "BUILD_ENVIRONMENT", "COMMAND_ENVIRONMENT", "ENVIRONMENT_READERS", "LAYOUTS_READ",
+           "REWRITE_STEP", "Invocation", "Recorder", "covers", "fingerprint", "main", "parse_argv", "progress_events",
            "try_fast_path"]
 
 # Set by ``python -m builder`` to its argv: only a real process records fingerprints.
@@ -46,23 +48,6 @@ ARGV: list[str] | None = None
 # Absolute paths of the oci-layout directories the running build read (builder.base).
 LAYOUTS_READ: list[str] = []
 
-_VALUED = {"-f": "file", "--file": "file", "-t": "tag", "--tag": "tag",
-           "--build-arg": "build-arg", "--target": "target", "--label": "label",
-           "--network": "network", "--progress": "progress", "--iidfile": "iidfile",
-           "--metadata-file": "metadata-file", "--compression": "compression",
-           "--source-date-epoch": "source-date-epoch", "--storage": "storage",
-           "--platform": "platform", "--differ": "differ", "--allow": "allow",
-           # values only, in the argv the fingerprint holds (--annotation changes the
-           # digest the record keeps; the RUN options matter only to steps that run)
-           "--annotation": "annotation", "--add-host": "add-host", "--shm-size": "shm-size",
-           "--ulimit": "ulimit"}
-_FLAGS = {"--no-cache": "no-cache", "--explain": "explain", "-q": "quiet", "--quiet": "quiet",
-          # the classic builder's, which a build ignores (builder.build_cmd)
-          "--rm": "ignored", "--force-rm": "ignored", "--compress": "ignored"}
-# Not here, so never fast-pathed: --push, --output, --load, --cache-to (each writes
-# somewhere a replay would not), --pull (asks the registry for a newer base), --cache-from
-# (a remote cache), --build-context and --secret/--ssh (files and sockets the fingerprint
-# does not cover, which the normal path checks).
 # Every environment variable a build reads, and so the only ones the fingerprint compares
 # (a test checks that each read in builder/ is covered). Who reads them:
 BUILD_ENVIRONMENT = frozenset({
@@ -91,92 +76,13 @@ COMMAND_ENVIRONMENT = frozenset({"PYBUILD_FASTPATH_DEBUG", "PYBUILD_NO_FASTPATH"
 # Git repository does, is never fast-pathed).
 ENVIRONMENT_READERS = frozenset({"builder/fastpath.py", "builder/build_cmd.py",
                                  "builder/git_fetch.py"})
+# The step of a build that rewrites cached layers for its SOURCE_DATE_EPOCH
+# (builder.steps.clamp): remembered, so a replay (as the next normal build) has none.
+REWRITE_STEP = "rewriting layers with source-date-epoch"
 _FROM_STEP = re.compile(r"\[([^\]]* )?1/\d+\] FROM ")
 # Files written within this many ns before the build started could change again
 # without changing their stat (file timestamps come from a coarse clock): not recorded.
 _RACY_NS = 100_000_000
-
-
-class Invocation:
-    """A ``build`` argv understood well enough for the fast path.
-
-    A plain class, not a frozen dataclass: ``dataclasses`` imports ``inspect`` (~5 ms),
-    an eighth of the whole fast path."""
-
-    def __init__(self, argv: list[str], opts: dict[str, list[str]], context: str) -> None:
-        self.argv = argv
-        self.opts = opts
-        self.context = context
-
-    def one(self, name: str) -> str | None:
-        values = self.opts.get(name)
-        return values[-1] if values else None
-
-    @property
-    def key_argv(self) -> list[str]:
-        """The argv the fingerprint is filed under (``--no-cache`` removed)."""
-        return [a for a in self.argv if a != "--no-cache"]
-
-    @property
-    def storage(self) -> str:
-        given = self.one("storage") or os.environ.get("PYBUILD_STORAGE")
-        if given:
-            return os.path.abspath(given)
-        xdg = os.environ.get("XDG_DATA_HOME")
-        base = xdg if xdg else os.path.join(os.path.expanduser("~"), ".local", "share")
-        return os.path.abspath(os.path.join(base, "pybuild"))
-
-    @property
-    def dockerfile_named(self) -> str:
-        """The Dockerfile as named (its ``.dockerignore`` is named after it)."""
-        return os.path.abspath(self.one("file") or os.path.join(self.context, "Dockerfile"))
-
-    @property
-    def dockerfile(self) -> str:
-        """The file the build reads (``dockerfile`` for a missing ``Dockerfile``, as
-        :func:`builder.build.lowercase_fallback`)."""
-        path = self.dockerfile_named
-        if os.path.basename(path) == "Dockerfile" and not os.path.exists(path):
-            lower = os.path.join(os.path.dirname(path), "dockerfile")
-            if os.path.isfile(lower):
-                return lower
-        return path
-
-
-def parse_argv(argv: list[str]) -> Invocation | None:
-    """``argv`` (without the program) as a build the fast path may answer, else None."""
-    if len(argv) < 2 or argv[0] != "build":
-        return None
-    opts: dict[str, list[str]] = {}
-    positional: list[str] = []
-    i = 1
-    while i < len(argv):
-        a = argv[i]
-        if a in _FLAGS:
-            opts.setdefault(_FLAGS[a], []).append("1")
-        elif a in _VALUED:
-            if i + 1 >= len(argv):
-                return None
-            opts.setdefault(_VALUED[a], []).append(argv[i + 1])
-            i += 1
-        elif a.startswith("--") and "=" in a and a.partition("=")[0] in _VALUED:
-            name, _, value = a.partition("=")
-            opts.setdefault(_VALUED[name], []).append(value)
-        elif a.startswith("-"):
-            return None  # --push, --output, --secret, --ssh, --help, "-", "--", unknown
-        else:
-            positional.append(a)
-        i += 1
-    if len(positional) != 1 or "://" in positional[0] or "-" in opts.get("file", []):
-        return None  # a URL context, or a Dockerfile on stdin
-    progress = opts.get("progress", ["auto"])[-1]
-    if progress not in ("auto", "plain", "tty", "json", "quiet"):
-        return None
-    if "quiet" in opts:
-        if progress not in ("auto", "quiet"):
-            return None  # the normal path refuses -q with another --progress
-        opts["progress"] = ["quiet"]  # as the normal path: -q is --progress quiet
-    return Invocation(list(argv), opts, positional[0])
 
 
 def _stat(path: str) -> list[int] | None:
@@ -369,6 +275,8 @@ def progress_events(progress: object) -> list[list[str]]:
     :meth:`Recorder.finish` refuses to record."""
     out: list[list[str]] = []
     for kind, text in getattr(progress, "events", []):
+        if kind == "start" and text.startswith(REWRITE_STEP):
+            continue
         if kind == "start":
             fixed = text.startswith("naming ") or _FROM_STEP.match(text) is not None
             out.append(["done" if fixed else "step", text])
@@ -400,7 +308,7 @@ def _replay(rec: dict, inv: Invocation) -> None:  # type: ignore[type-arg]  # no
             if "explain" in inv.opts:  # the fast path answers from the local cache only
                 progress.explain_hit(n, "local")
     digest = rec["digest"]
-    progress.result(digest)
+    progress.result(digest, rec["config_digest"])
     iidfile = inv.one("iidfile")
     if iidfile:  # the image ID, as the full path writes it (never an index here)
         with open(iidfile, "w") as f:

@@ -283,5 +283,9 @@ class BuildProgress:
         if self.mode == "json":
             self._emit({"event": "error", "message": message, "exit_code": exit_code}, None)
 
-    def result(self, digest: str) -> None:
-        self._emit({"event": "result", "digest": digest}, f"writing image {digest} done")
+    def result(self, digest: str, image_id: str) -> None:
+        """The image made: its manifest (or index) digest and its image ID (the config's
+        digest; an index's own), which the line shows as BuildKit's ``writing image``
+        does, the ID that ``-q``, ``--iidfile`` and ``inspect .Id`` give."""
+        self._emit({"event": "result", "digest": digest, "image_id": image_id},
+                   f"writing image {image_id} done")

@@ -28,6 +28,12 @@ What goes:
 A build holds ``builder/lock`` shared while it runs; prune takes it exclusively, so it
 never removes an extracted layer under a running build (it waits up to ``wait`` seconds, then
 says that a build is running).
+
+A killed build's work directory does not wait for prune: as BuildKit cleans its leftovers at
+its next start, every build begins by removing those whose build is gone
+(:func:`drop_orphaned_work_dirs`). A build holds a flock on its directory's ``.owner``
+file while it runs (:func:`new_work_dir`); the kernel releases it when the process dies,
+however, and it is not inherited by what the build runs.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import fcntl
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +53,13 @@ from cas import Store, StoreConfig, check_owner, open_store
 from cas.holders import cache_holder
 from cas.reserve import release_reserve
 
-from .cache import BuildCache
+from .cache import CLAMP, BuildCache
 from .extracted import EXTRACTED_DIR
 
-__all__ = ["BuildLock", "PruneError", "PruneReport", "prune"]
+__all__ = ["WORK_OWNER", "BuildLock", "PruneError", "PruneReport", "drop_orphaned_work_dirs",
+           "new_work_dir", "prune"]
+
+WORK_OWNER = ".owner"  # in a work directory: locked (flock) by its build while it runs
 
 
 class PruneError(Exception):
@@ -58,7 +68,7 @@ class PruneError(Exception):
 
 @dataclass(frozen=True)
 class PruneReport:
-    entries: int  # build-cache step entries removed
+    entries: int  # build-cache step entries removed (cached steps, as docker counts them)
     extracted: int  # extracted layers removed
     extracted_bytes: int  # their allocated bytes
     file_hashes: int  # remembered context-file hashes removed
@@ -66,6 +76,9 @@ class PruneReport:
     work_bytes: int = 0  # their allocated bytes
     cache_mounts: int = 0  # RUN --mount=type=cache directories removed
     cache_mount_bytes: int = 0  # their allocated bytes
+    # entries of a cached layer's copy with its times clamped to a SOURCE_DATE_EPOCH
+    # (builder.steps.clamp): records of no step, so not among ``entries``
+    clamped: int = 0
 
 
 class BuildLock:
@@ -140,7 +153,7 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0,
         finally:
             cache.close()
         async with await open_store(StoreConfig(storage)) as store:
-            for key, _ in removed:
+            for key, _, _ in removed:
                 # Every blob the key links, not only the entry's last layer: a step run
                 # again (--no-cache, or a RUN whose output differs) links its new layer to
                 # the same key and replaces the entry.
@@ -155,8 +168,11 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0,
             more, more_size = await asyncio.to_thread(_keep_within, bdir, keep_bytes, True)
             count, size = count + more[0], size + more_size[0]
             mounts, mounts_size = mounts + more[1], mounts_size + more_size[1]
-        steps = sum(1 for _, layer in removed if layer.facts is None)  # not facts entries
-        return PruneReport(steps, count, size, hashes, work, work_size, mounts, mounts_size)
+        # not facts entries (a step's, with no layer) nor clamped copies of layers
+        steps = sum(1 for _, layer, what in removed if layer.facts is None and what != CLAMP)
+        clamped = sum(1 for _, _, what in removed if what == CLAMP)
+        return PruneReport(steps, count, size, hashes, work, work_size, mounts, mounts_size,
+                           clamped)
     finally:
         lock.release()
 
@@ -254,6 +270,54 @@ def _drop_work_dirs(root: Path) -> tuple[int, int]:
                 entry.unlink()
         count += 1
     return count, size
+
+
+def new_work_dir(root: Path) -> tuple[Path, int]:
+    """A new work directory ``root/build-XXXXXXXX`` and the descriptor of its
+    :data:`WORK_OWNER` file, locked until the caller closes it (or its process dies)."""
+    while True:
+        work = Path(tempfile.mkdtemp(prefix="build-", dir=root))
+        fd = os.open(work / WORK_OWNER, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(work / WORK_OWNER).st_ino == os.fstat(fd).st_ino:
+                return work, fd
+        except OSError:
+            pass
+        # a starting build found the file before the lock was taken, and removed it
+        os.close(fd)
+
+
+def drop_orphaned_work_dirs(root: Path) -> int:
+    """Remove the work directories in ``root`` whose build is gone: those whose
+    :data:`WORK_OWNER` lock is free (never one a build holds, in this process or another),
+    unless something is still mounted under one. One without an owner file (being made,
+    or an earlier release's) is left to ``builder prune``. Returns how many went."""
+    try:
+        entries = [e for e in root.iterdir() if e.name.startswith("build-")]
+    except OSError:
+        return 0
+    count = 0
+    mounts: list[str] | None = None
+    for entry in entries:
+        try:
+            fd = os.open(entry / WORK_OWNER, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its build is running
+            mounts = _mount_points() if mounts is None else mounts
+            inside = str(entry.absolute()) + "/"
+            if any(m == inside[:-1] or m.startswith(inside) for m in mounts):
+                continue  # rmtree would delete through the mount
+            shutil.rmtree(entry, ignore_errors=True)  # the lock held: no build takes it
+            count += 1
+        finally:
+            os.close(fd)
+    return count
 
 
 def _drop_cache_mounts(root: Path, before: float | None) -> tuple[int, int]:

@@ -73,13 +73,17 @@ def prune_command(ctx: click.Context, storage: Path | None, older_than: float,
                                "work_dirs": report.work_dirs,
                                "work_bytes": report.work_bytes,
                                "cache_mounts": report.cache_mounts,
-                               "cache_mount_bytes": report.cache_mount_bytes}))
+                               "cache_mount_bytes": report.cache_mount_bytes,
+                               "clamped_layers": report.clamped}))
         return
     left = (f", {report.work_dirs} work directories of killed builds "
             f"({report.work_bytes / 1e6:.1f} MB)" if report.work_dirs else "")
     if report.cache_mounts:
         left += (f", {report.cache_mounts} cache mounts "
                  f"({report.cache_mount_bytes / 1e6:.1f} MB)")
+    if report.clamped:
+        left += (f", {report.clamped} copies of cached layers with their times set to a "
+                 "SOURCE_DATE_EPOCH")
     click.echo(f"removed {report.entries} cache entries, {report.extracted} extracted layers "
                f"({report.extracted_bytes / 1e6:.1f} MB){left} and {report.file_hashes} file "
                "hashes; `pybuild storage gc` reclaims the blobs")

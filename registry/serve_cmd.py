@@ -20,6 +20,7 @@ from .server.audit import install_audit_handler
 from .server.debug import start_debug_server
 from .server.limits import ConnectionGuard, raise_open_files_limit
 from .server.listen import listen_site, listen_url
+from .server.parse_errors import install as answer_parse_errors
 from .server.reload import reload_config
 from .server.state import REGISTRY, Registry
 from .server.tls import server_context
@@ -137,11 +138,12 @@ async def _serve(
         log=app[REGISTRY].limit_log,
     )
     guard.install(runner.server)
+    answer_parse_errors(runner.server)
     try:
         _on_sighup(app[REGISTRY], reload)
         site = listen_site(runner, host, port, ssl_context, config.http_header_timeout, guard)
         await site.start()
-        debug_runner = await start_debug_server(app, config)
+        debug_runner = await start_debug_server(app, config, guard)
         announce(runner)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -133,21 +133,23 @@ class BuildCache:
                 raise
             self._db.execute("COMMIT")
 
-    def prune_steps(self, before: float | None) -> list[tuple[str, CachedLayer]]:
+    def prune_steps(self, before: float | None) -> list[tuple[str, CachedLayer, str]]:
         """Remove the step entries created before ``before`` (a Unix time; None: all);
-        returns what they held."""
+        returns what they held: ``(key, layer, instruction)``."""
         where, args = ("", ()) if before is None else \
             ("WHERE created < julianday(?, 'unixepoch')", (before,))
         with self._using():
             self._db.execute("BEGIN")
             try:
-                rows = self._db.execute(f"SELECT key, layer FROM steps {where}", args).fetchall()
+                rows = self._db.execute(f"SELECT key, layer, instruction FROM steps {where}",
+                                        args).fetchall()
                 self._db.execute(f"DELETE FROM steps {where}", args)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-        return [(key, CachedLayer.from_json(layer)) for key, layer in rows]
+        return [(key, CachedLayer.from_json(layer), instruction)
+                for key, layer, instruction in rows]
 
     def layers(self) -> list[CachedLayer]:
         """Every layer the remaining entries hold (not the entries without one: steps

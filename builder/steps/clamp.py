@@ -9,6 +9,12 @@ cached one (:func:`builder.layers.retime.retime_layer`): the same bytes a build 
 epoch and no cache writes. The result is remembered as a cache entry of its own
 (:func:`builder.cache.clamp_key`: layer and epoch), so an unchanged rebuild with the same
 epoch rewrites nothing, and it travels with ``--cache-to`` like the step entries.
+
+A build that rewrites a layer shows a step for it, as BuildKit's exporter does
+(``#N rewriting layers with source-date-epoch 1700000000 (2023-11-14 22:13:20 +0000 UTC)``,
+BuildKit's words, with a log line per layer and
+``DONE``; a build whose clamped layers are all cached shows none, and neither does a
+fast-path replay of it: :data:`builder.fastpath.REWRITE_STEP`).
 """
 
 from __future__ import annotations
@@ -17,17 +23,20 @@ import asyncio
 import contextlib
 import gzip
 import io
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 import zstandard
 
 from cas import Digest
 from cas.holders import cache_holder
+from cas.units import human_bytes
 from registry.oci import Descriptor
 
 from ..cache import CLAMP, CachedLayer, clamp_key
 from ..extracted import BlobReader
+from ..fastpath import REWRITE_STEP
 from ..image import ImageState, LayerRef
 from ..layers.chunked import LayerBlob
 from ..layers.inflate import InflateError
@@ -45,13 +54,29 @@ async def clamped_states(env: StepEnv, states: Sequence[ImageState], epoch: int
     clamped to ``epoch`` (a layer two states share is clamped once); the states themselves
     keep the layers as cached (their extracted files serve the file outputs)."""
     jobs: dict[Digest, asyncio.Future[LayerRef]] = {}
+    step: list[int] = []  # the progress step, started by the first layer rewritten
+
+    def rewriting() -> int:
+        if not step:
+            when = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(epoch))
+            step.append(env.progress.start(f"{REWRITE_STEP} {epoch} ({when})"))
+        return step[0]
+
     for state in states:
         for layer in state.layers:
             if layer.made and layer.descriptor.digest not in jobs:
                 jobs[layer.descriptor.digest] = asyncio.ensure_future(
-                    _clamped(env, layer, epoch))
+                    _clamped(env, layer, epoch, rewriting))
     try:
         await asyncio.gather(*jobs.values())
+    except Exception as exc:
+        if step:
+            env.progress.error(step[0], str(exc).splitlines()[0] if str(exc) else
+                               type(exc).__name__)
+        raise
+    else:
+        if step:
+            env.progress.done(step[0])
     finally:
         for job in jobs.values():
             job.cancel()
@@ -65,7 +90,8 @@ async def clamped_states(env: StepEnv, states: Sequence[ImageState], epoch: int
     return out
 
 
-async def _clamped(env: StepEnv, layer: LayerRef, epoch: int) -> LayerRef:
+async def _clamped(env: StepEnv, layer: LayerRef, epoch: int,
+                   rewriting: Callable[[], int]) -> LayerRef:
     source = str(layer.descriptor.digest)
     key, parent = clamp_key(source, epoch)
     cached = None if env.no_cache else await asyncio.to_thread(env.cache.lookup, key)
@@ -74,7 +100,10 @@ async def _clamped(env: StepEnv, layer: LayerRef, epoch: int) -> LayerRef:
                 env.remote is None or await env.remote.usable(key, cached) is not None))):
         cached = None
     if cached is None:
+        n = rewriting()
+        env.progress.log(n, f"{source} ({human_bytes(layer.descriptor.size)})")
         cached = await _retime(env, layer, epoch, key)
+        env.progress.log(n, f"{source} done: {cached.digest}")
         await asyncio.to_thread(env.cache.record, key, parent, CLAMP, {"sde": epoch}, cached)
     # (an imported hit is not counted among the steps --explain says each cache gave)
     return LayerRef(Descriptor(cached.media_type, Digest.parse(cached.digest), cached.size),

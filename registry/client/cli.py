@@ -242,13 +242,41 @@ def _no_content_trust(kw: dict[str, Any]) -> None:
                                "(NAME@sha256:...) instead")
 
 
+async def _copy_all_tags(text: str, pulling: bool, kw: dict[str, Any]) -> None:
+    """``--all-tags``: each tag of repository ``text`` copied as one tag is (all_tags)."""
+    from .all_tags import TagsFailed, local_tags, registry_tags, repository
+
+    repo = repository(text)
+    tags = await (registry_tags(repo, _client_options(kw)) if pulling
+                  else local_tags(repo, kw["storage"]))
+    failed: list[tuple[str, str]] = []
+    for tag in tags:
+        remote, local = Endpoint("registry", repo.with_tag(tag)), Endpoint("local", repo.with_tag(tag))
+        try:
+            await (_copy(remote, local, kw) if pulling else _copy(local, remote, kw))
+        except (ClientError, RegistryError) as exc:  # the tag's; a full disk stops them all
+            failed.append((tag, " ".join(str(exc).split())))
+    if failed:
+        raise TagsFailed("pull" if pulling else "push", repo, failed, len(tags))
+
+
+def _all_tags_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--all-tags", "-a", "all_tags", is_flag=True,
+                        help="Every tag of the repository REF names (no tag), as docker's "
+                             "-a.")(fn)
+
+
 @click.command()
 @click.argument("ref")
+@_all_tags_option
 @_transfer_options
 @_content_trust
-def pull(ref: str, **kw: Any) -> None:
+def pull(ref: str, all_tags: bool, **kw: Any) -> None:
     """Pull image REF from its registry into the local store (only what is missing)."""
     _no_content_trust(kw)
+    if all_tags:
+        _run(_copy_all_tags(ref, True, kw))
+        return
     image = _ref(ref)
     _run(_copy(Endpoint("registry", image), Endpoint("local", image), kw))
 
@@ -256,11 +284,18 @@ def pull(ref: str, **kw: Any) -> None:
 @click.command()
 @click.argument("ref")
 @click.argument("destination", required=False)
+@_all_tags_option
 @_transfer_options
 @_content_trust
-def push(ref: str, destination: str | None, **kw: Any) -> None:
+def push(ref: str, destination: str | None, all_tags: bool, **kw: Any) -> None:
     """Push local image REF to its registry (or to DESTINATION, any transport)."""
     _no_content_trust(kw)
+    if all_tags:
+        if destination is not None:
+            raise click.UsageError("--all-tags pushes each tag to the registry its name "
+                                   "says: give no DESTINATION (or copy each tag to it)")
+        _run(_copy_all_tags(ref, False, kw))
+        return
     image = _ref(ref)
     try:
         dst = parse_endpoint(destination) if destination else Endpoint("registry", image)
@@ -303,14 +338,16 @@ def rmi(refs: tuple[str, ...], force: bool, no_prune: bool, storage: Path | None
         """Remove what ``ref`` names; the error for it, if any."""
         parsed = _ref(ref)
         if await store.remove(name := str(parsed)):
+            if parsed.digest is not None:  # a tag may name it still: not by digest any more
+                await store.untag_digest(name)
             click.echo(f"Untagged: {familiar(name)}")
             return None
         if parsed.digest is not None:
             # NAME@DIGEST of an image held by tag: the reference by digest that a pull or
             # push gives it in docker (its RepoDigests). As docker rmi, only that reference
-            # goes: the tags stay.
+            # goes (the tags stay), once: then it is no such image.
             if any(image.digest == parsed.digest and _ref(image.ref).repository == parsed.repository
-                   for image in await store.list()):
+                   for image in await store.list()) and await store.untag_digest(name):
                 click.echo(f"Untagged: {familiar(name)}")
                 return None
             return f"no such local image: {ref} (see pybuild images --no-trunc)"

@@ -7,8 +7,13 @@ keeps it until ``pybuild rmi`` unlinks it. ``images.db`` (SQLite, in the storage
     images(ref TEXT PRIMARY KEY, digest, media_type, size, created)  ref -> manifest digest
     pulls(digest TEXT PRIMARY KEY, ingest_id, updated)   open ingests of interrupted pulls
     pushes(key TEXT PRIMARY KEY, location, updated)      upload sessions of interrupted pushes
+    untagged(ref TEXT PRIMARY KEY)                       references by digest rmi removed
 
-``ref`` is the normalised reference (``host/name:tag`` or ``host/name@digest``).
+``ref`` is the normalised reference (``host/name:tag`` or ``host/name@digest``). An image a
+tag names is also named ``host/name@digest`` in its repository (docker's RepoDigests), until
+``pybuild rmi`` removes that reference (:meth:`ImageStore.untag_digest`, table
+``untagged``); naming the image in that repository again (a pull, a push, a tag) gives it
+back.
 
 Naming and removing an image (its links, then its row) is one step for every process on the
 storage directory: :meth:`ImageStore.put` and :meth:`ImageStore.remove` hold an exclusive
@@ -60,8 +65,9 @@ CREATE TABLE IF NOT EXISTS pulls (
     digest TEXT PRIMARY KEY, ingest_id TEXT NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS pushes (
     key TEXT PRIMARY KEY, location TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS untagged (ref TEXT PRIMARY KEY);
 """
-SCHEMA_VERSION = 1  # images.db's (cas.sqlite_db.migrate_schema): raise it with the schema
+SCHEMA_VERSION = 2  # images.db's (cas.sqlite_db.migrate_schema): raise it with the schema
 
 
 # A store the image store opens itself (``pybuild pull/push/copy``) runs one worker
@@ -293,7 +299,21 @@ class ImageStore:
                 "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?)",
                 ref, str(info.digest), kind, len(manifest), time.time(),
             )
+            repository = ref.split("@", 1)[0]
+            if ":" in repository.rpartition("/")[2]:
+                repository = repository.rpartition(":")[0]
+            await self._sql("DELETE FROM untagged WHERE ref=?", f"{repository}@{info.digest}")
         return info.digest
+
+    async def untag_digest(self, ref: str) -> bool:
+        """Remove the reference by digest ``ref`` (``host/name@digest``) of an image a tag
+        of its repository names, as ``docker rmi`` removes a RepoDigests entry; False when
+        it was removed before (and nothing named the image there since)."""
+        async with self._naming():
+            if await self._sql("SELECT ref FROM untagged WHERE ref=?", ref):
+                return False
+            await self._sql("INSERT INTO untagged VALUES (?)", ref)
+        return True
 
     @contextlib.asynccontextmanager
     async def _naming(self) -> AsyncIterator[None]:

@@ -55,6 +55,8 @@ class Claims:
     def __init__(self) -> None:
         self.held: dict[Path, int] = {}
         self.created: set[Path] = set()
+        # writes whose writer was cancelled, still under way: awaited before undo
+        self.writing: set[asyncio.Future[None]] = set()
 
     def hold(self, path: Path) -> bool:
         """Hold the blob file ``path`` (blocking: run in a thread); False when it is not
@@ -126,6 +128,8 @@ async def undone_on_failure(path: Path | None) -> AsyncIterator[OciLayout | None
     try:
         yield OciLayout(path, claims)
     except BaseException as exc:
+        if claims.writing:  # so that none lands after the cleanup
+            await asyncio.wait(claims.writing)
         await asyncio.to_thread(claims.undo, path, existed)
         layout_error = unwritable(exc, f"oci:{path}")
         if layout_error is not None:

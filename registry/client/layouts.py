@@ -231,8 +231,17 @@ class OciLayout:
                 return wrote
             if claims is not None:  # before: a write cut short (cancelled) is taken back too
                 claims.created.add(path)
+            # Run to its end even when this copy is cancelled (a blob beside it failed): a
+            # worker thread of a write cut short could still put the file in place after
+            # the failed writer's cleanup; the cleanup waits for it (Claims.writing).
+            writing = asyncio.ensure_future(write())
             try:
-                await write()
+                await asyncio.shield(writing)
+            except asyncio.CancelledError:
+                writing.add_done_callback(_retrieved)  # its failure is the cancelled copy's
+                if claims is not None:
+                    claims.writing.add(writing)
+                raise
             except FileNotFoundError:  # its directory went with a failed writer's cleanup
                 continue
             wrote = True
@@ -276,6 +285,11 @@ class OciLayout:
                 index, manifests=tuple(entries), media_type=index.media_type or OCI_INDEX).to_bytes())
 
         await asyncio.to_thread(update)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def parse_layout_index(raw: bytes) -> Index:

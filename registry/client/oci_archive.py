@@ -3,9 +3,10 @@ BuildKit's ``--output type=oci,dest=FILE`` write it (``oci-layout``, ``index.jso
 ``blobs/<alg>/<hex>`` at the top of the tar).
 
 Read, the archive is unpacked into a temporary directory (``TMPDIR``) and copied from as
-``oci:DIR[:TAG]``; written, the image goes into a temporary layout that is packed into
+``oci:DIR[:TAG]``; written, the image goes into a temporary layout beside ``FILE``
+(``.FILE.XXXX.tmp``: on the archive's file system, not in ``TMPDIR``) that is packed into
 ``FILE.tmp`` and renamed to ``FILE`` (replacing it, as skopeo does) only when the copy
-succeeded: a failed copy leaves neither a partial archive nor the temporary file.
+succeeded: a failed copy leaves neither a partial archive nor a temporary file.
 
 An archive is untrusted input: only regular files and directories are unpacked, each
 inside the temporary directory (``tarfile``'s ``data`` filter refuses absolute names,
@@ -24,6 +25,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from .endpoints import Endpoint
 from .layouts import LayoutError, unwritable
@@ -38,10 +40,10 @@ async def unpacked(src: Endpoint, dst: Endpoint, say: Callable[[str], None] = la
     the source unpacked before, the destination packed after a copy that succeeded
     (``say`` tells each, a line for the progress)."""
     named: dict[str, str] = {}  # a temporary layout's path -> the archive's name
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:  # the layouts removed off the loop
         if src.kind == "oci-archive":
             assert src.path is not None
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pybuild-oci-")))
+            tmp = _temporary(stack, prefix="pybuild-oci-")
             say(f"unpacking {src}")
             await asyncio.to_thread(_unpack, src.path, tmp)
             named[str(tmp)] = f"oci-archive:{src.path}"
@@ -50,7 +52,7 @@ async def unpacked(src: Endpoint, dst: Endpoint, say: Callable[[str], None] = la
             assert dst.path is not None
             archive = dst.path
             _check_archive_destination(archive)
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pybuild-oci-")))
+            tmp = _beside(stack, archive)
             named[str(tmp / "layout")] = f"oci-archive:{archive}"
             dst = replace(dst, kind="oci", path=tmp / "layout")
         try:
@@ -70,6 +72,27 @@ async def unpacked(src: Endpoint, dst: Endpoint, say: Callable[[str], None] = la
                 if layout_error is None:
                     raise
                 raise layout_error from exc
+
+
+def _temporary(stack: contextlib.AsyncExitStack, **where: Any) -> Path:
+    """A new temporary directory (``tempfile.mkdtemp``'s ``where``), removed in a worker
+    thread when ``stack`` closes: a layout of gigabytes takes a while to delete."""
+    made = tempfile.TemporaryDirectory(**where)
+    stack.push_async_callback(asyncio.to_thread, made.cleanup)
+    return Path(made.name)
+
+
+def _beside(stack: contextlib.AsyncExitStack, archive: Path) -> Path:
+    """A temporary directory next to ``archive`` (``.FILE.XXXX.tmp``, removed when
+    ``stack`` closes, whatever failed): the layout takes as much room as the archive, so
+    it goes on the file system the archive goes to, not into a small ``TMPDIR``."""
+    try:
+        return _temporary(stack, prefix=f".{archive.name}.", suffix=".tmp", dir=archive.parent)
+    except OSError as exc:
+        layout_error = unwritable(exc, f"oci-archive:{archive}")
+        if layout_error is None:
+            raise
+        raise layout_error from exc
 
 
 def _check_archive_destination(path: Path) -> None:

@@ -8,10 +8,10 @@ blob. A ``Range`` of one range gets 206 with ``Content-Range``, of several a 206
 ones 416. A client that stops reading is cut off (:mod:`.stalls`).
 ``If-None-Match`` and ``If-Range`` are read as :mod:`.conditional` says: a
 range whose ``If-Range`` does not name this blob is ignored (200, the whole blob).
-With ``storage_redirect`` on, a GET (without ``Range``) or HEAD of a blob stored as one
-whole S3 object is answered with a 307 to a URL of that object presigned for that method,
-as Distribution's blob server redirects both (the s3 driver's ``URLFor`` signs the
-request's method).
+With ``storage_redirect`` on, a GET (without ``Range`` or of one range) or HEAD of a blob
+stored as one whole S3 object is answered with a 307 to a URL of that object presigned
+for that method, as Distribution's blob server redirects both (the s3 driver's ``URLFor``
+signs the request's method); the client sends its ``Range`` on to the bucket.
 """
 
 from __future__ import annotations
@@ -63,7 +63,10 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
     }
     if none_match(if_none_match(request), str(d)):
         return web.Response(status=304, headers=headers)
-    if reg.config.storage_redirect and (request.method == "HEAD" or "Range" not in request.headers):
+    wanted = None
+    if if_range_holds(request.headers.get("If-Range"), str(d)):
+        wanted = parse_ranges(request.headers.get("Range"), size)
+    if reg.config.storage_redirect and _bucket_can_answer(request, wanted):
         # As Distribution's storage.redirect: the client GETs (HEADs) the blob in the
         # bucket, when the blob is one whole object there (cas: Store.redirect_url).
         redirect_url = getattr(reg.store, "redirect_url", None)
@@ -72,9 +75,6 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
             return web.Response(status=307, headers={
                 "Location": url, "Docker-Content-Digest": str(d), "Content-Length": "0",
                 "Docker-Distribution-API-Version": "registry/2.0"})
-    wanted = None
-    if if_range_holds(request.headers.get("If-Range"), str(d)):
-        wanted = parse_ranges(request.headers.get("Range"), size)
     parts: list[tuple[bytes, int, int]] = []  # multipart: (part head, offset, length)
     if wanted is None:
         offset, length, status = 0, size, 200
@@ -107,6 +107,18 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
         return resp
     await resp.write_eof()
     return resp
+
+
+def _bucket_can_answer(request: web.Request, wanted: list[tuple[int, int]] | None) -> bool:
+    """Whether the bucket answers this request as the replica would, once redirected: a
+    HEAD, a GET without ``Range``, or of one satisfiable range (the client sends its
+    ``Range`` on to the object, which is the blob's bytes, so S3 serves the same span).
+    Several ranges (S3 answers those with the whole object) and a range under ``If-Range``
+    (S3 would compare it with its own ETag, not the digest) stay with the replica."""
+    header = request.headers.get("Range")
+    if request.method == "HEAD" or header is None:
+        return True
+    return wanted is not None and len(wanted) == 1 and "," not in header and "If-Range" not in request.headers
 
 
 def _multipart(
@@ -152,13 +164,15 @@ async def _send_file_range(
 ) -> None:
     """Send ``path[offset:offset+length]`` on the response's connection, zero-copy if we can.
 
-    - asyncio's own loop: ``loop.sendfile`` (it waits for the transport's buffer, i.e. the
-      headers and earlier segments, to drain first, then uses ``os.sendfile``).
-    - other loops (uvloop) over plain TCP: ``os.sendfile`` in worker threads on a
-      *duplicate* of the socket descriptor (made before the hop to the thread), once the
-      transport's buffer is empty; the duplicate keeps the socket alive even if the loop
-      closes the connection meanwhile (:func:`_sendfile_in_threads`).
-    - TLS: read and write through the transport (the kernel cannot encrypt for us).
+    - plain TCP (either loop): ``os.sendfile`` in worker threads on a *duplicate* of the
+      socket descriptor (made before the hop to the thread), once the transport's buffer
+      is empty; the duplicate keeps the socket alive even if the loop closes the
+      connection meanwhile (:func:`_sendfile_in_threads`). Not asyncio's
+      ``loop.sendfile``: it calls ``os.sendfile`` on the loop's thread, which waits for
+      the disk while a pack is not cached (300 ms and more per call: every other client
+      waited too).
+    - TLS: read and write through the transport (the kernel cannot encrypt for us):
+      asyncio's ``loop.sendfile`` reads the file in worker threads; other loops copy.
     """
     transport = request.transport
     if transport is None or transport.is_closing():
@@ -169,7 +183,7 @@ async def _send_file_range(
     f = open(path, "rb")  # noqa: SIM115, ASYNC230 - one quick syscall; closed in the finally below
     try:
         tls = transport.get_extra_info("sslcontext") is not None
-        if isinstance(loop, asyncio.BaseEventLoop) or tls:
+        if tls:
             try:
                 sent = await stalls.sendfile_unless_stalled(transport, f, offset, length)
             except NotImplementedError:
@@ -200,22 +214,29 @@ async def _send_file_range(
         except BaseException:
             os.close(out)
             raise
-        await _sendfile_in_threads(loop, out, src, offset, length)
+        await _sendfile_in_threads(loop, out, src, offset, length, sock)
     finally:
         f.close()
 
 
 async def _sendfile_in_threads(
-    loop: asyncio.AbstractEventLoop, out: int, src: int, offset: int, length: int
+    loop: asyncio.AbstractEventLoop, out: int, src: int, offset: int, length: int,
+    probe: Any = None,
 ) -> None:
     """Send ``length`` bytes of ``src`` from ``offset`` to the socket ``out`` (duplicates
     this function owns and closes, once no worker uses them), as much as the socket takes
     at a time in a worker thread. While the client's buffer is full it waits here, on the
     loop: a worker thread waiting for a slow client is a thread no other pull gets (ten
-    slow readers held every worker, and stalled every other pull for half a minute)."""
+    slow readers held every worker, and stalled every other pull for half a minute).
+
+    A client that reads slowly frees too little of the socket's buffer to make it
+    writable again for a long time: the bytes it acknowledged (``probe``, the connection's
+    socket, read on the loop's thread) show that it still reads; only a silent one is
+    cut off."""
     worker: asyncio.Future[int] | None = None
     try:
         stalled_since: float | None = None
+        acked = None if probe is None else stalls.bytes_acked(probe)
         while length > 0:
             # Shielded: a cancelled task leaves the worker to finish before the close.
             worker = loop.run_in_executor(None, _sendfile_blocking, out, src, offset, length)
@@ -223,10 +244,14 @@ async def _sendfile_in_threads(
             if sent:
                 offset, length, stalled_since = offset + sent, length - sent, None
                 continue
-            stalled_since = loop.time() if stalled_since is None else stalled_since
-            left = stalls.STALL_SECONDS - (loop.time() - stalled_since)
-            if left <= 0 or not await _until_writable(loop, out, left):
+            now = loop.time()
+            was, acked = acked, None if probe is None else stalls.bytes_acked(probe)
+            if stalled_since is None or acked != was:
+                stalled_since = now
+            left = stalls.STALL_SECONDS - (now - stalled_since)
+            if left <= 0:
                 raise ClientGone(f"it stopped reading for {stalls.STALL_SECONDS:g} s")
+            await _until_writable(loop, out, min(left, 1.0))
     finally:
         if worker is not None and not worker.done():
             worker.add_done_callback(lambda done: _close_after(done, out, src))

@@ -11,6 +11,11 @@ client can reach them, but on a second listener meant for the operators' network
 
 ``http.debug.prometheus.on_registry_port`` also serves the metrics at ``GET /metrics`` on
 the registry's port, as pybuild did before the debug server existed.
+
+Its connections are bounded as the registry port's (:class:`.limits.ConnectionGuard`: the
+same per-client and total counts, ``http.header_timeout``, ``http.idle_timeout``): the two
+listeners share the process's descriptors, so connections held open on this port (aiohttp
+keeps a silent one for an hour) would leave the registry none.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from aiohttp import web
 
 from .config import ServerConfig, parse_addr
 from .health import HEALTH
+from .limits import ConnectionGuard
 from .listen import listen_site, listen_url
 from .metrics import CONTENT_TYPE
 from .state import REGISTRY, Registry
@@ -80,14 +86,18 @@ def make_debug_app(registry_app: web.Application, config: ServerConfig) -> web.A
     return app
 
 
-async def start_debug_server(registry_app: web.Application, config: ServerConfig) -> web.AppRunner | None:
-    """Listen on ``http.debug.addr`` (None when it is not set); the caller cleans up the
-    returned runner."""
+async def start_debug_server(registry_app: web.Application, config: ServerConfig,
+                             guard: ConnectionGuard | None = None) -> web.AppRunner | None:
+    """Listen on ``http.debug.addr`` (None when it is not set), its connections counted and
+    timed by ``guard`` (the registry port's); the caller cleans up the returned runner."""
     if not config.http_debug_addr:
         return None
     host, port = parse_addr(config.http_debug_addr)
-    runner = web.AppRunner(make_debug_app(registry_app, config), handle_signals=False, access_log=None)
+    runner = web.AppRunner(make_debug_app(registry_app, config), handle_signals=False, access_log=None,
+                           keepalive_timeout=config.http_idle_timeout or float(1 << 31))  # 0: none
     await runner.setup()
+    if guard is not None and runner.server is not None:
+        guard.install(runner.server)
     try:
         await listen_site(runner, host, port).start()
     except OSError:

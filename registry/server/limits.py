@@ -271,6 +271,7 @@ class ConnectionGuard:
         self._log = log
         self._per_client: Counter[str] = Counter()
         self._clients: dict[Any, str] = {}  # handler -> client
+        self._refused: set[Any] = set()  # handlers refused once (logged), until lost
         self._timers: dict[Any, asyncio.TimerHandle] = {}
 
     @property
@@ -293,7 +294,8 @@ class ConnectionGuard:
 
     def admit(self, handler: Any, transport: Any) -> bool:
         """Count the connection of ``handler`` (its ``transport`` says the client) if it
-        is within the limits; False (the hit logged) if it is not, and it is not counted."""
+        is within the limits; False (the hit logged, once per connection: a TLS one is
+        looked at again after its handshake) if it is not, and it is not counted."""
         peer = transport.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         limit = None
@@ -302,14 +304,18 @@ class ConnectionGuard:
         elif self.max_connections and len(self._clients) >= self.max_connections:
             limit, value, bound = "connections", len(self._clients), self.max_connections
         if limit is not None:
-            self._log.hit(limit, client, value=value, bound=bound)
+            if handler not in self._refused:
+                self._refused.add(handler)
+                self._log.hit(limit, client, value=value, bound=bound)
             return False
+        self._refused.discard(handler)
         self._clients[handler] = client
         self._per_client[client] += 1
         return True
 
     def release(self, handler: Any) -> None:
         """Give back the place of ``handler``'s connection, if it holds one (once)."""
+        self._refused.discard(handler)
         client = self._clients.pop(handler, None)
         if client is not None:
             self._per_client[client] -= 1

@@ -154,6 +154,11 @@ class RegistryMetadata(Protocol):
         :meth:`put_manifest`). Health checks call it with ``""``."""
         ...
 
+    async def repository_tagged(self, name: str) -> bool:
+        """Whether a tag was ever pushed to ``name`` (by :meth:`put_manifest`), whether or
+        not it still holds one: Distribution's ``tags/list`` is NAME_UNKNOWN until then."""
+        ...
+
     async def repositories(self, last: str | None, limit: int) -> list[str]:
         """Up to ``limit`` repository names after ``last`` (exclusive; None: from the
         start), in byte order (ASCIIbetical, as the catalog API pages them)."""

@@ -76,6 +76,14 @@ MIGRATIONS = [
     """
     UPDATE manifests SET pulled = EXTRACT(EPOCH FROM clock_timestamp()) WHERE pulled IS NULL;
     """,
+    # 5: whether a tag was ever pushed to a repository (metadata_sqlite_tagged.py says why;
+    # not recorded before: one that holds a tag or a manifest counts as tagged)
+    """
+    ALTER TABLE repositories ADD COLUMN tagged BOOLEAN NOT NULL DEFAULT FALSE;
+    UPDATE repositories r SET tagged = TRUE
+    WHERE EXISTS (SELECT 1 FROM tags t WHERE t.repo = r.name)
+       OR EXISTS (SELECT 1 FROM manifests m WHERE m.repo = r.name);
+    """,
 ]
 
 # Untagged, old enough, no remaining manifest references it, its subject (if any) gone.
@@ -160,11 +168,14 @@ class PgRegistryMetadata:
     # --- repositories ---------------------------------------------------------------------
     async def ensure_repository(self, name: str) -> None:
         async with self._tx() as db:
-            await db.execute("INSERT INTO repositories VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            await db.execute("INSERT INTO repositories (name, created) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                              (name, time.time()))
 
     async def repository_exists(self, name: str) -> bool:
         return bool(await self._q("SELECT 1 FROM repositories WHERE name = %s", name))
+
+    async def repository_tagged(self, name: str) -> bool:
+        return bool(await self._q("SELECT 1 FROM repositories WHERE name = %s AND tagged", name))
 
     async def repositories(self, last: str | None, limit: int) -> list[str]:
         rows = await self._q("SELECT name FROM repositories WHERE name > %s ORDER BY name LIMIT %s",
@@ -184,7 +195,7 @@ class PgRegistryMetadata:
                 missing = [d for d in dict.fromkeys(refs) if d not in present and d not in record.blob_entries]
                 if missing:
                     raise ManifestsMissing(missing)  # rolls the transaction back
-            await db.execute("INSERT INTO repositories VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            await db.execute("INSERT INTO repositories (name, created) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                              (record.repo, now))
             await db.execute(
                 "INSERT INTO manifests VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -196,6 +207,8 @@ class PgRegistryMetadata:
                  record.artifact_type, annotations, now))
             if refs is not None:
                 await _record_references(db, record.repo, record.digest, refs)
+            if tags:
+                await db.execute("UPDATE repositories SET tagged = TRUE WHERE name = %s", (record.repo,))
             for tag in tags:
                 await db.execute(
                     "INSERT INTO tags VALUES (%s, %s, %s, %s) ON CONFLICT (repo, tag)"

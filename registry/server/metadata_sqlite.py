@@ -4,7 +4,8 @@ this docstring says how SQLite keeps it.
 
 ::
 
-    repositories(name PK, created)
+    repositories(name PK, created, tagged)      tagged: a tag was ever pushed to it
+                                                (metadata_sqlite_tagged.py)
     manifests(repo, digest, media_type, size, subject, artifact_type, annotations, created)
         PK (repo, digest); index (repo, subject, created, digest, size) serves the referrers
         API (a page's order read from the index alone, not from rows holding annotations)
@@ -64,13 +65,15 @@ from .metadata_sqlite_retention import (
     add_retention_columns,
     record_references,
 )
+from .metadata_sqlite_tagged import add_tagged_column
 from .sqlite_wal import WalIndex
 
 __all__ = ["SCHEMA_VERSION", "SqliteMetadata"]
 
 T = TypeVar("T")
-SCHEMA_VERSION = 2  # registry.db's (cas.sqlite_db.migrate_schema): raise it with the schema
+SCHEMA_VERSION = 3  # registry.db's (cas.sqlite_db.migrate_schema): raise it with the schema
 # 2: pull times recorded by every server (metadata_sqlite_retention.add_retention_columns)
+# 3: repositories.tagged (metadata_sqlite_tagged.add_tagged_column)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS repositories (
@@ -152,7 +155,7 @@ class SqliteMetadata(RetentionQueries, ReferrerQueries):
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=10000")
             migrate_schema(db, self._path, SCHEMA_VERSION, _SCHEMA, RETENTION_SCHEMA,
-                           add_retention_columns)
+                           add_retention_columns, add_tagged_column)
             watch = sqlite3.connect(
                 f"{self._path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None,
                 check_same_thread=False,
@@ -258,7 +261,7 @@ class SqliteMetadata(RetentionQueries, ReferrerQueries):
         await self._run(
             self._tx(
                 lambda db: db.execute(
-                    "INSERT OR IGNORE INTO repositories VALUES (?, ?)", (name, time.time())
+                    "INSERT OR IGNORE INTO repositories (name, created) VALUES (?, ?)", (name, time.time())
                 )
             )
         )
@@ -266,6 +269,9 @@ class SqliteMetadata(RetentionQueries, ReferrerQueries):
     async def repository_exists(self, name: str) -> bool:
         rows = await self._run(self._query("SELECT 1 FROM repositories WHERE name = ?", name))
         return bool(rows)
+
+    async def repository_tagged(self, name: str) -> bool:
+        return bool(await self._run(self._query("SELECT 1 FROM repositories WHERE name = ? AND tagged", name)))
 
     async def repositories(self, last: str | None, limit: int) -> list[str]:
         rows = await self._run(
@@ -298,7 +304,7 @@ class SqliteMetadata(RetentionQueries, ReferrerQueries):
                 missing = [d for d in dict.fromkeys(refs) if d not in present and d not in record.blob_entries]
                 if missing:
                     raise ManifestsMissing(missing)  # rolls the transaction back
-            db.execute("INSERT OR IGNORE INTO repositories VALUES (?, ?)", (record.repo, now))
+            db.execute("INSERT OR IGNORE INTO repositories (name, created) VALUES (?, ?)", (record.repo, now))
             # An upsert, not a replace: the last pull time stays.
             db.execute(
                 "INSERT INTO manifests (repo, digest, media_type, size, subject, artifact_type,"
@@ -320,6 +326,8 @@ class SqliteMetadata(RetentionQueries, ReferrerQueries):
             )
             if refs is not None:
                 record_references(db, record.repo, record.digest, refs)
+            if tags:
+                db.execute("UPDATE repositories SET tagged = 1 WHERE name = ?", (record.repo,))
             for tag in tags:
                 db.execute(
                     "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?)",

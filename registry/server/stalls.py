@@ -9,11 +9,11 @@ watches the buffer while an answer goes out: when it stays full and unchanged fo
 waiting write fails with a ConnectionError (the middleware logs the client as gone).
 
 Any progress, however slow, changes the buffer: a slow reader is never cut off, only a
-silent one. The sendfile paths of :mod:`.blobs` do not fill the buffer; the one in a
-worker thread has its own poll with the same limit, and asyncio's own ``loop.sendfile``
-is watched by :func:`sendfile_unless_stalled`, through the bytes the client's TCP has
-acknowledged (asyncio shows no progress of its own, and the kernel's send queue stays
-as full for a slow reader as for a silent one).
+silent one. The sendfile paths of :mod:`.blobs` do not fill the buffer; the one in
+worker threads has its own poll with the same limit, and asyncio's own ``loop.sendfile``
+(TLS) is watched by :func:`sendfile_unless_stalled`; both through the bytes the client's
+TCP has acknowledged (:func:`bytes_acked`: the kernel's send queue stays as full for a
+slow reader as for a silent one).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from aiohttp import web
 
-__all__ = ["STALL_SECONDS", "cut_off_when_stalled", "sendfile_unless_stalled"]
+__all__ = ["STALL_SECONDS", "bytes_acked", "cut_off_when_stalled", "sendfile_unless_stalled"]
 
 STALL_SECONDS = 30.0
 
@@ -67,7 +67,7 @@ async def cut_off_when_stalled(request: web.Request) -> AsyncIterator[None]:
         handle.cancel()
 
 
-def _bytes_acked(sock: socket.socket) -> int | None:
+def bytes_acked(sock: Any) -> int | None:
     """``tcpi_bytes_acked`` of Linux's ``struct tcp_info`` (at byte 120, since 4.1);
     None where the kernel does not say."""
     try:
@@ -87,14 +87,14 @@ async def sendfile_unless_stalled(transport: Any, f: IO[bytes], offset: int, len
     sending = asyncio.ensure_future(loop.sendfile(transport, f, offset, length))
     sock = transport.get_extra_info("socket")
     try:
-        last, since = None if sock is None else _bytes_acked(sock), loop.time()
+        last, since = None if sock is None else bytes_acked(sock), loop.time()
         if last is None:
             return await sending
         while True:
             done, _ = await asyncio.wait({sending}, timeout=min(1.0, STALL_SECONDS / 4))
             if done:
                 return sending.result()
-            acked, now = _bytes_acked(sock), loop.time()
+            acked, now = bytes_acked(sock), loop.time()
             if acked != last:
                 last, since = acked, now
             elif now - since >= STALL_SECONDS:

@@ -4,8 +4,9 @@ Tags come back in ASCIIbetical order (SQLite's BINARY collation). With ``n``, at
 ``n`` tags (and at most ``MAX_PAGE``) and a ``Link: <...>; rel="next"`` header when more
 follow; ``n=0`` is an empty list without ``Link``. Without ``n``, every tag (after
 ``last``), as CNCF Distribution (2.8 and 3) answers: clients that never look for a
-``Link`` header see them all; a long list is read and sent in batches. An unknown
-repository is NAME_UNKNOWN (404).
+``Link`` header see them all; a long list is read and sent in batches. A repository
+never tagged (unknown, or holding only blobs or manifests pushed by digest) is
+NAME_UNKNOWN (404), as in Distribution; one whose tags were all deleted lists none.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ _BATCH = 10 * MAX_PAGE  # tags read and encoded at a time when all are asked for
 async def list_tags(request: web.Request, name: str) -> web.StreamResponse:
     reg = request.app[REGISTRY]
     n, last = parse_page(request)
-    if not await reg.meta.repository_exists(name):
-        raise NAME_UNKNOWN(f"repository {name!r} is not known to this registry", detail={"name": name})
+    if not await reg.meta.repository_tagged(name):
+        raise NAME_UNKNOWN(f"repository {name!r} is not known to this registry or has never been tagged",
+                           detail={"name": name})
     if n is None:
         return await _all_tags(request, name, last)
     limit = min(n, MAX_PAGE)

@@ -298,15 +298,19 @@ async def _try_mount(
     reg: Registry, request: web.Request, name: str, digest: Digest, source: str | None
 ) -> web.Response | None:
     """Link ``digest`` into ``name`` if a repository the caller may read holds it."""
-    user = request.get(USER)
-    readable = set(await reg.readable_holders(digest, user, request.get(GRANT)))
+    grant = request.get(GRANT)
     if source is not None:
-        if not is_valid_name(source) or source not in readable:
+        # One link looked up, not every holder: a base layer may be in 10,000 repositories.
+        if (not is_valid_name(source) or (grant is not None and not grant.may_pull(source))
+                or not await reg.store.is_linked(holder(source), digest)):
             return None
-    elif not readable:
-        return None
+    else:
+        readable = list(await reg.readable_holders(digest, request.get(USER), grant))
+        if not readable:
+            return None
+        source = min(readable)
     try:
-        await mount_recipe(reg, source or min(readable), name, digest)
+        await mount_recipe(reg, source, name, digest)
         await reg.store.link(holder(name), digest)
     except BlobUnknown:
         return None

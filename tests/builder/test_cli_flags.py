@@ -86,6 +86,8 @@ def _command() -> click.Command:
     # an option's value that looks like a flag stays the value
     (["-t", "--pull=false", "ctx"], "pull=False quiet=False tag=['--pull=false'] context=ctx"),
     (["--", "--pull=false"], "pull=False quiet=False tag=[] context=--pull=false"),
+    # a short option's value after '=', as docker's -t=x (click alone would read "=x")
+    (["-t=x", "-tq", "ctx"], "pull=False quiet=False tag=['x', 'q'] context=ctx"),
 ])
 def test_flag_values_as_pflag_reads_them(args: list[str], printed: str) -> None:
     got = CliRunner().invoke(_command(), args)

@@ -72,6 +72,57 @@ def test_push_pull_images_rmi(runner: CliRunner, distribution: str, tmp_path: Pa
     assert gc.exit_code == 0, gc.output
 
 
+def test_push_and_pull_all_tags_as_docker_does(runner: CliRunner, distribution: str,
+                                               tmp_path: Path) -> None:
+    """``docker push -a REPO`` pushes every local tag of REPO, ``docker pull -a REPO`` every
+    tag its registry lists, each with the progress and result of a single tag; a tag that
+    fails is named, the others are copied, and the command fails."""
+    from cas import Digest
+    from cas.holders import image_holder
+
+    repo = f"{distribution}/cli/{uuid.uuid4().hex[:8]}"
+    a, b = tmp_path / "a", tmp_path / "b"
+
+    async def put(ref: str, seed_no: int, drop_layer: bool = False) -> str:
+        async with await ImageStore.open(a) as images:
+            image = simple_image(seed_no, (40_000,))
+            digest = str(await store_image(images, ref, image))
+            if drop_layer:  # the image is named, but a blob of it is gone (a damaged store)
+                layer = json.loads(image.manifest)["layers"][0]["digest"]
+                await images.store.unlink(image_holder(ref), Digest.parse(layer))
+            return digest
+
+    one, two = asyncio.run(put(f"{repo}:v1", 61)), asyncio.run(put(f"{repo}:v2", 62))
+    asyncio.run(put(f"{distribution}/cli/other:v1", 63))  # another repository: not pushed
+    out = runner.invoke(main, ["push", "-a", repo, "--storage", str(a), "--json"])
+    assert out.exit_code == 0, out.output
+    results = [e for e in map(json.loads, out.stdout.splitlines()) if e["event"] == "result"]
+    assert [(r["destination"].rsplit("/", 1)[1], r["digest"]) for r in results] == [
+        (f"{repo.rsplit('/', 1)[1]}:v1", one), (f"{repo.rsplit('/', 1)[1]}:v2", two)]
+    plain = runner.invoke(main, ["pull", "--all-tags", repo, "--storage", str(b)])
+    assert plain.exit_code == 0, plain.output
+    assert f"{repo}:v1: digest {one}" in plain.stderr and f"{repo}:v2: digest {two}" in plain.stderr
+    listed = json.loads(runner.invoke(main, ["images", "--storage", str(b), "--json"]).stdout)
+    assert [(i["ref"], i["digest"]) for i in listed] == [(f"{repo}:v1", one), (f"{repo}:v2", two)]
+
+    tagged = runner.invoke(main, ["pull", "-a", f"{repo}:v1", "--storage", str(b)])
+    assert tagged.exit_code == 1
+    assert "a tag or digest cannot be given with --all-tags/-a" in tagged.output
+    none = runner.invoke(main, ["push", "-a", f"{distribution}/cli/none", "--storage", str(a)])
+    assert none.exit_code == 1 and "no local image of" in none.output
+
+    asyncio.run(put(f"{repo}:v3", 64, drop_layer=True))
+    assert runner.invoke(main, ["storage", "gc", "--storage", str(a), "--grace", "0"]).exit_code == 0
+    failed = runner.invoke(main, ["push", "-a", repo, "--storage", str(a)])
+    assert failed.exit_code == 1
+    assert f"push --all-tags {repo}: 1 of 3 tags failed (v3: " in failed.stderr, failed.stderr
+    tags = runner.invoke(main, ["pull", "-a", repo, "--storage", str(tmp_path / "c"), "-q"])
+    assert tags.exit_code == 0, tags.output  # v3 never reached the registry
+    listed = json.loads(runner.invoke(main, ["images", "--storage", str(tmp_path / "c"),
+                                             "--json"]).stdout)
+    assert [i["ref"] for i in listed] == [f"{repo}:v1", f"{repo}:v2"]
+
+
 def test_plain_progress_and_copy_to_oci(runner: CliRunner, distribution: str, tmp_path: Path) -> None:
     ref = f"{distribution}/cli/{uuid.uuid4().hex[:8]}:v1"
     seed(tmp_path / "a", ref)

@@ -204,6 +204,24 @@ def test_rmi_by_digest_and_by_id_as_docker_rmi(tmp_path: Path) -> None:
     assert names() == []
 
 
+def test_rmi_of_a_reference_by_digest_goes_once_as_docker_rmi(tmp_path: Path) -> None:
+    """``docker rmi app@DIGEST`` of an image a tag still names untags it once; again it is
+    ``No such image`` (exit 1). Naming the image in the repository again (a pull by digest,
+    a tag) gives the reference back."""
+    storage = str(tmp_path / "s")
+    index, _, _ = _seed_index(tmp_path / "s", "docker.io/library/app:1")
+    gone = (1, "", f"Error: no such local image: app@{index} (see pybuild images --no-trunc)\n")
+    assert _rmi(storage, f"app@{index}") == (0, f"Untagged: app@{index}\n", "")
+    assert _rmi(storage, f"app@{index}") == gone
+    _seed_index(tmp_path / "s", f"docker.io/library/app@{index}")  # as a pull by digest
+    assert _rmi(storage, f"app@{index}") == (0, f"Untagged: app@{index}\n", "")
+    assert _rmi(storage, f"app@{index}") == gone
+    _seed_index(tmp_path / "s", "docker.io/library/app:2")
+    assert _rmi(storage, f"app@{index}") == (0, f"Untagged: app@{index}\n", "")
+    listed = CliRunner().invoke(main, ["images", "--format", "{{.Reference}}", "--storage", storage])
+    assert listed.output.split() == ["app:1", "app:2"]  # the tags stay
+
+
 def test_tag_refuses_a_name_by_digest(tmp_path: Path) -> None:
     """As docker tag: a digest names content, it is not given (``app@sha256:0...`` would
     name an image whose digest it is not)."""

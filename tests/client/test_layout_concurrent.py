@@ -4,6 +4,7 @@ layout keeps every tag they wrote, and every blob file holds its digest's bytes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -11,6 +12,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from cas import Digest
+from registry.client import layout_claims, layouts
 from registry.client.layout_claims import Claims
+from registry.client.transfer import gather_or_cancel
 
 from .helpers import SampleImage, make_image, random_bytes, seed_store
 
@@ -172,3 +176,40 @@ def test_a_writer_holds_more_blobs_than_the_soft_open_file_limit(tmp_path: Path)
     finally:
         claims.release()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_write_cut_short_never_lands_after_the_cleanup(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # One blob's write fails (a full disk) while another's worker thread is still writing:
+    # the failed copy is cancelled at once, and its cleanup must not run before that
+    # worker has put (or not put) its file in place, or the file stays behind.
+    layout = tmp_path / "layout"  # there already: its directories stay after the cleanup
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    before = sorted(p.name for p in layout.rglob("*"))
+    undone = threading.Event()
+    real_undo, real_replace = Claims.undo, layouts._replace_file
+
+    def undo(self: Claims, root: Path, existed: set[Path]) -> None:
+        real_undo(self, root, existed)
+        undone.set()
+
+    def replace(path: Path, data: bytes) -> None:
+        if data == b"slow":
+            undone.wait(1)  # lands after the cleanup unless the cleanup waits for it
+        elif data == b"full":
+            raise OSError(28, "No space left on device", str(path))
+        real_replace(path, data)
+
+    monkeypatch.setattr(Claims, "undo", undo)
+    monkeypatch.setattr(layouts, "_replace_file", replace)
+
+    async def copy() -> None:
+        async with layout_claims.undone_on_failure(layout) as target:
+            assert target is not None
+            await gather_or_cancel([asyncio.create_task(target.write_bytes(Digest.of(data), data))
+                                    for data in (b"slow", b"full")])
+
+    with pytest.raises(layouts.LayoutError, match="no space left"):
+        asyncio.run(copy())
+    assert sorted(p.name for p in layout.rglob("*")) == before

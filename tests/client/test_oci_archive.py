@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,34 @@ async def test_errors_name_the_archive_and_leave_nothing(
     with pytest.raises(LayoutError, match="is a directory: name the archive file"):
         await copy("local:localhost/app:1", f"oci-archive:{tmp_path}", images, client)
     assert list(own_tmpdir.iterdir()) == []
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".img.tar")]
+
+
+async def test_an_archive_is_laid_out_beside_it_not_in_tmpdir(
+    images: ImageStore, client: RegistryClient, tmp_path: Path, own_tmpdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A TMPDIR too small for the image (here: none at all) does not fail the write: the
+    temporary layout is made beside the archive, on the file system that must hold it."""
+    image = simple_image(82, (30_000,))
+    await store_image(images, "localhost/app:1", image)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmpdir"))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    laid_out: list[Path] = []
+    real = OciLayout.export_blob
+
+    async def watched(self: OciLayout, *args: object) -> None:
+        laid_out.append(self.path)
+        await real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(OciLayout, "export_blob", watched)
+    assert await copy("local:localhost/app:1", f"oci-archive:{dest / 'img.tar'}", images,
+                      client) == image.digest
+    assert laid_out and all(p.parent.parent == dest for p in laid_out)
+    assert [p.name for p in dest.iterdir()] == ["img.tar"]
+    with tarfile.open(dest / "img.tar") as tar:
+        assert "index.json" in tar.getnames()
 
 
 def _hostile(path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> None:
@@ -191,4 +221,29 @@ async def test_a_hostile_archive_is_refused_and_writes_nothing_outside(
     assert sorted(p.name for p in archive.parent.iterdir()) == ["evil.tar"]
     assert not (tmp_path / "escaped").exists() and not (own_tmpdir / "escaped").exists()
     assert not Path("/tmp/absolute-from-archive").exists()
+    assert list(own_tmpdir.iterdir()) == []
+
+
+async def test_the_unpacked_layout_is_removed_off_the_event_loop(
+    images: ImageStore, client: RegistryClient, tmp_path: Path, own_tmpdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deleting a temporary layout of gigabytes waits for the disk: not on the loop, where
+    it would stall the progress and every transfer beside it."""
+    image = simple_image(83, (30_000,))
+    await store_image(images, "localhost/app:1", image)
+    archive = tmp_path / "img.tar"
+    await copy("local:localhost/app:1", f"oci-archive:{archive}", images, client)
+    removed_on: list[threading.Thread] = []
+    real = shutil.rmtree
+
+    def rmtree(path: object, *args: object, **kwargs: object) -> None:
+        if str(path).startswith(str(own_tmpdir)):
+            removed_on.append(threading.current_thread())
+        real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    assert await copy(f"oci-archive:{archive}", "local:localhost/app:2", images, client) \
+        == image.digest
+    assert removed_on and threading.main_thread() not in removed_on
     assert list(own_tmpdir.iterdir()) == []

@@ -412,6 +412,28 @@ async def test_tag_list_paging(client):
     assert await error_codes(unknown) == ["NAME_UNKNOWN"]
 
 
+async def test_tags_list_of_a_repository_never_tagged_is_name_unknown(client):
+    # As Distribution answers: a repository that holds only blobs (an interrupted push)
+    # or only manifests pushed by digest has no tags directory yet (it was 200, no tags).
+    await push_blob(client, "blobsonly", b"a layer")
+    digest, _ = await push_image(client, "src", "v1", [b"x"])
+    await push_image(client, "bydigest", str(digest), [b"x"])
+    for repo in ("blobsonly", "bydigest"):
+        resp = await client.get(f"/v2/{repo}/tags/list")
+        assert resp.status == 404, repo
+        assert await error_codes(resp) == ["NAME_UNKNOWN"]
+    catalog = await (await client.get("/v2/_catalog")).json()
+    assert {"blobsonly", "bydigest"} <= set(catalog["repositories"])
+    # Once tagged, it stays known: every tag deleted, and its manifest too, it lists none.
+    await push_image(client, "bydigest", "t", [b"x"])
+    assert (await client.delete("/v2/bydigest/manifests/t")).status == 202
+    resp = await client.get("/v2/bydigest/tags/list")
+    assert resp.status == 200 and (await resp.json())["tags"] == []
+    assert (await client.delete(f"/v2/bydigest/manifests/{digest}")).status == 202
+    resp = await client.get("/v2/bydigest/tags/list?n=10")
+    assert resp.status == 200 and (await resp.json())["tags"] == []
+
+
 async def test_delete_tag_and_manifest(client):
     digest, body = await push_image(client, "del", "t1", [b"x"])
     await client.put("/v2/del/manifests/t2", data=body)

@@ -79,6 +79,22 @@ async def test_repositories_exist_once_created_and_page_in_byte_order(a: Registr
     assert await b.repository_exists("") is False
 
 
+async def test_a_repository_is_tagged_from_its_first_tag_on(a: RegistryMetadata, b: RegistryMetadata):
+    # Distribution's tags/list tells a repository never tagged (404) from one whose tags
+    # were all deleted (no tags).
+    await a.ensure_repository("blobs")
+    await a.put_manifest(_record("bydigest", 1))
+    for name in ("blobs", "bydigest", "nobody"):
+        assert not await b.repository_tagged(name), name
+    await a.put_manifest(_record("bydigest", 2), ("v1",))
+    assert await b.repository_tagged("bydigest")
+    assert await b.delete_tag("bydigest", "v1")
+    assert await b.delete_manifest("bydigest", _digest(2)) == []
+    assert await b.delete_manifest("bydigest", _digest(1)) == []
+    assert await a.repository_tagged("bydigest")
+    assert not await a.repository_tagged("blobs")
+
+
 # --- manifests ----------------------------------------------------------------------------
 async def test_put_manifest_records_it_and_its_tags_for_every_instance(a: RegistryMetadata, b: RegistryMetadata):
     rec = _record("app", 1, subject=_digest(9), artifact_type="x/sbom",
@@ -183,6 +199,19 @@ async def test_referrers_page_after_a_digest_in_the_same_order(a: RegistryMetada
     # sizes (100 + i here) bound a batch too, at least one coming back
     assert [r.digest for r in await b.referrers("app", subject, None, 10, 215)] == every[:2]
     assert [r.digest for r in await b.referrers("app", subject, every[0], 10, 1)] == every[1:2]
+
+
+async def test_referrers_pushed_again_come_last_on_every_backend(a: RegistryMetadata, b: RegistryMetadata):
+    # The order is the push time, then the digest byte by byte (SQLite's BINARY,
+    # PostgreSQL's COLLATE "C"): the same pages from either backend.
+    subject = _digest(100)
+    for i in (3, 1, 2):
+        await a.put_manifest(_record("app", i, subject=subject))
+    await b.put_manifest(_record("app", 3, subject=subject))  # pushed again: now the newest
+    expected = [_digest(1), _digest(2), _digest(3)]
+    assert [r.digest for r in await a.referrers("app", subject)] == expected
+    pages = [[r.digest for r in await b.referrers("app", subject, last, 1)] for last in (None, *expected)]
+    assert pages == [[d] for d in expected] + [[]]
 
 
 # --- tags ---------------------------------------------------------------------------------

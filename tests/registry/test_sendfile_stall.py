@@ -1,8 +1,10 @@
 """On asyncio's own event loop (``--event-loop asyncio``) a blob's stored pieces go out
-with ``loop.sendfile``. A client that stops reading is cut off after the stall limit
-there too; before, its handler, the pack file and the connection stayed for as long as
-the client stayed connected (20 such clients: 20 handlers and 40 descriptors, for ever).
-A client that reads slowly is never cut off."""
+with ``os.sendfile`` in worker threads, as under uvloop. A client that stops reading is
+cut off after the stall limit there too; before, its handler, the pack file and the
+connection stayed for as long as the client stayed connected (20 such clients: 20
+handlers and 40 descriptors, for ever). A client that reads slowly is never cut off: it
+frees too little of the socket's buffer to make it writable, but the bytes it
+acknowledges show that it reads."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from .test_serve_process import Server
+from .test_serve_process import Server, _free_port
 
 
 def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
@@ -321,3 +321,77 @@ def test_trickling_piece_upload_bodies_are_as_stalled_as_silent_ones(tmp_path, s
                     % (len(piece), len(piece), key.encode()) + piece)
     assert sent.startswith(b"HTTP/1.1 202"), sent
     assert sum(line["limit"] == "body_timeout" for line in _limit_lines(srv)) >= 2
+
+
+@pytest.mark.parametrize(("head", "status", "says"), [
+    (b"GET /v2/_catalog?" + b"&".join(b"n=%d" % i for i in range(2000)) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+     431, "the request target (URL) is longer than 8190 bytes"),
+    (b"GET /v2/ HTTP/1.1\r\nHost: x\r\nRange: bytes=" + b"0-1," * 10000 + b"\r\n\r\n",
+     431, "a header line is longer than 32768 bytes"),
+    (b"GET /v2/ HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(300)) + b"\r\n",
+     431, "more than 128 header lines"),
+    (b"FOO /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", 405, "use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS"),
+    (b"get /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", 405, "methods are case-sensitive"),
+], ids=["long-target", "long-header", "many-headers", "unknown-method", "lower-case-method"])
+def test_a_request_head_the_parser_refuses_is_told_which_limit_and_what_to_do(
+        tmp_path: Path, servers: list[Server], head: bytes, status: int, says: str) -> None:
+    # aiohttp answered these 400 in plain text, echoing the line as a Python repr
+    # ("Got more than 8190 bytes when reading: bytearray(b'/v2/_catalog?n=0&n=1...')");
+    # Go's net/http (Distribution's) answers a head over its limit 431.
+    srv = _start(tmp_path)
+    servers.append(srv)
+    answer = _request(srv.port, head)
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == str(status).encode(), answer[:300]
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in headers.lower()
+    error = json.loads(body)["errors"][0]
+    assert error["code"] == "UNSUPPORTED" and says in error["message"], error
+    # The connection's next client is served as ever; no traceback in the log.
+    assert _request(srv.port, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(
+        b"HTTP/1.1 200")
+    assert "Traceback" not in srv.stderr.read_text()
+
+
+def test_https_sent_to_the_plain_port_keeps_its_answer(tmp_path: Path, servers: list[Server]) -> None:
+    srv = _start(tmp_path)
+    servers.append(srv)
+    answer = _request(srv.port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64)
+    assert answer.startswith(b"HTTP/1.0 400") and b"HTTPS" in answer, answer
+
+
+def test_the_debug_port_is_bounded_as_the_registry_port(tmp_path: Path, servers: list[Server]) -> None:
+    # Both listeners share the process's descriptors; the debug port kept any number of
+    # connections that sent nothing for an hour (aiohttp's keep-alive), whatever the
+    # registry's limits said.
+    debug = _free_port()
+    srv = _start(tmp_path, PYBUILD_HTTP_DEBUG_ADDR=f"127.0.0.1:{debug}", PYBUILD_HTTP_HEADER_TIMEOUT="1",
+                 PYBUILD_HTTP_IDLE_TIMEOUT="2", PYBUILD_HTTP_MAX_CONNECTIONS_PER_CLIENT="3")
+    servers.append(srv)
+    _wait_listening(debug)
+    silent = [_connect(debug, "127.0.0.2") for _ in range(3)]
+    refused = _connect(debug, "127.0.0.2")
+    answer = _closed_within(refused, 5)
+    assert answer is not None and answer.startswith(b"HTTP/1.1 429"), answer
+    started = time.monotonic()
+    assert all(_closed_within(s, 5) == b"" for s in silent)  # after http.header_timeout
+    assert time.monotonic() - started < 4
+    for s in (*silent, refused):
+        s.close()
+    # An idle kept-alive connection is closed after http.idle_timeout, as on the registry port.
+    with _connect(debug) as kept:
+        kept.sendall(b"GET /debug/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = _closed_within(kept, 6)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 200"), answer
+    assert any(line["limit"] == "connections_per_client" for line in _limit_lines(srv))
+
+
+def _wait_listening(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on port {port}"
+            time.sleep(0.05)

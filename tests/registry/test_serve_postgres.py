@@ -28,6 +28,7 @@ from cas.pg_meta import MIGRATIONS, PgMetadata
 from cas.s3_location import S3Location
 from registry.server import ServerConfig, make_app
 from registry.server.metadata_pg import MIGRATIONS as REGISTRY_MIGRATIONS
+from registry.server.metadata_pg import PgRegistryMetadata
 from registry.server.state import REGISTRY as APP_REGISTRY
 from registry.server.upload_locks_pg import PgUploadLocks
 from testkit.clients import run, skopeo
@@ -69,6 +70,26 @@ def test_serve_refuses_a_database_not_migrated_and_names_the_fix(database: str, 
     # the other fix it names is one `serve` takes (it has no --migrate flag)
     assert "(or set `database.migrate: true` in the registry's config, PYBUILD_DATABASE_MIGRATE=1)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_the_tagged_repositories_migration(database: str) -> None:
+    # Step 5 records whether a repository was ever tagged (tags/list: 404 until then);
+    # before it, one holding a tag or a manifest counts as tagged, one with only blobs not.
+    import psycopg
+
+    PgDatabase(database, "registry", REGISTRY_MIGRATIONS[:4], migrate=True).close()
+    with psycopg.connect(database, autocommit=True) as conn:
+        for name in ("app", "untagged", "blobs"):
+            conn.execute("INSERT INTO repositories VALUES (%s, 1)", (name,))
+        for repo in ("app", "untagged"):
+            conn.execute("INSERT INTO manifests (repo, digest, media_type, size, created)"
+                         " VALUES (%s, 'sha256:ab', 'x', 1, 1)", (repo,))
+        conn.execute("INSERT INTO tags VALUES ('app', 'v1', 'sha256:ab', 1)")
+    meta = await PgRegistryMetadata.open(database, migrate=True)
+    try:
+        assert [await meta.repository_tagged(r) for r in ("app", "untagged", "blobs")] == [True, True, False]
+    finally:
+        await meta.close()
 
 
 def test_a_schema_newer_than_this_code_is_refused(database: str) -> None:

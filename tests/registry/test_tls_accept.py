@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from registry.client.remote import ClientOptions, RegistryClient, TransportError
+from registry.server.limits import ConnectionGuard, LimitLog
 from registry.server.tls_accept import PLAIN_HTTP_ANSWER
 from tests.helpers.pki import Authority, Issued
 
@@ -263,3 +264,61 @@ def test_handshakes_that_fail_or_time_out_give_their_places_back(tmp_path: Path,
         assert served.get_v2(ctx, "127.0.0.2").startswith(b"HTTP/1.1 429")
         for conn in held:
             conn.close()
+
+
+class _Transport:
+    """What ConnectionGuard asks of a connection's transport."""
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str) -> object:
+        return (self.client, 50000) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Handler:
+    """aiohttp's RequestHandler, as ConnectionGuard refuses it."""
+
+    _force_close = False
+
+
+class _Server:
+    """The two hooks of aiohttp's ``web.Server`` that ConnectionGuard wraps."""
+
+    def connection_made(self, handler: object, transport: object) -> None:
+        pass
+
+    def connection_lost(self, handler: object, exc: BaseException | None = None) -> None:
+        pass
+
+
+async def test_a_tls_connection_over_the_limits_is_logged_once() -> None:
+    # Refused when accepted, and looked at again once its handshake was done (a place may
+    # have come free): the one refused connection was logged (and counted) as two hits.
+    log = LimitLog()
+    guard = ConnectionGuard(max_connections=0, max_per_client=1, header_timeout=0, log=log)
+    server = _Server()
+    guard.install(server)  # type: ignore[arg-type]
+    held, refused = _Handler(), _Handler()
+    assert guard.admit(held, _Transport("127.0.0.2"))
+    transport = _Transport("127.0.0.2")
+    assert not guard.admit(refused, transport)  # accepted: tls_accept.FirstBytes asks
+    server.connection_made(refused, transport)  # its handshake done: the web.Server sees it
+    assert transport.written.startswith(b"HTTP/1.1 429")
+    assert log.hits == {"connections_per_client": 1}
+    server.connection_lost(refused)
+    # Another connection refused later is a hit of its own.
+    again = _Transport("127.0.0.2")
+    assert not guard.admit(_Handler(), again)
+    assert log.hits == {"connections_per_client": 2}

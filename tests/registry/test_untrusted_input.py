@@ -25,7 +25,7 @@ from registry.server import ServerConfig, make_app
 from registry.server.state import REGISTRY
 
 from .fakes import FakeStore
-from .helpers import error_codes, push_blob
+from .helpers import error_codes, push_blob, push_image
 
 HUGE = "9" * 5000
 
@@ -46,7 +46,7 @@ async def test_bad_page_size_is_pagination_number_invalid(client, path, n):
 async def test_empty_page_size_is_no_page_size(client, path):
     """``?n=`` (a client that always sends n) lists as if no n were given, as
     Distribution does."""
-    await push_blob(client, "p", b"x")
+    await push_image(client, "p", "v1", [b"x"])  # a repository never tagged has no tags/list
     plain = await client.get(path)
     empty = await client.get(f"{path}?n=")
     assert (plain.status, empty.status) == (200, 200), await empty.text()
@@ -292,7 +292,7 @@ def test_targets_routing_could_read_otherwise_are_refused(live_port, target):
 @pytest.mark.parametrize(
     "target, path",
     [("http://evil/v2/_catalog", "/v2/_catalog"), ("http://127.0.0.1/v2/", "/v2/"),
-     ("HTTP://x/v2/live/tags/list", "/v2/live/tags/list"),
+     (f"HTTP://x/v2/live/referrers/{_DIGEST}", f"/v2/live/referrers/{_DIGEST}"),
      (f"https://x:1/v2/live/blobs/{_DIGEST}", f"/v2/live/blobs/{_DIGEST}")],
 )
 def test_an_absolute_target_is_answered_as_its_path(live_port, target, path):

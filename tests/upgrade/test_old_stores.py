@@ -116,6 +116,29 @@ async def test_a_registry_database_of_2026_11_26(tmp_path: Path) -> None:
     assert user_version(path) == metadata_sqlite.SCHEMA_VERSION
 
 
+async def test_a_registry_database_from_before_tagged_repositories(tmp_path: Path) -> None:
+    # Whether a repository was ever tagged was not recorded: one that holds a tag or a
+    # manifest counts as tagged (tags/list keeps answering it), one with only blobs not.
+    path = load("2026-11-26/registry.sql", tmp_path / "registry.db")
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO repositories VALUES ('blobs', 1), ('untagged', 1)")
+    db.execute("INSERT INTO manifests SELECT 'untagged', digest, media_type, size, subject,"
+               " artifact_type, annotations, created FROM manifests WHERE repo = 'app'")
+    db.commit()
+    db.close()
+    assert "tagged" not in columns(path, "repositories")
+    meta = await SqliteMetadata.open(path)
+    try:
+        assert [await meta.repository_tagged(r) for r in ("app", "other", "untagged", "blobs")] == [
+            True, True, True, False]
+        await meta.ensure_repository("new")
+        assert not await meta.repository_tagged("new")
+    finally:
+        await meta.close()
+    assert "tagged" in columns(path, "repositories")
+    assert user_version(path) == metadata_sqlite.SCHEMA_VERSION
+
+
 async def test_a_registry_database_whose_pulls_were_recorded_only_with_retention(
         tmp_path: Path) -> None:
     # Schema version 1 had the `pulled` column, but only a server configured for
@@ -139,7 +162,7 @@ async def test_a_registry_database_whose_pulls_were_recorded_only_with_retention
     assert by_digest[MANIFEST] >= started  # unknown: counts as pulled at the upgrade
     assert all(t == 1000 for d, t in by_digest.items() if d != MANIFEST)  # recorded: kept
     assert all(t is not None for t in pulled.values())
-    assert user_version(path) == metadata_sqlite.SCHEMA_VERSION == 2
+    assert user_version(path) == metadata_sqlite.SCHEMA_VERSION == 3
 
 
 def test_a_build_cache_of_2026_12_06(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ def test_rebuild_is_fully_cached_and_one_change_rebuilds_from_there(context_of, 
     assert len(second.cached_steps) == 4 and second.ran_steps[1:] == ()
     (ctx / "dir/a.txt").write_text("changed\n")
     third = build(ctx, storage=storage, source_date_epoch=0, explain=True)
-    ran = [s for s in third.ran_steps if "FROM" not in s]
+    # (the Dockerfile's steps: not the rewriting of the new layers for the epoch)
+    ran = [s for s in third.ran_steps if "] " in s and "FROM" not in s]
     assert [s.split("] ", 1)[1] for s in ran] == [
         "COPY dir/ /opt/dir/",
         'RUN echo "$GREETING from run" > /app/run.txt && rm -f /etc/hostname']
@@ -47,7 +48,7 @@ def test_steps_cached_by_a_release_that_made_them_otherwise_run_again(
     monkeypatch.setattr(entries, "STEP_SEMANTICS", entries.STEP_SEMANTICS + 1)
     upgraded = build(ctx, storage=storage, source_date_epoch=0)
     assert [s for s in upgraded.cached_steps if "FROM" not in s] == []
-    assert len([s for s in upgraded.ran_steps if "FROM" not in s]) == 4
+    assert len([s for s in upgraded.ran_steps if "] " in s and "FROM" not in s]) == 4
     assert upgraded.image.digest == first.image.digest  # the same steps, made again
     again = build(ctx, storage=storage, source_date_epoch=0)
     assert len(again.cached_steps) == 4

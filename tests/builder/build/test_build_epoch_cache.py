@@ -67,6 +67,38 @@ def test_new_epoch_reuses_every_step_that_cannot_see_it(context_of, build,
     assert back.image.digest == first.image.digest and _ran(back) == []
 
 
+def test_rewriting_cached_layers_for_a_new_epoch_is_a_step(context_of, tmp_path: Path) -> None:
+    """As BuildKit's exporter shows its ``rewriting layers with source-date-epoch`` line: a
+    long rewrite is a step of its own (a log line per layer, DONE), in plain lines and
+    JSON events alike; a build with nothing to rewrite shows none."""
+    ctx = context_of("epoch-cache")
+    storage = tmp_path / "s"
+    common = ("build", "--storage", str(storage))
+    assert pybuild(*common, "--source-date-epoch", str(E1), str(ctx),
+                   timeout=300).returncode == 0
+    plain = pybuild(*common, "--progress", "plain", "--source-date-epoch", str(E2), str(ctx),
+                    timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stderr.splitlines()
+    title = f"rewriting layers with source-date-epoch {E2} ({E2_TEXT[:10]} 22:13:20 +0000 UTC)"
+    [start] = [x for x in lines if x.endswith(f" {title}")]
+    n = start.split()[0]
+    logged = [x for x in lines if x.startswith(f"{n} ") and " sha256:" in x]
+    assert logged and any(" done: sha256:" in x for x in logged), lines
+    assert any(x.startswith(f"{n} DONE ") for x in lines), lines
+    events = pybuild(*common, "--progress", "json", "--source-date-epoch", str(E1 + 1),
+                     str(ctx), timeout=300)
+    assert events.returncode == 0, events.stderr
+    parsed = [json.loads(x) for x in events.stderr.splitlines() if x.startswith("{")]
+    [step] = [e["step"] for e in parsed if e["event"] == "start"
+              and e["name"].startswith(f"rewriting layers with source-date-epoch {E1 + 1} (")]
+    assert [e["event"] for e in parsed if e.get("step") == step][-1] == "done"
+    assert any(e["event"] == "log" and e["step"] == step for e in parsed)
+    again = pybuild(*common, "--progress", "plain", "--source-date-epoch", str(E2), str(ctx),
+                    timeout=300)
+    assert again.returncode == 0 and "rewriting layers" not in again.stderr
+
+
 def _mtimes(layout: Path, digest) -> set[int]:  # type: ignore[no-untyped-def]
     data = gzip.decompress((layout / "blobs/sha256" / digest.encoded).read_bytes())
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:

@@ -251,7 +251,9 @@ def test_no_cache_build_records_for_the_cached_command(
     ["build", "--cache-to", "type=local,dest=c", "ctx"],
     ["build", "-"],
     ["build", "https://example.invalid/repo.git"],
-    ["build", "-tx", "ctx"],
+    ["build", "-qo", "-", "ctx"],
+    ["build", "-q=maybe", "ctx"],
+    ["build", "-qx", "ctx"],
     ["build", "ctx", "other"],
     ["build", "--help"],
     ["build", "-t"],
@@ -267,6 +269,56 @@ def test_parse_argv_understands_build_options() -> None:
     assert inv.opts["tag"] == ["a", "b"] and inv.context == "ctx"
     assert inv.key_argv == ["build", "-t", "a", "--tag=b", "-f", "D", "ctx"]
     assert inv.dockerfile == os.path.abspath("D")
+
+
+@pytest.mark.parametrize(("argv", "opts"), [
+    (["-t=a", "-tb", "--progress=plain", "ctx"], {"tag": ["a", "b"], "progress": ["plain"]}),
+    (["-f=D", "-qt", "a", "ctx"], {"file": ["D"], "quiet": ["1"], "tag": ["a"],
+                                   "progress": ["quiet"]}),
+    (["-qfD", "--no-cache=true", "--", "ctx"], {"file": ["D"], "quiet": ["1"],
+                                               "no-cache": ["1"], "progress": ["quiet"]}),
+    (["--no-cache", "-q=false", "--no-cache=0", "-q=1", "ctx"], {"quiet": ["1"],
+                                                                 "progress": ["quiet"]}),
+    (["-qt=a", "ctx"], {"quiet": ["1"], "tag": ["=a"], "progress": ["quiet"]}),  # as click
+])
+def test_parse_argv_takes_the_forms_the_cli_takes(argv: list[str],
+                                                  opts: dict[str, list[str]]) -> None:
+    inv = parse_argv(["build", *argv])
+    assert inv is not None and inv.context == "ctx"
+    assert inv.opts == opts
+    assert ("--no-cache=true" in inv.key_argv) is False
+
+
+def test_equals_and_joined_short_forms_take_the_fast_path(
+        pybuild: Callable[..., Run], ctx: Path, tmp_path: Path) -> None:
+    """``-t=x``, ``-fD``, ``--progress=plain``, ``-q=false``: the same build as the
+    spaced forms, answered by the fast path from the second run."""
+    args = ("build", "-t=fp/img", f"-f{ctx / 'Dockerfile'}", "--progress=plain",
+            "-q=false", "--no-cache=false", str(ctx))
+    first = pybuild(*args)
+    fast = pybuild(*args)
+    assert not first.hit and fast.hit, fast.stderr
+    normal = pybuild("build", "-t", "fp/img", "-f", str(ctx / "Dockerfile"), "--progress",
+                     "plain", str(ctx), normal=True)
+    assert fast.digest == normal.digest == first.digest
+    assert fast.progress == normal.progress and "#4 naming fp/img" in fast.progress
+
+
+def test_writing_image_names_the_image_id(pybuild: Callable[..., Run], ctx: Path,
+                                          tmp_path: Path) -> None:
+    """As BuildKit's exporter, the last progress line is ``writing image <image ID>``: the
+    ID ``--iidfile`` holds (not the manifest digest stdout has), on both paths."""
+    iid = tmp_path / "iid"
+    args = ("build", "-t", "fp/img", "--progress", "plain", "--iidfile", str(iid), str(ctx))
+    first = pybuild(*args)
+    fast = pybuild(*args)
+    events = pybuild("build", "-t", "fp/img", "--progress", "json", str(ctx), normal=True)
+    image_id = iid.read_text()
+    assert fast.hit and image_id != first.digest
+    for run in (first, fast):
+        assert run.progress.splitlines()[-1] == f"writing image {image_id} done"
+    assert json.loads(events.progress.splitlines()[-1]) == {
+        "event": "result", "digest": first.digest, "image_id": image_id}
 
 
 def test_ci_run_variables_keep_the_fast_path(pybuild: Callable[..., Run], ctx: Path) -> None:

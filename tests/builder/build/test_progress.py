@@ -26,7 +26,7 @@ def _drive(p: BuildProgress) -> None:
     p.done(b)
     c = p.start("[3/3] COPY . /src")
     p.cached(c)
-    p.result("sha256:" + "a" * 64)
+    p.result("sha256:" + "a" * 64, "sha256:" + "b" * 64)
 
 
 def test_plain_lines_look_like_buildkit() -> None:
@@ -50,7 +50,8 @@ def test_json_events() -> None:
     assert [e["event"] for e in events] == ["start", "done", "start", "log", "done", "start",
                                             "cached", "result"]
     assert events[3] == {"event": "log", "step": 2, "line": "compiling"}
-    assert events[-1]["digest"] == "sha256:" + "a" * 64
+    assert events[-1] == {"event": "result", "digest": "sha256:" + "a" * 64,
+                          "image_id": "sha256:" + "b" * 64}
 
 
 def test_terminal_view_redraws_running_steps_in_place() -> None:

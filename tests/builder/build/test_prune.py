@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from builder import context as context_mod
-from builder.cache import BuildCache
-from builder.prune import BuildLock, PruneError, _allocated, prune
+from builder.cache import CLAMP, FACTS, BuildCache
+from builder.prune import WORK_OWNER, BuildLock, PruneError, _allocated, drop_orphaned_work_dirs, new_work_dir, prune
 from cas import Digest, Store
 
 from .conftest import Builder
@@ -73,7 +74,9 @@ def test_prune_keeps_fresh_entries_and_removes_old_ones(
 
     layers = BuildCache(storage / "builder" / "cache.db").layers()
     report = asyncio.run(prune(storage, older_than=None))
-    assert report.entries == entries and report.extracted >= 2 and report.extracted_bytes > 0
+    # the epoch's copies of the layers are counted apart from the steps
+    assert report.entries + report.clamped == entries
+    assert report.extracted >= 2 and report.extracted_bytes > 0
     assert report.file_hashes >= 1
     assert cache_state(storage)[0] == 0 and extracted(storage) == set()
     for layer in layers:  # the blobs are no longer held by the cache: gc may take them
@@ -81,6 +84,30 @@ def test_prune_keeps_fresh_entries_and_removes_old_ones(
 
     again = build(ctx, storage=storage, source_date_epoch=0)
     assert again.ran_steps and again.image.digest == first.image.digest
+
+
+def test_prune_counts_the_cached_steps_apart_from_the_epochs_copies(
+    tmp_path: Path, busybox_ref: str, build: Builder,
+) -> None:
+    """As ``docker builder prune``'s count, "cache entries" are the cached steps a build
+    showed (COPY, RUN); the copies of their layers with times set to a SOURCE_DATE_EPOCH
+    are named as such, apart."""
+    storage = tmp_path / "storage"
+    ctx = make_context(tmp_path, busybox_ref)
+    build(ctx, storage=storage, source_date_epoch=0)
+    build(ctx, storage=storage, source_date_epoch=100)  # cached steps, new copies
+    db = sqlite3.connect(storage / "builder" / "cache.db")
+    rows = db.execute("SELECT instruction FROM steps").fetchall()
+    db.close()
+    copies = sum(1 for (what,) in rows if what == CLAMP)
+    assert copies >= 4  # two layers (COPY, RUN), two epochs
+    argv = [sys.executable, "-m", "builder", "builder", "prune", "--storage", str(storage), "-a"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    steps = sum(1 for (what,) in rows if what not in (CLAMP, FACTS))
+    assert done.stdout.startswith(f"removed {steps} cache entries, ")
+    assert (f", {copies} copies of cached layers with their times set to a SOURCE_DATE_EPOCH"
+            in done.stdout)
 
 
 def test_prune_keeps_the_extracted_layers_of_local_images(
@@ -114,7 +141,8 @@ def test_prune_command_prints_json_and_refuses_bad_durations(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"entries": 0, "snapshots": 0, "snapshot_bytes": 0,
                                        "file_hashes": 0, "work_dirs": 0, "work_bytes": 0,
-                                       "cache_mounts": 0, "cache_mount_bytes": 0}
+                                       "cache_mounts": 0, "cache_mount_bytes": 0,
+                                       "clamped_layers": 0}
     bad = subprocess.run([*argv, "--older-than", "soon"], cwd=ROOT, capture_output=True,
                          text=True, check=False)
     assert bad.returncode == 2 and "not a duration such as 90s, 30m, 48h or 7d" in bad.stderr
@@ -162,6 +190,67 @@ def test_prune_removes_what_a_killed_build_left(tmp_path: Path, busybox_ref: str
         subprocess.run(["umount", str(mounted)], check=False)
     assert asyncio.run(prune(storage, older_than=3600)).work_dirs == 1
     assert list(tmp.iterdir()) == []
+
+
+def _build_at_its_run_step(storage: Path, ctx: Path) -> subprocess.Popen[bytes]:
+    """A build process whose RUN step (``sleep 60``) has started."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYBUILD_NO_FASTPATH="1")
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "build", "--progress", "plain",
+                             "--no-cache", "--storage", str(storage), str(ctx)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if b"RUN sleep" in line:
+            return proc
+    proc.wait()
+    pytest.fail("the build ended before its RUN step")
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_the_next_build_removes_the_work_dirs_of_killed_builds_only(
+        tmp_path: Path, busybox_ref: str) -> None:
+    """As BuildKit cleans its leftovers when it starts: a build removes the work
+    directories of builds that were killed, never one of a build still running (in
+    another process or in its own)."""
+    storage = tmp_path / "storage"
+    tmp = storage / "builder" / "tmp"
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "Dockerfile").write_text(f"FROM {busybox_ref}\nRUN sleep 60\n")
+    quick = tmp_path / "quick"
+    quick.mkdir()
+    (quick / "Dockerfile").write_text("FROM scratch\nCOPY a /a\n")
+    (quick / "a").write_text("a\n")
+    killed = _build_at_its_run_step(storage, slow)
+    _kill(killed)
+    [left] = list(tmp.iterdir())
+    running = _build_at_its_run_step(storage, slow)  # the next build
+    try:
+        [its] = list(tmp.iterdir())
+        assert its != left and (its / WORK_OWNER).exists()
+        mine, fd = new_work_dir(tmp)  # a build of this process, running
+        try:
+            assert drop_orphaned_work_dirs(tmp) == 0
+            assert sorted(tmp.iterdir()) == sorted([its, mine])
+        finally:
+            _kill(running)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYBUILD_NO_FASTPATH="1")
+        done = subprocess.run([sys.executable, "-m", "builder", "build", "-q", "--storage",
+                               str(storage), str(quick)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        assert list(tmp.iterdir()) == [mine]  # the killed one went, this one stays
+    finally:
+        if running.poll() is None:
+            _kill(running)
+    os.close(fd)
+    assert drop_orphaned_work_dirs(tmp) == 1 and list(tmp.iterdir()) == []
 
 
 def test_prune_takes_dockers_short_flags(tmp_path: Path) -> None:
