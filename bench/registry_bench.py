@@ -282,10 +282,22 @@ def _pull_in_process(url: str, start_at: float) -> tuple[float, float, int]:
     return asyncio.run(go())
 
 
+def _worker_ready(_: int) -> int:
+    """A pool worker's pid, once it has started and imported this module (as a pull does);
+    it takes a moment, so that one worker does not take every other's warm-up task."""
+    time.sleep(0.05)
+    return os.getpid()
+
+
 def _concurrent_pull(url: str, clients: int) -> float:
     """Aggregate MB/s of ``clients`` processes pulling ``url`` at once."""
     with ProcessPoolExecutor(max_workers=clients, mp_context=get_context("spawn")) as pool:
-        start_at = time.time() + 1.5  # after every worker process has started
+        ready: set[int] = set()
+        for _ in range(20):  # until every worker process has started and answered
+            ready.update(pool.map(_worker_ready, range(clients)))
+            if len(ready) >= clients:
+                break
+        start_at = time.time() + 0.3  # once each idle worker has been handed its pull
         results = list(pool.map(_pull_in_process, [url] * clients, [start_at] * clients))
     first = min(r[0] for r in results)
     last = max(r[1] for r in results)

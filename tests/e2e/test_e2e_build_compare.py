@@ -34,6 +34,7 @@ import pytest
 from testkit.docker_engine import DockerEngine
 from testkit.registries import RunningRegistry, pybuild_registry
 from testkit.tools import in_ci, require_tool, running_ssh_agent
+from tests.helpers.at_once import both_at_once
 from tests.helpers.http_server import serve_answers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -472,10 +473,10 @@ def test_pybuild_and_docker_build_agree(
     if case.ssh:
         both += ("--ssh", f"default={request.getfixturevalue('ssh_agent')}")
     if case.ssh_key:
-        key = tmp_path / "deploy_key"
+        key_file = tmp_path / "deploy_key"
         subprocess.run([require_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f",
-                        str(key)], check=True)
-        both += ("--ssh", f"default={key}")
+                        str(key_file)], check=True)
+        both += ("--ssh", f"default={key_file}")
     for key, value in case.env.items():
         monkeypatch.setenv(key, value)
         monkeypatch.setitem(docker_engine.env, key, value)
@@ -483,23 +484,32 @@ def test_pybuild_and_docker_build_agree(
     if case.stdin:  # the Dockerfile goes on stdin and is not in the context
         stdin = (context / "Dockerfile").read_text()
         (context / "Dockerfile").unlink()
-    try:
+
+    def docker_side() -> tuple[str, dict[str, Entry]]:
         _docker_build(docker_engine, context, docker_tag, args, *both, stdin=stdin)
+        return (docker_engine.run_container(docker_tag, *case.command),
+                _filesystem(docker_engine, docker_tag, tmp_path, case.command))
+
+    def pybuild_side() -> tuple[str, dict[str, Entry]]:
         _pybuild_build(context, tmp_path / "storage", pybuild_tag, args, *both,
                        *case.pybuild_flags, "--output", f"type=docker,dest={archive}",
                        stdin=stdin)
         loaded = docker_engine.run("load", "-i", str(archive)).stdout
         assert f"Loaded image: {pybuild_tag}" in loaded
+        return (docker_engine.run_container(pybuild_tag, *case.command),
+                _filesystem(docker_engine, pybuild_tag, tmp_path, case.command))
+
+    try:
+        # Each builder's image is built, run and exported while the other's is: the two
+        # sides share nothing but the engine and the read-only context.
+        (docker_out, docker_fs), (pybuild_out, pybuild_fs) = both_at_once(docker_side,
+                                                                          pybuild_side)
 
         # The same output when run...
-        docker_out = docker_engine.run_container(docker_tag, *case.command)
-        pybuild_out = docker_engine.run_container(pybuild_tag, *case.command)
         assert pybuild_out == docker_out
         assert case.expect in docker_out
 
         # ...the same files...
-        docker_fs = _filesystem(docker_engine, docker_tag, tmp_path, case.command)
-        pybuild_fs = _filesystem(docker_engine, pybuild_tag, tmp_path, case.command)
         assert "bin/busybox" in docker_fs
         for path in case.capabilities:
             assert "security.capability" in dict(docker_fs[path].xattrs), path
@@ -526,15 +536,18 @@ def test_fresh_storages_build_the_same_digest(
     from the registry and runs every step), give the same image digest."""
     context = _context(CASES_DIR / "files", tmp_path)
     args = {"BASE": base_ref, "GREETING": "howdy"}
-    digests = []
-    for run in ("a", "b"):
+
+    def build(run: str) -> str:
         oci = tmp_path / f"oci-{run}"
         digest = _pybuild_build(
             context, tmp_path / f"storage-{run}", "compare/repro:1", args,
             "--output", f"type=oci,dest={oci},tar=false", "--source-date-epoch", "1700000000",
         )
-        digests.append(digest)
         index = json.loads((oci / "index.json").read_text())
         assert index["manifests"][0]["digest"] == digest
+        return digest
+
+    # The two builds share nothing but the context: they run at once.
+    digests = both_at_once(lambda: build("a"), lambda: build("b"))
     assert digests[0].startswith("sha256:")
     assert digests[0] == digests[1]

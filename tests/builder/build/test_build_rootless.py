@@ -36,6 +36,7 @@ from testkit.rootfs import make_busybox_rootfs
 from testkit.tools import require_root, require_tool
 from testkit.users import SystemUser, python_for, shared_workspace, temporary_user
 from tests.builder.build.conftest import TESTFILES, write_base_layout
+from tests.helpers.at_once import both_at_once
 
 # The builder tests' cases, and the e2e comparison's many-layers (92 layers in one RUN),
 # cache-mount-starts (a cache that starts as a copy of a stage's directory: owners, a
@@ -98,15 +99,22 @@ def _pybuild(user: SystemUser, args: list[str], **env: str) -> subprocess.Comple
 def _both_ways(user: SystemUser, ctx: Path, root_storage: Path,
                data: Path) -> tuple[str, subprocess.CompletedProcess[str]]:
     """The image digest of a root build of ``ctx``, and the user's build of it (whose
-    storage is the XDG data dir's ``data``: no --storage), at the same epoch."""
-    root = subprocess.run(
-        [sys.executable, "-m", "builder", "build", "--progress", "quiet",
-         "--source-date-epoch", EPOCH, "--storage", str(root_storage), str(ctx)],
-        capture_output=True, text=True, check=False)
-    assert root.returncode == 0, root.stderr
-    return root.stdout.strip(), _pybuild(user, ["build", "--progress", "plain",
-                                                "--source-date-epoch", EPOCH, str(ctx)],
-                                         XDG_DATA_HOME=str(data))
+    storage is the XDG data dir's ``data``: no --storage), at the same epoch. The two
+    builds share nothing but the context: they run at once."""
+
+    def as_root() -> str:
+        root = subprocess.run(
+            [sys.executable, "-m", "builder", "build", "--progress", "quiet",
+             "--source-date-epoch", EPOCH, "--storage", str(root_storage), str(ctx)],
+            capture_output=True, text=True, check=False)
+        assert root.returncode == 0, root.stderr
+        return root.stdout.strip()
+
+    def as_user() -> subprocess.CompletedProcess[str]:
+        return _pybuild(user, ["build", "--progress", "plain", "--source-date-epoch", EPOCH,
+                               str(ctx)], XDG_DATA_HOME=str(data))
+
+    return both_at_once(as_root, as_user)
 
 
 @pytest.mark.slow
