@@ -19,7 +19,6 @@ inode, device, mode) has not changed, and hashes the others in threads.
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import os
 import posixpath
@@ -34,7 +33,7 @@ from typing import Protocol
 
 import blake3
 
-from .ignore import IgnoreFileError, IgnoreMatcher
+from .ignore import IgnoreFileError, IgnoreMatcher, name_matches
 from .layers.errors import UnsafeLayerEntry
 from .layers.pathres import resolve_in_root
 from .layers.scan import read_xattrs
@@ -272,7 +271,14 @@ class SourceTree:
                 except (NotADirectoryError, FileNotFoundError):
                     continue
                 for n in names:
-                    if fnmatch.fnmatchcase(n, part):
+                    try:
+                        matched = name_matches(part, n)
+                    except ValueError:
+                        # as BuildKit ("syntax error in pattern"), not a literal name
+                        raise ContextError(
+                            f"{'/'.join(parts)!r}: syntax error in pattern {part!r}: close "
+                            "each '[' with ']' (a literal '[' is written '[[]')") from None
+                    if matched:
                         r = f"{base}/{n}" if base else n
                         if not self.excluded(r):
                             nxt.append(r)

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 from cas import Digest, Store
 from cas.errors import StorageFull, StorageUnsupported, full_cause, missing_features
 
+from .layers.errors import LayerFormatError
 from .sandbox.userns import overlay_xattr
 
 __all__ = ["EXTRACTED_DIR", "BlobReader", "ExtractedLayers"]
@@ -82,15 +83,16 @@ class BlobReader(io.RawIOBase):
         return n
 
 
-def _extract(src: BinaryIO | Path, dest: Path) -> list[str]:
+def _extract(src: BinaryIO | Path, dest: Path, diff_id: Digest | None = None) -> list[str]:
     """Extract the layer ``src`` to ``dest``; returns the device nodes left out (root of
-    a user namespace may not make them)."""
+    a user namespace may not make them). With ``diff_id``, a layer whose uncompressed
+    stream has another digest is a LayerFormatError (``dest`` is then to be dropped)."""
     from .layers.extract import apply_layer  # only when a layer must be extracted
     from .sandbox.whiteouts import make_whiteout
 
     dest.mkdir()
     marks: list[tuple[list[str], bool]] = []  # whiteouts, found in the same single pass
-    report = apply_layer(src, dest, marks=marks)
+    report = apply_layer(src, dest, marks=marks, diff_id=diff_id)
     for parts, opaque in marks:
         if opaque:
             target = _mark_dir(dest, parts)
@@ -208,7 +210,16 @@ class ExtractedLayers:
             try:
                 reader = io.BufferedReader(BlobReader(chunks, asyncio.get_running_loop()),
                                            _READ_BUFFER)
-                left_out = await asyncio.to_thread(_extract, reader, tmp / "root")
+                try:
+                    # extracted layers are found by diff_id, whichever image names it:
+                    # one whose content is not that diff_id must never be kept under it
+                    left_out = await asyncio.to_thread(_extract, reader, tmp / "root", diff_id)
+                except LayerFormatError:
+                    if streamed is not None:
+                        # a blob that is not the one asked for says so first
+                        async for _ in streamed:
+                            pass
+                    raise
                 if streamed is not None:
                     # to its end, past what the extractor read: the blob is verified
                     # and committed before its extraction is used

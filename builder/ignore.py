@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["IgnoreFileError", "IgnoreMatcher", "Pattern", "read_ignore_file"]
+__all__ = ["IgnoreFileError", "IgnoreMatcher", "Pattern", "name_matches", "read_ignore_file"]
 
 
 class IgnoreFileError(ValueError):
@@ -106,6 +106,17 @@ def _segment_regex(pat: str) -> re.Pattern[str]:
 
 def _segment(pat: str, name: str) -> bool:
     return _segment_regex(pat).fullmatch(name) is not None
+
+
+def name_matches(pattern: str, name: str) -> bool:
+    """Whether the path component ``name`` matches ``pattern`` as Go's ``filepath.Match``
+    takes it (BuildKit's COPY wildcards): ``[^...]`` is negated and ``!`` is a plain
+    character there, unlike fnmatch. ValueError for a pattern Go calls a syntax error
+    (an unclosed or empty ``[`` class, a trailing lone ``\\``)."""
+    rx = _segment_regex(pattern)
+    if rx.pattern == "(?!)" or (len(pattern) - len(pattern.rstrip("\\"))) % 2:
+        raise ValueError(f"syntax error in pattern {pattern!r}")
+    return rx.fullmatch(name) is not None
 
 
 def _joined(parts: tuple[str, ...]) -> str:

@@ -42,6 +42,7 @@ from pathlib import Path
 from cas import Digest, Store
 from registry.client.layout_claims import undone_on_failure
 from registry.client.layouts import LayoutError
+from registry.client.leftovers import held_temporary
 from registry.client.refs import InvalidReference, parse_image_ref
 from registry.oci import Descriptor, Index
 
@@ -335,10 +336,9 @@ async def _to_file(chunks: AsyncIterator[bytes], dest: Path) -> None:
     if await asyncio.to_thread(dest.is_dir):
         raise ExportError(f"dest={dest} is a directory: give a file name for the archive "
                           "(or tar=false to write a layout directory)")
-    fd, tmp = await asyncio.to_thread(tempfile.mkstemp, prefix=f".{dest.name}.",
-                                      suffix=".tmp", dir=dest.parent)
+    fd, tmp = await asyncio.to_thread(held_temporary, dest, directory=False)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(os.dup(fd), "wb") as f:
             async for chunk in chunks:
                 await asyncio.to_thread(f.write, chunk)
             await asyncio.to_thread(f.flush)
@@ -349,6 +349,8 @@ async def _to_file(chunks: AsyncIterator[bytes], dest: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    finally:
+        os.close(fd)
 
 
 async def _to_stdout(chunks: AsyncIterator[bytes]) -> None:
@@ -378,7 +380,9 @@ async def _sink(out: Output, chunks: AsyncIterator[bytes]) -> None:
 def _tar_tree(root: Path, f: object) -> None:
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uname = info.gname = ""  # numeric owners, not this host's names
-        info.mtime = int(info.mtime)  # whole seconds, as the layers: no pax mtime record
+        # whole seconds, rounded down as the layers round (a time before 1970 with a
+        # fraction is the second before): no fraction in a pax mtime record
+        info.mtime = int(info.mtime // 1)
         return info
 
     with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]

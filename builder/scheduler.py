@@ -123,6 +123,13 @@ async def plan(tree: SyntaxTree, env: StepEnv, build_args: Mapping[str, str],
     return current, bases
 
 
+def _declare(declared: dict[str, str | None], name: str, value: str | None) -> None:
+    """Record an ARG for RUN's history: one without a value (``ARG B`` after ``ARG
+    B=1``) keeps the value the name has, as BuildKit's history reads the build state."""
+    if value is not None or name not in declared:
+        declared[name] = value
+
+
 class StageScheduler:
     def __init__(self, build: BuildPlan, bases: Mapping[tuple[str, str], BaseImage],
                  env: StepEnv, platform: Platform | None = None, prefix: str = "") -> None:
@@ -264,7 +271,8 @@ class StageScheduler:
         declared = self._declared_args(stage.base_stage)
         for ins in stage.instructions:
             if isinstance(ins, Arg):
-                declared.update((d.name, d.default) for d in ins.args)
+                for d in ins.args:
+                    _declare(declared, d.name, d.default)
         return declared
 
     async def _stage(self, stage: Stage) -> ImageState:
@@ -296,7 +304,7 @@ class StageScheduler:
                 for d in ins.args:
                     if d.default is not None:
                         args[d.name] = arg_env[d.name] = d.default
-                    declared[d.name] = d.default
+                    _declare(declared, d.name, d.default)
                 state.add_history(arg_created_by((d.name, d.default) for d in ins.args),
                                   "", empty=True)
                 continue

@@ -34,9 +34,18 @@ from .remote_read import RemoteReader
 from .reserve import keep_reserve, release_reserve
 from .sqlite_meta import SqliteMetadata
 
-__all__ = ["RECEIVERS", "StoreCore", "TailKeeper", "WorkerPool"]
+__all__ = ["RECEIVERS", "StoreCore", "TailKeeper", "WorkerPool", "close_synced"]
 
 T = TypeVar("T")
+
+
+def close_synced(f: Any) -> None:
+    """Flush, fsync and close the file object ``f``: its bytes on disk before a rename
+    gives them their name (else a power loss can leave the name on an empty file)."""
+    with f:
+        f.flush()
+        os.fsync(f.fileno())
+
 
 # Threads for Ingest.receive: a receive waits on its source, so it has threads of its own.
 RECEIVERS = 32
@@ -268,6 +277,22 @@ class StoreCore:
         for p in self._ingests_dir.glob(f"{ingest_id}.*"):
             if p != keep:
                 p.unlink(missing_ok=True)
+
+    def make_durable(self) -> None:
+        """Every metadata commit so far survives a power loss, not only a crash: call it
+        before another file or database names what they committed (a local image's
+        record names its manifest). SQLite's commits may wait for a checkpoint for that
+        (:meth:`~cas.sqlite_db.SqliteDatabase.make_durable`); PostgreSQL's are durable."""
+        if isinstance(self.meta, SqliteMetadata):
+            self.meta.make_durable()
+
+    def link_all(self, holder: str, digests: list[str]) -> list[str] | None:
+        """``Metadata.link_all``, durable when it linked (:meth:`make_durable`): the
+        registry records the manifest that needs the links in a database of its own."""
+        added = self.meta.link_all(holder, digests)
+        if added is not None:
+            self.make_durable()
+        return added
 
     def empty_trash(self) -> None:
         """Free every pack range and delete every pack that the metadata has put in the

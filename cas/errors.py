@@ -314,11 +314,24 @@ def full_cause(path: Path | str | bytes, code: int = errno.ENOSPC) -> str:
         fs = os.statvfs(d)
     except OSError:
         fs = None
-    # Next to none: a step's helpers (the sandbox probe) may free a few between the
-    # failed write and this look.
-    if fs is not None and fs.f_files and fs.f_favail < max(16, fs.f_files // 1000):
+    if fs is not None and fs.f_files and _inodes_ran_out(fs):
         return "no space left on device (no free inodes: too many files there, see df -i)"
     return "no space left on device"
+
+
+def _inodes_ran_out(fs: os.statvfs_result) -> bool:
+    """Whether a failed write on ``fs`` ran out of inodes rather than bytes. Next to none
+    free is enough (a step's helpers, the sandbox probe, may free a few between the
+    failed write and this look); under 0.1% free only while bytes are left (a disk with
+    millions of inodes that filled up with data has that few free and still ran out of
+    bytes). root writes into the blocks reserved for it: its free bytes are ``f_bfree``."""
+    if fs.f_favail < 16:
+        return True
+    free_bytes = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
+    return fs.f_favail < fs.f_files // 1000 and free_bytes >= _BYTES_LEFT
+
+
+_BYTES_LEFT = 16 << 20  # a write failing with more free than this did not lack bytes
 
 
 def mapped_error(exc: BaseException, path: Path | str,

@@ -276,7 +276,9 @@ class Metadata(Protocol):
         offset, length) for a range, (id, pack, None, None) for a whole pack. An entry
         is added only by the transaction that stopped referencing its bytes, and stays
         until :meth:`forget_trash`: a crash in between releases it again (releasing is
-        idempotent)."""
+        idempotent). The transactions that added the entries returned are durable (a
+        backend that commits lazily syncs first): a power loss must not take back a
+        decision whose bytes the caller is about to release."""
 
     def forget_trash(self, ids: list[int]) -> None:
         """Remove trash entries (released by the caller). Unknown ids are a no-op."""

@@ -7,15 +7,20 @@ shared-memory index must grow first), nor delete a row (the WAL grows): on a ful
 :data:`RESERVE` bytes back in ``<storage>/reserve`` (:func:`keep_reserve`, when it opens),
 and a command that finds the disk full gives them back before it opens a database
 (:func:`release_reserve`): ``images``, ``rmi`` and ``gc`` then work, and the next open
-with room to spare keeps them back again.
+with room to spare keeps them back again. A process killed while it writes the reserve
+leaves its temporary file (``.reserve.XXXXXXXX``, held with a ``flock`` while written):
+the next open removes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
+
+from .unheld import remove_unheld
 
 __all__ = ["RESERVE", "RESERVE_FILE", "keep_reserve", "release_reserve"]
 
@@ -51,6 +56,7 @@ def keep_reserve(root: Path) -> None:
     """Keep the reserve back, if it is missing and the file system has room to spare.
     Best effort: a failure leaves no partial file."""
     path = root / _NAME
+    _remove_abandoned(root)
     free = _free(root)
     if free is None or free < _ROOM or path.exists():
         return
@@ -59,6 +65,7 @@ def keep_reserve(root: Path) -> None:
         fd, name = tempfile.mkstemp(prefix=f".{_NAME}.", dir=root)  # one each, if two open
         tmp = Path(name)
         with os.fdopen(fd, "wb") as f:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # being written: not another's to remove
             # Written, and not zeros: a sparse or compressed file would keep nothing back.
             f.write(os.urandom(RESERVE))
             f.flush()
@@ -68,3 +75,10 @@ def keep_reserve(root: Path) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def _remove_abandoned(root: Path) -> None:
+    """The temporary reserves of processes killed while writing one: those no process
+    holds (an exclusive ``flock`` is granted)."""
+    with contextlib.suppress(OSError):
+        remove_unheld(list(root.glob(f".{_NAME}.*")))

@@ -19,6 +19,7 @@ made before versions were kept read 0 and are migrated like any older version.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -33,6 +34,53 @@ __all__ = ["META_SCHEMA_VERSION", "SCHEMA", "SqliteDatabase", "connect", "migrat
 
 # meta.db's schema; raised by a release whose schema an earlier release cannot use.
 META_SCHEMA_VERSION = 1
+
+
+class _HeldFiles:
+    """Descriptors of database files opened to fsync them, kept open while any
+    :class:`SqliteDatabase` of this process has that database open.
+
+    POSIX record locks belong to a process and a file, not to a descriptor: closing *any*
+    descriptor of ``meta.db`` drops the locks every SQLite connection of this process
+    holds on it. Another process closing its last connection then finds no one else there,
+    checkpoints and deletes the ``-wal`` and ``-shm`` files this process still uses, and
+    this process's next read fails with "database disk image is malformed" (SQLite's
+    "How To Corrupt", 2.2). SQLite itself defers such closes; so do these."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: dict[tuple[int, int], int] = {}
+        self._fds: dict[tuple[int, int], dict[Path, int]] = {}
+
+    def hold(self, database: Path) -> tuple[int, int]:
+        """Count one more user of ``database``; the key to pass to the other methods."""
+        st = os.stat(database)
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            self._users[key] = self._users.get(key, 0) + 1
+        return key
+
+    def descriptor(self, key: tuple[int, int], path: Path) -> int:
+        """A read-only descriptor of ``path`` (the database or one of its files), opened
+        once and kept until the database's last user lets go."""
+        with self._lock:
+            fds = self._fds.setdefault(key, {})
+            if path not in fds:
+                fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            return fds[path]
+
+    def let_go(self, key: tuple[int, int]) -> None:
+        """One user fewer; the last one closes the descriptors (its connections closed first)."""
+        with self._lock:
+            self._users[key] -= 1
+            if self._users[key]:
+                return
+            del self._users[key]
+            for fd in self._fds.pop(key, {}).values():
+                os.close(fd)
+
+
+_HELD_FILES = _HeldFiles()
 
 
 class SqliteDatabase:
@@ -55,6 +103,7 @@ class SqliteDatabase:
         # ingest looking for known pieces never waits behind another ingest's commit
         # (and its fsync).
         self._reader_lock: threading.Lock | threading.RLock = threading.Lock()
+        self._sync_lock = threading.Lock()  # make_durable's descriptors outlive its fsyncs
         db = reader = None
         try:
             db = connect(str(path))
@@ -72,15 +121,17 @@ class SqliteDatabase:
                     conn.close()
             raise mapped from exc
         self._db, self._reader = db, reader
+        self._files = _HELD_FILES.hold(path)
 
     def close(self) -> None:
         """Wait for the calls in flight, then close; later calls raise StoreClosed."""
-        with self._lock, self._reader_lock:
+        with self._lock, self._reader_lock, self._sync_lock:
             if self._closed:
                 return
             self._closed = True
             self._reader.close()
             self._db.close()
+            _HELD_FILES.let_go(self._files)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -132,6 +183,26 @@ class SqliteDatabase:
                 if mapped is None or mapped is exc:
                     raise
                 raise mapped from exc
+
+    def make_durable(self) -> None:
+        """Every commit so far on disk, not only in the page cache: synchronous=NORMAL
+        syncs the write-ahead log only at checkpoints, so a power loss may take back the
+        last commits (a process crash never does). Call it before acting on a commit in a
+        way that cannot be taken back (freeing the pack bytes it gave up)."""
+        with self._sync_lock:
+            self._check_open()
+            for p in (self.path.with_name(self.path.name + "-wal"), self.path):
+                try:
+                    fd = _HELD_FILES.descriptor(self._files, p)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    mapped = storage_error(exc, self.path)
+                    if mapped is None or mapped is exc:
+                        raise
+                    raise mapped from exc
 
     def disk_bytes(self) -> int:
         """The database file and its write-ahead log."""

@@ -376,7 +376,10 @@ class SqliteMetadata(SqliteDatabase):
             return len(dead), sum(r[1] for r in dead)
 
     def trash(self, limit: int = 1000) -> list[tuple[int, str, int | None, int | None]]:
-        return self._q("SELECT id, pack, offset, length FROM trash ORDER BY id LIMIT ?", (limit,))
+        rows = self._q("SELECT id, pack, offset, length FROM trash ORDER BY id LIMIT ?", (limit,))
+        if rows:  # the commits that put them there must outlive a power loss: see the protocol
+            self.make_durable()
+        return rows
 
     def forget_trash(self, ids: list[int]) -> None:
         with self._tx() as db:

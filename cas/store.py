@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .assemble import PieceIngest
 from .blobs import BlobInfo, IngestInfo, Piece, Recipe, Segment
 from .chunker import ChunkParams
-from .core import StoreCore
+from .core import StoreCore, close_synced
 from .digest import DEFAULT_ALGORITHM, Digest, new_hasher
 from .errors import BlobUnknown, IngestUnknown, InvalidRange, StoreCorrupt
 from .ingest import Ingest
@@ -393,7 +393,7 @@ class Store:
         return asyncio.get_running_loop().run_in_executor(self._pool, read)
 
     async def export(self, digest: Digest, path: Path) -> None:
-        """Write the blob to ``path`` atomically (a temporary file renamed into place)."""
+        """Write the blob to ``path`` atomically (a temporary file, synced, renamed into place)."""
         # a name of its own: another process may export the same blob there at once
         tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
@@ -406,7 +406,7 @@ class Store:
             f = await asyncio.shield(opening)
             async for chunk in self.read(digest):
                 await self._run_outside(f.write, chunk)
-            await self._run_outside(f.close)  # its last flush may fail too (a full disk)
+            await self._run_outside(close_synced, f)  # it may fail too (a full disk)
         except BaseException:
             await asyncio.wait([opening])  # cancelled while a worker opens it: made all the same
             with contextlib.suppress(OSError):  # (the open's own error, if it failed)
@@ -442,8 +442,8 @@ class Store:
 
     async def link_all(self, holder: str, digests: list[Digest]) -> list[Digest]:
         """Link all of ``digests`` to ``holder`` at once, or none of them (BlobUnknown).
-        Returns the digests that were not linked before."""
-        added = await self._run(self.meta.link_all, holder, [str(d) for d in digests])
+        Returns the digests not linked before. Durable on return (StoreCore.link_all)."""
+        added = await self._run(self.core.link_all, holder, [str(d) for d in digests])
         if added is None:
             missing = [d for d in digests if await self.stat(d) is None]
             raise BlobUnknown(missing[0] if missing else digests[0])

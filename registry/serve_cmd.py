@@ -47,6 +47,23 @@ def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def refuse_distribution_tree(storage: Path) -> None:
+    """Refuse a storage directory that holds CNCF Distribution's tree and none of pybuild's
+    own files: the root directory of a Distribution config.yml pybuild was started with as
+    it is. pybuild does not read that tree, so it would serve an empty registry (every
+    image gone, to its clients) and add its files beside Distribution's."""
+    if not (storage / "docker" / "registry" / "v2").is_dir():
+        return
+    if any((storage / name).exists() for name in ("packs", "ingests", "registry.db", "meta.db")):
+        return  # pybuild already keeps its own storage here, beside the old tree
+    raise click.ClickException(
+        f"{storage} holds a CNCF Distribution registry (docker/registry/v2), which pybuild "
+        "does not read: it would serve none of those images. Give pybuild an empty storage "
+        "directory (--storage, or storage.filesystem.rootdirectory) and copy the images from "
+        "the running Distribution: pybuild copy --all-repositories --all-platforms OLD-HOST "
+        "NEW-HOST (docs/deployment.md, \"Moving a registry to pybuild\")")
+
+
 def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None = None) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests get ``shutdown_timeout`` to finish.
     On SIGHUP the configuration ``reload()`` returns is applied (see server.reload)."""
@@ -54,6 +71,7 @@ def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None =
     from cas.pg_db import redact
 
     storage = config.storage or default_storage_dir()
+    refuse_distribution_tree(storage)
     host, port = config.host_port
     ssl_context = None
     if config.tls_cert is not None and config.tls_key is not None:

@@ -325,17 +325,21 @@ def test_serve_on_read_only_packs_answers_503_and_keeps_every_blob(tmp_path: Pat
             subprocess.run(["umount", "-l", str(storage / "packs")], check=False)
 
 
-@pytest.mark.parametrize(("files", "free", "inodes"), [
-    (40, 0, True), (40, 3, True),  # a helper freed a few after the failed write
-    (1_000_000, 500, True), (1_000_000, 50_000, False), (40, 30, False), (0, 0, False),
+@pytest.mark.parametrize(("files", "free", "blocks_free", "inodes"), [
+    (40, 0, 900, True), (40, 3, 900, True),  # a helper freed a few after the failed write
+    (1_000_000, 500, 900, True), (1_000_000, 50_000, 900, False), (40, 30, 900, False),
+    (0, 0, 900, False),
+    # A big disk full of data: few inodes free in proportion, but the bytes ran out.
+    (100_000_000, 60_000, 0, False), (100_000_000, 5, 0, True),
 ])
 def test_full_disk_cause_names_inodes_when_next_to_none_are_free(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: int, free: int,
-        inodes: bool) -> None:
+        blocks_free: int, inodes: bool) -> None:
     import cas.errors
 
     real = os.statvfs(tmp_path)
-    fake = os.statvfs_result((real.f_bsize, real.f_frsize, 1000, 900, 900,
+    block = 1 << 20  # 900 free blocks: 900 MiB left; 0: none (for root as for others)
+    fake = os.statvfs_result((block, block, 1000, blocks_free, blocks_free,
                               files, free, free, real.f_flag, real.f_namemax))
     monkeypatch.setattr(cas.errors.os, "statvfs", lambda _path: fake)
     cause = cas.errors.full_cause(tmp_path / "gone" / "file")

@@ -42,6 +42,7 @@ from .instructions import (
     Workdir,
 )
 from .mounts import Mount, MountError, parse_mount
+from .shell_words import GO_SPACE
 from .syntax import Heredoc, Keyword, Node, SyntaxTree, parse_heredoc_marker
 
 __all__ = ["PARSERS", "parse_dockerfile", "parse_instruction"]
@@ -224,7 +225,7 @@ def _volume(node: Node, file: str, loc: Location) -> Volume:
     _flags(node, file)
     if not node.args:
         raise node.error(expected_arguments(node.keyword, "at least one argument"), file=file)
-    paths = tuple(p.strip() for p in node.args)
+    paths = tuple(p.strip(GO_SPACE) for p in node.args)
     if any(not p for p in paths):
         raise node.error("VOLUME specified can not be an empty string", file=file)
     return Volume(paths=paths, **loc)
@@ -269,10 +270,25 @@ def _onbuild(node: Node, file: str, loc: Location) -> Onbuild:
     if trigger_kw in (Keyword.FROM, Keyword.MAINTAINER):
         raise node.error(f"{trigger_kw} isn't allowed as an ONBUILD trigger", file=file)
     trigger = parse_instruction(node.child, file)
-    expression = re.sub(r"(?i)^\s*ONBUILD\s*", "", node.original)
+    expression = re.sub(r"(?i)^[\t\n\f\r ]*ONBUILD[\t\n\f\r ]*", "", node.original)
     for doc in node.heredocs:
         expression += "\n" + doc.content + doc.name
     return Onbuild(trigger=trigger, expression=expression, **loc)
+
+
+# Go's time.ParseDuration, as BuildKit reads HEALTHCHECK times: an optional sign, no days,
+# no blanks, at most 2^63-1 ns (Docker cannot load a config holding more).
+_GO_DURATION = re.compile(r"[+-]?(?:0|(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)",
+                          re.ASCII)
+
+
+def _go_duration(text: str) -> int:
+    if not _GO_DURATION.fullmatch(text):
+        raise ValueError(text)
+    ns = parse_duration(text.lstrip("+-"))
+    if ns >= 2**63:
+        raise ValueError(text)
+    return -ns if text.startswith("-") else ns
 
 
 def _healthcheck(node: Node, file: str, loc: Location) -> Healthcheck:
@@ -299,21 +315,22 @@ def _healthcheck(node: Node, file: str, loc: Location) -> Healthcheck:
         if not value:
             continue
         try:
-            ns = parse_duration(value)
+            ns = _go_duration(value)
         except ValueError:
             raise node.error(bad_flag_value(kw, name, value, "a duration such as 30s or 1m30s"),
                              file=file, near=f"--{name}") from None
-        if 0 < ns < 10**6:
+        if ns < 0 or 0 < ns < 10**6:
             raise node.error(bad_flag_value(kw, name, value, "0 or at least 1ms"),
                              file=file, near=f"--{name}")
         times[name.replace("-", "_")] = ns
     retries = 0
     if "retries" in f:
-        try:
-            retries = int(f["retries"])
-        except ValueError:
-            raise node.error(bad_flag_value(kw, "retries", f["retries"], "a whole number"),
-                             file=file, near="--retries") from None
+        # strconv.ParseInt(value, 10, 32), as BuildKit reads it
+        if not re.fullmatch(r"[+-]?[0-9]+", f["retries"]) or \
+                int(f["retries"]) >= 2**31:
+            raise node.error(bad_flag_value(kw, "retries", f["retries"], "a whole number "
+                                            "below 2147483648"), file=file, near="--retries")
+        retries = int(f["retries"])
         if retries < 0:
             raise node.error(bad_flag_value(kw, "retries", f["retries"], "0 or more"),
                              file=file, near="--retries")

@@ -12,6 +12,7 @@ import json
 import re
 
 from .errors import Problem
+from .shell_words import GO_SPACE
 
 __all__ = [
     "LineError",
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 WS = re.compile(r"[\t\v\f\r ]+")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class LineError(Exception):
@@ -43,7 +45,7 @@ def extract_flags(text: str, escape: str) -> tuple[str, list[str]]:
     words: list[str] = []
     pos, n = 0, len(text)
     while True:
-        while pos < n and text[pos].isspace():
+        while pos < n and text[pos] in GO_SPACE:
             pos += 1
         if pos >= n:
             return "", words
@@ -67,7 +69,7 @@ def extract_flags(text: str, escape: str) -> tuple[str, list[str]]:
                     word.append(ch)
                 pos += 1
                 continue
-            if ch.isspace():
+            if ch in GO_SPACE:
                 break
             if ch in "'\"":
                 quote, blank_ok = ch, True
@@ -108,7 +110,7 @@ def parse_words(text: str, escape: str) -> list[str]:
             word.append(ch)
             pos += 1
             continue
-        if ch.isspace():
+        if ch in GO_SPACE:
             if in_word and (blank_ok or word):
                 words.append("".join(word))
             word, in_word, blank_ok = [], False, False
@@ -156,13 +158,18 @@ def split_ws(text: str) -> tuple[str, ...]:
     return tuple(WS.split(text)) if text else ()
 
 
+def _not_json(name: str) -> None:
+    # NaN and Infinity are no JSON to Go, so BuildKit reads ``CMD [NaN]`` as a shell form
+    raise ValueError(name)
+
+
 def parse_json(text: str) -> tuple[str, ...] | None:
     """The elements of a JSON string array, None if ``text`` is not a JSON array."""
-    text = text.lstrip()
+    text = text.lstrip(GO_SPACE)
     if not text.startswith("["):
         return None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError):  # nested too deep: not JSON to BuildKit either
         return None
     if not isinstance(value, list):
@@ -171,7 +178,9 @@ def parse_json(text: str) -> tuple[str, ...] | None:
         raise LineError(Problem(
             "when using JSON array syntax, arrays must be comprised of strings only",
             'quote every element, e.g. ["sleep", "10"]'))
-    return tuple(value)
+    # Go's encoding/json reads an escaped surrogate without its pair ("\ud800") as U+FFFD;
+    # Python keeps it, and no program can be given it (it is no UTF-8)
+    return tuple(_LONE_SURROGATE.sub("\ufffd", v) for v in value)
 
 
 def parse_maybe_json(text: str) -> tuple[tuple[str, ...], bool]:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from .shell_patterns import glob_regex, go_template, trim_prefix, trim_suffix
 from .shell_scan import EOF, Scanner, ShellLexError
 from .shell_steps import Step, drive
-from .shell_words import Words
+from .shell_words import GO_SPACE, Words, split_go_space
 
 __all__ = ["MAX_NESTING", "ExpansionResult", "Lexer", "ShellLexError", "process_word",
            "process_words"]
@@ -74,7 +74,7 @@ _SPECIAL_PARAMS = frozenset("@*#?-$!0")
 @functools.lru_cache(maxsize=32)
 def _plain_run(specials: str) -> re.Pattern[str]:
     """A run of characters that are neither whitespace nor one of ``specials``."""
-    return re.compile("[^" + re.escape(specials) + r"\s]+")
+    return re.compile("[^" + re.escape(specials) + GO_SPACE + "]+")
 
 
 @functools.lru_cache(maxsize=8)
@@ -123,7 +123,7 @@ class Lexer:
     def expand(self, word: str, env: Mapping[str, str]) -> ExpansionResult:
         """Expand ``word``; also report which variable names were found and which not."""
         if self._special.search(word) is None:  # nothing to expand: the common case
-            return ExpansionResult(word, tuple(word.split()))
+            return ExpansionResult(word, tuple(split_go_space(word)))
         run = _Run(self, word, env)
         try:
             result, words = drive(run.process_stop_on(EOF, self.raw_escapes))

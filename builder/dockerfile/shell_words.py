@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["Words"]
+__all__ = ["GO_SPACE", "Words", "split_go_space"]
 
-_SPACES_OR_NOT = re.compile(r"\s+|\S+")
+# What Go's unicode.IsSpace calls whitespace, as BuildKit splits words: Python's isspace
+# and \s also take the separators \x1c-\x1f, which BuildKit keeps inside a word.
+GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008" \
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+_SPACES_OR_NOT = re.compile(f"[{GO_SPACE}]+|[^{GO_SPACE}]+")
+_NOT_SPACES = re.compile(f"[^{GO_SPACE}]+")
+
+
+def split_go_space(text: str) -> list[str]:
+    """``text.split()`` at Go's whitespace."""
+    return _NOT_SPACES.findall(text)
 
 
 class Words:
@@ -33,7 +43,7 @@ class Words:
             self.in_word = False
 
     def add_char(self, ch: str) -> None:
-        if ch.isspace():
+        if ch in GO_SPACE:
             self._space()
         else:
             self.buf.append(ch)
@@ -47,7 +57,7 @@ class Words:
     def add_string(self, text: str) -> None:
         """``add_char`` for every character of ``text``, a run at a time."""
         for run in _SPACES_OR_NOT.findall(text):
-            if run[0].isspace():
+            if run[0] in GO_SPACE:
                 self._space()
             else:
                 self.buf.append(run)

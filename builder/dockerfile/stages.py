@@ -63,6 +63,7 @@ from .instructions import (
 )
 from .mounts import MountError, parse_mount
 from .shell_lex import Lexer, ShellLexError
+from .signals import check_signal
 from .syntax import SyntaxTree, parse
 
 __all__ = [
@@ -347,7 +348,12 @@ def _expand_stage(
                 raise ex.fail(ins, exc) from None
             out.append(replace(ins, ports=ports))
         elif isinstance(ins, StopSignal):
-            out.append(replace(ins, signal=ex.word(ins, ins.signal, scope)))
+            signal = ex.word(ins, ins.signal, scope)
+            try:
+                check_signal(signal)
+            except ValueError as exc:
+                raise ex.fail(ins, exc) from None
+            out.append(replace(ins, signal=signal))
         elif isinstance(ins, User):
             out.append(replace(ins, user=ex.word(ins, ins.user, scope)))
         elif isinstance(ins, Workdir):

@@ -39,6 +39,7 @@ from .line_parsers import (
     split_ws,
 )
 from .shell_lex import Lexer, ShellLexError
+from .shell_words import GO_SPACE
 
 __all__ = [
     "Directive",
@@ -166,6 +167,7 @@ class SyntaxTree:
 
 
 _WS = re.compile(r"[\t\v\f\r ]+")
+_RE2_SPACE = " \t\n\f\r"  # \s of Go's regexp, as BuildKit's directive pattern
 _DIRECTIVE = re.compile(r"^([a-zA-Z][a-zA-Z0-9]*)[ \t\n\f\r]*=[ \t\n\f\r]*(.+?)[ \t\n\f\r]*$")
 _HEREDOC = re.compile(r"^(\d*)<<(-?)\s*([^<]*)$", re.DOTALL)
 
@@ -186,7 +188,7 @@ class _Directives:
         if not line.startswith("#"):
             self.done = True
             return False
-        m = _DIRECTIVE.match(line[1:].lstrip())
+        m = _DIRECTIVE.match(line[1:].lstrip(_RE2_SPACE))
         if not m or m.group(1).lower() not in _DIRECTIVES:
             self.done = True
             return False
@@ -223,7 +225,7 @@ def _continuation_regex(escape: str) -> re.Pattern[str]:
 
 
 def _is_comment(line: str) -> bool:
-    return line.lstrip().startswith("#")
+    return line.lstrip(GO_SPACE).startswith("#")
 
 
 def _split_lines(text: str) -> list[str]:
@@ -248,7 +250,7 @@ def parse(text: str, file: str = "Dockerfile") -> SyntaxTree:
         i += 1
         lineno = i
         stripped_nl = raw.rstrip("\r\n")
-        body = stripped_nl.lstrip()
+        body = stripped_nl.lstrip(GO_SPACE)
         if _is_comment(body):
             comment = body[1:].strip()
             comments = [*comments, comment] if comment else []
@@ -270,7 +272,7 @@ def parse(text: str, file: str = "Dockerfile") -> SyntaxTree:
             if _is_comment(raw):
                 continue
             part = raw.rstrip("\r\n")
-            if not part.strip():
+            if not part.strip(GO_SPACE):
                 empty_continuation = True
                 continue
             part, ended = directives.trim_continuation(part)
@@ -374,13 +376,13 @@ def parse_heredoc_marker(word: str) -> Heredoc | None:
 
 
 def _node_from_line(line: str, escape: str) -> Node:
-    parts = _WS.split(line.strip(), maxsplit=1)
+    parts = _WS.split(line.strip(GO_SPACE), maxsplit=1)
     written = parts[0]
     flags: list[str] = []
     rest = ""
     if len(parts) == 2:
         rest, flags = extract_flags(parts[1], escape)
-        rest = rest.strip()
+        rest = rest.strip(GO_SPACE)
     try:
         keyword = Keyword(written.upper())
     except ValueError:

@@ -40,12 +40,15 @@ from typing import IO, BinaryIO, cast
 
 import zstandard
 
+from cas import Digest
+from cas.errors import StorageFull
 from cas.frames import GZIP_MAGIC, ZSTD_MAGIC
 
 from .changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from .errors import LayerFormatError, UnsafeLayerEntry
 from .inflate import Gunzip, InflateError
 from .pathres import clean_name, resolve_in_root
+from .tarread import Digesting, open_tar, tar_members
 
 __all__ = ["ApplyReport", "apply_layer", "open_layer", "remove_path", "whiteout_mark"]
 
@@ -57,6 +60,17 @@ _LAYOUT_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENO
                             errno.ELOOP, errno.EINVAL, errno.ENAMETOOLONG, errno.ENOTEMPTY})
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 _INFLATED_BLOCK = 1 << 20
+# Extraction stops where the file system it writes to would keep less than 1/20 of its
+# size (at most 1 GiB) free, looked at every _CHECK_EVERY bytes written: a layer that
+# expands to more than the disk holds (a gzip or zstd bomb) fails before the disk is full.
+_KEEP_FREE_SHARE = 20
+_KEEP_FREE_MAX = 1 << 30
+_CHECK_EVERY = 16 << 20
+# How deep an entry may lie in the rootfs (PATH_MAX allows ~2,000 levels; Python's
+# recursive tree walks, as shutil.rmtree's in 3.11, stop near 1,000).
+_MAX_DEPTH = 512
+# What an id can be (uid_t; (uid_t)-1 means "unchanged" to chown).
+_MAX_ID = (1 << 32) - 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +134,7 @@ class _Applier:
         self.skipped: list[str] = []
         self.entries = 0
         self.whiteouts = 0
+        self._unchecked = 0  # bytes written since the free space was last looked at
         # Parent components -> the directory they resolved to: most entries share their
         # parent with the entry before. Emptied whenever a directory or a symlink is
         # removed or replaced (or a whiteout removes anything): only that can change
@@ -133,6 +148,13 @@ class _Applier:
         if parent is not None:
             return parent
         parent = resolve_in_root(self.root, parts[:-1], follow_final=True, name=name)
+        depth = parent.count(os.sep) - self.root.rstrip(os.sep).count(os.sep) + 1
+        if depth > _MAX_DEPTH:  # where it lands: symlinks in the name can add to it
+            shown = name if len(name) <= 200 else name[:200] + "..."
+            raise LayerFormatError(
+                f"layer entry {shown!r} lies {depth} directories deep in the rootfs, "
+                f"more than the {_MAX_DEPTH} pybuild handles (its tree walks would fail); "
+                "no image needs that many: the layer is malformed or hostile")
         try:
             _make_dirs(parent)
         except (FileExistsError, NotADirectoryError) as exc:
@@ -231,6 +253,8 @@ class _Applier:
         if member.type in _FILE_TYPES:
             self._write_file(tf, member, path)
         elif member.issym():
+            if "\0" in member.linkname:
+                raise UnsafeLayerEntry(name, f"NUL byte in the symlink target {member.linkname!r}")
             os.symlink(member.linkname, path)
         elif member.ischr() or member.isblk() or member.isfifo():
             if (member.ischr() or member.isblk()) and not self.is_root:
@@ -260,16 +284,74 @@ class _Applier:
             if member.size:
                 data = tf.extractfile(member)
                 assert data is not None
+                if member.sparse is not None:
+                    self._write_sparse(data, member, fd)
+                    return
                 while chunk := data.read(_READ):
+                    self._room(fd, member.name, len(chunk))
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view):]
         finally:
             os.close(fd)
 
+    def _write_sparse(self, data: IO[bytes], member: tarfile.TarInfo, fd: int) -> None:
+        """A GNU sparse entry: only its data blocks are read and written, at their
+        offsets, and its holes stay holes (as Go's tar reader, Docker's, leaves them),
+        instead of zeros written out: a header of a few bytes can claim terabytes of
+        holes. ``data`` reads the entry with its holes; seeking its raw reader skips them
+        (the buffered one cannot seek a stream)."""
+        raw = cast("io.BufferedReader", data).raw
+        end = 0
+        for offset, size in cast("list[tuple[int, int]]", member.sparse):
+            if offset < end or size < 0 or offset + size > member.size:
+                raise LayerFormatError(
+                    f"layer entry {member.name!r}: its sparse map has blocks out of order "
+                    f"or past the file's size ({member.size}); the layer is malformed")
+            raw.seek(offset, io.SEEK_SET)
+            done = 0
+            while done < size:
+                chunk = raw.read(min(size - done, _READ))
+                if not chunk:
+                    raise LayerFormatError(f"layer entry {member.name!r}: its data ends "
+                                           "before its sparse map does")
+                self._room(fd, member.name, len(chunk))
+                done += os.pwrite(fd, chunk, offset + done)
+            end = offset + size
+        try:
+            os.ftruncate(fd, member.size)
+        except (OSError, OverflowError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (errno.EFBIG, errno.EINVAL):
+                raise
+            why = exc.strerror if isinstance(exc, OSError) else "past what off_t holds"
+            raise LayerFormatError(
+                f"layer entry {member.name!r} is a sparse file of {member.size} bytes, more "
+                f"than a file here can hold ({why}); the layer is malformed") from exc
+
+    def _room(self, fd: int, name: str, size: int) -> None:
+        """Before ``size`` more bytes are written: refuse to go on when the file system
+        would keep too little free (see _KEEP_FREE_SHARE)."""
+        self._unchecked += size
+        if self._unchecked < _CHECK_EVERY:
+            return
+        self._unchecked = 0
+        fs = os.fstatvfs(fd)
+        keep = min(fs.f_blocks * fs.f_frsize // _KEEP_FREE_SHARE, _KEEP_FREE_MAX)
+        if fs.f_bavail * fs.f_frsize < keep:
+            raise StorageFull(
+                f"layer entry {name!r}", self.root,
+                f"extraction stops where the file system would keep less than "
+                f"{keep >> 20} MiB free (5 % of it, at most 1 GiB): the layer expands to "
+                "more than the disk has room for (a layer this size, or a corrupt or "
+                "hostile one that inflates without end)")
+
     def _metadata(self, path: str, member: tarfile.TarInfo, *, is_link: bool) -> None:
         if self.same_owner:
             uid, gid = self.owner or (member.uid, member.gid)
+            if not (0 <= uid <= _MAX_ID and 0 <= gid <= _MAX_ID):
+                raise LayerFormatError(
+                    f"layer entry {member.name!r} is owned by {uid}:{gid}, which no file "
+                    f"can be (ids run from 0 to {_MAX_ID}); the layer is malformed")
             try:
                 os.chown(path, uid, gid, follow_symlinks=False)
             except OSError as exc:
@@ -291,8 +373,13 @@ class _Applier:
                                 follow_symlinks=False)
                 except OSError as exc:
                     self.skipped.append(f"{member.name}: xattr {xname} not set ({exc.strerror})")
-        mtime_ns = int(member.mtime * 1_000_000_000)
-        os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        try:
+            mtime_ns = _mtime_ns(member)
+            os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        except (OverflowError, ValueError) as exc:  # inf, nan, past what time_t holds
+            raise LayerFormatError(
+                f"layer entry {member.name!r} has mtime {member.mtime!r}, which no file can "
+                f"have ({exc}); the layer is malformed") from exc
 
     def finish(self) -> None:
         """Set the deferred directory metadata, deepest first. A later entry may have
@@ -310,6 +397,18 @@ class _Applier:
                 self._metadata(path, member, is_link=False)
 
 
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    """The entry's mtime in nanoseconds, from its pax record's decimal digits where it has
+    one, as Go's tar reader takes them: tarfile's float has no room for 19 digits
+    (``1700000000.999999999`` would be the next second)."""
+    whole, _, frac = member.pax_headers.get("mtime", "").partition(".")
+    digits = whole.removeprefix("-")
+    if digits.isascii() and digits.isdigit() and frac.isascii() and (frac.isdigit() or not frac):
+        ns = int(digits) * 1_000_000_000 + int(frac[:9].ljust(9, "0"))
+        return -ns if whole.startswith("-") else ns
+    return int(member.mtime * 1_000_000_000)
+
+
 def whiteout_mark(parts: list[str]) -> tuple[list[str], bool] | None:
     """What the whiteout entry ``parts`` hides: ``(path parts, True)`` for an opaque
     directory, ``(path parts, False)`` for a removed path, None for aufs metadata."""
@@ -323,9 +422,14 @@ def whiteout_mark(parts: list[str]) -> tuple[list[str], bool] | None:
 def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
                 same_owner: bool | None = None,
                 marks: list[tuple[list[str], bool]] | None = None,
-                owner: tuple[int, int] | None = None) -> ApplyReport:
+                owner: tuple[int, int] | None = None,
+                diff_id: Digest | None = None) -> ApplyReport:
     """Apply the layer ``src`` (a path or a readable binary stream) on top of ``rootfs``.
 
+    ``diff_id``, when given, is what the image config says the uncompressed stream's
+    digest is: the stream is read to its end and a layer that is not that one is a
+    LayerFormatError once applied (image-spec config.md; containerd and Docker refuse it
+    too), so that the caller throws the rootfs away instead of keeping it under that name.
     ``marks``, when given, receives :func:`whiteout_mark` of each whiteout entry, in
     layer order (an extracted overlay lower layer records them as marks of its own).
     ``owner`` (uid, gid) replaces every entry's own (``ADD --chown`` of an archive).
@@ -339,12 +443,14 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
         raise LayerFormatError(f"rootfs {root!r} is not a directory; create it first")
     if isinstance(src, (str, Path)):
         with open(src, "rb") as f:
-            return apply_layer(f, root, same_owner=same_owner, marks=marks, owner=owner)
+            return apply_layer(f, root, same_owner=same_owner, marks=marks, owner=owner,
+                               diff_id=diff_id)
     applier = _Applier(root, os.geteuid() == 0 if same_owner is None else same_owner, owner)
+    stream = open_layer(src)
+    digesting = None if diff_id is None else Digesting(stream, diff_id)
     try:
-        with tarfile.open(fileobj=open_layer(src), mode="r|",
-                          errors="surrogateescape") as tf:
-            for member in tf:
+        with open_tar(cast("IO[bytes]", digesting or stream)) as tf:
+            for member in tar_members(tf):
                 parts = clean_name(member.name)
                 if not parts:
                     continue  # the rootfs itself ("./"): its metadata stays the host's choice
@@ -362,11 +468,20 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
                         f"layer entry {member.name!r} cannot be applied: {exc.strerror} "
                         f"({exc.filename}); the layer does not fit on its lower layers"
                     ) from exc
+        if digesting is not None:
+            while digesting.read(_READ):  # what follows the end blocks counts too
+                pass
     except (tarfile.TarError, EOFError, zlib.error, InflateError, gzip.BadGzipFile,
             zstandard.ZstdError) as exc:
         raise LayerFormatError(
             f"layer is not a readable tar (plain, gzip or zstd): {exc}; check that the "
             "blob is complete and its digest verified"
         ) from exc
+    if diff_id is not None and digesting is not None \
+            and (found := digesting.hasher.hexdigest()) != diff_id.encoded:
+        raise LayerFormatError(
+            f"layer's uncompressed content has digest {diff_id.algorithm}:{found}, but the "
+            f"image config lists {diff_id} for it: the image's config does not describe "
+            "its layers (corrupted or tampered with); rebuild or re-push the image")
     applier.finish()
     return ApplyReport(applier.entries, applier.whiteouts, tuple(applier.skipped))

@@ -14,6 +14,10 @@ Format (POSIX.1-2001 pax, as Go's archive/tar and BuildKit write it):
   ``.wh.<name>`` (mode 0644, owner 0:0);
 - the archive ends with two zero blocks (no padding to a 10240-byte record).
 
+A file whose name starts with ``.wh.`` cannot be written (ChangesetError): in a layer that
+prefix marks a deletion, so every puller would delete ``passwd`` for ``.wh.passwd`` (and
+hide a whole directory for ``.wh..wh..opq``) instead of creating the file.
+
 Timestamps: with ``source_date_epoch`` set, every mtime later than it is *clamped* to it
 (BuildKit's ``rewrite-timestamp``): a file created by the step gets the epoch, while a file
 that kept an older time (copied from a base image, or extracted with its archive's
@@ -30,8 +34,8 @@ from typing import BinaryIO
 
 from cas.digest import Digest, new_hasher
 
-from .changeset import Changeset, Entry, EntryKind, Whiteout
-from .errors import SourceChanged
+from .changeset import WHITEOUT_PREFIX, Changeset, Entry, EntryKind, Whiteout
+from .errors import ChangesetError, SourceChanged
 
 __all__ = ["BLOCK_SIZE", "iter_tar", "pax_header_bytes", "ustar_header", "write_tar"]
 
@@ -147,12 +151,18 @@ def _file_data(entry: Entry) -> Iterator[bytes]:
 
 def iter_tar(changeset: Changeset, *, source_date_epoch: int | None = None) -> Iterator[bytes]:
     """The tar stream of ``changeset``, as a sequence of byte strings (at most 1 MiB
-    each, so memory stays bounded). Raises SourceChanged if a file's size changed."""
+    each, so memory stays bounded). Raises SourceChanged if a file's size changed, and
+    ChangesetError for a name a layer cannot hold."""
     for item in changeset.tar_order():
         if isinstance(item, Whiteout):
             yield _header(os.fsencode(item.tar_name), b"0", mode=0o644, uid=0, gid=0, size=0,
                           mtime=source_date_epoch or 0)
             continue
+        if item.path.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
+            raise ChangesetError(
+                f"/{item.path}: a name that starts with {WHITEOUT_PREFIX!r} cannot be in a "
+                "layer, where it marks a deletion (whoever pulls the image would delete or "
+                "hide files instead of getting this one); rename it or leave it out")
         name = os.fsencode(item.path)
         if item.kind is EntryKind.DIR:
             name += b"/"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..accounts import find_group, find_user, parse_id, read_group, read_passwd
+from ..accounts import MAX_ID, find_group, find_user, parse_id, read_group, read_passwd
 from .errors import UnknownUser
 
 __all__ = ["ExecUser", "resolve_user"]
@@ -41,14 +41,15 @@ def resolve_user(user: str, passwd: str | None, group: str | None) -> ExecUser:
     """
     user_arg, _, group_arg = user.partition(":")
     uid_num = parse_id(user_arg) if user_arg else 0
-    if user_arg and uid_num is None and user_arg.isdigit():
-        raise UnknownUser(user, f"uid {user_arg} is out of range")
 
     entry = find_user(read_passwd(passwd), user_arg or "0")
     if entry is not None:
         name, uid, gid, home = entry.name, entry.uid, entry.gid or 0, entry.home or "/"
     elif uid_num is not None:
         name, uid, gid, home = "", uid_num, 0, "/"
+    elif user_arg.isascii() and user_arg.isdigit():  # a number no entry has: runc's range (ErrRange)
+        raise UnknownUser(user, f"uid {user_arg} is out of range (one that /etc/passwd does "
+                                f"not list must be at most {MAX_ID})")
     else:
         raise UnknownUser(user, f"no user named {user_arg!r} in the image's /etc/passwd")
 
@@ -60,6 +61,9 @@ def resolve_user(user: str, passwd: str | None, group: str | None) -> ExecUser:
             gid = found.gid
         elif gid_num is not None:
             gid = gid_num
+        elif group_arg.isascii() and group_arg.isdigit():
+            raise UnknownUser(user, f"gid {group_arg} is out of range (one that /etc/group "
+                                    f"does not list must be at most {MAX_ID})")
         else:
             raise UnknownUser(user, f"no group named {group_arg!r} in the image's /etc/group")
     elif name:

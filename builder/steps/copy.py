@@ -234,7 +234,10 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         dest = _destination(lowers, abs_dest)
         _no_file_in_the_way(lowers, dest, dest_raw.endswith("/"), where)
         st = lower_stat(lowers, dest.lstrip("/"))
-        owner = chown_ids(ins.chown, stage_lowers) if ins.chown else None
+        try:
+            owner = chown_ids(ins.chown, stage_lowers) if ins.chown else None
+        except ValueError as exc:
+            raise BuildError(where, f"--chown={ins.chown}: {exc}") from None
         return {"dest": dest, "dir": st is not None and stat.S_ISDIR(st.st_mode),
                 "file": st is not None and not stat.S_ISDIR(st.st_mode),
                 "owner": list(owner) if owner else None}
@@ -367,6 +370,8 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
             await asyncio.to_thread(write_items, upper, todo, lookup, owner, chmod)
         except LayerError as exc:
             raise BuildError(where, f"unpacking an archive: {exc}") from exc
+        except ContextError as exc:
+            raise BuildError(where, str(exc)) from exc
         return upper
 
     await layer_step(env, state, ins, name, instruction_text(ins), created_by, inputs,

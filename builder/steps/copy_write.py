@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..context import AnyStat, DiskPath
+from ..context import AnyStat, ContextError, DiskPath
 from ..layers.scan import read_xattrs
 from .archives import open_archive
 from .chmod import ModeChange
@@ -107,7 +107,7 @@ def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup,
                 linked[inode] = target
             mode = stat.S_IMODE(st.st_mode)
             _copy_file(it.path, target, ids, chmod.apply(mode, False) if chmod else mode,
-                       st.st_mtime_ns, read_xattrs(os.fspath(it.path)) if it.keep_owner else ())
+                       st, read_xattrs(os.fspath(it.path)) if it.keep_owner else ())
             continue
         elif stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
             _make_node(it, target, st, ids, chmod)
@@ -162,18 +162,32 @@ def _set_xattr(target: Path | int, name: str, value: bytes) -> None:
             raise                                             # the filesystem lacks
 
 
-def _copy_file(src: DiskPath, dst: Path, ids: tuple[int, int], mode: int, mtime_ns: int,
+def _copy_file(src: DiskPath, dst: Path, ids: tuple[int, int], mode: int, st: AnyStat,
                xattrs: tuple[tuple[str, bytes], ...] = ()) -> None:
-    """``src``'s bytes as the new file ``dst``, with owner, mode, ``xattrs`` and mtime:
-    set through its descriptor, so that each file costs two opens and no further path
-    lookups."""
-    fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    """``src``'s bytes as the new file ``dst``, with owner, mode, ``xattrs`` and the mtime
+    of ``st``: set through its descriptor, so that each file costs two opens and no
+    further path lookups. ContextError if ``src`` is no longer as ``st`` (the lstat its
+    content key was made with) once copied: the layer would not hold what the build cache
+    records it holds."""
+    mtime_ns = st.st_mtime_ns
+    try:
+        fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ContextError(f"{os.fspath(src)!r} was removed while the build copied it; rerun "
+                           "the build once nothing removes it") from None
     try:
         fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                        0o600)
         try:
             while os.sendfile(fout, fin, None, 1 << 30) > 0:
                 pass
+            now = os.fstat(fin)
+            if (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
+                    st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+                raise ContextError(
+                    f"{os.fspath(src)!r} changed while the build copied it (it was written "
+                    "to after the build cache read it); rerun the build once nothing writes "
+                    "to it, or leave it out with .dockerignore")
             os.fchown(fout, *ids)
             os.fchmod(fout, mode)  # after the owner: a chown clears setuid and setgid
             for name, value in xattrs:  # after both: a chown clears security.capability

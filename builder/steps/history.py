@@ -49,7 +49,10 @@ def go_quote(text: str) -> str:
 
 
 def go_quote_rune(value: int) -> str:
-    """``%q`` of an integer: Go quotes it as a character (``'\\x03'``)."""
+    """``%q`` of an integer: Go quotes it as a character (``'\\x03'``); a value that is no
+    Unicode code point (a surrogate, past U+10FFFF) as U+FFFD, as Go does."""
+    if not 0 <= value <= 0x10FFFF or 0xD800 <= value <= 0xDFFF:
+        value = 0xFFFD
     return _quoted(chr(value), "'")
 
 

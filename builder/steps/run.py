@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 # Architectures a host runs natively besides its own (BuildKit's default emulator-free set).
 _NATIVE_EXTRA = {"amd64": {"386"}}
 _DIFFERS = {"auto": RootfsMode.AUTO, "overlay": RootfsMode.OVERLAY, "snapshot": RootfsMode.COPY}
+# The longest argument or environment entry (with its NUL: 32 pages) execve takes.
+_MAX_ARG_STRLEN = 131071
 
 __all__ = ["run_instruction"]
 
@@ -239,6 +241,17 @@ async def run_instruction(env: StepEnv, state: ImageState, ins: Run,
     names = {e.partition("=")[0] for e in image_env}
     extra = {**env.proxy_env, **args}
     run_env = image_env + [f"{k}={v}" for k, v in sorted(extra.items()) if k not in names]
+    if "" in names:  # runc refuses such an environment too
+        blank = next(e for e in image_env if e.startswith("="))
+        raise BuildError(where, f"environment variable name can't be empty: {blank!r} (an ENV "
+                         "whose name expanded to nothing, here or in the base image); "
+                         "name the variable")
+    for kind, texts in (("the command", argv), ("an environment variable", run_env)):
+        longest = max((len(t.encode("utf-8", "surrogatepass")) for t in texts), default=0)
+        if longest > _MAX_ARG_STRLEN:  # execve refuses it (E2BIG), as runc's would
+            raise BuildError(where, f"{kind} is {longest} bytes, more than Linux lets one "
+                             f"argument or variable of a process hold ({_MAX_ARG_STRLEN}); "
+                             "put the long text in a file (COPY, or a heredoc) and read it")
     try:
         net = Network((ins.network or env.network).lower())
     except ValueError:

@@ -244,20 +244,15 @@ def _no_content_trust(kw: dict[str, Any]) -> None:
 
 async def _copy_all_tags(text: str, pulling: bool, kw: dict[str, Any]) -> None:
     """``--all-tags``: each tag of repository ``text`` copied as one tag is (all_tags)."""
-    from .all_tags import TagsFailed, local_tags, registry_tags, repository
+    from .all_tags import copy_tags, local_tags, registry_tags, repository
 
     repo = repository(text)
     tags = await (registry_tags(repo, _client_options(kw)) if pulling
                   else local_tags(repo, kw["storage"]))
-    failed: list[tuple[str, str]] = []
-    for tag in tags:
-        remote, local = Endpoint("registry", repo.with_tag(tag)), Endpoint("local", repo.with_tag(tag))
-        try:
-            await (_copy(remote, local, kw) if pulling else _copy(local, remote, kw))
-        except (ClientError, RegistryError) as exc:  # the tag's; a full disk stops them all
-            failed.append((tag, " ".join(str(exc).split())))
-    if failed:
-        raise TagsFailed("pull" if pulling else "push", repo, failed, len(tags))
+    remote, local = (lambda tag: Endpoint("registry", repo.with_tag(tag))), \
+        (lambda tag: Endpoint("local", repo.with_tag(tag)))
+    await copy_tags("pull" if pulling else "push", repo, tags, remote if pulling else local,
+                    local if pulling else remote, lambda src, dst: _copy(src, dst, kw))
 
 
 def _all_tags_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -307,10 +302,30 @@ def push(ref: str, destination: str | None, all_tags: bool, **kw: Any) -> None:
 @click.command()
 @click.argument("source")
 @click.argument("destination")
+@click.option("--all-tags", "-a", "all_tags", is_flag=True,
+              help="Every tag of the registry repository SOURCE names (no tag), each to the "
+                   "same tag of the repository DESTINATION, as skopeo sync.")
+@click.option("--all-repositories", "all_repositories", is_flag=True,
+              help="Every tag of every repository the registry SOURCE (HOST[/NAMESPACE]) "
+                   "lists in its catalog, each to the same name under DESTINATION "
+                   "(HOST[/NAMESPACE]).")
 @_transfer_options
-def copy(source: str, destination: str, **kw: Any) -> None:
+def copy(source: str, destination: str, all_tags: bool, all_repositories: bool,
+         **kw: Any) -> None:
     """Copy an image: docker://REF (or bare REF), local:REF, oci:DIR[:TAG],
     oci-archive:FILE[:TAG], docker-archive:FILE[:REF]."""
+    def copy_one(src: Endpoint, dst: Endpoint) -> Awaitable[None]:
+        return _copy(src, dst, kw)
+
+    if all_tags and all_repositories:
+        raise click.UsageError("--all-repositories copies every tag of each repository: "
+                               "give it alone, without --all-tags")
+    if all_tags or all_repositories:
+        from . import all_tags as every
+
+        run = every.copy_registry if all_repositories else every.copy_repository
+        _run(run(source, destination, _client_options(kw), copy_one))
+        return
     try:
         src, dst = parse_endpoint(source), parse_endpoint(destination)
     except ValueError as exc:  # InvalidReference is a ValueError

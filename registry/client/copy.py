@@ -217,7 +217,8 @@ class _Copy:
                 raw, media_type = await self.read_manifest(entry)
                 media_type, obj = parse_manifest(raw, media_type)
                 if not isinstance(obj, Manifest):
-                    raise LayoutError(f"{self.src}: nested indexes are not supported")
+                    raise LayoutError(f"{self.src}: the entry picked, {entry.digest}, is an index, and nested "
+                                      "indexes are not supported: copy that index by its digest")
         self._check_digest(top, raw)
         if self.dst.kind in ("oci", "docker-archive"):
             assert self.dst.path is not None

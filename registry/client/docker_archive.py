@@ -73,16 +73,29 @@ async def read_docker_archive(path: Path, ref: str | None, store: Store, link: s
         raise LayoutError(f"cannot read docker archive {path}: {exc}") from exc
     try:
         def member(name: str) -> Any:
-            f = tar.extractfile(name)
+            try:
+                f = tar.extractfile(name)
+            except KeyError as exc:  # not there, or a link to a name that is not
+                raise LayoutError(f"{path}: {name!r}, which manifest.json names, is not in "
+                                  "the archive; the archive is incomplete or not a docker "
+                                  "save archive") from exc
             if f is None:
                 raise LayoutError(f"{path}: {name} is not a file")
             return f
 
+        if "manifest.json" not in await asyncio.to_thread(tar.getnames):
+            raise LayoutError(f"{path} is not a docker archive (no manifest.json)")
         try:
             entries = json.loads(await asyncio.to_thread(lambda: member("manifest.json").read()))
-        except KeyError as exc:
-            raise LayoutError(f"{path} is not a docker archive (no manifest.json)") from exc
+        except ValueError as exc:
+            raise LayoutError(f"{path}: manifest.json is not JSON ({exc}); the archive is "
+                              "damaged or not a docker save archive") from exc
         entry = _pick(entries, ref, path)
+        if not isinstance(entry.get("Config"), str) or not isinstance(entry.get("Layers"), list) \
+                or not all(isinstance(name, str) for name in entry["Layers"]):
+            raise LayoutError(f"{path}: an image in manifest.json needs a Config file name and "
+                              "a Layers list of file names; the archive is damaged or not a "
+                              "docker save archive")
         config = await asyncio.to_thread(lambda: member(entry["Config"]).read())
         config_info = await store.put(config, link=link)
         layers = []
@@ -115,7 +128,10 @@ async def read_docker_archive(path: Path, ref: str | None, store: Store, link: s
 def _pick(entries: Any, ref: str | None, path: Path) -> dict[str, Any]:
     if not isinstance(entries, list) or not entries:
         raise LayoutError(f"{path}: manifest.json lists no images")
-    listed = ", ".join(", ".join(e.get("RepoTags") or []) or f"@{i} (untagged)"
+    if not all(isinstance(e, dict) for e in entries):
+        raise LayoutError(f"{path}: manifest.json is not a list of images (objects); the "
+                          "archive is damaged or not a docker save archive")
+    listed = ", ".join(", ".join(_tags(e)) or f"@{i} (untagged)"
                        for i, e in enumerate(entries))
     place = source_index(ref)
     if ref is None and len(entries) == 1:
@@ -126,9 +142,15 @@ def _pick(entries: Any, ref: str | None, path: Path) -> dict[str, Any]:
     if place is not None and place < len(entries):
         return dict(entries[place])
     for entry in entries:
-        if place is None and any(_normalized(tag) == ref for tag in entry.get("RepoTags") or []):
+        if place is None and any(_normalized(tag) == ref for tag in _tags(entry)):
             return dict(entry)
     raise LayoutError(f"{path} has no image {ref} (it has: {listed})")
+
+
+def _tags(entry: dict[str, Any]) -> list[str]:
+    """The names an archive entry's RepoTags gives it (what is not a list of strings: none)."""
+    tags = entry.get("RepoTags")
+    return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
 
 
 def _normalized(tag: Any) -> str:
@@ -210,6 +232,8 @@ async def _write_archive(path: Path, tmp: Path, ref: str | None, manifest: Manif
             repos = json.dumps({name: {tag: manifest.layers[-1].digest.encoded}}).encode()
             await add("repositories", len(repos), once(repos))
         await asyncio.to_thread(f.write, b"\0" * 1024)
+        await asyncio.to_thread(f.flush)
+        await asyncio.to_thread(os.fsync, f.fileno())  # on disk before its name is
     finally:
         await asyncio.to_thread(f.close)
     await asyncio.to_thread(os.replace, tmp, path)

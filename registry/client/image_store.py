@@ -295,6 +295,9 @@ class ImageStore:
                 await self.store.link(name, digest)
             for digest in set(await self.store.linked(name)) - needed:
                 await self.store.unlink(name, digest)
+            # images.db syncs its commits, the store's may wait for a checkpoint: a power
+            # loss must not keep the image's name and take back its blobs.
+            await asyncio.to_thread(self.store.core.make_durable)
             await self._sql(
                 "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?)",
                 ref, str(info.digest), kind, len(manifest), time.time(),

@@ -45,6 +45,7 @@ async def read_index_entries(
         raw, media_type = await read_manifest(entry)
         _, child = parse_manifest(raw, media_type)
         if not isinstance(child, Manifest):
-            raise LayoutError(f"{source}: nested indexes are not supported")
+            raise LayoutError(f"{source}: its entry {entry.digest} is an index too, and nested indexes "
+                              "are not supported: copy each index it lists by its digest")
         manifests.append((entry, raw, child))
     return IndexEntries(manifests, blobs)

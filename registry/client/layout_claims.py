@@ -16,7 +16,8 @@ removes only the blob files it wrote itself that no other writer needs:
 
 A blob counts as the writer's from the moment it sets out to write it (a write cut short
 by a cancellation may still land), and so do its own temporary files (named with its
-process id). ``index.json`` is only ever replaced whole (through a temporary file), so it
+process id); those of a writer that was killed (its process is gone) are removed by the
+next writer when it starts. ``index.json`` is only ever replaced whole (through a temporary file), so it
 is valid at every moment; a failed writer never touches it, nor another writer's
 temporary files. The directories it made (the layout's, ``blobs/<alg>``) go when they are
 left empty.
@@ -31,6 +32,7 @@ import fcntl
 import glob
 import json
 import os
+import re
 import resource
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -124,6 +126,7 @@ async def undone_on_failure(path: Path | None) -> AsyncIterator[OciLayout | None
         yield None
         return
     existed = await asyncio.to_thread(_layout_dirs, path)
+    await asyncio.to_thread(_remove_abandoned, path)
     claims = Claims()
     try:
         yield OciLayout(path, claims)
@@ -137,6 +140,41 @@ async def undone_on_failure(path: Path | None) -> AsyncIterator[OciLayout | None
         raise
     finally:
         claims.release()
+
+
+# A writer's temporary file: ``<name>.<pid>-<8 hex>.tmp`` (layouts._replace_file, Store.export).
+_TEMPORARY = re.compile(r".+\.(\d+)-[0-9a-f]{8}\.tmp")
+
+
+def _remove_abandoned(root: Path) -> None:
+    """The temporary files in the layout ``root`` (its top, ``blobs/<alg>``) of writers
+    whose process is gone (SIGKILL, a CI job's timeout): a blob cut short can be as large
+    as a layer. A process this one cannot see (another PID namespace) may lose one: its
+    rename then fails and it writes the blob again (OciLayout._place)."""
+    dirs = [root, *((root / "blobs").iterdir() if (root / "blobs").is_dir() else ())]
+    for where in dirs:
+        try:
+            names = os.listdir(where)
+        except OSError:  # not a directory, or gone
+            continue
+        for name in names:
+            match = _TEMPORARY.fullmatch(name)
+            if match is None or _alive(int(match[1])):
+                continue
+            with contextlib.suppress(OSError):
+                (where / name).unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's, running
+        return True
+    return True
 
 
 def _layout_dirs(root: Path) -> set[Path]:

@@ -320,10 +320,14 @@ def _entries_with(entries: list[Descriptor], desc: Descriptor, tag: str | None) 
 
 def _replace_file(path: Path, data: bytes) -> None:
     """``path`` replaced by ``data`` at once, through a temporary file of this writer's own:
-    another process may write the same file at the same time."""
+    another process may write the same file at the same time. Synced before the rename:
+    a power loss leaves the old file or the new one, never an empty one by its name."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

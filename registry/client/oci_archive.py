@@ -5,8 +5,11 @@ BuildKit's ``--output type=oci,dest=FILE`` write it (``oci-layout``, ``index.jso
 Read, the archive is unpacked into a temporary directory (``TMPDIR``) and copied from as
 ``oci:DIR[:TAG]``; written, the image goes into a temporary layout beside ``FILE``
 (``.FILE.XXXX.tmp``: on the archive's file system, not in ``TMPDIR``) that is packed into
-``FILE.tmp`` and renamed to ``FILE`` (replacing it, as skopeo does) only when the copy
-succeeded: a failed copy leaves neither a partial archive nor a temporary file.
+an archive in that directory and renamed to ``FILE`` (replacing it, as skopeo does) only
+when the copy succeeded: a failed copy leaves neither a partial archive nor a temporary
+file. The directory is ``flock``-ed while in use: one that a killed copy left behind
+(SIGKILL, a CI job's timeout: as large as the image) is removed by the next copy to
+``FILE``, never one a copy still running uses.
 
 An archive is untrusted input: only regular files and directories are unpacked, each
 inside the temporary directory (``tarfile``'s ``data`` filter refuses absolute names,
@@ -29,6 +32,7 @@ from typing import Any
 
 from .endpoints import Endpoint
 from .layouts import LayoutError, unwritable
+from .leftovers import held_temporary
 
 __all__ = ["unpacked"]
 
@@ -83,16 +87,20 @@ def _temporary(stack: contextlib.AsyncExitStack, **where: Any) -> Path:
 
 
 def _beside(stack: contextlib.AsyncExitStack, archive: Path) -> Path:
-    """A temporary directory next to ``archive`` (``.FILE.XXXX.tmp``, removed when
-    ``stack`` closes, whatever failed): the layout takes as much room as the archive, so
-    it goes on the file system the archive goes to, not into a small ``TMPDIR``."""
+    """A temporary directory next to ``archive`` (``.FILE.XXXXXXXX.tmp``, held and removed
+    when ``stack`` closes, whatever failed; one a killed copy left is removed first:
+    :mod:`.leftovers`): the layout takes as much room as the archive, so it goes on the
+    file system the archive goes to, not into a small ``TMPDIR``."""
     try:
-        return _temporary(stack, prefix=f".{archive.name}.", suffix=".tmp", dir=archive.parent)
+        fd, made = held_temporary(archive, directory=True)
     except OSError as exc:
         layout_error = unwritable(exc, f"oci-archive:{archive}")
         if layout_error is None:
             raise
         raise layout_error from exc
+    stack.callback(os.close, fd)  # after the removal below (the stack unwinds in reverse)
+    stack.push_async_callback(asyncio.to_thread, shutil.rmtree, made, True)
+    return Path(made)
 
 
 def _check_archive_destination(path: Path) -> None:
@@ -135,7 +143,7 @@ def _pack(layout: Path, archive: Path) -> None:
     """``layout`` as a tar at ``archive``: ``oci-layout`` and ``index.json`` first, then
     the blobs in name order, owned by root with no timestamps (the same layout makes the
     same bytes)."""
-    tmp = archive.with_name(archive.name + ".tmp")
+    tmp = layout.with_name("archive.tar")  # in the copy's own directory beside ``archive``
     names = ["oci-layout", "index.json", "blobs"]
     for top, dirs, files in os.walk(layout / "blobs"):
         dirs.sort()

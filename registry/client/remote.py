@@ -23,7 +23,15 @@ from urllib.parse import urljoin
 from cas import Digest
 
 from ..errors import RegistryError
-from ..oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Index
+from ..oci import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_MANIFEST_V1,
+    DOCKER_MANIFEST_V1_SIGNED,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Index,
+)
 from .connections import WireResponse
 from .content_range import WrongRange, check_content_range
 from .refs import ImageRef
@@ -113,9 +121,17 @@ class RegistryClient(RegistrySession):
             raise TransportError(f"manifest {ref} is {len(body)} bytes, over the 4 MiB limit")
         media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         try:
-            doc_type = json.loads(body).get("mediaType")
+            doc = json.loads(body)
+            doc_type, version = doc.get("mediaType"), doc.get("schemaVersion")
         except (ValueError, AttributeError, RecursionError):
-            doc_type = None
+            doc_type = version = None
+        if media_type in (DOCKER_MANIFEST_V1, DOCKER_MANIFEST_V1_SIGNED) or version == 1:
+            # Sent though not asked for (a registry holding nothing else for the tag); its
+            # digest covers the signed payload, not the bytes, so say what it is instead.
+            raise TransportError(
+                f"{ref} is a Docker schema 1 manifest ({media_type}), which pybuild does not read "
+                f"(nor do CNCF Distribution 3 and containerd 2): convert it to schema 2 with "
+                f"docker pull {ref} and docker push (its digest changes), then copy that")
         media_type = doc_type or media_type or OCI_MANIFEST
         expected = ref.digest
         if expected is None and resp.headers.get("Docker-Content-Digest"):
@@ -295,20 +311,29 @@ class RegistryClient(RegistrySession):
     async def tags(self, host: str, name: str, *, push: bool = False, pages: int | None = None) -> list[str]:
         """Every tag of ``name`` (following ``Link`` pagination; the first ``pages`` pages
         only, when given). A ``Link`` back to a page already read is an error, not a loop."""
+        return await self._listed(host, f"/v2/{name}/tags/list", "tags", f"tag list of {name}",
+                                  frozenset({_scope(name, push)}), pages)
+
+    async def catalog(self, host: str) -> list[str]:
+        """Every repository the registry's ``/v2/_catalog`` lists (every page, as ``tags``)."""
+        return await self._listed(host, "/v2/_catalog", "repositories", "catalog",
+                                  frozenset({"registry:catalog:*"}), None)
+
+    async def _listed(self, host: str, url: str, key: str, what: str, scopes: frozenset[str],
+                      pages: int | None) -> list[str]:
         out: list[str] = []
-        url = f"/v2/{name}/tags/list"
         seen: set[str] = set()
         while url and (pages is None or len(seen) < pages):
             if url in seen:
-                raise TransportError(f"the registry's tag list of {name} links back to a page it "
+                raise TransportError(f"the registry's {what} links back to a page it "
                                      f"sent ({url}): its pagination loops")
             seen.add(url)
-            resp, body = await self._request("GET", host, url, scopes=frozenset({_scope(name, push)}))
+            resp, body = await self._request("GET", host, url, scopes=scopes)
             try:
-                tags = json.loads(body).get("tags") or []
+                listed = json.loads(body).get(key) or []
             except (ValueError, AttributeError, RecursionError) as exc:
-                raise TransportError(f"the registry's tag list of {name} is not one: {exc!r:.200}") from None
-            out.extend(str(t) for t in tags)
+                raise TransportError(f"the registry's {what} is not one: {exc!r:.200}") from None
+            out.extend(str(t) for t in listed)
             link = resp.headers.get("Link", "")
             # rel="next", or rel=next as some registries write it (RFC 8288 allows both)
             found = _NEXT.search(link)

@@ -235,9 +235,13 @@ class SqliteMetadata(RetentionQueries, ReferrerQueries):
             raise self._closed_error()
         return db
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
+    def _tx(self, fn: Callable[[sqlite3.Connection], T], durable: bool = False) -> Callable[[], T]:
+        """``durable``: the commit reaches the disk before it returns (a client is told at
+        once: synchronous=NORMAL syncs the WAL only at checkpoints, a power loss could take
+        an acknowledged push back), as Distribution syncs what it acknowledges."""
         def run() -> T:
             db = self._conn()
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
@@ -258,13 +262,8 @@ class SqliteMetadata(RetentionQueries, ReferrerQueries):
 
     # --- repositories ---------------------------------------------------------------------
     async def ensure_repository(self, name: str) -> None:
-        await self._run(
-            self._tx(
-                lambda db: db.execute(
-                    "INSERT OR IGNORE INTO repositories (name, created) VALUES (?, ?)", (name, time.time())
-                )
-            )
-        )
+        await self._run(self._tx(lambda db: db.execute(
+            "INSERT OR IGNORE INTO repositories (name, created) VALUES (?, ?)", (name, time.time()))))
 
     async def repository_exists(self, name: str) -> bool:
         rows = await self._run(self._query("SELECT 1 FROM repositories WHERE name = ?", name))
@@ -334,7 +333,7 @@ class SqliteMetadata(RetentionQueries, ReferrerQueries):
                     (record.repo, tag, record.digest, now),
                 )
 
-        await self._run(self._tx(put))
+        await self._run(self._tx(put, durable=True))
 
     async def get_manifest(self, repo: str, digest: str) -> ManifestRecord | None:
         rows = await self._run(

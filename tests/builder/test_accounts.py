@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from builder.accounts import (
+    MAX_ENTRY_ID,
     MAX_ID,
     Group,
     User,
@@ -26,6 +27,8 @@ baduid:x:eight:8:::
 dup:x:10:10::/first:
 dup:x:11:11::/second:
 big:x:2147483648:1:::
+biggest:x:4294967294:4294967294:::
+minus1:x:4294967295:1:::
 """
 
 GROUP = """root:x:0:
@@ -43,7 +46,10 @@ def test_passwd_entries_follow_runc_rules() -> None:
         User("badgid", 8, None, ""),
         User("dup", 10, 10, "/first"),
         User("dup", 11, 11, "/second"),
-    ]  # comments, blank and short lines, and non-numeric or too large uids skipped
+        # ids past 2**31 - 1 are Linux ids all the same: runc (and so Docker) takes them
+        User("big", 2147483648, 1, ""),
+        User("biggest", 4294967294, 4294967294, ""),
+    ]  # comments, blank and short lines, and non-numeric or no-Linux-id uids skipped
 
 
 def test_group_entries_and_members() -> None:
@@ -81,3 +87,10 @@ def test_find_group_by_name_or_gid(spec: str, gid: int | None) -> None:
 ])
 def test_parse_id(text: str, value: int | None) -> None:
     assert parse_id(text) == value
+
+
+def test_an_entry_id_runs_to_the_last_linux_id() -> None:
+    assert parse_id("4294967294", MAX_ENTRY_ID) == 4294967294 == MAX_ENTRY_ID
+    assert parse_id("4294967295", MAX_ENTRY_ID) is None  # (uid_t) -1
+    assert find_user(read_passwd(PASSWD), "2147483648") == User("big", 2147483648, 1, "")
+    assert find_group(read_group("nfs:x:4294967294:\n"), "nfs") == Group("nfs", 4294967294, ())

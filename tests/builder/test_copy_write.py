@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from builder.context import ContextError
 from builder.steps.copy_write import CopyItem, write_items
 from builder.steps.copyup import forget_dirs, make_parents
 
@@ -47,3 +50,26 @@ def test_a_directory_replaced_by_a_file_and_back(tmp_path: Path) -> None:
     write_items(upper, items, lambda rel: None, None, None)
     assert (upper / "out/x/y/two").read_text() == "g\n"
     assert not (upper / "out/x/y/one").exists()
+
+
+def test_a_file_changed_since_its_content_key_was_made_is_not_copied(tmp_path: Path) -> None:
+    """The build cache keys a COPY by the content it hashed when it planned the step: a
+    file rewritten between that and the copy would put other bytes under that key, and a
+    later build of the first content would get them."""
+    src = tmp_path / "app.conf"
+    src.write_text("hashed\n")
+    st = os.stat(src)  # what the content key was made from
+    src.write_text("written meanwhile\n")
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    with pytest.raises(ContextError, match=r"app.conf' changed while the build copied it "
+                                           r"\(.*\); rerun the build once nothing writes"):
+        write_items(upper, [CopyItem("app.conf", src, st)], lambda rel: None, None, None)
+    # unchanged, it is copied with the time it had
+    st = os.stat(src)
+    write_items(upper, [CopyItem("again.conf", src, st)], lambda rel: None, None, None)
+    assert (upper / "again.conf").read_text() == "written meanwhile\n"
+    assert (upper / "again.conf").stat().st_mtime_ns == st.st_mtime_ns
+    src.unlink()  # removed since
+    with pytest.raises(ContextError, match="app.conf' was removed while the build copied it"):
+        write_items(upper, [CopyItem("gone.conf", src, st)], lambda rel: None, None, None)

@@ -34,6 +34,11 @@ def _layer(*members: tuple[str, bytes | None]) -> bytes:
     return gzip.compress(buf.getvalue(), mtime=0)
 
 
+def _diff_id(blob: bytes) -> Digest:
+    """What an image config lists for the gzip layer ``blob``."""
+    return Digest.of(gzip.decompress(blob))
+
+
 async def test_a_layer_is_extracted_with_its_whiteouts_as_overlay_marks(tmp_path: Path) -> None:
     require_root("whiteouts are character devices: mknod needs root")
     big = os.urandom(9 << 20)  # several store reads (4 MiB each) and reader refills
@@ -43,7 +48,7 @@ async def test_a_layer_is_extracted_with_its_whiteouts_as_overlay_marks(tmp_path
     try:
         info = await store.put(blob)
         layers = ExtractedLayers(tmp_path / "snapshots", store)
-        diff_id = Digest.parse("sha256:" + "ab" * 32)
+        diff_id = _diff_id(blob)
         root = await layers.ensure(diff_id, info.digest)
         assert root == layers.path(diff_id)
         assert (root / "app/big.bin").read_bytes() == big
@@ -69,11 +74,11 @@ async def test_a_layer_another_build_extracted_meanwhile_is_used(tmp_path: Path,
     try:
         info = await store.put(blob)
         layers = ExtractedLayers(tmp_path / "snapshots", store)
-        diff_id = Digest.parse("sha256:" + "cd" * 32)
+        diff_id = _diff_id(blob)
         real_extract = extracted._extract
 
-        def extract_while_another_build_finishes(src, dest: Path) -> None:  # type: ignore[no-untyped-def]
-            real_extract(src, dest)
+        def extract_while_another_build_finishes(src, dest: Path, diff_id) -> None:  # type: ignore[no-untyped-def]
+            real_extract(src, dest, diff_id)
             theirs = layers.path(diff_id)
             (theirs / "app").mkdir(parents=True)
             (theirs / "app" / "f.txt").write_text("theirs\n")
@@ -106,11 +111,9 @@ async def test_where_whiteout_devices_are_refused_whiteouts_take_the_xattr_form(
     store = await open_store(StoreConfig(tmp_path / "store"))
     try:
         layers = ExtractedLayers(tmp_path / "snapshots", store)
-        lower = await layers.ensure(Digest.parse("sha256:" + "ab" * 32),
-                                    (await store.put(below)).digest)
+        lower = await layers.ensure(_diff_id(below), (await store.put(below)).digest)
         monkeypatch.setattr(os, "mknod", _refused)
-        upper = await layers.ensure(Digest.parse("sha256:" + "ef" * 32),
-                                    (await store.put(above)).digest)
+        upper = await layers.ensure(_diff_id(above), (await store.put(above)).digest)
     finally:
         await store.close()
     gone = upper / "app" / "gone"
@@ -140,7 +143,7 @@ async def test_a_storage_that_refuses_both_whiteout_forms_is_named_with_the_fix(
         info = await store.put(blob)
         layers = ExtractedLayers(tmp_path / "snapshots", store)
         with pytest.raises(WhiteoutUnsupported) as caught:
-            await layers.ensure(Digest.parse("sha256:" + "ef" * 32), info.digest)
+            await layers.ensure(_diff_id(blob), info.digest)
         assert str(caught.value).startswith(
             "cannot record the deletion of 'app/gone' in the storage directory: its "
             "filesystem refuses both forms of overlay whiteout")
@@ -175,11 +178,33 @@ async def test_whiteouts_below_a_symlink_or_a_file_of_the_layer_stay_inside(
     try:
         info = await store.put(gzip.compress(buf.getvalue(), mtime=0))
         layers = ExtractedLayers(tmp_path / "snapshots", store)
-        root = await layers.ensure(Digest.parse("sha256:" + "cd" * 32), info.digest)
+        root = await layers.ensure(Digest.of(buf.getvalue()), info.digest)
         assert list(outside.iterdir()) == []
         assert os.readlink(root / "a") == str(outside)
         assert stat.S_ISREG(os.lstat(root / "f").st_mode)
         kept = os.lstat(root / "d/kept")  # a whiteout below a missing directory is marked
         assert stat.S_ISCHR(kept.st_mode) and kept.st_rdev == os.makedev(0, 0)
+    finally:
+        await store.close()
+
+
+async def test_a_layer_that_is_not_its_diff_id_is_refused_and_not_kept(tmp_path: Path) -> None:
+    """Extracted layers are found by diff_id, whichever image names it: an image whose
+    config lists another layer's diff_id for its own (hostile) layer must not make later
+    builds of the real image see its files (containerd and Docker refuse such a layer)."""
+    from builder.layers import LayerFormatError
+
+    real = _layer(("f", b"good\n"))
+    hostile = _layer(("f", b"evil\n"), ("extra", b"x"))
+    store = await open_store(StoreConfig(tmp_path / "store"))
+    try:
+        layers = ExtractedLayers(tmp_path / "snapshots", store)
+        with pytest.raises(LayerFormatError) as caught:
+            await layers.ensure(_diff_id(real), (await store.put(hostile)).digest)
+        assert f"image config lists {_diff_id(real)}" in str(caught.value)
+        assert f"has digest {_diff_id(hostile)}" in str(caught.value)
+        assert [p.name for p in (tmp_path / "snapshots").iterdir()] == []  # nothing kept
+        root = await layers.ensure(_diff_id(real), (await store.put(real)).digest)
+        assert (root / "f").read_text() == "good\n" and not (root / "extra").exists()
     finally:
         await store.close()

@@ -100,6 +100,9 @@ ATOMS = [
     "VOLUME", "EXPOSE", "USER", " ", "  ", "\t", "\\", "\\\n", "\n", "#", '"', "'", "a",
     "b=c", "=", "--from=x", "--mount=type=cache,target=/x", "--", "]", ",", "<<EOF",
     "<<-EOF", '<<"EOF"', "\nEOF\n", "\n\tEOF\n", "$x", "${x}", "\r\n", "\n\n",
+    # blank to Go and Python (\v \f), or to Python's isspace only (\x1c-\x1f); multi-byte
+    # blanks (\xa0) are left out: BuildKit's HEALTHCHECK splitter reads them byte by byte
+    "\x0b", "\x0c", "\x1c", "\x1f",
 ]
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from builder.dockerfile.errors import DockerfileError
+from builder.dockerfile.instructions import Env, Label
 from builder.dockerfile.shell_lex import MAX_NESTING, Lexer, ShellLexError
 from builder.dockerfile.stages import plan_build
+from builder.dockerfile.syntax import parse
 
 DATA = Path(__file__).parent / "testfiles-shell"
 
@@ -118,3 +120,23 @@ def test_nesting_past_the_limit_names_the_dockerfile_line() -> None:
         plan_build(text)
     assert str(info.value).endswith(" at Dockerfile:2:1")
     assert f"nested more than {MAX_NESTING} deep" in str(info.value)
+
+
+# Go's unicode.IsSpace, by which BuildKit splits words: NBSP and the Unicode spaces split,
+# the ASCII separators \x1c-\x1f (whitespace to Python) do not.
+@pytest.mark.parametrize("sep,split", [(" ", True), ("\t", True), ("\xa0", True),
+                                       ("\u2003", True), ("\x85", True), ("\x1c", False),
+                                       ("\x1f", False), ("\u200b", False)])
+def test_words_split_at_go_whitespace_only(sep: str, split: bool) -> None:
+    lexer = Lexer("\\")
+    want = ["80", "81"] if split else [f"80{sep}81"]
+    assert lexer.process_words(f"80{sep}81", {}) == want          # nothing to expand
+    assert lexer.process_words(f"${{P}}{sep}81", {"P": "80"}) == want
+    assert lexer.process_words("$P", {"P": f"80{sep}81"}) == want  # a value's blanks
+    text = f"FROM a\nENV A=1{sep}B=2\nLABEL x=a{sep}y=b\n"
+    env, label = plan_build(parse(text), {}).stages[0].instructions[1:]
+    assert isinstance(env, Env) and isinstance(label, Label)
+    assert [(kv.key, kv.value) for kv in env.env] == (
+        [("A", "1"), ("B", "2")] if split else [("A", f"1{sep}B=2")])
+    assert [(kv.key, kv.value) for kv in label.labels] == (
+        [("x", "a"), ("y", "b")] if split else [("x", f"a{sep}y=b")])

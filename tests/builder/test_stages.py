@@ -13,6 +13,7 @@ import pytest
 
 from builder.dockerfile.errors import DockerfileError
 from builder.dockerfile.parse_cmd import plan_to_json
+from builder.dockerfile.signals import check_signal
 from builder.dockerfile.stages import BuildPlan, parse_ports, plan_build
 from builder.dockerfile.syntax import parse
 from registry.oci import Platform
@@ -71,3 +72,16 @@ def test_parse_ports(spec: str, ports: list[str]) -> None:
 def test_parse_ports_rejects(spec: str) -> None:
     with pytest.raises(ValueError):
         parse_ports(spec)
+
+
+@pytest.mark.parametrize("value", ["SIGTERM", "term", "9", "-9", "+15", "99", "SIGRTMIN+3",
+                                   "RTMAX-14", "SIGCLD", "sigkill"])
+def test_stop_signals_buildkit_accepts(value: str) -> None:
+    check_signal(value)
+
+
+@pytest.mark.parametrize("value", ["", "0", "FOO", "SIGFOO", "9x", " 9", "SIGUNUSED",
+                                   "SIGSIGTERM", "RTMIN+16", "٩"])
+def test_stop_signals_buildkit_rejects(value: str) -> None:
+    with pytest.raises(ValueError, match="invalid signal"):
+        check_signal(value)

@@ -1,6 +1,7 @@
 """The room a store keeps back (cas.reserve) is written beside the work, not before it."""
 
 import asyncio
+import fcntl
 import threading
 from pathlib import Path
 
@@ -35,3 +36,22 @@ async def test_a_new_store_opens_without_waiting_for_its_reserve_and_closes_afte
     await asyncio.wait_for(closing, 20)
     assert (root / RESERVE_FILE).stat().st_size > 0
     assert [p.name for p in root.iterdir() if p.name.startswith(f".{RESERVE_FILE}")] == []
+
+
+def test_a_reserve_left_half_written_by_a_killed_process_goes_at_the_next_open(
+        tmp_path: Path) -> None:
+    """A process killed while writing the reserve (SIGKILL, a CI job's timeout: any
+    command, since every one opens the store) leaves ``.reserve.XXXXXXXX``, 2 MiB at
+    most; the next one removes it, not the one another process is writing now."""
+    root = tmp_path / "store"
+    root.mkdir()
+    killed = root / ".reserve.k1ll3d00"
+    killed.write_bytes(b"\\0" * 4096)
+    writing = root / ".reserve.wr1t1ng0"
+    writing.write_bytes(b"\\0" * 4096)
+    with open(writing, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # as its writer holds it
+        keep_reserve(root)
+    assert not killed.exists()
+    assert writing.exists()
+    assert (root / RESERVE_FILE).stat().st_size > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,38 @@ async def test_a_docker_save_archive_is_read_by_the_short_names_docker_writes(
         assert manifest.config.digest == Digest.of(image.config), name
     with pytest.raises(LayoutError, match="has no image docker.io/library/alpine:latest"):
         await copy(f"docker-archive:{archive}:alpine", "local:localhost/picked:1", images, client)
+
+
+@pytest.mark.parametrize("manifest, links, words", [
+    (b'["x"]', (), "manifest.json is not a list of images"),
+    (b'[{"Layers": []}]', (), "needs a Config file name and a Layers list"),
+    (b'[{"Config": "c.json", "Layers": 5}]', (), "needs a Config file name and a Layers list"),
+    (b'[{"Config": "c.json", "Layers": [null]}]', (), "needs a Config file name and a Layers list"),
+    (b'[{"Config": "c.json", "Layers": ["gone/layer.tar"]}]', (), "'gone/layer.tar', which "
+     "manifest.json names, is not in the archive"),
+    (b'[{"Config": "c.json", "Layers": ["l.tar"]}]', (("l.tar", "../../etc/passwd"),),
+     "'l.tar', which manifest.json names, is not in the archive"),
+    (b'[{"Config": "c.json", "RepoTags": 7, "Layers": []}]', (), "has no image"),
+    (b'[{"Config":', (), "manifest.json is not JSON"),
+])
+async def test_a_damaged_or_hostile_docker_archive_is_named_not_a_crash(
+    images: ImageStore, client: RegistryClient, tmp_path: Path, manifest: bytes,
+    links: tuple[tuple[str, str], ...], words: str
+) -> None:
+    """docker load says what is wrong with such an archive; so does a copy from it."""
+    archive = tmp_path / "odd.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in (("manifest.json", manifest), ("c.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    with pytest.raises(LayoutError, match=re.escape(words)):
+        await copy(f"docker-archive:{archive}:x/y:1" if b"RepoTags" in manifest
+                   else f"docker-archive:{archive}", "local:localhost/odd:1", images, client)
 
 
 @pytest.mark.parametrize("text", [

@@ -21,10 +21,14 @@ import pytest
 
 from cas import Digest
 from registry.client import layout_claims, layouts
+from registry.client.copy import CopyOptions, copy_image, parse_endpoint
+from registry.client.image_store import ImageStore
 from registry.client.layout_claims import Claims
+from registry.client.progress import Progress
+from registry.client.remote import RegistryClient
 from registry.client.transfer import gather_or_cancel
 
-from .helpers import SampleImage, make_image, random_bytes, seed_store
+from .helpers import SampleImage, make_image, random_bytes, seed_store, simple_image, store_image
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -213,3 +217,30 @@ def test_a_write_cut_short_never_lands_after_the_cleanup(tmp_path: Path,
     with pytest.raises(layouts.LayoutError, match="no space left"):
         asyncio.run(copy())
     assert sorted(p.name for p in layout.rglob("*")) == before
+
+
+async def test_temporary_files_of_killed_writers_go_with_the_next_copy(tmp_path: Path) -> None:
+    """A copy killed outright (SIGKILL, a CI job's timeout) leaves the blob file it was
+    writing under a temporary name (``<hex>.<pid>-<hex>.tmp``: as large as a layer); the
+    next copy into the layout removes it, not a temporary file of a writer still running."""
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await dead.wait()
+    alive = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+    layout = tmp_path / "layout"
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    left = [blobs / f"{'a' * 64}.{dead.pid}-0123abcd.tmp", layout / f"index.json.{dead.pid}-89abcdef.tmp"]
+    kept = [blobs / f"{'b' * 64}.{alive.pid}-0123abcd.tmp", blobs / "notes.tmp"]
+    for p in (*left, *kept):
+        p.write_bytes(b"partial")
+    try:
+        async with await ImageStore.open(tmp_path / "local") as images, RegistryClient() as client:
+            await store_image(images, "localhost/app:1", simple_image(59))
+            await copy_image(parse_endpoint("local:localhost/app:1"), parse_endpoint(f"oci:{layout}:v1"),
+                             images, client, Progress("quiet"), CopyOptions())
+    finally:
+        alive.kill()
+        await alive.wait()
+    assert [p for p in left if p.exists()] == []
+    assert all(p.exists() for p in kept)
+    assert json.loads((layout / "index.json").read_bytes())["manifests"]

@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -247,3 +248,53 @@ async def test_the_unpacked_layout_is_removed_off_the_event_loop(
         == image.digest
     assert removed_on and threading.main_thread() not in removed_on
     assert list(own_tmpdir.iterdir()) == []
+
+
+_KILLED_COPY = """
+import asyncio, contextlib, sys
+from pathlib import Path
+from registry.client.oci_archive import _beside
+
+async def main():
+    async with contextlib.AsyncExitStack() as stack:
+        tmp = _beside(stack, Path(sys.argv[1]))
+        (tmp / "layout").mkdir()
+        (tmp / "layout" / "big").write_bytes(b"x" * 100_000)
+        print(tmp, flush=True)
+        await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_what_a_killed_copy_left_is_removed_by_the_next_one(
+    images: ImageStore, client: RegistryClient, tmp_path: Path,
+) -> None:
+    """A copy killed outright (SIGKILL, a CI job's timeout) leaves its temporary directory
+    beside the archive, as large as the image; the next copy to that archive removes it,
+    but not the one of a copy still running, nor anything else of the directory."""
+    await store_image(images, "localhost/app:1", simple_image(47))
+    out = tmp_path / "out"
+    out.mkdir()
+    archive = out / "image.tar"
+    (out / ".image.tar.notmine.tmp").mkdir()  # not of the temporary directories' pattern
+    (out / ".other.tar.abcdefgh.tmp").mkdir()  # another archive's
+    workers = [await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _KILLED_COPY, str(archive), stdout=subprocess.PIPE)
+        for _ in range(2)]
+    try:
+        made = [Path((await w.stdout.readline()).decode().strip())
+                for w in workers if w.stdout is not None]
+        assert all(p.is_dir() for p in made)
+        workers[0].kill()
+        await workers[0].wait()  # its flock goes with it, its directory stays
+        await copy("local:localhost/app:1", f"oci-archive:{archive}:v1", images, client)
+        assert not made[0].exists(), "the killed copy's directory stays behind"
+        assert made[1].is_dir(), "a running copy's directory was taken"
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            [".image.tar.notmine.tmp", ".other.tar.abcdefgh.tmp", "image.tar", made[1].name])
+    finally:
+        for w in workers:
+            if w.returncode is None:
+                w.kill()
+            await w.communicate()

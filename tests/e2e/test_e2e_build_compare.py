@@ -243,6 +243,11 @@ CASES = (
                                            "srv/app/server"),
          expect="/usr/local/bin/server 755 0:0\n/usr/local/bin/server-0750 750 0:0\n"
                 "/srv/app/server 755 1000:50\n"),
+    Case("big-ids-classes",
+         expect="uid=3000000000(big) gid=4294967294(biggrp)\n"
+                "/neg-caret/!1 3000000000:4294967294\n/neg-caret/^1 3000000000:4294967294\n"
+                "/neg-caret/b1 3000000000:4294967294\n/neg-bang/!1 0:0\n/neg-bang/a1 0:0\n"
+                "/home/big/w 3000000000:4294967294\n/tmp/made-by-big 3000000000:4294967294\n"),
     Case("bind-context-ignore", stub_dirs=("src", "k"),
          expect="/src\n/src/.dockerignore\n/src/Dockerfile\n/src/keep\n/src/keep/k.txt\n/k\n"
                 "/k/k.txt\n"),

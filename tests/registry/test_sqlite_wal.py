@@ -106,3 +106,23 @@ async def test_closing_one_instance_keeps_the_locks_sqlite_holds_for_the_others(
     await b.close()
     assert not _locked_by_another_process(shm)
     assert sqlite_wal._files == {}  # nothing left open
+
+
+async def test_a_pushed_manifest_is_on_disk_before_the_push_is_answered(tmp_path: Path) -> None:
+    # synchronous=NORMAL (the database's setting) syncs the WAL only at checkpoints: a power
+    # loss could take back a manifest PUT the client was told of. Its commit runs FULL.
+    meta = await SqliteMetadata.open(tmp_path / "registry.db")
+    db = meta._db
+    assert db is not None
+    statements: list[str] = []
+    await meta._run(db.set_trace_callback, statements.append)
+    await meta.ensure_repository("app")
+    assert "PRAGMA synchronous=FULL" not in statements  # not for every write: for what is told
+    record = ManifestRecord("app", "sha256:" + "a" * 64, "application/vnd.oci.image.manifest.v1+json", 2)
+    await meta.put_manifest(record, ("latest",))
+    full = statements.index("PRAGMA synchronous=FULL")
+    assert statements.index("COMMIT", full) > full
+    assert await meta._run(lambda: db.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+    await meta.ensure_repository("other")  # the next write is back to NORMAL
+    assert await meta._run(lambda: db.execute("PRAGMA synchronous").fetchone()[0]) == 1
+    await meta.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from builder.steps.history import go_duration, go_quote, go_slice_q
 
 
@@ -42,3 +44,19 @@ def test_go_formatting() -> None:
         "0s", "999ns", "1.5µs", "2.5ms", "1s", "1.5s", "1m30s", "1h0m0s"]
     assert go_quote('a"b\\c\td\x1b\u00e9\u00a0\udcff') == '"a\\"b\\\\c\\td\\x1b\u00e9\\u00a0\\xff"'
     assert go_slice_q([]) == "[]"
+
+
+def test_an_arg_declared_again_without_a_value_keeps_its_value_in_run_history(
+        busybox_ref: str, build, tmp_path: Path) -> None:
+    # BuildKit's RUN history reads each declared arg from the build state, where `ARG B`
+    # without a value leaves B=1 (the RUN sees 1); pybuild wrote "B=".
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref} AS one\nARG B=1\nARG A B\n"
+                                    "RUN echo \"$B\" > /b\nFROM one\nARG B\nRUN true\n")
+    result = build(ctx, local=tmp_path / "out")
+    runs = [h.created_by for h in result.image.config.history or ()
+            if (h.created_by or "").startswith("RUN ")]
+    assert runs == ['RUN |2 B=1 A= /bin/sh -c echo "$B" > /b # buildkit',
+                    "RUN |2 B=1 A= /bin/sh -c true # buildkit"]
+    assert (tmp_path / "out" / "b").read_text() == "1\n"

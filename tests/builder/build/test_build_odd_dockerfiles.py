@@ -7,12 +7,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from builder.build_cmd import build as build_command
 from builder.dockerfile.instruction_parsers import parse_instruction
 from builder.dockerfile.instructions import Cmd
 from builder.dockerfile.syntax import parse
+from builder.steps.common import BuildError
+from tests.builder.build.conftest import Builder
 
 LATIN1 = "# R\xe9sum\xe9 of the app\nFROM scratch\nLABEL name=caf\xe9\nCOPY f.txt /\n".encode("latin-1")
 
@@ -90,3 +93,44 @@ def test_the_dockerfile_frontends_syntax_lines_are_no_warning(tmp_path: Path) ->
                                                   str(tmp_path / "s"), str(ctx)])
         assert done.exit_code == 0, done.output
         assert "WARNING" not in done.output, syntax
+
+
+def test_an_env_name_that_expands_to_nothing_fails_the_run_clearly(busybox_ref: str,
+                                                                    build: Builder,
+                                                                    tmp_path: Path) -> None:
+    # BuildKit takes the ENV and runc refuses the RUN ("environment variable name can't be
+    # empty"); pybuild's sandbox died with a Python traceback.
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nENV $UNSET=2\nRUN true\n")
+    with pytest.raises(BuildError, match="Dockerfile:3: RUN: environment variable name can't "
+                                         "be empty: '=2'"):
+        build(ctx)
+
+
+@pytest.mark.parametrize("lines,kind", [
+    ("RUN echo " + "x" * 140_000, "the command is 140005 bytes"),
+    ("ENV BIG=" + "y" * 140_000 + "\nRUN true", "an environment variable is 140004 bytes"),
+])
+def test_a_run_too_long_for_execve_says_so(busybox_ref: str, build: Builder, tmp_path: Path,
+                                           lines: str, kind: str) -> None:
+    # pybuild reads lines over BuildKit's old 64 KiB limit, but Linux caps one argument or
+    # variable at 128 KiB; the error said "could not set up the sandbox" and named bwrap.
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\n{lines}\n")
+    with pytest.raises(BuildError, match=f"RUN: {kind}, more than Linux lets one argument or "
+                                         r"variable of a process hold \(131071\); put the long "
+                                         "text in a file"):
+        build(ctx)
+
+
+def test_a_run_just_short_enough_for_execve_runs(busybox_ref: str, build: Builder,
+                                                 tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    value = "v" * (131071 - len("BIG="))
+    (ctx / "Dockerfile").write_text(f"FROM {busybox_ref}\nENV BIG={value}\n"
+                                    "RUN echo ${#BIG} > /n\n")
+    build(ctx, local=tmp_path / "out")
+    assert (tmp_path / "out" / "n").read_text() == f"{len(value)}\n"

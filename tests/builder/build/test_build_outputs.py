@@ -234,6 +234,21 @@ def test_directory_shorthand_and_tar_file(context_of, pybuild, tmp_path: Path) -
         assert {m.uname for m in tf.getmembers()} == {""}
 
 
+def test_tar_times_are_the_layers_whole_seconds(context_of, pybuild, tmp_path: Path) -> None:
+    """A file time with a fraction of a second is cut to the second it falls in, before
+    1970 as after (as its layer has it), not toward 1970."""
+    ctx = context_of("docker-run")
+    for name, ns in (("old.txt", -1_000_000_000 * 10**9 + 123_456_789),
+                     ("new.txt", 1_700_000_000 * 10**9 + 987_654_321)):
+        (ctx / name).write_text(name)
+        os.utime(ctx / name, ns=(ns, ns))
+    (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text() + "COPY *.txt /t/\n")
+    pybuild("-o", f"type=tar,dest={tmp_path / 'fs.tar'}", str(ctx)).digest
+    with tarfile.open(tmp_path / "fs.tar") as tf:
+        assert tf.getmember("t/old.txt").mtime == -1_000_000_000  # 1938-04-24 22:13:20
+        assert tf.getmember("t/new.txt").mtime == 1_700_000_000
+
+
 def test_bad_output_is_a_usage_error_before_building(context_of, pybuild) -> None:
     built = pybuild("-o", "type=oci,dest=x.tar,oci-mediatypes=true",
                     str(context_of("docker-run")))

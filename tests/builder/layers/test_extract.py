@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import io
 import os
+import re
 import stat
 import tarfile
 import tempfile
@@ -372,3 +373,117 @@ def test_gzip_layers_of_many_members_and_block_sizes_apply_whole(tmp_path: Path)
     members = b"".join(gzip.compress(tar[i:i + 300_000], 1) for i in range(0, len(tar), 300_000))
     apply_layer(io.BytesIO(members), tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+# -- headers other tools write, and what no file can be -----------------------------------
+
+def _pax_file(name: str, data: bytes, pax: dict[str, str], *, first: bool = False) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        if first:
+            tf.addfile(tarfile.TarInfo("first"))
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.pax_headers = len(data), 1000, pax
+        tf.addfile(info, io.BytesIO(data))
+        tf.addfile(tarfile.TarInfo("after"))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("pax", [
+    {"GNU.sparse.size": str(256 << 20), "GNU.sparse.map": "4096,5"},  # pax sparse 0.1
+    {"GNU.sparse.size": str(256 << 20), "GNU.sparse.numblocks": "1",  # pax sparse 0.0
+     "GNU.sparse.offset": "4096", "GNU.sparse.numbytes": "5"},
+])
+def test_a_sparse_entry_keeps_its_holes(jail: tuple[Path, Path], pax: dict[str, str]) -> None:
+    """A few header bytes can claim terabytes of holes: they stay holes (as Docker leaves
+    them), they are not written out as zeros until the disk is full."""
+    root, _ = jail
+    apply_layer(io.BytesIO(_pax_file("sparse", b"begin", pax)), root)
+    st_sparse = os.lstat(root / "sparse")
+    assert st_sparse.st_size == 256 << 20 and st_sparse.st_blocks * 512 < 1 << 20
+    with open(root / "sparse", "rb") as f:
+        assert f.read(4101) == b"\0" * 4096 + b"begin" and f.read(8) == b"\0" * 8
+    assert (root / "after").exists()
+
+
+@pytest.mark.parametrize("pax, words", [
+    ({"GNU.sparse.size": str(1 << 63), "GNU.sparse.map": "0,5"}, "more than a file here can hold"),
+    ({"GNU.sparse.size": "100", "GNU.sparse.map": "50,5,0,5"}, "blocks out of order"),
+    ({"GNU.sparse.size": "100", "GNU.sparse.map": "98,5"}, "past the file's size"),
+    ({"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "9"},
+     "malformed tar header"),  # a 1.0 map that is not one
+    ({"mtime": "inf"}, "has mtime inf"),
+    ({"mtime": "nan"}, "has mtime nan"),
+    ({"mtime": "1e30"}, "has mtime 1e+30"),
+    ({"uid": str(1 << 40)}, f"is owned by {1 << 40}:0, which no file can be"),
+    ({"gid": "4294967295"}, "is owned by 0:4294967295"),
+])
+def test_headers_no_file_can_have_are_format_errors(jail: tuple[Path, Path], pax: dict[str, str],
+                                                    words: str) -> None:
+    root, _ = jail
+    for first in (False, True):  # tarfile reads the first header as it opens the stream
+        blob = _pax_file("f", b"hello", pax, first=first)
+        with pytest.raises(LayerFormatError, match=re.escape(words)):
+            apply_layer(io.BytesIO(blob), root, same_owner=True)
+
+
+def test_a_symlink_target_with_a_nul_byte_is_refused(jail: tuple[Path, Path]) -> None:
+    root, _ = jail
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("s")
+        info.type, info.pax_headers = tarfile.SYMTYPE, {"linkpath": "a\0b"}
+        tf.addfile(info)
+    with pytest.raises(UnsafeLayerEntry, match="NUL byte in the symlink target"):
+        apply_layer(io.BytesIO(buf.getvalue()), root)
+
+
+def test_a_layer_that_inflates_past_the_free_space_stops_before_the_disk_is_full(
+        jail: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small gzip bomb (zeros inflate 1000:1) on a file system with 40 MiB free of
+    1 GiB: extraction stops while 5 % of it is still free, with an error that says so."""
+    import builder.layers.extract as extract
+    from cas.errors import StorageFull
+
+    root, _ = jail
+    real = os.fstatvfs
+
+    def small_disk(fd: int) -> os.statvfs_result:
+        st_fs = real(fd)
+        return os.statvfs_result((4096, 4096, (1 << 30) // 4096, (40 << 20) // 4096,
+                                  (40 << 20) // 4096, *st_fs[5:]))
+
+    monkeypatch.setattr(os, "fstatvfs", small_disk)
+    monkeypatch.setattr(extract, "_CHECK_EVERY", 1 << 20)
+    bomb = gzip.compress(archive(("file", "zeros", b"\0" * (32 << 20))), 9)
+    assert len(bomb) < 64 << 10
+    with pytest.raises(StorageFull, match=r"layer entry 'zeros'.*keep less than 51 MiB free"):
+        apply_layer(io.BytesIO(bomb), root)
+    assert os.lstat(root / "zeros").st_size < 2 << 20
+
+
+def test_the_diff_id_covers_the_whole_stream(jail: tuple[Path, Path]) -> None:
+    root, _ = jail
+    from cas import Digest
+
+    tar = archive(("file", "f", b"x")) + b"\0" * 4096  # more end blocks than needed
+    apply_layer(io.BytesIO(gzip.compress(tar)), root, diff_id=Digest.of(tar))
+    with pytest.raises(LayerFormatError, match="image config lists"):
+        apply_layer(io.BytesIO(gzip.compress(tar)), root, diff_id=Digest.of(tar[:-512]))
+
+
+@pytest.mark.parametrize("members", [
+    [("file", "a/" * 512 + "f", b"")],  # 513 deep
+    [("file", "a/" * 1200 + "f", b"")],  # past Python's recursion limit
+    [("sym", "l", "a/" * 300 + "b"), ("file", "l/" + "c/" * 300 + "f", b"")],  # via a link
+])
+def test_an_entry_nested_past_the_depth_limit_is_refused(jail: tuple[Path, Path],
+                                                          members: list) -> None:
+    """Tree walks (flattening for COPY --from, removing a tree) recurse per level: a
+    layer nesting deeper than they go is refused where it enters, with its reason, not
+    a crash in a later step."""
+    root, _ = jail
+    apply_layer(io.BytesIO(archive(("file", "a/" * 511 + "ok", b"fine"))), root)  # 512 deep
+    with pytest.raises(LayerFormatError, match=r"directories deep in the rootfs, more than "
+                                                r"the 512 pybuild handles"):
+        apply_layer(io.BytesIO(archive(*members)), root)

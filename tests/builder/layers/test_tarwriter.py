@@ -13,6 +13,7 @@ from layer_helpers import hardlink_groups, make_sample_tree, need_tool, tree_sta
 
 from builder.layers import (
     Changeset,
+    ChangesetError,
     Entry,
     EntryKind,
     SourceChanged,
@@ -160,3 +161,18 @@ def test_a_file_that_grows_while_written_is_an_error(tmp_path: Path) -> None:
     (root / "f").write_bytes(b"a")
     with pytest.raises(SourceChanged):
         write_tar(cs, io.BytesIO())
+
+
+@pytest.mark.parametrize("name", [".wh.passwd", ".wh..wh..opq"])
+def test_a_file_named_as_a_whiteout_is_refused(tmp_path: Path, name: str) -> None:
+    """In a layer '.wh.passwd' deletes passwd and '.wh..wh..opq' hides the directory's
+    lower contents: written as a file, every puller would lose files, silently."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    (root / "etc" / name).write_text("a plain file\n")
+    with pytest.raises(ChangesetError, match=rf"/etc/{name}: a name that starts with "
+                                             r"'\.wh\.' cannot be in a layer"):
+        write_tar(changeset_of_tree(root), io.BytesIO())
+    (root / "etc" / name).rename(root / "etc" / "wh.passwd")  # any other name is fine
+    write_tar(changeset_of_tree(root), io.BytesIO())

@@ -55,3 +55,20 @@ def test_unknown(user: str, message: str) -> None:
     with pytest.raises(UnknownUser, match=message) as info:
         resolve_user(user, PASSWD, GROUP)
     assert "numeric uid" in str(info.value)  # the message says what to do
+
+
+def test_entries_with_ids_past_two_to_the_31() -> None:
+    """runc takes an entry's ids as they are (Docker runs ``USER big`` as 3000000000);
+    only a number no entry has must be at most 2**31 - 1."""
+    passwd = "big:x:3000000000:4294967294::/home/big:/bin/sh\n"
+    group = "biggrp:x:4294967294:big\n"
+    big = ExecUser(3000000000, 4294967294, (4294967294,), "/home/big", "big")
+    assert resolve_user("big", passwd, group) == big
+    assert resolve_user("3000000000", passwd, group) == big
+    assert resolve_user("1:biggrp", passwd, group) == ExecUser(1, 4294967294, (), "/", "")
+    assert resolve_user("1:4294967294", passwd, group) == ExecUser(1, 4294967294, (), "/", "")
+    with pytest.raises(UnknownUser, match=r"uid 3000000001 is out of range \(one that "
+                                          r"/etc/passwd does not list must be at most"):
+        resolve_user("3000000001", passwd, group)
+    with pytest.raises(UnknownUser, match="gid 3000000000 is out of range"):
+        resolve_user("big:3000000000", passwd, group)
