@@ -6,6 +6,7 @@ Storage (``storage_dir``, shared with the CAS)::
     <storage>/builder/cache.db        the build cache (builder.cache)
     <storage>/builder/snapshots/      extracted layers (builder.extracted)
     <storage>/builder/cache-mounts/   RUN --mount=type=cache directories
+    <storage>/builder/gc-state        the build cache's last measured size (builder.autogc)
     <storage>/builder/tmp/<build>/    this build's scratch space, removed at the end
 """
 
@@ -16,6 +17,7 @@ import contextlib
 import functools
 import os
 import shutil
+import sys
 import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field, replace
@@ -26,6 +28,7 @@ from cas import Digest, Store, StoreConfig, check_owner, open_store
 from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
+from .autogc import after_build
 from .cache import BuildCache
 from .cache.lazy import LazyLayerError, MountSources, RemoteLayers
 from .cache.manifest import INLINE_KEY
@@ -78,11 +81,13 @@ class BuildOptions:
     labels: dict[str, str] = field(default_factory=dict)
     no_cache: bool = False
     explain: bool = False
+    gc_keep_storage: int | None = None  # builder.autogc's bound: None its default, 0 off
     network: str = "default"
     outputs: tuple[Output, ...] = ()
     secrets: dict[str, Path | bytes] = field(default_factory=dict)  # id -> file or value
     compression: str = "gzip"
-    source_date_epoch: int | None = None
+    # as given: the option's text is checked by source_date_epoch, as the other forms are
+    source_date_epoch: int | str | None = None
     push: bool = False
     # the target platforms, os/arch[/variant] separated by commas (two or more: an image
     # index); None: the host's
@@ -183,7 +188,7 @@ def _check_merge(roots: list[tuple[Platform, list[Path]]], work: Path) -> None:
             shutil.rmtree(tree, ignore_errors=True)
 
 
-def source_date_epoch(flag: int | None, build_args: dict[str, str],
+def source_date_epoch(flag: int | str | None, build_args: dict[str, str],
                       tree: SyntaxTree | None = None, target: str | None = None) -> int | None:
     """The build's epoch, as BuildKit takes it: ``--source-date-epoch``, else the
     ``SOURCE_DATE_EPOCH`` build arg, else the environment variable (which buildx passes on
@@ -307,6 +312,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
     lock = BuildLock(bdir)
     await asyncio.to_thread(lock.acquire, exclusive=False)
     work: Path | None = None
+    since = time.time()  # what was used since (by the file system's clock) the GC spares
     store: Store | None = None
     cache: BuildCache | None = None
     remote: RemoteLayers | None = None
@@ -316,7 +322,7 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
     try:
         await asyncio.to_thread(drop_orphaned_work_dirs, bdir / "tmp")  # killed builds'
         fresh, owner = await asyncio.to_thread(new_work_dir, bdir / "tmp")
-        work = fresh
+        work, since = fresh, os.stat(fresh / ".owner").st_mtime
         store = await open_store(StoreConfig(opts.storage))
         cache = await asyncio.to_thread(BuildCache, bdir / "cache.db")
         ssh = {**opts.ssh, **await asyncio.to_thread(key_agents, opts.ssh_keys, agents)}
@@ -485,3 +491,5 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
             await asyncio.to_thread(shutil.rmtree, work, True)
             os.close(owner)  # the directory is gone: nothing left for another build
         lock.release()
+        if isinstance(sys.exc_info()[1], Exception | None):  # not when interrupted
+            await after_build(opts.storage, opts.gc_keep_storage, since, progress)

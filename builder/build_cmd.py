@@ -18,6 +18,8 @@ from registry.client.refs import InvalidReference, parse_image_ref
 from registry.oci import Platform
 
 from .annotations import AnnotationError, parse_annotations
+from .autogc import ENV as GC_ENV
+from .autogc import bound_option
 from .build import BuildOptions, run_build, target_platforms
 from .cache.spec import CacheSpec, CacheSpecError, parse_cache_specs
 from .classic_flags import classic_builder_flags, warn_classic_flags
@@ -334,7 +336,7 @@ def _context_dir(text: str) -> Path:
 @click.option("--metadata-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write build metadata (JSON) to this file.")
 @click.option("--compression", type=click.Choice(["gzip", "zstd"]), default="gzip")
-@click.option("--source-date-epoch", type=int, default=None,
+@click.option("--source-date-epoch", default=None,
               help="Timestamps in the image [default: $SOURCE_DATE_EPOCH].")
 @click.option("--storage", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Storage directory [default: $PYBUILD_STORAGE or ~/.local/share/pybuild].")
@@ -367,18 +369,24 @@ def _context_dir(text: str) -> Path:
 @click.option("--cache-from", "cache_from", multiple=True,
               help="Import a build cache: type=local,src=DIR or type=registry,ref=REF "
                    "(repeatable).")
+@click.option("--gc-keep-storage", "gc_keep_storage", envvar=GC_ENV,
+              default=None, metavar="SIZE", callback=bound_option,
+              help="After the build, prune the least recently used build cache down to SIZE "
+                   "(512m, 10g; 0 or off: never) [default: $PYBUILD_GC_KEEP_STORAGE, else a "
+                   "tenth of the disk, at most 10 GB].")
 @classic_builder_flags
 def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
           build_args: tuple[str, ...], target: str | None, labels: tuple[str, ...],
           no_cache: bool, explain: bool, network: str, push: bool, pull: bool,
           outputs: tuple[str, ...],
           secrets: tuple[str, ...], progress_mode: str, iidfile: Path | None,
-          metadata_file: Path | None, compression: str, source_date_epoch: int | None,
+          metadata_file: Path | None, compression: str, source_date_epoch: str | None,
           storage: Path | None, platform: str | None, differ: str, ssh: tuple[str, ...],
           allow: tuple[str, ...], load: bool, quiet: bool,
           annotations: tuple[str, ...], add_hosts: tuple[str, ...], shm_size: str | None,
           ulimits: tuple[str, ...], build_contexts: tuple[str, ...],
-          cache_to: tuple[str, ...], cache_from: tuple[str, ...], **classic: object) -> None:
+          cache_to: tuple[str, ...], cache_from: tuple[str, ...], gc_keep_storage: int | None,
+          **classic: object) -> None:
     """Build an image from a Dockerfile and a context directory."""
     warn_classic_flags(classic)
     if quiet:
@@ -439,7 +447,7 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
         shm_size=_shm_size(shm_size), ulimits=_ulimits(ulimits),
         build_contexts=_build_contexts(build_contexts),
         cache_to=_cache_specs(cache_to, export=True),
-        cache_from=_cache_specs(cache_from, export=False))
+        cache_from=_cache_specs(cache_from, export=False), gc_keep_storage=gc_keep_storage)
     if iidfile is not None:  # as buildx: a build that fails leaves no earlier image ID there
         iidfile.unlink(missing_ok=True)
     progress = BuildProgress(progress_mode)

@@ -260,6 +260,11 @@ class BuildProgress:
         self.events.append(("info", text))
         self._emit({"event": "info", "message": text}, text)
 
+    def collected(self, message: str, fields: dict[str, object]) -> None:
+        """The build cache was brought within its bound after the build (builder.autogc):
+        ``{"event": "gc", ...fields, "message"}``; not among the events a fast path replays."""
+        self._emit({"event": "gc", **fields, "message": message}, message)
+
     def base_image(self, ref: str, digest: str, pulled: float) -> None:
         """A base image was taken from the local store without asking its registry
         (no ``--pull``): which one, and when it was pulled (epoch seconds)."""

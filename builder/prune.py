@@ -140,7 +140,8 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0,
                                                       cutoff)
         if only_mounts:
             if keep_bytes is not None:
-                more, more_size = await asyncio.to_thread(_keep_within, bdir, keep_bytes, False)
+                more, more_size, _ = await asyncio.to_thread(_keep_within, bdir, keep_bytes,
+                                                             False)
                 mounts, mounts_size = mounts + more[1], mounts_size + more_size[1]
             return PruneReport(0, 0, 0, 0, cache_mounts=mounts, cache_mount_bytes=mounts_size)
         cache = BuildCache(bdir / "cache.db")
@@ -165,7 +166,7 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0,
                                               cutoff)
         work, work_size = await asyncio.to_thread(_drop_work_dirs, bdir / "tmp")
         if keep_bytes is not None:
-            more, more_size = await asyncio.to_thread(_keep_within, bdir, keep_bytes, True)
+            more, more_size, _ = await asyncio.to_thread(_keep_within, bdir, keep_bytes, True)
             count, size = count + more[0], size + more_size[0]
             mounts, mounts_size = mounts + more[1], mounts_size + more_size[1]
         # not facts entries (a step's, with no layer) nor clamped copies of layers
@@ -209,12 +210,12 @@ def _drop_extracted(root: Path, keep: set[str], before: float | None) -> tuple[i
     return count, size
 
 
-def _keep_within(bdir: Path, keep_bytes: int, layers: bool
-                 ) -> tuple[tuple[int, int], tuple[int, int]]:
+def _keep_within(bdir: Path, keep_bytes: int, layers: bool, since: float = math.inf
+                 ) -> tuple[tuple[int, int], tuple[int, int], int]:
     """Remove the least recently used extracted layers (``layers``) and cache mounts until
     those left take at most ``keep_bytes``, as BuildKit's ``--keep-storage`` (no build
-    runs: the lock; a cache mount a step holds stays). ``((layers, mounts) removed, (their
-    bytes))``."""
+    runs: the lock; a cache mount a step holds stays, and so does what was used at or after
+    ``since``). ``((layers, mounts) removed, (their bytes), bytes left)``."""
     found: list[tuple[float, int, Path, int]] = []  # (last used, bytes, path, 0 layer | 1 mount)
     extracted, mounts = bdir / EXTRACTED_DIR, bdir / "cache-mounts"
     for kind, root in enumerate((extracted, mounts)):
@@ -228,9 +229,11 @@ def _keep_within(bdir: Path, keep_bytes: int, layers: bool
                 found.append((used, _allocated(entry), entry, kind))
     total = sum(size for _, size, _, _ in found)
     count, removed = [0, 0], [0, 0]
-    for _, size, entry, kind in sorted(found, key=lambda f: (f[0], f[2].name)):
+    for used, size, entry, kind in sorted(found, key=lambda f: (f[0], f[2].name)):
         if total <= keep_bytes:
             break
+        if used >= since:  # the build that just ended used it (builder.autogc)
+            continue
         if kind == 0:
             shutil.rmtree(entry, ignore_errors=True)
         else:
@@ -247,7 +250,7 @@ def _keep_within(bdir: Path, keep_bytes: int, layers: bool
         total -= size
         count[kind] += 1
         removed[kind] += size
-    return (count[0], count[1]), (removed[0], removed[1])
+    return (count[0], count[1]), (removed[0], removed[1]), total
 
 
 def _drop_work_dirs(root: Path) -> tuple[int, int]:

@@ -419,6 +419,17 @@ def whiteout_mark(parts: list[str]) -> tuple[list[str], bool] | None:
     return [*parts[:-1], parts[-1][len(WHITEOUT_PREFIX):]], False
 
 
+def _name_too_long(member: tarfile.TarInfo) -> str:
+    """ENAMETOOLONG from ``member`` explained (Linux's NAME_MAX and PATH_MAX)."""
+    name = next((p for p in f"{member.name}/{member.linkname}".split("/")
+                 if len(os.fsencode(p)) > 255), None)
+    what = ("its path or link target is over 4096 bytes" if name is None
+            else f"its name {name[:40]!r}... is {len(os.fsencode(name))} bytes long")
+    return (f"layer entry {member.name[:200]!r} cannot be applied: {what}, and Linux file "
+            "systems allow at most 255 bytes per name (4096 per path); "
+            "change the archive or image so that its names fit")
+
+
 def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
                 same_owner: bool | None = None,
                 marks: list[tuple[list[str], bool]] | None = None,
@@ -464,6 +475,8 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
                 except OSError as exc:
                     if exc.errno not in _LAYOUT_ERRNOS:
                         raise
+                    if exc.errno == errno.ENAMETOOLONG:
+                        raise LayerFormatError(_name_too_long(member)) from exc
                     raise LayerFormatError(
                         f"layer entry {member.name!r} cannot be applied: {exc.strerror} "
                         f"({exc.filename}); the layer does not fit on its lower layers"

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from cas import Digest
+from cas import BlobUnknown, Digest
 from cas.units import human_duration
 
 from ..oci import Index, Manifest
@@ -275,21 +275,45 @@ IMAGES_HEADERS = {"Reference": "REFERENCE", "Repository": "REPOSITORY", "Tag": "
                   "CreatedAt": "CREATED AT"}
 
 
-def image_rows(found: list[Any], now: float, trunc: bool) -> list[dict[str, str]]:
+async def config_created(images: ImageStore, image: Any) -> float:
+    """When the local image (:class:`.image_store.LocalImage`) says it was made, as
+    ``docker images`` shows it: its config's ``created`` (for an index, this machine's
+    platform's); when the image holds none, when it was stored here."""
+    try:
+        _, obj, _ = await images.manifest(image.digest)
+        if isinstance(obj, Index):
+            _, obj, _ = await images.manifest(select_platform(obj, None).digest)
+        if isinstance(obj, Manifest):
+            config = json.loads(await images.store.read_bytes(obj.config.digest))
+            created = _parse_time(config.get("created")) if isinstance(config, dict) else None
+            if created is not None:
+                return created.timestamp()
+    except (BlobUnknown, ImageNotFound, ValueError):
+        pass  # an index without this platform's image, a config that is not JSON
+    return float(image.created)
+
+
+def image_rows(found: list[Any], now: float, trunc: bool,
+               created: dict[Digest, float] | None = None) -> list[dict[str, str]]:
     """One row per local image name (:class:`.image_store.LocalImage`), with
     ``docker images``' fields: ``Repository``, ``Tag`` (``<none>`` for a name by digest
     alone), ``ID`` (the digest's first 12 hex digits; whole without ``trunc``),
-    ``Digest``, ``CreatedSince``, ``CreatedAt``, and ``Reference`` (the whole name)."""
+    ``Digest``, ``CreatedSince``, ``CreatedAt`` (from ``created``, by image digest, as
+    :func:`config_created` gives it; else when the image was stored), and ``Reference``
+    (the whole name)."""
     rows = []
     for image in found:
         ref = _ref(image.ref)
-        at = datetime.datetime.fromtimestamp(image.created).astimezone()
+        when = (created or {}).get(image.digest, image.created)
+        at = datetime.datetime.fromtimestamp(when).astimezone()
         rows.append({
             "Reference": _familiar(image.ref), "Repository": _familiar(ref.repository),
             "Tag": ref.tag or "<none>",
             "ID": image.digest.encoded[:12] if trunc else str(image.digest),
             "Digest": str(image.digest),
-            "CreatedSince": f"{human_duration(max(0.0, now - image.created))} ago",
+            # as go-units' HumanDuration: "56 years ago", and a time to come is
+            # "Less than a second ago"
+            "CreatedSince": f"{human_duration(now - when)} ago",
             "CreatedAt": at.strftime("%Y-%m-%d %H:%M:%S %z %Z"),
         })
     return rows
@@ -349,11 +373,13 @@ def images(pattern: str | None, quiet: bool, no_trunc: bool, template: str | Non
     """List local images."""
     references, dangling = _image_filters(filters)
 
-    async def run() -> list[Any]:
+    async def run() -> tuple[list[Any], dict[Digest, float]]:
         async with await ImageStore.open(storage) as store:
-            return await store.list()
+            listed = await store.list()
+            return listed, {i.digest: await config_created(store, i) for i in listed}
 
-    found = [] if dangling else _run(run())  # every local image has a name: none dangles
+    # every local image has a name: none dangles
+    found, created = ([], {}) if dangling else _run(run())
     if pattern is not None:
         found = [i for i in found if matches(i.ref, pattern)]
     if references:
@@ -362,7 +388,7 @@ def images(pattern: str | None, quiet: bool, no_trunc: bool, template: str | Non
         click.echo(json.dumps([{"ref": i.ref, "digest": str(i.digest), "mediaType": i.media_type,
                                 "size": i.size, "created": i.created} for i in found], indent=2))
         return
-    rows = image_rows(found, time.time(), trunc=not no_trunc)
+    rows = image_rows(found, time.time(), trunc=not no_trunc, created=created)
     if quiet:  # as docker images -q: one ID per name (an image named twice, twice)
         for row in rows:
             click.echo(row["ID"])

@@ -17,9 +17,11 @@ Policies, in one place (:meth:`RegistrySession._send`):
 - Retries with exponential backoff on connection errors, 5xx, 408 and 429 (waiting as long as
   ``Retry-After`` asks, up to ``max_retry_after``; a 429 also for a request that carries
   bytes: it was not taken in); never on other 4xx. A host
-  that does not resolve is not retried; a refused connection is retried twice, quickly.
-  Either raises :class:`Unreachable`, one line naming the host and what to check, and
-  the host is then known to be down: every later request to it fails at once.
+  that does not resolve is not retried; a refused connection is retried twice, quickly,
+  unless the host has answered before: then it is restarting, and is waited for up to
+  ``outage`` seconds (:mod:`registry.client.refusals`). Either raises :class:`Unreachable`,
+  one line naming the host and what to check, and the host is then known to be down:
+  every later request to it fails at once.
 - Redirects are followed by hand (blob GETs are redirected to storage); the ``Authorization`` header
   only ever goes to the registry's own host, the ``Location``'s query string is sent as it is, and
   messages show it without its query (a presigned URL's signature). A redirect target that refuses
@@ -43,11 +45,12 @@ from ..errors import RegistryError, decode_errors
 from .answers import decoded, each_said, error_reason, gave_up, retry_delay, same_origin, shown_url
 from .auth import Credentials, HostAuth
 from .certs_dirs import TlsSettings, default_roots
-from .connections import MAX_SMALL_BODY, PlainHttp, TlsClosed, TlsRefused, UnknownHost, Wire, WireError, WireResponse
+from .connections import MAX_SMALL_BODY, PlainHttp, TlsClosed, TlsRefused, Wire, WireError, WireResponse
 from .connections import Unreachable as _NoConnection
 from .docker_config import server_host
 from .errors import ClientError
 from .refs import is_loopback
+from .refusals import Refusals, unreachable_message
 
 __all__ = ["ClientOptions", "RegistrySession", "TransportError", "Unreachable", "pull_scope", "push_scope"]
 
@@ -55,8 +58,6 @@ __all__ = ["ClientOptions", "RegistrySession", "TransportError", "Unreachable", 
 _RETRY_STATUS = frozenset({408, 500, 502, 503, 504})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_HOPS = 5  # redirects followed for one request
-# A refused connection is tried this many more times (a registry restarting), no more.
-_REFUSED_RETRIES = 2
 
 
 class TransportError(ClientError):
@@ -70,20 +71,6 @@ class Unreachable(TransportError):
     def __init__(self, host: str, message: str) -> None:
         super().__init__(message)
         self.host = host
-
-
-def _unreachable(exc: _NoConnection) -> Unreachable:
-    host = exc.netloc
-    if exc.proxy:
-        return Unreachable(host, f"cannot connect to {exc.proxy} on the way to {host} "
-                                 f"({exc.reason}): is the proxy running at that address? "
-                                 f"To reach {host} directly, list it in NO_PROXY")
-    if isinstance(exc, UnknownHost):
-        name = urlsplit(f"//{host}").hostname or host
-        return Unreachable(host, f"registry host {name} is unknown ({exc.reason}); check the "
-                                 "registry's host name, and the DNS set-up")
-    return Unreachable(host, f"cannot connect to registry {host} ({exc.reason}): is the "
-                             f"registry running, and is {host} its address and port?")
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -126,6 +113,9 @@ class ClientOptions:
     # command silent for minutes.
     notice: Callable[[str], None] | None = field(default=None, compare=False)
     notice_after: float = 30
+    # A host that answered earlier and now refuses connections (restarting) is retried for
+    # up to this many seconds from its first refusal (0: twice, quickly, as any other).
+    outage: float = 30
 
 
 @dataclass(slots=True)
@@ -155,6 +145,7 @@ class RegistrySession:
         self._challenges: dict[str, str] = {}  # host[:port] -> its /v2/'s WWW-Authenticate
         self._insecure_hosts = {server_host(h) for h in self.options.insecure}  # http://reg too, as Docker
         self._tls = TlsSettings(self.options.ca_cert, self.options.cert_dir, self.options.certs_d)
+        self._refusals = Refusals(self.options.backoff, self.options.outage, self.options.notice)
 
     async def __aenter__(self) -> Self:
         return self
@@ -356,8 +347,8 @@ class RegistrySession:
 
         Until a host has answered once, its requests go one at a time: when it is down,
         the first one finds out (a name that does not resolve at once; a refused
-        connection after ``_REFUSED_RETRIES`` quick retries) and the others fail with the
-        same :class:`Unreachable` without trying, instead of each retrying on its own."""
+        connection after :mod:`.refusals`' retries) and the others fail with the same
+        :class:`Unreachable` without trying, instead of each retrying on its own."""
         netloc = urlsplit(url).netloc
         gate = None
         if netloc not in self._reached:
@@ -380,16 +371,23 @@ class RegistrySession:
                         # registry that speaks plain HTTP): the host is up.
                         self._reached.add(netloc)
                         raise
-                    refused = isinstance(exc.__cause__, ConnectionRefusedError)
-                    if refused and attempt < _REFUSED_RETRIES:  # nothing was sent: safe
-                        await asyncio.sleep(self.options.backoff * 2**attempt)
+                    # Nothing was sent: safe to try again. A reset, from a host that
+                    # answered before, is one going down (connected, then closed unserved).
+                    reached = netloc in self._reached
+                    refused = isinstance(exc.__cause__, ConnectionRefusedError) or (
+                        reached and isinstance(exc.__cause__, ConnectionResetError))
+                    if refused and (delay := self._refusals.delay(netloc, attempt, reached,
+                                                                  exc.reason)) is not None:
+                        await asyncio.sleep(delay)
                         attempt += 1
                         continue
-                    self._down[netloc] = _unreachable(exc)
+                    self._down[netloc] = Unreachable(exc.netloc, unreachable_message(
+                        exc, self._refusals.gave_up(netloc)))
                     raise self._down[netloc] from exc
                 finally:
                     self._done_waiting(silence, answered)
                 self._reached.add(netloc)
+                self._refusals.answered(netloc)
                 return resp
         finally:
             if gate is not None:

@@ -50,6 +50,7 @@ def upstream_client(upstream: Upstream) -> RegistryClient:
     options = ClientOptions(
         credentials=creds, insecure=frozenset({netloc}) if plain else frozenset(),
         loopback_insecure=plain, retries=2, backoff=0.2, read_timeout=UPSTREAM_READ_TIMEOUT,
+        outage=0,  # an upstream that went down fails the mirror's requests at once
     )
     client = RegistryClient(options)
     client._bases[netloc] = upstream.remoteurl

@@ -48,10 +48,11 @@ class SampleImage:
 
 
 def make_image(layer_chunks: list[list[bytes]], *, arch: str = "amd64",
-               media_type: str = oci.OCI_MANIFEST) -> SampleImage:
+               media_type: str = oci.OCI_MANIFEST, created: str | None = None) -> SampleImage:
     layers = [layer_from_chunks(chunks) for chunks in layer_chunks]
     diff_ids = ["sha256:" + hashlib.sha256(b"".join(c)).hexdigest() for c in layer_chunks]
     config = json.dumps({"architecture": arch, "os": "linux",
+                         **({"created": created} if created is not None else {}),
                          "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
     docker = media_type == oci.DOCKER_MANIFEST
     doc = {

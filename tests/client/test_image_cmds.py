@@ -4,6 +4,7 @@ Docker in ``tests/e2e/test_e2e_image_cmds.py``."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 from pathlib import Path
 
@@ -362,3 +363,37 @@ def test_dockers_other_flags_are_taken(tmp_path: Path) -> None:
     code, output = pybuild("pull", "--disable-content-trust=false", "127.0.0.1:1/app:1")
     assert code == 2 and "content trust (Notary signatures) is not supported" in output
     assert pybuild("rmi", "--no-prune", "app:1") == (0, "Untagged: app:1\n")
+
+
+def test_images_says_when_the_config_says_the_image_was_made(tmp_path: Path) -> None:
+    # as docker images: CREATED is the config's `created` (a SOURCE_DATE_EPOCH=0 build's
+    # is 1970), not when the image came here; a time to come is "Less than a second ago"
+    seeded = {"example.com/epoch:0": make_image([[random_bytes(1000, 1)]],
+                                                created="1970-01-01T00:00:00Z"),
+              "example.com/later:1": make_image([[random_bytes(1000, 2)]],
+                                                created="2999-01-01T00:00:00.123456789Z"),
+              "example.com/undated:1": make_image([[random_bytes(1000, 3)]])}
+
+    async def seed() -> None:
+        async with await ImageStore.open(tmp_path / "s") as images:
+            for ref, image in seeded.items():
+                await store_image(images, ref, image)
+            # an index: this machine's platform's config says
+            epoch = seeded["example.com/epoch:0"]
+            await images.put("example.com/multi:1",
+                             make_index([(epoch, "amd64"), (epoch, "arm64")]))
+
+    asyncio.run(seed())
+    got = CliRunner().invoke(main, ["images", "--storage", str(tmp_path / "s"), "--format",
+                                    "{{.Reference}} {{.CreatedSince}} {{.CreatedAt}}"])
+    assert got.exit_code == 0, got.output
+    rows = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in got.output.splitlines()}
+    years = datetime.datetime.now(datetime.UTC).year - 1970
+    assert rows["example.com/epoch:0"].startswith(f"{years - 1} years ago ") \
+        or rows["example.com/epoch:0"].startswith(f"{years} years ago ")
+    assert rows["example.com/multi:1"] == rows["example.com/epoch:0"]
+    local_1970 = datetime.datetime.fromtimestamp(0).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    assert local_1970 in rows["example.com/epoch:0"]
+    assert rows["example.com/later:1"].startswith("Less than a second ago 2998-12-31") \
+        or rows["example.com/later:1"].startswith("Less than a second ago 2999-01-01")
+    assert rows["example.com/undated:1"].startswith("Less than a second ago ")

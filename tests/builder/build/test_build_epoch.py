@@ -87,6 +87,23 @@ def test_bad_epoch_from_the_command_line(context_of, tmp_path: Path) -> None:
     assert len(lines) == 1 and "SOURCE_DATE_EPOCH=now" in lines[0], proc.stderr
 
 
+@pytest.mark.parametrize("value", ["5_000", "\uff11\uff12\uff13", " 5"])
+def test_option_refuses_what_the_other_forms_refuse(context_of, tmp_path: Path,
+                                                    value: str) -> None:
+    # Python's int() takes these; the build arg and the environment variable do not
+    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "builder", "build", "--storage",
+                           str(tmp_path / "s"), "--source-date-epoch", value,
+                           str(context_of("basic"))],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(lines) == 1, proc.stderr
+    assert f"--source-date-epoch SOURCE_DATE_EPOCH={value}" in lines[0]
+    assert "expected a whole number of seconds since 1970" in lines[0]
+
+
 def test_file_outputs_have_the_epoch_whoever_checked_out(context_of, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """``type=local`` and ``type=tar`` give every file the epoch, as BuildKit's local and

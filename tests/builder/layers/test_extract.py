@@ -487,3 +487,14 @@ def test_an_entry_nested_past_the_depth_limit_is_refused(jail: tuple[Path, Path]
     with pytest.raises(LayerFormatError, match=r"directories deep in the rootfs, more than "
                                                 r"the 512 pybuild handles"):
         apply_layer(io.BytesIO(archive(*members)), root)
+
+
+@pytest.mark.parametrize("name", ["d/" + "x" * 300, "x" * 300 + "/f"])
+def test_a_name_over_255_bytes_is_named_with_the_limit(jail: tuple[Path, Path], name: str) -> None:
+    root, _ = jail
+    with pytest.raises(LayerFormatError) as caught:
+        apply_layer(io.BytesIO(archive(("file", name, b"x"))), root)
+    message = str(caught.value)
+    assert "'" + "x" * 40 + "'... is 300 bytes long" in message
+    assert "at most 255 bytes per name" in message and "change the archive or image" in message
+    assert str(root) not in message and "lower layers" not in message
