@@ -253,9 +253,11 @@ def _push_v2_over_v1(workdir: Path, layout: Path, total_v2: int) -> list[Measure
 
 def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
                  report_skip: Callable[[str, str], None], formats: bool = True,
-                 shaped: bool = True, shaped_only: bool = False) -> list[Measurement]:
+                 shaped: bool = True, shaped_only: bool = False,
+                 format_repeats: int = 2) -> list[Measurement]:
     """Time each available client; ``report_skip(client, why)`` for those that are not.
-    ``formats``: also the cold pull per layer format (:mod:`bench.formats_bench`);
+    ``formats``: also the cold pull per layer format (:mod:`bench.formats_bench`), the best
+    of ``format_repeats``;
     ``shaped``: also over a shaped link (:mod:`bench.shaped_link`); ``shaped_only``:
     only that."""
     tars = _tars(layers, layer_size, files)
@@ -320,7 +322,7 @@ def bench_client(workdir: Path, *, layers: int, layer_size: int, files: int,
     if formats and has_command("pull"):
         from bench.formats_bench import bench_formats
 
-        extra += bench_formats(workdir, tars)
+        extra += bench_formats(workdir, tars, repeats=format_repeats)
     if shaped and has_command("pull"):
         from bench.shaped_link import ShapedLinkUnavailable, bench_shaped
 

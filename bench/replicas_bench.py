@@ -26,6 +26,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
@@ -133,15 +134,19 @@ def _pybuild(work: Path, bucket: Bucket | None, redirect: bool = True,
                                  f"?secure=false&region={c.region}")
             settings["storage_redirect"] = redirect  # as Distribution's storage.redirect
         config.write_text(json.dumps(settings))
-        addrs = []
-        for n in range(REPLICAS):
-            def argv(addr: str) -> list[str]:
-                return [sys.executable, "-m", "builder", "serve", "--addr", addr, "--storage",
-                        str(storage), "--config", str(config)]
+        def argv(addr: str) -> list[str]:
+            return [sys.executable, "-m", "builder", "serve", "--addr", addr, "--storage",
+                    str(storage), "--config", str(config)]
 
-            replica = RegistryProcess("pybuild", argv, storage=storage, log=work / f"r{n}.log")
-            stack.enter_context(replica)
-            addrs.append(replica.addr)
+        replicas = [RegistryProcess("pybuild", argv, storage=storage, log=work / f"r{n}.log")
+                    for n in range(REPLICAS)]
+        for replica in replicas:
+            stack.callback(replica.stop)
+        # The replicas start at once (each waits for its /v2/), as a deployment's do.
+        with ThreadPoolExecutor(max_workers=REPLICAS) as pool:
+            for started in [pool.submit(replica.start) for replica in replicas]:
+                started.result()
+        addrs = [replica.addr for replica in replicas]
         lb = stack.enter_context(load_balancer(addrs, blob_affinity=blob_affinity))
 
         def database_bytes() -> int:

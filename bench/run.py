@@ -244,7 +244,8 @@ def client(quick: bool, workdir: Path | None, results: Path, layers: int, layer_
         try:
             report.add(bench_client(work, layers=layers, layer_size=layer_mib * MiB, files=files,
                                     report_skip=report.skipped.__setitem__, formats=formats,
-                                    shaped=shaped, shaped_only=shaped_only))
+                                    shaped=shaped, shaped_only=shaped_only,
+                                    format_repeats=1 if quick else 2))
         except ClientBenchError as exc:
             report.failed["client"] = str(exc)
     _finish(report, results)

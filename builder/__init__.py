@@ -1,1 +1,4 @@
 """pybuild's image builder: Dockerfile -> instructions -> execution -> changesets -> image."""
+
+# The one place the version is written: pyproject.toml reads it from here.
+__version__ = "0.1.0"

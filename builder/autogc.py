@@ -4,11 +4,13 @@
 As BuildKit's garbage collector (on by default in buildkitd and in Docker 25+, the daemon's
 ``builder.gc``), whose default bound is a tenth of the disk that holds its state, at most
 10 GB. What goes first is what ``--keep-storage`` removes: the least recently used extracted
-layers (``builder/snapshots``) and ``RUN --mount=type=cache`` directories; never one the
-build that just ended used (it touched them: used at or after its start) nor one a running
-build holds (the collection needs ``builder/lock`` exclusively, as prune does, and is left to
-the next build while another build runs). Cached steps and their layer blobs go by age
-(``pybuild builder prune``, then ``pybuild storage gc``), as their size is the CAS's.
+layers (``builder/snapshots``), cached steps (each counted with its layer blob; a build that
+finds a step in the cache records its use) and ``RUN --mount=type=cache`` directories; never
+one the build that just ended used (used at or after its start) nor one a running build
+holds (the collection needs ``builder/lock`` exclusively, as prune does, and is left to the
+next build while another build runs). The blobs of the steps removed lose their holder and
+go with a garbage collection of the store (``pybuild storage gc``'s, with its grace: a blob
+made within the hour stays until a later one), unless an image or another holder links them.
 
 The bound: ``pybuild build --gc-keep-storage SIZE`` or ``$PYBUILD_GC_KEEP_STORAGE``
 (``10g``, ``512m``: binary units, as ``--keep-storage``); ``0`` or ``off`` turns it off.
@@ -32,10 +34,12 @@ from pathlib import Path
 
 import click
 
+from cas import StoreConfig, open_store
+from cas.errors import CasError
 from cas.units import human_bytes, parse_size
 
 from .progress import BuildProgress
-from .prune import BuildLock, PruneError, _keep_within
+from .prune import BuildLock, PruneError, _keep_within, unlink_steps
 
 __all__ = ["ENV", "GcReport", "after_build", "bound_option", "collect", "default_bound",
            "message", "parse_bound"]
@@ -52,7 +56,8 @@ _REMEASURE = 86400  # seconds: the longest a measurement stands in for a walk
 class GcReport:
     layers: int  # extracted layers removed
     mounts: int  # cache mounts removed
-    removed: int  # their bytes
+    removed: int  # their bytes (and the steps' layer blobs)
+    steps: int  # cached steps removed (their blobs unlinked: storage gc's to reclaim)
     left: int  # the bytes the cache takes now
     bound: int
 
@@ -94,7 +99,7 @@ def _fs_used(path: Path) -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def _collect(storage: Path, bound: int, since: float) -> GcReport | None:
+def _collect(storage: Path, bound: int, since: float) -> tuple[GcReport, list[str]] | None:
     bdir = storage / "builder"
     state = bdir / STATE
     try:
@@ -112,14 +117,14 @@ def _collect(storage: Path, bound: int, since: float) -> GcReport | None:
     except PruneError:
         return None  # another build runs: the next build to end collects
     try:
-        (layers, mounts), (size, msize), left = _keep_within(bdir, bound, True, since)
+        (layers, mounts, steps), sizes, left, dropped = _keep_within(bdir, bound, True, since)
         tmp = bdir / f".{STATE}.tmp"
         tmp.write_text(json.dumps({"cache": left, "fs_used": _fs_used(bdir),
                                    "dev": os.stat(bdir).st_dev, "at": time.time()}))
         os.replace(tmp, state)
     finally:
         lock.release()
-    return GcReport(layers, mounts, size + msize, left, bound)
+    return GcReport(layers, mounts, sum(sizes), steps, left, bound), dropped
 
 
 async def collect(storage: Path, bound: int | None, since: float) -> GcReport | None:
@@ -129,17 +134,24 @@ async def collect(storage: Path, bound: int | None, since: float) -> GcReport | 
     if bound == 0:
         return None
     bound = default_bound(storage) if bound is None else bound
-    with contextlib.suppress(OSError):
-        return await asyncio.to_thread(_collect, storage, bound, since)
+    with contextlib.suppress(OSError, CasError):  # the build is done: it stands
+        done = await asyncio.to_thread(_collect, storage, bound, since)
+        if done is not None and done[1]:
+            await unlink_steps(storage, done[1])
+            async with await open_store(StoreConfig(storage)) as store:
+                await store.gc()  # with its grace: an upload's blob not linked yet stays
+        return None if done is None else done[0]
     return None
 
 
 def message(report: GcReport) -> str:
     """The line a build prints when its collection removed something."""
     what = [f"{n} {name}{'s' * (n != 1)}" for n, name in (
-        (report.layers, "extracted layer"), (report.mounts, "cache mount")) if n]
+        (report.layers, "extracted layer"), (report.steps, "cached step"),
+        (report.mounts, "cache mount")) if n]
+    listed = ", ".join(what[:-1]) + " and " + what[-1] if len(what) > 1 else "".join(what)
     return (f"build cache over its bound of {human_bytes(report.bound)}: removed the least "
-            f"recently used {' and '.join(what)} ({human_bytes(report.removed)}), "
+            f"recently used {listed} ({human_bytes(report.removed)}), "
             f"{human_bytes(report.left)} left (--gc-keep-storage or ${ENV} sets the bound, "
             "off keeps the cache unbounded)")
 
@@ -148,8 +160,9 @@ async def after_build(storage: Path, bound: int | None, since: float,
                       progress: BuildProgress) -> None:
     """:func:`collect`, and one line in the build's output when something went."""
     report = await collect(storage, bound, since)
-    if report is not None and (report.layers or report.mounts):
+    if report is not None and (report.layers or report.mounts or report.steps):
         progress.collected(message(report), {
             "extracted_layers": report.layers, "cache_mounts": report.mounts,
+            "cached_steps": report.steps,
             "removed_bytes": report.removed, "left_bytes": report.left,
             "keep_storage": report.bound})

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib
-import json
 import signal
 import sys
 import weakref
@@ -33,6 +32,7 @@ from registry.cli import COMMANDS as REGISTRY_COMMANDS
 from registry.cli import JSON_ERRORS
 from registry.cli import SUMMARIES as REGISTRY_SUMMARIES
 
+from . import __version__
 from .commands import COMMANDS as BUILDER_COMMANDS
 from .commands import SUMMARIES as BUILDER_SUMMARIES
 
@@ -130,6 +130,8 @@ class LazyGroup(click.Group):
         """The last event of a command run with ``--json`` that failed (the shape of
         ``build --progress json``'s ``error``): the line on stderr is for people."""
         if getattr(self, "_json_errors", False):
+            import json  # loaded already by the command that took --json
+
             with contextlib.suppress(OSError):  # stdout closed: stderr has said it
                 click.echo(json.dumps({"event": "error", "message": text, "exit_code": code}))
 
@@ -250,6 +252,8 @@ def _empty_storage(argv: list[str]) -> bool:
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, summaries=SUMMARIES,
              context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pybuild", prog_name="pybuild")
+# The version from the package, not from its installed metadata: importlib.metadata
+# alone took longer to import than the rest of `pybuild --version`.
+@click.version_option(version=__version__, prog_name="pybuild")
 def main() -> None:
     """pybuild: a daemonless image builder and a layer-deduplicating OCI registry."""

@@ -16,7 +16,9 @@ valid)::
 A stage's root filesystem is the stack of its extracted layers (top first),
 mounted as overlay lower dirs by the sandbox or flattened for COPY --from and the local
 output. A layer is extracted at most once per storage directory, whichever build or
-stage needs it; a step's freshly written upper directory is adopted as its extracted
+stage needs it (a layer that hard-links to a file of a layer below it holds a copy of
+that file, copied up from the layers below it where it was first extracted:
+builder.layers.linkup); a step's freshly written upper directory is adopted as its extracted
 layer without extracting anything.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import io
 import os
 import shutil
@@ -37,7 +40,7 @@ from typing import Any, BinaryIO
 from cas import Digest, Store
 from cas.errors import StorageFull, StorageUnsupported, full_cause, missing_features
 
-from .layers.errors import LayerFormatError
+from .layers.errors import LayerFormatError, MissingLinkTarget
 from .sandbox.userns import overlay_xattr
 
 __all__ = ["EXTRACTED_DIR", "BlobReader", "ExtractedLayers"]
@@ -83,16 +86,25 @@ class BlobReader(io.RawIOBase):
         return n
 
 
-def _extract(src: BinaryIO | Path, dest: Path, diff_id: Digest | None = None) -> list[str]:
+def _extract(src: BinaryIO | Path, dest: Path, diff_id: Digest | None = None,
+             lowers: Sequence[Path] | None = None) -> list[str]:
     """Extract the layer ``src`` to ``dest``; returns the device nodes left out (root of
     a user namespace may not make them). With ``diff_id``, a layer whose uncompressed
-    stream has another digest is a LayerFormatError (``dest`` is then to be dropped)."""
+    stream has another digest is a LayerFormatError (``dest`` is then to be dropped).
+    ``lowers``: the extracted layers below it (top first), where a hard link's target
+    that the layer lacks is found and copied up from."""
     from .layers.extract import apply_layer  # only when a layer must be extracted
+    from .sandbox.rootfs import find_in_lowers
     from .sandbox.whiteouts import make_whiteout
+
+    def lower(rel: str) -> tuple[str, os.stat_result] | None:
+        found = find_in_lowers(lowers or (), rel)
+        return None if found is None else (str(found[1]), found[2])
 
     dest.mkdir()
     marks: list[tuple[list[str], bool]] = []  # whiteouts, found in the same single pass
-    report = apply_layer(src, dest, marks=marks, diff_id=diff_id)
+    report = apply_layer(src, dest, marks=marks, diff_id=diff_id,
+                         lower=None if lowers is None else lower)
     for parts, opaque in marks:
         if opaque:
             target = _mark_dir(dest, parts)
@@ -190,14 +202,23 @@ class ExtractedLayers:
                 shutil.rmtree(directory, ignore_errors=True)
         return target
 
-    async def ensure(self, diff_id: Digest, blob: Digest) -> Path:
+    def chained_path(self, chain_id: str) -> Path:
+        """Where a layer that copied files up from the layers below it is kept: by its
+        chain ID (the image spec's ChainID: the layer with every layer below it), since
+        the same layer on other layers holds other copies."""
+        return self.root / f"chain-{chain_id.partition(':')[2]}"
+
+    async def ensure(self, diff_id: Digest, blob: Digest,
+                     below: Sequence[Path] | None = None, chain_id: str | None = None) -> Path:
         """The extracted layer ``blob`` (uncompressed digest ``diff_id``), extracting it
-        if no build did yet."""
-        target = self.path(diff_id)
+        if no build did yet. ``below``: the extracted layers under it (top first), for a
+        layer that hard-links to their files (without: a MissingLinkTarget), with
+        ``chain_id`` (its chain ID there: the copy is kept by it)."""
+        target = self.path(diff_id) if chain_id is None else self.chained_path(chain_id)
         if target.exists():
             await asyncio.to_thread(_touch, target)
             return target
-        lock = self._locks.setdefault(diff_id.encoded, asyncio.Lock())
+        lock = self._locks.setdefault(target.name, asyncio.Lock())
         async with lock:
             if target.exists():
                 return target
@@ -213,7 +234,8 @@ class ExtractedLayers:
                 try:
                     # extracted layers are found by diff_id, whichever image names it:
                     # one whose content is not that diff_id must never be kept under it
-                    left_out = await asyncio.to_thread(_extract, reader, tmp / "root", diff_id)
+                    left_out = await asyncio.to_thread(_extract, reader, tmp / "root", diff_id,
+                                                       below)
                 except LayerFormatError:
                     if streamed is not None:
                         # a blob that is not the one asked for says so first
@@ -257,14 +279,39 @@ class ExtractedLayers:
         """Extracted-layer dirs for ``(diff_id, blob)`` pairs bottom first, returned top
         first (overlay lower dirs). ``lazy``: a layer not extracted yet may come from it
         instead (a FUSE mount of a layer still at its cache source, builder.lazyfs;
-        None: extract it)."""
+        None: extract it). Layers are extracted at once, each on its own; one that
+        hard-links to a file of the layers below is extracted again once they are."""
 
-        async def one(diff_id: Digest, blob: Digest) -> Path:
+        chains = _chain_ids([d for d, _ in layers])
+
+        async def one(diff_id: Digest, blob: Digest, chain_id: str) -> Path | None:
+            chained = self.chained_path(chain_id)
+            if await asyncio.to_thread(chained.exists):  # copied up from these lowers before
+                await asyncio.to_thread(_touch, chained)
+                return chained
             if lazy is not None and not await asyncio.to_thread(self.path(diff_id).exists):
                 mounted = await lazy(diff_id, blob)
                 if mounted is not None:
                     return mounted
-            return await self.ensure(diff_id, blob)
+            try:
+                return await self.ensure(diff_id, blob)
+            except MissingLinkTarget as exc:
+                if exc.searched:
+                    raise
+                return None  # extracted below, on top of its lower layers
 
-        paths = await asyncio.gather(*(one(d, b) for d, b in layers))
+        found = await asyncio.gather(*(one(d, b, c) for (d, b), c in zip(layers, chains, strict=True)))
+        paths: list[Path] = []
+        for (diff_id, blob), chain_id, path in zip(layers, chains, found, strict=True):
+            paths.append(path if path is not None else
+                         await self.ensure(diff_id, blob, list(reversed(paths)), chain_id))
         return list(reversed(paths))
+
+
+def _chain_ids(diff_ids: Sequence[Digest]) -> list[str]:
+    """The image spec's ChainID of each layer of ``diff_ids`` (bottom first)."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        out.append(str(diff_id) if not out else
+                   "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
+    return out

@@ -30,8 +30,6 @@ they replace the cache entries they re-ran, so the next cached build makes their
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import sys
@@ -79,7 +77,8 @@ ENVIRONMENT_READERS = frozenset({"builder/fastpath.py", "builder/build_cmd.py",
 # The step of a build that rewrites cached layers for its SOURCE_DATE_EPOCH
 # (builder.steps.clamp): remembered, so a replay (as the next normal build) has none.
 REWRITE_STEP = "rewriting layers with source-date-epoch"
-_FROM_STEP = re.compile(r"\[([^\]]* )?1/\d+\] FROM ")
+# Compiled on first use (re caches it): every command imports this module.
+_FROM_STEP = r"\[([^\]]* )?1/\d+\] FROM "
 # Files written within this many ns before the build started could change again
 # without changing their stat (file timestamps come from a coarse clock): not recorded.
 _RACY_NS = 100_000_000
@@ -131,6 +130,10 @@ def covers(name: str) -> bool:
 
 def fingerprint(inv: Invocation) -> dict[str, object]:
     """Everything but the storage's state that a build's result depends on."""
+    # hashlib and json are imported where used: a command other than build needs neither
+    # before its own work (~4 ms of start-up).
+    import hashlib
+
     context = os.path.abspath(inv.context)
     dockerfile = inv.dockerfile
     with open(dockerfile, "rb") as f:
@@ -165,6 +168,9 @@ def _storage_state(storage: str, layouts: list[str]) -> dict[str, object]:
 
 
 def _record_path(inv: Invocation) -> str:
+    import hashlib
+    import json
+
     key = hashlib.sha256(json.dumps([os.getcwd(), inv.key_argv]).encode()).hexdigest()
     return os.path.join(inv.storage, "builder", "fastpath", key + ".json")
 
@@ -259,6 +265,8 @@ class Recorder:
             path = _record_path(self.inv)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp"
+            import json
+
             with open(tmp, "w") as f:
                 json.dump(rec, f)
             os.replace(tmp, path)
@@ -278,7 +286,7 @@ def progress_events(progress: object) -> list[list[str]]:
         if kind == "start" and text.startswith(REWRITE_STEP):
             continue
         if kind == "start":
-            fixed = text.startswith("naming ") or _FROM_STEP.match(text) is not None
+            fixed = text.startswith("naming ") or re.match(_FROM_STEP, text) is not None
             out.append(["done" if fixed else "step", text])
         elif kind in ("info", "error", "base", "unreplayable"):
             out.append([kind, text])
@@ -286,6 +294,8 @@ def progress_events(progress: object) -> list[list[str]]:
 
 
 def _replay(rec: dict, inv: Invocation) -> None:  # type: ignore[type-arg]  # no typing import: ~3 ms
+    import json
+
     from .progress import BuildProgress, mode_from_env
 
     mode = inv.one("progress") or "auto"
@@ -334,6 +344,8 @@ def try_fast_path(argv: list[str]) -> bool:
         inv = parse_argv(argv)
         if inv is None or "no-cache" in inv.opts:  # it records, but always runs every step
             return False
+        import json
+
         with open(_record_path(inv)) as f:
             rec = json.load(f)
         if rec["fingerprint"] != fingerprint(inv):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ExportError", "OutputError"]
+__all__ = ["ExportError", "OutputError", "cannot_write"]
 
 
 class OutputError(ValueError):
@@ -12,3 +12,10 @@ class OutputError(ValueError):
 
 class ExportError(Exception):
     """Writing an output failed (names the output and why)."""
+
+
+def cannot_write(dest: object, exc: OSError) -> str:
+    """One line naming the destination, why it cannot be written and what to do."""
+    why = (exc.strerror or str(exc)).lower()
+    return (f"cannot write {dest}: {why}; choose a destination on a writable file system "
+            "with free space")

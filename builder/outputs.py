@@ -16,8 +16,9 @@
 Fields are CSV (``"name=a,b"`` quotes a comma), keys are case-insensitive, as buildx parses
 them. ``-t`` names (else ``name=``) go into an OCI index (``org.opencontainers.image.ref.name``,
 the tag) and a docker archive's ``RepoTags``. Archives are streamed from the CAS: no layer is
-copied twice. A file is written under a temporary name and renamed into place, so a failed
-build leaves no half-written archive behind. A multi-platform build's image index goes
+copied twice. A file (or a new local directory: builder.output_files) is written under a
+temporary name and renamed into place, so a failed build leaves no half-written archive
+behind, and the next writer removes what a killed one left. A multi-platform build's image index goes
 into ``oci`` layouts and the image store as it is (``index.json`` names the index); the
 ``local`` and ``tar`` outputs hold one directory per platform (``linux_arm64/``, as buildx);
 ``docker`` archives and engines take one platform's image only.
@@ -31,10 +32,8 @@ import csv
 import json
 import os
 import shutil
-import stat
 import sys
 import tarfile
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,8 @@ from registry.client.refs import InvalidReference, parse_image_ref
 from registry.oci import Descriptor, Index
 
 from .image import BuiltImage, BuiltIndex
-from .output_errors import ExportError, OutputError
+from .output_errors import ExportError, OutputError, cannot_write
+from .output_files import export_local, tree_chunks
 
 __all__ = ["ExportError", "Output", "OutputError", "export", "export_name", "image_archive",
            "parse_output", "write_oci_layout"]
@@ -371,48 +371,10 @@ async def _sink(out: Output, chunks: AsyncIterator[bytes]) -> None:
             assert out.dest is not None
             await _to_file(chunks, out.dest)
     except OSError as exc:
-        raise ExportError(_cannot_write(out.dest or "stdout", exc)) \
+        raise ExportError(cannot_write(out.dest or "stdout", exc)) \
             from exc
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
-
-
-def _tar_tree(root: Path, f: object) -> None:
-    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uname = info.gname = ""  # numeric owners, not this host's names
-        # whole seconds, rounded down as the layers round (a time before 1970 with a
-        # fraction is the second before): no fraction in a pax mtime record
-        info.mtime = int(info.mtime // 1)
-        return info
-
-    with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
-        for entry in sorted(os.listdir(root)):
-            tf.add(root / entry, arcname=entry, filter=clean)
-
-
-async def _tree_chunks(root: Path) -> AsyncIterator[bytes]:
-    """``root`` as a tar stream (written by a thread into a pipe, read here)."""
-    r, w = os.pipe()
-    writer = os.fdopen(w, "wb")
-
-    def produce() -> None:
-        try:
-            _tar_tree(root, writer)
-        finally:
-            with contextlib.suppress(OSError):
-                writer.close()
-
-    task = asyncio.ensure_future(asyncio.to_thread(produce))
-    try:
-        while True:
-            chunk = await asyncio.to_thread(os.read, r, 1 << 20)
-            if not chunk:
-                break
-            yield chunk
-    finally:
-        os.close(r)  # a writer still writing gets EPIPE and stops
-        with contextlib.suppress(BrokenPipeError):
-            await task
 
 
 async def export(out: Output, image: Built, store: Store, names: Sequence[str],
@@ -420,11 +382,11 @@ async def export(out: Output, image: Built, store: Store, names: Sequence[str],
     """Write one output. ``rootfs(dir)`` writes the image's root filesystem into ``dir``."""
     if out.type == "local":
         assert out.dest is not None
-        await _export_local(out.dest, rootfs)
+        await export_local(out.dest, rootfs)
     elif out.type == "tar":
         root = work / "export-rootfs"
         await rootfs(root)
-        await _sink(out, _tree_chunks(root))
+        await _sink(out, tree_chunks(root))
         await asyncio.to_thread(shutil.rmtree, root, True)
     elif out.loads:
         from .engine import load_image
@@ -441,59 +403,8 @@ async def export(out: Output, image: Built, store: Store, names: Sequence[str],
             try:
                 await write_oci_layout(image, store, out.dest, names, out.type == "docker")
             except OSError as exc:
-                raise ExportError(_cannot_write(out.dest, exc)) from exc
+                raise ExportError(cannot_write(out.dest, exc)) from exc
             except LayoutError as exc:  # a full disk's (its cause), or an unreadable index.json
                 cause = exc.__cause__
-                raise ExportError(_cannot_write(out.dest, cause) if isinstance(cause, OSError)
+                raise ExportError(cannot_write(out.dest, cause) if isinstance(cause, OSError)
                                   else str(exc)) from exc
-
-
-def _give_to_user(root: Path) -> None:
-    """Inside a non-root build's user namespace, make the user (its uid 0) own the tree
-    ``root``: buildx writes a rootless BuildKit's local output as the user, and the user
-    can then change and remove it. Modes are kept (chown clears setuid and setgid bits);
-    what belongs to an id the namespace does not map (not the build's) is left alone."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for path in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
-            st = os.lstat(path)
-            if (st.st_uid, st.st_gid) == (0, 0):
-                continue
-            try:
-                os.lchown(path, 0, 0)
-            except PermissionError:
-                continue
-            if not stat.S_ISLNK(st.st_mode):
-                os.chmod(path, stat.S_IMODE(st.st_mode))
-
-
-async def _export_local(dest: Path, rootfs: Callable[[Path], Awaitable[None]]) -> None:
-    """Into an existing directory as buildx does; a new one appears only when complete."""
-    from .sandbox.userns import in_user_namespace
-
-    async def write(root: Path) -> None:
-        await rootfs(root)
-        if in_user_namespace():
-            await asyncio.to_thread(_give_to_user, root)
-
-    try:
-        if await asyncio.to_thread(dest.exists):
-            await write(dest)
-            return
-        await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
-        tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f".{dest.name}.",
-                                           dir=dest.parent))
-        try:
-            await write(tmp)  # also gives it the image root's owner and mode
-            await asyncio.to_thread(os.rename, tmp, dest)
-        except BaseException:
-            await asyncio.to_thread(shutil.rmtree, tmp, True)
-            raise
-    except OSError as exc:
-        raise ExportError(_cannot_write(dest, exc)) from exc
-
-
-def _cannot_write(dest: object, exc: OSError) -> str:
-    """One line naming the destination, why it cannot be written and what to do."""
-    why = (exc.strerror or str(exc)).lower()
-    return (f"cannot write {dest}: {why}; choose a destination on a writable file system "
-            "with free space")

@@ -20,10 +20,9 @@ What goes:
   ``--all``; one a step holds (its ``<n>.lock``) is left alone. ``only_mounts`` prunes
   these alone (``--filter type=exec.cachemount``).
 - with ``keep_bytes`` (``--keep-storage SIZE``, as ``docker builder prune``'s), then the
-  least recently used extracted layers and cache mounts, until those left take at most
-  SIZE. These are what the build cache keeps on disk besides blobs, and what records
-  when it was last used; a step entry records only when it was made, so it goes by age
-  alone (its layer is a blob: ``pybuild storage gc``'s to reclaim).
+  least recently used extracted layers, step entries (counted with their layer blobs,
+  which lose the entries' holders: ``pybuild storage gc``'s to reclaim) and cache mounts,
+  until those left take at most SIZE. Each records when a build last used it.
 
 A build holds ``builder/lock`` shared while it runs; prune takes it exclusively, so it
 never removes an extracted layer under a running build (it waits up to ``wait`` seconds, then
@@ -57,7 +56,7 @@ from .cache import CLAMP, BuildCache
 from .extracted import EXTRACTED_DIR
 
 __all__ = ["WORK_OWNER", "BuildLock", "PruneError", "PruneReport", "drop_orphaned_work_dirs",
-           "new_work_dir", "prune"]
+           "new_work_dir", "prune", "unlink_steps"]
 
 WORK_OWNER = ".owner"  # in a work directory: locked (flock) by its build while it runs
 
@@ -140,8 +139,8 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0,
                                                       cutoff)
         if only_mounts:
             if keep_bytes is not None:
-                more, more_size, _ = await asyncio.to_thread(_keep_within, bdir, keep_bytes,
-                                                             False)
+                more, more_size, _, _ = await asyncio.to_thread(_keep_within, bdir, keep_bytes,
+                                                                False)
                 mounts, mounts_size = mounts + more[1], mounts_size + more_size[1]
             return PruneReport(0, 0, 0, 0, cache_mounts=mounts, cache_mount_bytes=mounts_size)
         cache = BuildCache(bdir / "cache.db")
@@ -165,17 +164,33 @@ async def prune(storage: Path, *, older_than: float | None, wait: float = 0.0,
         count, size = await asyncio.to_thread(_drop_extracted, bdir / EXTRACTED_DIR, keep,
                                               cutoff)
         work, work_size = await asyncio.to_thread(_drop_work_dirs, bdir / "tmp")
+        dropped: list[str] = []
         if keep_bytes is not None:
-            more, more_size, _ = await asyncio.to_thread(_keep_within, bdir, keep_bytes, True)
+            more, more_size, _, dropped = await asyncio.to_thread(_keep_within, bdir,
+                                                                  keep_bytes, True)
             count, size = count + more[0], size + more_size[0]
             mounts, mounts_size = mounts + more[1], mounts_size + more_size[1]
+            await unlink_steps(storage, dropped)
         # not facts entries (a step's, with no layer) nor clamped copies of layers
-        steps = sum(1 for _, layer, what in removed if layer.facts is None and what != CLAMP)
+        steps = len(dropped) + sum(1 for _, layer, what in removed
+                                   if layer.facts is None and what != CLAMP)
         clamped = sum(1 for _, _, what in removed if what == CLAMP)
         return PruneReport(steps, count, size, hashes, work, work_size, mounts, mounts_size,
                            clamped)
     finally:
         lock.release()
+
+
+async def unlink_steps(storage: Path, keys: list[str]) -> None:
+    """Unlink the blobs of the removed cached steps ``keys`` (holder ``cache:<key>``):
+    ``pybuild storage gc`` reclaims those nothing else links."""
+    if not keys:
+        return
+    async with await open_store(StoreConfig(storage)) as store:
+        for key in keys:
+            holder = cache_holder(key)
+            for digest in await store.linked(holder):
+                await store.unlink(holder, digest)
 
 
 async def _image_diff_ids(storage: Path, store: Store) -> set[str]:
@@ -211,12 +226,16 @@ def _drop_extracted(root: Path, keep: set[str], before: float | None) -> tuple[i
 
 
 def _keep_within(bdir: Path, keep_bytes: int, layers: bool, since: float = math.inf
-                 ) -> tuple[tuple[int, int], tuple[int, int], int]:
-    """Remove the least recently used extracted layers (``layers``) and cache mounts until
-    those left take at most ``keep_bytes``, as BuildKit's ``--keep-storage`` (no build
-    runs: the lock; a cache mount a step holds stays, and so does what was used at or after
-    ``since``). ``((layers, mounts) removed, (their bytes), bytes left)``."""
-    found: list[tuple[float, int, Path, int]] = []  # (last used, bytes, path, 0 layer | 1 mount)
+                 ) -> tuple[tuple[int, int, int], tuple[int, int, int], int, list[str]]:
+    """Remove the least recently used extracted layers, cached steps (both with
+    ``layers``) and cache mounts until those left take at most ``keep_bytes``, as
+    BuildKit's ``--keep-storage`` (no build runs: the lock; a cache mount a step holds
+    stays, and so does what was used at or after ``since``). A cached step counts with its
+    layer blob (the entries that share one blob go together, used when any of them was).
+    ``((layers, mounts, steps) removed, (their bytes), bytes left, the removed steps' keys)``:
+    the caller unlinks their blobs (holder ``cache:<key>``)."""
+    # (last used, bytes, name, 0 layer | 1 mount | 2 steps, path or the steps' keys)
+    found: list[tuple[float, int, str, int, Path | list[str]]] = []
     extracted, mounts = bdir / EXTRACTED_DIR, bdir / "cache-mounts"
     for kind, root in enumerate((extracted, mounts)):
         if (kind == 0 and not layers) or not root.is_dir():
@@ -226,31 +245,51 @@ def _keep_within(bdir: Path, keep_bytes: int, layers: bool, since: float = math.
                 continue
             with contextlib.suppress(OSError):
                 used = (entry / "id").lstat().st_mtime if kind else entry.lstat().st_mtime
-                found.append((used, _allocated(entry), entry, kind))
-    total = sum(size for _, size, _, _ in found)
-    count, removed = [0, 0], [0, 0]
-    for used, size, entry, kind in sorted(found, key=lambda f: (f[0], f[2].name)):
-        if total <= keep_bytes:
-            break
-        if used >= since:  # the build that just ended used it (builder.autogc)
-            continue
-        if kind == 0:
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            fds: list[int] = []
-            try:
-                if not all(_hold(lock, fds) for lock in entry.glob("*.lock")):
-                    continue  # a running step has it mounted
-                gone = mounts / f".prune-{entry.name}"
-                os.rename(entry, gone)
-                shutil.rmtree(gone, ignore_errors=True)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-        total -= size
-        count[kind] += 1
-        removed[kind] += size
-    return (count[0], count[1]), (removed[0], removed[1]), total
+                found.append((used, _allocated(entry), entry.name, kind, entry))
+    cache = BuildCache(bdir / "cache.db") if layers and (bdir / "cache.db").exists() else None
+    try:
+        blobs: dict[str, tuple[float, int, list[str]]] = {}
+        for key, used, layer in [] if cache is None else cache.steps_by_use():
+            last, _, keys = blobs.get(layer.digest, (used, 0, []))
+            blobs[layer.digest] = (max(last, used), layer.size, [*keys, key])
+        found += [(used, size, digest, 2, keys) for digest, (used, size, keys) in blobs.items()]
+        total = sum(size for _, size, _, _, _ in found)
+        count, removed, dropped = [0, 0, 0], [0, 0, 0], []
+        for used, size, _, kind, what in sorted(found, key=lambda f: (f[0], f[2])):
+            if total <= keep_bytes:
+                break
+            if used >= since:  # the build that just ended used it (builder.autogc)
+                continue
+            if isinstance(what, list):
+                dropped += what
+            elif kind == 0:
+                shutil.rmtree(what, ignore_errors=True)
+            elif not _drop_mount(what, mounts):
+                continue  # a running step has it mounted
+            total -= size
+            count[kind] += len(what) if isinstance(what, list) else 1
+            removed[kind] += size
+        if cache is not None and dropped:
+            cache.drop_steps(dropped)
+    finally:
+        if cache is not None:
+            cache.close()
+    return (count[0], count[1], count[2]), (removed[0], removed[1], removed[2]), total, dropped
+
+
+def _drop_mount(entry: Path, mounts: Path) -> bool:
+    """Remove the cache mount ``entry`` unless a step holds it (then False)."""
+    fds: list[int] = []
+    try:
+        if not all(_hold(lock, fds) for lock in entry.glob("*.lock")):
+            return False
+        gone = mounts / f".prune-{entry.name}"
+        os.rename(entry, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+        return True
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _drop_work_dirs(root: Path) -> tuple[int, int]:
@@ -390,9 +429,12 @@ def _mount_points() -> list[str]:
 
 
 def _allocated(path: Path) -> int:
+    """The bytes the tree ``path`` takes on disk (its deep paths too: layers.scan.walk)."""
+    from .layers.errors import ChangesetError
+    from .layers.scan import walk
+
     total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    with contextlib.suppress(OSError, ChangesetError):  # what goes meanwhile
+        for _, _, st in walk(os.fspath(path)):
+            total += st.st_blocks * 512
     return total

@@ -144,6 +144,9 @@ def gc(storage: Path | None, database: str | None, grace: float, compact_all: bo
         + (f", aborted {report.ingests_expired} interrupted transfers" if report.ingests_expired else "")
         + f", freed {_human(report.bytes_freed)}"
         + (f", compacted packs by {_human(report.bytes_compacted)}" if report.bytes_compacted else "")
+        + (f"; kept {report.blobs_kept_by_grace} unreferenced blobs "
+           f"({_human(report.bytes_kept_by_grace)}) younger than --grace {grace:g}s: a later "
+           "gc frees them" if report.blobs_kept_by_grace else "")
     )
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import zstandard
 
@@ -30,9 +29,11 @@ from .location import StoreConfig, check_owner
 from .meta import CODEC_ZSTD, Location, Metadata
 from .pack_select import SharedSettings, open_packs, packs_are_shared
 from .packs import PackBackend, PackWriter
-from .remote_read import RemoteReader
 from .reserve import keep_reserve, release_reserve
 from .sqlite_meta import SqliteMetadata
+
+if TYPE_CHECKING:  # packs that are not local files (S3) only
+    from .remote_read import RemoteReader
 
 __all__ = ["RECEIVERS", "StoreCore", "TailKeeper", "WorkerPool", "close_synced"]
 
@@ -222,7 +223,7 @@ class StoreCore:
         """A new, empty pack for the ingest's new pieces. The pack is registered in the
         metadata (``set_ingest_pack``) before its file exists, so a pack without a row
         is garbage that GC may remove."""
-        name = secrets.token_hex(16)
+        name = os.urandom(16).hex()
         self.meta.set_ingest_pack(ingest_id, name)
         return self.packs.create(name)
 
@@ -365,6 +366,7 @@ def _remote_reader(config: StoreConfig, packs: PackBackend) -> RemoteReader:
     the bound is 0). Processes sharing a storage directory (replicas) each take a cache
     directory of their own: ``pieces``, else ``pieces-1``, ... (up to 16 of them)."""
     from .piece_cache import PieceCache, default_max_bytes
+    from .remote_read import RemoteReader
 
     where = config.piece_cache_dir or config.root / "cache" / "pieces"
     bound = config.piece_cache_bytes

@@ -30,9 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import resource  # here, not on first use: loading it then needs a free descriptor
-import shutil
 import sqlite3
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -230,6 +228,9 @@ def missing_features(directory: Path | str) -> str | None:
     ``directory`` (an existing, writable directory) refuses, in words ("symbolic links,
     hard links or Unix permissions"); None when it keeps all three. Probes in a scratch directory it
     removes again (blocking)."""
+    import shutil  # only here: every command imports this module, few probe
+    import tempfile
+
     missing = []
     probe = tempfile.mkdtemp(prefix=".probe-", dir=directory)
     try:

@@ -51,6 +51,10 @@ class GcReport:
     orphan_packs_removed: int
     bytes_compacted: int = 0  # given back by rewriting packs that cannot free in place (S3)
     ingests_expired: int = 0  # open ingests idle past ingest_ttl, aborted (their bytes in bytes_freed)
+    # Blobs no holder links, kept only because they are younger than the grace, and their
+    # bytes: a later GC frees them (unless something links them meanwhile).
+    blobs_kept_by_grace: int = 0
+    bytes_kept_by_grace: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,9 +131,11 @@ def collect_garbage(core: StoreCore, grace: float, compact_all: bool = False,
                 say(GcProgress("ingests", expired))
     blobs = 0
     say(GcProgress("blobs", 0))
-    while n := meta.collect_blobs(time.time() - grace):
+    cutoff = time.time() - grace
+    while n := meta.collect_blobs(cutoff):
         blobs += n
         say(GcProgress("blobs", blobs))
+    kept, kept_bytes = meta.unlinked_since(cutoff)
     # The SHA-256 states kept for blobs that are gone (cas.digest_states).
     sweep_states(core.root, lambda encoded: meta.blob(f"sha256:{encoded}") is not None)
     pieces = freed = 0
@@ -152,7 +158,7 @@ def collect_garbage(core: StoreCore, grace: float, compact_all: bool = False,
         if name not in known and not meta.is_pack_known(name):
             core.packs.delete(name)
             orphans += 1
-    return GcReport(blobs, pieces, freed + expired_bytes, orphans, compacted, expired)
+    return GcReport(blobs, pieces, freed + expired_bytes, orphans, compacted, expired, kept, kept_bytes)
 
 
 def statistics(core: StoreCore) -> Stats:

@@ -265,6 +265,11 @@ class Metadata(Protocol):
         and that were committed before ``older_than`` (seconds since the epoch), in one
         transaction; return how many. Call until it returns 0."""
 
+    def unlinked_since(self, since: float) -> tuple[int, int]:
+        """The blobs no holder links that were committed at or after ``since`` (what
+        :meth:`collect_blobs` with that cutoff keeps only for their age): how many, and
+        the sum of their sizes."""
+
     def collect_pieces(self, batch: int = 5000) -> tuple[int, int]:
         """Delete up to ``batch`` pieces that no recipe names (reference count 0) and no
         open ingest holds, in one transaction; their pack ranges go to the trash, and a

@@ -35,8 +35,8 @@ from typing import Any
 
 from .errors import StorageError, StorageFull, StorageNotWritable, StoreClosed
 
-__all__ = ["DatabaseUnavailable", "Liveness", "PgDatabase", "SchemaMismatch", "closed_by_server",
-           "live_connection", "mapped_errors", "redact", "unreachable"]
+__all__ = ["DatabaseUnavailable", "Liveness", "PgDatabase", "SchemaMismatch", "SnapshotConnection",
+           "closed_by_server", "live_connection", "mapped_errors", "redact", "unreachable"]
 
 # Seconds a probe of a database seen down may take to connect (libpq's least is 2).
 PROBE_TIMEOUT = 2
@@ -347,3 +347,26 @@ async def open_async_pool(url: str, *, max_size: int, wait: float) -> Any:
         await pool.close()
         raise unreachable(url, exc) from exc
     return pool
+
+
+class SnapshotConnection:
+    """What :class:`~cas.pg_meta.PgMetadata`'s reads need, on one connection inside one
+    REPEATABLE READ transaction (``PgMetadata.snapshot``); writes are refused."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def q(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        return list(self._conn.execute(sql, args).fetchall())
+
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        yield self._conn
+
+    snapshot_connection = reading
+
+    def tx(self) -> Any:
+        raise RuntimeError("a metadata snapshot is read-only")
+
+    def close(self) -> None:
+        pass

@@ -16,7 +16,7 @@ from typing import Any
 from .errors import StoreCorrupt
 from .holders import ingest_holder
 from .meta import IngestRow, Location, decode_recipe, encode_recipe, missing_piece
-from .pg_db import PgDatabase
+from .pg_db import PgDatabase, SnapshotConnection
 
 __all__ = ["MIGRATIONS", "PgMetadata"]
 
@@ -382,6 +382,12 @@ class PgMetadata:
                 self._delete_blob(db, d)
             return len(digests)
 
+    def unlinked_since(self, since: float) -> tuple[int, int]:
+        (n, size), = self._db.q(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs WHERE created >= %s AND NOT EXISTS"
+            " (SELECT 1 FROM links WHERE links.digest = blobs.digest)", (since,))
+        return int(n), int(size)
+
     def collect_pieces(self, batch: int = 5000) -> tuple[int, int]:
         with self._db.tx() as db:
             dead = db.execute(
@@ -438,7 +444,7 @@ class PgMetadata:
         with self._db.snapshot_connection() as conn:
             view = PgMetadata.__new__(PgMetadata)
             view.url = self.url
-            view._db = _OneConnection(conn)  # type: ignore[assignment]
+            view._db = SnapshotConnection(conn)  # type: ignore[assignment]
             yield view
 
     def iter_blobs(self) -> Iterator[tuple[str, int, bytes]]:
@@ -476,25 +482,3 @@ def _iter_pieces(q: Any) -> Iterator[tuple[Location, int]]:
             yield _loc(row), row[7]
         last = bytes(rows[-1][0])
 
-
-class _OneConnection:
-    """What :class:`PgMetadata`'s reads need, on one connection inside one REPEATABLE READ
-    transaction (:meth:`PgMetadata.snapshot`); writes are refused."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    def q(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        return list(self._conn.execute(sql, args).fetchall())
-
-    @contextmanager
-    def reading(self) -> Iterator[Any]:
-        yield self._conn
-
-    snapshot_connection = reading
-
-    def tx(self) -> Any:
-        raise RuntimeError("a metadata snapshot is read-only")
-
-    def close(self) -> None:
-        pass

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 from pathlib import Path
 
 from .unheld import remove_unheld
@@ -60,6 +59,8 @@ def keep_reserve(root: Path) -> None:
     free = _free(root)
     if free is None or free < _ROOM or path.exists():
         return
+    import tempfile  # here: kept back once, and every command opens a store
+
     tmp: Path | None = None
     try:
         fd, name = tempfile.mkstemp(prefix=f".{_NAME}.", dir=root)  # one each, if two open

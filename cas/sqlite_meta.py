@@ -351,6 +351,14 @@ class SqliteMetadata(SqliteDatabase):
                 self._delete_blob(db, d)
             return len(digests)
 
+    def unlinked_since(self, since: float) -> tuple[int, int]:
+        with self._reading() as reader:
+            n, size = reader.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs WHERE created >= ? AND NOT"
+                " EXISTS (SELECT 1 FROM links WHERE links.digest = blobs.digest)", (since,)
+            ).fetchone()
+        return int(n), int(size)
+
     def collect_pieces(self, batch: int = 5000) -> tuple[int, int]:
         """Delete up to ``batch`` pieces no recipe and no open ingest needs; their bytes go
         to trash. Returns (pieces, stored bytes)."""

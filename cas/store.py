@@ -27,7 +27,6 @@ import asyncio
 import bisect
 import contextlib
 import os
-import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -115,7 +114,7 @@ class Store:
         failed), the worker thread records it all the same and no caller holds it: it
         is dropped, not left open (its id unknown to anyone) until it expires."""
         new_hasher(algorithm)  # refuse unknown algorithms before anything is written
-        ingest_id = secrets.token_hex(16)
+        ingest_id = os.urandom(16).hex()
         created = asyncio.ensure_future(self._run(self.meta.create_ingest, ingest_id, algorithm))
         try:
             await asyncio.shield(created)
@@ -395,7 +394,7 @@ class Store:
     async def export(self, digest: Digest, path: Path) -> None:
         """Write the blob to ``path`` atomically (a temporary file, synced, renamed into place)."""
         # a name of its own: another process may export the same blob there at once
-        tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
 
         def open_tmp() -> Any:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ viewers) gets no live view at all: :func:`live` says so, and the views print pla
 from __future__ import annotations
 
 import os
-import shutil
 import unicodedata
 from typing import TextIO
 
@@ -34,6 +33,8 @@ def columns(stream: TextIO) -> int:
     try:
         return os.get_terminal_size(stream.fileno()).columns or 80
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        import shutil  # only here: most commands never ask
+
         return shutil.get_terminal_size().columns
 
 
@@ -44,6 +45,8 @@ def rows(stream: TextIO) -> int:
     try:
         return os.get_terminal_size(stream.fileno()).lines or 24
     except (AttributeError, OSError, ValueError):
+        import shutil
+
         return shutil.get_terminal_size().lines
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 from collections.abc import Iterable
 
 __all__ = ["remove_unheld"]
@@ -26,6 +25,8 @@ def remove_unheld(paths: Iterable[str | os.PathLike[str]]) -> None:
             if not os.path.samestat(os.fstat(fd), os.lstat(path)):
                 continue  # replaced since it was opened: not the one locked
             if os.path.isdir(path):
+                import shutil  # seldom: most commands find nothing left to remove
+
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 os.unlink(path)

@@ -17,8 +17,8 @@ import re
 __all__ = ["human_bytes", "human_duration", "parse_duration", "parse_seconds", "parse_size"]
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
-_DURATION_PART = re.compile(_NUMBER + r"\s*(ns|us|µs|μs|ms|s|m|h|d)")
-_BARE = re.compile(_NUMBER)
+# Patterns, compiled on first use (re caches them): most commands parse no size or duration.
+_DURATION_PART = _NUMBER + r"\s*(ns|us|µs|μs|ms|s|m|h|d)"
 _NS_PER_UNIT = {"ns": 1, "us": 1000, "µs": 1000, "μs": 1000, "ms": 10**6, "s": 10**9,
                 "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 
@@ -41,11 +41,11 @@ def parse_duration(text: str, *, bare_unit: str | None = None) -> int:
         raise ValueError(f"invalid duration {text!r}: empty")
     if value == "0":
         return 0
-    if bare_unit is not None and _BARE.fullmatch(value):
+    if bare_unit is not None and re.fullmatch(_NUMBER, value):
         return int(Decimal(value) * _NS_PER_UNIT[bare_unit])
     pos, total = 0, Decimal(0)
     while pos < len(value):
-        m = _DURATION_PART.match(value, pos)
+        m = re.compile(_DURATION_PART).match(value, pos)
         if not m:
             raise ValueError(f"invalid duration {text!r}")
         total += Decimal(m.group(1)) * _NS_PER_UNIT[m.group(2)]
@@ -64,14 +64,14 @@ def parse_seconds(text: str) -> float:
                          "(a bare number is seconds)") from None
 
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?", re.IGNORECASE)
+_SIZE = r"(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?"
 
 
 def parse_size(text: str) -> int:
     """A size in bytes: ``64m``, ``1g``, ``1.5GiB``, ``512``, ``512b``; units ``k`` to ``p``
     are binary (``64m`` is 64 MiB), with or without ``i``/``b``, any case, blanks around the
     value and before the unit. Raises ``ValueError``."""
-    m = _SIZE.fullmatch(text.strip())
+    m = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE)
     if not m:
         raise ValueError(f"not a size: {text!r}")
     power = " kmgtp".index(m.group(2).lower() or " ")

@@ -109,4 +109,7 @@ def retention(storage: Path | None, config_file: Path | None, dry_run: bool,
             click.echo(f"{what} blob {repo.repository}@{digest}")
     click.echo(f"{verb} {report.tags} tag(s), {report.manifests} manifest(s); "
                f"{'would unlink' if dry_run else 'unlinked'} {report.blobs} blob(s)"
-               + (f"; gc freed {collected.bytes_freed} bytes" if collected is not None else ""))
+               + (f"; gc freed {collected.bytes_freed} bytes" if collected is not None else "")
+               + (f", kept {collected.blobs_kept_by_grace} unreferenced blob(s) "
+                  f"({collected.bytes_kept_by_grace} bytes) younger than the upload grace"
+                  if collected is not None and collected.blobs_kept_by_grace else ""))

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import signal
-import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from aiohttp import web
 
-from .server import ConfigError, ServerConfig, load_config, make_app
-from .server.accesslog import AccessLogSink, BadRequestFilter, JsonAccessLogger
-from .server.audit import install_audit_handler
-from .server.debug import start_debug_server
-from .server.limits import ConnectionGuard, raise_open_files_limit
-from .server.listen import listen_site, listen_url
-from .server.parse_errors import install as answer_parse_errors
-from .server.reload import reload_config
-from .server.state import REGISTRY, Registry
-from .server.tls import server_context
+# The server (aiohttp, the store, the token machinery: ~0.3 s of imports) is imported
+# when the command runs, not when it is only named: `pybuild serve --help` and a
+# refused command line are answered without it.
+if TYPE_CHECKING:
+    import asyncio
+    import ssl
+
+    from aiohttp import web
+
+    from .server import ServerConfig
+    from .server.state import Registry
 
 log = logging.getLogger("pybuild.registry")
 
@@ -33,6 +32,8 @@ __all__ = ["run_server", "serve"]
 def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
     """uvloop when asked or (``auto``) when installed: small requests (manifest GETs) are
     ~25% faster on it; blobs still go out with sendfile (see blobs.py)."""
+    import asyncio
+
     if choice in ("auto", "uvloop"):
         try:
             import uvloop
@@ -67,8 +68,16 @@ def refuse_distribution_tree(storage: Path) -> None:
 def run_server(config: ServerConfig, reload: Callable[[], ServerConfig] | None = None) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests get ``shutdown_timeout`` to finish.
     On SIGHUP the configuration ``reload()`` returns is applied (see server.reload)."""
+    import asyncio
+
     from cas.location import default_storage_dir
     from cas.pg_db import redact
+
+    from .server import make_app
+    from .server.accesslog import AccessLogSink, BadRequestFilter, JsonAccessLogger
+    from .server.audit import install_audit_handler
+    from .server.listen import listen_url
+    from .server.tls import server_context
 
     storage = config.storage or default_storage_dir()
     refuse_distribution_tree(storage)
@@ -133,6 +142,17 @@ async def _serve(
     uploads still sending their body; so: close the listening socket first, let the
     requests in flight finish (up to ``shutdown_timeout``), only then clean up.
     """
+    import asyncio
+
+    from aiohttp import web
+
+    from .server.accesslog import JsonAccessLogger
+    from .server.debug import start_debug_server
+    from .server.limits import ConnectionGuard
+    from .server.listen import listen_site
+    from .server.parse_errors import install as answer_parse_errors
+    from .server.state import REGISTRY
+
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -183,6 +203,10 @@ async def _serve(
 def _on_sighup(reg: Registry, reload: Callable[[], ServerConfig] | None) -> None:
     """Reload the configuration on SIGHUP (installed before the socket opens, so a
     SIGHUP never meets the default action, which is to exit)."""
+    import asyncio
+
+    from .server.reload import reload_config
+
     loop = asyncio.get_running_loop()
     running: set[asyncio.Task[bool]] = set()
 
@@ -210,6 +234,8 @@ def _connection_bound(configured: int) -> int:
     """Raise the open-files soft limit to the hard limit (every connection is a
     descriptor), and keep the connection bound below it: a server out of descriptors
     cannot even accept, and a pull that cannot open its pack is cut off mid-body."""
+    from .server.limits import raise_open_files_limit
+
     soft, _ = raise_open_files_limit()
     room = max((soft - _BASE_FILES) // _FILES_PER_CONNECTION, 1)
     if not configured or configured > room:
@@ -273,6 +299,8 @@ def serve(
     variables, these flags. SIGHUP reloads them (and the htpasswd file) without a
     restart; a changed htpasswd file is also picked up by itself.
     """
+    from .server import ConfigError, load_config
+
     flags = {
         "addr": addr,
         "storage": storage,

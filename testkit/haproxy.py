@@ -7,6 +7,7 @@ to another (``option redispatch``).
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import tempfile
 import time
@@ -49,6 +50,36 @@ def haproxy_config(listen: str, backends: Sequence[str], *, blob_affinity: bool 
     return text
 
 
+def _server_checks(stats: Path) -> list[tuple[str, str, str]]:
+    """(server, status, last check) of every server, from the stats socket's CSV."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(stats))
+        sock.sendall(b"show stat\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    lines = data.decode().splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    name, status, check = (header.index(k) for k in ("svname", "status", "check_status"))
+    rows = [line.split(",") for line in lines[1:] if line]
+    return [(r[name], r[status], r[check]) for r in rows if r[name] not in ("FRONTEND", "BACKEND")]
+
+
+def _wait_for_checks(stats: Path, timeout: float) -> None:
+    """Until a first round of health checks has passed on every server (HAProxy spreads
+    them over one ``inter``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        servers = _server_checks(stats)
+        if servers and all(st == "UP" and check == "L7OK" for _, st, check in servers):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"HAProxy's health checks did not pass within {timeout:.0f} s: "
+                               f"{servers}")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def load_balancer(backends: Sequence[str], *, blob_affinity: bool = False) -> Iterator[str]:
     """Run HAProxy over ``backends`` (:func:`haproxy_config`); yield its address; stop it
@@ -57,13 +88,15 @@ def load_balancer(backends: Sequence[str], *, blob_affinity: bool = False) -> It
     listen = f"127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory(prefix="pbha") as tmp:
         config = Path(tmp) / "haproxy.cfg"
-        config.write_text(haproxy_config(listen, backends, blob_affinity=blob_affinity))
+        stats = Path(tmp) / "stats.sock"
+        config.write_text(haproxy_config(listen, backends, blob_affinity=blob_affinity)
+                          .replace("global\n", f"global\n  stats socket {stats}\n", 1))
         log = open(Path(tmp) / "haproxy.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             wait_for_v2(listen, timeout=30, alive=lambda: proc.poll() is None)
-            time.sleep(1.0)  # a first round of health checks marks every replica up
+            _wait_for_checks(stats, timeout=30)
             yield listen
         finally:
             proc.terminate()

@@ -15,7 +15,10 @@ It also remembers the content hash of build-context files by their ``lstat`` (ta
 ``file_hashes``: path -> size, mtime, ctime, inode, device, mode -> hash, as BuildKit's
 contenthash does), so an unchanged context costs one ``lstat`` per file, not a read
 (``builder.context.FileHashStore``); and ``pybuild builder prune`` removes old entries
-(:meth:`BuildCache.prune_steps`).
+(:meth:`BuildCache.prune_steps`). A step records when it was made (``created``) and when a
+build last used it (``used``: recorded, or found by :meth:`BuildCache.lookup`), so that the
+build cache's bound (``builder.autogc``, ``--keep-storage``) drops the least recently used
+steps first (:meth:`BuildCache.steps_by_use`, :meth:`BuildCache.drop_steps`).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ CREATE TABLE IF NOT EXISTS steps (
     instruction TEXT NOT NULL,
     inputs TEXT NOT NULL,
     layer TEXT NOT NULL,
-    created REAL NOT NULL DEFAULT (julianday('now'))
+    created REAL NOT NULL DEFAULT (julianday('now')),
+    used REAL
 );
 CREATE INDEX IF NOT EXISTS steps_parent ON steps(parent, instruction);
 CREATE TABLE IF NOT EXISTS file_hashes (
@@ -69,6 +73,11 @@ class BuildCache:
         self._lock = threading.Lock()
         self._closed = False
         self._db = open_wal_database(path, _SCHEMA, path.parent, SCHEMA_VERSION)
+        try:
+            _add_use_times(self._db)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise mapped_error(exc, path, path.parent) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -95,16 +104,21 @@ class BuildCache:
                 raise mapped from exc
 
     def lookup(self, key: str) -> CachedLayer | None:
+        """The layer under ``key``; found, the step counts as used now."""
         with self._using():
             row = self._db.execute("SELECT layer FROM steps WHERE key=?", (key,)).fetchone()
+            if row is not None:
+                with contextlib.suppress(sqlite3.OperationalError):  # a read-only copy
+                    self._db.execute("UPDATE steps SET used=julianday('now') WHERE key=?",
+                                     (key,))
         return None if row is None else CachedLayer.from_json(row[0])
 
     def record(self, key: str, parent: str, instruction: str, inputs: dict[str, Any],
                layer: CachedLayer) -> None:
         with self._using():
             self._db.execute(
-                "INSERT OR REPLACE INTO steps(key, parent, instruction, inputs, layer) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO steps(key, parent, instruction, inputs, layer, used) "
+                "VALUES (?, ?, ?, ?, ?, julianday('now'))",
                 (key, parent, instruction, json.dumps(inputs, sort_keys=True), layer.to_json()))
 
     def file_hashes(self, paths: list[str]) -> dict[str, tuple[str, str]]:
@@ -150,6 +164,27 @@ class BuildCache:
             self._db.execute("COMMIT")
         return [(key, CachedLayer.from_json(layer), instruction)
                 for key, layer, instruction in rows]
+
+    def steps_by_use(self) -> list[tuple[str, float, CachedLayer]]:
+        """Every entry with a layer: ``(key, last used as a Unix time, layer)`` (an entry
+        no build used since it was made, or made before uses were recorded: its time made)."""
+        with self._using():
+            rows = self._db.execute(
+                "SELECT key, (COALESCE(used, created) - 2440587.5) * 86400.0, layer "
+                "FROM steps").fetchall()
+        return [(key, used, layer) for key, used, text in rows
+                if (layer := CachedLayer.from_json(text)).digest]
+
+    def drop_steps(self, keys: Collection[str]) -> None:
+        """Remove the entries ``keys`` (their blobs' holders are the caller's to unlink)."""
+        with self._using():
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("DELETE FROM steps WHERE key=?", [(k,) for k in keys])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def layers(self) -> list[CachedLayer]:
         """Every layer the remaining entries hold (not the entries without one: steps
@@ -219,6 +254,17 @@ class BuildCache:
                 raise
             self._db.execute("COMMIT")
         return added
+
+
+def _add_use_times(db: sqlite3.Connection) -> None:
+    """A cache made before steps recorded their last use gets the column (NULL: its time
+    made stands for it). Older releases, which name their columns, read and write it still."""
+    if "used" not in {row[1] for row in db.execute("PRAGMA table_info(steps)")}:
+        try:
+            db.execute("ALTER TABLE steps ADD COLUMN used REAL")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc) and "readonly" not in str(exc):
+                raise  # (another process added it first; a read-only copy is read as is)
 
 
 def _bindable(path: str) -> str | bytes:

@@ -8,7 +8,8 @@
     ├── SourceChanged             a file changed while its layer was being written
     ├── WhiteoutUnsupported       the storage's filesystem refuses overlay whiteouts
     └── LayerFormatError          a layer blob is not a (compressed) tar we can read
-        └── UnsafeLayerEntry      an entry would write outside the rootfs, or is malformed
+        ├── UnsafeLayerEntry      an entry would write outside the rootfs, or is malformed
+        └── MissingLinkTarget     a hard link's target is neither in the layer nor below it
 
 Every message names the problem, the offending path or entry, and what to do about it.
 """
@@ -19,6 +20,7 @@ __all__ = [
     "ChangesetError",
     "LayerError",
     "LayerFormatError",
+    "MissingLinkTarget",
     "OverlayFeatureUnsupported",
     "SourceChanged",
     "UnsafeLayerEntry",
@@ -79,3 +81,19 @@ class UnsafeLayerEntry(LayerFormatError):
         )
         self.name = name
         self.why = why
+
+
+class MissingLinkTarget(LayerFormatError):
+    """A hard link entry whose target the layer does not hold before it; ``searched``:
+    whether the layers below were looked in too (else the caller may retry with them)."""
+
+    def __init__(self, name: str, target: str, searched: bool) -> None:
+        where = ("neither in the layer (before the link) nor in the layers below it"
+                 if searched else "not in the layer or archive before the link")
+        super().__init__(
+            f"layer entry {name!r}: hard link target {target!r} does not exist (it is "
+            f"{where}); the image or archive is malformed: rebuild it so that the link "
+            "names a file that exists")
+        self.name = name
+        self.target = target
+        self.searched = searched

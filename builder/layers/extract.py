@@ -11,10 +11,11 @@ Safety: every entry name is cleaned (:func:`.pathres.clean_name`: a leading ``/`
 dropped, ``..`` is refused), its parent resolved inside the rootfs with symlinks scoped
 to it (:func:`.pathres.resolve_in_root`), and the final component is never followed: an
 existing symlink there is replaced, not written through. Hard link targets resolve the
-same way. So no entry, whatever symlinks earlier entries or lower layers planted, can
-create, modify or remove anything outside the rootfs. Symlink *targets* are stored
-verbatim (they are only followed later, inside the container). A directory entry over an
-existing symlink replaces the symlink with a directory, as containerd and Docker do.
+same way (one only a lower layer holds is copied up first: :mod:`.linkup`). So no entry,
+whatever symlinks earlier entries or lower layers planted, can create, modify or remove
+anything outside the rootfs. Symlink *targets* are stored verbatim (they are only
+followed later, inside the container). A directory entry over an existing symlink
+replaces the symlink with a directory, as containerd and Docker do.
 
 Ownership and device nodes need root: by default (``same_owner=None``) owners are set and
 devices created when running as root; otherwise they are skipped and listed in
@@ -26,11 +27,11 @@ filled and its mtime is not disturbed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import io
 import os
-import shutil
 import stat
 import tarfile
 import zlib
@@ -45,10 +46,12 @@ from cas.errors import StorageFull
 from cas.frames import GZIP_MAGIC, ZSTD_MAGIC
 
 from .changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
-from .errors import LayerFormatError, UnsafeLayerEntry
+from .errors import LayerFormatError, MissingLinkTarget, UnsafeLayerEntry
 from .inflate import Gunzip, InflateError
+from .linkup import LowerLookup, copy_up, dir_info
+from .longpath import NAME_MAX, make_dirs, remove_path, short
 from .pathres import clean_name, resolve_in_root
-from .tarread import Digesting, open_tar, tar_members
+from .tarread import Digesting, entry_mtime_ns, name_too_long, open_tar, tar_members
 
 __all__ = ["ApplyReport", "apply_layer", "open_layer", "remove_path", "whiteout_mark"]
 
@@ -96,37 +99,14 @@ def open_layer(src: IO[bytes]) -> IO[bytes]:
     return buffered
 
 
-def _make_dirs(path: str) -> None:
-    """``os.makedirs(path, exist_ok=True)``, every directory made 0755 whatever the umask
-    (makedirs gives the ones on the way the umask's mode): parents an archive or a layer
-    does not list get the same mode on every machine, as BuildKit gives them."""
-    if os.path.isdir(path):
-        return
-    head = os.path.dirname(path)
-    if head and head != path:
-        _make_dirs(head)
-    os.mkdir(path)
-    os.chmod(path, 0o755)
-
-
-def remove_path(path: str | os.PathLike[str]) -> None:
-    """Remove whatever is at ``path`` (a directory recursively), never following symlinks."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-
-
 class _Applier:
-    def __init__(self, root: str, same_owner: bool,
-                 owner: tuple[int, int] | None = None) -> None:
+    def __init__(self, root: str, same_owner: bool, owner: tuple[int, int] | None = None,
+                 lower: LowerLookup | None = None) -> None:
         self.root = root
         self.same_owner = same_owner
         self.owner = owner
+        self.lower = lower
+        self.hidden: set[str] = set()  # what this layer's whiteouts hide of the lowers
         self.is_root = os.geteuid() == 0
         self.written: set[str] = set()
         self.written_parents: set[str] = set()
@@ -156,7 +136,7 @@ class _Applier:
                 f"more than the {_MAX_DEPTH} pybuild handles (its tree walks would fail); "
                 "no image needs that many: the layer is malformed or hostile")
         try:
-            _make_dirs(parent)
+            make_dirs(parent)
         except (FileExistsError, NotADirectoryError) as exc:
             raise LayerFormatError(
                 f"layer entry {name!r}: a parent is not a directory in the rootfs "
@@ -181,21 +161,24 @@ class _Applier:
     def _clear_lower(self, directory: str) -> None:
         """Opaque whiteout: remove what lower layers left in ``directory``."""
         try:
-            children = list(os.scandir(directory))
+            with short(directory, NAME_MAX + 1) as at:
+                children = [(c.name, c.is_dir(follow_symlinks=False)) for c in os.scandir(at)]
         except (FileNotFoundError, NotADirectoryError):
             return
-        for child in children:
-            if child.path in self.written or child.path in self.written_parents:
-                if child.is_dir(follow_symlinks=False):
-                    self._clear_lower(child.path)
+        for name, is_dir in children:
+            child = os.path.join(directory, name)
+            if child in self.written or child in self.written_parents:
+                if is_dir:
+                    self._clear_lower(child)
             else:
-                remove_path(child.path)
+                remove_path(child)
 
     def whiteout(self, name: str, parts: list[str]) -> None:
         base = parts[-1]
         self.whiteouts += 1
         self._parents.clear()
         parent = resolve_in_root(self.root, parts[:-1], follow_final=True, name=name)
+        self.hidden.add(parent if base == OPAQUE_WHITEOUT else os.path.join(parent, base[len(WHITEOUT_PREFIX):]))
         if base == OPAQUE_WHITEOUT:
             self._clear_lower(parent)
             return
@@ -211,10 +194,16 @@ class _Applier:
 
     # -- entries -----------------------------------------------------------------------
     def entry(self, tf: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str]) -> None:
-        name = member.name
-        parent = self._parent_dir(name, parts)
-        path = os.path.join(parent, parts[-1])
+        parent = self._parent_dir(member.name, parts)
         self.entries += 1
+        with short(parent, NAME_MAX + 1) as at:  # below a long rootfs path: longpath
+            self._entry(tf, member, parts, os.path.join(parent, parts[-1]),
+                        os.path.join(at, parts[-1]))
+
+    def _entry(self, tf: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str],
+               named: str, path: str) -> None:
+        """The entry ``member`` at ``path``, a short name of ``named``."""
+        name = member.name
         existing = None
         try:
             existing = os.lstat(path)
@@ -225,28 +214,25 @@ class _Applier:
                 self._replacing(existing)
                 remove_path(path)
                 os.mkdir(path, 0o700)
-            self.dirs.append((path, os.lstat(path).st_ino, member))
-            self._mark(path)
+            self.dirs.append((named, os.lstat(path).st_ino, member))
+            self._mark(named)
             return
         if member.islnk():
             src_parts = clean_name(member.linkname, entry=name)
             src = resolve_in_root(self.root, src_parts, follow_final=False, name=name)
             try:
-                src_st = os.lstat(src)
+                with short(src) as at:
+                    src_st = os.lstat(at)
             except FileNotFoundError:
-                raise LayerFormatError(
-                    f"layer entry {name!r}: hard link target {member.linkname!r} does not "
-                    "exist (it must come earlier in the layer or from a lower layer)"
-                ) from None
+                src, src_st = self._copy_up(name, member.linkname, src_parts)
             if stat.S_ISDIR(src_st.st_mode):
                 raise UnsafeLayerEntry(name, f"hard link to a directory ({member.linkname!r})")
-            if existing is not None and (existing.st_ino, existing.st_dev) == (src_st.st_ino, src_st.st_dev):
-                self._mark(path)
-                return
-            self._replacing(existing)
-            remove_path(path)
-            os.link(src, path, follow_symlinks=False)
-            self._mark(path)
+            if existing is None or (existing.st_ino, existing.st_dev) != (src_st.st_ino, src_st.st_dev):
+                self._replacing(existing)
+                remove_path(path)
+                with short(src) as at:
+                    os.link(at, path, follow_symlinks=False)
+            self._mark(named)
             return
         self._replacing(existing)
         remove_path(path)
@@ -276,7 +262,19 @@ class _Applier:
                 f"layer entry {name!r} has tar type {member.type!r}, which a layer cannot "
                 "use (regular, link, symlink, char, block, dir and fifo are allowed)")
         self._metadata(path, member, is_link=member.issym())
-        self._mark(path)
+        self._mark(named)
+
+    def _copy_up(self, name: str, target: str, parts: list[str]) -> tuple[str, os.stat_result]:
+        """The hard link target ``parts`` this layer lacks, copied up from the lowers."""
+        hidden = any(os.path.join(self.root, *parts[:i]) in self.hidden
+                     for i in range(1, len(parts) + 1))
+        found = None if self.lower is None or hidden else copy_up(
+            self.root, parts, self.lower, self.same_owner)
+        if found is None:
+            raise MissingLinkTarget(name, target, self.lower is not None)
+        for path, st in found[1]:
+            self.dirs.append((path, os.lstat(path).st_ino, dir_info(os.path.relpath(path, self.root), st)))
+        return found[0], os.lstat(found[0])
 
     def _write_file(self, tf: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -374,7 +372,7 @@ class _Applier:
                 except OSError as exc:
                     self.skipped.append(f"{member.name}: xattr {xname} not set ({exc.strerror})")
         try:
-            mtime_ns = _mtime_ns(member)
+            mtime_ns = entry_mtime_ns(member)
             os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
         except (OverflowError, ValueError) as exc:  # inf, nan, past what time_t holds
             raise LayerFormatError(
@@ -387,26 +385,16 @@ class _Applier:
         inside the root and must still name the same directory, or it is left alone."""
         for path, ino, member in reversed(self.dirs):
             rel = os.path.relpath(path, self.root).split(os.sep)
-            try:
-                if resolve_in_root(self.root, rel, name=member.name) != path:
+            with contextlib.ExitStack() as held:
+                try:
+                    if resolve_in_root(self.root, rel, name=member.name) != path:
+                        continue
+                    at = held.enter_context(short(path))  # a long rootfs path: longpath
+                    st = os.lstat(at)
+                except (OSError, UnsafeLayerEntry):
                     continue
-                st = os.lstat(path)
-            except (OSError, UnsafeLayerEntry):
-                continue
-            if stat.S_ISDIR(st.st_mode) and st.st_ino == ino:
-                self._metadata(path, member, is_link=False)
-
-
-def _mtime_ns(member: tarfile.TarInfo) -> int:
-    """The entry's mtime in nanoseconds, from its pax record's decimal digits where it has
-    one, as Go's tar reader takes them: tarfile's float has no room for 19 digits
-    (``1700000000.999999999`` would be the next second)."""
-    whole, _, frac = member.pax_headers.get("mtime", "").partition(".")
-    digits = whole.removeprefix("-")
-    if digits.isascii() and digits.isdigit() and frac.isascii() and (frac.isdigit() or not frac):
-        ns = int(digits) * 1_000_000_000 + int(frac[:9].ljust(9, "0"))
-        return -ns if whole.startswith("-") else ns
-    return int(member.mtime * 1_000_000_000)
+                if stat.S_ISDIR(st.st_mode) and st.st_ino == ino:
+                    self._metadata(at, member, is_link=False)
 
 
 def whiteout_mark(parts: list[str]) -> tuple[list[str], bool] | None:
@@ -419,22 +407,12 @@ def whiteout_mark(parts: list[str]) -> tuple[list[str], bool] | None:
     return [*parts[:-1], parts[-1][len(WHITEOUT_PREFIX):]], False
 
 
-def _name_too_long(member: tarfile.TarInfo) -> str:
-    """ENAMETOOLONG from ``member`` explained (Linux's NAME_MAX and PATH_MAX)."""
-    name = next((p for p in f"{member.name}/{member.linkname}".split("/")
-                 if len(os.fsencode(p)) > 255), None)
-    what = ("its path or link target is over 4096 bytes" if name is None
-            else f"its name {name[:40]!r}... is {len(os.fsencode(name))} bytes long")
-    return (f"layer entry {member.name[:200]!r} cannot be applied: {what}, and Linux file "
-            "systems allow at most 255 bytes per name (4096 per path); "
-            "change the archive or image so that its names fit")
-
-
 def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
                 same_owner: bool | None = None,
                 marks: list[tuple[list[str], bool]] | None = None,
                 owner: tuple[int, int] | None = None,
-                diff_id: Digest | None = None) -> ApplyReport:
+                diff_id: Digest | None = None,
+                lower: LowerLookup | None = None) -> ApplyReport:
     """Apply the layer ``src`` (a path or a readable binary stream) on top of ``rootfs``.
 
     ``diff_id``, when given, is what the image config says the uncompressed stream's
@@ -444,6 +422,8 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
     ``marks``, when given, receives :func:`whiteout_mark` of each whiteout entry, in
     layer order (an extracted overlay lower layer records them as marks of its own).
     ``owner`` (uid, gid) replaces every entry's own (``ADD --chown`` of an archive).
+    ``lower`` finds what the layers below show at a path: a hard link to a file only they
+    hold copies it up (:mod:`.linkup`); without it, such a link is a MissingLinkTarget.
 
     Raises UnsafeLayerEntry for an entry that could reach outside ``rootfs`` (nothing
     outside is touched; entries before it have been applied), LayerFormatError for a blob
@@ -455,8 +435,9 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
     if isinstance(src, (str, Path)):
         with open(src, "rb") as f:
             return apply_layer(f, root, same_owner=same_owner, marks=marks, owner=owner,
-                               diff_id=diff_id)
-    applier = _Applier(root, os.geteuid() == 0 if same_owner is None else same_owner, owner)
+                               diff_id=diff_id, lower=lower)
+    applier = _Applier(root, os.geteuid() == 0 if same_owner is None else same_owner, owner,
+                       lower)
     stream = open_layer(src)
     digesting = None if diff_id is None else Digesting(stream, diff_id)
     try:
@@ -476,7 +457,7 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
                     if exc.errno not in _LAYOUT_ERRNOS:
                         raise
                     if exc.errno == errno.ENAMETOOLONG:
-                        raise LayerFormatError(_name_too_long(member)) from exc
+                        raise LayerFormatError(name_too_long(member)) from exc
                     raise LayerFormatError(
                         f"layer entry {member.name!r} cannot be applied: {exc.strerror} "
                         f"({exc.filename}); the layer does not fit on its lower layers"

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from .errors import UnsafeLayerEntry
+from .longpath import short
 from .rootwalk import MAX_SYMLINKS, SymlinkLoop, walk_in_root
 
 __all__ = ["MAX_SYMLINKS", "clean_name", "resolve_in_root", "resolve_under"]
@@ -48,15 +49,20 @@ def resolve_in_root(root: str, parts: list[str], *, follow_final: bool = False,
 
     def lstat(components: list[str]) -> os.stat_result | None:
         try:
-            return os.lstat(os.path.join(root, *components))
+            with short(os.path.join(root, *components)) as path:  # a long root: longpath
+                return os.lstat(path)
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
                 raise
             return None
 
+    def readlink(components: list[str]) -> str:
+        with short(os.path.join(root, *components)) as path:
+            return os.readlink(path)
+
     try:
         resolved = walk_in_root(parts, lstat=lstat, follow_final=follow_final,
-                                readlink=lambda c: os.readlink(os.path.join(root, *c)))
+                                readlink=readlink)
     except SymlinkLoop as exc:
         raise UnsafeLayerEntry(name, str(exc)) from None
     return os.path.join(root, *resolved)

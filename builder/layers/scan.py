@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from .changeset import Entry, EntryKind, path_sort_key
 from .errors import ChangesetError
+from .longpath import LIMIT, NAME_MAX, short
 
 __all__ = [
     "InodeKey",
@@ -31,6 +32,11 @@ InodeKey = tuple[int, int]  # (st_dev, st_ino)
 
 def read_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
     """The xattrs of ``path`` (not following a symlink) that belong in a layer, by name."""
+    with short(path) as name:
+        return _read_xattrs(name)
+
+
+def _read_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as exc:
@@ -72,11 +78,16 @@ def entry_from_stat(rel: str, abspath: str, st: os.stat_result) -> Entry | None:
     return Entry(
         path=rel, kind=kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
         mtime_ns=st.st_mtime_ns, size=size, source=source,
-        link=os.readlink(abspath) if kind is EntryKind.SYMLINK else "",
+        link=_readlink(abspath) if kind is EntryKind.SYMLINK else "",
         devmajor=os.major(st.st_rdev) if is_dev else 0,
         devminor=os.minor(st.st_rdev) if is_dev else 0,
         xattrs=read_xattrs(abspath),
     )
+
+
+def _readlink(path: str) -> str:
+    with short(path) as name:
+        return os.readlink(name)
 
 
 def join_hardlinks(files: list[tuple[Entry, InodeKey]]) -> list[Entry]:
@@ -102,34 +113,40 @@ def join_hardlinks(files: list[tuple[Entry, InodeKey]]) -> list[Entry]:
 
 def walk(root: str) -> Iterator[tuple[str, str, os.stat_result]]:
     """Yield ``(rel, abspath, lstat)`` for everything under ``root`` (not root itself),
-    never following symlinks; a directory is yielded before its contents."""
+    never following symlinks; a directory is yielded before its contents. ``abspath`` may
+    be longer than the kernel takes (the image's path below a long one): name it through
+    :func:`.longpath.short`."""
     stack = [("", root)]
     while stack:
         rel_dir, abs_dir = stack.pop()
+        children: list[tuple[str, os.stat_result]] = []
         try:
-            with os.scandir(abs_dir) as it:
-                children = sorted(it, key=lambda d: d.name)
+            with short(abs_dir, NAME_MAX + 1) as usable, os.scandir(usable) as it:
+                for d in sorted(it, key=lambda d: d.name):
+                    try:
+                        children.append((d.name, d.stat(follow_symlinks=False)))
+                    except OSError as exc:
+                        raise _too_long(exc, f"{rel_dir}/{d.name}".lstrip("/")) from exc
         except OSError as exc:
             raise _too_long(exc, rel_dir) from exc
-        for d in reversed(children):
-            rel = f"{rel_dir}/{d.name}" if rel_dir else d.name
-            try:
-                st = d.stat(follow_symlinks=False)
-            except OSError as exc:
-                raise _too_long(exc, rel) from exc
-            yield rel, d.path, st
+        for name, st in reversed(children):
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if len(os.fsencode(rel)) + 1 > LIMIT:  # no program in the image could name it
+                raise _too_long(OSError(errno.ENAMETOOLONG, "File name too long"), rel)
+            path = os.path.join(abs_dir, name)
+            yield rel, path, st
             if stat.S_ISDIR(st.st_mode):
-                stack.append((rel, d.path))
+                stack.append((rel, path))
 
 
 def _too_long(exc: OSError, rel: str) -> OSError | ChangesetError:
-    """A path nested deeper than this machine can name (PATH_MAX, with the build's own
-    directory before it) as an error that says so, the path cut short; others as they
-    are."""
+    """A path nested deeper than this machine can name (PATH_MAX inside the image: the
+    build's own directory before it does not count, :mod:`.longpath`) as an error that
+    says so, the path cut short; others as they are."""
     if exc.errno != errno.ENAMETOOLONG:
         return exc
     shown = f"/{rel}" if len(rel) <= 120 else f"/{rel[:60]}...{rel[-50:]}"
     return ChangesetError(
         f"a path the step made is too long for this machine to read back ({len(rel) + 1} "
-        f"bytes, more than PATH_MAX with the build's directory before it): {shown}; "
+        f"bytes, more than PATH_MAX, {LIMIT}, allows inside the image): {shown}; "
         "nest fewer or shorter directories")

@@ -32,6 +32,7 @@ from pathlib import Path
 import blake3
 
 from .changeset import Changeset, Entry, EntryKind, Whiteout
+from .longpath import short
 from .scan import InodeKey, entry_from_stat, join_hardlinks, read_xattrs, walk
 
 __all__ = ["Snapshot", "StatRecord", "changeset_of_tree", "diff_snapshot", "take_snapshot"]
@@ -78,7 +79,12 @@ def _hash_file(path: str) -> str:
     return h.hexdigest()
 
 
-def _record(abspath: str, st: os.stat_result, hash_content: bool) -> StatRecord:
+def _record(path: str, st: os.stat_result, hash_content: bool) -> StatRecord:
+    with short(path) as abspath:  # below a long storage path: longpath
+        return _record_at(abspath, st, hash_content)
+
+
+def _record_at(abspath: str, st: os.stat_result, hash_content: bool) -> StatRecord:
     is_link = stat.S_ISLNK(st.st_mode)
     return StatRecord(
         mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,

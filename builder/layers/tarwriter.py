@@ -36,6 +36,7 @@ from cas.digest import Digest, new_hasher
 
 from .changeset import WHITEOUT_PREFIX, Changeset, Entry, EntryKind, Whiteout
 from .errors import ChangesetError, SourceChanged
+from .longpath import short
 
 __all__ = ["BLOCK_SIZE", "iter_tar", "pax_header_bytes", "ustar_header", "write_tar"]
 
@@ -136,7 +137,8 @@ def _mtime(ns: int, epoch: int | None) -> int:
 def _file_data(entry: Entry) -> Iterator[bytes]:
     assert entry.source is not None
     remaining = entry.size
-    fd = os.open(entry.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with short(entry.source) as source:  # below a long storage path: longpath
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb", buffering=0) as f:
         while remaining:
             chunk = f.read(min(_READ, remaining))

@@ -30,7 +30,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from ..layers import Changeset, EntryKind, Snapshot, diff_snapshot, take_snapshot
+from ..layers import Changeset, Entry, EntryKind, Snapshot, diff_snapshot, take_snapshot
+from ..layers.longpath import short
 from .userns import overlay_xattr
 from .whiteouts import make_whiteout
 
@@ -118,37 +119,47 @@ def write_upper(changes: Changeset, upper: Path) -> None:
     os.chmod(upper, 0o755)  # as the runner's upper dir: a flattened copy's root gets it
     dirs: list[tuple[Path, int]] = []
     for entry in changes.entries:
-        dst = upper / entry.path
+        # an image's path may be longer than the kernel takes below the storage's
+        with short(upper / entry.path) as at:
+            _write_entry(entry, upper, Path(at))
         if entry.kind is EntryKind.DIR:
-            dst.mkdir()
-            _meta(dst, entry.mode, entry.uid, entry.gid, entry.xattrs)
-            dirs.append((dst, entry.mtime_ns))
-            continue
-        if entry.kind is EntryKind.FILE:
-            assert entry.source is not None
-            os.rename(entry.source, dst)  # keeps content, owner, mode, xattrs, times
-            continue
-        if entry.kind is EntryKind.HARDLINK:
-            os.link(upper / entry.link, dst)
-            continue
-        if entry.kind is EntryKind.SYMLINK:
-            os.symlink(entry.link, dst)
-            _meta(dst, entry.mode, entry.uid, entry.gid, (), symlink=True)
-        else:
-            fmt = {EntryKind.CHAR: stat.S_IFCHR, EntryKind.BLOCK: stat.S_IFBLK,
-                   EntryKind.FIFO: stat.S_IFIFO}[entry.kind]
-            os.mknod(dst, fmt | 0o600, os.makedev(entry.devmajor, entry.devminor))
-            _meta(dst, entry.mode, entry.uid, entry.gid, entry.xattrs)
-        os.utime(dst, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            dirs.append((upper / entry.path, entry.mtime_ns))
     for whiteout in changes.whiteouts:
-        dst = upper / whiteout.path
-        if whiteout.opaque:
-            os.setxattr(dst, overlay_xattr("opaque"), b"y", follow_symlinks=False)
-        else:
-            make_whiteout(dst, whiteout.path)
+        with short(upper / whiteout.path) as at:
+            if whiteout.opaque:
+                os.setxattr(at, overlay_xattr("opaque"), b"y", follow_symlinks=False)
+            else:
+                make_whiteout(Path(at), whiteout.path)
     # directory times last: making their children changed them
     for path, mtime in reversed(dirs):
-        os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
+        with short(path) as at:
+            os.utime(at, ns=(mtime, mtime), follow_symlinks=False)
+
+
+def _write_entry(entry: Entry, upper: Path, dst: Path) -> None:
+    """One entry of :func:`write_upper` at ``dst`` (its name in ``upper``, shortened)."""
+    if entry.kind is EntryKind.DIR:
+        dst.mkdir()
+        _meta(dst, entry.mode, entry.uid, entry.gid, entry.xattrs)
+        return
+    if entry.kind is EntryKind.FILE:
+        assert entry.source is not None
+        with short(entry.source) as source:
+            os.rename(source, dst)  # keeps content, owner, mode, xattrs, times
+        return
+    if entry.kind is EntryKind.HARDLINK:
+        with short(upper / entry.link) as first:
+            os.link(first, dst)
+        return
+    if entry.kind is EntryKind.SYMLINK:
+        os.symlink(entry.link, dst)
+        _meta(dst, entry.mode, entry.uid, entry.gid, (), symlink=True)
+    else:
+        fmt = {EntryKind.CHAR: stat.S_IFCHR, EntryKind.BLOCK: stat.S_IFBLK,
+               EntryKind.FIFO: stat.S_IFIFO}[entry.kind]
+        os.mknod(dst, fmt | 0o600, os.makedev(entry.devmajor, entry.devminor))
+        _meta(dst, entry.mode, entry.uid, entry.gid, entry.xattrs)
+    os.utime(dst, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
 
 
 def upper_from_copy(before: Snapshot, root: Path, upper: Path) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..layers.extract import remove_path
+from ..layers.longpath import NAME_MAX, short
+from ..layers.scan import walk
 from .rootfs import is_opaque
 from .whiteouts import is_whiteout
 
@@ -37,17 +39,14 @@ def pin_times(lowers: Sequence[Path], dest: Path, epoch: int, *, itself: bool = 
     ``SOURCE_DATE_EPOCH``: the files are the same whichever machine, checkout or cache made
     them. What else ``dest`` holds keeps its times. Symbolic links are never followed (an
     image's ``/x -> /etc`` must not reach the host's files)."""
-    ours = {os.path.normpath(os.path.join(os.path.relpath(dirpath, layer), name))
-            for layer in lowers for dirpath, dirnames, filenames in os.walk(layer)
-            for name in dirnames + filenames}
+    ours = {rel for layer in lowers for rel, _, _ in walk(os.fspath(layer))}
     ns = epoch * 1_000_000_000
     if itself:
         os.utime(dest, ns=(ns, ns))
-    for dirpath, dirnames, filenames in os.walk(dest):
-        rel = os.path.relpath(dirpath, dest)
-        for name in dirnames + filenames:
-            if os.path.normpath(os.path.join(rel, name)) in ours:
-                os.utime(os.path.join(dirpath, name), ns=(ns, ns), follow_symlinks=False)
+    for rel, path, _ in walk(os.fspath(dest)):  # (its paths may be long: longpath)
+        if rel in ours:
+            with short(path) as at:
+                os.utime(at, ns=(ns, ns), follow_symlinks=False)
 
 
 def flatten_subtree(lowers: Sequence[Path], dest: Path, within: str | Sequence[str]) -> bool:
@@ -112,35 +111,39 @@ def _write_way(lowers: Sequence[Path], dest: Path, parts: list[str]) -> None:
 
 
 def _apply(src_dir: Path, dst_dir: Path, links: dict[tuple[int, int], Path]) -> None:
-    with os.scandir(src_dir) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        src = Path(entry.path)
-        dst = dst_dir / entry.name
-        st = entry.stat(follow_symlinks=False)
-        if is_whiteout(src, st):
-            remove_path(dst)
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+    """``src_dir`` onto ``dst_dir``: both may be longer than the kernel takes (an image's
+    deep path below the storage's), so each level names them through longpath.short."""
+    with short(src_dir, NAME_MAX + 1) as src_at, short(dst_dir, NAME_MAX + 1) as dst_at:
+        with os.scandir(src_at) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            src, dst = Path(src_at, entry.name), Path(dst_at, entry.name)
+            st = entry.stat(follow_symlinks=False)
+            if is_whiteout(src, st):
                 remove_path(dst)
-            elif is_opaque(src) and dst.is_dir():
-                shutil.rmtree(dst)
-            if not dst.is_dir():
-                dst.mkdir()
-            _apply(src, dst, links)
-            _copy_meta(src, dst)
-            continue
-        _entry(src, dst, st, links)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+                    remove_path(dst)
+                elif is_opaque(src) and dst.is_dir():
+                    shutil.rmtree(dst)
+                if not dst.is_dir():
+                    dst.mkdir()
+                _apply(src_dir / entry.name, dst_dir / entry.name, links)
+                _copy_meta(src, dst)
+                continue
+            _entry(src, dst, st, links, dst_dir / entry.name)
 
 
-def _entry(src: Path, dst: Path, st: os.stat_result, links: dict[tuple[int, int], Path]) -> None:
-    """Put the non-directory ``src`` at ``dst`` in place of whatever is there (a hard
-    link to its first copy when ``links`` has one)."""
+def _entry(src: Path, dst: Path, st: os.stat_result, links: dict[tuple[int, int], Path],
+           named: Path | None = None) -> None:
+    """Put the non-directory ``src`` at ``dst`` (whose full name is ``named``) in place of
+    whatever is there (a hard link to its first copy when ``links`` has one)."""
     remove_path(dst)
     key = (st.st_dev, st.st_ino)
     if st.st_nlink > 1 and key in links:
-        os.link(links[key], dst)
+        with short(links[key]) as first:
+            os.link(first, dst)
         return
     if stat.S_ISREG(st.st_mode):
         shutil.copyfile(src, dst, follow_symlinks=False)
@@ -156,7 +159,7 @@ def _entry(src: Path, dst: Path, st: os.stat_result, links: dict[tuple[int, int]
     else:
         return  # sockets do not belong in an image
     if st.st_nlink > 1:
-        links[key] = dst
+        links[key] = named or dst
     _copy_meta(src, dst, st)
 
 

@@ -80,19 +80,19 @@ def shown_url(url: str, host: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
-_XML_FIELD = re.compile(rb"<(Code|Message)>([^<]{1,300})</\1>")
+_XML_FIELD = rb"<(Code|Message)>([^<]{1,300})</\1>"  # compiled on first use (re caches it)
 
 
 def storage_reason(body: bytes) -> str | None:
     """``Code: Message`` of an object store's XML error (S3, GCS, Azure), else None."""
     if not body.lstrip().startswith(b"<"):
         return None
-    found = dict(_XML_FIELD.findall(body[:4096]))
+    found = dict(re.findall(_XML_FIELD, body[:4096]))
     parts = [found[k].decode("utf-8", "replace").strip() for k in (b"Code", b"Message") if k in found]
     return ": ".join(parts) or None
 
 
-_HTML_TITLE = re.compile(rb"<title>\s*([^<]{1,200}?)\s*</title>", re.IGNORECASE)
+_HTML_TITLE = rb"<title>\s*([^<]{1,200}?)\s*</title>"
 
 TOO_LARGE_FIX = ("the registry, or a proxy in front of it, refuses a request body this large: "
                  "raise its limit (nginx: client_max_body_size 0, as Distribution's nginx "
@@ -106,7 +106,7 @@ def error_reason(status: int, body: bytes, said: str) -> str | None:
     registry's own message, kept when the body is neither). None: show ``said``."""
     reason = storage_reason(body)
     if reason is None and body.lstrip()[:1] == b"<":
-        title = _HTML_TITLE.search(body[:4096])
+        title = re.search(_HTML_TITLE, body[:4096], re.IGNORECASE)
         reason = title[1].decode("utf-8", "replace") if title else None
     if status == 413:
         return f"{reason or said} ({TOO_LARGE_FIX})"

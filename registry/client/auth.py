@@ -113,13 +113,14 @@ class Challenge:
     params: dict[str, str]
 
 
-_PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
+# Compiled on first use (re caches it): only a registry that asks for credentials needs it.
+_PARAM = r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))'
 
 
 def parse_challenge(header: str) -> Challenge:
     """Parse ``Bearer realm="x",service="y",scope="z"`` (or ``Basic realm="x"``)."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {m[1].lower(): (m[2] if m[2] is not None else m[3]) for m in _PARAM.finditer(rest)}
+    params = {m[1].lower(): (m[2] if m[2] is not None else m[3]) for m in re.finditer(_PARAM, rest)}
     params = {k: re.sub(r"\\(.)", r"\1", v) for k, v in params.items()}
     return Challenge(scheme.lower(), params)
 

@@ -9,23 +9,18 @@ are always allowed over plain HTTP.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import errno
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-
-from cas.errors import CasError, storage_error
 
 from ..cli import JSON_ERRORS
 from ..errors import RegistryError
@@ -40,7 +35,9 @@ if TYPE_CHECKING:
     from .remote import ClientOptions
 
 # The image store, the transfer machinery and the HTTP client are imported by the
-# commands that use them: `pybuild images` does not wait for what `pull` needs.
+# commands that use them: `pybuild images` does not wait for what `pull` needs. So are
+# asyncio and the store's errors (sqlite3): `pybuild pull --help`, or a command line
+# click refuses, is answered without them (a test checks what each command imports).
 
 __all__ = ["COMMANDS", "finished"]
 
@@ -64,6 +61,8 @@ async def _until_sigterm(coro: Awaitable[T]) -> T:
     """``coro``, cancelled by SIGTERM as Ctrl-C cancels it: transfers stop the same way
     (a pull keeps what it has for the next one) and the command exits 143 with one line
     (``--json``: an error event), as ``pybuild build`` does."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     received: list[int] = []
@@ -88,6 +87,10 @@ async def _until_sigterm(coro: Awaitable[T]) -> T:
 
 
 def _run(coro: Awaitable[T]) -> T:
+    import asyncio
+
+    from cas.errors import CasError, storage_error
+
     global finished
     try:
         result: T = asyncio.run(_until_sigterm(coro))
@@ -198,6 +201,9 @@ async def _copy_store(src: Endpoint, dst: Endpoint, storage: Path | None,
     reuse what that holds, so a store not made yet is not made (a read-only HOME), and
     one that cannot be opened (its S3 packs unreachable) is said and left out. A
     throwaway store in a temporary directory stands in for it then."""
+    import asyncio
+
+    from cas.errors import CasError
     from cas.location import default_storage_dir
 
     from .image_store import ImageStore
@@ -219,6 +225,9 @@ async def _copy_store(src: Endpoint, dst: Endpoint, storage: Path | None,
         async with images:
             yield images
         return
+    import shutil
+    import tempfile
+
     scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="pybuild-copy-"))
     try:
         async with await ImageStore.open(scratch) as throwaway:
@@ -439,6 +448,8 @@ def login(server: str, username: str | None, password: str | None, password_stdi
             "the password is empty (is the variable that holds it set in this job?); give it "
             f"on standard input: echo \"$PASSWORD\" | pybuild login {server} -u USER "
             "--password-stdin")
+    import asyncio
+
     creds = Credentials(username, password, "the password given to pybuild login")
     host = _ref(f"{server}/x").host
 
@@ -458,6 +469,8 @@ def login(server: str, username: str | None, password: str | None, password_stdi
 def logout(server: str) -> None:
     """Forget the credentials saved for SERVER (none saved: says so, and succeeds, as
     ``docker logout`` does, so that a CI job's clean-up step does not fail)."""
+    import asyncio
+
     from .auth import erase_credentials
     from .docker_config import server_host
 

@@ -18,7 +18,8 @@ from .transfer import BlobError
 
 __all__ = ["WrongRange", "check_content_range"]
 
-_CONTENT_RANGE = re.compile(r"^bytes\s+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)$", re.IGNORECASE)
+# Compiled on first use (re caches it): a pull that fetches nothing parses no range.
+_CONTENT_RANGE = r"^bytes\s+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)$"
 
 
 class WrongRange(BlobError):
@@ -43,7 +44,7 @@ def check_content_range(
             "front of it) serves wrong ranges: tell its operator"
         )
 
-    found = _CONTENT_RANGE.match(content_range.strip()) if content_range else None
+    found = re.match(_CONTENT_RANGE, content_range.strip(), re.IGNORECASE) if content_range else None
     if found is None:
         raise refuse(" (not one range 'bytes <first>-<last>/<size>')")
     first, last = int(found.group(1)), int(found.group(2))

@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import re
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +66,8 @@ async def read_docker_archive(path: Path, ref: str | None, store: Store, link: s
     """Import the image named ``ref`` (or the only image) from a ``docker save`` tar into
     ``store``; returns the manifest (bytes) built for it. ``progress`` shows each layer
     read as a task (``imported``)."""
+    import tarfile  # here: a pull or push that goes through no archive does without
+
     try:
         tar = await asyncio.to_thread(tarfile.open, path, "r:")
     except (OSError, tarfile.TarError) as exc:
@@ -187,6 +188,8 @@ async def write_docker_archive(path: Path, ref: str | None, manifest: Manifest, 
 
 async def _write_archive(path: Path, tmp: Path, ref: str | None, manifest: Manifest, store: Store,
                          progress: Progress | None) -> None:
+    import tarfile
+
     config_name = f"{manifest.config.digest.encoded}.json"
     layer_names = [f"{d.digest.encoded}/layer.tar" for d in manifest.layers]
     index = [{"Config": config_name, "RepoTags": [ref] if ref else [], "Layers": layer_names}]

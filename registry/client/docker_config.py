@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +92,8 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def write_config(path: Path, config: dict[str, Any]) -> None:
     """Replace ``path`` (or the file it links to) with ``config``, atomically, mode 0600."""
+    import tempfile  # here: only login and logout write it, every pull reads it
+
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

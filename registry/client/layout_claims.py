@@ -143,7 +143,7 @@ async def undone_on_failure(path: Path | None) -> AsyncIterator[OciLayout | None
 
 
 # A writer's temporary file: ``<name>.<pid>-<8 hex>.tmp`` (layouts._replace_file, Store.export).
-_TEMPORARY = re.compile(r".+\.(\d+)-[0-9a-f]{8}\.tmp")
+_TEMPORARY = r".+\.(\d+)-[0-9a-f]{8}\.tmp"  # compiled on first use (re caches it)
 
 
 def _remove_abandoned(root: Path) -> None:
@@ -158,7 +158,7 @@ def _remove_abandoned(root: Path) -> None:
         except OSError:  # not a directory, or gone
             continue
         for name in names:
-            match = _TEMPORARY.fullmatch(name)
+            match = re.fullmatch(_TEMPORARY, name)
             if match is None or _alive(int(match[1])):
                 continue
             with contextlib.suppress(OSError):

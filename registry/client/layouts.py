@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,7 +61,7 @@ __all__ = [
 DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 REF_NAME = "org.opencontainers.image.ref.name"
 _CHUNK = 4 << 20
-_SOURCE_INDEX = re.compile(r"@[0-9]{1,9}")
+_SOURCE_INDEX = r"@[0-9]{1,9}"  # compiled on first use (re caches it)
 _PLACE_TRIES = 5
 
 
@@ -322,7 +321,7 @@ def _replace_file(path: Path, data: bytes) -> None:
     """``path`` replaced by ``data`` at once, through a temporary file of this writer's own:
     another process may write the same file at the same time. Synced before the rename:
     a power loss leaves the old file or the new one, never an empty one by its name."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -360,7 +359,7 @@ async def import_stream(store: Store, read: Callable[[int], bytes], expected: Di
 
 def source_index(name: str | None) -> int | None:
     """N when ``name`` is ``@N``: an image of a layout or archive named by its place."""
-    return int(name[1:]) if name and _SOURCE_INDEX.fullmatch(name) else None
+    return int(name[1:]) if name and re.fullmatch(_SOURCE_INDEX, name) else None
 
 
 def check_destination(kind: str, path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from cas.unheld import remove_unheld
@@ -21,6 +20,8 @@ def held_temporary(dest: Path, *, directory: bool) -> tuple[int, str]:
     """A new temporary file (opened for writing) or directory beside ``dest``, held: its
     descriptor (close it when done: that releases it) and its path. Those that killed
     writers left are removed first."""
+    import tempfile  # here: a pull into the store writes no file beside a destination
+
     remove_abandoned(dest)
     while True:
         prefix = f".{dest.name}."

@@ -22,9 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import tarfile
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -81,6 +78,8 @@ async def unpacked(src: Endpoint, dst: Endpoint, say: Callable[[str], None] = la
 def _temporary(stack: contextlib.AsyncExitStack, **where: Any) -> Path:
     """A new temporary directory (``tempfile.mkdtemp``'s ``where``), removed in a worker
     thread when ``stack`` closes: a layout of gigabytes takes a while to delete."""
+    import tempfile  # here: a pull or push that goes through no archive does without
+
     made = tempfile.TemporaryDirectory(**where)
     stack.push_async_callback(asyncio.to_thread, made.cleanup)
     return Path(made.name)
@@ -91,6 +90,8 @@ def _beside(stack: contextlib.AsyncExitStack, archive: Path) -> Path:
     when ``stack`` closes, whatever failed; one a killed copy left is removed first:
     :mod:`.leftovers`): the layout takes as much room as the archive, so it goes on the
     file system the archive goes to, not into a small ``TMPDIR``."""
+    import shutil
+
     try:
         fd, made = held_temporary(archive, directory=True)
     except OSError as exc:
@@ -115,6 +116,7 @@ def _check_archive_destination(path: Path) -> None:
 
 def _unpack(archive: Path, into: Path) -> None:
     """The layout in ``archive`` unpacked into ``into`` (LayoutError when it is none)."""
+    import tarfile
 
     def only_files(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
         if not (member.isfile() or member.isdir()):
@@ -143,6 +145,9 @@ def _pack(layout: Path, archive: Path) -> None:
     """``layout`` as a tar at ``archive``: ``oci-layout`` and ``index.json`` first, then
     the blobs in name order, owned by root with no timestamps (the same layout makes the
     same bytes)."""
+    import shutil
+    import tarfile
+
     tmp = layout.with_name("archive.tar")  # in the copy's own directory beside ``archive``
     names = ["oci-layout", "index.json", "blobs"]
     for top, dirs, files in os.walk(layout / "blobs"):

@@ -11,6 +11,9 @@ and what it says when it gives up (:func:`unreachable_message`), for
   ``ClientOptions.outage`` seconds in all, counted from its first refusal, so the
   requests that meet one outage give up together. Docker's push does the same for a
   layer upload (5 tries, waiting 5, 10, 15 and 20 s).
+- A token server (the realm of a Bearer challenge) is held to the same rule
+  (``RegistrySession._fetch``): one that gave a token earlier in this process and now
+  refuses is waited for, so a token fetched again mid-push rides out its restart.
 - Each round of retries is told once, whichever request makes it (``cannot connect to
   HOST (connection refused): retrying in 2 s (refusing for 4 s; giving up after 30 s)``),
   through ``ClientOptions.notice``: a line in plain progress, a ``message`` event with
@@ -23,6 +26,7 @@ where it stands first (:mod:`registry.client.push`).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -62,6 +66,23 @@ class Refusals:
             self.notice(f"cannot connect to {netloc} ({reason}): retrying in {wait:.2g} s "
                         f"(refusing for {now - since:.0f} s; giving up after {self.outage:g} s)")
         return wait
+
+    def retry_in(self, netloc: str, exc: Unreachable, attempt: int, reached: bool) -> float | None:
+        """:meth:`delay` after the connection failure ``exc``, if it is one worth waiting
+        out: a refusal, or a reset from a host that answered before (connected, then closed
+        unserved: one going down). None: give up."""
+        refused = isinstance(exc.__cause__, ConnectionRefusedError) or (
+            reached and isinstance(exc.__cause__, ConnectionResetError))
+        return self.delay(netloc, attempt, reached, exc.reason) if refused else None
+
+    async def ride_out(self, netloc: str, exc: Unreachable, attempt: int, reached: bool) -> None:
+        """Wait as :meth:`retry_in` says before trying ``netloc`` again, or raise ``exc``
+        (saying for how long it refused) when that is to give up."""
+        delay = self.retry_in(netloc, exc, attempt, reached)
+        if delay is None:
+            exc.args = (f"{exc}{self.gave_up(netloc)}",)
+            raise exc
+        await asyncio.sleep(delay)
 
     def answered(self, netloc: str) -> None:
         """``netloc`` took a connection: its outage, if any, is over."""

@@ -62,7 +62,8 @@ RECIPE_ENDPOINT = "_pybuild/blob/recipe"
 PIECE_UPLOADS_ENDPOINT = "_pybuild/blob/uploads"
 PLAN_MEDIA_TYPE = "application/vnd.pybuild.push-plan.v1+json"
 _MAX_MANIFEST = 4 << 20
-_NEXT = re.compile(r'<([^>]*)>[^,]*;\s*rel="?next"?', re.IGNORECASE)
+# Compiled on first use (re caches it): only listings of many pages need it.
+_NEXT = r'<([^>]*)>[^,]*;\s*rel="?next"?'
 # The largest OCI-Chunk-Min-Length followed (a chunk is held in memory while it is sent).
 MAX_CHUNK = 128 << 20
 # What a step of a push may be answered with: the spec's 201 (a manifest, a closed
@@ -336,7 +337,7 @@ class RegistryClient(RegistrySession):
             out.extend(str(t) for t in listed)
             link = resp.headers.get("Link", "")
             # rel="next", or rel=next as some registries write it (RFC 8288 allows both)
-            found = _NEXT.search(link)
+            found = re.search(_NEXT, link, re.IGNORECASE)
             url = found.group(1) if found else ""
         return out
 
@@ -354,7 +355,7 @@ class RegistryClient(RegistrySession):
             resp, body = await self._request("GET", host, url, scopes=frozenset({pull_scope(name)}),
                                              headers={"Accept": OCI_INDEX})
             found.append(Index.parse(body))
-            link = _NEXT.search(resp.headers.get("Link", ""))
+            link = re.search(_NEXT, resp.headers.get("Link", ""), re.IGNORECASE)
             url = link.group(1) if link else ""
         return replace(found[0], manifests=tuple(m for page in found for m in page.manifests))
 

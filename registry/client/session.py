@@ -371,13 +371,9 @@ class RegistrySession:
                         # registry that speaks plain HTTP): the host is up.
                         self._reached.add(netloc)
                         raise
-                    # Nothing was sent: safe to try again. A reset, from a host that
-                    # answered before, is one going down (connected, then closed unserved).
-                    reached = netloc in self._reached
-                    refused = isinstance(exc.__cause__, ConnectionRefusedError) or (
-                        reached and isinstance(exc.__cause__, ConnectionResetError))
-                    if refused and (delay := self._refusals.delay(netloc, attempt, reached,
-                                                                  exc.reason)) is not None:
+                    # Nothing was sent: safe to try again.
+                    if (delay := self._refusals.retry_in(netloc, exc, attempt,
+                                                         netloc in self._reached)) is not None:
                         await asyncio.sleep(delay)
                         attempt += 1
                         continue
@@ -425,18 +421,24 @@ class RegistrySession:
                      headers: dict[str, str], data: bytes | None = None) -> tuple[int, bytes]:
         """A GET (a POST of ``data``) to a token server (no auth or redirects). A 429 or 5xx is retried as
         :meth:`_send` retries (as long as ``Retry-After`` asks, up to ``max_retry_after``),
-        and so is a broken connection; the last answer is returned."""
-        attempt = 0
+        a broken connection, and a restarting token server as a registry; the last answer."""
+        netloc, attempt, refused = urlsplit(url).netloc, 0, 0
         while True:
             try:
                 resp = await self.wire.send("GET" if data is None else "POST", url, headers,
                                             params, self._ssl_for(url, False), data)
             except WireError as exc:
-                if isinstance(exc, _NoConnection) or attempt >= self.options.retries:
+                if isinstance(exc, _NoConnection):  # waited for, or raised (.refusals)
+                    await self._refusals.ride_out(netloc, exc, refused, netloc in self._reached)
+                    refused += 1
+                    continue
+                if attempt >= self.options.retries:
                     raise
                 await asyncio.sleep(self.options.backoff * 2**attempt)
                 attempt += 1
                 continue
+            self._reached.add(netloc)
+            self._refusals.answered(netloc)
             try:
                 status, body = resp.status, await _read(resp)
             finally:

@@ -5,12 +5,14 @@ windows, checkpoints, retries) and :class:`BlobError`. Both are re-exported by
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ClientError
+
+if TYPE_CHECKING:  # asyncio is imported by what runs a transfer, not by `pull --help`
+    import asyncio
 
 __all__ = ["DEFAULT_JOBS", "BlobError", "TransferOptions", "cancel_all", "gather_or_cancel"]
 
@@ -48,6 +50,8 @@ class TransferOptions:
 
 async def cancel_all(tasks: Collection[asyncio.Future[Any]]) -> None:
     """Cancel ``tasks`` and wait until they have ended, their failures retrieved."""
+    import asyncio
+
     for task in tasks:
         task.cancel()
     if tasks:
@@ -57,6 +61,8 @@ async def cancel_all(tasks: Collection[asyncio.Future[Any]]) -> None:
 async def gather_or_cancel(tasks: Collection[asyncio.Future[Any]]) -> None:
     """Wait for ``tasks``; when one fails, the others are cancelled and waited for (so
     none runs on under a store its caller closes next) before the failure is raised."""
+    import asyncio
+
     try:
         await asyncio.gather(*tasks)
     except BaseException:

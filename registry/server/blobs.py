@@ -17,6 +17,7 @@ signs the request's method); the client sends its ``Range`` on to the bucket.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 from typing import Any
@@ -35,6 +36,8 @@ from .state import BYTES_SENT, REGISTRY, Registry
 
 __all__ = ["delete_blob", "get_blob", "stat_in_repo"]
 
+log = logging.getLogger("pybuild.registry.blobs")
+
 
 async def stat_in_repo(reg: Registry, name: str, digest: Digest) -> int:
     """The blob's size if it is readable in ``name``; BLOB_UNKNOWN (404) otherwise."""
@@ -48,10 +51,27 @@ async def stat_in_repo(reg: Registry, name: str, digest: Digest) -> int:
     return int(info.size)
 
 
+async def _renew_link(reg: Registry, name: str, digest: Digest) -> None:
+    """Make ``name``'s link to ``digest`` again, dated now. A HEAD is how docker, skopeo
+    and containerd ask "is it there?" before a push; a yes makes them skip the upload and
+    send the manifest that needs the blob later. Retention keeps a link younger than its
+    upload grace (retention.py), so the blob stays for that long after the yes, as a
+    blob just uploaded does. Best effort: a store that cannot write still answers."""
+    try:
+        await reg.store.link(repository_holder(name), digest)
+    except BlobUnknown:
+        raise BLOB_UNKNOWN(f"blob {digest} is not in the store", detail={"digest": str(digest)}) from None
+    except Exception as exc:
+        log.warning("HEAD %s@%s: the blob's link was not renewed (%s); retention may take it "
+                    "before the upload grace", name, digest, exc)
+
+
 async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamResponse:
     reg = request.app[REGISTRY]
     d = parse_digest(digest)
     size = await stat_in_repo(reg, name, d)
+    if request.method == "HEAD" and not reg.config.read_only:
+        await _renew_link(reg, name, d)
     etag = f'"{d}"'
     headers = {
         "Docker-Content-Digest": str(d),

@@ -131,35 +131,46 @@ async def _negotiate(
     reg: Registry, name: str, reference: str, entry: CachedManifest, accepted: frozenset[str],
     fetch: Callable[[str], Awaitable[None]] | None,
 ) -> CachedManifest:
-    """What to serve a client whose Accept does not list the stored type, as CNCF
-    Distribution (2.8 and 3) decides it:
+    """What to serve a client whose Accept does not list the stored type:
 
-    - an OCI manifest or index: nothing, 404 MANIFEST_UNKNOWN;
-    - a Docker manifest list asked for by tag by a client that takes Docker schema 2
-      manifests but not lists (clients older than manifest lists): the list's
-      linux/amd64 manifest, under its own digest (404 if the list has none);
-    - any other Docker schema 2 manifest or list: itself. Distribution serves them by
-      digest whatever Accept says (by tag, 2.8 rewrote a schema 2 manifest into
+    - an index or manifest list asked for by tag: its linux/amd64 manifest, under its own
+      digest, when Accept lists that manifest's type (a client that takes images but not
+      lists, as CNCF Distribution answers it for a Docker manifest list); else 404
+      MANIFEST_UNKNOWN: never the list itself, which such a client cannot use;
+    - an OCI manifest, or an OCI index by digest: 404 MANIFEST_UNKNOWN;
+    - a Docker schema 2 manifest, or a manifest list by digest: itself. Distribution serves
+      them by digest whatever Accept says (by tag, 2.8 rewrote a schema 2 manifest into
       schema 1, which pybuild does not serve; 3.0 serves it as it is).
 
-    ``fetch`` brings a manifest by digest into ``name`` first (the pull-through cache's).
+    A request by digest is never answered with another digest. ``fetch`` brings a
+    manifest by digest into ``name`` first (the pull-through cache's).
     """
     media_type = entry.media_type
     by_tag = ":" not in reference
-    if media_type == DOCKER_MANIFEST_LIST and by_tag and DOCKER_MANIFEST in accepted:
+    if by_tag and media_type in INDEX_TYPES:
+        kind = "a manifest list" if media_type == DOCKER_MANIFEST_LIST else "an index"
         child = _default_platform_manifest(entry.body)
-        if child is None:
+        if child is None or child.media_type not in accepted:
+            what = (
+                "without a linux/amd64 manifest, and the Accept header does not list it"
+                if child is None else f"whose linux/amd64 manifest is of type "
+                f"{child.media_type}, and the Accept header lists neither"
+            )
             raise MANIFEST_UNKNOWN(
-                f"{reference!r} is a manifest list without a linux/amd64 manifest, and the "
-                f"Accept header does not list {DOCKER_MANIFEST_LIST}: add it to Accept",
+                f"{reference!r} is {kind} of type {media_type} {what}: add {media_type} to Accept",
                 detail={"mediaType": media_type},
             )
         if fetch is not None:
-            await fetch(child)
-        entry = await _load(reg, name, child)
-        media_type = entry.media_type
-        if media_type in accepted:
-            return entry
+            await fetch(str(child.digest))
+        served = await _load(reg, name, str(child.digest))
+        if served.media_type not in accepted:  # the list's descriptor said another type
+            raise MANIFEST_UNKNOWN(
+                f"{reference!r} is {kind} whose linux/amd64 manifest is of type "
+                f"{served.media_type}, which the Accept header does not list: add "
+                f"{media_type} to Accept",
+                detail={"mediaType": media_type},
+            )
+        return served
     if media_type in (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST):
         return entry
     kind = "an index" if media_type in INDEX_TYPES else "a manifest"
@@ -170,16 +181,16 @@ async def _negotiate(
     )
 
 
-def _default_platform_manifest(body: bytes) -> str | None:
-    """The digest of a manifest list's linux/amd64 entry (Distribution's default
-    platform, whatever the server's), or None."""
+def _default_platform_manifest(body: bytes) -> Descriptor | None:
+    """A list's or index's linux/amd64 entry (Distribution's default platform, whatever
+    the server's), or None."""
     try:
         index = Index.parse(body)
     except InvalidObject:
         return None
     for d in index.manifests:
         if d.platform is not None and (d.platform.os, d.platform.architecture) == ("linux", "amd64"):
-            return str(d.digest)
+            return d
     return None
 
 

@@ -238,8 +238,10 @@ async def _retention_loop(reg: Registry, interval: float) -> None:
             gc = await reg.store.gc(grace=settings.upload_grace)
             log.info(
                 "retention: deleted %d tag(s) and %d manifest(s), unlinked %d blob(s); "
-                "gc removed %d blob(s), freed %d bytes",
+                "gc removed %d blob(s), freed %d bytes, kept %d unreferenced blob(s) (%d bytes) "
+                "younger than the upload grace",
                 report.tags, report.manifests, report.blobs, gc.blobs_removed, gc.bytes_freed,
+                gc.blobs_kept_by_grace, gc.bytes_kept_by_grace,
             )
         except Exception:
             log.exception("retention run failed; the next one is in %g s", interval)

@@ -77,8 +77,8 @@ async def test_a_layer_another_build_extracted_meanwhile_is_used(tmp_path: Path,
         diff_id = _diff_id(blob)
         real_extract = extracted._extract
 
-        def extract_while_another_build_finishes(src, dest: Path, diff_id) -> None:  # type: ignore[no-untyped-def]
-            real_extract(src, dest, diff_id)
+        def extract_while_another_build_finishes(src, dest: Path, diff_id, below=None) -> None:  # type: ignore[no-untyped-def]
+            real_extract(src, dest, diff_id, below)
             theirs = layers.path(diff_id)
             (theirs / "app").mkdir(parents=True)
             (theirs / "app" / "f.txt").write_text("theirs\n")
@@ -208,3 +208,87 @@ async def test_a_layer_that_is_not_its_diff_id_is_refused_and_not_kept(tmp_path:
         assert (root / "f").read_text() == "good\n" and not (root / "extra").exists()
     finally:
         await store.close()
+
+
+def _tar(*entries: tarfile.TarInfo, data: dict[str, bytes] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for info in entries:
+            body = (data or {}).get(info.name)
+            if body is not None:
+                info.size = len(body)
+            tf.addfile(info, None if body is None else io.BytesIO(body))
+    return buf.getvalue()
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "", mode: int = 0o644,
+          owner: int = 0, mtime: int = 1000) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode, info.mtime = kind, linkname, mode, mtime
+    info.uid = info.gid = owner
+    return info
+
+
+async def _stack(tmp_path: Path, *raw: bytes) -> list[Path]:
+    """The layers ``raw`` (bottom first) extracted as a stage's lowers (top first)."""
+    store = await open_store(StoreConfig(tmp_path / "store"))
+    try:
+        layers = ExtractedLayers(tmp_path / "snapshots", store)
+        pairs = [(Digest.of(r), (await store.put(gzip.compress(r, mtime=0))).digest) for r in raw]
+        return await layers.lowers(pairs)
+    finally:
+        await store.close()
+
+
+async def test_a_hard_link_to_a_lower_layers_file_copies_it_up(tmp_path: Path) -> None:
+    """As Docker's vfs and overlay2 drivers take it: the link joins a copy of the lower
+    file, which keeps its content, owner, mode and time, in directories that keep theirs;
+    the layer in between does not hide it, and a third layer links to it as well."""
+    require_root("layer owners")
+    bottom = _tar(_info("data", tarfile.DIRTYPE, mode=0o750, owner=7, mtime=2000),
+                  _info("data/sub", tarfile.DIRTYPE, mode=0o711, owner=8, mtime=3000),
+                  _info("data/sub/f.txt", mode=0o640, owner=5, mtime=4000),
+                  data={"data/sub/f.txt": b"from below\n"})
+    middle = _tar(_info("other.txt"), data={"other.txt": b"x"})
+    top = _tar(_info("opt", tarfile.DIRTYPE), _info("opt/link", tarfile.LNKTYPE, "data/sub/f.txt"))
+    lowers = await _stack(tmp_path, bottom, middle, top)
+    root = lowers[0]
+    copied, link = os.lstat(root / "data/sub/f.txt"), os.lstat(root / "opt/link")
+    assert (copied.st_ino, copied.st_nlink) == (link.st_ino, 2)
+    assert (root / "opt/link").read_bytes() == b"from below\n"
+    assert (stat.S_IMODE(copied.st_mode), copied.st_uid, copied.st_mtime) == (0o640, 5, 4000)
+    for name, mode, owner, mtime in (("data", 0o750, 7, 2000), ("data/sub", 0o711, 8, 3000)):
+        st = os.lstat(root / name)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_mtime) == (mode, owner, mtime), name
+    assert not (lowers[1] / "data").exists()  # the middle layer is left as it is
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == sorted(
+        p.name for p in lowers)
+
+
+@pytest.mark.parametrize("hiding", ["below", "same layer", "opaque", "symlink"])
+async def test_a_link_to_a_hidden_or_unreachable_lower_file_is_a_named_error(
+        tmp_path: Path, hiding: str) -> None:
+    """A target a whiteout hides (in a layer in between, or earlier in the linking layer
+    itself), or one reached through a symlink, is not copied up: the link stays a named
+    error, and nothing outside the layers is written."""
+    from builder.layers.errors import MissingLinkTarget
+
+    require_root("whiteouts are character devices: mknod needs root")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("secret\n")
+    bottom = _tar(_info("d", tarfile.DIRTYPE), _info("d/f"),
+                  _info("evil", tarfile.SYMTYPE, str(outside)), data={"d/f": b"f\n"})
+    target = "evil/secret" if hiding == "symlink" else "d/f"
+    link = _info("link", tarfile.LNKTYPE, target)
+    raw = {"below": [bottom, _tar(_info("d/.wh.f")), _tar(link)],
+           "same layer": [bottom, _tar(_info("d/.wh.f"), link)],
+           "opaque": [bottom, _tar(_info("d", tarfile.DIRTYPE), _info("d/.wh..wh..opq"), link)],
+           "symlink": [bottom, _tar(link)]}[hiding]
+    with pytest.raises(MissingLinkTarget, match=f"hard link target {target!r} does not exist "
+                       r"\(it is neither in the layer \(before the link\) nor in the layers "
+                       "below it"):
+        await _stack(tmp_path, *raw)
+    assert [p.name for p in outside.iterdir()] == ["secret"]
+    assert (outside / "secret").read_text() == "secret\n"
+    assert not [p for p in (tmp_path / "snapshots").iterdir() if p.name.startswith(".tmp-")]

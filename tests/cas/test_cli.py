@@ -49,6 +49,21 @@ def test_gc_removes_unlinked_blobs(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["blobs_removed"] == 1
 
 
+def test_gc_says_what_it_kept_only_for_the_grace(tmp_path: Path) -> None:
+    _fill(tmp_path)  # one unlinked blob of 1,000 bytes, committed just now
+    base = ["storage", "gc", "--storage", str(tmp_path)]
+    result = CliRunner().invoke(main, [*base, "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["blobs_removed"], doc["blobs_kept_by_grace"], doc["bytes_kept_by_grace"]) == (0, 1, 1000)
+    human = CliRunner().invoke(main, [*base, "--grace", "30m"])
+    assert "kept 1 unreferenced blobs (1000 B) younger than --grace 1800s" in human.output, human.output
+    gone = CliRunner().invoke(main, [*base, "--grace", "0", "--json"])
+    doc = json.loads(gone.stdout)
+    assert (doc["blobs_removed"], doc["blobs_kept_by_grace"], doc["bytes_kept_by_grace"]) == (1, 0, 0)
+    assert "kept" not in CliRunner().invoke(main, base).output
+
+
 def test_fsck_exit_code_and_names_damage(tmp_path: Path) -> None:
     _fill(tmp_path)
     ok = CliRunner().invoke(main, ["storage", "fsck", "--storage", str(tmp_path)])

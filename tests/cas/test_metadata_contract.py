@@ -466,6 +466,17 @@ def test_collect_blobs_takes_unlinked_blobs_older_than_the_cutoff_in_batches(met
     assert [d for d, _, _ in meta.iter_blobs()] == [D1]
 
 
+def test_unlinked_since_counts_what_the_cutoff_keeps(meta: Metadata) -> None:
+    before = time.time() - 1
+    commit(meta, D1, [key(1)], link="repo/a")  # linked: not counted
+    commit(meta, D2, [key(2)])
+    size = meta.blob(D2)[0]  # type: ignore[index]
+    assert meta.unlinked_since(before) == (1, size)
+    assert meta.unlinked_since(time.time() + 60) == (0, 0)  # all older than that cutoff
+    meta.unlink("repo/a", D1)
+    assert meta.unlinked_since(before) == (2, size + meta.blob(D1)[0])  # type: ignore[index]
+
+
 def test_collect_pieces_trashes_dead_ranges_and_dead_packs(meta: Metadata) -> None:
     commit(meta, D1, [key(1), key(2)], pack="p1")
     commit(meta, D2, [key(2), key(3)], pack="p2")

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -92,9 +93,12 @@ def cluster(request: pytest.FixtureRequest, postgres: PostgresServer, tmp_path: 
             def argv(addr: str, own: Path = own) -> list[str]:
                 return [sys.executable, "-m", "builder", "serve", "--addr", addr, "--storage",
                         str(own), "--config", str(config)]
-            replica = RegistryProcess("pybuild", argv, storage=own, log=tmp_path / f"r{n}.log")
-            replica.start()
-            replicas.append(replica)
+            replicas.append(RegistryProcess("pybuild", argv, storage=own,
+                                            log=tmp_path / f"r{n}.log"))
+        # The three start at once, as a deployment's replicas do (each waits for its /v2/).
+        with ThreadPoolExecutor(max_workers=len(replicas)) as pool:
+            for started in [pool.submit(replica.start) for replica in replicas]:
+                started.result()
         # On S3, blob GETs by path as docs/deployment.md recommends (uploads round-robin).
         with load_balancer([r.addr for r in replicas], blob_affinity=request.param == "s3") as addr:
             yield Cluster(replicas, addr, storage, database, env)

@@ -103,6 +103,45 @@ async def test_manifest_list_by_tag_without_list_in_accept_is_its_linux_amd64_ma
     assert await error_codes(resp) == ["MANIFEST_UNKNOWN"]
 
 
+async def test_index_by_tag_to_a_client_of_images_only_is_its_linux_amd64_manifest(client):
+    # A client whose Accept lists the image type but no index type gets, by tag, the
+    # index's linux/amd64 image (its own type and digest), never the index it cannot use.
+    children = {}
+    for arch in ("arm64", "amd64"):
+        digest, body = await push_image(client, "only", f"img-{arch}", [arch.encode()])
+        children[arch] = (digest, body)
+    index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": [
+        {**descriptor(oci.OCI_MANIFEST, body), "platform": {"architecture": arch, "os": "linux"}}
+        for arch, (_, body) in children.items()
+    ]}
+    index_body = json.dumps(index).encode()
+    resp = await client.put("/v2/only/manifests/multi", data=index_body,
+                            headers={"Content-Type": oci.OCI_INDEX})
+    assert resp.status == 201
+    amd64_digest, amd64_body = children["amd64"]
+    for method in ("GET", "HEAD"):
+        resp = await client.request(method, "/v2/only/manifests/multi", headers={"Accept": oci.OCI_MANIFEST})
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Content-Type"] == oci.OCI_MANIFEST
+        assert resp.headers["Docker-Content-Digest"] == str(amd64_digest)
+        assert resp.headers["Content-Length"] == str(len(amd64_body))
+        if method == "GET":
+            assert await resp.read() == amd64_body
+    # By digest, the index is never rewritten: the client did not ask for what it lists.
+    resp = await client.get(f"/v2/only/manifests/{Digest.of(index_body)}", headers={"Accept": oci.OCI_MANIFEST})
+    assert resp.status == 404
+    # A manifest list whose linux/amd64 image is of a type Accept does not list either:
+    # 404 naming the type to add, not the list.
+    await push_docker_list(client, "only", "docker", ["linux/amd64"])
+    for method in ("GET", "HEAD"):
+        resp = await client.request(method, "/v2/only/manifests/docker", headers={"Accept": oci.OCI_MANIFEST})
+        assert resp.status == 404
+        if method == "GET":
+            doc = await resp.json(content_type=None)
+            assert doc["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+            assert f"add {oci.DOCKER_MANIFEST_LIST} to Accept" in doc["errors"][0]["message"]
+
+
 async def test_unknown_manifest_and_tag(client):
     await push_image(client, "known", "v1", [b"x"])
     resp = await client.get("/v2/known/manifests/nope")

@@ -184,6 +184,50 @@ async def test_a_manifest_pushed_by_digest_and_tagged_later_is_never_lost(client
     assert resp.status == 400 and "MANIFEST_BLOB_UNKNOWN" in await error_codes(resp)
 
 
+class _HourAgo:
+    """``time`` as cas's metadata sees it, an hour behind: links made under it are old."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        return time.time() - 3600
+
+
+async def test_a_blob_head_or_mount_keeps_the_blob_for_the_upload_grace(client, monkeypatch):
+    """docker and skopeo HEAD a blob, skip its upload on a 200 and PUT the manifest later:
+    a run in between must not unlink what the HEAD (or a mount) just said is there."""
+    import cas.sqlite_meta
+
+    reg = reg_of(client)
+    with monkeypatch.context() as old:
+        old.setattr(cas.sqlite_meta, "time", _HourAgo())
+        config = await push_blob(client, "app", b"{}")
+        layer = await push_blob(client, "app", b"base layer")
+        base = await push_blob(client, "base", b"mounted layer")
+        await push_blob(client, "app", b"mounted layer")
+    assert (await client.head(f"/v2/app/blobs/{config}")).status == 200
+    assert (await client.head(f"/v2/app/blobs/{layer}")).status == 200
+    resp = await client.post(f"/v2/app/blobs/uploads/?mount={base}&from=base")
+    assert resp.status == 201
+    report = await retain(client, RetentionSettings(untagged_delay=0, upload_grace=60))
+    assert [r.repository for r in report.repositories] == ["base"]  # nothing asked there
+    await reg.store.gc(grace=60)
+    doc = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,
+           "config": descriptor(oci.OCI_CONFIG, b"{}", config),
+           "layers": [descriptor(oci.OCI_LAYER_GZIP, b"base layer", layer),
+                      descriptor(oci.OCI_LAYER_GZIP, b"mounted layer", base)]}
+    resp = await put_manifest(client, "app", "v1", doc)
+    assert resp.status == 201, await resp.text()
+    # A blob nobody asked about since is still unlinked by the same run.
+    with monkeypatch.context() as old:
+        old.setattr(cas.sqlite_meta, "time", _HourAgo())
+        await push_blob(client, "app", b"abandoned")
+    report = await retain(client, RetentionSettings(untagged_delay=0, upload_grace=60))
+    assert report.repositories[0].blobs == [str(Digest.of(b"abandoned"))]
+
+
 async def test_a_manifest_put_relinks_its_blobs_before_its_metadata_commit(client, monkeypatch):
     """A run between the PUT's checks and its metadata transaction: the blobs' links are
     fresh (the PUT made them again), so the run keeps them though nothing references
@@ -391,6 +435,19 @@ def test_storage_retention_command_dry_run_then_run(tmp_path):
     report = json.loads(done.output)
     assert (report["tags"], report["manifests"], report["blobs"]) == (2, 2, 4)
     assert report["gc"]["blobs_removed"] == 4
+    # gc says what it kept only for the grace: a blob stored unlinked a moment ago.
+
+    async def store_unlinked() -> None:
+        from cas import Store
+
+        async with await Store.open(storage_dir) as s:
+            await s.put(b"not linked yet")
+
+    asyncio.run(store_unlinked())
+    young = CliRunner().invoke(storage, [*args[:-1], "1h"], env={"PYBUILD_CONFIG": ""})
+    assert young.output.splitlines()[-1].endswith(
+        "; gc freed 0 bytes, kept 1 unreferenced blob(s) (14 bytes) younger than the upload grace"
+    ), young.output
     bad = CliRunner().invoke(storage, [*args[:-4], "--untagged-delay", "soon"])
     assert bad.exit_code == 2 and "'soon' is not a duration such as 90s, 30m, 48h or 7d" in bad.output
 

@@ -1,6 +1,6 @@
 """The build cache bounds itself (builder.autogc), as BuildKit's garbage collector: after a
-build, the least recently used extracted layers and cache mounts go until the cache is within
-its bound; never what the build used, nor anything while another build runs."""
+build, the least recently used extracted layers, cached steps and cache mounts go until the
+cache is within its bound; never what the build used, nor anything while another build runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import pytest
 
 from builder import autogc
 from builder.build import BuildOptions, run_build
+from builder.cache.entries import CachedLayer
 from builder.progress import BuildProgress
 from builder.prune import BuildLock, _allocated, _keep_within
 from builder.steps.common import BuildError
@@ -55,6 +57,14 @@ def old_record(path: Path, days: float, marker: str | None = None) -> Path:
     return path
 
 
+def _steps(storage: Path) -> list[tuple[str, str, CachedLayer]]:
+    """The cached steps with a layer: ``(key, instruction, layer)``."""
+    with sqlite3.connect(storage / "builder" / "cache.db") as db:
+        rows = db.execute("SELECT key, instruction, layer FROM steps").fetchall()
+    return [(key, what, layer) for key, what, text in rows
+            if (layer := CachedLayer.from_json(text)).digest]
+
+
 def sizes(root: Path) -> dict[str, int]:
     return {p.name: _allocated(p) for p in root.iterdir()} if root.is_dir() else {}
 
@@ -83,7 +93,8 @@ def test_a_build_over_its_bound_removes_the_least_recently_used_first(
     gc = [e for e in events if e["event"] == "gc"]
     assert len(gc) == 1
     assert (gc[0]["extracted_layers"], gc[0]["cache_mounts"], gc[0]["keep_storage"]) == (1, 1, bound)
-    assert gc[0]["left_bytes"] == sum(left.values())
+    steps = sum(layer.size for _, _, layer in _steps(storage))  # the cached steps' blobs
+    assert gc[0]["left_bytes"] == sum(left.values()) + steps
     assert "removed the least recently used 1 extracted layer and 1 cache mount (" in \
         str(gc[0]["message"])
 
@@ -157,7 +168,8 @@ def test_a_build_under_its_bound_does_not_walk_the_cache(
     build(ctx, storage, 2**30)
     assert len(walks) == 1  # measured once
     state = json.loads((storage / "builder" / autogc.STATE).read_text())
-    assert state["cache"] == sum(sizes(storage / "builder" / "snapshots").values())
+    assert state["cache"] == sum(sizes(storage / "builder" / "snapshots").values()) + sum(
+        layer.size for _, _, layer in _steps(storage))
     build(context(tmp_path, busybox_ref, "echo two > /two"), storage, 2**30)
     assert len(walks) == 1  # far under the bound: a statvfs, no walk
     build(ctx, storage, state["cache"])  # its growth may have crossed this one
@@ -170,3 +182,40 @@ def test_a_build_under_its_bound_does_not_walk_the_cache(
     assert len(walks) == 3
     assert autogc.default_bound(storage) == min(
         os.statvfs(storage).f_blocks * os.statvfs(storage).f_frsize // 10, 10 * 10**9)
+
+
+def test_cached_steps_go_least_recently_used_first(tmp_path: Path, busybox_ref: str) -> None:
+    """A build that finds a step in the cache records its use: over the bound, the steps
+    no build used lately go (their blobs unlinked), those the build used stay, and a later
+    build of a dropped step runs it again."""
+    storage = tmp_path / "s"
+    ctx_a = context(tmp_path, busybox_ref, "echo a > /a")
+    ctx_b = context(tmp_path, busybox_ref, "echo b > /b")
+    build(ctx_a, storage, 0)
+    build(ctx_b, storage, 0)
+    with sqlite3.connect(storage / "builder" / "cache.db") as db:  # both used days ago
+        columns = {row[1] for row in db.execute("PRAGMA table_info(steps)")}
+        db.execute("UPDATE steps SET created = created - 3")
+        if "used" in columns:
+            db.execute("UPDATE steps SET used = used - 3")
+    # uses step a (not b) and makes step c; a bound nothing fits in
+    events = build(context(tmp_path, busybox_ref, "echo a > /a\nRUN echo c > /c"), storage, 1)
+    assert [e["event"] for e in events].count("cached") == 1
+    gc = [e for e in events if e["event"] == "gc"]
+    assert len(gc) == 1 and gc[0]["cached_steps"] == 1
+    assert "1 cached step" in str(gc[0]["message"])
+    left = {what for _, what, _ in _steps(storage)}
+    assert any("echo a" in w for w in left) and any("echo c" in w for w in left)
+    assert not any("echo b" in w for w in left)
+
+    async def linked(holder: str) -> list[object]:
+        from cas import StoreConfig, open_store
+
+        async with await open_store(StoreConfig(storage)) as store:
+            return list(await store.linked(holder))
+
+    keys = {what: key for key, what, _ in _steps(storage)}
+    assert all(asyncio.run(linked(f"cache:{key}")) for key in keys.values())
+    events = build(ctx_b, storage, 0)  # dropped: it runs again
+    assert "cached" not in [e["event"] for e in events]
+    assert any(e["event"] == "start" and "echo b" in str(e["name"]) for e in events)

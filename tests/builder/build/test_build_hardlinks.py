@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit.docker_engine import DockerEngine
+from tests.builder.build.conftest import Builder
+
 
 def _layers(oci: Path, digest: str) -> list[list[tarfile.TarInfo]]:
     blobs = oci / "blobs/sha256"
@@ -99,3 +102,121 @@ def test_a_base_images_link_group_changed_by_a_step(
     assert entries["opt/lib/libx.so.1"].isfile()
     assert entries["opt/libx-copy"].type == tarfile.LNKTYPE
     assert entries["opt/libx-copy"].linkname == "opt/lib/libx.so.1"
+
+
+def _add_layer(layout: Path, members: list[tarfile.TarInfo]) -> None:
+    """Put a layer of ``members`` (no data) on top of the one image in ``layout``."""
+    import gzip
+    import hashlib
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for member in members:
+            tf.addfile(member)
+    raw = buf.getvalue()
+    blob = gzip.compress(raw, mtime=0)
+    blobs = layout / "blobs/sha256"
+
+    def put(data: bytes) -> str:
+        encoded = hashlib.sha256(data).hexdigest()
+        (blobs / encoded).write_bytes(data)
+        return f"sha256:{encoded}"
+
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"][7:]).read_bytes())
+    config["rootfs"]["diff_ids"].append("sha256:" + hashlib.sha256(raw).hexdigest())
+    config["history"].append({"created_by": "a layer of links"})
+    data = json.dumps(config).encode()
+    manifest["config"].update(digest=put(data), size=len(data))
+    manifest["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                               "digest": put(blob), "size": len(blob)})
+    data = json.dumps(manifest).encode()
+    index["manifests"][0].update(digest=put(data), size=len(data))
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+def _entry(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, linkname, 0o755
+    return info
+
+
+def _base_with_link(tmp_path: Path, target: str, content: str = "from the lower layer\n",
+                    name: str = "base") -> str:
+    """A two-layer base: busybox with /data/lower.txt (``content``), then a layer of only
+    /opt and the hard link /opt/linked.txt to ``target`` (a file of the layer below, or
+    not): the same layer, byte for byte, whatever ``content`` is."""
+    from testkit.rootfs import make_busybox_rootfs
+    from tests.builder.build.conftest import write_base_layout
+
+    rootfs = make_busybox_rootfs(tmp_path / f"{name}-rootfs")
+    (rootfs / "data").mkdir(mode=0o750)
+    (rootfs / "data/lower.txt").write_text(content)
+    os.chmod(rootfs / "data/lower.txt", 0o640)
+    base = write_base_layout(rootfs, tmp_path / f"{name}-layout")
+    _add_layer(tmp_path / f"{name}-layout", [_entry("opt", tarfile.DIRTYPE),
+                                             _entry("opt/linked.txt", tarfile.LNKTYPE, target)])
+    return base
+
+
+@pytest.mark.parametrize("differ", ["overlay", "snapshot"])
+def test_a_base_layers_link_to_a_file_of_a_lower_layer(
+        build: Builder, tmp_path: Path, differ: str, docker_engine: DockerEngine) -> None:
+    """A layer pybuild did not make hard-links to a file only a lower layer holds: Docker
+    (vfs, overlay2) and containerd accept it, and so does a build FROM it: RUN sees one
+    file under both names, and Docker runs the result the same."""
+    base = _base_with_link(tmp_path, "data/lower.txt")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {base}\nRUN cat /opt/linked.txt > /seen && echo more >> /opt/linked.txt\n")
+    out, archive = tmp_path / "out", tmp_path / "image.tar"
+    build(ctx, local=out, docker=archive, differ=differ)
+    assert (out / "seen").read_text() == "from the lower layer\n"
+    assert (out / "data/lower.txt").read_text() == "from the lower layer\nmore\n"
+    assert len(_group(out, "data/lower.txt", "opt/linked.txt")) == 1
+    assert os.lstat(out / "data").st_mode & 0o777 == 0o750  # copied up as it was
+    assert os.lstat(out / "data/lower.txt").st_mode & 0o777 == 0o640
+    loaded = docker_engine.run("load", "-i", str(archive)).stdout
+    image = loaded.rsplit("Loaded image ID: ", 1)[1].strip()
+    try:
+        shown = docker_engine.run_container(
+            image, "sh", "-c", "cat /seen /opt/linked.txt; stat -c '%i %h' /opt/linked.txt "
+            "/data/lower.txt")
+    finally:
+        docker_engine.run("rmi", "--force", image, check=False)
+    lines = shown.splitlines()
+    assert lines[:3] == ["from the lower layer", "from the lower layer", "more"]
+    assert len(lines) == 5 and lines[3] == lines[4] and lines[3].endswith(" 2")  # one inode
+
+
+def test_a_base_layers_link_to_a_missing_file_is_named(build: Builder, tmp_path: Path) -> None:
+    base = _base_with_link(tmp_path, "data/nowhere.txt")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base}\nRUN true\n")
+    with pytest.raises(Exception, match=r"hard link target 'data/nowhere.txt' does not "
+                       r"exist \(it is neither in the layer \(before the link\) nor in the "
+                       "layers below it"):
+        build(ctx, local=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_link_layer_on_two_different_bases_links_to_each_ones_file(
+        build: Builder, tmp_path: Path) -> None:
+    """The same linking layer (one diff_id) on two bases whose linked file differs: each
+    build sees its own base's file. The copy made for one base is never reused for the
+    other (it is kept by the layer's chain of layers, not by its diff_id alone)."""
+    storage = tmp_path / "storage"
+    seen = []
+    for content in ("first base\n", "second base\n"):
+        name = content.split()[0]
+        base = _base_with_link(tmp_path, "data/lower.txt", content, name)
+        ctx = tmp_path / f"ctx-{name}"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM {base}\nRUN cat /opt/linked.txt > /seen\n")
+        out = tmp_path / f"out-{name}"
+        build(ctx, local=out, storage=storage)
+        seen.append((out / "seen").read_text())
+    assert seen == ["first base\n", "second base\n"]

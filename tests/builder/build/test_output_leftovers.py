@@ -1,18 +1,20 @@
 """An archive a build writes (``-o type=tar|oci|docker,dest=FILE``) goes to a temporary
-file beside ``FILE`` (``.FILE.XXXXXXXX.tmp``) renamed onto it at the end. A build killed
-outright (SIGKILL, a CI job's timeout) leaves that file, as large as the image was when it
-died; the next build to ``FILE`` removes it, but not the one a build still running writes,
-nor anything else of the directory."""
+file beside ``FILE`` (``.FILE.XXXXXXXX.tmp``) renamed onto it at the end, and a new
+``-o type=local,dest=DIR`` to a temporary directory beside ``DIR``. A build killed
+outright (SIGKILL, a CI job's timeout) leaves that file or directory, as large as the
+image was when it died; the next build beside it removes it, but not the one a build
+still running writes, nor anything else of the directory."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from builder.outputs import _to_file
+from builder.outputs import Output, _to_file, export
 
 _WRITER = """
 import sys, time
@@ -27,6 +29,23 @@ time.sleep(60)
 """
 
 
+@contextlib.asynccontextmanager
+async def _two_writers(script: str, dest: Path
+                       ) -> AsyncIterator[tuple[list[asyncio.subprocess.Process], list[Path]]]:
+    """Two processes running ``script`` for ``dest``, and what each printed it writes to
+    (a path); both killed at the end, whatever the test did with them."""
+    writers = [await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, str(dest), stdout=subprocess.PIPE) for _ in range(2)]
+    try:
+        yield writers, [Path((await w.stdout.readline()).decode().strip())
+                        for w in writers if w.stdout is not None]
+    finally:
+        for w in writers:
+            if w.returncode is None:
+                w.kill()
+            await w.communicate()
+
+
 async def test_what_a_killed_build_left_beside_its_archive_is_removed_by_the_next(
         tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -35,11 +54,7 @@ async def test_what_a_killed_build_left_beside_its_archive_is_removed_by_the_nex
     others = [out / ".image.tar.tmp", out / ".image.tar.abc.tmp", out / ".other.tar.abcdefgh.tmp"]
     for p in others:
         p.write_bytes(b"not a build's")
-    writers = [await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _WRITER, str(dest), stdout=subprocess.PIPE) for _ in range(2)]
-    try:
-        made = [Path((await w.stdout.readline()).decode().strip())
-                for w in writers if w.stdout is not None]
+    async with _two_writers(_WRITER, dest) as (writers, made):
         assert all(p.is_file() for p in made)
         writers[0].kill()
         await writers[0].wait()  # its flock goes with it, its file stays
@@ -52,8 +67,42 @@ async def test_what_a_killed_build_left_beside_its_archive_is_removed_by_the_nex
         assert not made[0].exists(), "the killed build's file stays behind"
         assert made[1].is_file(), "a running build's file was taken"
         assert sorted(out.iterdir()) == sorted([dest, made[1], *others])
-    finally:
-        for w in writers:
-            if w.returncode is None:
-                w.kill()
-            await w.communicate()
+
+
+_LOCAL_WRITER = """
+import asyncio, sys
+from pathlib import Path
+from builder.outputs import Output, export
+
+async def rootfs(root: Path) -> None:
+    (root / "half-written").write_bytes(b"x" * 100_000)
+    print(root, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(export(Output("local", Path(sys.argv[1])), None, None, (), rootfs, Path(".")))
+"""
+
+
+async def test_what_a_killed_build_left_beside_its_local_output_is_removed_by_the_next(
+        tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "rootfs"
+    others = [out / ".rootfs", out / ".rootfs.tmp", out / ".other.abcdefgh.tmp"]
+    for p in others:
+        p.mkdir()
+    async with _two_writers(_LOCAL_WRITER, dest) as (writers, made):
+        assert all((p / "half-written").is_file() for p in made)
+        assert all(p.parent == out and p.name.startswith(".rootfs.") for p in made)
+        writers[0].kill()  # SIGKILL: no handler, no finally runs
+        await writers[0].wait()
+
+        async def rootfs(root: Path) -> None:
+            (root / "complete").write_text("yes\n")
+
+        await export(Output("local", dest), None, None, (), rootfs, tmp_path)  # type: ignore[arg-type]
+        assert (dest / "complete").read_text() == "yes\n"
+        assert sorted(p.name for p in dest.iterdir()) == ["complete"]
+        assert not made[0].exists(), "the killed build's directory stays behind"
+        assert (made[1] / "half-written").is_file(), "a running build's directory was taken"
+        assert sorted(out.iterdir()) == sorted([dest, made[1], *others])

@@ -498,3 +498,28 @@ def test_a_name_over_255_bytes_is_named_with_the_limit(jail: tuple[Path, Path], 
     assert "'" + "x" * 40 + "'... is 300 bytes long" in message
     assert "at most 255 bytes per name" in message and "change the archive or image" in message
     assert str(root) not in message and "lower layers" not in message
+
+
+def test_a_deep_layer_applies_below_a_long_rootfs_path(tmp_path: Path) -> None:
+    """Entries whose path inside the rootfs is close to PATH_MAX apply below a rootfs
+    whose own path makes the whole longer than the kernel takes: files, a symlink, a hard
+    link, and a whiteout and an opaque directory over a lower layer's deep entries."""
+    from builder.layers.longpath import short
+
+    root = tmp_path / ("r" * 200) / ("s" * 200) / ("t" * 200) / "rootfs"
+    root.mkdir(parents=True)
+    deep = "/".join(["d" * 200] * 18)  # 3,617 bytes: with the root's, past 4,096
+    apply_layer(io.BytesIO(archive(("file", f"{deep}/gone", b"x"), ("dir", f"{deep}/opq", None),
+                                   ("file", f"{deep}/opq/old", b"o"))), root)
+    apply_layer(io.BytesIO(archive(
+        ("file", f"{deep}/f", b"deep\n"), ("sym", f"{deep}/s", "f"), ("hard", f"{deep}/h", f"{deep}/f"),
+        ("file", f"{deep}/.wh.gone", b""), ("file", f"{deep}/opq/.wh..wh..opq", b""),
+        ("file", f"{deep}/opq/new", b"n"))), root)
+    assert len(str(root / deep / "f")) > 4096
+    with short(root / deep, 256) as at:
+        assert Path(at, "f").read_bytes() == b"deep\n"
+        assert os.readlink(Path(at, "s")) == "f"
+        assert os.lstat(Path(at, "h")).st_ino == os.lstat(Path(at, "f")).st_ino
+        assert sorted(os.listdir(at)) == ["f", "h", "opq", "s"]
+        assert os.listdir(Path(at, "opq")) == ["new"]
+        assert os.lstat(Path(at, "f")).st_mtime == 1000
