@@ -53,6 +53,7 @@ from cas.holders import cache_holder
 from cas.reserve import release_reserve
 
 from .cache import CLAMP, BuildCache
+from .cache.sqlite import USE_EVERY
 from .extracted import EXTRACTED_DIR
 
 __all__ = ["WORK_OWNER", "BuildLock", "PruneError", "PruneReport", "drop_orphaned_work_dirs",
@@ -258,7 +259,9 @@ def _keep_within(bdir: Path, keep_bytes: int, layers: bool, since: float = math.
         for used, size, _, kind, what in sorted(found, key=lambda f: (f[0], f[2])):
             if total <= keep_bytes:
                 break
-            if used >= since:  # the build that just ended used it (builder.autogc)
+            # The build that just ended used it (builder.autogc); a step's use is recorded
+            # once per USE_EVERY, so each one used that long before the build may be its.
+            if used >= (since - USE_EVERY if kind == 2 else since):
                 continue
             if isinstance(what, list):
                 dropped += what

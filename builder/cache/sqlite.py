@@ -59,6 +59,9 @@ CREATE TABLE IF NOT EXISTS file_hashes (
 );
 """
 SCHEMA_VERSION = 1  # cache.db's (cas.sqlite_db.migrate_schema): raise it with the schema
+# A step's use is recorded again once its last recorded use is this old (seconds): the
+# build-cache GC (builder.autogc) keeps every step used within it before a build began.
+USE_EVERY = 3600.0
 
 
 class BuildCache:
@@ -104,13 +107,16 @@ class BuildCache:
                 raise mapped from exc
 
     def lookup(self, key: str) -> CachedLayer | None:
-        """The layer under ``key``; found, the step counts as used now."""
+        """The layer under ``key``; found, the step counts as used now (recorded when its
+        last recorded use is :data:`USE_EVERY` old: a fully cached build writes nothing,
+        which keeps other builds' fast-path records of this storage valid)."""
         with self._using():
             row = self._db.execute("SELECT layer FROM steps WHERE key=?", (key,)).fetchone()
             if row is not None:
                 with contextlib.suppress(sqlite3.OperationalError):  # a read-only copy
-                    self._db.execute("UPDATE steps SET used=julianday('now') WHERE key=?",
-                                     (key,))
+                    self._db.execute(
+                        "UPDATE steps SET used=julianday('now') WHERE key=? AND "
+                        "(used IS NULL OR used < julianday('now') - ?)", (key, USE_EVERY / 86400))
         return None if row is None else CachedLayer.from_json(row[0])
 
     def record(self, key: str, parent: str, instruction: str, inputs: dict[str, Any],

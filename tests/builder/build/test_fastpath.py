@@ -418,3 +418,24 @@ def test_a_lowercase_dockerfile_takes_the_fast_path_and_notices_its_ignore_file(
     time.sleep(0.2)
     assert not pybuild(*args).hit
     assert pybuild(*args).hit
+
+
+def test_two_images_built_in_turn_in_one_storage_both_take_the_fast_path(
+        pybuild: Callable[..., Run], tmp_path: Path) -> None:
+    """A fully cached build writes nothing to the build cache (a step's use is recorded at
+    most once an hour), so it does not invalidate the other image's fast-path record."""
+    contexts = []
+    for name in ("one", "two"):
+        where = tmp_path / name
+        where.mkdir()
+        (where / "Dockerfile").write_text("FROM scratch\nCOPY a /a\n")
+        (where / "a").write_text(f"{name}\n")
+        contexts.append((name, where))
+    time.sleep(0.2)  # older than the fast path's racy window
+    runs = [pybuild("build", "-q", "-t", f"{name}:1", str(where))
+            for _ in range(3) for name, where in contexts]
+    # The third build misses: the second (another image) wrote to the storage since its
+    # record. From then on nothing is written: every build is answered from its record.
+    assert [r.hit for r in runs] == [False, False, False, True, True, True]
+    assert runs[4].digest == runs[2].digest == runs[0].digest
+    assert runs[5].digest == runs[3].digest == runs[1].digest != runs[0].digest
