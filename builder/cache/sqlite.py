@@ -111,12 +111,12 @@ class BuildCache:
         last recorded use is :data:`USE_EVERY` old: a fully cached build writes nothing,
         which keeps other builds' fast-path records of this storage valid)."""
         with self._using():
-            row = self._db.execute("SELECT layer FROM steps WHERE key=?", (key,)).fetchone()
-            if row is not None:
+            row = self._db.execute(
+                "SELECT layer, used IS NULL OR used < julianday('now') - ? FROM steps WHERE key=?",
+                (USE_EVERY / 86400, key)).fetchone()
+            if row is not None and row[1]:  # a hit takes no write lock otherwise
                 with contextlib.suppress(sqlite3.OperationalError):  # a read-only copy
-                    self._db.execute(
-                        "UPDATE steps SET used=julianday('now') WHERE key=? AND "
-                        "(used IS NULL OR used < julianday('now') - ?)", (key, USE_EVERY / 86400))
+                    self._db.execute("UPDATE steps SET used=julianday('now') WHERE key=?", (key,))
         return None if row is None else CachedLayer.from_json(row[0])
 
     def record(self, key: str, parent: str, instruction: str, inputs: dict[str, Any],

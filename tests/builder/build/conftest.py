@@ -111,3 +111,16 @@ def build(tmp_path: Path) -> Builder:
                             outputs=tuple(outs), **kw)  # type: ignore[arg-type]
         return asyncio.run(run_build(opts, BuildProgress("quiet")))
     return run
+
+
+def used_record(path: Path, used: float, marker: str | None = None) -> Path:
+    """A build-cache record of 100 KiB at ``path`` last used at ``used`` (a Unix time): an
+    extracted layer (its directory's mtime), or with ``marker`` "id" a cache mount (that
+    file's mtime), as prune and the automatic GC read them."""
+    path.mkdir(parents=True)
+    (path / "data").write_bytes(os.urandom(100 * 1024))
+    stamp = path / marker if marker else path
+    if marker:
+        stamp.write_text("x")
+    os.utime(stamp, (used, used))
+    return path

@@ -24,6 +24,8 @@ from builder.progress import BuildProgress
 from builder.prune import BuildLock, _allocated, _keep_within
 from builder.steps.common import BuildError
 
+from .conftest import used_record
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -47,14 +49,7 @@ def build(ctx: Path, storage: Path, bound: int | None) -> list[dict[str, object]
 
 def old_record(path: Path, days: float, marker: str | None = None) -> Path:
     """An extracted layer (or, with ``marker`` "id", a cache mount) last used ``days`` ago."""
-    path.mkdir(parents=True)
-    (path / "data").write_bytes(os.urandom(100 * 1024))
-    stamp = path / marker if marker else path
-    if marker:
-        stamp.write_text("x")
-    used = time.time() - days * 86400
-    os.utime(stamp, (used, used))
-    return path
+    return used_record(path, time.time() - days * 86400, marker)
 
 
 def _steps(storage: Path) -> list[tuple[str, str, CachedLayer]]:

@@ -20,7 +20,7 @@ from builder.cache import CLAMP, FACTS, BuildCache
 from builder.prune import WORK_OWNER, BuildLock, PruneError, _allocated, drop_orphaned_work_dirs, new_work_dir, prune
 from cas import Digest, Store
 
-from .conftest import Builder
+from .conftest import Builder, used_record
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -344,15 +344,7 @@ def test_keep_storage_keeps_the_most_recently_used(tmp_path: Path) -> None:
     storage = tmp_path / "s"
     now = time.time()
 
-    def entry(path: Path, used: float, marker: str | None = None) -> Path:
-        path.mkdir(parents=True)
-        (path / "data").write_bytes(os.urandom(100 * 1024))
-        stamp = path / marker if marker else path
-        if marker:
-            stamp.write_text("x")
-        os.utime(stamp, (used, used))
-        return path
-
+    entry = used_record
     layers = storage / "builder" / "snapshots"
     oldest = entry(layers / ("a" * 64), now - 3 * 86400)  # older than the default 48h
     mount = entry(storage / "builder" / "cache-mounts" / ("m" * 16), now - 200, "id")
