@@ -1,16 +1,17 @@
 """The build cache bounds itself: after every build, what ``pybuild builder prune
 --keep-storage`` would remove when the cache takes more than its bound.
 
-As BuildKit's garbage collector (on by default in buildkitd and in Docker 25+, the daemon's
-``builder.gc``), whose default bound is a tenth of the disk that holds its state, at most
-10 GB. What goes first is what ``--keep-storage`` removes: the least recently used extracted
-layers (``builder/snapshots``), cached steps (each counted with its layer blob; a build that
-finds a step in the cache records its use) and ``RUN --mount=type=cache`` directories; never
-one the build that just ended used (used at or after its start) nor one a running build
-holds (the collection needs ``builder/lock`` exclusively, as prune does, and is left to the
-next build while another build runs). The blobs of the steps removed lose their holder and
-go with a garbage collection of the store (``pybuild storage gc``'s, with its grace: a blob
-made within the hour stays until a later one), unless an image or another holder links them.
+As BuildKit's garbage collector (on by default in buildkitd and in Docker 25+, the
+daemon's ``builder.gc``), whose default bound is a tenth of the disk that holds its state,
+at most 10 GB. What goes first is what ``--keep-storage`` removes: the least recently used
+extracted layers (``builder/snapshots``), cached steps (each counted with its layer blob;
+a build that finds a step in the cache records its use, and so does a rebuild the fast
+path answers) and ``RUN --mount=type=cache`` directories; never one the build that just
+ended used (used at or after its start) nor one a running build holds (the collection
+needs ``builder/lock`` exclusively, as prune does, and is left to the next build while
+another build runs). The blobs of the steps removed lose their holder and go with a
+garbage collection of the store (``pybuild storage gc``'s, with its grace: a blob made
+within the hour stays until a later one), unless an image or another holder links them.
 
 The bound: ``pybuild build --gc-keep-storage SIZE`` or ``$PYBUILD_GC_KEEP_STORAGE``
 (``10g``, ``512m``: binary units, as ``--keep-storage``); ``0`` or ``off`` turns it off.

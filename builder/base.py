@@ -190,7 +190,10 @@ async def load_oci_layout(ref: str, store: Store, platform: str | None = None) -
         for d in manifest.layers:
             if await store.stat(d.digest) is None:
                 await store.put_file(_blob(layout, d.digest), expected=d.digest, link=holder)
-            else:
+            elif not await store.is_linked(holder, d.digest):
+                # Linked already (by an earlier build of this base): not again, which would
+                # only move the link's time (nothing reads it for this holder, and nothing
+                # unlinks it) and write meta.db, a change to every fast-path record.
                 await store.link(holder, d.digest)
     except FileNotFoundError as exc:
         raise BaseImageError(f"{ref}: blob {exc.filename} is missing from the layout") from exc

@@ -115,6 +115,7 @@ class BuildResult:
     cached_steps: tuple[str, ...]
     ran_steps: tuple[str, ...]
     index: BuiltIndex | None = None  # a multi-platform build's image index
+    cache_keys: frozenset[str] = frozenset()  # the build cache entries looked up or recorded
 
     @property
     def digest(self) -> Digest:
@@ -468,7 +469,8 @@ async def run_build(opts: BuildOptions, progress: BuildProgress) -> BuildResult:
                 progress.done(n)
         progress.result(str(result.digest), str(result.digest) if index else
                         str(image.manifest.config.digest))
-        return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran), index)
+        return BuildResult(image, tuple(progress.cached_names), tuple(progress.ran), index,
+                           frozenset(tracking.keys))
     finally:
         if env_ref:
             for task in list(env_ref[0].background):

@@ -481,7 +481,7 @@ def build(context: str, dockerfile: Path | None, tags: tuple[str, ...],
         }, indent=2))
     if recorder is not None:
         recorder.finish(progress_events(progress), digest,
-                        str(result.image.manifest.config.digest))
+                        str(result.image.manifest.config.digest), result.cache_keys)
     if not any(o.stdout for o in outs):  # else stdout holds the archive and nothing else
         # -q: the image ID, as docker build -q prints it (what --iidfile holds); else the
         # manifest digest, which names the image in a registry (NAME@DIGEST)

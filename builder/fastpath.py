@@ -14,7 +14,8 @@ can change the result to ``<storage>/builder/fastpath/<sha256 of cwd and argv>.j
   context, ignored or not;
 - the stat of the storage's databases (``images.db``, ``meta.db``, ``builder/cache.db``
   and their write-ahead logs) and of each ``oci-layout://`` base's ``index.json``;
-- the result: image digest, config digest, and the progress events to replay.
+- the result: image digest, config digest, and the progress events to replay;
+- the build cache's steps the build used, and their oldest recorded use.
 
 :func:`try_fast_path` (run by ``python -m builder`` before click is imported) recomputes the
 fingerprint with ``os``/``hashlib``/``json`` only; if it matches exactly it replays the
@@ -26,6 +27,12 @@ the normal path.
 
 ``--no-cache`` builds record under the key of the same command without ``--no-cache``:
 they replace the cache entries they re-ran, so the next cached build makes their image.
+
+A hit uses the build's cached steps as a cached build does, and records that use as
+:meth:`builder.cache.BuildCache.lookup` does: once the oldest recorded use is
+:data:`USE_EVERY` old (a write to ``cache.db``, after which it files its record again),
+else not at all, so that the build cache's GC (``builder.autogc``) does not take the steps
+of an image only the fast path rebuilds, and a hit stays write-free almost always.
 """
 
 from __future__ import annotations
@@ -38,8 +45,8 @@ import time
 from .fastpath_argv import Invocation, parse_argv
 
 __all__ = ["ARGV", "BUILD_ENVIRONMENT", "COMMAND_ENVIRONMENT", "ENVIRONMENT_READERS", "LAYOUTS_READ",
-           "REWRITE_STEP", "Invocation", "Recorder", "covers", "fingerprint", "main", "parse_argv", "progress_events",
-           "try_fast_path"]
+           "REWRITE_STEP", "USE_EVERY", "Invocation", "Recorder", "covers", "fingerprint", "main", "parse_argv",
+           "progress_events", "try_fast_path"]
 
 # Set by ``python -m builder`` to its argv: only a real process records fingerprints.
 ARGV: list[str] | None = None
@@ -82,6 +89,9 @@ _FROM_STEP = r"\[([^\]]* )?1/\d+\] FROM "
 # Files written within this many ns before the build started could change again
 # without changing their stat (file timestamps come from a coarse clock): not recorded.
 _RACY_NS = 100_000_000
+# builder.cache.sqlite.USE_EVERY (a test checks they agree): that module's imports cost
+# more than the whole fast path.
+USE_EVERY = 3600.0
 
 
 def _stat(path: str) -> list[int] | None:
@@ -246,32 +256,65 @@ class Recorder:
         finally:
             os.close(fd)
 
-    def finish(self, events: list[list[str]], digest: str, config_digest: str) -> None:
-        """Write the fingerprint if nothing changed while building; errors are ignored."""
+    def finish(self, events: list[list[str]], digest: str, config_digest: str,
+               steps: frozenset[str] = frozenset()) -> None:
+        """Write the fingerprint if nothing changed while building; errors are ignored.
+        ``steps``: the keys of the build cache entries the build looked up or recorded."""
+        import sqlite3
+
+        from .fastpath_use import last_use
+
         try:
             if any(e[0] not in ("step", "done", "info", "base") for e in events):
                 return
             if self._racy() or fingerprint(self.inv) != self.before:
                 _debug("not recorded: the context changed while building")
                 return
+            # before the storage's state is read: reading cache.db may touch its files
+            used_steps, used = last_use(self.inv.storage, steps)
             state = self._named_state(digest)
             if state is None:
                 _debug("not recorded: the tags no longer name the image built")
                 return
-            rec = {"fingerprint": self.before,
-                   "storage": state,
-                   "layouts": sorted(set(LAYOUTS_READ)),
-                   "events": events, "digest": digest, "config_digest": config_digest}
-            path = _record_path(self.inv)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            import json
-
-            with open(tmp, "w") as f:
-                json.dump(rec, f)
-            os.replace(tmp, path)
-        except (OSError, ValueError, TypeError, KeyError):
+            _write_record(self.inv, {
+                "fingerprint": self.before, "storage": state, "layouts": sorted(set(LAYOUTS_READ)),
+                "events": events, "digest": digest, "config_digest": config_digest,
+                "steps": used_steps, "used": used})
+        except (OSError, ValueError, TypeError, KeyError, sqlite3.Error):
             pass
+
+
+def _write_record(inv: Invocation, rec: dict[str, object]) -> None:
+    path = _record_path(inv)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    import json
+
+    with open(tmp, "w") as f:
+        json.dump(rec, f)
+    os.replace(tmp, path)
+
+
+def _record_use(rec: dict, inv: Invocation) -> None:  # type: ignore[type-arg]  # no typing import
+    """Record that the hit answered from ``rec`` (which matched the storage's state) used
+    its steps, as of now (:func:`builder.fastpath_use.record_use`); then file the record
+    again with the storage's new state (the write changed cache.db), unless another
+    process changed the images, the store or a base meanwhile (the next build then takes
+    the normal path, and records)."""
+    from .fastpath_use import record_use
+
+    now = time.time()
+    record_use(inv.storage, rec["steps"], now)
+    _debug("recorded the use of the cached steps")
+    after, before = _storage_state(inv.storage, rec["layouts"]), rec["storage"]
+    # A change to cache.db alone since the fast path compared the state makes none that
+    # matters to this image: a step that ran again linked its layer in the store first.
+    cache = os.path.join("builder", "cache.db")
+    if after["layouts"] != before["layouts"] or any(
+            stat != before["dbs"].get(name) for name, stat in after["dbs"].items()  # type: ignore[attr-defined]
+            if not name.startswith(cache)):
+        return
+    _write_record(inv, {**rec, "storage": after, "used": now})
 
 
 def progress_events(progress: object) -> list[list[str]]:
@@ -356,6 +399,12 @@ def try_fast_path(argv: list[str]) -> bool:
             return False
     except Exception:
         return False
+    used = rec.get("used")
+    if rec.get("steps") and isinstance(used, (int, float)) and time.time() - used >= USE_EVERY:
+        try:
+            _record_use(rec, inv)
+        except Exception:  # a read-only or busy cache.db: the next hit records the use
+            pass
     _debug("hit")
     _replay(rec, inv)
     return True

@@ -4,8 +4,8 @@
 A new local directory is written under a temporary name beside it
 (``.DIR.XXXXXXXX.tmp``, held while the build writes it: registry.client.leftovers) and
 renamed into place once complete. One that a build killed outright (SIGKILL, a CI job's
-timeout) left is removed by the next build that writes beside it, as the archives'
-temporaries are; never one a running build still writes.
+timeout) left is removed by the next build that writes beside it (or into it, once it
+exists), as the archives' temporaries are; never one a running build still writes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tarfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from registry.client.leftovers import held_temporary
+from registry.client.leftovers import held_temporary, remove_abandoned
 
 from .layers.longpath import NAME_MAX, short
 from .output_errors import ExportError, cannot_write
@@ -78,18 +78,29 @@ def _give_to_user(root: Path) -> None:
     """Inside a non-root build's user namespace, make the user (its uid 0) own the tree
     ``root``: buildx writes a rootless BuildKit's local output as the user, and the user
     can then change and remove it. Modes are kept (chown clears setuid and setgid bits);
-    what belongs to an id the namespace does not map (not the build's) is left alone."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for path in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
-            st = os.lstat(path)
-            if (st.st_uid, st.st_gid) == (0, 0):
-                continue
-            try:
-                os.lchown(path, 0, 0)
-            except PermissionError:
-                continue
-            if not stat.S_ISLNK(st.st_mode):
-                os.chmod(path, stat.S_IMODE(st.st_mode))
+    what belongs to an id the namespace does not map (not the build's) is left alone.
+
+    Each entry is named relative to its directory's descriptor (``os.fwalk``): below a
+    long destination an image's deep path passes PATH_MAX, which no full path may."""
+
+    def give(name: str, dir_fd: int | None) -> None:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (st.st_uid, st.st_gid) == (0, 0):
+            return
+        try:
+            os.chown(name, 0, 0, dir_fd=dir_fd, follow_symlinks=False)
+        except PermissionError:
+            return
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dir_fd)
+
+    def fail(exc: OSError) -> None:
+        raise exc  # not skipped: a tree left to the namespace's ids, the user cannot remove
+
+    give(os.fspath(root), None)
+    for _dirpath, dirnames, filenames, dir_fd in os.fwalk(root, onerror=fail):
+        for name in dirnames + filenames:
+            give(name, dir_fd)
 
 
 async def export_local(dest: Path, rootfs: Callable[[Path], Awaitable[None]]) -> None:
@@ -104,6 +115,9 @@ async def export_local(dest: Path, rootfs: Callable[[Path], Awaitable[None]]) ->
 
     try:
         if await asyncio.to_thread(dest.exists):
+            # what a killed build left beside it goes all the same: the user may have made
+            # the directory since, and cannot remove files a non-root build's namespace owns
+            await asyncio.to_thread(remove_abandoned, dest)
             await write(dest)
             return
         await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)

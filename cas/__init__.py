@@ -26,7 +26,8 @@ Layering of the store's modules (an arrow is "imports"; nothing imports back up)
 
     leaves: cas.blobs (BlobInfo, Piece, Recipe, Segment, IngestInfo), cas.digest,
             cas.digest_states (kept SHA-256 states), cas.errors, cas.units, cas.holders,
-            cas.reserve (room kept back, so that a full disk can be emptied)
+            cas.reserve (room kept back, so that a full disk can be emptied),
+            cas.read_only (a store on a read-only file system, opened to be read)
 
 Open a store with ``await open_store(StoreConfig.at(storage))``. ``Store``, ``Ingest`` and
 maintenance share one ``StoreCore``; none of them reaches into another. The metadata

@@ -62,11 +62,13 @@ def database_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _with_store(storage: Path | None, job: Callable[[Store], Awaitable[T]],
-                database: str | None = None) -> T:
+                database: str | None = None, *, reading: bool = False) -> T:
+    """``job`` on the store, opened for it and closed after. ``reading``: ``job`` only
+    reads, so a store on a read-only file system opens read-only (:mod:`cas.read_only`)."""
     from .open import open_store  # the store loads only when a command runs
 
     async def run() -> T:
-        store = await open_store(StoreConfig.at(storage, database=database))
+        store = await open_store(StoreConfig.at(storage, database=database).for_reading(reading))
         try:
             return await job(store)
         finally:
@@ -94,7 +96,7 @@ def storage() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(storage: Path | None, database: str | None, as_json: bool) -> None:
     """Logical and physical bytes, dedup ratio, piece and blob counts."""
-    s = _with_store(storage, lambda st: st.stats(), database)
+    s = _with_store(storage, lambda st: st.stats(), database, reading=True)
     if as_json:
         click.echo(json.dumps(s.to_json()))
         return
@@ -165,7 +167,8 @@ def fsck(storage: Path | None, database: str | None, as_json: bool) -> None:
 
     view = FsckView.auto(json_events=as_json)
     try:
-        report = _with_store(storage, lambda st: st.fsck(progress=view.update), database)
+        report = _with_store(storage, lambda st: st.fsck(progress=view.update), database,
+                             reading=True)
     finally:
         view.close()
     if as_json:

@@ -24,11 +24,12 @@ import zstandard
 
 from .chunker import ChunkParams
 from .digest_states import available as digest_states_available
-from .errors import StorageFull, StoreClosed, StoreCorrupt, mapped_error
+from .errors import StorageFull, StorageNotWritable, StoreClosed, StoreCorrupt, mapped_error
 from .location import StoreConfig, check_owner
 from .meta import CODEC_ZSTD, Location, Metadata
 from .pack_select import SharedSettings, open_packs, packs_are_shared
 from .packs import PackBackend, PackWriter
+from .read_only import READ_ONLY_CAUSE, on_read_only_fs
 from .reserve import keep_reserve, release_reserve
 from .sqlite_meta import SqliteMetadata
 
@@ -119,6 +120,9 @@ class StoreCore:
         self.remote: RemoteReader | None = None
         #: Keep and use SHA-256 states of committed blobs (:mod:`cas.digest_states`).
         self.digest_states = False
+        #: Opened read-only, on a read-only file system (:mod:`cas.read_only`): every
+        #: write raises StorageNotWritable.
+        self.read_only = False
         #: Ingests a full disk kept from being forgotten (:meth:`drop_ingest`): tried
         #: again when the store closes, after the rest of a failing command gave back
         #: what it could.
@@ -128,46 +132,69 @@ class StoreCore:
     async def open(cls, config: StoreConfig) -> StoreCore:
         """Open (creating) the store ``config`` describes: its directory, then its
         metadata and its packs (on a worker thread). A full or read-only file system is
-        the store's typed StorageError; nothing stays open when opening fails."""
+        the store's typed StorageError; nothing stays open when opening fails.
+
+        A config :meth:`~cas.location.StoreConfig.for_reading` on a read-only file system
+        (``statvfs`` says so, or opening meets ``EROFS``) opens the store read-only
+        instead (:mod:`cas.read_only`): :attr:`read_only` is then True."""
         root = config.root
 
         def setup() -> StoreCore:
             check_owner(root)
-            release_reserve(root)  # a full disk: room to open the databases, to free space
+            read_only = config.reading and on_read_only_fs(root)
             try:
+                return cls._setup(config, read_only)
+            except StorageNotWritable as exc:
+                # EROFS where statvfs did not say so (a file system that refuses writes
+                # while mounted read-write): the read-write open wrote nothing.
+                if read_only or not config.reading or exc.cause != READ_ONLY_CAUSE:
+                    raise
+                return cls._setup(config, True)
+
+        return await asyncio.get_running_loop().run_in_executor(None, setup)
+
+    @classmethod
+    def _setup(cls, config: StoreConfig, read_only: bool) -> StoreCore:
+        """:meth:`open`'s work, on a worker thread; ``read_only``: make and write nothing."""
+        root = config.root
+        if not read_only:
+            release_reserve(root)  # a full disk: room to open the databases, to free space
+        try:
+            if not read_only:
                 root.mkdir(parents=True, exist_ok=True)
                 (root / "ingests").mkdir(exist_ok=True)
-                meta = (config.metadata or _sqlite_metadata)(root)
-            except (OSError, sqlite3.Error) as exc:
+            meta = (config.metadata or (_read_only_sqlite_metadata if read_only
+                                        else _sqlite_metadata))(root)
+        except (OSError, sqlite3.Error) as exc:
+            raise mapped_error(exc, root) from exc
+        try:
+            packs = (config.packs(root) if config.packs is not None
+                     else open_packs(root, direct_io=config.direct_io, s3=config.s3,
+                                     known=meta.is_pack_known,
+                                     settings=meta if isinstance(meta, SharedSettings) else None))
+        except BaseException as exc:
+            meta.close()
+            if isinstance(exc, OSError):
                 raise mapped_error(exc, root) from exc
+            raise
+        core = cls(root, meta, packs, config.chunk_params or ChunkParams(), config.workers)
+        core.read_only = read_only
+        core.digest_states = config.digest_states and digest_states_available() and not read_only
+        if getattr(packs, "remote", False):
             try:
-                packs = (config.packs(root) if config.packs is not None
-                         else open_packs(root, direct_io=config.direct_io, s3=config.s3,
-                                         known=meta.is_pack_known,
-                                         settings=meta if isinstance(meta, SharedSettings) else None))
-            except BaseException as exc:
+                core.remote = _remote_reader(config, packs, read_only)
+            except OSError as exc:  # the piece cache's directory
+                core.pool.shutdown()
                 meta.close()
-                if isinstance(exc, OSError):
-                    raise mapped_error(exc, root) from exc
-                raise
-            core = cls(root, meta, packs, config.chunk_params or ChunkParams(), config.workers)
-            core.digest_states = config.digest_states and digest_states_available()
-            if getattr(packs, "remote", False):
-                try:
-                    core.remote = _remote_reader(config, packs)
-                except OSError as exc:  # the piece cache's directory
-                    core.pool.shutdown()
-                    meta.close()
-                    mapped = mapped_error(exc, exc.filename or root)
-                    if mapped is exc:
-                        raise
-                    raise mapped from exc
+                mapped = mapped_error(exc, exc.filename or root)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+        if not read_only:
             # Off the opening's path (a new store's first write and fsync, 15-45 ms), and
             # ended before close() returns: close waits for the pool's work.
             core.pool.submit(keep_reserve, root)
-            return core
-
-        return await asyncio.get_running_loop().run_in_executor(None, setup)
+        return core
 
     @property
     def closed(self) -> bool:
@@ -361,15 +388,16 @@ class StoreCore:
         return stored
 
 
-def _remote_reader(config: StoreConfig, packs: PackBackend) -> RemoteReader:
+def _remote_reader(config: StoreConfig, packs: PackBackend, read_only: bool) -> RemoteReader:
     """The reader of packs that are not local files, with its piece cache (none when
-    the bound is 0). Processes sharing a storage directory (replicas) each take a cache
-    directory of their own: ``pieces``, else ``pieces-1``, ... (up to 16 of them)."""
+    the bound is 0, or the store is read-only). Processes sharing a storage directory
+    (replicas) each take a cache directory of their own: ``pieces``, else ``pieces-1``,
+    ... (up to 16 of them)."""
     from .piece_cache import PieceCache, default_max_bytes
     from .remote_read import RemoteReader
 
     where = config.piece_cache_dir or config.root / "cache" / "pieces"
-    bound = config.piece_cache_bytes
+    bound = 0 if read_only else config.piece_cache_bytes
     if bound is None:
         bound = default_max_bytes(where)
     cache = None
@@ -399,3 +427,7 @@ def _merged(ranges: list[tuple[str, int, int]]) -> Iterator[tuple[str, int, int]
 
 def _sqlite_metadata(root: Path) -> Metadata:
     return SqliteMetadata(root / "meta.db")
+
+
+def _read_only_sqlite_metadata(root: Path) -> Metadata:
+    return SqliteMetadata(root / "meta.db", read_only=True)

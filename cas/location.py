@@ -164,6 +164,8 @@ class StoreConfig:
     - ``digest_states``: keep the SHA-256 state of every sha256 blob committed, every
       MiB (:mod:`cas.digest_states`, ``root/states``), so that a blob committed from a
       recipe that begins as one of them hashes only from where they part.
+    - ``reading``: the command only reads the store (:meth:`for_reading`): on a read-only
+      file system it opens read-only instead of failing (:mod:`cas.read_only`).
     """
 
     root: Path
@@ -177,6 +179,7 @@ class StoreConfig:
     piece_cache_dir: Path | None = None
     read_ahead: int = 8
     digest_states: bool = False
+    reading: bool = False
 
     @classmethod
     def at(cls, storage: Path | str | None, *, workers: int = 8, direct_io: bool = True,
@@ -196,6 +199,12 @@ class StoreConfig:
     def with_digest_states(self, keep: bool = True) -> StoreConfig:
         """This config keeping (or not) the SHA-256 states of committed blobs."""
         return replace(self, digest_states=keep)
+
+    def for_reading(self, reading: bool = True) -> StoreConfig:
+        """This config for a command that only reads the store: where its file system is
+        read-only the store opens read-only (its writes raise StorageNotWritable) instead
+        of failing to open; anywhere else it opens as always."""
+        return replace(self, reading=reading)
 
     def with_piece_cache(self, max_bytes: int | None, directory: Path | None = None) -> StoreConfig:
         """This config with its piece cache bounded by ``max_bytes`` (None: the default,

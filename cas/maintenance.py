@@ -354,4 +354,8 @@ def _check(core: StoreCore, meta: Metadata, progress: Callable[[FsckProgress], N
     ingests = meta.list_ingests()
     if ingests:
         report.notes.append(f"{len(ingests)} open ingest(s) (resumable uploads)")
+    if core.read_only:
+        report.notes.append(
+            f"{core.root} is on a read-only file system: checked as it is, nothing can be "
+            "repaired or cleaned up there; 'pybuild storage gc' needs it mounted read-write")
     return report

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import SchemaTooNew, StoreClosed, mapped_error, storage_error
+from .errors import SchemaTooNew, StorageNotWritable, StoreClosed, mapped_error, storage_error
+from .read_only import READ_ONLY_CAUSE, read_only_uri
 
 __all__ = ["META_SCHEMA_VERSION", "SCHEMA", "SqliteDatabase", "connect", "migrate_schema",
            "open_wal_database", "switch_to_wal"]
@@ -92,10 +93,15 @@ class SqliteDatabase:
     locks: it waits for the calls in flight, and a call after it raises
     :class:`StoreClosed` (closing a connection another thread is using can crash the
     interpreter). SQLite and OS errors of a full or read-only file system become
-    :class:`StorageFull` / :class:`StorageNotWritable` naming the database file."""
+    :class:`StorageFull` / :class:`StorageNotWritable` naming the database file.
 
-    def __init__(self, path: Path) -> None:
+    ``read_only``: the file is on a read-only file system (:mod:`cas.read_only`); both
+    connections only read it, and every write transaction raises StorageNotWritable."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
+        #: Opened read-only (on a read-only file system): writes are refused.
+        self.read_only = read_only
         self._lock = threading.RLock()
         self._closed = False
         # Lookups of pieces and blobs go through a second connection: in WAL mode a
@@ -106,14 +112,19 @@ class SqliteDatabase:
         self._sync_lock = threading.Lock()  # make_durable's descriptors outlive its fsyncs
         db = reader = None
         try:
-            db = connect(str(path))
-            switch_to_wal(db)
-            # NORMAL in WAL mode: a process crash loses nothing committed; pack bytes are
-            # fsynced before the transaction that references them.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=OFF")
-            migrate_schema(db, path, META_SCHEMA_VERSION, SCHEMA, _add_link_times)
-            reader = connect(str(path))
+            if read_only:
+                db = connect(read_only_uri(path), uri=True)
+                migrate_schema(db, path, META_SCHEMA_VERSION, SCHEMA, _add_link_times)
+                reader = connect(read_only_uri(path), uri=True)
+            else:
+                db = connect(str(path))
+                switch_to_wal(db)
+                # NORMAL in WAL mode: a process crash loses nothing committed; pack bytes
+                # are fsynced before the transaction that references them.
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA foreign_keys=OFF")
+                migrate_schema(db, path, META_SCHEMA_VERSION, SCHEMA, _add_link_times)
+                reader = connect(str(path))
         except (sqlite3.Error, OSError) as exc:
             mapped = mapped_error(exc, path, path.parent)  # before closing: its files count
             for conn in (db, reader):
@@ -150,10 +161,19 @@ class SqliteDatabase:
                     raise
                 raise mapped from exc
 
+    def read_only_target(self) -> str:
+        """The URI of this database for a connection that only reads it."""
+        if self.read_only:
+            return read_only_uri(self.path)
+        # as_uri() escapes what a URI would take for its query or fragment ('?', '#', '%')
+        return f"{Path(self.path).absolute().as_uri()}?mode=ro"
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._check_open()
+            if self.read_only:
+                raise StorageNotWritable(self.path, READ_ONLY_CAUSE)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -274,13 +294,25 @@ def switch_to_wal(db: sqlite3.Connection, patience: float = 10.0) -> str:
         pause = min(pause * 2, 0.2)
 
 
-def open_wal_database(path: Path, schema: str, scope: Path, version: int = 1) -> sqlite3.Connection:
+def open_wal_database(path: Path, schema: str, scope: Path, version: int = 1, *,
+                      read_only: bool = False) -> sqlite3.Connection:
     """A connection to the SQLite file ``path`` in WAL mode (waiting up to 10 s for a
     writer), with ``schema`` applied and ``version`` stamped (:func:`migrate_schema`); a full
     or unwritable file system is the store's typed error naming ``scope``. For the small
-    databases beside the store (images, build cache)."""
+    databases beside the store (images, build cache).
+
+    ``read_only``: ``path`` is on a read-only file system (:mod:`cas.read_only`): the
+    connection only reads it (a write raises SQLite's "readonly", which
+    :func:`~cas.errors.mapped_error` makes StorageNotWritable), and a file that is not
+    there reads as empty (an in-memory database with ``schema``): nothing was stored."""
     db = None
     try:
+        if read_only:
+            target, uri = (read_only_uri(path), True) if path.exists() else (":memory:", False)
+            db = sqlite3.connect(target, uri=uri, timeout=10.0, check_same_thread=False,
+                                 isolation_level=None)
+            migrate_schema(db, path, version, schema)
+            return db
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, timeout=10.0, check_same_thread=False, isolation_level=None)
         switch_to_wal(db)

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from .errors import StoreCorrupt
 from .holders import ingest_holder
@@ -430,8 +429,10 @@ class SqliteMetadata(SqliteDatabase):
         view._lock = threading.RLock()
         view._closed = False
         self._check_open()
-        # as_uri() escapes what a URI would take for its query or fragment ('?', '#', '%')
-        view._db = connect(f"{Path(self.path).absolute().as_uri()}?mode=ro", uri=True)
+        view.read_only = self.read_only
+        # make_durable (trash() calls it) syncs the database's own files
+        view._sync_lock, view._files = self._sync_lock, self._files
+        view._db = connect(self.read_only_target(), uri=True)
         view._reader, view._reader_lock = view._db, view._lock  # lookups see the snapshot too
         try:
             view._db.execute("BEGIN")

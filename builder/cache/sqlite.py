@@ -16,9 +16,10 @@ It also remembers the content hash of build-context files by their ``lstat`` (ta
 contenthash does), so an unchanged context costs one ``lstat`` per file, not a read
 (``builder.context.FileHashStore``); and ``pybuild builder prune`` removes old entries
 (:meth:`BuildCache.prune_steps`). A step records when it was made (``created``) and when a
-build last used it (``used``: recorded, or found by :meth:`BuildCache.lookup`), so that the
-build cache's bound (``builder.autogc``, ``--keep-storage``) drops the least recently used
-steps first (:meth:`BuildCache.steps_by_use`, :meth:`BuildCache.drop_steps`).
+build last used it (``used``: recorded, found by :meth:`BuildCache.lookup`, or answered for
+by the fast path: ``builder.fastpath_use``), so that the build cache's bound
+(``builder.autogc``, ``--keep-storage``) drops the least recently used steps first
+(:meth:`BuildCache.steps_by_use`, :meth:`BuildCache.drop_steps`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ CREATE TABLE IF NOT EXISTS file_hashes (
 SCHEMA_VERSION = 1  # cache.db's (cas.sqlite_db.migrate_schema): raise it with the schema
 # A step's use is recorded again once its last recorded use is this old (seconds): the
 # build-cache GC (builder.autogc) keeps every step used within it before a build began.
+# builder.fastpath.USE_EVERY is the same (a hit records its steps' use: builder.fastpath_use).
 USE_EVERY = 3600.0
 
 

@@ -9,6 +9,7 @@
     ├── WhiteoutUnsupported       the storage's filesystem refuses overlay whiteouts
     └── LayerFormatError          a layer blob is not a (compressed) tar we can read
         ├── UnsafeLayerEntry      an entry would write outside the rootfs, or is malformed
+        │   └── LinkToDirectory   a hard link entry names a directory
         └── MissingLinkTarget     a hard link's target is neither in the layer nor below it
 
 Every message names the problem, the offending path or entry, and what to do about it.
@@ -20,6 +21,7 @@ __all__ = [
     "ChangesetError",
     "LayerError",
     "LayerFormatError",
+    "LinkToDirectory",
     "MissingLinkTarget",
     "OverlayFeatureUnsupported",
     "SourceChanged",
@@ -81,6 +83,15 @@ class UnsafeLayerEntry(LayerFormatError):
         )
         self.name = name
         self.why = why
+
+
+class LinkToDirectory(UnsafeLayerEntry):
+    """A hard link entry whose target ``target`` (as the entry names it) is a directory:
+    no file system links one (link(2) fails with EPERM, and Docker's untar with it)."""
+
+    def __init__(self, name: str, target: str) -> None:
+        super().__init__(name, f"hard link to a directory ({target!r})")
+        self.target = target
 
 
 class MissingLinkTarget(LayerFormatError):

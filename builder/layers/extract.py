@@ -11,7 +11,8 @@ Safety: every entry name is cleaned (:func:`.pathres.clean_name`: a leading ``/`
 dropped, ``..`` is refused), its parent resolved inside the rootfs with symlinks scoped
 to it (:func:`.pathres.resolve_in_root`), and the final component is never followed: an
 existing symlink there is replaced, not written through. Hard link targets resolve the
-same way (one only a lower layer holds is copied up first: :mod:`.linkup`). So no entry,
+same way, over the lower layers when given (one only they hold is copied up first:
+:mod:`.linkup`). So no entry,
 whatever symlinks earlier entries or lower layers planted, can create, modify or remove
 anything outside the rootfs. Symlink *targets* are stored verbatim (they are only
 followed later, inside the container). A directory entry over an existing symlink
@@ -46,9 +47,9 @@ from cas.errors import StorageFull
 from cas.frames import GZIP_MAGIC, ZSTD_MAGIC
 
 from .changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
-from .errors import LayerFormatError, MissingLinkTarget, UnsafeLayerEntry
+from .errors import LayerFormatError, UnsafeLayerEntry
 from .inflate import Gunzip, InflateError
-from .linkup import LowerLookup, copy_up, dir_info
+from .linkup import LowerLookup, link_source, link_target_parts, restore_dir
 from .longpath import NAME_MAX, make_dirs, remove_path, short
 from .pathres import clean_name, resolve_in_root
 from .tarread import Digesting, entry_mtime_ns, name_too_long, open_tar, tar_members
@@ -101,16 +102,19 @@ def open_layer(src: IO[bytes]) -> IO[bytes]:
 
 class _Applier:
     def __init__(self, root: str, same_owner: bool, owner: tuple[int, int] | None = None,
-                 lower: LowerLookup | None = None) -> None:
+                 lower: LowerLookup | None = None, untar: bool = False) -> None:
         self.root = root
         self.same_owner = same_owner
         self.owner = owner
         self.lower = lower
+        self.untar = untar
         self.hidden: set[str] = set()  # what this layer's whiteouts hide of the lowers
         self.is_root = os.geteuid() == 0
         self.written: set[str] = set()
         self.written_parents: set[str] = set()
         self.dirs: list[tuple[str, int, tarfile.TarInfo]] = []
+        # directories made to copy a hard link's target up: (path, inode, the lower's lstat)
+        self.copied_dirs: list[tuple[str, int, os.stat_result]] = []
         self.skipped: list[str] = []
         self.entries = 0
         self.whiteouts = 0
@@ -218,20 +222,14 @@ class _Applier:
             self._mark(named)
             return
         if member.islnk():
-            src_parts = clean_name(member.linkname, entry=name)
-            src = resolve_in_root(self.root, src_parts, follow_final=False, name=name)
-            try:
-                with short(src) as at:
-                    src_st = os.lstat(at)
-            except FileNotFoundError:
-                src, src_st = self._copy_up(name, member.linkname, src_parts)
-            if stat.S_ISDIR(src_st.st_mode):
-                raise UnsafeLayerEntry(name, f"hard link to a directory ({member.linkname!r})")
+            src, src_st = self._link_source(member)
             if existing is None or (existing.st_ino, existing.st_dev) != (src_st.st_ino, src_st.st_dev):
                 self._replacing(existing)
                 remove_path(path)
                 with short(src) as at:
                     os.link(at, path, follow_symlinks=False)
+            if self.untar:  # Docker's untar gives the file the link entry's metadata
+                self._metadata(path, member, is_link=stat.S_ISLNK(src_st.st_mode))
             self._mark(named)
             return
         self._replacing(existing)
@@ -264,17 +262,19 @@ class _Applier:
         self._metadata(path, member, is_link=member.issym())
         self._mark(named)
 
-    def _copy_up(self, name: str, target: str, parts: list[str]) -> tuple[str, os.stat_result]:
-        """The hard link target ``parts`` this layer lacks, copied up from the lowers."""
-        hidden = any(os.path.join(self.root, *parts[:i]) in self.hidden
-                     for i in range(1, len(parts) + 1))
-        found = None if self.lower is None or hidden else copy_up(
-            self.root, parts, self.lower, self.same_owner)
-        if found is None:
-            raise MissingLinkTarget(name, target, self.lower is not None)
-        for path, st in found[1]:
-            self.dirs.append((path, os.lstat(path).st_ino, dir_info(os.path.relpath(path, self.root), st)))
-        return found[0], os.lstat(found[0])
+    def _link_source(self, member: tarfile.TarInfo) -> tuple[str, os.stat_result]:
+        """The file the hard link entry ``member`` joins (:func:`.linkup.link_source`)."""
+        parts = link_target_parts(member.linkname, member.name, untar=self.untar)
+
+        def hidden(comps: list[str]) -> bool:
+            return any(os.path.join(self.root, *comps[:i]) in self.hidden
+                       for i in range(1, len(comps) + 1))
+
+        path, st, made = link_source(self.root, parts, name=member.name,
+                                     target=member.linkname, lower=self.lower, hidden=hidden,
+                                     same_owner=self.same_owner)
+        self.copied_dirs.extend((d, os.lstat(d).st_ino, lower_st) for d, lower_st in made)
+        return path, st
 
     def _write_file(self, tf: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -380,21 +380,29 @@ class _Applier:
                 f"have ({exc}); the layer is malformed") from exc
 
     def finish(self) -> None:
-        """Set the deferred directory metadata, deepest first. A later entry may have
-        replaced a directory, or one of its parents by a symlink: the path is re-resolved
-        inside the root and must still name the same directory, or it is left alone."""
-        for path, ino, member in reversed(self.dirs):
+        """Set the deferred directory metadata: the copied-up directories', then the
+        layer's own (deepest first), which win. A later entry may have replaced a
+        directory, or one of its parents by a symlink: the path is re-resolved inside the
+        root and must still name the same directory, or it is left alone."""
+        todo: list[tuple[str, int, tarfile.TarInfo | os.stat_result]] = [
+            *self.copied_dirs, *reversed(self.dirs)]
+        for path, ino, meta in todo:
             rel = os.path.relpath(path, self.root).split(os.sep)
+            name = meta.name if isinstance(meta, tarfile.TarInfo) else path
             with contextlib.ExitStack() as held:
                 try:
-                    if resolve_in_root(self.root, rel, name=member.name) != path:
+                    if resolve_in_root(self.root, rel, name=name) != path:
                         continue
                     at = held.enter_context(short(path))  # a long rootfs path: longpath
                     st = os.lstat(at)
                 except (OSError, UnsafeLayerEntry):
                     continue
-                if stat.S_ISDIR(st.st_mode) and st.st_ino == ino:
-                    self._metadata(at, member, is_link=False)
+                if not (stat.S_ISDIR(st.st_mode) and st.st_ino == ino):
+                    continue
+                if isinstance(meta, tarfile.TarInfo):
+                    self._metadata(at, meta, is_link=False)
+                else:
+                    restore_dir(at, meta, self.same_owner)
 
 
 def whiteout_mark(parts: list[str]) -> tuple[list[str], bool] | None:
@@ -412,7 +420,8 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
                 marks: list[tuple[list[str], bool]] | None = None,
                 owner: tuple[int, int] | None = None,
                 diff_id: Digest | None = None,
-                lower: LowerLookup | None = None) -> ApplyReport:
+                lower: LowerLookup | None = None,
+                untar: bool = False) -> ApplyReport:
     """Apply the layer ``src`` (a path or a readable binary stream) on top of ``rootfs``.
 
     ``diff_id``, when given, is what the image config says the uncompressed stream's
@@ -424,6 +433,10 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
     ``owner`` (uid, gid) replaces every entry's own (``ADD --chown`` of an archive).
     ``lower`` finds what the layers below show at a path: a hard link to a file only they
     hold copies it up (:mod:`.linkup`); without it, such a link is a MissingLinkTarget.
+    ``untar``: ``src`` is an archive ``ADD`` unpacks, read as Docker's untar reads one: a
+    hard link's target may climb no higher than ``rootfs`` (``../x`` names ``x``, where a
+    layer's is refused), and the link entry's owner, mode and mtime are given to the
+    file it joins (:mod:`.linkup`).
 
     Raises UnsafeLayerEntry for an entry that could reach outside ``rootfs`` (nothing
     outside is touched; entries before it have been applied), LayerFormatError for a blob
@@ -435,9 +448,9 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
     if isinstance(src, (str, Path)):
         with open(src, "rb") as f:
             return apply_layer(f, root, same_owner=same_owner, marks=marks, owner=owner,
-                               diff_id=diff_id, lower=lower)
+                               diff_id=diff_id, lower=lower, untar=untar)
     applier = _Applier(root, os.geteuid() == 0 if same_owner is None else same_owner, owner,
-                       lower)
+                       lower, untar)
     stream = open_layer(src)
     digesting = None if diff_id is None else Digesting(stream, diff_id)
     try:

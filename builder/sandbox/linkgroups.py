@@ -25,6 +25,9 @@ names; the lowers' hard-linked files are then searched for that origin. A file t
 replaced rather than changed (``sed -i`` writes a new file and renames it over the old
 name) has no origin: its link is broken, as in Docker. Without ``index=on`` overlayfs
 records no origin here and nothing is repaired.
+
+Every path is named through :func:`..layers.longpath.short`: an image's deep path below a
+long storage directory passes PATH_MAX, and a link group there is kept all the same.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..layers.longpath import short
 from ..layers.scan import read_xattrs, walk
 from .rootfs import find_in_lowers, is_opaque
 from .userns import overlay_xattr
@@ -60,9 +64,10 @@ def _handle(path: Path) -> tuple[int, bytes] | None:
     fh = _FileHandle(handle_bytes=_MAX_HANDLE)
     mount_id = ctypes.c_int()
     at_fdcwd = -100
-    if _libc.name_to_handle_at(at_fdcwd, os.fsencode(path), ctypes.byref(fh),
-                               ctypes.byref(mount_id), 0) != 0:
-        return None
+    with short(path) as at:
+        if _libc.name_to_handle_at(at_fdcwd, os.fsencode(at), ctypes.byref(fh),
+                                   ctypes.byref(mount_id), 0) != 0:
+            return None
     return fh.handle_type, bytes(fh.f_handle[:fh.handle_bytes])
 
 
@@ -70,7 +75,8 @@ def _origin(path: str) -> tuple[int, bytes] | None:
     """The lower file handle in an upper entry's origin xattr (overlayfs' ``struct
     ovl_fb``: version, magic 0xfb, length, flags, handle type, fs uuid[16], handle)."""
     try:
-        fb = os.getxattr(path, overlay_xattr("origin"), follow_symlinks=False)
+        with short(path) as at:
+            fb = os.getxattr(at, overlay_xattr("origin"), follow_symlinks=False)
     except OSError:
         return None
     if len(fb) < 21 or fb[1] != 0xFB or fb[2] > len(fb):
@@ -107,12 +113,14 @@ def _left_alone(upper: Path, name: str) -> bool:
     for part in parts[:-1]:
         cur = cur / part
         try:
-            st = os.lstat(cur)
+            with short(cur) as at:
+                st = os.lstat(at)
+                if not stat.S_ISDIR(st.st_mode) or is_opaque(Path(at)):
+                    return False  # removed or replaced above the name: the name is gone
         except FileNotFoundError:
             return True
-        if not stat.S_ISDIR(st.st_mode) or is_opaque(cur):
-            return False  # removed or replaced above the name: the name is gone
-    return not os.path.lexists(cur / parts[-1])
+    with short(cur / parts[-1]) as at:
+        return not os.path.lexists(at)
 
 
 class _Times:
@@ -123,12 +131,15 @@ class _Times:
 
     def keep(self, path: Path, st: os.stat_result | None = None) -> None:
         if path not in self.times:
-            st = st or os.lstat(path)
+            if st is None:
+                with short(path) as at:
+                    st = os.lstat(at)
             self.times[path] = (st.st_atime_ns, st.st_mtime_ns)
 
     def restore(self) -> None:
         for path, ns in self.times.items():
-            os.utime(path, ns=ns, follow_symlinks=False)
+            with short(path) as at:
+                os.utime(at, ns=ns, follow_symlinks=False)
 
 
 def _copy_up_parents(upper: Path, lowers: Sequence[Path], name: str,
@@ -139,21 +150,24 @@ def _copy_up_parents(upper: Path, lowers: Sequence[Path], name: str,
     for part in name.split("/")[:-1]:
         parent, cur = cur, cur / part
         rel = f"{rel}/{part}" if rel else part
-        if os.path.lexists(cur):
-            continue
+        with short(cur) as at:
+            if os.path.lexists(at):
+                continue
         found = find_in_lowers(lowers, rel)
         if found is None or not stat.S_ISDIR(found[2].st_mode):
             return None  # cannot be: the name was found below it
         below = found[2]
         times.keep(parent)
-        os.mkdir(cur)
-        os.chown(cur, below.st_uid, below.st_gid)
-        os.chmod(cur, stat.S_IMODE(below.st_mode))
-        for key, value in read_xattrs(os.fspath(found[1])):
-            try:
-                os.setxattr(cur, key, value)
-            except OSError:
-                pass  # the upper dir's filesystem lacks that xattr namespace
+        xattrs = read_xattrs(os.fspath(found[1]))
+        with short(cur) as at:
+            os.mkdir(at)
+            os.chown(at, below.st_uid, below.st_gid)
+            os.chmod(at, stat.S_IMODE(below.st_mode))
+            for key, value in xattrs:
+                try:
+                    os.setxattr(at, key, value)
+                except OSError:
+                    pass  # the upper dir's filesystem lacks that xattr namespace
         times.keep(cur, below)
     return cur
 
@@ -192,7 +206,8 @@ def relink_copied_up(upper: Path, lowers: Sequence[Path]) -> int:
             handle = _handle(path)
             if handle in renamed:
                 rel, source = renamed.pop(handle)
-                copied.append((rel, source, lower, os.lstat(path)))
+                with short(path) as at:
+                    copied.append((rel, source, lower, os.lstat(at)))
         if not renamed:
             break
     times = _Times()
@@ -211,7 +226,8 @@ def relink_copied_up(upper: Path, lowers: Sequence[Path]) -> int:
             if parent is None:
                 continue
             times.keep(parent)
-            os.link(source, upper / name)
+            with short(source) as src, short(upper / name) as dest:
+                os.link(src, dest)
             linked += 1
     times.restore()
     return linked

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..layers.longpath import short
 from ..layers.rootwalk import SymlinkLoop, walk_in_root
 from .errors import SandboxSetupError, SandboxUnavailable
 from .userns import in_user_namespace, overlay_xattr
@@ -308,26 +309,32 @@ def find_in_lowers(
     lowers: Sequence[Path], rel: str
 ) -> tuple[Path, Path, os.stat_result] | None:
     """``(lower, path, lstat)`` of what overlayfs would show at ``rel`` from the lowers
-    alone: the lower directory it comes from, its path there and its lstat; or None."""
+    alone: the lower directory it comes from, its path there and its lstat; or None.
+    The path may be longer than the kernel takes (an image's deep path below a long
+    storage directory): name it through :func:`..layers.longpath.short`."""
     parts = [p for p in rel.strip("/").split("/") if p]
     for lower in lowers:
         cur = lower
         hidden_below = False
         for i, part in enumerate(parts):
             cur = cur / part
+            last = i == len(parts) - 1
             try:
-                st = os.lstat(cur)
+                with short(cur) as at:
+                    st = os.lstat(at)
+                    whiteout = is_whiteout(at, st)
+                    opaque = not last and stat.S_ISDIR(st.st_mode) and is_opaque(Path(at))
             except FileNotFoundError:
                 break
             except NotADirectoryError:
                 return None  # a file in this layer shadows the directory below
-            if is_whiteout(cur, st):
+            if whiteout:
                 return None
-            if i == len(parts) - 1:
+            if last:
                 return lower, cur, st
             if not stat.S_ISDIR(st.st_mode):
                 return None
-            if is_opaque(cur):
+            if opaque:
                 hidden_below = True
         if hidden_below:
             return None

@@ -54,7 +54,7 @@ from .common import (
     valid_files,
 )
 from .copy_write import CopyItem, write_items
-from .copyup import copy_up_lookup, lowers_lookup, make_parents, no_copy_up
+from .copyup import copy_up_lookup, lowers_lookup, make_parents, no_copy_up, stage_lowers
 from .download import check_checksum_sources, download, fetch_git, sha256_file
 from .metadata import clean_path, resolve_workdir, workdir_value
 from .owners import check_mapped, chown_ids, workdir_owner
@@ -348,6 +348,10 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
                                         else ins.chmod) if chmod else None}
     if isinstance(ins, Add) and owner:
         inputs["unpack_owner"] = True  # --chown owns unpacked entries (it did not before)
+    if any(it.archive for it in [*items, *(local_items or ())]):
+        # hard links unpacked as Docker's untar makes them (the stage's files joined, the
+        # link entry's metadata set): not the layers earlier releases cached
+        inputs["untar"] = 2
     flags = []  # as BuildKit's history: no --from, --link or --exclude
     if parents:
         flags.append("--parents")
@@ -366,8 +370,11 @@ async def copy_instruction(env: StepEnv, state: ImageState, ins: Copy | Add,
         if facts.get("file"):
             _no_directory_onto_a_file(todo, dest, where)
         lookup = await copy_up_lookup(env, state, todo) if not link else no_copy_up
+        # an archive's hard links may join the stage's files (not with --link: BuildKit
+        # unpacks onto an empty layer then)
+        stage = stage_lowers(env, state) if not link else None
         try:
-            await asyncio.to_thread(write_items, upper, todo, lookup, owner, chmod)
+            await asyncio.to_thread(write_items, upper, todo, lookup, owner, chmod, stage)
         except LayerError as exc:
             raise BuildError(where, f"unpacking an archive: {exc}") from exc
         except ContextError as exc:

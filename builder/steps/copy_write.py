@@ -2,7 +2,12 @@
 links, directories and unpacked archives, with BuildKit's owners, modes, times and hard
 links within a source; what is copied from a stage or an image keeps its xattrs
 (``security.capability`` a ``setcap`` gave, ``user.*``), set last, as BuildKit's copy
-sets them (a chown would drop a file capability)."""
+sets them (a chown would drop a file capability).
+
+An archive is unpacked as Docker's untar (BuildKit's) unpacks it, chrooted at the
+destination: a hard link in it may join a file the stage already has there (copied up
+into the layer with it, as overlayfs would; ``builder.layers.linkup``), and a link to
+nothing, or to a directory, fails naming the entry, as BuildKit fails."""
 
 from __future__ import annotations
 
@@ -11,11 +16,15 @@ import os
 import posixpath
 import shutil
 import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..context import AnyStat, ContextError, DiskPath
+from ..layers.errors import LayerFormatError, LinkToDirectory, MissingLinkTarget
+from ..layers.linkup import LowerLookup, link_target_parts
 from ..layers.scan import read_xattrs
+from ..sandbox.rootfs import find_in_lowers
 from .archives import open_archive
 from .chmod import ModeChange
 from .copyup import DirLookup, forget_dirs, make_parents
@@ -41,7 +50,11 @@ class CopyItem:
 
 
 def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup,
-                owner: tuple[int, int] | None, chmod: ModeChange | None) -> None:
+                owner: tuple[int, int] | None, chmod: ModeChange | None,
+                stage: Callable[[], Sequence[Path]] | None = None) -> None:
+    """Write ``items`` into ``upper``. ``stage`` returns the stage's extracted layers
+    (top first), where an archive's hard link finds a file the stage has at the
+    destination; None (``--link``): only the archive's own files can be linked to."""
     # BuildKit copies each source (each wildcard match) on its own, keeping the hard
     # links within it: (source, st_dev, st_ino) -> the first copy written.
     linked: dict[tuple[int, int, int], Path] = {}
@@ -63,8 +76,12 @@ def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup,
 
             # --chown owns every unpacked entry, as BuildKit 0.23 and later (earlier ones
             # kept the archive's owners)
-            with open_archive(Path(it.path)) as src:
-                apply_layer(src, target, owner=owner)
+            try:
+                with open_archive(Path(it.path)) as src:
+                    apply_layer(src, target, owner=owner, untar=True,
+                                lower=None if stage is None else _stage_files(stage, it.dest))
+            except (MissingLinkTarget, LinkToDirectory) as exc:
+                raise LayerFormatError(_link_refused(exc, it, stage is None)) from exc
             made.clear()  # its whiteouts may remove directories
             continue
         if it.data is not None:  # a heredoc file: 0644 (or --chmod), root or --chown
@@ -121,6 +138,36 @@ def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup,
         if st is not None:
             dir_times.append((target, st.st_mtime_ns))
     _set_dir_times(dir_times)
+
+
+def _stage_files(stage: Callable[[], Sequence[Path]], dest: str) -> LowerLookup:
+    """What the stage shows at a path of an archive unpacked at ``dest``."""
+    def lower(rel: str) -> tuple[str, os.stat_result] | None:
+        found = find_in_lowers(stage(), f"{dest}/{rel}" if dest else rel)
+        return None if found is None else (str(found[1]), found[2])
+    return lower
+
+
+def _link_refused(exc: MissingLinkTarget | LinkToDirectory, it: CopyItem, linked: bool) -> str:
+    """Why an archive's hard link cannot be made, and what to do about it (``linked``:
+    ``--link``, which unpacks onto an empty layer, as BuildKit does)."""
+    assert it.path is not None
+    where = "/" + "/".join([*it.dest.split("/"), *link_target_parts(
+        exc.target, exc.name, untar=True)]).strip("/")
+    entry = (f"{posixpath.basename(os.fspath(it.path))}: entry {exc.name!r} is a hard link "
+             f"to {exc.target!r}")
+    if isinstance(exc, LinkToDirectory):
+        return (f"{entry}, which is a directory ({where}), and no file system hard-links a "
+                "directory (BuildKit fails too: 'operation not permitted'); make the entry "
+                "a symlink, or link it to a file")
+    if linked:
+        return (f"{entry}, which is not in the archive before it, and ADD --link unpacks onto "
+                "an empty layer, where the image's files are not there to link to (BuildKit "
+                "fails too); put that file in the archive before the link, or drop --link")
+    return (f"{entry}, which is neither in the archive before it nor in the image at {where} "
+            "(a link target is looked up inside the destination, as BuildKit does, which "
+            "fails too: 'no such file or directory'); put that file in the archive before "
+            f"the link, or create {where} in an earlier step")
 
 
 def _make_node(it: CopyItem, target: Path, st: AnyStat, ids: tuple[int, int],

@@ -28,7 +28,7 @@ from ..sandbox.rootfs import lower_stat
 from .common import StepEnv, cached_facts
 
 __all__ = ["DirLookup", "DirStat", "copied_up", "copy_up_lookup", "dir_facts", "facts_lookup",
-           "lowers_lookup", "make_parents", "no_copy_up", "valid_dir_facts"]
+           "lowers_lookup", "make_parents", "no_copy_up", "stage_lowers", "valid_dir_facts"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,17 +167,28 @@ def no_copy_up(rel: str) -> DirStat | None:
     return None  # COPY --link: the stage's directories are not copied up
 
 
+def stage_lowers(env: StepEnv, state: ImageState) -> Callable[[], list[Path]]:
+    """A function, to call from the writer's thread, that returns the stage's extracted
+    layers (top first): extracted (or fetched) on the first call only, so a COPY that
+    needs none of their files needs none of them."""
+    loop = asyncio.get_running_loop()
+    lowers: list[list[Path]] = []
+
+    def get() -> list[Path]:
+        if not lowers:
+            lowers.append(asyncio.run_coroutine_threadsafe(env.lowers(state), loop).result())
+        return lowers[0]
+    return get
+
+
 async def copy_up_lookup(env: StepEnv, state: ImageState, items: Sequence[_Written]) -> DirLookup:
     """The stage's directories the COPY copies up, from facts (:mod:`.copyup`) when the
     cache has them, else from its extracted layers (then remembered)."""
     paths = copied_up(items)
-    loop = asyncio.get_running_loop()
-    lowers: list[list[Path]] = []
+    lowers = stage_lowers(env, state)
 
     def from_layers(rel: str) -> DirStat | None:  # in the writer's thread
-        if not lowers:
-            lowers.append(asyncio.run_coroutine_threadsafe(env.lowers(state), loop).result())
-        return lowers_lookup(lowers[0])(rel)
+        return lowers_lookup(lowers())(rel)
 
     if not paths:
         return from_layers

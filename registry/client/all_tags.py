@@ -87,7 +87,7 @@ async def registry_tags(repo: ImageRef, options: ClientOptions, verb: str = "pul
 
 async def local_tags(repo: ImageRef, storage: Path | None) -> list[str]:
     """Every tag of ``repo`` in the local store."""
-    async with await ImageStore.open(storage) as images:
+    async with await ImageStore.open(storage, reading=True) as images:
         refs = [parse_image_ref(image.ref) for image in await images.list()]
     tags = sorted({r.tag for r in refs
                    if r.repository == repo.repository and r.tag is not None and r.digest is None})

@@ -210,7 +210,9 @@ async def _copy_store(src: Endpoint, dst: Endpoint, storage: Path | None,
 
     streams = dst.kind == "registry" and src.kind in ("registry", "oci", "oci-archive")
     if not streams:
-        async with await ImageStore.open(storage) as needed:
+        # Out of the store (push, export): it is only read, so a read-only one will do.
+        reading = src.kind == "local" and dst.kind != "local"
+        async with await ImageStore.open(storage, reading=reading) as needed:
             yield needed
         return
     root = storage if storage is not None else default_storage_dir(check=False)

@@ -141,7 +141,7 @@ def inspect(refs: tuple[str, ...], template: str | None, platform: str | None, k
 
     async def run() -> tuple[list[dict[str, Any]], list[str]]:
         found, missing = [], []
-        async with await ImageStore.open(storage) as images:
+        async with await ImageStore.open(storage, reading=True) as images:
             for r in refs:
                 try:
                     found.append(await _describe(images, r, platform))
@@ -251,7 +251,7 @@ def history(ref: str, human: bool, no_trunc: bool, quiet: bool, template: str | 
     SIZE is the size of the step's layer blob as stored (compressed)."""
 
     async def run() -> dict[str, Any]:
-        async with await ImageStore.open(storage) as images:
+        async with await ImageStore.open(storage, reading=True) as images:
             return await _describe(images, ref, platform)
 
     image = _run(run())
@@ -374,7 +374,7 @@ def images(pattern: str | None, quiet: bool, no_trunc: bool, template: str | Non
     references, dangling = _image_filters(filters)
 
     async def run() -> tuple[list[Any], dict[Digest, float]]:
-        async with await ImageStore.open(storage) as store:
+        async with await ImageStore.open(storage, reading=True) as store:
             listed = await store.list()
             return listed, {i.digest: await config_created(store, i) for i in listed}
 

@@ -25,7 +25,10 @@ could each unlink the other's blobs and leave ``ref`` naming an image whose blob
 Every use of the ``images.db`` connection holds the store's lock, and :meth:`ImageStore.close`
 takes it too: close waits for the query in flight, and a call after it raises
 ``cas.StoreClosed``. A full or unwritable storage directory is ``cas.StorageFull`` /
-``cas.StorageNotWritable``, naming the path.
+``cas.StorageNotWritable``, naming the path. Opened ``reading`` (for commands that only
+read: ``images``, ``inspect``, ``history``, a push or copy out of the store), a storage
+directory on a read-only file system opens read-only (``cas.read_only``): an interrupted
+push then keeps no upload session to resume, and every other write is StorageNotWritable.
 
 The builder's entry points: :meth:`ImageStore.get` (manifest + config of a local image),
 :meth:`ImageStore.put` (record an image whose blobs are in the store) and
@@ -152,17 +155,21 @@ class ImageStore:
         self._dead_transfers_forgotten = False
 
     @classmethod
-    async def open(cls, root: Path | None = None, *, store: Store | None = None) -> ImageStore:
-        """Open (creating) the store at ``root`` (default: the cas default storage dir)."""
+    async def open(cls, root: Path | None = None, *, store: Store | None = None,
+                   reading: bool = False) -> ImageStore:
+        """Open (creating) the store at ``root`` (default: the cas default storage dir).
+        ``reading``: the caller only reads images (see the module docstring)."""
         root = Path(root) if root is not None else (store.root if store else default_storage_dir())
         owns = store is None
         if store is None:
-            store = await open_store(StoreConfig(root, workers=_WORKERS, digest_states=True))
+            store = await open_store(StoreConfig(root, workers=_WORKERS, digest_states=True,
+                                                 reading=reading))
 
         path = root / "images.db"
+        read_only = store.core.read_only
 
         def connect() -> sqlite3.Connection:
-            return open_wal_database(path, _SCHEMA, root, SCHEMA_VERSION)
+            return open_wal_database(path, _SCHEMA, root, SCHEMA_VERSION, read_only=read_only)
 
         try:
             db = await asyncio.to_thread(connect)
@@ -420,8 +427,8 @@ class ImageStore:
         and rows are read before the open ingests are: an ingest begins before its claim
         and its row exist, so one not open then has ended; a claim still held (flock) is
         left alone."""
-        if self._dead_transfers_forgotten:
-            return
+        if self._dead_transfers_forgotten or self.store.core.read_only:
+            return  # (read-only: nothing can be forgotten there, and no transfer added any)
         self._dead_transfers_forgotten = True
         await self._sql("DELETE FROM pushes WHERE updated < ?", time.time() - PUSH_SESSION_DAYS * 86400)
         claims = await asyncio.to_thread(
@@ -465,6 +472,10 @@ class ImageStore:
         return rows[0][0] if rows else None
 
     async def set_pending_push(self, key: str, location: str | None) -> None:
+        """Record (None: forget) the upload session of a push; a read-only store keeps
+        none (a push out of it starts its uploads anew after an interruption)."""
+        if self.store.core.read_only:
+            return
         if location is None:
             await self._sql("DELETE FROM pushes WHERE key=?", key)
         else:

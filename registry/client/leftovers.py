@@ -27,7 +27,11 @@ def held_temporary(dest: Path, *, directory: bool) -> tuple[int, str]:
         prefix = f".{dest.name}."
         if directory:
             path = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=dest.parent)
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                # another writer starting beside it took it for abandoned (not held yet)
+                continue
         else:
             fd, path = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=dest.parent)
         try:

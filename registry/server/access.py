@@ -132,6 +132,9 @@ class Grant(PullFilter):
     def may_pull(self, repo: str) -> bool:
         return self.allows(Access("repository", repo, "pull"))
 
+    def may_push(self, repo: str) -> bool:
+        return self.allows(Access("repository", repo, "push"))
+
     def missing(self, wanted: Iterable[Access]) -> list[Access]:
         return [a for a in wanted if not self.allows(a)]
 

@@ -17,7 +17,6 @@ signs the request's method); the client sends its ``Range`` on to the bucket.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import secrets
 from typing import Any
@@ -32,11 +31,10 @@ from ..names import parse_digest
 from . import stalls
 from .conditional import if_none_match, if_range_holds, none_match
 from .httputil import ClientGone, parse_ranges
+from .renewals import may_push, renew_blob_link
 from .state import BYTES_SENT, REGISTRY, Registry
 
 __all__ = ["delete_blob", "get_blob", "stat_in_repo"]
-
-log = logging.getLogger("pybuild.registry.blobs")
 
 
 async def stat_in_repo(reg: Registry, name: str, digest: Digest) -> int:
@@ -51,27 +49,13 @@ async def stat_in_repo(reg: Registry, name: str, digest: Digest) -> int:
     return int(info.size)
 
 
-async def _renew_link(reg: Registry, name: str, digest: Digest) -> None:
-    """Make ``name``'s link to ``digest`` again, dated now. A HEAD is how docker, skopeo
-    and containerd ask "is it there?" before a push; a yes makes them skip the upload and
-    send the manifest that needs the blob later. Retention keeps a link younger than its
-    upload grace (retention.py), so the blob stays for that long after the yes, as a
-    blob just uploaded does. Best effort: a store that cannot write still answers."""
-    try:
-        await reg.store.link(repository_holder(name), digest)
-    except BlobUnknown:
-        raise BLOB_UNKNOWN(f"blob {digest} is not in the store", detail={"digest": str(digest)}) from None
-    except Exception as exc:
-        log.warning("HEAD %s@%s: the blob's link was not renewed (%s); retention may take it "
-                    "before the upload grace", name, digest, exc)
-
-
 async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamResponse:
     reg = request.app[REGISTRY]
     d = parse_digest(digest)
     size = await stat_in_repo(reg, name, d)
-    if request.method == "HEAD" and not reg.config.read_only:
-        await _renew_link(reg, name, d)
+    if request.method == "HEAD" and not reg.config.read_only and may_push(request, name):
+        # A HEAD before a push: kept for the upload grace (renewals.py).
+        await renew_blob_link(reg, name, d)
     etag = f'"{d}"'
     headers = {
         "Docker-Content-Digest": str(d),

@@ -11,7 +11,9 @@ entries that are manifests of the repository (MANIFEST_BLOB_UNKNOWN, one per mis
 reference). Descriptors carrying their bytes in ``data`` and the well-known empty JSON blob
 are stored on the fly; nondistributable (foreign) layers are not required. A ``subject``
 need not exist yet (spec) and is echoed as ``OCI-Subject``. Every check runs before
-anything is written, so a refused PUT changes no link, tag or referrer.
+anything is written, so a refused PUT changes no link, tag or referrer. A GET or HEAD by
+digest from a caller granted push keeps the manifest from retention for the upload grace
+(renewals.py).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from .conditional import if_none_match, none_match
 from .expect import send_continue
 from .metadata import ManifestRecord, ManifestsMissing
 from .recipes import put_into
+from .renewals import may_push, renew_manifest
 from .state import BYTES_RECEIVED, DELETED_TAGS, REGISTRY, CachedManifest, Registry
 
 __all__ = ["MAX_MANIFEST_BYTES", "delete_manifest", "get_manifest", "put_manifest"]
@@ -207,6 +210,12 @@ async def get_manifest(
         if served is not entry and reg.pulls is not None and request.method == "GET":
             reg.pulls.note(name, entry.digest)  # the list the tag names was pulled too
         entry = served
+    # By digest, before a push (an index's manifests): kept for the upload grace. False:
+    # a retention run took it since _load.
+    if (":" in reference and not reg.config.read_only and may_push(request, name)
+            and not await renew_manifest(reg, name, entry.digest)):
+        reg.cache.drop(name, entry.digest)
+        raise _unknown(name, reference)
     if reg.pulls is not None and request.method == "GET":
         reg.pulls.note(name, entry.digest)  # for retention: a dict store, written in batches
     if none_match(if_none_match(request), entry.digest):

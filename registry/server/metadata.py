@@ -210,6 +210,16 @@ class RegistryMetadata(Protocol):
         (a later time replaces an earlier one, never the reverse; unknown ones are skipped)."""
         ...
 
+    async def renew_manifest(self, repo: str, digest: str, pushed_before: float) -> float | None:
+        """When manifest ``digest`` of ``repo`` counts as pushed, after this call; None if
+        ``repo`` does not hold it. One pushed before ``pushed_before`` counts as pushed
+        now (its tags, references and bytes unchanged): :meth:`collect`'s
+        ``untagged_before`` starts from now again, as after a PUT of it. The check and the
+        write are one transaction that a concurrent :meth:`collect` either precedes (None:
+        it took the manifest) or follows (it keeps it). One pushed since ``pushed_before``
+        is only looked up: nothing is written."""
+        ...
+
     async def unknown_references(self, repo: str, limit: int) -> list[str]:
         """Up to ``limit`` manifests of ``repo`` whose references were not recorded
         (stored with ``references=None``)."""

@@ -276,6 +276,21 @@ class PgRegistryMetadata:
                 " AND (pulled IS NULL OR pulled < %(when)s)",
                 [{"repo": r, "digest": d, "when": w} for r, d, w in pulls])
 
+    async def renew_manifest(self, repo: str, digest: str, pushed_before: float) -> float | None:
+        rows = await self._q("SELECT created FROM manifests WHERE repo = %s AND digest = %s", repo, digest)
+        if not rows:
+            return None
+        if float(rows[0][0]) >= pushed_before:
+            return float(rows[0][0])  # nothing to write (a write takes the lock collect holds)
+        async with self._tx() as db:  # under collect's lock: before or after a run, whole
+            await db.execute("UPDATE manifests SET created = %(now)s WHERE repo = %(repo)s"
+                             " AND digest = %(digest)s AND created < %(now)s",
+                             {"now": time.time(), "repo": repo, "digest": digest})
+            cur = await db.execute("SELECT created FROM manifests WHERE repo = %s AND digest = %s",
+                                   (repo, digest))
+            row = await cur.fetchone()
+            return None if row is None else float(row[0])
+
     async def unknown_references(self, repo: str, limit: int) -> list[str]:
         rows = await self._q("SELECT digest FROM manifests WHERE repo = %s AND NOT refs_known LIMIT %s",
                              repo, limit)

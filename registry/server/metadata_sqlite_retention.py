@@ -119,6 +119,26 @@ class RetentionQueries:
 
         await self._run(self._tx(record))
 
+    async def renew_manifest(self, repo: str, digest: str, pushed_before: float) -> float | None:
+        # Read first: a write transaction would take the write lock and move the
+        # generation (every process's manifest cache asks again) for nothing.
+        rows = await self._run(self._query(
+            "SELECT created FROM manifests WHERE repo = ? AND digest = ?", repo, digest))
+        if not rows:
+            return None
+        if float(rows[0][0]) >= pushed_before:
+            return float(rows[0][0])
+
+        def renew(db: sqlite3.Connection) -> float | None:
+            db.execute("UPDATE manifests SET created = ?3 WHERE repo = ?1 AND digest = ?2"
+                       " AND created < ?3", (repo, digest, time.time()))
+            row = db.execute("SELECT created FROM manifests WHERE repo = ? AND digest = ?",
+                             (repo, digest)).fetchone()
+            return None if row is None else float(row[0])
+
+        pushed: float | None = await self._run(self._tx(renew))
+        return pushed
+
     async def unknown_references(self, repo: str, limit: int) -> list[str]:
         rows = await self._run(
             self._query(

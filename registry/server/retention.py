@@ -19,6 +19,9 @@ Why a push racing a run loses nothing:
   step 2 re-checks "no tag" in the transaction that deletes it (a tag PUT committed first
   keeps it; one committed after brings the record back, with its bytes linked again);
 - a blob uploaded for a manifest not pushed yet was linked less than ``upload_grace`` ago;
+- what a client about to push was told is there (a blob HEAD, a manifest HEAD or GET by
+  digest, from a caller granted push) was renewed by that read (renewals.py): a link made
+  again, a manifest dated pushed again, kept for at least ``upload_grace``;
 - a manifest PUT links everything it references again (fresh links) *before* its metadata
   transaction, so a blob it relies on is either in the snapshot step 2 reads or too
   young for step 3; an index PUT re-checks its manifests inside its transaction

@@ -16,6 +16,10 @@ itself, and how that stays correct:
   serve any request of a session;
 - ``piece_keys`` holds the piece keys of recent bases of piece-level pushes: a blob's
   recipe never changes while its digest names it, so nothing needs to follow;
+- ``manifest_pushed`` holds when manifests count as pushed, as last read or renewed
+  (:mod:`~registry.server.renewals`): that time only moves forward while the manifest is
+  there, and one deleted anywhere is no longer found by ``cache``, so an old value only
+  makes a renewal come sooner;
 - limits, metrics and the drain state are per process by design.
 """
 
@@ -133,6 +137,9 @@ class Registry:
     # Piece keys of the blobs recently named as bases of piece-level pushes, by digest,
     # least recently used first (piece_uploads.base_keys; bounded there).
     piece_keys: OrderedDict[Digest, frozenset[str]] = field(default_factory=OrderedDict)
+    # When manifests read by digest by callers granted push count as pushed, by (repo,
+    # digest), least recently used first (renewals.renew_manifest; bounded there).
+    manifest_pushed: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self.cache.follow(self.meta.generation)

@@ -265,6 +265,23 @@ async def test_a_hard_link_to_a_lower_layers_file_copies_it_up(tmp_path: Path) -
         p.name for p in lowers)
 
 
+async def test_a_link_through_a_lower_symlink_finds_the_file_it_leads_to(
+        tmp_path: Path) -> None:
+    """A symlinked directory of a lower layer on the target's way is followed inside the
+    rootfs (relative, or absolute from the rootfs' root), as containerd resolves a link's
+    target in the mounted snapshot: the file it leads to is copied up and joined."""
+    require_root("layer owners")
+    bottom = _tar(_info("data", tarfile.DIRTYPE), _info("data/f.txt", mode=0o640),
+                  _info("rel", tarfile.SYMTYPE, "data"), _info("abs", tarfile.SYMTYPE, "/data"),
+                  data={"data/f.txt": b"from below\n"})
+    top = _tar(_info("l1", tarfile.LNKTYPE, "rel/f.txt"), _info("l2", tarfile.LNKTYPE, "abs/f.txt"))
+    root = (await _stack(tmp_path, bottom, top))[0]
+    joined = {os.lstat(root / n).st_ino for n in ("data/f.txt", "l1", "l2")}
+    assert len(joined) == 1 and os.lstat(root / "l1").st_nlink == 3
+    assert (root / "l2").read_bytes() == b"from below\n"
+    assert not (root / "rel").exists() and not (root / "abs").exists()
+
+
 @pytest.mark.parametrize("hiding", ["below", "same layer", "opaque", "symlink"])
 async def test_a_link_to_a_hidden_or_unreachable_lower_file_is_a_named_error(
         tmp_path: Path, hiding: str) -> None:

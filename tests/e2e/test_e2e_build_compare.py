@@ -123,6 +123,20 @@ FILE_KINDS_OUT = ("/k/meta/file 600 1000:50 regular file\n/k/meta/sub 700 12:34 
                   "/k/with space 644 0:0 regular file\nline 644 0:0 regular file\n"
                   "now-dir\nnow-file\nreplaced\ndeep\n3145733\n")
 
+# What add-archive-links prints: /dst's paths, each with the first name of its inode, then
+# contents: the archive's links joined the stage's files, as Docker's untar links them.
+ADD_LINKS_OUT = (". . 4 755 0:0 directory\n./a ./a 3 644 0:0 regular file\n"
+                 "./a ./b 3 644 0:0 regular file\n./c ./c 2 750 1000:50 regular file\n"
+                 "./c ./d 2 750 1000:50 regular file\n./a ./e 3 644 0:0 regular file\n"
+                 "./keep ./keep 1 644 0:0 regular file\n./lnk ./lnk 1 777 0:0 symbolic link\n"
+                 "./n ./n 2 755 0:0 directory\n./n/c2 ./n/c2 2 644 0:0 regular file\n"
+                 "./old ./old 1 644 0:0 regular file\n./s ./s 1 777 0:0 symbolic link\n"
+                 "./sl ./sl 1 777 0:0 symbolic link\n./sub ./sub 2 750 7:8 directory\n"
+                 "./n/c2 ./sub/c 2 644 0:0 regular file\n./x ./x 2 644 0:0 regular file\n"
+                 "./x ./xl 2 644 0:0 regular file\na: old a\nb: old a\ne: old a\nxl: dst x\n"
+                 "x: dst x\nn/c2: sub c\nsub/c: sub c\nc: the archive's c\n"
+                 "d: the archive's c\nkeep: stage old\nold: the archive's old\n/x: root x\na\n")
+
 # What account-links prints: the ids of names looked up through linked account files.
 ACCOUNT_LINKS_OUT = ("/f.txt 1000:50\n/w 1000:1000\n/tmp/id.txt 1000:1000\n"
                      "uid=1000(tester) gid=1000(tester) groups=50(staff)\n")
@@ -162,6 +176,8 @@ CASES = (
          pybuild_flags=("--differ", "snapshot")),
     Case("add-archives", expect="from a v7 tar\ninside a tar.gz\na text file with a .tar name\n"
                                 "/plain:\ndata.json.gz\nnotes.tar\n"),
+    Case("add-archive-links", expect=ADD_LINKS_OUT),
+    Case("add-archive-links", expect=ADD_LINKS_OUT, pybuild_flags=("--differ", "snapshot")),
     Case("empty-wildcard", expect="/opt:\napp\n\n/opt/app:\npom.xml\n"),
     Case("chown-forms", expect="/group-only 0:50\n/user-colon 1000:0\n/colon-only 0:0\n"
                                "/root-staff 0:50\n/ghost 0:0\n/ghost-staff 0:50\n"
@@ -532,6 +548,33 @@ def test_pybuild_and_docker_build_agree(
             assert _history(docker_engine, pybuild_tag) == _history(docker_engine, docker_tag)
     finally:
         docker_engine.run("rmi", "--force", docker_tag, pybuild_tag, check=False)
+
+
+@pytest.mark.parametrize("dockerfile, docker_says, pybuild_says", [
+    ("missing.Dockerfile", "link /nope /b: no such file or directory",
+     "entry 'b' is a hard link to 'nope', which is neither in the archive before it nor in "
+     "the image at /dst/nope"),
+    ("dir.Dockerfile", "link /sub /b: operation not permitted",
+     "entry 'b' is a hard link to 'sub', which is a directory (/dst/sub)"),
+], ids=["missing", "directory"])
+def test_pybuild_and_docker_build_refuse_the_same_archive_links(
+    docker_engine: DockerEngine, builds_as_root: None, base_ref: str, tmp_path: Path,
+    dockerfile: str, docker_says: str, pybuild_says: str,
+) -> None:
+    """add-archive-links' archives whose hard link names nothing, or a directory, at the
+    destination: BuildKit fails the ADD, and so does pybuild, naming the entry."""
+    context = _context(CASES_DIR / "add-archive-links", tmp_path)
+    docker = docker_engine.run("build", "--network", "none", "--build-arg", f"BASE={base_ref}",
+                               "-f", str(context / dockerfile), str(context), build=True,
+                               check=False)
+    assert docker.returncode != 0 and docker_says in docker.stdout + docker.stderr
+    pybuild = subprocess.run(
+        [sys.executable, "-m", "builder", "build", "--progress", "plain", "--storage",
+         str(tmp_path / "storage"), "--build-arg", f"BASE={base_ref}", "-f",
+         str(context / dockerfile), str(context)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert pybuild.returncode != 0
+    assert f"{dockerfile}:4: ADD" in pybuild.stderr and pybuild_says in pybuild.stderr
 
 
 def test_fresh_storages_build_the_same_digest(

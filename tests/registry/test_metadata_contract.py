@@ -463,3 +463,24 @@ async def test_references_unknown_until_set(a: RegistryMetadata, b: RegistryMeta
     assert await a.unknown_references("app", 10) == []
     assert (await a.collect("app", [], 0.0, dry_run=True)).referenced == {
         _digest(1), _digest(2), _digest(101), _digest(102)}
+
+
+async def test_renew_manifest_dates_an_old_one_pushed_now_and_says_when_it_was_pushed(
+    a: RegistryMetadata, b: RegistryMetadata
+):
+    import time
+
+    start = time.time()
+    await a.put_manifest(_record("app", 1, references=()))
+    await a.put_manifest(_record("app", 2, references=()))
+    assert await b.renew_manifest("app", _digest(9), time.time()) is None  # not there
+    pushed = await b.renew_manifest("app", _digest(1), 0.0)  # pushed since: looked up
+    mark = time.time()  # both were pushed before it
+    assert pushed is not None and start <= pushed <= mark
+    renewed = await b.renew_manifest("app", _digest(2), mark + 3600)  # pushed now
+    assert renewed is not None and renewed >= mark
+    assert await a.renew_manifest("app", _digest(2), mark) == renewed  # and kept so
+    gone = await a.collect("app", [], mark)  # takes those pushed before the mark
+    assert [d for d, _ in gone.manifests] == [_digest(1)]
+    assert await b.renew_manifest("app", _digest(1), mark + 3600) is None  # taken first
+    assert await a.get_manifest("app", _digest(1)) is None  # and not brought back

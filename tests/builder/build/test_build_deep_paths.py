@@ -3,7 +3,8 @@ close to PATH_MAX (4096 bytes; BuildKit builds paths up to ~4,028), with the bui
 storage under a long directory, so that the storage's path and the image's together pass
 PATH_MAX. The next step, the ``type=tar`` and ``type=local`` outputs, a build FROM the
 image (which extracts its layers) and Docker running the image all see the tree, as with
-BuildKit."""
+BuildKit; a hard link from a short name to the deep file stays one file when either name
+is changed (overlayfs copies up one name only: the differ links the other)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_a_deep_tree_made_by_run_is_seen_by_every_step_and_output(
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(
         f"FROM {busybox_ref}\n"
-        f"RUN {_MAKE}; mkdir -p $p && echo deep > $p/f\n"
+        f"RUN {_MAKE}; mkdir -p $p && echo deep > $p/f && ln $p/f /hl\n"
         f"RUN {_MAKE}; cat $p/f > /seen && echo more >> $p/f\n")
     tar_out, local, archive = tmp_path / "rootfs.tar", tmp_path / "local", tmp_path / "img.tar"
     layout = tmp_path / "layout"
@@ -51,17 +52,21 @@ def test_a_deep_tree_made_by_run_is_seen_by_every_step_and_output(
         assert tf.getmember(f"{_DEEP}/f").mtime == 1700000000  # the epoch's, as BuildKit's
         seen = tf.extractfile("seen")
         assert seen is not None and seen.read() == b"deep\n"
+        linked = tf.getmember("hl")  # the step changed the group through the deep name
+        assert linked.islnk() and linked.linkname == f"{_DEEP}/f"
     assert (local / "seen").read_text() == "deep\n"
     assert (local / "deep" / _NAME).is_dir()  # the rest is past PATH_MAX from here too
     (ctx / "Dockerfile").write_text(  # its layers extracted below another long storage
-        f"FROM oci-layout://{layout}:1\nRUN {_MAKE}; cat $p/f > /again\n")
+        f"FROM oci-layout://{layout}:1\nRUN {_MAKE}; cat $p/f > /again && echo x >> /hl\n")
     asyncio.run(run_build(BuildOptions(context=ctx, storage=storage.with_name("other"),
                                        differ=differ, outputs=(Output("local", local),)),
                           BuildProgress("quiet")))
     assert (local / "again").read_text() == "deep\nmore\n"
+    assert (local / "hl").read_text() == "deep\nmore\nx\n"  # and through the short name
+    assert (local / "hl").stat().st_nlink == 2
     assert f"Loaded image: {image}" in docker_engine.run("load", "-i", str(archive)).stdout
     try:
-        shown = docker_engine.run_container(image, "sh", "-c", f"{_MAKE}; cat $p/f /seen")
+        shown = docker_engine.run_container(image, "sh", "-c", f"{_MAKE}; cat $p/f /seen /hl")
     finally:
         docker_engine.run("rmi", "--force", image, check=False)
-    assert shown == "deep\nmore\ndeep\n"
+    assert shown == "deep\nmore\ndeep\ndeep\nmore\n"

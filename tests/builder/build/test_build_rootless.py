@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,11 +97,11 @@ def _pybuild(user: SystemUser, args: list[str], **env: str) -> subprocess.Comple
     return user.run(*python, "-m", "builder", *args, env={**base_env, **env})
 
 
-def _both_ways(user: SystemUser, ctx: Path, root_storage: Path,
-               data: Path) -> tuple[str, subprocess.CompletedProcess[str]]:
+def _both_ways(user: SystemUser, ctx: Path, root_storage: Path, data: Path,
+               args: tuple[str, ...] = ()) -> tuple[str, subprocess.CompletedProcess[str]]:
     """The image digest of a root build of ``ctx``, and the user's build of it (whose
-    storage is the XDG data dir's ``data``: no --storage), at the same epoch. The two
-    builds share nothing but the context: they run at once."""
+    storage is the XDG data dir's ``data``: no --storage; ``args`` its further options),
+    at the same epoch. The two builds share nothing but the context: they run at once."""
 
     def as_root() -> str:
         root = subprocess.run(
@@ -112,7 +113,7 @@ def _both_ways(user: SystemUser, ctx: Path, root_storage: Path,
 
     def as_user() -> subprocess.CompletedProcess[str]:
         return _pybuild(user, ["build", "--progress", "plain", "--source-date-epoch", EPOCH,
-                               str(ctx)], XDG_DATA_HOME=str(data))
+                               *args, str(ctx)], XDG_DATA_HOME=str(data))
 
     return both_at_once(as_root, as_user)
 
@@ -269,6 +270,98 @@ def test_storage_on_an_overlayfs_gives_the_root_builds_digest(
         snapshots = merged / "data" / "pybuild" / "builder" / "snapshots"
         assert [p for p in snapshots.glob("*/d/gone") if p.stat().st_size == 0]
         _pybuild(user, ["builder", "prune", "--all"], XDG_DATA_HOME=str(merged / "data"))
+
+
+def _user_dir(user: SystemUser, path: Path) -> Path:
+    """A new directory ``path`` (its parents made by root, 0755) that belongs to the user."""
+    path.mkdir(parents=True)
+    os.chown(path, user.uid, user.gid)
+    return path
+
+
+def _owners(root: Path) -> set[int]:
+    """The uids of every entry under ``root``, named relative to each directory (an
+    image's deep path below a long one passes PATH_MAX)."""
+    uids = {os.lstat(root).st_uid}
+    for _dirpath, dirnames, filenames, dir_fd in os.fwalk(root):
+        uids.update(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid
+                    for name in dirnames + filenames)
+    return uids
+
+
+def test_deep_paths_below_a_long_storage_and_destination_as_a_non_root_user(
+        workspace: Path, user: SystemUser, contexts: dict[str, Path]) -> None:
+    # The image's ~3,800-byte path below the user's long storage directory and below a
+    # long local destination: the step, the local output (handed to the user: it said
+    # "file name too long") and the image are the root build's, and the user can remove
+    # both the output and, through prune, the extracted layers owned by image ids.
+    ctx = _case_on_the_base(workspace, contexts, "rootless-deep-paths")
+    subprocess.run(["chmod", "-R", "a+rX", str(ctx)], check=True)
+    long = workspace / "long-paths" / ("s" * 200) / ("t" * 200)
+    data, out = _user_dir(user, long / "data"), _user_dir(user, long / "out")
+    root, rootless = _both_ways(user, ctx, long / "root-storage", data,
+                                ("-o", f"type=local,dest={out / 'local'}"))
+    assert rootless.returncode == 0, rootless.stderr
+    assert rootless.stdout.strip() == root
+    local = out / "local"
+    assert (local / "seen").read_text() == "deep\n"
+    assert (local / "hl").read_text() == "deep\nmore\n"  # one file with the deep name
+    assert _owners(local) == {user.uid}
+    assert user.run("rm", "-rf", str(local), env={"PATH": "/usr/bin:/bin"}).returncode == 0
+    assert not local.exists()
+    snapshots = data / "pybuild" / "builder" / "snapshots"
+    assert user.subid_start is not None and user.subid_start + 2345 - 1 in _owners(snapshots)
+    pruned = _pybuild(user, ["builder", "prune", "--all"], XDG_DATA_HOME=str(data))
+    assert pruned.returncode == 0, pruned.stderr
+    assert not any(snapshots.iterdir())
+
+
+def test_a_base_linking_to_a_lower_file_and_the_automatic_gc_as_a_non_root_user(
+        workspace: Path, user: SystemUser, contexts: dict[str, Path]) -> None:
+    # A layer that another tool wrote, hard-linking to a file of the layer below owned by
+    # an image id: the user's build copies it up (a chain-<ID> extracted layer, owned by
+    # the namespace's ids on the host) and gives the root build's image; the next build's
+    # collection, with a tiny bound, removes that copy, which the user could not.
+    from tests.builder.build.test_build_hardlinks import _add_layer, _entry
+
+    rootfs = make_busybox_rootfs(workspace / "linked-base" / "rootfs")
+    (rootfs / "data").mkdir()
+    (rootfs / "data" / "owned").write_text("from the lower layer\n")
+    os.chown(rootfs / "data" / "owned", 1234, 1234)
+    layout = workspace / "linked-base" / "layout"
+    ref = write_base_layout(rootfs, layout, owner=None)
+    _add_layer(layout, [_entry("opt", tarfile.DIRTYPE),
+                        _entry("opt/linked", tarfile.LNKTYPE, "data/owned")])
+    ctx = workspace / "cases" / "rootless-linked-base"
+    shutil.copytree(TESTFILES / "rootless-linked-base", ctx)
+    (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace("BASE", ref))
+    subprocess.run(["chmod", "-R", "a+rX", str(workspace / "linked-base"), str(ctx)],
+                   check=True)
+    data = _user_dir(user, workspace / "linked-user-data")
+    out = _user_dir(user, workspace / "linked-out")
+    root, rootless = _both_ways(user, ctx, workspace / "linked-root-storage", data,
+                                ("-o", f"type=local,dest={out / 'local'}"))
+    assert rootless.returncode == 0, rootless.stderr
+    assert rootless.stdout.strip() == root
+    assert (out / "local" / "seen").read_text() == "from the lower layer\n"
+    assert (out / "local" / "links").read_text() == "2 2345\n"
+    snapshots = data / "pybuild" / "builder" / "snapshots"
+    chained = list(snapshots.glob("chain-*"))
+    assert len(chained) == 1
+    assert user.subid_start is not None and user.subid_start + 1233 in _owners(chained[0])
+
+    other = workspace / "cases" / "linked-base-other"  # a build of another image
+    other.mkdir()
+    base_ref = contexts["basic"].joinpath("Dockerfile").read_text().split()[1]
+    (other / "Dockerfile").write_text(f"FROM {base_ref}\nRUN echo other > /other\n")
+    other.chmod(0o755)
+    (other / "Dockerfile").chmod(0o644)
+    done = _pybuild(user, ["build", "--progress", "plain", "--gc-keep-storage", "1m",
+                           str(other)], XDG_DATA_HOME=str(data))
+    assert done.returncode == 0, done.stderr
+    assert "build cache over its bound of 1.0 MiB: removed the least recently used" in \
+        done.stderr
+    assert not chained[0].exists()
 
 
 # -- the pieces, without a user -----------------------------------------------------------

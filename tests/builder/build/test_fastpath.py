@@ -7,9 +7,12 @@ only exists before the CLI is imported. ``PYBUILD_FASTPATH_DEBUG`` makes it say 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.fastpath import parse_argv
+from builder import autogc
+from builder.context import RACY_NS
+from builder.fastpath import USE_EVERY, parse_argv
 from testkit.rootfs import make_busybox_rootfs
 
 from .conftest import write_base_layout
@@ -420,18 +425,25 @@ def test_a_lowercase_dockerfile_takes_the_fast_path_and_notices_its_ignore_file(
     assert pybuild(*args).hit
 
 
+@pytest.mark.parametrize("base", ["scratch", "oci-layout"])
 def test_two_images_built_in_turn_in_one_storage_both_take_the_fast_path(
-        pybuild: Callable[..., Run], tmp_path: Path) -> None:
+        pybuild: Callable[..., Run], tmp_path: Path, base: str,
+        request: pytest.FixtureRequest) -> None:
     """A fully cached build writes nothing to the build cache (a step's use is recorded at
-    most once an hour), so it does not invalidate the other image's fast-path record."""
+    most once an hour), so it does not invalidate the other image's fast-path record. Nor
+    to the store when it reads an ``oci-layout://`` base again: the base's blobs, already
+    linked to the base's holder, are not linked again (a write to ``meta.db``)."""
+    image = "scratch" if base == "scratch" else request.getfixturevalue("busybox_ref")
     contexts = []
     for name in ("one", "two"):
         where = tmp_path / name
         where.mkdir()
-        (where / "Dockerfile").write_text("FROM scratch\nCOPY a /a\n")
+        (where / "Dockerfile").write_text(f"FROM {image}\nCOPY a /a\n")
         (where / "a").write_text(f"{name}\n")
         contexts.append((name, where))
-    time.sleep(0.2)  # older than the fast path's racy window
+    # older than the build cache's racy window: the first build remembers the files' hashes
+    # (a write to the build cache), not one of the later ones
+    time.sleep(RACY_NS / 1e9 + 0.1)
     runs = [pybuild("build", "-q", "-t", f"{name}:1", str(where))
             for _ in range(3) for name, where in contexts]
     # The third build misses: the second (another image) wrote to the storage since its
@@ -439,3 +451,105 @@ def test_two_images_built_in_turn_in_one_storage_both_take_the_fast_path(
     assert [r.hit for r in runs] == [False, False, False, True, True, True]
     assert runs[4].digest == runs[2].digest == runs[0].digest
     assert runs[5].digest == runs[3].digest == runs[1].digest != runs[0].digest
+
+
+def _uses(storage: Path) -> dict[str, float]:
+    """Each cached step's last recorded use (a Julian day, as cache.db keeps it). Read
+    as pybuild reads it (not ``mode=ro``, which leaves an empty write-ahead log behind: a
+    change to the storage's state)."""
+    with contextlib.closing(sqlite3.connect(storage / "builder" / "cache.db")) as db:
+        return dict(db.execute("SELECT key, used FROM steps").fetchall())
+
+
+# What a hit does not import: the CLI, the builder, the build cache; sqlite3 only to
+# record a use (once an hour).
+WATCHED = ("click", "builder.build", "builder.cache", "sqlite3")
+
+
+def fast_path_later(tmp_path: Path, args: tuple[str, ...], seconds: float) -> str:
+    """``pybuild build ARGS`` (in the ``pybuild`` fixture's storage and directory) answered
+    by the fast path alone, as it would be ``seconds`` from now (the clock moved on): the
+    fast path's debug lines and output, then HIT or MISS with the modules of
+    :data:`WATCHED` it imported."""
+    code = ("import sys, time\n"
+            "now = time.time\n"
+            f"time.time = lambda: now() + {seconds}\n"
+            "import builder.fastpath as f\n"
+            "ok = f.try_fast_path(sys.argv[1:])\n"
+            f"print('HIT' if ok else 'MISS', [m for m in {WATCHED!r} if m in sys.modules], "
+            "file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code, args[0], "--storage",
+                           str(tmp_path / "storage"), *args[1:]],
+                          capture_output=True, text=True, cwd=tmp_path, check=False,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), PYBUILD_FASTPATH_DEBUG="1"))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def test_a_hit_records_the_use_of_the_cached_steps_once_an_hour(
+        pybuild: Callable[..., Run], ctx: Path, tmp_path: Path) -> None:
+    """A hit uses the build's cached steps, as a cached build does: once their last
+    recorded use is USE_EVERY old it records their use (else the build cache's GC would
+    take the steps of an image only the fast path rebuilds), files its record again, and
+    writes nothing more until USE_EVERY has passed again."""
+    args = ("build", "-t", "fp/img", str(ctx))
+    pybuild(*args)
+    assert pybuild(*args).hit
+    storage = tmp_path / "storage"
+    before = _uses(storage)
+    assert before
+    written = os.stat(storage / "builder" / "cache.db")
+    out = fast_path_later(tmp_path, args, 30)  # not due
+    assert out.startswith("fastpath: hit") and out.endswith("\nHIT []\n"), out
+    assert os.stat(storage / "builder" / "cache.db") == written
+
+    later = 2 * USE_EVERY
+    out = fast_path_later(tmp_path, args, later)
+    after = _uses(storage)
+    assert set(after) == set(before)
+    assert all(after[key] - before[key] > (later - 60) / 86400 for key in before)
+    assert out.startswith("fastpath: recorded the use of the cached steps\nfastpath: hit\n")
+    assert out.endswith("\nHIT ['sqlite3']\n"), out
+    # within the hour after that use: a hit again, and no write
+    written = os.stat(storage / "builder" / "cache.db")
+    out = fast_path_later(tmp_path, args, later + USE_EVERY / 2)
+    assert out.startswith("fastpath: hit") and out.endswith("\nHIT []\n"), out
+    assert os.stat(storage / "builder" / "cache.db") == written
+    assert pybuild(*args).hit  # the record filed again holds cache.db's new state
+
+
+def test_the_fast_path_records_uses_as_often_as_the_build_cache() -> None:
+    from builder.cache.sqlite import USE_EVERY as CACHE_USE_EVERY
+
+    assert USE_EVERY == CACHE_USE_EVERY
+
+
+def test_steps_of_an_image_only_the_fast_path_rebuilds_stay_in_the_cache(
+        pybuild: Callable[..., Run], tmp_path: Path, busybox_ref: str) -> None:
+    """Days later, an image rebuilt since only through the fast path keeps its cached
+    steps when the build cache's GC takes the least recently used ones: those of the image
+    no build used since go, and the next build of the first image runs nothing."""
+    contexts = {}
+    for name in ("used", "unused"):
+        where = tmp_path / name
+        where.mkdir()
+        (where / "Dockerfile").write_text(f"FROM {busybox_ref}\nRUN echo {name} > /f\n")
+        contexts[name] = ("build", "--progress", "plain", "-t", f"{name}:1", str(where))
+    time.sleep(RACY_NS / 1e9 + 0.1)  # older than the racy windows: no later write
+    pybuild(*contexts["used"])
+    pybuild(*contexts["unused"])
+    assert not pybuild(*contexts["used"]).hit  # (the other build wrote to the storage)
+    days = 3 * 86400
+    assert "fastpath: hit" in fast_path_later(tmp_path, contexts["used"], days)
+    storage = tmp_path / "storage"
+    with contextlib.closing(sqlite3.connect(storage / "builder" / "cache.db")) as db:
+        keys = {name: {key for key, in db.execute(
+            "SELECT key FROM steps WHERE instruction LIKE ?", (f"%echo {name} %",))}
+            for name in contexts}
+    assert all(keys.values())
+    # as after a build that began then: the least recently used steps go, within 1 byte
+    report = asyncio.run(autogc.collect(storage, 1, time.time() + days))
+    assert report is not None and report.steps == len(keys["unused"])
+    assert set(_uses(storage)) & (keys["used"] | keys["unused"]) == keys["used"]
+    again = pybuild(*contexts["used"], normal=True)
+    assert "#2 [2/2] RUN echo used > /f\n#2 CACHED\n" in again.progress, again.progress

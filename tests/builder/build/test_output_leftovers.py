@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from builder.outputs import Output, _to_file, export
 
@@ -106,3 +110,53 @@ async def test_what_a_killed_build_left_beside_its_local_output_is_removed_by_th
         assert not made[0].exists(), "the killed build's directory stays behind"
         assert (made[1] / "half-written").is_file(), "a running build's directory was taken"
         assert sorted(out.iterdir()) == sorted([dest, made[1], *others])
+
+
+async def test_what_a_killed_build_left_goes_when_the_next_writes_into_an_existing_dir(
+        tmp_path: Path) -> None:
+    # The destination made meanwhile (a CI script's `mkdir -p out`): the next build writes
+    # into it, and the killed build's directory beside it goes all the same (a non-root
+    # build's is partly owned by its namespace's ids, which the user cannot remove).
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "rootfs"
+    async with _two_writers(_LOCAL_WRITER, dest) as (writers, made):
+        writers[0].kill()
+        await writers[0].wait()
+        dest.mkdir()
+
+        async def rootfs(root: Path) -> None:
+            (root / "complete").write_text("yes\n")
+
+        await export(Output("local", dest), None, None, (), rootfs, tmp_path)  # type: ignore[arg-type]
+        assert (dest / "complete").read_text() == "yes\n"
+        assert not made[0].exists(), "the killed build's directory stays behind"
+        assert (made[1] / "half-written").is_file(), "a running build's directory was taken"
+
+
+def test_a_temporary_directory_taken_before_it_is_held_is_made_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two builds to one destination start at once: the second's removal of abandoned
+    # temporaries may remove the first's new directory before the first holds it (an
+    # exclusive lock is granted). The first makes another instead of failing ("cannot
+    # write DIR: no such file or directory").
+    import tempfile
+
+    from registry.client.leftovers import held_temporary
+
+    real = tempfile.mkdtemp
+    made: list[str] = []
+
+    def taken_at_once(*args: Any, **kwargs: Any) -> str:
+        made.append(real(*args, **kwargs))
+        if len(made) == 1:
+            os.rmdir(made[0])  # as the other writer's remove_abandoned does
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", taken_at_once)
+    fd, path = held_temporary(tmp_path / "rootfs", directory=True)
+    try:
+        assert path == made[1] and Path(path).is_dir()
+        assert [p.name for p in tmp_path.iterdir()] == [Path(path).name]
+    finally:
+        os.close(fd)
