@@ -30,11 +30,22 @@ __all__ = [
     "EntryKind",
     "Whiteout",
     "path_sort_key",
+    "whiteout_mark",
 ]
 
 # layer.md, "Whiteouts" and "Opaque Whiteout"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
+
+
+def whiteout_mark(parts: list[str]) -> tuple[list[str], bool] | None:
+    """What the whiteout entry ``parts`` hides: ``(path parts, True)`` for an opaque
+    directory, ``(path parts, False)`` for a removed path, None for aufs metadata."""
+    if parts[-1] == OPAQUE_WHITEOUT:
+        return parts[:-1], True
+    if parts[-1].startswith(WHITEOUT_PREFIX * 2):
+        return None
+    return [*parts[:-1], parts[-1][len(WHITEOUT_PREFIX):]], False
 
 
 class EntryKind(enum.Enum):

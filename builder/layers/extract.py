@@ -8,7 +8,8 @@ what this same layer creates, whatever the entry order (paths written by the lay
 remembered, as containerd does). Other ``.wh..wh.*`` names (aufs bookkeeping) are skipped.
 
 Safety: every entry name is cleaned (:func:`.pathres.clean_name`: a leading ``/`` is
-dropped, ``..`` is refused), its parent resolved inside the rootfs with symlinks scoped
+dropped, ``..`` is refused; an ADD archive's ``..`` stops at the root instead:
+:mod:`.untarname`), its parent resolved inside the rootfs with symlinks scoped
 to it (:func:`.pathres.resolve_in_root`), and the final component is never followed: an
 existing symlink there is replaced, not written through. Hard link targets resolve the
 same way, over the lower layers when given (one only they hold is copied up first:
@@ -46,13 +47,14 @@ from cas import Digest
 from cas.errors import StorageFull
 from cas.frames import GZIP_MAGIC, ZSTD_MAGIC
 
-from .changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
+from .changeset import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, whiteout_mark
 from .errors import LayerFormatError, UnsafeLayerEntry
 from .inflate import Gunzip, InflateError
 from .linkup import LowerLookup, link_source, link_target_parts, restore_dir
 from .longpath import NAME_MAX, make_dirs, remove_path, short
 from .pathres import clean_name, resolve_in_root
 from .tarread import Digesting, entry_mtime_ns, name_too_long, open_tar, tar_members
+from .untarname import untar_name, untar_parent
 
 __all__ = ["ApplyReport", "apply_layer", "open_layer", "remove_path", "whiteout_mark"]
 
@@ -131,7 +133,7 @@ class _Applier:
         parent = self._parents.get(key)
         if parent is not None:
             return parent
-        parent = resolve_in_root(self.root, parts[:-1], follow_final=True, name=name)
+        parent = self._resolve(parts[:-1], name)
         depth = parent.count(os.sep) - self.root.rstrip(os.sep).count(os.sep) + 1
         if depth > _MAX_DEPTH:  # where it lands: symlinks in the name can add to it
             shown = name if len(name) <= 200 else name[:200] + "..."
@@ -148,6 +150,21 @@ class _Applier:
             ) from exc
         self._parents[key] = parent
         return parent
+
+    def _resolve(self, comps: list[str], name: str) -> str:
+        """Where the directory ``comps`` is: an ADD archive's through the stage's files
+        too, as Docker's untar sees them (:func:`.untarname.untar_parent`)."""
+        if not self.untar or self.lower is None:
+            return resolve_in_root(self.root, comps, follow_final=True, name=name)
+        path, made = untar_parent(self.root, comps, name=name, lower=self.lower,
+                                  hidden=self._hidden)
+        self.copied_dirs.extend((d, os.lstat(d).st_ino, lower_st) for d, lower_st in made)
+        return path
+
+    def _hidden(self, comps: list[str]) -> bool:
+        """Whether this layer's whiteouts hide the lowers' ``comps``."""
+        return any(os.path.join(self.root, *comps[:i]) in self.hidden
+                   for i in range(1, len(comps) + 1))
 
     def _replacing(self, existing: os.stat_result | None) -> None:
         """An entry is about to take the place of ``existing``."""
@@ -265,13 +282,8 @@ class _Applier:
     def _link_source(self, member: tarfile.TarInfo) -> tuple[str, os.stat_result]:
         """The file the hard link entry ``member`` joins (:func:`.linkup.link_source`)."""
         parts = link_target_parts(member.linkname, member.name, untar=self.untar)
-
-        def hidden(comps: list[str]) -> bool:
-            return any(os.path.join(self.root, *comps[:i]) in self.hidden
-                       for i in range(1, len(comps) + 1))
-
         path, st, made = link_source(self.root, parts, name=member.name,
-                                     target=member.linkname, lower=self.lower, hidden=hidden,
+                                     target=member.linkname, lower=self.lower, hidden=self._hidden,
                                      same_owner=self.same_owner)
         self.copied_dirs.extend((d, os.lstat(d).st_ino, lower_st) for d, lower_st in made)
         return path, st
@@ -405,16 +417,6 @@ class _Applier:
                     restore_dir(at, meta, self.same_owner)
 
 
-def whiteout_mark(parts: list[str]) -> tuple[list[str], bool] | None:
-    """What the whiteout entry ``parts`` hides: ``(path parts, True)`` for an opaque
-    directory, ``(path parts, False)`` for a removed path, None for aufs metadata."""
-    if parts[-1] == OPAQUE_WHITEOUT:
-        return parts[:-1], True
-    if parts[-1].startswith(WHITEOUT_PREFIX * 2):
-        return None
-    return [*parts[:-1], parts[-1][len(WHITEOUT_PREFIX):]], False
-
-
 def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
                 same_owner: bool | None = None,
                 marks: list[tuple[list[str], bool]] | None = None,
@@ -434,9 +436,9 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
     ``lower`` finds what the layers below show at a path: a hard link to a file only they
     hold copies it up (:mod:`.linkup`); without it, such a link is a MissingLinkTarget.
     ``untar``: ``src`` is an archive ``ADD`` unpacks, read as Docker's untar reads one: a
-    hard link's target may climb no higher than ``rootfs`` (``../x`` names ``x``, where a
-    layer's is refused), and the link entry's owner, mode and mtime are given to the
-    file it joins (:mod:`.linkup`).
+    hard link's target or an entry's name climbs no higher than ``rootfs`` (``../x`` names
+    ``x``, where a layer's is refused: :mod:`.untarname`), and the link entry's owner, mode
+    and mtime are given to the file it joins (:mod:`.linkup`).
 
     Raises UnsafeLayerEntry for an entry that could reach outside ``rootfs`` (nothing
     outside is touched; entries before it have been applied), LayerFormatError for a blob
@@ -456,9 +458,12 @@ def apply_layer(src: BinaryIO | Path | str, rootfs: Path | str, *,
     try:
         with open_tar(cast("IO[bytes]", digesting or stream)) as tf:
             for member in tar_members(tf):
-                parts = clean_name(member.name)
-                if not parts:
-                    continue  # the rootfs itself ("./"): its metadata stays the host's choice
+                parts = (untar_name(member.name, is_dir=member.isdir()) if untar
+                         else clean_name(member.name) or None)
+                if not parts:  # None: the rootfs itself ("./"), its metadata the host's choice
+                    if parts is not None:  # ADD's "../", "/": the destination's metadata
+                        applier.dirs.append((root, os.lstat(root).st_ino, member))
+                    continue
                 try:
                     if parts[-1].startswith(WHITEOUT_PREFIX):
                         applier.whiteout(member.name, parts)

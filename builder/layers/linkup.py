@@ -41,7 +41,8 @@ from .longpath import short
 from .pathres import clean_name
 from .rootwalk import SymlinkLoop, walk_in_root
 
-__all__ = ["LowerLookup", "copy_up", "link_source", "link_target_parts", "restore_dir"]
+__all__ = ["LowerLookup", "copy_up", "link_source", "link_target_parts", "restore_dir",
+           "walk_merged"]
 
 # path relative to the rootfs ("a/b") -> (its path in a lower layer, its lstat) as the
 # lower layers together show it (whiteouts and opaque directories applied), or None
@@ -77,6 +78,38 @@ def link_source(root: str, parts: list[str], *, name: str, target: str,
     Raises LinkToDirectory for a directory, MissingLinkTarget where there is nothing (or
     a directory on the way is not one), UnsafeLayerEntry for a symlink loop."""
 
+    upper_stat, below, resolved = _walk(root, parts, name=name, lower=lower, hidden=hidden,
+                                        follow_final=False)
+    st = upper_stat(resolved)
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise LinkToDirectory(name, target)
+        return os.path.join(root, *resolved), st, []
+    found = below(resolved)
+    if found is not None and stat.S_ISDIR(found[1].st_mode):
+        raise LinkToDirectory(name, target)
+    copied = None if found is None or lower is None else copy_up(root, resolved, lower, same_owner)
+    if copied is None:
+        raise MissingLinkTarget(name, target, lower is not None)
+    with short(copied[0]) as at:
+        return copied[0], os.lstat(at), copied[1]
+
+
+def walk_merged(root: str, parts: list[str], *, name: str, lower: LowerLookup | None,
+                hidden: Callable[[list[str]], bool]) -> list[str]:
+    """The components ``parts`` lead to in the layer ``root`` over its ``lower`` layers
+    (as :func:`link_source` sees them), every symlink followed inside the root, the final
+    one too. Raises UnsafeLayerEntry (naming ``name``) for a symlink loop."""
+    return _walk(root, parts, name=name, lower=lower, hidden=hidden, follow_final=True)[2]
+
+
+def _walk(root: str, parts: list[str], *, name: str, lower: LowerLookup | None,
+          hidden: Callable[[list[str]], bool], follow_final: bool
+          ) -> tuple[Callable[[list[str]], os.stat_result | None],
+                     Callable[[list[str]], tuple[str, os.stat_result] | None], list[str]]:
+    """``parts`` walked in the layer ``root`` over ``lower``: its lstat in the layer, what
+    the lowers show at a path (None where the layer hides it), the components found."""
+
     def upper_stat(comps: list[str]) -> os.stat_result | None:
         try:
             with short(os.path.join(root, *comps)) as at:
@@ -105,22 +138,10 @@ def link_source(root: str, parts: list[str], *, name: str, target: str,
             return os.readlink(at)
 
     try:
-        resolved = walk_in_root(parts, lstat=lstat, readlink=readlink, follow_final=False)
+        resolved = walk_in_root(parts, lstat=lstat, readlink=readlink, follow_final=follow_final)
     except SymlinkLoop as exc:
         raise UnsafeLayerEntry(name, str(exc)) from None
-    st = upper_stat(resolved)
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise LinkToDirectory(name, target)
-        return os.path.join(root, *resolved), st, []
-    found = below(resolved)
-    if found is not None and stat.S_ISDIR(found[1].st_mode):
-        raise LinkToDirectory(name, target)
-    copied = None if found is None or lower is None else copy_up(root, resolved, lower, same_owner)
-    if copied is None:
-        raise MissingLinkTarget(name, target, lower is not None)
-    with short(copied[0]) as at:
-        return copied[0], os.lstat(at), copied[1]
+    return upper_stat, below, resolved
 
 
 def copy_up(root: str, parts: list[str], lower: LowerLookup, same_owner: bool

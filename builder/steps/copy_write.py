@@ -82,7 +82,7 @@ def write_items(upper: Path, items: list[CopyItem], lookup: DirLookup,
                                 lower=None if stage is None else _stage_files(stage, it.dest))
             except (MissingLinkTarget, LinkToDirectory) as exc:
                 raise LayerFormatError(_link_refused(exc, it, stage is None)) from exc
-            made.clear()  # its whiteouts may remove directories
+            made.clear()  # it may replace directories, or copy the stage's up
             continue
         if it.data is not None:  # a heredoc file: 0644 (or --chmod), root or --chown
             target.write_bytes(it.data)

@@ -137,6 +137,17 @@ ADD_LINKS_OUT = (". . 4 755 0:0 directory\n./a ./a 3 644 0:0 regular file\n"
                  "x: dst x\nn/c2: sub c\nsub/c: sub c\nc: the archive's c\n"
                  "d: the archive's c\nkeep: stage old\nold: the archive's old\n/x: root x\na\n")
 
+# What add-archive-names prints: /dst's paths (links, mode, type), then contents: every
+# name that climbed out of /dst landed inside it.
+ADD_NAMES_OUT = (". 4 711 directory\n./abs 2 755 directory\n./abs/name 1 640 regular file\n"
+                 "./b 1 644 regular file\n./deep 1 644 regular file\n"
+                 "./escape 2 600 regular file\n./etc 2 755 directory\n"
+                 "./etc/passwd 1 644 regular file\n./h 2 600 regular file\n"
+                 "./link 1 777 symbolic link\n./abs/name: was /abs/name\n./b: was a/../../b\n"
+                 "./deep: was x/../../../../deep\n./escape: was ../escape\n"
+                 "./etc/passwd: through the link\n./h: was ../escape\n/b: root b\n"
+                 "/escape: root escape\n1\n")
+
 # What account-links prints: the ids of names looked up through linked account files.
 ACCOUNT_LINKS_OUT = ("/f.txt 1000:50\n/w 1000:1000\n/tmp/id.txt 1000:1000\n"
                      "uid=1000(tester) gid=1000(tester) groups=50(staff)\n")
@@ -178,6 +189,8 @@ CASES = (
                                 "/plain:\ndata.json.gz\nnotes.tar\n"),
     Case("add-archive-links", expect=ADD_LINKS_OUT),
     Case("add-archive-links", expect=ADD_LINKS_OUT, pybuild_flags=("--differ", "snapshot")),
+    Case("add-archive-names", expect=ADD_NAMES_OUT),
+    Case("add-archive-names", expect=ADD_NAMES_OUT, pybuild_flags=("--differ", "snapshot")),
     Case("empty-wildcard", expect="/opt:\napp\n\n/opt/app:\npom.xml\n"),
     Case("chown-forms", expect="/group-only 0:50\n/user-colon 1000:0\n/colon-only 0:0\n"
                                "/root-staff 0:50\n/ghost 0:0\n/ghost-staff 0:50\n"
@@ -575,6 +588,37 @@ def test_pybuild_and_docker_build_refuse_the_same_archive_links(
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert pybuild.returncode != 0
     assert f"{dockerfile}:4: ADD" in pybuild.stderr and pybuild_says in pybuild.stderr
+
+
+def test_pybuild_leaves_out_the_whiteout_names_docker_writes_as_files(
+    docker_engine: DockerEngine, builds_as_root: None, base_ref: str, tmp_path: Path,
+    tag_suffix: str,
+) -> None:
+    """add-archive-whiteouts: BuildKit's image, run on the engine that built it, shows the
+    archive's .wh.* names as files; pybuild's shows everything else the same (no layer can
+    carry those names as files: see the case's Dockerfile), and neither deletes a file."""
+    context = _context(CASES_DIR / "add-archive-whiteouts", tmp_path)
+    docker_tag = f"compare-docker/add-archive-whiteouts:{tag_suffix}"
+    pybuild_tag = f"compare-pybuild/add-archive-whiteouts:{tag_suffix}"
+    archive = tmp_path / "image.tar"
+    try:
+        _docker_build(docker_engine, context, docker_tag, {"BASE": base_ref})
+        _pybuild_build(context, tmp_path / "storage", pybuild_tag, {"BASE": base_ref},
+                       "--output", f"type=docker,dest={archive}")
+        docker_engine.run("load", "-i", str(archive))
+        docker_out = docker_engine.run_container(docker_tag).splitlines()
+        pybuild_out = docker_engine.run_container(pybuild_tag).splitlines()
+        whiteout_names = [line for line in docker_out if "/.wh." in line]
+        assert whiteout_names == ["/dst/.wh.kept", "/dst/.wh.new", "/dst/.wh.victim",
+                                  "/dst/sub/.wh..wh..opq", "/dst/.wh.kept: w",
+                                  "/dst/.wh.new: w", "/dst/.wh.victim: w",
+                                  "/dst/sub/.wh..wh..opq: o"]
+        assert pybuild_out == [line for line in docker_out if line not in whiteout_names]
+        assert "/dst/victim: from the context" in pybuild_out
+        assert "/dst/kept: stage kept" in pybuild_out
+        assert "/dst/sub/old: stage old" in pybuild_out
+    finally:
+        docker_engine.run("rmi", "--force", docker_tag, pybuild_tag, check=False)
 
 
 def test_fresh_storages_build_the_same_digest(
